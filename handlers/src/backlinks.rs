@@ -1,0 +1,133 @@
+//! `backlinks`: likes, reposts and follows -> an index from subject to source.
+//!
+//! Keyspace layout: `subject \0 collection \0 source-did \0 rkey -> ""`, where the subject is an
+//! at-uri (likes, reposts) or a DID (follows). So "who liked X" is one prefix scan, ordered by
+//! source; [`backlink_prefix`] and [`parse_backlink_key`] are the codec, shared with the query.
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{CollectionHandler, HandlerError, HandlerOutput, HandlerSettings, PreviousRecord, RecordKeyView, RecordView};
+
+/// The built-in backlinks handler.
+pub struct BacklinksHandler;
+
+crate::register_handler!(BacklinksHandler);
+
+/// Collections whose `subject` is indexed.
+pub const COLLECTIONS: &[&str] = &["app.bsky.feed.like", "app.bsky.feed.repost", "app.bsky.graph.follow"];
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Subject {
+    Ref { uri: String },
+    Did(String),
+}
+
+#[derive(Deserialize)]
+struct WithSubject {
+    subject: Subject,
+}
+
+impl Subject {
+    fn into_string(self) -> String {
+        match self {
+            Subject::Ref { uri } => uri,
+            Subject::Did(did) => did,
+        }
+    }
+}
+
+fn subject_of(bytes_decoded: Result<WithSubject, HandlerError>) -> Result<String, HandlerError> {
+    Ok(bytes_decoded?.subject.into_string())
+}
+
+/// The key of one backlink.
+pub fn backlink_key(subject: &str, collection: &str, did: &str, rkey: &str) -> Vec<u8> {
+    let mut k = backlink_prefix(subject, Some(collection));
+    k.extend_from_slice(did.as_bytes());
+    k.push(0);
+    k.extend_from_slice(rkey.as_bytes());
+    k
+}
+
+/// The prefix of all backlinks to `subject` (from `collection`, when given).
+pub fn backlink_prefix(subject: &str, collection: Option<&str>) -> Vec<u8> {
+    let mut k = Vec::with_capacity(subject.len() + 64);
+    k.extend_from_slice(subject.as_bytes());
+    k.push(0);
+    if let Some(c) = collection {
+        k.extend_from_slice(c.as_bytes());
+        k.push(0);
+    }
+    k
+}
+
+/// Splits a backlink key into (subject, collection, did, rkey).
+pub fn parse_backlink_key(key: &[u8]) -> Option<(&str, &str, &str, &str)> {
+    let s = std::str::from_utf8(key).ok()?;
+    let mut parts = s.split('\0');
+    let out = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    parts.next().is_none().then_some(out)
+}
+
+fn unlink(prev: Option<PreviousRecord<'_>>, collection: &str, did: &str, rkey: &str, out: &mut HandlerOutput) {
+    if let Some(Ok(subject)) = prev.map(|p| subject_of(p.decode())) {
+        out.delete(backlink_key(&subject, collection, did, rkey));
+    }
+}
+
+impl CollectionHandler for BacklinksHandler {
+    fn name(&self) -> &'static str {
+        "backlinks"
+    }
+
+    fn collections(&self) -> &'static [&'static str] {
+        COLLECTIONS
+    }
+
+    fn configure(&self, settings: &HandlerSettings) -> Result<(), HandlerError> {
+        settings.only_keys(&[])
+    }
+
+    fn on_record(&self, rec: &RecordView<'_>, _: &HandlerSettings, out: &mut HandlerOutput) -> Result<(), HandlerError> {
+        let subject = subject_of(rec.decode())?;
+        unlink(rec.previous, rec.collection, rec.did, rec.rkey, out);
+        out.put(backlink_key(&subject, rec.collection, rec.did, rec.rkey), Vec::new());
+        out.emit(json!({ "subject": subject }));
+        Ok(())
+    }
+
+    fn on_delete(&self, key: &RecordKeyView<'_>, _: &HandlerSettings, out: &mut HandlerOutput) -> Result<(), HandlerError> {
+        unlink(key.previous, key.collection, key.did, key.rkey, out);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{cbor, run_record};
+
+    #[test]
+    fn like_indexes_subject_uri_and_follow_subject_did() {
+        let like = cbor(&json!({"$type": "app.bsky.feed.like", "createdAt": "2024-01-01T00:00:00Z",
+            "subject": {"uri": "at://did:plc:x/app.bsky.feed.post/1", "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}}));
+        let out = run_record(&BacklinksHandler, "app.bsky.feed.like", &like, &HandlerSettings::default()).unwrap();
+        let key = &out.writes()[0].key;
+        assert_eq!(parse_backlink_key(key), Some(("at://did:plc:x/app.bsky.feed.post/1", "app.bsky.feed.like", "did:plc:test", "3kabc")));
+        let follow = cbor(&json!({"$type": "app.bsky.graph.follow", "createdAt": "2024-01-01T00:00:00Z", "subject": "did:plc:y"}));
+        let out = run_record(&BacklinksHandler, "app.bsky.graph.follow", &follow, &HandlerSettings::default()).unwrap();
+        assert!(out.writes()[0].key.starts_with(&backlink_prefix("did:plc:y", Some("app.bsky.graph.follow"))));
+    }
+
+    #[test]
+    fn delete_removes_the_link_of_the_previous_version() {
+        let follow = cbor(&json!({"subject": "did:plc:y", "createdAt": "2024-01-01T00:00:00Z"}));
+        let key = RecordKeyView { did: "did:plc:a", collection: "app.bsky.graph.follow", rkey: "r", rev: "x", live: true,
+            previous: Some(PreviousRecord { cid: "c", bytes: &follow }) };
+        let mut out = HandlerOutput::new();
+        BacklinksHandler.on_delete(&key, &HandlerSettings::default(), &mut out).unwrap();
+        assert_eq!(out.writes(), &[crate::IndexWrite { key: backlink_key("did:plc:y", "app.bsky.graph.follow", "did:plc:a", "r"), value: None }]);
+    }
+}

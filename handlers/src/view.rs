@@ -1,0 +1,107 @@
+//! What a handler sees of a record: identity, position in the repo, bytes and a lazy value.
+
+use std::cell::OnceCell;
+
+use serde::de::DeserializeOwned;
+
+use crate::HandlerError;
+
+/// The stored version of a record that is being replaced or deleted.
+#[derive(Debug, Clone, Copy)]
+pub struct PreviousRecord<'a> {
+    /// CID of the old version, as a string.
+    pub cid: &'a str,
+    /// Its DAG-CBOR bytes.
+    pub bytes: &'a [u8],
+}
+
+impl PreviousRecord<'_> {
+    /// Decodes the old version into a typed struct.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, HandlerError> {
+        decode_cbor(self.bytes)
+    }
+}
+
+/// A created or updated record.
+pub struct RecordView<'a> {
+    /// Repository DID.
+    pub did: &'a str,
+    /// Collection NSID.
+    pub collection: &'a str,
+    /// Record key.
+    pub rkey: &'a str,
+    /// CID of the record, as a string.
+    pub cid: &'a str,
+    /// Revision of the commit that holds it.
+    pub rev: &'a str,
+    /// True on live (firehose) commits, false in backfill walks.
+    pub live: bool,
+    /// The raw DAG-CBOR bytes.
+    pub bytes: &'a [u8],
+    /// The version this one replaces, on updates.
+    pub previous: Option<PreviousRecord<'a>>,
+    value: OnceCell<Result<serde_json::Value, String>>,
+}
+
+impl<'a> RecordView<'a> {
+    /// A view over one record; `previous` is set on updates.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        did: &'a str,
+        collection: &'a str,
+        rkey: &'a str,
+        cid: &'a str,
+        rev: &'a str,
+        live: bool,
+        bytes: &'a [u8],
+        previous: Option<PreviousRecord<'a>>,
+    ) -> Self {
+        Self { did, collection, rkey, cid, rev, live, bytes, previous, value: OnceCell::new() }
+    }
+
+    /// The record as AT Protocol JSON (`$link`, `$bytes`), decoded on first use.
+    pub fn value(&self) -> Result<&serde_json::Value, HandlerError> {
+        self.value
+            .get_or_init(|| crate::value::cbor_to_json(self.bytes).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| HandlerError::Decode(e.clone()))
+    }
+
+    /// Decodes the record straight from DAG-CBOR into a typed struct (faster than `value`).
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, HandlerError> {
+        decode_cbor(self.bytes)
+    }
+
+    /// `at://did/collection/rkey`.
+    pub fn uri(&self) -> String {
+        format!("at://{}/{}/{}", self.did, self.collection, self.rkey)
+    }
+}
+
+/// A deleted record.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordKeyView<'a> {
+    /// Repository DID.
+    pub did: &'a str,
+    /// Collection NSID.
+    pub collection: &'a str,
+    /// Record key.
+    pub rkey: &'a str,
+    /// Revision of the commit that deleted it.
+    pub rev: &'a str,
+    /// True on live commits.
+    pub live: bool,
+    /// The deleted version, when sluice had stored it.
+    pub previous: Option<PreviousRecord<'a>>,
+}
+
+impl RecordKeyView<'_> {
+    /// `at://did/collection/rkey`.
+    pub fn uri(&self) -> String {
+        format!("at://{}/{}/{}", self.did, self.collection, self.rkey)
+    }
+}
+
+fn decode_cbor<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HandlerError> {
+    serde_ipld_dagcbor::from_slice(bytes).map_err(|e| HandlerError::Decode(e.to_string()))
+}
