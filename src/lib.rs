@@ -1,1 +1,173 @@
-//! placeholder
+//! sluice: an AT Protocol indexer for custom appviews.
+//!
+//! Where a record flows: a repo export (CAR) is read and verified by [`repo`], its records
+//! are walked in MST order, and [`pipeline`] takes them through the current [`filter`], the
+//! registered handlers (crate `sluice-handlers`), a diff against what [`store`] holds, and
+//! into one fjall batch with their events. Clients read the event log from any cursor
+//! ([`wire`] renders it as JSON).
+//!
+//! # Layout
+//! - [`config`]: `config.toml` and environment overrides.
+//! - [`filter`]: the filter model, TOML parsing, hot reload.
+//! - [`syntax`]: AT Protocol identifier syntax (by jacquard).
+//! - [`repo`]: CAR -> verified blocks -> commit -> MST walk (sync, no I/O).
+//! - [`pipeline`]: filter -> handlers -> diff -> batch + events.
+//! - [`store`]: fjall keyspaces, key codecs, versioned values, event log, counts.
+//! - [`wire`]: events as JSON.
+//!
+//! # Embedding
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! // Handlers registered with `sluice_handlers::register_handler!` anywhere in the binary run too.
+//! let sluice = sluice::Sluice::builder().data_dir("data").filter_file("filters/everything.toml").open()?;
+//! let outcome = sluice.index_car(&std::fs::read("repo.car")?, &sluice::IndexOptions::default())?;
+//! println!("{} records created", outcome.created);
+//! # Ok(()) }
+//! ```
+
+pub mod config;
+pub mod filter;
+pub mod pipeline;
+pub mod repo;
+pub mod store;
+pub mod syntax;
+pub mod wire;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use config::Config;
+pub use filter::{Filter, FilterHandle};
+pub use pipeline::{Pipeline, PipelineError, RecordOp, RepoOutcome};
+pub use sluice_handlers as handlers;
+pub use store::Store;
+
+/// Checks asked of an indexed CAR beyond its own consistency.
+#[derive(Debug, Clone, Default)]
+pub struct IndexOptions {
+    /// The DID the repo must belong to.
+    pub expected_did: Option<String>,
+    /// The signing key (`did:key:z...` or multibase) the commit must verify against.
+    pub signing_key: Option<String>,
+}
+
+/// An open indexer: store, filter (hot-reloaded when built from a file) and pipeline.
+pub struct Sluice {
+    config: Config,
+    pipeline: Pipeline,
+    watcher: Option<filter::watch::FilterWatcher>,
+}
+
+/// Builds a [`Sluice`].
+#[derive(Default)]
+pub struct SluiceBuilder {
+    config: Config,
+    filter: Option<Filter>,
+    watch: bool,
+}
+
+impl SluiceBuilder {
+    /// Starts from `config`.
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Stores data in `dir`.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.config.storage.path = dir.into();
+        self
+    }
+
+    /// Reads the filter from `path` and reloads it on every save.
+    pub fn filter_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.config.filter.path = path.into();
+        self.filter = None;
+        self.watch = true;
+        self
+    }
+
+    /// Uses a fixed filter (no file, no reload).
+    pub fn filter(mut self, filter: Filter) -> Self {
+        self.filter = Some(filter);
+        self.watch = false;
+        self
+    }
+
+    /// Opens the store, loads the filter and starts watching it.
+    pub fn open(self) -> anyhow::Result<Sluice> {
+        use anyhow::Context as _;
+        let filter = match self.filter {
+            Some(f) => f,
+            None => Filter::load(&self.config.filter.path)?,
+        };
+        let store = Store::open(&self.config.storage.path)
+            .with_context(|| format!("opening the store in {}", self.config.storage.path.display()))?;
+        let handle = FilterHandle::new(filter);
+        let watcher = match self.watch {
+            true => Some(filter::watch::watch(&self.config.filter.path, handle.clone())?),
+            false => None,
+        };
+        Ok(Sluice { pipeline: Pipeline::new(Arc::new(store), handle), config: self.config, watcher })
+    }
+}
+
+/// Why a CAR was not indexed.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// The CAR or its commit is invalid.
+    #[error(transparent)]
+    Repo(#[from] repo::RepoError),
+    /// The pipeline refused it or storage failed.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// The given signing key is invalid.
+    #[error("{0}")]
+    Key(String),
+}
+
+impl Sluice {
+    /// A builder with the default configuration.
+    pub fn builder() -> SluiceBuilder {
+        SluiceBuilder::default()
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The pipeline (store, filter, metrics).
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        self.pipeline.store()
+    }
+
+    /// The last refused filter save, if the latest save was refused.
+    pub fn filter_error(&self) -> Option<filter::FilterError> {
+        self.watcher.as_ref().and_then(|w| w.last_error())
+    }
+
+    /// Reads, verifies and indexes one repo export.
+    pub fn index_car(&self, car: &[u8], opts: &IndexOptions) -> Result<RepoOutcome, IndexError> {
+        let key = opts.signing_key.as_deref().map(repo::parse_public_key).transpose().map_err(IndexError::Key)?;
+        let loaded = repo::read_car(car, &self.config.limits.car_limits())?;
+        loaded.check_commit(opts.expected_did.as_deref())?;
+        if let Some(key) = &key {
+            loaded.verify_signature(key)?;
+        }
+        Ok(self.pipeline.apply_walk(&loaded, None)?)
+    }
+}
+
+/// The bodies of the cargo-fuzz targets in `fuzz/`; `tests/fuzz_corpus.rs` runs each over the
+/// seed corpus in `fuzz/seeds/`, so a crash the fuzzer finds becomes a regular test.
+pub mod fuzz {
+    pub use crate::filter::fuzz_filter_toml as filter_toml;
+    pub use crate::repo::fuzz_car as car;
+    pub use sluice_handlers::value::fuzz_cbor_json as cbor_json;
+}

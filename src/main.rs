@@ -1,1 +1,221 @@
-fn main(){}
+//! The `sluice` command line. Errors end here: one readable line and a non-zero exit.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use sluice::{Config, Filter, IndexOptions, Sluice, Store};
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "An AT Protocol indexer for custom appviews")]
+struct Cli {
+    /// Configuration file (missing = defaults).
+    #[arg(long, global = true, default_value = "config.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Index local repo exports (CAR files) through the pipeline.
+    IndexCar {
+        /// Filter file (default: the config's).
+        #[arg(long)]
+        filter: Option<PathBuf>,
+        /// Data directory (default: the config's).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// The DID every CAR must belong to.
+        #[arg(long)]
+        did: Option<String>,
+        /// Signing key (did:key:z... or multibase) to verify the commits against.
+        #[arg(long)]
+        key: Option<String>,
+        /// CAR files.
+        #[arg(required = true)]
+        cars: Vec<PathBuf>,
+    },
+    /// Print events as JSON lines.
+    Events {
+        /// Data directory.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// First event id.
+        #[arg(long, default_value_t = 0)]
+        cursor: u64,
+        /// Most events printed.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Repos by status, records per collection and events.
+    Stats {
+        /// Data directory.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Saved cursors and when they were saved.
+    Cursors {
+        /// Data directory.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Filter file tools.
+    Filter {
+        #[command(subcommand)]
+        command: FilterCommand,
+    },
+    /// List the registered handlers and the collections they take.
+    Handlers,
+}
+
+#[derive(Subcommand)]
+enum FilterCommand {
+    /// Validate a filter file.
+    Check {
+        /// The filter file.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        // A closed pipe (`sluice events | head`) is the reader's choice, not a failure.
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut config = Config::load(Some(&cli.config))?;
+    let data_dir = |config: &Config, data: Option<PathBuf>| data.unwrap_or_else(|| config.storage.path.clone());
+    match cli.command {
+        Command::IndexCar { filter, data, did, key, cars } => {
+            config.storage.path = data_dir(&config, data);
+            if let Some(f) = filter {
+                config.filter.path = f;
+            }
+            index_cars(config, IndexOptions { expected_did: did, signing_key: key }, &cars)
+        }
+        Command::Events { data, cursor, limit } => {
+            let store = open_store(&data_dir(&config, data))?;
+            let mut out = std::io::stdout().lock();
+            for (id, event) in store.events_from(cursor, limit)? {
+                writeln!(out, "{}", sluice::wire::event_json(&store, id, &event)?)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Stats { data, json } => {
+            let store = open_store(&data_dir(&config, data))?;
+            print_stats(&mut std::io::stdout().lock(), &store, json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cursors { data } => {
+            let store = open_store(&data_dir(&config, data))?;
+            let mut out = std::io::stdout().lock();
+            for (service, (value, ms)) in store.cursors()? {
+                writeln!(out, "{service}\t{value}\t{}", format_ms(ms))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Filter { command: FilterCommand::Check { file } } => match Filter::load(&file) {
+            Ok(f) => {
+                let handlers: Vec<_> = f.active_handlers().iter().map(|h| h.handler.name()).collect();
+                println!(
+                    "{}: ok: mode {}, {} signal(s), {} collection pattern(s), {} excluded, {} tracked DID(s), handlers: {}",
+                    file.display(), f.mode.as_str(), f.signals.len(), f.collections.len(), f.exclude_collections.len(), f.dids.len(),
+                    if handlers.is_empty() { "none".to_string() } else { handlers.join(", ") }
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Handlers => {
+            let mut out = std::io::stdout().lock();
+            for h in sluice::handlers::registered() {
+                writeln!(out, "{}\t{}", h.name(), h.collections().join(", "))?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn open_store(dir: &std::path::Path) -> anyhow::Result<Store> {
+    if !dir.exists() {
+        anyhow::bail!("no data in {} (index something first, or pass --data)", dir.display());
+    }
+    Store::open(dir).with_context(|| format!("opening the store in {}", dir.display()))
+}
+
+/// Indexes each CAR; a bad one is reported and skipped, and makes the exit code non-zero.
+fn index_cars(config: Config, opts: IndexOptions, cars: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let sluice = Sluice::builder().config(config.clone()).filter(Filter::load(&config.filter.path)?).open()?;
+    let mut failed = 0;
+    for path in cars {
+        let result = std::fs::read(path).map_err(anyhow::Error::from).and_then(|bytes| Ok(sluice.index_car(&bytes, &opts)?));
+        match result {
+            Ok(o) => {
+                let events = match o.committed.first_event {
+                    Some(first) => format!("events {first}..={}", first + o.committed.events - 1),
+                    None => "no events".into(),
+                };
+                println!(
+                    "{}: {}: {} created, {} updated, {} deleted, {} unchanged, {} handler error(s); {events}",
+                    path.display(), o.status.as_str(), o.created, o.updated, o.deleted, o.unchanged, o.handler_errors
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {}: {e:#}", path.display());
+            }
+        }
+    }
+    sluice.store().persist()?;
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn print_stats(out: &mut impl Write, store: &Store, json: bool) -> std::io::Result<()> {
+    let counts = store.counts();
+    let events = store.next_event_id() - 1;
+    if json {
+        let mut repos = serde_json::Map::new();
+        let mut records = serde_json::Map::new();
+        for ((kind, name), n) in &counts {
+            let map = if kind == "repos" { &mut repos } else { &mut records };
+            map.insert(name.clone(), (*n).into());
+        }
+        return writeln!(out, "{}", serde_json::json!({ "repos": repos, "records": records, "events": events }));
+    }
+    writeln!(out, "repos:")?;
+    for ((_, status), n) in counts.iter().filter(|((k, _), n)| k == "repos" && **n != 0) {
+        writeln!(out, "  {status:<12} {n}")?;
+    }
+    let records: Vec<_> = counts.iter().filter(|((k, _), n)| k == "records" && **n != 0).collect();
+    writeln!(out, "records: {}", records.iter().map(|(_, n)| **n).sum::<i64>())?;
+    for ((_, collection), n) in records {
+        writeln!(out, "  {collection:<40} {n}")?;
+    }
+    writeln!(out, "events: {events}")
+}
+
+fn format_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    format!("{secs}.{:03} (unix seconds)", ms % 1000)
+}

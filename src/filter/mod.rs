@@ -1,0 +1,232 @@
+//! The filter: which repos and collections sluice indexes, and which handlers run.
+//!
+//! A [`Filter`] is immutable; the indexer reads the current one from a [`FilterHandle`]
+//! (an `ArcSwap`) once per repo walk or commit, so a reload never changes the rules halfway
+//! through a repo. [`parse`] reads the TOML file (errors name file, line and reason),
+//! [`watch`] reloads it on save.
+//!
+//! Architecture invariant: the filter knows nothing of storage or the network.
+
+mod parse;
+pub mod watch;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use sluice_handlers::{CollectionHandler, HandlerSettings, nsid_matches};
+
+pub use parse::{FilterError, fuzz_filter_toml};
+
+/// Which repos are indexed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Every repo.
+    #[default]
+    Full,
+    /// Only repos holding at least one record in a signal collection.
+    Signal,
+}
+
+impl Mode {
+    /// The name used in the filter file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Full => "full",
+            Mode::Signal => "signal",
+        }
+    }
+}
+
+/// A handler's switch and settings from the filter's `[handlers.<name>]` table.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct HandlerConfig {
+    /// `enabled = true/false`; `None` means the handler's own default.
+    pub enabled: Option<bool>,
+    /// Every other key of the table.
+    pub settings: HandlerSettings,
+}
+
+/// The filter model (see DESIGN.md, "Filter file"). Patterns and DIDs are validated on parse.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Filter {
+    /// Full or signal mode.
+    pub mode: Mode,
+    /// Signal collections (patterns); used in signal mode.
+    pub signals: Vec<String>,
+    /// Collections stored (patterns); empty means all.
+    pub collections: Vec<String>,
+    /// Collections never stored (patterns); wins over `collections`.
+    pub exclude_collections: Vec<String>,
+    /// Repos always tracked, whatever the mode.
+    pub dids: BTreeSet<String>,
+    /// Repos never tracked; wins over everything.
+    pub exclude_dids: BTreeSet<String>,
+    /// Per-handler switches and settings, by handler name.
+    pub handlers: BTreeMap<String, HandlerConfig>,
+}
+
+/// How the filter treats a repo before looking at its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepoRule {
+    /// In `exclude_dids`: never indexed.
+    Excluded,
+    /// In `dids`, or full mode: indexed.
+    Tracked,
+    /// Signal mode: indexed only if it holds a signal record.
+    NeedsSignal,
+}
+
+/// A handler that runs under the current filter, with its settings.
+#[derive(Clone)]
+pub struct ActiveHandler {
+    /// The registered handler.
+    pub handler: &'static dyn CollectionHandler,
+    /// Its settings from the filter.
+    pub settings: HandlerSettings,
+}
+
+impl Filter {
+    /// Parses a filter file's text; `origin` names the file in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Filter, FilterError> {
+        parse::parse(text, origin)
+    }
+
+    /// Reads and parses a filter file.
+    pub fn load(path: &std::path::Path) -> Result<Filter, FilterError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| FilterError::io(&origin, &e))?;
+        Self::from_toml(&text, &origin)
+    }
+
+    /// The filter as TOML text that parses back to an equal filter.
+    pub fn to_toml(&self) -> String {
+        parse::to_toml(self)
+    }
+
+    /// Whether records of `collection` are stored.
+    pub fn wants_collection(&self, collection: &str) -> bool {
+        (self.collections.is_empty() || self.collections.iter().any(|p| nsid_matches(p, collection)))
+            && !self.exclude_collections.iter().any(|p| nsid_matches(p, collection))
+    }
+
+    /// Whether `collection` is a signal collection.
+    pub fn is_signal(&self, collection: &str) -> bool {
+        self.signals.iter().any(|p| nsid_matches(p, collection))
+    }
+
+    /// How the repo `did` is treated.
+    pub fn repo_rule(&self, did: &str) -> RepoRule {
+        if self.exclude_dids.contains(did) {
+            RepoRule::Excluded
+        } else if self.dids.contains(did) || self.mode == Mode::Full {
+            RepoRule::Tracked
+        } else {
+            RepoRule::NeedsSignal
+        }
+    }
+
+    /// The registered handlers switched on by this filter, with their settings.
+    pub fn active_handlers(&self) -> Vec<ActiveHandler> {
+        sluice_handlers::registered()
+            .into_iter()
+            .filter_map(|handler| {
+                let config = self.handlers.get(handler.name());
+                let enabled = config.and_then(|c| c.enabled).unwrap_or_else(|| handler.enabled_by_default());
+                enabled.then(|| ActiveHandler { handler, settings: config.map(|c| c.settings.clone()).unwrap_or_default() })
+            })
+            .collect()
+    }
+}
+
+/// The filter in force, shared by every part of the indexer; swapped whole on reload.
+#[derive(Clone)]
+pub struct FilterHandle {
+    current: Arc<ArcSwap<CompiledFilter>>,
+}
+
+/// A filter with its active handlers resolved, as the pipeline uses it.
+pub struct CompiledFilter {
+    /// The filter itself.
+    pub filter: Filter,
+    /// Handlers that run under it.
+    pub handlers: Vec<ActiveHandler>,
+}
+
+impl CompiledFilter {
+    /// Resolves the handlers of `filter`.
+    pub fn new(filter: Filter) -> Self {
+        let handlers = filter.active_handlers();
+        Self { filter, handlers }
+    }
+
+    /// The handlers that run on `collection`.
+    pub fn handlers_for<'a>(&'a self, collection: &'a str) -> impl Iterator<Item = &'a ActiveHandler> + 'a {
+        self.handlers.iter().filter(move |h| h.handler.collections().iter().any(|p| nsid_matches(p, collection)))
+    }
+}
+
+impl FilterHandle {
+    /// A handle holding `filter`.
+    pub fn new(filter: Filter) -> Self {
+        Self { current: Arc::new(ArcSwap::from_pointee(CompiledFilter::new(filter))) }
+    }
+
+    /// The filter in force now (take it once per repo or commit).
+    pub fn load(&self) -> Arc<CompiledFilter> {
+        self.current.load_full()
+    }
+
+    /// Puts `filter` in force.
+    pub fn store(&self, filter: Filter) {
+        self.current.store(Arc::new(CompiledFilter::new(filter)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(text: &str) -> Filter {
+        Filter::from_toml(text, "test.toml").unwrap()
+    }
+
+    #[test]
+    fn collections_empty_means_all_and_exclude_wins() {
+        let f = filter(r#"mode = "full"
+exclude_collections = ["app.bsky.feed.like"]"#);
+        assert!(f.wants_collection("app.bsky.feed.post"));
+        assert!(!f.wants_collection("app.bsky.feed.like"));
+        let f = filter(r#"mode = "full"
+collections = ["xyz.statusphere.*", "app.bsky.actor.profile"]
+exclude_collections = ["xyz.statusphere.secret"]"#);
+        assert!(f.wants_collection("xyz.statusphere.status"));
+        assert!(f.wants_collection("app.bsky.actor.profile"));
+        assert!(!f.wants_collection("app.bsky.feed.post"));
+        assert!(!f.wants_collection("xyz.statusphere.secret"));
+    }
+
+    #[test]
+    fn repo_rules_follow_mode_and_did_lists() {
+        let f = filter(r#"mode = "signal"
+signals = ["xyz.statusphere.status"]
+dids = ["did:plc:always"]
+exclude_dids = ["did:plc:never"]"#);
+        assert_eq!(f.repo_rule("did:plc:never"), RepoRule::Excluded);
+        assert_eq!(f.repo_rule("did:plc:always"), RepoRule::Tracked);
+        assert_eq!(f.repo_rule("did:plc:other"), RepoRule::NeedsSignal);
+        assert!(f.is_signal("xyz.statusphere.status"));
+        assert!(!f.is_signal("xyz.statusphere.other"));
+    }
+
+    #[test]
+    fn handlers_are_switched_from_the_filter() {
+        let on = filter("mode = \"full\"");
+        assert!(on.active_handlers().iter().any(|h| h.handler.name() == "post"));
+        let off = filter("mode = \"full\"\n[handlers.post]\nenabled = false");
+        assert!(!off.active_handlers().iter().any(|h| h.handler.name() == "post"));
+        let set = filter("mode = \"full\"\n[handlers.post]\nlangs = [\"en\"]");
+        let post = set.active_handlers().into_iter().find(|h| h.handler.name() == "post").unwrap();
+        assert_eq!(post.settings.str_list("langs").unwrap(), Some(vec!["en".to_string()]));
+    }
+}

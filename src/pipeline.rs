@@ -1,0 +1,373 @@
+//! The one path every record takes, backfill and live alike:
+//! filter -> handlers -> diff against stored CIDs -> one batch with its events.
+//!
+//! [`Pipeline::apply_walk`] takes a whole repo (a verified CAR): records whose CID is unchanged
+//! are skipped, new or changed ones are created or updated, and stored records of wanted
+//! collections that the walk no longer holds are deleted. [`Pipeline::apply_commit`] takes the
+//! [`RecordOp`]s of one live commit. Both read the filter once (one `ArcSwap` load) and commit
+//! everything for the repo in one fjall batch, so a crash leaves a repo either before or after.
+//!
+//! Signal mode: a walk that finds no record in a signal collection (and a repo not listed in
+//! `dids`) stores nothing and marks the repo discarded; if it had been indexed before, its
+//! records are deleted, with delete events, so consumers stay consistent.
+//!
+//! Records of collections the filter no longer wants are left as they are: not updated, not
+//! deleted, no events. Callers serialize work per DID (one walk or commit of a repo at a time).
+//!
+//! Architecture invariant: the pipeline never does network I/O and never blocks on async code.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use cid::Cid;
+use sluice_handlers::{Emit, HandlerOutput, IndexWrite, PreviousRecord, RecordKeyView, RecordView};
+
+use crate::filter::{CompiledFilter, FilterHandle, RepoRule};
+use crate::repo::{LoadedRepo, RepoError};
+use crate::store::{Action, Committed, RecordEvent, RecordWrite, RepoChange, RepoState, RepoStatus, Store, StoreError, StoredEvent, values::now_ms};
+
+/// Why a repo or commit was not applied. Nothing of it was written.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The repo data is invalid.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The repo is older than what is stored.
+    #[error("rev {rev} of {did} is older than the stored rev {stored}; skipped")]
+    StaleRev { did: String, rev: String, stored: String },
+}
+
+/// One record operation of a live commit.
+#[derive(Debug, Clone)]
+pub enum RecordOp {
+    /// Create or update `collection/rkey` to `cid` with `bytes`.
+    Put { collection: String, rkey: String, cid: Cid, bytes: Bytes },
+    /// Delete `collection/rkey`.
+    Delete { collection: String, rkey: String },
+}
+
+/// What applying a repo or commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RepoOutcome {
+    /// The repo's status afterwards.
+    pub status: RepoStatus,
+    /// Records created.
+    pub created: u64,
+    /// Records updated.
+    pub updated: u64,
+    /// Records deleted.
+    pub deleted: u64,
+    /// Records whose stored CID was already current.
+    pub unchanged: u64,
+    /// Handler failures (errors and panics) on this repo.
+    pub handler_errors: u64,
+    /// Events written.
+    pub committed: Committed,
+}
+
+/// Running totals, for progress lines and metrics.
+#[derive(Debug, Default)]
+pub struct PipelineMetrics {
+    /// Records walked or received.
+    pub records_seen: AtomicU64,
+    /// Records created, updated, deleted.
+    pub created: AtomicU64,
+    /// See `created`.
+    pub updated: AtomicU64,
+    /// See `created`.
+    pub deleted: AtomicU64,
+    /// Handler errors and panics.
+    pub handler_errors: AtomicU64,
+    /// Repos applied as synced.
+    pub repos_synced: AtomicU64,
+    /// Repos discarded (signal mode or excluded).
+    pub repos_discarded: AtomicU64,
+}
+
+/// A record change, before handlers run.
+enum Staged {
+    Upsert { collection: String, rkey: String, cid: Cid, bytes: Bytes, previous: Option<Vec<u8>> },
+    Delete { collection: String, rkey: String, previous: Vec<u8> },
+}
+
+/// Where the changes come from.
+struct Origin<'a> {
+    did: &'a str,
+    rev: &'a str,
+    live: bool,
+}
+
+/// The pipeline: a store, the filter in force and running totals.
+#[derive(Clone)]
+pub struct Pipeline {
+    store: Arc<Store>,
+    filter: FilterHandle,
+    metrics: Arc<PipelineMetrics>,
+}
+
+impl Pipeline {
+    /// A pipeline writing to `store` under the filter in `filter`.
+    pub fn new(store: Arc<Store>, filter: FilterHandle) -> Self {
+        Self { store, filter, metrics: Arc::default() }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// The filter handle.
+    pub fn filter(&self) -> &FilterHandle {
+        &self.filter
+    }
+
+    /// Running totals.
+    pub fn metrics(&self) -> &PipelineMetrics {
+        &self.metrics
+    }
+
+    /// Applies a whole repo (a CAR whose commit the caller has checked), with an optional
+    /// cursor `(service, position)` saved in the same batch.
+    pub fn apply_walk(&self, repo: &LoadedRepo, cursor: Option<(String, String)>) -> Result<RepoOutcome, PipelineError> {
+        let compiled = self.filter.load();
+        let filter = &compiled.filter;
+        let did = repo.did();
+        let previous_state = self.store.repo_state(did)?;
+        check_rev(did, repo.rev(), previous_state.as_ref())?;
+        let rule = filter.repo_rule(did);
+        let mut stored = self.store.repo_records(did)?;
+        let mut has_signal = rule == RepoRule::Tracked;
+        let (mut staged, mut unchanged) = (Vec::new(), 0);
+        if rule != RepoRule::Excluded {
+            for entry in repo.records() {
+                let entry = entry?;
+                self.metrics.records_seen.fetch_add(1, Ordering::Relaxed);
+                has_signal |= filter.is_signal(&entry.collection);
+                if !filter.wants_collection(&entry.collection) {
+                    continue;
+                }
+                let key = (entry.collection, entry.rkey);
+                let previous = stored.remove(&key);
+                if previous.as_deref() == Some(&entry.cid.to_bytes()[..]) {
+                    unchanged += 1;
+                } else {
+                    let (collection, rkey) = key;
+                    staged.push(Staged::Upsert { collection, rkey, cid: entry.cid, bytes: entry.bytes, previous });
+                }
+            }
+        }
+        let status = if has_signal { RepoStatus::Synced } else { RepoStatus::Discarded };
+        if status == RepoStatus::Discarded {
+            // Nothing of a discarded repo stays: drop what an earlier walk stored, every collection.
+            staged.clear();
+            unchanged = 0;
+            stored = self.store.repo_records(did)?;
+        } else {
+            stored.retain(|(collection, _), _| filter.wants_collection(collection));
+        }
+        let mut deletes: Vec<_> = stored.into_iter().collect();
+        deletes.sort();
+        staged.extend(deletes.into_iter().map(|((collection, rkey), previous)| Staged::Delete { collection, rkey, previous }));
+
+        let origin = Origin { did, rev: repo.rev(), live: false };
+        let (mut change, handler_errors) = self.stage(&compiled, &origin, staged);
+        change.state = Some(RepoState {
+            status,
+            rev: (status == RepoStatus::Synced).then(|| repo.rev().to_string()),
+            data: (status == RepoStatus::Synced).then(|| repo.data().to_string()),
+            handle: previous_state.and_then(|s| s.handle),
+            updated_ms: now_ms(),
+            ..Default::default()
+        });
+        change.cursor = cursor;
+        self.finish(change, status, unchanged, handler_errors)
+    }
+
+    /// Applies the ops of one live commit of `did` at `rev` (MST root `data`), with an optional
+    /// cursor saved in the same batch. Ops on unwanted collections are ignored; a put whose CID
+    /// is already stored is skipped.
+    pub fn apply_commit(&self, did: &str, rev: &str, data: Cid, ops: Vec<RecordOp>, cursor: Option<(String, String)>) -> Result<RepoOutcome, PipelineError> {
+        let compiled = self.filter.load();
+        let previous_state = self.store.repo_state(did)?;
+        check_rev(did, rev, previous_state.as_ref())?;
+        let (mut staged, mut unchanged) = (Vec::new(), 0);
+        for op in ops {
+            self.metrics.records_seen.fetch_add(1, Ordering::Relaxed);
+            match op {
+                RecordOp::Put { collection, rkey, cid, bytes } => {
+                    if !compiled.filter.wants_collection(&collection) {
+                        continue;
+                    }
+                    let previous = self.store.record_cid(did, &collection, &rkey)?;
+                    if previous.as_deref() == Some(&cid.to_bytes()[..]) {
+                        unchanged += 1;
+                    } else {
+                        staged.push(Staged::Upsert { collection, rkey, cid, bytes, previous });
+                    }
+                }
+                RecordOp::Delete { collection, rkey } => {
+                    if let Some(previous) = self.store.record_cid(did, &collection, &rkey)? {
+                        staged.push(Staged::Delete { collection, rkey, previous });
+                    }
+                }
+            }
+        }
+        let (mut change, handler_errors) = self.stage(&compiled, &Origin { did, rev, live: true }, staged);
+        let mut state = previous_state.unwrap_or_default();
+        state.status = RepoStatus::Synced;
+        state.rev = Some(rev.to_string());
+        state.data = Some(data.to_string());
+        state.updated_ms = now_ms();
+        change.state = Some(state);
+        change.cursor = cursor;
+        self.finish(change, RepoStatus::Synced, unchanged, handler_errors)
+    }
+
+    fn finish(&self, change: RepoChange, status: RepoStatus, unchanged: u64, handler_errors: u64) -> Result<RepoOutcome, PipelineError> {
+        let mut outcome = RepoOutcome { status, created: 0, updated: 0, deleted: 0, unchanged, handler_errors, committed: Committed::default() };
+        for event in &change.events {
+            if let StoredEvent::Record(r) = event {
+                match r.action {
+                    Action::Create => outcome.created += 1,
+                    Action::Update => outcome.updated += 1,
+                    Action::Delete => outcome.deleted += 1,
+                }
+            }
+        }
+        outcome.committed = self.store.commit(change)?;
+        let m = &self.metrics;
+        m.created.fetch_add(outcome.created, Ordering::Relaxed);
+        m.updated.fetch_add(outcome.updated, Ordering::Relaxed);
+        m.deleted.fetch_add(outcome.deleted, Ordering::Relaxed);
+        match status {
+            RepoStatus::Synced => m.repos_synced.fetch_add(1, Ordering::Relaxed),
+            _ => m.repos_discarded.fetch_add(1, Ordering::Relaxed),
+        };
+        Ok(outcome)
+    }
+
+    /// Runs handlers over staged changes and builds the batch; also returns the number of
+    /// handler failures.
+    fn stage(&self, compiled: &CompiledFilter, origin: &Origin<'_>, staged: Vec<Staged>) -> (RepoChange, u64) {
+        let mut change = RepoChange { did: origin.did.to_string(), ..Default::default() };
+        let mut failures = 0;
+        for item in staged {
+            match item {
+                Staged::Upsert { collection, rkey, cid, bytes, previous } => {
+                    failures += self.stage_upsert(compiled, origin, &mut change, collection, rkey, cid, bytes, previous);
+                }
+                Staged::Delete { collection, rkey, previous } => {
+                    let prev_bytes = self.store.block(&previous).ok().flatten();
+                    let prev_cid = Cid::try_from(&previous[..]).map(|c| c.to_string()).unwrap_or_default();
+                    let view = RecordKeyView {
+                        did: origin.did, collection: &collection, rkey: &rkey, rev: origin.rev, live: origin.live,
+                        previous: prev_bytes.as_deref().map(|bytes| PreviousRecord { cid: &prev_cid, bytes }),
+                    };
+                    let run = self.run_handlers(compiled, &collection, &view.uri(), |h, s, out| h.on_delete(&view, s, out));
+                    failures += run.failures;
+                    change.handler_writes.extend(run.writes);
+                    change.records.push(RecordWrite::Remove { collection: collection.clone(), rkey: rkey.clone() });
+                    change.events.push(record_event(origin, collection, rkey, Action::Delete, Vec::new(), None, run.handled));
+                }
+            }
+        }
+        (change, failures)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn stage_upsert(&self, compiled: &CompiledFilter, origin: &Origin<'_>, change: &mut RepoChange, collection: String, rkey: String, cid: Cid, bytes: Bytes, previous: Option<Vec<u8>>) -> u64 {
+        let run = if compiled.handlers_for(&collection).next().is_some() {
+            let prev_bytes = previous.as_ref().and_then(|p| self.store.block(p).ok().flatten());
+            let prev_cid = previous.as_ref().and_then(|p| Cid::try_from(&p[..]).ok()).map(|c| c.to_string()).unwrap_or_default();
+            let cid_str = cid.to_string();
+            let view = RecordView::new(
+                origin.did, &collection, &rkey, &cid_str, origin.rev, origin.live, &bytes,
+                prev_bytes.as_deref().map(|bytes| PreviousRecord { cid: &prev_cid, bytes }),
+            );
+            self.run_handlers(compiled, &collection, &view.uri(), |h, s, out| h.on_record(&view, s, out))
+        } else {
+            HandlerRun::default()
+        };
+        change.handler_writes.extend(run.writes);
+        let failures = run.failures;
+        let replaced = match run.emit {
+            Emit::Drop => {
+                if previous.is_some() {
+                    change.records.push(RecordWrite::Remove { collection: collection.clone(), rkey: rkey.clone() });
+                    change.events.push(record_event(origin, collection, rkey, Action::Delete, Vec::new(), None, run.handled));
+                }
+                return failures;
+            }
+            Emit::Replace(v) => Some(v.to_string()),
+            Emit::Keep => None,
+        };
+        let cid_bytes = cid.to_bytes();
+        let action = if previous.is_some() { Action::Update } else { Action::Create };
+        change.records.push(RecordWrite::Put { collection: collection.clone(), rkey: rkey.clone(), cid: cid_bytes.clone() });
+        change.blocks.push((cid_bytes.clone(), bytes));
+        change.events.push(record_event(origin, collection, rkey, action, cid_bytes, replaced, run.handled));
+        failures
+    }
+
+    /// Runs every active handler for `collection`; an error or panic is logged and counted,
+    /// and costs only that handler's output.
+    fn run_handlers<F>(&self, compiled: &CompiledFilter, collection: &str, uri: &str, call: F) -> HandlerRun
+    where
+        F: Fn(&dyn sluice_handlers::CollectionHandler, &sluice_handlers::HandlerSettings, &mut HandlerOutput) -> Result<(), sluice_handlers::HandlerError>,
+    {
+        let mut run = HandlerRun::default();
+        for active in compiled.handlers_for(collection) {
+            let name = active.handler.name();
+            let mut out = HandlerOutput::new();
+            let result = catch_unwind(AssertUnwindSafe(|| call(active.handler, &active.settings, &mut out)));
+            let failure = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(panic) => Some(format!("panicked: {}", panic_message(&panic))),
+            };
+            if let Some(error) = failure {
+                self.metrics.handler_errors.fetch_add(1, Ordering::Relaxed);
+                run.failures += 1;
+                tracing::warn!(handler = name, uri, %error, "handler failed; the record is stored without its output");
+                continue;
+            }
+            let (emit, value, writes) = out.into_parts();
+            if emit != Emit::Keep {
+                run.emit = emit;
+            }
+            if let Some(v) = value {
+                run.handled.push((name.to_string(), v.to_string()));
+            }
+            run.writes.extend(writes.into_iter().map(|w: IndexWrite| (name, w)));
+        }
+        run
+    }
+}
+
+#[derive(Default)]
+struct HandlerRun {
+    emit: Emit,
+    handled: Vec<(String, String)>,
+    writes: Vec<(&'static str, IndexWrite)>,
+    failures: u64,
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into())
+}
+
+fn check_rev(did: &str, rev: &str, state: Option<&RepoState>) -> Result<(), PipelineError> {
+    match state.and_then(|s| s.rev.as_deref()) {
+        Some(stored) if stored > rev => Err(PipelineError::StaleRev { did: did.into(), rev: rev.into(), stored: stored.into() }),
+        _ => Ok(()),
+    }
+}
+
+fn record_event(origin: &Origin<'_>, collection: String, rkey: String, action: Action, cid: Vec<u8>, replaced: Option<String>, handled: Vec<(String, String)>) -> StoredEvent {
+    StoredEvent::Record(RecordEvent { live: origin.live, did: origin.did.to_string(), rev: origin.rev.to_string(), collection, rkey, action, cid, replaced, handled })
+}

@@ -1,0 +1,144 @@
+//! CAR loading with limits and CID checks.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use cid::Cid;
+use jacquard_common::types::crypto::PublicKey;
+use jacquard_repo::commit::Commit;
+use sha2::{Digest, Sha256};
+use smol_str::SmolStr;
+
+use super::RepoError;
+
+const SHA2_256: u64 = 0x12;
+
+/// Size limits applied before and while reading a CAR.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CarLimits {
+    /// Largest CAR accepted, in bytes.
+    pub max_car_bytes: u64,
+    /// Largest single block, in bytes.
+    pub max_block_bytes: usize,
+    /// Most blocks in one CAR.
+    pub max_blocks: usize,
+}
+
+impl Default for CarLimits {
+    fn default() -> Self {
+        Self { max_car_bytes: 1 << 30, max_block_bytes: 2 << 20, max_blocks: 4_000_000 }
+    }
+}
+
+/// A CAR's blocks (each checked against its CID) and its decoded root commit.
+pub struct LoadedRepo {
+    /// CID of the root commit block.
+    pub commit_cid: Cid,
+    /// The root commit.
+    pub commit: Commit<SmolStr>,
+    pub(super) blocks: HashMap<Cid, Bytes>,
+}
+
+/// Polls a future that never waits on I/O (iroh-car over an in-memory slice) to completion.
+fn run_ready<F: Future>(fut: F) -> F::Output {
+    let mut fut = pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+            return v;
+        }
+    }
+}
+
+fn check_cid(cid: &Cid, data: &[u8]) -> Result<(), RepoError> {
+    if cid.hash().code() != SHA2_256 {
+        return Err(RepoError::UnsupportedHash(*cid));
+    }
+    if cid.hash().digest() != &Sha256::digest(data)[..] {
+        return Err(RepoError::CidMismatch(*cid));
+    }
+    Ok(())
+}
+
+/// Parses CAR bytes: every block checked against its CID, limits enforced, root commit decoded.
+pub fn read_car(bytes: &[u8], limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
+    if bytes.len() as u64 > limits.max_car_bytes {
+        return Err(RepoError::TooLarge(format!("{} bytes is over the {}-byte limit", bytes.len(), limits.max_car_bytes)));
+    }
+    run_ready(async {
+        let reader = iroh_car::CarReader::new(bytes).await.map_err(|e| RepoError::Car(e.to_string()))?;
+        let root = *reader.header().roots().first().ok_or_else(|| RepoError::Car("header names no root".into()))?;
+        let mut blocks = HashMap::new();
+        let mut stream = pin!(reader.stream());
+        while let Some(item) = n0_future::StreamExt::next(&mut stream).await {
+            let (cid, data) = item.map_err(|e| RepoError::Car(e.to_string()))?;
+            if data.len() > limits.max_block_bytes {
+                return Err(RepoError::TooLarge(format!("block {cid} has {} bytes, over the {}-byte limit", data.len(), limits.max_block_bytes)));
+            }
+            if blocks.len() >= limits.max_blocks {
+                return Err(RepoError::TooLarge(format!("more than {} blocks", limits.max_blocks)));
+            }
+            check_cid(&cid, &data)?;
+            blocks.insert(cid, Bytes::from(data));
+        }
+        let commit_bytes = blocks.get(&root).ok_or(RepoError::MissingBlock { cid: root, what: "root commit" })?;
+        let commit = Commit::<SmolStr>::from_cbor(commit_bytes).map_err(|e| RepoError::NotACommit(root, e.to_string()))?;
+        Ok(LoadedRepo { commit_cid: root, commit, blocks })
+    })
+}
+
+impl LoadedRepo {
+    /// The repo DID named by the commit.
+    pub fn did(&self) -> &str {
+        self.commit.did.as_str()
+    }
+
+    /// The commit's rev.
+    pub fn rev(&self) -> &str {
+        self.commit.rev.as_str()
+    }
+
+    /// The MST root CID.
+    pub fn data(&self) -> Cid {
+        self.commit.data
+    }
+
+    /// Number of blocks in the CAR.
+    pub fn block_count(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// A block by CID.
+    pub fn block(&self, cid: &Cid) -> Option<&Bytes> {
+        self.blocks.get(cid)
+    }
+
+    /// Checks the commit: version 3, a valid DID, and `expected_did` when given.
+    pub fn check_commit(&self, expected_did: Option<&str>) -> Result<(), RepoError> {
+        if self.commit.version != 3 {
+            return Err(RepoError::Version(self.commit.version));
+        }
+        let found = self.did();
+        if !crate::syntax::is_did(found) {
+            return Err(RepoError::Did { found: found.into(), problem: "not a valid DID".into() });
+        }
+        match expected_did {
+            Some(want) if want != found => Err(RepoError::Did { found: found.into(), problem: format!("expected {want}") }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Verifies the commit signature against `key`.
+    pub fn verify_signature(&self, key: &PublicKey<'_>) -> Result<(), RepoError> {
+        self.commit.verify(key).map_err(|e| RepoError::Signature(e.to_string()))
+    }
+}
+
+/// Parses a signing key given as `did:key:z...` or a bare multibase multikey `z...`.
+pub fn parse_public_key(s: &str) -> Result<PublicKey<'static>, String> {
+    let multibase = s.strip_prefix("did:key:").unwrap_or(s);
+    PublicKey::decode(multibase).map_err(|e| format!("invalid public key `{s}`: {e:?}"))
+}

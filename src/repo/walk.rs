@@ -1,0 +1,137 @@
+//! The MST walk: an explicit-stack, in-order traversal over jacquard's MST node codec.
+//!
+//! It checks what a reader must not trust: every node and record block is present, prefix
+//! lengths stay inside the previous key, keys are valid `collection/rkey` paths in strictly
+//! increasing order, and every key in a node sits at that node's height (so each subtree is
+//! visited once and a malformed tree cannot loop or recurse without bound).
+
+use bytes::Bytes;
+use cid::Cid;
+use jacquard_repo::mst::node::NodeData;
+use jacquard_repo::mst::util::layer_for_key;
+
+use super::{LoadedRepo, RepoError};
+
+/// One record found in the walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordEntry {
+    /// Collection NSID.
+    pub collection: String,
+    /// Record key.
+    pub rkey: String,
+    /// Record CID.
+    pub cid: Cid,
+    /// The record's DAG-CBOR bytes (checked against `cid`).
+    pub bytes: Bytes,
+}
+
+enum Item {
+    Node { cid: Cid, layer: Option<usize> },
+    Leaf { key: String, cid: Cid },
+}
+
+/// Iterator over a repo's records in MST key order.
+pub struct Records<'a> {
+    repo: &'a LoadedRepo,
+    stack: Vec<Item>,
+    last_key: Option<String>,
+    failed: bool,
+}
+
+impl LoadedRepo {
+    /// Walks the MST, yielding every record in key order; stops after the first error.
+    pub fn records(&self) -> Records<'_> {
+        Records { repo: self, stack: vec![Item::Node { cid: self.data(), layer: None }], last_key: None, failed: false }
+    }
+}
+
+impl Records<'_> {
+    /// Loads a node and pushes its entries (reversed, so they pop in order). `layer` is the
+    /// height the node must have (its parent's minus one); `None` for the root.
+    fn expand(&mut self, cid: Cid, layer: Option<usize>) -> Result<(), RepoError> {
+        let bytes = self.repo.block(&cid).ok_or(RepoError::MissingBlock { cid, what: "MST node" })?;
+        let node: NodeData = serde_ipld_dagcbor::from_slice(bytes).map_err(|e| mst_err(cid, e.to_string()))?;
+        if node.entries.is_empty() && node.left.is_none() {
+            // Only an empty repo's root may hold nothing at all.
+            return if layer.is_none() { Ok(()) } else { Err(mst_err(cid, "empty node inside the tree")) };
+        }
+        let mut items = Vec::with_capacity(node.entries.len() * 2 + 1);
+        let mut prev_key = String::new();
+        let mut layer = layer;
+        for entry in &node.entries {
+            let prefix = entry.prefix_len as usize;
+            let shared = prev_key.get(..prefix).ok_or_else(|| mst_err(cid, format!("prefix length {prefix} exceeds the previous key")))?;
+            let suffix = std::str::from_utf8(&entry.key_suffix).map_err(|_| mst_err(cid, "key is not UTF-8"))?;
+            let key = format!("{shared}{suffix}");
+            let key_layer = layer_for_key(&key);
+            if *layer.get_or_insert(key_layer) != key_layer {
+                return Err(mst_err(cid, format!("key {key} has height {key_layer}, but its node is at height {}", layer.unwrap_or(0))));
+            }
+            items.push(Item::Leaf { key: key.clone(), cid: entry.value });
+            if let Some(tree) = entry.tree {
+                items.push(Item::Node { cid: tree, layer: child_layer(cid, layer)? });
+            }
+            prev_key = key;
+        }
+        if let Some(left) = node.left {
+            items.insert(0, Item::Node { cid: left, layer: child_layer(cid, layer)? });
+        }
+        self.stack.extend(items.into_iter().rev());
+        Ok(())
+    }
+
+    fn leaf(&mut self, key: String, cid: Cid) -> Result<RecordEntry, RepoError> {
+        if self.last_key.as_ref().is_some_and(|last| *last >= key) {
+            return Err(mst_err(cid, format!("key {key} is out of order")));
+        }
+        let (collection, rkey) = split_key(&key).ok_or_else(|| mst_err(cid, format!("`{key}` is not a collection/rkey path")))?;
+        let entry = RecordEntry {
+            collection: collection.to_string(),
+            rkey: rkey.to_string(),
+            cid,
+            bytes: self.repo.block(&cid).cloned().ok_or(RepoError::MissingBlock { cid, what: "record" })?,
+        };
+        self.last_key = Some(key);
+        Ok(entry)
+    }
+}
+
+fn mst_err(cid: Cid, problem: impl Into<String>) -> RepoError {
+    RepoError::Mst { cid, problem: problem.into() }
+}
+
+/// The height of a node's children: one below it. A height-0 node has no children.
+fn child_layer(node: Cid, layer: Option<usize>) -> Result<Option<usize>, RepoError> {
+    match layer {
+        Some(0) => Err(mst_err(node, "a node at height 0 points to a subtree")),
+        Some(l) => Ok(Some(l - 1)),
+        None => Ok(None),
+    }
+}
+
+/// Splits an MST key into a valid (collection NSID, record key).
+fn split_key(key: &str) -> Option<(&str, &str)> {
+    let (collection, rkey) = key.split_once('/')?;
+    (crate::syntax::is_nsid(collection) && crate::syntax::is_rkey(rkey)).then_some((collection, rkey))
+}
+
+impl Iterator for Records<'_> {
+    type Item = Result<RecordEntry, RepoError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            let result = match self.stack.pop()? {
+                Item::Node { cid, layer } => match self.expand(cid, layer) {
+                    Ok(()) => continue,
+                    Err(e) => Err(e),
+                },
+                Item::Leaf { key, cid } => self.leaf(key, cid),
+            };
+            self.failed = result.is_err();
+            return Some(result);
+        }
+    }
+}

@@ -1,0 +1,345 @@
+//! The fjall store: keyspaces, the event log and atomic per-repo commits.
+//!
+//! Contract: everything one repo walk or one commit changes — records, blocks, repo state,
+//! handler index writes, counts, its events and any cursor that covers it — goes into one fjall
+//! batch ([`Store::commit`]). Event ids are assigned under the writer lock at commit time, so the
+//! log is gapless and ids survive restarts (the next id is read back from the log on open).
+//!
+//! Blocks are content-addressed record bodies, written once. Events reference them by CID, so a
+//! block stays as long as an event or a record may point at it; pruning belongs to event
+//! retention.
+//!
+//! Architecture invariant: the store knows nothing of CARs, the network or the filter.
+
+pub mod keys;
+pub mod values;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::Mutex;
+
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use sluice_handlers::IndexWrite;
+
+pub use values::{Action, RecordEvent, RepoState, RepoStatus, Stored, StoredEvent};
+use values::{Cursor, RecordRef};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// fjall failed.
+    #[error("storage: {0}")]
+    Fjall(#[from] fjall::Error),
+    /// A stored key did not decode.
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    /// A stored value did not decode.
+    #[error(transparent)]
+    Value(#[from] values::ValueError),
+}
+
+type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A record put or removal.
+#[derive(Debug, Clone)]
+pub enum RecordWrite {
+    /// Store `cid` (binary) as the current version of `collection/rkey`.
+    Put { collection: String, rkey: String, cid: Vec<u8> },
+    /// Remove `collection/rkey`.
+    Remove { collection: String, rkey: String },
+}
+
+/// Everything one repo walk or commit changes; committed in one batch by [`Store::commit`].
+#[derive(Debug, Default)]
+pub struct RepoChange {
+    /// The repo.
+    pub did: String,
+    /// Its new state, if it changes.
+    pub state: Option<RepoState>,
+    /// Record puts and removals.
+    pub records: Vec<RecordWrite>,
+    /// New record bodies: (binary CID, DAG-CBOR).
+    pub blocks: Vec<(Vec<u8>, bytes::Bytes)>,
+    /// Events, in order; ids are assigned at commit.
+    pub events: Vec<StoredEvent>,
+    /// Writes into handler keyspaces: (handler name, write).
+    pub handler_writes: Vec<(&'static str, IndexWrite)>,
+    /// A cursor saved with this change: (service, position).
+    pub cursor: Option<(String, String)>,
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Committed {
+    /// Id of the first event written, when any was.
+    pub first_event: Option<u64>,
+    /// Number of events written.
+    pub events: u64,
+}
+
+struct Writer {
+    next_event: u64,
+    counts: BTreeMap<Vec<u8>, i64>,
+}
+
+/// The open store.
+pub struct Store {
+    db: Database,
+    /// did -> [`RepoState`].
+    pub repos: Keyspace,
+    /// did\0collection\0rkey -> [`RecordRef`].
+    pub records: Keyspace,
+    /// binary CID -> DAG-CBOR record body.
+    pub blocks: Keyspace,
+    /// u64 BE id -> [`StoredEvent`].
+    pub events: Keyspace,
+    /// Backfill queue.
+    pub pending: Keyspace,
+    /// did -> retry state.
+    pub resync: Keyspace,
+    /// did\0rev -> live commit held during a backfill.
+    pub held: Keyspace,
+    /// service -> [`Cursor`].
+    pub cursors: Keyspace,
+    /// counter name -> i64 BE.
+    pub counts: Keyspace,
+    handler_spaces: Mutex<HashMap<&'static str, Keyspace>>,
+    writer: Mutex<Writer>,
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let db = Database::builder(dir).open()?;
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        let store = Store {
+            repos: ks("repos")?,
+            records: ks("records")?,
+            blocks: ks("blocks")?,
+            events: ks("events")?,
+            pending: ks("pending")?,
+            resync: ks("resync")?,
+            held: ks("held")?,
+            cursors: ks("cursors")?,
+            counts: ks("counts")?,
+            handler_spaces: Mutex::new(HashMap::new()),
+            writer: Mutex::new(Writer { next_event: 1, counts: BTreeMap::new() }),
+            db,
+        };
+        let next_event = match store.events.last_key_value() {
+            Some(kv) => keys::parse_event(&kv.key()?)? + 1,
+            None => 1,
+        };
+        let mut counts = BTreeMap::new();
+        for kv in store.counts.iter() {
+            let (k, v) = kv.into_inner()?;
+            counts.insert(k.to_vec(), decode_count(&v));
+        }
+        *store.writer.lock().expect("writer lock") = Writer { next_event, counts };
+        Ok(store)
+    }
+
+    /// The keyspace of handler `name`, opened on first use.
+    pub fn handler_space(&self, name: &'static str) -> Result<Keyspace> {
+        let mut spaces = self.handler_spaces.lock().expect("handler keyspace lock");
+        if let Some(ks) = spaces.get(name) {
+            return Ok(ks.clone());
+        }
+        let ks = self.db.keyspace(&format!("handler.{name}"), KeyspaceCreateOptions::default)?;
+        spaces.insert(name, ks.clone());
+        Ok(ks)
+    }
+
+    /// Commits `change` atomically, assigning its events the next ids.
+    pub fn commit(&self, change: RepoChange) -> Result<Committed> {
+        let handler_spaces: Vec<(Keyspace, IndexWrite)> = change
+            .handler_writes
+            .into_iter()
+            .map(|(name, w)| self.handler_space(name).map(|ks| (ks, w)))
+            .collect::<Result<_>>()?;
+        let mut writer = self.writer.lock().expect("writer lock");
+        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+        let mut deltas: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+
+        let old_status = self.repo_state(&change.did)?.map(|s| s.status);
+        if let Some(state) = &change.state {
+            batch.insert(&self.repos, change.did.as_bytes(), state.encode());
+            if old_status != Some(state.status) {
+                if let Some(old) = old_status {
+                    *deltas.entry(keys::count_repos(old.as_str())).or_default() -= 1;
+                }
+                *deltas.entry(keys::count_repos(state.status.as_str())).or_default() += 1;
+            }
+        }
+        for write in &change.records {
+            match write {
+                RecordWrite::Put { collection, rkey, cid } => {
+                    let key = keys::record(&change.did, collection, rkey);
+                    if !self.records.contains_key(&key)? {
+                        *deltas.entry(keys::count_records(collection)).or_default() += 1;
+                    }
+                    batch.insert(&self.records, key, RecordRef { cid: cid.clone() }.encode());
+                }
+                RecordWrite::Remove { collection, rkey } => {
+                    let key = keys::record(&change.did, collection, rkey);
+                    if self.records.contains_key(&key)? {
+                        *deltas.entry(keys::count_records(collection)).or_default() -= 1;
+                    }
+                    batch.remove(&self.records, key);
+                }
+            }
+        }
+        for (cid, body) in change.blocks {
+            batch.insert(&self.blocks, cid, body.to_vec());
+        }
+        for (ks, w) in handler_spaces {
+            match w.value {
+                Some(v) => batch.insert(&ks, w.key, v),
+                None => batch.remove(&ks, w.key),
+            }
+        }
+        let first = writer.next_event;
+        let n = change.events.len() as u64;
+        for (i, event) in change.events.iter().enumerate() {
+            batch.insert(&self.events, keys::event(first + i as u64), event.encode());
+        }
+        if let Some((service, value)) = change.cursor {
+            batch.insert(&self.cursors, service.as_bytes(), Cursor { value, updated_ms: values::now_ms() }.encode());
+        }
+        let mut new_counts = Vec::new();
+        for (key, delta) in deltas.into_iter().filter(|(_, d)| *d != 0) {
+            let value = writer.counts.get(&key).copied().unwrap_or(0) + delta;
+            batch.insert(&self.counts, key.clone(), value.to_be_bytes());
+            new_counts.push((key, value));
+        }
+        batch.commit()?;
+        writer.next_event += n;
+        writer.counts.extend(new_counts);
+        Ok(Committed { first_event: (n > 0).then_some(first), events: n })
+    }
+
+    /// A repo's state.
+    pub fn repo_state(&self, did: &str) -> Result<Option<RepoState>> {
+        self.repos.get(did.as_bytes())?.map(|v| RepoState::decode(&v)).transpose().map_err(Into::into)
+    }
+
+    /// Every stored record of `did`: (collection, rkey) -> binary CID.
+    pub fn repo_records(&self, did: &str) -> Result<HashMap<(String, String), Vec<u8>>> {
+        let mut out = HashMap::new();
+        for kv in self.records.prefix(keys::record_prefix(did)) {
+            let (k, v) = kv.into_inner()?;
+            let (_, collection, rkey) = keys::parse_record(&k)?;
+            out.insert((collection.to_string(), rkey.to_string()), RecordRef::decode(&v)?.cid);
+        }
+        Ok(out)
+    }
+
+    /// The stored CID of one record.
+    pub fn record_cid(&self, did: &str, collection: &str, rkey: &str) -> Result<Option<Vec<u8>>> {
+        match self.records.get(keys::record(did, collection, rkey))? {
+            Some(v) => Ok(Some(RecordRef::decode(&v)?.cid)),
+            None => Ok(None),
+        }
+    }
+
+    /// A record body by binary CID.
+    pub fn block(&self, cid: &[u8]) -> Result<Option<fjall::Slice>> {
+        Ok(self.blocks.get(cid)?)
+    }
+
+    /// Events with id >= `from`, in order, at most `limit`.
+    pub fn events_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, StoredEvent)>> {
+        self.events
+            .range(keys::event(from)..)
+            .take(limit)
+            .map(|kv| {
+                let (k, v) = kv.into_inner()?;
+                Ok((keys::parse_event(&k)?, StoredEvent::decode(&v)?))
+            })
+            .collect()
+    }
+
+    /// The id the next event will get.
+    pub fn next_event_id(&self) -> u64 {
+        self.writer.lock().expect("writer lock").next_event
+    }
+
+    /// All counters: (kind, name) -> value, e.g. ("records", "app.bsky.feed.post").
+    pub fn counts(&self) -> BTreeMap<(String, String), i64> {
+        let writer = self.writer.lock().expect("writer lock");
+        writer
+            .counts
+            .iter()
+            .filter_map(|(k, v)| keys::parse_count(k).ok().map(|(a, b)| ((a.to_string(), b.to_string()), *v)))
+            .collect()
+    }
+
+    /// Saved cursors: service -> (position, unix ms of the save).
+    pub fn cursors(&self) -> Result<BTreeMap<String, (String, u64)>> {
+        self.cursors
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.into_inner()?;
+                let c = Cursor::decode(&v)?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), (c.value, c.updated_ms)))
+            })
+            .collect()
+    }
+
+    /// Flushes the journal to disk.
+    pub fn persist(&self) -> Result<()> {
+        Ok(self.db.persist(PersistMode::SyncAll)?)
+    }
+}
+
+fn decode_count(v: &[u8]) -> i64 {
+    v.try_into().map(i64::from_be_bytes).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: u8) -> StoredEvent {
+        StoredEvent::Record(RecordEvent {
+            live: false, did: "did:plc:a".into(), rev: "r".into(), collection: "a.b.c".into(), rkey: format!("k{n}"),
+            action: Action::Create, cid: vec![n], replaced: None, handled: vec![],
+        })
+    }
+
+    #[test]
+    fn event_ids_are_gapless_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let c = store.commit(RepoChange { did: "did:plc:a".into(), events: vec![event(1), event(2)], ..Default::default() }).unwrap();
+            assert_eq!(c, Committed { first_event: Some(1), events: 2 });
+            let c = store.commit(RepoChange { did: "did:plc:a".into(), ..Default::default() }).unwrap();
+            assert_eq!(c.first_event, None);
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.next_event_id(), 3);
+        let c = store.commit(RepoChange { did: "did:plc:a".into(), events: vec![event(3)], ..Default::default() }).unwrap();
+        assert_eq!(c.first_event, Some(3));
+        let ids: Vec<u64> = store.events_from(0, 10).unwrap().into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        assert_eq!(store.events_from(2, 1).unwrap()[0].1, event(2));
+    }
+
+    #[test]
+    fn counts_follow_records_and_repo_status() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let put = |rkey: &str| RecordWrite::Put { collection: "a.b.c".into(), rkey: rkey.into(), cid: vec![1] };
+        let state = |status| Some(RepoState { status, ..Default::default() });
+        store.commit(RepoChange { did: "did:plc:a".into(), state: state(RepoStatus::Synced), records: vec![put("1"), put("2")], ..Default::default() }).unwrap();
+        store.commit(RepoChange { did: "did:plc:a".into(), state: state(RepoStatus::Synced), records: vec![put("2"), RecordWrite::Remove { collection: "a.b.c".into(), rkey: "1".into() }], ..Default::default() }).unwrap();
+        let counts = store.counts();
+        assert_eq!(counts[&("records".to_string(), "a.b.c".to_string())], 1);
+        assert_eq!(counts[&("repos".to_string(), "synced".to_string())], 1);
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.counts()[&("records".to_string(), "a.b.c".to_string())], 1);
+        assert_eq!(store.repo_records("did:plc:a").unwrap().len(), 1);
+    }
+}

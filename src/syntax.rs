@@ -1,0 +1,76 @@
+//! AT Protocol identifier syntax (DID, NSID, handle, record key, TID, at-uri), by jacquard's
+//! validators, with the small wrappers the filter, codecs and queries need.
+
+use jacquard_common::types::string::{AtUri, Did, Handle, Nsid, Rkey, Tid};
+
+/// Whether `s` is a syntactically valid DID.
+pub fn is_did(s: &str) -> bool {
+    Did::new(s).is_ok()
+}
+
+/// Whether `s` is a syntactically valid NSID.
+pub fn is_nsid(s: &str) -> bool {
+    Nsid::new(s).is_ok()
+}
+
+/// Whether `s` is a syntactically valid handle.
+pub fn is_handle(s: &str) -> bool {
+    Handle::new(s).is_ok()
+}
+
+/// Whether `s` is a syntactically valid record key.
+pub fn is_rkey(s: &str) -> bool {
+    Rkey::new(s).is_ok()
+}
+
+/// Whether `s` is a syntactically valid TID.
+pub fn is_tid(s: &str) -> bool {
+    Tid::new(s).is_ok()
+}
+
+/// Whether `s` is a syntactically valid at-uri.
+pub fn is_at_uri(s: &str) -> bool {
+    AtUri::new(s).is_ok()
+}
+
+/// Why an NSID pattern is refused, or `None` when it is valid. A pattern is an NSID, `*`, or
+/// `prefix.*` where the prefix is one or more whole NSID segments (`app.bsky.*`; `app.bs*` is not).
+pub fn nsid_pattern_problem(pattern: &str) -> Option<String> {
+    if pattern == "*" {
+        return None;
+    }
+    let Some(prefix) = pattern.strip_suffix(".*") else {
+        if pattern.contains('*') {
+            return Some(format!("`{pattern}`: `*` may only stand for whole trailing segments, as in `app.bsky.*`"));
+        }
+        return (!is_nsid(pattern)).then(|| format!("`{pattern}` is not a valid NSID"));
+    };
+    let segment_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    if prefix.split('.').all(segment_ok) && prefix.len() <= 253 {
+        None
+    } else {
+        Some(format!("`{pattern}`: the part before `.*` must be whole NSID segments, as in `app.bsky.*`"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_are_whole_segments() {
+        assert_eq!(nsid_pattern_problem("app.bsky.*"), None);
+        assert_eq!(nsid_pattern_problem("app.bsky.feed.post"), None);
+        assert_eq!(nsid_pattern_problem("*"), None);
+        assert!(nsid_pattern_problem("app.bs*").is_some());
+        assert!(nsid_pattern_problem("app.*.post").is_some());
+        assert!(nsid_pattern_problem("app..*").is_some());
+        assert!(nsid_pattern_problem("not an nsid").is_some());
+    }
+}
