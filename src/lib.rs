@@ -26,6 +26,7 @@
 //! ```
 
 pub mod config;
+pub mod devnet;
 pub mod filter;
 pub mod pipeline;
 pub mod repo;

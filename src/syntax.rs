@@ -1,7 +1,7 @@
 //! AT Protocol identifier syntax (DID, NSID, handle, record key, TID, at-uri), by jacquard's
 //! validators, with the small wrappers the filter, codecs and queries need.
 
-use jacquard_common::types::string::{AtUri, Did, Handle, Nsid, Rkey, Tid};
+use jacquard_common::types::string::{AtUri, Did, Nsid, Rkey, Tid};
 
 /// Whether `s` is a syntactically valid DID.
 pub fn is_did(s: &str) -> bool {
@@ -13,9 +13,18 @@ pub fn is_nsid(s: &str) -> bool {
     Nsid::new(s).is_ok()
 }
 
-/// Whether `s` is a syntactically valid handle.
+/// Whether `s` is a syntactically valid handle. This is syntax only: jacquard's `Handle` also
+/// applies registration policy (no `.local`, `.onion`, ... and lowercase only), which the
+/// protocol's syntax rules, and so sluice, accept.
 pub fn is_handle(s: &str) -> bool {
-    Handle::new(s).is_ok()
+    let label_ok = |l: &str| {
+        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-') && !l.ends_with('-')
+    };
+    let labels: Vec<&str> = s.split('.').collect();
+    s.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| label_ok(l))
+        && labels.last().is_some_and(|tld| tld.starts_with(|c: char| c.is_ascii_alphabetic()))
 }
 
 /// Whether `s` is a syntactically valid record key.

@@ -2,6 +2,7 @@
 //! on jacquard's data model. Events, handlers and XRPC responses all use it.
 
 use jacquard_common::types::value::Data;
+use serde_json::Value;
 
 /// Why a value could not be converted.
 #[derive(Debug, thiserror::Error)]
@@ -24,24 +25,72 @@ pub fn cbor_to_json(bytes: &[u8]) -> Result<serde_json::Value, ValueError> {
         return Err(ValueError::Cbor(format!("{} bytes is over the {MAX_VALUE_BYTES}-byte limit", bytes.len())));
     }
     let data: Data = serde_ipld_dagcbor::from_slice(bytes).map_err(|e| ValueError::Cbor(e.to_string()))?;
-    serde_json::to_value(&data).map_err(|e| ValueError::Cbor(e.to_string()))
+    let mut json = serde_json::to_value(&data).map_err(|e| ValueError::Cbor(e.to_string()))?;
+    unpad_bytes(&mut json);
+    Ok(json)
 }
 
-/// Encodes AT Protocol JSON as canonical DAG-CBOR.
-pub fn json_to_cbor(json: &serde_json::Value) -> Result<Vec<u8>, ValueError> {
-    let data: Data = serde_json::from_value(json.clone()).map_err(|e| ValueError::Json(e.to_string()))?;
-    if contains_float(json) {
-        return Err(ValueError::Json("floats are not allowed in the AT Protocol data model".into()));
+/// jacquard pads `$bytes` base64; the AT Protocol JSON form has no padding.
+fn unpad_bytes(v: &mut Value) {
+    match v {
+        Value::Object(o) => {
+            if o.len() == 1 {
+                if let Some(Value::String(b64)) = o.get_mut("$bytes") {
+                    b64.truncate(b64.trim_end_matches('=').len());
+                    return;
+                }
+            }
+            o.values_mut().for_each(unpad_bytes);
+        }
+        Value::Array(a) => a.iter_mut().for_each(unpad_bytes),
+        _ => {}
     }
+}
+
+/// Encodes AT Protocol JSON as canonical DAG-CBOR. The top level must be an object, and the
+/// data model's rules are checked first (see [`data_model_problem`]).
+pub fn json_to_cbor(json: &Value) -> Result<Vec<u8>, ValueError> {
+    if !json.is_object() {
+        return Err(ValueError::Json("the top level must be an object".into()));
+    }
+    if let Some(problem) = data_model_problem(json) {
+        return Err(ValueError::Json(problem));
+    }
+    let data: Data = serde_json::from_value(json.clone()).map_err(|e| ValueError::Json(e.to_string()))?;
     serde_ipld_dagcbor::to_vec(&data).map_err(|e| ValueError::Json(e.to_string()))
 }
 
-fn contains_float(v: &serde_json::Value) -> bool {
+/// What breaks the AT Protocol data model in `v`, if anything: floats; `$type` that is not a
+/// non-empty string; `$link` or `$bytes` objects with other keys or non-string values; blobs
+/// without a `ref` link, a string `mimeType` and an integer `size`.
+pub fn data_model_problem(v: &Value) -> Option<String> {
     match v {
-        serde_json::Value::Number(n) => !(n.is_i64() || n.is_u64()),
-        serde_json::Value::Array(a) => a.iter().any(contains_float),
-        serde_json::Value::Object(o) => o.values().any(contains_float),
-        _ => false,
+        Value::Number(n) if !(n.is_i64() || n.is_u64()) => Some(format!("float {n} is not allowed")),
+        Value::Array(a) => a.iter().find_map(data_model_problem),
+        Value::Object(o) => object_problem(o).or_else(|| o.values().find_map(data_model_problem)),
+        _ => None,
+    }
+}
+
+fn object_problem(o: &serde_json::Map<String, Value>) -> Option<String> {
+    for special in ["$link", "$bytes"] {
+        if let Some(inner) = o.get(special) {
+            if o.len() != 1 || !inner.is_string() {
+                return Some(format!("a `{special}` object must hold exactly one string"));
+            }
+        }
+    }
+    match o.get("$type") {
+        None => None,
+        Some(Value::String(t)) if t.is_empty() => Some("`$type` must not be empty".into()),
+        Some(Value::String(t)) if t == "blob" => {
+            let link_ok = o.get("ref").and_then(|r| r.get("$link")).is_some_and(Value::is_string);
+            let mime_ok = o.get("mimeType").is_some_and(Value::is_string);
+            let size_ok = o.get("size").is_some_and(|s| s.is_i64() || s.is_u64());
+            (!(link_ok && mime_ok && size_ok)).then(|| "a blob needs `ref` (a $link), a string `mimeType` and an integer `size`".into())
+        }
+        Some(Value::String(_)) => None,
+        Some(_) => Some("`$type` must be a string".into()),
     }
 }
 

@@ -112,7 +112,7 @@ impl Stored for RecordRef {
 }
 
 /// What happened to a record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Action {
     /// New record.
     Create,

@@ -1,0 +1,96 @@
+//! Accounts with deterministic keys, and CAR exports of their repos built with jacquard-repo.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use jacquard_common::types::string::Did;
+use jacquard_common::types::tid::Tid;
+use jacquard_repo::commit::Commit;
+use jacquard_repo::mst::util::compute_cid;
+use jacquard_repo::storage::BlockStore;
+use jacquard_repo::{MemoryBlockStore, Mst};
+use k256::ecdsa::SigningKey;
+use sha2::{Digest, Sha256};
+use smol_str::SmolStr;
+
+/// A repo's records: `collection/rkey` -> DAG-CBOR bytes.
+pub type RepoContents = BTreeMap<String, Vec<u8>>;
+
+/// An account with a deterministic secp256k1 signing key and `did:plc` derived from its seed.
+#[derive(Clone)]
+pub struct Account {
+    /// The account's DID.
+    pub did: String,
+    /// Its signing key.
+    pub key: SigningKey,
+}
+
+impl Account {
+    /// The account for `seed`: the same seed always gives the same DID and key.
+    pub fn new(seed: u64) -> Self {
+        let digest = Sha256::digest(format!("sluice-devnet-account-{seed}").as_bytes());
+        let key = SigningKey::from_slice(&digest).expect("a sha256 digest is a valid secp256k1 scalar");
+        const B32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+        let id: String = digest.iter().skip(8).take(24).map(|b| B32[(*b as usize) % 32] as char).collect();
+        Self { did: format!("did:plc:{id}"), key }
+    }
+
+    /// The public key as a multibase multikey (`z...`).
+    pub fn public_multibase(&self) -> String {
+        let point = self.key.verifying_key().to_encoded_point(true);
+        jacquard_common::types::crypto::multikey(0xE7, point.as_bytes())
+    }
+
+    /// The public key as `did:key:z...`.
+    pub fn did_key(&self) -> String {
+        format!("did:key:{}", self.public_multibase())
+    }
+}
+
+/// A TID rev for step `n` (strictly increasing with `n`).
+pub fn rev_at(n: u64) -> String {
+    Tid::from_time(1_700_000_000_000_000 + n, 0).as_str().to_string()
+}
+
+/// Why an export could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("building a repo export: {0}")]
+pub struct BuildError(String);
+
+fn err(e: impl std::fmt::Display) -> BuildError {
+    BuildError(e.to_string())
+}
+
+/// Builds the signed repo of `account` holding `records` at `rev`, as CAR bytes (commit block
+/// first, then MST nodes and records, as sync 1.1 streams it).
+pub async fn export_car(account: &Account, rev: &str, records: &RepoContents) -> Result<Vec<u8>, BuildError> {
+    let storage = Arc::new(MemoryBlockStore::new());
+    let mut mst = Mst::new(storage.clone());
+    for (key, bytes) in records {
+        let cid = storage.put(bytes).await.map_err(err)?;
+        mst = mst.add(key, cid).await.map_err(err)?;
+    }
+    let data = mst.persist().await.map_err(err)?;
+    let did = Did::<SmolStr>::new(SmolStr::new(&account.did)).map_err(err)?;
+    let commit: Commit<SmolStr> = Commit::new_unsigned(did, data, Tid::new(rev).map_err(err)?, None).sign(&account.key).map_err(err)?;
+    let commit_bytes = commit.to_cbor().map_err(err)?;
+    let commit_cid = compute_cid(&commit_bytes).map_err(err)?;
+
+    let mut out = Vec::new();
+    let mut writer = iroh_car::CarWriter::new(iroh_car::CarHeader::new_v1(vec![commit_cid]), &mut out);
+    writer.write(commit_cid, &commit_bytes).await.map_err(err)?;
+    if records.is_empty() {
+        // jacquard writes no node for an empty tree; an export still needs its empty root node.
+        let root = storage.get(&data).await.map_err(err)?.ok_or_else(|| BuildError("empty MST root missing".into()))?;
+        writer.write(data, &root).await.map_err(err)?;
+    } else {
+        mst.write_blocks_to_car(&mut writer).await.map_err(err)?;
+    }
+    writer.finish().await.map_err(err)?;
+    Ok(out)
+}
+
+/// [`export_car`] on a private single-threaded runtime, for synchronous callers.
+pub fn export_car_blocking(account: &Account, rev: &str, records: &RepoContents) -> Result<Vec<u8>, BuildError> {
+    tokio::runtime::Builder::new_current_thread().build().map_err(err)?.block_on(export_car(account, rev, records))
+}

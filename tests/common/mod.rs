@@ -1,0 +1,34 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use sluice::{Filter, Sluice};
+
+/// `../shared/fixtures/<rel>`, beside the project root.
+pub fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures").join(rel)
+}
+
+/// Reads a fixture.
+pub fn read_fixture(rel: &str) -> Vec<u8> {
+    std::fs::read(fixture(rel)).unwrap_or_else(|e| panic!("fixture {rel}: {e}"))
+}
+
+/// A filter from TOML text.
+pub fn filter(text: &str) -> Filter {
+    Filter::from_toml(text, "test-filter").expect("test filter parses")
+}
+
+/// An indexer over a fresh temporary directory with a fixed filter.
+pub fn sluice_with(filter_text: &str) -> (tempfile::TempDir, Sluice) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sluice::builder().data_dir(dir.path().join("data")).filter(filter(filter_text)).open().unwrap();
+    (dir, s)
+}
+
+/// Non-empty, non-comment lines of an interop-tests syntax list.
+pub fn syntax_lines(name: &str) -> Vec<String> {
+    let text = String::from_utf8(read_fixture(&format!("atproto-interop-tests/syntax/{name}"))).unwrap();
+    text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect()
+}

@@ -1,0 +1,193 @@
+//! Property tests: random signed repos (built with jacquard-repo) -> CAR -> pipeline under
+//! random filters, checked against a simple model of what must be stored and emitted.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use serde_json::json;
+use sluice::devnet::{Account, RepoContents, export_car_blocking, rev_at};
+use sluice::store::{Action, StoredEvent};
+use sluice::{IndexOptions, Sluice};
+
+const COLLECTIONS: &[&str] = &["app.bsky.feed.post", "app.bsky.feed.like", "xyz.statusphere.status", "com.example.thing"];
+const RKEYS: &[&str] = &["3kaaaaaaaaaa2", "3kaaaaaaaaab2", "3kaaaaaaaaac2", "self", "3lbbbbbbbbbb2"];
+
+type Model = BTreeMap<(String, String), u32>;
+
+fn record(collection: &str, n: u32) -> Vec<u8> {
+    let v = match collection {
+        "app.bsky.feed.post" => json!({"$type": collection, "text": format!("post {n}"), "createdAt": "2024-01-01T00:00:00Z"}),
+        "app.bsky.feed.like" => json!({"$type": collection, "createdAt": "2024-01-01T00:00:00Z",
+            "subject": {"uri": format!("at://did:plc:x/app.bsky.feed.post/{n}"), "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}}),
+        _ => json!({"$type": collection, "n": n}),
+    };
+    sluice::handlers::value::json_to_cbor(&v).unwrap()
+}
+
+fn contents(model: &Model) -> RepoContents {
+    model.iter().map(|((c, r), n)| (format!("{c}/{r}"), record(c, *n))).collect()
+}
+
+fn model() -> impl Strategy<Value = Model> {
+    proptest::collection::btree_map((0..COLLECTIONS.len(), 0..RKEYS.len()).prop_map(|(c, r)| (COLLECTIONS[c].to_string(), RKEYS[r].to_string())), 0..100u32, 0..12)
+}
+
+#[derive(Debug, Clone)]
+struct FilterSpec {
+    signal: bool,
+    signals: Vec<&'static str>,
+    collections: Vec<&'static str>,
+    exclude: Vec<&'static str>,
+}
+
+fn subset() -> impl Strategy<Value = Vec<&'static str>> {
+    proptest::sample::subsequence(vec!["app.bsky.*", "app.bsky.feed.post", "xyz.statusphere.status", "com.example.*", "app.bsky.feed.like"], 0..3)
+}
+
+fn filter_spec() -> impl Strategy<Value = FilterSpec> {
+    (any::<bool>(), proptest::sample::subsequence(vec!["xyz.statusphere.status", "app.bsky.feed.like", "com.example.*"], 1..3), subset(), subset())
+        .prop_map(|(signal, signals, collections, exclude)| FilterSpec { signal, signals, collections, exclude })
+}
+
+impl FilterSpec {
+    fn toml(&self) -> String {
+        let list = |v: &[&str]| format!("[{}]", v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", "));
+        format!(
+            "mode = \"{}\"\nsignals = {}\ncollections = {}\nexclude_collections = {}\n",
+            if self.signal { "signal" } else { "full" }, list(&self.signals), list(&self.collections), list(&self.exclude)
+        )
+    }
+
+    /// What the model says must be stored for a repo holding `m`.
+    fn expected(&self, m: &Model) -> Model {
+        let f = common::filter(&self.toml());
+        let has_signal = m.keys().any(|(c, _)| f.is_signal(c));
+        if self.signal && !has_signal {
+            return Model::new();
+        }
+        m.iter().filter(|((c, _), _)| f.wants_collection(c)).map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+fn stored(s: &Sluice, did: &str) -> BTreeSet<(String, String)> {
+    s.store().repo_records(did).unwrap().into_keys().collect()
+}
+
+fn events_after(s: &Sluice, from: u64) -> Vec<(Action, String, String)> {
+    s.store()
+        .events_from(from, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| match e {
+            StoredEvent::Record(r) => (r.action, r.collection, r.rkey),
+            other => panic!("unexpected event {other:?}"),
+        })
+        .collect()
+}
+
+/// The events that must take a store holding `before` to one holding `after`.
+fn expected_events(before: &Model, after: &Model) -> BTreeSet<(Action, String, String)> {
+    let mut out = BTreeSet::new();
+    for (k, v) in after {
+        match before.get(k) {
+            None => out.insert((Action::Create, k.0.clone(), k.1.clone())),
+            Some(old) if old != v => out.insert((Action::Update, k.0.clone(), k.1.clone())),
+            _ => false,
+        };
+    }
+    for k in before.keys().filter(|k| !after.contains_key(*k)) {
+        out.insert((Action::Delete, k.0.clone(), k.1.clone()));
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn stored_set_matches_the_model_and_reindex_is_idempotent(m in model(), spec in filter_spec()) {
+        let account = Account::new(7);
+        let car = export_car_blocking(&account, &rev_at(1), &contents(&m)).unwrap();
+        let (_dir, s) = common::sluice_with(&spec.toml());
+        let opts = IndexOptions { expected_did: Some(account.did.clone()), signing_key: Some(account.did_key()) };
+        let first = s.index_car(&car, &opts).unwrap();
+        let want = spec.expected(&m);
+        prop_assert_eq!(stored(&s, &account.did), want.keys().cloned().collect::<BTreeSet<_>>());
+        prop_assert_eq!(first.committed.events as usize, want.len());
+        if want.is_empty() && spec.signal {
+            // Signal mode, no signal record: nothing left behind.
+            prop_assert_eq!(s.store().next_event_id(), 1);
+            prop_assert!(s.store().blocks.is_empty().unwrap());
+        }
+        let again = s.index_car(&car, &opts).unwrap();
+        prop_assert_eq!(again.committed.events, 0);
+        prop_assert_eq!(again.unchanged as usize, want.len());
+    }
+
+    #[test]
+    fn edit_sequences_emit_exactly_the_diff(versions in proptest::collection::vec(model(), 1..5), spec in filter_spec()) {
+        let account = Account::new(9);
+        let (_dir, s) = common::sluice_with(&spec.toml());
+        let mut before = Model::new();
+        for (i, m) in versions.iter().enumerate() {
+            let car = export_car_blocking(&account, &rev_at(i as u64 + 1), &contents(m)).unwrap();
+            let from = s.store().next_event_id();
+            s.index_car(&car, &IndexOptions::default()).unwrap();
+            let after = spec.expected(m);
+            let got = events_after(&s, from);
+            let got_set: BTreeSet<_> = got.iter().cloned().collect();
+            prop_assert_eq!(got.len(), got_set.len(), "no duplicate events");
+            prop_assert_eq!(got_set, expected_events(&before, &after));
+            prop_assert_eq!(stored(&s, &account.did), after.keys().cloned().collect::<BTreeSet<_>>());
+            before = after;
+        }
+        let ids: Vec<u64> = s.store().events_from(0, usize::MAX).unwrap().into_iter().map(|(id, _)| id).collect();
+        prop_assert_eq!(ids, (1..s.store().next_event_id()).collect::<Vec<_>>(), "ids are gapless");
+    }
+}
+
+#[test]
+fn a_wrong_signing_key_is_refused_and_nothing_is_written() {
+    let account = Account::new(1);
+    let mut m = Model::new();
+    m.insert(("app.bsky.feed.post".into(), "3kaaaaaaaaaa2".into()), 1);
+    let car = export_car_blocking(&account, &rev_at(1), &contents(&m)).unwrap();
+    let (_dir, s) = common::sluice_with("mode = \"full\"");
+    let wrong = IndexOptions { expected_did: None, signing_key: Some(Account::new(2).did_key()) };
+    let err = s.index_car(&car, &wrong).unwrap_err();
+    assert!(err.to_string().contains("signature"), "{err}");
+    let wrong_did = IndexOptions { expected_did: Some(Account::new(2).did), signing_key: None };
+    assert!(s.index_car(&car, &wrong_did).unwrap_err().to_string().contains("expected"));
+    assert_eq!(s.store().next_event_id(), 1);
+    assert!(s.store().repo_state(&account.did).unwrap().is_none());
+    let right = IndexOptions { expected_did: Some(account.did.clone()), signing_key: Some(account.did_key()) };
+    assert_eq!(s.index_car(&car, &right).unwrap().created, 1);
+}
+
+#[test]
+fn an_older_export_is_refused_after_a_newer_one() {
+    let account = Account::new(3);
+    let (_dir, s) = common::sluice_with("mode = \"full\"");
+    let new = export_car_blocking(&account, &rev_at(5), &RepoContents::new()).unwrap();
+    let old = export_car_blocking(&account, &rev_at(4), &RepoContents::new()).unwrap();
+    s.index_car(&new, &IndexOptions::default()).unwrap();
+    let err = s.index_car(&old, &IndexOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("older than the stored rev"), "{err}");
+}
+
+#[test]
+fn a_repo_that_loses_its_signal_is_removed_with_delete_events() {
+    let account = Account::new(4);
+    let (_dir, s) = common::sluice_with("mode = \"signal\"\nsignals = [\"xyz.statusphere.status\"]");
+    let mut m = Model::new();
+    m.insert(("xyz.statusphere.status".into(), "3kaaaaaaaaaa2".into()), 1);
+    m.insert(("app.bsky.feed.post".into(), "3kaaaaaaaaab2".into()), 1);
+    s.index_car(&export_car_blocking(&account, &rev_at(1), &contents(&m)).unwrap(), &IndexOptions::default()).unwrap();
+    assert_eq!(stored(&s, &account.did).len(), 2);
+    m.remove(&("xyz.statusphere.status".to_string(), "3kaaaaaaaaaa2".to_string()));
+    let out = s.index_car(&export_car_blocking(&account, &rev_at(2), &contents(&m)).unwrap(), &IndexOptions::default()).unwrap();
+    assert_eq!((out.status, out.deleted), (sluice::store::RepoStatus::Discarded, 2));
+    assert!(stored(&s, &account.did).is_empty());
+}
