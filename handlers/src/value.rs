@@ -94,12 +94,14 @@ fn object_problem(o: &serde_json::Map<String, Value>) -> Option<String> {
     }
 }
 
-/// The fuzz body for `cbor_json`: decode arbitrary bytes; whatever decodes must re-encode and
-/// decode again to the same JSON. Panics only on a real round-trip bug.
+/// The fuzz body for `cbor_json`: decoding arbitrary bytes never panics, and whatever decodes
+/// into valid data-model JSON re-encodes to DAG-CBOR that decodes to the same JSON. (Reading is
+/// lenient, writing strict: a record the network already accepted is shown as it is.)
 pub fn fuzz_cbor_json(bytes: &[u8]) {
     if let Ok(json) = cbor_to_json(bytes) {
-        let again = json_to_cbor(&json).expect("decoded JSON re-encodes");
-        let json2 = cbor_to_json(&again).expect("re-encoded CBOR decodes");
-        assert_eq!(json, json2, "DAG-CBOR -> JSON -> DAG-CBOR -> JSON is stable");
+        if let Ok(again) = json_to_cbor(&json) {
+            let json2 = cbor_to_json(&again).expect("re-encoded CBOR decodes");
+            assert_eq!(json, json2, "DAG-CBOR -> JSON -> DAG-CBOR -> JSON is stable");
+        }
     }
 }

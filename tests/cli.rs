@@ -1,0 +1,95 @@
+//! The `sluice` binary: index-car, events, stats, filter check, handlers. Errors are one clear
+//! line and a non-zero exit, never a panic.
+
+mod common;
+
+use std::process::{Command, Output};
+
+fn sluice(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).env("RUST_LOG", "warn").current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn index_car_then_events_and_stats() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let data = data.to_str().unwrap();
+    let calabro = common::fixture("car/calabro.car");
+    let tiny = common::fixture("car/tiny.car");
+    let out = sluice(&["index-car", "--filter", "filters/everything.toml", "--data", data, calabro.to_str().unwrap(), tiny.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("calabro.car: synced: 4347 created"), "{stdout}");
+    assert!(stdout.contains("events 1..=4347"), "{stdout}");
+
+    let again = sluice(&["index-car", "--filter", "filters/everything.toml", "--data", data, calabro.to_str().unwrap()]);
+    assert!(text(&again.stdout).contains("0 created, 0 updated, 0 deleted, 4347 unchanged") && text(&again.stdout).contains("no events"));
+
+    let stats = sluice(&["stats", "--data", data, "--json"]);
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(stats["records"]["app.bsky.feed.like"], 2312 + 2, "calabro and tiny likes");
+    assert_eq!(stats["events"], 4347 + 8);
+    assert_eq!(stats["repos"]["synced"], 2);
+
+    let events = sluice(&["events", "--data", data, "--cursor", "4347", "--limit", "2"]);
+    let lines: Vec<serde_json::Value> = text(&events.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["id"], 4347);
+    assert_eq!(lines[1]["id"], 4348);
+    let rec = &lines[1]["record"];
+    assert_eq!(lines[1]["type"], "record");
+    for field in ["live", "did", "rev", "collection", "rkey", "action", "cid", "record"] {
+        assert!(!rec[field].is_null(), "event lacks {field}: {rec}");
+    }
+    assert_eq!(rec["live"], false);
+    assert_eq!(rec["action"], "create");
+}
+
+#[test]
+fn bad_input_is_one_clear_line_and_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("junk.car");
+    std::fs::write(&junk, b"not a car at all").unwrap();
+    let data = dir.path().join("data");
+    let tiny = common::fixture("car/tiny.car");
+    let out = sluice(&["index-car", "--filter", "filters/everything.toml", "--data", data.to_str().unwrap(), junk.to_str().unwrap(), tiny.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("junk.car: malformed or truncated CAR"), "{err}");
+    assert!(!err.contains("panicked"));
+    assert!(text(&out.stdout).contains("tiny.car: synced: 8 created"), "a bad CAR does not stop the others");
+
+    let out = sluice(&["stats", "--data", dir.path().join("nowhere").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).starts_with("error: no data in"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn filter_check_names_file_line_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "mode = \"full\"\n\nexclude_dids = [\"alice\"]\n").unwrap();
+    let out = sluice(&["filter", "check", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("bad.toml:3: exclude_dids: `alice` is not a valid DID"), "{err}");
+    assert_eq!(err.lines().count(), 1);
+
+    for good in ["filters/everything.toml", "filters/statusphere.toml", "filters/posts.toml"] {
+        let out = sluice(&["filter", "check", good]);
+        assert!(out.status.success(), "{good}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains(": ok: mode "));
+    }
+}
+
+#[test]
+fn handlers_lists_the_built_ins() {
+    let out = text(&sluice(&["handlers"]).stdout);
+    for name in ["backlinks\t", "post\tapp.bsky.feed.post", "profile\tapp.bsky.actor.profile"] {
+        assert!(out.contains(name), "{out}");
+    }
+}

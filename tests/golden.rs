@@ -1,0 +1,33 @@
+//! Stored formats last: every value version ever written to fjall has golden files here that
+//! must still decode to the same value. Regenerate only for a *new* version, with
+//! `SLUICE_WRITE_GOLDEN=1 cargo test --test golden` (existing files must never change).
+
+use std::path::PathBuf;
+
+use sluice::store::values::{AccountEvent, Cursor, IdentityEvent, RecordRef};
+use sluice::store::{Action, RecordEvent, RepoState, RepoStatus, Stored, StoredEvent};
+
+fn golden<T: Stored + PartialEq + std::fmt::Debug>(name: &str, value: T) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
+    if std::env::var_os("SLUICE_WRITE_GOLDEN").is_some() && !path.exists() {
+        std::fs::write(&path, value.encode()).unwrap();
+    }
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(T::decode(&bytes).unwrap(), value, "{name} no longer decodes to its value");
+}
+
+#[test]
+fn version_1_values_still_decode() {
+    golden("v1-repo-state.bin", RepoState {
+        status: RepoStatus::Synced, rev: Some("3l3qo2vuowo2b".into()), data: Some("bafyreidigqr65jj2zsmitco3fcuag6pi7std6quxa2bcp2xrpin44ikzsy".into()),
+        handle: Some("alice.test".into()), error: None, retries: 2, next_retry_ms: Some(1_700_000_000_000), updated_ms: 1_700_000_000_001,
+    });
+    golden("v1-record-ref.bin", RecordRef { cid: vec![1, 113, 18, 32, 7, 7, 7] });
+    golden("v1-event-record.bin", StoredEvent::Record(RecordEvent {
+        live: true, did: "did:plc:alice".into(), rev: "3l3qo2vuowo2b".into(), collection: "app.bsky.feed.post".into(), rkey: "3l3qo2vutsw2b".into(),
+        action: Action::Update, cid: vec![1, 113, 18, 32, 9], replaced: Some("{\"text\":\"x\"}".into()), handled: vec![("post".into(), "{}".into())],
+    }));
+    golden("v1-event-identity.bin", StoredEvent::Identity(IdentityEvent { did: "did:plc:alice".into(), handle: Some("alice.test".into()) }));
+    golden("v1-event-account.bin", StoredEvent::Account(AccountEvent { did: "did:plc:alice".into(), active: false, status: Some("takendown".into()) }));
+    golden("v1-cursor.bin", Cursor { value: "31527015322".into(), updated_ms: 1_700_000_000_000 });
+}
