@@ -308,7 +308,7 @@ impl Pipeline {
         };
         let cid_bytes = cid.to_bytes();
         let action = if previous.is_some() { Action::Update } else { Action::Create };
-        change.records.push(RecordWrite::Put { collection: collection.clone(), rkey: rkey.clone(), cid: cid_bytes.clone() });
+        change.records.push(RecordWrite::Put { collection: collection.clone(), rkey: rkey.clone(), cid: cid_bytes.clone(), existed: previous.is_some() });
         change.blocks.push((cid_bytes.clone(), bytes));
         change.events.push(record_event(origin, collection, rkey, action, cid_bytes, replaced, run.handled));
         failures

@@ -36,12 +36,14 @@ pub struct Records<'a> {
     stack: Vec<Item>,
     last_key: Option<String>,
     failed: bool,
+    /// Collections already seen valid: a repo has few, and NSID checks are costly.
+    collections: std::collections::HashSet<String>,
 }
 
 impl LoadedRepo {
     /// Walks the MST, yielding every record in key order; stops after the first error.
     pub fn records(&self) -> Records<'_> {
-        Records { repo: self, stack: vec![Item::Node { cid: self.data(), layer: None }], last_key: None, failed: false }
+        Records { repo: self, stack: vec![Item::Node { cid: self.data(), layer: None }], last_key: None, failed: false, collections: Default::default() }
     }
 }
 
@@ -84,7 +86,7 @@ impl Records<'_> {
         if self.last_key.as_ref().is_some_and(|last| *last >= key) {
             return Err(mst_err(cid, format!("key {key} is out of order")));
         }
-        let (collection, rkey) = split_key(&key).ok_or_else(|| mst_err(cid, format!("`{key}` is not a collection/rkey path")))?;
+        let (collection, rkey) = self.split_key(&key).ok_or_else(|| mst_err(cid, format!("`{key}` is not a collection/rkey path")))?;
         let entry = RecordEntry {
             collection: collection.to_string(),
             rkey: rkey.to_string(),
@@ -109,10 +111,19 @@ fn child_layer(node: Cid, layer: Option<usize>) -> Result<Option<usize>, RepoErr
     }
 }
 
-/// Splits an MST key into a valid (collection NSID, record key).
-fn split_key(key: &str) -> Option<(&str, &str)> {
-    let (collection, rkey) = key.split_once('/')?;
-    (crate::syntax::is_nsid(collection) && crate::syntax::is_rkey(rkey)).then_some((collection, rkey))
+
+impl Records<'_> {
+    /// Splits an MST key into a valid (collection NSID, record key).
+    fn split_key<'k>(&mut self, key: &'k str) -> Option<(&'k str, &'k str)> {
+        let (collection, rkey) = key.split_once('/')?;
+        if !self.collections.contains(collection) {
+            if !crate::syntax::is_nsid(collection) {
+                return None;
+            }
+            self.collections.insert(collection.to_string());
+        }
+        crate::syntax::is_rkey(rkey).then_some((collection, rkey))
+    }
 }
 
 impl Iterator for Records<'_> {

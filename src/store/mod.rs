@@ -40,12 +40,14 @@ pub enum StoreError {
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// A record put or removal.
+/// A record put or removal. The writer states whether the record existed (the pipeline
+/// knows from its diff), so commits keep counts without reading every key back.
 #[derive(Debug, Clone)]
 pub enum RecordWrite {
-    /// Store `cid` (binary) as the current version of `collection/rkey`.
-    Put { collection: String, rkey: String, cid: Vec<u8> },
-    /// Remove `collection/rkey`.
+    /// Store `cid` (binary) as the current version of `collection/rkey`; `existed` is true on
+    /// updates.
+    Put { collection: String, rkey: String, cid: Vec<u8>, existed: bool },
+    /// Remove `collection/rkey`, which exists.
     Remove { collection: String, rkey: String },
 }
 
@@ -173,19 +175,15 @@ impl Store {
         }
         for write in &change.records {
             match write {
-                RecordWrite::Put { collection, rkey, cid } => {
-                    let key = keys::record(&change.did, collection, rkey);
-                    if !self.records.contains_key(&key)? {
+                RecordWrite::Put { collection, rkey, cid, existed } => {
+                    if !existed {
                         *deltas.entry(keys::count_records(collection)).or_default() += 1;
                     }
-                    batch.insert(&self.records, key, RecordRef { cid: cid.clone() }.encode());
+                    batch.insert(&self.records, keys::record(&change.did, collection, rkey), RecordRef { cid: cid.clone() }.encode());
                 }
                 RecordWrite::Remove { collection, rkey } => {
-                    let key = keys::record(&change.did, collection, rkey);
-                    if self.records.contains_key(&key)? {
-                        *deltas.entry(keys::count_records(collection)).or_default() -= 1;
-                    }
-                    batch.remove(&self.records, key);
+                    *deltas.entry(keys::count_records(collection)).or_default() -= 1;
+                    batch.remove(&self.records, keys::record(&change.did, collection, rkey));
                 }
             }
         }
@@ -330,10 +328,10 @@ mod tests {
     fn counts_follow_records_and_repo_status() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let put = |rkey: &str| RecordWrite::Put { collection: "a.b.c".into(), rkey: rkey.into(), cid: vec![1] };
+        let put = |rkey: &str, existed| RecordWrite::Put { collection: "a.b.c".into(), rkey: rkey.into(), cid: vec![1], existed };
         let state = |status| Some(RepoState { status, ..Default::default() });
-        store.commit(RepoChange { did: "did:plc:a".into(), state: state(RepoStatus::Synced), records: vec![put("1"), put("2")], ..Default::default() }).unwrap();
-        store.commit(RepoChange { did: "did:plc:a".into(), state: state(RepoStatus::Synced), records: vec![put("2"), RecordWrite::Remove { collection: "a.b.c".into(), rkey: "1".into() }], ..Default::default() }).unwrap();
+        store.commit(RepoChange { did: "did:plc:a".into(), state: state(RepoStatus::Synced), records: vec![put("1", false), put("2", false)], ..Default::default() }).unwrap();
+        store.commit(RepoChange { did: "did:plc:a".into(), state: state(RepoStatus::Synced), records: vec![put("2", true), RecordWrite::Remove { collection: "a.b.c".into(), rkey: "1".into() }], ..Default::default() }).unwrap();
         let counts = store.counts();
         assert_eq!(counts[&("records".to_string(), "a.b.c".to_string())], 1);
         assert_eq!(counts[&("repos".to_string(), "synced".to_string())], 1);

@@ -1,0 +1,121 @@
+//! Pipeline throughput: records/s through read -> verify -> walk -> filter -> handlers -> diff ->
+//! fjall, next to a bare read+walk baseline, with peak RSS and records per CPU-second.
+//!
+//! `cargo bench --bench pipeline` runs every case in its own child process (so each peak RSS
+//! is its own) and prints a Markdown table for BENCHMARKS.md. Inputs: calabro.car from
+//! ../shared/fixtures and a generated, signed 100k-record repo (cached in target/).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use sluice::devnet::{Account, RepoContents, export_car_blocking, rev_at};
+use sluice::repo::{CarLimits, parse_public_key, read_car};
+use sluice::{Filter, IndexOptions, Sluice};
+
+const GENERATED_RECORDS: usize = 100_000;
+const ROUNDS: usize = 3;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A signed repo of 100k records (posts, likes, follows, profile), built once and cached.
+fn generated_car() -> (PathBuf, Account) {
+    let account = Account::new(100_000);
+    let path = root().join("target/bench-cache/repo-100k.car");
+    if !path.exists() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let mut records = RepoContents::new();
+        for i in 0..GENERATED_RECORDS {
+            let tid = sluice::devnet::rev_at(i as u64 * 1000);
+            let (key, v) = match i % 10 {
+                0..=4 => (format!("app.bsky.feed.like/{tid}"), serde_json::json!({"$type": "app.bsky.feed.like", "createdAt": "2024-01-01T00:00:00.000Z",
+                    "subject": {"uri": format!("at://did:plc:abcdefghijklmnopqrstuvwx/app.bsky.feed.post/{}", rev_at(i as u64)), "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}})),
+                5..=7 => (format!("app.bsky.feed.post/{tid}"), serde_json::json!({"$type": "app.bsky.feed.post", "text": format!("post number {i} with some ordinary text in it, about this long"), "langs": ["en"], "createdAt": "2024-01-01T00:00:00.000Z"})),
+                _ => (format!("app.bsky.graph.follow/{tid}"), serde_json::json!({"$type": "app.bsky.graph.follow", "subject": "did:plc:abcdefghijklmnopqrstuvwx", "createdAt": "2024-01-01T00:00:00.000Z"})),
+            };
+            records.insert(key, sluice::handlers::value::json_to_cbor(&v).unwrap());
+        }
+        let car = export_car_blocking(&account, &rev_at(GENERATED_RECORDS as u64 * 1000 + 1), &records).unwrap();
+        std::fs::write(&path, car).unwrap();
+    }
+    (path, account)
+}
+
+fn status_kb(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0)
+}
+
+/// User + system CPU seconds of this process.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(") ").next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Runs one case in this process: prints `records seconds cpu_seconds peak_kb`.
+fn run_case(case: &str, input: &str, key: Option<&str>) {
+    let bytes = std::fs::read(input).unwrap();
+    let (mut records, mut secs, cpu0) = (0usize, f64::MAX, cpu_seconds());
+    for _ in 0..ROUNDS {
+        let dir = tempfile::tempdir().unwrap();
+        // Opening the store is not part of indexing a repo.
+        let filter = Filter::from_toml("mode = \"full\"", "bench").unwrap();
+        let sluice = Sluice::builder().data_dir(dir.path()).filter(filter).open().unwrap();
+        let start = Instant::now();
+        records = match case {
+            "baseline" => {
+                let repo = read_car(&bytes, &CarLimits::default()).unwrap();
+                repo.records().map(|r| r.unwrap().bytes.len()).filter(|n| *n > 0).count()
+            }
+            "verify-walk" => {
+                let repo = read_car(&bytes, &CarLimits::default()).unwrap();
+                repo.verify_signature(&parse_public_key(key.unwrap()).unwrap()).unwrap();
+                repo.records().map(|r| r.unwrap().bytes.len()).filter(|n| *n > 0).count()
+            }
+            _ => {
+                let opts = IndexOptions { expected_did: None, signing_key: if case == "pipeline-sig" { key.map(str::to_string) } else { None } };
+                sluice.index_car(&bytes, &opts).unwrap().created as usize
+            }
+        };
+        secs = secs.min(start.elapsed().as_secs_f64());
+    }
+    let cpu = (cpu_seconds() - cpu0) / ROUNDS as f64;
+    println!("{records} {secs} {cpu} {}", status_kb("VmHWM:"));
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(pos) = args.iter().position(|a| a == "--case") {
+        run_case(&args[pos + 1], &args[pos + 2], args.get(pos + 3).map(String::as_str));
+        return;
+    }
+    let (generated, account) = generated_car();
+    let calabro = root().join("../shared/fixtures/car/calabro.car");
+    let key = account.did_key();
+    println!("| input | case | records | best of {ROUNDS} (s) | records/s | records/CPU-s | peak RSS (MB) |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    let inputs: [(&str, &Path, Option<&str>); 2] = [("calabro.car (1.5 MB)", &calabro, None), ("generated 100k (signed)", &generated, Some(&key))];
+    for (label, path, key) in inputs {
+        let mut cases = vec!["baseline", "pipeline"];
+        if key.is_some() {
+            cases.extend(["verify-walk", "pipeline-sig"]);
+        }
+        for case in cases {
+            let mut cmd = Command::new(std::env::current_exe().unwrap());
+            cmd.args(["--case", case, path.to_str().unwrap()]);
+            if let Some(k) = key {
+                cmd.arg(k);
+            }
+            let out = cmd.output().unwrap();
+            assert!(out.status.success(), "{case}: {}", String::from_utf8_lossy(&out.stderr));
+            let line = String::from_utf8_lossy(&out.stdout);
+            let v: Vec<f64> = line.split_whitespace().map(|x| x.parse().unwrap()).collect();
+            let (n, secs, cpu, peak_kb) = (v[0], v[1], v[2], v[3]);
+            println!("| {label} | {case} | {n} | {secs:.3} | {:.0} | {:.0} | {:.0} |", n / secs, n / cpu.max(1e-9), peak_kb / 1024.0);
+        }
+    }
+}
