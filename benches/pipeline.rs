@@ -13,6 +13,10 @@ use sluice::devnet::{Account, RepoContents, export_car_blocking, rev_at};
 use sluice::repo::{CarLimits, parse_public_key, read_car};
 use sluice::{Filter, IndexOptions, Sluice};
 
+/// The same allocator as the `sluice` binary.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const GENERATED_RECORDS: usize = 100_000;
 const ROUNDS: usize = 3;
 

@@ -254,7 +254,15 @@ impl Pipeline {
     /// Runs handlers over staged changes and builds the batch; also returns the number of
     /// handler failures.
     fn stage(&self, compiled: &CompiledFilter, origin: &Origin<'_>, staged: Vec<Staged>) -> (RepoChange, u64) {
-        let mut change = RepoChange { did: origin.did.to_string(), ..Default::default() };
+        let n = staged.len();
+        let mut change = RepoChange {
+            did: origin.did.to_string(),
+            records: Vec::with_capacity(n),
+            blocks: Vec::with_capacity(n),
+            events: Vec::with_capacity(n),
+            handler_writes: Vec::with_capacity(n),
+            ..Default::default()
+        };
         let mut failures = 0;
         for item in staged {
             match item {
@@ -268,7 +276,7 @@ impl Pipeline {
                         did: origin.did, collection: &collection, rkey: &rkey, rev: origin.rev, live: origin.live,
                         previous: prev_bytes.as_deref().map(|bytes| PreviousRecord { cid: &prev_cid, bytes }),
                     };
-                    let run = self.run_handlers(compiled, &collection, &view.uri(), |h, s, out| h.on_delete(&view, s, out));
+                    let run = self.run_handlers(compiled, &collection, || view.uri(), |h, s, out| h.on_delete(&view, s, out));
                     failures += run.failures;
                     change.handler_writes.extend(run.writes);
                     change.records.push(RecordWrite::Remove { collection: collection.clone(), rkey: rkey.clone() });
@@ -289,7 +297,7 @@ impl Pipeline {
                 origin.did, &collection, &rkey, &cid_str, origin.rev, origin.live, &bytes,
                 prev_bytes.as_deref().map(|bytes| PreviousRecord { cid: &prev_cid, bytes }),
             );
-            self.run_handlers(compiled, &collection, &view.uri(), |h, s, out| h.on_record(&view, s, out))
+            self.run_handlers(compiled, &collection, || view.uri(), |h, s, out| h.on_record(&view, s, out))
         } else {
             HandlerRun::default()
         };
@@ -316,7 +324,7 @@ impl Pipeline {
 
     /// Runs every active handler for `collection`; an error or panic is logged and counted,
     /// and costs only that handler's output.
-    fn run_handlers<F>(&self, compiled: &CompiledFilter, collection: &str, uri: &str, call: F) -> HandlerRun
+    fn run_handlers<F>(&self, compiled: &CompiledFilter, collection: &str, uri: impl Fn() -> String, call: F) -> HandlerRun
     where
         F: Fn(&dyn sluice_handlers::CollectionHandler, &sluice_handlers::HandlerSettings, &mut HandlerOutput) -> Result<(), sluice_handlers::HandlerError>,
     {
@@ -333,7 +341,7 @@ impl Pipeline {
             if let Some(error) = failure {
                 self.metrics.handler_errors.fetch_add(1, Ordering::Relaxed);
                 run.failures += 1;
-                tracing::warn!(handler = name, uri, %error, "handler failed; the record is stored without its output");
+                tracing::warn!(handler = name, uri = uri(), %error, "handler failed; the record is stored without its output");
                 continue;
             }
             let (emit, value, writes) = out.into_parts();

@@ -160,8 +160,10 @@ impl Store {
             .map(|(name, w)| self.handler_space(name).map(|ks| (ks, w)))
             .collect::<Result<_>>()?;
         let mut writer = self.writer.lock().expect("writer lock");
-        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+        let items = 2 + change.records.len() + change.blocks.len() + change.events.len() + handler_spaces.len();
+        let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), items).durability(Some(PersistMode::Buffer));
         let mut deltas: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+        let mut record_deltas: HashMap<&str, i64> = HashMap::new();
 
         let old_status = self.repo_state(&change.did)?.map(|s| s.status);
         if let Some(state) = &change.state {
@@ -177,16 +179,17 @@ impl Store {
             match write {
                 RecordWrite::Put { collection, rkey, cid, existed } => {
                     if !existed {
-                        *deltas.entry(keys::count_records(collection)).or_default() += 1;
+                        *record_deltas.entry(collection).or_default() += 1;
                     }
-                    batch.insert(&self.records, keys::record(&change.did, collection, rkey), RecordRef { cid: cid.clone() }.encode());
+                    batch.insert(&self.records, keys::record(&change.did, collection, rkey), RecordRef::encode_cid(cid));
                 }
                 RecordWrite::Remove { collection, rkey } => {
-                    *deltas.entry(keys::count_records(collection)).or_default() -= 1;
+                    *record_deltas.entry(collection).or_default() -= 1;
                     batch.remove(&self.records, keys::record(&change.did, collection, rkey));
                 }
             }
         }
+        deltas.extend(record_deltas.into_iter().map(|(c, d)| (keys::count_records(c), d)));
         for (cid, body) in change.blocks {
             batch.insert(&self.blocks, cid, body.to_vec());
         }
