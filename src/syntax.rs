@@ -1,7 +1,7 @@
 //! AT Protocol identifier syntax (DID, NSID, handle, record key, TID, at-uri), by jacquard's
 //! validators, with the small wrappers the filter, codecs and queries need.
 
-use jacquard_common::types::string::{AtUri, Did, Nsid, Rkey, Tid};
+use jacquard_common::types::string::{AtUri, Did, Nsid, Tid};
 
 /// Whether `s` is a syntactically valid DID.
 pub fn is_did(s: &str) -> bool {
@@ -77,6 +77,7 @@ pub fn nsid_pattern_problem(pattern: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jacquard_common::types::string::Rkey;
     use proptest::prelude::*;
 
     proptest! {
