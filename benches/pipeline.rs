@@ -24,10 +24,10 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A signed repo of 100k records (posts, likes, follows, profile), built once and cached.
-fn generated_car() -> (PathBuf, Account) {
-    let account = Account::new(100_000);
-    let path = root().join("target/bench-cache/repo-100k.car");
+/// A signed repo of 100k records (posts, likes, follows) of account `seed`, built once and cached.
+fn generated_car(seed: u64) -> (PathBuf, Account) {
+    let account = Account::new(seed);
+    let path = root().join(format!("target/bench-cache/repo-100k-{seed}.car"));
     if !path.exists() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let mut records = RepoContents::new();
@@ -60,9 +60,20 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-/// Runs one case in this process: prints `records seconds cpu_seconds peak_kb`.
+/// Indexes each CAR of `inputs` on its own thread into one store (repos in flight at once, as
+/// a backfill runs them); returns the records created.
+fn index_concurrently(sluice: &Sluice, inputs: &[Vec<u8>]) -> usize {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = inputs.iter().map(|car| scope.spawn(move || sluice.index_car(car, &IndexOptions::default()).unwrap().created as usize)).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).sum()
+    })
+}
+
+/// Runs one case in this process: prints `records seconds cpu_seconds peak_kb`. `input` may
+/// name several CARs separated by commas (for the concurrent case).
 fn run_case(case: &str, input: &str, key: Option<&str>) {
-    let bytes = std::fs::read(input).unwrap();
+    let inputs: Vec<Vec<u8>> = input.split(',').map(|p| std::fs::read(p).unwrap()).collect();
+    let bytes = &inputs[0];
     let (mut records, mut secs, cpu0) = (0usize, f64::MAX, cpu_seconds());
     for _ in 0..ROUNDS {
         let dir = tempfile::tempdir().unwrap();
@@ -72,17 +83,18 @@ fn run_case(case: &str, input: &str, key: Option<&str>) {
         let start = Instant::now();
         records = match case {
             "baseline" => {
-                let repo = read_car(&bytes, &CarLimits::default()).unwrap();
+                let repo = read_car(bytes, &CarLimits::default()).unwrap();
                 repo.records().map(|r| r.unwrap().bytes.len()).filter(|n| *n > 0).count()
             }
             "verify-walk" => {
-                let repo = read_car(&bytes, &CarLimits::default()).unwrap();
+                let repo = read_car(bytes, &CarLimits::default()).unwrap();
                 repo.verify_signature(&parse_public_key(key.unwrap()).unwrap()).unwrap();
                 repo.records().map(|r| r.unwrap().bytes.len()).filter(|n| *n > 0).count()
             }
+            "pipeline-2-repos" => index_concurrently(&sluice, &inputs),
             _ => {
                 let opts = IndexOptions { expected_did: None, signing_key: if case == "pipeline-sig" { key.map(str::to_string) } else { None } };
-                sluice.index_car(&bytes, &opts).unwrap().created as usize
+                sluice.index_car(bytes, &opts).unwrap().created as usize
             }
         };
         secs = secs.min(start.elapsed().as_secs_f64());
@@ -97,17 +109,24 @@ fn main() {
         run_case(&args[pos + 1], &args[pos + 2], args.get(pos + 3).map(String::as_str));
         return;
     }
-    let (generated, account) = generated_car();
+    let (generated, account) = generated_car(100_000);
+    let (second, _) = generated_car(100_001);
+    let both = format!("{},{}", generated.display(), second.display());
     let calabro = root().join("../shared/fixtures/car/calabro.car");
     let key = account.did_key();
     println!("| input | case | records | best of {ROUNDS} (s) | records/s | records/CPU-s | peak RSS (MB) |");
     println!("|---|---|---:|---:|---:|---:|---:|");
-    let inputs: [(&str, &Path, Option<&str>); 2] = [("calabro.car (1.5 MB)", &calabro, None), ("generated 100k (signed)", &generated, Some(&key))];
+    let inputs: [(&str, &Path, Option<&str>); 3] = [
+        ("calabro.car (1.5 MB)", &calabro, None),
+        ("generated 100k (signed)", &generated, Some(&key)),
+        ("2 x generated 100k, 2 threads", Path::new(&both), None),
+    ];
     for (label, path, key) in inputs {
-        let mut cases = vec!["baseline", "pipeline"];
-        if key.is_some() {
-            cases.extend(["verify-walk", "pipeline-sig"]);
-        }
+        let cases = match (key, label.starts_with("2 x")) {
+            (_, true) => vec!["pipeline-2-repos"],
+            (Some(_), _) => vec!["baseline", "verify-walk", "pipeline", "pipeline-sig"],
+            (None, _) => vec!["baseline", "pipeline"],
+        };
         for case in cases {
             let mut cmd = Command::new(std::env::current_exe().unwrap());
             cmd.args(["--case", case, path.to_str().unwrap()]);

@@ -16,6 +16,7 @@
 //!
 //! Architecture invariant: the pipeline never does network I/O and never blocks on async code.
 
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -95,6 +96,13 @@ enum Staged {
     Delete { collection: String, rkey: String, previous: Vec<u8> },
 }
 
+/// What a walk found against the store.
+struct WalkDiff {
+    staged: Vec<Staged>,
+    unchanged: u64,
+    has_signal: bool,
+}
+
 /// Where the changes come from.
 struct Origin<'a> {
     did: &'a str,
@@ -139,28 +147,8 @@ impl Pipeline {
         let did = repo.did();
         let previous_state = self.store.repo_state(did)?;
         check_rev(did, repo.rev(), previous_state.as_ref())?;
-        let rule = filter.repo_rule(did);
         let mut stored = self.store.repo_records(did)?;
-        let mut has_signal = rule == RepoRule::Tracked;
-        let (mut staged, mut unchanged) = (Vec::new(), 0);
-        if rule != RepoRule::Excluded {
-            for entry in repo.records() {
-                let entry = entry?;
-                self.metrics.records_seen.fetch_add(1, Ordering::Relaxed);
-                has_signal |= filter.is_signal(&entry.collection);
-                if !filter.wants_collection(&entry.collection) {
-                    continue;
-                }
-                let key = (entry.collection, entry.rkey);
-                let previous = stored.remove(&key);
-                if previous.as_deref() == Some(&entry.cid.to_bytes()[..]) {
-                    unchanged += 1;
-                } else {
-                    let (collection, rkey) = key;
-                    staged.push(Staged::Upsert { collection, rkey, cid: entry.cid, bytes: entry.bytes, previous });
-                }
-            }
-        }
+        let WalkDiff { mut staged, mut unchanged, has_signal } = self.diff_walk(repo, filter, &mut stored)?;
         let status = if has_signal { RepoStatus::Synced } else { RepoStatus::Discarded };
         if status == RepoStatus::Discarded {
             // Nothing of a discarded repo stays: drop what an earlier walk stored, every collection.
@@ -186,6 +174,35 @@ impl Pipeline {
         });
         change.cursor = cursor;
         self.finish(change, status, unchanged, handler_errors)
+    }
+
+    /// Walks `repo` against the records stored for it, taking matched ones out of `stored`
+    /// (what stays there is what the walk no longer holds).
+    fn diff_walk(&self, repo: &LoadedRepo, filter: &crate::filter::Filter, stored: &mut HashMap<(String, String), Vec<u8>>) -> Result<WalkDiff, PipelineError> {
+        let rule = filter.repo_rule(repo.did());
+        let mut diff = WalkDiff { staged: Vec::new(), unchanged: 0, has_signal: rule == RepoRule::Tracked };
+        if rule == RepoRule::Excluded {
+            return Ok(diff);
+        }
+        let mut seen = 0;
+        for entry in repo.records() {
+            let entry = entry?;
+            seen += 1;
+            diff.has_signal |= filter.is_signal(&entry.collection);
+            if !filter.wants_collection(&entry.collection) {
+                continue;
+            }
+            let key = (entry.collection, entry.rkey);
+            let previous = stored.remove(&key);
+            if previous.as_deref() == Some(&entry.cid.to_bytes()[..]) {
+                diff.unchanged += 1;
+            } else {
+                let (collection, rkey) = key;
+                diff.staged.push(Staged::Upsert { collection, rkey, cid: entry.cid, bytes: entry.bytes, previous });
+            }
+        }
+        self.metrics.records_seen.fetch_add(seen, Ordering::Relaxed);
+        Ok(diff)
     }
 
     /// Applies the ops of one live commit of `did` at `rev` (MST root `data`), with an optional

@@ -7,9 +7,10 @@
 //! - drop the record (it is then neither stored nor emitted) or replace the emitted value,
 //! - write index entries into its own keyspace, in the same atomic batch as the record.
 //!
-//! To add one, write a new file in `src/`, declare it in this file's module list and call
-//! [`register_handler!`]; `sluice handlers` lists what is registered. Users embedding sluice can
-//! do the same from their own crate: registration is link-time, through `inventory`.
+//! To add one, write a new file in `src/handlers/` that implements the trait and calls
+//! [`register_handler!`]; nothing else needs an edit (the build script declares the module,
+//! `inventory` registers the handler). `sluice handlers` lists what is registered. Users
+//! embedding sluice can do the same from their own crate: registration is link-time.
 //!
 //! Architecture invariant: this crate knows nothing of fjall, networking or the filter file; it
 //! sees records, settings and an output buffer.
@@ -20,9 +21,8 @@ pub mod testing;
 pub mod value;
 mod view;
 
-pub mod backlinks;
-pub mod post;
-pub mod profile;
+// One module per file of `src/handlers/` (post, backlinks, profile, ...), declared by build.rs.
+include!(concat!(env!("OUT_DIR"), "/handler_modules.rs"));
 
 pub use output::{Emit, HandlerOutput, IndexWrite};
 pub use registry::{HandlerRegistration, HandlerSettings, registered, find};

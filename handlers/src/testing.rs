@@ -92,6 +92,15 @@ mod tests {
         }
     }
 
+    #[test]
+    fn every_file_in_src_handlers_registers_the_handler_it_is_named_after() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/handlers");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let stem = entry.unwrap().path().file_stem().unwrap().to_str().unwrap().replace('_', "-");
+            assert!(crate::find(&stem).is_some(), "src/handlers/{stem}.rs registers no handler named {stem:?}");
+        }
+    }
+
     struct Panicky;
     impl CollectionHandler for Panicky {
         fn name(&self) -> &'static str { "panicky" }

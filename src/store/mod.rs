@@ -152,22 +152,42 @@ impl Store {
         Ok(ks)
     }
 
-    /// Commits `change` atomically, assigning its events the next ids.
+    /// Commits `change` atomically, assigning its events the next ids. Everything but the id
+    /// assignment and the counters is prepared before the writer lock is taken.
     pub fn commit(&self, change: RepoChange) -> Result<Committed> {
-        let handler_spaces: Vec<(Keyspace, IndexWrite)> = change
-            .handler_writes
-            .into_iter()
-            .map(|(name, w)| self.handler_space(name).map(|ks| (ks, w)))
-            .collect::<Result<_>>()?;
-        let mut writer = self.writer.lock().expect("writer lock");
-        let items = 2 + change.records.len() + change.blocks.len() + change.events.len() + handler_spaces.len();
+        let deltas = self.count_deltas(&change)?;
+        let items = 2 + change.records.len() + change.blocks.len() + change.events.len() + change.handler_writes.len() + deltas.len();
         let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), items).durability(Some(PersistMode::Buffer));
-        let mut deltas: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
-        let mut record_deltas: HashMap<&str, i64> = HashMap::new();
+        let events: Vec<Vec<u8>> = change.events.iter().map(Stored::encode).collect();
+        self.stage_rows(&mut batch, change)?;
 
-        let old_status = self.repo_state(&change.did)?.map(|s| s.status);
+        let mut writer = self.writer.lock().expect("writer lock");
+        let first = writer.next_event;
+        let n = events.len() as u64;
+        for (id, event) in (first..).zip(events) {
+            batch.insert(&self.events, keys::event(id), event);
+        }
+        let new_counts: Vec<(Vec<u8>, i64)> = deltas
+            .into_iter()
+            .map(|(key, delta)| {
+                let value = writer.counts.get(&key).copied().unwrap_or(0) + delta;
+                (key, value)
+            })
+            .collect();
+        for (key, value) in &new_counts {
+            batch.insert(&self.counts, key.clone(), value.to_be_bytes());
+        }
+        batch.commit()?;
+        writer.next_event += n;
+        writer.counts.extend(new_counts);
+        Ok(Committed { first_event: (n > 0).then_some(first), events: n })
+    }
+
+    /// How `change` moves the counters: repos by status, records by collection.
+    fn count_deltas(&self, change: &RepoChange) -> Result<BTreeMap<Vec<u8>, i64>> {
+        let mut deltas: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
         if let Some(state) = &change.state {
-            batch.insert(&self.repos, change.did.as_bytes(), state.encode());
+            let old_status = self.repo_state(&change.did)?.map(|s| s.status);
             if old_status != Some(state.status) {
                 if let Some(old) = old_status {
                     *deltas.entry(keys::count_repos(old.as_str())).or_default() -= 1;
@@ -175,48 +195,46 @@ impl Store {
                 *deltas.entry(keys::count_repos(state.status.as_str())).or_default() += 1;
             }
         }
+        let mut by_collection: HashMap<&str, i64> = HashMap::new();
         for write in &change.records {
             match write {
-                RecordWrite::Put { collection, rkey, cid, existed } => {
-                    if !existed {
-                        *record_deltas.entry(collection).or_default() += 1;
-                    }
-                    batch.insert(&self.records, keys::record(&change.did, collection, rkey), RecordRef::encode_cid(cid));
-                }
-                RecordWrite::Remove { collection, rkey } => {
-                    *record_deltas.entry(collection).or_default() -= 1;
-                    batch.remove(&self.records, keys::record(&change.did, collection, rkey));
-                }
+                RecordWrite::Put { collection, existed: false, .. } => *by_collection.entry(collection).or_default() += 1,
+                RecordWrite::Remove { collection, .. } => *by_collection.entry(collection).or_default() -= 1,
+                RecordWrite::Put { existed: true, .. } => {}
             }
         }
-        deltas.extend(record_deltas.into_iter().map(|(c, d)| (keys::count_records(c), d)));
+        deltas.extend(by_collection.into_iter().map(|(c, d)| (keys::count_records(c), d)));
+        deltas.retain(|_, d| *d != 0);
+        Ok(deltas)
+    }
+
+    /// Puts the repo state, records, blocks, handler writes and cursor of `change` in `batch`.
+    fn stage_rows(&self, batch: &mut fjall::OwnedWriteBatch, change: RepoChange) -> Result<()> {
+        if let Some(state) = &change.state {
+            batch.insert(&self.repos, change.did.as_bytes(), state.encode());
+        }
+        for write in &change.records {
+            match write {
+                RecordWrite::Put { collection, rkey, cid, .. } => {
+                    batch.insert(&self.records, keys::record(&change.did, collection, rkey), RecordRef::encode_cid(cid))
+                }
+                RecordWrite::Remove { collection, rkey } => batch.remove(&self.records, keys::record(&change.did, collection, rkey)),
+            }
+        }
         for (cid, body) in change.blocks {
             batch.insert(&self.blocks, cid, body.to_vec());
         }
-        for (ks, w) in handler_spaces {
+        for (name, w) in change.handler_writes {
+            let ks = self.handler_space(name)?;
             match w.value {
                 Some(v) => batch.insert(&ks, w.key, v),
                 None => batch.remove(&ks, w.key),
             }
         }
-        let first = writer.next_event;
-        let n = change.events.len() as u64;
-        for (i, event) in change.events.iter().enumerate() {
-            batch.insert(&self.events, keys::event(first + i as u64), event.encode());
-        }
         if let Some((service, value)) = change.cursor {
             batch.insert(&self.cursors, service.as_bytes(), Cursor { value, updated_ms: values::now_ms() }.encode());
         }
-        let mut new_counts = Vec::new();
-        for (key, delta) in deltas.into_iter().filter(|(_, d)| *d != 0) {
-            let value = writer.counts.get(&key).copied().unwrap_or(0) + delta;
-            batch.insert(&self.counts, key.clone(), value.to_be_bytes());
-            new_counts.push((key, value));
-        }
-        batch.commit()?;
-        writer.next_event += n;
-        writer.counts.extend(new_counts);
-        Ok(Committed { first_event: (n > 0).then_some(first), events: n })
+        Ok(())
     }
 
     /// A repo's state.
