@@ -48,6 +48,58 @@ pub fn is_at_uri(s: &str) -> bool {
     AtUri::new(s).is_ok()
 }
 
+/// Whether `s` is a DID or a handle (an at-identifier).
+pub fn is_at_identifier(s: &str) -> bool {
+    is_did(s) || is_handle(s)
+}
+
+/// Whether `s` has the syntax of a CID string: 8-256 of `A-Za-z0-9+=`, and not a CIDv0
+/// (`Qmb...`), which the protocol does not use. (Whether it decodes is another matter.)
+pub fn is_cid(s: &str) -> bool {
+    (8..=256).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'=') && !s.starts_with("Qmb")
+}
+
+/// Whether `s` is a valid AT Protocol datetime: jacquard's RFC 3339 parse, and a time that
+/// falls in year 0 or later once taken to UTC.
+pub fn is_datetime(s: &str) -> bool {
+    use chrono::Datelike;
+    s.parse::<jacquard_common::types::datetime::Datetime>()
+        .is_ok_and(|d| AsRef::<chrono::DateTime<chrono::FixedOffset>>::as_ref(&d).naive_utc().year() >= 0)
+}
+
+/// Whether `s` is a valid BCP 47 language tag as the protocol takes it: well-formed (jacquard,
+/// by oxilangtag), a primary subtag of 2-3 lowercase letters, `i` or `x`, and no variant or
+/// extension singleton repeated (RFC 5646 §2.2.5, §2.2.6).
+pub fn is_language(s: &str) -> bool {
+    if jacquard_common::types::language::Language::new(s).is_err() {
+        return false;
+    }
+    let mut subtags = s.split('-');
+    let primary = subtags.next().unwrap_or("");
+    let primary_ok = matches!(primary, "i" | "x" | "X") || ((2..=3).contains(&primary.len()) && primary.bytes().all(|b| b.is_ascii_lowercase()));
+    if !primary_ok {
+        return false;
+    }
+    let (mut variants, mut singletons) = (Vec::new(), Vec::new());
+    for tag in subtags {
+        let lower = tag.to_ascii_lowercase();
+        if lower == "x" {
+            break; // private use: anything goes after it
+        }
+        let is_variant = (5..=8).contains(&tag.len()) || (tag.len() == 4 && tag.starts_with(|c: char| c.is_ascii_digit()));
+        let seen = match tag.len() {
+            1 => &mut singletons,
+            _ if is_variant && singletons.is_empty() => &mut variants,
+            _ => continue,
+        };
+        if seen.contains(&lower) {
+            return false;
+        }
+        seen.push(lower);
+    }
+    true
+}
+
 /// Why an NSID pattern is refused, or `None` when it is valid. A pattern is an NSID, `*`, or
 /// `prefix.*` where the prefix is one or more whole NSID segments (`app.bsky.*`; `app.bs*` is not).
 pub fn nsid_pattern_problem(pattern: &str) -> Option<String> {

@@ -88,7 +88,11 @@ fn walk_agrees_with_jacquards_mst() {
 #[test]
 fn interop_syntax_lists_are_judged_right() {
     type Check = fn(&str) -> bool;
-    let kinds: [(&str, Check); 6] = [
+    let kinds: [(&str, Check); 10] = [
+        ("atidentifier", sluice::syntax::is_at_identifier),
+        ("cid", sluice::syntax::is_cid),
+        ("datetime", sluice::syntax::is_datetime),
+        ("language", sluice::syntax::is_language),
         ("did", sluice::syntax::is_did),
         ("nsid", sluice::syntax::is_nsid),
         ("handle", sluice::syntax::is_handle),
@@ -103,9 +107,14 @@ fn interop_syntax_lists_are_judged_right() {
                 wrong.push(format!("{kind}: valid {line:?} refused"));
             }
         }
-        for line in syntax_lines(&format!("{kind}_syntax_invalid.txt")) {
-            if check(&line) {
-                wrong.push(format!("{kind}: invalid {line:?} accepted"));
+        for list in [format!("{kind}_syntax_invalid.txt"), format!("{kind}_parse_invalid.txt")] {
+            if !common::fixture(&format!("atproto-interop-tests/syntax/{list}")).exists() {
+                continue;
+            }
+            for line in syntax_lines(&list) {
+                if check(&line) {
+                    wrong.push(format!("{kind}: invalid {line:?} accepted ({list})"));
+                }
             }
         }
     }
