@@ -88,10 +88,22 @@ pub trait CollectionHandler: Send + Sync + 'static {
 
 /// Registers a handler value (a `static` or a const expression) with the global registry.
 ///
-/// ```ignore
-/// pub struct MyHandler;
-/// impl sluice_handlers::CollectionHandler for MyHandler { /* ... */ }
-/// sluice_handlers::register_handler!(MyHandler);
+/// ```
+/// use sluice_handlers::{CollectionHandler, HandlerError, HandlerOutput, HandlerSettings, RecordView};
+///
+/// pub struct Statuses;
+///
+/// impl CollectionHandler for Statuses {
+///     fn name(&self) -> &'static str { "statuses" }
+///     fn collections(&self) -> &'static [&'static str] { &["xyz.statusphere.*"] }
+///     fn on_record(&self, rec: &RecordView<'_>, _: &HandlerSettings, out: &mut HandlerOutput) -> Result<(), HandlerError> {
+///         out.emit(serde_json::json!({ "uri": rec.uri() }));
+///         Ok(())
+///     }
+/// }
+///
+/// sluice_handlers::register_handler!(Statuses);
+/// assert!(sluice_handlers::find("statuses").is_some());
 /// ```
 #[macro_export]
 macro_rules! register_handler {
