@@ -16,7 +16,6 @@
 //!
 //! Architecture invariant: the pipeline never does network I/O and never blocks on async code.
 
-use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,7 +26,7 @@ use sluice_handlers::{Emit, HandlerOutput, IndexWrite, PreviousRecord, RecordKey
 
 use crate::filter::{CompiledFilter, FilterHandle, RepoRule};
 use crate::repo::{LoadedRepo, RepoError};
-use crate::store::{Action, Committed, RecordEvent, RecordWrite, RepoChange, RepoState, RepoStatus, Store, StoreError, StoredEvent, values::now_ms};
+use crate::store::{Action, Committed, RecordMap, RecordEvent, RecordWrite, RepoChange, RepoState, RepoStatus, Store, StoreError, StoredEvent, values::now_ms};
 
 /// Why a repo or commit was not applied. Nothing of it was written.
 #[derive(Debug, thiserror::Error)]
@@ -178,7 +177,7 @@ impl Pipeline {
 
     /// Walks `repo` against the records stored for it, taking matched ones out of `stored`
     /// (what stays there is what the walk no longer holds).
-    fn diff_walk(&self, repo: &LoadedRepo, filter: &crate::filter::Filter, stored: &mut HashMap<(String, String), Vec<u8>>) -> Result<WalkDiff, PipelineError> {
+    fn diff_walk(&self, repo: &LoadedRepo, filter: &crate::filter::Filter, stored: &mut RecordMap) -> Result<WalkDiff, PipelineError> {
         let rule = filter.repo_rule(repo.did());
         let mut diff = WalkDiff { staged: Vec::new(), unchanged: 0, has_signal: rule == RepoRule::Tracked };
         if rule == RepoRule::Excluded {

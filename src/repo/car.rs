@@ -39,8 +39,12 @@ pub struct LoadedRepo {
     pub commit_cid: Cid,
     /// The root commit.
     pub commit: Commit<SmolStr>,
-    pub(super) blocks: HashMap<Cid, Bytes>,
+    pub(super) blocks: BlockMap,
 }
+
+/// Blocks by CID. foldhash, not SipHash: CIDs are hashes already, and this map is looked up
+/// once per MST node and record.
+type BlockMap = HashMap<Cid, Bytes, foldhash::fast::RandomState>;
 
 /// Polls a future that never waits on I/O (iroh-car over an in-memory slice) to completion.
 fn run_ready<F: Future>(fut: F) -> F::Output {
@@ -71,7 +75,7 @@ pub fn read_car(bytes: &[u8], limits: &CarLimits) -> Result<LoadedRepo, RepoErro
     run_ready(async {
         let reader = iroh_car::CarReader::new(bytes).await.map_err(|e| RepoError::Car(e.to_string()))?;
         let root = *reader.header().roots().first().ok_or_else(|| RepoError::Car("header names no root".into()))?;
-        let mut blocks = HashMap::new();
+        let mut blocks = BlockMap::default();
         let mut stream = pin!(reader.stream());
         while let Some(item) = n0_future::StreamExt::next(&mut stream).await {
             let (cid, data) = item.map_err(|e| RepoError::Car(e.to_string()))?;

@@ -40,6 +40,10 @@ pub enum StoreError {
 
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// A repo's stored records: (collection, rkey) -> binary CID. The pipeline's diff looks up
+/// every walked record here, so it uses foldhash.
+pub type RecordMap = HashMap<(String, String), Vec<u8>, foldhash::fast::RandomState>;
+
 /// A record put or removal. The writer states whether the record existed (the pipeline
 /// knows from its diff), so commits keep counts without reading every key back.
 #[derive(Debug, Clone)]
@@ -243,8 +247,8 @@ impl Store {
     }
 
     /// Every stored record of `did`: (collection, rkey) -> binary CID.
-    pub fn repo_records(&self, did: &str) -> Result<HashMap<(String, String), Vec<u8>>> {
-        let mut out = HashMap::new();
+    pub fn repo_records(&self, did: &str) -> Result<RecordMap> {
+        let mut out = RecordMap::default();
         for kv in self.records.prefix(keys::record_prefix(did)) {
             let (k, v) = kv.into_inner()?;
             let (_, collection, rkey) = keys::parse_record(&k)?;

@@ -25,9 +25,13 @@ pub trait Stored: Serialize + DeserializeOwned {
     /// Name used in errors.
     const WHAT: &'static str;
 
+    /// Typical encoded size, to allocate once (events are ~150 bytes).
+    const SIZE_HINT: usize = 64;
+
     /// Version byte + postcard.
     fn encode(&self) -> Vec<u8> {
-        let mut out = vec![VERSION];
+        let mut out = Vec::with_capacity(Self::SIZE_HINT);
+        out.push(VERSION);
         postcard::to_io(self, &mut out).expect("writing to a Vec cannot fail");
         out
     }
@@ -201,6 +205,7 @@ pub enum StoredEvent {
 
 impl Stored for StoredEvent {
     const WHAT: &'static str = "event";
+    const SIZE_HINT: usize = 256;
 }
 
 /// `cursors` value: a service's position and when it was saved.
