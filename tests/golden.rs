@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use sluice::store::values::{AccountEvent, Cursor, IdentityEvent, RecordRef};
-use sluice::store::{Action, RecordEvent, RepoState, RepoStatus, Stored, StoredEvent};
+use sluice::store::{Action, EventPage, RecordEvent, RepoState, RepoStatus, Stored, StoredEvent};
 
 fn golden<T: Stored + PartialEq + std::fmt::Debug>(name: &str, value: T) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
@@ -23,11 +23,13 @@ fn version_1_values_still_decode() {
         handle: Some("alice.test".into()), error: None, retries: 2, next_retry_ms: Some(1_700_000_000_000), updated_ms: 1_700_000_000_001,
     });
     golden("v1-record-ref.bin", RecordRef { cid: vec![1, 113, 18, 32, 7, 7, 7] });
-    golden("v1-event-record.bin", StoredEvent::Record(RecordEvent {
-        live: true, did: "did:plc:alice".into(), rev: "3l3qo2vuowo2b".into(), collection: "app.bsky.feed.post".into(), rkey: "3l3qo2vutsw2b".into(),
-        action: Action::Update, cid: vec![1, 113, 18, 32, 9], replaced: Some("{\"text\":\"x\"}".into()), handled: vec![("post".into(), "{}".into())],
-    }));
-    golden("v1-event-identity.bin", StoredEvent::Identity(IdentityEvent { did: "did:plc:alice".into(), handle: Some("alice.test".into()) }));
-    golden("v1-event-account.bin", StoredEvent::Account(AccountEvent { did: "did:plc:alice".into(), active: false, status: Some("takendown".into()) }));
+    golden("v1-event-page.bin", EventPage { events: vec![
+        StoredEvent::Record(RecordEvent {
+            live: true, did: "did:plc:alice".into(), rev: "3l3qo2vuowo2b".into(), collection: "app.bsky.feed.post".into(), rkey: "3l3qo2vutsw2b".into(),
+            action: Action::Update, cid: vec![1, 113, 18, 32, 9], replaced: Some("{\"text\":\"x\"}".into()), handled: vec![("post".into(), "{}".into())],
+        }),
+        StoredEvent::Identity(IdentityEvent { did: "did:plc:alice".into(), handle: Some("alice.test".into()) }),
+        StoredEvent::Account(AccountEvent { did: "did:plc:alice".into(), active: false, status: Some("takendown".into()) }),
+    ] });
     golden("v1-cursor.bin", Cursor { value: "31527015322".into(), updated_ms: 1_700_000_000_000 });
 }

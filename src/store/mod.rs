@@ -21,7 +21,7 @@ use std::sync::Mutex;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use sluice_handlers::IndexWrite;
 
-pub use values::{Action, RecordEvent, RepoState, RepoStatus, Stored, StoredEvent};
+pub use values::{Action, EventPage, RecordEvent, RepoState, RepoStatus, Stored, StoredEvent};
 use values::{Cursor, RecordRef};
 
 /// A storage failure.
@@ -97,7 +97,7 @@ pub struct Store {
     pub records: Keyspace,
     /// binary CID -> DAG-CBOR record body.
     pub blocks: Keyspace,
-    /// u64 BE id -> [`StoredEvent`].
+    /// u64 BE id of a page's first event -> [`EventPage`].
     pub events: Keyspace,
     /// Backfill queue.
     pub pending: Keyspace,
@@ -133,7 +133,10 @@ impl Store {
             db,
         };
         let next_event = match store.events.last_key_value() {
-            Some(kv) => keys::parse_event(&kv.key()?)? + 1,
+            Some(kv) => {
+                let (k, v) = kv.into_inner()?;
+                keys::parse_event(&k)? + EventPage::decode(&v)?.events.len() as u64
+            }
             None => 1,
         };
         let mut counts = BTreeMap::new();
@@ -158,18 +161,18 @@ impl Store {
 
     /// Commits `change` atomically, assigning its events the next ids. Everything but the id
     /// assignment and the counters is prepared before the writer lock is taken.
-    pub fn commit(&self, change: RepoChange) -> Result<Committed> {
+    pub fn commit(&self, mut change: RepoChange) -> Result<Committed> {
         let deltas = self.count_deltas(&change)?;
-        let items = 2 + change.records.len() + change.blocks.len() + change.events.len() + change.handler_writes.len() + deltas.len();
+        let n = change.events.len() as u64;
+        let pages = encode_pages(std::mem::take(&mut change.events));
+        let items = 2 + change.records.len() + change.blocks.len() + pages.len() + change.handler_writes.len() + deltas.len();
         let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), items).durability(Some(PersistMode::Buffer));
-        let events: Vec<Vec<u8>> = change.events.iter().map(Stored::encode).collect();
         self.stage_rows(&mut batch, change)?;
 
         let mut writer = self.writer.lock().expect("writer lock");
         let first = writer.next_event;
-        let n = events.len() as u64;
-        for (id, event) in (first..).zip(events) {
-            batch.insert(&self.events, keys::event(id), event);
+        for (offset, page) in pages {
+            batch.insert(&self.events, keys::event(first + offset), page);
         }
         let new_counts: Vec<(Vec<u8>, i64)> = deltas
             .into_iter()
@@ -272,14 +275,29 @@ impl Store {
 
     /// Events with id >= `from`, in order, at most `limit`.
     pub fn events_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, StoredEvent)>> {
-        self.events
-            .range(keys::event(from)..)
-            .take(limit)
-            .map(|kv| {
-                let (k, v) = kv.into_inner()?;
-                Ok((keys::parse_event(&k)?, StoredEvent::decode(&v)?))
-            })
-            .collect()
+        // Start at the page holding `from`: the last page whose first id is <= it.
+        let start = match self.events.range(..=keys::event(from)).next_back() {
+            Some(kv) => keys::parse_event(&kv.key()?)?,
+            None => from,
+        };
+        let mut out = Vec::new();
+        for kv in self.events.range(keys::event(start)..) {
+            let (k, v) = kv.into_inner()?;
+            let first = keys::parse_event(&k)?;
+            let page = EventPage::decode(&v)?;
+            for (id, event) in (first..).zip(page.events) {
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+                if id >= from {
+                    out.push((id, event));
+                }
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// The id the next event will get.
@@ -315,6 +333,20 @@ impl Store {
     }
 }
 
+/// Encodes events as pages of at most [`EventPage::MAX_EVENTS`]: (offset of the page's first
+/// event, stored page).
+fn encode_pages(events: Vec<StoredEvent>) -> Vec<(u64, Vec<u8>)> {
+    let mut pages = Vec::with_capacity(events.len().div_ceil(EventPage::MAX_EVENTS));
+    let mut events = events.into_iter().peekable();
+    let mut offset = 0;
+    while events.peek().is_some() {
+        let page = EventPage { events: events.by_ref().take(EventPage::MAX_EVENTS).collect() };
+        pages.push((offset, page.encode()));
+        offset += page.events.len() as u64;
+    }
+    pages
+}
+
 fn decode_count(v: &[u8]) -> i64 {
     v.try_into().map(i64::from_be_bytes).unwrap_or(0)
 }
@@ -347,6 +379,23 @@ mod tests {
         let ids: Vec<u64> = store.events_from(0, 10).unwrap().into_iter().map(|(id, _)| id).collect();
         assert_eq!(ids, vec![1, 2, 3]);
         assert_eq!(store.events_from(2, 1).unwrap()[0].1, event(2));
+    }
+
+    #[test]
+    fn reads_start_inside_pages_and_span_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let many = EventPage::MAX_EVENTS * 2 + 7;
+        let events: Vec<_> = (0..many).map(|i| event(i as u8)).collect();
+        store.commit(RepoChange { did: "did:plc:a".into(), events: events.clone(), ..Default::default() }).unwrap();
+        assert_eq!(store.events.len().unwrap(), 3, "three pages");
+        for from in [0, 1, 2, 511, 512, 513, 600, 1024, 1025, many as u64, many as u64 + 1, many as u64 + 5] {
+            let got = store.events_from(from, 40).unwrap();
+            let want: Vec<(u64, StoredEvent)> = (1..=many as u64).zip(events.iter().cloned()).filter(|(id, _)| *id >= from).take(40).collect();
+            assert_eq!(got, want, "from {from}");
+        }
+        drop(store);
+        assert_eq!(Store::open(dir.path()).unwrap().next_event_id(), many as u64 + 1);
     }
 
     #[test]
