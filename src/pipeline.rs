@@ -327,7 +327,7 @@ impl Pipeline {
                 }
                 return failures;
             }
-            Emit::Replace(v) => Some(v.to_string()),
+            Emit::Replace(v) => Some(compact_json(&v)),
             Emit::Keep => None,
         };
         let cid_bytes = cid.to_bytes();
@@ -365,7 +365,7 @@ impl Pipeline {
                 run.emit = emit;
             }
             if let Some(v) = value {
-                run.handled.push((name.to_string(), v.to_string()));
+                run.handled.push((name.to_string(), compact_json(&v)));
             }
             run.writes.extend(writes.into_iter().map(|w: IndexWrite| (name, w)));
         }
@@ -379,6 +379,14 @@ struct HandlerRun {
     handled: Vec<(String, String)>,
     writes: Vec<(&'static str, IndexWrite)>,
     failures: u64,
+}
+
+/// `v` as compact JSON text, written into a buffer sized up front (`Value::to_string` grows
+/// its string a few bytes at a time, which showed in profiles).
+fn compact_json(v: &serde_json::Value) -> String {
+    let mut buf = Vec::with_capacity(256);
+    serde_json::to_writer(&mut buf, v).expect("a JSON value always serializes");
+    String::from_utf8(buf).expect("serde_json writes UTF-8")
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

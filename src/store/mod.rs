@@ -229,7 +229,7 @@ impl Store {
             }
         }
         for (cid, body) in change.blocks {
-            batch.insert(&self.blocks, cid, body.to_vec());
+            batch.insert(&self.blocks, cid, &body[..]);
         }
         for (name, w) in change.handler_writes {
             let ks = self.handler_space(name)?;

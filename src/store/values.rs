@@ -219,7 +219,7 @@ impl EventPage {
 
 impl Stored for EventPage {
     const WHAT: &'static str = "event page";
-    const SIZE_HINT: usize = 4096;
+    const SIZE_HINT: usize = 64 << 10;
 }
 
 /// `cursors` value: a service's position and when it was saved.
