@@ -104,6 +104,10 @@ impl SluiceBuilder {
         };
         let store = Store::open(&self.config.storage.path)
             .with_context(|| format!("opening the store in {}", self.config.storage.path.display()))?;
+        // Open every registered handler's keyspace now, not on a repo's first record.
+        for handler in handlers::registered() {
+            store.handler_space(handler.name())?;
+        }
         let handle = FilterHandle::new(filter);
         let watcher = match self.watch {
             true => Some(filter::watch::watch(&self.config.filter.path, handle.clone())?),
