@@ -1,5 +1,6 @@
 //! Configuration: `config.toml` (every key optional, defaults below), then environment
-//! overrides (`SLUICE_DATA`, `SLUICE_FILTER`, `RELAY_URL`, `SLUICE_PLC_URL`), then CLI flags.
+//! overrides (`SLUICE_DATA`, `SLUICE_FILTER`, `RELAY_URL`, `SLUICE_PLC_URL`,
+//! `BACKFILL_BATCH_SIZE`), then CLI flags.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +20,22 @@ pub struct Config {
     pub network: NetworkConfig,
     /// Repo size limits.
     pub limits: LimitsConfig,
+    /// Backfill controls.
+    pub backfill: BackfillConfig,
+}
+
+/// `[backfill]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackfillConfig {
+    /// Record changes per committed batch when a repo is walked (`BACKFILL_BATCH_SIZE`).
+    pub batch_size: usize,
+}
+
+impl Default for BackfillConfig {
+    fn default() -> Self {
+        Self { batch_size: crate::pipeline::DEFAULT_BATCH_SIZE }
+    }
 }
 
 /// `[storage]`
@@ -140,6 +157,9 @@ impl Config {
         if let Some(v) = get("SLUICE_PLC_URL") {
             self.network.plc = v;
         }
+        if let Some(n) = get("BACKFILL_BATCH_SIZE").and_then(|v| v.trim().parse().ok()) {
+            self.backfill.batch_size = n;
+        }
     }
 }
 
@@ -151,8 +171,13 @@ mod tests {
     fn shipped_config_parses_and_env_overrides_it() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml");
         let mut c = Config::from_file(&path).unwrap();
-        c.apply_env(|k| (k == "SLUICE_DATA").then(|| "/tmp/x".to_string()));
+        c.apply_env(|k| match k {
+            "SLUICE_DATA" => Some("/tmp/x".to_string()),
+            "BACKFILL_BATCH_SIZE" => Some("250".to_string()),
+            _ => None,
+        });
         assert_eq!(c.storage.path, PathBuf::from("/tmp/x"));
+        assert_eq!(c.backfill.batch_size, 250);
         assert_eq!(c.limits.car_limits(), CarLimits::default());
     }
 

@@ -113,7 +113,8 @@ impl SluiceBuilder {
             true => Some(filter::watch::watch(&self.config.filter.path, handle.clone())?),
             false => None,
         };
-        Ok(Sluice { pipeline: Pipeline::new(Arc::new(store), handle), config: self.config, watcher })
+        let pipeline = Pipeline::new(Arc::new(store), handle).with_batch_size(self.config.backfill.batch_size);
+        Ok(Sluice { pipeline, config: self.config, watcher })
     }
 }
 

@@ -1,11 +1,16 @@
 //! The one path every record takes, backfill and live alike:
-//! filter -> handlers -> diff against stored CIDs -> one batch with its events.
+//! filter -> handlers -> diff against stored CIDs -> fjall batches with their events.
 //!
 //! [`Pipeline::apply_walk`] takes a whole repo (a verified CAR): records whose CID is unchanged
 //! are skipped, new or changed ones are created or updated, and stored records of wanted
 //! collections that the walk no longer holds are deleted. [`Pipeline::apply_commit`] takes the
-//! [`RecordOp`]s of one live commit. Both read the filter once (one `ArcSwap` load) and commit
-//! everything for the repo in one fjall batch, so a crash leaves a repo either before or after.
+//! [`RecordOp`]s of one live commit. Both read the filter once (one `ArcSwap` load).
+//!
+//! Commit contract: a live commit is one fjall batch. A walk commits in batches of at most
+//! `batch_size` record changes, each atomically with its events; the last batch carries the
+//! repo's new state and cursor. After a crash between batches the repo's state is unchanged and
+//! the next walk finds the committed records current, so no event is lost or emitted twice.
+//! While one batch commits, a second thread runs the handlers of the next (both cores busy).
 //!
 //! Signal mode: a walk that finds no record in a signal collection (and a repo not listed in
 //! `dids`) stores nothing and marks the repo discarded; if it had been indexed before, its
@@ -26,7 +31,7 @@ use sluice_handlers::{Emit, HandlerOutput, IndexWrite, PreviousRecord, RecordKey
 
 use crate::filter::{CompiledFilter, FilterHandle, RepoRule};
 use crate::repo::{LoadedRepo, RepoError};
-use crate::store::{Action, Committed, RecordMap, RecordEvent, RecordWrite, RepoChange, RepoState, RepoStatus, Store, StoreError, StoredEvent, values::now_ms};
+use crate::store::{Action, Committed, Prepared, RecordMap, RecordEvent, RecordWrite, RepoChange, RepoState, RepoStatus, Store, StoreError, StoredEvent, values::now_ms};
 
 /// Why a repo or commit was not applied. Nothing of it was written.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +75,12 @@ pub struct RepoOutcome {
     pub committed: Committed,
 }
 
+impl RepoOutcome {
+    fn new(status: RepoStatus, unchanged: u64) -> Self {
+        Self { status, created: 0, updated: 0, deleted: 0, unchanged, handler_errors: 0, committed: Committed::default() }
+    }
+}
+
 /// Running totals, for progress lines and metrics.
 #[derive(Debug, Default)]
 pub struct PipelineMetrics {
@@ -87,6 +98,31 @@ pub struct PipelineMetrics {
     pub repos_synced: AtomicU64,
     /// Repos discarded (signal mode or excluded).
     pub repos_discarded: AtomicU64,
+}
+
+/// What one batch does, counted before it is encoded.
+#[derive(Default)]
+struct Tally {
+    created: u64,
+    updated: u64,
+    deleted: u64,
+    handler_errors: u64,
+}
+
+impl Tally {
+    fn of(change: &RepoChange, handler_errors: u64) -> Self {
+        let mut t = Tally { handler_errors, ..Default::default() };
+        for event in &change.events {
+            if let StoredEvent::Record(r) = event {
+                match r.action {
+                    Action::Create => t.created += 1,
+                    Action::Update => t.updated += 1,
+                    Action::Delete => t.deleted += 1,
+                }
+            }
+        }
+        t
+    }
 }
 
 /// A record change, before handlers run.
@@ -115,12 +151,22 @@ pub struct Pipeline {
     store: Arc<Store>,
     filter: FilterHandle,
     metrics: Arc<PipelineMetrics>,
+    batch_size: usize,
 }
+
+/// Record changes per committed batch unless configured otherwise.
+pub const DEFAULT_BATCH_SIZE: usize = 5_000;
 
 impl Pipeline {
     /// A pipeline writing to `store` under the filter in `filter`.
     pub fn new(store: Arc<Store>, filter: FilterHandle) -> Self {
-        Self { store, filter, metrics: Arc::default() }
+        Self { store, filter, metrics: Arc::default(), batch_size: DEFAULT_BATCH_SIZE }
+    }
+
+    /// Commits a repo walk in batches of at most `n` record changes (at least 1).
+    pub fn with_batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
     }
 
     /// The store.
@@ -162,17 +208,70 @@ impl Pipeline {
         staged.extend(deletes.into_iter().map(|((collection, rkey), previous)| Staged::Delete { collection, rkey, previous }));
 
         let origin = Origin { did, rev: repo.rev(), live: false };
-        let (mut change, handler_errors) = self.stage(&compiled, &origin, staged);
-        change.state = Some(RepoState {
+        let state = RepoState {
             status,
             rev: (status == RepoStatus::Synced).then(|| repo.rev().to_string()),
             data: (status == RepoStatus::Synced).then(|| repo.data().to_string()),
             handle: previous_state.and_then(|s| s.handle),
             updated_ms: now_ms(),
             ..Default::default()
-        });
-        change.cursor = cursor;
-        self.finish(change, status, unchanged, handler_errors)
+        };
+        let mut outcome = RepoOutcome::new(status, unchanged);
+        self.commit_in_batches(&compiled, &origin, staged, (state, cursor), &mut outcome)?;
+        self.count_repo(status);
+        Ok(outcome)
+    }
+
+    /// Commits `staged` in batches of at most `batch_size` changes, each atomically with its
+    /// events; the last also carries the repo's new state and the cursor. While one batch
+    /// commits, a second thread runs the handlers of the next.
+    ///
+    /// A crash between batches leaves the repo's earlier batches committed with their events
+    /// and its state unchanged, so the next walk finds those records current and emits only
+    /// what is missing: nothing is lost or emitted twice.
+    fn commit_in_batches(&self, compiled: &CompiledFilter, origin: &Origin<'_>, mut staged: Vec<Staged>, last: (RepoState, Option<(String, String)>), outcome: &mut RepoOutcome) -> Result<(), PipelineError> {
+        let mut batches = Vec::with_capacity(staged.len() / self.batch_size + 1);
+        while staged.len() > self.batch_size {
+            let rest = staged.split_off(self.batch_size);
+            batches.push(std::mem::replace(&mut staged, rest));
+        }
+        batches.push(staged);
+        let count = batches.len();
+        let (state, cursor) = last;
+        let mut last = Some((state, cursor));
+        // Handlers, diff bookkeeping and encoding: everything but the commit itself.
+        let mut prepare = move |i: usize, batch: Vec<Staged>| -> Result<(Prepared, Tally), PipelineError> {
+            let (mut change, handler_errors) = self.stage(compiled, origin, batch);
+            if i + 1 == count {
+                let (state, cursor) = last.take().unwrap_or_default();
+                change.state = Some(state);
+                change.cursor = cursor;
+            }
+            let tally = Tally::of(&change, handler_errors);
+            Ok((self.store.prepare(change)?, tally))
+        };
+        if count == 1 {
+            let (prepared, tally) = prepare(0, batches.pop().unwrap_or_default())?;
+            return self.commit_batch(prepared, tally, outcome);
+        }
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Prepared, Tally), PipelineError>>(1);
+            scope.spawn(move || {
+                for (i, batch) in batches.into_iter().enumerate() {
+                    let prepared = prepare(i, batch);
+                    let failed = prepared.is_err();
+                    // A closed channel means the committer failed; stop preparing.
+                    if tx.send(prepared).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            for prepared in rx {
+                let (prepared, tally) = prepared?;
+                self.commit_batch(prepared, tally, outcome)?;
+            }
+            Ok(())
+        })
     }
 
     /// Walks `repo` against the records stored for it, taking matched ones out of `stored`
@@ -241,30 +340,35 @@ impl Pipeline {
         state.updated_ms = now_ms();
         change.state = Some(state);
         change.cursor = cursor;
-        self.finish(change, RepoStatus::Synced, unchanged, handler_errors)
+        let mut outcome = RepoOutcome::new(RepoStatus::Synced, unchanged);
+        let tally = Tally::of(&change, handler_errors);
+        self.commit_batch(self.store.prepare(change)?, tally, &mut outcome)?;
+        self.count_repo(RepoStatus::Synced);
+        Ok(outcome)
     }
 
-    fn finish(&self, change: RepoChange, status: RepoStatus, unchanged: u64, handler_errors: u64) -> Result<RepoOutcome, PipelineError> {
-        let mut outcome = RepoOutcome { status, created: 0, updated: 0, deleted: 0, unchanged, handler_errors, committed: Committed::default() };
-        for event in &change.events {
-            if let StoredEvent::Record(r) = event {
-                match r.action {
-                    Action::Create => outcome.created += 1,
-                    Action::Update => outcome.updated += 1,
-                    Action::Delete => outcome.deleted += 1,
-                }
-            }
-        }
-        outcome.committed = self.store.commit(change)?;
+    /// Commits one prepared batch and adds what it did to `outcome` and the running totals.
+    fn commit_batch(&self, prepared: Prepared, tally: Tally, outcome: &mut RepoOutcome) -> Result<(), PipelineError> {
+        let committed = self.store.commit_prepared(prepared)?;
+        outcome.created += tally.created;
+        outcome.updated += tally.updated;
+        outcome.deleted += tally.deleted;
+        outcome.handler_errors += tally.handler_errors;
+        outcome.committed.first_event = outcome.committed.first_event.or(committed.first_event);
+        outcome.committed.events += committed.events;
         let m = &self.metrics;
-        m.created.fetch_add(outcome.created, Ordering::Relaxed);
-        m.updated.fetch_add(outcome.updated, Ordering::Relaxed);
-        m.deleted.fetch_add(outcome.deleted, Ordering::Relaxed);
-        match status {
-            RepoStatus::Synced => m.repos_synced.fetch_add(1, Ordering::Relaxed),
-            _ => m.repos_discarded.fetch_add(1, Ordering::Relaxed),
+        m.created.fetch_add(tally.created, Ordering::Relaxed);
+        m.updated.fetch_add(tally.updated, Ordering::Relaxed);
+        m.deleted.fetch_add(tally.deleted, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn count_repo(&self, status: RepoStatus) {
+        let counter = match status {
+            RepoStatus::Synced => &self.metrics.repos_synced,
+            _ => &self.metrics.repos_discarded,
         };
-        Ok(outcome)
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Runs handlers over staged changes and builds the batch; also returns the number of

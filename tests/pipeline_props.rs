@@ -127,9 +127,10 @@ proptest! {
     }
 
     #[test]
-    fn edit_sequences_emit_exactly_the_diff(versions in proptest::collection::vec(model(), 1..5), spec in filter_spec()) {
+    fn edit_sequences_emit_exactly_the_diff(versions in proptest::collection::vec(model(), 1..5), spec in filter_spec(), batch_size in 1..6usize) {
         let account = Account::new(9);
-        let (_dir, s) = common::sluice_with(&spec.toml());
+        // Small batches, so walks commit in several batches (and on two threads).
+        let (_dir, s) = common::sluice_batched(&spec.toml(), batch_size);
         let mut before = Model::new();
         for (i, m) in versions.iter().enumerate() {
             let car = export_car_blocking(&account, &rev_at(i as u64 + 1), &contents(m)).unwrap();
@@ -146,6 +147,36 @@ proptest! {
         let ids: Vec<u64> = s.store().events_from(0, usize::MAX).unwrap().into_iter().map(|(id, _)| id).collect();
         prop_assert_eq!(ids, (1..s.store().next_event_id()).collect::<Vec<_>>(), "ids are gapless");
     }
+}
+
+#[test]
+fn a_walk_interrupted_between_batches_is_completed_by_the_next_walk_without_duplicates() {
+    use sluice::store::RepoStatus;
+    let account = Account::new(12);
+    let mut m = Model::new();
+    for (i, rkey) in RKEYS.iter().enumerate() {
+        m.insert(("app.bsky.feed.post".into(), rkey.to_string()), i as u32);
+        m.insert(("com.example.thing".into(), rkey.to_string()), i as u32);
+    }
+    let car = export_car_blocking(&account, &rev_at(1), &contents(&m)).unwrap();
+    let (_dir, s) = common::sluice_batched("mode = \"full\"", 3);
+    // What a crash after the first batches leaves: some records and their events, no state.
+    let repo = sluice::repo::read_car(&car, &Default::default()).unwrap();
+    let partial: RepoContents = contents(&m).into_iter().take(4).collect();
+    let partial_car = export_car_blocking(&account, &rev_at(1), &partial).unwrap();
+    let partial_repo = sluice::repo::read_car(&partial_car, &Default::default()).unwrap();
+    s.pipeline().apply_walk(&partial_repo, None).unwrap();
+    s.store().commit(sluice::store::RepoChange {
+        did: account.did.clone(),
+        state: Some(sluice::store::RepoState { status: RepoStatus::Backfilling, ..Default::default() }),
+        ..Default::default()
+    }).unwrap();
+    let out = s.pipeline().apply_walk(&repo, None).unwrap();
+    assert_eq!((out.created, out.unchanged), (m.len() as u64 - 4, 4));
+    let events = events_after(&s, 0);
+    let unique: BTreeSet<_> = events.iter().cloned().collect();
+    assert_eq!((events.len(), unique.len()), (m.len(), m.len()), "every record emitted once");
+    assert_eq!(s.store().repo_state(&account.did).unwrap().unwrap().status, RepoStatus::Synced);
 }
 
 #[test]

@@ -37,7 +37,7 @@ pub struct Records<'a> {
     last_key: Option<String>,
     failed: bool,
     /// Collections already seen valid: a repo has few, and NSID checks are costly.
-    collections: std::collections::HashSet<String>,
+    collections: std::collections::HashSet<String, foldhash::fast::RandomState>,
 }
 
 impl LoadedRepo {

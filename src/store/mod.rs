@@ -74,6 +74,15 @@ pub struct RepoChange {
     pub cursor: Option<(String, String)>,
 }
 
+/// A change encoded into a batch, waiting for its event ids and counters (see
+/// [`Store::prepare`]).
+pub struct Prepared {
+    batch: fjall::OwnedWriteBatch,
+    pages: Vec<(u64, Vec<u8>)>,
+    deltas: BTreeMap<Vec<u8>, i64>,
+    events: u64,
+}
+
 /// What a commit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Committed {
@@ -161,14 +170,26 @@ impl Store {
 
     /// Commits `change` atomically, assigning its events the next ids. Everything but the id
     /// assignment and the counters is prepared before the writer lock is taken.
-    pub fn commit(&self, mut change: RepoChange) -> Result<Committed> {
+    pub fn commit(&self, change: RepoChange) -> Result<Committed> {
+        self.commit_prepared(self.prepare(change)?)
+    }
+
+    /// Encodes `change` into a batch, ready for [`Store::commit_prepared`]: the CPU work of a
+    /// commit, which may run on another thread than the commit itself.
+    pub fn prepare(&self, mut change: RepoChange) -> Result<Prepared> {
         let deltas = self.count_deltas(&change)?;
-        let n = change.events.len() as u64;
+        let events = change.events.len() as u64;
         let pages = encode_pages(std::mem::take(&mut change.events));
         let items = 2 + change.records.len() + change.blocks.len() + pages.len() + change.handler_writes.len() + deltas.len();
         let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), items).durability(Some(PersistMode::Buffer));
         self.stage_rows(&mut batch, change)?;
+        Ok(Prepared { batch, pages, deltas, events })
+    }
 
+    /// Commits a prepared change: assigns its events the next ids, updates the counters and
+    /// writes the batch, under the writer lock.
+    pub fn commit_prepared(&self, prepared: Prepared) -> Result<Committed> {
+        let Prepared { mut batch, pages, deltas, events: n } = prepared;
         let mut writer = self.writer.lock().expect("writer lock");
         let first = writer.next_event;
         for (offset, page) in pages {

@@ -27,6 +27,15 @@ pub fn sluice_with(filter_text: &str) -> (tempfile::TempDir, Sluice) {
     (dir, s)
 }
 
+/// Like [`sluice_with`], committing repo walks in batches of `batch_size` record changes.
+pub fn sluice_batched(filter_text: &str, batch_size: usize) -> (tempfile::TempDir, Sluice) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = sluice::Config::default();
+    config.backfill.batch_size = batch_size;
+    let s = Sluice::builder().config(config).data_dir(dir.path().join("data")).filter(filter(filter_text)).open().unwrap();
+    (dir, s)
+}
+
 /// Non-empty, non-comment lines of an interop-tests syntax list.
 pub fn syntax_lines(name: &str) -> Vec<String> {
     let text = String::from_utf8(read_fixture(&format!("atproto-interop-tests/syntax/{name}"))).unwrap();
