@@ -229,16 +229,11 @@ impl Pipeline {
     /// A crash between batches leaves the repo's earlier batches committed with their events
     /// and its state unchanged, so the next walk finds those records current and emits only
     /// what is missing: nothing is lost or emitted twice.
-    fn commit_in_batches(&self, compiled: &CompiledFilter, origin: &Origin<'_>, mut staged: Vec<Staged>, last: (RepoState, Option<(String, String)>), outcome: &mut RepoOutcome) -> Result<(), PipelineError> {
-        let mut batches = Vec::with_capacity(staged.len() / self.batch_size + 1);
-        while staged.len() > self.batch_size {
-            let rest = staged.split_off(self.batch_size);
-            batches.push(std::mem::replace(&mut staged, rest));
-        }
-        batches.push(staged);
-        let count = batches.len();
-        let (state, cursor) = last;
-        let mut last = Some((state, cursor));
+    fn commit_in_batches(&self, compiled: &CompiledFilter, origin: &Origin<'_>, staged: Vec<Staged>, last: (RepoState, Option<(String, String)>), outcome: &mut RepoOutcome) -> Result<(), PipelineError> {
+        let count = staged.len().div_ceil(self.batch_size).max(1);
+        let mut staged = staged.into_iter();
+        let mut batches: Vec<Vec<Staged>> = (0..count).map(|_| staged.by_ref().take(self.batch_size).collect()).collect();
+        let mut last = Some(last);
         // Handlers, diff bookkeeping and encoding: everything but the commit itself.
         let mut prepare = move |i: usize, batch: Vec<Staged>| -> Result<(Prepared, Tally), PipelineError> {
             let (mut change, handler_errors) = self.stage(compiled, origin, batch);
