@@ -3,7 +3,7 @@
 //! Where a record flows: a repo export (CAR) is read and verified by [`repo`], its records
 //! are walked in MST order, and [`pipeline`] takes them through the current [`filter`], the
 //! registered handlers (crate `sluice-handlers`), a diff against what [`store`] holds, and
-//! into one fjall batch with their events. Clients read the event log from any cursor
+//! into fjall batches with their events. Clients read the event log from any cursor
 //! ([`wire`] renders it as JSON).
 //!
 //! # Layout

@@ -1,8 +1,10 @@
-//! The fjall store: keyspaces, the event log and atomic per-repo commits.
+//! The fjall store: keyspaces, the event log and atomic commits.
 //!
-//! Contract: everything one repo walk or one commit changes — records, blocks, repo state,
-//! handler index writes, counts, its events and any cursor that covers it — goes into one fjall
-//! batch ([`Store::commit`]). Event ids are assigned under the writer lock at commit time, so the
+//! Contract: everything one [`RepoChange`] changes (one batch of a repo walk, or one live
+//! commit) — records, blocks, repo state, handler index writes, counts, its events and any
+//! cursor that covers it — goes into one fjall batch ([`Store::commit`], or
+//! [`Store::prepare`] then [`Store::commit_prepared`]). Events are stored in pages of up to
+//! [`EventPage::MAX_EVENTS`]. Event ids are assigned under the writer lock at commit time, so the
 //! log is gapless and ids survive restarts (the next id is read back from the log on open).
 //!
 //! Blocks are content-addressed record bodies, written once. Events reference them by CID, so a
@@ -55,7 +57,7 @@ pub enum RecordWrite {
     Remove { collection: String, rkey: String },
 }
 
-/// Everything one repo walk or commit changes; committed in one batch by [`Store::commit`].
+/// One batch of a repo walk, or one live commit; committed atomically by [`Store::commit`].
 #[derive(Debug, Default)]
 pub struct RepoChange {
     /// The repo.
