@@ -2,7 +2,7 @@
 //!
 //! A [`Filter`] is immutable; the indexer reads the current one from a [`FilterHandle`]
 //! (an `ArcSwap`) once per repo walk or commit, so a reload never changes the rules halfway
-//! through a repo. [`parse`] reads the TOML file (errors name file, line and reason),
+//! through a repo. [`Filter::from_toml`] reads the TOML file (errors name file, line and reason),
 //! [`watch`] reloads it on save.
 //!
 //! Architecture invariant: the filter knows nothing of storage or the network.
