@@ -385,13 +385,16 @@ impl Pipeline {
                     failures += self.stage_upsert(compiled, origin, &mut change, collection, rkey, cid, bytes, previous);
                 }
                 Staged::Delete { collection, rkey, previous } => {
-                    let prev_bytes = self.store.block(&previous).ok().flatten();
-                    let prev_cid = Cid::try_from(&previous[..]).map(|c| c.to_string()).unwrap_or_default();
-                    let view = RecordKeyView {
-                        did: origin.did, collection: &collection, rkey: &rkey, rev: origin.rev, live: origin.live,
-                        previous: prev_bytes.as_deref().map(|bytes| PreviousRecord { cid: &prev_cid, bytes }),
+                    let run = if compiled.handlers_for(&collection).next().is_some() {
+                        let (prev_cid, prev_bytes) = self.previous_record(Some(&previous));
+                        let view = RecordKeyView {
+                            did: origin.did, collection: &collection, rkey: &rkey, rev: origin.rev, live: origin.live,
+                            previous: prev_bytes.as_deref().map(|bytes| PreviousRecord { cid: &prev_cid, bytes }),
+                        };
+                        self.run_handlers(compiled, &collection, || view.uri(), |h, s, out| h.on_delete(&view, s, out))
+                    } else {
+                        HandlerRun::default()
                     };
-                    let run = self.run_handlers(compiled, &collection, || view.uri(), |h, s, out| h.on_delete(&view, s, out));
                     failures += run.failures;
                     change.handler_writes.extend(run.writes);
                     change.records.push(RecordWrite::Remove { collection: collection.clone(), rkey: rkey.clone() });
@@ -405,8 +408,7 @@ impl Pipeline {
     #[allow(clippy::too_many_arguments)]
     fn stage_upsert(&self, compiled: &CompiledFilter, origin: &Origin<'_>, change: &mut RepoChange, collection: String, rkey: String, cid: Cid, bytes: Bytes, previous: Option<Vec<u8>>) -> u64 {
         let run = if compiled.handlers_for(&collection).next().is_some() {
-            let prev_bytes = previous.as_ref().and_then(|p| self.store.block(p).ok().flatten());
-            let prev_cid = previous.as_ref().and_then(|p| Cid::try_from(&p[..]).ok()).map(|c| c.to_string()).unwrap_or_default();
+            let (prev_cid, prev_bytes) = self.previous_record(previous.as_deref());
             let cid_str = cid.to_string();
             let view = RecordView::new(
                 origin.did, &collection, &rkey, &cid_str, origin.rev, origin.live, &bytes,
@@ -435,6 +437,14 @@ impl Pipeline {
         change.blocks.push((cid_bytes.clone(), bytes));
         change.events.push(record_event(origin, collection, rkey, action, cid_bytes, replaced, run.handled));
         failures
+    }
+
+    /// The stored version a handler sees as `previous`: its CID as a string and its body, read
+    /// only when a handler will look at it.
+    fn previous_record(&self, previous: Option<&[u8]>) -> (String, Option<fjall::Slice>) {
+        let Some(cid) = previous else { return (String::new(), None) };
+        let cid_str = Cid::try_from(cid).map(|c| c.to_string()).unwrap_or_default();
+        (cid_str, self.store.block(cid).ok().flatten())
     }
 
     /// Runs every active handler for `collection`; an error or panic is logged and counted,
