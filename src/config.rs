@@ -1,6 +1,8 @@
 //! Configuration: `config.toml` (every key optional, defaults below), then environment
-//! overrides (`SLUICE_DATA`, `SLUICE_FILTER`, `RELAY_URL`, `SLUICE_PLC_URL`,
-//! `BACKFILL_BATCH_SIZE`), then CLI flags.
+//! overrides (`SLUICE_DATA`, `SLUICE_FILTER`, `SLUICE_PLC_URL`, and the names older appview
+//! backfill services use: `RELAY_URL`, `WORKER_ID`, `BACKFILL_DAYS`, `BACKFILL_BATCH_SIZE`,
+//! `BACKFILL_BATCH_DELAY_MS`, `BACKFILL_MAX_CONCURRENT`, `BACKFILL_MAX_MEMORY_MB`,
+//! `BACKFILL_USE_IDLE`), then CLI flags.
 
 use std::path::{Path, PathBuf};
 
@@ -24,17 +26,66 @@ pub struct Config {
     pub backfill: BackfillConfig,
 }
 
-/// `[backfill]`
+/// `[backfill]`: the controls older appview backfill services have, under the same
+/// environment names.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BackfillConfig {
-    /// Record changes per committed batch when a repo is walked (`BACKFILL_BATCH_SIZE`).
+    /// `BACKFILL_DAYS`: 0 = no backfill (live only), -1 = whole history, N = only records from
+    /// the last N days (by TID record key, else `createdAt`; records with neither are kept).
+    pub days: i64,
+    /// `BACKFILL_BATCH_SIZE`: record changes per committed batch of a repo walk.
     pub batch_size: usize,
+    /// `BACKFILL_BATCH_DELAY_MS`: pause between committed batches.
+    pub batch_delay_ms: u64,
+    /// `BACKFILL_MAX_CONCURRENT`: repos in flight.
+    pub max_concurrent: usize,
+    /// `BACKFILL_MAX_MEMORY_MB`: above this resident memory no new repo starts (0 = no cap).
+    pub max_memory_mb: u64,
+    /// `BACKFILL_USE_IDLE`: backfill waits while live ingestion has a backlog.
+    pub use_idle: bool,
+    /// `WORKER_ID`: backfill runs only where this is unset or 0.
+    pub worker_id: Option<u32>,
+    /// First retry delay of a failed repo, doubled per failure up to `retry_max_ms` (±20%).
+    pub retry_min_ms: u64,
+    /// Longest retry delay.
+    pub retry_max_ms: u64,
+    /// Failures after which a repo stays in `error` until queued again by hand.
+    pub max_retries: u32,
+    /// Seconds between progress lines.
+    pub progress_secs: u64,
+    /// Repos queued again per second after a filter edit widens what is indexed.
+    pub requeue_per_sec: usize,
 }
 
 impl Default for BackfillConfig {
     fn default() -> Self {
-        Self { batch_size: crate::pipeline::DEFAULT_BATCH_SIZE }
+        Self {
+            days: -1,
+            batch_size: crate::pipeline::DEFAULT_BATCH_SIZE,
+            batch_delay_ms: 0,
+            max_concurrent: 16,
+            max_memory_mb: 2048,
+            use_idle: false,
+            worker_id: None,
+            retry_min_ms: 60_000,
+            retry_max_ms: 3_600_000,
+            max_retries: 5,
+            progress_secs: 5,
+            requeue_per_sec: 200,
+        }
+    }
+}
+
+impl BackfillConfig {
+    /// Whether this process runs backfill at all (`BACKFILL_DAYS` not 0, `WORKER_ID` unset or 0).
+    pub fn enabled(&self) -> bool {
+        self.days != 0 && self.worker_id.unwrap_or(0) == 0
+    }
+
+    /// The oldest record time kept (unix µs) for `BACKFILL_DAYS` = N > 0, as of `now_us`.
+    pub fn since_us(&self, now_us: u64) -> Option<u64> {
+        (self.days > 0).then(|| now_us.saturating_sub(self.days as u64 * 86_400_000_000))
     }
 }
 
@@ -117,6 +168,9 @@ pub enum ConfigError {
     /// The file is invalid.
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
+    /// An environment variable does not parse.
+    #[error("environment variable {name}={value:?}: {reason}")]
+    Env { name: String, value: String, reason: String },
 }
 
 impl Config {
@@ -126,7 +180,7 @@ impl Config {
             Some(p) if p.exists() => Self::from_file(p)?,
             _ => Config::default(),
         };
-        config.apply_env(|k| std::env::var(k).ok());
+        config.apply_env(|k| std::env::var(k).ok())?;
         Ok(config)
     }
 
@@ -143,23 +197,59 @@ impl Config {
         })
     }
 
-    /// Applies environment overrides, read through `get`.
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) {
+    /// Applies environment overrides, read through `get`. A value that does not parse is
+    /// refused with the variable's name.
+    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn parsed<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, name: &str, slot: &mut T) -> Result<(), ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            if let Some(v) = get(name) {
+                *slot = v.trim().parse().map_err(|e: T::Err| ConfigError::Env { name: name.into(), value: v.clone(), reason: e.to_string() })?;
+            }
+            Ok(())
+        }
         if let Some(v) = get("SLUICE_DATA") {
             self.storage.path = v.into();
         }
         if let Some(v) = get("SLUICE_FILTER") {
             self.filter.path = v.into();
         }
-        if let Some(v) = get("RELAY_URL") {
-            self.network.relay = v;
+        parsed(&get, "RELAY_URL", &mut self.network.relay)?;
+        parsed(&get, "SLUICE_PLC_URL", &mut self.network.plc)?;
+        let b = &mut self.backfill;
+        parsed(&get, "BACKFILL_DAYS", &mut b.days)?;
+        parsed(&get, "BACKFILL_BATCH_SIZE", &mut b.batch_size)?;
+        parsed(&get, "BACKFILL_BATCH_DELAY_MS", &mut b.batch_delay_ms)?;
+        parsed(&get, "BACKFILL_MAX_CONCURRENT", &mut b.max_concurrent)?;
+        parsed(&get, "BACKFILL_MAX_MEMORY_MB", &mut b.max_memory_mb)?;
+        if let Some(v) = get("BACKFILL_USE_IDLE") {
+            b.use_idle = match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" | "" => false,
+                _ => return Err(ConfigError::Env { name: "BACKFILL_USE_IDLE".into(), value: v, reason: "expected true or false".into() }),
+            };
         }
-        if let Some(v) = get("SLUICE_PLC_URL") {
-            self.network.plc = v;
+        if let Some(v) = get("WORKER_ID").filter(|v| !v.trim().is_empty()) {
+            let id = v.trim().parse().map_err(|e: std::num::ParseIntError| ConfigError::Env { name: "WORKER_ID".into(), value: v.clone(), reason: e.to_string() })?;
+            b.worker_id = Some(id);
         }
-        if let Some(n) = get("BACKFILL_BATCH_SIZE").and_then(|v| v.trim().parse().ok()) {
-            self.backfill.batch_size = n;
+        self.check()
+    }
+
+    /// Refuses values that parse but make no sense.
+    fn check(&self) -> Result<(), ConfigError> {
+        let bad = |name: &str, reason: &str| Err(ConfigError::Invalid { path: format!("backfill.{name}"), message: reason.into() });
+        if self.backfill.days < -1 {
+            return bad("days", "must be -1 (all history), 0 (off) or a number of days");
         }
+        if self.backfill.max_concurrent == 0 {
+            return bad("max_concurrent", "must be at least 1");
+        }
+        if !self.network.plc.ends_with('/') {
+            return Err(ConfigError::Invalid { path: "network.plc".into(), message: format!("{} must end with /", self.network.plc) });
+        }
+        Ok(())
     }
 }
 
@@ -174,11 +264,43 @@ mod tests {
         c.apply_env(|k| match k {
             "SLUICE_DATA" => Some("/tmp/x".to_string()),
             "BACKFILL_BATCH_SIZE" => Some("250".to_string()),
+            "BACKFILL_DAYS" => Some("7".to_string()),
+            "BACKFILL_BATCH_DELAY_MS" => Some("15".to_string()),
+            "BACKFILL_MAX_CONCURRENT" => Some("4".to_string()),
+            "BACKFILL_MAX_MEMORY_MB" => Some("300".to_string()),
+            "BACKFILL_USE_IDLE" => Some("true".to_string()),
+            "RELAY_URL" => Some("http://127.0.0.1:1".to_string()),
+            "WORKER_ID" => Some("2".to_string()),
             _ => None,
-        });
+        })
+        .unwrap();
         assert_eq!(c.storage.path, PathBuf::from("/tmp/x"));
-        assert_eq!(c.backfill.batch_size, 250);
+        let b = &c.backfill;
+        assert_eq!((b.batch_size, b.days, b.batch_delay_ms, b.max_concurrent, b.max_memory_mb, b.use_idle), (250, 7, 15, 4, 300, true));
+        assert_eq!((c.network.relay.as_str(), b.worker_id), ("http://127.0.0.1:1", Some(2)));
+        assert!(!b.enabled(), "worker 2 does not backfill");
+        assert_eq!(b.since_us(10 * 86_400_000_000), Some(3 * 86_400_000_000));
         assert_eq!(c.limits.car_limits(), CarLimits::default());
+    }
+
+    #[test]
+    fn backfill_days_and_worker_id_switch_backfill() {
+        let mut c = Config::default();
+        assert!(c.backfill.enabled() && c.backfill.since_us(1) .is_none(), "default: whole history");
+        c.apply_env(|k| (k == "BACKFILL_DAYS").then(|| "0".to_string())).unwrap();
+        assert!(!c.backfill.enabled(), "0 days: live only");
+        c.apply_env(|k| (k == "BACKFILL_DAYS").then(|| "-1".to_string())).unwrap();
+        c.apply_env(|k| (k == "WORKER_ID").then(|| "0".to_string())).unwrap();
+        assert!(c.backfill.enabled());
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable() {
+        for (name, value) in [("BACKFILL_DAYS", "x"), ("BACKFILL_DAYS", "-2"), ("BACKFILL_USE_IDLE", "maybe"), ("WORKER_ID", "-1"), ("BACKFILL_MAX_CONCURRENT", "0")] {
+            let e = Config::default().apply_env(|k| (k == name).then(|| value.to_string())).unwrap_err().to_string();
+            let field = name.trim_start_matches("BACKFILL_").to_ascii_lowercase();
+            assert!(e.contains(name) || e.contains(&field), "{name}={value}: {e}");
+        }
     }
 
     #[test]

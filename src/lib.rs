@@ -25,9 +25,11 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backfill;
 pub mod config;
 pub mod devnet;
 pub mod filter;
+pub mod identity;
 pub mod pipeline;
 pub mod repo;
 pub mod store;
@@ -39,7 +41,7 @@ use std::sync::Arc;
 
 pub use config::Config;
 pub use filter::{Filter, FilterHandle};
-pub use pipeline::{Pipeline, PipelineError, RecordOp, RepoOutcome};
+pub use pipeline::{Pipeline, PipelineError, RecordOp, RepoOutcome, WalkOptions};
 pub use sluice_handlers as handlers;
 pub use store::Store;
 
@@ -166,7 +168,7 @@ impl Sluice {
         if let Some(key) = &key {
             loaded.verify_signature(key)?;
         }
-        Ok(self.pipeline.apply_walk(&loaded, None)?)
+        Ok(self.pipeline.apply_walk(&loaded, &pipeline::WalkOptions::default())?)
     }
 }
 

@@ -25,6 +25,23 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the indexer: backfill from the network, following filter edits, until stopped
+    /// (Ctrl-C or SIGTERM).
+    Run {
+        #[command(flatten)]
+        net: NetArgs,
+    },
+    /// Backfill from the network until the queue is empty, then exit 0.
+    Backfill {
+        #[command(flatten)]
+        net: NetArgs,
+        /// Backfill only these repos (queued again whatever their state); no crawl.
+        #[arg(long = "did", value_name = "DID")]
+        dids: Vec<String>,
+        /// List the relay's repos again from the start, though an earlier crawl finished.
+        #[arg(long)]
+        recrawl: bool,
+    },
     /// Index local repo exports (CAR files) through the pipeline.
     IndexCar {
         /// Filter file (default: the config's).
@@ -79,6 +96,43 @@ enum Command {
     Handlers,
 }
 
+/// Where the indexer keeps data and which network it reads.
+#[derive(clap::Args)]
+struct NetArgs {
+    /// Filter file, hot-reloaded (default: the config's).
+    #[arg(long)]
+    filter: Option<PathBuf>,
+    /// Data directory (default: the config's).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Relay base URL (default: the config's, or RELAY_URL).
+    #[arg(long)]
+    relay: Option<String>,
+    /// PLC directory base URL, ending with / (default: the config's, or SLUICE_PLC_URL).
+    #[arg(long)]
+    plc: Option<String>,
+}
+
+impl NetArgs {
+    fn apply(self, config: &mut Config) {
+        if let Some(f) = self.filter {
+            config.filter.path = f;
+        }
+        if let Some(d) = self.data {
+            config.storage.path = d;
+        }
+        if let Some(r) = self.relay {
+            config.network.relay = r;
+        }
+        if let Some(mut p) = self.plc {
+            if !p.ends_with('/') {
+                p.push('/');
+            }
+            config.network.plc = p;
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum FilterCommand {
     /// Validate a filter file.
@@ -109,6 +163,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(Some(&cli.config))?;
     let data_dir = |config: &Config, data: Option<PathBuf>| data.unwrap_or_else(|| config.storage.path.clone());
     match cli.command {
+        Command::Run { net } => {
+            net.apply(&mut config);
+            run_backfill(config, &[], false, sluice::backfill::RunMode::Forever)
+        }
+        Command::Backfill { net, dids, recrawl } => {
+            net.apply(&mut config);
+            run_backfill(config, &dids, recrawl, sluice::backfill::RunMode::UntilEmpty)
+        }
         Command::IndexCar { filter, data, did, key, cars } => {
             config.storage.path = data_dir(&config, data);
             if let Some(f) = filter {
@@ -159,6 +221,43 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Runs the backfill (and, in `Forever` mode, everything `sluice run` runs) until it ends or a
+/// signal stops it; prints where the repos stand.
+fn run_backfill(config: Config, dids: &[String], recrawl: bool, mode: sluice::backfill::RunMode) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let sluice = Sluice::builder().config(config.clone()).filter_file(config.filter.path.clone()).open()?;
+        let backfill = sluice::backfill::Backfill::new(sluice.pipeline().clone(), &config);
+        if recrawl {
+            sluice.store().reset_crawl()?;
+        }
+        if !dids.is_empty() {
+            backfill.queue(dids)?;
+        }
+        let stopper = backfill.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("stopping: repos in flight finish first");
+            stopper.stop();
+        });
+        let result = backfill.run(mode, dids.is_empty()).await;
+        let counts: Vec<String> = backfill.repo_counts().into_iter().filter(|(_, n)| *n != 0).map(|(s, n)| format!("{n} {}", s.as_str())).collect();
+        let events = sluice.store().next_event_id() - 1;
+        println!("repos: {}; events: {events}", if counts.is_empty() { "none".to_string() } else { counts.join(", ") });
+        result?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
     }
 }
 

@@ -56,6 +56,18 @@ pub enum RecordOp {
     Delete { collection: String, rkey: String },
 }
 
+/// How a repo walk is applied, beyond the filter.
+#[derive(Debug, Clone, Default)]
+pub struct WalkOptions {
+    /// A cursor `(service, position)` saved with the walk's last batch.
+    pub cursor: Option<(String, String)>,
+    /// Leave out records older than this (unix µs), judged by [`crate::repo::age`]; stored
+    /// ones are kept as they are (`BACKFILL_DAYS`).
+    pub since_us: Option<u64>,
+    /// Pause between committed batches (`BACKFILL_BATCH_DELAY_MS`).
+    pub batch_delay: std::time::Duration,
+}
+
 /// What applying a repo or commit did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RepoOutcome {
@@ -69,6 +81,10 @@ pub struct RepoOutcome {
     pub deleted: u64,
     /// Records whose stored CID was already current.
     pub unchanged: u64,
+    /// Records left out as older than [`WalkOptions::since_us`].
+    pub too_old: u64,
+    /// Records the walk went through (every collection).
+    pub walked: u64,
     /// Handler failures (errors and panics) on this repo.
     pub handler_errors: u64,
     /// Events written.
@@ -77,7 +93,7 @@ pub struct RepoOutcome {
 
 impl RepoOutcome {
     fn new(status: RepoStatus, unchanged: u64) -> Self {
-        Self { status, created: 0, updated: 0, deleted: 0, unchanged, handler_errors: 0, committed: Committed::default() }
+        Self { status, created: 0, updated: 0, deleted: 0, unchanged, too_old: 0, walked: 0, handler_errors: 0, committed: Committed::default() }
     }
 }
 
@@ -135,6 +151,8 @@ enum Staged {
 struct WalkDiff {
     staged: Vec<Staged>,
     unchanged: u64,
+    too_old: u64,
+    walked: u64,
     has_signal: bool,
 }
 
@@ -184,16 +202,15 @@ impl Pipeline {
         &self.metrics
     }
 
-    /// Applies a whole repo (a CAR whose commit the caller has checked), with an optional
-    /// cursor `(service, position)` saved in the same batch.
-    pub fn apply_walk(&self, repo: &LoadedRepo, cursor: Option<(String, String)>) -> Result<RepoOutcome, PipelineError> {
+    /// Applies a whole repo (a CAR whose commit the caller has checked).
+    pub fn apply_walk(&self, repo: &LoadedRepo, opts: &WalkOptions) -> Result<RepoOutcome, PipelineError> {
         let compiled = self.filter.load();
         let filter = &compiled.filter;
         let did = repo.did();
         let previous_state = self.store.repo_state(did)?;
         check_rev(did, repo.rev(), previous_state.as_ref())?;
         let mut stored = self.store.repo_records(did)?;
-        let WalkDiff { mut staged, mut unchanged, has_signal } = self.diff_walk(repo, filter, &mut stored)?;
+        let WalkDiff { mut staged, mut unchanged, too_old, walked, has_signal } = self.diff_walk(repo, filter, opts.since_us, &mut stored)?;
         let status = if has_signal { RepoStatus::Synced } else { RepoStatus::Discarded };
         if status == RepoStatus::Discarded {
             // Nothing of a discarded repo stays: drop what an earlier walk stored, every collection.
@@ -217,19 +234,20 @@ impl Pipeline {
             ..Default::default()
         };
         let mut outcome = RepoOutcome::new(status, unchanged);
-        self.commit_in_batches(&compiled, &origin, staged, (state, cursor), &mut outcome)?;
+        (outcome.too_old, outcome.walked) = (too_old, walked);
+        self.commit_in_batches(&compiled, &origin, staged, (state, opts.cursor.clone()), opts.batch_delay, &mut outcome)?;
         self.count_repo(status);
         Ok(outcome)
     }
 
     /// Commits `staged` in batches of at most `batch_size` changes, each atomically with its
-    /// events; the last also carries the repo's new state and the cursor. While one batch
-    /// commits, a second thread runs the handlers of the next.
+    /// events; the last also carries the repo's new state and the cursor, and `delay` separates
+    /// the commits. While one batch commits, a second thread runs the handlers of the next.
     ///
     /// A crash between batches leaves the repo's earlier batches committed with their events
     /// and its state unchanged, so the next walk finds those records current and emits only
     /// what is missing: nothing is lost or emitted twice.
-    fn commit_in_batches(&self, compiled: &CompiledFilter, origin: &Origin<'_>, staged: Vec<Staged>, last: (RepoState, Option<(String, String)>), outcome: &mut RepoOutcome) -> Result<(), PipelineError> {
+    fn commit_in_batches(&self, compiled: &CompiledFilter, origin: &Origin<'_>, staged: Vec<Staged>, last: (RepoState, Option<(String, String)>), delay: std::time::Duration, outcome: &mut RepoOutcome) -> Result<(), PipelineError> {
         let count = staged.len().div_ceil(self.batch_size).max(1);
         let mut staged = staged.into_iter();
         let mut batches: Vec<Vec<Staged>> = (0..count).map(|_| staged.by_ref().take(self.batch_size).collect()).collect();
@@ -261,7 +279,10 @@ impl Pipeline {
                     }
                 }
             });
-            for prepared in rx {
+            for (i, prepared) in rx.into_iter().enumerate() {
+                if i > 0 && !delay.is_zero() {
+                    std::thread::sleep(delay);
+                }
                 let (prepared, tally) = prepared?;
                 self.commit_batch(prepared, tally, outcome)?;
             }
@@ -271,9 +292,10 @@ impl Pipeline {
 
     /// Walks `repo` against the records stored for it, taking matched ones out of `stored`
     /// (what stays there is what the walk no longer holds).
-    fn diff_walk(&self, repo: &LoadedRepo, filter: &crate::filter::Filter, stored: &mut RecordMap) -> Result<WalkDiff, PipelineError> {
+    /// Records older than `since_us` are left out, and their stored versions kept.
+    fn diff_walk(&self, repo: &LoadedRepo, filter: &crate::filter::Filter, since_us: Option<u64>, stored: &mut RecordMap) -> Result<WalkDiff, PipelineError> {
         let rule = filter.repo_rule(repo.did());
-        let mut diff = WalkDiff { staged: Vec::new(), unchanged: 0, has_signal: rule == RepoRule::Tracked };
+        let mut diff = WalkDiff { staged: Vec::new(), unchanged: 0, too_old: 0, walked: 0, has_signal: rule == RepoRule::Tracked };
         if rule == RepoRule::Excluded {
             return Ok(diff);
         }
@@ -287,6 +309,10 @@ impl Pipeline {
             }
             let key = (entry.collection, entry.rkey);
             let previous = stored.remove(&key);
+            if since_us.is_some_and(|since| crate::repo::age::is_older_than(&key.1, &entry.bytes, since)) {
+                diff.too_old += 1;
+                continue;
+            }
             if previous.as_deref() == Some(&entry.cid.to_bytes()[..]) {
                 diff.unchanged += 1;
             } else {
@@ -295,6 +321,7 @@ impl Pipeline {
             }
         }
         self.metrics.records_seen.fetch_add(seen, Ordering::Relaxed);
+        diff.walked = seen;
         Ok(diff)
     }
 

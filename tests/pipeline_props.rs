@@ -165,13 +165,13 @@ fn a_walk_interrupted_between_batches_is_completed_by_the_next_walk_without_dupl
     let partial: RepoContents = contents(&m).into_iter().take(4).collect();
     let partial_car = export_car_blocking(&account, &rev_at(1), &partial).unwrap();
     let partial_repo = sluice::repo::read_car(&partial_car, &Default::default()).unwrap();
-    s.pipeline().apply_walk(&partial_repo, None).unwrap();
+    s.pipeline().apply_walk(&partial_repo, &Default::default()).unwrap();
     s.store().commit(sluice::store::RepoChange {
         did: account.did.clone(),
         state: Some(sluice::store::RepoState { status: RepoStatus::Backfilling, ..Default::default() }),
         ..Default::default()
     }).unwrap();
-    let out = s.pipeline().apply_walk(&repo, None).unwrap();
+    let out = s.pipeline().apply_walk(&repo, &Default::default()).unwrap();
     assert_eq!((out.created, out.unchanged), (m.len() as u64 - 4, 4));
     let events = events_after(&s, 0);
     let unique: BTreeSet<_> = events.iter().cloned().collect();

@@ -3,6 +3,8 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -11,6 +13,7 @@ use jacquard_common::types::crypto::PublicKey;
 use jacquard_repo::commit::Commit;
 use sha2::{Digest, Sha256};
 use smol_str::SmolStr;
+use tokio::io::{AsyncRead, ReadBuf};
 
 use super::RepoError;
 
@@ -72,26 +75,59 @@ pub fn read_car(bytes: &[u8], limits: &CarLimits) -> Result<LoadedRepo, RepoErro
     if bytes.len() as u64 > limits.max_car_bytes {
         return Err(RepoError::TooLarge(format!("{} bytes is over the {}-byte limit", bytes.len(), limits.max_car_bytes)));
     }
-    run_ready(async {
-        let reader = iroh_car::CarReader::new(bytes).await.map_err(|e| RepoError::Car(e.to_string()))?;
-        let root = *reader.header().roots().first().ok_or_else(|| RepoError::Car("header names no root".into()))?;
-        let mut blocks = BlockMap::default();
-        let mut stream = pin!(reader.stream());
-        while let Some(item) = n0_future::StreamExt::next(&mut stream).await {
-            let (cid, data) = item.map_err(|e| RepoError::Car(e.to_string()))?;
-            if data.len() > limits.max_block_bytes {
-                return Err(RepoError::TooLarge(format!("block {cid} has {} bytes, over the {}-byte limit", data.len(), limits.max_block_bytes)));
-            }
-            if blocks.len() >= limits.max_blocks {
-                return Err(RepoError::TooLarge(format!("more than {} blocks", limits.max_blocks)));
-            }
-            check_cid(&cid, &data)?;
-            blocks.insert(cid, Bytes::from(data));
+    run_ready(read_car_from(bytes, limits))
+}
+
+/// [`read_car`] over a stream (a network body), which is never held whole: only its blocks
+/// are kept, and reading stops as soon as a limit is passed.
+pub async fn read_car_from<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
+    let over = Arc::new(AtomicBool::new(false));
+    let capped = Capped { inner: reader, left: limits.max_car_bytes, over: over.clone() };
+    let car_error = |e: iroh_car::Error| match over.load(Ordering::Relaxed) {
+        true => RepoError::TooLarge(format!("more than the {}-byte limit", limits.max_car_bytes)),
+        false => RepoError::Car(e.to_string()),
+    };
+    let reader = iroh_car::CarReader::new(capped).await.map_err(car_error)?;
+    let root = *reader.header().roots().first().ok_or_else(|| RepoError::Car("header names no root".into()))?;
+    let mut blocks = BlockMap::default();
+    let mut stream = pin!(reader.stream());
+    while let Some(item) = n0_future::StreamExt::next(&mut stream).await {
+        let (cid, data) = item.map_err(car_error)?;
+        if data.len() > limits.max_block_bytes {
+            return Err(RepoError::TooLarge(format!("block {cid} has {} bytes, over the {}-byte limit", data.len(), limits.max_block_bytes)));
         }
-        let commit_bytes = blocks.get(&root).ok_or(RepoError::MissingBlock { cid: root, what: "root commit" })?;
-        let commit = Commit::<SmolStr>::from_cbor(commit_bytes).map_err(|e| RepoError::NotACommit(root, e.to_string()))?;
-        Ok(LoadedRepo { commit_cid: root, commit, blocks })
-    })
+        if blocks.len() >= limits.max_blocks {
+            return Err(RepoError::TooLarge(format!("more than {} blocks", limits.max_blocks)));
+        }
+        check_cid(&cid, &data)?;
+        blocks.insert(cid, Bytes::from(data));
+    }
+    let commit_bytes = blocks.get(&root).ok_or(RepoError::MissingBlock { cid: root, what: "root commit" })?;
+    let commit = Commit::<SmolStr>::from_cbor(commit_bytes).map_err(|e| RepoError::NotACommit(root, e.to_string()))?;
+    Ok(LoadedRepo { commit_cid: root, commit, blocks })
+}
+
+/// A reader that fails once more than `left` bytes have come through, and says so in `over`.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    over: Arc<AtomicBool>,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Capped<R> {
+    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let n = (buf.filled().len() - before) as u64;
+            if n > self.left {
+                self.over.store(true, Ordering::Relaxed);
+                return Poll::Ready(Err(std::io::Error::other("over the CAR size limit")));
+            }
+            self.left -= n;
+        }
+        polled
+    }
 }
 
 impl LoadedRepo {

@@ -8,10 +8,11 @@
 //! Architecture invariant: repo/ knows nothing of fjall, the filter, handlers or HTTP; every
 //! function here is synchronous and CPU-bound (callers put it on a blocking pool).
 
+pub mod age;
 mod car;
 mod walk;
 
-pub use car::{CarLimits, LoadedRepo, parse_public_key, read_car};
+pub use car::{CarLimits, LoadedRepo, parse_public_key, read_car, read_car_from};
 pub use walk::{RecordEntry, Records};
 
 use cid::Cid;

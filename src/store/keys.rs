@@ -77,6 +77,23 @@ pub fn parse_event(key: &[u8]) -> Result<u64, KeyError> {
     Ok(u64::from_be_bytes(bytes))
 }
 
+/// `pending` key: the unix ms a repo is due, big-endian, then its DID, so a scan from the start
+/// meets the repos due first.
+pub fn pending(due_ms: u64, did: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + did.len());
+    k.extend_from_slice(&due_ms.to_be_bytes());
+    k.extend_from_slice(did.as_bytes());
+    k
+}
+
+/// Decodes a `pending` key into `(due_ms, did)`.
+pub fn parse_pending(key: &[u8]) -> Result<(u64, &str), KeyError> {
+    const WHAT: &str = "pending";
+    let (due, did) = key.split_first_chunk::<8>().ok_or(KeyError { what: WHAT, reason: "shorter than 8 bytes" })?;
+    let did = std::str::from_utf8(did).map_err(|_| KeyError { what: WHAT, reason: "not UTF-8" })?;
+    Ok((u64::from_be_bytes(*due), did))
+}
+
 /// `counts` key of the number of stored records in `collection`.
 pub fn count_records(collection: &str) -> Vec<u8> {
     join(&["records", collection])
@@ -131,6 +148,13 @@ mod tests {
         }
 
         #[test]
+        fn pending_keys_round_trip_and_sort(a in (any::<u64>(), part()), b in (any::<u64>(), part())) {
+            let (ka, kb) = (pending(a.0, &a.1), pending(b.0, &b.1));
+            prop_assert_eq!(parse_pending(&ka).unwrap(), (a.0, a.1.as_str()));
+            prop_assert_eq!(ka.cmp(&kb), a.cmp(&b));
+        }
+
+        #[test]
         fn count_keys_round_trip(n in part()) {
             let (records, repos) = (count_records(&n), count_repos(&n));
             prop_assert_eq!(parse_count(&records).unwrap(), ("records", n.as_str()));
@@ -144,5 +168,6 @@ mod tests {
         assert!(parse_record(b"a\0b\0c\0d").is_err());
         assert!(parse_record(b"\xff\0b\0c").is_err());
         assert!(parse_event(b"1234").is_err());
+        assert!(parse_pending(b"1234").is_err());
     }
 }

@@ -14,6 +14,7 @@
 //! Architecture invariant: the store knows nothing of CARs, the network or the filter.
 
 pub mod keys;
+mod queue;
 pub mod values;
 
 use std::collections::{BTreeMap, HashMap};
@@ -83,6 +84,9 @@ pub struct Prepared {
     pages: Vec<(u64, Vec<u8>)>,
     deltas: BTreeMap<Vec<u8>, i64>,
     events: u64,
+    /// The repo's new state: its status counters and queue entry are settled at commit time,
+    /// against the state stored then.
+    state: Option<(String, RepoState)>,
 }
 
 /// What a commit did.
@@ -110,7 +114,8 @@ pub struct Store {
     pub blocks: Keyspace,
     /// u64 BE id of a page's first event -> [`EventPage`].
     pub events: Keyspace,
-    /// Backfill queue.
+    /// The backfill queue: due ms (BE) + did -> empty, one entry per repo whose
+    /// [`RepoState::queue_due`] is set, kept in step with `repos` by every state write.
     pub pending: Keyspace,
     /// did -> retry state.
     pub resync: Keyspace,
@@ -179,63 +184,69 @@ impl Store {
     /// Encodes `change` into a batch, ready for [`Store::commit_prepared`]: the CPU work of a
     /// commit, which may run on another thread than the commit itself.
     pub fn prepare(&self, mut change: RepoChange) -> Result<Prepared> {
-        let deltas = self.count_deltas(&change)?;
+        let deltas = record_count_deltas(&change.records);
         let events = change.events.len() as u64;
         let pages = encode_pages(std::mem::take(&mut change.events));
-        let items = 2 + change.records.len() + change.blocks.len() + pages.len() + change.handler_writes.len() + deltas.len();
+        let items = 4 + change.records.len() + change.blocks.len() + pages.len() + change.handler_writes.len() + deltas.len();
         let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), items).durability(Some(PersistMode::Buffer));
+        let state = change.state.clone().map(|s| (change.did.clone(), s));
         self.stage_rows(&mut batch, change)?;
-        Ok(Prepared { batch, pages, deltas, events })
+        Ok(Prepared { batch, pages, deltas, events, state })
     }
 
     /// Commits a prepared change: assigns its events the next ids, updates the counters and
-    /// writes the batch, under the writer lock.
+    /// the queue index and writes the batch, under the writer lock.
     pub fn commit_prepared(&self, prepared: Prepared) -> Result<Committed> {
-        let Prepared { mut batch, pages, deltas, events: n } = prepared;
+        let Prepared { mut batch, pages, mut deltas, events: n, state } = prepared;
         let mut writer = self.writer.lock().expect("writer lock");
+        if let Some((did, new)) = &state {
+            self.stage_state_change(&mut batch, &mut deltas, did, new)?;
+        }
         let first = writer.next_event;
         for (offset, page) in pages {
             batch.insert(&self.events, keys::event(first + offset), page);
         }
-        let new_counts: Vec<(Vec<u8>, i64)> = deltas
-            .into_iter()
-            .map(|(key, delta)| {
-                let value = writer.counts.get(&key).copied().unwrap_or(0) + delta;
-                (key, value)
-            })
-            .collect();
-        for (key, value) in &new_counts {
-            batch.insert(&self.counts, key.clone(), value.to_be_bytes());
-        }
+        let new_counts = self.stage_counts(&mut batch, &writer, deltas);
         batch.commit()?;
         writer.next_event += n;
         writer.counts.extend(new_counts);
         Ok(Committed { first_event: (n > 0).then_some(first), events: n })
     }
 
-    /// How `change` moves the counters: repos by status, records by collection.
-    fn count_deltas(&self, change: &RepoChange) -> Result<BTreeMap<Vec<u8>, i64>> {
-        let mut deltas: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
-        if let Some(state) = &change.state {
-            let old_status = self.repo_state(&change.did)?.map(|s| s.status);
-            if old_status != Some(state.status) {
-                if let Some(old) = old_status {
-                    *deltas.entry(keys::count_repos(old.as_str())).or_default() -= 1;
-                }
-                *deltas.entry(keys::count_repos(state.status.as_str())).or_default() += 1;
+    /// Adds the counter values moved by `deltas` to `batch`; returns them for the cache.
+    fn stage_counts(&self, batch: &mut fjall::OwnedWriteBatch, writer: &Writer, deltas: BTreeMap<Vec<u8>, i64>) -> Vec<(Vec<u8>, i64)> {
+        deltas
+            .into_iter()
+            .filter(|(_, delta)| *delta != 0)
+            .map(|(key, delta)| {
+                let value = writer.counts.get(&key).copied().unwrap_or(0) + delta;
+                batch.insert(&self.counts, key.clone(), value.to_be_bytes());
+                (key, value)
+            })
+            .collect()
+    }
+
+    /// For a repo moving to `new` (written by the caller): moves its status counter and its
+    /// `pending` entry. Runs under the writer lock, so the stored state it reads is current.
+    fn stage_state_change(&self, batch: &mut fjall::OwnedWriteBatch, deltas: &mut BTreeMap<Vec<u8>, i64>, did: &str, new: &RepoState) -> Result<()> {
+        let old = self.repo_state(did)?;
+        let old_status = old.as_ref().map(|s| s.status);
+        if old_status != Some(new.status) {
+            if let Some(old) = old_status {
+                *deltas.entry(keys::count_repos(old.as_str())).or_default() -= 1;
+            }
+            *deltas.entry(keys::count_repos(new.status.as_str())).or_default() += 1;
+        }
+        let old_due = old.as_ref().and_then(RepoState::queue_due);
+        if old_due != new.queue_due() {
+            if let Some(due) = old_due {
+                batch.remove(&self.pending, keys::pending(due, did));
+            }
+            if let Some(due) = new.queue_due() {
+                batch.insert(&self.pending, keys::pending(due, did), []);
             }
         }
-        let mut by_collection: HashMap<&str, i64> = HashMap::new();
-        for write in &change.records {
-            match write {
-                RecordWrite::Put { collection, existed: false, .. } => *by_collection.entry(collection).or_default() += 1,
-                RecordWrite::Remove { collection, .. } => *by_collection.entry(collection).or_default() -= 1,
-                RecordWrite::Put { existed: true, .. } => {}
-            }
-        }
-        deltas.extend(by_collection.into_iter().map(|(c, d)| (keys::count_records(c), d)));
-        deltas.retain(|_, d| *d != 0);
-        Ok(deltas)
+        Ok(())
     }
 
     /// Puts the repo state, records, blocks, handler writes and cursor of `change` in `batch`.
@@ -368,6 +379,19 @@ fn encode_pages(events: Vec<StoredEvent>) -> Vec<(u64, Vec<u8>)> {
         offset += page.events.len() as u64;
     }
     pages
+}
+
+/// How record writes move the per-collection counters.
+fn record_count_deltas(records: &[RecordWrite]) -> BTreeMap<Vec<u8>, i64> {
+    let mut by_collection: HashMap<&str, i64> = HashMap::new();
+    for write in records {
+        match write {
+            RecordWrite::Put { collection, existed: false, .. } => *by_collection.entry(collection).or_default() += 1,
+            RecordWrite::Remove { collection, .. } => *by_collection.entry(collection).or_default() -= 1,
+            RecordWrite::Put { existed: true, .. } => {}
+        }
+    }
+    by_collection.into_iter().filter(|(_, d)| *d != 0).map(|(c, d)| (keys::count_records(c), d)).collect()
 }
 
 fn decode_count(v: &[u8]) -> i64 {

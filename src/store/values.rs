@@ -99,6 +99,19 @@ pub struct RepoState {
     pub updated_ms: u64,
 }
 
+impl RepoState {
+    /// When the backfill queue should take this repo (unix ms), or `None` when it is not
+    /// queued. Pending and backfilling repos are queued (a crash mid-backfill leaves the repo
+    /// queued); a failed one is queued until its retries run out.
+    pub fn queue_due(&self) -> Option<u64> {
+        match self.status {
+            RepoStatus::Pending | RepoStatus::Backfilling => Some(self.next_retry_ms.unwrap_or(0)),
+            RepoStatus::Error => self.next_retry_ms,
+            RepoStatus::Synced | RepoStatus::Discarded | RepoStatus::Gone => None,
+        }
+    }
+}
+
 impl Stored for RepoState {
     const WHAT: &'static str = "repo state";
 }

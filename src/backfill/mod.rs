@@ -1,0 +1,278 @@
+//! Network backfill: find repos (crawler, the filter's `dids`, `sluice backfill --did`), queue
+//! them in fjall, and have workers resolve each DID, fetch its repo with getRepo, verify it and
+//! feed it through the same pipeline as everything else.
+//!
+//! Checkpoint contract: a repo's queue entry (`pending`, derived from its state in `repos`) is
+//! removed in the same fjall batch that commits the repo's last records, its new state and the
+//! `backfill` cursor. A crash before that leaves the repo queued, and its next walk finds the
+//! batches already committed current (the pipeline's diff), so after `kill -9` a restart fetches
+//! no committed repo again, loses none, and emits no event twice. Crawled DIDs are queued in the
+//! same batch as the crawler cursor of their page.
+//!
+//! Failures are classified: a repo the network no longer serves is `gone`; a failed one is in
+//! `error` with a retry after an exponential backoff; a rate limit holds the PDS (or the
+//! directory), not the repo. Only storage failures are fatal: the run stops, saves what it has
+//! and returns the reason.
+//!
+//! Architecture invariant: network I/O stays in async tasks; reading a CAR and the pipeline run
+//! on the blocking pool.
+
+pub mod crawler;
+pub mod fetch;
+pub mod progress;
+mod requeue;
+pub mod schedule;
+mod worker;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::config::{BackfillConfig, Config};
+use crate::identity::{Resolver, ResolverOptions};
+use crate::pipeline::Pipeline;
+use crate::store::values::now_ms;
+use crate::store::{RepoStatus, Store};
+
+pub use crawler::{CrawlSummary, Crawler, Listing};
+pub use fetch::RepoFetcher;
+pub use progress::Progress;
+pub use requeue::{Widening, widening};
+pub use schedule::RetryPolicy;
+
+/// Live backlog (events waiting) above which `BACKFILL_USE_IDLE` holds new repos.
+pub const IDLE_BACKLOG: u64 = 100;
+
+/// How long [`Backfill::run`] goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunMode {
+    /// Until nothing is queued or in flight (`sluice backfill`).
+    UntilEmpty,
+    /// Until [`Backfill::stop`] (`sluice run`).
+    Forever,
+}
+
+/// A fatal backfill error: progress up to it is saved.
+#[derive(Debug, thiserror::Error)]
+#[error("backfill stopped: {0}")]
+pub struct BackfillError(pub String);
+
+/// The backfill service.
+pub struct Backfill {
+    pipeline: Pipeline,
+    config: BackfillConfig,
+    relay: String,
+    resolver: Arc<Resolver>,
+    fetcher: RepoFetcher,
+    progress: Progress,
+    live_backlog: Arc<AtomicU64>,
+    memory_cap_mb: AtomicU64,
+    stop: AtomicBool,
+    fatal: Mutex<Option<String>>,
+    in_flight: Mutex<HashSet<String>>,
+}
+
+impl Backfill {
+    /// A backfill writing through `pipeline`, with `config`'s network and backfill settings.
+    pub fn new(pipeline: Pipeline, config: &Config) -> Arc<Self> {
+        let resolver = Resolver::new(ResolverOptions { plc_url: config.network.plc.clone(), ..Default::default() });
+        Arc::new(Self {
+            pipeline,
+            config: config.backfill.clone(),
+            relay: config.network.relay.clone(),
+            resolver: Arc::new(resolver),
+            fetcher: RepoFetcher::new(config.limits.car_limits()),
+            progress: Progress::default(),
+            live_backlog: Arc::default(),
+            memory_cap_mb: AtomicU64::new(config.backfill.max_memory_mb),
+            stop: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+            in_flight: Mutex::new(HashSet::new()),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        self.pipeline.store()
+    }
+
+    /// The identity resolver (shared with live ingestion).
+    pub fn resolver(&self) -> &Arc<Resolver> {
+        &self.resolver
+    }
+
+    /// Progress counters.
+    pub fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// The live ingestion backlog gauge that `BACKFILL_USE_IDLE` watches.
+    pub fn live_backlog(&self) -> &Arc<AtomicU64> {
+        &self.live_backlog
+    }
+
+    /// Changes the memory cap (MB, 0 = none) while running.
+    pub fn set_memory_cap_mb(&self, mb: u64) {
+        self.memory_cap_mb.store(mb, Ordering::Relaxed);
+    }
+
+    /// Asks a run to stop: no new repo starts; repos in flight finish.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed) || self.fatal.lock().expect("fatal").is_some()
+    }
+
+    /// Queues `dids` now, whatever their state (`sluice backfill --did`). Returns how many.
+    pub fn queue(&self, dids: &[String]) -> anyhow::Result<usize> {
+        let now = now_ms();
+        let mut states = Vec::new();
+        for did in dids {
+            if !crate::syntax::is_did(did) {
+                anyhow::bail!("{did:?} is not a valid DID");
+            }
+            let state = self.store().repo_state(did)?.unwrap_or_default();
+            states.push((did.clone(), schedule::requeued(&state, 0, now)));
+        }
+        self.store().set_states(&states, None)?;
+        Ok(states.len())
+    }
+
+    /// Runs the backfill: the crawler (when `crawl`), the filter's `dids`, the queue's workers,
+    /// the progress line, and requeues after filter edits.
+    pub async fn run(self: &Arc<Self>, mode: RunMode, crawl: bool) -> Result<(), BackfillError> {
+        if !self.config.enabled() {
+            tracing::info!(days = self.config.days, worker_id = ?self.config.worker_id, "backfill is off here (BACKFILL_DAYS=0 or WORKER_ID not 0)");
+            return Ok(());
+        }
+        let fail = |e: &dyn std::fmt::Display| BackfillError(e.to_string());
+        let dids: Vec<String> = self.pipeline.filter().load().filter.dids.iter().cloned().collect();
+        self.store().enqueue_new(&dids, None).map_err(|e| fail(&e))?;
+        let crawl_done = Arc::new(AtomicBool::new(!crawl));
+        let mut helpers = JoinSet::new();
+        if crawl {
+            let (me, done) = (self.clone(), crawl_done.clone());
+            helpers.spawn(async move { me.crawl_all(&done).await });
+        }
+        let me = self.clone();
+        helpers.spawn(async move { requeue::follow_filter_edits(&me).await });
+        let (me, reporter_stop) = (self.clone(), Arc::new(AtomicBool::new(false)));
+        let stop_flag = reporter_stop.clone();
+        let every = Duration::from_secs(self.config.progress_secs.max(1));
+        let reporter = tokio::spawn(async move { progress::report(&me.progress, me.store(), me.memory_cap_mb.load(Ordering::Relaxed), every, &stop_flag).await });
+
+        let result = self.schedule(mode, &crawl_done).await;
+        self.stop();
+        helpers.shutdown().await;
+        reporter_stop.store(true, Ordering::Relaxed);
+        let _ = reporter.await;
+        self.store().persist().map_err(|e| fail(&e))?;
+        match self.fatal.lock().expect("fatal").take() {
+            Some(reason) => Err(BackfillError(reason)),
+            None => result,
+        }
+    }
+
+    /// Takes due repos off the queue while there is room, until the run ends.
+    async fn schedule(self: &Arc<Self>, mode: RunMode, crawl_done: &AtomicBool) -> Result<(), BackfillError> {
+        let permits = Arc::new(Semaphore::new(self.config.max_concurrent.max(1)));
+        let mut workers = JoinSet::new();
+        while !self.stopping() {
+            while workers.try_join_next().is_some() {}
+            self.wait_for_room().await;
+            let Ok(permit) = permits.clone().acquire_owned().await else { break };
+            if self.stopping() {
+                break;
+            }
+            let next = {
+                let in_flight = self.in_flight.lock().expect("in flight");
+                self.store().due_repos(now_ms(), 1, &in_flight).map_err(|e| BackfillError(e.to_string()))?.pop()
+            };
+            match next {
+                Some((did, state)) => {
+                    self.in_flight.lock().expect("in flight").insert(did.clone());
+                    let me = self.clone();
+                    workers.spawn(async move {
+                        me.backfill_repo(&did, state).await;
+                        me.in_flight.lock().expect("in flight").remove(&did);
+                        drop(permit);
+                    });
+                }
+                None => {
+                    drop(permit);
+                    let (idle, next_due) = self.queue_outlook()?;
+                    if mode == RunMode::UntilEmpty && idle && next_due.is_none() && crawl_done.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let wait = next_due.map(|due| due.saturating_sub(now_ms())).unwrap_or(200).clamp(10, 200);
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+            }
+        }
+        while workers.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// (nothing in flight, when the next queued repo not in flight is due).
+    fn queue_outlook(&self) -> Result<(bool, Option<u64>), BackfillError> {
+        let in_flight = self.in_flight.lock().expect("in flight");
+        let next = self.store().next_due_ms(&in_flight).map_err(|e| BackfillError(e.to_string()))?;
+        Ok((in_flight.is_empty(), next))
+    }
+
+    /// Waits while resident memory is over the cap, or (idle mode) live ingestion has a
+    /// backlog; logs when a pause starts and ends.
+    async fn wait_for_room(&self) {
+        let mut paused_since = None;
+        while !self.stopping() {
+            let cap = self.memory_cap_mb.load(Ordering::Relaxed);
+            let rss_mb = progress::resident_bytes().unwrap_or(0) >> 20;
+            let over = cap > 0 && rss_mb > cap;
+            let busy = self.config.use_idle && self.live_backlog.load(Ordering::Relaxed) > IDLE_BACKLOG;
+            self.progress.memory_paused.store(over, Ordering::Relaxed);
+            self.progress.idle_paused.store(busy && !over, Ordering::Relaxed);
+            if !over && !busy {
+                if let Some(since) = paused_since.map(|t: std::time::Instant| t.elapsed()) {
+                    tracing::info!(paused_ms = since.as_millis() as u64, "backfill resumes");
+                }
+                return;
+            }
+            if paused_since.is_none() {
+                paused_since = Some(std::time::Instant::now());
+                match over {
+                    true => tracing::warn!(rss_mb, cap_mb = cap, "backfill paused: resident memory is over BACKFILL_MAX_MEMORY_MB; no new repo starts until it falls"),
+                    false => tracing::info!(backlog = self.live_backlog.load(Ordering::Relaxed), "backfill yields to live ingestion (BACKFILL_USE_IDLE)"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs every listing the filter needs, logging what each found.
+    async fn crawl_all(&self, done: &AtomicBool) {
+        let crawler = Crawler::new(&self.relay);
+        let filter = self.pipeline.filter().load();
+        for listing in Listing::for_filter(&filter.filter) {
+            match crawler.crawl(self.store(), &listing).await {
+                Ok(s) => tracing::info!(listing = listing.service(), listed = s.listed, queued = s.queued, inactive = s.inactive, "crawl finished"),
+                Err(e) => tracing::error!(listing = listing.service(), "crawl failed: {e:#}; queued repos are still backfilled"),
+            }
+        }
+        done.store(true, Ordering::Relaxed);
+    }
+
+    /// Counts of repos by status, for summaries.
+    pub fn repo_counts(&self) -> Vec<(RepoStatus, i64)> {
+        let counts = self.store().counts();
+        [RepoStatus::Pending, RepoStatus::Backfilling, RepoStatus::Synced, RepoStatus::Discarded, RepoStatus::Error, RepoStatus::Gone]
+            .into_iter()
+            .map(|s| (s, counts.get(&("repos".to_string(), s.as_str().to_string())).copied().unwrap_or(0)))
+            .collect()
+    }
+}

@@ -1,0 +1,132 @@
+//! Backfill progress: counters the workers bump, resident memory, and the periodic line (plus a
+//! bar on a terminal) that reports them.
+
+use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::store::Store;
+
+/// Counters shared by the backfill's workers.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Repos fetched and applied (synced or discarded).
+    pub done: AtomicU64,
+    /// Repos found gone.
+    pub gone: AtomicU64,
+    /// Failed attempts.
+    pub failed: AtomicU64,
+    /// Repos being fetched or applied now.
+    pub in_flight: AtomicU64,
+    /// Records walked.
+    pub records: AtomicU64,
+    /// True while new repos wait for memory to fall under the cap.
+    pub memory_paused: AtomicBool,
+    /// True while backfill yields to live ingestion.
+    pub idle_paused: AtomicBool,
+}
+
+/// A snapshot for one report.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    done: u64,
+    records: u64,
+}
+
+/// Resident memory of this process in bytes (Linux `/proc/self/statm`), when known.
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Writes a progress line every `every` until `stop` is set.
+pub async fn report(progress: &Progress, store: &Store, memory_cap_mb: u64, every: Duration, stop: &AtomicBool) {
+    let mut last = Sample { at: Instant::now(), done: 0, records: 0 };
+    let bar = std::io::stderr().is_terminal();
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(every.min(Duration::from_millis(250))).await;
+        if last.at.elapsed() < every {
+            continue;
+        }
+        let now = Sample { at: Instant::now(), done: progress.done.load(Ordering::Relaxed), records: progress.records.load(Ordering::Relaxed) };
+        let line = progress_line(progress, store, memory_cap_mb, &last, &now);
+        if bar {
+            let pending = queued(store);
+            eprint!("\r\x1b[K{}", progress_bar(now.done, now.done + pending));
+        }
+        tracing::info!(target: "sluice::backfill", "{line}");
+        last = now;
+    }
+}
+
+fn queued(store: &Store) -> u64 {
+    let counts = store.counts();
+    ["pending", "backfilling", "error"].iter().map(|s| counts.get(&("repos".to_string(), s.to_string())).copied().unwrap_or(0).max(0) as u64).sum()
+}
+
+/// The line: repos done/pending/failed, records, rates, memory against its cap, cursors.
+fn progress_line(p: &Progress, store: &Store, memory_cap_mb: u64, last: &Sample, now: &Sample) -> String {
+    let secs = now.at.duration_since(last.at).as_secs_f64().max(1e-3);
+    let counts = store.counts();
+    let repos = |s: &str| counts.get(&("repos".to_string(), s.to_string())).copied().unwrap_or(0);
+    let memory = resident_bytes().map(|b| b >> 20).unwrap_or(0);
+    let cap = if memory_cap_mb == 0 { "no cap".to_string() } else { format!("cap {memory_cap_mb} MB") };
+    let cursors = store.cursors().unwrap_or_default();
+    let cursors: Vec<String> = cursors.iter().filter(|(k, _)| k.starts_with("crawler") || *k == "backfill").map(|(k, (v, _))| format!("{k}={v}")).collect();
+    let paused = match (p.memory_paused.load(Ordering::Relaxed), p.idle_paused.load(Ordering::Relaxed)) {
+        (true, _) => " [paused: memory]",
+        (_, true) => " [paused: live backlog]",
+        _ => "",
+    };
+    format!(
+        "backfill: repos {} done ({} synced, {} discarded, {} gone), {} pending, {} in flight, {} failed ({} in error); records {} ({:.0}/s), repos {:.1}/s; memory {memory} MB ({cap}); cursors {}{paused}",
+        now.done,
+        repos("synced"),
+        repos("discarded"),
+        repos("gone"),
+        repos("pending") + repos("backfilling"),
+        p.in_flight.load(Ordering::Relaxed),
+        p.failed.load(Ordering::Relaxed),
+        repos("error"),
+        now.records,
+        (now.records - last.records) as f64 / secs,
+        (now.done - last.done) as f64 / secs,
+        if cursors.is_empty() { "none".to_string() } else { cursors.join(" ") },
+    )
+}
+
+/// `[#####.....]  50%  5/10 repos`
+pub fn progress_bar(done: u64, total: u64) -> String {
+    const WIDTH: u64 = 30;
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(0).min(WIDTH) as usize;
+    let percent = (done * 100).checked_div(total).unwrap_or(100);
+    format!("[{}{}] {percent:>3}%  {done}/{total} repos", "#".repeat(filled), ".".repeat(WIDTH as usize - filled))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bar_and_memory() {
+        assert_eq!(progress_bar(5, 10), format!("[{}{}]  50%  5/10 repos", "#".repeat(15), ".".repeat(15)));
+        assert_eq!(progress_bar(0, 0), format!("[{}] 100%  0/0 repos", ".".repeat(30)));
+        assert!(resident_bytes().unwrap() > 1 << 20, "a running test uses more than 1 MB");
+    }
+
+    #[test]
+    fn the_line_names_every_figure() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.enqueue_new(&["did:plc:a".into()], Some(("crawler", "c9"))).unwrap();
+        let p = Progress::default();
+        p.memory_paused.store(true, Ordering::Relaxed);
+        let t = Instant::now();
+        let line = progress_line(&p, &store, 300, &Sample { at: t, done: 0, records: 0 }, &Sample { at: t + Duration::from_secs(2), done: 4, records: 1000 });
+        for want in ["repos 4 done", "1 pending", "records 1000 (500/s)", "repos 2.0/s", "cap 300 MB", "crawler=c9", "paused: memory"] {
+            assert!(line.contains(want), "{want} missing from {line}");
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Filter edits reach the data: when an edit widens what is indexed, repos already walked are
+//! queued again (throttled) so that the newly wanted records get backfilled. Narrowing needs
+//! nothing here: the pipeline stops emitting what the filter no longer wants.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::filter::Filter;
+use crate::store::values::now_ms;
+use crate::store::RepoStatus;
+
+use super::{Backfill, schedule};
+
+/// What a filter edit opens up.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Widening {
+    /// Synced repos may hold newly wanted records.
+    pub synced: bool,
+    /// Discarded repos may now qualify (signals or mode changed).
+    pub discarded: bool,
+    /// DIDs newly listed in `dids`.
+    pub new_dids: Vec<String>,
+}
+
+impl Widening {
+    /// Whether the edit needs any repo walked again.
+    pub fn any(&self) -> bool {
+        self.synced || self.discarded || !self.new_dids.is_empty()
+    }
+}
+
+/// What going from `old` to `new` opens up.
+pub fn widening(old: &Filter, new: &Filter) -> Widening {
+    let added = |old: &[String], new: &[String]| new.iter().any(|p| !old.contains(p));
+    let collections_widen = (new.collections.is_empty() && !old.collections.is_empty())
+        || (!old.collections.is_empty() && added(&old.collections, &new.collections))
+        || added(&new.exclude_collections, &old.exclude_collections);
+    let signals_change = old.mode != new.mode || old.signals != new.signals;
+    let unexcluded = old.exclude_dids.iter().any(|d| !new.exclude_dids.contains(d));
+    Widening {
+        synced: collections_widen,
+        discarded: signals_change || collections_widen || unexcluded,
+        new_dids: new.dids.difference(&old.dids).cloned().collect(),
+    }
+}
+
+/// Watches the filter in force and queues repos again when an edit widens it.
+pub(super) async fn follow_filter_edits(backfill: &Arc<Backfill>) {
+    let filter = backfill.pipeline.filter().clone();
+    let mut current = filter.load();
+    while !backfill.stopping() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let new = filter.load();
+        if Arc::ptr_eq(&new, &current) {
+            continue;
+        }
+        let widened = widening(&current.filter, &new.filter);
+        current = new;
+        if widened.any() {
+            match requeue(backfill, &widened).await {
+                Ok(n) => tracing::info!(repos = n, "filter edit widens the index; repos queued again"),
+                Err(e) => tracing::error!("queueing repos after a filter edit: {e:#}"),
+            }
+        }
+    }
+}
+
+/// Queues the repos `widened` names, `requeue_per_sec` at a time.
+async fn requeue(backfill: &Backfill, widened: &Widening) -> anyhow::Result<usize> {
+    let store = backfill.store();
+    store.enqueue_new(&widened.new_dids, None)?;
+    let wanted = |status: RepoStatus| (status == RepoStatus::Synced && widened.synced) || (status == RepoStatus::Discarded && widened.discarded);
+    let mut chosen: Vec<String> = store.repo_states()?.into_iter().filter(|(_, s)| wanted(s.status)).map(|(did, _)| did).collect();
+    for did in &widened.new_dids {
+        if store.repo_state(did)?.is_some_and(|s| s.status == RepoStatus::Discarded) && !chosen.contains(did) {
+            chosen.push(did.clone());
+        }
+    }
+    let per_sec = backfill.config.requeue_per_sec.max(1);
+    for (i, chunk) in chosen.chunks(per_sec).enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        if backfill.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let now = now_ms();
+        let mut states = Vec::with_capacity(chunk.len());
+        for did in chunk {
+            // Re-read: a worker may have moved it since the scan.
+            if let Some(state) = store.repo_state(did)?.filter(|s| wanted(s.status) || s.status == RepoStatus::Discarded) {
+                states.push((did.clone(), schedule::requeued(&state, 0, now)));
+            }
+        }
+        store.set_states(&states, None)?;
+    }
+    Ok(chosen.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(text: &str) -> Filter {
+        Filter::from_toml(text, "t.toml").unwrap()
+    }
+
+    #[test]
+    fn widenings() {
+        let posts = f("mode = \"full\"\ncollections = [\"app.bsky.feed.post\"]");
+        let more = f("mode = \"full\"\ncollections = [\"app.bsky.feed.post\", \"app.bsky.feed.like\"]");
+        let all = f("mode = \"full\"");
+        assert!(widening(&posts, &more).synced);
+        assert!(!widening(&more, &posts).any(), "narrowing needs no rewalk");
+        assert!(widening(&posts, &all).synced);
+        assert!(!widening(&all, &posts).synced);
+        let no_likes = f("mode = \"full\"\nexclude_collections = [\"app.bsky.feed.like\"]");
+        assert!(widening(&no_likes, &all).synced);
+        let sig = f("mode = \"signal\"\nsignals = [\"a.b.c\"]");
+        let sig2 = f("mode = \"signal\"\nsignals = [\"a.b.c\", \"a.b.d\"]\ndids = [\"did:plc:x\"]");
+        let w = widening(&sig, &sig2);
+        assert!(w.discarded && !w.synced);
+        assert_eq!(w.new_dids, vec!["did:plc:x".to_string()]);
+    }
+}

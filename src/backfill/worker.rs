@@ -1,0 +1,126 @@
+//! One repo's backfill: resolve, fetch, verify, walk through the pipeline, and the state the
+//! outcome leaves it in.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use crate::identity::IdentityError;
+use crate::pipeline::{PipelineError, RepoOutcome, WalkOptions};
+use crate::repo::LoadedRepo;
+use crate::store::values::now_ms;
+use crate::store::RepoState;
+
+use super::fetch::FetchError;
+use super::schedule::{self, RetryPolicy};
+use super::Backfill;
+
+/// How one attempt ended, other than applied.
+#[derive(Debug)]
+enum Failure {
+    /// The network no longer serves the repo.
+    Gone(String),
+    /// A failed attempt: retried after the backoff.
+    Retry(String),
+    /// Not the repo's fault (a rate limit): queued again at this unix ms, retries not counted.
+    Later(u64),
+    /// The stored rev is newer than the export: already current.
+    Current,
+    /// Storage failed: the run stops.
+    Fatal(String),
+}
+
+impl Backfill {
+    /// Backfills one repo taken off the queue and records how it went.
+    pub(super) async fn backfill_repo(self: &Arc<Self>, did: &str, state: RepoState) {
+        let state = schedule::backfilling(&state, now_ms());
+        if let Err(e) = self.store().set_states(&[(did.to_string(), state.clone())], None) {
+            self.fail_run(format!("storage: {e}"));
+            return;
+        }
+        self.progress.in_flight.fetch_add(1, Ordering::Relaxed);
+        let result = self.fetch_and_apply(did).await;
+        self.progress.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let now = now_ms();
+        let next = match result {
+            Ok(outcome) => {
+                self.progress.done.fetch_add(1, Ordering::Relaxed);
+                self.progress.records.fetch_add(outcome.walked, Ordering::Relaxed);
+                return;
+            }
+            Err(Failure::Fatal(reason)) => return self.fail_run(reason),
+            Err(Failure::Gone(reason)) => {
+                tracing::info!(did, %reason, "repo is gone");
+                self.progress.gone.fetch_add(1, Ordering::Relaxed);
+                schedule::gone(&state, reason, now)
+            }
+            Err(Failure::Retry(reason)) => {
+                self.progress.failed.fetch_add(1, Ordering::Relaxed);
+                let next = self.retry_policy().failed(&state, reason.clone(), now, schedule::jitter(did, now));
+                match next.next_retry_ms {
+                    Some(at) => tracing::warn!(did, %reason, retry_in_ms = at - now, attempt = next.retries, "repo failed; will retry"),
+                    None => tracing::error!(did, %reason, attempts = next.retries, "repo failed; no retries left (queue it again with `sluice backfill --did`)"),
+                }
+                next
+            }
+            Err(Failure::Later(at)) => schedule::requeued(&state, at, now),
+            Err(Failure::Current) => schedule::current(&state, now),
+        };
+        if let Err(e) = self.store().set_states(&[(did.to_string(), next)], None) {
+            self.fail_run(format!("storage: {e}"));
+        }
+    }
+
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy { min_ms: self.config.retry_min_ms, max_ms: self.config.retry_max_ms, max_retries: self.config.max_retries }
+    }
+
+    /// Stops the run with `reason` (the first one wins).
+    fn fail_run(&self, reason: String) {
+        tracing::error!(%reason, "fatal backfill error; stopping");
+        self.fatal.lock().expect("fatal").get_or_insert(reason);
+    }
+
+    async fn fetch_and_apply(&self, did: &str) -> Result<RepoOutcome, Failure> {
+        let identity = self.resolver.resolve(did).await.map_err(identity_failure)?;
+        let loaded = match self.fetcher.get_repo(&identity.pds, did).await {
+            Ok(loaded) => loaded,
+            Err(FetchError::Gone(reason)) => return Err(Failure::Gone(reason)),
+            Err(FetchError::RateLimited(host)) => return Err(Failure::Retry(format!("rate limited by {host}"))),
+            Err(e) => return Err(Failure::Retry(e.to_string())),
+        };
+        loaded.check_commit(Some(did)).map_err(|e| Failure::Retry(e.to_string()))?;
+        if loaded.verify_signature(&identity.key).is_err() {
+            // The key may have rotated since it was cached: look it up again, once.
+            let fresh = self.resolver.refresh(did).await.map_err(identity_failure)?;
+            loaded.verify_signature(&fresh.key).map_err(|e| Failure::Retry(e.to_string()))?;
+        }
+        self.apply(loaded).await
+    }
+
+    /// Walks a verified repo through the pipeline on the blocking pool.
+    async fn apply(&self, loaded: LoadedRepo) -> Result<RepoOutcome, Failure> {
+        let pipeline = self.pipeline.clone();
+        let opts = WalkOptions {
+            cursor: Some(("backfill".to_string(), loaded.did().to_string())),
+            since_us: self.config.since_us(now_ms() * 1000),
+            batch_delay: Duration::from_millis(self.config.batch_delay_ms),
+        };
+        let walked = tokio::task::spawn_blocking(move || pipeline.apply_walk(&loaded, &opts)).await;
+        match walked {
+            Ok(Ok(outcome)) => Ok(outcome),
+            Ok(Err(PipelineError::StaleRev { .. })) => Err(Failure::Current),
+            Ok(Err(PipelineError::Repo(e))) => Err(Failure::Retry(e.to_string())),
+            Ok(Err(PipelineError::Store(e))) => Err(Failure::Fatal(format!("storage: {e}"))),
+            Err(e) => Err(Failure::Retry(format!("pipeline task: {e}"))),
+        }
+    }
+}
+
+fn identity_failure(e: IdentityError) -> Failure {
+    match e {
+        IdentityError::NotFound(_) => Failure::Gone("DID not found".into()),
+        IdentityError::RateLimited { retry_after, .. } => Failure::Later(now_ms() + retry_after.unwrap_or(Duration::from_secs(60)).as_millis() as u64),
+        other => Failure::Retry(other.to_string()),
+    }
+}

@@ -1,0 +1,277 @@
+//! DID -> PDS endpoint + signing key: did:plc through the configured PLC directory, did:web
+//! through its host's `/.well-known/did.json` (or path form), with a cache that expires.
+//!
+//! The DID document is jacquard's model; this module only fetches it and reads the PDS endpoint
+//! and the `#atproto` key, in the Multikey form or the legacy `EcdsaSecp256k1VerificationKey2019`
+//! / `EcdsaSecp256r1VerificationKey2019` form some PLC servers still return (the key then has no
+//! multicodec prefix and may be uncompressed). A did:web host that is `localhost` or 127.0.0.1
+//! is fetched over plain HTTP, so the devnet can serve it; every other host needs HTTPS.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use jacquard_common::types::crypto::{KeyCodec, PublicKey};
+use jacquard_common::types::did_doc::DidDocument;
+
+/// A resolved identity.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The DID.
+    pub did: String,
+    /// The PDS base URL, without a trailing `/`.
+    pub pds: String,
+    /// The repo signing key.
+    pub key: PublicKey<'static>,
+    /// The first `at://` handle of `alsoKnownAs`, when there is one.
+    pub handle: Option<String>,
+}
+
+/// Why a DID did not resolve, by what a caller should do about it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum IdentityError {
+    /// The directory or host does not know the DID (tombstoned or never created).
+    #[error("{0}: DID not found")]
+    NotFound(String),
+    /// The directory asked us to slow down.
+    #[error("{did}: identity lookup rate limited")]
+    RateLimited { did: String, retry_after: Option<Duration> },
+    /// Network failure, timeout or server error: worth retrying.
+    #[error("{did}: identity lookup failed: {reason}")]
+    Transport { did: String, reason: String },
+    /// The document is there but unusable (bad JSON, wrong id, no key or PDS).
+    #[error("{did}: invalid DID document: {reason}")]
+    InvalidDocument { did: String, reason: String },
+    /// Not did:plc or did:web, or not a DID.
+    #[error("{0}: unsupported DID")]
+    Unsupported(String),
+}
+
+/// Resolver settings.
+#[derive(Debug, Clone)]
+pub struct ResolverOptions {
+    /// PLC directory base URL, ending with `/`.
+    pub plc_url: String,
+    /// How long a resolved identity is reused.
+    pub ttl: Duration,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Most identities cached.
+    pub capacity: usize,
+}
+
+impl Default for ResolverOptions {
+    fn default() -> Self {
+        Self { plc_url: "https://plc.directory/".into(), ttl: Duration::from_secs(3600), timeout: Duration::from_secs(10), capacity: 100_000 }
+    }
+}
+
+/// Resolves DIDs, caching results for `ttl`.
+pub struct Resolver {
+    http: reqwest::Client,
+    opts: ResolverOptions,
+    cache: Mutex<HashMap<String, (Instant, Arc<Identity>)>>,
+}
+
+impl Resolver {
+    /// A resolver with its own HTTP client.
+    pub fn new(mut opts: ResolverOptions) -> Self {
+        if !opts.plc_url.ends_with('/') {
+            opts.plc_url.push('/');
+        }
+        let http = reqwest::Client::builder().timeout(opts.timeout).user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION"))).build().expect("HTTP client");
+        Self { http, opts, cache: Mutex::new(HashMap::new()) }
+    }
+
+    /// The identity of `did`, from the cache while it is fresh.
+    pub async fn resolve(&self, did: &str) -> Result<Arc<Identity>, IdentityError> {
+        if let Some((at, id)) = self.cache.lock().expect("identity cache").get(did)
+            && at.elapsed() < self.opts.ttl
+        {
+            return Ok(id.clone());
+        }
+        self.refresh(did).await
+    }
+
+    /// The identity of `did`, fetched now (for example after a signature failed with the
+    /// cached key).
+    pub async fn refresh(&self, did: &str) -> Result<Arc<Identity>, IdentityError> {
+        let url = document_url(did, &self.opts.plc_url)?;
+        let body = self.fetch(did, &url).await?;
+        let identity = Arc::new(identity_from_document(did, &body)?);
+        let mut cache = self.cache.lock().expect("identity cache");
+        if cache.len() >= self.opts.capacity {
+            let ttl = self.opts.ttl;
+            cache.retain(|_, (at, _)| at.elapsed() < ttl);
+            if cache.len() >= self.opts.capacity {
+                cache.clear();
+            }
+        }
+        cache.insert(did.to_string(), (Instant::now(), identity.clone()));
+        Ok(identity)
+    }
+
+    /// Forgets `did`, so the next resolve fetches it.
+    pub fn invalidate(&self, did: &str) {
+        self.cache.lock().expect("identity cache").remove(did);
+    }
+
+    async fn fetch(&self, did: &str, url: &str) -> Result<Vec<u8>, IdentityError> {
+        let transport = |reason: String| IdentityError::Transport { did: did.into(), reason };
+        let resp = self.http.get(url).send().await.map_err(|e| transport(error_chain(&e)))?;
+        let status = resp.status();
+        if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
+            return Err(IdentityError::NotFound(did.into()));
+        }
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            return Err(IdentityError::RateLimited { did: did.into(), retry_after: retry_after(resp.headers()) });
+        }
+        if !status.is_success() {
+            return Err(transport(format!("{url} answered HTTP {status}")));
+        }
+        Ok(resp.bytes().await.map_err(|e| transport(error_chain(&e)))?.to_vec())
+    }
+}
+
+/// Where the document of `did` lives.
+pub fn document_url(did: &str, plc_url: &str) -> Result<String, IdentityError> {
+    if !crate::syntax::is_did(did) {
+        return Err(IdentityError::Unsupported(did.into()));
+    }
+    if let Some(id) = did.strip_prefix("did:plc:") {
+        return Ok(format!("{plc_url}did:plc:{id}"));
+    }
+    let Some(rest) = did.strip_prefix("did:web:") else {
+        return Err(IdentityError::Unsupported(did.into()));
+    };
+    let mut parts = rest.split(':');
+    let host = parts.next().unwrap_or_default().replace("%3A", ":").replace("%3a", ":");
+    let path: Vec<&str> = parts.collect();
+    let bare_host = host.split(':').next().unwrap_or_default();
+    let scheme = if bare_host == "localhost" || bare_host == "127.0.0.1" { "http" } else { "https" };
+    Ok(match path.is_empty() {
+        true => format!("{scheme}://{host}/.well-known/did.json"),
+        false => format!("{scheme}://{host}/{}/did.json", path.join("/")),
+    })
+}
+
+/// Reads the PDS endpoint, signing key and handle of `did` from its document's JSON.
+pub fn identity_from_document(did: &str, json: &[u8]) -> Result<Identity, IdentityError> {
+    let invalid = |reason: String| IdentityError::InvalidDocument { did: did.into(), reason };
+    let doc: DidDocument = serde_json::from_slice(json).map_err(|e| invalid(format!("not a DID document: {e}")))?;
+    if doc.id.as_str() != did {
+        return Err(invalid(format!("document is for {}", doc.id.as_str())));
+    }
+    let pds = doc.pds_endpoint().ok_or_else(|| invalid("no AtprotoPersonalDataServer service".into()))?;
+    let pds = pds.as_str().trim_end_matches('/').to_string();
+    if !(pds.starts_with("https://") || pds.starts_with("http://")) {
+        return Err(invalid(format!("PDS endpoint {pds} is not an HTTP URL")));
+    }
+    let key = signing_key(&doc).map_err(invalid)?;
+    let handle = doc.handles().first().map(|h| h.as_str().to_string());
+    Ok(Identity { did: did.into(), pds, key, handle })
+}
+
+/// The `#atproto` verification method's key, in either form.
+fn signing_key(doc: &DidDocument) -> Result<PublicKey<'static>, String> {
+    let methods = doc.verification_method.as_deref().unwrap_or_default();
+    let method = methods
+        .iter()
+        .find(|m| m.id.as_str().ends_with("#atproto"))
+        .ok_or("no #atproto verification method")?;
+    let multibase = method.public_key_multibase.as_ref().ok_or("the #atproto key has no publicKeyMultibase")?.as_str();
+    let legacy = match method.r#type.as_str() {
+        "Multikey" => None,
+        "EcdsaSecp256k1VerificationKey2019" => Some(KeyCodec::Secp256k1),
+        "EcdsaSecp256r1VerificationKey2019" => Some(KeyCodec::P256),
+        other => return Err(format!("unsupported key type {other}")),
+    };
+    let key = match legacy {
+        None => PublicKey::decode(multibase).map_err(|e| format!("bad Multikey: {e}"))?,
+        Some(codec) => {
+            let (_, bytes) = multibase::decode(multibase).map_err(|e| format!("bad legacy key: {e}"))?;
+            PublicKey { codec, bytes: Cow::Owned(bytes) }
+        }
+    };
+    let usable = match key.codec {
+        KeyCodec::Secp256k1 => key.to_k256().is_ok(),
+        KeyCodec::P256 => key.to_p256().is_ok(),
+        _ => false,
+    };
+    match usable {
+        true => Ok(key),
+        false => Err(format!("{:?} key is not a valid curve point", key.codec)),
+    }
+}
+
+/// `Retry-After` in seconds, when present and sane.
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let secs: u64 = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs.min(24 * 3600)))
+}
+
+/// An error with its sources, on one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(method: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({
+            "id": "did:plc:abc",
+            "alsoKnownAs": ["at://alice.test"],
+            "verificationMethod": [method],
+            "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": "http://127.0.0.1:9/"}]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn multikey_and_legacy_keys_decode_to_the_same_key() {
+        let account = crate::devnet::Account::new(1);
+        let point = account.key.verifying_key().to_encoded_point(false);
+        let legacy = multibase::encode(multibase::Base::Base58Btc, point.as_bytes());
+        let a = identity_from_document("did:plc:abc", &doc(json!({"id": "did:plc:abc#atproto", "type": "Multikey", "publicKeyMultibase": account.public_multibase()}))).unwrap();
+        let b = identity_from_document("did:plc:abc", &doc(json!({"id": "#atproto", "type": "EcdsaSecp256k1VerificationKey2019", "publicKeyMultibase": legacy}))).unwrap();
+        assert_eq!(a.key.to_k256().unwrap(), b.key.to_k256().unwrap());
+        assert_eq!((a.pds.as_str(), a.handle.as_deref()), ("http://127.0.0.1:9", Some("alice.test")));
+    }
+
+    #[test]
+    fn unusable_documents_are_refused_with_the_reason() {
+        let cases = [
+            (b"{".to_vec(), "not a DID document"),
+            (doc(json!({"id": "#atproto", "type": "Ed25519VerificationKey2020", "publicKeyMultibase": "z1"})), "unsupported key type"),
+            (doc(json!({"id": "#other", "type": "Multikey", "publicKeyMultibase": "z1"})), "no #atproto"),
+            (doc(json!({"id": "#atproto", "type": "Multikey", "publicKeyMultibase": "zzzz"})), "bad Multikey"),
+        ];
+        for (json, want) in cases {
+            let e = identity_from_document("did:plc:abc", &json).unwrap_err().to_string();
+            assert!(e.contains(want), "{e} should say {want}");
+        }
+        let e = identity_from_document("did:plc:other", &doc(json!({"id": "#atproto", "type": "Multikey"}))).unwrap_err().to_string();
+        assert!(e.contains("document is for did:plc:abc"), "{e}");
+    }
+
+    #[test]
+    fn document_urls_by_method() {
+        let plc = "http://127.0.0.1:1/";
+        assert_eq!(document_url("did:plc:abc", plc).unwrap(), "http://127.0.0.1:1/did:plc:abc");
+        assert_eq!(document_url("did:web:example.com", plc).unwrap(), "https://example.com/.well-known/did.json");
+        assert_eq!(document_url("did:web:127.0.0.1%3A8080:u:7", plc).unwrap(), "http://127.0.0.1:8080/u/7/did.json");
+        assert!(matches!(document_url("did:key:zabc", plc), Err(IdentityError::Unsupported(_))));
+        assert!(matches!(document_url("nope", plc), Err(IdentityError::Unsupported(_))));
+    }
+}

@@ -1,0 +1,156 @@
+//! The backfill queue's storage: repo state writes outside the pipeline, and reads of the
+//! `pending` index (repos ordered by when they are due).
+//!
+//! The index is never written directly: every state write (these and the pipeline's) moves the
+//! repo's entry to match [`RepoState::queue_due`], under the writer lock.
+
+use std::collections::{BTreeMap, HashSet};
+
+use fjall::PersistMode;
+
+use super::values::{Cursor, now_ms};
+use super::{Result, Store, keys};
+use crate::store::{RepoState, Stored};
+
+impl Store {
+    /// Writes the states of several repos, and optionally a cursor, in one batch.
+    pub fn set_states(&self, states: &[(String, RepoState)], cursor: Option<(&str, &str)>) -> Result<()> {
+        let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), 3 * states.len() + 4).durability(Some(PersistMode::Buffer));
+        let mut deltas = BTreeMap::new();
+        let writer = self.writer.lock().expect("writer lock");
+        for (did, state) in states {
+            self.stage_state_change(&mut batch, &mut deltas, did, state)?;
+            batch.insert(&self.repos, did.as_bytes(), state.encode());
+        }
+        if let Some((service, value)) = cursor {
+            batch.insert(&self.cursors, service.as_bytes(), Cursor { value: value.to_string(), updated_ms: now_ms() }.encode());
+        }
+        let new_counts = self.stage_counts(&mut batch, &writer, deltas);
+        batch.commit()?;
+        let mut writer = writer;
+        writer.counts.extend(new_counts);
+        Ok(())
+    }
+
+    /// Queues the repos among `dids` that sluice does not know yet (no state) as pending, with
+    /// an optional cursor in the same batch; returns how many were new.
+    pub fn enqueue_new(&self, dids: &[String], cursor: Option<(&str, &str)>) -> Result<usize> {
+        let mut fresh = Vec::new();
+        for did in dids {
+            if self.repos.get(did.as_bytes())?.is_none() {
+                fresh.push((did.clone(), RepoState { updated_ms: now_ms(), ..Default::default() }));
+            }
+        }
+        self.set_states(&fresh, cursor)?;
+        Ok(fresh.len())
+    }
+
+    /// Up to `limit` queued repos due at `now_ms`, earliest first, skipping those in `skip`
+    /// (in flight).
+    pub fn due_repos(&self, now_ms: u64, limit: usize, skip: &HashSet<String>) -> Result<Vec<(String, RepoState)>> {
+        let mut out = Vec::new();
+        for kv in self.pending.range(..keys::pending(now_ms.saturating_add(1), "")) {
+            let key = kv.key()?;
+            let (_, did) = keys::parse_pending(&key)?;
+            if skip.contains(did) {
+                continue;
+            }
+            if let Some(state) = self.repo_state(did)? {
+                out.push((did.to_string(), state));
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the earliest queued repo is due (unix ms), or `None` when the queue is empty.
+    /// Repos in `skip` (in flight) are not counted.
+    pub fn next_due_ms(&self, skip: &HashSet<String>) -> Result<Option<u64>> {
+        for kv in self.pending.iter() {
+            let key = kv.key()?;
+            let (due, did) = keys::parse_pending(&key)?;
+            if !skip.contains(did) {
+                return Ok(Some(due));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Makes the next crawl list the relay from the start (every `crawler` cursor emptied).
+    pub fn reset_crawl(&self) -> Result<()> {
+        let services: Vec<String> = self.cursors()?.into_keys().filter(|k| k == "crawler" || k.starts_with("crawler/")).collect();
+        for service in services {
+            self.set_states(&[], Some((&service, "")))?;
+        }
+        Ok(())
+    }
+
+    /// Every repo state, in DID order.
+    pub fn repo_states(&self) -> Result<Vec<(String, RepoState)>> {
+        self.repos
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.into_inner()?;
+                Ok((String::from_utf8_lossy(&k).into_owned(), RepoState::decode(&v)?))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{RepoChange, RepoStatus};
+
+    fn state(status: RepoStatus, next_retry_ms: Option<u64>) -> RepoState {
+        RepoState { status, next_retry_ms, ..Default::default() }
+    }
+
+    fn queued(store: &Store) -> Vec<(u64, String)> {
+        store
+            .pending
+            .iter()
+            .map(|kv| {
+                let k = kv.key().unwrap();
+                let (due, did) = keys::parse_pending(&k).unwrap();
+                (due, did.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_queue_index_follows_every_state_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let dids: Vec<String> = ["did:plc:b", "did:plc:a"].map(String::from).to_vec();
+        assert_eq!(store.enqueue_new(&dids, Some(("crawler", "c1"))).unwrap(), 2);
+        assert_eq!(store.enqueue_new(&dids, None).unwrap(), 0, "known repos are not queued again");
+        assert_eq!(queued(&store), vec![(0, "did:plc:a".into()), (0, "did:plc:b".into())]);
+        assert_eq!(store.cursors().unwrap()["crawler"].0, "c1");
+
+        store.set_states(&[("did:plc:a".into(), state(RepoStatus::Backfilling, None))], None).unwrap();
+        assert_eq!(queued(&store).len(), 2, "a repo in flight stays queued until it commits");
+        store.set_states(&[("did:plc:a".into(), state(RepoStatus::Error, Some(5_000)))], None).unwrap();
+        assert_eq!(queued(&store), vec![(0, "did:plc:b".into()), (5_000, "did:plc:a".into())]);
+        assert_eq!(store.due_repos(4_999, 10, &HashSet::new()).unwrap().len(), 1);
+        assert_eq!(store.due_repos(5_000, 10, &HashSet::new()).unwrap().len(), 2);
+        let skip: HashSet<String> = ["did:plc:b".to_string()].into();
+        assert_eq!(store.next_due_ms(&skip).unwrap(), Some(5_000));
+
+        // The pipeline's commit of a repo's final state takes it off the queue.
+        store.commit(RepoChange { did: "did:plc:b".into(), state: Some(state(RepoStatus::Synced, None)), ..Default::default() }).unwrap();
+        store.set_states(&[("did:plc:a".into(), state(RepoStatus::Error, None))], None).unwrap();
+        assert!(queued(&store).is_empty(), "synced and out-of-retries repos are not queued");
+        let counts = store.counts();
+        assert_eq!(counts[&("repos".into(), "synced".into())], 1);
+        assert_eq!(counts[&("repos".into(), "error".into())], 1);
+        assert_eq!(counts.get(&("repos".into(), "pending".into())).copied().unwrap_or(0), 0);
+
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.repo_states().unwrap().len(), 2);
+        assert_eq!(store.counts()[&("repos".into(), "error".into())], 1);
+    }
+}
