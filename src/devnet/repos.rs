@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use cid::Cid;
 use jacquard_common::types::string::Did;
 use jacquard_common::types::tid::Tid;
 use jacquard_repo::commit::Commit;
@@ -64,11 +65,22 @@ fn err(e: impl std::fmt::Display) -> BuildError {
 /// Builds the signed repo of `account` holding `records` at `rev`, as CAR bytes (commit block
 /// first, then MST nodes and records, as sync 1.1 streams it).
 pub async fn export_car(account: &Account, rev: &str, records: &RepoContents) -> Result<Vec<u8>, BuildError> {
+    Ok(export_repo(account, rev, records).await?.1)
+}
+
+/// Like [`export_car`] over any `(collection/rkey, DAG-CBOR)` pairs, also giving the commit CID.
+pub async fn export_repo<K, V>(account: &Account, rev: &str, records: impl IntoIterator<Item = (K, V)>) -> Result<(Cid, Vec<u8>), BuildError>
+where
+    K: AsRef<str>,
+    V: AsRef<[u8]>,
+{
     let storage = Arc::new(MemoryBlockStore::new());
     let mut mst = Mst::new(storage.clone());
+    let mut empty = true;
     for (key, bytes) in records {
-        let cid = storage.put(bytes).await.map_err(err)?;
-        mst = mst.add(key, cid).await.map_err(err)?;
+        let cid = storage.put(bytes.as_ref()).await.map_err(err)?;
+        mst = mst.add(key.as_ref(), cid).await.map_err(err)?;
+        empty = false;
     }
     let data = mst.persist().await.map_err(err)?;
     let did = Did::<SmolStr>::new(SmolStr::new(&account.did)).map_err(err)?;
@@ -79,7 +91,7 @@ pub async fn export_car(account: &Account, rev: &str, records: &RepoContents) ->
     let mut out = Vec::new();
     let mut writer = iroh_car::CarWriter::new(iroh_car::CarHeader::new_v1(vec![commit_cid]), &mut out);
     writer.write(commit_cid, &commit_bytes).await.map_err(err)?;
-    if records.is_empty() {
+    if empty {
         // jacquard writes no node for an empty tree; an export still needs its empty root node.
         let root = storage.get(&data).await.map_err(err)?.ok_or_else(|| BuildError("empty MST root missing".into()))?;
         writer.write(data, &root).await.map_err(err)?;
@@ -87,7 +99,7 @@ pub async fn export_car(account: &Account, rev: &str, records: &RepoContents) ->
         mst.write_blocks_to_car(&mut writer).await.map_err(err)?;
     }
     writer.finish().await.map_err(err)?;
-    Ok(out)
+    Ok((commit_cid, out))
 }
 
 /// [`export_car`] on a private single-threaded runtime, for synchronous callers.

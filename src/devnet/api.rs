@@ -1,0 +1,96 @@
+//! The test API on [`Devnet`]: synchronous, cheap and thread-safe calls that change or inspect
+//! what the servers hold, and inject faults.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use sluice_handlers::value::json_to_cbor;
+
+use super::Devnet;
+use super::world::{AccountSpec, AccountStatus, Write};
+
+impl Devnet {
+    /// Creates an account (an empty repo) and returns its DID; an existing DID is left as it is.
+    pub fn create_account(&self, spec: AccountSpec) -> String {
+        self.world.create_account(&spec)
+    }
+
+    /// Creates or replaces a record from AT Protocol JSON; returns its CID.
+    pub fn put_record(&self, did: &str, collection: &str, rkey: &str, value: serde_json::Value) -> anyhow::Result<String> {
+        let cbor = json_to_cbor(&value).with_context(|| format!("record {collection}/{rkey}"))?;
+        self.put_record_cbor(did, collection, rkey, cbor)
+    }
+
+    /// Creates or replaces a record from DAG-CBOR bytes (not checked, so tests can serve
+    /// malformed records); returns its CID.
+    pub fn put_record_cbor(&self, did: &str, collection: &str, rkey: &str, cbor: Vec<u8>) -> anyhow::Result<String> {
+        let write = Write::Put { collection: collection.into(), rkey: rkey.into(), cbor };
+        let (_, cids) = self.world.apply_writes(did, vec![write])?;
+        Ok(cids[0].expect("a put gives a CID").to_string())
+    }
+
+    /// Deletes a record (an error when there is none).
+    pub fn delete_record(&self, did: &str, collection: &str, rkey: &str) -> anyhow::Result<()> {
+        self.world.apply_writes(did, vec![Write::Delete { collection: collection.into(), rkey: rkey.into() }])?;
+        Ok(())
+    }
+
+    /// Sets an account's hosting status.
+    pub fn set_status(&self, did: &str, status: AccountStatus) {
+        self.world.update(did, |a| a.status = status);
+    }
+
+    /// Makes the account's DID document unresolvable (404), its repo staying on its PDS.
+    pub fn remove_identity(&self, did: &str) {
+        self.world.update(did, |a| a.identity_removed = true);
+    }
+
+    /// The next `requests` requests to PDS `pds`'s `com.atproto.sync.*` methods get 429 with
+    /// `Retry-After: retry_after_secs`.
+    pub fn rate_limit(&self, pds: usize, requests: u32, retry_after_secs: u64) {
+        self.world.set_rate_limit(pds, requests, retry_after_secs);
+    }
+
+    /// The next `n` getRepo calls for `did` get 500 InternalServerError.
+    pub fn fail_next(&self, did: &str, n: u32) {
+        self.world.update(did, |a| a.fail_next = n);
+    }
+
+    /// The records `did`'s PDS holds now: `(collection, rkey)` -> `(cid, DAG-CBOR)`.
+    pub fn records(&self, did: &str) -> BTreeMap<(String, String), (String, Vec<u8>)> {
+        let copy = |a: &super::world::AccountState| a.records.iter().map(|(k, (cid, b))| (k.clone(), (cid.to_string(), b.to_vec()))).collect();
+        self.world.read(did, copy).unwrap_or_default()
+    }
+
+    /// Every account's DID, sorted.
+    pub fn accounts(&self) -> Vec<String> {
+        let mut dids = Vec::new();
+        self.world.scan(None, |a| {
+            dids.push(a.account.did.clone());
+            true
+        });
+        dids
+    }
+
+    /// The account's current rev.
+    pub fn rev(&self, did: &str) -> Option<String> {
+        self.world.read(did, |a| a.rev.clone())
+    }
+
+    /// The account's signing key as `did:key:z...`.
+    pub fn did_key(&self, did: &str) -> Option<String> {
+        self.world.read(did, |a| a.account.did_key())
+    }
+
+    /// The account's PDS index.
+    pub fn pds_of(&self, did: &str) -> Option<usize> {
+        self.world.read(did, |a| a.pds)
+    }
+
+    /// How many times XRPC method `method` (e.g. `com.atproto.sync.getRepo`) was called over all
+    /// hosts; also [`PLC_RESOLVE`](super::PLC_RESOLVE) and [`DID_WEB_RESOLVE`](super::DID_WEB_RESOLVE)
+    /// for DID document fetches.
+    pub fn request_count(&self, method: &str) -> u64 {
+        self.world.request_count(method)
+    }
+}

@@ -1,0 +1,35 @@
+//! The fake relay: `com.atproto.sync.listRepos` over every PDS host and
+//! `com.atproto.sync.listReposByCollection`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::listing;
+use super::world::World;
+use super::xrpc::{Params, XrpcError};
+
+/// The relay's routes.
+pub(crate) fn router(world: Arc<World>) -> Router {
+    Router::new().route("/xrpc/{nsid}", get(xrpc_get)).with_state(world)
+}
+
+/// `GET /xrpc/{nsid}`.
+async fn xrpc_get(State(world): State<Arc<World>>, Path(nsid): Path<String>, query: Result<Query<HashMap<String, String>>, QueryRejection>) -> Response {
+    world.count(&nsid);
+    let params = match Params::from_query(query) {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let result = match nsid.as_str() {
+        "com.atproto.sync.listRepos" => listing::list_repos(&world, None, &params).await,
+        "com.atproto.sync.listReposByCollection" => listing::list_repos_by_collection(&world, &params),
+        other => Err(XrpcError::not_implemented(other)),
+    };
+    result.unwrap_or_else(IntoResponse::into_response)
+}

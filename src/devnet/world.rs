@@ -1,0 +1,325 @@
+//! The devnet's state: accounts, their records and revs, statuses, injected faults and request
+//! counts. Every repo write goes through [`World::apply_writes`].
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use bytes::Bytes;
+use cid::Cid;
+
+use super::cache::RepoCache;
+use super::repos::{Account, rev_at};
+
+/// An account's hosting status, as `com.atproto.sync.getRepoStatus` reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AccountStatus {
+    /// Serving its repo.
+    #[default]
+    Active,
+    /// Deactivated by its owner.
+    Deactivated,
+    /// Taken down by the host.
+    Takendown,
+    /// Suspended for a while by the host.
+    Suspended,
+    /// Deleted: the host answers `RepoNotFound`.
+    Deleted,
+}
+
+impl AccountStatus {
+    /// The lexicon's status string; `None` when active.
+    pub fn as_str(self) -> Option<&'static str> {
+        match self {
+            Self::Active => None,
+            Self::Deactivated => Some("deactivated"),
+            Self::Takendown => Some("takendown"),
+            Self::Suspended => Some("suspended"),
+            Self::Deleted => Some("deleted"),
+        }
+    }
+}
+
+/// What [`Devnet::create_account`](super::Devnet::create_account) creates.
+#[derive(Debug, Clone, Default)]
+pub struct AccountSpec {
+    /// Seed of the deterministic key (and of the `did:plc`, or the `did:web` path).
+    pub seed: u64,
+    /// Index of the PDS host (taken modulo the number of hosts).
+    pub pds: usize,
+    /// Publish the key in the legacy `EcdsaSecp256k1VerificationKey2019` form.
+    pub legacy_key: bool,
+    /// The handle; `user{seed}.test` when `None`.
+    pub handle: Option<String>,
+    /// Make the account `did:web:127.0.0.1%3A{pdsport}:u:{seed}`, its document served by its PDS.
+    pub did_web: bool,
+}
+
+/// One write to a repo.
+#[derive(Debug, Clone)]
+pub enum Write {
+    /// Creates a record; fails when it exists.
+    Create { collection: String, rkey: String, cbor: Vec<u8> },
+    /// Creates or replaces a record.
+    Put { collection: String, rkey: String, cbor: Vec<u8> },
+    /// Deletes a record; fails when it is missing.
+    Delete { collection: String, rkey: String },
+}
+
+/// Why a write was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// No such account.
+    #[error("no devnet account {0}")]
+    UnknownRepo(String),
+    /// The collection is not a valid NSID.
+    #[error("invalid collection NSID `{0}`")]
+    InvalidCollection(String),
+    /// The record key is not valid.
+    #[error("invalid record key `{0}`")]
+    InvalidRkey(String),
+    /// A create found the record already there.
+    #[error("record {0}/{1} already exists")]
+    Exists(String, String),
+    /// A delete found no record.
+    #[error("record {0}/{1} not found")]
+    NotFound(String, String),
+}
+
+/// One account as its PDS holds it.
+pub(crate) struct AccountState {
+    pub account: Account,
+    pub pds: usize,
+    pub handle: String,
+    pub legacy_key: bool,
+    pub records: BTreeMap<(String, String), (Cid, Bytes)>,
+    pub rev: String,
+    pub status: AccountStatus,
+    pub identity_removed: bool,
+    pub fail_next: u32,
+}
+
+/// A repo as it is at one rev: what an export is built from.
+pub(crate) struct Snapshot {
+    pub account: Account,
+    pub rev: String,
+    /// `(collection/rkey, DAG-CBOR)` in key order.
+    pub entries: Vec<(String, Bytes)>,
+}
+
+/// A PDS host's address.
+pub(crate) struct Host {
+    pub url: String,
+    pub port: u16,
+}
+
+#[derive(Default)]
+struct RateLimit {
+    remaining: u32,
+    retry_after_secs: u64,
+}
+
+#[derive(Default)]
+struct State {
+    accounts: BTreeMap<String, AccountState>,
+    clock: u64,
+    limits: Vec<RateLimit>,
+}
+
+impl State {
+    /// The next rev (or TID): strictly increasing over the whole devnet.
+    fn tick(&mut self) -> String {
+        self.clock += 1;
+        rev_at(self.clock)
+    }
+}
+
+/// Everything the servers share.
+pub(crate) struct World {
+    pub hosts: Vec<Host>,
+    state: Mutex<State>,
+    counts: Mutex<HashMap<String, u64>>,
+    pub cache: RepoCache,
+}
+
+/// Locks a mutex, ignoring poisoning (a panicking test thread must not wedge the servers).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl World {
+    /// A world with no accounts, for PDS hosts at `hosts`.
+    pub fn new(hosts: Vec<Host>) -> Self {
+        let limits = hosts.iter().map(|_| RateLimit::default()).collect();
+        Self { hosts, state: Mutex::new(State { limits, ..Default::default() }), counts: Mutex::default(), cache: RepoCache::default() }
+    }
+
+    /// The DID `spec` names on this devnet.
+    pub fn did_for(&self, spec: &AccountSpec) -> String {
+        if spec.did_web {
+            let port = self.hosts[spec.pds % self.hosts.len()].port;
+            format!("did:web:127.0.0.1%3A{port}:u:{}", spec.seed)
+        } else {
+            Account::new(spec.seed).did
+        }
+    }
+
+    /// Creates the account (an empty repo at a fresh rev) unless its DID exists; returns the DID.
+    pub fn create_account(&self, spec: &AccountSpec) -> String {
+        let did = self.did_for(spec);
+        let mut st = lock(&self.state);
+        if st.accounts.contains_key(&did) {
+            return did;
+        }
+        let rev = st.tick();
+        let account = Account { did: did.clone(), key: Account::new(spec.seed).key };
+        let state = AccountState {
+            account,
+            pds: spec.pds % self.hosts.len(),
+            handle: spec.handle.clone().unwrap_or_else(|| format!("user{}.test", spec.seed)),
+            legacy_key: spec.legacy_key,
+            records: BTreeMap::new(),
+            rev,
+            status: AccountStatus::Active,
+            identity_removed: false,
+            fail_next: 0,
+        };
+        st.accounts.insert(did.clone(), state);
+        did
+    }
+
+    /// Applies `writes` to `did`'s repo as one commit (one new rev); returns the rev and, per
+    /// write, the new record CID (`None` for deletes). Nothing changes when any write is refused.
+    /// The one path for repo writes (a firehose would emit its commit event here).
+    pub fn apply_writes(&self, did: &str, writes: Vec<Write>) -> Result<(String, Vec<Option<Cid>>), WriteError> {
+        let prepared = writes.into_iter().map(prepare).collect::<Result<Vec<_>, _>>()?;
+        let mut st = lock(&self.state);
+        let acct = st.accounts.get(did).ok_or_else(|| WriteError::UnknownRepo(did.to_string()))?;
+        check_preconditions(&acct.records, &prepared)?;
+        let rev = st.tick();
+        let acct = st.accounts.get_mut(did).expect("checked above");
+        let cids = prepared
+            .into_iter()
+            .map(|(key, value, _)| match value {
+                Some(v) => {
+                    let cid = v.0;
+                    acct.records.insert(key, v);
+                    Some(cid)
+                }
+                None => {
+                    acct.records.remove(&key);
+                    None
+                }
+            })
+            .collect();
+        acct.rev = rev.clone();
+        Ok((rev, cids))
+    }
+
+    /// Runs `f` on `did`'s account, if there is one.
+    pub fn read<R>(&self, did: &str, f: impl FnOnce(&AccountState) -> R) -> Option<R> {
+        lock(&self.state).accounts.get(did).map(f)
+    }
+
+    /// Runs `f` on `did`'s account mutably, if there is one (not for repo writes).
+    pub fn update<R>(&self, did: &str, f: impl FnOnce(&mut AccountState) -> R) -> Option<R> {
+        lock(&self.state).accounts.get_mut(did).map(f)
+    }
+
+    /// Runs `f` over accounts in DID order from just after `after`, until it returns false.
+    pub fn scan(&self, after: Option<&str>, mut f: impl FnMut(&AccountState) -> bool) {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let st = lock(&self.state);
+        let lower = after.map_or(Unbounded, |a| Excluded(a.to_string()));
+        for (_, acct) in st.accounts.range((lower, Unbounded)) {
+            if !f(acct) {
+                break;
+            }
+        }
+    }
+
+    /// A fresh TID (for record keys), from the same clock as revs.
+    pub fn next_tid(&self) -> String {
+        lock(&self.state).tick()
+    }
+
+    /// Makes the next `requests` sync requests to host `pds` answer 429.
+    pub fn set_rate_limit(&self, pds: usize, requests: u32, retry_after_secs: u64) {
+        if let Some(l) = lock(&self.state).limits.get_mut(pds) {
+            *l = RateLimit { remaining: requests, retry_after_secs };
+        }
+    }
+
+    /// Consumes one rate-limited answer for host `pds`: `Some(retry_after_secs)` when limited.
+    pub fn take_rate_limit(&self, pds: usize) -> Option<u64> {
+        let mut st = lock(&self.state);
+        let l = st.limits.get_mut(pds)?;
+        (l.remaining > 0).then(|| {
+            l.remaining -= 1;
+            l.retry_after_secs
+        })
+    }
+
+    /// Counts one request for `method`.
+    pub fn count(&self, method: &str) {
+        *lock(&self.counts).entry(method.to_string()).or_default() += 1;
+    }
+
+    /// Requests counted for `method`.
+    pub fn request_count(&self, method: &str) -> u64 {
+        lock(&self.counts).get(method).copied().unwrap_or(0)
+    }
+
+    /// `did`'s account, current rev and records, for an export.
+    pub fn snapshot(&self, did: &str) -> Option<Snapshot> {
+        self.read(did, |a| Snapshot {
+            account: a.account.clone(),
+            rev: a.rev.clone(),
+            entries: a.records.iter().map(|((c, r), (_, b))| (format!("{c}/{r}"), b.clone())).collect(),
+        })
+    }
+}
+
+type Prepared = ((String, String), Option<(Cid, Bytes)>, Must);
+
+/// What a write needs of the record already there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Must {
+    Any,
+    BeAbsent,
+    BePresent,
+}
+
+/// Validates one write's key and computes its record CID, outside the lock.
+fn prepare(w: Write) -> Result<Prepared, WriteError> {
+    let (collection, rkey, cbor, must) = match w {
+        Write::Create { collection, rkey, cbor } => (collection, rkey, Some(cbor), Must::BeAbsent),
+        Write::Put { collection, rkey, cbor } => (collection, rkey, Some(cbor), Must::Any),
+        Write::Delete { collection, rkey } => (collection, rkey, None, Must::BePresent),
+    };
+    if !crate::syntax::is_nsid(&collection) {
+        return Err(WriteError::InvalidCollection(collection));
+    }
+    if !crate::syntax::is_rkey(&rkey) {
+        return Err(WriteError::InvalidRkey(rkey));
+    }
+    let value = cbor.map(|b| {
+        let cid = jacquard_repo::mst::util::compute_cid(&b).expect("a sha2-256 digest always wraps");
+        (cid, Bytes::from(b))
+    });
+    Ok(((collection, rkey), value, must))
+}
+
+/// Checks creates and deletes against the records there now (and earlier writes in the batch).
+fn check_preconditions(records: &BTreeMap<(String, String), (Cid, Bytes)>, writes: &[Prepared]) -> Result<(), WriteError> {
+    let mut seen: HashMap<&(String, String), bool> = HashMap::new();
+    for (key, value, must) in writes {
+        let present = seen.get(key).copied().unwrap_or_else(|| records.contains_key(key));
+        match must {
+            Must::BeAbsent if present => return Err(WriteError::Exists(key.0.clone(), key.1.clone())),
+            Must::BePresent if !present => return Err(WriteError::NotFound(key.0.clone(), key.1.clone())),
+            _ => {}
+        }
+        seen.insert(key, value.is_some());
+    }
+    Ok(())
+}
