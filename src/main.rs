@@ -30,6 +30,19 @@ enum Command {
     Run {
         #[command(flatten)]
         net: NetArgs,
+        /// Start a local devnet in this process (see `sluice devnet`) and index it: a working
+        /// indexer with no network at all.
+        #[arg(long)]
+        devnet: bool,
+    },
+    /// Run a local network on 127.0.0.1 (a PLC directory, PDS hosts and a relay serving real
+    /// signed repos), print its URLs and a config for `sluice run`, until Ctrl-C.
+    Devnet {
+        #[command(flatten)]
+        opts: DevnetArgs,
+        /// Where to write the config that points `sluice run` at this devnet.
+        #[arg(long, default_value = "devnet.toml")]
+        write_config: PathBuf,
     },
     /// Backfill from the network until the queue is empty, then exit 0.
     Backfill {
@@ -94,6 +107,23 @@ enum Command {
     },
     /// List the registered handlers and the collections they take.
     Handlers,
+}
+
+/// The shape of a devnet.
+#[derive(clap::Args, Clone)]
+struct DevnetArgs {
+    /// Accounts created at start.
+    #[arg(long, default_value_t = 20)]
+    repos: usize,
+    /// Records per account.
+    #[arg(long, default_value_t = 50)]
+    records: usize,
+    /// PDS hosts.
+    #[arg(long, default_value_t = 2)]
+    pds: usize,
+    /// First port: PLC on it, the relay on +1, PDS hosts from +2 (0 = any free ports).
+    #[arg(long, default_value_t = 2580)]
+    port: u16,
 }
 
 /// Where the indexer keeps data and which network it reads.
@@ -163,10 +193,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let mut config = Config::load(Some(&cli.config))?;
     let data_dir = |config: &Config, data: Option<PathBuf>| data.unwrap_or_else(|| config.storage.path.clone());
     match cli.command {
-        Command::Run { net } => {
+        Command::Run { net, devnet } => {
             net.apply(&mut config);
-            run_backfill(config, &[], false, sluice::backfill::RunMode::Forever)
+            match devnet {
+                true => run_on_devnet(config),
+                false => run_backfill(config, &[], false, sluice::backfill::RunMode::Forever),
+            }
         }
+        Command::Devnet { opts, write_config } => serve_devnet(&opts, &write_config),
         Command::Backfill { net, dids, recrawl } => {
             net.apply(&mut config);
             run_backfill(config, &dids, recrawl, sluice::backfill::RunMode::UntilEmpty)
@@ -222,6 +256,60 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Starts a devnet in a runtime of its own (it outlives the indexer's runtime); returns it with
+/// the runtime that serves it.
+fn start_devnet(opts: &DevnetArgs) -> anyhow::Result<(tokio::runtime::Runtime, sluice::devnet::Devnet)> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("devnet").enable_all().build()?;
+    let net = runtime.block_on(async {
+        let net = sluice::devnet::Devnet::start(sluice::devnet::DevnetOptions { pds_hosts: opts.pds, base_port: opts.port }).await?;
+        net.populate(opts.repos, opts.records, 1).await;
+        anyhow::Ok(net)
+    })?;
+    Ok((runtime, net))
+}
+
+/// The config that points the indexer at `net`, keeping its data apart from the default's.
+fn devnet_config(net: &sluice::devnet::Devnet) -> String {
+    format!(
+        "# Written by `sluice devnet`: points `sluice run` at the local devnet.\n[storage]\npath = \"data-devnet\"\n\n[filter]\npath = \"filters/everything.toml\"\n\n[network]\nrelay = \"{}\"\nplc = \"{}\"\n",
+        net.relay_url(),
+        net.plc_url()
+    )
+}
+
+/// `sluice devnet`: serves until Ctrl-C.
+fn serve_devnet(opts: &DevnetArgs, write_config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let (runtime, net) = start_devnet(opts)?;
+    std::fs::write(write_config, devnet_config(&net)).with_context(|| format!("writing {}", write_config.display()))?;
+    let pds = net.pds_urls();
+    println!("devnet: {} accounts with {} records each on {} PDS host(s)", opts.repos, opts.records, pds.len());
+    println!("  PLC directory  {}", net.plc_url());
+    println!("  relay          {}", net.relay_url());
+    for (i, url) in pds.iter().enumerate() {
+        println!("  PDS {i}          {url}");
+    }
+    println!("config for the indexer: {} (run: sluice --config {} run)", write_config.display(), write_config.display());
+    println!("write a record: curl -X POST {}/xrpc/com.atproto.repo.createRecord -H 'content-type: application/json' \\", pds[0]);
+    println!("  -d '{{\"repo\":\"<did>\",\"collection\":\"app.bsky.feed.post\",\"record\":{{\"text\":\"hi\",\"createdAt\":\"2026-01-01T00:00:00Z\"}}}}'");
+    println!("Ctrl-C stops it.");
+    runtime.block_on(shutdown_signal());
+    runtime.block_on(net.shutdown());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice run --devnet`: a devnet on free ports and the indexer pointed at it.
+fn run_on_devnet(mut config: Config) -> anyhow::Result<ExitCode> {
+    let opts = DevnetArgs { repos: 20, records: 50, pds: 2, port: 0 };
+    let (_devnet_runtime, net) = start_devnet(&opts)?;
+    config.network.relay = net.relay_url();
+    config.network.plc = net.plc_url();
+    if config.storage.path == std::path::Path::new("data") {
+        config.storage.path = "data-devnet".into();
+    }
+    tracing::info!(relay = %net.relay_url(), plc = %net.plc_url(), data = %config.storage.path.display(), "devnet started with {} accounts", opts.repos);
+    run_backfill(config, &[], false, sluice::backfill::RunMode::Forever)
 }
 
 /// Runs the backfill (and, in `Forever` mode, everything `sluice run` runs) until it ends or a

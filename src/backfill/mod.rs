@@ -72,6 +72,8 @@ pub struct Backfill {
     live_backlog: Arc<AtomicU64>,
     memory_cap_mb: AtomicU64,
     stop: AtomicBool,
+    /// Set when the current run's scheduler is done, to end its helpers.
+    run_over: AtomicBool,
     fatal: Mutex<Option<String>>,
     in_flight: Mutex<HashSet<String>>,
 }
@@ -90,6 +92,7 @@ impl Backfill {
             live_backlog: Arc::default(),
             memory_cap_mb: AtomicU64::new(config.backfill.max_memory_mb),
             stop: AtomicBool::new(false),
+            run_over: AtomicBool::new(false),
             fatal: Mutex::new(None),
             in_flight: Mutex::new(HashSet::new()),
         })
@@ -120,13 +123,13 @@ impl Backfill {
         self.memory_cap_mb.store(mb, Ordering::Relaxed);
     }
 
-    /// Asks a run to stop: no new repo starts; repos in flight finish.
+    /// Asks the run to stop for good: no new repo starts; repos in flight finish.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
     }
 
     fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed) || self.fatal.lock().expect("fatal").is_some()
+        self.stop.load(Ordering::Relaxed) || self.run_over.load(Ordering::Relaxed) || self.fatal.lock().expect("fatal").is_some()
     }
 
     /// Queues `dids` now, whatever their state (`sluice backfill --did`). Returns how many.
@@ -152,6 +155,7 @@ impl Backfill {
             return Ok(());
         }
         let fail = |e: &dyn std::fmt::Display| BackfillError(e.to_string());
+        self.run_over.store(false, Ordering::Relaxed);
         let dids: Vec<String> = self.pipeline.filter().load().filter.dids.iter().cloned().collect();
         self.store().enqueue_new(&dids, None).map_err(|e| fail(&e))?;
         let crawl_done = Arc::new(AtomicBool::new(!crawl));
@@ -168,7 +172,7 @@ impl Backfill {
         let reporter = tokio::spawn(async move { progress::report(&me.progress, me.store(), me.memory_cap_mb.load(Ordering::Relaxed), every, &stop_flag).await });
 
         let result = self.schedule(mode, &crawl_done).await;
-        self.stop();
+        self.run_over.store(true, Ordering::Relaxed);
         helpers.shutdown().await;
         reporter_stop.store(true, Ordering::Relaxed);
         let _ = reporter.await;

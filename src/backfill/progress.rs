@@ -18,6 +18,8 @@ pub struct Progress {
     pub failed: AtomicU64,
     /// Repos being fetched or applied now.
     pub in_flight: AtomicU64,
+    /// The most repos that were in flight at once.
+    pub peak_in_flight: AtomicU64,
     /// Records walked.
     pub records: AtomicU64,
     /// True while new repos wait for memory to fall under the cap.

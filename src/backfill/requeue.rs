@@ -3,7 +3,6 @@
 //! nothing here: the pipeline stops emitting what the filter no longer wants.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::filter::Filter;
@@ -82,7 +81,7 @@ async fn requeue(backfill: &Backfill, widened: &Widening) -> anyhow::Result<usiz
         if i > 0 {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        if backfill.stop.load(Ordering::Relaxed) {
+        if backfill.stopping() {
             break;
         }
         let now = now_ms();

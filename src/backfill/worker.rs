@@ -38,7 +38,8 @@ impl Backfill {
             self.fail_run(format!("storage: {e}"));
             return;
         }
-        self.progress.in_flight.fetch_add(1, Ordering::Relaxed);
+        let in_flight = self.progress.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.progress.peak_in_flight.fetch_max(in_flight, Ordering::Relaxed);
         let result = self.fetch_and_apply(did).await;
         self.progress.in_flight.fetch_sub(1, Ordering::Relaxed);
         let now = now_ms();
