@@ -265,6 +265,14 @@ mod tests {
         assert!(e.contains("document is for did:plc:abc"), "{e}");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_are_refused_without_a_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            let refused = identity_from_document("did:plc:abc", &bytes);
+            proptest::prop_assert!(matches!(refused, Err(IdentityError::InvalidDocument { .. })));
+        }
+    }
+
     #[test]
     fn document_urls_by_method() {
         let plc = "http://127.0.0.1:1/";

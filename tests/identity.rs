@@ -1,0 +1,57 @@
+//! Identity resolution against the devnet's PLC directory and did:web hosts (127.0.0.1 only):
+//! keys in both forms, the PDS endpoint, the cache and its expiry, and classified errors.
+
+use std::time::Duration;
+
+use sluice::devnet::{AccountSpec, Devnet, DevnetOptions, PLC_RESOLVE};
+use sluice::identity::{IdentityError, Resolver, ResolverOptions};
+
+fn resolver(net: &Devnet, ttl: Duration) -> Resolver {
+    Resolver::new(ResolverOptions { plc_url: net.plc_url(), ttl, timeout: Duration::from_secs(5), capacity: 10 })
+}
+
+#[tokio::test]
+async fn plc_and_web_identities_resolve_to_their_pds_and_key() {
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let plain = net.create_account(AccountSpec { seed: 1, pds: 1, ..Default::default() });
+    let legacy = net.create_account(AccountSpec { seed: 2, pds: 0, legacy_key: true, handle: Some("old.test".into()), ..Default::default() });
+    let web = net.create_account(AccountSpec { seed: 3, pds: 1, did_web: true, ..Default::default() });
+    let r = resolver(&net, Duration::from_secs(60));
+    for (did, pds) in [(&plain, 1), (&legacy, 0), (&web, 1)] {
+        let id = r.resolve(did).await.unwrap();
+        assert_eq!(id.pds, net.pds_urls()[pds], "{did}");
+        let want = sluice::repo::parse_public_key(&net.did_key(did).unwrap()).unwrap();
+        assert_eq!(id.key.to_k256().unwrap(), want.to_k256().unwrap(), "{did}: the key in either form");
+    }
+    assert_eq!(r.resolve(&legacy).await.unwrap().handle.as_deref(), Some("old.test"));
+}
+
+#[tokio::test]
+async fn the_cache_serves_until_it_expires_and_refresh_bypasses_it() {
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let did = net.create_account(AccountSpec { seed: 4, ..Default::default() });
+    let r = resolver(&net, Duration::from_millis(300));
+    r.resolve(&did).await.unwrap();
+    r.resolve(&did).await.unwrap();
+    assert_eq!(net.request_count(PLC_RESOLVE), 1, "the second lookup is cached");
+    r.refresh(&did).await.unwrap();
+    assert_eq!(net.request_count(PLC_RESOLVE), 2, "refresh asks again");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    r.resolve(&did).await.unwrap();
+    assert_eq!(net.request_count(PLC_RESOLVE), 3, "an expired entry is fetched again");
+}
+
+#[tokio::test]
+async fn failures_are_classified() {
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let did = net.create_account(AccountSpec { seed: 5, ..Default::default() });
+    net.remove_identity(&did);
+    let r = resolver(&net, Duration::from_secs(60));
+    assert!(matches!(r.resolve(&did).await, Err(IdentityError::NotFound(_))));
+    assert!(matches!(r.resolve("did:key:z6Mk").await, Err(IdentityError::Unsupported(_))));
+    let web_on_nothing = "did:web:127.0.0.1%3A1";
+    assert!(matches!(r.resolve(web_on_nothing).await, Err(IdentityError::Transport { .. })), "a closed port is a transport error");
+    let closed = Resolver::new(ResolverOptions { plc_url: "http://127.0.0.1:1/".into(), ..Default::default() });
+    let e = closed.resolve("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").await.unwrap_err();
+    assert!(matches!(e, IdentityError::Transport { .. }) && e.to_string().contains("identity lookup failed"), "{e}");
+}
