@@ -1,18 +1,58 @@
 //! Fetching a repo export with `com.atproto.sync.getRepo`, per-PDS rate limits (429 and
 //! `Retry-After`), and the classification of what went wrong.
 //!
-//! The CAR is read as it arrives, on the blocking pool: the body is never held whole, only its
-//! verified blocks (bounded by the CAR limits).
+//! A download is spooled: kept in memory up to [`SPOOL_IN_MEMORY`], else written to a temporary
+//! file as it arrives, so the many repos waiting on the network hold almost no memory; only the
+//! few being walked (one per core) hold their blocks. The CAR limits apply while downloading.
 
 use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures_util::TryStreamExt;
-use tokio_util::io::StreamReader;
+use futures_util::StreamExt;
 
 use crate::identity::{error_chain, retry_after};
-use crate::repo::{CarLimits, LoadedRepo, RepoError, read_car_from};
+use crate::repo::{CarLimits, LoadedRepo, RepoError, read_car, read_car_file};
+
+/// Downloads up to this size stay in memory; bigger ones go to a file in the spool directory.
+pub const SPOOL_IN_MEMORY: usize = 8 << 20;
+
+/// A downloaded repo export.
+pub enum Spooled {
+    /// Small: the bytes.
+    Memory(Vec<u8>),
+    /// Large: a temporary file, deleted when dropped.
+    File(tempfile::NamedTempFile),
+}
+
+impl Spooled {
+    /// Reads and CID-checks the export (blocking: call it on the blocking pool).
+    pub fn read(self, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
+        match self {
+            Spooled::Memory(bytes) => read_car(&bytes, limits),
+            Spooled::File(file) => {
+                // A new handle, at the start of the file (the writer's is at its end).
+                let reader = file.reopen().map_err(|e| RepoError::Car(format!("reading the spooled export: {e}")))?;
+                read_car_file(&reader, limits)
+            }
+        }
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Spooled::Memory(b) => b.len() as u64,
+            Spooled::File(f) => f.as_file().metadata().map(|m| m.len()).unwrap_or(0),
+        }
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// Why a repo could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -68,30 +108,46 @@ impl HostLimits {
 pub struct RepoFetcher {
     http: reqwest::Client,
     limits: CarLimits,
+    spool_dir: PathBuf,
     /// Per-host 429 state, shared by all workers.
     pub hosts: HostLimits,
     /// 429 answers in a row before a repo counts as failed.
     pub max_rate_limited: u32,
+    /// Downloads up to this size stay in memory (default [`SPOOL_IN_MEMORY`]).
+    pub spool_in_memory: usize,
 }
 
 /// Wait after a 429 without `Retry-After`.
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 impl RepoFetcher {
-    /// A fetcher with its own HTTP client; CARs over `limits` are refused.
-    pub fn new(limits: CarLimits) -> Self {
+    /// A fetcher with its own HTTP client; CARs over `limits` are refused; large downloads are
+    /// spooled in `spool_dir`.
+    pub fn new(limits: CarLimits, spool_dir: PathBuf) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
             .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("HTTP client");
-        Self { http, limits, hosts: HostLimits::default(), max_rate_limited: 20 }
+        Self { http, limits, spool_dir, hosts: HostLimits::default(), max_rate_limited: 20, spool_in_memory: SPOOL_IN_MEMORY }
     }
 
-    /// The repo of `did` from the PDS at `pds`, read and CID-checked (the commit is not yet
-    /// checked against the DID or key).
-    pub async fn get_repo(&self, pds: &str, did: &str) -> Result<LoadedRepo, FetchError> {
+    /// The CAR limits downloads are held to.
+    pub fn limits(&self) -> &CarLimits {
+        &self.limits
+    }
+
+    /// Removes spool files a killed process left behind (call before the first download).
+    pub fn clear_spool(&self) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(&self.spool_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => std::fs::create_dir_all(&self.spool_dir),
+        }
+    }
+
+    /// Downloads the repo export of `did` from the PDS at `pds`, waiting out its rate limits.
+    pub async fn download(&self, pds: &str, did: &str) -> Result<Spooled, FetchError> {
         let url = format!("{pds}/xrpc/com.atproto.sync.getRepo");
         let mut limited = 0;
         let resp = loop {
@@ -113,12 +169,44 @@ impl RepoFetcher {
             let body = resp.bytes().await.unwrap_or_default();
             return Err(classify_error(status.as_u16(), &body));
         }
-        let handle = tokio::runtime::Handle::current();
-        let limits = self.limits;
-        let body = StreamReader::new(resp.bytes_stream().map_err(std::io::Error::other));
-        let read = tokio::task::spawn_blocking(move || handle.block_on(read_car_from(body, &limits)));
-        Ok(read.await.map_err(|e| FetchError::Failed(format!("reader task: {e}")))??)
+        self.spool(resp).await
     }
+
+    /// Takes a body into memory, or into a spool file once it passes [`SPOOL_IN_MEMORY`].
+    async fn spool(&self, resp: reqwest::Response) -> Result<Spooled, FetchError> {
+        let failed = |e: &dyn std::error::Error| FetchError::Failed(format!("reading the repo: {}", error_chain(e)));
+        let (mut memory, mut file) = (Vec::new(), None::<tempfile::NamedTempFile>);
+        let mut total = 0u64;
+        let mut body = resp.bytes_stream();
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| failed(&e))?;
+            total += chunk.len() as u64;
+            if total > self.limits.max_car_bytes {
+                return Err(FetchError::Repo(RepoError::TooLarge(format!("more than the {}-byte limit", self.limits.max_car_bytes))));
+            }
+            match file.as_mut() {
+                // Blocking writes of one chunk into the page cache: short, and cheaper than a
+                // thread hop per chunk.
+                Some(f) => f.write_all(&chunk).map_err(|e| failed(&e))?,
+                None => memory.extend_from_slice(&chunk),
+            }
+            if file.is_none() && memory.len() > self.spool_in_memory {
+                let mut f = spool_file(&self.spool_dir).map_err(|e| failed(&e))?;
+                f.write_all(&memory).map_err(|e| failed(&e))?;
+                memory = Vec::new();
+                file = Some(f);
+            }
+        }
+        Ok(match file {
+            Some(f) => Spooled::File(f),
+            None => Spooled::Memory(memory),
+        })
+    }
+}
+
+fn spool_file(dir: &Path) -> std::io::Result<tempfile::NamedTempFile> {
+    std::fs::create_dir_all(dir)?;
+    tempfile::Builder::new().prefix("repo-").suffix(".car").tempfile_in(dir)
 }
 
 /// What an XRPC error answer of getRepo means for the repo.
@@ -162,6 +250,31 @@ mod tests {
         assert_eq!(failed, "getRepo answered HTTP 500");
         let failed = classify_error(400, br#"{"error":"InvalidRequest","message":"bad did"}"#).to_string();
         assert!(failed.contains("InvalidRequest: bad did"), "{failed}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn large_downloads_are_spooled_to_a_file_and_limits_apply_while_downloading() {
+        use crate::devnet::{Devnet, DevnetOptions};
+        let net = Devnet::start(DevnetOptions { pds_hosts: 1, ..Default::default() }).await.unwrap();
+        let did = net.populate(1, 300, 9).await.remove(0);
+        let dir = tempfile::tempdir().unwrap();
+        let pds = net.pds_urls().remove(0);
+
+        let mut fetcher = RepoFetcher::new(CarLimits::default(), dir.path().join("spool"));
+        fetcher.spool_in_memory = 4096;
+        let spooled = fetcher.download(&pds, &did).await.unwrap();
+        assert!(matches!(spooled, Spooled::File(_)) && spooled.len() > 4096);
+        assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 1);
+        let repo = spooled.read(&CarLimits::default()).unwrap();
+        assert_eq!(repo.records().count(), 300);
+        assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 0, "the spool file goes with it");
+
+        fetcher.spool_in_memory = SPOOL_IN_MEMORY;
+        assert!(matches!(fetcher.download(&pds, &did).await.unwrap(), Spooled::Memory(_)));
+
+        let tiny = RepoFetcher::new(CarLimits { max_car_bytes: 1000, ..Default::default() }, dir.path().join("spool"));
+        let e = tiny.download(&pds, &did).await.err().unwrap().to_string();
+        assert!(e.contains("1000-byte limit"), "{e}");
     }
 
     #[tokio::test]

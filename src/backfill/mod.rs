@@ -14,6 +14,10 @@
 //! directory), not the repo. Only storage failures are fatal: the run stops, saves what it has
 //! and returns the reason.
 //!
+//! Memory: up to `max_concurrent` repos are in flight, but their downloads are spooled (in
+//! memory when small, else to a temporary file) and only one repo per core is read and walked
+//! at a time, so resident memory follows the cores and the largest repo, not the concurrency.
+//!
 //! Architecture invariant: network I/O stays in async tasks; reading a CAR and the pipeline run
 //! on the blocking pool.
 
@@ -68,6 +72,8 @@ pub struct Backfill {
     relay: String,
     resolver: Arc<Resolver>,
     fetcher: RepoFetcher,
+    /// Repos read and walked at once: one per core. Downloads beyond that wait spooled.
+    walk_permits: Arc<Semaphore>,
     progress: Progress,
     live_backlog: Arc<AtomicU64>,
     memory_cap_mb: AtomicU64,
@@ -87,7 +93,8 @@ impl Backfill {
             config: config.backfill.clone(),
             relay: config.network.relay.clone(),
             resolver: Arc::new(resolver),
-            fetcher: RepoFetcher::new(config.limits.car_limits()),
+            fetcher: RepoFetcher::new(config.limits.car_limits(), config.storage.path.join("spool")),
+            walk_permits: Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
             progress: Progress::default(),
             live_backlog: Arc::default(),
             memory_cap_mb: AtomicU64::new(config.backfill.max_memory_mb),
@@ -158,6 +165,7 @@ impl Backfill {
         self.run_over.store(false, Ordering::Relaxed);
         let dids: Vec<String> = self.pipeline.filter().load().filter.dids.iter().cloned().collect();
         self.store().enqueue_new(&dids, None).map_err(|e| fail(&e))?;
+        self.fetcher.clear_spool().map_err(|e| BackfillError(format!("clearing the spool directory: {e}")))?;
         let crawl_done = Arc::new(AtomicBool::new(!crawl));
         let mut helpers = JoinSet::new();
         if crawl {

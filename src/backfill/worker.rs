@@ -84,13 +84,21 @@ impl Backfill {
 
     async fn fetch_and_apply(&self, did: &str) -> Result<RepoOutcome, Failure> {
         let identity = self.resolver.resolve(did).await.map_err(identity_failure)?;
-        let loaded = match self.fetcher.get_repo(&identity.pds, did).await {
-            Ok(loaded) => loaded,
+        let spooled = match self.fetcher.download(&identity.pds, did).await {
+            Ok(spooled) => spooled,
             Err(FetchError::Gone(reason)) => return Err(Failure::Gone(reason)),
             Err(FetchError::RateLimited(host)) => return Err(Failure::Retry(format!("rate limited by {host}"))),
             Err(e) => return Err(Failure::Retry(e.to_string())),
         };
-        loaded.check_commit(Some(did)).map_err(|e| Failure::Retry(e.to_string()))?;
+        let _walking = self.walk_permits.clone().acquire_owned().await.map_err(|e| Failure::Retry(e.to_string()))?;
+        let limits = *self.fetcher.limits();
+        let owner = did.to_string();
+        let read = tokio::task::spawn_blocking(move || {
+            let loaded = spooled.read(&limits)?;
+            loaded.check_commit(Some(&owner))?;
+            Ok::<_, crate::repo::RepoError>(loaded)
+        });
+        let loaded = read.await.map_err(|e| Failure::Retry(format!("reader task: {e}")))?.map_err(|e| Failure::Retry(e.to_string()))?;
         if loaded.verify_signature(&identity.key).is_err() {
             // The key may have rotated since it was cached: look it up again, once.
             let fresh = self.resolver.refresh(did).await.map_err(identity_failure)?;

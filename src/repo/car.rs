@@ -107,6 +107,27 @@ pub async fn read_car_from<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarL
     Ok(LoadedRepo { commit_cid: root, commit, blocks })
 }
 
+/// [`read_car`] over a file (a spooled download), read in chunks rather than loaded whole.
+pub fn read_car_file(file: &std::fs::File, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
+    let reader = BlockingReader(std::io::BufReader::with_capacity(256 << 10, file));
+    run_ready(read_car_from(reader, limits))
+}
+
+/// A synchronous reader served as an `AsyncRead` that is always ready: for files read on a
+/// blocking thread, where waiting inside `poll_read` is fine.
+struct BlockingReader<R>(R);
+
+impl<R: std::io::Read + Unpin> AsyncRead for BlockingReader<R> {
+    fn poll_read(mut self: std::pin::Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let n = match std::io::Read::read(&mut self.0, buf.initialize_unfilled()) {
+            Ok(n) => n,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        buf.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// A reader that fails once more than `left` bytes have come through, and says so in `over`.
 struct Capped<R> {
     inner: R,

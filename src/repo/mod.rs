@@ -12,7 +12,7 @@ pub mod age;
 mod car;
 mod walk;
 
-pub use car::{CarLimits, LoadedRepo, parse_public_key, read_car, read_car_from};
+pub use car::{CarLimits, LoadedRepo, parse_public_key, read_car, read_car_file, read_car_from};
 pub use walk::{RecordEntry, Records};
 
 use cid::Cid;

@@ -132,8 +132,10 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        let db = Database::builder(dir).open()?;
-        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default);
+        // Unflushed writes are bounded by the journal size: above it fjall flushes before taking
+        // more, so a fast backfill cannot pile up memtables faster than they reach disk.
+        let db = Database::builder(dir).max_journaling_size(JOURNAL_BYTES).open()?;
+        let ks = |name: &str| db.keyspace(name, keyspace_options);
         let store = Store {
             repos: ks("repos")?,
             records: ks("records")?,
@@ -170,7 +172,7 @@ impl Store {
         if let Some(ks) = spaces.get(name) {
             return Ok(ks.clone());
         }
-        let ks = self.db.keyspace(&format!("handler.{name}"), KeyspaceCreateOptions::default)?;
+        let ks = self.db.keyspace(&format!("handler.{name}"), keyspace_options)?;
         spaces.insert(name, ks.clone());
         Ok(ks)
     }
@@ -366,6 +368,18 @@ impl Store {
         Ok(self.db.persist(PersistMode::SyncAll)?)
     }
 }
+
+/// Memtables of 16 MiB instead of fjall's 64: a backfill writes to five or more keyspaces at
+/// once, and their memtables are most of the store's resident memory.
+fn keyspace_options() -> KeyspaceCreateOptions {
+    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+}
+
+/// See [`keyspace_options`].
+const MEMTABLE_BYTES: u64 = 16 << 20;
+
+/// Most unflushed data (fjall's journal cap; its minimum), see [`Store::open`].
+const JOURNAL_BYTES: u64 = 64 << 20;
 
 /// Encodes events as pages of at most [`EventPage::MAX_EVENTS`]: (offset of the page's first
 /// event, stored page).

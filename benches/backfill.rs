@@ -1,0 +1,113 @@
+//! Network backfill throughput and memory: `sluice backfill` (the release binary, in a child
+//! process) against a devnet on loopback HTTP, signatures checked, 16 repos in flight.
+//!
+//! `cargo bench --bench backfill` prints a Markdown table for BENCHMARKS.md: wall time,
+//! records/s, repos/s, records per CPU-second and the child's peak RSS, for 16 repos of 50k
+//! records, and for the same with one ~100 MB repo among them. The devnet runs in this process,
+//! so its memory (it holds every CAR) is not counted.
+
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use sluice::devnet::{Devnet, DevnetOptions};
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// What a child used: wall seconds, CPU seconds (user + system), peak RSS in KB.
+struct Usage {
+    secs: f64,
+    cpu: f64,
+    peak_kb: i64,
+}
+
+/// Runs `sluice backfill` on `net` into a fresh store and waits for it with `wait4`, which
+/// reports the child's CPU time. Peak RSS is the child's `VmHWM`, polled while it runs: the
+/// `ru_maxrss` of `wait4` would also count this process's memory (the devnet's), which the
+/// child's record inherits from the fork before its exec.
+fn backfill(net: &Devnet, concurrency: usize) -> Usage {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let filter = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/everything.toml");
+    std::fs::write(
+        &config,
+        format!("[storage]\npath = {:?}\n[filter]\npath = {filter:?}\n[network]\nrelay = {:?}\nplc = {:?}\n[backfill]\nmax_concurrent = {concurrency}\nmax_memory_mb = 0\n", dir.path().join("data"), net.relay_url(), net.plc_url()),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice")).args(["--config", config.to_str().unwrap(), "backfill"]).env("RUST_LOG", "warn").stdout(Stdio::null()).spawn().unwrap();
+    let peak_kb = watch_peak_rss(child.id());
+    let mut status = 0;
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: the pid is our own unreaped child; wait4 fills `status` and `usage`.
+    let usage = unsafe {
+        let pid = libc::wait4(child.id() as libc::pid_t, &mut status, 0, usage.as_mut_ptr());
+        assert_eq!(pid, child.id() as libc::pid_t, "wait4");
+        usage.assume_init()
+    };
+    let secs = start.elapsed().as_secs_f64();
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "sluice backfill failed");
+    let t = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Usage { secs, cpu: t(usage.ru_utime) + t(usage.ru_stime), peak_kb: peak_kb.join().unwrap() }
+}
+
+/// Polls `VmHWM` of process `pid` every 20 ms until it exits; returns the last value (KB).
+fn watch_peak_rss(pid: u32) -> std::thread::JoinHandle<i64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        loop {
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return peak };
+            match status.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
+                Some(v) => peak = peak.max(v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0)),
+                None => return peak, // a zombie: it has exited
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    })
+}
+
+/// Size of the repo export of `did`, fetched once (which also warms the devnet's cache).
+async fn car_bytes(net: &Devnet, did: &str) -> usize {
+    let pds = &net.pds_urls()[net.pds_of(did).unwrap()];
+    let url = format!("{pds}/xrpc/com.atproto.sync.getRepo");
+    reqwest::Client::new().get(url).query(&[("did", did)]).send().await.unwrap().bytes().await.unwrap().len()
+}
+
+fn row(label: &str, repos: usize, records: usize, u: &Usage) {
+    println!(
+        "| {label} | {repos} | {records} | {:.2} | {:.0} | {:.1} | {:.0} | {} |",
+        u.secs,
+        records as f64 / u.secs,
+        repos as f64 / u.secs,
+        records as f64 / u.cpu.max(1e-9),
+        u.peak_kb / 1024
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    const REPOS: usize = 16;
+    const RECORDS: usize = 50_000;
+    println!("| case | repos | records | wall (s) | records/s | repos/s | records/CPU-s | peak RSS (MB) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let dids = net.populate(REPOS, RECORDS, 42).await;
+    let mut total = 0;
+    for did in &dids {
+        total += car_bytes(&net, did).await;
+    }
+    let usage = backfill(&net, 16);
+    row(&format!("{REPOS} x {RECORDS} records ({} MB of CAR), 16 in flight", total >> 20), REPOS, REPOS * RECORDS, &usage);
+
+    let big = net.populate(1, 330_000, 43).await;
+    let big_bytes = car_bytes(&net, &big[0]).await;
+    let usage = backfill(&net, 16);
+    row(
+        &format!("the same + one {} MB repo ({} MB of CAR), 16 in flight", big_bytes >> 20, (total + big_bytes) >> 20),
+        REPOS + 1,
+        REPOS * RECORDS + 330_000,
+        &usage,
+    );
+    net.shutdown().await;
+}
