@@ -132,9 +132,7 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        // Unflushed writes are bounded by the journal size: above it fjall flushes before taking
-        // more, so a fast backfill cannot pile up memtables faster than they reach disk.
-        let db = Database::builder(dir).max_journaling_size(JOURNAL_BYTES).open()?;
+        let db = Database::builder(dir).open()?;
         let ks = |name: &str| db.keyspace(name, keyspace_options);
         let store = Store {
             repos: ks("repos")?,
@@ -369,17 +367,12 @@ impl Store {
     }
 }
 
-/// Memtables of 16 MiB instead of fjall's 64: a backfill writes to five or more keyspaces at
-/// once, and their memtables are most of the store's resident memory.
+/// Memtables of 32 MiB instead of fjall's 64: a backfill keeps five or more keyspaces busy, and
+/// their memtables are most of what it holds beyond the repos it walks (see BENCHMARKS.md:
+/// 16 MiB saves more memory but costs a quarter of a single repo's speed).
 fn keyspace_options() -> KeyspaceCreateOptions {
-    KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+    KeyspaceCreateOptions::default().max_memtable_size(32 << 20)
 }
-
-/// See [`keyspace_options`].
-const MEMTABLE_BYTES: u64 = 16 << 20;
-
-/// Most unflushed data (fjall's journal cap; its minimum), see [`Store::open`].
-const JOURNAL_BYTES: u64 = 64 << 20;
 
 /// Encodes events as pages of at most [`EventPage::MAX_EVENTS`]: (offset of the page's first
 /// event, stored page).
