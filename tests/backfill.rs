@@ -298,3 +298,24 @@ async fn a_filter_edit_that_adds_a_collection_backfills_it() {
     let likes: usize = dids.iter().map(|d| held(&s, d, |c| c == "app.bsky.feed.like").len()).sum();
     assert_eq!(events.len(), before + likes, "only the newly wanted records are emitted");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_signals_are_crawled_by_collection_and_only_their_repos_fetched() {
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let dids = net.populate(30, 4, 8).await;
+    let signalled: Vec<&String> = dids.iter().step_by(5).collect();
+    for (i, did) in signalled.iter().enumerate() {
+        status_record(&net, did, i as u32);
+    }
+    let filter = "mode = \"signal\"\nsignals = [\"xyz.statusphere.status\"]\ncollections = [\"xyz.statusphere.*\"]";
+    let s = open(net, filter, |c| c.backfill.max_concurrent = 4);
+    run(&s, true).await;
+    assert_eq!(s.net.request_count("com.atproto.sync.listRepos"), 0, "an exact signal needs no full listing");
+    assert!(s.net.request_count("com.atproto.sync.listReposByCollection") >= 1);
+    assert_eq!(s.net.request_count("com.atproto.sync.getRepo"), signalled.len() as u64, "only repos holding the signal are fetched");
+    for did in &dids {
+        let want = signalled.contains(&did).then_some(RepoStatus::Synced);
+        assert_eq!(status(&s, did), want, "{did}");
+    }
+    assert_eq!(s.sluice.store().cursors().unwrap()["crawler/xyz.statusphere.status"].0, "done");
+}
