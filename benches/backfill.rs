@@ -35,6 +35,8 @@ fn backfill(net: &Devnet, concurrency: usize) -> Usage {
     )
     .unwrap();
     let start = Instant::now();
+    // Reaped by the wait4 below, which also reports its CPU time.
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(env!("CARGO_BIN_EXE_sluice")).args(["--config", config.to_str().unwrap(), "backfill"]).env("RUST_LOG", "warn").stdout(Stdio::null()).spawn().unwrap();
     let peak_kb = watch_peak_rss(child.id());
     let mut status = 0;

@@ -14,7 +14,10 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
     out
 }
 
-const TARGETS: [(&str, fn(&[u8])); 3] = [("car", sluice::fuzz::car), ("filter_toml", sluice::fuzz::filter_toml), ("cbor_json", sluice::fuzz::cbor_json)];
+/// A fuzz target: its name (the folder of its seeds) and its body.
+type Target = (&'static str, fn(&[u8]));
+
+const TARGETS: [Target; 3] = [("car", sluice::fuzz::car), ("filter_toml", sluice::fuzz::filter_toml), ("cbor_json", sluice::fuzz::cbor_json)];
 
 #[test]
 fn every_seed_runs_clean() {

@@ -34,12 +34,11 @@ pub fn cbor_to_json(bytes: &[u8]) -> Result<serde_json::Value, ValueError> {
 fn unpad_bytes(v: &mut Value) {
     match v {
         Value::Object(o) => {
-            if o.len() == 1 {
-                if let Some(Value::String(b64)) = o.get_mut("$bytes") {
+            if o.len() == 1
+                && let Some(Value::String(b64)) = o.get_mut("$bytes") {
                     b64.truncate(b64.trim_end_matches('=').len());
                     return;
                 }
-            }
             o.values_mut().for_each(unpad_bytes);
         }
         Value::Array(a) => a.iter_mut().for_each(unpad_bytes),
@@ -74,11 +73,10 @@ pub fn data_model_problem(v: &Value) -> Option<String> {
 
 fn object_problem(o: &serde_json::Map<String, Value>) -> Option<String> {
     for special in ["$link", "$bytes"] {
-        if let Some(inner) = o.get(special) {
-            if o.len() != 1 || !inner.is_string() {
+        if let Some(inner) = o.get(special)
+            && (o.len() != 1 || !inner.is_string()) {
                 return Some(format!("a `{special}` object must hold exactly one string"));
             }
-        }
     }
     match o.get("$type") {
         None => None,
@@ -98,10 +96,9 @@ fn object_problem(o: &serde_json::Map<String, Value>) -> Option<String> {
 /// into valid data-model JSON re-encodes to DAG-CBOR that decodes to the same JSON. (Reading is
 /// lenient, writing strict: a record the network already accepted is shown as it is.)
 pub fn fuzz_cbor_json(bytes: &[u8]) {
-    if let Ok(json) = cbor_to_json(bytes) {
-        if let Ok(again) = json_to_cbor(&json) {
+    if let Ok(json) = cbor_to_json(bytes)
+        && let Ok(again) = json_to_cbor(&json) {
             let json2 = cbor_to_json(&again).expect("re-encoded CBOR decodes");
             assert_eq!(json, json2, "DAG-CBOR -> JSON -> DAG-CBOR -> JSON is stable");
         }
-    }
 }

@@ -98,7 +98,7 @@ mod tests {
         #[test]
         fn delays_stay_within_jitter_of_the_capped_doubling(n in 1u32..100, j in -1.0f64..=1.0) {
             let d = POLICY.delay_ms(n, j);
-            prop_assert!(d >= 48_000 && d <= 4_320_000, "{}", d);
+            prop_assert!((48_000..=4_320_000).contains(&d), "{}", d);
         }
 
         #[test]

@@ -49,11 +49,10 @@ pub fn watch(path: &Path, handle: FilterHandle) -> std::io::Result<FilterWatcher
     let name = path.file_name().map(|n| n.to_owned());
     let notify_tx = tx.clone();
     let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if let Ok(ev) = ev {
-            if ev.paths.iter().any(|p| p.file_name() == name.as_deref()) {
+        if let Ok(ev) = ev
+            && ev.paths.iter().any(|p| p.file_name() == name.as_deref()) {
                 let _ = notify_tx.send(());
             }
-        }
     })
     .and_then(|mut w| {
         let dir = path.parent().unwrap_or(Path::new("."));

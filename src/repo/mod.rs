@@ -55,13 +55,12 @@ pub enum RepoError {
 /// The fuzz body for `car`: any bytes either load and walk completely, or are refused with an
 /// error; never a panic.
 pub fn fuzz_car(bytes: &[u8]) {
-    if let Ok(repo) = read_car(bytes, &CarLimits::default()) {
-        if repo.check_commit(None).is_ok() {
+    if let Ok(repo) = read_car(bytes, &CarLimits::default())
+        && repo.check_commit(None).is_ok() {
             for entry in repo.records() {
                 if entry.is_err() {
                     break;
                 }
             }
         }
-    }
 }

@@ -63,12 +63,11 @@ impl CollectionHandler for PostHandler {
     fn on_record(&self, rec: &RecordView<'_>, settings: &HandlerSettings, out: &mut HandlerOutput) -> Result<(), HandlerError> {
         let post: Post = rec.decode()?;
         let langs = post.langs.unwrap_or_default();
-        if let Some(wanted) = settings.str_list("langs")? {
-            if !langs.iter().any(|l| wanted.iter().any(|w| lang_matches(w, l))) {
+        if let Some(wanted) = settings.str_list("langs")?
+            && !langs.iter().any(|l| wanted.iter().any(|w| lang_matches(w, l))) {
                 out.drop_record();
                 return Ok(());
             }
-        }
         let (mut links, mut mentions, mut tags) = (Vec::new(), Vec::new(), Vec::new());
         for feature in post.facets.into_iter().flatten().flat_map(|f| f.features) {
             match feature.kind.rsplit('#').next() {
