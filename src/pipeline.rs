@@ -141,9 +141,10 @@ impl Tally {
     }
 }
 
-/// A record change, before handlers run.
+/// A record change, before handlers run. A walk's upserts carry no body (`bytes: None`): it is
+/// read from the repo when its batch is staged, so a walk holds one batch of bodies at a time.
 enum Staged {
-    Upsert { collection: String, rkey: String, cid: Cid, bytes: Bytes, previous: Option<Vec<u8>> },
+    Upsert { collection: String, rkey: String, cid: Cid, bytes: Option<Bytes>, previous: Option<Vec<u8>> },
     Delete { collection: String, rkey: String, previous: Vec<u8> },
 }
 
@@ -235,7 +236,7 @@ impl Pipeline {
         };
         let mut outcome = RepoOutcome::new(status, unchanged);
         (outcome.too_old, outcome.walked) = (too_old, walked);
-        self.commit_in_batches(&compiled, &origin, staged, (state, opts.cursor.clone()), opts.batch_delay, &mut outcome)?;
+        self.commit_in_batches(&compiled, &origin, repo, staged, (state, opts.cursor.clone()), opts.batch_delay, &mut outcome)?;
         self.count_repo(status);
         Ok(outcome)
     }
@@ -247,14 +248,15 @@ impl Pipeline {
     /// A crash between batches leaves the repo's earlier batches committed with their events
     /// and its state unchanged, so the next walk finds those records current and emits only
     /// what is missing: nothing is lost or emitted twice.
-    fn commit_in_batches(&self, compiled: &CompiledFilter, origin: &Origin<'_>, staged: Vec<Staged>, last: (RepoState, Option<(String, String)>), delay: std::time::Duration, outcome: &mut RepoOutcome) -> Result<(), PipelineError> {
+    #[allow(clippy::too_many_arguments)]
+    fn commit_in_batches(&self, compiled: &CompiledFilter, origin: &Origin<'_>, repo: &LoadedRepo, staged: Vec<Staged>, last: (RepoState, Option<(String, String)>), delay: std::time::Duration, outcome: &mut RepoOutcome) -> Result<(), PipelineError> {
         let count = staged.len().div_ceil(self.batch_size).max(1);
         let mut staged = staged.into_iter();
         let mut batches: Vec<Vec<Staged>> = (0..count).map(|_| staged.by_ref().take(self.batch_size).collect()).collect();
         let mut last = Some(last);
         // Handlers, diff bookkeeping and encoding: everything but the commit itself.
         let mut prepare = move |i: usize, batch: Vec<Staged>| -> Result<(Prepared, Tally), PipelineError> {
-            let (mut change, handler_errors) = self.stage(compiled, origin, batch);
+            let (mut change, handler_errors) = self.stage(compiled, origin, batch, Some(repo))?;
             if i + 1 == count {
                 let (state, cursor) = last.take().unwrap_or_default();
                 change.state = Some(state);
@@ -300,7 +302,7 @@ impl Pipeline {
             return Ok(diff);
         }
         let mut seen = 0;
-        for entry in repo.records() {
+        for entry in repo.record_keys() {
             let entry = entry?;
             seen += 1;
             diff.has_signal |= filter.is_signal(&entry.collection);
@@ -309,7 +311,9 @@ impl Pipeline {
             }
             let key = (entry.collection, entry.rkey);
             let previous = stored.remove(&key);
-            if since_us.is_some_and(|since| crate::repo::age::is_older_than(&key.1, &entry.bytes, since)) {
+            if let Some(since) = since_us
+                && is_too_old(repo, &key.1, &entry.cid, since)?
+            {
                 diff.too_old += 1;
                 continue;
             }
@@ -317,7 +321,7 @@ impl Pipeline {
                 diff.unchanged += 1;
             } else {
                 let (collection, rkey) = key;
-                diff.staged.push(Staged::Upsert { collection, rkey, cid: entry.cid, bytes: entry.bytes, previous });
+                diff.staged.push(Staged::Upsert { collection, rkey, cid: entry.cid, bytes: None, previous });
             }
         }
         self.metrics.records_seen.fetch_add(seen, Ordering::Relaxed);
@@ -344,7 +348,7 @@ impl Pipeline {
                     if previous.as_deref() == Some(&cid.to_bytes()[..]) {
                         unchanged += 1;
                     } else {
-                        staged.push(Staged::Upsert { collection, rkey, cid, bytes, previous });
+                        staged.push(Staged::Upsert { collection, rkey, cid, bytes: Some(bytes), previous });
                     }
                 }
                 RecordOp::Delete { collection, rkey } => {
@@ -354,7 +358,7 @@ impl Pipeline {
                 }
             }
         }
-        let (mut change, handler_errors) = self.stage(&compiled, &Origin { did, rev, live: true }, staged);
+        let (mut change, handler_errors) = self.stage(&compiled, &Origin { did, rev, live: true }, staged, None)?;
         let mut state = previous_state.unwrap_or_default();
         state.status = RepoStatus::Synced;
         state.rev = Some(rev.to_string());
@@ -395,7 +399,8 @@ impl Pipeline {
 
     /// Runs handlers over staged changes and builds the batch; also returns the number of
     /// handler failures.
-    fn stage(&self, compiled: &CompiledFilter, origin: &Origin<'_>, staged: Vec<Staged>) -> (RepoChange, u64) {
+    /// Bodies a walk left out are read from `repo`.
+    fn stage(&self, compiled: &CompiledFilter, origin: &Origin<'_>, staged: Vec<Staged>, repo: Option<&LoadedRepo>) -> Result<(RepoChange, u64), RepoError> {
         let n = staged.len();
         let mut change = RepoChange {
             did: origin.did.to_string(),
@@ -409,6 +414,11 @@ impl Pipeline {
         for item in staged {
             match item {
                 Staged::Upsert { collection, rkey, cid, bytes, previous } => {
+                    let bytes = match (bytes, repo) {
+                        (Some(bytes), _) => bytes,
+                        (None, Some(repo)) => repo.block(&cid, "record")?,
+                        (None, None) => return Err(RepoError::MissingBlock { cid, what: "record" }),
+                    };
                     failures += self.stage_upsert(compiled, origin, &mut change, collection, rkey, cid, bytes, previous);
                 }
                 Staged::Delete { collection, rkey, previous } => {
@@ -429,7 +439,7 @@ impl Pipeline {
                 }
             }
         }
-        (change, failures)
+        Ok((change, failures))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -527,6 +537,15 @@ fn compact_json(v: &serde_json::Value) -> String {
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into())
+}
+
+/// `BACKFILL_DAYS`: whether a walked record is older than `since_us`; its body is read only
+/// when its key is not a TID.
+fn is_too_old(repo: &LoadedRepo, rkey: &str, cid: &Cid, since_us: u64) -> Result<bool, RepoError> {
+    Ok(match crate::repo::age::tid_time_us(rkey) {
+        Some(t) => t < since_us,
+        None => crate::repo::age::is_older_than(rkey, &repo.block(cid, "record")?, since_us),
+    })
 }
 
 fn check_rev(did: &str, rev: &str, state: Option<&RepoState>) -> Result<(), PipelineError> {

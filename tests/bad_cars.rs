@@ -64,7 +64,20 @@ fn refused(car: &[u8], limits: Option<CarLimits>) -> String {
     assert!(s.store().repos.is_empty().unwrap(), "no repo state written for a refused CAR");
     assert!(s.store().records.is_empty().unwrap());
     assert!(s.store().blocks.is_empty().unwrap());
+    assert!(refused_from_a_file(car, &limits.unwrap_or_default()), "the spooled-file reader refuses it too");
     err.to_string()
+}
+
+/// Whether reading `car` from a file (as a spooled download is) and walking it fails.
+fn refused_from_a_file(car: &[u8], limits: &CarLimits) -> bool {
+    let mut file = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut file, car).unwrap();
+    std::io::Seek::rewind(&mut file).unwrap();
+    let walked = sluice::repo::read_car_file(file, limits).and_then(|repo| {
+        repo.check_commit(None)?;
+        repo.records().try_for_each(|r| r.map(|_| ()))
+    });
+    walked.is_err()
 }
 
 #[test]

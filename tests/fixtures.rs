@@ -16,6 +16,18 @@ fn walk(name: &str) -> Vec<sluice::repo::RecordEntry> {
 }
 
 #[test]
+fn a_car_read_from_a_file_walks_exactly_as_from_memory() {
+    for name in ["tiny.car", "little.car", "empty.car", "calabro.car", "jetstream-repo.car"] {
+        let mut file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut file, &read_fixture(&format!("car/{name}"))).unwrap();
+        std::io::Seek::rewind(&mut file).unwrap();
+        let repo = sluice::repo::read_car_file(file, &CarLimits::default()).unwrap();
+        let from_file: Vec<_> = repo.records().collect::<Result<_, _>>().unwrap();
+        assert_eq!(from_file, walk(name), "{name}");
+    }
+}
+
+#[test]
 fn fixture_cars_hold_the_expected_records_and_bytes() {
     for (name, records, bytes) in [("tiny.car", 8, Some(2_071)), ("little.car", 278, Some(246_960)), ("empty.car", 0, Some(0)), ("calabro.car", 4_347, None)] {
         let entries = walk(name);

@@ -35,7 +35,7 @@ impl Spooled {
             Spooled::File(file) => {
                 // A new handle, at the start of the file (the writer's is at its end).
                 let reader = file.reopen().map_err(|e| RepoError::Car(format!("reading the spooled export: {e}")))?;
-                read_car_file(&reader, limits)
+                read_car_file(reader, limits)
             }
         }
     }

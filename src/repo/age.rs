@@ -7,10 +7,8 @@ use serde::Deserialize;
 /// The record's time in unix microseconds: from a TID rkey, else from a valid RFC 3339
 /// `createdAt`; `None` when it has neither.
 pub fn record_time_us(rkey: &str, cbor: &[u8]) -> Option<u64> {
-    if rkey.len() == 13
-        && let Ok(tid) = Tid::new(rkey)
-    {
-        return Some(tid.timestamp());
+    if let Some(t) = tid_time_us(rkey) {
+        return Some(t);
     }
     #[derive(Deserialize)]
     struct CreatedAt {
@@ -20,6 +18,11 @@ pub fn record_time_us(rkey: &str, cbor: &[u8]) -> Option<u64> {
     let created = serde_ipld_dagcbor::from_slice::<CreatedAt>(cbor).ok()?.created_at?;
     let time = chrono::DateTime::parse_from_rfc3339(&created).ok()?;
     u64::try_from(time.timestamp_micros()).ok()
+}
+
+/// The time in a TID record key (unix µs), when the key is a TID: no body needed.
+pub fn tid_time_us(rkey: &str) -> Option<u64> {
+    (rkey.len() == 13).then(|| Tid::new(rkey).ok()).flatten().map(|tid| tid.timestamp())
 }
 
 /// Whether a record is older than `since_us` (unix µs). Records of unknown age are not.

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
@@ -42,12 +42,57 @@ pub struct LoadedRepo {
     pub commit_cid: Cid,
     /// The root commit.
     pub commit: Commit<SmolStr>,
-    pub(super) blocks: BlockMap,
+    blocks: Blocks,
+}
+
+/// Where a loaded repo's blocks are.
+enum Blocks {
+    /// In memory (a CAR read from bytes or a stream).
+    Memory(BlockMap),
+    /// In a CAR file, by offset: a large export is walked without holding its bodies.
+    File { index: FileIndex, file: std::fs::File },
 }
 
 /// Blocks by CID. foldhash, not SipHash: CIDs are hashes already, and this map is looked up
 /// once per MST node and record.
 type BlockMap = HashMap<Cid, Bytes, foldhash::fast::RandomState>;
+
+/// Block positions in a CAR file by sha2-256 digest: (offset, length). Two CIDs with the same
+/// digest name the same bytes, so the digest is a sufficient key, at a third of a CID's size.
+type FileIndex = HashMap<[u8; 32], (u64, u32), foldhash::fast::RandomState>;
+
+impl Blocks {
+    fn get(&self, cid: &Cid) -> Result<Option<Bytes>, RepoError> {
+        match self {
+            Blocks::Memory(map) => Ok(map.get(cid).cloned()),
+            Blocks::File { index, file } => {
+                let Some(&(offset, len)) = digest(cid).and_then(|d| index.get(&d)) else { return Ok(None) };
+                let mut buf = vec![0; len as usize];
+                std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, offset).map_err(|e| RepoError::Car(format!("reading block {cid} back from the spooled export: {e}")))?;
+                Ok(Some(Bytes::from(buf)))
+            }
+        }
+    }
+
+    fn contains(&self, cid: &Cid) -> bool {
+        match self {
+            Blocks::Memory(map) => map.contains_key(cid),
+            Blocks::File { index, .. } => digest(cid).is_some_and(|d| index.contains_key(&d)),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Blocks::Memory(map) => map.len(),
+            Blocks::File { index, .. } => index.len(),
+        }
+    }
+}
+
+/// A CID's sha2-256 digest (every block was checked to be one when read).
+fn digest(cid: &Cid) -> Option<[u8; 32]> {
+    cid.hash().digest().try_into().ok()
+}
 
 /// Polls a future that never waits on I/O (iroh-car over an in-memory slice) to completion.
 fn run_ready<F: Future>(fut: F) -> F::Output {
@@ -81,36 +126,57 @@ pub fn read_car(bytes: &[u8], limits: &CarLimits) -> Result<LoadedRepo, RepoErro
 /// [`read_car`] over a stream (a network body), which is never held whole: only its blocks
 /// are kept, and reading stops as soon as a limit is passed.
 pub async fn read_car_from<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
+    let mut blocks = BlockMap::default();
+    let root = scan_car(reader, limits, |cid, data, _| {
+        blocks.insert(cid, Bytes::from(data));
+    })
+    .await?;
+    LoadedRepo::new(root, Blocks::Memory(blocks))
+}
+
+/// Reads every block of a CAR, checking limits and CIDs, handing each to `keep` with the
+/// stream position just after it; returns the root CID.
+async fn scan_car<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mut keep: impl FnMut(Cid, Vec<u8>, u64)) -> Result<Cid, RepoError> {
     let over = Arc::new(AtomicBool::new(false));
-    let capped = Capped { inner: reader, left: limits.max_car_bytes, over: over.clone() };
+    let position = Arc::new(AtomicU64::new(0));
+    let capped = Capped { inner: reader, left: limits.max_car_bytes, over: over.clone(), position: position.clone() };
     let car_error = |e: iroh_car::Error| match over.load(Ordering::Relaxed) {
         true => RepoError::TooLarge(format!("more than the {}-byte limit", limits.max_car_bytes)),
         false => RepoError::Car(e.to_string()),
     };
     let reader = iroh_car::CarReader::new(capped).await.map_err(car_error)?;
     let root = *reader.header().roots().first().ok_or_else(|| RepoError::Car("header names no root".into()))?;
-    let mut blocks = BlockMap::default();
     let mut stream = pin!(reader.stream());
+    let mut count = 0;
     while let Some(item) = n0_future::StreamExt::next(&mut stream).await {
         let (cid, data) = item.map_err(car_error)?;
         if data.len() > limits.max_block_bytes {
             return Err(RepoError::TooLarge(format!("block {cid} has {} bytes, over the {}-byte limit", data.len(), limits.max_block_bytes)));
         }
-        if blocks.len() >= limits.max_blocks {
+        count += 1;
+        if count > limits.max_blocks {
             return Err(RepoError::TooLarge(format!("more than {} blocks", limits.max_blocks)));
         }
         check_cid(&cid, &data)?;
-        blocks.insert(cid, Bytes::from(data));
+        // iroh-car reads each frame exactly (varint, then the frame), so the position is the
+        // end of this block's bytes.
+        keep(cid, data, position.load(Ordering::Relaxed));
     }
-    let commit_bytes = blocks.get(&root).ok_or(RepoError::MissingBlock { cid: root, what: "root commit" })?;
-    let commit = Commit::<SmolStr>::from_cbor(commit_bytes).map_err(|e| RepoError::NotACommit(root, e.to_string()))?;
-    Ok(LoadedRepo { commit_cid: root, commit, blocks })
+    Ok(root)
 }
 
-/// [`read_car`] over a file (a spooled download), read in chunks rather than loaded whole.
-pub fn read_car_file(file: &std::fs::File, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
-    let reader = BlockingReader(std::io::BufReader::with_capacity(256 << 10, file));
-    run_ready(read_car_from(reader, limits))
+/// [`read_car`] over a file (a spooled download): every block is read and checked, but only
+/// its position is kept; the walk reads blocks back from the file as it needs them, so a large
+/// export costs an index, not its size in memory.
+pub fn read_car_file(file: std::fs::File, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
+    let mut index = FileIndex::default();
+    let reader = BlockingReader(std::io::BufReader::with_capacity(256 << 10, &file));
+    let root = run_ready(scan_car(reader, limits, |cid, data, end| {
+        if let Some(d) = digest(&cid) {
+            index.insert(d, (end - data.len() as u64, data.len() as u32));
+        }
+    }))?;
+    LoadedRepo::new(root, Blocks::File { index, file })
 }
 
 /// A synchronous reader served as an `AsyncRead` that is always ready: for files read on a
@@ -128,11 +194,13 @@ impl<R: std::io::Read + Unpin> AsyncRead for BlockingReader<R> {
     }
 }
 
-/// A reader that fails once more than `left` bytes have come through, and says so in `over`.
+/// A reader that fails once more than `left` bytes have come through, and says so in `over`;
+/// `position` counts the bytes it has passed on.
 struct Capped<R> {
     inner: R,
     left: u64,
     over: Arc<AtomicBool>,
+    position: Arc<AtomicU64>,
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Capped<R> {
@@ -146,12 +214,19 @@ impl<R: AsyncRead + Unpin> AsyncRead for Capped<R> {
                 return Poll::Ready(Err(std::io::Error::other("over the CAR size limit")));
             }
             self.left -= n;
+            self.position.fetch_add(n, Ordering::Relaxed);
         }
         polled
     }
 }
 
 impl LoadedRepo {
+    fn new(root: Cid, blocks: Blocks) -> Result<Self, RepoError> {
+        let commit_bytes = blocks.get(&root)?.ok_or(RepoError::MissingBlock { cid: root, what: "root commit" })?;
+        let commit = Commit::<SmolStr>::from_cbor(&commit_bytes).map_err(|e| RepoError::NotACommit(root, e.to_string()))?;
+        Ok(LoadedRepo { commit_cid: root, commit, blocks })
+    }
+
     /// The repo DID named by the commit.
     pub fn did(&self) -> &str {
         self.commit.did.as_str()
@@ -172,9 +247,14 @@ impl LoadedRepo {
         self.blocks.len()
     }
 
-    /// A block by CID.
-    pub fn block(&self, cid: &Cid) -> Option<&Bytes> {
-        self.blocks.get(cid)
+    /// The block `cid`, or [`RepoError::MissingBlock`] naming `what` it was wanted as.
+    pub fn block(&self, cid: &Cid, what: &'static str) -> Result<Bytes, RepoError> {
+        self.blocks.get(cid)?.ok_or(RepoError::MissingBlock { cid: *cid, what })
+    }
+
+    /// Whether the CAR holds block `cid`.
+    pub fn has_block(&self, cid: &Cid) -> bool {
+        self.blocks.contains(cid)
     }
 
     /// Checks the commit: version 3, a valid DID, and `expected_did` when given.

@@ -13,7 +13,7 @@ mod car;
 mod walk;
 
 pub use car::{CarLimits, LoadedRepo, parse_public_key, read_car, read_car_file, read_car_from};
-pub use walk::{RecordEntry, Records};
+pub use walk::{RecordEntry, RecordKey, RecordKeys, Records};
 
 use cid::Cid;
 

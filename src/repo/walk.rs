@@ -7,10 +7,22 @@
 
 use bytes::Bytes;
 use cid::Cid;
+
 use jacquard_repo::mst::node::NodeData;
 use jacquard_repo::mst::util::layer_for_key;
 
 use super::{LoadedRepo, RepoError};
+
+/// One record found in the walk, without its body (see [`LoadedRepo::record_keys`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordKey {
+    /// Collection NSID.
+    pub collection: String,
+    /// Record key.
+    pub rkey: String,
+    /// Record CID (its block is in the CAR).
+    pub cid: Cid,
+}
 
 /// One record found in the walk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,8 +42,11 @@ enum Item {
     Leaf { key: String, cid: Cid },
 }
 
-/// Iterator over a repo's records in MST key order.
-pub struct Records<'a> {
+/// Iterator over a repo's records in MST key order, bodies included.
+pub struct Records<'a>(RecordKeys<'a>);
+
+/// Iterator over a repo's record keys and CIDs in MST key order.
+pub struct RecordKeys<'a> {
     repo: &'a LoadedRepo,
     stack: Vec<Item>,
     last_key: Option<String>,
@@ -41,18 +56,39 @@ pub struct Records<'a> {
 }
 
 impl LoadedRepo {
-    /// Walks the MST, yielding every record in key order; stops after the first error.
+    /// Walks the MST, yielding every record with its body in key order; stops after the first
+    /// error.
     pub fn records(&self) -> Records<'_> {
-        Records { repo: self, stack: vec![Item::Node { cid: self.data(), layer: None }], last_key: None, failed: false, collections: Default::default() }
+        Records(self.record_keys())
+    }
+
+    /// Walks the MST like [`LoadedRepo::records`] (every node read and checked, every record's
+    /// block known to be present) without reading record bodies.
+    pub fn record_keys(&self) -> RecordKeys<'_> {
+        RecordKeys { repo: self, stack: vec![Item::Node { cid: self.data(), layer: None }], last_key: None, failed: false, collections: Default::default() }
     }
 }
 
-impl Records<'_> {
+impl Iterator for Records<'_> {
+    type Item = Result<RecordEntry, RepoError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let key = match self.0.next()? {
+            Ok(key) => key,
+            Err(e) => return Some(Err(e)),
+        };
+        let entry = self.0.repo.block(&key.cid, "record").map(|bytes| RecordEntry { collection: key.collection, rkey: key.rkey, cid: key.cid, bytes });
+        self.0.failed |= entry.is_err();
+        Some(entry)
+    }
+}
+
+impl RecordKeys<'_> {
     /// Loads a node and pushes its entries (reversed, so they pop in order). `layer` is the
     /// height the node must have (its parent's minus one); `None` for the root.
     fn expand(&mut self, cid: Cid, layer: Option<usize>) -> Result<(), RepoError> {
-        let bytes = self.repo.block(&cid).ok_or(RepoError::MissingBlock { cid, what: "MST node" })?;
-        let node: NodeData = serde_ipld_dagcbor::from_slice(bytes).map_err(|e| mst_err(cid, e.to_string()))?;
+        let bytes = self.repo.block(&cid, "MST node")?;
+        let node: NodeData = serde_ipld_dagcbor::from_slice(&bytes).map_err(|e| mst_err(cid, e.to_string()))?;
         if node.entries.is_empty() && node.left.is_none() {
             // Only an empty repo's root may hold nothing at all.
             return if layer.is_none() { Ok(()) } else { Err(mst_err(cid, "empty node inside the tree")) };
@@ -82,17 +118,15 @@ impl Records<'_> {
         Ok(())
     }
 
-    fn leaf(&mut self, key: String, cid: Cid) -> Result<RecordEntry, RepoError> {
+    fn leaf(&mut self, key: String, cid: Cid) -> Result<RecordKey, RepoError> {
         if self.last_key.as_ref().is_some_and(|last| *last >= key) {
             return Err(mst_err(cid, format!("key {key} is out of order")));
         }
         let (collection, rkey) = self.split_key(&key).ok_or_else(|| mst_err(cid, format!("`{key}` is not a collection/rkey path")))?;
-        let entry = RecordEntry {
-            collection: collection.to_string(),
-            rkey: rkey.to_string(),
-            cid,
-            bytes: self.repo.block(&cid).cloned().ok_or(RepoError::MissingBlock { cid, what: "record" })?,
-        };
+        if !self.repo.has_block(&cid) {
+            return Err(RepoError::MissingBlock { cid, what: "record" });
+        }
+        let entry = RecordKey { collection: collection.to_string(), rkey: rkey.to_string(), cid };
         self.last_key = Some(key);
         Ok(entry)
     }
@@ -112,7 +146,7 @@ fn child_layer(node: Cid, layer: Option<usize>) -> Result<Option<usize>, RepoErr
 }
 
 
-impl Records<'_> {
+impl RecordKeys<'_> {
     /// Splits an MST key into a valid (collection NSID, record key).
     fn split_key<'k>(&mut self, key: &'k str) -> Option<(&'k str, &'k str)> {
         let (collection, rkey) = key.split_once('/')?;
@@ -126,8 +160,8 @@ impl Records<'_> {
     }
 }
 
-impl Iterator for Records<'_> {
-    type Item = Result<RecordEntry, RepoError>;
+impl Iterator for RecordKeys<'_> {
+    type Item = Result<RecordKey, RepoError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
