@@ -29,9 +29,12 @@ use bytes::Bytes;
 use cid::Cid;
 use sluice_handlers::{Emit, HandlerOutput, IndexWrite, PreviousRecord, RecordKeyView, RecordView};
 
+mod walk_diff;
+
 use crate::filter::{CompiledFilter, FilterHandle, RepoRule};
-use crate::repo::{LoadedRepo, RepoError};
-use crate::store::{Action, Committed, Prepared, RecordMap, RecordEvent, RecordWrite, RepoChange, RepoState, RepoStatus, Store, StoreError, StoredEvent, values::now_ms};
+use walk_diff::WalkChanges;
+use crate::repo::{LoadedRepo, RecordKey, RepoError};
+use crate::store::{Action, Committed, Prepared, RecordEvent, RecordWrite, RepoChange, RepoState, RepoStatus, Store, StoreError, StoredEvent, values::now_ms};
 
 /// Why a repo or commit was not applied. Nothing of it was written.
 #[derive(Debug, thiserror::Error)]
@@ -148,13 +151,14 @@ enum Staged {
     Delete { collection: String, rkey: String, previous: Vec<u8> },
 }
 
-/// What a walk found against the store.
-struct WalkDiff {
-    staged: Vec<Staged>,
-    unchanged: u64,
-    too_old: u64,
-    walked: u64,
-    has_signal: bool,
+/// How a walk's batches are committed: under which filter, for which repo, what the last
+/// batch carries, and the pause between commits.
+struct Batches<'a> {
+    compiled: &'a CompiledFilter,
+    origin: &'a Origin<'a>,
+    repo: &'a LoadedRepo,
+    last: (RepoState, Option<(String, String)>),
+    delay: std::time::Duration,
 }
 
 /// Where the changes come from.
@@ -204,27 +208,21 @@ impl Pipeline {
     }
 
     /// Applies a whole repo (a CAR whose commit the caller has checked).
+    ///
+    /// The whole tree is walked and checked first (nothing is written for a malformed repo),
+    /// keeping only record keys and CIDs; the changes are then streamed from those keys into
+    /// batches, with record bodies read per batch, so a walk never holds the repo's bodies.
     pub fn apply_walk(&self, repo: &LoadedRepo, opts: &WalkOptions) -> Result<RepoOutcome, PipelineError> {
         let compiled = self.filter.load();
         let filter = &compiled.filter;
         let did = repo.did();
         let previous_state = self.store.repo_state(did)?;
         check_rev(did, repo.rev(), previous_state.as_ref())?;
-        let mut stored = self.store.repo_records(did)?;
-        let WalkDiff { mut staged, mut unchanged, too_old, walked, has_signal } = self.diff_walk(repo, filter, opts.since_us, &mut stored)?;
+        let (keys, has_signal) = self.check_walk(repo, filter)?;
         let status = if has_signal { RepoStatus::Synced } else { RepoStatus::Discarded };
-        if status == RepoStatus::Discarded {
-            // Nothing of a discarded repo stays: drop what an earlier walk stored, every collection.
-            staged.clear();
-            unchanged = 0;
-            stored = self.store.repo_records(did)?;
-        } else {
-            stored.retain(|(collection, _), _| filter.wants_collection(collection));
-        }
-        let mut deletes: Vec<_> = stored.into_iter().collect();
-        deletes.sort();
-        staged.extend(deletes.into_iter().map(|((collection, rkey), previous)| Staged::Delete { collection, rkey, previous }));
-
+        let stored = self.store.repo_records(did)?;
+        let walked = keys.len() as u64;
+        let changes = WalkChanges::new(repo, filter, opts.since_us, keys, stored, status == RepoStatus::Synced);
         let origin = Origin { did, rev: repo.rev(), live: false };
         let state = RepoState {
             status,
@@ -234,50 +232,65 @@ impl Pipeline {
             updated_ms: now_ms(),
             ..Default::default()
         };
-        let mut outcome = RepoOutcome::new(status, unchanged);
-        (outcome.too_old, outcome.walked) = (too_old, walked);
-        self.commit_in_batches(&compiled, &origin, repo, staged, (state, opts.cursor.clone()), opts.batch_delay, &mut outcome)?;
+        let mut outcome = RepoOutcome::new(status, 0);
+        outcome.walked = walked;
+        let batches = Batches { compiled: &compiled, origin: &origin, repo, last: (state, opts.cursor.clone()), delay: opts.batch_delay };
+        self.commit_in_batches(batches, changes, &mut outcome)?;
         self.count_repo(status);
         Ok(outcome)
     }
 
-    /// Commits `staged` in batches of at most `batch_size` changes, each atomically with its
-    /// events; the last also carries the repo's new state and the cursor, and `delay` separates
-    /// the commits. While one batch commits, a second thread runs the handlers of the next.
+    /// Walks every key of `repo`, checking the whole tree; returns its records' keys and
+    /// whether the filter keeps it (tracked, or holding a signal record).
+    fn check_walk(&self, repo: &LoadedRepo, filter: &crate::filter::Filter) -> Result<(Vec<RecordKey>, bool), PipelineError> {
+        let rule = filter.repo_rule(repo.did());
+        if rule == RepoRule::Excluded {
+            return Ok((Vec::new(), false));
+        }
+        let keys = repo.record_keys().collect::<Result<Vec<_>, _>>()?;
+        let has_signal = rule == RepoRule::Tracked || keys.iter().any(|k| filter.is_signal(&k.collection));
+        self.metrics.records_seen.fetch_add(keys.len() as u64, Ordering::Relaxed);
+        Ok((keys, has_signal))
+    }
+
+    /// Commits `changes` in batches of at most `batch_size`, each atomically with its events;
+    /// the last also carries the repo's new state and the cursor, and the batches' delay
+    /// separates the commits. A second thread walks, diffs and runs the handlers of the next
+    /// batch while one commits.
     ///
     /// A crash between batches leaves the repo's earlier batches committed with their events
     /// and its state unchanged, so the next walk finds those records current and emits only
     /// what is missing: nothing is lost or emitted twice.
-    #[allow(clippy::too_many_arguments)]
-    fn commit_in_batches(&self, compiled: &CompiledFilter, origin: &Origin<'_>, repo: &LoadedRepo, staged: Vec<Staged>, last: (RepoState, Option<(String, String)>), delay: std::time::Duration, outcome: &mut RepoOutcome) -> Result<(), PipelineError> {
-        let count = staged.len().div_ceil(self.batch_size).max(1);
-        let mut staged = staged.into_iter();
-        let mut batches: Vec<Vec<Staged>> = (0..count).map(|_| staged.by_ref().take(self.batch_size).collect()).collect();
-        let mut last = Some(last);
-        // Handlers, diff bookkeeping and encoding: everything but the commit itself.
-        let mut prepare = move |i: usize, batch: Vec<Staged>| -> Result<(Prepared, Tally), PipelineError> {
+    fn commit_in_batches(&self, batches: Batches<'_>, mut changes: WalkChanges<'_>, outcome: &mut RepoOutcome) -> Result<(), PipelineError> {
+        let Batches { compiled, origin, repo, last, delay } = batches;
+        if changes.max_len() <= self.batch_size {
+            // One batch: no second thread to start.
+            let batch = changes.by_ref().collect::<Result<Vec<_>, _>>()?;
             let (mut change, handler_errors) = self.stage(compiled, origin, batch, Some(repo))?;
-            if i + 1 == count {
-                let (state, cursor) = last.take().unwrap_or_default();
-                change.state = Some(state);
-                change.cursor = cursor;
-            }
+            (change.state, change.cursor) = (Some(last.0), last.1);
             let tally = Tally::of(&change, handler_errors);
-            Ok((self.store.prepare(change)?, tally))
-        };
-        if count == 1 {
-            let (prepared, tally) = prepare(0, batches.pop().unwrap_or_default())?;
-            return self.commit_batch(prepared, tally, outcome);
+            (outcome.unchanged, outcome.too_old) = (changes.unchanged, changes.too_old);
+            return self.commit_batch(self.store.prepare(change)?, tally, outcome);
         }
+        let mut last = Some(last);
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Prepared, Tally), PipelineError>>(1);
-            scope.spawn(move || {
-                for (i, batch) in batches.into_iter().enumerate() {
-                    let prepared = prepare(i, batch);
-                    let failed = prepared.is_err();
+            let producer = scope.spawn(move || {
+                loop {
+                    let batch: Result<Vec<Staged>, _> = changes.by_ref().take(self.batch_size).collect();
+                    let prepared = batch.and_then(|batch| {
+                        let final_batch = batch.len() < self.batch_size;
+                        let (mut change, handler_errors) = self.stage(compiled, origin, batch, Some(repo))?;
+                        if final_batch && let Some((state, cursor)) = last.take() {
+                            (change.state, change.cursor) = (Some(state), cursor);
+                        }
+                        let tally = Tally::of(&change, handler_errors);
+                        Ok((self.store.prepare(change)?, tally, final_batch))
+                    });
+                    let done = !matches!(prepared, Ok((_, _, false)));
                     // A closed channel means the committer failed; stop preparing.
-                    if tx.send(prepared).is_err() || failed {
-                        return;
+                    if tx.send(prepared.map(|(p, t, _)| (p, t))).is_err() || done {
+                        return (changes.unchanged, changes.too_old);
                     }
                 }
             });
@@ -288,45 +301,10 @@ impl Pipeline {
                 let (prepared, tally) = prepared?;
                 self.commit_batch(prepared, tally, outcome)?;
             }
+            let (unchanged, too_old) = producer.join().unwrap_or_default();
+            (outcome.unchanged, outcome.too_old) = (unchanged, too_old);
             Ok(())
         })
-    }
-
-    /// Walks `repo` against the records stored for it, taking matched ones out of `stored`
-    /// (what stays there is what the walk no longer holds).
-    /// Records older than `since_us` are left out, and their stored versions kept.
-    fn diff_walk(&self, repo: &LoadedRepo, filter: &crate::filter::Filter, since_us: Option<u64>, stored: &mut RecordMap) -> Result<WalkDiff, PipelineError> {
-        let rule = filter.repo_rule(repo.did());
-        let mut diff = WalkDiff { staged: Vec::new(), unchanged: 0, too_old: 0, walked: 0, has_signal: rule == RepoRule::Tracked };
-        if rule == RepoRule::Excluded {
-            return Ok(diff);
-        }
-        let mut seen = 0;
-        for entry in repo.record_keys() {
-            let entry = entry?;
-            seen += 1;
-            diff.has_signal |= filter.is_signal(&entry.collection);
-            if !filter.wants_collection(&entry.collection) {
-                continue;
-            }
-            let key = (entry.collection, entry.rkey);
-            let previous = stored.remove(&key);
-            if let Some(since) = since_us
-                && is_too_old(repo, &key.1, &entry.cid, since)?
-            {
-                diff.too_old += 1;
-                continue;
-            }
-            if previous.as_deref() == Some(&entry.cid.to_bytes()[..]) {
-                diff.unchanged += 1;
-            } else {
-                let (collection, rkey) = key;
-                diff.staged.push(Staged::Upsert { collection, rkey, cid: entry.cid, bytes: None, previous });
-            }
-        }
-        self.metrics.records_seen.fetch_add(seen, Ordering::Relaxed);
-        diff.walked = seen;
-        Ok(diff)
     }
 
     /// Applies the ops of one live commit of `did` at `rev` (MST root `data`), with an optional
@@ -541,7 +519,7 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 /// `BACKFILL_DAYS`: whether a walked record is older than `since_us`; its body is read only
 /// when its key is not a TID.
-fn is_too_old(repo: &LoadedRepo, rkey: &str, cid: &Cid, since_us: u64) -> Result<bool, RepoError> {
+pub(super) fn is_too_old(repo: &LoadedRepo, rkey: &str, cid: &Cid, since_us: u64) -> Result<bool, RepoError> {
     Ok(match crate::repo::age::tid_time_us(rkey) {
         Some(t) => t < since_us,
         None => crate::repo::age::is_older_than(rkey, &repo.block(cid, "record")?, since_us),
