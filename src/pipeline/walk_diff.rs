@@ -8,6 +8,9 @@ use crate::store::RecordMap;
 
 use super::{PipelineError, Staged, is_too_old};
 
+/// A stored record the walk may delete: ((collection, rkey), binary CID).
+type StoredRecord = ((String, String), Vec<u8>);
+
 /// The changes a walk makes. `keep = false` (a discarded repo) yields only deletes of every
 /// stored record; otherwise records of collections the filter does not want are left alone.
 pub(super) struct WalkChanges<'a> {
@@ -17,7 +20,7 @@ pub(super) struct WalkChanges<'a> {
     keys: Option<std::vec::IntoIter<RecordKey>>,
     stored: RecordMap,
     keep: bool,
-    deletes: Option<std::vec::IntoIter<((String, String), Vec<u8>)>>,
+    deletes: Option<std::vec::IntoIter<StoredRecord>>,
     /// Walked records whose stored CID is current.
     pub unchanged: u64,
     /// Walked records left out as older than `since_us`.
