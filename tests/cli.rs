@@ -93,3 +93,25 @@ fn handlers_lists_the_built_ins() {
         assert!(out.contains(name), "{out}");
     }
 }
+
+#[test]
+fn backfill_refuses_to_start_with_the_reason_and_a_non_zero_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_dir = dir.path().join("file");
+    std::fs::write(&not_a_dir, "x").unwrap();
+    let data = not_a_dir.join("data");
+    // Nothing listens on port 1: a run that started would fail the crawl, not the store.
+    let out = sluice(&["backfill", "--data", data.to_str().unwrap(), "--relay", "http://127.0.0.1:1", "--plc", "http://127.0.0.1:1/"]);
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("error: opening the store in") && err.contains("file/data"), "{err}");
+
+    let bad_env = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["backfill", "--data", dir.path().join("d").to_str().unwrap()])
+        .env("BACKFILL_DAYS", "lots")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert!(!bad_env.status.success());
+    assert!(text(&bad_env.stderr).contains("BACKFILL_DAYS=\"lots\""), "{}", text(&bad_env.stderr));
+}
