@@ -29,6 +29,7 @@ pub mod backfill;
 pub mod config;
 pub mod devnet;
 pub mod filter;
+pub mod firehose;
 pub mod identity;
 pub mod pipeline;
 pub mod repo;
@@ -176,6 +177,7 @@ impl Sluice {
 /// seed corpus in `fuzz/seeds/`, so a crash the fuzzer finds becomes a regular test.
 pub mod fuzz {
     pub use crate::filter::fuzz_filter_toml as filter_toml;
+    pub use crate::firehose::fuzz_frame as frame;
     pub use crate::repo::fuzz_car as car;
     pub use sluice_handlers::value::fuzz_cbor_json as cbor_json;
 }

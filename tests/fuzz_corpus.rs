@@ -17,7 +17,7 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
 /// A fuzz target: its name (the folder of its seeds) and its body.
 type Target = (&'static str, fn(&[u8]));
 
-const TARGETS: [Target; 3] = [("car", sluice::fuzz::car), ("filter_toml", sluice::fuzz::filter_toml), ("cbor_json", sluice::fuzz::cbor_json)];
+const TARGETS: [Target; 4] = [("car", sluice::fuzz::car), ("filter_toml", sluice::fuzz::filter_toml), ("cbor_json", sluice::fuzz::cbor_json), ("frame", sluice::fuzz::frame)];
 
 #[test]
 fn every_seed_runs_clean() {
@@ -34,6 +34,8 @@ fn seeds_exercise_the_accepting_paths() {
     assert!(seeds("car").iter().any(|s| sluice::repo::read_car(s, &Default::default()).is_ok()));
     assert!(seeds("filter_toml").iter().any(|s| sluice::Filter::from_toml(std::str::from_utf8(s).unwrap(), "seed").is_ok()));
     assert!(seeds("cbor_json").iter().any(|s| sluice::handlers::value::cbor_to_json(s).is_ok()));
+    assert!(seeds("frame").iter().any(|s| matches!(sluice::firehose::decode_frame(s), Ok(sluice::firehose::Frame::Commit(_)))));
+    assert!(seeds("frame").iter().any(|s| matches!(sluice::firehose::decode_frame(s), Ok(sluice::firehose::Frame::Error { .. }))));
 }
 
 fn mutate(seed: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {
@@ -57,7 +59,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
-    fn mutated_seeds_never_panic(target in 0..3usize, pick: usize, edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..6)) {
+    fn mutated_seeds_never_panic(target in 0..TARGETS.len(), pick: usize, edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..6)) {
         let (name, body) = TARGETS[target];
         let all = seeds(name);
         body(&mutate(&all[pick % all.len()], &edits));
