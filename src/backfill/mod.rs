@@ -60,6 +60,20 @@ pub enum RunMode {
     Forever,
 }
 
+/// A repo in flight: leaves the in-flight set when dropped.
+struct InFlight {
+    backfill: Arc<Backfill>,
+    did: String,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.backfill.in_flight.lock() {
+            set.remove(&self.did);
+        }
+    }
+}
+
 /// A fatal backfill error: progress up to it is saved.
 #[derive(Debug, thiserror::Error)]
 #[error("backfill stopped: {0}")]
@@ -177,7 +191,7 @@ impl Backfill {
         let (me, reporter_stop) = (self.clone(), Arc::new(AtomicBool::new(false)));
         let stop_flag = reporter_stop.clone();
         let every = Duration::from_secs(self.config.progress_secs.max(1));
-        let reporter = tokio::spawn(async move { progress::report(&me.progress, me.store(), me.memory_cap_mb.load(Ordering::Relaxed), every, &stop_flag).await });
+        let reporter = tokio::spawn(async move { progress::report(&me.progress, me.store(), &me.memory_cap_mb, every, &stop_flag).await });
 
         let result = self.schedule(mode, &crawl_done).await;
         self.run_over.store(true, Ordering::Relaxed);
@@ -211,8 +225,10 @@ impl Backfill {
                     self.in_flight.lock().expect("in flight").insert(did.clone());
                     let me = self.clone();
                     workers.spawn(async move {
+                        // Taken off the in-flight set however the task ends, a panic included,
+                        // so the run cannot wait forever on a repo nobody works on.
+                        let _in_flight = InFlight { backfill: me.clone(), did: did.clone() };
                         me.backfill_repo(&did, state).await;
-                        me.in_flight.lock().expect("in flight").remove(&did);
                         drop(permit);
                     });
                 }

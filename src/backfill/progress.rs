@@ -43,8 +43,9 @@ pub fn resident_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
-/// Writes a progress line every `every` until `stop` is set.
-pub async fn report(progress: &Progress, store: &Store, memory_cap_mb: u64, every: Duration, stop: &AtomicBool) {
+/// Writes a progress line every `every` until `stop` is set; the memory cap is read at each
+/// line, as it may change while running.
+pub async fn report(progress: &Progress, store: &Store, memory_cap_mb: &AtomicU64, every: Duration, stop: &AtomicBool) {
     let mut last = Sample { at: Instant::now(), done: 0, records: 0 };
     let bar = std::io::stderr().is_terminal();
     while !stop.load(Ordering::Relaxed) {
@@ -53,7 +54,7 @@ pub async fn report(progress: &Progress, store: &Store, memory_cap_mb: u64, ever
             continue;
         }
         let now = Sample { at: Instant::now(), done: progress.done.load(Ordering::Relaxed), records: progress.records.load(Ordering::Relaxed) };
-        let line = progress_line(progress, store, memory_cap_mb, &last, &now);
+        let line = progress_line(progress, store, memory_cap_mb.load(Ordering::Relaxed), &last, &now);
         if bar {
             let pending = queued(store);
             eprint!("\r\x1b[K{}", progress_bar(now.done, now.done + pending));
