@@ -112,3 +112,30 @@ fn truncated_and_corrupted_frames_are_refused_not_panicked_on() {
         assert!(decode_frame(&flipped).is_err());
     }
 }
+
+#[test]
+fn chain_checks_follow_the_stored_state() {
+    use sluice::firehose::chain::{Verdict, check};
+    use sluice::store::{RepoState, RepoStatus};
+    let commit = frames().iter().find_map(|b| match decode_frame(b) {
+        Ok(Frame::Commit(c)) if c.prev_data.is_some() => Some(c),
+        _ => None,
+    });
+    let commit = commit.expect("the capture has sync 1.1 commits");
+    let rev = commit.rev.as_str().to_string();
+    let prev = commit.prev_data.as_ref().unwrap().as_str().to_string();
+    let now = sluice::repo::age::tid_time_us(&rev).unwrap();
+    let synced = |rev: &str, data: &str| RepoState { status: RepoStatus::Synced, rev: Some(rev.into()), data: Some(data.into()), ..Default::default() };
+
+    assert_eq!(check(&commit, None, now), Verdict::Untracked);
+    assert_eq!(check(&commit, Some(&RepoState { status: RepoStatus::Backfilling, ..Default::default() }), now), Verdict::Untracked);
+    assert_eq!(check(&commit, Some(&synced("2222222222222", &prev)), now), Verdict::Apply);
+    assert_eq!(check(&commit, Some(&synced(&rev, &prev)), now), Verdict::Stale, "the same rev again");
+    assert_eq!(check(&commit, Some(&synced("zzzzzzzzzzzzz", &prev)), now), Verdict::Stale);
+    assert!(matches!(check(&commit, Some(&synced("2222222222222", "bafyother")), now), Verdict::Desync(_)), "a broken prevData chain");
+    let early = now - 10 * 60 * 1_000_000;
+    assert!(matches!(check(&commit, None, early), Verdict::Invalid(r) if r.contains("future")));
+    let mut big = (*commit).clone();
+    big.ops = (0..201).map(|_| commit.ops[0].clone()).collect();
+    assert!(matches!(check(&big, None, now), Verdict::Invalid(r) if r.contains("201 ops")));
+}
