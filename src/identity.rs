@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use jacquard_common::types::crypto::{KeyCodec, PublicKey};
 use jacquard_common::types::did_doc::DidDocument;
 
+use crate::http::{error_chain, retry_after};
+
 /// A resolved identity.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -80,7 +82,7 @@ impl Resolver {
         if !opts.plc_url.ends_with('/') {
             opts.plc_url.push('/');
         }
-        let http = reqwest::Client::builder().timeout(opts.timeout).user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION"))).build().expect("HTTP client");
+        let http = crate::http::client_builder().timeout(opts.timeout).build().expect("HTTP client");
         Self { http, opts, cache: Mutex::new(HashMap::new()) }
     }
 
@@ -203,24 +205,6 @@ fn signing_key(doc: &DidDocument) -> Result<PublicKey<'static>, String> {
         true => Ok(key),
         false => Err(format!("{:?} key is not a valid curve point", key.codec)),
     }
-}
-
-/// `Retry-After` in seconds, when present and sane.
-pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let secs: u64 = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
-    Some(Duration::from_secs(secs.min(24 * 3600)))
-}
-
-/// An error with its sources, on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

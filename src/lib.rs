@@ -10,10 +10,15 @@
 //! - [`config`]: `config.toml` and environment overrides.
 //! - [`filter`]: the filter model, TOML parsing, hot reload.
 //! - [`syntax`]: AT Protocol identifier syntax (by jacquard).
+//! - [`http`]: the HTTP client settings and helpers network code shares.
 //! - [`repo`]: CAR -> verified blocks -> commit -> MST walk (sync, no I/O).
 //! - [`pipeline`]: filter -> handlers -> diff -> batch + events.
 //! - [`store`]: fjall keyspaces, key codecs, versioned values, event log, counts.
 //! - [`wire`]: events as JSON.
+//! - [`identity`]: DID -> PDS endpoint + signing key, cached.
+//! - [`backfill`]: the repo queue, crawler and workers (getRepo -> pipeline).
+//! - [`firehose`]: subscribeRepos frames, commit ops and chain checks.
+//! - [`devnet`]: a fake PLC + PDS + relay on 127.0.0.1.
 //!
 //! # Embedding
 //! ```no_run
@@ -30,6 +35,7 @@ pub mod config;
 pub mod devnet;
 pub mod filter;
 pub mod firehose;
+pub mod http;
 pub mod identity;
 pub mod pipeline;
 pub mod repo;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::filter::{Filter, Mode};
-use crate::identity::{error_chain, retry_after};
+use crate::http::{error_chain, retry_after};
 use crate::store::{RepoState, Store, values::now_ms};
 
 use super::schedule;
@@ -97,7 +97,7 @@ pub struct Crawler {
 impl Crawler {
     /// A crawler of the relay at `relay`.
     pub fn new(relay: &str) -> Self {
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION"))).build().expect("HTTP client");
+        let http = crate::http::client_builder().timeout(Duration::from_secs(60)).build().expect("HTTP client");
         Self { http, relay: relay.trim_end_matches('/').to_string(), page_size: 1000 }
     }
 

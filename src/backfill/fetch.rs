@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use crate::identity::{error_chain, retry_after};
+use crate::http::{error_chain, retry_after};
 use crate::repo::{CarLimits, LoadedRepo, RepoError, read_car, read_car_file};
 
 /// Downloads up to this size stay in memory; bigger ones go to a file in the spool directory.
@@ -124,10 +124,9 @@ impl RepoFetcher {
     /// A fetcher with its own HTTP client; CARs over `limits` are refused; large downloads are
     /// spooled in `spool_dir`.
     pub fn new(limits: CarLimits, spool_dir: PathBuf) -> Self {
-        let http = reqwest::Client::builder()
+        let http = crate::http::client_builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
-            .user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("HTTP client");
         Self { http, limits, spool_dir, hosts: HostLimits::default(), max_rate_limited: 20, spool_in_memory: SPOOL_IN_MEMORY }
