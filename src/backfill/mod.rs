@@ -297,10 +297,9 @@ impl Backfill {
 
     /// Counts of repos by status, for summaries.
     pub fn repo_counts(&self) -> Vec<(RepoStatus, i64)> {
-        let counts = self.store().counts();
         [RepoStatus::Pending, RepoStatus::Backfilling, RepoStatus::Synced, RepoStatus::Discarded, RepoStatus::Error, RepoStatus::Gone]
             .into_iter()
-            .map(|s| (s, counts.get(&("repos".to_string(), s.as_str().to_string())).copied().unwrap_or(0)))
+            .map(|s| (s, self.store().repo_count(s)))
             .collect()
     }
 }

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::store::Store;
+use crate::store::{RepoStatus, Store};
 
 /// Counters shared by the backfill's workers.
 #[derive(Debug, Default)]
@@ -65,15 +65,13 @@ pub async fn report(progress: &Progress, store: &Store, memory_cap_mb: &AtomicU6
 }
 
 fn queued(store: &Store) -> u64 {
-    let counts = store.counts();
-    ["pending", "backfilling", "error"].iter().map(|s| counts.get(&("repos".to_string(), s.to_string())).copied().unwrap_or(0).max(0) as u64).sum()
+    [RepoStatus::Pending, RepoStatus::Backfilling, RepoStatus::Error].into_iter().map(|s| store.repo_count(s).max(0) as u64).sum()
 }
 
 /// The line: repos done/pending/failed, records, rates, memory against its cap, cursors.
 fn progress_line(p: &Progress, store: &Store, memory_cap_mb: u64, last: &Sample, now: &Sample) -> String {
     let secs = now.at.duration_since(last.at).as_secs_f64().max(1e-3);
-    let counts = store.counts();
-    let repos = |s: &str| counts.get(&("repos".to_string(), s.to_string())).copied().unwrap_or(0);
+    let repos = |s| store.repo_count(s);
     let memory = resident_bytes().map(|b| b >> 20).unwrap_or(0);
     let cap = if memory_cap_mb == 0 { "no cap".to_string() } else { format!("cap {memory_cap_mb} MB") };
     let cursors = store.cursors().unwrap_or_default();
@@ -86,13 +84,13 @@ fn progress_line(p: &Progress, store: &Store, memory_cap_mb: u64, last: &Sample,
     format!(
         "backfill: repos {} done ({} synced, {} discarded, {} gone), {} pending, {} in flight, {} failed ({} in error); records {} ({:.0}/s), repos {:.1}/s; memory {memory} MB ({cap}); cursors {}{paused}",
         now.done,
-        repos("synced"),
-        repos("discarded"),
-        repos("gone"),
-        repos("pending") + repos("backfilling"),
+        repos(RepoStatus::Synced),
+        repos(RepoStatus::Discarded),
+        repos(RepoStatus::Gone),
+        repos(RepoStatus::Pending) + repos(RepoStatus::Backfilling),
         p.in_flight.load(Ordering::Relaxed),
         p.failed.load(Ordering::Relaxed),
-        repos("error"),
+        repos(RepoStatus::Error),
         now.records,
         (now.records - last.records) as f64 / secs,
         (now.done - last.done) as f64 / secs,

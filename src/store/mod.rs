@@ -349,6 +349,12 @@ impl Store {
             .collect()
     }
 
+    /// How many repos are in `status`.
+    pub fn repo_count(&self, status: RepoStatus) -> i64 {
+        let writer = self.writer.lock().expect("writer lock");
+        writer.counts.get(&keys::count_repos(status.as_str())).copied().unwrap_or(0)
+    }
+
     /// Saved cursors: service -> (position, unix ms of the save).
     pub fn cursors(&self) -> Result<BTreeMap<String, (String, u64)>> {
         self.cursors

@@ -147,6 +147,7 @@ mod tests {
         assert_eq!(counts[&("repos".into(), "synced".into())], 1);
         assert_eq!(counts[&("repos".into(), "error".into())], 1);
         assert_eq!(counts.get(&("repos".into(), "pending".into())).copied().unwrap_or(0), 0);
+        assert_eq!((store.repo_count(RepoStatus::Synced), store.repo_count(RepoStatus::Pending)), (1, 0));
 
         drop(store);
         let store = Store::open(dir.path()).unwrap();
