@@ -157,7 +157,8 @@ struct Batches<'a> {
     compiled: &'a CompiledFilter,
     origin: &'a Origin<'a>,
     repo: &'a LoadedRepo,
-    last: (RepoState, Option<(String, String)>),
+    /// The repo's new state and the cursor, for the final batch.
+    last: Option<(RepoState, Option<(String, String)>)>,
     delay: std::time::Duration,
 }
 
@@ -234,7 +235,7 @@ impl Pipeline {
         };
         let mut outcome = RepoOutcome::new(status, 0);
         outcome.walked = walked;
-        let batches = Batches { compiled: &compiled, origin: &origin, repo, last: (state, opts.cursor.clone()), delay: opts.batch_delay };
+        let batches = Batches { compiled: &compiled, origin: &origin, repo, last: Some((state, opts.cursor.clone())), delay: opts.batch_delay };
         self.commit_in_batches(batches, changes, &mut outcome)?;
         self.count_repo(status);
         Ok(outcome)
@@ -261,32 +262,19 @@ impl Pipeline {
     /// A crash between batches leaves the repo's earlier batches committed with their events
     /// and its state unchanged, so the next walk finds those records current and emits only
     /// what is missing: nothing is lost or emitted twice.
-    fn commit_in_batches(&self, batches: Batches<'_>, mut changes: WalkChanges<'_>, outcome: &mut RepoOutcome) -> Result<(), PipelineError> {
-        let Batches { compiled, origin, repo, last, delay } = batches;
+    fn commit_in_batches(&self, mut batches: Batches<'_>, mut changes: WalkChanges<'_>, outcome: &mut RepoOutcome) -> Result<(), PipelineError> {
         if changes.max_len() <= self.batch_size {
             // One batch: no second thread to start.
-            let batch = changes.by_ref().collect::<Result<Vec<_>, _>>()?;
-            let (mut change, handler_errors) = self.stage(compiled, origin, batch, Some(repo))?;
-            (change.state, change.cursor) = (Some(last.0), last.1);
-            let tally = Tally::of(&change, handler_errors);
+            let (prepared, tally, _) = self.next_batch(&mut batches, &mut changes)?;
             (outcome.unchanged, outcome.too_old) = (changes.unchanged, changes.too_old);
-            return self.commit_batch(self.store.prepare(change)?, tally, outcome);
+            return self.commit_batch(prepared, tally, outcome);
         }
-        let mut last = Some(last);
+        let delay = batches.delay;
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Prepared, Tally), PipelineError>>(1);
             let producer = scope.spawn(move || {
                 loop {
-                    let batch: Result<Vec<Staged>, _> = changes.by_ref().take(self.batch_size).collect();
-                    let prepared = batch.and_then(|batch| {
-                        let final_batch = batch.len() < self.batch_size;
-                        let (mut change, handler_errors) = self.stage(compiled, origin, batch, Some(repo))?;
-                        if final_batch && let Some((state, cursor)) = last.take() {
-                            (change.state, change.cursor) = (Some(state), cursor);
-                        }
-                        let tally = Tally::of(&change, handler_errors);
-                        Ok((self.store.prepare(change)?, tally, final_batch))
-                    });
+                    let prepared = self.next_batch(&mut batches, &mut changes);
                     let done = !matches!(prepared, Ok((_, _, false)));
                     // A closed channel means the committer failed; stop preparing.
                     if tx.send(prepared.map(|(p, t, _)| (p, t))).is_err() || done {
@@ -305,6 +293,19 @@ impl Pipeline {
             (outcome.unchanged, outcome.too_old) = (unchanged, too_old);
             Ok(())
         })
+    }
+
+    /// Cuts, stages and encodes the next batch of `changes`; the final one (the changes are
+    /// used up) also carries the repo's new state and the cursor. Returns whether it was final.
+    fn next_batch(&self, batches: &mut Batches<'_>, changes: &mut WalkChanges<'_>) -> Result<(Prepared, Tally, bool), PipelineError> {
+        let batch = changes.by_ref().take(self.batch_size).collect::<Result<Vec<Staged>, _>>()?;
+        let final_batch = batch.len() < self.batch_size || changes.max_len() == 0;
+        let (mut change, handler_errors) = self.stage(batches.compiled, batches.origin, batch, Some(batches.repo))?;
+        if final_batch && let Some((state, cursor)) = batches.last.take() {
+            (change.state, change.cursor) = (Some(state), cursor);
+        }
+        let tally = Tally::of(&change, handler_errors);
+        Ok((self.store.prepare(change)?, tally, final_batch))
     }
 
     /// Applies the ops of one live commit of `did` at `rev` (MST root `data`), with an optional
