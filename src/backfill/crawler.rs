@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::filter::{Filter, Mode};
 use crate::http::{error_chain, retry_after};
-use crate::store::{RepoState, Store, values::now_ms};
+use crate::store::{RepoState, RepoStatus, Store, values::now_ms};
 
 use super::schedule;
 
@@ -160,27 +160,17 @@ impl Crawler {
 /// the same batch. Returns (queued, inactive).
 fn queue_page(store: &Store, repos: &[Listed], service: &str, cursor: Option<&str>) -> anyhow::Result<(u64, u64)> {
     let now = now_ms();
-    let mut states = Vec::new();
-    let (mut queued, mut inactive) = (0, 0);
-    for listed in repos {
-        if !crate::syntax::is_did(&listed.did) || store.repo_state(&listed.did)?.is_some() {
-            continue;
-        }
-        let fresh = RepoState { updated_ms: now, ..Default::default() };
+    let fresh = RepoState { updated_ms: now, ..Default::default() };
+    let candidates = repos.iter().filter(|listed| crate::syntax::is_did(&listed.did)).map(|listed| {
         let state = match listed.active {
-            true => {
-                queued += 1;
-                fresh
-            }
-            false => {
-                inactive += 1;
-                schedule::gone(&fresh, listed.status.clone().unwrap_or_else(|| "inactive".into()), now)
-            }
+            true => fresh.clone(),
+            false => schedule::gone(&fresh, listed.status.clone().unwrap_or_else(|| "inactive".into()), now),
         };
-        states.push((listed.did.clone(), state));
-    }
-    store.set_states(&states, cursor.map(|c| (service, c)))?;
-    Ok((queued, inactive))
+        (listed.did.clone(), state)
+    });
+    let added = store.add_unknown_repos(candidates, cursor.map(|c| (service, c)))?;
+    let inactive = added.iter().filter(|(_, s)| s.status == RepoStatus::Gone).count() as u64;
+    Ok((added.len() as u64 - inactive, inactive))
 }
 
 #[cfg(test)]

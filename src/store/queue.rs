@@ -35,14 +35,21 @@ impl Store {
     /// Queues the repos among `dids` that sluice does not know yet (no state) as pending, with
     /// an optional cursor in the same batch; returns how many were new.
     pub fn enqueue_new(&self, dids: &[String], cursor: Option<(&str, &str)>) -> Result<usize> {
+        let pending = dids.iter().map(|did| (did.clone(), RepoState { updated_ms: now_ms(), ..Default::default() }));
+        Ok(self.add_unknown_repos(pending, cursor)?.len())
+    }
+
+    /// Writes the states of the repos among `candidates` that sluice does not know yet (no
+    /// state), and optionally a cursor, in one batch; returns the states written.
+    pub fn add_unknown_repos(&self, candidates: impl IntoIterator<Item = (String, RepoState)>, cursor: Option<(&str, &str)>) -> Result<Vec<(String, RepoState)>> {
         let mut fresh = Vec::new();
-        for did in dids {
+        for (did, state) in candidates {
             if self.repos.get(did.as_bytes())?.is_none() {
-                fresh.push((did.clone(), RepoState { updated_ms: now_ms(), ..Default::default() }));
+                fresh.push((did, state));
             }
         }
         self.set_states(&fresh, cursor)?;
-        Ok(fresh.len())
+        Ok(fresh)
     }
 
     /// Up to `limit` queued repos due at `now_ms`, earliest first, skipping those in `skip`
