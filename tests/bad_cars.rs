@@ -70,10 +70,7 @@ fn refused(car: &[u8], limits: Option<CarLimits>) -> String {
 
 /// Whether reading `car` from a file (as a spooled download is) and walking it fails.
 fn refused_from_a_file(car: &[u8], limits: &CarLimits) -> bool {
-    let mut file = tempfile::tempfile().unwrap();
-    std::io::Write::write_all(&mut file, car).unwrap();
-    std::io::Seek::rewind(&mut file).unwrap();
-    let walked = sluice::repo::read_car_file(file, limits).and_then(|repo| {
+    let walked = sluice::repo::read_car_file(common::car_file(car), limits).and_then(|repo| {
         repo.check_commit(None)?;
         repo.records().try_for_each(|r| r.map(|_| ()))
     });

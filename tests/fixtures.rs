@@ -18,10 +18,7 @@ fn walk(name: &str) -> Vec<sluice::repo::RecordEntry> {
 #[test]
 fn a_car_read_from_a_file_walks_exactly_as_from_memory() {
     for name in ["tiny.car", "little.car", "empty.car", "calabro.car", "jetstream-repo.car"] {
-        let mut file = tempfile::tempfile().unwrap();
-        std::io::Write::write_all(&mut file, &read_fixture(&format!("car/{name}"))).unwrap();
-        std::io::Seek::rewind(&mut file).unwrap();
-        let repo = sluice::repo::read_car_file(file, &CarLimits::default()).unwrap();
+        let repo = sluice::repo::read_car_file(common::car_file(&read_fixture(&format!("car/{name}"))), &CarLimits::default()).unwrap();
         let from_file: Vec<_> = repo.records().collect::<Result<_, _>>().unwrap();
         assert_eq!(from_file, walk(name), "{name}");
     }

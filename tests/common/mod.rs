@@ -41,3 +41,11 @@ pub fn syntax_lines(name: &str) -> Vec<String> {
     let text = String::from_utf8(read_fixture(&format!("atproto-interop-tests/syntax/{name}"))).unwrap();
     text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect()
 }
+
+/// `car` in an unnamed temporary file, positioned at its start, as a spooled download is.
+pub fn car_file(car: &[u8]) -> std::fs::File {
+    let mut file = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut file, car).unwrap();
+    std::io::Seek::rewind(&mut file).unwrap();
+    file
+}
