@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use sluice::store::values::{AccountEvent, Cursor, IdentityEvent, RecordRef};
-use sluice::store::{Action, EventPage, RecordEvent, RepoState, RepoStatus, Stored, StoredEvent};
+use sluice::store::{Action, EventPage, HeldCommit, RecordEvent, RepoState, RepoStatus, Stored, StoredEvent};
 
 fn golden<T: Stored + PartialEq + std::fmt::Debug>(name: &str, value: T) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
@@ -32,4 +32,9 @@ fn version_1_values_still_decode() {
         StoredEvent::Account(AccountEvent { did: "did:plc:alice".into(), active: false, status: Some("takendown".into()) }),
     ] });
     golden("v1-cursor.bin", Cursor { value: "31527015322".into(), updated_ms: 1_700_000_000_000 });
+    golden("v1-held-commit.bin", HeldCommit { frame: vec![0xa2, 0x61, 0x74, 0x67, 1, 2, 3] });
+    golden("v1-repo-state-desynchronized.bin", RepoState {
+        status: RepoStatus::Desynchronized, rev: Some("3l3qo2vuowo2b".into()), data: None, handle: None,
+        error: Some("prevData does not continue the stored root".into()), retries: 0, next_retry_ms: None, updated_ms: 1_700_000_000_002,
+    });
 }

@@ -297,7 +297,7 @@ impl Backfill {
 
     /// Counts of repos by status, for summaries.
     pub fn repo_counts(&self) -> Vec<(RepoStatus, i64)> {
-        [RepoStatus::Pending, RepoStatus::Backfilling, RepoStatus::Synced, RepoStatus::Discarded, RepoStatus::Error, RepoStatus::Gone]
+        RepoStatus::ALL
             .into_iter()
             .map(|s| (s, self.store().repo_count(s)))
             .collect()

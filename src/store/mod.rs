@@ -14,6 +14,7 @@
 //! Architecture invariant: the store knows nothing of CARs, the network or the filter.
 
 pub mod keys;
+mod held;
 mod queue;
 pub mod values;
 
@@ -24,7 +25,7 @@ use std::sync::Mutex;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use sluice_handlers::IndexWrite;
 
-pub use values::{Action, EventPage, RecordEvent, RepoState, RepoStatus, Stored, StoredEvent};
+pub use values::{AccountEvent, Action, EventPage, HeldCommit, IdentityEvent, RecordEvent, RepoState, RepoStatus, Stored, StoredEvent};
 use values::{Cursor, RecordRef};
 
 /// A storage failure.

@@ -62,9 +62,16 @@ pub enum RepoStatus {
     Error,
     /// Deactivated, taken down, suspended or deleted.
     Gone,
+    /// A live commit did not continue the stored chain: queued for a fresh backfill.
+    Desynchronized,
 }
 
 impl RepoStatus {
+    /// Every status, in the order stats list them.
+    pub const ALL: [RepoStatus; 7] = [
+        RepoStatus::Pending, RepoStatus::Backfilling, RepoStatus::Synced, RepoStatus::Discarded, RepoStatus::Error, RepoStatus::Gone, RepoStatus::Desynchronized,
+    ];
+
     /// The lowercase name used in stats and APIs.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -74,6 +81,7 @@ impl RepoStatus {
             RepoStatus::Discarded => "discarded",
             RepoStatus::Error => "error",
             RepoStatus::Gone => "gone",
+            RepoStatus::Desynchronized => "desynchronized",
         }
     }
 }
@@ -102,10 +110,11 @@ pub struct RepoState {
 impl RepoState {
     /// When the backfill queue should take this repo (unix ms), or `None` when it is not
     /// queued. Pending and backfilling repos are queued (a crash mid-backfill leaves the repo
-    /// queued); a failed one is queued until its retries run out.
+    /// queued), and so is a desynchronized one; a failed one is queued until its retries run
+    /// out.
     pub fn queue_due(&self) -> Option<u64> {
         match self.status {
-            RepoStatus::Pending | RepoStatus::Backfilling => Some(self.next_retry_ms.unwrap_or(0)),
+            RepoStatus::Pending | RepoStatus::Backfilling | RepoStatus::Desynchronized => Some(self.next_retry_ms.unwrap_or(0)),
             RepoStatus::Error => self.next_retry_ms,
             RepoStatus::Synced | RepoStatus::Discarded | RepoStatus::Gone => None,
         }
@@ -235,6 +244,19 @@ impl Stored for EventPage {
     const SIZE_HINT: usize = 64 << 10;
 }
 
+/// `held` value: a live `#commit` frame, as received, waiting for its repo's backfill.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldCommit {
+    /// The whole frame (header and body).
+    #[serde(with = "serde_bytes")]
+    pub frame: Vec<u8>,
+}
+
+impl Stored for HeldCommit {
+    const WHAT: &'static str = "held commit";
+    const SIZE_HINT: usize = 4 << 10;
+}
+
 /// `cursors` value: a service's position and when it was saved.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cursor {
@@ -273,8 +295,8 @@ mod tests {
         }
 
         #[test]
-        fn repo_states_round_trip(rev in proptest::option::of("[a-z0-9]{13}"), retries: u32, next in proptest::option::of(any::<u64>()), s in 0..6u8) {
-            let status = [RepoStatus::Pending, RepoStatus::Backfilling, RepoStatus::Synced, RepoStatus::Discarded, RepoStatus::Error, RepoStatus::Gone][s as usize];
+        fn repo_states_round_trip(rev in proptest::option::of("[a-z0-9]{13}"), retries: u32, next in proptest::option::of(any::<u64>()), s in 0..7u8) {
+            let status = RepoStatus::ALL[s as usize];
             let st = RepoState { status, rev, data: None, handle: Some("a.test".into()), error: None, retries, next_retry_ms: next, updated_ms: 7 };
             prop_assert_eq!(RepoState::decode(&st.encode()).unwrap(), st);
         }
