@@ -1,5 +1,6 @@
 //! Configuration: `config.toml` (every key optional, defaults below), then environment
-//! overrides (`SLUICE_DATA`, `SLUICE_FILTER`, `SLUICE_PLC_URL`, and the names older appview
+//! overrides (`SLUICE_DATA`, `SLUICE_FILTER`, `SLUICE_PLC_URL`, `SLUICE_FIREHOSE`,
+//! `SLUICE_FIREHOSE_URL`, and the names older appview
 //! backfill services use: `RELAY_URL`, `WORKER_ID`, `BACKFILL_DAYS`, `BACKFILL_BATCH_SIZE`,
 //! `BACKFILL_BATCH_DELAY_MS`, `BACKFILL_MAX_CONCURRENT`, `BACKFILL_MAX_MEMORY_MB`,
 //! `BACKFILL_USE_IDLE`), then CLI flags.
@@ -24,6 +25,31 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Backfill controls.
     pub backfill: BackfillConfig,
+    /// Live ingestion.
+    pub firehose: FirehoseConfig,
+}
+
+/// `[firehose]`: live ingestion from `com.atproto.sync.subscribeRepos`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FirehoseConfig {
+    /// `SLUICE_FIREHOSE`: follow the firehose at all.
+    pub enabled: bool,
+    /// `SLUICE_FIREHOSE_URL`: where to subscribe (`ws://`, `wss://`, `http://` or `https://`);
+    /// the relay when unset.
+    pub url: Option<String>,
+    /// Shards applying commits in parallel (repos are spread by DID); 0 = one per core.
+    pub shards: usize,
+    /// Frames queued per shard before reading the socket waits.
+    pub queue: usize,
+    /// Longest wait between reconnects, in seconds (it doubles from 1 s).
+    pub max_reconnect_secs: u64,
+}
+
+impl Default for FirehoseConfig {
+    fn default() -> Self {
+        Self { enabled: true, url: None, shards: 0, queue: 1024, max_reconnect_secs: 30 }
+    }
 }
 
 /// `[backfill]`: the controls older appview backfill services have, under the same
@@ -216,6 +242,10 @@ impl Config {
             self.filter.path = v.into();
         }
         parsed(&get, "RELAY_URL", &mut self.network.relay)?;
+        parsed(&get, "SLUICE_FIREHOSE", &mut self.firehose.enabled)?;
+        if let Some(v) = get("SLUICE_FIREHOSE_URL").filter(|v| !v.trim().is_empty()) {
+            self.firehose.url = Some(v.trim().to_string());
+        }
         parsed(&get, "SLUICE_PLC_URL", &mut self.network.plc)?;
         let b = &mut self.backfill;
         parsed(&get, "BACKFILL_DAYS", &mut b.days)?;

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -312,8 +313,8 @@ fn run_on_devnet(mut config: Config) -> anyhow::Result<ExitCode> {
     run_backfill(config, &[], false, sluice::backfill::RunMode::Forever)
 }
 
-/// Runs the backfill (and, in `Forever` mode, everything `sluice run` runs) until it ends or a
-/// signal stops it; prints where the repos stand.
+/// Runs the backfill (and, in `Forever` mode, everything `sluice run` runs: live ingestion
+/// too) until it ends or a signal stops it; prints where the repos stand.
 fn run_backfill(config: Config, dids: &[String], recrawl: bool, mode: sluice::backfill::RunMode) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
@@ -325,19 +326,55 @@ fn run_backfill(config: Config, dids: &[String], recrawl: bool, mode: sluice::ba
         if !dids.is_empty() {
             backfill.queue(dids)?;
         }
-        let stopper = backfill.clone();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let live = match mode == sluice::backfill::RunMode::Forever && config.firehose.enabled {
+            true => Some(start_firehose(&sluice, &backfill, &config, &stop)?),
+            false => None,
+        };
+        let (stopper, stop_live) = (backfill.clone(), stop.clone());
         tokio::spawn(async move {
             shutdown_signal().await;
-            tracing::info!("stopping: repos in flight finish first");
+            tracing::info!("stopping: repos in flight and queued live frames finish first");
             stopper.stop();
+            stop_live.cancel();
         });
         let result = backfill.run(mode, dids.is_empty()).await;
+        let live_result = match live {
+            Some(task) => {
+                if result.is_err() {
+                    stop.cancel();
+                }
+                // Live ingestion goes on after the backfill is done, until a signal.
+                task.await?
+            }
+            None => Ok(()),
+        };
         let counts: Vec<String> = backfill.repo_counts().into_iter().filter(|(_, n)| *n != 0).map(|(s, n)| format!("{n} {}", s.as_str())).collect();
         let events = sluice.store().next_event_id() - 1;
         println!("repos: {}; events: {events}", if counts.is_empty() { "none".to_string() } else { counts.join(", ") });
         result?;
+        live_result?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Starts live ingestion beside `backfill`: held commits are drained as repos finish their
+/// backfill, and a storage failure of either stops both.
+fn start_firehose(
+    sluice: &Sluice, backfill: &Arc<sluice::backfill::Backfill>, config: &Config, stop: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<Result<(), sluice::firehose::FirehoseError>>> {
+    let firehose = sluice::firehose::Firehose::new(sluice.pipeline().clone(), backfill.resolver().clone(), config, backfill.live_backlog().clone())?;
+    let drains = firehose.clone();
+    backfill.after_sync(move |did| drains.request_drain(did));
+    let (backfill, stop) = (backfill.clone(), stop.clone());
+    Ok(tokio::spawn(async move {
+        let result = firehose.run(stop).await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "live ingestion stopped; stopping the backfill too");
+            backfill.stop();
+        }
+        result
+    }))
 }
 
 /// Ctrl-C or SIGTERM.

@@ -96,6 +96,8 @@ pub struct Backfill {
     run_over: AtomicBool,
     fatal: Mutex<Option<String>>,
     in_flight: Mutex<HashSet<String>>,
+    /// Called with each repo whose backfill committed (live ingestion drains its held commits).
+    after_sync: std::sync::OnceLock<Box<dyn Fn(&str) + Send + Sync>>,
 }
 
 impl Backfill {
@@ -116,6 +118,7 @@ impl Backfill {
             run_over: AtomicBool::new(false),
             fatal: Mutex::new(None),
             in_flight: Mutex::new(HashSet::new()),
+            after_sync: std::sync::OnceLock::new(),
         })
     }
 
@@ -137,6 +140,12 @@ impl Backfill {
     /// The live ingestion backlog gauge that `BACKFILL_USE_IDLE` watches.
     pub fn live_backlog(&self) -> &Arc<AtomicU64> {
         &self.live_backlog
+    }
+
+    /// Sets what runs after each repo's backfill commits (once; later calls are ignored):
+    /// `sluice run` has live ingestion apply the commits it held meanwhile.
+    pub fn after_sync(&self, hook: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.after_sync.set(Box::new(hook));
     }
 
     /// Changes the memory cap (MB, 0 = none) while running.

@@ -47,7 +47,7 @@ impl Backfill {
             Ok(outcome) => {
                 self.progress.done.fetch_add(1, Ordering::Relaxed);
                 self.progress.records.fetch_add(outcome.walked, Ordering::Relaxed);
-                return;
+                return self.synced(did);
             }
             Err(Failure::Fatal(reason)) => return self.fail_run(reason),
             Err(Failure::Gone(reason)) => {
@@ -67,8 +67,19 @@ impl Backfill {
             Err(Failure::Later(at)) => schedule::requeued(&state, at, now),
             Err(Failure::Current) => schedule::current(&state, now),
         };
+        let synced = next.status == crate::store::RepoStatus::Synced;
         if let Err(e) = self.store().set_states(&[(did.to_string(), next)], None) {
-            self.fail_run(format!("storage: {e}"));
+            return self.fail_run(format!("storage: {e}"));
+        }
+        if synced {
+            self.synced(did);
+        }
+    }
+
+    /// A repo's backfill committed: live commits held meanwhile can be applied.
+    fn synced(&self, did: &str) {
+        if let Some(hook) = self.after_sync.get() {
+            hook(did);
         }
     }
 

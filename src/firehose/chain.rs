@@ -10,6 +10,8 @@ use crate::store::{RepoState, RepoStatus};
 pub const MAX_COMMIT_BLOCKS: usize = 2 << 20;
 /// Most ops in one commit.
 pub const MAX_COMMIT_OPS: usize = 200;
+/// Largest record body.
+pub const MAX_RECORD_BYTES: usize = 1 << 20;
 /// How far ahead of our clock a rev may be.
 pub const MAX_FUTURE_US: u64 = 5 * 60 * 1_000_000;
 

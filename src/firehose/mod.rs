@@ -1,11 +1,270 @@
-//! Live ingestion from `com.atproto.sync.subscribeRepos` (issue 4). So far: frame decoding
-//! ([`frame`]), a commit's ops as pipeline ops ([`ops`]) and the sync 1.1 checks against the
-//! stored state ([`chain`]); the client, ordering with backfill and the cursor come next.
+//! Live ingestion from `com.atproto.sync.subscribeRepos` (a relay's, or a PDS's).
 //!
-//! Architecture invariant: decoding is synchronous and CPU-only; it knows nothing of the store.
+//! ```text
+//! socket (client) -> frames -> decode + route (one thread) -> shards (one per core, by DID)
+//!                                                             -> Live: check, verify, pipeline
+//! ```
+//! - [`client`]: the websocket, reconnects with backoff, resumes from the cursor.
+//! - [`frame`]: frame decoding (error frames included); [`ops`]: a commit's ops as pipeline ops;
+//!   [`chain`]: the sync 1.1 checks against the stored state.
+//! - [`shards`]: per-DID ordering, parallel across DIDs; held commits drained in rev order.
+//! - [`live`] and `status`: what each frame leads to (apply, hold, queue a backfill, skip,
+//!   refuse), and the account and identity rules.
+//! - [`cursor`]: which seq is safe to save.
+//!
+//! Checkpoint contract: the `firehose` cursor is saved every second and at shutdown, and is
+//! never ahead of a frame that is not finished (applied, held in fjall, skipped or refused):
+//! every frame at or below it has its effects committed, and fjall's journal is written in
+//! order, so a saved cursor implies the batches it covers. After `kill -9` the stream resumes
+//! from the cursor; frames applied after it come again and are skipped as stale (their rev is
+//! at or below the stored one), so no record event is lost or written twice.
+//!
+//! Architecture invariant: the socket task does no CPU work beyond moving bytes; decoding,
+//! verification and the pipeline run on the router and shard threads.
 
 pub mod chain;
+pub mod client;
+pub mod cursor;
 pub mod frame;
+pub mod live;
 pub mod ops;
+pub mod shards;
+mod status;
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 pub use frame::{Frame, FrameError, decode_frame, fuzz_frame};
+pub use live::{Handled, Live, LiveError, LiveOptions};
+
+use crate::config::Config;
+use crate::identity::Resolver;
+use crate::pipeline::Pipeline;
+use cursor::SeqTracker;
+use shards::Shards;
+
+/// The cursor's service name.
+pub const CURSOR: &str = "firehose";
+
+/// Why live ingestion stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum FirehoseError {
+    /// The configured URL is unusable.
+    #[error("firehose: {0}")]
+    Config(String),
+    /// Storage failed: what was applied is saved.
+    #[error("firehose stopped: {0}")]
+    Storage(String),
+}
+
+/// The live ingestion service.
+pub struct Firehose {
+    live: Arc<Live>,
+    tracker: Arc<SeqTracker>,
+    shards: Mutex<Option<Shards>>,
+    base_url: String,
+    /// The cursor stored when the service started.
+    start_cursor: Option<i64>,
+    max_backoff: Duration,
+    /// The server said our cursor is in the future: resume live, without one.
+    forget_cursor: AtomicBool,
+    /// The cursor last saved.
+    saved: AtomicI64,
+    /// Frames refused as undecodable.
+    malformed: AtomicU64,
+    /// Connections made.
+    connections: AtomicU64,
+}
+
+impl Firehose {
+    /// Sets up live ingestion through `pipeline` (shards started, held commits of an earlier run
+    /// queued for draining); `backlog` is the gauge `BACKFILL_USE_IDLE` watches.
+    pub fn new(pipeline: Pipeline, resolver: Arc<Resolver>, config: &Config, backlog: Arc<AtomicU64>) -> Result<Arc<Self>, FirehoseError> {
+        let base_url = config.firehose.url.clone().unwrap_or_else(|| config.network.relay.clone());
+        client::subscribe_url(&base_url, None).map_err(FirehoseError::Config)?;
+        let storage = |e: &dyn std::fmt::Display| FirehoseError::Storage(e.to_string());
+        let saved = pipeline.store().cursor(CURSOR).map_err(|e| storage(&e))?;
+        let start_cursor = saved.as_deref().and_then(|c| c.parse::<i64>().ok());
+        let opts = LiveOptions { backfill: config.backfill.enabled(), limits: config.limits.car_limits() };
+        let live = Arc::new(Live::new(pipeline, resolver, tokio::runtime::Handle::current(), opts));
+        let tracker = Arc::new(SeqTracker::starting_at(start_cursor.unwrap_or(0)));
+        let n = match config.firehose.shards {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let shards = Shards::start(live.clone(), tracker.clone(), n, config.firehose.queue, backlog).map_err(|e| storage(&e))?;
+        Ok(Arc::new(Self {
+            live,
+            tracker,
+            shards: Mutex::new(Some(shards)),
+            base_url,
+            start_cursor,
+            max_backoff: Duration::from_secs(config.firehose.max_reconnect_secs.max(1)),
+            forget_cursor: AtomicBool::new(false),
+            saved: AtomicI64::new(start_cursor.unwrap_or(0)),
+            malformed: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+        }))
+    }
+
+    /// The applier (its metrics, and the store through its pipeline).
+    pub fn live(&self) -> &Live {
+        &self.live
+    }
+
+    /// The highest seq with every frame at or below it finished.
+    pub fn safe_cursor(&self) -> i64 {
+        self.tracker.safe()
+    }
+
+    /// Frames dispatched and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.tracker.in_flight()
+    }
+
+    /// Frames refused as undecodable.
+    pub fn malformed(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+    }
+
+    /// Connections made so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Asks for `did`'s held commits to be applied (its backfill just committed).
+    pub fn request_drain(&self, did: &str) {
+        if let Some(shards) = self.shards.lock().expect("shards").as_ref() {
+            shards.request_drain(did);
+        }
+    }
+
+    /// Decodes one frame and hands it to its repo's shard, waiting while that shard is full:
+    /// what the socket's frames go through. Call it from a thread that may block.
+    pub fn ingest(&self, raw: Bytes) {
+        let frame = match decode_frame(&raw) {
+            Ok(frame) => frame,
+            Err(e) => {
+                self.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "firehose frame refused");
+                return;
+            }
+        };
+        let did = match &frame {
+            Frame::Commit(c) => c.repo.to_string(),
+            Frame::Sync(s) => s.did.to_string(),
+            Frame::Identity(i) => i.did.to_string(),
+            Frame::Account(a) => a.did.to_string(),
+            Frame::Info(info) => return tracing::warn!(name = %info.name.as_str(), message = ?info.message, "firehose info (an outdated cursor means events were missed; prevData checks resync what they touched)"),
+            Frame::Error { error, message } => {
+                if error == "FutureCursor" {
+                    self.forget_cursor.store(true, Ordering::Relaxed);
+                }
+                return tracing::warn!(%error, ?message, "firehose error frame");
+            }
+            Frame::Unknown { kind } => return tracing::debug!(%kind, "firehose message of an unknown type; skipped"),
+        };
+        if let Some(shards) = self.shards.lock().expect("shards").as_ref() {
+            shards.dispatch(frame.seq(), &did, frame, raw);
+        }
+    }
+
+    /// Follows the firehose until `stop`: reconnects with backoff, saves the cursor every
+    /// second, and at the end lets the shards finish and saves the final cursor.
+    pub async fn run(self: &Arc<Self>, stop: CancellationToken) -> Result<(), FirehoseError> {
+        let (tx, mut rx) = mpsc::channel::<Bytes>(256);
+        let me = self.clone();
+        let router = std::thread::Builder::new()
+            .name("firehose-router".into())
+            .spawn(move || {
+                while let Some(raw) = rx.blocking_recv() {
+                    me.ingest(raw);
+                }
+            })
+            .expect("spawning the firehose router");
+        let saver = tokio::spawn(self.clone().save_every_second(stop.clone()));
+        let result = self.connect_loop(&tx, &stop).await;
+        drop(tx);
+        let _ = tokio::task::spawn_blocking(move || router.join()).await;
+        stop.cancel();
+        let _ = saver.await;
+        let shards = self.shards.lock().expect("shards").take();
+        if let Some(shards) = shards {
+            tokio::task::spawn_blocking(move || shards.finish()).await.map_err(|e| FirehoseError::Storage(e.to_string()))?;
+        }
+        self.save_cursor()?;
+        result
+    }
+
+    async fn connect_loop(&self, tx: &mpsc::Sender<Bytes>, stop: &CancellationToken) -> Result<(), FirehoseError> {
+        let mut backoff = Duration::from_secs(1);
+        while !stop.is_cancelled() {
+            if let Some(reason) = self.fatal() {
+                return Err(FirehoseError::Storage(reason));
+            }
+            let url = client::subscribe_url(&self.base_url, self.resume_cursor()).map_err(FirehoseError::Config)?;
+            self.connections.fetch_add(1, Ordering::Relaxed);
+            match client::read_connection(&url, tx, stop).await {
+                client::Ended::Stopped => break,
+                client::Ended::Dropped { reason, received } => {
+                    if received > 0 {
+                        backoff = Duration::from_secs(1);
+                    }
+                    tracing::warn!(%reason, retry_in_s = backoff.as_secs(), "firehose connection lost; reconnecting");
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(self.max_backoff);
+        }
+        match self.fatal() {
+            Some(reason) => Err(FirehoseError::Storage(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// Where a new connection starts: after the last frame dispatched (frames in flight still
+    /// finish), or the saved cursor, or live when there is none.
+    fn resume_cursor(&self) -> Option<i64> {
+        if self.forget_cursor.swap(false, Ordering::Relaxed) {
+            tracing::warn!("the server has no events after our cursor; resuming live");
+            self.tracker.restart_at(0);
+            return None;
+        }
+        let last = self.tracker.last_dispatched();
+        (last > 0).then_some(last).or(self.start_cursor)
+    }
+
+    fn fatal(&self) -> Option<String> {
+        self.shards.lock().expect("shards").as_ref().and_then(Shards::fatal)
+    }
+
+    async fn save_every_second(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        while !stop.is_cancelled() {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.save_cursor() {
+                tracing::error!(error = %e, "saving the firehose cursor failed");
+            }
+        }
+    }
+
+    /// Saves the safe cursor when it moved.
+    fn save_cursor(&self) -> Result<(), FirehoseError> {
+        let safe = self.tracker.safe();
+        if safe <= 0 || self.saved.swap(safe, Ordering::Relaxed) == safe {
+            return Ok(());
+        }
+        self.live.store().save_cursor(CURSOR, &safe.to_string()).map_err(|e| FirehoseError::Storage(e.to_string()))
+    }
+}

@@ -29,6 +29,7 @@ use bytes::Bytes;
 use cid::Cid;
 use sluice_handlers::{Emit, HandlerOutput, IndexWrite, PreviousRecord, RecordKeyView, RecordView};
 
+mod account;
 mod walk_diff;
 
 use crate::filter::{CompiledFilter, FilterHandle, RepoRule};
@@ -227,7 +228,8 @@ impl Pipeline {
         let origin = Origin { did, rev: repo.rev(), live: false };
         let state = RepoState {
             status,
-            rev: (status == RepoStatus::Synced).then(|| repo.rev().to_string()),
+            // A discarded repo keeps its rev too, so live commits it already had are told apart.
+            rev: Some(repo.rev().to_string()),
             data: (status == RepoStatus::Synced).then(|| repo.data().to_string()),
             handle: previous_state.and_then(|s| s.handle),
             updated_ms: now_ms(),

@@ -1,0 +1,41 @@
+//! Changes that come from a repo's account or identity rather than its records: a state change
+//! with its identity or account event, and the removal of every record of a deleted account.
+
+use crate::store::{RepoChange, RepoState, StoredEvent};
+
+use super::{Origin, Pipeline, PipelineError, RepoOutcome, Staged, Tally};
+
+impl Pipeline {
+    /// Commits `did`'s new `state` with `event` (an identity or account event) in one batch.
+    pub fn apply_status(&self, did: &str, state: RepoState, event: StoredEvent) -> Result<(), PipelineError> {
+        let change = RepoChange { did: did.to_string(), state: Some(state), events: vec![event], ..Default::default() };
+        self.store.commit(change)?;
+        Ok(())
+    }
+
+    /// Deletes every stored record of `did` with delete events (handlers see each delete), in
+    /// batches of the pipeline's batch size; the last batch writes `state` and `last_event`.
+    /// `rev` is the rev the delete events carry.
+    pub fn remove_repo(&self, did: &str, rev: &str, state: RepoState, last_event: Option<StoredEvent>) -> Result<RepoOutcome, PipelineError> {
+        let compiled = self.filter.load();
+        let mut stored: Vec<_> = self.store.repo_records(did)?.into_iter().collect();
+        stored.sort_unstable();
+        let mut deletes = stored.into_iter().map(|((collection, rkey), previous)| Staged::Delete { collection, rkey, previous });
+        let origin = Origin { did, rev, live: true };
+        let mut outcome = RepoOutcome::new(state.status, 0);
+        let mut last = Some((state, last_event));
+        while last.is_some() {
+            let batch: Vec<Staged> = deletes.by_ref().take(self.batch_size).collect();
+            let (mut change, handler_errors) = self.stage(&compiled, &origin, batch, None)?;
+            if deletes.len() == 0
+                && let Some((state, event)) = last.take()
+            {
+                change.state = Some(state);
+                change.events.extend(event);
+            }
+            let tally = Tally::of(&change, handler_errors);
+            self.commit_batch(self.store.prepare(change)?, tally, &mut outcome)?;
+        }
+        Ok(outcome)
+    }
+}
