@@ -1,0 +1,313 @@
+//! Live ingestion end to end against the devnet's firehose (127.0.0.1 only): writes become live
+//! events within a second, writes made during a backfill arrive exactly once and in order,
+//! forged, stale and chain-breaking commits are refused or resynced, account and identity
+//! frames follow their rules, unknown repos are discovered, and a dropped connection resumes
+//! from its cursor.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sluice::backfill::{Backfill, RunMode};
+use sluice::devnet::{AccountSpec, AccountStatus, Devnet, DevnetOptions, Tamper};
+use sluice::firehose::Firehose;
+use sluice::store::{Action, RepoStatus, StoredEvent};
+use sluice::{Config, Filter, Sluice};
+use tokio_util::sync::CancellationToken;
+
+/// Every wait in these tests ends well within this.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// sluice running backfill and live ingestion against a devnet.
+struct Running {
+    net: Devnet,
+    sluice: Sluice,
+    backfill: Arc<Backfill>,
+    firehose: Arc<Firehose>,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+const FULL: &str = "mode = \"full\"\n";
+
+async fn start(net: Devnet, filter: &str, tweak: impl FnOnce(&mut Config)) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::default();
+    c.storage.path = dir.path().join("data");
+    c.network.relay = net.relay_url();
+    c.network.plc = net.plc_url();
+    (c.backfill.retry_min_ms, c.backfill.retry_max_ms, c.backfill.progress_secs) = (50, 200, 1);
+    tweak(&mut c);
+    let sluice = Sluice::builder().config(c.clone()).filter(Filter::from_toml(filter, "test.toml").unwrap()).open().unwrap();
+    let backfill = Backfill::new(sluice.pipeline().clone(), &c);
+    let firehose = Firehose::new(sluice.pipeline().clone(), backfill.resolver().clone(), &c, backfill.live_backlog().clone()).unwrap();
+    let drains = firehose.clone();
+    backfill.after_sync(move |did| drains.request_drain(did));
+    let stop = CancellationToken::new();
+    let (f, s) = (firehose.clone(), stop.clone());
+    let live = tokio::spawn(async move { f.run(s).await.expect("live ingestion runs") });
+    let b = backfill.clone();
+    let backfilling = tokio::spawn(async move { b.run(RunMode::Forever, true).await.expect("backfill runs") });
+    let running = Running { net, sluice, backfill, firehose, stop, tasks: vec![live, backfilling], _dir: dir };
+    wait("the firehose to connect", || running.net.request_count("com.atproto.sync.subscribeRepos") >= 1).await;
+    running
+}
+
+impl Running {
+    async fn stop(self) {
+        let m = self.firehose.live().metrics();
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        eprintln!(
+            "live: {} applied, {} held, {} discovered, {} desynchronized, {} stale, {} dropped, {} refused; {} connections",
+            n(&m.applied), n(&m.held), n(&m.discovered), n(&m.desynchronized), n(&m.stale), n(&m.dropped), n(&m.refused), self.firehose.connections()
+        );
+        self.backfill.stop();
+        self.stop.cancel();
+        for task in self.tasks {
+            tokio::time::timeout(LIMIT, task).await.expect("stops in time").expect("no panic");
+        }
+    }
+
+    fn status(&self, did: &str) -> Option<RepoStatus> {
+        self.sluice.store().repo_state(did).unwrap().map(|s| s.status)
+    }
+
+    /// Stored records of `did`: (collection, rkey) -> CID.
+    fn stored(&self, did: &str) -> BTreeMap<(String, String), String> {
+        self.sluice.store().repo_records(did).unwrap().into_iter().map(|(k, cid)| (k, cid::Cid::read_bytes(&cid[..]).unwrap().to_string())).collect()
+    }
+
+    /// What the PDS holds for `did`.
+    fn on_pds(&self, did: &str) -> BTreeMap<(String, String), String> {
+        self.net.records(did).into_iter().map(|(k, (cid, _))| (k, cid)).collect()
+    }
+
+    fn in_step(&self, did: &str) -> bool {
+        self.status(did) == Some(RepoStatus::Synced) && self.stored(did) == self.on_pds(did)
+    }
+
+    fn events(&self) -> Vec<(u64, StoredEvent)> {
+        self.sluice.store().events_from(0, usize::MAX).unwrap()
+    }
+
+    /// Replays the record events: each create finds no record, each update and delete finds
+    /// one, ids are gapless. Returns the state they build: (did, collection, rkey) -> CID.
+    fn replay(&self) -> BTreeMap<(String, String, String), String> {
+        let mut state = BTreeMap::new();
+        let events = self.events();
+        for (i, (id, event)) in events.iter().enumerate() {
+            assert_eq!(*id, i as u64 + 1, "event ids are gapless");
+            let StoredEvent::Record(r) = event else { continue };
+            let key = (r.did.clone(), r.collection.clone(), r.rkey.clone());
+            let cid = (!r.cid.is_empty()).then(|| cid::Cid::read_bytes(&r.cid[..]).unwrap().to_string());
+            match r.action {
+                Action::Create => assert!(state.insert(key, cid.unwrap()).is_none(), "event {id} creates a record that exists: {r:?}"),
+                Action::Update => assert!(state.insert(key, cid.unwrap()).is_some(), "event {id} updates a missing record: {r:?}"),
+                Action::Delete => assert!(state.remove(&key).is_some(), "event {id} deletes a missing record: {r:?}"),
+            }
+        }
+        state
+    }
+
+    /// The replayed events of `did` equal what its PDS holds.
+    fn assert_replay_matches(&self, did: &str) {
+        let replayed: BTreeMap<(String, String), String> =
+            self.replay().into_iter().filter(|((d, _, _), _)| d == did).map(|((_, c, r), cid)| ((c, r), cid)).collect();
+        assert_eq!(replayed, self.on_pds(did), "{did}: the event log builds what the PDS holds");
+    }
+}
+
+async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn post(text: &str) -> serde_json::Value {
+    json!({"$type": "app.bsky.feed.post", "text": text, "createdAt": "2026-11-01T00:00:00.000Z"})
+}
+
+/// An account with `n` posts.
+fn account(net: &Devnet, seed: u64, n: usize) -> String {
+    let did = net.create_account(AccountSpec { seed, ..Default::default() });
+    for i in 0..n {
+        net.put_record(&did, "app.bsky.feed.post", &format!("3l{seed:05}{i:06}"), post(&format!("post {i}"))).unwrap();
+    }
+    did
+}
+
+fn live_event(s: &Running, did: &str, rkey: &str, action: Action) -> Option<u64> {
+    s.events().into_iter().find_map(|(id, e)| match e {
+        StoredEvent::Record(r) if r.live && r.did == did && r.rkey == rkey && r.action == action => Some(id),
+        _ => None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_writes_become_events_within_a_second_in_order() {
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let dids = [account(&net, 1, 3), account(&net, 2, 3)];
+    let s = start(net, FULL, |_| {}).await;
+    wait("the backfill", || dids.iter().all(|d| s.in_step(d))).await;
+
+    let did = &dids[0];
+    let mut ids = Vec::new();
+    for (action, write) in [(Action::Create, 0), (Action::Update, 1), (Action::Delete, 2)] {
+        let started = Instant::now();
+        match write {
+            0 => s.net.put_record(did, "app.bsky.feed.post", "3lzzzzzzzzzz2", post("live")).map(drop).unwrap(),
+            1 => s.net.put_record(did, "app.bsky.feed.post", "3lzzzzzzzzzz2", post("edited")).map(drop).unwrap(),
+            _ => s.net.delete_record(did, "app.bsky.feed.post", "3lzzzzzzzzzz2").unwrap(),
+        }
+        wait("the live event", || live_event(&s, did, "3lzzzzzzzzzz2", action).is_some()).await;
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(1), "{action:?} took {took:?} to become an event");
+        ids.push(live_event(&s, did, "3lzzzzzzzzzz2", action).unwrap());
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "create, update, delete in order: {ids:?}");
+    assert!(s.in_step(did));
+    s.assert_replay_matches(did);
+    assert!(s.firehose.safe_cursor() > 0);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_during_a_backfill_arrive_once_and_in_order() {
+    let net = Devnet::start(DevnetOptions { pds_hosts: 1, ..Default::default() }).await.unwrap();
+    let did = net.populate(1, 1500, 5).await.remove(0);
+    // Small batches with pauses: the walk takes over a second, and writes land inside it.
+    let s = start(net, FULL, |c| (c.backfill.batch_size, c.backfill.batch_delay_ms) = (50, 40)).await;
+    wait("the backfill to start", || s.status(&did) == Some(RepoStatus::Backfilling)).await;
+    let existing: Vec<(String, String)> = s.on_pds(&did).into_keys().take(2).collect();
+    s.net.put_record(&did, "app.bsky.feed.post", "3lzzzzzzzzzz1", post("during")).unwrap();
+    s.net.put_record(&did, &existing[0].0, &existing[0].1, post("updated during")).unwrap();
+    s.net.delete_record(&did, &existing[1].0, &existing[1].1).unwrap();
+    s.net.put_record(&did, "app.bsky.feed.post", "3lzzzzzzzzzz1", post("during, edited")).unwrap();
+    assert_eq!(s.status(&did), Some(RepoStatus::Backfilling), "the writes landed during the walk");
+
+    wait("the held commits to be applied", || s.in_step(&did)).await;
+    let held = s.firehose.live().metrics().held.load(Ordering::Relaxed);
+    assert!(held >= 4, "the commits made during the walk were held ({held})");
+    s.assert_replay_matches(&did);
+    assert!(live_event(&s, &did, "3lzzzzzzzzzz1", Action::Update).is_some(), "the held commits became live events after the walk");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_stale_and_chain_breaking_commits_are_refused_or_resynced() {
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let [forged, stale, broken] = [account(&net, 11, 2), account(&net, 12, 2), account(&net, 13, 2)];
+    let s = start(net, FULL, |_| {}).await;
+    wait("the backfill", || [&forged, &stale, &broken].iter().all(|d| s.in_step(d))).await;
+    let metrics = s.firehose.live().metrics();
+
+    s.net.tamper_next_commit(&forged, Tamper::ForgedSignature);
+    s.net.put_record(&forged, "app.bsky.feed.post", "3lzzzzzzzzzz3", post("forged")).unwrap();
+    wait("the forged commit to be refused", || metrics.refused.load(Ordering::Relaxed) >= 1).await;
+    assert!(!s.stored(&forged).contains_key(&("app.bsky.feed.post".to_string(), "3lzzzzzzzzzz3".to_string())), "a forged commit writes nothing");
+
+    s.net.tamper_next_commit(&stale, Tamper::StaleRev);
+    s.net.put_record(&stale, "app.bsky.feed.post", "3lzzzzzzzzzz4", post("stale")).unwrap();
+    wait("the stale commit to be skipped", || metrics.stale.load(Ordering::Relaxed) >= 1).await;
+    assert_eq!(s.stored(&stale).len(), 2, "a stale commit writes nothing");
+
+    s.net.tamper_next_commit(&broken, Tamper::BrokenPrevData);
+    s.net.put_record(&broken, "app.bsky.feed.post", "3lzzzzzzzzzz5", post("broken chain")).unwrap();
+    wait("the broken chain to be noticed", || metrics.desynchronized.load(Ordering::Relaxed) >= 1).await;
+    wait("the resync of the broken chain", || s.in_step(&broken)).await;
+
+    // The next genuine commits no longer continue what sluice stored for the other two: each
+    // is noticed as a broken chain and resynced by a backfill.
+    for did in [&forged, &stale] {
+        s.net.put_record(did, "app.bsky.feed.post", "3lzzzzzzzzzz6", post("after")).unwrap();
+    }
+    wait("the resyncs", || [&forged, &stale].iter().all(|d| s.in_step(d))).await;
+    for did in [&forged, &stale, &broken] {
+        s.assert_replay_matches(did);
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_and_account_frames_follow_the_rules() {
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let did = account(&net, 21, 2);
+    let s = start(net, FULL, |_| {}).await;
+    wait("the backfill", || s.in_step(&did)).await;
+    let account_events = |s: &Running| -> Vec<(bool, Option<String>)> {
+        s.events().into_iter().filter_map(|(_, e)| match e {
+            StoredEvent::Account(a) if a.did == did => Some((a.active, a.status)),
+            _ => None,
+        }).collect()
+    };
+
+    s.net.emit_identity(&did);
+    wait("the identity event", || s.events().iter().any(|(_, e)| matches!(e, StoredEvent::Identity(i) if i.did == did))).await;
+
+    s.net.set_status(&did, AccountStatus::Deactivated);
+    wait("the deactivation", || s.status(&did) == Some(RepoStatus::Gone)).await;
+    assert_eq!(account_events(&s), vec![(false, Some("deactivated".into()))]);
+    assert_eq!(s.stored(&did).len(), 2, "a deactivated account's records are kept");
+
+    s.net.set_status(&did, AccountStatus::Active);
+    wait("the reactivation and its backfill", || s.in_step(&did)).await;
+    assert_eq!(account_events(&s).last(), Some(&(true, None)));
+
+    s.net.set_status(&did, AccountStatus::Deleted);
+    wait("the deletion", || s.status(&did) == Some(RepoStatus::Gone) && s.stored(&did).is_empty()).await;
+    assert_eq!(account_events(&s).last(), Some(&(false, Some("deleted".into()))));
+    let deletes = s.events().iter().filter(|(_, e)| matches!(e, StoredEvent::Record(r) if r.did == did && r.action == Action::Delete)).count();
+    assert_eq!(deletes, 2, "a deleted account's records go, each with a delete event");
+    assert!(s.replay().keys().all(|(d, _, _)| d != &did));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_repos_are_discovered_by_their_signal_commits() {
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let filter = "mode = \"signal\"\nsignals = [\"xyz.statusphere.status\"]\n";
+    let s = start(net, filter, |_| {}).await;
+    let quiet = s.net.create_account(AccountSpec { seed: 31, ..Default::default() });
+    let signalling = s.net.create_account(AccountSpec { seed: 32, ..Default::default() });
+    s.net.put_record(&quiet, "app.bsky.feed.post", "3lzzzzzzzzzz7", post("no signal")).unwrap();
+    s.net.put_record(&signalling, "app.bsky.feed.post", "3lzzzzzzzzzz7", post("before the signal")).unwrap();
+    let status = json!({"$type": "xyz.statusphere.status", "status": "🦀", "createdAt": "2026-11-01T00:00:00.000Z"});
+    s.net.put_record(&signalling, "xyz.statusphere.status", "3lzzzzzzzzzz8", status).unwrap();
+
+    wait("the discovered repo's backfill", || s.in_step(&signalling)).await;
+    assert_eq!(s.stored(&signalling).len(), 2, "the whole repo is backfilled, not only the signal commit");
+    let metrics = s.firehose.live().metrics();
+    assert!(metrics.discovered.load(Ordering::Relaxed) >= 1);
+    assert!(metrics.dropped.load(Ordering::Relaxed) >= 2, "commits without a signal from unknown repos are dropped");
+    assert_eq!(s.status(&quiet), None, "a repo without a signal leaves nothing behind");
+    s.assert_replay_matches(&signalling);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_connection_resumes_from_its_cursor() {
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let did = account(&net, 41, 1);
+    let s = start(net, FULL, |c| c.firehose.max_reconnect_secs = 1).await;
+    wait("the backfill", || s.in_step(&did)).await;
+    for i in 0..3 {
+        s.net.put_record(&did, "app.bsky.feed.post", &format!("3lzzzzzzzzza{i}"), post("before the drop")).unwrap();
+    }
+    wait("the first writes", || s.in_step(&did)).await;
+    s.net.drop_firehose_connections();
+    for i in 0..3 {
+        s.net.put_record(&did, "app.bsky.feed.post", &format!("3lzzzzzzzzzb{i}"), post("while disconnected")).unwrap();
+    }
+    wait("the writes made while disconnected", || s.in_step(&did)).await;
+    assert!(s.net.request_count("com.atproto.sync.subscribeRepos") >= 2, "the client reconnected");
+    assert!(s.firehose.live().metrics().desynchronized.load(Ordering::Relaxed) == 0, "nothing was missed: no resync was needed");
+    s.assert_replay_matches(&did);
+    let seq = s.net.firehose_seq();
+    wait("the cursor to reach the last frame", || s.firehose.safe_cursor() == seq).await;
+    s.stop().await;
+}
