@@ -17,6 +17,8 @@
 mod api;
 mod cache;
 mod diddoc;
+mod firehose_commit;
+mod firehose_frame;
 mod listing;
 mod pds;
 mod pds_repo;
@@ -38,6 +40,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+pub use firehose_commit::Tamper;
 pub use pds::DID_WEB_RESOLVE;
 pub use plc::PLC_RESOLVE;
 pub use repos::{Account, BuildError, RepoContents, export_car, export_car_blocking, export_repo, rev_at};

@@ -58,7 +58,7 @@ pub fn rev_at(n: u64) -> String {
 #[error("building a repo export: {0}")]
 pub struct BuildError(String);
 
-fn err(e: impl std::fmt::Display) -> BuildError {
+pub(crate) fn err(e: impl std::fmt::Display) -> BuildError {
     BuildError(e.to_string())
 }
 
