@@ -7,6 +7,7 @@ use anyhow::Context as _;
 use sluice_handlers::value::json_to_cbor;
 
 use super::Devnet;
+use super::firehose_commit::Tamper;
 use super::world::{AccountSpec, AccountStatus, Write};
 
 impl Devnet {
@@ -35,9 +36,35 @@ impl Devnet {
         Ok(())
     }
 
-    /// Sets an account's hosting status.
+    /// Sets an account's hosting status and emits its `#account` event (`active`, `status`).
     pub fn set_status(&self, did: &str, status: AccountStatus) {
-        self.world.update(did, |a| a.status = status);
+        self.world.set_status(did, status);
+    }
+
+    /// Emits the account's `#identity` event (with its handle).
+    pub fn emit_identity(&self, did: &str) {
+        self.world.emit_identity(did);
+    }
+
+    /// Emits the account's `#sync` event: its current rev and signed commit.
+    pub fn emit_sync(&self, did: &str) {
+        self.world.emit_sync(did);
+    }
+
+    /// Alters the account's next `#commit` frame as `tamper` says (its repo advances normally).
+    pub fn tamper_next_commit(&self, did: &str, tamper: Tamper) {
+        self.world.tamper_next_commit(did, tamper);
+    }
+
+    /// The last firehose `seq` (0 before any event). Writes and events are sequenced before
+    /// the calls that make them return.
+    pub fn firehose_seq(&self) -> i64 {
+        self.world.feed.sequencer.last_seq()
+    }
+
+    /// Closes every open subscribeRepos connection (clients should reconnect with their cursor).
+    pub fn drop_firehose_connections(&self) {
+        self.world.feed.sequencer.drop_connections();
     }
 
     /// Makes the account's DID document unresolvable (404), its repo staying on its PDS.

@@ -17,7 +17,9 @@
 mod api;
 mod cache;
 mod diddoc;
+mod firehose;
 mod firehose_commit;
+mod firehose_feed;
 mod firehose_frame;
 mod listing;
 mod pds;
@@ -137,6 +139,7 @@ impl Devnet {
     /// Stops the servers and waits (up to 5 s) for them to finish.
     pub async fn shutdown(mut self) {
         self.stop.cancel();
+        self.world.feed.sequencer.drop_connections();
         for task in std::mem::take(&mut self.tasks) {
             let abort = task.abort_handle();
             if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
@@ -149,5 +152,6 @@ impl Devnet {
 impl Drop for Devnet {
     fn drop(&mut self) {
         self.stop.cancel();
+        self.world.feed.sequencer.drop_connections();
     }
 }

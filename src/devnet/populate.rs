@@ -77,7 +77,7 @@ fn fill(world: &World, dids: &[String], i: usize, n: usize, seed: u64) {
         let (collection, cbor) = record(&mut rng, dids, &created_at);
         writes.push(Write::Put { collection: collection.to_string(), rkey, cbor });
     }
-    world.apply_writes(&dids[i], writes).expect("generated writes are valid");
+    world.apply_writes_quiet(&dids[i], writes).expect("generated writes are valid");
 }
 
 /// `app.bsky.feed.post`.

@@ -1,5 +1,6 @@
 //! The devnet's state: accounts, their records and revs, statuses, injected faults and request
-//! counts. Every repo write goes through [`World::apply_writes`].
+//! counts. Every repo write goes through [`World::apply_writes`], which queues its firehose
+//! event (see `firehose_feed`) before it lets go of the lock.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, MutexGuard};
@@ -8,6 +9,8 @@ use bytes::Bytes;
 use cid::Cid;
 
 use super::cache::RepoCache;
+use super::firehose_commit::{Change, Tamper};
+use super::firehose_feed::{Base, Emit, Feed};
 use super::repos::{Account, rev_at};
 
 /// An account's hosting status, as `com.atproto.sync.getRepoStatus` reports it.
@@ -96,6 +99,10 @@ pub(crate) struct AccountState {
     pub status: AccountStatus,
     pub identity_removed: bool,
     pub fail_next: u32,
+    /// Whether the firehose worker's chain follows every write (false after a quiet write).
+    pub feed_live: bool,
+    /// How the next `#commit` frame is altered.
+    pub tamper: Option<Tamper>,
 }
 
 /// A repo as it is at one rev: what an export is built from.
@@ -139,6 +146,8 @@ pub(crate) struct World {
     state: Mutex<State>,
     counts: Mutex<HashMap<String, u64>>,
     pub cache: RepoCache,
+    /// The firehose: events queued in write order, sequenced by its worker.
+    pub feed: Feed,
 }
 
 /// Locks a mutex, ignoring poisoning (a panicking test thread must not wedge the servers).
@@ -150,7 +159,7 @@ impl World {
     /// A world with no accounts, for PDS hosts at `hosts`.
     pub fn new(hosts: Vec<Host>) -> Self {
         let limits = hosts.iter().map(|_| RateLimit::default()).collect();
-        Self { hosts, state: Mutex::new(State { limits, ..Default::default() }), counts: Mutex::default(), cache: RepoCache::default() }
+        Self { hosts, state: Mutex::new(State { limits, ..Default::default() }), counts: Mutex::default(), cache: RepoCache::default(), feed: Feed::default() }
     }
 
     /// The DID `spec` names on this devnet.
@@ -182,6 +191,8 @@ impl World {
             status: AccountStatus::Active,
             identity_removed: false,
             fail_next: 0,
+            feed_live: false,
+            tamper: None,
         };
         st.accounts.insert(did.clone(), state);
         did
@@ -189,14 +200,27 @@ impl World {
 
     /// Applies `writes` to `did`'s repo as one commit (one new rev); returns the rev and, per
     /// write, the new record CID (`None` for deletes). Nothing changes when any write is refused.
-    /// The one path for repo writes (a firehose would emit its commit event here).
+    /// The one path for repo writes: it returns once the commit's `#commit` event is sequenced.
     pub fn apply_writes(&self, did: &str, writes: Vec<Write>) -> Result<(String, Vec<Option<Cid>>), WriteError> {
+        self.write(did, writes, true)
+    }
+
+    /// [`World::apply_writes`] without a firehose event (bulk population); the account's next
+    /// event rebuilds its firehose state from the records.
+    pub fn apply_writes_quiet(&self, did: &str, writes: Vec<Write>) -> Result<(String, Vec<Option<Cid>>), WriteError> {
+        self.write(did, writes, false)
+    }
+
+    /// Applies `writes`; queues the `#commit` and waits for it when `emit`.
+    fn write(&self, did: &str, writes: Vec<Write>, emit: bool) -> Result<(String, Vec<Option<Cid>>), WriteError> {
         let prepared = writes.into_iter().map(prepare).collect::<Result<Vec<_>, _>>()?;
         let mut st = lock(&self.state);
         let acct = st.accounts.get(did).ok_or_else(|| WriteError::UnknownRepo(did.to_string()))?;
         check_preconditions(&acct.records, &prepared)?;
         let rev = st.tick();
         let acct = st.accounts.get_mut(did).expect("checked above");
+        let base = if emit { Base::unless_live(acct) } else { None };
+        let changes: Vec<Change> = if emit { prepared.iter().map(|((c, r), v, _)| (format!("{c}/{r}"), v.clone())).collect() } else { Vec::new() };
         let cids = prepared
             .into_iter()
             .map(|(key, value, _)| match value {
@@ -212,6 +236,15 @@ impl World {
             })
             .collect();
         acct.rev = rev.clone();
+        let pending = if emit {
+            let emit = Emit::Commit { rev: rev.clone(), changes, tamper: acct.tamper.take() };
+            Some(self.feed.enqueue(acct, emit, base))
+        } else {
+            acct.feed_live = false;
+            None
+        };
+        drop(st);
+        pending.into_iter().for_each(|p| p.wait());
         Ok((rev, cids))
     }
 
