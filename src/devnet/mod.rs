@@ -21,6 +21,7 @@ mod firehose;
 mod firehose_commit;
 mod firehose_feed;
 mod firehose_frame;
+mod firehose_ws;
 mod listing;
 mod pds;
 mod pds_repo;
@@ -134,6 +135,13 @@ impl Devnet {
     /// The PDS hosts' URLs, by index.
     pub fn pds_urls(&self) -> Vec<String> {
         self.pds.iter().map(|a| format!("http://{a}")).collect()
+    }
+
+    /// The `ws://` URL of `com.atproto.sync.subscribeRepos` on PDS `pds`, or on the relay when
+    /// `None` (no cursor: append `?cursor=N`).
+    pub fn firehose_url(&self, pds: Option<usize>) -> String {
+        let addr = pds.map_or(self.relay, |i| self.pds[i]);
+        format!("ws://{addr}/xrpc/com.atproto.sync.subscribeRepos")
     }
 
     /// Stops the servers and waits (up to 5 s) for them to finish.

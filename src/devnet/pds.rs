@@ -1,6 +1,7 @@
 //! A fake PDS host: XRPC under `/xrpc/{nsid}` for its own accounts, `did:web` documents under
 //! `/u/{seed}/did.json`, and `POST /devnet/createAccount`. The methods live in `pds_sync`,
-//! `pds_repo` and `pds_write`; this file routes, counts, rate-limits and checks repo status.
+//! `pds_repo`, `pds_write` and `firehose_ws` (subscribeRepos); this file routes, counts,
+//! rate-limits and checks repo status.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,13 +9,14 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::world::{AccountSpec, AccountState, World};
 use super::xrpc::{Params, XrpcError, XrpcResult};
-use super::{diddoc, pds_repo, pds_sync, pds_write};
+use super::{diddoc, firehose_ws, pds_repo, pds_sync, pds_write};
 
 /// The request-count key of a `did:web` document fetch.
 pub const DID_WEB_RESOLVE: &str = "did.json";
@@ -29,10 +31,16 @@ pub(crate) struct Pds {
 /// Routes of PDS host `index`.
 pub(crate) fn router(world: Arc<World>, index: usize) -> Router {
     Router::new()
+        .route("/xrpc/com.atproto.sync.subscribeRepos", get(subscribe_repos))
         .route("/xrpc/{nsid}", get(xrpc_get).post(xrpc_post))
         .route("/u/{seed}/did.json", get(did_web))
         .route("/devnet/createAccount", post(pds_write::create_account))
         .with_state(Pds { world, index })
+}
+
+/// `GET /xrpc/com.atproto.sync.subscribeRepos`: this host's accounts' events (a websocket).
+async fn subscribe_repos(State(pds): State<Pds>, query: Result<Query<HashMap<String, String>>, QueryRejection>, ws: WebSocketUpgrade) -> Response {
+    firehose_ws::subscribe(&pds.world, Some(pds.index), query, ws)
 }
 
 /// `GET /xrpc/{nsid}`: the queries.

@@ -1,11 +1,13 @@
-//! The fake relay: `com.atproto.sync.listRepos` over every PDS host and
-//! `com.atproto.sync.listReposByCollection`.
+//! The fake relay: `com.atproto.sync.listRepos` over every PDS host,
+//! `com.atproto.sync.listReposByCollection`, and `com.atproto.sync.subscribeRepos` with every
+//! host's events (`firehose_ws`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -16,7 +18,12 @@ use super::xrpc::{Params, XrpcError};
 
 /// The relay's routes.
 pub(crate) fn router(world: Arc<World>) -> Router {
-    Router::new().route("/xrpc/{nsid}", get(xrpc_get)).with_state(world)
+    Router::new().route("/xrpc/com.atproto.sync.subscribeRepos", get(subscribe_repos)).route("/xrpc/{nsid}", get(xrpc_get)).with_state(world)
+}
+
+/// `GET /xrpc/com.atproto.sync.subscribeRepos`: every host's events (a websocket).
+async fn subscribe_repos(State(world): State<Arc<World>>, query: Result<Query<HashMap<String, String>>, QueryRejection>, ws: WebSocketUpgrade) -> Response {
+    super::firehose_ws::subscribe(&world, None, query, ws)
 }
 
 /// `GET /xrpc/{nsid}`.
