@@ -21,6 +21,7 @@ mod firehose;
 mod firehose_commit;
 mod firehose_feed;
 mod firehose_frame;
+mod firehose_synth;
 mod firehose_ws;
 mod listing;
 mod pds;
@@ -44,6 +45,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use firehose_commit::Tamper;
+pub use firehose_synth::{SyntheticStream, synthetic_stream};
 pub use pds::DID_WEB_RESOLVE;
 pub use plc::PLC_RESOLVE;
 pub use repos::{Account, BuildError, RepoContents, export_car, export_car_blocking, export_repo, rev_at};

@@ -12,7 +12,11 @@ use super::Devnet;
 use super::world::{AccountSpec, World, Write};
 
 /// 2024-01-01T00:00:00Z in microseconds.
-const START_US: u64 = 1_704_067_200_000_000;
+pub(crate) const START_US: u64 = 1_704_067_200_000_000;
+
+const POST: &str = "app.bsky.feed.post";
+const LIKE: &str = "app.bsky.feed.like";
+const FOLLOW: &str = "app.bsky.graph.follow";
 
 const WORDS: &[&str] = &[
     "the", "a", "devnet", "record", "sky", "blue", "today", "coffee", "reading", "about", "protocol", "repo", "new", "post", "thinking", "weekend", "music",
@@ -20,10 +24,11 @@ const WORDS: &[&str] = &[
 ];
 
 /// splitmix64: a tiny deterministic generator.
-struct Rng(u64);
+pub(crate) struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    /// The next 64 random bits.
+    pub fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -31,7 +36,8 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn below(&mut self, n: u64) -> u64 {
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
@@ -110,26 +116,32 @@ struct StrongRef {
 
 /// One generated record: its collection and DAG-CBOR (serde_ipld_dagcbor writes map keys in
 /// canonical order, structs included).
-fn record(rng: &mut Rng, dids: &[String], created_at: &str) -> (&'static str, Vec<u8>) {
+pub(crate) fn record(rng: &mut Rng, dids: &[String], created_at: &str) -> (&'static str, Vec<u8>) {
     let other = &dids[rng.below(dids.len() as u64) as usize];
-    let (kind, bytes) = match rng.below(10) {
-        0..=5 => {
+    let kind = match rng.below(10) {
+        0..=5 => POST,
+        6..=8 => LIKE,
+        _ => FOLLOW,
+    };
+    (kind, record_of(kind, rng, other, created_at))
+}
+
+/// A generated record of collection `kind` (a follow for any other); `other` is the DID a like
+/// or follow points at.
+pub(crate) fn record_of(kind: &str, rng: &mut Rng, other: &str, created_at: &str) -> Vec<u8> {
+    let bytes = match kind {
+        POST => {
             let words = 3 + rng.below(25);
             let text: Vec<&str> = (0..words).map(|_| WORDS[rng.below(WORDS.len() as u64) as usize]).collect();
-            let kind = "app.bsky.feed.post";
-            (kind, serde_ipld_dagcbor::to_vec(&Post { kind, text: text.join(" "), langs: ["en"], created_at }))
+            serde_ipld_dagcbor::to_vec(&Post { kind: POST, text: text.join(" "), langs: ["en"], created_at })
         }
-        6..=8 => {
+        LIKE => {
             let post = Tid::from_time(START_US + rng.below(1 << 40), 0);
             let cid = jacquard_repo::mst::util::compute_cid(&rng.next().to_be_bytes()).expect("sha2-256 wraps");
             let subject = StrongRef { uri: format!("at://{other}/app.bsky.feed.post/{}", post.as_str()), cid: cid.to_string() };
-            let kind = "app.bsky.feed.like";
-            (kind, serde_ipld_dagcbor::to_vec(&Subjected { kind, subject, created_at }))
+            serde_ipld_dagcbor::to_vec(&Subjected { kind: LIKE, subject, created_at })
         }
-        _ => {
-            let kind = "app.bsky.graph.follow";
-            (kind, serde_ipld_dagcbor::to_vec(&Subjected { kind, subject: other, created_at }))
-        }
+        _ => serde_ipld_dagcbor::to_vec(&Subjected { kind: FOLLOW, subject: other, created_at }),
     };
-    (kind, bytes.expect("generated records serialize"))
+    bytes.expect("generated records serialize")
 }
