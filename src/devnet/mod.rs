@@ -5,11 +5,16 @@
 //! # Layout
 //! - `repos`: deterministic accounts and signed CAR exports.
 //! - `world`: the shared state (accounts, records, revs, statuses, faults, request counts);
-//!   every repo write goes through `World::apply_writes`.
+//!   every repo write goes through `World::apply_writes`, which also emits its `#commit`.
 //! - `cache`: CAR exports per (DID, rev), built outside the lock.
 //! - `api`: the synchronous test API on [`Devnet`]; `populate`: bulk synthetic repos.
 //! - `plc`, `pds` (+ `pds_sync`, `pds_repo`, `pds_write`), `relay`: the servers; `listing`:
 //!   listRepos pages; `diddoc`: DID documents; `xrpc`: error answers and parameters.
+//! - The firehose: `firehose_feed` turns World changes into events in rev order (one worker
+//!   thread); `firehose_commit`, an account's MST between commits and its signed `#commit`s;
+//!   `firehose_frame`, the wire encoding; `firehose`, the sequencer (seq, history, live
+//!   broadcast); `firehose_ws`, subscribeRepos on the PDS hosts and the relay;
+//!   `firehose_synth`, [`synthetic_stream`] for benchmarks.
 //!
 //! Architecture invariant: nothing outside `devnet/` depends on these servers; the indexer
 //! talks to them over HTTP only, as it would to the real network.
