@@ -169,8 +169,24 @@ impl Firehose {
             }
             Frame::Unknown { kind } => return tracing::debug!(%kind, "firehose message of an unknown type; skipped"),
         };
+        if let Some(seq) = frame.seq() {
+            self.save_first_position(seq);
+        }
         if let Some(shards) = self.shards.lock().expect("shards").as_ref() {
             shards.dispatch(frame.seq(), &did, frame, raw);
+        }
+    }
+
+    /// With no cursor saved yet, saves the position just before the first frame at once: a
+    /// crash before the first periodic save then resumes from there instead of going live
+    /// and missing what came in between.
+    fn save_first_position(&self, seq: i64) {
+        if self.saved.load(Ordering::Relaxed) > 0 || seq <= 1 {
+            return;
+        }
+        self.saved.store(seq - 1, Ordering::Relaxed);
+        if let Err(e) = self.live.store().save_cursor(CURSOR, &(seq - 1).to_string()) {
+            tracing::error!(error = %e, "saving the firehose cursor failed");
         }
     }
 
