@@ -221,12 +221,19 @@ async fn forged_stale_and_chain_breaking_commits_are_refused_or_resynced() {
     wait("the broken chain to be noticed", || metrics.desynchronized.load(Ordering::Relaxed) >= 1).await;
     wait("the resync of the broken chain", || s.in_step(&broken)).await;
 
-    // The next genuine commits no longer continue what sluice stored for the other two: each
-    // is noticed as a broken chain and resynced by a backfill.
-    for did in [&forged, &stale] {
-        s.net.put_record(did, "app.bsky.feed.post", "3lzzzzzzzzzz6", post("after")).unwrap();
-    }
+    // sluice is now behind on the other two. A #sync naming the PDS's root is noticed as a
+    // different root, and the next genuine commit as a broken chain; each is resynced by a
+    // backfill.
+    s.net.emit_sync(&forged);
+    s.net.put_record(&stale, "app.bsky.feed.post", "3lzzzzzzzzzz6", post("after")).unwrap();
     wait("the resyncs", || [&forged, &stale].iter().all(|d| s.in_step(d))).await;
+    assert!(metrics.desynchronized.load(Ordering::Relaxed) >= 3, "the #sync and the commit each marked their repo");
+
+    // A #sync that names the stored root moves nothing.
+    let events = s.events().len();
+    s.net.emit_sync(&broken);
+    wait("the #sync to be applied", || s.firehose.safe_cursor() == s.net.firehose_seq()).await;
+    assert_eq!((s.status(&broken), s.events().len()), (Some(RepoStatus::Synced), events));
     for did in [&forged, &stale, &broken] {
         s.assert_replay_matches(did);
     }
@@ -309,5 +316,32 @@ async fn a_dropped_connection_resumes_from_its_cursor() {
     s.assert_replay_matches(&did);
     let seq = s.net.firehose_seq();
     wait("the cursor to reach the last frame", || s.firehose.safe_cursor() == seq).await;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn error_info_unknown_and_malformed_frames_are_never_fatal() {
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let did = account(&net, 51, 1);
+    let s = start(net, FULL, |_| {}).await;
+    wait("the backfill", || s.in_step(&did)).await;
+    let frame = |header: serde_json::Value, body: serde_json::Value| {
+        let mut out = serde_ipld_dagcbor::to_vec(&header).unwrap();
+        out.extend(serde_ipld_dagcbor::to_vec(&body).unwrap());
+        bytes::Bytes::from(out)
+    };
+    let odd = vec![
+        frame(json!({"op": -1}), json!({"error": "ConsumerTooSlow", "message": "bye"})),
+        frame(json!({"op": 1, "t": "#info"}), json!({"name": "OutdatedCursor", "message": "too old"})),
+        frame(json!({"op": 1, "t": "#labels"}), json!({"seq": 1})),
+        bytes::Bytes::from_static(b"\xa2garbage"),
+        frame(json!({"op": 1, "t": "#commit"}), json!({"seq": "not a number"})),
+    ];
+    let firehose = s.firehose.clone();
+    tokio::task::spawn_blocking(move || odd.into_iter().for_each(|f| firehose.ingest(f))).await.unwrap();
+    assert_eq!(s.firehose.malformed(), 2, "the two undecodable frames are counted");
+    s.net.put_record(&did, "app.bsky.feed.post", "3lzzzzzzzzzzc", post("still running")).unwrap();
+    wait("the next live write", || s.in_step(&did)).await;
+    s.assert_replay_matches(&did);
     s.stop().await;
 }

@@ -63,3 +63,52 @@ pub fn check_limits(commit: &Commit) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jacquard_common::types::string::Tid;
+    use proptest::prelude::*;
+
+    const ROOT_A: &str = "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm";
+    const ROOT_B: &str = "bafyreigdmqpykrgxyaxtlafqpqhzrb7qy2rh75nldvfd4tucqmqqme5yje";
+
+    /// A real commit (from the devnet's generator) with `rev`, `prev_data` and `ops` ops.
+    fn commit(rev: u64, prev_data: Option<&str>, ops: usize) -> Commit {
+        let stream = crate::devnet::synthetic_stream(1, 1, 1);
+        let Ok(crate::firehose::Frame::Commit(mut c)) = crate::firehose::decode_frame(&stream.frames[0]) else { panic!("a commit") };
+        c.rev = Tid::from_time(1_700_000_000_000_000 + rev, 0);
+        c.prev_data = prev_data.map(|s| s.parse::<cid::Cid>().unwrap().into());
+        c.ops = vec![c.ops[0].clone(); ops];
+        *c
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Only a synced repo's newer commit that continues its root is applied; older or equal
+        /// revs are stale, a broken chain desynchronizes, anything else waits for a backfill.
+        #[test]
+        fn verdicts_follow_the_stored_state(stored in 1u64..1000, rev in 1u64..1000, s in 0..7usize, same_root: bool, has_prev: bool) {
+            let status = RepoStatus::ALL[s];
+            let state = RepoState { status, rev: Some(crate::devnet::rev_at(stored)), data: Some(ROOT_A.into()), ..Default::default() };
+            let prev = has_prev.then_some(if same_root { ROOT_A } else { ROOT_B });
+            let verdict = check(&commit(rev, prev, 1), Some(&state), u64::MAX / 2);
+            match verdict {
+                Verdict::Untracked => prop_assert!(status != RepoStatus::Synced),
+                Verdict::Stale => prop_assert!(status == RepoStatus::Synced && stored >= rev),
+                Verdict::Apply => prop_assert!(status == RepoStatus::Synced && stored < rev && has_prev && same_root),
+                Verdict::Desync(_) => prop_assert!(status == RepoStatus::Synced && stored < rev && !(has_prev && same_root)),
+                Verdict::Invalid(r) => prop_assert!(false, "invalid: {}", r),
+            }
+        }
+    }
+
+    #[test]
+    fn limits_and_future_revs_are_invalid_whatever_the_state() {
+        let now = 1_700_000_000_000_000 + 5;
+        assert_eq!(check(&commit(5, Some(ROOT_A), 1), None, now), Verdict::Untracked);
+        assert!(matches!(check(&commit(5, Some(ROOT_A), 1), None, now - MAX_FUTURE_US - 1), Verdict::Invalid(r) if r.contains("future")));
+        assert!(matches!(check(&commit(5, Some(ROOT_A), MAX_COMMIT_OPS + 1), None, now), Verdict::Invalid(r) if r.contains("ops")));
+    }
+}
