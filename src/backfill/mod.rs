@@ -74,6 +74,9 @@ impl Drop for InFlight {
     }
 }
 
+/// What runs after a repo's backfill commits (see [`Backfill::after_sync`]).
+type SyncHook = Box<dyn Fn(&str) + Send + Sync>;
+
 /// A fatal backfill error: progress up to it is saved.
 #[derive(Debug, thiserror::Error)]
 #[error("backfill stopped: {0}")]
@@ -97,7 +100,7 @@ pub struct Backfill {
     fatal: Mutex<Option<String>>,
     in_flight: Mutex<HashSet<String>>,
     /// Called with each repo whose backfill committed (live ingestion drains its held commits).
-    after_sync: std::sync::OnceLock<Box<dyn Fn(&str) + Send + Sync>>,
+    after_sync: std::sync::OnceLock<SyncHook>,
 }
 
 impl Backfill {
