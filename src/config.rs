@@ -1,6 +1,6 @@
 //! Configuration: `config.toml` (every key optional, defaults below), then environment
 //! overrides (`SLUICE_DATA`, `SLUICE_FILTER`, `SLUICE_PLC_URL`, `SLUICE_FIREHOSE`,
-//! `SLUICE_FIREHOSE_URL`, and the names older appview
+//! `SLUICE_FIREHOSE_URL`, `SLUICE_SERVER`, `SLUICE_LISTEN`, and the names older appview
 //! backfill services use: `RELAY_URL`, `WORKER_ID`, `BACKFILL_DAYS`, `BACKFILL_BATCH_SIZE`,
 //! `BACKFILL_BATCH_DELAY_MS`, `BACKFILL_MAX_CONCURRENT`, `BACKFILL_MAX_MEMORY_MB`,
 //! `BACKFILL_USE_IDLE`), then CLI flags.
@@ -27,6 +27,34 @@ pub struct Config {
     pub backfill: BackfillConfig,
     /// Live ingestion.
     pub firehose: FirehoseConfig,
+    /// The HTTP server.
+    pub server: ServerConfig,
+}
+
+/// `[server]`: the HTTP server appviews read from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// `SLUICE_SERVER`: serve at all (in `sluice run`).
+    pub enabled: bool,
+    /// `SLUICE_LISTEN`: the address, 127.0.0.1 by default.
+    pub listen: String,
+    /// The environment variable holding the admin bearer token; admin routes are off when it
+    /// is unset or empty.
+    pub admin_token_env: String,
+    /// Events a live stream client may fall behind before it is closed (it resumes from its
+    /// last id).
+    pub max_lag: u64,
+    /// Seconds a send to a stream client may take before it is closed.
+    pub send_timeout_secs: u64,
+    /// Acked streams: seconds without an ack before events are sent again from the last ack.
+    pub ack_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self { enabled: true, listen: "127.0.0.1:2480".into(), admin_token_env: "SLUICE_ADMIN_TOKEN".into(), max_lag: 100_000, send_timeout_secs: 30, ack_timeout_secs: 30 }
+    }
 }
 
 /// `[firehose]`: live ingestion from `com.atproto.sync.subscribeRepos`.
@@ -243,6 +271,8 @@ impl Config {
         }
         parsed(&get, "RELAY_URL", &mut self.network.relay)?;
         parsed(&get, "SLUICE_FIREHOSE", &mut self.firehose.enabled)?;
+        parsed(&get, "SLUICE_SERVER", &mut self.server.enabled)?;
+        parsed(&get, "SLUICE_LISTEN", &mut self.server.listen)?;
         if let Some(v) = get("SLUICE_FIREHOSE_URL").filter(|v| !v.trim().is_empty()) {
             self.firehose.url = Some(v.trim().to_string());
         }

@@ -17,7 +17,9 @@
 //! - [`wire`]: events as JSON.
 //! - [`identity`]: DID -> PDS endpoint + signing key, cached.
 //! - [`backfill`]: the repo queue, crawler and workers (getRepo -> pipeline).
-//! - [`firehose`]: subscribeRepos frames, commit ops and chain checks.
+//! - [`firehose`]: live ingestion from subscribeRepos (client, shards, chain checks, cursor).
+//! - [`server`]: the HTTP server: event stream, XRPC queries, admin, operations.
+//! - [`xrpc`]: XRPC error answers and parameters, shared by the server and the devnet.
 //! - [`devnet`]: a fake PLC + PDS + relay on 127.0.0.1.
 //!
 //! # Embedding
@@ -39,9 +41,11 @@ pub mod http;
 pub mod identity;
 pub mod pipeline;
 pub mod repo;
+pub mod server;
 pub mod store;
 pub mod syntax;
 pub mod wire;
+pub mod xrpc;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -327,8 +327,16 @@ fn run_backfill(config: Config, dids: &[String], recrawl: bool, mode: sluice::ba
             backfill.queue(dids)?;
         }
         let stop = tokio_util::sync::CancellationToken::new();
-        let live = match mode == sluice::backfill::RunMode::Forever && config.firehose.enabled {
-            true => Some(start_firehose(&sluice, &backfill, &config, &stop)?),
+        let forever = mode == sluice::backfill::RunMode::Forever;
+        let (live, firehose) = match forever && config.firehose.enabled {
+            true => {
+                let (task, firehose) = start_firehose(&sluice, &backfill, &config, &stop)?;
+                (Some(task), Some(firehose))
+            }
+            false => (None, None),
+        };
+        let server = match forever && config.server.enabled {
+            true => Some(start_server(&sluice, &backfill, firehose, &config, &stop).await?),
             false => None,
         };
         let (stopper, stop_live) = (backfill.clone(), stop.clone());
@@ -339,16 +347,19 @@ fn run_backfill(config: Config, dids: &[String], recrawl: bool, mode: sluice::ba
             stop_live.cancel();
         });
         let result = backfill.run(mode, dids.is_empty()).await;
+        // `sluice run` serves and follows the firehose after the backfill is done, until a
+        // signal; a failed backfill or firehose stops everything.
+        match forever && result.is_ok() {
+            true => stop.cancelled().await,
+            false => stop.cancel(),
+        }
         let live_result = match live {
-            Some(task) => {
-                if result.is_err() {
-                    stop.cancel();
-                }
-                // Live ingestion goes on after the backfill is done, until a signal.
-                task.await?
-            }
+            Some(task) => task.await?,
             None => Ok(()),
         };
+        if let Some(server) = server {
+            server.await??;
+        }
         let counts: Vec<String> = backfill.repo_counts().into_iter().filter(|(_, n)| *n != 0).map(|(s, n)| format!("{n} {}", s.as_str())).collect();
         let events = sluice.store().next_event_id() - 1;
         println!("repos: {}; events: {events}", if counts.is_empty() { "none".to_string() } else { counts.join(", ") });
@@ -362,19 +373,32 @@ fn run_backfill(config: Config, dids: &[String], recrawl: bool, mode: sluice::ba
 /// backfill, and a storage failure of either stops both.
 fn start_firehose(
     sluice: &Sluice, backfill: &Arc<sluice::backfill::Backfill>, config: &Config, stop: &tokio_util::sync::CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<Result<(), sluice::firehose::FirehoseError>>> {
+) -> anyhow::Result<(tokio::task::JoinHandle<Result<(), sluice::firehose::FirehoseError>>, Arc<sluice::firehose::Firehose>)> {
     let firehose = sluice::firehose::Firehose::new(sluice.pipeline().clone(), backfill.resolver().clone(), config, backfill.live_backlog().clone())?;
     let drains = firehose.clone();
     backfill.after_sync(move |did| drains.request_drain(did));
-    let (backfill, stop) = (backfill.clone(), stop.clone());
-    Ok(tokio::spawn(async move {
-        let result = firehose.run(stop).await;
+    let (backfill, stop, service) = (backfill.clone(), stop.clone(), firehose.clone());
+    let task = tokio::spawn(async move {
+        let result = service.run(stop.clone()).await;
         if let Err(e) = &result {
-            tracing::error!(error = %e, "live ingestion stopped; stopping the backfill too");
+            tracing::error!(error = %e, "live ingestion stopped; stopping everything");
             backfill.stop();
+            stop.cancel();
         }
         result
-    }))
+    });
+    Ok((task, firehose))
+}
+
+/// Binds `[server] listen` and serves until `stop`.
+async fn start_server(
+    sluice: &Sluice, backfill: &Arc<sluice::backfill::Backfill>, firehose: Option<Arc<sluice::firehose::Firehose>>, config: &Config,
+    stop: &tokio_util::sync::CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
+    let listener = sluice::server::bind(config).await?;
+    let mut state = sluice::server::ServerState::new(sluice.pipeline().clone(), config.clone());
+    (state.backfill, state.firehose, state.stop) = (Some(backfill.clone()), firehose, stop.clone());
+    Ok(tokio::spawn(sluice::server::serve(listener, Arc::new(state))))
 }
 
 /// Ctrl-C or SIGTERM.

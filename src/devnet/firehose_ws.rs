@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use super::firehose::{Event, Subscription};
 use super::firehose_frame::error_frame;
 use super::world::World;
-use super::xrpc::{Params, XrpcError};
+use crate::xrpc::{Params, XrpcError};
 
 /// The method's NSID (its request-count key).
 pub(crate) const SUBSCRIBE_REPOS: &str = "com.atproto.sync.subscribeRepos";

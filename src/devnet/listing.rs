@@ -5,7 +5,7 @@ use futures_util::{StreamExt, stream};
 use serde_json::{Value, json};
 
 use super::world::{AccountState, AccountStatus, World};
-use super::xrpc::{Params, XrpcResult, ok_json};
+use crate::xrpc::{Params, XrpcResult, ok_json};
 
 /// The accounts after `cursor` (in DID order) that `keep` accepts: up to `limit` of them, and
 /// whether more follow.
@@ -36,7 +36,7 @@ pub(crate) async fn list_repos(world: &World, host: Option<usize>, p: &Params) -
     let mut repos = Vec::with_capacity(accounts.len());
     for ((did, status), b) in accounts.iter().zip(built) {
         let Some(b) = b else { continue };
-        let b = b.map_err(super::xrpc::XrpcError::internal)?;
+        let b = b.map_err(crate::xrpc::XrpcError::internal)?;
         let mut item = json!({"did": did, "head": b.head.to_string(), "rev": b.rev, "active": *status == AccountStatus::Active});
         if let Some(s) = status.as_str() {
             item["status"] = json!(s);

@@ -9,7 +9,7 @@
 //! - `cache`: CAR exports per (DID, rev), built outside the lock.
 //! - `api`: the synchronous test API on [`Devnet`]; `populate`: bulk synthetic repos.
 //! - `plc`, `pds` (+ `pds_sync`, `pds_repo`, `pds_write`), `relay`: the servers; `listing`:
-//!   listRepos pages; `diddoc`: DID documents; `xrpc`: error answers and parameters.
+//!   listRepos pages; `diddoc`: DID documents (XRPC errors and parameters are the crate's `xrpc`).
 //! - The firehose: `firehose_feed` turns World changes into events in rev order (one worker
 //!   thread); `firehose_commit`, an account's MST between commits and its signed `#commit`s;
 //!   `firehose_frame`, the wire encoding; `firehose`, the sequencer (seq, history, live
@@ -38,7 +38,6 @@ mod populate;
 mod relay;
 mod repos;
 mod world;
-mod xrpc;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::world::{AccountSpec, AccountState, World};
-use super::xrpc::{Params, XrpcError, XrpcResult};
+use crate::xrpc::{Params, XrpcError, XrpcResult};
 use super::{diddoc, firehose_ws, pds_repo, pds_sync, pds_write};
 
 /// The request-count key of a `did:web` document fetch.
@@ -109,7 +109,7 @@ impl Pds {
                 if a.pds != self.index {
                     return Err(XrpcError::repo_not_found(did));
                 }
-                XrpcError::for_status(did, a.status).map_or(Ok(()), Err)?;
+                status_error(did, a.status).map_or(Ok(()), Err)?;
                 Ok(f(a))
             })
             .unwrap_or_else(|| Err(XrpcError::repo_not_found(did)))
@@ -129,4 +129,16 @@ impl Pds {
         });
         found.ok_or_else(|| XrpcError::invalid(format!("Could not find repo: {repo}")))
     }
+}
+
+/// The error a repo read gets for an account with `status`; `None` when active.
+pub(crate) fn status_error(did: &str, status: super::world::AccountStatus) -> Option<XrpcError> {
+    let (error, what) = match status {
+        super::world::AccountStatus::Active => return None,
+        super::world::AccountStatus::Deleted => return Some(XrpcError::repo_not_found(did)),
+        super::world::AccountStatus::Deactivated => ("RepoDeactivated", "deactivated"),
+        super::world::AccountStatus::Takendown => ("RepoTakendown", "taken down"),
+        super::world::AccountStatus::Suspended => ("RepoSuspended", "suspended"),
+    };
+    Some(XrpcError::new(axum::http::StatusCode::BAD_REQUEST, error, format!("Repo has been {what}: {did}")))
 }

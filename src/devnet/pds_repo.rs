@@ -12,7 +12,7 @@ use sluice_handlers::value::cbor_to_json;
 
 use super::diddoc::did_document;
 use super::pds::Pds;
-use super::xrpc::{Params, XrpcError, XrpcResult, ok_json};
+use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
 
 type Records = BTreeMap<(String, String), (Cid, Bytes)>;
 

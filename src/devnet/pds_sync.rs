@@ -9,7 +9,7 @@ use serde_json::json;
 use super::cache::Built;
 use super::pds::Pds;
 use super::world::AccountStatus;
-use super::xrpc::{Params, XrpcError, XrpcResult, ok_json};
+use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
 
 /// `com.atproto.sync.getRepo?did=`: the whole repo as a CAR (`since` is ignored).
 pub(crate) async fn get_repo(pds: &Pds, p: &Params) -> XrpcResult {

@@ -11,7 +11,7 @@ use sluice_handlers::value::json_to_cbor;
 use super::pds::Pds;
 use super::pds_repo::at_uri;
 use super::world::{AccountSpec, Write, WriteError};
-use super::xrpc::{XrpcError, XrpcResult, ok_json};
+use crate::xrpc::{XrpcError, XrpcResult, ok_json};
 
 /// A required string field of a request body.
 fn field<'a>(input: &'a Value, name: &str) -> Result<&'a str, XrpcError> {

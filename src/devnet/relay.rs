@@ -14,7 +14,7 @@ use axum::routing::get;
 
 use super::listing;
 use super::world::World;
-use super::xrpc::{Params, XrpcError};
+use crate::xrpc::{Params, XrpcError};
 
 /// The relay's routes.
 pub(crate) fn router(world: Arc<World>) -> Router {

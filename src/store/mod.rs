@@ -128,6 +128,8 @@ pub struct Store {
     pub counts: Keyspace,
     handler_spaces: Mutex<HashMap<&'static str, Keyspace>>,
     writer: Mutex<Writer>,
+    /// The next event id, published after every commit that wrote events.
+    event_head: tokio::sync::watch::Sender<u64>,
 }
 
 impl Store {
@@ -147,6 +149,7 @@ impl Store {
             counts: ks("counts")?,
             handler_spaces: Mutex::new(HashMap::new()),
             writer: Mutex::new(Writer { next_event: 1, counts: BTreeMap::new() }),
+            event_head: tokio::sync::watch::Sender::new(1),
             db,
         };
         let next_event = match store.events.last_key_value() {
@@ -162,6 +165,7 @@ impl Store {
             counts.insert(k.to_vec(), decode_count(&v));
         }
         *store.writer.lock().expect("writer lock") = Writer { next_event, counts };
+        store.event_head.send_replace(next_event);
         Ok(store)
     }
 
@@ -211,6 +215,9 @@ impl Store {
         batch.commit()?;
         writer.next_event += n;
         writer.counts.extend(new_counts);
+        if n > 0 {
+            self.event_head.send_replace(writer.next_event);
+        }
         Ok(Committed { first_event: (n > 0).then_some(first), events: n })
     }
 
@@ -333,6 +340,12 @@ impl Store {
             }
         }
         Ok(out)
+    }
+
+    /// A receiver that changes whenever events are committed (its value is the next id):
+    /// what live readers of the log wait on.
+    pub fn watch_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.event_head.subscribe()
     }
 
     /// The id the next event will get.

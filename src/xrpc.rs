@@ -1,5 +1,6 @@
-//! XRPC plumbing shared by the devnet servers: error answers in the real shape, and query
-//! parameters read with `InvalidRequest` errors.
+//! XRPC plumbing shared by sluice's server and the devnet's: error answers in the protocol's
+//! shape (`{"error", "message"}` with the right status) and query parameters read with
+//! `InvalidRequest` errors that name the parameter.
 
 use std::collections::HashMap;
 
@@ -10,11 +11,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::world::AccountStatus;
-
 /// An XRPC error answer: status, `error` name and `message`.
 #[derive(Debug)]
-pub(crate) struct XrpcError {
+pub struct XrpcError {
     status: StatusCode,
     error: &'static str,
     message: String,
@@ -22,7 +21,7 @@ pub(crate) struct XrpcError {
 }
 
 /// What XRPC handlers return.
-pub(crate) type XrpcResult = Result<Response, XrpcError>;
+pub type XrpcResult = Result<Response, XrpcError>;
 
 impl XrpcError {
     /// An error with any status.
@@ -40,16 +39,14 @@ impl XrpcError {
         Self::new(StatusCode::BAD_REQUEST, "RepoNotFound", format!("Could not find repo for DID: {did}"))
     }
 
-    /// The error a repo read gets for an account with `status`; `None` when active.
-    pub fn for_status(did: &str, status: AccountStatus) -> Option<Self> {
-        let (error, what) = match status {
-            AccountStatus::Active => return None,
-            AccountStatus::Deleted => return Some(Self::repo_not_found(did)),
-            AccountStatus::Deactivated => ("RepoDeactivated", "deactivated"),
-            AccountStatus::Takendown => ("RepoTakendown", "taken down"),
-            AccountStatus::Suspended => ("RepoSuspended", "suspended"),
-        };
-        Some(Self::new(StatusCode::BAD_REQUEST, error, format!("Repo has been {what}: {did}")))
+    /// 400 RecordNotFound.
+    pub fn record_not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "RecordNotFound", message)
+    }
+
+    /// 401 AuthenticationRequired.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "AuthenticationRequired", message)
     }
 
     /// 429 RateLimitExceeded with `Retry-After: secs`.
@@ -68,6 +65,16 @@ impl XrpcError {
     pub fn not_implemented(method: &str) -> Self {
         Self::new(StatusCode::NOT_IMPLEMENTED, "MethodNotImplemented", format!("Method Not Implemented: {method}"))
     }
+
+    /// The status code.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The error name.
+    pub fn error(&self) -> &'static str {
+        self.error
+    }
 }
 
 impl IntoResponse for XrpcError {
@@ -81,17 +88,22 @@ impl IntoResponse for XrpcError {
 }
 
 /// A JSON 200 answer.
-pub(crate) fn ok_json(v: serde_json::Value) -> XrpcResult {
+pub fn ok_json(v: serde_json::Value) -> XrpcResult {
     Ok(Json(v).into_response())
 }
 
 /// Query parameters of one XRPC call.
-pub(crate) struct Params(HashMap<String, String>);
+pub struct Params(HashMap<String, String>);
 
 impl Params {
     /// Reads the query, a malformed one being an `InvalidRequest`.
     pub fn from_query(q: Result<Query<HashMap<String, String>>, QueryRejection>) -> Result<Self, XrpcError> {
         q.map(|Query(m)| Self(m)).map_err(|e| XrpcError::invalid(e.body_text()))
+    }
+
+    /// Parameters from a map (tests, and handlers that read the query themselves).
+    pub fn from_map(map: HashMap<String, String>) -> Self {
+        Self(map)
     }
 
     /// An optional parameter.
@@ -120,5 +132,23 @@ impl Params {
             Some("true") => Ok(true),
             Some(_) => Err(XrpcError::invalid(format!("Error: {name} must be a boolean"))),
         }
+    }
+
+    /// A required DID parameter, checked by the DID syntax.
+    pub fn did(&self, name: &str) -> Result<&str, XrpcError> {
+        let v = self.req(name)?;
+        crate::syntax::is_did(v).then_some(v).ok_or_else(|| XrpcError::invalid(format!("Error: {name} must be a valid did")))
+    }
+
+    /// A required NSID parameter, checked by the NSID syntax.
+    pub fn nsid(&self, name: &str) -> Result<&str, XrpcError> {
+        let v = self.req(name)?;
+        crate::syntax::is_nsid(v).then_some(v).ok_or_else(|| XrpcError::invalid(format!("Error: {name} must be a valid nsid")))
+    }
+
+    /// A required record key parameter, checked by the record key syntax.
+    pub fn rkey(&self, name: &str) -> Result<&str, XrpcError> {
+        let v = self.req(name)?;
+        crate::syntax::is_rkey(v).then_some(v).ok_or_else(|| XrpcError::invalid(format!("Error: {name} must be a valid record key")))
     }
 }

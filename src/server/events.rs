@@ -1,0 +1,178 @@
+//! `GET /xrpc/dev.sluice.subscribeEvents?cursor=N` (websocket): the event log, then live.
+//!
+//! Each event is one text message in the JSON shape of DESIGN.md. `cursor` is the last id the
+//! client has: the stream starts at `cursor + 1` (`0` replays everything; without a cursor it
+//! starts live). Every event is read from the log by id, so the switch from replay to live has
+//! no gap and no duplicate, and a slow client never slows ingestion: once it has caught up, a
+//! client that falls more than `[server] max_lag` events behind is sent an error message
+//! (`{"error": "ConsumerTooSlow", ...}`) and closed, and resumes with its last id.
+//!
+//! Acked mode (`consumer=NAME`): the client sends `{"ack": ID}` (everything up to ID is done);
+//! the server saves it as the cursor `consumer/NAME`, starts there when the client reconnects
+//! without a cursor, and sends again from the last ack when no ack came for `ack_timeout_secs`
+//! (at least once).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::json;
+
+use super::ServerState;
+use crate::xrpc::{Params, XrpcError};
+
+/// Events read from the log per step.
+const BATCH: usize = 256;
+
+pub(super) fn routes() -> Router<Arc<ServerState>> {
+    Router::new().route(&format!("/xrpc/{}.subscribeEvents", super::NS), get(subscribe))
+}
+
+/// Where a stream starts and whose acks it keeps.
+struct Start {
+    /// The last id the client has.
+    after: u64,
+    /// Acked mode: the consumer's name.
+    consumer: Option<String>,
+}
+
+async fn subscribe(State(state): State<Arc<ServerState>>, ws: WebSocketUpgrade, q: Result<Query<HashMap<String, String>>, QueryRejection>) -> Response {
+    match start_of(&state, q) {
+        Ok(start) => ws.on_upgrade(move |socket| stream(socket, state, start)),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn start_of(state: &ServerState, q: Result<Query<HashMap<String, String>>, QueryRejection>) -> Result<Start, XrpcError> {
+    let params = Params::from_query(q)?;
+    let cursor = match params.opt("cursor") {
+        Some(c) => Some(c.parse::<u64>().map_err(|_| XrpcError::invalid("Error: cursor must be a non-negative integer (the last event id you have)"))?),
+        None => None,
+    };
+    let head = state.store().next_event_id() - 1;
+    if cursor.is_some_and(|c| c > head) {
+        return Err(XrpcError::new(axum::http::StatusCode::BAD_REQUEST, "FutureCursor", format!("cursor is after the last event ({head})")));
+    }
+    let consumer = params.opt("consumer").map(str::to_string);
+    if let Some(name) = &consumer
+        && (name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    {
+        return Err(XrpcError::invalid("Error: consumer must be 1-64 letters, digits, - or _"));
+    }
+    let saved = match &consumer {
+        Some(name) => state.store().cursor(&consumer_cursor(name)).map_err(|e| XrpcError::internal(e.to_string()))?.and_then(|c| c.parse().ok()),
+        None => None,
+    };
+    Ok(Start { after: cursor.or(saved).unwrap_or(if consumer.is_some() { 0 } else { head }), consumer })
+}
+
+fn consumer_cursor(name: &str) -> String {
+    format!("consumer/{name}")
+}
+
+/// What the reader half tells the writer half.
+#[derive(Default)]
+struct Acks {
+    /// The highest id acked.
+    acked: AtomicU64,
+    /// Bumped on every ack that moves `acked`.
+    progress: AtomicU64,
+}
+
+async fn stream(socket: WebSocket, state: Arc<ServerState>, start: Start) {
+    let (mut sink, mut incoming) = socket.split();
+    let acks = Arc::new(Acks { acked: AtomicU64::new(start.after), progress: AtomicU64::new(0) });
+    let closed = tokio_util::sync::CancellationToken::new();
+    let reader = {
+        let (acks, closed, state, consumer) = (acks.clone(), closed.clone(), state.clone(), start.consumer.clone());
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = incoming.next().await {
+                match msg {
+                    Message::Text(text) => record_ack(&state, consumer.as_deref(), &acks, &text),
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+            closed.cancel();
+        })
+    };
+    if let Err(reason) = send_loop(&mut sink, &state, &start, &acks, &closed).await {
+        tracing::debug!(%reason, "event stream closed");
+    }
+    let _ = sink.close().await;
+    reader.abort();
+}
+
+/// Takes `{"ack": ID}` from an acked consumer and saves it as its cursor.
+fn record_ack(state: &ServerState, consumer: Option<&str>, acks: &Acks, text: &str) {
+    let Some(name) = consumer else { return };
+    let Some(id) = serde_json::from_str::<serde_json::Value>(text).ok().and_then(|v| v.get("ack").and_then(|a| a.as_u64())) else { return };
+    if acks.acked.fetch_max(id, Ordering::Relaxed) < id {
+        acks.progress.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = state.store().save_cursor(&consumer_cursor(name), &id.to_string()) {
+            tracing::warn!(error = %e, consumer = name, "saving a consumer's cursor failed");
+        }
+    }
+}
+
+/// Sends events from `start` on, forever; returns why it stopped.
+async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &Arc<ServerState>, start: &Start, acks: &Acks, closed: &tokio_util::sync::CancellationToken) -> Result<(), String> {
+    let store = state.store().clone();
+    let mut head_changed = store.watch_events();
+    let limits = &state.config.server;
+    let ack_timeout = Duration::from_secs(limits.ack_timeout_secs.max(1));
+    let (mut next, mut caught_up) = (start.after + 1, false);
+    let (mut seen_progress, mut waiting_since) = (0, Instant::now());
+    loop {
+        if start.consumer.is_some() {
+            let progress = acks.progress.load(Ordering::Relaxed);
+            let acked = acks.acked.load(Ordering::Relaxed);
+            if progress != seen_progress || next <= acked + 1 {
+                (seen_progress, waiting_since) = (progress, Instant::now());
+            } else if waiting_since.elapsed() >= ack_timeout {
+                // Nothing acked for a while: send again from the last ack.
+                (next, waiting_since) = (acked + 1, Instant::now());
+            }
+        }
+        let head = store.next_event_id();
+        if next < head {
+            if caught_up && head - next > limits.max_lag {
+                let error = json!({"error": "ConsumerTooSlow", "message": format!("more than {} events behind; reconnect with cursor={}", limits.max_lag, next - 1)});
+                let _ = sink.send(Message::Text(error.to_string().into())).await;
+                return Err("consumer too slow".into());
+            }
+            for (id, text) in read_batch(&store, next).await? {
+                let send = tokio::time::timeout(Duration::from_secs(limits.send_timeout_secs.max(1)), sink.send(Message::Text(text)));
+                send.await.map_err(|_| "send timed out".to_string())?.map_err(|e| e.to_string())?;
+                next = id + 1;
+            }
+            continue;
+        }
+        caught_up = true;
+        tokio::select! {
+            _ = head_changed.changed() => {}
+            _ = closed.cancelled() => return Ok(()),
+            _ = state.stop.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(ack_timeout), if start.consumer.is_some() => {}
+        }
+    }
+}
+
+/// Events from `from` on (at most [`BATCH`]) as JSON text, read on the blocking pool.
+async fn read_batch(store: &Arc<crate::store::Store>, from: u64) -> Result<Vec<(u64, Utf8Bytes)>, String> {
+    let store = store.clone();
+    let read = tokio::task::spawn_blocking(move || -> Result<Vec<(u64, Utf8Bytes)>, crate::store::StoreError> {
+        let events = store.events_from(from, BATCH)?;
+        events.into_iter().map(|(id, e)| Ok((id, crate::wire::event_json(&store, id, &e)?.to_string().into()))).collect()
+    });
+    read.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+}

@@ -1,0 +1,78 @@
+//! The HTTP server (axum) that custom appviews read from: the event stream, XRPC queries, the
+//! admin API and operations endpoints. One file per XRPC method or endpoint family; each
+//! contributes its routes to [`router`].
+//!
+//! Layout:
+//! - `health`: `/health`.
+//! - `events`: `dev.sluice.subscribeEvents`, the cursor-backed event stream (websocket).
+//! - `xrpc/`: the XRPC queries, one method per file.
+//!
+//! Architecture invariant: only `server/` (and the shared `xrpc` helpers) knows HTTP and JSON
+//! requests; it reads the store and asks the services, and never writes records itself.
+
+mod events;
+mod health;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::backfill::Backfill;
+use crate::config::Config;
+use crate::firehose::Firehose;
+use crate::pipeline::Pipeline;
+use crate::store::Store;
+
+/// The project's XRPC namespace.
+pub const NS: &str = "dev.sluice";
+
+/// What the handlers share.
+pub struct ServerState {
+    /// The pipeline: the store and the filter in force.
+    pub pipeline: Pipeline,
+    /// The configuration in use.
+    pub config: Config,
+    /// The backfill service, when this process runs one.
+    pub backfill: Option<Arc<Backfill>>,
+    /// Live ingestion, when this process runs it.
+    pub firehose: Option<Arc<Firehose>>,
+    /// When the server started.
+    pub started: Instant,
+    /// Cancelled at shutdown: long-lived streams end.
+    pub stop: CancellationToken,
+}
+
+impl ServerState {
+    /// A state over `pipeline` with no services attached.
+    pub fn new(pipeline: Pipeline, config: Config) -> Self {
+        Self { pipeline, config, backfill: None, firehose: None, started: Instant::now(), stop: CancellationToken::new() }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<Store> {
+        self.pipeline.store()
+    }
+}
+
+/// Every route.
+pub fn router(state: Arc<ServerState>) -> Router {
+    Router::new().merge(health::routes()).merge(events::routes()).with_state(state)
+}
+
+/// Binds `[server] listen`.
+pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
+    use anyhow::Context as _;
+    let addr: SocketAddr = config.server.listen.parse().with_context(|| format!("[server] listen = {:?} is not an address", config.server.listen))?;
+    TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
+}
+
+/// Serves on `listener` until the state's `stop` is cancelled.
+pub async fn serve(listener: TcpListener, state: Arc<ServerState>) -> std::io::Result<()> {
+    let stop = state.stop.clone();
+    tracing::info!(addr = %listener.local_addr()?, "serving");
+    axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await
+}
