@@ -1,0 +1,224 @@
+//! `dev.sluice.subscribeEvents` with a real websocket client: exact replay across reconnects
+//! and a restart of sluice, no gap or duplicate at the switch from replay to live while the
+//! devnet writes, slow consumers closed with an error, acked consumers, and bad parameters.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use sluice::backfill::{Backfill, RunMode};
+use sluice::devnet::{Devnet, DevnetOptions};
+use sluice::firehose::Firehose;
+use sluice::server::{ServerState, serve};
+use sluice::{Config, Filter, Sluice};
+use tokio_tungstenite::tungstenite::Message;
+
+const LIMIT: Duration = Duration::from_secs(30);
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Serves `state` on an ephemeral port; returns its address.
+async fn start_server(state: ServerState) -> (String, Arc<ServerState>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let state = Arc::new(state);
+    tokio::spawn(serve(listener, state.clone()));
+    (addr, state)
+}
+
+async fn connect(addr: &str, query: &str) -> Socket {
+    let url = format!("ws://{addr}/xrpc/dev.sluice.subscribeEvents{query}");
+    tokio_tungstenite::connect_async(url).await.expect("connects").0
+}
+
+/// The next event (or error message) as JSON, or `None` when the stream closed.
+async fn next_json(socket: &mut Socket) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(LIMIT, socket.next()).await.expect("a message in time")? {
+            Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).unwrap()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Reads events until `last_id` is reached; returns their ids.
+async fn read_until(socket: &mut Socket, last_id: u64) -> Vec<u64> {
+    let mut ids = Vec::new();
+    while ids.last().is_none_or(|&id| id < last_id) {
+        let event = next_json(socket).await.expect("the stream stays open");
+        ids.push(event["id"].as_u64().unwrap_or_else(|| panic!("an event, not {event}")));
+    }
+    ids
+}
+
+/// An indexer over the fixture repos `cars` (calabro alone gives 4,347 events), with
+/// `tweak`ed config.
+fn indexed(dir: &std::path::Path, cars: &[&str], tweak: impl FnOnce(&mut Config)) -> Sluice {
+    let mut config = Config::default();
+    config.storage.path = dir.join("data");
+    tweak(&mut config);
+    let sluice = Sluice::builder().config(config).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
+    for car in cars {
+        sluice.index_car(&common::read_fixture(car), &Default::default()).unwrap();
+    }
+    sluice
+}
+
+const BOTH: &[&str] = &["car/calabro.car", "car/little.car"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_is_exact_across_reconnects_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = indexed(dir.path(), BOTH, |_| {});
+    let head = sluice.store().next_event_id() - 1;
+    assert!(head > 4000);
+    let (addr, state) = start_server(ServerState::new(sluice.pipeline().clone(), sluice.config().clone())).await;
+
+    let mut socket = connect(&addr, "?cursor=0").await;
+    let first = next_json(&mut socket).await.unwrap();
+    let stored = sluice::wire::event_json(sluice.store(), 1, &sluice.store().events_from(1, 1).unwrap()[0].1).unwrap();
+    assert_eq!(first, stored, "events are sent in the log's JSON shape");
+    let mut ids = vec![1];
+    ids.extend(read_until(&mut socket, 1500).await);
+    drop(socket);
+    let mut socket = connect(&addr, &format!("?cursor={}", ids.last().unwrap())).await;
+    ids.extend(read_until(&mut socket, 3000).await);
+    drop(socket);
+
+    // sluice restarts on the same data; the client resumes with its last id.
+    state.stop.cancel();
+    drop((state, sluice));
+    let sluice = Sluice::builder().data_dir(dir.path().join("data")).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
+    let (addr, _state) = start_server(ServerState::new(sluice.pipeline().clone(), sluice.config().clone())).await;
+    let mut socket = connect(&addr, &format!("?cursor={}", ids.last().unwrap())).await;
+    ids.extend(read_until(&mut socket, head).await);
+    assert_eq!(ids, (1..=head).collect::<Vec<_>>(), "every event once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_switch_from_replay_to_live_loses_and_repeats_nothing() {
+    let net = Arc::new(Devnet::start(DevnetOptions::default()).await.unwrap());
+    let dids = net.populate(4, 300, 9).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::default();
+    (c.storage.path, c.network.relay, c.network.plc) = (dir.path().join("data"), net.relay_url(), net.plc_url());
+    let sluice = Sluice::builder().config(c.clone()).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
+    let backfill = Backfill::new(sluice.pipeline().clone(), &c);
+    let firehose = Firehose::new(sluice.pipeline().clone(), backfill.resolver().clone(), &c, backfill.live_backlog().clone()).unwrap();
+    let drains = firehose.clone();
+    backfill.after_sync(move |did| drains.request_drain(did));
+    let mut state = ServerState::new(sluice.pipeline().clone(), c.clone());
+    state.firehose = Some(firehose.clone());
+    let (addr, state) = start_server(state).await;
+    let (f, stop) = (firehose.clone(), state.stop.clone());
+    tokio::spawn(async move { f.run(stop).await });
+    let b = backfill.clone();
+    tokio::spawn(async move { b.run(RunMode::Forever, true).await });
+
+    // Writes go on from before the client connects until well after it has caught up.
+    let writer = {
+        let (net, dids) = (net.clone(), dids.clone());
+        std::thread::spawn(move || {
+            for i in 0..300 {
+                let record = json!({"$type": "app.bsky.feed.post", "text": format!("live {i}"), "createdAt": "2026-11-01T00:00:00.000Z"});
+                net.put_record(&dids[i % dids.len()], "app.bsky.feed.post", &format!("3lzzz{i:08}"), record).unwrap();
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut socket = connect(&addr, "?cursor=0").await;
+    tokio::task::spawn_blocking(move || writer.join().unwrap()).await.unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while sluice.store().repo_count(sluice::store::RepoStatus::Synced) < 4 || firehose.safe_cursor() < net.firehose_seq() || firehose.in_flight() > 0 {
+        assert!(Instant::now() < deadline, "sluice catches up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let head = sluice.store().next_event_id() - 1;
+    assert!(head >= 1200 + 300, "the backfill and every live write are in the log ({head})");
+    let ids = read_until(&mut socket, head).await;
+    assert_eq!(ids, (1..=head).collect::<Vec<_>>(), "replay then live: every event once, in order");
+    backfill.stop();
+    state.stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_told_and_closed_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = indexed(dir.path(), &["car/little.car"], |c| c.server.max_lag = 50);
+    let (addr, _state) = start_server(ServerState::new(sluice.pipeline().clone(), sluice.config().clone())).await;
+    let head = sluice.store().next_event_id() - 1;
+    // Live from the head; then the log grows by far more than max_lag while the client reads
+    // slowly.
+    let mut socket = connect(&addr, "").await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    sluice.index_car(&common::read_fixture("car/calabro.car"), &Default::default()).unwrap();
+    let grown = sluice.store().next_event_id() - 1;
+    assert!(grown - head > 50, "the log grew by more than max_lag ({} events)", grown - head);
+    let mut last_id = head;
+    let error = loop {
+        let msg = next_json(&mut socket).await.expect("an error message before the close");
+        match msg["id"].as_u64() {
+            Some(id) => last_id = id,
+            None => break msg,
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(error["error"], "ConsumerTooSlow", "{error}");
+    assert!(next_json(&mut socket).await.is_none(), "then the stream closes");
+    let mut socket = connect(&addr, &format!("?cursor={last_id}")).await;
+    let ids = read_until(&mut socket, grown).await;
+    assert_eq!(ids, (last_id + 1..=grown).collect::<Vec<_>>(), "it resumes from its last id");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acked_consumer_resumes_from_its_ack_and_gets_unacked_events_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = indexed(dir.path(), BOTH, |c| c.server.ack_timeout_secs = 1);
+    let (addr, _state) = start_server(ServerState::new(sluice.pipeline().clone(), sluice.config().clone())).await;
+
+    let mut socket = connect(&addr, "?consumer=indexer-1").await;
+    let ids = read_until(&mut socket, 100).await;
+    assert_eq!(ids.first(), Some(&1), "a new consumer starts at the beginning");
+    socket.send(Message::Text(json!({"ack": 40}).to_string().into())).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(socket);
+    assert_eq!(sluice.store().cursor("consumer/indexer-1").unwrap().as_deref(), Some("40"), "the ack is saved");
+
+    let mut socket = connect(&addr, "?consumer=indexer-1").await;
+    assert_eq!(next_json(&mut socket).await.unwrap()["id"], 41, "it resumes after its ack");
+    // No ack for over a second: everything after the last ack comes again.
+    let started = Instant::now();
+    let again = loop {
+        let id = next_json(&mut socket).await.unwrap()["id"].as_u64().unwrap();
+        if id == 41 {
+            break started.elapsed();
+        }
+    };
+    assert!(again >= Duration::from_millis(900), "sent again after the ack timeout ({again:?})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_parameters_are_refused_before_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = indexed(dir.path(), &["car/tiny.car"], |_| {});
+    let (addr, _state) = start_server(ServerState::new(sluice.pipeline().clone(), sluice.config().clone())).await;
+    let head = sluice.store().next_event_id() - 1;
+    for (query, error, mentions) in [
+        ("?cursor=abc", "InvalidRequest", "cursor"),
+        ("?cursor=-1", "InvalidRequest", "cursor"),
+        (&format!("?cursor={}", head + 10) as &str, "FutureCursor", "after the last event"),
+        ("?consumer=no%20spaces", "InvalidRequest", "consumer"),
+    ] {
+        let url = format!("ws://{addr}/xrpc/dev.sluice.subscribeEvents{query}");
+        let err = tokio_tungstenite::connect_async(url).await.expect_err("refused");
+        let tokio_tungstenite::tungstenite::Error::Http(response) = err else { panic!("{query}: an HTTP answer, not {err}") };
+        assert_eq!(response.status(), 400, "{query}");
+        let body: Value = serde_json::from_slice(response.body().as_deref().unwrap_or_default()).unwrap();
+        assert_eq!(body["error"], error, "{query}: {body}");
+        assert!(body["message"].as_str().unwrap().contains(mentions), "{query}: {body}");
+    }
+}
