@@ -20,14 +20,17 @@ struct Cli {
     /// Configuration file (missing = defaults).
     #[arg(long, global = true, default_value = "config.toml")]
     config: PathBuf,
+    /// Log format on stderr: `text`, or `json` (one object per line, for log collectors).
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the indexer: backfill from the network, following filter edits, until stopped
-    /// (Ctrl-C or SIGTERM).
+    /// Run the whole service until stopped (Ctrl-C or SIGTERM): backfill from the network,
+    /// follow the firehose live, follow filter edits, and serve HTTP (`[server] listen`).
     Run {
         #[command(flatten)]
         net: NetArgs,
@@ -174,11 +177,14 @@ enum FilterCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()))
+        .with_writer(std::io::stderr);
+    match cli.log_format.as_str() {
+        "json" => logs.json().init(),
+        _ => logs.init(),
+    }
     match run(cli) {
         Ok(code) => code,
         // A closed pipe (`sluice events | head`) is the reader's choice, not a failure.

@@ -95,6 +95,8 @@ pub struct Backfill {
     live_backlog: Arc<AtomicU64>,
     memory_cap_mb: AtomicU64,
     stop: AtomicBool,
+    /// Paused by an operator: no new repo starts until resumed.
+    paused: AtomicBool,
     /// Set when the current run's scheduler is done, to end its helpers.
     run_over: AtomicBool,
     fatal: Mutex<Option<String>>,
@@ -118,6 +120,7 @@ impl Backfill {
             live_backlog: Arc::default(),
             memory_cap_mb: AtomicU64::new(config.backfill.max_memory_mb),
             stop: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
             run_over: AtomicBool::new(false),
             fatal: Mutex::new(None),
             in_flight: Mutex::new(HashSet::new()),
@@ -154,6 +157,17 @@ impl Backfill {
     /// Changes the memory cap (MB, 0 = none) while running.
     pub fn set_memory_cap_mb(&self, mb: u64) {
         self.memory_cap_mb.store(mb, Ordering::Relaxed);
+    }
+
+    /// Pauses (or resumes) the backfill: while paused no new repo starts; repos in flight
+    /// finish.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// Whether an operator paused the backfill.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
     }
 
     /// Asks the run to stop for good: no new repo starts; repos in flight finish.
@@ -274,7 +288,7 @@ impl Backfill {
             let cap = self.memory_cap_mb.load(Ordering::Relaxed);
             let rss_mb = progress::resident_bytes().unwrap_or(0) >> 20;
             let over = cap > 0 && rss_mb > cap;
-            let busy = self.config.use_idle && self.live_backlog.load(Ordering::Relaxed) > IDLE_BACKLOG;
+            let busy = (self.config.use_idle && self.live_backlog.load(Ordering::Relaxed) > IDLE_BACKLOG) || self.is_paused();
             self.progress.memory_paused.store(over, Ordering::Relaxed);
             self.progress.idle_paused.store(busy && !over, Ordering::Relaxed);
             if !over && !busy {
@@ -287,6 +301,7 @@ impl Backfill {
                 paused_since = Some(std::time::Instant::now());
                 match over {
                     true => tracing::warn!(rss_mb, cap_mb = cap, "backfill paused: resident memory is over BACKFILL_MAX_MEMORY_MB; no new repo starts until it falls"),
+                    false if self.is_paused() => tracing::info!("backfill paused by an operator"),
                     false => tracing::info!(backlog = self.live_backlog.load(Ordering::Relaxed), "backfill yields to live ingestion (BACKFILL_USE_IDLE)"),
                 }
             }

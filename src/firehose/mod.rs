@@ -77,6 +77,10 @@ pub struct Firehose {
     saved: AtomicI64,
     /// Frames refused as undecodable.
     malformed: AtomicU64,
+    /// Paused by an operator: frames wait (and the socket with them) until resumed.
+    paused: AtomicBool,
+    /// Set once `run` is shutting down.
+    closing: AtomicBool,
     /// Connections made.
     connections: AtomicU64,
 }
@@ -108,6 +112,8 @@ impl Firehose {
             forget_cursor: AtomicBool::new(false),
             saved: AtomicI64::new(start_cursor.unwrap_or(0)),
             malformed: AtomicU64::new(0),
+            paused: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             connections: AtomicU64::new(0),
         }))
     }
@@ -135,6 +141,18 @@ impl Firehose {
     /// Connections made so far.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Pauses (or resumes) ingestion: while paused no frame is applied, reading the socket
+    /// stops once the queue is full (the relay may then drop the connection; the cursor
+    /// resumes it).
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+
+    /// Whether an operator paused ingestion.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
     }
 
     /// Asks for `did`'s held commits to be applied (its backfill just committed).
@@ -199,12 +217,16 @@ impl Firehose {
             .name("firehose-router".into())
             .spawn(move || {
                 while let Some(raw) = rx.blocking_recv() {
+                    while me.is_paused() && !me.fatal_or_closed() {
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                     me.ingest(raw);
                 }
             })
             .expect("spawning the firehose router");
         let saver = tokio::spawn(self.clone().save_every_second(stop.clone()));
         let result = self.connect_loop(&tx, &stop).await;
+        self.closing.store(true, Ordering::Relaxed);
         drop(tx);
         let _ = tokio::task::spawn_blocking(move || router.join()).await;
         stop.cancel();
@@ -256,6 +278,12 @@ impl Firehose {
         }
         let last = self.tracker.last_dispatched();
         (last > 0).then_some(last).or(self.start_cursor)
+    }
+
+    /// Whether the service is failing or shutting down (a paused router must not hold up
+    /// the shutdown).
+    fn fatal_or_closed(&self) -> bool {
+        self.fatal().is_some() || self.closing.load(Ordering::Relaxed)
     }
 
     fn fatal(&self) -> Option<String> {

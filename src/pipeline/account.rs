@@ -8,9 +8,19 @@ use super::{Origin, Pipeline, PipelineError, RepoOutcome, Staged, Tally};
 impl Pipeline {
     /// Commits `did`'s new `state` with `event` (an identity or account event) in one batch.
     pub fn apply_status(&self, did: &str, state: RepoState, event: StoredEvent) -> Result<(), PipelineError> {
+        self.count_status_event(&event);
         let change = RepoChange { did: did.to_string(), state: Some(state), events: vec![event], ..Default::default() };
         self.store.commit(change)?;
         Ok(())
+    }
+
+    fn count_status_event(&self, event: &StoredEvent) {
+        let counter = match event {
+            StoredEvent::Identity(_) => &self.metrics.identity_events,
+            StoredEvent::Account(_) => &self.metrics.account_events,
+            StoredEvent::Record(_) => return,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Deletes every stored record of `did` with delete events (handlers see each delete), in
@@ -30,6 +40,9 @@ impl Pipeline {
             if deletes.len() == 0
                 && let Some((state, event)) = last.take()
             {
+                if let Some(event) = &event {
+                    self.count_status_event(event);
+                }
                 change.state = Some(state);
                 change.events.extend(event);
             }

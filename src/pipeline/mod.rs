@@ -118,6 +118,10 @@ pub struct PipelineMetrics {
     pub repos_synced: AtomicU64,
     /// Repos discarded (signal mode or excluded).
     pub repos_discarded: AtomicU64,
+    /// Identity events written.
+    pub identity_events: AtomicU64,
+    /// Account events written.
+    pub account_events: AtomicU64,
 }
 
 /// What one batch does, counted before it is encoded.

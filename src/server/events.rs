@@ -89,6 +89,7 @@ struct Acks {
 }
 
 async fn stream(socket: WebSocket, state: Arc<ServerState>, start: Start) {
+    let _client = super::ClientGuard::new(&state);
     let (mut sink, mut incoming) = socket.split();
     let acks = Arc::new(Acks { acked: AtomicU64::new(start.after), progress: AtomicU64::new(0) });
     let closed = tokio_util::sync::CancellationToken::new();

@@ -3,7 +3,7 @@
 //! contributes its routes to [`router`].
 //!
 //! Layout:
-//! - `health`: `/health`.
+//! - `health`: `/health`; `metrics`: `/metrics` (Prometheus).
 //! - `events`: `dev.sluice.subscribeEvents`, the cursor-backed event stream (websocket).
 //! - `xrpc/`: the XRPC queries, one method per file.
 //!
@@ -12,9 +12,12 @@
 
 mod events;
 mod health;
+pub mod metrics;
+mod xrpc;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 use axum::Router;
@@ -44,12 +47,31 @@ pub struct ServerState {
     pub started: Instant,
     /// Cancelled at shutdown: long-lived streams end.
     pub stop: CancellationToken,
+    /// Event stream clients connected now.
+    pub stream_clients: AtomicI64,
+}
+
+/// Counts a stream client while it lives.
+pub struct ClientGuard(Arc<ServerState>);
+
+impl ClientGuard {
+    /// Counts one more client of `state`.
+    pub fn new(state: &Arc<ServerState>) -> Self {
+        state.stream_clients.fetch_add(1, Ordering::Relaxed);
+        Self(state.clone())
+    }
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.0.stream_clients.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ServerState {
     /// A state over `pipeline` with no services attached.
     pub fn new(pipeline: Pipeline, config: Config) -> Self {
-        Self { pipeline, config, backfill: None, firehose: None, started: Instant::now(), stop: CancellationToken::new() }
+        Self { pipeline, config, backfill: None, firehose: None, started: Instant::now(), stop: CancellationToken::new(), stream_clients: AtomicI64::new(0) }
     }
 
     /// The store.
@@ -60,7 +82,7 @@ impl ServerState {
 
 /// Every route.
 pub fn router(state: Arc<ServerState>) -> Router {
-    Router::new().merge(health::routes()).merge(events::routes()).with_state(state)
+    Router::new().merge(health::routes()).merge(metrics::routes()).merge(events::routes()).merge(xrpc::routes()).with_state(state)
 }
 
 /// Binds `[server] listen`.

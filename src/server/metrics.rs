@@ -1,0 +1,113 @@
+//! `GET /metrics`: Prometheus text exposition. Events by kind, the backfill queue by state,
+//! live ingestion (frames by outcome, cursor, lag), stream clients and memory. Rates are for
+//! Prometheus to take (`rate(sluice_events_total[1m])`).
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use super::ServerState;
+use crate::store::RepoStatus;
+
+pub(super) fn routes() -> Router<Arc<ServerState>> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+async fn metrics(State(state): State<Arc<ServerState>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&state))
+}
+
+/// One metric family, written as Prometheus text.
+struct Family<'a> {
+    out: &'a mut String,
+}
+
+impl Family<'_> {
+    fn start<'a>(out: &'a mut String, name: &str, kind: &str, help: &str) -> Family<'a> {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        Family { out }
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) -> &mut Self {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+        let labels = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.join(",")) };
+        let _ = writeln!(self.out, "{name}{labels} {value}");
+        self
+    }
+}
+
+fn load(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
+}
+
+/// Every metric, as Prometheus text.
+pub fn render(state: &ServerState) -> String {
+    let mut out = String::with_capacity(4096);
+    events(&mut out, state);
+    repos(&mut out, state);
+    live(&mut out, state);
+    let name = "sluice_stream_clients";
+    Family::start(&mut out, name, "gauge", "Event stream clients connected (subscribeEvents and /subscribe).").sample(name, &[], state.stream_clients.load(Ordering::Relaxed));
+    let name = "sluice_resident_memory_bytes";
+    let rss = crate::backfill::progress::resident_bytes().unwrap_or(0);
+    Family::start(&mut out, name, "gauge", "Resident memory of the process.").sample(name, &[], rss);
+    out
+}
+
+fn events(out: &mut String, state: &ServerState) {
+    let m = state.pipeline.metrics();
+    let name = "sluice_events_total";
+    Family::start(out, name, "counter", "Events written to the log since start, by kind (records by action).")
+        .sample(name, &[("kind", "record"), ("action", "create")], load(&m.created))
+        .sample(name, &[("kind", "record"), ("action", "update")], load(&m.updated))
+        .sample(name, &[("kind", "record"), ("action", "delete")], load(&m.deleted))
+        .sample(name, &[("kind", "identity")], load(&m.identity_events))
+        .sample(name, &[("kind", "account")], load(&m.account_events));
+    let name = "sluice_event_log_head";
+    Family::start(out, name, "gauge", "Id of the last event in the log.").sample(name, &[], state.store().next_event_id() - 1);
+    let name = "sluice_handler_errors_total";
+    Family::start(out, name, "counter", "Handler errors and panics since start.").sample(name, &[], load(&m.handler_errors));
+}
+
+fn repos(out: &mut String, state: &ServerState) {
+    let name = "sluice_repos";
+    let mut family = Family::start(out, name, "gauge", "Repos by state (the backfill queue is pending, backfilling, error and desynchronized).");
+    for status in RepoStatus::ALL {
+        family.sample(name, &[("status", status.as_str())], state.store().repo_count(status));
+    }
+    if let Some(backfill) = &state.backfill {
+        let name = "sluice_backfill_in_flight";
+        Family::start(out, name, "gauge", "Repos being backfilled now.").sample(name, &[], load(&backfill.progress().in_flight));
+        let name = "sluice_backfill_records_total";
+        Family::start(out, name, "counter", "Records walked by the backfill since start.").sample(name, &[], load(&backfill.progress().records));
+    }
+}
+
+fn live(out: &mut String, state: &ServerState) {
+    let Some(firehose) = &state.firehose else { return };
+    let m = firehose.live().metrics();
+    let name = "sluice_firehose_frames_total";
+    Family::start(out, name, "counter", "Firehose frames since start, by what became of them.")
+        .sample(name, &[("outcome", "applied")], load(&m.applied))
+        .sample(name, &[("outcome", "held")], load(&m.held))
+        .sample(name, &[("outcome", "discovered")], load(&m.discovered))
+        .sample(name, &[("outcome", "desynchronized")], load(&m.desynchronized))
+        .sample(name, &[("outcome", "stale")], load(&m.stale))
+        .sample(name, &[("outcome", "dropped")], load(&m.dropped))
+        .sample(name, &[("outcome", "refused")], load(&m.refused))
+        .sample(name, &[("outcome", "malformed")], firehose.malformed());
+    let name = "sluice_firehose_cursor";
+    Family::start(out, name, "gauge", "The firehose seq everything up to which is applied.").sample(name, &[], firehose.safe_cursor());
+    let name = "sluice_firehose_in_flight";
+    Family::start(out, name, "gauge", "Frames received and not yet finished.").sample(name, &[], firehose.in_flight());
+    let last = load(&m.last_frame_time_us);
+    let lag = if last == 0 { 0.0 } else { (crate::store::values::now_ms() * 1000).saturating_sub(last) as f64 / 1e6 };
+    let name = "sluice_firehose_lag_seconds";
+    Family::start(out, name, "gauge", "How far the latest frame handled is behind the clock.").sample(name, &[], lag);
+}
