@@ -16,6 +16,7 @@
 pub mod keys;
 mod held;
 mod queue;
+mod reads;
 pub mod values;
 
 use std::collections::{BTreeMap, HashMap};
