@@ -1,0 +1,47 @@
+//! `com.atproto.repo.describeRepo?repo` -> `{handle, did, didDoc, collections,
+//! handleIsCorrect}` from what sluice stores.
+//!
+//! - `handle`: the one the network last announced for the repo (`#identity`), stored in its
+//!   state; `handle.invalid` when none is known. sluice does not check it against DNS or the
+//!   well-known endpoint, so `handleIsCorrect` means only "a handle is known".
+//! - `didDoc`: sluice resolves DID documents for keys and endpoints but does not store them,
+//!   so this is a minimal document: `@context`, `id` and, when a handle is known,
+//!   `alsoKnownAs`. Clients that need keys or the PDS endpoint resolve the DID themselves.
+//! - `collections`: the collections sluice holds records of for the repo (what the filter
+//!   keeps), not every collection the repo has.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use super::Query;
+use super::repo_access::{blocking, readable, repo_did, store_error};
+use crate::server::ServerState;
+use crate::store::Store;
+use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
+
+/// The XRPC method's name.
+pub(super) const METHOD: &str = "com.atproto.repo.describeRepo";
+
+pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
+    let p = Params::from_query(q)?;
+    let did = repo_did(&p)?;
+    ok_json(blocking(&state, move |store| read(store, &did)).await?)
+}
+
+fn read(store: &Store, did: &str) -> Result<Value, XrpcError> {
+    let state = readable(store, did)?;
+    let collections = store.repo_collections(did).map_err(store_error)?;
+    let mut doc = json!({ "@context": ["https://www.w3.org/ns/did/v1"], "id": did });
+    if let Some(handle) = &state.handle {
+        doc["alsoKnownAs"] = json!([format!("at://{handle}")]);
+    }
+    Ok(json!({
+        "handle": state.handle.as_deref().unwrap_or("handle.invalid"),
+        "did": did,
+        "didDoc": doc,
+        "collections": collections,
+        "handleIsCorrect": state.handle.is_some(),
+    }))
+}

@@ -1,0 +1,37 @@
+//! `com.atproto.repo.getRecord?repo&collection&rkey&cid?` -> `{uri, cid, value}`: one stored
+//! record as AT Protocol JSON. `RecordNotFound` when sluice holds no such record, or holds
+//! another version than `cid`.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use serde_json::Value;
+
+use super::repo_access::{at_uri, blocking, readable, record_json, repo_did, store_error};
+use super::Query;
+use crate::server::ServerState;
+use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
+
+/// The XRPC method's name.
+pub(super) const METHOD: &str = "com.atproto.repo.getRecord";
+
+pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
+    let p = Params::from_query(q)?;
+    let did = repo_did(&p)?;
+    let (collection, rkey) = (p.nsid("collection")?.to_string(), p.rkey("rkey")?.to_string());
+    let want = match p.opt("cid") {
+        Some(s) => Some(cid::Cid::try_from(s).map_err(|_| XrpcError::invalid("Error: cid must be a valid cid"))?),
+        None => None,
+    };
+    ok_json(blocking(&state, move |store| read(store, &did, &collection, &rkey, want)).await?)
+}
+
+fn read(store: &crate::store::Store, did: &str, collection: &str, rkey: &str, want: Option<cid::Cid>) -> Result<Value, XrpcError> {
+    readable(store, did)?;
+    let not_found = || XrpcError::record_not_found(format!("Could not locate record: {}", at_uri(did, collection, rkey)));
+    let cid = store.record_cid(did, collection, rkey).map_err(store_error)?.ok_or_else(not_found)?;
+    if want.is_some_and(|w| w.to_bytes() != cid) {
+        return Err(not_found());
+    }
+    record_json(store, did, collection, rkey, &cid)
+}

@@ -1,0 +1,43 @@
+//! `dev.sluice.getStats` -> what sluice holds:
+//! `{repos: {status: n}, records: {collection: n}, events: {last, next}, cursors: {service:
+//! {cursor, savedAt}}}`. Every status is listed (zero included); counters come from the
+//! store's in-memory copy, so this is cheap.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use serde_json::{Map, Value, json};
+
+use super::Query;
+use super::repo_access::{blocking, datetime, store_error};
+use crate::server::ServerState;
+use crate::store::{RepoStatus, Store};
+use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
+
+/// The method's name under the project's namespace.
+pub(super) const NAME: &str = "getStats";
+
+pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
+    Params::from_query(q)?;
+    ok_json(blocking(&state, read).await?)
+}
+
+fn read(store: &Store) -> Result<Value, XrpcError> {
+    let mut repos: Map<String, Value> = RepoStatus::ALL.iter().map(|s| (s.as_str().to_string(), json!(0))).collect();
+    let mut records = Map::new();
+    for ((kind, name), n) in store.counts() {
+        match kind.as_str() {
+            "repos" => repos.insert(name, json!(n)),
+            "records" if n != 0 => records.insert(name, json!(n)),
+            _ => None,
+        };
+    }
+    let next = store.next_event_id();
+    let cursors: Map<String, Value> = store
+        .cursors()
+        .map_err(store_error)?
+        .into_iter()
+        .map(|(service, (cursor, ms))| (service, json!({ "cursor": cursor, "savedAt": datetime(ms) })))
+        .collect();
+    Ok(json!({ "repos": repos, "records": records, "events": { "last": next - 1, "next": next }, "cursors": cursors }))
+}

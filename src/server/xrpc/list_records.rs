@@ -1,0 +1,50 @@
+//! `com.atproto.repo.listRecords?repo&collection&limit&cursor&reverse` -> `{records: [{uri, cid,
+//! value}], cursor?}`.
+//!
+//! As the reference PDS: rkeys descending by default (newest first for TIDs), ascending with
+//! `reverse=true`; `cursor` is an rkey, and a page holds the rkeys strictly past it in the
+//! page's order. The answer's `cursor` is the last rkey of every non-empty page, so the page
+//! after the last one is empty and has none. (The devnet PDS leaves the cursor off the last
+//! page instead; both page the same records.)
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use super::Query;
+use super::repo_access::{blocking, readable, record_json, repo_did, store_error};
+use crate::server::ServerState;
+use crate::store::Store;
+use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
+
+/// The XRPC method's name.
+pub(super) const METHOD: &str = "com.atproto.repo.listRecords";
+
+/// One request's page.
+struct Page {
+    did: String,
+    collection: String,
+    cursor: Option<String>,
+    limit: usize,
+    ascending: bool,
+}
+
+pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
+    let p = Params::from_query(q)?;
+    let did = repo_did(&p)?;
+    let collection = p.nsid("collection")?.to_string();
+    let page = Page { did, collection, limit: p.limit(50, 100)?, ascending: p.flag("reverse")?, cursor: p.opt("cursor").map(str::to_string) };
+    ok_json(blocking(&state, move |store| read(store, &page)).await?)
+}
+
+fn read(store: &Store, page: &Page) -> Result<Value, XrpcError> {
+    readable(store, &page.did)?;
+    let rows = store.collection_page(&page.did, &page.collection, page.cursor.as_deref(), page.limit, page.ascending).map_err(store_error)?;
+    let records = rows.iter().map(|(rkey, cid)| record_json(store, &page.did, &page.collection, rkey, cid)).collect::<Result<Vec<_>, _>>()?;
+    let mut out = json!({ "records": records });
+    if let Some((last, _)) = rows.last() {
+        out["cursor"] = json!(last);
+    }
+    Ok(out)
+}

@@ -1,0 +1,48 @@
+//! The XRPC queries, one method per file. Every method is a GET whose parameters are checked
+//! with errors naming them (`InvalidRequest`), and which reads the store on the blocking pool.
+//!
+//! Layout:
+//! - `get_record`, `list_records`, `describe_repo`: `com.atproto.repo` reads over what sluice
+//!   stores, shaped as a PDS answers them.
+//! - `list_repos`, `get_repo_status`: `com.atproto.sync` listings of the repos sluice indexes.
+//! - `get_repo_state`, `get_stats`, `get_backlinks`: sluice's own methods, under
+//!   [`NS`](super::NS).
+//! - `repo_access`: what they share: which repos are shown, the `repo` parameter, records as
+//!   JSON, the blocking-pool read.
+
+mod describe_repo;
+mod get_backlinks;
+mod get_record;
+mod get_repo_state;
+mod get_repo_status;
+mod get_stats;
+mod list_records;
+mod list_repos;
+mod repo_access;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::rejection::QueryRejection;
+use axum::routing::get;
+
+use super::{NS, ServerState};
+
+/// A method's raw query, checked by [`crate::xrpc::Params::from_query`].
+type Query = Result<axum::extract::Query<HashMap<String, String>>, QueryRejection>;
+
+/// The routes of every XRPC query.
+pub(super) fn routes() -> Router<Arc<ServerState>> {
+    let atproto = |method: &str| format!("/xrpc/{method}");
+    let ours = |name: &str| format!("/xrpc/{NS}.{name}");
+    Router::new()
+        .route(&atproto(get_record::METHOD), get(get_record::handle))
+        .route(&atproto(list_records::METHOD), get(list_records::handle))
+        .route(&atproto(describe_repo::METHOD), get(describe_repo::handle))
+        .route(&atproto(list_repos::METHOD), get(list_repos::handle))
+        .route(&atproto(get_repo_status::METHOD), get(get_repo_status::handle))
+        .route(&ours(get_repo_state::NAME), get(get_repo_state::handle))
+        .route(&ours(get_stats::NAME), get(get_stats::handle))
+        .route(&ours(get_backlinks::NAME), get(get_backlinks::handle))
+}

@@ -1,0 +1,128 @@
+//! What the XRPC methods share: reading the store on the blocking pool, the `repo` parameter
+//! (DIDs only), and the rule for which repos a method may show.
+//!
+//! The rule: a repo sluice has no state for, or keeps nothing of (`discarded`), is not found.
+//! A `gone` repo answers as a PDS would for its account status, which its state's `error`
+//! holds (`deactivated`, `takendown`, `suspended`, `deleted`, or a relay's own word):
+//! deactivated, taken down and suspended accounts are known but unreadable; deleted ones (and
+//! DIDs that no longer resolve) are not found. Every other state (synced, or pending,
+//! backfilling, failing or desynchronized with what was stored before) is readable.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use serde_json::{Map, Value};
+
+use super::super::ServerState;
+use crate::store::{RepoState, RepoStatus, Store, StoreError};
+use crate::xrpc::{Params, XrpcError};
+
+/// Runs `read` on the blocking pool with the store: reads may touch many keys.
+pub(super) async fn blocking<T: Send + 'static>(state: &Arc<ServerState>, read: impl FnOnce(&Store) -> Result<T, XrpcError> + Send + 'static) -> Result<T, XrpcError> {
+    let store = state.store().clone();
+    tokio::task::spawn_blocking(move || read(&store)).await.map_err(|e| XrpcError::internal(format!("read task failed: {e}")))?
+}
+
+/// A storage failure as a 500.
+pub(super) fn store_error(e: StoreError) -> XrpcError {
+    XrpcError::internal(e.to_string())
+}
+
+/// The `repo` parameter, which must be a DID: sluice keeps no handle -> DID index.
+pub(super) fn repo_did(p: &Params) -> Result<String, XrpcError> {
+    let repo = p.req("repo")?;
+    if crate::syntax::is_did(repo) {
+        return Ok(repo.to_string());
+    }
+    match crate::syntax::is_handle(repo) {
+        true => Err(XrpcError::invalid("Error: repo must be a DID: sluice does not resolve handles")),
+        false => Err(XrpcError::invalid("Error: repo must be a valid did or handle")),
+    }
+}
+
+/// The account status of a gone repo, as `getRepoStatus` and `listRepos` report it (one word,
+/// e.g. `takendown`), or `None` when the account no longer exists (deleted, or its DID does not
+/// resolve) and the repo is answered as not found.
+pub(super) fn gone_status(state: &RepoState) -> Option<&str> {
+    let reason = state.error.as_deref()?;
+    let word = !reason.is_empty() && reason.bytes().all(|b| b.is_ascii_lowercase());
+    (word && reason != "deleted").then_some(reason)
+}
+
+/// `did`'s state if sluice shows the repo at all: known, not discarded, and not gone for good.
+pub(super) fn shown(did: &str, state: Option<RepoState>) -> Result<RepoState, XrpcError> {
+    match state {
+        Some(s) if s.status == RepoStatus::Discarded => Err(XrpcError::repo_not_found(did)),
+        Some(s) if s.status == RepoStatus::Gone && gone_status(&s).is_none() => Err(XrpcError::repo_not_found(did)),
+        Some(s) => Ok(s),
+        None => Err(XrpcError::repo_not_found(did)),
+    }
+}
+
+/// `did`'s state if its records may be read; a gone repo gets its status's error, as a PDS
+/// answers for a deactivated, taken down or suspended account.
+pub(super) fn readable(store: &Store, did: &str) -> Result<RepoState, XrpcError> {
+    let state = shown(did, store.repo_state(did).map_err(store_error)?)?;
+    if state.status != RepoStatus::Gone {
+        return Ok(state);
+    }
+    let bad = |error, what: &str| XrpcError::new(StatusCode::BAD_REQUEST, error, format!("Repo has been {what}: {did}"));
+    Err(match gone_status(&state).unwrap_or_default() {
+        "deactivated" => bad("RepoDeactivated", "deactivated"),
+        "takendown" => bad("RepoTakendown", "takendown"),
+        "suspended" => bad("RepoSuspended", "suspended"),
+        other => XrpcError::new(StatusCode::BAD_REQUEST, "RepoNotFound", format!("Repo is not available ({other}): {did}")),
+    })
+}
+
+/// `at://did/collection/rkey`.
+pub(super) fn at_uri(did: &str, collection: &str, rkey: &str) -> String {
+    format!("at://{did}/{collection}/{rkey}")
+}
+
+/// A binary CID as its string form (base32 CIDv1).
+pub(super) fn cid_string(cid: &[u8]) -> Result<String, XrpcError> {
+    cid::Cid::try_from(cid).map(|c| c.to_string()).map_err(|e| XrpcError::internal(format!("stored CID does not decode: {e}")))
+}
+
+/// `{uri, cid, value}` of one stored record, its body read from `blocks`.
+pub(super) fn record_json(store: &Store, did: &str, collection: &str, rkey: &str, cid: &[u8]) -> Result<Value, XrpcError> {
+    let uri = at_uri(did, collection, rkey);
+    let body = store.block(cid).map_err(store_error)?.ok_or_else(|| XrpcError::internal(format!("the body of {uri} is missing")))?;
+    let value = sluice_handlers::value::cbor_to_json(&body).map_err(|e| XrpcError::internal(format!("stored record {uri} does not decode: {e}")))?;
+    let mut out = Map::new();
+    out.insert("uri".into(), uri.into());
+    out.insert("cid".into(), cid_string(cid)?.into());
+    out.insert("value".into(), value);
+    Ok(Value::Object(out))
+}
+
+/// Unix ms as an AT Protocol datetime (RFC 3339, UTC, milliseconds).
+pub(super) fn datetime(ms: u64) -> String {
+    let t = chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX)).unwrap_or_default();
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gone(reason: &str) -> RepoState {
+        RepoState { status: RepoStatus::Gone, error: Some(reason.into()), ..Default::default() }
+    }
+
+    #[test]
+    fn gone_repos_keep_their_status_unless_deleted() {
+        for s in ["deactivated", "takendown", "suspended", "throttled", "inactive"] {
+            assert_eq!(gone_status(&gone(s)), Some(s));
+            assert!(shown("did:x:a", Some(gone(s))).is_ok());
+        }
+        for s in ["deleted", "deleted (RepoNotFound)", "DID not found", ""] {
+            assert_eq!(gone_status(&gone(s)), None, "{s}");
+            assert_eq!(shown("did:x:a", Some(gone(s))).unwrap_err().error(), "RepoNotFound");
+        }
+        let discarded = RepoState { status: RepoStatus::Discarded, ..Default::default() };
+        assert_eq!(shown("did:x:a", Some(discarded)).unwrap_err().error(), "RepoNotFound");
+        assert_eq!(shown("did:x:a", None).unwrap_err().error(), "RepoNotFound");
+    }
+}
