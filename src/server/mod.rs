@@ -3,6 +3,7 @@
 //! contributes its routes to [`router`].
 //!
 //! Layout:
+//! - `admin`: `/admin/*`, behind the bearer token.
 //! - `health`: `/health`; `metrics`: `/metrics` (Prometheus).
 //! - `events`: `dev.sluice.subscribeEvents`, the cursor-backed event stream (websocket).
 //! - `xrpc/`: the XRPC queries, one method per file.
@@ -10,6 +11,7 @@
 //! Architecture invariant: only `server/` (and the shared `xrpc` helpers) knows HTTP and JSON
 //! requests; it reads the store and asks the services, and never writes records itself.
 
+mod admin;
 mod events;
 mod health;
 pub mod metrics;
@@ -49,6 +51,10 @@ pub struct ServerState {
     pub stop: CancellationToken,
     /// Event stream clients connected now.
     pub stream_clients: AtomicI64,
+    /// The admin bearer token; admin routes are off without one.
+    pub admin_token: Option<String>,
+    /// Serializes filter edits through the admin API.
+    pub filter_edits: std::sync::Mutex<()>,
 }
 
 /// Counts a stream client while it lives.
@@ -69,9 +75,21 @@ impl Drop for ClientGuard {
 }
 
 impl ServerState {
-    /// A state over `pipeline` with no services attached.
+    /// A state over `pipeline` with no services attached; the admin token is read from the
+    /// environment variable the config names.
     pub fn new(pipeline: Pipeline, config: Config) -> Self {
-        Self { pipeline, config, backfill: None, firehose: None, started: Instant::now(), stop: CancellationToken::new(), stream_clients: AtomicI64::new(0) }
+        let admin_token = std::env::var(&config.server.admin_token_env).ok().filter(|t| !t.is_empty());
+        Self {
+            pipeline,
+            config,
+            backfill: None,
+            firehose: None,
+            started: Instant::now(),
+            stop: CancellationToken::new(),
+            stream_clients: AtomicI64::new(0),
+            admin_token,
+            filter_edits: std::sync::Mutex::new(()),
+        }
     }
 
     /// The store.
@@ -82,7 +100,13 @@ impl ServerState {
 
 /// Every route.
 pub fn router(state: Arc<ServerState>) -> Router {
-    Router::new().merge(health::routes()).merge(metrics::routes()).merge(events::routes()).merge(xrpc::routes()).with_state(state)
+    Router::new()
+        .merge(admin::routes(&state))
+        .merge(health::routes())
+        .merge(metrics::routes())
+        .merge(events::routes())
+        .merge(xrpc::routes())
+        .with_state(state)
 }
 
 /// Binds `[server] listen`.
