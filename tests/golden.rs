@@ -4,8 +4,20 @@
 
 use std::path::PathBuf;
 
-use sluice::store::values::{AccountEvent, Cursor, IdentityEvent, RecordRef};
+use sluice::store::values::{AccountEvent, Cursor, EventSpan, IdentityEvent, RecordRef};
 use sluice::store::{Action, EventPage, HeldCommit, RecordEvent, RepoState, RepoStatus, Stored, StoredEvent};
+
+/// The events of the golden event pages.
+fn page_events() -> Vec<StoredEvent> {
+    vec![
+        StoredEvent::Record(RecordEvent {
+            live: true, did: "did:plc:alice".into(), rev: "3l3qo2vuowo2b".into(), collection: "app.bsky.feed.post".into(), rkey: "3l3qo2vutsw2b".into(),
+            action: Action::Update, cid: vec![1, 113, 18, 32, 9], replaced: Some("{\"text\":\"x\"}".into()), handled: vec![("post".into(), "{}".into())],
+        }),
+        StoredEvent::Identity(IdentityEvent { did: "did:plc:alice".into(), handle: Some("alice.test".into()) }),
+        StoredEvent::Account(AccountEvent { did: "did:plc:alice".into(), active: false, status: Some("takendown".into()) }),
+    ]
+}
 
 fn golden<T: Stored + PartialEq + std::fmt::Debug>(name: &str, value: T) {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
@@ -23,18 +35,19 @@ fn version_1_values_still_decode() {
         handle: Some("alice.test".into()), error: None, retries: 2, next_retry_ms: Some(1_700_000_000_000), updated_ms: 1_700_000_000_001,
     });
     golden("v1-record-ref.bin", RecordRef { cid: vec![1, 113, 18, 32, 7, 7, 7] });
-    golden("v1-event-page.bin", EventPage { events: vec![
-        StoredEvent::Record(RecordEvent {
-            live: true, did: "did:plc:alice".into(), rev: "3l3qo2vuowo2b".into(), collection: "app.bsky.feed.post".into(), rkey: "3l3qo2vutsw2b".into(),
-            action: Action::Update, cid: vec![1, 113, 18, 32, 9], replaced: Some("{\"text\":\"x\"}".into()), handled: vec![("post".into(), "{}".into())],
-        }),
-        StoredEvent::Identity(IdentityEvent { did: "did:plc:alice".into(), handle: Some("alice.test".into()) }),
-        StoredEvent::Account(AccountEvent { did: "did:plc:alice".into(), active: false, status: Some("takendown".into()) }),
-    ] });
+    // Version 1 pages carry no times: they read back with time 0.
+    golden("v1-event-page.bin", EventPage { first_time: 0, events: page_events() });
     golden("v1-cursor.bin", Cursor { value: "31527015322".into(), updated_ms: 1_700_000_000_000 });
     golden("v1-held-commit.bin", HeldCommit { frame: vec![0xa2, 0x61, 0x74, 0x67, 1, 2, 3] });
     golden("v1-repo-state-desynchronized.bin", RepoState {
         status: RepoStatus::Desynchronized, rev: Some("3l3qo2vuowo2b".into()), data: None, handle: None,
         error: Some("prevData does not continue the stored root".into()), retries: 0, next_retry_ms: None, updated_ms: 1_700_000_000_002,
     });
+}
+
+#[test]
+fn version_2_event_pages_still_decode() {
+    // Version 2: the first event's time (unix µs); the others follow it one µs apart.
+    golden("v2-event-page.bin", EventPage { first_time: 1_700_000_000_000_123, events: page_events() });
+    golden("v1-event-span.bin", EventSpan { first_id: 4_242, count: 512 });
 }

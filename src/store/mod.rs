@@ -6,6 +6,8 @@
 //! [`Store::prepare`] then [`Store::commit_prepared`]). Events are stored in pages of up to
 //! [`EventPage::MAX_EVENTS`]. Event ids are assigned under the writer lock at commit time, so the
 //! log is gapless and ids survive restarts (the next id is read back from the log on open).
+//! So are event times (unix µs, unique and increasing with ids; see `times.rs`), which
+//! Jetstream-style cursors need.
 //!
 //! Blocks are content-addressed record bodies, written once. Events reference them by CID, so a
 //! block stays as long as an event or a record may point at it; pruning belongs to event
@@ -16,6 +18,7 @@
 pub mod keys;
 mod held;
 mod queue;
+mod times;
 mod reads;
 pub mod values;
 
@@ -26,6 +29,7 @@ use std::sync::Mutex;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use sluice_handlers::IndexWrite;
 
+pub use times::now_us;
 pub use values::{AccountEvent, Action, EventPage, HeldCommit, IdentityEvent, RecordEvent, RepoState, RepoStatus, Stored, StoredEvent};
 use values::{Cursor, RecordRef};
 
@@ -83,7 +87,7 @@ pub struct RepoChange {
 /// [`Store::prepare`]).
 pub struct Prepared {
     batch: fjall::OwnedWriteBatch,
-    pages: Vec<(u64, Vec<u8>)>,
+    pages: Vec<times::EncodedPage>,
     deltas: BTreeMap<Vec<u8>, i64>,
     events: u64,
     /// The repo's new state: its status counters and queue entry are settled at commit time,
@@ -102,6 +106,8 @@ pub struct Committed {
 
 struct Writer {
     next_event: u64,
+    /// The time (unix µs) of the last event committed.
+    last_time: u64,
     counts: BTreeMap<Vec<u8>, i64>,
 }
 
@@ -116,6 +122,8 @@ pub struct Store {
     pub blocks: Keyspace,
     /// u64 BE id of a page's first event -> [`EventPage`].
     pub events: Keyspace,
+    /// u64 BE time of a page's first event -> [`values::EventSpan`]: the event time index.
+    pub event_times: Keyspace,
     /// The backfill queue: due ms (BE) + did -> empty, one entry per repo whose
     /// [`RepoState::queue_due`] is set, kept in step with `repos` by every state write.
     pub pending: Keyspace,
@@ -131,6 +139,8 @@ pub struct Store {
     writer: Mutex<Writer>,
     /// The next event id, published after every commit that wrote events.
     event_head: tokio::sync::watch::Sender<u64>,
+    /// Where event times come from (tests set their own).
+    clock: fn() -> u64,
 }
 
 impl Store {
@@ -143,14 +153,16 @@ impl Store {
             records: ks("records")?,
             blocks: ks("blocks")?,
             events: ks("events")?,
+            event_times: ks("event_times")?,
             pending: ks("pending")?,
             resync: ks("resync")?,
             held: ks("held")?,
             cursors: ks("cursors")?,
             counts: ks("counts")?,
             handler_spaces: Mutex::new(HashMap::new()),
-            writer: Mutex::new(Writer { next_event: 1, counts: BTreeMap::new() }),
+            writer: Mutex::new(Writer { next_event: 1, last_time: 0, counts: BTreeMap::new() }),
             event_head: tokio::sync::watch::Sender::new(1),
+            clock: now_us,
             db,
         };
         let next_event = match store.events.last_key_value() {
@@ -165,7 +177,8 @@ impl Store {
             let (k, v) = kv.into_inner()?;
             counts.insert(k.to_vec(), decode_count(&v));
         }
-        *store.writer.lock().expect("writer lock") = Writer { next_event, counts };
+        let last_time = store.read_last_time()?;
+        *store.writer.lock().expect("writer lock") = Writer { next_event, last_time, counts };
         store.event_head.send_replace(next_event);
         Ok(store)
     }
@@ -200,8 +213,8 @@ impl Store {
         Ok(Prepared { batch, pages, deltas, events, state })
     }
 
-    /// Commits a prepared change: assigns its events the next ids, updates the counters and
-    /// the queue index and writes the batch, under the writer lock.
+    /// Commits a prepared change: assigns its events the next ids and times, updates the
+    /// counters and the queue index and writes the batch, under the writer lock.
     pub fn commit_prepared(&self, prepared: Prepared) -> Result<Committed> {
         let Prepared { mut batch, pages, mut deltas, events: n, state } = prepared;
         let mut writer = self.writer.lock().expect("writer lock");
@@ -209,12 +222,14 @@ impl Store {
             self.stage_state_change(&mut batch, &mut deltas, did, new)?;
         }
         let first = writer.next_event;
-        for (offset, page) in pages {
-            batch.insert(&self.events, keys::event(first + offset), page);
-        }
+        let first_time = times::first_time(writer.last_time, (self.clock)());
+        self.stage_pages(&mut batch, pages, first, first_time);
         let new_counts = self.stage_counts(&mut batch, &writer, deltas);
         batch.commit()?;
         writer.next_event += n;
+        if n > 0 {
+            writer.last_time = first_time + n - 1;
+        }
         writer.counts.extend(new_counts);
         if n > 0 {
             self.event_head.send_replace(writer.next_event);
@@ -318,6 +333,12 @@ impl Store {
 
     /// Events with id >= `from`, in order, at most `limit`.
     pub fn events_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, StoredEvent)>> {
+        Ok(self.events_with_time_from(from, limit)?.into_iter().map(|(id, _, event)| (id, event)).collect())
+    }
+
+    /// Events with id >= `from`, in order, at most `limit`, as (id, time, event): the time in
+    /// unix µs, 0 for events written before events had times.
+    pub fn events_with_time_from(&self, from: u64, limit: usize) -> Result<Vec<(u64, u64, StoredEvent)>> {
         // Start at the page holding `from`: the last page whose first id is <= it.
         let start = match self.events.range(..=keys::event(from)).next_back() {
             Some(kv) => keys::parse_event(&kv.key()?)?,
@@ -328,12 +349,13 @@ impl Store {
             let (k, v) = kv.into_inner()?;
             let first = keys::parse_event(&k)?;
             let page = EventPage::decode(&v)?;
-            for (id, event) in (first..).zip(page.events) {
+            let times: Vec<u64> = (0..page.events.len()).map(|i| page.time_of(i)).collect();
+            for ((id, time), event) in (first..).zip(times).zip(page.events) {
                 if out.len() >= limit {
                     return Ok(out);
                 }
                 if id >= from {
-                    out.push((id, event));
+                    out.push((id, time, event));
                 }
             }
             if out.len() >= limit {
@@ -395,16 +417,17 @@ fn keyspace_options() -> KeyspaceCreateOptions {
     KeyspaceCreateOptions::default().max_memtable_size(32 << 20)
 }
 
-/// Encodes events as pages of at most [`EventPage::MAX_EVENTS`]: (offset of the page's first
-/// event, stored page).
-fn encode_pages(events: Vec<StoredEvent>) -> Vec<(u64, Vec<u8>)> {
+/// Encodes events as pages of at most [`EventPage::MAX_EVENTS`], their times left for the
+/// commit to stamp.
+fn encode_pages(events: Vec<StoredEvent>) -> Vec<times::EncodedPage> {
     let mut pages = Vec::with_capacity(events.len().div_ceil(EventPage::MAX_EVENTS));
     let mut events = events.into_iter().peekable();
     let mut offset = 0;
     while events.peek().is_some() {
-        let page = EventPage { events: events.by_ref().take(EventPage::MAX_EVENTS).collect() };
-        pages.push((offset, page.encode()));
-        offset += page.events.len() as u64;
+        let page = EventPage { first_time: 0, events: events.by_ref().take(EventPage::MAX_EVENTS).collect() };
+        let len = page.events.len() as u64;
+        pages.push(times::EncodedPage { offset, len, bytes: page.encode() });
+        offset += len;
     }
     pages
 }

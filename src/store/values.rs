@@ -3,7 +3,8 @@
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-/// The format version written today.
+/// The format version of a value type that has only ever had one; a type whose format changed
+/// says which version it writes in [`Stored::VERSION`].
 pub const VERSION: u8 = 1;
 
 /// Why a stored value did not decode.
@@ -13,8 +14,8 @@ pub enum ValueError {
     #[error("stored {0} value is empty")]
     Empty(&'static str),
     /// Written by a format this build does not know.
-    #[error("stored {what} value has format version {version}, this build reads up to {VERSION}")]
-    Version { what: &'static str, version: u8 },
+    #[error("stored {what} value has format version {version}, this build reads up to {newest}")]
+    Version { what: &'static str, version: u8, newest: u8 },
     /// The bytes do not decode.
     #[error("stored {what} value is corrupt: {source}")]
     Corrupt { what: &'static str, source: postcard::Error },
@@ -25,13 +26,17 @@ pub trait Stored: Serialize + DeserializeOwned {
     /// Name used in errors.
     const WHAT: &'static str;
 
+    /// The format version this build writes for this type. Each type has its own, so one
+    /// type's new format leaves the others' alone.
+    const VERSION: u8 = VERSION;
+
     /// Typical encoded size, to allocate once (events are ~150 bytes).
     const SIZE_HINT: usize = 64;
 
     /// Version byte + postcard.
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(Self::SIZE_HINT);
-        out.push(VERSION);
+        out.push(Self::VERSION);
         postcard::to_io(self, &mut out).expect("writing to a Vec cannot fail");
         out
     }
@@ -40,10 +45,23 @@ pub trait Stored: Serialize + DeserializeOwned {
     fn decode(bytes: &[u8]) -> Result<Self, ValueError> {
         match bytes.split_first() {
             None => Err(ValueError::Empty(Self::WHAT)),
-            Some((&1, rest)) => postcard::from_bytes(rest).map_err(|source| ValueError::Corrupt { what: Self::WHAT, source }),
-            Some((&version, _)) => Err(ValueError::Version { what: Self::WHAT, version }),
+            Some((&version, body)) => Self::decode_version(version, body),
         }
     }
+
+    /// Reads the body (what follows the version byte) of a value of format `version`. Version
+    /// 1 is postcard of the whole value; a type with later versions reads them here.
+    fn decode_version(version: u8, body: &[u8]) -> Result<Self, ValueError> {
+        match version {
+            1 => postcard_body(Self::WHAT, body),
+            _ => Err(ValueError::Version { what: Self::WHAT, version, newest: Self::VERSION }),
+        }
+    }
+}
+
+/// `body` as postcard, a failure naming `what`.
+fn postcard_body<T: DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<T, ValueError> {
+    postcard::from_bytes(body).map_err(|source| ValueError::Corrupt { what, source })
 }
 
 /// Where a repo stands.
@@ -228,8 +246,20 @@ pub enum StoredEvent {
 /// `events` value: consecutive events, the first of which has the page's key as its id.
 /// One repo change writes its events as pages of at most [`EventPage::MAX_EVENTS`], so a
 /// 100k-record walk costs a few hundred log entries, not 100k, and replay reads pages.
+///
+/// Event times: every event has a unix-µs time, unique and increasing with its id, and a
+/// change's events have consecutive times (so do its pages), so a page stores only its first
+/// event's time and event `i` of the page has `first_time + i`.
+///
+/// Formats: version 1 is postcard of the events (no times: pages written before events had
+/// times read back with `first_time` 0). Version 2 is the first time as 8 bytes big-endian at
+/// a fixed place, then postcard of the events: the writer encodes a page before its time is
+/// known and stamps the time in at commit ([`EventPage::stamp_time`]). The serde derives are
+/// not the stored form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventPage {
+    /// Unix µs of the first event; 0 when unknown (a version 1 page).
+    pub first_time: u64,
     /// The events, in id order.
     pub events: Vec<StoredEvent>,
 }
@@ -237,11 +267,68 @@ pub struct EventPage {
 impl EventPage {
     /// Most events in one page: bounds what a reader decodes to reach a cursor inside it.
     pub const MAX_EVENTS: usize = 512;
+
+    /// Where the first event's time sits in a version 2 page.
+    const TIME_AT: std::ops::Range<usize> = 1..9;
+
+    /// Writes `first_time` into `encoded`, a page encoded by this build, without encoding it
+    /// again.
+    pub fn stamp_time(encoded: &mut [u8], first_time: u64) {
+        debug_assert_eq!(encoded.first(), Some(&<Self as Stored>::VERSION));
+        encoded[Self::TIME_AT].copy_from_slice(&first_time.to_be_bytes());
+    }
+
+    /// The time of the page's event `index`: unix µs, or 0 when unknown.
+    pub fn time_of(&self, index: usize) -> u64 {
+        if self.first_time == 0 { 0 } else { self.first_time + index as u64 }
+    }
 }
 
 impl Stored for EventPage {
     const WHAT: &'static str = "event page";
+    const VERSION: u8 = 2;
     const SIZE_HINT: usize = 64 << 10;
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::SIZE_HINT);
+        out.push(Self::VERSION);
+        out.extend_from_slice(&self.first_time.to_be_bytes());
+        postcard::to_io(&self.events, &mut out).expect("writing to a Vec cannot fail");
+        out
+    }
+
+    fn decode_version(version: u8, body: &[u8]) -> Result<Self, ValueError> {
+        /// A version 1 page.
+        #[derive(Deserialize)]
+        struct PageV1 {
+            events: Vec<StoredEvent>,
+        }
+        match version {
+            1 => Ok(EventPage { first_time: 0, events: postcard_body::<PageV1>(Self::WHAT, body)?.events }),
+            2 => {
+                let Some((time, events)) = body.split_first_chunk::<8>() else {
+                    return Err(ValueError::Corrupt { what: Self::WHAT, source: postcard::Error::DeserializeUnexpectedEnd });
+                };
+                Ok(EventPage { first_time: u64::from_be_bytes(*time), events: postcard_body(Self::WHAT, events)? })
+            }
+            _ => Err(ValueError::Version { what: Self::WHAT, version, newest: Self::VERSION }),
+        }
+    }
+}
+
+/// `event_times` value: the page whose first event has the key's time (unix µs, big-endian):
+/// its first id and how many events it holds. An index kept with the pages, in their batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventSpan {
+    /// Id of the page's first event.
+    pub first_id: u64,
+    /// Events in the page (their times and ids are consecutive).
+    pub count: u32,
+}
+
+impl Stored for EventSpan {
+    const WHAT: &'static str = "event time index";
+    const SIZE_HINT: usize = 16;
 }
 
 /// `held` value: a live `#commit` frame, as received, waiting for its repo's backfill.
@@ -289,9 +376,28 @@ mod tests {
 
     proptest! {
         #[test]
-        fn event_pages_round_trip(events in proptest::collection::vec(record_event(), 0..8)) {
-            let page = EventPage { events };
-            prop_assert_eq!(EventPage::decode(&page.encode()).unwrap(), page);
+        fn event_pages_round_trip(events in proptest::collection::vec(record_event(), 0..8), first_time: u64, stamped: u64) {
+            let mut page = EventPage { first_time, events };
+            let mut bytes = page.encode();
+            prop_assert_eq!(EventPage::decode(&bytes).unwrap(), page.clone());
+            EventPage::stamp_time(&mut bytes, stamped);
+            page.first_time = stamped;
+            prop_assert_eq!(EventPage::decode(&bytes).unwrap(), page);
+        }
+
+        #[test]
+        fn version_1_pages_decode_without_times(events in proptest::collection::vec(record_event(), 0..8)) {
+            #[derive(Serialize)]
+            struct PageV1<'a> { events: &'a [StoredEvent] }
+            let mut bytes = vec![1];
+            postcard::to_io(&PageV1 { events: &events }, &mut bytes).unwrap();
+            prop_assert_eq!(EventPage::decode(&bytes).unwrap(), EventPage { first_time: 0, events });
+        }
+
+        #[test]
+        fn event_spans_round_trip(first_id: u64, count: u32) {
+            let span = EventSpan { first_id, count };
+            prop_assert_eq!(EventSpan::decode(&span.encode()).unwrap(), span);
         }
 
         #[test]
@@ -317,5 +423,7 @@ mod tests {
     fn unknown_versions_and_empty_values_are_named() {
         assert!(RepoState::decode(&[]).unwrap_err().to_string().contains("empty"));
         assert!(RepoState::decode(&[9, 0]).unwrap_err().to_string().contains("version 9"));
+        assert!(EventPage::decode(&[3, 0]).unwrap_err().to_string().contains("reads up to 2"));
+        assert!(EventPage::decode(&[2, 0, 0]).unwrap_err().to_string().contains("corrupt"));
     }
 }
