@@ -1,0 +1,482 @@
+//! The XRPC queries over HTTP against a devnet backfilled into a temporary store (127.0.0.1
+//! only): records and their pages are exactly what the devnet PDS serves, repo listings and
+//! statuses follow what sluice indexes, backlinks list their sources, and every bad parameter
+//! is an `InvalidRequest` naming it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sluice::backfill::{Backfill, RunMode};
+use sluice::devnet::{AccountSpec, AccountStatus, Devnet, DevnetOptions};
+use sluice::handlers::value::cbor_to_json;
+use sluice::server::{ServerState, serve};
+use sluice::store::{RepoState, RepoStatus};
+use sluice::{Config, Filter, Sluice};
+
+/// Every backfill and request ends well within these.
+const RUN_LIMIT: Duration = Duration::from_secs(120);
+const REQUEST_LIMIT: Duration = Duration::from_secs(30);
+
+const POST: &str = "app.bsky.feed.post";
+const LIKE: &str = "app.bsky.feed.like";
+const FOLLOW: &str = "app.bsky.graph.follow";
+
+/// A backfilled devnet served by sluice.
+struct Setup {
+    net: Devnet,
+    sluice: Sluice,
+    http: reqwest::Client,
+    /// sluice's base URL.
+    base: String,
+    _state: Arc<ServerState>,
+    /// The populated repos (all synced); the first one also holds `post`.
+    dids: Vec<String>,
+    /// Accounts gone before the backfill, with their status.
+    gone: Vec<(String, AccountStatus)>,
+    /// at-uri of a post of `dids[0]` that `dids[1]` and `dids[2]` like.
+    post: String,
+    _dir: tempfile::TempDir,
+}
+
+/// A status answer and its JSON.
+type Answer = (u16, Value);
+
+/// A refused call: method, query, and the parameter its message must name.
+type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+
+impl Setup {
+    async fn get(&self, url: String, query: &[(&str, &str)]) -> Answer {
+        let res = self.http.get(url).query(query).send().await.expect("request answered");
+        let status = res.status().as_u16();
+        (status, res.json().await.expect("a JSON answer"))
+    }
+
+    /// sluice's answer to `method`.
+    async fn sluice(&self, method: &str, query: &[(&str, &str)]) -> Answer {
+        self.get(format!("{}/xrpc/{method}", self.base), query).await
+    }
+
+    /// The answer of `did`'s PDS to `method`.
+    async fn pds(&self, did: &str, method: &str, query: &[(&str, &str)]) -> Answer {
+        let host = self.net.pds_of(did).expect("a devnet account");
+        self.get(format!("{}/xrpc/{method}", self.net.pds_urls()[host]), query).await
+    }
+
+    /// sluice's 200 answer to `method`.
+    async fn ok(&self, method: &str, query: &[(&str, &str)]) -> Value {
+        let (status, body) = self.sluice(method, query).await;
+        assert_eq!(status, 200, "{method} {query:?}: {body}");
+        body
+    }
+
+    /// The collections `did`'s PDS holds records in.
+    fn collections(&self, did: &str) -> BTreeSet<String> {
+        self.net.records(did).into_keys().map(|(c, _)| c).collect()
+    }
+}
+
+async fn setup() -> Setup {
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let dids = net.populate(6, 40, 21).await;
+    let post_cid = net.put_record(&dids[0], POST, "3kalicepost22", json!({"$type": POST, "text": "like me", "createdAt": "2026-01-01T00:00:00.000Z"})).unwrap();
+    let post = format!("at://{}/{POST}/3kalicepost22", dids[0]);
+    for (i, liker) in dids[1..3].iter().enumerate() {
+        let like = json!({"$type": LIKE, "subject": {"uri": post, "cid": post_cid}, "createdAt": "2026-01-01T00:00:01.000Z"});
+        net.put_record(liker, LIKE, &format!("3klikeofpost{i}"), like).unwrap();
+    }
+    net.put_record(&dids[0], "app.bsky.actor.profile", "self", json!({"$type": "app.bsky.actor.profile", "displayName": "Alice"})).unwrap();
+    net.put_record(&dids[0], "xyz.statusphere.status", "3kstatus00001", json!({"$type": "xyz.statusphere.status", "status": "🦀", "createdAt": "2026-01-01T00:00:00.000Z"})).unwrap();
+    let statuses = [AccountStatus::Deactivated, AccountStatus::Takendown, AccountStatus::Suspended, AccountStatus::Deleted];
+    let gone: Vec<(String, AccountStatus)> = statuses
+        .iter()
+        .enumerate()
+        .map(|(i, st)| {
+            let did = net.create_account(AccountSpec { seed: 700 + i as u64, pds: i, ..Default::default() });
+            net.put_record(&did, POST, "3kgonepost001", json!({"$type": POST, "text": "gone", "createdAt": "2026-01-01T00:00:00.000Z"})).unwrap();
+            net.set_status(&did, *st);
+            (did, *st)
+        })
+        .collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::default();
+    (c.storage.path, c.network.relay, c.network.plc) = (dir.path().join("data"), net.relay_url(), net.plc_url());
+    let sluice = Sluice::builder().config(c.clone()).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
+    let backfill = Backfill::new(sluice.pipeline().clone(), &c);
+    tokio::time::timeout(RUN_LIMIT, backfill.run(RunMode::UntilEmpty, true)).await.expect("backfill ended in time").expect("backfill ran");
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let state = Arc::new(ServerState::new(sluice.pipeline().clone(), c));
+    tokio::spawn(serve(listener, state.clone()));
+    let http = reqwest::Client::builder().timeout(REQUEST_LIMIT).build().unwrap();
+    Setup { net, sluice, http, base, _state: state, dids, gone, post, _dir: dir }
+}
+
+/// Pages through `collection` of `did` on sluice and on its PDS with the same cursors, checks
+/// every page is the same, and returns sluice's records.
+async fn walk_pages(s: &Setup, did: &str, collection: &str, limit: Option<usize>, reverse: bool) -> Vec<Value> {
+    let (limit_s, reverse_s) = (limit.map(|l| l.to_string()), reverse.to_string());
+    let mut cursor: Option<String> = None;
+    let mut all = Vec::new();
+    for _ in 0..1000 {
+        let mut q = vec![("repo", did), ("collection", collection), ("reverse", reverse_s.as_str())];
+        q.extend(limit_s.as_deref().map(|l| ("limit", l)));
+        q.extend(cursor.as_deref().map(|c| ("cursor", c)));
+        let ours = s.ok("com.atproto.repo.listRecords", &q).await;
+        let (status, theirs) = s.pds(did, "com.atproto.repo.listRecords", &q).await;
+        assert_eq!(status, 200);
+        let at = format!("{did} {collection} limit {limit:?} reverse {reverse} cursor {cursor:?}");
+        assert_eq!(ours["records"], theirs["records"], "{at}: the same page as the PDS");
+        let records = ours["records"].as_array().unwrap().clone();
+        assert!(records.len() <= limit.unwrap_or(50), "{at}: at most limit records");
+        let last_rkey = records.last().map(|r| r["uri"].as_str().unwrap().rsplit('/').next().unwrap().to_string());
+        all.extend(records);
+        match (ours.get("cursor"), theirs.get("cursor")) {
+            (Some(a), Some(b)) => assert_eq!(a, b, "{at}: the PDS's cursor"),
+            // The reference PDS gives the last rkey of every non-empty page; the devnet only
+            // when more follow. After sluice's last page comes an empty one without a cursor.
+            (Some(a), None) => {
+                assert_eq!(a.as_str(), last_rkey.as_deref(), "{at}: the cursor is the last rkey");
+                let mut q = q.clone();
+                q.retain(|(k, _)| *k != "cursor");
+                q.push(("cursor", a.as_str().unwrap()));
+                let end = s.ok("com.atproto.repo.listRecords", &q).await;
+                assert_eq!(end, json!({"records": []}), "{at}: nothing after the last page");
+                return all;
+            }
+            (None, None) => {
+                assert!(last_rkey.is_none(), "{at}: only an empty page has no cursor");
+                return all;
+            }
+            (None, Some(_)) => panic!("{at}: sluice ended before the PDS"),
+        }
+        cursor = ours["cursor"].as_str().map(str::to_string);
+    }
+    panic!("listRecords pages never end for {did} {collection}");
+}
+
+/// What `did`'s PDS holds in `collection` as listRecords items, rkeys ascending.
+fn expected_records(s: &Setup, did: &str, collection: &str) -> Vec<Value> {
+    let records = s.net.records(did).into_iter().filter(|((c, _), _)| c == collection);
+    records.map(|((c, r), (cid, cbor))| json!({"uri": format!("at://{did}/{c}/{r}"), "cid": cid, "value": cbor_to_json(&cbor).unwrap()})).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_and_their_pages_are_what_the_pds_serves() {
+    let s = setup().await;
+    for did in &s.dids {
+        let collections = s.collections(did);
+        let described = s.ok("com.atproto.repo.describeRepo", &[("repo", did)]).await;
+        assert_eq!(described["collections"], json!(collections), "describeRepo lists the stored collections");
+        assert_eq!((described["did"].as_str(), described["handle"].as_str()), (Some(did.as_str()), Some("handle.invalid")));
+        assert_eq!(described["didDoc"]["id"], json!(did));
+        for collection in &collections {
+            let mut want = expected_records(&s, did, collection);
+            for limit in [None, Some(3), Some(7), Some(100)] {
+                assert_eq!(walk_pages(&s, did, collection, limit, true).await, want, "{did} {collection} ascending, limit {limit:?}");
+            }
+            want.reverse();
+            for limit in [None, Some(2), Some(100)] {
+                assert_eq!(walk_pages(&s, did, collection, limit, false).await, want, "{did} {collection} descending, limit {limit:?}");
+            }
+        }
+        // Cursors that are no stored rkey page from where they fall.
+        for cursor in ["2a", "3l", "3kzzzzzzzzzz", "zzz"] {
+            for reverse in ["true", "false"] {
+                let q = [("repo", did.as_str()), ("collection", POST), ("cursor", cursor), ("reverse", reverse), ("limit", "5")];
+                let (ours, theirs) = (s.ok("com.atproto.repo.listRecords", &q).await, s.pds(did, "com.atproto.repo.listRecords", &q).await.1);
+                assert_eq!(ours["records"], theirs["records"], "cursor {cursor} reverse {reverse}");
+            }
+        }
+    }
+    assert!(s.collections(&s.dids[0]).len() >= 4, "the first repo holds posts, likes or follows, a profile and a status");
+    assert_eq!(walk_pages(&s, &s.dids[0], "app.bsky.actor.profile", Some(1), false).await.len(), 1);
+    // A collection the repo does not hold is an empty page, as on the PDS.
+    assert_eq!(walk_pages(&s, &s.dids[0], "com.example.none", Some(5), false).await, Vec::<Value>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_record_is_the_pds_record_and_checks_its_cid() {
+    let s = setup().await;
+    let mut checked = 0;
+    for did in &s.dids {
+        for ((collection, rkey), (cid, _)) in s.net.records(did) {
+            let q = [("repo", did.as_str()), ("collection", collection.as_str()), ("rkey", rkey.as_str())];
+            let ours = s.ok("com.atproto.repo.getRecord", &q).await;
+            let (status, theirs) = s.pds(did, "com.atproto.repo.getRecord", &q).await;
+            assert_eq!((status, &ours), (200, &theirs), "{did} {collection} {rkey}");
+            let with_cid = [q[0], q[1], q[2], ("cid", cid.as_str())];
+            assert_eq!(s.ok("com.atproto.repo.getRecord", &with_cid).await, theirs, "the stored version's cid matches");
+            checked += 1;
+        }
+    }
+    assert!(checked > 200, "{checked} records checked");
+
+    // A missing record, and a stored one asked at another version.
+    let did = s.dids[0].as_str();
+    let (status, body) = s.sluice("com.atproto.repo.getRecord", &[("repo", did), ("collection", POST), ("rkey", "3knotthere000")]).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("RecordNotFound")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains(&format!("at://{did}/{POST}/3knotthere000")));
+    let other_cid = s.net.records(&s.dids[1]).into_values().next().unwrap().0;
+    let (status, body) = s.sluice("com.atproto.repo.getRecord", &[("repo", did), ("collection", POST), ("rkey", "3kalicepost22"), ("cid", &other_cid)]).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("RecordNotFound")), "another version: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repo_listings_and_statuses_follow_what_sluice_indexes() {
+    let s = setup().await;
+    let store = s.sluice.store();
+    let synced: BTreeSet<String> = s.dids.iter().cloned().collect();
+    for limit in [None, Some("1"), Some("2"), Some("5"), Some("1000")] {
+        let listed = list_all_repos(&s, limit).await;
+        let dids: Vec<&str> = listed.iter().map(|r| r["did"].as_str().unwrap()).collect();
+        assert_eq!(dids.iter().copied().collect::<BTreeSet<_>>().len(), dids.len(), "limit {limit:?}: every repo once");
+        assert_eq!(dids.iter().map(|d| d.to_string()).collect::<BTreeSet<_>>(), synced, "limit {limit:?}: the synced repos, not the gone ones sluice never fetched");
+        for r in &listed {
+            let did = r["did"].as_str().unwrap();
+            let state = store.repo_state(did).unwrap().unwrap();
+            assert_eq!(r, &json!({"did": did, "head": state.data, "rev": s.net.rev(did), "active": true}));
+        }
+    }
+
+    // getRepoStatus answers as the PDS does, for active and gone accounts alike.
+    for did in s.dids.iter().chain(s.gone.iter().map(|(d, _)| d)) {
+        let ours = s.sluice("com.atproto.sync.getRepoStatus", &[("did", did)]).await;
+        let theirs = s.pds(did, "com.atproto.sync.getRepoStatus", &[("did", did)]).await;
+        assert_eq!(ours, theirs, "getRepoStatus of {did}");
+    }
+    let statuses: Vec<_> = s.gone.iter().map(|(d, _)| store.repo_state(d).unwrap().map(|st| st.status)).collect();
+    assert_eq!(statuses, vec![Some(RepoStatus::Gone); 4]);
+
+    // A synced repo taken down afterwards (as an #account event would): listed inactive.
+    let did = s.dids[3].clone();
+    let state = store.repo_state(&did).unwrap().unwrap();
+    store.set_states(&[(did.clone(), RepoState { status: RepoStatus::Gone, error: Some("takendown".into()), ..state.clone() })], None).unwrap();
+    let listed = list_all_repos(&s, Some("4")).await;
+    let entry = listed.iter().find(|r| r["did"] == json!(did)).expect("still listed");
+    assert_eq!(entry, &json!({"did": did, "head": state.data, "rev": state.rev, "active": false, "status": "takendown"}));
+    assert_eq!(s.ok("com.atproto.sync.getRepoStatus", &[("did", &did)]).await, json!({"did": did, "active": false, "status": "takendown"}));
+    let (status, body) = s.sluice("com.atproto.repo.listRecords", &[("repo", &did), ("collection", POST)]).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("RepoTakendown")), "{body}");
+}
+
+/// Every listRepos page with `limit`.
+async fn list_all_repos(s: &Setup, limit: Option<&str>) -> Vec<Value> {
+    let (mut out, mut cursor) = (Vec::new(), None::<String>);
+    for _ in 0..100 {
+        let mut q: Vec<(&str, &str)> = limit.map(|l| ("limit", l)).into_iter().collect();
+        q.extend(cursor.as_deref().map(|c| ("cursor", c)));
+        let page = s.ok("com.atproto.sync.listRepos", &q).await;
+        let repos = page["repos"].as_array().unwrap();
+        assert!(repos.len() <= limit.map_or(500, |l| l.parse().unwrap()));
+        out.extend(repos.iter().cloned());
+        match page["cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return out,
+        }
+    }
+    panic!("listRepos pages never end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repo_state_and_stats_show_the_store() {
+    let s = setup().await;
+    let store = s.sluice.store();
+    let did = &s.dids[0];
+    let state = s.ok("dev.sluice.getRepoState", &[("did", did)]).await;
+    assert_eq!(state["status"], "synced");
+    assert_eq!(state["rev"].as_str(), s.net.rev(did).as_deref());
+    assert_eq!(state["records"], json!(s.net.records(did).len()));
+    assert_eq!(state["data"].as_str(), store.repo_state(did).unwrap().unwrap().data.as_deref());
+    assert!(state["updatedAt"].as_str().unwrap().ends_with('Z'));
+    let (gone, st) = &s.gone[0];
+    assert_eq!(*st, AccountStatus::Deactivated);
+    let state = s.ok("dev.sluice.getRepoState", &[("did", gone)]).await;
+    assert_eq!((state["status"].as_str(), state["error"].as_str(), &state["records"]), (Some("gone"), Some("deactivated"), &json!(0)));
+
+    let stats = s.ok("dev.sluice.getStats", &[]).await;
+    assert_eq!(stats["repos"]["synced"], json!(s.dids.len()));
+    assert_eq!(stats["repos"]["gone"], json!(s.gone.len()));
+    assert_eq!(stats["repos"]["pending"], json!(0));
+    let mut per_collection: BTreeMap<String, u64> = BTreeMap::new();
+    for did in &s.dids {
+        for (collection, _) in s.net.records(did).into_keys() {
+            *per_collection.entry(collection).or_default() += 1;
+        }
+    }
+    assert_eq!(stats["records"], json!(per_collection));
+    let last = store.next_event_id() - 1;
+    assert_eq!(stats["events"], json!({"last": last, "next": last + 1}));
+    assert!(last >= per_collection.values().sum::<u64>(), "an event per record at least");
+    let services: Vec<String> = store.cursors().unwrap().into_keys().collect();
+    assert!(!services.is_empty(), "the crawl saved a cursor");
+    assert_eq!(stats["cursors"].as_object().unwrap().keys().cloned().collect::<Vec<_>>(), services);
+}
+
+/// Every link to `subject` (from `collection`, when given), page by page with `limit`.
+async fn all_backlinks(s: &Setup, subject: &str, collection: Option<&str>, limit: &str) -> Vec<(String, String, String)> {
+    let (mut out, mut cursor) = (Vec::new(), None::<String>);
+    for _ in 0..1000 {
+        let mut q = vec![("subject", subject), ("limit", limit)];
+        q.extend(collection.map(|c| ("collection", c)));
+        q.extend(cursor.as_deref().map(|c| ("cursor", c)));
+        let page = s.ok("dev.sluice.getBacklinks", &q).await;
+        assert_eq!(page["subject"], json!(subject));
+        let links = page["links"].as_array().unwrap();
+        assert!(links.len() <= limit.parse().unwrap());
+        for l in links {
+            let (c, d, r) = (l["collection"].as_str().unwrap(), l["did"].as_str().unwrap(), l["rkey"].as_str().unwrap());
+            assert_eq!(l["uri"], json!(format!("at://{d}/{c}/{r}")));
+            out.push((c.to_string(), d.to_string(), r.to_string()));
+        }
+        match page["cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => return out,
+        }
+    }
+    panic!("backlink pages never end");
+}
+
+/// What the PDS hosts hold: subject -> sorted (collection, did, rkey) of every like and follow.
+fn expected_backlinks(s: &Setup) -> BTreeMap<String, Vec<(String, String, String)>> {
+    let mut out: BTreeMap<String, Vec<_>> = BTreeMap::new();
+    for did in &s.dids {
+        for ((collection, rkey), (_, cbor)) in s.net.records(did) {
+            let value = cbor_to_json(&cbor).unwrap();
+            let subject = match collection.as_str() {
+                LIKE => value["subject"]["uri"].as_str().unwrap().to_string(),
+                FOLLOW => value["subject"].as_str().unwrap().to_string(),
+                _ => continue,
+            };
+            out.entry(subject).or_default().push((collection, did.clone(), rkey));
+        }
+    }
+    out.values_mut().for_each(|v| v.sort());
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlinks_list_the_records_pointing_at_a_subject() {
+    let s = setup().await;
+    let likers: Vec<(String, String, String)> = (0..2).map(|i| (LIKE.to_string(), s.dids[1 + i].clone(), format!("3klikeofpost{i}"))).collect();
+    let mut want = likers.clone();
+    want.sort();
+    assert_eq!(all_backlinks(&s, &s.post, None, "50").await, want, "the post's likers");
+    assert_eq!(all_backlinks(&s, &s.post, Some(LIKE), "1").await, want, "one page each");
+    assert_eq!(all_backlinks(&s, &s.post, Some(FOLLOW), "10").await, vec![], "no follow points at a post");
+    let page = s.ok("dev.sluice.getBacklinks", &[("subject", &s.post), ("limit", "2")]).await;
+    assert!(page.get("cursor").is_none(), "no cursor when nothing follows: {page}");
+
+    let expected = expected_backlinks(&s);
+    let follows: Vec<_> = expected.iter().filter(|(subject, _)| subject.starts_with("did:")).collect();
+    assert!(follows.len() >= 3 && follows.iter().any(|(_, l)| l.len() >= 2), "followed DIDs: {follows:?}");
+    for (subject, links) in &follows {
+        for (collection, limit) in [(None, "1"), (None, "2"), (Some(FOLLOW), "100"), (Some(LIKE), "3")] {
+            let want: Vec<_> = links.iter().filter(|(c, _, _)| collection.is_none_or(|w| w == c)).cloned().collect();
+            assert_eq!(&all_backlinks(&s, subject, collection, limit).await, &want, "{subject} {collection:?} limit {limit}");
+        }
+    }
+    let likes: Vec<_> = expected.iter().filter(|(subject, _)| subject.starts_with("at://")).take(20).collect();
+    assert!(!likes.is_empty());
+    for (subject, links) in likes {
+        assert_eq!(&all_backlinks(&s, subject, None, "2").await, links, "{subject}");
+    }
+    assert_eq!(all_backlinks(&s, "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", None, "5").await, vec![], "nothing points at an unknown DID");
+}
+
+/// Asserts a 400 `error` answer whose message names `param`.
+async fn refused(s: &Setup, method: &str, query: &[(&str, &str)], error: &str, param: &str) {
+    let (status, body) = s.sluice(method, query).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some(error)), "{method} {query:?}: {body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains(param), "{method} {query:?}: the message names {param}: {message}");
+}
+
+const GET: &str = "com.atproto.repo.getRecord";
+const LIST: &str = "com.atproto.repo.listRecords";
+const DESCRIBE: &str = "com.atproto.repo.describeRepo";
+
+/// getRecord's query.
+fn rec<'a>(repo: &'a str, collection: &'a str, rkey: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![("repo", repo), ("collection", collection), ("rkey", rkey)]
+}
+
+/// Calls with a bad parameter, `did` being an indexed repo's.
+fn bad_parameter_cases<'a>(did: &'a str, like_cursor: &'a str) -> Vec<Case<'a>> {
+    let (get, list, describe) = (GET, LIST, DESCRIBE);
+    vec![
+        (get, vec![("collection", POST), ("rkey", "3kalicepost22")], "repo"),
+        (get, rec("not a did", POST, "3kalicepost22"), "repo"),
+        (get, rec("did:nope", POST, "3kalicepost22"), "repo"),
+        (get, rec("alice.test", POST, "3kalicepost22"), "repo"),
+        (get, vec![("repo", did), ("rkey", "3kalicepost22")], "collection"),
+        (get, rec(did, "not-an-nsid", "3kalicepost22"), "collection"),
+        (get, vec![("repo", did), ("collection", POST)], "rkey"),
+        (get, rec(did, POST, "bad/rkey"), "rkey"),
+        (get, rec(did, POST, ".."), "rkey"),
+        (get, vec![("repo", did), ("collection", POST), ("rkey", "3kalicepost22"), ("cid", "notacid")], "cid"),
+        (list, vec![("collection", POST)], "repo"),
+        (list, vec![("repo", "not a did"), ("collection", POST)], "repo"),
+        (list, vec![("repo", did)], "collection"),
+        (list, vec![("repo", did), ("collection", "nope")], "collection"),
+        (list, vec![("repo", did), ("collection", POST), ("limit", "0")], "limit"),
+        (list, vec![("repo", did), ("collection", POST), ("limit", "101")], "limit"),
+        (list, vec![("repo", did), ("collection", POST), ("limit", "ten")], "limit"),
+        (list, vec![("repo", did), ("collection", POST), ("limit", "-1")], "limit"),
+        (list, vec![("repo", did), ("collection", POST), ("reverse", "yes")], "reverse"),
+        (list, vec![("repo", did), ("collection", POST), ("reverse", "1")], "reverse"),
+        (describe, vec![], "repo"),
+        (describe, vec![("repo", "at://x")], "repo"),
+        ("com.atproto.sync.listRepos", vec![("limit", "0")], "limit"),
+        ("com.atproto.sync.listRepos", vec![("limit", "1001")], "limit"),
+        ("com.atproto.sync.getRepoStatus", vec![], "did"),
+        ("com.atproto.sync.getRepoStatus", vec![("did", "alice.test")], "did"),
+        ("dev.sluice.getRepoState", vec![], "did"),
+        ("dev.sluice.getRepoState", vec![("did", "did:")], "did"),
+        ("dev.sluice.getBacklinks", vec![], "subject"),
+        ("dev.sluice.getBacklinks", vec![("subject", "nope")], "subject"),
+        ("dev.sluice.getBacklinks", vec![("subject", did), ("collection", "x")], "collection"),
+        ("dev.sluice.getBacklinks", vec![("subject", did), ("limit", "0")], "limit"),
+        ("dev.sluice.getBacklinks", vec![("subject", did), ("limit", "101")], "limit"),
+        ("dev.sluice.getBacklinks", vec![("subject", did), ("cursor", "garbage")], "cursor"),
+        ("dev.sluice.getBacklinks", vec![("subject", did), ("collection", FOLLOW), ("cursor", like_cursor)], "cursor"),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_parameters_and_unknown_repos_are_refused() {
+    let s = setup().await;
+    let did = s.dids[0].as_str();
+    let like_cursor = format!("{LIKE}/{did}/3kabc");
+    for (method, query, param) in &bad_parameter_cases(did, &like_cursor) {
+        refused(&s, method, query, "InvalidRequest", param).await;
+    }
+    let (get, list, describe) = (GET, LIST, DESCRIBE);
+
+    let unknown = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
+    for (method, query) in [
+        (get, rec(unknown, POST, "3kalicepost22")),
+        (list, vec![("repo", unknown), ("collection", POST)]),
+        (describe, vec![("repo", unknown)]),
+        ("com.atproto.sync.getRepoStatus", vec![("did", unknown)]),
+        ("dev.sluice.getRepoState", vec![("did", unknown)]),
+    ] {
+        refused(&s, method, &query, "RepoNotFound", unknown).await;
+    }
+
+    // Gone repos answer as their PDS would.
+    for (gone, status) in &s.gone {
+        let error = match status {
+            AccountStatus::Deactivated => "RepoDeactivated",
+            AccountStatus::Takendown => "RepoTakendown",
+            AccountStatus::Suspended => "RepoSuspended",
+            _ => "RepoNotFound",
+        };
+        refused(&s, get, &rec(gone, POST, "3kgonepost001"), error, gone).await;
+        refused(&s, list, &[("repo", gone.as_str()), ("collection", POST)], error, gone).await;
+        refused(&s, describe, &[("repo", gone.as_str())], error, gone).await;
+    }
+}
