@@ -19,6 +19,7 @@
 //! - [`backfill`]: the repo queue, crawler and workers (getRepo -> pipeline).
 //! - [`firehose`]: live ingestion from subscribeRepos (client, shards, chain checks, cursor).
 //! - [`server`]: the HTTP server: event stream, XRPC queries, admin, operations.
+//! - [`tail`]: a client of the event stream (`sluice tail`).
 //! - [`xrpc`]: XRPC error answers and parameters, shared by the server and the devnet.
 //! - [`devnet`]: a fake PLC + PDS + relay on 127.0.0.1.
 //!
@@ -44,6 +45,7 @@ pub mod repo;
 pub mod server;
 pub mod store;
 pub mod syntax;
+pub mod tail;
 pub mod wire;
 pub mod xrpc;
 

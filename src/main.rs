@@ -98,6 +98,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a running sluice's events as JSON lines, from its event stream (replay from
+    /// `--cursor`, then live).
+    Tail {
+        /// The server (`[server] listen` of the running sluice).
+        #[arg(long, default_value = "http://127.0.0.1:2480")]
+        server: String,
+        /// The last event id you have (0 = from the start; none = live only).
+        #[arg(long)]
+        cursor: Option<u64>,
+        /// Stop after this many events.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Saved cursors and when they were saved.
     Cursors {
         /// Data directory.
@@ -232,6 +245,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_stats(&mut std::io::stdout().lock(), &store, json)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Tail { server, cursor, limit } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let mut out = std::io::stdout().lock();
+            runtime.block_on(sluice::tail::tail(&server, cursor, limit, |event| writeln!(out, "{event}")))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Cursors { data } => {
             let store = open_store(&data_dir(&config, data))?;
             let mut out = std::io::stdout().lock();
@@ -316,7 +335,22 @@ fn run_on_devnet(mut config: Config) -> anyhow::Result<ExitCode> {
         config.storage.path = "data-devnet".into();
     }
     tracing::info!(relay = %net.relay_url(), plc = %net.plc_url(), data = %config.storage.path.display(), "devnet started with {} accounts", opts.repos);
+    print_walkthrough(&net, &config);
     run_backfill(config, &[], false, sluice::backfill::RunMode::Forever)
+}
+
+/// What to try while `sluice run --devnet` runs.
+fn print_walkthrough(net: &sluice::devnet::Devnet, config: &Config) {
+    let did = net.accounts().into_iter().next().unwrap_or_default();
+    let (pds, server) = (net.pds_urls().remove(net.pds_of(&did).unwrap_or(0)), format!("http://{}", config.server.listen));
+    println!("sluice is indexing a local devnet ({} accounts); try, in another terminal:", net.accounts().len());
+    println!("  watch events:   sluice tail --server {server} --cursor 0");
+    println!("  query a record: curl '{server}/xrpc/com.atproto.repo.listRecords?repo={did}&collection=app.bsky.feed.post&limit=2'");
+    println!("  write one:      curl -X POST {pds}/xrpc/com.atproto.repo.createRecord -H 'content-type: application/json' \\");
+    println!("                    -d '{{\"repo\":\"{did}\",\"collection\":\"app.bsky.feed.post\",\"record\":{{\"text\":\"hi\",\"createdAt\":\"2026-01-01T00:00:00Z\"}}}}'");
+    println!("                  (it shows up in `sluice tail` as a live event within a second)");
+    println!("  edit the filter: {} (saved changes apply within a second)", config.filter.path.display());
+    println!("  metrics:        curl {server}/metrics");
 }
 
 /// Runs the backfill (and, in `Forever` mode, everything `sluice run` runs: live ingestion
