@@ -6,6 +6,7 @@
 //! - `admin`: `/admin/*`, behind the bearer token.
 //! - `health`: `/health`; `metrics`: `/metrics` (Prometheus).
 //! - `events`: `dev.sluice.subscribeEvents`, the cursor-backed event stream (websocket).
+//! - `jetstream/`: `/subscribe`, the event stream in Jetstream v1's format (websocket).
 //! - `xrpc/`: the XRPC queries, one method per file.
 //!
 //! Architecture invariant: only `server/` (and the shared `xrpc` helpers) knows HTTP and JSON
@@ -14,6 +15,7 @@
 mod admin;
 mod events;
 mod health;
+mod jetstream;
 pub mod metrics;
 mod xrpc;
 
@@ -105,6 +107,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .merge(health::routes())
         .merge(metrics::routes())
         .merge(events::routes())
+        .merge(jetstream::routes())
         .merge(xrpc::routes())
         .with_state(state)
 }

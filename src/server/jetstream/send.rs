@@ -1,0 +1,125 @@
+//! The sending half of a `/subscribe` stream: reads the log by id from where the client
+//! starts, keeps what its filter wants, renders (and compresses) on the blocking pool, and
+//! sends; then follows the log live. Reading by id makes the switch from replay to live exact.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::SinkExt;
+use futures_util::stream::SplitSink;
+
+use super::Session;
+use super::filter::Filter;
+use super::json::event_json;
+use crate::server::ServerState;
+use crate::store::{Store, StoreError};
+
+/// Events read from the log per step.
+const BATCH: usize = 256;
+/// A ping this often on an idle stream keeps it open through proxies.
+const PING_EVERY: Duration = Duration::from_secs(30);
+
+/// Why a stream ended from the server's side: a websocket close code and reason.
+pub(super) struct Stop {
+    /// Close code.
+    pub code: u16,
+    /// Reason sent to the client (at most 123 bytes).
+    pub reason: String,
+}
+
+/// What one step read: the messages to send and where the next step starts.
+struct Batch {
+    messages: Vec<Message>,
+    /// The id after the last event read.
+    next: u64,
+    /// The time of the last event read.
+    last_time: u64,
+}
+
+/// Sends events from id `next` on until the client leaves or the server stops (`Ok`), or
+/// the stream must end (`Err`).
+pub(super) async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &ServerState, mut next: u64, compress: bool, session: &Session) -> Result<(), Stop> {
+    let store = state.store().clone();
+    let mut head_changed = store.watch_events();
+    let limits = &state.config.server;
+    let send_timeout = Duration::from_secs(limits.send_timeout_secs.max(1));
+    let (mut caught_up, mut resume) = (false, None);
+    loop {
+        let head = store.next_event_id();
+        if next < head {
+            if caught_up && head - next > limits.max_lag {
+                return Err(too_slow(&store, limits.max_lag, next, resume).await);
+            }
+            let batch = read_batch(&store, next, session.filter.load_full(), compress).await.map_err(internal)?;
+            for message in batch.messages {
+                let sent = tokio::time::timeout(send_timeout, sink.send(message)).await;
+                sent.map_err(|_| Stop { code: 1008, reason: "send timed out".into() })?.map_err(|_| gone())?;
+            }
+            if batch.next > next {
+                (next, resume) = (batch.next, Some(batch.last_time + 1));
+                continue;
+            }
+        }
+        caught_up = true;
+        tokio::select! {
+            _ = head_changed.changed() => {}
+            _ = session.closed.cancelled() => return Ok(()),
+            _ = state.stop.cancelled() => return Err(Stop { code: 1001, reason: "server shutting down".into() }),
+            _ = tokio::time::sleep(PING_EVERY) => {
+                tokio::time::timeout(send_timeout, sink.send(Message::Ping(Default::default()))).await.map_err(|_| gone())?.map_err(|_| gone())?;
+            }
+        }
+    }
+}
+
+/// The client went away.
+fn gone() -> Stop {
+    Stop { code: 1001, reason: String::new() }
+}
+
+fn internal(e: String) -> Stop {
+    tracing::warn!(error = %e, "reading the event log for /subscribe failed");
+    Stop { code: 1011, reason: "internal error reading the event log".into() }
+}
+
+/// The close for a client more than `max_lag` events behind: the cursor to resume with is
+/// just after the last event it was sent or skipped (times increase with ids, so it loses and
+/// repeats nothing), or the time of event `next` when none was.
+async fn too_slow(store: &Arc<Store>, max_lag: u64, next: u64, resume: Option<u64>) -> Stop {
+    let cursor = match resume {
+        Some(time) => time,
+        None => {
+            let store = store.clone();
+            let first = tokio::task::spawn_blocking(move || store.events_with_time_from(next, 1)).await;
+            first.ok().and_then(Result::ok).and_then(|e| e.first().map(|(_, time, _)| *time)).unwrap_or(0)
+        }
+    };
+    Stop { code: 1008, reason: format!("ConsumerTooSlow: over {max_lag} events behind; reconnect with cursor={cursor}") }
+}
+
+/// Events from `from` on (at most [`BATCH`]), the wanted ones rendered, on the blocking pool.
+async fn read_batch(store: &Arc<Store>, from: u64, filter: Arc<Filter>, compress: bool) -> Result<Batch, String> {
+    let store = store.clone();
+    let read = tokio::task::spawn_blocking(move || render(&store, from, &filter, compress));
+    read.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+}
+
+fn render(store: &Store, from: u64, filter: &Filter, compress: bool) -> Result<Batch, StoreError> {
+    let mut batch = Batch { messages: Vec::new(), next: from, last_time: 0 };
+    for (id, time, event) in store.events_with_time_from(from, BATCH)? {
+        (batch.next, batch.last_time) = (id + 1, time);
+        if !filter.wants(&event) {
+            continue;
+        }
+        let json = event_json(store, id, time, &event)?;
+        if filter.max_size > 0 && json.len() > filter.max_size {
+            continue;
+        }
+        batch.messages.push(match compress {
+            true => Message::Binary(ruzstd::encoding::compress_to_vec(json.as_bytes(), ruzstd::encoding::CompressionLevel::Fastest).into()),
+            false => Message::Text(json.into()),
+        });
+    }
+    Ok(batch)
+}
