@@ -11,9 +11,13 @@
 //!   negative one replays everything. Without it the stream starts live.
 //! - `compress=true` (or the `Socket-Encoding: zstd` header): every message is one zstd frame,
 //!   sent as a binary message. The frames use no dictionary, and Jetstream's clients decode
-//!   them: their decoder (klauspost/compress, given Jetstream's dictionary, ID 1612007021)
-//!   looks a frame's dictionary up by the ID in its header and decodes a frame without one
-//!   with no dictionary.
+//!   them: Jetstream's Go client (klauspost/compress, given Jetstream's dictionary, ID
+//!   1612007021) looks a frame's dictionary up by the ID in its header and decodes a frame
+//!   without one with no dictionary. Clients on libzstd (zstd-jni, the `zstd` crate) load
+//!   their dictionary for such a frame anyway, which changes nothing here: ruzstd 0.8 never
+//!   encodes repeat offsets and reuses entropy tables only from earlier blocks of the same
+//!   frame, so nothing it writes reads the state a dictionary sets (checked with the zstd
+//!   CLI, with and without `-D`, on Jetstream's v1 sample events).
 //! - `requireHello=true`: nothing is sent until the client's first `options_update`; the
 //!   stream still starts where the cursor (or the head at connection time) says.
 //! - `maxMessageSizeBytes`: events whose JSON is larger are skipped (0 or negative: no limit).
