@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use sluice::devnet::{Account, RepoContents, export_car_blocking, rev_at};
+mod common;
+use common::{generated_car, root};
+
 use sluice::repo::{CarLimits, parse_public_key, read_car};
 use sluice::{Filter, IndexOptions, Sluice};
 
@@ -17,35 +19,7 @@ use sluice::{Filter, IndexOptions, Sluice};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const GENERATED_RECORDS: usize = 100_000;
 const ROUNDS: usize = 3;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// A signed repo of 100k records (posts, likes, follows) of account `seed`, built once and cached.
-fn generated_car(seed: u64) -> (PathBuf, Account) {
-    let account = Account::new(seed);
-    let path = root().join(format!("target/bench-cache/repo-100k-{seed}.car"));
-    if !path.exists() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let mut records = RepoContents::new();
-        for i in 0..GENERATED_RECORDS {
-            let tid = sluice::devnet::rev_at(i as u64 * 1000);
-            let (key, v) = match i % 10 {
-                0..=4 => (format!("app.bsky.feed.like/{tid}"), serde_json::json!({"$type": "app.bsky.feed.like", "createdAt": "2024-01-01T00:00:00.000Z",
-                    "subject": {"uri": format!("at://did:plc:abcdefghijklmnopqrstuvwx/app.bsky.feed.post/{}", rev_at(i as u64)), "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}})),
-                5..=7 => (format!("app.bsky.feed.post/{tid}"), serde_json::json!({"$type": "app.bsky.feed.post", "text": format!("post number {i} with some ordinary text in it, about this long"), "langs": ["en"], "createdAt": "2024-01-01T00:00:00.000Z"})),
-                _ => (format!("app.bsky.graph.follow/{tid}"), serde_json::json!({"$type": "app.bsky.graph.follow", "subject": "did:plc:abcdefghijklmnopqrstuvwx", "createdAt": "2024-01-01T00:00:00.000Z"})),
-            };
-            records.insert(key, sluice::handlers::value::json_to_cbor(&v).unwrap());
-        }
-        let car = export_car_blocking(&account, &rev_at(GENERATED_RECORDS as u64 * 1000 + 1), &records).unwrap();
-        std::fs::write(&path, car).unwrap();
-    }
-    (path, account)
-}
 
 fn status_kb(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();

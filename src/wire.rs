@@ -41,3 +41,94 @@ pub fn event_json(store: &Store, id: u64, event: &StoredEvent) -> Result<Value, 
         StoredEvent::Account(a) => json!({ "id": id, "type": "account", "account": { "did": a.did, "active": a.active, "status": a.status } }),
     })
 }
+
+/// One stored event as JSON text: the same value as [`event_json`], written straight from the
+/// stored bytes with no JSON tree in between (the event stream's hot path).
+pub fn event_text(store: &Store, id: u64, event: &StoredEvent) -> Result<String, StoreError> {
+    let StoredEvent::Record(record) = event else { return Ok(event_json(store, id, event)?.to_string()) };
+    let body = match (&record.replaced, record.cid.is_empty()) {
+        (None, false) => store.block(&record.cid)?,
+        _ => None,
+    };
+    let text = serde_json::to_string(&RecordEventText { id, record, body: body.as_deref() });
+    Ok(text.expect("serializing to a String cannot fail"))
+}
+
+/// A record event as [`event_json`] writes it (keys in the same, sorted, order).
+struct RecordEventText<'a> {
+    id: u64,
+    record: &'a crate::store::RecordEvent,
+    /// The stored body, when the event carries one and no handler replaced it.
+    body: Option<&'a [u8]>,
+}
+
+impl serde::Serialize for RecordEventText<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut map = s.serialize_map(Some(3))?;
+        map.serialize_entry("id", &self.id)?;
+        map.serialize_entry("record", &RecordFields(self))?;
+        map.serialize_entry("type", "record")?;
+        map.end()
+    }
+}
+
+struct RecordFields<'a, 'b>(&'b RecordEventText<'a>);
+
+impl serde::Serialize for RecordFields<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let r = self.0.record;
+        let raw = |json: &str| serde_json::value::RawValue::from_string(json.to_string()).ok();
+        let mut map = s.serialize_map(None)?;
+        map.serialize_entry("action", r.action.as_str())?;
+        if !r.cid.is_empty() {
+            map.serialize_entry("cid", &Cid::try_from(&r.cid[..]).map(|c| c.to_string()).unwrap_or_default())?;
+        }
+        map.serialize_entry("collection", &r.collection)?;
+        map.serialize_entry("did", &r.did)?;
+        if !r.handled.is_empty() {
+            let handled: std::collections::BTreeMap<&str, Option<Box<serde_json::value::RawValue>>> = r.handled.iter().map(|(name, v)| (name.as_str(), raw(v))).collect();
+            map.serialize_entry("handled", &handled)?;
+        }
+        map.serialize_entry("live", &r.live)?;
+        if !r.cid.is_empty() {
+            match (&r.replaced, self.0.body) {
+                (Some(json), _) => map.serialize_entry("record", &raw(json))?,
+                (None, Some(body)) => map.serialize_entry("record", &sluice_handlers::value::CborAsJson(body))?,
+                (None, None) => map.serialize_entry("record", &())?,
+            }
+        }
+        map.serialize_entry("rev", &r.rev)?;
+        map.serialize_entry("rkey", &r.rkey)?;
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Action, RecordEvent};
+
+    /// The text form is the tree form, for bodies, deletes, replaced values and handler outputs.
+    #[test]
+    fn event_text_is_event_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let body = sluice_handlers::value::json_to_cbor(&json!({"$type": "a.b.c", "n": 1, "b": {"$bytes": "AQID"}, "l": {"$link": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"}})).unwrap();
+        let cid = jacquard_repo::mst::util::compute_cid(&body).unwrap().to_bytes();
+        store.commit(crate::store::RepoChange { did: "did:plc:a".into(), blocks: vec![(cid.clone(), body.into())], ..Default::default() }).unwrap();
+        let event = |action, cid: Vec<u8>, replaced: Option<&str>, handled: Vec<(String, String)>| StoredEvent::Record(RecordEvent {
+            live: true, did: "did:plc:a".into(), rev: "3l".into(), collection: "a.b.c".into(), rkey: "k\"q".into(), action, cid, replaced: replaced.map(str::to_string), handled,
+        });
+        for e in [
+            event(Action::Create, cid.clone(), None, vec![("post".into(), "{\"text\":\"x\"}".into())]),
+            event(Action::Update, cid.clone(), Some("{\"kept\":true}"), vec![]),
+            event(Action::Delete, Vec::new(), None, vec![]),
+            event(Action::Create, vec![1, 85, 18, 32, 0], None, vec![]),
+        ] {
+            let text: Value = serde_json::from_str(&event_text(&store, 7, &e).unwrap()).unwrap();
+            assert_eq!(text, event_json(&store, 7, &e).unwrap(), "{e:?}");
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! The one DAG-CBOR <-> AT Protocol JSON codec (`$link` for CIDs, `$bytes` for bytes), built
 //! on jacquard's data model. Events, handlers and XRPC responses all use it.
 
-use jacquard_common::types::value::Data;
+use jacquard_common::types::value::{Data, RawData};
 use serde_json::Value;
 
 /// Why a value could not be converted.
@@ -21,28 +21,74 @@ pub const MAX_VALUE_BYTES: usize = 1 << 20;
 
 /// Decodes DAG-CBOR bytes into AT Protocol JSON.
 pub fn cbor_to_json(bytes: &[u8]) -> Result<serde_json::Value, ValueError> {
+    let raw = raw_value(bytes)?;
+    serde_json::to_value(AtJson(&raw)).map_err(|e| ValueError::Cbor(e.to_string()))
+}
+
+/// Writes DAG-CBOR bytes as AT Protocol JSON text to `out`, with no JSON tree in between (the
+/// event stream's hot path).
+pub fn write_cbor_json(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), ValueError> {
+    let raw = raw_value(bytes)?;
+    serde_json::to_writer(out, &AtJson(&raw)).map_err(|e| ValueError::Cbor(e.to_string()))
+}
+
+/// A DAG-CBOR value that serializes as AT Protocol JSON (`null` when it does not decode), to
+/// embed a record body in a larger serialized structure.
+pub struct CborAsJson<'a>(pub &'a [u8]);
+
+impl serde::Serialize for CborAsJson<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match raw_value(self.0) {
+            Ok(raw) => AtJson(&raw).serialize(s),
+            Err(_) => s.serialize_none(),
+        }
+    }
+}
+
+/// Decodes DAG-CBOR into jacquard's untyped data model (strings are not sniffed for formats,
+/// which cost a regex per string), refusing what the AT Protocol data model does not allow.
+fn raw_value(bytes: &[u8]) -> Result<RawData<'_>, ValueError> {
     if bytes.len() > MAX_VALUE_BYTES {
         return Err(ValueError::Cbor(format!("{} bytes is over the {MAX_VALUE_BYTES}-byte limit", bytes.len())));
     }
-    let data: Data = serde_ipld_dagcbor::from_slice(bytes).map_err(|e| ValueError::Cbor(e.to_string()))?;
-    let mut json = serde_json::to_value(&data).map_err(|e| ValueError::Cbor(e.to_string()))?;
-    unpad_bytes(&mut json);
-    Ok(json)
+    let raw: RawData = serde_ipld_dagcbor::from_slice(bytes).map_err(|e| ValueError::Cbor(e.to_string()))?;
+    match invalid_part(&raw) {
+        Some(problem) => Err(ValueError::Cbor(problem.into())),
+        None => Ok(raw),
+    }
 }
 
-/// jacquard pads `$bytes` base64; the AT Protocol JSON form has no padding.
-fn unpad_bytes(v: &mut Value) {
-    match v {
-        Value::Object(o) => {
-            if o.len() == 1
-                && let Some(Value::String(b64)) = o.get_mut("$bytes") {
-                    b64.truncate(b64.trim_end_matches('=').len());
-                    return;
-                }
-            o.values_mut().for_each(unpad_bytes);
+/// What in `raw` the data model refuses (floats, unknown CBOR), if anything.
+fn invalid_part(raw: &RawData<'_>) -> Option<&'static str> {
+    match raw {
+        RawData::InvalidNumber(_) => Some("floats are not allowed"),
+        RawData::InvalidData(_) => Some("a value outside the AT Protocol data model"),
+        RawData::Array(a) => a.iter().find_map(invalid_part),
+        RawData::Object(o) => o.values().find_map(invalid_part),
+        RawData::InvalidBlob(inner) => invalid_part(inner),
+        _ => None,
+    }
+}
+
+/// AT Protocol JSON of an untyped value: jacquard's own JSON form (`$link`), with `$bytes`
+/// in unpadded base64 as the protocol writes it.
+struct AtJson<'a, 'd>(&'a RawData<'d>);
+
+impl serde::Serialize for AtJson<'_, '_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine as _;
+        use serde::ser::SerializeMap as _;
+        match self.0 {
+            RawData::Bytes(bytes) => {
+                let mut map = s.serialize_map(Some(1))?;
+                map.serialize_entry("$bytes", &base64::engine::general_purpose::STANDARD_NO_PAD.encode(bytes))?;
+                map.end()
+            }
+            RawData::Array(a) => s.collect_seq(a.iter().map(AtJson)),
+            RawData::Object(o) => s.collect_map(o.iter().map(|(k, v)| (k.as_str(), AtJson(v)))),
+            RawData::InvalidBlob(inner) => AtJson(inner).serialize(s),
+            other => other.serialize(s),
         }
-        Value::Array(a) => a.iter_mut().for_each(unpad_bytes),
-        _ => {}
     }
 }
 

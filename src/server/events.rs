@@ -31,7 +31,7 @@ use super::ServerState;
 use crate::xrpc::{Params, XrpcError};
 
 /// Events read from the log per step.
-const BATCH: usize = 256;
+const BATCH: usize = 1024;
 
 pub(super) fn routes() -> Router<Arc<ServerState>> {
     Router::new().route(&format!("/xrpc/{}.subscribeEvents", super::NS), get(subscribe))
@@ -151,11 +151,17 @@ async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &Arc<ServerS
                 let _ = sink.send(Message::Text(error.to_string().into())).await;
                 return Err("consumer too slow".into());
             }
-            for (id, text) in read_batch(&store, next).await? {
-                let send = tokio::time::timeout(Duration::from_secs(limits.send_timeout_secs.max(1)), sink.send(Message::Text(text)));
-                send.await.map_err(|_| "send timed out".to_string())?.map_err(|e| e.to_string())?;
-                next = id + 1;
-            }
+            let batch = read_batch(&store, next).await?;
+            let last = batch.last().map_or(next - 1, |(id, _)| *id);
+            // Queued without a flush each, then flushed once: one write for the batch.
+            let send = async {
+                for (_, text) in batch {
+                    sink.feed(Message::Text(text)).await?;
+                }
+                sink.flush().await
+            };
+            tokio::time::timeout(Duration::from_secs(limits.send_timeout_secs.max(1)), send).await.map_err(|_| "send timed out".to_string())?.map_err(|e| e.to_string())?;
+            next = last + 1;
             continue;
         }
         caught_up = true;
@@ -173,7 +179,7 @@ async fn read_batch(store: &Arc<crate::store::Store>, from: u64) -> Result<Vec<(
     let store = store.clone();
     let read = tokio::task::spawn_blocking(move || -> Result<Vec<(u64, Utf8Bytes)>, crate::store::StoreError> {
         let events = store.events_from(from, BATCH)?;
-        events.into_iter().map(|(id, e)| Ok((id, crate::wire::event_json(&store, id, &e)?.to_string().into()))).collect()
+        events.into_iter().map(|(id, e)| Ok((id, crate::wire::event_text(&store, id, &e)?.into()))).collect()
     });
     read.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
 }

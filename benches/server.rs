@@ -1,0 +1,157 @@
+//! Serving: event stream replay to one client and to 100 at once (events/s over loopback
+//! websockets, JSON with record bodies), and `getRecord` latency while a backfill and live
+//! ingestion run in the same process.
+//!
+//! `cargo bench --bench server` prints a Markdown table for BENCHMARKS.md. The log holds the
+//! events of two generated 100k-record repos (200,000 events, built once and cached in
+//! `target/bench-cache/`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use sluice::backfill::{Backfill, RunMode};
+use sluice::devnet::{Devnet, DevnetOptions};
+use sluice::firehose::Firehose;
+use sluice::server::{ServerState, serve};
+use sluice::{Config, Filter, IndexOptions, Sluice};
+use tokio_tungstenite::tungstenite::Message;
+
+mod common;
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Reads the stream after `cursor` until event `last`; returns the events read.
+async fn replay(addr: &str, cursor: u64, last: u64) -> u64 {
+    let url = format!("ws://{addr}/xrpc/dev.sluice.subscribeEvents?cursor={cursor}");
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut n = 0;
+    while let Some(Ok(message)) = socket.next().await {
+        if let Message::Text(text) = message {
+            n += 1;
+            if cursor + n == last {
+                let event: serde_json::Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(event["id"].as_u64(), Some(last));
+                break;
+            }
+        }
+    }
+    n
+}
+
+async fn start_server(state: ServerState) -> (String, Arc<ServerState>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let state = Arc::new(state);
+    tokio::spawn(serve(listener, state.clone()));
+    (addr, state)
+}
+
+/// Replay to one client, then to 100 clients at once (each the last 20,000 events).
+async fn replays(sluice: &Sluice) {
+    let (addr, _state) = start_server(ServerState::new(sluice.pipeline().clone(), sluice.config().clone())).await;
+    let head = sluice.store().next_event_id() - 1;
+    let started = Instant::now();
+    let n = replay(&addr, 0, head).await;
+    let secs = started.elapsed().as_secs_f64();
+    println!("| replay, 1 client | {n} events | {secs:.2} s | {:.0} events/s |", n as f64 / secs);
+
+    let (clients, each) = (100u64, 20_000u64);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients).map(|_| tokio::spawn({
+        let addr = addr.clone();
+        async move { replay(&addr, head - each, head).await }
+    })).collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await.unwrap();
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!("| replay, {clients} clients at once ({each} events each) | {total} events | {secs:.2} s | {:.0} events/s in all |", total as f64 / secs);
+}
+
+/// `getRecord` latencies (sequential requests over one keep-alive connection) while the devnet
+/// is backfilled and written to.
+async fn get_record_under_load(sluice: &Sluice, did: &str, rkeys: &[String]) {
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let dids = net.populate(16, 20_000, 3).await;
+    let mut c = sluice.config().clone();
+    (c.network.relay, c.network.plc) = (net.relay_url(), net.plc_url());
+    // The devnet's repos live in this process too: no memory cap.
+    c.backfill.max_memory_mb = 0;
+    let backfill = Backfill::new(sluice.pipeline().clone(), &c);
+    let firehose = Firehose::new(sluice.pipeline().clone(), backfill.resolver().clone(), &c, backfill.live_backlog().clone()).unwrap();
+    let mut state = ServerState::new(sluice.pipeline().clone(), c);
+    (state.backfill, state.firehose) = (Some(backfill.clone()), Some(firehose.clone()));
+    let (addr, state) = start_server(state).await;
+    let stop = state.stop.clone();
+    tokio::spawn(async move { firehose.run(stop).await });
+    let running = backfill.clone();
+    let backfilling = tokio::spawn(async move { running.run(RunMode::UntilEmpty, true).await });
+    let net = Arc::new(net);
+    let writer = std::thread::spawn({
+        let (net, dids, stop) = (net.clone(), dids.clone(), state.stop.clone());
+        move || {
+            let mut i = 0;
+            while !stop.is_cancelled() {
+                let record = serde_json::json!({"$type": "app.bsky.feed.post", "text": "live", "createdAt": "2026-11-01T00:00:00.000Z"});
+                let _ = net.put_record(&dids[i % dids.len()], "app.bsky.feed.post", &format!("3lzz{i:09}"), record);
+                i += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
+    let http = reqwest::Client::new();
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    while !backfilling.is_finished() || latencies.len() < 2000 {
+        let rkey = &rkeys[latencies.len() * 7919 % rkeys.len()];
+        let url = format!("http://{addr}/xrpc/com.atproto.repo.getRecord?repo={did}&collection=app.bsky.feed.post&rkey={rkey}");
+        let t = Instant::now();
+        let response = http.get(url).send().await.unwrap();
+        assert!(response.status().is_success());
+        response.bytes().await.unwrap();
+        latencies.push(t.elapsed());
+    }
+    let load_secs = started.elapsed().as_secs_f64();
+    state.stop.cancel();
+    writer.join().unwrap();
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1000.0;
+    println!(
+        "| getRecord during a backfill of 16 x 20k records + live writes ({load_secs:.1} s) | {} requests | p50 {:.2} ms | p99 {:.2} ms (max {:.2} ms) |",
+        latencies.len(), pct(0.5), pct(0.99), pct(1.0)
+    );
+}
+
+fn main() {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::default();
+    config.storage.path = dir.path().join("data");
+    let sluice = Sluice::builder().config(config).filter(Filter::from_toml("mode = \"full\"\n", "bench").unwrap()).open().unwrap();
+    let mut posts = Vec::new();
+    let mut did = String::new();
+    for seed in [100_000, 100_001] {
+        let (path, account) = common::generated_car(seed);
+        sluice.index_car(&std::fs::read(path).unwrap(), &IndexOptions::default()).unwrap();
+        if posts.is_empty() {
+            did = account.did.clone();
+            posts = sluice.store().repo_records(&did).unwrap().into_keys().filter(|(c, _)| c == "app.bsky.feed.post").map(|(_, r)| r).collect();
+        }
+    }
+    println!("| case | work | time | rate / latency |");
+    println!("|---|---:|---:|---:|");
+    // `SLUICE_BENCH=replay` or `=get-record` runs one case (for profiling).
+    let only = std::env::var("SLUICE_BENCH").unwrap_or_default();
+    runtime.block_on(async {
+        if only.is_empty() || only == "replay" {
+            replays(&sluice).await;
+        }
+        if only.is_empty() || only == "get-record" {
+            get_record_under_load(&sluice, &did, &posts).await;
+        }
+    });
+}
