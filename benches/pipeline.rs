@@ -5,7 +5,7 @@
 //! is its own) and prints a Markdown table for BENCHMARKS.md. Inputs: calabro.car from
 //! ../shared/fixtures and a generated, signed 100k-record repo (cached in target/).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 

@@ -115,16 +115,17 @@ impl Backfill {
             let fresh = self.resolver.refresh(did).await.map_err(identity_failure)?;
             loaded.verify_signature(&fresh.key).map_err(|e| Failure::Retry(e.to_string()))?;
         }
-        self.apply(loaded).await
+        self.apply(loaded, identity.handle.clone()).await
     }
 
     /// Walks a verified repo through the pipeline on the blocking pool.
-    async fn apply(&self, loaded: LoadedRepo) -> Result<RepoOutcome, Failure> {
+    async fn apply(&self, loaded: LoadedRepo, handle: Option<String>) -> Result<RepoOutcome, Failure> {
         let pipeline = self.pipeline.clone();
         let opts = WalkOptions {
             cursor: Some(("backfill".to_string(), loaded.did().to_string())),
             since_us: self.config.since_us(now_ms() * 1000),
             batch_delay: Duration::from_millis(self.config.batch_delay_ms),
+            handle,
         };
         let walked = tokio::task::spawn_blocking(move || pipeline.apply_walk(&loaded, &opts)).await;
         match walked {

@@ -70,6 +70,9 @@ pub struct WalkOptions {
     pub since_us: Option<u64>,
     /// Pause between committed batches (`BACKFILL_BATCH_DELAY_MS`).
     pub batch_delay: std::time::Duration,
+    /// The repo's handle, as its DID document claims it; kept in its state (else the stored
+    /// one stays).
+    pub handle: Option<String>,
 }
 
 /// What applying a repo or commit did.
@@ -235,7 +238,7 @@ impl Pipeline {
             // A discarded repo keeps its rev too, so live commits it already had are told apart.
             rev: Some(repo.rev().to_string()),
             data: (status == RepoStatus::Synced).then(|| repo.data().to_string()),
-            handle: previous_state.and_then(|s| s.handle),
+            handle: opts.handle.clone().or_else(|| previous_state.and_then(|s| s.handle)),
             updated_ms: now_ms(),
             ..Default::default()
         };
