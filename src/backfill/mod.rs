@@ -18,14 +18,16 @@
 //! memory when small, else to a temporary file) and only one repo per core is read and walked
 //! at a time, so resident memory follows the cores and the largest repo, not the concurrency.
 //!
-//! Architecture invariant: network I/O stays in async tasks; reading a CAR and the pipeline run
-//! on the blocking pool.
+//! Architecture invariant: network I/O stays in async tasks; reading a CAR, checking its
+//! signature and the pipeline run on the walk threads (`walkers`, one per core, at a lower
+//! scheduling priority so that queries and live ingestion go first).
 
 pub mod crawler;
 pub mod fetch;
 pub mod progress;
 mod requeue;
 pub mod schedule;
+mod walkers;
 mod worker;
 
 use std::collections::HashSet;
@@ -91,6 +93,8 @@ pub struct Backfill {
     fetcher: RepoFetcher,
     /// Repos read and walked at once: one per core. Downloads beyond that wait spooled.
     walk_permits: Arc<Semaphore>,
+    /// The low-priority threads those repos are read and walked on.
+    walkers: walkers::Walkers,
     progress: Progress,
     live_backlog: Arc<AtomicU64>,
     memory_cap_mb: AtomicU64,
@@ -109,13 +113,15 @@ impl Backfill {
     /// A backfill writing through `pipeline`, with `config`'s network and backfill settings.
     pub fn new(pipeline: Pipeline, config: &Config) -> Arc<Self> {
         let resolver = Resolver::new(ResolverOptions { plc_url: config.network.plc.clone(), ..Default::default() });
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Arc::new(Self {
             pipeline,
             config: config.backfill.clone(),
             relay: config.network.relay.clone(),
             resolver: Arc::new(resolver),
             fetcher: RepoFetcher::new(config.limits.car_limits(), config.storage.path.join("spool")),
-            walk_permits: Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get()))),
+            walk_permits: Arc::new(Semaphore::new(cores)),
+            walkers: walkers::Walkers::new(cores),
             progress: Progress::default(),
             live_backlog: Arc::default(),
             memory_cap_mb: AtomicU64::new(config.backfill.max_memory_mb),

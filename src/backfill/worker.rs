@@ -102,23 +102,27 @@ impl Backfill {
             Err(e) => return Err(Failure::Retry(e.to_string())),
         };
         let _walking = self.walk_permits.clone().acquire_owned().await.map_err(|e| Failure::Retry(e.to_string()))?;
-        let limits = *self.fetcher.limits();
-        let owner = did.to_string();
-        let read = tokio::task::spawn_blocking(move || {
+        let (limits, owner, key) = (*self.fetcher.limits(), did.to_string(), identity.key.clone());
+        let read = self.walkers.run(move || {
             let loaded = spooled.read(&limits)?;
             loaded.check_commit(Some(&owner))?;
-            Ok::<_, crate::repo::RepoError>(loaded)
+            let verified = loaded.verify_signature(&key).is_ok();
+            Ok::<_, crate::repo::RepoError>((loaded, verified))
         });
-        let loaded = read.await.map_err(|e| Failure::Retry(format!("reader task: {e}")))?.map_err(|e| Failure::Retry(e.to_string()))?;
-        if loaded.verify_signature(&identity.key).is_err() {
+        let (loaded, verified) = read.await.ok_or_else(|| Failure::Retry("the reader thread failed".into()))?.map_err(|e| Failure::Retry(e.to_string()))?;
+        let loaded = match verified {
+            true => loaded,
             // The key may have rotated since it was cached: look it up again, once.
-            let fresh = self.resolver.refresh(did).await.map_err(identity_failure)?;
-            loaded.verify_signature(&fresh.key).map_err(|e| Failure::Retry(e.to_string()))?;
-        }
+            false => {
+                let fresh = self.resolver.refresh(did).await.map_err(identity_failure)?;
+                let check = self.walkers.run(move || loaded.verify_signature(&fresh.key).map(|()| loaded));
+                check.await.ok_or_else(|| Failure::Retry("the reader thread failed".into()))?.map_err(|e| Failure::Retry(e.to_string()))?
+            }
+        };
         self.apply(loaded, identity.handle.clone()).await
     }
 
-    /// Walks a verified repo through the pipeline on the blocking pool.
+    /// Walks a verified repo through the pipeline on a walk thread.
     async fn apply(&self, loaded: LoadedRepo, handle: Option<String>) -> Result<RepoOutcome, Failure> {
         let pipeline = self.pipeline.clone();
         let opts = WalkOptions {
@@ -127,13 +131,13 @@ impl Backfill {
             batch_delay: Duration::from_millis(self.config.batch_delay_ms),
             handle,
         };
-        let walked = tokio::task::spawn_blocking(move || pipeline.apply_walk(&loaded, &opts)).await;
+        let walked = self.walkers.run(move || pipeline.apply_walk(&loaded, &opts)).await;
         match walked {
-            Ok(Ok(outcome)) => Ok(outcome),
-            Ok(Err(PipelineError::StaleRev { .. })) => Err(Failure::Current),
-            Ok(Err(PipelineError::Repo(e))) => Err(Failure::Retry(e.to_string())),
-            Ok(Err(PipelineError::Store(e))) => Err(Failure::Fatal(format!("storage: {e}"))),
-            Err(e) => Err(Failure::Retry(format!("pipeline task: {e}"))),
+            Some(Ok(outcome)) => Ok(outcome),
+            Some(Err(PipelineError::StaleRev { .. })) => Err(Failure::Current),
+            Some(Err(PipelineError::Repo(e))) => Err(Failure::Retry(e.to_string())),
+            Some(Err(PipelineError::Store(e))) => Err(Failure::Fatal(format!("storage: {e}"))),
+            None => Err(Failure::Retry("the walk thread failed (a panic in the pipeline)".into())),
         }
     }
 }
