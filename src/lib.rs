@@ -18,6 +18,7 @@
 //! - [`identity`]: DID -> PDS endpoint + signing key, cached.
 //! - [`backfill`]: the repo queue, crawler and workers (getRepo -> pipeline).
 //! - [`firehose`]: live ingestion from subscribeRepos (client, shards, chain checks, cursor).
+//! - [`service`]: backfill, live ingestion and the server run together (`sluice run`).
 //! - [`server`]: the HTTP server: event stream, XRPC queries, admin, operations.
 //! - [`tail`]: a client of the event stream (`sluice tail`).
 //! - [`xrpc`]: XRPC error answers and parameters, shared by the server and the devnet.
@@ -43,6 +44,7 @@ pub mod identity;
 pub mod pipeline;
 pub mod repo;
 pub mod server;
+pub mod service;
 pub mod store;
 pub mod syntax;
 pub mod tail;

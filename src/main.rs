@@ -3,7 +3,6 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -354,91 +353,26 @@ fn print_walkthrough(net: &sluice::devnet::Devnet, config: &Config) {
 }
 
 /// Runs the backfill (and, in `Forever` mode, everything `sluice run` runs: live ingestion
-/// too) until it ends or a signal stops it; prints where the repos stand.
+/// and the server) until it ends or a signal stops it; prints where the repos stand.
 fn run_backfill(config: Config, dids: &[String], recrawl: bool, mode: sluice::backfill::RunMode) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let sluice = Sluice::builder().config(config.clone()).filter_file(config.filter.path.clone()).open()?;
-        let backfill = sluice::backfill::Backfill::new(sluice.pipeline().clone(), &config);
-        if recrawl {
-            sluice.store().reset_crawl()?;
-        }
-        if !dids.is_empty() {
-            backfill.queue(dids)?;
-        }
-        let stop = tokio_util::sync::CancellationToken::new();
-        let forever = mode == sluice::backfill::RunMode::Forever;
-        let (live, firehose) = match forever && config.firehose.enabled {
-            true => {
-                let (task, firehose) = start_firehose(&sluice, &backfill, &config, &stop)?;
-                (Some(task), Some(firehose))
-            }
-            false => (None, None),
-        };
-        let server = match forever && config.server.enabled {
-            true => Some(start_server(&sluice, &backfill, firehose, &config, &stop).await?),
-            false => None,
-        };
-        let (stopper, stop_live) = (backfill.clone(), stop.clone());
+        let opts = sluice::service::ServiceOptions { dids: dids.to_vec(), recrawl };
+        let service = sluice::service::Service::start(&sluice, &config, mode, &opts).await?;
+        let (stop, backfill) = (service.stopper(), service.backfill.clone());
         tokio::spawn(async move {
             shutdown_signal().await;
             tracing::info!("stopping: repos in flight and queued live frames finish first");
-            stopper.stop();
-            stop_live.cancel();
+            stop();
         });
-        let result = backfill.run(mode, dids.is_empty()).await;
-        // `sluice run` serves and follows the firehose after the backfill is done, until a
-        // signal; a failed backfill or firehose stops everything.
-        match forever && result.is_ok() {
-            true => stop.cancelled().await,
-            false => stop.cancel(),
-        }
-        let live_result = match live {
-            Some(task) => task.await?,
-            None => Ok(()),
-        };
-        if let Some(server) = server {
-            server.await??;
-        }
+        let result = service.run(mode, dids.is_empty()).await;
         let counts: Vec<String> = backfill.repo_counts().into_iter().filter(|(_, n)| *n != 0).map(|(s, n)| format!("{n} {}", s.as_str())).collect();
         let events = sluice.store().next_event_id() - 1;
         println!("repos: {}; events: {events}", if counts.is_empty() { "none".to_string() } else { counts.join(", ") });
         result?;
-        live_result?;
         Ok(ExitCode::SUCCESS)
     })
-}
-
-/// Starts live ingestion beside `backfill`: held commits are drained as repos finish their
-/// backfill, and a storage failure of either stops both.
-fn start_firehose(
-    sluice: &Sluice, backfill: &Arc<sluice::backfill::Backfill>, config: &Config, stop: &tokio_util::sync::CancellationToken,
-) -> anyhow::Result<(tokio::task::JoinHandle<Result<(), sluice::firehose::FirehoseError>>, Arc<sluice::firehose::Firehose>)> {
-    let firehose = sluice::firehose::Firehose::new(sluice.pipeline().clone(), backfill.resolver().clone(), config, backfill.live_backlog().clone())?;
-    let drains = firehose.clone();
-    backfill.after_sync(move |did| drains.request_drain(did));
-    let (backfill, stop, service) = (backfill.clone(), stop.clone(), firehose.clone());
-    let task = tokio::spawn(async move {
-        let result = service.run(stop.clone()).await;
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "live ingestion stopped; stopping everything");
-            backfill.stop();
-            stop.cancel();
-        }
-        result
-    });
-    Ok((task, firehose))
-}
-
-/// Binds `[server] listen` and serves until `stop`.
-async fn start_server(
-    sluice: &Sluice, backfill: &Arc<sluice::backfill::Backfill>, firehose: Option<Arc<sluice::firehose::Firehose>>, config: &Config,
-    stop: &tokio_util::sync::CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<std::io::Result<()>>> {
-    let listener = sluice::server::bind(config).await?;
-    let mut state = sluice::server::ServerState::new(sluice.pipeline().clone(), config.clone());
-    (state.backfill, state.firehose, state.stop) = (Some(backfill.clone()), firehose, stop.clone());
-    Ok(tokio::spawn(sluice::server::serve(listener, Arc::new(state))))
 }
 
 /// Ctrl-C or SIGTERM.

@@ -20,7 +20,7 @@ fn write_config(dir: &std::path::Path, net: &Devnet) -> std::path::PathBuf {
     let config = dir.join("config.toml");
     let text = format!(
         "[storage]\npath = {:?}\n[filter]\npath = {:?}\n[network]\nrelay = {:?}\nplc = {:?}\n\
-         [backfill]\nprogress_secs = 1\nretry_min_ms = 50\nretry_max_ms = 100\n[firehose]\nmax_reconnect_secs = 1\n",
+         [backfill]\nprogress_secs = 1\nretry_min_ms = 50\nretry_max_ms = 100\n[firehose]\nmax_reconnect_secs = 1\n[server]\nlisten = \"127.0.0.1:0\"\n",
         dir.join("data"), filter, net.relay_url(), net.plc_url()
     );
     std::fs::write(&config, text).unwrap();

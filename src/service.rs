@@ -1,0 +1,114 @@
+//! The whole service as `sluice run` (and `sluice backfill`) runs it: the backfill, live
+//! ingestion and the HTTP server started together over one [`Sluice`], wired to each other
+//! (held commits drained as backfills commit, the idle gauge, the server's view of both), and
+//! stopped together: by [`Service::stop`], or by a storage failure in any of them.
+
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::backfill::{Backfill, RunMode};
+use crate::firehose::{Firehose, FirehoseError};
+use crate::server::ServerState;
+use crate::{Config, Sluice};
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct ServiceOptions {
+    /// Backfill only these repos (queued again whatever their state), with no crawl.
+    pub dids: Vec<String>,
+    /// List the relay's repos again from the start.
+    pub recrawl: bool,
+}
+
+/// The running services.
+pub struct Service {
+    /// The backfill (it decides itself whether it runs: `BACKFILL_DAYS`, `WORKER_ID`).
+    pub backfill: Arc<Backfill>,
+    /// Live ingestion, when `[firehose] enabled` and the mode is `Forever`.
+    pub firehose: Option<Arc<Firehose>>,
+    stop: CancellationToken,
+    live: Option<JoinHandle<Result<(), FirehoseError>>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Service {
+    /// Starts live ingestion and the server (in `Forever` mode, as configured) beside a
+    /// backfill that [`Service::run`] then drives.
+    pub async fn start(sluice: &Sluice, config: &Config, mode: RunMode, opts: &ServiceOptions) -> anyhow::Result<Service> {
+        let backfill = Backfill::new(sluice.pipeline().clone(), config);
+        if opts.recrawl {
+            sluice.store().reset_crawl()?;
+        }
+        if !opts.dids.is_empty() {
+            backfill.queue(&opts.dids)?;
+        }
+        let forever = mode == RunMode::Forever;
+        let mut service = Service { backfill, firehose: None, stop: CancellationToken::new(), live: None, server: None };
+        if forever && config.firehose.enabled {
+            service.start_firehose(sluice, config)?;
+        }
+        if forever && config.server.enabled {
+            service.start_server(sluice, config).await?;
+        }
+        Ok(service)
+    }
+
+    /// Live ingestion beside the backfill: held commits are drained as repos finish their
+    /// backfill, and a storage failure stops everything.
+    fn start_firehose(&mut self, sluice: &Sluice, config: &Config) -> anyhow::Result<()> {
+        let firehose = Firehose::new(sluice.pipeline().clone(), self.backfill.resolver().clone(), config, self.backfill.live_backlog().clone())?;
+        let drains = firehose.clone();
+        self.backfill.after_sync(move |did| drains.request_drain(did));
+        let (backfill, stop, live) = (self.backfill.clone(), self.stop.clone(), firehose.clone());
+        self.live = Some(tokio::spawn(async move {
+            let result = live.run(stop.clone()).await;
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "live ingestion stopped; stopping everything");
+                backfill.stop();
+                stop.cancel();
+            }
+            result
+        }));
+        self.firehose = Some(firehose);
+        Ok(())
+    }
+
+    /// Binds `[server] listen` and serves until the service stops.
+    async fn start_server(&mut self, sluice: &Sluice, config: &Config) -> anyhow::Result<()> {
+        let listener = crate::server::bind(config).await?;
+        let mut state = ServerState::new(sluice.pipeline().clone(), config.clone());
+        (state.backfill, state.firehose, state.stop) = (Some(self.backfill.clone()), self.firehose.clone(), self.stop.clone());
+        self.server = Some(tokio::spawn(crate::server::serve(listener, Arc::new(state))));
+        Ok(())
+    }
+
+    /// A handle that stops everything: repos in flight and queued live frames finish first.
+    pub fn stopper(&self) -> impl Fn() + Send + Sync + 'static {
+        let (backfill, stop) = (self.backfill.clone(), self.stop.clone());
+        move || {
+            backfill.stop();
+            stop.cancel();
+        }
+    }
+
+    /// Runs until done: `UntilEmpty` ends with the backfill; `Forever` goes on serving and
+    /// following the firehose after it, until stopped. Returns the first failure.
+    pub async fn run(mut self, mode: RunMode, crawl: bool) -> anyhow::Result<()> {
+        let result = self.backfill.run(mode, crawl).await;
+        match mode == RunMode::Forever && result.is_ok() {
+            true => self.stop.cancelled().await,
+            false => self.stop.cancel(),
+        }
+        let live = match self.live.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        };
+        if let Some(server) = self.server.take() {
+            server.await??;
+        }
+        result?;
+        Ok(live?)
+    }
+}
