@@ -71,22 +71,40 @@ async fn replays(sluice: &Sluice) {
     println!("| replay, {clients} clients at once ({each} events each) | {total} events | {secs:.2} s | {:.0} events/s in all |", total as f64 / secs);
 }
 
-/// `getRecord` latencies (sequential requests over one keep-alive connection) while the devnet
-/// is backfilled and written to.
-async fn get_record_under_load(sluice: &Sluice, did: &str, rkeys: &[String]) {
-    // The devnet gets a runtime of its own at the lowest priority: it stands for other
-    // machines, and its CPU (building CARs, signing commits) is not sluice's.
-    let (net, dids, _devnet_runtime) = std::thread::spawn(|| {
+/// A devnet of 16 repos of 20,000 records on a runtime of its own at the lowest priority: it
+/// stands for other machines, and its CPU (building CARs, signing commits) is not sluice's.
+fn devnet_elsewhere() -> (Arc<Devnet>, Vec<String>, tokio::runtime::Runtime) {
+    std::thread::spawn(|| {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).on_thread_start(lowest_priority).enable_all().build().unwrap();
         let (net, dids) = runtime.block_on(async {
             let net = Devnet::start(DevnetOptions::default()).await.unwrap();
             let dids = net.populate(16, 20_000, 3).await;
             (net, dids)
         });
-        (net, dids, runtime)
+        (Arc::new(net), dids, runtime)
     })
     .join()
-    .unwrap();
+    .unwrap()
+}
+
+/// Writes a post every 5 ms (round robin over `dids`) until `stop`.
+fn keep_writing(net: Arc<Devnet>, dids: Vec<String>, stop: tokio_util::sync::CancellationToken) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        lowest_priority();
+        let mut i = 0;
+        while !stop.is_cancelled() {
+            let record = serde_json::json!({"$type": "app.bsky.feed.post", "text": "live", "createdAt": "2026-11-01T00:00:00.000Z"});
+            let _ = net.put_record(&dids[i % dids.len()], "app.bsky.feed.post", &format!("3lzz{i:09}"), record);
+            i += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+}
+
+/// `getRecord` latencies (sequential requests over one keep-alive connection) while the devnet
+/// is backfilled and written to.
+async fn get_record_under_load(sluice: &Sluice, did: &str, rkeys: &[String]) {
+    let (net, dids, devnet_runtime) = devnet_elsewhere();
     let mut c = sluice.config().clone();
     (c.network.relay, c.network.plc) = (net.relay_url(), net.plc_url());
     // The devnet's repos live in this process too: no memory cap.
@@ -98,25 +116,10 @@ async fn get_record_under_load(sluice: &Sluice, did: &str, rkeys: &[String]) {
     let (addr, state) = start_server(state).await;
     let stop = state.stop.clone();
     tokio::spawn(async move { firehose.run(stop).await });
-    let running = backfill.clone();
-    let backfilling = tokio::spawn(async move { running.run(RunMode::UntilEmpty, true).await });
-    let net = Arc::new(net);
-    let writer = std::thread::spawn({
-        let (net, dids, stop) = (net.clone(), dids.clone(), state.stop.clone());
-        move || {
-            lowest_priority();
-            let mut i = 0;
-            while !stop.is_cancelled() {
-                let record = serde_json::json!({"$type": "app.bsky.feed.post", "text": "live", "createdAt": "2026-11-01T00:00:00.000Z"});
-                let _ = net.put_record(&dids[i % dids.len()], "app.bsky.feed.post", &format!("3lzz{i:09}"), record);
-                i += 1;
-                std::thread::sleep(Duration::from_millis(5));
-            }
-        }
-    });
+    let backfilling = tokio::spawn(async move { backfill.run(RunMode::UntilEmpty, true).await });
+    let writer = keep_writing(net.clone(), dids, state.stop.clone());
     let http = reqwest::Client::new();
-    let mut latencies = Vec::new();
-    let started = Instant::now();
+    let (mut latencies, started) = (Vec::new(), Instant::now());
     while !backfilling.is_finished() || latencies.len() < 2000 {
         let rkey = &rkeys[latencies.len() * 7919 % rkeys.len()];
         let url = format!("http://{addr}/xrpc/com.atproto.repo.getRecord?repo={did}&collection=app.bsky.feed.post&rkey={rkey}");
@@ -130,8 +133,7 @@ async fn get_record_under_load(sluice: &Sluice, did: &str, rkeys: &[String]) {
     state.stop.cancel();
     writer.join().unwrap();
     // Dropped off the async context (a runtime may not be dropped inside another).
-    let leftovers = (net, _devnet_runtime);
-    std::thread::spawn(move || drop(leftovers)).join().unwrap();
+    std::thread::spawn(move || drop((net, devnet_runtime))).join().unwrap();
     latencies.sort();
     let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1000.0;
     println!(
