@@ -244,12 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_stats(&mut std::io::stdout().lock(), &store, json)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tail { server, cursor, limit } => {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let mut out = std::io::stdout().lock();
-            runtime.block_on(sluice::tail::tail(&server, cursor, limit, |event| writeln!(out, "{event}")))?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Tail { server, cursor, limit } => tail(&server, cursor, limit),
         Command::Cursors { data } => {
             let store = open_store(&data_dir(&config, data))?;
             let mut out = std::io::stdout().lock();
@@ -258,27 +253,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Filter { command: FilterCommand::Check { file } } => match Filter::load(&file) {
-            Ok(f) => {
-                let handlers: Vec<_> = f.active_handlers().iter().map(|h| h.handler.name()).collect();
-                println!(
-                    "{}: ok: mode {}, {} signal(s), {} collection pattern(s), {} excluded, {} tracked DID(s), handlers: {}",
-                    file.display(), f.mode.as_str(), f.signals.len(), f.collections.len(), f.exclude_collections.len(), f.dids.len(),
-                    if handlers.is_empty() { "none".to_string() } else { handlers.join(", ") }
-                );
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        Command::Filter { command: FilterCommand::Check { file } } => Ok(check_filter(&file)),
         Command::Handlers => {
             let mut out = std::io::stdout().lock();
             for h in sluice::handlers::registered() {
                 writeln!(out, "{}\t{}", h.name(), h.collections().join(", "))?;
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `sluice tail`: the stream of a running sluice as JSON lines.
+fn tail(server: &str, cursor: Option<u64>, limit: Option<usize>) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut out = std::io::stdout().lock();
+    runtime.block_on(sluice::tail::tail(server, cursor, limit, |event| writeln!(out, "{event}")))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice filter check FILE`: one line, ok with a summary or the error.
+fn check_filter(file: &std::path::Path) -> ExitCode {
+    match Filter::load(file) {
+        Ok(f) => {
+            let handlers: Vec<_> = f.active_handlers().iter().map(|h| h.handler.name()).collect();
+            println!(
+                "{}: ok: mode {}, {} signal(s), {} collection pattern(s), {} excluded, {} tracked DID(s), handlers: {}",
+                file.display(), f.mode.as_str(), f.signals.len(), f.collections.len(), f.exclude_collections.len(), f.dids.len(),
+                if handlers.is_empty() { "none".to_string() } else { handlers.join(", ") }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }
