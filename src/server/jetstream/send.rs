@@ -52,10 +52,15 @@ pub(super) async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &
                 return Err(too_slow(&store, limits.max_lag, next, resume).await);
             }
             let batch = read_batch(&store, next, session.filter.load_full(), compress).await.map_err(internal)?;
-            for message in batch.messages {
-                let sent = tokio::time::timeout(send_timeout, sink.send(message)).await;
-                sent.map_err(|_| Stop { code: 1008, reason: "send timed out".into() })?.map_err(|_| gone())?;
-            }
+            // Queued without a flush each, then flushed once: one write for the batch.
+            let send = async {
+                for message in batch.messages {
+                    sink.feed(message).await?;
+                }
+                sink.flush().await
+            };
+            let sent = tokio::time::timeout(send_timeout, send).await;
+            sent.map_err(|_| Stop { code: 1008, reason: "send timed out".into() })?.map_err(|_| gone())?;
             if batch.next > next {
                 (next, resume) = (batch.next, Some(batch.last_time + 1));
                 continue;
