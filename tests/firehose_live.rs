@@ -173,6 +173,8 @@ async fn live_writes_become_events_within_a_second_in_order() {
     assert!(s.in_step(did));
     s.assert_replay_matches(did);
     assert!(s.firehose.safe_cursor() > 0);
+    let lag = s.firehose.live().metrics().lag_us.load(Ordering::Relaxed);
+    assert!(lag < 1_000_000, "frames are handled within a second of their time ({lag} µs)");
     s.stop().await;
 }
 

@@ -82,9 +82,11 @@ pub struct LiveMetrics {
     pub dropped: AtomicU64,
     /// See `applied`.
     pub refused: AtomicU64,
-    /// The `time` of the latest frame handled (unix µs): how far behind the network live
-    /// ingestion is.
+    /// The `time` of the latest frame handled (unix µs).
     pub last_frame_time_us: AtomicU64,
+    /// How long after its `time` the latest frame was handled (µs): how far behind the
+    /// network live ingestion is (it stays put while no frame comes).
+    pub lag_us: AtomicU64,
 }
 
 impl LiveMetrics {
@@ -152,6 +154,7 @@ impl Live {
         self.metrics.count(&handled);
         if let Some(t) = frame_time_us(frame) {
             self.metrics.last_frame_time_us.fetch_max(t, Ordering::Relaxed);
+            self.metrics.lag_us.store((now_ms() * 1000).saturating_sub(t), Ordering::Relaxed);
         }
         Ok(handled)
     }

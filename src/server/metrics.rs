@@ -106,8 +106,8 @@ fn live(out: &mut String, state: &ServerState) {
     Family::start(out, name, "gauge", "The firehose seq everything up to which is applied.").sample(name, &[], firehose.safe_cursor());
     let name = "sluice_firehose_in_flight";
     Family::start(out, name, "gauge", "Frames received and not yet finished.").sample(name, &[], firehose.in_flight());
-    let last = load(&m.last_frame_time_us);
-    let lag = if last == 0 { 0.0 } else { (crate::store::values::now_ms() * 1000).saturating_sub(last) as f64 / 1e6 };
     let name = "sluice_firehose_lag_seconds";
-    Family::start(out, name, "gauge", "How far the latest frame handled is behind the clock.").sample(name, &[], lag);
+    Family::start(out, name, "gauge", "How long after its time the latest frame was handled.").sample(name, &[], load(&m.lag_us) as f64 / 1e6);
+    let name = "sluice_firehose_last_frame_time_seconds";
+    Family::start(out, name, "gauge", "The time of the latest frame handled (unix seconds; 0 before any).").sample(name, &[], load(&m.last_frame_time_us) as f64 / 1e6);
 }
