@@ -16,6 +16,8 @@ use sluice::identity::{Identity, Resolver, ResolverOptions};
 use sluice::store::{RepoState, RepoStatus};
 use sluice::{Config, Filter, Sluice};
 
+mod common;
+
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -24,17 +26,6 @@ struct Run {
     commits: u64,
     secs: f64,
     cpu: f64,
-}
-
-fn cpu_secs() -> f64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    t(usage.ru_utime) + t(usage.ru_stime)
 }
 
 /// A store and a live ingestion service over it (live only: unknown repos start at their first
@@ -58,7 +49,7 @@ fn service(dir: &std::path::Path, identities: Vec<Identity>, synced: &[(String, 
 
 /// Feeds `frames` and waits until every one is finished; returns (commits applied, wall, CPU).
 fn feed(firehose: &Firehose, frames: &[Bytes]) -> Run {
-    let (cpu0, start) = (cpu_secs(), Instant::now());
+    let (cpu0, start) = (common::cpu_seconds(), Instant::now());
     for frame in frames {
         firehose.ingest(frame.clone());
     }
@@ -66,7 +57,7 @@ fn feed(firehose: &Firehose, frames: &[Bytes]) -> Run {
         std::thread::sleep(Duration::from_micros(200));
     }
     let applied = firehose.live().metrics().applied.load(std::sync::atomic::Ordering::Relaxed);
-    Run { commits: applied, secs: start.elapsed().as_secs_f64(), cpu: cpu_secs() - cpu0 }
+    Run { commits: applied, secs: start.elapsed().as_secs_f64(), cpu: common::cpu_seconds() - cpu0 }
 }
 
 fn unzstd(path: &std::path::Path) -> Vec<u8> {

@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Instant;
 
 mod common;
-use common::{generated_car, root};
+use common::{cpu_seconds, generated_car, root};
 
 use sluice::repo::{CarLimits, parse_public_key, read_car};
 use sluice::{Filter, IndexOptions, Sluice};
@@ -24,18 +24,6 @@ const ROUNDS: usize = 3;
 fn status_kb(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0)
-}
-
-/// User + system CPU seconds of this process, all threads (fjall's background work counts).
-fn cpu_seconds() -> f64 {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// Indexes each CAR of `inputs` on its own thread into one store (repos in flight at once, as

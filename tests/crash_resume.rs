@@ -2,8 +2,9 @@
 //! indexed exactly as its PDS holds it, no event is missing or emitted twice, ids are gapless,
 //! and repos committed before a kill are not fetched again.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sluice::devnet::{Devnet, DevnetOptions};
@@ -12,27 +13,14 @@ use sluice::store::{Action, RepoStatus, Store, StoredEvent};
 const REPOS: usize = 80;
 const CONCURRENCY: u64 = 4;
 
+/// The backfill's config: small batches with pauses, so kills land between them.
 fn write_config(dir: &std::path::Path, net: &Devnet) -> std::path::PathBuf {
-    let filter = dir.join("filter.toml");
-    std::fs::write(&filter, "mode = \"full\"\n").unwrap();
-    let config = dir.join("config.toml");
-    let text = format!(
-        "[storage]\npath = {:?}\n[filter]\npath = {:?}\n[network]\nrelay = {:?}\nplc = {:?}\n\
-         [backfill]\nbatch_size = 7\nbatch_delay_ms = 8\nmax_concurrent = {CONCURRENCY}\nprogress_secs = 1\nretry_min_ms = 50\nretry_max_ms = 100\n",
-        dir.join("data"), filter, net.relay_url(), net.plc_url()
-    );
-    std::fs::write(&config, text).unwrap();
-    config
+    let backfill = format!("[backfill]\nbatch_size = 7\nbatch_delay_ms = 8\nmax_concurrent = {CONCURRENCY}\nprogress_secs = 1\nretry_min_ms = 50\nretry_max_ms = 100\n");
+    common::devnet_config_file(dir, net, &backfill)
 }
 
 fn backfill(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["--config", config.to_str().unwrap(), "backfill"])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
-        .spawn()
-        .unwrap()
+    common::spawn_sluice(config, "backfill", log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

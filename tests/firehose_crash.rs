@@ -2,8 +2,9 @@
 //! last restart every repo is indexed exactly as its PDS holds it, and the event log builds
 //! that state with no event lost or written twice.
 
+mod common;
+
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -14,27 +15,14 @@ use sluice::store::{Action, RepoStatus, Store, StoredEvent};
 
 const REPOS: usize = 6;
 
+/// `sluice run`'s config: quick retries and reconnects, the server on a free port.
 fn write_config(dir: &std::path::Path, net: &Devnet) -> std::path::PathBuf {
-    let filter = dir.join("filter.toml");
-    std::fs::write(&filter, "mode = \"full\"\n").unwrap();
-    let config = dir.join("config.toml");
-    let text = format!(
-        "[storage]\npath = {:?}\n[filter]\npath = {:?}\n[network]\nrelay = {:?}\nplc = {:?}\n\
-         [backfill]\nprogress_secs = 1\nretry_min_ms = 50\nretry_max_ms = 100\n[firehose]\nmax_reconnect_secs = 1\n[server]\nlisten = \"127.0.0.1:0\"\n",
-        dir.join("data"), filter, net.relay_url(), net.plc_url()
-    );
-    std::fs::write(&config, text).unwrap();
-    config
+    let extra = "[backfill]\nprogress_secs = 1\nretry_min_ms = 50\nretry_max_ms = 100\n[firehose]\nmax_reconnect_secs = 1\n[server]\nlisten = \"127.0.0.1:0\"\n";
+    common::devnet_config_file(dir, net, extra)
 }
 
 fn run(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["--config", config.to_str().unwrap(), "run"])
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::null())
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
-        .spawn()
-        .unwrap()
+    common::spawn_sluice(config, "run", log)
 }
 
 /// Writes to the devnet until `stop`: creates, updates and deletes spread over `dids`.

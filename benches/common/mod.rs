@@ -1,5 +1,5 @@
 //! What the benches share: the generated, signed 100k-record repos (cached in
-//! `target/bench-cache/`, built on first use).
+//! `target/bench-cache/`, built on first use), and the process's CPU time.
 
 #![allow(dead_code)]
 
@@ -9,6 +9,18 @@ use sluice::devnet::{Account, RepoContents, export_car_blocking, rev_at};
 
 /// Records in a generated repo.
 pub const GENERATED_RECORDS: usize = 100_000;
+
+/// User + system CPU seconds of this process, all threads (fjall's background work counts).
+pub fn cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the struct it is given; RUSAGE_SELF is always valid.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
+}
 
 /// The project root.
 pub fn root() -> PathBuf {

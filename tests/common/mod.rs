@@ -49,3 +49,25 @@ pub fn car_file(car: &[u8]) -> std::fs::File {
     std::io::Seek::rewind(&mut file).unwrap();
     file
 }
+
+/// A config file in `dir` pointing a `sluice` child process at `net` (full-mode filter, data in
+/// `dir/data`), with `extra` TOML sections appended; returns its path.
+pub fn devnet_config_file(dir: &std::path::Path, net: &sluice::devnet::Devnet, extra: &str) -> PathBuf {
+    let filter = dir.join("filter.toml");
+    std::fs::write(&filter, "mode = \"full\"\n").unwrap();
+    let config = dir.join("config.toml");
+    let text = format!("[storage]\npath = {:?}\n[filter]\npath = {:?}\n[network]\nrelay = {:?}\nplc = {:?}\n{extra}", dir.join("data"), filter, net.relay_url(), net.plc_url());
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// Starts `sluice --config CONFIG COMMAND` with its log appended to `log`.
+pub fn spawn_sluice(config: &std::path::Path, command: &str, log: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["--config", config.to_str().unwrap(), command])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
+        .spawn()
+        .unwrap()
+}
