@@ -110,15 +110,37 @@ fn main() {
 
     let (accounts, n) = (1_000, 100_000);
     let stream = sluice::devnet::synthetic_stream(accounts, n, 7);
-    let identities = stream
+    let identities: Vec<Identity> = stream
         .keys
         .iter()
         .map(|(did, key)| Identity { did: did.clone(), pds: "http://127.0.0.1:1".into(), key: sluice::repo::parse_public_key(key).unwrap(), handle: None })
         .collect();
     let frames: Vec<Bytes> = stream.frames.into_iter().map(Bytes::from).collect();
+    row(&format!("signature checks alone, 2 threads ({n} commits)"), &signatures_alone(&frames, &identities));
     let dir = tempfile::tempdir().unwrap();
     let firehose = service(dir.path(), identities, &stream.initial);
     let run = feed(&firehose, &frames);
     assert_eq!(run.commits, n as u64, "every generated commit applies");
     row(&format!("generated ({n} commits, {accounts} repos)"), &run);
+}
+
+/// The ceiling set by signature checks: every commit's signature verified (as live ingestion
+/// does it) on two threads, nothing else timed.
+fn signatures_alone(frames: &[Bytes], identities: &[Identity]) -> Run {
+    let keys: std::collections::HashMap<&str, _> = identities.iter().map(|id| (id.did.as_str(), &id.key)).collect();
+    let limits = sluice::repo::CarLimits::default();
+    let commits: Vec<_> = frames
+        .iter()
+        .filter_map(|f| match decode_frame(f) {
+            Ok(Frame::Commit(c)) => Some((keys[c.repo.as_str()], sluice::firehose::ops::commit_blocks(&c, &limits).unwrap())),
+            _ => None,
+        })
+        .collect();
+    let (cpu0, start) = (common::cpu_seconds(), Instant::now());
+    std::thread::scope(|scope| {
+        for half in commits.chunks(commits.len().div_ceil(2)) {
+            scope.spawn(move || half.iter().for_each(|(key, loaded)| loaded.verify_signature(key).expect("a generated commit verifies")));
+        }
+    });
+    Run { commits: commits.len() as u64, secs: start.elapsed().as_secs_f64(), cpu: common::cpu_seconds() - cpu0 }
 }

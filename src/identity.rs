@@ -88,12 +88,16 @@ impl Resolver {
 
     /// The identity of `did`, from the cache while it is fresh.
     pub async fn resolve(&self, did: &str) -> Result<Arc<Identity>, IdentityError> {
-        if let Some((at, id)) = self.cache.lock().expect("identity cache").get(did)
-            && at.elapsed() < self.opts.ttl
-        {
-            return Ok(id.clone());
+        match self.cached(did) {
+            Some(identity) => Ok(identity),
+            None => self.refresh(did).await,
         }
-        self.refresh(did).await
+    }
+
+    /// The identity of `did` if the cache holds a fresh one (no I/O; for synchronous callers).
+    pub fn cached(&self, did: &str) -> Option<Arc<Identity>> {
+        let cache = self.cache.lock().expect("identity cache");
+        cache.get(did).filter(|(at, _)| at.elapsed() < self.opts.ttl).map(|(_, id)| id.clone())
     }
 
     /// The identity of `did`, fetched now (for example after a signature failed with the

@@ -21,14 +21,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use jacquard_api::com_atproto::sync::subscribe_repos::Commit;
-use jacquard_common::types::crypto::PublicKey;
 
 use super::chain::{self, Verdict};
 use super::frame::{Frame, decode_frame};
 use super::ops;
 use crate::backfill::schedule;
 use crate::filter::RepoRule;
-use crate::identity::Resolver;
+use crate::identity::{Identity, Resolver};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::repo::{CarLimits, LoadedRepo};
 use crate::store::values::now_ms;
@@ -260,19 +259,22 @@ impl Live {
         if loaded.rev() != rev {
             return Err(format!("the commit block's rev {} is not the frame's {rev}", loaded.rev()));
         }
-        if loaded.verify_signature(&self.key(did, false)?).is_ok() {
+        if loaded.verify_signature(&self.signer(did, false)?.key).is_ok() {
             return Ok(());
         }
         // The key may have rotated since it was cached: look it up again, once.
-        loaded.verify_signature(&self.key(did, true)?).map_err(|e| e.to_string())
+        loaded.verify_signature(&self.signer(did, true)?.key).map_err(|e| e.to_string())
     }
 
-    fn key(&self, did: &str, fresh: bool) -> Result<PublicKey<'static>, String> {
-        let identity = match fresh {
-            false => self.runtime.block_on(self.resolver.resolve(did)),
-            true => self.runtime.block_on(self.resolver.refresh(did)),
+    /// `did`'s identity: from the resolver's cache without leaving the thread when it is
+    /// there, else looked up (`fresh` always looks it up).
+    fn signer(&self, did: &str, fresh: bool) -> Result<Arc<Identity>, String> {
+        let identity = match (fresh, self.resolver.cached(did)) {
+            (false, Some(identity)) => Ok(identity),
+            (false, None) => self.runtime.block_on(self.resolver.resolve(did)),
+            (true, _) => self.runtime.block_on(self.resolver.refresh(did)),
         };
-        identity.map(|id| id.key.clone()).map_err(|e| format!("signing key: {e}"))
+        identity.map_err(|e| format!("signing key: {e}"))
     }
 
     /// Applies `did`'s held commits in rev order, if its backfill has committed. Returns

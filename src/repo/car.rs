@@ -274,7 +274,7 @@ impl LoadedRepo {
 
     /// Verifies the commit signature against `key`.
     pub fn verify_signature(&self, key: &PublicKey<'_>) -> Result<(), RepoError> {
-        self.commit.verify(key).map_err(|e| RepoError::Signature(e.to_string()))
+        super::verify_commit(&self.commit, key)
     }
 }
 

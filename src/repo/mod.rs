@@ -2,7 +2,8 @@
 //!
 //! [`read_car`] parses a CAR with jacquard's CAR reader (iroh-car), refusing it when over the
 //! configured limits, and checks every block's CID against its bytes. [`LoadedRepo::check_commit`]
-//! checks the root commit (version 3, DID) and [`LoadedRepo::verify_signature`] its signature.
+//! checks the root commit (version 3, DID) and [`LoadedRepo::verify_signature`] its signature
+//! ([`verify_commit`]: libsecp256k1 for secp256k1 keys, jacquard for the others).
 //! [`LoadedRepo::records`] walks the MST in key order, yielding `(collection, rkey, cid, bytes)`.
 //!
 //! Architecture invariant: repo/ knows nothing of fjall, the filter, handlers or HTTP; every
@@ -10,9 +11,11 @@
 
 pub mod age;
 mod car;
+mod signature;
 mod walk;
 
 pub use car::{CarLimits, LoadedRepo, parse_public_key, read_car, read_car_file, read_car_from};
+pub use signature::verify_commit;
 pub use walk::{RecordEntry, RecordKey, RecordKeys, Records};
 
 use cid::Cid;
