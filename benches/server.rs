@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use sluice::backfill::{Backfill, RunMode};
 use sluice::devnet::{Devnet, DevnetOptions};
 use sluice::firehose::Firehose;
-use sluice::server::{ServerState, serve};
+use sluice::server::{DedicatedServer, ServerState, serve_dedicated};
 use sluice::{Config, Filter, IndexOptions, Sluice};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -40,17 +40,18 @@ async fn replay(addr: &str, cursor: u64, last: u64) -> u64 {
     n
 }
 
-async fn start_server(state: ServerState) -> (String, Arc<ServerState>) {
+/// The server as `sluice run` starts it: on a runtime of its own.
+async fn start_server(state: ServerState) -> (String, Arc<ServerState>, DedicatedServer) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let state = Arc::new(state);
-    tokio::spawn(serve(listener, state.clone()));
-    (addr, state)
+    let server = serve_dedicated(listener, state.clone(), 2).unwrap();
+    (addr, state, server)
 }
 
 /// Replay to one client, then to 100 clients at once (each the last 20,000 events).
 async fn replays(sluice: &Sluice) {
-    let (addr, _state) = start_server(ServerState::new(sluice.pipeline().clone(), sluice.config().clone())).await;
+    let (addr, _state, _server) = start_server(ServerState::new(sluice.pipeline().clone(), sluice.config().clone())).await;
     let head = sluice.store().next_event_id() - 1;
     let started = Instant::now();
     let n = replay(&addr, 0, head).await;
@@ -113,22 +114,21 @@ async fn get_record_under_load(sluice: &Sluice, did: &str, rkeys: &[String]) {
     let firehose = Firehose::new(sluice.pipeline().clone(), backfill.resolver().clone(), &c, backfill.live_backlog().clone()).unwrap();
     let mut state = ServerState::new(sluice.pipeline().clone(), c);
     (state.backfill, state.firehose) = (Some(backfill.clone()), Some(firehose.clone()));
-    let (addr, state) = start_server(state).await;
+    let (addr, state, _server) = start_server(state).await;
     let stop = state.stop.clone();
     tokio::spawn(async move { firehose.run(stop).await });
-    let backfilling = tokio::spawn(async move { backfill.run(RunMode::UntilEmpty, true).await });
+    let backfilled = tokio_util::sync::CancellationToken::new();
+    tokio::spawn({
+        let backfilled = backfilled.clone();
+        async move {
+            backfill.run(RunMode::UntilEmpty, true).await.unwrap();
+            backfilled.cancel();
+        }
+    });
     let writer = keep_writing(net.clone(), dids, state.stop.clone());
-    let http = reqwest::Client::new();
-    let (mut latencies, started) = (Vec::new(), Instant::now());
-    while !backfilling.is_finished() || latencies.len() < 2000 {
-        let rkey = &rkeys[latencies.len() * 7919 % rkeys.len()];
-        let url = format!("http://{addr}/xrpc/com.atproto.repo.getRecord?repo={did}&collection=app.bsky.feed.post&rkey={rkey}");
-        let t = Instant::now();
-        let response = http.get(url).send().await.unwrap();
-        assert!(response.status().is_success());
-        response.bytes().await.unwrap();
-        latencies.push(t.elapsed());
-    }
+    let started = Instant::now();
+    let client = client_elsewhere(addr, did.to_string(), rkeys.to_vec(), backfilled);
+    let mut latencies = tokio::task::spawn_blocking(move || client.join().unwrap()).await.unwrap();
     let load_secs = started.elapsed().as_secs_f64();
     state.stop.cancel();
     writer.join().unwrap();
@@ -140,6 +140,29 @@ async fn get_record_under_load(sluice: &Sluice, did: &str, rkeys: &[String]) {
         "| getRecord during a backfill of 16 x 20k records + live writes ({load_secs:.1} s) | {} requests | p50 {:.2} ms | p99 {:.2} ms (max {:.2} ms) |",
         latencies.len(), pct(0.5), pct(0.99), pct(1.0)
     );
+}
+
+/// Sequential getRecord requests over one keep-alive connection, from a thread and runtime
+/// of their own (the client stands for another machine), until `backfilled` and at least
+/// 2,000 requests; returns their latencies.
+fn client_elsewhere(addr: String, did: String, rkeys: Vec<String>, backfilled: tokio_util::sync::CancellationToken) -> std::thread::JoinHandle<Vec<Duration>> {
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let http = reqwest::Client::new();
+            let mut latencies = Vec::new();
+            while !backfilled.is_cancelled() || latencies.len() < 2000 {
+                let rkey = &rkeys[latencies.len() * 7919 % rkeys.len()];
+                let url = format!("http://{addr}/xrpc/com.atproto.repo.getRecord?repo={did}&collection=app.bsky.feed.post&rkey={rkey}");
+                let t = Instant::now();
+                let response = http.get(url).send().await.unwrap();
+                assert!(response.status().is_success());
+                response.bytes().await.unwrap();
+                latencies.push(t.elapsed());
+            }
+            latencies
+        })
+    })
 }
 
 /// Nice 19 for the calling thread (the devnet's and the writer's: not sluice's work).

@@ -30,7 +30,7 @@ pub struct Service {
     pub firehose: Option<Arc<Firehose>>,
     stop: CancellationToken,
     live: Option<JoinHandle<Result<(), FirehoseError>>>,
-    server: Option<JoinHandle<std::io::Result<()>>>,
+    server: Option<crate::server::DedicatedServer>,
 }
 
 impl Service {
@@ -80,7 +80,8 @@ impl Service {
         let listener = crate::server::bind(config).await?;
         let mut state = ServerState::new(sluice.pipeline().clone(), config.clone());
         (state.backfill, state.firehose, state.stop) = (Some(self.backfill.clone()), self.firehose.clone(), self.stop.clone());
-        self.server = Some(tokio::spawn(crate::server::serve(listener, Arc::new(state))));
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        self.server = Some(crate::server::serve_dedicated(listener, Arc::new(state), threads)?);
         Ok(())
     }
 
@@ -106,7 +107,7 @@ impl Service {
             None => Ok(()),
         };
         if let Some(server) = self.server.take() {
-            server.await??;
+            server.join().await?;
         }
         result?;
         Ok(live?)

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use serde_json::Value;
 
-use super::repo_access::{at_uri, blocking, readable, record_json, repo_did, store_error};
+use super::repo_access::{at_uri, point_read, readable, record_json, repo_did, store_error};
 use super::Query;
 use crate::server::ServerState;
 use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
@@ -23,7 +23,7 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> X
         Some(s) => Some(cid::Cid::try_from(s).map_err(|_| XrpcError::invalid("Error: cid must be a valid cid"))?),
         None => None,
     };
-    ok_json(blocking(&state, move |store| read(store, &did, &collection, &rkey, want)).await?)
+    ok_json(point_read(&state, |store| read(store, &did, &collection, &rkey, want))?)
 }
 
 fn read(store: &crate::store::Store, did: &str, collection: &str, rkey: &str, want: Option<cid::Cid>) -> Result<Value, XrpcError> {

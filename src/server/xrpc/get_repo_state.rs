@@ -9,7 +9,7 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use super::Query;
-use super::repo_access::{blocking, datetime, store_error};
+use super::repo_access::{datetime, point_read, store_error};
 use crate::server::ServerState;
 use crate::store::Store;
 use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
@@ -20,7 +20,7 @@ pub(super) const NAME: &str = "getRepoState";
 pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
     let p = Params::from_query(q)?;
     let did = p.did("did")?.to_string();
-    ok_json(blocking(&state, move |store| read(store, &did)).await?)
+    ok_json(point_read(&state, |store| read(store, &did))?)
 }
 
 fn read(store: &Store, did: &str) -> Result<Value, XrpcError> {

@@ -9,7 +9,7 @@ use axum::extract::State;
 use serde_json::json;
 
 use super::Query;
-use super::repo_access::{blocking, gone_status, shown, store_error};
+use super::repo_access::{gone_status, point_read, shown, store_error};
 use crate::server::ServerState;
 use crate::store::RepoStatus;
 use crate::xrpc::{Params, XrpcResult, ok_json};
@@ -20,8 +20,7 @@ pub(super) const METHOD: &str = "com.atproto.sync.getRepoStatus";
 pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
     let p = Params::from_query(q)?;
     let did = p.did("did")?.to_string();
-    let lookup = did.clone();
-    let stored = blocking(&state, move |store| store.repo_state(&lookup).map_err(store_error)).await?;
+    let stored = point_read(&state, |store| store.repo_state(&did).map_err(store_error))?;
     let repo = shown(&did, stored)?;
     let mut out = json!({ "did": did, "active": repo.status != RepoStatus::Gone });
     match (repo.status, &repo.rev) {

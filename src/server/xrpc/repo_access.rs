@@ -1,4 +1,5 @@
-//! What the XRPC methods share: reading the store on the blocking pool, the `repo` parameter
+//! What the XRPC methods share: reading the store (on the blocking pool, or inline for point
+//! reads), the `repo` parameter
 //! (DIDs only), and the rule for which repos a method may show.
 //!
 //! The rule: a repo sluice has no state for, or keeps nothing of (`discarded`), is not found.
@@ -21,6 +22,12 @@ use crate::xrpc::{Params, XrpcError};
 pub(super) async fn blocking<T: Send + 'static>(state: &Arc<ServerState>, read: impl FnOnce(&Store) -> Result<T, XrpcError> + Send + 'static) -> Result<T, XrpcError> {
     let store = state.store().clone();
     tokio::task::spawn_blocking(move || read(&store)).await.map_err(|e| XrpcError::internal(format!("read task failed: {e}")))?
+}
+
+/// Runs `read` right on the server's worker: for reads of a few keys (a record, a repo's
+/// state), where a hop to the blocking pool costs more than the read and adds its own wait.
+pub(super) fn point_read<T>(state: &ServerState, read: impl FnOnce(&Store) -> Result<T, XrpcError>) -> Result<T, XrpcError> {
+    read(state.store())
 }
 
 /// A storage failure as a 500.
