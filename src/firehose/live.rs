@@ -269,12 +269,11 @@ impl Live {
     /// `did`'s identity: from the resolver's cache without leaving the thread when it is
     /// there, else looked up (`fresh` always looks it up).
     fn signer(&self, did: &str, fresh: bool) -> Result<Arc<Identity>, String> {
-        let identity = match (fresh, self.resolver.cached(did)) {
-            (false, Some(identity)) => Ok(identity),
-            (false, None) => self.runtime.block_on(self.resolver.resolve(did)),
-            (true, _) => self.runtime.block_on(self.resolver.refresh(did)),
-        };
-        identity.map_err(|e| format!("signing key: {e}"))
+        let cached = if fresh { None } else { self.resolver.cached(did) };
+        match cached {
+            Some(identity) => Ok(identity),
+            None => self.runtime.block_on(self.resolver.refresh(did)).map_err(|e| format!("signing key: {e}")),
+        }
     }
 
     /// Applies `did`'s held commits in rev order, if its backfill has committed. Returns
