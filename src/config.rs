@@ -227,6 +227,12 @@ pub enum ConfigError {
     Env { name: String, value: String, reason: String },
 }
 
+/// The cores this process may use (2 when unknown): the default for shard, walk and server
+/// thread counts.
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
 impl Config {
     /// Reads `path` (when it exists; otherwise defaults), then applies environment overrides.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {

@@ -1,7 +1,7 @@
 //! The whole service as `sluice run` (and `sluice backfill`) runs it: the backfill, live
 //! ingestion and the HTTP server started together over one [`Sluice`], wired to each other
 //! (held commits drained as backfills commit, the idle gauge, the server's view of both), and
-//! stopped together: by [`Service::stop`], or by a storage failure in any of them.
+//! stopped together: by [`Service::stopper`], or by a storage failure in any of them.
 
 use std::sync::Arc;
 
@@ -80,8 +80,7 @@ impl Service {
         let listener = crate::server::bind(config).await?;
         let mut state = ServerState::new(sluice.pipeline().clone(), config.clone());
         (state.backfill, state.firehose, state.stop) = (Some(self.backfill.clone()), self.firehose.clone(), self.stop.clone());
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        self.server = Some(crate::server::serve_dedicated(listener, Arc::new(state), threads)?);
+        self.server = Some(crate::server::serve_dedicated(listener, Arc::new(state), crate::config::cores())?);
         Ok(())
     }
 

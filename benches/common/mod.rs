@@ -35,7 +35,7 @@ pub fn generated_car(seed: u64) -> (PathBuf, Account) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let mut records = RepoContents::new();
         for i in 0..GENERATED_RECORDS {
-            let tid = sluice::devnet::rev_at(i as u64 * 1000);
+            let tid = rev_at(i as u64 * 1000);
             let (key, v) = match i % 10 {
                 0..=4 => (format!("app.bsky.feed.like/{tid}"), serde_json::json!({"$type": "app.bsky.feed.like", "createdAt": "2024-01-01T00:00:00.000Z",
                     "subject": {"uri": format!("at://did:plc:abcdefghijklmnopqrstuvwx/app.bsky.feed.post/{}", rev_at(i as u64)), "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}})),

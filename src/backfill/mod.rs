@@ -113,7 +113,7 @@ impl Backfill {
     /// A backfill writing through `pipeline`, with `config`'s network and backfill settings.
     pub fn new(pipeline: Pipeline, config: &Config) -> Arc<Self> {
         let resolver = Resolver::new(ResolverOptions { plc_url: config.network.plc.clone(), ..Default::default() });
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let cores = crate::config::cores();
         Arc::new(Self {
             pipeline,
             config: config.backfill.clone(),

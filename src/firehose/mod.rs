@@ -98,7 +98,7 @@ impl Firehose {
         let live = Arc::new(Live::new(pipeline, resolver, tokio::runtime::Handle::current(), opts));
         let tracker = Arc::new(SeqTracker::starting_at(start_cursor.unwrap_or(0)));
         let n = match config.firehose.shards {
-            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            0 => crate::config::cores(),
             n => n,
         };
         let shards = Shards::start(live.clone(), tracker.clone(), n, config.firehose.queue, backlog).map_err(|e| storage(&e))?;

@@ -127,8 +127,8 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>) -> std::io::R
 }
 
 /// A server on a tokio runtime of its own (threads named `server`): queries never wait
-/// behind backfill and ingestion tasks on the shared runtime's workers, which is what kept
-/// getRecord's p99 above 2 ms under load. Dropping it stops its runtime.
+/// behind backfill and ingestion tasks on the shared runtime's workers. Dropping it stops
+/// its runtime.
 pub struct DedicatedServer {
     runtime: Option<tokio::runtime::Runtime>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,

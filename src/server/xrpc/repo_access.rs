@@ -1,6 +1,5 @@
 //! What the XRPC methods share: reading the store (on the blocking pool, or inline for point
-//! reads), the `repo` parameter
-//! (DIDs only), and the rule for which repos a method may show.
+//! reads), the `repo` parameter (DIDs only), and the rule for which repos a method may show.
 //!
 //! The rule: a repo sluice has no state for, or keeps nothing of (`discarded`), is not found.
 //! A `gone` repo answers as a PDS would for its account status, which its state's `error`
