@@ -133,6 +133,7 @@ async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &Arc<ServerS
     let ack_timeout = Duration::from_secs(limits.ack_timeout_secs.max(1));
     let (mut next, mut caught_up) = (start.after + 1, false);
     let (mut seen_progress, mut waiting_since) = (0, Instant::now());
+    let mut ahead: Option<ReadAhead> = None;
     loop {
         if start.consumer.is_some() {
             let progress = acks.progress.load(Ordering::Relaxed);
@@ -151,8 +152,15 @@ async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &Arc<ServerS
                 let _ = sink.send(Message::Text(error.to_string().into())).await;
                 return Err("consumer too slow".into());
             }
-            let batch = read_batch(&store, next).await?;
+            let batch = match ahead.take() {
+                Some(read) if read.from == next => read.batch.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?,
+                _ => read_batch(&store, next).await?,
+            };
             let last = batch.last().map_or(next - 1, |(id, _)| *id);
+            // Replay: the next batch is read and rendered while this one is sent.
+            if last + 1 < head {
+                ahead = Some(ReadAhead { from: last + 1, batch: spawn_read(&store, last + 1) });
+            }
             // Queued without a flush each, then flushed once: one write for the batch.
             let send = async {
                 for (_, text) in batch {
@@ -174,12 +182,24 @@ async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &Arc<ServerS
     }
 }
 
+type Batch = Vec<(u64, Utf8Bytes)>;
+
+/// A batch being read ahead, starting at id `from`.
+struct ReadAhead {
+    from: u64,
+    batch: tokio::task::JoinHandle<Result<Batch, crate::store::StoreError>>,
+}
+
 /// Events from `from` on (at most [`BATCH`]) as JSON text, read on the blocking pool.
-async fn read_batch(store: &Arc<crate::store::Store>, from: u64) -> Result<Vec<(u64, Utf8Bytes)>, String> {
+async fn read_batch(store: &Arc<crate::store::Store>, from: u64) -> Result<Batch, String> {
+    spawn_read(store, from).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+}
+
+/// Starts reading the batch from `from` on the blocking pool.
+fn spawn_read(store: &Arc<crate::store::Store>, from: u64) -> tokio::task::JoinHandle<Result<Batch, crate::store::StoreError>> {
     let store = store.clone();
-    let read = tokio::task::spawn_blocking(move || -> Result<Vec<(u64, Utf8Bytes)>, crate::store::StoreError> {
+    tokio::task::spawn_blocking(move || {
         let events = store.events_from(from, BATCH)?;
         events.into_iter().map(|(id, e)| Ok((id, crate::wire::event_text(&store, id, &e)?.into()))).collect()
-    });
-    read.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+    })
 }
