@@ -1,5 +1,5 @@
-//! Events in their JSON wire shape (DESIGN.md, "Events"); the record body is read back from
-//! the blocks keyspace and rendered as AT Protocol JSON.
+//! Events in their JSON wire shape (DESIGN.md, "Events"); the record body the event carries is
+//! rendered as AT Protocol JSON.
 
 use cid::Cid;
 use serde_json::{Map, Value, json};
@@ -23,7 +23,7 @@ pub fn event_json(store: &Store, id: u64, event: &StoredEvent) -> Result<Value, 
                 rec.insert("cid".into(), cid.into());
                 let body = match &r.replaced {
                     Some(json) => serde_json::from_str(json).unwrap_or(Value::Null),
-                    None => match store.block(&r.cid)? {
+                    None => match store.event_body(r)? {
                         Some(bytes) => cbor_to_json(&bytes).unwrap_or(Value::Null),
                         None => Value::Null,
                     },
@@ -46,10 +46,7 @@ pub fn event_json(store: &Store, id: u64, event: &StoredEvent) -> Result<Value, 
 /// stored bytes with no JSON tree in between (the event stream's hot path).
 pub fn event_text(store: &Store, id: u64, event: &StoredEvent) -> Result<String, StoreError> {
     let StoredEvent::Record(record) = event else { return Ok(event_json(store, id, event)?.to_string()) };
-    let body = match (&record.replaced, record.cid.is_empty()) {
-        (None, false) => store.block(&record.cid)?,
-        _ => None,
-    };
+    let body = store.event_body(record)?;
     let text = serde_json::to_string(&RecordEventText { id, record, body: body.as_deref() });
     Ok(text.expect("serializing to a String cannot fail"))
 }
@@ -110,22 +107,29 @@ mod tests {
     use super::*;
     use crate::store::{Action, RecordEvent};
 
-    /// The text form is the tree form, for bodies, deletes, replaced values and handler outputs.
+    /// The text form is the tree form, for bodies (carried, or in `blocks` for pages written
+    /// before events carried them), deletes, replaced values and handler outputs.
     #[test]
     fn event_text_is_event_json() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let body = sluice_handlers::value::json_to_cbor(&json!({"$type": "a.b.c", "n": 1, "b": {"$bytes": "AQID"}, "l": {"$link": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"}})).unwrap();
         let cid = jacquard_repo::mst::util::compute_cid(&body).unwrap().to_bytes();
-        store.commit(crate::store::RepoChange { did: "did:plc:a".into(), blocks: vec![(cid.clone(), body.into())], ..Default::default() }).unwrap();
-        let event = |action, cid: Vec<u8>, replaced: Option<&str>, handled: Vec<(String, String)>| StoredEvent::Record(RecordEvent {
-            live: true, did: "did:plc:a".into(), rev: "3l".into(), collection: "a.b.c".into(), rkey: "k\"q".into(), action, cid, replaced: replaced.map(str::to_string), handled,
+        store.blocks.insert(&cid, &body).unwrap();
+        let carried = Some(bytes::Bytes::from(body.clone()));
+        let event = |action, cid: Vec<u8>, replaced: Option<&str>, handled: Vec<(String, String)>, body: Option<bytes::Bytes>| StoredEvent::Record(RecordEvent {
+            live: true, did: "did:plc:a".into(), rev: "3l".into(), collection: "a.b.c".into(), rkey: "k\"q".into(), action, cid, replaced: replaced.map(str::to_string), handled, body,
         });
+        let legacy = event(Action::Create, cid.clone(), None, vec![], None);
+        let text: Value = serde_json::from_str(&event_text(&store, 7, &legacy).unwrap()).unwrap();
+        assert_eq!(text["record"]["record"]["n"], 1, "a legacy event's body is read from blocks");
         for e in [
-            event(Action::Create, cid.clone(), None, vec![("post".into(), "{\"text\":\"x\"}".into())]),
-            event(Action::Update, cid.clone(), Some("{\"kept\":true}"), vec![]),
-            event(Action::Delete, Vec::new(), None, vec![]),
-            event(Action::Create, vec![1, 85, 18, 32, 0], None, vec![]),
+            legacy,
+            event(Action::Create, cid.clone(), None, vec![("post".into(), "{\"text\":\"x\"}".into())], carried.clone()),
+            event(Action::Update, cid.clone(), Some("{\"kept\":true}"), vec![], None),
+            event(Action::Delete, Vec::new(), None, vec![], None),
+            event(Action::Create, vec![1, 85, 18, 32, 0], None, vec![], None),
+            event(Action::Create, cid.clone(), None, vec![], Some(bytes::Bytes::from_static(&[0xff]))),
         ] {
             let text: Value = serde_json::from_str(&event_text(&store, 7, &e).unwrap()).unwrap();
             assert_eq!(text, event_json(&store, 7, &e).unwrap(), "{e:?}");

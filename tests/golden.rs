@@ -7,12 +7,13 @@ use std::path::PathBuf;
 use sluice::store::values::{AccountEvent, Cursor, EventSpan, IdentityEvent, RecordRef};
 use sluice::store::{Action, EventPage, HeldCommit, RecordEvent, RepoState, RepoStatus, Stored, StoredEvent};
 
-/// The events of the golden event pages.
+/// The events of the golden event pages; pages before version 3 carry no record bodies.
 fn page_events() -> Vec<StoredEvent> {
     vec![
         StoredEvent::Record(RecordEvent {
             live: true, did: "did:plc:alice".into(), rev: "3l3qo2vuowo2b".into(), collection: "app.bsky.feed.post".into(), rkey: "3l3qo2vutsw2b".into(),
             action: Action::Update, cid: vec![1, 113, 18, 32, 9], replaced: Some("{\"text\":\"x\"}".into()), handled: vec![("post".into(), "{}".into())],
+            body: None,
         }),
         StoredEvent::Identity(IdentityEvent { did: "did:plc:alice".into(), handle: Some("alice.test".into()) }),
         StoredEvent::Account(AccountEvent { did: "did:plc:alice".into(), active: false, status: Some("takendown".into()) }),
@@ -34,7 +35,7 @@ fn version_1_values_still_decode() {
         status: RepoStatus::Synced, rev: Some("3l3qo2vuowo2b".into()), data: Some("bafyreidigqr65jj2zsmitco3fcuag6pi7std6quxa2bcp2xrpin44ikzsy".into()),
         handle: Some("alice.test".into()), error: None, retries: 2, next_retry_ms: Some(1_700_000_000_000), updated_ms: 1_700_000_000_001,
     });
-    golden("v1-record-ref.bin", RecordRef { cid: vec![1, 113, 18, 32, 7, 7, 7] });
+    golden("v1-record-ref.bin", RecordRef { cid: vec![1, 113, 18, 32, 7, 7, 7], body: None });
     // Version 1 pages carry no times: they read back with time 0.
     golden("v1-event-page.bin", EventPage { first_time: 0, events: page_events() });
     golden("v1-cursor.bin", Cursor { value: "31527015322".into(), updated_ms: 1_700_000_000_000 });
@@ -50,4 +51,16 @@ fn version_2_event_pages_still_decode() {
     // Version 2: the first event's time (unix µs); the others follow it one µs apart.
     golden("v2-event-page.bin", EventPage { first_time: 1_700_000_000_000_123, events: page_events() });
     golden("v1-event-span.bin", EventSpan { first_id: 4_242, count: 512 });
+}
+
+#[test]
+fn version_3_event_pages_and_version_2_record_refs_still_decode() {
+    // Record events carry the body of the version they created; records keep theirs.
+    let mut events = page_events();
+    events.push(StoredEvent::Record(RecordEvent {
+        live: false, did: "did:plc:alice".into(), rev: "3l3qo2vuowo2c".into(), collection: "app.bsky.feed.like".into(), rkey: "3l3qo2vutsw2c".into(),
+        action: Action::Create, cid: vec![1, 113, 18, 32, 10], replaced: None, handled: vec![], body: Some(vec![0xa1, 0x61, 0x61, 0x01].into()),
+    }));
+    golden("v3-event-page.bin", EventPage { first_time: 1_700_000_000_000_456, events });
+    golden("v2-record-ref.bin", RecordRef { cid: vec![1, 113, 18, 32, 7, 7, 8], body: Some(vec![0xa1, 0x61, 0x61, 0x02]) });
 }

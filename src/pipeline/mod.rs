@@ -393,7 +393,6 @@ impl Pipeline {
         let mut change = RepoChange {
             did: origin.did.to_string(),
             records: Vec::with_capacity(n),
-            blocks: Vec::with_capacity(n),
             events: Vec::with_capacity(n),
             handler_writes: Vec::with_capacity(n),
             ..Default::default()
@@ -411,7 +410,7 @@ impl Pipeline {
                 }
                 Staged::Delete { collection, rkey, previous } => {
                     let run = if compiled.handlers_for(&collection).next().is_some() {
-                        let (prev_cid, prev_bytes) = self.previous_record(Some(&previous));
+                        let (prev_cid, prev_bytes) = self.previous_record(origin.did, &collection, &rkey, Some(&previous));
                         let view = RecordKeyView {
                             did: origin.did, collection: &collection, rkey: &rkey, rev: origin.rev, live: origin.live,
                             previous: prev_bytes.as_deref().map(|bytes| PreviousRecord { cid: &prev_cid, bytes }),
@@ -423,7 +422,7 @@ impl Pipeline {
                     failures += run.failures;
                     change.handler_writes.extend(run.writes);
                     change.records.push(RecordWrite::Remove { collection: collection.clone(), rkey: rkey.clone() });
-                    change.events.push(record_event(origin, collection, rkey, Action::Delete, Vec::new(), None, run.handled));
+                    change.events.push(record_event(origin, collection, rkey, Action::Delete, Vec::new(), None, run.handled, None));
                 }
             }
         }
@@ -433,7 +432,7 @@ impl Pipeline {
     #[allow(clippy::too_many_arguments)]
     fn stage_upsert(&self, compiled: &CompiledFilter, origin: &Origin<'_>, change: &mut RepoChange, collection: String, rkey: String, cid: Cid, bytes: Bytes, previous: Option<Vec<u8>>) -> u64 {
         let run = if compiled.handlers_for(&collection).next().is_some() {
-            let (prev_cid, prev_bytes) = self.previous_record(previous.as_deref());
+            let (prev_cid, prev_bytes) = self.previous_record(origin.did, &collection, &rkey, previous.as_deref());
             let cid_str = cid.to_string();
             let view = RecordView::new(
                 origin.did, &collection, &rkey, &cid_str, origin.rev, origin.live, &bytes,
@@ -449,7 +448,7 @@ impl Pipeline {
             Emit::Drop => {
                 if previous.is_some() {
                     change.records.push(RecordWrite::Remove { collection: collection.clone(), rkey: rkey.clone() });
-                    change.events.push(record_event(origin, collection, rkey, Action::Delete, Vec::new(), None, run.handled));
+                    change.events.push(record_event(origin, collection, rkey, Action::Delete, Vec::new(), None, run.handled, None));
                 }
                 return failures;
             }
@@ -458,18 +457,19 @@ impl Pipeline {
         };
         let cid_bytes = cid.to_bytes();
         let action = if previous.is_some() { Action::Update } else { Action::Create };
-        change.records.push(RecordWrite::Put { collection: collection.clone(), rkey: rkey.clone(), cid: cid_bytes.clone(), existed: previous.is_some() });
-        change.blocks.push((cid_bytes.clone(), bytes));
-        change.events.push(record_event(origin, collection, rkey, action, cid_bytes, replaced, run.handled));
+        // The event carries the body unless a handler's JSON stands for it.
+        let event_body = replaced.is_none().then(|| bytes.clone());
+        change.records.push(RecordWrite::Put { collection: collection.clone(), rkey: rkey.clone(), cid: cid_bytes.clone(), body: bytes, existed: previous.is_some() });
+        change.events.push(record_event(origin, collection, rkey, action, cid_bytes, replaced, run.handled, event_body));
         failures
     }
 
-    /// The stored version a handler sees as `previous`: its CID as a string and its body, read
-    /// only when a handler will look at it.
-    fn previous_record(&self, previous: Option<&[u8]>) -> (String, Option<fjall::Slice>) {
+    /// The stored version a handler sees as `previous` (`previous` is its CID): its CID as a
+    /// string and its body, read only when a handler will look at it.
+    fn previous_record(&self, did: &str, collection: &str, rkey: &str, previous: Option<&[u8]>) -> (String, Option<Vec<u8>>) {
         let Some(cid) = previous else { return (String::new(), None) };
         let cid_str = Cid::try_from(cid).map(|c| c.to_string()).unwrap_or_default();
-        (cid_str, self.store.block(cid).ok().flatten())
+        (cid_str, self.store.record(did, collection, rkey).ok().flatten().and_then(|r| r.body))
     }
 
     /// Runs every active handler for `collection`; an error or panic is logged and counted,
@@ -543,6 +543,7 @@ fn check_rev(did: &str, rev: &str, state: Option<&RepoState>) -> Result<(), Pipe
     }
 }
 
-fn record_event(origin: &Origin<'_>, collection: String, rkey: String, action: Action, cid: Vec<u8>, replaced: Option<String>, handled: Vec<(String, String)>) -> StoredEvent {
-    StoredEvent::Record(RecordEvent { live: origin.live, did: origin.did.to_string(), rev: origin.rev.to_string(), collection, rkey, action, cid, replaced, handled })
+#[allow(clippy::too_many_arguments)]
+fn record_event(origin: &Origin<'_>, collection: String, rkey: String, action: Action, cid: Vec<u8>, replaced: Option<String>, handled: Vec<(String, String)>, body: Option<Bytes>) -> StoredEvent {
+    StoredEvent::Record(RecordEvent { live: origin.live, did: origin.did.to_string(), rev: origin.rev.to_string(), collection, rkey, action, cid, replaced, handled, body })
 }

@@ -9,9 +9,10 @@
 //! So are event times (unix µs, unique and increasing with ids; see `times.rs`), which
 //! Jetstream-style cursors need.
 //!
-//! Blocks are content-addressed record bodies, written once. Events reference them by CID, so a
-//! block stays as long as an event or a record may point at it; pruning belongs to event
-//! retention.
+//! Record bodies are stored twice: with the record (`records`: CID and body) and with the event
+//! that created that version (in its page), so getRecord reads one key and replay reads pages
+//! and nothing else. Stores written before that keep bodies in the `blocks` keyspace, which is
+//! still read for them (see [`Store::record`] and [`Store::event_body`]) but never written.
 //!
 //! Architecture invariant: the store knows nothing of CARs, the network or the filter.
 
@@ -57,9 +58,9 @@ pub type RecordMap = HashMap<(String, String), Vec<u8>, foldhash::fast::RandomSt
 /// knows from its diff), so commits keep counts without reading every key back.
 #[derive(Debug, Clone)]
 pub enum RecordWrite {
-    /// Store `cid` (binary) as the current version of `collection/rkey`; `existed` is true on
-    /// updates.
-    Put { collection: String, rkey: String, cid: Vec<u8>, existed: bool },
+    /// Store `cid` (binary) with its DAG-CBOR `body` as the current version of
+    /// `collection/rkey`; `existed` is true on updates.
+    Put { collection: String, rkey: String, cid: Vec<u8>, body: bytes::Bytes, existed: bool },
     /// Remove `collection/rkey`, which exists.
     Remove { collection: String, rkey: String },
 }
@@ -73,8 +74,6 @@ pub struct RepoChange {
     pub state: Option<RepoState>,
     /// Record puts and removals.
     pub records: Vec<RecordWrite>,
-    /// New record bodies: (binary CID, DAG-CBOR).
-    pub blocks: Vec<(Vec<u8>, bytes::Bytes)>,
     /// Events, in order; ids are assigned at commit.
     pub events: Vec<StoredEvent>,
     /// Writes into handler keyspaces: (handler name, write).
@@ -116,9 +115,10 @@ pub struct Store {
     db: Database,
     /// did -> [`RepoState`].
     pub repos: Keyspace,
-    /// did\0collection\0rkey -> [`RecordRef`].
+    /// did\0collection\0rkey -> [`RecordRef`]: CID and body.
     pub records: Keyspace,
-    /// binary CID -> DAG-CBOR record body.
+    /// binary CID -> DAG-CBOR record body: where stores written before bodies moved into
+    /// `records` and the event pages kept them. Read for those, never written.
     pub blocks: Keyspace,
     /// u64 BE id of a page's first event -> [`EventPage`].
     pub events: Keyspace,
@@ -206,7 +206,7 @@ impl Store {
         let deltas = record_count_deltas(&change.records);
         let events = change.events.len() as u64;
         let pages = encode_pages(std::mem::take(&mut change.events));
-        let items = 4 + change.records.len() + change.blocks.len() + pages.len() + change.handler_writes.len() + deltas.len();
+        let items = 4 + change.records.len() + pages.len() + change.handler_writes.len() + deltas.len();
         let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), items).durability(Some(PersistMode::Buffer));
         let state = change.state.clone().map(|s| (change.did.clone(), s));
         self.stage_rows(&mut batch, change)?;
@@ -273,21 +273,18 @@ impl Store {
         Ok(())
     }
 
-    /// Puts the repo state, records, blocks, handler writes and cursor of `change` in `batch`.
+    /// Puts the repo state, records, handler writes and cursor of `change` in `batch`.
     fn stage_rows(&self, batch: &mut fjall::OwnedWriteBatch, change: RepoChange) -> Result<()> {
         if let Some(state) = &change.state {
             batch.insert(&self.repos, change.did.as_bytes(), state.encode());
         }
         for write in &change.records {
             match write {
-                RecordWrite::Put { collection, rkey, cid, .. } => {
-                    batch.insert(&self.records, keys::record(&change.did, collection, rkey), RecordRef::encode_cid(cid))
+                RecordWrite::Put { collection, rkey, cid, body, .. } => {
+                    batch.insert(&self.records, keys::record(&change.did, collection, rkey), RecordRef::encode_parts(cid, body))
                 }
                 RecordWrite::Remove { collection, rkey } => batch.remove(&self.records, keys::record(&change.did, collection, rkey)),
             }
-        }
-        for (cid, body) in change.blocks {
-            batch.insert(&self.blocks, cid, &body[..]);
         }
         for (name, w) in change.handler_writes {
             let ks = self.handler_space(name)?;
@@ -313,7 +310,7 @@ impl Store {
         for kv in self.records.prefix(keys::record_prefix(did)) {
             let (k, v) = kv.into_inner()?;
             let (_, collection, rkey) = keys::parse_record(&k)?;
-            out.insert((collection.to_string(), rkey.to_string()), RecordRef::decode(&v)?.cid);
+            out.insert((collection.to_string(), rkey.to_string()), RecordRef::view(&v)?.cid.to_vec());
         }
         Ok(out)
     }
@@ -321,14 +318,40 @@ impl Store {
     /// The stored CID of one record.
     pub fn record_cid(&self, did: &str, collection: &str, rkey: &str) -> Result<Option<Vec<u8>>> {
         match self.records.get(keys::record(did, collection, rkey))? {
-            Some(v) => Ok(Some(RecordRef::decode(&v)?.cid)),
+            Some(v) => Ok(Some(RecordRef::view(&v)?.cid.to_vec())),
             None => Ok(None),
         }
     }
 
-    /// A record body by binary CID.
-    pub fn block(&self, cid: &[u8]) -> Result<Option<fjall::Slice>> {
-        Ok(self.blocks.get(cid)?)
+    /// One stored record: its CID and body (`None` only when a legacy store lost the body).
+    pub fn record(&self, did: &str, collection: &str, rkey: &str) -> Result<Option<RecordRef>> {
+        match self.records.get(keys::record(did, collection, rkey))? {
+            Some(v) => self.with_body(RecordRef::view(&v)?).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// An owned record of a stored `records` value, its body read from `blocks` when the value
+    /// predates bodies in `records`.
+    pub(crate) fn with_body(&self, view: values::RecordRefView<'_>) -> Result<RecordRef> {
+        let body = match view.body {
+            Some(body) => Some(body.to_vec()),
+            None => self.blocks.get(view.cid)?.map(|b| b.to_vec()),
+        };
+        Ok(RecordRef { cid: view.cid.to_vec(), body })
+    }
+
+    /// The body of the version a record event created: carried by the event, or, for pages
+    /// written before events carried bodies, read from `blocks`. `None` on deletes and when a
+    /// handler's JSON replaced the record.
+    pub fn event_body<'e>(&self, event: &'e RecordEvent) -> Result<Option<std::borrow::Cow<'e, [u8]>>> {
+        if event.replaced.is_some() || event.cid.is_empty() {
+            return Ok(None);
+        }
+        Ok(match &event.body {
+            Some(body) => Some(std::borrow::Cow::Borrowed(&body[..])),
+            None => self.blocks.get(&event.cid)?.map(|b| std::borrow::Cow::Owned(b.to_vec())),
+        })
     }
 
     /// Events with id >= `from`, in order, at most `limit`.
@@ -456,7 +479,7 @@ mod tests {
     fn event(n: u8) -> StoredEvent {
         StoredEvent::Record(RecordEvent {
             live: false, did: "did:plc:a".into(), rev: "r".into(), collection: "a.b.c".into(), rkey: format!("k{n}"),
-            action: Action::Create, cid: vec![n], replaced: None, handled: vec![],
+            action: Action::Create, cid: vec![n], replaced: None, handled: vec![], body: Some(bytes::Bytes::from_static(&[0xa0])),
         })
     }
 
@@ -497,10 +520,29 @@ mod tests {
     }
 
     #[test]
+    fn records_of_older_stores_read_their_bodies_from_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (cid, body) = (vec![1, 113, 18, 32, 7], vec![0xa1, 0x61, 0x61, 0x01]);
+        // A version 1 `records` value holds only the CID; the body sits in `blocks`.
+        let mut v1 = vec![1];
+        postcard::to_io(&serde_bytes::Bytes::new(&cid), &mut v1).unwrap();
+        store.records.insert(keys::record("did:plc:a", "a.b.c", "old"), v1).unwrap();
+        store.blocks.insert(&cid, &body).unwrap();
+        let put = RecordWrite::Put { collection: "a.b.c".into(), rkey: "new".into(), cid: vec![2], body: bytes::Bytes::from_static(&[0xa0]), existed: false };
+        store.commit(RepoChange { did: "did:plc:a".into(), records: vec![put], ..Default::default() }).unwrap();
+        assert_eq!(store.record("did:plc:a", "a.b.c", "old").unwrap(), Some(RecordRef { cid: cid.clone(), body: Some(body) }));
+        assert_eq!(store.record("did:plc:a", "a.b.c", "new").unwrap(), Some(RecordRef { cid: vec![2], body: Some(vec![0xa0]) }));
+        assert_eq!(store.record("did:plc:a", "a.b.c", "none").unwrap(), None);
+        assert_eq!(store.blocks.len().unwrap(), 1, "new records write no block");
+        assert_eq!(store.repo_records("did:plc:a").unwrap().len(), 2);
+    }
+
+    #[test]
     fn counts_follow_records_and_repo_status() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let put = |rkey: &str, existed| RecordWrite::Put { collection: "a.b.c".into(), rkey: rkey.into(), cid: vec![1], existed };
+        let put = |rkey: &str, existed| RecordWrite::Put { collection: "a.b.c".into(), rkey: rkey.into(), cid: vec![1], body: bytes::Bytes::from_static(&[0xa0]), existed };
         let state = |status| Some(RepoState { status, ..Default::default() });
         store.commit(RepoChange { did: "did:plc:a".into(), state: state(RepoStatus::Synced), records: vec![put("1", false), put("2", false)], ..Default::default() }).unwrap();
         store.commit(RepoChange { did: "did:plc:a".into(), state: state(RepoStatus::Synced), records: vec![put("2", true), RecordWrite::Remove { collection: "a.b.c".into(), rkey: "1".into() }], ..Default::default() }).unwrap();

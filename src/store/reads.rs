@@ -23,11 +23,11 @@ fn past_prefix(mut prefix: Vec<u8>) -> Vec<u8> {
 }
 
 impl Store {
-    /// Up to `limit` records of `did` in `collection` as (rkey, binary CID): rkeys descending
+    /// Up to `limit` records of `did` in `collection` as (rkey, CID and body): rkeys descending
     /// (newest first for TIDs), or ascending when `ascending`; with `after`, only the rkeys past
     /// it in that order (below it descending, above it ascending). Any `after` string is
     /// accepted: it is only compared with the stored rkeys.
-    pub fn collection_page(&self, did: &str, collection: &str, after: Option<&str>, limit: usize, ascending: bool) -> Result<Vec<(String, Vec<u8>)>> {
+    pub fn collection_page(&self, did: &str, collection: &str, after: Option<&str>, limit: usize, ascending: bool) -> Result<Vec<(String, RecordRef)>> {
         let start = keys::record_collection_prefix(did, collection);
         let end = past_prefix(start.clone());
         let cursor = after.map(|rkey| keys::record(did, collection, rkey));
@@ -42,7 +42,7 @@ impl Store {
         for kv in iter.take(limit) {
             let (k, v) = kv.into_inner()?;
             let (_, _, rkey) = keys::parse_record(&k)?;
-            out.push((rkey.to_string(), RecordRef::decode(&v)?.cid));
+            out.push((rkey.to_string(), self.with_body(RecordRef::view(&v)?)?));
         }
         Ok(out)
     }
@@ -131,7 +131,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         for (did, collection, rkey) in records {
-            let put = RecordWrite::Put { collection: collection.to_string(), rkey: rkey.to_string(), cid: rkey.as_bytes().to_vec(), existed: false };
+            let put = RecordWrite::Put { collection: collection.to_string(), rkey: rkey.to_string(), cid: rkey.as_bytes().to_vec(), body: bytes::Bytes::from_static(&[0xa0]), existed: false };
             store.commit(RepoChange { did: did.to_string(), records: vec![put], ..Default::default() }).unwrap();
         }
         (dir, store)
@@ -150,7 +150,7 @@ mod tests {
         assert_eq!(rkeys(Some(""), 10, false), Vec::<String>::new());
         assert_eq!(rkeys(Some(""), 10, true), ["1", "2", "3"]);
         assert_eq!(rkeys(Some("\u{7f}"), 10, false), ["3", "2", "1"]);
-        assert_eq!(store.collection_page("did:a", "a.b.c", None, 1, true).unwrap()[0].1, b"1".to_vec());
+        assert_eq!(store.collection_page("did:a", "a.b.c", None, 1, true).unwrap()[0].1, super::RecordRef { cid: b"1".to_vec(), body: Some(vec![0xa0]) });
         assert_eq!(store.repo_collections("did:a").unwrap(), ["a.b", "a.b.c", "a.b.cd"]);
         assert_eq!(store.repo_collections("did:none").unwrap(), Vec::<String>::new());
         assert_eq!(store.repo_record_count("did:a").unwrap(), 5);

@@ -116,7 +116,7 @@ mod tests {
         (0..n)
             .map(|i| StoredEvent::Record(RecordEvent {
                 live: true, did: "did:plc:a".into(), rev: "r".into(), collection: "a.b.c".into(), rkey: format!("k{i}"),
-                action: Action::Delete, cid: vec![], replaced: None, handled: vec![],
+                action: Action::Delete, cid: vec![], replaced: None, handled: vec![], body: None,
             }))
             .collect()
     }
@@ -193,7 +193,13 @@ mod tests {
             let store = fixed(dir.path());
             // A page as builds before event times wrote it: version 1, postcard of the events.
             let mut v1 = vec![1];
-            postcard::to_io(&events(3), &mut v1).unwrap();
+            let legacy: Vec<_> = (0..3)
+                .map(|i| crate::store::values::legacy::StoredEvent::Record(crate::store::values::legacy::RecordEvent {
+                    live: true, did: "did:plc:a".into(), rev: "r".into(), collection: "a.b.c".into(), rkey: format!("k{i}"),
+                    action: Action::Delete, cid: vec![], replaced: None, handled: vec![],
+                }))
+                .collect();
+            postcard::to_io(&legacy, &mut v1).unwrap();
             store.events.insert(keys::event(1), v1).unwrap();
         }
         let store = fixed(dir.path());

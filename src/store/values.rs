@@ -143,26 +143,68 @@ impl Stored for RepoState {
     const WHAT: &'static str = "repo state";
 }
 
-/// `records` value: the CID of the stored version (binary CID bytes).
+/// `records` value: the stored version's CID (binary) and, from format 2 on, its DAG-CBOR
+/// body. Version 1 held only the CID, its body in the legacy `blocks` keyspace.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordRef {
     /// Binary CID.
     #[serde(with = "serde_bytes")]
     pub cid: Vec<u8>,
+    /// The body; `None` for a version 1 value.
+    #[serde(with = "serde_bytes")]
+    pub body: Option<Vec<u8>>,
+}
+
+/// A `records` value read in place: what [`RecordRef::view`] borrows from the stored bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct RecordRefView<'a> {
+    /// Binary CID.
+    #[serde(borrow)]
+    pub cid: &'a [u8],
+    /// The body; `None` for a version 1 value.
+    #[serde(borrow)]
+    pub body: Option<&'a [u8]>,
 }
 
 impl Stored for RecordRef {
     const WHAT: &'static str = "record";
+    const VERSION: u8 = 2;
+
+    fn decode_version(version: u8, body: &[u8]) -> Result<Self, ValueError> {
+        let view = RecordRef::view_version(version, body)?;
+        Ok(RecordRef { cid: view.cid.to_vec(), body: view.body.map(<[u8]>::to_vec) })
+    }
 }
 
 impl RecordRef {
-    /// The stored form of a `RecordRef` holding `cid`, without building one.
-    pub fn encode_cid(cid: &[u8]) -> Vec<u8> {
+    /// The stored form of a `RecordRef` of `cid` and `body`, without building one.
+    pub fn encode_parts(cid: &[u8], body: &[u8]) -> Vec<u8> {
         #[derive(Serialize)]
-        struct Borrowed<'a>(#[serde(with = "serde_bytes")] &'a [u8]);
-        let mut out = vec![VERSION];
-        postcard::to_io(&Borrowed(cid), &mut out).expect("writing to a Vec cannot fail");
+        struct Borrowed<'a>(#[serde(with = "serde_bytes")] &'a [u8], #[serde(with = "serde_bytes")] Option<&'a [u8]>);
+        let mut out = Vec::with_capacity(8 + cid.len() + body.len());
+        out.push(<Self as Stored>::VERSION);
+        postcard::to_io(&Borrowed(cid, Some(body)), &mut out).expect("writing to a Vec cannot fail");
         out
+    }
+
+    /// Reads a stored value of any known version in place, copying nothing.
+    pub fn view(bytes: &[u8]) -> Result<RecordRefView<'_>, ValueError> {
+        match bytes.split_first() {
+            None => Err(ValueError::Empty(Self::WHAT)),
+            Some((&version, body)) => Self::view_version(version, body),
+        }
+    }
+
+    fn view_version(version: u8, body: &[u8]) -> Result<RecordRefView<'_>, ValueError> {
+        let corrupt = |source| ValueError::Corrupt { what: Self::WHAT, source };
+        match version {
+            1 => {
+                let cid: &[u8] = postcard::from_bytes::<&serde_bytes::Bytes>(body).map_err(corrupt)?;
+                Ok(RecordRefView { cid, body: None })
+            }
+            2 => postcard::from_bytes(body).map_err(corrupt),
+            _ => Err(ValueError::Version { what: Self::WHAT, version, newest: <Self as Stored>::VERSION }),
+        }
     }
 }
 
@@ -188,7 +230,8 @@ impl Action {
     }
 }
 
-/// A record event as stored: the record body stays in `blocks`, referenced by CID.
+/// A record event as stored, with the body of the version it created (so replay reads pages
+/// and nothing else).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordEvent {
     /// From the firehose (true) or a backfill walk (false).
@@ -210,6 +253,9 @@ pub struct RecordEvent {
     pub replaced: Option<String>,
     /// Handler outputs: (handler name, JSON).
     pub handled: Vec<(String, String)>,
+    /// The DAG-CBOR body of the new version, unless `replaced` stands for it (none on delete,
+    /// and none in pages of format 1 and 2, whose bodies are in the legacy `blocks` keyspace).
+    pub body: Option<bytes::Bytes>,
 }
 
 /// An identity change.
@@ -254,8 +300,9 @@ pub enum StoredEvent {
 /// Formats: version 1 is postcard of the events (no times: pages written before events had
 /// times read back with `first_time` 0). Version 2 is the first time as 8 bytes big-endian at
 /// a fixed place, then postcard of the events: the writer encodes a page before its time is
-/// known and stamps the time in at commit ([`EventPage::stamp_time`]). The serde derives are
-/// not the stored form.
+/// known and stamps the time in at commit ([`EventPage::stamp_time`]). Version 3 is version 2
+/// with each record event's body ([`RecordEvent::body`]). The serde derives are not the
+/// stored form.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventPage {
     /// Unix µs of the first event; 0 when unknown (a version 1 page).
@@ -286,7 +333,7 @@ impl EventPage {
 
 impl Stored for EventPage {
     const WHAT: &'static str = "event page";
-    const VERSION: u8 = 2;
+    const VERSION: u8 = 3;
     const SIZE_HINT: usize = 64 << 10;
 
     fn encode(&self) -> Vec<u8> {
@@ -301,17 +348,68 @@ impl Stored for EventPage {
         /// A version 1 page.
         #[derive(Deserialize)]
         struct PageV1 {
-            events: Vec<StoredEvent>,
+            events: Vec<legacy::StoredEvent>,
         }
+        fn timed(body: &[u8]) -> Result<(u64, &[u8]), ValueError> {
+            match body.split_first_chunk::<8>() {
+                Some((time, events)) => Ok((u64::from_be_bytes(*time), events)),
+                None => Err(ValueError::Corrupt { what: EventPage::WHAT, source: postcard::Error::DeserializeUnexpectedEnd }),
+            }
+        }
+        let upgrade = |events: Vec<legacy::StoredEvent>| events.into_iter().map(StoredEvent::from).collect();
         match version {
-            1 => Ok(EventPage { first_time: 0, events: postcard_body::<PageV1>(Self::WHAT, body)?.events }),
+            1 => Ok(EventPage { first_time: 0, events: upgrade(postcard_body::<PageV1>(Self::WHAT, body)?.events) }),
             2 => {
-                let Some((time, events)) = body.split_first_chunk::<8>() else {
-                    return Err(ValueError::Corrupt { what: Self::WHAT, source: postcard::Error::DeserializeUnexpectedEnd });
-                };
-                Ok(EventPage { first_time: u64::from_be_bytes(*time), events: postcard_body(Self::WHAT, events)? })
+                let (first_time, events) = timed(body)?;
+                Ok(EventPage { first_time, events: upgrade(postcard_body(Self::WHAT, events)?) })
+            }
+            3 => {
+                let (first_time, events) = timed(body)?;
+                Ok(EventPage { first_time, events: postcard_body(Self::WHAT, events)? })
             }
             _ => Err(ValueError::Version { what: Self::WHAT, version, newest: Self::VERSION }),
+        }
+    }
+}
+
+/// Events as page formats 1 and 2 stored them: record events without their bodies.
+pub mod legacy {
+    use serde::{Deserialize, Serialize};
+
+    use super::{AccountEvent, Action, IdentityEvent};
+
+    /// A record event of page formats 1 and 2.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct RecordEvent {
+        pub live: bool,
+        pub did: String,
+        pub rev: String,
+        pub collection: String,
+        pub rkey: String,
+        pub action: Action,
+        #[serde(with = "serde_bytes")]
+        pub cid: Vec<u8>,
+        pub replaced: Option<String>,
+        pub handled: Vec<(String, String)>,
+    }
+
+    /// An event of page formats 1 and 2.
+    #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum StoredEvent {
+        Record(RecordEvent),
+        Identity(IdentityEvent),
+        Account(AccountEvent),
+    }
+
+    impl From<StoredEvent> for super::StoredEvent {
+        fn from(event: StoredEvent) -> Self {
+            match event {
+                StoredEvent::Record(RecordEvent { live, did, rev, collection, rkey, action, cid, replaced, handled }) => {
+                    super::StoredEvent::Record(super::RecordEvent { live, did, rev, collection, rkey, action, cid, replaced, handled, body: None })
+                }
+                StoredEvent::Identity(i) => super::StoredEvent::Identity(i),
+                StoredEvent::Account(a) => super::StoredEvent::Account(a),
+            }
         }
     }
 }
@@ -368,10 +466,26 @@ mod tests {
     use proptest::prelude::*;
 
     fn record_event() -> impl Strategy<Value = StoredEvent> {
-        (any::<bool>(), "[a-z:0-9]{1,30}", "[a-z0-9]{13}", "[a-z.]{3,30}", "[a-z0-9]{1,15}", 0..3u8, proptest::collection::vec(any::<u8>(), 0..40), proptest::option::of(".{0,20}"), proptest::collection::vec(("[a-z-]{1,10}", ".{0,20}"), 0..3))
-            .prop_map(|(live, did, rev, collection, rkey, a, cid, replaced, handled)| StoredEvent::Record(RecordEvent {
-                live, did, rev, collection, rkey, action: [Action::Create, Action::Update, Action::Delete][a as usize], cid, replaced, handled,
+        let body = proptest::option::of(proptest::collection::vec(any::<u8>(), 1..60));
+        (any::<bool>(), "[a-z:0-9]{1,30}", "[a-z0-9]{13}", "[a-z.]{3,30}", "[a-z0-9]{1,15}", 0..3u8, proptest::collection::vec(any::<u8>(), 0..40), proptest::option::of(".{0,20}"), proptest::collection::vec(("[a-z-]{1,10}", ".{0,20}"), 0..3), body)
+            .prop_map(|(live, did, rev, collection, rkey, a, cid, replaced, handled, body)| StoredEvent::Record(RecordEvent {
+                live, did, rev, collection, rkey, action: [Action::Create, Action::Update, Action::Delete][a as usize], cid, replaced, handled, body: body.map(Into::into),
             }))
+    }
+
+    /// `event` as page formats 1 and 2 stored it (no body).
+    fn legacy_of(event: &StoredEvent) -> legacy::StoredEvent {
+        match event.clone() {
+            StoredEvent::Record(RecordEvent { live, did, rev, collection, rkey, action, cid, replaced, handled, .. }) => {
+                legacy::StoredEvent::Record(legacy::RecordEvent { live, did, rev, collection, rkey, action, cid, replaced, handled })
+            }
+            StoredEvent::Identity(i) => legacy::StoredEvent::Identity(i),
+            StoredEvent::Account(a) => legacy::StoredEvent::Account(a),
+        }
+    }
+
+    fn without_bodies(events: &[StoredEvent]) -> Vec<StoredEvent> {
+        events.iter().map(|e| StoredEvent::from(legacy_of(e))).collect()
     }
 
     proptest! {
@@ -386,12 +500,20 @@ mod tests {
         }
 
         #[test]
-        fn version_1_pages_decode_without_times(events in proptest::collection::vec(record_event(), 0..8)) {
+        fn version_1_pages_decode_without_times_or_bodies(events in proptest::collection::vec(record_event(), 0..8)) {
             #[derive(Serialize)]
-            struct PageV1<'a> { events: &'a [StoredEvent] }
+            struct PageV1 { events: Vec<legacy::StoredEvent> }
             let mut bytes = vec![1];
-            postcard::to_io(&PageV1 { events: &events }, &mut bytes).unwrap();
-            prop_assert_eq!(EventPage::decode(&bytes).unwrap(), EventPage { first_time: 0, events });
+            postcard::to_io(&PageV1 { events: events.iter().map(legacy_of).collect() }, &mut bytes).unwrap();
+            prop_assert_eq!(EventPage::decode(&bytes).unwrap(), EventPage { first_time: 0, events: without_bodies(&events) });
+        }
+
+        #[test]
+        fn version_2_pages_decode_without_bodies(events in proptest::collection::vec(record_event(), 0..8), first_time: u64) {
+            let mut bytes = vec![2];
+            bytes.extend_from_slice(&first_time.to_be_bytes());
+            postcard::to_io(&events.iter().map(legacy_of).collect::<Vec<_>>(), &mut bytes).unwrap();
+            prop_assert_eq!(EventPage::decode(&bytes).unwrap(), EventPage { first_time, events: without_bodies(&events) });
         }
 
         #[test]
@@ -408,14 +530,26 @@ mod tests {
         }
 
         #[test]
-        fn record_refs_encode_without_a_copy(cid in proptest::collection::vec(any::<u8>(), 0..40)) {
-            prop_assert_eq!(RecordRef::encode_cid(&cid), RecordRef { cid: cid.clone() }.encode());
+        fn record_refs_encode_and_view_without_a_copy(cid in proptest::collection::vec(any::<u8>(), 0..40), body in proptest::collection::vec(any::<u8>(), 1..200)) {
+            let stored = RecordRef { cid: cid.clone(), body: Some(body.clone()) };
+            let bytes = RecordRef::encode_parts(&cid, &body);
+            prop_assert_eq!(&bytes, &stored.encode());
+            prop_assert_eq!(RecordRef::decode(&bytes).unwrap(), stored);
+            prop_assert_eq!(RecordRef::view(&bytes).unwrap(), RecordRefView { cid: &cid, body: Some(&body) });
+        }
+
+        #[test]
+        fn version_1_record_refs_view_without_a_body(cid in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let mut bytes = vec![1];
+            postcard::to_io(&serde_bytes::Bytes::new(&cid), &mut bytes).unwrap();
+            prop_assert_eq!(RecordRef::view(&bytes).unwrap(), RecordRefView { cid: &cid, body: None });
         }
 
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
             let _ = EventPage::decode(&bytes);
             let _ = RepoState::decode(&bytes);
+            let _ = RecordRef::view(&bytes);
         }
     }
 
@@ -423,7 +557,7 @@ mod tests {
     fn unknown_versions_and_empty_values_are_named() {
         assert!(RepoState::decode(&[]).unwrap_err().to_string().contains("empty"));
         assert!(RepoState::decode(&[9, 0]).unwrap_err().to_string().contains("version 9"));
-        assert!(EventPage::decode(&[3, 0]).unwrap_err().to_string().contains("reads up to 2"));
+        assert!(EventPage::decode(&[4, 0]).unwrap_err().to_string().contains("reads up to 3"));
         assert!(EventPage::decode(&[2, 0, 0]).unwrap_err().to_string().contains("corrupt"));
     }
 }

@@ -107,7 +107,7 @@ mod tests {
     fn record(did: &str, collection: &str) -> StoredEvent {
         StoredEvent::Record(RecordEvent {
             live: true, did: did.into(), rev: "r".into(), collection: collection.into(), rkey: "k".into(),
-            action: Action::Delete, cid: vec![], replaced: None, handled: vec![],
+            action: Action::Delete, cid: vec![], replaced: None, handled: vec![], body: None,
         })
     }
 

@@ -29,9 +29,9 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> X
 fn read(store: &crate::store::Store, did: &str, collection: &str, rkey: &str, want: Option<cid::Cid>) -> Result<Value, XrpcError> {
     readable(store, did)?;
     let not_found = || XrpcError::record_not_found(format!("Could not locate record: {}", at_uri(did, collection, rkey)));
-    let cid = store.record_cid(did, collection, rkey).map_err(store_error)?.ok_or_else(not_found)?;
-    if want.is_some_and(|w| w.to_bytes() != cid) {
+    let record = store.record(did, collection, rkey).map_err(store_error)?.ok_or_else(not_found)?;
+    if want.is_some_and(|w| w.to_bytes() != record.cid) {
         return Err(not_found());
     }
-    record_json(store, did, collection, rkey, &cid)
+    record_json(did, collection, rkey, &record)
 }

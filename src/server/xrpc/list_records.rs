@@ -41,7 +41,7 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> X
 fn read(store: &Store, page: &Page) -> Result<Value, XrpcError> {
     readable(store, &page.did)?;
     let rows = store.collection_page(&page.did, &page.collection, page.cursor.as_deref(), page.limit, page.ascending).map_err(store_error)?;
-    let records = rows.iter().map(|(rkey, cid)| record_json(store, &page.did, &page.collection, rkey, cid)).collect::<Result<Vec<_>, _>>()?;
+    let records = rows.iter().map(|(rkey, record)| record_json(&page.did, &page.collection, rkey, record)).collect::<Result<Vec<_>, _>>()?;
     let mut out = json!({ "records": records });
     if let Some((last, _)) = rows.last() {
         out["cursor"] = json!(last);

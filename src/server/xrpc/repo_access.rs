@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 
 use super::super::ServerState;
 use crate::store::{RepoState, RepoStatus, Store, StoreError};
+use crate::store::values::RecordRef;
 use crate::xrpc::{Params, XrpcError};
 
 /// Runs `read` on the blocking pool with the store: reads may touch many keys.
@@ -91,14 +92,14 @@ pub(super) fn cid_string(cid: &[u8]) -> Result<String, XrpcError> {
     cid::Cid::try_from(cid).map(|c| c.to_string()).map_err(|e| XrpcError::internal(format!("stored CID does not decode: {e}")))
 }
 
-/// `{uri, cid, value}` of one stored record, its body read from `blocks`.
-pub(super) fn record_json(store: &Store, did: &str, collection: &str, rkey: &str, cid: &[u8]) -> Result<Value, XrpcError> {
+/// `{uri, cid, value}` of one stored record.
+pub(super) fn record_json(did: &str, collection: &str, rkey: &str, record: &RecordRef) -> Result<Value, XrpcError> {
     let uri = at_uri(did, collection, rkey);
-    let body = store.block(cid).map_err(store_error)?.ok_or_else(|| XrpcError::internal(format!("the body of {uri} is missing")))?;
-    let value = sluice_handlers::value::cbor_to_json(&body).map_err(|e| XrpcError::internal(format!("stored record {uri} does not decode: {e}")))?;
+    let body = record.body.as_deref().ok_or_else(|| XrpcError::internal(format!("the body of {uri} is missing")))?;
+    let value = sluice_handlers::value::cbor_to_json(body).map_err(|e| XrpcError::internal(format!("stored record {uri} does not decode: {e}")))?;
     let mut out = Map::new();
     out.insert("uri".into(), uri.into());
-    out.insert("cid".into(), cid_string(cid)?.into());
+    out.insert("cid".into(), cid_string(&record.cid)?.into());
     out.insert("value".into(), value);
     Ok(Value::Object(out))
 }
