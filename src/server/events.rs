@@ -33,6 +33,9 @@ use crate::xrpc::{Params, XrpcError};
 /// Events read from the log per step.
 const BATCH: usize = 1024;
 
+/// Batches read and rendered ahead of the one being sent, during a replay: one per core.
+const READ_AHEAD: usize = 2;
+
 pub(super) fn routes() -> Router<Arc<ServerState>> {
     Router::new().route(&format!("/xrpc/{}.subscribeEvents", super::NS), get(subscribe))
 }
@@ -133,7 +136,7 @@ async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &Arc<ServerS
     let ack_timeout = Duration::from_secs(limits.ack_timeout_secs.max(1));
     let (mut next, mut caught_up) = (start.after + 1, false);
     let (mut seen_progress, mut waiting_since) = (0, Instant::now());
-    let mut ahead: Option<ReadAhead> = None;
+    let mut ahead: std::collections::VecDeque<ReadAhead> = std::collections::VecDeque::new();
     loop {
         if start.consumer.is_some() {
             let progress = acks.progress.load(Ordering::Relaxed);
@@ -152,14 +155,22 @@ async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &Arc<ServerS
                 let _ = sink.send(Message::Text(error.to_string().into())).await;
                 return Err("consumer too slow".into());
             }
-            let batch = match ahead.take() {
+            let batch = match ahead.pop_front() {
                 Some(read) if read.from == next => read.batch.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?,
-                _ => read_batch(&store, next).await?,
+                _ => {
+                    ahead.clear();
+                    read_batch(&store, next).await?
+                }
             };
             let last = batch.last().map_or(next - 1, |(id, _)| *id);
-            // Replay: the next batch is read and rendered while this one is sent.
-            if last + 1 < head {
-                ahead = Some(ReadAhead { from: last + 1, batch: spawn_read(&store, last + 1) });
+            // Replay: the next batches are read and rendered (ids are gapless, so where each
+            // starts is known) while this one is sent.
+            while ahead.len() < READ_AHEAD {
+                let from = ahead.back().map_or(last + 1, |read| read.from + BATCH as u64);
+                if from >= head {
+                    break;
+                }
+                ahead.push_back(ReadAhead { from, batch: spawn_read(&store, from) });
             }
             // Queued without a flush each, then flushed once: one write for the batch.
             let send = async {
