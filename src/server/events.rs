@@ -5,7 +5,9 @@
 //! starts live). Every event is read from the log by id, so the switch from replay to live has
 //! no gap and no duplicate, and a slow client never slows ingestion: once it has caught up, a
 //! client that falls more than `[server] max_lag` events behind is sent an error message
-//! (`{"error": "ConsumerTooSlow", ...}`) and closed, and resumes with its last id.
+//! (`{"error": "ConsumerTooSlow", ...}`) and closed, and resumes with its last id. During a
+//! replay the next [`READ_AHEAD`] batches are read and rendered on the blocking pool while one
+//! is sent.
 //!
 //! Acked mode (`consumer=NAME`): the client sends `{"ack": ID}` (everything up to ID is done);
 //! the server saves it as the cursor `consumer/NAME`, starts there when the client reconnects
