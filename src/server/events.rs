@@ -14,7 +14,7 @@
 //! without a cursor, and sends again from the last ack when no ack came for `ack_timeout_secs`
 //! (at least once).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -138,7 +138,7 @@ async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &Arc<ServerS
     let ack_timeout = Duration::from_secs(limits.ack_timeout_secs.max(1));
     let (mut next, mut caught_up) = (start.after + 1, false);
     let (mut seen_progress, mut waiting_since) = (0, Instant::now());
-    let mut ahead: std::collections::VecDeque<ReadAhead> = std::collections::VecDeque::new();
+    let mut reader = LogReader { store: store.clone(), ahead: VecDeque::new() };
     loop {
         if start.consumer.is_some() {
             let progress = acks.progress.load(Ordering::Relaxed);
@@ -157,23 +157,8 @@ async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &Arc<ServerS
                 let _ = sink.send(Message::Text(error.to_string().into())).await;
                 return Err("consumer too slow".into());
             }
-            let batch = match ahead.pop_front() {
-                Some(read) if read.from == next => read.batch.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?,
-                _ => {
-                    ahead.clear();
-                    read_batch(&store, next).await?
-                }
-            };
+            let batch = reader.batch(next, head).await?;
             let last = batch.last().map_or(next - 1, |(id, _)| *id);
-            // Replay: the next batches are read and rendered (ids are gapless, so where each
-            // starts is known) while this one is sent.
-            while ahead.len() < READ_AHEAD {
-                let from = ahead.back().map_or(last + 1, |read| read.from + BATCH as u64);
-                if from >= head {
-                    break;
-                }
-                ahead.push_back(ReadAhead { from, batch: spawn_read(&store, from) });
-            }
             // Queued without a flush each, then flushed once: one write for the batch.
             let send = async {
                 for (_, text) in batch {
@@ -197,18 +182,46 @@ async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &Arc<ServerS
 
 type Batch = Vec<(u64, Utf8Bytes)>;
 
+/// Reads a stream's batches from the log, the next [`READ_AHEAD`] of them ahead.
+struct LogReader {
+    store: Arc<crate::store::Store>,
+    /// Batches being read, in id order.
+    ahead: VecDeque<ReadAhead>,
+}
+
 /// A batch being read ahead, starting at id `from`.
 struct ReadAhead {
     from: u64,
     batch: tokio::task::JoinHandle<Result<Batch, crate::store::StoreError>>,
 }
 
-/// Events from `from` on (at most [`BATCH`]) as JSON text, read on the blocking pool.
-async fn read_batch(store: &Arc<crate::store::Store>, from: u64) -> Result<Batch, String> {
-    spawn_read(store, from).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+impl LogReader {
+    /// The batch starting at id `next` (the log ends before `head`); then starts reading the
+    /// batches after it, whose first ids are known as ids are gapless. A `next` other than
+    /// the one expected (an acked consumer sent back) drops what was read ahead.
+    async fn batch(&mut self, next: u64, head: u64) -> Result<Batch, String> {
+        let read = match self.ahead.pop_front() {
+            Some(read) if read.from == next => read.batch,
+            _ => {
+                self.ahead.clear();
+                spawn_read(&self.store, next)
+            }
+        };
+        let batch = read.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        let last = batch.last().map_or(next - 1, |(id, _)| *id);
+        while self.ahead.len() < READ_AHEAD {
+            let from = self.ahead.back().map_or(last + 1, |read| read.from + BATCH as u64);
+            if from >= head {
+                break;
+            }
+            self.ahead.push_back(ReadAhead { from, batch: spawn_read(&self.store, from) });
+        }
+        Ok(batch)
+    }
 }
 
-/// Starts reading the batch from `from` on the blocking pool.
+/// Starts reading the batch from `from` (at most [`BATCH`] events, as JSON text) on the
+/// blocking pool.
 fn spawn_read(store: &Arc<crate::store::Store>, from: u64) -> tokio::task::JoinHandle<Result<Batch, crate::store::StoreError>> {
     let store = store.clone();
     tokio::task::spawn_blocking(move || {
