@@ -336,9 +336,15 @@ impl Store {
     pub(crate) fn with_body(&self, view: values::RecordRefView<'_>) -> Result<RecordRef> {
         let body = match view.body {
             Some(body) => Some(body.to_vec()),
-            None => self.blocks.get(view.cid)?.map(|b| b.to_vec()),
+            None => self.legacy_body(view.cid)?,
         };
         Ok(RecordRef { cid: view.cid.to_vec(), body })
+    }
+
+    /// A body by CID from `blocks`, where stores written before bodies moved into `records`
+    /// and the event pages kept it: the one place that keyspace is read.
+    fn legacy_body(&self, cid: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.blocks.get(cid)?.map(|b| b.to_vec()))
     }
 
     /// The body of the version a record event created: carried by the event, or, for pages
@@ -350,7 +356,7 @@ impl Store {
         }
         Ok(match &event.body {
             Some(body) => Some(std::borrow::Cow::Borrowed(&body[..])),
-            None => self.blocks.get(&event.cid)?.map(|b| std::borrow::Cow::Owned(b.to_vec())),
+            None => self.legacy_body(&event.cid)?.map(std::borrow::Cow::Owned),
         })
     }
 
