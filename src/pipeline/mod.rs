@@ -265,8 +265,9 @@ impl Pipeline {
 
     /// Commits `changes` in batches of at most `batch_size`, each atomically with its events;
     /// the last also carries the repo's new state and the cursor, and the batches' delay
-    /// separates the commits. A second thread walks, diffs and runs the handlers of the next
-    /// batch while one commits.
+    /// separates the commits. A second thread diffs and runs the handlers of the next batch
+    /// while this one encodes and commits the last: the two halves cost about the same, so
+    /// both cores stay busy.
     ///
     /// A crash between batches leaves the repo's earlier batches committed with their events
     /// and its state unchanged, so the next walk finds those records current and emits only
@@ -274,13 +275,13 @@ impl Pipeline {
     fn commit_in_batches(&self, mut batches: Batches<'_>, mut changes: WalkChanges<'_>, outcome: &mut RepoOutcome) -> Result<(), PipelineError> {
         if changes.max_len() <= self.batch_size {
             // One batch: no second thread to start.
-            let (prepared, tally, _) = self.next_batch(&mut batches, &mut changes)?;
+            let (change, tally, _) = self.next_batch(&mut batches, &mut changes)?;
             (outcome.unchanged, outcome.too_old) = (changes.unchanged, changes.too_old);
-            return self.commit_batch(prepared, tally, outcome);
+            return self.commit_batch(self.store.prepare(change)?, tally, outcome);
         }
         let delay = batches.delay;
         std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Prepared, Tally), PipelineError>>(1);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(RepoChange, Tally), PipelineError>>(1);
             let producer = scope.spawn(move || {
                 loop {
                     let prepared = self.next_batch(&mut batches, &mut changes);
@@ -295,8 +296,8 @@ impl Pipeline {
                 if i > 0 && !delay.is_zero() {
                     std::thread::sleep(delay);
                 }
-                let (prepared, tally) = prepared?;
-                self.commit_batch(prepared, tally, outcome)?;
+                let (change, tally) = prepared?;
+                self.commit_batch(self.store.prepare(change)?, tally, outcome)?;
             }
             let (unchanged, too_old) = producer.join().unwrap_or_default();
             (outcome.unchanged, outcome.too_old) = (unchanged, too_old);
@@ -304,9 +305,10 @@ impl Pipeline {
         })
     }
 
-    /// Cuts, stages and encodes the next batch of `changes`; the final one (the changes are
-    /// used up) also carries the repo's new state and the cursor. Returns whether it was final.
-    fn next_batch(&self, batches: &mut Batches<'_>, changes: &mut WalkChanges<'_>) -> Result<(Prepared, Tally, bool), PipelineError> {
+    /// Cuts and stages the next batch of `changes` (the committing thread encodes it); the
+    /// final one (the changes are used up) also carries the repo's new state and the cursor.
+    /// Returns whether it was final.
+    fn next_batch(&self, batches: &mut Batches<'_>, changes: &mut WalkChanges<'_>) -> Result<(RepoChange, Tally, bool), PipelineError> {
         let batch = changes.by_ref().take(self.batch_size).collect::<Result<Vec<Staged>, _>>()?;
         let final_batch = batch.len() < self.batch_size || changes.max_len() == 0;
         let (mut change, handler_errors) = self.stage(batches.compiled, batches.origin, batch, Some(batches.repo))?;
@@ -314,7 +316,7 @@ impl Pipeline {
             (change.state, change.cursor) = (Some(state), cursor);
         }
         let tally = Tally::of(&change, handler_errors);
-        Ok((self.store.prepare(change)?, tally, final_batch))
+        Ok((change, tally, final_batch))
     }
 
     /// Applies the ops of one live commit of `did` at `rev` (MST root `data`), with an optional
