@@ -51,8 +51,15 @@ fn sample_car() -> (Account, Vec<u8>) {
 
 /// Indexes `car` into a fresh store and checks it is refused with nothing written.
 fn refused(car: &[u8], limits: Option<CarLimits>) -> String {
+    refused_in_batches(car, limits, sluice::Config::default().backfill.batch_size)
+}
+
+/// [`refused`] with walks committed in batches of `batch_size` records. A tracked repo with
+/// more blocks than that is walked on its own thread while its first batches are staged.
+fn refused_in_batches(car: &[u8], limits: Option<CarLimits>, batch_size: usize) -> String {
     let dir = tempfile::tempdir().unwrap();
     let mut config = sluice::Config::default();
+    config.backfill.batch_size = batch_size;
     if let Some(l) = limits {
         config.limits.max_car_mb = l.max_car_bytes >> 20;
         config.limits.max_block_kb = l.max_block_bytes >> 10;
@@ -109,6 +116,17 @@ fn missing_record_node_and_commit_blocks_are_named() {
         let e = refused(&car_of(root, &kept), None);
         assert!(e.contains("missing block") && e.contains(what), "{what}: {e}");
     }
+}
+
+#[test]
+fn a_tree_found_malformed_late_is_refused_though_batches_were_staged_while_walking() {
+    let (_, car) = sample_car();
+    let (root, blocks) = blocks_of(&car);
+    let repo = read_car(&car, &CarLimits::default()).unwrap();
+    let last_record = repo.records().last().unwrap().unwrap().cid;
+    let kept: Vec<_> = blocks.iter().filter(|(c, _)| *c != last_record).cloned().collect();
+    let e = refused_in_batches(&car_of(root, &kept), None, 4);
+    assert!(e.contains("missing block") && e.contains("(record)"), "{e}");
 }
 
 #[test]

@@ -31,10 +31,12 @@ use sluice_handlers::{Emit, HandlerOutput, IndexWrite, PreviousRecord, RecordKey
 
 mod account;
 mod walk_diff;
+mod walk_stream;
 
 use crate::filter::{CompiledFilter, FilterHandle, RepoRule};
-use walk_diff::WalkChanges;
-use crate::repo::{LoadedRepo, RecordKey, RepoError};
+use walk_diff::{WalkChanges, WalkKeys};
+use walk_stream::Walk;
+use crate::repo::{LoadedRepo, RepoError};
 use crate::store::{Action, Committed, Prepared, RecordEvent, RecordWrite, RepoChange, RepoState, RepoStatus, Store, StoreError, StoredEvent, values::now_ms};
 
 /// Why a repo or commit was not applied. Nothing of it was written.
@@ -218,49 +220,66 @@ impl Pipeline {
 
     /// Applies a whole repo (a CAR whose commit the caller has checked).
     ///
-    /// The whole tree is walked and checked first (nothing is written for a malformed repo),
-    /// keeping only record keys and CIDs; the changes are then streamed from those keys into
-    /// batches, with record bodies read per batch, so a walk never holds the repo's bodies.
+    /// The whole tree is walked and checked before anything is committed (nothing is written
+    /// for a malformed repo), keeping only record keys and CIDs; the changes are streamed from
+    /// those keys into batches, with record bodies read per batch, so a walk never holds the
+    /// repo's bodies. A large repo that is kept whatever it holds is walked on a thread of its
+    /// own while its first batches are staged.
     pub fn apply_walk(&self, repo: &LoadedRepo, opts: &WalkOptions) -> Result<RepoOutcome, PipelineError> {
         let compiled = self.filter.load();
         let filter = &compiled.filter;
         let did = repo.did();
         let previous_state = self.store.repo_state(did)?;
         check_rev(did, repo.rev(), previous_state.as_ref())?;
-        let (keys, has_signal) = self.check_walk(repo, filter)?;
-        let status = if has_signal { RepoStatus::Synced } else { RepoStatus::Discarded };
         let stored = self.store.repo_records(did)?;
-        let walked = keys.len() as u64;
-        let changes = WalkChanges::new(repo, filter, opts.since_us, keys, stored, status == RepoStatus::Synced);
-        let origin = Origin { did, rev: repo.rev(), live: false };
-        let state = RepoState {
-            status,
-            // A discarded repo keeps its rev too, so live commits it already had are told apart.
-            rev: Some(repo.rev().to_string()),
-            data: (status == RepoStatus::Synced).then(|| repo.data().to_string()),
-            handle: opts.handle.clone().or_else(|| previous_state.and_then(|s| s.handle)),
-            updated_ms: now_ms(),
-            ..Default::default()
-        };
-        let mut outcome = RepoOutcome::new(status, 0);
-        outcome.walked = walked;
-        let batches = Batches { compiled: &compiled, origin: &origin, repo, last: Some((state, opts.cursor.clone())), delay: opts.batch_delay };
-        self.commit_in_batches(batches, changes, &mut outcome)?;
-        self.count_repo(status);
-        Ok(outcome)
+        std::thread::scope(|scope| {
+            let (walk, keys, kept) = self.start_walk(scope, repo, filter)?;
+            let status = if kept { RepoStatus::Synced } else { RepoStatus::Discarded };
+            let changes = WalkChanges::new(repo, filter, opts.since_us, keys, stored, kept);
+            let origin = Origin { did, rev: repo.rev(), live: false };
+            let state = RepoState {
+                status,
+                // A discarded repo keeps its rev too, so live commits it already had are told apart.
+                rev: Some(repo.rev().to_string()),
+                data: kept.then(|| repo.data().to_string()),
+                handle: opts.handle.clone().or_else(|| previous_state.and_then(|s| s.handle)),
+                updated_ms: now_ms(),
+                ..Default::default()
+            };
+            let mut outcome = RepoOutcome::new(status, 0);
+            let batches = Batches { compiled: &compiled, origin: &origin, repo, last: Some((state, opts.cursor.clone())), delay: opts.batch_delay };
+            self.commit_in_batches(batches, changes, walk, &mut outcome)?;
+            self.count_repo(status);
+            Ok(outcome)
+        })
     }
 
-    /// Walks every key of `repo`, checking the whole tree; returns its records' keys and
-    /// whether the filter keeps it (tracked, or holding a signal record).
-    fn check_walk(&self, repo: &LoadedRepo, filter: &crate::filter::Filter) -> Result<(Vec<RecordKey>, bool), PipelineError> {
+    /// Starts the walk of `repo`; returns it, its keys and whether the filter keeps the repo
+    /// (tracked, or holding a signal record). A repo that needs a signal record is walked
+    /// whole here first, as is one small enough for one batch; a larger tracked one is walked
+    /// on a thread of `scope`.
+    fn start_walk<'s, 'a: 's>(&self, scope: &'s std::thread::Scope<'s, '_>, repo: &'a LoadedRepo, filter: &crate::filter::Filter) -> Result<(Walk<'s>, WalkKeys<'a>, bool), PipelineError> {
         let rule = filter.repo_rule(repo.did());
-        if rule == RepoRule::Excluded {
-            return Ok((Vec::new(), false));
+        match rule {
+            RepoRule::Excluded => Ok((Walk::Checked(0), Box::new(std::iter::empty()), false)),
+            RepoRule::Tracked if repo.block_count() > self.batch_size => {
+                let (walk, keys) = walk_stream::spawn(scope, repo);
+                Ok((walk, keys, true))
+            }
+            _ => {
+                let keys = repo.record_keys().collect::<Result<Vec<_>, _>>()?;
+                let kept = rule == RepoRule::Tracked || keys.iter().any(|k| filter.is_signal(&k.collection));
+                Ok((Walk::Checked(keys.len() as u64), Box::new(keys.into_iter()), kept))
+            }
         }
-        let keys = repo.record_keys().collect::<Result<Vec<_>, _>>()?;
-        let has_signal = rule == RepoRule::Tracked || keys.iter().any(|k| filter.is_signal(&k.collection));
-        self.metrics.records_seen.fetch_add(keys.len() as u64, Ordering::Relaxed);
-        Ok((keys, has_signal))
+    }
+
+    /// Waits for `walk` to be checked whole and counts its records: nothing of a repo is
+    /// committed before.
+    fn finish_walk(&self, walk: Walk<'_>, outcome: &mut RepoOutcome) -> Result<(), PipelineError> {
+        outcome.walked = walk.finish()?;
+        self.metrics.records_seen.fetch_add(outcome.walked, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Commits `changes` in batches of at most `batch_size`, each atomically with its events;
@@ -272,14 +291,16 @@ impl Pipeline {
     /// A crash between batches leaves the repo's earlier batches committed with their events
     /// and its state unchanged, so the next walk finds those records current and emits only
     /// what is missing: nothing is lost or emitted twice.
-    fn commit_in_batches(&self, mut batches: Batches<'_>, mut changes: WalkChanges<'_>, outcome: &mut RepoOutcome) -> Result<(), PipelineError> {
-        if changes.max_len() <= self.batch_size {
+    fn commit_in_batches(&self, mut batches: Batches<'_>, mut changes: WalkChanges<'_>, walk: Walk<'_>, outcome: &mut RepoOutcome) -> Result<(), PipelineError> {
+        if changes.max_len().is_some_and(|n| n <= self.batch_size) {
             // One batch: no second thread to start.
+            self.finish_walk(walk, outcome)?;
             let (change, tally, _) = self.next_batch(&mut batches, &mut changes)?;
             (outcome.unchanged, outcome.too_old) = (changes.unchanged, changes.too_old);
             return self.commit_batch(self.store.prepare(change)?, tally, outcome);
         }
         let delay = batches.delay;
+        let mut walk = Some(walk);
         std::thread::scope(|scope| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(RepoChange, Tally), PipelineError>>(1);
             let producer = scope.spawn(move || {
@@ -293,6 +314,9 @@ impl Pipeline {
                 }
             });
             for (i, prepared) in rx.into_iter().enumerate() {
+                if let Some(walk) = walk.take() {
+                    self.finish_walk(walk, outcome)?;
+                }
                 if i > 0 && !delay.is_zero() {
                     std::thread::sleep(delay);
                 }
@@ -310,7 +334,7 @@ impl Pipeline {
     /// Returns whether it was final.
     fn next_batch(&self, batches: &mut Batches<'_>, changes: &mut WalkChanges<'_>) -> Result<(RepoChange, Tally, bool), PipelineError> {
         let batch = changes.by_ref().take(self.batch_size).collect::<Result<Vec<Staged>, _>>()?;
-        let final_batch = batch.len() < self.batch_size || changes.max_len() == 0;
+        let final_batch = batch.len() < self.batch_size || changes.is_done();
         let (mut change, handler_errors) = self.stage(batches.compiled, batches.origin, batch, Some(batches.repo))?;
         if final_batch && let Some((state, cursor)) = batches.last.take() {
             (change.state, change.cursor) = (Some(state), cursor);

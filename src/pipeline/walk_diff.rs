@@ -11,16 +11,22 @@ use super::{PipelineError, Staged, is_too_old};
 /// A stored record the walk may delete: ((collection, rkey), binary CID).
 type StoredRecord = ((String, String), Vec<u8>);
 
+/// The walk's record keys, in key order: all of them after a checked walk, or as a running
+/// walk finds them.
+pub(super) type WalkKeys<'a> = Box<dyn Iterator<Item = RecordKey> + Send + 'a>;
+
 /// The changes a walk makes. `keep = false` (a discarded repo) yields only deletes of every
 /// stored record; otherwise records of collections the filter does not want are left alone.
 pub(super) struct WalkChanges<'a> {
     repo: &'a LoadedRepo,
     filter: &'a Filter,
     since_us: Option<u64>,
-    keys: Option<std::vec::IntoIter<RecordKey>>,
+    keys: Option<WalkKeys<'a>>,
     stored: RecordMap,
     keep: bool,
     deletes: Option<std::vec::IntoIter<StoredRecord>>,
+    /// A change read ahead by [`WalkChanges::is_done`].
+    peeked: Option<Result<Staged, PipelineError>>,
     /// Walked records whose stored CID is current.
     pub unchanged: u64,
     /// Walked records left out as older than `since_us`.
@@ -29,14 +35,39 @@ pub(super) struct WalkChanges<'a> {
 
 impl<'a> WalkChanges<'a> {
     /// `keys` are the walk's records in key order.
-    pub(super) fn new(repo: &'a LoadedRepo, filter: &'a Filter, since_us: Option<u64>, keys: Vec<RecordKey>, stored: RecordMap, keep: bool) -> Self {
-        let keys = keep.then(|| keys.into_iter());
-        Self { repo, filter, since_us, keys, stored, keep, deletes: None, unchanged: 0, too_old: 0 }
+    pub(super) fn new(repo: &'a LoadedRepo, filter: &'a Filter, since_us: Option<u64>, keys: WalkKeys<'a>, stored: RecordMap, keep: bool) -> Self {
+        let keys = keep.then_some(keys);
+        Self { repo, filter, since_us, keys, stored, keep, deletes: None, peeked: None, unchanged: 0, too_old: 0 }
     }
 
-    /// The most changes it can still yield.
-    pub(super) fn max_len(&self) -> usize {
-        self.keys.as_ref().map_or(0, |k| k.len()) + self.stored.len() + self.deletes.as_ref().map_or(0, |d| d.len())
+    /// The most changes it can still yield; `None` while a running walk may find more.
+    pub(super) fn max_len(&self) -> Option<usize> {
+        let keys = match &self.keys {
+            Some(keys) => keys.size_hint().1?,
+            None => 0,
+        };
+        Some(keys + self.stored.len() + self.deletes.as_ref().map_or(0, |d| d.len()) + usize::from(self.peeked.is_some()))
+    }
+
+    /// Whether every change has been yielded.
+    pub(super) fn is_done(&mut self) -> bool {
+        if self.peeked.is_none() {
+            self.peeked = self.next_change();
+        }
+        self.peeked.is_none()
+    }
+
+    fn next_change(&mut self) -> Option<Result<Staged, PipelineError>> {
+        if let Some(upsert) = self.next_upsert() {
+            return Some(upsert);
+        }
+        let deletes = self.deletes.get_or_insert_with(|| {
+            let (filter, keep) = (self.filter, self.keep);
+            let mut left: Vec<_> = std::mem::take(&mut self.stored).into_iter().filter(|((c, _), _)| !keep || filter.wants_collection(c)).collect();
+            left.sort();
+            left.into_iter()
+        });
+        deletes.next().map(|((collection, rkey), previous)| Ok(Staged::Delete { collection, rkey, previous }))
     }
 
     /// The next upsert of the walk, or `None` when the walk is over.
@@ -74,15 +105,6 @@ impl Iterator for WalkChanges<'_> {
     type Item = Result<Staged, PipelineError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if let Some(upsert) = self.next_upsert() {
-            return Some(upsert);
-        }
-        let deletes = self.deletes.get_or_insert_with(|| {
-            let (filter, keep) = (self.filter, self.keep);
-            let mut left: Vec<_> = std::mem::take(&mut self.stored).into_iter().filter(|((c, _), _)| !keep || filter.wants_collection(c)).collect();
-            left.sort();
-            left.into_iter()
-        });
-        deletes.next().map(|((collection, rkey), previous)| Ok(Staged::Delete { collection, rkey, previous }))
+        self.peeked.take().or_else(|| self.next_change())
     }
 }
