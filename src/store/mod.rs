@@ -22,6 +22,7 @@ mod queue;
 mod times;
 mod reads;
 pub mod values;
+mod writeback;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -141,6 +142,7 @@ pub struct Store {
     event_head: tokio::sync::watch::Sender<u64>,
     /// Where event times come from (tests set their own).
     clock: fn() -> u64,
+    writeback: writeback::JournalWriteback,
 }
 
 impl Store {
@@ -163,6 +165,7 @@ impl Store {
             writer: Mutex::new(Writer { next_event: 1, last_time: 0, counts: BTreeMap::new() }),
             event_head: tokio::sync::watch::Sender::new(1),
             clock: now_us,
+            writeback: writeback::JournalWriteback::start(dir.to_path_buf()),
             db,
         };
         let next_event = match store.events.last_key_value() {
@@ -226,6 +229,7 @@ impl Store {
         self.stage_pages(&mut batch, pages, first, first_time);
         let new_counts = self.stage_counts(&mut batch, &writer, deltas);
         batch.commit()?;
+        self.writeback.wrote();
         writer.next_event += n;
         if n > 0 {
             writer.last_time = first_time + n - 1;
