@@ -192,7 +192,7 @@ fn main() {
         sluice.index_car(&std::fs::read(path).unwrap(), &IndexOptions::default()).unwrap();
         if posts.is_empty() {
             did = account.did.clone();
-            posts = sluice.store().repo_records(&did).unwrap().into_keys().filter(|(c, _)| c == "app.bsky.feed.post").map(|(_, r)| r).collect();
+            posts = sluice.store().repo_records(&did).unwrap().into_keys().filter(|(c, _)| c == "app.bsky.feed.post").map(|(_, r)| r.to_string()).collect();
         }
     }
     println!("| case | work | time | rate / latency |");

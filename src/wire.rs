@@ -13,10 +13,10 @@ pub fn event_json(store: &Store, id: u64, event: &StoredEvent) -> Result<Value, 
         StoredEvent::Record(r) => {
             let mut rec = Map::new();
             rec.insert("live".into(), r.live.into());
-            rec.insert("did".into(), r.did.clone().into());
-            rec.insert("rev".into(), r.rev.clone().into());
-            rec.insert("collection".into(), r.collection.clone().into());
-            rec.insert("rkey".into(), r.rkey.clone().into());
+            rec.insert("did".into(), r.did.as_str().into());
+            rec.insert("rev".into(), r.rev.as_str().into());
+            rec.insert("collection".into(), r.collection.as_str().into());
+            rec.insert("rkey".into(), r.rkey.as_str().into());
             rec.insert("action".into(), r.action.as_str().into());
             if !r.cid.is_empty() {
                 let cid = Cid::try_from(&r.cid[..]).map(|c| c.to_string()).unwrap_or_default();

@@ -1,6 +1,8 @@
 //! Network backfill end to end against the devnet (127.0.0.1 only): discovery, states, the
 //! stored records against what the PDS hosts hold, and the effect of each backfill control.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -53,13 +55,7 @@ fn status(s: &Setup, did: &str) -> Option<RepoStatus> {
 
 /// The stored records of `did`: (collection, rkey) -> CID string.
 fn stored(s: &Setup, did: &str) -> BTreeMap<(String, String), String> {
-    s.sluice
-        .store()
-        .repo_records(did)
-        .unwrap()
-        .into_iter()
-        .map(|(k, cid)| (k, cid::Cid::read_bytes(&cid[..]).unwrap().to_string()))
-        .collect()
+    common::stored_cids(s.sluice.store(), did)
 }
 
 /// What the PDS holds for `did` in the collections `wanted` keeps.

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use sluice::devnet::{Devnet, DevnetOptions};
@@ -72,9 +72,8 @@ async fn sigkill_mid_backfill_loses_and_duplicates_nothing() {
     for did in &dids {
         let state = store.repo_state(did).unwrap().unwrap();
         assert_eq!(state.status, RepoStatus::Synced, "{did}");
-        let held: BTreeSet<(String, String, String)> = net.records(did).into_iter().map(|((c, r), (cid, _))| (c, r, cid)).collect();
-        let stored: BTreeSet<(String, String, String)> =
-            store.repo_records(did).unwrap().into_iter().map(|((c, r), cid)| (c, r, cid::Cid::read_bytes(&cid[..]).unwrap().to_string())).collect();
+        let held: BTreeMap<(String, String), String> = net.records(did).into_iter().map(|(key, (cid, _))| (key, cid)).collect();
+        let stored = common::stored_cids(&store, did);
         assert_eq!(stored, held, "{did}: nothing lost");
         total += held.len();
     }

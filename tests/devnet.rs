@@ -76,7 +76,7 @@ async fn get_repo_serves_a_signed_car_holding_the_current_records() {
         let held = net.records(&did);
         assert_eq!(walked.len(), 2);
         for e in &walked {
-            let (want_cid, want_bytes) = &held[&(e.collection.clone(), e.rkey.clone())];
+            let (want_cid, want_bytes) = &held[&(e.collection.to_string(), e.rkey.to_string())];
             assert_eq!(&e.cid.to_string(), want_cid);
             assert_eq!(&e.bytes[..], &want_bytes[..]);
         }
@@ -462,7 +462,7 @@ async fn populate_builds_realistic_verifiable_repos_deterministically() {
             for r in &records {
                 assert!(allowed.contains(r.collection.as_str()) && sluice::syntax::is_tid(&r.rkey), "{}/{}", r.collection, r.rkey);
                 let value = sluice::handlers::value::cbor_to_json(&r.bytes).unwrap();
-                assert_eq!(value["$type"], r.collection);
+                assert_eq!(value["$type"], r.collection.as_str());
                 assert!(sluice::syntax::is_datetime(value["createdAt"].as_str().unwrap()));
                 seen.insert(r.collection.clone());
             }

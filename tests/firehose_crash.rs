@@ -64,8 +64,7 @@ fn terminate(child: &mut std::process::Child) {
 fn in_step(store: &Store, net: &Devnet, dids: &[String]) -> bool {
     dids.iter().all(|did| {
         let synced = store.repo_state(did).unwrap().is_some_and(|s| s.status == RepoStatus::Synced);
-        let stored: BTreeMap<(String, String), String> =
-            store.repo_records(did).unwrap().into_iter().map(|(k, cid)| (k, cid::Cid::read_bytes(&cid[..]).unwrap().to_string())).collect();
+        let stored = common::stored_cids(store, did);
         synced && stored == net.records(did).into_iter().map(|(k, (cid, _))| (k, cid)).collect::<BTreeMap<_, _>>()
     })
 }
@@ -77,7 +76,7 @@ fn replay(store: &Store) -> BTreeMap<(String, String, String), String> {
     for (i, (id, event)) in store.events_from(0, usize::MAX).unwrap().into_iter().enumerate() {
         assert_eq!(id, i as u64 + 1, "event ids are gapless");
         let StoredEvent::Record(r) = event else { continue };
-        let key = (r.did.clone(), r.collection.clone(), r.rkey.clone());
+        let key = (r.did.to_string(), r.collection.to_string(), r.rkey.to_string());
         let cid = (!r.cid.is_empty()).then(|| cid::Cid::read_bytes(&r.cid[..]).unwrap().to_string());
         match r.action {
             Action::Create => assert!(state.insert(key, cid.unwrap()).is_none(), "event {id}: created twice: {r:?}"),

@@ -4,6 +4,8 @@
 //! frames follow their rules, unknown repos are discovered, and a dropped connection resumes
 //! from its cursor.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -77,7 +79,7 @@ impl Running {
 
     /// Stored records of `did`: (collection, rkey) -> CID.
     fn stored(&self, did: &str) -> BTreeMap<(String, String), String> {
-        self.sluice.store().repo_records(did).unwrap().into_iter().map(|(k, cid)| (k, cid::Cid::read_bytes(&cid[..]).unwrap().to_string())).collect()
+        common::stored_cids(self.sluice.store(), did)
     }
 
     /// What the PDS holds for `did`.
@@ -101,7 +103,7 @@ impl Running {
         for (i, (id, event)) in events.iter().enumerate() {
             assert_eq!(*id, i as u64 + 1, "event ids are gapless");
             let StoredEvent::Record(r) = event else { continue };
-            let key = (r.did.clone(), r.collection.clone(), r.rkey.clone());
+            let key = (r.did.to_string(), r.collection.to_string(), r.rkey.to_string());
             let cid = (!r.cid.is_empty()).then(|| cid::Cid::read_bytes(&r.cid[..]).unwrap().to_string());
             match r.action {
                 Action::Create => assert!(state.insert(key, cid.unwrap()).is_none(), "event {id} creates a record that exists: {r:?}"),

@@ -72,7 +72,7 @@ impl FilterSpec {
 }
 
 fn stored(s: &Sluice, did: &str) -> BTreeSet<(String, String)> {
-    s.store().repo_records(did).unwrap().into_keys().collect()
+    common::stored_cids(s.store(), did).into_keys().collect()
 }
 
 fn events_after(s: &Sluice, from: u64) -> Vec<(Action, String, String)> {
@@ -81,7 +81,7 @@ fn events_after(s: &Sluice, from: u64) -> Vec<(Action, String, String)> {
         .unwrap()
         .into_iter()
         .map(|(_, e)| match e {
-            StoredEvent::Record(r) => (r.action, r.collection, r.rkey),
+            StoredEvent::Record(r) => (r.action, r.collection.into(), r.rkey.into()),
             other => panic!("unexpected event {other:?}"),
         })
         .collect()

@@ -72,7 +72,7 @@ impl Running {
     /// The repo is synced and holds what its PDS holds.
     fn in_step(&self, did: &str) -> bool {
         let store = self.sluice.store();
-        let stored: BTreeSet<(String, String)> = store.repo_records(did).unwrap().into_keys().collect();
+        let stored: BTreeSet<(String, String)> = store.repo_records(did).unwrap().into_keys().map(|(c, r)| (c.into(), r.into())).collect();
         let on_pds: BTreeSet<(String, String)> = self.net.records(did).into_keys().collect();
         store.repo_state(did).unwrap().is_some_and(|s| s.status == RepoStatus::Synced) && stored == on_pds
     }

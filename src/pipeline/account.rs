@@ -31,7 +31,7 @@ impl Pipeline {
         let mut stored: Vec<_> = self.store.repo_records(did)?.into_iter().collect();
         stored.sort_unstable();
         let mut deletes = stored.into_iter().map(|((collection, rkey), previous)| Staged::Delete { collection, rkey, previous });
-        let origin = Origin { did, rev, live: true };
+        let origin = Origin::new(did, rev, true);
         let mut outcome = RepoOutcome::new(state.status, 0);
         let mut last = Some((state, last_event));
         while last.is_some() {

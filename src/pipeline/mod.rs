@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use smol_str::SmolStr;
 use cid::Cid;
 use sluice_handlers::{Emit, HandlerOutput, IndexWrite, PreviousRecord, RecordKeyView, RecordView};
 
@@ -157,15 +158,15 @@ impl Tally {
 /// A record change, before handlers run. A walk's upserts carry no body (`bytes: None`): it is
 /// read from the repo when its batch is staged, so a walk holds one batch of bodies at a time.
 enum Staged {
-    Upsert { collection: String, rkey: String, cid: Cid, bytes: Option<Bytes>, previous: Option<Vec<u8>> },
-    Delete { collection: String, rkey: String, previous: Vec<u8> },
+    Upsert { collection: SmolStr, rkey: SmolStr, cid: Cid, bytes: Option<Bytes>, previous: Option<Vec<u8>> },
+    Delete { collection: SmolStr, rkey: SmolStr, previous: Vec<u8> },
 }
 
 /// How a walk's batches are committed: under which filter, for which repo, what the last
 /// batch carries, and the pause between commits.
 struct Batches<'a> {
     compiled: &'a CompiledFilter,
-    origin: &'a Origin<'a>,
+    origin: &'a Origin,
     repo: &'a LoadedRepo,
     /// The repo's new state and the cursor, for the final batch.
     last: Option<(RepoState, Option<(String, String)>)>,
@@ -173,10 +174,17 @@ struct Batches<'a> {
 }
 
 /// Where the changes come from.
-struct Origin<'a> {
-    did: &'a str,
-    rev: &'a str,
+struct Origin {
+    /// Shared by every event of the change: cloning it copies no string.
+    did: SmolStr,
+    rev: SmolStr,
     live: bool,
+}
+
+impl Origin {
+    fn new(did: &str, rev: &str, live: bool) -> Self {
+        Self { did: did.into(), rev: rev.into(), live }
+    }
 }
 
 /// The pipeline: a store, the filter in force and running totals.
@@ -236,7 +244,7 @@ impl Pipeline {
             let (walk, keys, kept) = self.start_walk(scope, repo, filter)?;
             let status = if kept { RepoStatus::Synced } else { RepoStatus::Discarded };
             let changes = WalkChanges::new(repo, filter, opts.since_us, keys, stored, kept);
-            let origin = Origin { did, rev: repo.rev(), live: false };
+            let origin = Origin::new(did, repo.rev(), false);
             let state = RepoState {
                 status,
                 // A discarded repo keeps its rev too, so live commits it already had are told apart.
@@ -362,17 +370,17 @@ impl Pipeline {
                     if previous.as_deref() == Some(&cid.to_bytes()[..]) {
                         unchanged += 1;
                     } else {
-                        staged.push(Staged::Upsert { collection, rkey, cid, bytes: Some(bytes), previous });
+                        staged.push(Staged::Upsert { collection: collection.into(), rkey: rkey.into(), cid, bytes: Some(bytes), previous });
                     }
                 }
                 RecordOp::Delete { collection, rkey } => {
                     if let Some(previous) = self.store.record_cid(did, &collection, &rkey)? {
-                        staged.push(Staged::Delete { collection, rkey, previous });
+                        staged.push(Staged::Delete { collection: collection.into(), rkey: rkey.into(), previous });
                     }
                 }
             }
         }
-        let (mut change, handler_errors) = self.stage(&compiled, &Origin { did, rev, live: true }, staged, None)?;
+        let (mut change, handler_errors) = self.stage(&compiled, &Origin::new(did, rev, true), staged, None)?;
         let mut state = previous_state.unwrap_or_default();
         state.status = RepoStatus::Synced;
         state.rev = Some(rev.to_string());
@@ -414,7 +422,7 @@ impl Pipeline {
     /// Runs handlers over staged changes and builds the batch; also returns the number of
     /// handler failures.
     /// Bodies a walk left out are read from `repo`.
-    fn stage(&self, compiled: &CompiledFilter, origin: &Origin<'_>, staged: Vec<Staged>, repo: Option<&LoadedRepo>) -> Result<(RepoChange, u64), RepoError> {
+    fn stage(&self, compiled: &CompiledFilter, origin: &Origin, staged: Vec<Staged>, repo: Option<&LoadedRepo>) -> Result<(RepoChange, u64), RepoError> {
         let n = staged.len();
         let mut change = RepoChange {
             did: origin.did.to_string(),
@@ -436,9 +444,9 @@ impl Pipeline {
                 }
                 Staged::Delete { collection, rkey, previous } => {
                     let run = if compiled.handlers_for(&collection).next().is_some() {
-                        let (prev_cid, prev_bytes) = self.previous_record(origin.did, &collection, &rkey, Some(&previous));
+                        let (prev_cid, prev_bytes) = self.previous_record(&origin.did, &collection, &rkey, Some(&previous));
                         let view = RecordKeyView {
-                            did: origin.did, collection: &collection, rkey: &rkey, rev: origin.rev, live: origin.live,
+                            did: &origin.did, collection: &collection, rkey: &rkey, rev: &origin.rev, live: origin.live,
                             previous: prev_bytes.as_deref().map(|bytes| PreviousRecord { cid: &prev_cid, bytes }),
                         };
                         self.run_handlers(compiled, &collection, || view.uri(), |h, s, out| h.on_delete(&view, s, out))
@@ -456,12 +464,12 @@ impl Pipeline {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn stage_upsert(&self, compiled: &CompiledFilter, origin: &Origin<'_>, change: &mut RepoChange, collection: String, rkey: String, cid: Cid, bytes: Bytes, previous: Option<Vec<u8>>) -> u64 {
+    fn stage_upsert(&self, compiled: &CompiledFilter, origin: &Origin, change: &mut RepoChange, collection: SmolStr, rkey: SmolStr, cid: Cid, bytes: Bytes, previous: Option<Vec<u8>>) -> u64 {
         let run = if compiled.handlers_for(&collection).next().is_some() {
-            let (prev_cid, prev_bytes) = self.previous_record(origin.did, &collection, &rkey, previous.as_deref());
+            let (prev_cid, prev_bytes) = self.previous_record(&origin.did, &collection, &rkey, previous.as_deref());
             let cid_str = cid.to_string();
             let view = RecordView::new(
-                origin.did, &collection, &rkey, &cid_str, origin.rev, origin.live, &bytes,
+                &origin.did, &collection, &rkey, &cid_str, &origin.rev, origin.live, &bytes,
                 prev_bytes.as_deref().map(|bytes| PreviousRecord { cid: &prev_cid, bytes }),
             );
             self.run_handlers(compiled, &collection, || view.uri(), |h, s, out| h.on_record(&view, s, out))
@@ -570,6 +578,6 @@ fn check_rev(did: &str, rev: &str, state: Option<&RepoState>) -> Result<(), Pipe
 }
 
 #[allow(clippy::too_many_arguments)]
-fn record_event(origin: &Origin<'_>, collection: String, rkey: String, action: Action, cid: Vec<u8>, replaced: Option<String>, handled: Vec<(String, String)>, body: Option<Bytes>) -> StoredEvent {
-    StoredEvent::Record(RecordEvent { live: origin.live, did: origin.did.to_string(), rev: origin.rev.to_string(), collection, rkey, action, cid, replaced, handled, body })
+fn record_event(origin: &Origin, collection: SmolStr, rkey: SmolStr, action: Action, cid: Vec<u8>, replaced: Option<String>, handled: Vec<(String, String)>, body: Option<Bytes>) -> StoredEvent {
+    StoredEvent::Record(RecordEvent { live: origin.live, did: origin.did.clone(), rev: origin.rev.clone(), collection, rkey, action, cid, replaced, handled, body })
 }

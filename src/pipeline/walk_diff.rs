@@ -2,6 +2,8 @@
 //! order, then deletes of what the walk no longer holds. Streamed from the walk's keys, so a
 //! walk holds its keys and one batch of changes and bodies at a time, not the repo's bodies.
 
+use smol_str::SmolStr;
+
 use crate::filter::Filter;
 use crate::repo::{LoadedRepo, RecordKey};
 use crate::store::RecordMap;
@@ -9,7 +11,7 @@ use crate::store::RecordMap;
 use super::{PipelineError, Staged, is_too_old};
 
 /// A stored record the walk may delete: ((collection, rkey), binary CID).
-type StoredRecord = ((String, String), Vec<u8>);
+type StoredRecord = ((SmolStr, SmolStr), Vec<u8>);
 
 /// The walk's record keys, in key order: all of them after a checked walk, or as a running
 /// walk finds them.

@@ -6,6 +6,7 @@
 //! visited once and a malformed tree cannot loop or recurse without bound).
 
 use bytes::Bytes;
+use smol_str::SmolStr;
 use cid::Cid;
 
 use jacquard_repo::mst::node::NodeData;
@@ -17,9 +18,9 @@ use super::{LoadedRepo, RepoError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordKey {
     /// Collection NSID.
-    pub collection: String,
+    pub collection: SmolStr,
     /// Record key.
-    pub rkey: String,
+    pub rkey: SmolStr,
     /// Record CID (its block is in the CAR).
     pub cid: Cid,
 }
@@ -28,9 +29,9 @@ pub struct RecordKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordEntry {
     /// Collection NSID.
-    pub collection: String,
+    pub collection: SmolStr,
     /// Record key.
-    pub rkey: String,
+    pub rkey: SmolStr,
     /// Record CID.
     pub cid: Cid,
     /// The record's DAG-CBOR bytes (checked against `cid`).
@@ -126,7 +127,7 @@ impl RecordKeys<'_> {
         if !self.repo.has_block(&cid) {
             return Err(RepoError::MissingBlock { cid, what: "record" });
         }
-        let entry = RecordKey { collection: collection.to_string(), rkey: rkey.to_string(), cid };
+        let entry = RecordKey { collection: collection.into(), rkey: rkey.into(), cid };
         self.last_key = Some(key);
         Ok(entry)
     }

@@ -30,6 +30,7 @@ use std::sync::Mutex;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use sluice_handlers::IndexWrite;
+use smol_str::SmolStr;
 
 pub use times::now_us;
 pub use values::{AccountEvent, Action, EventPage, HeldCommit, IdentityEvent, RecordEvent, RepoState, RepoStatus, Stored, StoredEvent};
@@ -53,7 +54,7 @@ type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// A repo's stored records: (collection, rkey) -> binary CID. The pipeline's diff looks up
 /// every walked record here, so it uses foldhash.
-pub type RecordMap = HashMap<(String, String), Vec<u8>, foldhash::fast::RandomState>;
+pub type RecordMap = HashMap<(SmolStr, SmolStr), Vec<u8>, foldhash::fast::RandomState>;
 
 /// A record put or removal. The writer states whether the record existed (the pipeline
 /// knows from its diff), so commits keep counts without reading every key back.
@@ -61,9 +62,9 @@ pub type RecordMap = HashMap<(String, String), Vec<u8>, foldhash::fast::RandomSt
 pub enum RecordWrite {
     /// Store `cid` (binary) with its DAG-CBOR `body` as the current version of
     /// `collection/rkey`; `existed` is true on updates.
-    Put { collection: String, rkey: String, cid: Vec<u8>, body: bytes::Bytes, existed: bool },
+    Put { collection: SmolStr, rkey: SmolStr, cid: Vec<u8>, body: bytes::Bytes, existed: bool },
     /// Remove `collection/rkey`, which exists.
-    Remove { collection: String, rkey: String },
+    Remove { collection: SmolStr, rkey: SmolStr },
 }
 
 /// One batch of a repo walk, or one live commit; committed atomically by [`Store::commit`].
@@ -314,7 +315,7 @@ impl Store {
         for kv in self.records.prefix(keys::record_prefix(did)) {
             let (k, v) = kv.into_inner()?;
             let (_, collection, rkey) = keys::parse_record(&k)?;
-            out.insert((collection.to_string(), rkey.to_string()), RecordRef::view(&v)?.cid.to_vec());
+            out.insert((collection.into(), rkey.into()), RecordRef::view(&v)?.cid.to_vec());
         }
         Ok(out)
     }
@@ -488,7 +489,7 @@ mod tests {
 
     fn event(n: u8) -> StoredEvent {
         StoredEvent::Record(RecordEvent {
-            live: false, did: "did:plc:a".into(), rev: "r".into(), collection: "a.b.c".into(), rkey: format!("k{n}"),
+            live: false, did: "did:plc:a".into(), rev: "r".into(), collection: "a.b.c".into(), rkey: format!("k{n}").into(),
             action: Action::Create, cid: vec![n], replaced: None, handled: vec![], body: Some(bytes::Bytes::from_static(&[0xa0])),
         })
     }

@@ -131,7 +131,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         for (did, collection, rkey) in records {
-            let put = RecordWrite::Put { collection: collection.to_string(), rkey: rkey.to_string(), cid: rkey.as_bytes().to_vec(), body: bytes::Bytes::from_static(&[0xa0]), existed: false };
+            let put = RecordWrite::Put { collection: (*collection).into(), rkey: (*rkey).into(), cid: rkey.as_bytes().to_vec(), body: bytes::Bytes::from_static(&[0xa0]), existed: false };
             store.commit(RepoChange { did: did.to_string(), records: vec![put], ..Default::default() }).unwrap();
         }
         (dir, store)

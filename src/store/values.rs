@@ -1,6 +1,7 @@
 //! Stored values: a version byte, then postcard. Every type written to fjall lives here, and
 //! every version that was ever written keeps a golden file in `tests/golden/` that must decode.
 
+use smol_str::SmolStr;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 /// The format version of a value type that has only ever had one; a type whose format changed
@@ -237,13 +238,13 @@ pub struct RecordEvent {
     /// From the firehose (true) or a backfill walk (false).
     pub live: bool,
     /// Repo DID.
-    pub did: String,
+    pub did: SmolStr,
     /// Commit rev.
-    pub rev: String,
+    pub rev: SmolStr,
     /// Collection NSID.
-    pub collection: String,
+    pub collection: SmolStr,
     /// Record key.
-    pub rkey: String,
+    pub rkey: SmolStr,
     /// What happened.
     pub action: Action,
     /// Binary CID of the new version (none on delete).
@@ -405,7 +406,7 @@ pub mod legacy {
         fn from(event: StoredEvent) -> Self {
             match event {
                 StoredEvent::Record(RecordEvent { live, did, rev, collection, rkey, action, cid, replaced, handled }) => {
-                    super::StoredEvent::Record(super::RecordEvent { live, did, rev, collection, rkey, action, cid, replaced, handled, body: None })
+                    super::StoredEvent::Record(super::RecordEvent { live, did: did.into(), rev: rev.into(), collection: collection.into(), rkey: rkey.into(), action, cid, replaced, handled, body: None })
                 }
                 StoredEvent::Identity(i) => super::StoredEvent::Identity(i),
                 StoredEvent::Account(a) => super::StoredEvent::Account(a),
@@ -469,7 +470,7 @@ mod tests {
         let body = proptest::option::of(proptest::collection::vec(any::<u8>(), 1..60));
         (any::<bool>(), "[a-z:0-9]{1,30}", "[a-z0-9]{13}", "[a-z.]{3,30}", "[a-z0-9]{1,15}", 0..3u8, proptest::collection::vec(any::<u8>(), 0..40), proptest::option::of(".{0,20}"), proptest::collection::vec(("[a-z-]{1,10}", ".{0,20}"), 0..3), body)
             .prop_map(|(live, did, rev, collection, rkey, a, cid, replaced, handled, body)| StoredEvent::Record(RecordEvent {
-                live, did, rev, collection, rkey, action: [Action::Create, Action::Update, Action::Delete][a as usize], cid, replaced, handled, body: body.map(Into::into),
+                live, did: did.into(), rev: rev.into(), collection: collection.into(), rkey: rkey.into(), action: [Action::Create, Action::Update, Action::Delete][a as usize], cid, replaced, handled, body: body.map(Into::into),
             }))
     }
 
@@ -477,7 +478,7 @@ mod tests {
     fn legacy_of(event: &StoredEvent) -> legacy::StoredEvent {
         match event.clone() {
             StoredEvent::Record(RecordEvent { live, did, rev, collection, rkey, action, cid, replaced, handled, .. }) => {
-                legacy::StoredEvent::Record(legacy::RecordEvent { live, did, rev, collection, rkey, action, cid, replaced, handled })
+                legacy::StoredEvent::Record(legacy::RecordEvent { live, did: did.into(), rev: rev.into(), collection: collection.into(), rkey: rkey.into(), action, cid, replaced, handled })
             }
             StoredEvent::Identity(i) => legacy::StoredEvent::Identity(i),
             StoredEvent::Account(a) => legacy::StoredEvent::Account(a),

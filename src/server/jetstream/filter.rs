@@ -39,11 +39,11 @@ impl Filter {
     /// Whether the client wants `event`.
     pub(super) fn wants(&self, event: &StoredEvent) -> bool {
         let (did, collection) = match event {
-            StoredEvent::Record(r) => (&r.did, Some(&r.collection)),
-            StoredEvent::Identity(i) => (&i.did, None),
-            StoredEvent::Account(a) => (&a.did, None),
+            StoredEvent::Record(r) => (r.did.as_str(), Some(r.collection.as_str())),
+            StoredEvent::Identity(i) => (i.did.as_str(), None),
+            StoredEvent::Account(a) => (a.did.as_str(), None),
         };
-        if !self.dids.is_empty() && !self.dids.contains(did.as_str()) {
+        if !self.dids.is_empty() && !self.dids.contains(did) {
             return false;
         }
         match (&self.collections, collection) {
