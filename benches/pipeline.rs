@@ -71,6 +71,8 @@ fn run_case(case: &str, input: &str, key: Option<&str>) {
 }
 
 fn main() {
+    // As `sluice index-car` runs.
+    sluice::alloc::tune(sluice::alloc::Workload::Batch);
     let args: Vec<String> = std::env::args().collect();
     if let Some(pos) = args.iter().position(|a| a == "--case") {
         run_case(&args[pos + 1], &args[pos + 2], args.get(pos + 3).map(String::as_str));

@@ -34,6 +34,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod alloc;
 pub mod backfill;
 pub mod config;
 pub mod devnet;

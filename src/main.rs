@@ -13,6 +13,12 @@ use sluice::{Config, Filter, IndexOptions, Sluice, Store};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Runs among the executable's initializers, before Rust's runtime allocates anything.
+#[cfg(target_os = "linux")]
+#[used]
+#[unsafe(link_section = ".init_array")]
+static TUNE_ALLOCATOR: extern "C" fn() = sluice::alloc::before_first_allocation;
+
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "An AT Protocol indexer for custom appviews")]
 struct Cli {
@@ -190,6 +196,10 @@ enum FilterCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    sluice::alloc::tune(match cli.command {
+        Command::Run { .. } | Command::Backfill { .. } => sluice::alloc::Workload::Service,
+        _ => sluice::alloc::Workload::Batch,
+    });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()))
         .with_writer(std::io::stderr);

@@ -150,7 +150,7 @@ impl Store {
     /// Opens (or creates) the store in `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         let db = Database::builder(dir).open()?;
-        let ks = |name: &str| db.keyspace(name, keyspace_options);
+        let ks = |name: &str| db.keyspace(name, || keyspace_options(name));
         let store = Store {
             repos: ks("repos")?,
             records: ks("records")?,
@@ -193,7 +193,7 @@ impl Store {
         if let Some(ks) = spaces.get(name) {
             return Ok(ks.clone());
         }
-        let ks = self.db.keyspace(&format!("handler.{name}"), keyspace_options)?;
+        let ks = self.db.keyspace(&format!("handler.{name}"), || keyspace_options("handler"))?;
         spaces.insert(name, ks.clone());
         Ok(ks)
     }
@@ -444,11 +444,14 @@ impl Store {
     }
 }
 
-/// Memtables of 32 MiB instead of fjall's 64: a backfill keeps five or more keyspaces busy, and
-/// their memtables are most of what it holds beyond the repos it walks (see BENCHMARKS.md:
-/// 16 MiB saves more memory but costs a quarter of a single repo's speed).
-fn keyspace_options() -> KeyspaceCreateOptions {
-    KeyspaceCreateOptions::default().max_memtable_size(32 << 20)
+/// Memtable sizes (fjall's default is 64 MiB). A backfill keeps five or more keyspaces busy,
+/// and their memtables are most of what it holds beyond the repos it walks. `records` keeps
+/// 32 MiB: every diff reads it, and at 16 the backfill was a tenth slower; the others take
+/// 16 MiB, which costs nothing measured and brought the backfill's peak from ~330 to ~275 MB
+/// (BENCHMARKS.md).
+fn keyspace_options(name: &str) -> KeyspaceCreateOptions {
+    let mib: u64 = if name == "records" { 32 } else { 16 };
+    KeyspaceCreateOptions::default().max_memtable_size(mib << 20)
 }
 
 /// Encodes events as pages of at most [`EventPage::MAX_EVENTS`], their times left for the
