@@ -18,6 +18,7 @@
 mod output;
 mod registry;
 pub mod testing;
+pub mod transcode;
 pub mod value;
 mod view;
 

@@ -27,20 +27,21 @@ pub fn cbor_to_json(bytes: &[u8]) -> Result<serde_json::Value, ValueError> {
 
 /// Writes DAG-CBOR bytes as AT Protocol JSON text to `out`, with no JSON tree in between (the
 /// event stream's hot path).
+/// On an error `out` is left as it was.
 pub fn write_cbor_json(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), ValueError> {
-    let raw = raw_value(bytes)?;
-    serde_json::to_writer(out, &AtJson(&raw)).map_err(|e| ValueError::Cbor(e.to_string()))
+    crate::transcode::write_json(bytes, out).map_err(|e| ValueError::Cbor(e.to_string()))
 }
 
 /// A DAG-CBOR value that serializes as AT Protocol JSON (`null` when it does not decode), to
-/// embed a record body in a larger serialized structure.
+/// embed a record body in a larger serialized structure. Decoded in one pass, with no value
+/// tree ([`crate::transcode`]): the event stream writes every body this way.
 pub struct CborAsJson<'a>(pub &'a [u8]);
 
 impl serde::Serialize for CborAsJson<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match raw_value(self.0) {
-            Ok(raw) => AtJson(&raw).serialize(s),
-            Err(_) => s.serialize_none(),
+        match crate::transcode::raw_json(self.0) {
+            Some(json) => json.serialize(s),
+            None => s.serialize_none(),
         }
     }
 }
@@ -141,7 +142,11 @@ fn object_problem(o: &serde_json::Map<String, Value>) -> Option<String> {
 /// The fuzz body for `cbor_json`: decoding arbitrary bytes never panics, and whatever decodes
 /// into valid data-model JSON re-encodes to DAG-CBOR that decodes to the same JSON. (Reading is
 /// lenient, writing strict: a record the network already accepted is shown as it is.)
+///
+/// The one-pass transcoder ([`crate::transcode`]) must read every input as this module does.
 pub fn fuzz_cbor_json(bytes: &[u8]) {
+    let transcoded = crate::transcode::raw_json(bytes).map(|raw| serde_json::from_str::<Value>(raw.get()).expect("transcoded JSON parses"));
+    assert_eq!(transcoded, cbor_to_json(bytes).ok(), "the transcoder and the reference read the bytes alike");
     if let Ok(json) = cbor_to_json(bytes)
         && let Ok(again) = json_to_cbor(&json) {
             let json2 = cbor_to_json(&again).expect("re-encoded CBOR decodes");

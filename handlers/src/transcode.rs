@@ -1,0 +1,237 @@
+//! DAG-CBOR to AT Protocol JSON as one pass: the CBOR is decoded (by `serde_ipld_dagcbor`)
+//! straight into the JSON serializer, with no value tree between them. The event stream
+//! writes every record body this way; [`crate::value::cbor_to_json`] stays the reference,
+//! and the tests hold the two to the same JSON.
+//!
+//! Differences from the reference, none of which changes the JSON value: map keys come in
+//! the CBOR's order (DAG-CBOR's canonical order) rather than sorted.
+
+use std::cell::RefCell;
+use std::fmt;
+
+use base64::Engine as _;
+use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
+use serde::ser::{self, Error as _, SerializeMap, SerializeSeq, Serializer};
+
+use crate::value::MAX_VALUE_BYTES;
+
+/// DAG-CBOR bytes that serialize as AT Protocol JSON (`$link` for CIDs, `$bytes` for bytes).
+/// Serializing fails on what the data model refuses (floats, non-string keys, tags other than
+/// CIDs, trailing bytes), possibly after part of the output is written: serialize it into a
+/// buffer of its own (as [`write_json`] does) when a failure must leave nothing behind.
+pub struct Transcode<'a>(pub &'a [u8]);
+
+impl ser::Serialize for Transcode<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0.len() > MAX_VALUE_BYTES {
+            return Err(S::Error::custom(format_args!("{} bytes is over the {MAX_VALUE_BYTES}-byte limit", self.0.len())));
+        }
+        let mut de = serde_ipld_dagcbor::de::Deserializer::from_slice(self.0);
+        let out = (&mut de).deserialize_any(Forward(s)).map_err(S::Error::custom)?;
+        de.end().map_err(S::Error::custom)?;
+        Ok(out)
+    }
+}
+
+/// Writes DAG-CBOR bytes as AT Protocol JSON to `out`; on an error `out` is left as it was.
+pub fn write_json(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+    let start = out.len();
+    serde_json::to_writer(&mut *out, &Transcode(bytes)).inspect_err(|_| out.truncate(start))
+}
+
+/// The body as a ready JSON value to embed in a larger serialized structure, or `None` when it
+/// does not decode.
+pub fn raw_json(bytes: &[u8]) -> Option<Box<serde_json::value::RawValue>> {
+    serde_json::value::to_raw_value(&Transcode(bytes)).ok()
+}
+
+/// A visitor that serializes whatever it is shown.
+struct Forward<S>(S);
+
+/// One value still to be read from `D`, serialized as it is read.
+struct Pending<D>(RefCell<Option<D>>);
+
+impl<'de, D: de::Deserializer<'de>> ser::Serialize for Pending<D> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let de = self.0.borrow_mut().take().ok_or_else(|| S::Error::custom("a value serialized twice"))?;
+        de.deserialize_any(Forward(s)).map_err(S::Error::custom)
+    }
+}
+
+fn pending<D>(de: D) -> Pending<D> {
+    Pending(RefCell::new(Some(de)))
+}
+
+/// Serializes the next element of a sequence.
+struct Element<'a, S>(&'a mut S);
+
+impl<'de, S: SerializeSeq> DeserializeSeed<'de> for Element<'_, S> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        self.0.serialize_element(&pending(de)).map_err(de::Error::custom)
+    }
+}
+
+/// Serializes the next key of a map, which must be a string.
+struct Key<'a, S>(&'a mut S);
+
+impl<'de, S: SerializeMap> DeserializeSeed<'de> for Key<'_, S> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        let key = <std::borrow::Cow<'de, str> as de::Deserialize>::deserialize(de)?;
+        self.0.serialize_key(&*key).map_err(de::Error::custom)
+    }
+}
+
+/// Serializes the value of the key just serialized.
+struct Value<'a, S>(&'a mut S);
+
+impl<'de, S: SerializeMap> DeserializeSeed<'de> for Value<'_, S> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        self.0.serialize_value(&pending(de)).map_err(de::Error::custom)
+    }
+}
+
+/// Reads a CID's bytes (what `serde_ipld_dagcbor` hands over for tag 42) as its string form.
+struct CidText;
+
+impl<'de> Visitor<'de> for CidText {
+    type Value = String;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("the bytes of a CID")
+    }
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<String, E> {
+        jacquard_common::types::cid::IpldCid::try_from(v).map(|c| c.to_string()).map_err(E::custom)
+    }
+}
+
+fn one_entry<S: Serializer>(s: S, key: &str, value: &str) -> Result<S::Ok, S::Error> {
+    let mut map = s.serialize_map(Some(1))?;
+    map.serialize_entry(key, value)?;
+    map.end()
+}
+
+impl<'de, S: Serializer> Visitor<'de> for Forward<S> {
+    type Value = S::Ok;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a value of the AT Protocol data model")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<S::Ok, E> {
+        self.0.serialize_bool(v).map_err(E::custom)
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<S::Ok, E> {
+        self.0.serialize_i64(v).map_err(E::custom)
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<S::Ok, E> {
+        self.0.serialize_u64(v).map_err(E::custom)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<S::Ok, E> {
+        Err(E::custom("floats are not allowed"))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<S::Ok, E> {
+        self.0.serialize_str(v).map_err(E::custom)
+    }
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<S::Ok, E> {
+        one_entry(self.0, "$bytes", &base64::engine::general_purpose::STANDARD_NO_PAD.encode(v)).map_err(E::custom)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<S::Ok, E> {
+        self.0.serialize_none().map_err(E::custom)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<S::Ok, E> {
+        self.0.serialize_unit().map_err(E::custom)
+    }
+    fn visit_newtype_struct<D: de::Deserializer<'de>>(self, de: D) -> Result<S::Ok, D::Error> {
+        let cid = de.deserialize_bytes(CidText)?;
+        one_entry(self.0, "$link", &cid).map_err(de::Error::custom)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<S::Ok, A::Error> {
+        let mut out = self.0.serialize_seq(seq.size_hint()).map_err(de::Error::custom)?;
+        while seq.next_element_seed(Element(&mut out))?.is_some() {}
+        out.end().map_err(de::Error::custom)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<S::Ok, A::Error> {
+        let mut out = self.0.serialize_map(map.size_hint()).map_err(de::Error::custom)?;
+        while map.next_key_seed(Key(&mut out))?.is_some() {
+            map.next_value_seed(Value(&mut out))?;
+        }
+        out.end().map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::{cbor_to_json, json_to_cbor};
+    use proptest::prelude::*;
+    use serde_json::{Value as Json, json};
+
+    fn transcoded(bytes: &[u8]) -> Option<Json> {
+        let mut out = b"prefix".to_vec();
+        let ok = write_json(bytes, &mut out).is_ok();
+        let text = out.strip_prefix(b"prefix").expect("the output's start is kept");
+        if !ok {
+            assert!(text.is_empty(), "a failed transcode leaves nothing behind");
+            return None;
+        }
+        Some(serde_json::from_slice(text).expect("the output is JSON"))
+    }
+
+    #[test]
+    fn links_bytes_and_nesting_read_as_the_reference_does() {
+        let value = json!({"$type": "app.bsky.feed.post", "text": "hi \"there\"\n", "n": -5, "big": 9007199254740993u64, "ok": true, "none": null,
+            "embed": {"images": [{"image": {"$type": "blob", "ref": {"$link": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}, "mimeType": "image/png", "size": 10}}]},
+            "data": {"$bytes": "AAEC"}, "empty": {}, "list": []});
+        let cbor = json_to_cbor(&value).unwrap();
+        assert_eq!(transcoded(&cbor), Some(value.clone()));
+        assert_eq!(transcoded(&cbor), cbor_to_json(&cbor).ok());
+    }
+
+    #[test]
+    fn what_the_data_model_refuses_is_refused() {
+        let float = serde_ipld_dagcbor::to_vec(&std::collections::BTreeMap::from([("a", 1.5f64)])).unwrap();
+        let int_key = serde_ipld_dagcbor::to_vec(&std::collections::BTreeMap::from([(1u8, 1u8)])).unwrap();
+        let mut trailing = json_to_cbor(&json!({"a": 1})).unwrap();
+        trailing.push(0);
+        for bad in [float, int_key, trailing, vec![0xa1], vec![0xff], Vec::new()] {
+            assert_eq!(transcoded(&bad), None, "{bad:?}");
+            assert!(cbor_to_json(&bad).is_err(), "{bad:?}");
+        }
+        assert!(raw_json(&vec![0x60; MAX_VALUE_BYTES + 1]).is_none(), "over the size limit");
+    }
+
+    fn data_model() -> impl Strategy<Value = Json> {
+        let leaf = prop_oneof![
+            Just(Json::Null),
+            any::<bool>().prop_map(Json::from),
+            any::<i64>().prop_map(Json::from),
+            any::<u64>().prop_map(Json::from),
+            ".{0,12}".prop_map(Json::from),
+            prop::collection::vec(any::<u8>(), 0..12).prop_map(|b| json!({"$bytes": base64::engine::general_purpose::STANDARD_NO_PAD.encode(b)})),
+            Just(json!({"$link": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"})),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Json::from),
+                prop::collection::btree_map("[a-zA-Z$]{0,8}", inner, 0..6).prop_map(|m| Json::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_data_model_value_transcodes_to_the_reference_json(value in data_model()) {
+            let top = json!({"v": value});
+            if let Ok(cbor) = json_to_cbor(&top) {
+                prop_assert_eq!(transcoded(&cbor), cbor_to_json(&cbor).ok());
+                prop_assert_eq!(transcoded(&cbor), Some(top));
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_are_refused_or_read_as_the_reference_reads_them(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+            crate::value::fuzz_cbor_json(&bytes);
+        }
+    }
+}
