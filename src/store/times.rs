@@ -195,7 +195,7 @@ mod tests {
             let mut v1 = vec![1];
             let legacy: Vec<_> = (0..3)
                 .map(|i| crate::store::values::legacy::StoredEvent::Record(crate::store::values::legacy::RecordEvent {
-                    live: true, did: "did:plc:a".into(), rev: "r".into(), collection: "a.b.c".into(), rkey: format!("k{i}").into(),
+                    live: true, did: "did:plc:a".into(), rev: "r".into(), collection: "a.b.c".into(), rkey: format!("k{i}"),
                     action: Action::Delete, cid: vec![], replaced: None, handled: vec![],
                 }))
                 .collect();
