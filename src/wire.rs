@@ -76,7 +76,8 @@ impl serde::Serialize for RecordFields<'_, '_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap as _;
         let r = self.0.record;
-        let raw = |json: &str| serde_json::value::RawValue::from_string(json.to_string()).ok();
+        // Stored JSON, checked and embedded as it is (borrowed: no copy per event).
+        let raw = |json| serde_json::from_str::<&serde_json::value::RawValue>(json).ok();
         let mut map = s.serialize_map(None)?;
         map.serialize_entry("action", r.action.as_str())?;
         if !r.cid.is_empty() {
@@ -85,7 +86,7 @@ impl serde::Serialize for RecordFields<'_, '_> {
         map.serialize_entry("collection", &r.collection)?;
         map.serialize_entry("did", &r.did)?;
         if !r.handled.is_empty() {
-            let handled: std::collections::BTreeMap<&str, Option<Box<serde_json::value::RawValue>>> = r.handled.iter().map(|(name, v)| (name.as_str(), raw(v))).collect();
+            let handled: std::collections::BTreeMap<&str, Option<&serde_json::value::RawValue>> = r.handled.iter().map(|(name, v)| (name.as_str(), raw(v))).collect();
             map.serialize_entry("handled", &handled)?;
         }
         map.serialize_entry("live", &r.live)?;
