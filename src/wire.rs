@@ -47,8 +47,17 @@ pub fn event_json(store: &Store, id: u64, event: &StoredEvent) -> Result<Value, 
 pub fn event_text(store: &Store, id: u64, event: &StoredEvent) -> Result<String, StoreError> {
     let StoredEvent::Record(record) = event else { return Ok(event_json(store, id, event)?.to_string()) };
     let body = store.event_body(record)?;
-    let text = serde_json::to_string(&RecordEventText { id, record, body: body.as_deref() });
-    Ok(text.expect("serializing to a String cannot fail"))
+    let body = body.as_deref();
+    // Sized for the body's JSON (about twice its CBOR), so the buffer rarely grows.
+    let mut out = Vec::with_capacity(320 + body.map_or(0, |b| 2 * b.len()));
+    // The body is transcoded straight into the event; one that does not decode (rare: the
+    // network's records are checked on the way in) fails the write, which is redone with the
+    // body checked on its own first and shown as `null`.
+    if serde_json::to_writer(&mut out, &RecordEventText { id, record, body, body_checked: false }).is_err() {
+        out.clear();
+        serde_json::to_writer(&mut out, &RecordEventText { id, record, body, body_checked: true }).expect("a checked body writes");
+    }
+    Ok(String::from_utf8(out).expect("serde_json writes UTF-8"))
 }
 
 /// A record event as [`event_json`] writes it (keys in the same, sorted, order).
@@ -57,6 +66,9 @@ struct RecordEventText<'a> {
     record: &'a crate::store::RecordEvent,
     /// The stored body, when the event carries one and no handler replaced it.
     body: Option<&'a [u8]>,
+    /// Whether the body is decoded on its own before it is written (`null` if it does not
+    /// decode), rather than straight into the event (which then fails as a whole).
+    body_checked: bool,
 }
 
 impl serde::Serialize for RecordEventText<'_> {
@@ -93,7 +105,8 @@ impl serde::Serialize for RecordFields<'_, '_> {
         if !r.cid.is_empty() {
             match (&r.replaced, self.0.body) {
                 (Some(json), _) => map.serialize_entry("record", &raw(json))?,
-                (None, Some(body)) => map.serialize_entry("record", &sluice_handlers::value::CborAsJson(body))?,
+                (None, Some(body)) if self.0.body_checked => map.serialize_entry("record", &sluice_handlers::value::CborAsJson(body))?,
+                (None, Some(body)) => map.serialize_entry("record", &sluice_handlers::transcode::Transcode(body))?,
                 (None, None) => map.serialize_entry("record", &())?,
             }
         }
@@ -131,9 +144,12 @@ mod tests {
             event(Action::Delete, Vec::new(), None, vec![], None),
             event(Action::Create, vec![1, 85, 18, 32, 0], None, vec![], None),
             event(Action::Create, cid.clone(), None, vec![], Some(bytes::Bytes::from_static(&[0xff]))),
+            // Refused midway, after part of the body was written: the event is written again.
+            event(Action::Create, cid.clone(), None, vec![], Some(serde_ipld_dagcbor::to_vec(&std::collections::BTreeMap::from([("a", 1.0f64)])).unwrap().into())),
         ] {
             let text: Value = serde_json::from_str(&event_text(&store, 7, &e).unwrap()).unwrap();
             assert_eq!(text, event_json(&store, 7, &e).unwrap(), "{e:?}");
+            assert!(text["record"]["action"].is_string(), "{e:?}");
         }
     }
 }
