@@ -45,7 +45,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_service_returns_memory_within_its_purge_delay() {
+    fn a_service_sets_a_short_purge_delay_and_lazy_arena_commit_over_mimallocs_defaults() {
         // SAFETY: reading options.
         let options = || unsafe { (libmimalloc_sys::mi_option_get(PURGE_DELAY), libmimalloc_sys::mi_option_get(ARENA_EAGER_COMMIT)) };
         let from_env = std::env::vars().any(|(k, _)| k.starts_with("MIMALLOC_"));

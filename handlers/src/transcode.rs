@@ -13,30 +13,25 @@ use base64::Engine as _;
 use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
 use serde::ser::{self, Error as _, SerializeMap, SerializeSeq, Serializer};
 
-use crate::value::MAX_VALUE_BYTES;
+use crate::value::over_size_limit;
 
 /// DAG-CBOR bytes that serialize as AT Protocol JSON (`$link` for CIDs, `$bytes` for bytes).
 /// Serializing fails on what the data model refuses (floats, non-string keys, tags other than
 /// CIDs, trailing bytes), possibly after part of the output is written: serialize it into a
-/// buffer of its own (as [`write_json`] does) when a failure must leave nothing behind.
+/// buffer of its own (as [`crate::value::write_cbor_json`] does) when a failure must leave
+/// nothing behind.
 pub struct Transcode<'a>(pub &'a [u8]);
 
 impl ser::Serialize for Transcode<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.0.len() > MAX_VALUE_BYTES {
-            return Err(S::Error::custom(format_args!("{} bytes is over the {MAX_VALUE_BYTES}-byte limit", self.0.len())));
+        if let Some(problem) = over_size_limit(self.0) {
+            return Err(S::Error::custom(problem));
         }
         let mut de = serde_ipld_dagcbor::de::Deserializer::from_slice(self.0);
         let out = (&mut de).deserialize_any(Forward(s)).map_err(S::Error::custom)?;
         de.end().map_err(S::Error::custom)?;
         Ok(out)
     }
-}
-
-/// Writes DAG-CBOR bytes as AT Protocol JSON to `out`; on an error `out` is left as it was.
-pub fn write_json(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
-    let start = out.len();
-    serde_json::to_writer(&mut *out, &Transcode(bytes)).inspect_err(|_| out.truncate(start))
 }
 
 /// The body as a ready JSON value to embed in a larger serialized structure, or `None` when it
@@ -163,13 +158,13 @@ impl<'de, S: Serializer> Visitor<'de> for Forward<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::value::{cbor_to_json, json_to_cbor};
+    use crate::value::{MAX_VALUE_BYTES, cbor_to_json, json_to_cbor, write_cbor_json};
     use proptest::prelude::*;
     use serde_json::{Value as Json, json};
 
     fn transcoded(bytes: &[u8]) -> Option<Json> {
         let mut out = b"prefix".to_vec();
-        let ok = write_json(bytes, &mut out).is_ok();
+        let ok = write_cbor_json(bytes, &mut out).is_ok();
         let text = out.strip_prefix(b"prefix").expect("the output's start is kept");
         if !ok {
             assert!(text.is_empty(), "a failed transcode leaves nothing behind");

@@ -25,11 +25,14 @@ pub fn cbor_to_json(bytes: &[u8]) -> Result<serde_json::Value, ValueError> {
     serde_json::to_value(AtJson(&raw)).map_err(|e| ValueError::Cbor(e.to_string()))
 }
 
-/// Writes DAG-CBOR bytes as AT Protocol JSON text to `out`, with no JSON tree in between (the
-/// event stream's hot path).
-/// On an error `out` is left as it was.
+/// Writes DAG-CBOR bytes as AT Protocol JSON text to `out`, in one pass with no value tree
+/// ([`crate::transcode`]). On an error `out` is left as it was.
 pub fn write_cbor_json(bytes: &[u8], out: &mut Vec<u8>) -> Result<(), ValueError> {
-    crate::transcode::write_json(bytes, out).map_err(|e| ValueError::Cbor(e.to_string()))
+    let start = out.len();
+    serde_json::to_writer(&mut *out, &crate::transcode::Transcode(bytes)).map_err(|e| {
+        out.truncate(start);
+        ValueError::Cbor(e.to_string())
+    })
 }
 
 /// A DAG-CBOR value that serializes as AT Protocol JSON (`null` when it does not decode), to
@@ -46,11 +49,16 @@ impl serde::Serialize for CborAsJson<'_> {
     }
 }
 
+/// Why `bytes` is refused before any decoding: over [`MAX_VALUE_BYTES`].
+pub(crate) fn over_size_limit(bytes: &[u8]) -> Option<String> {
+    (bytes.len() > MAX_VALUE_BYTES).then(|| format!("{} bytes is over the {MAX_VALUE_BYTES}-byte limit", bytes.len()))
+}
+
 /// Decodes DAG-CBOR into jacquard's untyped data model (strings are not sniffed for formats,
 /// which cost a regex per string), refusing what the AT Protocol data model does not allow.
 fn raw_value(bytes: &[u8]) -> Result<RawData<'_>, ValueError> {
-    if bytes.len() > MAX_VALUE_BYTES {
-        return Err(ValueError::Cbor(format!("{} bytes is over the {MAX_VALUE_BYTES}-byte limit", bytes.len())));
+    if let Some(problem) = over_size_limit(bytes) {
+        return Err(ValueError::Cbor(problem));
     }
     let raw: RawData = serde_ipld_dagcbor::from_slice(bytes).map_err(|e| ValueError::Cbor(e.to_string()))?;
     match invalid_part(&raw) {

@@ -193,7 +193,8 @@ impl Store {
         if let Some(ks) = spaces.get(name) {
             return Ok(ks.clone());
         }
-        let ks = self.db.keyspace(&format!("handler.{name}"), || keyspace_options("handler"))?;
+        let keyspace = format!("handler.{name}");
+        let ks = self.db.keyspace(&keyspace, || keyspace_options(&keyspace))?;
         spaces.insert(name, ks.clone());
         Ok(ks)
     }
