@@ -45,28 +45,34 @@ pub struct LoadedRepo {
     blocks: Blocks,
 }
 
-/// Where a loaded repo's blocks are.
-enum Blocks {
-    /// In memory (a CAR read from bytes or a stream).
-    Memory(BlockMap),
-    /// In a CAR file, by offset: a large export is walked without holding its bodies.
-    File { index: FileIndex, file: std::fs::File },
+/// Where a loaded repo's blocks are: an index by digest into one buffer or one file.
+struct Blocks {
+    index: BlockIndex,
+    source: BlockSource,
 }
 
-/// Blocks by CID. foldhash, not SipHash: CIDs are hashes already, and this map is looked up
-/// once per MST node and record.
-type BlockMap = HashMap<Cid, Bytes, foldhash::fast::RandomState>;
+/// What a [`BlockIndex`]'s positions point into.
+enum BlockSource {
+    /// One in-memory buffer holding every block back to back (a CAR read from bytes or a
+    /// stream): no allocation per block, so loading and dropping a repo cost a few large
+    /// allocations, not one per block.
+    Memory(Bytes),
+    /// The CAR file itself: a large export is walked without holding its bodies.
+    File(std::fs::File),
+}
 
-/// Block positions in a CAR file by sha2-256 digest: (offset, length). Two CIDs with the same
-/// digest name the same bytes, so the digest is a sufficient key, at a third of a CID's size.
-type FileIndex = HashMap<[u8; 32], (u64, u32), foldhash::fast::RandomState>;
+/// Block positions by sha2-256 digest: (offset, length). Two CIDs with the same digest name
+/// the same bytes, so the digest is a sufficient key, at a third of a CID's size; a small
+/// entry keeps the lookups of a walk (one per node and record) in cache. foldhash, not
+/// SipHash: the keys are hashes already.
+type BlockIndex = HashMap<[u8; 32], (u64, u32), foldhash::fast::RandomState>;
 
 impl Blocks {
     fn get(&self, cid: &Cid) -> Result<Option<Bytes>, RepoError> {
-        match self {
-            Blocks::Memory(map) => Ok(map.get(cid).cloned()),
-            Blocks::File { index, file } => {
-                let Some(&(offset, len)) = digest(cid).and_then(|d| index.get(&d)) else { return Ok(None) };
+        let Some(&(offset, len)) = digest(cid).and_then(|d| self.index.get(&d)) else { return Ok(None) };
+        match &self.source {
+            BlockSource::Memory(buffer) => Ok(Some(buffer.slice(offset as usize..offset as usize + len as usize))),
+            BlockSource::File(file) => {
                 let mut buf = vec![0; len as usize];
                 std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, offset).map_err(|e| RepoError::Car(format!("reading block {cid} back from the spooled export: {e}")))?;
                 Ok(Some(Bytes::from(buf)))
@@ -75,17 +81,11 @@ impl Blocks {
     }
 
     fn contains(&self, cid: &Cid) -> bool {
-        match self {
-            Blocks::Memory(map) => map.contains_key(cid),
-            Blocks::File { index, .. } => digest(cid).is_some_and(|d| index.contains_key(&d)),
-        }
+        digest(cid).is_some_and(|d| self.index.contains_key(&d))
     }
 
     fn len(&self) -> usize {
-        match self {
-            Blocks::Memory(map) => map.len(),
-            Blocks::File { index, .. } => index.len(),
-        }
+        self.index.len()
     }
 }
 
@@ -120,23 +120,33 @@ pub fn read_car(bytes: &[u8], limits: &CarLimits) -> Result<LoadedRepo, RepoErro
     if bytes.len() as u64 > limits.max_car_bytes {
         return Err(RepoError::TooLarge(format!("{} bytes is over the {}-byte limit", bytes.len(), limits.max_car_bytes)));
     }
-    run_ready(read_car_from(bytes, limits))
+    // The blocks are the CAR less its framing: its size is enough for them.
+    run_ready(read_car_into(bytes, limits, Vec::with_capacity(bytes.len())))
 }
 
 /// [`read_car`] over a stream (a network body), which is never held whole: only its blocks
 /// are kept, and reading stops as soon as a limit is passed.
 pub async fn read_car_from<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
-    let mut blocks = BlockMap::default();
+    read_car_into(reader, limits, Vec::new()).await
+}
+
+/// [`read_car_from`], collecting the blocks in `buffer` (sized for them when the CAR's size
+/// is known, so it is never copied as it grows).
+async fn read_car_into<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mut buffer: Vec<u8>) -> Result<LoadedRepo, RepoError> {
+    let mut index = BlockIndex::default();
     let root = scan_car(reader, limits, |cid, data, _| {
-        blocks.insert(cid, Bytes::from(data));
+        if let Some(d) = digest(&cid) {
+            index.insert(d, (buffer.len() as u64, data.len() as u32));
+            buffer.extend_from_slice(data);
+        }
     })
     .await?;
-    LoadedRepo::new(root, Blocks::Memory(blocks))
+    LoadedRepo::new(root, Blocks { index, source: BlockSource::Memory(Bytes::from(buffer)) })
 }
 
 /// Reads every block of a CAR, checking limits and CIDs, handing each to `keep` with the
 /// stream position just after it; returns the root CID.
-async fn scan_car<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mut keep: impl FnMut(Cid, Vec<u8>, u64)) -> Result<Cid, RepoError> {
+async fn scan_car<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mut keep: impl FnMut(Cid, &[u8], u64)) -> Result<Cid, RepoError> {
     let over = Arc::new(AtomicBool::new(false));
     let position = Arc::new(AtomicU64::new(0));
     let capped = Capped { inner: reader, left: limits.max_car_bytes, over: over.clone(), position: position.clone() };
@@ -160,7 +170,7 @@ async fn scan_car<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mu
         check_cid(&cid, &data)?;
         // iroh-car reads each frame exactly (varint, then the frame), so the position is the
         // end of this block's bytes.
-        keep(cid, data, position.load(Ordering::Relaxed));
+        keep(cid, &data, position.load(Ordering::Relaxed));
     }
     Ok(root)
 }
@@ -169,14 +179,14 @@ async fn scan_car<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mu
 /// its position is kept; the walk reads blocks back from the file as it needs them, so a large
 /// export costs an index, not its size in memory.
 pub fn read_car_file(file: std::fs::File, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
-    let mut index = FileIndex::default();
+    let mut index = BlockIndex::default();
     let reader = BlockingReader(std::io::BufReader::with_capacity(256 << 10, &file));
     let root = run_ready(scan_car(reader, limits, |cid, data, end| {
         if let Some(d) = digest(&cid) {
             index.insert(d, (end - data.len() as u64, data.len() as u32));
         }
     }))?;
-    LoadedRepo::new(root, Blocks::File { index, file })
+    LoadedRepo::new(root, Blocks { index, source: BlockSource::File(file) })
 }
 
 /// A synchronous reader served as an `AsyncRead` that is always ready: for files read on a
