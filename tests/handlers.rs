@@ -23,8 +23,7 @@ impl CollectionHandler for Exploding {
             "panic" => panic!("this handler always panics on rkey `panic`"),
             "error" => Err(HandlerError::Other("refused".into())),
             _ => {
-                out.emit(json!({"seen": rec.rkey}));
-                Ok(())
+                out.emit(json!({"seen": rec.rkey}))
             }
         }
     }

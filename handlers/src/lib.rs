@@ -98,8 +98,7 @@ pub trait CollectionHandler: Send + Sync + 'static {
 ///     fn name(&self) -> &'static str { "statuses" }
 ///     fn collections(&self) -> &'static [&'static str] { &["xyz.statusphere.*"] }
 ///     fn on_record(&self, rec: &RecordView<'_>, _: &HandlerSettings, out: &mut HandlerOutput) -> Result<(), HandlerError> {
-///         out.emit(serde_json::json!({ "uri": rec.uri() }));
-///         Ok(())
+///         out.emit(serde_json::json!({ "uri": rec.uri() }))
 ///     }
 /// }
 ///

@@ -31,7 +31,7 @@ pub fn run_record_at(
     bytes: &[u8],
     settings: &HandlerSettings,
 ) -> Result<HandlerOutput, HandlerError> {
-    let rec = RecordView::new("did:plc:test", collection, rkey, "bafytest", "3kabcrev", false, bytes, None);
+    let rec = RecordView::new("did:plc:test", collection, rkey, &"bafytest", "3kabcrev", false, bytes, None);
     let mut out = HandlerOutput::new();
     handler.on_record(&rec, settings, &mut out).map(|()| out)
 }

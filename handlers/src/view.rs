@@ -30,8 +30,10 @@ pub struct RecordView<'a> {
     pub collection: &'a str,
     /// Record key.
     pub rkey: &'a str,
-    /// CID of the record, as a string.
-    pub cid: &'a str,
+    /// CID of the record; [`RecordView::cid`] formats it on first use (few handlers want it,
+    /// and formatting every record's CID showed in profiles).
+    cid: &'a dyn std::fmt::Display,
+    cid_text: OnceCell<String>,
     /// Revision of the commit that holds it.
     pub rev: &'a str,
     /// True on live (firehose) commits, false in backfill walks.
@@ -50,13 +52,18 @@ impl<'a> RecordView<'a> {
         did: &'a str,
         collection: &'a str,
         rkey: &'a str,
-        cid: &'a str,
+        cid: &'a dyn std::fmt::Display,
         rev: &'a str,
         live: bool,
         bytes: &'a [u8],
         previous: Option<PreviousRecord<'a>>,
     ) -> Self {
-        Self { did, collection, rkey, cid, rev, live, bytes, previous, value: OnceCell::new() }
+        Self { did, collection, rkey, cid, cid_text: OnceCell::new(), rev, live, bytes, previous, value: OnceCell::new() }
+    }
+
+    /// The record's CID as a string.
+    pub fn cid(&self) -> &str {
+        self.cid_text.get_or_init(|| self.cid.to_string())
     }
 
     /// The record as AT Protocol JSON (`$link`, `$bytes`), decoded on first use.
@@ -104,4 +111,26 @@ impl RecordKeyView<'_> {
 
 fn decode_cbor<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HandlerError> {
     serde_ipld_dagcbor::from_slice(bytes).map_err(|e| HandlerError::Decode(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cid_is_formatted_once_on_first_use() {
+        struct Counted(std::cell::Cell<u32>);
+        impl std::fmt::Display for Counted {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.set(self.0.get() + 1);
+                f.write_str("bafyreitest")
+            }
+        }
+        let cid = Counted(std::cell::Cell::new(0));
+        let rec = RecordView::new("did:plc:a", "app.bsky.feed.post", "3k", &cid, "3krev", false, &[], None);
+        assert_eq!(cid.0.get(), 0, "nothing is formatted until a handler asks");
+        assert_eq!(rec.cid(), "bafyreitest");
+        assert_eq!(rec.cid(), "bafyreitest");
+        assert_eq!(cid.0.get(), 1);
+    }
 }

@@ -467,9 +467,8 @@ impl Pipeline {
     fn stage_upsert(&self, compiled: &CompiledFilter, origin: &Origin, change: &mut RepoChange, collection: SmolStr, rkey: SmolStr, cid: Cid, bytes: Bytes, previous: Option<Vec<u8>>) -> u64 {
         let run = if compiled.handlers_for(&collection).next().is_some() {
             let (prev_cid, prev_bytes) = self.previous_record(&origin.did, &collection, &rkey, previous.as_deref());
-            let cid_str = cid.to_string();
             let view = RecordView::new(
-                &origin.did, &collection, &rkey, &cid_str, &origin.rev, origin.live, &bytes,
+                &origin.did, &collection, &rkey, &cid, &origin.rev, origin.live, &bytes,
                 prev_bytes.as_deref().map(|bytes| PreviousRecord { cid: &prev_cid, bytes }),
             );
             self.run_handlers(compiled, &collection, || view.uri(), |h, s, out| h.on_record(&view, s, out))
@@ -486,7 +485,7 @@ impl Pipeline {
                 }
                 return failures;
             }
-            Emit::Replace(v) => Some(compact_json(&v)),
+            Emit::Replace(json) => Some(json),
             Emit::Keep => None,
         };
         let cid_bytes = cid.to_bytes();
@@ -532,8 +531,8 @@ impl Pipeline {
             if emit != Emit::Keep {
                 run.emit = emit;
             }
-            if let Some(v) = value {
-                run.handled.push((name.to_string(), compact_json(&v)));
+            if let Some(json) = value {
+                run.handled.push((name.to_string(), json));
             }
             run.writes.extend(writes.into_iter().map(|w: IndexWrite| (name, w)));
         }
@@ -547,14 +546,6 @@ struct HandlerRun {
     handled: Vec<(String, String)>,
     writes: Vec<(&'static str, IndexWrite)>,
     failures: u64,
-}
-
-/// `v` as compact JSON text, written into a buffer sized up front (`Value::to_string` grows
-/// its string a few bytes at a time, which showed in profiles).
-fn compact_json(v: &serde_json::Value) -> String {
-    let mut buf = Vec::with_capacity(256);
-    serde_json::to_writer(&mut buf, v).expect("a JSON value always serializes");
-    String::from_utf8(buf).expect("serde_json writes UTF-8")
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

@@ -5,7 +5,6 @@
 //! source; [`backlink_prefix`] and [`parse_backlink_key`] are the codec, shared with the query.
 
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::{CollectionHandler, HandlerError, HandlerOutput, HandlerSettings, PreviousRecord, RecordKeyView, RecordView};
 
@@ -47,6 +46,12 @@ impl<'de> Deserialize<'de> for Subject {
         }
         d.deserialize_any(Visit)
     }
+}
+
+/// What the handler emits.
+#[derive(serde::Serialize)]
+struct BacklinkOut<'a> {
+    subject: &'a str,
 }
 
 #[derive(Deserialize)]
@@ -110,8 +115,7 @@ impl CollectionHandler for BacklinksHandler {
         let subject = subject_of(rec.decode())?;
         unlink(rec.previous, rec.collection, rec.did, rec.rkey, out);
         out.put(backlink_key(&subject, rec.collection, rec.did, rec.rkey), Vec::new());
-        out.emit(json!({ "subject": subject }));
-        Ok(())
+        out.emit(BacklinkOut { subject: &subject })
     }
 
     fn on_delete(&self, key: &RecordKeyView<'_>, _: &HandlerSettings, out: &mut HandlerOutput) -> Result<(), HandlerError> {
@@ -123,6 +127,7 @@ impl CollectionHandler for BacklinksHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use crate::testing::{cbor, run_record};
 
     #[test]

@@ -1,8 +1,7 @@
 //! `post`: app.bsky.feed.post -> text, languages, reply root/parent, and the links, mentions and
 //! tags of its facets. Setting `langs = ["en", ...]` keeps only posts in those languages.
 
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::{CollectionHandler, HandlerError, HandlerOutput, HandlerSettings, RecordView};
 
@@ -18,6 +17,18 @@ struct Post {
     langs: Option<Vec<String>>,
     reply: Option<Reply>,
     facets: Option<Vec<Facet>>,
+}
+
+/// What the handler emits. Fields in alphabetical order: the order the JSON has always had.
+#[derive(Serialize)]
+struct PostOut<'a> {
+    langs: &'a [String],
+    links: Vec<String>,
+    mentions: Vec<String>,
+    reply_parent: Option<&'a str>,
+    reply_root: Option<&'a str>,
+    tags: Vec<String>,
+    text: &'a str,
 }
 
 #[derive(Deserialize)]
@@ -77,16 +88,15 @@ impl CollectionHandler for PostHandler {
                 _ => {}
             }
         }
-        out.emit(json!({
-            "text": post.text,
-            "langs": langs,
-            "reply_root": post.reply.as_ref().map(|r| &r.root.uri),
-            "reply_parent": post.reply.as_ref().map(|r| &r.parent.uri),
-            "links": links,
-            "mentions": mentions,
-            "tags": tags,
-        }));
-        Ok(())
+        out.emit(PostOut {
+            langs: &langs,
+            links,
+            mentions,
+            reply_parent: post.reply.as_ref().map(|r| r.parent.uri.as_str()),
+            reply_root: post.reply.as_ref().map(|r| r.root.uri.as_str()),
+            tags,
+            text: &post.text,
+        })
     }
 }
 
@@ -100,6 +110,7 @@ fn lang_matches(wanted: &str, tag: &str) -> bool {
 mod tests {
     use super::*;
     use crate::testing::{cbor, run_record};
+    use serde_json::json;
 
     fn sample() -> Vec<u8> {
         cbor(&json!({
@@ -117,11 +128,11 @@ mod tests {
     #[test]
     fn extracts_text_reply_and_facets() {
         let out = run_record(&PostHandler, "app.bsky.feed.post", &sample(), &HandlerSettings::default()).unwrap();
-        assert_eq!(out.value().unwrap(), &json!({
+        assert_eq!(out.json().unwrap(), json!({
             "text": "hi #rust", "langs": ["en-US"],
             "reply_root": "at://did:plc:a/app.bsky.feed.post/1", "reply_parent": "at://did:plc:a/app.bsky.feed.post/2",
             "links": ["https://example.com"], "mentions": ["did:plc:b"], "tags": ["rust"],
-        }));
+        }).to_string());
     }
 
     #[test]

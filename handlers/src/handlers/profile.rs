@@ -51,8 +51,7 @@ impl CollectionHandler for ProfileHandler {
             "description": profile.description,
             "avatar": profile.avatar.as_ref().and_then(blob_cid),
             "banner": profile.banner.as_ref().and_then(blob_cid),
-        }));
-        Ok(())
+        }))
     }
 
     fn on_delete(&self, key: &RecordKeyView<'_>, _: &HandlerSettings, out: &mut HandlerOutput) -> Result<(), HandlerError> {
