@@ -10,7 +10,7 @@
 //! `batch_size` record changes, each atomically with its events; the last batch carries the
 //! repo's new state and cursor. After a crash between batches the repo's state is unchanged and
 //! the next walk finds the committed records current, so no event is lost or emitted twice.
-//! While one batch commits, a second thread runs the handlers of the next (both cores busy).
+//! While one batch commits, a second thread stages and encodes the next (both cores busy).
 //!
 //! Signal mode: a walk that finds no record in a signal collection (and a repo not listed in
 //! `dids`) stores nothing and marks the repo discarded; if it had been indexed before, its
@@ -292,9 +292,9 @@ impl Pipeline {
 
     /// Commits `changes` in batches of at most `batch_size`, each atomically with its events;
     /// the last also carries the repo's new state and the cursor, and the batches' delay
-    /// separates the commits. A second thread diffs and runs the handlers of the next batch
-    /// while this one encodes and commits the last: the two halves cost about the same, so
-    /// both cores stay busy.
+    /// separates the commits. A second thread diffs, runs the handlers of and encodes the next
+    /// batch while this one commits the last: since handlers emit JSON text and walks read one
+    /// block buffer, those three cost about what fjall's commit does, so both cores stay busy.
     ///
     /// A crash between batches leaves the repo's earlier batches committed with their events
     /// and its state unchanged, so the next walk finds those records current and emits only
@@ -310,13 +310,13 @@ impl Pipeline {
         let delay = batches.delay;
         let mut walk = Some(walk);
         std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(RepoChange, Tally), PipelineError>>(1);
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Prepared, Tally), PipelineError>>(1);
             let producer = scope.spawn(move || {
                 loop {
                     let prepared = self.next_batch(&mut batches, &mut changes);
                     let done = !matches!(prepared, Ok((_, _, false)));
                     // A closed channel means the committer failed; stop preparing.
-                    if tx.send(prepared.map(|(p, t, _)| (p, t))).is_err() || done {
+                    if tx.send(prepared.and_then(|(change, t, _)| Ok((self.store.prepare(change)?, t)))).is_err() || done {
                         return (changes.unchanged, changes.too_old);
                     }
                 }
@@ -328,8 +328,8 @@ impl Pipeline {
                 if i > 0 && !delay.is_zero() {
                     std::thread::sleep(delay);
                 }
-                let (change, tally) = prepared?;
-                self.commit_batch(self.store.prepare(change)?, tally, outcome)?;
+                let (prepared, tally) = prepared?;
+                self.commit_batch(prepared, tally, outcome)?;
             }
             let (unchanged, too_old) = producer.join().unwrap_or_default();
             (outcome.unchanged, outcome.too_old) = (unchanged, too_old);
@@ -337,7 +337,7 @@ impl Pipeline {
         })
     }
 
-    /// Cuts and stages the next batch of `changes` (the committing thread encodes it); the
+    /// Cuts and stages the next batch of `changes` (the caller encodes it); the
     /// final one (the changes are used up) also carries the repo's new state and the cursor.
     /// Returns whether it was final.
     fn next_batch(&self, batches: &mut Batches<'_>, changes: &mut WalkChanges<'_>) -> Result<(RepoChange, Tally, bool), PipelineError> {
