@@ -341,7 +341,12 @@ impl Pipeline {
     /// final one (the changes are used up) also carries the repo's new state and the cursor.
     /// Returns whether it was final.
     fn next_batch(&self, batches: &mut Batches<'_>, changes: &mut WalkChanges<'_>) -> Result<(RepoChange, Tally, bool), PipelineError> {
-        let batch = changes.by_ref().take(self.batch_size).collect::<Result<Vec<Staged>, _>>()?;
+        // Sized up front: collecting `Result`s grows the vector from nothing, and each growth
+        // copied the whole batch into fresh memory.
+        let mut batch = Vec::with_capacity(changes.max_len().unwrap_or(usize::MAX).min(self.batch_size));
+        for change in changes.by_ref().take(self.batch_size) {
+            batch.push(change?);
+        }
         let final_batch = batch.len() < self.batch_size || changes.is_done();
         let (mut change, handler_errors) = self.stage(batches.compiled, batches.origin, batch, Some(batches.repo))?;
         if final_batch && let Some((state, cursor)) = batches.last.take() {

@@ -91,7 +91,7 @@ impl<'a> WalkChanges<'a> {
                     Err(e) => return Some(Err(e.into())),
                 }
             }
-            if previous.as_deref() == Some(&entry.cid.to_bytes()[..]) {
+            if previous.as_deref().is_some_and(|stored| stored == entry.cid.to_bytes()) {
                 self.unchanged += 1;
                 continue;
             }
