@@ -22,6 +22,16 @@ pub struct ServiceOptions {
     pub recrawl: bool,
 }
 
+/// Live ingestion wired to `backfill`: the same identity resolver, the backlog that idle-mode
+/// backfill yields to, and each repo's held commits drained as soon as its backfill commits.
+/// The one place that coupling is made; [`Service`] and the tests that run both use it.
+pub fn firehose_beside(sluice: &Sluice, config: &Config, backfill: &Backfill) -> Result<Arc<Firehose>, FirehoseError> {
+    let firehose = Firehose::new(sluice.pipeline().clone(), backfill.resolver().clone(), config, backfill.live_backlog().clone())?;
+    let drains = firehose.clone();
+    backfill.after_sync(move |did| drains.request_drain(did));
+    Ok(firehose)
+}
+
 /// The running services.
 pub struct Service {
     /// The backfill (it decides itself whether it runs: `BACKFILL_DAYS`, `WORKER_ID`).
@@ -58,9 +68,7 @@ impl Service {
     /// Live ingestion beside the backfill: held commits are drained as repos finish their
     /// backfill, and a storage failure stops everything.
     fn start_firehose(&mut self, sluice: &Sluice, config: &Config) -> anyhow::Result<()> {
-        let firehose = Firehose::new(sluice.pipeline().clone(), self.backfill.resolver().clone(), config, self.backfill.live_backlog().clone())?;
-        let drains = firehose.clone();
-        self.backfill.after_sync(move |did| drains.request_drain(did));
+        let firehose = firehose_beside(sluice, config, &self.backfill)?;
         let (backfill, stop, live) = (self.backfill.clone(), self.stop.clone(), firehose.clone());
         self.live = Some(tokio::spawn(async move {
             let result = live.run(stop.clone()).await;

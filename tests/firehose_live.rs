@@ -45,9 +45,7 @@ async fn start(net: Devnet, filter: &str, tweak: impl FnOnce(&mut Config)) -> Ru
     tweak(&mut c);
     let sluice = Sluice::builder().config(c.clone()).filter(Filter::from_toml(filter, "test.toml").unwrap()).open().unwrap();
     let backfill = Backfill::new(sluice.pipeline().clone(), &c);
-    let firehose = Firehose::new(sluice.pipeline().clone(), backfill.resolver().clone(), &c, backfill.live_backlog().clone()).unwrap();
-    let drains = firehose.clone();
-    backfill.after_sync(move |did| drains.request_drain(did));
+    let firehose = sluice::service::firehose_beside(&sluice, &c, &backfill).unwrap();
     let stop = CancellationToken::new();
     let (f, s) = (firehose.clone(), stop.clone());
     let live = tokio::spawn(async move { f.run(s).await.expect("live ingestion runs") });

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use sluice::backfill::{Backfill, RunMode};
 use sluice::devnet::{AccountSpec, Devnet, DevnetOptions};
-use sluice::firehose::Firehose;
 use sluice::server::{ServerState, serve};
 use sluice::store::RepoStatus;
 use sluice::{Config, Filter, Sluice};
@@ -34,9 +33,7 @@ async fn start(net: Devnet, token: Option<&str>) -> Running {
     c.filter.path = filter_path.clone();
     let sluice = Sluice::builder().config(c.clone()).filter_file(filter_path.clone()).open().unwrap();
     let backfill = Backfill::new(sluice.pipeline().clone(), &c);
-    let firehose = Firehose::new(sluice.pipeline().clone(), backfill.resolver().clone(), &c, backfill.live_backlog().clone()).unwrap();
-    let drains = firehose.clone();
-    backfill.after_sync(move |did| drains.request_drain(did));
+    let firehose = sluice::service::firehose_beside(&sluice, &c, &backfill).unwrap();
     let mut state = ServerState::new(sluice.pipeline().clone(), c);
     (state.backfill, state.firehose, state.admin_token) = (Some(backfill.clone()), Some(firehose.clone()), token.map(str::to_string));
     let state = Arc::new(state);

@@ -11,7 +11,6 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use sluice::backfill::{Backfill, RunMode};
 use sluice::devnet::{Devnet, DevnetOptions};
-use sluice::firehose::Firehose;
 use sluice::server::{ServerState, serve};
 use sluice::{Config, Filter, Sluice};
 use tokio_tungstenite::tungstenite::Message;
@@ -107,9 +106,7 @@ async fn the_switch_from_replay_to_live_loses_and_repeats_nothing() {
     (c.storage.path, c.network.relay, c.network.plc) = (dir.path().join("data"), net.relay_url(), net.plc_url());
     let sluice = Sluice::builder().config(c.clone()).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
     let backfill = Backfill::new(sluice.pipeline().clone(), &c);
-    let firehose = Firehose::new(sluice.pipeline().clone(), backfill.resolver().clone(), &c, backfill.live_backlog().clone()).unwrap();
-    let drains = firehose.clone();
-    backfill.after_sync(move |did| drains.request_drain(did));
+    let firehose = sluice::service::firehose_beside(&sluice, &c, &backfill).unwrap();
     let mut state = ServerState::new(sluice.pipeline().clone(), c.clone());
     state.firehose = Some(firehose.clone());
     let (addr, state) = start_server(state).await;

@@ -16,7 +16,6 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use sluice::backfill::{Backfill, RunMode};
 use sluice::devnet::{AccountSpec, AccountStatus, Devnet, DevnetOptions};
-use sluice::firehose::Firehose;
 use sluice::server::{ServerState, serve};
 use sluice::store::{RepoStatus, StoredEvent};
 use sluice::{Config, Filter, Sluice};
@@ -45,9 +44,7 @@ async fn start(net: Devnet, tweak: impl FnOnce(&mut Config)) -> Running {
     tweak(&mut c);
     let sluice = Sluice::builder().config(c.clone()).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
     let backfill = Backfill::new(sluice.pipeline().clone(), &c);
-    let firehose = Firehose::new(sluice.pipeline().clone(), backfill.resolver().clone(), &c, backfill.live_backlog().clone()).unwrap();
-    let drains = firehose.clone();
-    backfill.after_sync(move |did| drains.request_drain(did));
+    let firehose = sluice::service::firehose_beside(&sluice, &c, &backfill).unwrap();
     let mut state = ServerState::new(sluice.pipeline().clone(), c.clone());
     (state.backfill, state.firehose) = (Some(backfill.clone()), Some(firehose.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
