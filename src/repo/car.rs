@@ -105,14 +105,16 @@ fn run_ready<F: Future>(fut: F) -> F::Output {
     }
 }
 
-fn check_cid(cid: &Cid, data: &[u8]) -> Result<(), RepoError> {
+/// Checks that `data` hashes to `cid`; returns the digest, the block's key in a [`BlockIndex`].
+fn check_cid(cid: &Cid, data: &[u8]) -> Result<[u8; 32], RepoError> {
     if cid.hash().code() != SHA2_256 {
         return Err(RepoError::UnsupportedHash(*cid));
     }
-    if cid.hash().digest() != &Sha256::digest(data)[..] {
+    let digest: [u8; 32] = Sha256::digest(data).into();
+    if cid.hash().digest() != digest {
         return Err(RepoError::CidMismatch(*cid));
     }
-    Ok(())
+    Ok(digest)
 }
 
 /// Parses CAR bytes: every block checked against its CID, limits enforced, root commit decoded.
@@ -133,20 +135,19 @@ pub async fn read_car_from<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarL
 /// [`read_car_from`], collecting the blocks in `buffer` (sized for them when the CAR's size
 /// is known, so it is never copied as it grows).
 async fn read_car_into<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mut buffer: Vec<u8>) -> Result<LoadedRepo, RepoError> {
-    let mut index = BlockIndex::default();
-    let root = scan_car(reader, limits, |cid, data, _| {
-        if let Some(d) = digest(&cid) {
-            index.insert(d, (buffer.len() as u64, data.len() as u32));
-            buffer.extend_from_slice(data);
-        }
+    let (root, index) = scan_car(reader, limits, |data, _| {
+        let offset = buffer.len() as u64;
+        buffer.extend_from_slice(data);
+        offset
     })
     .await?;
     LoadedRepo::new(root, Blocks { index, source: BlockSource::Memory(Bytes::from(buffer)) })
 }
 
-/// Reads every block of a CAR, checking limits and CIDs, handing each to `keep` with the
-/// stream position just after it; returns the root CID.
-async fn scan_car<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mut keep: impl FnMut(Cid, &[u8], u64)) -> Result<Cid, RepoError> {
+/// Reads every block of a CAR, checking limits and CIDs, and indexes it by digest where
+/// `place` says its bytes are: `place` gets the block and the stream position just after it,
+/// and returns the block's offset in whatever `place` keeps. Returns the root CID and the index.
+async fn scan_car<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mut place: impl FnMut(&[u8], u64) -> u64) -> Result<(Cid, BlockIndex), RepoError> {
     let over = Arc::new(AtomicBool::new(false));
     let position = Arc::new(AtomicU64::new(0));
     let capped = Capped { inner: reader, left: limits.max_car_bytes, over: over.clone(), position: position.clone() };
@@ -157,7 +158,7 @@ async fn scan_car<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mu
     let reader = iroh_car::CarReader::new(capped).await.map_err(car_error)?;
     let root = *reader.header().roots().first().ok_or_else(|| RepoError::Car("header names no root".into()))?;
     let mut stream = pin!(reader.stream());
-    let mut count = 0;
+    let (mut index, mut count) = (BlockIndex::default(), 0);
     while let Some(item) = n0_future::StreamExt::next(&mut stream).await {
         let (cid, data) = item.map_err(car_error)?;
         if data.len() > limits.max_block_bytes {
@@ -167,25 +168,21 @@ async fn scan_car<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mu
         if count > limits.max_blocks {
             return Err(RepoError::TooLarge(format!("more than {} blocks", limits.max_blocks)));
         }
-        check_cid(&cid, &data)?;
+        let key = check_cid(&cid, &data)?;
         // iroh-car reads each frame exactly (varint, then the frame), so the position is the
         // end of this block's bytes.
-        keep(cid, &data, position.load(Ordering::Relaxed));
+        let offset = place(&data, position.load(Ordering::Relaxed));
+        index.insert(key, (offset, data.len() as u32));
     }
-    Ok(root)
+    Ok((root, index))
 }
 
 /// [`read_car`] over a file (a spooled download): every block is read and checked, but only
 /// its position is kept; the walk reads blocks back from the file as it needs them, so a large
 /// export costs an index, not its size in memory.
 pub fn read_car_file(file: std::fs::File, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
-    let mut index = BlockIndex::default();
     let reader = BlockingReader(std::io::BufReader::with_capacity(256 << 10, &file));
-    let root = run_ready(scan_car(reader, limits, |cid, data, end| {
-        if let Some(d) = digest(&cid) {
-            index.insert(d, (end - data.len() as u64, data.len() as u32));
-        }
-    }))?;
+    let (root, index) = run_ready(scan_car(reader, limits, |data, end| end - data.len() as u64))?;
     LoadedRepo::new(root, Blocks { index, source: BlockSource::File(file) })
 }
 
