@@ -372,7 +372,7 @@ impl Pipeline {
                         continue;
                     }
                     let previous = self.store.record_cid(did, &collection, &rkey)?;
-                    if previous.as_deref() == Some(&cid.to_bytes()[..]) {
+                    if previous.as_deref().is_some_and(|stored| stored == cid.to_bytes()) {
                         unchanged += 1;
                     } else {
                         staged.push(Staged::Upsert { collection: collection.into(), rkey: rkey.into(), cid, bytes: Some(bytes), previous });
