@@ -70,13 +70,21 @@ fn refused_in_batches(car: &[u8], limits: Option<CarLimits>, batch_size: usize) 
     assert_eq!(s.store().next_event_id(), 1, "no event written for a refused CAR");
     assert!(s.store().repos.is_empty().unwrap(), "no repo state written for a refused CAR");
     assert!(s.store().records.is_empty().unwrap());
-    assert!(refused_from_a_file(car, &limits.unwrap_or_default()), "the spooled-file reader refuses it too");
+    let limits = limits.unwrap_or_default();
+    assert!(refused_from_a_file(car, &limits, false), "the spooled-file reader refuses it too");
+    assert!(refused_from_a_file(car, &limits, true), "so does the reader of a spooled file into memory");
     err.to_string()
 }
 
-/// Whether reading `car` from a file (as a spooled download is) and walking it fails.
-fn refused_from_a_file(car: &[u8], limits: &CarLimits) -> bool {
-    let walked = sluice::repo::read_car_file(common::car_file(car), limits).and_then(|repo| {
+/// Whether reading `car` from a file (as a spooled download is: indexed in place, or taken
+/// `into_memory`) and walking it fails.
+fn refused_from_a_file(car: &[u8], limits: &CarLimits, into_memory: bool) -> bool {
+    let file = common::car_file(car);
+    let read = match into_memory {
+        true => sluice::repo::read_car_file_into_memory(&file, limits),
+        false => sluice::repo::read_car_file(file, limits),
+    };
+    let walked = read.and_then(|repo| {
         repo.check_commit(None)?;
         repo.records().try_for_each(|r| r.map(|_| ()))
     });

@@ -21,6 +21,9 @@ fn a_car_read_from_a_file_walks_exactly_as_from_memory() {
         let repo = sluice::repo::read_car_file(common::car_file(&read_fixture(&format!("car/{name}"))), &CarLimits::default()).unwrap();
         let from_file: Vec<_> = repo.records().collect::<Result<_, _>>().unwrap();
         assert_eq!(from_file, walk(name), "{name}");
+        let repo = sluice::repo::read_car_file_into_memory(&common::car_file(&read_fixture(&format!("car/{name}"))), &CarLimits::default()).unwrap();
+        let into_memory: Vec<_> = repo.records().collect::<Result<_, _>>().unwrap();
+        assert_eq!(into_memory, walk(name), "{name} read from a file into memory");
     }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! A download is spooled: kept in memory up to [`SPOOL_IN_MEMORY`], else written to a temporary
 //! file as it arrives, so the many repos waiting on the network hold almost no memory; only the
-//! few being walked (one per core) hold their blocks. The CAR limits apply while downloading.
+//! few being walked (one per core) hold their blocks, and only when they are up to
+//! [`WALK_IN_MEMORY`]: a bigger export is walked from its file. The CAR limits apply while
+//! downloading.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -14,10 +16,15 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use crate::http::{error_chain, retry_after};
-use crate::repo::{CarLimits, LoadedRepo, RepoError, read_car, read_car_file};
+use crate::repo::{CarLimits, LoadedRepo, RepoError, read_car, read_car_file, read_car_file_into_memory};
 
 /// Downloads up to this size stay in memory; bigger ones go to a file in the spool directory.
 pub const SPOOL_IN_MEMORY: usize = 8 << 20;
+
+/// A spooled export up to this size is read back into memory to be walked (a read for the
+/// whole file instead of one per block); a bigger one is walked from its file, so that memory
+/// stays bounded whatever the repo's size.
+pub const WALK_IN_MEMORY: u64 = 32 << 20;
 
 /// A downloaded repo export.
 pub enum Spooled {
@@ -28,15 +35,19 @@ pub enum Spooled {
 }
 
 impl Spooled {
-    /// Reads and CID-checks the export (blocking: call it on the blocking pool).
-    pub fn read(self, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
-        match self {
-            Spooled::Memory(bytes) => read_car(&bytes, limits),
-            Spooled::File(file) => {
-                // A new handle, at the start of the file (the writer's is at its end).
-                let reader = file.reopen().map_err(|e| RepoError::Car(format!("reading the spooled export: {e}")))?;
-                read_car_file(reader, limits)
-            }
+    /// Reads and CID-checks the export (blocking: call it on a walk thread). A spooled file up
+    /// to `walk_in_memory` bytes (normally [`WALK_IN_MEMORY`]) is read into memory; a bigger
+    /// one is indexed and walked from the file.
+    pub fn read(self, limits: &CarLimits, walk_in_memory: u64) -> Result<LoadedRepo, RepoError> {
+        let file = match self {
+            Spooled::Memory(bytes) => return read_car(&bytes, limits),
+            Spooled::File(file) => file,
+        };
+        // A new handle, at the start of the file (the writer's is at its end).
+        let reader = file.reopen().map_err(|e| RepoError::Car(format!("reading the spooled export: {e}")))?;
+        match reader.metadata().map(|m| m.len()) {
+            Ok(len) if len <= walk_in_memory => read_car_file_into_memory(&reader, limits),
+            _ => read_car_file(reader, limits),
         }
     }
 
@@ -264,9 +275,15 @@ mod tests {
         let spooled = fetcher.download(&pds, &did).await.unwrap();
         assert!(matches!(spooled, Spooled::File(_)) && spooled.len() > 4096);
         assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 1);
-        let repo = spooled.read(&CarLimits::default()).unwrap();
+        let repo = spooled.read(&CarLimits::default(), 0).unwrap();
         assert_eq!(repo.records().count(), 300);
         assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 0, "the spool file goes with it");
+        // Small enough to be walked from memory: the same records.
+        let spooled = fetcher.download(&pds, &did).await.unwrap();
+        assert!(matches!(spooled, Spooled::File(_)));
+        let in_memory = spooled.read(&CarLimits::default(), WALK_IN_MEMORY).unwrap();
+        assert_eq!(in_memory.records().map(Result::unwrap).collect::<Vec<_>>(), repo.records().map(Result::unwrap).collect::<Vec<_>>());
+        assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 0);
 
         fetcher.spool_in_memory = SPOOL_IN_MEMORY;
         assert!(matches!(fetcher.download(&pds, &did).await.unwrap(), Spooled::Memory(_)));

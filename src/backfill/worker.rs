@@ -104,7 +104,7 @@ impl Backfill {
         let _walking = self.walk_permits.clone().acquire_owned().await.map_err(|e| Failure::Retry(e.to_string()))?;
         let (limits, owner, key) = (*self.fetcher.limits(), did.to_string(), identity.key.clone());
         let read = self.walkers.run(move || {
-            let loaded = spooled.read(&limits)?;
+            let loaded = spooled.read(&limits, super::fetch::WALK_IN_MEMORY)?;
             loaded.check_commit(Some(&owner))?;
             let verified = loaded.verify_signature(&key).is_ok();
             Ok::<_, crate::repo::RepoError>((loaded, verified))

@@ -186,6 +186,17 @@ pub fn read_car_file(file: std::fs::File, limits: &CarLimits) -> Result<LoadedRe
     LoadedRepo::new(root, Blocks { index, source: BlockSource::File(file) })
 }
 
+/// [`read_car`] over a file, its blocks taken into one buffer sized from the file: for a
+/// spooled export small enough to walk from memory, which saves a read per block.
+pub fn read_car_file_into_memory(file: &std::fs::File, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
+    let size = file.metadata().map_err(|e| RepoError::Car(format!("reading the spooled export: {e}")))?.len();
+    if size > limits.max_car_bytes {
+        return Err(RepoError::TooLarge(format!("{size} bytes is over the {}-byte limit", limits.max_car_bytes)));
+    }
+    let reader = BlockingReader(std::io::BufReader::with_capacity(256 << 10, file));
+    run_ready(read_car_into(reader, limits, Vec::with_capacity(size as usize)))
+}
+
 /// A synchronous reader served as an `AsyncRead` that is always ready: for files read on a
 /// blocking thread, where waiting inside `poll_read` is fine.
 struct BlockingReader<R>(R);
