@@ -4,7 +4,8 @@
 //! `cargo bench --bench backfill` prints a Markdown table for BENCHMARKS.md: wall time,
 //! records/s, repos/s, records per CPU-second and the child's peak RSS, for 16 repos of 50k
 //! records, and for the same with one ~100 MB repo among them. The devnet runs in this process,
-//! so its memory (it holds every CAR) is not counted.
+//! so its memory (it holds every CAR) is not counted. `SLUICE_BIN=path` runs another build of
+//! `sluice` as the child.
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -37,7 +38,7 @@ fn backfill(net: &Devnet, concurrency: usize) -> Usage {
     let start = Instant::now();
     // Reaped by the wait4 below, which also reports its CPU time.
     #[allow(clippy::zombie_processes)]
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice")).args(["--config", config.to_str().unwrap(), "backfill"]).env("RUST_LOG", "warn").stdout(Stdio::null()).spawn().unwrap();
+    let child = Command::new(sluice_binary()).args(["--config", config.to_str().unwrap(), "backfill"]).env("RUST_LOG", "warn").stdout(Stdio::null()).spawn().unwrap();
     let peak_kb = watch_peak_rss(child.id());
     let mut status = 0;
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
@@ -51,6 +52,12 @@ fn backfill(net: &Devnet, concurrency: usize) -> Usage {
     assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "sluice backfill failed");
     let t = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     Usage { secs, cpu: t(usage.ru_utime) + t(usage.ru_stime), peak_kb: peak_kb.join().unwrap() }
+}
+
+/// The binary under test: `SLUICE_BIN` when set (to compare two builds on the same devnet
+/// data), else this build's `sluice`.
+fn sluice_binary() -> String {
+    std::env::var("SLUICE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sluice").to_string())
 }
 
 /// Polls `VmHWM` of process `pid` every 20 ms until it exits; returns the last value (KB).
