@@ -117,11 +117,17 @@ fn check_cid(cid: &Cid, data: &[u8]) -> Result<[u8; 32], RepoError> {
     Ok(digest)
 }
 
+/// Refuses a CAR of `size` bytes when it is over the limit, before anything is read.
+fn check_car_size(size: u64, limits: &CarLimits) -> Result<(), RepoError> {
+    match size > limits.max_car_bytes {
+        true => Err(RepoError::TooLarge(format!("{size} bytes is over the {}-byte limit", limits.max_car_bytes))),
+        false => Ok(()),
+    }
+}
+
 /// Parses CAR bytes: every block checked against its CID, limits enforced, root commit decoded.
 pub fn read_car(bytes: &[u8], limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
-    if bytes.len() as u64 > limits.max_car_bytes {
-        return Err(RepoError::TooLarge(format!("{} bytes is over the {}-byte limit", bytes.len(), limits.max_car_bytes)));
-    }
+    check_car_size(bytes.len() as u64, limits)?;
     // The blocks are the CAR less its framing: its size is enough for them.
     run_ready(read_car_into(bytes, limits, Vec::with_capacity(bytes.len())))
 }
@@ -186,13 +192,11 @@ pub fn read_car_file(file: std::fs::File, limits: &CarLimits) -> Result<LoadedRe
     LoadedRepo::new(root, Blocks { index, source: BlockSource::File(file) })
 }
 
-/// [`read_car`] over a file, its blocks taken into one buffer sized from the file: for a
-/// spooled export small enough to walk from memory, which saves a read per block.
+/// [`read_car`] over a file, its blocks taken into one buffer sized from the file: for a CAR
+/// small enough to walk from memory, which then costs one read, not one per block.
 pub fn read_car_file_into_memory(file: &std::fs::File, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
-    let size = file.metadata().map_err(|e| RepoError::Car(format!("reading the spooled export: {e}")))?.len();
-    if size > limits.max_car_bytes {
-        return Err(RepoError::TooLarge(format!("{size} bytes is over the {}-byte limit", limits.max_car_bytes)));
-    }
+    let size = file.metadata().map_err(|e| RepoError::Car(format!("reading the CAR file: {e}")))?.len();
+    check_car_size(size, limits)?;
     let reader = BlockingReader(std::io::BufReader::with_capacity(256 << 10, file));
     run_ready(read_car_into(reader, limits, Vec::with_capacity(size as usize)))
 }
