@@ -372,7 +372,7 @@ impl Pipeline {
                         continue;
                     }
                     let previous = self.store.record_cid(did, &collection, &rkey)?;
-                    if previous.as_deref().is_some_and(|stored| stored == cid.to_bytes()) {
+                    if is_unchanged(previous.as_deref(), &cid) {
                         unchanged += 1;
                     } else {
                         staged.push(Staged::Upsert { collection: collection.into(), rkey: rkey.into(), cid, bytes: Some(bytes), previous });
@@ -555,6 +555,12 @@ struct HandlerRun {
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Whether a record's stored CID (binary, if it is stored) is `cid`: then the new version
+/// changes nothing. `cid` is encoded only when there is a stored one to compare it with.
+pub(super) fn is_unchanged(stored: Option<&[u8]>, cid: &Cid) -> bool {
+    stored.is_some_and(|stored| stored == cid.to_bytes())
 }
 
 /// `BACKFILL_DAYS`: whether a walked record is older than `since_us`; its body is read only

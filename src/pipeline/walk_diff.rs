@@ -8,7 +8,7 @@ use crate::filter::Filter;
 use crate::repo::{LoadedRepo, RecordKey};
 use crate::store::RecordMap;
 
-use super::{PipelineError, Staged, is_too_old};
+use super::{PipelineError, Staged, is_too_old, is_unchanged};
 
 /// A stored record the walk may delete: ((collection, rkey), binary CID).
 type StoredRecord = ((SmolStr, SmolStr), Vec<u8>);
@@ -91,7 +91,7 @@ impl<'a> WalkChanges<'a> {
                     Err(e) => return Some(Err(e.into())),
                 }
             }
-            if previous.as_deref().is_some_and(|stored| stored == entry.cid.to_bytes()) {
+            if is_unchanged(previous.as_deref(), &entry.cid) {
                 self.unchanged += 1;
                 continue;
             }
