@@ -187,8 +187,7 @@ async fn scan_car<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mu
 /// its position is kept; the walk reads blocks back from the file as it needs them, so a large
 /// export costs an index, not its size in memory.
 pub fn read_car_file(file: std::fs::File, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
-    let reader = BlockingReader(std::io::BufReader::with_capacity(256 << 10, &file));
-    let (root, index) = run_ready(scan_car(reader, limits, |data, end| end - data.len() as u64))?;
+    let (root, index) = run_ready(scan_car(file_reader(&file), limits, |data, end| end - data.len() as u64))?;
     LoadedRepo::new(root, Blocks { index, source: BlockSource::File(file) })
 }
 
@@ -197,8 +196,12 @@ pub fn read_car_file(file: std::fs::File, limits: &CarLimits) -> Result<LoadedRe
 pub fn read_car_file_into_memory(file: &std::fs::File, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
     let size = file.metadata().map_err(|e| RepoError::Car(format!("reading the CAR file: {e}")))?.len();
     check_car_size(size, limits)?;
-    let reader = BlockingReader(std::io::BufReader::with_capacity(256 << 10, file));
-    run_ready(read_car_into(reader, limits, Vec::with_capacity(size as usize)))
+    run_ready(read_car_into(file_reader(file), limits, Vec::with_capacity(size as usize)))
+}
+
+/// A CAR file read front to back in large reads, for [`scan_car`].
+fn file_reader(file: &std::fs::File) -> BlockingReader<std::io::BufReader<&std::fs::File>> {
+    BlockingReader(std::io::BufReader::with_capacity(256 << 10, file))
 }
 
 /// A synchronous reader served as an `AsyncRead` that is always ready: for files read on a
