@@ -5,7 +5,8 @@
 //! cursor that covers it — goes into one fjall batch ([`Store::commit`], or
 //! [`Store::prepare`] then [`Store::commit_prepared`]). Events are stored in pages of up to
 //! [`EventPage::MAX_EVENTS`]. Event ids are assigned under the writer lock at commit time, so the
-//! log is gapless and ids survive restarts (the next id is read back from the log on open).
+//! log is gapless and ids survive restarts (the next id is read back from the log on open;
+//! retention removes only the oldest pages and never the newest, see `retention.rs`).
 //! So are event times (unix µs, unique and increasing with ids; see `times.rs`), which
 //! Jetstream-style cursors need.
 //!
@@ -19,6 +20,7 @@
 pub mod keys;
 mod held;
 mod queue;
+mod retention;
 mod times;
 mod reads;
 pub mod values;
@@ -32,6 +34,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use sluice_handlers::IndexWrite;
 use smol_str::SmolStr;
 
+pub use retention::Trimmed;
 pub use times::now_us;
 pub use values::{AccountEvent, Action, EventPage, HeldCommit, IdentityEvent, RecordEvent, RepoState, RepoStatus, Stored, StoredEvent};
 use values::{Cursor, RecordRef};

@@ -1,0 +1,240 @@
+//! Event retention: the oldest pages of the event log are removed once every event in them is
+//! older than a cutoff (`[events] retention_hours`).
+//!
+//! Rules: a page goes whole or not at all, oldest first, in batches of its own (nothing else
+//! in them). The newest page always stays, because the next event id and time are read back
+//! from it when the store opens, so ids never repeat after a trim: the log stays gapless from
+//! its oldest retained event on. Pages written before events had times (format 1) are older
+//! than every timed page and go with the first timed page that goes. Records, repos and
+//! handler indexes are untouched: retention bounds the log, not the index.
+
+use fjall::PersistMode;
+
+use super::values::{EventSpan, Stored};
+use super::{keys, Result, Store};
+
+/// What one trim removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Pages removed.
+    pub pages: u64,
+    /// Events in them (pages written before events had times count as one each: their size
+    /// is not indexed).
+    pub events: u64,
+    /// The id of the oldest event left, when something was removed.
+    pub oldest_left: Option<u64>,
+}
+
+/// Pages removed per batch by [`Store::trim_events_older_than`].
+const PAGES_PER_BATCH: usize = 256;
+
+impl Store {
+    /// Removes every event page whose events are all older than `age` by the store's clock
+    /// (bar the newest page), in batches of [`PAGES_PER_BATCH`] pages. What a retention pass
+    /// runs.
+    pub fn trim_events_older_than(&self, age: std::time::Duration) -> Result<Trimmed> {
+        let cutoff = (self.clock)().saturating_sub(age.as_micros().try_into().unwrap_or(u64::MAX));
+        let mut total = Trimmed::default();
+        loop {
+            let step = self.trim_events_before(cutoff, PAGES_PER_BATCH)?;
+            (total.pages, total.events) = (total.pages + step.pages, total.events + step.events);
+            total.oldest_left = step.oldest_left.or(total.oldest_left);
+            if step.pages < PAGES_PER_BATCH as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Removes up to `max_pages` of the oldest event pages whose every event is older than
+    /// `cutoff_us` (unix µs), in one batch; the newest page always stays. Call it again while
+    /// it removes `max_pages`, to trim a long backlog in bounded steps.
+    pub fn trim_events_before(&self, cutoff_us: u64, max_pages: usize) -> Result<Trimmed> {
+        let mut spans = self.event_times.iter();
+        let Some(first) = spans.next() else { return Ok(Trimmed::default()) };
+        let mut current = first.into_inner()?;
+        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+        let mut trimmed = Trimmed::default();
+        for next in spans {
+            let next = next.into_inner()?;
+            let (start, span) = (keys::parse_event(&current.0)?, EventSpan::decode(&current.1)?);
+            let last_time = start + u64::from(span.count.max(1)) - 1;
+            if trimmed.pages as usize >= max_pages || last_time >= cutoff_us {
+                break;
+            }
+            if trimmed.pages == 0 {
+                trimmed.pages += self.stage_untimed_pages_before(&mut batch, span.first_id)?;
+                trimmed.events += trimmed.pages;
+            }
+            batch.remove(&self.events, keys::event(span.first_id));
+            batch.remove(&self.event_times, current.0.clone());
+            trimmed.pages += 1;
+            trimmed.events += u64::from(span.count);
+            trimmed.oldest_left = Some(EventSpan::decode(&next.1)?.first_id);
+            current = next;
+        }
+        if trimmed.pages > 0 {
+            batch.commit()?;
+        }
+        Ok(trimmed)
+    }
+
+    /// Removes (in `batch`) the pages before `first_id` that have no time index entry: pages
+    /// of format 1, which only a store older than event times holds. Returns how many.
+    fn stage_untimed_pages_before(&self, batch: &mut fjall::OwnedWriteBatch, first_id: u64) -> Result<u64> {
+        let mut n = 0;
+        for kv in self.events.range(..keys::event(first_id)) {
+            batch.remove(&self.events, kv.key()?);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The id of the oldest event in the log, `None` when it is empty.
+    pub fn oldest_event_id(&self) -> Result<Option<u64>> {
+        match self.events.first_key_value() {
+            Some(kv) => Ok(Some(keys::parse_event(&kv.key()?)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::store::{Action, EventPage, RecordEvent, RepoChange, StoredEvent};
+
+    /// The clock of the stores in these tests (each test sets it before each commit).
+    static CLOCK: AtomicU64 = AtomicU64::new(1_000_000);
+
+    fn open(dir: &std::path::Path) -> Store {
+        let mut store = Store::open(dir).unwrap();
+        store.clock = || CLOCK.load(Ordering::SeqCst);
+        store
+    }
+
+    fn events(n: usize) -> Vec<StoredEvent> {
+        (0..n)
+            .map(|i| StoredEvent::Record(RecordEvent {
+                live: true, did: "did:plc:a".into(), rev: "r".into(), collection: "a.b.c".into(), rkey: format!("k{i}").into(),
+                action: Action::Delete, cid: vec![], replaced: None, handled: vec![], body: None,
+            }))
+            .collect()
+    }
+
+    /// Commits `n` events at `time` (µs); returns the first id.
+    fn commit_at(store: &Store, time: u64, n: usize) -> u64 {
+        CLOCK.store(time, Ordering::SeqCst);
+        store.commit(RepoChange { did: "did:plc:a".into(), events: events(n), ..Default::default() }).unwrap().first_event.unwrap()
+    }
+
+    fn ids(store: &Store) -> Vec<u64> {
+        store.events_from(0, usize::MAX).unwrap().into_iter().map(|(id, _)| id).collect()
+    }
+
+    #[test]
+    fn old_pages_go_whole_the_newest_stays_and_ids_go_on_after_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        commit_at(&store, 1_000, 3); // ids 1-3, times 1000-1002
+        commit_at(&store, 2_000, 2); // ids 4-5, times 2000-2001
+        commit_at(&store, 3_000, 1); // id 6
+        assert_eq!(store.trim_events_before(1_002, 10).unwrap(), Trimmed::default(), "the first page has an event at the cutoff");
+        let t = store.trim_events_before(2_001, 10).unwrap();
+        assert_eq!(t, Trimmed { pages: 1, events: 3, oldest_left: Some(4) });
+        assert_eq!(ids(&store), vec![4, 5, 6]);
+        assert_eq!(store.trim_events_before(u64::MAX, 10).unwrap(), Trimmed { pages: 1, events: 2, oldest_left: Some(6) }, "the newest page stays");
+        assert_eq!((store.oldest_event_id().unwrap(), store.next_event_id()), (Some(6), 7));
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!((store.next_event_id(), store.last_event_time()), (7, 3_000), "the next id and time survive the trim");
+        assert_eq!(commit_at(&store, 2_500, 1), 7);
+        assert_eq!(store.events_from(1, 10).unwrap().first().map(|e| e.0), Some(6), "a cursor before the log starts at its oldest event");
+        assert_eq!(store.first_event_after_time(1).unwrap(), Some(6));
+    }
+
+    #[test]
+    fn a_pass_removes_what_is_older_than_the_age_by_the_stores_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let first = commit_at(&store, 1_000_000, 600); // two pages
+        commit_at(&store, 5_000_000, 1);
+        commit_at(&store, 9_000_000, 1);
+        CLOCK.store(10_000_000, Ordering::SeqCst);
+        assert_eq!(store.trim_events_older_than(std::time::Duration::from_secs(8)).unwrap(), Trimmed { pages: 2, events: 600, oldest_left: Some(first + 600) });
+        assert_eq!(store.trim_events_older_than(std::time::Duration::from_secs(8)).unwrap(), Trimmed::default(), "nothing more is old enough");
+        assert_eq!(store.trim_events_older_than(std::time::Duration::ZERO).unwrap().pages, 1, "the newest page stays");
+    }
+
+    #[test]
+    fn a_long_backlog_is_trimmed_in_bounded_steps() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for i in 0..7 {
+            commit_at(&store, 1_000 * (i + 1), 1);
+        }
+        let steps: Vec<u64> = std::iter::from_fn(|| Some(store.trim_events_before(10_000, 2).unwrap().pages).filter(|&n| n > 0)).collect();
+        assert_eq!(steps, vec![2, 2, 2]);
+        assert_eq!(ids(&store), vec![7]);
+    }
+
+    #[test]
+    fn untimed_pages_go_with_the_first_timed_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        // A page as builds before event times wrote it: format 1, no time index entry.
+        let mut v1 = vec![1];
+        use crate::store::values::legacy;
+        let old = legacy::StoredEvent::Record(legacy::RecordEvent {
+            live: true, did: "did:plc:a".into(), rev: "r".into(), collection: "a.b.c".into(), rkey: "k".into(),
+            action: Action::Delete, cid: vec![], replaced: None, handled: vec![],
+        });
+        postcard::to_io(&vec![old], &mut v1).unwrap();
+        store.events.insert(keys::event(1), v1).unwrap();
+        drop(store);
+        let store = open(dir.path());
+        commit_at(&store, 5_000, 2); // ids 2-3
+        commit_at(&store, 6_000, 1); // id 4
+        assert_eq!(store.trim_events_before(5_500, 10).unwrap(), Trimmed { pages: 2, events: 3, oldest_left: Some(4) });
+        assert_eq!(store.oldest_event_id().unwrap(), Some(4));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Whatever the commits, the cutoff and the step: exactly the pages a model picks are
+        /// removed (from the oldest, each wholly older than the cutoff, never the newest); what
+        /// is left is the gapless tail of the log; and the next id is unchanged.
+        #[test]
+        fn a_trim_removes_exactly_the_old_pages_and_leaves_a_gapless_tail(
+            commits in proptest::collection::vec((1..1100usize, 1..5_000u64), 1..6),
+            cutoff in 0..30_000u64,
+            step in 1..4usize,
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open(dir.path());
+            // The model: each commit's pages as (first id, last event's time).
+            let (mut clock, mut pages) = (1_000u64, Vec::new());
+            for (n, gap) in &commits {
+                clock += gap;
+                let first = commit_at(&store, clock, *n);
+                for offset in (0..*n).step_by(EventPage::MAX_EVENTS) {
+                    let len = (*n - offset).min(EventPage::MAX_EVENTS) as u64;
+                    pages.push((first + offset as u64, clock + offset as u64 + len - 1));
+                }
+            }
+            let kept = pages.iter().position(|&(_, last)| last >= cutoff).unwrap_or(pages.len() - 1);
+            let before = store.events_with_time_from(0, usize::MAX).unwrap();
+            let next = store.next_event_id();
+            while store.trim_events_before(cutoff, step).unwrap().pages > 0 {}
+            let after = store.events_with_time_from(0, usize::MAX).unwrap();
+            prop_assert_eq!(after.first().map(|e| e.0), Some(pages[kept].0));
+            prop_assert_eq!(store.oldest_event_id().unwrap(), Some(pages[kept].0));
+            prop_assert_eq!(&before[before.len() - after.len()..], &after[..], "the tail of the log is left as it was");
+            prop_assert_eq!(store.next_event_id(), next);
+        }
+    }
+}
