@@ -1,6 +1,7 @@
 //! Configuration: `config.toml` (every key optional, defaults below), then environment
 //! overrides (`SLUICE_DATA`, `SLUICE_FILTER`, `SLUICE_PLC_URL`, `SLUICE_FIREHOSE`,
-//! `SLUICE_FIREHOSE_URL`, `SLUICE_SERVER`, `SLUICE_LISTEN`, and the names older appview
+//! `SLUICE_FIREHOSE_URL`, `SLUICE_SERVER`, `SLUICE_LISTEN`, `SLUICE_EVENTS_RETENTION_HOURS`,
+//! and the names older appview
 //! backfill services use: `RELAY_URL`, `WORKER_ID`, `BACKFILL_DAYS`, `BACKFILL_BATCH_SIZE`,
 //! `BACKFILL_BATCH_DELAY_MS`, `BACKFILL_MAX_CONCURRENT`, `BACKFILL_MAX_MEMORY_MB`,
 //! `BACKFILL_USE_IDLE`), then CLI flags.
@@ -29,6 +30,33 @@ pub struct Config {
     pub firehose: FirehoseConfig,
     /// The HTTP server.
     pub server: ServerConfig,
+    /// The event log.
+    pub events: EventsConfig,
+}
+
+/// `[events]`: how long the event log keeps events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// `SLUICE_EVENTS_RETENTION_HOURS`: events older than this are removed from the log, a
+    /// page (up to 512 events) at a time, by `sluice run`; 0 keeps every event. Records and
+    /// handler indexes are not touched, and event ids never repeat. Fractions are allowed.
+    pub retention_hours: f64,
+    /// Seconds between retention passes.
+    pub retention_check_secs: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self { retention_hours: 0.0, retention_check_secs: 60 }
+    }
+}
+
+impl EventsConfig {
+    /// The retention as a duration, `None` when every event is kept.
+    pub fn retention(&self) -> Option<std::time::Duration> {
+        (self.retention_hours > 0.0).then(|| std::time::Duration::from_secs_f64(self.retention_hours * 3600.0))
+    }
 }
 
 /// `[server]`: the HTTP server appviews read from.
@@ -283,6 +311,7 @@ impl Config {
             self.firehose.url = Some(v.trim().to_string());
         }
         parsed(&get, "SLUICE_PLC_URL", &mut self.network.plc)?;
+        parsed(&get, "SLUICE_EVENTS_RETENTION_HOURS", &mut self.events.retention_hours)?;
         let b = &mut self.backfill;
         parsed(&get, "BACKFILL_DAYS", &mut b.days)?;
         parsed(&get, "BACKFILL_BATCH_SIZE", &mut b.batch_size)?;
@@ -312,6 +341,12 @@ impl Config {
         if self.backfill.max_concurrent == 0 {
             return bad("max_concurrent", "must be at least 1");
         }
+        if !(self.events.retention_hours >= 0.0 && self.events.retention_hours < 1e9) {
+            return Err(ConfigError::Invalid { path: "events.retention_hours".into(), message: "must be 0 (keep every event) or a number of hours".into() });
+        }
+        if self.events.retention_hours > 0.0 && self.events.retention_check_secs == 0 {
+            return Err(ConfigError::Invalid { path: "events.retention_check_secs".into(), message: "must be at least 1 when events are retained for a limited time".into() });
+        }
         if !self.network.plc.ends_with('/') {
             return Err(ConfigError::Invalid { path: "network.plc".into(), message: format!("{} must end with /", self.network.plc) });
         }
@@ -337,6 +372,7 @@ mod tests {
             "BACKFILL_USE_IDLE" => Some("true".to_string()),
             "RELAY_URL" => Some("http://127.0.0.1:1".to_string()),
             "WORKER_ID" => Some("2".to_string()),
+            "SLUICE_EVENTS_RETENTION_HOURS" => Some("48".to_string()),
             _ => None,
         })
         .unwrap();
@@ -347,6 +383,8 @@ mod tests {
         assert!(!b.enabled(), "worker 2 does not backfill");
         assert_eq!(b.since_us(10 * 86_400_000_000), Some(3 * 86_400_000_000));
         assert_eq!(c.limits.car_limits(), CarLimits::default());
+        assert_eq!(c.events.retention(), Some(std::time::Duration::from_secs(48 * 3600)));
+        assert_eq!(Config::default().events.retention(), None, "every event is kept by default");
     }
 
     #[test]
@@ -362,10 +400,18 @@ mod tests {
 
     #[test]
     fn bad_environment_values_name_the_variable() {
-        for (name, value) in [("BACKFILL_DAYS", "x"), ("BACKFILL_DAYS", "-2"), ("BACKFILL_USE_IDLE", "maybe"), ("WORKER_ID", "-1"), ("BACKFILL_MAX_CONCURRENT", "0")] {
+        for (name, value) in [("BACKFILL_DAYS", "x"), ("BACKFILL_DAYS", "-2"), ("BACKFILL_USE_IDLE", "maybe"), ("WORKER_ID", "-1"), ("BACKFILL_MAX_CONCURRENT", "0"), ("SLUICE_EVENTS_RETENTION_HOURS", "a day"), ("SLUICE_EVENTS_RETENTION_HOURS", "-1")] {
             let e = Config::default().apply_env(|k| (k == name).then(|| value.to_string())).unwrap_err().to_string();
-            let field = name.trim_start_matches("BACKFILL_").to_ascii_lowercase();
+            let field = name.trim_start_matches("BACKFILL_").trim_start_matches("SLUICE_EVENTS_").to_ascii_lowercase();
             assert!(e.contains(name) || e.contains(&field), "{name}={value}: {e}");
+        }
+    }
+
+    #[test]
+    fn retention_takes_whole_or_fractional_hours() {
+        for (text, secs) in [("retention_hours = 24", 86_400.0), ("retention_hours = 0.5", 1_800.0)] {
+            let c: Config = toml::from_str(&format!("[events]\n{text}\n")).unwrap();
+            assert_eq!(c.events.retention().map(|d| d.as_secs_f64()), Some(secs), "{text}");
         }
     }
 

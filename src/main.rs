@@ -439,6 +439,8 @@ fn index_cars(config: Config, opts: IndexOptions, cars: &[PathBuf]) -> anyhow::R
 fn print_stats(out: &mut impl Write, store: &Store, json: bool) -> std::io::Result<()> {
     let counts = store.counts();
     let events = store.next_event_id() - 1;
+    // Retention may have removed the oldest events; ids go on from where they were.
+    let oldest = store.oldest_event_id().ok().flatten();
     if json {
         let mut repos = serde_json::Map::new();
         let mut records = serde_json::Map::new();
@@ -446,7 +448,7 @@ fn print_stats(out: &mut impl Write, store: &Store, json: bool) -> std::io::Resu
             let map = if kind == "repos" { &mut repos } else { &mut records };
             map.insert(name.clone(), (*n).into());
         }
-        return writeln!(out, "{}", serde_json::json!({ "repos": repos, "records": records, "events": events }));
+        return writeln!(out, "{}", serde_json::json!({ "repos": repos, "records": records, "events": events, "oldest_event": oldest }));
     }
     writeln!(out, "repos:")?;
     for ((_, status), n) in counts.iter().filter(|((k, _), n)| k == "repos" && **n != 0) {
@@ -457,7 +459,10 @@ fn print_stats(out: &mut impl Write, store: &Store, json: bool) -> std::io::Resu
     for ((_, collection), n) in records {
         writeln!(out, "  {collection:<40} {n}")?;
     }
-    writeln!(out, "events: {events}")
+    match oldest {
+        Some(first) if first > 1 => writeln!(out, "events: {events} (kept from {first} on; older ones are past the retention)"),
+        _ => writeln!(out, "events: {events}"),
+    }
 }
 
 fn format_ms(ms: u64) -> String {

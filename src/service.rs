@@ -1,9 +1,11 @@
 //! The whole service as `sluice run` (and `sluice backfill`) runs it: the backfill, live
-//! ingestion and the HTTP server started together over one [`Sluice`], wired to each other
-//! (held commits drained as backfills commit, the idle gauge, the server's view of both), and
-//! stopped together: by [`Service::stopper`], or by a storage failure in any of them.
+//! ingestion, the HTTP server and event retention started together over one [`Sluice`],
+//! wired to each other (held commits drained as backfills commit, the idle gauge, the
+//! server's view of both), and stopped together: by [`Service::stopper`], or by a storage
+//! failure in any of them.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -41,6 +43,7 @@ pub struct Service {
     stop: CancellationToken,
     live: Option<JoinHandle<Result<(), FirehoseError>>>,
     server: Option<crate::server::DedicatedServer>,
+    retention: Option<JoinHandle<()>>,
 }
 
 impl Service {
@@ -55,14 +58,40 @@ impl Service {
             backfill.queue(&opts.dids)?;
         }
         let forever = mode == RunMode::Forever;
-        let mut service = Service { backfill, firehose: None, stop: CancellationToken::new(), live: None, server: None };
+        let mut service = Service { backfill, firehose: None, stop: CancellationToken::new(), live: None, server: None, retention: None };
         if forever && config.firehose.enabled {
             service.start_firehose(sluice, config)?;
         }
         if forever && config.server.enabled {
             service.start_server(sluice, config).await?;
         }
+        if forever && let Some(age) = config.events.retention() {
+            service.start_retention(sluice, age, Duration::from_secs(config.events.retention_check_secs));
+        }
         Ok(service)
+    }
+
+    /// Every `every`, removes the events older than `age` from the log (`[events]
+    /// retention_hours`). A failed pass is logged and tried again at the next one.
+    fn start_retention(&mut self, sluice: &Sluice, age: Duration, every: Duration) {
+        let (store, stop) = (sluice.store().clone(), self.stop.clone());
+        self.retention = Some(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = ticks.tick() => {}
+                }
+                let store = store.clone();
+                match tokio::task::spawn_blocking(move || store.trim_events_older_than(age)).await {
+                    Ok(Ok(t)) if t.pages > 0 => tracing::info!(pages = t.pages, events = t.events, oldest_left = t.oldest_left, "removed events past the retention"),
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "removing events past the retention failed; trying again at the next pass"),
+                    Err(e) => tracing::warn!(error = %e, "the retention pass did not finish"),
+                }
+            }
+        }));
     }
 
     /// Live ingestion beside the backfill: held commits are drained as repos finish their
@@ -115,6 +144,9 @@ impl Service {
         };
         if let Some(server) = self.server.take() {
             server.join().await?;
+        }
+        if let Some(task) = self.retention.take() {
+            task.await?;
         }
         result?;
         Ok(live?)

@@ -33,6 +33,7 @@ fn index_car_then_events_and_stats() {
     let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!(stats["records"]["app.bsky.feed.like"], 2312 + 2, "calabro and tiny likes");
     assert_eq!(stats["events"], 4347 + 8);
+    assert_eq!(stats["oldest_event"], 1, "nothing is past a retention");
     assert_eq!(stats["repos"]["synced"], 2);
 
     let events = sluice(&["events", "--data", data, "--cursor", "4347", "--limit", "2"]);

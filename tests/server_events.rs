@@ -219,3 +219,52 @@ async fn bad_parameters_are_refused_before_the_upgrade() {
         assert!(body["message"].as_str().unwrap().contains(mentions), "{query}: {body}");
     }
 }
+
+/// `sluice run` with `[events] retention_hours` set: its retention pass removes the old pages
+/// (all but the newest), and a client asking for them is told, then gets the events left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_past_the_retention_are_removed_and_an_old_cursor_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    // calabro's 4,347 events fill 9 pages; little's 278 are the newest page, which stays.
+    let head = {
+        let sluice = indexed(dir.path(), BOTH, |_| {});
+        sluice.store().next_event_id() - 1
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let filter = dir.path().join("filter.toml");
+    std::fs::write(&filter, "mode = \"full\"\n").unwrap();
+    let config = dir.path().join("config.toml");
+    let text = format!(
+        "[storage]\npath = {:?}\n[filter]\npath = {:?}\n[network]\nrelay = \"http://127.0.0.1:9\"\nplc = \"http://127.0.0.1:9/\"\n\
+         [backfill]\ndays = 0\n[firehose]\nenabled = false\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
+         [events]\nretention_hours = 0.0003\nretention_check_secs = 1\n",
+        dir.path().join("data"), filter
+    );
+    std::fs::write(&config, text).unwrap();
+    let log = dir.path().join("sluice.log");
+    let mut child = common::spawn_sluice(&config, "run", &log);
+    let addr = format!("127.0.0.1:{port}");
+    let oldest = head - 277;
+    let deadline = Instant::now() + LIMIT;
+    let mut socket = loop {
+        assert!(Instant::now() < deadline, "the old pages were not removed in time; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+        if let Ok((mut socket, _)) = tokio_tungstenite::connect_async(format!("ws://{addr}/xrpc/dev.sluice.subscribeEvents?cursor=0")).await {
+            let first = next_json(&mut socket).await.expect("a first message");
+            if first["info"] == "OutdatedCursor" && first["message"].as_str().unwrap().contains(&format!("goes on from {oldest}")) {
+                break socket;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let ids = read_until(&mut socket, head).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(ids, (oldest..=head).collect::<Vec<_>>(), "the newest page is left whole");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("removed events past the retention"), "{log}");
+    let stats = std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).args(["stats", "--json", "--data"]).arg(dir.path().join("data")).output().unwrap();
+    let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!((stats["oldest_event"].as_u64(), stats["events"].as_u64()), (Some(oldest), Some(head)), "{stats}");
+    let store = sluice::store::Store::open(&dir.path().join("data")).unwrap();
+    assert_eq!(store.next_event_id(), head + 1, "ids go on after the trim");
+}

@@ -34,6 +34,7 @@ async fn health_and_metrics_follow_what_is_indexed() {
     let text = response.text().await.unwrap();
     assert_eq!(metric(&text, "sluice_events_total{kind=\"record\",action=\"create\"}"), 278.0);
     assert_eq!(metric(&text, "sluice_event_log_head"), 278.0);
+    assert_eq!(metric(&text, "sluice_event_log_oldest"), 1.0);
     assert_eq!(metric(&text, "sluice_repos{status=\"synced\"}"), 1.0);
     assert_eq!(metric(&text, "sluice_stream_clients"), 0.0);
     assert!(metric(&text, "sluice_resident_memory_bytes") > 0.0);

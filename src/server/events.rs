@@ -5,7 +5,9 @@
 //! starts live). Every event is read from the log by id, so the switch from replay to live has
 //! no gap and no duplicate, and a slow client never slows ingestion: once it has caught up, a
 //! client that falls more than `[server] max_lag` events behind is sent an error message
-//! (`{"error": "ConsumerTooSlow", ...}`) and closed, and resumes with its last id. During a
+//! (`{"error": "ConsumerTooSlow", ...}`) and closed, and resumes with its last id. A cursor
+//! older than the log's oldest event (`[events] retention_hours` removed the ones after it)
+//! gets `{"info": "OutdatedCursor", ...}`, then the events from the oldest left. During a
 //! replay the next [`READ_AHEAD`] batches are read and rendered on the blocking pool while one
 //! is sent.
 //!
@@ -158,6 +160,13 @@ async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &Arc<ServerS
                 return Err("consumer too slow".into());
             }
             let batch = reader.batch(next, head).await?;
+            if let Some(&(first, _)) = batch.first()
+                && first > next
+            {
+                // Retention removed the events from `next` on: say so, then go on from the oldest left.
+                let info = json!({"info": "OutdatedCursor", "message": format!("events {next}..{} are past the log's retention; the stream goes on from {first}", first - 1)});
+                sink.send(Message::Text(info.to_string().into())).await.map_err(|e| e.to_string())?;
+            }
             let last = batch.last().map_or(next - 1, |(id, _)| *id);
             // Queued without a flush each, then flushed once: one write for the batch.
             let send = async {

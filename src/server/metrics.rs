@@ -71,6 +71,9 @@ fn events(out: &mut String, state: &ServerState) {
         .sample(name, &[("kind", "account")], load(&m.account_events));
     let name = "sluice_event_log_head";
     Family::start(out, name, "gauge", "Id of the last event in the log.").sample(name, &[], state.store().next_event_id() - 1);
+    let name = "sluice_event_log_oldest";
+    let oldest = state.store().oldest_event_id().ok().flatten().unwrap_or(0);
+    Family::start(out, name, "gauge", "Id of the oldest event in the log (older ones are past the retention; 0: none).").sample(name, &[], oldest);
     let name = "sluice_handler_errors_total";
     Family::start(out, name, "counter", "Handler errors and panics since start.").sample(name, &[], load(&m.handler_errors));
 }
