@@ -160,13 +160,7 @@ async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &Arc<ServerS
                 return Err("consumer too slow".into());
             }
             let batch = reader.batch(next, head).await?;
-            if let Some(&(first, _)) = batch.first()
-                && first > next
-            {
-                // Retention removed the events from `next` on: say so, then go on from the oldest left.
-                let info = json!({"info": "OutdatedCursor", "message": format!("events {next}..{} are past the log's retention; the stream goes on from {first}", first - 1)});
-                sink.send(Message::Text(info.to_string().into())).await.map_err(|e| e.to_string())?;
-            }
+            tell_if_past_retention(sink, next, &batch).await?;
             let last = batch.last().map_or(next - 1, |(id, _)| *id);
             // Queued without a flush each, then flushed once: one write for the batch.
             let send = async {
@@ -190,6 +184,18 @@ async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &Arc<ServerS
 }
 
 type Batch = Vec<(u64, Utf8Bytes)>;
+
+/// When `batch`, read from id `next` on, starts after it, retention has removed the events
+/// from `next` on: tells the client so before it gets the rest.
+async fn tell_if_past_retention(sink: &mut SplitSink<WebSocket, Message>, next: u64, batch: &Batch) -> Result<(), String> {
+    match batch.first() {
+        Some(&(first, _)) if first > next => {
+            let info = json!({"info": "OutdatedCursor", "message": format!("events {next}..{} are past the log's retention; the stream goes on from {first}", first - 1)});
+            sink.send(Message::Text(info.to_string().into())).await.map_err(|e| e.to_string())
+        }
+        _ => Ok(()),
+    }
+}
 
 /// Reads a stream's batches from the log, the next [`READ_AHEAD`] of them ahead.
 struct LogReader {

@@ -21,6 +21,8 @@ pub mod keys;
 mod held;
 mod queue;
 mod retention;
+#[cfg(test)]
+mod test_clock;
 mod times;
 mod reads;
 pub mod values;

@@ -100,34 +100,15 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
     use proptest::prelude::*;
 
     use super::*;
-    use crate::store::{Action, EventPage, RecordEvent, RepoChange, StoredEvent};
-
-    /// The clock of the stores in these tests (each test sets it before each commit).
-    static CLOCK: AtomicU64 = AtomicU64::new(1_000_000);
-
-    fn open(dir: &std::path::Path) -> Store {
-        let mut store = Store::open(dir).unwrap();
-        store.clock = || CLOCK.load(Ordering::SeqCst);
-        store
-    }
-
-    fn events(n: usize) -> Vec<StoredEvent> {
-        (0..n)
-            .map(|i| StoredEvent::Record(RecordEvent {
-                live: true, did: "did:plc:a".into(), rev: "r".into(), collection: "a.b.c".into(), rkey: format!("k{i}").into(),
-                action: Action::Delete, cid: vec![], replaced: None, handled: vec![], body: None,
-            }))
-            .collect()
-    }
+    use crate::store::test_clock::{self, events, open};
+    use crate::store::{Action, EventPage, RepoChange};
 
     /// Commits `n` events at `time` (µs); returns the first id.
     fn commit_at(store: &Store, time: u64, n: usize) -> u64 {
-        CLOCK.store(time, Ordering::SeqCst);
+        test_clock::set(time);
         store.commit(RepoChange { did: "did:plc:a".into(), events: events(n), ..Default::default() }).unwrap().first_event.unwrap()
     }
 
@@ -163,7 +144,7 @@ mod tests {
         let first = commit_at(&store, 1_000_000, 600); // two pages
         commit_at(&store, 5_000_000, 1);
         commit_at(&store, 9_000_000, 1);
-        CLOCK.store(10_000_000, Ordering::SeqCst);
+        test_clock::set(10_000_000);
         assert_eq!(store.trim_events_older_than(std::time::Duration::from_secs(8)).unwrap(), Trimmed { pages: 2, events: 600, oldest_left: Some(first + 600) });
         assert_eq!(store.trim_events_older_than(std::time::Duration::from_secs(8)).unwrap(), Trimmed::default(), "nothing more is old enough");
         assert_eq!(store.trim_events_older_than(std::time::Duration::ZERO).unwrap().pages, 1, "the newest page stays");

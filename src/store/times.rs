@@ -92,34 +92,11 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
     use proptest::prelude::*;
 
     use super::*;
-    use crate::store::{Action, RecordEvent, RepoChange, StoredEvent};
-
-    /// The clock of the stores in these tests.
-    static CLOCK: AtomicU64 = AtomicU64::new(1_000_000);
-
-    fn test_clock() -> u64 {
-        CLOCK.load(Ordering::SeqCst)
-    }
-
-    fn open(dir: &std::path::Path) -> Store {
-        let mut store = Store::open(dir).unwrap();
-        store.clock = test_clock;
-        store
-    }
-
-    fn events(n: usize) -> Vec<StoredEvent> {
-        (0..n)
-            .map(|i| StoredEvent::Record(RecordEvent {
-                live: true, did: "did:plc:a".into(), rev: "r".into(), collection: "a.b.c".into(), rkey: format!("k{i}").into(),
-                action: Action::Delete, cid: vec![], replaced: None, handled: vec![], body: None,
-            }))
-            .collect()
-    }
+    use crate::store::test_clock::{self, events, open};
+    use crate::store::{Action, RepoChange, StoredEvent};
 
     /// The first id at or after `time` by reading the whole log.
     fn by_scan(log: &[(u64, u64, StoredEvent)], time: u64) -> Option<u64> {
@@ -150,7 +127,7 @@ mod tests {
             let mut commits = Vec::new();
             for (n, step, reopen) in steps {
                 clock += step;
-                CLOCK.store(clock as u64, Ordering::SeqCst);
+                test_clock::set(clock as u64);
                 if reopen {
                     let last = store.last_event_time();
                     drop(store);
