@@ -242,11 +242,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             index_cars(config, IndexOptions { expected_did: did, signing_key: key }, &cars)
         }
         Command::Events { data, cursor, limit } => {
-            let store = open_store(&data_dir(&config, data))?;
-            let mut out = std::io::stdout().lock();
-            for (id, event) in store.events_from(cursor, limit)? {
-                writeln!(out, "{}", sluice::wire::event_json(&store, id, &event)?)?;
-            }
+            print_events(&mut std::io::stdout().lock(), &open_store(&data_dir(&config, data))?, cursor, limit)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Stats { data, json } => {
@@ -434,6 +430,20 @@ fn index_cars(config: Config, opts: IndexOptions, cars: &[PathBuf]) -> anyhow::R
     }
     sluice.store().persist()?;
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Prints the events from id `cursor` on as JSON lines; says on stderr when retention has
+/// removed the first ones asked for.
+fn print_events(out: &mut impl Write, store: &Store, cursor: u64, limit: usize) -> anyhow::Result<()> {
+    if let Some(oldest) = store.oldest_event_id()?
+        && cursor.max(1) < oldest
+    {
+        eprintln!("note: events {}..{} are past the retention; printing from {oldest}", cursor.max(1), oldest - 1);
+    }
+    for (id, event) in store.events_from(cursor, limit)? {
+        writeln!(out, "{}", sluice::wire::event_json(store, id, &event)?)?;
+    }
+    Ok(())
 }
 
 fn print_stats(out: &mut impl Write, store: &Store, json: bool) -> std::io::Result<()> {

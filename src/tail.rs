@@ -19,7 +19,8 @@ pub fn stream_url(base: &str, cursor: Option<u64>) -> anyhow::Result<String> {
 
 /// Reads events from the server at `base`, from after `cursor` (live when `None`), calling
 /// `on_event` with each one's JSON text, until `limit` events or the stream ends. An error
-/// message from the server (a slow consumer, say) ends it with that error.
+/// message from the server (a slow consumer, say) ends it with that error; an info message
+/// (a cursor past the retention) is logged.
 pub async fn tail(base: &str, cursor: Option<u64>, limit: Option<usize>, mut on_event: impl FnMut(&str) -> std::io::Result<()>) -> anyhow::Result<usize> {
     let url = stream_url(base, cursor)?;
     let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.map_err(|e| anyhow::anyhow!("connecting to {url}: {e}"))?;
@@ -30,6 +31,11 @@ pub async fn tail(base: &str, cursor: Option<u64>, limit: Option<usize>, mut on_
             Message::Text(text) => {
                 if text.starts_with("{\"error\"") {
                     anyhow::bail!("the server ended the stream: {text}");
+                }
+                if text.starts_with("{\"info\"") {
+                    // Not an event: a notice such as OutdatedCursor (events past the retention).
+                    tracing::warn!(notice = %text, "the server says");
+                    continue;
                 }
                 on_event(&text)?;
                 seen += 1;

@@ -257,6 +257,14 @@ async fn events_past_the_retention_are_removed_and_an_old_cursor_is_told() {
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     let ids = read_until(&mut socket, head).await;
+    let mut tailed = Vec::new();
+    sluice::tail::tail(&format!("http://{addr}"), Some(0), Some(2), |text| {
+        tailed.push(serde_json::from_str::<Value>(text).unwrap()["id"].as_u64());
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(tailed, vec![Some(oldest), Some(oldest + 1)], "sluice tail logs the notice and counts only events");
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(ids, (oldest..=head).collect::<Vec<_>>(), "the newest page is left whole");
@@ -265,6 +273,10 @@ async fn events_past_the_retention_are_removed_and_an_old_cursor_is_told() {
     let stats = std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).args(["stats", "--json", "--data"]).arg(dir.path().join("data")).output().unwrap();
     let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!((stats["oldest_event"].as_u64(), stats["events"].as_u64()), (Some(oldest), Some(head)), "{stats}");
+    let events = std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).args(["events", "--cursor", "1", "--limit", "1", "--data"]).arg(dir.path().join("data")).output().unwrap();
+    let first: Value = serde_json::from_slice(&events.stdout).unwrap();
+    assert_eq!(first["id"].as_u64(), Some(oldest));
+    assert!(String::from_utf8_lossy(&events.stderr).contains("past the retention"), "the CLI says so too");
     let store = sluice::store::Store::open(&dir.path().join("data")).unwrap();
     assert_eq!(store.next_event_id(), head + 1, "ids go on after the trim");
 }
