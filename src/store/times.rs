@@ -69,10 +69,7 @@ impl Store {
     /// 0, so `0` gives the first event of the log.
     pub fn first_event_after_time(&self, time_us: u64) -> Result<Option<u64>> {
         if time_us == 0 {
-            return match self.events.first_key_value() {
-                Some(kv) => Ok(Some(keys::parse_event(&kv.key()?)?)),
-                None => Ok(None),
-            };
+            return self.oldest_event_id();
         }
         // The page whose times may hold `time_us`: the last one starting at or before it.
         if let Some(kv) = self.event_times.range(..=keys::event(time_us)).next_back() {
