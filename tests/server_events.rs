@@ -220,6 +220,24 @@ async fn bad_parameters_are_refused_before_the_upgrade() {
     }
 }
 
+/// Starts `sluice run` on the data in `dir/data` with no network (no backfill, no firehose),
+/// serving on a free port, with `extra` TOML sections; returns the child, its address and
+/// its log file.
+fn serve_offline(dir: &std::path::Path, extra: &str) -> (std::process::Child, String, std::path::PathBuf) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let filter = dir.join("filter.toml");
+    std::fs::write(&filter, "mode = \"full\"\n").unwrap();
+    let config = dir.join("config.toml");
+    let text = format!(
+        "[storage]\npath = {:?}\n[filter]\npath = {:?}\n[network]\nrelay = \"http://127.0.0.1:9\"\nplc = \"http://127.0.0.1:9/\"\n\
+         [backfill]\ndays = 0\n[firehose]\nenabled = false\n[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}",
+        dir.join("data"), filter
+    );
+    std::fs::write(&config, text).unwrap();
+    let log = dir.join("sluice.log");
+    (common::spawn_sluice(&config, "run", &log), format!("127.0.0.1:{port}"), log)
+}
+
 /// `sluice run` with `[events] retention_hours` set: its retention pass removes the old pages
 /// (all but the newest), and a client asking for them is told, then gets the events left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -230,20 +248,7 @@ async fn events_past_the_retention_are_removed_and_an_old_cursor_is_told() {
         let sluice = indexed(dir.path(), BOTH, |_| {});
         sluice.store().next_event_id() - 1
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let filter = dir.path().join("filter.toml");
-    std::fs::write(&filter, "mode = \"full\"\n").unwrap();
-    let config = dir.path().join("config.toml");
-    let text = format!(
-        "[storage]\npath = {:?}\n[filter]\npath = {:?}\n[network]\nrelay = \"http://127.0.0.1:9\"\nplc = \"http://127.0.0.1:9/\"\n\
-         [backfill]\ndays = 0\n[firehose]\nenabled = false\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
-         [events]\nretention_hours = 0.0003\nretention_check_secs = 1\n",
-        dir.path().join("data"), filter
-    );
-    std::fs::write(&config, text).unwrap();
-    let log = dir.path().join("sluice.log");
-    let mut child = common::spawn_sluice(&config, "run", &log);
-    let addr = format!("127.0.0.1:{port}");
+    let (mut child, addr, log) = serve_offline(dir.path(), "[events]\nretention_hours = 0.0003\nretention_check_secs = 1\n");
     let oldest = head - 277;
     let deadline = Instant::now() + LIMIT;
     let mut socket = loop {
