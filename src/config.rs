@@ -334,21 +334,22 @@ impl Config {
 
     /// Refuses values that parse but make no sense.
     fn check(&self) -> Result<(), ConfigError> {
-        let bad = |name: &str, reason: &str| Err(ConfigError::Invalid { path: format!("backfill.{name}"), message: reason.into() });
+        // `key` is the setting's place in config.toml, which the message names.
+        let bad = |key: &str, reason: String| Err(ConfigError::Invalid { path: key.into(), message: reason });
         if self.backfill.days < -1 {
-            return bad("days", "must be -1 (all history), 0 (off) or a number of days");
+            return bad("backfill.days", "must be -1 (all history), 0 (off) or a number of days".into());
         }
         if self.backfill.max_concurrent == 0 {
-            return bad("max_concurrent", "must be at least 1");
+            return bad("backfill.max_concurrent", "must be at least 1".into());
         }
         if !(self.events.retention_hours >= 0.0 && self.events.retention_hours < 1e9) {
-            return Err(ConfigError::Invalid { path: "events.retention_hours".into(), message: "must be 0 (keep every event) or a number of hours".into() });
+            return bad("events.retention_hours", "must be 0 (keep every event) or a number of hours".into());
         }
         if self.events.retention_hours > 0.0 && self.events.retention_check_secs == 0 {
-            return Err(ConfigError::Invalid { path: "events.retention_check_secs".into(), message: "must be at least 1 when events are retained for a limited time".into() });
+            return bad("events.retention_check_secs", "must be at least 1 when events are retained for a limited time".into());
         }
         if !self.network.plc.ends_with('/') {
-            return Err(ConfigError::Invalid { path: "network.plc".into(), message: format!("{} must end with /", self.network.plc) });
+            return bad("network.plc", format!("{} must end with /", self.network.plc));
         }
         Ok(())
     }

@@ -62,8 +62,8 @@ impl Store {
                 break;
             }
             if trimmed.pages == 0 {
-                trimmed.pages += self.stage_untimed_pages_before(&mut batch, span.first_id)?;
-                trimmed.events += trimmed.pages;
+                let untimed = self.stage_untimed_pages_before(&mut batch, span.first_id)?;
+                (trimmed.pages, trimmed.events) = (untimed, untimed);
             }
             batch.remove(&self.events, keys::event(span.first_id));
             batch.remove(&self.event_times, current.0.clone());
