@@ -197,15 +197,19 @@ mod tests {
         ) {
             let dir = tempfile::tempdir().unwrap();
             let store = open(dir.path());
-            // The model: each commit's pages as (first id, last event's time).
-            let (mut clock, mut pages) = (1_000u64, Vec::new());
+            // The model: each commit's pages as (first id, last event's time). A commit's
+            // first event gets the clock, or just after the last time when the clock is behind
+            // it (a short gap after a long commit), and the rest consecutive times.
+            let (mut clock, mut last_time, mut pages) = (1_000u64, 0u64, Vec::new());
             for (n, gap) in &commits {
                 clock += gap;
                 let first = commit_at(&store, clock, *n);
+                let first_time = clock.max(last_time + 1);
                 for offset in (0..*n).step_by(EventPage::MAX_EVENTS) {
                     let len = (*n - offset).min(EventPage::MAX_EVENTS) as u64;
-                    pages.push((first + offset as u64, clock + offset as u64 + len - 1));
+                    pages.push((first + offset as u64, first_time + offset as u64 + len - 1));
                 }
+                last_time = first_time + *n as u64 - 1;
             }
             let kept = pages.iter().position(|&(_, last)| last >= cutoff).unwrap_or(pages.len() - 1);
             let before = store.events_with_time_from(0, usize::MAX).unwrap();
