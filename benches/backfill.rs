@@ -4,8 +4,12 @@
 //! `cargo bench --bench backfill` prints a Markdown table for BENCHMARKS.md: wall time,
 //! records/s, repos/s, records per CPU-second and the child's peak RSS, for 16 repos of 50k
 //! records, and for the same with one ~100 MB repo among them. The devnet runs in this process,
-//! so its memory (it holds every CAR) is not counted. `SLUICE_BIN=path` runs another build of
-//! `sluice` as the child.
+//! so its memory (it holds every CAR) is not counted.
+//!
+//! To compare builds on the same devnet data (this machine's speed drifts within the hour, so
+//! only interleaved runs compare): `SLUICE_BIN=path[,path...]` runs those builds as the child,
+//! in turn, `SLUICE_BENCH_ROUNDS` times (default 1), each row labelled with its build;
+//! `SLUICE_BENCH_CASES=small` skips the case with the large repo.
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -26,7 +30,7 @@ struct Usage {
 /// reports the child's CPU time. Peak RSS is the child's `VmHWM`, polled while it runs: the
 /// `ru_maxrss` of `wait4` would also count this process's memory (the devnet's), which the
 /// child's record inherits from the fork before its exec.
-fn backfill(net: &Devnet, concurrency: usize) -> Usage {
+fn backfill(net: &Devnet, binary: &str, concurrency: usize) -> Usage {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     let filter = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/everything.toml");
@@ -38,7 +42,7 @@ fn backfill(net: &Devnet, concurrency: usize) -> Usage {
     let start = Instant::now();
     // Reaped by the wait4 below, which also reports its CPU time.
     #[allow(clippy::zombie_processes)]
-    let child = Command::new(sluice_binary()).args(["--config", config.to_str().unwrap(), "backfill"]).env("RUST_LOG", "warn").stdout(Stdio::null()).spawn().unwrap();
+    let child = Command::new(binary).args(["--config", config.to_str().unwrap(), "backfill"]).env("RUST_LOG", "warn").stdout(Stdio::null()).spawn().unwrap();
     let peak_kb = watch_peak_rss(child.id());
     let mut status = 0;
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
@@ -54,10 +58,24 @@ fn backfill(net: &Devnet, concurrency: usize) -> Usage {
     Usage { secs, cpu: t(usage.ru_utime) + t(usage.ru_stime), peak_kb: peak_kb.join().unwrap() }
 }
 
-/// The binary under test: `SLUICE_BIN` when set (to compare two builds on the same devnet
-/// data), else this build's `sluice`.
-fn sluice_binary() -> String {
-    std::env::var("SLUICE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sluice").to_string())
+/// The builds under test: `SLUICE_BIN` (comma-separated) when set, else this build's `sluice`.
+fn sluice_binaries() -> Vec<String> {
+    match std::env::var("SLUICE_BIN") {
+        Ok(list) => list.split(',').map(str::to_string).collect(),
+        Err(_) => vec![env!("CARGO_BIN_EXE_sluice").to_string()],
+    }
+}
+
+/// Runs every build `rounds` times, interleaved, and prints a row for each run.
+fn compare(net: &Devnet, label: &str, repos: usize, records: usize) {
+    let (binaries, rounds) = (sluice_binaries(), std::env::var("SLUICE_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(1));
+    for _ in 0..rounds {
+        for binary in &binaries {
+            let usage = backfill(net, binary, 16);
+            let name = if binaries.len() > 1 { format!(" [{}]", binary.rsplit('/').next().unwrap_or(binary)) } else { String::new() };
+            row(&format!("{label}{name}"), repos, records, &usage);
+        }
+    }
 }
 
 /// Polls `VmHWM` of process `pid` every 20 ms until it exits; returns the last value (KB).
@@ -106,17 +124,13 @@ async fn main() {
     for did in &dids {
         total += car_bytes(&net, did).await;
     }
-    let usage = backfill(&net, 16);
-    row(&format!("{REPOS} x {RECORDS} records ({} MB of CAR), 16 in flight", total >> 20), REPOS, REPOS * RECORDS, &usage);
+    compare(&net, &format!("{REPOS} x {RECORDS} records ({} MB of CAR), 16 in flight", total >> 20), REPOS, REPOS * RECORDS);
 
-    let big = net.populate(1, 330_000, 43).await;
-    let big_bytes = car_bytes(&net, &big[0]).await;
-    let usage = backfill(&net, 16);
-    row(
-        &format!("the same + one {} MB repo ({} MB of CAR), 16 in flight", big_bytes >> 20, (total + big_bytes) >> 20),
-        REPOS + 1,
-        REPOS * RECORDS + 330_000,
-        &usage,
-    );
+    if std::env::var("SLUICE_BENCH_CASES").as_deref() != Ok("small") {
+        let big = net.populate(1, 330_000, 43).await;
+        let big_bytes = car_bytes(&net, &big[0]).await;
+        let label = format!("the same + one {} MB repo ({} MB of CAR), 16 in flight", big_bytes >> 20, (total + big_bytes) >> 20);
+        compare(&net, &label, REPOS + 1, REPOS * RECORDS + 330_000);
+    }
     net.shutdown().await;
 }
