@@ -34,23 +34,34 @@ impl Store {
     /// runs.
     pub fn trim_events_older_than(&self, age: std::time::Duration) -> Result<Trimmed> {
         let cutoff = (self.clock)().saturating_sub(age.as_micros().try_into().unwrap_or(u64::MAX));
+        self.trim_events_before(cutoff, PAGES_PER_BATCH)
+    }
+
+    /// Removes every event page whose events are all older than `cutoff_us` (unix µs), oldest
+    /// first, bar the newest page, in batches of at most `pages_per_batch` pages, so that a
+    /// long backlog is trimmed in bounded steps. Each step starts where the last one stopped:
+    /// the index entries removed before it are tombstones until a compaction, and scanning
+    /// them again at every step would make a long trim quadratic.
+    pub fn trim_events_before(&self, cutoff_us: u64, pages_per_batch: usize) -> Result<Trimmed> {
         let mut total = Trimmed::default();
+        let mut from = None;
         loop {
-            let step = self.trim_events_before(cutoff, PAGES_PER_BATCH)?;
+            let (step, next) = self.trim_step(from.as_deref(), cutoff_us, pages_per_batch)?;
             (total.pages, total.events) = (total.pages + step.pages, total.events + step.events);
             total.oldest_left = step.oldest_left.or(total.oldest_left);
-            if step.pages < PAGES_PER_BATCH as u64 {
-                return Ok(total);
+            match next {
+                Some(key) if step.pages >= pages_per_batch as u64 => from = Some(key),
+                _ => return Ok(total),
             }
         }
     }
 
-    /// Removes up to `max_pages` of the oldest event pages whose every event is older than
-    /// `cutoff_us` (unix µs), in one batch; the newest page always stays. Call it again while
-    /// it removes `max_pages`, to trim a long backlog in bounded steps.
-    pub fn trim_events_before(&self, cutoff_us: u64, max_pages: usize) -> Result<Trimmed> {
-        let mut spans = self.event_times.iter();
-        let Some(first) = spans.next() else { return Ok(Trimmed::default()) };
+    /// One batch: removes up to `max_pages` of the oldest pages older than `cutoff_us`,
+    /// looking from the time index key `from` (`None`: the log's start, where untimed pages
+    /// also go). Returns what it removed and the key of the first page it left.
+    fn trim_step(&self, from: Option<&[u8]>, cutoff_us: u64, max_pages: usize) -> Result<(Trimmed, Option<fjall::Slice>)> {
+        let mut spans = self.event_times.range(from.unwrap_or_default().to_vec()..);
+        let Some(first) = spans.next() else { return Ok((Trimmed::default(), None)) };
         let mut current = first.into_inner()?;
         let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
         let mut trimmed = Trimmed::default();
@@ -61,7 +72,7 @@ impl Store {
             if trimmed.pages as usize >= max_pages || last_time >= cutoff_us {
                 break;
             }
-            if trimmed.pages == 0 {
+            if trimmed.pages == 0 && from.is_none() {
                 let untimed = self.stage_untimed_pages_before(&mut batch, span.first_id)?;
                 (trimmed.pages, trimmed.events) = (untimed, untimed);
             }
@@ -75,7 +86,7 @@ impl Store {
         if trimmed.pages > 0 {
             batch.commit()?;
         }
-        Ok(trimmed)
+        Ok((trimmed, Some(current.0)))
     }
 
     /// Removes (in `batch`) the pages before `first_id` that have no time index entry: pages
@@ -157,8 +168,20 @@ mod tests {
         for i in 0..7 {
             commit_at(&store, 1_000 * (i + 1), 1);
         }
-        let steps: Vec<u64> = std::iter::from_fn(|| Some(store.trim_events_before(10_000, 2).unwrap().pages).filter(|&n| n > 0)).collect();
-        assert_eq!(steps, vec![2, 2, 2]);
+        // Each step removes at most 2 pages and hands on where it stopped.
+        let (mut from, mut steps) = (None, Vec::new());
+        loop {
+            let (t, next) = store.trim_step(from.as_deref(), 4_500, 2).unwrap();
+            if t.pages == 0 {
+                break;
+            }
+            steps.push((t.pages, t.oldest_left));
+            from = next;
+        }
+        assert_eq!(steps, vec![(2, Some(3)), (2, Some(5))], "pages 1-4 are older than the cutoff");
+        assert_eq!(from.as_deref().map(|k| keys::parse_event(k).unwrap()), Some(5_000), "the next step would start at page 5");
+        // The whole trim runs those steps to the end.
+        assert_eq!(store.trim_events_before(10_000, 2).unwrap(), Trimmed { pages: 2, events: 2, oldest_left: Some(7) });
         assert_eq!(ids(&store), vec![7]);
     }
 
@@ -186,9 +209,10 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(24))]
 
-        /// Whatever the commits, the cutoff and the step: exactly the pages a model picks are
-        /// removed (from the oldest, each wholly older than the cutoff, never the newest); what
-        /// is left is the gapless tail of the log; and the next id is unchanged.
+        /// Whatever the commits, the cutoff and the pages per batch: exactly the pages a model
+        /// picks are removed (from the oldest, each wholly older than the cutoff, never the
+        /// newest), in one pass; what is left is the gapless tail of the log; and the next id
+        /// is unchanged.
         #[test]
         fn a_trim_removes_exactly_the_old_pages_and_leaves_a_gapless_tail(
             commits in proptest::collection::vec((1..1100usize, 1..5_000u64), 1..6),
@@ -214,7 +238,9 @@ mod tests {
             let kept = pages.iter().position(|&(_, last)| last >= cutoff).unwrap_or(pages.len() - 1);
             let before = store.events_with_time_from(0, usize::MAX).unwrap();
             let next = store.next_event_id();
-            while store.trim_events_before(cutoff, step).unwrap().pages > 0 {}
+            let trimmed = store.trim_events_before(cutoff, step).unwrap();
+            prop_assert_eq!(trimmed.pages as usize, kept, "pages removed, in steps of {}", step);
+            prop_assert_eq!(store.trim_events_before(cutoff, step).unwrap(), Trimmed::default(), "a second pass finds nothing");
             let after = store.events_with_time_from(0, usize::MAX).unwrap();
             prop_assert_eq!(after.first().map(|e| e.0), Some(pages[kept].0));
             prop_assert_eq!(store.oldest_event_id().unwrap(), Some(pages[kept].0));
