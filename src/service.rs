@@ -121,6 +121,12 @@ impl Service {
         Ok(())
     }
 
+    /// The address the server listens on, when it runs (with `[server] listen` on port 0,
+    /// the port the system chose).
+    pub fn server_addr(&self) -> Option<std::net::SocketAddr> {
+        self.server.as_ref().map(|s| s.local_addr())
+    }
+
     /// A handle that stops everything: repos in flight and queued live frames finish first.
     pub fn stopper(&self) -> impl Fn() + Send + Sync + 'static {
         let (backfill, stop) = (self.backfill.clone(), self.stop.clone());

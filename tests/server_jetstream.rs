@@ -9,14 +9,13 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Read as _;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use sluice::backfill::{Backfill, RunMode};
+use sluice::backfill::RunMode;
 use sluice::devnet::{AccountSpec, AccountStatus, Devnet, DevnetOptions};
-use sluice::server::{ServerState, serve};
+use sluice::service::{Service, ServiceOptions};
 use sluice::store::{RepoStatus, StoredEvent};
 use sluice::{Config, Filter, Sluice};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -26,12 +25,12 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 const LIMIT: Duration = Duration::from_secs(10);
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// sluice with backfill, live ingestion and the server, over a devnet.
+/// sluice with backfill, live ingestion and the server, over a devnet: `sluice run`'s
+/// [`Service`], on a port the system picks.
 struct Running {
     net: Devnet,
     sluice: Sluice,
-    state: Arc<ServerState>,
-    backfill: Arc<Backfill>,
+    stop: Box<dyn Fn() + Send + Sync>,
     addr: String,
     _dir: tempfile::TempDir,
 }
@@ -41,29 +40,21 @@ async fn start(net: Devnet, tweak: impl FnOnce(&mut Config)) -> Running {
     let mut c = Config::default();
     (c.storage.path, c.network.relay, c.network.plc) = (dir.path().join("data"), net.relay_url(), net.plc_url());
     (c.backfill.retry_min_ms, c.backfill.retry_max_ms, c.backfill.progress_secs) = (50, 200, 1);
+    c.server.listen = "127.0.0.1:0".into();
     tweak(&mut c);
     let sluice = Sluice::builder().config(c.clone()).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
-    let backfill = Backfill::new(sluice.pipeline().clone(), &c);
-    let firehose = sluice::service::firehose_beside(&sluice, &c, &backfill).unwrap();
-    let mut state = ServerState::new(sluice.pipeline().clone(), c.clone());
-    (state.backfill, state.firehose) = (Some(backfill.clone()), Some(firehose.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let state = Arc::new(state);
-    tokio::spawn(serve(listener, state.clone()));
-    let (f, stop) = (firehose.clone(), state.stop.clone());
-    tokio::spawn(async move { f.run(stop).await });
-    let b = backfill.clone();
-    tokio::spawn(async move { b.run(RunMode::Forever, true).await });
-    let running = Running { net, sluice, state, backfill, addr, _dir: dir };
+    let service = Service::start(&sluice, &c, RunMode::Forever, &ServiceOptions::default()).await.unwrap();
+    let addr = service.server_addr().expect("the server runs").to_string();
+    let stop = Box::new(service.stopper());
+    tokio::spawn(service.run(RunMode::Forever, true));
+    let running = Running { net, sluice, stop, addr, _dir: dir };
     wait("the firehose to connect", || running.net.request_count("com.atproto.sync.subscribeRepos") >= 1).await;
     running
 }
 
 impl Running {
     fn stop(&self) {
-        self.backfill.stop();
-        self.state.stop.cancel();
+        (self.stop)();
     }
 
     /// The repo is synced and holds what its PDS holds.

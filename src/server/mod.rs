@@ -132,18 +132,25 @@ pub async fn serve(listener: TcpListener, state: Arc<ServerState>) -> std::io::R
 pub struct DedicatedServer {
     runtime: Option<tokio::runtime::Runtime>,
     task: tokio::task::JoinHandle<std::io::Result<()>>,
+    addr: SocketAddr,
 }
 
 /// Serves on `listener` ([`serve`]) on a runtime of `threads` workers of its own.
 pub fn serve_dedicated(listener: TcpListener, state: Arc<ServerState>, threads: usize) -> std::io::Result<DedicatedServer> {
     // A listener belongs to the runtime that made it: hand it over as a std socket.
+    let addr = listener.local_addr()?;
     let listener = listener.into_std()?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).thread_name("server").enable_all().build()?;
     let task = runtime.spawn(async move { serve(TcpListener::from_std(listener)?, state).await });
-    Ok(DedicatedServer { runtime: Some(runtime), task })
+    Ok(DedicatedServer { runtime: Some(runtime), task, addr })
 }
 
 impl DedicatedServer {
+    /// The address it listens on (the port the system chose, for `listen = "...:0"`).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Waits until the server stops (its state's `stop`).
     pub async fn join(mut self) -> std::io::Result<()> {
         (&mut self.task).await.map_err(std::io::Error::other)?
