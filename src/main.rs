@@ -252,22 +252,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Tail { server, cursor, limit } => tail(&server, cursor, limit),
         Command::Cursors { data } => {
-            let store = open_store(&data_dir(&config, data))?;
-            let mut out = std::io::stdout().lock();
-            for (service, (value, ms)) in store.cursors()? {
-                writeln!(out, "{service}\t{value}\t{}", format_ms(ms))?;
-            }
+            print_cursors(&mut std::io::stdout().lock(), &open_store(&data_dir(&config, data))?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Filter { command: FilterCommand::Check { file } } => Ok(check_filter(&file)),
         Command::Handlers => {
-            let mut out = std::io::stdout().lock();
-            for h in sluice::handlers::registered() {
-                writeln!(out, "{}\t{}", h.name(), h.collections().join(", "))?;
-            }
+            print_handlers(&mut std::io::stdout().lock())?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `sluice cursors`: each service's saved cursor and when it was saved.
+fn print_cursors(out: &mut impl Write, store: &Store) -> anyhow::Result<()> {
+    for (service, (value, ms)) in store.cursors()? {
+        writeln!(out, "{service}\t{value}\t{}", format_ms(ms))?;
+    }
+    Ok(())
+}
+
+/// `sluice handlers`: each registered handler and its collections.
+fn print_handlers(out: &mut impl Write) -> anyhow::Result<()> {
+    for h in sluice::handlers::registered() {
+        writeln!(out, "{}\t{}", h.name(), h.collections().join(", "))?;
+    }
+    Ok(())
 }
 
 /// `sluice tail`: the stream of a running sluice as JSON lines.
