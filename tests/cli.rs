@@ -1,4 +1,4 @@
-//! The `sluice` binary: index-car, events, stats, filter check, handlers. Errors are one clear
+//! The `sluice` binary: index-car, events, stats, cursors, filter check, handlers. Errors are one clear
 //! line and a non-zero exit, never a panic.
 
 mod common;
@@ -92,6 +92,27 @@ fn handlers_lists_the_built_ins() {
     let out = text(&sluice(&["handlers"]).stdout);
     for name in ["backlinks\t", "post\tapp.bsky.feed.post", "profile\tapp.bsky.actor.profile"] {
         assert!(out.contains(name), "{out}");
+    }
+}
+
+#[test]
+fn cursors_lists_each_service_with_its_position_and_save_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let before_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    {
+        let store = sluice::Store::open(dir.path()).unwrap();
+        for (service, at) in [("crawler", "done"), ("backfill", "did:plc:a")] {
+            let change = sluice::store::RepoChange { did: "did:plc:a".into(), cursor: Some((service.into(), at.into())), ..Default::default() };
+            store.commit(change).unwrap();
+        }
+    }
+    let out = sluice(&["cursors", "--data", dir.path().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let lines: Vec<Vec<String>> = text(&out.stdout).lines().map(|l| l.split('\t').map(str::to_string).collect()).collect();
+    assert_eq!(lines.iter().map(|l| (l[0].as_str(), l[1].as_str())).collect::<Vec<_>>(), [("backfill", "did:plc:a"), ("crawler", "done")]);
+    for line in &lines {
+        let secs: f64 = line[2].strip_suffix(" (unix seconds)").unwrap().parse().unwrap();
+        assert!(secs * 1000.0 >= before_ms as f64 - 1.0 && secs < before_ms as f64 / 1000.0 + 60.0, "saved just now: {line:?}");
     }
 }
 
