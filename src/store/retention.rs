@@ -43,6 +43,7 @@ impl Store {
     /// the index entries removed before it are tombstones until a compaction, and scanning
     /// them again at every step would make a long trim quadratic.
     pub fn trim_events_before(&self, cutoff_us: u64, pages_per_batch: usize) -> Result<Trimmed> {
+        let pages_per_batch = pages_per_batch.max(1);
         let mut total = Trimmed::default();
         let mut from = None;
         loop {
@@ -180,8 +181,8 @@ mod tests {
         }
         assert_eq!(steps, vec![(2, Some(3)), (2, Some(5))], "pages 1-4 are older than the cutoff");
         assert_eq!(from.as_deref().map(|k| keys::parse_event(k).unwrap()), Some(5_000), "the next step would start at page 5");
-        // The whole trim runs those steps to the end.
-        assert_eq!(store.trim_events_before(10_000, 2).unwrap(), Trimmed { pages: 2, events: 2, oldest_left: Some(7) });
+        // The whole trim runs those steps to the end (a batch size of 0 counts as 1).
+        assert_eq!(store.trim_events_before(10_000, 0).unwrap(), Trimmed { pages: 2, events: 2, oldest_left: Some(7) });
         assert_eq!(ids(&store), vec![7]);
     }
 
