@@ -79,10 +79,10 @@ impl<'a> WalkChanges<'a> {
             if !self.filter.wants_collection(&entry.collection) {
                 continue;
             }
-            let key = (entry.collection, entry.rkey);
+            let (key, cid) = ((entry.collection, entry.rkey), entry.cid.cid());
             let previous = self.stored.remove(&key);
             if let Some(since) = self.since_us {
-                match is_too_old(self.repo, &key.1, &entry.cid, since) {
+                match is_too_old(self.repo, &key.1, &cid, since) {
                     Ok(true) => {
                         self.too_old += 1;
                         continue;
@@ -91,12 +91,12 @@ impl<'a> WalkChanges<'a> {
                     Err(e) => return Some(Err(e.into())),
                 }
             }
-            if is_unchanged(previous.as_deref(), &entry.cid) {
+            if is_unchanged(previous.as_deref(), &cid) {
                 self.unchanged += 1;
                 continue;
             }
             let (collection, rkey) = key;
-            return Some(Ok(Staged::Upsert { collection, rkey, cid: entry.cid, bytes: None, previous }));
+            return Some(Ok(Staged::Upsert { collection, rkey, cid, bytes: None, previous }));
         }
         self.keys = None;
         None

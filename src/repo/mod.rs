@@ -16,7 +16,7 @@ mod walk;
 
 pub use car::{CarLimits, LoadedRepo, parse_public_key, read_car, read_car_file, read_car_file_into_memory, read_car_from};
 pub use signature::verify_commit;
-pub use walk::{RecordEntry, RecordKey, RecordKeys, Records};
+pub use walk::{RecordCid, RecordEntry, RecordKey, RecordKeys, Records};
 
 use cid::Cid;
 
