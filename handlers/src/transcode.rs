@@ -88,16 +88,26 @@ impl<'de, S: SerializeMap> DeserializeSeed<'de> for Value<'_, S> {
     }
 }
 
-/// Reads a CID's bytes (what `serde_ipld_dagcbor` hands over for tag 42) as its string form.
+/// Reads what `serde_ipld_dagcbor` hands over for tag 42: a CID's bytes, as its string form;
+/// bytes that are not a CID stay bytes, as the reference (jacquard's data model) reads them.
 struct CidText;
 
+/// What a tag 42 held.
+enum Tagged {
+    Link(String),
+    NotACid(Vec<u8>),
+}
+
 impl<'de> Visitor<'de> for CidText {
-    type Value = String;
+    type Value = Tagged;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("the bytes of a CID")
     }
-    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<String, E> {
-        jacquard_common::types::cid::IpldCid::try_from(v).map(|c| c.to_string()).map_err(E::custom)
+    fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Tagged, E> {
+        Ok(match jacquard_common::types::cid::IpldCid::try_from(v) {
+            Ok(cid) => Tagged::Link(cid.to_string()),
+            Err(_) => Tagged::NotACid(v.to_vec()),
+        })
     }
 }
 
@@ -138,8 +148,10 @@ impl<'de, S: Serializer> Visitor<'de> for Forward<S> {
         self.0.serialize_unit().map_err(E::custom)
     }
     fn visit_newtype_struct<D: de::Deserializer<'de>>(self, de: D) -> Result<S::Ok, D::Error> {
-        let cid = de.deserialize_bytes(CidText)?;
-        one_entry(self.0, "$link", &cid).map_err(de::Error::custom)
+        match de.deserialize_bytes(CidText)? {
+            Tagged::Link(cid) => one_entry(self.0, "$link", &cid).map_err(de::Error::custom),
+            Tagged::NotACid(bytes) => self.visit_bytes(&bytes),
+        }
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<S::Ok, A::Error> {
         let mut out = self.0.serialize_seq(seq.size_hint()).map_err(de::Error::custom)?;
@@ -171,6 +183,19 @@ mod tests {
             return None;
         }
         Some(serde_json::from_slice(text).expect("the output is JSON"))
+    }
+
+    #[test]
+    fn a_tag_42_that_holds_no_cid_reads_as_bytes_as_the_reference_does() {
+        // A fuzz finding: tag 42 over `00 00 71 12 20 ...` (a CID's bytes with its version byte
+        // flipped to 0). The transcoder refused it; the reference shows the bytes.
+        let mut content = vec![0x00, 0x00, 0x71, 0x12, 0x20];
+        content.extend([7u8; 32]);
+        let mut cbor = vec![0xa1, 0x61, b'a', 0xd8, 0x2a, 0x58, content.len() as u8];
+        cbor.extend(&content);
+        let reference = cbor_to_json(&cbor).unwrap();
+        assert!(reference["a"]["$bytes"].is_string(), "{reference}");
+        assert_eq!(transcoded(&cbor), Some(reference));
     }
 
     #[test]
