@@ -10,6 +10,7 @@
 
 use fjall::PersistMode;
 
+use super::times::TimeEntry;
 use super::values::{EventSpan, Stored};
 use super::{keys, Result, Store};
 
@@ -68,9 +69,9 @@ impl Store {
         let mut trimmed = Trimmed::default();
         for next in spans {
             let next = next.into_inner()?;
-            let (start, span) = (keys::parse_event(&current.0)?, EventSpan::decode(&current.1)?);
-            let last_time = start + u64::from(span.count.max(1)) - 1;
-            if trimmed.pages as usize >= max_pages || last_time >= cutoff_us {
+            let page = TimeEntry::decode(&current.0, &current.1)?;
+            let span = page.span;
+            if trimmed.pages as usize >= max_pages || page.last_time() >= cutoff_us {
                 break;
             }
             if trimmed.pages == 0 && from.is_none() {

@@ -35,6 +35,23 @@ pub(super) fn first_time(last: u64, now: u64) -> u64 {
     now.max(last + 1)
 }
 
+/// An `event_times` entry decoded: a page's first event time and its span.
+pub(super) struct TimeEntry {
+    pub first_time: u64,
+    pub span: EventSpan,
+}
+
+impl TimeEntry {
+    pub(super) fn decode(key: &[u8], value: &[u8]) -> Result<Self> {
+        Ok(Self { first_time: keys::parse_event(key)?, span: EventSpan::decode(value)? })
+    }
+
+    /// The time of the page's last event.
+    pub(super) fn last_time(&self) -> u64 {
+        self.first_time + u64::from(self.span.count.max(1)) - 1
+    }
+}
+
 impl Store {
     /// Puts `pages` (of a change whose first event gets `first_id` and `first_time`) and their
     /// time index entries in `batch`. Runs under the writer lock.
@@ -53,7 +70,7 @@ impl Store {
         Ok(match self.event_times.last_key_value() {
             Some(kv) => {
                 let (k, v) = kv.into_inner()?;
-                keys::parse_event(&k)? + u64::from(EventSpan::decode(&v)?.count.max(1)) - 1
+                TimeEntry::decode(&k, &v)?.last_time()
             }
             None => 0,
         })
@@ -74,9 +91,9 @@ impl Store {
         // The page whose times may hold `time_us`: the last one starting at or before it.
         if let Some(kv) = self.event_times.range(..=keys::event(time_us)).next_back() {
             let (k, v) = kv.into_inner()?;
-            let (start, span) = (keys::parse_event(&k)?, EventSpan::decode(&v)?);
-            if time_us - start < u64::from(span.count) {
-                return Ok(Some(span.first_id + (time_us - start)));
+            let TimeEntry { first_time, span } = TimeEntry::decode(&k, &v)?;
+            if time_us - first_time < u64::from(span.count) {
+                return Ok(Some(span.first_id + (time_us - first_time)));
             }
         }
         // Otherwise the first page starting after it.
