@@ -319,18 +319,36 @@ fn start_devnet(opts: &DevnetArgs) -> anyhow::Result<(tokio::runtime::Runtime, s
 }
 
 /// The config that points the indexer at `net`, keeping its data apart from the default's.
-fn devnet_config(net: &sluice::devnet::Devnet) -> String {
+fn devnet_config(net: &sluice::devnet::Devnet, filter: &std::path::Path) -> String {
     format!(
-        "# Written by `sluice devnet`: points `sluice run` at the local devnet.\n[storage]\npath = \"data-devnet\"\n\n[filter]\npath = \"filters/everything.toml\"\n\n[network]\nrelay = \"{}\"\nplc = \"{}\"\n",
+        "# Written by `sluice devnet`: points `sluice run` at the local devnet.\n[storage]\npath = \"data-devnet\"\n\n[filter]\npath = {:?}\n\n[network]\nrelay = \"{}\"\nplc = \"{}\"\n",
+        filter.display().to_string(),
         net.relay_url(),
         net.plc_url()
     )
 }
 
+/// Writes the default filter (full mode) to `path` when no file is there, so that a devnet
+/// runs from any directory, not only from a checkout that has `filters/`; an existing file,
+/// edits and all, is kept. Says so on stdout when it writes one.
+fn ensure_devnet_filter(path: &std::path::Path) -> anyhow::Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, sluice::filter::EVERYTHING_TOML).with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {} (full mode: every repo and collection; edit it to choose)", path.display());
+    Ok(())
+}
+
 /// `sluice devnet`: serves until Ctrl-C.
 fn serve_devnet(opts: &DevnetArgs, write_config: &std::path::Path) -> anyhow::Result<ExitCode> {
     let (runtime, net) = start_devnet(opts)?;
-    std::fs::write(write_config, devnet_config(&net)).with_context(|| format!("writing {}", write_config.display()))?;
+    let filter = sluice::config::FilterConfig::default().path;
+    ensure_devnet_filter(&filter)?;
+    std::fs::write(write_config, devnet_config(&net, &filter)).with_context(|| format!("writing {}", write_config.display()))?;
     let pds = net.pds_urls();
     println!("devnet: {} accounts with {} records each on {} PDS host(s)", opts.repos, opts.records, pds.len());
     println!("  PLC directory  {}", net.plc_url());
@@ -350,6 +368,7 @@ fn serve_devnet(opts: &DevnetArgs, write_config: &std::path::Path) -> anyhow::Re
 /// `sluice run --devnet`: a devnet on free ports and the indexer pointed at it.
 fn run_on_devnet(mut config: Config) -> anyhow::Result<ExitCode> {
     let opts = DevnetArgs { repos: 20, records: 50, pds: 2, port: 0 };
+    ensure_devnet_filter(&config.filter.path)?;
     let (_devnet_runtime, net) = start_devnet(&opts)?;
     config.network.relay = net.relay_url();
     config.network.plc = net.plc_url();

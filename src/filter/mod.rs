@@ -18,6 +18,10 @@ use sluice_handlers::{CollectionHandler, HandlerSettings, nsid_matches};
 
 pub use parse::{FilterError, fuzz_filter_toml};
 
+/// The text of `filters/everything.toml`, the default filter file: full mode, every
+/// collection, every built-in handler. Written where a devnet run finds no filter file.
+pub const EVERYTHING_TOML: &str = include_str!("../../filters/everything.toml");
+
 /// Which repos are indexed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Mode {
