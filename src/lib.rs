@@ -176,6 +176,12 @@ impl Sluice {
         self.watcher.as_ref().and_then(|w| w.last_error())
     }
 
+    /// How many times the filter file was read since it was opened for watching (0 when it
+    /// is not watched): once per save.
+    pub fn filter_loads(&self) -> u64 {
+        self.watcher.as_ref().map_or(0, |w| w.loads())
+    }
+
     /// Reads, verifies and indexes one repo export.
     pub fn index_car(&self, car: &[u8], opts: &IndexOptions) -> Result<RepoOutcome, IndexError> {
         let key = opts.signing_key.as_deref().map(repo::parse_public_key).transpose().map_err(IndexError::Key)?;

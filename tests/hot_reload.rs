@@ -42,7 +42,12 @@ fn saves_are_swapped_in_and_invalid_saves_are_refused() {
     let err = s.filter_error().unwrap();
     assert_eq!(err.line, Some(3));
     assert!(err.origin.ends_with("filter.toml") && err.reason.contains("app.bs*"), "{err}");
-    std::thread::sleep(Duration::from_millis(300));
+    // Read once for the save, and not again while the file is left alone (reading it raises
+    // notifications too, which must not count as saves: they once made every read trigger
+    // the next, logging the refusal ~30 times a second).
+    let loads = s.filter_loads();
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(s.filter_loads(), loads, "the unchanged file was read again");
     assert_eq!(current().filter.mode, Mode::Signal);
     assert!(current().filter.collections.is_empty());
 

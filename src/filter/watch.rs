@@ -4,13 +4,18 @@
 //! also polled every 250 ms as a fallback where inotify is missing, so a save is in force
 //! within a second. An invalid save is logged with file, line and reason, recorded as the
 //! watcher's last error, and the old filter stays in force.
+//!
+//! Only changes to the file count: reading it raises access notifications too, and taking
+//! those as saves made every reload trigger the next (a refused save was logged ~30 times a
+//! second until the file was fixed).
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use notify::{RecursiveMode, Watcher};
+use notify::{EventKind, RecursiveMode, Watcher};
 
 use super::{Filter, FilterError, FilterHandle};
 
@@ -20,6 +25,7 @@ const SETTLE: Duration = Duration::from_millis(30);
 /// A running watcher; dropping it stops the watch.
 pub struct FilterWatcher {
     last_error: Arc<Mutex<Option<FilterError>>>,
+    loads: Arc<AtomicU64>,
     stop: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     _watcher: Option<notify::RecommendedWatcher>,
@@ -29,6 +35,12 @@ impl FilterWatcher {
     /// The error of the last refused save, cleared by the next good one.
     pub fn last_error(&self) -> Option<FilterError> {
         self.last_error.lock().expect("filter error lock").clone()
+    }
+
+    /// How many times the file was read since the watch started: once per save (or touch),
+    /// none while it is left alone.
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
     }
 }
 
@@ -50,9 +62,11 @@ pub fn watch(path: &Path, handle: FilterHandle) -> std::io::Result<FilterWatcher
     let notify_tx = tx.clone();
     let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         if let Ok(ev) = ev
-            && ev.paths.iter().any(|p| p.file_name() == name.as_deref()) {
-                let _ = notify_tx.send(());
-            }
+            && !matches!(ev.kind, EventKind::Access(_))
+            && ev.paths.iter().any(|p| p.file_name() == name.as_deref())
+        {
+            let _ = notify_tx.send(());
+        }
     })
     .and_then(|mut w| {
         let dir = path.parent().unwrap_or(Path::new("."));
@@ -65,17 +79,18 @@ pub fn watch(path: &Path, handle: FilterHandle) -> std::io::Result<FilterWatcher
             None
         }
     };
-    let last_error = Arc::new(Mutex::new(None));
-    let state = ReloadLoop { path, handle, last_error: last_error.clone(), stamp: None };
+    let (last_error, loads) = (Arc::new(Mutex::new(None)), Arc::new(AtomicU64::new(0)));
+    let state = ReloadLoop { path, handle, last_error: last_error.clone(), loads: loads.clone(), stamp: None };
     let thread = std::thread::Builder::new().name("filter-watch".into()).spawn(move || state.run(rx, stop_rx))?;
     drop(tx);
-    Ok(FilterWatcher { last_error, stop: Some(stop_tx), thread: Some(thread), _watcher: watcher })
+    Ok(FilterWatcher { last_error, loads, stop: Some(stop_tx), thread: Some(thread), _watcher: watcher })
 }
 
 struct ReloadLoop {
     path: PathBuf,
     handle: FilterHandle,
     last_error: Arc<Mutex<Option<FilterError>>>,
+    loads: Arc<AtomicU64>,
     stamp: Option<(u64, SystemTime)>,
 }
 
@@ -111,6 +126,7 @@ impl ReloadLoop {
 
     fn reload(&self) {
         let result = Filter::load(&self.path);
+        self.loads.fetch_add(1, Ordering::Relaxed);
         let mut last_error = self.last_error.lock().expect("filter error lock");
         match result {
             Ok(filter) => {
