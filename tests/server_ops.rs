@@ -1,5 +1,5 @@
-//! Operations endpoints and the stream's command-line client: `/health`, `/metrics` (their
-//! numbers follow what is indexed) and `sluice tail`.
+//! Operations endpoints and the stream's command-line client: `/`, `/health`, `/metrics` (their
+//! numbers follow what is indexed), unknown XRPC methods and `sluice tail`.
 
 mod common;
 
@@ -57,4 +57,29 @@ async fn sluice_tail_prints_the_stream() {
     let refused = tail(vec!["--server".into(), base, "--cursor".into(), "99".into()]).await.unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("error"), "a refused stream is one error line");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_root_page_names_the_endpoints_and_unknown_methods_answer_as_xrpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::builder().data_dir(dir.path().join("data")).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
+    let (base, _state) = serving(&sluice).await;
+    let root = reqwest::get(format!("{base}/")).await.unwrap();
+    assert_eq!(root.status(), 200);
+    let text = root.text().await.unwrap();
+    for endpoint in ["/health", "/metrics", "/xrpc/dev.sluice.subscribeEvents", "/subscribe", "getRecord"] {
+        assert!(text.contains(endpoint), "the root page names {endpoint}:\n{text}");
+    }
+
+    let unknown = reqwest::get(format!("{base}/xrpc/com.example.nothing?x=1")).await.unwrap();
+    assert_eq!(unknown.status(), 501);
+    let body: serde_json::Value = unknown.json().await.unwrap();
+    assert_eq!(body["error"], "MethodNotImplemented");
+    assert!(body["message"].as_str().unwrap().contains("com.example.nothing"), "{body}");
+
+    // Methods with routes of their own still answer as themselves.
+    let stats = reqwest::get(format!("{base}/xrpc/dev.sluice.getStats")).await.unwrap();
+    assert_eq!(stats.status(), 200);
+    let stream = reqwest::get(format!("{base}/xrpc/dev.sluice.subscribeEvents")).await.unwrap();
+    assert_ne!(stream.status(), 501, "the event stream is routed (a plain GET is refused as a websocket would be)");
 }

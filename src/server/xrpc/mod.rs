@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
-use axum::routing::get;
+use axum::routing::{any, get};
 
 use super::{NS, ServerState};
 
@@ -45,4 +45,12 @@ pub(super) fn routes() -> Router<Arc<ServerState>> {
         .route(&ours(get_repo_state::NAME), get(get_repo_state::handle))
         .route(&ours(get_stats::NAME), get(get_stats::handle))
         .route(&ours(get_backlinks::NAME), get(get_backlinks::handle))
+        .route("/xrpc/{method}", any(unknown_method))
+}
+
+/// Any other method under `/xrpc/`: 501 `MethodNotImplemented` in the protocol's shape, as
+/// a PDS answers, not an empty 404 that XRPC clients cannot read. Routes with a fixed path
+/// (every method above, the event streams, admin) take precedence over this one.
+async fn unknown_method(axum::extract::Path(method): axum::extract::Path<String>) -> crate::xrpc::XrpcError {
+    crate::xrpc::XrpcError::not_implemented(&method)
 }
