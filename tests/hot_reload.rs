@@ -48,6 +48,8 @@ fn saves_are_swapped_in_and_invalid_saves_are_refused() {
     let loads = s.filter_loads();
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(s.filter_loads(), loads, "the unchanged file was read again");
+    let saves = s.pipeline().filter().saves();
+    assert_eq!((saves.refused, saves.error.as_ref()), (1, Some(&err)), "the refusal is on record for /health and /metrics");
     assert_eq!(current().filter.mode, Mode::Signal);
     assert!(current().filter.collections.is_empty());
 
@@ -58,6 +60,8 @@ fn saves_are_swapped_in_and_invalid_saves_are_refused() {
     let took = wait_for(|| current().filter.collections == ["app.bsky.feed.post"]).expect("the renamed save was picked up");
     assert!(took < WITHIN, "took {took:?}");
     assert!(s.filter_error().is_none());
+    let saves = s.pipeline().filter().saves();
+    assert!(saves.accepted >= 2 && saves.refused == 1 && saves.error.is_none(), "{saves:?}");
 
     // The new filter is what the pipeline applies.
     let account = sluice::devnet::Account::new(5);

@@ -38,9 +38,35 @@ async fn health_and_metrics_follow_what_is_indexed() {
     assert_eq!(metric(&text, "sluice_repos{status=\"synced\"}"), 1.0);
     assert_eq!(metric(&text, "sluice_stream_clients"), 0.0);
     assert!(metric(&text, "sluice_resident_memory_bytes") > 0.0);
-    for family in ["sluice_events_total", "sluice_repos", "sluice_stream_clients"] {
+    for family in ["sluice_events_total", "sluice_repos", "sluice_stream_clients", "sluice_filter_saves_total"] {
         assert!(text.contains(&format!("# TYPE {family} ")), "{family} has its TYPE line");
     }
+    assert_eq!(metric(&text, "sluice_filter_save_refused"), 0.0);
+    assert_eq!(health["filter"]["mode"], "full");
+    assert!(health["filter"]["error"].is_null());
+}
+
+/// A refused save of the filter file shows in `/health` (with its reason) and `/metrics`
+/// (for an alert) until a good save clears it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_filter_save_shows_in_health_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::builder().data_dir(dir.path().join("data")).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
+    let (base, _state) = serving(&sluice).await;
+    let refusal = Filter::from_toml("mode = \"fulll\"\n", "filters/mine.toml").unwrap_err();
+    sluice.pipeline().filter().record_save(Err(refusal));
+    let health: serde_json::Value = reqwest::get(format!("{base}/health")).await.unwrap().json().await.unwrap();
+    assert!(health["filter"]["error"].as_str().unwrap().starts_with("filters/mine.toml:1: mode"), "{health}");
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&text, "sluice_filter_save_refused"), 1.0);
+    assert_eq!(metric(&text, "sluice_filter_saves_total{result=\"refused\"}"), 1.0);
+
+    sluice.pipeline().filter().record_save(Ok(()));
+    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&text, "sluice_filter_save_refused"), 0.0);
+    assert_eq!(metric(&text, "sluice_filter_saves_total{result=\"accepted\"}"), 1.0);
+    let health: serde_json::Value = reqwest::get(format!("{base}/health")).await.unwrap().json().await.unwrap();
+    assert!(health["filter"]["error"].is_null(), "{health}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

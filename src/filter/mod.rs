@@ -143,10 +143,23 @@ impl Filter {
     }
 }
 
-/// The filter in force, shared by every part of the indexer; swapped whole on reload.
+/// The filter in force, shared by every part of the indexer; swapped whole on reload. It also
+/// holds what became of the file's last save, for `/health` and `/metrics` to show.
 #[derive(Clone)]
 pub struct FilterHandle {
     current: Arc<ArcSwap<CompiledFilter>>,
+    saves: Arc<std::sync::Mutex<SaveStatus>>,
+}
+
+/// What became of the filter file's saves since the watch started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SaveStatus {
+    /// Saves read and put in force (or found unchanged).
+    pub accepted: u64,
+    /// Saves refused.
+    pub refused: u64,
+    /// Why the last save was refused, while it stands: cleared by the next good one.
+    pub error: Option<FilterError>,
 }
 
 /// A filter with its active handlers resolved, as the pipeline uses it.
@@ -173,7 +186,21 @@ impl CompiledFilter {
 impl FilterHandle {
     /// A handle holding `filter`.
     pub fn new(filter: Filter) -> Self {
-        Self { current: Arc::new(ArcSwap::from_pointee(CompiledFilter::new(filter))) }
+        Self { current: Arc::new(ArcSwap::from_pointee(CompiledFilter::new(filter))), saves: Default::default() }
+    }
+
+    /// What became of the filter file's saves.
+    pub fn saves(&self) -> SaveStatus {
+        self.saves.lock().expect("filter save status lock").clone()
+    }
+
+    /// Records a save of the filter file: `Ok` put in force (or unchanged), `Err` refused.
+    pub fn record_save(&self, outcome: Result<(), FilterError>) {
+        let mut saves = self.saves.lock().expect("filter save status lock");
+        match outcome {
+            Ok(()) => (saves.accepted, saves.error) = (saves.accepted + 1, None),
+            Err(e) => (saves.refused, saves.error) = (saves.refused + 1, Some(e)),
+        }
     }
 
     /// The filter in force now (take it once per repo or commit).

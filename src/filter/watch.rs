@@ -2,8 +2,8 @@
 //!
 //! The parent directory is watched (editors save by rename), and the file's length and mtime are
 //! also polled every 250 ms as a fallback where inotify is missing, so a save is in force
-//! within a second. An invalid save is logged with file, line and reason, recorded as the
-//! watcher's last error, and the old filter stays in force.
+//! within a second. An invalid save is logged with file, line and reason, recorded in the
+//! handle's [`SaveStatus`](super::SaveStatus), and the old filter stays in force.
 //!
 //! Only changes to the file count: reading it raises access notifications too, and taking
 //! those as saves made every reload trigger the next (a refused save was logged ~30 times a
@@ -11,8 +11,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use notify::{EventKind, RecursiveMode, Watcher};
@@ -24,8 +22,7 @@ const SETTLE: Duration = Duration::from_millis(30);
 
 /// A running watcher; dropping it stops the watch.
 pub struct FilterWatcher {
-    last_error: Arc<Mutex<Option<FilterError>>>,
-    loads: Arc<AtomicU64>,
+    handle: FilterHandle,
     stop: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     _watcher: Option<notify::RecommendedWatcher>,
@@ -34,13 +31,14 @@ pub struct FilterWatcher {
 impl FilterWatcher {
     /// The error of the last refused save, cleared by the next good one.
     pub fn last_error(&self) -> Option<FilterError> {
-        self.last_error.lock().expect("filter error lock").clone()
+        self.handle.saves().error
     }
 
     /// How many times the file was read since the watch started: once per save (or touch),
     /// none while it is left alone.
     pub fn loads(&self) -> u64 {
-        self.loads.load(Ordering::Relaxed)
+        let saves = self.handle.saves();
+        saves.accepted + saves.refused
     }
 }
 
@@ -79,18 +77,15 @@ pub fn watch(path: &Path, handle: FilterHandle) -> std::io::Result<FilterWatcher
             None
         }
     };
-    let (last_error, loads) = (Arc::new(Mutex::new(None)), Arc::new(AtomicU64::new(0)));
-    let state = ReloadLoop { path, handle, last_error: last_error.clone(), loads: loads.clone(), stamp: None };
+    let state = ReloadLoop { path, handle: handle.clone(), stamp: None };
     let thread = std::thread::Builder::new().name("filter-watch".into()).spawn(move || state.run(rx, stop_rx))?;
     drop(tx);
-    Ok(FilterWatcher { last_error, loads, stop: Some(stop_tx), thread: Some(thread), _watcher: watcher })
+    Ok(FilterWatcher { handle, stop: Some(stop_tx), thread: Some(thread), _watcher: watcher })
 }
 
 struct ReloadLoop {
     path: PathBuf,
     handle: FilterHandle,
-    last_error: Arc<Mutex<Option<FilterError>>>,
-    loads: Arc<AtomicU64>,
     stamp: Option<(u64, SystemTime)>,
 }
 
@@ -125,20 +120,17 @@ impl ReloadLoop {
     }
 
     fn reload(&self) {
-        let result = Filter::load(&self.path);
-        self.loads.fetch_add(1, Ordering::Relaxed);
-        let mut last_error = self.last_error.lock().expect("filter error lock");
-        match result {
+        match Filter::load(&self.path) {
             Ok(filter) => {
                 if self.handle.load().filter != filter {
                     tracing::info!(file = %self.path.display(), mode = filter.mode.as_str(), "filter reloaded");
                     self.handle.store(filter);
                 }
-                *last_error = None;
+                self.handle.record_save(Ok(()));
             }
             Err(e) => {
                 tracing::error!(error = %e, "filter save refused; the previous filter stays in force");
-                *last_error = Some(e);
+                self.handle.record_save(Err(e));
             }
         }
     }

@@ -13,6 +13,18 @@ pub(super) fn routes() -> Router<Arc<ServerState>> {
     Router::new().route("/health", get(health)).route("/", get(index))
 }
 
+/// The filter in force and what became of the file's saves: `error` names the file, line and
+/// reason while the last save stands refused.
+fn filter_status(state: &ServerState) -> serde_json::Value {
+    let saves = state.pipeline.filter().saves();
+    json!({
+        "mode": state.pipeline.filter().load().filter.mode.as_str(),
+        "saves_accepted": saves.accepted,
+        "saves_refused": saves.refused,
+        "error": saves.error.map(|e| e.to_string()),
+    })
+}
+
 /// Names the service and its endpoints, as a PDS's root page does.
 async fn index() -> String {
     let ns = super::NS;
@@ -36,5 +48,6 @@ async fn health(axum::extract::State(state): axum::extract::State<Arc<ServerStat
         "events": state.store().next_event_id() - 1,
         "backfill": state.backfill.is_some(),
         "firehose": state.firehose.as_ref().map(|f| json!({"cursor": f.safe_cursor(), "in_flight": f.in_flight()})),
+        "filter": filter_status(&state),
     }))
 }

@@ -1,5 +1,5 @@
 //! `GET /metrics`: Prometheus text exposition. Events by kind, the backfill queue by state,
-//! live ingestion (frames by outcome, cursor, lag), stream clients and memory. Rates are for
+//! live ingestion (frames by outcome, cursor, lag), filter saves, stream clients and memory. Rates are for
 //! Prometheus to take (`rate(sluice_events_total[1m])`).
 
 use std::fmt::Write as _;
@@ -52,12 +52,25 @@ pub fn render(state: &ServerState) -> String {
     events(&mut out, state);
     repos(&mut out, state);
     live(&mut out, state);
+    filter(&mut out, state);
     let name = "sluice_stream_clients";
     Family::start(&mut out, name, "gauge", "Event stream clients connected (subscribeEvents and /subscribe).").sample(name, &[], state.stream_clients.load(Ordering::Relaxed));
     let name = "sluice_resident_memory_bytes";
     let rss = crate::backfill::progress::resident_bytes().unwrap_or(0);
     Family::start(&mut out, name, "gauge", "Resident memory of the process.").sample(name, &[], rss);
     out
+}
+
+/// The filter file's saves: a refused one leaves the old filter in force, which only the log
+/// said until now; alert on `sluice_filter_save_refused == 1`.
+fn filter(out: &mut String, state: &ServerState) {
+    let saves = state.pipeline.filter().saves();
+    let name = "sluice_filter_saves_total";
+    Family::start(out, name, "counter", "Saves of the filter file read since start, by result (refused ones leave the old filter in force).")
+        .sample(name, &[("result", "accepted")], saves.accepted)
+        .sample(name, &[("result", "refused")], saves.refused);
+    let name = "sluice_filter_save_refused";
+    Family::start(out, name, "gauge", "1 while the filter file's last save stands refused (the filter in force is an older one).").sample(name, &[], u8::from(saves.error.is_some()));
 }
 
 fn events(out: &mut String, state: &ServerState) {
