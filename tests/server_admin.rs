@@ -97,6 +97,8 @@ async fn filter_edits_take_effect_and_are_written_back() {
     let in_force = r.sluice.pipeline().filter().load().filter.clone();
     assert_eq!(in_force.collections, vec!["app.bsky.feed.post", "xyz.statusphere.*"]);
     assert_eq!(Filter::load(&r.filter_path).unwrap(), in_force, "the file holds the filter in force");
+    let written = std::fs::read_to_string(&r.filter_path).unwrap();
+    assert!(written.starts_with("# only repos with a status\nmode = \"signal\"\n"), "only the changed fields are rewritten:\n{written}");
 
     for (bad, mentions) in [(json!({"signals": ["app.bs*"]}), "app.bs*"), (json!({"mode": "some"}), "mode"), (json!({"colour": 1}), "colour")] {
         let (status, body) = call(&r, reqwest::Method::PATCH, "/admin/filter", Some(TOKEN), Some(bad.clone())).await;

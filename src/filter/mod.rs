@@ -7,6 +7,7 @@
 //!
 //! Architecture invariant: the filter knows nothing of storage or the network.
 
+mod edit;
 mod parse;
 pub mod watch;
 
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use sluice_handlers::{CollectionHandler, HandlerSettings, nsid_matches};
 
+pub use edit::rewrite_keeping_layout;
 pub use parse::{FilterError, fuzz_filter_toml};
 
 /// The text of `filters/everything.toml`, the default filter file: full mode, every

@@ -102,15 +102,18 @@ async fn patch_filter(State(state): State<Arc<ServerState>>, body: Bytes) -> Xrp
 }
 
 /// Applies `change` to the filter in force: validated as a filter file (by writing and
-/// parsing it), then put in force and written back to the filter file. Edits are serialized.
+/// parsing it), then put in force and written back to the filter file, where only the fields
+/// that changed are rewritten (comments and layout stay; a file that is not a valid filter is
+/// replaced whole). Edits are serialized.
 fn edit_filter(state: &ServerState, change: impl FnOnce(&mut Filter)) -> Result<Filter, XrpcError> {
     let _one_at_a_time = state.filter_edits.lock().expect("filter edit lock");
     let mut filter = state.pipeline.filter().load().filter.clone();
     change(&mut filter);
     let text = filter.to_toml();
-    let path = &state.config.filter.path;
-    let checked = Filter::from_toml(&text, &path.display().to_string()).map_err(|e| XrpcError::invalid(format!("the edited filter is invalid: {e}")))?;
-    if path.exists() {
+    let (path, origin) = (&state.config.filter.path, state.config.filter.path.display().to_string());
+    let checked = Filter::from_toml(&text, &origin).map_err(|e| XrpcError::invalid(format!("the edited filter is invalid: {e}")))?;
+    if let Ok(on_disk) = std::fs::read_to_string(path) {
+        let text = crate::filter::rewrite_keeping_layout(&on_disk, &origin, &checked).unwrap_or(text);
         let tmp = path.with_extension("toml.admin-edit");
         std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| XrpcError::internal(format!("writing {}: {e}", path.display())))?;
     }
