@@ -503,7 +503,8 @@ fn print_stats(out: &mut impl Write, store: &Store, json: bool) -> std::io::Resu
     }
 }
 
+/// Unix ms as an RFC 3339 UTC time, for people reading `sluice cursors`.
 fn format_ms(ms: u64) -> String {
-    let secs = ms / 1000;
-    format!("{secs}.{:03} (unix seconds)", ms % 1000)
+    let t = chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX)).unwrap_or_default();
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

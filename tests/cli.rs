@@ -111,8 +111,8 @@ fn cursors_lists_each_service_with_its_position_and_save_time() {
     let lines: Vec<Vec<String>> = text(&out.stdout).lines().map(|l| l.split('\t').map(str::to_string).collect()).collect();
     assert_eq!(lines.iter().map(|l| (l[0].as_str(), l[1].as_str())).collect::<Vec<_>>(), [("backfill", "did:plc:a"), ("crawler", "done")]);
     for line in &lines {
-        let secs: f64 = line[2].strip_suffix(" (unix seconds)").unwrap().parse().unwrap();
-        assert!(secs * 1000.0 >= before_ms as f64 - 1.0 && secs < before_ms as f64 / 1000.0 + 60.0, "saved just now: {line:?}");
+        let saved_ms = chrono::DateTime::parse_from_rfc3339(&line[2]).unwrap().timestamp_millis() as u64;
+        assert!(saved_ms >= before_ms && saved_ms < before_ms + 60_000, "saved just now: {line:?}");
     }
 }
 
