@@ -138,54 +138,66 @@ fn backfill_refuses_to_start_with_the_reason_and_a_non_zero_exit() {
     assert!(text(&bad_env.stderr).contains("BACKFILL_DAYS=\"lots\""), "{}", text(&bad_env.stderr));
 }
 
+/// A `sluice devnet` serving from `dir`, and what it printed up to "Ctrl-C stops it.", which
+/// comes once its config is written and the network serves. Dropping it stops the devnet.
+struct DevnetProcess {
+    child: std::process::Child,
+    printed: Vec<String>,
+}
+
+impl DevnetProcess {
+    fn start(dir: &std::path::Path, repos: &str, records: &str) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["devnet", "--repos", repos, "--records", records, "--port", "0"])
+            .env("RUST_LOG", "warn")
+            .current_dir(dir)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || std::io::BufReader::new(stdout).lines().map_while(Result::ok).try_for_each(|line| tx.send(line)));
+        let mut printed = Vec::new();
+        while !printed.last().is_some_and(|l: &String| l.starts_with("Ctrl-C")) {
+            match rx.recv_timeout(std::time::Duration::from_secs(60)) {
+                Ok(line) => printed.push(line),
+                Err(e) => panic!("devnet did not start ({e}); printed: {printed:?}"),
+            }
+        }
+        DevnetProcess { child, printed }
+    }
+}
+
+impl Drop for DevnetProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `sluice devnet` works from any directory: it writes a config and, with no `filters/` there,
 /// the default filter, and `sluice --config devnet.toml backfill` indexes the devnet with them.
 #[test]
 fn devnet_writes_a_config_and_filter_that_backfill_runs_on_from_any_directory() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let in_dir = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).env("RUST_LOG", "warn").current_dir(dir.path()).output().unwrap();
-    let mut devnet = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["devnet", "--repos", "3", "--records", "4", "--port", "0"])
-        .env("RUST_LOG", "warn")
-        .current_dir(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Its output ends with "Ctrl-C stops it." once the config is written and the network serves.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = devnet.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut printed = Vec::new();
-    while !printed.last().is_some_and(|l: &String| l.starts_with("Ctrl-C")) {
-        match rx.recv_timeout(std::time::Duration::from_secs(60)) {
-            Ok(line) => printed.push(line),
-            Err(e) => panic!("devnet did not start ({e}); printed: {printed:?}"),
-        }
-    }
-    assert!(printed.iter().any(|l| l.starts_with("wrote filters/everything.toml")), "{printed:?}");
-    assert_eq!(std::fs::read_to_string(dir.path().join("filters/everything.toml")).unwrap(), sluice::filter::EVERYTHING_TOML);
+    let filter = dir.path().join("filters/everything.toml");
+    let devnet = DevnetProcess::start(dir.path(), "3", "4");
+    assert!(devnet.printed.iter().any(|l| l.starts_with("wrote filters/everything.toml")), "{:?}", devnet.printed);
+    assert_eq!(std::fs::read_to_string(&filter).unwrap(), sluice::filter::EVERYTHING_TOML);
 
     let backfill = in_dir(&["--config", "devnet.toml", "backfill"]);
     let stats = in_dir(&["--config", "devnet.toml", "stats"]);
-    devnet.kill().unwrap();
-    devnet.wait().unwrap();
+    drop(devnet);
     assert!(backfill.status.success(), "{}", text(&backfill.stderr));
     assert!(text(&backfill.stdout).contains("repos: 3 synced; events: 12"), "{}", text(&backfill.stdout));
     let stats = text(&stats.stdout);
     assert!(stats.lines().any(|l| l.split_whitespace().eq(["synced", "3"])) && stats.contains("records: 12"), "{stats}");
 
     // A second devnet keeps the filter as the user left it.
-    std::fs::write(dir.path().join("filters/everything.toml"), "mode = \"signal\"\nsignals = [\"app.bsky.feed.post\"]\n").unwrap();
-    let mut again = Command::new(env!("CARGO_BIN_EXE_sluice")).args(["devnet", "--repos", "1", "--records", "1", "--port", "0"]).current_dir(dir.path()).stdout(std::process::Stdio::piped()).spawn().unwrap();
-    let mut first = String::new();
-    std::io::BufReader::new(again.stdout.take().unwrap()).read_line(&mut first).unwrap();
-    again.kill().unwrap();
-    again.wait().unwrap();
-    assert!(first.starts_with("devnet: 1 accounts"), "{first}");
-    assert!(std::fs::read_to_string(dir.path().join("filters/everything.toml")).unwrap().starts_with("mode = \"signal\""));
+    std::fs::write(&filter, "mode = \"signal\"\nsignals = [\"app.bsky.feed.post\"]\n").unwrap();
+    let again = DevnetProcess::start(dir.path(), "1", "1");
+    assert!(!again.printed.iter().any(|l| l.starts_with("wrote")), "{:?}", again.printed);
+    assert!(std::fs::read_to_string(&filter).unwrap().starts_with("mode = \"signal\""));
 }

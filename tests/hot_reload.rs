@@ -63,8 +63,12 @@ fn saves_are_swapped_in_and_invalid_saves_are_refused() {
     let saves = s.pipeline().filter().saves();
     assert!(saves.accepted >= 2 && saves.refused == 1 && saves.error.is_none(), "{saves:?}");
 
-    // The new filter is what the pipeline applies.
-    let account = sluice::devnet::Account::new(5);
+    // The new filter is what the pipeline applies: of a post and a like, only the post.
+    assert_eq!(s.index_car(&a_post_and_a_like(), &IndexOptions::default()).unwrap().created, 1);
+}
+
+/// A repo export holding one post and one like.
+fn a_post_and_a_like() -> Vec<u8> {
     let mut records = sluice::devnet::RepoContents::new();
     for (key, v) in [
         ("app.bsky.feed.post/3kaaaaaaaaaa2", serde_json::json!({"text": "hi", "createdAt": "2024-01-01T00:00:00Z"})),
@@ -72,8 +76,7 @@ fn saves_are_swapped_in_and_invalid_saves_are_refused() {
     ] {
         records.insert(key.to_string(), sluice::handlers::value::json_to_cbor(&v).unwrap());
     }
-    let car = sluice::devnet::export_car_blocking(&account, &sluice::devnet::rev_at(1), &records).unwrap();
-    assert_eq!(s.index_car(&car, &IndexOptions::default()).unwrap().created, 1);
+    sluice::devnet::export_car_blocking(&sluice::devnet::Account::new(5), &sluice::devnet::rev_at(1), &records).unwrap()
 }
 
 #[test]
