@@ -20,10 +20,18 @@ use super::{Filter, FilterError, FilterHandle};
 const POLL: Duration = Duration::from_millis(250);
 const SETTLE: Duration = Duration::from_millis(30);
 
-/// A running watcher; dropping it stops the watch.
+/// What wakes the reload loop.
+enum Wake {
+    /// The file's directory changed.
+    Changed,
+    /// The watcher was dropped.
+    Stop,
+}
+
+/// A running watcher; dropping it stops the watch at once.
 pub struct FilterWatcher {
     handle: FilterHandle,
-    stop: Option<mpsc::Sender<()>>,
+    wake: mpsc::Sender<Wake>,
     thread: Option<std::thread::JoinHandle<()>>,
     _watcher: Option<notify::RecommendedWatcher>,
 }
@@ -44,7 +52,9 @@ impl FilterWatcher {
 
 impl Drop for FilterWatcher {
     fn drop(&mut self) {
-        drop(self.stop.take());
+        // Sent, not just hung up: the loop waits on the channel the notifications also use, so
+        // it stops now rather than at its next poll (a process exited up to 250 ms late).
+        let _ = self.wake.send(Wake::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -54,8 +64,7 @@ impl Drop for FilterWatcher {
 /// Starts watching `path`, putting every valid save in force in `handle`.
 pub fn watch(path: &Path, handle: FilterHandle) -> std::io::Result<FilterWatcher> {
     let path = std::path::absolute(path)?;
-    let (tx, rx) = mpsc::channel::<()>();
-    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let (tx, rx) = mpsc::channel::<Wake>();
     let name = path.file_name().map(|n| n.to_owned());
     let notify_tx = tx.clone();
     let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
@@ -63,7 +72,7 @@ pub fn watch(path: &Path, handle: FilterHandle) -> std::io::Result<FilterWatcher
             && !matches!(ev.kind, EventKind::Access(_))
             && ev.paths.iter().any(|p| p.file_name() == name.as_deref())
         {
-            let _ = notify_tx.send(());
+            let _ = notify_tx.send(Wake::Changed);
         }
     })
     .and_then(|mut w| {
@@ -78,9 +87,8 @@ pub fn watch(path: &Path, handle: FilterHandle) -> std::io::Result<FilterWatcher
         }
     };
     let state = ReloadLoop { path, handle: handle.clone(), stamp: None };
-    let thread = std::thread::Builder::new().name("filter-watch".into()).spawn(move || state.run(rx, stop_rx))?;
-    drop(tx);
-    Ok(FilterWatcher { handle, stop: Some(stop_tx), thread: Some(thread), _watcher: watcher })
+    let thread = std::thread::Builder::new().name("filter-watch".into()).spawn(move || state.run(rx))?;
+    Ok(FilterWatcher { handle, wake: tx, thread: Some(thread), _watcher: watcher })
 }
 
 struct ReloadLoop {
@@ -90,24 +98,22 @@ struct ReloadLoop {
 }
 
 impl ReloadLoop {
-    fn run(mut self, events: mpsc::Receiver<()>, stop: mpsc::Receiver<()>) {
+    fn run(mut self, events: mpsc::Receiver<Wake>) {
         self.stamp = self.read_stamp();
         loop {
-            if !matches!(stop.try_recv(), Err(mpsc::TryRecvError::Empty)) {
-                return;
-            }
             let notified = match events.recv_timeout(POLL) {
-                Ok(()) => true,
+                Ok(Wake::Changed) => true,
+                Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 Err(RecvTimeoutError::Timeout) => false,
-                Err(RecvTimeoutError::Disconnected) => {
-                    std::thread::sleep(POLL);
-                    false
-                }
             };
             let stamp = self.read_stamp();
             if notified || stamp != self.stamp {
                 std::thread::sleep(SETTLE);
-                while events.try_recv().is_ok() {}
+                while let Ok(wake) = events.try_recv() {
+                    if let Wake::Stop = wake {
+                        return;
+                    }
+                }
                 self.stamp = self.read_stamp();
                 self.reload();
             }
