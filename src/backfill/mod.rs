@@ -241,6 +241,7 @@ impl Backfill {
     async fn schedule(self: &Arc<Self>, mode: RunMode, crawl_done: &AtomicBool) -> Result<(), BackfillError> {
         let permits = Arc::new(Semaphore::new(self.config.max_concurrent.max(1)));
         let mut workers = JoinSet::new();
+        let mut queued = self.store().watch_queue();
         while !self.stopping() {
             while workers.try_join_next().is_some() {}
             self.wait_for_room().await;
@@ -270,8 +271,14 @@ impl Backfill {
                     if mode == RunMode::UntilEmpty && idle && next_due.is_none() && crawl_done.load(Ordering::Relaxed) {
                         break;
                     }
+                    // Look again when a repo is queued or a worker ends (the run may be over),
+                    // else at the next due time, and at least every 200 ms.
                     let wait = next_due.map(|due| due.saturating_sub(now_ms())).unwrap_or(200).clamp(10, 200);
-                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                        _ = queued.changed() => {}
+                        Some(_) = workers.join_next(), if !workers.is_empty() => {}
+                    }
                 }
             }
         }

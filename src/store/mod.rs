@@ -146,6 +146,8 @@ pub struct Store {
     writer: Mutex<Writer>,
     /// The next event id, published after every commit that wrote events.
     event_head: tokio::sync::watch::Sender<u64>,
+    /// Bumped after every commit that put a repo in the backfill queue or moved its due time.
+    queue_changes: tokio::sync::watch::Sender<u64>,
     /// Where event times come from (tests set their own).
     clock: fn() -> u64,
     writeback: writeback::JournalWriteback,
@@ -172,6 +174,7 @@ impl Store {
             handler_spaces: Mutex::new(HashMap::new()),
             writer: Mutex::new(Writer { next_event: 1, last_time: 0, counts: BTreeMap::new() }),
             event_head: tokio::sync::watch::Sender::new(1),
+            queue_changes: tokio::sync::watch::Sender::new(0),
             clock: now_us,
             writeback: writeback::JournalWriteback::start(dir.to_path_buf()),
             db,
@@ -230,9 +233,10 @@ impl Store {
     pub fn commit_prepared(&self, prepared: Prepared) -> Result<Committed> {
         let Prepared { mut batch, pages, mut deltas, events: n, state } = prepared;
         let mut writer = self.writer.lock().expect("writer lock");
-        if let Some((did, new)) = &state {
-            self.stage_state_change(&mut batch, &mut deltas, did, new)?;
-        }
+        let queued = match &state {
+            Some((did, new)) => self.stage_state_change(&mut batch, &mut deltas, did, new)?,
+            None => false,
+        };
         let first = writer.next_event;
         let first_time = times::first_time(writer.last_time, (self.clock)());
         self.stage_pages(&mut batch, pages, first, first_time);
@@ -246,6 +250,9 @@ impl Store {
         writer.counts.extend(new_counts);
         if n > 0 {
             self.event_head.send_replace(writer.next_event);
+        }
+        if queued {
+            self.queue_changed();
         }
         Ok(Committed { first_event: (n > 0).then_some(first), events: n })
     }
@@ -265,7 +272,9 @@ impl Store {
 
     /// For a repo moving to `new` (written by the caller): moves its status counter and its
     /// `pending` entry. Runs under the writer lock, so the stored state it reads is current.
-    fn stage_state_change(&self, batch: &mut fjall::OwnedWriteBatch, deltas: &mut BTreeMap<Vec<u8>, i64>, did: &str, new: &RepoState) -> Result<()> {
+    /// Stages the counter and queue index moves of writing `new` as `did`'s state; returns
+    /// whether the repo enters the queue or gets a new due time there.
+    fn stage_state_change(&self, batch: &mut fjall::OwnedWriteBatch, deltas: &mut BTreeMap<Vec<u8>, i64>, did: &str, new: &RepoState) -> Result<bool> {
         let old = self.repo_state(did)?;
         let old_status = old.as_ref().map(|s| s.status);
         if old_status != Some(new.status) {
@@ -283,7 +292,7 @@ impl Store {
                 batch.insert(&self.pending, keys::pending(due, did), []);
             }
         }
-        Ok(())
+        Ok(old_due != new.queue_due() && new.queue_due().is_some())
     }
 
     /// Puts the repo state, records, handler writes and cursor of `change` in `batch`.
@@ -411,6 +420,17 @@ impl Store {
     /// what live readers of the log wait on.
     pub fn watch_events(&self) -> tokio::sync::watch::Receiver<u64> {
         self.event_head.subscribe()
+    }
+
+    /// A receiver that changes whenever a commit puts a repo in the backfill queue or moves
+    /// its due time: what the backfill's scheduler waits on, so that a queued repo starts at
+    /// once instead of at its next look at the queue.
+    pub fn watch_queue(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.queue_changes.subscribe()
+    }
+
+    fn queue_changed(&self) {
+        self.queue_changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The id the next event will get.

@@ -18,8 +18,9 @@ impl Store {
         let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), 3 * states.len() + 4).durability(Some(PersistMode::Buffer));
         let mut deltas = BTreeMap::new();
         let writer = self.writer.lock().expect("writer lock");
+        let mut queued = false;
         for (did, state) in states {
-            self.stage_state_change(&mut batch, &mut deltas, did, state)?;
+            queued |= self.stage_state_change(&mut batch, &mut deltas, did, state)?;
             batch.insert(&self.repos, did.as_bytes(), state.encode());
         }
         if let Some((service, value)) = cursor {
@@ -29,6 +30,9 @@ impl Store {
         batch.commit()?;
         let mut writer = writer;
         writer.counts.extend(new_counts);
+        if queued {
+            self.queue_changed();
+        }
         Ok(())
     }
 
@@ -160,5 +164,33 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.repo_states().unwrap().len(), 2);
         assert_eq!(store.counts()[&("repos".into(), "error".into())], 1);
+    }
+
+    /// The scheduler waits on `watch_queue`: it must change when a repo enters the queue (or
+    /// gets a new due time), and only then, whichever write does it.
+    #[test]
+    fn the_queue_watch_changes_when_a_repo_is_queued_and_only_then() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let watch = store.watch_queue();
+        let mut seen = *watch.borrow();
+        // Whether the watch moved since the last look.
+        let mut moved = || {
+            let now = *watch.borrow();
+            std::mem::replace(&mut seen, now) != now
+        };
+        let a = "did:plc:a".to_string();
+        store.enqueue_new(std::slice::from_ref(&a), None).unwrap();
+        assert!(moved(), "a new repo is queued");
+        store.enqueue_new(std::slice::from_ref(&a), None).unwrap();
+        assert!(!moved(), "a known repo is not queued again");
+        store.set_states(&[(a.clone(), state(RepoStatus::Backfilling, None))], None).unwrap();
+        assert!(!moved(), "taking it in flight keeps its place");
+        store.set_states(&[(a.clone(), state(RepoStatus::Error, Some(5_000)))], None).unwrap();
+        assert!(moved(), "a retry is a new due time");
+        store.commit(RepoChange { did: a.clone(), state: Some(state(RepoStatus::Synced, None)), ..Default::default() }).unwrap();
+        assert!(!moved(), "leaving the queue wakes no one");
+        store.commit(RepoChange { did: a, state: Some(state(RepoStatus::Desynchronized, None)), ..Default::default() }).unwrap();
+        assert!(moved(), "a desynchronized repo is queued by the pipeline's commit");
     }
 }
