@@ -220,15 +220,15 @@ impl Backfill {
         }
         let me = self.clone();
         helpers.spawn(async move { requeue::follow_filter_edits(&me).await });
-        let (me, reporter_stop) = (self.clone(), Arc::new(AtomicBool::new(false)));
-        let stop_flag = reporter_stop.clone();
+        let (me, reporter_stop) = (self.clone(), tokio_util::sync::CancellationToken::new());
+        let stop_reporter = reporter_stop.clone();
         let every = Duration::from_secs(self.config.progress_secs.max(1));
-        let reporter = tokio::spawn(async move { progress::report(&me.progress, me.store(), &me.memory_cap_mb, every, &stop_flag).await });
+        let reporter = tokio::spawn(async move { progress::report(&me.progress, me.store(), &me.memory_cap_mb, every, &stop_reporter).await });
 
         let result = self.schedule(mode, &crawl_done).await;
         self.run_over.store(true, Ordering::Relaxed);
         helpers.shutdown().await;
-        reporter_stop.store(true, Ordering::Relaxed);
+        reporter_stop.cancel();
         let _ = reporter.await;
         self.store().persist().map_err(|e| fail(&e))?;
         match self.fatal.lock().expect("fatal").take() {

@@ -3,6 +3,8 @@
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use tokio_util::sync::CancellationToken;
 use std::time::{Duration, Instant};
 
 use crate::store::{RepoStatus, Store};
@@ -43,15 +45,16 @@ pub fn resident_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
-/// Writes a progress line every `every` until `stop` is set; the memory cap is read at each
-/// line, as it may change while running.
-pub async fn report(progress: &Progress, store: &Store, memory_cap_mb: &AtomicU64, every: Duration, stop: &AtomicBool) {
+/// Writes a progress line every `every` until `stop` is cancelled, and returns as soon as it
+/// is (a run's end waits for it); the memory cap is read at each line, as it may change while
+/// running.
+pub async fn report(progress: &Progress, store: &Store, memory_cap_mb: &AtomicU64, every: Duration, stop: &CancellationToken) {
     let mut last = Sample { at: Instant::now(), done: 0, records: 0 };
     let bar = std::io::stderr().is_terminal();
-    while !stop.load(Ordering::Relaxed) {
-        tokio::time::sleep(every.min(Duration::from_millis(250))).await;
-        if last.at.elapsed() < every {
-            continue;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep_until((last.at + every).into()) => {}
+            _ = stop.cancelled() => return,
         }
         let now = Sample { at: Instant::now(), done: progress.done.load(Ordering::Relaxed), records: progress.records.load(Ordering::Relaxed) };
         let line = progress_line(progress, store, memory_cap_mb.load(Ordering::Relaxed), &last, &now);
