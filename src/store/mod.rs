@@ -271,9 +271,8 @@ impl Store {
     }
 
     /// For a repo moving to `new` (written by the caller): moves its status counter and its
-    /// `pending` entry. Runs under the writer lock, so the stored state it reads is current.
-    /// Stages the counter and queue index moves of writing `new` as `did`'s state; returns
-    /// whether the repo enters the queue or gets a new due time there.
+    /// `pending` entry; returns whether the repo enters the queue or gets a new due time
+    /// there. Runs under the writer lock, so the stored state it reads is current.
     fn stage_state_change(&self, batch: &mut fjall::OwnedWriteBatch, deltas: &mut BTreeMap<Vec<u8>, i64>, did: &str, new: &RepoState) -> Result<bool> {
         let old = self.repo_state(did)?;
         let old_status = old.as_ref().map(|s| s.status);
