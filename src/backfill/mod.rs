@@ -276,7 +276,7 @@ impl Backfill {
                     let wait = next_due.map(|due| due.saturating_sub(now_ms())).unwrap_or(200).clamp(10, 200);
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
-                        _ = queued.changed() => {}
+                        Ok(()) = queued.changed() => {}
                         Some(_) = workers.join_next(), if !workers.is_empty() => {}
                     }
                 }
