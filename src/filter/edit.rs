@@ -23,27 +23,31 @@ pub fn rewrite_keeping_layout(text: &str, origin: &str, edited: &Filter) -> Opti
             doc.insert(key, item);
         }
     };
-    let list = |items: &mut dyn Iterator<Item = &String>| value(items.collect::<Array>());
     if before.mode != edited.mode {
         set("mode", value(edited.mode.as_str()));
     }
     if before.signals != edited.signals {
-        set("signals", list(&mut edited.signals.iter()));
+        set("signals", list(&edited.signals));
     }
     if before.collections != edited.collections {
-        set("collections", list(&mut edited.collections.iter()));
+        set("collections", list(&edited.collections));
     }
     if before.exclude_collections != edited.exclude_collections {
-        set("exclude_collections", list(&mut edited.exclude_collections.iter()));
+        set("exclude_collections", list(&edited.exclude_collections));
     }
     if before.dids != edited.dids {
-        set("dids", list(&mut edited.dids.iter()));
+        set("dids", list(&edited.dids));
     }
     if before.exclude_dids != edited.exclude_dids {
-        set("exclude_dids", list(&mut edited.exclude_dids.iter()));
+        set("exclude_dids", list(&edited.exclude_dids));
     }
     let out = doc.to_string();
     (Filter::from_toml(&out, origin).ok()? == *edited).then_some(out)
+}
+
+/// A TOML array of strings.
+fn list<'a>(items: impl IntoIterator<Item = &'a String>) -> Item {
+    value(items.into_iter().collect::<Array>())
 }
 
 #[cfg(test)]
