@@ -266,7 +266,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 /// `sluice cursors`: each service's saved cursor and when it was saved.
 fn print_cursors(out: &mut impl Write, store: &Store) -> anyhow::Result<()> {
     for (service, (value, ms)) in store.cursors()? {
-        writeln!(out, "{service}\t{value}\t{}", format_ms(ms))?;
+        writeln!(out, "{service}\t{value}\t{}", sluice::syntax::datetime_from_ms(ms))?;
     }
     Ok(())
 }
@@ -501,10 +501,4 @@ fn print_stats(out: &mut impl Write, store: &Store, json: bool) -> std::io::Resu
         Some(first) if first > 1 => writeln!(out, "events: {events} (kept from {first} on; older ones are past the retention)"),
         _ => writeln!(out, "events: {events}"),
     }
-}
-
-/// Unix ms as an RFC 3339 UTC time, for people reading `sluice cursors`.
-fn format_ms(ms: u64) -> String {
-    let t = chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX)).unwrap_or_default();
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }

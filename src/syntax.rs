@@ -67,6 +67,12 @@ pub fn is_datetime(s: &str) -> bool {
         .is_ok_and(|d| AsRef::<chrono::DateTime<chrono::FixedOffset>>::as_ref(&d).naive_utc().year() >= 0)
 }
 
+/// Unix ms as an AT Protocol datetime: RFC 3339, UTC, milliseconds.
+pub fn datetime_from_ms(ms: u64) -> String {
+    let t = chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX)).unwrap_or_default();
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 /// Whether `s` is a valid BCP 47 language tag as the protocol takes it: well-formed (jacquard,
 /// by oxilangtag), a primary subtag of 2-3 lowercase letters, `i` or `x`, and no variant or
 /// extension singleton repeated (RFC 5646 §2.2.5, §2.2.6).

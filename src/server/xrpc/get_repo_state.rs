@@ -9,7 +9,8 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use super::Query;
-use super::repo_access::{datetime, point_read, store_error};
+use super::repo_access::{point_read, store_error};
+use crate::syntax::datetime_from_ms as datetime;
 use crate::server::ServerState;
 use crate::store::Store;
 use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};

@@ -9,7 +9,8 @@ use axum::extract::State;
 use serde_json::{Map, Value, json};
 
 use super::Query;
-use super::repo_access::{blocking, datetime, store_error};
+use super::repo_access::{blocking, store_error};
+use crate::syntax::datetime_from_ms as datetime;
 use crate::server::ServerState;
 use crate::store::{RepoStatus, Store};
 use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};

@@ -104,12 +104,6 @@ pub(super) fn record_json(did: &str, collection: &str, rkey: &str, record: &Reco
     Ok(Value::Object(out))
 }
 
-/// Unix ms as an AT Protocol datetime (RFC 3339, UTC, milliseconds).
-pub(super) fn datetime(ms: u64) -> String {
-    let t = chrono::DateTime::from_timestamp_millis(i64::try_from(ms).unwrap_or(i64::MAX)).unwrap_or_default();
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
