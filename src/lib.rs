@@ -74,7 +74,9 @@ pub struct IndexOptions {
 pub struct Sluice {
     config: Config,
     pipeline: Pipeline,
-    watcher: Option<filter::watch::FilterWatcher>,
+    /// Held, not read: the filter file is watched for as long as this lives. What its saves
+    /// came to is on the pipeline's filter handle.
+    _watcher: Option<filter::watch::FilterWatcher>,
 }
 
 /// Builds a [`Sluice`].
@@ -132,7 +134,7 @@ impl SluiceBuilder {
             false => None,
         };
         let pipeline = Pipeline::new(Arc::new(store), handle).with_batch_size(self.config.backfill.batch_size);
-        Ok(Sluice { pipeline, config: self.config, watcher })
+        Ok(Sluice { pipeline, config: self.config, _watcher: watcher })
     }
 }
 
@@ -173,13 +175,14 @@ impl Sluice {
 
     /// The last refused filter save, if the latest save was refused.
     pub fn filter_error(&self) -> Option<filter::FilterError> {
-        self.watcher.as_ref().and_then(|w| w.last_error())
+        self.pipeline.filter().saves().error
     }
 
     /// How many times the filter file was read since it was opened for watching (0 when it
     /// is not watched): once per save.
     pub fn filter_loads(&self) -> u64 {
-        self.watcher.as_ref().map_or(0, |w| w.loads())
+        let saves = self.pipeline.filter().saves();
+        saves.accepted + saves.refused
     }
 
     /// Reads, verifies and indexes one repo export.

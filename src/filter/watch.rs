@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use notify::{EventKind, RecursiveMode, Watcher};
 
-use super::{Filter, FilterError, FilterHandle};
+use super::{Filter, FilterHandle};
 
 const POLL: Duration = Duration::from_millis(250);
 const SETTLE: Duration = Duration::from_millis(30);
@@ -30,24 +30,9 @@ enum Wake {
 
 /// A running watcher; dropping it stops the watch at once.
 pub struct FilterWatcher {
-    handle: FilterHandle,
     wake: mpsc::Sender<Wake>,
     thread: Option<std::thread::JoinHandle<()>>,
     _watcher: Option<notify::RecommendedWatcher>,
-}
-
-impl FilterWatcher {
-    /// The error of the last refused save, cleared by the next good one.
-    pub fn last_error(&self) -> Option<FilterError> {
-        self.handle.saves().error
-    }
-
-    /// How many times the file was read since the watch started: once per save (or touch),
-    /// none while it is left alone.
-    pub fn loads(&self) -> u64 {
-        let saves = self.handle.saves();
-        saves.accepted + saves.refused
-    }
 }
 
 impl Drop for FilterWatcher {
@@ -86,9 +71,9 @@ pub fn watch(path: &Path, handle: FilterHandle) -> std::io::Result<FilterWatcher
             None
         }
     };
-    let state = ReloadLoop { path, handle: handle.clone(), stamp: None };
+    let state = ReloadLoop { path, handle, stamp: None };
     let thread = std::thread::Builder::new().name("filter-watch".into()).spawn(move || state.run(rx))?;
-    Ok(FilterWatcher { handle, wake: tx, thread: Some(thread), _watcher: watcher })
+    Ok(FilterWatcher { wake: tx, thread: Some(thread), _watcher: watcher })
 }
 
 struct ReloadLoop {
