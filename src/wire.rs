@@ -32,7 +32,7 @@ pub fn event_json(store: &Store, id: u64, event: &StoredEvent) -> Result<Value, 
             }
             if !r.handled.is_empty() {
                 let handled: Map<String, Value> =
-                    r.handled.iter().map(|(name, v)| (name.clone(), serde_json::from_str(v).unwrap_or(Value::Null))).collect();
+                    r.handled.iter().map(|(name, v)| (name.to_string(), serde_json::from_str(v).unwrap_or(Value::Null))).collect();
                 rec.insert("handled".into(), handled.into());
             }
             json!({ "id": id, "type": "record", "record": rec })
@@ -131,7 +131,7 @@ mod tests {
         let cid = jacquard_repo::mst::util::compute_cid(&body).unwrap().to_bytes();
         store.blocks.insert(&cid, &body).unwrap();
         let carried = Some(bytes::Bytes::from(body.clone()));
-        let event = |action, cid: Vec<u8>, replaced: Option<&str>, handled: Vec<(String, String)>, body: Option<bytes::Bytes>| StoredEvent::Record(RecordEvent {
+        let event = |action, cid: Vec<u8>, replaced: Option<&str>, handled: Vec<(smol_str::SmolStr, String)>, body: Option<bytes::Bytes>| StoredEvent::Record(RecordEvent {
             live: true, did: "did:plc:a".into(), rev: "3l".into(), collection: "a.b.c".into(), rkey: "k\"q".into(), action, cid, replaced: replaced.map(str::to_string), handled, body,
         });
         let legacy = event(Action::Create, cid.clone(), None, vec![], None);

@@ -2,7 +2,7 @@
 
 use std::cell::OnceCell;
 
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 use crate::HandlerError;
 
@@ -15,9 +15,9 @@ pub struct PreviousRecord<'a> {
     pub bytes: &'a [u8],
 }
 
-impl PreviousRecord<'_> {
-    /// Decodes the old version into a typed struct.
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, HandlerError> {
+impl<'a> PreviousRecord<'a> {
+    /// Decodes the old version into a typed struct, which may borrow its strings.
+    pub fn decode<T: Deserialize<'a>>(&self) -> Result<T, HandlerError> {
         decode_cbor(self.bytes)
     }
 }
@@ -75,7 +75,9 @@ impl<'a> RecordView<'a> {
     }
 
     /// Decodes the record straight from DAG-CBOR into a typed struct (faster than `value`).
-    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, HandlerError> {
+    /// The struct may borrow its strings from the record (`&'a str`, or `Cow<'a, str>` with
+    /// `#[serde(borrow)]`) instead of allocating them.
+    pub fn decode<T: Deserialize<'a>>(&self) -> Result<T, HandlerError> {
         decode_cbor(self.bytes)
     }
 
@@ -109,7 +111,7 @@ impl RecordKeyView<'_> {
     }
 }
 
-fn decode_cbor<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, HandlerError> {
+fn decode_cbor<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, HandlerError> {
     serde_ipld_dagcbor::from_slice(bytes).map_err(|e| HandlerError::Decode(e.to_string()))
 }
 

@@ -34,7 +34,7 @@ mod account;
 mod walk_diff;
 mod walk_stream;
 
-use crate::filter::{CompiledFilter, FilterHandle, RepoRule};
+use crate::filter::{ActiveHandler, CompiledFilter, FilterHandle, RepoRule};
 use walk_diff::{WalkChanges, WalkKeys};
 use walk_stream::Walk;
 use crate::repo::{LoadedRepo, RepoError};
@@ -448,15 +448,18 @@ impl Pipeline {
                     failures += self.stage_upsert(compiled, origin, &mut change, collection, rkey, cid, bytes, previous);
                 }
                 Staged::Delete { collection, rkey, previous } => {
-                    let run = if compiled.handlers_for(&collection).next().is_some() {
-                        let (prev_cid, prev_bytes) = self.previous_record(&origin.did, &collection, &rkey, Some(&previous));
-                        let view = RecordKeyView {
-                            did: &origin.did, collection: &collection, rkey: &rkey, rev: &origin.rev, live: origin.live,
-                            previous: prev_bytes.as_deref().map(|bytes| PreviousRecord { cid: &prev_cid, bytes }),
-                        };
-                        self.run_handlers(compiled, &collection, || view.uri(), |h, s, out| h.on_delete(&view, s, out))
-                    } else {
-                        HandlerRun::default()
+                    let run = {
+                        let mut active = compiled.handlers_for(&collection).peekable();
+                        if active.peek().is_some() {
+                            let (prev_cid, prev_bytes) = self.previous_record(&origin.did, &collection, &rkey, Some(&previous));
+                            let view = RecordKeyView {
+                                did: &origin.did, collection: &collection, rkey: &rkey, rev: &origin.rev, live: origin.live,
+                                previous: prev_bytes.as_deref().map(|bytes| PreviousRecord { cid: &prev_cid, bytes }),
+                            };
+                            self.run_handlers(active, || view.uri(), |h, s, out| h.on_delete(&view, s, out))
+                        } else {
+                            HandlerRun::default()
+                        }
                     };
                     failures += run.failures;
                     change.handler_writes.extend(run.writes);
@@ -470,15 +473,18 @@ impl Pipeline {
 
     #[allow(clippy::too_many_arguments)]
     fn stage_upsert(&self, compiled: &CompiledFilter, origin: &Origin, change: &mut RepoChange, collection: SmolStr, rkey: SmolStr, cid: Cid, bytes: Bytes, previous: Option<Vec<u8>>) -> u64 {
-        let run = if compiled.handlers_for(&collection).next().is_some() {
-            let (prev_cid, prev_bytes) = self.previous_record(&origin.did, &collection, &rkey, previous.as_deref());
-            let view = RecordView::new(
-                &origin.did, &collection, &rkey, &cid, &origin.rev, origin.live, &bytes,
-                prev_bytes.as_deref().map(|bytes| PreviousRecord { cid: &prev_cid, bytes }),
-            );
-            self.run_handlers(compiled, &collection, || view.uri(), |h, s, out| h.on_record(&view, s, out))
-        } else {
-            HandlerRun::default()
+        let run = {
+            let mut active = compiled.handlers_for(&collection).peekable();
+            if active.peek().is_some() {
+                let (prev_cid, prev_bytes) = self.previous_record(&origin.did, &collection, &rkey, previous.as_deref());
+                let view = RecordView::new(
+                    &origin.did, &collection, &rkey, &cid, &origin.rev, origin.live, &bytes,
+                    prev_bytes.as_deref().map(|bytes| PreviousRecord { cid: &prev_cid, bytes }),
+                );
+                self.run_handlers(active, || view.uri(), |h, s, out| h.on_record(&view, s, out))
+            } else {
+                HandlerRun::default()
+            }
         };
         change.handler_writes.extend(run.writes);
         let failures = run.failures;
@@ -510,14 +516,14 @@ impl Pipeline {
         (cid_str, self.store.record(did, collection, rkey).ok().flatten().and_then(|r| r.body))
     }
 
-    /// Runs every active handler for `collection`; an error or panic is logged and counted,
-    /// and costs only that handler's output.
-    fn run_handlers<F>(&self, compiled: &CompiledFilter, collection: &str, uri: impl Fn() -> String, call: F) -> HandlerRun
+    /// Runs the `active` handlers of a record's collection; an error or panic is logged and
+    /// counted, and costs only that handler's output.
+    fn run_handlers<'h, F>(&self, active: impl Iterator<Item = &'h ActiveHandler>, uri: impl Fn() -> String, call: F) -> HandlerRun
     where
         F: Fn(&dyn sluice_handlers::CollectionHandler, &sluice_handlers::HandlerSettings, &mut HandlerOutput) -> Result<(), sluice_handlers::HandlerError>,
     {
         let mut run = HandlerRun::default();
-        for active in compiled.handlers_for(collection) {
+        for active in active {
             let name = active.handler.name();
             let mut out = HandlerOutput::new();
             let result = catch_unwind(AssertUnwindSafe(|| call(active.handler, &active.settings, &mut out)));
@@ -537,7 +543,7 @@ impl Pipeline {
                 run.emit = emit;
             }
             if let Some(json) = value {
-                run.handled.push((name.to_string(), json));
+                run.handled.push((SmolStr::new_static(name), json));
             }
             run.writes.extend(writes.into_iter().map(|w: IndexWrite| (name, w)));
         }
@@ -548,7 +554,7 @@ impl Pipeline {
 #[derive(Default)]
 struct HandlerRun {
     emit: Emit,
-    handled: Vec<(String, String)>,
+    handled: Vec<(SmolStr, String)>,
     writes: Vec<(&'static str, IndexWrite)>,
     failures: u64,
 }
@@ -580,6 +586,6 @@ fn check_rev(did: &str, rev: &str, state: Option<&RepoState>) -> Result<(), Pipe
 }
 
 #[allow(clippy::too_many_arguments)]
-fn record_event(origin: &Origin, collection: SmolStr, rkey: SmolStr, action: Action, cid: Vec<u8>, replaced: Option<String>, handled: Vec<(String, String)>, body: Option<Bytes>) -> StoredEvent {
+fn record_event(origin: &Origin, collection: SmolStr, rkey: SmolStr, action: Action, cid: Vec<u8>, replaced: Option<String>, handled: Vec<(SmolStr, String)>, body: Option<Bytes>) -> StoredEvent {
     StoredEvent::Record(RecordEvent { live: origin.live, did: origin.did.clone(), rev: origin.rev.clone(), collection, rkey, action, cid, replaced, handled, body })
 }

@@ -253,7 +253,7 @@ pub struct RecordEvent {
     /// JSON the event carries instead of the record, when a handler replaced it.
     pub replaced: Option<String>,
     /// Handler outputs: (handler name, JSON).
-    pub handled: Vec<(String, String)>,
+    pub handled: Vec<(SmolStr, String)>,
     /// The DAG-CBOR body of the new version, unless `replaced` stands for it (none on delete,
     /// and none in pages of format 1 and 2, whose bodies are in the legacy `blocks` keyspace).
     pub body: Option<bytes::Bytes>,
@@ -406,7 +406,7 @@ pub mod legacy {
         fn from(event: StoredEvent) -> Self {
             match event {
                 StoredEvent::Record(RecordEvent { live, did, rev, collection, rkey, action, cid, replaced, handled }) => {
-                    super::StoredEvent::Record(super::RecordEvent { live, did: did.into(), rev: rev.into(), collection: collection.into(), rkey: rkey.into(), action, cid, replaced, handled, body: None })
+                    super::StoredEvent::Record(super::RecordEvent { live, did: did.into(), rev: rev.into(), collection: collection.into(), rkey: rkey.into(), action, cid, replaced, handled: handled.into_iter().map(|(name, json)| (name.into(), json)).collect(), body: None })
                 }
                 StoredEvent::Identity(i) => super::StoredEvent::Identity(i),
                 StoredEvent::Account(a) => super::StoredEvent::Account(a),
@@ -470,7 +470,7 @@ mod tests {
         let body = proptest::option::of(proptest::collection::vec(any::<u8>(), 1..60));
         (any::<bool>(), "[a-z:0-9]{1,30}", "[a-z0-9]{13}", "[a-z.]{3,30}", "[a-z0-9]{1,15}", 0..3u8, proptest::collection::vec(any::<u8>(), 0..40), proptest::option::of(".{0,20}"), proptest::collection::vec(("[a-z-]{1,10}", ".{0,20}"), 0..3), body)
             .prop_map(|(live, did, rev, collection, rkey, a, cid, replaced, handled, body)| StoredEvent::Record(RecordEvent {
-                live, did: did.into(), rev: rev.into(), collection: collection.into(), rkey: rkey.into(), action: [Action::Create, Action::Update, Action::Delete][a as usize], cid, replaced, handled, body: body.map(Into::into),
+                live, did: did.into(), rev: rev.into(), collection: collection.into(), rkey: rkey.into(), action: [Action::Create, Action::Update, Action::Delete][a as usize], cid, replaced, handled: handled.into_iter().map(|(name, json): (String, String)| (name.into(), json)).collect(), body: body.map(Into::into),
             }))
     }
 
@@ -478,7 +478,7 @@ mod tests {
     fn legacy_of(event: &StoredEvent) -> legacy::StoredEvent {
         match event.clone() {
             StoredEvent::Record(RecordEvent { live, did, rev, collection, rkey, action, cid, replaced, handled, .. }) => {
-                legacy::StoredEvent::Record(legacy::RecordEvent { live, did: did.into(), rev: rev.into(), collection: collection.into(), rkey: rkey.into(), action, cid, replaced, handled })
+                legacy::StoredEvent::Record(legacy::RecordEvent { live, did: did.into(), rev: rev.into(), collection: collection.into(), rkey: rkey.into(), action, cid, replaced, handled: handled.into_iter().map(|(name, json)| (name.into(), json)).collect() })
             }
             StoredEvent::Identity(i) => legacy::StoredEvent::Identity(i),
             StoredEvent::Account(a) => legacy::StoredEvent::Account(a),

@@ -10,51 +10,58 @@ pub struct PostHandler;
 
 crate::register_handler!(PostHandler);
 
+/// A post as the handler reads it: its strings borrowed from the record's bytes (DAG-CBOR
+/// strings are never chunked), so reading a post allocates only its lists.
 #[derive(Deserialize)]
-struct Post {
-    #[serde(default)]
-    text: String,
-    langs: Option<Vec<String>>,
-    reply: Option<Reply>,
-    facets: Option<Vec<Facet>>,
+struct Post<'a> {
+    #[serde(default, borrow)]
+    text: &'a str,
+    #[serde(borrow)]
+    langs: Option<Vec<&'a str>>,
+    #[serde(borrow)]
+    reply: Option<Reply<'a>>,
+    #[serde(borrow)]
+    facets: Option<Vec<Facet<'a>>>,
 }
 
 /// What the handler emits. Fields in alphabetical order: the order the JSON has always had.
 #[derive(Serialize)]
 struct PostOut<'a> {
-    langs: &'a [String],
-    links: Vec<String>,
-    mentions: Vec<String>,
+    langs: &'a [&'a str],
+    links: Vec<&'a str>,
+    mentions: Vec<&'a str>,
     reply_parent: Option<&'a str>,
     reply_root: Option<&'a str>,
-    tags: Vec<String>,
+    tags: Vec<&'a str>,
     text: &'a str,
 }
 
 #[derive(Deserialize)]
-struct Reply {
-    root: StrongRef,
-    parent: StrongRef,
+struct Reply<'a> {
+    #[serde(borrow)]
+    root: StrongRef<'a>,
+    #[serde(borrow)]
+    parent: StrongRef<'a>,
 }
 
 #[derive(Deserialize)]
-struct StrongRef {
-    uri: String,
+struct StrongRef<'a> {
+    uri: &'a str,
 }
 
 #[derive(Deserialize)]
-struct Facet {
-    #[serde(default)]
-    features: Vec<Feature>,
+struct Facet<'a> {
+    #[serde(default, borrow)]
+    features: Vec<Feature<'a>>,
 }
 
 #[derive(Deserialize)]
-struct Feature {
+struct Feature<'a> {
     #[serde(rename = "$type", default)]
-    kind: String,
-    uri: Option<String>,
-    did: Option<String>,
-    tag: Option<String>,
+    kind: &'a str,
+    uri: Option<&'a str>,
+    did: Option<&'a str>,
+    tag: Option<&'a str>,
 }
 
 impl CollectionHandler for PostHandler {
@@ -92,10 +99,10 @@ impl CollectionHandler for PostHandler {
             langs: &langs,
             links,
             mentions,
-            reply_parent: post.reply.as_ref().map(|r| r.parent.uri.as_str()),
-            reply_root: post.reply.as_ref().map(|r| r.root.uri.as_str()),
+            reply_parent: post.reply.as_ref().map(|r| r.parent.uri),
+            reply_root: post.reply.as_ref().map(|r| r.root.uri),
             tags,
-            text: &post.text,
+            text: post.text,
         })
     }
 }
