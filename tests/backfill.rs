@@ -90,13 +90,14 @@ signals = ["xyz.statusphere.*"]
 collections = ["xyz.statusphere.*", "app.bsky.feed.post"]
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hundred_repos_over_two_hosts_end_in_the_right_states() {
-    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
-    let dids = net.populate(200, 12, 7).await;
-    // Every third repo holds a signal record; the rest are discarded in signal mode.
+/// The 200-repo network: every third repo holds a signal record (the rest are discarded in
+/// signal mode); five are inactive, one lost its identity, three fail twice before serving,
+/// one host rate-limits, and two more accounts use a legacy key form and did:web. Returns
+/// every DID, the two extra accounts last.
+async fn populate_troubled_network(net: &Devnet) -> Vec<String> {
+    let mut dids = net.populate(200, 12, 7).await;
     for (i, did) in dids.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
-        status_record(&net, did, i as u32);
+        status_record(net, did, i as u32);
     }
     let gone = [(3, AccountStatus::Deactivated), (6, AccountStatus::Takendown), (9, AccountStatus::Suspended), (12, AccountStatus::Deleted), (4, AccountStatus::Deactivated)];
     for (i, st) in gone {
@@ -108,16 +109,17 @@ async fn two_hundred_repos_over_two_hosts_end_in_the_right_states() {
     }
     net.rate_limit(0, 6, 1);
     let legacy = net.create_account(AccountSpec { seed: 9_001, pds: 1, legacy_key: true, ..Default::default() });
-    status_record(&net, &legacy, 9_001);
+    status_record(net, &legacy, 9_001);
     let web = net.create_account(AccountSpec { seed: 9_002, pds: 0, did_web: true, ..Default::default() });
-    status_record(&net, &web, 9_002);
+    status_record(net, &web, 9_002);
+    dids.extend([legacy, web]);
+    dids
+}
 
-    let s = open(net, SIGNAL_FILTER, |c| c.backfill.max_concurrent = 8);
-    run(&s, true).await;
-
+/// Each repo of [`populate_troubled_network`] is in the state it should be, and a synced one
+/// holds exactly what its PDS holds in the wanted collections; returns the records stored.
+fn assert_troubled_network_states(s: &Setup, all: &[String]) -> usize {
     let wanted = |c: &str| c.starts_with("xyz.statusphere.") || c == "app.bsky.feed.post";
-    let mut all = dids.clone();
-    all.extend([legacy.clone(), web.clone()]);
     let mut total = 0;
     for (i, did) in all.iter().enumerate() {
         let want = match i {
@@ -125,17 +127,28 @@ async fn two_hundred_repos_over_two_hosts_end_in_the_right_states() {
             _ if i >= 200 || i % 3 == 0 => RepoStatus::Synced,
             _ => RepoStatus::Discarded,
         };
-        assert_eq!(status(&s, did), Some(want), "repo {i} {did}");
+        assert_eq!(status(s, did), Some(want), "repo {i} {did}");
         match want {
             RepoStatus::Synced => {
-                let pds = held(&s, did, wanted);
+                let pds = held(s, did, wanted);
                 assert!(!pds.is_empty());
-                assert_eq!(stored(&s, did), pds, "repo {i}: stored records are what the PDS holds");
+                assert_eq!(stored(s, did), pds, "repo {i}: stored records are what the PDS holds");
                 total += pds.len();
             }
-            _ => assert!(stored(&s, did).is_empty(), "repo {i} ({want:?}) leaves nothing behind"),
+            _ => assert!(stored(s, did).is_empty(), "repo {i} ({want:?}) leaves nothing behind"),
         }
     }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_repos_over_two_hosts_end_in_the_right_states() {
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let all = populate_troubled_network(&net).await;
+    let s = open(net, SIGNAL_FILTER, |c| c.backfill.max_concurrent = 8);
+    run(&s, true).await;
+
+    let total = assert_troubled_network_states(&s, &all);
     let events = check_event_log(&s);
     assert_eq!(events.len(), total, "one create event per stored record");
     let cursors = s.sluice.store().cursors().unwrap();

@@ -31,12 +31,33 @@ async fn sigkill_mid_backfill_loses_and_duplicates_nothing() {
     let config = write_config(dir.path(), &net);
     let log = dir.path().join("sluice.log");
 
-    // Each kill lands once a few more repos have been fetched, so every run is cut off mid-way
-    // (often between the batches of a repo: a walk here is 6 batches 8 ms apart).
+    let kills = kill_mid_backfill(&net, &config, &log).await;
+    {
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        let states = store.repo_states().unwrap();
+        let synced = states.iter().filter(|(_, s)| s.status == RepoStatus::Synced).count();
+        let partial = states.iter().filter(|(did, s)| s.status != RepoStatus::Synced && !store.repo_records(did).unwrap().is_empty()).count();
+        eprintln!("after {kills} kills: {synced} of {REPOS} repos synced, {partial} cut off between batches");
+        assert!(synced < REPOS, "the kills left work for the last run");
+    }
+
+    run_to_the_end(&config, &log).await;
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    let total = assert_every_repo_as_held(&net, &store, &dids);
+    assert_one_create_event_per_record(&store, total);
+    let fetched = net.request_count("com.atproto.sync.getRepo");
+    assert!(fetched <= REPOS as u64 + kills * CONCURRENCY, "{fetched} fetches: only repos in flight at a kill are fetched again");
+    assert_eq!(store.cursors().unwrap()["crawler"].0, "done");
+}
+
+/// Starts the backfill and kills it with SIGKILL several times, each once a few more repos
+/// have been fetched, so every run is cut off mid-way (often between the batches of a repo: a
+/// walk here is 6 batches 8 ms apart). Returns the number of kills.
+async fn kill_mid_backfill(net: &Devnet, config: &std::path::Path, log: &std::path::Path) -> u64 {
     let mut kills = 0;
     for (fetches, jitter_ms) in [(8u64, 0u64), (12, 13), (6, 29), (10, 7)] {
         let target = net.request_count("com.atproto.sync.getRepo") + fetches;
-        let mut child = backfill(&config, &log);
+        let mut child = backfill(config, log);
         let deadline = Instant::now() + Duration::from_secs(60);
         while net.request_count("com.atproto.sync.getRepo") < target {
             assert!(child.try_wait().unwrap().is_none() && Instant::now() < deadline, "the run is still going when it is killed");
@@ -47,16 +68,12 @@ async fn sigkill_mid_backfill_loses_and_duplicates_nothing() {
         child.wait().unwrap();
         kills += 1;
     }
-        {
-        let store = Store::open(&dir.path().join("data")).unwrap();
-        let states = store.repo_states().unwrap();
-        let synced = states.iter().filter(|(_, s)| s.status == RepoStatus::Synced).count();
-        let partial = states.iter().filter(|(did, s)| s.status != RepoStatus::Synced && !store.repo_records(did).unwrap().is_empty()).count();
-        eprintln!("after {kills} kills: {synced} of {REPOS} repos synced, {partial} cut off between batches");
-        assert!(synced < REPOS, "the kills left work for the last run");
-    }
+    kills
+}
 
-    let mut child = backfill(&config, &log);
+/// Runs the backfill until it exits, which must be with 0 within two minutes.
+async fn run_to_the_end(config: &std::path::Path, log: &std::path::Path) {
+    let mut child = backfill(config, log);
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -65,18 +82,25 @@ async fn sigkill_mid_backfill_loses_and_duplicates_nothing() {
         assert!(Instant::now() < deadline, "the last run finishes");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(status.success(), "the last run exits 0; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    assert!(status.success(), "the last run exits 0; log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+}
 
-    let store = Store::open(&dir.path().join("data")).unwrap();
+/// Every repo is synced with exactly the records its PDS holds; returns how many in all.
+fn assert_every_repo_as_held(net: &Devnet, store: &Store, dids: &[String]) -> usize {
     let mut total = 0;
-    for did in &dids {
+    for did in dids {
         let state = store.repo_state(did).unwrap().unwrap();
         assert_eq!(state.status, RepoStatus::Synced, "{did}");
         let held: BTreeMap<(String, String), String> = net.records(did).into_iter().map(|(key, (cid, _))| (key, cid)).collect();
-        let stored = common::stored_cids(&store, did);
+        let stored = common::stored_cids(store, did);
         assert_eq!(stored, held, "{did}: nothing lost");
         total += held.len();
     }
+    total
+}
+
+/// The log holds one create event per record, `total` in all, with gapless ids.
+fn assert_one_create_event_per_record(store: &Store, total: usize) {
     let events = store.events_from(0, usize::MAX).unwrap();
     let ids: Vec<u64> = events.iter().map(|(id, _)| *id).collect();
     assert_eq!(ids, (1..=total as u64).collect::<Vec<_>>(), "one event per record, ids gapless");
@@ -86,7 +110,4 @@ async fn sigkill_mid_backfill_loses_and_duplicates_nothing() {
         assert_eq!(r.action, Action::Create);
         assert!(seen.insert((r.did.clone(), r.collection.clone(), r.rkey.clone())), "emitted twice: {r:?}");
     }
-    let fetched = net.request_count("com.atproto.sync.getRepo");
-    assert!(fetched <= REPOS as u64 + kills * CONCURRENCY, "{fetched} fetches: only repos in flight at a kill are fetched again");
-    assert_eq!(store.cursors().unwrap()["crawler"].0, "done");
 }

@@ -100,19 +100,7 @@ async fn sigkill_during_live_ingestion_loses_and_duplicates_nothing() {
     let stop_writes = Arc::new(AtomicBool::new(false));
     let writer = keep_writing(net.clone(), dids.clone(), stop_writes.clone());
 
-    // Each run is killed once it has followed the stream for a while (its subscription is
-    // counted), at a different point each time.
-    for (i, after_ms) in [700u64, 350, 900, 500].into_iter().enumerate() {
-        let mut child = run(&config, &log);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while net.request_count("com.atproto.sync.subscribeRepos") < i as u64 + 1 {
-            assert!(child.try_wait().unwrap().is_none() && Instant::now() < deadline, "run {i} is up and subscribed");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(after_ms)).await;
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
-    }
+    kill_while_following(&net, &config, &log).await;
     stop_writes.store(true, Ordering::Relaxed);
     let writes = tokio::task::spawn_blocking(move || writer.join().unwrap()).await.unwrap();
     assert!(writes > 100, "the devnet kept writing through the kills ({writes} writes)");
@@ -127,17 +115,38 @@ async fn sigkill_during_live_ingestion_loses_and_duplicates_nothing() {
         let store = Store::open(&dir.path().join("data")).unwrap();
         if in_step(&store, &net, &dids) {
             caught_up = true;
-            let replayed = replay(&store);
-            for did in &dids {
-                let from_events: BTreeMap<(String, String), String> =
-                    replayed.iter().filter(|((d, _, _), _)| d == did).map(|((_, c, r), cid)| ((c.clone(), r.clone()), cid.clone())).collect();
-                let on_pds: BTreeMap<(String, String), String> = net.records(did).into_iter().map(|(k, (cid, _))| (k, cid)).collect();
-                assert_eq!(from_events, on_pds, "{did}: the event log builds what the PDS holds");
-            }
+            assert_events_build_what_the_pdss_hold(&store, &net, &dids);
             let cursor: i64 = store.cursors().unwrap()["firehose"].0.parse().unwrap();
             assert_eq!(cursor, net.firehose_seq(), "the saved cursor covers the whole stream after a graceful stop");
             break;
         }
     }
     assert!(caught_up, "sluice caught up after the kills; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+}
+
+/// Runs `sluice run` four times, each killed with SIGKILL once it has followed the stream for
+/// a while (its subscription is counted), at a different point each time.
+async fn kill_while_following(net: &Devnet, config: &std::path::Path, log: &std::path::Path) {
+    for (i, after_ms) in [700u64, 350, 900, 500].into_iter().enumerate() {
+        let mut child = run(config, log);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while net.request_count("com.atproto.sync.subscribeRepos") < i as u64 + 1 {
+            assert!(child.try_wait().unwrap().is_none() && Instant::now() < deadline, "run {i} is up and subscribed");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+}
+
+/// Replaying the whole event log gives, for every repo, exactly the records its PDS holds.
+fn assert_events_build_what_the_pdss_hold(store: &Store, net: &Devnet, dids: &[String]) {
+    let replayed = replay(store);
+    for did in dids {
+        let from_events: BTreeMap<(String, String), String> =
+            replayed.iter().filter(|((d, _, _), _)| d == did).map(|((_, c, r), cid)| ((c.clone(), r.clone()), cid.clone())).collect();
+        let on_pds: BTreeMap<(String, String), String> = net.records(did).into_iter().map(|(k, (cid, _))| (k, cid)).collect();
+        assert_eq!(from_events, on_pds, "{did}: the event log builds what the PDS holds");
+    }
 }
