@@ -139,18 +139,11 @@ async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &Arc<ServerS
     let limits = &state.config.server;
     let ack_timeout = Duration::from_secs(limits.ack_timeout_secs.max(1));
     let (mut next, mut caught_up) = (start.after + 1, false);
-    let (mut seen_progress, mut waiting_since) = (0, Instant::now());
+    let mut resend = Resend { seen_progress: 0, waiting_since: Instant::now(), timeout: ack_timeout };
     let mut reader = LogReader { store: store.clone(), ahead: VecDeque::new() };
     loop {
         if start.consumer.is_some() {
-            let progress = acks.progress.load(Ordering::Relaxed);
-            let acked = acks.acked.load(Ordering::Relaxed);
-            if progress != seen_progress || next <= acked + 1 {
-                (seen_progress, waiting_since) = (progress, Instant::now());
-            } else if waiting_since.elapsed() >= ack_timeout {
-                // Nothing acked for a while: send again from the last ack.
-                (next, waiting_since) = (acked + 1, Instant::now());
-            }
+            next = resend.next_to_send(acks, next);
         }
         let head = store.next_event_id();
         if next < head {
@@ -162,14 +155,7 @@ async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &Arc<ServerS
             let batch = reader.batch(next, head).await?;
             tell_if_past_retention(sink, next, &batch).await?;
             let last = batch.last().map_or(next - 1, |(id, _)| *id);
-            // Queued without a flush each, then flushed once: one write for the batch.
-            let send = async {
-                for (_, text) in batch {
-                    sink.feed(Message::Text(text)).await?;
-                }
-                sink.flush().await
-            };
-            tokio::time::timeout(Duration::from_secs(limits.send_timeout_secs.max(1)), send).await.map_err(|_| "send timed out".to_string())?.map_err(|e| e.to_string())?;
+            send_batch(sink, batch, Duration::from_secs(limits.send_timeout_secs.max(1))).await?;
             next = last + 1;
             continue;
         }
@@ -181,6 +167,41 @@ async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &Arc<ServerS
             _ = tokio::time::sleep(ack_timeout), if start.consumer.is_some() => {}
         }
     }
+}
+
+/// An acked stream's resending: when nothing new is acked for `timeout` while events past the
+/// last ack were sent, the stream goes back to the event after the last ack.
+struct Resend {
+    seen_progress: u64,
+    waiting_since: Instant,
+    timeout: Duration,
+}
+
+impl Resend {
+    /// The next event to send, given that `next` was about to be.
+    fn next_to_send(&mut self, acks: &Acks, next: u64) -> u64 {
+        let progress = acks.progress.load(Ordering::Relaxed);
+        let acked = acks.acked.load(Ordering::Relaxed);
+        if progress != self.seen_progress || next <= acked + 1 {
+            (self.seen_progress, self.waiting_since) = (progress, Instant::now());
+        } else if self.waiting_since.elapsed() >= self.timeout {
+            self.waiting_since = Instant::now();
+            return acked + 1;
+        }
+        next
+    }
+}
+
+/// Sends `batch`, queued without a flush each and then flushed once (one write for the batch),
+/// within `timeout`.
+async fn send_batch(sink: &mut SplitSink<WebSocket, Message>, batch: Batch, timeout: Duration) -> Result<(), String> {
+    let send = async {
+        for (_, text) in batch {
+            sink.feed(Message::Text(text)).await?;
+        }
+        sink.flush().await
+    };
+    tokio::time::timeout(timeout, send).await.map_err(|_| "send timed out".to_string())?.map_err(|e| e.to_string())
 }
 
 type Batch = Vec<(u64, Utf8Bytes)>;
