@@ -136,7 +136,28 @@ pub fn nsid_matches(pattern: &str, nsid: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::nsid_matches;
+
+    /// NSID segments over a tiny alphabet, so that prefixes and lookalikes are common.
+    fn segments() -> impl Strategy<Value = Vec<&'static str>> {
+        prop::collection::vec(prop::sample::select(vec!["a", "b", "ab", "ba"]), 3..6)
+    }
+
+    proptest! {
+        /// `prefix.*` matches exactly the NSIDs that start with all of the prefix's segments
+        /// and have more; a pattern without `*` matches only itself.
+        #[test]
+        fn patterns_match_whole_segments_only(pattern in segments(), keep in 1usize..5, nsid in segments()) {
+            let text = nsid.join(".");
+            let prefix = &pattern[..keep.min(pattern.len() - 1)];
+            let starts_with_prefix = nsid.len() > prefix.len() && nsid[..prefix.len()] == *prefix;
+            prop_assert_eq!(nsid_matches(&format!("{}.*", prefix.join(".")), &text), starts_with_prefix);
+            prop_assert_eq!(nsid_matches(&pattern.join("."), &text), pattern == nsid);
+            prop_assert!(nsid_matches("*", &text));
+        }
+    }
 
     #[test]
     fn pattern_matching_is_by_whole_segment() {

@@ -56,6 +56,7 @@ mod tests {
 
     use super::*;
     use crate::filter::Mode;
+    use crate::filter::arbitrary::filters;
 
     const FILE: &str = "# Our appview's filter.\nmode = \"signal\"   # only repos with a status\n\n# what makes a repo ours\nsignals = [\"xyz.statusphere.status\"]\ncollections = [\"xyz.statusphere.*\"]\n\n[handlers.post]\nenabled = false\n";
 
@@ -86,25 +87,6 @@ mod tests {
         other_handlers.handlers.clear();
         assert_eq!(rewrite_keeping_layout(FILE, "f.toml", &other_handlers), None);
         assert_eq!(rewrite_keeping_layout(FILE, "f.toml", &edited).as_deref(), Some(FILE), "no change, no rewrite");
-    }
-
-    fn patterns() -> impl Strategy<Value = Vec<String>> {
-        prop::collection::vec(prop::sample::select(vec!["app.bsky.feed.post", "app.bsky.*", "xyz.statusphere.status", "com.example.a-b.c", "app.bsky.graph.follow"]), 0..4)
-            .prop_map(|v| v.into_iter().map(String::from).collect())
-    }
-
-    fn dids() -> impl Strategy<Value = std::collections::BTreeSet<String>> {
-        prop::collection::btree_set(prop::sample::select(vec!["did:plc:aaaa", "did:web:example.com", "did:plc:zz22"]), 0..3).prop_map(|s| s.into_iter().map(String::from).collect())
-    }
-
-    prop_compose! {
-        fn filters()(signal in any::<bool>(), signals in patterns(), collections in patterns(), exclude in patterns(), dids in dids(), exclude_dids in dids()) -> Filter {
-            let mut signals = signals;
-            if signal && signals.is_empty() {
-                signals.push("xyz.statusphere.status".into());
-            }
-            Filter { mode: if signal { Mode::Signal } else { Mode::Full }, signals, collections, exclude_collections: exclude, dids, exclude_dids, handlers: Default::default() }
-        }
     }
 
     proptest! {

@@ -7,6 +7,8 @@
 //!
 //! Architecture invariant: the filter knows nothing of storage or the network.
 
+#[cfg(test)]
+mod arbitrary;
 mod edit;
 mod parse;
 pub mod watch;
@@ -218,10 +220,64 @@ impl FilterHandle {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+    use arbitrary::filters;
 
     fn filter(text: &str) -> Filter {
         Filter::from_toml(text, "test.toml").unwrap()
+    }
+
+    /// The README's pattern rule, by segments: `*` matches all, `p.*` the NSIDs that start with
+    /// p's segments and have more, anything else only itself.
+    fn pattern_model(pattern: &str, nsid: &str) -> bool {
+        match pattern.strip_suffix(".*") {
+            _ if pattern == "*" => true,
+            Some(prefix) => {
+                let (prefix, nsid): (Vec<&str>, Vec<&str>) = (prefix.split('.').collect(), nsid.split('.').collect());
+                nsid.len() > prefix.len() && nsid[..prefix.len()] == prefix[..]
+            }
+            None => pattern == nsid,
+        }
+    }
+
+    /// Collections a filter may be asked about: those its patterns name, lookalikes and others.
+    fn collections() -> impl Strategy<Value = String> {
+        prop::sample::select(vec!["app.bsky.feed.post", "app.bsky.feed.like", "app.bskyx.feed.post", "app.bsky", "xyz.statusphere.status", "xyz.statusphere.statusx", "com.example.a-b.c", "app.bsky.graph.follow"])
+            .prop_map(String::from)
+    }
+
+    proptest! {
+        /// Stored collections: all when `collections` is empty, else those a pattern matches;
+        /// an exclusion always wins. Signals are the collections a signal pattern matches.
+        #[test]
+        fn collection_rules_follow_the_model(f in filters(), collection in collections()) {
+            let any = |patterns: &[String]| patterns.iter().any(|p| pattern_model(p, &collection));
+            let wanted = (f.collections.is_empty() || any(&f.collections)) && !any(&f.exclude_collections);
+            prop_assert_eq!(f.wants_collection(&collection), wanted);
+            prop_assert_eq!(f.is_signal(&collection), any(&f.signals));
+        }
+
+        /// A repo in `exclude_dids` is never indexed; one in `dids` always is, as is any in full
+        /// mode; in signal mode the rest need a signal record.
+        #[test]
+        fn repo_rules_follow_the_model(f in filters(), did in prop::sample::select(vec!["did:plc:aaaa", "did:web:example.com", "did:plc:zz22", "did:plc:other"])) {
+            let rule = if f.exclude_dids.contains(did) {
+                RepoRule::Excluded
+            } else if f.dids.contains(did) || f.mode == Mode::Full {
+                RepoRule::Tracked
+            } else {
+                RepoRule::NeedsSignal
+            };
+            prop_assert_eq!(f.repo_rule(did), rule);
+        }
+
+        /// Any filter written out as TOML reads back equal.
+        #[test]
+        fn written_filters_read_back(f in filters()) {
+            prop_assert_eq!(Filter::from_toml(&f.to_toml(), "written.toml").unwrap(), f);
+        }
     }
 
     #[test]
