@@ -55,7 +55,6 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::filter::Mode;
     use crate::filter::arbitrary::filters;
 
     const FILE: &str = "# Our appview's filter.\nmode = \"signal\"   # only repos with a status\n\n# what makes a repo ours\nsignals = [\"xyz.statusphere.status\"]\ncollections = [\"xyz.statusphere.*\"]\n\n[handlers.post]\nenabled = false\n";
