@@ -31,12 +31,14 @@ use cid::Cid;
 use sluice_handlers::{Emit, HandlerOutput, IndexWrite, PreviousRecord, RecordKeyView, RecordView};
 
 mod account;
+mod batches;
 mod walk_diff;
 mod walk_stream;
 
 use crate::filter::{ActiveHandler, CompiledFilter, FilterHandle, RepoRule};
 use walk_diff::{WalkChanges, WalkKeys};
 use walk_stream::Walk;
+use batches::{Batches, WalkCount};
 use crate::repo::{LoadedRepo, RepoError};
 use crate::store::{Action, Committed, Prepared, RecordEvent, RecordWrite, RepoChange, RepoState, RepoStatus, Store, StoreError, StoredEvent, values::now_ms};
 
@@ -162,17 +164,6 @@ enum Staged {
     Delete { collection: SmolStr, rkey: SmolStr, previous: Vec<u8> },
 }
 
-/// How a walk's batches are committed: under which filter, for which repo, what the last
-/// batch carries, and the pause between commits.
-struct Batches<'a> {
-    compiled: &'a CompiledFilter,
-    origin: &'a Origin,
-    repo: &'a LoadedRepo,
-    /// The repo's new state and the cursor, for the final batch.
-    last: Option<(RepoState, Option<(String, String)>)>,
-    delay: std::time::Duration,
-}
-
 /// Where the changes come from.
 struct Origin {
     /// Shared by every event of the change: cloning it copies no string.
@@ -194,6 +185,8 @@ pub struct Pipeline {
     filter: FilterHandle,
     metrics: Arc<PipelineMetrics>,
     batch_size: usize,
+    /// Walks being applied now, by any clone of this pipeline.
+    walks: Arc<AtomicU64>,
 }
 
 /// Record changes per committed batch unless configured otherwise.
@@ -202,7 +195,7 @@ pub const DEFAULT_BATCH_SIZE: usize = 5_000;
 impl Pipeline {
     /// A pipeline writing to `store` under the filter in `filter`.
     pub fn new(store: Arc<Store>, filter: FilterHandle) -> Self {
-        Self { store, filter, metrics: Arc::default(), batch_size: DEFAULT_BATCH_SIZE }
+        Self { store, filter, metrics: Arc::default(), batch_size: DEFAULT_BATCH_SIZE, walks: Arc::default() }
     }
 
     /// Commits a repo walk in batches of at most `n` record changes (at least 1).
@@ -240,6 +233,7 @@ impl Pipeline {
         let previous_state = self.store.repo_state(did)?;
         check_rev(did, repo.rev(), previous_state.as_ref())?;
         let stored = self.store.repo_records(did)?;
+        let _walking = WalkCount::new(&self.walks);
         std::thread::scope(|scope| {
             let (walk, keys, kept) = self.start_walk(scope, repo, filter)?;
             let status = if kept { RepoStatus::Synced } else { RepoStatus::Discarded };
@@ -288,72 +282,6 @@ impl Pipeline {
         outcome.walked = walk.finish()?;
         self.metrics.records_seen.fetch_add(outcome.walked, Ordering::Relaxed);
         Ok(())
-    }
-
-    /// Commits `changes` in batches of at most `batch_size`, each atomically with its events;
-    /// the last also carries the repo's new state and the cursor, and the batches' delay
-    /// separates the commits. A second thread diffs, runs the handlers of and encodes the next
-    /// batch while this one commits the last: since handlers emit JSON text and walks read one
-    /// block buffer, those three cost about what fjall's commit does, so both cores stay busy.
-    ///
-    /// A crash between batches leaves the repo's earlier batches committed with their events
-    /// and its state unchanged, so the next walk finds those records current and emits only
-    /// what is missing: nothing is lost or emitted twice.
-    fn commit_in_batches(&self, mut batches: Batches<'_>, mut changes: WalkChanges<'_>, walk: Walk<'_>, outcome: &mut RepoOutcome) -> Result<(), PipelineError> {
-        if changes.max_len().is_some_and(|n| n <= self.batch_size) {
-            // One batch: no second thread to start.
-            self.finish_walk(walk, outcome)?;
-            let (change, tally, _) = self.next_batch(&mut batches, &mut changes)?;
-            (outcome.unchanged, outcome.too_old) = (changes.unchanged, changes.too_old);
-            return self.commit_batch(self.store.prepare(change)?, tally, outcome);
-        }
-        let delay = batches.delay;
-        let mut walk = Some(walk);
-        std::thread::scope(|scope| {
-            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(Prepared, Tally), PipelineError>>(1);
-            let producer = scope.spawn(move || {
-                loop {
-                    let prepared = self.next_batch(&mut batches, &mut changes);
-                    let done = !matches!(prepared, Ok((_, _, false)));
-                    // A closed channel means the committer failed; stop preparing.
-                    if tx.send(prepared.and_then(|(change, t, _)| Ok((self.store.prepare(change)?, t)))).is_err() || done {
-                        return (changes.unchanged, changes.too_old);
-                    }
-                }
-            });
-            for (i, prepared) in rx.into_iter().enumerate() {
-                if let Some(walk) = walk.take() {
-                    self.finish_walk(walk, outcome)?;
-                }
-                if i > 0 && !delay.is_zero() {
-                    std::thread::sleep(delay);
-                }
-                let (prepared, tally) = prepared?;
-                self.commit_batch(prepared, tally, outcome)?;
-            }
-            let (unchanged, too_old) = producer.join().unwrap_or_default();
-            (outcome.unchanged, outcome.too_old) = (unchanged, too_old);
-            Ok(())
-        })
-    }
-
-    /// Cuts and stages the next batch of `changes` (the caller encodes it); the
-    /// final one (the changes are used up) also carries the repo's new state and the cursor.
-    /// Returns whether it was final.
-    fn next_batch(&self, batches: &mut Batches<'_>, changes: &mut WalkChanges<'_>) -> Result<(RepoChange, Tally, bool), PipelineError> {
-        // Sized up front: collecting `Result`s grows the vector from nothing, and each growth
-        // copied the whole batch into fresh memory.
-        let mut batch = Vec::with_capacity(changes.max_len().unwrap_or(usize::MAX).min(self.batch_size));
-        for change in changes.by_ref().take(self.batch_size) {
-            batch.push(change?);
-        }
-        let final_batch = batch.len() < self.batch_size || changes.is_done();
-        let (mut change, handler_errors) = self.stage(batches.compiled, batches.origin, batch, Some(batches.repo))?;
-        if final_batch && let Some((state, cursor)) = batches.last.take() {
-            (change.state, change.cursor) = (Some(state), cursor);
-        }
-        let tally = Tally::of(&change, handler_errors);
-        Ok((change, tally, final_batch))
     }
 
     /// Applies the ops of one live commit of `did` at `rev` (MST root `data`), with an optional

@@ -20,6 +20,14 @@ pub(super) enum Walk<'s> {
 }
 
 impl Walk<'_> {
+    /// Whether [`Walk::finish`] would return at once.
+    pub(super) fn is_over(&self) -> bool {
+        match self {
+            Walk::Checked(_) => true,
+            Walk::Running(handle) => handle.is_finished(),
+        }
+    }
+
     /// Waits until the whole tree is checked; returns how many records it holds.
     pub(super) fn finish(self) -> Result<u64, RepoError> {
         match self {

@@ -490,7 +490,7 @@ fn encode_pages(events: Vec<StoredEvent>) -> Vec<times::EncodedPage> {
     while events.peek().is_some() {
         let page = EventPage { first_time: 0, events: events.by_ref().take(EventPage::MAX_EVENTS).collect() };
         let len = page.events.len() as u64;
-        pages.push(times::EncodedPage { offset, len, bytes: page.encode() });
+        pages.push(times::EncodedPage { offset, len, bytes: page.encode().into() });
         offset += len;
     }
     pages

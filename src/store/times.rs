@@ -20,8 +20,9 @@ pub(super) struct EncodedPage {
     pub offset: u64,
     /// Number of events.
     pub len: u64,
-    /// The stored page, time not yet set.
-    pub bytes: Vec<u8>,
+    /// The stored page, time not yet set, already in fjall's value type: copying a page into
+    /// it is done where the page is encoded, not on the committing thread.
+    pub bytes: byteview::ByteView,
 }
 
 /// Unix time in microseconds: the store's clock.
@@ -58,8 +59,8 @@ impl Store {
     pub(super) fn stage_pages(&self, batch: &mut fjall::OwnedWriteBatch, pages: Vec<EncodedPage>, first_id: u64, first_time: u64) {
         for EncodedPage { offset, len, mut bytes } in pages {
             let time = first_time + offset;
-            EventPage::stamp_time(&mut bytes, time);
-            batch.insert(&self.events, keys::event(first_id + offset), bytes);
+            EventPage::stamp_time(&mut bytes.get_mut().expect("a page being committed is not shared"), time);
+            batch.insert(&self.events, keys::event(first_id + offset), fjall::Slice::from(bytes));
             let span = EventSpan { first_id: first_id + offset, count: len as u32 };
             batch.insert(&self.event_times, keys::event(time), span.encode());
         }
