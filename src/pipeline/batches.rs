@@ -83,12 +83,35 @@ pub(super) struct Commits<'s> {
     outcome: RepoOutcome,
     /// The first failure: nothing more is committed.
     error: Option<PipelineError>,
+    /// A worker panicked: the other stops too, and the panic goes on once both are done.
+    panicked: bool,
 }
 
 impl Commits<'_> {
     fn fail(&mut self, error: PipelineError) {
         self.error.get_or_insert(error);
         self.ready.clear();
+    }
+
+    /// Whether the workers are to stop: a batch failed or a worker panicked.
+    fn stopped(&self) -> bool {
+        self.error.is_some() || self.panicked
+    }
+}
+
+/// Held by a worker: if it unwinds, tells the other worker to stop rather than wait for
+/// batches that will never come.
+struct StopOnPanic<'a, 'w> {
+    commits: &'a Mutex<Commits<'w>>,
+    room: &'a Condvar,
+}
+
+impl Drop for StopOnPanic<'_, '_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.commits.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).panicked = true;
+            self.room.notify_all();
+        }
     }
 }
 
@@ -117,13 +140,15 @@ impl Pipeline {
         let delay = batches.delay;
         let ahead = if self.walks.load(Ordering::Relaxed) > 1 { READY_AHEAD_SHARED } else { READY_AHEAD_ALONE };
         let source = Mutex::new(BatchSource { batches, changes, cut: 0, done: false });
-        let commits = Mutex::new(Commits { ahead, ready: BTreeMap::new(), next: 0, committing: false, walk: Some(walk), outcome: *outcome, error: None });
+        let commits = Mutex::new(Commits { ahead, ready: BTreeMap::new(), next: 0, committing: false, walk: Some(walk), outcome: *outcome, error: None, panicked: false });
         let room = Condvar::new();
         let work = || self.batch_worker(&source, &commits, &room, delay);
         std::thread::scope(|scope| {
             let other = scope.spawn(work);
             work();
-            let _ = other.join();
+            if let Err(panic) = other.join() {
+                std::panic::resume_unwind(panic);
+            }
         });
         let commits = commits.into_inner().expect("commit state");
         debug_assert!(commits.error.is_some() || commits.ready.is_empty(), "every staged batch is committed");
@@ -138,6 +163,7 @@ impl Pipeline {
     /// A worker that finds nothing left to cut commits what is ready before it ends, so no
     /// batch is left behind.
     fn batch_worker(&self, source: &Mutex<BatchSource<'_>>, commits: &Mutex<Commits<'_>>, room: &Condvar, delay: std::time::Duration) {
+        let _stop_on_panic = StopOnPanic { commits, room };
         loop {
             let Some((index, cut, (compiled, origin, repo))) = Self::cut_next(self, source) else {
                 drop(self.commit_ready(commits, commits.lock().expect("commit state"), room, delay, true));
@@ -156,10 +182,10 @@ impl Pipeline {
             }
             let must = state.ready.len() >= state.ahead || last;
             state = self.commit_ready(commits, state, room, delay, must);
-            while state.error.is_none() && state.ready.len() >= state.ahead {
+            while !state.stopped() && state.ready.len() >= state.ahead {
                 state = room.wait(state).expect("commit state");
             }
-            if state.error.is_some() {
+            if state.stopped() {
                 drop(state);
                 source.lock().expect("batch source").done = true;
                 room.notify_all();
@@ -190,7 +216,7 @@ impl Pipeline {
     /// lock is let go while a batch commits, so the other worker goes on staging; `room` is
     /// told after each commit.
     fn commit_ready<'g, 'w>(&self, commits: &'g Mutex<Commits<'w>>, mut state: MutexGuard<'g, Commits<'w>>, room: &Condvar, delay: std::time::Duration, must: bool) -> MutexGuard<'g, Commits<'w>> {
-        while !state.committing && state.error.is_none() {
+        while !state.committing && !state.stopped() {
             if !must && state.walk.as_ref().is_some_and(|walk| !walk.is_over()) {
                 break;
             }
