@@ -391,7 +391,8 @@ pub mod legacy {
         #[serde(with = "serde_bytes")]
         pub cid: Vec<u8>,
         pub replaced: Option<String>,
-        pub handled: Vec<(String, String)>,
+        /// The same stored form as a `String` name.
+        pub handled: Vec<(smol_str::SmolStr, String)>,
     }
 
     /// An event of page formats 1 and 2.
@@ -406,7 +407,7 @@ pub mod legacy {
         fn from(event: StoredEvent) -> Self {
             match event {
                 StoredEvent::Record(RecordEvent { live, did, rev, collection, rkey, action, cid, replaced, handled }) => {
-                    super::StoredEvent::Record(super::RecordEvent { live, did: did.into(), rev: rev.into(), collection: collection.into(), rkey: rkey.into(), action, cid, replaced, handled: handled.into_iter().map(|(name, json)| (name.into(), json)).collect(), body: None })
+                    super::StoredEvent::Record(super::RecordEvent { live, did: did.into(), rev: rev.into(), collection: collection.into(), rkey: rkey.into(), action, cid, replaced, handled, body: None })
                 }
                 StoredEvent::Identity(i) => super::StoredEvent::Identity(i),
                 StoredEvent::Account(a) => super::StoredEvent::Account(a),
@@ -468,9 +469,9 @@ mod tests {
 
     fn record_event() -> impl Strategy<Value = StoredEvent> {
         let body = proptest::option::of(proptest::collection::vec(any::<u8>(), 1..60));
-        (any::<bool>(), "[a-z:0-9]{1,30}", "[a-z0-9]{13}", "[a-z.]{3,30}", "[a-z0-9]{1,15}", 0..3u8, proptest::collection::vec(any::<u8>(), 0..40), proptest::option::of(".{0,20}"), proptest::collection::vec(("[a-z-]{1,10}", ".{0,20}"), 0..3), body)
+        (any::<bool>(), "[a-z:0-9]{1,30}", "[a-z0-9]{13}", "[a-z.]{3,30}", "[a-z0-9]{1,15}", 0..3u8, proptest::collection::vec(any::<u8>(), 0..40), proptest::option::of(".{0,20}"), proptest::collection::vec(("[a-z-]{1,10}".prop_map(SmolStr::from), ".{0,20}"), 0..3), body)
             .prop_map(|(live, did, rev, collection, rkey, a, cid, replaced, handled, body)| StoredEvent::Record(RecordEvent {
-                live, did: did.into(), rev: rev.into(), collection: collection.into(), rkey: rkey.into(), action: [Action::Create, Action::Update, Action::Delete][a as usize], cid, replaced, handled: handled.into_iter().map(|(name, json): (String, String)| (name.into(), json)).collect(), body: body.map(Into::into),
+                live, did: did.into(), rev: rev.into(), collection: collection.into(), rkey: rkey.into(), action: [Action::Create, Action::Update, Action::Delete][a as usize], cid, replaced, handled, body: body.map(Into::into),
             }))
     }
 
@@ -478,7 +479,7 @@ mod tests {
     fn legacy_of(event: &StoredEvent) -> legacy::StoredEvent {
         match event.clone() {
             StoredEvent::Record(RecordEvent { live, did, rev, collection, rkey, action, cid, replaced, handled, .. }) => {
-                legacy::StoredEvent::Record(legacy::RecordEvent { live, did: did.into(), rev: rev.into(), collection: collection.into(), rkey: rkey.into(), action, cid, replaced, handled: handled.into_iter().map(|(name, json)| (name.into(), json)).collect() })
+                legacy::StoredEvent::Record(legacy::RecordEvent { live, did: did.into(), rev: rev.into(), collection: collection.into(), rkey: rkey.into(), action, cid, replaced, handled })
             }
             StoredEvent::Identity(i) => legacy::StoredEvent::Identity(i),
             StoredEvent::Account(a) => legacy::StoredEvent::Account(a),
