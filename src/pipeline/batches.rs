@@ -138,11 +138,13 @@ impl Pipeline {
             return self.commit_batch(self.store.prepare(change)?, tally, outcome);
         }
         let delay = batches.delay;
+        // What every batch is staged with, the same throughout the walk.
+        let staging = (batches.compiled, batches.origin, batches.repo);
         let ahead = if self.walks.load(Ordering::Relaxed) > 1 { READY_AHEAD_SHARED } else { READY_AHEAD_ALONE };
         let source = Mutex::new(BatchSource { batches, changes, cut: 0, done: false });
         let commits = Mutex::new(Commits { ahead, ready: BTreeMap::new(), next: 0, committing: false, walk: Some(walk), outcome: *outcome, error: None, panicked: false });
         let room = Condvar::new();
-        let work = || self.batch_worker(&source, &commits, &room, delay);
+        let work = || self.batch_worker(&source, &commits, &room, delay, staging);
         std::thread::scope(|scope| {
             let other = scope.spawn(work);
             work();
@@ -162,10 +164,11 @@ impl Pipeline {
     /// the changes are used up or a batch fails, committing every batch that is next in order.
     /// A worker that finds nothing left to cut commits what is ready before it ends, so no
     /// batch is left behind.
-    fn batch_worker(&self, source: &Mutex<BatchSource<'_>>, commits: &Mutex<Commits<'_>>, room: &Condvar, delay: std::time::Duration) {
+    fn batch_worker(&self, source: &Mutex<BatchSource<'_>>, commits: &Mutex<Commits<'_>>, room: &Condvar, delay: std::time::Duration, staging: (&CompiledFilter, &Origin, &LoadedRepo)) {
+        let (compiled, origin, repo) = staging;
         let _stop_on_panic = StopOnPanic { commits, room };
         loop {
-            let Some((index, cut, (compiled, origin, repo))) = Self::cut_next(self, source) else {
+            let Some((index, cut)) = self.cut_next(source) else {
                 drop(self.commit_ready(commits, commits.lock().expect("commit state"), room, delay, true));
                 return;
             };
@@ -194,10 +197,9 @@ impl Pipeline {
         }
     }
 
-    /// Cuts the next batch from `source` with its index and what staging it needs; `None`
-    /// when the changes are used up (or a batch failed).
-    #[allow(clippy::type_complexity)]
-    fn cut_next<'a>(&self, source: &Mutex<BatchSource<'a>>) -> Option<(usize, Result<Cut, PipelineError>, (&'a CompiledFilter, &'a Origin, &'a LoadedRepo))> {
+    /// Cuts the next batch from `source`, with its index; `None` when the changes are used up
+    /// (or a batch failed).
+    fn cut_next(&self, source: &Mutex<BatchSource<'_>>) -> Option<(usize, Result<Cut, PipelineError>)> {
         let mut source = source.lock().expect("batch source");
         if source.done {
             return None;
@@ -206,8 +208,7 @@ impl Pipeline {
         let cut = self.cut_batch(batches, changes);
         source.done = !matches!(cut, Ok(Cut { last: false, .. }));
         source.cut += 1;
-        let b = &source.batches;
-        Some((source.cut - 1, cut, (b.compiled, b.origin, b.repo)))
+        Some((source.cut - 1, cut))
     }
 
     /// Commits the ready batches that are next in order, unless another worker is at it;
