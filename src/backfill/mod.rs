@@ -35,14 +35,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::config::{BackfillConfig, Config};
 use crate::identity::{Resolver, ResolverOptions};
 use crate::pipeline::Pipeline;
 use crate::store::values::now_ms;
-use crate::store::{RepoStatus, Store};
+use crate::store::{RepoState, RepoStatus, Store};
 
 pub use crawler::{CrawlSummary, Crawler, Listing};
 pub use fetch::RepoFetcher;
@@ -249,22 +249,8 @@ impl Backfill {
             if self.stopping() {
                 break;
             }
-            let next = {
-                let in_flight = self.in_flight.lock().expect("in flight");
-                self.store().due_repos(now_ms(), 1, &in_flight).map_err(|e| BackfillError(e.to_string()))?.pop()
-            };
-            match next {
-                Some((did, state)) => {
-                    self.in_flight.lock().expect("in flight").insert(did.clone());
-                    let me = self.clone();
-                    workers.spawn(async move {
-                        // Taken off the in-flight set however the task ends, a panic included,
-                        // so the run cannot wait forever on a repo nobody works on.
-                        let _in_flight = InFlight { backfill: me.clone(), did: did.clone() };
-                        me.backfill_repo(&did, state).await;
-                        drop(permit);
-                    });
-                }
+            match self.next_due_repo()? {
+                Some((did, state)) => self.start_repo(&mut workers, did, state, permit),
                 None => {
                     drop(permit);
                     let (idle, next_due) = self.queue_outlook()?;
@@ -284,6 +270,26 @@ impl Backfill {
         }
         while workers.join_next().await.is_some() {}
         Ok(())
+    }
+
+    /// The next due repo that is not in flight, if any.
+    fn next_due_repo(&self) -> Result<Option<(String, RepoState)>, BackfillError> {
+        let in_flight = self.in_flight.lock().expect("in flight");
+        Ok(self.store().due_repos(now_ms(), 1, &in_flight).map_err(|e| BackfillError(e.to_string()))?.pop())
+    }
+
+    /// Backfills `did` on a task of `workers`, holding `permit` (a place among the repos in
+    /// flight) until it ends.
+    fn start_repo(self: &Arc<Self>, workers: &mut JoinSet<()>, did: String, state: RepoState, permit: OwnedSemaphorePermit) {
+        self.in_flight.lock().expect("in flight").insert(did.clone());
+        let me = self.clone();
+        workers.spawn(async move {
+            // Taken off the in-flight set however the task ends, a panic included,
+            // so the run cannot wait forever on a repo nobody works on.
+            let _in_flight = InFlight { backfill: me.clone(), did: did.clone() };
+            me.backfill_repo(&did, state).await;
+            drop(permit);
+        });
     }
 
     /// (nothing in flight, when the next queued repo not in flight is due).
