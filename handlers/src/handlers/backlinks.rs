@@ -18,25 +18,25 @@ pub const COLLECTIONS: &[&str] = &["app.bsky.feed.like", "app.bsky.feed.repost",
 
 /// A record's `subject`: a strong ref's `uri` (likes, reposts) or a DID string (follows).
 /// Decoded by hand because `#[serde(untagged)]` buffers every record and cost a third of
-/// this handler's time.
-struct Subject(String);
+/// this handler's time. Borrowed from the record's bytes, as [`RecordView::decode`] allows.
+struct Subject<'a>(&'a str);
 
-impl<'de> Deserialize<'de> for Subject {
+impl<'de: 'a, 'a> Deserialize<'de> for Subject<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visit;
-        impl<'de> serde::de::Visitor<'de> for Visit {
-            type Value = Subject;
+        struct Visit<'a>(std::marker::PhantomData<&'a str>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Subject<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a DID string or a strong ref with a `uri`")
             }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Subject, E> {
-                Ok(Subject(v.to_string()))
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Subject<'a>, E> {
+                Ok(Subject(v))
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Subject, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Subject<'a>, A::Error> {
                 let mut uri = None;
                 while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                     if key == "uri" {
-                        uri = Some(map.next_value::<String>()?);
+                        uri = Some(map.next_value::<&'de str>()?);
                     } else {
                         map.next_value::<serde::de::IgnoredAny>()?;
                     }
@@ -44,7 +44,7 @@ impl<'de> Deserialize<'de> for Subject {
                 uri.map(Subject).ok_or_else(|| serde::de::Error::missing_field("uri"))
             }
         }
-        d.deserialize_any(Visit)
+        d.deserialize_any(Visit(std::marker::PhantomData))
     }
 }
 
@@ -55,11 +55,12 @@ struct BacklinkOut<'a> {
 }
 
 #[derive(Deserialize)]
-struct WithSubject {
-    subject: Subject,
+struct WithSubject<'a> {
+    #[serde(borrow)]
+    subject: Subject<'a>,
 }
 
-fn subject_of(bytes_decoded: Result<WithSubject, HandlerError>) -> Result<String, HandlerError> {
+fn subject_of(bytes_decoded: Result<WithSubject<'_>, HandlerError>) -> Result<&str, HandlerError> {
     Ok(bytes_decoded?.subject.0)
 }
 
@@ -100,7 +101,7 @@ pub fn parse_backlink_key(key: &[u8]) -> Option<(&str, &str, &str, &str)> {
 
 fn unlink(prev: Option<PreviousRecord<'_>>, collection: &str, did: &str, rkey: &str, out: &mut HandlerOutput) {
     if let Some(Ok(subject)) = prev.map(|p| subject_of(p.decode())) {
-        out.delete(backlink_key(&subject, collection, did, rkey));
+        out.delete(backlink_key(subject, collection, did, rkey));
     }
 }
 
@@ -120,8 +121,8 @@ impl CollectionHandler for BacklinksHandler {
     fn on_record(&self, rec: &RecordView<'_>, _: &HandlerSettings, out: &mut HandlerOutput) -> Result<(), HandlerError> {
         let subject = subject_of(rec.decode())?;
         unlink(rec.previous, rec.collection, rec.did, rec.rkey, out);
-        out.put(backlink_key(&subject, rec.collection, rec.did, rec.rkey), Vec::new());
-        out.emit(BacklinkOut { subject: &subject })
+        out.put(backlink_key(subject, rec.collection, rec.did, rec.rkey), Vec::new());
+        out.emit(BacklinkOut { subject })
     }
 
     fn on_delete(&self, key: &RecordKeyView<'_>, _: &HandlerSettings, out: &mut HandlerOutput) -> Result<(), HandlerError> {
