@@ -307,11 +307,17 @@ impl Store {
                 RecordWrite::Remove { collection, rkey } => batch.remove(&self.records, keys::record(&change.did, collection, rkey)),
             }
         }
+        // A batch's handler writes come in runs of one handler: its keyspace is looked up once
+        // a run, not once a write.
+        let mut space: Option<(&'static str, Keyspace)> = None;
         for (name, w) in change.handler_writes {
-            let ks = self.handler_space(name)?;
+            if space.as_ref().is_none_or(|(current, _)| *current != name) {
+                space = Some((name, self.handler_space(name)?));
+            }
+            let (_, ks) = space.as_ref().expect("set above");
             match w.value {
-                Some(v) => batch.insert(&ks, w.key, v),
-                None => batch.remove(&ks, w.key),
+                Some(v) => batch.insert(ks, w.key, v),
+                None => batch.remove(ks, w.key),
             }
         }
         if let Some((service, value)) = change.cursor {
