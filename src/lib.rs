@@ -42,6 +42,7 @@ pub mod filter;
 pub mod firehose;
 pub mod http;
 pub mod identity;
+pub mod index_files;
 pub mod pipeline;
 pub mod repo;
 pub mod server;
@@ -150,6 +151,9 @@ pub enum IndexError {
     /// The given signing key is invalid.
     #[error("{0}")]
     Key(String),
+    /// The CAR file could not be read.
+    #[error("reading the CAR file: {0}")]
+    Read(std::io::Error),
 }
 
 impl Sluice {
@@ -187,13 +191,25 @@ impl Sluice {
 
     /// Reads, verifies and indexes one repo export.
     pub fn index_car(&self, car: &[u8], opts: &IndexOptions) -> Result<RepoOutcome, IndexError> {
+        self.index_loaded(&self.load_car(car, opts)?)
+    }
+
+    /// Reads and verifies one repo export (CIDs, commit, DID and signature as `opts` ask),
+    /// without indexing it: the first half of [`Sluice::index_car`].
+    pub fn load_car(&self, car: &[u8], opts: &IndexOptions) -> Result<repo::LoadedRepo, IndexError> {
         let key = opts.signing_key.as_deref().map(repo::parse_public_key).transpose().map_err(IndexError::Key)?;
         let loaded = repo::read_car(car, &self.config.limits.car_limits())?;
         loaded.check_commit(opts.expected_did.as_deref())?;
         if let Some(key) = &key {
             loaded.verify_signature(key)?;
         }
-        Ok(self.pipeline.apply_walk(&loaded, &pipeline::WalkOptions::default())?)
+        Ok(loaded)
+    }
+
+    /// Indexes a repo export read by [`Sluice::load_car`]: the second half of
+    /// [`Sluice::index_car`].
+    pub fn index_loaded(&self, loaded: &repo::LoadedRepo) -> Result<RepoOutcome, IndexError> {
+        Ok(self.pipeline.apply_walk(loaded, &pipeline::WalkOptions::default())?)
     }
 }
 

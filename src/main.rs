@@ -78,6 +78,10 @@ enum Command {
         /// Signing key (did:key:z... or multibase) to verify the commits against.
         #[arg(long)]
         key: Option<String>,
+        /// CAR files indexed at once (default: one per core). Exports of one repo are always
+        /// applied in the order given; with 1, events also follow the order of the files.
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
         /// CAR files.
         #[arg(required = true)]
         cars: Vec<PathBuf>,
@@ -234,12 +238,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             net.apply(&mut config);
             run_backfill(config, &dids, recrawl, sluice::backfill::RunMode::UntilEmpty)
         }
-        Command::IndexCar { filter, data, did, key, cars } => {
+        Command::IndexCar { filter, data, did, key, jobs, cars } => {
             config.storage.path = data_dir(&config, data);
             if let Some(f) = filter {
                 config.filter.path = f;
             }
-            index_cars(config, IndexOptions { expected_did: did, signing_key: key }, &cars)
+            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            index_cars(config, IndexOptions { expected_did: did, signing_key: key }, jobs, &cars)
         }
         Command::Events { data, cursor, limit } => {
             print_events(&mut std::io::stdout().lock(), &open_store(&data_dir(&config, data))?, cursor, limit)?;
@@ -433,29 +438,28 @@ fn open_store(dir: &std::path::Path) -> anyhow::Result<Store> {
     Store::open(dir).with_context(|| format!("opening the store in {}", dir.display()))
 }
 
-/// Indexes each CAR; a bad one is reported and skipped, and makes the exit code non-zero.
-fn index_cars(config: Config, opts: IndexOptions, cars: &[PathBuf]) -> anyhow::Result<ExitCode> {
+/// Indexes each CAR, `jobs` at a time (the exports of one repo in the order given); prints a
+/// line per CAR in the order given. A bad one is reported and skipped, and makes the exit
+/// code non-zero.
+fn index_cars(config: Config, opts: IndexOptions, jobs: usize, cars: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let sluice = Sluice::builder().config(config.clone()).filter(Filter::load(&config.filter.path)?).open()?;
     let mut failed = 0;
-    for path in cars {
-        let result = std::fs::read(path).map_err(anyhow::Error::from).and_then(|bytes| Ok(sluice.index_car(&bytes, &opts)?));
-        match result {
-            Ok(o) => {
-                let events = match o.committed.first_event {
-                    Some(first) => format!("events {first}..={}", first + o.committed.events - 1),
-                    None => "no events".into(),
-                };
-                println!(
-                    "{}: {}: {} created, {} updated, {} deleted, {} unchanged, {} handler error(s); {events}",
-                    path.display(), o.status.as_str(), o.created, o.updated, o.deleted, o.unchanged, o.handler_errors
-                );
-            }
-            Err(e) => {
-                failed += 1;
-                eprintln!("error: {}: {e:#}", path.display());
-            }
+    sluice::index_files::index_files(&sluice, cars, &opts, jobs, |i, result| match result {
+        Ok(o) => {
+            let events = match o.committed.first_event {
+                Some(first) => format!("events {first}..={}", first + o.committed.events - 1),
+                None => "no events".into(),
+            };
+            println!(
+                "{}: {}: {} created, {} updated, {} deleted, {} unchanged, {} handler error(s); {events}",
+                cars[i].display(), o.status.as_str(), o.created, o.updated, o.deleted, o.unchanged, o.handler_errors
+            );
         }
-    }
+        Err(e) => {
+            failed += 1;
+            eprintln!("error: {}: {e:#}", cars[i].display());
+        }
+    });
     sluice.store().persist()?;
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -20,11 +20,13 @@ fn index_car_then_events_and_stats() {
     let data = data.to_str().unwrap();
     let calabro = common::fixture("car/calabro.car");
     let tiny = common::fixture("car/tiny.car");
-    let out = sluice(&["index-car", "--filter", "filters/everything.toml", "--data", data, calabro.to_str().unwrap(), tiny.to_str().unwrap()]);
+    // One at a time, so the event ids follow the order of the files.
+    let out = sluice(&["index-car", "--jobs", "1", "--filter", "filters/everything.toml", "--data", data, calabro.to_str().unwrap(), tiny.to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("calabro.car: synced: 4347 created"), "{stdout}");
     assert!(stdout.contains("events 1..=4347"), "{stdout}");
+    assert!(stdout.contains("tiny.car: synced: 8 created") && stdout.contains("events 4348..=4355"), "{stdout}");
 
     let again = sluice(&["index-car", "--filter", "filters/everything.toml", "--data", data, calabro.to_str().unwrap()]);
     assert!(text(&again.stdout).contains("0 created, 0 updated, 0 deleted, 4347 unchanged") && text(&again.stdout).contains("no events"));
