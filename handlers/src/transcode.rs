@@ -27,11 +27,43 @@ impl ser::Serialize for Transcode<'_> {
         if let Some(problem) = over_size_limit(self.0) {
             return Err(S::Error::custom(problem));
         }
+        FIRST_ERROR.with_borrow_mut(|first| *first = None);
         let mut de = serde_ipld_dagcbor::de::Deserializer::from_slice(self.0);
-        let out = (&mut de).deserialize_any(Forward(s)).map_err(S::Error::custom)?;
-        de.end().map_err(S::Error::custom)?;
-        Ok(out)
+        let out = (&mut de).deserialize_any(Forward(s)).and_then(|out| de.end().map(|()| out));
+        out.map_err(|e| S::Error::custom(FIRST_ERROR.take().unwrap_or_else(|| e.to_string())))
     }
+}
+
+thread_local! {
+    /// The first error of the value being transcoded. An error deep in nested values goes up
+    /// through the deserializer's and the serializer's error types in turn, and
+    /// `serde_ipld_dagcbor` shows its errors in Debug form: wrapped again at every level, the
+    /// message would be escaped again each time, its backslashes doubling, 2^depth bytes (a
+    /// fuzz finding). So the first message is kept here, the levels above pass a short marker,
+    /// and [`Transcode`] reports the first.
+    static FIRST_ERROR: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// What the levels above the first error pass up.
+const SEE_FIRST_ERROR: &str = "(an error inside this value)";
+
+/// `e` as the serializer's error, its text kept in [`FIRST_ERROR`] if it is the first.
+fn up_ser<E: ser::Error>(e: impl fmt::Display) -> E {
+    E::custom(keep_first(e))
+}
+
+/// `e` as the deserializer's error, its text kept in [`FIRST_ERROR`] if it is the first.
+fn up_de<E: de::Error>(e: impl fmt::Display) -> E {
+    E::custom(keep_first(e))
+}
+
+fn keep_first(e: impl fmt::Display) -> &'static str {
+    FIRST_ERROR.with_borrow_mut(|first| {
+        if first.is_none() {
+            *first = Some(e.to_string());
+        }
+    });
+    SEE_FIRST_ERROR
 }
 
 /// The body as a ready JSON value to embed in a larger serialized structure, or `None` when it
@@ -49,7 +81,7 @@ struct Pending<D>(RefCell<Option<D>>);
 impl<'de, D: de::Deserializer<'de>> ser::Serialize for Pending<D> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let de = self.0.borrow_mut().take().ok_or_else(|| S::Error::custom("a value serialized twice"))?;
-        de.deserialize_any(Forward(s)).map_err(S::Error::custom)
+        de.deserialize_any(Forward(s)).map_err(up_ser)
     }
 }
 
@@ -63,7 +95,7 @@ struct Element<'a, S>(&'a mut S);
 impl<'de, S: SerializeSeq> DeserializeSeed<'de> for Element<'_, S> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
-        self.0.serialize_element(&pending(de)).map_err(de::Error::custom)
+        self.0.serialize_element(&pending(de)).map_err(up_de)
     }
 }
 
@@ -74,7 +106,7 @@ impl<'de, S: SerializeMap> DeserializeSeed<'de> for Key<'_, S> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
         let key = <std::borrow::Cow<'de, str> as de::Deserialize>::deserialize(de)?;
-        self.0.serialize_key(&*key).map_err(de::Error::custom)
+        self.0.serialize_key(&*key).map_err(up_de)
     }
 }
 
@@ -84,7 +116,7 @@ struct Value<'a, S>(&'a mut S);
 impl<'de, S: SerializeMap> DeserializeSeed<'de> for Value<'_, S> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
-        self.0.serialize_value(&pending(de)).map_err(de::Error::custom)
+        self.0.serialize_value(&pending(de)).map_err(up_de)
     }
 }
 
@@ -124,46 +156,46 @@ impl<'de, S: Serializer> Visitor<'de> for Forward<S> {
         f.write_str("a value of the AT Protocol data model")
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<S::Ok, E> {
-        self.0.serialize_bool(v).map_err(E::custom)
+        self.0.serialize_bool(v).map_err(up_de)
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<S::Ok, E> {
-        self.0.serialize_i64(v).map_err(E::custom)
+        self.0.serialize_i64(v).map_err(up_de)
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<S::Ok, E> {
-        self.0.serialize_u64(v).map_err(E::custom)
+        self.0.serialize_u64(v).map_err(up_de)
     }
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<S::Ok, E> {
         Err(E::custom("floats are not allowed"))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<S::Ok, E> {
-        self.0.serialize_str(v).map_err(E::custom)
+        self.0.serialize_str(v).map_err(up_de)
     }
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<S::Ok, E> {
-        one_entry(self.0, "$bytes", &base64::engine::general_purpose::STANDARD_NO_PAD.encode(v)).map_err(E::custom)
+        one_entry(self.0, "$bytes", &base64::engine::general_purpose::STANDARD_NO_PAD.encode(v)).map_err(up_de)
     }
     fn visit_none<E: de::Error>(self) -> Result<S::Ok, E> {
-        self.0.serialize_none().map_err(E::custom)
+        self.0.serialize_none().map_err(up_de)
     }
     fn visit_unit<E: de::Error>(self) -> Result<S::Ok, E> {
-        self.0.serialize_unit().map_err(E::custom)
+        self.0.serialize_unit().map_err(up_de)
     }
     fn visit_newtype_struct<D: de::Deserializer<'de>>(self, de: D) -> Result<S::Ok, D::Error> {
         match de.deserialize_bytes(CidText)? {
-            Tagged::Link(cid) => one_entry(self.0, "$link", &cid).map_err(de::Error::custom),
+            Tagged::Link(cid) => one_entry(self.0, "$link", &cid).map_err(up_de),
             Tagged::NotACid(bytes) => self.visit_bytes(&bytes),
         }
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<S::Ok, A::Error> {
-        let mut out = self.0.serialize_seq(seq.size_hint()).map_err(de::Error::custom)?;
+        let mut out = self.0.serialize_seq(seq.size_hint()).map_err(up_de)?;
         while seq.next_element_seed(Element(&mut out))?.is_some() {}
-        out.end().map_err(de::Error::custom)
+        out.end().map_err(up_de)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<S::Ok, A::Error> {
-        let mut out = self.0.serialize_map(map.size_hint()).map_err(de::Error::custom)?;
+        let mut out = self.0.serialize_map(map.size_hint()).map_err(up_de)?;
         while map.next_key_seed(Key(&mut out))?.is_some() {
             map.next_value_seed(Value(&mut out))?;
         }
-        out.end().map_err(de::Error::custom)
+        out.end().map_err(up_de)
     }
 }
 
@@ -219,6 +251,23 @@ mod tests {
             assert!(cbor_to_json(&bad).is_err(), "{bad:?}");
         }
         assert!(raw_json(&vec![0x60; MAX_VALUE_BYTES + 1]).is_none(), "over the size limit");
+    }
+
+    #[test]
+    fn an_error_deep_in_nested_values_is_told_once_whatever_the_depth() {
+        // A fuzz finding: each level of nesting passed the error below it up through both
+        // serde error types, and serde_ipld_dagcbor shows its errors in Debug form, so every
+        // level escaped the message again, doubling its backslashes: 2^depth bytes, a hang at
+        // a few dozen levels (below the decoder's depth limit). Here, a float inside 20 and then 100
+        // one-element arrays.
+        for depth in [20, 100] {
+            let mut cbor = vec![0x81; depth];
+            cbor.extend([0xfb, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0]);
+            let mut out = Vec::new();
+            let err = write_cbor_json(&cbor, &mut out).unwrap_err().to_string();
+            assert!(err.contains("floats are not allowed") && err.len() < 200, "{} bytes: {}", err.len(), &err[..err.len().min(200)]);
+            assert!(out.is_empty());
+        }
     }
 
     fn data_model() -> impl Strategy<Value = Json> {
