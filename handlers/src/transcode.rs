@@ -121,7 +121,8 @@ impl<'de, S: SerializeMap> DeserializeSeed<'de> for Value<'_, S> {
 }
 
 /// Reads what `serde_ipld_dagcbor` hands over for tag 42: a CID's bytes, as its string form;
-/// bytes that are not a CID stay bytes, as the reference (jacquard's data model) reads them.
+/// bytes that are not a CID stay bytes, as the reference (jacquard's data model) reads them,
+/// and a CID of another version than 1 is refused, as the reference refuses it.
 struct CidText;
 
 /// What a tag 42 held.
@@ -136,10 +137,11 @@ impl<'de> Visitor<'de> for CidText {
         f.write_str("the bytes of a CID")
     }
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Tagged, E> {
-        Ok(match jacquard_common::types::cid::IpldCid::try_from(v) {
-            Ok(cid) => Tagged::Link(cid.to_string()),
-            Err(_) => Tagged::NotACid(v.to_vec()),
-        })
+        match jacquard_common::types::cid::IpldCid::try_from(v) {
+            Ok(cid) if u64::from(cid.version()) == 1 => Ok(Tagged::Link(cid.to_string())),
+            Ok(_) => Err(E::custom(crate::value::NOT_A_CID_V1)),
+            Err(_) => Ok(Tagged::NotACid(v.to_vec())),
+        }
     }
 }
 
@@ -228,6 +230,20 @@ mod tests {
         let reference = cbor_to_json(&cbor).unwrap();
         assert!(reference["a"]["$bytes"].is_string(), "{reference}");
         assert_eq!(transcoded(&cbor), Some(reference));
+    }
+
+    #[test]
+    fn a_cid_v0_link_is_refused_by_both_readers() {
+        // A fuzz finding: tag 42 over a CIDv0 (a bare sha2-256 multihash). The transcoder wrote
+        // its base58 form, the reference an empty string (jacquard formats links in base32,
+        // which a CIDv0 has none of). The data model links only to CIDv1s: both refuse it.
+        let mut v0 = vec![0x00, 0x12, 0x20];
+        v0.extend([7u8; 32]);
+        let mut cbor = vec![0xa1, 0x61, b'a', 0xd8, 0x2a, 0x58, v0.len() as u8];
+        cbor.extend(&v0);
+        assert_eq!(transcoded(&cbor), None);
+        let err = cbor_to_json(&cbor).unwrap_err().to_string();
+        assert!(err.contains("not a CIDv1"), "{err}");
     }
 
     #[test]
