@@ -106,6 +106,9 @@ impl<'de, S: SerializeMap> DeserializeSeed<'de> for Key<'_, S> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
         let key = <std::borrow::Cow<'de, str> as de::Deserialize>::deserialize(de)?;
+        if crate::value::is_reserved_key(&key) {
+            return Err(de::Error::custom(crate::value::RESERVED_KEY));
+        }
         self.0.serialize_key(&*key).map_err(up_de)
     }
 }
@@ -244,6 +247,19 @@ mod tests {
         assert_eq!(transcoded(&cbor), None);
         let err = cbor_to_json(&cbor).unwrap_err().to_string();
         assert!(err.contains("not a CIDv1"), "{err}");
+    }
+
+    #[test]
+    fn a_map_with_a_key_reserved_for_links_or_bytes_is_refused_by_both_readers() {
+        // A fuzz finding: {"$bytes": -7, "zzzzzz": ...}. jacquard's reader took the first key
+        // for JSON's bytes form and misread the rest of the map; the transcoder wrote the map
+        // out, as JSON that reads back as bytes. Both refuse such a map now, at any depth.
+        for value in [json!({"$bytes": 1, "zzzzzz": 2}), json!({"$link": "x"}), json!({"a": [{"$bytes": "AAEC"}]})] {
+            let cbor = serde_ipld_dagcbor::to_vec(&value).unwrap();
+            assert_eq!(transcoded(&cbor), None, "{value}");
+            let err = cbor_to_json(&cbor).unwrap_err().to_string();
+            assert!(err.contains("reserved"), "{value}: {err}");
+        }
     }
 
     #[test]

@@ -60,10 +60,88 @@ fn raw_value(bytes: &[u8]) -> Result<RawData<'_>, ValueError> {
     if let Some(problem) = over_size_limit(bytes) {
         return Err(ValueError::Cbor(problem));
     }
+    // jacquard's reader takes a map whose first key is `$link` or `$bytes` for JSON's link or
+    // bytes form and misreads the rest of such a map, so those keys are looked for first.
+    serde_ipld_dagcbor::from_slice::<NoReservedKeys>(bytes).map_err(|e| ValueError::Cbor(e.to_string()))?;
     let raw: RawData = serde_ipld_dagcbor::from_slice(bytes).map_err(|e| ValueError::Cbor(e.to_string()))?;
     match invalid_part(&raw) {
         Some(problem) => Err(ValueError::Cbor(problem.into())),
         None => Ok(raw),
+    }
+}
+
+/// Why a map with a `$link` or `$bytes` key is refused: AT Protocol JSON spells links and bytes
+/// with those keys, so such a map could not be told from one when shown as JSON (a fuzz finding:
+/// jacquard misread one, the transcoder did not).
+pub(crate) const RESERVED_KEY: &str = "a map key reserved for links and bytes ($link, $bytes)";
+
+/// Whether `key` is one of the keys AT Protocol JSON reserves for links and bytes.
+pub(crate) fn is_reserved_key(key: &str) -> bool {
+    key == "$link" || key == "$bytes"
+}
+
+/// A DAG-CBOR value read without keeping anything, refusing maps with a reserved key.
+struct NoReservedKeys;
+
+impl<'de> serde::Deserialize<'de> for NoReservedKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(NoReservedKeys)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for NoReservedKeys {
+    type Value = NoReservedKeys;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a DAG-CBOR value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_i128<E>(self, _: i128) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_u128<E>(self, _: u128) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_bytes<E>(self, _: &[u8]) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_none<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_unit<E>(self) -> Result<Self, E> {
+        Ok(self)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self, D::Error> {
+        serde::Deserialize::deserialize(d)
+    }
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self, D::Error> {
+        <serde::de::IgnoredAny as serde::Deserialize>::deserialize(d).map(|_| self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
+        while seq.next_element::<NoReservedKeys>()?.is_some() {}
+        Ok(self)
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if is_reserved_key(&key) {
+                return Err(serde::de::Error::custom(RESERVED_KEY));
+            }
+            map.next_value::<NoReservedKeys>()?;
+        }
+        Ok(self)
     }
 }
 
