@@ -243,7 +243,6 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(f) = filter {
                 config.filter.path = f;
             }
-            let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
             index_cars(config, IndexOptions { expected_did: did, signing_key: key }, jobs, &cars)
         }
         Command::Events { data, cursor, limit } => {
@@ -438,11 +437,12 @@ fn open_store(dir: &std::path::Path) -> anyhow::Result<Store> {
     Store::open(dir).with_context(|| format!("opening the store in {}", dir.display()))
 }
 
-/// Indexes each CAR, `jobs` at a time (the exports of one repo in the order given); prints a
-/// line per CAR in the order given. A bad one is reported and skipped, and makes the exit
-/// code non-zero.
-fn index_cars(config: Config, opts: IndexOptions, jobs: usize, cars: &[PathBuf]) -> anyhow::Result<ExitCode> {
+/// Indexes each CAR, `jobs` at a time (default: one per core; the exports of one repo in the
+/// order given); prints a line per CAR in the order given. A bad one is reported and skipped,
+/// and makes the exit code non-zero.
+fn index_cars(config: Config, opts: IndexOptions, jobs: Option<usize>, cars: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let sluice = Sluice::builder().config(config.clone()).filter(Filter::load(&config.filter.path)?).open()?;
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut failed = 0;
     sluice::index_files::index_files(&sluice, cars, &opts, jobs, |i, result| match result {
         Ok(o) => {
