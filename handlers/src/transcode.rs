@@ -99,17 +99,27 @@ impl<'de, S: SerializeSeq> DeserializeSeed<'de> for Element<'_, S> {
     }
 }
 
-/// Serializes the next key of a map, which must be a string.
-struct Key<'a, S>(&'a mut S);
+/// Serializes the next key of a map, which must be a string, neither reserved nor one the
+/// map already had (`seen`).
+struct Key<'a, 'de, S>(&'a mut S, &'a mut MapKeys<'de>);
 
-impl<'de, S: SerializeMap> DeserializeSeed<'de> for Key<'_, S> {
+/// The keys a map has had so far; records' maps have a handful, kept without allocating.
+type MapKeys<'de> = smallvec::SmallVec<[std::borrow::Cow<'de, str>; 8]>;
+
+impl<'de, S: SerializeMap> DeserializeSeed<'de> for Key<'_, 'de, S> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+        let (out, seen) = (self.0, self.1);
         let key = <std::borrow::Cow<'de, str> as de::Deserialize>::deserialize(de)?;
         if crate::value::is_reserved_key(&key) {
             return Err(de::Error::custom(crate::value::RESERVED_KEY));
         }
-        self.0.serialize_key(&*key).map_err(up_de)
+        if seen.contains(&key) {
+            return Err(de::Error::custom(crate::value::DUPLICATE_KEY));
+        }
+        out.serialize_key(&*key).map_err(up_de)?;
+        seen.push(key);
+        Ok(())
     }
 }
 
@@ -197,7 +207,8 @@ impl<'de, S: Serializer> Visitor<'de> for Forward<S> {
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<S::Ok, A::Error> {
         let mut out = self.0.serialize_map(map.size_hint()).map_err(up_de)?;
-        while map.next_key_seed(Key(&mut out))?.is_some() {
+        let mut seen = MapKeys::new();
+        while map.next_key_seed(Key(&mut out, &mut seen))?.is_some() {
             map.next_value_seed(Value(&mut out))?;
         }
         out.end().map_err(up_de)
@@ -260,6 +271,17 @@ mod tests {
             let err = cbor_to_json(&cbor).unwrap_err().to_string();
             assert!(err.contains("reserved"), "{value}: {err}");
         }
+    }
+
+    #[test]
+    fn a_map_with_a_key_twice_is_refused_by_both_readers() {
+        // A fuzz finding: {"": <a bad value>, "": []}. jacquard's reader keeps the last value of
+        // a key, so the bad one went unseen; the transcoder wrote both. DAG-CBOR allows a key
+        // once: both refuse such a map.
+        let cbor = [0xa2, 0x60, 0x01, 0x60, 0x80];
+        assert_eq!(transcoded(&cbor), None);
+        let err = cbor_to_json(&cbor).unwrap_err().to_string();
+        assert!(err.contains("twice"), "{err}");
     }
 
     #[test]

@@ -61,8 +61,8 @@ fn raw_value(bytes: &[u8]) -> Result<RawData<'_>, ValueError> {
         return Err(ValueError::Cbor(problem));
     }
     // jacquard's reader takes a map whose first key is `$link` or `$bytes` for JSON's link or
-    // bytes form and misreads the rest of such a map, and can read past a float: both are
-    // looked for first.
+    // bytes form and misreads the rest of such a map, keeps only the last value of a key given
+    // twice, and can read past a float: these are looked for first.
     serde_ipld_dagcbor::from_slice::<Prechecked>(bytes).map_err(|e| ValueError::Cbor(e.to_string()))?;
     let raw: RawData = serde_ipld_dagcbor::from_slice(bytes).map_err(|e| ValueError::Cbor(e.to_string()))?;
     match invalid_part(&raw) {
@@ -79,13 +79,17 @@ const FLOATS: &str = "floats are not allowed";
 /// jacquard misread one, the transcoder did not).
 pub(crate) const RESERVED_KEY: &str = "a map key reserved for links and bytes ($link, $bytes)";
 
+/// Why a map with a key twice is refused: DAG-CBOR allows each key once, and jacquard's
+/// reader kept only the last value, so the first went unchecked (a fuzz finding).
+pub(crate) const DUPLICATE_KEY: &str = "a map with the same key twice";
+
 /// Whether `key` is one of the keys AT Protocol JSON reserves for links and bytes.
 pub(crate) fn is_reserved_key(key: &str) -> bool {
     key == "$link" || key == "$bytes"
 }
 
 /// A DAG-CBOR value read without keeping anything, refusing what jacquard's reader misreads
-/// (fuzz findings): maps with a reserved key, and floats.
+/// (fuzz findings): maps with a reserved key or a key twice, and floats.
 struct Prechecked;
 
 impl<'de> serde::Deserialize<'de> for Prechecked {
@@ -140,11 +144,16 @@ impl<'de> serde::de::Visitor<'de> for Prechecked {
         Ok(self)
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+        let mut seen = Vec::new();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if is_reserved_key(&key) {
                 return Err(serde::de::Error::custom(RESERVED_KEY));
             }
+            if seen.contains(&key) {
+                return Err(serde::de::Error::custom(DUPLICATE_KEY));
+            }
             map.next_value::<Prechecked>()?;
+            seen.push(key);
         }
         Ok(self)
     }
