@@ -111,11 +111,8 @@ impl<'de, S: SerializeMap> DeserializeSeed<'de> for Key<'_, 'de, S> {
     fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
         let (out, seen) = (self.0, self.1);
         let key = <std::borrow::Cow<'de, str> as de::Deserialize>::deserialize(de)?;
-        if crate::value::is_reserved_key(&key) {
-            return Err(de::Error::custom(crate::value::RESERVED_KEY));
-        }
-        if seen.contains(&key) {
-            return Err(de::Error::custom(crate::value::DUPLICATE_KEY));
+        if let Some(problem) = crate::value::map_key_problem(seen, &key) {
+            return Err(de::Error::custom(problem));
         }
         out.serialize_key(&*key).map_err(up_de)?;
         seen.push(key);

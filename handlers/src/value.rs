@@ -74,18 +74,22 @@ fn raw_value(bytes: &[u8]) -> Result<RawData<'_>, ValueError> {
 /// Why a float is refused: the data model has none.
 const FLOATS: &str = "floats are not allowed";
 
-/// Why a map with a `$link` or `$bytes` key is refused: AT Protocol JSON spells links and bytes
-/// with those keys, so such a map could not be told from one when shown as JSON (a fuzz finding:
-/// jacquard misread one, the transcoder did not).
-pub(crate) const RESERVED_KEY: &str = "a map key reserved for links and bytes ($link, $bytes)";
-
-/// Why a map with a key twice is refused: DAG-CBOR allows each key once, and jacquard's
-/// reader kept only the last value, so the first went unchecked (a fuzz finding).
-pub(crate) const DUPLICATE_KEY: &str = "a map with the same key twice";
-
-/// Whether `key` is one of the keys AT Protocol JSON reserves for links and bytes.
-pub(crate) fn is_reserved_key(key: &str) -> bool {
-    key == "$link" || key == "$bytes"
+/// Why a map's next `key` is refused, given the keys it had before it (`seen`), if it is:
+/// - `$link` and `$bytes`: AT Protocol JSON spells links and bytes with those keys, so such a
+///   map could not be told from one when shown as JSON (a fuzz finding: jacquard misread one,
+///   the transcoder did not);
+/// - a key twice: DAG-CBOR allows each key once, and jacquard's reader kept only the last
+///   value, so the first went unchecked (a fuzz finding).
+///
+/// Both readers, this module's and [`crate::transcode`], check every key with it.
+pub(crate) fn map_key_problem(seen: &[std::borrow::Cow<'_, str>], key: &str) -> Option<&'static str> {
+    if key == "$link" || key == "$bytes" {
+        Some("a map key reserved for links and bytes ($link, $bytes)")
+    } else if seen.iter().any(|k| k == key) {
+        Some("a map with the same key twice")
+    } else {
+        None
+    }
 }
 
 /// A DAG-CBOR value read without keeping anything, refusing what jacquard's reader misreads
@@ -146,11 +150,8 @@ impl<'de> serde::de::Visitor<'de> for Prechecked {
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
         let mut seen = Vec::new();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if is_reserved_key(&key) {
-                return Err(serde::de::Error::custom(RESERVED_KEY));
-            }
-            if seen.contains(&key) {
-                return Err(serde::de::Error::custom(DUPLICATE_KEY));
+            if let Some(problem) = map_key_problem(&seen, &key) {
+                return Err(serde::de::Error::custom(problem));
             }
             map.next_value::<Prechecked>()?;
             seen.push(key);
