@@ -29,7 +29,7 @@ impl ser::Serialize for Transcode<'_> {
         }
         FIRST_ERROR.with_borrow_mut(|first| *first = None);
         let mut de = serde_ipld_dagcbor::de::Deserializer::from_slice(self.0);
-        let out = (&mut de).deserialize_any(Forward(s)).and_then(|out| de.end().map(|()| out));
+        let out = (&mut de).deserialize_any(Forward(s, 0)).and_then(|out| de.end().map(|()| out));
         out.map_err(|e| S::Error::custom(FIRST_ERROR.take().unwrap_or_else(|| e.to_string())))
     }
 }
@@ -72,30 +72,32 @@ pub fn raw_json(bytes: &[u8]) -> Option<Box<serde_json::value::RawValue>> {
     serde_json::value::to_raw_value(&Transcode(bytes)).ok()
 }
 
-/// A visitor that serializes whatever it is shown.
-struct Forward<S>(S);
+/// A visitor that serializes whatever it is shown, a value held in `.1` maps and arrays
+/// (which may nest [`crate::value::MAX_NESTING`] deep).
+struct Forward<S>(S, usize);
 
-/// One value still to be read from `D`, serialized as it is read.
-struct Pending<D>(RefCell<Option<D>>);
+/// One value still to be read from `D`, held in `.1` maps and arrays, serialized as it is read.
+struct Pending<D>(RefCell<Option<D>>, usize);
 
 impl<'de, D: de::Deserializer<'de>> ser::Serialize for Pending<D> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let de = self.0.borrow_mut().take().ok_or_else(|| S::Error::custom("a value serialized twice"))?;
-        de.deserialize_any(Forward(s)).map_err(up_ser)
+        de.deserialize_any(Forward(s, self.1)).map_err(up_ser)
     }
 }
 
-fn pending<D>(de: D) -> Pending<D> {
-    Pending(RefCell::new(Some(de)))
+fn pending<D>(de: D, depth: usize) -> Pending<D> {
+    Pending(RefCell::new(Some(de)), depth)
 }
 
-/// Serializes the next element of a sequence.
-struct Element<'a, S>(&'a mut S);
+/// Serializes the next element of a sequence held in `.1` maps and arrays (the sequence
+/// counted).
+struct Element<'a, S>(&'a mut S, usize);
 
 impl<'de, S: SerializeSeq> DeserializeSeed<'de> for Element<'_, S> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
-        self.0.serialize_element(&pending(de)).map_err(up_de)
+        self.0.serialize_element(&pending(de, self.1)).map_err(up_de)
     }
 }
 
@@ -120,13 +122,14 @@ impl<'de, S: SerializeMap> DeserializeSeed<'de> for Key<'_, 'de, S> {
     }
 }
 
-/// Serializes the value of the key just serialized.
-struct Value<'a, S>(&'a mut S);
+/// Serializes the value of the key just serialized, held in `.1` maps and arrays (the map
+/// counted).
+struct Value<'a, S>(&'a mut S, usize);
 
 impl<'de, S: SerializeMap> DeserializeSeed<'de> for Value<'_, S> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
-        self.0.serialize_value(&pending(de)).map_err(up_de)
+        self.0.serialize_value(&pending(de, self.1)).map_err(up_de)
     }
 }
 
@@ -198,15 +201,17 @@ impl<'de, S: Serializer> Visitor<'de> for Forward<S> {
         }
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<S::Ok, A::Error> {
+        let depth = crate::value::nested(self.1)?;
         let mut out = self.0.serialize_seq(seq.size_hint()).map_err(up_de)?;
-        while seq.next_element_seed(Element(&mut out))?.is_some() {}
+        while seq.next_element_seed(Element(&mut out, depth))?.is_some() {}
         out.end().map_err(up_de)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<S::Ok, A::Error> {
+        let depth = crate::value::nested(self.1)?;
         let mut out = self.0.serialize_map(map.size_hint()).map_err(up_de)?;
         let mut seen = MapKeys::new();
         while map.next_key_seed(Key(&mut out, &mut seen))?.is_some() {
-            map.next_value_seed(Value(&mut out))?;
+            map.next_value_seed(Value(&mut out, depth))?;
         }
         out.end().map_err(up_de)
     }
@@ -215,7 +220,7 @@ impl<'de, S: Serializer> Visitor<'de> for Forward<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::value::{MAX_VALUE_BYTES, cbor_to_json, json_to_cbor, write_cbor_json};
+    use crate::value::{MAX_NESTING, MAX_VALUE_BYTES, cbor_to_json, json_to_cbor, write_cbor_json};
     use proptest::prelude::*;
     use serde_json::{Value as Json, json};
 
@@ -309,9 +314,9 @@ mod tests {
         // A fuzz finding: each level of nesting passed the error below it up through both
         // serde error types, and serde_ipld_dagcbor shows its errors in Debug form, so every
         // level escaped the message again, doubling its backslashes: 2^depth bytes, a hang at
-        // a few dozen levels (below the decoder's depth limit). Here, a float inside 20 and then 100
+        // a few dozen levels (below the decoder's depth limit). Here, a float inside 20 and then 60
         // one-element arrays.
-        for depth in [20, 100] {
+        for depth in [20, 60] {
             let mut cbor = vec![0x81; depth];
             cbor.extend([0xfb, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0]);
             let mut out = Vec::new();
@@ -319,6 +324,38 @@ mod tests {
             assert!(err.contains("floats are not allowed") && err.len() < 200, "{} bytes: {}", err.len(), &err[..err.len().min(200)]);
             assert!(out.is_empty());
         }
+    }
+
+    #[test]
+    fn bodies_nested_deeper_than_json_parsers_take_are_refused_by_both_readers() {
+        // A fuzz finding: maps and arrays nested well over 128 deep. Both readers wrote them
+        // out as valid JSON, which serde_json (as many clients' parsers) then refused. Both
+        // readers, and the writer, take MAX_NESTING levels and refuse one more.
+        let nested = |levels: usize| {
+            let mut cbor = vec![0xa1, 0x61, b'a'];
+            cbor.extend(vec![0x81; levels - 1]);
+            cbor.push(0x01);
+            cbor
+        };
+        let deepest = nested(MAX_NESTING);
+        let json = cbor_to_json(&deepest).expect("MAX_NESTING levels are read");
+        assert_eq!(transcoded(&deepest), Some(json.clone()));
+        assert_eq!(json_to_cbor(&json).unwrap(), deepest, "and written");
+        let event = json!({"id": 1, "record": {"record": json}});
+        assert!(serde_json::from_str::<Json>(&event.to_string()).is_ok(), "inside an event, a JSON parser still takes it");
+
+        for levels in [MAX_NESTING + 1, 200, 100_000] {
+            let too_deep = nested(levels);
+            assert_eq!(transcoded(&too_deep), None, "{levels} levels");
+            let err = cbor_to_json(&too_deep).unwrap_err().to_string();
+            assert!(err.contains("nested more than 64 levels"), "{levels} levels: {err}");
+        }
+        let mut too_deep = json!(1);
+        for _ in 0..MAX_NESTING {
+            too_deep = json!([too_deep]);
+        }
+        let err = json_to_cbor(&json!({"a": too_deep})).unwrap_err().to_string();
+        assert!(err.contains("nested more than 64 levels"), "{err}");
     }
 
     fn data_model() -> impl Strategy<Value = Json> {

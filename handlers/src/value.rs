@@ -63,7 +63,11 @@ fn raw_value(bytes: &[u8]) -> Result<RawData<'_>, ValueError> {
     // jacquard's reader takes a map whose first key is `$link` or `$bytes` for JSON's link or
     // bytes form and misreads the rest of such a map, keeps only the last value of a key given
     // twice, and can read past a float: these are looked for first.
-    serde_ipld_dagcbor::from_slice::<Prechecked>(bytes).map_err(|e| ValueError::Cbor(e.to_string()))?;
+    // Bodies nested deeper than [`MAX_NESTING`] are refused here too.
+    let mut de = serde_ipld_dagcbor::de::Deserializer::from_slice(bytes);
+    serde::de::DeserializeSeed::deserialize(Prechecked { depth: 0 }, &mut de)
+        .and_then(|()| de.end())
+        .map_err(|e| ValueError::Cbor(e.to_string()))?;
     let raw: RawData = serde_ipld_dagcbor::from_slice(bytes).map_err(|e| ValueError::Cbor(e.to_string()))?;
     match invalid_part(&raw) {
         Some(problem) => Err(ValueError::Cbor(problem.into())),
@@ -73,6 +77,23 @@ fn raw_value(bytes: &[u8]) -> Result<RawData<'_>, ValueError> {
 
 /// Why a float is refused: the data model has none.
 const FLOATS: &str = "floats are not allowed";
+
+/// How deep maps and arrays may nest in a record body, the body's own map being the first
+/// level. The protocol's data-validation guide calls 32 a reasonable limit; this is twice
+/// that, and leaves room for the envelopes sluice puts around a body (events, XRPC
+/// responses) under the 128 levels that serde_json and many other JSON parsers take. Deeper
+/// bodies were a fuzz finding: both readers wrote them as valid JSON that a client's parser
+/// would then refuse. Both readers, and [`json_to_cbor`], refuse them.
+pub const MAX_NESTING: usize = 64;
+
+/// Why a body nested deeper than [`MAX_NESTING`] is refused.
+pub(crate) const TOO_DEEP: &str = "maps and arrays nested more than 64 levels deep";
+
+/// The nesting level of a container inside one at `depth` (0 for the top), or the
+/// error when it is deeper than [`MAX_NESTING`].
+pub(crate) fn nested<E: serde::de::Error>(depth: usize) -> Result<usize, E> {
+    if depth < MAX_NESTING { Ok(depth + 1) } else { Err(E::custom(TOO_DEEP)) }
+}
 
 /// Why a map's next `key` is refused, given the keys it had before it (`seen`), if it is:
 /// - `$link` and `$bytes`: AT Protocol JSON spells links and bytes with those keys, so such a
@@ -93,70 +114,76 @@ pub(crate) fn map_key_problem(seen: &[std::borrow::Cow<'_, str>], key: &str) -> 
 }
 
 /// A DAG-CBOR value read without keeping anything, refusing what jacquard's reader misreads
-/// (fuzz findings): maps with a reserved key or a key twice, and floats.
-struct Prechecked;
+/// (fuzz findings): maps with a reserved key or a key twice, floats, and nesting deeper than
+/// [`MAX_NESTING`]. `depth` is how many maps and arrays hold the value.
+struct Prechecked {
+    depth: usize,
+}
 
-impl<'de> serde::Deserialize<'de> for Prechecked {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(Prechecked)
+impl<'de> serde::de::DeserializeSeed<'de> for Prechecked {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
     }
 }
 
 impl<'de> serde::de::Visitor<'de> for Prechecked {
-    type Value = Prechecked;
+    type Value = ();
     fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
         f.write_str("a DAG-CBOR value")
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Self, E> {
-        Ok(self)
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_i64<E>(self, _: i64) -> Result<Self, E> {
-        Ok(self)
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_i128<E>(self, _: i128) -> Result<Self, E> {
-        Ok(self)
+    fn visit_i128<E>(self, _: i128) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_u64<E>(self, _: u64) -> Result<Self, E> {
-        Ok(self)
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_u128<E>(self, _: u128) -> Result<Self, E> {
-        Ok(self)
+    fn visit_u128<E>(self, _: u128) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Self, E> {
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
         Err(E::custom(FLOATS))
     }
-    fn visit_str<E>(self, _: &str) -> Result<Self, E> {
-        Ok(self)
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_bytes<E>(self, _: &[u8]) -> Result<Self, E> {
-        Ok(self)
+    fn visit_bytes<E>(self, _: &[u8]) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_none<E>(self) -> Result<Self, E> {
-        Ok(self)
+    fn visit_none<E>(self) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_unit<E>(self) -> Result<Self, E> {
-        Ok(self)
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
     }
-    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self, D::Error> {
-        serde::Deserialize::deserialize(d)
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
     }
-    fn visit_newtype_struct<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self, D::Error> {
-        <serde::de::IgnoredAny as serde::Deserialize>::deserialize(d).map(|_| self)
+    fn visit_newtype_struct<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        <serde::de::IgnoredAny as serde::Deserialize>::deserialize(d).map(|_| ())
     }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self, A::Error> {
-        while seq.next_element::<Prechecked>()?.is_some() {}
-        Ok(self)
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let depth = nested(self.depth)?;
+        while seq.next_element_seed(Prechecked { depth })?.is_some() {}
+        Ok(())
     }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self, A::Error> {
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let depth = nested(self.depth)?;
         let mut seen = Vec::new();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if let Some(problem) = map_key_problem(&seen, &key) {
                 return Err(serde::de::Error::custom(problem));
             }
-            map.next_value::<Prechecked>()?;
+            map.next_value_seed(Prechecked { depth })?;
             seen.push(key);
         }
-        Ok(self)
+        Ok(())
     }
 }
 
@@ -219,12 +246,21 @@ pub fn json_to_cbor(json: &Value) -> Result<Vec<u8>, ValueError> {
 
 /// What breaks the AT Protocol data model in `v`, if anything: floats; `$type` that is not a
 /// non-empty string; `$link` or `$bytes` objects with other keys or non-string values; blobs
-/// without a `ref` link, a string `mimeType` and an integer `size`.
+/// without a `ref` link, a string `mimeType` and an integer `size`; nesting deeper than
+/// [`MAX_NESTING`].
 pub fn data_model_problem(v: &Value) -> Option<String> {
+    problem_within(v, 0)
+}
+
+/// [`data_model_problem`] of `v`, held in `depth` maps and arrays.
+fn problem_within(v: &Value, depth: usize) -> Option<String> {
+    if matches!(v, Value::Array(_) | Value::Object(_)) && depth >= MAX_NESTING {
+        return Some(TOO_DEEP.into());
+    }
     match v {
         Value::Number(n) if !(n.is_i64() || n.is_u64()) => Some(format!("float {n} is not allowed")),
-        Value::Array(a) => a.iter().find_map(data_model_problem),
-        Value::Object(o) => object_problem(o).or_else(|| o.values().find_map(data_model_problem)),
+        Value::Array(a) => a.iter().find_map(|v| problem_within(v, depth + 1)),
+        Value::Object(o) => object_problem(o).or_else(|| o.values().find_map(|v| problem_within(v, depth + 1))),
         _ => None,
     }
 }
