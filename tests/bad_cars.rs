@@ -112,6 +112,44 @@ fn a_block_that_does_not_match_its_cid_is_refused() {
     assert!(e.contains("does not match its CID"), "{e}");
 }
 
+/// A CAR of over 4 MiB, whose blocks are hashed on a thread of their own while it is read.
+fn large_car() -> Vec<u8> {
+    let account = Account::new(12);
+    let mut records = RepoContents::new();
+    for i in 0..1_500 {
+        let v = serde_json::json!({"$type": "app.bsky.feed.post", "text": format!("{i} {}", "y".repeat(3_000)), "createdAt": "2024-01-01T00:00:00Z"});
+        records.insert(format!("app.bsky.feed.post/3kaaaaaa{i:04}2"), sluice::handlers::value::json_to_cbor(&v).unwrap());
+    }
+    let car = export_car_blocking(&account, &rev_at(1), &records).unwrap();
+    assert!(car.len() > 4 << 20, "{} bytes", car.len());
+    car
+}
+
+#[test]
+fn a_large_car_hashed_beside_its_read_is_refused_at_its_first_bad_block() {
+    let car = large_car();
+    assert_eq!(read_car(&car, &CarLimits::default()).unwrap().records().count(), 1_500);
+    let (root, blocks) = blocks_of(&car);
+    let flip = |at: usize| {
+        let mut bad = blocks.clone();
+        let data = &mut bad[at].1;
+        data[0] ^= 0x01;
+        bad
+    };
+    for at in [0, blocks.len() / 2, blocks.len() - 1] {
+        let e = refused(&car_of(root, &flip(at)), None);
+        assert!(e.contains("does not match its CID") && e.contains(&blocks[at].0.to_string()), "block {at}: {e}");
+    }
+    // A bad block comes before the cut that ends the CAR early, so it is what is reported,
+    // as when blocks are hashed as they are read.
+    let bad = car_of(root, &flip(10));
+    let e = refused(&bad[..bad.len() - 100], None);
+    assert!(e.contains("does not match its CID"), "{e}");
+    // Later cuts still read as truncated.
+    let e = refused(&car[..car.len() - 100], None);
+    assert!(e.contains("truncated") || e.contains("missing block"), "{e}");
+}
+
 #[test]
 fn missing_record_node_and_commit_blocks_are_named() {
     let (_, car) = sample_car();

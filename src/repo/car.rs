@@ -105,16 +105,110 @@ fn run_ready<F: Future>(fut: F) -> F::Output {
     }
 }
 
-/// Checks that `data` hashes to `cid`; returns the digest, the block's key in a [`BlockIndex`].
-fn check_cid(cid: &Cid, data: &[u8]) -> Result<[u8; 32], RepoError> {
+/// The digest `cid` claims for its block, its key in a [`BlockIndex`], once it is known to be
+/// a sha2-256 one.
+fn claimed_digest(cid: &Cid) -> Result<[u8; 32], RepoError> {
     if cid.hash().code() != SHA2_256 {
         return Err(RepoError::UnsupportedHash(*cid));
     }
-    let digest: [u8; 32] = Sha256::digest(data).into();
-    if cid.hash().digest() != digest {
-        return Err(RepoError::CidMismatch(*cid));
+    cid.hash().digest().try_into().map_err(|_| RepoError::CidMismatch(*cid))
+}
+
+/// Checks that `data` hashes to `digest`, the one `cid` claims.
+fn check_digest(cid: &Cid, digest: &[u8; 32], data: &[u8]) -> Result<(), RepoError> {
+    let hashed: [u8; 32] = Sha256::digest(data).into();
+    match hashed == *digest {
+        true => Ok(()),
+        false => Err(RepoError::CidMismatch(*cid)),
     }
-    Ok(digest)
+}
+
+/// CARs of at least this size have their blocks hashed on a second thread while the next
+/// blocks are read: hashing is about a third of reading a large CAR, and nothing else can
+/// start before the read ends, so the other core would sit idle. Smaller CARs (firehose
+/// commits) are hashed as they are read.
+const HASH_BESIDE_FROM_BYTES: u64 = 4 << 20;
+
+/// Blocks are handed to the hashing thread in chunks of about this many bytes, and at most
+/// [`HASH_CHUNKS_WAITING`] chunks wait for it: memory stays bounded whatever the CAR's size.
+const HASH_CHUNK_BYTES: usize = 1 << 20;
+const HASH_CHUNKS_WAITING: usize = 4;
+
+/// Blocks waiting to be hashed, each with its CID and the digest it claims.
+type HashChunk = Vec<(Cid, [u8; 32], Vec<u8>)>;
+
+/// Where a CAR's blocks are checked against their CIDs: as they are read, or on a thread of
+/// its own ([`HASH_BESIDE_FROM_BYTES`]). Either way the first mismatch in the CAR's order is
+/// what [`CidChecks::finish`] reports.
+enum CidChecks {
+    Inline,
+    Beside {
+        chunk: HashChunk,
+        chunk_bytes: usize,
+        send: std::sync::mpsc::SyncSender<HashChunk>,
+        /// Set by the hashing thread at its first mismatch, so that reading stops early.
+        failed: Arc<AtomicBool>,
+        thread: std::thread::JoinHandle<Result<(), RepoError>>,
+    },
+}
+
+impl CidChecks {
+    /// Checks for a CAR of `size` bytes, if known.
+    fn for_size(size: Option<u64>) -> Self {
+        if size.is_none_or(|size| size < HASH_BESIDE_FROM_BYTES) {
+            return CidChecks::Inline;
+        }
+        let (send, chunks) = std::sync::mpsc::sync_channel::<HashChunk>(HASH_CHUNKS_WAITING);
+        let failed = Arc::new(AtomicBool::new(false));
+        let flag = failed.clone();
+        let hash = move || {
+            for chunk in chunks {
+                for (cid, digest, data) in &chunk {
+                    check_digest(cid, digest, data).inspect_err(|_| flag.store(true, Ordering::Relaxed))?;
+                }
+            }
+            Ok(())
+        };
+        match std::thread::Builder::new().name("car-hash".into()).spawn(hash) {
+            Ok(thread) => CidChecks::Beside { chunk: Vec::new(), chunk_bytes: 0, send, failed, thread },
+            Err(_) => CidChecks::Inline,
+        }
+    }
+
+    /// Checks (or queues for checking) the block `data` that `cid` names with `digest`.
+    /// `Err(None)` means that an earlier block failed its check: [`CidChecks::finish`] says
+    /// which.
+    fn check(&mut self, cid: &Cid, digest: [u8; 32], data: Vec<u8>) -> Result<(), Option<RepoError>> {
+        match self {
+            CidChecks::Inline => check_digest(cid, &digest, &data).map_err(Some),
+            CidChecks::Beside { chunk, chunk_bytes, send, failed, .. } => {
+                *chunk_bytes += data.len();
+                chunk.push((*cid, digest, data));
+                if *chunk_bytes >= HASH_CHUNK_BYTES {
+                    *chunk_bytes = 0;
+                    // The thread only stops early at a mismatch, which `finish` reports.
+                    send.send(std::mem::take(chunk)).map_err(|_| None)?;
+                }
+                match failed.load(Ordering::Relaxed) {
+                    true => Err(None),
+                    false => Ok(()),
+                }
+            }
+        }
+    }
+
+    /// Waits for every queued block's check: the first mismatch, if any.
+    fn finish(self) -> Result<(), RepoError> {
+        match self {
+            CidChecks::Inline => Ok(()),
+            CidChecks::Beside { chunk, send, thread, .. } => {
+                // A send fails only if the thread stopped at a mismatch, which join returns.
+                let _ = send.send(chunk);
+                drop(send);
+                thread.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            }
+        }
+    }
 }
 
 /// Refuses a CAR of `size` bytes when it is over the limit, before anything is read.
@@ -129,19 +223,20 @@ fn check_car_size(size: u64, limits: &CarLimits) -> Result<(), RepoError> {
 pub fn read_car(bytes: &[u8], limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
     check_car_size(bytes.len() as u64, limits)?;
     // The blocks are the CAR less its framing: its size is enough for them.
-    run_ready(read_car_into(bytes, limits, Vec::with_capacity(bytes.len())))
+    run_ready(read_car_into(bytes, limits, Vec::with_capacity(bytes.len()), CidChecks::for_size(Some(bytes.len() as u64))))
 }
 
 /// [`read_car`] over a stream (a network body), which is never held whole: only its blocks
 /// are kept, and reading stops as soon as a limit is passed.
 pub async fn read_car_from<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
-    read_car_into(reader, limits, Vec::new()).await
+    // Hashed as it is read: handing blocks to a thread would block this task.
+    read_car_into(reader, limits, Vec::new(), CidChecks::Inline).await
 }
 
 /// [`read_car_from`], collecting the blocks in `buffer` (sized for them when the CAR's size
 /// is known, so it is never copied as it grows).
-async fn read_car_into<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mut buffer: Vec<u8>) -> Result<LoadedRepo, RepoError> {
-    let (root, index) = scan_car(reader, limits, |data, _| {
+async fn read_car_into<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mut buffer: Vec<u8>, checks: CidChecks) -> Result<LoadedRepo, RepoError> {
+    let (root, index) = scan_car(reader, limits, checks, |data, _| {
         let offset = buffer.len() as u64;
         buffer.extend_from_slice(data);
         offset
@@ -153,7 +248,19 @@ async fn read_car_into<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimit
 /// Reads every block of a CAR, checking limits and CIDs, and indexes it by digest where
 /// `place` says its bytes are: `place` gets the block and the stream position just after it,
 /// and returns the block's offset in whatever `place` keeps. Returns the root CID and the index.
-async fn scan_car<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mut place: impl FnMut(&[u8], u64) -> u64) -> Result<(Cid, BlockIndex), RepoError> {
+///
+/// A CID mismatch is reported before any error found after it in the CAR, wherever `checks`
+/// hashes the blocks.
+async fn scan_car<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mut checks: CidChecks, place: impl FnMut(&[u8], u64) -> u64) -> Result<(Cid, BlockIndex), RepoError> {
+    let scanned = scan_blocks(reader, limits, &mut checks, place).await;
+    // A block that failed its check came before whatever stopped the scan, if anything did.
+    checks.finish()?;
+    scanned
+}
+
+/// [`scan_car`]'s reading, the blocks handed to `checks`. A failed check (`Err(None)` from
+/// `checks`) ends the scan with a placeholder error: `checks.finish()` has the real one.
+async fn scan_blocks<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, checks: &mut CidChecks, mut place: impl FnMut(&[u8], u64) -> u64) -> Result<(Cid, BlockIndex), RepoError> {
     let over = Arc::new(AtomicBool::new(false));
     let position = Arc::new(AtomicU64::new(0));
     let capped = Capped { inner: reader, left: limits.max_car_bytes, over: over.clone(), position: position.clone() };
@@ -174,11 +281,12 @@ async fn scan_car<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mu
         if count > limits.max_blocks {
             return Err(RepoError::TooLarge(format!("more than {} blocks", limits.max_blocks)));
         }
-        let key = check_cid(&cid, &data)?;
+        let key = claimed_digest(&cid)?;
         // iroh-car reads each frame exactly (varint, then the frame), so the position is the
         // end of this block's bytes.
         let offset = place(&data, position.load(Ordering::Relaxed));
         index.insert(key, (offset, data.len() as u32));
+        checks.check(&cid, key, data).map_err(|e| e.unwrap_or(RepoError::CidMismatch(cid)))?;
     }
     Ok((root, index))
 }
@@ -187,7 +295,8 @@ async fn scan_car<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mu
 /// its position is kept; the walk reads blocks back from the file as it needs them, so a large
 /// export costs an index, not its size in memory.
 pub fn read_car_file(file: std::fs::File, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
-    let (root, index) = run_ready(scan_car(file_reader(&file), limits, |data, end| end - data.len() as u64))?;
+    let size = file.metadata().ok().map(|m| m.len());
+    let (root, index) = run_ready(scan_car(file_reader(&file), limits, CidChecks::for_size(size), |data, end| end - data.len() as u64))?;
     LoadedRepo::new(root, Blocks { index, source: BlockSource::File(file) })
 }
 
@@ -196,7 +305,7 @@ pub fn read_car_file(file: std::fs::File, limits: &CarLimits) -> Result<LoadedRe
 pub fn read_car_file_into_memory(file: &std::fs::File, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
     let size = file.metadata().map_err(|e| RepoError::Car(format!("reading the CAR file: {e}")))?.len();
     check_car_size(size, limits)?;
-    run_ready(read_car_into(file_reader(file), limits, Vec::with_capacity(size as usize)))
+    run_ready(read_car_into(file_reader(file), limits, Vec::with_capacity(size as usize), CidChecks::for_size(Some(size))))
 }
 
 /// A CAR file read front to back in large reads, for [`scan_car`].
