@@ -12,7 +12,7 @@ use std::time::Instant;
 mod common;
 use common::{cpu_seconds, generated_car, root};
 
-use sluice::repo::{CarLimits, parse_public_key, read_car};
+use sluice::repo::{CarLimits, parse_public_key, read_car_owned};
 use sluice::{Filter, IndexOptions, Sluice};
 
 /// The same allocator as the `sluice` binary.
@@ -28,17 +28,18 @@ fn status_kb(field: &str) -> u64 {
 
 /// Indexes each CAR of `inputs` on its own thread into one store (repos in flight at once, as
 /// a backfill runs them); returns the records created.
-fn index_concurrently(sluice: &Sluice, inputs: &[Vec<u8>]) -> usize {
+fn index_concurrently(sluice: &Sluice, inputs: &[bytes::Bytes]) -> usize {
     std::thread::scope(|scope| {
-        let handles: Vec<_> = inputs.iter().map(|car| scope.spawn(move || sluice.index_car(car, &IndexOptions::default()).unwrap().created as usize)).collect();
+        let handles: Vec<_> = inputs.iter().map(|car| scope.spawn(move || sluice.index_car_owned(car.clone(), &IndexOptions::default()).unwrap().created as usize)).collect();
         handles.into_iter().map(|h| h.join().unwrap()).sum()
     })
 }
 
 /// Runs one case in this process: prints `records seconds cpu_seconds peak_kb`. `input` may
-/// name several CARs separated by commas (for the concurrent case).
+/// name several CARs separated by commas (for the concurrent case). Each is read whole into
+/// memory first, as `sluice index-car` reads its files, and kept by the repo it loads.
 fn run_case(case: &str, input: &str, key: Option<&str>) {
-    let inputs: Vec<Vec<u8>> = input.split(',').map(|p| std::fs::read(p).unwrap()).collect();
+    let inputs: Vec<bytes::Bytes> = input.split(',').map(|p| std::fs::read(p).unwrap().into()).collect();
     let bytes = &inputs[0];
     let (mut records, mut secs, mut cpu) = (0usize, f64::MAX, 0.0);
     for _ in 0..ROUNDS {
@@ -49,18 +50,18 @@ fn run_case(case: &str, input: &str, key: Option<&str>) {
         let (start, cpu0) = (Instant::now(), cpu_seconds());
         records = match case {
             "baseline" => {
-                let repo = read_car(bytes, &CarLimits::default()).unwrap();
+                let repo = read_car_owned(bytes.clone(), &CarLimits::default()).unwrap();
                 repo.records().map(|r| r.unwrap().bytes.len()).filter(|n| *n > 0).count()
             }
             "verify-walk" => {
-                let repo = read_car(bytes, &CarLimits::default()).unwrap();
+                let repo = read_car_owned(bytes.clone(), &CarLimits::default()).unwrap();
                 repo.verify_signature(&parse_public_key(key.unwrap()).unwrap()).unwrap();
                 repo.records().map(|r| r.unwrap().bytes.len()).filter(|n| *n > 0).count()
             }
             "pipeline-2-repos" => index_concurrently(&sluice, &inputs),
             _ => {
                 let opts = IndexOptions { expected_did: None, signing_key: if case == "pipeline-sig" { key.map(str::to_string) } else { None } };
-                sluice.index_car(bytes, &opts).unwrap().created as usize
+                sluice.index_car_owned(bytes.clone(), &opts).unwrap().created as usize
             }
         };
         secs = secs.min(start.elapsed().as_secs_f64());

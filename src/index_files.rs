@@ -45,7 +45,7 @@ pub fn index_files<P: AsRef<Path> + Sync>(sluice: &Sluice, paths: &[P], opts: &I
 
 /// Reads and verifies file `i`, then applies it once no earlier file of the same repo is left.
 fn index_file(sluice: &Sluice, path: &Path, opts: &IndexOptions, i: usize, turns: &Turns) -> Result<RepoOutcome, IndexError> {
-    let loaded = std::fs::read(path).map_err(IndexError::Read).and_then(|bytes| sluice.load_car(&bytes, opts));
+    let loaded = std::fs::read(path).map_err(IndexError::Read).and_then(|bytes| sluice.load_car_owned(bytes.into(), opts));
     let _turn = turns.wait(i, loaded.as_ref().ok().map(|repo| repo.did()));
     sluice.index_loaded(&loaded?)
 }

@@ -194,11 +194,31 @@ impl Sluice {
         self.index_loaded(&self.load_car(car, opts)?)
     }
 
+    /// [`Sluice::index_car`] over bytes the repo may keep, which spares a copy of its blocks.
+    pub fn index_car_owned(&self, car: bytes::Bytes, opts: &IndexOptions) -> Result<RepoOutcome, IndexError> {
+        self.index_loaded(&self.load_car_owned(car, opts)?)
+    }
+
     /// Reads and verifies one repo export (CIDs, commit, DID and signature as `opts` ask),
     /// without indexing it: the first half of [`Sluice::index_car`].
     pub fn load_car(&self, car: &[u8], opts: &IndexOptions) -> Result<repo::LoadedRepo, IndexError> {
-        let key = opts.signing_key.as_deref().map(repo::parse_public_key).transpose().map_err(IndexError::Key)?;
-        let loaded = repo::read_car(car, &self.config.limits.car_limits())?;
+        let key = Self::signing_key(opts)?;
+        Self::checked(repo::read_car(car, &self.config.limits.car_limits())?, key, opts)
+    }
+
+    /// [`Sluice::load_car`] over bytes the repo keeps: its blocks are used where they lie.
+    pub fn load_car_owned(&self, car: bytes::Bytes, opts: &IndexOptions) -> Result<repo::LoadedRepo, IndexError> {
+        let key = Self::signing_key(opts)?;
+        Self::checked(repo::read_car_owned(car, &self.config.limits.car_limits())?, key, opts)
+    }
+
+    /// The key `opts` gives for checking signatures, if any.
+    fn signing_key(opts: &IndexOptions) -> Result<Option<jacquard_common::types::crypto::PublicKey<'static>>, IndexError> {
+        opts.signing_key.as_deref().map(repo::parse_public_key).transpose().map_err(IndexError::Key)
+    }
+
+    /// `loaded` once its commit (and DID, and signature, as `opts` ask) is checked.
+    fn checked(loaded: repo::LoadedRepo, key: Option<jacquard_common::types::crypto::PublicKey<'static>>, opts: &IndexOptions) -> Result<repo::LoadedRepo, IndexError> {
         loaded.check_commit(opts.expected_did.as_deref())?;
         if let Some(key) = &key {
             loaded.verify_signature(key)?;

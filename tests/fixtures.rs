@@ -19,6 +19,9 @@ fn walk(name: &str) -> Vec<sluice::repo::RecordEntry> {
 fn a_car_read_from_a_file_walks_exactly_as_from_memory() {
     for name in ["tiny.car", "little.car", "empty.car", "calabro.car", "jetstream-repo.car"] {
         let (car, expected) = (read_fixture(&format!("car/{name}")), walk(name));
+        let repo = sluice::repo::read_car_owned(car.clone().into(), &CarLimits::default()).unwrap();
+        let owned: Vec<_> = repo.records().collect::<Result<_, _>>().unwrap();
+        assert_eq!(owned, expected, "{name} read from bytes it keeps");
         let repo = sluice::repo::read_car_file_into_memory(&common::car_file(&car), &CarLimits::default()).unwrap();
         let into_memory: Vec<_> = repo.records().collect::<Result<_, _>>().unwrap();
         assert_eq!(into_memory, expected, "{name} read from a file into memory");

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 
 use crate::http::{error_chain, retry_after};
-use crate::repo::{CarLimits, LoadedRepo, RepoError, read_car, read_car_file, read_car_file_into_memory};
+use crate::repo::{CarLimits, LoadedRepo, RepoError, read_car_file, read_car_file_into_memory, read_car_owned};
 
 /// Downloads up to this size stay in memory; bigger ones go to a file in the spool directory.
 pub const SPOOL_IN_MEMORY: usize = 8 << 20;
@@ -40,7 +40,7 @@ impl Spooled {
     /// one is indexed and walked from the file.
     pub fn read(self, limits: &CarLimits, walk_in_memory: u64) -> Result<LoadedRepo, RepoError> {
         let file = match self {
-            Spooled::Memory(bytes) => return read_car(&bytes, limits),
+            Spooled::Memory(bytes) => return read_car_owned(bytes.into(), limits),
             Spooled::File(file) => file,
         };
         // A new handle, at the start of the file (the writer's is at its end).

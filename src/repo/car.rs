@@ -226,6 +226,15 @@ pub fn read_car(bytes: &[u8], limits: &CarLimits) -> Result<LoadedRepo, RepoErro
     run_ready(read_car_into(bytes, limits, Vec::with_capacity(bytes.len()), CidChecks::for_size(Some(bytes.len() as u64))))
 }
 
+/// [`read_car`] over bytes the repo may keep (a CAR read whole from a file or a download):
+/// its blocks are used where they lie in `bytes`, with no copy of them.
+pub fn read_car_owned(bytes: Bytes, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
+    check_car_size(bytes.len() as u64, limits)?;
+    let checks = CidChecks::for_size(Some(bytes.len() as u64));
+    let (root, index) = run_ready(scan_car(&bytes[..], limits, checks, |data, end| end - data.len() as u64))?;
+    LoadedRepo::new(root, Blocks { index, source: BlockSource::Memory(bytes) })
+}
+
 /// [`read_car`] over a stream (a network body), which is never held whole: only its blocks
 /// are kept, and reading stops as soon as a limit is passed.
 pub async fn read_car_from<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
@@ -300,12 +309,14 @@ pub fn read_car_file(file: std::fs::File, limits: &CarLimits) -> Result<LoadedRe
     LoadedRepo::new(root, Blocks { index, source: BlockSource::File(file) })
 }
 
-/// [`read_car`] over a file, its blocks taken into one buffer sized from the file: for a CAR
-/// small enough to walk from memory, which then costs one read, not one per block.
+/// [`read_car`] over a file, read whole into memory first: for a CAR small enough to walk
+/// from memory, which then costs one read, not one per block.
 pub fn read_car_file_into_memory(file: &std::fs::File, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
     let size = file.metadata().map_err(|e| RepoError::Car(format!("reading the CAR file: {e}")))?.len();
     check_car_size(size, limits)?;
-    run_ready(read_car_into(file_reader(file), limits, Vec::with_capacity(size as usize), CidChecks::for_size(Some(size))))
+    let mut bytes = Vec::with_capacity(size as usize);
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, limits.max_car_bytes + 1), &mut bytes).map_err(|e| RepoError::Car(format!("reading the CAR file: {e}")))?;
+    read_car_owned(Bytes::from(bytes), limits)
 }
 
 /// A CAR file read front to back in large reads, for [`scan_car`].
