@@ -135,7 +135,14 @@ const HASH_CHUNK_BYTES: usize = 1 << 20;
 const HASH_CHUNKS_WAITING: usize = 4;
 
 /// Blocks waiting to be hashed, each with its CID and the digest it claims.
-type HashChunk = Vec<(Cid, [u8; 32], Vec<u8>)>;
+type HashChunk = Vec<(Cid, [u8; 32], Queued)>;
+
+/// A block waiting to be hashed: its bytes, or where they lie in the CAR when the hashing
+/// thread holds the CAR itself (then the reader's copy is freed where it was made).
+enum Queued {
+    Copy(Vec<u8>),
+    At { offset: usize, len: usize },
+}
 
 /// Where a CAR's blocks are checked against their CIDs: as they are read, or on a thread of
 /// its own ([`HASH_BESIDE_FROM_BYTES`]). Either way the first mismatch in the CAR's order is
@@ -146,6 +153,8 @@ enum CidChecks {
         chunk: HashChunk,
         chunk_bytes: usize,
         send: std::sync::mpsc::SyncSender<HashChunk>,
+        /// The hashing thread holds the CAR: blocks are queued by position.
+        holds_car: bool,
         /// Set by the hashing thread at its first mismatch, so that reading stops early.
         failed: Arc<AtomicBool>,
         thread: std::thread::JoinHandle<Result<(), RepoError>>,
@@ -153,37 +162,49 @@ enum CidChecks {
 }
 
 impl CidChecks {
-    /// Checks for a CAR of `size` bytes, if known.
-    fn for_size(size: Option<u64>) -> Self {
+    /// Checks for a CAR of `size` bytes, if known; `car` is the CAR itself when the blocks'
+    /// offsets are positions in it.
+    fn for_car(size: Option<u64>, car: Option<Bytes>) -> Self {
         if size.is_none_or(|size| size < HASH_BESIDE_FROM_BYTES) {
             return CidChecks::Inline;
         }
         let (send, chunks) = std::sync::mpsc::sync_channel::<HashChunk>(HASH_CHUNKS_WAITING);
         let failed = Arc::new(AtomicBool::new(false));
-        let flag = failed.clone();
+        let (flag, holds_car) = (failed.clone(), car.is_some());
+        let car = car.unwrap_or_default();
         let hash = move || {
             for chunk in chunks {
-                for (cid, digest, data) in &chunk {
+                for (cid, digest, block) in &chunk {
+                    // Blocks are queued by position only when the CAR is held (`car` is then
+                    // not empty).
+                    let data = match block {
+                        Queued::Copy(data) => &data[..],
+                        Queued::At { offset, len } => car.get(*offset..*offset + *len).unwrap_or_default(),
+                    };
                     check_digest(cid, digest, data).inspect_err(|_| flag.store(true, Ordering::Relaxed))?;
                 }
             }
             Ok(())
         };
         match std::thread::Builder::new().name("car-hash".into()).spawn(hash) {
-            Ok(thread) => CidChecks::Beside { chunk: Vec::new(), chunk_bytes: 0, send, failed, thread },
+            Ok(thread) => CidChecks::Beside { chunk: Vec::new(), chunk_bytes: 0, send, holds_car, failed, thread },
             Err(_) => CidChecks::Inline,
         }
     }
 
-    /// Checks (or queues for checking) the block `data` that `cid` names with `digest`.
-    /// `Err(None)` means that an earlier block failed its check: [`CidChecks::finish`] says
-    /// which.
-    fn check(&mut self, cid: &Cid, digest: [u8; 32], data: Vec<u8>) -> Result<(), Option<RepoError>> {
+    /// Checks (or queues for checking) the block `data`, at `offset` in the CAR, that `cid`
+    /// names with `digest`. `Err(None)` means that an earlier block failed its check:
+    /// [`CidChecks::finish`] says which.
+    fn check(&mut self, cid: &Cid, digest: [u8; 32], data: Vec<u8>, offset: u64) -> Result<(), Option<RepoError>> {
         match self {
             CidChecks::Inline => check_digest(cid, &digest, &data).map_err(Some),
-            CidChecks::Beside { chunk, chunk_bytes, send, failed, .. } => {
+            CidChecks::Beside { chunk, chunk_bytes, send, holds_car, failed, .. } => {
                 *chunk_bytes += data.len();
-                chunk.push((*cid, digest, data));
+                let block = match holds_car {
+                    true => Queued::At { offset: offset as usize, len: data.len() },
+                    false => Queued::Copy(data),
+                };
+                chunk.push((*cid, digest, block));
                 if *chunk_bytes >= HASH_CHUNK_BYTES {
                     *chunk_bytes = 0;
                     // The thread only stops early at a mismatch, which `finish` reports.
@@ -223,14 +244,14 @@ fn check_car_size(size: u64, limits: &CarLimits) -> Result<(), RepoError> {
 pub fn read_car(bytes: &[u8], limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
     check_car_size(bytes.len() as u64, limits)?;
     // The blocks are the CAR less its framing: its size is enough for them.
-    run_ready(read_car_into(bytes, limits, Vec::with_capacity(bytes.len()), CidChecks::for_size(Some(bytes.len() as u64))))
+    run_ready(read_car_into(bytes, limits, Vec::with_capacity(bytes.len()), CidChecks::for_car(Some(bytes.len() as u64), None)))
 }
 
 /// [`read_car`] over bytes the repo may keep (a CAR read whole from a file or a download):
 /// its blocks are used where they lie in `bytes`, with no copy of them.
 pub fn read_car_owned(bytes: Bytes, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
     check_car_size(bytes.len() as u64, limits)?;
-    let checks = CidChecks::for_size(Some(bytes.len() as u64));
+    let checks = CidChecks::for_car(Some(bytes.len() as u64), Some(bytes.clone()));
     let (root, index) = run_ready(scan_car(&bytes[..], limits, checks, |data, end| end - data.len() as u64))?;
     LoadedRepo::new(root, Blocks { index, source: BlockSource::Memory(bytes) })
 }
@@ -295,7 +316,7 @@ async fn scan_blocks<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits,
         // end of this block's bytes.
         let offset = place(&data, position.load(Ordering::Relaxed));
         index.insert(key, (offset, data.len() as u32));
-        checks.check(&cid, key, data).map_err(|e| e.unwrap_or(RepoError::CidMismatch(cid)))?;
+        checks.check(&cid, key, data, offset).map_err(|e| e.unwrap_or(RepoError::CidMismatch(cid)))?;
     }
     Ok((root, index))
 }
@@ -305,7 +326,7 @@ async fn scan_blocks<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits,
 /// export costs an index, not its size in memory.
 pub fn read_car_file(file: std::fs::File, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
     let size = file.metadata().ok().map(|m| m.len());
-    let (root, index) = run_ready(scan_car(file_reader(&file), limits, CidChecks::for_size(size), |data, end| end - data.len() as u64))?;
+    let (root, index) = run_ready(scan_car(file_reader(&file), limits, CidChecks::for_car(size, None), |data, end| end - data.len() as u64))?;
     LoadedRepo::new(root, Blocks { index, source: BlockSource::File(file) })
 }
 
@@ -359,7 +380,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for Capped<R> {
                 return Poll::Ready(Err(std::io::Error::other("over the CAR size limit")));
             }
             self.left -= n;
-            self.position.fetch_add(n, Ordering::Relaxed);
+            // This reader is the counter's only writer: no read-modify-write needed.
+            self.position.store(self.position.load(Ordering::Relaxed) + n, Ordering::Relaxed);
         }
         polled
     }
