@@ -88,6 +88,7 @@ pub const MAX_NESTING: usize = 64;
 
 /// Why a body nested deeper than [`MAX_NESTING`] is refused.
 pub(crate) const TOO_DEEP: &str = "maps and arrays nested more than 64 levels deep";
+const _: () = assert!(MAX_NESTING == 64, "TOO_DEEP names the limit");
 
 /// The nesting level of a container inside one at `depth` (0 for the top), or the
 /// error when it is deeper than [`MAX_NESTING`].
