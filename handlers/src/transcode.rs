@@ -13,7 +13,7 @@ use base64::Engine as _;
 use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
 use serde::ser::{self, Error as _, SerializeMap, SerializeSeq, Serializer};
 
-use crate::value::over_size_limit;
+use crate::value::{MapKeys, over_size_limit};
 
 /// DAG-CBOR bytes that serialize as AT Protocol JSON (`$link` for CIDs, `$bytes` for bytes).
 /// Serializing fails on what the data model refuses (floats, non-string keys, tags other than
@@ -105,9 +105,6 @@ impl<'de, S: SerializeSeq> DeserializeSeed<'de> for Element<'_, S> {
 /// map already had (`seen`).
 struct Key<'a, 'de, S>(&'a mut S, &'a mut MapKeys<'de>);
 
-/// The keys a map has had so far; records' maps have a handful, kept without allocating.
-type MapKeys<'de> = smallvec::SmallVec<[std::borrow::Cow<'de, str>; 8]>;
-
 impl<'de, S: SerializeMap> DeserializeSeed<'de> for Key<'_, 'de, S> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
@@ -180,7 +177,7 @@ impl<'de, S: Serializer> Visitor<'de> for Forward<S> {
         self.0.serialize_u64(v).map_err(up_de)
     }
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<S::Ok, E> {
-        Err(E::custom("floats are not allowed"))
+        Err(E::custom(crate::value::FLOATS))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<S::Ok, E> {
         self.0.serialize_str(v).map_err(up_de)

@@ -76,7 +76,7 @@ fn raw_value(bytes: &[u8]) -> Result<RawData<'_>, ValueError> {
 }
 
 /// Why a float is refused: the data model has none.
-const FLOATS: &str = "floats are not allowed";
+pub(crate) const FLOATS: &str = "floats are not allowed";
 
 /// How deep maps and arrays may nest in a record body, the body's own map being the first
 /// level. The protocol's data-validation guide calls 32 a reasonable limit; this is twice
@@ -96,6 +96,10 @@ pub(crate) fn nested<E: serde::de::Error>(depth: usize) -> Result<usize, E> {
     if depth < MAX_NESTING { Ok(depth + 1) } else { Err(E::custom(TOO_DEEP)) }
 }
 
+/// The keys a map has had so far, for [`map_key_problem`]; records' maps have a handful, kept
+/// without allocating.
+pub(crate) type MapKeys<'de> = smallvec::SmallVec<[std::borrow::Cow<'de, str>; 8]>;
+
 /// Why a map's next `key` is refused, given the keys it had before it (`seen`), if it is:
 /// - `$link` and `$bytes`: AT Protocol JSON spells links and bytes with those keys, so such a
 ///   map could not be told from one when shown as JSON (a fuzz finding: jacquard misread one,
@@ -104,7 +108,7 @@ pub(crate) fn nested<E: serde::de::Error>(depth: usize) -> Result<usize, E> {
 ///   value, so the first went unchecked (a fuzz finding).
 ///
 /// Both readers, this module's and [`crate::transcode`], check every key with it.
-pub(crate) fn map_key_problem(seen: &[std::borrow::Cow<'_, str>], key: &str) -> Option<&'static str> {
+pub(crate) fn map_key_problem(seen: &MapKeys<'_>, key: &str) -> Option<&'static str> {
     if key == "$link" || key == "$bytes" {
         Some("a map key reserved for links and bytes ($link, $bytes)")
     } else if seen.iter().any(|k| k == key) {
@@ -176,7 +180,7 @@ impl<'de> serde::de::Visitor<'de> for Prechecked {
     }
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let depth = nested(self.depth)?;
-        let mut seen = Vec::new();
+        let mut seen = MapKeys::new();
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if let Some(problem) = map_key_problem(&seen, &key) {
                 return Err(serde::de::Error::custom(problem));
