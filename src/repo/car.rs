@@ -333,10 +333,11 @@ pub fn read_car_file(file: std::fs::File, limits: &CarLimits) -> Result<LoadedRe
 /// [`read_car`] over a file, read whole into memory first: for a CAR small enough to walk
 /// from memory, which then costs one read, not one per block.
 pub fn read_car_file_into_memory(file: &std::fs::File, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
-    let size = file.metadata().map_err(|e| RepoError::Car(format!("reading the CAR file: {e}")))?.len();
+    let unreadable = |e: std::io::Error| RepoError::Car(format!("reading the CAR file: {e}"));
+    let size = file.metadata().map_err(unreadable)?.len();
     check_car_size(size, limits)?;
     let mut bytes = Vec::with_capacity(size as usize);
-    std::io::Read::read_to_end(&mut std::io::Read::take(file, limits.max_car_bytes + 1), &mut bytes).map_err(|e| RepoError::Car(format!("reading the CAR file: {e}")))?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, limits.max_car_bytes + 1), &mut bytes).map_err(unreadable)?;
     read_car_owned(Bytes::from(bytes), limits)
 }
 
