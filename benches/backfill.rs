@@ -2,9 +2,14 @@
 //! process) against a devnet on loopback HTTP, signatures checked, 16 repos in flight.
 //!
 //! `cargo bench --bench backfill` prints a Markdown table for BENCHMARKS.md: wall time,
-//! records/s, repos/s, records per CPU-second and the child's peak RSS, for 16 repos of 50k
-//! records, and for the same with one ~100 MB repo among them. The devnet runs in this process,
-//! so its memory (it holds every CAR) is not counted.
+//! records/s, repos/s, records per CPU-second, the child's CPU per repo and its peak RSS, for
+//! 16 repos of 50k records, for the same with one ~100 MB repo among them, and for the
+//! network's shape: 2,500, 20,000 and 100,000 repos of 20 records (handlers off and on). The
+//! devnet runs in this process, so its CPU and memory (it holds every CAR) are not counted.
+//!
+//! `SLUICE_BENCH_CASES` picks cases (comma-separated): `large` (16 x 50k), `huge` (the same
+//! plus the ~100 MB repo), `many` (the small repos); `small` is the old name of `large` alone.
+//! `SLUICE_MANY_REPOS=n[,n...]` sets the sizes of `many` (default 2500,20000,100000).
 //!
 //! To compare builds on the same devnet data (this machine's speed drifts within the hour, so
 //! only interleaved runs compare): `SLUICE_BIN=path[,path...]` runs those builds as the child,
@@ -30,10 +35,17 @@ struct Usage {
 /// reports the child's CPU time. Peak RSS is the child's `VmHWM`, polled while it runs: the
 /// `ru_maxrss` of `wait4` would also count this process's memory (the devnet's), which the
 /// child's record inherits from the fork before its exec.
-fn backfill(net: &Devnet, binary: &str, concurrency: usize) -> Usage {
+fn backfill(net: &Devnet, binary: &str, concurrency: usize, handlers: bool) -> Usage {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
-    let filter = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/everything.toml");
+    let filter = match handlers {
+        true => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/everything.toml"),
+        false => {
+            let path = dir.path().join("no-handlers.toml");
+            std::fs::write(&path, "mode = \"full\"\n[handlers.post]\nenabled = false\n[handlers.backlinks]\nenabled = false\n[handlers.profile]\nenabled = false\n").unwrap();
+            path
+        }
+    };
     std::fs::write(
         &config,
         format!("[storage]\npath = {:?}\n[filter]\npath = {filter:?}\n[network]\nrelay = {:?}\nplc = {:?}\n[backfill]\nmax_concurrent = {concurrency}\nmax_memory_mb = 0\n", dir.path().join("data"), net.relay_url(), net.plc_url()),
@@ -67,11 +79,11 @@ fn sluice_binaries() -> Vec<String> {
 }
 
 /// Runs every build `rounds` times, interleaved, and prints a row for each run.
-fn compare(net: &Devnet, label: &str, repos: usize, records: usize) {
+fn compare(net: &Devnet, label: &str, repos: usize, records: usize, handlers: bool) {
     let (binaries, rounds) = (sluice_binaries(), std::env::var("SLUICE_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(1));
     for _ in 0..rounds {
         for binary in &binaries {
-            let usage = backfill(net, binary, 16);
+            let usage = backfill(net, binary, 16, handlers);
             let name = if binaries.len() > 1 { format!(" [{}]", binary.rsplit('/').next().unwrap_or(binary)) } else { String::new() };
             row(&format!("{label}{name}"), repos, records, &usage);
         }
@@ -102,21 +114,57 @@ async fn car_bytes(net: &Devnet, did: &str) -> usize {
 
 fn row(label: &str, repos: usize, records: usize, u: &Usage) {
     println!(
-        "| {label} | {repos} | {records} | {:.2} | {:.0} | {:.1} | {:.0} | {} |",
+        "| {label} | {repos} | {records} | {:.2} | {:.0} | {:.1} | {:.0} | {:.0} | {} |",
         u.secs,
         records as f64 / u.secs,
         repos as f64 / u.secs,
         records as f64 / u.cpu.max(1e-9),
+        u.cpu * 1e6 / repos as f64,
         u.peak_kb / 1024
     );
+}
+
+/// Whether `SLUICE_BENCH_CASES` asks for `case` (all cases when it is unset).
+fn wants(case: &str) -> bool {
+    match std::env::var("SLUICE_BENCH_CASES") {
+        Ok(list) => list.split(',').map(|c| if c.trim() == "small" { "large" } else { c.trim() }).any(|c| c == case),
+        Err(_) => true,
+    }
+}
+
+/// The network's shape: many repos of 20 records, each size on a devnet of its own, handlers
+/// off and on.
+async fn many_small_repos() {
+    const RECORDS: usize = 20;
+    let sizes: Vec<usize> = std::env::var("SLUICE_MANY_REPOS")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![2_500, 20_000, 100_000]);
+    for repos in sizes {
+        let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+        let started = Instant::now();
+        net.populate(repos, RECORDS, 7).await;
+        eprintln!("devnet: {repos} repos of {RECORDS} records built in {:.1} s", started.elapsed().as_secs_f64());
+        for handlers in [false, true] {
+            let label = format!("{repos} x {RECORDS} records, handlers {}", if handlers { "on" } else { "off" });
+            compare(&net, &label, repos, repos * RECORDS, handlers);
+        }
+        net.shutdown().await;
+    }
 }
 
 #[tokio::main]
 async fn main() {
     const REPOS: usize = 16;
     const RECORDS: usize = 50_000;
-    println!("| case | repos | records | wall (s) | records/s | repos/s | records/CPU-s | peak RSS (MB) |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| case | repos | records | wall (s) | records/s | repos/s | records/CPU-s | CPU µs/repo | peak RSS (MB) |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    if wants("many") {
+        many_small_repos().await;
+    }
+    if !wants("large") && !wants("huge") {
+        return;
+    }
 
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let dids = net.populate(REPOS, RECORDS, 42).await;
@@ -124,13 +172,14 @@ async fn main() {
     for did in &dids {
         total += car_bytes(&net, did).await;
     }
-    compare(&net, &format!("{REPOS} x {RECORDS} records ({} MB of CAR), 16 in flight", total >> 20), REPOS, REPOS * RECORDS);
-
-    if std::env::var("SLUICE_BENCH_CASES").as_deref() != Ok("small") {
+    if wants("large") {
+        compare(&net, &format!("{REPOS} x {RECORDS} records ({} MB of CAR), 16 in flight", total >> 20), REPOS, REPOS * RECORDS, true);
+    }
+    if wants("huge") {
         let big = net.populate(1, 330_000, 43).await;
         let big_bytes = car_bytes(&net, &big[0]).await;
         let label = format!("the same + one {} MB repo ({} MB of CAR), 16 in flight", big_bytes >> 20, (total + big_bytes) >> 20);
-        compare(&net, &label, REPOS + 1, REPOS * RECORDS + 330_000);
+        compare(&net, &label, REPOS + 1, REPOS * RECORDS + 330_000, true);
     }
     net.shutdown().await;
 }

@@ -211,6 +211,8 @@ impl Backfill {
         self.run_over.store(false, Ordering::Relaxed);
         let dids: Vec<String> = self.pipeline.filter().load().filter.dids.iter().cloned().collect();
         self.store().enqueue_new(&dids, None).map_err(|e| fail(&e))?;
+        // Nothing is in flight yet: repos an earlier run left in flight are taken again.
+        self.store().rewind_queue();
         self.fetcher.clear_spool().map_err(|e| BackfillError(format!("clearing the spool directory: {e}")))?;
         let crawl_done = Arc::new(AtomicBool::new(!crawl));
         let mut helpers = JoinSet::new();
@@ -272,10 +274,10 @@ impl Backfill {
         Ok(())
     }
 
-    /// The next due repo that is not in flight, if any.
+    /// Takes the next due repo that is not in flight, if any.
     fn next_due_repo(&self) -> Result<Option<(String, RepoState)>, BackfillError> {
         let in_flight = self.in_flight.lock().expect("in flight");
-        Ok(self.store().due_repos(now_ms(), 1, &in_flight).map_err(|e| BackfillError(e.to_string()))?.pop())
+        Ok(self.store().take_due(now_ms(), 1, &in_flight).map_err(|e| BackfillError(e.to_string()))?.pop())
     }
 
     /// Backfills `did` on a task of `workers`, holding `permit` (a place among the repos in

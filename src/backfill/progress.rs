@@ -12,7 +12,8 @@ use crate::store::{RepoStatus, Store};
 /// Counters shared by the backfill's workers.
 #[derive(Debug, Default)]
 pub struct Progress {
-    /// Repos fetched and applied (synced or discarded).
+    /// Repos whose turn ended, whatever state it left them in: synced, discarded, already
+    /// current, gone, or failed (in error, maybe with a retry queued).
     pub done: AtomicU64,
     /// Repos found gone.
     pub gone: AtomicU64,

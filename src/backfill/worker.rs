@@ -43,9 +43,12 @@ impl Backfill {
         let result = self.fetch_and_apply(did).await;
         self.progress.in_flight.fetch_sub(1, Ordering::Relaxed);
         let now = now_ms();
+        // Every attempt that ends the repo's turn counts as done, whatever state it leaves.
+        if !matches!(result, Err(Failure::Later(_) | Failure::Fatal(_))) {
+            self.progress.done.fetch_add(1, Ordering::Relaxed);
+        }
         let next = match result {
             Ok(outcome) => {
-                self.progress.done.fetch_add(1, Ordering::Relaxed);
                 self.progress.records.fetch_add(outcome.walked, Ordering::Relaxed);
                 return self.synced(did);
             }

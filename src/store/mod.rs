@@ -115,6 +115,10 @@ struct Writer {
     /// The time (unix µs) of the last event committed.
     last_time: u64,
     counts: BTreeMap<Vec<u8>, i64>,
+    /// No repo enters the backfill queue due earlier than this (unix ms): one past the end of
+    /// the last take's range, so that every entry written after a take lands ahead of the
+    /// take's position (see `queue.rs`).
+    queue_floor_ms: u64,
 }
 
 /// The open store.
@@ -134,6 +138,8 @@ pub struct Store {
     /// The backfill queue: due ms (BE) + did -> empty, one entry per repo whose
     /// [`RepoState::queue_due`] is set, kept in step with `repos` by every state write.
     pub pending: Keyspace,
+    /// Where the last take from `pending` stopped (see `queue.rs`).
+    queue_scan: Mutex<queue::Scan>,
     /// did -> retry state.
     pub resync: Keyspace,
     /// did\0rev -> live commit held during a backfill.
@@ -172,7 +178,8 @@ impl Store {
             cursors: ks("cursors")?,
             counts: ks("counts")?,
             handler_spaces: Mutex::new(HashMap::new()),
-            writer: Mutex::new(Writer { next_event: 1, last_time: 0, counts: BTreeMap::new() }),
+            writer: Mutex::new(Writer { next_event: 1, last_time: 0, counts: BTreeMap::new(), queue_floor_ms: 0 }),
+            queue_scan: Mutex::default(),
             event_head: tokio::sync::watch::Sender::new(1),
             queue_changes: tokio::sync::watch::Sender::new(0),
             clock: now_us,
@@ -192,7 +199,7 @@ impl Store {
             counts.insert(k.to_vec(), decode_count(&v));
         }
         let last_time = store.read_last_time()?;
-        *store.writer.lock().expect("writer lock") = Writer { next_event, last_time, counts };
+        *store.writer.lock().expect("writer lock") = Writer { next_event, last_time, counts, queue_floor_ms: 0 };
         store.event_head.send_replace(next_event);
         Ok(store)
     }
@@ -223,7 +230,7 @@ impl Store {
         let pages = encode_pages(std::mem::take(&mut change.events));
         let items = 4 + change.records.len() + pages.len() + change.handler_writes.len() + deltas.len();
         let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), items).durability(Some(PersistMode::Buffer));
-        let state = change.state.clone().map(|s| (change.did.clone(), s));
+        let state = change.state.take().map(|s| (change.did.clone(), s));
         self.stage_rows(&mut batch, change)?;
         Ok(Prepared { batch, pages, deltas, events, state })
     }
@@ -233,8 +240,8 @@ impl Store {
     pub fn commit_prepared(&self, prepared: Prepared) -> Result<Committed> {
         let Prepared { mut batch, pages, mut deltas, events: n, state } = prepared;
         let mut writer = self.writer.lock().expect("writer lock");
-        let queued = match &state {
-            Some((did, new)) => self.stage_state_change(&mut batch, &mut deltas, did, new)?,
+        let queued = match state {
+            Some((did, new)) => self.stage_state(&mut batch, &mut deltas, &writer, &did, new)?,
             None => false,
         };
         let first = writer.next_event;
@@ -270,10 +277,12 @@ impl Store {
             .collect()
     }
 
-    /// For a repo moving to `new` (written by the caller): moves its status counter and its
-    /// `pending` entry; returns whether the repo enters the queue or gets a new due time
+    /// Writes a repo's new state into `batch`, with what follows from it: its status counter
+    /// moves and its `pending` entry follows [`RepoState::queue_due`]. A repo entering the
+    /// queue (or moving in it) is due no earlier than the queue's floor, and the state records
+    /// the due time it got. Returns whether the repo enters the queue or gets a new due time
     /// there. Runs under the writer lock, so the stored state it reads is current.
-    fn stage_state_change(&self, batch: &mut fjall::OwnedWriteBatch, deltas: &mut BTreeMap<Vec<u8>, i64>, did: &str, new: &RepoState) -> Result<bool> {
+    fn stage_state(&self, batch: &mut fjall::OwnedWriteBatch, deltas: &mut BTreeMap<Vec<u8>, i64>, writer: &Writer, did: &str, mut new: RepoState) -> Result<bool> {
         let old = self.repo_state(did)?;
         let old_status = old.as_ref().map(|s| s.status);
         if old_status != Some(new.status) {
@@ -283,22 +292,24 @@ impl Store {
             *deltas.entry(keys::count_repos(new.status.as_str())).or_default() += 1;
         }
         let old_due = old.as_ref().and_then(RepoState::queue_due);
-        if old_due != new.queue_due() {
+        let moves = old_due != new.queue_due();
+        if moves {
             if let Some(due) = old_due {
                 batch.remove(&self.pending, keys::pending(due, did));
             }
             if let Some(due) = new.queue_due() {
+                let due = due.max(writer.queue_floor_ms);
+                new.next_retry_ms = Some(due);
                 batch.insert(&self.pending, keys::pending(due, did), []);
             }
         }
-        Ok(old_due != new.queue_due() && new.queue_due().is_some())
+        batch.insert(&self.repos, did.as_bytes(), new.encode());
+        Ok(moves && new.queue_due().is_some())
     }
 
-    /// Puts the repo state, records, handler writes and cursor of `change` in `batch`.
+    /// Puts the records, handler writes and cursor of `change` in `batch` (its state is
+    /// staged at commit time, by [`Store::stage_state`]).
     fn stage_rows(&self, batch: &mut fjall::OwnedWriteBatch, change: RepoChange) -> Result<()> {
-        if let Some(state) = &change.state {
-            batch.insert(&self.repos, change.did.as_bytes(), state.encode());
-        }
         for write in &change.records {
             match write {
                 RecordWrite::Put { collection, rkey, cid, body, .. } => {

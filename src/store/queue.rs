@@ -1,16 +1,37 @@
-//! The backfill queue's storage: repo state writes outside the pipeline, and reads of the
+//! The backfill queue's storage: repo state writes outside the pipeline, and takes from the
 //! `pending` index (repos ordered by when they are due).
 //!
 //! The index is never written directly: every state write (these and the pipeline's) moves the
 //! repo's entry to match [`RepoState::queue_due`], under the writer lock.
+//!
+//! Taking costs the same whether ten or forty million repos were queued and taken before: a
+//! take scans on from where the last one stopped ([`Scan`]), never from the index's start,
+//! so the tombstones that taken repos leave behind are not walked again. That holds because
+//! no entry is ever written behind that position: before a take scans the entries due by
+//! `now`, it raises the queue's floor past `now` (under the writer lock), and a repo entering
+//! the queue later is due no earlier than the floor (`Store::stage_state`). So a repo queued
+//! for "now" is due just after those already handed out, and the queue is first in, first out
+//! among them. Behind the position stay only the entries of repos in flight, which leave the
+//! queue (or move ahead of the position) when they end. The position lives in memory: a new
+//! backfill run starts from the index's start ([`Store::rewind_queue`]), once.
 
 use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
 
 use fjall::PersistMode;
 
 use super::values::{Cursor, now_ms};
 use super::{Result, Store, keys};
 use crate::store::{RepoState, Stored};
+
+/// Where takes from the `pending` index stand.
+#[derive(Debug, Default)]
+pub(super) struct Scan {
+    /// The last entry a take stepped over: the next take starts after it (`None`: at the start).
+    after: Option<Vec<u8>>,
+    /// Entries stepped over so far.
+    examined: u64,
+}
 
 impl Store {
     /// Writes the states of several repos, and optionally a cursor, in one batch.
@@ -20,8 +41,7 @@ impl Store {
         let writer = self.writer.lock().expect("writer lock");
         let mut queued = false;
         for (did, state) in states {
-            queued |= self.stage_state_change(&mut batch, &mut deltas, did, state)?;
-            batch.insert(&self.repos, did.as_bytes(), state.encode());
+            queued |= self.stage_state(&mut batch, &mut deltas, &writer, did, state.clone())?;
         }
         if let Some((service, value)) = cursor {
             batch.insert(&self.cursors, service.as_bytes(), Cursor { value: value.to_string(), updated_ms: now_ms() }.encode());
@@ -56,18 +76,33 @@ impl Store {
         Ok(fresh)
     }
 
-    /// Up to `limit` queued repos due at `now_ms`, earliest first, skipping those in `skip`
-    /// (in flight).
-    pub fn due_repos(&self, now_ms: u64, limit: usize, skip: &HashSet<String>) -> Result<Vec<(String, RepoState)>> {
+    /// Takes up to `limit` queued repos due at `now_ms`, earliest first, skipping those in
+    /// `skip` (in flight). Each entry is handed out once: the next take goes on after it, and
+    /// a repo handed out comes again only once it is queued again (a retry, a requeue), or
+    /// after [`Store::rewind_queue`]. Costs O(log n) plus the entries it steps over.
+    pub fn take_due(&self, now_ms: u64, limit: usize, skip: &HashSet<String>) -> Result<Vec<(String, RepoState)>> {
+        let mut scan = self.queue_scan.lock().expect("queue scan lock");
+        let upto = {
+            let mut writer = self.writer.lock().expect("writer lock");
+            // Never below an earlier take's range, even if the clock stepped back.
+            let upto = now_ms.max(writer.queue_floor_ms.saturating_sub(1));
+            writer.queue_floor_ms = upto.saturating_add(1);
+            upto
+        };
+        let from = scan.after.clone().map_or(Bound::Unbounded, Bound::Excluded);
+        let until = Bound::Excluded(keys::pending(upto.saturating_add(1), ""));
         let mut out = Vec::new();
-        for kv in self.pending.range(..keys::pending(now_ms.saturating_add(1), "")) {
+        for kv in self.pending.range((from, until)) {
             let key = kv.key()?;
+            scan.examined += 1;
             let (_, did) = keys::parse_pending(&key)?;
-            if skip.contains(did) {
+            let did = did.to_string();
+            scan.after = Some(key.to_vec());
+            if skip.contains(&did) {
                 continue;
             }
-            if let Some(state) = self.repo_state(did)? {
-                out.push((did.to_string(), state));
+            if let Some(state) = self.repo_state(&did)? {
+                out.push((did, state));
             }
             if out.len() >= limit {
                 break;
@@ -76,17 +111,34 @@ impl Store {
         Ok(out)
     }
 
-    /// When the earliest queued repo is due (unix ms), or `None` when the queue is empty.
-    /// Repos in `skip` (in flight) are not counted.
+    /// When the earliest queued repo not yet taken is due (unix ms), or `None` when none is
+    /// left. Repos in `skip` (in flight) are not counted. Scans on from the last take, as it
+    /// does.
     pub fn next_due_ms(&self, skip: &HashSet<String>) -> Result<Option<u64>> {
-        for kv in self.pending.iter() {
+        let mut scan = self.queue_scan.lock().expect("queue scan lock");
+        let from = scan.after.clone().map_or(Bound::Unbounded, Bound::Excluded);
+        for kv in self.pending.range::<Vec<u8>, _>((from, Bound::Unbounded)) {
             let key = kv.key()?;
+            scan.examined += 1;
             let (due, did) = keys::parse_pending(&key)?;
             if !skip.contains(did) {
                 return Ok(Some(due));
             }
         }
         Ok(None)
+    }
+
+    /// Makes the next take start from the queue's first entry: for a new backfill run, whose
+    /// in-flight set starts empty, so that repos left in flight by an earlier run are taken
+    /// again.
+    pub fn rewind_queue(&self) {
+        self.queue_scan.lock().expect("queue scan lock").after = None;
+    }
+
+    /// How many `pending` entries takes and `next_due_ms` have stepped over: what a take
+    /// costs, for tests and benchmarks.
+    pub fn queue_entries_examined(&self) -> u64 {
+        self.queue_scan.lock().expect("queue scan lock").examined
     }
 
     /// Makes the next crawl list the relay from the start (every `crawler` cursor emptied).
@@ -145,10 +197,15 @@ mod tests {
         assert_eq!(queued(&store).len(), 2, "a repo in flight stays queued until it commits");
         store.set_states(&[("did:plc:a".into(), state(RepoStatus::Error, Some(5_000)))], None).unwrap();
         assert_eq!(queued(&store), vec![(0, "did:plc:b".into()), (5_000, "did:plc:a".into())]);
-        assert_eq!(store.due_repos(4_999, 10, &HashSet::new()).unwrap().len(), 1);
-        assert_eq!(store.due_repos(5_000, 10, &HashSet::new()).unwrap().len(), 2);
         let skip: HashSet<String> = ["did:plc:b".to_string()].into();
         assert_eq!(store.next_due_ms(&skip).unwrap(), Some(5_000));
+        let taken = |store: &Store, now| store.take_due(now, 10, &HashSet::new()).unwrap().into_iter().map(|(did, _)| did).collect::<Vec<_>>();
+        assert_eq!(taken(&store, 4_999), ["did:plc:b"]);
+        assert_eq!(taken(&store, 5_000), ["did:plc:a"], "each entry is handed out once");
+        assert!(taken(&store, 6_000).is_empty());
+        assert_eq!(store.next_due_ms(&HashSet::new()).unwrap(), None, "nothing left that was not taken");
+        store.rewind_queue();
+        assert_eq!(taken(&store, 6_000), ["did:plc:b", "did:plc:a"], "a new run takes what is still queued again");
 
         // The pipeline's commit of a repo's final state takes it off the queue.
         store.commit(RepoChange { did: "did:plc:b".into(), state: Some(state(RepoStatus::Synced, None)), ..Default::default() }).unwrap();
@@ -192,5 +249,136 @@ mod tests {
         assert!(!moved(), "leaving the queue wakes no one");
         store.commit(RepoChange { did: a, state: Some(state(RepoStatus::Desynchronized, None)), ..Default::default() }).unwrap();
         assert!(moved(), "a desynchronized repo is queued by the pipeline's commit");
+    }
+}
+
+/// The queue against a model of it, over any interleaving of what the backfill does to it.
+#[cfg(test)]
+mod props {
+    use std::collections::{BTreeMap, HashSet};
+
+    use proptest::prelude::*;
+
+    use crate::backfill::schedule::{self, RetryPolicy};
+    use crate::store::{RepoChange, RepoState, RepoStatus, Store};
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A repo sluice did not know is queued (the crawler).
+        Queue(usize),
+        /// The clock moves on by this many ms and the scheduler takes one repo.
+        Take(u64),
+        /// The n-th repo in flight ends synced: it leaves the queue.
+        Finish(usize),
+        /// The n-th repo in flight fails: queued again after a backoff.
+        Fail(usize),
+        /// A repo not in flight is queued again now (a filter edit, `--did`).
+        Requeue(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            2 => (0..12usize).prop_map(Op::Queue),
+            3 => (0..40_000u64).prop_map(Op::Take),
+            1 => (0..4usize).prop_map(Op::Finish),
+            1 => (0..4usize).prop_map(Op::Fail),
+            1 => (0..12usize).prop_map(Op::Requeue),
+        ]
+    }
+
+    const POLICY: RetryPolicy = RetryPolicy { min_ms: 1_000, max_ms: 60_000, max_retries: 3 };
+
+    fn did(i: usize) -> String {
+        format!("did:plc:repo{i:02}")
+    }
+
+    /// The due time the store gave a repo (its queue position).
+    fn due_of(store: &Store, did: &str) -> u64 {
+        store.repo_state(did).unwrap().and_then(|s| s.queue_due()).expect("queued")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        /// Every take hands out the earliest due repo that is queued and not in flight, and
+        /// only when one is due; so every due repo is handed out exactly once per time it is
+        /// queued, in due order. A take steps over at most one entry however many repos were
+        /// queued and taken before (`tombstones` of them, up front).
+        #[test]
+        fn takes_hand_out_each_due_repo_once_in_due_order(tombstones in 0..1_500usize, ops in proptest::collection::vec(op(), 1..80)) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let mut now = 1_000_000u64;
+            let old: Vec<String> = (0..tombstones).map(|i| format!("did:plc:old{i:05}")).collect();
+            store.enqueue_new(&old, None).unwrap();
+            let taken = store.take_due(now, tombstones, &HashSet::new()).unwrap();
+            prop_assert_eq!(taken.len(), tombstones);
+            let done: Vec<(String, RepoState)> = old.iter().map(|d| (d.clone(), RepoState { status: RepoStatus::Synced, ..Default::default() })).collect();
+            store.set_states(&done, None).unwrap();
+
+            // The model: repos queued and not in flight (with the due time the store gave
+            // them), and the repos in flight.
+            let mut queued: BTreeMap<String, u64> = BTreeMap::new();
+            let mut in_flight: Vec<String> = Vec::new();
+            let mut last_take = now;
+            for op in ops {
+                match op {
+                    Op::Queue(i) => {
+                        let d = did(i);
+                        if store.repo_state(&d).unwrap().is_none() {
+                            store.enqueue_new(std::slice::from_ref(&d), None).unwrap();
+                            let due = due_of(&store, &d);
+                            prop_assert!(due <= last_take + 1, "a repo queued for now is due at once");
+                            queued.insert(d, due);
+                        }
+                    }
+                    Op::Take(dt) => {
+                        now += dt;
+                        last_take = now;
+                        let skip: HashSet<String> = in_flight.iter().cloned().collect();
+                        let before = store.queue_entries_examined();
+                        let got = store.take_due(now, 1, &skip).unwrap();
+                        prop_assert!(store.queue_entries_examined() - before <= 1, "a take steps over one entry");
+                        let earliest = queued.values().copied().filter(|&due| due <= now).min();
+                        match got.first() {
+                            None => prop_assert_eq!(earliest, None, "a due repo was not handed out"),
+                            Some((d, state)) => {
+                                let due = queued.remove(d);
+                                prop_assert!(due.is_some(), "{} handed out but not queued (or in flight)", d);
+                                prop_assert_eq!(due, earliest, "not the earliest due repo");
+                                prop_assert_eq!(state.queue_due(), due);
+                                in_flight.push(d.clone());
+                            }
+                        }
+                    }
+                    Op::Finish(n) if !in_flight.is_empty() => {
+                        let d = in_flight.remove(n % in_flight.len());
+                        store.commit(RepoChange { did: d, state: Some(RepoState { status: RepoStatus::Synced, ..Default::default() }), ..Default::default() }).unwrap();
+                    }
+                    Op::Fail(n) if !in_flight.is_empty() => {
+                        let d = in_flight.remove(n % in_flight.len());
+                        let state = store.repo_state(&d).unwrap().unwrap();
+                        let next = POLICY.failed(&state, "boom".into(), now, 0.0);
+                        store.set_states(&[(d.clone(), next.clone())], None).unwrap();
+                        if let Some(wanted) = next.next_retry_ms {
+                            let due = due_of(&store, &d);
+                            prop_assert!(due >= wanted && due <= wanted.max(last_take + 1));
+                            queued.insert(d, due);
+                        }
+                    }
+                    Op::Requeue(i) if !in_flight.contains(&did(i)) => {
+                        let d = did(i);
+                        let state = store.repo_state(&d).unwrap().unwrap_or_default();
+                        store.set_states(&[(d.clone(), schedule::requeued(&state, 0, now))], None).unwrap();
+                        queued.insert(d.clone(), due_of(&store, &d));
+                    }
+                    _ => {}
+                }
+                let skip: HashSet<String> = in_flight.iter().cloned().collect();
+                let before = store.queue_entries_examined();
+                prop_assert_eq!(store.next_due_ms(&skip).unwrap(), queued.values().copied().min());
+                prop_assert!(store.queue_entries_examined() - before <= 1);
+            }
+        }
     }
 }
