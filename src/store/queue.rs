@@ -24,11 +24,17 @@ use super::values::{Cursor, now_ms};
 use super::{Result, Store, keys};
 use crate::store::{RepoState, Stored};
 
+/// Entries a take reads from the `pending` index at once: one range scan serves that many
+/// takes.
+pub const SCAN_AHEAD: usize = 256;
+
 /// Where takes from the `pending` index stand.
 #[derive(Debug, Default)]
 pub(super) struct Scan {
-    /// The last entry a take stepped over: the next take starts after it (`None`: at the start).
+    /// The last entry read: the next read starts after it (`None`: at the start).
     after: Option<Vec<u8>>,
+    /// Entries read and not handed out yet, in the index's order: (due, did).
+    ready: std::collections::VecDeque<(u64, String)>,
     /// Entries stepped over so far.
     examined: u64,
 }
@@ -79,43 +85,72 @@ impl Store {
     /// Takes up to `limit` queued repos due at `now_ms`, earliest first, skipping those in
     /// `skip` (in flight). Each entry is handed out once: the next take goes on after it, and
     /// a repo handed out comes again only once it is queued again (a retry, a requeue), or
-    /// after [`Store::rewind_queue`]. Costs O(log n) plus the entries it steps over.
+    /// after [`Store::rewind_queue`]. Entries are read from the index [`SCAN_AHEAD`] at a time
+    /// and handed out from memory, each checked against its repo's stored state then.
     pub fn take_due(&self, now_ms: u64, limit: usize, skip: &HashSet<String>) -> Result<Vec<(String, RepoState)>> {
         let mut scan = self.queue_scan.lock().expect("queue scan lock");
+        let mut out = Vec::new();
+        let mut refilled = false;
+        while out.len() < limit {
+            let Some((due, did)) = scan.ready.pop_front() else {
+                if refilled || !self.refill(&mut scan, now_ms, limit.max(SCAN_AHEAD))? {
+                    break;
+                }
+                refilled = true;
+                continue;
+            };
+            if skip.contains(&did) {
+                continue;
+            }
+            // An entry read ahead may have moved (ahead of the scan, where it is found again)
+            // or left the queue since.
+            match self.repo_state(&did)? {
+                Some(state) if state.queue_due() == Some(due) => out.push((did, state)),
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Reads up to `n` more entries due by `now_ms` into `scan.ready`, on from the scan's
+    /// position; returns whether it found any. First raises the queue's floor past the range it
+    /// reads, under the writer lock, so that no entry is written behind the position later.
+    fn refill(&self, scan: &mut Scan, now_ms: u64, n: usize) -> Result<bool> {
         let upto = {
             let mut writer = self.writer.lock().expect("writer lock");
-            // Never below an earlier take's range, even if the clock stepped back.
+            // Never below an earlier range, even if the clock stepped back.
             let upto = now_ms.max(writer.queue_floor_ms.saturating_sub(1));
             writer.queue_floor_ms = upto.saturating_add(1);
             upto
         };
         let from = scan.after.clone().map_or(Bound::Unbounded, Bound::Excluded);
         let until = Bound::Excluded(keys::pending(upto.saturating_add(1), ""));
-        let mut out = Vec::new();
-        for kv in self.pending.range((from, until)) {
+        for kv in self.pending.range((from, until)).take(n) {
             let key = kv.key()?;
             scan.examined += 1;
-            let (_, did) = keys::parse_pending(&key)?;
-            let did = did.to_string();
+            let (due, did) = keys::parse_pending(&key)?;
+            scan.ready.push_back((due, did.to_string()));
             scan.after = Some(key.to_vec());
-            if skip.contains(&did) {
-                continue;
-            }
-            if let Some(state) = self.repo_state(&did)? {
-                out.push((did, state));
-            }
-            if out.len() >= limit {
-                break;
-            }
         }
-        Ok(out)
+        Ok(!scan.ready.is_empty())
     }
 
     /// When the earliest queued repo not yet taken is due (unix ms), or `None` when none is
-    /// left. Repos in `skip` (in flight) are not counted. Scans on from the last take, as it
+    /// left. Repos in `skip` (in flight) are not counted. Looks on from the last take, as it
     /// does.
     pub fn next_due_ms(&self, skip: &HashSet<String>) -> Result<Option<u64>> {
         let mut scan = self.queue_scan.lock().expect("queue scan lock");
+        let mut i = 0;
+        while let Some((due, did)) = scan.ready.get(i) {
+            if skip.contains(did) {
+                i += 1;
+            } else if self.repo_state(did)?.is_some_and(|s| s.queue_due() == Some(*due)) {
+                return Ok(Some(*due));
+            } else {
+                // Moved or left the queue since it was read: no take would hand it out.
+                scan.ready.remove(i);
+            }
+        }
         let from = scan.after.clone().map_or(Bound::Unbounded, Bound::Excluded);
         for kv in self.pending.range::<Vec<u8>, _>((from, Bound::Unbounded)) {
             let key = kv.key()?;
@@ -132,11 +167,13 @@ impl Store {
     /// in-flight set starts empty, so that repos left in flight by an earlier run are taken
     /// again.
     pub fn rewind_queue(&self) {
-        self.queue_scan.lock().expect("queue scan lock").after = None;
+        let mut scan = self.queue_scan.lock().expect("queue scan lock");
+        scan.after = None;
+        scan.ready.clear();
     }
 
-    /// How many `pending` entries takes and `next_due_ms` have stepped over: what a take
-    /// costs, for tests and benchmarks.
+    /// How many `pending` entries takes and `next_due_ms` have read from the index: what
+    /// the queue costs, for tests and benchmarks.
     pub fn queue_entries_examined(&self) -> u64 {
         self.queue_scan.lock().expect("queue scan lock").examined
     }
@@ -302,8 +339,9 @@ mod props {
 
         /// Every take hands out the earliest due repo that is queued and not in flight, and
         /// only when one is due; so every due repo is handed out exactly once per time it is
-        /// queued, in due order. A take steps over at most one entry however many repos were
-        /// queued and taken before (`tombstones` of them, up front).
+        /// queued, in due order. However many repos were queued and taken before (`tombstones`
+        /// of them, up front), takes read each entry of the index once: what they read stays
+        /// within the entries ever written.
         #[test]
         fn takes_hand_out_each_due_repo_once_in_due_order(tombstones in 0..1_500usize, ops in proptest::collection::vec(op(), 1..80)) {
             let dir = tempfile::tempdir().unwrap();
@@ -315,6 +353,8 @@ mod props {
             prop_assert_eq!(taken.len(), tombstones);
             let done: Vec<(String, RepoState)> = old.iter().map(|d| (d.clone(), RepoState { status: RepoStatus::Synced, ..Default::default() })).collect();
             store.set_states(&done, None).unwrap();
+            // Entries written to the index, and entries takes have read from it.
+            let (mut written, mut read_by_takes) = (tombstones as u64, store.queue_entries_examined());
 
             // The model: repos queued and not in flight (with the due time the store gave
             // them), and the repos in flight.
@@ -327,6 +367,7 @@ mod props {
                         let d = did(i);
                         if store.repo_state(&d).unwrap().is_none() {
                             store.enqueue_new(std::slice::from_ref(&d), None).unwrap();
+                            written += 1;
                             let due = due_of(&store, &d);
                             prop_assert!(due <= last_take + 1, "a repo queued for now is due at once");
                             queued.insert(d, due);
@@ -338,7 +379,8 @@ mod props {
                         let skip: HashSet<String> = in_flight.iter().cloned().collect();
                         let before = store.queue_entries_examined();
                         let got = store.take_due(now, 1, &skip).unwrap();
-                        prop_assert!(store.queue_entries_examined() - before <= 1, "a take steps over one entry");
+                        read_by_takes += store.queue_entries_examined() - before;
+                        prop_assert!(read_by_takes <= written, "takes read {} entries of {} written", read_by_takes, written);
                         let earliest = queued.values().copied().filter(|&due| due <= now).min();
                         match got.first() {
                             None => prop_assert_eq!(earliest, None, "a due repo was not handed out"),
@@ -361,6 +403,7 @@ mod props {
                         let next = POLICY.failed(&state, "boom".into(), now, 0.0);
                         store.set_states(&[(d.clone(), next.clone())], None).unwrap();
                         if let Some(wanted) = next.next_retry_ms {
+                            written += 1;
                             let due = due_of(&store, &d);
                             prop_assert!(due >= wanted && due <= wanted.max(last_take + 1));
                             queued.insert(d, due);
@@ -370,6 +413,7 @@ mod props {
                         let d = did(i);
                         let state = store.repo_state(&d).unwrap().unwrap_or_default();
                         store.set_states(&[(d.clone(), schedule::requeued(&state, 0, now))], None).unwrap();
+                        written += 1;
                         queued.insert(d.clone(), due_of(&store, &d));
                     }
                     _ => {}
@@ -377,7 +421,7 @@ mod props {
                 let skip: HashSet<String> = in_flight.iter().cloned().collect();
                 let before = store.queue_entries_examined();
                 prop_assert_eq!(store.next_due_ms(&skip).unwrap(), queued.values().copied().min());
-                prop_assert!(store.queue_entries_examined() - before <= 1);
+                prop_assert!(store.queue_entries_examined() - before <= 1, "next_due_ms reads at most the next entry");
             }
         }
     }
