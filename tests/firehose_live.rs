@@ -184,13 +184,14 @@ async fn writes_during_a_backfill_arrive_once_and_in_order() {
     let did = net.populate(1, 1500, 5).await.remove(0);
     // Small batches with pauses: the walk takes over a second, and writes land inside it.
     let s = start(net, FULL, |c| (c.backfill.batch_size, c.backfill.batch_delay_ms) = (50, 40)).await;
-    wait("the backfill to start", || s.status(&did) == Some(RepoStatus::Backfilling)).await;
+    let in_flight = || s.backfill.progress().in_flight.load(Ordering::Relaxed);
+    wait("the backfill to start", || in_flight() == 1).await;
     let existing: Vec<(String, String)> = s.on_pds(&did).into_keys().take(2).collect();
     s.net.put_record(&did, "app.bsky.feed.post", "3lzzzzzzzzzz1", post("during")).unwrap();
     s.net.put_record(&did, &existing[0].0, &existing[0].1, post("updated during")).unwrap();
     s.net.delete_record(&did, &existing[1].0, &existing[1].1).unwrap();
     s.net.put_record(&did, "app.bsky.feed.post", "3lzzzzzzzzzz1", post("during, edited")).unwrap();
-    assert_eq!(s.status(&did), Some(RepoStatus::Backfilling), "the writes landed during the walk");
+    assert_eq!((s.status(&did), in_flight()), (Some(RepoStatus::Pending), 1), "the writes landed during the walk");
 
     wait("the held commits to be applied", || s.in_step(&did)).await;
     let held = s.firehose.live().metrics().held.load(Ordering::Relaxed);

@@ -98,6 +98,8 @@ pub struct Backfill {
     progress: Progress,
     live_backlog: Arc<AtomicU64>,
     memory_cap_mb: AtomicU64,
+    /// Resident memory, for the cap: read at most every 50 ms.
+    resident: progress::ResidentGauge,
     stop: AtomicBool,
     /// Paused by an operator: no new repo starts until resumed.
     paused: AtomicBool,
@@ -125,6 +127,7 @@ impl Backfill {
             progress: Progress::default(),
             live_backlog: Arc::default(),
             memory_cap_mb: AtomicU64::new(config.backfill.max_memory_mb),
+            resident: progress::ResidentGauge::new(Duration::from_millis(50)),
             stop: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             run_over: AtomicBool::new(false),
@@ -307,7 +310,7 @@ impl Backfill {
         let mut paused_since = None;
         while !self.stopping() {
             let cap = self.memory_cap_mb.load(Ordering::Relaxed);
-            let rss_mb = progress::resident_bytes().unwrap_or(0) >> 20;
+            let rss_mb = if cap > 0 { self.resident.bytes() >> 20 } else { 0 };
             let over = cap > 0 && rss_mb > cap;
             let busy = (self.config.use_idle && self.live_backlog.load(Ordering::Relaxed) > IDLE_BACKLOG) || self.is_paused();
             self.progress.memory_paused.store(over, Ordering::Relaxed);

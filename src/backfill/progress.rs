@@ -46,6 +46,34 @@ pub fn resident_bytes() -> Option<u64> {
     Some(pages * 4096)
 }
 
+/// [`resident_bytes`] read at most every `max_age`: for the scheduler, which looks before every
+/// repo it starts (a read of `/proc` costs more than a small repo's other bookkeeping).
+#[derive(Debug)]
+pub struct ResidentGauge {
+    max_age: Duration,
+    last: std::sync::Mutex<Option<(Instant, u64)>>,
+}
+
+impl ResidentGauge {
+    /// A gauge that reads `/proc` again once its reading is older than `max_age`.
+    pub fn new(max_age: Duration) -> Self {
+        Self { max_age, last: std::sync::Mutex::new(None) }
+    }
+
+    /// Resident memory in bytes (0 when unknown), at most `max_age` old.
+    pub fn bytes(&self) -> u64 {
+        let mut last = self.last.lock().expect("resident gauge");
+        match *last {
+            Some((at, bytes)) if at.elapsed() < self.max_age => bytes,
+            _ => {
+                let bytes = resident_bytes().unwrap_or(0);
+                *last = Some((Instant::now(), bytes));
+                bytes
+            }
+        }
+    }
+}
+
 /// Writes a progress line every `every` until `stop` is cancelled, and returns as soon as it
 /// is (a run's end waits for it); the memory cap is read at each line, as it may change while
 /// running.
@@ -119,6 +147,12 @@ mod tests {
         assert_eq!(progress_bar(5, 10), format!("[{}{}]  50%  5/10 repos", "#".repeat(15), ".".repeat(15)));
         assert_eq!(progress_bar(0, 0), format!("[{}] 100%  0/0 repos", ".".repeat(30)));
         assert!(resident_bytes().unwrap() > 1 << 20, "a running test uses more than 1 MB");
+        let gauge = ResidentGauge::new(Duration::from_secs(3600));
+        let first = gauge.bytes();
+        let grow = std::hint::black_box(vec![1u8; 64 << 20]);
+        assert_eq!(gauge.bytes(), first, "a fresh reading is reused");
+        assert!(ResidentGauge::new(Duration::ZERO).bytes() > first, "a stale one is read again");
+        drop(grow);
     }
 
     #[test]

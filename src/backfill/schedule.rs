@@ -33,11 +33,6 @@ impl RetryPolicy {
     }
 }
 
-/// `state` while a worker fetches and walks it (still queued, at the same place).
-pub fn backfilling(state: &RepoState, now_ms: u64) -> RepoState {
-    RepoState { status: RepoStatus::Backfilling, updated_ms: now_ms, ..state.clone() }
-}
-
 /// `state` of a repo the network no longer serves: deactivated, taken down, suspended or
 /// deleted. Its stored records are left as they are.
 pub fn gone(state: &RepoState, reason: String, now_ms: u64) -> RepoState {
@@ -90,7 +85,6 @@ mod tests {
         let again = requeued(&s, 0, 2_000);
         assert_eq!((again.status, again.queue_due(), again.retries), (RepoStatus::Pending, Some(0), 6));
         assert_eq!(gone(&s, "takendown".into(), 3).queue_due(), None);
-        assert_eq!(backfilling(&again, 4).queue_due(), Some(0), "in flight stays queued");
         assert_eq!(current(&s, 5).retries, 0);
     }
 

@@ -31,13 +31,10 @@ enum Failure {
 }
 
 impl Backfill {
-    /// Backfills one repo taken off the queue and records how it went.
+    /// Backfills one repo taken off the queue and records how it went. Nothing is written when
+    /// it starts: the repo stays queued, as it was, until its outcome is committed (a crash
+    /// meanwhile leaves it to be taken again), and `Progress::in_flight` counts it.
     pub(super) async fn backfill_repo(self: &Arc<Self>, did: &str, state: RepoState) {
-        let state = schedule::backfilling(&state, now_ms());
-        if let Err(e) = self.store().set_states(&[(did.to_string(), state.clone())], None) {
-            self.fail_run(format!("storage: {e}"));
-            return;
-        }
         let in_flight = self.progress.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.progress.peak_in_flight.fetch_max(in_flight, Ordering::Relaxed);
         let result = self.fetch_and_apply(did).await;

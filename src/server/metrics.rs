@@ -93,7 +93,7 @@ fn events(out: &mut String, state: &ServerState) {
 
 fn repos(out: &mut String, state: &ServerState) {
     let name = "sluice_repos";
-    let mut family = Family::start(out, name, "gauge", "Repos by state (the backfill queue is pending, backfilling, error and desynchronized).");
+    let mut family = Family::start(out, name, "gauge", "Repos by state (the backfill queue is pending, error and desynchronized; repos in flight stay pending, see sluice_backfill_in_flight).");
     for status in RepoStatus::ALL {
         family.sample(name, &[("status", status.as_str())], state.store().repo_count(status));
     }
