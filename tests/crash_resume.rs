@@ -1,6 +1,8 @@
 //! `kill -9` in the middle of a backfill, several times: after the last restart every repo is
 //! indexed exactly as its PDS holds it, no event is missing or emitted twice, ids are gapless,
-//! and repos committed before a kill are not fetched again.
+//! and repos committed before a kill are not fetched again. Once with repos walked in many
+//! batches, once with thousands of small repos (the network's shape), where kills land while
+//! the queue is being taken fast.
 
 mod common;
 
@@ -19,6 +21,34 @@ fn write_config(dir: &std::path::Path, net: &Devnet) -> std::path::PathBuf {
     common::devnet_config_file(dir, net, &backfill)
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_backfill_of_thousands_of_small_repos_loses_and_duplicates_nothing() {
+    const SMALL_REPOS: usize = 3_000;
+    const IN_FLIGHT: u64 = 16;
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let dids = net.populate(SMALL_REPOS, 3, 12).await;
+    let dir = tempfile::tempdir().unwrap();
+    let backfill = format!("[backfill]\nmax_concurrent = {IN_FLIGHT}\nprogress_secs = 1\nretry_min_ms = 50\nretry_max_ms = 100\n");
+    let config = common::devnet_config_file(dir.path(), &net, &backfill);
+    let log = dir.path().join("sluice.log");
+
+    let kills = kill_after_fetches(&net, &config, &log, &[(400, 0), (700, 3), (350, 11), (900, 1)]).await;
+    let synced = {
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        store.repo_count(RepoStatus::Synced) as usize
+    };
+    eprintln!("after {kills} kills: {synced} of {SMALL_REPOS} repos synced");
+    assert!(synced < SMALL_REPOS, "the kills left work for the last run");
+
+    run_to_the_end(&config, &log).await;
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    let total = assert_every_repo_as_held(&net, &store, &dids);
+    assert_one_create_event_per_record(&store, total);
+    assert_eq!(store.repo_count(RepoStatus::Synced) as usize, SMALL_REPOS, "the counters agree with the states");
+    let fetched = net.request_count("com.atproto.sync.getRepo");
+    assert!(fetched <= SMALL_REPOS as u64 + kills * IN_FLIGHT, "{fetched} fetches: only repos in flight at a kill are fetched again");
+}
+
 fn backfill(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
     common::spawn_sluice(config, "backfill", log)
 }
@@ -31,7 +61,7 @@ async fn sigkill_mid_backfill_loses_and_duplicates_nothing() {
     let config = write_config(dir.path(), &net);
     let log = dir.path().join("sluice.log");
 
-    let kills = kill_mid_backfill(&net, &config, &log).await;
+    let kills = kill_after_fetches(&net, &config, &log, &[(8, 0), (12, 13), (6, 29), (10, 7)]).await;
     {
         let store = Store::open(&dir.path().join("data")).unwrap();
         let states = store.repo_states().unwrap();
@@ -50,12 +80,12 @@ async fn sigkill_mid_backfill_loses_and_duplicates_nothing() {
     assert_eq!(store.cursors().unwrap()["crawler"].0, "done");
 }
 
-/// Starts the backfill and kills it with SIGKILL several times, each once a few more repos
-/// have been fetched, so every run is cut off mid-way (often between the batches of a repo: a
-/// walk here is 6 batches 8 ms apart). Returns the number of kills.
-async fn kill_mid_backfill(net: &Devnet, config: &std::path::Path, log: &std::path::Path) -> u64 {
+/// Starts the backfill and kills it with SIGKILL several times, each once `fetches` more repos
+/// have been fetched and `jitter_ms` passed, so every run is cut off mid-way (with repos of
+/// many batches, often between two of them). Returns the number of kills.
+async fn kill_after_fetches(net: &Devnet, config: &std::path::Path, log: &std::path::Path, kills_at: &[(u64, u64)]) -> u64 {
     let mut kills = 0;
-    for (fetches, jitter_ms) in [(8u64, 0u64), (12, 13), (6, 29), (10, 7)] {
+    for &(fetches, jitter_ms) in kills_at {
         let target = net.request_count("com.atproto.sync.getRepo") + fetches;
         let mut child = backfill(config, log);
         let deadline = Instant::now() + Duration::from_secs(60);
