@@ -16,28 +16,20 @@
 //! in turn, `SLUICE_BENCH_ROUNDS` times (default 1), each row labelled with its build;
 //! `SLUICE_BENCH_CASES=small` skips the case with the large repo.
 
-use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use common::Usage;
 use sluice::devnet::{Devnet, DevnetOptions};
+
+mod common;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// What a child used: wall seconds, CPU seconds (user + system), peak RSS in KB.
-struct Usage {
-    secs: f64,
-    cpu: f64,
-    peak_kb: i64,
-}
-
-/// Runs `sluice backfill` on `net` into a fresh store and waits for it with `wait4`, which
-/// reports the child's CPU time. Peak RSS is the child's `VmHWM`, polled while it runs: the
-/// `ru_maxrss` of `wait4` would also count this process's memory (the devnet's), which the
-/// child's record inherits from the fork before its exec.
+/// Runs `sluice backfill` on `net` into a fresh store (see [`common::run_child`] for what is
+/// measured and how).
 fn backfill(net: &Devnet, binary: &str, concurrency: usize, handlers: bool) -> Usage {
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("config.toml");
     let filter = match handlers {
         true => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/everything.toml"),
         false => {
@@ -46,28 +38,8 @@ fn backfill(net: &Devnet, binary: &str, concurrency: usize, handlers: bool) -> U
             path
         }
     };
-    std::fs::write(
-        &config,
-        format!("[storage]\npath = {:?}\n[filter]\npath = {filter:?}\n[network]\nrelay = {:?}\nplc = {:?}\n[backfill]\nmax_concurrent = {concurrency}\nmax_memory_mb = 0\n", dir.path().join("data"), net.relay_url(), net.plc_url()),
-    )
-    .unwrap();
-    let start = Instant::now();
-    // Reaped by the wait4 below, which also reports its CPU time.
-    #[allow(clippy::zombie_processes)]
-    let child = Command::new(binary).args(["--config", config.to_str().unwrap(), "backfill"]).env("RUST_LOG", "warn").stdout(Stdio::null()).spawn().unwrap();
-    let peak_kb = watch_peak_rss(child.id());
-    let mut status = 0;
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: the pid is our own unreaped child; wait4 fills `status` and `usage`.
-    let usage = unsafe {
-        let pid = libc::wait4(child.id() as libc::pid_t, &mut status, 0, usage.as_mut_ptr());
-        assert_eq!(pid, child.id() as libc::pid_t, "wait4");
-        usage.assume_init()
-    };
-    let secs = start.elapsed().as_secs_f64();
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "sluice backfill failed");
-    let t = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    Usage { secs, cpu: t(usage.ru_utime) + t(usage.ru_stime), peak_kb: peak_kb.join().unwrap() }
+    let config = common::backfill_config(dir.path(), net, &filter, &format!("[backfill]\nmax_concurrent = {concurrency}\nmax_memory_mb = 0\n"));
+    common::run_child(binary, &["--config", config.to_str().unwrap(), "backfill"], None)
 }
 
 /// The builds under test: `SLUICE_BIN` (comma-separated) when set, else this build's `sluice`.
@@ -88,21 +60,6 @@ fn compare(net: &Devnet, label: &str, repos: usize, records: usize, handlers: bo
             row(&format!("{label}{name}"), repos, records, &usage);
         }
     }
-}
-
-/// Polls `VmHWM` of process `pid` every 20 ms until it exits; returns the last value (KB).
-fn watch_peak_rss(pid: u32) -> std::thread::JoinHandle<i64> {
-    std::thread::spawn(move || {
-        let mut peak = 0;
-        loop {
-            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return peak };
-            match status.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
-                Some(v) => peak = peak.max(v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0)),
-                None => return peak, // a zombie: it has exited
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    })
 }
 
 /// Size of the repo export of `did`, fetched once (which also warms the devnet's cache).

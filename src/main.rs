@@ -147,6 +147,10 @@ struct DevnetArgs {
     /// PDS hosts.
     #[arg(long, default_value_t = 2)]
     pds: usize,
+    /// DIDs the relay also lists with no account behind them (each ends `gone` at once): a
+    /// network-sized listing for the crawler and the queue, e.g. 1000000.
+    #[arg(long, default_value_t = 0)]
+    unresolvable: usize,
     /// First port: PLC on it, the relay on +1, PDS hosts from +2 (0 = any free ports).
     #[arg(long, default_value_t = 2580)]
     port: u16,
@@ -317,6 +321,7 @@ fn start_devnet(opts: &DevnetArgs) -> anyhow::Result<(tokio::runtime::Runtime, s
     let net = runtime.block_on(async {
         let net = sluice::devnet::Devnet::start(sluice::devnet::DevnetOptions { pds_hosts: opts.pds, base_port: opts.port }).await?;
         net.populate(opts.repos, opts.records, 1).await;
+        net.list_unresolvable(opts.unresolvable, 1);
         anyhow::Ok(net)
     })?;
     Ok((runtime, net))
@@ -355,6 +360,9 @@ fn serve_devnet(opts: &DevnetArgs, write_config: &std::path::Path) -> anyhow::Re
     std::fs::write(write_config, devnet_config(&net, &filter)).with_context(|| format!("writing {}", write_config.display()))?;
     let pds = net.pds_urls();
     println!("devnet: {} accounts with {} records each on {} PDS host(s)", opts.repos, opts.records, pds.len());
+    if opts.unresolvable > 0 {
+        println!("  and {} more DIDs listed by the relay whose documents do not resolve", opts.unresolvable);
+    }
     println!("  PLC directory  {}", net.plc_url());
     println!("  relay          {}", net.relay_url());
     for (i, url) in pds.iter().enumerate() {
@@ -371,7 +379,7 @@ fn serve_devnet(opts: &DevnetArgs, write_config: &std::path::Path) -> anyhow::Re
 
 /// `sluice run --devnet`: a devnet on free ports and the indexer pointed at it.
 fn run_on_devnet(mut config: Config) -> anyhow::Result<ExitCode> {
-    let opts = DevnetArgs { repos: 20, records: 50, pds: 2, port: 0 };
+    let opts = DevnetArgs { repos: 20, records: 50, pds: 2, port: 0, unresolvable: 0 };
     ensure_devnet_filter(&config.filter.path)?;
     let (_devnet_runtime, net) = start_devnet(&opts)?;
     config.network.relay = net.relay_url();

@@ -50,3 +50,63 @@ pub fn generated_car(seed: u64) -> (PathBuf, Account) {
     (path, account)
 }
 
+
+/// What a child process used: wall seconds, CPU seconds (user + system), peak RSS in KB.
+pub struct Usage {
+    pub secs: f64,
+    pub cpu: f64,
+    pub peak_kb: i64,
+}
+
+/// Runs `binary args` to its end and measures it: wall time, the child's own CPU time (from
+/// `wait4`) and its peak RSS, polled from `VmHWM` while it runs (the `ru_maxrss` of `wait4` would
+/// also count this process's memory, which the child inherits through the fork before its
+/// exec). Its stderr goes to `stderr` when given. Panics unless it exits 0.
+pub fn run_child(binary: &str, args: &[&str], stderr: Option<&std::path::Path>) -> Usage {
+    use std::process::{Command, Stdio};
+    let start = std::time::Instant::now();
+    let err = match stderr {
+        Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+        None => Stdio::inherit(),
+    };
+    let log = if stderr.is_some() { "info" } else { "warn" };
+    // Reaped by the wait4 below, which also reports its CPU time.
+    #[allow(clippy::zombie_processes)]
+    let child = Command::new(binary).args(args).env("RUST_LOG", log).stdout(Stdio::null()).stderr(err).spawn().unwrap();
+    let peak_kb = watch_peak_rss(child.id());
+    let mut status = 0;
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: the pid is our own unreaped child; wait4 fills `status` and `usage`.
+    let usage = unsafe {
+        let pid = libc::wait4(child.id() as libc::pid_t, &mut status, 0, usage.as_mut_ptr());
+        assert_eq!(pid, child.id() as libc::pid_t, "wait4");
+        usage.assume_init()
+    };
+    let secs = start.elapsed().as_secs_f64();
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{binary} {args:?} failed");
+    let t = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    Usage { secs, cpu: t(usage.ru_utime) + t(usage.ru_stime), peak_kb: peak_kb.join().unwrap() }
+}
+
+/// Polls `VmHWM` of process `pid` every 20 ms until it exits; returns the last value (KB).
+fn watch_peak_rss(pid: u32) -> std::thread::JoinHandle<i64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        loop {
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return peak };
+            match status.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
+                Some(v) => peak = peak.max(v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0)),
+                None => return peak, // a zombie: it has exited
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    })
+}
+
+/// The config of a `sluice backfill` child against `net`'s relay and PLC, data in `dir`.
+pub fn backfill_config(dir: &std::path::Path, net: &sluice::devnet::Devnet, filter: &std::path::Path, extra: &str) -> PathBuf {
+    let config = dir.join("config.toml");
+    let text = format!("[storage]\npath = {:?}\n[filter]\npath = {filter:?}\n[network]\nrelay = {:?}\nplc = {:?}\n{extra}", dir.join("data"), net.relay_url(), net.plc_url());
+    std::fs::write(&config, text).unwrap();
+    config
+}

@@ -51,7 +51,7 @@ impl Backfill {
             }
             Err(Failure::Fatal(reason)) => return self.fail_run(reason),
             Err(Failure::Gone(reason)) => {
-                tracing::info!(did, %reason, "repo is gone");
+                tracing::debug!(did, %reason, "repo is gone");
                 self.progress.gone.fetch_add(1, Ordering::Relaxed);
                 schedule::gone(&state, reason, now)
             }

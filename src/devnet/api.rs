@@ -67,6 +67,24 @@ impl Devnet {
         self.world.feed.sequencer.drop_connections();
     }
 
+    /// Has the relay list `n` more DIDs that have no account (their documents do not resolve,
+    /// so an indexer finds each gone at once, with no repo to fetch), derived from `seed`:
+    /// the network's size for crawler and queue benchmarks, without building its repos.
+    /// Returns them.
+    pub fn list_unresolvable(&self, n: usize, seed: u64) -> Vec<String> {
+        const B32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+        let mut rng = super::populate::Rng(seed ^ 0x5EED_0F_D1D5);
+        let dids: Vec<String> = (0..n)
+            .map(|_| {
+                let (a, b) = (rng.next(), rng.next());
+                let id: String = (0..24).map(|i| B32[(if i < 12 { a >> (i * 5) } else { b >> ((i - 12) * 5) } & 31) as usize] as char).collect();
+                format!("did:plc:{id}")
+            })
+            .collect();
+        self.world.list_only(dids.iter().cloned());
+        dids
+    }
+
     /// Makes the account's DID document unresolvable (404), its repo staying on its PDS.
     pub fn remove_identity(&self, did: &str) {
         self.world.update(did, |a| a.identity_removed = true);

@@ -27,24 +27,51 @@ fn page<T>(world: &World, cursor: Option<&str>, limit: usize, mut keep: impl FnM
 }
 
 /// `listRepos?limit&cursor` over host `host` (all hosts when `None`): `{repos: [{did, head, rev,
-/// active, status?}], cursor?}`, the cursor present only when more repos follow.
+/// active, status?}], cursor?}`, the cursor present only when more repos follow. The relay also
+/// lists the DIDs that have no account ([`World::list_only`]), merged in DID order.
 pub(crate) async fn list_repos(world: &World, host: Option<usize>, p: &Params) -> XrpcResult {
     let limit = p.limit(500, 1000)?;
-    let (accounts, more) = page(world, p.opt("cursor"), limit, |a| host.is_none_or(|h| h == a.pds).then(|| (a.account.did.clone(), a.status)));
-    let dids: Vec<String> = accounts.iter().map(|(d, _)| d.clone()).collect();
-    let built: Vec<_> = stream::iter(dids).map(|did| async move { world.built(&did).await }).buffered(2).collect().await;
-    let mut repos = Vec::with_capacity(accounts.len());
-    for ((did, status), b) in accounts.iter().zip(built) {
-        let Some(b) = b else { continue };
-        let b = b.map_err(crate::xrpc::XrpcError::internal)?;
-        let mut item = json!({"did": did, "head": b.head.to_string(), "rev": b.rev, "active": *status == AccountStatus::Active});
-        if let Some(s) = status.as_str() {
-            item["status"] = json!(s);
-        }
+    let (accounts, mut more) = page(world, p.opt("cursor"), limit, |a| host.is_none_or(|h| h == a.pds).then(|| (a.account.did.clone(), Some(a.status))));
+    let mut listed = accounts;
+    if host.is_none() {
+        listed.extend(world.listed_only_after(p.opt("cursor"), limit + 1).into_iter().map(|did| (did, None)));
+        listed.sort_by(|a, b| a.0.cmp(&b.0));
+        more |= listed.len() > limit;
+        listed.truncate(limit);
+    }
+    let with_repo: Vec<Option<String>> = listed.iter().map(|(did, status)| status.map(|_| did.clone())).collect();
+    let built: Vec<_> = stream::iter(with_repo)
+        .map(|did| async move {
+            match did {
+                Some(did) => world.built(&did).await,
+                None => None,
+            }
+        })
+        .buffered(2)
+        .collect()
+        .await;
+    let mut repos = Vec::with_capacity(listed.len());
+    for ((did, status), b) in listed.iter().zip(built) {
+        let item = match (status, b) {
+            (Some(status), Some(b)) => {
+                let b = b.map_err(crate::xrpc::XrpcError::internal)?;
+                let mut item = json!({"did": did, "head": b.head.to_string(), "rev": b.rev, "active": *status == AccountStatus::Active});
+                if let Some(s) = status.as_str() {
+                    item["status"] = json!(s);
+                }
+                item
+            }
+            (Some(_), None) => continue,
+            // A DID with no account: any well-formed head and rev.
+            (None, _) => json!({"did": did, "head": LISTED_ONLY_HEAD, "rev": "2222222222222", "active": true}),
+        };
         repos.push(item);
     }
-    ok_json(with_cursor(json!({"repos": repos}), more, accounts.last().map(|(d, _)| d.as_str())))
+    ok_json(with_cursor(json!({"repos": repos}), more, listed.last().map(|(d, _)| d.as_str())))
 }
+
+/// The `head` listed for a DID with no account (the CID of an empty DAG-CBOR map).
+const LISTED_ONLY_HEAD: &str = "bafyreigbtj4x7ip5legnfznufuopl4sg4knzc2cof6duas4b3q2fy6swua";
 
 /// `listReposByCollection?collection&limit&cursor`: `{repos: [{did}], cursor?}`, the accounts
 /// (not deleted) holding at least one record in `collection`.

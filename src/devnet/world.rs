@@ -128,6 +128,8 @@ struct RateLimit {
 #[derive(Default)]
 struct State {
     accounts: BTreeMap<String, AccountState>,
+    /// DIDs the relay lists with no account behind them: their documents do not resolve.
+    listed_only: std::collections::BTreeSet<String>,
     clock: u64,
     limits: Vec<RateLimit>,
 }
@@ -268,6 +270,20 @@ impl World {
                 break;
             }
         }
+    }
+
+    /// Has the relay list `dids` too, with no account behind them (their documents do not
+    /// resolve, so an indexer finds each gone at once): the network's size without its repos.
+    pub fn list_only(&self, dids: impl IntoIterator<Item = String>) {
+        lock(&self.state).listed_only.extend(dids);
+    }
+
+    /// Up to `limit` of the DIDs listed without an account, in order from just after `after`.
+    pub fn listed_only_after(&self, after: Option<&str>, limit: usize) -> Vec<String> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let st = lock(&self.state);
+        let lower = after.map_or(Unbounded, |a| Excluded(a.to_string()));
+        st.listed_only.range((lower, Unbounded)).take(limit).cloned().collect()
     }
 
     /// A fresh TID (for record keys), from the same clock as revs.
