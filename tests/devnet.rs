@@ -241,6 +241,31 @@ async fn list_repos_pages_over_every_account_exactly_once() {
 }
 
 #[tokio::test]
+async fn the_relay_lists_unresolvable_dids_among_the_accounts_in_did_order() {
+    bounded(async {
+        let net = devnet().await;
+        let accounts: Vec<String> = (0..7).map(|i| net.create_account(account(300 + i, i as usize % 2))).collect();
+        let ghosts = net.list_unresolvable(40, 3);
+        assert!(ghosts.iter().all(|d| sluice::syntax::is_did(d)));
+        let mut everyone: Vec<String> = accounts.iter().chain(&ghosts).cloned().collect();
+        everyone.sort();
+        everyone.dedup();
+        assert_eq!(everyone.len(), 47);
+
+        let (items, pages) = all_pages(&net.relay_url(), "com.atproto.sync.listRepos", "", 10).await;
+        assert_eq!(pages, 5);
+        let listed: Vec<String> = items.iter().map(|r| r["did"].as_str().unwrap().to_string()).collect();
+        assert_eq!(listed, everyone, "accounts and unresolvable DIDs once each, in DID order");
+        assert!(items.iter().all(|r| sluice::syntax::is_cid(r["head"].as_str().unwrap())));
+        let (items, _) = all_pages(&net.pds_urls()[0], "com.atproto.sync.listRepos", "", 10).await;
+        assert!(items.iter().all(|r| accounts.contains(&r["did"].as_str().unwrap().to_string())), "a PDS lists only its accounts");
+        let (status, _, _) = get_json(&format!("{}{}", net.plc_url(), ghosts[0])).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "their documents do not resolve");
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn list_repos_by_collection_names_the_accounts_holding_it() {
     bounded(async {
         let net = devnet().await;
