@@ -65,36 +65,46 @@ pub(super) async fn follow_filter_edits(backfill: &Arc<Backfill>) {
     }
 }
 
-/// Queues the repos `widened` names, `requeue_per_sec` at a time.
+/// Queues the repos `widened` names, `requeue_per_sec` at a time, walking the repo states in
+/// DID order a chunk at a time (memory stays bounded however many repos the store holds).
 async fn requeue(backfill: &Backfill, widened: &Widening) -> anyhow::Result<usize> {
     let store = backfill.store();
     store.enqueue_new(&widened.new_dids, None)?;
     let wanted = |status: RepoStatus| (status == RepoStatus::Synced && widened.synced) || (status == RepoStatus::Discarded && widened.discarded);
-    let mut chosen: Vec<String> = store.repo_states()?.into_iter().filter(|(_, s)| wanted(s.status)).map(|(did, _)| did).collect();
-    for did in &widened.new_dids {
-        if store.repo_state(did)?.is_some_and(|s| s.status == RepoStatus::Discarded) && !chosen.contains(did) {
-            chosen.push(did.clone());
-        }
-    }
     let per_sec = backfill.config.requeue_per_sec.max(1);
-    for (i, chunk) in chosen.chunks(per_sec).enumerate() {
-        if i > 0 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
+    // Newly listed DIDs that were discarded are walked again whatever else the edit widens.
+    let mut queued = requeue_now(store, widened.new_dids.iter().cloned(), |s| s == RepoStatus::Discarded)?;
+    let mut after: Option<String> = None;
+    loop {
         if backfill.stopping() {
             break;
         }
-        let now = now_ms();
-        let mut states = Vec::with_capacity(chunk.len());
-        for did in chunk {
-            // Re-read: a worker may have moved it since the scan.
-            if let Some(state) = store.repo_state(did)?.filter(|s| wanted(s.status) || s.status == RepoStatus::Discarded) {
-                states.push((did.clone(), schedule::requeued(&state, 0, now)));
-            }
+        let (chunk, next) = store.repo_states_after(after.as_deref(), per_sec, 100 * per_sec, |s| wanted(s.status))?;
+        let full = chunk.len() >= per_sec;
+        queued += requeue_now(store, chunk.into_iter().map(|(did, _)| did), wanted)?;
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
         }
-        store.set_states(&states, None)?;
+        if full {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
     }
-    Ok(chosen.len())
+    Ok(queued)
+}
+
+/// Queues `dids` now, those whose stored state `wanted` still accepts (a worker may have moved
+/// one since it was read); returns how many.
+fn requeue_now(store: &crate::store::Store, dids: impl Iterator<Item = String>, wanted: impl Fn(RepoStatus) -> bool) -> anyhow::Result<usize> {
+    let now = now_ms();
+    let mut states = Vec::new();
+    for did in dids {
+        if let Some(state) = store.repo_state(&did)?.filter(|s| wanted(s.status)) {
+            states.push((did, schedule::requeued(&state, 0, now)));
+        }
+    }
+    store.set_states(&states, None)?;
+    Ok(states.len())
 }
 
 #[cfg(test)]
