@@ -141,6 +141,35 @@ fn assert_troubled_network_states(s: &Setup, all: &[String]) -> usize {
     total
 }
 
+/// A key that rotated after it was cached: the commit does not verify with it, so the worker
+/// looks the DID up again, once, and walks the repo with the fresh key; a repo whose DID no
+/// longer resolves on that second look is not walked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_cached_key_is_looked_up_again_before_the_walk() {
+    let net = Devnet::start(DevnetOptions { pds_hosts: 1, ..Default::default() }).await.unwrap();
+    let dids = net.populate(2, 30, 21).await;
+    let s = open(net, "mode = \"full\"", |c| c.backfill.max_retries = 0);
+    let resolver = sluice::identity::Resolver::new(sluice::identity::ResolverOptions { plc_url: s.net.plc_url(), ..Default::default() });
+    let right = (*resolver.resolve(&dids[0]).await.unwrap()).clone();
+    let other = (*resolver.resolve(&dids[1]).await.unwrap()).clone();
+    // The first repo's cached key is another account's.
+    s.backfill.resolver().prime(sluice::identity::Identity { key: other.key.clone(), ..right.clone() });
+    s.backfill.queue(&dids[..1]).unwrap();
+    run(&s, false).await;
+    assert_eq!(status(&s, &dids[0]), Some(RepoStatus::Synced));
+    assert_eq!(stored(&s, &dids[0]).len(), 30);
+    assert_eq!(s.backfill.resolver().cached(&dids[0]).unwrap().key, right.key, "the fresh key is cached");
+    assert_eq!(s.net.request_count("com.atproto.sync.getRepo"), 1, "fetched once: the repo read is checked again, not downloaded again");
+
+    // The second look finds no document: no walk.
+    s.net.remove_identity(&dids[1]);
+    s.backfill.resolver().prime(sluice::identity::Identity { key: right.key.clone(), ..other.clone() });
+    s.backfill.queue(&dids[1..]).unwrap();
+    run(&s, false).await;
+    assert_eq!(status(&s, &dids[1]), Some(RepoStatus::Gone), "the fresh look-up finds the DID gone");
+    assert!(stored(&s, &dids[1]).is_empty(), "nothing of an unverified repo is stored");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_repos_over_two_hosts_end_in_the_right_states() {
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();

@@ -93,6 +93,9 @@ impl Backfill {
         self.fatal.lock().expect("fatal").get_or_insert(reason);
     }
 
+    /// Resolves, downloads, reads, verifies and walks one repo. The usual case (the cached key
+    /// verifies the commit) takes one trip to a walk thread; a signature that fails is checked
+    /// once more against a freshly resolved key before the walk.
     async fn fetch_and_apply(&self, did: &str) -> Result<RepoOutcome, Failure> {
         let identity = self.resolver.resolve(did).await.map_err(identity_failure)?;
         let spooled = match self.fetcher.download(&identity.pds, did).await {
@@ -103,42 +106,59 @@ impl Backfill {
         };
         let _walking = self.walk_permits.clone().acquire_owned().await.map_err(|e| Failure::Retry(e.to_string()))?;
         let (limits, owner, key) = (*self.fetcher.limits(), did.to_string(), identity.key.clone());
+        let (pipeline, opts) = (self.pipeline.clone(), self.walk_options(did, identity.handle.clone()));
         let read = self.walkers.run(move || {
             let loaded = spooled.read(&limits, super::fetch::WALK_IN_MEMORY)?;
             loaded.check_commit(Some(&owner))?;
-            let verified = loaded.verify_signature(&key).is_ok();
-            Ok::<_, crate::repo::RepoError>((loaded, verified))
+            Ok::<_, crate::repo::RepoError>(match loaded.verify_signature(&key) {
+                Ok(()) => Read::Walked(pipeline.apply_walk(&loaded, &opts)),
+                Err(_) => Read::Unverified(Box::new(loaded), opts),
+            })
         });
-        let (loaded, verified) = read.await.ok_or_else(|| Failure::Retry("the reader thread failed".into()))?.map_err(|e| Failure::Retry(e.to_string()))?;
-        let loaded = match verified {
-            true => loaded,
+        match read.await.ok_or_else(|| Failure::Retry("the walk thread failed (a panic)".into()))?.map_err(|e| Failure::Retry(e.to_string()))? {
+            Read::Walked(walked) => walk_outcome(Some(walked)),
             // The key may have rotated since it was cached: look it up again, once.
-            false => {
+            Read::Unverified(loaded, opts) => {
                 let fresh = self.resolver.refresh(did).await.map_err(identity_failure)?;
-                let check = self.walkers.run(move || loaded.verify_signature(&fresh.key).map(|()| loaded));
-                check.await.ok_or_else(|| Failure::Retry("the reader thread failed".into()))?.map_err(|e| Failure::Retry(e.to_string()))?
+                let pipeline = self.pipeline.clone();
+                let walked = self.walkers.run(move || loaded.verify_signature(&fresh.key).map(|()| pipeline.apply_walk(&loaded, &opts))).await;
+                match walked {
+                    Some(Err(e)) => Err(Failure::Retry(e.to_string())),
+                    Some(Ok(walked)) => walk_outcome(Some(walked)),
+                    None => walk_outcome(None),
+                }
             }
-        };
-        self.apply(loaded, identity.handle.clone()).await
+        }
     }
 
-    /// Walks a verified repo through the pipeline on a walk thread.
-    async fn apply(&self, loaded: LoadedRepo, handle: Option<String>) -> Result<RepoOutcome, Failure> {
-        let pipeline = self.pipeline.clone();
-        let opts = WalkOptions {
-            cursor: Some(("backfill".to_string(), loaded.did().to_string())),
+    /// How a backfill walk of `did` commits: in batches with the configured pause, its last
+    /// batch carrying the `backfill` cursor.
+    fn walk_options(&self, did: &str, handle: Option<String>) -> WalkOptions {
+        WalkOptions {
+            cursor: Some(("backfill".to_string(), did.to_string())),
             since_us: self.config.since_us(now_ms() * 1000),
             batch_delay: Duration::from_millis(self.config.batch_delay_ms),
             handle,
-        };
-        let walked = self.walkers.run(move || pipeline.apply_walk(&loaded, &opts)).await;
-        match walked {
-            Some(Ok(outcome)) => Ok(outcome),
-            Some(Err(PipelineError::StaleRev { .. })) => Err(Failure::Current),
-            Some(Err(PipelineError::Repo(e))) => Err(Failure::Retry(e.to_string())),
-            Some(Err(PipelineError::Store(e))) => Err(Failure::Fatal(format!("storage: {e}"))),
-            None => Err(Failure::Retry("the walk thread failed (a panic in the pipeline)".into())),
         }
+    }
+}
+
+/// What a walk thread made of a downloaded repo.
+enum Read {
+    /// Verified and walked through the pipeline.
+    Walked(Result<RepoOutcome, PipelineError>),
+    /// Read, but its signature did not verify with the cached key: not walked.
+    Unverified(Box<LoadedRepo>, WalkOptions),
+}
+
+/// A walk's result as the worker sees it (`None`: the walk thread panicked).
+fn walk_outcome(walked: Option<Result<RepoOutcome, PipelineError>>) -> Result<RepoOutcome, Failure> {
+    match walked {
+        Some(Ok(outcome)) => Ok(outcome),
+        Some(Err(PipelineError::StaleRev { .. })) => Err(Failure::Current),
+        Some(Err(PipelineError::Repo(e))) => Err(Failure::Retry(e.to_string())),
+        Some(Err(PipelineError::Store(e))) => Err(Failure::Fatal(format!("storage: {e}"))),
+        None => Err(Failure::Retry("the walk thread failed (a panic in the pipeline)".into())),
     }
 }
 

@@ -193,7 +193,7 @@ impl Store {
     /// network in bounded memory and bounded steps.
     pub fn repo_states_after(&self, after: Option<&str>, limit: usize, max_scan: usize, keep: impl Fn(&RepoState) -> bool) -> Result<(Vec<(String, RepoState)>, Option<String>)> {
         let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.as_bytes().to_vec()));
-        let (mut out, mut last, mut read) = (Vec::new(), None, 0);
+        let (mut out, mut read) = (Vec::new(), 0);
         for kv in self.repos.range::<Vec<u8>, _>((from, Bound::Unbounded)) {
             let (k, v) = kv.into_inner()?;
             let did = String::from_utf8_lossy(&k).into_owned();
@@ -202,9 +202,8 @@ impl Store {
             if keep(&state) {
                 out.push((did.clone(), state));
             }
-            last = Some(did);
             if out.len() >= limit || read >= max_scan {
-                return Ok((out, last));
+                return Ok((out, Some(did)));
             }
         }
         Ok((out, None))
