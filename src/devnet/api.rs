@@ -73,7 +73,7 @@ impl Devnet {
     /// Returns them.
     pub fn list_unresolvable(&self, n: usize, seed: u64) -> Vec<String> {
         const B32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-        let mut rng = super::populate::Rng(seed ^ 0x5EED_0F_D1D5);
+        let mut rng = super::populate::Rng(seed ^ 0x5EED_0FD1_D5D5);
         let dids: Vec<String> = (0..n)
             .map(|_| {
                 let (a, b) = (rng.next(), rng.next());

@@ -24,6 +24,9 @@ use super::values::{Cursor, now_ms};
 use super::{Result, Store, keys};
 use crate::store::{RepoState, Stored};
 
+/// A chunk of repo states in DID order, and the DID to go on after (`None`: the end).
+pub type StatesChunk = (Vec<(String, RepoState)>, Option<String>);
+
 /// Entries a take reads from the `pending` index at once: one range scan serves that many
 /// takes.
 pub const SCAN_AHEAD: usize = 256;
@@ -191,7 +194,7 @@ impl Store {
     /// at most `max_scan` states read. Returns them with the last DID read, from which the
     /// next call goes on (`None` once the end is reached), so a caller can walk every repo of a
     /// network in bounded memory and bounded steps.
-    pub fn repo_states_after(&self, after: Option<&str>, limit: usize, max_scan: usize, keep: impl Fn(&RepoState) -> bool) -> Result<(Vec<(String, RepoState)>, Option<String>)> {
+    pub fn repo_states_after(&self, after: Option<&str>, limit: usize, max_scan: usize, keep: impl Fn(&RepoState) -> bool) -> Result<StatesChunk> {
         let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.as_bytes().to_vec()));
         let (mut out, mut read) = (Vec::new(), 0);
         for kv in self.repos.range::<Vec<u8>, _>((from, Bound::Unbounded)) {
@@ -380,6 +383,106 @@ mod props {
         store.repo_state(did).unwrap().and_then(|s| s.queue_due()).expect("queued")
     }
 
+    /// The store under test beside a model of its queue.
+    struct Model {
+        store: Store,
+        _dir: tempfile::TempDir,
+        now: u64,
+        /// The time of the last take (the queue's floor is just past it).
+        last_take: u64,
+        /// Repos queued and not in flight, with the due time the store gave them.
+        queued: BTreeMap<String, u64>,
+        in_flight: Vec<String>,
+        /// Entries written to the index, and entries takes have read from it.
+        written: u64,
+        read_by_takes: u64,
+    }
+
+    impl Model {
+        /// A store where `tombstones` repos were queued, taken and finished before.
+        fn after_tombstones(tombstones: usize) -> Result<Self, TestCaseError> {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let now = 1_000_000u64;
+            let old: Vec<String> = (0..tombstones).map(|i| format!("did:plc:old{i:05}")).collect();
+            store.enqueue_new(&old, None).unwrap();
+            prop_assert_eq!(store.take_due(now, tombstones, &HashSet::new()).unwrap().len(), tombstones);
+            let done: Vec<(String, RepoState)> = old.iter().map(|d| (d.clone(), RepoState { status: RepoStatus::Synced, ..Default::default() })).collect();
+            store.set_states(&done, None).unwrap();
+            let read_by_takes = store.queue_entries_examined();
+            Ok(Self { store, _dir: dir, now, last_take: now, queued: BTreeMap::new(), in_flight: Vec::new(), written: tombstones as u64, read_by_takes })
+        }
+
+        /// Writes `state` for `did` and, when it is queued, checks the due time it got
+        /// against `wanted` (the state's own) and the floor.
+        fn write(&mut self, did: &str, state: RepoState) -> Result<(), TestCaseError> {
+            self.store.set_states(&[(did.to_string(), state.clone())], None).unwrap();
+            if let Some(wanted) = state.queue_due() {
+                self.written += 1;
+                let due = due_of(&self.store, did);
+                prop_assert!(due >= wanted && due <= wanted.max(self.last_take + 1), "due {} for {} wanted", due, wanted);
+                self.queued.insert(did.to_string(), due);
+            }
+            Ok(())
+        }
+
+        /// The scheduler's take at `now`, held to the model.
+        fn take(&mut self) -> Result<(), TestCaseError> {
+            self.last_take = self.now;
+            let skip: HashSet<String> = self.in_flight.iter().cloned().collect();
+            let before = self.store.queue_entries_examined();
+            let got = self.store.take_due(self.now, 1, &skip).unwrap();
+            self.read_by_takes += self.store.queue_entries_examined() - before;
+            prop_assert!(self.read_by_takes <= self.written, "takes read {} entries of {} written", self.read_by_takes, self.written);
+            let earliest = self.queued.values().copied().filter(|&due| due <= self.now).min();
+            match got.first() {
+                None => prop_assert_eq!(earliest, None, "a due repo was not handed out"),
+                Some((d, state)) => {
+                    let due = self.queued.remove(d);
+                    prop_assert!(due.is_some(), "{} handed out but not queued (or in flight)", d);
+                    prop_assert_eq!(due, earliest, "not the earliest due repo");
+                    prop_assert_eq!(state.queue_due(), due);
+                    self.in_flight.push(d.clone());
+                }
+            }
+            Ok(())
+        }
+
+        fn apply(&mut self, op: Op) -> Result<(), TestCaseError> {
+            match op {
+                Op::Queue(i) if self.store.repo_state(&did(i)).unwrap().is_none() => self.write(&did(i), RepoState::default())?,
+                Op::Take(dt) => {
+                    self.now += dt;
+                    self.take()?;
+                }
+                Op::Finish(n) if !self.in_flight.is_empty() => {
+                    let d = self.in_flight.remove(n % self.in_flight.len());
+                    self.store.commit(RepoChange { did: d, state: Some(RepoState { status: RepoStatus::Synced, ..Default::default() }), ..Default::default() }).unwrap();
+                }
+                Op::Fail(n) if !self.in_flight.is_empty() => {
+                    let d = self.in_flight.remove(n % self.in_flight.len());
+                    let state = self.store.repo_state(&d).unwrap().unwrap();
+                    self.write(&d, POLICY.failed(&state, "boom".into(), self.now, 0.0))?;
+                }
+                Op::Requeue(i) if !self.in_flight.contains(&did(i)) => {
+                    let state = self.store.repo_state(&did(i)).unwrap().unwrap_or_default();
+                    self.write(&did(i), schedule::requeued(&state, 0, self.now))?;
+                }
+                _ => {}
+            }
+            Ok(())
+        }
+
+        /// `next_due_ms` gives the earliest repo not taken, reading at most one entry.
+        fn check_next_due(&self) -> Result<(), TestCaseError> {
+            let skip: HashSet<String> = self.in_flight.iter().cloned().collect();
+            let before = self.store.queue_entries_examined();
+            prop_assert_eq!(self.store.next_due_ms(&skip).unwrap(), self.queued.values().copied().min());
+            prop_assert!(self.store.queue_entries_examined() - before <= 1, "next_due_ms reads at most the next entry");
+            Ok(())
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
@@ -390,84 +493,10 @@ mod props {
         /// within the entries ever written.
         #[test]
         fn takes_hand_out_each_due_repo_once_in_due_order(tombstones in 0..1_500usize, ops in proptest::collection::vec(op(), 1..80)) {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Store::open(dir.path()).unwrap();
-            let mut now = 1_000_000u64;
-            let old: Vec<String> = (0..tombstones).map(|i| format!("did:plc:old{i:05}")).collect();
-            store.enqueue_new(&old, None).unwrap();
-            let taken = store.take_due(now, tombstones, &HashSet::new()).unwrap();
-            prop_assert_eq!(taken.len(), tombstones);
-            let done: Vec<(String, RepoState)> = old.iter().map(|d| (d.clone(), RepoState { status: RepoStatus::Synced, ..Default::default() })).collect();
-            store.set_states(&done, None).unwrap();
-            // Entries written to the index, and entries takes have read from it.
-            let (mut written, mut read_by_takes) = (tombstones as u64, store.queue_entries_examined());
-
-            // The model: repos queued and not in flight (with the due time the store gave
-            // them), and the repos in flight.
-            let mut queued: BTreeMap<String, u64> = BTreeMap::new();
-            let mut in_flight: Vec<String> = Vec::new();
-            let mut last_take = now;
+            let mut model = Model::after_tombstones(tombstones)?;
             for op in ops {
-                match op {
-                    Op::Queue(i) => {
-                        let d = did(i);
-                        if store.repo_state(&d).unwrap().is_none() {
-                            store.enqueue_new(std::slice::from_ref(&d), None).unwrap();
-                            written += 1;
-                            let due = due_of(&store, &d);
-                            prop_assert!(due <= last_take + 1, "a repo queued for now is due at once");
-                            queued.insert(d, due);
-                        }
-                    }
-                    Op::Take(dt) => {
-                        now += dt;
-                        last_take = now;
-                        let skip: HashSet<String> = in_flight.iter().cloned().collect();
-                        let before = store.queue_entries_examined();
-                        let got = store.take_due(now, 1, &skip).unwrap();
-                        read_by_takes += store.queue_entries_examined() - before;
-                        prop_assert!(read_by_takes <= written, "takes read {} entries of {} written", read_by_takes, written);
-                        let earliest = queued.values().copied().filter(|&due| due <= now).min();
-                        match got.first() {
-                            None => prop_assert_eq!(earliest, None, "a due repo was not handed out"),
-                            Some((d, state)) => {
-                                let due = queued.remove(d);
-                                prop_assert!(due.is_some(), "{} handed out but not queued (or in flight)", d);
-                                prop_assert_eq!(due, earliest, "not the earliest due repo");
-                                prop_assert_eq!(state.queue_due(), due);
-                                in_flight.push(d.clone());
-                            }
-                        }
-                    }
-                    Op::Finish(n) if !in_flight.is_empty() => {
-                        let d = in_flight.remove(n % in_flight.len());
-                        store.commit(RepoChange { did: d, state: Some(RepoState { status: RepoStatus::Synced, ..Default::default() }), ..Default::default() }).unwrap();
-                    }
-                    Op::Fail(n) if !in_flight.is_empty() => {
-                        let d = in_flight.remove(n % in_flight.len());
-                        let state = store.repo_state(&d).unwrap().unwrap();
-                        let next = POLICY.failed(&state, "boom".into(), now, 0.0);
-                        store.set_states(&[(d.clone(), next.clone())], None).unwrap();
-                        if let Some(wanted) = next.next_retry_ms {
-                            written += 1;
-                            let due = due_of(&store, &d);
-                            prop_assert!(due >= wanted && due <= wanted.max(last_take + 1));
-                            queued.insert(d, due);
-                        }
-                    }
-                    Op::Requeue(i) if !in_flight.contains(&did(i)) => {
-                        let d = did(i);
-                        let state = store.repo_state(&d).unwrap().unwrap_or_default();
-                        store.set_states(&[(d.clone(), schedule::requeued(&state, 0, now))], None).unwrap();
-                        written += 1;
-                        queued.insert(d.clone(), due_of(&store, &d));
-                    }
-                    _ => {}
-                }
-                let skip: HashSet<String> = in_flight.iter().cloned().collect();
-                let before = store.queue_entries_examined();
-                prop_assert_eq!(store.next_due_ms(&skip).unwrap(), queued.values().copied().min());
-                prop_assert!(store.queue_entries_examined() - before <= 1, "next_due_ms reads at most the next entry");
+                model.apply(op)?;
+                model.check_next_due()?;
             }
         }
     }
