@@ -140,6 +140,8 @@ pub struct Store {
     pub pending: Keyspace,
     /// Where the last take from `pending` stopped (see `queue.rs`).
     queue_scan: Mutex<queue::Scan>,
+    /// Where the event log starts since the last trim (see `retention.rs`).
+    log_start: Mutex<retention::LogStart>,
     /// did -> retry state.
     pub resync: Keyspace,
     /// did\0rev -> live commit held during a backfill.
@@ -180,6 +182,7 @@ impl Store {
             handler_spaces: Mutex::new(HashMap::new()),
             writer: Mutex::new(Writer { next_event: 1, last_time: 0, counts: BTreeMap::new(), queue_floor_ms: 0 }),
             queue_scan: Mutex::default(),
+            log_start: Mutex::default(),
             event_head: tokio::sync::watch::Sender::new(1),
             queue_changes: tokio::sync::watch::Sender::new(0),
             clock: now_us,

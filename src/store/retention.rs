@@ -29,6 +29,18 @@ pub struct Trimmed {
 /// Pages removed per batch by [`Store::trim_events_older_than`].
 const PAGES_PER_BATCH: usize = 256;
 
+/// Where the log starts since the last trim, kept in memory: the pages removed before it are
+/// tombstones until a compaction, and neither the next trim nor a look at the oldest event
+/// (`/metrics` asks at every scrape) should read over them again. Empty after an open: the
+/// first look reads from the start, once.
+#[derive(Debug, Default)]
+pub(super) struct LogStart {
+    /// The oldest event id left by the last trim.
+    oldest_id: Option<u64>,
+    /// The time index key of the first page left by the last trim.
+    first_time_key: Option<fjall::Slice>,
+}
+
 impl Store {
     /// Removes every event page whose events are all older than `age` by the store's clock
     /// (bar the newest page), in batches of [`PAGES_PER_BATCH`] pages. What a retention pass
@@ -46,14 +58,21 @@ impl Store {
     pub fn trim_events_before(&self, cutoff_us: u64, pages_per_batch: usize) -> Result<Trimmed> {
         let pages_per_batch = pages_per_batch.max(1);
         let mut total = Trimmed::default();
-        let mut from = None;
+        // On from where the last trim stopped (its untimed pages, if any, went then).
+        let mut from = self.log_start.lock().expect("log start").first_time_key.clone();
         loop {
             let (step, next) = self.trim_step(from.as_deref(), cutoff_us, pages_per_batch)?;
             (total.pages, total.events) = (total.pages + step.pages, total.events + step.events);
             total.oldest_left = step.oldest_left.or(total.oldest_left);
-            match next {
-                Some(key) if step.pages >= pages_per_batch as u64 => from = Some(key),
-                _ => return Ok(total),
+            let more = step.pages >= pages_per_batch as u64;
+            if let Some(key) = next {
+                from = Some(key);
+            }
+            if !more {
+                let mut start = self.log_start.lock().expect("log start");
+                start.first_time_key = from;
+                start.oldest_id = total.oldest_left.or(start.oldest_id);
+                return Ok(total);
             }
         }
     }
@@ -104,7 +123,8 @@ impl Store {
 
     /// The id of the oldest event in the log, `None` when it is empty.
     pub fn oldest_event_id(&self) -> Result<Option<u64>> {
-        match self.events.first_key_value() {
+        let from = self.log_start.lock().expect("log start").oldest_id.unwrap_or(0);
+        match self.events.range(keys::event(from)..).next() {
             Some(kv) => Ok(Some(keys::parse_event(&kv.key()?)?)),
             None => Ok(None),
         }
