@@ -38,7 +38,7 @@ pub(super) struct Scan {
     after: Option<Vec<u8>>,
     /// Entries read and not handed out yet, in the index's order: (due, did).
     ready: std::collections::VecDeque<(u64, String)>,
-    /// Entries stepped over so far.
+    /// Entries read from the index so far.
     examined: u64,
 }
 
