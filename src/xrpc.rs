@@ -113,7 +113,7 @@ impl Params {
 
     /// A required parameter.
     pub fn req(&self, name: &str) -> Result<&str, XrpcError> {
-        self.opt(name).ok_or_else(|| XrpcError::invalid(format!("Error: Params must have the property \"{name}\"")))
+        self.opt(name).ok_or_else(|| XrpcError::invalid(format!("Params must have the property \"{name}\"")))
     }
 
     /// `limit`, `default` when absent, refused outside `1..=max`.
@@ -121,7 +121,7 @@ impl Params {
         let Some(s) = self.opt("limit") else { return Ok(default) };
         match s.parse::<usize>() {
             Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(XrpcError::invalid(format!("Error: limit must be an integer from 1 to {max}"))),
+            _ => Err(XrpcError::invalid(format!("limit must be an integer from 1 to {max}"))),
         }
     }
 
@@ -130,25 +130,25 @@ impl Params {
         match self.opt(name) {
             None | Some("false") => Ok(false),
             Some("true") => Ok(true),
-            Some(_) => Err(XrpcError::invalid(format!("Error: {name} must be a boolean"))),
+            Some(_) => Err(XrpcError::invalid(format!("{name} must be a boolean"))),
         }
     }
 
     /// A required DID parameter, checked by the DID syntax.
     pub fn did(&self, name: &str) -> Result<&str, XrpcError> {
         let v = self.req(name)?;
-        crate::syntax::is_did(v).then_some(v).ok_or_else(|| XrpcError::invalid(format!("Error: {name} must be a valid did")))
+        crate::syntax::is_did(v).then_some(v).ok_or_else(|| XrpcError::invalid(format!("{name} must be a valid did")))
     }
 
     /// A required NSID parameter, checked by the NSID syntax.
     pub fn nsid(&self, name: &str) -> Result<&str, XrpcError> {
         let v = self.req(name)?;
-        crate::syntax::is_nsid(v).then_some(v).ok_or_else(|| XrpcError::invalid(format!("Error: {name} must be a valid nsid")))
+        crate::syntax::is_nsid(v).then_some(v).ok_or_else(|| XrpcError::invalid(format!("{name} must be a valid nsid")))
     }
 
     /// A required record key parameter, checked by the record key syntax.
     pub fn rkey(&self, name: &str) -> Result<&str, XrpcError> {
         let v = self.req(name)?;
-        crate::syntax::is_rkey(v).then_some(v).ok_or_else(|| XrpcError::invalid(format!("Error: {name} must be a valid record key")))
+        crate::syntax::is_rkey(v).then_some(v).ok_or_else(|| XrpcError::invalid(format!("{name} must be a valid record key")))
     }
 }

@@ -394,6 +394,7 @@ async fn refused(s: &Setup, method: &str, query: &[(&str, &str)], error: &str, p
     assert_eq!((status, body["error"].as_str()), (400, Some(error)), "{method} {query:?}: {body}");
     let message = body["message"].as_str().unwrap_or_default();
     assert!(message.contains(param), "{method} {query:?}: the message names {param}: {message}");
+    assert!(!message.starts_with("Error"), "{method} {query:?}: the message is the reason alone: {message}");
 }
 
 const GET: &str = "com.atproto.repo.getRecord";

@@ -40,7 +40,7 @@ pub(crate) fn subscribe(
 
 /// The `cursor` parameter, when given.
 fn cursor(p: &Params) -> Result<Option<i64>, XrpcError> {
-    p.opt("cursor").map(|c| c.parse::<i64>().map_err(|_| XrpcError::invalid("Error: cursor must be an integer"))).transpose()
+    p.opt("cursor").map(|c| c.parse::<i64>().map_err(|_| XrpcError::invalid("cursor must be an integer"))).transpose()
 }
 
 /// Sends the replay, then live events, until the client goes, lags or is dropped.

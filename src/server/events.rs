@@ -62,7 +62,7 @@ async fn subscribe(State(state): State<Arc<ServerState>>, ws: WebSocketUpgrade, 
 fn start_of(state: &ServerState, q: Result<Query<HashMap<String, String>>, QueryRejection>) -> Result<Start, XrpcError> {
     let params = Params::from_query(q)?;
     let cursor = match params.opt("cursor") {
-        Some(c) => Some(c.parse::<u64>().map_err(|_| XrpcError::invalid("Error: cursor must be a non-negative integer (the last event id you have)"))?),
+        Some(c) => Some(c.parse::<u64>().map_err(|_| XrpcError::invalid("cursor must be a non-negative integer (the last event id you have)"))?),
         None => None,
     };
     let head = state.store().next_event_id() - 1;
@@ -73,7 +73,7 @@ fn start_of(state: &ServerState, q: Result<Query<HashMap<String, String>>, Query
     if let Some(name) = &consumer
         && (name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
     {
-        return Err(XrpcError::invalid("Error: consumer must be 1-64 letters, digits, - or _"));
+        return Err(XrpcError::invalid("consumer must be 1-64 letters, digits, - or _"));
     }
     let saved = match &consumer {
         Some(name) => state.store().cursor(&consumer_cursor(name)).map_err(|e| XrpcError::internal(e.to_string()))?.and_then(|c| c.parse().ok()),

@@ -52,7 +52,7 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> X
 fn request(p: &Params) -> Result<Request, XrpcError> {
     let subject = p.req("subject")?;
     if !crate::syntax::is_did(subject) && !crate::syntax::is_at_uri(subject) {
-        return Err(XrpcError::invalid("Error: subject must be an at-uri or a did"));
+        return Err(XrpcError::invalid("subject must be an at-uri or a did"));
     }
     let collection = match p.opt("collection") {
         Some(_) => Some(p.nsid("collection")?.to_string()),
@@ -68,7 +68,7 @@ fn request(p: &Params) -> Result<Request, XrpcError> {
 
 /// The backlink key a cursor `collection/did/rkey` names.
 fn cursor_key(subject: &str, collection: Option<&str>, cursor: &str) -> Result<Vec<u8>, XrpcError> {
-    let bad = || XrpcError::invalid("Error: cursor must be a cursor this method gave (collection/did/rkey)");
+    let bad = || XrpcError::invalid("cursor must be a cursor this method gave (collection/did/rkey)");
     let mut parts = cursor.splitn(3, '/');
     let (c, d, r) = (parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?);
     let valid = crate::syntax::is_nsid(c) && crate::syntax::is_did(d) && crate::syntax::is_rkey(r) && collection.is_none_or(|want| want == c);

@@ -20,7 +20,7 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> X
     let did = repo_did(&p)?;
     let (collection, rkey) = (p.nsid("collection")?.to_string(), p.rkey("rkey")?.to_string());
     let want = match p.opt("cid") {
-        Some(s) => Some(cid::Cid::try_from(s).map_err(|_| XrpcError::invalid("Error: cid must be a valid cid"))?),
+        Some(s) => Some(cid::Cid::try_from(s).map_err(|_| XrpcError::invalid("cid must be a valid cid"))?),
         None => None,
     };
     ok_json(point_read(&state, |store| read(store, &did, &collection, &rkey, want))?)

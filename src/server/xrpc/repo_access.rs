@@ -42,8 +42,8 @@ pub(super) fn repo_did(p: &Params) -> Result<String, XrpcError> {
         return Ok(repo.to_string());
     }
     match crate::syntax::is_handle(repo) {
-        true => Err(XrpcError::invalid("Error: repo must be a DID: sluice does not resolve handles")),
-        false => Err(XrpcError::invalid("Error: repo must be a valid did or handle")),
+        true => Err(XrpcError::invalid("repo must be a DID: sluice does not resolve handles")),
+        false => Err(XrpcError::invalid("repo must be a valid did or handle")),
     }
 }
 
