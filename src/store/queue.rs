@@ -93,13 +93,13 @@ impl Store {
     pub fn take_due(&self, now_ms: u64, limit: usize, skip: &HashSet<String>) -> Result<Vec<(String, RepoState)>> {
         let mut scan = self.queue_scan.lock().expect("queue scan lock");
         let mut out = Vec::new();
-        let mut refilled = false;
         while out.len() < limit {
+            // Read on until something is handed out or nothing due is left: each entry is
+            // read once, however many were skipped.
             let Some((due, did)) = scan.ready.pop_front() else {
-                if refilled || !self.refill(&mut scan, now_ms, limit.max(SCAN_AHEAD))? {
+                if !self.refill(&mut scan, now_ms, limit.max(SCAN_AHEAD))? {
                     break;
                 }
-                refilled = true;
                 continue;
             };
             if skip.contains(&did) {
