@@ -79,7 +79,7 @@ async fn requeue(backfill: &Backfill, widened: &Widening) -> anyhow::Result<usiz
         if backfill.stopping() {
             break;
         }
-        let (chunk, next) = store.repo_states_after(after.as_deref(), per_sec, 100 * per_sec, |s| wanted(s.status))?;
+        let (chunk, next) = store.repo_state_page(after.as_deref(), per_sec, 100 * per_sec, |s| wanted(s.status))?;
         let full = chunk.len() >= per_sec;
         queued += requeue_now(store, chunk.into_iter().map(|(did, _)| did), wanted)?;
         match next {

@@ -24,9 +24,6 @@ use super::values::{Cursor, now_ms};
 use super::{Result, Store, keys};
 use crate::store::{RepoState, Stored};
 
-/// A chunk of repo states in DID order, and the DID to go on after (`None`: the end).
-pub type StatesChunk = (Vec<(String, RepoState)>, Option<String>);
-
 /// Entries a take reads from the `pending` index at once: one range scan serves that many
 /// takes.
 pub const SCAN_AHEAD: usize = 256;
@@ -190,30 +187,8 @@ impl Store {
         Ok(())
     }
 
-    /// Repo states after `after` in DID order that `keep` accepts: up to `limit` of them, from
-    /// at most `max_scan` states read. Returns them with the last DID read, from which the
-    /// next call goes on (`None` once the end is reached), so a caller can walk every repo of a
-    /// network in bounded memory and bounded steps.
-    pub fn repo_states_after(&self, after: Option<&str>, limit: usize, max_scan: usize, keep: impl Fn(&RepoState) -> bool) -> Result<StatesChunk> {
-        let from = after.map_or(Bound::Unbounded, |a| Bound::Excluded(a.as_bytes().to_vec()));
-        let (mut out, mut read) = (Vec::new(), 0);
-        for kv in self.repos.range::<Vec<u8>, _>((from, Bound::Unbounded)) {
-            let (k, v) = kv.into_inner()?;
-            let did = String::from_utf8_lossy(&k).into_owned();
-            let state = RepoState::decode(&v)?;
-            read += 1;
-            if keep(&state) {
-                out.push((did.clone(), state));
-            }
-            if out.len() >= limit || read >= max_scan {
-                return Ok((out, Some(did)));
-            }
-        }
-        Ok((out, None))
-    }
-
     /// Every repo state, in DID order, in memory at once: for tests and small stores
-    /// ([`Store::repo_states_after`] walks a large one).
+    /// ([`Store::repo_state_page`] walks a large one).
     pub fn repo_states(&self) -> Result<Vec<(String, RepoState)>> {
         self.repos
             .iter()
@@ -284,29 +259,6 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.repo_states().unwrap().len(), 2);
         assert_eq!(store.counts()[&("repos".into(), "error".into())], 1);
-    }
-
-    #[test]
-    fn repo_states_are_walked_in_bounded_chunks() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let states: Vec<(String, RepoState)> = (0..25).map(|i| (format!("did:plc:r{i:02}"), state(if i % 3 == 0 { RepoStatus::Synced } else { RepoStatus::Gone }, None))).collect();
-        store.set_states(&states, None).unwrap();
-        let synced = |s: &RepoState| s.status == RepoStatus::Synced;
-        let (mut seen, mut after, mut calls) = (Vec::new(), None::<String>, 0);
-        loop {
-            let (chunk, next) = store.repo_states_after(after.as_deref(), 2, 5, synced).unwrap();
-            assert!(chunk.len() <= 2);
-            seen.extend(chunk.into_iter().map(|(did, _)| did));
-            calls += 1;
-            match next {
-                Some(next) => after = Some(next),
-                None => break,
-            }
-        }
-        let want: Vec<String> = (0..25).filter(|i| i % 3 == 0).map(|i| format!("did:plc:r{i:02}")).collect();
-        assert_eq!(seen, want, "every wanted repo once, in DID order");
-        assert!(calls >= 5, "no call read more than 5 states ({calls} calls)");
     }
 
     /// The scheduler waits on `watch_queue`: it must change when a repo enters the queue (or
