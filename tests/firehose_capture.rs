@@ -92,7 +92,8 @@ fn commit_ops_become_pipeline_ops_and_apply_in_order() {
             }
         }
         let data = blocks.data();
-        let out = s.pipeline().apply_commit(commit.repo.as_str(), commit.rev.as_str(), data, ops, None).unwrap();
+        let out = s.pipeline().apply_commit(commit.repo.as_str(), blocks.commit_cid(), commit.rev.as_str(), data, ops, None).unwrap();
+        assert_eq!(blocks.commit_cid().to_string(), commit.commit.to_string(), "a commit's CAR is rooted at the commit");
         events += out.committed.events;
     }
     assert_eq!((puts, deletes), (144 + 2, 4));

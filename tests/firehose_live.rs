@@ -171,6 +171,10 @@ async fn live_writes_become_events_within_a_second_in_order() {
     }
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "create, update, delete in order: {ids:?}");
     assert!(s.in_step(did));
+    let pds = &s.net.pds_urls()[s.net.pds_of(did).unwrap()];
+    let latest: serde_json::Value = reqwest::get(format!("{pds}/xrpc/com.atproto.sync.getLatestCommit?did={did}")).await.unwrap().json().await.unwrap();
+    let state = s.sluice.store().repo_state(did).unwrap().unwrap();
+    assert_eq!((state.commit.as_deref(), state.rev.as_deref()), (latest["cid"].as_str(), latest["rev"].as_str()), "the live commit's CID is kept");
     s.assert_replay_matches(did);
     assert!(s.firehose.safe_cursor() > 0);
     let lag = s.firehose.live().metrics().lag_us.load(Ordering::Relaxed);

@@ -194,7 +194,7 @@ impl Live {
             Ok(ops) => ops,
             Err(e) => return Ok(Handled::Refused(e.to_string())),
         };
-        match self.pipeline.apply_commit(c.repo.as_str(), c.rev.as_str(), loaded.data(), ops, None) {
+        match self.pipeline.apply_commit(c.repo.as_str(), loaded.commit_cid(), c.rev.as_str(), loaded.data(), ops, None) {
             Ok(_) => Ok(Handled::Applied),
             Err(PipelineError::StaleRev { .. }) => Ok(Handled::Stale),
             Err(PipelineError::Repo(e)) => Ok(Handled::Refused(e.to_string())),

@@ -244,6 +244,7 @@ impl Pipeline {
                 // A discarded repo keeps its rev too, so live commits it already had are told apart.
                 rev: Some(repo.rev().to_string()),
                 data: kept.then(|| repo.data().to_string()),
+                commit: kept.then(|| repo.commit_cid().to_string()),
                 handle: opts.handle.clone().or_else(|| previous_state.and_then(|s| s.handle)),
                 updated_ms: now_ms(),
                 ..Default::default()
@@ -284,10 +285,10 @@ impl Pipeline {
         Ok(())
     }
 
-    /// Applies the ops of one live commit of `did` at `rev` (MST root `data`), with an optional
+    /// Applies the ops of one live commit of `did` (CID `commit`) at `rev` (MST root `data`), with an optional
     /// cursor saved in the same batch. Ops on unwanted collections are ignored; a put whose CID
     /// is already stored is skipped.
-    pub fn apply_commit(&self, did: &str, rev: &str, data: Cid, ops: Vec<RecordOp>, cursor: Option<(String, String)>) -> Result<RepoOutcome, PipelineError> {
+    pub fn apply_commit(&self, did: &str, commit: Cid, rev: &str, data: Cid, ops: Vec<RecordOp>, cursor: Option<(String, String)>) -> Result<RepoOutcome, PipelineError> {
         let compiled = self.filter.load();
         let previous_state = self.store.repo_state(did)?;
         check_rev(did, rev, previous_state.as_ref())?;
@@ -318,6 +319,7 @@ impl Pipeline {
         state.status = RepoStatus::Synced;
         state.rev = Some(rev.to_string());
         state.data = Some(data.to_string());
+        state.commit = Some(commit.to_string());
         state.updated_ms = now_ms();
         change.state = Some(state);
         change.cursor = cursor;

@@ -410,6 +410,11 @@ impl LoadedRepo {
         self.commit.data
     }
 
+    /// The commit's own CID (the CAR's root).
+    pub fn commit_cid(&self) -> Cid {
+        self.commit_cid
+    }
+
     /// Number of blocks in the CAR.
     pub fn block_count(&self) -> usize {
         self.blocks.len()

@@ -124,6 +124,9 @@ pub struct RepoState {
     pub next_retry_ms: Option<u64>,
     /// Unix ms of the last change.
     pub updated_ms: u64,
+    /// CID of the last applied commit (`listRepos`' `head`); from format 2 on, `None` before
+    /// and until the repo's next commit or walk.
+    pub commit: Option<String>,
 }
 
 impl RepoState {
@@ -142,6 +145,31 @@ impl RepoState {
 
 impl Stored for RepoState {
     const WHAT: &'static str = "repo state";
+    const VERSION: u8 = 2;
+
+    fn decode_version(version: u8, body: &[u8]) -> Result<Self, ValueError> {
+        /// A version 1 state: the same fields but the commit CID.
+        #[derive(Deserialize)]
+        struct RepoStateV1 {
+            status: RepoStatus,
+            rev: Option<String>,
+            data: Option<String>,
+            handle: Option<String>,
+            error: Option<String>,
+            retries: u32,
+            next_retry_ms: Option<u64>,
+            updated_ms: u64,
+        }
+        match version {
+            1 => {
+                let v1: RepoStateV1 = postcard_body(Self::WHAT, body)?;
+                let RepoStateV1 { status, rev, data, handle, error, retries, next_retry_ms, updated_ms } = v1;
+                Ok(RepoState { status, rev, data, handle, error, retries, next_retry_ms, updated_ms, commit: None })
+            }
+            2 => postcard_body(Self::WHAT, body),
+            _ => Err(ValueError::Version { what: Self::WHAT, version, newest: Self::VERSION }),
+        }
+    }
 }
 
 /// `records` value: the stored version's CID (binary) and, from format 2 on, its DAG-CBOR
@@ -527,7 +555,7 @@ mod tests {
         #[test]
         fn repo_states_round_trip(rev in proptest::option::of("[a-z0-9]{13}"), retries: u32, next in proptest::option::of(any::<u64>()), s in 0..7u8) {
             let status = RepoStatus::ALL[s as usize];
-            let st = RepoState { status, rev, data: None, handle: Some("a.test".into()), error: None, retries, next_retry_ms: next, updated_ms: 7 };
+            let st = RepoState { status, rev, data: None, handle: Some("a.test".into()), error: None, retries, next_retry_ms: next, updated_ms: 7, commit: Some("bafyreia".into()) };
             prop_assert_eq!(RepoState::decode(&st.encode()).unwrap(), st);
         }
 

@@ -7,10 +7,9 @@
 //! sluice never fetched has no rev or head to give, which the lexicon requires, so it is left
 //! out (`getRepoStatus` still answers for it); so are deleted ones, as a PDS does.
 //!
-//! `head`: the lexicon asks for the current commit's CID, which sluice does not keep. It
-//! carries the MST root (`data`) CID of the last commit sluice applied instead: it changes
-//! exactly when the repo's contents do, but it is not the CID a PDS gives. `rev` is the
-//! commit's own, comparable with the PDS's.
+//! `head`: the CID of the last commit sluice applied (`getLatestCommit`'s `cid` on the PDS at
+//! that rev), and `rev` that commit's. A repo indexed by a build that did not keep commit CIDs
+//! gives its MST root (`data`) CID instead, until its next commit or walk.
 //!
 //! The answer has a `cursor` (the last DID read) whenever more repos may follow. A page reads
 //! at most [`MAX_SCAN`] states, so a store of mostly unlisted repos can answer short pages.
@@ -57,7 +56,8 @@ fn listed(state: &RepoState) -> bool {
 
 /// One listed repo.
 fn entry(did: &str, state: &RepoState) -> Value {
-    let mut item = json!({ "did": did, "head": state.data, "rev": state.rev, "active": state.status != RepoStatus::Gone });
+    let head = state.commit.as_ref().or(state.data.as_ref());
+    let mut item = json!({ "did": did, "head": head, "rev": state.rev, "active": state.status != RepoStatus::Gone });
     if state.status == RepoStatus::Gone {
         item["status"] = json!(gone_status(state));
     }
