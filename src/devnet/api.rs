@@ -72,13 +72,11 @@ impl Devnet {
     /// the network's size for crawler and queue benchmarks, without building its repos.
     /// Returns them.
     pub fn list_unresolvable(&self, n: usize, seed: u64) -> Vec<String> {
-        const B32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
         let mut rng = super::populate::Rng(seed ^ 0x5EED_0FD1_D5D5);
         let dids: Vec<String> = (0..n)
             .map(|_| {
-                let (a, b) = (rng.next(), rng.next());
-                let id: String = (0..24).map(|i| B32[(if i < 12 { a >> (i * 5) } else { b >> ((i - 12) * 5) } & 31) as usize] as char).collect();
-                format!("did:plc:{id}")
+                let bytes: Vec<u8> = (0..3).flat_map(|_| rng.next().to_le_bytes()).collect();
+                super::repos::plc_did(&bytes)
             })
             .collect();
         self.world.list_only(dids.iter().cloned());

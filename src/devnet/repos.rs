@@ -31,9 +31,7 @@ impl Account {
     pub fn new(seed: u64) -> Self {
         let digest = Sha256::digest(format!("sluice-devnet-account-{seed}").as_bytes());
         let key = SigningKey::from_slice(&digest).expect("a sha256 digest is a valid secp256k1 scalar");
-        const B32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
-        let id: String = digest.iter().skip(8).take(24).map(|b| B32[(*b as usize) % 32] as char).collect();
-        Self { did: format!("did:plc:{id}"), key }
+        Self { did: plc_did(&digest[8..32]), key }
     }
 
     /// The public key as a multibase multikey (`z...`).
@@ -46,6 +44,13 @@ impl Account {
     pub fn did_key(&self) -> String {
         format!("did:key:{}", self.public_multibase())
     }
+}
+
+/// A `did:plc` whose 24-character identifier is made of `bytes` (one base32 letter a byte).
+pub(crate) fn plc_did(bytes: &[u8]) -> String {
+    const B32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let id: String = bytes.iter().take(24).map(|b| B32[(*b as usize) % 32] as char).collect();
+    format!("did:plc:{id}")
 }
 
 /// A TID rev for step `n` (strictly increasing with `n`).
