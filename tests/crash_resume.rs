@@ -40,13 +40,8 @@ async fn sigkill_during_a_backfill_of_thousands_of_small_repos_loses_and_duplica
     eprintln!("after {kills} kills: {synced} of {SMALL_REPOS} repos synced");
     assert!(synced < SMALL_REPOS, "the kills left work for the last run");
 
-    run_to_the_end(&config, &log).await;
-    let store = Store::open(&dir.path().join("data")).unwrap();
-    let total = assert_every_repo_as_held(&net, &store, &dids);
-    assert_one_create_event_per_record(&store, total);
+    let store = finish_and_check(&net, dir.path(), &config, &log, &dids, kills * IN_FLIGHT).await;
     assert_eq!(store.repo_count(RepoStatus::Synced) as usize, SMALL_REPOS, "the counters agree with the states");
-    let fetched = net.request_count("com.atproto.sync.getRepo");
-    assert!(fetched <= SMALL_REPOS as u64 + kills * IN_FLIGHT, "{fetched} fetches: only repos in flight at a kill are fetched again");
 }
 
 fn backfill(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
@@ -71,12 +66,7 @@ async fn sigkill_mid_backfill_loses_and_duplicates_nothing() {
         assert!(synced < REPOS, "the kills left work for the last run");
     }
 
-    run_to_the_end(&config, &log).await;
-    let store = Store::open(&dir.path().join("data")).unwrap();
-    let total = assert_every_repo_as_held(&net, &store, &dids);
-    assert_one_create_event_per_record(&store, total);
-    let fetched = net.request_count("com.atproto.sync.getRepo");
-    assert!(fetched <= REPOS as u64 + kills * CONCURRENCY, "{fetched} fetches: only repos in flight at a kill are fetched again");
+    let store = finish_and_check(&net, dir.path(), &config, &log, &dids, kills * CONCURRENCY).await;
     assert_eq!(store.cursors().unwrap()["crawler"].0, "done");
 }
 
@@ -99,6 +89,19 @@ async fn kill_after_fetches(net: &Devnet, config: &std::path::Path, log: &std::p
         kills += 1;
     }
     kills
+}
+
+/// Runs the last backfill to its end, then checks the store in `dir`: every repo of `dids` as
+/// its PDS holds it, one create event per record with gapless ids, and no repo fetched again
+/// but those in flight at a kill (`refetched_at_most`). Returns the store for further checks.
+async fn finish_and_check(net: &Devnet, dir: &std::path::Path, config: &std::path::Path, log: &std::path::Path, dids: &[String], refetched_at_most: u64) -> Store {
+    run_to_the_end(config, log).await;
+    let store = Store::open(&dir.join("data")).unwrap();
+    let total = assert_every_repo_as_held(net, &store, dids);
+    assert_one_create_event_per_record(&store, total);
+    let fetched = net.request_count("com.atproto.sync.getRepo");
+    assert!(fetched <= dids.len() as u64 + refetched_at_most, "{fetched} fetches: only repos in flight at a kill are fetched again");
+    store
 }
 
 /// Runs the backfill until it exits, which must be with 0 within two minutes.
