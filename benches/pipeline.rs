@@ -21,11 +21,6 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const ROUNDS: usize = 3;
 
-fn status_kb(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok()).unwrap_or(0)
-}
-
 /// Indexes each CAR of `inputs` on its own thread into one store (repos in flight at once, as
 /// a backfill runs them); returns the records created.
 fn index_concurrently(sluice: &Sluice, inputs: Vec<bytes::Bytes>) -> usize {
@@ -76,7 +71,7 @@ fn run_case(case: &str, input: &str, key: Option<&str>) {
         cpu += cpu_seconds() - cpu0;
     }
     let cpu = cpu / ROUNDS as f64;
-    println!("{records} {secs} {cpu} {}", status_kb("VmHWM:"));
+    println!("{records} {secs} {cpu} {}", common::self_status_kb("VmHWM:"));
 }
 
 fn main() {

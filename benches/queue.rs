@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 
 use sluice::store::{RepoState, RepoStatus, Store};
 
+mod common;
+
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -25,8 +27,7 @@ const PAGE: usize = 1_000;
 
 /// The process's peak resident memory so far (MB).
 fn peak_rss_mb() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok()).unwrap_or(0) / 1024
+    common::self_status_kb("VmHWM:") / 1024
 }
 
 fn did(i: usize) -> String {

@@ -51,6 +51,16 @@ pub fn generated_car(seed: u64) -> (PathBuf, Account) {
 }
 
 
+/// A `kB` field (`VmHWM:`, `VmRSS:`, ...) of a `/proc/<pid>/status` text, when present.
+pub fn status_field_kb(status: &str, field: &str) -> Option<u64> {
+    status.lines().find_map(|l| l.strip_prefix(field)).map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+}
+
+/// A `kB` field of this process's `/proc/self/status` (0 when unknown).
+pub fn self_status_kb(field: &str) -> u64 {
+    status_field_kb(&std::fs::read_to_string("/proc/self/status").unwrap_or_default(), field).unwrap_or(0)
+}
+
 /// What a child process used: wall seconds, CPU seconds (user + system), peak RSS in KB.
 pub struct Usage {
     pub secs: f64,
@@ -94,8 +104,8 @@ fn watch_peak_rss(pid: u32) -> std::thread::JoinHandle<i64> {
         let mut peak = 0;
         loop {
             let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { return peak };
-            match status.lines().find_map(|l| l.strip_prefix("VmHWM:")) {
-                Some(v) => peak = peak.max(v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0)),
+            match status_field_kb(&status, "VmHWM:") {
+                Some(kb) => peak = peak.max(kb as i64),
                 None => return peak, // a zombie: it has exited
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
