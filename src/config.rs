@@ -100,11 +100,15 @@ pub struct FirehoseConfig {
     pub queue: usize,
     /// Longest wait between reconnects, in seconds (it doubles from 1 s).
     pub max_reconnect_secs: u64,
+    /// A websocket ping is sent after this long without a message from the server (ms).
+    pub ping_interval_ms: u64,
+    /// The connection is dropped when nothing (a pong or a frame) answers a ping this long (ms).
+    pub pong_timeout_ms: u64,
 }
 
 impl Default for FirehoseConfig {
     fn default() -> Self {
-        Self { enabled: true, url: None, shards: 0, queue: 1024, max_reconnect_secs: 30 }
+        Self { enabled: true, url: None, shards: 0, queue: 1024, max_reconnect_secs: 30, ping_interval_ms: 10_000, pong_timeout_ms: 5_000 }
     }
 }
 

@@ -352,3 +352,64 @@ async fn error_info_unknown_and_malformed_frames_are_never_fatal() {
     s.assert_replay_matches(&did);
     s.stop().await;
 }
+
+/// Pinging with these settings, a connection is given up 0.4 s after the server goes silent.
+fn quick_pings(c: &mut Config) {
+    (c.firehose.ping_interval_ms, c.firehose.pong_timeout_ms, c.firehose.max_reconnect_secs) = (100, 300, 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_source_keeps_its_connection_while_pongs_come_and_is_left_when_they_stop() {
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let did = account(&net, 51, 1);
+    let s = start(net, FULL, quick_pings).await;
+    wait("the backfill", || s.in_step(&did)).await;
+    // Thirty ping intervals, ten pong timeouts, without a frame.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(s.firehose.connections(), 1, "a quiet connection that answers pings is kept");
+    let started = Instant::now();
+    s.net.put_record(&did, "app.bsky.feed.post", "3lzzzzzzzzzq0", post("after a quiet spell")).unwrap();
+    wait("the write after the quiet spell", || live_event(&s, &did, "3lzzzzzzzzzq0", Action::Create).is_some()).await;
+    assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
+
+    // A server that stops answering is left and connected again; a connection that answered
+    // pings resets the backoff, so each reconnect comes a second later, not 1, 2, 4 s.
+    for round in 0..3 {
+        let before = s.firehose.connections();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let stalled = Instant::now();
+        s.net.stall_firehose_connections();
+        wait("a new connection", || s.firehose.connections() > before).await;
+        let took = stalled.elapsed();
+        assert!(took < Duration::from_millis(2500), "round {round}: reconnected {took:?} after the server went silent");
+    }
+    s.net.put_record(&did, "app.bsky.feed.post", "3lzzzzzzzzzq1", post("after the reconnects")).unwrap();
+    wait("the write after the reconnects", || live_event(&s, &did, "3lzzzzzzzzzq1", Action::Create).is_some()).await;
+    s.assert_replay_matches(&did);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_lost_before_its_first_frame_loses_no_write_made_while_it_was_down() {
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let did = account(&net, 61, 1);
+    let s = start(net, FULL, |c| c.firehose.max_reconnect_secs = 1).await;
+    wait("the backfill", || s.in_step(&did)).await;
+    assert_eq!(s.firehose.safe_cursor(), 0, "no frame came yet: sluice knows no seq");
+
+    s.net.set_firehose_down(true);
+    s.net.drop_firehose_connections();
+    let attempts = s.net.request_count("com.atproto.sync.subscribeRepos");
+    wait("a refused reconnect", || s.net.request_count("com.atproto.sync.subscribeRepos") > attempts).await;
+    s.net.put_record(&did, "app.bsky.feed.post", "3lzzzzzzzzzg0", post("while the firehose was down")).unwrap();
+    s.net.set_firehose_down(false);
+    wait("the write made while down, live", || live_event(&s, &did, "3lzzzzzzzzzg0", Action::Create).is_some()).await;
+    s.net.put_record(&did, "app.bsky.feed.post", "3lzzzzzzzzzg1", post("after it came back")).unwrap();
+    wait("the write after", || live_event(&s, &did, "3lzzzzzzzzzg1", Action::Create).is_some()).await;
+    assert_eq!(s.firehose.live().metrics().desynchronized.load(Ordering::Relaxed), 0, "nothing was missed: no resync was needed");
+    assert!(s.in_step(&did));
+    s.assert_replay_matches(&did);
+    let seq = s.net.firehose_seq();
+    wait("the cursor to reach the last frame", || s.firehose.safe_cursor() == seq).await;
+    s.stop().await;
+}

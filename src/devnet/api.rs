@@ -67,6 +67,17 @@ impl Devnet {
         self.world.feed.sequencer.drop_connections();
     }
 
+    /// Makes every open subscribeRepos connection go silent without closing it: no events and
+    /// no answers to pings, like a peer that died with its TCP connection up.
+    pub fn stall_firehose_connections(&self) {
+        self.world.feed.sequencer.stall_connections();
+    }
+
+    /// While `down`, subscribeRepos answers 503 to new connections (open ones are untouched).
+    pub fn set_firehose_down(&self, down: bool) {
+        self.world.feed.sequencer.set_refusing(down);
+    }
+
     /// Has the relay list `n` more DIDs that have no account (their documents do not resolve,
     /// so an indexer finds each gone at once, with no repo to fetch), derived from `seed`:
     /// the network's size for crawler and queue benchmarks, without building its repos.

@@ -4,6 +4,7 @@
 //! event after its cursor exactly once. The events are made in `firehose_feed`, served in
 //! `firehose_ws`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -31,10 +32,13 @@ struct Log {
     live: broadcast::Sender<Arc<Event>>,
 }
 
-/// The history, the live channel and the token that closes every open subscription.
+/// The history, the live channel and the tokens that close or stall every open subscription.
 pub(crate) struct Sequencer {
     log: Mutex<Log>,
     stop: Mutex<CancellationToken>,
+    stall: Mutex<CancellationToken>,
+    /// While set, new subscriptions are refused (the host looks down).
+    refusing: AtomicBool,
 }
 
 /// What a new subscriber gets: the events after its cursor, then the live ones.
@@ -45,12 +49,15 @@ pub(crate) struct Subscription {
     pub live: broadcast::Receiver<Arc<Event>>,
     /// Cancelled by [`Sequencer::drop_connections`].
     pub stop: CancellationToken,
+    /// Cancelled by [`Sequencer::stall_connections`]: the connection stays open but sends and
+    /// reads nothing more, so pings go unanswered.
+    pub stall: CancellationToken,
 }
 
 impl Default for Sequencer {
     fn default() -> Self {
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
-        Self { log: Mutex::new(Log { events: Vec::new(), live }), stop: Mutex::default() }
+        Self { log: Mutex::new(Log { events: Vec::new(), live }), stop: Mutex::default(), stall: Mutex::default(), refusing: AtomicBool::new(false) }
     }
 }
 
@@ -79,11 +86,27 @@ impl Sequencer {
             Some(c) => log.events[log.events.partition_point(|e| e.seq <= c)..].to_vec(),
             None => Vec::new(),
         };
-        Ok(Subscription { replay, live: log.live.subscribe(), stop: lock(&self.stop).clone() })
+        Ok(Subscription { replay, live: log.live.subscribe(), stop: lock(&self.stop).clone(), stall: lock(&self.stall).clone() })
     }
 
     /// Closes every open subscription (new ones are not affected).
     pub fn drop_connections(&self) {
         std::mem::take(&mut *lock(&self.stop)).cancel();
+    }
+
+    /// Makes every open subscription go silent without closing: no events, no pongs (a
+    /// dead peer whose TCP connection stays up). New ones are not affected.
+    pub fn stall_connections(&self) {
+        std::mem::take(&mut *lock(&self.stall)).cancel();
+    }
+
+    /// Refuses new subscriptions (503) while `refusing`.
+    pub fn set_refusing(&self, refusing: bool) {
+        self.refusing.store(refusing, Ordering::Relaxed);
+    }
+
+    /// Whether new subscriptions are refused.
+    pub fn refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
     }
 }

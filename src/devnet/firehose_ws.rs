@@ -32,6 +32,9 @@ pub(crate) fn subscribe(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
+    if world.feed.sequencer.refusing() {
+        return XrpcError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "the firehose is down").into_response();
+    }
     match world.feed.sequencer.subscribe(cursor) {
         Ok(sub) => ws.on_upgrade(move |socket| serve(socket, sub, host)),
         Err(last) => ws.on_upgrade(move |socket| refuse(socket, last)),
@@ -45,7 +48,7 @@ fn cursor(p: &Params) -> Result<Option<i64>, XrpcError> {
 
 /// Sends the replay, then live events, until the client goes, lags or is dropped.
 async fn serve(mut socket: WebSocket, sub: Subscription, host: Option<usize>) {
-    let Subscription { replay, mut live, stop } = sub;
+    let Subscription { replay, mut live, stop, stall } = sub;
     for event in replay {
         if stop.is_cancelled() || !send(&mut socket, host, &event).await {
             return close(socket).await;
@@ -54,6 +57,11 @@ async fn serve(mut socket: WebSocket, sub: Subscription, host: Option<usize>) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
+            _ = stall.cancelled() => {
+                // Silent until dropped: neither events nor pongs.
+                stop.cancelled().await;
+                return;
+            }
             event = live.recv() => match event {
                 Ok(event) if send(&mut socket, host, &event).await => {}
                 // Gone, lagged (the client resumes from its cursor) or the devnet is gone.

@@ -1,19 +1,37 @@
 //! The websocket side of live ingestion: subscribe with the cursor, hand each binary message
-//! on, and reconnect with backoff when the connection fails, closes or goes quiet.
+//! on, and tell the caller how the connection ended. A quiet connection is kept: it is pinged
+//! after [`Liveness::ping_interval`] without a message, and dropped only when nothing answers
+//! within [`Liveness::pong_timeout`].
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
-use super::frame::MAX_FRAME_BYTES;
+use super::frame::{Frame, MAX_FRAME_BYTES, decode_frame};
 
-/// A connection that sends nothing for this long is dropped and made again.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// When a connection is pinged and when it is given up.
+#[derive(Debug, Clone, Copy)]
+pub struct Liveness {
+    /// A ping goes out after this long without a message from the server.
+    pub ping_interval: Duration,
+    /// The connection is dropped when nothing comes this long after a ping.
+    pub pong_timeout: Duration,
+}
+
+impl Default for Liveness {
+    fn default() -> Self {
+        Self { ping_interval: Duration::from_secs(10), pong_timeout: Duration::from_secs(5) }
+    }
+}
 
 /// The subscribeRepos URL for a relay or PDS `base` (`http(s)://` or `ws(s)://`), resuming
 /// after `cursor`.
@@ -33,55 +51,127 @@ pub fn subscribe_url(base: &str, cursor: Option<i64>) -> Result<String, String> 
 }
 
 /// How one connection ended.
+#[derive(Debug)]
 pub(super) enum Ended {
     /// Asked to stop.
     Stopped,
-    /// The connection failed or closed (after `received` messages).
-    Dropped { reason: String, received: u64 },
+    /// The connection failed or closed. `healthy`: the server had answered (a frame or a
+    /// pong), so the next attempt need not back off.
+    Dropped { reason: String, healthy: bool },
 }
 
-/// Reads one connection to `url` until it ends, sending binary messages to `frames`.
-pub(super) async fn read_connection(url: &str, frames: &mpsc::Sender<Bytes>, stop: &CancellationToken) -> Ended {
+/// Opens a subscribeRepos websocket to `url`.
+async fn connect(url: &str, stop: &CancellationToken) -> Result<Socket, Ended> {
     let config = WebSocketConfig::default().max_message_size(Some(MAX_FRAME_BYTES + 1024)).max_frame_size(Some(MAX_FRAME_BYTES + 1024));
     let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), false);
-    let mut socket = tokio::select! {
-        _ = stop.cancelled() => return Ended::Stopped,
-        r = tokio::time::timeout(Duration::from_secs(15), connect) => match r {
-            Ok(Ok((socket, _))) => socket,
-            Ok(Err(e)) => return Ended::Dropped { reason: format!("connecting: {e}"), received: 0 },
-            Err(_) => return Ended::Dropped { reason: "connecting: timed out".into(), received: 0 },
+    tokio::select! {
+        _ = stop.cancelled() => Err(Ended::Stopped),
+        r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match r {
+            Ok(Ok((socket, _))) => Ok(socket),
+            Ok(Err(e)) => Err(Ended::Dropped { reason: format!("connecting: {e}"), healthy: false }),
+            Err(_) => Err(Ended::Dropped { reason: "connecting: timed out".into(), healthy: false }),
         },
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Reads one connection to `url` until it ends, sending binary messages to `frames`.
+pub(super) async fn read_connection(url: &str, frames: &mpsc::Sender<Bytes>, stop: &CancellationToken, liveness: Liveness) -> Ended {
+    let mut socket = match connect(url, stop).await {
+        Ok(socket) => socket,
+        Err(ended) => return ended,
     };
     tracing::info!(url, "firehose connected");
-    let mut received = 0;
+    let mut healthy = false;
+    // Nothing heard since this instant; a ping went out at `pinged` when one is unanswered.
+    let mut heard = Instant::now();
+    let mut pinged: Option<Instant> = None;
     loop {
+        let deadline = match pinged {
+            Some(at) => at + liveness.pong_timeout,
+            None => heard + liveness.ping_interval,
+        };
         let next = tokio::select! {
+            // Messages already read come before the timer, so a consumer that made us wait
+            // (a full shard queue) does not look like a dead server.
+            biased;
             _ = stop.cancelled() => {
                 let _ = socket.close(None).await;
                 return Ended::Stopped;
             }
-            next = tokio::time::timeout(IDLE_TIMEOUT, socket.next()) => next,
-        };
-        let reason = match next {
-            Err(_) => format!("no message for {}s", IDLE_TIMEOUT.as_secs()),
-            Ok(None) => "the server closed the stream".into(),
-            Ok(Some(Err(e))) => e.to_string(),
-            Ok(Some(Ok(Message::Binary(bytes)))) => {
-                received += 1;
-                if frames.send(bytes).await.is_err() {
-                    return Ended::Stopped;
+            next = socket.next() => next,
+            _ = tokio::time::sleep_until(deadline) => {
+                if pinged.is_some() {
+                    return Ended::Dropped { reason: format!("no answer to a ping within {} ms", liveness.pong_timeout.as_millis()), healthy };
+                }
+                pinged = Some(Instant::now());
+                if let Err(e) = tokio::time::timeout(liveness.pong_timeout, socket.send(Message::Ping(Bytes::new()))).await.unwrap_or(Ok(())) {
+                    return Ended::Dropped { reason: format!("sending a ping: {e}"), healthy };
                 }
                 continue;
             }
-            Ok(Some(Ok(Message::Close(close)))) => format!("closed by the server: {}", close.map(|c| c.reason.to_string()).unwrap_or_default()),
-            Ok(Some(Ok(Message::Text(text)))) => {
-                tracing::warn!(message = %text.chars().take(200).collect::<String>(), "firehose sent a text message; ignored");
-                continue;
-            }
-            Ok(Some(Ok(_))) => continue,
         };
-        return Ended::Dropped { reason, received };
+        let reason = match next {
+            None => "the server closed the stream".into(),
+            Some(Err(e)) => e.to_string(),
+            Some(Ok(message)) => {
+                (heard, pinged, healthy) = (Instant::now(), None, true);
+                match message {
+                    Message::Binary(bytes) => {
+                        if frames.send(bytes).await.is_err() {
+                            return Ended::Stopped;
+                        }
+                        heard = Instant::now();
+                        continue;
+                    }
+                    Message::Close(close) => format!("closed by the server: {}", close.map(|c| c.reason.to_string()).unwrap_or_default()),
+                    Message::Text(text) => {
+                        tracing::warn!(message = %text.chars().take(200).collect::<String>(), "firehose sent a text message; ignored");
+                        continue;
+                    }
+                    // Pongs (and pings, which tungstenite answers for us).
+                    _ => continue,
+                }
+            }
+        };
+        return Ended::Dropped { reason, healthy };
     }
+}
+
+/// What a probe found after its cursor.
+#[derive(Debug)]
+pub(super) enum Probe {
+    /// The first sequenced frame after the cursor: its `seq` and `time` (unix µs).
+    First { seq: i64, time_us: Option<u64> },
+    /// Nothing after the cursor yet: `FutureCursor`, or no frame within the wait.
+    Head,
+}
+
+/// Subscribes at `url` just to read where its stream starts (`#info` frames such as
+/// `OutdatedCursor` are passed over); waits at most `quiet` for a frame.
+pub(super) async fn probe(url: &str, stop: &CancellationToken, quiet: Duration) -> Result<Probe, String> {
+    let mut socket = match connect(url, stop).await {
+        Ok(socket) => socket,
+        Err(Ended::Dropped { reason, .. }) => return Err(reason),
+        Err(_) => return Err("stopped".into()),
+    };
+    let read = async {
+        while let Some(message) = socket.next().await {
+            let Message::Binary(bytes) = message.map_err(|e| e.to_string())? else { continue };
+            let frame = decode_frame(&bytes).map_err(|e| e.to_string())?;
+            match (&frame, frame.seq()) {
+                (_, Some(seq)) => return Ok(Probe::First { seq, time_us: frame.time_us() }),
+                (Frame::Error { error, .. }, _) if error == "FutureCursor" => return Ok(Probe::Head),
+                (Frame::Error { error, message }, _) => return Err(format!("{error}: {}", message.as_deref().unwrap_or_default())),
+                _ => continue,
+            }
+        }
+        Err("the server closed the stream".to_string())
+    };
+    let found = tokio::time::timeout(quiet, read).await.unwrap_or(Ok(Probe::Head));
+    let _ = socket.close(None).await;
+    found
 }
 
 #[cfg(test)]

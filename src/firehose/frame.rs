@@ -46,6 +46,18 @@ impl Frame {
             Frame::Info(_) | Frame::Error { .. } | Frame::Unknown { .. } => None,
         }
     }
+
+    /// The frame's `time` (when the server sequenced it) as unix µs, when it has a readable one.
+    pub fn time_us(&self) -> Option<u64> {
+        let time = match self {
+            Frame::Commit(c) => c.time.as_str(),
+            Frame::Sync(s) => s.time.as_str(),
+            Frame::Identity(i) => i.time.as_str(),
+            Frame::Account(a) => a.time.as_str(),
+            Frame::Info(_) | Frame::Error { .. } | Frame::Unknown { .. } => return None,
+        };
+        chrono::DateTime::parse_from_rfc3339(time).ok().and_then(|t| u64::try_from(t.timestamp_micros()).ok())
+    }
 }
 
 /// Why a frame was refused.

@@ -151,7 +151,7 @@ impl Live {
             tracing::warn!(did = frame_did(frame), seq = frame.seq(), %reason, "{}", if matches!(handled, Handled::Refused(_)) { "frame refused" } else { "repo desynchronized; queued for backfill" });
         }
         self.metrics.count(&handled);
-        if let Some(t) = frame_time_us(frame) {
+        if let Some(t) = frame.time_us() {
             self.metrics.last_frame_time_us.fetch_max(t, Ordering::Relaxed);
             self.metrics.lag_us.store((now_ms() * 1000).saturating_sub(t), Ordering::Relaxed);
         }
@@ -307,18 +307,6 @@ impl Live {
         self.store().release_held(did, &done)?;
         Ok(cleared)
     }
-}
-
-/// A frame's `time` as unix µs, when it has a readable one.
-fn frame_time_us(frame: &Frame) -> Option<u64> {
-    let time = match frame {
-        Frame::Commit(c) => c.time.as_str(),
-        Frame::Sync(s) => s.time.as_str(),
-        Frame::Identity(i) => i.time.as_str(),
-        Frame::Account(a) => a.time.as_str(),
-        Frame::Info(_) | Frame::Error { .. } | Frame::Unknown { .. } => return None,
-    };
-    chrono::DateTime::parse_from_rfc3339(time).ok().and_then(|t| u64::try_from(t.timestamp_micros()).ok())
 }
 
 fn frame_did(frame: &Frame) -> &str {

@@ -10,22 +10,25 @@
 //! - [`shards`]: per-DID ordering, parallel across DIDs; held commits drained in rev order.
 //! - [`live`] and `status`: what each frame leads to (apply, hold, queue a backfill, skip,
 //!   refuse), and the account and identity rules.
-//! - [`cursor`]: which seq is safe to save.
+//! - [`cursor`]: which seq is safe to save; [`gap`]: where to resume when no seq is known yet.
 //!
 //! Checkpoint contract: the `firehose` cursor is saved every second and at shutdown, and is
 //! never ahead of a frame that is not finished (applied, held in fjall, skipped or refused):
 //! every frame at or below it has its effects committed, and fjall's journal is written in
 //! order, so a saved cursor implies the batches it covers. After `kill -9` the stream resumes
 //! from the cursor; frames applied after it come again and are skipped as stale (their rev is
-//! at or below the stored one), so no record event is lost or written twice.
+//! at or below the stored one), so no record event is lost or written twice. Before the first
+//! frame there is no seq to save; `gap` covers that time instead.
 //!
 //! Architecture invariant: the socket task does no CPU work beyond moving bytes; decoding,
-//! verification and the pipeline run on the router and shard threads.
+//! verification and the pipeline run on the router and shard threads (the one exception: the
+//! first frame of a connection made without a position, decoded to learn where the stream is).
 
 pub mod chain;
 pub mod client;
 pub mod cursor;
 pub mod frame;
+mod gap;
 pub mod live;
 pub mod ops;
 pub mod shards;
@@ -45,11 +48,16 @@ pub use live::{Handled, Live, LiveError, LiveOptions};
 use crate::config::Config;
 use crate::identity::Resolver;
 use crate::pipeline::Pipeline;
+use crate::store::now_us;
 use cursor::SeqTracker;
 use shards::Shards;
 
 /// The cursor's service name.
 pub const CURSOR: &str = "firehose";
+
+/// The cursor that keeps, while no `seq` is known, since when (unix µs) sluice has been
+/// without a position: what the first frame's look-back must reach (see `gap`).
+pub const SINCE_CURSOR: &str = "firehose-since";
 
 /// Why live ingestion stopped.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +91,14 @@ pub struct Firehose {
     closing: AtomicBool,
     /// Connections made.
     connections: AtomicU64,
+    liveness: client::Liveness,
+    /// Without a position, since when (unix µs) events may have been missed: the next
+    /// connection's first frame looks back to it.
+    gap_since: Mutex<Option<u64>>,
+    /// Whether the `firehose-since` cursor is saved.
+    since_saved: AtomicBool,
+    /// Where a look-back said to resume (-1: nowhere), until a frame is dispatched.
+    looked_back: AtomicI64,
 }
 
 impl Firehose {
@@ -94,6 +110,10 @@ impl Firehose {
         let storage = |e: &dyn std::fmt::Display| FirehoseError::Storage(e.to_string());
         let saved = pipeline.store().cursor(CURSOR).map_err(|e| storage(&e))?;
         let start_cursor = saved.as_deref().and_then(|c| c.parse::<i64>().ok());
+        let since = match start_cursor {
+            Some(_) => None,
+            None => pipeline.store().cursor(SINCE_CURSOR).map_err(|e| storage(&e))?.and_then(|c| c.parse::<u64>().ok()),
+        };
         let opts = LiveOptions { backfill: config.backfill.enabled(), limits: config.limits.car_limits() };
         let live = Arc::new(Live::new(pipeline, resolver, tokio::runtime::Handle::current(), opts));
         let tracker = Arc::new(SeqTracker::starting_at(start_cursor.unwrap_or(0)));
@@ -115,6 +135,13 @@ impl Firehose {
             paused: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             connections: AtomicU64::new(0),
+            liveness: client::Liveness {
+                ping_interval: Duration::from_millis(config.firehose.ping_interval_ms.max(1)),
+                pong_timeout: Duration::from_millis(config.firehose.pong_timeout_ms.max(1)),
+            },
+            gap_since: Mutex::new(since),
+            since_saved: AtomicBool::new(since.is_some()),
+            looked_back: AtomicI64::new(-1),
         }))
     }
 
@@ -245,13 +272,26 @@ impl Firehose {
             if let Some(reason) = self.fatal() {
                 return Err(FirehoseError::Storage(reason));
             }
-            let url = client::subscribe_url(&self.base_url, self.resume_cursor()).map_err(FirehoseError::Config)?;
+            if let Some(since) = self.gap_since() {
+                self.look_back(since, stop).await;
+            }
+            let cursor = self.resume_cursor();
+            let opened_us = now_us();
+            if cursor.is_none() {
+                self.save_since(opened_us);
+            }
+            let url = client::subscribe_url(&self.base_url, cursor).map_err(FirehoseError::Config)?;
             self.connections.fetch_add(1, Ordering::Relaxed);
-            match client::read_connection(&url, tx, stop).await {
+            match client::read_connection(&url, tx, stop, self.liveness).await {
                 client::Ended::Stopped => break,
-                client::Ended::Dropped { reason, received } => {
-                    if received > 0 {
+                client::Ended::Dropped { reason, healthy } => {
+                    if healthy {
                         backoff = Duration::from_secs(1);
+                    }
+                    if self.resume_cursor_peek().is_none() {
+                        // Nothing was dispatched: what was sequenced from this connection's
+                        // start on must be looked back for.
+                        self.gap_since.lock().expect("gap").get_or_insert(opened_us);
                     }
                     tracing::warn!(%reason, retry_in_s = backoff.as_secs(), "firehose connection lost; reconnecting");
                 }
@@ -268,16 +308,55 @@ impl Firehose {
         }
     }
 
+    /// Since when events may have been missed, while no position is known.
+    fn gap_since(&self) -> Option<u64> {
+        let since = *self.gap_since.lock().expect("gap");
+        since.filter(|_| self.resume_cursor_peek().is_none())
+    }
+
+    /// Finds where the stream stood at `since` and resumes from there (see `gap`). When the
+    /// search fails, the connection goes live and a later commit of each repo touched in the
+    /// gap finds its chain broken and resyncs it.
+    async fn look_back(&self, since: u64, stop: &CancellationToken) {
+        match gap::resume_point(&self.base_url, since, stop).await {
+            Ok(from) => {
+                tracing::info!(resume_after = from, "firehose had no position yet: resuming from before the gap");
+                self.tracker.restart_at(from);
+                self.looked_back.store(from, Ordering::Relaxed);
+                *self.gap_since.lock().expect("gap") = None;
+            }
+            Err(reason) => tracing::warn!(%reason, "finding the firehose position before a gap failed; going live (commits missed meanwhile are resynced when their repos next commit)"),
+        }
+    }
+
+    /// Saves, once, since when sluice has been without a position, so that a restart before
+    /// the first frame still looks back far enough.
+    fn save_since(&self, since_us: u64) {
+        if self.since_saved.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = self.live.store().save_cursor(SINCE_CURSOR, &since_us.to_string()) {
+            tracing::error!(error = %e, "saving the firehose start time failed");
+        }
+    }
+
     /// Where a new connection starts: after the last frame dispatched (frames in flight still
-    /// finish), or the saved cursor, or live when there is none.
+    /// finish), or where a look-back said, or the saved cursor, or live when there is none.
     fn resume_cursor(&self) -> Option<i64> {
         if self.forget_cursor.swap(false, Ordering::Relaxed) {
             tracing::warn!("the server has no events after our cursor; resuming live");
             self.tracker.restart_at(0);
+            self.looked_back.store(-1, Ordering::Relaxed);
             return None;
         }
+        self.resume_cursor_peek()
+    }
+
+    /// [`Firehose::resume_cursor`] without taking a `FutureCursor` into account.
+    fn resume_cursor_peek(&self) -> Option<i64> {
         let last = self.tracker.last_dispatched();
-        (last > 0).then_some(last).or(self.start_cursor)
+        let looked_back = self.looked_back.load(Ordering::Relaxed);
+        (last > 0).then_some(last).or((looked_back >= 0).then_some(looked_back)).or(self.start_cursor)
     }
 
     /// Whether the service is failing or shutting down (a paused router must not hold up

@@ -1,0 +1,95 @@
+//! No gap before the first frame. Until a connection has delivered a frame, sluice knows no
+//! `seq` to resume from, so a connection lost before then would resume live and miss what was
+//! sequenced while it was down. Instead, sluice remembers since when it has been without a
+//! position (`gap_since`, also saved as the `firehose-since` cursor, so a restart keeps it),
+//! and before connecting again it finds the last `seq` sequenced before that time and resumes
+//! after it.
+//!
+//! The search asks the server for the first frame after a cursor, one short connection per
+//! cursor, and reads that frame's `time`: first from the oldest event kept, then at cursors
+//! ever further on (1, 2, 4, ... events), then by halving between the last cursor found old and
+//! the first found new. The number of connections grows with the logarithm of the server's
+//! `seq`, not with the network's size, and what is replayed is only what was sequenced since
+//! (stale frames among it are skipped). Clocks may disagree, so the search looks
+//! [`CLOCK_SKEW_US`] further back.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::client::{Probe, probe, subscribe_url};
+
+/// How far the server's clock may be behind ours: the search looks this much further back.
+pub const CLOCK_SKEW_US: u64 = 30_000_000;
+
+/// How long a probe waits for a frame before taking the cursor for the stream's head.
+const PROBE_QUIET: Duration = Duration::from_secs(1);
+
+/// The most probes one search makes (enough for any 63-bit `seq`, twice over).
+const MAX_PROBES: usize = 130;
+
+/// The cursor after which every event sequenced at or after `since_us` (unix µs) comes: the
+/// `seq` of the last event sequenced before it (by the server's clock, less the skew), or 0.
+pub(super) async fn resume_point(base: &str, since_us: u64, stop: &CancellationToken) -> Result<i64, String> {
+    search(base, since_us.saturating_sub(CLOCK_SKEW_US), stop).await.map(|(cursor, _)| cursor)
+}
+
+/// The `seq` of the last event sequenced before `before` (unix µs), or 0; and the probes made.
+async fn search(base: &str, before: u64, stop: &CancellationToken) -> Result<(i64, usize), String> {
+    // What is known: the events up to `lo` are older than `before`; the one after `hi` (when
+    // there is one) is not.
+    let (mut lo, mut hi) = (0i64, None::<i64>);
+    let mut step = 1i64;
+    for probes in 0..MAX_PROBES {
+        let cursor = match hi {
+            Some(hi) if hi <= lo => return Ok((lo, probes)),
+            Some(hi) => lo + (hi - lo) / 2,
+            None if lo == 0 => 0,
+            None => lo.saturating_add(step),
+        };
+        if stop.is_cancelled() {
+            return Err("stopped".into());
+        }
+        let url = subscribe_url(base, Some(cursor))?;
+        match probe(&url, stop, PROBE_QUIET).await? {
+            Probe::First { seq, time_us } if time_us.is_some_and(|t| t < before) && seq > cursor => {
+                lo = seq;
+                step = step.saturating_mul(2);
+            }
+            // Newer, without a readable time, or nothing after the cursor yet.
+            _ => hi = Some(cursor),
+        }
+    }
+    Ok((lo, MAX_PROBES))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devnet::{AccountSpec, Devnet, DevnetOptions};
+
+    /// Against the devnet's relay: for cut points all along a stream, the search finds the
+    /// last event before the cut, in a number of probes that grows with the log of the seq.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_search_finds_the_last_event_before_a_time_in_log_probes() {
+        let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+        let did = net.create_account(AccountSpec { seed: 7, ..Default::default() });
+        let mut cuts = vec![(crate::store::now_us(), net.firehose_seq())];
+        for i in 0..60 {
+            let record = serde_json::json!({"$type": "app.bsky.feed.like", "createdAt": "2026-11-01T00:00:00.000Z"});
+            net.put_record(&did, "app.bsky.feed.like", &format!("3lgap{i:07}"), record).unwrap();
+            if i % 7 == 0 {
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                cuts.push((crate::store::now_us(), net.firehose_seq()));
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        }
+        let stop = CancellationToken::new();
+        for (before, last_seq) in cuts {
+            let (found, probes) = search(&net.relay_url(), before, &stop).await.unwrap();
+            assert_eq!(found, last_seq, "the last event before the cut");
+            assert!(probes <= 2 * 7 + 2, "{probes} probes for a stream of {} events", net.firehose_seq());
+        }
+        net.shutdown().await;
+    }
+}
