@@ -211,11 +211,17 @@ pub struct NetworkConfig {
     pub relay: String,
     /// PLC directory base URL.
     pub plc: String,
+    /// `SLUICE_HANDLE_RESOLVER`: a service whose `com.atproto.identity.resolveHandle` checks
+    /// handles; unset: DNS TXT and HTTPS well-known, as the spec says.
+    pub handle_resolver: Option<String>,
+    /// Handle checks a second at most (each a DNS query and maybe an HTTPS request); 0 = no
+    /// checks (no handle is then taken as a repo's own).
+    pub handle_checks_per_sec: u32,
 }
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        Self { relay: "https://bsky.network".into(), plc: "https://plc.directory/".into() }
+        Self { relay: "https://bsky.network".into(), plc: "https://plc.directory/".into(), handle_resolver: None, handle_checks_per_sec: 50 }
     }
 }
 
@@ -315,6 +321,9 @@ impl Config {
             self.firehose.url = Some(v.trim().to_string());
         }
         parsed(&get, "SLUICE_PLC_URL", &mut self.network.plc)?;
+        if let Some(v) = get("SLUICE_HANDLE_RESOLVER") {
+            self.network.handle_resolver = Some(v.trim().to_string()).filter(|v| !v.is_empty());
+        }
         parsed(&get, "SLUICE_EVENTS_RETENTION_HOURS", &mut self.events.retention_hours)?;
         let b = &mut self.backfill;
         parsed(&get, "BACKFILL_DAYS", &mut b.days)?;

@@ -40,6 +40,7 @@ pub mod config;
 pub mod devnet;
 pub mod filter;
 pub mod firehose;
+pub mod handles;
 pub mod http;
 pub mod identity;
 pub mod index_files;

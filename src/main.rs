@@ -330,10 +330,11 @@ fn start_devnet(opts: &DevnetArgs) -> anyhow::Result<(tokio::runtime::Runtime, s
 /// The config that points the indexer at `net`, keeping its data apart from the default's.
 fn devnet_config(net: &sluice::devnet::Devnet, filter: &std::path::Path) -> String {
     format!(
-        "# Written by `sluice devnet`: points `sluice run` at the local devnet.\n[storage]\npath = \"data-devnet\"\n\n[filter]\npath = {:?}\n\n[network]\nrelay = \"{}\"\nplc = \"{}\"\n",
+        "# Written by `sluice devnet`: points `sluice run` at the local devnet.\n[storage]\npath = \"data-devnet\"\n\n[filter]\npath = {:?}\n\n[network]\nrelay = \"{}\"\nplc = \"{}\"\nhandle_resolver = \"{}\"\n",
         filter.display().to_string(),
         net.relay_url(),
-        net.plc_url()
+        net.plc_url(),
+        net.relay_url()
     )
 }
 
@@ -384,6 +385,8 @@ fn run_on_devnet(mut config: Config) -> anyhow::Result<ExitCode> {
     let (_devnet_runtime, net) = start_devnet(&opts)?;
     config.network.relay = net.relay_url();
     config.network.plc = net.plc_url();
+    // Devnet handles (`*.test`) resolve through the relay's resolveHandle, not DNS.
+    config.network.handle_resolver = Some(net.relay_url());
     if config.storage.path == std::path::Path::new("data") {
         config.storage.path = "data-devnet".into();
     }

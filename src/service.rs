@@ -44,6 +44,7 @@ pub struct Service {
     live: Option<JoinHandle<Result<(), FirehoseError>>>,
     server: Option<crate::server::DedicatedServer>,
     retention: Option<JoinHandle<()>>,
+    handle_checks: Option<JoinHandle<()>>,
 }
 
 impl Service {
@@ -58,12 +59,15 @@ impl Service {
             backfill.queue(&opts.dids)?;
         }
         let forever = mode == RunMode::Forever;
-        let mut service = Service { backfill, firehose: None, stop: CancellationToken::new(), live: None, server: None, retention: None };
+        let mut service = Service { backfill, firehose: None, stop: CancellationToken::new(), live: None, server: None, retention: None, handle_checks: None };
         if forever && config.firehose.enabled {
             service.start_firehose(sluice, config)?;
         }
         if forever && config.server.enabled {
             service.start_server(sluice, config).await?;
+        }
+        if forever && config.network.handle_checks_per_sec > 0 {
+            service.start_handle_checks(sluice, config)?;
         }
         if forever && let Some(age) = config.events.retention() {
             service.start_retention(sluice, age, Duration::from_secs(config.events.retention_check_secs));
@@ -92,6 +96,20 @@ impl Service {
                 }
             }
         }));
+    }
+
+    /// The handle checker (see `handles.rs`), sharing the backfill's identity cache.
+    fn start_handle_checks(&mut self, sluice: &Sluice, config: &Config) -> anyhow::Result<()> {
+        let resolver = match crate::handles::HandleResolver::new(config.network.handle_resolver.as_deref(), Duration::from_secs(10)) {
+            Ok(resolver) => resolver,
+            Err(e) => {
+                tracing::error!(error = %e, "handles cannot be checked (set [network] handle_resolver); no handle is taken as its repo's own");
+                return Ok(());
+            }
+        };
+        let checker = Arc::new(crate::handles::HandleChecker::new(sluice.store().clone(), self.backfill.resolver().clone(), resolver, config.network.handle_checks_per_sec));
+        self.handle_checks = Some(tokio::spawn(checker.run(self.stop.clone())));
+        Ok(())
     }
 
     /// Live ingestion beside the backfill: held commits are drained as repos finish their
@@ -151,7 +169,7 @@ impl Service {
         if let Some(server) = self.server.take() {
             server.join().await?;
         }
-        if let Some(task) = self.retention.take() {
+        for task in [self.retention.take(), self.handle_checks.take()].into_iter().flatten() {
             task.await?;
         }
         result?;

@@ -262,8 +262,18 @@ async fn identity_and_account_frames_follow_the_rules() {
         }).collect()
     };
 
-    s.net.emit_identity(&did);
+    // No handle checker runs here: what it would take stays queued.
+    let store = s.sluice.store();
+    let queued = |did: &str| store.handle_checks_after(None, 100).unwrap().contains(&did.to_string());
+    assert!(queued(&did), "the handle the backfill stored waits for a check");
+    store.set_handle_verdict(&did, Some("user21.test".into()), true).unwrap();
+    assert!(!queued(&did));
+    s.net.set_handle(&did, "renamed.test", true);
     wait("the identity event", || s.events().iter().any(|(_, e)| matches!(e, StoredEvent::Identity(i) if i.did == did))).await;
+    let state = store.repo_state(&did).unwrap().unwrap();
+    assert_eq!((state.handle.as_deref(), state.handle_ok), (Some("renamed.test"), None), "a new handle waits for its check");
+    assert!(queued(&did), "an #identity frame queues a handle check");
+    assert_eq!(store.did_for_handle("user21.test").unwrap(), None, "the old handle names nothing");
 
     s.net.set_status(&did, AccountStatus::Deactivated);
     wait("the deactivation", || s.status(&did) == Some(RepoStatus::Gone)).await;

@@ -33,7 +33,7 @@ fn golden<T: Stored + PartialEq + std::fmt::Debug>(name: &str, value: T) {
 fn version_1_values_still_decode() {
     golden("v1-repo-state.bin", RepoState {
         status: RepoStatus::Synced, rev: Some("3l3qo2vuowo2b".into()), data: Some("bafyreidigqr65jj2zsmitco3fcuag6pi7std6quxa2bcp2xrpin44ikzsy".into()),
-        handle: Some("alice.test".into()), error: None, retries: 2, next_retry_ms: Some(1_700_000_000_000), updated_ms: 1_700_000_000_001, commit: None,
+        handle: Some("alice.test".into()), error: None, retries: 2, next_retry_ms: Some(1_700_000_000_000), updated_ms: 1_700_000_000_001, commit: None, handle_ok: None,
     });
     golden("v1-record-ref.bin", RecordRef { cid: vec![1, 113, 18, 32, 7, 7, 7], body: None });
     // Version 1 pages carry no times: they read back with time 0.
@@ -42,7 +42,7 @@ fn version_1_values_still_decode() {
     golden("v1-held-commit.bin", HeldCommit { frame: vec![0xa2, 0x61, 0x74, 0x67, 1, 2, 3] });
     golden("v1-repo-state-desynchronized.bin", RepoState {
         status: RepoStatus::Desynchronized, rev: Some("3l3qo2vuowo2b".into()), data: None, handle: None,
-        error: Some("prevData does not continue the stored root".into()), retries: 0, next_retry_ms: None, updated_ms: 1_700_000_000_002, commit: None,
+        error: Some("prevData does not continue the stored root".into()), retries: 0, next_retry_ms: None, updated_ms: 1_700_000_000_002, commit: None, handle_ok: None,
     });
 }
 
@@ -52,7 +52,17 @@ fn version_2_repo_states_still_decode() {
     golden("v2-repo-state.bin", RepoState {
         status: RepoStatus::Synced, rev: Some("3l3qo2vuowo2b".into()), data: Some("bafyreidigqr65jj2zsmitco3fcuag6pi7std6quxa2bcp2xrpin44ikzsy".into()),
         handle: Some("alice.test".into()), error: None, retries: 0, next_retry_ms: None, updated_ms: 1_700_000_000_003,
-        commit: Some("bafyreihffx5a2e7k5uwrmmgofbvzujc5cmw5h4espouwuxt3liqoflx3ee".into()),
+        commit: Some("bafyreihffx5a2e7k5uwrmmgofbvzujc5cmw5h4espouwuxt3liqoflx3ee".into()), handle_ok: None,
+    });
+}
+
+#[test]
+fn version_3_repo_states_still_decode() {
+    // Version 3: whether the handle was found to be the repo's own.
+    golden("v3-repo-state.bin", RepoState {
+        status: RepoStatus::Synced, rev: Some("3l3qo2vuowo2b".into()), data: Some("bafyreidigqr65jj2zsmitco3fcuag6pi7std6quxa2bcp2xrpin44ikzsy".into()),
+        handle: Some("alice.test".into()), error: None, retries: 0, next_retry_ms: None, updated_ms: 1_700_000_000_004,
+        commit: Some("bafyreihffx5a2e7k5uwrmmgofbvzujc5cmw5h4espouwuxt3liqoflx3ee".into()), handle_ok: Some(true),
     });
 }
 

@@ -11,6 +11,8 @@ use serde_json::{Value, json};
 use sluice::backfill::{Backfill, RunMode};
 use sluice::devnet::{AccountSpec, AccountStatus, Devnet, DevnetOptions};
 use sluice::handlers::value::cbor_to_json;
+use sluice::handles::{HandleChecker, HandleResolver};
+use sluice::identity::Resolver;
 use sluice::server::{ServerState, serve};
 use sluice::store::{RepoState, RepoStatus};
 use sluice::{Config, Filter, Sluice};
@@ -37,6 +39,8 @@ struct Setup {
     gone: Vec<(String, AccountStatus)>,
     /// at-uri of a post of `dids[0]` that `dids[1]` and `dids[2]` like.
     post: String,
+    /// The identity cache the handle checker reads DID documents through.
+    identities: Arc<Resolver>,
     _dir: tempfile::TempDir,
 }
 
@@ -61,7 +65,27 @@ impl Setup {
     /// The answer of `did`'s PDS to `method`.
     async fn pds(&self, did: &str, method: &str, query: &[(&str, &str)]) -> Answer {
         let host = self.net.pds_of(did).expect("a devnet account");
+        self.pds_at(host, method, query).await
+    }
+
+    /// The answer of PDS host `host` to `method`.
+    async fn pds_at(&self, host: usize, method: &str, query: &[(&str, &str)]) -> Answer {
         self.get(format!("{}/xrpc/{method}", self.net.pds_urls()[host]), query).await
+    }
+
+    /// Waits until the handle checker has a verdict on `did`'s handle `handle`; returns it.
+    async fn checked(&self, did: &str, handle: &str) -> bool {
+        let deadline = std::time::Instant::now() + RUN_LIMIT;
+        loop {
+            let state = self.sluice.store().repo_state(did).unwrap().unwrap();
+            if let (Some(h), Some(ok)) = (&state.handle, state.handle_ok)
+                && h == handle
+            {
+                return ok;
+            }
+            assert!(std::time::Instant::now() < deadline, "no verdict on {did}'s handle {handle}: {state:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// sluice's 200 answer to `method`.
@@ -107,12 +131,18 @@ async fn setup() -> Setup {
     let backfill = Backfill::new(sluice.pipeline().clone(), &c);
     tokio::time::timeout(RUN_LIMIT, backfill.run(RunMode::UntilEmpty, true)).await.expect("backfill ended in time").expect("backfill ran");
 
+    // Handles are checked against the relay's resolveHandle, as `sluice run --devnet` does.
+    let handles = HandleResolver::new(Some(&net.relay_url()), REQUEST_LIMIT).unwrap();
+    let identities = backfill.resolver().clone();
+    let checker = Arc::new(HandleChecker::new(sluice.store().clone(), identities.clone(), handles, 1000));
+    tokio::spawn(checker.run(tokio_util::sync::CancellationToken::new()));
+
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state = Arc::new(ServerState::new(sluice.pipeline().clone(), c));
     tokio::spawn(serve(listener, state.clone()));
     let http = reqwest::Client::builder().timeout(REQUEST_LIMIT).build().unwrap();
-    Setup { net, sluice, http, base, _state: state, dids, gone, post, _dir: dir }
+    Setup { net, sluice, http, base, _state: state, dids, gone, post, identities, _dir: dir }
 }
 
 /// Pages through `collection` of `did` on sluice and on its PDS with the same cursors, checks
@@ -261,7 +291,8 @@ async fn repo_listings_and_statuses_follow_what_sluice_indexes() {
     assert_eq!(entry, &json!({"did": did, "head": state.commit, "rev": state.rev, "active": false, "status": "takendown"}));
     assert_eq!(s.ok("com.atproto.sync.getRepoStatus", &[("did", &did)]).await, json!({"did": did, "active": false, "status": "takendown"}));
     let (status, body) = s.sluice("com.atproto.repo.listRecords", &[("repo", &did), ("collection", POST)]).await;
-    assert_eq!((status, body["error"].as_str()), (400, Some("RepoTakendown")), "{body}");
+    assert_eq!((status, body), (400, json!({"error": "InvalidRequest", "message": format!("Could not find repo: {did}")})), "as the reference PDS answers");
+    assert_eq!(s.sluice(DESCRIBE, &[("repo", &did)]).await.1["error"], json!("RepoTakendown"));
 
     // A repo indexed before sluice kept commit CIDs (a version 1 state) gives its MST root
     // until its next commit.
@@ -422,7 +453,7 @@ fn bad_parameter_cases<'a>(did: &'a str, like_cursor: &'a str) -> Vec<Case<'a>> 
         (get, vec![("collection", POST), ("rkey", "3kalicepost22")], "repo"),
         (get, rec("not a did", POST, "3kalicepost22"), "repo"),
         (get, rec("did:nope", POST, "3kalicepost22"), "repo"),
-        (get, rec("alice.test", POST, "3kalicepost22"), "repo"),
+        (get, rec("at://alice.test", POST, "3kalicepost22"), "repo"),
         (get, vec![("repo", did), ("rkey", "3kalicepost22")], "collection"),
         (get, rec(did, "not-an-nsid", "3kalicepost22"), "collection"),
         (get, vec![("repo", did), ("collection", POST)], "rkey"),
@@ -468,26 +499,80 @@ async fn bad_parameters_and_unknown_repos_are_refused() {
     let (get, list, describe) = (GET, LIST, DESCRIBE);
 
     let unknown = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
-    for (method, query) in [
-        (get, rec(unknown, POST, "3kalicepost22")),
-        (list, vec![("repo", unknown), ("collection", POST)]),
-        (describe, vec![("repo", unknown)]),
-        ("com.atproto.sync.getRepoStatus", vec![("did", unknown)]),
-        ("dev.sluice.getRepoState", vec![("did", unknown)]),
-    ] {
+    for (method, query) in [("com.atproto.sync.getRepoStatus", vec![("did", unknown)]), ("dev.sluice.getRepoState", vec![("did", unknown)])] {
         refused(&s, method, &query, "RepoNotFound", unknown).await;
     }
 
-    // Gone repos answer as their PDS would.
-    for (gone, status) in &s.gone {
-        let error = match status {
-            AccountStatus::Deactivated => "RepoDeactivated",
-            AccountStatus::Takendown => "RepoTakendown",
-            AccountStatus::Suspended => "RepoSuspended",
-            _ => "RepoNotFound",
-        };
-        refused(&s, get, &rec(gone, POST, "3kgonepost001"), error, gone).await;
-        refused(&s, list, &[("repo", gone.as_str()), ("collection", POST)], error, gone).await;
-        refused(&s, describe, &[("repo", gone.as_str())], error, gone).await;
+    // Unknown DIDs and handles, and gone repos, get what the PDS answers, method by method:
+    // status, error name and message.
+    let mut repos: Vec<(String, usize)> = vec![(unknown.to_string(), 0), ("nobody.test".to_string(), 1)];
+    repos.extend(s.gone.iter().map(|(did, _)| (did.clone(), s.net.pds_of(did).unwrap())));
+    for (repo, host) in &repos {
+        for (method, query) in [(get, rec(repo, POST, "3kgonepost001")), (list, vec![("repo", repo.as_str()), ("collection", POST)]), (describe, vec![("repo", repo.as_str())])] {
+            let ours = s.sluice(method, &query).await;
+            assert_eq!(ours, s.pds_at(*host, method, &query).await, "{method} {query:?}");
+            assert_eq!(ours.0, 400, "{method} {query:?}");
+        }
     }
+}
+
+/// describeRepo's fields that sluice and a PDS both know (sluice keeps no full DID document).
+fn described(answer: &Answer) -> Value {
+    let (status, body) = answer;
+    json!({"status": status, "handle": body["handle"], "did": body["did"], "collections": body["collections"], "handleIsCorrect": body["handleIsCorrect"]})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handles_name_repos_as_on_the_pds_once_they_resolve_back() {
+    let s = setup().await;
+    let (did, other) = (s.dids[0].clone(), s.dids[1].clone());
+    let handle = s.pds(&did, DESCRIBE, &[("repo", &did)]).await.1["handle"].as_str().unwrap().to_string();
+    assert!(s.checked(&did, &handle).await, "{handle} resolves back to {did}");
+
+    // By handle, each method answers as the PDS does (any case).
+    for repo in [handle.clone(), handle.to_uppercase()] {
+        let (rkey, list_q) = ("3kalicepost22", vec![("repo", repo.as_str()), ("collection", POST)]);
+        assert_eq!(s.sluice(GET, &rec(&repo, POST, rkey)).await, s.pds(&did, GET, &rec(&repo, POST, rkey)).await, "getRecord by {repo}");
+        // (The devnet, unlike the reference PDS and sluice, gives no cursor on a last page.)
+        let (ours, theirs) = (s.sluice(LIST, &list_q).await, s.pds(&did, LIST, &list_q).await);
+        assert_eq!((ours.0, &ours.1["records"]), (theirs.0, &theirs.1["records"]), "listRecords by {repo}");
+        let ours = s.sluice(DESCRIBE, &[("repo", &repo)]).await;
+        assert_eq!(described(&ours), described(&s.pds(&did, DESCRIBE, &[("repo", &repo)]).await), "describeRepo by {repo}");
+        assert_eq!(ours.1["handleIsCorrect"], json!(true));
+    }
+    let by_handle = format!("at://{handle}/{POST}/3kalicepost22");
+    assert_eq!(all_backlinks(&s, &by_handle, None, "1").await, all_backlinks(&s, &s.post, None, "1").await, "a subject named by handle");
+
+    // A handle the document claims but that resolves elsewhere is not the repo's: describeRepo
+    // says so as the PDS does, and the handle names nothing here. (The PDS still answers its
+    // own account by that handle: it trusts its database; an indexer cannot.)
+    s.net.set_handle(&other, "imposter.test", false);
+    take_identity_frame(&s, &other, "imposter.test");
+    assert!(!s.checked(&other, "imposter.test").await);
+    let ours = s.sluice(DESCRIBE, &[("repo", &other)]).await;
+    assert_eq!(described(&ours), described(&s.pds(&other, DESCRIBE, &[("repo", &other)]).await));
+    assert_eq!(ours.1["handleIsCorrect"], json!(false));
+    let (status, body) = s.sluice(LIST, &[("repo", "imposter.test"), ("collection", POST)]).await;
+    assert_eq!((status, body["message"].as_str()), (400, Some("Could not find repo: imposter.test")));
+
+    // Moved to a handle that resolves back: found by the new one, not by the old one.
+    let old = s.pds(&other, DESCRIBE, &[("repo", &other)]).await.1["handle"].as_str().unwrap().to_string();
+    s.net.set_handle(&other, "moved.test", true);
+    take_identity_frame(&s, &other, "moved.test");
+    assert!(s.checked(&other, "moved.test").await);
+    let ours = s.sluice(DESCRIBE, &[("repo", "moved.test")]).await;
+    assert_eq!(described(&ours), described(&s.pds(&other, DESCRIBE, &[("repo", "moved.test")]).await));
+    assert_eq!((ours.1["did"].as_str(), ours.1["handleIsCorrect"].as_bool()), (Some(other.as_str()), Some(true)));
+    assert_ne!(old, "moved.test");
+    assert_eq!(s.sluice(DESCRIBE, &[("repo", &old)]).await.1["error"], json!("RepoNotFound"), "the old handle names nothing");
+}
+
+/// What an `#identity` frame for `did` does to the store and the identity cache (this test
+/// runs no firehose; `firehose_live` checks that the frame does this).
+fn take_identity_frame(s: &Setup, did: &str, handle: &str) {
+    s.identities.invalidate(did);
+    let store = s.sluice.store();
+    let state = store.repo_state(did).unwrap().unwrap();
+    store.set_states(&[(did.to_string(), RepoState { handle: Some(handle.to_string()), ..state })], None).unwrap();
+    store.request_handle_check(did).unwrap();
 }

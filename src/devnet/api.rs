@@ -46,6 +46,13 @@ impl Devnet {
         self.world.emit_identity(did);
     }
 
+    /// Gives the account a new handle (its DID document names it) and emits its `#identity`.
+    /// `resolves`: whether the handle resolves back to the DID (`resolveHandle` answers with
+    /// it); a handle that does not is one the document claims but does not own.
+    pub fn set_handle(&self, did: &str, handle: &str, resolves: bool) {
+        self.world.set_handle(did, handle, resolves);
+    }
+
     /// Emits the account's `#sync` event: its current rev and signed commit.
     pub fn emit_sync(&self, did: &str) {
         self.world.emit_sync(did);

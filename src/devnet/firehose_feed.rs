@@ -171,6 +171,29 @@ impl World {
         pending.into_iter().for_each(Pending::wait);
     }
 
+    /// Gives `did` the handle `handle` (its DID document names it from now on), which
+    /// resolves back to it or not, and emits its `#identity`.
+    pub fn set_handle(&self, did: &str, handle: &str, resolves: bool) {
+        let pending = self.update(did, |a| {
+            (a.handle, a.handle_resolves) = (handle.to_string(), resolves);
+            self.feed.enqueue(a, Emit::Identity(handle.to_string()), None)
+        });
+        pending.into_iter().for_each(Pending::wait);
+    }
+
+    /// The DID whose handle `handle` is and resolves back to it
+    /// (`com.atproto.identity.resolveHandle`).
+    pub fn resolve_handle(&self, handle: &str) -> Option<String> {
+        let mut found = None;
+        self.scan(None, |a| {
+            if a.handle_resolves && a.handle.eq_ignore_ascii_case(handle) {
+                found = Some(a.account.did.clone());
+            }
+            found.is_none()
+        });
+        found
+    }
+
     /// Emits `did`'s `#sync` (its current signed commit).
     pub fn emit_sync(&self, did: &str) {
         let pending = self.update(did, |a| {

@@ -67,6 +67,7 @@ async fn query_method(pds: &Pds, nsid: &str, p: &Params) -> XrpcResult {
         "com.atproto.repo.describeRepo" => pds_repo::describe_repo(pds, p),
         "com.atproto.repo.listRecords" => pds_repo::list_records(pds, p),
         "com.atproto.repo.getRecord" => pds_repo::get_record(pds, p),
+        "com.atproto.identity.resolveHandle" => pds_repo::resolve_handle(&pds.world, p),
         other => Err(XrpcError::not_implemented(other)),
     }
 }
@@ -115,6 +116,14 @@ impl Pds {
             .unwrap_or_else(|| Err(XrpcError::repo_not_found(did)))
     }
 
+    /// The DID of a `repo` parameter when that account is hosted here and active: what the
+    /// reference PDS's `getDidForActor` gives `listRecords` and `getRecord`.
+    pub fn available(&self, repo: &str) -> Option<String> {
+        let did = self.resolve_repo(repo).ok()?;
+        self.world.read(&did, |a| a.pds == self.index && a.status == super::world::AccountStatus::Active).filter(|ok| *ok)?;
+        Some(did)
+    }
+
     /// The DID for a `repo` parameter (a DID, or a handle of an account on this host).
     pub fn resolve_repo(&self, repo: &str) -> Result<String, XrpcError> {
         if repo.starts_with("did:") {
@@ -137,7 +146,7 @@ pub(crate) fn status_error(did: &str, status: super::world::AccountStatus) -> Op
         super::world::AccountStatus::Active => return None,
         super::world::AccountStatus::Deleted => return Some(XrpcError::repo_not_found(did)),
         super::world::AccountStatus::Deactivated => ("RepoDeactivated", "deactivated"),
-        super::world::AccountStatus::Takendown => ("RepoTakendown", "taken down"),
+        super::world::AccountStatus::Takendown => ("RepoTakendown", "takendown"),
         super::world::AccountStatus::Suspended => ("RepoSuspended", "suspended"),
     };
     Some(XrpcError::new(axum::http::StatusCode::BAD_REQUEST, error, format!("Repo has been {what}: {did}")))

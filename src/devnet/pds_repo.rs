@@ -1,5 +1,8 @@
 //! A PDS host's `com.atproto.repo` queries: describeRepo, listRecords and getRecord, values
-//! rendered as AT Protocol JSON.
+//! rendered as AT Protocol JSON; and `com.atproto.identity.resolveHandle`. A repo that is
+//! unknown, deleted, deactivated or taken down is answered as Bluesky's reference PDS answers
+//! each method: describeRepo by the reason's name, listRecords and getRecord with
+//! `InvalidRequest` (as a PDS without an appview behind it).
 
 use std::collections::BTreeMap;
 use std::ops::Bound::{Excluded, Included};
@@ -18,12 +21,13 @@ type Records = BTreeMap<(String, String), (Cid, Bytes)>;
 
 /// `describeRepo?repo` -> `{handle, did, didDoc, collections, handleIsCorrect}`.
 pub(crate) fn describe_repo(pds: &Pds, p: &Params) -> XrpcResult {
-    let did = pds.resolve_repo(p.req("repo")?)?;
+    let repo = p.req("repo")?;
+    let did = pds.resolve_repo(repo).map_err(|_| XrpcError::repo_not_found(repo))?;
     let url = &pds.world.hosts[pds.index].url;
     let out = pds.with_repo(&did, |a| {
         let mut collections: Vec<&str> = a.records.keys().map(|(c, _)| c.as_str()).collect();
         collections.dedup();
-        json!({"handle": a.handle, "did": did, "didDoc": did_document(a, url), "collections": collections, "handleIsCorrect": true})
+        json!({"handle": a.handle, "did": did, "didDoc": did_document(a, url), "collections": collections, "handleIsCorrect": a.handle_resolves})
     })?;
     ok_json(out)
 }
@@ -31,7 +35,8 @@ pub(crate) fn describe_repo(pds: &Pds, p: &Params) -> XrpcResult {
 /// `listRecords?repo&collection&limit&cursor&reverse`: newest rkey first unless `reverse`; the
 /// cursor (last rkey) present only when more records follow.
 pub(crate) fn list_records(pds: &Pds, p: &Params) -> XrpcResult {
-    let did = pds.resolve_repo(p.req("repo")?)?;
+    let repo = p.req("repo")?;
+    let did = pds.available(repo).ok_or_else(|| XrpcError::invalid(format!("Could not find repo: {repo}")))?;
     let collection = p.req("collection")?;
     let limit = p.limit(50, 100)?;
     let ascending = p.flag("reverse")?;
@@ -68,7 +73,7 @@ fn page_records(records: &Records, collection: &str, cursor: Option<&str>, limit
 
 /// `getRecord?repo&collection&rkey` -> `{uri, cid, value}`, or RecordNotFound.
 pub(crate) fn get_record(pds: &Pds, p: &Params) -> XrpcResult {
-    let did = pds.resolve_repo(p.req("repo")?)?;
+    let did = pds.available(p.req("repo")?).ok_or_else(|| XrpcError::invalid("Could not locate record"))?;
     let (collection, rkey) = (p.req("collection")?, p.req("rkey")?);
     let uri = at_uri(&did, collection, rkey);
     let found = pds.with_repo(&did, |a| a.records.get(&(collection.to_string(), rkey.to_string())).cloned())?;
@@ -86,4 +91,12 @@ pub(crate) fn at_uri(did: &str, collection: &str, rkey: &str) -> String {
 /// A record as AT Protocol JSON (a record put as malformed CBOR is a 500).
 fn value(bytes: &[u8]) -> Result<Value, XrpcError> {
     cbor_to_json(bytes).map_err(|e| XrpcError::internal(format!("stored record does not decode: {e}")))
+}
+
+/// `com.atproto.identity.resolveHandle?handle` -> `{did}`, for a handle that resolves back to
+/// its account.
+pub(crate) fn resolve_handle(world: &super::world::World, p: &Params) -> XrpcResult {
+    let handle = p.req("handle")?;
+    let did = world.resolve_handle(handle).ok_or_else(|| XrpcError::invalid("Unable to resolve handle"))?;
+    ok_json(json!({ "did": did }))
 }

@@ -36,6 +36,7 @@ async fn xrpc_get(State(world): State<Arc<World>>, Path(nsid): Path<String>, que
     let result = match nsid.as_str() {
         "com.atproto.sync.listRepos" => listing::list_repos(&world, None, &params).await,
         "com.atproto.sync.listReposByCollection" => listing::list_repos_by_collection(&world, &params),
+        "com.atproto.identity.resolveHandle" => super::pds_repo::resolve_handle(&world, &params),
         other => Err(XrpcError::not_implemented(other)),
     };
     result.unwrap_or_else(IntoResponse::into_response)

@@ -93,6 +93,9 @@ pub(crate) struct AccountState {
     pub account: Account,
     pub pds: usize,
     pub handle: String,
+    /// Whether the handle resolves back to the DID (its DNS or well-known points here); a
+    /// handle the document claims but that points elsewhere is not the account's own.
+    pub handle_resolves: bool,
     pub legacy_key: bool,
     pub records: BTreeMap<(String, String), (Cid, Bytes)>,
     pub rev: String,
@@ -187,6 +190,7 @@ impl World {
             account,
             pds: spec.pds % self.hosts.len(),
             handle: spec.handle.clone().unwrap_or_else(|| format!("user{}.test", spec.seed)),
+            handle_resolves: true,
             legacy_key: spec.legacy_key,
             records: BTreeMap::new(),
             rev,

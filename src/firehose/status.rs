@@ -66,7 +66,10 @@ impl Live {
         let handle = i.handle.as_ref().map(|h| h.as_str().to_string());
         let event = StoredEvent::Identity(IdentityEvent { did: did.to_string(), handle: handle.clone() });
         let state = RepoState { handle, updated_ms: now_ms(), ..state };
-        self.apply_status(did, state, event)
+        let handled = self.apply_status(did, state, event)?;
+        // The handle may point elsewhere now even when it is the same: check it again.
+        self.store().request_handle_check(did)?;
+        Ok(handled)
     }
 
     /// `#account`: see the module's rule.

@@ -18,6 +18,7 @@
 //! Architecture invariant: the store knows nothing of CARs, the network or the filter.
 
 pub mod keys;
+mod handles;
 mod held;
 mod queue;
 mod retention;
@@ -148,6 +149,10 @@ pub struct Store {
     pub held: Keyspace,
     /// service -> [`Cursor`].
     pub cursors: Keyspace,
+    /// lowercased handle -> DID, for handles found to be their repo's own (see `handles.rs`).
+    pub handles: Keyspace,
+    /// DID -> empty: repos whose handle waits for a check (see `handles.rs`).
+    pub handle_checks: Keyspace,
     /// counter name -> i64 BE.
     pub counts: Keyspace,
     handler_spaces: Mutex<HashMap<&'static str, Keyspace>>,
@@ -178,6 +183,8 @@ impl Store {
             resync: ks("resync")?,
             held: ks("held")?,
             cursors: ks("cursors")?,
+            handles: ks("handles")?,
+            handle_checks: ks("handle_checks")?,
             counts: ks("counts")?,
             handler_spaces: Mutex::new(HashMap::new()),
             writer: Mutex::new(Writer { next_event: 1, last_time: 0, counts: BTreeMap::new(), queue_floor_ms: 0 }),
@@ -285,8 +292,25 @@ impl Store {
     /// queue (or moving in it) is due no earlier than the queue's floor, and the state records
     /// the due time it got. Returns whether the repo enters the queue or gets a new due time
     /// there. Runs under the writer lock, so the stored state it reads is current.
-    fn stage_state(&self, batch: &mut fjall::OwnedWriteBatch, deltas: &mut BTreeMap<Vec<u8>, i64>, writer: &Writer, did: &str, mut new: RepoState) -> Result<bool> {
+    fn stage_state(&self, batch: &mut fjall::OwnedWriteBatch, deltas: &mut BTreeMap<Vec<u8>, i64>, writer: &Writer, did: &str, new: RepoState) -> Result<bool> {
         let old = self.repo_state(did)?;
+        self.stage_state_as(batch, deltas, writer, did, old, new, false)
+    }
+
+    /// [`Store::stage_state`] against the stored `old`; `handle_verdict` when the writer is
+    /// the handle checker, whose verdict stands (see `handles.rs`).
+    #[allow(clippy::too_many_arguments)]
+    fn stage_state_as(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        deltas: &mut BTreeMap<Vec<u8>, i64>,
+        writer: &Writer,
+        did: &str,
+        old: Option<RepoState>,
+        mut new: RepoState,
+        handle_verdict: bool,
+    ) -> Result<bool> {
+        self.stage_handle(batch, did, old.as_ref(), &mut new, handle_verdict)?;
         let old_status = old.as_ref().map(|s| s.status);
         if old_status != Some(new.status) {
             if let Some(old) = old_status {

@@ -127,6 +127,10 @@ pub struct RepoState {
     /// CID of the last applied commit (`listRepos`' `head`); from format 2 on, `None` before
     /// and until the repo's next commit or walk.
     pub commit: Option<String>,
+    /// Whether `handle` was found to be the repo's own: its DID document names it and it
+    /// resolves back to the DID (`None`: not checked yet). From format 3 on. Kept in step by
+    /// the store: a write that changes the handle clears it, other writes keep it.
+    pub handle_ok: Option<bool>,
 }
 
 impl RepoState {
@@ -145,7 +149,7 @@ impl RepoState {
 
 impl Stored for RepoState {
     const WHAT: &'static str = "repo state";
-    const VERSION: u8 = 2;
+    const VERSION: u8 = 3;
 
     fn decode_version(version: u8, body: &[u8]) -> Result<Self, ValueError> {
         /// A version 1 state: the same fields but the commit CID.
@@ -160,13 +164,31 @@ impl Stored for RepoState {
             next_retry_ms: Option<u64>,
             updated_ms: u64,
         }
+        /// A version 2 state: the same fields but the handle check.
+        #[derive(Deserialize)]
+        struct RepoStateV2 {
+            status: RepoStatus,
+            rev: Option<String>,
+            data: Option<String>,
+            handle: Option<String>,
+            error: Option<String>,
+            retries: u32,
+            next_retry_ms: Option<u64>,
+            updated_ms: u64,
+            commit: Option<String>,
+        }
         match version {
             1 => {
                 let v1: RepoStateV1 = postcard_body(Self::WHAT, body)?;
                 let RepoStateV1 { status, rev, data, handle, error, retries, next_retry_ms, updated_ms } = v1;
-                Ok(RepoState { status, rev, data, handle, error, retries, next_retry_ms, updated_ms, commit: None })
+                Ok(RepoState { status, rev, data, handle, error, retries, next_retry_ms, updated_ms, commit: None, handle_ok: None })
             }
-            2 => postcard_body(Self::WHAT, body),
+            2 => {
+                let v2: RepoStateV2 = postcard_body(Self::WHAT, body)?;
+                let RepoStateV2 { status, rev, data, handle, error, retries, next_retry_ms, updated_ms, commit } = v2;
+                Ok(RepoState { status, rev, data, handle, error, retries, next_retry_ms, updated_ms, commit, handle_ok: None })
+            }
+            3 => postcard_body(Self::WHAT, body),
             _ => Err(ValueError::Version { what: Self::WHAT, version, newest: Self::VERSION }),
         }
     }
@@ -555,7 +577,7 @@ mod tests {
         #[test]
         fn repo_states_round_trip(rev in proptest::option::of("[a-z0-9]{13}"), retries: u32, next in proptest::option::of(any::<u64>()), s in 0..7u8) {
             let status = RepoStatus::ALL[s as usize];
-            let st = RepoState { status, rev, data: None, handle: Some("a.test".into()), error: None, retries, next_retry_ms: next, updated_ms: 7, commit: Some("bafyreia".into()) };
+            let st = RepoState { status, rev, data: None, handle: Some("a.test".into()), error: None, retries, next_retry_ms: next, updated_ms: 7, commit: Some("bafyreia".into()), handle_ok: Some(true) };
             prop_assert_eq!(RepoState::decode(&st.encode()).unwrap(), st);
         }
 

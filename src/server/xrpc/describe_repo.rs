@@ -1,9 +1,10 @@
 //! `com.atproto.repo.describeRepo?repo` -> `{handle, did, didDoc, collections,
 //! handleIsCorrect}` from what sluice stores.
 //!
-//! - `handle`: the one the network last announced for the repo (`#identity`), stored in its
-//!   state; `handle.invalid` when none is known. sluice does not check it against DNS or the
-//!   well-known endpoint, so `handleIsCorrect` means only "a handle is known".
+//! - `handle`: the one the repo's DID document names, or the network last announced for it
+//!   (`#identity`), stored in its state; `handle.invalid` when none is known.
+//!   `handleIsCorrect` is true only once the handle checker found it resolves back to the DID
+//!   (see `handles.rs`; checked when the handle is stored or changes, not per request).
 //! - `didDoc`: sluice resolves DID documents for keys and endpoints but does not store them,
 //!   so this is a minimal document: `@context`, `id` and, when a handle is known,
 //!   `alsoKnownAs`. Clients that need keys or the PDS endpoint resolve the DID themselves.
@@ -16,7 +17,7 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use super::Query;
-use super::repo_access::{blocking, readable, repo_did, store_error};
+use super::repo_access::{Unshown, blocking, readable_repo, repo_param, store_error};
 use crate::server::ServerState;
 use crate::store::Store;
 use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
@@ -26,12 +27,13 @@ pub(super) const METHOD: &str = "com.atproto.repo.describeRepo";
 
 pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
     let p = Params::from_query(q)?;
-    let did = repo_did(&p)?;
-    ok_json(blocking(&state, move |store| read(store, &did)).await?)
+    let repo = repo_param(&p)?;
+    ok_json(blocking(&state, move |store| read(store, &repo)).await?)
 }
 
-fn read(store: &Store, did: &str) -> Result<Value, XrpcError> {
-    let state = readable(store, did)?;
+fn read(store: &Store, repo: &str) -> Result<Value, XrpcError> {
+    let (did, state) = readable_repo(store, repo, Unshown::Described)?;
+    let did = did.as_str();
     let collections = store.repo_collections(did).map_err(store_error)?;
     let mut doc = json!({ "@context": ["https://www.w3.org/ns/did/v1"], "id": did });
     if let Some(handle) = &state.handle {
@@ -42,6 +44,6 @@ fn read(store: &Store, did: &str) -> Result<Value, XrpcError> {
         "did": did,
         "didDoc": doc,
         "collections": collections,
-        "handleIsCorrect": state.handle.is_some(),
+        "handleIsCorrect": state.handle.is_some() && state.handle_ok == Some(true),
     }))
 }

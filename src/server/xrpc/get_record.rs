@@ -1,13 +1,14 @@
 //! `com.atproto.repo.getRecord?repo&collection&rkey&cid?` -> `{uri, cid, value}`: one stored
 //! record as AT Protocol JSON. `RecordNotFound` when sluice holds no such record, or holds
-//! another version than `cid`.
+//! another version than `cid`; `InvalidRequest` "Could not locate record" when the repo is
+//! unknown or unreadable, as the reference PDS answers (without an appview behind it).
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use serde_json::Value;
 
-use super::repo_access::{at_uri, point_read, readable, record_json, repo_did, store_error};
+use super::repo_access::{Unshown, at_uri, point_read, readable_repo, record_json, repo_param, store_error};
 use super::Query;
 use crate::server::ServerState;
 use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
@@ -17,17 +18,18 @@ pub(super) const METHOD: &str = "com.atproto.repo.getRecord";
 
 pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
     let p = Params::from_query(q)?;
-    let did = repo_did(&p)?;
+    let repo = repo_param(&p)?;
     let (collection, rkey) = (p.nsid("collection")?.to_string(), p.rkey("rkey")?.to_string());
     let want = match p.opt("cid") {
         Some(s) => Some(cid::Cid::try_from(s).map_err(|_| XrpcError::invalid("cid must be a valid cid"))?),
         None => None,
     };
-    ok_json(point_read(&state, |store| read(store, &did, &collection, &rkey, want))?)
+    ok_json(point_read(&state, |store| read(store, &repo, &collection, &rkey, want))?)
 }
 
-fn read(store: &crate::store::Store, did: &str, collection: &str, rkey: &str, want: Option<cid::Cid>) -> Result<Value, XrpcError> {
-    readable(store, did)?;
+fn read(store: &crate::store::Store, repo: &str, collection: &str, rkey: &str, want: Option<cid::Cid>) -> Result<Value, XrpcError> {
+    let (did, _) = readable_repo(store, repo, Unshown::Fetched)?;
+    let did = did.as_str();
     let not_found = || XrpcError::record_not_found(format!("Could not locate record: {}", at_uri(did, collection, rkey)));
     let record = store.record(did, collection, rkey).map_err(store_error)?.ok_or_else(not_found)?;
     if want.is_some_and(|w| w.to_bytes() != record.cid) {

@@ -13,7 +13,7 @@ use axum::extract::State;
 use serde_json::{Value, json};
 
 use super::Query;
-use super::repo_access::{blocking, readable, record_json, repo_did, store_error};
+use super::repo_access::{Unshown, blocking, readable_repo, record_json, repo_param, store_error};
 use crate::server::ServerState;
 use crate::store::Store;
 use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
@@ -23,7 +23,7 @@ pub(super) const METHOD: &str = "com.atproto.repo.listRecords";
 
 /// One request's page.
 struct Page {
-    did: String,
+    repo: String,
     collection: String,
     cursor: Option<String>,
     limit: usize,
@@ -32,16 +32,16 @@ struct Page {
 
 pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
     let p = Params::from_query(q)?;
-    let did = repo_did(&p)?;
+    let repo = repo_param(&p)?;
     let collection = p.nsid("collection")?.to_string();
-    let page = Page { did, collection, limit: p.limit(50, 100)?, ascending: p.flag("reverse")?, cursor: p.opt("cursor").map(str::to_string) };
+    let page = Page { repo, collection, limit: p.limit(50, 100)?, ascending: p.flag("reverse")?, cursor: p.opt("cursor").map(str::to_string) };
     ok_json(blocking(&state, move |store| read(store, &page)).await?)
 }
 
 fn read(store: &Store, page: &Page) -> Result<Value, XrpcError> {
-    readable(store, &page.did)?;
-    let rows = store.collection_page(&page.did, &page.collection, page.cursor.as_deref(), page.limit, page.ascending).map_err(store_error)?;
-    let records = rows.iter().map(|(rkey, record)| record_json(&page.did, &page.collection, rkey, record)).collect::<Result<Vec<_>, _>>()?;
+    let (did, _) = readable_repo(store, &page.repo, Unshown::Listed)?;
+    let rows = store.collection_page(&did, &page.collection, page.cursor.as_deref(), page.limit, page.ascending).map_err(store_error)?;
+    let records = rows.iter().map(|(rkey, record)| record_json(&did, &page.collection, rkey, record)).collect::<Result<Vec<_>, _>>()?;
     let mut out = json!({ "records": records });
     if let Some((last, _)) = rows.last() {
         out["cursor"] = json!(last);

@@ -1,5 +1,6 @@
 //! What the XRPC methods share: reading the store (on the blocking pool, or inline for point
-//! reads), the `repo` parameter (DIDs only), and the rule for which repos a method may show.
+//! reads), the `repo` parameter (an at-identifier: a DID, or a handle looked up in the index
+//! of handles found to be their repo's own), and the rule for which repos a method may show.
 //!
 //! The rule: a repo sluice has no state for, or keeps nothing of (`discarded`), is not found.
 //! A `gone` repo answers as a PDS would for its account status, which its state's `error`
@@ -7,6 +8,11 @@
 //! deactivated, taken down and suspended accounts are known but unreadable; deleted ones (and
 //! DIDs that no longer resolve) are not found. Every other state (synced, or pending,
 //! backfilling, failing or desynchronized with what was stored before) is readable.
+//!
+//! What a method answers for a repo it cannot show follows Bluesky's reference PDS, method by
+//! method ([`Unshown`]): `describeRepo` names the reason (`RepoNotFound`, `RepoDeactivated`,
+//! `RepoTakendown`), while `listRecords` and `getRecord` answer every unknown or unreadable
+//! repo alike, with `InvalidRequest`.
 
 use std::sync::Arc;
 
@@ -35,15 +41,48 @@ pub(super) fn store_error(e: StoreError) -> XrpcError {
     XrpcError::internal(e.to_string())
 }
 
-/// The `repo` parameter, which must be a DID: sluice keeps no handle -> DID index.
-pub(super) fn repo_did(p: &Params) -> Result<String, XrpcError> {
+/// The `repo` parameter: a DID or a handle, as given.
+pub(super) fn repo_param(p: &Params) -> Result<String, XrpcError> {
     let repo = p.req("repo")?;
-    if crate::syntax::is_did(repo) {
-        return Ok(repo.to_string());
-    }
-    match crate::syntax::is_handle(repo) {
-        true => Err(XrpcError::invalid("repo must be a DID: sluice does not resolve handles")),
+    match crate::syntax::is_did(repo) || crate::syntax::is_handle(repo) {
+        true => Ok(repo.to_string()),
         false => Err(XrpcError::invalid("repo must be a valid did or handle")),
+    }
+}
+
+/// The DID an at-identifier names: a DID itself, or the repo whose own handle it is; `None`
+/// for a handle no stored repo was found to have.
+pub(super) fn did_of(store: &Store, repo: &str) -> Result<Option<String>, XrpcError> {
+    match crate::syntax::is_did(repo) {
+        true => Ok(Some(repo.to_string())),
+        false => store.did_for_handle(repo).map_err(store_error),
+    }
+}
+
+/// How a method answers for a repo it cannot show, as the reference PDS answers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unshown {
+    /// `describeRepo`: the reason, by name.
+    Described,
+    /// `listRecords`: `InvalidRequest`, "Could not find repo".
+    Listed,
+    /// `getRecord`: `InvalidRequest`, "Could not locate record".
+    Fetched,
+}
+
+/// The DID and state of `repo` (a DID or handle) when its records may be read; otherwise the
+/// error `method` answers with.
+pub(super) fn readable_repo(store: &Store, repo: &str, method: Unshown) -> Result<(String, RepoState), XrpcError> {
+    let found = match did_of(store, repo)? {
+        Some(did) => readable(store, &did).map(|state| (did, state)),
+        None => Err(XrpcError::repo_not_found(repo)),
+    };
+    match (found, method) {
+        (Ok(found), _) => Ok(found),
+        (Err(e), _) if e.status() == StatusCode::INTERNAL_SERVER_ERROR => Err(e),
+        (Err(e), Unshown::Described) => Err(e),
+        (Err(_), Unshown::Listed) => Err(XrpcError::invalid(format!("Could not find repo: {repo}"))),
+        (Err(_), Unshown::Fetched) => Err(XrpcError::invalid("Could not locate record")),
     }
 }
 

@@ -1,0 +1,251 @@
+//! Handles: resolving one to a DID, and checking that a repo's handle is its own.
+//!
+//! A handle is a repo's own when its DID document names it (`alsoKnownAs`) and it resolves back
+//! to the DID: the DNS TXT record `_atproto.<handle>` (`did=<DID>`), else
+//! `https://<handle>/.well-known/atproto-did`. With `[network] handle_resolver` set, a service's
+//! `com.atproto.identity.resolveHandle` answers instead (the devnet's relay, or an appview
+//! one trusts).
+//!
+//! The [`HandleChecker`] checks each repo once when its handle is stored or changes, and again
+//! after an `#identity` frame (the store queues them, see `store/handles.rs`), at a bounded
+//! rate, so that a backfill of millions of repos does not flood DNS or anyone's web server.
+//! Its verdicts fill the handle index that XRPC resolves at-identifiers through, and
+//! `describeRepo`'s `handleIsCorrect`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::rr::RData;
+use tokio_util::sync::CancellationToken;
+
+use crate::identity::{IdentityError, Resolver};
+use crate::store::Store;
+
+/// How a handle is resolved to a DID.
+pub struct HandleResolver {
+    http: reqwest::Client,
+    how: How,
+}
+
+enum How {
+    /// DNS TXT, then HTTPS well-known.
+    Direct(Box<TokioResolver>),
+    /// `com.atproto.identity.resolveHandle` at this base URL.
+    Service(String),
+}
+
+impl HandleResolver {
+    /// Resolves through `service`'s `resolveHandle` when given, else directly (DNS, HTTPS).
+    pub fn new(service: Option<&str>, timeout: Duration) -> Result<Self, String> {
+        let http = crate::http::client_builder().timeout(timeout).build().map_err(|e| e.to_string())?;
+        let how = match service {
+            Some(url) => How::Service(url.trim_end_matches('/').to_string()),
+            None => {
+                let mut builder = TokioResolver::builder_tokio().map_err(|e| format!("reading the system's DNS configuration: {e}"))?;
+                builder.options_mut().timeout = timeout;
+                How::Direct(Box::new(builder.build().map_err(|e| e.to_string())?))
+            }
+        };
+        Ok(Self { http, how })
+    }
+
+    /// The DID `handle` resolves to: `Ok(None)` when it resolves to none, `Err` when the
+    /// answer could not be had (worth asking again later).
+    pub async fn resolve(&self, handle: &str) -> Result<Option<String>, String> {
+        match &self.how {
+            How::Service(base) => self.by_service(base, handle).await,
+            How::Direct(dns) => match by_dns(dns, handle).await? {
+                Some(did) => Ok(Some(did)),
+                None => Ok(self.by_well_known(handle).await),
+            },
+        }
+    }
+
+    async fn by_service(&self, base: &str, handle: &str) -> Result<Option<String>, String> {
+        let url = format!("{base}/xrpc/com.atproto.identity.resolveHandle");
+        let resp = self.http.get(&url).query(&[("handle", handle)]).send().await.map_err(|e| crate::http::error_chain(&e))?;
+        if resp.status() == reqwest::StatusCode::BAD_REQUEST || resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(format!("{url} answered HTTP {}", resp.status()));
+        }
+        let body: serde_json::Value = resp.json().await.map_err(|e| crate::http::error_chain(&e))?;
+        Ok(body["did"].as_str().filter(|d| crate::syntax::is_did(d)).map(str::to_string))
+    }
+
+    /// `https://<handle>/.well-known/atproto-did`: any failure means it does not resolve there.
+    async fn by_well_known(&self, handle: &str) -> Option<String> {
+        let resp = self.http.get(format!("https://{handle}/.well-known/atproto-did")).send().await.ok()?;
+        if !resp.status().is_success() {
+            return None;
+        }
+        let body = resp.text().await.ok()?;
+        let did = body.trim();
+        crate::syntax::is_did(did).then(|| did.to_string())
+    }
+}
+
+/// The DID of `_atproto.<handle>`'s TXT record; `Ok(None)` when there is none (or several that
+/// disagree), `Err` when DNS did not answer.
+async fn by_dns(dns: &TokioResolver, handle: &str) -> Result<Option<String>, String> {
+    let lookup = match dns.txt_lookup(format!("_atproto.{handle}.")).await {
+        Ok(lookup) => lookup,
+        Err(e) if e.is_no_records_found() || e.is_nx_domain() => return Ok(None),
+        Err(e) => return Err(format!("DNS TXT _atproto.{handle}: {e}")),
+    };
+    let dids: Vec<String> = lookup
+        .answers()
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::TXT(txt) => Some(txt.txt_data.iter().map(|part| String::from_utf8_lossy(part)).collect::<String>()),
+            _ => None,
+        })
+        .filter_map(|text| text.strip_prefix("did=").filter(|d| crate::syntax::is_did(d)).map(str::to_string))
+        .collect();
+    Ok(match dids.as_slice() {
+        [did] => Some(did.clone()),
+        _ => None,
+    })
+}
+
+/// What one check concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The handle (`Some`: what the DID document names now) is the repo's own, or not.
+    Checked { handle: Option<String>, ok: bool },
+    /// The document or the handle could not be looked up now; asked again later.
+    Later(String),
+}
+
+/// Checks queued handles at a bounded rate (see the module's doc).
+pub struct HandleChecker {
+    store: Arc<Store>,
+    identities: Arc<Resolver>,
+    handles: HandleResolver,
+    per_sec: u32,
+}
+
+/// The cursor of the one-time pass that queues the handles of stores written before handles
+/// were checked; `done` when it finished.
+pub const QUEUE_OLD_CURSOR: &str = "handle-checks-queued";
+
+/// Checks in flight at once.
+const CONCURRENCY: usize = 16;
+
+impl HandleChecker {
+    /// A checker writing verdicts into `store`, `per_sec` checks a second at most.
+    pub fn new(store: Arc<Store>, identities: Arc<Resolver>, handles: HandleResolver, per_sec: u32) -> Self {
+        Self { store, identities, handles, per_sec: per_sec.max(1) }
+    }
+
+    /// Checks `did`'s handle: what its document names now, and whether that resolves back.
+    pub async fn check(&self, did: &str) -> Verdict {
+        let identity = match self.identities.resolve(did).await {
+            Ok(identity) => identity,
+            Err(IdentityError::NotFound(_) | IdentityError::InvalidDocument { .. } | IdentityError::Unsupported(_)) => {
+                return Verdict::Checked { handle: None, ok: false };
+            }
+            Err(e) => return Verdict::Later(e.to_string()),
+        };
+        let Some(handle) = identity.handle.clone().filter(|h| crate::syntax::is_handle(h)) else {
+            return Verdict::Checked { handle: None, ok: false };
+        };
+        match self.handles.resolve(&handle).await {
+            Ok(found) => Verdict::Checked { ok: found.as_deref() == Some(did), handle: Some(handle) },
+            Err(e) => Verdict::Later(e),
+        }
+    }
+
+    /// Takes queued checks until `stop`: first queues the never-checked handles of an older
+    /// store (once), then goes round the queue in DID order, a second apart between rounds.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        if let Err(e) = self.queue_old_handles(&stop).await {
+            tracing::warn!(error = %e, "queueing the handles of older repo states failed; they are checked when next stored");
+        }
+        let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(self.per_sec)));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut after: Option<String> = None;
+        while !stop.is_cancelled() {
+            let page = match self.store.handle_checks_after(after.as_deref(), 256) {
+                Ok(page) => page,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading the handle-check queue failed");
+                    Vec::new()
+                }
+            };
+            if page.is_empty() {
+                // The end of a round (checks put off wait for the next) or an empty queue.
+                after = None;
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            }
+            after = page.last().cloned();
+            let mut todo = page.into_iter();
+            let mut in_flight = FuturesUnordered::new();
+            loop {
+                while in_flight.len() < CONCURRENCY {
+                    let Some(did) = todo.next() else { break };
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = ticks.tick() => {}
+                    }
+                    let me = &self;
+                    in_flight.push(async move { (me.check(&did).await, did) });
+                }
+                let next = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    next = in_flight.next() => next,
+                };
+                match next {
+                    Some((verdict, did)) => self.record(&did, verdict),
+                    None => break,
+                }
+            }
+        }
+    }
+
+    fn record(&self, did: &str, verdict: Verdict) {
+        let written = match verdict {
+            Verdict::Checked { handle, ok } => {
+                tracing::debug!(did, handle = handle.as_deref().unwrap_or("-"), ok, "handle checked");
+                self.store.set_handle_verdict(did, handle, ok)
+            }
+            Verdict::Later(reason) => {
+                tracing::debug!(did, %reason, "handle check put off");
+                return;
+            }
+        };
+        if let Err(e) = written {
+            tracing::error!(did, error = %e, "storing a handle verdict failed");
+        }
+    }
+
+    /// Queues the handles never checked (a store from before handle checks), a page at a
+    /// time, resuming where a stopped pass left off.
+    async fn queue_old_handles(&self, stop: &CancellationToken) -> Result<(), crate::store::StoreError> {
+        let mut after = self.store.cursor(QUEUE_OLD_CURSOR)?;
+        if after.as_deref() == Some("done") {
+            return Ok(());
+        }
+        while !stop.is_cancelled() {
+            let store = self.store.clone();
+            let from = after.clone();
+            let next = tokio::task::spawn_blocking(move || store.queue_unchecked_handles(from.as_deref(), 1024)).await.expect("queueing task")?;
+            match next {
+                Some(next) => {
+                    self.store.save_cursor(QUEUE_OLD_CURSOR, &next)?;
+                    after = Some(next);
+                }
+                None => return self.store.save_cursor(QUEUE_OLD_CURSOR, "done"),
+            }
+        }
+        Ok(())
+    }
+}

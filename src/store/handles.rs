@@ -1,0 +1,204 @@
+//! The handle index and the handle-check queue, kept in step with repo states.
+//!
+//! - `handles`: lowercased handle -> DID, for every repo whose handle was checked and found to
+//!   be its own ([`RepoState::handle_ok`]). XRPC resolves at-identifiers through it, so a
+//!   handle that a DID document claims but that does not resolve back addresses nothing.
+//! - `handle_checks`: DID -> empty, the repos whose handle waits for a check (a new or changed
+//!   handle, or an `#identity` frame). The handle checker (`crate::handles`) takes from it.
+//!
+//! Every state write goes through [`Store::stage_handle`]: a write that changes the handle
+//! clears the verdict and queues a check; one that keeps the handle keeps the verdict, whatever
+//! the writer's copy of the state says. Only [`Store::set_handle_verdict`] sets a verdict.
+
+use std::collections::BTreeMap;
+use std::ops::Bound::{Excluded, Unbounded};
+
+use fjall::PersistMode;
+
+use super::values::{RepoState, RepoStatus, Stored};
+use super::{Result, Store};
+
+/// Whether two stored handles are the same handle (handles are case-insensitive).
+fn same_handle(a: Option<&str>, b: Option<&str>) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => a.eq_ignore_ascii_case(b),
+        (None, None) => true,
+        _ => false,
+    }
+}
+
+/// The `handles` key of a state: its handle, lowercased, when it was found to be its own.
+fn indexed(state: &RepoState) -> Option<String> {
+    state.handle.as_deref().filter(|_| state.handle_ok == Some(true)).map(str::to_ascii_lowercase)
+}
+
+/// Whether a state's handle waits for a check.
+fn needs_check(state: &RepoState) -> bool {
+    state.handle.is_some() && state.handle_ok.is_none() && state.status != RepoStatus::Discarded
+}
+
+impl Store {
+    /// Settles `new`'s handle verdict against `old` (see the module's rule, unless `verdict`
+    /// is the checker's own) and stages the index and queue changes that follow.
+    pub(super) fn stage_handle(&self, batch: &mut fjall::OwnedWriteBatch, did: &str, old: Option<&RepoState>, new: &mut RepoState, verdict: bool) -> Result<()> {
+        if !verdict {
+            new.handle_ok = match old {
+                Some(old) if same_handle(old.handle.as_deref(), new.handle.as_deref()) => old.handle_ok,
+                _ => None,
+            };
+        }
+        let (was, now) = (old.and_then(indexed), indexed(new));
+        if was != now {
+            if let Some(h) = was
+                && self.handles.get(h.as_bytes())?.is_some_and(|owner| &*owner == did.as_bytes())
+            {
+                batch.remove(&self.handles, h.as_bytes());
+            }
+            if let Some(h) = now {
+                // A handle resolves to one DID: a repo that held it before lost it.
+                if let Some(before) = self.handles.get(h.as_bytes())?
+                    && &*before != did.as_bytes()
+                {
+                    self.stage_lost_handle(batch, &String::from_utf8_lossy(&before))?;
+                }
+                batch.insert(&self.handles, h.as_bytes(), did.as_bytes());
+            }
+        }
+        if needs_check(new) && !old.is_some_and(needs_check) {
+            batch.insert(&self.handle_checks, did.as_bytes(), []);
+        }
+        Ok(())
+    }
+
+    /// Marks `did`'s handle as not its own (another repo's checked handle now): its index
+    /// entry moves to that repo in the same batch.
+    fn stage_lost_handle(&self, batch: &mut fjall::OwnedWriteBatch, did: &str) -> Result<()> {
+        if let Some(state) = self.repo_state(did)? {
+            batch.insert(&self.repos, did.as_bytes(), RepoState { handle_ok: Some(false), ..state }.encode());
+        }
+        Ok(())
+    }
+
+    /// The DID whose own handle `handle` is, as far as sluice has checked.
+    pub fn did_for_handle(&self, handle: &str) -> Result<Option<String>> {
+        Ok(self.handles.get(handle.to_ascii_lowercase().as_bytes())?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    }
+
+    /// Up to `limit` repos waiting for a handle check, in DID order after `after`.
+    pub fn handle_checks_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        let lo = after.map_or(Unbounded, |did| Excluded(did.as_bytes()));
+        let mut out = Vec::new();
+        for kv in self.handle_checks.range::<&[u8], _>((lo, Unbounded)).take(limit) {
+            out.push(String::from_utf8_lossy(&kv.key()?).into_owned());
+        }
+        Ok(out)
+    }
+
+    /// Asks for `did`'s handle to be checked again (an `#identity` frame came).
+    pub fn request_handle_check(&self, did: &str) -> Result<()> {
+        self.handle_checks.insert(did.as_bytes(), [])?;
+        Ok(())
+    }
+
+    /// Records the checker's verdict on `did`'s handle: `handle` (what its DID document names
+    /// now, which may differ from what was stored) is its own or not. Takes the repo off the
+    /// check queue. A repo sluice no longer has is only taken off.
+    pub fn set_handle_verdict(&self, did: &str, handle: Option<String>, ok: bool) -> Result<()> {
+        let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), 4).durability(Some(PersistMode::Buffer));
+        batch.remove(&self.handle_checks, did.as_bytes());
+        let writer = self.writer.lock().expect("writer lock");
+        if let Some(old) = self.repo_state(did)? {
+            let handle_ok = handle.is_some().then_some(ok);
+            let new = RepoState { handle, handle_ok, ..old.clone() };
+            let mut deltas = BTreeMap::new();
+            self.stage_state_as(&mut batch, &mut deltas, &writer, did, Some(old), new, true)?;
+        }
+        batch.commit()?;
+        drop(writer);
+        Ok(())
+    }
+
+    /// Queues a check for every repo whose handle was never checked (stores written before
+    /// handles were checked), `limit` states at a time from `after`; returns where to go on
+    /// from, `None` at the end.
+    pub fn queue_unchecked_handles(&self, after: Option<&str>, limit: usize) -> Result<Option<String>> {
+        let (page, last) = self.repo_state_page(after, limit, limit, needs_check)?;
+        for (did, _) in &page {
+            self.request_handle_check(did)?;
+        }
+        Ok(last)
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    const DIDS: [&str; 3] = ["did:plc:aaa", "did:plc:bbb", "did:plc:ccc"];
+    const HANDLES: [&str; 3] = ["a.test", "B.test", "b.TEST"];
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A writer stores a state with this handle (none: `None`) and some verdict of its own.
+        Store { did: usize, handle: Option<usize>, claimed: Option<bool>, discarded: bool },
+        /// The checker's verdict.
+        Verdict { did: usize, handle: Option<usize>, ok: bool },
+        /// An `#identity` frame asks for a check.
+        Request { did: usize },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..3usize, proptest::option::of(0..3usize), proptest::option::of(any::<bool>()), any::<bool>())
+                .prop_map(|(did, handle, claimed, discarded)| Op::Store { did, handle, claimed, discarded }),
+            (0..3usize, proptest::option::of(0..3usize), any::<bool>()).prop_map(|(did, handle, ok)| Op::Verdict { did, handle, ok }),
+            (0..3usize).prop_map(|did| Op::Request { did }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Whatever writers and the checker do, in any order: an indexed handle is its repo's
+        /// current, checked-good handle; every checked-good handle is indexed (a handle found
+        /// good for one repo is no longer good for the one that held it); a writer's own
+        /// verdict never stands; and every handle that waits for a check is queued.
+        #[test]
+        fn the_index_and_the_queue_follow_the_states(ops in proptest::collection::vec(op(), 1..40)) {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            for op in ops {
+                match op {
+                    Op::Store { did, handle, claimed, discarded } => {
+                        let before = store.repo_state(DIDS[did]).unwrap();
+                        let status = if discarded { RepoStatus::Discarded } else { RepoStatus::Synced };
+                        let handle = handle.map(|h| HANDLES[h].to_string());
+                        let state = RepoState { status, handle: handle.clone(), handle_ok: claimed, ..Default::default() };
+                        store.set_states(&[(DIDS[did].to_string(), state)], None).unwrap();
+                        let after = store.repo_state(DIDS[did]).unwrap().unwrap();
+                        let kept = before.filter(|b| same_handle(b.handle.as_deref(), handle.as_deref())).and_then(|b| b.handle_ok);
+                        prop_assert_eq!(after.handle_ok, kept, "a writer's verdict never stands");
+                    }
+                    Op::Verdict { did, handle, ok } => store.set_handle_verdict(DIDS[did], handle.map(|h| HANDLES[h].to_string()), ok).unwrap(),
+                    Op::Request { did } => store.request_handle_check(DIDS[did]).unwrap(),
+                }
+                let states: Vec<(String, RepoState)> = DIDS.iter().filter_map(|d| store.repo_state(d).unwrap().map(|s| (d.to_string(), s))).collect();
+                for kv in store.handles.iter() {
+                    let (h, d) = kv.into_inner().unwrap();
+                    let (h, d) = (String::from_utf8(h.to_vec()).unwrap(), String::from_utf8(d.to_vec()).unwrap());
+                    let state = &states.iter().find(|(did, _)| *did == d).expect("an indexed repo exists").1;
+                    prop_assert_eq!(indexed(state), Some(h.clone()), "{} -> {} is its current, good handle", h, d);
+                }
+                for (did, state) in &states {
+                    if let Some(h) = indexed(state) {
+                        prop_assert_eq!(store.did_for_handle(&h).unwrap(), Some(did.clone()), "{}'s good handle {} is indexed", did, h);
+                    }
+                    if needs_check(state) {
+                        prop_assert!(store.handle_checks_after(None, 10).unwrap().contains(did), "{}'s handle waits for a check", did);
+                    }
+                }
+            }
+        }
+    }
+}
