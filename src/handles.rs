@@ -187,26 +187,33 @@ impl HandleChecker {
                 continue;
             }
             after = page.last().cloned();
-            let mut todo = page.into_iter();
-            let mut in_flight = FuturesUnordered::new();
-            loop {
-                while in_flight.len() < CONCURRENCY {
-                    let Some(did) = todo.next() else { break };
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = ticks.tick() => {}
-                    }
-                    let me = &self;
-                    in_flight.push(async move { (me.check(&did).await, did) });
+            if self.check_page(page, &mut ticks, &stop).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Checks the repos of `page`, one per tick, [`CONCURRENCY`] at a time, and records the
+    /// verdicts; `Err` when asked to stop.
+    async fn check_page(&self, page: Vec<String>, ticks: &mut tokio::time::Interval, stop: &CancellationToken) -> Result<(), ()> {
+        let mut todo = page.into_iter();
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            while in_flight.len() < CONCURRENCY {
+                let Some(did) = todo.next() else { break };
+                tokio::select! {
+                    _ = stop.cancelled() => return Err(()),
+                    _ = ticks.tick() => {}
                 }
-                let next = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    next = in_flight.next() => next,
-                };
-                match next {
-                    Some((verdict, did)) => self.record(&did, verdict),
-                    None => break,
-                }
+                in_flight.push(async move { (self.check(&did).await, did) });
+            }
+            let next = tokio::select! {
+                _ = stop.cancelled() => return Err(()),
+                next = in_flight.next() => next,
+            };
+            match next {
+                Some((verdict, did)) => self.record(&did, verdict),
+                None => return Ok(()),
             }
         }
     }

@@ -76,6 +76,48 @@ async fn connect(url: &str, stop: &CancellationToken) -> Result<Socket, Ended> {
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// The liveness state of one connection: when the server was last heard, and whether a ping
+/// waits for its answer.
+struct Pulse {
+    liveness: Liveness,
+    heard: Instant,
+    pinged: Option<Instant>,
+    /// The server answered at least once (a frame or a pong).
+    healthy: bool,
+}
+
+impl Pulse {
+    fn new(liveness: Liveness) -> Self {
+        Self { liveness, heard: Instant::now(), pinged: None, healthy: false }
+    }
+
+    /// When to act next: ping after a quiet spell, or give up on an unanswered ping.
+    fn deadline(&self) -> Instant {
+        match self.pinged {
+            Some(at) => at + self.liveness.pong_timeout,
+            None => self.heard + self.liveness.ping_interval,
+        }
+    }
+
+    fn heard(&mut self) {
+        (self.heard, self.pinged, self.healthy) = (Instant::now(), None, true);
+    }
+
+    /// At the deadline: pings, or ends the connection when the last ping went unanswered.
+    async fn at_deadline(&mut self, socket: &mut Socket) -> Result<(), Ended> {
+        let healthy = self.healthy;
+        if self.pinged.is_some() {
+            return Err(Ended::Dropped { reason: format!("no answer to a ping within {} ms", self.liveness.pong_timeout.as_millis()), healthy });
+        }
+        self.pinged = Some(Instant::now());
+        match tokio::time::timeout(self.liveness.pong_timeout, socket.send(Message::Ping(Bytes::new()))).await {
+            Ok(Err(e)) => Err(Ended::Dropped { reason: format!("sending a ping: {e}"), healthy }),
+            // Sent, or stuck: the pong timeout judges either.
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Reads one connection to `url` until it ends, sending binary messages to `frames`.
 pub(super) async fn read_connection(url: &str, frames: &mpsc::Sender<Bytes>, stop: &CancellationToken, liveness: Liveness) -> Ended {
     let mut socket = match connect(url, stop).await {
@@ -83,15 +125,8 @@ pub(super) async fn read_connection(url: &str, frames: &mpsc::Sender<Bytes>, sto
         Err(ended) => return ended,
     };
     tracing::info!(url, "firehose connected");
-    let mut healthy = false;
-    // Nothing heard since this instant; a ping went out at `pinged` when one is unanswered.
-    let mut heard = Instant::now();
-    let mut pinged: Option<Instant> = None;
+    let mut pulse = Pulse::new(liveness);
     loop {
-        let deadline = match pinged {
-            Some(at) => at + liveness.pong_timeout,
-            None => heard + liveness.ping_interval,
-        };
         let next = tokio::select! {
             // Messages already read come before the timer, so a consumer that made us wait
             // (a full shard queue) does not look like a dead server.
@@ -101,28 +136,22 @@ pub(super) async fn read_connection(url: &str, frames: &mpsc::Sender<Bytes>, sto
                 return Ended::Stopped;
             }
             next = socket.next() => next,
-            _ = tokio::time::sleep_until(deadline) => {
-                if pinged.is_some() {
-                    return Ended::Dropped { reason: format!("no answer to a ping within {} ms", liveness.pong_timeout.as_millis()), healthy };
-                }
-                pinged = Some(Instant::now());
-                if let Err(e) = tokio::time::timeout(liveness.pong_timeout, socket.send(Message::Ping(Bytes::new()))).await.unwrap_or(Ok(())) {
-                    return Ended::Dropped { reason: format!("sending a ping: {e}"), healthy };
-                }
-                continue;
-            }
+            _ = tokio::time::sleep_until(pulse.deadline()) => match pulse.at_deadline(&mut socket).await {
+                Ok(()) => continue,
+                Err(ended) => return ended,
+            },
         };
         let reason = match next {
             None => "the server closed the stream".into(),
             Some(Err(e)) => e.to_string(),
             Some(Ok(message)) => {
-                (heard, pinged, healthy) = (Instant::now(), None, true);
+                pulse.heard();
                 match message {
                     Message::Binary(bytes) => {
                         if frames.send(bytes).await.is_err() {
                             return Ended::Stopped;
                         }
-                        heard = Instant::now();
+                        pulse.heard();
                         continue;
                     }
                     Message::Close(close) => format!("closed by the server: {}", close.map(|c| c.reason.to_string()).unwrap_or_default()),
@@ -135,7 +164,7 @@ pub(super) async fn read_connection(url: &str, frames: &mpsc::Sender<Bytes>, sto
                 }
             }
         };
-        return Ended::Dropped { reason, healthy };
+        return Ended::Dropped { reason, healthy: pulse.healthy };
     }
 }
 
