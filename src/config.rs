@@ -32,6 +32,88 @@ pub struct Config {
     pub server: ServerConfig,
     /// The event log.
     pub events: EventsConfig,
+    /// Where the event log is published besides the server.
+    pub sink: SinkConfig,
+    /// Sharded indexing across nodes.
+    pub cluster: ClusterConfig,
+}
+
+/// `[sink]`: where else the event log goes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SinkConfig {
+    /// `[sink.nats]` (or `SLUICE_NATS_URL`): publish every event to a NATS JetStream stream.
+    pub nats: Option<NatsSinkConfig>,
+}
+
+/// `[sink.nats]`: the JetStream sink (see `sink.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSinkConfig {
+    /// `SLUICE_NATS_URL`: the server (`nats://host:port`, several comma-separated).
+    pub url: String,
+    /// The stream, created when missing (never changed when it exists).
+    pub stream: String,
+    /// Subjects are `<prefix>.record.<collection>.<action>`, `<prefix>.identity`,
+    /// `<prefix>.account`; the stream takes `<prefix>.>`.
+    pub subject_prefix: String,
+    /// The environment variables holding credentials, when set: a user and password, a
+    /// token, or the path of a `.creds` file.
+    pub user_env: String,
+    /// See `user_env`.
+    pub password_env: String,
+    /// See `user_env`.
+    pub token_env: String,
+    /// See `user_env`.
+    pub creds_file_env: String,
+    /// A stream sluice creates keeps messages this long (0 = for ever).
+    pub max_age_hours: f64,
+    /// ... and at most this many bytes (-1 = no limit).
+    pub max_bytes: i64,
+    /// ... with this many replicas (a clustered NATS).
+    pub replicas: usize,
+    /// ... and drops a message whose `Nats-Msg-Id` it saw within this window: a republish
+    /// after a crash is dropped if the restart comes within it.
+    pub duplicate_window_secs: u64,
+    /// Publishes sent before their acks are awaited.
+    pub in_flight: usize,
+}
+
+impl Default for NatsSinkConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            stream: "SLUICE".into(),
+            subject_prefix: "sluice".into(),
+            user_env: "SLUICE_NATS_USER".into(),
+            password_env: "SLUICE_NATS_PASSWORD".into(),
+            token_env: "SLUICE_NATS_TOKEN".into(),
+            creds_file_env: "SLUICE_NATS_CREDS".into(),
+            max_age_hours: 72.0,
+            max_bytes: -1,
+            replicas: 1,
+            duplicate_window_secs: 600,
+            in_flight: 512,
+        }
+    }
+}
+
+/// `[cluster]`: sharded indexing (see `cluster.rs`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `SLUICE_SHARD`: `"I/N"`, this node's shard of N (`"0/1"`: the whole network).
+    pub shard: crate::cluster::Shard,
+    /// `SLUICE_NODE`: this node's name in message ids (`Nats-Msg-Id` = `<node>:<event id>`);
+    /// `shard-I-of-N` when unset.
+    pub node: Option<String>,
+}
+
+impl ClusterConfig {
+    /// The node's name (see `node`).
+    pub fn node_name(&self) -> String {
+        self.node.clone().unwrap_or_else(|| format!("shard-{}-of-{}", self.shard.index, self.shard.count))
+    }
 }
 
 /// `[events]`: how long the event log keeps events.
@@ -321,6 +403,13 @@ impl Config {
             self.firehose.url = Some(v.trim().to_string());
         }
         parsed(&get, "SLUICE_PLC_URL", &mut self.network.plc)?;
+        parsed(&get, "SLUICE_SHARD", &mut self.cluster.shard)?;
+        if let Some(v) = get("SLUICE_NODE").filter(|v| !v.trim().is_empty()) {
+            self.cluster.node = Some(v.trim().to_string());
+        }
+        if let Some(v) = get("SLUICE_NATS_URL").filter(|v| !v.trim().is_empty()) {
+            self.sink.nats.get_or_insert_with(NatsSinkConfig::default).url = v.trim().to_string();
+        }
         if let Some(v) = get("SLUICE_HANDLE_RESOLVER") {
             self.network.handle_resolver = Some(v.trim().to_string()).filter(|v| !v.is_empty());
         }

@@ -36,6 +36,7 @@
 
 pub mod alloc;
 pub mod backfill;
+pub mod cluster;
 pub mod config;
 pub mod devnet;
 pub mod filter;
@@ -48,6 +49,7 @@ pub mod pipeline;
 pub mod repo;
 pub mod server;
 pub mod service;
+pub mod sink;
 pub mod store;
 pub mod syntax;
 pub mod tail;

@@ -45,6 +45,9 @@ pub struct Service {
     server: Option<crate::server::DedicatedServer>,
     retention: Option<JoinHandle<()>>,
     handle_checks: Option<JoinHandle<()>>,
+    /// The NATS sink, when `[sink.nats]` is set.
+    pub sink: Option<Arc<crate::sink::NatsSink>>,
+    sink_task: Option<JoinHandle<()>>,
 }
 
 impl Service {
@@ -59,9 +62,14 @@ impl Service {
             backfill.queue(&opts.dids)?;
         }
         let forever = mode == RunMode::Forever;
-        let mut service = Service { backfill, firehose: None, stop: CancellationToken::new(), live: None, server: None, retention: None, handle_checks: None };
+        let mut service = Service { backfill, firehose: None, stop: CancellationToken::new(), live: None, server: None, retention: None, handle_checks: None, sink: None, sink_task: None };
         if forever && config.firehose.enabled {
             service.start_firehose(sluice, config)?;
+        }
+        if forever && let Some(nats) = &config.sink.nats {
+            let sink = crate::sink::NatsSink::new(sluice.store().clone(), nats.clone(), config.cluster.node_name())?;
+            service.sink_task = Some(tokio::spawn(sink.clone().run(service.stop.clone())));
+            service.sink = Some(sink);
         }
         if forever && config.server.enabled {
             service.start_server(sluice, config).await?;
@@ -135,6 +143,7 @@ impl Service {
         let listener = crate::server::bind(config).await?;
         let mut state = ServerState::new(sluice.pipeline().clone(), config.clone());
         (state.backfill, state.firehose, state.stop) = (Some(self.backfill.clone()), self.firehose.clone(), self.stop.clone());
+        state.sink = self.sink.clone();
         self.server = Some(crate::server::serve_dedicated(listener, Arc::new(state), crate::config::cores())?);
         Ok(())
     }
@@ -169,7 +178,7 @@ impl Service {
         if let Some(server) = self.server.take() {
             server.join().await?;
         }
-        for task in [self.retention.take(), self.handle_checks.take()].into_iter().flatten() {
+        for task in [self.retention.take(), self.handle_checks.take(), self.sink_task.take()].into_iter().flatten() {
             task.await?;
         }
         result?;

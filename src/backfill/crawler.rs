@@ -90,6 +90,8 @@ pub struct CrawlSummary {
 pub struct Crawler {
     http: reqwest::Client,
     relay: String,
+    /// Only the DIDs of this shard are queued.
+    shard: crate::cluster::Shard,
     /// DIDs per page asked for.
     pub page_size: u32,
 }
@@ -98,7 +100,12 @@ impl Crawler {
     /// A crawler of the relay at `relay`.
     pub fn new(relay: &str) -> Self {
         let http = crate::http::client_builder().timeout(Duration::from_secs(60)).build().expect("HTTP client");
-        Self { http, relay: relay.trim_end_matches('/').to_string(), page_size: 1000 }
+        Self { http, relay: relay.trim_end_matches('/').to_string(), shard: crate::cluster::Shard::default(), page_size: 1000 }
+    }
+
+    /// The same crawler queueing only `shard`'s DIDs.
+    pub fn for_shard(self, shard: crate::cluster::Shard) -> Self {
+        Self { shard, ..self }
     }
 
     /// Pages through `listing` from its saved cursor to the end, queueing new repos.
@@ -112,7 +119,7 @@ impl Crawler {
         loop {
             let page = self.page(listing, cursor.as_deref()).await?;
             summary.listed += page.repos.len() as u64;
-            let (queued, inactive) = queue_page(store, &page.repos, &service, page.cursor.as_deref())?;
+            let (queued, inactive) = queue_page(store, &page.repos, self.shard, &service, page.cursor.as_deref())?;
             summary.queued += queued;
             summary.inactive += inactive;
             match page.cursor {
@@ -156,12 +163,12 @@ impl Crawler {
     }
 }
 
-/// Queues the new DIDs of a page (inactive ones recorded as gone), with the page's cursor in
-/// the same batch. Returns (queued, inactive).
-fn queue_page(store: &Store, repos: &[Listed], service: &str, cursor: Option<&str>) -> anyhow::Result<(u64, u64)> {
+/// Queues the new DIDs of a page that `shard` owns (inactive ones recorded as gone), with the
+/// page's cursor in the same batch. Returns (queued, inactive).
+fn queue_page(store: &Store, repos: &[Listed], shard: crate::cluster::Shard, service: &str, cursor: Option<&str>) -> anyhow::Result<(u64, u64)> {
     let now = now_ms();
     let fresh = RepoState { updated_ms: now, ..Default::default() };
-    let candidates = repos.iter().filter(|listed| crate::syntax::is_did(&listed.did)).map(|listed| {
+    let candidates = repos.iter().filter(|listed| crate::syntax::is_did(&listed.did) && shard.owns(&listed.did)).map(|listed| {
         let state = match listed.active {
             true => fresh.clone(),
             false => schedule::gone(&fresh, listed.status.clone().unwrap_or_else(|| "inactive".into()), now),

@@ -89,6 +89,8 @@ pub struct Backfill {
     pipeline: Pipeline,
     config: BackfillConfig,
     relay: String,
+    /// The DIDs this node indexes (see `cluster.rs`).
+    shard: crate::cluster::Shard,
     resolver: Arc<Resolver>,
     fetcher: RepoFetcher,
     /// Repos read and walked at once: one per core. Downloads beyond that wait spooled.
@@ -120,6 +122,7 @@ impl Backfill {
             pipeline,
             config: config.backfill.clone(),
             relay: config.network.relay.clone(),
+            shard: config.cluster.shard,
             resolver: Arc::new(resolver),
             fetcher: RepoFetcher::new(config.limits.car_limits(), config.storage.path.join("spool")),
             walk_permits: Arc::new(Semaphore::new(cores)),
@@ -188,6 +191,11 @@ impl Backfill {
         self.stop.load(Ordering::Relaxed) || self.run_over.load(Ordering::Relaxed) || self.fatal.lock().expect("fatal").is_some()
     }
 
+    /// The DIDs among `dids` this node's shard owns.
+    pub fn owned(&self, dids: &[String]) -> Vec<String> {
+        dids.iter().filter(|did| self.shard.owns(did)).cloned().collect()
+    }
+
     /// Queues `dids` now, whatever their state (`sluice backfill --did`). Returns how many.
     pub fn queue(&self, dids: &[String]) -> anyhow::Result<usize> {
         let now = now_ms();
@@ -195,6 +203,9 @@ impl Backfill {
         for did in dids {
             if !crate::syntax::is_did(did) {
                 anyhow::bail!("{did:?} is not a valid DID");
+            }
+            if !self.shard.owns(did) {
+                anyhow::bail!("{did} belongs to shard {}/{}; this node indexes shard {}", crate::cluster::Shard::of(did, self.shard.count), self.shard.count, self.shard);
             }
             let state = self.store().repo_state(did)?.unwrap_or_default();
             states.push((did.clone(), schedule::requeued(&state, 0, now)));
@@ -213,7 +224,7 @@ impl Backfill {
         let fail = |e: &dyn std::fmt::Display| BackfillError(e.to_string());
         self.run_over.store(false, Ordering::Relaxed);
         let dids: Vec<String> = self.pipeline.filter().load().filter.dids.iter().cloned().collect();
-        self.store().enqueue_new(&dids, None).map_err(|e| fail(&e))?;
+        self.store().enqueue_new(&self.owned(&dids), None).map_err(|e| fail(&e))?;
         // Nothing is in flight yet: repos an earlier run left in flight are taken again.
         self.store().rewind_queue();
         self.fetcher.clear_spool().map_err(|e| BackfillError(format!("clearing the spool directory: {e}")))?;
@@ -335,7 +346,7 @@ impl Backfill {
 
     /// Runs every listing the filter needs, logging what each found.
     async fn crawl_all(&self, done: &AtomicBool) {
-        let crawler = Crawler::new(&self.relay);
+        let crawler = Crawler::new(&self.relay).for_shard(self.shard);
         let filter = self.pipeline.filter().load();
         for listing in Listing::for_filter(&filter.filter) {
             match crawler.crawl(self.store(), &listing).await {

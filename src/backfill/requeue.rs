@@ -69,7 +69,7 @@ pub(super) async fn follow_filter_edits(backfill: &Arc<Backfill>) {
 /// DID order a chunk at a time (memory stays bounded however many repos the store holds).
 async fn requeue(backfill: &Backfill, widened: &Widening) -> anyhow::Result<usize> {
     let store = backfill.store();
-    store.enqueue_new(&widened.new_dids, None)?;
+    store.enqueue_new(&backfill.owned(&widened.new_dids), None)?;
     let wanted = |status: RepoStatus| (status == RepoStatus::Synced && widened.synced) || (status == RepoStatus::Discarded && widened.discarded);
     let per_sec = backfill.config.requeue_per_sec.max(1);
     // Newly listed DIDs that were discarded are walked again whatever else the edit widens.

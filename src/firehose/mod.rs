@@ -91,6 +91,10 @@ pub struct Firehose {
     closing: AtomicBool,
     /// Connections made.
     connections: AtomicU64,
+    /// The repos this node indexes; other repos' frames are dropped on arrival.
+    shard: crate::cluster::Shard,
+    /// Frames of other shards' repos dropped.
+    other_shards: AtomicU64,
     liveness: client::Liveness,
     /// Without a position, since when (unix µs) events may have been missed: the next
     /// connection's first frame looks back to it.
@@ -135,6 +139,8 @@ impl Firehose {
             paused: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             connections: AtomicU64::new(0),
+            shard: config.cluster.shard,
+            other_shards: AtomicU64::new(0),
             liveness: client::Liveness {
                 ping_interval: Duration::from_millis(config.firehose.ping_interval_ms.max(1)),
                 pong_timeout: Duration::from_millis(config.firehose.pong_timeout_ms.max(1)),
@@ -163,6 +169,11 @@ impl Firehose {
     /// Frames refused as undecodable.
     pub fn malformed(&self) -> u64 {
         self.malformed.load(Ordering::Relaxed)
+    }
+
+    /// Frames of repos other shards own, dropped on arrival.
+    pub fn other_shards(&self) -> u64 {
+        self.other_shards.load(Ordering::Relaxed)
     }
 
     /// Connections made so far.
@@ -216,6 +227,15 @@ impl Firehose {
         };
         if let Some(seq) = frame.seq() {
             self.save_first_position(seq);
+        }
+        if !self.shard.owns(&did) {
+            // Another node's repo: dropped before any signature check or block read.
+            self.other_shards.fetch_add(1, Ordering::Relaxed);
+            if let Some(seq) = frame.seq() {
+                self.tracker.dispatched(seq);
+                self.tracker.finished(seq);
+            }
+            return;
         }
         if let Some(shards) = self.shards.lock().expect("shards").as_ref() {
             shards.dispatch(frame.seq(), &did, frame, raw);

@@ -49,5 +49,13 @@ async fn health(axum::extract::State(state): axum::extract::State<Arc<ServerStat
         "backfill": state.backfill.is_some(),
         "firehose": state.firehose.as_ref().map(|f| json!({"cursor": f.safe_cursor(), "in_flight": f.in_flight()})),
         "filter": filter_status(&state),
+        "shard": state.config.cluster.shard.to_string(),
+        "nats": state.sink.as_ref().map(|s| json!({
+            "published": s.published(),
+            "behind": s.behind(),
+            "connected": s.connected(),
+            "duplicates": s.duplicates(),
+            "error": s.last_error(),
+        })),
     }))
 }

@@ -52,6 +52,7 @@ pub fn render(state: &ServerState) -> String {
     events(&mut out, state);
     repos(&mut out, state);
     live(&mut out, state);
+    sink(&mut out, state);
     filter(&mut out, state);
     let name = "sluice_stream_clients";
     Family::start(&mut out, name, "gauge", "Event stream clients connected (subscribeEvents and /subscribe).").sample(name, &[], state.stream_clients.load(Ordering::Relaxed));
@@ -105,6 +106,18 @@ fn repos(out: &mut String, state: &ServerState) {
     }
 }
 
+fn sink(out: &mut String, state: &ServerState) {
+    let Some(sink) = &state.sink else { return };
+    let name = "sluice_nats_published_id";
+    Family::start(out, name, "gauge", "The id of the last event the NATS stream acked.").sample(name, &[], sink.published());
+    let name = "sluice_nats_behind_events";
+    Family::start(out, name, "gauge", "Events in the log not yet published to NATS (retention keeps them).").sample(name, &[], sink.behind());
+    let name = "sluice_nats_connected";
+    Family::start(out, name, "gauge", "1 while publishing to NATS succeeds.").sample(name, &[], u8::from(sink.connected()));
+    let name = "sluice_nats_duplicates_total";
+    Family::start(out, name, "counter", "Republished events the stream dropped as duplicates.").sample(name, &[], sink.duplicates());
+}
+
 fn live(out: &mut String, state: &ServerState) {
     let Some(firehose) = &state.firehose else { return };
     let m = firehose.live().metrics();
@@ -117,7 +130,8 @@ fn live(out: &mut String, state: &ServerState) {
         .sample(name, &[("outcome", "stale")], load(&m.stale))
         .sample(name, &[("outcome", "dropped")], load(&m.dropped))
         .sample(name, &[("outcome", "refused")], load(&m.refused))
-        .sample(name, &[("outcome", "malformed")], firehose.malformed());
+        .sample(name, &[("outcome", "malformed")], firehose.malformed())
+        .sample(name, &[("outcome", "other_shard")], firehose.other_shards());
     let name = "sluice_firehose_cursor";
     Family::start(out, name, "gauge", "The firehose seq everything up to which is applied.").sample(name, &[], firehose.safe_cursor());
     let name = "sluice_firehose_in_flight";

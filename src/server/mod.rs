@@ -47,6 +47,8 @@ pub struct ServerState {
     pub backfill: Option<Arc<Backfill>>,
     /// Live ingestion, when this process runs it.
     pub firehose: Option<Arc<Firehose>>,
+    /// The NATS sink, when this process runs it.
+    pub sink: Option<Arc<crate::sink::NatsSink>>,
     /// When the server started.
     pub started: Instant,
     /// Cancelled at shutdown: long-lived streams end.
@@ -86,6 +88,7 @@ impl ServerState {
             config,
             backfill: None,
             firehose: None,
+            sink: None,
             started: Instant::now(),
             stop: CancellationToken::new(),
             stream_clients: AtomicI64::new(0),

@@ -143,6 +143,8 @@ pub struct Store {
     queue_scan: Mutex<queue::Scan>,
     /// Where the event log starts since the last trim (see `retention.rs`).
     log_start: Mutex<retention::LogStart>,
+    /// Retention keeps every event from this id on (`u64::MAX`: none held; see `retention.rs`).
+    events_held_from: std::sync::atomic::AtomicU64,
     /// did -> retry state.
     pub resync: Keyspace,
     /// did\0rev -> live commit held during a backfill.
@@ -190,6 +192,7 @@ impl Store {
             writer: Mutex::new(Writer { next_event: 1, last_time: 0, counts: BTreeMap::new(), queue_floor_ms: 0 }),
             queue_scan: Mutex::default(),
             log_start: Mutex::default(),
+            events_held_from: std::sync::atomic::AtomicU64::new(u64::MAX),
             event_head: tokio::sync::watch::Sender::new(1),
             queue_changes: tokio::sync::watch::Sender::new(0),
             clock: now_us,

@@ -6,7 +6,8 @@
 //! from it when the store opens, so ids never repeat after a trim: the log stays gapless from
 //! its oldest retained event on. Pages written before events had times (format 1) are older
 //! than every timed page and go with the first timed page that goes. Records, repos and
-//! handler indexes are untouched: retention bounds the log, not the index.
+//! handler indexes are untouched: retention bounds the log, not the index. Events a sink has
+//! not published yet are held ([`Store::hold_events_from`]): their pages stay, however old.
 
 use fjall::PersistMode;
 
@@ -90,7 +91,8 @@ impl Store {
             let next = next.into_inner()?;
             let page = TimeEntry::decode(&current.0, &current.1)?;
             let span = page.span;
-            if trimmed.pages as usize >= max_pages || page.last_time() >= cutoff_us {
+            let held = span.first_id + u64::from(span.count) > self.events_held_from.load(std::sync::atomic::Ordering::Relaxed);
+            if trimmed.pages as usize >= max_pages || page.last_time() >= cutoff_us || held {
                 break;
             }
             if trimmed.pages == 0 && from.is_none() {
@@ -119,6 +121,12 @@ impl Store {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Keeps every event from `id` on from retention, whatever its age (`u64::MAX`: none held):
+    /// what a sink that has not published them yet asks for.
+    pub fn hold_events_from(&self, id: u64) {
+        self.events_held_from.store(id, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The id of the oldest event in the log, `None` when it is empty.
@@ -168,6 +176,21 @@ mod tests {
         assert_eq!(commit_at(&store, 2_500, 1), 7);
         assert_eq!(store.events_from(1, 10).unwrap().first().map(|e| e.0), Some(6), "a cursor before the log starts at its oldest event");
         assert_eq!(store.first_event_after_time(1).unwrap(), Some(6));
+    }
+
+    #[test]
+    fn held_events_stay_however_old_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        commit_at(&store, 1_000, 3); // ids 1-3
+        commit_at(&store, 2_000, 2); // ids 4-5
+        commit_at(&store, 3_000, 1); // id 6
+        store.hold_events_from(3);
+        assert_eq!(store.trim_events_before(u64::MAX, 10).unwrap(), Trimmed::default(), "the page holding id 3 stays, and all after it");
+        store.hold_events_from(4);
+        assert_eq!(store.trim_events_before(u64::MAX, 10).unwrap(), Trimmed { pages: 1, events: 3, oldest_left: Some(4) });
+        store.hold_events_from(u64::MAX);
+        assert_eq!(store.trim_events_before(u64::MAX, 10).unwrap().oldest_left, Some(6));
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub(super) const METHOD: &str = "com.atproto.repo.describeRepo";
 
 pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
     let p = Params::from_query(q)?;
-    let repo = repo_param(&p)?;
+    let repo = repo_param(&p, state.config.cluster.shard)?;
     ok_json(blocking(&state, move |store| read(store, &repo)).await?)
 }
 

@@ -18,7 +18,7 @@ pub(super) const METHOD: &str = "com.atproto.repo.getRecord";
 
 pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
     let p = Params::from_query(q)?;
-    let repo = repo_param(&p)?;
+    let repo = repo_param(&p, state.config.cluster.shard)?;
     let (collection, rkey) = (p.nsid("collection")?.to_string(), p.rkey("rkey")?.to_string());
     let want = match p.opt("cid") {
         Some(s) => Some(cid::Cid::try_from(s).map_err(|_| XrpcError::invalid("cid must be a valid cid"))?),

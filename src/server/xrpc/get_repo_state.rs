@@ -21,6 +21,7 @@ pub(super) const NAME: &str = "getRepoState";
 pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
     let p = Params::from_query(q)?;
     let did = p.did("did")?.to_string();
+    super::repo_access::on_this_shard(&did, state.config.cluster.shard)?;
     ok_json(point_read(&state, |store| read(store, &did))?)
 }
 

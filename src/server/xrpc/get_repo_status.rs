@@ -20,6 +20,7 @@ pub(super) const METHOD: &str = "com.atproto.sync.getRepoStatus";
 pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
     let p = Params::from_query(q)?;
     let did = p.did("did")?.to_string();
+    super::repo_access::on_this_shard(&did, state.config.cluster.shard)?;
     let stored = point_read(&state, |store| store.repo_state(&did).map_err(store_error))?;
     let repo = shown(&did, stored)?;
     let mut out = json!({ "did": did, "active": repo.status != RepoStatus::Gone });

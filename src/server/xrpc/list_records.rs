@@ -32,7 +32,7 @@ struct Page {
 
 pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
     let p = Params::from_query(q)?;
-    let repo = repo_param(&p)?;
+    let repo = repo_param(&p, state.config.cluster.shard)?;
     let collection = p.nsid("collection")?.to_string();
     let page = Page { repo, collection, limit: p.limit(50, 100)?, ascending: p.flag("reverse")?, cursor: p.opt("cursor").map(str::to_string) };
     ok_json(blocking(&state, move |store| read(store, &page)).await?)

@@ -20,6 +20,7 @@ use axum::http::StatusCode;
 use serde_json::{Map, Value};
 
 use super::super::ServerState;
+use crate::cluster::Shard;
 use crate::store::{RepoState, RepoStatus, Store, StoreError};
 use crate::store::values::RecordRef;
 use crate::xrpc::{Params, XrpcError};
@@ -41,13 +42,28 @@ pub(super) fn store_error(e: StoreError) -> XrpcError {
     XrpcError::internal(e.to_string())
 }
 
-/// The `repo` parameter: a DID or a handle, as given.
-pub(super) fn repo_param(p: &Params) -> Result<String, XrpcError> {
+/// The `repo` parameter: a DID or a handle, as given; a DID of another shard's repo is
+/// refused (see [`on_this_shard`]).
+pub(super) fn repo_param(p: &Params, shard: Shard) -> Result<String, XrpcError> {
     let repo = p.req("repo")?;
-    match crate::syntax::is_did(repo) || crate::syntax::is_handle(repo) {
+    if crate::syntax::is_did(repo) {
+        on_this_shard(repo, shard)?;
+        return Ok(repo.to_string());
+    }
+    match crate::syntax::is_handle(repo) {
         true => Ok(repo.to_string()),
         false => Err(XrpcError::invalid("repo must be a valid did or handle")),
     }
+}
+
+/// Refuses a DID this node's shard does not hold, naming the shard that does: with
+/// `[cluster] shard`, each node answers for its own repos only.
+pub(super) fn on_this_shard(did: &str, shard: Shard) -> Result<(), XrpcError> {
+    if shard.owns(did) {
+        return Ok(());
+    }
+    let theirs = Shard { index: Shard::of(did, shard.count), count: shard.count };
+    Err(XrpcError::new(StatusCode::BAD_REQUEST, "RepoOnOtherShard", format!("{did} is indexed by shard {theirs}; this node serves shard {shard}")))
 }
 
 /// The DID an at-identifier names: a DID itself, or the repo whose own handle it is; `None`

@@ -1,0 +1,380 @@
+//! The NATS JetStream sink and sharded indexing, against a real `nats-server -js` started here
+//! on 127.0.0.1 (Debian's package `nats-server`; `.ci/run` installs it) and the devnet: every
+//! event reaches the stream once, in order, with its subject; a filtered consumer sees its
+//! collection only; the sink catches up after NATS was down, with nothing trimmed meanwhile;
+//! `kill -9` while publishing loses and duplicates nothing; two shards hold the index between
+//! them and publish it to one stream.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use sluice::backfill::{Backfill, RunMode};
+use sluice::config::NatsSinkConfig;
+use sluice::devnet::{Devnet, DevnetOptions};
+use sluice::firehose::Firehose;
+use sluice::sink::NatsSink;
+use sluice::store::{Action, RepoStatus, Store};
+use sluice::{Config, Filter, Sluice};
+use tokio_util::sync::CancellationToken;
+
+/// Every wait here ends well within this.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A `nats-server -js` on a free loopback port, with its store in a temporary directory;
+/// stopped when dropped.
+struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut server = Self { child: None, port, dir: tempfile::tempdir().unwrap() };
+        server.restart();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again, on the same port and store) and waits until it accepts.
+    fn restart(&mut self) {
+        let child = Command::new(binary())
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd", self.dir.path().to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + LIMIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server listens on {}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The `nats-server` binary; a clear failure where it is not installed.
+fn binary() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/usr/bin".into(), "/usr/local/bin".into()]);
+    dirs.map(|d| d.join("nats-server")).find(|p| p.is_file()).unwrap_or_else(|| {
+        panic!("these tests need a real NATS server and `nats-server` is not installed: `apt-get install -y nats-server` (Debian's package, JetStream built in); .ci/run installs it")
+    })
+}
+
+/// One message of the stream: its subject, `Nats-Msg-Id` and JSON payload.
+#[derive(Debug, Clone, PartialEq)]
+struct Published {
+    subject: String,
+    id: String,
+    payload: Value,
+}
+
+/// Every message of stream `SLUICE`, in stream order.
+async fn stream_messages(url: &str) -> Vec<Published> {
+    let js = jetstream::new(async_nats::connect(url).await.unwrap());
+    let mut stream = js.get_stream("SLUICE").await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    let mut out = Vec::new();
+    for seq in state.first_sequence..=state.last_sequence {
+        if state.messages == 0 {
+            break;
+        }
+        let m = stream.get_raw_message(seq).await.unwrap();
+        let id = m.headers.get(async_nats::header::NATS_MESSAGE_ID).map(|v| v.as_str().to_string()).unwrap_or_default();
+        out.push(Published { subject: m.subject.to_string(), id, payload: serde_json::from_slice(&m.payload).unwrap() });
+    }
+    out
+}
+
+/// What the stream must hold for `store`'s log, published by node `node`.
+fn expected(store: &Store, node: &str) -> Vec<Published> {
+    let events = store.events_from(0, usize::MAX).unwrap();
+    events
+        .iter()
+        .map(|(id, e)| Published { subject: sluice::sink::subject("sluice", e), id: format!("{node}:{id}"), payload: sluice::wire::event_json(store, *id, e).unwrap() })
+        .collect()
+}
+
+/// sluice following a devnet (backfill, firehose) and publishing to NATS, in this process.
+struct Node {
+    sluice: Sluice,
+    backfill: Arc<Backfill>,
+    sink: Arc<NatsSink>,
+    config: Config,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+async fn node(net: &Devnet, nats: &NatsServer, shard: &str) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Config::default();
+    (c.storage.path, c.network.relay, c.network.plc) = (dir.path().join("data"), net.relay_url(), net.plc_url());
+    (c.backfill.retry_min_ms, c.backfill.retry_max_ms) = (50, 200);
+    c.firehose.max_reconnect_secs = 1;
+    c.sink.nats = Some(NatsSinkConfig { url: nats.url(), ..Default::default() });
+    c.cluster.shard = shard.parse().unwrap();
+    let sluice = Sluice::builder().config(c.clone()).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
+    let backfill = Backfill::new(sluice.pipeline().clone(), &c);
+    let firehose: Arc<Firehose> = sluice::service::firehose_beside(&sluice, &c, &backfill).unwrap();
+    let sink = NatsSink::new(sluice.store().clone(), c.sink.nats.clone().unwrap(), c.cluster.node_name()).unwrap();
+    let stop = CancellationToken::new();
+    let (f, s) = (firehose.clone(), stop.clone());
+    let mut tasks = vec![tokio::spawn(async move { f.run(s).await.expect("live ingestion runs") })];
+    let b = backfill.clone();
+    tasks.push(tokio::spawn(async move { b.run(RunMode::Forever, true).await.expect("backfill runs") }));
+    tasks.push(tokio::spawn(sink.clone().run(stop.clone())));
+    Node { sluice, backfill, sink, config: c, stop, tasks, _dir: dir }
+}
+
+impl Node {
+    fn store(&self) -> &Store {
+        self.sluice.store()
+    }
+
+    /// Whether the sink has published the whole log.
+    fn published_all(&self) -> bool {
+        self.sink.published() + 1 == self.store().next_event_id() && self.sink.behind() == 0
+    }
+
+    async fn stop(self) {
+        self.backfill.stop();
+        self.stop.cancel();
+        for task in self.tasks {
+            tokio::time::timeout(LIMIT, task).await.expect("stops in time").expect("no panic");
+        }
+    }
+}
+
+async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + LIMIT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether `did` is synced in `store` with what its PDS holds.
+fn in_step(store: &Store, net: &Devnet, did: &str) -> bool {
+    let synced = store.repo_state(did).unwrap().is_some_and(|s| s.status == RepoStatus::Synced);
+    synced && common::stored_cids(store, did) == net.records(did).into_iter().map(|(k, (cid, _))| (k, cid)).collect::<BTreeMap<_, _>>()
+}
+
+fn post(text: &str) -> Value {
+    json!({"$type": "app.bsky.feed.post", "text": text, "createdAt": "2026-11-01T00:00:00.000Z"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_reaches_the_stream_once_in_order_with_its_subject() {
+    let nats = NatsServer::start();
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let dids = net.populate(4, 15, 5).await;
+    let n = node(&net, &nats, "0/1").await;
+    wait("the backfill and its publishing", || dids.iter().all(|d| in_step(n.store(), &net, d)) && n.published_all()).await;
+    net.put_record(&dids[0], "app.bsky.feed.post", "3lzzzzzzzzzn0", post("live")).unwrap();
+    net.delete_record(&dids[0], "app.bsky.feed.post", "3lzzzzzzzzzn0").unwrap();
+    net.emit_identity(&dids[1]);
+    wait("the live events and their publishing", || n.store().next_event_id() > 4 * 15 + 3 && n.published_all()).await;
+
+    let published = stream_messages(&nats.url()).await;
+    assert_eq!(published, expected(n.store(), "shard-0-of-1"), "the stream holds the log: every event once, in id order, as subscribeEvents sends it");
+    assert!(published.iter().any(|m| m.subject == "sluice.record.app.bsky.feed.post.delete"));
+    assert!(published.iter().any(|m| m.subject == "sluice.identity"));
+
+    // A consumer filtered to one collection sees exactly that collection's events.
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let stream = js.get_stream("SLUICE").await.unwrap();
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .create_consumer(jetstream::consumer::pull::Config { filter_subject: "sluice.record.app.bsky.feed.like.>".into(), ack_policy: jetstream::consumer::AckPolicy::None, ..Default::default() })
+        .await
+        .unwrap();
+    let want: Vec<Value> = published.iter().filter(|m| m.payload["record"]["collection"] == json!("app.bsky.feed.like")).map(|m| m.payload.clone()).collect();
+    assert!(!want.is_empty(), "the devnet's repos hold likes");
+    let mut got = Vec::new();
+    let mut batch = consumer.fetch().max_messages(want.len() + 10).expires(Duration::from_secs(2)).messages().await.unwrap();
+    while let Some(m) = batch.next().await {
+        got.push(serde_json::from_slice::<Value>(&m.unwrap().payload).unwrap());
+    }
+    assert_eq!(got, want, "the filtered consumer sees the likes, in order, and nothing else");
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexing_goes_on_while_nats_is_down_and_the_sink_catches_up_after() {
+    let mut nats = NatsServer::start();
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let dids = net.populate(3, 10, 9).await;
+    let n = node(&net, &nats, "0/1").await;
+    wait("the backfill and its publishing", || dids.iter().all(|d| in_step(n.store(), &net, d)) && n.published_all()).await;
+
+    nats.stop();
+    let published = n.sink.published();
+    for i in 0..20 {
+        net.put_record(&dids[i % 3], "app.bsky.feed.post", &format!("3lzzzzzzzzd{i:02}"), post("while NATS is down")).unwrap();
+    }
+    wait("the writes indexed while NATS is down", || dids.iter().all(|d| in_step(n.store(), &net, d))).await;
+    assert_eq!(n.sink.published(), published, "nothing was published meanwhile");
+    assert!(n.sink.behind() >= 20, "the sink knows how far behind it is: {}", n.sink.behind());
+    // Retention keeps what the sink has not published, however old.
+    let store = n.sluice.store().clone();
+    tokio::task::spawn_blocking(move || store.trim_events_older_than(Duration::ZERO).unwrap()).await.unwrap();
+    assert!(n.store().oldest_event_id().unwrap().is_some_and(|oldest| oldest <= published + 1), "unpublished events are kept");
+    wait("the sink to notice", || !n.sink.connected()).await;
+
+    nats.restart();
+    wait("the sink to catch up", || n.published_all() && n.sink.connected()).await;
+    let messages = stream_messages(&nats.url()).await;
+    // Retention may have removed events the stream already holds: the log is its tail.
+    let log = expected(n.store(), "shard-0-of-1");
+    assert!(messages.len() >= log.len() && log.len() >= 20);
+    assert_eq!(&messages[messages.len() - log.len()..], &log[..], "the writes made while NATS was down are published, in order");
+    let ids: BTreeSet<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids.len(), messages.len(), "no event twice");
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_publishing_loses_and_duplicates_nothing() {
+    let nats = NatsServer::start();
+    let net = Arc::new(Devnet::start(DevnetOptions::default()).await.unwrap());
+    let dids = net.populate(40, 30, 17).await;
+    // The devnet keeps writing through the kills, so the sink is always publishing.
+    let writing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let writer = {
+        let (net, dids, writing) = (net.clone(), dids.clone(), writing.clone());
+        std::thread::spawn(move || {
+            let mut n = 0usize;
+            while writing.load(std::sync::atomic::Ordering::Relaxed) {
+                net.put_record(&dids[n % dids.len()], "app.bsky.feed.post", &format!("3lzzzz{n:07}"), post("during the kills")).unwrap();
+                n += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            n
+        })
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let extra = format!("[backfill]\nretry_min_ms = 50\nretry_max_ms = 100\n[server]\nlisten = \"127.0.0.1:{port}\"\n[sink.nats]\nurl = {:?}\nin_flight = 64\n", nats.url());
+    let config = common::devnet_config_file(dir.path(), &net, &extra);
+    let log = dir.path().join("sluice.log");
+    for after_ms in [400u64, 250, 600, 350] {
+        let mut child = common::spawn_sluice(&config, "run", &log);
+        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    writing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let writes = tokio::task::spawn_blocking(move || writer.join().unwrap()).await.unwrap();
+    // A kill can land after the stream took events and before their acks were saved: the
+    // stream then holds events past the cursor, which the next run publishes again. That
+    // window is a few µs here, so it is made for sure: the saved cursor is set back 50 events,
+    // all of which the stream holds.
+    {
+        let store = Store::open(&dir.path().join("data")).unwrap();
+        let cursor: u64 = store.cursor("nats").unwrap().and_then(|c| c.parse().ok()).unwrap_or(0);
+        assert!(cursor > 50, "events were published before the kills ended ({cursor})");
+        assert_eq!(stream_messages(&nats.url()).await.len() as u64, cursor, "the stream holds what the cursor says");
+        store.save_cursor("nats", &(cursor - 50).to_string()).unwrap();
+    }
+    // The last run finishes the backfill and the publishing (its /health says so), then stops
+    // gracefully.
+    let mut child = common::spawn_sluice(&config, "run", &log);
+    let records = (dids.len() * 30 + writes) as u64;
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let health: Option<Value> = match reqwest::get(format!("http://127.0.0.1:{port}/health")).await {
+            Ok(res) => res.json().await.ok(),
+            Err(_) => None,
+        };
+        if let Some(h) = health
+            && h["events"].as_u64().unwrap_or(0) >= records
+            && h["nats"]["behind"] == json!(0)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "the last run publishes everything; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    let store = Store::open(&dir.path().join("data")).unwrap();
+    assert!(dids.iter().all(|d| in_step(&store, &net, d)));
+    assert_eq!(stream_messages(&nats.url()).await, expected(&store, "shard-0-of-1"), "after the kills the stream equals the log: no gap, no duplicate");
+    assert!(std::fs::read_to_string(&log).unwrap().contains("republished"), "the last run published events the stream had, which it dropped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_shards_hold_the_index_between_them_and_publish_it_to_one_stream() {
+    let nats = NatsServer::start();
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let dids = net.populate(12, 8, 23).await;
+    let (a, b) = (node(&net, &nats, "0/2").await, node(&net, &nats, "1/2").await);
+    let owner = |did: &str| if sluice::cluster::Shard::of(did, 2) == 0 { &a } else { &b };
+    wait("both shards' backfills and publishing", || dids.iter().all(|d| in_step(owner(d).store(), &net, d)) && a.published_all() && b.published_all()).await;
+    net.put_record(&dids[0], "app.bsky.feed.post", "3lzzzzzzzzzs0", post("live, on its shard")).unwrap();
+    wait("the live write on its shard", || in_step(owner(&dids[0]).store(), &net, &dids[0]) && a.published_all() && b.published_all()).await;
+
+    let (on_a, on_b): (BTreeSet<&String>, BTreeSet<&String>) = (
+        dids.iter().filter(|d| a.store().repo_state(d).unwrap().is_some()).collect(),
+        dids.iter().filter(|d| b.store().repo_state(d).unwrap().is_some()).collect(),
+    );
+    assert!(on_a.is_disjoint(&on_b), "no repo on both shards");
+    assert_eq!(on_a.len() + on_b.len(), dids.len(), "every repo on one shard");
+    assert!(!on_a.is_empty() && !on_b.is_empty(), "both shards hold repos");
+
+    // The merged stream holds each record's create once.
+    let messages = stream_messages(&nats.url()).await;
+    let mut creates = BTreeMap::new();
+    for m in &messages {
+        if m.payload["type"] == json!("record") && m.payload["record"]["action"] == json!(Action::Create.as_str()) {
+            let r = &m.payload["record"];
+            *creates.entry((r["did"].to_string(), r["collection"].to_string(), r["rkey"].to_string())).or_insert(0) += 1;
+        }
+    }
+    let records: usize = dids.iter().map(|d| net.records(d).len()).sum();
+    assert_eq!(creates.len(), records, "every record's create is in the merged stream");
+    assert!(creates.values().all(|&n| n == 1), "each once");
+    let nodes: BTreeSet<&str> = messages.iter().map(|m| m.id.split(':').next().unwrap()).collect();
+    assert_eq!(nodes, BTreeSet::from(["shard-0-of-2", "shard-1-of-2"]));
+
+    // A request for another shard's repo is refused with the shard that holds it.
+    let other = dids.iter().find(|d| sluice::cluster::Shard::of(d, 2) == 1).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(sluice::server::serve(listener, Arc::new(sluice::server::ServerState::new(a.sluice.pipeline().clone(), a.config.clone()))));
+    let res = reqwest::get(format!("{base}/xrpc/com.atproto.repo.listRecords?repo={other}&collection=app.bsky.feed.post")).await.unwrap();
+    let status = res.status().as_u16();
+    let body: Value = res.json().await.unwrap();
+    assert_eq!((status, body["error"].as_str()), (400, Some("RepoOnOtherShard")), "{body}");
+    assert!(body["message"].as_str().unwrap().contains("shard 1/2"), "{body}");
+    a.stop().await;
+    b.stop().await;
+}
