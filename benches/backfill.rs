@@ -9,6 +9,9 @@
 //!
 //! `SLUICE_BENCH_CASES` picks cases (comma-separated): `large` (16 x 50k), `huge` (the same
 //! plus the ~100 MB repo), `many` (the small repos); `small` is the old name of `large` alone.
+//! Two more run only when named: `sink` (the NATS sink on against off, against a local
+//! `nats-server -js`) and `shards` (two shards at once against one node); see
+//! [`sink_and_shards`].
 //! `SLUICE_MANY_REPOS=n[,n...]` sets the sizes of `many` (default 2500,20000,100000).
 //!
 //! To compare builds on the same devnet data (this machine's speed drifts within the hour, so
@@ -29,6 +32,11 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Runs `sluice backfill` on `net` into a fresh store (see [`common::run_child`] for what is
 /// measured and how).
 fn backfill(net: &Devnet, binary: &str, concurrency: usize, handlers: bool) -> Usage {
+    backfill_with(net, binary, concurrency, handlers, "")
+}
+
+/// [`backfill`] with `extra` config sections.
+fn backfill_with(net: &Devnet, binary: &str, concurrency: usize, handlers: bool, extra: &str) -> Usage {
     let dir = tempfile::tempdir().unwrap();
     let filter = match handlers {
         true => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/everything.toml"),
@@ -38,7 +46,7 @@ fn backfill(net: &Devnet, binary: &str, concurrency: usize, handlers: bool) -> U
             path
         }
     };
-    let config = common::backfill_config(dir.path(), net, &filter, &format!("[backfill]\nmax_concurrent = {concurrency}\nmax_memory_mb = 0\n"));
+    let config = common::backfill_config(dir.path(), net, &filter, &format!("[backfill]\nmax_concurrent = {concurrency}\nmax_memory_mb = 0\n{extra}"));
     common::run_child(binary, &["--config", config.to_str().unwrap(), "backfill"], None)
 }
 
@@ -110,6 +118,44 @@ async fn many_small_repos() {
     }
 }
 
+/// `sink`: the backfill with the NATS sink on (publishing to a local JetStream stream, the run
+/// ending once all is published) against off; `shards`: two shards (0/2 and 1/2) backfilling
+/// the same devnet at once against one node. On a devnet of `SLUICE_MANY_REPOS` (its first
+/// size, default 20,000) repos of 20 records, handlers on, `SLUICE_BENCH_ROUNDS` rounds.
+async fn sink_and_shards() {
+    const RECORDS: usize = 20;
+    let repos: usize = std::env::var("SLUICE_MANY_REPOS").ok().and_then(|s| s.split(',').next()?.trim().parse().ok()).unwrap_or(20_000);
+    let rounds: usize = std::env::var("SLUICE_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(1);
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    net.populate(repos, RECORDS, 11).await;
+    let binary = env!("CARGO_BIN_EXE_sluice");
+    let label = format!("{repos} x {RECORDS} records");
+    let nats = wants("sink").then(sluice::devnet::NatsServer::start);
+    for round in 0..rounds {
+        if let Some(nats) = &nats {
+            row(&format!("{label}, sink off"), repos, repos * RECORDS, &backfill(&net, binary, 16, true));
+            let extra = format!("[sink.nats]\nurl = {:?}\nstream = \"BENCH{round}\"\nsubject_prefix = \"bench{round}\"\n", nats.url());
+            row(&format!("{label}, sink on (all published at exit)"), repos, repos * RECORDS, &backfill_with(&net, binary, 16, true, &extra));
+        }
+        if wants("shards") {
+            row(&format!("{label}, one node"), repos, repos * RECORDS, &backfill(&net, binary, 16, true));
+            let started = Instant::now();
+            let net = &net;
+            let shards: Vec<Usage> = std::thread::scope(|s| {
+                let runs: Vec<_> = (0..2).map(|i| s.spawn(move || backfill_with(net, binary, 16, true, &format!("[cluster]\nshard = \"{i}/2\"\n")))).collect();
+                runs.into_iter().map(|r| r.join().unwrap()).collect()
+            });
+            let wall = started.elapsed().as_secs_f64();
+            for (i, u) in shards.iter().enumerate() {
+                row(&format!("{label}, shard {i}/2 (both at once)"), repos / 2, repos * RECORDS / 2, u);
+            }
+            let both = Usage { secs: wall, cpu: shards.iter().map(|u| u.cpu).sum(), peak_kb: shards.iter().map(|u| u.peak_kb).sum() };
+            row(&format!("{label}, two shards together (peak RSS summed)"), repos, repos * RECORDS, &both);
+        }
+    }
+    net.shutdown().await;
+}
+
 #[tokio::main]
 async fn main() {
     const REPOS: usize = 16;
@@ -118,6 +164,9 @@ async fn main() {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     if wants("many") {
         many_small_repos().await;
+    }
+    if std::env::var("SLUICE_BENCH_CASES").is_ok_and(|c| c.contains("sink") || c.contains("shards")) {
+        sink_and_shards().await;
     }
     if !wants("large") && !wants("huge") {
         return;

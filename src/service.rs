@@ -34,6 +34,9 @@ pub fn firehose_beside(sluice: &Sluice, config: &Config, backfill: &Backfill) ->
     Ok(firehose)
 }
 
+/// How long a run that ends with its backfill waits for the NATS sink to catch up.
+const SINK_DRAIN: Duration = Duration::from_secs(60);
+
 /// The running services.
 pub struct Service {
     /// The backfill (it decides itself whether it runs: `BACKFILL_DAYS`, `WORKER_ID`).
@@ -66,7 +69,7 @@ impl Service {
         if forever && config.firehose.enabled {
             service.start_firehose(sluice, config)?;
         }
-        if forever && let Some(nats) = &config.sink.nats {
+        if let Some(nats) = &config.sink.nats {
             let sink = crate::sink::NatsSink::new(sluice.store().clone(), nats.clone(), config.cluster.node_name())?;
             service.sink_task = Some(tokio::spawn(sink.clone().run(service.stop.clone())));
             service.sink = Some(sink);
@@ -163,13 +166,30 @@ impl Service {
         }
     }
 
+    /// Lets the NATS sink publish what the backfill wrote before a run that ends with it
+    /// stops; gives up after [`SINK_DRAIN`] (NATS away), leaving the rest to the next run.
+    async fn drain_sink(&self) {
+        let Some(sink) = &self.sink else { return };
+        let deadline = tokio::time::Instant::now() + SINK_DRAIN;
+        while sink.behind() > 0 && !self.stop.is_cancelled() {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(behind = sink.behind(), "the NATS sink did not catch up; the next run publishes the rest");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Runs until done: `UntilEmpty` ends with the backfill; `Forever` goes on serving and
     /// following the firehose after it, until stopped. Returns the first failure.
     pub async fn run(mut self, mode: RunMode, crawl: bool) -> anyhow::Result<()> {
         let result = self.backfill.run(mode, crawl).await;
         match mode == RunMode::Forever && result.is_ok() {
             true => self.stop.cancelled().await,
-            false => self.stop.cancel(),
+            false => {
+                self.drain_sink().await;
+                self.stop.cancel();
+            }
         }
         let live = match self.live.take() {
             Some(task) => task.await?,

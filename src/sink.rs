@@ -11,6 +11,7 @@
 //! A stream that is missing is created (file storage, the limits of `[sink.nats]`); one that
 //! exists is used as it is, never changed.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -111,18 +112,69 @@ impl NatsSink {
         let client = self.connect().await?;
         let js = jetstream::new(client);
         self.ensure_stream(&js).await?;
+        self.follow(&js, stop).await
+    }
+
+    /// Publishes the log from the cursor on, keeping up to `in_flight` publishes unacked at any
+    /// time (a sliding window: the next events go out while the oldest acks come back), and
+    /// moves the cursor as acks arrive in order.
+    async fn follow(&self, js: &jetstream::Context, stop: &CancellationToken) -> Result<(), Failure> {
         let mut head = self.store.watch_events();
+        let in_flight = self.config.in_flight.max(1);
+        let mut window: VecDeque<(u64, jetstream::context::PublishAckFuture)> = VecDeque::with_capacity(in_flight);
+        let mut sent = self.published();
         loop {
-            let published = self.publish_batch(&js).await?;
-            if published > 0 {
-                continue;
+            // Refill once half the window is free and as many new events wait (or the window
+            // is empty): each read then takes a good part of a page of the log, instead of
+            // decoding a page for the few events committed since the last read.
+            let waiting = self.store.next_event_id().saturating_sub(sent + 1);
+            let room = in_flight - window.len();
+            if waiting > 0 && (window.is_empty() || (room >= in_flight / 2 && waiting >= room as u64)) {
+                for (id, subject, payload) in self.read(sent + 1, room).await? {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("{}:{id}", self.node).as_str());
+                    let ack = js.publish_with_headers(subject, headers, payload).await.map_err(|e| format!("publishing event {id}: {e}"))?;
+                    window.push_back((id, ack));
+                    sent = id;
+                }
             }
-            tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
-                _ = head.changed() => {}
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            let Some((id, ack)) = window.pop_front() else {
+                tokio::select! {
+                    _ = stop.cancelled() => return Ok(()),
+                    _ = head.changed() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+                continue;
+            };
+            match ack.await {
+                Ok(ack) if ack.duplicate => {
+                    if self.duplicates.fetch_add(1, Ordering::Relaxed) == 0 {
+                        tracing::info!("republished events the stream already had are dropped (a restart after a crash)");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => return Err(format!("event {id} not acked: {e}")),
+            }
+            // The cursor moves every 256 acks and whenever the window empties.
+            if window.is_empty() || id % 256 == 0 {
+                self.advance(id)?;
+                self.connected.store(true, Ordering::Relaxed);
+                *self.last_error.lock().expect("sink error") = None;
+            }
+            if stop.is_cancelled() {
+                self.advance(id)?;
+                return Ok(());
             }
         }
+    }
+
+    /// Up to `limit` messages of the log from id `from` on, read on the blocking pool.
+    async fn read(&self, from: u64, limit: usize) -> Result<Vec<(u64, String, Bytes)>, Failure> {
+        let (store, prefix) = (self.store.clone(), self.config.subject_prefix.clone());
+        tokio::task::spawn_blocking(move || messages_from(&store, &prefix, from, limit))
+            .await
+            .map_err(|e| format!("reading the log: {e}"))?
+            .map_err(|e| format!("reading the log: {e}"))
     }
 
     async fn connect(&self) -> Result<async_nats::Client, Failure> {
@@ -167,58 +219,6 @@ impl NatsSink {
                 Ok(())
             }
             Err(e) => Err(format!("looking up stream {}: {e}", c.stream)),
-        }
-    }
-
-    /// Publishes the next events after the cursor (up to `in_flight`), waits for their acks in
-    /// order and moves the cursor; returns how many were published.
-    async fn publish_batch(&self, js: &jetstream::Context) -> Result<usize, Failure> {
-        let from = self.published() + 1;
-        let limit = self.config.in_flight.max(1);
-        let (store, prefix) = (self.store.clone(), self.config.subject_prefix.clone());
-        let messages = tokio::task::spawn_blocking(move || messages_from(&store, &prefix, from, limit))
-            .await
-            .map_err(|e| format!("reading the log: {e}"))?
-            .map_err(|e| format!("reading the log: {e}"))?;
-        let Some(&(last, _, _)) = messages.last() else { return Ok(0) };
-        let mut acks = Vec::with_capacity(messages.len());
-        for (id, subject, payload) in messages {
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("{}:{id}", self.node).as_str());
-            let ack = js.publish_with_headers(subject, headers, payload).await.map_err(|e| format!("publishing event {id}: {e}"))?;
-            acks.push((id, ack));
-        }
-        let n = acks.len();
-        let duplicates_before = self.duplicates();
-        let mut acked = self.published();
-        let mut failure = None;
-        for (id, ack) in acks {
-            match ack.await {
-                Ok(ack) => {
-                    if ack.duplicate {
-                        self.duplicates.fetch_add(1, Ordering::Relaxed);
-                    }
-                    acked = id;
-                }
-                Err(e) => {
-                    failure = Some(format!("event {id} not acked: {e}"));
-                    break;
-                }
-            }
-        }
-        self.advance(acked)?;
-        let duplicates = self.duplicates() - duplicates_before;
-        if duplicates > 0 {
-            tracing::info!(duplicates, "republished events the stream already had were dropped (a restart after a crash)");
-        }
-        match failure {
-            Some(f) => Err(f),
-            None => {
-                debug_assert_eq!(acked, last);
-                self.connected.store(true, Ordering::Relaxed);
-                *self.last_error.lock().expect("sink error") = None;
-                Ok(n)
-            }
         }
     }
 

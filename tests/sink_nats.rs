@@ -9,8 +9,6 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +17,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sluice::backfill::{Backfill, RunMode};
 use sluice::config::NatsSinkConfig;
-use sluice::devnet::{Devnet, DevnetOptions};
+use sluice::devnet::{Devnet, DevnetOptions, NatsServer};
 use sluice::firehose::Firehose;
 use sluice::sink::NatsSink;
 use sluice::store::{Action, RepoStatus, Store};
@@ -28,65 +26,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Every wait here ends well within this.
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// A `nats-server -js` on a free loopback port, with its store in a temporary directory;
-/// stopped when dropped.
-struct NatsServer {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl NatsServer {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let mut server = Self { child: None, port, dir: tempfile::tempdir().unwrap() };
-        server.restart();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts the server (again, on the same port and store) and waits until it accepts.
-    fn restart(&mut self) {
-        let child = Command::new(binary())
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd", self.dir.path().to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server starts");
-        self.child = Some(child);
-        let deadline = Instant::now() + LIMIT;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server listens on {}", self.port);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-/// The `nats-server` binary; a clear failure where it is not installed.
-fn binary() -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/usr/bin".into(), "/usr/local/bin".into()]);
-    dirs.map(|d| d.join("nats-server")).find(|p| p.is_file()).unwrap_or_else(|| {
-        panic!("these tests need a real NATS server and `nats-server` is not installed: `apt-get install -y nats-server` (Debian's package, JetStream built in); .ci/run installs it")
-    })
-}
 
 /// One message of the stream: its subject, `Nats-Msg-Id` and JSON payload.
 #[derive(Debug, Clone, PartialEq)]
