@@ -65,6 +65,7 @@ fn expected(store: &Store, node: &str) -> Vec<Published> {
 struct Node {
     sluice: Sluice,
     backfill: Arc<Backfill>,
+    firehose: Arc<Firehose>,
     sink: Arc<NatsSink>,
     config: Config,
     stop: CancellationToken,
@@ -90,7 +91,7 @@ async fn node(net: &Devnet, nats: &NatsServer, shard: &str) -> Node {
     let b = backfill.clone();
     tasks.push(tokio::spawn(async move { b.run(RunMode::Forever, true).await.expect("backfill runs") }));
     tasks.push(tokio::spawn(sink.clone().run(stop.clone())));
-    Node { sluice, backfill, sink, config: c, stop, tasks, _dir: dir }
+    Node { sluice, backfill, firehose, sink, config: c, stop, tasks, _dir: dir }
 }
 
 impl Node {
@@ -281,6 +282,10 @@ async fn two_shards_hold_the_index_between_them_and_publish_it_to_one_stream() {
     net.put_record(&dids[0], "app.bsky.feed.post", "3lzzzzzzzzzs0", post("live, on its shard")).unwrap();
     wait("the live write on its shard", || in_step(owner(&dids[0]).store(), &net, &dids[0]) && a.published_all() && b.published_all()).await;
 
+    let other_node = if sluice::cluster::Shard::of(&dids[0], 2) == 0 { &b } else { &a };
+    wait("the other shard to drop the frame", || other_node.firehose.other_shards() > 0).await;
+    assert_eq!(other_node.store().repo_state(&dids[0]).unwrap(), None, "the other shard keeps nothing of it");
+
     let (on_a, on_b): (BTreeSet<&String>, BTreeSet<&String>) = (
         dids.iter().filter(|d| a.store().repo_state(d).unwrap().is_some()).collect(),
         dids.iter().filter(|d| b.store().repo_state(d).unwrap().is_some()).collect(),
@@ -316,4 +321,20 @@ async fn two_shards_hold_the_index_between_them_and_publish_it_to_one_stream() {
     assert!(body["message"].as_str().unwrap().contains("shard 1/2"), "{body}");
     a.stop().await;
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_exists_is_used_as_it_is() {
+    let nats = NatsServer::start();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let mine = jetstream::stream::Config { name: "SLUICE".into(), subjects: vec!["sluice.>".into()], max_messages: 1_000_000, description: Some("the operator's".into()), ..Default::default() };
+    js.create_stream(mine).await.unwrap();
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let dids = net.populate(2, 5, 31).await;
+    let n = node(&net, &nats, "0/1").await;
+    wait("the backfill and its publishing", || dids.iter().all(|d| in_step(n.store(), &net, d)) && n.published_all()).await;
+    let config = js.get_stream("SLUICE").await.unwrap().info().await.unwrap().config.clone();
+    assert_eq!((config.max_messages, config.max_age, config.description.as_deref()), (1_000_000, Duration::ZERO, Some("the operator's")), "left as it was");
+    assert_eq!(stream_messages(&nats.url()).await, expected(n.store(), "shard-0-of-1"));
+    n.stop().await;
 }
