@@ -380,15 +380,6 @@ impl Config {
     /// Applies environment overrides, read through `get`. A value that does not parse is
     /// refused with the variable's name.
     pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        fn parsed<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, name: &str, slot: &mut T) -> Result<(), ConfigError>
-        where
-            T::Err: std::fmt::Display,
-        {
-            if let Some(v) = get(name) {
-                *slot = v.trim().parse().map_err(|e: T::Err| ConfigError::Env { name: name.into(), value: v.clone(), reason: e.to_string() })?;
-            }
-            Ok(())
-        }
         if let Some(v) = get("SLUICE_DATA") {
             self.storage.path = v.into();
         }
@@ -399,38 +390,22 @@ impl Config {
         parsed(&get, "SLUICE_FIREHOSE", &mut self.firehose.enabled)?;
         parsed(&get, "SLUICE_SERVER", &mut self.server.enabled)?;
         parsed(&get, "SLUICE_LISTEN", &mut self.server.listen)?;
-        if let Some(v) = get("SLUICE_FIREHOSE_URL").filter(|v| !v.trim().is_empty()) {
-            self.firehose.url = Some(v.trim().to_string());
+        if let Some(v) = non_empty(&get, "SLUICE_FIREHOSE_URL") {
+            self.firehose.url = Some(v);
         }
         parsed(&get, "SLUICE_PLC_URL", &mut self.network.plc)?;
         parsed(&get, "SLUICE_SHARD", &mut self.cluster.shard)?;
-        if let Some(v) = get("SLUICE_NODE").filter(|v| !v.trim().is_empty()) {
-            self.cluster.node = Some(v.trim().to_string());
+        if let Some(v) = non_empty(&get, "SLUICE_NODE") {
+            self.cluster.node = Some(v);
         }
-        if let Some(v) = get("SLUICE_NATS_URL").filter(|v| !v.trim().is_empty()) {
-            self.sink.nats.get_or_insert_with(NatsSinkConfig::default).url = v.trim().to_string();
+        if let Some(v) = non_empty(&get, "SLUICE_NATS_URL") {
+            self.sink.nats.get_or_insert_with(NatsSinkConfig::default).url = v;
         }
-        if let Some(v) = get("SLUICE_HANDLE_RESOLVER") {
-            self.network.handle_resolver = Some(v.trim().to_string()).filter(|v| !v.is_empty());
+        if get("SLUICE_HANDLE_RESOLVER").is_some() {
+            self.network.handle_resolver = non_empty(&get, "SLUICE_HANDLE_RESOLVER");
         }
         parsed(&get, "SLUICE_EVENTS_RETENTION_HOURS", &mut self.events.retention_hours)?;
-        let b = &mut self.backfill;
-        parsed(&get, "BACKFILL_DAYS", &mut b.days)?;
-        parsed(&get, "BACKFILL_BATCH_SIZE", &mut b.batch_size)?;
-        parsed(&get, "BACKFILL_BATCH_DELAY_MS", &mut b.batch_delay_ms)?;
-        parsed(&get, "BACKFILL_MAX_CONCURRENT", &mut b.max_concurrent)?;
-        parsed(&get, "BACKFILL_MAX_MEMORY_MB", &mut b.max_memory_mb)?;
-        if let Some(v) = get("BACKFILL_USE_IDLE") {
-            b.use_idle = match v.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => true,
-                "0" | "false" | "no" | "off" | "" => false,
-                _ => return Err(ConfigError::Env { name: "BACKFILL_USE_IDLE".into(), value: v, reason: "expected true or false".into() }),
-            };
-        }
-        if let Some(v) = get("WORKER_ID").filter(|v| !v.trim().is_empty()) {
-            let id = v.trim().parse().map_err(|e: std::num::ParseIntError| ConfigError::Env { name: "WORKER_ID".into(), value: v.clone(), reason: e.to_string() })?;
-            b.worker_id = Some(id);
-        }
+        self.backfill.apply_env(&get)?;
         self.check()
     }
 
@@ -452,6 +427,46 @@ impl Config {
         }
         if !self.network.plc.ends_with('/') {
             return bad("network.plc", format!("{} must end with /", self.network.plc));
+        }
+        Ok(())
+    }
+}
+
+/// Sets `slot` from the variable `name` when it is set; a value that does not parse is refused
+/// with the variable's name.
+fn parsed<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, name: &str, slot: &mut T) -> Result<(), ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    if let Some(v) = get(name) {
+        *slot = v.trim().parse().map_err(|e: T::Err| ConfigError::Env { name: name.into(), value: v.clone(), reason: e.to_string() })?;
+    }
+    Ok(())
+}
+
+/// The variable `name`, trimmed, when it is set to something.
+fn non_empty(get: &impl Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    get(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty())
+}
+
+impl BackfillConfig {
+    /// The environment names older appview backfill services use.
+    fn apply_env(&mut self, get: &impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        parsed(get, "BACKFILL_DAYS", &mut self.days)?;
+        parsed(get, "BACKFILL_BATCH_SIZE", &mut self.batch_size)?;
+        parsed(get, "BACKFILL_BATCH_DELAY_MS", &mut self.batch_delay_ms)?;
+        parsed(get, "BACKFILL_MAX_CONCURRENT", &mut self.max_concurrent)?;
+        parsed(get, "BACKFILL_MAX_MEMORY_MB", &mut self.max_memory_mb)?;
+        if let Some(v) = get("BACKFILL_USE_IDLE") {
+            self.use_idle = match v.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" | "" => false,
+                _ => return Err(ConfigError::Env { name: "BACKFILL_USE_IDLE".into(), value: v, reason: "expected true or false".into() }),
+            };
+        }
+        if let Some(v) = non_empty(get, "WORKER_ID") {
+            let id = v.parse().map_err(|e: std::num::ParseIntError| ConfigError::Env { name: "WORKER_ID".into(), value: v.clone(), reason: e.to_string() })?;
+            self.worker_id = Some(id);
         }
         Ok(())
     }

@@ -124,20 +124,7 @@ impl NatsSink {
         let mut window: VecDeque<(u64, jetstream::context::PublishAckFuture)> = VecDeque::with_capacity(in_flight);
         let mut sent = self.published();
         loop {
-            // Refill once half the window is free and as many new events wait (or the window
-            // is empty): each read then takes a good part of a page of the log, instead of
-            // decoding a page for the few events committed since the last read.
-            let waiting = self.store.next_event_id().saturating_sub(sent + 1);
-            let room = in_flight - window.len();
-            if waiting > 0 && (window.is_empty() || (room >= in_flight / 2 && waiting >= room as u64)) {
-                for (id, subject, payload) in self.read(sent + 1, room).await? {
-                    let mut headers = async_nats::HeaderMap::new();
-                    headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("{}:{id}", self.node).as_str());
-                    let ack = js.publish_with_headers(subject, headers, payload).await.map_err(|e| format!("publishing event {id}: {e}"))?;
-                    window.push_back((id, ack));
-                    sent = id;
-                }
-            }
+            sent = self.refill(js, &mut window, sent).await?;
             let Some((id, ack)) = window.pop_front() else {
                 tokio::select! {
                     _ = stop.cancelled() => return Ok(()),
@@ -166,6 +153,27 @@ impl NatsSink {
                 return Ok(());
             }
         }
+    }
+
+    /// Publishes the events after `sent` into the free part of `window` once half of it is
+    /// free and as many new events wait (or the window is empty): each read then takes a good
+    /// part of a page of the log, instead of decoding a page for the few events committed
+    /// since the last read. Returns the last id sent.
+    async fn refill(&self, js: &jetstream::Context, window: &mut VecDeque<(u64, jetstream::context::PublishAckFuture)>, mut sent: u64) -> Result<u64, Failure> {
+        let in_flight = self.config.in_flight.max(1);
+        let waiting = self.store.next_event_id().saturating_sub(sent + 1);
+        let room = in_flight - window.len();
+        if waiting == 0 || !(window.is_empty() || (room >= in_flight / 2 && waiting >= room as u64)) {
+            return Ok(sent);
+        }
+        for (id, subject, payload) in self.read(sent + 1, room).await? {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("{}:{id}", self.node).as_str());
+            let ack = js.publish_with_headers(subject, headers, payload).await.map_err(|e| format!("publishing event {id}: {e}"))?;
+            window.push_back((id, ack));
+            sent = id;
+        }
+        Ok(sent)
     }
 
     /// Up to `limit` messages of the log from id `from` on, read on the blocking pool.
