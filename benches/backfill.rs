@@ -121,7 +121,8 @@ async fn many_small_repos() {
 /// `sink`: the backfill with the NATS sink on (publishing to a local JetStream stream, the run
 /// ending once all is published) against off; `shards`: two shards (0/2 and 1/2) backfilling
 /// the same devnet at once against one node. On a devnet of `SLUICE_MANY_REPOS` (its first
-/// size, default 20,000) repos of 20 records, handlers on, `SLUICE_BENCH_ROUNDS` rounds.
+/// size, default 20,000) repos of 20 records, handlers on, `SLUICE_BENCH_ROUNDS` rounds;
+/// `SLUICE_SINK_IN_FLIGHT` sets the sink's `in_flight` (default 512).
 async fn sink_and_shards() {
     const RECORDS: usize = 20;
     let repos: usize = std::env::var("SLUICE_MANY_REPOS").ok().and_then(|s| s.split(',').next()?.trim().parse().ok()).unwrap_or(20_000);
@@ -134,7 +135,8 @@ async fn sink_and_shards() {
     for round in 0..rounds {
         if let Some(nats) = &nats {
             row(&format!("{label}, sink off"), repos, repos * RECORDS, &backfill(&net, binary, 16, true));
-            let extra = format!("[sink.nats]\nurl = {:?}\nstream = \"BENCH{round}\"\nsubject_prefix = \"bench{round}\"\n", nats.url());
+            let in_flight = std::env::var("SLUICE_SINK_IN_FLIGHT").unwrap_or_else(|_| "512".into());
+            let extra = format!("[sink.nats]\nurl = {:?}\nstream = \"BENCH{round}\"\nsubject_prefix = \"bench{round}\"\nin_flight = {in_flight}\n", nats.url());
             row(&format!("{label}, sink on (all published at exit)"), repos, repos * RECORDS, &backfill_with(&net, binary, 16, true, &extra));
         }
         if wants("shards") {
