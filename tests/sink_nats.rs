@@ -147,6 +147,12 @@ async fn every_event_reaches_the_stream_once_in_order_with_its_subject() {
     assert_eq!(published, expected(n.store(), "shard-0-of-1"), "the stream holds the log: every event once, in id order, as subscribeEvents sends it");
     assert!(published.iter().any(|m| m.subject == "sluice.record.app.bsky.feed.post.delete"));
     assert!(published.iter().any(|m| m.subject == "sluice.identity"));
+    let mut state = sluice::server::ServerState::new(n.sluice.pipeline().clone(), n.config.clone());
+    state.sink = Some(n.sink.clone());
+    let metrics = sluice::server::metrics::render(&state);
+    for line in [format!("sluice_nats_published_id {}", published.len()), "sluice_nats_behind_events 0".into(), "sluice_nats_connected 1".into()] {
+        assert!(metrics.lines().any(|l| l == line), "/metrics has {line}");
+    }
 
     // A consumer filtered to one collection sees exactly that collection's events.
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
@@ -335,6 +341,22 @@ async fn a_stream_that_exists_is_used_as_it_is() {
     wait("the backfill and its publishing", || dids.iter().all(|d| in_step(n.store(), &net, d)) && n.published_all()).await;
     let config = js.get_stream("SLUICE").await.unwrap().info().await.unwrap().config.clone();
     assert_eq!((config.max_messages, config.max_age, config.description.as_deref()), (1_000_000, Duration::ZERO, Some("the operator's")), "left as it was");
+    assert_eq!(stream_messages(&nats.url()).await, expected(n.store(), "shard-0-of-1"));
+    n.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_started_while_nats_is_down_publishes_once_it_is_up() {
+    let mut nats = NatsServer::start();
+    nats.stop();
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let dids = net.populate(2, 5, 37).await;
+    let n = node(&net, &nats, "0/1").await;
+    wait("the backfill, NATS down", || dids.iter().all(|d| in_step(n.store(), &net, d))).await;
+    wait("the sink to report its failure", || n.sink.last_error().is_some()).await;
+    assert!(!n.sink.connected() && n.sink.published() == 0 && n.sink.behind() > 0);
+    nats.restart();
+    wait("the sink to publish everything", || n.published_all() && n.sink.connected()).await;
     assert_eq!(stream_messages(&nats.url()).await, expected(n.store(), "shard-0-of-1"));
     n.stop().await;
 }
