@@ -50,7 +50,7 @@ pub struct Service {
     handle_checks: Option<JoinHandle<()>>,
     /// The NATS sink, when `[sink.nats]` is set.
     pub sink: Option<Arc<crate::sink::NatsSink>>,
-    sink_task: Option<JoinHandle<()>>,
+    sink_task: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Service {
@@ -71,7 +71,7 @@ impl Service {
         }
         if let Some(nats) = &config.sink.nats {
             let sink = crate::sink::NatsSink::new(sluice.store().clone(), nats.clone(), config.cluster.node_name())?;
-            service.sink_task = Some(tokio::spawn(sink.clone().run(service.stop.clone())));
+            service.sink_task = Some(crate::sink::spawn(sink.clone(), service.stop.clone())?);
             service.sink = Some(sink);
         }
         if forever && config.server.enabled {
@@ -170,6 +170,7 @@ impl Service {
     /// stops; gives up after [`SINK_DRAIN`] (NATS away), leaving the rest to the next run.
     async fn drain_sink(&self) {
         let Some(sink) = &self.sink else { return };
+        tracing::info!(behind = sink.behind(), "the backfill is done; the NATS sink publishes what is left");
         let deadline = tokio::time::Instant::now() + SINK_DRAIN;
         while sink.behind() > 0 && !self.stop.is_cancelled() {
             if tokio::time::Instant::now() >= deadline {
@@ -198,8 +199,11 @@ impl Service {
         if let Some(server) = self.server.take() {
             server.join().await?;
         }
-        for task in [self.retention.take(), self.handle_checks.take(), self.sink_task.take()].into_iter().flatten() {
+        for task in [self.retention.take(), self.handle_checks.take()].into_iter().flatten() {
             task.await?;
+        }
+        if let Some(thread) = self.sink_task.take() {
+            tokio::task::spawn_blocking(move || thread.join()).await?.map_err(|_| anyhow::anyhow!("the NATS sink's thread panicked"))?;
         }
         result?;
         Ok(live?)

@@ -52,12 +52,17 @@ fn work(jobs: &Mutex<Receiver<Job>>) {
     }
 }
 
-/// Nice 10 for the calling thread (Linux: `setpriority` on a thread id affects that thread).
+/// Nice 10 for the calling thread.
 fn lower_priority() {
+    set_thread_niceness(10);
+}
+
+/// Sets the calling thread's niceness (Linux: `setpriority` on a thread id affects that thread).
+pub(crate) fn set_thread_niceness(nice: i32) {
     #[cfg(target_os = "linux")]
     // SAFETY: plain syscalls on this thread's own id.
     unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
     }
 }
