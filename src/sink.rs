@@ -93,8 +93,12 @@ impl NatsSink {
             match self.session(&stop).await {
                 Ok(()) => return,
                 Err(failure) => {
-                    if self.connected.swap(false, Ordering::Relaxed) || self.last_error().is_none() {
+                    let was_publishing = self.connected.swap(false, Ordering::Relaxed);
+                    if was_publishing || self.last_error().is_none() {
                         tracing::warn!(%failure, behind = self.behind(), "NATS sink failing; indexing goes on and the sink catches up from the log");
+                    }
+                    if was_publishing {
+                        backoff = Duration::from_millis(250);
                     }
                     *self.last_error.lock().expect("sink error") = Some(failure);
                 }
