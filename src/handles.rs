@@ -52,6 +52,19 @@ impl HandleResolver {
         Ok(Self { http, how })
     }
 
+    /// Resolves directly (DNS, then HTTPS), asking the DNS server at `nameserver` (UDP)
+    /// instead of the system's: for a resolver of one's own, and for tests.
+    pub fn direct_via(nameserver: std::net::SocketAddr, timeout: Duration) -> Result<Self, String> {
+        use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+        let http = crate::http::client_builder().timeout(timeout).build().map_err(|e| e.to_string())?;
+        let mut server = NameServerConfig::udp(nameserver.ip());
+        server.connections.iter_mut().for_each(|c| c.port = nameserver.port());
+        let provider = hickory_resolver::net::runtime::TokioRuntimeProvider::default();
+        let mut builder = TokioResolver::builder_with_config(ResolverConfig::from_name_servers(vec![server]), provider);
+        builder.options_mut().timeout = timeout;
+        Ok(Self { http, how: How::Direct(Box::new(builder.build().map_err(|e| e.to_string())?)) })
+    }
+
     /// The DID `handle` resolves to: `Ok(None)` when it resolves to none, `Err` when the
     /// answer could not be had (worth asking again later).
     pub async fn resolve(&self, handle: &str) -> Result<Option<String>, String> {
@@ -254,5 +267,48 @@ impl HandleChecker {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_resolver::proto::op::{Message, OpCode, ResponseCode};
+    use hickory_resolver::proto::rr::rdata::TXT;
+    use hickory_resolver::proto::rr::Record;
+
+    /// A DNS server on 127.0.0.1 that knows `_atproto` TXT records: `alice.test` has one,
+    /// `twice.test` has two that disagree; every other name does not exist.
+    async fn dns_server() -> std::net::SocketAddr {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 1500];
+            while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+                let Ok(query) = Message::from_vec(&buf[..n]) else { continue };
+                let mut answer = Message::response(query.metadata.id, OpCode::Query);
+                for q in &query.queries {
+                    answer.add_query(q.clone());
+                    let txt = |did: &str| Record::from_rdata(q.name().clone(), 60, RData::TXT(TXT::new(vec![format!("did={did}")])));
+                    match q.name().to_ascii().trim_end_matches('.') {
+                        "_atproto.alice.test" => drop(answer.add_answer(txt("did:plc:alice"))),
+                        "_atproto.twice.test" => drop(answer.add_answers([txt("did:plc:one"), txt("did:plc:two")])),
+                        _ => answer.metadata.response_code = ResponseCode::NXDomain,
+                    }
+                }
+                let _ = socket.send_to(&answer.to_vec().unwrap(), from).await;
+            }
+        });
+        addr
+    }
+
+    /// The direct path against a real DNS exchange: a TXT record resolves a handle; none, or
+    /// two that disagree, resolve it to nothing (the HTTPS fallback finds nothing either).
+    #[tokio::test]
+    async fn handles_resolve_by_their_atproto_txt_record() {
+        let resolver = HandleResolver::direct_via(dns_server().await, Duration::from_secs(2)).unwrap();
+        assert_eq!(resolver.resolve("alice.test").await.unwrap().as_deref(), Some("did:plc:alice"));
+        assert_eq!(resolver.resolve("twice.test").await.unwrap(), None, "records that disagree name no DID");
+        assert_eq!(resolver.resolve("nobody.test").await.unwrap(), None);
     }
 }
