@@ -105,7 +105,8 @@ impl RepoStatus {
     }
 }
 
-/// `repos` value: a repo's state.
+/// `repos` value: a repo's state. A new format adds its field at the end, as an `Option`, so
+/// older bodies still read (see its `decode_version`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct RepoState {
     /// Where it stands.
@@ -152,43 +153,17 @@ impl Stored for RepoState {
     const VERSION: u8 = 3;
 
     fn decode_version(version: u8, body: &[u8]) -> Result<Self, ValueError> {
-        /// A version 1 state: the same fields but the commit CID.
-        #[derive(Deserialize)]
-        struct RepoStateV1 {
-            status: RepoStatus,
-            rev: Option<String>,
-            data: Option<String>,
-            handle: Option<String>,
-            error: Option<String>,
-            retries: u32,
-            next_retry_ms: Option<u64>,
-            updated_ms: u64,
-        }
-        /// A version 2 state: the same fields but the handle check.
-        #[derive(Deserialize)]
-        struct RepoStateV2 {
-            status: RepoStatus,
-            rev: Option<String>,
-            data: Option<String>,
-            handle: Option<String>,
-            error: Option<String>,
-            retries: u32,
-            next_retry_ms: Option<u64>,
-            updated_ms: u64,
-            commit: Option<String>,
-        }
         match version {
-            1 => {
-                let v1: RepoStateV1 = postcard_body(Self::WHAT, body)?;
-                let RepoStateV1 { status, rev, data, handle, error, retries, next_retry_ms, updated_ms } = v1;
-                Ok(RepoState { status, rev, data, handle, error, retries, next_retry_ms, updated_ms, commit: None, handle_ok: None })
-            }
-            2 => {
-                let v2: RepoStateV2 = postcard_body(Self::WHAT, body)?;
-                let RepoStateV2 { status, rev, data, handle, error, retries, next_retry_ms, updated_ms, commit } = v2;
-                Ok(RepoState { status, rev, data, handle, error, retries, next_retry_ms, updated_ms, commit, handle_ok: None })
-            }
             3 => postcard_body(Self::WHAT, body),
+            // Each later format only appended an optional field (2: `commit`, 3: `handle_ok`),
+            // so an older body reads as the current one with those fields absent: postcard
+            // writes an absent `Option` as one 0 byte. A new format that adds anything else
+            // needs its own case here.
+            1 | 2 => {
+                let mut padded = body.to_vec();
+                padded.resize(body.len() + usize::from(Self::VERSION - version), 0);
+                postcard_body(Self::WHAT, &padded)
+            }
             _ => Err(ValueError::Version { what: Self::WHAT, version, newest: Self::VERSION }),
         }
     }
