@@ -47,7 +47,10 @@ impl Store {
                 _ => None,
             };
         }
-        let (was, now) = (old.and_then(indexed), indexed(new));
+        // Most writes (every live commit, every backfill batch) keep the handle and its
+        // verdict: the index is not touched, and no lowercased key is built.
+        let unchanged = old.is_some_and(|o| o.handle == new.handle && o.handle_ok == new.handle_ok);
+        let (was, now) = if unchanged { (None, None) } else { (old.and_then(indexed), indexed(new)) };
         if was != now {
             if let Some(h) = was
                 && self.handles.get(h.as_bytes())?.is_some_and(|owner| &*owner == did.as_bytes())
