@@ -38,6 +38,11 @@ impl Shard {
         (head % u64::from(count.max(1))) as u32
     }
 
+    /// The shard of this node's layout (the same N) that owns `did`.
+    pub fn holder(&self, did: &str) -> Shard {
+        Shard { index: Self::of(did, self.count), count: self.count.max(1) }
+    }
+
     /// Whether this node owns `did`.
     pub fn owns(&self, did: &str) -> bool {
         self.count <= 1 || Self::of(did, self.count) == self.index

@@ -40,29 +40,26 @@ enum How {
 impl HandleResolver {
     /// Resolves through `service`'s `resolveHandle` when given, else directly (DNS, HTTPS).
     pub fn new(service: Option<&str>, timeout: Duration) -> Result<Self, String> {
-        let http = crate::http::client_builder().timeout(timeout).build().map_err(|e| e.to_string())?;
-        let how = match service {
-            Some(url) => How::Service(url.trim_end_matches('/').to_string()),
-            None => {
-                let mut builder = TokioResolver::builder_tokio().map_err(|e| format!("reading the system's DNS configuration: {e}"))?;
-                builder.options_mut().timeout = timeout;
-                How::Direct(Box::new(builder.build().map_err(|e| e.to_string())?))
-            }
-        };
-        Ok(Self { http, how })
+        match service {
+            Some(url) => Ok(Self { http: http_client(timeout)?, how: How::Service(url.trim_end_matches('/').to_string()) }),
+            None => Self::direct(TokioResolver::builder_tokio().map_err(|e| format!("reading the system's DNS configuration: {e}"))?, timeout),
+        }
     }
 
     /// Resolves directly (DNS, then HTTPS), asking the DNS server at `nameserver` (UDP)
     /// instead of the system's: for a resolver of one's own, and for tests.
     pub fn direct_via(nameserver: std::net::SocketAddr, timeout: Duration) -> Result<Self, String> {
         use hickory_resolver::config::{NameServerConfig, ResolverConfig};
-        let http = crate::http::client_builder().timeout(timeout).build().map_err(|e| e.to_string())?;
         let mut server = NameServerConfig::udp(nameserver.ip());
         server.connections.iter_mut().for_each(|c| c.port = nameserver.port());
         let provider = hickory_resolver::net::runtime::TokioRuntimeProvider::default();
-        let mut builder = TokioResolver::builder_with_config(ResolverConfig::from_name_servers(vec![server]), provider);
+        Self::direct(TokioResolver::builder_with_config(ResolverConfig::from_name_servers(vec![server]), provider), timeout)
+    }
+
+    /// Direct resolution through the DNS resolver `builder` makes, each lookup within `timeout`.
+    fn direct(mut builder: hickory_resolver::ResolverBuilder<hickory_resolver::net::runtime::TokioRuntimeProvider>, timeout: Duration) -> Result<Self, String> {
         builder.options_mut().timeout = timeout;
-        Ok(Self { http, how: How::Direct(Box::new(builder.build().map_err(|e| e.to_string())?)) })
+        Ok(Self { http: http_client(timeout)?, how: How::Direct(Box::new(builder.build().map_err(|e| e.to_string())?)) })
     }
 
     /// The DID `handle` resolves to: `Ok(None)` when it resolves to none, `Err` when the
@@ -100,6 +97,11 @@ impl HandleResolver {
         let did = body.trim();
         crate::syntax::is_did(did).then(|| did.to_string())
     }
+}
+
+/// The HTTP client of handle lookups.
+fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
+    crate::http::client_builder().timeout(timeout).build().map_err(|e| e.to_string())
 }
 
 /// The DID of `_atproto.<handle>`'s TXT record; `Ok(None)` when there is none (or several that

@@ -206,7 +206,7 @@ impl Backfill {
                 anyhow::bail!("{did:?} is not a valid DID");
             }
             if !self.shard.owns(did) {
-                anyhow::bail!("{did} belongs to shard {}/{}; this node indexes shard {}", crate::cluster::Shard::of(did, self.shard.count), self.shard.count, self.shard);
+                anyhow::bail!("{did} belongs to shard {}; this node indexes shard {}", self.shard.holder(did), self.shard);
             }
             let state = self.store().repo_state(did)?.unwrap_or_default();
             states.push((did.clone(), schedule::requeued(&state, 0, now)));

@@ -21,8 +21,8 @@
 //! frame there is no seq to save; `gap` covers that time instead.
 //!
 //! Architecture invariant: the socket task does no CPU work beyond moving bytes; decoding,
-//! verification and the pipeline run on the router and shard threads (the one exception: the
-//! first frame of a connection made without a position, decoded to learn where the stream is).
+//! verification and the pipeline run on the router and shard threads (`gap`'s probes, short
+//! connections of their own, each decode the one frame they read).
 
 pub mod chain;
 pub mod client;
@@ -56,7 +56,7 @@ use shards::Shards;
 pub const CURSOR: &str = "firehose";
 
 /// The cursor that keeps, while no `seq` is known, since when (unix µs) sluice has been
-/// without a position: what the first frame's look-back must reach (see `gap`).
+/// without a position: how far back `gap`'s search must reach.
 pub const SINCE_CURSOR: &str = "firehose-since";
 
 /// Why live ingestion stopped.
@@ -96,8 +96,8 @@ pub struct Firehose {
     /// Frames of other shards' repos dropped.
     other_shards: AtomicU64,
     liveness: client::Liveness,
-    /// Without a position, since when (unix µs) events may have been missed: the next
-    /// connection's first frame looks back to it.
+    /// Without a position, since when (unix µs) events may have been missed: `gap`'s search
+    /// before the next connection looks back to it.
     gap_since: Mutex<Option<u64>>,
     /// Whether the `firehose-since` cursor is saved.
     since_saved: AtomicBool,

@@ -62,8 +62,7 @@ pub(super) fn on_this_shard(did: &str, shard: Shard) -> Result<(), XrpcError> {
     if shard.owns(did) {
         return Ok(());
     }
-    let theirs = Shard { index: Shard::of(did, shard.count), count: shard.count };
-    Err(XrpcError::new(StatusCode::BAD_REQUEST, "RepoOnOtherShard", format!("{did} is indexed by shard {theirs}; this node serves shard {shard}")))
+    Err(XrpcError::new(StatusCode::BAD_REQUEST, "RepoOnOtherShard", format!("{did} is indexed by shard {}; this node serves shard {shard}", shard.holder(did))))
 }
 
 /// The DID an at-identifier names: a DID itself, or the repo whose own handle it is; `None`
