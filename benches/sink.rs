@@ -125,7 +125,7 @@ fn main() {
         .events_from(0, usize::MAX)
         .unwrap()
         .into_iter()
-        .map(|(id, e)| (id, sluice::sink::subject("", &e), Bytes::from(sluice::wire::event_text(&store, id, &e).unwrap())))
+        .map(|(id, e)| (id, sluice::sink::subject("", &e), Bytes::from(sluice::wire::event_json_bytes(&store, id, &e).unwrap())))
         .collect();
     let bytes: usize = messages.iter().map(|(_, _, p)| p.len()).sum();
     println!("{n} events, {} bytes of JSON each on average, {IN_FLIGHT} in flight\n", bytes / n);

@@ -282,5 +282,5 @@ fn messages_from(store: &Store, prefix: &str, from: u64, limit: usize) -> Result
     {
         tracing::warn!(from, first, "events were removed from the log before the NATS sink published them");
     }
-    events.into_iter().map(|(id, event)| Ok((id, subject(prefix, &event), Bytes::from(crate::wire::event_text(store, id, &event)?)))).collect()
+    events.into_iter().map(|(id, event)| Ok((id, subject(prefix, &event), Bytes::from(crate::wire::event_json_bytes(store, id, &event)?)))).collect()
 }

@@ -45,7 +45,13 @@ pub fn event_json(store: &Store, id: u64, event: &StoredEvent) -> Result<Value, 
 /// One stored event as JSON text: the same value as [`event_json`], written straight from the
 /// stored bytes with no JSON tree in between (the event stream's hot path).
 pub fn event_text(store: &Store, id: u64, event: &StoredEvent) -> Result<String, StoreError> {
-    let StoredEvent::Record(record) = event else { return Ok(event_json(store, id, event)?.to_string()) };
+    Ok(String::from_utf8(event_json_bytes(store, id, event)?).expect("serde_json writes UTF-8"))
+}
+
+/// [`event_text`] as bytes, for a caller that sends bytes (the NATS sink): the text is not
+/// checked again for UTF-8, which serde_json writes.
+pub fn event_json_bytes(store: &Store, id: u64, event: &StoredEvent) -> Result<Vec<u8>, StoreError> {
+    let StoredEvent::Record(record) = event else { return Ok(event_json(store, id, event)?.to_string().into_bytes()) };
     let body = store.event_body(record)?;
     let body = body.as_deref();
     // Sized for the body's JSON (about twice its CBOR), so the buffer rarely grows.
@@ -57,7 +63,7 @@ pub fn event_text(store: &Store, id: u64, event: &StoredEvent) -> Result<String,
         out.clear();
         serde_json::to_writer(&mut out, &RecordEventText { id, record, body, body_checked: true }).expect("a checked body writes");
     }
-    Ok(String::from_utf8(out).expect("serde_json writes UTF-8"))
+    Ok(out)
 }
 
 /// A record event as [`event_json`] writes it (keys in the same, sorted, order).

@@ -61,6 +61,31 @@ pub fn self_status_kb(field: &str) -> u64 {
     status_field_kb(&std::fs::read_to_string("/proc/self/status").unwrap_or_default(), field).unwrap_or(0)
 }
 
+/// The CPU that [`run_child`] pins its children to, when not negative (see [`pin_process`]).
+pub static CHILD_CPU: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+/// Restricts every thread of process `pid` to the CPUs `cpus` (threads it starts later inherit
+/// it): a bench that gives a server its own core to stand for a server on another machine.
+pub fn pin_process(pid: u32, cpus: &[usize]) {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let tid: libc::pid_t = task.file_name().to_string_lossy().parse().unwrap();
+        pin_thread(tid, cpus);
+    }
+}
+
+fn pin_thread(tid: libc::pid_t, cpus: &[usize]) {
+    // SAFETY: a zeroed cpu_set_t is the empty set; CPU_SET and sched_setaffinity only read and
+    // write the set they are given.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        // A thread that exited meanwhile is no error.
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 /// What a child process used: wall seconds, CPU seconds (user + system), peak RSS in KB.
 pub struct Usage {
     pub secs: f64,
@@ -82,7 +107,20 @@ pub fn run_child(binary: &str, args: &[&str], stderr: Option<&std::path::Path>) 
     let log = if stderr.is_some() { "info" } else { "warn" };
     // Reaped by the wait4 below, which also reports its CPU time.
     #[allow(clippy::zombie_processes)]
-    let child = Command::new(binary).args(args).env("RUST_LOG", log).stdout(Stdio::null()).stderr(err).spawn().unwrap();
+    let mut command = Command::new(binary);
+    command.args(args).env("RUST_LOG", log).stdout(Stdio::null()).stderr(err);
+    let cpu = CHILD_CPU.load(std::sync::atomic::Ordering::Relaxed);
+    if cpu >= 0 {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure only calls sched_setaffinity, which is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                pin_thread(0, &[cpu as usize]);
+                Ok(())
+            });
+        }
+    }
+    let child = command.spawn().unwrap();
     let peak_kb = watch_peak_rss(child.id());
     let mut status = 0;
     let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
