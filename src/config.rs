@@ -77,6 +77,11 @@ pub struct NatsSinkConfig {
     pub duplicate_window_secs: u64,
     /// Publishes sent before their acks are awaited.
     pub in_flight: usize,
+    /// When the sink has caught up and only a few events wait, it waits this long for more
+    /// before it reads and sends them: events then go out in batches (one log read, one
+    /// write to the socket, one wake-up for many events), which a backfill's stream of small
+    /// commits needs; a live event reaches NATS at most this much later.
+    pub linger_ms: u64,
 }
 
 impl Default for NatsSinkConfig {
@@ -94,6 +99,7 @@ impl Default for NatsSinkConfig {
             replicas: 1,
             duplicate_window_secs: 600,
             in_flight: 512,
+            linger_ms: 10,
         }
     }
 }

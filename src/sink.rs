@@ -35,6 +35,8 @@ pub struct NatsSink {
     published: AtomicU64,
     /// Events the stream dropped as duplicates (republished after a crash).
     duplicates: AtomicU64,
+    /// Batches sent: runs of events read from the log in one go and written out together.
+    batches: AtomicU64,
     /// Whether the last publish went through.
     connected: AtomicBool,
     /// The last failure, for `/health`.
@@ -55,6 +57,7 @@ impl NatsSink {
             node,
             published: AtomicU64::new(published),
             duplicates: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
             connected: AtomicBool::new(false),
             last_error: std::sync::Mutex::default(),
         }))
@@ -75,6 +78,12 @@ impl NatsSink {
         self.duplicates.load(Ordering::Relaxed)
     }
 
+    /// Batches sent so far: events published over batches is how well publishing is batched
+    /// (a stream of small commits the sink keeps up with makes small ones; see `linger_ms`).
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+
     /// Whether the last publish (or connection) succeeded.
     pub fn connected(&self) -> bool {
         self.connected.load(Ordering::Relaxed)
@@ -89,9 +98,11 @@ impl NatsSink {
     /// stream exists, then follows the log.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut backoff = Duration::from_millis(250);
+        let from = self.published();
+        let stopped = || tracing::info!(published = self.published(), events = self.published() - from, batches = self.batches(), behind = self.behind(), "the NATS sink stopped");
         while !stop.is_cancelled() {
             match self.session(&stop).await {
-                Ok(()) => return,
+                Ok(()) => return stopped(),
                 Err(failure) => {
                     let was_publishing = self.connected.swap(false, Ordering::Relaxed);
                     if was_publishing || self.last_error().is_none() {
@@ -104,11 +115,12 @@ impl NatsSink {
                 }
             }
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(backoff) => {}
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
+        stopped();
     }
 
     /// One connection: publishes until `stop` or a failure.
@@ -162,7 +174,9 @@ impl NatsSink {
     /// Publishes the events after `sent` into the free part of `window` once half of it is
     /// free and as many new events wait (or the window is empty): each read then takes a good
     /// part of a page of the log, instead of decoding a page for the few events committed
-    /// since the last read. Returns the last id sent.
+    /// since the last read. With the window empty and fewer than half of it waiting, it first
+    /// lingers (`linger_ms`) for more, so that a stream of small commits still goes out in
+    /// batches. Returns the last id sent.
     async fn refill(&self, js: &jetstream::Context, window: &mut VecDeque<(u64, jetstream::context::PublishAckFuture)>, mut sent: u64) -> Result<u64, Failure> {
         let in_flight = self.config.in_flight.max(1);
         let waiting = self.store.next_event_id().saturating_sub(sent + 1);
@@ -170,7 +184,12 @@ impl NatsSink {
         if waiting == 0 || !(window.is_empty() || (room >= in_flight / 2 && waiting >= room as u64)) {
             return Ok(sent);
         }
-        for (id, subject, payload) in self.read(sent + 1, room).await? {
+        if window.is_empty() && waiting < (in_flight / 2) as u64 && self.config.linger_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(self.config.linger_ms)).await;
+        }
+        let messages = self.read(sent + 1, room).await?;
+        self.batches.fetch_add(u64::from(!messages.is_empty()), Ordering::Relaxed);
+        for (id, subject, payload) in messages {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("{}:{id}", self.node).as_str());
             let ack = js.publish_with_headers(subject, headers, payload).await.map_err(|e| format!("publishing event {id}: {e}"))?;

@@ -153,6 +153,8 @@ async fn every_event_reaches_the_stream_once_in_order_with_its_subject() {
     for line in [format!("sluice_nats_published_id {}", published.len()), "sluice_nats_behind_events 0".into(), "sluice_nats_connected 1".into()] {
         assert!(metrics.lines().any(|l| l == line), "/metrics has {line}");
     }
+    let batches: u64 = metrics.lines().find_map(|l| l.strip_prefix("sluice_nats_batches_total ")).expect("/metrics counts batches").parse().unwrap();
+    assert!((1..=published.len() as u64).contains(&batches), "{batches} batches for {} events", published.len());
 
     // A consumer filtered to one collection sees exactly that collection's events.
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
@@ -359,4 +361,50 @@ async fn a_sink_started_while_nats_is_down_publishes_once_it_is_up() {
     wait("the sink to publish everything", || n.published_all() && n.sink.connected()).await;
     assert_eq!(stream_messages(&nats.url()).await, expected(n.store(), "shard-0-of-1"));
     n.stop().await;
+}
+
+/// A change of one post-create event to `did`'s `rkey`.
+fn one_event(did: &str, rkey: &str) -> sluice::store::RepoChange {
+    let body = sluice::handlers::value::json_to_cbor(&post(rkey)).unwrap();
+    let cid = cid::Cid::new_v1(0x71, multihash::Multihash::<64>::wrap(0x12, &[9; 32]).unwrap()).to_bytes();
+    let event = sluice::store::RecordEvent {
+        live: true,
+        did: did.into(),
+        rev: "3l3qo2vuowo2b".into(),
+        collection: "app.bsky.feed.post".into(),
+        rkey: rkey.into(),
+        action: Action::Create,
+        cid,
+        replaced: None,
+        handled: Vec::new(),
+        body: Some(body.into()),
+    };
+    sluice::store::RepoChange { did: did.into(), events: vec![sluice::store::StoredEvent::Record(event)], ..Default::default() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_commits_in_quick_succession_go_out_as_one_batch() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(dir.path()).unwrap());
+    // A linger far longer than the commits below take (100 ms), so the test does not race it.
+    let config = NatsSinkConfig { url: nats.url(), linger_ms: 1000, ..Default::default() };
+    let sink = NatsSink::new(store.clone(), config, "solo".into()).unwrap();
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(sink.clone().run(stop.clone()));
+    let caught_up = |s: &NatsSink| s.published() + 1 == store.next_event_id();
+
+    store.commit(one_event("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", "3l0000000000a")).unwrap();
+    wait("the first event", || caught_up(&sink)).await;
+    assert_eq!(sink.batches(), 1);
+    // Far enough apart that a sink without the linger sends each on its own.
+    for i in 0..6 {
+        store.commit(one_event("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", &format!("3l000000000{i}b"))).unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    wait("the six after it", || caught_up(&sink)).await;
+    assert_eq!(sink.batches(), 2, "six commits 20 ms apart, within the linger, are read and sent together");
+    assert_eq!(stream_messages(&nats.url()).await, expected(&store, "solo"), "all seven, once, in order");
+    stop.cancel();
+    tokio::time::timeout(LIMIT, task).await.unwrap().unwrap();
 }

@@ -116,6 +116,8 @@ fn sink(out: &mut String, state: &ServerState) {
     Family::start(out, name, "gauge", "1 while publishing to NATS succeeds.").sample(name, &[], u8::from(sink.connected()));
     let name = "sluice_nats_duplicates_total";
     Family::start(out, name, "counter", "Republished events the stream dropped as duplicates.").sample(name, &[], sink.duplicates());
+    let name = "sluice_nats_batches_total";
+    Family::start(out, name, "counter", "Batches of events read from the log and published together.").sample(name, &[], sink.batches());
 }
 
 fn live(out: &mut String, state: &ServerState) {
