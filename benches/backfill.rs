@@ -64,7 +64,7 @@ fn backfill_logged(net: &Devnet, binary: &str, concurrency: usize, handlers: boo
         chrono::DateTime::parse_from_rfc3339(token.get(start..end)?).ok()
     };
     // The sink's troubles (a timed-out ack, a republish) cost CPU the table would hide.
-    for line in text.lines().filter(|l| (l.contains("WARN") || l.contains("ERROR") || l.contains("republished")) && (l.contains("NATS") || l.contains("nats") || l.contains("sink"))) {
+    for line in text.lines().filter(|l| (l.contains("WARN") || l.contains("ERROR") || l.contains("republished") || l.contains("sink stopped")) && (l.contains("NATS") || l.contains("nats") || l.contains("sink"))) {
         eprintln!("sink: {line}");
     }
     let first = text.lines().find_map(time);
@@ -87,8 +87,7 @@ fn compare(net: &Devnet, label: &str, repos: usize, records: usize, handlers: bo
     for _ in 0..rounds {
         for binary in &binaries {
             let usage = backfill(net, binary, 16, handlers);
-            let name = if binaries.len() > 1 { format!(" [{}]", binary.rsplit('/').next().unwrap_or(binary)) } else { String::new() };
-            row(&format!("{label}{name}"), repos, records, &usage);
+            row(&format!("{label}{}", build_name(binary, &binaries)), repos, records, &usage);
         }
     }
 }
@@ -142,7 +141,8 @@ async fn many_small_repos() {
 }
 
 /// `sink`: the backfill with the NATS sink on (publishing to a local JetStream stream, the run
-/// ending once all is published) against off; `shards`: two shards (0/2 and 1/2) backfilling
+/// ending once all is published) against off; `sink-split`: the same with sluice pinned to
+/// CPU 0 and the NATS server and the devnet to CPU 1 (builds compared by `SLUICE_BIN`); `shards`: two shards (0/2 and 1/2) backfilling
 /// the same devnet at once against one node. On a devnet of `SLUICE_MANY_REPOS` (its first
 /// size, default 20,000) repos of 20 records, handlers on, `SLUICE_BENCH_ROUNDS` rounds;
 /// `SLUICE_SINK_IN_FLIGHT` sets the sink's `in_flight` (default 512).
@@ -152,37 +152,28 @@ async fn sink_and_shards() {
     let rounds: usize = std::env::var("SLUICE_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(1);
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     net.populate(repos, RECORDS, 11).await;
-    let binary = env!("CARGO_BIN_EXE_sluice");
-    let label = format!("{repos} x {RECORDS} records");
+    let binaries = sluice_binaries();
     let nats = (wants("sink") || wants("sink-split")).then(sluice::devnet::NatsServer::start);
     for round in 0..rounds {
-        if let Some(nats) = nats.as_ref().filter(|_| wants("sink")) {
-            row(&format!("{label}, sink off"), repos, repos * RECORDS, &backfill(&net, binary, 16, true));
-            let in_flight = std::env::var("SLUICE_SINK_IN_FLIGHT").unwrap_or_else(|_| "512".into());
-            let extra = format!("[sink.nats]\nurl = {:?}\nstream = \"BENCH{round}\"\nsubject_prefix = \"bench{round}\"\nin_flight = {in_flight}\n", nats.url());
-            let (usage, done) = backfill_logged(&net, binary, 16, true, &extra);
-            row(&format!("{label}, sink on (all published at exit)"), repos, repos * RECORDS, &usage);
-            if let Some(secs) = done {
-                println!("| {label}, sink on: the backfill part (until it logged done) | {repos} | {} | {secs:.2} | {:.0} | | | | |", repos * RECORDS, (repos * RECORDS) as f64 / secs);
+        for (b, binary) in binaries.iter().enumerate() {
+            let label = format!("{repos} x {RECORDS} records{}", build_name(binary, &binaries));
+            let stream = format!("r{round}b{b}");
+            if let Some(nats) = nats.as_ref().filter(|_| wants("sink")) {
+                sink_on_off(&net, binary, &format!("{label}, sink"), (repos, repos * RECORDS), &nats.url(), &format!("shared{stream}"));
+            }
+            if let Some(nats) = nats.as_ref().filter(|_| wants("sink-split")) {
+                // The deployment's shape on this machine: sluice alone on CPU 0; the NATS
+                // server and the devnet (this process) on CPU 1, standing for other machines.
+                common::pin_process(std::process::id(), &[1]);
+                common::pin_process(nats.pid().unwrap(), &[1]);
+                common::CHILD_CPU.store(0, std::sync::atomic::Ordering::Relaxed);
+                sink_on_off(&net, binary, &format!("{label}, sluice on a core of its own, sink"), (repos, repos * RECORDS), &nats.url(), &format!("split{stream}"));
+                common::CHILD_CPU.store(-1, std::sync::atomic::Ordering::Relaxed);
+                common::pin_process(std::process::id(), &[0, 1]);
+                common::pin_process(nats.pid().unwrap(), &[0, 1]);
             }
         }
-        if let Some(nats) = nats.as_ref().filter(|_| wants("sink-split")) {
-            // The deployment's shape on this machine: sluice alone on CPU 0; the NATS server
-            // and the devnet (this process) on CPU 1, standing for other machines.
-            common::pin_process(std::process::id(), &[1]);
-            common::pin_process(nats.pid().unwrap(), &[1]);
-            common::CHILD_CPU.store(0, std::sync::atomic::Ordering::Relaxed);
-            row(&format!("{label}, sink off, sluice on a core of its own"), repos, repos * RECORDS, &backfill(&net, binary, 16, true));
-            let extra = format!("[sink.nats]\nurl = {:?}\nstream = \"SPLIT{round}\"\nsubject_prefix = \"split{round}\"\n", nats.url());
-            let (usage, done) = backfill_logged(&net, binary, 16, true, &extra);
-            row(&format!("{label}, sink on, sluice on a core of its own (all published at exit)"), repos, repos * RECORDS, &usage);
-            if let Some(secs) = done {
-                println!("| {label}, sink on, sluice on a core of its own: the backfill part | {repos} | {} | {secs:.2} | {:.0} | | | | |", repos * RECORDS, (repos * RECORDS) as f64 / secs);
-            }
-            common::CHILD_CPU.store(-1, std::sync::atomic::Ordering::Relaxed);
-            common::pin_process(std::process::id(), &[0, 1]);
-            common::pin_process(nats.pid().unwrap(), &[0, 1]);
-        }
+        let (binary, label) = (binaries[0].as_str(), format!("{repos} x {RECORDS} records"));
         if wants("shards") {
             row(&format!("{label}, one node"), repos, repos * RECORDS, &backfill(&net, binary, 16, true));
             let started = Instant::now();
@@ -200,6 +191,24 @@ async fn sink_and_shards() {
         }
     }
     net.shutdown().await;
+}
+
+/// One backfill of `net` with the sink off, then one with it on publishing to stream `tag`
+/// at `url` (`SLUICE_SINK_IN_FLIGHT` sets `in_flight`, default 512); rows labelled `label`.
+fn sink_on_off(net: &Devnet, binary: &str, label: &str, (repos, records): (usize, usize), url: &str, tag: &str) {
+    row(&format!("{label} off"), repos, records, &backfill(net, binary, 16, true));
+    let in_flight = std::env::var("SLUICE_SINK_IN_FLIGHT").unwrap_or_else(|_| "512".into());
+    let extra = format!("[sink.nats]\nurl = {url:?}\nstream = \"{}\"\nsubject_prefix = \"{tag}\"\nin_flight = {in_flight}\n", tag.to_uppercase());
+    let (usage, done) = backfill_logged(net, binary, 16, true, &extra);
+    row(&format!("{label} on (all published at exit)"), repos, records, &usage);
+    if let Some(secs) = done {
+        println!("| {label} on: the backfill part (until it logged done) | {repos} | {records} | {secs:.2} | {:.0} | | | | |", records as f64 / secs);
+    }
+}
+
+/// ` [file name]` of `binary` when several builds are compared, else nothing.
+fn build_name(binary: &str, binaries: &[String]) -> String {
+    if binaries.len() > 1 { format!(" [{}]", binary.rsplit('/').next().unwrap_or(binary)) } else { String::new() }
 }
 
 #[tokio::main]

@@ -105,8 +105,6 @@ pub fn run_child(binary: &str, args: &[&str], stderr: Option<&std::path::Path>) 
         None => Stdio::inherit(),
     };
     let log = if stderr.is_some() { "info" } else { "warn" };
-    // Reaped by the wait4 below, which also reports its CPU time.
-    #[allow(clippy::zombie_processes)]
     let mut command = Command::new(binary);
     command.args(args).env("RUST_LOG", log).stdout(Stdio::null()).stderr(err);
     let cpu = CHILD_CPU.load(std::sync::atomic::Ordering::Relaxed);
@@ -120,6 +118,8 @@ pub fn run_child(binary: &str, args: &[&str], stderr: Option<&std::path::Path>) 
             });
         }
     }
+    // Reaped by the wait4 below, which also reports its CPU time.
+    #[allow(clippy::zombie_processes)]
     let child = command.spawn().unwrap();
     let peak_kb = watch_peak_rss(child.id());
     let mut status = 0;
