@@ -45,7 +45,7 @@ impl Shard {
 
     /// Whether this node owns `did`.
     pub fn owns(&self, did: &str) -> bool {
-        self.count <= 1 || Self::of(did, self.count) == self.index
+        self.is_whole() || Self::of(did, self.count) == self.index
     }
 
     /// Whether the node holds the whole network (no sharding).

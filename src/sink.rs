@@ -131,12 +131,17 @@ impl NatsSink {
         self.follow(&js, stop).await
     }
 
+    /// Publishes kept unacked at most (`in_flight`, at least 1).
+    fn in_flight(&self) -> usize {
+        self.config.in_flight.max(1)
+    }
+
     /// Publishes the log from the cursor on, keeping up to `in_flight` publishes unacked at any
     /// time (a sliding window: the next events go out while the oldest acks come back), and
     /// moves the cursor as acks arrive in order.
     async fn follow(&self, js: &jetstream::Context, stop: &CancellationToken) -> Result<(), Failure> {
         let mut head = self.store.watch_events();
-        let in_flight = self.config.in_flight.max(1);
+        let in_flight = self.in_flight();
         let mut window: VecDeque<(u64, jetstream::context::PublishAckFuture)> = VecDeque::with_capacity(in_flight);
         let mut sent = self.published();
         loop {
@@ -178,7 +183,7 @@ impl NatsSink {
     /// lingers (`linger_ms`) for more, so that a stream of small commits still goes out in
     /// batches. Returns the last id sent.
     async fn refill(&self, js: &jetstream::Context, window: &mut VecDeque<(u64, jetstream::context::PublishAckFuture)>, mut sent: u64) -> Result<u64, Failure> {
-        let in_flight = self.config.in_flight.max(1);
+        let in_flight = self.in_flight();
         let waiting = self.store.next_event_id().saturating_sub(sent + 1);
         let room = in_flight - window.len();
         if waiting == 0 || !(window.is_empty() || (room >= in_flight / 2 && waiting >= room as u64)) {
