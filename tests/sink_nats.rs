@@ -208,6 +208,30 @@ async fn indexing_goes_on_while_nats_is_down_and_the_sink_catches_up_after() {
     n.stop().await;
 }
 
+/// Runs `sluice run` on `config` until its `/health` (on `port`) says it holds `events` events
+/// or more and the sink is not behind, then stops it gracefully (SIGTERM).
+async fn run_until_published(config: &std::path::Path, log: &std::path::Path, port: u16, events: u64) {
+    let mut child = common::spawn_sluice(config, "run", log);
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let health: Option<Value> = match reqwest::get(format!("http://127.0.0.1:{port}/health")).await {
+            Ok(res) => res.json().await.ok(),
+            Err(_) => None,
+        };
+        if let Some(h) = health
+            && h["events"].as_u64().unwrap_or(0) >= events
+            && h["nats"]["behind"] == json!(0)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "the run publishes everything; log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_while_publishing_loses_and_duplicates_nothing() {
     let nats = NatsServer::start();
@@ -254,28 +278,8 @@ async fn sigkill_while_publishing_loses_and_duplicates_nothing() {
         assert_eq!(&held[..], &expected(&store, "shard-0-of-1")[..held.len()], "what the stream holds is the log's start, once each");
         store.save_cursor("nats", &(cursor - 50).to_string()).unwrap();
     }
-    // The last run finishes the backfill and the publishing (its /health says so), then stops
-    // gracefully.
-    let mut child = common::spawn_sluice(&config, "run", &log);
-    let records = (dids.len() * 30 + writes) as u64;
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let health: Option<Value> = match reqwest::get(format!("http://127.0.0.1:{port}/health")).await {
-            Ok(res) => res.json().await.ok(),
-            Err(_) => None,
-        };
-        if let Some(h) = health
-            && h["events"].as_u64().unwrap_or(0) >= records
-            && h["nats"]["behind"] == json!(0)
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "the last run publishes everything; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
-    }
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait().unwrap();
+    // The last run finishes the backfill and the publishing, then stops gracefully.
+    run_until_published(&config, &log, port, (dids.len() * 30 + writes) as u64).await;
     let store = Store::open(&dir.path().join("data")).unwrap();
     assert!(dids.iter().all(|d| in_step(&store, &net, d)));
     assert_eq!(stream_messages(&nats.url()).await, expected(&store, "shard-0-of-1"), "after the kills the stream equals the log: no gap, no duplicate");
