@@ -8,6 +8,10 @@
 //! `cargo bench --bench sink` prints a Markdown table for BENCHMARKS.md.
 //! `SLUICE_SINK_EVENTS` (default 200000) sets the log's size, `SLUICE_BENCH_ROUNDS` (default 2)
 //! how many interleaved rounds of both are run; each round uses streams of its own.
+//!
+//! `SLUICE_SINK_LOG=<data dir>` instead measures the sink's own work on the log of a real
+//! store (e.g. one `sluice backfill` wrote from a devnet, with handlers on), with no NATS:
+//! reading the log, then reading it and rendering each event's JSON and subject, per event.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,7 +117,33 @@ fn measured<T>(nats: &NatsServer, f: impl FnOnce() -> T) -> (T, f64, f64) {
     (out, common::cpu_seconds() - ours, process_cpu(nats.pid().unwrap()) - theirs)
 }
 
+/// Per event: reading `data`'s log in the sink's pages, then reading and rendering it.
+fn read_and_render(data: &str) {
+    let store = Store::open(std::path::Path::new(data)).unwrap();
+    let pass = |render: bool| {
+        let (started, mut from, mut events, mut bytes) = (Instant::now(), 0u64, 0usize, 0usize);
+        loop {
+            let page = store.events_from(from, IN_FLIGHT / 2).unwrap();
+            let Some(&(last, _)) = page.last() else { break };
+            for (id, event) in page.iter().filter(|_| render) {
+                bytes += sluice::wire::event_json_bytes(&store, *id, event).unwrap().len() + sluice::sink::subject("sluice", event).len();
+            }
+            (from, events) = (last + 1, events + page.len());
+        }
+        (started.elapsed().as_secs_f64() * 1e6 / events.max(1) as f64, events, bytes / events.max(1))
+    };
+    println!("| pass | events | µs/event | bytes/event (JSON and subject) |\n|---|---:|---:|---:|");
+    for _ in 0..std::env::var("SLUICE_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3) {
+        let (read, events, _) = pass(false);
+        let (both, _, bytes) = pass(true);
+        println!("| read | {events} | {read:.2} | |\n| read and render | {events} | {both:.2} | {bytes} |");
+    }
+}
+
 fn main() {
+    if let Ok(data) = std::env::var("SLUICE_SINK_LOG") {
+        return read_and_render(&data);
+    }
     let n: usize = std::env::var("SLUICE_SINK_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
     let rounds: usize = std::env::var("SLUICE_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
     let nats = NatsServer::start();
