@@ -117,18 +117,25 @@ fn measured<T>(nats: &NatsServer, f: impl FnOnce() -> T) -> (T, f64, f64) {
     (out, common::cpu_seconds() - ours, process_cpu(nats.pid().unwrap()) - theirs)
 }
 
-/// Per event: reading `data`'s log in the sink's pages, then reading and rendering it.
+/// Per event: reading `data`'s log in the sink's batches, then reading and rendering it as the
+/// sink does ([`sluice::sink::messages_from`]).
 fn read_and_render(data: &str) {
     let store = Store::open(std::path::Path::new(data)).unwrap();
+    let batch = IN_FLIGHT / 2;
+    // Returns µs per event, events, and bytes of JSON and subject per event (0 when reading only).
     let pass = |render: bool| {
         let (started, mut from, mut events, mut bytes) = (Instant::now(), 0u64, 0usize, 0usize);
         loop {
-            let page = store.events_from(from, IN_FLIGHT / 2).unwrap();
-            let Some(&(last, _)) = page.last() else { break };
-            for (id, event) in page.iter().filter(|_| render) {
-                bytes += sluice::wire::event_json_bytes(&store, *id, event).unwrap().len() + sluice::sink::subject("sluice", event).len();
-            }
-            (from, events) = (last + 1, events + page.len());
+            let (last, n) = if render {
+                let messages = sluice::sink::messages_from(&store, "sluice", from, batch).unwrap();
+                bytes += messages.iter().map(|(_, subject, payload)| subject.len() + payload.len()).sum::<usize>();
+                (messages.last().map(|m| m.0), messages.len())
+            } else {
+                let events = store.events_from(from, batch).unwrap();
+                (events.last().map(|e| e.0), events.len())
+            };
+            let Some(last) = last else { break };
+            (from, events) = (last + 1, events + n);
         }
         (started.elapsed().as_secs_f64() * 1e6 / events.max(1) as f64, events, bytes / events.max(1))
     };

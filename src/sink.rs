@@ -285,8 +285,8 @@ pub fn spawn(sink: Arc<NatsSink>, stop: CancellationToken) -> std::io::Result<st
     })
 }
 
-/// The niceness of the sink's threads.
-const SINK_NICENESS: i32 = 15;
+/// The niceness of the sink's threads: below the backfill's walkers.
+const SINK_NICENESS: i32 = crate::backfill::WALKER_NICENESS + 5;
 
 /// The subject of an event under `prefix`.
 pub fn subject(prefix: &str, event: &StoredEvent) -> String {
@@ -297,9 +297,10 @@ pub fn subject(prefix: &str, event: &StoredEvent) -> String {
     }
 }
 
-/// Up to `limit` events from id `from` on as (id, subject under `prefix`, JSON payload). Events
+/// Up to `limit` events from id `from` on as (id, subject under `prefix`, JSON payload): what
+/// the sink reads and renders for each batch (the sink bench measures it alone). Events
 /// trimmed away before the sink saw them are skipped (the first id is then past `from`).
-fn messages_from(store: &Store, prefix: &str, from: u64, limit: usize) -> Result<Vec<(u64, String, Bytes)>, crate::store::StoreError> {
+pub fn messages_from(store: &Store, prefix: &str, from: u64, limit: usize) -> Result<Vec<(u64, String, Bytes)>, crate::store::StoreError> {
     let events = store.events_from(from, limit)?;
     if let Some(&(first, _)) = events.first()
         && first > from

@@ -48,7 +48,7 @@ pub use crawler::{CrawlSummary, Crawler, Listing};
 pub use fetch::RepoFetcher;
 pub use progress::Progress;
 pub use requeue::{Widening, widening};
-pub(crate) use walkers::set_thread_niceness;
+pub(crate) use walkers::{WALKER_NICENESS, set_thread_niceness};
 pub use schedule::RetryPolicy;
 
 /// Live backlog (events waiting) above which `BACKFILL_USE_IDLE` holds new repos.

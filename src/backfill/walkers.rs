@@ -41,7 +41,7 @@ impl Walkers {
 }
 
 fn work(jobs: &Mutex<Receiver<Job>>) {
-    lower_priority();
+    set_thread_niceness(WALKER_NICENESS);
     loop {
         let job = match jobs.lock().expect("walk jobs").recv() {
             Ok(job) => job,
@@ -52,10 +52,8 @@ fn work(jobs: &Mutex<Receiver<Job>>) {
     }
 }
 
-/// Nice 10 for the calling thread.
-fn lower_priority() {
-    set_thread_niceness(10);
-}
+/// The niceness of the walkers' threads: below queries and live ingestion.
+pub(crate) const WALKER_NICENESS: i32 = 10;
 
 /// Sets the calling thread's niceness (Linux: `setpriority` on a thread id affects that thread).
 pub(crate) fn set_thread_niceness(nice: i32) {
