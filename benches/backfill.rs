@@ -42,7 +42,13 @@ fn backfill_with(net: &Devnet, binary: &str, concurrency: usize, handlers: bool,
 
 /// [`backfill_with`], also returning the seconds from the run's first log line to the line
 /// saying the backfill is done and the NATS sink publishes what is left (when it says so).
-fn backfill_logged(net: &Devnet, binary: &str, concurrency: usize, handlers: bool, extra: &str) -> (Usage, Option<f64>) {
+fn backfill_logged(
+    net: &Devnet,
+    binary: &str,
+    concurrency: usize,
+    handlers: bool,
+    extra: &str,
+) -> (Usage, Option<f64>) {
     let dir = tempfile::tempdir().unwrap();
     let filter = match handlers {
         true => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/everything.toml"),
@@ -52,7 +58,12 @@ fn backfill_logged(net: &Devnet, binary: &str, concurrency: usize, handlers: boo
             path
         }
     };
-    let config = common::backfill_config(dir.path(), net, &filter, &format!("[backfill]\nmax_concurrent = {concurrency}\nmax_memory_mb = 0\n{extra}"));
+    let config = common::backfill_config(
+        dir.path(),
+        net,
+        &filter,
+        &format!("[backfill]\nmax_concurrent = {concurrency}\nmax_memory_mb = 0\n{extra}"),
+    );
     let log = dir.path().join("run.log");
     let usage = common::run_child(binary, &["--config", config.to_str().unwrap(), "backfill"], Some(&log));
     let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -84,7 +95,8 @@ fn sluice_binaries() -> Vec<String> {
 
 /// Runs every build `rounds` times, interleaved, and prints a row for each run.
 fn compare(net: &Devnet, label: &str, repos: usize, records: usize, handlers: bool) {
-    let (binaries, rounds) = (sluice_binaries(), std::env::var("SLUICE_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(1));
+    let (binaries, rounds) =
+        (sluice_binaries(), std::env::var("SLUICE_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(1));
     for _ in 0..rounds {
         for binary in &binaries {
             let usage = backfill(net, binary, 16, handlers);
@@ -149,7 +161,10 @@ async fn many_small_repos() {
 /// `SLUICE_SINK_IN_FLIGHT` sets the sink's `in_flight` (default 512).
 async fn sink_and_shards() {
     const RECORDS: usize = 20;
-    let repos: usize = std::env::var("SLUICE_MANY_REPOS").ok().and_then(|s| s.split(',').next()?.trim().parse().ok()).unwrap_or(20_000);
+    let repos: usize = std::env::var("SLUICE_MANY_REPOS")
+        .ok()
+        .and_then(|s| s.split(',').next()?.trim().parse().ok())
+        .unwrap_or(20_000);
     let rounds: usize = std::env::var("SLUICE_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(1);
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     net.populate(repos, RECORDS, 11).await;
@@ -160,7 +175,14 @@ async fn sink_and_shards() {
             let label = format!("{repos} x {RECORDS} records{}", build_name(binary, &binaries));
             let stream = format!("r{round}b{b}");
             if let Some(nats) = nats.as_ref().filter(|_| wants("sink")) {
-                sink_on_off(&net, binary, &format!("{label}, sink"), (repos, repos * RECORDS), &nats.url(), &format!("shared{stream}"));
+                sink_on_off(
+                    &net,
+                    binary,
+                    &format!("{label}, sink"),
+                    (repos, repos * RECORDS),
+                    &nats.url(),
+                    &format!("shared{stream}"),
+                );
             }
             if let Some(nats) = nats.as_ref().filter(|_| wants("sink-split")) {
                 // The deployment's shape on this machine: sluice alone on CPU 0; the NATS
@@ -168,7 +190,14 @@ async fn sink_and_shards() {
                 common::pin_process(std::process::id(), &[1]);
                 common::pin_process(nats.pid().unwrap(), &[1]);
                 common::CHILD_CPU.store(0, std::sync::atomic::Ordering::Relaxed);
-                sink_on_off(&net, binary, &format!("{label}, sluice on a core of its own, sink"), (repos, repos * RECORDS), &nats.url(), &format!("split{stream}"));
+                sink_on_off(
+                    &net,
+                    binary,
+                    &format!("{label}, sluice on a core of its own, sink"),
+                    (repos, repos * RECORDS),
+                    &nats.url(),
+                    &format!("split{stream}"),
+                );
                 common::CHILD_CPU.store(-1, std::sync::atomic::Ordering::Relaxed);
                 common::pin_process(std::process::id(), &[0, 1]);
                 common::pin_process(nats.pid().unwrap(), &[0, 1]);
@@ -180,14 +209,24 @@ async fn sink_and_shards() {
             let started = Instant::now();
             let net = &net;
             let shards: Vec<Usage> = std::thread::scope(|s| {
-                let runs: Vec<_> = (0..2).map(|i| s.spawn(move || backfill_with(net, binary, 16, true, &format!("[cluster]\nshard = \"{i}/2\"\n")))).collect();
+                let runs: Vec<_> = (0..2)
+                    .map(|i| {
+                        s.spawn(move || {
+                            backfill_with(net, binary, 16, true, &format!("[cluster]\nshard = \"{i}/2\"\n"))
+                        })
+                    })
+                    .collect();
                 runs.into_iter().map(|r| r.join().unwrap()).collect()
             });
             let wall = started.elapsed().as_secs_f64();
             for (i, u) in shards.iter().enumerate() {
                 row(&format!("{label}, shard {i}/2 (both at once)"), repos / 2, repos * RECORDS / 2, u);
             }
-            let both = Usage { secs: wall, cpu: shards.iter().map(|u| u.cpu).sum(), peak_kb: shards.iter().map(|u| u.peak_kb).sum() };
+            let both = Usage {
+                secs: wall,
+                cpu: shards.iter().map(|u| u.cpu).sum(),
+                peak_kb: shards.iter().map(|u| u.peak_kb).sum(),
+            };
             row(&format!("{label}, two shards together (peak RSS summed)"), repos, repos * RECORDS, &both);
         }
     }
@@ -199,11 +238,17 @@ async fn sink_and_shards() {
 fn sink_on_off(net: &Devnet, binary: &str, label: &str, (repos, records): (usize, usize), url: &str, tag: &str) {
     row(&format!("{label} off"), repos, records, &backfill(net, binary, 16, true));
     let in_flight = std::env::var("SLUICE_SINK_IN_FLIGHT").unwrap_or_else(|_| "512".into());
-    let extra = format!("[sink.nats]\nurl = {url:?}\nstream = \"{}\"\nsubject_prefix = \"{tag}\"\nin_flight = {in_flight}\n", tag.to_uppercase());
+    let extra = format!(
+        "[sink.nats]\nurl = {url:?}\nstream = \"{}\"\nsubject_prefix = \"{tag}\"\nin_flight = {in_flight}\n",
+        tag.to_uppercase()
+    );
     let (usage, done) = backfill_logged(net, binary, 16, true, &extra);
     row(&format!("{label} on (all published at exit)"), repos, records, &usage);
     if let Some(secs) = done {
-        println!("| {label} on: the backfill part (until it logged done) | {repos} | {records} | {secs:.2} | {:.0} | | | | |", records as f64 / secs);
+        println!(
+            "| {label} on: the backfill part (until it logged done) | {repos} | {records} | {secs:.2} | {:.0} | | | | |",
+            records as f64 / secs
+        );
     }
 }
 
@@ -216,7 +261,9 @@ fn build_name(binary: &str, binaries: &[String]) -> String {
 async fn main() {
     const REPOS: usize = 16;
     const RECORDS: usize = 50_000;
-    println!("| case | repos | records | wall (s) | records/s | repos/s | records/CPU-s | CPU µs/repo | peak RSS (MB) |");
+    println!(
+        "| case | repos | records | wall (s) | records/s | repos/s | records/CPU-s | CPU µs/repo | peak RSS (MB) |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     if wants("many") {
         many_small_repos().await;
@@ -235,12 +282,22 @@ async fn main() {
         total += car_bytes(&net, did).await;
     }
     if wants("large") {
-        compare(&net, &format!("{REPOS} x {RECORDS} records ({} MB of CAR), 16 in flight", total >> 20), REPOS, REPOS * RECORDS, true);
+        compare(
+            &net,
+            &format!("{REPOS} x {RECORDS} records ({} MB of CAR), 16 in flight", total >> 20),
+            REPOS,
+            REPOS * RECORDS,
+            true,
+        );
     }
     if wants("huge") {
         let big = net.populate(1, 330_000, 43).await;
         let big_bytes = car_bytes(&net, &big[0]).await;
-        let label = format!("the same + one {} MB repo ({} MB of CAR), 16 in flight", big_bytes >> 20, (total + big_bytes) >> 20);
+        let label = format!(
+            "the same + one {} MB repo ({} MB of CAR), 16 in flight",
+            big_bytes >> 20,
+            (total + big_bytes) >> 20
+        );
         compare(&net, &label, REPOS + 1, REPOS * RECORDS + 330_000, true);
     }
     net.shutdown().await;

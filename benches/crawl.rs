@@ -38,7 +38,9 @@ async fn main() {
     let dids: usize = std::env::var("SLUICE_CRAWL_DIDS").ok().and_then(|n| n.parse().ok()).unwrap_or(1_000_000);
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     net.list_unresolvable(dids, 9);
-    println!("| case | DIDs | wall (s) | DIDs or repos/s | first / last interval (repos/s) | CPU µs/repo | memory (MB) |");
+    println!(
+        "| case | DIDs | wall (s) | DIDs or repos/s | first / last interval (repos/s) | CPU µs/repo | memory (MB) |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|");
 
     let dir = tempfile::tempdir().unwrap();
@@ -48,14 +50,23 @@ async fn main() {
     let summary = Crawler::new(&net.relay_url()).crawl(&store, &Listing::AllRepos).await.unwrap();
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(summary.queued as usize, dids);
-    println!("| crawler alone (listRepos pages of 1,000, queued in fjall) | {dids} | {secs:.2} | {:.0} | - | - | +{} (this process) |", dids as f64 / secs, rss_mb().saturating_sub(before));
+    println!(
+        "| crawler alone (listRepos pages of 1,000, queued in fjall) | {dids} | {secs:.2} | {:.0} | - | - | +{} (this process) |",
+        dids as f64 / secs,
+        rss_mb().saturating_sub(before)
+    );
     drop(store);
 
     let dir = tempfile::tempdir().unwrap();
     let filter = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/everything.toml");
-    let config = common::backfill_config(dir.path(), &net, &filter, "[backfill]\nmax_memory_mb = 0\nprogress_secs = 2\n");
+    let config =
+        common::backfill_config(dir.path(), &net, &filter, "[backfill]\nmax_memory_mb = 0\nprogress_secs = 2\n");
     let log = dir.path().join("backfill.log");
-    let usage = common::run_child(env!("CARGO_BIN_EXE_sluice"), &["--config", config.to_str().unwrap(), "backfill"], Some(&log));
+    let usage = common::run_child(
+        env!("CARGO_BIN_EXE_sluice"),
+        &["--config", config.to_str().unwrap(), "backfill"],
+        Some(&log),
+    );
     let rates = progress_rates(&std::fs::read_to_string(&log).unwrap());
     // The first interval includes the crawl; the last may be cut short by the run's end.
     let (first, last) = (rates.get(1).copied().unwrap_or(0.0), rates.iter().rev().nth(1).copied().unwrap_or(0.0));

@@ -34,13 +34,28 @@ fn service(dir: &std::path::Path, identities: Vec<Identity>, synced: &[(String, 
     let mut config = Config::default();
     config.storage.path = dir.join("data");
     config.backfill.days = 0;
-    let sluice = Sluice::builder().config(config.clone()).filter(Filter::from_toml("mode = \"full\"\n", "bench").unwrap()).open().unwrap();
+    let sluice = Sluice::builder()
+        .config(config.clone())
+        .filter(Filter::from_toml("mode = \"full\"\n", "bench").unwrap())
+        .open()
+        .unwrap();
     let states: Vec<(String, RepoState)> = synced
         .iter()
-        .map(|(did, rev, data)| (did.clone(), RepoState { status: RepoStatus::Synced, rev: Some(rev.clone()), data: Some(data.clone()), ..Default::default() }))
+        .map(|(did, rev, data)| {
+            (
+                did.clone(),
+                RepoState {
+                    status: RepoStatus::Synced,
+                    rev: Some(rev.clone()),
+                    data: Some(data.clone()),
+                    ..Default::default()
+                },
+            )
+        })
         .collect();
     sluice.store().set_states(&states, None).unwrap();
-    let resolver = Arc::new(Resolver::new(ResolverOptions { plc_url: "http://127.0.0.1:1/".into(), ..Default::default() }));
+    let resolver =
+        Arc::new(Resolver::new(ResolverOptions { plc_url: "http://127.0.0.1:1/".into(), ..Default::default() }));
     for identity in identities {
         resolver.prime(identity);
     }
@@ -78,15 +93,23 @@ fn capture() -> (Vec<Bytes>, Vec<Identity>) {
         frames.push(Bytes::copy_from_slice(&tail[..len]));
         rest = &tail[len..];
     }
-    let docs: std::collections::BTreeMap<String, serde_json::Value> = serde_json::from_slice(&unzstd(&dir.join("did_docs.json.zst"))).unwrap();
-    let identities = docs.iter().map(|(did, doc)| sluice::identity::identity_from_document(did, &serde_json::to_vec(doc).unwrap()).unwrap()).collect();
+    let docs: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&unzstd(&dir.join("did_docs.json.zst"))).unwrap();
+    let identities = docs
+        .iter()
+        .map(|(did, doc)| sluice::identity::identity_from_document(did, &serde_json::to_vec(doc).unwrap()).unwrap())
+        .collect();
     (frames, identities)
 }
 
 fn row(name: &str, run: &Run) {
     println!(
         "| {name} | {} | {:.2} | {:.0} | {:.2} | {:.0} |",
-        run.commits, run.secs, run.commits as f64 / run.secs, run.cpu, run.commits as f64 / run.cpu
+        run.commits,
+        run.secs,
+        run.commits as f64 / run.secs,
+        run.cpu,
+        run.commits as f64 / run.cpu
     );
 }
 
@@ -104,7 +127,8 @@ fn main() {
         let firehose = service(dir.path(), identities.clone(), &[]);
         let run = feed(&firehose, &frames);
         assert_eq!(run.commits, commits as u64, "every commit of the capture applies");
-        (total.commits, total.secs, total.cpu) = (total.commits + run.commits, total.secs + run.secs, total.cpu + run.cpu);
+        (total.commits, total.secs, total.cpu) =
+            (total.commits + run.commits, total.secs + run.secs, total.cpu + run.cpu);
     }
     row("relay capture (148 commits, 40 fresh stores)", &total);
 
@@ -113,7 +137,12 @@ fn main() {
     let identities: Vec<Identity> = stream
         .keys
         .iter()
-        .map(|(did, key)| Identity { did: did.clone(), pds: "http://127.0.0.1:1".into(), key: sluice::repo::parse_public_key(key).unwrap(), handle: None })
+        .map(|(did, key)| Identity {
+            did: did.clone(),
+            pds: "http://127.0.0.1:1".into(),
+            key: sluice::repo::parse_public_key(key).unwrap(),
+            handle: None,
+        })
         .collect();
     let frames: Vec<Bytes> = stream.frames.into_iter().map(Bytes::from).collect();
     row(&format!("signature checks alone, 2 threads ({n} commits)"), &signatures_alone(&frames, &identities));
@@ -132,14 +161,18 @@ fn signatures_alone(frames: &[Bytes], identities: &[Identity]) -> Run {
     let commits: Vec<_> = frames
         .iter()
         .filter_map(|f| match decode_frame(f) {
-            Ok(Frame::Commit(c)) => Some((keys[c.repo.as_str()], sluice::firehose::ops::commit_blocks(&c, &limits).unwrap())),
+            Ok(Frame::Commit(c)) => {
+                Some((keys[c.repo.as_str()], sluice::firehose::ops::commit_blocks(&c, &limits).unwrap()))
+            }
             _ => None,
         })
         .collect();
     let (cpu0, start) = (common::cpu_seconds(), Instant::now());
     std::thread::scope(|scope| {
         for half in commits.chunks(commits.len().div_ceil(2)) {
-            scope.spawn(move || half.iter().for_each(|(key, loaded)| loaded.verify_signature(key).expect("a generated commit verifies")));
+            scope.spawn(move || {
+                half.iter().for_each(|(key, loaded)| loaded.verify_signature(key).expect("a generated commit verifies"))
+            });
         }
     });
     Run { commits: commits.len() as u64, secs: start.elapsed().as_secs_f64(), cpu: common::cpu_seconds() - cpu0 }

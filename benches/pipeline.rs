@@ -25,7 +25,12 @@ const ROUNDS: usize = 3;
 /// a backfill runs them); returns the records created.
 fn index_concurrently(sluice: &Sluice, inputs: Vec<bytes::Bytes>) -> usize {
     std::thread::scope(|scope| {
-        let handles: Vec<_> = inputs.into_iter().map(|car| scope.spawn(move || sluice.index_car_owned(car, &IndexOptions::default()).unwrap().created as usize)).collect();
+        let handles: Vec<_> = inputs
+            .into_iter()
+            .map(|car| {
+                scope.spawn(move || sluice.index_car_owned(car, &IndexOptions::default()).unwrap().created as usize)
+            })
+            .collect();
         handles.into_iter().map(|h| h.join().unwrap()).sum()
     })
 }
@@ -63,7 +68,10 @@ fn run_case(case: &str, input: &str, key: Option<&str>) {
                 index_concurrently(&sluice, std::mem::take(&mut cars))
             }
             _ => {
-                let opts = IndexOptions { expected_did: None, signing_key: if case == "pipeline-sig" { key.map(str::to_string) } else { None } };
+                let opts = IndexOptions {
+                    expected_did: None,
+                    signing_key: if case == "pipeline-sig" { key.map(str::to_string) } else { None },
+                };
                 sluice.index_car_owned(car, &opts).unwrap().created as usize
             }
         };
@@ -111,7 +119,12 @@ fn main() {
             let line = String::from_utf8_lossy(&out.stdout);
             let v: Vec<f64> = line.split_whitespace().map(|x| x.parse().unwrap()).collect();
             let (n, secs, cpu, peak_kb) = (v[0], v[1], v[2], v[3]);
-            println!("| {label} | {case} | {n} | {secs:.3} | {:.0} | {:.0} | {:.0} |", n / secs, n / cpu.max(1e-9), peak_kb / 1024.0);
+            println!(
+                "| {label} | {case} | {n} | {secs:.3} | {:.0} | {:.0} | {:.0} |",
+                n / secs,
+                n / cpu.max(1e-9),
+                peak_kb / 1024.0
+            );
         }
     }
 }

@@ -47,13 +47,26 @@ fn take_and_finish(store: &Store, now: u64, rewind: bool) -> Duration {
     took
 }
 
-fn row(label: &str, repos: usize, queued_per_sec: f64, first: (Duration, Duration), last: Option<(Duration, Duration)>, peak: u64) {
+fn row(
+    label: &str,
+    repos: usize,
+    queued_per_sec: f64,
+    first: (Duration, Duration),
+    last: Option<(Duration, Duration)>,
+    peak: u64,
+) {
     let us = |d: Duration| d.as_secs_f64() * 1e6 / WINDOW as f64;
     let last_cols = match last {
-        Some((all, take)) => format!("{:.1} | {:.1} | {:.2}x", us(all), us(take), all.as_secs_f64() / first.0.as_secs_f64()),
+        Some((all, take)) => {
+            format!("{:.1} | {:.1} | {:.2}x", us(all), us(take), all.as_secs_f64() / first.0.as_secs_f64())
+        }
         None => "- | - | -".to_string(),
     };
-    println!("| {label} | {repos} | {queued_per_sec:.0} | {:.1} | {:.1} | {last_cols} | {peak} |", us(first.0), us(first.1));
+    println!(
+        "| {label} | {repos} | {queued_per_sec:.0} | {:.1} | {:.1} | {last_cols} | {peak} |",
+        us(first.0),
+        us(first.1)
+    );
 }
 
 fn run(repos: usize, rewind: bool) {
@@ -96,7 +109,9 @@ fn main() {
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![100_000, 1_000_000]);
     let rewind = std::env::var("SLUICE_QUEUE_REWIND").is_ok_and(|v| v == "1");
-    println!("| design | repos | queued/s | first {WINDOW}: µs/repo | take alone | last {WINDOW}: µs/repo | take alone | last/first | peak RSS (MB) |");
+    println!(
+        "| design | repos | queued/s | first {WINDOW}: µs/repo | take alone | last {WINDOW}: µs/repo | take alone | last/first | peak RSS (MB) |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &repos in &sizes {
         assert!(repos >= 2 * WINDOW, "at least {} repos", 2 * WINDOW);

@@ -52,7 +52,8 @@ async fn start_server(state: ServerState) -> (String, Arc<ServerState>, Dedicate
 /// Replay to one client, then to 100 clients at once (each the last 20,000 events); `which`
 /// picks one of them (`1` or `100`), or both.
 async fn replays(sluice: &Sluice, which: &str) {
-    let (addr, _state, _server) = start_server(ServerState::new(sluice.pipeline().clone(), sluice.config().clone())).await;
+    let (addr, _state, _server) =
+        start_server(ServerState::new(sluice.pipeline().clone(), sluice.config().clone())).await;
     let head = sluice.store().next_event_id() - 1;
     if which != "100" {
         let started = Instant::now();
@@ -65,23 +66,35 @@ async fn replays(sluice: &Sluice, which: &str) {
     }
     let (clients, each) = (100u64, 20_000u64);
     let started = Instant::now();
-    let tasks: Vec<_> = (0..clients).map(|_| tokio::spawn({
-        let addr = addr.clone();
-        async move { replay(&addr, head - each, head).await }
-    })).collect();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            tokio::spawn({
+                let addr = addr.clone();
+                async move { replay(&addr, head - each, head).await }
+            })
+        })
+        .collect();
     let mut total = 0;
     for task in tasks {
         total += task.await.unwrap();
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("| replay, {clients} clients at once ({each} events each) | {total} events | {secs:.2} s | {:.0} events/s in all |", total as f64 / secs);
+    println!(
+        "| replay, {clients} clients at once ({each} events each) | {total} events | {secs:.2} s | {:.0} events/s in all |",
+        total as f64 / secs
+    );
 }
 
 /// A devnet of 16 repos of 20,000 records on a runtime of its own at the lowest priority: it
 /// stands for other machines, and its CPU (building CARs, signing commits) is not sluice's.
 fn devnet_elsewhere() -> (Arc<Devnet>, Vec<String>, tokio::runtime::Runtime) {
     std::thread::spawn(|| {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).on_thread_start(lowest_priority).enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .on_thread_start(lowest_priority)
+            .enable_all()
+            .build()
+            .unwrap();
         let (net, dids) = runtime.block_on(async {
             let net = Devnet::start(DevnetOptions::default()).await.unwrap();
             let dids = net.populate(16, 20_000, 3).await;
@@ -94,7 +107,11 @@ fn devnet_elsewhere() -> (Arc<Devnet>, Vec<String>, tokio::runtime::Runtime) {
 }
 
 /// Writes a post every 5 ms (round robin over `dids`) until `stop`.
-fn keep_writing(net: Arc<Devnet>, dids: Vec<String>, stop: tokio_util::sync::CancellationToken) -> std::thread::JoinHandle<()> {
+fn keep_writing(
+    net: Arc<Devnet>,
+    dids: Vec<String>,
+    stop: tokio_util::sync::CancellationToken,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         lowest_priority();
         let mut i = 0;
@@ -116,7 +133,9 @@ async fn get_record_under_load(sluice: &Sluice, did: &str, rkeys: &[String]) {
     // The devnet's repos live in this process too: no memory cap.
     c.backfill.max_memory_mb = 0;
     let backfill = Backfill::new(sluice.pipeline().clone(), &c);
-    let firehose = Firehose::new(sluice.pipeline().clone(), backfill.resolver().clone(), &c, backfill.live_backlog().clone()).unwrap();
+    let firehose =
+        Firehose::new(sluice.pipeline().clone(), backfill.resolver().clone(), &c, backfill.live_backlog().clone())
+            .unwrap();
     let mut state = ServerState::new(sluice.pipeline().clone(), c);
     (state.backfill, state.firehose) = (Some(backfill.clone()), Some(firehose.clone()));
     let (addr, state, _server) = start_server(state).await;
@@ -140,17 +159,26 @@ async fn get_record_under_load(sluice: &Sluice, did: &str, rkeys: &[String]) {
     // Dropped off the async context (a runtime may not be dropped inside another).
     std::thread::spawn(move || drop((net, devnet_runtime))).join().unwrap();
     latencies.sort();
-    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1000.0;
+    let pct =
+        |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1000.0;
     println!(
         "| getRecord during a backfill of 16 x 20k records + live writes ({load_secs:.1} s) | {} requests | p50 {:.2} ms | p99 {:.2} ms (max {:.2} ms) |",
-        latencies.len(), pct(0.5), pct(0.99), pct(1.0)
+        latencies.len(),
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
     );
 }
 
 /// Sequential getRecord requests over one keep-alive connection, from a thread and runtime
 /// of their own (the client stands for another machine), until `backfilled` and at least
 /// 2,000 requests; returns their latencies.
-fn client_elsewhere(addr: String, did: String, rkeys: Vec<String>, backfilled: tokio_util::sync::CancellationToken) -> std::thread::JoinHandle<Vec<Duration>> {
+fn client_elsewhere(
+    addr: String,
+    did: String,
+    rkeys: Vec<String>,
+    backfilled: tokio_util::sync::CancellationToken,
+) -> std::thread::JoinHandle<Vec<Duration>> {
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
@@ -158,7 +186,9 @@ fn client_elsewhere(addr: String, did: String, rkeys: Vec<String>, backfilled: t
             let mut latencies = Vec::new();
             while !backfilled.is_cancelled() || latencies.len() < 2000 {
                 let rkey = &rkeys[latencies.len() * 7919 % rkeys.len()];
-                let url = format!("http://{addr}/xrpc/com.atproto.repo.getRecord?repo={did}&collection=app.bsky.feed.post&rkey={rkey}");
+                let url = format!(
+                    "http://{addr}/xrpc/com.atproto.repo.getRecord?repo={did}&collection=app.bsky.feed.post&rkey={rkey}"
+                );
                 let t = Instant::now();
                 let response = http.get(url).send().await.unwrap();
                 assert!(response.status().is_success());
@@ -179,12 +209,19 @@ fn lowest_priority() {
 }
 
 fn main() {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::default();
     config.storage.path = dir.path().join("data");
-    let sluice = Sluice::builder().config(config).filter(Filter::from_toml("mode = \"full\"\n", "bench").unwrap()).open().unwrap();
+    let sluice = Sluice::builder()
+        .config(config)
+        .filter(Filter::from_toml("mode = \"full\"\n", "bench").unwrap())
+        .open()
+        .unwrap();
     let mut posts = Vec::new();
     let mut did = String::new();
     for seed in [100_000, 100_001] {
@@ -192,7 +229,14 @@ fn main() {
         sluice.index_car(&std::fs::read(path).unwrap(), &IndexOptions::default()).unwrap();
         if posts.is_empty() {
             did = account.did.clone();
-            posts = sluice.store().repo_records(&did).unwrap().into_keys().filter(|(c, _)| c == "app.bsky.feed.post").map(|(_, r)| r.to_string()).collect();
+            posts = sluice
+                .store()
+                .repo_records(&did)
+                .unwrap()
+                .into_keys()
+                .filter(|(c, _)| c == "app.bsky.feed.post")
+                .map(|(_, r)| r.to_string())
+                .collect();
         }
     }
     println!("| case | work | time | rate / latency |");

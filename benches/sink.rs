@@ -67,7 +67,13 @@ fn fill(store: &Store, n: usize) {
 async fn bare(url: &str, round: usize, messages: &[(u64, String, Bytes)]) -> f64 {
     let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());
     let prefix = format!("bare{round}");
-    js.create_stream(async_nats::jetstream::stream::Config { name: format!("BARE{round}"), subjects: vec![format!("{prefix}.>")], ..Default::default() }).await.unwrap();
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: format!("BARE{round}"),
+        subjects: vec![format!("{prefix}.>")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let started = Instant::now();
     for window in messages.chunks(IN_FLIGHT) {
         let mut acks = Vec::with_capacity(window.len());
@@ -86,7 +92,13 @@ async fn bare(url: &str, round: usize, messages: &[(u64, String, Bytes)]) -> f64
 /// The sink over `store`'s whole log into a new stream; returns the seconds.
 async fn sink(url: &str, round: usize, store: &Arc<Store>) -> f64 {
     store.save_cursor(sluice::sink::CURSOR, "0").unwrap();
-    let config = NatsSinkConfig { url: url.into(), stream: format!("SINK{round}"), subject_prefix: format!("sink{round}"), in_flight: IN_FLIGHT, ..Default::default() };
+    let config = NatsSinkConfig {
+        url: url.into(),
+        stream: format!("SINK{round}"),
+        subject_prefix: format!("sink{round}"),
+        in_flight: IN_FLIGHT,
+        ..Default::default()
+    };
     let sink = NatsSink::new(store.clone(), config, "bench".into()).unwrap();
     let last = store.next_event_id() - 1;
     let stop = CancellationToken::new();
@@ -162,7 +174,9 @@ fn main() {
         .events_from(0, usize::MAX)
         .unwrap()
         .into_iter()
-        .map(|(id, e)| (id, sluice::sink::subject("", &e), Bytes::from(sluice::wire::event_json_bytes(&store, id, &e).unwrap())))
+        .map(|(id, e)| {
+            (id, sluice::sink::subject("", &e), Bytes::from(sluice::wire::event_json_bytes(&store, id, &e).unwrap()))
+        })
         .collect();
     let bytes: usize = messages.iter().map(|(_, _, p)| p.len()).sum();
     println!("{n} events, {} bytes of JSON each on average, {IN_FLIGHT} in flight\n", bytes / n);
@@ -173,7 +187,20 @@ fn main() {
     for round in 0..rounds {
         let (b, b_ours, b_nats) = measured(&nats, || runtime.block_on(bare(&nats.url(), round, &messages)));
         let (s, s_ours, s_nats) = measured(&nats, || runtime.block_on(sink(&nats.url(), round, &store)));
-        println!("| bare async-nats (round {}) | {n} | {b:.2} | {:.0} | | {:.1} | {:.1} |", round + 1, n as f64 / b, per_event(b_ours), per_event(b_nats));
-        println!("| sluice sink (round {}) | {n} | {s:.2} | {:.0} | {:.2} | {:.1} | {:.1} |", round + 1, n as f64 / s, b / s, per_event(s_ours), per_event(s_nats));
+        println!(
+            "| bare async-nats (round {}) | {n} | {b:.2} | {:.0} | | {:.1} | {:.1} |",
+            round + 1,
+            n as f64 / b,
+            per_event(b_ours),
+            per_event(b_nats)
+        );
+        println!(
+            "| sluice sink (round {}) | {n} | {s:.2} | {:.0} | {:.2} | {:.1} | {:.1} |",
+            round + 1,
+            n as f64 / s,
+            b / s,
+            per_event(s_ours),
+            per_event(s_nats)
+        );
     }
 }

@@ -17,10 +17,7 @@ fn main() {
         })
         .collect();
     modules.sort();
-    let code: String = modules
-        .iter()
-        .map(|(name, path)| format!("#[path = {path:?}]\npub mod {name};\n"))
-        .collect();
+    let code: String = modules.iter().map(|(name, path)| format!("#[path = {path:?}]\npub mod {name};\n")).collect();
     let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("handler_modules.rs");
     std::fs::write(out, code).expect("OUT_DIR is writable");
 }

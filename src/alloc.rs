@@ -47,7 +47,9 @@ mod tests {
     #[test]
     fn a_service_sets_a_short_purge_delay_and_lazy_arena_commit_over_mimallocs_defaults() {
         // SAFETY: reading options.
-        let options = || unsafe { (libmimalloc_sys::mi_option_get(PURGE_DELAY), libmimalloc_sys::mi_option_get(ARENA_EAGER_COMMIT)) };
+        let options = || unsafe {
+            (libmimalloc_sys::mi_option_get(PURGE_DELAY), libmimalloc_sys::mi_option_get(ARENA_EAGER_COMMIT))
+        };
         let from_env = std::env::vars().any(|(k, _)| k.starts_with("MIMALLOC_"));
         if !from_env {
             // mimalloc v3's defaults: the numbers name the options meant.

@@ -93,7 +93,10 @@ mod tests {
             assert!(bad.parse::<Shard>().unwrap_err().contains("I/N"), "{bad}");
         }
         // Stable across machines and versions: which node holds a repo depends on these.
-        assert_eq!([Shard::of("did:plc:ewvi7nxzyoun6zhxrhs64oiz", 1000), Shard::of("did:web:example.com", 1000)], [GOLDEN_A, GOLDEN_B]);
+        assert_eq!(
+            [Shard::of("did:plc:ewvi7nxzyoun6zhxrhs64oiz", 1000), Shard::of("did:web:example.com", 1000)],
+            [GOLDEN_A, GOLDEN_B]
+        );
     }
 
     /// The shards of two DIDs out of 1,000, as the first version computed them.

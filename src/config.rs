@@ -169,7 +169,14 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { enabled: true, listen: "127.0.0.1:2480".into(), admin_token_env: "SLUICE_ADMIN_TOKEN".into(), max_lag: 100_000, send_timeout_secs: 30, ack_timeout_secs: 30 }
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:2480".into(),
+            admin_token_env: "SLUICE_ADMIN_TOKEN".into(),
+            max_lag: 100_000,
+            send_timeout_secs: 30,
+            ack_timeout_secs: 30,
+        }
     }
 }
 
@@ -196,7 +203,15 @@ pub struct FirehoseConfig {
 
 impl Default for FirehoseConfig {
     fn default() -> Self {
-        Self { enabled: true, url: None, shards: 0, queue: 1024, max_reconnect_secs: 30, ping_interval_ms: 10_000, pong_timeout_ms: 5_000 }
+        Self {
+            enabled: true,
+            url: None,
+            shards: 0,
+            queue: 1024,
+            max_reconnect_secs: 30,
+            ping_interval_ms: 10_000,
+            pong_timeout_ms: 5_000,
+        }
     }
 }
 
@@ -309,7 +324,12 @@ pub struct NetworkConfig {
 
 impl Default for NetworkConfig {
     fn default() -> Self {
-        Self { relay: "https://bsky.network".into(), plc: "https://plc.directory/".into(), handle_resolver: None, handle_checks_per_sec: 50 }
+        Self {
+            relay: "https://bsky.network".into(),
+            plc: "https://plc.directory/".into(),
+            handle_resolver: None,
+            handle_checks_per_sec: 50,
+        }
     }
 }
 
@@ -335,7 +355,11 @@ impl Default for LimitsConfig {
 impl LimitsConfig {
     /// The limits as the CAR reader takes them.
     pub fn car_limits(&self) -> CarLimits {
-        CarLimits { max_car_bytes: self.max_car_mb << 20, max_block_bytes: self.max_block_kb << 10, max_blocks: self.max_blocks }
+        CarLimits {
+            max_car_bytes: self.max_car_mb << 20,
+            max_block_bytes: self.max_block_kb << 10,
+            max_blocks: self.max_blocks,
+        }
     }
 }
 
@@ -429,7 +453,10 @@ impl Config {
             return bad("events.retention_hours", "must be 0 (keep every event) or a number of hours".into());
         }
         if self.events.retention_hours > 0.0 && self.events.retention_check_secs == 0 {
-            return bad("events.retention_check_secs", "must be at least 1 when events are retained for a limited time".into());
+            return bad(
+                "events.retention_check_secs",
+                "must be at least 1 when events are retained for a limited time".into(),
+            );
         }
         if !self.network.plc.ends_with('/') {
             return bad("network.plc", format!("{} must end with /", self.network.plc));
@@ -440,12 +467,20 @@ impl Config {
 
 /// Sets `slot` from the variable `name` when it is set; a value that does not parse is refused
 /// with the variable's name.
-fn parsed<T: std::str::FromStr>(get: &impl Fn(&str) -> Option<String>, name: &str, slot: &mut T) -> Result<(), ConfigError>
+fn parsed<T: std::str::FromStr>(
+    get: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    slot: &mut T,
+) -> Result<(), ConfigError>
 where
     T::Err: std::fmt::Display,
 {
     if let Some(v) = get(name) {
-        *slot = v.trim().parse().map_err(|e: T::Err| ConfigError::Env { name: name.into(), value: v.clone(), reason: e.to_string() })?;
+        *slot = v.trim().parse().map_err(|e: T::Err| ConfigError::Env {
+            name: name.into(),
+            value: v.clone(),
+            reason: e.to_string(),
+        })?;
     }
     Ok(())
 }
@@ -467,11 +502,21 @@ impl BackfillConfig {
             self.use_idle = match v.trim().to_ascii_lowercase().as_str() {
                 "1" | "true" | "yes" | "on" => true,
                 "0" | "false" | "no" | "off" | "" => false,
-                _ => return Err(ConfigError::Env { name: "BACKFILL_USE_IDLE".into(), value: v, reason: "expected true or false".into() }),
+                _ => {
+                    return Err(ConfigError::Env {
+                        name: "BACKFILL_USE_IDLE".into(),
+                        value: v,
+                        reason: "expected true or false".into(),
+                    });
+                }
             };
         }
         if let Some(v) = non_empty(get, "WORKER_ID") {
-            let id = v.parse().map_err(|e: std::num::ParseIntError| ConfigError::Env { name: "WORKER_ID".into(), value: v.clone(), reason: e.to_string() })?;
+            let id = v.parse().map_err(|e: std::num::ParseIntError| ConfigError::Env {
+                name: "WORKER_ID".into(),
+                value: v.clone(),
+                reason: e.to_string(),
+            })?;
             self.worker_id = Some(id);
         }
         Ok(())
@@ -502,7 +547,10 @@ mod tests {
         .unwrap();
         assert_eq!(c.storage.path, PathBuf::from("/tmp/x"));
         let b = &c.backfill;
-        assert_eq!((b.batch_size, b.days, b.batch_delay_ms, b.max_concurrent, b.max_memory_mb, b.use_idle), (250, 7, 15, 4, 300, true));
+        assert_eq!(
+            (b.batch_size, b.days, b.batch_delay_ms, b.max_concurrent, b.max_memory_mb, b.use_idle),
+            (250, 7, 15, 4, 300, true)
+        );
         assert_eq!((c.network.relay.as_str(), b.worker_id), ("http://127.0.0.1:1", Some(2)));
         assert!(!b.enabled(), "worker 2 does not backfill");
         assert_eq!(b.since_us(10 * 86_400_000_000), Some(3 * 86_400_000_000));
@@ -514,7 +562,7 @@ mod tests {
     #[test]
     fn backfill_days_and_worker_id_switch_backfill() {
         let mut c = Config::default();
-        assert!(c.backfill.enabled() && c.backfill.since_us(1) .is_none(), "default: whole history");
+        assert!(c.backfill.enabled() && c.backfill.since_us(1).is_none(), "default: whole history");
         c.apply_env(|k| (k == "BACKFILL_DAYS").then(|| "0".to_string())).unwrap();
         assert!(!c.backfill.enabled(), "0 days: live only");
         c.apply_env(|k| (k == "BACKFILL_DAYS").then(|| "-1".to_string())).unwrap();
@@ -524,7 +572,15 @@ mod tests {
 
     #[test]
     fn bad_environment_values_name_the_variable() {
-        for (name, value) in [("BACKFILL_DAYS", "x"), ("BACKFILL_DAYS", "-2"), ("BACKFILL_USE_IDLE", "maybe"), ("WORKER_ID", "-1"), ("BACKFILL_MAX_CONCURRENT", "0"), ("SLUICE_EVENTS_RETENTION_HOURS", "a day"), ("SLUICE_EVENTS_RETENTION_HOURS", "-1")] {
+        for (name, value) in [
+            ("BACKFILL_DAYS", "x"),
+            ("BACKFILL_DAYS", "-2"),
+            ("BACKFILL_USE_IDLE", "maybe"),
+            ("WORKER_ID", "-1"),
+            ("BACKFILL_MAX_CONCURRENT", "0"),
+            ("SLUICE_EVENTS_RETENTION_HOURS", "a day"),
+            ("SLUICE_EVENTS_RETENTION_HOURS", "-1"),
+        ] {
             let e = Config::default().apply_env(|k| (k == name).then(|| value.to_string())).unwrap_err().to_string();
             let field = name.trim_start_matches("BACKFILL_").trim_start_matches("SLUICE_EVENTS_").to_ascii_lowercase();
             assert!(e.contains(name) || e.contains(&field), "{name}={value}: {e}");

@@ -41,8 +41,13 @@ impl HandleResolver {
     /// Resolves through `service`'s `resolveHandle` when given, else directly (DNS, HTTPS).
     pub fn new(service: Option<&str>, timeout: Duration) -> Result<Self, String> {
         match service {
-            Some(url) => Ok(Self { http: http_client(timeout)?, how: How::Service(url.trim_end_matches('/').to_string()) }),
-            None => Self::direct(TokioResolver::builder_tokio().map_err(|e| format!("reading the system's DNS configuration: {e}"))?, timeout),
+            Some(url) => {
+                Ok(Self { http: http_client(timeout)?, how: How::Service(url.trim_end_matches('/').to_string()) })
+            }
+            None => Self::direct(
+                TokioResolver::builder_tokio().map_err(|e| format!("reading the system's DNS configuration: {e}"))?,
+                timeout,
+            ),
         }
     }
 
@@ -53,13 +58,22 @@ impl HandleResolver {
         let mut server = NameServerConfig::udp(nameserver.ip());
         server.connections.iter_mut().for_each(|c| c.port = nameserver.port());
         let provider = hickory_resolver::net::runtime::TokioRuntimeProvider::default();
-        Self::direct(TokioResolver::builder_with_config(ResolverConfig::from_name_servers(vec![server]), provider), timeout)
+        Self::direct(
+            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(vec![server]), provider),
+            timeout,
+        )
     }
 
     /// Direct resolution through the DNS resolver `builder` makes, each lookup within `timeout`.
-    fn direct(mut builder: hickory_resolver::ResolverBuilder<hickory_resolver::net::runtime::TokioRuntimeProvider>, timeout: Duration) -> Result<Self, String> {
+    fn direct(
+        mut builder: hickory_resolver::ResolverBuilder<hickory_resolver::net::runtime::TokioRuntimeProvider>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
         builder.options_mut().timeout = timeout;
-        Ok(Self { http: http_client(timeout)?, how: How::Direct(Box::new(builder.build().map_err(|e| e.to_string())?)) })
+        Ok(Self {
+            http: http_client(timeout)?,
+            how: How::Direct(Box::new(builder.build().map_err(|e| e.to_string())?)),
+        })
     }
 
     /// The DID `handle` resolves to: `Ok(None)` when it resolves to none, `Err` when the
@@ -76,7 +90,8 @@ impl HandleResolver {
 
     async fn by_service(&self, base: &str, handle: &str) -> Result<Option<String>, String> {
         let url = format!("{base}/xrpc/com.atproto.identity.resolveHandle");
-        let resp = self.http.get(&url).query(&[("handle", handle)]).send().await.map_err(|e| crate::http::error_chain(&e))?;
+        let resp =
+            self.http.get(&url).query(&[("handle", handle)]).send().await.map_err(|e| crate::http::error_chain(&e))?;
         if resp.status() == reqwest::StatusCode::BAD_REQUEST || resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
@@ -210,7 +225,12 @@ impl HandleChecker {
 
     /// Checks the repos of `page`, one per tick, [`CONCURRENCY`] at a time, and records the
     /// verdicts; `Err` when asked to stop.
-    async fn check_page(&self, page: Vec<String>, ticks: &mut tokio::time::Interval, stop: &CancellationToken) -> Result<(), ()> {
+    async fn check_page(
+        &self,
+        page: Vec<String>,
+        ticks: &mut tokio::time::Interval,
+        stop: &CancellationToken,
+    ) -> Result<(), ()> {
         let mut todo = page.into_iter();
         let mut in_flight = FuturesUnordered::new();
         loop {
@@ -259,7 +279,9 @@ impl HandleChecker {
         while !stop.is_cancelled() {
             let store = self.store.clone();
             let from = after.clone();
-            let next = tokio::task::spawn_blocking(move || store.queue_unchecked_handles(from.as_deref(), 1024)).await.expect("queueing task")?;
+            let next = tokio::task::spawn_blocking(move || store.queue_unchecked_handles(from.as_deref(), 1024))
+                .await
+                .expect("queueing task")?;
             match next {
                 Some(next) => {
                     self.store.save_cursor(QUEUE_OLD_CURSOR, &next)?;
@@ -276,8 +298,8 @@ impl HandleChecker {
 mod tests {
     use super::*;
     use hickory_resolver::proto::op::{Message, OpCode, ResponseCode};
-    use hickory_resolver::proto::rr::rdata::TXT;
     use hickory_resolver::proto::rr::Record;
+    use hickory_resolver::proto::rr::rdata::TXT;
 
     /// A DNS server on 127.0.0.1 that knows `_atproto` TXT records: `alice.test` has one,
     /// `twice.test` has two that disagree; every other name does not exist.
@@ -291,7 +313,9 @@ mod tests {
                 let mut answer = Message::response(query.metadata.id, OpCode::Query);
                 for q in &query.queries {
                     answer.add_query(q.clone());
-                    let txt = |did: &str| Record::from_rdata(q.name().clone(), 60, RData::TXT(TXT::new(vec![format!("did={did}")])));
+                    let txt = |did: &str| {
+                        Record::from_rdata(q.name().clone(), 60, RData::TXT(TXT::new(vec![format!("did={did}")])))
+                    };
                     match q.name().to_ascii().trim_end_matches('.') {
                         "_atproto.alice.test" => drop(answer.add_answer(txt("did:plc:alice"))),
                         "_atproto.twice.test" => drop(answer.add_answers([txt("did:plc:one"), txt("did:plc:two")])),

@@ -65,7 +65,12 @@ pub struct ResolverOptions {
 
 impl Default for ResolverOptions {
     fn default() -> Self {
-        Self { plc_url: "https://plc.directory/".into(), ttl: Duration::from_secs(3600), timeout: Duration::from_secs(10), capacity: 100_000 }
+        Self {
+            plc_url: "https://plc.directory/".into(),
+            ttl: Duration::from_secs(3600),
+            timeout: Duration::from_secs(10),
+            capacity: 100_000,
+        }
     }
 }
 
@@ -188,10 +193,8 @@ pub fn identity_from_document(did: &str, json: &[u8]) -> Result<Identity, Identi
 /// The `#atproto` verification method's key, in either form.
 fn signing_key(doc: &DidDocument) -> Result<PublicKey<'static>, String> {
     let methods = doc.verification_method.as_deref().unwrap_or_default();
-    let method = methods
-        .iter()
-        .find(|m| m.id.as_str().ends_with("#atproto"))
-        .ok_or("no #atproto verification method")?;
+    let method =
+        methods.iter().find(|m| m.id.as_str().ends_with("#atproto")).ok_or("no #atproto verification method")?;
     let multibase = method.public_key_multibase.as_ref().ok_or("the #atproto key has no publicKeyMultibase")?.as_str();
     let legacy = match method.r#type.as_str() {
         "Multikey" => None,
@@ -239,7 +242,11 @@ mod tests {
         let point = account.key.verifying_key().to_encoded_point(false);
         let legacy = multibase::encode(multibase::Base::Base58Btc, point.as_bytes());
         let a = identity_from_document("did:plc:abc", &doc(json!({"id": "did:plc:abc#atproto", "type": "Multikey", "publicKeyMultibase": account.public_multibase()}))).unwrap();
-        let b = identity_from_document("did:plc:abc", &doc(json!({"id": "#atproto", "type": "EcdsaSecp256k1VerificationKey2019", "publicKeyMultibase": legacy}))).unwrap();
+        let b = identity_from_document(
+            "did:plc:abc",
+            &doc(json!({"id": "#atproto", "type": "EcdsaSecp256k1VerificationKey2019", "publicKeyMultibase": legacy})),
+        )
+        .unwrap();
         assert_eq!(a.key.to_k256().unwrap(), b.key.to_k256().unwrap());
         assert_eq!((a.pds.as_str(), a.handle.as_deref()), ("http://127.0.0.1:9", Some("alice.test")));
     }
@@ -248,7 +255,10 @@ mod tests {
     fn unusable_documents_are_refused_with_the_reason() {
         let cases = [
             (b"{".to_vec(), "not a DID document"),
-            (doc(json!({"id": "#atproto", "type": "Ed25519VerificationKey2020", "publicKeyMultibase": "z1"})), "unsupported key type"),
+            (
+                doc(json!({"id": "#atproto", "type": "Ed25519VerificationKey2020", "publicKeyMultibase": "z1"})),
+                "unsupported key type",
+            ),
             (doc(json!({"id": "#other", "type": "Multikey", "publicKeyMultibase": "z1"})), "no #atproto"),
             (doc(json!({"id": "#atproto", "type": "Multikey", "publicKeyMultibase": "zzzz"})), "bad Multikey"),
         ];
@@ -256,7 +266,9 @@ mod tests {
             let e = identity_from_document("did:plc:abc", &json).unwrap_err().to_string();
             assert!(e.contains(want), "{e} should say {want}");
         }
-        let e = identity_from_document("did:plc:other", &doc(json!({"id": "#atproto", "type": "Multikey"}))).unwrap_err().to_string();
+        let e = identity_from_document("did:plc:other", &doc(json!({"id": "#atproto", "type": "Multikey"})))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("document is for did:plc:abc"), "{e}");
     }
 

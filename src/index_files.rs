@@ -15,7 +15,13 @@ use crate::{IndexError, IndexOptions, RepoOutcome, Sluice};
 /// parallel; exports of the same repo are applied in the order given (a later export diffs
 /// against the earlier one, as when they are indexed one by one). A file that cannot be read
 /// or verified is reported and holds nothing up.
-pub fn index_files<P: AsRef<Path> + Sync>(sluice: &Sluice, paths: &[P], opts: &IndexOptions, workers: usize, mut report: impl FnMut(usize, Result<RepoOutcome, IndexError>)) {
+pub fn index_files<P: AsRef<Path> + Sync>(
+    sluice: &Sluice,
+    paths: &[P],
+    opts: &IndexOptions,
+    workers: usize,
+    mut report: impl FnMut(usize, Result<RepoOutcome, IndexError>),
+) {
     let turns = Turns::default();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::scope(|scope| {
@@ -44,8 +50,15 @@ pub fn index_files<P: AsRef<Path> + Sync>(sluice: &Sluice, paths: &[P], opts: &I
 }
 
 /// Reads and verifies file `i`, then applies it once no earlier file of the same repo is left.
-fn index_file(sluice: &Sluice, path: &Path, opts: &IndexOptions, i: usize, turns: &Turns) -> Result<RepoOutcome, IndexError> {
-    let loaded = std::fs::read(path).map_err(IndexError::Read).and_then(|bytes| sluice.load_car_owned(bytes.into(), opts));
+fn index_file(
+    sluice: &Sluice,
+    path: &Path,
+    opts: &IndexOptions,
+    i: usize,
+    turns: &Turns,
+) -> Result<RepoOutcome, IndexError> {
+    let loaded =
+        std::fs::read(path).map_err(IndexError::Read).and_then(|bytes| sluice.load_car_owned(bytes.into(), opts));
     let _turn = turns.wait(i, loaded.as_ref().ok().map(|repo| repo.did()));
     sluice.index_loaded(&loaded?)
 }
@@ -69,7 +82,9 @@ impl TurnState {
     /// Whether file `i`, of repo `did`, must wait: an earlier file is still loading, or is
     /// of the same repo and unfinished.
     fn must_wait(&self, i: usize, did: &str) -> bool {
-        self.in_flight.iter().any(|(j, loaded)| *j < i && loaded.as_ref().is_none_or(|other| other.as_deref() == Some(did)))
+        self.in_flight
+            .iter()
+            .any(|(j, loaded)| *j < i && loaded.as_ref().is_none_or(|other| other.as_deref() == Some(did)))
     }
 }
 

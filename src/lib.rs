@@ -216,12 +216,18 @@ impl Sluice {
     }
 
     /// The key `opts` gives for checking signatures, if any.
-    fn signing_key(opts: &IndexOptions) -> Result<Option<jacquard_common::types::crypto::PublicKey<'static>>, IndexError> {
+    fn signing_key(
+        opts: &IndexOptions,
+    ) -> Result<Option<jacquard_common::types::crypto::PublicKey<'static>>, IndexError> {
         opts.signing_key.as_deref().map(repo::parse_public_key).transpose().map_err(IndexError::Key)
     }
 
     /// `loaded` once its commit (and DID, and signature, as `opts` ask) is checked.
-    fn checked(loaded: repo::LoadedRepo, key: Option<jacquard_common::types::crypto::PublicKey<'static>>, opts: &IndexOptions) -> Result<repo::LoadedRepo, IndexError> {
+    fn checked(
+        loaded: repo::LoadedRepo,
+        key: Option<jacquard_common::types::crypto::PublicKey<'static>>,
+        opts: &IndexOptions,
+    ) -> Result<repo::LoadedRepo, IndexError> {
         loaded.check_commit(opts.expected_did.as_deref())?;
         if let Some(key) = &key {
             loaded.verify_signature(key)?;

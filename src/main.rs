@@ -209,7 +209,10 @@ fn main() -> ExitCode {
         _ => sluice::alloc::Workload::Batch,
     });
     let logs = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
+        )
         .with_writer(std::io::stderr);
     match cli.log_format.as_str() {
         "json" => logs.json().init(),
@@ -218,7 +221,9 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         // A closed pipe (`sluice events | head`) is the reader's choice, not a failure.
-        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => ExitCode::SUCCESS,
+        Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -302,7 +307,12 @@ fn check_filter(file: &std::path::Path) -> ExitCode {
             let handlers: Vec<_> = f.active_handlers().iter().map(|h| h.handler.name()).collect();
             println!(
                 "{}: ok: mode {}, {} signal(s), {} collection pattern(s), {} excluded, {} tracked DID(s), handlers: {}",
-                file.display(), f.mode.as_str(), f.signals.len(), f.collections.len(), f.exclude_collections.len(), f.dids.len(),
+                file.display(),
+                f.mode.as_str(),
+                f.signals.len(),
+                f.collections.len(),
+                f.exclude_collections.len(),
+                f.dids.len(),
                 if handlers.is_empty() { "none".to_string() } else { handlers.join(", ") }
             );
             ExitCode::SUCCESS
@@ -317,9 +327,12 @@ fn check_filter(file: &std::path::Path) -> ExitCode {
 /// Starts a devnet in a runtime of its own (it outlives the indexer's runtime); returns it with
 /// the runtime that serves it.
 fn start_devnet(opts: &DevnetArgs) -> anyhow::Result<(tokio::runtime::Runtime, sluice::devnet::Devnet)> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("devnet").enable_all().build()?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("devnet").enable_all().build()?;
     let net = runtime.block_on(async {
-        let net = sluice::devnet::Devnet::start(sluice::devnet::DevnetOptions { pds_hosts: opts.pds, base_port: opts.port }).await?;
+        let net =
+            sluice::devnet::Devnet::start(sluice::devnet::DevnetOptions { pds_hosts: opts.pds, base_port: opts.port })
+                .await?;
         net.populate(opts.repos, opts.records, 1).await;
         net.list_unresolvable(opts.unresolvable, 1);
         anyhow::Ok(net)
@@ -358,7 +371,8 @@ fn serve_devnet(opts: &DevnetArgs, write_config: &std::path::Path) -> anyhow::Re
     let (runtime, net) = start_devnet(opts)?;
     let filter = sluice::config::FilterConfig::default().path;
     ensure_devnet_filter(&filter)?;
-    std::fs::write(write_config, devnet_config(&net, &filter)).with_context(|| format!("writing {}", write_config.display()))?;
+    std::fs::write(write_config, devnet_config(&net, &filter))
+        .with_context(|| format!("writing {}", write_config.display()))?;
     let pds = net.pds_urls();
     println!("devnet: {} accounts with {} records each on {} PDS host(s)", opts.repos, opts.records, pds.len());
     if opts.unresolvable > 0 {
@@ -369,9 +383,18 @@ fn serve_devnet(opts: &DevnetArgs, write_config: &std::path::Path) -> anyhow::Re
     for (i, url) in pds.iter().enumerate() {
         println!("  PDS {i}          {url}");
     }
-    println!("config for the indexer: {} (run: sluice --config {} run)", write_config.display(), write_config.display());
-    println!("write a record: curl -X POST {}/xrpc/com.atproto.repo.createRecord -H 'content-type: application/json' \\", pds[0]);
-    println!("  -d '{{\"repo\":\"<did>\",\"collection\":\"app.bsky.feed.post\",\"record\":{{\"text\":\"hi\",\"createdAt\":\"2026-01-01T00:00:00Z\"}}}}'");
+    println!(
+        "config for the indexer: {} (run: sluice --config {} run)",
+        write_config.display(),
+        write_config.display()
+    );
+    println!(
+        "write a record: curl -X POST {}/xrpc/com.atproto.repo.createRecord -H 'content-type: application/json' \\",
+        pds[0]
+    );
+    println!(
+        "  -d '{{\"repo\":\"<did>\",\"collection\":\"app.bsky.feed.post\",\"record\":{{\"text\":\"hi\",\"createdAt\":\"2026-01-01T00:00:00Z\"}}}}'"
+    );
     println!("Ctrl-C stops it.");
     runtime.block_on(shutdown_signal());
     runtime.block_on(net.shutdown());
@@ -398,12 +421,19 @@ fn run_on_devnet(mut config: Config) -> anyhow::Result<ExitCode> {
 /// What to try while `sluice run --devnet` runs.
 fn print_walkthrough(net: &sluice::devnet::Devnet, config: &Config) {
     let did = net.accounts().into_iter().next().unwrap_or_default();
-    let (pds, server) = (net.pds_urls().remove(net.pds_of(&did).unwrap_or(0)), format!("http://{}", config.server.listen));
+    let (pds, server) =
+        (net.pds_urls().remove(net.pds_of(&did).unwrap_or(0)), format!("http://{}", config.server.listen));
     println!("sluice is indexing a local devnet ({} accounts); try, in another terminal:", net.accounts().len());
     println!("  watch events:   sluice tail --server {server} --cursor 0");
-    println!("  query a record: curl '{server}/xrpc/com.atproto.repo.listRecords?repo={did}&collection=app.bsky.feed.post&limit=2'");
-    println!("  write one:      curl -X POST {pds}/xrpc/com.atproto.repo.createRecord -H 'content-type: application/json' \\");
-    println!("                    -d '{{\"repo\":\"{did}\",\"collection\":\"app.bsky.feed.post\",\"record\":{{\"text\":\"hi\",\"createdAt\":\"2026-01-01T00:00:00Z\"}}}}'");
+    println!(
+        "  query a record: curl '{server}/xrpc/com.atproto.repo.listRecords?repo={did}&collection=app.bsky.feed.post&limit=2'"
+    );
+    println!(
+        "  write one:      curl -X POST {pds}/xrpc/com.atproto.repo.createRecord -H 'content-type: application/json' \\"
+    );
+    println!(
+        "                    -d '{{\"repo\":\"{did}\",\"collection\":\"app.bsky.feed.post\",\"record\":{{\"text\":\"hi\",\"createdAt\":\"2026-01-01T00:00:00Z\"}}}}'"
+    );
     println!("                  (it shows up in `sluice tail` as a live event within a second)");
     println!("  edit the filter: {} (saved changes apply within a second)", config.filter.path.display());
     println!("  metrics:        curl {server}/metrics");
@@ -411,7 +441,12 @@ fn print_walkthrough(net: &sluice::devnet::Devnet, config: &Config) {
 
 /// Runs the backfill (and, in `Forever` mode, everything `sluice run` runs: live ingestion
 /// and the server) until it ends or a signal stops it; prints where the repos stand.
-fn run_backfill(config: Config, dids: &[String], recrawl: bool, mode: sluice::backfill::RunMode) -> anyhow::Result<ExitCode> {
+fn run_backfill(
+    config: Config,
+    dids: &[String],
+    recrawl: bool,
+    mode: sluice::backfill::RunMode,
+) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let sluice = Sluice::builder().config(config.clone()).filter_file(config.filter.path.clone()).open()?;
@@ -424,7 +459,12 @@ fn run_backfill(config: Config, dids: &[String], recrawl: bool, mode: sluice::ba
             stop();
         });
         let result = service.run(mode, dids.is_empty()).await;
-        let counts: Vec<String> = backfill.repo_counts().into_iter().filter(|(_, n)| *n != 0).map(|(s, n)| format!("{n} {}", s.as_str())).collect();
+        let counts: Vec<String> = backfill
+            .repo_counts()
+            .into_iter()
+            .filter(|(_, n)| *n != 0)
+            .map(|(s, n)| format!("{n} {}", s.as_str()))
+            .collect();
         let events = sluice.store().next_event_id() - 1;
         println!("repos: {}; events: {events}", if counts.is_empty() { "none".to_string() } else { counts.join(", ") });
         result?;
@@ -463,7 +503,13 @@ fn index_cars(config: Config, opts: IndexOptions, jobs: Option<usize>, cars: &[P
             };
             println!(
                 "{}: {}: {} created, {} updated, {} deleted, {} unchanged, {} handler error(s); {events}",
-                cars[i].display(), o.status.as_str(), o.created, o.updated, o.deleted, o.unchanged, o.handler_errors
+                cars[i].display(),
+                o.status.as_str(),
+                o.created,
+                o.updated,
+                o.deleted,
+                o.unchanged,
+                o.handler_errors
             );
         }
         Err(e) => {
@@ -501,7 +547,11 @@ fn print_stats(out: &mut impl Write, store: &Store, json: bool) -> std::io::Resu
             let map = if kind == "repos" { &mut repos } else { &mut records };
             map.insert(name.clone(), (*n).into());
         }
-        return writeln!(out, "{}", serde_json::json!({ "repos": repos, "records": records, "events": events, "oldest_event": oldest }));
+        return writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "repos": repos, "records": records, "events": events, "oldest_event": oldest })
+        );
     }
     writeln!(out, "repos:")?;
     for ((_, status), n) in counts.iter().filter(|((k, _), n)| k == "repos" && **n != 0) {
@@ -513,7 +563,9 @@ fn print_stats(out: &mut impl Write, store: &Store, json: bool) -> std::io::Resu
         writeln!(out, "  {collection:<40} {n}")?;
     }
     match oldest {
-        Some(first) if first > 1 => writeln!(out, "events: {events} (kept from {first} on; older ones are past the retention)"),
+        Some(first) if first > 1 => {
+            writeln!(out, "events: {events} (kept from {first} on; older ones are past the retention)")
+        }
         _ => writeln!(out, "events: {events}"),
     }
 }

@@ -28,7 +28,8 @@ pub struct ServiceOptions {
 /// backfill yields to, and each repo's held commits drained as soon as its backfill commits.
 /// The one place that coupling is made; [`Service`] and the tests that run both use it.
 pub fn firehose_beside(sluice: &Sluice, config: &Config, backfill: &Backfill) -> Result<Arc<Firehose>, FirehoseError> {
-    let firehose = Firehose::new(sluice.pipeline().clone(), backfill.resolver().clone(), config, backfill.live_backlog().clone())?;
+    let firehose =
+        Firehose::new(sluice.pipeline().clone(), backfill.resolver().clone(), config, backfill.live_backlog().clone())?;
     let drains = firehose.clone();
     backfill.after_sync(move |did| drains.request_drain(did));
     Ok(firehose)
@@ -56,7 +57,12 @@ pub struct Service {
 impl Service {
     /// Starts live ingestion and the server (in `Forever` mode, as configured) beside a
     /// backfill that [`Service::run`] then drives.
-    pub async fn start(sluice: &Sluice, config: &Config, mode: RunMode, opts: &ServiceOptions) -> anyhow::Result<Service> {
+    pub async fn start(
+        sluice: &Sluice,
+        config: &Config,
+        mode: RunMode,
+        opts: &ServiceOptions,
+    ) -> anyhow::Result<Service> {
         let backfill = Backfill::new(sluice.pipeline().clone(), config);
         if opts.recrawl {
             sluice.store().reset_crawl()?;
@@ -65,7 +71,17 @@ impl Service {
             backfill.queue(&opts.dids)?;
         }
         let forever = mode == RunMode::Forever;
-        let mut service = Service { backfill, firehose: None, stop: CancellationToken::new(), live: None, server: None, retention: None, handle_checks: None, sink: None, sink_task: None };
+        let mut service = Service {
+            backfill,
+            firehose: None,
+            stop: CancellationToken::new(),
+            live: None,
+            server: None,
+            retention: None,
+            handle_checks: None,
+            sink: None,
+            sink_task: None,
+        };
         if forever && config.firehose.enabled {
             service.start_firehose(sluice, config)?;
         }
@@ -100,9 +116,16 @@ impl Service {
                 }
                 let store = store.clone();
                 match tokio::task::spawn_blocking(move || store.trim_events_older_than(age)).await {
-                    Ok(Ok(t)) if t.pages > 0 => tracing::info!(pages = t.pages, events = t.events, oldest_left = t.oldest_left, "removed events past the retention"),
+                    Ok(Ok(t)) if t.pages > 0 => tracing::info!(
+                        pages = t.pages,
+                        events = t.events,
+                        oldest_left = t.oldest_left,
+                        "removed events past the retention"
+                    ),
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::warn!(error = %e, "removing events past the retention failed; trying again at the next pass"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "removing events past the retention failed; trying again at the next pass")
+                    }
                     Err(e) => tracing::warn!(error = %e, "the retention pass did not finish"),
                 }
             }
@@ -111,14 +134,22 @@ impl Service {
 
     /// The handle checker (see `handles.rs`), sharing the backfill's identity cache.
     fn start_handle_checks(&mut self, sluice: &Sluice, config: &Config) -> anyhow::Result<()> {
-        let resolver = match crate::handles::HandleResolver::new(config.network.handle_resolver.as_deref(), Duration::from_secs(10)) {
+        let resolver = match crate::handles::HandleResolver::new(
+            config.network.handle_resolver.as_deref(),
+            Duration::from_secs(10),
+        ) {
             Ok(resolver) => resolver,
             Err(e) => {
                 tracing::error!(error = %e, "handles cannot be checked (set [network] handle_resolver); no handle is taken as its repo's own");
                 return Ok(());
             }
         };
-        let checker = Arc::new(crate::handles::HandleChecker::new(sluice.store().clone(), self.backfill.resolver().clone(), resolver, config.network.handle_checks_per_sec));
+        let checker = Arc::new(crate::handles::HandleChecker::new(
+            sluice.store().clone(),
+            self.backfill.resolver().clone(),
+            resolver,
+            config.network.handle_checks_per_sec,
+        ));
         self.handle_checks = Some(tokio::spawn(checker.run(self.stop.clone())));
         Ok(())
     }
@@ -145,7 +176,8 @@ impl Service {
     async fn start_server(&mut self, sluice: &Sluice, config: &Config) -> anyhow::Result<()> {
         let listener = crate::server::bind(config).await?;
         let mut state = ServerState::new(sluice.pipeline().clone(), config.clone());
-        (state.backfill, state.firehose, state.stop) = (Some(self.backfill.clone()), self.firehose.clone(), self.stop.clone());
+        (state.backfill, state.firehose, state.stop) =
+            (Some(self.backfill.clone()), self.firehose.clone(), self.stop.clone());
         state.sink = self.sink.clone();
         self.server = Some(crate::server::serve_dedicated(listener, Arc::new(state), crate::config::cores())?);
         Ok(())
@@ -174,7 +206,10 @@ impl Service {
         let deadline = tokio::time::Instant::now() + SINK_DRAIN;
         while sink.behind() > 0 && !self.stop.is_cancelled() {
             if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(behind = sink.behind(), "the NATS sink did not catch up; the next run publishes the rest");
+                tracing::warn!(
+                    behind = sink.behind(),
+                    "the NATS sink did not catch up; the next run publishes the rest"
+                );
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -203,7 +238,9 @@ impl Service {
             task.await?;
         }
         if let Some(thread) = self.sink_task.take() {
-            tokio::task::spawn_blocking(move || thread.join()).await?.map_err(|_| anyhow::anyhow!("the NATS sink's thread panicked"))?;
+            tokio::task::spawn_blocking(move || thread.join())
+                .await?
+                .map_err(|_| anyhow::anyhow!("the NATS sink's thread panicked"))?;
         }
         result?;
         Ok(live?)

@@ -99,7 +99,15 @@ impl NatsSink {
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let mut backoff = Duration::from_millis(250);
         let from = self.published();
-        let stopped = || tracing::info!(published = self.published(), events = self.published() - from, batches = self.batches(), behind = self.behind(), "the NATS sink stopped");
+        let stopped = || {
+            tracing::info!(
+                published = self.published(),
+                events = self.published() - from,
+                batches = self.batches(),
+                behind = self.behind(),
+                "the NATS sink stopped"
+            )
+        };
         while !stop.is_cancelled() {
             match self.session(&stop).await {
                 Ok(()) => return stopped(),
@@ -157,7 +165,9 @@ impl NatsSink {
             match ack.await {
                 Ok(ack) if ack.duplicate => {
                     if self.duplicates.fetch_add(1, Ordering::Relaxed) == 0 {
-                        tracing::info!("republished events the stream already had are dropped (a restart after a crash)");
+                        tracing::info!(
+                            "republished events the stream already had are dropped (a restart after a crash)"
+                        );
                     }
                 }
                 Ok(_) => {}
@@ -182,7 +192,12 @@ impl NatsSink {
     /// since the last read. With the window empty and fewer than half of it waiting, it first
     /// lingers (`linger_ms`) for more, so that a stream of small commits still goes out in
     /// batches. Returns the last id sent.
-    async fn refill(&self, js: &jetstream::Context, window: &mut VecDeque<(u64, jetstream::context::PublishAckFuture)>, mut sent: u64) -> Result<u64, Failure> {
+    async fn refill(
+        &self,
+        js: &jetstream::Context,
+        window: &mut VecDeque<(u64, jetstream::context::PublishAckFuture)>,
+        mut sent: u64,
+    ) -> Result<u64, Failure> {
         let in_flight = self.in_flight();
         let waiting = self.store.next_event_id().saturating_sub(sent + 1);
         let room = in_flight - window.len();
@@ -197,7 +212,10 @@ impl NatsSink {
         for (id, subject, payload) in messages {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert(async_nats::header::NATS_MESSAGE_ID, format!("{}:{id}", self.node).as_str());
-            let ack = js.publish_with_headers(subject, headers, payload).await.map_err(|e| format!("publishing event {id}: {e}"))?;
+            let ack = js
+                .publish_with_headers(subject, headers, payload)
+                .await
+                .map_err(|e| format!("publishing event {id}: {e}"))?;
             window.push_back((id, ack));
             sent = id;
         }
@@ -216,9 +234,12 @@ impl NatsSink {
     async fn connect(&self) -> Result<async_nats::Client, Failure> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let c = &self.config;
-        let mut options = async_nats::ConnectOptions::new().name(format!("sluice {}", self.node)).connection_timeout(Duration::from_secs(5));
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("sluice {}", self.node))
+            .connection_timeout(Duration::from_secs(5));
         if let Some(path) = env(&c.creds_file_env) {
-            options = options.credentials_file(&path).await.map_err(|e| format!("reading NATS credentials {path}: {e}"))?;
+            options =
+                options.credentials_file(&path).await.map_err(|e| format!("reading NATS credentials {path}: {e}"))?;
         } else if let (Some(user), Some(password)) = (env(&c.user_env), env(&c.password_env)) {
             options = options.user_and_password(user, password);
         } else if let Some(token) = env(&c.token_env) {
@@ -239,7 +260,8 @@ impl NatsSink {
                 }
                 Ok(())
             }
-            Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) => {
+            Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            {
                 let config = stream::Config {
                     name: c.stream.clone(),
                     subjects: vec![subjects],
@@ -300,12 +322,22 @@ pub fn subject(prefix: &str, event: &StoredEvent) -> String {
 /// Up to `limit` events from id `from` on as (id, subject under `prefix`, JSON payload): what
 /// the sink reads and renders for each batch (the sink bench measures it alone). Events
 /// trimmed away before the sink saw them are skipped (the first id is then past `from`).
-pub fn messages_from(store: &Store, prefix: &str, from: u64, limit: usize) -> Result<Vec<(u64, String, Bytes)>, crate::store::StoreError> {
+pub fn messages_from(
+    store: &Store,
+    prefix: &str,
+    from: u64,
+    limit: usize,
+) -> Result<Vec<(u64, String, Bytes)>, crate::store::StoreError> {
     let events = store.events_from(from, limit)?;
     if let Some(&(first, _)) = events.first()
         && first > from
     {
         tracing::warn!(from, first, "events were removed from the log before the NATS sink published them");
     }
-    events.into_iter().map(|(id, event)| Ok((id, subject(prefix, &event), Bytes::from(crate::wire::event_json_bytes(store, id, &event)?)))).collect()
+    events
+        .into_iter()
+        .map(|(id, event)| {
+            Ok((id, subject(prefix, &event), Bytes::from(crate::wire::event_json_bytes(store, id, &event)?)))
+        })
+        .collect()
 }

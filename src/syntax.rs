@@ -49,7 +49,11 @@ pub fn is_nsid(s: &str) -> bool {
 /// protocol's syntax rules, and so sluice, accept.
 pub fn is_handle(s: &str) -> bool {
     let label_ok = |l: &str| {
-        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && !l.starts_with('-') && !l.ends_with('-')
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
     };
     let labels: Vec<&str> = s.split('.').collect();
     s.len() <= 253
@@ -87,7 +91,9 @@ pub fn is_at_identifier(s: &str) -> bool {
 /// Whether `s` has the syntax of a CID string: 8-256 of `A-Za-z0-9+=`, and not a CIDv0
 /// (`Qmb...`), which the protocol does not use. (Whether it decodes is another matter.)
 pub fn is_cid(s: &str) -> bool {
-    (8..=256).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'=') && !s.starts_with("Qmb")
+    (8..=256).contains(&s.len())
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'=')
+        && !s.starts_with("Qmb")
 }
 
 /// Whether `s` is a valid AT Protocol datetime: jacquard's RFC 3339 parse, and a time that
@@ -113,7 +119,8 @@ pub fn is_language(s: &str) -> bool {
     }
     let mut subtags = s.split('-');
     let primary = subtags.next().unwrap_or("");
-    let primary_ok = matches!(primary, "i" | "x" | "X") || ((2..=3).contains(&primary.len()) && primary.bytes().all(|b| b.is_ascii_lowercase()));
+    let primary_ok = matches!(primary, "i" | "x" | "X")
+        || ((2..=3).contains(&primary.len()) && primary.bytes().all(|b| b.is_ascii_lowercase()));
     if !primary_ok {
         return false;
     }
@@ -123,7 +130,8 @@ pub fn is_language(s: &str) -> bool {
         if lower == "x" {
             break; // private use: anything goes after it
         }
-        let is_variant = (5..=8).contains(&tag.len()) || (tag.len() == 4 && tag.starts_with(|c: char| c.is_ascii_digit()));
+        let is_variant =
+            (5..=8).contains(&tag.len()) || (tag.len() == 4 && tag.starts_with(|c: char| c.is_ascii_digit()));
         let seen = match tag.len() {
             1 => &mut singletons,
             _ if is_variant && singletons.is_empty() => &mut variants,
@@ -192,14 +200,60 @@ mod tests {
             let did = format!("did:plc:{}", "a".repeat(n - 8));
             assert_eq!(is_did(&did), Did::new(did.as_str()).is_ok(), "{n}");
         }
-        for s in ["did:plc:abc", "did:web:example.com%3A8080", "did:plc:", "did::x", "did:PLC:x", "did:plc:x%", "did:plc:x:", "did:plc:a:b"] {
+        for s in [
+            "did:plc:abc",
+            "did:web:example.com%3A8080",
+            "did:plc:",
+            "did::x",
+            "did:PLC:x",
+            "did:plc:x%",
+            "did:plc:x:",
+            "did:plc:a:b",
+        ] {
             assert_eq!(is_did(s), Did::new(s).is_ok(), "{s}");
         }
         let long = |n: usize| format!("a{}.b.c", "b".repeat(n - 1));
-        for (label, nsid) in [("63", long(63)), ("64", long(64)), ("317", format!("{}.{}.{}.{}.{}x", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(63), "e".repeat(60))), ("318", format!("{}.{}.{}.{}.{}xy", "a".repeat(63), "b".repeat(63), "c".repeat(63), "d".repeat(63), "e".repeat(60)))] {
+        for (label, nsid) in [
+            ("63", long(63)),
+            ("64", long(64)),
+            (
+                "317",
+                format!(
+                    "{}.{}.{}.{}.{}x",
+                    "a".repeat(63),
+                    "b".repeat(63),
+                    "c".repeat(63),
+                    "d".repeat(63),
+                    "e".repeat(60)
+                ),
+            ),
+            (
+                "318",
+                format!(
+                    "{}.{}.{}.{}.{}xy",
+                    "a".repeat(63),
+                    "b".repeat(63),
+                    "c".repeat(63),
+                    "d".repeat(63),
+                    "e".repeat(60)
+                ),
+            ),
+        ] {
             assert_eq!(is_nsid(&nsid), Nsid::new(nsid.as_str()).is_ok(), "{label}: {nsid}");
         }
-        for s in ["app.bsky.feed.post", "a.b.c", "a-b.c.d", "app.bsky.feed.post-x", "app.bsky.9post", "1app.bsky.post", "app..post", "app.bsky", "app.-b.c", "app.b-.c", "com.example.fooBar2"] {
+        for s in [
+            "app.bsky.feed.post",
+            "a.b.c",
+            "a-b.c.d",
+            "app.bsky.feed.post-x",
+            "app.bsky.9post",
+            "1app.bsky.post",
+            "app..post",
+            "app.bsky",
+            "app.-b.c",
+            "app.b-.c",
+            "com.example.fooBar2",
+        ] {
             assert_eq!(is_nsid(s), Nsid::new(s).is_ok(), "{s}");
         }
     }

@@ -21,9 +21,15 @@ pub fn stream_url(base: &str, cursor: Option<u64>) -> anyhow::Result<String> {
 /// `on_event` with each one's JSON text, until `limit` events or the stream ends. An error
 /// message from the server (a slow consumer, say) ends it with that error; an info message
 /// (a cursor past the retention) is logged.
-pub async fn tail(base: &str, cursor: Option<u64>, limit: Option<usize>, mut on_event: impl FnMut(&str) -> std::io::Result<()>) -> anyhow::Result<usize> {
+pub async fn tail(
+    base: &str,
+    cursor: Option<u64>,
+    limit: Option<usize>,
+    mut on_event: impl FnMut(&str) -> std::io::Result<()>,
+) -> anyhow::Result<usize> {
     let url = stream_url(base, cursor)?;
-    let (mut socket, _) = tokio_tungstenite::connect_async(&url).await.map_err(|e| anyhow::anyhow!("connecting to {url}: {e}"))?;
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(&url).await.map_err(|e| anyhow::anyhow!("connecting to {url}: {e}"))?;
     let mut seen = 0;
     while limit.is_none_or(|l| seen < l) {
         let Some(message) = socket.next().await else { break };
@@ -53,7 +59,10 @@ mod tests {
 
     #[test]
     fn stream_urls() {
-        assert_eq!(stream_url("http://127.0.0.1:2480/", Some(5)).unwrap(), "ws://127.0.0.1:2480/xrpc/dev.sluice.subscribeEvents?cursor=5");
+        assert_eq!(
+            stream_url("http://127.0.0.1:2480/", Some(5)).unwrap(),
+            "ws://127.0.0.1:2480/xrpc/dev.sluice.subscribeEvents?cursor=5"
+        );
         assert_eq!(stream_url("https://x.example", None).unwrap(), "wss://x.example/xrpc/dev.sluice.subscribeEvents");
         assert!(stream_url("x.example", None).is_err());
     }

@@ -31,14 +31,21 @@ pub fn event_json(store: &Store, id: u64, event: &StoredEvent) -> Result<Value, 
                 rec.insert("record".into(), body);
             }
             if !r.handled.is_empty() {
-                let handled: Map<String, Value> =
-                    r.handled.iter().map(|(name, v)| (name.to_string(), serde_json::from_str(v).unwrap_or(Value::Null))).collect();
+                let handled: Map<String, Value> = r
+                    .handled
+                    .iter()
+                    .map(|(name, v)| (name.to_string(), serde_json::from_str(v).unwrap_or(Value::Null)))
+                    .collect();
                 rec.insert("handled".into(), handled.into());
             }
             json!({ "id": id, "type": "record", "record": rec })
         }
-        StoredEvent::Identity(i) => json!({ "id": id, "type": "identity", "identity": { "did": i.did, "handle": i.handle } }),
-        StoredEvent::Account(a) => json!({ "id": id, "type": "account", "account": { "did": a.did, "active": a.active, "status": a.status } }),
+        StoredEvent::Identity(i) => {
+            json!({ "id": id, "type": "identity", "identity": { "did": i.did, "handle": i.handle } })
+        }
+        StoredEvent::Account(a) => {
+            json!({ "id": id, "type": "account", "account": { "did": a.did, "active": a.active, "status": a.status } })
+        }
     })
 }
 
@@ -61,7 +68,8 @@ pub fn event_json_bytes(store: &Store, id: u64, event: &StoredEvent) -> Result<V
     // body checked on its own first and shown as `null`.
     if serde_json::to_writer(&mut out, &RecordEventText { id, record, body, body_checked: false }).is_err() {
         out.clear();
-        serde_json::to_writer(&mut out, &RecordEventText { id, record, body, body_checked: true }).expect("a checked body writes");
+        serde_json::to_writer(&mut out, &RecordEventText { id, record, body, body_checked: true })
+            .expect("a checked body writes");
     }
     Ok(out)
 }
@@ -104,14 +112,17 @@ impl serde::Serialize for RecordFields<'_, '_> {
         map.serialize_entry("collection", &r.collection)?;
         map.serialize_entry("did", &r.did)?;
         if !r.handled.is_empty() {
-            let handled: std::collections::BTreeMap<&str, Option<&serde_json::value::RawValue>> = r.handled.iter().map(|(name, v)| (name.as_str(), raw(v))).collect();
+            let handled: std::collections::BTreeMap<&str, Option<&serde_json::value::RawValue>> =
+                r.handled.iter().map(|(name, v)| (name.as_str(), raw(v))).collect();
             map.serialize_entry("handled", &handled)?;
         }
         map.serialize_entry("live", &r.live)?;
         if !r.cid.is_empty() {
             match (&r.replaced, self.0.body) {
                 (Some(json), _) => map.serialize_entry("record", &raw(json))?,
-                (None, Some(body)) if self.0.body_checked => map.serialize_entry("record", &sluice_handlers::value::CborAsJson(body))?,
+                (None, Some(body)) if self.0.body_checked => {
+                    map.serialize_entry("record", &sluice_handlers::value::CborAsJson(body))?
+                }
                 (None, Some(body)) => map.serialize_entry("record", &sluice_handlers::transcode::Transcode(body))?,
                 (None, None) => map.serialize_entry("record", &())?,
             }
@@ -137,9 +148,24 @@ mod tests {
         let cid = jacquard_repo::mst::util::compute_cid(&body).unwrap().to_bytes();
         store.blocks.insert(&cid, &body).unwrap();
         let carried = Some(bytes::Bytes::from(body.clone()));
-        let event = |action, cid: Vec<u8>, replaced: Option<&str>, handled: Vec<(smol_str::SmolStr, String)>, body: Option<bytes::Bytes>| StoredEvent::Record(RecordEvent {
-            live: true, did: "did:plc:a".into(), rev: "3l".into(), collection: "a.b.c".into(), rkey: "k\"q".into(), action, cid, replaced: replaced.map(str::to_string), handled, body,
-        });
+        let event = |action,
+                     cid: Vec<u8>,
+                     replaced: Option<&str>,
+                     handled: Vec<(smol_str::SmolStr, String)>,
+                     body: Option<bytes::Bytes>| {
+            StoredEvent::Record(RecordEvent {
+                live: true,
+                did: "did:plc:a".into(),
+                rev: "3l".into(),
+                collection: "a.b.c".into(),
+                rkey: "k\"q".into(),
+                action,
+                cid,
+                replaced: replaced.map(str::to_string),
+                handled,
+                body,
+            })
+        };
         let legacy = event(Action::Create, cid.clone(), None, vec![], None);
         let text: Value = serde_json::from_str(&event_text(&store, 7, &legacy).unwrap()).unwrap();
         assert_eq!(text["record"]["record"]["n"], 1, "a legacy event's body is read from blocks");
@@ -151,7 +177,13 @@ mod tests {
             event(Action::Create, vec![1, 85, 18, 32, 0], None, vec![], None),
             event(Action::Create, cid.clone(), None, vec![], Some(bytes::Bytes::from_static(&[0xff]))),
             // Refused midway, after part of the body was written: the event is written again.
-            event(Action::Create, cid.clone(), None, vec![], Some(serde_ipld_dagcbor::to_vec(&std::collections::BTreeMap::from([("a", 1.0f64)])).unwrap().into())),
+            event(
+                Action::Create,
+                cid.clone(),
+                None,
+                vec![],
+                Some(serde_ipld_dagcbor::to_vec(&std::collections::BTreeMap::from([("a", 1.0f64)])).unwrap().into()),
+            ),
         ] {
             let text: Value = serde_json::from_str(&event_text(&store, 7, &e).unwrap()).unwrap();
             assert_eq!(text, event_json(&store, 7, &e).unwrap(), "{e:?}");

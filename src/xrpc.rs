@@ -149,6 +149,8 @@ impl Params {
     /// A required record key parameter, checked by the record key syntax.
     pub fn rkey(&self, name: &str) -> Result<&str, XrpcError> {
         let v = self.req(name)?;
-        crate::syntax::is_rkey(v).then_some(v).ok_or_else(|| XrpcError::invalid(format!("{name} must be a valid record key")))
+        crate::syntax::is_rkey(v)
+            .then_some(v)
+            .ok_or_else(|| XrpcError::invalid(format!("{name} must be a valid record key")))
     }
 }

@@ -40,13 +40,17 @@ fn open(net: Devnet, filter: &str, tweak: impl FnOnce(&mut Config)) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config(&net, tweak);
     c.storage.path = dir.path().join("data");
-    let sluice = Sluice::builder().config(c.clone()).filter(Filter::from_toml(filter, "test.toml").unwrap()).open().unwrap();
+    let sluice =
+        Sluice::builder().config(c.clone()).filter(Filter::from_toml(filter, "test.toml").unwrap()).open().unwrap();
     let backfill = Backfill::new(sluice.pipeline().clone(), &c);
     Setup { net, sluice, backfill, _dir: dir }
 }
 
 async fn run(s: &Setup, crawl: bool) {
-    tokio::time::timeout(RUN_LIMIT, s.backfill.run(RunMode::UntilEmpty, crawl)).await.expect("backfill ended in time").expect("backfill ran");
+    tokio::time::timeout(RUN_LIMIT, s.backfill.run(RunMode::UntilEmpty, crawl))
+        .await
+        .expect("backfill ended in time")
+        .expect("backfill ran");
 }
 
 fn status(s: &Setup, did: &str) -> Option<RepoStatus> {
@@ -80,8 +84,13 @@ fn check_event_log(s: &Setup) -> Vec<StoredEvent> {
 }
 
 fn status_record(net: &Devnet, did: &str, n: u32) {
-    net.put_record(did, "xyz.statusphere.status", &format!("3l{n:011}"), json!({"$type": "xyz.statusphere.status", "status": "🦀", "createdAt": "2026-11-01T00:00:00.000Z"}))
-        .unwrap();
+    net.put_record(
+        did,
+        "xyz.statusphere.status",
+        &format!("3l{n:011}"),
+        json!({"$type": "xyz.statusphere.status", "status": "🦀", "createdAt": "2026-11-01T00:00:00.000Z"}),
+    )
+    .unwrap();
 }
 
 const SIGNAL_FILTER: &str = r#"
@@ -99,7 +108,13 @@ async fn populate_troubled_network(net: &Devnet) -> Vec<String> {
     for (i, did) in dids.iter().enumerate().filter(|(i, _)| i % 3 == 0) {
         status_record(net, did, i as u32);
     }
-    let gone = [(3, AccountStatus::Deactivated), (6, AccountStatus::Takendown), (9, AccountStatus::Suspended), (12, AccountStatus::Deleted), (4, AccountStatus::Deactivated)];
+    let gone = [
+        (3, AccountStatus::Deactivated),
+        (6, AccountStatus::Takendown),
+        (9, AccountStatus::Suspended),
+        (12, AccountStatus::Deleted),
+        (4, AccountStatus::Deactivated),
+    ];
     for (i, st) in gone {
         net.set_status(&dids[i], st);
     }
@@ -149,7 +164,10 @@ async fn a_stale_cached_key_is_looked_up_again_before_the_walk() {
     let net = Devnet::start(DevnetOptions { pds_hosts: 1, ..Default::default() }).await.unwrap();
     let dids = net.populate(2, 30, 21).await;
     let s = open(net, "mode = \"full\"", |c| c.backfill.max_retries = 0);
-    let resolver = sluice::identity::Resolver::new(sluice::identity::ResolverOptions { plc_url: s.net.plc_url(), ..Default::default() });
+    let resolver = sluice::identity::Resolver::new(sluice::identity::ResolverOptions {
+        plc_url: s.net.plc_url(),
+        ..Default::default()
+    });
     let right = (*resolver.resolve(&dids[0]).await.unwrap()).clone();
     let other = (*resolver.resolve(&dids[1]).await.unwrap()).clone();
     // The first repo's cached key is another account's.
@@ -159,7 +177,11 @@ async fn a_stale_cached_key_is_looked_up_again_before_the_walk() {
     assert_eq!(status(&s, &dids[0]), Some(RepoStatus::Synced));
     assert_eq!(stored(&s, &dids[0]).len(), 30);
     assert_eq!(s.backfill.resolver().cached(&dids[0]).unwrap().key, right.key, "the fresh key is cached");
-    assert_eq!(s.net.request_count("com.atproto.sync.getRepo"), 1, "fetched once: the repo read is checked again, not downloaded again");
+    assert_eq!(
+        s.net.request_count("com.atproto.sync.getRepo"),
+        1,
+        "fetched once: the repo read is checked again, not downloaded again"
+    );
 
     // The second look finds no document: no walk.
     s.net.remove_identity(&dids[1]);
@@ -217,12 +239,38 @@ fn aged_repo(net: &Devnet) -> String {
     let did = net.create_account(AccountSpec { seed: 77, ..Default::default() });
     let now_us = sluice::store::values::now_ms() * 1000;
     let day = 86_400_000_000;
-    let post = |rkey: &str, created: &str| net.put_record(&did, "app.bsky.feed.post", rkey, json!({"$type": "app.bsky.feed.post", "text": "t", "createdAt": created})).unwrap();
+    let post = |rkey: &str, created: &str| {
+        net.put_record(
+            &did,
+            "app.bsky.feed.post",
+            rkey,
+            json!({"$type": "app.bsky.feed.post", "text": "t", "createdAt": created}),
+        )
+        .unwrap()
+    };
     post(Tid::from_time(now_us - day, 0).as_str(), "2000-01-01T00:00:00Z"); // recent by its key
     post(Tid::from_time(now_us - 30 * day, 0).as_str(), "2099-01-01T00:00:00Z"); // old by its key
-    net.put_record(&did, "app.bsky.actor.profile", "self", json!({"$type": "app.bsky.actor.profile", "displayName": "no date"})).unwrap();
-    net.put_record(&did, "xyz.example.thing", "old", json!({"$type": "xyz.example.thing", "createdAt": "2001-01-01T00:00:00Z"})).unwrap();
-    net.put_record(&did, "xyz.example.thing", "new", json!({"$type": "xyz.example.thing", "createdAt": chrono::Utc::now().to_rfc3339()})).unwrap();
+    net.put_record(
+        &did,
+        "app.bsky.actor.profile",
+        "self",
+        json!({"$type": "app.bsky.actor.profile", "displayName": "no date"}),
+    )
+    .unwrap();
+    net.put_record(
+        &did,
+        "xyz.example.thing",
+        "old",
+        json!({"$type": "xyz.example.thing", "createdAt": "2001-01-01T00:00:00Z"}),
+    )
+    .unwrap();
+    net.put_record(
+        &did,
+        "xyz.example.thing",
+        "new",
+        json!({"$type": "xyz.example.thing", "createdAt": chrono::Utc::now().to_rfc3339()}),
+    )
+    .unwrap();
     did
 }
 
@@ -323,7 +371,10 @@ async fn a_filter_edit_that_adds_a_collection_backfills_it() {
     let backfill = s.backfill.clone();
     let running = tokio::spawn(async move { backfill.run(RunMode::Forever, false).await });
     tokio::time::sleep(Duration::from_millis(300)).await;
-    s.sluice.pipeline().filter().store(Filter::from_toml("mode = \"full\"\ncollections = [\"app.bsky.feed.post\", \"app.bsky.feed.like\"]", "t").unwrap());
+    s.sluice.pipeline().filter().store(
+        Filter::from_toml("mode = \"full\"\ncollections = [\"app.bsky.feed.post\", \"app.bsky.feed.like\"]", "t")
+            .unwrap(),
+    );
     let both = |c: &str| posts(c) || c == "app.bsky.feed.like";
     let deadline = Instant::now() + Duration::from_secs(30);
     while dids.iter().any(|d| stored(&s, d) != held(&s, d, both)) {
@@ -350,7 +401,11 @@ async fn exact_signals_are_crawled_by_collection_and_only_their_repos_fetched() 
     run(&s, true).await;
     assert_eq!(s.net.request_count("com.atproto.sync.listRepos"), 0, "an exact signal needs no full listing");
     assert!(s.net.request_count("com.atproto.sync.listReposByCollection") >= 1);
-    assert_eq!(s.net.request_count("com.atproto.sync.getRepo"), signalled.len() as u64, "only repos holding the signal are fetched");
+    assert_eq!(
+        s.net.request_count("com.atproto.sync.getRepo"),
+        signalled.len() as u64,
+        "only repos holding the signal are fetched"
+    );
     for did in &dids {
         let want = signalled.contains(&did).then_some(RepoStatus::Synced);
         assert_eq!(status(&s, did), want, "{did}");

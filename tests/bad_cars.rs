@@ -41,7 +41,8 @@ fn sample_car() -> (Account, Vec<u8>) {
     let mut records = RepoContents::new();
     for i in 0..40 {
         let v = serde_json::json!({"$type": "app.bsky.feed.post", "text": format!("post {i}"), "createdAt": "2024-01-01T00:00:00Z"});
-        records.insert(format!("app.bsky.feed.post/3kaaaaaaa{i:03}2"), sluice::handlers::value::json_to_cbor(&v).unwrap());
+        records
+            .insert(format!("app.bsky.feed.post/3kaaaaaaa{i:03}2"), sluice::handlers::value::json_to_cbor(&v).unwrap());
     }
     let long = serde_json::json!({"$type": "app.bsky.feed.post", "text": "x".repeat(1500), "createdAt": "2024-01-01T00:00:00Z"});
     records.insert("app.bsky.feed.post/3kzzzzzzzzzz2".into(), sluice::handlers::value::json_to_cbor(&long).unwrap());
@@ -65,7 +66,8 @@ fn refused_in_batches(car: &[u8], limits: Option<CarLimits>, batch_size: usize) 
         config.limits.max_block_kb = l.max_block_bytes >> 10;
         config.limits.max_blocks = l.max_blocks;
     }
-    let s = Sluice::builder().config(config).data_dir(dir.path()).filter(common::filter("mode = \"full\"")).open().unwrap();
+    let s =
+        Sluice::builder().config(config).data_dir(dir.path()).filter(common::filter("mode = \"full\"")).open().unwrap();
     let err = s.index_car(car, &IndexOptions::default()).expect_err("the CAR must be refused");
     assert_eq!(s.store().next_event_id(), 1, "no event written for a refused CAR");
     assert!(s.store().repos.is_empty().unwrap(), "no repo state written for a refused CAR");
@@ -118,7 +120,8 @@ fn large_car() -> Vec<u8> {
     let mut records = RepoContents::new();
     for i in 0..1_500 {
         let v = serde_json::json!({"$type": "app.bsky.feed.post", "text": format!("{i} {}", "y".repeat(3_000)), "createdAt": "2024-01-01T00:00:00Z"});
-        records.insert(format!("app.bsky.feed.post/3kaaaaaa{i:04}2"), sluice::handlers::value::json_to_cbor(&v).unwrap());
+        records
+            .insert(format!("app.bsky.feed.post/3kaaaaaa{i:04}2"), sluice::handlers::value::json_to_cbor(&v).unwrap());
     }
     let car = export_car_blocking(&account, &rev_at(1), &records).unwrap();
     assert!(car.len() > 4 << 20, "{} bytes", car.len());
@@ -192,7 +195,13 @@ fn version_2_repos_are_refused() {
     let (_, mut blocks) = blocks_of(&car);
     let mut v2: Commit<smol_str::SmolStr> = repo.commit.clone();
     v2.version = 2;
-    let unsigned = jacquard_repo::commit::UnsignedCommit { did: v2.did.clone(), version: 2, data: v2.data, rev: v2.rev.clone(), prev: None };
+    let unsigned = jacquard_repo::commit::UnsignedCommit {
+        did: v2.did.clone(),
+        version: 2,
+        data: v2.data,
+        rev: v2.rev.clone(),
+        prev: None,
+    };
     let signed = unsigned.sign(&account.key).unwrap();
     let bytes = signed.to_cbor().unwrap();
     let cid = jacquard_repo::mst::util::compute_cid(&bytes).unwrap();

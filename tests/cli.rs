@@ -6,7 +6,12 @@ mod common;
 use std::process::{Command, Output};
 
 fn sluice(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).env("RUST_LOG", "warn").current_dir(env!("CARGO_MANIFEST_DIR")).output().unwrap()
+    Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
 }
 
 fn text(b: &[u8]) -> String {
@@ -21,15 +26,29 @@ fn index_car_then_events_and_stats() {
     let calabro = common::fixture("car/calabro.car");
     let tiny = common::fixture("car/tiny.car");
     // One at a time, so the event ids follow the order of the files.
-    let out = sluice(&["index-car", "--jobs", "1", "--filter", "filters/everything.toml", "--data", data, calabro.to_str().unwrap(), tiny.to_str().unwrap()]);
+    let out = sluice(&[
+        "index-car",
+        "--jobs",
+        "1",
+        "--filter",
+        "filters/everything.toml",
+        "--data",
+        data,
+        calabro.to_str().unwrap(),
+        tiny.to_str().unwrap(),
+    ]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(stdout.contains("calabro.car: synced: 4347 created"), "{stdout}");
     assert!(stdout.contains("events 1..=4347"), "{stdout}");
     assert!(stdout.contains("tiny.car: synced: 8 created") && stdout.contains("events 4348..=4355"), "{stdout}");
 
-    let again = sluice(&["index-car", "--filter", "filters/everything.toml", "--data", data, calabro.to_str().unwrap()]);
-    assert!(text(&again.stdout).contains("0 created, 0 updated, 0 deleted, 4347 unchanged") && text(&again.stdout).contains("no events"));
+    let again =
+        sluice(&["index-car", "--filter", "filters/everything.toml", "--data", data, calabro.to_str().unwrap()]);
+    assert!(
+        text(&again.stdout).contains("0 created, 0 updated, 0 deleted, 4347 unchanged")
+            && text(&again.stdout).contains("no events")
+    );
 
     let stats = sluice(&["stats", "--data", data, "--json"]);
     let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
@@ -39,7 +58,8 @@ fn index_car_then_events_and_stats() {
     assert_eq!(stats["repos"]["synced"], 2);
 
     let events = sluice(&["events", "--data", data, "--cursor", "4347", "--limit", "2"]);
-    let lines: Vec<serde_json::Value> = text(&events.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> =
+        text(&events.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["id"], 4347);
     assert_eq!(lines[1]["id"], 4348);
@@ -59,7 +79,15 @@ fn bad_input_is_one_clear_line_and_a_failure() {
     std::fs::write(&junk, b"not a car at all").unwrap();
     let data = dir.path().join("data");
     let tiny = common::fixture("car/tiny.car");
-    let out = sluice(&["index-car", "--filter", "filters/everything.toml", "--data", data.to_str().unwrap(), junk.to_str().unwrap(), tiny.to_str().unwrap()]);
+    let out = sluice(&[
+        "index-car",
+        "--filter",
+        "filters/everything.toml",
+        "--data",
+        data.to_str().unwrap(),
+        junk.to_str().unwrap(),
+        tiny.to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("junk.car: malformed or truncated CAR"), "{err}");
@@ -104,14 +132,22 @@ fn cursors_lists_each_service_with_its_position_and_save_time() {
     {
         let store = sluice::Store::open(dir.path()).unwrap();
         for (service, at) in [("crawler", "done"), ("backfill", "did:plc:a")] {
-            let change = sluice::store::RepoChange { did: "did:plc:a".into(), cursor: Some((service.into(), at.into())), ..Default::default() };
+            let change = sluice::store::RepoChange {
+                did: "did:plc:a".into(),
+                cursor: Some((service.into(), at.into())),
+                ..Default::default()
+            };
             store.commit(change).unwrap();
         }
     }
     let out = sluice(&["cursors", "--data", dir.path().to_str().unwrap()]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let lines: Vec<Vec<String>> = text(&out.stdout).lines().map(|l| l.split('\t').map(str::to_string).collect()).collect();
-    assert_eq!(lines.iter().map(|l| (l[0].as_str(), l[1].as_str())).collect::<Vec<_>>(), [("backfill", "did:plc:a"), ("crawler", "done")]);
+    let lines: Vec<Vec<String>> =
+        text(&out.stdout).lines().map(|l| l.split('\t').map(str::to_string).collect()).collect();
+    assert_eq!(
+        lines.iter().map(|l| (l[0].as_str(), l[1].as_str())).collect::<Vec<_>>(),
+        [("backfill", "did:plc:a"), ("crawler", "done")]
+    );
     for line in &lines {
         let saved_ms = chrono::DateTime::parse_from_rfc3339(&line[2]).unwrap().timestamp_millis() as u64;
         assert!(saved_ms >= before_ms && saved_ms < before_ms + 60_000, "saved just now: {line:?}");
@@ -125,7 +161,15 @@ fn backfill_refuses_to_start_with_the_reason_and_a_non_zero_exit() {
     std::fs::write(&not_a_dir, "x").unwrap();
     let data = not_a_dir.join("data");
     // Nothing listens on port 1: a run that started would fail the crawl, not the store.
-    let out = sluice(&["backfill", "--data", data.to_str().unwrap(), "--relay", "http://127.0.0.1:1", "--plc", "http://127.0.0.1:1/"]);
+    let out = sluice(&[
+        "backfill",
+        "--data",
+        data.to_str().unwrap(),
+        "--relay",
+        "http://127.0.0.1:1",
+        "--plc",
+        "http://127.0.0.1:1/",
+    ]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("error: opening the store in") && err.contains("file/data"), "{err}");
@@ -159,7 +203,9 @@ impl DevnetProcess {
             .unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let stdout = child.stdout.take().unwrap();
-        std::thread::spawn(move || std::io::BufReader::new(stdout).lines().map_while(Result::ok).try_for_each(|line| tx.send(line)));
+        std::thread::spawn(move || {
+            std::io::BufReader::new(stdout).lines().map_while(Result::ok).try_for_each(|line| tx.send(line))
+        });
         let mut printed = Vec::new();
         while !printed.last().is_some_and(|l: &String| l.starts_with("Ctrl-C")) {
             match rx.recv_timeout(std::time::Duration::from_secs(60)) {
@@ -183,7 +229,14 @@ impl Drop for DevnetProcess {
 #[test]
 fn devnet_writes_a_config_and_filter_that_backfill_runs_on_from_any_directory() {
     let dir = tempfile::tempdir().unwrap();
-    let in_dir = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).env("RUST_LOG", "warn").current_dir(dir.path()).output().unwrap();
+    let in_dir = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
     let filter = dir.path().join("filters/everything.toml");
     let devnet = DevnetProcess::start(dir.path(), "3", "4");
     assert!(devnet.printed.iter().any(|l| l.starts_with("wrote filters/everything.toml")), "{:?}", devnet.printed);
@@ -195,7 +248,10 @@ fn devnet_writes_a_config_and_filter_that_backfill_runs_on_from_any_directory() 
     assert!(backfill.status.success(), "{}", text(&backfill.stderr));
     assert!(text(&backfill.stdout).contains("repos: 3 synced; events: 12"), "{}", text(&backfill.stdout));
     let stats = text(&stats.stdout);
-    assert!(stats.lines().any(|l| l.split_whitespace().eq(["synced", "3"])) && stats.contains("records: 12"), "{stats}");
+    assert!(
+        stats.lines().any(|l| l.split_whitespace().eq(["synced", "3"])) && stats.contains("records: 12"),
+        "{stats}"
+    );
 
     // A second devnet keeps the filter as the user left it.
     std::fs::write(&filter, "mode = \"signal\"\nsignals = [\"app.bsky.feed.post\"]\n").unwrap();

@@ -17,7 +17,9 @@ const CONCURRENCY: u64 = 4;
 
 /// The backfill's config: small batches with pauses, so kills land between them.
 fn write_config(dir: &std::path::Path, net: &Devnet) -> std::path::PathBuf {
-    let backfill = format!("[backfill]\nbatch_size = 7\nbatch_delay_ms = 8\nmax_concurrent = {CONCURRENCY}\nprogress_secs = 1\nretry_min_ms = 50\nretry_max_ms = 100\n");
+    let backfill = format!(
+        "[backfill]\nbatch_size = 7\nbatch_delay_ms = 8\nmax_concurrent = {CONCURRENCY}\nprogress_secs = 1\nretry_min_ms = 50\nretry_max_ms = 100\n"
+    );
     common::devnet_config_file(dir, net, &backfill)
 }
 
@@ -28,7 +30,8 @@ async fn sigkill_during_a_backfill_of_thousands_of_small_repos_loses_and_duplica
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let dids = net.populate(SMALL_REPOS, 3, 12).await;
     let dir = tempfile::tempdir().unwrap();
-    let backfill = format!("[backfill]\nmax_concurrent = {IN_FLIGHT}\nprogress_secs = 1\nretry_min_ms = 50\nretry_max_ms = 100\n");
+    let backfill =
+        format!("[backfill]\nmax_concurrent = {IN_FLIGHT}\nprogress_secs = 1\nretry_min_ms = 50\nretry_max_ms = 100\n");
     let config = common::devnet_config_file(dir.path(), &net, &backfill);
     let log = dir.path().join("sluice.log");
 
@@ -61,7 +64,10 @@ async fn sigkill_mid_backfill_loses_and_duplicates_nothing() {
         let store = Store::open(&dir.path().join("data")).unwrap();
         let states = store.repo_states().unwrap();
         let synced = states.iter().filter(|(_, s)| s.status == RepoStatus::Synced).count();
-        let partial = states.iter().filter(|(did, s)| s.status != RepoStatus::Synced && !store.repo_records(did).unwrap().is_empty()).count();
+        let partial = states
+            .iter()
+            .filter(|(did, s)| s.status != RepoStatus::Synced && !store.repo_records(did).unwrap().is_empty())
+            .count();
         eprintln!("after {kills} kills: {synced} of {REPOS} repos synced, {partial} cut off between batches");
         assert!(synced < REPOS, "the kills left work for the last run");
     }
@@ -73,14 +79,22 @@ async fn sigkill_mid_backfill_loses_and_duplicates_nothing() {
 /// Starts the backfill and kills it with SIGKILL several times, each once `fetches` more repos
 /// have been fetched and `jitter_ms` passed, so every run is cut off mid-way (with repos of
 /// many batches, often between two of them). Returns the number of kills.
-async fn kill_after_fetches(net: &Devnet, config: &std::path::Path, log: &std::path::Path, kills_at: &[(u64, u64)]) -> u64 {
+async fn kill_after_fetches(
+    net: &Devnet,
+    config: &std::path::Path,
+    log: &std::path::Path,
+    kills_at: &[(u64, u64)],
+) -> u64 {
     let mut kills = 0;
     for &(fetches, jitter_ms) in kills_at {
         let target = net.request_count("com.atproto.sync.getRepo") + fetches;
         let mut child = backfill(config, log);
         let deadline = Instant::now() + Duration::from_secs(60);
         while net.request_count("com.atproto.sync.getRepo") < target {
-            assert!(child.try_wait().unwrap().is_none() && Instant::now() < deadline, "the run is still going when it is killed");
+            assert!(
+                child.try_wait().unwrap().is_none() && Instant::now() < deadline,
+                "the run is still going when it is killed"
+            );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         tokio::time::sleep(Duration::from_millis(jitter_ms)).await;
@@ -94,13 +108,23 @@ async fn kill_after_fetches(net: &Devnet, config: &std::path::Path, log: &std::p
 /// Runs the last backfill to its end, then checks the store in `dir`: every repo of `dids` as
 /// its PDS holds it, one create event per record with gapless ids, and no repo fetched again
 /// but those in flight at a kill (`refetched_at_most`). Returns the store for further checks.
-async fn finish_and_check(net: &Devnet, dir: &std::path::Path, config: &std::path::Path, log: &std::path::Path, dids: &[String], refetched_at_most: u64) -> Store {
+async fn finish_and_check(
+    net: &Devnet,
+    dir: &std::path::Path,
+    config: &std::path::Path,
+    log: &std::path::Path,
+    dids: &[String],
+    refetched_at_most: u64,
+) -> Store {
     run_to_the_end(config, log).await;
     let store = Store::open(&dir.join("data")).unwrap();
     let total = assert_every_repo_as_held(net, &store, dids);
     assert_one_create_event_per_record(&store, total);
     let fetched = net.request_count("com.atproto.sync.getRepo");
-    assert!(fetched <= dids.len() as u64 + refetched_at_most, "{fetched} fetches: only repos in flight at a kill are fetched again");
+    assert!(
+        fetched <= dids.len() as u64 + refetched_at_most,
+        "{fetched} fetches: only repos in flight at a kill are fetched again"
+    );
     store
 }
 
@@ -124,7 +148,8 @@ fn assert_every_repo_as_held(net: &Devnet, store: &Store, dids: &[String]) -> us
     for did in dids {
         let state = store.repo_state(did).unwrap().unwrap();
         assert_eq!(state.status, RepoStatus::Synced, "{did}");
-        let held: BTreeMap<(String, String), String> = net.records(did).into_iter().map(|(key, (cid, _))| (key, cid)).collect();
+        let held: BTreeMap<(String, String), String> =
+            net.records(did).into_iter().map(|(key, (cid, _))| (key, cid)).collect();
         let stored = common::stored_cids(store, did);
         assert_eq!(stored, held, "{did}: nothing lost");
         total += held.len();

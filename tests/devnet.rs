@@ -68,7 +68,13 @@ async fn get_repo_serves_a_signed_car_holding_the_current_records() {
         let net = devnet().await;
         let did = net.create_account(account(1, 1));
         let cid = net.put_record(&did, "app.bsky.feed.post", "3kaaaaaaaaa22", post("hello")).unwrap();
-        net.put_record(&did, "app.bsky.actor.profile", "self", json!({"$type": "app.bsky.actor.profile", "displayName": "One"})).unwrap();
+        net.put_record(
+            &did,
+            "app.bsky.actor.profile",
+            "self",
+            json!({"$type": "app.bsky.actor.profile", "displayName": "One"}),
+        )
+        .unwrap();
 
         let repo = fetch_verified(&net, &did).await;
         assert_eq!(repo.rev(), net.rev(&did).unwrap());
@@ -82,7 +88,8 @@ async fn get_repo_serves_a_signed_car_holding_the_current_records() {
         }
         assert_eq!(held[&("app.bsky.feed.post".into(), "3kaaaaaaaaa22".into())].0, cid);
 
-        let (status, latest) = xrpc(&net.pds_urls()[1], "com.atproto.sync.getLatestCommit", &format!("did={did}")).await;
+        let (status, latest) =
+            xrpc(&net.pds_urls()[1], "com.atproto.sync.getLatestCommit", &format!("did={did}")).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(latest["cid"], repo.commit_cid.to_string());
         assert_eq!(latest["rev"], repo.rev());
@@ -136,7 +143,12 @@ async fn plc_documents_publish_the_key_as_multikey_or_legacy() {
     bounded(async {
         let net = devnet().await;
         assert!(net.plc_url().ends_with('/'));
-        let modern = net.create_account(AccountSpec { seed: 10, pds: 0, handle: Some("alice.test".into()), ..Default::default() });
+        let modern = net.create_account(AccountSpec {
+            seed: 10,
+            pds: 0,
+            handle: Some("alice.test".into()),
+            ..Default::default()
+        });
         let legacy = net.create_account(AccountSpec { seed: 11, pds: 1, legacy_key: true, ..Default::default() });
 
         let (status, _, doc) = get_json(&format!("{}{modern}", net.plc_url())).await;
@@ -258,7 +270,10 @@ async fn the_relay_lists_unresolvable_dids_among_the_accounts_in_did_order() {
         assert_eq!(listed, everyone, "accounts and unresolvable DIDs once each, in DID order");
         assert!(items.iter().all(|r| sluice::syntax::is_cid(r["head"].as_str().unwrap())));
         let (items, _) = all_pages(&net.pds_urls()[0], "com.atproto.sync.listRepos", "", 10).await;
-        assert!(items.iter().all(|r| accounts.contains(&r["did"].as_str().unwrap().to_string())), "a PDS lists only its accounts");
+        assert!(
+            items.iter().all(|r| accounts.contains(&r["did"].as_str().unwrap().to_string())),
+            "a PDS lists only its accounts"
+        );
         let (status, _, _) = get_json(&format!("{}{}", net.plc_url(), ghosts[0])).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "their documents do not resolve");
     })
@@ -272,7 +287,13 @@ async fn list_repos_by_collection_names_the_accounts_holding_it() {
         let dids: Vec<String> = (0..6).map(|i| net.create_account(account(200 + i, i as usize))).collect();
         for (i, did) in dids.iter().enumerate() {
             let collection = if i % 2 == 0 { "xyz.statusphere.status" } else { "app.bsky.feed.post" };
-            net.put_record(did, collection, "3kccccccccc22", json!({"$type": collection, "createdAt": "2024-01-01T00:00:00Z"})).unwrap();
+            net.put_record(
+                did,
+                collection,
+                "3kccccccccc22",
+                json!({"$type": collection, "createdAt": "2024-01-01T00:00:00Z"}),
+            )
+            .unwrap();
         }
         net.set_status(&dids[4], AccountStatus::Deleted);
         let mut want: Vec<String> = vec![dids[0].clone(), dids[2].clone()];
@@ -312,7 +333,10 @@ async fn each_status_gives_its_xrpc_error() {
             assert!(body["message"].as_str().unwrap().contains(&did));
             let (code, st) = xrpc(pds, "com.atproto.sync.getRepoStatus", &format!("did={did}")).await;
             match reported {
-                Some(s) => assert_eq!((code, st["active"].clone(), st["status"].clone()), (StatusCode::OK, json!(false), json!(s))),
+                Some(s) => assert_eq!(
+                    (code, st["active"].clone(), st["status"].clone()),
+                    (StatusCode::OK, json!(false), json!(s))
+                ),
                 None => assert_eq!((code, st["error"].as_str()), (StatusCode::BAD_REQUEST, Some("RepoNotFound"))),
             }
             let (_, list) = xrpc(&net.relay_url(), "com.atproto.sync.listRepos", "").await;
@@ -371,14 +395,21 @@ async fn bad_requests_get_xrpc_errors() {
         let did = net.create_account(account(600, 0));
         let wrong_host = &net.pds_urls()[1];
         let (status, body) = xrpc(wrong_host, "com.atproto.sync.getRepo", &format!("did={did}")).await;
-        assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("RepoNotFound")), "a host serves only its own accounts");
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("RepoNotFound")),
+            "a host serves only its own accounts"
+        );
         let (status, body) = xrpc(wrong_host, "com.atproto.sync.getRepo", "").await;
         assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidRequest")));
         let (status, body) = xrpc(wrong_host, "com.example.nothing", "").await;
         assert_eq!((status, body["error"].as_str()), (StatusCode::NOT_IMPLEMENTED, Some("MethodNotImplemented")));
         assert!(net.put_record(&did, "not an nsid", "self", post("x")).is_err());
         assert!(net.put_record(&did, "app.bsky.feed.post", "bad/key", post("x")).is_err());
-        assert!(net.put_record(&did, "app.bsky.feed.post", "self", json!({"n": 1.5})).is_err(), "floats are not in the data model");
+        assert!(
+            net.put_record(&did, "app.bsky.feed.post", "self", json!({"n": 1.5})).is_err(),
+            "floats are not in the data model"
+        );
         assert!(net.delete_record(&did, "app.bsky.feed.post", "missing").is_err());
         assert!(net.put_record("did:plc:unknownunknownunknown", "app.bsky.feed.post", "self", post("x")).is_err());
     })
@@ -389,7 +420,12 @@ async fn bad_requests_get_xrpc_errors() {
 async fn puts_and_deletes_show_in_get_record_and_list_records() {
     bounded(async {
         let net = devnet().await;
-        let did = net.create_account(AccountSpec { seed: 700, pds: 0, handle: Some("carol.test".into()), ..Default::default() });
+        let did = net.create_account(AccountSpec {
+            seed: 700,
+            pds: 0,
+            handle: Some("carol.test".into()),
+            ..Default::default()
+        });
         let pds = &net.pds_urls()[0];
         let rkeys = ["3kaaaaaaaaa22", "3kbbbbbbbbb22", "3kccccccccc22", "3kddddddddd22", "3keeeeeeeee22"];
         for (i, rkey) in rkeys.iter().enumerate() {
@@ -408,7 +444,12 @@ async fn puts_and_deletes_show_in_get_record_and_list_records() {
             async move { xrpc(pds, "com.atproto.repo.listRecords", &query).await }
         };
         let (_, page) = list("").await;
-        let newest: Vec<&str> = page["records"].as_array().unwrap().iter().map(|r| r["uri"].as_str().unwrap().rsplit('/').next().unwrap()).collect();
+        let newest: Vec<&str> = page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["uri"].as_str().unwrap().rsplit('/').next().unwrap())
+            .collect();
         assert_eq!(newest, [rkeys[4], rkeys[3]], "newest first by default");
         let (_, next) = list(&format!("&cursor={}", page["cursor"].as_str().unwrap())).await;
         assert_eq!(next["records"][0]["value"]["text"], "post 2");
@@ -418,12 +459,16 @@ async fn puts_and_deletes_show_in_get_record_and_list_records() {
         net.delete_record(&did, "app.bsky.feed.post", rkeys[1]).unwrap();
         let (status, body) = xrpc(pds, "com.atproto.repo.getRecord", &q(rkeys[1])).await;
         assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("RecordNotFound")));
-        let (_, all) = xrpc(pds, "com.atproto.repo.listRecords", &format!("repo={did}&collection=app.bsky.feed.post")).await;
+        let (_, all) =
+            xrpc(pds, "com.atproto.repo.listRecords", &format!("repo={did}&collection=app.bsky.feed.post")).await;
         assert_eq!(all["records"].as_array().unwrap().len(), 4);
         assert!(all.get("cursor").is_none());
 
         let (_, desc) = xrpc(pds, "com.atproto.repo.describeRepo", &format!("repo={did}")).await;
-        assert_eq!((desc["handle"].as_str(), desc["collections"].clone()), (Some("carol.test"), json!(["app.bsky.feed.post"])));
+        assert_eq!(
+            (desc["handle"].as_str(), desc["collections"].clone()),
+            (Some("carol.test"), json!(["app.bsky.feed.post"]))
+        );
         assert_eq!(desc["didDoc"]["id"], did);
     })
     .await;
@@ -485,7 +530,12 @@ async fn populate_builds_realistic_verifiable_repos_deterministically() {
             let records: Vec<_> = repo.records().collect::<Result<_, _>>().unwrap();
             assert_eq!(records.len(), 60);
             for r in &records {
-                assert!(allowed.contains(r.collection.as_str()) && sluice::syntax::is_tid(&r.rkey), "{}/{}", r.collection, r.rkey);
+                assert!(
+                    allowed.contains(r.collection.as_str()) && sluice::syntax::is_tid(&r.rkey),
+                    "{}/{}",
+                    r.collection,
+                    r.rkey
+                );
                 let value = sluice::handlers::value::cbor_to_json(&r.bytes).unwrap();
                 assert_eq!(value["$type"], r.collection.as_str());
                 assert!(sluice::syntax::is_datetime(value["createdAt"].as_str().unwrap()));
@@ -524,7 +574,13 @@ async fn base_port_places_the_servers_and_shutdown_stops_them() {
         let relay = net.relay_url();
         assert_eq!(xrpc(&relay, "com.atproto.sync.listRepos", "").await.0, StatusCode::OK);
         net.shutdown().await;
-        let gone = reqwest::Client::builder().no_proxy().build().unwrap().get(format!("{relay}/xrpc/com.atproto.sync.listRepos")).send().await;
+        let gone = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("{relay}/xrpc/com.atproto.sync.listRepos"))
+            .send()
+            .await;
         assert!(gone.is_err(), "the relay no longer answers");
     })
     .await;

@@ -94,7 +94,10 @@ async fn commits_validate_and_chain_from_the_served_repo() {
         let want = [("create", Some(&cid1), None), ("update", Some(&cid2), Some(&cid1)), ("delete", None, Some(&cid2))];
         for (action, cid, prev) in want {
             let c = next_commit(&mut ws).await;
-            assert_eq!((c.repo.as_str(), c.ops.len(), c.rebase, c.too_big, c.blobs.len()), (did.as_str(), 1, false, false, 0));
+            assert_eq!(
+                (c.repo.as_str(), c.ops.len(), c.rebase, c.too_big, c.blobs.len()),
+                (did.as_str(), 1, false, false, 0)
+            );
             let op = &c.ops[0];
             assert_eq!(op.action.as_str(), action);
             assert_eq!(op.path.as_str(), format!("{POSTS}/3kaaaaaaaaa22"));
@@ -164,7 +167,10 @@ async fn a_pds_streams_its_own_accounts_and_the_relay_all() {
             seen.push(next_commit(&mut relay).await.repo.to_string());
         }
         assert_eq!(seen, [&on0, &on1, &on1, &on0, &on1].map(String::clone));
-        let mine: Vec<(i64, String)> = [next_commit(&mut pds0).await, next_commit(&mut pds0).await].iter().map(|c| (c.seq, c.repo.to_string())).collect();
+        let mine: Vec<(i64, String)> = [next_commit(&mut pds0).await, next_commit(&mut pds0).await]
+            .iter()
+            .map(|c| (c.seq, c.repo.to_string()))
+            .collect();
         assert_eq!(mine, [(1, on0.clone()), (4, on0.clone())]);
         // Live: host 1's event is not sent to host 0's subscriber; host 0's next one is.
         net.put_record(&on1, POSTS, "3kaaaaaaaaa82", post("x")).unwrap();
@@ -180,7 +186,12 @@ async fn a_pds_streams_its_own_accounts_and_the_relay_all() {
 async fn account_identity_and_sync_frames() {
     bounded(async {
         let net = devnet().await;
-        let did = net.create_account(AccountSpec { seed: 20, pds: 1, handle: Some("alice.test".into()), ..Default::default() });
+        let did = net.create_account(AccountSpec {
+            seed: 20,
+            pds: 1,
+            handle: Some("alice.test".into()),
+            ..Default::default()
+        });
         net.put_record(&did, POSTS, "3kaaaaaaaaa22", post("x")).unwrap();
         let mut ws = connect(&net.firehose_url(Some(1))).await;
         net.set_status(&did, AccountStatus::Takendown);
@@ -188,7 +199,10 @@ async fn account_identity_and_sync_frames() {
         net.emit_identity(&did);
         net.emit_sync(&did);
         let Some(Frame::Account(down)) = next(&mut ws).await else { panic!("expected #account") };
-        assert_eq!((down.did.as_str(), down.active, down.status.as_ref().map(|s| s.as_str())), (did.as_str(), false, Some("takendown")));
+        assert_eq!(
+            (down.did.as_str(), down.active, down.status.as_ref().map(|s| s.as_str())),
+            (did.as_str(), false, Some("takendown"))
+        );
         let Some(Frame::Account(up)) = next(&mut ws).await else { panic!("expected #account") };
         assert_eq!((up.active, up.status.is_none(), up.seq), (true, true, down.seq + 1));
         let Some(Frame::Identity(id)) = next(&mut ws).await else { panic!("expected #identity") };
@@ -275,8 +289,10 @@ fn the_synthetic_stream_validates_against_its_keys_and_chains() {
     let stream = synthetic_stream(3, 50, 5);
     assert_eq!((stream.frames.len(), stream.keys.len(), stream.initial.len()), (50, 3, 3));
     let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-    let mut state: std::collections::HashMap<String, (String, String)> = stream.initial.iter().map(|(d, r, c)| (d.clone(), (r.clone(), c.clone()))).collect();
-    let keys: std::collections::HashMap<&str, _> = stream.keys.iter().map(|(d, k)| (d.as_str(), parse_public_key(k).unwrap())).collect();
+    let mut state: std::collections::HashMap<String, (String, String)> =
+        stream.initial.iter().map(|(d, r, c)| (d.clone(), (r.clone(), c.clone()))).collect();
+    let keys: std::collections::HashMap<&str, _> =
+        stream.keys.iter().map(|(d, k)| (d.as_str(), parse_public_key(k).unwrap())).collect();
     let mut actions = std::collections::BTreeSet::new();
     for (i, bytes) in stream.frames.iter().enumerate() {
         let Frame::Commit(c) = decode_frame(bytes).unwrap() else { panic!("frame {i} is not a #commit") };

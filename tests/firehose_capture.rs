@@ -58,7 +58,9 @@ async fn every_frame_decodes_and_every_commit_validates() {
                 let did = commit.repo.as_str();
                 let doc = serde_json::to_vec(&docs[did]).unwrap();
                 let identity = sluice::identity::identity_from_document(did, &doc).unwrap();
-                jacquard_repo::commit::firehose::validate_v1_1(&commit, &identity.key).await.unwrap_or_else(|e| panic!("{did} seq {}: {e}", commit.seq));
+                jacquard_repo::commit::firehose::validate_v1_1(&commit, &identity.key)
+                    .await
+                    .unwrap_or_else(|e| panic!("{did} seq {}: {e}", commit.seq));
             }
             Frame::Identity(_) => *counts.entry("identity").or_default() += 1,
             Frame::Account(_) => *counts.entry("account").or_default() += 1,
@@ -92,8 +94,15 @@ fn commit_ops_become_pipeline_ops_and_apply_in_order() {
             }
         }
         let data = blocks.data();
-        let out = s.pipeline().apply_commit(commit.repo.as_str(), blocks.commit_cid(), commit.rev.as_str(), data, ops, None).unwrap();
-        assert_eq!(blocks.commit_cid().to_string(), commit.commit.to_string(), "a commit's CAR is rooted at the commit");
+        let out = s
+            .pipeline()
+            .apply_commit(commit.repo.as_str(), blocks.commit_cid(), commit.rev.as_str(), data, ops, None)
+            .unwrap();
+        assert_eq!(
+            blocks.commit_cid().to_string(),
+            commit.commit.to_string(),
+            "a commit's CAR is rooted at the commit"
+        );
         events += out.committed.events;
     }
     assert_eq!((puts, deletes), (144 + 2, 4));
@@ -126,14 +135,25 @@ fn chain_checks_follow_the_stored_state() {
     let rev = commit.rev.as_str().to_string();
     let prev = commit.prev_data.as_ref().unwrap().as_str().to_string();
     let now = sluice::repo::age::tid_time_us(&rev).unwrap();
-    let synced = |rev: &str, data: &str| RepoState { status: RepoStatus::Synced, rev: Some(rev.into()), data: Some(data.into()), ..Default::default() };
+    let synced = |rev: &str, data: &str| RepoState {
+        status: RepoStatus::Synced,
+        rev: Some(rev.into()),
+        data: Some(data.into()),
+        ..Default::default()
+    };
 
     assert_eq!(check(&commit, None, now), Verdict::Untracked);
-    assert_eq!(check(&commit, Some(&RepoState { status: RepoStatus::Backfilling, ..Default::default() }), now), Verdict::Untracked);
+    assert_eq!(
+        check(&commit, Some(&RepoState { status: RepoStatus::Backfilling, ..Default::default() }), now),
+        Verdict::Untracked
+    );
     assert_eq!(check(&commit, Some(&synced("2222222222222", &prev)), now), Verdict::Apply);
     assert_eq!(check(&commit, Some(&synced(&rev, &prev)), now), Verdict::Stale, "the same rev again");
     assert_eq!(check(&commit, Some(&synced("zzzzzzzzzzzzz", &prev)), now), Verdict::Stale);
-    assert!(matches!(check(&commit, Some(&synced("2222222222222", "bafyother")), now), Verdict::Desync(_)), "a broken prevData chain");
+    assert!(
+        matches!(check(&commit, Some(&synced("2222222222222", "bafyother")), now), Verdict::Desync(_)),
+        "a broken prevData chain"
+    );
     let early = now - 10 * 60 * 1_000_000;
     assert!(matches!(check(&commit, None, early), Verdict::Invalid(r) if r.contains("future")));
     let mut big = (*commit).clone();

@@ -82,7 +82,10 @@ fn replay(store: &Store) -> BTreeMap<(String, String, String), String> {
             Action::Create => assert!(state.insert(key, cid.unwrap()).is_none(), "event {id}: created twice: {r:?}"),
             Action::Update => {
                 let old = state.insert(key, cid.clone().unwrap());
-                assert!(old.is_some() && old != cid, "event {id}: an update of a missing record, or written twice: {r:?}");
+                assert!(
+                    old.is_some() && old != cid,
+                    "event {id}: an update of a missing record, or written twice: {r:?}"
+                );
             }
             Action::Delete => assert!(state.remove(&key).is_some(), "event {id}: deleted twice: {r:?}"),
         }
@@ -144,9 +147,13 @@ async fn kill_while_following(net: &Devnet, config: &std::path::Path, log: &std:
 fn assert_events_build_what_the_pdss_hold(store: &Store, net: &Devnet, dids: &[String]) {
     let replayed = replay(store);
     for did in dids {
-        let from_events: BTreeMap<(String, String), String> =
-            replayed.iter().filter(|((d, _, _), _)| d == did).map(|((_, c, r), cid)| ((c.clone(), r.clone()), cid.clone())).collect();
-        let on_pds: BTreeMap<(String, String), String> = net.records(did).into_iter().map(|(k, (cid, _))| (k, cid)).collect();
+        let from_events: BTreeMap<(String, String), String> = replayed
+            .iter()
+            .filter(|((d, _, _), _)| d == did)
+            .map(|((_, c, r), cid)| ((c.clone(), r.clone()), cid.clone()))
+            .collect();
+        let on_pds: BTreeMap<(String, String), String> =
+            net.records(did).into_iter().map(|(k, (cid, _))| (k, cid)).collect();
         assert_eq!(from_events, on_pds, "{did}: the event log builds what the PDS holds");
     }
 }

@@ -43,7 +43,8 @@ async fn start(net: Devnet, filter: &str, tweak: impl FnOnce(&mut Config)) -> Ru
     c.network.plc = net.plc_url();
     (c.backfill.retry_min_ms, c.backfill.retry_max_ms, c.backfill.progress_secs) = (50, 200, 1);
     tweak(&mut c);
-    let sluice = Sluice::builder().config(c.clone()).filter(Filter::from_toml(filter, "test.toml").unwrap()).open().unwrap();
+    let sluice =
+        Sluice::builder().config(c.clone()).filter(Filter::from_toml(filter, "test.toml").unwrap()).open().unwrap();
     let backfill = Backfill::new(sluice.pipeline().clone(), &c);
     let firehose = sluice::service::firehose_beside(&sluice, &c, &backfill).unwrap();
     let stop = CancellationToken::new();
@@ -63,7 +64,14 @@ impl Running {
         let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         eprintln!(
             "live: {} applied, {} held, {} discovered, {} desynchronized, {} stale, {} dropped, {} refused; {} connections",
-            n(&m.applied), n(&m.held), n(&m.discovered), n(&m.desynchronized), n(&m.stale), n(&m.dropped), n(&m.refused), self.firehose.connections()
+            n(&m.applied),
+            n(&m.held),
+            n(&m.discovered),
+            n(&m.desynchronized),
+            n(&m.stale),
+            n(&m.dropped),
+            n(&m.refused),
+            self.firehose.connections()
         );
         self.backfill.stop();
         self.stop.cancel();
@@ -106,8 +114,12 @@ impl Running {
             let key = (r.did.to_string(), r.collection.to_string(), r.rkey.to_string());
             let cid = (!r.cid.is_empty()).then(|| cid::Cid::read_bytes(&r.cid[..]).unwrap().to_string());
             match r.action {
-                Action::Create => assert!(state.insert(key, cid.unwrap()).is_none(), "event {id} creates a record that exists: {r:?}"),
-                Action::Update => assert!(state.insert(key, cid.unwrap()).is_some(), "event {id} updates a missing record: {r:?}"),
+                Action::Create => {
+                    assert!(state.insert(key, cid.unwrap()).is_none(), "event {id} creates a record that exists: {r:?}")
+                }
+                Action::Update => {
+                    assert!(state.insert(key, cid.unwrap()).is_some(), "event {id} updates a missing record: {r:?}")
+                }
                 Action::Delete => assert!(state.remove(&key).is_some(), "event {id} deletes a missing record: {r:?}"),
             }
         }
@@ -174,9 +186,18 @@ async fn live_writes_become_events_within_a_second_in_order() {
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "create, update, delete in order: {ids:?}");
     assert!(s.in_step(did));
     let pds = &s.net.pds_urls()[s.net.pds_of(did).unwrap()];
-    let latest: serde_json::Value = reqwest::get(format!("{pds}/xrpc/com.atproto.sync.getLatestCommit?did={did}")).await.unwrap().json().await.unwrap();
+    let latest: serde_json::Value = reqwest::get(format!("{pds}/xrpc/com.atproto.sync.getLatestCommit?did={did}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let state = s.sluice.store().repo_state(did).unwrap().unwrap();
-    assert_eq!((state.commit.as_deref(), state.rev.as_deref()), (latest["cid"].as_str(), latest["rev"].as_str()), "the live commit's CID is kept");
+    assert_eq!(
+        (state.commit.as_deref(), state.rev.as_deref()),
+        (latest["cid"].as_str(), latest["rev"].as_str()),
+        "the live commit's CID is kept"
+    );
     s.assert_replay_matches(did);
     assert!(s.firehose.safe_cursor() > 0);
     let lag = s.firehose.live().metrics().lag_us.load(Ordering::Relaxed);
@@ -203,7 +224,10 @@ async fn writes_during_a_backfill_arrive_once_and_in_order() {
     let held = s.firehose.live().metrics().held.load(Ordering::Relaxed);
     assert!(held >= 4, "the commits made during the walk were held ({held})");
     s.assert_replay_matches(&did);
-    assert!(live_event(&s, &did, "3lzzzzzzzzzz1", Action::Update).is_some(), "the held commits became live events after the walk");
+    assert!(
+        live_event(&s, &did, "3lzzzzzzzzzz1", Action::Update).is_some(),
+        "the held commits became live events after the walk"
+    );
     s.stop().await;
 }
 
@@ -218,7 +242,10 @@ async fn forged_stale_and_chain_breaking_commits_are_refused_or_resynced() {
     s.net.tamper_next_commit(&forged, Tamper::ForgedSignature);
     s.net.put_record(&forged, "app.bsky.feed.post", "3lzzzzzzzzzz3", post("forged")).unwrap();
     wait("the forged commit to be refused", || metrics.refused.load(Ordering::Relaxed) >= 1).await;
-    assert!(!s.stored(&forged).contains_key(&("app.bsky.feed.post".to_string(), "3lzzzzzzzzzz3".to_string())), "a forged commit writes nothing");
+    assert!(
+        !s.stored(&forged).contains_key(&("app.bsky.feed.post".to_string(), "3lzzzzzzzzzz3".to_string())),
+        "a forged commit writes nothing"
+    );
 
     s.net.tamper_next_commit(&stale, Tamper::StaleRev);
     s.net.put_record(&stale, "app.bsky.feed.post", "3lzzzzzzzzzz4", post("stale")).unwrap();
@@ -256,10 +283,13 @@ async fn identity_and_account_frames_follow_the_rules() {
     let s = start(net, FULL, |_| {}).await;
     wait("the backfill", || s.in_step(&did)).await;
     let account_events = |s: &Running| -> Vec<(bool, Option<String>)> {
-        s.events().into_iter().filter_map(|(_, e)| match e {
-            StoredEvent::Account(a) if a.did == did => Some((a.active, a.status)),
-            _ => None,
-        }).collect()
+        s.events()
+            .into_iter()
+            .filter_map(|(_, e)| match e {
+                StoredEvent::Account(a) if a.did == did => Some((a.active, a.status)),
+                _ => None,
+            })
+            .collect()
     };
 
     // No handle checker runs here: what it would take stays queued.
@@ -269,9 +299,16 @@ async fn identity_and_account_frames_follow_the_rules() {
     store.set_handle_verdict(&did, Some("user21.test".into()), true).unwrap();
     assert!(!queued(&did));
     s.net.set_handle(&did, "renamed.test", true);
-    wait("the identity event", || s.events().iter().any(|(_, e)| matches!(e, StoredEvent::Identity(i) if i.did == did))).await;
+    wait("the identity event", || {
+        s.events().iter().any(|(_, e)| matches!(e, StoredEvent::Identity(i) if i.did == did))
+    })
+    .await;
     let state = store.repo_state(&did).unwrap().unwrap();
-    assert_eq!((state.handle.as_deref(), state.handle_ok), (Some("renamed.test"), None), "a new handle waits for its check");
+    assert_eq!(
+        (state.handle.as_deref(), state.handle_ok),
+        (Some("renamed.test"), None),
+        "a new handle waits for its check"
+    );
     assert!(queued(&did), "an #identity frame queues a handle check");
     assert_eq!(store.did_for_handle("user21.test").unwrap(), None, "the old handle names nothing");
 
@@ -287,7 +324,11 @@ async fn identity_and_account_frames_follow_the_rules() {
     s.net.set_status(&did, AccountStatus::Deleted);
     wait("the deletion", || s.status(&did) == Some(RepoStatus::Gone) && s.stored(&did).is_empty()).await;
     assert_eq!(account_events(&s).last(), Some(&(false, Some("deleted".into()))));
-    let deletes = s.events().iter().filter(|(_, e)| matches!(e, StoredEvent::Record(r) if r.did == did && r.action == Action::Delete)).count();
+    let deletes = s
+        .events()
+        .iter()
+        .filter(|(_, e)| matches!(e, StoredEvent::Record(r) if r.did == did && r.action == Action::Delete))
+        .count();
     assert_eq!(deletes, 2, "a deleted account's records go, each with a delete event");
     assert!(s.replay().keys().all(|(d, _, _)| d != &did));
     s.stop().await;
@@ -331,7 +372,10 @@ async fn a_dropped_connection_resumes_from_its_cursor() {
     }
     wait("the writes made while disconnected", || s.in_step(&did)).await;
     assert!(s.net.request_count("com.atproto.sync.subscribeRepos") >= 2, "the client reconnected");
-    assert!(s.firehose.live().metrics().desynchronized.load(Ordering::Relaxed) == 0, "nothing was missed: no resync was needed");
+    assert!(
+        s.firehose.live().metrics().desynchronized.load(Ordering::Relaxed) == 0,
+        "nothing was missed: no resync was needed"
+    );
     s.assert_replay_matches(&did);
     let seq = s.net.firehose_seq();
     wait("the cursor to reach the last frame", || s.firehose.safe_cursor() == seq).await;
@@ -418,7 +462,11 @@ async fn a_connection_lost_before_its_first_frame_loses_no_write_made_while_it_w
     wait("the write made while down, live", || live_event(&s, &did, "3lzzzzzzzzzg0", Action::Create).is_some()).await;
     s.net.put_record(&did, "app.bsky.feed.post", "3lzzzzzzzzzg1", post("after it came back")).unwrap();
     wait("the write after", || live_event(&s, &did, "3lzzzzzzzzzg1", Action::Create).is_some()).await;
-    assert_eq!(s.firehose.live().metrics().desynchronized.load(Ordering::Relaxed), 0, "nothing was missed: no resync was needed");
+    assert_eq!(
+        s.firehose.live().metrics().desynchronized.load(Ordering::Relaxed),
+        0,
+        "nothing was missed: no resync was needed"
+    );
     assert!(s.in_step(&did));
     s.assert_replay_matches(&did);
     let seq = s.net.firehose_seq();
@@ -439,7 +487,8 @@ async fn a_restart_before_the_first_frame_loses_no_write_made_while_stopped() {
 
     net.put_record(&did, "app.bsky.feed.post", "3lzzzzzzzzzr0", post("while sluice was stopped")).unwrap();
     let s = start(net, FULL, at(data.path().join("data"))).await;
-    wait("the write made while stopped, live", || live_event(&s, &did, "3lzzzzzzzzzr0", Action::Create).is_some()).await;
+    wait("the write made while stopped, live", || live_event(&s, &did, "3lzzzzzzzzzr0", Action::Create).is_some())
+        .await;
     // How soon live commits after a restart become events (BENCHMARKS.md quotes these lines).
     for i in 1..=3 {
         let rkey = format!("3lzzzzzzzzzr{i}");
@@ -451,7 +500,11 @@ async fn a_restart_before_the_first_frame_loses_no_write_made_while_stopped() {
         }
         eprintln!("live commit {i} after the restart: an event {:?} after the write began", started.elapsed());
     }
-    assert_eq!(s.firehose.live().metrics().desynchronized.load(Ordering::Relaxed), 0, "nothing was missed: no resync was needed");
+    assert_eq!(
+        s.firehose.live().metrics().desynchronized.load(Ordering::Relaxed),
+        0,
+        "nothing was missed: no resync was needed"
+    );
     s.assert_replay_matches(&did);
     s.stop().await;
 }

@@ -33,7 +33,12 @@ fn a_car_read_from_a_file_walks_exactly_as_from_memory() {
 
 #[test]
 fn fixture_cars_hold_the_expected_records_and_bytes() {
-    for (name, records, bytes) in [("tiny.car", 8, Some(2_071)), ("little.car", 278, Some(246_960)), ("empty.car", 0, Some(0)), ("calabro.car", 4_347, None)] {
+    for (name, records, bytes) in [
+        ("tiny.car", 8, Some(2_071)),
+        ("little.car", 278, Some(246_960)),
+        ("empty.car", 0, Some(0)),
+        ("calabro.car", 4_347, None),
+    ] {
         let entries = walk(name);
         assert_eq!(entries.len(), records, "{name}");
         if let Some(b) = bytes {
@@ -45,7 +50,10 @@ fn fixture_cars_hold_the_expected_records_and_bytes() {
     assert_eq!(collections.len(), 24);
     let calabro = walk("calabro.car");
     let count = |c: &str| calabro.iter().filter(|e| e.collection == c).count();
-    assert_eq!((count("app.bsky.feed.like"), count("app.bsky.graph.follow"), count("app.bsky.feed.post")), (2_312, 663, 610));
+    assert_eq!(
+        (count("app.bsky.feed.like"), count("app.bsky.graph.follow"), count("app.bsky.feed.post")),
+        (2_312, 663, 610)
+    );
     // The fixture README says 56 collections; the repo (and jacquard's own MST walk, see
     // `walk_agrees_with_jacquards_mst`) holds 55 distinct ones.
     let collections: std::collections::BTreeSet<_> = calabro.iter().map(|e| e.collection.clone()).collect();
@@ -63,7 +71,10 @@ fn jetstream_repo_matches_every_path_and_cid() {
             (path.to_string(), cid.to_string())
         })
         .collect();
-    let got: Vec<(String, String)> = walk("jetstream-repo.car").into_iter().map(|e| (format!("{}/{}", e.collection, e.rkey), e.cid.to_string())).collect();
+    let got: Vec<(String, String)> = walk("jetstream-repo.car")
+        .into_iter()
+        .map(|e| (format!("{}/{}", e.collection, e.rkey), e.cid.to_string()))
+        .collect();
     assert_eq!(got, expected);
 
     let commit_text = String::from_utf8(read_fixture("car/jetstream-repo.expected-commit.txt")).unwrap();
@@ -97,7 +108,8 @@ fn walk_agrees_with_jacquards_mst() {
     let storage = std::sync::Arc::new(MemoryBlockStore::new_from_blocks(parsed.blocks));
     let leaves = rt.block_on(Mst::load(storage, repo.data(), None).leaves_sequential()).unwrap();
     let theirs: Vec<(String, String)> = leaves.into_iter().map(|(k, c)| (k.to_string(), c.to_string())).collect();
-    let ours: Vec<(String, String)> = walk("calabro.car").into_iter().map(|e| (format!("{}/{}", e.collection, e.rkey), e.cid.to_string())).collect();
+    let ours: Vec<(String, String)> =
+        walk("calabro.car").into_iter().map(|e| (format!("{}/{}", e.collection, e.rkey), e.cid.to_string())).collect();
     assert_eq!(ours, theirs);
 }
 
@@ -140,10 +152,13 @@ fn interop_syntax_lists_are_judged_right() {
 #[test]
 fn data_model_fixtures_convert_both_ways_with_their_cids() {
     use base64::Engine;
-    let fixtures: Vec<serde_json::Value> = serde_json::from_slice(&read_fixture("atproto-interop-tests/data-model/data-model-fixtures.json")).unwrap();
+    let fixtures: Vec<serde_json::Value> =
+        serde_json::from_slice(&read_fixture("atproto-interop-tests/data-model/data-model-fixtures.json")).unwrap();
     assert!(!fixtures.is_empty());
     for f in fixtures {
-        let cbor = base64::engine::general_purpose::STANDARD_NO_PAD.decode(f["cbor_base64"].as_str().unwrap().trim_end_matches('=')).unwrap();
+        let cbor = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(f["cbor_base64"].as_str().unwrap().trim_end_matches('='))
+            .unwrap();
         let json = sluice::handlers::value::cbor_to_json(&cbor).unwrap();
         assert_eq!(json, f["json"], "CBOR -> JSON");
         let again = sluice::handlers::value::json_to_cbor(&f["json"]).unwrap();
@@ -154,7 +169,8 @@ fn data_model_fixtures_convert_both_ways_with_their_cids() {
 
 #[test]
 fn data_model_invalid_json_is_refused() {
-    let fixtures: Vec<serde_json::Value> = serde_json::from_slice(&read_fixture("atproto-interop-tests/data-model/data-model-invalid.json")).unwrap();
+    let fixtures: Vec<serde_json::Value> =
+        serde_json::from_slice(&read_fixture("atproto-interop-tests/data-model/data-model-invalid.json")).unwrap();
     let mut accepted = Vec::new();
     for f in &fixtures {
         if sluice::handlers::value::json_to_cbor(&f["json"]).is_ok() {
@@ -166,7 +182,8 @@ fn data_model_invalid_json_is_refused() {
 
 #[test]
 fn mst_key_heights_match_the_interop_fixture() {
-    let cases: Vec<BTreeMap<String, serde_json::Value>> = serde_json::from_slice(&read_fixture("atproto-interop-tests/mst/key_heights.json")).unwrap();
+    let cases: Vec<BTreeMap<String, serde_json::Value>> =
+        serde_json::from_slice(&read_fixture("atproto-interop-tests/mst/key_heights.json")).unwrap();
     assert!(cases.len() > 5);
     for c in cases {
         let key = c["key"].as_str().unwrap();

@@ -17,7 +17,12 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
 /// A fuzz target: its name (the folder of its seeds) and its body.
 type Target = (&'static str, fn(&[u8]));
 
-const TARGETS: [Target; 4] = [("car", sluice::fuzz::car), ("filter_toml", sluice::fuzz::filter_toml), ("cbor_json", sluice::fuzz::cbor_json), ("frame", sluice::fuzz::frame)];
+const TARGETS: [Target; 4] = [
+    ("car", sluice::fuzz::car),
+    ("filter_toml", sluice::fuzz::filter_toml),
+    ("cbor_json", sluice::fuzz::cbor_json),
+    ("frame", sluice::fuzz::frame),
+];
 
 #[test]
 fn every_seed_runs_clean() {
@@ -32,10 +37,20 @@ fn every_seed_runs_clean() {
 fn seeds_exercise_the_accepting_paths() {
     // A corpus that only holds garbage would fuzz nothing but the first check.
     assert!(seeds("car").iter().any(|s| sluice::repo::read_car(s, &Default::default()).is_ok()));
-    assert!(seeds("filter_toml").iter().any(|s| sluice::Filter::from_toml(std::str::from_utf8(s).unwrap(), "seed").is_ok()));
+    assert!(
+        seeds("filter_toml").iter().any(|s| sluice::Filter::from_toml(std::str::from_utf8(s).unwrap(), "seed").is_ok())
+    );
     assert!(seeds("cbor_json").iter().any(|s| sluice::handlers::value::cbor_to_json(s).is_ok()));
-    assert!(seeds("frame").iter().any(|s| matches!(sluice::firehose::decode_frame(s), Ok(sluice::firehose::Frame::Commit(_)))));
-    assert!(seeds("frame").iter().any(|s| matches!(sluice::firehose::decode_frame(s), Ok(sluice::firehose::Frame::Error { .. }))));
+    assert!(
+        seeds("frame")
+            .iter()
+            .any(|s| matches!(sluice::firehose::decode_frame(s), Ok(sluice::firehose::Frame::Commit(_))))
+    );
+    assert!(
+        seeds("frame")
+            .iter()
+            .any(|s| matches!(sluice::firehose::decode_frame(s), Ok(sluice::firehose::Frame::Error { .. })))
+    );
 }
 
 fn mutate(seed: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {

@@ -5,10 +5,10 @@
 mod common;
 
 use serde_json::json;
+use sluice::IndexOptions;
 use sluice::devnet::{Account, RepoContents, export_car_blocking, rev_at};
 use sluice::handlers::{CollectionHandler, HandlerError, HandlerOutput, HandlerSettings, RecordView, backlinks};
 use sluice::store::StoredEvent;
-use sluice::IndexOptions;
 
 struct Exploding;
 impl CollectionHandler for Exploding {
@@ -18,13 +18,16 @@ impl CollectionHandler for Exploding {
     fn collections(&self) -> &'static [&'static str] {
         &["com.example.*"]
     }
-    fn on_record(&self, rec: &RecordView<'_>, _: &HandlerSettings, out: &mut HandlerOutput) -> Result<(), HandlerError> {
+    fn on_record(
+        &self,
+        rec: &RecordView<'_>,
+        _: &HandlerSettings,
+        out: &mut HandlerOutput,
+    ) -> Result<(), HandlerError> {
         match rec.rkey {
             "panic" => panic!("this handler always panics on rkey `panic`"),
             "error" => Err(HandlerError::Other("refused".into())),
-            _ => {
-                out.emit(json!({"seen": rec.rkey}))
-            }
+            _ => out.emit(json!({"seen": rec.rkey})),
         }
     }
 }
@@ -47,13 +50,20 @@ fn a_failing_handler_costs_only_its_own_output() {
         records.insert(format!("com.example.thing/{rkey}"), cbor(json!({"n": 1})));
     }
     let (_dir, s) = common::sluice_with("mode = \"full\"");
-    let out = s.index_car(&export_car_blocking(&account, &rev_at(1), &records).unwrap(), &IndexOptions::default()).unwrap();
+    let out =
+        s.index_car(&export_car_blocking(&account, &rev_at(1), &records).unwrap(), &IndexOptions::default()).unwrap();
     assert_eq!((out.created, out.handler_errors), (3, 2));
     assert_eq!(s.store().repo_records(&account.did).unwrap().len(), 3, "records are stored despite handler failures");
-    let handled: Vec<_> = s.store().events_from(0, 10).unwrap().into_iter().map(|(_, e)| match e {
-        StoredEvent::Record(r) => (r.rkey, r.handled.len()),
-        _ => unreachable!(),
-    }).collect();
+    let handled: Vec<_> = s
+        .store()
+        .events_from(0, 10)
+        .unwrap()
+        .into_iter()
+        .map(|(_, e)| match e {
+            StoredEvent::Record(r) => (r.rkey, r.handled.len()),
+            _ => unreachable!(),
+        })
+        .collect();
     assert_eq!(handled, vec![("error".into(), 0), ("fine".into(), 1), ("panic".into(), 0)]);
     assert_eq!(s.pipeline().metrics().handler_errors.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
@@ -64,7 +74,8 @@ fn a_handler_can_be_switched_off_in_the_filter() {
     let mut records = RepoContents::new();
     records.insert("com.example.thing/panic".into(), cbor(json!({"n": 1})));
     let (_dir, s) = common::sluice_with("mode = \"full\"\n[handlers.exploding]\nenabled = false\n");
-    let out = s.index_car(&export_car_blocking(&account, &rev_at(1), &records).unwrap(), &IndexOptions::default()).unwrap();
+    let out =
+        s.index_car(&export_car_blocking(&account, &rev_at(1), &records).unwrap(), &IndexOptions::default()).unwrap();
     assert_eq!((out.created, out.handler_errors), (1, 0));
 }
 
@@ -74,11 +85,14 @@ fn backlinks_follow_creates_updates_and_deletes() {
     let (_dir, s) = common::sluice_with("mode = \"full\"");
     let space = s.store().handler_space("backlinks").unwrap();
     let links_to = |subject: &str| -> Vec<String> {
-        space.prefix(backlinks::backlink_prefix(subject, None)).map(|kv| {
-            let k = kv.key().unwrap();
-            let (_, _, did, rkey) = backlinks::parse_backlink_key(&k).unwrap();
-            format!("{did}/{rkey}")
-        }).collect()
+        space
+            .prefix(backlinks::backlink_prefix(subject, None))
+            .map(|kv| {
+                let k = kv.key().unwrap();
+                let (_, _, did, rkey) = backlinks::parse_backlink_key(&k).unwrap();
+                format!("{did}/{rkey}")
+            })
+            .collect()
     };
     let (a, b) = ("at://did:plc:x/app.bsky.feed.post/a", "at://did:plc:x/app.bsky.feed.post/b");
     let mut records = RepoContents::new();
@@ -90,7 +104,8 @@ fn backlinks_follow_creates_updates_and_deletes() {
     // One like now points elsewhere, the other is deleted.
     records.insert("app.bsky.feed.like/3kaaaaaaaaaa2".into(), like(b));
     records.remove("app.bsky.feed.like/3kaaaaaaaaab2");
-    let out = s.index_car(&export_car_blocking(&account, &rev_at(2), &records).unwrap(), &IndexOptions::default()).unwrap();
+    let out =
+        s.index_car(&export_car_blocking(&account, &rev_at(2), &records).unwrap(), &IndexOptions::default()).unwrap();
     assert_eq!((out.updated, out.deleted), (1, 1));
     assert!(links_to(a).is_empty());
     assert_eq!(links_to(b), vec![format!("{}/3kaaaaaaaaaa2", account.did)]);
@@ -100,10 +115,17 @@ fn backlinks_follow_creates_updates_and_deletes() {
 fn the_post_handler_can_drop_records_by_language() {
     let account = Account::new(24);
     let mut records = RepoContents::new();
-    records.insert("app.bsky.feed.post/3kaaaaaaaaaa2".into(), cbor(json!({"text": "hello", "langs": ["en"], "createdAt": "2024-01-01T00:00:00Z"})));
-    records.insert("app.bsky.feed.post/3kaaaaaaaaab2".into(), cbor(json!({"text": "こんにちは", "langs": ["ja"], "createdAt": "2024-01-01T00:00:00Z"})));
+    records.insert(
+        "app.bsky.feed.post/3kaaaaaaaaaa2".into(),
+        cbor(json!({"text": "hello", "langs": ["en"], "createdAt": "2024-01-01T00:00:00Z"})),
+    );
+    records.insert(
+        "app.bsky.feed.post/3kaaaaaaaaab2".into(),
+        cbor(json!({"text": "こんにちは", "langs": ["ja"], "createdAt": "2024-01-01T00:00:00Z"})),
+    );
     let (_dir, s) = common::sluice_with("mode = \"full\"\n[handlers.post]\nlangs = [\"en\"]\n");
-    let out = s.index_car(&export_car_blocking(&account, &rev_at(1), &records).unwrap(), &IndexOptions::default()).unwrap();
+    let out =
+        s.index_car(&export_car_blocking(&account, &rev_at(1), &records).unwrap(), &IndexOptions::default()).unwrap();
     assert_eq!(out.created, 1);
     let (_, event) = &s.store().events_from(0, 1).unwrap()[0];
     let json = sluice::wire::event_json(s.store(), 1, event).unwrap();

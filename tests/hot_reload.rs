@@ -36,7 +36,8 @@ fn saves_are_swapped_in_and_invalid_saves_are_refused() {
     assert!(took < WITHIN, "took {took:?}");
 
     // An invalid save: refused, named, and the signal filter stays.
-    std::fs::write(&path, "mode = \"signal\"\nsignals = [\"xyz.statusphere.status\"]\ncollections = [\"app.bs*\"]\n").unwrap();
+    std::fs::write(&path, "mode = \"signal\"\nsignals = [\"xyz.statusphere.status\"]\ncollections = [\"app.bs*\"]\n")
+        .unwrap();
     let took = wait_for(|| s.filter_error().is_some()).expect("the invalid save was noticed");
     assert!(took < WITHIN, "took {took:?}");
     let err = s.filter_error().unwrap();
@@ -49,7 +50,11 @@ fn saves_are_swapped_in_and_invalid_saves_are_refused() {
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(s.filter_loads(), loads, "the unchanged file was read again");
     let saves = s.pipeline().filter().saves();
-    assert_eq!((saves.refused, saves.error.as_ref()), (1, Some(&err)), "the refusal is on record for /health and /metrics");
+    assert_eq!(
+        (saves.refused, saves.error.as_ref()),
+        (1, Some(&err)),
+        "the refusal is on record for /health and /metrics"
+    );
     assert_eq!(current().filter.mode, Mode::Signal);
     assert!(current().filter.collections.is_empty());
 
@@ -57,7 +62,8 @@ fn saves_are_swapped_in_and_invalid_saves_are_refused() {
     let tmp = dir.path().join(".filter.toml.swp");
     std::fs::write(&tmp, "mode = \"full\"\ncollections = [\"app.bsky.feed.post\"]\n").unwrap();
     std::fs::rename(&tmp, &path).unwrap();
-    let took = wait_for(|| current().filter.collections == ["app.bsky.feed.post"]).expect("the renamed save was picked up");
+    let took =
+        wait_for(|| current().filter.collections == ["app.bsky.feed.post"]).expect("the renamed save was picked up");
     assert!(took < WITHIN, "took {took:?}");
     assert!(s.filter_error().is_none());
     let saves = s.pipeline().filter().saves();
@@ -72,7 +78,10 @@ fn a_post_and_a_like() -> Vec<u8> {
     let mut records = sluice::devnet::RepoContents::new();
     for (key, v) in [
         ("app.bsky.feed.post/3kaaaaaaaaaa2", serde_json::json!({"text": "hi", "createdAt": "2024-01-01T00:00:00Z"})),
-        ("app.bsky.feed.like/3kaaaaaaaaaa2", serde_json::json!({"subject": {"uri": "at://did:plc:a/app.bsky.feed.post/1", "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}, "createdAt": "2024-01-01T00:00:00Z"})),
+        (
+            "app.bsky.feed.like/3kaaaaaaaaaa2",
+            serde_json::json!({"subject": {"uri": "at://did:plc:a/app.bsky.feed.post/1", "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}, "createdAt": "2024-01-01T00:00:00Z"}),
+        ),
     ] {
         records.insert(key.to_string(), sluice::handlers::value::json_to_cbor(&v).unwrap());
     }

@@ -14,7 +14,13 @@ fn resolver(net: &Devnet, ttl: Duration) -> Resolver {
 async fn plc_and_web_identities_resolve_to_their_pds_and_key() {
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let plain = net.create_account(AccountSpec { seed: 1, pds: 1, ..Default::default() });
-    let legacy = net.create_account(AccountSpec { seed: 2, pds: 0, legacy_key: true, handle: Some("old.test".into()), ..Default::default() });
+    let legacy = net.create_account(AccountSpec {
+        seed: 2,
+        pds: 0,
+        legacy_key: true,
+        handle: Some("old.test".into()),
+        ..Default::default()
+    });
     let web = net.create_account(AccountSpec { seed: 3, pds: 1, did_web: true, ..Default::default() });
     let r = resolver(&net, Duration::from_secs(60));
     for (did, pds) in [(&plain, 1), (&legacy, 0), (&web, 1)] {
@@ -50,7 +56,10 @@ async fn failures_are_classified() {
     assert!(matches!(r.resolve(&did).await, Err(IdentityError::NotFound(_))));
     assert!(matches!(r.resolve("did:key:z6Mk").await, Err(IdentityError::Unsupported(_))));
     let web_on_nothing = "did:web:127.0.0.1%3A1";
-    assert!(matches!(r.resolve(web_on_nothing).await, Err(IdentityError::Transport { .. })), "a closed port is a transport error");
+    assert!(
+        matches!(r.resolve(web_on_nothing).await, Err(IdentityError::Transport { .. })),
+        "a closed port is a transport error"
+    );
     let closed = Resolver::new(ResolverOptions { plc_url: "http://127.0.0.1:1/".into(), ..Default::default() });
     let e = closed.resolve("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").await.unwrap_err();
     assert!(matches!(e, IdentityError::Transport { .. }) && e.to_string().contains("identity lookup failed"), "{e}");

@@ -13,7 +13,10 @@ use sluice::index_files::index_files;
 use sluice::store::{Action, StoredEvent};
 
 fn post(n: u32) -> Vec<u8> {
-    sluice::handlers::value::json_to_cbor(&json!({"$type": "app.bsky.feed.post", "text": format!("post {n}"), "createdAt": "2024-01-01T00:00:00Z"})).unwrap()
+    sluice::handlers::value::json_to_cbor(
+        &json!({"$type": "app.bsky.feed.post", "text": format!("post {n}"), "createdAt": "2024-01-01T00:00:00Z"}),
+    )
+    .unwrap()
 }
 
 /// A repo holding posts `range`, each under its own rkey.
@@ -55,7 +58,9 @@ fn exports_of_one_repo_apply_in_order_while_other_repos_run_beside_them() {
     for workers in [2, 4] {
         let (_dir, s) = common::sluice_batched("mode = \"full\"", 500);
         let mut reported = Vec::new();
-        index_files(&s, &paths, &IndexOptions::default(), workers, |i, result| reported.push((i, result.map(|o| (o.created, o.deleted)).map_err(|e| e.to_string()))));
+        index_files(&s, &paths, &IndexOptions::default(), workers, |i, result| {
+            reported.push((i, result.map(|o| (o.created, o.deleted)).map_err(|e| e.to_string())))
+        });
 
         let order: Vec<usize> = reported.iter().map(|(i, _)| *i).collect();
         assert_eq!(order, (0..paths.len()).collect::<Vec<_>>(), "reported in the order given");
@@ -71,14 +76,23 @@ fn exports_of_one_repo_apply_in_order_while_other_repos_run_beside_them() {
         assert_eq!(common::stored_cids(s.store(), &a.did).len(), 110);
         assert_eq!(common::stored_cids(s.store(), &b.did).len(), 3000);
         // Repo a's events are its three exports' changes, one export after the other.
-        let events: Vec<(Action, String)> = s.store().events_from(1, 10_000).unwrap().into_iter().filter_map(|(_, e)| match e {
-            StoredEvent::Record(r) if r.did == a.did => Some((r.action, r.rkey.to_string())),
-            _ => None,
-        }).collect();
+        let events: Vec<(Action, String)> = s
+            .store()
+            .events_from(1, 10_000)
+            .unwrap()
+            .into_iter()
+            .filter_map(|(_, e)| match e {
+                StoredEvent::Record(r) if r.did == a.did => Some((r.action, r.rkey.to_string())),
+                _ => None,
+            })
+            .collect();
         let (first, rest) = events.split_at(1500);
         let (second, third) = rest.split_at(1420);
         assert_eq!(changes(first), changes_of(Action::Create, 0..1500));
-        assert_eq!(changes(second), changes_of(Action::Create, 1500..1520).union(&changes_of(Action::Delete, 0..1400)).cloned().collect());
+        assert_eq!(
+            changes(second),
+            changes_of(Action::Create, 1500..1520).union(&changes_of(Action::Delete, 0..1400)).cloned().collect()
+        );
         assert_eq!(changes(third), changes_of(Action::Delete, 1400..1410));
     }
 }

@@ -11,14 +11,17 @@ use sluice::devnet::{Account, RepoContents, export_car_blocking, rev_at};
 use sluice::store::{Action, StoredEvent};
 use sluice::{IndexOptions, Sluice};
 
-const COLLECTIONS: &[&str] = &["app.bsky.feed.post", "app.bsky.feed.like", "xyz.statusphere.status", "com.example.thing"];
+const COLLECTIONS: &[&str] =
+    &["app.bsky.feed.post", "app.bsky.feed.like", "xyz.statusphere.status", "com.example.thing"];
 const RKEYS: &[&str] = &["3kaaaaaaaaaa2", "3kaaaaaaaaab2", "3kaaaaaaaaac2", "self", "3lbbbbbbbbbb2"];
 
 type Model = BTreeMap<(String, String), u32>;
 
 fn record(collection: &str, n: u32) -> Vec<u8> {
     let v = match collection {
-        "app.bsky.feed.post" => json!({"$type": collection, "text": format!("post {n}"), "createdAt": "2024-01-01T00:00:00Z"}),
+        "app.bsky.feed.post" => {
+            json!({"$type": collection, "text": format!("post {n}"), "createdAt": "2024-01-01T00:00:00Z"})
+        }
         "app.bsky.feed.like" => json!({"$type": collection, "createdAt": "2024-01-01T00:00:00Z",
             "subject": {"uri": format!("at://did:plc:x/app.bsky.feed.post/{n}"), "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}}),
         _ => json!({"$type": collection, "n": n}),
@@ -31,7 +34,11 @@ fn contents(model: &Model) -> RepoContents {
 }
 
 fn model() -> impl Strategy<Value = Model> {
-    proptest::collection::btree_map((0..COLLECTIONS.len(), 0..RKEYS.len()).prop_map(|(c, r)| (COLLECTIONS[c].to_string(), RKEYS[r].to_string())), 0..100u32, 0..12)
+    proptest::collection::btree_map(
+        (0..COLLECTIONS.len(), 0..RKEYS.len()).prop_map(|(c, r)| (COLLECTIONS[c].to_string(), RKEYS[r].to_string())),
+        0..100u32,
+        0..12,
+    )
 }
 
 #[derive(Debug, Clone)]
@@ -43,11 +50,19 @@ struct FilterSpec {
 }
 
 fn subset() -> impl Strategy<Value = Vec<&'static str>> {
-    proptest::sample::subsequence(vec!["app.bsky.*", "app.bsky.feed.post", "xyz.statusphere.status", "com.example.*", "app.bsky.feed.like"], 0..3)
+    proptest::sample::subsequence(
+        vec!["app.bsky.*", "app.bsky.feed.post", "xyz.statusphere.status", "com.example.*", "app.bsky.feed.like"],
+        0..3,
+    )
 }
 
 fn filter_spec() -> impl Strategy<Value = FilterSpec> {
-    (any::<bool>(), proptest::sample::subsequence(vec!["xyz.statusphere.status", "app.bsky.feed.like", "com.example.*"], 1..3), subset(), subset())
+    (
+        any::<bool>(),
+        proptest::sample::subsequence(vec!["xyz.statusphere.status", "app.bsky.feed.like", "com.example.*"], 1..3),
+        subset(),
+        subset(),
+    )
         .prop_map(|(signal, signals, collections, exclude)| FilterSpec { signal, signals, collections, exclude })
 }
 
@@ -56,7 +71,10 @@ impl FilterSpec {
         let list = |v: &[&str]| format!("[{}]", v.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", "));
         format!(
             "mode = \"{}\"\nsignals = {}\ncollections = {}\nexclude_collections = {}\n",
-            if self.signal { "signal" } else { "full" }, list(&self.signals), list(&self.collections), list(&self.exclude)
+            if self.signal { "signal" } else { "full" },
+            list(&self.signals),
+            list(&self.collections),
+            list(&self.exclude)
         )
     }
 
@@ -167,11 +185,13 @@ fn a_walk_interrupted_between_batches_is_completed_by_the_next_walk_without_dupl
     let partial_car = export_car_blocking(&account, &rev_at(1), &partial).unwrap();
     let partial_repo = sluice::repo::read_car(&partial_car, &Default::default()).unwrap();
     s.pipeline().apply_walk(&partial_repo, &Default::default()).unwrap();
-    s.store().commit(sluice::store::RepoChange {
-        did: account.did.clone(),
-        state: Some(sluice::store::RepoState { status: RepoStatus::Backfilling, ..Default::default() }),
-        ..Default::default()
-    }).unwrap();
+    s.store()
+        .commit(sluice::store::RepoChange {
+            did: account.did.clone(),
+            state: Some(sluice::store::RepoState { status: RepoStatus::Backfilling, ..Default::default() }),
+            ..Default::default()
+        })
+        .unwrap();
     let out = s.pipeline().apply_walk(&repo, &Default::default()).unwrap();
     assert_eq!((out.created, out.unchanged), (m.len() as u64 - 4, 4));
     let events = events_after(&s, 0);
@@ -219,7 +239,9 @@ fn a_repo_that_loses_its_signal_is_removed_with_delete_events() {
     s.index_car(&export_car_blocking(&account, &rev_at(1), &contents(&m)).unwrap(), &IndexOptions::default()).unwrap();
     assert_eq!(stored(&s, &account.did).len(), 2);
     m.remove(&("xyz.statusphere.status".to_string(), "3kaaaaaaaaaa2".to_string()));
-    let out = s.index_car(&export_car_blocking(&account, &rev_at(2), &contents(&m)).unwrap(), &IndexOptions::default()).unwrap();
+    let out = s
+        .index_car(&export_car_blocking(&account, &rev_at(2), &contents(&m)).unwrap(), &IndexOptions::default())
+        .unwrap();
     assert_eq!((out.status, out.deleted), (sluice::store::RepoStatus::Discarded, 2));
     assert!(stored(&s, &account.did).is_empty());
 }

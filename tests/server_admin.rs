@@ -27,7 +27,11 @@ struct Running {
 async fn start(net: Devnet, token: Option<&str>) -> Running {
     let dir = tempfile::tempdir().unwrap();
     let filter_path = dir.path().join("filter.toml");
-    std::fs::write(&filter_path, "# only repos with a status\nmode = \"signal\"\nsignals = [\"xyz.statusphere.status\"]\n").unwrap();
+    std::fs::write(
+        &filter_path,
+        "# only repos with a status\nmode = \"signal\"\nsignals = [\"xyz.statusphere.status\"]\n",
+    )
+    .unwrap();
     let mut c = Config::default();
     (c.storage.path, c.network.relay, c.network.plc) = (dir.path().join("data"), net.relay_url(), net.plc_url());
     c.filter.path = filter_path.clone();
@@ -35,7 +39,8 @@ async fn start(net: Devnet, token: Option<&str>) -> Running {
     let backfill = Backfill::new(sluice.pipeline().clone(), &c);
     let firehose = sluice::service::firehose_beside(&sluice, &c, &backfill).unwrap();
     let mut state = ServerState::new(sluice.pipeline().clone(), c);
-    (state.backfill, state.firehose, state.admin_token) = (Some(backfill.clone()), Some(firehose.clone()), token.map(str::to_string));
+    (state.backfill, state.firehose, state.admin_token) =
+        (Some(backfill.clone()), Some(firehose.clone()), token.map(str::to_string));
     let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -46,7 +51,13 @@ async fn start(net: Devnet, token: Option<&str>) -> Running {
     Running { net, sluice, state, base, filter_path, _dir: dir }
 }
 
-async fn call(r: &Running, method: reqwest::Method, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+async fn call(
+    r: &Running,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
     let mut request = reqwest::Client::new().request(method, format!("{}{path}", r.base));
     if let Some(t) = token {
         request = request.bearer_auth(t);
@@ -68,13 +79,23 @@ async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn post(net: &Devnet, did: &str, rkey: &str) {
-    net.put_record(did, "app.bsky.feed.post", rkey, json!({"$type": "app.bsky.feed.post", "text": rkey, "createdAt": "2026-11-01T00:00:00.000Z"})).unwrap();
+    net.put_record(
+        did,
+        "app.bsky.feed.post",
+        rkey,
+        json!({"$type": "app.bsky.feed.post", "text": rkey, "createdAt": "2026-11-01T00:00:00.000Z"}),
+    )
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_routes_need_the_token_and_are_off_without_one() {
     let off = start(Devnet::start(DevnetOptions::default()).await.unwrap(), None).await;
-    assert_eq!(call(&off, reqwest::Method::GET, "/admin/filter", Some(TOKEN), None).await.0, 404, "no token configured: no admin routes");
+    assert_eq!(
+        call(&off, reqwest::Method::GET, "/admin/filter", Some(TOKEN), None).await.0,
+        404,
+        "no token configured: no admin routes"
+    );
     off.state.stop.cancel();
 
     let r = start(Devnet::start(DevnetOptions::default()).await.unwrap(), Some(TOKEN)).await;
@@ -98,9 +119,16 @@ async fn filter_edits_take_effect_and_are_written_back() {
     assert_eq!(in_force.collections, vec!["app.bsky.feed.post", "xyz.statusphere.*"]);
     assert_eq!(Filter::load(&r.filter_path).unwrap(), in_force, "the file holds the filter in force");
     let written = std::fs::read_to_string(&r.filter_path).unwrap();
-    assert!(written.starts_with("# only repos with a status\nmode = \"signal\"\n"), "only the changed fields are rewritten:\n{written}");
+    assert!(
+        written.starts_with("# only repos with a status\nmode = \"signal\"\n"),
+        "only the changed fields are rewritten:\n{written}"
+    );
 
-    for (bad, mentions) in [(json!({"signals": ["app.bs*"]}), "app.bs*"), (json!({"mode": "some"}), "mode"), (json!({"colour": 1}), "colour")] {
+    for (bad, mentions) in [
+        (json!({"signals": ["app.bs*"]}), "app.bs*"),
+        (json!({"mode": "some"}), "mode"),
+        (json!({"colour": 1}), "colour"),
+    ] {
         let (status, body) = call(&r, reqwest::Method::PATCH, "/admin/filter", Some(TOKEN), Some(bad.clone())).await;
         assert_eq!((status, body["error"].as_str()), (400, Some("InvalidRequest")), "{bad}: {body}");
         assert!(body["message"].as_str().unwrap().contains(mentions), "{bad}: {body}");
@@ -120,12 +148,14 @@ async fn track_untrack_resync_pause_and_resume() {
     let stored = |r: &Running| r.sluice.store().repo_records(&did).unwrap().len();
 
     // No signal record: not indexed until tracked.
-    let (code, body) = call(&r, reqwest::Method::POST, "/admin/repos/track", Some(TOKEN), Some(json!({"dids": [did]}))).await;
+    let (code, body) =
+        call(&r, reqwest::Method::POST, "/admin/repos/track", Some(TOKEN), Some(json!({"dids": [did]}))).await;
     assert_eq!(code, 200, "{body}");
     wait("the tracked repo's backfill", || status(&r) == Some(RepoStatus::Synced) && stored(&r) == 1).await;
     assert!(Filter::load(&r.filter_path).unwrap().dids.contains(&did), "tracking is written to the filter file");
 
-    let (code, body) = call(&r, reqwest::Method::POST, "/admin/repos/resync", Some(TOKEN), Some(json!({"dids": [did]}))).await;
+    let (code, body) =
+        call(&r, reqwest::Method::POST, "/admin/repos/resync", Some(TOKEN), Some(json!({"dids": [did]}))).await;
     assert_eq!((code, body["queued"].as_u64()), (200, Some(1)), "{body}");
     wait("the resync", || status(&r) == Some(RepoStatus::Synced)).await;
 
@@ -138,7 +168,8 @@ async fn track_untrack_resync_pause_and_resume() {
     assert_eq!(code, 200);
     wait("the write made while paused", || stored(&r) == 2).await;
 
-    let (code, body) = call(&r, reqwest::Method::POST, "/admin/repos/untrack", Some(TOKEN), Some(json!({"dids": [did]}))).await;
+    let (code, body) =
+        call(&r, reqwest::Method::POST, "/admin/repos/untrack", Some(TOKEN), Some(json!({"dids": [did]}))).await;
     assert_eq!(code, 200, "{body}");
     let filter = Filter::load(&r.filter_path).unwrap();
     assert!(!filter.dids.contains(&did) && filter.exclude_dids.contains(&did), "untracked repos are excluded");

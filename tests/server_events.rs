@@ -59,7 +59,8 @@ fn indexed(dir: &std::path::Path, cars: &[&str], tweak: impl FnOnce(&mut Config)
     let mut config = Config::default();
     config.storage.path = dir.join("data");
     tweak(&mut config);
-    let sluice = Sluice::builder().config(config).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
+    let sluice =
+        Sluice::builder().config(config).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
     for car in cars {
         sluice.index_car(&common::read_fixture(car), &Default::default()).unwrap();
     }
@@ -90,7 +91,11 @@ async fn replay_is_exact_across_reconnects_and_a_restart() {
     // sluice restarts on the same data; the client resumes with its last id.
     state.stop.cancel();
     drop((state, sluice));
-    let sluice = Sluice::builder().data_dir(dir.path().join("data")).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
+    let sluice = Sluice::builder()
+        .data_dir(dir.path().join("data"))
+        .filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap())
+        .open()
+        .unwrap();
     let (addr, _state) = start_server(ServerState::new(sluice.pipeline().clone(), sluice.config().clone())).await;
     let mut socket = connect(&addr, &format!("?cursor={}", ids.last().unwrap())).await;
     ids.extend(read_until(&mut socket, head).await);
@@ -104,7 +109,11 @@ async fn the_switch_from_replay_to_live_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Config::default();
     (c.storage.path, c.network.relay, c.network.plc) = (dir.path().join("data"), net.relay_url(), net.plc_url());
-    let sluice = Sluice::builder().config(c.clone()).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
+    let sluice = Sluice::builder()
+        .config(c.clone())
+        .filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap())
+        .open()
+        .unwrap();
     let backfill = Backfill::new(sluice.pipeline().clone(), &c);
     let firehose = sluice::service::firehose_beside(&sluice, &c, &backfill).unwrap();
     let mut state = ServerState::new(sluice.pipeline().clone(), c.clone());
@@ -130,7 +139,10 @@ async fn the_switch_from_replay_to_live_loses_and_repeats_nothing() {
     let mut socket = connect(&addr, "?cursor=0").await;
     tokio::task::spawn_blocking(move || writer.join().unwrap()).await.unwrap();
     let deadline = Instant::now() + LIMIT;
-    while sluice.store().repo_count(sluice::store::RepoStatus::Synced) < 4 || firehose.safe_cursor() < net.firehose_seq() || firehose.in_flight() > 0 {
+    while sluice.store().repo_count(sluice::store::RepoStatus::Synced) < 4
+        || firehose.safe_cursor() < net.firehose_seq()
+        || firehose.in_flight() > 0
+    {
         assert!(Instant::now() < deadline, "sluice catches up");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -212,7 +224,9 @@ async fn bad_parameters_are_refused_before_the_upgrade() {
     ] {
         let url = format!("ws://{addr}/xrpc/dev.sluice.subscribeEvents{query}");
         let err = tokio_tungstenite::connect_async(url).await.expect_err("refused");
-        let tokio_tungstenite::tungstenite::Error::Http(response) = err else { panic!("{query}: an HTTP answer, not {err}") };
+        let tokio_tungstenite::tungstenite::Error::Http(response) = err else {
+            panic!("{query}: an HTTP answer, not {err}")
+        };
         assert_eq!(response.status(), 400, "{query}");
         let body: Value = serde_json::from_slice(response.body().as_deref().unwrap_or_default()).unwrap();
         assert_eq!(body["error"], error, "{query}: {body}");
@@ -231,7 +245,8 @@ fn serve_offline(dir: &std::path::Path, extra: &str) -> (std::process::Child, St
     let text = format!(
         "[storage]\npath = {:?}\n[filter]\npath = {:?}\n[network]\nrelay = \"http://127.0.0.1:9\"\nplc = \"http://127.0.0.1:9/\"\n\
          [backfill]\ndays = 0\n[firehose]\nenabled = false\n[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}",
-        dir.join("data"), filter
+        dir.join("data"),
+        filter
     );
     std::fs::write(&config, text).unwrap();
     let log = dir.join("sluice.log");
@@ -248,14 +263,23 @@ async fn events_past_the_retention_are_removed_and_an_old_cursor_is_told() {
         let sluice = indexed(dir.path(), BOTH, |_| {});
         sluice.store().next_event_id() - 1
     };
-    let (mut child, addr, log) = serve_offline(dir.path(), "[events]\nretention_hours = 0.0003\nretention_check_secs = 1\n");
+    let (mut child, addr, log) =
+        serve_offline(dir.path(), "[events]\nretention_hours = 0.0003\nretention_check_secs = 1\n");
     let oldest = head - 277;
     let deadline = Instant::now() + LIMIT;
     let mut socket = loop {
-        assert!(Instant::now() < deadline, "the old pages were not removed in time; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
-        if let Ok((mut socket, _)) = tokio_tungstenite::connect_async(format!("ws://{addr}/xrpc/dev.sluice.subscribeEvents?cursor=0")).await {
+        assert!(
+            Instant::now() < deadline,
+            "the old pages were not removed in time; log:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        if let Ok((mut socket, _)) =
+            tokio_tungstenite::connect_async(format!("ws://{addr}/xrpc/dev.sluice.subscribeEvents?cursor=0")).await
+        {
             let first = next_json(&mut socket).await.expect("a first message");
-            if first["info"] == "OutdatedCursor" && first["message"].as_str().unwrap().contains(&format!("goes on from {oldest}")) {
+            if first["info"] == "OutdatedCursor"
+                && first["message"].as_str().unwrap().contains(&format!("goes on from {oldest}"))
+            {
                 break socket;
             }
         }
@@ -275,10 +299,18 @@ async fn events_past_the_retention_are_removed_and_an_old_cursor_is_told() {
     assert_eq!(ids, (oldest..=head).collect::<Vec<_>>(), "the newest page is left whole");
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("removed events past the retention"), "{log}");
-    let stats = std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).args(["stats", "--json", "--data"]).arg(dir.path().join("data")).output().unwrap();
+    let stats = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["stats", "--json", "--data"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
     let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!((stats["oldest_event"].as_u64(), stats["events"].as_u64()), (Some(oldest), Some(head)), "{stats}");
-    let events = std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).args(["events", "--cursor", "1", "--limit", "1", "--data"]).arg(dir.path().join("data")).output().unwrap();
+    let events = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["events", "--cursor", "1", "--limit", "1", "--data"])
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
     let first: Value = serde_json::from_slice(&events.stdout).unwrap();
     assert_eq!(first["id"].as_u64(), Some(oldest));
     assert!(String::from_utf8_lossy(&events.stderr).contains("past the retention"), "the CLI says so too");

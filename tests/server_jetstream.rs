@@ -42,7 +42,11 @@ async fn start(net: Devnet, tweak: impl FnOnce(&mut Config)) -> Running {
     (c.backfill.retry_min_ms, c.backfill.retry_max_ms, c.backfill.progress_secs) = (50, 200, 1);
     c.server.listen = "127.0.0.1:0".into();
     tweak(&mut c);
-    let sluice = Sluice::builder().config(c.clone()).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
+    let sluice = Sluice::builder()
+        .config(c.clone())
+        .filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap())
+        .open()
+        .unwrap();
     let service = Service::start(&sluice, &c, RunMode::Forever, &ServiceOptions::default()).await.unwrap();
     let addr = service.server_addr().expect("the server runs").to_string();
     let stop = Box::new(service.stopper());
@@ -60,7 +64,8 @@ impl Running {
     /// The repo is synced and holds what its PDS holds.
     fn in_step(&self, did: &str) -> bool {
         let store = self.sluice.store();
-        let stored: BTreeSet<(String, String)> = store.repo_records(did).unwrap().into_keys().map(|(c, r)| (c.into(), r.into())).collect();
+        let stored: BTreeSet<(String, String)> =
+            store.repo_records(did).unwrap().into_keys().map(|(c, r)| (c.into(), r.into())).collect();
         let on_pds: BTreeSet<(String, String)> = self.net.records(did).into_keys().collect();
         store.repo_state(did).unwrap().is_some_and(|s| s.status == RepoStatus::Synced) && stored == on_pds
     }
@@ -86,7 +91,8 @@ async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
 /// A devnet with one account per seed, each with one post, and sluice in step with them.
 async fn running_with(seeds: &[u64], tweak: impl FnOnce(&mut Config)) -> (Running, Vec<String>) {
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
-    let dids: Vec<String> = seeds.iter().map(|&seed| net.create_account(AccountSpec { seed, ..Default::default() })).collect();
+    let dids: Vec<String> =
+        seeds.iter().map(|&seed| net.create_account(AccountSpec { seed, ..Default::default() })).collect();
     for did in &dids {
         net.put_record(did, "app.bsky.feed.post", "3laaaaaaaaaa2", post("first")).unwrap();
     }
@@ -133,7 +139,11 @@ fn unzstd(bytes: &[u8]) -> Vec<u8> {
 async fn events(socket: &mut Socket, n: usize) -> Vec<Value> {
     let mut out = Vec::with_capacity(n);
     while out.len() < n {
-        out.push(next_event(socket).await.unwrap_or_else(|| panic!("the stream closed after {} of {n} events: {out:?}", out.len())));
+        out.push(
+            next_event(socket)
+                .await
+                .unwrap_or_else(|| panic!("the stream closed after {} of {n} events: {out:?}", out.len())),
+        );
     }
     out
 }
@@ -180,7 +190,10 @@ fn assert_commit(v: &Value, did: &str, operation: &str, rkey: &str, body: Option
         None => set(&["rev", "operation", "collection", "rkey"]),
     };
     assert_eq!(keys(c), expected, "{v}");
-    assert_eq!((c["operation"].as_str(), c["collection"].as_str(), c["rkey"].as_str()), (Some(operation), Some("app.bsky.feed.post"), Some(rkey)));
+    assert_eq!(
+        (c["operation"].as_str(), c["collection"].as_str(), c["rkey"].as_str()),
+        (Some(operation), Some("app.bsky.feed.post"), Some(rkey))
+    );
     assert!(c["rev"].as_str().is_some_and(|r| r.len() == 13), "rev is a TID: {v}");
     if let Some((record, cid)) = body {
         assert_eq!((&c["record"], c["cid"].as_str()), (record, Some(cid)), "{v}");
@@ -197,7 +210,10 @@ async fn every_kind_has_jetstream_v1_shape() {
     s.net.delete_record(did, "app.bsky.feed.post", "3lbbbbbbbbbb2").unwrap();
     s.net.emit_identity(did);
     s.net.set_status(did, AccountStatus::Deactivated);
-    wait("the deactivation", || s.sluice.store().repo_state(did).unwrap().is_some_and(|st| st.status == RepoStatus::Gone)).await;
+    wait("the deactivation", || {
+        s.sluice.store().repo_state(did).unwrap().is_some_and(|st| st.status == RepoStatus::Gone)
+    })
+    .await;
     s.net.set_status(did, AccountStatus::Active);
     let got = events(&mut socket, 6).await;
 
@@ -211,9 +227,16 @@ async fn every_kind_has_jetstream_v1_shape() {
     for (i, active, status) in [(4, false, Some("deactivated")), (5, true, None)] {
         assert_envelope(&got[i], "account", did);
         let account = &got[i]["account"];
-        let expected = if status.is_some() { set(&["active", "did", "seq", "status", "time"]) } else { set(&["active", "did", "seq", "time"]) };
+        let expected = if status.is_some() {
+            set(&["active", "did", "seq", "status", "time"])
+        } else {
+            set(&["active", "did", "seq", "time"])
+        };
         assert_eq!(keys(account), expected, "{account}");
-        assert_eq!((account["active"].as_bool(), account["did"].as_str(), account["status"].as_str()), (Some(active), Some(did.as_str()), status));
+        assert_eq!(
+            (account["active"].as_bool(), account["did"].as_str(), account["status"].as_str()),
+            (Some(active), Some(did.as_str()), status)
+        );
     }
     // seq is the sluice event id, time the event's time: both match the log.
     let log = s.log();
@@ -235,7 +258,8 @@ async fn wanted_collections_and_dids_filter_the_stream() {
     let mut posts = s.connect("?wantedCollections=app.bsky.feed.post").await;
     let mut statuses = s.connect("?wantedCollections=xyz.statusphere.*").await;
     let mut of_a = s.connect(&format!("?wantedDids={a}")).await;
-    let mut both = s.connect(&format!("?wantedCollections=app.bsky.*&wantedCollections=xyz.nothing.here&wantedDids={b}")).await;
+    let mut both =
+        s.connect(&format!("?wantedCollections=app.bsky.*&wantedCollections=xyz.nothing.here&wantedDids={b}")).await;
     s.net.put_record(a, "app.bsky.feed.post", "3lcccccccccc2", post("a")).unwrap();
     s.net.put_record(a, "xyz.statusphere.status", "3lcccccccccc3", status("🦀")).unwrap();
     s.net.put_record(b, "app.bsky.feed.post", "3lcccccccccc4", post("b")).unwrap();
@@ -245,10 +269,24 @@ async fn wanted_collections_and_dids_filter_the_stream() {
 
     let row = |did: &String, kind: &str, collection: &str| (did.clone(), kind.to_string(), collection.to_string());
     let expect = [
-        (&mut posts, vec![row(a, "commit", "app.bsky.feed.post"), row(b, "commit", "app.bsky.feed.post"), row(b, "identity", "")]),
+        (
+            &mut posts,
+            vec![
+                row(a, "commit", "app.bsky.feed.post"),
+                row(b, "commit", "app.bsky.feed.post"),
+                row(b, "identity", ""),
+            ],
+        ),
         (&mut statuses, vec![row(a, "commit", "xyz.statusphere.status"), row(b, "identity", "")]),
         (&mut of_a, vec![row(a, "commit", "app.bsky.feed.post"), row(a, "commit", "xyz.statusphere.status")]),
-        (&mut both, vec![row(b, "commit", "app.bsky.feed.post"), row(b, "commit", "app.bsky.feed.like"), row(b, "identity", "")]),
+        (
+            &mut both,
+            vec![
+                row(b, "commit", "app.bsky.feed.post"),
+                row(b, "commit", "app.bsky.feed.like"),
+                row(b, "identity", ""),
+            ],
+        ),
     ];
     for (socket, want) in expect {
         let got: Vec<_> = events(socket, want.len()).await.iter().map(summary).collect();
@@ -274,7 +312,8 @@ async fn a_cursor_replays_from_its_time_inclusive_then_follows_live() {
     // Exactly the events at or after the cursor's time.
     for (cursor, from) in [(times[2], 2), (times[2] + 1, 3), (times[2] - 1, 2), (0, 0), (times[0] - 1_000_000, 0)] {
         let mut socket = s.connect(&format!("?cursor={cursor}")).await;
-        let got: Vec<u64> = events(&mut socket, 5 - from).await.iter().map(|v| v["time_us"].as_u64().unwrap()).collect();
+        let got: Vec<u64> =
+            events(&mut socket, 5 - from).await.iter().map(|v| v["time_us"].as_u64().unwrap()).collect();
         assert_eq!(got, times[from..].to_vec(), "cursor {cursor}");
         assert_quiet(&mut socket, 200).await;
     }
@@ -283,7 +322,8 @@ async fn a_cursor_replays_from_its_time_inclusive_then_follows_live() {
     let mut replaying = s.connect(&format!("?cursor={}", times[3])).await;
     let mut future = s.connect(&format!("?cursor={}", times[4] + 60_000_000)).await;
     s.net.put_record(did, "app.bsky.feed.post", "3ldddddddd999", post("live")).unwrap();
-    let got: Vec<String> = events(&mut replaying, 3).await.iter().map(|v| v["commit"]["rkey"].as_str().unwrap().to_string()).collect();
+    let got: Vec<String> =
+        events(&mut replaying, 3).await.iter().map(|v| v["commit"]["rkey"].as_str().unwrap().to_string()).collect();
     assert_eq!(got, ["3ldddddddd002", "3ldddddddd003", "3ldddddddd999"]);
     assert_eq!(events(&mut future, 1).await[0]["commit"]["rkey"], "3ldddddddd999", "a future cursor starts live");
     assert_quiet(&mut replaying, 200).await;
@@ -324,10 +364,18 @@ async fn require_hello_waits_for_options_update_which_changes_the_filter_live() 
     let mut socket = s.connect("?cursor=0&requireHello=true").await;
     assert_quiet(&mut socket, 700).await;
 
-    let update = |collections: &[&str]| Message::Text(json!({"type": "options_update", "payload": {"wantedCollections": collections}}).to_string().into());
+    let update = |collections: &[&str]| {
+        Message::Text(
+            json!({"type": "options_update", "payload": {"wantedCollections": collections}}).to_string().into(),
+        )
+    };
     socket.send(update(&["xyz.statusphere.*"])).await.unwrap();
     let got = events(&mut socket, 1).await;
-    assert_eq!(summary(&got[0]), (did.clone(), "commit".into(), "xyz.statusphere.status".into()), "the hello's filter applies to the replay");
+    assert_eq!(
+        summary(&got[0]),
+        (did.clone(), "commit".into(), "xyz.statusphere.status".into()),
+        "the hello's filter applies to the replay"
+    );
     assert_quiet(&mut socket, 200).await;
 
     socket.send(update(&["app.bsky.feed.post"])).await.unwrap();
@@ -384,7 +432,8 @@ async fn large_messages_are_skipped_and_slow_clients_closed_with_a_cursor_to_res
     let missed: Vec<u64> = s.log()[before..].iter().map(|(_, t, _)| *t).collect();
     assert_eq!((missed.len(), missed[0]), (278, cursor), "the cursor is the first missed event's time");
     let mut resumed = s.connect(&format!("?cursor={cursor}")).await;
-    let got: Vec<u64> = events(&mut resumed, missed.len()).await.iter().map(|v| v["time_us"].as_u64().unwrap()).collect();
+    let got: Vec<u64> =
+        events(&mut resumed, missed.len()).await.iter().map(|v| v["time_us"].as_u64().unwrap()).collect();
     assert_eq!(got, missed);
     s.stop();
 }

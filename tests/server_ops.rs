@@ -17,13 +17,19 @@ async fn serving(sluice: &Sluice) -> (String, Arc<ServerState>) {
 }
 
 fn metric(text: &str, series: &str) -> f64 {
-    text.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok())).unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_metrics_follow_what_is_indexed() {
     let dir = tempfile::tempdir().unwrap();
-    let sluice = Sluice::builder().data_dir(dir.path().join("data")).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
+    let sluice = Sluice::builder()
+        .data_dir(dir.path().join("data"))
+        .filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap())
+        .open()
+        .unwrap();
     let (base, _state) = serving(&sluice).await;
     let health: serde_json::Value = reqwest::get(format!("{base}/health")).await.unwrap().json().await.unwrap();
     assert_eq!((health["status"].as_str(), health["events"].as_u64()), (Some("ok"), Some(0)));
@@ -51,7 +57,11 @@ async fn health_and_metrics_follow_what_is_indexed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_filter_save_shows_in_health_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
-    let sluice = Sluice::builder().data_dir(dir.path().join("data")).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
+    let sluice = Sluice::builder()
+        .data_dir(dir.path().join("data"))
+        .filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap())
+        .open()
+        .unwrap();
     let (base, _state) = serving(&sluice).await;
     let refusal = Filter::from_toml("mode = \"fulll\"\n", "filters/mine.toml").unwrap_err();
     sluice.pipeline().filter().record_save(Err(refusal));
@@ -72,13 +82,28 @@ async fn a_refused_filter_save_shows_in_health_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_tail_prints_the_stream() {
     let dir = tempfile::tempdir().unwrap();
-    let sluice = Sluice::builder().data_dir(dir.path().join("data")).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
+    let sluice = Sluice::builder()
+        .data_dir(dir.path().join("data"))
+        .filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap())
+        .open()
+        .unwrap();
     sluice.index_car(&common::read_fixture("car/tiny.car"), &Default::default()).unwrap();
     let (base, _state) = serving(&sluice).await;
-    let tail = |args: Vec<String>| tokio::task::spawn_blocking(move || std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).arg("tail").args(args).output().unwrap());
-    let output = tail(vec!["--server".into(), base.clone(), "--cursor".into(), "3".into(), "--limit".into(), "4".into()]).await.unwrap();
+    let tail = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).arg("tail").args(args).output().unwrap()
+        })
+    };
+    let output =
+        tail(vec!["--server".into(), base.clone(), "--cursor".into(), "3".into(), "--limit".into(), "4".into()])
+            .await
+            .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let ids: Vec<u64> = String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_u64().unwrap()).collect();
+    let ids: Vec<u64> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_u64().unwrap())
+        .collect();
     assert_eq!(ids, vec![4, 5, 6, 7]);
     let refused = tail(vec!["--server".into(), base, "--cursor".into(), "99".into()]).await.unwrap();
     assert!(!refused.status.success());
@@ -88,7 +113,11 @@ async fn sluice_tail_prints_the_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_root_page_names_the_endpoints_and_unknown_methods_answer_as_xrpc() {
     let dir = tempfile::tempdir().unwrap();
-    let sluice = Sluice::builder().data_dir(dir.path().join("data")).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
+    let sluice = Sluice::builder()
+        .data_dir(dir.path().join("data"))
+        .filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap())
+        .open()
+        .unwrap();
     let (base, _state) = serving(&sluice).await;
     let root = reqwest::get(format!("{base}/")).await.unwrap();
     assert_eq!(root.status(), 200);

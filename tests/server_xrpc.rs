@@ -104,21 +104,48 @@ impl Setup {
 async fn setup() -> Setup {
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let dids = net.populate(6, 40, 21).await;
-    let post_cid = net.put_record(&dids[0], POST, "3kalicepost22", json!({"$type": POST, "text": "like me", "createdAt": "2026-01-01T00:00:00.000Z"})).unwrap();
+    let post_cid = net
+        .put_record(
+            &dids[0],
+            POST,
+            "3kalicepost22",
+            json!({"$type": POST, "text": "like me", "createdAt": "2026-01-01T00:00:00.000Z"}),
+        )
+        .unwrap();
     let post = format!("at://{}/{POST}/3kalicepost22", dids[0]);
     for (i, liker) in dids[1..3].iter().enumerate() {
-        let like = json!({"$type": LIKE, "subject": {"uri": post, "cid": post_cid}, "createdAt": "2026-01-01T00:00:01.000Z"});
+        let like =
+            json!({"$type": LIKE, "subject": {"uri": post, "cid": post_cid}, "createdAt": "2026-01-01T00:00:01.000Z"});
         net.put_record(liker, LIKE, &format!("3klikeofpost{i}"), like).unwrap();
     }
-    net.put_record(&dids[0], "app.bsky.actor.profile", "self", json!({"$type": "app.bsky.actor.profile", "displayName": "Alice"})).unwrap();
-    net.put_record(&dids[0], "xyz.statusphere.status", "3kstatus00001", json!({"$type": "xyz.statusphere.status", "status": "🦀", "createdAt": "2026-01-01T00:00:00.000Z"})).unwrap();
-    let statuses = [AccountStatus::Deactivated, AccountStatus::Takendown, AccountStatus::Suspended, AccountStatus::Deleted];
+    net.put_record(
+        &dids[0],
+        "app.bsky.actor.profile",
+        "self",
+        json!({"$type": "app.bsky.actor.profile", "displayName": "Alice"}),
+    )
+    .unwrap();
+    net.put_record(
+        &dids[0],
+        "xyz.statusphere.status",
+        "3kstatus00001",
+        json!({"$type": "xyz.statusphere.status", "status": "🦀", "createdAt": "2026-01-01T00:00:00.000Z"}),
+    )
+    .unwrap();
+    let statuses =
+        [AccountStatus::Deactivated, AccountStatus::Takendown, AccountStatus::Suspended, AccountStatus::Deleted];
     let gone: Vec<(String, AccountStatus)> = statuses
         .iter()
         .enumerate()
         .map(|(i, st)| {
             let did = net.create_account(AccountSpec { seed: 700 + i as u64, pds: i, ..Default::default() });
-            net.put_record(&did, POST, "3kgonepost001", json!({"$type": POST, "text": "gone", "createdAt": "2026-01-01T00:00:00.000Z"})).unwrap();
+            net.put_record(
+                &did,
+                POST,
+                "3kgonepost001",
+                json!({"$type": POST, "text": "gone", "createdAt": "2026-01-01T00:00:00.000Z"}),
+            )
+            .unwrap();
             net.set_status(&did, *st);
             (did, *st)
         })
@@ -127,9 +154,16 @@ async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Config::default();
     (c.storage.path, c.network.relay, c.network.plc) = (dir.path().join("data"), net.relay_url(), net.plc_url());
-    let sluice = Sluice::builder().config(c.clone()).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
+    let sluice = Sluice::builder()
+        .config(c.clone())
+        .filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap())
+        .open()
+        .unwrap();
     let backfill = Backfill::new(sluice.pipeline().clone(), &c);
-    tokio::time::timeout(RUN_LIMIT, backfill.run(RunMode::UntilEmpty, true)).await.expect("backfill ended in time").expect("backfill ran");
+    tokio::time::timeout(RUN_LIMIT, backfill.run(RunMode::UntilEmpty, true))
+        .await
+        .expect("backfill ended in time")
+        .expect("backfill ran");
 
     // Handles are checked against the relay's resolveHandle, as `sluice run --devnet` does.
     let handles = HandleResolver::new(Some(&net.relay_url()), REQUEST_LIMIT).unwrap();
@@ -208,28 +242,52 @@ async fn records_and_their_pages_are_what_the_pds_serves() {
         let described = s.ok("com.atproto.repo.describeRepo", &[("repo", did)]).await;
         assert_eq!(described["collections"], json!(collections), "describeRepo lists the stored collections");
         let (_, on_pds) = s.pds(did, "com.atproto.repo.describeRepo", &[("repo", did)]).await;
-        assert_eq!((described["did"].as_str(), &described["handle"]), (Some(did.as_str()), &on_pds["handle"]), "the handle the DID document claims");
+        assert_eq!(
+            (described["did"].as_str(), &described["handle"]),
+            (Some(did.as_str()), &on_pds["handle"]),
+            "the handle the DID document claims"
+        );
         assert_eq!(described["didDoc"]["id"], json!(did));
         for collection in &collections {
             let mut want = expected_records(&s, did, collection);
             for limit in [None, Some(3), Some(7), Some(100)] {
-                assert_eq!(walk_pages(&s, did, collection, limit, true).await, want, "{did} {collection} ascending, limit {limit:?}");
+                assert_eq!(
+                    walk_pages(&s, did, collection, limit, true).await,
+                    want,
+                    "{did} {collection} ascending, limit {limit:?}"
+                );
             }
             want.reverse();
             for limit in [None, Some(2), Some(100)] {
-                assert_eq!(walk_pages(&s, did, collection, limit, false).await, want, "{did} {collection} descending, limit {limit:?}");
+                assert_eq!(
+                    walk_pages(&s, did, collection, limit, false).await,
+                    want,
+                    "{did} {collection} descending, limit {limit:?}"
+                );
             }
         }
         // Cursors that are no stored rkey page from where they fall.
         for cursor in ["2a", "3l", "3kzzzzzzzzzz", "zzz"] {
             for reverse in ["true", "false"] {
-                let q = [("repo", did.as_str()), ("collection", POST), ("cursor", cursor), ("reverse", reverse), ("limit", "5")];
-                let (ours, theirs) = (s.ok("com.atproto.repo.listRecords", &q).await, s.pds(did, "com.atproto.repo.listRecords", &q).await.1);
+                let q = [
+                    ("repo", did.as_str()),
+                    ("collection", POST),
+                    ("cursor", cursor),
+                    ("reverse", reverse),
+                    ("limit", "5"),
+                ];
+                let (ours, theirs) = (
+                    s.ok("com.atproto.repo.listRecords", &q).await,
+                    s.pds(did, "com.atproto.repo.listRecords", &q).await.1,
+                );
                 assert_eq!(ours["records"], theirs["records"], "cursor {cursor} reverse {reverse}");
             }
         }
     }
-    assert!(s.collections(&s.dids[0]).len() >= 4, "the first repo holds posts, likes or follows, a profile and a status");
+    assert!(
+        s.collections(&s.dids[0]).len() >= 4,
+        "the first repo holds posts, likes or follows, a profile and a status"
+    );
     assert_eq!(walk_pages(&s, &s.dids[0], "app.bsky.actor.profile", Some(1), false).await.len(), 1);
     // A collection the repo does not hold is an empty page, as on the PDS.
     assert_eq!(walk_pages(&s, &s.dids[0], "com.example.none", Some(5), false).await, Vec::<Value>::new());
@@ -254,11 +312,17 @@ async fn get_record_is_the_pds_record_and_checks_its_cid() {
 
     // A missing record, and a stored one asked at another version.
     let did = s.dids[0].as_str();
-    let (status, body) = s.sluice("com.atproto.repo.getRecord", &[("repo", did), ("collection", POST), ("rkey", "3knotthere000")]).await;
+    let (status, body) =
+        s.sluice("com.atproto.repo.getRecord", &[("repo", did), ("collection", POST), ("rkey", "3knotthere000")]).await;
     assert_eq!((status, body["error"].as_str()), (400, Some("RecordNotFound")), "{body}");
     assert!(body["message"].as_str().unwrap().contains(&format!("at://{did}/{POST}/3knotthere000")));
     let other_cid = s.net.records(&s.dids[1]).into_values().next().unwrap().0;
-    let (status, body) = s.sluice("com.atproto.repo.getRecord", &[("repo", did), ("collection", POST), ("rkey", "3kalicepost22"), ("cid", &other_cid)]).await;
+    let (status, body) = s
+        .sluice(
+            "com.atproto.repo.getRecord",
+            &[("repo", did), ("collection", POST), ("rkey", "3kalicepost22"), ("cid", &other_cid)],
+        )
+        .await;
     assert_eq!((status, body["error"].as_str()), (400, Some("RecordNotFound")), "another version: {body}");
 }
 
@@ -271,11 +335,19 @@ async fn repo_listings_and_statuses_follow_what_sluice_indexes() {
         let listed = list_all_repos(&s, limit).await;
         let dids: Vec<&str> = listed.iter().map(|r| r["did"].as_str().unwrap()).collect();
         assert_eq!(dids.iter().copied().collect::<BTreeSet<_>>().len(), dids.len(), "limit {limit:?}: every repo once");
-        assert_eq!(dids.iter().map(|d| d.to_string()).collect::<BTreeSet<_>>(), synced, "limit {limit:?}: the synced repos, not the gone ones sluice never fetched");
+        assert_eq!(
+            dids.iter().map(|d| d.to_string()).collect::<BTreeSet<_>>(),
+            synced,
+            "limit {limit:?}: the synced repos, not the gone ones sluice never fetched"
+        );
         for r in &listed {
             let did = r["did"].as_str().unwrap();
             let latest = s.pds(did, "com.atproto.sync.getLatestCommit", &[("did", did)]).await.1;
-            assert_eq!(r, &json!({"did": did, "head": latest["cid"], "rev": latest["rev"], "active": true}), "head is the commit CID the PDS gives");
+            assert_eq!(
+                r,
+                &json!({"did": did, "head": latest["cid"], "rev": latest["rev"], "active": true}),
+                "head is the commit CID the PDS gives"
+            );
         }
     }
 
@@ -291,13 +363,28 @@ async fn repo_listings_and_statuses_follow_what_sluice_indexes() {
     // A synced repo taken down afterwards (as an #account event would): listed inactive.
     let did = s.dids[3].clone();
     let state = store.repo_state(&did).unwrap().unwrap();
-    store.set_states(&[(did.clone(), RepoState { status: RepoStatus::Gone, error: Some("takendown".into()), ..state.clone() })], None).unwrap();
+    store
+        .set_states(
+            &[(did.clone(), RepoState { status: RepoStatus::Gone, error: Some("takendown".into()), ..state.clone() })],
+            None,
+        )
+        .unwrap();
     let listed = list_all_repos(&s, Some("4")).await;
     let entry = listed.iter().find(|r| r["did"] == json!(did)).expect("still listed");
-    assert_eq!(entry, &json!({"did": did, "head": state.commit, "rev": state.rev, "active": false, "status": "takendown"}));
-    assert_eq!(s.ok("com.atproto.sync.getRepoStatus", &[("did", &did)]).await, json!({"did": did, "active": false, "status": "takendown"}));
+    assert_eq!(
+        entry,
+        &json!({"did": did, "head": state.commit, "rev": state.rev, "active": false, "status": "takendown"})
+    );
+    assert_eq!(
+        s.ok("com.atproto.sync.getRepoStatus", &[("did", &did)]).await,
+        json!({"did": did, "active": false, "status": "takendown"})
+    );
     let (status, body) = s.sluice("com.atproto.repo.listRecords", &[("repo", &did), ("collection", POST)]).await;
-    assert_eq!((status, body), (400, json!({"error": "InvalidRequest", "message": format!("Could not find repo: {did}")})), "as the reference PDS answers");
+    assert_eq!(
+        (status, body),
+        (400, json!({"error": "InvalidRequest", "message": format!("Could not find repo: {did}")})),
+        "as the reference PDS answers"
+    );
     assert_eq!(s.sluice(DESCRIBE, &[("repo", &did)]).await.1["error"], json!("RepoTakendown"));
 
     // A repo indexed before sluice kept commit CIDs (a version 1 state) gives its MST root
@@ -342,7 +429,10 @@ async fn repo_state_and_stats_show_the_store() {
     let (gone, st) = &s.gone[0];
     assert_eq!(*st, AccountStatus::Deactivated);
     let state = s.ok("dev.sluice.getRepoState", &[("did", gone)]).await;
-    assert_eq!((state["status"].as_str(), state["error"].as_str(), &state["records"]), (Some("gone"), Some("deactivated"), &json!(0)));
+    assert_eq!(
+        (state["status"].as_str(), state["error"].as_str(), &state["records"]),
+        (Some("gone"), Some("deactivated"), &json!(0))
+    );
 
     let stats = s.ok("dev.sluice.getStats", &[]).await;
     assert_eq!(stats["repos"]["synced"], json!(s.dids.len()));
@@ -364,7 +454,12 @@ async fn repo_state_and_stats_show_the_store() {
 }
 
 /// Every link to `subject` (from `collection`, when given), page by page with `limit`.
-async fn all_backlinks(s: &Setup, subject: &str, collection: Option<&str>, limit: &str) -> Vec<(String, String, String)> {
+async fn all_backlinks(
+    s: &Setup,
+    subject: &str,
+    collection: Option<&str>,
+    limit: &str,
+) -> Vec<(String, String, String)> {
     let (mut out, mut cursor) = (Vec::new(), None::<String>);
     for _ in 0..1000 {
         let mut q = vec![("subject", subject), ("limit", limit)];
@@ -375,7 +470,8 @@ async fn all_backlinks(s: &Setup, subject: &str, collection: Option<&str>, limit
         let links = page["links"].as_array().unwrap();
         assert!(links.len() <= limit.parse().unwrap());
         for l in links {
-            let (c, d, r) = (l["collection"].as_str().unwrap(), l["did"].as_str().unwrap(), l["rkey"].as_str().unwrap());
+            let (c, d, r) =
+                (l["collection"].as_str().unwrap(), l["did"].as_str().unwrap(), l["rkey"].as_str().unwrap());
             assert_eq!(l["uri"], json!(format!("at://{d}/{c}/{r}")));
             out.push((c.to_string(), d.to_string(), r.to_string()));
         }
@@ -408,7 +504,8 @@ fn expected_backlinks(s: &Setup) -> BTreeMap<String, Vec<(String, String, String
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backlinks_list_the_records_pointing_at_a_subject() {
     let s = setup().await;
-    let likers: Vec<(String, String, String)> = (0..2).map(|i| (LIKE.to_string(), s.dids[1 + i].clone(), format!("3klikeofpost{i}"))).collect();
+    let likers: Vec<(String, String, String)> =
+        (0..2).map(|i| (LIKE.to_string(), s.dids[1 + i].clone(), format!("3klikeofpost{i}"))).collect();
     let mut want = likers.clone();
     want.sort();
     assert_eq!(all_backlinks(&s, &s.post, None, "50").await, want, "the post's likers");
@@ -423,7 +520,11 @@ async fn backlinks_list_the_records_pointing_at_a_subject() {
     for (subject, links) in &follows {
         for (collection, limit) in [(None, "1"), (None, "2"), (Some(FOLLOW), "100"), (Some(LIKE), "3")] {
             let want: Vec<_> = links.iter().filter(|(c, _, _)| collection.is_none_or(|w| w == c)).cloned().collect();
-            assert_eq!(&all_backlinks(&s, subject, collection, limit).await, &want, "{subject} {collection:?} limit {limit}");
+            assert_eq!(
+                &all_backlinks(&s, subject, collection, limit).await,
+                &want,
+                "{subject} {collection:?} limit {limit}"
+            );
         }
     }
     let likes: Vec<_> = expected.iter().filter(|(subject, _)| subject.starts_with("at://")).take(20).collect();
@@ -431,7 +532,11 @@ async fn backlinks_list_the_records_pointing_at_a_subject() {
     for (subject, links) in likes {
         assert_eq!(&all_backlinks(&s, subject, None, "2").await, links, "{subject}");
     }
-    assert_eq!(all_backlinks(&s, "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", None, "5").await, vec![], "nothing points at an unknown DID");
+    assert_eq!(
+        all_backlinks(&s, "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", None, "5").await,
+        vec![],
+        "nothing points at an unknown DID"
+    );
 }
 
 /// Asserts a 400 `error` answer whose message names `param`.
@@ -505,7 +610,10 @@ async fn bad_parameters_and_unknown_repos_are_refused() {
     let (get, list, describe) = (GET, LIST, DESCRIBE);
 
     let unknown = "did:plc:aaaaaaaaaaaaaaaaaaaaaaaa";
-    for (method, query) in [("com.atproto.sync.getRepoStatus", vec![("did", unknown)]), ("dev.sluice.getRepoState", vec![("did", unknown)])] {
+    for (method, query) in [
+        ("com.atproto.sync.getRepoStatus", vec![("did", unknown)]),
+        ("dev.sluice.getRepoState", vec![("did", unknown)]),
+    ] {
         refused(&s, method, &query, "RepoNotFound", unknown).await;
     }
 
@@ -514,7 +622,11 @@ async fn bad_parameters_and_unknown_repos_are_refused() {
     let mut repos: Vec<(String, usize)> = vec![(unknown.to_string(), 0), ("nobody.test".to_string(), 1)];
     repos.extend(s.gone.iter().map(|(did, _)| (did.clone(), s.net.pds_of(did).unwrap())));
     for (repo, host) in &repos {
-        for (method, query) in [(get, rec(repo, POST, "3kgonepost001")), (list, vec![("repo", repo.as_str()), ("collection", POST)]), (describe, vec![("repo", repo.as_str())])] {
+        for (method, query) in [
+            (get, rec(repo, POST, "3kgonepost001")),
+            (list, vec![("repo", repo.as_str()), ("collection", POST)]),
+            (describe, vec![("repo", repo.as_str())]),
+        ] {
             let ours = s.sluice(method, &query).await;
             assert_eq!(ours, s.pds_at(*host, method, &query).await, "{method} {query:?}");
             assert_eq!(ours.0, 400, "{method} {query:?}");
@@ -538,16 +650,28 @@ async fn handles_name_repos_as_on_the_pds_once_they_resolve_back() {
     // By handle, each method answers as the PDS does (any case).
     for repo in [handle.clone(), handle.to_uppercase()] {
         let (rkey, list_q) = ("3kalicepost22", vec![("repo", repo.as_str()), ("collection", POST)]);
-        assert_eq!(s.sluice(GET, &rec(&repo, POST, rkey)).await, s.pds(&did, GET, &rec(&repo, POST, rkey)).await, "getRecord by {repo}");
+        assert_eq!(
+            s.sluice(GET, &rec(&repo, POST, rkey)).await,
+            s.pds(&did, GET, &rec(&repo, POST, rkey)).await,
+            "getRecord by {repo}"
+        );
         // (The devnet, unlike the reference PDS and sluice, gives no cursor on a last page.)
         let (ours, theirs) = (s.sluice(LIST, &list_q).await, s.pds(&did, LIST, &list_q).await);
         assert_eq!((ours.0, &ours.1["records"]), (theirs.0, &theirs.1["records"]), "listRecords by {repo}");
         let ours = s.sluice(DESCRIBE, &[("repo", &repo)]).await;
-        assert_eq!(described(&ours), described(&s.pds(&did, DESCRIBE, &[("repo", &repo)]).await), "describeRepo by {repo}");
+        assert_eq!(
+            described(&ours),
+            described(&s.pds(&did, DESCRIBE, &[("repo", &repo)]).await),
+            "describeRepo by {repo}"
+        );
         assert_eq!(ours.1["handleIsCorrect"], json!(true));
     }
     let by_handle = format!("at://{handle}/{POST}/3kalicepost22");
-    assert_eq!(all_backlinks(&s, &by_handle, None, "1").await, all_backlinks(&s, &s.post, None, "1").await, "a subject named by handle");
+    assert_eq!(
+        all_backlinks(&s, &by_handle, None, "1").await,
+        all_backlinks(&s, &s.post, None, "1").await,
+        "a subject named by handle"
+    );
 
     // A handle the document claims but that resolves elsewhere is not the repo's: describeRepo
     // says so as the PDS does, and the handle names nothing here. (The PDS still answers its
@@ -570,7 +694,11 @@ async fn handles_name_repos_as_on_the_pds_once_they_resolve_back() {
     assert_eq!(described(&ours), described(&s.pds(&other, DESCRIBE, &[("repo", "moved.test")]).await));
     assert_eq!((ours.1["did"].as_str(), ours.1["handleIsCorrect"].as_bool()), (Some(other.as_str()), Some(true)));
     assert_ne!(old, "moved.test");
-    assert_eq!(s.sluice(DESCRIBE, &[("repo", &old)]).await.1["error"], json!("RepoNotFound"), "the old handle names nothing");
+    assert_eq!(
+        s.sluice(DESCRIBE, &[("repo", &old)]).await.1["error"],
+        json!("RepoNotFound"),
+        "the old handle names nothing"
+    );
 }
 
 /// What an `#identity` frame for `did` does to the store and the identity cache (this test

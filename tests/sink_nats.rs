@@ -47,7 +47,11 @@ async fn stream_messages(url: &str) -> Vec<Published> {
         }
         let m = stream.get_raw_message(seq).await.unwrap();
         let id = m.headers.get(async_nats::header::NATS_MESSAGE_ID).map(|v| v.as_str().to_string()).unwrap_or_default();
-        out.push(Published { subject: m.subject.to_string(), id, payload: serde_json::from_slice(&m.payload).unwrap() });
+        out.push(Published {
+            subject: m.subject.to_string(),
+            id,
+            payload: serde_json::from_slice(&m.payload).unwrap(),
+        });
     }
     out
 }
@@ -57,7 +61,11 @@ fn expected(store: &Store, node: &str) -> Vec<Published> {
     let events = store.events_from(0, usize::MAX).unwrap();
     events
         .iter()
-        .map(|(id, e)| Published { subject: sluice::sink::subject("sluice", e), id: format!("{node}:{id}"), payload: sluice::wire::event_json(store, *id, e).unwrap() })
+        .map(|(id, e)| Published {
+            subject: sluice::sink::subject("sluice", e),
+            id: format!("{node}:{id}"),
+            payload: sluice::wire::event_json(store, *id, e).unwrap(),
+        })
         .collect()
 }
 
@@ -81,7 +89,11 @@ async fn node(net: &Devnet, nats: &NatsServer, shard: &str) -> Node {
     c.firehose.max_reconnect_secs = 1;
     c.sink.nats = Some(NatsSinkConfig { url: nats.url(), ..Default::default() });
     c.cluster.shard = shard.parse().unwrap();
-    let sluice = Sluice::builder().config(c.clone()).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
+    let sluice = Sluice::builder()
+        .config(c.clone())
+        .filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap())
+        .open()
+        .unwrap();
     let backfill = Backfill::new(sluice.pipeline().clone(), &c);
     let firehose: Arc<Firehose> = sluice::service::firehose_beside(&sluice, &c, &backfill).unwrap();
     let sink = NatsSink::new(sluice.store().clone(), c.sink.nats.clone().unwrap(), c.cluster.node_name()).unwrap();
@@ -124,7 +136,9 @@ async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
 /// Whether `did` is synced in `store` with what its PDS holds.
 fn in_step(store: &Store, net: &Devnet, did: &str) -> bool {
     let synced = store.repo_state(did).unwrap().is_some_and(|s| s.status == RepoStatus::Synced);
-    synced && common::stored_cids(store, did) == net.records(did).into_iter().map(|(k, (cid, _))| (k, cid)).collect::<BTreeMap<_, _>>()
+    synced
+        && common::stored_cids(store, did)
+            == net.records(did).into_iter().map(|(k, (cid, _))| (k, cid)).collect::<BTreeMap<_, _>>()
 }
 
 fn post(text: &str) -> Value {
@@ -137,36 +151,59 @@ async fn every_event_reaches_the_stream_once_in_order_with_its_subject() {
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let dids = net.populate(4, 15, 5).await;
     let n = node(&net, &nats, "0/1").await;
-    wait("the backfill and its publishing", || dids.iter().all(|d| in_step(n.store(), &net, d)) && n.published_all()).await;
+    wait("the backfill and its publishing", || dids.iter().all(|d| in_step(n.store(), &net, d)) && n.published_all())
+        .await;
     net.put_record(&dids[0], "app.bsky.feed.post", "3lzzzzzzzzzn0", post("live")).unwrap();
     net.delete_record(&dids[0], "app.bsky.feed.post", "3lzzzzzzzzzn0").unwrap();
     net.emit_identity(&dids[1]);
     wait("the live events and their publishing", || n.store().next_event_id() > 4 * 15 + 3 && n.published_all()).await;
 
     let published = stream_messages(&nats.url()).await;
-    assert_eq!(published, expected(n.store(), "shard-0-of-1"), "the stream holds the log: every event once, in id order, as subscribeEvents sends it");
+    assert_eq!(
+        published,
+        expected(n.store(), "shard-0-of-1"),
+        "the stream holds the log: every event once, in id order, as subscribeEvents sends it"
+    );
     assert!(published.iter().any(|m| m.subject == "sluice.record.app.bsky.feed.post.delete"));
     assert!(published.iter().any(|m| m.subject == "sluice.identity"));
     let mut state = sluice::server::ServerState::new(n.sluice.pipeline().clone(), n.config.clone());
     state.sink = Some(n.sink.clone());
     let metrics = sluice::server::metrics::render(&state);
-    for line in [format!("sluice_nats_published_id {}", published.len()), "sluice_nats_behind_events 0".into(), "sluice_nats_connected 1".into()] {
+    for line in [
+        format!("sluice_nats_published_id {}", published.len()),
+        "sluice_nats_behind_events 0".into(),
+        "sluice_nats_connected 1".into(),
+    ] {
         assert!(metrics.lines().any(|l| l == line), "/metrics has {line}");
     }
-    let batches: u64 = metrics.lines().find_map(|l| l.strip_prefix("sluice_nats_batches_total ")).expect("/metrics counts batches").parse().unwrap();
+    let batches: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_nats_batches_total "))
+        .expect("/metrics counts batches")
+        .parse()
+        .unwrap();
     assert!((1..=published.len() as u64).contains(&batches), "{batches} batches for {} events", published.len());
 
     // A consumer filtered to one collection sees exactly that collection's events.
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     let stream = js.get_stream("SLUICE").await.unwrap();
     let consumer: jetstream::consumer::PullConsumer = stream
-        .create_consumer(jetstream::consumer::pull::Config { filter_subject: "sluice.record.app.bsky.feed.like.>".into(), ack_policy: jetstream::consumer::AckPolicy::None, ..Default::default() })
+        .create_consumer(jetstream::consumer::pull::Config {
+            filter_subject: "sluice.record.app.bsky.feed.like.>".into(),
+            ack_policy: jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
         .await
         .unwrap();
-    let want: Vec<Value> = published.iter().filter(|m| m.payload["record"]["collection"] == json!("app.bsky.feed.like")).map(|m| m.payload.clone()).collect();
+    let want: Vec<Value> = published
+        .iter()
+        .filter(|m| m.payload["record"]["collection"] == json!("app.bsky.feed.like"))
+        .map(|m| m.payload.clone())
+        .collect();
     assert!(!want.is_empty(), "the devnet's repos hold likes");
     let mut got = Vec::new();
-    let mut batch = consumer.fetch().max_messages(want.len() + 10).expires(Duration::from_secs(2)).messages().await.unwrap();
+    let mut batch =
+        consumer.fetch().max_messages(want.len() + 10).expires(Duration::from_secs(2)).messages().await.unwrap();
     while let Some(m) = batch.next().await {
         got.push(serde_json::from_slice::<Value>(&m.unwrap().payload).unwrap());
     }
@@ -180,12 +217,14 @@ async fn indexing_goes_on_while_nats_is_down_and_the_sink_catches_up_after() {
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let dids = net.populate(3, 10, 9).await;
     let n = node(&net, &nats, "0/1").await;
-    wait("the backfill and its publishing", || dids.iter().all(|d| in_step(n.store(), &net, d)) && n.published_all()).await;
+    wait("the backfill and its publishing", || dids.iter().all(|d| in_step(n.store(), &net, d)) && n.published_all())
+        .await;
 
     nats.stop();
     let published = n.sink.published();
     for i in 0..20 {
-        net.put_record(&dids[i % 3], "app.bsky.feed.post", &format!("3lzzzzzzzzd{i:02}"), post("while NATS is down")).unwrap();
+        net.put_record(&dids[i % 3], "app.bsky.feed.post", &format!("3lzzzzzzzzd{i:02}"), post("while NATS is down"))
+            .unwrap();
     }
     wait("the writes indexed while NATS is down", || dids.iter().all(|d| in_step(n.store(), &net, d))).await;
     assert_eq!(n.sink.published(), published, "nothing was published meanwhile");
@@ -193,7 +232,10 @@ async fn indexing_goes_on_while_nats_is_down_and_the_sink_catches_up_after() {
     // Retention keeps what the sink has not published, however old.
     let store = n.sluice.store().clone();
     tokio::task::spawn_blocking(move || store.trim_events_older_than(Duration::ZERO).unwrap()).await.unwrap();
-    assert!(n.store().oldest_event_id().unwrap().is_some_and(|oldest| oldest <= published + 1), "unpublished events are kept");
+    assert!(
+        n.store().oldest_event_id().unwrap().is_some_and(|oldest| oldest <= published + 1),
+        "unpublished events are kept"
+    );
     wait("the sink to notice", || !n.sink.connected()).await;
 
     nats.restart();
@@ -202,7 +244,11 @@ async fn indexing_goes_on_while_nats_is_down_and_the_sink_catches_up_after() {
     // Retention may have removed events the stream already holds: the log is its tail.
     let log = expected(n.store(), "shard-0-of-1");
     assert!(messages.len() >= log.len() && log.len() >= 20);
-    assert_eq!(&messages[messages.len() - log.len()..], &log[..], "the writes made while NATS was down are published, in order");
+    assert_eq!(
+        &messages[messages.len() - log.len()..],
+        &log[..],
+        "the writes made while NATS was down are published, in order"
+    );
     let ids: BTreeSet<&str> = messages.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids.len(), messages.len(), "no event twice");
     n.stop().await;
@@ -225,7 +271,11 @@ async fn run_until_published(config: &std::path::Path, log: &std::path::Path, po
         {
             break;
         }
-        assert!(Instant::now() < deadline && child.try_wait().unwrap().is_none(), "the run publishes everything; log:\n{}", std::fs::read_to_string(log).unwrap_or_default());
+        assert!(
+            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "the run publishes everything; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
     }
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -244,7 +294,13 @@ async fn sigkill_while_publishing_loses_and_duplicates_nothing() {
         std::thread::spawn(move || {
             let mut n = 0usize;
             while writing.load(std::sync::atomic::Ordering::Relaxed) {
-                net.put_record(&dids[n % dids.len()], "app.bsky.feed.post", &format!("3lzzzz{n:07}"), post("during the kills")).unwrap();
+                net.put_record(
+                    &dids[n % dids.len()],
+                    "app.bsky.feed.post",
+                    &format!("3lzzzz{n:07}"),
+                    post("during the kills"),
+                )
+                .unwrap();
                 n += 1;
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -253,7 +309,10 @@ async fn sigkill_while_publishing_loses_and_duplicates_nothing() {
     };
     let dir = tempfile::tempdir().unwrap();
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let extra = format!("[backfill]\nretry_min_ms = 50\nretry_max_ms = 100\n[server]\nlisten = \"127.0.0.1:{port}\"\n[sink.nats]\nurl = {:?}\nin_flight = 64\n", nats.url());
+    let extra = format!(
+        "[backfill]\nretry_min_ms = 50\nretry_max_ms = 100\n[server]\nlisten = \"127.0.0.1:{port}\"\n[sink.nats]\nurl = {:?}\nin_flight = 64\n",
+        nats.url()
+    );
     let config = common::devnet_config_file(dir.path(), &net, &extra);
     let log = dir.path().join("sluice.log");
     for after_ms in [400u64, 250, 600, 350] {
@@ -274,16 +333,31 @@ async fn sigkill_while_publishing_loses_and_duplicates_nothing() {
         let cursor: u64 = store.cursor("nats").unwrap().and_then(|c| c.parse().ok()).unwrap_or(0);
         assert!(cursor > 50, "events were published before the kills ended ({cursor})");
         let held = stream_messages(&nats.url()).await;
-        assert!(held.len() as u64 >= cursor, "the stream holds every event up to the cursor ({} < {cursor})", held.len());
-        assert_eq!(Some(&held[..]), expected(&store, "shard-0-of-1").get(..held.len()), "what the stream holds is the log's start, once each");
+        assert!(
+            held.len() as u64 >= cursor,
+            "the stream holds every event up to the cursor ({} < {cursor})",
+            held.len()
+        );
+        assert_eq!(
+            Some(&held[..]),
+            expected(&store, "shard-0-of-1").get(..held.len()),
+            "what the stream holds is the log's start, once each"
+        );
         store.save_cursor("nats", &(cursor - 50).to_string()).unwrap();
     }
     // The last run finishes the backfill and the publishing, then stops gracefully.
     run_until_published(&config, &log, port, (dids.len() * 30 + writes) as u64).await;
     let store = Store::open(&dir.path().join("data")).unwrap();
     assert!(dids.iter().all(|d| in_step(&store, &net, d)));
-    assert_eq!(stream_messages(&nats.url()).await, expected(&store, "shard-0-of-1"), "after the kills the stream equals the log: no gap, no duplicate");
-    assert!(std::fs::read_to_string(&log).unwrap().contains("republished"), "the last run published events the stream had, which it dropped");
+    assert_eq!(
+        stream_messages(&nats.url()).await,
+        expected(&store, "shard-0-of-1"),
+        "after the kills the stream equals the log: no gap, no duplicate"
+    );
+    assert!(
+        std::fs::read_to_string(&log).unwrap().contains("republished"),
+        "the last run published events the stream had, which it dropped"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -293,9 +367,15 @@ async fn two_shards_hold_the_index_between_them_and_publish_it_to_one_stream() {
     let dids = net.populate(12, 8, 23).await;
     let (a, b) = (node(&net, &nats, "0/2").await, node(&net, &nats, "1/2").await);
     let owner = |did: &str| if sluice::cluster::Shard::of(did, 2) == 0 { &a } else { &b };
-    wait("both shards' backfills and publishing", || dids.iter().all(|d| in_step(owner(d).store(), &net, d)) && a.published_all() && b.published_all()).await;
+    wait("both shards' backfills and publishing", || {
+        dids.iter().all(|d| in_step(owner(d).store(), &net, d)) && a.published_all() && b.published_all()
+    })
+    .await;
     net.put_record(&dids[0], "app.bsky.feed.post", "3lzzzzzzzzzs0", post("live, on its shard")).unwrap();
-    wait("the live write on its shard", || in_step(owner(&dids[0]).store(), &net, &dids[0]) && a.published_all() && b.published_all()).await;
+    wait("the live write on its shard", || {
+        in_step(owner(&dids[0]).store(), &net, &dids[0]) && a.published_all() && b.published_all()
+    })
+    .await;
 
     let other_node = if sluice::cluster::Shard::of(&dids[0], 2) == 0 { &b } else { &a };
     wait("the other shard to drop the frame", || other_node.firehose.other_shards() > 0).await;
@@ -315,7 +395,8 @@ async fn two_shards_hold_the_index_between_them_and_publish_it_to_one_stream() {
     for m in &messages {
         if m.payload["type"] == json!("record") && m.payload["record"]["action"] == json!(Action::Create.as_str()) {
             let r = &m.payload["record"];
-            *creates.entry((r["did"].to_string(), r["collection"].to_string(), r["rkey"].to_string())).or_insert(0) += 1;
+            *creates.entry((r["did"].to_string(), r["collection"].to_string(), r["rkey"].to_string())).or_insert(0) +=
+                1;
         }
     }
     let records: usize = dids.iter().map(|d| net.records(d).len()).sum();
@@ -328,8 +409,14 @@ async fn two_shards_hold_the_index_between_them_and_publish_it_to_one_stream() {
     let other = dids.iter().find(|d| sluice::cluster::Shard::of(d, 2) == 1).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(sluice::server::serve(listener, Arc::new(sluice::server::ServerState::new(a.sluice.pipeline().clone(), a.config.clone()))));
-    let res = reqwest::get(format!("{base}/xrpc/com.atproto.repo.listRecords?repo={other}&collection=app.bsky.feed.post")).await.unwrap();
+    tokio::spawn(sluice::server::serve(
+        listener,
+        Arc::new(sluice::server::ServerState::new(a.sluice.pipeline().clone(), a.config.clone())),
+    ));
+    let res =
+        reqwest::get(format!("{base}/xrpc/com.atproto.repo.listRecords?repo={other}&collection=app.bsky.feed.post"))
+            .await
+            .unwrap();
     let status = res.status().as_u16();
     let body: Value = res.json().await.unwrap();
     assert_eq!((status, body["error"].as_str()), (400, Some("RepoOnOtherShard")), "{body}");
@@ -342,14 +429,25 @@ async fn two_shards_hold_the_index_between_them_and_publish_it_to_one_stream() {
 async fn a_stream_that_exists_is_used_as_it_is() {
     let nats = NatsServer::start();
     let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let mine = jetstream::stream::Config { name: "SLUICE".into(), subjects: vec!["sluice.>".into()], max_messages: 1_000_000, description: Some("the operator's".into()), ..Default::default() };
+    let mine = jetstream::stream::Config {
+        name: "SLUICE".into(),
+        subjects: vec!["sluice.>".into()],
+        max_messages: 1_000_000,
+        description: Some("the operator's".into()),
+        ..Default::default()
+    };
     js.create_stream(mine).await.unwrap();
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let dids = net.populate(2, 5, 31).await;
     let n = node(&net, &nats, "0/1").await;
-    wait("the backfill and its publishing", || dids.iter().all(|d| in_step(n.store(), &net, d)) && n.published_all()).await;
+    wait("the backfill and its publishing", || dids.iter().all(|d| in_step(n.store(), &net, d)) && n.published_all())
+        .await;
     let config = js.get_stream("SLUICE").await.unwrap().info().await.unwrap().config.clone();
-    assert_eq!((config.max_messages, config.max_age, config.description.as_deref()), (1_000_000, Duration::ZERO, Some("the operator's")), "left as it was");
+    assert_eq!(
+        (config.max_messages, config.max_age, config.description.as_deref()),
+        (1_000_000, Duration::ZERO, Some("the operator's")),
+        "left as it was"
+    );
     assert_eq!(stream_messages(&nats.url()).await, expected(n.store(), "shard-0-of-1"));
     n.stop().await;
 }
@@ -386,7 +484,11 @@ fn one_event(did: &str, rkey: &str) -> sluice::store::RepoChange {
         handled: Vec::new(),
         body: Some(body.into()),
     };
-    sluice::store::RepoChange { did: did.into(), events: vec![sluice::store::StoredEvent::Record(event)], ..Default::default() }
+    sluice::store::RepoChange {
+        did: did.into(),
+        events: vec![sluice::store::StoredEvent::Record(event)],
+        ..Default::default()
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

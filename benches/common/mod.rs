@@ -37,10 +37,19 @@ pub fn generated_car(seed: u64) -> (PathBuf, Account) {
         for i in 0..GENERATED_RECORDS {
             let tid = rev_at(i as u64 * 1000);
             let (key, v) = match i % 10 {
-                0..=4 => (format!("app.bsky.feed.like/{tid}"), serde_json::json!({"$type": "app.bsky.feed.like", "createdAt": "2024-01-01T00:00:00.000Z",
-                    "subject": {"uri": format!("at://did:plc:abcdefghijklmnopqrstuvwx/app.bsky.feed.post/{}", rev_at(i as u64)), "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}})),
-                5..=7 => (format!("app.bsky.feed.post/{tid}"), serde_json::json!({"$type": "app.bsky.feed.post", "text": format!("post number {i} with some ordinary text in it, about this long"), "langs": ["en"], "createdAt": "2024-01-01T00:00:00.000Z"})),
-                _ => (format!("app.bsky.graph.follow/{tid}"), serde_json::json!({"$type": "app.bsky.graph.follow", "subject": "did:plc:abcdefghijklmnopqrstuvwx", "createdAt": "2024-01-01T00:00:00.000Z"})),
+                0..=4 => (
+                    format!("app.bsky.feed.like/{tid}"),
+                    serde_json::json!({"$type": "app.bsky.feed.like", "createdAt": "2024-01-01T00:00:00.000Z",
+                    "subject": {"uri": format!("at://did:plc:abcdefghijklmnopqrstuvwx/app.bsky.feed.post/{}", rev_at(i as u64)), "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}}),
+                ),
+                5..=7 => (
+                    format!("app.bsky.feed.post/{tid}"),
+                    serde_json::json!({"$type": "app.bsky.feed.post", "text": format!("post number {i} with some ordinary text in it, about this long"), "langs": ["en"], "createdAt": "2024-01-01T00:00:00.000Z"}),
+                ),
+                _ => (
+                    format!("app.bsky.graph.follow/{tid}"),
+                    serde_json::json!({"$type": "app.bsky.graph.follow", "subject": "did:plc:abcdefghijklmnopqrstuvwx", "createdAt": "2024-01-01T00:00:00.000Z"}),
+                ),
             };
             records.insert(key, sluice::handlers::value::json_to_cbor(&v).unwrap());
         }
@@ -50,10 +59,12 @@ pub fn generated_car(seed: u64) -> (PathBuf, Account) {
     (path, account)
 }
 
-
 /// A `kB` field (`VmHWM:`, `VmRSS:`, ...) of a `/proc/<pid>/status` text, when present.
 pub fn status_field_kb(status: &str, field: &str) -> Option<u64> {
-    status.lines().find_map(|l| l.strip_prefix(field)).map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
 }
 
 /// A `kB` field of this process's `/proc/self/status` (0 when unknown).
@@ -152,9 +163,19 @@ fn watch_peak_rss(pid: u32) -> std::thread::JoinHandle<i64> {
 }
 
 /// The config of a `sluice backfill` child against `net`'s relay and PLC, data in `dir`.
-pub fn backfill_config(dir: &std::path::Path, net: &sluice::devnet::Devnet, filter: &std::path::Path, extra: &str) -> PathBuf {
+pub fn backfill_config(
+    dir: &std::path::Path,
+    net: &sluice::devnet::Devnet,
+    filter: &std::path::Path,
+    extra: &str,
+) -> PathBuf {
     let config = dir.join("config.toml");
-    let text = format!("[storage]\npath = {:?}\n[filter]\npath = {filter:?}\n[network]\nrelay = {:?}\nplc = {:?}\n{extra}", dir.join("data"), net.relay_url(), net.plc_url());
+    let text = format!(
+        "[storage]\npath = {:?}\n[filter]\npath = {filter:?}\n[network]\nrelay = {:?}\nplc = {:?}\n{extra}",
+        dir.join("data"),
+        net.relay_url(),
+        net.plc_url()
+    );
     std::fs::write(&config, text).unwrap();
     config
 }

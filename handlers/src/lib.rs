@@ -26,8 +26,8 @@ mod view;
 include!(concat!(env!("OUT_DIR"), "/handler_modules.rs"));
 
 pub use output::{Emit, HandlerOutput, IndexWrite};
-pub use registry::{HandlerRegistration, HandlerSettings, registered, find};
-pub use view::{RecordKeyView, RecordView, PreviousRecord};
+pub use registry::{HandlerRegistration, HandlerSettings, find, registered};
+pub use view::{PreviousRecord, RecordKeyView, RecordView};
 
 /// A failure inside a handler. The pipeline logs and counts it; the record is still stored.
 #[derive(Debug, thiserror::Error)]
@@ -126,9 +126,7 @@ pub fn nsid_matches(pattern: &str, nsid: &str) -> bool {
     }
     match pattern.strip_suffix(".*") {
         Some(prefix) => {
-            nsid.len() > prefix.len() + 1
-                && nsid.starts_with(prefix)
-                && nsid.as_bytes()[prefix.len()] == b'.'
+            nsid.len() > prefix.len() + 1 && nsid.starts_with(prefix) && nsid.as_bytes()[prefix.len()] == b'.'
         }
         None => pattern == nsid,
     }

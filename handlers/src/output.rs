@@ -101,7 +101,8 @@ impl HandlerOutput {
 /// a time showed in profiles).
 fn to_json(value: &impl Serialize) -> Result<String, HandlerError> {
     let mut buf = Vec::with_capacity(256);
-    serde_json::to_writer(&mut buf, value).map_err(|e| HandlerError::Other(format!("the emitted value has no JSON form: {e}")))?;
+    serde_json::to_writer(&mut buf, value)
+        .map_err(|e| HandlerError::Other(format!("the emitted value has no JSON form: {e}")))?;
     Ok(String::from_utf8(buf).expect("serde_json writes UTF-8"))
 }
 

@@ -44,13 +44,18 @@ pub fn check_contract(handler: &dyn CollectionHandler, samples: &[(&str, Vec<u8>
         return Err(format!("handler name {name:?} must be lowercase letters, digits and '-'"));
     }
     for pattern in handler.collections() {
-        if pattern.is_empty() || pattern.contains(char::is_whitespace) || (pattern.contains('*') && !pattern.ends_with(".*") && *pattern != "*") {
+        if pattern.is_empty()
+            || pattern.contains(char::is_whitespace)
+            || (pattern.contains('*') && !pattern.ends_with(".*") && *pattern != "*")
+        {
             return Err(format!("{name}: collection pattern {pattern:?} is not an NSID or `prefix.*`"));
         }
     }
     let settings = HandlerSettings::default();
     let garbage: &[&[u8]] = &[b"", b"\xff\xff", b"\xa1\x61a\x01"];
-    for (collection, bytes) in samples.iter().map(|(c, b)| (*c, b.as_slice())).chain(garbage.iter().map(|g| ("x.y.z", *g))) {
+    for (collection, bytes) in
+        samples.iter().map(|(c, b)| (*c, b.as_slice())).chain(garbage.iter().map(|g| ("x.y.z", *g)))
+    {
         let first = catch_unwind(AssertUnwindSafe(|| run_record(handler, collection, bytes, &settings)))
             .map_err(|_| format!("{name}: panicked on a {collection} record"))?;
         let second = catch_unwind(AssertUnwindSafe(|| run_record(handler, collection, bytes, &settings)))
@@ -60,11 +65,14 @@ pub fn check_contract(handler: &dyn CollectionHandler, samples: &[(&str, Vec<u8>
             (Ok(a), _) if a.writes().iter().any(|w| w.key.is_empty()) => {
                 return Err(format!("{name}: wrote an empty key"));
             }
-            (Ok(_), Err(_)) | (Err(_), Ok(_)) => return Err(format!("{name}: not deterministic on a {collection} record")),
+            (Ok(_), Err(_)) | (Err(_), Ok(_)) => {
+                return Err(format!("{name}: not deterministic on a {collection} record"));
+            }
             _ => {}
         }
     }
-    let key = RecordKeyView { did: "did:plc:test", collection: "x.y.z", rkey: "r", rev: "r", live: false, previous: None };
+    let key =
+        RecordKeyView { did: "did:plc:test", collection: "x.y.z", rkey: "r", rev: "r", live: false, previous: None };
     let mut out = HandlerOutput::new();
     catch_unwind(AssertUnwindSafe(|| handler.on_delete(&key, &settings, &mut out)))
         .map_err(|_| format!("{name}: on_delete panicked on an unknown record"))?
@@ -81,7 +89,12 @@ mod tests {
     fn every_registered_handler_keeps_the_contract() {
         let samples = vec![
             ("app.bsky.feed.post", cbor(&json!({"text": "hello", "createdAt": "2024-01-01T00:00:00Z"}))),
-            ("app.bsky.feed.like", cbor(&json!({"subject": {"uri": "at://did:plc:a/app.bsky.feed.post/1", "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}, "createdAt": "2024-01-01T00:00:00Z"}))),
+            (
+                "app.bsky.feed.like",
+                cbor(
+                    &json!({"subject": {"uri": "at://did:plc:a/app.bsky.feed.post/1", "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}, "createdAt": "2024-01-01T00:00:00Z"}),
+                ),
+            ),
             ("app.bsky.graph.follow", cbor(&json!({"subject": "did:plc:b", "createdAt": "2024-01-01T00:00:00Z"}))),
             ("app.bsky.actor.profile", cbor(&json!({"displayName": "x"}))),
         ];
@@ -103,9 +116,18 @@ mod tests {
 
     struct Panicky;
     impl CollectionHandler for Panicky {
-        fn name(&self) -> &'static str { "panicky" }
-        fn collections(&self) -> &'static [&'static str] { &["a.b.c"] }
-        fn on_record(&self, _: &RecordView<'_>, _: &HandlerSettings, _: &mut HandlerOutput) -> Result<(), HandlerError> {
+        fn name(&self) -> &'static str {
+            "panicky"
+        }
+        fn collections(&self) -> &'static [&'static str] {
+            &["a.b.c"]
+        }
+        fn on_record(
+            &self,
+            _: &RecordView<'_>,
+            _: &HandlerSettings,
+            _: &mut HandlerOutput,
+        ) -> Result<(), HandlerError> {
             panic!("boom")
         }
     }

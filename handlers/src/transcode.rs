@@ -318,7 +318,12 @@ mod tests {
             cbor.extend([0xfb, 0x3f, 0xf8, 0, 0, 0, 0, 0, 0]);
             let mut out = Vec::new();
             let err = write_cbor_json(&cbor, &mut out).unwrap_err().to_string();
-            assert!(err.contains("floats are not allowed") && err.len() < 200, "{} bytes: {}", err.len(), &err[..err.len().min(200)]);
+            assert!(
+                err.contains("floats are not allowed") && err.len() < 200,
+                "{} bytes: {}",
+                err.len(),
+                &err[..err.len().min(200)]
+            );
             assert!(out.is_empty());
         }
     }
@@ -339,7 +344,10 @@ mod tests {
         assert_eq!(transcoded(&deepest), Some(json.clone()));
         assert_eq!(json_to_cbor(&json).unwrap(), deepest, "and written");
         let event = json!({"id": 1, "record": {"record": json}});
-        assert!(serde_json::from_str::<Json>(&event.to_string()).is_ok(), "inside an event, a JSON parser still takes it");
+        assert!(
+            serde_json::from_str::<Json>(&event.to_string()).is_ok(),
+            "inside an event, a JSON parser still takes it"
+        );
 
         for levels in [MAX_NESTING + 1, 200, 100_000] {
             let too_deep = nested(levels);
@@ -362,13 +370,15 @@ mod tests {
             any::<i64>().prop_map(Json::from),
             any::<u64>().prop_map(Json::from),
             ".{0,12}".prop_map(Json::from),
-            prop::collection::vec(any::<u8>(), 0..12).prop_map(|b| json!({"$bytes": base64::engine::general_purpose::STANDARD_NO_PAD.encode(b)})),
+            prop::collection::vec(any::<u8>(), 0..12)
+                .prop_map(|b| json!({"$bytes": base64::engine::general_purpose::STANDARD_NO_PAD.encode(b)})),
             Just(json!({"$link": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"})),
         ];
         leaf.prop_recursive(4, 48, 6, |inner| {
             prop_oneof![
                 prop::collection::vec(inner.clone(), 0..6).prop_map(Json::from),
-                prop::collection::btree_map("[a-zA-Z$]{0,8}", inner, 0..6).prop_map(|m| Json::Object(m.into_iter().collect())),
+                prop::collection::btree_map("[a-zA-Z$]{0,8}", inner, 0..6)
+                    .prop_map(|m| Json::Object(m.into_iter().collect())),
             ]
         })
     }

@@ -273,9 +273,10 @@ fn problem_within(v: &Value, depth: usize) -> Option<String> {
 fn object_problem(o: &serde_json::Map<String, Value>) -> Option<String> {
     for special in ["$link", "$bytes"] {
         if let Some(inner) = o.get(special)
-            && (o.len() != 1 || !inner.is_string()) {
-                return Some(format!("a `{special}` object must hold exactly one string"));
-            }
+            && (o.len() != 1 || !inner.is_string())
+        {
+            return Some(format!("a `{special}` object must hold exactly one string"));
+        }
     }
     match o.get("$type") {
         None => None,
@@ -284,7 +285,8 @@ fn object_problem(o: &serde_json::Map<String, Value>) -> Option<String> {
             let link_ok = o.get("ref").and_then(|r| r.get("$link")).is_some_and(Value::is_string);
             let mime_ok = o.get("mimeType").is_some_and(Value::is_string);
             let size_ok = o.get("size").is_some_and(|s| s.is_i64() || s.is_u64());
-            (!(link_ok && mime_ok && size_ok)).then(|| "a blob needs `ref` (a $link), a string `mimeType` and an integer `size`".into())
+            (!(link_ok && mime_ok && size_ok))
+                .then(|| "a blob needs `ref` (a $link), a string `mimeType` and an integer `size`".into())
         }
         Some(Value::String(_)) => None,
         Some(_) => Some("`$type` must be a string".into()),
@@ -297,11 +299,13 @@ fn object_problem(o: &serde_json::Map<String, Value>) -> Option<String> {
 ///
 /// The one-pass transcoder ([`crate::transcode`]) must read every input as this module does.
 pub fn fuzz_cbor_json(bytes: &[u8]) {
-    let transcoded = crate::transcode::raw_json(bytes).map(|raw| serde_json::from_str::<Value>(raw.get()).expect("transcoded JSON parses"));
+    let transcoded = crate::transcode::raw_json(bytes)
+        .map(|raw| serde_json::from_str::<Value>(raw.get()).expect("transcoded JSON parses"));
     assert_eq!(transcoded, cbor_to_json(bytes).ok(), "the transcoder and the reference read the bytes alike");
     if let Ok(json) = cbor_to_json(bytes)
-        && let Ok(again) = json_to_cbor(&json) {
-            let json2 = cbor_to_json(&again).expect("re-encoded CBOR decodes");
-            assert_eq!(json, json2, "DAG-CBOR -> JSON -> DAG-CBOR -> JSON is stable");
-        }
+        && let Ok(again) = json_to_cbor(&json)
+    {
+        let json2 = cbor_to_json(&again).expect("re-encoded CBOR decodes");
+        assert_eq!(json, json2, "DAG-CBOR -> JSON -> DAG-CBOR -> JSON is stable");
+    }
 }

@@ -58,7 +58,18 @@ impl<'a> RecordView<'a> {
         bytes: &'a [u8],
         previous: Option<PreviousRecord<'a>>,
     ) -> Self {
-        Self { did, collection, rkey, cid, cid_text: OnceCell::new(), rev, live, bytes, previous, value: OnceCell::new() }
+        Self {
+            did,
+            collection,
+            rkey,
+            cid,
+            cid_text: OnceCell::new(),
+            rev,
+            live,
+            bytes,
+            previous,
+            value: OnceCell::new(),
+        }
     }
 
     /// The record's CID as a string.

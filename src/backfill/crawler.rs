@@ -34,7 +34,9 @@ impl Listing {
     pub fn for_filter(filter: &Filter) -> Vec<Listing> {
         let exact = filter.signals.iter().all(|s| !s.ends_with(".*"));
         match filter.mode {
-            Mode::Signal if exact && !filter.signals.is_empty() => filter.signals.iter().map(|s| Listing::ByCollection(s.clone())).collect(),
+            Mode::Signal if exact && !filter.signals.is_empty() => {
+                filter.signals.iter().map(|s| Listing::ByCollection(s.clone())).collect()
+            }
             Mode::Signal if filter.signals.is_empty() => vec![],
             _ => vec![Listing::AllRepos],
         }
@@ -100,7 +102,12 @@ impl Crawler {
     /// A crawler of the relay at `relay`.
     pub fn new(relay: &str) -> Self {
         let http = crate::http::client_builder().timeout(Duration::from_secs(60)).build().expect("HTTP client");
-        Self { http, relay: relay.trim_end_matches('/').to_string(), shard: crate::cluster::Shard::default(), page_size: 1000 }
+        Self {
+            http,
+            relay: relay.trim_end_matches('/').to_string(),
+            shard: crate::cluster::Shard::default(),
+            page_size: 1000,
+        }
     }
 
     /// The same crawler queueing only `shard`'s DIDs.
@@ -165,16 +172,23 @@ impl Crawler {
 
 /// Queues the new DIDs of a page that `shard` owns (inactive ones recorded as gone), with the
 /// page's cursor in the same batch. Returns (queued, inactive).
-fn queue_page(store: &Store, repos: &[Listed], shard: crate::cluster::Shard, service: &str, cursor: Option<&str>) -> anyhow::Result<(u64, u64)> {
+fn queue_page(
+    store: &Store,
+    repos: &[Listed],
+    shard: crate::cluster::Shard,
+    service: &str,
+    cursor: Option<&str>,
+) -> anyhow::Result<(u64, u64)> {
     let now = now_ms();
     let fresh = RepoState { updated_ms: now, ..Default::default() };
-    let candidates = repos.iter().filter(|listed| crate::syntax::is_did(&listed.did) && shard.owns(&listed.did)).map(|listed| {
-        let state = match listed.active {
-            true => fresh.clone(),
-            false => schedule::gone(&fresh, listed.status.clone().unwrap_or_else(|| "inactive".into()), now),
-        };
-        (listed.did.clone(), state)
-    });
+    let candidates =
+        repos.iter().filter(|listed| crate::syntax::is_did(&listed.did) && shard.owns(&listed.did)).map(|listed| {
+            let state = match listed.active {
+                true => fresh.clone(),
+                false => schedule::gone(&fresh, listed.status.clone().unwrap_or_else(|| "inactive".into()), now),
+            };
+            (listed.did.clone(), state)
+        });
     let added = store.add_unknown_repos(candidates, cursor.map(|c| (service, c)))?;
     let inactive = added.iter().filter(|(_, s)| s.status == RepoStatus::Gone).count() as u64;
     Ok((added.len() as u64 - inactive, inactive))
@@ -192,7 +206,10 @@ mod tests {
     fn listings_follow_the_filter() {
         assert_eq!(Listing::for_filter(&filter("mode = \"full\"")), vec![Listing::AllRepos]);
         let exact = filter("mode = \"signal\"\nsignals = [\"a.b.c\", \"a.b.d\"]");
-        assert_eq!(Listing::for_filter(&exact), vec![Listing::ByCollection("a.b.c".into()), Listing::ByCollection("a.b.d".into())]);
+        assert_eq!(
+            Listing::for_filter(&exact),
+            vec![Listing::ByCollection("a.b.c".into()), Listing::ByCollection("a.b.d".into())]
+        );
         assert_eq!(Listing::for_filter(&filter("mode = \"signal\"\nsignals = [\"a.b.*\"]")), vec![Listing::AllRepos]);
         assert_eq!(Listing::ByCollection("a.b.c".into()).service(), "crawler/a.b.c");
     }

@@ -140,7 +140,14 @@ impl RepoFetcher {
             .read_timeout(Duration::from_secs(60))
             .build()
             .expect("HTTP client");
-        Self { http, limits, spool_dir, hosts: HostLimits::default(), max_rate_limited: 20, spool_in_memory: SPOOL_IN_MEMORY }
+        Self {
+            http,
+            limits,
+            spool_dir,
+            hosts: HostLimits::default(),
+            max_rate_limited: 20,
+            spool_in_memory: SPOOL_IN_MEMORY,
+        }
     }
 
     /// The CAR limits downloads are held to.
@@ -162,7 +169,13 @@ impl RepoFetcher {
         let mut limited = 0;
         let resp = loop {
             self.hosts.wait(pds).await;
-            let resp = self.http.get(&url).query(&[("did", did)]).send().await.map_err(|e| FetchError::Failed(format!("{pds}: {}", error_chain(&e))))?;
+            let resp = self
+                .http
+                .get(&url)
+                .query(&[("did", did)])
+                .send()
+                .await
+                .map_err(|e| FetchError::Failed(format!("{pds}: {}", error_chain(&e))))?;
             if resp.status() != reqwest::StatusCode::TOO_MANY_REQUESTS {
                 break resp;
             }
@@ -192,7 +205,10 @@ impl RepoFetcher {
             let chunk = chunk.map_err(|e| failed(&e))?;
             total += chunk.len() as u64;
             if total > self.limits.max_car_bytes {
-                return Err(FetchError::Repo(RepoError::TooLarge(format!("more than the {}-byte limit", self.limits.max_car_bytes))));
+                return Err(FetchError::Repo(RepoError::TooLarge(format!(
+                    "more than the {}-byte limit",
+                    self.limits.max_car_bytes
+                ))));
             }
             match file.as_mut() {
                 // Blocking writes of one chunk into the page cache: short, and cheaper than a
@@ -227,7 +243,8 @@ pub fn classify_error(status: u16, body: &[u8]) -> FetchError {
         message: Option<String>,
     }
     let parsed: Option<XrpcError> = serde_json::from_slice(body).ok();
-    let (error, message) = parsed.map(|e| (e.error.unwrap_or_default(), e.message.unwrap_or_default())).unwrap_or_default();
+    let (error, message) =
+        parsed.map(|e| (e.error.unwrap_or_default(), e.message.unwrap_or_default())).unwrap_or_default();
     let gone = match error.as_str() {
         "RepoNotFound" => Some("deleted (RepoNotFound)"),
         "RepoDeactivated" => Some("deactivated"),
@@ -282,7 +299,10 @@ mod tests {
         let spooled = fetcher.download(&pds, &did).await.unwrap();
         assert!(matches!(spooled, Spooled::File(_)));
         let in_memory = spooled.read(&CarLimits::default(), WALK_IN_MEMORY).unwrap();
-        assert_eq!(in_memory.records().map(Result::unwrap).collect::<Vec<_>>(), repo.records().map(Result::unwrap).collect::<Vec<_>>());
+        assert_eq!(
+            in_memory.records().map(Result::unwrap).collect::<Vec<_>>(),
+            repo.records().map(Result::unwrap).collect::<Vec<_>>()
+        );
         assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 0);
 
         fetcher.spool_in_memory = SPOOL_IN_MEMORY;

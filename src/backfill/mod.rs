@@ -48,8 +48,8 @@ pub use crawler::{CrawlSummary, Crawler, Listing};
 pub use fetch::RepoFetcher;
 pub use progress::Progress;
 pub use requeue::{Widening, widening};
-pub(crate) use walkers::{WALKER_NICENESS, set_thread_niceness};
 pub use schedule::RetryPolicy;
+pub(crate) use walkers::{WALKER_NICENESS, set_thread_niceness};
 
 /// Live backlog (events waiting) above which `BACKFILL_USE_IDLE` holds new repos.
 pub const IDLE_BACKLOG: u64 = 100;
@@ -189,7 +189,9 @@ impl Backfill {
     }
 
     fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Relaxed) || self.run_over.load(Ordering::Relaxed) || self.fatal.lock().expect("fatal").is_some()
+        self.stop.load(Ordering::Relaxed)
+            || self.run_over.load(Ordering::Relaxed)
+            || self.fatal.lock().expect("fatal").is_some()
     }
 
     /// The DIDs among `dids` this node's shard owns.
@@ -206,7 +208,11 @@ impl Backfill {
                 anyhow::bail!("{did:?} is not a valid DID");
             }
             if !self.shard.owns(did) {
-                anyhow::bail!("{did} belongs to shard {}; this node indexes shard {}", self.shard.holder(did), self.shard);
+                anyhow::bail!(
+                    "{did} belongs to shard {}; this node indexes shard {}",
+                    self.shard.holder(did),
+                    self.shard
+                );
             }
             let state = self.store().repo_state(did)?.unwrap_or_default();
             states.push((did.clone(), schedule::requeued(&state, 0, now)));
@@ -240,7 +246,9 @@ impl Backfill {
         let (me, reporter_stop) = (self.clone(), tokio_util::sync::CancellationToken::new());
         let stop_reporter = reporter_stop.clone();
         let every = Duration::from_secs(self.config.progress_secs.max(1));
-        let reporter = tokio::spawn(async move { progress::report(&me.progress, me.store(), &me.memory_cap_mb, every, &stop_reporter).await });
+        let reporter = tokio::spawn(async move {
+            progress::report(&me.progress, me.store(), &me.memory_cap_mb, every, &stop_reporter).await
+        });
 
         let result = self.schedule(mode, &crawl_done).await;
         self.run_over.store(true, Ordering::Relaxed);
@@ -297,7 +305,13 @@ impl Backfill {
 
     /// Backfills `did` on a task of `workers`, holding `permit` (a place among the repos in
     /// flight) until it ends.
-    fn start_repo(self: &Arc<Self>, workers: &mut JoinSet<()>, did: String, state: RepoState, permit: OwnedSemaphorePermit) {
+    fn start_repo(
+        self: &Arc<Self>,
+        workers: &mut JoinSet<()>,
+        did: String,
+        state: RepoState,
+        permit: OwnedSemaphorePermit,
+    ) {
         self.in_flight.lock().expect("in flight").insert(did.clone());
         let me = self.clone();
         workers.spawn(async move {
@@ -324,7 +338,8 @@ impl Backfill {
             let cap = self.memory_cap_mb.load(Ordering::Relaxed);
             let rss_mb = if cap > 0 { self.resident.bytes() >> 20 } else { 0 };
             let over = cap > 0 && rss_mb > cap;
-            let busy = (self.config.use_idle && self.live_backlog.load(Ordering::Relaxed) > IDLE_BACKLOG) || self.is_paused();
+            let busy =
+                (self.config.use_idle && self.live_backlog.load(Ordering::Relaxed) > IDLE_BACKLOG) || self.is_paused();
             self.progress.memory_paused.store(over, Ordering::Relaxed);
             self.progress.idle_paused.store(busy && !over, Ordering::Relaxed);
             if !over && !busy {
@@ -336,9 +351,16 @@ impl Backfill {
             if paused_since.is_none() {
                 paused_since = Some(std::time::Instant::now());
                 match over {
-                    true => tracing::warn!(rss_mb, cap_mb = cap, "backfill paused: resident memory is over BACKFILL_MAX_MEMORY_MB; no new repo starts until it falls"),
+                    true => tracing::warn!(
+                        rss_mb,
+                        cap_mb = cap,
+                        "backfill paused: resident memory is over BACKFILL_MAX_MEMORY_MB; no new repo starts until it falls"
+                    ),
                     false if self.is_paused() => tracing::info!("backfill paused by an operator"),
-                    false => tracing::info!(backlog = self.live_backlog.load(Ordering::Relaxed), "backfill yields to live ingestion (BACKFILL_USE_IDLE)"),
+                    false => tracing::info!(
+                        backlog = self.live_backlog.load(Ordering::Relaxed),
+                        "backfill yields to live ingestion (BACKFILL_USE_IDLE)"
+                    ),
                 }
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -351,8 +373,17 @@ impl Backfill {
         let filter = self.pipeline.filter().load();
         for listing in Listing::for_filter(&filter.filter) {
             match crawler.crawl(self.store(), &listing).await {
-                Ok(s) => tracing::info!(listing = listing.service(), listed = s.listed, queued = s.queued, inactive = s.inactive, "crawl finished"),
-                Err(e) => tracing::error!(listing = listing.service(), "crawl failed: {e:#}; queued repos are still backfilled"),
+                Ok(s) => tracing::info!(
+                    listing = listing.service(),
+                    listed = s.listed,
+                    queued = s.queued,
+                    inactive = s.inactive,
+                    "crawl finished"
+                ),
+                Err(e) => tracing::error!(
+                    listing = listing.service(),
+                    "crawl failed: {e:#}; queued repos are still backfilled"
+                ),
             }
         }
         done.store(true, Ordering::Relaxed);
@@ -360,9 +391,6 @@ impl Backfill {
 
     /// Counts of repos by status, for summaries.
     pub fn repo_counts(&self) -> Vec<(RepoStatus, i64)> {
-        RepoStatus::ALL
-            .into_iter()
-            .map(|s| (s, self.store().repo_count(s)))
-            .collect()
+        RepoStatus::ALL.into_iter().map(|s| (s, self.store().repo_count(s))).collect()
     }
 }

@@ -4,8 +4,8 @@
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use tokio_util::sync::CancellationToken;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use crate::store::{RepoStatus, Store};
 
@@ -77,7 +77,13 @@ impl ResidentGauge {
 /// Writes a progress line every `every` until `stop` is cancelled, and returns as soon as it
 /// is (a run's end waits for it); the memory cap is read at each line, as it may change while
 /// running.
-pub async fn report(progress: &Progress, store: &Store, memory_cap_mb: &AtomicU64, every: Duration, stop: &CancellationToken) {
+pub async fn report(
+    progress: &Progress,
+    store: &Store,
+    memory_cap_mb: &AtomicU64,
+    every: Duration,
+    stop: &CancellationToken,
+) {
     let mut last = Sample { at: Instant::now(), done: 0, records: 0 };
     let bar = std::io::stderr().is_terminal();
     loop {
@@ -85,7 +91,11 @@ pub async fn report(progress: &Progress, store: &Store, memory_cap_mb: &AtomicU6
             _ = tokio::time::sleep_until((last.at + every).into()) => {}
             _ = stop.cancelled() => return,
         }
-        let now = Sample { at: Instant::now(), done: progress.done.load(Ordering::Relaxed), records: progress.records.load(Ordering::Relaxed) };
+        let now = Sample {
+            at: Instant::now(),
+            done: progress.done.load(Ordering::Relaxed),
+            records: progress.records.load(Ordering::Relaxed),
+        };
         let line = progress_line(progress, store, memory_cap_mb.load(Ordering::Relaxed), &last, &now);
         if bar {
             let pending = queued(store);
@@ -97,7 +107,10 @@ pub async fn report(progress: &Progress, store: &Store, memory_cap_mb: &AtomicU6
 }
 
 fn queued(store: &Store) -> u64 {
-    [RepoStatus::Pending, RepoStatus::Backfilling, RepoStatus::Error].into_iter().map(|s| store.repo_count(s).max(0) as u64).sum()
+    [RepoStatus::Pending, RepoStatus::Backfilling, RepoStatus::Error]
+        .into_iter()
+        .map(|s| store.repo_count(s).max(0) as u64)
+        .sum()
 }
 
 /// The line: repos done/pending/failed, records, rates, memory against its cap, cursors.
@@ -107,7 +120,11 @@ fn progress_line(p: &Progress, store: &Store, memory_cap_mb: u64, last: &Sample,
     let memory = resident_bytes().map(|b| b >> 20).unwrap_or(0);
     let cap = if memory_cap_mb == 0 { "no cap".to_string() } else { format!("cap {memory_cap_mb} MB") };
     let cursors = store.cursors().unwrap_or_default();
-    let cursors: Vec<String> = cursors.iter().filter(|(k, _)| k.starts_with("crawler") || *k == "backfill").map(|(k, (v, _))| format!("{k}={v}")).collect();
+    let cursors: Vec<String> = cursors
+        .iter()
+        .filter(|(k, _)| k.starts_with("crawler") || *k == "backfill")
+        .map(|(k, (v, _))| format!("{k}={v}"))
+        .collect();
     let paused = match (p.memory_paused.load(Ordering::Relaxed), p.idle_paused.load(Ordering::Relaxed)) {
         (true, _) => " [paused: memory]",
         (_, true) => " [paused: live backlog]",
@@ -163,8 +180,22 @@ mod tests {
         let p = Progress::default();
         p.memory_paused.store(true, Ordering::Relaxed);
         let t = Instant::now();
-        let line = progress_line(&p, &store, 300, &Sample { at: t, done: 0, records: 0 }, &Sample { at: t + Duration::from_secs(2), done: 4, records: 1000 });
-        for want in ["repos 4 done", "1 pending", "records 1000 (500/s)", "repos 2.0/s", "cap 300 MB", "crawler=c9", "paused: memory"] {
+        let line = progress_line(
+            &p,
+            &store,
+            300,
+            &Sample { at: t, done: 0, records: 0 },
+            &Sample { at: t + Duration::from_secs(2), done: 4, records: 1000 },
+        );
+        for want in [
+            "repos 4 done",
+            "1 pending",
+            "records 1000 (500/s)",
+            "repos 2.0/s",
+            "cap 300 MB",
+            "crawler=c9",
+            "paused: memory",
+        ] {
             assert!(line.contains(want), "{want} missing from {line}");
         }
     }

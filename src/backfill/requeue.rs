@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::filter::Filter;
-use crate::store::values::now_ms;
 use crate::store::RepoStatus;
+use crate::store::values::now_ms;
 
 use super::{Backfill, schedule};
 
@@ -70,7 +70,9 @@ pub(super) async fn follow_filter_edits(backfill: &Arc<Backfill>) {
 async fn requeue(backfill: &Backfill, widened: &Widening) -> anyhow::Result<usize> {
     let store = backfill.store();
     store.enqueue_new(&backfill.owned(&widened.new_dids), None)?;
-    let wanted = |status: RepoStatus| (status == RepoStatus::Synced && widened.synced) || (status == RepoStatus::Discarded && widened.discarded);
+    let wanted = |status: RepoStatus| {
+        (status == RepoStatus::Synced && widened.synced) || (status == RepoStatus::Discarded && widened.discarded)
+    };
     let per_sec = backfill.config.requeue_per_sec.max(1);
     // Newly listed DIDs that were discarded are walked again whatever else the edit widens.
     let mut queued = requeue_now(store, widened.new_dids.iter().cloned(), |s| s == RepoStatus::Discarded)?;
@@ -95,7 +97,11 @@ async fn requeue(backfill: &Backfill, widened: &Widening) -> anyhow::Result<usiz
 
 /// Queues `dids` now, those whose stored state `wanted` still accepts (a worker may have moved
 /// one since it was read); returns how many.
-fn requeue_now(store: &crate::store::Store, dids: impl Iterator<Item = String>, wanted: impl Fn(RepoStatus) -> bool) -> anyhow::Result<usize> {
+fn requeue_now(
+    store: &crate::store::Store,
+    dids: impl Iterator<Item = String>,
+    wanted: impl Fn(RepoStatus) -> bool,
+) -> anyhow::Result<usize> {
     let now = now_ms();
     let mut states = Vec::new();
     for did in dids {

@@ -29,26 +29,51 @@ impl RetryPolicy {
     pub fn failed(&self, state: &RepoState, reason: String, now_ms: u64, jitter: f64) -> RepoState {
         let retries = state.retries.saturating_add(1);
         let next_retry_ms = (retries <= self.max_retries).then(|| now_ms + self.delay_ms(retries, jitter));
-        RepoState { status: RepoStatus::Error, error: Some(reason), retries, next_retry_ms, updated_ms: now_ms, ..state.clone() }
+        RepoState {
+            status: RepoStatus::Error,
+            error: Some(reason),
+            retries,
+            next_retry_ms,
+            updated_ms: now_ms,
+            ..state.clone()
+        }
     }
 }
 
 /// `state` of a repo the network no longer serves: deactivated, taken down, suspended or
 /// deleted. Its stored records are left as they are.
 pub fn gone(state: &RepoState, reason: String, now_ms: u64) -> RepoState {
-    RepoState { status: RepoStatus::Gone, error: Some(reason), next_retry_ms: None, updated_ms: now_ms, ..state.clone() }
+    RepoState {
+        status: RepoStatus::Gone,
+        error: Some(reason),
+        next_retry_ms: None,
+        updated_ms: now_ms,
+        ..state.clone()
+    }
 }
 
 /// `state` queued again, due at `due_ms` (a filter edit, `--did`, or a rate limit that is
 /// not the repo's fault: retries are not counted).
 pub fn requeued(state: &RepoState, due_ms: u64, now_ms: u64) -> RepoState {
-    RepoState { status: RepoStatus::Pending, next_retry_ms: (due_ms > 0).then_some(due_ms), updated_ms: now_ms, ..state.clone() }
+    RepoState {
+        status: RepoStatus::Pending,
+        next_retry_ms: (due_ms > 0).then_some(due_ms),
+        updated_ms: now_ms,
+        ..state.clone()
+    }
 }
 
 /// A repo whose stored rev is already newer than the fetched export (live ingestion got
 /// ahead): synced as it stands.
 pub fn current(state: &RepoState, now_ms: u64) -> RepoState {
-    RepoState { status: RepoStatus::Synced, error: None, retries: 0, next_retry_ms: None, updated_ms: now_ms, ..state.clone() }
+    RepoState {
+        status: RepoStatus::Synced,
+        error: None,
+        retries: 0,
+        next_retry_ms: None,
+        updated_ms: now_ms,
+        ..state.clone()
+    }
 }
 
 /// A jitter in [-1, 1] from `seed` (a DID and a time): cheap, and different per repo.
@@ -78,7 +103,10 @@ mod tests {
         let mut s = RepoState::default();
         for n in 1..=5 {
             s = POLICY.failed(&s, "boom".into(), 1_000, 0.0);
-            assert_eq!((s.status, s.retries, s.queue_due()), (RepoStatus::Error, n, Some(1_000 + POLICY.delay_ms(n, 0.0))));
+            assert_eq!(
+                (s.status, s.retries, s.queue_due()),
+                (RepoStatus::Error, n, Some(1_000 + POLICY.delay_ms(n, 0.0)))
+            );
         }
         s = POLICY.failed(&s, "boom".into(), 1_000, 0.0);
         assert_eq!(s.queue_due(), None, "the sixth failure leaves it in error, unqueued");

@@ -8,12 +8,12 @@ use std::time::Duration;
 use crate::identity::IdentityError;
 use crate::pipeline::{PipelineError, RepoOutcome, WalkOptions};
 use crate::repo::LoadedRepo;
-use crate::store::values::now_ms;
 use crate::store::RepoState;
+use crate::store::values::now_ms;
 
+use super::Backfill;
 use super::fetch::FetchError;
 use super::schedule::{self, RetryPolicy};
-use super::Backfill;
 
 /// How one attempt ended, other than applied.
 #[derive(Debug)]
@@ -59,8 +59,12 @@ impl Backfill {
                 self.progress.failed.fetch_add(1, Ordering::Relaxed);
                 let next = self.retry_policy().failed(&state, reason.clone(), now, schedule::jitter(did, now));
                 match next.next_retry_ms {
-                    Some(at) => tracing::warn!(did, %reason, retry_in_ms = at - now, attempt = next.retries, "repo failed; will retry"),
-                    None => tracing::error!(did, %reason, attempts = next.retries, "repo failed; no retries left (queue it again with `sluice backfill --did`)"),
+                    Some(at) => {
+                        tracing::warn!(did, %reason, retry_in_ms = at - now, attempt = next.retries, "repo failed; will retry")
+                    }
+                    None => {
+                        tracing::error!(did, %reason, attempts = next.retries, "repo failed; no retries left (queue it again with `sluice backfill --did`)")
+                    }
                 }
                 next
             }
@@ -84,7 +88,11 @@ impl Backfill {
     }
 
     fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy { min_ms: self.config.retry_min_ms, max_ms: self.config.retry_max_ms, max_retries: self.config.max_retries }
+        RetryPolicy {
+            min_ms: self.config.retry_min_ms,
+            max_ms: self.config.retry_max_ms,
+            max_retries: self.config.max_retries,
+        }
     }
 
     /// Stops the run with `reason` (the first one wins).
@@ -115,13 +123,20 @@ impl Backfill {
                 Err(_) => Read::Unverified(Box::new(loaded), opts),
             })
         });
-        match read.await.ok_or_else(|| Failure::Retry("the walk thread failed (a panic)".into()))?.map_err(|e| Failure::Retry(e.to_string()))? {
+        match read
+            .await
+            .ok_or_else(|| Failure::Retry("the walk thread failed (a panic)".into()))?
+            .map_err(|e| Failure::Retry(e.to_string()))?
+        {
             Read::Walked(walked) => walk_outcome(Some(walked)),
             // The key may have rotated since it was cached: look it up again, once.
             Read::Unverified(loaded, opts) => {
                 let fresh = self.resolver.refresh(did).await.map_err(identity_failure)?;
                 let pipeline = self.pipeline.clone();
-                let walked = self.walkers.run(move || loaded.verify_signature(&fresh.key).map(|()| pipeline.apply_walk(&loaded, &opts))).await;
+                let walked = self
+                    .walkers
+                    .run(move || loaded.verify_signature(&fresh.key).map(|()| pipeline.apply_walk(&loaded, &opts)))
+                    .await;
                 match walked {
                     Some(Err(e)) => Err(Failure::Retry(e.to_string())),
                     Some(Ok(walked)) => walk_outcome(Some(walked)),
@@ -165,7 +180,9 @@ fn walk_outcome(walked: Option<Result<RepoOutcome, PipelineError>>) -> Result<Re
 fn identity_failure(e: IdentityError) -> Failure {
     match e {
         IdentityError::NotFound(_) => Failure::Gone("DID not found".into()),
-        IdentityError::RateLimited { retry_after, .. } => Failure::Later(now_ms() + retry_after.unwrap_or(Duration::from_secs(60)).as_millis() as u64),
+        IdentityError::RateLimited { retry_after, .. } => {
+            Failure::Later(now_ms() + retry_after.unwrap_or(Duration::from_secs(60)).as_millis() as u64)
+        }
         other => Failure::Retry(other.to_string()),
     }
 }

@@ -17,7 +17,13 @@ impl Devnet {
     }
 
     /// Creates or replaces a record from AT Protocol JSON; returns its CID.
-    pub fn put_record(&self, did: &str, collection: &str, rkey: &str, value: serde_json::Value) -> anyhow::Result<String> {
+    pub fn put_record(
+        &self,
+        did: &str,
+        collection: &str,
+        rkey: &str,
+        value: serde_json::Value,
+    ) -> anyhow::Result<String> {
         let cbor = json_to_cbor(&value).with_context(|| format!("record {collection}/{rkey}"))?;
         self.put_record_cbor(did, collection, rkey, cbor)
     }
@@ -119,7 +125,9 @@ impl Devnet {
 
     /// The records `did`'s PDS holds now: `(collection, rkey)` -> `(cid, DAG-CBOR)`.
     pub fn records(&self, did: &str) -> BTreeMap<(String, String), (String, Vec<u8>)> {
-        let copy = |a: &super::world::AccountState| a.records.iter().map(|(k, (cid, b))| (k.clone(), (cid.to_string(), b.to_vec()))).collect();
+        let copy = |a: &super::world::AccountState| {
+            a.records.iter().map(|(k, (cid, b))| (k.clone(), (cid.to_string(), b.to_vec()))).collect()
+        };
         self.world.read(did, copy).unwrap_or_default()
     }
 

@@ -52,7 +52,8 @@ impl World {
     /// Builds the export of `did` as it is now (a snapshot taken under the lock; the export
     /// built without it).
     async fn build(&self, did: &str) -> Result<Arc<Built>, String> {
-        let super::world::Snapshot { account, rev, entries } = self.snapshot(did).ok_or_else(|| format!("no devnet account {did}"))?;
+        let super::world::Snapshot { account, rev, entries } =
+            self.snapshot(did).ok_or_else(|| format!("no devnet account {did}"))?;
         let handle = tokio::runtime::Handle::current();
         let built = tokio::task::spawn_blocking(move || {
             let (head, car) = handle.block_on(export_repo(&account, &rev, entries)).map_err(|e| e.to_string())?;

@@ -29,8 +29,11 @@ pub(crate) fn did_document(acct: &AccountState, pds_url: &str) -> Value {
 /// The `#atproto` verification method.
 fn verification_method(acct: &AccountState) -> Value {
     let did = &acct.account.did;
-    let (kind, key) =
-        if acct.legacy_key { ("EcdsaSecp256k1VerificationKey2019", legacy_multibase(acct)) } else { ("Multikey", acct.account.public_multibase()) };
+    let (kind, key) = if acct.legacy_key {
+        ("EcdsaSecp256k1VerificationKey2019", legacy_multibase(acct))
+    } else {
+        ("Multikey", acct.account.public_multibase())
+    };
     json!({"id": format!("{did}#atproto"), "type": kind, "controller": did, "publicKeyMultibase": key})
 }
 

@@ -57,7 +57,12 @@ pub(crate) struct Subscription {
 impl Default for Sequencer {
     fn default() -> Self {
         let (live, _) = broadcast::channel(LIVE_CAPACITY);
-        Self { log: Mutex::new(Log { events: Vec::new(), live }), stop: Mutex::default(), stall: Mutex::default(), refusing: AtomicBool::new(false) }
+        Self {
+            log: Mutex::new(Log { events: Vec::new(), live }),
+            stop: Mutex::default(),
+            stall: Mutex::default(),
+            refusing: AtomicBool::new(false),
+        }
     }
 }
 
@@ -86,7 +91,12 @@ impl Sequencer {
             Some(c) => log.events[log.events.partition_point(|e| e.seq <= c)..].to_vec(),
             None => Vec::new(),
         };
-        Ok(Subscription { replay, live: log.live.subscribe(), stop: lock(&self.stop).clone(), stall: lock(&self.stall).clone() })
+        Ok(Subscription {
+            replay,
+            live: log.live.subscribe(),
+            stop: lock(&self.stop).clone(),
+            stall: lock(&self.stall).clone(),
+        })
     }
 
     /// Closes every open subscription (new ones are not affected).

@@ -72,7 +72,13 @@ impl Chain {
 
     /// Applies `changes` as the commit at `rev` and returns its `#commit` body (`seq` 0, `time`
     /// `time`), altered as `tamper` says; the chain moves to the real new state either way.
-    pub async fn commit(&mut self, rev: &str, changes: &[Change], tamper: Option<Tamper>, time: Datetime) -> Result<CommitEvent, BuildError> {
+    pub async fn commit(
+        &mut self,
+        rev: &str,
+        changes: &[Change],
+        tamper: Option<Tamper>,
+        time: Datetime,
+    ) -> Result<CommitEvent, BuildError> {
         let (new, leaves) = self.apply(changes).await?;
         let prev_data = self.data().await?;
         let data = new.root().await.map_err(err)?;
@@ -98,7 +104,8 @@ impl Chain {
         };
         let mut event = data_of_commit.to_firehose_commit(&self.did, 0, time, ops, Vec::new()).await.map_err(err)?;
         if tamper == Some(Tamper::BrokenPrevData) {
-            event.prev_data = Some(compute_cid(format!("sluice devnet: not the prevData of {rev}").as_bytes()).map_err(err)?.into());
+            event.prev_data =
+                Some(compute_cid(format!("sluice devnet: not the prevData of {rev}").as_bytes()).map_err(err)?.into());
         }
         self.mst = new;
         self.rev = rev.to_string();
@@ -151,7 +158,8 @@ async fn proof_blocks(
 
 /// A signed commit of `data` at `rev` (no `prev`, as sync 1.1 repos have), and its CID.
 fn sign(did: &Did<SmolStr>, data: Cid, rev: &str, key: &SigningKey) -> Result<(Cid, Bytes), BuildError> {
-    let commit: Commit<SmolStr> = Commit::new_unsigned(did.clone(), data, Tid::new(rev).map_err(err)?, None).sign(key).map_err(err)?;
+    let commit: Commit<SmolStr> =
+        Commit::new_unsigned(did.clone(), data, Tid::new(rev).map_err(err)?, None).sign(key).map_err(err)?;
     let bytes = commit.to_cbor().map_err(err)?;
     Ok((compute_cid(&bytes).map_err(err)?, Bytes::from(bytes)))
 }

@@ -95,7 +95,9 @@ impl Feed {
         self.jobs.get_or_init(|| {
             let (tx, rx) = mpsc::channel();
             let sequencer = self.sequencer.clone();
-            if let Err(e) = std::thread::Builder::new().name("devnet-firehose".into()).spawn(move || run(rx, &sequencer)) {
+            if let Err(e) =
+                std::thread::Builder::new().name("devnet-firehose".into()).spawn(move || run(rx, &sequencer))
+            {
                 tracing::warn!(error = %e, "devnet firehose thread did not start");
             }
             tx
@@ -125,18 +127,32 @@ fn run(jobs: Receiver<Job>, sequencer: &Sequencer) {
 }
 
 /// The event body of one job (`seq` still 0).
-async fn body_of(chains: &mut HashMap<String, Chain>, did: &str, emit: Emit, base: Option<Base>) -> Result<Body, String> {
+async fn body_of(
+    chains: &mut HashMap<String, Chain>,
+    did: &str,
+    emit: Emit,
+    base: Option<Base>,
+) -> Result<Body, String> {
     if let Some(b) = base {
         chains.insert(did.to_string(), Chain::build(&b.account, &b.rev, &b.records).await.map_err(|e| e.to_string())?);
     }
     let (time, lex_did) = (Datetime::now(), Did::new(SmolStr::new(did)).map_err(|e| e.to_string())?);
     let chain = chains.get_mut(did).ok_or("no firehose state for the account");
     Ok(match emit {
-        Emit::Commit { rev, changes, tamper } => Body::Commit(Box::new(chain?.commit(&rev, &changes, tamper, time).await.map_err(|e| e.to_string())?)),
+        Emit::Commit { rev, changes, tamper } => {
+            Body::Commit(Box::new(chain?.commit(&rev, &changes, tamper, time).await.map_err(|e| e.to_string())?))
+        }
         Emit::Sync => {
             let chain = chain?;
             let blocks = chain.sync_blocks().await.map_err(|e| e.to_string())?;
-            Body::Sync(Box::new(lex::Sync { blocks: blocks.into(), did: lex_did, rev: SmolStr::new(chain.rev()), seq: 0, time, extra_data: None }))
+            Body::Sync(Box::new(lex::Sync {
+                blocks: blocks.into(),
+                did: lex_did,
+                rev: SmolStr::new(chain.rev()),
+                seq: 0,
+                time,
+                extra_data: None,
+            }))
         }
         Emit::Account(status) => Body::Account(Box::new(lex::Account {
             active: status == AccountStatus::Active,
@@ -146,9 +162,13 @@ async fn body_of(chains: &mut HashMap<String, Chain>, did: &str, emit: Emit, bas
             time,
             extra_data: None,
         })),
-        Emit::Identity(handle) => {
-            Body::Identity(Box::new(lex::Identity { did: lex_did, handle: Some(Handle::raw(SmolStr::new(handle))), seq: 0, time, extra_data: None }))
-        }
+        Emit::Identity(handle) => Body::Identity(Box::new(lex::Identity {
+            did: lex_did,
+            handle: Some(Handle::raw(SmolStr::new(handle))),
+            seq: 0,
+            time,
+            extra_data: None,
+        })),
     })
 }
 

@@ -26,7 +26,8 @@ pub struct SyntheticStream {
 /// `seed`. Each commit creates one record (a post, like or follow); about one in eight also
 /// updates an earlier record and one in eight deletes one.
 pub fn synthetic_stream(accounts: usize, commits: usize, seed: u64) -> SyntheticStream {
-    let people: Vec<Account> = (0..accounts.max(1)).map(|i| Account::new((1 << 62) | (seed << 32) | i as u64)).collect();
+    let people: Vec<Account> =
+        (0..accounts.max(1)).map(|i| Account::new((1 << 62) | (seed << 32) | i as u64)).collect();
     let dids: Vec<String> = people.iter().map(|a| a.did.clone()).collect();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(people.len());
     let parts: Vec<Part> = std::thread::scope(|s| {
@@ -92,7 +93,8 @@ async fn account_frames(account: &Account, a: usize, dids: &[String], commits: u
 /// One commit's changes at time `us`: a new record, sometimes an update or a delete of an
 /// earlier one (`keys`: the account's records).
 fn changes(rng: &mut Rng, dids: &[String], keys: &mut Vec<String>, us: u64) -> Vec<Change> {
-    let created_at = DateTime::from_timestamp_micros(us as i64).expect("in range").to_rfc3339_opts(SecondsFormat::Millis, true);
+    let created_at =
+        DateTime::from_timestamp_micros(us as i64).expect("in range").to_rfc3339_opts(SecondsFormat::Millis, true);
     let mut out = Vec::with_capacity(2);
     match (rng.below(8), keys.len() as u64) {
         (0, n) if n > 0 => {

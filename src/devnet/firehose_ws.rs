@@ -33,7 +33,8 @@ pub(crate) fn subscribe(
         Err(e) => return e.into_response(),
     };
     if world.feed.sequencer.refusing() {
-        return XrpcError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "the firehose is down").into_response();
+        return XrpcError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "the firehose is down")
+            .into_response();
     }
     match world.feed.sequencer.subscribe(cursor) {
         Ok(sub) => ws.on_upgrade(move |socket| serve(socket, sub, host)),

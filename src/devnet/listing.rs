@@ -9,7 +9,12 @@ use crate::xrpc::{Params, XrpcResult, ok_json};
 
 /// The accounts after `cursor` (in DID order) that `keep` accepts: up to `limit` of them, and
 /// whether more follow.
-fn page<T>(world: &World, cursor: Option<&str>, limit: usize, mut keep: impl FnMut(&AccountState) -> Option<T>) -> (Vec<T>, bool) {
+fn page<T>(
+    world: &World,
+    cursor: Option<&str>,
+    limit: usize,
+    mut keep: impl FnMut(&AccountState) -> Option<T>,
+) -> (Vec<T>, bool) {
     let mut items = Vec::new();
     let mut more = false;
     world.scan(cursor, |a| match keep(a) {
@@ -31,7 +36,9 @@ fn page<T>(world: &World, cursor: Option<&str>, limit: usize, mut keep: impl FnM
 /// lists the DIDs that have no account ([`World::list_only`]), merged in DID order.
 pub(crate) async fn list_repos(world: &World, host: Option<usize>, p: &Params) -> XrpcResult {
     let limit = p.limit(500, 1000)?;
-    let (accounts, mut more) = page(world, p.opt("cursor"), limit, |a| host.is_none_or(|h| h == a.pds).then(|| (a.account.did.clone(), Some(a.status))));
+    let (accounts, mut more) = page(world, p.opt("cursor"), limit, |a| {
+        host.is_none_or(|h| h == a.pds).then(|| (a.account.did.clone(), Some(a.status)))
+    });
     let mut listed = accounts;
     if host.is_none() {
         listed.extend(world.listed_only_after(p.opt("cursor"), limit + 1).into_iter().map(|did| (did, None)));
@@ -78,8 +85,9 @@ const LISTED_ONLY_HEAD: &str = "bafyreigbtj4x7ip5legnfznufuopl4sg4knzc2cof6duas4
 pub(crate) fn list_repos_by_collection(world: &World, p: &Params) -> XrpcResult {
     let collection = p.req("collection")?;
     let limit = p.limit(500, 2000)?;
-    let (dids, more) =
-        page(world, p.opt("cursor"), limit, |a| (a.status != AccountStatus::Deleted && holds_collection(a, collection)).then(|| a.account.did.clone()));
+    let (dids, more) = page(world, p.opt("cursor"), limit, |a| {
+        (a.status != AccountStatus::Deleted && holds_collection(a, collection)).then(|| a.account.did.clone())
+    });
     let repos: Vec<Value> = dids.iter().map(|d| json!({"did": d})).collect();
     ok_json(with_cursor(json!({"repos": repos}), more, dids.last().map(String::as_str)))
 }

@@ -76,4 +76,3 @@ fn binary() -> PathBuf {
         panic!("these tests need a real NATS server and `nats-server` is not installed: `apt-get install -y nats-server` (Debian's package, JetStream built in); .ci/run installs it")
     })
 }
-

@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 use super::world::{AccountSpec, AccountState, World};
-use crate::xrpc::{Params, XrpcError, XrpcResult};
 use super::{diddoc, firehose_ws, pds_repo, pds_sync, pds_write};
+use crate::xrpc::{Params, XrpcError, XrpcResult};
 
 /// The request-count key of a `did:web` document fetch.
 pub const DID_WEB_RESOLVE: &str = "did.json";
@@ -39,12 +39,20 @@ pub(crate) fn router(world: Arc<World>, index: usize) -> Router {
 }
 
 /// `GET /xrpc/com.atproto.sync.subscribeRepos`: this host's accounts' events (a websocket).
-async fn subscribe_repos(State(pds): State<Pds>, query: Result<Query<HashMap<String, String>>, QueryRejection>, ws: WebSocketUpgrade) -> Response {
+async fn subscribe_repos(
+    State(pds): State<Pds>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    ws: WebSocketUpgrade,
+) -> Response {
     firehose_ws::subscribe(&pds.world, Some(pds.index), query, ws)
 }
 
 /// `GET /xrpc/{nsid}`: the queries.
-async fn xrpc_get(State(pds): State<Pds>, Path(nsid): Path<String>, query: Result<Query<HashMap<String, String>>, QueryRejection>) -> Response {
+async fn xrpc_get(
+    State(pds): State<Pds>,
+    Path(nsid): Path<String>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
     pds.world.count(&nsid);
     if nsid.starts_with("com.atproto.sync.")
         && let Some(secs) = pds.world.take_rate_limit(pds.index)
@@ -120,7 +128,9 @@ impl Pds {
     /// reference PDS's `getDidForActor` gives `listRecords` and `getRecord`.
     pub fn available(&self, repo: &str) -> Option<String> {
         let did = self.resolve_repo(repo).ok()?;
-        self.world.read(&did, |a| a.pds == self.index && a.status == super::world::AccountStatus::Active).filter(|ok| *ok)?;
+        self.world
+            .read(&did, |a| a.pds == self.index && a.status == super::world::AccountStatus::Active)
+            .filter(|ok| *ok)?;
         Some(did)
     }
 

@@ -40,7 +40,8 @@ pub(crate) fn list_records(pds: &Pds, p: &Params) -> XrpcResult {
     let collection = p.req("collection")?;
     let limit = p.limit(50, 100)?;
     let ascending = p.flag("reverse")?;
-    let (page, more) = pds.with_repo(&did, |a| page_records(&a.records, collection, p.opt("cursor"), limit, ascending))?;
+    let (page, more) =
+        pds.with_repo(&did, |a| page_records(&a.records, collection, p.opt("cursor"), limit, ascending))?;
     let mut records = Vec::with_capacity(page.len());
     for (rkey, cid, bytes) in &page {
         records.push(json!({"uri": at_uri(&did, collection, rkey), "cid": cid.to_string(), "value": value(bytes)?}));
@@ -53,7 +54,13 @@ pub(crate) fn list_records(pds: &Pds, p: &Params) -> XrpcResult {
 }
 
 /// One page of `collection`'s records after `cursor` in the chosen order, and whether more follow.
-fn page_records(records: &Records, collection: &str, cursor: Option<&str>, limit: usize, ascending: bool) -> (Vec<(String, Cid, Bytes)>, bool) {
+fn page_records(
+    records: &Records,
+    collection: &str,
+    cursor: Option<&str>,
+    limit: usize,
+    ascending: bool,
+) -> (Vec<(String, Cid, Bytes)>, bool) {
     let key = |rkey: &str| (collection.to_string(), rkey.to_string());
     let lo = match (ascending, cursor) {
         (true, Some(c)) => Excluded(key(c)),
@@ -78,7 +85,11 @@ pub(crate) fn get_record(pds: &Pds, p: &Params) -> XrpcResult {
     let uri = at_uri(&did, collection, rkey);
     let found = pds.with_repo(&did, |a| a.records.get(&(collection.to_string(), rkey.to_string())).cloned())?;
     let Some((cid, bytes)) = found else {
-        return Err(XrpcError::new(StatusCode::BAD_REQUEST, "RecordNotFound", format!("Could not locate record: {uri}")));
+        return Err(XrpcError::new(
+            StatusCode::BAD_REQUEST,
+            "RecordNotFound",
+            format!("Could not locate record: {uri}"),
+        ));
     };
     ok_json(json!({"uri": uri, "cid": cid.to_string(), "value": value(&bytes)?}))
 }

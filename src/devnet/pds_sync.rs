@@ -38,7 +38,9 @@ pub(crate) async fn get_latest_commit(pds: &Pds, p: &Params) -> XrpcResult {
 /// `com.atproto.sync.getRepoStatus?did=` -> `{did, active, status?, rev?}` (rev when active).
 pub(crate) fn get_repo_status(pds: &Pds, p: &Params) -> XrpcResult {
     let did = p.req("did")?;
-    let found = pds.world.read(did, |a| (a.pds == pds.index && a.status != AccountStatus::Deleted).then(|| (a.status, a.rev.clone())));
+    let found = pds
+        .world
+        .read(did, |a| (a.pds == pds.index && a.status != AccountStatus::Deleted).then(|| (a.status, a.rev.clone())));
     let Some((status, rev)) = found.flatten() else { return Err(XrpcError::repo_not_found(did)) };
     let mut out = json!({"did": did, "active": status == AccountStatus::Active});
     match status.as_str() {

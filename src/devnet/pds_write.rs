@@ -15,7 +15,10 @@ use crate::xrpc::{XrpcError, XrpcResult, ok_json};
 
 /// A required string field of a request body.
 fn field<'a>(input: &'a Value, name: &str) -> Result<&'a str, XrpcError> {
-    input.get(name).and_then(Value::as_str).ok_or_else(|| XrpcError::invalid(format!("Input must have the property \"{name}\"")))
+    input
+        .get(name)
+        .and_then(Value::as_str)
+        .ok_or_else(|| XrpcError::invalid(format!("Input must have the property \"{name}\"")))
 }
 
 /// The repo DID a write names, checked to be hosted here.
@@ -34,7 +37,9 @@ fn record_cbor(input: &Value) -> Result<Vec<u8>, XrpcError> {
 /// Applies one write, answering `{uri, cid}` (or `{}` for a delete).
 fn apply(pds: &Pds, did: &str, write: Write) -> XrpcResult {
     let (collection, rkey) = match &write {
-        Write::Create { collection, rkey, .. } | Write::Put { collection, rkey, .. } | Write::Delete { collection, rkey } => (collection.clone(), rkey.clone()),
+        Write::Create { collection, rkey, .. }
+        | Write::Put { collection, rkey, .. }
+        | Write::Delete { collection, rkey } => (collection.clone(), rkey.clone()),
     };
     match pds.world.apply_writes(did, vec![write]) {
         Ok((_, cids)) => match cids.first().copied().flatten() {

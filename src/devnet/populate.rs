@@ -19,8 +19,9 @@ const LIKE: &str = "app.bsky.feed.like";
 const FOLLOW: &str = "app.bsky.graph.follow";
 
 const WORDS: &[&str] = &[
-    "the", "a", "devnet", "record", "sky", "blue", "today", "coffee", "reading", "about", "protocol", "repo", "new", "post", "thinking", "weekend", "music",
-    "garden", "rust", "code", "morning", "good", "great", "little", "walk", "again",
+    "the", "a", "devnet", "record", "sky", "blue", "today", "coffee", "reading", "about", "protocol", "repo", "new",
+    "post", "thinking", "weekend", "music", "garden", "rust", "code", "morning", "good", "great", "little", "walk",
+    "again",
 ];
 
 /// splitmix64: a tiny deterministic generator.
@@ -52,7 +53,13 @@ impl Devnet {
         let hosts = world.hosts.len();
         let dids: Arc<Vec<String>> = Arc::new(
             (0..repos)
-                .map(|i| world.create_account(&AccountSpec { seed: (1 << 63) | (seed << 32) | i as u64, pds: i % hosts, ..Default::default() }))
+                .map(|i| {
+                    world.create_account(&AccountSpec {
+                        seed: (1 << 63) | (seed << 32) | i as u64,
+                        pds: i % hosts,
+                        ..Default::default()
+                    })
+                })
                 .collect(),
         );
         let fills = (0..repos).map(|i| {
@@ -79,7 +86,8 @@ fn fill(world: &World, dids: &[String], i: usize, n: usize, seed: u64) {
     for j in 0..n as u64 {
         let us = start + j * 37_000_000 + rng.below(30_000_000);
         let rkey = Tid::from_time(us, rng.below(1024) as u32).as_str().to_string();
-        let created_at = DateTime::from_timestamp_micros(us as i64).expect("in range").to_rfc3339_opts(SecondsFormat::Millis, true);
+        let created_at =
+            DateTime::from_timestamp_micros(us as i64).expect("in range").to_rfc3339_opts(SecondsFormat::Millis, true);
         let (collection, cbor) = record(&mut rng, dids, &created_at);
         writes.push(Write::Put { collection: collection.to_string(), rkey, cbor });
     }
@@ -138,7 +146,8 @@ pub(crate) fn record_of(kind: &str, rng: &mut Rng, other: &str, created_at: &str
         LIKE => {
             let post = Tid::from_time(START_US + rng.below(1 << 40), 0);
             let cid = jacquard_repo::mst::util::compute_cid(&rng.next().to_be_bytes()).expect("sha2-256 wraps");
-            let subject = StrongRef { uri: format!("at://{other}/app.bsky.feed.post/{}", post.as_str()), cid: cid.to_string() };
+            let subject =
+                StrongRef { uri: format!("at://{other}/app.bsky.feed.post/{}", post.as_str()), cid: cid.to_string() };
             serde_ipld_dagcbor::to_vec(&Subjected { kind: LIKE, subject, created_at })
         }
         _ => serde_ipld_dagcbor::to_vec(&Subjected { kind: FOLLOW, subject: other, created_at }),

@@ -18,16 +18,27 @@ use crate::xrpc::{Params, XrpcError};
 
 /// The relay's routes.
 pub(crate) fn router(world: Arc<World>) -> Router {
-    Router::new().route("/xrpc/com.atproto.sync.subscribeRepos", get(subscribe_repos)).route("/xrpc/{nsid}", get(xrpc_get)).with_state(world)
+    Router::new()
+        .route("/xrpc/com.atproto.sync.subscribeRepos", get(subscribe_repos))
+        .route("/xrpc/{nsid}", get(xrpc_get))
+        .with_state(world)
 }
 
 /// `GET /xrpc/com.atproto.sync.subscribeRepos`: every host's events (a websocket).
-async fn subscribe_repos(State(world): State<Arc<World>>, query: Result<Query<HashMap<String, String>>, QueryRejection>, ws: WebSocketUpgrade) -> Response {
+async fn subscribe_repos(
+    State(world): State<Arc<World>>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    ws: WebSocketUpgrade,
+) -> Response {
     super::firehose_ws::subscribe(&world, None, query, ws)
 }
 
 /// `GET /xrpc/{nsid}`.
-async fn xrpc_get(State(world): State<Arc<World>>, Path(nsid): Path<String>, query: Result<Query<HashMap<String, String>>, QueryRejection>) -> Response {
+async fn xrpc_get(
+    State(world): State<Arc<World>>,
+    Path(nsid): Path<String>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
     world.count(&nsid);
     let params = match Params::from_query(query) {
         Ok(p) => p,

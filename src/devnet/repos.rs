@@ -74,7 +74,11 @@ pub async fn export_car(account: &Account, rev: &str, records: &RepoContents) ->
 }
 
 /// Like [`export_car`] over any `(collection/rkey, DAG-CBOR)` pairs, also giving the commit CID.
-pub async fn export_repo<K, V>(account: &Account, rev: &str, records: impl IntoIterator<Item = (K, V)>) -> Result<(Cid, Vec<u8>), BuildError>
+pub async fn export_repo<K, V>(
+    account: &Account,
+    rev: &str,
+    records: impl IntoIterator<Item = (K, V)>,
+) -> Result<(Cid, Vec<u8>), BuildError>
 where
     K: AsRef<str>,
     V: AsRef<[u8]>,
@@ -89,7 +93,8 @@ where
     }
     let data = mst.persist().await.map_err(err)?;
     let did = Did::<SmolStr>::new(SmolStr::new(&account.did)).map_err(err)?;
-    let commit: Commit<SmolStr> = Commit::new_unsigned(did, data, Tid::new(rev).map_err(err)?, None).sign(&account.key).map_err(err)?;
+    let commit: Commit<SmolStr> =
+        Commit::new_unsigned(did, data, Tid::new(rev).map_err(err)?, None).sign(&account.key).map_err(err)?;
     let commit_bytes = commit.to_cbor().map_err(err)?;
     let commit_cid = compute_cid(&commit_bytes).map_err(err)?;
 

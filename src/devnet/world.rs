@@ -164,7 +164,13 @@ impl World {
     /// A world with no accounts, for PDS hosts at `hosts`.
     pub fn new(hosts: Vec<Host>) -> Self {
         let limits = hosts.iter().map(|_| RateLimit::default()).collect();
-        Self { hosts, state: Mutex::new(State { limits, ..Default::default() }), counts: Mutex::default(), cache: RepoCache::default(), feed: Feed::default() }
+        Self {
+            hosts,
+            state: Mutex::new(State { limits, ..Default::default() }),
+            counts: Mutex::default(),
+            cache: RepoCache::default(),
+            feed: Feed::default(),
+        }
     }
 
     /// The DID `spec` names on this devnet.
@@ -226,7 +232,11 @@ impl World {
         let rev = st.tick();
         let acct = st.accounts.get_mut(did).expect("checked above");
         let base = if emit { Base::unless_live(acct) } else { None };
-        let changes: Vec<Change> = if emit { prepared.iter().map(|((c, r), v, _)| (format!("{c}/{r}"), v.clone())).collect() } else { Vec::new() };
+        let changes: Vec<Change> = if emit {
+            prepared.iter().map(|((c, r), v, _)| (format!("{c}/{r}"), v.clone())).collect()
+        } else {
+            Vec::new()
+        };
         let cids = prepared
             .into_iter()
             .map(|(key, value, _)| match value {
@@ -363,7 +373,10 @@ fn prepare(w: Write) -> Result<Prepared, WriteError> {
 }
 
 /// Checks creates and deletes against the records there now (and earlier writes in the batch).
-fn check_preconditions(records: &BTreeMap<(String, String), (Cid, Bytes)>, writes: &[Prepared]) -> Result<(), WriteError> {
+fn check_preconditions(
+    records: &BTreeMap<(String, String), (Cid, Bytes)>,
+    writes: &[Prepared],
+) -> Result<(), WriteError> {
     let mut seen: HashMap<&(String, String), bool> = HashMap::new();
     for (key, value, must) in writes {
         let present = seen.get(key).copied().unwrap_or_else(|| records.contains_key(key));

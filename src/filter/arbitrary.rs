@@ -6,13 +6,23 @@ use super::{Filter, Mode};
 
 /// A few patterns: exact NSIDs, a prefix pattern and one with a hyphen, so that lists overlap.
 pub fn patterns() -> impl Strategy<Value = Vec<String>> {
-    prop::collection::vec(prop::sample::select(vec!["app.bsky.feed.post", "app.bsky.*", "xyz.statusphere.status", "com.example.a-b.c", "app.bsky.graph.follow"]), 0..4)
-        .prop_map(|v| v.into_iter().map(String::from).collect())
+    prop::collection::vec(
+        prop::sample::select(vec![
+            "app.bsky.feed.post",
+            "app.bsky.*",
+            "xyz.statusphere.status",
+            "com.example.a-b.c",
+            "app.bsky.graph.follow",
+        ]),
+        0..4,
+    )
+    .prop_map(|v| v.into_iter().map(String::from).collect())
 }
 
 /// A few DIDs, so that `dids` and `exclude_dids` overlap.
 pub fn dids() -> impl Strategy<Value = std::collections::BTreeSet<String>> {
-    prop::collection::btree_set(prop::sample::select(vec!["did:plc:aaaa", "did:web:example.com", "did:plc:zz22"]), 0..3).prop_map(|s| s.into_iter().map(String::from).collect())
+    prop::collection::btree_set(prop::sample::select(vec!["did:plc:aaaa", "did:web:example.com", "did:plc:zz22"]), 0..3)
+        .prop_map(|s| s.into_iter().map(String::from).collect())
 }
 
 prop_compose! {

@@ -70,7 +70,12 @@ mod tests {
         edited.dids.insert("did:plc:abc".into());
         let out = rewrite_keeping_layout(FILE, "f.toml", &edited).unwrap();
         assert_eq!(parse(&out), edited);
-        for kept in ["# Our appview's filter.\n", "mode = \"signal\"   # only repos with a status\n", "# what makes a repo ours\nsignals = [\"xyz.statusphere.status\"]\n", "[handlers.post]\nenabled = false\n"] {
+        for kept in [
+            "# Our appview's filter.\n",
+            "mode = \"signal\"   # only repos with a status\n",
+            "# what makes a repo ours\nsignals = [\"xyz.statusphere.status\"]\n",
+            "[handlers.post]\nenabled = false\n",
+        ] {
             assert!(out.contains(kept), "{kept:?} kept in:\n{out}");
         }
         assert!(out.contains("collections = [\"xyz.statusphere.*\", \"app.bsky.actor.profile\"]\n"), "{out}");

@@ -141,7 +141,10 @@ impl Filter {
             .filter_map(|handler| {
                 let config = self.handlers.get(handler.name());
                 let enabled = config.and_then(|c| c.enabled).unwrap_or_else(|| handler.enabled_by_default());
-                enabled.then(|| ActiveHandler { handler, settings: config.map(|c| c.settings.clone()).unwrap_or_default() })
+                enabled.then(|| ActiveHandler {
+                    handler,
+                    settings: config.map(|c| c.settings.clone()).unwrap_or_default(),
+                })
             })
             .collect()
     }
@@ -244,8 +247,17 @@ mod tests {
 
     /// Collections a filter may be asked about: those its patterns name, lookalikes and others.
     fn collections() -> impl Strategy<Value = String> {
-        prop::sample::select(vec!["app.bsky.feed.post", "app.bsky.feed.like", "app.bskyx.feed.post", "app.bsky", "xyz.statusphere.status", "xyz.statusphere.statusx", "com.example.a-b.c", "app.bsky.graph.follow"])
-            .prop_map(String::from)
+        prop::sample::select(vec![
+            "app.bsky.feed.post",
+            "app.bsky.feed.like",
+            "app.bskyx.feed.post",
+            "app.bsky",
+            "xyz.statusphere.status",
+            "xyz.statusphere.statusx",
+            "com.example.a-b.c",
+            "app.bsky.graph.follow",
+        ])
+        .prop_map(String::from)
     }
 
     proptest! {
@@ -282,13 +294,17 @@ mod tests {
 
     #[test]
     fn collections_empty_means_all_and_exclude_wins() {
-        let f = filter(r#"mode = "full"
-exclude_collections = ["app.bsky.feed.like"]"#);
+        let f = filter(
+            r#"mode = "full"
+exclude_collections = ["app.bsky.feed.like"]"#,
+        );
         assert!(f.wants_collection("app.bsky.feed.post"));
         assert!(!f.wants_collection("app.bsky.feed.like"));
-        let f = filter(r#"mode = "full"
+        let f = filter(
+            r#"mode = "full"
 collections = ["xyz.statusphere.*", "app.bsky.actor.profile"]
-exclude_collections = ["xyz.statusphere.secret"]"#);
+exclude_collections = ["xyz.statusphere.secret"]"#,
+        );
         assert!(f.wants_collection("xyz.statusphere.status"));
         assert!(f.wants_collection("app.bsky.actor.profile"));
         assert!(!f.wants_collection("app.bsky.feed.post"));
@@ -297,10 +313,12 @@ exclude_collections = ["xyz.statusphere.secret"]"#);
 
     #[test]
     fn repo_rules_follow_mode_and_did_lists() {
-        let f = filter(r#"mode = "signal"
+        let f = filter(
+            r#"mode = "signal"
 signals = ["xyz.statusphere.status"]
 dids = ["did:plc:always"]
-exclude_dids = ["did:plc:never"]"#);
+exclude_dids = ["did:plc:never"]"#,
+        );
         assert_eq!(f.repo_rule("did:plc:never"), RepoRule::Excluded);
         assert_eq!(f.repo_rule("did:plc:always"), RepoRule::Tracked);
         assert_eq!(f.repo_rule("did:plc:other"), RepoRule::NeedsSignal);

@@ -107,11 +107,14 @@ impl Ctx<'_> {
 
 pub(super) fn parse(text: &str, origin: &str) -> Result<Filter, FilterError> {
     let ctx = Ctx { text, origin };
-    let raw: RawFilter = toml::from_str(text).map_err(|e| ctx.err(e.span().map(|s| s.start), e.message().trim().to_string()))?;
+    let raw: RawFilter =
+        toml::from_str(text).map_err(|e| ctx.err(e.span().map(|s| s.start), e.message().trim().to_string()))?;
     let mode = match raw.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span().start)) {
         None | Some(("full", _)) => Mode::Full,
         Some(("signal", _)) => Mode::Signal,
-        Some((other, at)) => return Err(ctx.err(Some(at), format!("mode: `{other}` is neither \"full\" nor \"signal\""))),
+        Some((other, at)) => {
+            return Err(ctx.err(Some(at), format!("mode: `{other}` is neither \"full\" nor \"signal\"")));
+        }
     };
     let signals = ctx.patterns("signals", raw.signals)?;
     if mode == Mode::Signal && signals.is_empty() {
@@ -136,7 +139,9 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Filter, FilterError> {
 
 pub(super) fn to_toml(filter: &Filter) -> String {
     let mut doc = toml::Table::new();
-    let list = |items: &mut dyn Iterator<Item = &String>| toml::Value::Array(items.map(|s| toml::Value::String(s.clone())).collect());
+    let list = |items: &mut dyn Iterator<Item = &String>| {
+        toml::Value::Array(items.map(|s| toml::Value::String(s.clone())).collect())
+    };
     doc.insert("mode".into(), toml::Value::String(filter.mode.as_str().into()));
     doc.insert("signals".into(), list(&mut filter.signals.iter()));
     doc.insert("collections".into(), list(&mut filter.collections.iter()));

@@ -47,7 +47,9 @@ pub fn check(commit: &Commit, state: Option<&RepoState>, now_us: u64) -> Verdict
     let prev_data = commit.prev_data.as_ref().map(|c| c.as_str().to_string());
     match (prev_data, state.data.as_deref()) {
         (Some(prev), Some(stored)) if prev == stored => Verdict::Apply,
-        (Some(prev), Some(stored)) => Verdict::Desync(format!("prevData {prev} does not continue the stored root {stored}")),
+        (Some(prev), Some(stored)) => {
+            Verdict::Desync(format!("prevData {prev} does not continue the stored root {stored}"))
+        }
         (None, _) => Verdict::Desync("no prevData (not a sync 1.1 commit)".into()),
         (Some(_), None) => Verdict::Desync("no stored root to continue".into()),
     }
@@ -76,7 +78,9 @@ mod tests {
     /// A real commit (from the devnet's generator) with `rev`, `prev_data` and `ops` ops.
     fn commit(rev: u64, prev_data: Option<&str>, ops: usize) -> Commit {
         let stream = crate::devnet::synthetic_stream(1, 1, 1);
-        let Ok(crate::firehose::Frame::Commit(mut c)) = crate::firehose::decode_frame(&stream.frames[0]) else { panic!("a commit") };
+        let Ok(crate::firehose::Frame::Commit(mut c)) = crate::firehose::decode_frame(&stream.frames[0]) else {
+            panic!("a commit")
+        };
         c.rev = Tid::from_time(1_700_000_000_000_000 + rev, 0);
         c.prev_data = prev_data.map(|s| s.parse::<cid::Cid>().unwrap().into());
         c.ops = vec![c.ops[0].clone(); ops];
@@ -108,7 +112,11 @@ mod tests {
     fn limits_and_future_revs_are_invalid_whatever_the_state() {
         let now = 1_700_000_000_000_000 + 5;
         assert_eq!(check(&commit(5, Some(ROOT_A), 1), None, now), Verdict::Untracked);
-        assert!(matches!(check(&commit(5, Some(ROOT_A), 1), None, now - MAX_FUTURE_US - 1), Verdict::Invalid(r) if r.contains("future")));
-        assert!(matches!(check(&commit(5, Some(ROOT_A), MAX_COMMIT_OPS + 1), None, now), Verdict::Invalid(r) if r.contains("ops")));
+        assert!(
+            matches!(check(&commit(5, Some(ROOT_A), 1), None, now - MAX_FUTURE_US - 1), Verdict::Invalid(r) if r.contains("future"))
+        );
+        assert!(
+            matches!(check(&commit(5, Some(ROOT_A), MAX_COMMIT_OPS + 1), None, now), Verdict::Invalid(r) if r.contains("ops"))
+        );
     }
 }

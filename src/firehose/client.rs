@@ -43,7 +43,8 @@ pub fn subscribe_url(base: &str, cursor: Option<i64>) -> Result<String, String> 
         "wss" | "https" => "wss",
         other => return Err(format!("firehose URL {base:?}: unsupported scheme {other:?}")),
     };
-    let path = if rest.contains("/xrpc/") { rest.to_string() } else { format!("{rest}/xrpc/com.atproto.sync.subscribeRepos") };
+    let path =
+        if rest.contains("/xrpc/") { rest.to_string() } else { format!("{rest}/xrpc/com.atproto.sync.subscribeRepos") };
     Ok(match cursor {
         Some(c) => format!("{scheme}://{path}?cursor={c}"),
         None => format!("{scheme}://{path}"),
@@ -62,7 +63,9 @@ pub(super) enum Ended {
 
 /// Opens a subscribeRepos websocket to `url`.
 async fn connect(url: &str, stop: &CancellationToken) -> Result<Socket, Ended> {
-    let config = WebSocketConfig::default().max_message_size(Some(MAX_FRAME_BYTES + 1024)).max_frame_size(Some(MAX_FRAME_BYTES + 1024));
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES + 1024))
+        .max_frame_size(Some(MAX_FRAME_BYTES + 1024));
     let connect = tokio_tungstenite::connect_async_with_config(url, Some(config), false);
     tokio::select! {
         _ = stop.cancelled() => Err(Ended::Stopped),
@@ -107,7 +110,10 @@ impl Pulse {
     async fn at_deadline(&mut self, socket: &mut Socket) -> Result<(), Ended> {
         let healthy = self.healthy;
         if self.pinged.is_some() {
-            return Err(Ended::Dropped { reason: format!("no answer to a ping within {} ms", self.liveness.pong_timeout.as_millis()), healthy });
+            return Err(Ended::Dropped {
+                reason: format!("no answer to a ping within {} ms", self.liveness.pong_timeout.as_millis()),
+                healthy,
+            });
         }
         self.pinged = Some(Instant::now());
         match tokio::time::timeout(self.liveness.pong_timeout, socket.send(Message::Ping(Bytes::new()))).await {
@@ -119,7 +125,12 @@ impl Pulse {
 }
 
 /// Reads one connection to `url` until it ends, sending binary messages to `frames`.
-pub(super) async fn read_connection(url: &str, frames: &mpsc::Sender<Bytes>, stop: &CancellationToken, liveness: Liveness) -> Ended {
+pub(super) async fn read_connection(
+    url: &str,
+    frames: &mpsc::Sender<Bytes>,
+    stop: &CancellationToken,
+    liveness: Liveness,
+) -> Ended {
     let mut socket = match connect(url, stop).await {
         Ok(socket) => socket,
         Err(ended) => return ended,
@@ -154,7 +165,9 @@ pub(super) async fn read_connection(url: &str, frames: &mpsc::Sender<Bytes>, sto
                         pulse.heard();
                         continue;
                     }
-                    Message::Close(close) => format!("closed by the server: {}", close.map(|c| c.reason.to_string()).unwrap_or_default()),
+                    Message::Close(close) => {
+                        format!("closed by the server: {}", close.map(|c| c.reason.to_string()).unwrap_or_default())
+                    }
                     Message::Text(text) => {
                         tracing::warn!(message = %text.chars().take(200).collect::<String>(), "firehose sent a text message; ignored");
                         continue;
@@ -192,7 +205,9 @@ pub(super) async fn probe(url: &str, stop: &CancellationToken, quiet: Duration) 
             match (&frame, frame.seq()) {
                 (_, Some(seq)) => return Ok(Probe::First { seq, time_us: frame.time_us() }),
                 (Frame::Error { error, .. }, _) if error == "FutureCursor" => return Ok(Probe::Head),
-                (Frame::Error { error, message }, _) => return Err(format!("{error}: {}", message.as_deref().unwrap_or_default())),
+                (Frame::Error { error, message }, _) => {
+                    return Err(format!("{error}: {}", message.as_deref().unwrap_or_default()));
+                }
                 _ => continue,
             }
         }
@@ -209,9 +224,18 @@ mod tests {
 
     #[test]
     fn subscribe_urls_from_relay_and_pds_addresses() {
-        assert_eq!(subscribe_url("https://bsky.network", None).unwrap(), "wss://bsky.network/xrpc/com.atproto.sync.subscribeRepos");
-        assert_eq!(subscribe_url("http://127.0.0.1:9/", Some(42)).unwrap(), "ws://127.0.0.1:9/xrpc/com.atproto.sync.subscribeRepos?cursor=42");
-        assert_eq!(subscribe_url("wss://r.example/xrpc/com.atproto.sync.subscribeRepos", Some(1)).unwrap(), "wss://r.example/xrpc/com.atproto.sync.subscribeRepos?cursor=1");
+        assert_eq!(
+            subscribe_url("https://bsky.network", None).unwrap(),
+            "wss://bsky.network/xrpc/com.atproto.sync.subscribeRepos"
+        );
+        assert_eq!(
+            subscribe_url("http://127.0.0.1:9/", Some(42)).unwrap(),
+            "ws://127.0.0.1:9/xrpc/com.atproto.sync.subscribeRepos?cursor=42"
+        );
+        assert_eq!(
+            subscribe_url("wss://r.example/xrpc/com.atproto.sync.subscribeRepos", Some(1)).unwrap(),
+            "wss://r.example/xrpc/com.atproto.sync.subscribeRepos?cursor=1"
+        );
         assert!(subscribe_url("ftp://x", None).unwrap_err().contains("unsupported scheme"));
         assert!(subscribe_url("bsky.network", None).unwrap_err().contains("no scheme"));
     }

@@ -97,10 +97,12 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, FrameError> {
         return Err(FrameError::TooLarge(bytes.len()));
     }
     let mut reader = std::io::Cursor::new(bytes);
-    let header: Header = serde_ipld_dagcbor::de::from_reader_once(&mut reader).map_err(|e| FrameError::Header(e.to_string()))?;
+    let header: Header =
+        serde_ipld_dagcbor::de::from_reader_once(&mut reader).map_err(|e| FrameError::Header(e.to_string()))?;
     let body = &bytes[reader.position() as usize..];
     let kind = header.t.clone().unwrap_or_default();
-    let bad = |reason: String| FrameError::Body { kind: if header.op == -1 { "error".into() } else { kind.clone() }, reason };
+    let bad =
+        |reason: String| FrameError::Body { kind: if header.op == -1 { "error".into() } else { kind.clone() }, reason };
     match (header.op, kind.as_str()) {
         (-1, _) => {
             let e: ErrorBody = body_of(body).map_err(bad)?;
@@ -143,13 +145,24 @@ mod tests {
 
     #[test]
     fn error_frames_unknown_types_and_bad_input_are_told_apart() {
-        let e = decode_frame(&frame(serde_json::json!({"op": -1}), serde_json::json!({"error": "FutureCursor", "message": "too far"}))).unwrap();
-        assert!(matches!(e, Frame::Error { ref error, ref message } if error == "FutureCursor" && message.as_deref() == Some("too far")), "{e:?}");
+        let e = decode_frame(&frame(
+            serde_json::json!({"op": -1}),
+            serde_json::json!({"error": "FutureCursor", "message": "too far"}),
+        ))
+        .unwrap();
+        assert!(
+            matches!(e, Frame::Error { ref error, ref message } if error == "FutureCursor" && message.as_deref() == Some("too far")),
+            "{e:?}"
+        );
         let u = decode_frame(&frame(serde_json::json!({"op": 1, "t": "#labels"}), serde_json::json!({}))).unwrap();
         assert!(matches!(u, Frame::Unknown { ref kind } if kind == "#labels"));
         assert!(matches!(decode_frame(b"\xff"), Err(FrameError::Header(_))));
-        assert!(matches!(decode_frame(&frame(serde_json::json!({"op": 2}), serde_json::json!({}))), Err(FrameError::Header(_))));
-        let bad = decode_frame(&frame(serde_json::json!({"op": 1, "t": "#commit"}), serde_json::json!({"seq": "x"}))).unwrap_err();
+        assert!(matches!(
+            decode_frame(&frame(serde_json::json!({"op": 2}), serde_json::json!({}))),
+            Err(FrameError::Header(_))
+        ));
+        let bad = decode_frame(&frame(serde_json::json!({"op": 1, "t": "#commit"}), serde_json::json!({"seq": "x"})))
+            .unwrap_err();
         assert!(bad.to_string().starts_with("malformed #commit frame body"), "{bad}");
         assert_eq!(decode_frame(&vec![0; MAX_FRAME_BYTES + 1]).unwrap_err(), FrameError::TooLarge(MAX_FRAME_BYTES + 1));
     }

@@ -124,7 +124,12 @@ pub struct Live {
 
 impl Live {
     /// An applier writing through `pipeline`, looking keys up with `resolver` on `runtime`.
-    pub fn new(pipeline: Pipeline, resolver: Arc<Resolver>, runtime: tokio::runtime::Handle, opts: LiveOptions) -> Self {
+    pub fn new(
+        pipeline: Pipeline,
+        resolver: Arc<Resolver>,
+        runtime: tokio::runtime::Handle,
+        opts: LiveOptions,
+    ) -> Self {
         Self { pipeline, resolver, runtime, opts, metrics: LiveMetrics::default() }
     }
 
@@ -174,7 +179,9 @@ impl Live {
                 Ok(Handled::Desynchronized(reason))
             }
             Verdict::Untracked => match state.as_ref().map(|s| s.status) {
-                Some(RepoStatus::Pending | RepoStatus::Backfilling | RepoStatus::Error | RepoStatus::Desynchronized) => {
+                Some(
+                    RepoStatus::Pending | RepoStatus::Backfilling | RepoStatus::Error | RepoStatus::Desynchronized,
+                ) => {
                     self.store().hold(did, c.rev.as_str(), raw)?;
                     Ok(Handled::Held)
                 }
@@ -194,7 +201,8 @@ impl Live {
             Ok(ops) => ops,
             Err(e) => return Ok(Handled::Refused(e.to_string())),
         };
-        match self.pipeline.apply_commit(c.repo.as_str(), loaded.commit_cid(), c.rev.as_str(), loaded.data(), ops, None) {
+        match self.pipeline.apply_commit(c.repo.as_str(), loaded.commit_cid(), c.rev.as_str(), loaded.data(), ops, None)
+        {
             Ok(_) => Ok(Handled::Applied),
             Err(PipelineError::StaleRev { .. }) => Ok(Handled::Stale),
             Err(PipelineError::Repo(e)) => Ok(Handled::Refused(e.to_string())),
@@ -213,7 +221,10 @@ impl Live {
         let wanted = match filter.repo_rule(did) {
             RepoRule::Excluded => false,
             RepoRule::Tracked => true,
-            RepoRule::NeedsSignal => c.ops.iter().any(|op| op.path.split_once('/').is_some_and(|(collection, _)| filter.is_signal(collection))),
+            RepoRule::NeedsSignal => c
+                .ops
+                .iter()
+                .any(|op| op.path.split_once('/').is_some_and(|(collection, _)| filter.is_signal(collection))),
         };
         if !wanted {
             return Ok(Handled::Dropped);
@@ -236,7 +247,14 @@ impl Live {
 
     /// Marks `did` desynchronized: queued for a backfill, its stored rev and root kept.
     pub(super) fn desynchronize(&self, did: &str, state: RepoState, reason: String) -> Result<(), LiveError> {
-        let state = RepoState { status: RepoStatus::Desynchronized, error: Some(reason), retries: 0, next_retry_ms: None, updated_ms: now_ms(), ..state };
+        let state = RepoState {
+            status: RepoStatus::Desynchronized,
+            error: Some(reason),
+            retries: 0,
+            next_retry_ms: None,
+            updated_ms: now_ms(),
+            ..state
+        };
         self.store().set_states(&[(did.to_string(), state)], None)?;
         Ok(())
     }

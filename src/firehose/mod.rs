@@ -108,7 +108,12 @@ pub struct Firehose {
 impl Firehose {
     /// Sets up live ingestion through `pipeline` (shards started, held commits of an earlier run
     /// queued for draining); `backlog` is the gauge `BACKFILL_USE_IDLE` watches.
-    pub fn new(pipeline: Pipeline, resolver: Arc<Resolver>, config: &Config, backlog: Arc<AtomicU64>) -> Result<Arc<Self>, FirehoseError> {
+    pub fn new(
+        pipeline: Pipeline,
+        resolver: Arc<Resolver>,
+        config: &Config,
+        backlog: Arc<AtomicU64>,
+    ) -> Result<Arc<Self>, FirehoseError> {
         let base_url = config.firehose.url.clone().unwrap_or_else(|| config.network.relay.clone());
         client::subscribe_url(&base_url, None).map_err(FirehoseError::Config)?;
         let storage = |e: &dyn std::fmt::Display| FirehoseError::Storage(e.to_string());
@@ -125,7 +130,8 @@ impl Firehose {
             0 => crate::config::cores(),
             n => n,
         };
-        let shards = Shards::start(live.clone(), tracker.clone(), n, config.firehose.queue, backlog).map_err(|e| storage(&e))?;
+        let shards =
+            Shards::start(live.clone(), tracker.clone(), n, config.firehose.queue, backlog).map_err(|e| storage(&e))?;
         Ok(Arc::new(Self {
             live,
             tracker,
@@ -216,7 +222,9 @@ impl Firehose {
             Frame::Sync(s) => s.did.to_string(),
             Frame::Identity(i) => i.did.to_string(),
             Frame::Account(a) => a.did.to_string(),
-            Frame::Info(info) => return tracing::warn!(name = %info.name.as_str(), message = ?info.message, "firehose info (an outdated cursor means events were missed; prevData checks resync what they touched)"),
+            Frame::Info(info) => {
+                return tracing::warn!(name = %info.name.as_str(), message = ?info.message, "firehose info (an outdated cursor means events were missed; prevData checks resync what they touched)");
+            }
             Frame::Error { error, message } => {
                 if error == "FutureCursor" {
                     self.forget_cursor.store(true, Ordering::Relaxed);
@@ -280,7 +288,9 @@ impl Firehose {
         let _ = saver.await;
         let shards = self.shards.lock().expect("shards").take();
         if let Some(shards) = shards {
-            tokio::task::spawn_blocking(move || shards.finish()).await.map_err(|e| FirehoseError::Storage(e.to_string()))?;
+            tokio::task::spawn_blocking(move || shards.finish())
+                .await
+                .map_err(|e| FirehoseError::Storage(e.to_string()))?;
         }
         self.save_cursor()?;
         result
@@ -345,7 +355,9 @@ impl Firehose {
                 self.looked_back.store(from, Ordering::Relaxed);
                 *self.gap_since.lock().expect("gap") = None;
             }
-            Err(reason) => tracing::warn!(%reason, "finding the firehose position before a gap failed; going live (commits missed meanwhile are resynced when their repos next commit)"),
+            Err(reason) => {
+                tracing::warn!(%reason, "finding the firehose position before a gap failed; going live (commits missed meanwhile are resynced when their repos next commit)")
+            }
         }
     }
 

@@ -37,15 +37,26 @@ pub fn record_ops(commit: &Commit, blocks: &LoadedRepo) -> Result<Vec<RecordOp>,
         .map(|op| {
             let path = op.path.as_str();
             let bad = |problem: String| OpsError::Op { path: path.to_string(), problem };
-            let (collection, rkey) = path.split_once('/').filter(|(c, r)| crate::syntax::is_nsid(c) && crate::syntax::is_rkey(r)).ok_or_else(|| bad("not a collection/rkey path".into()))?;
+            let (collection, rkey) = path
+                .split_once('/')
+                .filter(|(c, r)| crate::syntax::is_nsid(c) && crate::syntax::is_rkey(r))
+                .ok_or_else(|| bad("not a collection/rkey path".into()))?;
             let (collection, rkey) = (collection.to_string(), rkey.to_string());
             match op.action {
                 RepoOpAction::Delete => Ok(RecordOp::Delete { collection, rkey }),
                 RepoOpAction::Create | RepoOpAction::Update => {
-                    let cid = op.cid.as_ref().ok_or_else(|| bad("no record CID".into()))?.to_ipld().map_err(|e| bad(format!("bad CID: {e}")))?;
+                    let cid = op
+                        .cid
+                        .as_ref()
+                        .ok_or_else(|| bad("no record CID".into()))?
+                        .to_ipld()
+                        .map_err(|e| bad(format!("bad CID: {e}")))?;
                     let bytes = blocks.block(&cid, "record").map_err(|e| bad(e.to_string()))?;
                     if bytes.len() > MAX_RECORD_BYTES {
-                        return Err(bad(format!("record of {} bytes is over the {MAX_RECORD_BYTES}-byte limit", bytes.len())));
+                        return Err(bad(format!(
+                            "record of {} bytes is over the {MAX_RECORD_BYTES}-byte limit",
+                            bytes.len()
+                        )));
                     }
                     Ok(RecordOp::Put { collection, rkey, cid, bytes })
                 }

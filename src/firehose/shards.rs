@@ -49,19 +49,34 @@ pub struct Shards {
 impl Shards {
     /// Starts `n` shards with room for `capacity` queued frames each. Repos with commits held
     /// from an earlier run are drained first.
-    pub fn start(live: Arc<Live>, tracker: Arc<SeqTracker>, n: usize, capacity: usize, backlog: Arc<AtomicU64>) -> Result<Self, LiveError> {
+    pub fn start(
+        live: Arc<Live>,
+        tracker: Arc<SeqTracker>,
+        n: usize,
+        capacity: usize,
+        backlog: Arc<AtomicU64>,
+    ) -> Result<Self, LiveError> {
         let n = n.max(1);
         let mut held: Vec<HashSet<String>> = vec![HashSet::new(); n];
         for did in live.store().held_dids()? {
             held[shard_of(&did, n)].insert(did);
         }
-        let shared = Arc::new(Shared { live, tracker, backlog, drains: (0..n).map(|_| Mutex::default()).collect(), fatal: Mutex::default() });
+        let shared = Arc::new(Shared {
+            live,
+            tracker,
+            backlog,
+            drains: (0..n).map(|_| Mutex::default()).collect(),
+            fatal: Mutex::default(),
+        });
         let (mut senders, mut threads) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for (i, held) in held.into_iter().enumerate() {
             let (tx, rx) = sync_channel(capacity.max(1));
             let shared = shared.clone();
             shared.drains[i].lock().expect("drains").extend(held.iter().cloned());
-            let thread = std::thread::Builder::new().name(format!("firehose-{i}")).spawn(move || run_shard(&shared, i, rx, held)).expect("spawning a shard thread");
+            let thread = std::thread::Builder::new()
+                .name(format!("firehose-{i}"))
+                .spawn(move || run_shard(&shared, i, rx, held))
+                .expect("spawning a shard thread");
             senders.push(tx);
             threads.push(thread);
         }

@@ -26,7 +26,8 @@ impl Live {
     pub(super) fn sync(&self, s: &Sync) -> Result<Handled, LiveError> {
         let did = s.did.as_str();
         let Some(state) = self.store().repo_state(did)? else {
-            let tracked = self.opts.backfill && self.pipeline.filter().load().filter.repo_rule(did) == RepoRule::Tracked;
+            let tracked =
+                self.opts.backfill && self.pipeline.filter().load().filter.repo_rule(did) == RepoRule::Tracked;
             if !tracked {
                 return Ok(Handled::Dropped);
             }
@@ -48,7 +49,8 @@ impl Live {
         }
         let data = loaded.data().to_string();
         if state.data.as_deref() != Some(data.as_str()) {
-            let reason = format!("#sync names root {data}, not the stored {}", state.data.as_deref().unwrap_or("(none)"));
+            let reason =
+                format!("#sync names root {data}, not the stored {}", state.data.as_deref().unwrap_or("(none)"));
             self.desynchronize(did, state, reason.clone())?;
             return Ok(Handled::Desynchronized(reason));
         }
@@ -77,13 +79,20 @@ impl Live {
         let did = a.did.as_str();
         let Some(state) = self.tracked(did)? else { return Ok(Handled::Dropped) };
         let status = (!a.active).then(|| a.status.as_ref().map_or("inactive", |s| s.as_str()).to_string());
-        let event = StoredEvent::Account(AccountEvent { did: did.to_string(), active: a.active, status: status.clone() });
+        let event =
+            StoredEvent::Account(AccountEvent { did: did.to_string(), active: a.active, status: status.clone() });
         let now = now_ms();
         let gone = state.status == RepoStatus::Gone;
         match status.as_deref() {
             None if !gone => Ok(Handled::Stale),
-            None if self.opts.backfill => self.apply_status(did, RepoState { error: None, ..schedule::requeued(&state, 0, now) }, event),
-            None => self.apply_status(did, RepoState { status: RepoStatus::Synced, error: None, updated_ms: now, ..state }, event),
+            None if self.opts.backfill => {
+                self.apply_status(did, RepoState { error: None, ..schedule::requeued(&state, 0, now) }, event)
+            }
+            None => self.apply_status(
+                did,
+                RepoState { status: RepoStatus::Synced, error: None, updated_ms: now, ..state },
+                event,
+            ),
             Some(s) if gone && state.error.as_deref() == Some(s) => Ok(Handled::Stale),
             Some("deleted") => {
                 let rev = state.rev.clone().unwrap_or_default();
@@ -94,7 +103,9 @@ impl Live {
                     Err(e) => Ok(Handled::Refused(e.to_string())),
                 }
             }
-            Some(s @ ("deactivated" | "takendown" | "suspended")) => self.apply_status(did, schedule::gone(&state, s.to_string(), now), event),
+            Some(s @ ("deactivated" | "takendown" | "suspended")) => {
+                self.apply_status(did, schedule::gone(&state, s.to_string(), now), event)
+            }
             Some(_) => self.apply_status(did, state, event),
         }
     }

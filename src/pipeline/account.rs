@@ -26,11 +26,18 @@ impl Pipeline {
     /// Deletes every stored record of `did` with delete events (handlers see each delete), in
     /// batches of the pipeline's batch size; the last batch writes `state` and `last_event`.
     /// `rev` is the rev the delete events carry.
-    pub fn remove_repo(&self, did: &str, rev: &str, state: RepoState, last_event: Option<StoredEvent>) -> Result<RepoOutcome, PipelineError> {
+    pub fn remove_repo(
+        &self,
+        did: &str,
+        rev: &str,
+        state: RepoState,
+        last_event: Option<StoredEvent>,
+    ) -> Result<RepoOutcome, PipelineError> {
         let compiled = self.filter.load();
         let mut stored: Vec<_> = self.store.repo_records(did)?.into_iter().collect();
         stored.sort_unstable();
-        let mut deletes = stored.into_iter().map(|((collection, rkey), previous)| Staged::Delete { collection, rkey, previous });
+        let mut deletes =
+            stored.into_iter().map(|((collection, rkey), previous)| Staged::Delete { collection, rkey, previous });
         let origin = Origin::new(did, rev, true);
         let mut outcome = RepoOutcome::new(state.status, 0);
         let mut last = Some((state, last_event));

@@ -129,7 +129,13 @@ impl Pipeline {
     /// A crash between batches leaves the repo's earlier batches committed with their events
     /// and its state unchanged, so the next walk finds those records current and emits only
     /// what is missing: nothing is lost or emitted twice.
-    pub(super) fn commit_in_batches(&self, mut batches: Batches<'_>, mut changes: WalkChanges<'_>, walk: Walk<'_>, outcome: &mut RepoOutcome) -> Result<(), PipelineError> {
+    pub(super) fn commit_in_batches(
+        &self,
+        mut batches: Batches<'_>,
+        mut changes: WalkChanges<'_>,
+        walk: Walk<'_>,
+        outcome: &mut RepoOutcome,
+    ) -> Result<(), PipelineError> {
         if changes.max_len().is_some_and(|n| n <= self.batch_size) {
             // One batch: no second worker to start.
             self.finish_walk(walk, outcome)?;
@@ -142,7 +148,16 @@ impl Pipeline {
         let staging = (batches.compiled, batches.origin, batches.repo);
         let ahead = if self.walks.load(Ordering::Relaxed) > 1 { READY_AHEAD_SHARED } else { READY_AHEAD_ALONE };
         let source = Mutex::new(BatchSource { batches, changes, cut: 0, done: false });
-        let commits = Mutex::new(Commits { ahead, ready: BTreeMap::new(), next: 0, committing: false, walk: Some(walk), outcome: *outcome, error: None, panicked: false });
+        let commits = Mutex::new(Commits {
+            ahead,
+            ready: BTreeMap::new(),
+            next: 0,
+            committing: false,
+            walk: Some(walk),
+            outcome: *outcome,
+            error: None,
+            panicked: false,
+        });
         let room = Condvar::new();
         let work = || self.batch_worker(&source, &commits, &room, delay, staging);
         std::thread::scope(|scope| {
@@ -164,7 +179,14 @@ impl Pipeline {
     /// the changes are used up or a batch fails, committing every batch that is next in order.
     /// A worker that finds nothing left to cut commits what is ready before it ends, so no
     /// batch is left behind.
-    fn batch_worker(&self, source: &Mutex<BatchSource<'_>>, commits: &Mutex<Commits<'_>>, room: &Condvar, delay: std::time::Duration, staging: (&CompiledFilter, &Origin, &LoadedRepo)) {
+    fn batch_worker(
+        &self,
+        source: &Mutex<BatchSource<'_>>,
+        commits: &Mutex<Commits<'_>>,
+        room: &Condvar,
+        delay: std::time::Duration,
+        staging: (&CompiledFilter, &Origin, &LoadedRepo),
+    ) {
         let (compiled, origin, repo) = staging;
         let _stop_on_panic = StopOnPanic { commits, room };
         loop {
@@ -216,7 +238,14 @@ impl Pipeline {
     /// (`must` wait: as many batches are ready as may be, or the changes are used up). The
     /// lock is let go while a batch commits, so the other worker goes on staging; `room` is
     /// told after each commit.
-    fn commit_ready<'g, 'w>(&self, commits: &'g Mutex<Commits<'w>>, mut state: MutexGuard<'g, Commits<'w>>, room: &Condvar, delay: std::time::Duration, must: bool) -> MutexGuard<'g, Commits<'w>> {
+    fn commit_ready<'g, 'w>(
+        &self,
+        commits: &'g Mutex<Commits<'w>>,
+        mut state: MutexGuard<'g, Commits<'w>>,
+        room: &Condvar,
+        delay: std::time::Duration,
+        must: bool,
+    ) -> MutexGuard<'g, Commits<'w>> {
         while !state.committing && !state.stopped() {
             if !must && state.walk.as_ref().is_some_and(|walk| !walk.is_over()) {
                 break;
@@ -246,7 +275,11 @@ impl Pipeline {
     /// Cuts and stages the next batch of `changes` (the caller encodes it); the
     /// final one (the changes are used up) also carries the repo's new state and the cursor.
     /// Returns whether it was final.
-    pub(super) fn next_batch(&self, batches: &mut Batches<'_>, changes: &mut WalkChanges<'_>) -> Result<(RepoChange, Tally, bool), PipelineError> {
+    pub(super) fn next_batch(
+        &self,
+        batches: &mut Batches<'_>,
+        changes: &mut WalkChanges<'_>,
+    ) -> Result<(RepoChange, Tally, bool), PipelineError> {
         let cut = self.cut_batch(batches, changes)?;
         let last = cut.last;
         let (change, tally) = self.stage_cut(batches.compiled, batches.origin, batches.repo, cut)?;
@@ -268,7 +301,13 @@ impl Pipeline {
     }
 
     /// Runs the handlers over a cut batch and builds its change.
-    fn stage_cut(&self, compiled: &CompiledFilter, origin: &Origin, repo: &LoadedRepo, cut: Cut) -> Result<(RepoChange, Tally), PipelineError> {
+    fn stage_cut(
+        &self,
+        compiled: &CompiledFilter,
+        origin: &Origin,
+        repo: &LoadedRepo,
+        cut: Cut,
+    ) -> Result<(RepoChange, Tally), PipelineError> {
         let (mut change, handler_errors) = self.stage(compiled, origin, cut.items, Some(repo))?;
         if let Some((state, cursor)) = cut.carries {
             (change.state, change.cursor) = (Some(state), cursor);

@@ -26,9 +26,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use smol_str::SmolStr;
 use cid::Cid;
 use sluice_handlers::{Emit, HandlerOutput, IndexWrite, PreviousRecord, RecordKeyView, RecordView};
+use smol_str::SmolStr;
 
 mod account;
 mod batches;
@@ -36,11 +36,14 @@ mod walk_diff;
 mod walk_stream;
 
 use crate::filter::{ActiveHandler, CompiledFilter, FilterHandle, RepoRule};
+use crate::repo::{LoadedRepo, RepoError};
+use crate::store::{
+    Action, Committed, Prepared, RecordEvent, RecordWrite, RepoChange, RepoState, RepoStatus, Store, StoreError,
+    StoredEvent, values::now_ms,
+};
+use batches::{Batches, WalkCount};
 use walk_diff::{WalkChanges, WalkKeys};
 use walk_stream::Walk;
-use batches::{Batches, WalkCount};
-use crate::repo::{LoadedRepo, RepoError};
-use crate::store::{Action, Committed, Prepared, RecordEvent, RecordWrite, RepoChange, RepoState, RepoStatus, Store, StoreError, StoredEvent, values::now_ms};
 
 /// Why a repo or commit was not applied. Nothing of it was written.
 #[derive(Debug, thiserror::Error)]
@@ -105,7 +108,17 @@ pub struct RepoOutcome {
 
 impl RepoOutcome {
     fn new(status: RepoStatus, unchanged: u64) -> Self {
-        Self { status, created: 0, updated: 0, deleted: 0, unchanged, too_old: 0, walked: 0, handler_errors: 0, committed: Committed::default() }
+        Self {
+            status,
+            created: 0,
+            updated: 0,
+            deleted: 0,
+            unchanged,
+            too_old: 0,
+            walked: 0,
+            handler_errors: 0,
+            committed: Committed::default(),
+        }
     }
 }
 
@@ -250,7 +263,13 @@ impl Pipeline {
                 ..Default::default()
             };
             let mut outcome = RepoOutcome::new(status, 0);
-            let batches = Batches { compiled: &compiled, origin: &origin, repo, last: Some((state, opts.cursor.clone())), delay: opts.batch_delay };
+            let batches = Batches {
+                compiled: &compiled,
+                origin: &origin,
+                repo,
+                last: Some((state, opts.cursor.clone())),
+                delay: opts.batch_delay,
+            };
             self.commit_in_batches(batches, changes, walk, &mut outcome)?;
             self.count_repo(status);
             Ok(outcome)
@@ -261,7 +280,12 @@ impl Pipeline {
     /// (tracked, or holding a signal record). A repo that needs a signal record is walked
     /// whole here first, as is one small enough for one batch; a larger tracked one is walked
     /// on a thread of `scope`.
-    fn start_walk<'s, 'a: 's>(&self, scope: &'s std::thread::Scope<'s, '_>, repo: &'a LoadedRepo, filter: &crate::filter::Filter) -> Result<(Walk<'s>, WalkKeys<'a>, bool), PipelineError> {
+    fn start_walk<'s, 'a: 's>(
+        &self,
+        scope: &'s std::thread::Scope<'s, '_>,
+        repo: &'a LoadedRepo,
+        filter: &crate::filter::Filter,
+    ) -> Result<(Walk<'s>, WalkKeys<'a>, bool), PipelineError> {
         let rule = filter.repo_rule(repo.did());
         match rule {
             RepoRule::Excluded => Ok((Walk::Checked(0), Box::new(std::iter::empty()), false)),
@@ -288,7 +312,15 @@ impl Pipeline {
     /// Applies the ops of one live commit of `did` (CID `commit`) at `rev` (MST root `data`), with an optional
     /// cursor saved in the same batch. Ops on unwanted collections are ignored; a put whose CID
     /// is already stored is skipped.
-    pub fn apply_commit(&self, did: &str, commit: Cid, rev: &str, data: Cid, ops: Vec<RecordOp>, cursor: Option<(String, String)>) -> Result<RepoOutcome, PipelineError> {
+    pub fn apply_commit(
+        &self,
+        did: &str,
+        commit: Cid,
+        rev: &str,
+        data: Cid,
+        ops: Vec<RecordOp>,
+        cursor: Option<(String, String)>,
+    ) -> Result<RepoOutcome, PipelineError> {
         let compiled = self.filter.load();
         let previous_state = self.store.repo_state(did)?;
         check_rev(did, rev, previous_state.as_ref())?;
@@ -304,7 +336,13 @@ impl Pipeline {
                     if is_unchanged(previous.as_deref(), &cid) {
                         unchanged += 1;
                     } else {
-                        staged.push(Staged::Upsert { collection: collection.into(), rkey: rkey.into(), cid, bytes: Some(bytes), previous });
+                        staged.push(Staged::Upsert {
+                            collection: collection.into(),
+                            rkey: rkey.into(),
+                            cid,
+                            bytes: Some(bytes),
+                            previous,
+                        });
                     }
                 }
                 RecordOp::Delete { collection, rkey } => {
@@ -357,7 +395,13 @@ impl Pipeline {
     /// Runs handlers over staged changes and builds the batch; also returns the number of
     /// handler failures.
     /// Bodies a walk left out are read from `repo`.
-    fn stage(&self, compiled: &CompiledFilter, origin: &Origin, staged: Vec<Staged>, repo: Option<&LoadedRepo>) -> Result<(RepoChange, u64), RepoError> {
+    fn stage(
+        &self,
+        compiled: &CompiledFilter,
+        origin: &Origin,
+        staged: Vec<Staged>,
+        repo: Option<&LoadedRepo>,
+    ) -> Result<(RepoChange, u64), RepoError> {
         let n = staged.len();
         let mut change = RepoChange {
             did: origin.did.to_string(),
@@ -375,15 +419,21 @@ impl Pipeline {
                         (None, Some(repo)) => repo.block(&cid, "record")?,
                         (None, None) => return Err(RepoError::MissingBlock { cid, what: "record" }),
                     };
-                    failures += self.stage_upsert(compiled, origin, &mut change, collection, rkey, cid, bytes, previous);
+                    failures +=
+                        self.stage_upsert(compiled, origin, &mut change, collection, rkey, cid, bytes, previous);
                 }
                 Staged::Delete { collection, rkey, previous } => {
                     let run = {
                         let mut active = compiled.handlers_for(&collection).peekable();
                         if active.peek().is_some() {
-                            let (prev_cid, prev_bytes) = self.previous_record(&origin.did, &collection, &rkey, Some(&previous));
+                            let (prev_cid, prev_bytes) =
+                                self.previous_record(&origin.did, &collection, &rkey, Some(&previous));
                             let view = RecordKeyView {
-                                did: &origin.did, collection: &collection, rkey: &rkey, rev: &origin.rev, live: origin.live,
+                                did: &origin.did,
+                                collection: &collection,
+                                rkey: &rkey,
+                                rev: &origin.rev,
+                                live: origin.live,
                                 previous: prev_bytes.as_deref().map(|bytes| PreviousRecord { cid: &prev_cid, bytes }),
                             };
                             self.run_handlers(active, || view.uri(), |h, s, out| h.on_delete(&view, s, out))
@@ -394,7 +444,16 @@ impl Pipeline {
                     failures += run.failures;
                     change.handler_writes.extend(run.writes);
                     change.records.push(RecordWrite::Remove { collection: collection.clone(), rkey: rkey.clone() });
-                    change.events.push(record_event(origin, collection, rkey, Action::Delete, Vec::new(), None, run.handled, None));
+                    change.events.push(record_event(
+                        origin,
+                        collection,
+                        rkey,
+                        Action::Delete,
+                        Vec::new(),
+                        None,
+                        run.handled,
+                        None,
+                    ));
                 }
             }
         }
@@ -402,13 +461,29 @@ impl Pipeline {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn stage_upsert(&self, compiled: &CompiledFilter, origin: &Origin, change: &mut RepoChange, collection: SmolStr, rkey: SmolStr, cid: Cid, bytes: Bytes, previous: Option<Vec<u8>>) -> u64 {
+    fn stage_upsert(
+        &self,
+        compiled: &CompiledFilter,
+        origin: &Origin,
+        change: &mut RepoChange,
+        collection: SmolStr,
+        rkey: SmolStr,
+        cid: Cid,
+        bytes: Bytes,
+        previous: Option<Vec<u8>>,
+    ) -> u64 {
         let run = {
             let mut active = compiled.handlers_for(&collection).peekable();
             if active.peek().is_some() {
                 let (prev_cid, prev_bytes) = self.previous_record(&origin.did, &collection, &rkey, previous.as_deref());
                 let view = RecordView::new(
-                    &origin.did, &collection, &rkey, &cid, &origin.rev, origin.live, &bytes,
+                    &origin.did,
+                    &collection,
+                    &rkey,
+                    &cid,
+                    &origin.rev,
+                    origin.live,
+                    &bytes,
                     prev_bytes.as_deref().map(|bytes| PreviousRecord { cid: &prev_cid, bytes }),
                 );
                 self.run_handlers(active, || view.uri(), |h, s, out| h.on_record(&view, s, out))
@@ -422,7 +497,16 @@ impl Pipeline {
             Emit::Drop => {
                 if previous.is_some() {
                     change.records.push(RecordWrite::Remove { collection: collection.clone(), rkey: rkey.clone() });
-                    change.events.push(record_event(origin, collection, rkey, Action::Delete, Vec::new(), None, run.handled, None));
+                    change.events.push(record_event(
+                        origin,
+                        collection,
+                        rkey,
+                        Action::Delete,
+                        Vec::new(),
+                        None,
+                        run.handled,
+                        None,
+                    ));
                 }
                 return failures;
             }
@@ -433,14 +517,35 @@ impl Pipeline {
         let action = if previous.is_some() { Action::Update } else { Action::Create };
         // The event carries the body unless a handler's JSON stands for it.
         let event_body = replaced.is_none().then(|| bytes.clone());
-        change.records.push(RecordWrite::Put { collection: collection.clone(), rkey: rkey.clone(), cid: cid_bytes.clone(), body: bytes, existed: previous.is_some() });
-        change.events.push(record_event(origin, collection, rkey, action, cid_bytes, replaced, run.handled, event_body));
+        change.records.push(RecordWrite::Put {
+            collection: collection.clone(),
+            rkey: rkey.clone(),
+            cid: cid_bytes.clone(),
+            body: bytes,
+            existed: previous.is_some(),
+        });
+        change.events.push(record_event(
+            origin,
+            collection,
+            rkey,
+            action,
+            cid_bytes,
+            replaced,
+            run.handled,
+            event_body,
+        ));
         failures
     }
 
     /// The stored version a handler sees as `previous` (`previous` is its CID): its CID as a
     /// string and its body, read only when a handler will look at it.
-    fn previous_record(&self, did: &str, collection: &str, rkey: &str, previous: Option<&[u8]>) -> (String, Option<Vec<u8>>) {
+    fn previous_record(
+        &self,
+        did: &str,
+        collection: &str,
+        rkey: &str,
+        previous: Option<&[u8]>,
+    ) -> (String, Option<Vec<u8>>) {
         let Some(cid) = previous else { return (String::new(), None) };
         let cid_str = Cid::try_from(cid).map(|c| c.to_string()).unwrap_or_default();
         (cid_str, self.store.record(did, collection, rkey).ok().flatten().and_then(|r| r.body))
@@ -448,9 +553,18 @@ impl Pipeline {
 
     /// Runs the `active` handlers of a record's collection; an error or panic is logged and
     /// counted, and costs only that handler's output.
-    fn run_handlers<'h, F>(&self, active: impl Iterator<Item = &'h ActiveHandler>, uri: impl Fn() -> String, call: F) -> HandlerRun
+    fn run_handlers<'h, F>(
+        &self,
+        active: impl Iterator<Item = &'h ActiveHandler>,
+        uri: impl Fn() -> String,
+        call: F,
+    ) -> HandlerRun
     where
-        F: Fn(&dyn sluice_handlers::CollectionHandler, &sluice_handlers::HandlerSettings, &mut HandlerOutput) -> Result<(), sluice_handlers::HandlerError>,
+        F: Fn(
+            &dyn sluice_handlers::CollectionHandler,
+            &sluice_handlers::HandlerSettings,
+            &mut HandlerOutput,
+        ) -> Result<(), sluice_handlers::HandlerError>,
     {
         let mut run = HandlerRun::default();
         for active in active {
@@ -490,7 +604,11 @@ struct HandlerRun {
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into())
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Whether a record's stored CID (binary, if it is stored) is `cid`: then the new version
@@ -510,12 +628,34 @@ pub(super) fn is_too_old(repo: &LoadedRepo, rkey: &str, cid: &Cid, since_us: u64
 
 fn check_rev(did: &str, rev: &str, state: Option<&RepoState>) -> Result<(), PipelineError> {
     match state.and_then(|s| s.rev.as_deref()) {
-        Some(stored) if stored > rev => Err(PipelineError::StaleRev { did: did.into(), rev: rev.into(), stored: stored.into() }),
+        Some(stored) if stored > rev => {
+            Err(PipelineError::StaleRev { did: did.into(), rev: rev.into(), stored: stored.into() })
+        }
         _ => Ok(()),
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn record_event(origin: &Origin, collection: SmolStr, rkey: SmolStr, action: Action, cid: Vec<u8>, replaced: Option<String>, handled: Vec<(SmolStr, String)>, body: Option<Bytes>) -> StoredEvent {
-    StoredEvent::Record(RecordEvent { live: origin.live, did: origin.did.clone(), rev: origin.rev.clone(), collection, rkey, action, cid, replaced, handled, body })
+fn record_event(
+    origin: &Origin,
+    collection: SmolStr,
+    rkey: SmolStr,
+    action: Action,
+    cid: Vec<u8>,
+    replaced: Option<String>,
+    handled: Vec<(SmolStr, String)>,
+    body: Option<Bytes>,
+) -> StoredEvent {
+    StoredEvent::Record(RecordEvent {
+        live: origin.live,
+        did: origin.did.clone(),
+        rev: origin.rev.clone(),
+        collection,
+        rkey,
+        action,
+        cid,
+        replaced,
+        handled,
+        body,
+    })
 }

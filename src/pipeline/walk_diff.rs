@@ -37,7 +37,14 @@ pub(super) struct WalkChanges<'a> {
 
 impl<'a> WalkChanges<'a> {
     /// `keys` are the walk's records in key order.
-    pub(super) fn new(repo: &'a LoadedRepo, filter: &'a Filter, since_us: Option<u64>, keys: WalkKeys<'a>, stored: RecordMap, keep: bool) -> Self {
+    pub(super) fn new(
+        repo: &'a LoadedRepo,
+        filter: &'a Filter,
+        since_us: Option<u64>,
+        keys: WalkKeys<'a>,
+        stored: RecordMap,
+        keep: bool,
+    ) -> Self {
         let keys = keep.then_some(keys);
         Self { repo, filter, since_us, keys, stored, keep, deletes: None, peeked: None, unchanged: 0, too_old: 0 }
     }
@@ -48,7 +55,11 @@ impl<'a> WalkChanges<'a> {
             Some(keys) => keys.size_hint().1?,
             None => 0,
         };
-        Some(keys + self.stored.len() + self.deletes.as_ref().map_or(0, |d| d.len()) + usize::from(self.peeked.is_some()))
+        Some(
+            keys + self.stored.len()
+                + self.deletes.as_ref().map_or(0, |d| d.len())
+                + usize::from(self.peeked.is_some()),
+        )
     }
 
     /// Whether every change has been yielded.
@@ -65,7 +76,10 @@ impl<'a> WalkChanges<'a> {
         }
         let deletes = self.deletes.get_or_insert_with(|| {
             let (filter, keep) = (self.filter, self.keep);
-            let mut left: Vec<_> = std::mem::take(&mut self.stored).into_iter().filter(|((c, _), _)| !keep || filter.wants_collection(c)).collect();
+            let mut left: Vec<_> = std::mem::take(&mut self.stored)
+                .into_iter()
+                .filter(|((c, _), _)| !keep || filter.wants_collection(c))
+                .collect();
             left.sort();
             left.into_iter()
         });

@@ -74,7 +74,8 @@ impl Blocks {
             BlockSource::Memory(buffer) => Ok(Some(buffer.slice(offset as usize..offset as usize + len as usize))),
             BlockSource::File(file) => {
                 let mut buf = vec![0; len as usize];
-                std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, offset).map_err(|e| RepoError::Car(format!("reading block {cid} back from the spooled export: {e}")))?;
+                std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, offset)
+                    .map_err(|e| RepoError::Car(format!("reading block {cid} back from the spooled export: {e}")))?;
                 Ok(Some(Bytes::from(buf)))
             }
         }
@@ -244,7 +245,12 @@ fn check_car_size(size: u64, limits: &CarLimits) -> Result<(), RepoError> {
 pub fn read_car(bytes: &[u8], limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
     check_car_size(bytes.len() as u64, limits)?;
     // The blocks are the CAR less its framing: its size is enough for them.
-    run_ready(read_car_into(bytes, limits, Vec::with_capacity(bytes.len()), CidChecks::for_car(Some(bytes.len() as u64), None)))
+    run_ready(read_car_into(
+        bytes,
+        limits,
+        Vec::with_capacity(bytes.len()),
+        CidChecks::for_car(Some(bytes.len() as u64), None),
+    ))
 }
 
 /// [`read_car`] over bytes the repo may keep (a CAR read whole from a file or a download):
@@ -258,14 +264,22 @@ pub fn read_car_owned(bytes: Bytes, limits: &CarLimits) -> Result<LoadedRepo, Re
 
 /// [`read_car`] over a stream (a network body), which is never held whole: only its blocks
 /// are kept, and reading stops as soon as a limit is passed.
-pub async fn read_car_from<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
+pub async fn read_car_from<R: AsyncRead + Unpin + Send>(
+    reader: R,
+    limits: &CarLimits,
+) -> Result<LoadedRepo, RepoError> {
     // Hashed as it is read: handing blocks to a thread would block this task.
     read_car_into(reader, limits, Vec::new(), CidChecks::Inline).await
 }
 
 /// [`read_car_from`], collecting the blocks in `buffer` (sized for them when the CAR's size
 /// is known, so it is never copied as it grows).
-async fn read_car_into<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mut buffer: Vec<u8>, checks: CidChecks) -> Result<LoadedRepo, RepoError> {
+async fn read_car_into<R: AsyncRead + Unpin + Send>(
+    reader: R,
+    limits: &CarLimits,
+    mut buffer: Vec<u8>,
+    checks: CidChecks,
+) -> Result<LoadedRepo, RepoError> {
     let (root, index) = scan_car(reader, limits, checks, |data, _| {
         let offset = buffer.len() as u64;
         buffer.extend_from_slice(data);
@@ -281,7 +295,12 @@ async fn read_car_into<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimit
 ///
 /// A CID mismatch is reported before any error found after it in the CAR, wherever `checks`
 /// hashes the blocks.
-async fn scan_car<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mut checks: CidChecks, place: impl FnMut(&[u8], u64) -> u64) -> Result<(Cid, BlockIndex), RepoError> {
+async fn scan_car<R: AsyncRead + Unpin + Send>(
+    reader: R,
+    limits: &CarLimits,
+    mut checks: CidChecks,
+    place: impl FnMut(&[u8], u64) -> u64,
+) -> Result<(Cid, BlockIndex), RepoError> {
     let scanned = scan_blocks(reader, limits, &mut checks, place).await;
     // A block that failed its check came before whatever stopped the scan, if anything did.
     checks.finish()?;
@@ -290,7 +309,12 @@ async fn scan_car<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, mu
 
 /// [`scan_car`]'s reading, the blocks handed to `checks`. A failed check (`Err(None)` from
 /// `checks`) ends the scan with a placeholder error: `checks.finish()` has the real one.
-async fn scan_blocks<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits, checks: &mut CidChecks, mut place: impl FnMut(&[u8], u64) -> u64) -> Result<(Cid, BlockIndex), RepoError> {
+async fn scan_blocks<R: AsyncRead + Unpin + Send>(
+    reader: R,
+    limits: &CarLimits,
+    checks: &mut CidChecks,
+    mut place: impl FnMut(&[u8], u64) -> u64,
+) -> Result<(Cid, BlockIndex), RepoError> {
     let over = Arc::new(AtomicBool::new(false));
     let position = Arc::new(AtomicU64::new(0));
     let capped = Capped { inner: reader, left: limits.max_car_bytes, over: over.clone(), position: position.clone() };
@@ -305,7 +329,11 @@ async fn scan_blocks<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits,
     while let Some(item) = n0_future::StreamExt::next(&mut stream).await {
         let (cid, data) = item.map_err(car_error)?;
         if data.len() > limits.max_block_bytes {
-            return Err(RepoError::TooLarge(format!("block {cid} has {} bytes, over the {}-byte limit", data.len(), limits.max_block_bytes)));
+            return Err(RepoError::TooLarge(format!(
+                "block {cid} has {} bytes, over the {}-byte limit",
+                data.len(),
+                limits.max_block_bytes
+            )));
         }
         count += 1;
         if count > limits.max_blocks {
@@ -326,7 +354,10 @@ async fn scan_blocks<R: AsyncRead + Unpin + Send>(reader: R, limits: &CarLimits,
 /// export costs an index, not its size in memory.
 pub fn read_car_file(file: std::fs::File, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
     let size = file.metadata().ok().map(|m| m.len());
-    let (root, index) = run_ready(scan_car(file_reader(&file), limits, CidChecks::for_car(size, None), |data, end| end - data.len() as u64))?;
+    let (root, index) =
+        run_ready(scan_car(file_reader(&file), limits, CidChecks::for_car(size, None), |data, end| {
+            end - data.len() as u64
+        }))?;
     LoadedRepo::new(root, Blocks { index, source: BlockSource::File(file) })
 }
 
@@ -337,7 +368,8 @@ pub fn read_car_file_into_memory(file: &std::fs::File, limits: &CarLimits) -> Re
     let size = file.metadata().map_err(unreadable)?.len();
     check_car_size(size, limits)?;
     let mut bytes = Vec::with_capacity(size as usize);
-    std::io::Read::read_to_end(&mut std::io::Read::take(file, limits.max_car_bytes + 1), &mut bytes).map_err(unreadable)?;
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, limits.max_car_bytes + 1), &mut bytes)
+        .map_err(unreadable)?;
     read_car_owned(Bytes::from(bytes), limits)
 }
 
@@ -351,7 +383,11 @@ fn file_reader(file: &std::fs::File) -> BlockingReader<std::io::BufReader<&std::
 struct BlockingReader<R>(R);
 
 impl<R: std::io::Read + Unpin> AsyncRead for BlockingReader<R> {
-    fn poll_read(mut self: std::pin::Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let n = match std::io::Read::read(&mut self.0, buf.initialize_unfilled()) {
             Ok(n) => n,
             Err(e) => return Poll::Ready(Err(e)),
@@ -371,7 +407,11 @@ struct Capped<R> {
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for Capped<R> {
-    fn poll_read(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
@@ -391,7 +431,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for Capped<R> {
 impl LoadedRepo {
     fn new(root: Cid, blocks: Blocks) -> Result<Self, RepoError> {
         let commit_bytes = blocks.get(&root)?.ok_or(RepoError::MissingBlock { cid: root, what: "root commit" })?;
-        let commit = Commit::<SmolStr>::from_cbor(&commit_bytes).map_err(|e| RepoError::NotACommit(root, e.to_string()))?;
+        let commit =
+            Commit::<SmolStr>::from_cbor(&commit_bytes).map_err(|e| RepoError::NotACommit(root, e.to_string()))?;
         Ok(LoadedRepo { commit_cid: root, commit, blocks })
     }
 
@@ -440,7 +481,9 @@ impl LoadedRepo {
             return Err(RepoError::Did { found: found.into(), problem: "not a valid DID".into() });
         }
         match expected_did {
-            Some(want) if want != found => Err(RepoError::Did { found: found.into(), problem: format!("expected {want}") }),
+            Some(want) if want != found => {
+                Err(RepoError::Did { found: found.into(), problem: format!("expected {want}") })
+            }
             _ => Ok(()),
         }
     }

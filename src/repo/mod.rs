@@ -14,7 +14,10 @@ mod car;
 mod signature;
 mod walk;
 
-pub use car::{CarLimits, LoadedRepo, parse_public_key, read_car, read_car_file, read_car_file_into_memory, read_car_from, read_car_owned};
+pub use car::{
+    CarLimits, LoadedRepo, parse_public_key, read_car, read_car_file, read_car_file_into_memory, read_car_from,
+    read_car_owned,
+};
 pub use signature::verify_commit;
 pub use walk::{RecordCid, RecordEntry, RecordKey, RecordKeys, Records};
 

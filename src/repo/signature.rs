@@ -34,7 +34,8 @@ pub fn verify_commit(commit: &Commit<SmolStr>, key: &PublicKey<'_>) -> Result<()
 
 fn verify_secp256k1(commit: &Commit<SmolStr>, key: &[u8]) -> Result<(), RepoError> {
     let key = parsed_key(key)?;
-    let sig = Signature::from_compact(commit.sig()).map_err(|e| RepoError::Signature(format!("invalid signature: {e}")))?;
+    let sig =
+        Signature::from_compact(commit.sig()).map_err(|e| RepoError::Signature(format!("invalid signature: {e}")))?;
     let unsigned = unsigned_bytes(commit)?;
     let digest = Message::from_digest(Sha256::digest(&unsigned).into());
     // libsecp256k1 accepts only low-S signatures, as atproto asks.
@@ -43,15 +44,18 @@ fn verify_secp256k1(commit: &Commit<SmolStr>, key: &[u8]) -> Result<(), RepoErro
 
 /// The bytes the signature covers: the commit without its `sig`, in DAG-CBOR.
 fn unsigned_bytes(commit: &Commit<SmolStr>) -> Result<Vec<u8>, RepoError> {
-    let unsigned = Commit::new_unsigned(commit.did().clone(), *commit.data(), commit.rev().clone(), commit.prev().copied());
-    serde_ipld_dagcbor::to_vec(&unsigned).map_err(|e| RepoError::Signature(format!("encoding the unsigned commit: {e}")))
+    let unsigned =
+        Commit::new_unsigned(commit.did().clone(), *commit.data(), commit.rev().clone(), commit.prev().copied());
+    serde_ipld_dagcbor::to_vec(&unsigned)
+        .map_err(|e| RepoError::Signature(format!("encoding the unsigned commit: {e}")))
 }
 
 fn parsed_key(bytes: &[u8]) -> Result<secp256k1::PublicKey, RepoError> {
     if let Some(key) = KEYS.read().expect("key cache").get(bytes) {
         return Ok(*key);
     }
-    let key = secp256k1::PublicKey::from_slice(bytes).map_err(|e| RepoError::Signature(format!("invalid secp256k1 key: {e}")))?;
+    let key = secp256k1::PublicKey::from_slice(bytes)
+        .map_err(|e| RepoError::Signature(format!("invalid secp256k1 key: {e}")))?;
     let mut cache = KEYS.write().expect("key cache");
     if cache.len() >= KEY_CACHE_CAPACITY {
         cache.clear();

@@ -6,8 +6,8 @@
 //! visited once and a malformed tree cannot loop or recurse without bound).
 
 use bytes::Bytes;
-use smol_str::SmolStr;
 use cid::Cid;
+use smol_str::SmolStr;
 
 use jacquard_repo::mst::node::NodeData;
 use jacquard_repo::mst::util::layer_for_key;
@@ -40,12 +40,18 @@ pub struct RecordCid {
 impl RecordCid {
     /// `None` when the digest is not 32 bytes long (no block of a CAR has such a CID).
     pub fn new(cid: &Cid) -> Option<Self> {
-        Some(Self { version: cid.version(), codec: cid.codec(), code: cid.hash().code(), digest: cid.hash().digest().try_into().ok()? })
+        Some(Self {
+            version: cid.version(),
+            codec: cid.codec(),
+            code: cid.hash().code(),
+            digest: cid.hash().digest().try_into().ok()?,
+        })
     }
 
     /// The CID.
     pub fn cid(&self) -> Cid {
-        let hash = multihash::Multihash::wrap(self.code, &self.digest).expect("a 32-byte digest fits a 64-byte multihash");
+        let hash =
+            multihash::Multihash::wrap(self.code, &self.digest).expect("a 32-byte digest fits a 64-byte multihash");
         Cid::new(self.version, self.codec, hash).expect("the parts of a valid CID make it again")
     }
 }
@@ -91,7 +97,13 @@ impl LoadedRepo {
     /// Walks the MST like [`LoadedRepo::records`] (every node read and checked, every record's
     /// block known to be present) without reading record bodies.
     pub fn record_keys(&self) -> RecordKeys<'_> {
-        RecordKeys { repo: self, stack: vec![Item::Node { cid: self.data(), layer: None }], last_key: None, failed: false, collections: Default::default() }
+        RecordKeys {
+            repo: self,
+            stack: vec![Item::Node { cid: self.data(), layer: None }],
+            last_key: None,
+            failed: false,
+            collections: Default::default(),
+        }
     }
 }
 
@@ -104,7 +116,12 @@ impl Iterator for Records<'_> {
             Err(e) => return Some(Err(e)),
         };
         let cid = key.cid.cid();
-        let entry = self.0.repo.block(&cid, "record").map(|bytes| RecordEntry { collection: key.collection, rkey: key.rkey, cid, bytes });
+        let entry = self.0.repo.block(&cid, "record").map(|bytes| RecordEntry {
+            collection: key.collection,
+            rkey: key.rkey,
+            cid,
+            bytes,
+        });
         self.0.failed |= entry.is_err();
         Some(entry)
     }
@@ -125,12 +142,17 @@ impl RecordKeys<'_> {
         let mut layer = layer;
         for entry in &node.entries {
             let prefix = entry.prefix_len as usize;
-            let shared = prev_key.get(..prefix).ok_or_else(|| mst_err(cid, format!("prefix length {prefix} exceeds the previous key")))?;
+            let shared = prev_key
+                .get(..prefix)
+                .ok_or_else(|| mst_err(cid, format!("prefix length {prefix} exceeds the previous key")))?;
             let suffix = std::str::from_utf8(&entry.key_suffix).map_err(|_| mst_err(cid, "key is not UTF-8"))?;
             let key = format!("{shared}{suffix}");
             let key_layer = layer_for_key(&key);
             if *layer.get_or_insert(key_layer) != key_layer {
-                return Err(mst_err(cid, format!("key {key} has height {key_layer}, but its node is at height {}", layer.unwrap_or(0))));
+                return Err(mst_err(
+                    cid,
+                    format!("key {key} has height {key_layer}, but its node is at height {}", layer.unwrap_or(0)),
+                ));
             }
             items.push(Item::Leaf { key: key.clone(), cid: entry.value });
             if let Some(tree) = entry.tree {
@@ -149,7 +171,8 @@ impl RecordKeys<'_> {
         if self.last_key.as_ref().is_some_and(|last| *last >= key) {
             return Err(mst_err(cid, format!("key {key} is out of order")));
         }
-        let (collection, rkey) = self.split_key(&key).ok_or_else(|| mst_err(cid, format!("`{key}` is not a collection/rkey path")))?;
+        let (collection, rkey) =
+            self.split_key(&key).ok_or_else(|| mst_err(cid, format!("`{key}` is not a collection/rkey path")))?;
         let compact = RecordCid::new(&cid).filter(|_| self.repo.has_block(&cid));
         let Some(compact) = compact else { return Err(RepoError::MissingBlock { cid, what: "record" }) };
         let entry = RecordKey { collection: collection.into(), rkey: rkey.into(), cid: compact };
@@ -170,7 +193,6 @@ fn child_layer(node: Cid, layer: Option<usize>) -> Result<Option<usize>, RepoErr
         None => Ok(None),
     }
 }
-
 
 impl RecordKeys<'_> {
     /// Splits an MST key into a valid (collection NSID, record key).
@@ -228,6 +250,11 @@ mod tests {
 
     #[test]
     fn a_record_cid_is_smaller_than_a_cid() {
-        assert!(std::mem::size_of::<RecordCid>() <= 56 && std::mem::size_of::<Cid>() >= 88, "{} vs {}", std::mem::size_of::<RecordCid>(), std::mem::size_of::<Cid>());
+        assert!(
+            std::mem::size_of::<RecordCid>() <= 56 && std::mem::size_of::<Cid>() >= 88,
+            "{} vs {}",
+            std::mem::size_of::<RecordCid>(),
+            std::mem::size_of::<Cid>()
+        );
     }
 }

@@ -44,7 +44,11 @@ pub(super) fn routes(state: &Arc<ServerState>) -> Router<Arc<ServerState>> {
 
 /// Refuses requests without the admin bearer token (compared in constant time).
 async fn authorize(State(state): State<Arc<ServerState>>, request: Request, next: Next) -> Response {
-    let given = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
     let want = state.admin_token.as_deref().unwrap_or_default();
     match given {
         Some(token) if constant_time_eq(token.as_bytes(), want.as_bytes()) => next.run(request).await,
@@ -111,11 +115,14 @@ fn edit_filter(state: &ServerState, change: impl FnOnce(&mut Filter)) -> Result<
     change(&mut filter);
     let text = filter.to_toml();
     let (path, origin) = (&state.config.filter.path, state.config.filter.path.display().to_string());
-    let checked = Filter::from_toml(&text, &origin).map_err(|e| XrpcError::invalid(format!("the edited filter is invalid: {e}")))?;
+    let checked = Filter::from_toml(&text, &origin)
+        .map_err(|e| XrpcError::invalid(format!("the edited filter is invalid: {e}")))?;
     if let Ok(on_disk) = std::fs::read_to_string(path) {
         let text = crate::filter::rewrite_keeping_layout(&on_disk, &origin, &checked).unwrap_or(text);
         let tmp = path.with_extension("toml.admin-edit");
-        std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| XrpcError::internal(format!("writing {}: {e}", path.display())))?;
+        std::fs::write(&tmp, &text)
+            .and_then(|()| std::fs::rename(&tmp, path))
+            .map_err(|e| XrpcError::internal(format!("writing {}: {e}", path.display())))?;
     }
     state.pipeline.filter().store(checked.clone());
     tracing::info!(file = %path.display(), "filter changed through the admin API");

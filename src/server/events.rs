@@ -21,12 +21,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
@@ -52,31 +52,51 @@ struct Start {
     consumer: Option<String>,
 }
 
-async fn subscribe(State(state): State<Arc<ServerState>>, ws: WebSocketUpgrade, q: Result<Query<HashMap<String, String>>, QueryRejection>) -> Response {
+async fn subscribe(
+    State(state): State<Arc<ServerState>>,
+    ws: WebSocketUpgrade,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Response {
     match start_of(&state, q) {
         Ok(start) => ws.on_upgrade(move |socket| stream(socket, state, start)),
         Err(e) => e.into_response(),
     }
 }
 
-fn start_of(state: &ServerState, q: Result<Query<HashMap<String, String>>, QueryRejection>) -> Result<Start, XrpcError> {
+fn start_of(
+    state: &ServerState,
+    q: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Start, XrpcError> {
     let params = Params::from_query(q)?;
-    let cursor = match params.opt("cursor") {
-        Some(c) => Some(c.parse::<u64>().map_err(|_| XrpcError::invalid("cursor must be a non-negative integer (the last event id you have)"))?),
-        None => None,
-    };
+    let cursor =
+        match params.opt("cursor") {
+            Some(c) => Some(c.parse::<u64>().map_err(|_| {
+                XrpcError::invalid("cursor must be a non-negative integer (the last event id you have)")
+            })?),
+            None => None,
+        };
     let head = state.store().next_event_id() - 1;
     if cursor.is_some_and(|c| c > head) {
-        return Err(XrpcError::new(axum::http::StatusCode::BAD_REQUEST, "FutureCursor", format!("cursor is after the last event ({head})")));
+        return Err(XrpcError::new(
+            axum::http::StatusCode::BAD_REQUEST,
+            "FutureCursor",
+            format!("cursor is after the last event ({head})"),
+        ));
     }
     let consumer = params.opt("consumer").map(str::to_string);
     if let Some(name) = &consumer
-        && (name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        && (name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
     {
         return Err(XrpcError::invalid("consumer must be 1-64 letters, digits, - or _"));
     }
     let saved = match &consumer {
-        Some(name) => state.store().cursor(&consumer_cursor(name)).map_err(|e| XrpcError::internal(e.to_string()))?.and_then(|c| c.parse().ok()),
+        Some(name) => state
+            .store()
+            .cursor(&consumer_cursor(name))
+            .map_err(|e| XrpcError::internal(e.to_string()))?
+            .and_then(|c| c.parse().ok()),
         None => None,
     };
     Ok(Start { after: cursor.or(saved).unwrap_or(if consumer.is_some() { 0 } else { head }), consumer })
@@ -123,7 +143,11 @@ async fn stream(socket: WebSocket, state: Arc<ServerState>, start: Start) {
 /// Takes `{"ack": ID}` from an acked consumer and saves it as its cursor.
 fn record_ack(state: &ServerState, consumer: Option<&str>, acks: &Acks, text: &str) {
     let Some(name) = consumer else { return };
-    let Some(id) = serde_json::from_str::<serde_json::Value>(text).ok().and_then(|v| v.get("ack").and_then(|a| a.as_u64())) else { return };
+    let Some(id) =
+        serde_json::from_str::<serde_json::Value>(text).ok().and_then(|v| v.get("ack").and_then(|a| a.as_u64()))
+    else {
+        return;
+    };
     if acks.acked.fetch_max(id, Ordering::Relaxed) < id {
         acks.progress.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = state.store().save_cursor(&consumer_cursor(name), &id.to_string()) {
@@ -133,7 +157,13 @@ fn record_ack(state: &ServerState, consumer: Option<&str>, acks: &Acks, text: &s
 }
 
 /// Sends events from `start` on, forever; returns why it stopped.
-async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &Arc<ServerState>, start: &Start, acks: &Acks, closed: &tokio_util::sync::CancellationToken) -> Result<(), String> {
+async fn send_loop(
+    sink: &mut SplitSink<WebSocket, Message>,
+    state: &Arc<ServerState>,
+    start: &Start,
+    acks: &Acks,
+    closed: &tokio_util::sync::CancellationToken,
+) -> Result<(), String> {
     let store = state.store().clone();
     let mut head_changed = store.watch_events();
     let limits = &state.config.server;
@@ -208,7 +238,11 @@ type Batch = Vec<(u64, Utf8Bytes)>;
 
 /// When `batch`, read from id `next` on, starts after it, retention has removed the events
 /// from `next` on: tells the client so before it gets the rest.
-async fn tell_if_past_retention(sink: &mut SplitSink<WebSocket, Message>, next: u64, batch: &Batch) -> Result<(), String> {
+async fn tell_if_past_retention(
+    sink: &mut SplitSink<WebSocket, Message>,
+    next: u64,
+    batch: &Batch,
+) -> Result<(), String> {
     match batch.first() {
         Some(&(first, _)) if first > next => {
             let info = json!({"info": "OutdatedCursor", "message": format!("events {next}..{} are past the log's retention; the stream goes on from {first}", first - 1)});
@@ -258,7 +292,10 @@ impl LogReader {
 
 /// Starts reading the batch from `from` (at most [`BATCH`] events, as JSON text) on the
 /// blocking pool.
-fn spawn_read(store: &Arc<crate::store::Store>, from: u64) -> tokio::task::JoinHandle<Result<Batch, crate::store::StoreError>> {
+fn spawn_read(
+    store: &Arc<crate::store::Store>,
+    from: u64,
+) -> tokio::task::JoinHandle<Result<Batch, crate::store::StoreError>> {
     let store = store.clone();
     tokio::task::spawn_blocking(move || {
         let events = store.events_from(from, BATCH)?;

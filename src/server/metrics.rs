@@ -35,7 +35,8 @@ impl Family<'_> {
     }
 
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) -> &mut Self {
-        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect();
+        let labels: Vec<String> =
+            labels.iter().map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\""))).collect();
         let labels = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.join(",")) };
         let _ = writeln!(self.out, "{name}{labels} {value}");
         self
@@ -55,7 +56,11 @@ pub fn render(state: &ServerState) -> String {
     sink(&mut out, state);
     filter(&mut out, state);
     let name = "sluice_stream_clients";
-    Family::start(&mut out, name, "gauge", "Event stream clients connected (subscribeEvents and /subscribe).").sample(name, &[], state.stream_clients.load(Ordering::Relaxed));
+    Family::start(&mut out, name, "gauge", "Event stream clients connected (subscribeEvents and /subscribe).").sample(
+        name,
+        &[],
+        state.stream_clients.load(Ordering::Relaxed),
+    );
     let name = "sluice_resident_memory_bytes";
     let rss = crate::backfill::progress::resident_bytes().unwrap_or(0);
     Family::start(&mut out, name, "gauge", "Resident memory of the process.").sample(name, &[], rss);
@@ -67,11 +72,22 @@ pub fn render(state: &ServerState) -> String {
 fn filter(out: &mut String, state: &ServerState) {
     let saves = state.pipeline.filter().saves();
     let name = "sluice_filter_saves_total";
-    Family::start(out, name, "counter", "Saves of the filter file read since start, by result (refused ones leave the old filter in force).")
-        .sample(name, &[("result", "accepted")], saves.accepted)
-        .sample(name, &[("result", "refused")], saves.refused);
+    Family::start(
+        out,
+        name,
+        "counter",
+        "Saves of the filter file read since start, by result (refused ones leave the old filter in force).",
+    )
+    .sample(name, &[("result", "accepted")], saves.accepted)
+    .sample(name, &[("result", "refused")], saves.refused);
     let name = "sluice_filter_save_refused";
-    Family::start(out, name, "gauge", "1 while the filter file's last save stands refused (the filter in force is an older one).").sample(name, &[], u8::from(saves.error.is_some()));
+    Family::start(
+        out,
+        name,
+        "gauge",
+        "1 while the filter file's last save stands refused (the filter in force is an older one).",
+    )
+    .sample(name, &[], u8::from(saves.error.is_some()));
 }
 
 fn events(out: &mut String, state: &ServerState) {
@@ -84,40 +100,87 @@ fn events(out: &mut String, state: &ServerState) {
         .sample(name, &[("kind", "identity")], load(&m.identity_events))
         .sample(name, &[("kind", "account")], load(&m.account_events));
     let name = "sluice_event_log_head";
-    Family::start(out, name, "gauge", "Id of the last event in the log.").sample(name, &[], state.store().next_event_id() - 1);
+    Family::start(out, name, "gauge", "Id of the last event in the log.").sample(
+        name,
+        &[],
+        state.store().next_event_id() - 1,
+    );
     let name = "sluice_event_log_oldest";
     let oldest = state.store().oldest_event_id().ok().flatten().unwrap_or(0);
-    Family::start(out, name, "gauge", "Id of the oldest event in the log (older ones are past the retention; 0: none).").sample(name, &[], oldest);
+    Family::start(
+        out,
+        name,
+        "gauge",
+        "Id of the oldest event in the log (older ones are past the retention; 0: none).",
+    )
+    .sample(name, &[], oldest);
     let name = "sluice_handler_errors_total";
-    Family::start(out, name, "counter", "Handler errors and panics since start.").sample(name, &[], load(&m.handler_errors));
+    Family::start(out, name, "counter", "Handler errors and panics since start.").sample(
+        name,
+        &[],
+        load(&m.handler_errors),
+    );
 }
 
 fn repos(out: &mut String, state: &ServerState) {
     let name = "sluice_repos";
-    let mut family = Family::start(out, name, "gauge", "Repos by state (the backfill queue is pending, error and desynchronized; repos in flight stay pending, see sluice_backfill_in_flight).");
+    let mut family = Family::start(
+        out,
+        name,
+        "gauge",
+        "Repos by state (the backfill queue is pending, error and desynchronized; repos in flight stay pending, see sluice_backfill_in_flight).",
+    );
     for status in RepoStatus::ALL {
         family.sample(name, &[("status", status.as_str())], state.store().repo_count(status));
     }
     if let Some(backfill) = &state.backfill {
         let name = "sluice_backfill_in_flight";
-        Family::start(out, name, "gauge", "Repos being backfilled now.").sample(name, &[], load(&backfill.progress().in_flight));
+        Family::start(out, name, "gauge", "Repos being backfilled now.").sample(
+            name,
+            &[],
+            load(&backfill.progress().in_flight),
+        );
         let name = "sluice_backfill_records_total";
-        Family::start(out, name, "counter", "Records walked by the backfill since start.").sample(name, &[], load(&backfill.progress().records));
+        Family::start(out, name, "counter", "Records walked by the backfill since start.").sample(
+            name,
+            &[],
+            load(&backfill.progress().records),
+        );
     }
 }
 
 fn sink(out: &mut String, state: &ServerState) {
     let Some(sink) = &state.sink else { return };
     let name = "sluice_nats_published_id";
-    Family::start(out, name, "gauge", "The id of the last event the NATS stream acked.").sample(name, &[], sink.published());
+    Family::start(out, name, "gauge", "The id of the last event the NATS stream acked.").sample(
+        name,
+        &[],
+        sink.published(),
+    );
     let name = "sluice_nats_behind_events";
-    Family::start(out, name, "gauge", "Events in the log not yet published to NATS (retention keeps them).").sample(name, &[], sink.behind());
+    Family::start(out, name, "gauge", "Events in the log not yet published to NATS (retention keeps them).").sample(
+        name,
+        &[],
+        sink.behind(),
+    );
     let name = "sluice_nats_connected";
-    Family::start(out, name, "gauge", "1 while publishing to NATS succeeds.").sample(name, &[], u8::from(sink.connected()));
+    Family::start(out, name, "gauge", "1 while publishing to NATS succeeds.").sample(
+        name,
+        &[],
+        u8::from(sink.connected()),
+    );
     let name = "sluice_nats_duplicates_total";
-    Family::start(out, name, "counter", "Republished events the stream dropped as duplicates.").sample(name, &[], sink.duplicates());
+    Family::start(out, name, "counter", "Republished events the stream dropped as duplicates.").sample(
+        name,
+        &[],
+        sink.duplicates(),
+    );
     let name = "sluice_nats_batches_total";
-    Family::start(out, name, "counter", "Batches of events read from the log and published together.").sample(name, &[], sink.batches());
+    Family::start(out, name, "counter", "Batches of events read from the log and published together.").sample(
+        name,
+        &[],
+        sink.batches(),
+    );
 }
 
 fn live(out: &mut String, state: &ServerState) {
@@ -135,11 +198,23 @@ fn live(out: &mut String, state: &ServerState) {
         .sample(name, &[("outcome", "malformed")], firehose.malformed())
         .sample(name, &[("outcome", "other_shard")], firehose.other_shards());
     let name = "sluice_firehose_cursor";
-    Family::start(out, name, "gauge", "The firehose seq everything up to which is applied.").sample(name, &[], firehose.safe_cursor());
+    Family::start(out, name, "gauge", "The firehose seq everything up to which is applied.").sample(
+        name,
+        &[],
+        firehose.safe_cursor(),
+    );
     let name = "sluice_firehose_in_flight";
     Family::start(out, name, "gauge", "Frames received and not yet finished.").sample(name, &[], firehose.in_flight());
     let name = "sluice_firehose_lag_seconds";
-    Family::start(out, name, "gauge", "How long after its time the latest frame was handled.").sample(name, &[], load(&m.lag_us) as f64 / 1e6);
+    Family::start(out, name, "gauge", "How long after its time the latest frame was handled.").sample(
+        name,
+        &[],
+        load(&m.lag_us) as f64 / 1e6,
+    );
     let name = "sluice_firehose_last_frame_time_seconds";
-    Family::start(out, name, "gauge", "The time of the latest frame handled (unix seconds; 0 before any).").sample(name, &[], load(&m.last_frame_time_us) as f64 / 1e6);
+    Family::start(out, name, "gauge", "The time of the latest frame handled (unix seconds; 0 before any).").sample(
+        name,
+        &[],
+        load(&m.last_frame_time_us) as f64 / 1e6,
+    );
 }

@@ -118,7 +118,11 @@ pub fn router(state: Arc<ServerState>) -> Router {
 /// Binds `[server] listen`.
 pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
     use anyhow::Context as _;
-    let addr: SocketAddr = config.server.listen.parse().with_context(|| format!("[server] listen = {:?} is not an address", config.server.listen))?;
+    let addr: SocketAddr = config
+        .server
+        .listen
+        .parse()
+        .with_context(|| format!("[server] listen = {:?} is not an address", config.server.listen))?;
     TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
 }
 
@@ -139,11 +143,19 @@ pub struct DedicatedServer {
 }
 
 /// Serves on `listener` ([`serve`]) on a runtime of `threads` workers of its own.
-pub fn serve_dedicated(listener: TcpListener, state: Arc<ServerState>, threads: usize) -> std::io::Result<DedicatedServer> {
+pub fn serve_dedicated(
+    listener: TcpListener,
+    state: Arc<ServerState>,
+    threads: usize,
+) -> std::io::Result<DedicatedServer> {
     // A listener belongs to the runtime that made it: hand it over as a std socket.
     let addr = listener.local_addr()?;
     let listener = listener.into_std()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(threads.max(1)).thread_name("server").enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .thread_name("server")
+        .enable_all()
+        .build()?;
     let task = runtime.spawn(async move { serve(TcpListener::from_std(listener)?, state).await });
     Ok(DedicatedServer { runtime: Some(runtime), task, addr })
 }

@@ -40,7 +40,14 @@ fn needs_check(state: &RepoState) -> bool {
 impl Store {
     /// Settles `new`'s handle verdict against `old` (see the module's rule, unless `verdict`
     /// is the checker's own) and stages the index and queue changes that follow.
-    pub(super) fn stage_handle(&self, batch: &mut fjall::OwnedWriteBatch, did: &str, old: Option<&RepoState>, new: &mut RepoState, verdict: bool) -> Result<()> {
+    pub(super) fn stage_handle(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        did: &str,
+        old: Option<&RepoState>,
+        new: &mut RepoState,
+        verdict: bool,
+    ) -> Result<()> {
         if !verdict {
             new.handle_ok = match old {
                 Some(old) if same_handle(old.handle.as_deref(), new.handle.as_deref()) => old.handle_ok,
@@ -155,7 +162,11 @@ mod props {
         prop_oneof![
             (0..3usize, proptest::option::of(0..3usize), proptest::option::of(any::<bool>()), any::<bool>())
                 .prop_map(|(did, handle, claimed, discarded)| Op::Store { did, handle, claimed, discarded }),
-            (0..3usize, proptest::option::of(0..3usize), any::<bool>()).prop_map(|(did, handle, ok)| Op::Verdict { did, handle, ok }),
+            (0..3usize, proptest::option::of(0..3usize), any::<bool>()).prop_map(|(did, handle, ok)| Op::Verdict {
+                did,
+                handle,
+                ok
+            }),
             (0..3usize).prop_map(|did| Op::Request { did }),
         ]
     }

@@ -30,7 +30,8 @@ impl Store {
 
     /// Removes `did`'s held commits at `revs` (applied or skipped).
     pub fn release_held(&self, did: &str, revs: &[String]) -> Result<()> {
-        let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), revs.len()).durability(Some(PersistMode::Buffer));
+        let mut batch =
+            fjall::OwnedWriteBatch::with_capacity(self.db.clone(), revs.len()).durability(Some(PersistMode::Buffer));
         for rev in revs {
             batch.remove(&self.held, keys::held(did, rev));
         }

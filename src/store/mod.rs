@@ -17,15 +17,15 @@
 //!
 //! Architecture invariant: the store knows nothing of CARs, the network or the filter.
 
-pub mod keys;
 mod handles;
 mod held;
+pub mod keys;
 mod queue;
+mod reads;
 mod retention;
 #[cfg(test)]
 mod test_clock;
 mod times;
-mod reads;
 pub mod values;
 mod writeback;
 
@@ -39,7 +39,9 @@ use smol_str::SmolStr;
 
 pub use retention::Trimmed;
 pub use times::now_us;
-pub use values::{AccountEvent, Action, EventPage, HeldCommit, IdentityEvent, RecordEvent, RepoState, RepoStatus, Stored, StoredEvent};
+pub use values::{
+    AccountEvent, Action, EventPage, HeldCommit, IdentityEvent, RecordEvent, RepoState, RepoStatus, Stored, StoredEvent,
+};
 use values::{Cursor, RecordRef};
 
 /// A storage failure.
@@ -242,7 +244,8 @@ impl Store {
         let events = change.events.len() as u64;
         let pages = encode_pages(std::mem::take(&mut change.events));
         let items = 4 + change.records.len() + pages.len() + change.handler_writes.len() + deltas.len();
-        let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), items).durability(Some(PersistMode::Buffer));
+        let mut batch =
+            fjall::OwnedWriteBatch::with_capacity(self.db.clone(), items).durability(Some(PersistMode::Buffer));
         let state = change.state.take().map(|s| (change.did.clone(), s));
         self.stage_rows(&mut batch, change)?;
         Ok(Prepared { batch, pages, deltas, events, state })
@@ -278,7 +281,12 @@ impl Store {
     }
 
     /// Adds the counter values moved by `deltas` to `batch`; returns them for the cache.
-    fn stage_counts(&self, batch: &mut fjall::OwnedWriteBatch, writer: &Writer, deltas: BTreeMap<Vec<u8>, i64>) -> Vec<(Vec<u8>, i64)> {
+    fn stage_counts(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        writer: &Writer,
+        deltas: BTreeMap<Vec<u8>, i64>,
+    ) -> Vec<(Vec<u8>, i64)> {
         deltas
             .into_iter()
             .filter(|(_, delta)| *delta != 0)
@@ -295,7 +303,14 @@ impl Store {
     /// queue (or moving in it) is due no earlier than the queue's floor, and the state records
     /// the due time it got. Returns whether the repo enters the queue or gets a new due time
     /// there. Runs under the writer lock, so the stored state it reads is current.
-    fn stage_state(&self, batch: &mut fjall::OwnedWriteBatch, deltas: &mut BTreeMap<Vec<u8>, i64>, writer: &Writer, did: &str, new: RepoState) -> Result<bool> {
+    fn stage_state(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        deltas: &mut BTreeMap<Vec<u8>, i64>,
+        writer: &Writer,
+        did: &str,
+        new: RepoState,
+    ) -> Result<bool> {
         let old = self.repo_state(did)?;
         self.stage_state_as(batch, deltas, writer, did, old, new, false)
     }
@@ -342,10 +357,14 @@ impl Store {
     fn stage_rows(&self, batch: &mut fjall::OwnedWriteBatch, change: RepoChange) -> Result<()> {
         for write in &change.records {
             match write {
-                RecordWrite::Put { collection, rkey, cid, body, .. } => {
-                    batch.insert(&self.records, keys::record(&change.did, collection, rkey), RecordRef::encode_parts(cid, body))
+                RecordWrite::Put { collection, rkey, cid, body, .. } => batch.insert(
+                    &self.records,
+                    keys::record(&change.did, collection, rkey),
+                    RecordRef::encode_parts(cid, body),
+                ),
+                RecordWrite::Remove { collection, rkey } => {
+                    batch.remove(&self.records, keys::record(&change.did, collection, rkey))
                 }
-                RecordWrite::Remove { collection, rkey } => batch.remove(&self.records, keys::record(&change.did, collection, rkey)),
             }
         }
         // A batch's handler writes come in runs of one handler: its keyspace is looked up once
@@ -566,8 +585,16 @@ mod tests {
 
     fn event(n: u8) -> StoredEvent {
         StoredEvent::Record(RecordEvent {
-            live: false, did: "did:plc:a".into(), rev: "r".into(), collection: "a.b.c".into(), rkey: format!("k{n}").into(),
-            action: Action::Create, cid: vec![n], replaced: None, handled: vec![], body: Some(bytes::Bytes::from_static(&[0xa0])),
+            live: false,
+            did: "did:plc:a".into(),
+            rev: "r".into(),
+            collection: "a.b.c".into(),
+            rkey: format!("k{n}").into(),
+            action: Action::Create,
+            cid: vec![n],
+            replaced: None,
+            handled: vec![],
+            body: Some(bytes::Bytes::from_static(&[0xa0])),
         })
     }
 
@@ -576,14 +603,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = Store::open(dir.path()).unwrap();
-            let c = store.commit(RepoChange { did: "did:plc:a".into(), events: vec![event(1), event(2)], ..Default::default() }).unwrap();
+            let c = store
+                .commit(RepoChange { did: "did:plc:a".into(), events: vec![event(1), event(2)], ..Default::default() })
+                .unwrap();
             assert_eq!(c, Committed { first_event: Some(1), events: 2 });
             let c = store.commit(RepoChange { did: "did:plc:a".into(), ..Default::default() }).unwrap();
             assert_eq!(c.first_event, None);
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.next_event_id(), 3);
-        let c = store.commit(RepoChange { did: "did:plc:a".into(), events: vec![event(3)], ..Default::default() }).unwrap();
+        let c =
+            store.commit(RepoChange { did: "did:plc:a".into(), events: vec![event(3)], ..Default::default() }).unwrap();
         assert_eq!(c.first_event, Some(3));
         let ids: Vec<u64> = store.events_from(0, 10).unwrap().into_iter().map(|(id, _)| id).collect();
         assert_eq!(ids, vec![1, 2, 3]);
@@ -600,7 +630,8 @@ mod tests {
         assert_eq!(store.events.len().unwrap(), 3, "three pages");
         for from in [0, 1, 2, 511, 512, 513, 600, 1024, 1025, many as u64, many as u64 + 1, many as u64 + 5] {
             let got = store.events_from(from, 40).unwrap();
-            let want: Vec<(u64, StoredEvent)> = (1..=many as u64).zip(events.iter().cloned()).filter(|(id, _)| *id >= from).take(40).collect();
+            let want: Vec<(u64, StoredEvent)> =
+                (1..=many as u64).zip(events.iter().cloned()).filter(|(id, _)| *id >= from).take(40).collect();
             assert_eq!(got, want, "from {from}");
         }
         drop(store);
@@ -617,10 +648,22 @@ mod tests {
         postcard::to_io(&serde_bytes::Bytes::new(&cid), &mut v1).unwrap();
         store.records.insert(keys::record("did:plc:a", "a.b.c", "old"), v1).unwrap();
         store.blocks.insert(&cid, &body).unwrap();
-        let put = RecordWrite::Put { collection: "a.b.c".into(), rkey: "new".into(), cid: vec![2], body: bytes::Bytes::from_static(&[0xa0]), existed: false };
+        let put = RecordWrite::Put {
+            collection: "a.b.c".into(),
+            rkey: "new".into(),
+            cid: vec![2],
+            body: bytes::Bytes::from_static(&[0xa0]),
+            existed: false,
+        };
         store.commit(RepoChange { did: "did:plc:a".into(), records: vec![put], ..Default::default() }).unwrap();
-        assert_eq!(store.record("did:plc:a", "a.b.c", "old").unwrap(), Some(RecordRef { cid: cid.clone(), body: Some(body) }));
-        assert_eq!(store.record("did:plc:a", "a.b.c", "new").unwrap(), Some(RecordRef { cid: vec![2], body: Some(vec![0xa0]) }));
+        assert_eq!(
+            store.record("did:plc:a", "a.b.c", "old").unwrap(),
+            Some(RecordRef { cid: cid.clone(), body: Some(body) })
+        );
+        assert_eq!(
+            store.record("did:plc:a", "a.b.c", "new").unwrap(),
+            Some(RecordRef { cid: vec![2], body: Some(vec![0xa0]) })
+        );
         assert_eq!(store.record("did:plc:a", "a.b.c", "none").unwrap(), None);
         assert_eq!(store.blocks.len().unwrap(), 1, "new records write no block");
         assert_eq!(store.repo_records("did:plc:a").unwrap().len(), 2);
@@ -630,10 +673,30 @@ mod tests {
     fn counts_follow_records_and_repo_status() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let put = |rkey: &str, existed| RecordWrite::Put { collection: "a.b.c".into(), rkey: rkey.into(), cid: vec![1], body: bytes::Bytes::from_static(&[0xa0]), existed };
+        let put = |rkey: &str, existed| RecordWrite::Put {
+            collection: "a.b.c".into(),
+            rkey: rkey.into(),
+            cid: vec![1],
+            body: bytes::Bytes::from_static(&[0xa0]),
+            existed,
+        };
         let state = |status| Some(RepoState { status, ..Default::default() });
-        store.commit(RepoChange { did: "did:plc:a".into(), state: state(RepoStatus::Synced), records: vec![put("1", false), put("2", false)], ..Default::default() }).unwrap();
-        store.commit(RepoChange { did: "did:plc:a".into(), state: state(RepoStatus::Synced), records: vec![put("2", true), RecordWrite::Remove { collection: "a.b.c".into(), rkey: "1".into() }], ..Default::default() }).unwrap();
+        store
+            .commit(RepoChange {
+                did: "did:plc:a".into(),
+                state: state(RepoStatus::Synced),
+                records: vec![put("1", false), put("2", false)],
+                ..Default::default()
+            })
+            .unwrap();
+        store
+            .commit(RepoChange {
+                did: "did:plc:a".into(),
+                state: state(RepoStatus::Synced),
+                records: vec![put("2", true), RecordWrite::Remove { collection: "a.b.c".into(), rkey: "1".into() }],
+                ..Default::default()
+            })
+            .unwrap();
         let counts = store.counts();
         assert_eq!(counts[&("records".to_string(), "a.b.c".to_string())], 1);
         assert_eq!(counts[&("repos".to_string(), "synced".to_string())], 1);

@@ -42,7 +42,8 @@ pub(super) struct Scan {
 impl Store {
     /// Writes the states of several repos, and optionally a cursor, in one batch.
     pub fn set_states(&self, states: &[(String, RepoState)], cursor: Option<(&str, &str)>) -> Result<()> {
-        let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), 3 * states.len() + 4).durability(Some(PersistMode::Buffer));
+        let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), 3 * states.len() + 4)
+            .durability(Some(PersistMode::Buffer));
         let mut deltas = BTreeMap::new();
         let writer = self.writer.lock().expect("writer lock");
         let mut queued = false;
@@ -50,7 +51,11 @@ impl Store {
             queued |= self.stage_state(&mut batch, &mut deltas, &writer, did, state.clone())?;
         }
         if let Some((service, value)) = cursor {
-            batch.insert(&self.cursors, service.as_bytes(), Cursor { value: value.to_string(), updated_ms: now_ms() }.encode());
+            batch.insert(
+                &self.cursors,
+                service.as_bytes(),
+                Cursor { value: value.to_string(), updated_ms: now_ms() }.encode(),
+            );
         }
         let new_counts = self.stage_counts(&mut batch, &writer, deltas);
         batch.commit()?;
@@ -71,7 +76,11 @@ impl Store {
 
     /// Writes the states of the repos among `candidates` that sluice does not know yet (no
     /// state), and optionally a cursor, in one batch; returns the states written.
-    pub fn add_unknown_repos(&self, candidates: impl IntoIterator<Item = (String, RepoState)>, cursor: Option<(&str, &str)>) -> Result<Vec<(String, RepoState)>> {
+    pub fn add_unknown_repos(
+        &self,
+        candidates: impl IntoIterator<Item = (String, RepoState)>,
+        cursor: Option<(&str, &str)>,
+    ) -> Result<Vec<(String, RepoState)>> {
         let mut fresh = Vec::new();
         for (did, state) in candidates {
             if self.repos.get(did.as_bytes())?.is_none() {
@@ -180,7 +189,8 @@ impl Store {
 
     /// Makes the next crawl list the relay from the start (every `crawler` cursor emptied).
     pub fn reset_crawl(&self) -> Result<()> {
-        let services: Vec<String> = self.cursors()?.into_keys().filter(|k| k == "crawler" || k.starts_with("crawler/")).collect();
+        let services: Vec<String> =
+            self.cursors()?.into_keys().filter(|k| k == "crawler" || k.starts_with("crawler/")).collect();
         for service in services {
             self.set_states(&[], Some((&service, "")))?;
         }
@@ -237,7 +247,9 @@ mod tests {
         assert_eq!(queued(&store), vec![(0, "did:plc:b".into()), (5_000, "did:plc:a".into())]);
         let skip: HashSet<String> = ["did:plc:b".to_string()].into();
         assert_eq!(store.next_due_ms(&skip).unwrap(), Some(5_000));
-        let taken = |store: &Store, now| store.take_due(now, 10, &HashSet::new()).unwrap().into_iter().map(|(did, _)| did).collect::<Vec<_>>();
+        let taken = |store: &Store, now| {
+            store.take_due(now, 10, &HashSet::new()).unwrap().into_iter().map(|(did, _)| did).collect::<Vec<_>>()
+        };
         assert_eq!(taken(&store, 4_999), ["did:plc:b"]);
         assert_eq!(taken(&store, 5_000), ["did:plc:a"], "each entry is handed out once");
         assert!(taken(&store, 6_000).is_empty());
@@ -246,7 +258,13 @@ mod tests {
         assert_eq!(taken(&store, 6_000), ["did:plc:b", "did:plc:a"], "a new run takes what is still queued again");
 
         // The pipeline's commit of a repo's final state takes it off the queue.
-        store.commit(RepoChange { did: "did:plc:b".into(), state: Some(state(RepoStatus::Synced, None)), ..Default::default() }).unwrap();
+        store
+            .commit(RepoChange {
+                did: "did:plc:b".into(),
+                state: Some(state(RepoStatus::Synced, None)),
+                ..Default::default()
+            })
+            .unwrap();
         store.set_states(&[("did:plc:a".into(), state(RepoStatus::Error, None))], None).unwrap();
         assert!(queued(&store).is_empty(), "synced and out-of-retries repos are not queued");
         let counts = store.counts();
@@ -283,9 +301,13 @@ mod tests {
         assert!(!moved(), "taking it in flight keeps its place");
         store.set_states(&[(a.clone(), state(RepoStatus::Error, Some(5_000)))], None).unwrap();
         assert!(moved(), "a retry is a new due time");
-        store.commit(RepoChange { did: a.clone(), state: Some(state(RepoStatus::Synced, None)), ..Default::default() }).unwrap();
+        store
+            .commit(RepoChange { did: a.clone(), state: Some(state(RepoStatus::Synced, None)), ..Default::default() })
+            .unwrap();
         assert!(!moved(), "leaving the queue wakes no one");
-        store.commit(RepoChange { did: a, state: Some(state(RepoStatus::Desynchronized, None)), ..Default::default() }).unwrap();
+        store
+            .commit(RepoChange { did: a, state: Some(state(RepoStatus::Desynchronized, None)), ..Default::default() })
+            .unwrap();
         assert!(moved(), "a desynchronized repo is queued by the pipeline's commit");
     }
 }
@@ -359,10 +381,22 @@ mod props {
             let old: Vec<String> = (0..tombstones).map(|i| format!("did:plc:old{i:05}")).collect();
             store.enqueue_new(&old, None).unwrap();
             prop_assert_eq!(store.take_due(now, tombstones, &HashSet::new()).unwrap().len(), tombstones);
-            let done: Vec<(String, RepoState)> = old.iter().map(|d| (d.clone(), RepoState { status: RepoStatus::Synced, ..Default::default() })).collect();
+            let done: Vec<(String, RepoState)> = old
+                .iter()
+                .map(|d| (d.clone(), RepoState { status: RepoStatus::Synced, ..Default::default() }))
+                .collect();
             store.set_states(&done, None).unwrap();
             let read_by_takes = store.queue_entries_examined();
-            Ok(Self { store, _dir: dir, now, last_take: now, queued: BTreeMap::new(), in_flight: Vec::new(), written: tombstones as u64, read_by_takes })
+            Ok(Self {
+                store,
+                _dir: dir,
+                now,
+                last_take: now,
+                queued: BTreeMap::new(),
+                in_flight: Vec::new(),
+                written: tombstones as u64,
+                read_by_takes,
+            })
         }
 
         /// Writes `state` for `did` and, when it is queued, checks the due time it got
@@ -372,7 +406,12 @@ mod props {
             if let Some(wanted) = state.queue_due() {
                 self.written += 1;
                 let due = due_of(&self.store, did);
-                prop_assert!(due >= wanted && due <= wanted.max(self.last_take + 1), "due {} for {} wanted", due, wanted);
+                prop_assert!(
+                    due >= wanted && due <= wanted.max(self.last_take + 1),
+                    "due {} for {} wanted",
+                    due,
+                    wanted
+                );
                 self.queued.insert(did.to_string(), due);
             }
             Ok(())
@@ -385,7 +424,12 @@ mod props {
             let before = self.store.queue_entries_examined();
             let got = self.store.take_due(self.now, 1, &skip).unwrap();
             self.read_by_takes += self.store.queue_entries_examined() - before;
-            prop_assert!(self.read_by_takes <= self.written, "takes read {} entries of {} written", self.read_by_takes, self.written);
+            prop_assert!(
+                self.read_by_takes <= self.written,
+                "takes read {} entries of {} written",
+                self.read_by_takes,
+                self.written
+            );
             let earliest = self.queued.values().copied().filter(|&due| due <= self.now).min();
             match got.first() {
                 None => prop_assert_eq!(earliest, None, "a due repo was not handed out"),
@@ -402,14 +446,22 @@ mod props {
 
         fn apply(&mut self, op: Op) -> Result<(), TestCaseError> {
             match op {
-                Op::Queue(i) if self.store.repo_state(&did(i)).unwrap().is_none() => self.write(&did(i), RepoState::default())?,
+                Op::Queue(i) if self.store.repo_state(&did(i)).unwrap().is_none() => {
+                    self.write(&did(i), RepoState::default())?
+                }
                 Op::Take(dt) => {
                     self.now += dt;
                     self.take()?;
                 }
                 Op::Finish(n) if !self.in_flight.is_empty() => {
                     let d = self.in_flight.remove(n % self.in_flight.len());
-                    self.store.commit(RepoChange { did: d, state: Some(RepoState { status: RepoStatus::Synced, ..Default::default() }), ..Default::default() }).unwrap();
+                    self.store
+                        .commit(RepoChange {
+                            did: d,
+                            state: Some(RepoState { status: RepoStatus::Synced, ..Default::default() }),
+                            ..Default::default()
+                        })
+                        .unwrap();
                 }
                 Op::Fail(n) if !self.in_flight.is_empty() => {
                     let d = self.in_flight.remove(n % self.in_flight.len());

@@ -27,7 +27,14 @@ impl Store {
     /// (newest first for TIDs), or ascending when `ascending`; with `after`, only the rkeys past
     /// it in that order (below it descending, above it ascending). Any `after` string is
     /// accepted: it is only compared with the stored rkeys.
-    pub fn collection_page(&self, did: &str, collection: &str, after: Option<&str>, limit: usize, ascending: bool) -> Result<Vec<(String, RecordRef)>> {
+    pub fn collection_page(
+        &self,
+        did: &str,
+        collection: &str,
+        after: Option<&str>,
+        limit: usize,
+        ascending: bool,
+    ) -> Result<Vec<(String, RecordRef)>> {
         let start = keys::record_collection_prefix(did, collection);
         let end = past_prefix(start.clone());
         let cursor = after.map(|rkey| keys::record(did, collection, rkey));
@@ -37,7 +44,8 @@ impl Store {
             (_, None) => (Included(start), Excluded(end)),
         };
         let range = self.records.range((lo, hi));
-        let iter: Box<dyn Iterator<Item = fjall::Guard>> = if ascending { Box::new(range) } else { Box::new(range.rev()) };
+        let iter: Box<dyn Iterator<Item = fjall::Guard>> =
+            if ascending { Box::new(range) } else { Box::new(range.rev()) };
         let mut out = Vec::with_capacity(limit.min(128));
         for kv in iter.take(limit) {
             let (k, v) = kv.into_inner()?;
@@ -80,7 +88,13 @@ impl Store {
     /// At most `max_scan` states are read: a store of mostly unwanted repos (say, discarded
     /// ones) ends a page short, with a `next` cursor at the last DID read. A full page reads
     /// on to the next kept state, so `next` is `None` exactly when nothing more is kept.
-    pub fn repo_state_page(&self, after: Option<&str>, limit: usize, max_scan: usize, mut keep: impl FnMut(&RepoState) -> bool) -> Result<StatePage> {
+    pub fn repo_state_page(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        max_scan: usize,
+        mut keep: impl FnMut(&RepoState) -> bool,
+    ) -> Result<StatePage> {
         let lo = after.map_or(Unbounded, |did| Excluded(did.as_bytes()));
         let (mut states, mut last_read) = (Vec::new(), None);
         for (scanned, kv) in self.repos.range::<&[u8], _>((lo, Unbounded)).enumerate() {
@@ -104,7 +118,13 @@ impl Store {
 
     /// Up to `limit` keys of handler `name`'s keyspace that start with `prefix`, in key order,
     /// after `after` (exclusive) when given.
-    pub fn handler_keys(&self, name: &'static str, prefix: &[u8], after: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>> {
+    pub fn handler_keys(
+        &self,
+        name: &'static str,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
         let space = self.handler_space(name)?;
         let lo = match after {
             Some(a) if a >= prefix => Excluded(a),
@@ -131,7 +151,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         for (did, collection, rkey) in records {
-            let put = RecordWrite::Put { collection: (*collection).into(), rkey: (*rkey).into(), cid: rkey.as_bytes().to_vec(), body: bytes::Bytes::from_static(&[0xa0]), existed: false };
+            let put = RecordWrite::Put {
+                collection: (*collection).into(),
+                rkey: (*rkey).into(),
+                cid: rkey.as_bytes().to_vec(),
+                body: bytes::Bytes::from_static(&[0xa0]),
+                existed: false,
+            };
             store.commit(RepoChange { did: did.to_string(), records: vec![put], ..Default::default() }).unwrap();
         }
         (dir, store)
@@ -139,9 +165,18 @@ mod tests {
 
     #[test]
     fn collection_pages_stay_in_their_collection_both_ways() {
-        let recs = [("did:a", "a.b.c", "1"), ("did:a", "a.b.c", "2"), ("did:a", "a.b.c", "3"), ("did:a", "a.b.cd", "0"), ("did:a", "a.b", "9"), ("did:ab", "a.b.c", "5")];
+        let recs = [
+            ("did:a", "a.b.c", "1"),
+            ("did:a", "a.b.c", "2"),
+            ("did:a", "a.b.c", "3"),
+            ("did:a", "a.b.cd", "0"),
+            ("did:a", "a.b", "9"),
+            ("did:ab", "a.b.c", "5"),
+        ];
         let (_dir, store) = store_with(&recs);
-        let rkeys = |after, limit, asc| -> Vec<String> { store.collection_page("did:a", "a.b.c", after, limit, asc).unwrap().into_iter().map(|(r, _)| r).collect() };
+        let rkeys = |after, limit, asc| -> Vec<String> {
+            store.collection_page("did:a", "a.b.c", after, limit, asc).unwrap().into_iter().map(|(r, _)| r).collect()
+        };
         assert_eq!(rkeys(None, 10, false), ["3", "2", "1"]);
         assert_eq!(rkeys(None, 10, true), ["1", "2", "3"]);
         assert_eq!(rkeys(Some("3"), 1, false), ["2"]);
@@ -150,7 +185,10 @@ mod tests {
         assert_eq!(rkeys(Some(""), 10, false), Vec::<String>::new());
         assert_eq!(rkeys(Some(""), 10, true), ["1", "2", "3"]);
         assert_eq!(rkeys(Some("\u{7f}"), 10, false), ["3", "2", "1"]);
-        assert_eq!(store.collection_page("did:a", "a.b.c", None, 1, true).unwrap()[0].1, super::RecordRef { cid: b"1".to_vec(), body: Some(vec![0xa0]) });
+        assert_eq!(
+            store.collection_page("did:a", "a.b.c", None, 1, true).unwrap()[0].1,
+            super::RecordRef { cid: b"1".to_vec(), body: Some(vec![0xa0]) }
+        );
         assert_eq!(store.repo_collections("did:a").unwrap(), ["a.b", "a.b.c", "a.b.cd"]);
         assert_eq!(store.repo_collections("did:none").unwrap(), Vec::<String>::new());
         assert_eq!(store.repo_record_count("did:a").unwrap(), 5);
@@ -167,11 +205,14 @@ mod tests {
             })
             .collect();
         store.set_states(&states, None).unwrap();
-        let want: Vec<String> = states.iter().filter(|(_, s)| s.status == RepoStatus::Synced).map(|(d, _)| d.clone()).collect();
+        let want: Vec<String> =
+            states.iter().filter(|(_, s)| s.status == RepoStatus::Synced).map(|(d, _)| d.clone()).collect();
         for (limit, max_scan) in [(1, 100), (2, 100), (7, 100), (100, 100), (2, 3), (1, 1)] {
             let (mut got, mut after, mut pages) = (Vec::new(), None, 0);
             loop {
-                let (states, next) = store.repo_state_page(after.as_deref(), limit, max_scan, |s| s.status == RepoStatus::Synced).unwrap();
+                let (states, next) = store
+                    .repo_state_page(after.as_deref(), limit, max_scan, |s| s.status == RepoStatus::Synced)
+                    .unwrap();
                 assert!(states.len() <= limit);
                 got.extend(states.into_iter().map(|(d, _)| d));
                 pages += 1;
@@ -183,7 +224,8 @@ mod tests {
             }
             assert_eq!(got, want, "limit {limit}, max_scan {max_scan}");
         }
-        let (states, next) = store.repo_state_page(Some("did:x:18"), 5, 100, |s| s.status == RepoStatus::Synced).unwrap();
+        let (states, next) =
+            store.repo_state_page(Some("did:x:18"), 5, 100, |s| s.status == RepoStatus::Synced).unwrap();
         assert!(states.is_empty() && next.is_none());
     }
 
@@ -191,10 +233,18 @@ mod tests {
     fn handler_keys_page_under_a_prefix() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let writes = ["s\0a", "s\0b", "s\0c", "s2\0a", "r\0z"].map(|k| ("test", sluice_handlers::IndexWrite { key: k.as_bytes().to_vec(), value: Some(vec![]) }));
-        store.commit(RepoChange { did: "did:a".into(), handler_writes: writes.to_vec(), ..Default::default() }).unwrap();
+        let writes = ["s\0a", "s\0b", "s\0c", "s2\0a", "r\0z"]
+            .map(|k| ("test", sluice_handlers::IndexWrite { key: k.as_bytes().to_vec(), value: Some(vec![]) }));
+        store
+            .commit(RepoChange { did: "did:a".into(), handler_writes: writes.to_vec(), ..Default::default() })
+            .unwrap();
         let keys = |after: Option<&str>, limit| -> Vec<String> {
-            store.handler_keys("test", b"s\0", after.map(str::as_bytes), limit).unwrap().into_iter().map(|k| String::from_utf8(k).unwrap()).collect()
+            store
+                .handler_keys("test", b"s\0", after.map(str::as_bytes), limit)
+                .unwrap()
+                .into_iter()
+                .map(|k| String::from_utf8(k).unwrap())
+                .collect()
         };
         assert_eq!(keys(None, 10), ["s\0a", "s\0b", "s\0c"]);
         assert_eq!(keys(None, 2), ["s\0a", "s\0b"]);

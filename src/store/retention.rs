@@ -13,7 +13,7 @@ use fjall::PersistMode;
 
 use super::times::TimeEntry;
 use super::values::{EventSpan, Stored};
-use super::{keys, Result, Store};
+use super::{Result, Store, keys};
 
 /// What one trim removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -81,7 +81,12 @@ impl Store {
     /// One batch: removes up to `max_pages` of the oldest pages older than `cutoff_us`,
     /// looking from the time index key `from` (`None`: the log's start, where untimed pages
     /// also go). Returns what it removed and the key of the first page it left.
-    fn trim_step(&self, from: Option<&[u8]>, cutoff_us: u64, max_pages: usize) -> Result<(Trimmed, Option<fjall::Slice>)> {
+    fn trim_step(
+        &self,
+        from: Option<&[u8]>,
+        cutoff_us: u64,
+        max_pages: usize,
+    ) -> Result<(Trimmed, Option<fjall::Slice>)> {
         let mut spans = self.event_times.range(from.unwrap_or_default().to_vec()..);
         let Some(first) = spans.next() else { return Ok((Trimmed::default(), None)) };
         let mut current = first.into_inner()?;
@@ -91,7 +96,8 @@ impl Store {
             let next = next.into_inner()?;
             let page = TimeEntry::decode(&current.0, &current.1)?;
             let span = page.span;
-            let held = span.first_id + u64::from(span.count) > self.events_held_from.load(std::sync::atomic::Ordering::Relaxed);
+            let held = span.first_id + u64::from(span.count)
+                > self.events_held_from.load(std::sync::atomic::Ordering::Relaxed);
             if trimmed.pages as usize >= max_pages || page.last_time() >= cutoff_us || held {
                 break;
             }
@@ -150,7 +156,11 @@ mod tests {
     /// Commits `n` events at `time` (µs); returns the first id.
     fn commit_at(store: &Store, time: u64, n: usize) -> u64 {
         test_clock::set(time);
-        store.commit(RepoChange { did: "did:plc:a".into(), events: events(n), ..Default::default() }).unwrap().first_event.unwrap()
+        store
+            .commit(RepoChange { did: "did:plc:a".into(), events: events(n), ..Default::default() })
+            .unwrap()
+            .first_event
+            .unwrap()
     }
 
     fn ids(store: &Store) -> Vec<u64> {
@@ -164,17 +174,33 @@ mod tests {
         commit_at(&store, 1_000, 3); // ids 1-3, times 1000-1002
         commit_at(&store, 2_000, 2); // ids 4-5, times 2000-2001
         commit_at(&store, 3_000, 1); // id 6
-        assert_eq!(store.trim_events_before(1_002, 10).unwrap(), Trimmed::default(), "the first page has an event at the cutoff");
+        assert_eq!(
+            store.trim_events_before(1_002, 10).unwrap(),
+            Trimmed::default(),
+            "the first page has an event at the cutoff"
+        );
         let t = store.trim_events_before(2_001, 10).unwrap();
         assert_eq!(t, Trimmed { pages: 1, events: 3, oldest_left: Some(4) });
         assert_eq!(ids(&store), vec![4, 5, 6]);
-        assert_eq!(store.trim_events_before(u64::MAX, 10).unwrap(), Trimmed { pages: 1, events: 2, oldest_left: Some(6) }, "the newest page stays");
+        assert_eq!(
+            store.trim_events_before(u64::MAX, 10).unwrap(),
+            Trimmed { pages: 1, events: 2, oldest_left: Some(6) },
+            "the newest page stays"
+        );
         assert_eq!((store.oldest_event_id().unwrap(), store.next_event_id()), (Some(6), 7));
         drop(store);
         let store = open(dir.path());
-        assert_eq!((store.next_event_id(), store.last_event_time()), (7, 3_000), "the next id and time survive the trim");
+        assert_eq!(
+            (store.next_event_id(), store.last_event_time()),
+            (7, 3_000),
+            "the next id and time survive the trim"
+        );
         assert_eq!(commit_at(&store, 2_500, 1), 7);
-        assert_eq!(store.events_from(1, 10).unwrap().first().map(|e| e.0), Some(6), "a cursor before the log starts at its oldest event");
+        assert_eq!(
+            store.events_from(1, 10).unwrap().first().map(|e| e.0),
+            Some(6),
+            "a cursor before the log starts at its oldest event"
+        );
         assert_eq!(store.first_event_after_time(1).unwrap(), Some(6));
     }
 
@@ -186,9 +212,16 @@ mod tests {
         commit_at(&store, 2_000, 2); // ids 4-5
         commit_at(&store, 3_000, 1); // id 6
         store.hold_events_from(3);
-        assert_eq!(store.trim_events_before(u64::MAX, 10).unwrap(), Trimmed::default(), "the page holding id 3 stays, and all after it");
+        assert_eq!(
+            store.trim_events_before(u64::MAX, 10).unwrap(),
+            Trimmed::default(),
+            "the page holding id 3 stays, and all after it"
+        );
         store.hold_events_from(4);
-        assert_eq!(store.trim_events_before(u64::MAX, 10).unwrap(), Trimmed { pages: 1, events: 3, oldest_left: Some(4) });
+        assert_eq!(
+            store.trim_events_before(u64::MAX, 10).unwrap(),
+            Trimmed { pages: 1, events: 3, oldest_left: Some(4) }
+        );
         store.hold_events_from(u64::MAX);
         assert_eq!(store.trim_events_before(u64::MAX, 10).unwrap().oldest_left, Some(6));
     }
@@ -201,8 +234,15 @@ mod tests {
         commit_at(&store, 5_000_000, 1);
         commit_at(&store, 9_000_000, 1);
         test_clock::set(10_000_000);
-        assert_eq!(store.trim_events_older_than(std::time::Duration::from_secs(8)).unwrap(), Trimmed { pages: 2, events: 600, oldest_left: Some(first + 600) });
-        assert_eq!(store.trim_events_older_than(std::time::Duration::from_secs(8)).unwrap(), Trimmed::default(), "nothing more is old enough");
+        assert_eq!(
+            store.trim_events_older_than(std::time::Duration::from_secs(8)).unwrap(),
+            Trimmed { pages: 2, events: 600, oldest_left: Some(first + 600) }
+        );
+        assert_eq!(
+            store.trim_events_older_than(std::time::Duration::from_secs(8)).unwrap(),
+            Trimmed::default(),
+            "nothing more is old enough"
+        );
         assert_eq!(store.trim_events_older_than(std::time::Duration::ZERO).unwrap().pages, 1, "the newest page stays");
     }
 
@@ -224,7 +264,11 @@ mod tests {
             from = next;
         }
         assert_eq!(steps, vec![(2, Some(3)), (2, Some(5))], "pages 1-4 are older than the cutoff");
-        assert_eq!(from.as_deref().map(|k| keys::parse_event(k).unwrap()), Some(5_000), "the next step would start at page 5");
+        assert_eq!(
+            from.as_deref().map(|k| keys::parse_event(k).unwrap()),
+            Some(5_000),
+            "the next step would start at page 5"
+        );
         // The whole trim runs those steps to the end (a batch size of 0 counts as 1).
         assert_eq!(store.trim_events_before(10_000, 0).unwrap(), Trimmed { pages: 2, events: 2, oldest_left: Some(7) });
         assert_eq!(ids(&store), vec![7]);
@@ -238,8 +282,15 @@ mod tests {
         let mut v1 = vec![1];
         use crate::store::values::legacy;
         let old = legacy::StoredEvent::Record(legacy::RecordEvent {
-            live: true, did: "did:plc:a".into(), rev: "r".into(), collection: "a.b.c".into(), rkey: "k".into(),
-            action: Action::Delete, cid: vec![], replaced: None, handled: vec![],
+            live: true,
+            did: "did:plc:a".into(),
+            rev: "r".into(),
+            collection: "a.b.c".into(),
+            rkey: "k".into(),
+            action: Action::Delete,
+            cid: vec![],
+            replaced: None,
+            handled: vec![],
         });
         postcard::to_io(&vec![old], &mut v1).unwrap();
         store.events.insert(keys::event(1), v1).unwrap();

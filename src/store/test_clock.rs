@@ -25,9 +25,19 @@ pub fn open(dir: &std::path::Path) -> Store {
 /// `n` delete events of `did:plc:a` (the smallest record events there are).
 pub fn events(n: usize) -> Vec<StoredEvent> {
     (0..n)
-        .map(|i| StoredEvent::Record(RecordEvent {
-            live: true, did: "did:plc:a".into(), rev: "r".into(), collection: "a.b.c".into(), rkey: format!("k{i}").into(),
-            action: Action::Delete, cid: vec![], replaced: None, handled: vec![], body: None,
-        }))
+        .map(|i| {
+            StoredEvent::Record(RecordEvent {
+                live: true,
+                did: "did:plc:a".into(),
+                rev: "r".into(),
+                collection: "a.b.c".into(),
+                rkey: format!("k{i}").into(),
+                action: Action::Delete,
+                cid: vec![],
+                replaced: None,
+                handled: vec![],
+                body: None,
+            })
+        })
         .collect()
 }

@@ -56,7 +56,13 @@ impl TimeEntry {
 impl Store {
     /// Puts `pages` (of a change whose first event gets `first_id` and `first_time`) and their
     /// time index entries in `batch`. Runs under the writer lock.
-    pub(super) fn stage_pages(&self, batch: &mut fjall::OwnedWriteBatch, pages: Vec<EncodedPage>, first_id: u64, first_time: u64) {
+    pub(super) fn stage_pages(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        pages: Vec<EncodedPage>,
+        first_id: u64,
+        first_time: u64,
+    ) {
         for EncodedPage { offset, len, mut bytes } in pages {
             let time = first_time + offset;
             EventPage::stamp_time(&mut bytes.get_mut().expect("a page being committed is not shared"), time);
@@ -186,10 +192,19 @@ mod tests {
             // A page as builds before event times wrote it: version 1, postcard of the events.
             let mut v1 = vec![1];
             let legacy: Vec<_> = (0..3)
-                .map(|i| crate::store::values::legacy::StoredEvent::Record(crate::store::values::legacy::RecordEvent {
-                    live: true, did: "did:plc:a".into(), rev: "r".into(), collection: "a.b.c".into(), rkey: format!("k{i}"),
-                    action: Action::Delete, cid: vec![], replaced: None, handled: vec![],
-                }))
+                .map(|i| {
+                    crate::store::values::legacy::StoredEvent::Record(crate::store::values::legacy::RecordEvent {
+                        live: true,
+                        did: "did:plc:a".into(),
+                        rev: "r".into(),
+                        collection: "a.b.c".into(),
+                        rkey: format!("k{i}"),
+                        action: Action::Delete,
+                        cid: vec![],
+                        replaced: None,
+                        handled: vec![],
+                    })
+                })
                 .collect();
             postcard::to_io(&legacy, &mut v1).unwrap();
             store.events.insert(keys::event(1), v1).unwrap();
@@ -197,7 +212,8 @@ mod tests {
         let store = fixed(dir.path());
         assert_eq!((store.next_event_id(), store.last_event_time()), (4, 0));
         store.commit(RepoChange { did: "did:plc:a".into(), events: events(2), ..Default::default() }).unwrap();
-        let times: Vec<(u64, u64)> = store.events_with_time_from(0, 10).unwrap().into_iter().map(|(id, t, _)| (id, t)).collect();
+        let times: Vec<(u64, u64)> =
+            store.events_with_time_from(0, 10).unwrap().into_iter().map(|(id, t, _)| (id, t)).collect();
         assert!(times[..3].iter().all(|&(_, t)| t == 0));
         assert_eq!(times[3..].to_vec(), vec![(4, 5_000_000), (5, 5_000_001)]);
         assert_eq!(store.first_event_after_time(0).unwrap(), Some(1));

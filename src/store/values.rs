@@ -1,8 +1,8 @@
 //! Stored values: a version byte, then postcard. Every type written to fjall lives here, and
 //! every version that was ever written keeps a golden file in `tests/golden/` that must decode.
 
-use smol_str::SmolStr;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use smol_str::SmolStr;
 
 /// The format version of a value type that has only ever had one; a type whose format changed
 /// says which version it writes in [`Stored::VERSION`].
@@ -88,7 +88,13 @@ pub enum RepoStatus {
 impl RepoStatus {
     /// Every status, in the order stats list them.
     pub const ALL: [RepoStatus; 7] = [
-        RepoStatus::Pending, RepoStatus::Backfilling, RepoStatus::Synced, RepoStatus::Discarded, RepoStatus::Error, RepoStatus::Gone, RepoStatus::Desynchronized,
+        RepoStatus::Pending,
+        RepoStatus::Backfilling,
+        RepoStatus::Synced,
+        RepoStatus::Discarded,
+        RepoStatus::Error,
+        RepoStatus::Gone,
+        RepoStatus::Desynchronized,
     ];
 
     /// The lowercase name used in stats and APIs.
@@ -141,7 +147,9 @@ impl RepoState {
     /// out.
     pub fn queue_due(&self) -> Option<u64> {
         match self.status {
-            RepoStatus::Pending | RepoStatus::Backfilling | RepoStatus::Desynchronized => Some(self.next_retry_ms.unwrap_or(0)),
+            RepoStatus::Pending | RepoStatus::Backfilling | RepoStatus::Desynchronized => {
+                Some(self.next_retry_ms.unwrap_or(0))
+            }
             RepoStatus::Error => self.next_retry_ms,
             RepoStatus::Synced | RepoStatus::Discarded | RepoStatus::Gone => None,
         }
@@ -379,7 +387,10 @@ impl Stored for EventPage {
         fn timed(body: &[u8]) -> Result<(u64, &[u8]), ValueError> {
             match body.split_first_chunk::<8>() {
                 Some((time, events)) => Ok((u64::from_be_bytes(*time), events)),
-                None => Err(ValueError::Corrupt { what: EventPage::WHAT, source: postcard::Error::DeserializeUnexpectedEnd }),
+                None => Err(ValueError::Corrupt {
+                    what: EventPage::WHAT,
+                    source: postcard::Error::DeserializeUnexpectedEnd,
+                }),
             }
         }
         let upgrade = |events: Vec<legacy::StoredEvent>| events.into_iter().map(StoredEvent::from).collect();
@@ -431,9 +442,28 @@ pub mod legacy {
     impl From<StoredEvent> for super::StoredEvent {
         fn from(event: StoredEvent) -> Self {
             match event {
-                StoredEvent::Record(RecordEvent { live, did, rev, collection, rkey, action, cid, replaced, handled }) => {
-                    super::StoredEvent::Record(super::RecordEvent { live, did: did.into(), rev: rev.into(), collection: collection.into(), rkey: rkey.into(), action, cid, replaced, handled, body: None })
-                }
+                StoredEvent::Record(RecordEvent {
+                    live,
+                    did,
+                    rev,
+                    collection,
+                    rkey,
+                    action,
+                    cid,
+                    replaced,
+                    handled,
+                }) => super::StoredEvent::Record(super::RecordEvent {
+                    live,
+                    did: did.into(),
+                    rev: rev.into(),
+                    collection: collection.into(),
+                    rkey: rkey.into(),
+                    action,
+                    cid,
+                    replaced,
+                    handled,
+                    body: None,
+                }),
                 StoredEvent::Identity(i) => super::StoredEvent::Identity(i),
                 StoredEvent::Account(a) => super::StoredEvent::Account(a),
             }
@@ -494,18 +524,59 @@ mod tests {
 
     fn record_event() -> impl Strategy<Value = StoredEvent> {
         let body = proptest::option::of(proptest::collection::vec(any::<u8>(), 1..60));
-        (any::<bool>(), "[a-z:0-9]{1,30}", "[a-z0-9]{13}", "[a-z.]{3,30}", "[a-z0-9]{1,15}", 0..3u8, proptest::collection::vec(any::<u8>(), 0..40), proptest::option::of(".{0,20}"), proptest::collection::vec(("[a-z-]{1,10}".prop_map(SmolStr::from), ".{0,20}"), 0..3), body)
-            .prop_map(|(live, did, rev, collection, rkey, a, cid, replaced, handled, body)| StoredEvent::Record(RecordEvent {
-                live, did: did.into(), rev: rev.into(), collection: collection.into(), rkey: rkey.into(), action: [Action::Create, Action::Update, Action::Delete][a as usize], cid, replaced, handled, body: body.map(Into::into),
-            }))
+        (
+            any::<bool>(),
+            "[a-z:0-9]{1,30}",
+            "[a-z0-9]{13}",
+            "[a-z.]{3,30}",
+            "[a-z0-9]{1,15}",
+            0..3u8,
+            proptest::collection::vec(any::<u8>(), 0..40),
+            proptest::option::of(".{0,20}"),
+            proptest::collection::vec(("[a-z-]{1,10}".prop_map(SmolStr::from), ".{0,20}"), 0..3),
+            body,
+        )
+            .prop_map(|(live, did, rev, collection, rkey, a, cid, replaced, handled, body)| {
+                StoredEvent::Record(RecordEvent {
+                    live,
+                    did: did.into(),
+                    rev: rev.into(),
+                    collection: collection.into(),
+                    rkey: rkey.into(),
+                    action: [Action::Create, Action::Update, Action::Delete][a as usize],
+                    cid,
+                    replaced,
+                    handled,
+                    body: body.map(Into::into),
+                })
+            })
     }
 
     /// `event` as page formats 1 and 2 stored it (no body).
     fn legacy_of(event: &StoredEvent) -> legacy::StoredEvent {
         match event.clone() {
-            StoredEvent::Record(RecordEvent { live, did, rev, collection, rkey, action, cid, replaced, handled, .. }) => {
-                legacy::StoredEvent::Record(legacy::RecordEvent { live, did: did.into(), rev: rev.into(), collection: collection.into(), rkey: rkey.into(), action, cid, replaced, handled })
-            }
+            StoredEvent::Record(RecordEvent {
+                live,
+                did,
+                rev,
+                collection,
+                rkey,
+                action,
+                cid,
+                replaced,
+                handled,
+                ..
+            }) => legacy::StoredEvent::Record(legacy::RecordEvent {
+                live,
+                did: did.into(),
+                rev: rev.into(),
+                collection: collection.into(),
+                rkey: rkey.into(),
+                action,
+                cid,
+                replaced,
+                handled,
+            }),
             StoredEvent::Identity(i) => legacy::StoredEvent::Identity(i),
             StoredEvent::Account(a) => legacy::StoredEvent::Account(a),
         }

@@ -32,7 +32,8 @@ pub fn sluice_batched(filter_text: &str, batch_size: usize) -> (tempfile::TempDi
     let dir = tempfile::tempdir().unwrap();
     let mut config = sluice::Config::default();
     config.backfill.batch_size = batch_size;
-    let s = Sluice::builder().config(config).data_dir(dir.path().join("data")).filter(filter(filter_text)).open().unwrap();
+    let s =
+        Sluice::builder().config(config).data_dir(dir.path().join("data")).filter(filter(filter_text)).open().unwrap();
     (dir, s)
 }
 
@@ -56,7 +57,13 @@ pub fn devnet_config_file(dir: &std::path::Path, net: &sluice::devnet::Devnet, e
     let filter = dir.join("filter.toml");
     std::fs::write(&filter, "mode = \"full\"\n").unwrap();
     let config = dir.join("config.toml");
-    let text = format!("[storage]\npath = {:?}\n[filter]\npath = {:?}\n[network]\nrelay = {:?}\nplc = {:?}\n{extra}", dir.join("data"), filter, net.relay_url(), net.plc_url());
+    let text = format!(
+        "[storage]\npath = {:?}\n[filter]\npath = {:?}\n[network]\nrelay = {:?}\nplc = {:?}\n{extra}",
+        dir.join("data"),
+        filter,
+        net.relay_url(),
+        net.plc_url()
+    );
     std::fs::write(&config, text).unwrap();
     config
 }
@@ -74,5 +81,10 @@ pub fn spawn_sluice(config: &std::path::Path, command: &str, log: &std::path::Pa
 
 /// The stored records of `did`: (collection, rkey) -> CID string.
 pub fn stored_cids(store: &sluice::store::Store, did: &str) -> std::collections::BTreeMap<(String, String), String> {
-    store.repo_records(did).unwrap().into_iter().map(|((c, r), cid)| ((c.into(), r.into()), cid::Cid::read_bytes(&cid[..]).unwrap().to_string())).collect()
+    store
+        .repo_records(did)
+        .unwrap()
+        .into_iter()
+        .map(|((c, r), cid)| ((c.into(), r.into()), cid::Cid::read_bytes(&cid[..]).unwrap().to_string()))
+        .collect()
 }

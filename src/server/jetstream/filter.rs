@@ -68,7 +68,9 @@ fn parse_collections(values: &[String]) -> Result<Option<Collections>, String> {
     for value in values {
         let valid = value != "*" && syntax::nsid_pattern_problem(value).is_none();
         if !valid {
-            return Err(format!("invalid collection {value:?}: wantedCollections takes NSIDs and prefixes of whole segments such as app.bsky.*"));
+            return Err(format!(
+                "invalid collection {value:?}: wantedCollections takes NSIDs and prefixes of whole segments such as app.bsky.*"
+            ));
         }
         match value.strip_suffix('*') {
             Some(prefix) if !wanted.prefixes.iter().any(|p| p == prefix) => wanted.prefixes.push(prefix.to_string()),
@@ -106,8 +108,16 @@ mod tests {
 
     fn record(did: &str, collection: &str) -> StoredEvent {
         StoredEvent::Record(RecordEvent {
-            live: true, did: did.into(), rev: "r".into(), collection: collection.into(), rkey: "k".into(),
-            action: Action::Delete, cid: vec![], replaced: None, handled: vec![], body: None,
+            live: true,
+            did: did.into(),
+            rev: "r".into(),
+            collection: collection.into(),
+            rkey: "k".into(),
+            action: Action::Delete,
+            cid: vec![],
+            replaced: None,
+            handled: vec![],
+            body: None,
         })
     }
 

@@ -77,11 +77,18 @@ pub(super) fn event_json(store: &Store, id: u64, time_us: u64, event: &StoredEve
         }
         StoredEvent::Identity(i) => {
             (envelope.did, envelope.kind) = (&i.did, "identity");
-            envelope.identity = Some(Identity { did: &i.did, handle: i.handle.as_deref(), seq: id, time: rfc3339(time_us) });
+            envelope.identity =
+                Some(Identity { did: &i.did, handle: i.handle.as_deref(), seq: id, time: rfc3339(time_us) });
         }
         StoredEvent::Account(a) => {
             (envelope.did, envelope.kind) = (&a.did, "account");
-            envelope.account = Some(Account { active: a.active, did: &a.did, seq: id, status: a.status.as_deref(), time: rfc3339(time_us) });
+            envelope.account = Some(Account {
+                active: a.active,
+                did: &a.did,
+                seq: id,
+                status: a.status.as_deref(),
+                time: rfc3339(time_us),
+            });
         }
     }
     Ok(serde_json::to_string(&envelope).expect("serializing to a String cannot fail"))

@@ -73,10 +73,18 @@ struct Session {
     refused: Mutex<Option<params::Refused>>,
 }
 
-async fn subscribe(State(state): State<Arc<ServerState>>, ws: WebSocketUpgrade, headers: HeaderMap, q: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Response {
-    let start = params::Options::parse(q, &headers).and_then(|options| Ok((start_id(&state, options.cursor)?, options)));
+async fn subscribe(
+    State(state): State<Arc<ServerState>>,
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    q: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Response {
+    let start =
+        params::Options::parse(q, &headers).and_then(|options| Ok((start_id(&state, options.cursor)?, options)));
     match start {
-        Ok((from, options)) => ws.max_message_size(MAX_CLIENT_MESSAGE).on_upgrade(move |socket| stream(socket, state, from, options)),
+        Ok((from, options)) => {
+            ws.max_message_size(MAX_CLIENT_MESSAGE).on_upgrade(move |socket| stream(socket, state, from, options))
+        }
         Err(e) => e.into_response(),
     }
 }
@@ -87,7 +95,11 @@ fn start_id(state: &ServerState, cursor: Option<u64>) -> Result<u64, XrpcError> 
     let head = state.store().next_event_id();
     match cursor {
         None => Ok(head),
-        Some(time) => Ok(state.store().first_event_after_time(time).map_err(|e| XrpcError::internal(e.to_string()))?.unwrap_or(head)),
+        Some(time) => Ok(state
+            .store()
+            .first_event_after_time(time)
+            .map_err(|e| XrpcError::internal(e.to_string()))?
+            .unwrap_or(head)),
     }
 }
 

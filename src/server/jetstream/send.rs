@@ -39,7 +39,13 @@ struct Batch {
 
 /// Sends events from id `next` on until the client leaves or the server stops (`Ok`), or
 /// the stream must end (`Err`).
-pub(super) async fn send_loop(sink: &mut SplitSink<WebSocket, Message>, state: &ServerState, mut next: u64, compress: bool, session: &Session) -> Result<(), Stop> {
+pub(super) async fn send_loop(
+    sink: &mut SplitSink<WebSocket, Message>,
+    state: &ServerState,
+    mut next: u64,
+    compress: bool,
+    session: &Session,
+) -> Result<(), Stop> {
     let store = state.store().clone();
     let mut head_changed = store.watch_events();
     let limits = &state.config.server;
@@ -100,7 +106,10 @@ async fn too_slow(store: &Arc<Store>, max_lag: u64, next: u64, resume: Option<u6
             first.ok().and_then(Result::ok).and_then(|e| e.first().map(|(_, time, _)| *time)).unwrap_or(0)
         }
     };
-    Stop { code: 1008, reason: format!("ConsumerTooSlow: over {max_lag} events behind; reconnect with cursor={cursor}") }
+    Stop {
+        code: 1008,
+        reason: format!("ConsumerTooSlow: over {max_lag} events behind; reconnect with cursor={cursor}"),
+    }
 }
 
 /// Events from `from` on (at most [`BATCH`]), the wanted ones rendered, on the blocking pool.
@@ -122,7 +131,9 @@ fn render(store: &Store, from: u64, filter: &Filter, compress: bool) -> Result<B
             continue;
         }
         batch.messages.push(match compress {
-            true => Message::Binary(ruzstd::encoding::compress_to_vec(json.as_bytes(), ruzstd::encoding::CompressionLevel::Fastest).into()),
+            true => Message::Binary(
+                ruzstd::encoding::compress_to_vec(json.as_bytes(), ruzstd::encoding::CompressionLevel::Fastest).into(),
+            ),
             false => Message::Text(json.into()),
         });
     }

@@ -35,7 +35,8 @@ struct Request {
 
 pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
     let req = request(&Params::from_query(q)?)?;
-    let (subject, collection, cursor, limit) = (req.subject.clone(), req.collection.clone(), req.cursor.clone(), req.limit);
+    let (subject, collection, cursor, limit) =
+        (req.subject.clone(), req.collection.clone(), req.cursor.clone(), req.limit);
     let mut keys = blocking(&state, move |store| {
         let Some(subject) = by_did(store, &subject)? else { return Ok(Vec::new()) };
         let after = cursor.map(|c| cursor_key(&subject, collection.as_deref(), &c)).transpose()?;
@@ -45,8 +46,10 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> X
     .await?;
     let more = keys.len() > limit;
     keys.truncate(limit);
-    let links: Vec<(&str, &str, &str)> = keys.iter().filter_map(|k| parse_backlink_key(k)).map(|(_, c, d, r)| (c, d, r)).collect();
-    let items: Vec<Value> = links.iter().map(|(c, d, r)| json!({ "uri": at_uri(d, c, r), "did": d, "collection": c, "rkey": r })).collect();
+    let links: Vec<(&str, &str, &str)> =
+        keys.iter().filter_map(|k| parse_backlink_key(k)).map(|(_, c, d, r)| (c, d, r)).collect();
+    let items: Vec<Value> =
+        links.iter().map(|(c, d, r)| json!({ "uri": at_uri(d, c, r), "did": d, "collection": c, "rkey": r })).collect();
     let mut out = json!({ "subject": req.subject, "links": items });
     if let (true, Some((c, d, r))) = (more, links.last()) {
         out["cursor"] = json!(format!("{c}/{d}/{r}"));
@@ -95,6 +98,9 @@ fn cursor_key(subject: &str, collection: Option<&str>, cursor: &str) -> Result<V
     let bad = || XrpcError::invalid("cursor must be a cursor this method gave (collection/did/rkey)");
     let mut parts = cursor.splitn(3, '/');
     let (c, d, r) = (parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?, parts.next().ok_or_else(bad)?);
-    let valid = crate::syntax::is_nsid(c) && crate::syntax::is_did(d) && crate::syntax::is_rkey(r) && collection.is_none_or(|want| want == c);
+    let valid = crate::syntax::is_nsid(c)
+        && crate::syntax::is_did(d)
+        && crate::syntax::is_rkey(r)
+        && collection.is_none_or(|want| want == c);
     valid.then(|| backlink_key(subject, c, d, r)).ok_or_else(bad)
 }

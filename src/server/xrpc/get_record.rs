@@ -8,8 +8,8 @@ use std::sync::Arc;
 use axum::extract::State;
 use serde_json::Value;
 
-use super::repo_access::{Unshown, at_uri, point_read, readable_repo, record_json, repo_param, store_error};
 use super::Query;
+use super::repo_access::{Unshown, at_uri, point_read, readable_repo, record_json, repo_param, store_error};
 use crate::server::ServerState;
 use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
 
@@ -27,10 +27,17 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> X
     ok_json(point_read(&state, |store| read(store, &repo, &collection, &rkey, want))?)
 }
 
-fn read(store: &crate::store::Store, repo: &str, collection: &str, rkey: &str, want: Option<cid::Cid>) -> Result<Value, XrpcError> {
+fn read(
+    store: &crate::store::Store,
+    repo: &str,
+    collection: &str,
+    rkey: &str,
+    want: Option<cid::Cid>,
+) -> Result<Value, XrpcError> {
     let (did, _) = readable_repo(store, repo, Unshown::Fetched)?;
     let did = did.as_str();
-    let not_found = || XrpcError::record_not_found(format!("Could not locate record: {}", at_uri(did, collection, rkey)));
+    let not_found =
+        || XrpcError::record_not_found(format!("Could not locate record: {}", at_uri(did, collection, rkey)));
     let record = store.record(did, collection, rkey).map_err(store_error)?.ok_or_else(not_found)?;
     if want.is_some_and(|w| w.to_bytes() != record.cid) {
         return Err(not_found());

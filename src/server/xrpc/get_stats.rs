@@ -10,9 +10,9 @@ use serde_json::{Map, Value, json};
 
 use super::Query;
 use super::repo_access::{blocking, store_error};
-use crate::syntax::datetime_from_ms as datetime;
 use crate::server::ServerState;
 use crate::store::{RepoStatus, Store};
+use crate::syntax::datetime_from_ms as datetime;
 use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
 
 /// The method's name under the project's namespace.

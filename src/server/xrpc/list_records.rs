@@ -34,14 +34,25 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> X
     let p = Params::from_query(q)?;
     let repo = repo_param(&p, state.config.cluster.shard)?;
     let collection = p.nsid("collection")?.to_string();
-    let page = Page { repo, collection, limit: p.limit(50, 100)?, ascending: p.flag("reverse")?, cursor: p.opt("cursor").map(str::to_string) };
+    let page = Page {
+        repo,
+        collection,
+        limit: p.limit(50, 100)?,
+        ascending: p.flag("reverse")?,
+        cursor: p.opt("cursor").map(str::to_string),
+    };
     ok_json(blocking(&state, move |store| read(store, &page)).await?)
 }
 
 fn read(store: &Store, page: &Page) -> Result<Value, XrpcError> {
     let (did, _) = readable_repo(store, &page.repo, Unshown::Listed)?;
-    let rows = store.collection_page(&did, &page.collection, page.cursor.as_deref(), page.limit, page.ascending).map_err(store_error)?;
-    let records = rows.iter().map(|(rkey, record)| record_json(&did, &page.collection, rkey, record)).collect::<Result<Vec<_>, _>>()?;
+    let rows = store
+        .collection_page(&did, &page.collection, page.cursor.as_deref(), page.limit, page.ascending)
+        .map_err(store_error)?;
+    let records = rows
+        .iter()
+        .map(|(rkey, record)| record_json(&did, &page.collection, rkey, record))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut out = json!({ "records": records });
     if let Some((last, _)) = rows.last() {
         out["cursor"] = json!(last);

@@ -35,7 +35,10 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> X
     let p = Params::from_query(q)?;
     let limit = p.limit(500, 1000)?;
     let cursor = p.opt("cursor").map(str::to_string);
-    let (states, next) = blocking(&state, move |store| store.repo_state_page(cursor.as_deref(), limit, MAX_SCAN, listed).map_err(store_error)).await?;
+    let (states, next) = blocking(&state, move |store| {
+        store.repo_state_page(cursor.as_deref(), limit, MAX_SCAN, listed).map_err(store_error)
+    })
+    .await?;
     let repos: Vec<Value> = states.iter().map(|(did, s)| entry(did, s)).collect();
     let mut out = json!({ "repos": repos });
     if let Some(next) = next {

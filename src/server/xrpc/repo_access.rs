@@ -21,19 +21,27 @@ use serde_json::{Map, Value};
 
 use super::super::ServerState;
 use crate::cluster::Shard;
-use crate::store::{RepoState, RepoStatus, Store, StoreError};
 use crate::store::values::RecordRef;
+use crate::store::{RepoState, RepoStatus, Store, StoreError};
 use crate::xrpc::{Params, XrpcError};
 
 /// Runs `read` on the blocking pool with the store: reads may touch many keys.
-pub(super) async fn blocking<T: Send + 'static>(state: &Arc<ServerState>, read: impl FnOnce(&Store) -> Result<T, XrpcError> + Send + 'static) -> Result<T, XrpcError> {
+pub(super) async fn blocking<T: Send + 'static>(
+    state: &Arc<ServerState>,
+    read: impl FnOnce(&Store) -> Result<T, XrpcError> + Send + 'static,
+) -> Result<T, XrpcError> {
     let store = state.store().clone();
-    tokio::task::spawn_blocking(move || read(&store)).await.map_err(|e| XrpcError::internal(format!("read task failed: {e}")))?
+    tokio::task::spawn_blocking(move || read(&store))
+        .await
+        .map_err(|e| XrpcError::internal(format!("read task failed: {e}")))?
 }
 
 /// Runs `read` right on the server's worker: for reads of a few keys (a record, a repo's
 /// state), where a hop to the blocking pool costs more than the read and adds its own wait.
-pub(super) fn point_read<T>(state: &ServerState, read: impl FnOnce(&Store) -> Result<T, XrpcError>) -> Result<T, XrpcError> {
+pub(super) fn point_read<T>(
+    state: &ServerState,
+    read: impl FnOnce(&Store) -> Result<T, XrpcError>,
+) -> Result<T, XrpcError> {
     read(state.store())
 }
 
@@ -62,7 +70,11 @@ pub(super) fn on_this_shard(did: &str, shard: Shard) -> Result<(), XrpcError> {
     if shard.owns(did) {
         return Ok(());
     }
-    Err(XrpcError::new(StatusCode::BAD_REQUEST, "RepoOnOtherShard", format!("{did} is indexed by shard {}; this node serves shard {shard}", shard.holder(did))))
+    Err(XrpcError::new(
+        StatusCode::BAD_REQUEST,
+        "RepoOnOtherShard",
+        format!("{did} is indexed by shard {}; this node serves shard {shard}", shard.holder(did)),
+    ))
 }
 
 /// The DID an at-identifier names: a DID itself, or the repo whose own handle it is; `None`
@@ -127,12 +139,15 @@ pub(super) fn readable(store: &Store, did: &str) -> Result<RepoState, XrpcError>
     if state.status != RepoStatus::Gone {
         return Ok(state);
     }
-    let bad = |error, what: &str| XrpcError::new(StatusCode::BAD_REQUEST, error, format!("Repo has been {what}: {did}"));
+    let bad =
+        |error, what: &str| XrpcError::new(StatusCode::BAD_REQUEST, error, format!("Repo has been {what}: {did}"));
     Err(match gone_status(&state).unwrap_or_default() {
         "deactivated" => bad("RepoDeactivated", "deactivated"),
         "takendown" => bad("RepoTakendown", "takendown"),
         "suspended" => bad("RepoSuspended", "suspended"),
-        other => XrpcError::new(StatusCode::BAD_REQUEST, "RepoNotFound", format!("Repo is not available ({other}): {did}")),
+        other => {
+            XrpcError::new(StatusCode::BAD_REQUEST, "RepoNotFound", format!("Repo is not available ({other}): {did}"))
+        }
     })
 }
 
@@ -143,14 +158,17 @@ pub(super) fn at_uri(did: &str, collection: &str, rkey: &str) -> String {
 
 /// A binary CID as its string form (base32 CIDv1).
 pub(super) fn cid_string(cid: &[u8]) -> Result<String, XrpcError> {
-    cid::Cid::try_from(cid).map(|c| c.to_string()).map_err(|e| XrpcError::internal(format!("stored CID does not decode: {e}")))
+    cid::Cid::try_from(cid)
+        .map(|c| c.to_string())
+        .map_err(|e| XrpcError::internal(format!("stored CID does not decode: {e}")))
 }
 
 /// `{uri, cid, value}` of one stored record.
 pub(super) fn record_json(did: &str, collection: &str, rkey: &str, record: &RecordRef) -> Result<Value, XrpcError> {
     let uri = at_uri(did, collection, rkey);
     let body = record.body.as_deref().ok_or_else(|| XrpcError::internal(format!("the body of {uri} is missing")))?;
-    let value = sluice_handlers::value::cbor_to_json(body).map_err(|e| XrpcError::internal(format!("stored record {uri} does not decode: {e}")))?;
+    let value = sluice_handlers::value::cbor_to_json(body)
+        .map_err(|e| XrpcError::internal(format!("stored record {uri} does not decode: {e}")))?;
     let mut out = Map::new();
     out.insert("uri".into(), uri.into());
     out.insert("cid".into(), cid_string(&record.cid)?.into());
