@@ -54,7 +54,9 @@ fn backfill_logged(
         true => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/everything.toml"),
         false => {
             let path = dir.path().join("no-handlers.toml");
-            std::fs::write(&path, "mode = \"full\"\n[handlers.post]\nenabled = false\n[handlers.backlinks]\nenabled = false\n[handlers.profile]\nenabled = false\n").unwrap();
+            let toml = "mode = \"full\"\n[handlers.post]\nenabled = false\n[handlers.backlinks]\nenabled = false\n\
+                        [handlers.profile]\nenabled = false\n";
+            std::fs::write(&path, toml).unwrap();
             path
         }
     };
@@ -156,9 +158,9 @@ async fn many_small_repos() {
 /// `sink`: the backfill with the NATS sink on (publishing to a local JetStream stream, the run
 /// ending once all is published) against off; `sink-split`: the same with sluice pinned to
 /// CPU 0 and the NATS server and the devnet to CPU 1 (both compare `SLUICE_BIN`'s builds);
-/// `shards`: two shards (0/2 and 1/2) backfilling the same devnet at once against one node. On a devnet of `SLUICE_MANY_REPOS` (its first
-/// size, default 20,000) repos of 20 records, handlers on, `SLUICE_BENCH_ROUNDS` rounds;
-/// `SLUICE_SINK_IN_FLIGHT` sets the sink's `in_flight` (default 512).
+/// `shards`: two shards (0/2 and 1/2) backfilling the same devnet at once against one node. On a
+/// devnet of `SLUICE_MANY_REPOS` (its first size, default 20,000) repos of 20 records, handlers on,
+/// `SLUICE_BENCH_ROUNDS` rounds; `SLUICE_SINK_IN_FLIGHT` sets the sink's `in_flight` (default 512).
 async fn sink_and_shards() {
     const RECORDS: usize = 20;
     let repos: usize = std::env::var("SLUICE_MANY_REPOS")
@@ -246,7 +248,8 @@ fn sink_on_off(net: &Devnet, binary: &str, label: &str, (repos, records): (usize
     row(&format!("{label} on (all published at exit)"), repos, records, &usage);
     if let Some(secs) = done {
         println!(
-            "| {label} on: the backfill part (until it logged done) | {repos} | {records} | {secs:.2} | {:.0} | | | | |",
+            "| {label} on: the backfill part (until it logged done) | {repos} | {records} | {secs:.2} | {:.0} \
+             | | | | |",
             records as f64 / secs
         );
     }

@@ -51,7 +51,8 @@ async fn main() {
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(summary.queued as usize, dids);
     println!(
-        "| crawler alone (listRepos pages of 1,000, queued in fjall) | {dids} | {secs:.2} | {:.0} | - | - | +{} (this process) |",
+        "| crawler alone (listRepos pages of 1,000, queued in fjall) | {dids} | {secs:.2} | {:.0} | - | - \
+         | +{} (this process) |",
         dids as f64 / secs,
         rss_mb().saturating_sub(before)
     );
@@ -71,7 +72,8 @@ async fn main() {
     // The first interval includes the crawl; the last may be cut short by the run's end.
     let (first, last) = (rates.get(1).copied().unwrap_or(0.0), rates.iter().rev().nth(1).copied().unwrap_or(0.0));
     println!(
-        "| `sluice backfill`: crawl, then every repo taken and gone | {dids} | {:.2} | {:.0} | {first:.0} / {last:.0} | {:.1} | {} (peak RSS) |",
+        "| `sluice backfill`: crawl, then every repo taken and gone | {dids} | {:.2} | {:.0} \
+         | {first:.0} / {last:.0} | {:.1} | {} (peak RSS) |",
         usage.secs,
         dids as f64 / usage.secs,
         usage.cpu * 1e6 / dids as f64,

@@ -110,7 +110,8 @@ fn main() {
         .unwrap_or_else(|| vec![100_000, 1_000_000]);
     let rewind = std::env::var("SLUICE_QUEUE_REWIND").is_ok_and(|v| v == "1");
     println!(
-        "| design | repos | queued/s | first {WINDOW}: µs/repo | take alone | last {WINDOW}: µs/repo | take alone | last/first | peak RSS (MB) |"
+        "| design | repos | queued/s | first {WINDOW}: µs/repo | take alone | last {WINDOW}: µs/repo | take alone \
+         | last/first | peak RSS (MB) |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &repos in &sizes {

@@ -80,7 +80,8 @@ async fn replays(sluice: &Sluice, which: &str) {
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "| replay, {clients} clients at once ({each} events each) | {total} events | {secs:.2} s | {:.0} events/s in all |",
+        "| replay, {clients} clients at once ({each} events each) | {total} events | {secs:.2} s \
+         | {:.0} events/s in all |",
         total as f64 / secs
     );
 }
@@ -116,7 +117,11 @@ fn keep_writing(
         lowest_priority();
         let mut i = 0;
         while !stop.is_cancelled() {
-            let record = serde_json::json!({"$type": "app.bsky.feed.post", "text": "live", "createdAt": "2026-11-01T00:00:00.000Z"});
+            let record = serde_json::json!({
+                "$type": "app.bsky.feed.post",
+                "text": "live",
+                "createdAt": "2026-11-01T00:00:00.000Z"
+            });
             let _ = net.put_record(&dids[i % dids.len()], "app.bsky.feed.post", &format!("3lzz{i:09}"), record);
             i += 1;
             std::thread::sleep(Duration::from_millis(5));
@@ -162,7 +167,8 @@ async fn get_record_under_load(sluice: &Sluice, did: &str, rkeys: &[String]) {
     let pct =
         |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)].as_secs_f64() * 1000.0;
     println!(
-        "| getRecord during a backfill of 16 x 20k records + live writes ({load_secs:.1} s) | {} requests | p50 {:.2} ms | p99 {:.2} ms (max {:.2} ms) |",
+        "| getRecord during a backfill of 16 x 20k records + live writes ({load_secs:.1} s) | {} requests \
+         | p50 {:.2} ms | p99 {:.2} ms (max {:.2} ms) |",
         latencies.len(),
         pct(0.5),
         pct(0.99),

@@ -36,8 +36,10 @@ const IN_FLIGHT: usize = 512;
 /// commits of 500 as a backfill writes them.
 fn fill(store: &Store, n: usize) {
     let body = sluice::handlers::value::json_to_cbor(&json!({
-        "$type": "app.bsky.feed.post", "text": "a post of the usual length, with a few words in it, and a link or two to somewhere",
-        "langs": ["en"], "createdAt": "2026-11-01T00:00:00.000Z"
+        "$type": "app.bsky.feed.post",
+        "text": "a post of the usual length, with a few words in it, and a link or two to somewhere",
+        "langs": ["en"],
+        "createdAt": "2026-11-01T00:00:00.000Z"
     }))
     .unwrap();
     let cid = cid::Cid::new_v1(0x71, multihash::Multihash::<64>::wrap(0x12, &[7; 32]).unwrap()).to_bytes();
@@ -180,7 +182,10 @@ fn main() {
         .collect();
     let bytes: usize = messages.iter().map(|(_, _, p)| p.len()).sum();
     println!("{n} events, {} bytes of JSON each on average, {IN_FLIGHT} in flight\n", bytes / n);
-    println!("| publisher | events | s | events/s | sink / bare | publisher CPU µs/event | nats-server CPU µs/event |");
+    println!(
+        "| publisher | events | s | events/s | sink / bare | publisher CPU µs/event \
+         | nats-server CPU µs/event |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let per_event = |cpu: f64| cpu * 1e6 / n as f64;

@@ -194,7 +194,10 @@ impl HandleChecker {
     /// store (once), then goes round the queue in DID order, a second apart between rounds.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         if let Err(e) = self.queue_old_handles(&stop).await {
-            tracing::warn!(error = %e, "queueing the handles of older repo states failed; they are checked when next stored");
+            tracing::warn!(
+                error = %e,
+                "queueing the handles of older repo states failed; they are checked when next stored"
+            );
         }
         let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(self.per_sec)));
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -231,7 +231,11 @@ mod tests {
             "id": "did:plc:abc",
             "alsoKnownAs": ["at://alice.test"],
             "verificationMethod": [method],
-            "service": [{"id": "#atproto_pds", "type": "AtprotoPersonalDataServer", "serviceEndpoint": "http://127.0.0.1:9/"}]
+            "service": [{
+                "id": "#atproto_pds",
+                "type": "AtprotoPersonalDataServer",
+                "serviceEndpoint": "http://127.0.0.1:9/"
+            }]
         }))
         .unwrap()
     }
@@ -241,7 +245,15 @@ mod tests {
         let account = crate::devnet::Account::new(1);
         let point = account.key.verifying_key().to_encoded_point(false);
         let legacy = multibase::encode(multibase::Base::Base58Btc, point.as_bytes());
-        let a = identity_from_document("did:plc:abc", &doc(json!({"id": "did:plc:abc#atproto", "type": "Multikey", "publicKeyMultibase": account.public_multibase()}))).unwrap();
+        let a = identity_from_document(
+            "did:plc:abc",
+            &doc(json!({
+                "id": "did:plc:abc#atproto",
+                "type": "Multikey",
+                "publicKeyMultibase": account.public_multibase()
+            })),
+        )
+        .unwrap();
         let b = identity_from_document(
             "did:plc:abc",
             &doc(json!({"id": "#atproto", "type": "EcdsaSecp256k1VerificationKey2019", "publicKeyMultibase": legacy})),
@@ -274,7 +286,9 @@ mod tests {
 
     proptest::proptest! {
         #[test]
-        fn random_bytes_are_refused_without_a_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+        fn random_bytes_are_refused_without_a_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+        ) {
             let refused = identity_from_document("did:plc:abc", &bytes);
             let invalid = matches!(refused, Err(IdentityError::InvalidDocument { .. }));
             proptest::prop_assert!(invalid, "{:?}", refused);

@@ -343,7 +343,10 @@ fn start_devnet(opts: &DevnetArgs) -> anyhow::Result<(tokio::runtime::Runtime, s
 /// The config that points the indexer at `net`, keeping its data apart from the default's.
 fn devnet_config(net: &sluice::devnet::Devnet, filter: &std::path::Path) -> String {
     format!(
-        "# Written by `sluice devnet`: points `sluice run` at the local devnet.\n[storage]\npath = \"data-devnet\"\n\n[filter]\npath = {:?}\n\n[network]\nrelay = \"{}\"\nplc = \"{}\"\nhandle_resolver = \"{}\"\n",
+        "# Written by `sluice devnet`: points `sluice run` at the local devnet.\n\
+         [storage]\npath = \"data-devnet\"\n\n\
+         [filter]\npath = {:?}\n\n\
+         [network]\nrelay = \"{}\"\nplc = \"{}\"\nhandle_resolver = \"{}\"\n",
         filter.display().to_string(),
         net.relay_url(),
         net.plc_url(),
@@ -393,7 +396,8 @@ fn serve_devnet(opts: &DevnetArgs, write_config: &std::path::Path) -> anyhow::Re
         pds[0]
     );
     println!(
-        "  -d '{{\"repo\":\"<did>\",\"collection\":\"app.bsky.feed.post\",\"record\":{{\"text\":\"hi\",\"createdAt\":\"2026-01-01T00:00:00Z\"}}}}'"
+        "  -d '{{\"repo\":\"<did>\",\"collection\":\"app.bsky.feed.post\",\
+         \"record\":{{\"text\":\"hi\",\"createdAt\":\"2026-01-01T00:00:00Z\"}}}}'"
     );
     println!("Ctrl-C stops it.");
     runtime.block_on(shutdown_signal());
@@ -413,7 +417,13 @@ fn run_on_devnet(mut config: Config) -> anyhow::Result<ExitCode> {
     if config.storage.path == std::path::Path::new("data") {
         config.storage.path = "data-devnet".into();
     }
-    tracing::info!(relay = %net.relay_url(), plc = %net.plc_url(), data = %config.storage.path.display(), "devnet started with {} accounts", opts.repos);
+    tracing::info!(
+        relay = %net.relay_url(),
+        plc = %net.plc_url(),
+        data = %config.storage.path.display(),
+        "devnet started with {} accounts",
+        opts.repos
+    );
     print_walkthrough(&net, &config);
     run_backfill(config, &[], false, sluice::backfill::RunMode::Forever)
 }
@@ -426,13 +436,15 @@ fn print_walkthrough(net: &sluice::devnet::Devnet, config: &Config) {
     println!("sluice is indexing a local devnet ({} accounts); try, in another terminal:", net.accounts().len());
     println!("  watch events:   sluice tail --server {server} --cursor 0");
     println!(
-        "  query a record: curl '{server}/xrpc/com.atproto.repo.listRecords?repo={did}&collection=app.bsky.feed.post&limit=2'"
+        "  query a record: curl '{server}/xrpc/com.atproto.repo.listRecords?\
+         repo={did}&collection=app.bsky.feed.post&limit=2'"
     );
     println!(
         "  write one:      curl -X POST {pds}/xrpc/com.atproto.repo.createRecord -H 'content-type: application/json' \\"
     );
     println!(
-        "                    -d '{{\"repo\":\"{did}\",\"collection\":\"app.bsky.feed.post\",\"record\":{{\"text\":\"hi\",\"createdAt\":\"2026-01-01T00:00:00Z\"}}}}'"
+        "                    -d '{{\"repo\":\"{did}\",\"collection\":\"app.bsky.feed.post\",\
+         \"record\":{{\"text\":\"hi\",\"createdAt\":\"2026-01-01T00:00:00Z\"}}}}'"
     );
     println!("                  (it shows up in `sluice tail` as a live event within a second)");
     println!("  edit the filter: {} (saved changes apply within a second)", config.filter.path.display());

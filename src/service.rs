@@ -124,7 +124,10 @@ impl Service {
                     ),
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "removing events past the retention failed; trying again at the next pass")
+                        tracing::warn!(
+                            error = %e,
+                            "removing events past the retention failed; trying again at the next pass"
+                        )
                     }
                     Err(e) => tracing::warn!(error = %e, "the retention pass did not finish"),
                 }
@@ -140,7 +143,10 @@ impl Service {
         ) {
             Ok(resolver) => resolver,
             Err(e) => {
-                tracing::error!(error = %e, "handles cannot be checked (set [network] handle_resolver); no handle is taken as its repo's own");
+                tracing::error!(
+                    error = %e,
+                    "handles cannot be checked (set [network] handle_resolver); no handle is taken as its repo's own"
+                );
                 return Ok(());
             }
         };

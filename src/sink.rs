@@ -114,7 +114,11 @@ impl NatsSink {
                 Err(failure) => {
                     let was_publishing = self.connected.swap(false, Ordering::Relaxed);
                     if was_publishing || self.last_error().is_none() {
-                        tracing::warn!(%failure, behind = self.behind(), "NATS sink failing; indexing goes on and the sink catches up from the log");
+                        tracing::warn!(
+                            %failure,
+                            behind = self.behind(),
+                            "NATS sink failing; indexing goes on and the sink catches up from the log"
+                        );
                     }
                     if was_publishing {
                         backoff = Duration::from_millis(250);
@@ -256,11 +260,21 @@ impl NatsSink {
             Ok(mut existing) => {
                 let info = existing.info().await.map_err(|e| format!("reading stream {}: {e}", c.stream))?;
                 if !info.config.subjects.iter().any(|s| s == &subjects || s == ">") {
-                    tracing::warn!(stream = %c.stream, subjects = ?info.config.subjects, want = %subjects, "the existing stream may not take sluice's subjects; it is left as it is");
+                    tracing::warn!(
+                        stream = %c.stream,
+                        subjects = ?info.config.subjects,
+                        want = %subjects,
+                        "the existing stream may not take sluice's subjects; it is left as it is"
+                    );
                 }
                 Ok(())
             }
-            Err(e) if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j) if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(j)
+                        if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+                ) =>
             {
                 let config = stream::Config {
                     name: c.stream.clone(),

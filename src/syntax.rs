@@ -184,7 +184,9 @@ mod tests {
         }
 
         #[test]
-        fn fast_nsid_check_agrees_with_jacquard(s in "[a-zA-Z0-9.-]{0,3}([a-zA-Z0-9_-]{0,3}\\.){0,4}[a-zA-Z0-9 -]{0,4}") {
+        fn fast_nsid_check_agrees_with_jacquard(
+            s in "[a-zA-Z0-9.-]{0,3}([a-zA-Z0-9_-]{0,3}\\.){0,4}[a-zA-Z0-9 -]{0,4}",
+        ) {
             prop_assert_eq!(is_nsid(&s), Nsid::new(s.as_str()).is_ok());
         }
 

@@ -144,7 +144,13 @@ mod tests {
     fn event_text_is_event_json() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        let body = sluice_handlers::value::json_to_cbor(&json!({"$type": "a.b.c", "n": 1, "b": {"$bytes": "AQID"}, "l": {"$link": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"}})).unwrap();
+        let body = sluice_handlers::value::json_to_cbor(&json!({
+            "$type": "a.b.c",
+            "n": 1,
+            "b": {"$bytes": "AQID"},
+            "l": {"$link": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"}
+        }))
+        .unwrap();
         let cid = jacquard_repo::mst::util::compute_cid(&body).unwrap().to_bytes();
         store.blocks.insert(&cid, &body).unwrap();
         let carried = Some(bytes::Bytes::from(body.clone()));

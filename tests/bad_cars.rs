@@ -40,11 +40,19 @@ fn sample_car() -> (Account, Vec<u8>) {
     let account = Account::new(11);
     let mut records = RepoContents::new();
     for i in 0..40 {
-        let v = serde_json::json!({"$type": "app.bsky.feed.post", "text": format!("post {i}"), "createdAt": "2024-01-01T00:00:00Z"});
+        let v = serde_json::json!({
+            "$type": "app.bsky.feed.post",
+            "text": format!("post {i}"),
+            "createdAt": "2024-01-01T00:00:00Z"
+        });
         records
             .insert(format!("app.bsky.feed.post/3kaaaaaaa{i:03}2"), sluice::handlers::value::json_to_cbor(&v).unwrap());
     }
-    let long = serde_json::json!({"$type": "app.bsky.feed.post", "text": "x".repeat(1500), "createdAt": "2024-01-01T00:00:00Z"});
+    let long = serde_json::json!({
+        "$type": "app.bsky.feed.post",
+        "text": "x".repeat(1500),
+        "createdAt": "2024-01-01T00:00:00Z"
+    });
     records.insert("app.bsky.feed.post/3kzzzzzzzzzz2".into(), sluice::handlers::value::json_to_cbor(&long).unwrap());
     let car = export_car_blocking(&account, &rev_at(1), &records).unwrap();
     (account, car)
@@ -119,7 +127,11 @@ fn large_car() -> Vec<u8> {
     let account = Account::new(12);
     let mut records = RepoContents::new();
     for i in 0..1_500 {
-        let v = serde_json::json!({"$type": "app.bsky.feed.post", "text": format!("{i} {}", "y".repeat(3_000)), "createdAt": "2024-01-01T00:00:00Z"});
+        let v = serde_json::json!({
+            "$type": "app.bsky.feed.post",
+            "text": format!("{i} {}", "y".repeat(3_000)),
+            "createdAt": "2024-01-01T00:00:00Z"
+        });
         records
             .insert(format!("app.bsky.feed.post/3kaaaaaa{i:04}2"), sluice::handlers::value::json_to_cbor(&v).unwrap());
     }

@@ -18,7 +18,8 @@ const CONCURRENCY: u64 = 4;
 /// The backfill's config: small batches with pauses, so kills land between them.
 fn write_config(dir: &std::path::Path, net: &Devnet) -> std::path::PathBuf {
     let backfill = format!(
-        "[backfill]\nbatch_size = 7\nbatch_delay_ms = 8\nmax_concurrent = {CONCURRENCY}\nprogress_secs = 1\nretry_min_ms = 50\nretry_max_ms = 100\n"
+        "[backfill]\nbatch_size = 7\nbatch_delay_ms = 8\nmax_concurrent = {CONCURRENCY}\nprogress_secs = 1\n\
+         retry_min_ms = 50\nretry_max_ms = 100\n"
     );
     common::devnet_config_file(dir, net, &backfill)
 }

@@ -485,32 +485,51 @@ async fn the_http_write_api_creates_accounts_and_records() {
     bounded(async {
         let net = devnet().await;
         let pds = &net.pds_urls()[1];
-        let (status, created) = post_json(&format!("{pds}/devnet/createAccount"), json!({"seed": 800, "handle": "dave.test"})).await;
+        let (status, created) =
+            post_json(&format!("{pds}/devnet/createAccount"), json!({"seed": 800, "handle": "dave.test"})).await;
         assert_eq!(status, StatusCode::OK);
         let did = created["did"].as_str().unwrap().to_string();
         assert_eq!((did.as_str(), net.pds_of(&did)), (Account::new(800).did.as_str(), Some(1)));
 
         let xrpc_url = |m: &str| format!("{pds}/xrpc/com.atproto.repo.{m}");
         let rec = json!({"$type": "app.bsky.feed.post", "text": "via xrpc", "createdAt": "2024-01-01T00:00:00Z"});
-        let (status, made) = post_json(&xrpc_url("createRecord"), json!({"repo": did, "collection": "app.bsky.feed.post", "record": rec})).await;
+        let (status, made) = post_json(
+            &xrpc_url("createRecord"),
+            json!({"repo": did, "collection": "app.bsky.feed.post", "record": rec}),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{made}");
         let rkey = made["uri"].as_str().unwrap().rsplit('/').next().unwrap().to_string();
         assert!(sluice::syntax::is_tid(&rkey), "a generated TID rkey: {rkey}");
         assert_eq!(net.records(&did)[&("app.bsky.feed.post".into(), rkey.clone())].0, made["cid"].as_str().unwrap());
 
-        let (status, _) = post_json(&xrpc_url("createRecord"), json!({"repo": did, "collection": "app.bsky.feed.post", "rkey": rkey, "record": rec})).await;
+        let (status, _) = post_json(
+            &xrpc_url("createRecord"),
+            json!({"repo": did, "collection": "app.bsky.feed.post", "rkey": rkey, "record": rec}),
+        )
+        .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "create refuses an existing record");
         let (status, put) = post_json(
             &xrpc_url("putRecord"),
-            json!({"repo": "dave.test", "collection": "app.bsky.actor.profile", "rkey": "self", "record": {"displayName": "Dave"}}),
+            json!({
+                "repo": "dave.test",
+                "collection": "app.bsky.actor.profile",
+                "rkey": "self",
+                "record": {"displayName": "Dave"}
+            }),
         )
         .await;
         assert_eq!(status, StatusCode::OK, "{put}");
-        let (status, _) = post_json(&xrpc_url("deleteRecord"), json!({"repo": did, "collection": "app.bsky.feed.post", "rkey": rkey})).await;
+        let (status, _) = post_json(
+            &xrpc_url("deleteRecord"),
+            json!({"repo": did, "collection": "app.bsky.feed.post", "rkey": rkey}),
+        )
+        .await;
         assert_eq!(status, StatusCode::OK);
         let keys: Vec<_> = net.records(&did).into_keys().collect();
         assert_eq!(keys, [("app.bsky.actor.profile".to_string(), "self".to_string())]);
-        let (status, body) = post_json(&xrpc_url("putRecord"), json!({"repo": did, "collection": "app.bsky.feed.post"})).await;
+        let (status, body) =
+            post_json(&xrpc_url("putRecord"), json!({"repo": did, "collection": "app.bsky.feed.post"})).await;
         assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidRequest")));
     })
     .await;

@@ -17,7 +17,8 @@ const REPOS: usize = 6;
 
 /// `sluice run`'s config: quick retries and reconnects, the server on a free port.
 fn write_config(dir: &std::path::Path, net: &Devnet) -> std::path::PathBuf {
-    let extra = "[backfill]\nprogress_secs = 1\nretry_min_ms = 50\nretry_max_ms = 100\n[firehose]\nmax_reconnect_secs = 1\n[server]\nlisten = \"127.0.0.1:0\"\n";
+    let extra = "[backfill]\nprogress_secs = 1\nretry_min_ms = 50\nretry_max_ms = 100\n\
+                 [firehose]\nmax_reconnect_secs = 1\n[server]\nlisten = \"127.0.0.1:0\"\n";
     common::devnet_config_file(dir, net, extra)
 }
 
@@ -32,7 +33,11 @@ fn keep_writing(net: Arc<Devnet>, dids: Vec<String>, stop: Arc<AtomicBool>) -> s
         while !stop.load(Ordering::Relaxed) {
             let did = &dids[n % dids.len()];
             let rkey = format!("3l{:011}", n / 3);
-            let record = json!({"$type": "app.bsky.feed.post", "text": format!("write {n}"), "createdAt": "2026-11-01T00:00:00.000Z"});
+            let record = json!({
+                "$type": "app.bsky.feed.post",
+                "text": format!("write {n}"),
+                "createdAt": "2026-11-01T00:00:00.000Z"
+            });
             match n % 5 {
                 4 => {
                     let victim = net.records(did).into_keys().next();

@@ -63,7 +63,8 @@ impl Running {
         let m = self.firehose.live().metrics();
         let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         eprintln!(
-            "live: {} applied, {} held, {} discovered, {} desynchronized, {} stale, {} dropped, {} refused; {} connections",
+            "live: {} applied, {} held, {} discovered, {} desynchronized, {} stale, {} dropped, {} refused; \
+             {} connections",
             n(&m.applied),
             n(&m.held),
             n(&m.discovered),

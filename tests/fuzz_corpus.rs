@@ -74,7 +74,11 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
 
     #[test]
-    fn mutated_seeds_never_panic(target in 0..TARGETS.len(), pick: usize, edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..6)) {
+    fn mutated_seeds_never_panic(
+        target in 0..TARGETS.len(),
+        pick: usize,
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>(), any::<u8>()), 1..6),
+    ) {
         let (name, body) = TARGETS[target];
         let all = seeds(name);
         body(&mutate(&all[pick % all.len()], &edits));

@@ -80,7 +80,13 @@ fn a_post_and_a_like() -> Vec<u8> {
         ("app.bsky.feed.post/3kaaaaaaaaaa2", serde_json::json!({"text": "hi", "createdAt": "2024-01-01T00:00:00Z"})),
         (
             "app.bsky.feed.like/3kaaaaaaaaaa2",
-            serde_json::json!({"subject": {"uri": "at://did:plc:a/app.bsky.feed.post/1", "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}, "createdAt": "2024-01-01T00:00:00Z"}),
+            serde_json::json!({
+                "subject": {
+                    "uri": "at://did:plc:a/app.bsky.feed.post/1",
+                    "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"
+                },
+                "createdAt": "2024-01-01T00:00:00Z"
+            }),
         ),
     ] {
         records.insert(key.to_string(), sluice::handlers::value::json_to_cbor(&v).unwrap());

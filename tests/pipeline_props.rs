@@ -22,8 +22,14 @@ fn record(collection: &str, n: u32) -> Vec<u8> {
         "app.bsky.feed.post" => {
             json!({"$type": collection, "text": format!("post {n}"), "createdAt": "2024-01-01T00:00:00Z"})
         }
-        "app.bsky.feed.like" => json!({"$type": collection, "createdAt": "2024-01-01T00:00:00Z",
-            "subject": {"uri": format!("at://did:plc:x/app.bsky.feed.post/{n}"), "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}}),
+        "app.bsky.feed.like" => json!({
+            "$type": collection,
+            "createdAt": "2024-01-01T00:00:00Z",
+            "subject": {
+                "uri": format!("at://did:plc:x/app.bsky.feed.post/{n}"),
+                "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"
+            }
+        }),
         _ => json!({"$type": collection, "n": n}),
     };
     sluice::handlers::value::json_to_cbor(&v).unwrap()
@@ -146,7 +152,11 @@ proptest! {
     }
 
     #[test]
-    fn edit_sequences_emit_exactly_the_diff(versions in proptest::collection::vec(model(), 1..5), spec in filter_spec(), batch_size in 1..6usize) {
+    fn edit_sequences_emit_exactly_the_diff(
+        versions in proptest::collection::vec(model(), 1..5),
+        spec in filter_spec(),
+        batch_size in 1..6usize,
+    ) {
         let account = Account::new(9);
         // Small batches, so walks commit in several batches (and on two threads).
         let (_dir, s) = common::sluice_batched(&spec.toml(), batch_size);

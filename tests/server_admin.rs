@@ -112,7 +112,10 @@ async fn admin_routes_need_the_token_and_are_off_without_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filter_edits_take_effect_and_are_written_back() {
     let r = start(Devnet::start(DevnetOptions::default()).await.unwrap(), Some(TOKEN)).await;
-    let patch = json!({"collections": ["app.bsky.feed.post", "xyz.statusphere.*"], "exclude_collections": ["app.bsky.feed.like"]});
+    let patch = json!({
+        "collections": ["app.bsky.feed.post", "xyz.statusphere.*"],
+        "exclude_collections": ["app.bsky.feed.like"]
+    });
     let (status, body) = call(&r, reqwest::Method::PATCH, "/admin/filter", Some(TOKEN), Some(patch)).await;
     assert_eq!(status, 200, "{body}");
     let in_force = r.sluice.pipeline().filter().load().filter.clone();

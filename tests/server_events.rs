@@ -129,7 +129,11 @@ async fn the_switch_from_replay_to_live_loses_and_repeats_nothing() {
         let (net, dids) = (net.clone(), dids.clone());
         std::thread::spawn(move || {
             for i in 0..300 {
-                let record = json!({"$type": "app.bsky.feed.post", "text": format!("live {i}"), "createdAt": "2026-11-01T00:00:00.000Z"});
+                let record = json!({
+                    "$type": "app.bsky.feed.post",
+                    "text": format!("live {i}"),
+                    "createdAt": "2026-11-01T00:00:00.000Z"
+                });
                 net.put_record(&dids[i % dids.len()], "app.bsky.feed.post", &format!("3lzzz{i:08}"), record).unwrap();
                 std::thread::sleep(Duration::from_millis(3));
             }
@@ -243,7 +247,8 @@ fn serve_offline(dir: &std::path::Path, extra: &str) -> (std::process::Child, St
     std::fs::write(&filter, "mode = \"full\"\n").unwrap();
     let config = dir.join("config.toml");
     let text = format!(
-        "[storage]\npath = {:?}\n[filter]\npath = {:?}\n[network]\nrelay = \"http://127.0.0.1:9\"\nplc = \"http://127.0.0.1:9/\"\n\
+        "[storage]\npath = {:?}\n[filter]\npath = {:?}\n[network]\nrelay = \"http://127.0.0.1:9\"\n\
+         plc = \"http://127.0.0.1:9/\"\n\
          [backfill]\ndays = 0\n[firehose]\nenabled = false\n[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}",
         dir.join("data"),
         filter

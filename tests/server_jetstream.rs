@@ -263,7 +263,14 @@ async fn wanted_collections_and_dids_filter_the_stream() {
     s.net.put_record(a, "app.bsky.feed.post", "3lcccccccccc2", post("a")).unwrap();
     s.net.put_record(a, "xyz.statusphere.status", "3lcccccccccc3", status("🦀")).unwrap();
     s.net.put_record(b, "app.bsky.feed.post", "3lcccccccccc4", post("b")).unwrap();
-    let like = json!({"$type": "app.bsky.feed.like", "subject": {"uri": "at://did:plc:x/app.bsky.feed.post/3l", "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"}, "createdAt": "2026-11-01T00:00:00.000Z"});
+    let like = json!({
+        "$type": "app.bsky.feed.like",
+        "subject": {
+            "uri": "at://did:plc:x/app.bsky.feed.post/3l",
+            "cid": "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm"
+        },
+        "createdAt": "2026-11-01T00:00:00.000Z"
+    });
     s.net.put_record(b, "app.bsky.feed.like", "3lcccccccccc5", like).unwrap();
     s.net.emit_identity(b);
 

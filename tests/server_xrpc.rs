@@ -231,7 +231,11 @@ async fn walk_pages(s: &Setup, did: &str, collection: &str, limit: Option<usize>
 /// What `did`'s PDS holds in `collection` as listRecords items, rkeys ascending.
 fn expected_records(s: &Setup, did: &str, collection: &str) -> Vec<Value> {
     let records = s.net.records(did).into_iter().filter(|((c, _), _)| c == collection);
-    records.map(|((c, r), (cid, cbor))| json!({"uri": format!("at://{did}/{c}/{r}"), "cid": cid, "value": cbor_to_json(&cbor).unwrap()})).collect()
+    records
+        .map(|((c, r), (cid, cbor))| {
+            json!({"uri": format!("at://{did}/{c}/{r}"), "cid": cid, "value": cbor_to_json(&cbor).unwrap()})
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -637,7 +641,13 @@ async fn bad_parameters_and_unknown_repos_are_refused() {
 /// describeRepo's fields that sluice and a PDS both know (sluice keeps no full DID document).
 fn described(answer: &Answer) -> Value {
     let (status, body) = answer;
-    json!({"status": status, "handle": body["handle"], "did": body["did"], "collections": body["collections"], "handleIsCorrect": body["handleIsCorrect"]})
+    json!({
+        "status": status,
+        "handle": body["handle"],
+        "did": body["did"],
+        "collections": body["collections"],
+        "handleIsCorrect": body["handleIsCorrect"]
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -310,7 +310,8 @@ async fn sigkill_while_publishing_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let extra = format!(
-        "[backfill]\nretry_min_ms = 50\nretry_max_ms = 100\n[server]\nlisten = \"127.0.0.1:{port}\"\n[sink.nats]\nurl = {:?}\nin_flight = 64\n",
+        "[backfill]\nretry_min_ms = 50\nretry_max_ms = 100\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
+         [sink.nats]\nurl = {:?}\nin_flight = 64\n",
         nats.url()
     );
     let config = common::devnet_config_file(dir.path(), &net, &extra);

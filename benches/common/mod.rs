@@ -39,16 +39,34 @@ pub fn generated_car(seed: u64) -> (PathBuf, Account) {
             let (key, v) = match i % 10 {
                 0..=4 => (
                     format!("app.bsky.feed.like/{tid}"),
-                    serde_json::json!({"$type": "app.bsky.feed.like", "createdAt": "2024-01-01T00:00:00.000Z",
-                    "subject": {"uri": format!("at://did:plc:abcdefghijklmnopqrstuvwx/app.bsky.feed.post/{}", rev_at(i as u64)), "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}}),
+                    serde_json::json!({
+                        "$type": "app.bsky.feed.like",
+                        "createdAt": "2024-01-01T00:00:00.000Z",
+                        "subject": {
+                            "uri": format!(
+                                "at://did:plc:abcdefghijklmnopqrstuvwx/app.bsky.feed.post/{}",
+                                rev_at(i as u64)
+                            ),
+                            "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"
+                        }
+                    }),
                 ),
                 5..=7 => (
                     format!("app.bsky.feed.post/{tid}"),
-                    serde_json::json!({"$type": "app.bsky.feed.post", "text": format!("post number {i} with some ordinary text in it, about this long"), "langs": ["en"], "createdAt": "2024-01-01T00:00:00.000Z"}),
+                    serde_json::json!({
+                        "$type": "app.bsky.feed.post",
+                        "text": format!("post number {i} with some ordinary text in it, about this long"),
+                        "langs": ["en"],
+                        "createdAt": "2024-01-01T00:00:00.000Z"
+                    }),
                 ),
                 _ => (
                     format!("app.bsky.graph.follow/{tid}"),
-                    serde_json::json!({"$type": "app.bsky.graph.follow", "subject": "did:plc:abcdefghijklmnopqrstuvwx", "createdAt": "2024-01-01T00:00:00.000Z"}),
+                    serde_json::json!({
+                        "$type": "app.bsky.graph.follow",
+                        "subject": "did:plc:abcdefghijklmnopqrstuvwx",
+                        "createdAt": "2024-01-01T00:00:00.000Z"
+                    }),
                 ),
             };
             records.insert(key, sluice::handlers::value::json_to_cbor(&v).unwrap());

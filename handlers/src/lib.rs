@@ -97,7 +97,12 @@ pub trait CollectionHandler: Send + Sync + 'static {
 /// impl CollectionHandler for Statuses {
 ///     fn name(&self) -> &'static str { "statuses" }
 ///     fn collections(&self) -> &'static [&'static str] { &["xyz.statusphere.*"] }
-///     fn on_record(&self, rec: &RecordView<'_>, _: &HandlerSettings, out: &mut HandlerOutput) -> Result<(), HandlerError> {
+///     fn on_record(
+///         &self,
+///         rec: &RecordView<'_>,
+///         _: &HandlerSettings,
+///         out: &mut HandlerOutput,
+///     ) -> Result<(), HandlerError> {
 ///         out.emit(serde_json::json!({ "uri": rec.uri() }))
 ///     }
 /// }

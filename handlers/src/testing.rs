@@ -91,9 +91,13 @@ mod tests {
             ("app.bsky.feed.post", cbor(&json!({"text": "hello", "createdAt": "2024-01-01T00:00:00Z"}))),
             (
                 "app.bsky.feed.like",
-                cbor(
-                    &json!({"subject": {"uri": "at://did:plc:a/app.bsky.feed.post/1", "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}, "createdAt": "2024-01-01T00:00:00Z"}),
-                ),
+                cbor(&json!({
+                    "subject": {
+                        "uri": "at://did:plc:a/app.bsky.feed.post/1",
+                        "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"
+                    },
+                    "createdAt": "2024-01-01T00:00:00Z"
+                })),
             ),
             ("app.bsky.graph.follow", cbor(&json!({"subject": "did:plc:b", "createdAt": "2024-01-01T00:00:00Z"}))),
             ("app.bsky.actor.profile", cbor(&json!({"displayName": "x"}))),

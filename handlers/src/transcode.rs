@@ -285,9 +285,27 @@ mod tests {
 
     #[test]
     fn links_bytes_and_nesting_read_as_the_reference_does() {
-        let value = json!({"$type": "app.bsky.feed.post", "text": "hi \"there\"\n", "n": -5, "big": 9007199254740993u64, "ok": true, "none": null,
-            "embed": {"images": [{"image": {"$type": "blob", "ref": {"$link": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}, "mimeType": "image/png", "size": 10}}]},
-            "data": {"$bytes": "AAEC"}, "empty": {}, "list": []});
+        let value = json!({
+            "$type": "app.bsky.feed.post",
+            "text": "hi \"there\"\n",
+            "n": -5,
+            "big": 9007199254740993u64,
+            "ok": true,
+            "none": null,
+            "embed": {
+                "images": [{
+                    "image": {
+                        "$type": "blob",
+                        "ref": {"$link": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"},
+                        "mimeType": "image/png",
+                        "size": 10
+                    }
+                }]
+            },
+            "data": {"$bytes": "AAEC"},
+            "empty": {},
+            "list": []
+        });
         let cbor = json_to_cbor(&value).unwrap();
         assert_eq!(transcoded(&cbor), Some(value.clone()));
         assert_eq!(transcoded(&cbor), cbor_to_json(&cbor).ok());
@@ -394,7 +412,9 @@ mod tests {
         }
 
         #[test]
-        fn arbitrary_bytes_are_refused_or_read_as_the_reference_reads_them(bytes in prop::collection::vec(any::<u8>(), 0..64)) {
+        fn arbitrary_bytes_are_refused_or_read_as_the_reference_reads_them(
+            bytes in prop::collection::vec(any::<u8>(), 0..64),
+        ) {
             crate::value::fuzz_cbor_json(&bytes);
         }
     }

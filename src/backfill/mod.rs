@@ -225,7 +225,11 @@ impl Backfill {
     /// the progress line, and requeues after filter edits.
     pub async fn run(self: &Arc<Self>, mode: RunMode, crawl: bool) -> Result<(), BackfillError> {
         if !self.config.enabled() {
-            tracing::info!(days = self.config.days, worker_id = ?self.config.worker_id, "backfill is off here (BACKFILL_DAYS=0 or WORKER_ID not 0)");
+            tracing::info!(
+                days = self.config.days,
+                worker_id = ?self.config.worker_id,
+                "backfill is off here (BACKFILL_DAYS=0 or WORKER_ID not 0)"
+            );
             return Ok(());
         }
         let fail = |e: &dyn std::fmt::Display| BackfillError(e.to_string());
@@ -354,7 +358,8 @@ impl Backfill {
                     true => tracing::warn!(
                         rss_mb,
                         cap_mb = cap,
-                        "backfill paused: resident memory is over BACKFILL_MAX_MEMORY_MB; no new repo starts until it falls"
+                        "backfill paused: resident memory is over BACKFILL_MAX_MEMORY_MB; \
+                         no new repo starts until it falls"
                     ),
                     false if self.is_paused() => tracing::info!("backfill paused by an operator"),
                     false => tracing::info!(

@@ -131,7 +131,9 @@ fn progress_line(p: &Progress, store: &Store, memory_cap_mb: u64, last: &Sample,
         _ => "",
     };
     format!(
-        "backfill: repos {} done ({} synced, {} discarded, {} gone), {} pending, {} in flight, {} failed ({} in error); records {} ({:.0}/s), repos {:.1}/s; memory {memory} MB ({cap}); cursors {}{paused}",
+        "backfill: repos {} done ({} synced, {} discarded, {} gone), {} pending, {} in flight, \
+         {} failed ({} in error); records {} ({:.0}/s), repos {:.1}/s; \
+         memory {memory} MB ({cap}); cursors {}{paused}",
         now.done,
         repos(RepoStatus::Synced),
         repos(RepoStatus::Discarded),

@@ -60,10 +60,21 @@ impl Backfill {
                 let next = self.retry_policy().failed(&state, reason.clone(), now, schedule::jitter(did, now));
                 match next.next_retry_ms {
                     Some(at) => {
-                        tracing::warn!(did, %reason, retry_in_ms = at - now, attempt = next.retries, "repo failed; will retry")
+                        tracing::warn!(
+                            did,
+                            %reason,
+                            retry_in_ms = at - now,
+                            attempt = next.retries,
+                            "repo failed; will retry"
+                        )
                     }
                     None => {
-                        tracing::error!(did, %reason, attempts = next.retries, "repo failed; no retries left (queue it again with `sluice backfill --did`)")
+                        tracing::error!(
+                            did,
+                            %reason,
+                            attempts = next.retries,
+                            "repo failed; no retries left (queue it again with `sluice backfill --did`)"
+                        )
                     }
                 }
                 next

@@ -62,7 +62,12 @@ pub(crate) async fn list_repos(world: &World, host: Option<usize>, p: &Params) -
         let item = match (status, b) {
             (Some(status), Some(b)) => {
                 let b = b.map_err(crate::xrpc::XrpcError::internal)?;
-                let mut item = json!({"did": did, "head": b.head.to_string(), "rev": b.rev, "active": *status == AccountStatus::Active});
+                let mut item = json!({
+                    "did": did,
+                    "head": b.head.to_string(),
+                    "rev": b.rev,
+                    "active": *status == AccountStatus::Active,
+                });
                 if let Some(s) = status.as_str() {
                     item["status"] = json!(s);
                 }

@@ -73,6 +73,9 @@ fn binary() -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     let dirs = std::env::split_paths(&path).chain(["/usr/sbin".into(), "/usr/bin".into(), "/usr/local/bin".into()]);
     dirs.map(|d| d.join("nats-server")).find(|p| p.is_file()).unwrap_or_else(|| {
-        panic!("these tests need a real NATS server and `nats-server` is not installed: `apt-get install -y nats-server` (Debian's package, JetStream built in); .ci/run installs it")
+        panic!(
+            "these tests need a real NATS server and `nats-server` is not installed: \
+             `apt-get install -y nats-server` (Debian's package, JetStream built in); .ci/run installs it"
+        )
     })
 }

@@ -27,7 +27,13 @@ pub(crate) fn describe_repo(pds: &Pds, p: &Params) -> XrpcResult {
     let out = pds.with_repo(&did, |a| {
         let mut collections: Vec<&str> = a.records.keys().map(|(c, _)| c.as_str()).collect();
         collections.dedup();
-        json!({"handle": a.handle, "did": did, "didDoc": did_document(a, url), "collections": collections, "handleIsCorrect": a.handle_resolves})
+        json!({
+            "handle": a.handle,
+            "did": did,
+            "didDoc": did_document(a, url),
+            "collections": collections,
+            "handleIsCorrect": a.handle_resolves,
+        })
     })?;
     ok_json(out)
 }

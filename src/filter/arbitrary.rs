@@ -27,11 +27,26 @@ pub fn dids() -> impl Strategy<Value = std::collections::BTreeSet<String>> {
 
 prop_compose! {
     /// A valid filter of either mode (signal mode has at least one signal).
-    pub fn filters()(signal in any::<bool>(), signals in patterns(), collections in patterns(), exclude in patterns(), dids in dids(), exclude_dids in dids()) -> Filter {
+    pub fn filters()(
+        signal in any::<bool>(),
+        signals in patterns(),
+        collections in patterns(),
+        exclude in patterns(),
+        dids in dids(),
+        exclude_dids in dids(),
+    ) -> Filter {
         let mut signals = signals;
         if signal && signals.is_empty() {
             signals.push("xyz.statusphere.status".into());
         }
-        Filter { mode: if signal { Mode::Signal } else { Mode::Full }, signals, collections, exclude_collections: exclude, dids, exclude_dids, handlers: Default::default() }
+        Filter {
+            mode: if signal { Mode::Signal } else { Mode::Full },
+            signals,
+            collections,
+            exclude_collections: exclude,
+            dids,
+            exclude_dids,
+            handlers: Default::default(),
+        }
     }
 }

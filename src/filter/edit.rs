@@ -57,7 +57,13 @@ mod tests {
     use super::*;
     use crate::filter::arbitrary::filters;
 
-    const FILE: &str = "# Our appview's filter.\nmode = \"signal\"   # only repos with a status\n\n# what makes a repo ours\nsignals = [\"xyz.statusphere.status\"]\ncollections = [\"xyz.statusphere.*\"]\n\n[handlers.post]\nenabled = false\n";
+    const FILE: &str = "# Our appview's filter.\n\
+                        mode = \"signal\"   # only repos with a status\n\n\
+                        # what makes a repo ours\n\
+                        signals = [\"xyz.statusphere.status\"]\n\
+                        collections = [\"xyz.statusphere.*\"]\n\n\
+                        [handlers.post]\n\
+                        enabled = false\n";
 
     fn parse(text: &str) -> Filter {
         Filter::from_toml(text, "f.toml").unwrap()

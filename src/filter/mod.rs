@@ -274,7 +274,10 @@ mod tests {
         /// A repo in `exclude_dids` is never indexed; one in `dids` always is, as is any in full
         /// mode; in signal mode the rest need a signal record.
         #[test]
-        fn repo_rules_follow_the_model(f in filters(), did in prop::sample::select(vec!["did:plc:aaaa", "did:web:example.com", "did:plc:zz22", "did:plc:other"])) {
+        fn repo_rules_follow_the_model(
+            f in filters(),
+            did in prop::sample::select(vec!["did:plc:aaaa", "did:web:example.com", "did:plc:zz22", "did:plc:other"]),
+        ) {
             let rule = if f.exclude_dids.contains(did) {
                 RepoRule::Excluded
             } else if f.dids.contains(did) || f.mode == Mode::Full {

@@ -209,7 +209,8 @@ mod tests {
     #[test]
     fn written_filter_reads_back() {
         let f = parse(
-            "mode = \"signal\"\nsignals = [\"a.b.c\"]\ncollections = [\"a.b.*\"]\ndids = [\"did:plc:x\"]\n[handlers.post]\nenabled = true\nlangs = [\"en\"]\n",
+            "mode = \"signal\"\nsignals = [\"a.b.c\"]\ncollections = [\"a.b.*\"]\ndids = [\"did:plc:x\"]\n\
+             [handlers.post]\nenabled = true\nlangs = [\"en\"]\n",
             "f",
         )
         .unwrap();

@@ -93,16 +93,29 @@ mod tests {
         /// Only a synced repo's newer commit that continues its root is applied; older or equal
         /// revs are stale, a broken chain desynchronizes, anything else waits for a backfill.
         #[test]
-        fn verdicts_follow_the_stored_state(stored in 1u64..1000, rev in 1u64..1000, s in 0..7usize, same_root: bool, has_prev: bool) {
+        fn verdicts_follow_the_stored_state(
+            stored in 1u64..1000,
+            rev in 1u64..1000,
+            s in 0..7usize,
+            same_root: bool,
+            has_prev: bool,
+        ) {
             let status = RepoStatus::ALL[s];
-            let state = RepoState { status, rev: Some(crate::devnet::rev_at(stored)), data: Some(ROOT_A.into()), ..Default::default() };
+            let state = RepoState {
+                status,
+                rev: Some(crate::devnet::rev_at(stored)),
+                data: Some(ROOT_A.into()),
+                ..Default::default()
+            };
             let prev = has_prev.then_some(if same_root { ROOT_A } else { ROOT_B });
             let verdict = check(&commit(rev, prev, 1), Some(&state), u64::MAX / 2);
             match verdict {
                 Verdict::Untracked => prop_assert!(status != RepoStatus::Synced),
                 Verdict::Stale => prop_assert!(status == RepoStatus::Synced && stored >= rev),
                 Verdict::Apply => prop_assert!(status == RepoStatus::Synced && stored < rev && has_prev && same_root),
-                Verdict::Desync(_) => prop_assert!(status == RepoStatus::Synced && stored < rev && !(has_prev && same_root)),
+                Verdict::Desync(_) => {
+                    prop_assert!(status == RepoStatus::Synced && stored < rev && !(has_prev && same_root))
+                }
                 Verdict::Invalid(r) => prop_assert!(false, "invalid: {}", r),
             }
         }
@@ -112,11 +125,13 @@ mod tests {
     fn limits_and_future_revs_are_invalid_whatever_the_state() {
         let now = 1_700_000_000_000_000 + 5;
         assert_eq!(check(&commit(5, Some(ROOT_A), 1), None, now), Verdict::Untracked);
-        assert!(
-            matches!(check(&commit(5, Some(ROOT_A), 1), None, now - MAX_FUTURE_US - 1), Verdict::Invalid(r) if r.contains("future"))
-        );
-        assert!(
-            matches!(check(&commit(5, Some(ROOT_A), MAX_COMMIT_OPS + 1), None, now), Verdict::Invalid(r) if r.contains("ops"))
-        );
+        assert!(matches!(
+            check(&commit(5, Some(ROOT_A), 1), None, now - MAX_FUTURE_US - 1),
+            Verdict::Invalid(r) if r.contains("future")
+        ));
+        assert!(matches!(
+            check(&commit(5, Some(ROOT_A), MAX_COMMIT_OPS + 1), None, now),
+            Verdict::Invalid(r) if r.contains("ops")
+        ));
     }
 }

@@ -169,7 +169,10 @@ pub(super) async fn read_connection(
                         format!("closed by the server: {}", close.map(|c| c.reason.to_string()).unwrap_or_default())
                     }
                     Message::Text(text) => {
-                        tracing::warn!(message = %text.chars().take(200).collect::<String>(), "firehose sent a text message; ignored");
+                        tracing::warn!(
+                            message = %text.chars().take(200).collect::<String>(),
+                            "firehose sent a text message; ignored"
+                        );
                         continue;
                     }
                     // Pongs (and pings, which tungstenite answers for us).

@@ -73,7 +73,11 @@ mod tests {
         /// Whatever order frames finish in, the safe cursor never passes an unfinished frame,
         /// never goes back, and reaches the last seq once all are done.
         #[test]
-        fn safe_cursor_never_passes_an_unfinished_frame(start in 0i64..1000, n in 1usize..60, order in proptest::collection::vec(any::<prop::sample::Index>(), 60)) {
+        fn safe_cursor_never_passes_an_unfinished_frame(
+            start in 0i64..1000,
+            n in 1usize..60,
+            order in proptest::collection::vec(any::<prop::sample::Index>(), 60),
+        ) {
             let tracker = SeqTracker::starting_at(start);
             let seqs: Vec<i64> = (1..=n as i64).map(|i| start + i).collect();
             for &s in &seqs {

@@ -151,7 +151,11 @@ mod tests {
         ))
         .unwrap();
         assert!(
-            matches!(e, Frame::Error { ref error, ref message } if error == "FutureCursor" && message.as_deref() == Some("too far")),
+            matches!(
+                e,
+                Frame::Error { ref error, ref message }
+                    if error == "FutureCursor" && message.as_deref() == Some("too far")
+            ),
             "{e:?}"
         );
         let u = decode_frame(&frame(serde_json::json!({"op": 1, "t": "#labels"}), serde_json::json!({}))).unwrap();

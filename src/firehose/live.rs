@@ -153,7 +153,12 @@ impl Live {
             Frame::Info(_) | Frame::Error { .. } | Frame::Unknown { .. } => Handled::Dropped,
         };
         if let Handled::Refused(reason) | Handled::Desynchronized(reason) = &handled {
-            tracing::warn!(did = frame_did(frame), seq = frame.seq(), %reason, "{}", if matches!(handled, Handled::Refused(_)) { "frame refused" } else { "repo desynchronized; queued for backfill" });
+            let what = if matches!(handled, Handled::Refused(_)) {
+                "frame refused"
+            } else {
+                "repo desynchronized; queued for backfill"
+            };
+            tracing::warn!(did = frame_did(frame), seq = frame.seq(), %reason, "{}", what);
         }
         self.metrics.count(&handled);
         if let Some(t) = frame.time_us() {

@@ -223,7 +223,12 @@ impl Firehose {
             Frame::Identity(i) => i.did.to_string(),
             Frame::Account(a) => a.did.to_string(),
             Frame::Info(info) => {
-                return tracing::warn!(name = %info.name.as_str(), message = ?info.message, "firehose info (an outdated cursor means events were missed; prevData checks resync what they touched)");
+                return tracing::warn!(
+                    name = %info.name.as_str(),
+                    message = ?info.message,
+                    "firehose info (an outdated cursor means events were missed; \
+                     prevData checks resync what they touched)"
+                );
             }
             Frame::Error { error, message } => {
                 if error == "FutureCursor" {
@@ -356,7 +361,11 @@ impl Firehose {
                 *self.gap_since.lock().expect("gap") = None;
             }
             Err(reason) => {
-                tracing::warn!(%reason, "finding the firehose position before a gap failed; going live (commits missed meanwhile are resynced when their repos next commit)")
+                tracing::warn!(
+                    %reason,
+                    "finding the firehose position before a gap failed; going live \
+                     (commits missed meanwhile are resynced when their repos next commit)"
+                )
             }
         }
     }

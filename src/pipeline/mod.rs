@@ -579,7 +579,12 @@ impl Pipeline {
             if let Some(error) = failure {
                 self.metrics.handler_errors.fetch_add(1, Ordering::Relaxed);
                 run.failures += 1;
-                tracing::warn!(handler = name, uri = uri(), %error, "handler failed; the record is stored without its output");
+                tracing::warn!(
+                    handler = name,
+                    uri = uri(),
+                    %error,
+                    "handler failed; the record is stored without its output"
+                );
                 continue;
             }
             let (emit, value, writes) = out.into_parts();

@@ -239,7 +239,12 @@ mod tests {
         /// A record CID comes back whole from its compact form, whatever its version, codec
         /// and hash code; only digests of 32 bytes have one.
         #[test]
-        fn record_cids_round_trip(digest in proptest::array::uniform32(any::<u8>()), codec in prop_oneof![Just(0x71u64), Just(0x55), any::<u64>()], code in prop_oneof![Just(0x12u64), Just(0x1e), 0..1u64 << 40], v0 in any::<bool>()) {
+        fn record_cids_round_trip(
+            digest in proptest::array::uniform32(any::<u8>()),
+            codec in prop_oneof![Just(0x71u64), Just(0x55), any::<u64>()],
+            code in prop_oneof![Just(0x12u64), Just(0x1e), 0..1u64 << 40],
+            v0 in any::<bool>(),
+        ) {
             let hash = multihash::Multihash::wrap(if v0 { 0x12 } else { code }, &digest).unwrap();
             let cid = if v0 { Cid::new_v0(hash).unwrap() } else { Cid::new_v1(codec, hash) };
             prop_assert_eq!(RecordCid::new(&cid).map(|c| c.cid()), Some(cid));

@@ -64,8 +64,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The filter as JSON.
 fn filter_json(f: &Filter) -> Value {
     json!({
-        "mode": f.mode.as_str(), "signals": f.signals, "collections": f.collections, "exclude_collections": f.exclude_collections,
-        "dids": f.dids, "exclude_dids": f.exclude_dids, "handlers": f.handlers.keys().collect::<Vec<_>>(),
+        "mode": f.mode.as_str(),
+        "signals": f.signals,
+        "collections": f.collections,
+        "exclude_collections": f.exclude_collections,
+        "dids": f.dids,
+        "exclude_dids": f.exclude_dids,
+        "handlers": f.handlers.keys().collect::<Vec<_>>(),
     })
 }
 

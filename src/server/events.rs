@@ -178,7 +178,8 @@ async fn send_loop(
         let head = store.next_event_id();
         if next < head {
             if caught_up && head - next > limits.max_lag {
-                let error = json!({"error": "ConsumerTooSlow", "message": format!("more than {} events behind; reconnect with cursor={}", limits.max_lag, next - 1)});
+                let message = format!("more than {} events behind; reconnect with cursor={}", limits.max_lag, next - 1);
+                let error = json!({"error": "ConsumerTooSlow", "message": message});
                 let _ = sink.send(Message::Text(error.to_string().into())).await;
                 return Err("consumer too slow".into());
             }
@@ -245,7 +246,9 @@ async fn tell_if_past_retention(
 ) -> Result<(), String> {
     match batch.first() {
         Some(&(first, _)) if first > next => {
-            let info = json!({"info": "OutdatedCursor", "message": format!("events {next}..{} are past the log's retention; the stream goes on from {first}", first - 1)});
+            let message =
+                format!("events {next}..{} are past the log's retention; the stream goes on from {first}", first - 1);
+            let info = json!({"info": "OutdatedCursor", "message": message});
             sink.send(Message::Text(info.to_string().into())).await.map_err(|e| e.to_string())
         }
         _ => Ok(()),

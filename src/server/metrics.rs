@@ -128,7 +128,8 @@ fn repos(out: &mut String, state: &ServerState) {
         out,
         name,
         "gauge",
-        "Repos by state (the backfill queue is pending, error and desynchronized; repos in flight stay pending, see sluice_backfill_in_flight).",
+        "Repos by state (the backfill queue is pending, error and desynchronized; \
+         repos in flight stay pending, see sluice_backfill_in_flight).",
     );
     for status in RepoStatus::ALL {
         family.sample(name, &[("status", status.as_str())], state.store().repo_count(status));

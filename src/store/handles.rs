@@ -188,16 +188,24 @@ mod props {
                         let before = store.repo_state(DIDS[did]).unwrap();
                         let status = if discarded { RepoStatus::Discarded } else { RepoStatus::Synced };
                         let handle = handle.map(|h| HANDLES[h].to_string());
-                        let state = RepoState { status, handle: handle.clone(), handle_ok: claimed, ..Default::default() };
+                        let state =
+                            RepoState { status, handle: handle.clone(), handle_ok: claimed, ..Default::default() };
                         store.set_states(&[(DIDS[did].to_string(), state)], None).unwrap();
                         let after = store.repo_state(DIDS[did]).unwrap().unwrap();
-                        let kept = before.filter(|b| same_handle(b.handle.as_deref(), handle.as_deref())).and_then(|b| b.handle_ok);
+                        let kept = before
+                            .filter(|b| same_handle(b.handle.as_deref(), handle.as_deref()))
+                            .and_then(|b| b.handle_ok);
                         prop_assert_eq!(after.handle_ok, kept, "a writer's verdict never stands");
                     }
-                    Op::Verdict { did, handle, ok } => store.set_handle_verdict(DIDS[did], handle.map(|h| HANDLES[h].to_string()), ok).unwrap(),
+                    Op::Verdict { did, handle, ok } => {
+                        store.set_handle_verdict(DIDS[did], handle.map(|h| HANDLES[h].to_string()), ok).unwrap()
+                    }
                     Op::Request { did } => store.request_handle_check(DIDS[did]).unwrap(),
                 }
-                let states: Vec<(String, RepoState)> = DIDS.iter().filter_map(|d| store.repo_state(d).unwrap().map(|s| (d.to_string(), s))).collect();
+                let states: Vec<(String, RepoState)> = DIDS
+                    .iter()
+                    .filter_map(|d| store.repo_state(d).unwrap().map(|s| (d.to_string(), s)))
+                    .collect();
                 for kv in store.handles.iter() {
                     let (h, d) = kv.into_inner().unwrap();
                     let (h, d) = (String::from_utf8(h.to_vec()).unwrap(), String::from_utf8(d.to_vec()).unwrap());
@@ -206,10 +214,20 @@ mod props {
                 }
                 for (did, state) in &states {
                     if let Some(h) = indexed(state) {
-                        prop_assert_eq!(store.did_for_handle(&h).unwrap(), Some(did.clone()), "{}'s good handle {} is indexed", did, h);
+                        prop_assert_eq!(
+                            store.did_for_handle(&h).unwrap(),
+                            Some(did.clone()),
+                            "{}'s good handle {} is indexed",
+                            did,
+                            h
+                        );
                     }
                     if needs_check(state) {
-                        prop_assert!(store.handle_checks_after(None, 10).unwrap().contains(did), "{}'s handle waits for a check", did);
+                        prop_assert!(
+                            store.handle_checks_after(None, 10).unwrap().contains(did),
+                            "{}'s handle waits for a check",
+                            did
+                        );
                     }
                 }
             }

@@ -496,7 +496,10 @@ mod props {
         /// of them, up front), takes read each entry of the index once: what they read stays
         /// within the entries ever written.
         #[test]
-        fn takes_hand_out_each_due_repo_once_in_due_order(tombstones in 0..1_500usize, ops in proptest::collection::vec(op(), 1..80)) {
+        fn takes_hand_out_each_due_repo_once_in_due_order(
+            tombstones in 0..1_500usize,
+            ops in proptest::collection::vec(op(), 1..80),
+        ) {
             let mut model = Model::after_tombstones(tombstones)?;
             for op in ops {
                 model.apply(op)?;

@@ -336,7 +336,11 @@ mod tests {
             let next = store.next_event_id();
             let trimmed = store.trim_events_before(cutoff, step).unwrap();
             prop_assert_eq!(trimmed.pages as usize, kept, "pages removed, in steps of {}", step);
-            prop_assert_eq!(store.trim_events_before(cutoff, step).unwrap(), Trimmed::default(), "a second pass finds nothing");
+            prop_assert_eq!(
+                store.trim_events_before(cutoff, step).unwrap(),
+                Trimmed::default(),
+                "a second pass finds nothing"
+            );
             let after = store.events_with_time_from(0, usize::MAX).unwrap();
             prop_assert_eq!(after.first().map(|e| e.0), Some(pages[kept].0));
             prop_assert_eq!(store.oldest_event_id().unwrap(), Some(pages[kept].0));

@@ -156,7 +156,9 @@ mod tests {
                     prop_assert_eq!(store.last_event_time(), last, "the last time is read back on open");
                 }
                 let before = store.last_event_time();
-                let c = store.commit(RepoChange { did: "did:plc:a".into(), events: events(n), ..Default::default() }).unwrap();
+                let c = store
+                    .commit(RepoChange { did: "did:plc:a".into(), events: events(n), ..Default::default() })
+                    .unwrap();
                 if let Some(first) = c.first_event {
                     commits.push((first, n as u64, (clock as u64).max(before + 1)));
                 }
@@ -167,8 +169,14 @@ mod tests {
                 prop_assert!(pair[1].1 > pair[0].1, "times strictly increase: {} then {}", pair[0].1, pair[1].1);
             }
             for (first, n, time) in commits {
-                let got: Vec<u64> = log.iter().filter(|(id, _, _)| (first..first + n).contains(id)).map(|(_, t, _)| *t).collect();
-                prop_assert_eq!(got, (time..time + n).collect::<Vec<_>>(), "commit at {} has consecutive times from its clock", first);
+                let got: Vec<u64> =
+                    log.iter().filter(|(id, _, _)| (first..first + n).contains(id)).map(|(_, t, _)| *t).collect();
+                prop_assert_eq!(
+                    got,
+                    (time..time + n).collect::<Vec<_>>(),
+                    "commit at {} has consecutive times from its clock",
+                    first
+                );
             }
             let edges = log.iter().flat_map(|(_, t, _)| [*t - 1, *t, *t + 1]);
             let start = log.first().map_or(1_000_000, |(_, t, _)| *t).saturating_sub(5_000);

@@ -588,7 +588,11 @@ mod tests {
 
     proptest! {
         #[test]
-        fn event_pages_round_trip(events in proptest::collection::vec(record_event(), 0..8), first_time: u64, stamped: u64) {
+        fn event_pages_round_trip(
+            events in proptest::collection::vec(record_event(), 0..8),
+            first_time: u64,
+            stamped: u64,
+        ) {
             let mut page = EventPage { first_time, events };
             let mut bytes = page.encode();
             prop_assert_eq!(EventPage::decode(&bytes).unwrap(), page.clone());
@@ -603,15 +607,24 @@ mod tests {
             struct PageV1 { events: Vec<legacy::StoredEvent> }
             let mut bytes = vec![1];
             postcard::to_io(&PageV1 { events: events.iter().map(legacy_of).collect() }, &mut bytes).unwrap();
-            prop_assert_eq!(EventPage::decode(&bytes).unwrap(), EventPage { first_time: 0, events: without_bodies(&events) });
+            prop_assert_eq!(
+                EventPage::decode(&bytes).unwrap(),
+                EventPage { first_time: 0, events: without_bodies(&events) }
+            );
         }
 
         #[test]
-        fn version_2_pages_decode_without_bodies(events in proptest::collection::vec(record_event(), 0..8), first_time: u64) {
+        fn version_2_pages_decode_without_bodies(
+            events in proptest::collection::vec(record_event(), 0..8),
+            first_time: u64,
+        ) {
             let mut bytes = vec![2];
             bytes.extend_from_slice(&first_time.to_be_bytes());
             postcard::to_io(&events.iter().map(legacy_of).collect::<Vec<_>>(), &mut bytes).unwrap();
-            prop_assert_eq!(EventPage::decode(&bytes).unwrap(), EventPage { first_time, events: without_bodies(&events) });
+            prop_assert_eq!(
+                EventPage::decode(&bytes).unwrap(),
+                EventPage { first_time, events: without_bodies(&events) }
+            );
         }
 
         #[test]
@@ -621,14 +634,33 @@ mod tests {
         }
 
         #[test]
-        fn repo_states_round_trip(rev in proptest::option::of("[a-z0-9]{13}"), retries: u32, next in proptest::option::of(any::<u64>()), s in 0..7u8) {
+        fn repo_states_round_trip(
+            rev in proptest::option::of("[a-z0-9]{13}"),
+            retries: u32,
+            next in proptest::option::of(any::<u64>()),
+            s in 0..7u8,
+        ) {
             let status = RepoStatus::ALL[s as usize];
-            let st = RepoState { status, rev, data: None, handle: Some("a.test".into()), error: None, retries, next_retry_ms: next, updated_ms: 7, commit: Some("bafyreia".into()), handle_ok: Some(true) };
+            let st = RepoState {
+                status,
+                rev,
+                data: None,
+                handle: Some("a.test".into()),
+                error: None,
+                retries,
+                next_retry_ms: next,
+                updated_ms: 7,
+                commit: Some("bafyreia".into()),
+                handle_ok: Some(true),
+            };
             prop_assert_eq!(RepoState::decode(&st.encode()).unwrap(), st);
         }
 
         #[test]
-        fn record_refs_encode_and_view_without_a_copy(cid in proptest::collection::vec(any::<u8>(), 0..40), body in proptest::collection::vec(any::<u8>(), 1..200)) {
+        fn record_refs_encode_and_view_without_a_copy(
+            cid in proptest::collection::vec(any::<u8>(), 0..40),
+            body in proptest::collection::vec(any::<u8>(), 1..200),
+        ) {
             let stored = RecordRef { cid: cid.clone(), body: Some(body.clone()) };
             let bytes = RecordRef::encode_parts(&cid, &body);
             prop_assert_eq!(&bytes, &stored.encode());

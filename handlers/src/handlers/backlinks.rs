@@ -6,7 +6,9 @@
 
 use serde::Deserialize;
 
-use crate::{CollectionHandler, HandlerError, HandlerOutput, HandlerSettings, PreviousRecord, RecordKeyView, RecordView};
+use crate::{
+    CollectionHandler, HandlerError, HandlerOutput, HandlerSettings, PreviousRecord, RecordKeyView, RecordView,
+};
 
 /// The built-in backlinks handler.
 pub struct BacklinksHandler;
@@ -118,14 +120,24 @@ impl CollectionHandler for BacklinksHandler {
         settings.only_keys(&[])
     }
 
-    fn on_record(&self, rec: &RecordView<'_>, _: &HandlerSettings, out: &mut HandlerOutput) -> Result<(), HandlerError> {
+    fn on_record(
+        &self,
+        rec: &RecordView<'_>,
+        _: &HandlerSettings,
+        out: &mut HandlerOutput,
+    ) -> Result<(), HandlerError> {
         let subject = subject_of(rec.decode())?;
         unlink(rec.previous, rec.collection, rec.did, rec.rkey, out);
         out.put(backlink_key(subject, rec.collection, rec.did, rec.rkey), Vec::new());
         out.emit(BacklinkOut { subject })
     }
 
-    fn on_delete(&self, key: &RecordKeyView<'_>, _: &HandlerSettings, out: &mut HandlerOutput) -> Result<(), HandlerError> {
+    fn on_delete(
+        &self,
+        key: &RecordKeyView<'_>,
+        _: &HandlerSettings,
+        out: &mut HandlerOutput,
+    ) -> Result<(), HandlerError> {
         unlink(key.previous, key.collection, key.did, key.rkey, out);
         Ok(())
     }
@@ -134,20 +146,31 @@ impl CollectionHandler for BacklinksHandler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{cbor, run_record};
     use proptest::prelude::*;
     use serde_json::json;
-    use crate::testing::{cbor, run_record};
 
     proptest! {
         /// The key codec: keys parse back into their parts, start with their prefixes, and sort
         /// as their (subject, collection, did, rkey) tuples do, so a prefix scan is one subject's
         /// links in order.
         #[test]
-        fn keys_round_trip_and_sort_as_their_parts(a in "[a-z:/.]{1,12}", b in "[a-z:/.]{1,12}", c in "[a-z.]{1,6}", d in "[a-z:]{1,6}", r in "[a-z0-9]{1,4}", r2 in "[a-z0-9]{1,4}") {
+        fn keys_round_trip_and_sort_as_their_parts(
+            a in "[a-z:/.]{1,12}",
+            b in "[a-z:/.]{1,12}",
+            c in "[a-z.]{1,6}",
+            d in "[a-z:]{1,6}",
+            r in "[a-z0-9]{1,4}",
+            r2 in "[a-z0-9]{1,4}",
+        ) {
             let key = backlink_key(&a, &c, &d, &r);
             prop_assert_eq!(parse_backlink_key(&key), Some((a.as_str(), c.as_str(), d.as_str(), r.as_str())));
-            prop_assert!(key.starts_with(&backlink_prefix(&a, Some(&c))) && key.starts_with(&backlink_prefix(&a, None)));
-            for (other, parts) in [(backlink_key(&b, &c, &d, &r), (&b, &c, &d, &r)), (backlink_key(&a, &c, &d, &r2), (&a, &c, &d, &r2))] {
+            prop_assert!(
+                key.starts_with(&backlink_prefix(&a, Some(&c))) && key.starts_with(&backlink_prefix(&a, None))
+            );
+            let others =
+                [(backlink_key(&b, &c, &d, &r), (&b, &c, &d, &r)), (backlink_key(&a, &c, &d, &r2), (&a, &c, &d, &r2))];
+            for (other, parts) in others {
                 prop_assert_eq!(key.cmp(&other), (&a, &c, &d, &r).cmp(&parts));
             }
         }
@@ -155,12 +178,23 @@ mod tests {
 
     #[test]
     fn like_indexes_subject_uri_and_follow_subject_did() {
-        let like = cbor(&json!({"$type": "app.bsky.feed.like", "createdAt": "2024-01-01T00:00:00Z",
-            "subject": {"uri": "at://did:plc:x/app.bsky.feed.post/1", "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}}));
+        let like = cbor(&json!({
+            "$type": "app.bsky.feed.like",
+            "createdAt": "2024-01-01T00:00:00Z",
+            "subject": {
+                "uri": "at://did:plc:x/app.bsky.feed.post/1",
+                "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"
+            }
+        }));
         let out = run_record(&BacklinksHandler, "app.bsky.feed.like", &like, &HandlerSettings::default()).unwrap();
         let key = &out.writes()[0].key;
-        assert_eq!(parse_backlink_key(key), Some(("at://did:plc:x/app.bsky.feed.post/1", "app.bsky.feed.like", "did:plc:test", "3kabc")));
-        let follow = cbor(&json!({"$type": "app.bsky.graph.follow", "createdAt": "2024-01-01T00:00:00Z", "subject": "did:plc:y"}));
+        assert_eq!(
+            parse_backlink_key(key),
+            Some(("at://did:plc:x/app.bsky.feed.post/1", "app.bsky.feed.like", "did:plc:test", "3kabc"))
+        );
+        let follow = cbor(
+            &json!({"$type": "app.bsky.graph.follow", "createdAt": "2024-01-01T00:00:00Z", "subject": "did:plc:y"}),
+        );
         let out = run_record(&BacklinksHandler, "app.bsky.graph.follow", &follow, &HandlerSettings::default()).unwrap();
         assert!(out.writes()[0].key.starts_with(&backlink_prefix("did:plc:y", Some("app.bsky.graph.follow"))));
     }
@@ -168,10 +202,22 @@ mod tests {
     #[test]
     fn delete_removes_the_link_of_the_previous_version() {
         let follow = cbor(&json!({"subject": "did:plc:y", "createdAt": "2024-01-01T00:00:00Z"}));
-        let key = RecordKeyView { did: "did:plc:a", collection: "app.bsky.graph.follow", rkey: "r", rev: "x", live: true,
-            previous: Some(PreviousRecord { cid: "c", bytes: &follow }) };
+        let key = RecordKeyView {
+            did: "did:plc:a",
+            collection: "app.bsky.graph.follow",
+            rkey: "r",
+            rev: "x",
+            live: true,
+            previous: Some(PreviousRecord { cid: "c", bytes: &follow }),
+        };
         let mut out = HandlerOutput::new();
         BacklinksHandler.on_delete(&key, &HandlerSettings::default(), &mut out).unwrap();
-        assert_eq!(out.writes(), &[crate::IndexWrite { key: backlink_key("did:plc:y", "app.bsky.graph.follow", "did:plc:a", "r"), value: None }]);
+        assert_eq!(
+            out.writes(),
+            &[crate::IndexWrite {
+                key: backlink_key("did:plc:y", "app.bsky.graph.follow", "did:plc:a", "r"),
+                value: None
+            }]
+        );
     }
 }

@@ -78,14 +78,20 @@ impl CollectionHandler for PostHandler {
         settings.str_list("langs").map(|_| ())
     }
 
-    fn on_record(&self, rec: &RecordView<'_>, settings: &HandlerSettings, out: &mut HandlerOutput) -> Result<(), HandlerError> {
+    fn on_record(
+        &self,
+        rec: &RecordView<'_>,
+        settings: &HandlerSettings,
+        out: &mut HandlerOutput,
+    ) -> Result<(), HandlerError> {
         let post: Post = rec.decode()?;
         let langs = post.langs.unwrap_or_default();
         if let Some(wanted) = settings.str_list("langs")?
-            && !langs.iter().any(|l| wanted.iter().any(|w| lang_matches(w, l))) {
-                out.drop_record();
-                return Ok(());
-            }
+            && !langs.iter().any(|l| wanted.iter().any(|w| lang_matches(w, l)))
+        {
+            out.drop_record();
+            return Ok(());
+        }
         let (mut links, mut mentions, mut tags) = (Vec::new(), Vec::new(), Vec::new());
         for feature in post.facets.into_iter().flatten().flat_map(|f| f.features) {
             match feature.kind.rsplit('#').next() {
@@ -123,8 +129,16 @@ mod tests {
         cbor(&json!({
             "$type": "app.bsky.feed.post", "text": "hi #rust", "createdAt": "2024-01-01T00:00:00Z",
             "langs": ["en-US"],
-            "reply": {"root": {"uri": "at://did:plc:a/app.bsky.feed.post/1", "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"},
-                      "parent": {"uri": "at://did:plc:a/app.bsky.feed.post/2", "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}},
+            "reply": {
+                "root": {
+                    "uri": "at://did:plc:a/app.bsky.feed.post/1",
+                    "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"
+                },
+                "parent": {
+                    "uri": "at://did:plc:a/app.bsky.feed.post/2",
+                    "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"
+                }
+            },
             "facets": [{"index": {"byteStart": 3, "byteEnd": 8}, "features": [
                 {"$type": "app.bsky.richtext.facet#tag", "tag": "rust"},
                 {"$type": "app.bsky.richtext.facet#link", "uri": "https://example.com"},

@@ -38,12 +38,18 @@ impl CollectionHandler for ProfileHandler {
         settings.only_keys(&[])
     }
 
-    fn on_record(&self, rec: &RecordView<'_>, _: &HandlerSettings, out: &mut HandlerOutput) -> Result<(), HandlerError> {
+    fn on_record(
+        &self,
+        rec: &RecordView<'_>,
+        _: &HandlerSettings,
+        out: &mut HandlerOutput,
+    ) -> Result<(), HandlerError> {
         if rec.rkey != "self" {
             return Ok(());
         }
         // Blobs carry CID links, so this goes through the shared JSON codec, not serde structs.
-        let profile: Profile = serde_json::from_value(rec.value()?.clone()).map_err(|e| HandlerError::Decode(e.to_string()))?;
+        let profile: Profile =
+            serde_json::from_value(rec.value()?.clone()).map_err(|e| HandlerError::Decode(e.to_string()))?;
         let name = profile.display_name.clone().unwrap_or_default();
         out.put(rec.did.as_bytes(), name.into_bytes());
         out.emit(json!({
@@ -54,7 +60,12 @@ impl CollectionHandler for ProfileHandler {
         }))
     }
 
-    fn on_delete(&self, key: &RecordKeyView<'_>, _: &HandlerSettings, out: &mut HandlerOutput) -> Result<(), HandlerError> {
+    fn on_delete(
+        &self,
+        key: &RecordKeyView<'_>,
+        _: &HandlerSettings,
+        out: &mut HandlerOutput,
+    ) -> Result<(), HandlerError> {
         if key.rkey == "self" {
             out.delete(key.did.as_bytes());
         }
@@ -69,9 +80,19 @@ mod tests {
 
     #[test]
     fn profile_emits_names_and_blob_cids() {
-        let rec = cbor(&json!({"$type": "app.bsky.actor.profile", "displayName": "Alice", "description": "hi",
-            "avatar": {"$type": "blob", "ref": {"$link": "bafkreiccldh766hwcnuxnf2wh6jgzepf2nlu2lvcllt63eww5p6chi4ity"}, "mimeType": "image/jpeg", "size": 10}}));
-        let out = run_record_at(&ProfileHandler, "app.bsky.actor.profile", "self", &rec, &HandlerSettings::default()).unwrap();
+        let rec = cbor(&json!({
+            "$type": "app.bsky.actor.profile",
+            "displayName": "Alice",
+            "description": "hi",
+            "avatar": {
+                "$type": "blob",
+                "ref": {"$link": "bafkreiccldh766hwcnuxnf2wh6jgzepf2nlu2lvcllt63eww5p6chi4ity"},
+                "mimeType": "image/jpeg",
+                "size": 10
+            }
+        }));
+        let out = run_record_at(&ProfileHandler, "app.bsky.actor.profile", "self", &rec, &HandlerSettings::default())
+            .unwrap();
         assert_eq!(out.value().unwrap()["display_name"], "Alice");
         assert_eq!(out.value().unwrap()["avatar"], "bafkreiccldh766hwcnuxnf2wh6jgzepf2nlu2lvcllt63eww5p6chi4ity");
         assert_eq!(out.writes()[0].value.as_deref(), Some(&b"Alice"[..]));

@@ -69,7 +69,8 @@ fn parse_collections(values: &[String]) -> Result<Option<Collections>, String> {
         let valid = value != "*" && syntax::nsid_pattern_problem(value).is_none();
         if !valid {
             return Err(format!(
-                "invalid collection {value:?}: wantedCollections takes NSIDs and prefixes of whole segments such as app.bsky.*"
+                "invalid collection {value:?}: \
+                 wantedCollections takes NSIDs and prefixes of whole segments such as app.bsky.*"
             ));
         }
         match value.strip_suffix('*') {

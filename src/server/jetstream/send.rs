@@ -78,7 +78,10 @@ pub(super) async fn send_loop(
             _ = session.closed.cancelled() => return Ok(()),
             _ = state.stop.cancelled() => return Err(Stop { code: 1001, reason: "server shutting down".into() }),
             _ = tokio::time::sleep(PING_EVERY) => {
-                tokio::time::timeout(send_timeout, sink.send(Message::Ping(Default::default()))).await.map_err(|_| gone())?.map_err(|_| gone())?;
+                tokio::time::timeout(send_timeout, sink.send(Message::Ping(Default::default())))
+                    .await
+                    .map_err(|_| gone())?
+                    .map_err(|_| gone())?;
             }
         }
     }
