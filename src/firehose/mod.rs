@@ -28,6 +28,7 @@ pub mod chain;
 pub mod client;
 pub mod cursor;
 pub mod frame;
+mod fuzz;
 mod gap;
 pub mod live;
 pub mod ops;
@@ -42,7 +43,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use frame::{Frame, FrameError, decode_frame, fuzz_frame};
+pub use frame::{Frame, FrameError, decode_frame};
+pub use fuzz::fuzz_frame;
 pub use live::{Handled, Live, LiveError, LiveOptions};
 
 use crate::config::Config;
