@@ -84,14 +84,26 @@ impl FilterSpec {
         )
     }
 
-    /// What the model says must be stored for a repo holding `m`.
+    /// What the model says must be stored for a repo holding `m`: in signal mode nothing
+    /// without a record of a signal collection; else the records of the collections wanted
+    /// (all when `collections` is empty), less the excluded ones.
     fn expected(&self, m: &Model) -> Model {
-        let f = common::filter(&self.toml());
-        let has_signal = m.keys().any(|(c, _)| f.is_signal(c));
+        let any = |patterns: &[&str], collection: &str| patterns.iter().any(|p| pattern_matches(p, collection));
+        let has_signal = m.keys().any(|(c, _)| any(&self.signals, c));
         if self.signal && !has_signal {
             return Model::new();
         }
-        m.iter().filter(|((c, _), _)| f.wants_collection(c)).map(|(k, v)| (k.clone(), *v)).collect()
+        let wanted = |c: &str| (self.collections.is_empty() || any(&self.collections, c)) && !any(&self.exclude, c);
+        m.iter().filter(|((c, _), _)| wanted(c)).map(|(k, v)| (k.clone(), *v)).collect()
+    }
+}
+
+/// Whether a filter pattern takes `nsid`, by the filter file's rule (README), written apart from
+/// the filter's code: an NSID takes itself, `prefix.*` every NSID below `prefix` in whole segments.
+fn pattern_matches(pattern: &str, nsid: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix_with_dot) => nsid.len() > prefix_with_dot.len() && nsid.starts_with(prefix_with_dot),
+        None => pattern == nsid,
     }
 }
 
