@@ -147,8 +147,6 @@ pub struct Store {
     log_start: Mutex<retention::LogStart>,
     /// Retention keeps every event from this id on (`u64::MAX`: none held; see `retention.rs`).
     events_held_from: std::sync::atomic::AtomicU64,
-    /// did -> retry state.
-    pub resync: Keyspace,
     /// did\0rev -> live commit held during a backfill.
     pub held: Keyspace,
     /// service -> [`Cursor`].
@@ -184,7 +182,6 @@ impl Store {
             events: ks("events")?,
             event_times: ks("event_times")?,
             pending: ks("pending")?,
-            resync: ks("resync")?,
             held: ks("held")?,
             cursors: ks("cursors")?,
             handles: ks("handles")?,
