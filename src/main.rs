@@ -278,7 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// `sluice cursors`: each service's saved cursor and when it was saved.
 fn print_cursors(out: &mut impl Write, store: &Store) -> anyhow::Result<()> {
-    for (service, (value, ms)) in store.cursors()? {
+    for (service, (value, ms)) in store.cursors().all()? {
         writeln!(out, "{service}\t{value}\t{}", sluice::syntax::datetime_from_ms(ms))?;
     }
     Ok(())

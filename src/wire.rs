@@ -152,7 +152,7 @@ mod tests {
         }))
         .unwrap();
         let cid = jacquard_repo::mst::util::compute_cid(&body).unwrap().to_bytes();
-        store.blocks.insert(&cid, &body).unwrap();
+        store.log().insert_legacy_body(&cid, &body);
         let carried = Some(bytes::Bytes::from(body.clone()));
         let event = |action,
                      cid: Vec<u8>,

@@ -202,7 +202,7 @@ async fn two_hundred_repos_over_two_hosts_end_in_the_right_states() {
     let total = assert_troubled_network_states(&s, &all);
     let events = check_event_log(&s);
     assert_eq!(events.len(), total, "one create event per stored record");
-    let cursors = s.sluice.store().cursors().unwrap();
+    let cursors = s.sluice.store().cursors().all().unwrap();
     assert_eq!(cursors["crawler"].0, "done");
     assert!(all.contains(&cursors["backfill"].0), "the backfill cursor names the last repo done");
     assert!(s.net.request_count("com.atproto.sync.getRepo") <= 202 + 3 * 2 + 6, "no repo fetched needlessly");
@@ -343,7 +343,11 @@ async fn concurrency_batch_size_and_delay_shape_the_work() {
     let start = Instant::now();
     run(&s, true).await;
     assert_eq!(stored(&s, &dids[0]).len(), 9);
-    assert_eq!(s.sluice.store().events.len().unwrap(), 5, "9 records in batches of 2: 5 commits, one event page each");
+    assert_eq!(
+        s.sluice.store().log().page_count().unwrap(),
+        5,
+        "9 records in batches of 2: 5 commits, one event page each"
+    );
     assert!(start.elapsed() >= Duration::from_millis(4 * 150), "4 pauses between 5 batches");
 }
 
@@ -410,5 +414,5 @@ async fn exact_signals_are_crawled_by_collection_and_only_their_repos_fetched() 
         let want = signalled.contains(&did).then_some(RepoStatus::Synced);
         assert_eq!(status(&s, did), want, "{did}");
     }
-    assert_eq!(s.sluice.store().cursors().unwrap()["crawler/xyz.statusphere.status"].0, "done");
+    assert_eq!(s.sluice.store().cursors().all().unwrap()["crawler/xyz.statusphere.status"].0, "done");
 }

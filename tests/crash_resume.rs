@@ -74,7 +74,7 @@ async fn sigkill_mid_backfill_loses_and_duplicates_nothing() {
     }
 
     let store = finish_and_check(&net, dir.path(), &config, &log, &dids, kills * CONCURRENCY).await;
-    assert_eq!(store.cursors().unwrap()["crawler"].0, "done");
+    assert_eq!(store.cursors().all().unwrap()["crawler"].0, "done");
 }
 
 /// Starts the backfill and kills it with SIGKILL several times, each once `fetches` more repos

@@ -124,7 +124,7 @@ async fn sigkill_during_live_ingestion_loses_and_duplicates_nothing() {
         if in_step(&store, &net, &dids) {
             caught_up = true;
             assert_events_build_what_the_pdss_hold(&store, &net, &dids);
-            let cursor: i64 = store.cursors().unwrap()["firehose"].0.parse().unwrap();
+            let cursor: i64 = store.cursors().all().unwrap()["firehose"].0.parse().unwrap();
             assert_eq!(cursor, net.firehose_seq(), "the saved cursor covers the whole stream after a graceful stop");
             break;
         }

@@ -83,12 +83,13 @@ fn a_handler_can_be_switched_off_in_the_filter() {
 fn backlinks_follow_creates_updates_and_deletes() {
     let account = Account::new(23);
     let (_dir, s) = common::sluice_with("mode = \"full\"");
-    let space = s.store().handler_space("backlinks").unwrap();
     let links_to = |subject: &str| -> Vec<String> {
-        space
-            .prefix(backlinks::backlink_prefix(subject, None))
-            .map(|kv| {
-                let k = kv.key().unwrap();
+        s.store()
+            .handlers()
+            .keys("backlinks", &backlinks::backlink_prefix(subject, None), None, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|k| {
                 let (_, _, did, rkey) = backlinks::parse_backlink_key(&k).unwrap();
                 format!("{did}/{rkey}")
             })

@@ -143,8 +143,8 @@ proptest! {
         if want.is_empty() && spec.signal {
             // Signal mode, no signal record: nothing left behind.
             prop_assert_eq!(s.store().next_event_id(), 1);
-            prop_assert!(s.store().records.is_empty().unwrap());
-            prop_assert!(s.store().events.is_empty().unwrap());
+            prop_assert!(s.store().records().is_empty().unwrap());
+            prop_assert!(s.store().log().from(0, 1).unwrap().is_empty());
         }
         let again = s.index_car(&car, &opts).unwrap();
         prop_assert_eq!(again.committed.events, 0);

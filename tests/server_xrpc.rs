@@ -452,7 +452,7 @@ async fn repo_state_and_stats_show_the_store() {
     let last = store.next_event_id() - 1;
     assert_eq!(stats["events"], json!({"last": last, "next": last + 1}));
     assert!(last >= per_collection.values().sum::<u64>(), "an event per record at least");
-    let services: Vec<String> = store.cursors().unwrap().into_keys().collect();
+    let services: Vec<String> = store.cursors().all().unwrap().into_keys().collect();
     assert!(!services.is_empty(), "the crawl saved a cursor");
     assert_eq!(stats["cursors"].as_object().unwrap().keys().cloned().collect::<Vec<_>>(), services);
 }

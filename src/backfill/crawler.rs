@@ -118,7 +118,7 @@ impl Crawler {
     /// Pages through `listing` from its saved cursor to the end, queueing new repos.
     pub async fn crawl(&self, store: &Store, listing: &Listing) -> anyhow::Result<CrawlSummary> {
         let service = listing.service();
-        let mut cursor = store.cursors()?.remove(&service).map(|(c, _)| c).filter(|c| !c.is_empty());
+        let mut cursor = store.cursors().all()?.remove(&service).map(|(c, _)| c).filter(|c| !c.is_empty());
         let mut summary = CrawlSummary::default();
         if cursor.as_deref() == Some(DONE) {
             return Ok(summary);
