@@ -130,7 +130,7 @@ impl SluiceBuilder {
             .with_context(|| format!("opening the store in {}", self.config.storage.path.display()))?;
         // Open every registered handler's keyspace now, not on a repo's first record.
         for handler in handlers::registered() {
-            store.handler_space(handler.name())?;
+            store.handlers().open(handler.name())?;
         }
         let handle = FilterHandle::new(filter);
         let watcher = match self.watch {

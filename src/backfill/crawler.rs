@@ -189,7 +189,7 @@ fn queue_page(
             };
             (listed.did.clone(), state)
         });
-    let added = store.add_unknown_repos(candidates, cursor.map(|c| (service, c)))?;
+    let added = store.queue().add_unknown(candidates, cursor.map(|c| (service, c)))?;
     let inactive = added.iter().filter(|(_, s)| s.status == RepoStatus::Gone).count() as u64;
     Ok((added.len() as u64 - inactive, inactive))
 }

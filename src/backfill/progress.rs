@@ -178,7 +178,7 @@ mod tests {
     fn the_line_names_every_figure() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.enqueue_new(&["did:plc:a".into()], Some(("crawler", "c9"))).unwrap();
+        store.queue().enqueue_new(&["did:plc:a".into()], Some(("crawler", "c9"))).unwrap();
         let p = Progress::default();
         p.memory_paused.store(true, Ordering::Relaxed);
         let t = Instant::now();
