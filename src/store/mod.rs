@@ -45,7 +45,6 @@
 
 mod blocks;
 mod commit;
-mod compat;
 mod counts;
 mod cursors;
 mod handler_spaces;
