@@ -100,7 +100,7 @@ impl HandleIndex {
     }
 }
 
-/// The handle index as its users reach it ([`Store::handles`]): [`HandleIndex`] with the
+/// The handle index as its users reach it ([`Store::handles`]): `HandleIndex` with the
 /// repo states it follows and the state write a verdict goes through.
 #[derive(Clone, Copy)]
 pub struct Handles<'s> {

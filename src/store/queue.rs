@@ -82,7 +82,7 @@ impl QueueIndex {
     }
 }
 
-/// The backfill queue as its users reach it ([`Store::queue`]): [`QueueIndex`] with the repo
+/// The backfill queue as its users reach it ([`Store::queue`]): `QueueIndex` with the repo
 /// states its entries are checked against and the writer lock its takes raise the floor under.
 #[derive(Clone, Copy)]
 pub struct Queue<'s> {
