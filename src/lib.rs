@@ -13,7 +13,8 @@
 //! - [`http`]: the HTTP client settings and helpers network code shares.
 //! - [`repo`]: CAR -> verified blocks -> commit -> MST walk (sync, no I/O).
 //! - [`pipeline`]: filter -> handlers -> diff -> batch + events.
-//! - [`store`]: fjall keyspaces, key codecs, versioned values, event log, counts.
+//! - [`store`]: fjall in parts (event log, records, repo states, queue, handles, handler keyspaces,
+//!   held commits, cursors), each change written to them in one batch; key codecs, versioned values.
 //! - [`wire`]: events as JSON.
 //! - [`identity`]: DID -> PDS endpoint + signing key, cached.
 //! - [`backfill`]: the repo queue, crawler and workers (getRepo -> pipeline).
