@@ -237,7 +237,8 @@ fn main() {
             did = account.did.clone();
             posts = sluice
                 .store()
-                .repo_records(&did)
+                .records()
+                .of_repo(&did)
                 .unwrap()
                 .into_keys()
                 .filter(|(c, _)| c == "app.bsky.feed.post")

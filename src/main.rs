@@ -278,7 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// `sluice cursors`: each service's saved cursor and when it was saved.
 fn print_cursors(out: &mut impl Write, store: &Store) -> anyhow::Result<()> {
-    for (service, (value, ms)) in store.cursors()? {
+    for (service, (value, ms)) in store.cursors().all()? {
         writeln!(out, "{service}\t{value}\t{}", sluice::syntax::datetime_from_ms(ms))?;
     }
     Ok(())
@@ -536,12 +536,12 @@ fn index_cars(config: Config, opts: IndexOptions, jobs: Option<usize>, cars: &[P
 /// Prints the events from id `cursor` on as JSON lines; says on stderr when retention has
 /// removed the first ones asked for.
 fn print_events(out: &mut impl Write, store: &Store, cursor: u64, limit: usize) -> anyhow::Result<()> {
-    if let Some(oldest) = store.oldest_event_id()?
+    if let Some(oldest) = store.log().oldest_id()?
         && cursor.max(1) < oldest
     {
         eprintln!("note: events {}..{} are past the retention; printing from {oldest}", cursor.max(1), oldest - 1);
     }
-    for (id, event) in store.events_from(cursor, limit)? {
+    for (id, event) in store.log().from(cursor, limit)? {
         writeln!(out, "{}", sluice::wire::event_json(store, id, &event)?)?;
     }
     Ok(())
@@ -551,7 +551,7 @@ fn print_stats(out: &mut impl Write, store: &Store, json: bool) -> std::io::Resu
     let counts = store.counts();
     let events = store.next_event_id() - 1;
     // Retention may have removed the oldest events; ids go on from where they were.
-    let oldest = store.oldest_event_id().ok().flatten();
+    let oldest = store.log().oldest_id().ok().flatten();
     if json {
         let mut repos = serde_json::Map::new();
         let mut records = serde_json::Map::new();

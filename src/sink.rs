@@ -6,7 +6,8 @@
 //! saved only after JetStream acked every event up to it. After a crash the sink publishes
 //! again from the cursor, and the stream drops what it already has by message id (within its
 //! duplicate window). While NATS is down or slow, indexing goes on and the sink catches up from
-//! the log, which keeps every event the sink has not published ([`Store::hold_events_from`]).
+//! the log, which keeps every event the sink has not published
+//! ([`crate::store::EventLog::hold_from`]).
 //!
 //! A stream that is missing is created (file storage, the limits of `[sink.nats]`); one that
 //! exists is used as it is, never changed.
@@ -49,8 +50,8 @@ type Failure = String;
 impl NatsSink {
     /// A sink publishing `store`'s log as node `node`, from the saved `nats` cursor on.
     pub fn new(store: Arc<Store>, config: NatsSinkConfig, node: String) -> Result<Arc<Self>, crate::store::StoreError> {
-        let published = store.cursor(CURSOR)?.and_then(|c| c.parse().ok()).unwrap_or(0);
-        store.hold_events_from(published + 1);
+        let published = store.cursors().get(CURSOR)?.and_then(|c| c.parse().ok()).unwrap_or(0);
+        store.log().hold_from(published + 1);
         Ok(Arc::new(Self {
             store,
             config,
@@ -299,9 +300,9 @@ impl NatsSink {
         if acked <= self.published() {
             return Ok(());
         }
-        self.store.save_cursor(CURSOR, &acked.to_string()).map_err(|e| format!("saving the nats cursor: {e}"))?;
+        self.store.cursors().save(CURSOR, &acked.to_string()).map_err(|e| format!("saving the nats cursor: {e}"))?;
         self.published.store(acked, Ordering::Relaxed);
-        self.store.hold_events_from(acked + 1);
+        self.store.log().hold_from(acked + 1);
         Ok(())
     }
 }
@@ -342,7 +343,7 @@ pub fn messages_from(
     from: u64,
     limit: usize,
 ) -> Result<Vec<(u64, String, Bytes)>, crate::store::StoreError> {
-    let events = store.events_from(from, limit)?;
+    let events = store.log().from(from, limit)?;
     if let Some(&(first, _)) = events.first()
         && first > from
     {

@@ -113,7 +113,8 @@ fn stored(s: &Sluice, did: &str) -> BTreeSet<(String, String)> {
 
 fn events_after(s: &Sluice, from: u64) -> Vec<(Action, String, String)> {
     s.store()
-        .events_from(from, usize::MAX)
+        .log()
+        .from(from, usize::MAX)
         .unwrap()
         .into_iter()
         .map(|(_, e)| match e {
@@ -155,8 +156,8 @@ proptest! {
         if want.is_empty() && spec.signal {
             // Signal mode, no signal record: nothing left behind.
             prop_assert_eq!(s.store().next_event_id(), 1);
-            prop_assert!(s.store().records.is_empty().unwrap());
-            prop_assert!(s.store().events.is_empty().unwrap());
+            prop_assert!(s.store().records().is_empty().unwrap());
+            prop_assert!(s.store().log().from(0, 1).unwrap().is_empty());
         }
         let again = s.index_car(&car, &opts).unwrap();
         prop_assert_eq!(again.committed.events, 0);
@@ -185,7 +186,7 @@ proptest! {
             prop_assert_eq!(stored(&s, &account.did), after.keys().cloned().collect::<BTreeSet<_>>());
             before = after;
         }
-        let ids: Vec<u64> = s.store().events_from(0, usize::MAX).unwrap().into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<u64> = s.store().log().from(0, usize::MAX).unwrap().into_iter().map(|(id, _)| id).collect();
         prop_assert_eq!(ids, (1..s.store().next_event_id()).collect::<Vec<_>>(), "ids are gapless");
     }
 }
@@ -219,7 +220,7 @@ fn a_walk_interrupted_between_batches_is_completed_by_the_next_walk_without_dupl
     let events = events_after(&s, 0);
     let unique: BTreeSet<_> = events.iter().cloned().collect();
     assert_eq!((events.len(), unique.len()), (m.len(), m.len()), "every record emitted once");
-    assert_eq!(s.store().repo_state(&account.did).unwrap().unwrap().status, RepoStatus::Synced);
+    assert_eq!(s.store().repos().state(&account.did).unwrap().unwrap().status, RepoStatus::Synced);
 }
 
 #[test]
@@ -235,7 +236,7 @@ fn a_wrong_signing_key_is_refused_and_nothing_is_written() {
     let wrong_did = IndexOptions { expected_did: Some(Account::new(2).did), signing_key: None };
     assert!(s.index_car(&car, &wrong_did).unwrap_err().to_string().contains("expected"));
     assert_eq!(s.store().next_event_id(), 1);
-    assert!(s.store().repo_state(&account.did).unwrap().is_none());
+    assert!(s.store().repos().state(&account.did).unwrap().is_none());
     let right = IndexOptions { expected_did: Some(account.did.clone()), signing_key: Some(account.did_key()) };
     assert_eq!(s.index_car(&car, &right).unwrap().created, 1);
 }

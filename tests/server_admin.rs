@@ -147,8 +147,8 @@ async fn track_untrack_resync_pause_and_resume() {
     let did = net.create_account(AccountSpec { seed: 77, ..Default::default() });
     post(&net, &did, "3laaaaaaaaaa1");
     let r = start(net, Some(TOKEN)).await;
-    let status = |r: &Running| r.sluice.store().repo_state(&did).unwrap().map(|s| s.status);
-    let stored = |r: &Running| r.sluice.store().repo_records(&did).unwrap().len();
+    let status = |r: &Running| r.sluice.store().repos().state(&did).unwrap().map(|s| s.status);
+    let stored = |r: &Running| r.sluice.store().records().of_repo(&did).unwrap().len();
 
     // No signal record: not indexed until tracked.
     let (code, body) =

@@ -214,7 +214,7 @@ impl Backfill {
                     self.shard
                 );
             }
-            let state = self.store().repo_state(did)?.unwrap_or_default();
+            let state = self.store().repos().state(did)?.unwrap_or_default();
             states.push((did.clone(), schedule::requeued(&state, 0, now)));
         }
         self.store().set_states(&states, None)?;
@@ -235,9 +235,9 @@ impl Backfill {
         let fail = |e: &dyn std::fmt::Display| BackfillError(e.to_string());
         self.run_over.store(false, Ordering::Relaxed);
         let dids: Vec<String> = self.pipeline.filter().load().filter.dids.iter().cloned().collect();
-        self.store().enqueue_new(&self.owned(&dids), None).map_err(|e| fail(&e))?;
+        self.store().queue().enqueue_new(&self.owned(&dids), None).map_err(|e| fail(&e))?;
         // Nothing is in flight yet: repos an earlier run left in flight are taken again.
-        self.store().rewind_queue();
+        self.store().queue().rewind();
         self.fetcher.clear_spool().map_err(|e| BackfillError(format!("clearing the spool directory: {e}")))?;
         let crawl_done = Arc::new(AtomicBool::new(!crawl));
         let mut helpers = JoinSet::new();
@@ -304,7 +304,7 @@ impl Backfill {
     /// Takes the next due repo that is not in flight, if any.
     fn next_due_repo(&self) -> Result<Option<(String, RepoState)>, BackfillError> {
         let in_flight = self.in_flight.lock().expect("in flight");
-        Ok(self.store().take_due(now_ms(), 1, &in_flight).map_err(|e| BackfillError(e.to_string()))?.pop())
+        Ok(self.store().queue().take_due(now_ms(), 1, &in_flight).map_err(|e| BackfillError(e.to_string()))?.pop())
     }
 
     /// Backfills `did` on a task of `workers`, holding `permit` (a place among the repos in
@@ -330,7 +330,7 @@ impl Backfill {
     /// (nothing in flight, when the next queued repo not in flight is due).
     fn queue_outlook(&self) -> Result<(bool, Option<u64>), BackfillError> {
         let in_flight = self.in_flight.lock().expect("in flight");
-        let next = self.store().next_due_ms(&in_flight).map_err(|e| BackfillError(e.to_string()))?;
+        let next = self.store().queue().next_due_ms(&in_flight).map_err(|e| BackfillError(e.to_string()))?;
         Ok((in_flight.is_empty(), next))
     }
 

@@ -119,7 +119,7 @@ fn progress_line(p: &Progress, store: &Store, memory_cap_mb: u64, last: &Sample,
     let repos = |s| store.repo_count(s);
     let memory = resident_bytes().map(|b| b >> 20).unwrap_or(0);
     let cap = if memory_cap_mb == 0 { "no cap".to_string() } else { format!("cap {memory_cap_mb} MB") };
-    let cursors = store.cursors().unwrap_or_default();
+    let cursors = store.cursors().all().unwrap_or_default();
     let cursors: Vec<String> = cursors
         .iter()
         .filter(|(k, _)| k.starts_with("crawler") || *k == "backfill")
@@ -178,7 +178,7 @@ mod tests {
     fn the_line_names_every_figure() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.enqueue_new(&["did:plc:a".into()], Some(("crawler", "c9"))).unwrap();
+        store.queue().enqueue_new(&["did:plc:a".into()], Some(("crawler", "c9"))).unwrap();
         let p = Progress::default();
         p.memory_paused.store(true, Ordering::Relaxed);
         let t = Instant::now();

@@ -119,11 +119,16 @@ impl Firehose {
         let base_url = config.firehose.url.clone().unwrap_or_else(|| config.network.relay.clone());
         client::subscribe_url(&base_url, None).map_err(FirehoseError::Config)?;
         let storage = |e: &dyn std::fmt::Display| FirehoseError::Storage(e.to_string());
-        let saved = pipeline.store().cursor(CURSOR).map_err(|e| storage(&e))?;
+        let saved = pipeline.store().cursors().get(CURSOR).map_err(|e| storage(&e))?;
         let start_cursor = saved.as_deref().and_then(|c| c.parse::<i64>().ok());
         let since = match start_cursor {
             Some(_) => None,
-            None => pipeline.store().cursor(SINCE_CURSOR).map_err(|e| storage(&e))?.and_then(|c| c.parse::<u64>().ok()),
+            None => pipeline
+                .store()
+                .cursors()
+                .get(SINCE_CURSOR)
+                .map_err(|e| storage(&e))?
+                .and_then(|c| c.parse::<u64>().ok()),
         };
         let opts = LiveOptions { backfill: config.backfill.enabled(), limits: config.limits.car_limits() };
         let live = Arc::new(Live::new(pipeline, resolver, tokio::runtime::Handle::current(), opts));
@@ -265,7 +270,7 @@ impl Firehose {
             return;
         }
         self.saved.store(seq - 1, Ordering::Relaxed);
-        if let Err(e) = self.live.store().save_cursor(CURSOR, &(seq - 1).to_string()) {
+        if let Err(e) = self.live.store().cursors().save(CURSOR, &(seq - 1).to_string()) {
             tracing::error!(error = %e, "saving the firehose cursor failed");
         }
     }
@@ -378,7 +383,7 @@ impl Firehose {
         if self.since_saved.swap(true, Ordering::Relaxed) {
             return;
         }
-        if let Err(e) = self.live.store().save_cursor(SINCE_CURSOR, &since_us.to_string()) {
+        if let Err(e) = self.live.store().cursors().save(SINCE_CURSOR, &since_us.to_string()) {
             tracing::error!(error = %e, "saving the firehose start time failed");
         }
     }
@@ -431,6 +436,6 @@ impl Firehose {
         if safe <= 0 || self.saved.swap(safe, Ordering::Relaxed) == safe {
             return Ok(());
         }
-        self.live.store().save_cursor(CURSOR, &safe.to_string()).map_err(|e| FirehoseError::Storage(e.to_string()))
+        self.live.store().cursors().save(CURSOR, &safe.to_string()).map_err(|e| FirehoseError::Storage(e.to_string()))
     }
 }

@@ -106,7 +106,7 @@ fn events(out: &mut String, state: &ServerState) {
         state.store().next_event_id() - 1,
     );
     let name = "sluice_event_log_oldest";
-    let oldest = state.store().oldest_event_id().ok().flatten().unwrap_or(0);
+    let oldest = state.store().log().oldest_id().ok().flatten().unwrap_or(0);
     Family::start(
         out,
         name,
