@@ -7,6 +7,7 @@
 //! ([`wire`] renders it as JSON).
 //!
 //! # Layout
+//! - [`process`]: the ground floor: cores, resident memory, background threads' priorities.
 //! - [`config`]: `config.toml` and environment overrides.
 //! - [`filter`]: the filter model, TOML parsing, hot reload.
 //! - [`syntax`]: AT Protocol identifier syntax (by jacquard).
@@ -47,6 +48,7 @@ pub mod http;
 pub mod identity;
 pub mod index_files;
 pub mod pipeline;
+pub mod process;
 pub mod repo;
 pub mod server;
 pub mod service;

@@ -183,9 +183,9 @@ impl Service {
         let listener = crate::server::bind(config).await?;
         let mut state = ServerState::new(sluice.pipeline().clone(), config.clone());
         (state.backfill, state.firehose, state.stop) =
-            (Some(self.backfill.clone()), self.firehose.clone(), self.stop.clone());
+            (Some(self.backfill.control()), self.firehose.clone(), self.stop.clone());
         state.sink = self.sink.clone();
-        self.server = Some(crate::server::serve_dedicated(listener, Arc::new(state), crate::config::cores())?);
+        self.server = Some(crate::server::serve_dedicated(listener, Arc::new(state), crate::process::cores())?);
         Ok(())
     }
 

@@ -22,6 +22,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NatsSinkConfig;
+use crate::process::Priority;
 use crate::store::{Store, StoredEvent};
 
 /// The cursor of the last event published and acked.
@@ -308,22 +309,19 @@ impl NatsSink {
 }
 
 /// Runs `sink` until `stop` on a thread of its own at a lower priority than the backfill's
-/// walkers (nice 15 against 10), with a runtime of its own: indexing comes first, and the sink
+/// walkers ([`Priority::Sink`]), with a runtime of its own: indexing comes first, and the sink
 /// publishes with the CPU left over (the log keeps what it has not published yet).
 pub fn spawn(sink: Arc<NatsSink>, stop: CancellationToken) -> std::io::Result<std::thread::JoinHandle<()>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(2)
-        .on_thread_start(|| crate::backfill::set_thread_niceness(SINK_NICENESS))
+        .on_thread_start(|| Priority::Sink.apply_to_this_thread())
         .build()?;
     std::thread::Builder::new().name("nats-sink".into()).spawn(move || {
-        crate::backfill::set_thread_niceness(SINK_NICENESS);
+        Priority::Sink.apply_to_this_thread();
         runtime.block_on(sink.run(stop));
     })
 }
-
-/// The niceness of the sink's threads: below the backfill's walkers.
-const SINK_NICENESS: i32 = crate::backfill::WALKER_NICENESS + 5;
 
 /// The subject of an event under `prefix`.
 pub fn subject(prefix: &str, event: &StoredEvent) -> String {

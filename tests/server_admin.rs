@@ -40,7 +40,7 @@ async fn start(net: Devnet, token: Option<&str>) -> Running {
     let firehose = sluice::service::firehose_beside(&sluice, &c, &backfill).unwrap();
     let mut state = ServerState::new(sluice.pipeline().clone(), c);
     (state.backfill, state.firehose, state.admin_token) =
-        (Some(backfill.clone()), Some(firehose.clone()), token.map(str::to_string));
+        (Some(backfill.control()), Some(firehose.clone()), token.map(str::to_string));
     let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());

@@ -15,7 +15,7 @@ use crate::filter::{Filter, Mode};
 use crate::http::{error_chain, retry_after};
 use crate::store::{RepoState, RepoStatus, Store, values::now_ms};
 
-use super::schedule;
+use crate::store::schedule;
 
 /// The cursor value of a finished listing.
 pub const DONE: &str = "done";

@@ -9,7 +9,8 @@ use crate::filter::Filter;
 use crate::store::RepoStatus;
 use crate::store::values::now_ms;
 
-use super::{Backfill, schedule};
+use super::Backfill;
+use crate::store::schedule;
 
 /// What a filter edit opens up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

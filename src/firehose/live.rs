@@ -25,11 +25,11 @@ use jacquard_api::com_atproto::sync::subscribe_repos::Commit;
 use super::chain::{self, Verdict};
 use super::frame::{Frame, decode_frame};
 use super::ops;
-use crate::backfill::schedule;
 use crate::filter::RepoRule;
 use crate::identity::{Identity, Resolver};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::repo::{CarLimits, LoadedRepo};
+use crate::store::schedule;
 use crate::store::values::now_ms;
 use crate::store::{RepoState, RepoStatus, Store, StoreError};
 

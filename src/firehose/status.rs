@@ -11,8 +11,8 @@
 use jacquard_api::com_atproto::sync::subscribe_repos::{Account, Identity, Sync};
 
 use super::live::{Handled, Live, LiveError};
-use crate::backfill::schedule;
 use crate::filter::RepoRule;
+use crate::store::schedule;
 use crate::store::values::now_ms;
 use crate::store::{AccountEvent, IdentityEvent, RepoState, RepoStatus, StoredEvent};
 

@@ -202,13 +202,16 @@ pub struct Pipeline {
     walks: Arc<AtomicU64>,
 }
 
-/// Record changes per committed batch unless configured otherwise.
-pub const DEFAULT_BATCH_SIZE: usize = 5_000;
-
 impl Pipeline {
     /// A pipeline writing to `store` under the filter in `filter`.
     pub fn new(store: Arc<Store>, filter: FilterHandle) -> Self {
-        Self { store, filter, metrics: Arc::default(), batch_size: DEFAULT_BATCH_SIZE, walks: Arc::default() }
+        Self {
+            store,
+            filter,
+            metrics: Arc::default(),
+            batch_size: crate::config::DEFAULT_BATCH_SIZE,
+            walks: Arc::default(),
+        }
     }
 
     /// Commits a repo walk in batches of at most `n` record changes (at least 1).

@@ -62,7 +62,7 @@ pub fn render(state: &ServerState) -> String {
         state.stream_clients.load(Ordering::Relaxed),
     );
     let name = "sluice_resident_memory_bytes";
-    let rss = crate::backfill::progress::resident_bytes().unwrap_or(0);
+    let rss = crate::process::resident_bytes().unwrap_or(0);
     Family::start(&mut out, name, "gauge", "Resident memory of the process.").sample(name, &[], rss);
     out
 }
@@ -136,16 +136,12 @@ fn repos(out: &mut String, state: &ServerState) {
     }
     if let Some(backfill) = &state.backfill {
         let name = "sluice_backfill_in_flight";
-        Family::start(out, name, "gauge", "Repos being backfilled now.").sample(
-            name,
-            &[],
-            load(&backfill.progress().in_flight),
-        );
+        Family::start(out, name, "gauge", "Repos being backfilled now.").sample(name, &[], backfill.in_flight());
         let name = "sluice_backfill_records_total";
         Family::start(out, name, "counter", "Records walked by the backfill since start.").sample(
             name,
             &[],
-            load(&backfill.progress().records),
+            backfill.records_walked(),
         );
     }
 }

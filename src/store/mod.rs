@@ -55,6 +55,7 @@ mod log;
 mod queue;
 mod records;
 mod repos;
+pub mod schedule;
 pub mod values;
 mod writeback;
 

@@ -335,7 +335,7 @@ mod props {
 
     use proptest::prelude::*;
 
-    use crate::backfill::schedule::{self, RetryPolicy};
+    use crate::store::schedule::{self, RetryPolicy};
     use crate::store::{RepoChange, RepoState, RepoStatus, Store};
 
     #[derive(Debug, Clone)]
