@@ -15,7 +15,6 @@
 
 use std::collections::BTreeMap;
 
-use fjall::PersistMode;
 use sluice_handlers::IndexWrite;
 
 use super::counts;
@@ -90,8 +89,7 @@ impl Store {
         let events = change.events.len() as u64;
         let pages = log::encode_pages(std::mem::take(&mut change.events));
         let items = 4 + change.records.len() + pages.len() + change.handler_writes.len() + deltas.len();
-        let mut batch =
-            fjall::OwnedWriteBatch::with_capacity(self.db.clone(), items).durability(Some(PersistMode::Buffer));
+        let mut batch = self.db.batch(items);
         let RepoChange { did, state, records, events: _, handler_writes, cursor } = change;
         // The rows that depend on nothing stored: staged here, outside the lock. The state is
         // staged at commit time, by `stage_state`.
@@ -120,7 +118,7 @@ impl Store {
         let first_time = log::first_time(writer.last_time, self.log.now());
         self.log.stage(&mut batch, pages, first, first_time);
         let new_counts = self.counts.stage(&mut batch, &writer.counts, deltas);
-        batch.commit()?;
+        self.db.commit(batch)?;
         self.writeback.wrote();
         writer.next_event += n;
         if n > 0 {
@@ -139,8 +137,7 @@ impl Store {
     /// Writes the states of several repos, and optionally a cursor, in one batch: state writes
     /// outside the pipeline (the scheduler's, the firehose's, the crawler's).
     pub fn set_states(&self, states: &[(String, RepoState)], cursor: Option<(&str, &str)>) -> Result<()> {
-        let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), 3 * states.len() + 4)
-            .durability(Some(PersistMode::Buffer));
+        let mut batch = self.db.batch(3 * states.len() + 4);
         let mut deltas = BTreeMap::new();
         let mut writer = self.writer.lock().expect("writer lock");
         let mut queued = false;
@@ -152,7 +149,7 @@ impl Store {
             self.cursors.stage(&mut batch, service, value.to_string());
         }
         let new_counts = self.counts.stage(&mut batch, &writer.counts, deltas);
-        batch.commit()?;
+        self.db.commit(batch)?;
         writer.counts.extend(new_counts);
         if queued {
             self.queue_changed();

@@ -7,19 +7,20 @@
 
 use std::collections::BTreeMap;
 
-use fjall::{Database, Keyspace, PersistMode};
+use fjall::Keyspace;
 
 use super::Result;
+use super::failure::Db;
 use super::values::{Cursor, Stored, now_ms};
 
 /// The cursors part: owns `cursors`.
 pub struct Cursors {
-    db: Database,
+    db: Db,
     cursors: Keyspace,
 }
 
 impl Cursors {
-    pub(super) fn new(db: Database, cursors: Keyspace) -> Self {
+    pub(super) fn new(db: Db, cursors: Keyspace) -> Self {
         Self { db, cursors }
     }
 
@@ -31,8 +32,8 @@ impl Cursors {
     /// Saves `service`'s cursor on its own (positions that cover no single batch, like the
     /// firehose's, which many workers advance together).
     pub fn save(&self, service: &str, value: &str) -> Result<()> {
-        self.cursors.insert(service.as_bytes(), Cursor { value: value.to_string(), updated_ms: now_ms() }.encode())?;
-        Ok(())
+        let value = Cursor { value: value.to_string(), updated_ms: now_ms() }.encode();
+        self.db.write(|| self.cursors.insert(service.as_bytes(), value))
     }
 
     /// `service`'s saved cursor, if any.
@@ -60,10 +61,9 @@ impl Cursors {
         let services: Vec<String> =
             self.all()?.into_keys().filter(|k| k == "crawler" || k.starts_with("crawler/")).collect();
         for service in services {
-            let mut batch =
-                fjall::OwnedWriteBatch::with_capacity(self.db.clone(), 1).durability(Some(PersistMode::Buffer));
+            let mut batch = self.db.batch(1);
             self.stage(&mut batch, &service, String::new());
-            batch.commit()?;
+            self.db.commit(batch)?;
         }
         Ok(())
     }

@@ -10,19 +10,20 @@ use std::collections::HashMap;
 use std::ops::Bound::{Excluded, Included, Unbounded};
 use std::sync::Mutex;
 
-use fjall::{Database, Keyspace};
+use fjall::Keyspace;
 use sluice_handlers::IndexWrite;
 
+use super::failure::Db;
 use super::{Result, keyspace_options};
 
 /// The handler keyspaces part: owns every `handler.<name>` keyspace.
 pub struct HandlerSpaces {
-    db: Database,
+    db: Db,
     spaces: Mutex<HashMap<&'static str, Keyspace>>,
 }
 
 impl HandlerSpaces {
-    pub(super) fn new(db: Database) -> Self {
+    pub(super) fn new(db: Db) -> Self {
         Self { db, spaces: Mutex::new(HashMap::new()) }
     }
 

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound::{Excluded, Unbounded};
 
-use fjall::{Keyspace, PersistMode};
+use fjall::Keyspace;
 
 use super::repos::Repos;
 use super::values::{RepoState, RepoStatus};
@@ -134,8 +134,7 @@ impl<'s> Handles<'s> {
 
     /// Asks for `did`'s handle to be checked again (an `#identity` frame came).
     pub fn request_check(&self, did: &str) -> Result<()> {
-        self.index().checks.insert(did.as_bytes(), [])?;
-        Ok(())
+        self.store.db.write(|| self.index().checks.insert(did.as_bytes(), []))
     }
 
     /// Records the checker's verdict on `did`'s handle: `handle` (what its DID document names
@@ -143,8 +142,7 @@ impl<'s> Handles<'s> {
     /// check queue. A repo sluice no longer has is only taken off.
     pub fn set_verdict(&self, did: &str, handle: Option<String>, ok: bool) -> Result<()> {
         let store = self.store;
-        let mut batch =
-            fjall::OwnedWriteBatch::with_capacity(store.db.clone(), 4).durability(Some(PersistMode::Buffer));
+        let mut batch = store.db.batch(4);
         batch.remove(&self.index().checks, did.as_bytes());
         let writer = store.writer.lock().expect("writer lock");
         if let Some(old) = store.repos.state(did)? {
@@ -154,7 +152,7 @@ impl<'s> Handles<'s> {
             let mut deltas = BTreeMap::new();
             store.stage_state(&mut batch, &mut deltas, &writer, did, Some(old), new, true)?;
         }
-        batch.commit()?;
+        store.db.commit(batch)?;
         drop(writer);
         Ok(())
     }

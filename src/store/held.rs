@@ -5,27 +5,27 @@
 //! and releasing write on their own, outside any change's batch: a held commit is a frame not
 //! indexed yet, and the change that applies it is a commit of its own.
 
-use fjall::{Database, Keyspace, PersistMode};
+use fjall::Keyspace;
 
+use super::failure::Db;
 use super::values::{HeldCommit, Stored};
 use super::{Result, keys};
 
 /// The held commits part: owns `held`.
 pub struct Held {
-    db: Database,
+    db: Db,
     held: Keyspace,
 }
 
 impl Held {
-    pub(super) fn new(db: Database, held: Keyspace) -> Self {
+    pub(super) fn new(db: Db, held: Keyspace) -> Self {
         Self { db, held }
     }
 
     /// Holds the `#commit` `frame` of `did` at `rev` (holding the same rev twice keeps one).
     pub fn hold(&self, did: &str, rev: &str, frame: &[u8]) -> Result<()> {
         let value = HeldCommit { frame: frame.to_vec() }.encode();
-        self.held.insert(keys::held(did, rev), value)?;
-        Ok(())
+        self.db.write(|| self.held.insert(keys::held(did, rev), value))
     }
 
     /// `did`'s held commits in rev order: (rev, frame).
@@ -41,12 +41,11 @@ impl Held {
 
     /// Removes `did`'s held commits at `revs` (applied or skipped), in one batch.
     pub fn release(&self, did: &str, revs: &[String]) -> Result<()> {
-        let mut batch =
-            fjall::OwnedWriteBatch::with_capacity(self.db.clone(), revs.len()).durability(Some(PersistMode::Buffer));
+        let mut batch = self.db.batch(revs.len());
         for rev in revs {
             batch.remove(&self.held, keys::held(did, rev));
         }
-        Ok(batch.commit()?)
+        self.db.commit(batch)
     }
 
     /// Every DID with held commits, once each, in order.

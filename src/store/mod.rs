@@ -47,6 +47,7 @@ mod blocks;
 mod commit;
 mod counts;
 mod cursors;
+mod failure;
 mod handler_spaces;
 mod handles;
 mod held;
@@ -63,10 +64,11 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
-use fjall::{Database, KeyspaceCreateOptions, PersistMode};
+use fjall::KeyspaceCreateOptions;
 
 pub use commit::{Committed, Prepared, RepoChange};
 pub use cursors::Cursors;
+pub use failure::DiskFailure;
 pub use handler_spaces::HandlerSpaces;
 pub use handles::Handles;
 pub use held::Held;
@@ -79,13 +81,28 @@ pub use values::{
 };
 
 use commit::Writer;
+use failure::Db;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// fjall failed.
-    #[error("storage: {0}")]
-    Fjall(#[from] fjall::Error),
+    /// A write failed (the disk is full, or an I/O error): the store takes no more writes until
+    /// it is opened again. Later writes report the same first failure (see `failure.rs`).
+    #[error(transparent)]
+    Disk(DiskFailure),
+    /// fjall refuses writes after a failure whose cause it did not keep (a background worker
+    /// that panicked).
+    #[error(
+        "storage failed at {}: an earlier write failed (the log says why); run again, nothing is lost",
+        path.display()
+    )]
+    Poisoned { path: std::path::PathBuf },
+    /// An I/O error outside a write (a read).
+    #[error("storage I/O failed")]
+    Io(#[source] std::io::Error),
+    /// fjall failed otherwise.
+    #[error("storage failed")]
+    Fjall(#[source] fjall::Error),
     /// A stored key did not decode.
     #[error(transparent)]
     Key(#[from] keys::KeyError),
@@ -94,11 +111,32 @@ pub enum StoreError {
     Value(#[from] values::ValueError),
 }
 
+impl StoreError {
+    /// The failed write, when that is what this is.
+    pub fn disk_failure(&self) -> Option<&DiskFailure> {
+        match self {
+            StoreError::Disk(failure) => Some(failure),
+            _ => None,
+        }
+    }
+}
+
+/// fjall's errors outside writes (which go through `failure::Db`, which knows the path and the
+/// first failure).
+impl From<fjall::Error> for StoreError {
+    fn from(e: fjall::Error) -> Self {
+        match e {
+            fjall::Error::Io(io) | fjall::Error::Storage(fjall::LsmError::Io(io)) => StoreError::Io(io),
+            other => StoreError::Fjall(other),
+        }
+    }
+}
+
 type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// The open store.
 pub struct Store {
-    db: Database,
+    db: Db,
     log: EventLog,
     records: Records,
     repos: Repos,
@@ -121,9 +159,9 @@ impl Store {
     /// Opens (or creates) the store in `dir`: each part opens its keyspaces, and the writer
     /// starts from the log's tail and the stored counters.
     pub fn open(dir: &Path) -> Result<Self> {
-        // Journal entries are not compressed: compressing event pages there cost the committing
-        // thread about a fifth of its time, for a journal that is dropped once flushed.
-        let db = Database::builder(dir).journal_compression(fjall::CompressionType::None).open()?;
+        // Journal entries are not compressed (`Db::open`): compressing event pages there cost the
+        // committing thread about a fifth of its time, for a journal that is dropped once flushed.
+        let db = Db::open(dir)?;
         let ks = |name: &str| db.keyspace(name, || keyspace_options(name));
         let blocks = blocks::Blocks::new(ks("blocks")?);
         let log = EventLog::new(db.clone(), ks("events")?, ks("event_times")?, blocks.clone());
@@ -230,7 +268,7 @@ impl Store {
 
     /// Flushes the journal to disk.
     pub fn persist(&self) -> Result<()> {
-        Ok(self.db.persist(PersistMode::SyncAll)?)
+        self.db.persist()
     }
 }
 

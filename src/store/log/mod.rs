@@ -22,7 +22,9 @@ use std::borrow::Cow;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
-use fjall::{Database, Keyspace};
+use fjall::Keyspace;
+
+use super::failure::Db;
 
 pub use retention::Trimmed;
 pub(super) use times::first_time;
@@ -61,7 +63,7 @@ pub(super) fn encode_pages(events: Vec<StoredEvent>) -> Vec<EncodedPage> {
 /// The event log part: owns `events` and `event_times`, reads legacy bodies from `blocks`.
 pub struct EventLog {
     /// For retention's batches, which are its own.
-    db: Database,
+    db: Db,
     events: Keyspace,
     event_times: Keyspace,
     blocks: Blocks,
@@ -74,7 +76,7 @@ pub struct EventLog {
 }
 
 impl EventLog {
-    pub(super) fn new(db: Database, events: Keyspace, event_times: Keyspace, blocks: Blocks) -> Self {
+    pub(super) fn new(db: Db, events: Keyspace, event_times: Keyspace, blocks: Blocks) -> Self {
         Self {
             db,
             events,

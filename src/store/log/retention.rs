@@ -11,8 +11,6 @@
 
 use std::sync::atomic::Ordering;
 
-use fjall::PersistMode;
-
 use super::EventLog;
 use super::times::TimeEntry;
 use crate::store::values::{EventSpan, Stored};
@@ -93,7 +91,7 @@ impl EventLog {
         let mut spans = self.event_times.range(from.unwrap_or_default().to_vec()..);
         let Some(first) = spans.next() else { return Ok((Trimmed::default(), None)) };
         let mut current = first.into_inner()?;
-        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+        let mut batch = self.db.batch(2 * max_pages + 2);
         let mut trimmed = Trimmed::default();
         for next in spans {
             let next = next.into_inner()?;
@@ -115,7 +113,7 @@ impl EventLog {
             current = next;
         }
         if trimmed.pages > 0 {
-            batch.commit()?;
+            self.db.commit(batch)?;
         }
         Ok((trimmed, Some(current.0)))
     }
