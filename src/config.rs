@@ -448,7 +448,7 @@ impl LimitsConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read")]
     Io { path: String, source: std::io::Error },
     /// The file is invalid.
     #[error("{path}: {message}")]

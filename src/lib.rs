@@ -8,6 +8,7 @@
 //!
 //! # Layout
 //! - [`process`]: the ground floor: cores, resident memory, background threads' priorities.
+//! - [`error`]: errors shown with their causes, on one line (typed inside, see its doc).
 //! - [`config`]: `config.toml` and environment overrides.
 //! - [`filter`]: the filter model, TOML parsing, hot reload.
 //! - [`syntax`]: AT Protocol identifier syntax (by jacquard).
@@ -41,6 +42,7 @@ pub mod backfill;
 pub mod cluster;
 pub mod config;
 pub mod devnet;
+pub mod error;
 pub mod filter;
 pub mod firehose;
 pub mod handles;

@@ -18,7 +18,7 @@ pub enum ValueError {
     #[error("stored {what} value has format version {version}, this build reads up to {newest}")]
     Version { what: &'static str, version: u8, newest: u8 },
     /// The bytes do not decode.
-    #[error("stored {what} value is corrupt: {source}")]
+    #[error("stored {what} value is corrupt")]
     Corrupt { what: &'static str, source: postcard::Error },
 }
 
