@@ -157,11 +157,11 @@ pub enum IndexError {
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
     /// The given signing key is invalid.
-    #[error("{0}")]
-    Key(String),
+    #[error(transparent)]
+    Key(#[from] repo::KeyError),
     /// The CAR file could not be read.
-    #[error("reading the CAR file: {0}")]
-    Read(std::io::Error),
+    #[error("reading the CAR file")]
+    Read(#[source] std::io::Error),
 }
 
 impl Sluice {

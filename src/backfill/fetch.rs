@@ -44,7 +44,7 @@ impl Spooled {
             Spooled::File(file) => file,
         };
         // A new handle, at the start of the file (the writer's is at its end).
-        let reader = file.reopen().map_err(|e| RepoError::Car(format!("reading the spooled export: {e}")))?;
+        let reader = file.reopen().map_err(|e| RepoError::Read { what: "the spooled export", source: e.into() })?;
         match reader.metadata().map(|m| m.len()) {
             Ok(len) if len <= walk_in_memory => read_car_file_into_memory(&reader, limits),
             _ => read_car_file(reader, limits),

@@ -75,7 +75,7 @@ impl Blocks {
             BlockSource::File(file) => {
                 let mut buf = vec![0; len as usize];
                 std::os::unix::fs::FileExt::read_exact_at(file, &mut buf, offset)
-                    .map_err(|e| RepoError::Car(format!("reading block {cid} back from the spooled export: {e}")))?;
+                    .map_err(|e| RepoError::Read { what: "a block of the spooled export", source: e.into() })?;
                 Ok(Some(Bytes::from(buf)))
             }
         }
@@ -364,7 +364,7 @@ pub fn read_car_file(file: std::fs::File, limits: &CarLimits) -> Result<LoadedRe
 /// [`read_car`] over a file, read whole into memory first: for a CAR small enough to walk
 /// from memory, which then costs one read, not one per block.
 pub fn read_car_file_into_memory(file: &std::fs::File, limits: &CarLimits) -> Result<LoadedRepo, RepoError> {
-    let unreadable = |e: std::io::Error| RepoError::Car(format!("reading the CAR file: {e}"));
+    let unreadable = |e: std::io::Error| RepoError::Read { what: "the CAR file", source: e.into() };
     let size = file.metadata().map_err(unreadable)?.len();
     check_car_size(size, limits)?;
     let mut bytes = Vec::with_capacity(size as usize);
@@ -495,7 +495,17 @@ impl LoadedRepo {
 }
 
 /// Parses a signing key given as `did:key:z...` or a bare multibase multikey `z...`.
-pub fn parse_public_key(s: &str) -> Result<PublicKey<'static>, String> {
+pub fn parse_public_key(s: &str) -> Result<PublicKey<'static>, KeyError> {
     let multibase = s.strip_prefix("did:key:").unwrap_or(s);
-    PublicKey::decode(multibase).map_err(|e| format!("invalid public key `{s}`: {e:?}"))
+    PublicKey::decode(multibase).map_err(|source| KeyError { key: s.to_string(), source })
+}
+
+/// A public key that does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid public key `{key}`")]
+pub struct KeyError {
+    /// The key as given.
+    pub key: String,
+    /// Why it does not decode.
+    pub source: jacquard_common::types::crypto::CryptoError,
 }

@@ -16,15 +16,17 @@ mod signature;
 mod walk;
 
 pub use car::{
-    CarLimits, LoadedRepo, parse_public_key, read_car, read_car_file, read_car_file_into_memory, read_car_from,
-    read_car_owned,
+    CarLimits, KeyError, LoadedRepo, parse_public_key, read_car, read_car_file, read_car_file_into_memory,
+    read_car_from, read_car_owned,
 };
 pub use signature::verify_commit;
 pub use walk::{RecordCid, RecordEntry, RecordKey, RecordKeys, Records};
 
 use cid::Cid;
 
-/// Why a repo was refused. Each names the problem; nothing is written for a refused repo.
+/// Why a repo was refused. Each names the problem; nothing is written for a refused repo. The
+/// texts describe what is wrong with the repo (the network's input, compared in tests and
+/// fuzzing); a local I/O failure is [`RepoError::Read`], with its error.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RepoError {
     /// The CAR is over a configured limit.
@@ -33,6 +35,9 @@ pub enum RepoError {
     /// The CAR container is malformed or cut short.
     #[error("malformed or truncated CAR: {0}")]
     Car(String),
+    /// A CAR file (or a spooled export) could not be read.
+    #[error("reading {what}")]
+    Read { what: &'static str, source: ReadError },
     /// A block's bytes do not hash to its CID.
     #[error("block {0} does not match its CID")]
     CidMismatch(Cid),
@@ -57,6 +62,44 @@ pub enum RepoError {
     /// An MST node is malformed.
     #[error("malformed MST node {cid}: {problem}")]
     Mst { cid: Cid, problem: String },
+}
+
+/// The I/O error of [`RepoError::Read`]: shared, so that the error stays `Clone`, and equal to
+/// another of the same kind and text, so that it stays `Eq`.
+#[derive(Debug, Clone)]
+pub struct ReadError(std::sync::Arc<std::io::Error>);
+
+impl From<std::io::Error> for ReadError {
+    fn from(e: std::io::Error) -> Self {
+        ReadError(std::sync::Arc::new(e))
+    }
+}
+
+impl ReadError {
+    /// The I/O error.
+    pub fn io_error(&self) -> &std::io::Error {
+        &self.0
+    }
+}
+
+impl PartialEq for ReadError {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.kind() == other.0.kind() && self.0.to_string() == other.0.to_string()
+    }
+}
+
+impl Eq for ReadError {}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ReadError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 pub use fuzz::fuzz_car;
