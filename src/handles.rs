@@ -18,11 +18,32 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 use hickory_resolver::TokioResolver;
+use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::RData;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::{IdentityError, Resolver};
 use crate::store::Store;
+
+/// Why a handle could not be resolved now (or a resolver not made).
+#[derive(Debug, thiserror::Error)]
+pub enum HandleError {
+    /// The system's DNS configuration could not be read.
+    #[error("reading the system's DNS configuration")]
+    DnsConfig(#[source] NetError),
+    /// The HTTP client could not be built.
+    #[error("building the HTTP client")]
+    Client(#[source] reqwest::Error),
+    /// DNS did not answer.
+    #[error("DNS TXT _atproto.{handle}")]
+    Dns { handle: String, source: NetError },
+    /// The `resolveHandle` service could not be asked, or its answer read.
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    /// The `resolveHandle` service answered an error.
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: reqwest::StatusCode },
+}
 
 /// How a handle is resolved to a DID.
 pub struct HandleResolver {
@@ -39,21 +60,18 @@ enum How {
 
 impl HandleResolver {
     /// Resolves through `service`'s `resolveHandle` when given, else directly (DNS, HTTPS).
-    pub fn new(service: Option<&str>, timeout: Duration) -> Result<Self, String> {
+    pub fn new(service: Option<&str>, timeout: Duration) -> Result<Self, HandleError> {
         match service {
             Some(url) => {
                 Ok(Self { http: http_client(timeout)?, how: How::Service(url.trim_end_matches('/').to_string()) })
             }
-            None => Self::direct(
-                TokioResolver::builder_tokio().map_err(|e| format!("reading the system's DNS configuration: {e}"))?,
-                timeout,
-            ),
+            None => Self::direct(TokioResolver::builder_tokio().map_err(HandleError::DnsConfig)?, timeout),
         }
     }
 
     /// Resolves directly (DNS, then HTTPS), asking the DNS server at `nameserver` (UDP)
     /// instead of the system's: for a resolver of one's own, and for tests.
-    pub fn direct_via(nameserver: std::net::SocketAddr, timeout: Duration) -> Result<Self, String> {
+    pub fn direct_via(nameserver: std::net::SocketAddr, timeout: Duration) -> Result<Self, HandleError> {
         use hickory_resolver::config::{NameServerConfig, ResolverConfig};
         let mut server = NameServerConfig::udp(nameserver.ip());
         server.connections.iter_mut().for_each(|c| c.port = nameserver.port());
@@ -68,17 +86,17 @@ impl HandleResolver {
     fn direct(
         mut builder: hickory_resolver::ResolverBuilder<hickory_resolver::net::runtime::TokioRuntimeProvider>,
         timeout: Duration,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, HandleError> {
         builder.options_mut().timeout = timeout;
         Ok(Self {
             http: http_client(timeout)?,
-            how: How::Direct(Box::new(builder.build().map_err(|e| e.to_string())?)),
+            how: How::Direct(Box::new(builder.build().map_err(HandleError::DnsConfig)?)),
         })
     }
 
     /// The DID `handle` resolves to: `Ok(None)` when it resolves to none, `Err` when the
     /// answer could not be had (worth asking again later).
-    pub async fn resolve(&self, handle: &str) -> Result<Option<String>, String> {
+    pub async fn resolve(&self, handle: &str) -> Result<Option<String>, HandleError> {
         match &self.how {
             How::Service(base) => self.by_service(base, handle).await,
             How::Direct(dns) => match by_dns(dns, handle).await? {
@@ -88,17 +106,16 @@ impl HandleResolver {
         }
     }
 
-    async fn by_service(&self, base: &str, handle: &str) -> Result<Option<String>, String> {
+    async fn by_service(&self, base: &str, handle: &str) -> Result<Option<String>, HandleError> {
         let url = format!("{base}/xrpc/com.atproto.identity.resolveHandle");
-        let resp =
-            self.http.get(&url).query(&[("handle", handle)]).send().await.map_err(|e| crate::http::error_chain(&e))?;
+        let resp = self.http.get(&url).query(&[("handle", handle)]).send().await?;
         if resp.status() == reqwest::StatusCode::BAD_REQUEST || resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
         }
         if !resp.status().is_success() {
-            return Err(format!("{url} answered HTTP {}", resp.status()));
+            return Err(HandleError::Status { url, status: resp.status() });
         }
-        let body: serde_json::Value = resp.json().await.map_err(|e| crate::http::error_chain(&e))?;
+        let body: serde_json::Value = resp.json().await?;
         Ok(body["did"].as_str().filter(|d| crate::syntax::is_did(d)).map(str::to_string))
     }
 
@@ -115,17 +132,17 @@ impl HandleResolver {
 }
 
 /// The HTTP client of handle lookups.
-fn http_client(timeout: Duration) -> Result<reqwest::Client, String> {
-    crate::http::client_builder().timeout(timeout).build().map_err(|e| e.to_string())
+fn http_client(timeout: Duration) -> Result<reqwest::Client, HandleError> {
+    crate::http::client_builder().timeout(timeout).build().map_err(HandleError::Client)
 }
 
 /// The DID of `_atproto.<handle>`'s TXT record; `Ok(None)` when there is none (or several that
 /// disagree), `Err` when DNS did not answer.
-async fn by_dns(dns: &TokioResolver, handle: &str) -> Result<Option<String>, String> {
+async fn by_dns(dns: &TokioResolver, handle: &str) -> Result<Option<String>, HandleError> {
     let lookup = match dns.txt_lookup(format!("_atproto.{handle}.")).await {
         Ok(lookup) => lookup,
         Err(e) if e.is_no_records_found() || e.is_nx_domain() => return Ok(None),
-        Err(e) => return Err(format!("DNS TXT _atproto.{handle}: {e}")),
+        Err(source) => return Err(HandleError::Dns { handle: handle.to_string(), source }),
     };
     let dids: Vec<String> = lookup
         .answers()
@@ -143,12 +160,23 @@ async fn by_dns(dns: &TokioResolver, handle: &str) -> Result<Option<String>, Str
 }
 
 /// What one check concluded.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Verdict {
     /// The handle (`Some`: what the DID document names now) is the repo's own, or not.
     Checked { handle: Option<String>, ok: bool },
     /// The document or the handle could not be looked up now; asked again later.
-    Later(String),
+    Later(CheckError),
+}
+
+/// Why a check was put off.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// The DID document could not be had now.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The handle could not be resolved now.
+    #[error(transparent)]
+    Handle(#[from] HandleError),
 }
 
 /// Checks queued handles at a bounded rate (see the module's doc).
@@ -179,14 +207,14 @@ impl HandleChecker {
             Err(IdentityError::NotFound(_) | IdentityError::InvalidDocument { .. } | IdentityError::Unsupported(_)) => {
                 return Verdict::Checked { handle: None, ok: false };
             }
-            Err(e) => return Verdict::Later(e.to_string()),
+            Err(e) => return Verdict::Later(e.into()),
         };
         let Some(handle) = identity.handle.clone().filter(|h| crate::syntax::is_handle(h)) else {
             return Verdict::Checked { handle: None, ok: false };
         };
         match self.handles.resolve(&handle).await {
             Ok(found) => Verdict::Checked { ok: found.as_deref() == Some(did), handle: Some(handle) },
-            Err(e) => Verdict::Later(e),
+            Err(e) => Verdict::Later(e.into()),
         }
     }
 
@@ -195,7 +223,7 @@ impl HandleChecker {
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         if let Err(e) = self.queue_old_handles(&stop).await {
             tracing::warn!(
-                error = %e,
+                error = %crate::error::chain(&e),
                 "queueing the handles of older repo states failed; they are checked when next stored"
             );
         }
@@ -206,7 +234,7 @@ impl HandleChecker {
             let page = match self.store.handles().checks_after(after.as_deref(), 256) {
                 Ok(page) => page,
                 Err(e) => {
-                    tracing::error!(error = %e, "reading the handle-check queue failed");
+                    tracing::error!(error = %crate::error::chain(&e), "reading the handle-check queue failed");
                     Vec::new()
                 }
             };
@@ -262,13 +290,13 @@ impl HandleChecker {
                 tracing::debug!(did, handle = handle.as_deref().unwrap_or("-"), ok, "handle checked");
                 self.store.handles().set_verdict(did, handle, ok)
             }
-            Verdict::Later(reason) => {
-                tracing::debug!(did, %reason, "handle check put off");
+            Verdict::Later(e) => {
+                tracing::debug!(did, reason = %crate::error::chain(&e), "handle check put off");
                 return;
             }
         };
         if let Err(e) = written {
-            tracing::error!(did, error = %e, "storing a handle verdict failed");
+            tracing::error!(did, error = %crate::error::chain(&e), "storing a handle verdict failed");
         }
     }
 

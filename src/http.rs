@@ -1,5 +1,5 @@
 //! The HTTP client pieces every network caller shares (identity, backfill fetch, crawler): one
-//! user agent, `Retry-After`, and error chains on one line.
+//! user agent and `Retry-After`.
 
 use std::time::Duration;
 
@@ -12,18 +12,6 @@ pub fn client_builder() -> reqwest::ClientBuilder {
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let secs: u64 = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()?;
     Some(Duration::from_secs(secs.min(24 * 3600)))
-}
-
-/// An error with its sources, on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

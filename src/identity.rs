@@ -12,10 +12,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use jacquard_common::types::crypto::{KeyCodec, PublicKey};
+use jacquard_common::types::crypto::{CryptoError, KeyCodec, PublicKey};
 use jacquard_common::types::did_doc::DidDocument;
 
-use crate::http::{error_chain, retry_after};
+use crate::http::retry_after;
 
 /// A resolved identity.
 #[derive(Debug, Clone)]
@@ -31,7 +31,7 @@ pub struct Identity {
 }
 
 /// Why a DID did not resolve, by what a caller should do about it.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// The directory or host does not know the DID (tombstoned or never created).
     #[error("{0}: DID not found")]
@@ -40,14 +40,60 @@ pub enum IdentityError {
     #[error("{did}: identity lookup rate limited")]
     RateLimited { did: String, retry_after: Option<Duration> },
     /// Network failure, timeout or server error: worth retrying.
-    #[error("{did}: identity lookup failed: {reason}")]
-    Transport { did: String, reason: String },
+    #[error("{did}: identity lookup failed")]
+    Transport { did: String, source: TransportError },
     /// The document is there but unusable (bad JSON, wrong id, no key or PDS).
-    #[error("{did}: invalid DID document: {reason}")]
-    InvalidDocument { did: String, reason: String },
+    #[error("{did}: invalid DID document")]
+    InvalidDocument { did: String, source: DocumentError },
     /// Not did:plc or did:web, or not a DID.
     #[error("{0}: unsupported DID")]
     Unsupported(String),
+}
+
+/// How fetching a DID document failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The request failed (connection, TLS, timeout) or its body did not arrive.
+    #[error(transparent)]
+    Http(#[from] reqwest::Error),
+    /// The server answered an error.
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: reqwest::StatusCode },
+}
+
+/// What makes a DID document unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    /// Not JSON, or not a DID document's.
+    #[error("not a DID document")]
+    Json(#[source] serde_json::Error),
+    /// The document's `id` is another DID.
+    #[error("document is for {0}")]
+    OtherDid(String),
+    /// No PDS service.
+    #[error("no AtprotoPersonalDataServer service")]
+    NoPds,
+    /// The PDS endpoint is not `http(s)://`.
+    #[error("PDS endpoint {0} is not an HTTP URL")]
+    PdsNotHttp(String),
+    /// No `#atproto` verification method.
+    #[error("no #atproto verification method")]
+    NoKey,
+    /// The `#atproto` method has no key.
+    #[error("the #atproto key has no publicKeyMultibase")]
+    NoMultibase,
+    /// The key is of a type sluice does not check.
+    #[error("unsupported key type {0}")]
+    KeyType(String),
+    /// The Multikey does not decode.
+    #[error("bad Multikey")]
+    Multikey(#[source] CryptoError),
+    /// The legacy key's multibase does not decode.
+    #[error("bad legacy key")]
+    LegacyKey(#[source] multibase::Error),
+    /// The key's bytes are not a point of its curve.
+    #[error("{0:?} key is not a valid curve point")]
+    CurvePoint(KeyCodec),
 }
 
 /// Resolver settings.
@@ -135,8 +181,8 @@ impl Resolver {
     }
 
     async fn fetch(&self, did: &str, url: &str) -> Result<Vec<u8>, IdentityError> {
-        let transport = |reason: String| IdentityError::Transport { did: did.into(), reason };
-        let resp = self.http.get(url).send().await.map_err(|e| transport(error_chain(&e)))?;
+        let transport = |source: TransportError| IdentityError::Transport { did: did.into(), source };
+        let resp = self.http.get(url).send().await.map_err(|e| transport(e.into()))?;
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
             return Err(IdentityError::NotFound(did.into()));
@@ -145,9 +191,9 @@ impl Resolver {
             return Err(IdentityError::RateLimited { did: did.into(), retry_after: retry_after(resp.headers()) });
         }
         if !status.is_success() {
-            return Err(transport(format!("{url} answered HTTP {status}")));
+            return Err(transport(TransportError::Status { url: url.to_string(), status }));
         }
-        Ok(resp.bytes().await.map_err(|e| transport(error_chain(&e)))?.to_vec())
+        Ok(resp.bytes().await.map_err(|e| transport(e.into()))?.to_vec())
     }
 }
 
@@ -175,15 +221,15 @@ pub fn document_url(did: &str, plc_url: &str) -> Result<String, IdentityError> {
 
 /// Reads the PDS endpoint, signing key and handle of `did` from its document's JSON.
 pub fn identity_from_document(did: &str, json: &[u8]) -> Result<Identity, IdentityError> {
-    let invalid = |reason: String| IdentityError::InvalidDocument { did: did.into(), reason };
-    let doc: DidDocument = serde_json::from_slice(json).map_err(|e| invalid(format!("not a DID document: {e}")))?;
+    let invalid = |source: DocumentError| IdentityError::InvalidDocument { did: did.into(), source };
+    let doc: DidDocument = serde_json::from_slice(json).map_err(|e| invalid(DocumentError::Json(e)))?;
     if doc.id.as_str() != did {
-        return Err(invalid(format!("document is for {}", doc.id.as_str())));
+        return Err(invalid(DocumentError::OtherDid(doc.id.as_str().to_string())));
     }
-    let pds = doc.pds_endpoint().ok_or_else(|| invalid("no AtprotoPersonalDataServer service".into()))?;
+    let pds = doc.pds_endpoint().ok_or_else(|| invalid(DocumentError::NoPds))?;
     let pds = pds.as_str().trim_end_matches('/').to_string();
     if !(pds.starts_with("https://") || pds.starts_with("http://")) {
-        return Err(invalid(format!("PDS endpoint {pds} is not an HTTP URL")));
+        return Err(invalid(DocumentError::PdsNotHttp(pds)));
     }
     let key = signing_key(&doc).map_err(invalid)?;
     let handle = doc.handles().first().map(|h| h.as_str().to_string());
@@ -191,21 +237,20 @@ pub fn identity_from_document(did: &str, json: &[u8]) -> Result<Identity, Identi
 }
 
 /// The `#atproto` verification method's key, in either form.
-fn signing_key(doc: &DidDocument) -> Result<PublicKey<'static>, String> {
+fn signing_key(doc: &DidDocument) -> Result<PublicKey<'static>, DocumentError> {
     let methods = doc.verification_method.as_deref().unwrap_or_default();
-    let method =
-        methods.iter().find(|m| m.id.as_str().ends_with("#atproto")).ok_or("no #atproto verification method")?;
-    let multibase = method.public_key_multibase.as_ref().ok_or("the #atproto key has no publicKeyMultibase")?.as_str();
+    let method = methods.iter().find(|m| m.id.as_str().ends_with("#atproto")).ok_or(DocumentError::NoKey)?;
+    let multibase = method.public_key_multibase.as_ref().ok_or(DocumentError::NoMultibase)?.as_str();
     let legacy = match method.r#type.as_str() {
         "Multikey" => None,
         "EcdsaSecp256k1VerificationKey2019" => Some(KeyCodec::Secp256k1),
         "EcdsaSecp256r1VerificationKey2019" => Some(KeyCodec::P256),
-        other => return Err(format!("unsupported key type {other}")),
+        other => return Err(DocumentError::KeyType(other.to_string())),
     };
     let key = match legacy {
-        None => PublicKey::decode(multibase).map_err(|e| format!("bad Multikey: {e}"))?,
+        None => PublicKey::decode(multibase).map_err(DocumentError::Multikey)?,
         Some(codec) => {
-            let (_, bytes) = multibase::decode(multibase).map_err(|e| format!("bad legacy key: {e}"))?;
+            let (_, bytes) = multibase::decode(multibase).map_err(DocumentError::LegacyKey)?;
             PublicKey { codec, bytes: Cow::Owned(bytes) }
         }
     };
@@ -217,7 +262,7 @@ fn signing_key(doc: &DidDocument) -> Result<PublicKey<'static>, String> {
     };
     match usable {
         true => Ok(key),
-        false => Err(format!("{:?} key is not a valid curve point", key.codec)),
+        false => Err(DocumentError::CurvePoint(key.codec)),
     }
 }
 
@@ -275,12 +320,12 @@ mod tests {
             (doc(json!({"id": "#atproto", "type": "Multikey", "publicKeyMultibase": "zzzz"})), "bad Multikey"),
         ];
         for (json, want) in cases {
-            let e = identity_from_document("did:plc:abc", &json).unwrap_err().to_string();
+            let e = crate::error::chain(&identity_from_document("did:plc:abc", &json).unwrap_err()).to_string();
             assert!(e.contains(want), "{e} should say {want}");
         }
-        let e = identity_from_document("did:plc:other", &doc(json!({"id": "#atproto", "type": "Multikey"})))
-            .unwrap_err()
-            .to_string();
+        let e =
+            identity_from_document("did:plc:other", &doc(json!({"id": "#atproto", "type": "Multikey"}))).unwrap_err();
+        let e = crate::error::chain(&e).to_string();
         assert!(e.contains("document is for did:plc:abc"), "{e}");
     }
 

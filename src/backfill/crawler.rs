@@ -11,9 +11,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::error::chain;
 use crate::filter::{Filter, Mode};
-use crate::http::{error_chain, retry_after};
-use crate::store::{RepoState, RepoStatus, Store, values::now_ms};
+use crate::http::retry_after;
+use crate::store::{RepoState, RepoStatus, Store, StoreError, values::now_ms};
 
 use crate::store::schedule;
 
@@ -77,6 +78,31 @@ fn active_default() -> bool {
     true
 }
 
+/// Why a crawl stopped (what it queued until then stays queued).
+#[derive(Debug, thiserror::Error)]
+pub enum CrawlError {
+    /// A page of the listing could not be had, five times in a row.
+    #[error("listing repos")]
+    Listing(#[source] PageError),
+    /// A page of the listing did not decode.
+    #[error("listing repos: a page did not decode")]
+    Page(#[source] reqwest::Error),
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+}
+
+/// One failed request for a page of a listing.
+#[derive(Debug, thiserror::Error)]
+pub enum PageError {
+    /// The relay answered an error.
+    #[error("{url} answered HTTP {status}")]
+    Status { url: String, status: reqwest::StatusCode },
+    /// The request failed (connection, TLS, timeout).
+    #[error(transparent)]
+    Request(#[from] reqwest::Error),
+}
+
 /// What a crawl found.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CrawlSummary {
@@ -116,7 +142,7 @@ impl Crawler {
     }
 
     /// Pages through `listing` from its saved cursor to the end, queueing new repos.
-    pub async fn crawl(&self, store: &Store, listing: &Listing) -> anyhow::Result<CrawlSummary> {
+    pub async fn crawl(&self, store: &Store, listing: &Listing) -> Result<CrawlSummary, CrawlError> {
         let service = listing.service();
         let mut cursor = store.cursors().all()?.remove(&service).map(|(c, _)| c).filter(|c| !c.is_empty());
         let mut summary = CrawlSummary::default();
@@ -139,7 +165,7 @@ impl Crawler {
     }
 
     /// One page, retrying rate limits and failures a few times.
-    async fn page(&self, listing: &Listing, cursor: Option<&str>) -> anyhow::Result<Page> {
+    async fn page(&self, listing: &Listing, cursor: Option<&str>) -> Result<Page, CrawlError> {
         let mut query = vec![("limit", self.page_size.to_string())];
         if let Listing::ByCollection(c) = listing {
             query.push(("collection", c.clone()));
@@ -152,19 +178,19 @@ impl Crawler {
         loop {
             attempt += 1;
             let failure = match self.http.get(&url).query(&query).send().await {
-                Ok(resp) if resp.status().is_success() => return Ok(resp.json().await?),
+                Ok(resp) if resp.status().is_success() => return resp.json().await.map_err(CrawlError::Page),
                 Ok(resp) if resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
                     let pause = retry_after(resp.headers()).unwrap_or(Duration::from_secs(5));
                     tokio::time::sleep(pause).await;
                     continue;
                 }
-                Ok(resp) => format!("{url} answered HTTP {}", resp.status()),
-                Err(e) => error_chain(&e),
+                Ok(resp) => PageError::Status { url: url.clone(), status: resp.status() },
+                Err(e) => PageError::Request(e),
             };
             if attempt >= 5 {
-                anyhow::bail!("listing repos: {failure}");
+                return Err(CrawlError::Listing(failure));
             }
-            tracing::warn!(%failure, attempt, "listing repos failed; retrying");
+            tracing::warn!(failure = %chain(&failure), attempt, "listing repos failed; retrying");
             tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
         }
     }
@@ -178,7 +204,7 @@ fn queue_page(
     shard: crate::cluster::Shard,
     service: &str,
     cursor: Option<&str>,
-) -> anyhow::Result<(u64, u64)> {
+) -> Result<(u64, u64), StoreError> {
     let now = now_ms();
     let fresh = RepoState { updated_ms: now, ..Default::default() };
     let candidates =

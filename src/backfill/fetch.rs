@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 
-use crate::http::{error_chain, retry_after};
+use crate::http::retry_after;
 use crate::repo::{CarLimits, LoadedRepo, RepoError, read_car_file, read_car_file_into_memory, read_car_owned};
 
 /// Downloads up to this size stay in memory; bigger ones go to a file in the spool directory.
@@ -77,9 +77,38 @@ pub enum FetchError {
     /// The export is invalid.
     #[error(transparent)]
     Repo(#[from] RepoError),
-    /// Network or server failure: worth retrying.
-    #[error("{0}")]
-    Failed(String),
+    /// The request failed (connection, TLS, timeout): worth retrying.
+    #[error("{pds}")]
+    Request {
+        /// The PDS asked.
+        pds: String,
+        /// What failed.
+        source: reqwest::Error,
+    },
+    /// The PDS answered an error that does not say the repo is gone: worth retrying.
+    #[error("getRepo answered HTTP {status}{}", xrpc_detail(error, message))]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The XRPC error name, when the answer had one.
+        error: String,
+        /// Its message.
+        message: String,
+    },
+    /// Reading the answer's body failed: worth retrying.
+    #[error("reading the repo")]
+    Body(#[source] reqwest::Error),
+    /// Writing the download to a spool file failed: worth retrying.
+    #[error("reading the repo: spooling it to a file")]
+    Spool(#[source] std::io::Error),
+}
+
+/// `: <error>: <message>` after an XRPC error status, when the answer named an error.
+fn xrpc_detail(error: &str, message: &str) -> String {
+    match error.is_empty() {
+        true => String::new(),
+        false => format!(": {error}: {message}"),
+    }
 }
 
 /// When each PDS host may be asked again after a 429.
@@ -150,6 +179,11 @@ impl RepoFetcher {
         }
     }
 
+    /// Where large downloads are spooled.
+    pub fn spool_dir(&self) -> &Path {
+        &self.spool_dir
+    }
+
     /// The CAR limits downloads are held to.
     pub fn limits(&self) -> &CarLimits {
         &self.limits
@@ -175,7 +209,7 @@ impl RepoFetcher {
                 .query(&[("did", did)])
                 .send()
                 .await
-                .map_err(|e| FetchError::Failed(format!("{pds}: {}", error_chain(&e))))?;
+                .map_err(|source| FetchError::Request { pds: pds.to_string(), source })?;
             if resp.status() != reqwest::StatusCode::TOO_MANY_REQUESTS {
                 break resp;
             }
@@ -197,12 +231,11 @@ impl RepoFetcher {
 
     /// Takes a body into memory, or into a spool file once it passes [`SPOOL_IN_MEMORY`].
     async fn spool(&self, resp: reqwest::Response) -> Result<Spooled, FetchError> {
-        let failed = |e: &dyn std::error::Error| FetchError::Failed(format!("reading the repo: {}", error_chain(e)));
         let (mut memory, mut file) = (Vec::new(), None::<tempfile::NamedTempFile>);
         let mut total = 0u64;
         let mut body = resp.bytes_stream();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| failed(&e))?;
+            let chunk = chunk.map_err(FetchError::Body)?;
             total += chunk.len() as u64;
             if total > self.limits.max_car_bytes {
                 return Err(FetchError::Repo(RepoError::TooLarge(format!(
@@ -213,12 +246,12 @@ impl RepoFetcher {
             match file.as_mut() {
                 // Blocking writes of one chunk into the page cache: short, and cheaper than a
                 // thread hop per chunk.
-                Some(f) => f.write_all(&chunk).map_err(|e| failed(&e))?,
+                Some(f) => f.write_all(&chunk).map_err(FetchError::Spool)?,
                 None => memory.extend_from_slice(&chunk),
             }
             if file.is_none() && memory.len() > self.spool_in_memory {
-                let mut f = spool_file(&self.spool_dir).map_err(|e| failed(&e))?;
-                f.write_all(&memory).map_err(|e| failed(&e))?;
+                let mut f = spool_file(&self.spool_dir).map_err(FetchError::Spool)?;
+                f.write_all(&memory).map_err(FetchError::Spool)?;
                 memory = Vec::new();
                 file = Some(f);
             }
@@ -254,8 +287,7 @@ pub fn classify_error(status: u16, body: &[u8]) -> FetchError {
     };
     match gone {
         Some(reason) => FetchError::Gone(reason.to_string()),
-        None if error.is_empty() => FetchError::Failed(format!("getRepo answered HTTP {status}")),
-        None => FetchError::Failed(format!("getRepo answered HTTP {status}: {error}: {message}")),
+        None => FetchError::Status { status, error, message },
     }
 }
 

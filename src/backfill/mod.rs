@@ -12,7 +12,7 @@
 //! Failures are classified: a repo the network no longer serves is `gone`; a failed one is in
 //! `error` with a retry after an exponential backoff; a rate limit holds the PDS (or the
 //! directory), not the repo. Only storage failures are fatal: the run stops, saves what it has
-//! and returns the reason.
+//! and returns the first one ([`BackfillError::Storage`]), which names its cause.
 //!
 //! Memory: up to `max_concurrent` repos are in flight, but their downloads are spooled (in
 //! memory when small, else to a temporary file) and only one repo per core is read and walked
@@ -30,6 +30,7 @@ mod walkers;
 mod worker;
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -41,9 +42,9 @@ use crate::config::{BackfillConfig, Config};
 use crate::identity::{Resolver, ResolverOptions};
 use crate::pipeline::Pipeline;
 use crate::store::values::now_ms;
-use crate::store::{RepoState, RepoStatus, Store, schedule};
+use crate::store::{RepoState, RepoStatus, Store, StoreError, schedule};
 
-pub use crawler::{CrawlSummary, Crawler, Listing};
+pub use crawler::{CrawlError, CrawlSummary, Crawler, Listing, PageError};
 pub use fetch::RepoFetcher;
 pub use progress::Progress;
 pub use requeue::{Widening, widening};
@@ -79,8 +80,33 @@ type SyncHook = Box<dyn Fn(&str) + Send + Sync>;
 
 /// A fatal backfill error: progress up to it is saved.
 #[derive(Debug, thiserror::Error)]
-#[error("backfill stopped: {0}")]
-pub struct BackfillError(pub String);
+pub enum BackfillError {
+    /// Storage failed (the first failure, which names its cause: a full disk, say).
+    #[error("backfill stopped")]
+    Storage(#[from] StoreError),
+    /// The spool directory could not be emptied.
+    #[error("backfill stopped: clearing the spool directory {}", path.display())]
+    Spool {
+        /// The spool directory.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+/// Why [`Backfill::queue`] queued nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// Not a DID.
+    #[error("{0:?} is not a valid DID")]
+    InvalidDid(String),
+    /// Another node's shard owns it.
+    #[error("{did} belongs to shard {holder}; this node indexes shard {shard}")]
+    OtherShard { did: String, holder: crate::cluster::Shard, shard: crate::cluster::Shard },
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StoreError),
+}
 
 /// The backfill service.
 pub struct Backfill {
@@ -105,7 +131,8 @@ pub struct Backfill {
     paused: AtomicBool,
     /// Set when the current run's scheduler is done, to end its helpers.
     run_over: AtomicBool,
-    fatal: Mutex<Option<String>>,
+    /// The first storage failure of a repo's worker: the run stops, and returns it.
+    fatal: Mutex<Option<StoreError>>,
     in_flight: Mutex<HashSet<String>>,
     /// Called with each repo whose backfill committed (live ingestion drains its held commits).
     after_sync: std::sync::OnceLock<SyncHook>,
@@ -197,19 +224,19 @@ impl Backfill {
     }
 
     /// Queues `dids` now, whatever their state (`sluice backfill --did`). Returns how many.
-    pub fn queue(&self, dids: &[String]) -> anyhow::Result<usize> {
+    pub fn queue(&self, dids: &[String]) -> Result<usize, QueueError> {
         let now = now_ms();
         let mut states = Vec::new();
         for did in dids {
             if !crate::syntax::is_did(did) {
-                anyhow::bail!("{did:?} is not a valid DID");
+                return Err(QueueError::InvalidDid(did.clone()));
             }
             if !self.shard.owns(did) {
-                anyhow::bail!(
-                    "{did} belongs to shard {}; this node indexes shard {}",
-                    self.shard.holder(did),
-                    self.shard
-                );
+                return Err(QueueError::OtherShard {
+                    did: did.clone(),
+                    holder: self.shard.holder(did),
+                    shard: self.shard,
+                });
             }
             let state = self.store().repos().state(did)?.unwrap_or_default();
             states.push((did.clone(), schedule::requeued(&state, 0, now)));
@@ -229,13 +256,14 @@ impl Backfill {
             );
             return Ok(());
         }
-        let fail = |e: &dyn std::fmt::Display| BackfillError(e.to_string());
         self.run_over.store(false, Ordering::Relaxed);
         let dids: Vec<String> = self.pipeline.filter().load().filter.dids.iter().cloned().collect();
-        self.store().queue().enqueue_new(&self.owned(&dids), None).map_err(|e| fail(&e))?;
+        self.store().queue().enqueue_new(&self.owned(&dids), None)?;
         // Nothing is in flight yet: repos an earlier run left in flight are taken again.
         self.store().queue().rewind();
-        self.fetcher.clear_spool().map_err(|e| BackfillError(format!("clearing the spool directory: {e}")))?;
+        self.fetcher
+            .clear_spool()
+            .map_err(|source| BackfillError::Spool { path: self.fetcher.spool_dir().to_path_buf(), source })?;
         let crawl_done = Arc::new(AtomicBool::new(!crawl));
         let mut helpers = JoinSet::new();
         if crawl {
@@ -256,11 +284,13 @@ impl Backfill {
         helpers.shutdown().await;
         reporter_stop.cancel();
         let _ = reporter.await;
-        self.store().persist().map_err(|e| fail(&e))?;
-        match self.fatal.lock().expect("fatal").take() {
-            Some(reason) => Err(BackfillError(reason)),
-            None => result,
+        let persisted = self.store().persist();
+        // The first failure, not what the final persist (refused after it) says.
+        if let Some(first) = self.fatal.lock().expect("fatal").take() {
+            return Err(first.into());
         }
+        persisted?;
+        result
     }
 
     /// Takes due repos off the queue while there is room, until the run ends.
@@ -301,7 +331,7 @@ impl Backfill {
     /// Takes the next due repo that is not in flight, if any.
     fn next_due_repo(&self) -> Result<Option<(String, RepoState)>, BackfillError> {
         let in_flight = self.in_flight.lock().expect("in flight");
-        Ok(self.store().queue().take_due(now_ms(), 1, &in_flight).map_err(|e| BackfillError(e.to_string()))?.pop())
+        Ok(self.store().queue().take_due(now_ms(), 1, &in_flight)?.pop())
     }
 
     /// Backfills `did` on a task of `workers`, holding `permit` (a place among the repos in
@@ -327,7 +357,7 @@ impl Backfill {
     /// (nothing in flight, when the next queued repo not in flight is due).
     fn queue_outlook(&self) -> Result<(bool, Option<u64>), BackfillError> {
         let in_flight = self.in_flight.lock().expect("in flight");
-        let next = self.store().queue().next_due_ms(&in_flight).map_err(|e| BackfillError(e.to_string()))?;
+        let next = self.store().queue().next_due_ms(&in_flight)?;
         Ok((in_flight.is_empty(), next))
     }
 
@@ -384,7 +414,8 @@ impl Backfill {
                 ),
                 Err(e) => tracing::error!(
                     listing = listing.service(),
-                    "crawl failed: {e:#}; queued repos are still backfilled"
+                    "crawl failed: {}; queued repos are still backfilled",
+                    crate::error::chain(&e)
                 ),
             }
         }
@@ -410,7 +441,7 @@ pub struct Control(Arc<Backfill>);
 
 impl Control {
     /// Queues `dids` now, whatever their state (see [`Backfill::queue`]).
-    pub fn queue(&self, dids: &[String]) -> anyhow::Result<usize> {
+    pub fn queue(&self, dids: &[String]) -> Result<usize, QueueError> {
         self.0.queue(dids)
     }
 

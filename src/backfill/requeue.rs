@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::filter::Filter;
-use crate::store::RepoStatus;
 use crate::store::values::now_ms;
+use crate::store::{RepoStatus, StoreError};
 
 use super::Backfill;
 use crate::store::schedule;
@@ -60,7 +60,7 @@ pub(super) async fn follow_filter_edits(backfill: &Arc<Backfill>) {
         if widened.any() {
             match requeue(backfill, &widened).await {
                 Ok(n) => tracing::info!(repos = n, "filter edit widens the index; repos queued again"),
-                Err(e) => tracing::error!("queueing repos after a filter edit: {e:#}"),
+                Err(e) => tracing::error!("queueing repos after a filter edit: {}", crate::error::chain(&e)),
             }
         }
     }
@@ -68,7 +68,7 @@ pub(super) async fn follow_filter_edits(backfill: &Arc<Backfill>) {
 
 /// Queues the repos `widened` names, `requeue_per_sec` at a time, walking the repo states in
 /// DID order a chunk at a time (memory stays bounded however many repos the store holds).
-async fn requeue(backfill: &Backfill, widened: &Widening) -> anyhow::Result<usize> {
+async fn requeue(backfill: &Backfill, widened: &Widening) -> Result<usize, StoreError> {
     let store = backfill.store();
     store.queue().enqueue_new(&backfill.owned(&widened.new_dids), None)?;
     let wanted = |status: RepoStatus| {
@@ -102,7 +102,7 @@ fn requeue_now(
     store: &crate::store::Store,
     dids: impl Iterator<Item = String>,
     wanted: impl Fn(RepoStatus) -> bool,
-) -> anyhow::Result<usize> {
+) -> Result<usize, StoreError> {
     let now = now_ms();
     let mut states = Vec::new();
     for did in dids {

@@ -5,11 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::error::chain;
 use crate::identity::IdentityError;
 use crate::pipeline::{PipelineError, RepoOutcome, WalkOptions};
-use crate::repo::LoadedRepo;
-use crate::store::RepoState;
+use crate::repo::{LoadedRepo, RepoError};
 use crate::store::values::now_ms;
+use crate::store::{RepoState, StoreError};
 
 use super::Backfill;
 use super::fetch::FetchError;
@@ -18,16 +19,47 @@ use crate::store::schedule::{self, RetryPolicy};
 /// How one attempt ended, other than applied.
 #[derive(Debug)]
 enum Failure {
-    /// The network no longer serves the repo.
+    /// The network no longer serves the repo: why (an account status, "DID not found"), the
+    /// reason its state keeps.
     Gone(String),
     /// A failed attempt: retried after the backoff.
-    Retry(String),
+    Retry(Attempt),
     /// Not the repo's fault (a rate limit): queued again at this unix ms, retries not counted.
     Later(u64),
     /// The stored rev is newer than the export: already current.
     Current,
     /// Storage failed: the run stops.
-    Fatal(String),
+    Fatal(StoreError),
+}
+
+/// Why an attempt failed, to be tried again after the backoff. Its text, causes and all, is
+/// the reason the repo's state keeps.
+#[derive(Debug, thiserror::Error)]
+enum Attempt {
+    /// The DID did not resolve (a transport failure, an unusable document).
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The download failed.
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    /// The export is invalid.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    /// A walk thread panicked while reading the export.
+    #[error("the walk thread failed (a panic)")]
+    ReadPanicked,
+    /// A walk thread panicked in the pipeline.
+    #[error("the walk thread failed (a panic in the pipeline)")]
+    WalkPanicked,
+    /// The walk threads' permits are gone (the backfill is shutting down).
+    #[error("no walk thread")]
+    NoWalkThread(#[from] tokio::sync::AcquireError),
+}
+
+impl From<Attempt> for Failure {
+    fn from(e: Attempt) -> Self {
+        Failure::Retry(e)
+    }
 }
 
 impl Backfill {
@@ -49,13 +81,14 @@ impl Backfill {
                 self.progress.records.fetch_add(outcome.walked, Ordering::Relaxed);
                 return self.synced(did);
             }
-            Err(Failure::Fatal(reason)) => return self.fail_run(reason),
+            Err(Failure::Fatal(e)) => return self.fail_run(e),
             Err(Failure::Gone(reason)) => {
                 tracing::debug!(did, %reason, "repo is gone");
                 self.progress.gone.fetch_add(1, Ordering::Relaxed);
                 schedule::gone(&state, reason, now)
             }
-            Err(Failure::Retry(reason)) => {
+            Err(Failure::Retry(e)) => {
+                let reason = chain(&e).to_string();
                 self.progress.failed.fetch_add(1, Ordering::Relaxed);
                 let next = self.retry_policy().failed(&state, reason.clone(), now, schedule::jitter(did, now));
                 match next.next_retry_ms {
@@ -84,7 +117,7 @@ impl Backfill {
         };
         let synced = next.status == crate::store::RepoStatus::Synced;
         if let Err(e) = self.store().set_states(&[(did.to_string(), next)], None) {
-            return self.fail_run(format!("storage: {e}"));
+            return self.fail_run(e);
         }
         if synced {
             self.synced(did);
@@ -106,10 +139,11 @@ impl Backfill {
         }
     }
 
-    /// Stops the run with `reason` (the first one wins).
-    fn fail_run(&self, reason: String) {
-        tracing::error!(%reason, "fatal backfill error; stopping");
-        self.fatal.lock().expect("fatal").get_or_insert(reason);
+    /// Stops the run with storage failure `e` (the first one wins: later ones may only say
+    /// that the store refuses writes since).
+    fn fail_run(&self, e: StoreError) {
+        tracing::error!(error = %chain(&e), "fatal backfill error; stopping");
+        self.fatal.lock().expect("fatal").get_or_insert(e);
     }
 
     /// Resolves, downloads, reads, verifies and walks one repo. The usual case (the cached key
@@ -120,10 +154,9 @@ impl Backfill {
         let spooled = match self.fetcher.download(&identity.pds, did).await {
             Ok(spooled) => spooled,
             Err(FetchError::Gone(reason)) => return Err(Failure::Gone(reason)),
-            Err(FetchError::RateLimited(host)) => return Err(Failure::Retry(format!("rate limited by {host}"))),
-            Err(e) => return Err(Failure::Retry(e.to_string())),
+            Err(e) => return Err(Attempt::Fetch(e).into()),
         };
-        let _walking = self.walk_permits.clone().acquire_owned().await.map_err(|e| Failure::Retry(e.to_string()))?;
+        let _walking = self.walk_permits.clone().acquire_owned().await.map_err(Attempt::from)?;
         let (limits, owner, key) = (*self.fetcher.limits(), did.to_string(), identity.key.clone());
         let (pipeline, opts) = (self.pipeline.clone(), self.walk_options(did, identity.handle.clone()));
         let read = self.walkers.run(move || {
@@ -134,11 +167,7 @@ impl Backfill {
                 Err(_) => Read::Unverified(Box::new(loaded), opts),
             })
         });
-        match read
-            .await
-            .ok_or_else(|| Failure::Retry("the walk thread failed (a panic)".into()))?
-            .map_err(|e| Failure::Retry(e.to_string()))?
-        {
+        match read.await.ok_or(Attempt::ReadPanicked)?.map_err(Attempt::Repo)? {
             Read::Walked(walked) => walk_outcome(Some(walked)),
             // The key may have rotated since it was cached: look it up again, once.
             Read::Unverified(loaded, opts) => {
@@ -149,7 +178,7 @@ impl Backfill {
                     .run(move || loaded.verify_signature(&fresh.key).map(|()| pipeline.apply_walk(&loaded, &opts)))
                     .await;
                 match walked {
-                    Some(Err(e)) => Err(Failure::Retry(e.to_string())),
+                    Some(Err(e)) => Err(Attempt::Repo(e).into()),
                     Some(Ok(walked)) => walk_outcome(Some(walked)),
                     None => walk_outcome(None),
                 }
@@ -182,9 +211,9 @@ fn walk_outcome(walked: Option<Result<RepoOutcome, PipelineError>>) -> Result<Re
     match walked {
         Some(Ok(outcome)) => Ok(outcome),
         Some(Err(PipelineError::StaleRev { .. })) => Err(Failure::Current),
-        Some(Err(PipelineError::Repo(e))) => Err(Failure::Retry(e.to_string())),
-        Some(Err(PipelineError::Store(e))) => Err(Failure::Fatal(format!("storage: {e}"))),
-        None => Err(Failure::Retry("the walk thread failed (a panic in the pipeline)".into())),
+        Some(Err(PipelineError::Repo(e))) => Err(Attempt::Repo(e).into()),
+        Some(Err(PipelineError::Store(e))) => Err(Failure::Fatal(e)),
+        None => Err(Attempt::WalkPanicked.into()),
     }
 }
 
@@ -194,6 +223,6 @@ fn identity_failure(e: IdentityError) -> Failure {
         IdentityError::RateLimited { retry_after, .. } => {
             Failure::Later(now_ms() + retry_after.unwrap_or(Duration::from_secs(60)).as_millis() as u64)
         }
-        other => Failure::Retry(other.to_string()),
+        other => Attempt::Identity(other).into(),
     }
 }

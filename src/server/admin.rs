@@ -186,7 +186,7 @@ async fn resync(State(state): State<Arc<ServerState>>, body: Bytes) -> XrpcResul
 /// Queues `dids` for backfill; 0 when this process runs no backfill.
 fn queue(state: &ServerState, dids: &[String]) -> Result<usize, XrpcError> {
     match &state.backfill {
-        Some(backfill) => backfill.queue(dids).map_err(|e| XrpcError::internal(format!("{e:#}"))),
+        Some(backfill) => backfill.queue(dids).map_err(|e| XrpcError::internal(crate::error::chain(&e).to_string())),
         None => Ok(0),
     }
 }
