@@ -15,7 +15,8 @@ pub const MAX_RECORD_BYTES: usize = 1 << 20;
 /// How far ahead of our clock a rev may be.
 pub const MAX_FUTURE_US: u64 = 5 * 60 * 1_000_000;
 
-/// What to do with a commit, given the stored state.
+/// What to do with a commit, given the stored state. The reasons are text: what a log line and
+/// a desynchronized repo's state say, not errors that stop anything.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// It continues the stored chain: apply its ops.
@@ -33,8 +34,8 @@ pub enum Verdict {
 
 /// Checks `commit` against `state` at `now_us` (unix µs).
 pub fn check(commit: &Commit, state: Option<&RepoState>, now_us: u64) -> Verdict {
-    if let Err(reason) = check_limits(commit) {
-        return Verdict::Invalid(reason);
+    if let Err(over) = check_limits(commit) {
+        return Verdict::Invalid(over.to_string());
     }
     let rev = commit.rev.as_str();
     if crate::repo::age::tid_time_us(rev).is_some_and(|t| t > now_us + MAX_FUTURE_US) {
@@ -55,13 +56,24 @@ pub fn check(commit: &Commit, state: Option<&RepoState>, now_us: u64) -> Verdict
     }
 }
 
+/// A commit over the relay limits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OverLimit {
+    /// Its CAR slice has this many bytes.
+    #[error("{0} bytes of blocks, over the {MAX_COMMIT_BLOCKS}-byte limit")]
+    Blocks(usize),
+    /// It has this many ops.
+    #[error("{0} ops, over the limit of {MAX_COMMIT_OPS}")]
+    Ops(usize),
+}
+
 /// The relay limits: blocks, op count.
-pub fn check_limits(commit: &Commit) -> Result<(), String> {
+pub fn check_limits(commit: &Commit) -> Result<(), OverLimit> {
     if commit.blocks.len() > MAX_COMMIT_BLOCKS {
-        return Err(format!("{} bytes of blocks, over the {MAX_COMMIT_BLOCKS}-byte limit", commit.blocks.len()));
+        return Err(OverLimit::Blocks(commit.blocks.len()));
     }
     if commit.ops.len() > MAX_COMMIT_OPS {
-        return Err(format!("{} ops, over the limit of {MAX_COMMIT_OPS}", commit.ops.len()));
+        return Err(OverLimit::Ops(commit.ops.len()));
     }
     Ok(())
 }

@@ -13,7 +13,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
-use super::frame::{Frame, MAX_FRAME_BYTES, decode_frame};
+use super::frame::{Frame, FrameError, MAX_FRAME_BYTES, decode_frame};
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -33,15 +33,26 @@ impl Default for Liveness {
     }
 }
 
+/// Why a firehose URL is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UrlError {
+    /// No `scheme://`.
+    #[error("firehose URL {0:?} has no scheme")]
+    NoScheme(String),
+    /// Not `ws`, `wss`, `http` or `https`.
+    #[error("firehose URL {url:?}: unsupported scheme {scheme:?}")]
+    Scheme { url: String, scheme: String },
+}
+
 /// The subscribeRepos URL for a relay or PDS `base` (`http(s)://` or `ws(s)://`), resuming
 /// after `cursor`.
-pub fn subscribe_url(base: &str, cursor: Option<i64>) -> Result<String, String> {
+pub fn subscribe_url(base: &str, cursor: Option<i64>) -> Result<String, UrlError> {
     let base = base.trim().trim_end_matches('/');
-    let (scheme, rest) = base.split_once("://").ok_or_else(|| format!("firehose URL {base:?} has no scheme"))?;
+    let (scheme, rest) = base.split_once("://").ok_or_else(|| UrlError::NoScheme(base.to_string()))?;
     let scheme = match scheme {
         "ws" | "http" => "ws",
         "wss" | "https" => "wss",
-        other => return Err(format!("firehose URL {base:?}: unsupported scheme {other:?}")),
+        other => return Err(UrlError::Scheme { url: base.to_string(), scheme: other.to_string() }),
     };
     let path =
         if rest.contains("/xrpc/") { rest.to_string() } else { format!("{rest}/xrpc/com.atproto.sync.subscribeRepos") };
@@ -58,7 +69,33 @@ pub(super) enum Ended {
     Stopped,
     /// The connection failed or closed. `healthy`: the server had answered (a frame or a
     /// pong), so the next attempt need not back off.
-    Dropped { reason: String, healthy: bool },
+    Dropped { reason: Disconnect, healthy: bool },
+}
+
+/// Why a connection failed or closed.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Disconnect {
+    /// The websocket could not be opened.
+    #[error("connecting")]
+    Connect(#[source] tokio_tungstenite::tungstenite::Error),
+    /// Opening it took too long.
+    #[error("connecting: timed out")]
+    ConnectTimeout,
+    /// A ping went unanswered.
+    #[error("no answer to a ping within {} ms", .0.as_millis())]
+    PingUnanswered(Duration),
+    /// A ping could not be sent.
+    #[error("sending a ping")]
+    Ping(#[source] tokio_tungstenite::tungstenite::Error),
+    /// Reading failed.
+    #[error(transparent)]
+    Read(tokio_tungstenite::tungstenite::Error),
+    /// The server closed it, with this reason.
+    #[error("closed by the server: {0}")]
+    Closed(String),
+    /// The stream ended without a close.
+    #[error("the server closed the stream")]
+    Ended,
 }
 
 /// Opens a subscribeRepos websocket to `url`.
@@ -71,8 +108,8 @@ async fn connect(url: &str, stop: &CancellationToken) -> Result<Socket, Ended> {
         _ = stop.cancelled() => Err(Ended::Stopped),
         r = tokio::time::timeout(CONNECT_TIMEOUT, connect) => match r {
             Ok(Ok((socket, _))) => Ok(socket),
-            Ok(Err(e)) => Err(Ended::Dropped { reason: format!("connecting: {e}"), healthy: false }),
-            Err(_) => Err(Ended::Dropped { reason: "connecting: timed out".into(), healthy: false }),
+            Ok(Err(e)) => Err(Ended::Dropped { reason: Disconnect::Connect(e), healthy: false }),
+            Err(_) => Err(Ended::Dropped { reason: Disconnect::ConnectTimeout, healthy: false }),
         },
     }
 }
@@ -110,14 +147,11 @@ impl Pulse {
     async fn at_deadline(&mut self, socket: &mut Socket) -> Result<(), Ended> {
         let healthy = self.healthy;
         if self.pinged.is_some() {
-            return Err(Ended::Dropped {
-                reason: format!("no answer to a ping within {} ms", self.liveness.pong_timeout.as_millis()),
-                healthy,
-            });
+            return Err(Ended::Dropped { reason: Disconnect::PingUnanswered(self.liveness.pong_timeout), healthy });
         }
         self.pinged = Some(Instant::now());
         match tokio::time::timeout(self.liveness.pong_timeout, socket.send(Message::Ping(Bytes::new()))).await {
-            Ok(Err(e)) => Err(Ended::Dropped { reason: format!("sending a ping: {e}"), healthy }),
+            Ok(Err(e)) => Err(Ended::Dropped { reason: Disconnect::Ping(e), healthy }),
             // Sent, or stuck: the pong timeout judges either.
             _ => Ok(()),
         }
@@ -153,8 +187,8 @@ pub(super) async fn read_connection(
             },
         };
         let reason = match next {
-            None => "the server closed the stream".into(),
-            Some(Err(e)) => e.to_string(),
+            None => Disconnect::Ended,
+            Some(Err(e)) => Disconnect::Read(e),
             Some(Ok(message)) => {
                 pulse.heard();
                 match message {
@@ -166,7 +200,7 @@ pub(super) async fn read_connection(
                         continue;
                     }
                     Message::Close(close) => {
-                        format!("closed by the server: {}", close.map(|c| c.reason.to_string()).unwrap_or_default())
+                        Disconnect::Closed(close.map(|c| c.reason.to_string()).unwrap_or_default())
                     }
                     Message::Text(text) => {
                         tracing::warn!(
@@ -193,28 +227,49 @@ pub(super) enum Probe {
     Head,
 }
 
+/// Why a probe found nothing.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ProbeError {
+    /// The URL is unusable.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// The connection failed or closed.
+    #[error(transparent)]
+    Connection(#[from] Disconnect),
+    /// The first frame did not decode.
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    /// The server answered an error frame.
+    #[error("{error}: {message}")]
+    ErrorFrame { error: String, message: String },
+    /// Asked to stop.
+    #[error("stopped")]
+    Stopped,
+}
+
 /// Subscribes at `url` just to read where its stream starts (`#info` frames such as
 /// `OutdatedCursor` are passed over); waits at most `quiet` for a frame.
-pub(super) async fn probe(url: &str, stop: &CancellationToken, quiet: Duration) -> Result<Probe, String> {
+pub(super) async fn probe(url: &str, stop: &CancellationToken, quiet: Duration) -> Result<Probe, ProbeError> {
     let mut socket = match connect(url, stop).await {
         Ok(socket) => socket,
-        Err(Ended::Dropped { reason, .. }) => return Err(reason),
-        Err(_) => return Err("stopped".into()),
+        Err(Ended::Dropped { reason, .. }) => return Err(reason.into()),
+        Err(Ended::Stopped) => return Err(ProbeError::Stopped),
     };
     let read = async {
         while let Some(message) = socket.next().await {
-            let Message::Binary(bytes) = message.map_err(|e| e.to_string())? else { continue };
-            let frame = decode_frame(&bytes).map_err(|e| e.to_string())?;
+            let Message::Binary(bytes) = message.map_err(Disconnect::Read)? else { continue };
+            let frame = decode_frame(&bytes)?;
             match (&frame, frame.seq()) {
                 (_, Some(seq)) => return Ok(Probe::First { seq, time_us: frame.time_us() }),
                 (Frame::Error { error, .. }, _) if error == "FutureCursor" => return Ok(Probe::Head),
                 (Frame::Error { error, message }, _) => {
-                    return Err(format!("{error}: {}", message.as_deref().unwrap_or_default()));
+                    let message = message.clone().unwrap_or_default();
+                    return Err(ProbeError::ErrorFrame { error: error.clone(), message });
                 }
                 _ => continue,
             }
         }
-        Err("the server closed the stream".to_string())
+        Err(Disconnect::Ended.into())
     };
     let found = tokio::time::timeout(quiet, read).await.unwrap_or(Ok(Probe::Head));
     let _ = socket.close(None).await;
@@ -239,7 +294,7 @@ mod tests {
             subscribe_url("wss://r.example/xrpc/com.atproto.sync.subscribeRepos", Some(1)).unwrap(),
             "wss://r.example/xrpc/com.atproto.sync.subscribeRepos?cursor=1"
         );
-        assert!(subscribe_url("ftp://x", None).unwrap_err().contains("unsupported scheme"));
-        assert!(subscribe_url("bsky.network", None).unwrap_err().contains("no scheme"));
+        assert!(subscribe_url("ftp://x", None).unwrap_err().to_string().contains("unsupported scheme"));
+        assert!(subscribe_url("bsky.network", None).unwrap_err().to_string().contains("no scheme"));
     }
 }

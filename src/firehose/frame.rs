@@ -101,8 +101,11 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, FrameError> {
         serde_ipld_dagcbor::de::from_reader_once(&mut reader).map_err(|e| FrameError::Header(e.to_string()))?;
     let body = &bytes[reader.position() as usize..];
     let kind = header.t.clone().unwrap_or_default();
-    let bad =
-        |reason: String| FrameError::Body { kind: if header.op == -1 { "error".into() } else { kind.clone() }, reason };
+    // The reason is kept as text: a refusal of the network's input, compared in tests.
+    let bad = |e: serde_ipld_dagcbor::DecodeError<std::convert::Infallible>| FrameError::Body {
+        kind: if header.op == -1 { "error".into() } else { kind.clone() },
+        reason: e.to_string(),
+    };
     match (header.op, kind.as_str()) {
         (-1, _) => {
             let e: ErrorBody = body_of(body).map_err(bad)?;
@@ -119,8 +122,10 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, FrameError> {
 }
 
 /// Decodes a body as `T`, refusing trailing bytes.
-fn body_of<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
-    serde_ipld_dagcbor::from_slice(body).map_err(|e| e.to_string())
+fn body_of<T: serde::de::DeserializeOwned>(
+    body: &[u8],
+) -> Result<T, serde_ipld_dagcbor::DecodeError<std::convert::Infallible>> {
+    serde_ipld_dagcbor::from_slice(body)
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::client::{Probe, probe, subscribe_url};
+use super::client::{Probe, ProbeError, probe, subscribe_url};
 
 /// How far the server's clock may be behind ours: the search looks this much further back.
 pub const CLOCK_SKEW_US: u64 = 30_000_000;
@@ -30,12 +30,12 @@ const MAX_PROBES: usize = 130;
 
 /// The cursor after which every event sequenced at or after `since_us` (unix µs) comes: the
 /// `seq` of the last event sequenced before it (by the server's clock, less the skew), or 0.
-pub(super) async fn resume_point(base: &str, since_us: u64, stop: &CancellationToken) -> Result<i64, String> {
+pub(super) async fn resume_point(base: &str, since_us: u64, stop: &CancellationToken) -> Result<i64, ProbeError> {
     search(base, since_us.saturating_sub(CLOCK_SKEW_US), stop).await.map(|(cursor, _)| cursor)
 }
 
 /// The `seq` of the last event sequenced before `before` (unix µs), or 0; and the probes made.
-async fn search(base: &str, before: u64, stop: &CancellationToken) -> Result<(i64, usize), String> {
+async fn search(base: &str, before: u64, stop: &CancellationToken) -> Result<(i64, usize), ProbeError> {
     // What is known: the events up to `lo` are older than `before`; the one after `hi` (when
     // there is one) is not.
     let (mut lo, mut hi) = (0i64, None::<i64>);
@@ -48,7 +48,7 @@ async fn search(base: &str, before: u64, stop: &CancellationToken) -> Result<(i6
             None => lo.saturating_add(step),
         };
         if stop.is_cancelled() {
-            return Err("stopped".into());
+            return Err(ProbeError::Stopped);
         }
         let url = subscribe_url(base, Some(cursor))?;
         match probe(&url, stop, PROBE_QUIET).await? {

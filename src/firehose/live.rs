@@ -25,15 +25,17 @@ use jacquard_api::com_atproto::sync::subscribe_repos::Commit;
 use super::chain::{self, Verdict};
 use super::frame::{Frame, decode_frame};
 use super::ops;
+use crate::error::chain;
 use crate::filter::RepoRule;
-use crate::identity::{Identity, Resolver};
+use crate::identity::{Identity, IdentityError, Resolver};
 use crate::pipeline::{Pipeline, PipelineError};
-use crate::repo::{CarLimits, LoadedRepo};
+use crate::repo::{CarLimits, LoadedRepo, RepoError};
 use crate::store::schedule;
 use crate::store::values::now_ms;
 use crate::store::{RepoState, RepoStatus, Store, StoreError};
 
-/// What became of a frame.
+/// What became of a frame. A refusal's or a desync's reason is text (the error with its causes):
+/// what the warning and the repo's state say.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handled {
     /// Its changes were committed.
@@ -53,6 +55,11 @@ pub enum Handled {
 }
 
 impl Handled {
+    /// A refusal for `why` (a cold path: one allocation for the text).
+    pub(super) fn refused(why: &(dyn std::error::Error + 'static)) -> Self {
+        Handled::Refused(chain(why).to_string())
+    }
+
     /// Whether the repo now has a held commit.
     pub fn holds(&self) -> bool {
         matches!(self, Handled::Held | Handled::Discovered | Handled::Desynchronized(_))
@@ -61,8 +68,34 @@ impl Handled {
 
 /// Why live ingestion must stop: storage failed.
 #[derive(Debug, thiserror::Error)]
-#[error("live ingestion: {0}")]
+#[error(transparent)]
 pub struct LiveError(#[from] pub StoreError);
+
+/// Why a commit's (or a `#sync`'s) blocks were refused.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Refusal {
+    /// The CAR slice does not read.
+    #[error("blocks")]
+    Blocks(#[source] RepoError),
+    /// The frame's `commit` is not a CID.
+    #[error("commit CID")]
+    CommitCid(#[source] cid::Error),
+    /// The slice's root is not the frame's commit.
+    #[error("the blocks' root {root} is not the commit {commit}")]
+    Root { root: cid::Cid, commit: cid::Cid },
+    /// The commit block is not the repo's (DID, version).
+    #[error(transparent)]
+    Commit(RepoError),
+    /// The commit block's rev is not the frame's.
+    #[error("the commit block's rev {found} is not the frame's {frame}")]
+    Rev { found: String, frame: String },
+    /// The signing key could not be had.
+    #[error("signing key")]
+    Signer(#[source] IdentityError),
+    /// The signature does not verify.
+    #[error(transparent)]
+    Signature(RepoError),
+}
 
 /// Running totals of live ingestion.
 #[derive(Debug, Default)]
@@ -176,8 +209,8 @@ impl Live {
             Verdict::Stale => Ok(Handled::Stale),
             Verdict::Apply => self.apply(c),
             Verdict::Desync(reason) => {
-                if let Err(refused) = self.verified_blocks(c) {
-                    return Ok(Handled::Refused(refused));
+                if let Err(refusal) = self.verified_blocks(c) {
+                    return Ok(Handled::refused(&refusal));
                 }
                 self.desynchronize(did, state.unwrap_or_default(), reason.clone())?;
                 self.store().held().hold(did, c.rev.as_str(), raw)?;
@@ -200,17 +233,17 @@ impl Live {
     fn apply(&self, c: &Commit) -> Result<Handled, LiveError> {
         let loaded = match self.verified_blocks(c) {
             Ok(loaded) => loaded,
-            Err(reason) => return Ok(Handled::Refused(reason)),
+            Err(refusal) => return Ok(Handled::refused(&refusal)),
         };
         let ops = match ops::record_ops(c, &loaded) {
             Ok(ops) => ops,
-            Err(e) => return Ok(Handled::Refused(e.to_string())),
+            Err(e) => return Ok(Handled::refused(&e)),
         };
         match self.pipeline.apply_commit(c.repo.as_str(), loaded.commit_cid(), c.rev.as_str(), loaded.data(), ops, None)
         {
             Ok(_) => Ok(Handled::Applied),
             Err(PipelineError::StaleRev { .. }) => Ok(Handled::Stale),
-            Err(PipelineError::Repo(e)) => Ok(Handled::Refused(e.to_string())),
+            Err(PipelineError::Repo(e)) => Ok(Handled::refused(&e)),
             Err(PipelineError::Store(e)) => Err(e.into()),
         }
     }
@@ -266,36 +299,36 @@ impl Live {
 
     /// Reads a commit's block slice and checks its commit block: the frame's DID and rev, the
     /// CAR root, and the signature (with the key looked up again once when it fails).
-    fn verified_blocks(&self, c: &Commit) -> Result<LoadedRepo, String> {
-        let loaded = ops::commit_blocks(c, &self.opts.limits).map_err(|e| format!("blocks: {e}"))?;
-        let commit_cid = c.commit.to_ipld().map_err(|e| format!("commit CID: {e}"))?;
+    fn verified_blocks(&self, c: &Commit) -> Result<LoadedRepo, Refusal> {
+        let loaded = ops::commit_blocks(c, &self.opts.limits).map_err(Refusal::Blocks)?;
+        let commit_cid = c.commit.to_ipld().map_err(Refusal::CommitCid)?;
         if loaded.commit_cid != commit_cid {
-            return Err(format!("the blocks' root {} is not the commit {commit_cid}", loaded.commit_cid));
+            return Err(Refusal::Root { root: loaded.commit_cid, commit: commit_cid });
         }
         self.check_signed(c.repo.as_str(), c.rev.as_str(), &loaded)?;
         Ok(loaded)
     }
 
     /// Checks a loaded commit block against the frame's `did` and `rev`, and its signature.
-    pub(super) fn check_signed(&self, did: &str, rev: &str, loaded: &LoadedRepo) -> Result<(), String> {
-        loaded.check_commit(Some(did)).map_err(|e| e.to_string())?;
+    pub(super) fn check_signed(&self, did: &str, rev: &str, loaded: &LoadedRepo) -> Result<(), Refusal> {
+        loaded.check_commit(Some(did)).map_err(Refusal::Commit)?;
         if loaded.rev() != rev {
-            return Err(format!("the commit block's rev {} is not the frame's {rev}", loaded.rev()));
+            return Err(Refusal::Rev { found: loaded.rev().to_string(), frame: rev.to_string() });
         }
         if loaded.verify_signature(&self.signer(did, false)?.key).is_ok() {
             return Ok(());
         }
         // The key may have rotated since it was cached: look it up again, once.
-        loaded.verify_signature(&self.signer(did, true)?.key).map_err(|e| e.to_string())
+        loaded.verify_signature(&self.signer(did, true)?.key).map_err(Refusal::Signature)
     }
 
     /// `did`'s identity: from the resolver's cache without leaving the thread when it is
     /// there, else looked up (`fresh` always looks it up).
-    fn signer(&self, did: &str, fresh: bool) -> Result<Arc<Identity>, String> {
+    fn signer(&self, did: &str, fresh: bool) -> Result<Arc<Identity>, Refusal> {
         let cached = if fresh { None } else { self.resolver.cached(did) };
         match cached {
             Some(identity) => Ok(identity),
-            None => self.runtime.block_on(self.resolver.refresh(did)).map_err(|e| format!("signing key: {e}")),
+            None => self.runtime.block_on(self.resolver.refresh(did)).map_err(Refusal::Signer),
         }
     }
 

@@ -51,9 +51,10 @@ pub use fuzz::fuzz_frame;
 pub use live::{Handled, Live, LiveError, LiveOptions};
 
 use crate::config::Config;
+use crate::error::chain;
 use crate::identity::Resolver;
 use crate::pipeline::Pipeline;
-use crate::store::now_us;
+use crate::store::{StoreError, now_us};
 use shards::Shards;
 
 pub use position::{CURSOR, SINCE_CURSOR, StreamPosition};
@@ -62,11 +63,20 @@ pub use position::{CURSOR, SINCE_CURSOR, StreamPosition};
 #[derive(Debug, thiserror::Error)]
 pub enum FirehoseError {
     /// The configured URL is unusable.
-    #[error("firehose: {0}")]
-    Config(String),
-    /// Storage failed: what was applied is saved.
-    #[error("firehose stopped: {0}")]
-    Storage(String),
+    #[error("firehose")]
+    Config(#[from] client::UrlError),
+    /// Storage failed (the first failure, which names its cause): what was applied is saved.
+    #[error("firehose stopped")]
+    Storage(#[from] StoreError),
+    /// A shard thread could not be waited for (it panicked).
+    #[error("firehose stopped: the shard threads did not finish")]
+    Shards(#[source] tokio::task::JoinError),
+}
+
+impl From<LiveError> for FirehoseError {
+    fn from(e: LiveError) -> Self {
+        FirehoseError::Storage(e.0)
+    }
 }
 
 /// The live ingestion service.
@@ -102,17 +112,15 @@ impl Firehose {
         backlog: Arc<AtomicU64>,
     ) -> Result<Arc<Self>, FirehoseError> {
         let base_url = config.firehose.url.clone().unwrap_or_else(|| config.network.relay.clone());
-        client::subscribe_url(&base_url, None).map_err(FirehoseError::Config)?;
-        let storage = |e: &dyn std::fmt::Display| FirehoseError::Storage(e.to_string());
-        let position = StreamPosition::load(pipeline.store().clone()).map_err(|e| storage(&e))?;
+        client::subscribe_url(&base_url, None)?;
+        let position = StreamPosition::load(pipeline.store().clone())?;
         let opts = LiveOptions { backfill: config.backfill.enabled(), limits: config.limits.car_limits() };
         let live = Arc::new(Live::new(pipeline, resolver, tokio::runtime::Handle::current(), opts));
         let n = match config.firehose.shards {
             0 => crate::process::cores(),
             n => n,
         };
-        let shards = Shards::start(live.clone(), position.tracker().clone(), n, config.firehose.queue, backlog)
-            .map_err(|e| storage(&e))?;
+        let shards = Shards::start(live.clone(), position.tracker().clone(), n, config.firehose.queue, backlog)?;
         Ok(Arc::new(Self {
             live,
             position,
@@ -188,7 +196,7 @@ impl Firehose {
             Ok(frame) => frame,
             Err(e) => {
                 self.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "firehose frame refused");
+                tracing::warn!(error = %chain(&e), "firehose frame refused");
                 return;
             }
         };
@@ -254,27 +262,34 @@ impl Firehose {
         stop.cancel();
         let _ = saver.await;
         let shards = self.shards.lock().expect("shards").take();
-        if let Some(shards) = shards {
-            tokio::task::spawn_blocking(move || shards.finish())
-                .await
-                .map_err(|e| FirehoseError::Storage(e.to_string()))?;
+        let fatal = match shards {
+            Some(shards) => {
+                tokio::task::spawn_blocking(move || shards.finish()).await.map_err(FirehoseError::Shards)?
+            }
+            None => None,
+        };
+        let saved = self.position.save();
+        // The first storage failure, not what the final save (refused after it) says.
+        if let Some(first) = fatal {
+            return Err(first.into());
         }
-        self.position.save().map_err(|e| FirehoseError::Storage(e.to_string()))?;
-        result
+        result?;
+        Ok(saved?)
     }
 
     async fn connect_loop(&self, tx: &mpsc::Sender<Bytes>, stop: &CancellationToken) -> Result<(), FirehoseError> {
         let mut backoff = Duration::from_secs(1);
         while !stop.is_cancelled() {
-            if let Some(reason) = self.fatal() {
-                return Err(FirehoseError::Storage(reason));
+            if self.failed() {
+                // `run` returns the shards' storage failure once they finished.
+                return Ok(());
             }
             if let Some(since) = self.position.gap_since() {
                 self.look_back(since, stop).await;
             }
             let opened_us = now_us();
             let cursor = self.position.connecting(opened_us);
-            let url = client::subscribe_url(&self.base_url, cursor).map_err(FirehoseError::Config)?;
+            let url = client::subscribe_url(&self.base_url, cursor)?;
             self.connections.fetch_add(1, Ordering::Relaxed);
             match client::read_connection(&url, tx, stop, self.liveness).await {
                 client::Ended::Stopped => break,
@@ -283,7 +298,11 @@ impl Firehose {
                         backoff = Duration::from_secs(1);
                     }
                     self.position.dropped(opened_us);
-                    tracing::warn!(%reason, retry_in_s = backoff.as_secs(), "firehose connection lost; reconnecting");
+                    tracing::warn!(
+                        reason = %chain(&reason),
+                        retry_in_s = backoff.as_secs(),
+                        "firehose connection lost; reconnecting"
+                    );
                 }
             }
             tokio::select! {
@@ -292,10 +311,7 @@ impl Firehose {
             }
             backoff = (backoff * 2).min(self.max_backoff);
         }
-        match self.fatal() {
-            Some(reason) => Err(FirehoseError::Storage(reason)),
-            None => Ok(()),
-        }
+        Ok(())
     }
 
     /// Finds where the stream stood at `since` and resumes from there (see `gap`). When the
@@ -307,9 +323,9 @@ impl Firehose {
                 tracing::info!(resume_after = from, "firehose had no position yet: resuming from before the gap");
                 self.position.looked_back_to(from);
             }
-            Err(reason) => {
+            Err(e) => {
                 tracing::warn!(
-                    %reason,
+                    reason = %chain(&e),
                     "finding the firehose position before a gap failed; going live \
                      (commits missed meanwhile are resynced when their repos next commit)"
                 )
@@ -320,13 +336,17 @@ impl Firehose {
     /// Whether the service is failing or shutting down (a paused router must not hold up
     /// the shutdown).
     fn fatal_or_closed(&self) -> bool {
-        self.fatal().is_some() || self.closing.load(Ordering::Relaxed)
+        self.failed() || self.closing.load(Ordering::Relaxed)
     }
 
-    fn fatal(&self) -> Option<String> {
-        self.shards.lock().expect("shards").as_ref().and_then(Shards::fatal)
+    /// Whether a shard stopped on a storage failure.
+    fn failed(&self) -> bool {
+        self.shards.lock().expect("shards").as_ref().is_some_and(Shards::failed)
     }
 
+    /// Saves the cursor every second until `stop`; stops the run (cancels `stop`, as `run`
+    /// does when it ends) once a shard stopped on a storage failure, which would otherwise
+    /// wait for the connection to drop.
     async fn save_every_second(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         while !stop.is_cancelled() {

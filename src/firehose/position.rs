@@ -85,7 +85,7 @@ impl StreamPosition {
         }
         self.saved.store(seq - 1, Ordering::Relaxed);
         if let Err(e) = self.store.cursors().save(CURSOR, &(seq - 1).to_string()) {
-            tracing::error!(error = %e, "saving the firehose cursor failed");
+            tracing::error!(error = %crate::error::chain(&e), "saving the firehose cursor failed");
         }
     }
 
@@ -144,7 +144,7 @@ impl StreamPosition {
             return;
         }
         if let Err(e) = self.store.cursors().save(SINCE_CURSOR, &since_us.to_string()) {
-            tracing::error!(error = %e, "saving the firehose start time failed");
+            tracing::error!(error = %crate::error::chain(&e), "saving the firehose start time failed");
         }
     }
 

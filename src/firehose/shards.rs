@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -18,6 +18,7 @@ use bytes::Bytes;
 use super::cursor::SeqTracker;
 use super::frame::Frame;
 use super::live::{Live, LiveError};
+use crate::store::StoreError;
 
 /// One frame for a shard.
 struct Job {
@@ -36,7 +37,9 @@ struct Shared {
     /// Drain requests per shard.
     drains: Vec<Mutex<Vec<String>>>,
     /// The first storage failure; the shards stop.
-    fatal: Mutex<Option<String>>,
+    fatal: Mutex<Option<StoreError>>,
+    /// Whether `fatal` was ever set (it is taken by [`Shards::finish`]).
+    failed: AtomicBool,
 }
 
 /// The shard threads.
@@ -67,6 +70,7 @@ impl Shards {
             backlog,
             drains: (0..n).map(|_| Mutex::default()).collect(),
             fatal: Mutex::default(),
+            failed: AtomicBool::new(false),
         });
         let (mut senders, mut threads) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for (i, held) in held.into_iter().enumerate() {
@@ -102,17 +106,19 @@ impl Shards {
         self.shared.drains[shard].lock().expect("drains").push(did.to_string());
     }
 
-    /// The storage failure that stopped a shard, if any.
-    pub fn fatal(&self) -> Option<String> {
-        self.shared.fatal.lock().expect("fatal").clone()
+    /// Whether a shard stopped on a storage failure.
+    pub fn failed(&self) -> bool {
+        self.shared.failed.load(Ordering::Relaxed)
     }
 
-    /// Lets the shards finish what they were given, and waits for them.
-    pub fn finish(self) {
+    /// Lets the shards finish what they were given, and waits for them. Returns the first
+    /// storage failure that stopped a shard, if any.
+    pub fn finish(self) -> Option<StoreError> {
         drop(self.senders);
         for thread in self.threads {
             let _ = thread.join();
         }
+        self.shared.fatal.lock().expect("fatal").take()
     }
 }
 
@@ -123,9 +129,10 @@ fn shard_of(did: &str, n: usize) -> usize {
 }
 
 fn run_shard(shared: &Shared, index: usize, rx: Receiver<Job>, mut held: HashSet<String>) {
-    if let Err(e) = shard_loop(shared, index, &rx, &mut held) {
-        tracing::error!(error = %e, "firehose shard stopped on a storage failure");
-        shared.fatal.lock().expect("fatal").get_or_insert(e.to_string());
+    if let Err(LiveError(e)) = shard_loop(shared, index, &rx, &mut held) {
+        tracing::error!(error = %crate::error::chain(&e), "firehose shard stopped on a storage failure");
+        shared.fatal.lock().expect("fatal").get_or_insert(e);
+        shared.failed.store(true, Ordering::Relaxed);
     }
 }
 

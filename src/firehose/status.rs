@@ -10,7 +10,7 @@
 
 use jacquard_api::com_atproto::sync::subscribe_repos::{Account, Identity, Sync};
 
-use super::live::{Handled, Live, LiveError};
+use super::live::{Handled, Live, LiveError, Refusal};
 use crate::filter::RepoRule;
 use crate::store::schedule;
 use crate::store::values::now_ms;
@@ -39,10 +39,10 @@ impl Live {
         }
         let loaded = match crate::repo::read_car(&s.blocks, &self.opts.limits) {
             Ok(loaded) => loaded,
-            Err(e) => return Ok(Handled::Refused(format!("blocks: {e}"))),
+            Err(e) => return Ok(Handled::refused(&Refusal::Blocks(e))),
         };
-        if let Err(reason) = self.check_signed(did, s.rev.as_str(), &loaded) {
-            return Ok(Handled::Refused(reason));
+        if let Err(refusal) = self.check_signed(did, s.rev.as_str(), &loaded) {
+            return Ok(Handled::refused(&refusal));
         }
         if state.rev.as_deref().is_some_and(|stored| stored >= s.rev.as_str()) {
             return Ok(Handled::Stale);
@@ -100,7 +100,7 @@ impl Live {
                 match self.pipeline.remove_repo(did, &rev, gone, Some(event)) {
                     Ok(_) => Ok(Handled::Applied),
                     Err(crate::pipeline::PipelineError::Store(e)) => Err(e.into()),
-                    Err(e) => Ok(Handled::Refused(e.to_string())),
+                    Err(e) => Ok(Handled::refused(&e)),
                 }
             }
             Some(s @ ("deactivated" | "takendown" | "suspended")) => {
@@ -114,7 +114,7 @@ impl Live {
         match self.pipeline.apply_status(did, state, event) {
             Ok(()) => Ok(Handled::Applied),
             Err(crate::pipeline::PipelineError::Store(e)) => Err(e.into()),
-            Err(e) => Ok(Handled::Refused(e.to_string())),
+            Err(e) => Ok(Handled::refused(&e)),
         }
     }
 }
