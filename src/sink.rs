@@ -17,13 +17,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use async_nats::jetstream::context::{CreateStreamError, GetStreamError, PublishError};
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NatsSinkConfig;
+use crate::error::chain;
 use crate::process::Priority;
-use crate::store::{Store, StoredEvent};
+use crate::store::{Store, StoreError, StoredEvent};
 
 /// The cursor of the last event published and acked.
 pub const CURSOR: &str = "nats";
@@ -41,12 +43,44 @@ pub struct NatsSink {
     batches: AtomicU64,
     /// Whether the last publish went through.
     connected: AtomicBool,
-    /// The last failure, for `/health`.
+    /// The last failure with its causes, as `/health` shows it.
     last_error: std::sync::Mutex<Option<String>>,
 }
 
-/// Why a pass of publishing stopped.
-type Failure = String;
+/// Why a pass of publishing stopped (the sink connects again and goes on from its cursor).
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// The credentials file could not be read.
+    #[error("reading NATS credentials {path}")]
+    Credentials { path: String, source: std::io::Error },
+    /// NATS could not be reached.
+    #[error("connecting to NATS at {url}")]
+    Connect { url: String, source: async_nats::ConnectError },
+    /// The stream could not be looked up.
+    #[error("looking up stream {stream}")]
+    GetStream { stream: String, source: GetStreamError },
+    /// The existing stream's settings could not be read.
+    #[error("reading stream {stream}")]
+    StreamInfo { stream: String, source: jetstream::stream::InfoError },
+    /// The missing stream could not be created.
+    #[error("creating stream {stream}")]
+    CreateStream { stream: String, source: CreateStreamError },
+    /// An event could not be sent.
+    #[error("publishing event {id}")]
+    Publish { id: u64, source: PublishError },
+    /// The stream did not ack an event.
+    #[error("event {id} not acked")]
+    Ack { id: u64, source: PublishError },
+    /// The log could not be read.
+    #[error("reading the log")]
+    Read(#[source] StoreError),
+    /// The read on the blocking pool did not finish.
+    #[error("reading the log")]
+    ReadTask(#[source] tokio::task::JoinError),
+    /// The published position could not be saved.
+    #[error("saving the nats cursor")]
+    Cursor(#[source] StoreError),
+}
 
 impl NatsSink {
     /// A sink publishing `store`'s log as node `node`, from the saved `nats` cursor on.
@@ -115,6 +149,7 @@ impl NatsSink {
                 Ok(()) => return stopped(),
                 Err(failure) => {
                     let was_publishing = self.connected.swap(false, Ordering::Relaxed);
+                    let failure = chain(&failure).to_string();
                     if was_publishing || self.last_error().is_none() {
                         tracing::warn!(
                             %failure,
@@ -138,7 +173,7 @@ impl NatsSink {
     }
 
     /// One connection: publishes until `stop` or a failure.
-    async fn session(&self, stop: &CancellationToken) -> Result<(), Failure> {
+    async fn session(&self, stop: &CancellationToken) -> Result<(), SinkError> {
         let client = self.connect().await?;
         let js = jetstream::new(client);
         self.ensure_stream(&js).await?;
@@ -153,7 +188,7 @@ impl NatsSink {
     /// Publishes the log from the cursor on, keeping up to `in_flight` publishes unacked at any
     /// time (a sliding window: the next events go out while the oldest acks come back), and
     /// moves the cursor as acks arrive in order.
-    async fn follow(&self, js: &jetstream::Context, stop: &CancellationToken) -> Result<(), Failure> {
+    async fn follow(&self, js: &jetstream::Context, stop: &CancellationToken) -> Result<(), SinkError> {
         let mut head = self.store.watch_events();
         let in_flight = self.in_flight();
         let mut window: VecDeque<(u64, jetstream::context::PublishAckFuture)> = VecDeque::with_capacity(in_flight);
@@ -177,7 +212,7 @@ impl NatsSink {
                     }
                 }
                 Ok(_) => {}
-                Err(e) => return Err(format!("event {id} not acked: {e}")),
+                Err(source) => return Err(SinkError::Ack { id, source }),
             }
             // The cursor moves every 256 acks and whenever the window empties.
             if window.is_empty() || id % 256 == 0 {
@@ -203,7 +238,7 @@ impl NatsSink {
         js: &jetstream::Context,
         window: &mut VecDeque<(u64, jetstream::context::PublishAckFuture)>,
         mut sent: u64,
-    ) -> Result<u64, Failure> {
+    ) -> Result<u64, SinkError> {
         let in_flight = self.in_flight();
         let waiting = self.store.next_event_id().saturating_sub(sent + 1);
         let room = in_flight - window.len();
@@ -221,7 +256,7 @@ impl NatsSink {
             let ack = js
                 .publish_with_headers(subject, headers, payload)
                 .await
-                .map_err(|e| format!("publishing event {id}: {e}"))?;
+                .map_err(|source| SinkError::Publish { id, source })?;
             window.push_back((id, ack));
             sent = id;
         }
@@ -229,15 +264,15 @@ impl NatsSink {
     }
 
     /// Up to `limit` messages of the log from id `from` on, read on the blocking pool.
-    async fn read(&self, from: u64, limit: usize) -> Result<Vec<(u64, String, Bytes)>, Failure> {
+    async fn read(&self, from: u64, limit: usize) -> Result<Vec<(u64, String, Bytes)>, SinkError> {
         let (store, prefix) = (self.store.clone(), self.config.subject_prefix.clone());
         tokio::task::spawn_blocking(move || messages_from(&store, &prefix, from, limit))
             .await
-            .map_err(|e| format!("reading the log: {e}"))?
-            .map_err(|e| format!("reading the log: {e}"))
+            .map_err(SinkError::ReadTask)?
+            .map_err(SinkError::Read)
     }
 
-    async fn connect(&self) -> Result<async_nats::Client, Failure> {
+    async fn connect(&self) -> Result<async_nats::Client, SinkError> {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let c = &self.config;
         let mut options = async_nats::ConnectOptions::new()
@@ -245,22 +280,25 @@ impl NatsSink {
             .connection_timeout(Duration::from_secs(5));
         if let Some(path) = env(&c.creds_file_env) {
             options =
-                options.credentials_file(&path).await.map_err(|e| format!("reading NATS credentials {path}: {e}"))?;
+                options.credentials_file(&path).await.map_err(|source| SinkError::Credentials { path, source })?;
         } else if let (Some(user), Some(password)) = (env(&c.user_env), env(&c.password_env)) {
             options = options.user_and_password(user, password);
         } else if let Some(token) = env(&c.token_env) {
             options = options.token(token);
         }
-        options.connect(c.url.as_str()).await.map_err(|e| format!("connecting to NATS at {}: {e}", c.url))
+        options.connect(c.url.as_str()).await.map_err(|source| SinkError::Connect { url: c.url.clone(), source })
     }
 
     /// Creates the stream when it is missing; uses an existing one as it is.
-    async fn ensure_stream(&self, js: &jetstream::Context) -> Result<(), Failure> {
+    async fn ensure_stream(&self, js: &jetstream::Context) -> Result<(), SinkError> {
         let c = &self.config;
         let subjects = format!("{}.>", c.subject_prefix);
         match js.get_stream(&c.stream).await {
             Ok(mut existing) => {
-                let info = existing.info().await.map_err(|e| format!("reading stream {}: {e}", c.stream))?;
+                let info = existing
+                    .info()
+                    .await
+                    .map_err(|source| SinkError::StreamInfo { stream: c.stream.clone(), source })?;
                 if !info.config.subjects.iter().any(|s| s == &subjects || s == ">") {
                     tracing::warn!(
                         stream = %c.stream,
@@ -288,20 +326,22 @@ impl NatsSink {
                     duplicate_window: Duration::from_secs(c.duplicate_window_secs.max(1)),
                     ..Default::default()
                 };
-                js.create_stream(config).await.map_err(|e| format!("creating stream {}: {e}", c.stream))?;
+                js.create_stream(config)
+                    .await
+                    .map_err(|source| SinkError::CreateStream { stream: c.stream.clone(), source })?;
                 tracing::info!(stream = %c.stream, "created the NATS stream");
                 Ok(())
             }
-            Err(e) => Err(format!("looking up stream {}: {e}", c.stream)),
+            Err(source) => Err(SinkError::GetStream { stream: c.stream.clone(), source }),
         }
     }
 
     /// Saves `acked` as the published position and lets retention have what is before it.
-    fn advance(&self, acked: u64) -> Result<(), Failure> {
+    fn advance(&self, acked: u64) -> Result<(), SinkError> {
         if acked <= self.published() {
             return Ok(());
         }
-        self.store.cursors().save(CURSOR, &acked.to_string()).map_err(|e| format!("saving the nats cursor: {e}"))?;
+        self.store.cursors().save(CURSOR, &acked.to_string()).map_err(SinkError::Cursor)?;
         self.published.store(acked, Ordering::Relaxed);
         self.store.log().hold_from(acked + 1);
         Ok(())
