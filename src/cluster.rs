@@ -61,6 +61,8 @@ impl fmt::Display for Shard {
 }
 
 impl FromStr for Shard {
+    /// The message for the user (a config or environment value, a clap argument): there is no
+    /// cause to keep, and nothing acts on the kind.
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {

@@ -576,7 +576,7 @@ impl Pipeline {
             let result = catch_unwind(AssertUnwindSafe(|| call(active.handler, &active.settings, &mut out)));
             let failure = match result {
                 Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.to_string()),
+                Ok(Err(e)) => Some(crate::error::chain(&e).to_string()),
                 Err(panic) => Some(format!("panicked: {}", panic_message(&panic))),
             };
             if let Some(error) = failure {

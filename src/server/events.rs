@@ -96,7 +96,7 @@ fn start_of(
             .store()
             .cursors()
             .get(&consumer_cursor(name))
-            .map_err(|e| XrpcError::internal(e.to_string()))?
+            .map_err(|e| XrpcError::internal(crate::error::chain(&e).to_string()))?
             .and_then(|c| c.parse().ok()),
         None => None,
     };
@@ -135,7 +135,7 @@ async fn stream(socket: WebSocket, state: Arc<ServerState>, start: Start) {
         })
     };
     if let Err(reason) = send_loop(&mut sink, &state, &start, &acks, &closed).await {
-        tracing::debug!(%reason, "event stream closed");
+        tracing::debug!(reason = %crate::error::chain(&reason), "event stream closed");
     }
     let _ = sink.close().await;
     reader.abort();
@@ -152,9 +152,29 @@ fn record_ack(state: &ServerState, consumer: Option<&str>, acks: &Acks, text: &s
     if acks.acked.fetch_max(id, Ordering::Relaxed) < id {
         acks.progress.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = state.store().cursors().save(&consumer_cursor(name), &id.to_string()) {
-            tracing::warn!(error = %e, consumer = name, "saving a consumer's cursor failed");
+            tracing::warn!(error = %crate::error::chain(&e), consumer = name, "saving a consumer's cursor failed");
         }
     }
+}
+
+/// Why a stream stopped from the server's side.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    /// The client fell more than `max_lag` events behind.
+    #[error("consumer too slow")]
+    TooSlow,
+    /// A batch was not sent within `send_timeout_secs`.
+    #[error("send timed out")]
+    Timeout,
+    /// Sending failed (the client went away).
+    #[error(transparent)]
+    Send(#[from] axum::Error),
+    /// Reading the log failed.
+    #[error(transparent)]
+    Read(#[from] crate::store::StoreError),
+    /// A read on the blocking pool did not finish.
+    #[error("reading the log did not finish")]
+    ReadTask(#[from] tokio::task::JoinError),
 }
 
 /// Sends events from `start` on, forever; returns why it stopped.
@@ -164,7 +184,7 @@ async fn send_loop(
     start: &Start,
     acks: &Acks,
     closed: &tokio_util::sync::CancellationToken,
-) -> Result<(), String> {
+) -> Result<(), StreamError> {
     let store = state.store().clone();
     let mut head_changed = store.watch_events();
     let limits = &state.config.server;
@@ -182,7 +202,7 @@ async fn send_loop(
                 let message = format!("more than {} events behind; reconnect with cursor={}", limits.max_lag, next - 1);
                 let error = json!({"error": "ConsumerTooSlow", "message": message});
                 let _ = sink.send(Message::Text(error.to_string().into())).await;
-                return Err("consumer too slow".into());
+                return Err(StreamError::TooSlow);
             }
             let batch = reader.batch(next, head).await?;
             tell_if_past_retention(sink, next, &batch).await?;
@@ -226,14 +246,18 @@ impl Resend {
 
 /// Sends `batch`, queued without a flush each and then flushed once (one write for the batch),
 /// within `timeout`.
-async fn send_batch(sink: &mut SplitSink<WebSocket, Message>, batch: Batch, timeout: Duration) -> Result<(), String> {
+async fn send_batch(
+    sink: &mut SplitSink<WebSocket, Message>,
+    batch: Batch,
+    timeout: Duration,
+) -> Result<(), StreamError> {
     let send = async {
         for (_, text) in batch {
             sink.feed(Message::Text(text)).await?;
         }
         sink.flush().await
     };
-    tokio::time::timeout(timeout, send).await.map_err(|_| "send timed out".to_string())?.map_err(|e| e.to_string())
+    Ok(tokio::time::timeout(timeout, send).await.map_err(|_| StreamError::Timeout)??)
 }
 
 type Batch = Vec<(u64, Utf8Bytes)>;
@@ -244,13 +268,13 @@ async fn tell_if_past_retention(
     sink: &mut SplitSink<WebSocket, Message>,
     next: u64,
     batch: &Batch,
-) -> Result<(), String> {
+) -> Result<(), StreamError> {
     match batch.first() {
         Some(&(first, _)) if first > next => {
             let message =
                 format!("events {next}..{} are past the log's retention; the stream goes on from {first}", first - 1);
             let info = json!({"info": "OutdatedCursor", "message": message});
-            sink.send(Message::Text(info.to_string().into())).await.map_err(|e| e.to_string())
+            Ok(sink.send(Message::Text(info.to_string().into())).await?)
         }
         _ => Ok(()),
     }
@@ -273,7 +297,7 @@ impl LogReader {
     /// The batch starting at id `next` (the log ends before `head`); then starts reading the
     /// batches after it, whose first ids are known as ids are gapless. A `next` other than
     /// the one expected (an acked consumer sent back) drops what was read ahead.
-    async fn batch(&mut self, next: u64, head: u64) -> Result<Batch, String> {
+    async fn batch(&mut self, next: u64, head: u64) -> Result<Batch, StreamError> {
         let read = match self.ahead.pop_front() {
             Some(read) if read.from == next => read.batch,
             _ => {
@@ -281,7 +305,7 @@ impl LogReader {
                 spawn_read(&self.store, next)
             }
         };
-        let batch = read.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        let batch = read.await??;
         let last = batch.last().map_or(next - 1, |(id, _)| *id);
         while self.ahead.len() < READ_AHEAD {
             let from = self.ahead.back().map_or(last + 1, |read| read.from + BATCH as u64);

@@ -31,7 +31,8 @@ struct Collections {
 }
 
 impl Filter {
-    /// A filter from the lists a client sent; the error says which entry is wrong.
+    /// A filter from the lists a client sent; the error says which entry is wrong. It is text,
+    /// not an error type: the message the client is sent, and nothing inside acts on it.
     pub(super) fn new(collections: &[String], dids: &[String], max_size: usize) -> Result<Filter, String> {
         Ok(Filter { collections: parse_collections(collections)?, dids: parse_dids(dids)?, max_size })
     }

@@ -99,7 +99,7 @@ fn start_id(state: &ServerState, cursor: Option<u64>) -> Result<u64, XrpcError> 
             .store()
             .log()
             .first_after_time(time)
-            .map_err(|e| XrpcError::internal(e.to_string()))?
+            .map_err(|e| XrpcError::internal(crate::error::chain(&e).to_string()))?
             .unwrap_or(head)),
     }
 }

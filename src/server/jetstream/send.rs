@@ -92,8 +92,8 @@ fn gone() -> Stop {
     Stop { code: 1001, reason: String::new() }
 }
 
-fn internal(e: String) -> Stop {
-    tracing::warn!(error = %e, "reading the event log for /subscribe failed");
+fn internal(e: ReadError) -> Stop {
+    tracing::warn!(error = %crate::error::chain(&e), "reading the event log for /subscribe failed");
     Stop { code: 1011, reason: "internal error reading the event log".into() }
 }
 
@@ -115,11 +115,22 @@ async fn too_slow(store: &Arc<Store>, max_lag: u64, next: u64, resume: Option<u6
     }
 }
 
+/// Why a batch could not be read.
+#[derive(Debug, thiserror::Error)]
+enum ReadError {
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The read on the blocking pool did not finish.
+    #[error("the read did not finish")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Events from `from` on (at most [`BATCH`]), the wanted ones rendered, on the blocking pool.
-async fn read_batch(store: &Arc<Store>, from: u64, filter: Arc<Filter>, compress: bool) -> Result<Batch, String> {
+async fn read_batch(store: &Arc<Store>, from: u64, filter: Arc<Filter>, compress: bool) -> Result<Batch, ReadError> {
     let store = store.clone();
     let read = tokio::task::spawn_blocking(move || render(&store, from, &filter, compress));
-    read.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())
+    Ok(read.await??)
 }
 
 fn render(store: &Store, from: u64, filter: &Filter, compress: bool) -> Result<Batch, StoreError> {

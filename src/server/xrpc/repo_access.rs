@@ -47,7 +47,7 @@ pub(super) fn point_read<T>(
 
 /// A storage failure as a 500.
 pub(super) fn store_error(e: StoreError) -> XrpcError {
-    XrpcError::internal(e.to_string())
+    XrpcError::internal(crate::error::chain(&e).to_string())
 }
 
 /// The `repo` parameter: a DID or a handle, as given; a DID of another shard's repo is
