@@ -125,26 +125,43 @@ impl SluiceBuilder {
     }
 
     /// Opens the store, loads the filter and starts watching it.
-    pub fn open(self) -> anyhow::Result<Sluice> {
-        use anyhow::Context as _;
+    pub fn open(self) -> Result<Sluice, OpenError> {
         let filter = match self.filter {
             Some(f) => f,
             None => Filter::load(&self.config.filter.path)?,
         };
-        let store = Store::open(&self.config.storage.path)
-            .with_context(|| format!("opening the store in {}", self.config.storage.path.display()))?;
+        let path = &self.config.storage.path;
+        let in_store = |source| OpenError::Store { path: path.clone(), source };
+        let store = Store::open(path).map_err(in_store)?;
         // Open every registered handler's keyspace now, not on a repo's first record.
         for handler in handlers::registered() {
-            store.handlers().open(handler.name())?;
+            store.handlers().open(handler.name()).map_err(in_store)?;
         }
         let handle = FilterHandle::new(filter);
         let watcher = match self.watch {
-            true => Some(filter::watch::watch(&self.config.filter.path, handle.clone())?),
+            true => Some(
+                filter::watch::watch(&self.config.filter.path, handle.clone())
+                    .map_err(|source| OpenError::Watch { path: self.config.filter.path.clone(), source })?,
+            ),
             false => None,
         };
         let pipeline = Pipeline::new(Arc::new(store), handle).with_batch_size(self.config.backfill.batch_size);
         Ok(Sluice { pipeline, config: self.config, _watcher: watcher })
     }
+}
+
+/// Why [`SluiceBuilder::open`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The filter file is missing or invalid.
+    #[error(transparent)]
+    Filter(#[from] filter::FilterError),
+    /// The store did not open.
+    #[error("opening the store in {}", path.display())]
+    Store { path: PathBuf, source: store::StoreError },
+    /// The filter file cannot be watched.
+    #[error("watching the filter file {}", path.display())]
+    Watch { path: PathBuf, source: std::io::Error },
 }
 
 /// Why a CAR was not indexed.

@@ -10,10 +10,45 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::backfill::{Backfill, RunMode};
+use crate::backfill::{Backfill, BackfillError, QueueError, RunMode};
+use crate::error::chain;
 use crate::firehose::{Firehose, FirehoseError};
-use crate::server::ServerState;
+use crate::server::{BindError, ServerState};
+use crate::store::StoreError;
 use crate::{Config, Sluice};
+
+/// Why the service did not start, or how it ended. The backfill's and live ingestion's storage
+/// failures name their cause (`backfill stopped: storage full: ...`).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The backfill stopped on a failure.
+    #[error(transparent)]
+    Backfill(#[from] BackfillError),
+    /// Live ingestion did not start, or stopped on a failure.
+    #[error(transparent)]
+    Firehose(#[from] FirehoseError),
+    /// Storage failed while starting.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// `--did` named a repo that cannot be queued.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// `[server] listen` could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// A thread or runtime could not be started.
+    #[error("starting {what}")]
+    Start { what: &'static str, source: std::io::Error },
+    /// The server ended on an error.
+    #[error("the server failed")]
+    Server(#[source] std::io::Error),
+    /// A task ended in a panic.
+    #[error("{what} did not finish")]
+    Task { what: &'static str, source: tokio::task::JoinError },
+    /// The NATS sink's thread panicked.
+    #[error("the NATS sink's thread panicked")]
+    SinkPanicked,
+}
 
 /// What to run.
 #[derive(Debug, Clone, Default)]
@@ -62,7 +97,7 @@ impl Service {
         config: &Config,
         mode: RunMode,
         opts: &ServiceOptions,
-    ) -> anyhow::Result<Service> {
+    ) -> Result<Service, ServiceError> {
         let backfill = Backfill::new(sluice.pipeline().clone(), config);
         if opts.recrawl {
             sluice.store().cursors().reset_crawl()?;
@@ -87,7 +122,10 @@ impl Service {
         }
         if let Some(nats) = &config.sink.nats {
             let sink = crate::sink::NatsSink::new(sluice.store().clone(), nats.clone(), config.cluster.node_name())?;
-            service.sink_task = Some(crate::sink::spawn(sink.clone(), service.stop.clone())?);
+            service.sink_task = Some(
+                crate::sink::spawn(sink.clone(), service.stop.clone())
+                    .map_err(|source| ServiceError::Start { what: "the NATS sink", source })?,
+            );
             service.sink = Some(sink);
         }
         if forever && config.server.enabled {
@@ -125,18 +163,18 @@ impl Service {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => {
                         tracing::warn!(
-                            error = %e,
+                            error = %chain(&e),
                             "removing events past the retention failed; trying again at the next pass"
                         )
                     }
-                    Err(e) => tracing::warn!(error = %e, "the retention pass did not finish"),
+                    Err(e) => tracing::warn!(error = %chain(&e), "the retention pass did not finish"),
                 }
             }
         }));
     }
 
     /// The handle checker (see `handles.rs`), sharing the backfill's identity cache.
-    fn start_handle_checks(&mut self, sluice: &Sluice, config: &Config) -> anyhow::Result<()> {
+    fn start_handle_checks(&mut self, sluice: &Sluice, config: &Config) -> Result<(), ServiceError> {
         let resolver = match crate::handles::HandleResolver::new(
             config.network.handle_resolver.as_deref(),
             Duration::from_secs(10),
@@ -144,7 +182,7 @@ impl Service {
             Ok(resolver) => resolver,
             Err(e) => {
                 tracing::error!(
-                    error = %e,
+                    error = %chain(&e),
                     "handles cannot be checked (set [network] handle_resolver); no handle is taken as its repo's own"
                 );
                 return Ok(());
@@ -162,13 +200,13 @@ impl Service {
 
     /// Live ingestion beside the backfill: held commits are drained as repos finish their
     /// backfill, and a storage failure stops everything.
-    fn start_firehose(&mut self, sluice: &Sluice, config: &Config) -> anyhow::Result<()> {
+    fn start_firehose(&mut self, sluice: &Sluice, config: &Config) -> Result<(), ServiceError> {
         let firehose = firehose_beside(sluice, config, &self.backfill)?;
         let (backfill, stop, live) = (self.backfill.clone(), self.stop.clone(), firehose.clone());
         self.live = Some(tokio::spawn(async move {
             let result = live.run(stop.clone()).await;
             if let Err(e) = &result {
-                tracing::error!(error = %e, "live ingestion stopped; stopping everything");
+                tracing::error!(error = %chain(e), "live ingestion stopped; stopping everything");
                 backfill.stop();
                 stop.cancel();
             }
@@ -179,13 +217,15 @@ impl Service {
     }
 
     /// Binds `[server] listen` and serves until the service stops.
-    async fn start_server(&mut self, sluice: &Sluice, config: &Config) -> anyhow::Result<()> {
+    async fn start_server(&mut self, sluice: &Sluice, config: &Config) -> Result<(), ServiceError> {
         let listener = crate::server::bind(config).await?;
         let mut state = ServerState::new(sluice.pipeline().clone(), config.clone());
         (state.backfill, state.firehose, state.stop) =
             (Some(self.backfill.control()), self.firehose.clone(), self.stop.clone());
         state.sink = self.sink.clone();
-        self.server = Some(crate::server::serve_dedicated(listener, Arc::new(state), crate::process::cores())?);
+        let server = crate::server::serve_dedicated(listener, Arc::new(state), crate::process::cores())
+            .map_err(|source| ServiceError::Start { what: "the server", source })?;
+        self.server = Some(server);
         Ok(())
     }
 
@@ -224,7 +264,7 @@ impl Service {
 
     /// Runs until done: `UntilEmpty` ends with the backfill; `Forever` goes on serving and
     /// following the firehose after it, until stopped. Returns the first failure.
-    pub async fn run(mut self, mode: RunMode, crawl: bool) -> anyhow::Result<()> {
+    pub async fn run(mut self, mode: RunMode, crawl: bool) -> Result<(), ServiceError> {
         let result = self.backfill.run(mode, crawl).await;
         match mode == RunMode::Forever && result.is_ok() {
             true => self.stop.cancelled().await,
@@ -233,22 +273,79 @@ impl Service {
                 self.stop.cancel();
             }
         }
+        let task = |what: &'static str| move |source| ServiceError::Task { what, source };
         let live = match self.live.take() {
-            Some(task) => task.await?,
+            Some(live) => live.await.map_err(task("live ingestion"))?,
             None => Ok(()),
         };
         if let Some(server) = self.server.take() {
-            server.join().await?;
+            server.join().await.map_err(ServiceError::Server)?;
         }
-        for task in [self.retention.take(), self.handle_checks.take()].into_iter().flatten() {
-            task.await?;
+        for (what, handle) in [("retention", self.retention.take()), ("the handle checker", self.handle_checks.take())]
+        {
+            if let Some(handle) = handle {
+                handle.await.map_err(task(what))?;
+            }
         }
         if let Some(thread) = self.sink_task.take() {
             tokio::task::spawn_blocking(move || thread.join())
-                .await?
-                .map_err(|_| anyhow::anyhow!("the NATS sink's thread panicked"))?;
+                .await
+                .map_err(task("the NATS sink"))?
+                .map_err(|_| ServiceError::SinkPanicked)?;
         }
         result?;
         Ok(live?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `sluice backfill` on a disk that fills up: the run ends with the first failure, and
+    /// what the CLI prints last (`error: {e:#}` of what `Service::run` returns) names it, with
+    /// the data directory. With room again, a second run finishes every repo.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_backfill_that_fills_the_disk_ends_saying_so() {
+        use crate::devnet::{Devnet, DevnetOptions};
+        let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+        let dids = net.populate(24, 400, 3).await;
+        let disk = crate::store::SmallDisk::mount("2m");
+        let mut config = Config::default();
+        (config.network.relay, config.network.plc) = (net.relay_url(), net.plc_url());
+        config.storage.path = disk.mount.join("data");
+        let open = || {
+            let filter = crate::Filter::from_toml("mode = \"full\"", "test.toml").unwrap();
+            Sluice::builder().config(config.clone()).filter(filter).open().unwrap()
+        };
+        let backfill = |sluice: Sluice| {
+            let config = config.clone();
+            async move {
+                let service = Service::start(&sluice, &config, RunMode::UntilEmpty, &ServiceOptions::default()).await?;
+                let ended = tokio::time::timeout(Duration::from_secs(120), service.run(RunMode::UntilEmpty, true));
+                ended.await.expect("the backfill ends")?;
+                Ok::<_, ServiceError>(sluice)
+            }
+        };
+
+        let failed = backfill(open()).await.err().expect("2 MB is not enough");
+        assert!(matches!(&failed, ServiceError::Backfill(BackfillError::Storage(e)) if e.disk_failure().is_some()));
+        let last_line = format!("error: {:#}", anyhow::Error::from(failed));
+        assert_eq!(
+            last_line,
+            format!(
+                "error: backfill stopped: storage full: No space left on device (os error 28) at {}; \
+                 free space and run again, nothing is lost",
+                config.storage.path.display()
+            )
+        );
+
+        disk.grow("256m");
+        let sluice = backfill(open()).await.expect("with room, the backfill finishes");
+        for did in &dids {
+            let state = sluice.store().repos().state(did).unwrap().expect("every repo has a state");
+            assert_eq!(state.status, crate::store::RepoStatus::Synced, "{did}");
+        }
+        net.shutdown().await;
     }
 }

@@ -114,15 +114,22 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .with_state(state)
 }
 
+/// Why `[server] listen` could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// It is not an address.
+    #[error("[server] listen = {listen:?} is not an address")]
+    Address { listen: String, source: std::net::AddrParseError },
+    /// Binding it failed (in use, not allowed).
+    #[error("binding {addr}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
 /// Binds `[server] listen`.
-pub async fn bind(config: &Config) -> anyhow::Result<TcpListener> {
-    use anyhow::Context as _;
-    let addr: SocketAddr = config
-        .server
-        .listen
-        .parse()
-        .with_context(|| format!("[server] listen = {:?} is not an address", config.server.listen))?;
-    TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))
+pub async fn bind(config: &Config) -> Result<TcpListener, BindError> {
+    let listen = &config.server.listen;
+    let addr: SocketAddr = listen.parse().map_err(|source| BindError::Address { listen: listen.clone(), source })?;
+    TcpListener::bind(addr).await.map_err(|source| BindError::Bind { addr, source })
 }
 
 /// Serves on `listener` until the state's `stop` is cancelled.

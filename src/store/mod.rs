@@ -69,6 +69,8 @@ use fjall::KeyspaceCreateOptions;
 pub use commit::{Committed, Prepared, RepoChange};
 pub use cursors::Cursors;
 pub use failure::DiskFailure;
+#[cfg(test)]
+pub(crate) use failure::SmallDisk;
 pub use handler_spaces::HandlerSpaces;
 pub use handles::Handles;
 pub use held::Held;
