@@ -354,8 +354,11 @@ impl Firehose {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
+            if self.failed() {
+                return stop.cancel();
+            }
             if let Err(e) = self.position.save() {
-                tracing::error!(error = %e, "saving the firehose cursor failed");
+                tracing::error!(error = %chain(&e), "saving the firehose cursor failed");
             }
         }
     }
