@@ -19,9 +19,11 @@
 //!   `records` and the event pages; read by the records and the log, never written.
 //!
 //! [`Store`] holds the database, the parts, the writer lock and the watch channels, and the
-//! write paths (`commit.rs`). An accessor returns its part, except where the part's operations
-//! run under the writer lock (the queue's takes raise its floor; the handle checker's verdict is
-//! a state write): those return a view that borrows the store ([`Queue`], [`Handles`]).
+//! write paths (`commit.rs`). Every write, the parts' own included, goes through `failure::Db`,
+//! which keeps the first failed write so that every later error names its cause (a full disk).
+//! An accessor returns its part, except where the part's operations run under the writer lock
+//! (the queue's takes raise its floor; the handle checker's verdict is a state write): those
+//! return a view that borrows the store ([`Queue`], [`Handles`]).
 //!
 //! Contract: everything one [`RepoChange`] changes (one batch of a repo walk, or one live
 //! commit) — records, handler index writes, repo state with its queue entry and handle index
