@@ -91,7 +91,8 @@ impl EventLog {
         let mut spans = self.event_times.range(from.unwrap_or_default().to_vec()..);
         let Some(first) = spans.next() else { return Ok((Trimmed::default(), None)) };
         let mut current = first.into_inner()?;
-        let mut batch = self.db.batch(2 * max_pages + 2);
+        // Its size is not known beforehand (untimed pages too): the batch grows as it goes.
+        let mut batch = self.db.batch(0);
         let mut trimmed = Trimmed::default();
         for next in spans {
             let next = next.into_inner()?;
