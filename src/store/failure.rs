@@ -116,10 +116,12 @@ impl State {
     fn failed(&self, e: fjall::Error, db: Option<&Database>) -> StoreError {
         let io = match e {
             fjall::Error::Io(io) | fjall::Error::Storage(fjall::LsmError::Io(io)) => io,
-            fjall::Error::Poisoned => match (self.first.get(), db.and_then(Database::poison_cause)) {
-                (Some(first), _) => return StoreError::Disk(first.clone()),
-                (None, Some(io)) => io,
-                (None, None) => return StoreError::Poisoned { path: self.path.clone() },
+            fjall::Error::Poisoned => match self.first.get() {
+                Some(first) => return StoreError::Disk(first.clone()),
+                None => match db.and_then(Database::poison_cause) {
+                    Some(io) => io,
+                    None => return StoreError::Poisoned { path: self.path.clone() },
+                },
             },
             other => return StoreError::Fjall(other),
         };
@@ -128,9 +130,9 @@ impl State {
     }
 }
 
-#[cfg(test)]
 /// A small disk for tests of a full one: a tmpfs of `size` mounted on a new directory,
 /// unmounted when dropped.
+#[cfg(test)]
 pub(crate) struct SmallDisk {
     _dir: tempfile::TempDir,
     /// Where it is mounted.
