@@ -21,15 +21,13 @@
 
 use std::time::Instant;
 
-use common::Usage;
 use sluice::devnet::{Devnet, DevnetOptions};
-
-mod common;
+use sluice_testkit::bench::{self, Usage};
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Runs `sluice backfill` on `net` into a fresh store (see [`common::run_child`] for what is
+/// Runs `sluice backfill` on `net` into a fresh store (see [`bench::run_child`] for what is
 /// measured and how).
 fn backfill(net: &Devnet, binary: &str, concurrency: usize, handlers: bool) -> Usage {
     backfill_with(net, binary, concurrency, handlers, "")
@@ -60,14 +58,14 @@ fn backfill_logged(
             path
         }
     };
-    let config = common::backfill_config(
+    let config = sluice_testkit::devnet_config_with_filter(
         dir.path(),
         net,
         &filter,
         &format!("[backfill]\nmax_concurrent = {concurrency}\nmax_memory_mb = 0\n{extra}"),
     );
     let log = dir.path().join("run.log");
-    let usage = common::run_child(binary, &["--config", config.to_str().unwrap(), "backfill"], Some(&log));
+    let usage = bench::run_child(binary, &["--config", config.to_str().unwrap(), "backfill"], Some(&log));
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     // A log line starts with its time (wrapped in colour codes): `...2026-12-05T00:43:36.1Z...`.
     let time = |line: &str| {
@@ -171,7 +169,7 @@ async fn sink_and_shards() {
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     net.populate(repos, RECORDS, 11).await;
     let binaries = sluice_binaries();
-    let nats = (wants("sink") || wants("sink-split")).then(sluice::devnet::NatsServer::start);
+    let nats = (wants("sink") || wants("sink-split")).then(sluice_testkit::NatsServer::start);
     for round in 0..rounds {
         for (b, binary) in binaries.iter().enumerate() {
             let label = format!("{repos} x {RECORDS} records{}", build_name(binary, &binaries));
@@ -189,9 +187,9 @@ async fn sink_and_shards() {
             if let Some(nats) = nats.as_ref().filter(|_| wants("sink-split")) {
                 // The deployment's shape on this machine: sluice alone on CPU 0; the NATS
                 // server and the devnet (this process) on CPU 1, standing for other machines.
-                common::pin_process(std::process::id(), &[1]);
-                common::pin_process(nats.pid().unwrap(), &[1]);
-                common::CHILD_CPU.store(0, std::sync::atomic::Ordering::Relaxed);
+                bench::pin_process(std::process::id(), &[1]);
+                bench::pin_process(nats.pid().unwrap(), &[1]);
+                bench::CHILD_CPU.store(0, std::sync::atomic::Ordering::Relaxed);
                 sink_on_off(
                     &net,
                     binary,
@@ -200,9 +198,9 @@ async fn sink_and_shards() {
                     &nats.url(),
                     &format!("split{stream}"),
                 );
-                common::CHILD_CPU.store(-1, std::sync::atomic::Ordering::Relaxed);
-                common::pin_process(std::process::id(), &[0, 1]);
-                common::pin_process(nats.pid().unwrap(), &[0, 1]);
+                bench::CHILD_CPU.store(-1, std::sync::atomic::Ordering::Relaxed);
+                bench::pin_process(std::process::id(), &[0, 1]);
+                bench::pin_process(nats.pid().unwrap(), &[0, 1]);
             }
         }
         let (binary, label) = (binaries[0].as_str(), format!("{repos} x {RECORDS} records"));

@@ -17,8 +17,7 @@ use std::time::Instant;
 use sluice::backfill::{Crawler, Listing};
 use sluice::devnet::{Devnet, DevnetOptions};
 use sluice::store::Store;
-
-mod common;
+use sluice_testkit::bench;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -60,14 +59,15 @@ async fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let filter = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/everything.toml");
-    let config =
-        common::backfill_config(dir.path(), &net, &filter, "[backfill]\nmax_memory_mb = 0\nprogress_secs = 2\n");
-    let log = dir.path().join("backfill.log");
-    let usage = common::run_child(
-        env!("CARGO_BIN_EXE_sluice"),
-        &["--config", config.to_str().unwrap(), "backfill"],
-        Some(&log),
+    let config = sluice_testkit::devnet_config_with_filter(
+        dir.path(),
+        &net,
+        &filter,
+        "[backfill]\nmax_memory_mb = 0\nprogress_secs = 2\n",
     );
+    let log = dir.path().join("backfill.log");
+    let usage =
+        bench::run_child(env!("CARGO_BIN_EXE_sluice"), &["--config", config.to_str().unwrap(), "backfill"], Some(&log));
     let rates = progress_rates(&std::fs::read_to_string(&log).unwrap());
     // The first interval includes the crawl; the last may be cut short by the run's end.
     let (first, last) = (rates.get(1).copied().unwrap_or(0.0), rates.iter().rev().nth(1).copied().unwrap_or(0.0));

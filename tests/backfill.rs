@@ -1,8 +1,6 @@
 //! Network backfill end to end against the devnet (127.0.0.1 only): discovery, states, the
 //! stored records against what the PDS hosts hold, and the effect of each backfill control.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -13,6 +11,7 @@ use sluice::backfill::{Backfill, RunMode};
 use sluice::devnet::{AccountSpec, AccountStatus, Devnet, DevnetOptions};
 use sluice::store::{RepoStatus, StoredEvent};
 use sluice::{Config, Filter, Sluice};
+use sluice_testkit as testkit;
 
 /// Every test's runs end well within this.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
@@ -59,7 +58,7 @@ fn status(s: &Setup, did: &str) -> Option<RepoStatus> {
 
 /// The stored records of `did`: (collection, rkey) -> CID string.
 fn stored(s: &Setup, did: &str) -> BTreeMap<(String, String), String> {
-    common::stored_cids(s.sluice.store(), did)
+    testkit::stored_cids(s.sluice.store(), did)
 }
 
 /// What the PDS holds for `did` in the collections `wanted` keeps.

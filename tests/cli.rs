@@ -1,9 +1,9 @@
 //! The `sluice` binary: index-car, events, stats, cursors, filter check, handlers, devnet. Errors are one clear
 //! line and a non-zero exit, never a panic.
 
-mod common;
-
 use std::process::{Command, Output};
+
+use sluice_testkit as testkit;
 
 fn sluice(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
@@ -23,8 +23,8 @@ fn index_car_then_events_and_stats() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let data = data.to_str().unwrap();
-    let calabro = common::fixture("car/calabro.car");
-    let tiny = common::fixture("car/tiny.car");
+    let calabro = testkit::fixture("car/calabro.car");
+    let tiny = testkit::fixture("car/tiny.car");
     // One at a time, so the event ids follow the order of the files.
     let out = sluice(&[
         "index-car",
@@ -78,7 +78,7 @@ fn bad_input_is_one_clear_line_and_a_failure() {
     let junk = dir.path().join("junk.car");
     std::fs::write(&junk, b"not a car at all").unwrap();
     let data = dir.path().join("data");
-    let tiny = common::fixture("car/tiny.car");
+    let tiny = testkit::fixture("car/tiny.car");
     let out = sluice(&[
         "index-car",
         "--filter",

@@ -4,13 +4,12 @@
 //! batches, once with thousands of small repos (the network's shape), where kills land while
 //! the queue is being taken fast.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use sluice::devnet::{Devnet, DevnetOptions};
 use sluice::store::{Action, RepoStatus, Store, StoredEvent};
+use sluice_testkit as testkit;
 
 const REPOS: usize = 80;
 const CONCURRENCY: u64 = 4;
@@ -21,7 +20,7 @@ fn write_config(dir: &std::path::Path, net: &Devnet) -> std::path::PathBuf {
         "[backfill]\nbatch_size = 7\nbatch_delay_ms = 8\nmax_concurrent = {CONCURRENCY}\nprogress_secs = 1\n\
          retry_min_ms = 50\nretry_max_ms = 100\n"
     );
-    common::devnet_config_file(dir, net, &backfill)
+    testkit::devnet_config_file(dir, net, &backfill)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,7 +32,7 @@ async fn sigkill_during_a_backfill_of_thousands_of_small_repos_loses_and_duplica
     let dir = tempfile::tempdir().unwrap();
     let backfill =
         format!("[backfill]\nmax_concurrent = {IN_FLIGHT}\nprogress_secs = 1\nretry_min_ms = 50\nretry_max_ms = 100\n");
-    let config = common::devnet_config_file(dir.path(), &net, &backfill);
+    let config = testkit::devnet_config_file(dir.path(), &net, &backfill);
     let log = dir.path().join("sluice.log");
 
     let kills = kill_after_fetches(&net, &config, &log, &[(400, 0), (700, 3), (350, 11), (900, 1)]).await;
@@ -49,7 +48,7 @@ async fn sigkill_during_a_backfill_of_thousands_of_small_repos_loses_and_duplica
 }
 
 fn backfill(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
-    common::spawn_sluice(config, "backfill", log)
+    testkit::spawn_sluice(env!("CARGO_BIN_EXE_sluice"), config, "backfill", log)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,7 +150,7 @@ fn assert_every_repo_as_held(net: &Devnet, store: &Store, dids: &[String]) -> us
         assert_eq!(state.status, RepoStatus::Synced, "{did}");
         let held: BTreeMap<(String, String), String> =
             net.records(did).into_iter().map(|(key, (cid, _))| (key, cid)).collect();
-        let stored = common::stored_cids(store, did);
+        let stored = testkit::stored_cids(store, did);
         assert_eq!(stored, held, "{did}: nothing lost");
         total += held.len();
     }

@@ -2,8 +2,6 @@
 //! last restart every repo is indexed exactly as its PDS holds it, and the event log builds
 //! that state with no event lost or written twice.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use sluice::devnet::{Devnet, DevnetOptions};
 use sluice::store::{Action, RepoStatus, Store, StoredEvent};
+use sluice_testkit as testkit;
 
 const REPOS: usize = 6;
 
@@ -19,11 +18,11 @@ const REPOS: usize = 6;
 fn write_config(dir: &std::path::Path, net: &Devnet) -> std::path::PathBuf {
     let extra = "[backfill]\nprogress_secs = 1\nretry_min_ms = 50\nretry_max_ms = 100\n\
                  [firehose]\nmax_reconnect_secs = 1\n[server]\nlisten = \"127.0.0.1:0\"\n";
-    common::devnet_config_file(dir, net, extra)
+    testkit::devnet_config_file(dir, net, extra)
 }
 
 fn run(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
-    common::spawn_sluice(config, "run", log)
+    testkit::spawn_sluice(env!("CARGO_BIN_EXE_sluice"), config, "run", log)
 }
 
 /// Writes to the devnet until `stop`: creates, updates and deletes spread over `dids`.
@@ -69,7 +68,7 @@ fn terminate(child: &mut std::process::Child) {
 fn in_step(store: &Store, net: &Devnet, dids: &[String]) -> bool {
     dids.iter().all(|did| {
         let synced = store.repo_state(did).unwrap().is_some_and(|s| s.status == RepoStatus::Synced);
-        let stored = common::stored_cids(store, did);
+        let stored = testkit::stored_cids(store, did);
         synced && stored == net.records(did).into_iter().map(|(k, (cid, _))| (k, cid)).collect::<BTreeMap<_, _>>()
     })
 }

@@ -4,8 +4,6 @@
 //! frames follow their rules, unknown repos are discovered, and a dropped connection resumes
 //! from its cursor.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,6 +15,7 @@ use sluice::devnet::{AccountSpec, AccountStatus, Devnet, DevnetOptions, Tamper};
 use sluice::firehose::Firehose;
 use sluice::store::{Action, RepoStatus, StoredEvent};
 use sluice::{Config, Filter, Sluice};
+use sluice_testkit as testkit;
 use tokio_util::sync::CancellationToken;
 
 /// Every wait in these tests ends well within this.
@@ -88,7 +87,7 @@ impl Running {
 
     /// Stored records of `did`: (collection, rkey) -> CID.
     fn stored(&self, did: &str) -> BTreeMap<(String, String), String> {
-        common::stored_cids(self.sluice.store(), did)
+        testkit::stored_cids(self.sluice.store(), did)
     }
 
     /// What the PDS holds for `did`.

@@ -1,8 +1,6 @@
 //! Hot reload: edits to the filter file under a running indexer take effect within a second;
 //! an invalid save is refused with file, line and reason, and the old filter stays in force.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use sluice::filter::Mode;

@@ -2,69 +2,22 @@
 //! and a restart of sluice, no gap or duplicate at the switch from replay to live while the
 //! devnet writes, slow consumers closed with an error, acked consumers, and bad parameters.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 use sluice::backfill::{Backfill, RunMode};
 use sluice::devnet::{Devnet, DevnetOptions};
-use sluice::server::{ServerState, serve};
+use sluice::server::ServerState;
 use sluice::{Config, Filter, Sluice};
+use sluice_testkit as testkit;
+use sluice_testkit::server::{LIMIT, Socket, indexed, next_json, read_until, start_server};
 use tokio_tungstenite::tungstenite::Message;
-
-const LIMIT: Duration = Duration::from_secs(30);
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Serves `state` on an ephemeral port; returns its address.
-async fn start_server(state: ServerState) -> (String, Arc<ServerState>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let state = Arc::new(state);
-    tokio::spawn(serve(listener, state.clone()));
-    (addr, state)
-}
 
 async fn connect(addr: &str, query: &str) -> Socket {
     let url = format!("ws://{addr}/xrpc/dev.sluice.subscribeEvents{query}");
     tokio_tungstenite::connect_async(url).await.expect("connects").0
-}
-
-/// The next event (or error message) as JSON, or `None` when the stream closed.
-async fn next_json(socket: &mut Socket) -> Option<Value> {
-    loop {
-        match tokio::time::timeout(LIMIT, socket.next()).await.expect("a message in time")? {
-            Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).unwrap()),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
-        }
-    }
-}
-
-/// Reads events until `last_id` is reached; returns their ids.
-async fn read_until(socket: &mut Socket, last_id: u64) -> Vec<u64> {
-    let mut ids = Vec::new();
-    while ids.last().is_none_or(|&id| id < last_id) {
-        let event = next_json(socket).await.expect("the stream stays open");
-        ids.push(event["id"].as_u64().unwrap_or_else(|| panic!("an event, not {event}")));
-    }
-    ids
-}
-
-/// An indexer over the fixture repos `cars` (calabro alone gives 4,347 events), with
-/// `tweak`ed config.
-fn indexed(dir: &std::path::Path, cars: &[&str], tweak: impl FnOnce(&mut Config)) -> Sluice {
-    let mut config = Config::default();
-    config.storage.path = dir.join("data");
-    tweak(&mut config);
-    let sluice =
-        Sluice::builder().config(config).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
-    for car in cars {
-        sluice.index_car(&common::read_fixture(car), &Default::default()).unwrap();
-    }
-    sluice
 }
 
 const BOTH: &[&str] = &["car/calabro.car", "car/little.car"];
@@ -168,7 +121,7 @@ async fn a_slow_consumer_is_told_and_closed_and_resumes() {
     // slowly.
     let mut socket = connect(&addr, "").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    sluice.index_car(&common::read_fixture("car/calabro.car"), &Default::default()).unwrap();
+    sluice.index_car(&testkit::read_fixture("car/calabro.car"), &Default::default()).unwrap();
     let grown = sluice.store().next_event_id() - 1;
     assert!(grown - head > 50, "the log grew by more than max_lag ({} events)", grown - head);
     let mut last_id = head;
@@ -255,7 +208,7 @@ fn serve_offline(dir: &std::path::Path, extra: &str) -> (std::process::Child, St
     );
     std::fs::write(&config, text).unwrap();
     let log = dir.join("sluice.log");
-    (common::spawn_sluice(&config, "run", &log), format!("127.0.0.1:{port}"), log)
+    (testkit::spawn_sluice(env!("CARGO_BIN_EXE_sluice"), &config, "run", &log), format!("127.0.0.1:{port}"), log)
 }
 
 /// `sluice run` with `[events] retention_hours` set: its retention pass removes the old pages

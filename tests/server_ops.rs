@@ -1,20 +1,9 @@
 //! Operations endpoints and the stream's command-line client: `/`, `/health`, `/metrics` (their
 //! numbers follow what is indexed), unknown XRPC methods and `sluice tail`.
 
-mod common;
-
-use std::sync::Arc;
-
-use sluice::server::{ServerState, serve};
 use sluice::{Filter, Sluice};
-
-async fn serving(sluice: &Sluice) -> (String, Arc<ServerState>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = Arc::new(ServerState::new(sluice.pipeline().clone(), sluice.config().clone()));
-    tokio::spawn(serve(listener, state.clone()));
-    (base, state)
-}
+use sluice_testkit as testkit;
+use sluice_testkit::server::serving;
 
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
@@ -34,7 +23,7 @@ async fn health_and_metrics_follow_what_is_indexed() {
     let health: serde_json::Value = reqwest::get(format!("{base}/health")).await.unwrap().json().await.unwrap();
     assert_eq!((health["status"].as_str(), health["events"].as_u64()), (Some("ok"), Some(0)));
 
-    sluice.index_car(&common::read_fixture("car/little.car"), &Default::default()).unwrap();
+    sluice.index_car(&testkit::read_fixture("car/little.car"), &Default::default()).unwrap();
     let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     let text = response.text().await.unwrap();
@@ -87,7 +76,7 @@ async fn sluice_tail_prints_the_stream() {
         .filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap())
         .open()
         .unwrap();
-    sluice.index_car(&common::read_fixture("car/tiny.car"), &Default::default()).unwrap();
+    sluice.index_car(&testkit::read_fixture("car/tiny.car"), &Default::default()).unwrap();
     let (base, _state) = serving(&sluice).await;
     let tail = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {

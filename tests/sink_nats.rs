@@ -5,8 +5,6 @@
 //! `kill -9` while publishing loses and duplicates nothing; two shards hold the index between
 //! them and publish it to one stream.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -17,11 +15,13 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sluice::backfill::{Backfill, RunMode};
 use sluice::config::NatsSinkConfig;
-use sluice::devnet::{Devnet, DevnetOptions, NatsServer};
+use sluice::devnet::{Devnet, DevnetOptions};
 use sluice::firehose::Firehose;
 use sluice::sink::NatsSink;
 use sluice::store::{Action, RepoStatus, Store};
 use sluice::{Config, Filter, Sluice};
+use sluice_testkit as testkit;
+use sluice_testkit::NatsServer;
 use tokio_util::sync::CancellationToken;
 
 /// Every wait here ends well within this.
@@ -137,7 +137,7 @@ async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
 fn in_step(store: &Store, net: &Devnet, did: &str) -> bool {
     let synced = store.repo_state(did).unwrap().is_some_and(|s| s.status == RepoStatus::Synced);
     synced
-        && common::stored_cids(store, did)
+        && testkit::stored_cids(store, did)
             == net.records(did).into_iter().map(|(k, (cid, _))| (k, cid)).collect::<BTreeMap<_, _>>()
 }
 
@@ -257,7 +257,7 @@ async fn indexing_goes_on_while_nats_is_down_and_the_sink_catches_up_after() {
 /// Runs `sluice run` on `config` until its `/health` (on `port`) says it holds `events` events
 /// or more and the sink is not behind, then stops it gracefully (SIGTERM).
 async fn run_until_published(config: &std::path::Path, log: &std::path::Path, port: u16, events: u64) {
-    let mut child = common::spawn_sluice(config, "run", log);
+    let mut child = testkit::spawn_sluice(env!("CARGO_BIN_EXE_sluice"), config, "run", log);
     let deadline = Instant::now() + LIMIT;
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -314,10 +314,10 @@ async fn sigkill_while_publishing_loses_and_duplicates_nothing() {
          [sink.nats]\nurl = {:?}\nin_flight = 64\n",
         nats.url()
     );
-    let config = common::devnet_config_file(dir.path(), &net, &extra);
+    let config = testkit::devnet_config_file(dir.path(), &net, &extra);
     let log = dir.path().join("sluice.log");
     for after_ms in [400u64, 250, 600, 350] {
-        let mut child = common::spawn_sluice(&config, "run", &log);
+        let mut child = testkit::spawn_sluice(env!("CARGO_BIN_EXE_sluice"), &config, "run", &log);
         tokio::time::sleep(Duration::from_millis(after_ms)).await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();

@@ -29,7 +29,6 @@ mod firehose_frame;
 mod firehose_synth;
 mod firehose_ws;
 mod listing;
-mod nats;
 mod pds;
 mod pds_repo;
 mod pds_sync;
@@ -51,7 +50,6 @@ use tokio_util::sync::CancellationToken;
 
 pub use firehose_commit::Tamper;
 pub use firehose_synth::{SyntheticStream, synthetic_stream};
-pub use nats::NatsServer;
 pub use pds::DID_WEB_RESOLVE;
 pub use plc::PLC_RESOLVE;
 pub use repos::{Account, BuildError, RepoContents, export_car, export_car_blocking, export_repo, rev_at};

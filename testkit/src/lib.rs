@@ -1,13 +1,29 @@
-//! Helpers shared by the integration tests.
-#![allow(dead_code)]
+//! What the tests and benches of `sluice` and `sluice-cli` share, so that each helper has one
+//! home: the project's paths and fixtures, indexers over temporary directories, config files
+//! and child `sluice` processes against a devnet (this file); a server in this process and
+//! clients of its event stream ([`server`]); what benches measure with ([`bench`]); a real NATS
+//! server for the sink's tests and benches ([`NatsServer`]). Test support only: it panics where
+//! a test should fail.
 
-use std::path::PathBuf;
+pub mod bench;
+mod nats;
+pub mod server;
 
+use std::path::{Path, PathBuf};
+
+use sluice::devnet::Devnet;
 use sluice::{Filter, Sluice};
+
+pub use nats::NatsServer;
+
+/// The project root (the workspace's top directory).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit/ sits in the project root").to_path_buf()
+}
 
 /// `../shared/fixtures/<rel>`, beside the project root.
 pub fn fixture(rel: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures").join(rel)
+    root().join("../shared/fixtures").join(rel)
 }
 
 /// Reads a fixture.
@@ -53,14 +69,18 @@ pub fn car_file(car: &[u8]) -> std::fs::File {
 
 /// A config file in `dir` pointing a `sluice` child process at `net` (full-mode filter, data in
 /// `dir/data`), with `extra` TOML sections appended; returns its path.
-pub fn devnet_config_file(dir: &std::path::Path, net: &sluice::devnet::Devnet, extra: &str) -> PathBuf {
+pub fn devnet_config_file(dir: &Path, net: &Devnet, extra: &str) -> PathBuf {
     let filter = dir.join("filter.toml");
     std::fs::write(&filter, "mode = \"full\"\n").unwrap();
+    devnet_config_with_filter(dir, net, &filter, extra)
+}
+
+/// [`devnet_config_file`] with the filter file `filter`.
+pub fn devnet_config_with_filter(dir: &Path, net: &Devnet, filter: &Path, extra: &str) -> PathBuf {
     let config = dir.join("config.toml");
     let text = format!(
-        "[storage]\npath = {:?}\n[filter]\npath = {:?}\n[network]\nrelay = {:?}\nplc = {:?}\n{extra}",
+        "[storage]\npath = {:?}\n[filter]\npath = {filter:?}\n[network]\nrelay = {:?}\nplc = {:?}\n{extra}",
         dir.join("data"),
-        filter,
         net.relay_url(),
         net.plc_url()
     );
@@ -68,9 +88,10 @@ pub fn devnet_config_file(dir: &std::path::Path, net: &sluice::devnet::Devnet, e
     config
 }
 
-/// Starts `sluice --config CONFIG COMMAND` with its log appended to `log`.
-pub fn spawn_sluice(config: &std::path::Path, command: &str, log: &std::path::Path) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+/// Starts `BINARY --config CONFIG COMMAND` (a `sluice` build: `env!("CARGO_BIN_EXE_sluice")` in
+/// the tests of its package) with its log appended to `log`.
+pub fn spawn_sluice(binary: &str, config: &Path, command: &str, log: &Path) -> std::process::Child {
+    std::process::Command::new(binary)
         .args(["--config", config.to_str().unwrap(), command])
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::null())

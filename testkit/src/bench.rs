@@ -1,11 +1,12 @@
 //! What the benches share: the generated, signed 100k-record repos (cached in
-//! `target/bench-cache/`, built on first use), and the process's CPU time.
-
-#![allow(dead_code)]
+//! `target/bench-cache/`, built on first use), the process's CPU time and peak memory, and
+//! child processes measured and pinned to CPUs.
 
 use std::path::PathBuf;
 
 use sluice::devnet::{Account, RepoContents, export_car_blocking, rev_at};
+
+use crate::root;
 
 /// Records in a generated repo.
 pub const GENERATED_RECORDS: usize = 100_000;
@@ -20,11 +21,6 @@ pub fn cpu_seconds() -> f64 {
     };
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     secs(usage.ru_utime) + secs(usage.ru_stime)
-}
-
-/// The project root.
-pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A signed repo of 100k records (posts, likes, follows) of account `seed`, built once and cached.
@@ -178,22 +174,4 @@ fn watch_peak_rss(pid: u32) -> std::thread::JoinHandle<i64> {
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
     })
-}
-
-/// The config of a `sluice backfill` child against `net`'s relay and PLC, data in `dir`.
-pub fn backfill_config(
-    dir: &std::path::Path,
-    net: &sluice::devnet::Devnet,
-    filter: &std::path::Path,
-    extra: &str,
-) -> PathBuf {
-    let config = dir.join("config.toml");
-    let text = format!(
-        "[storage]\npath = {:?}\n[filter]\npath = {filter:?}\n[network]\nrelay = {:?}\nplc = {:?}\n{extra}",
-        dir.join("data"),
-        net.relay_url(),
-        net.plc_url()
-    );
-    std::fs::write(&config, text).unwrap();
-    config
 }
