@@ -1,5 +1,5 @@
-//! Operations endpoints and the stream's command-line client: `/`, `/health`, `/metrics` (their
-//! numbers follow what is indexed), unknown XRPC methods and `sluice tail`.
+//! Operations endpoints: `/`, `/health`, `/metrics` (their numbers follow what is indexed) and
+//! unknown XRPC methods. (`sluice tail`, the stream's command-line client: cli/tests/tail.rs.)
 
 use sluice::{Filter, Sluice};
 use sluice_testkit as testkit;
@@ -66,37 +66,6 @@ async fn a_refused_filter_save_shows_in_health_and_metrics() {
     assert_eq!(metric(&text, "sluice_filter_saves_total{result=\"accepted\"}"), 1.0);
     let health: serde_json::Value = reqwest::get(format!("{base}/health")).await.unwrap().json().await.unwrap();
     assert!(health["filter"]["error"].is_null(), "{health}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sluice_tail_prints_the_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let sluice = Sluice::builder()
-        .data_dir(dir.path().join("data"))
-        .filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap())
-        .open()
-        .unwrap();
-    sluice.index_car(&testkit::read_fixture("car/tiny.car"), &Default::default()).unwrap();
-    let (base, _state) = serving(&sluice).await;
-    let tail = |args: Vec<String>| {
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).arg("tail").args(args).output().unwrap()
-        })
-    };
-    let output =
-        tail(vec!["--server".into(), base.clone(), "--cursor".into(), "3".into(), "--limit".into(), "4".into()])
-            .await
-            .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let ids: Vec<u64> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_u64().unwrap())
-        .collect();
-    assert_eq!(ids, vec![4, 5, 6, 7]);
-    let refused = tail(vec!["--server".into(), base, "--cursor".into(), "99".into()]).await.unwrap();
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("error"), "a refused stream is one error line");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -58,7 +58,7 @@ async fn main() {
     drop(store);
 
     let dir = tempfile::tempdir().unwrap();
-    let filter = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/everything.toml");
+    let filter = sluice_testkit::root().join("filters/everything.toml");
     let config = sluice_testkit::devnet_config_with_filter(
         dir.path(),
         &net,

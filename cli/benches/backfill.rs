@@ -49,7 +49,7 @@ fn backfill_logged(
 ) -> (Usage, Option<f64>) {
     let dir = tempfile::tempdir().unwrap();
     let filter = match handlers {
-        true => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("filters/everything.toml"),
+        true => sluice_testkit::root().join("filters/everything.toml"),
         false => {
             let path = dir.path().join("no-handlers.toml");
             let toml = "mode = \"full\"\n[handlers.post]\nenabled = false\n[handlers.backlinks]\nenabled = false\n\

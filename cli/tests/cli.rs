@@ -9,7 +9,7 @@ fn sluice(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(args)
         .env("RUST_LOG", "warn")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(testkit::root())
         .output()
         .unwrap()
 }
@@ -177,7 +177,7 @@ fn backfill_refuses_to_start_with_the_reason_and_a_non_zero_exit() {
     let bad_env = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args(["backfill", "--data", dir.path().join("d").to_str().unwrap()])
         .env("BACKFILL_DAYS", "lots")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(testkit::root())
         .output()
         .unwrap();
     assert!(!bad_env.status.success());
