@@ -132,7 +132,7 @@ fn main() {
     row("relay capture (148 commits, 40 fresh stores)", &total);
 
     let (accounts, n) = (1_000, 100_000);
-    let stream = sluice::devnet::synthetic_stream(accounts, n, 7);
+    let stream = sluice_devnet::synthetic_stream(accounts, n, 7);
     let identities: Vec<Identity> = stream
         .keys
         .iter()

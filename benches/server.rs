@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use sluice::backfill::{Backfill, RunMode};
-use sluice::devnet::{Devnet, DevnetOptions};
 use sluice::firehose::Firehose;
 use sluice::server::{DedicatedServer, ServerState, serve_dedicated};
 use sluice::{Config, Filter, IndexOptions, Sluice};
+use sluice_devnet::{Devnet, DevnetOptions};
 use sluice_testkit::bench;
 use tokio_tungstenite::tungstenite::Message;
 

@@ -21,8 +21,7 @@
 //! - [`service`]: backfill, live ingestion and the server run together (`sluice run`).
 //! - [`server`]: the HTTP server: event stream, XRPC queries, admin, operations.
 //! - [`tail`]: a client of the event stream (`sluice tail`).
-//! - [`xrpc`]: XRPC error answers and parameters, shared by the server and the devnet.
-//! - [`devnet`]: a fake PLC + PDS + relay on 127.0.0.1.
+//! - [`xrpc`]: XRPC error answers and parameters (the server's; crate `sluice-devnet` uses them).
 //!
 //! # Embedding
 //! ```no_run
@@ -38,7 +37,6 @@ pub mod alloc;
 pub mod backfill;
 pub mod cluster;
 pub mod config;
-pub mod devnet;
 pub mod filter;
 pub mod firehose;
 pub mod handles;

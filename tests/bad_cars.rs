@@ -2,9 +2,9 @@
 //! them is written.
 
 use cid::Cid;
-use sluice::devnet::{Account, RepoContents, export_car_blocking, rev_at};
 use sluice::repo::{CarLimits, RepoError, read_car};
 use sluice::{IndexError, IndexOptions, Sluice};
+use sluice_devnet::{Account, RepoContents, export_car_blocking, rev_at};
 use sluice_testkit as testkit;
 
 /// (root, blocks in order) of a CAR.

@@ -4,9 +4,9 @@
 
 use serde_json::json;
 use sluice::IndexOptions;
-use sluice::devnet::{Account, RepoContents, export_car_blocking, rev_at};
 use sluice::handlers::{CollectionHandler, HandlerError, HandlerOutput, HandlerSettings, RecordView, backlinks};
 use sluice::store::StoredEvent;
+use sluice_devnet::{Account, RepoContents, export_car_blocking, rev_at};
 use sluice_testkit as testkit;
 
 struct Exploding;

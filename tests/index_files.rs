@@ -6,9 +6,9 @@ use std::path::PathBuf;
 
 use serde_json::json;
 use sluice::IndexOptions;
-use sluice::devnet::{Account, RepoContents, export_car_blocking, rev_at};
 use sluice::index_files::index_files;
 use sluice::store::{Action, StoredEvent};
+use sluice_devnet::{Account, RepoContents, export_car_blocking, rev_at};
 use sluice_testkit as testkit;
 
 fn post(n: u32) -> Vec<u8> {

@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use serde_json::json;
-use sluice::devnet::{Account, RepoContents, export_car_blocking, rev_at};
 use sluice::store::{Action, StoredEvent};
 use sluice::{IndexOptions, Sluice};
+use sluice_devnet::{Account, RepoContents, export_car_blocking, rev_at};
 use sluice_testkit as testkit;
 
 const COLLECTIONS: &[&str] =

@@ -21,7 +21,7 @@
 
 use std::time::Instant;
 
-use sluice::devnet::{Devnet, DevnetOptions};
+use sluice_devnet::{Devnet, DevnetOptions};
 use sluice_testkit::bench::{self, Usage};
 
 #[global_allocator]

@@ -15,8 +15,8 @@
 use std::time::Instant;
 
 use sluice::backfill::{Crawler, Listing};
-use sluice::devnet::{Devnet, DevnetOptions};
 use sluice::store::Store;
+use sluice_devnet::{Devnet, DevnetOptions};
 use sluice_testkit::bench;
 
 #[global_allocator]

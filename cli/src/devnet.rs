@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use sluice::Config;
-use sluice::devnet::{Devnet, DevnetOptions};
+use sluice_devnet::{Devnet, DevnetOptions};
 
 use crate::service::shutdown_signal;
 

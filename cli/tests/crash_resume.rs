@@ -7,8 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use sluice::devnet::{Devnet, DevnetOptions};
 use sluice::store::{Action, RepoStatus, Store, StoredEvent};
+use sluice_devnet::{Devnet, DevnetOptions};
 use sluice_testkit as testkit;
 
 const REPOS: usize = 80;

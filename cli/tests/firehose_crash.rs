@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sluice::devnet::{Devnet, DevnetOptions};
 use sluice::store::{Action, RepoStatus, Store, StoredEvent};
+use sluice_devnet::{Devnet, DevnetOptions};
 use sluice_testkit as testkit;
 
 const REPOS: usize = 6;

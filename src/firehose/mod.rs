@@ -28,7 +28,8 @@ pub mod chain;
 pub mod client;
 pub mod cursor;
 pub mod frame;
-mod gap;
+#[doc(hidden)]
+pub mod gap;
 pub mod live;
 pub mod ops;
 pub mod shards;

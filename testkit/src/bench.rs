@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use sluice::devnet::{Account, RepoContents, export_car_blocking, rev_at};
+use sluice_devnet::{Account, RepoContents, export_car_blocking, rev_at};
 
 use crate::root;
 

@@ -11,8 +11,8 @@ pub mod server;
 
 use std::path::{Path, PathBuf};
 
-use sluice::devnet::Devnet;
 use sluice::{Filter, Sluice};
+use sluice_devnet::Devnet;
 
 pub use nats::NatsServer;
 

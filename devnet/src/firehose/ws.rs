@@ -5,24 +5,25 @@
 //! closed (a client reconnects with its cursor).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use axum::extract::Query;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 
-use super::firehose::{Event, Subscription};
-use super::firehose_frame::error_frame;
-use super::world::World;
-use crate::xrpc::{Params, XrpcError};
+use sluice::xrpc::{Params, XrpcError};
+
+use super::frame::error_frame;
+use super::sequencer::{Event, Sequencer, Subscription};
+use crate::world::state::World;
 
 /// The method's NSID (its request-count key).
 pub(crate) const SUBSCRIBE_REPOS: &str = "com.atproto.sync.subscribeRepos";
 
-/// Answers a subscription on host `host` (`None`: the relay, every host).
+/// Answers a subscription on host `host` (`None`: the relay, every host), counted in `world`.
 pub(crate) fn subscribe(
-    world: &Arc<World>,
+    world: &World,
+    sequencer: &Sequencer,
     host: Option<usize>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     ws: WebSocketUpgrade,
@@ -32,11 +33,11 @@ pub(crate) fn subscribe(
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
-    if world.feed.sequencer.refusing() {
+    if sequencer.refusing() {
         return XrpcError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "Unavailable", "the firehose is down")
             .into_response();
     }
-    match world.feed.sequencer.subscribe(cursor) {
+    match sequencer.subscribe(cursor) {
         Ok(sub) => ws.on_upgrade(move |socket| serve(socket, sub, host)),
         Err(last) => ws.on_upgrade(move |socket| refuse(socket, last)),
     }

@@ -6,12 +6,12 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
+use sluice::xrpc::{XrpcError, XrpcResult, ok_json};
 use sluice_handlers::value::json_to_cbor;
 
-use super::pds::Pds;
-use super::pds_repo::at_uri;
-use super::world::{AccountSpec, Write, WriteError};
-use crate::xrpc::{XrpcError, XrpcResult, ok_json};
+use super::host::Pds;
+use super::repo::at_uri;
+use crate::world::state::{AccountSpec, Write, WriteError};
 
 /// A required string field of a request body.
 fn field<'a>(input: &'a Value, name: &str) -> Result<&'a str, XrpcError> {

@@ -6,9 +6,11 @@ use std::collections::BTreeMap;
 use anyhow::Context as _;
 use sluice_handlers::value::json_to_cbor;
 
-use super::Devnet;
-use super::firehose_commit::Tamper;
-use super::world::{AccountSpec, AccountStatus, Write};
+use crate::Devnet;
+use crate::world::events::Tamper;
+use crate::world::populate::{self, Rng};
+use crate::world::repos::plc_did;
+use crate::world::state::{AccountSpec, AccountState, AccountStatus, Write};
 
 impl Devnet {
     /// Creates an account (an empty repo) and returns its DID; an existing DID is left as it is.
@@ -72,23 +74,31 @@ impl Devnet {
     /// The last firehose `seq` (0 before any event). Writes and events are sequenced before
     /// the calls that make them return.
     pub fn firehose_seq(&self) -> i64 {
-        self.world.feed.sequencer.last_seq()
+        self.sequencer.last_seq()
     }
 
     /// Closes every open subscribeRepos connection (clients should reconnect with their cursor).
     pub fn drop_firehose_connections(&self) {
-        self.world.feed.sequencer.drop_connections();
+        self.sequencer.drop_connections();
     }
 
     /// Makes every open subscribeRepos connection go silent without closing it: no events and
     /// no answers to pings, like a peer that died with its TCP connection up.
     pub fn stall_firehose_connections(&self) {
-        self.world.feed.sequencer.stall_connections();
+        self.sequencer.stall_connections();
     }
 
     /// While `down`, subscribeRepos answers 503 to new connections (open ones are untouched).
     pub fn set_firehose_down(&self, down: bool) {
-        self.world.feed.sequencer.set_refusing(down);
+        self.sequencer.set_refusing(down);
+    }
+
+    /// Creates `repos` accounts spread over the PDS hosts, each holding `records_per_repo`
+    /// records (about 60% `app.bsky.feed.post`, 30% `app.bsky.feed.like`, 10%
+    /// `app.bsky.graph.follow`), all determined by `seed`, then builds their exports so first
+    /// fetches are quick. Returns the DIDs.
+    pub async fn populate(&self, repos: usize, records_per_repo: usize, seed: u64) -> Vec<String> {
+        populate::populate(&self.world, repos, records_per_repo, seed).await
     }
 
     /// Has the relay list `n` more DIDs that have no account (their documents do not resolve,
@@ -96,11 +106,11 @@ impl Devnet {
     /// the network's size for crawler and queue benchmarks, without building its repos.
     /// Returns them.
     pub fn list_unresolvable(&self, n: usize, seed: u64) -> Vec<String> {
-        let mut rng = super::populate::Rng(seed ^ 0x5EED_0FD1_D5D5);
+        let mut rng = Rng(seed ^ 0x5EED_0FD1_D5D5);
         let dids: Vec<String> = (0..n)
             .map(|_| {
                 let bytes: Vec<u8> = (0..3).flat_map(|_| rng.next().to_le_bytes()).collect();
-                super::repos::plc_did(&bytes)
+                plc_did(&bytes)
             })
             .collect();
         self.world.list_only(dids.iter().cloned());
@@ -125,7 +135,7 @@ impl Devnet {
 
     /// The records `did`'s PDS holds now: `(collection, rkey)` -> `(cid, DAG-CBOR)`.
     pub fn records(&self, did: &str) -> BTreeMap<(String, String), (String, Vec<u8>)> {
-        let copy = |a: &super::world::AccountState| {
+        let copy = |a: &AccountState| {
             a.records.iter().map(|(k, (cid, b))| (k.clone(), (cid.to_string(), b.to_vec()))).collect()
         };
         self.world.read(did, copy).unwrap_or_default()
@@ -157,7 +167,7 @@ impl Devnet {
     }
 
     /// How many times XRPC method `method` (e.g. `com.atproto.sync.getRepo`) was called over all
-    /// hosts; also [`PLC_RESOLVE`](super::PLC_RESOLVE) and [`DID_WEB_RESOLVE`](super::DID_WEB_RESOLVE)
+    /// hosts; also [`PLC_RESOLVE`](crate::PLC_RESOLVE) and [`DID_WEB_RESOLVE`](crate::DID_WEB_RESOLVE)
     /// for DID document fetches.
     pub fn request_count(&self, method: &str) -> u64 {
         self.world.request_count(method)

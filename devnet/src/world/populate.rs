@@ -8,8 +8,7 @@ use futures_util::{StreamExt, stream};
 use jacquard_common::types::tid::Tid;
 use serde::Serialize;
 
-use super::Devnet;
-use super::world::{AccountSpec, World, Write};
+use super::state::{AccountSpec, World, Write};
 
 /// 2024-01-01T00:00:00Z in microseconds.
 pub(crate) const START_US: u64 = 1_704_067_200_000_000;
@@ -43,39 +42,35 @@ impl Rng {
     }
 }
 
-impl Devnet {
-    /// Creates `repos` accounts spread over the PDS hosts, each holding `records_per_repo`
-    /// records (about 60% `app.bsky.feed.post`, 30% `app.bsky.feed.like`, 10%
-    /// `app.bsky.graph.follow`), all determined by `seed`, then builds their exports so first
-    /// fetches are quick. Returns the DIDs.
-    pub async fn populate(&self, repos: usize, records_per_repo: usize, seed: u64) -> Vec<String> {
-        let world = self.world.clone();
-        let hosts = world.hosts.len();
-        let dids: Arc<Vec<String>> = Arc::new(
-            (0..repos)
-                .map(|i| {
-                    world.create_account(&AccountSpec {
-                        seed: (1 << 63) | (seed << 32) | i as u64,
-                        pds: i % hosts,
-                        ..Default::default()
-                    })
+/// Creates `repos` accounts in `world`, each holding `records_per_repo` generated records, all
+/// determined by `seed`, then builds their exports (what
+/// [`Devnet::populate`](crate::Devnet::populate) does). Returns the DIDs.
+pub(crate) async fn populate(world: &Arc<World>, repos: usize, records_per_repo: usize, seed: u64) -> Vec<String> {
+    let hosts = world.hosts.len();
+    let dids: Arc<Vec<String>> = Arc::new(
+        (0..repos)
+            .map(|i| {
+                world.create_account(&AccountSpec {
+                    seed: (1 << 63) | (seed << 32) | i as u64,
+                    pds: i % hosts,
+                    ..Default::default()
                 })
-                .collect(),
-        );
-        let fills = (0..repos).map(|i| {
-            let (world, dids) = (world.clone(), dids.clone());
-            tokio::task::spawn_blocking(move || fill(&world, &dids, i, records_per_repo, seed))
-        });
-        for r in stream::iter(fills).buffer_unordered(2).collect::<Vec<_>>().await {
-            r.expect("populate task");
-        }
-        let warm = stream::iter(dids.to_vec()).map(|d| {
-            let world = world.clone();
-            async move { world.built(&d).await.map(|r| r.map(|_| ())) }
-        });
-        warm.buffer_unordered(2).collect::<Vec<_>>().await;
-        dids.to_vec()
+            })
+            .collect(),
+    );
+    let fills = (0..repos).map(|i| {
+        let (world, dids) = (world.clone(), dids.clone());
+        tokio::task::spawn_blocking(move || fill(&world, &dids, i, records_per_repo, seed))
+    });
+    for r in stream::iter(fills).buffer_unordered(2).collect::<Vec<_>>().await {
+        r.expect("populate task");
     }
+    let warm = stream::iter(dids.to_vec()).map(|d| {
+        let world = world.clone();
+        async move { world.built(&d).await.map(|r| r.map(|_| ())) }
+    });
+    warm.buffer_unordered(2).collect::<Vec<_>>().await;
+    dids.to_vec()
 }
 
 /// Writes `n` generated records into repo `i` of `dids`, as one commit.

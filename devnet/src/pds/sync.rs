@@ -1,15 +1,15 @@
 //! A PDS host's `com.atproto.sync` queries: getRepo (the signed CAR, with injected failures),
-//! getLatestCommit and getRepoStatus. (listRepos is in `listing`, shared with the relay.)
+//! getLatestCommit and getRepoStatus. (listRepos is in `relay::listing`, shared with the relay.)
 
 use axum::body::Body;
 use axum::http::header;
 use axum::response::IntoResponse;
 use serde_json::json;
+use sluice::xrpc::{Params, XrpcError, XrpcResult, ok_json};
 
-use super::cache::Built;
-use super::pds::Pds;
-use super::world::AccountStatus;
-use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
+use super::host::Pds;
+use crate::world::cache::Built;
+use crate::world::state::AccountStatus;
 
 /// `com.atproto.sync.getRepo?did=`: the whole repo as a CAR (`since` is ignored).
 pub(crate) async fn get_repo(pds: &Pds, p: &Params) -> XrpcResult {

@@ -1,8 +1,7 @@
 //! A PDS host's `com.atproto.repo` queries: describeRepo, listRecords and getRecord, values
-//! rendered as AT Protocol JSON; and `com.atproto.identity.resolveHandle`. A repo that is
-//! unknown, deleted, deactivated or taken down is answered as Bluesky's reference PDS answers
-//! each method: describeRepo by the reason's name, listRecords and getRecord with
-//! `InvalidRequest` (as a PDS without an appview behind it).
+//! rendered as AT Protocol JSON. A repo that is unknown, deleted, deactivated or taken down is
+//! answered as Bluesky's reference PDS answers each method: describeRepo by the reason's name,
+//! listRecords and getRecord with `InvalidRequest` (as a PDS without an appview behind it).
 
 use std::collections::BTreeMap;
 use std::ops::Bound::{Excluded, Included};
@@ -11,11 +10,11 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use cid::Cid;
 use serde_json::{Value, json};
+use sluice::xrpc::{Params, XrpcError, XrpcResult, ok_json};
 use sluice_handlers::value::cbor_to_json;
 
-use super::diddoc::did_document;
-use super::pds::Pds;
-use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
+use super::host::Pds;
+use crate::identity::diddoc::did_document;
 
 type Records = BTreeMap<(String, String), (Cid, Bytes)>;
 
@@ -108,12 +107,4 @@ pub(crate) fn at_uri(did: &str, collection: &str, rkey: &str) -> String {
 /// A record as AT Protocol JSON (a record put as malformed CBOR is a 500).
 fn value(bytes: &[u8]) -> Result<Value, XrpcError> {
     cbor_to_json(bytes).map_err(|e| XrpcError::internal(format!("stored record does not decode: {e}")))
-}
-
-/// `com.atproto.identity.resolveHandle?handle` -> `{did}`, for a handle that resolves back to
-/// its account.
-pub(crate) fn resolve_handle(world: &super::world::World, p: &Params) -> XrpcResult {
-    let handle = p.req("handle")?;
-    let did = world.resolve_handle(handle).ok_or_else(|| XrpcError::invalid("Unable to resolve handle"))?;
-    ok_json(json!({ "did": did }))
 }

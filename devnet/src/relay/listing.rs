@@ -3,9 +3,9 @@
 
 use futures_util::{StreamExt, stream};
 use serde_json::{Value, json};
+use sluice::xrpc::{Params, XrpcError, XrpcResult, ok_json};
 
-use super::world::{AccountState, AccountStatus, World};
-use crate::xrpc::{Params, XrpcResult, ok_json};
+use crate::world::state::{AccountState, AccountStatus, World};
 
 /// The accounts after `cursor` (in DID order) that `keep` accepts: up to `limit` of them, and
 /// whether more follow.
@@ -61,7 +61,7 @@ pub(crate) async fn list_repos(world: &World, host: Option<usize>, p: &Params) -
     for ((did, status), b) in listed.iter().zip(built) {
         let item = match (status, b) {
             (Some(status), Some(b)) => {
-                let b = b.map_err(crate::xrpc::XrpcError::internal)?;
+                let b = b.map_err(XrpcError::internal)?;
                 let mut item = json!({
                     "did": did,
                     "head": b.head.to_string(),

@@ -1,42 +1,38 @@
-//! devnet: an in-process fake AT Protocol network on 127.0.0.1 (a PLC directory, PDS hosts and
-//! a relay) serving real, signed repos built with jacquard-repo, for tests, benchmarks and
-//! `sluice devnet`.
+//! sluice-devnet: an in-process fake AT Protocol network on 127.0.0.1 (a PLC directory, PDS
+//! hosts and a relay) serving real, signed repos built with jacquard-repo, for sluice's tests,
+//! benchmarks and `sluice devnet` / `sluice run --devnet`. The `sluice` library knows nothing of
+//! it; it uses sluice's `xrpc` (error answers, parameters) and `syntax`.
 //!
 //! # Layout
-//! - `repos`: deterministic accounts and signed CAR exports.
-//! - `world`: the shared state (accounts, records, revs, statuses, faults, request counts);
-//!   every repo write goes through `World::apply_writes`, which also emits its `#commit`.
-//! - `cache`: CAR exports per (DID, rev), built outside the lock.
-//! - `api`: the synchronous test API on [`Devnet`]; `populate`: bulk synthetic repos.
-//! - `plc`, `pds` (+ `pds_sync`, `pds_repo`, `pds_write`), `relay`: the servers; `listing`:
-//!   listRepos pages; `diddoc`: DID documents (XRPC errors and parameters are the crate's `xrpc`).
-//! - The firehose: `firehose_feed` turns World changes into events in rev order (one worker
-//!   thread); `firehose_commit`, an account's MST between commits and its signed `#commit`s;
-//!   `firehose_frame`, the wire encoding; `firehose`, the sequencer (seq, history, live
-//!   broadcast); `firehose_ws`, subscribeRepos on the PDS hosts and the relay;
-//!   `firehose_synth`, [`synthetic_stream`] for benchmarks.
+//! Each part uses only the parts above it in this list.
+//! - `lock`: a mutex lock that ignores poisoning.
+//! - `world/`: the shared state. `repos`: deterministic accounts and signed CAR exports;
+//!   `events`: the queue of jobs from World changes to the firehose, and the faults
+//!   [`Tamper`] injects; `cache`: CAR exports per (DID, rev), built outside the lock; `state`:
+//!   the [`World`](world::World) (accounts, records, revs, statuses, faults, request counts),
+//!   whose `apply_writes` is the one write path and queues each commit's event under its lock;
+//!   `populate`: bulk synthetic repos.
+//! - `firehose/`: `frame`, the wire encoding; `sequencer` (seq, history, live broadcast);
+//!   `commit`, an account's MST between commits and its signed `#commit`s; `feed`, the worker
+//!   thread that turns the World's jobs into events in rev order; `ws`, subscribeRepos on the
+//!   PDS hosts and the relay; `synth`, [`synthetic_stream`] for benchmarks.
+//! - `identity/`: DID documents (`diddoc`), the PLC directory (`plc`), resolveHandle (`handle`).
+//! - `relay/`: the relay's routes (`server`) and the repo listings it shares with the PDS hosts
+//!   (`listing`).
+//! - `pds/`: a PDS host: `host` (a host's view of the World: which repos it serves, and how
+//!   it refuses the others), `sync`, `repo` (reads), `write` (the unauthenticated write API),
+//!   `server` (routes).
+//! - This file: [`Devnet`], which starts the servers; `api`: its synchronous test API.
 //!
-//! Architecture invariant: nothing outside `devnet/` depends on these servers; the indexer
-//! talks to them over HTTP only, as it would to the real network.
+//! Architecture invariant: the indexer talks to these servers over HTTP (and WebSocket) only,
+//! as it would to the real network; `sluice` does not depend on this crate.
 
 mod api;
-mod cache;
-mod diddoc;
 mod firehose;
-mod firehose_commit;
-mod firehose_feed;
-mod firehose_frame;
-mod firehose_synth;
-mod firehose_ws;
-mod listing;
+mod identity;
+mod lock;
 mod pds;
-mod pds_repo;
-mod pds_sync;
-mod pds_write;
-mod plc;
-mod populate;
 mod relay;
-mod repos;
 mod world;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -48,14 +44,16 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use firehose_commit::Tamper;
-pub use firehose_synth::{SyntheticStream, synthetic_stream};
-pub use pds::DID_WEB_RESOLVE;
-pub use plc::PLC_RESOLVE;
-pub use repos::{Account, BuildError, RepoContents, export_car, export_car_blocking, export_repo, rev_at};
-pub use world::{AccountSpec, AccountStatus, WriteError};
+pub use firehose::synth::{SyntheticStream, synthetic_stream};
+pub use identity::plc::PLC_RESOLVE;
+pub use pds::server::DID_WEB_RESOLVE;
+pub use world::events::Tamper;
+pub use world::repos::{Account, BuildError, RepoContents, export_car, export_car_blocking, export_repo, rev_at};
+pub use world::state::{AccountSpec, AccountStatus, WriteError};
 
-use world::{Host, World};
+use firehose::sequencer::Sequencer;
+use world::events::EventQueue;
+use world::state::{Host, World};
 
 /// Where the devnet listens.
 #[derive(Debug, Clone)]
@@ -76,6 +74,8 @@ impl Default for DevnetOptions {
 /// A running devnet. Dropping it stops the servers; [`Devnet::shutdown`] also waits for them.
 pub struct Devnet {
     world: Arc<World>,
+    /// The firehose: events numbered, kept for replay and broadcast.
+    sequencer: Arc<Sequencer>,
     plc: SocketAddr,
     relay: SocketAddr,
     pds: Vec<SocketAddr>,
@@ -101,19 +101,21 @@ impl Devnet {
         }
         let pds_addrs = pds.iter().map(TcpListener::local_addr).collect::<Result<Vec<_>, _>>()?;
         let hosts = pds_addrs.iter().map(|a| Host { url: format!("http://{a}"), port: a.port() }).collect();
-        let world = Arc::new(World::new(hosts));
+        let sequencer = Arc::new(Sequencer::default());
+        let world = Arc::new(World::new(hosts, EventQueue::new(firehose::feed::worker(sequencer.clone()))));
         let mut net = Devnet {
             world: world.clone(),
+            sequencer: sequencer.clone(),
             plc: plc.local_addr()?,
             relay: relay.local_addr()?,
             pds: pds_addrs,
             stop: CancellationToken::new(),
             tasks: Vec::new(),
         };
-        net.serve(plc, plc::router(world.clone()));
-        net.serve(relay, relay::router(world.clone()));
+        net.serve(plc, identity::plc::router(world.clone()));
+        net.serve(relay, relay::server::router(world.clone(), sequencer.clone()));
         for (i, listener) in pds.into_iter().enumerate() {
-            net.serve(listener, pds::router(world.clone(), i));
+            net.serve(listener, pds::server::router(world.clone(), sequencer.clone(), i));
         }
         Ok(net)
     }
@@ -153,7 +155,7 @@ impl Devnet {
     /// Stops the servers and waits (up to 5 s) for them to finish.
     pub async fn shutdown(mut self) {
         self.stop.cancel();
-        self.world.feed.sequencer.drop_connections();
+        self.sequencer.drop_connections();
         for task in std::mem::take(&mut self.tasks) {
             let abort = task.abort_handle();
             if tokio::time::timeout(Duration::from_secs(5), task).await.is_err() {
@@ -166,6 +168,6 @@ impl Devnet {
 impl Drop for Devnet {
     fn drop(&mut self) {
         self.stop.cancel();
-        self.world.feed.sequencer.drop_connections();
+        self.sequencer.drop_connections();
     }
 }

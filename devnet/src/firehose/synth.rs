@@ -7,10 +7,11 @@ use chrono::{DateTime, SecondsFormat};
 use jacquard_common::types::string::Datetime;
 use jacquard_common::types::tid::Tid;
 
-use super::firehose_commit::{Chain, Change};
-use super::firehose_frame::Body;
-use super::populate::{Rng, START_US, record, record_of};
-use super::repos::{Account, rev_at};
+use super::commit::Chain;
+use super::frame::Body;
+use crate::world::events::Change;
+use crate::world::populate::{Rng, START_US, record, record_of};
+use crate::world::repos::{Account, rev_at};
 
 /// Frames and what a consumer needs to check and apply them.
 pub struct SyntheticStream {

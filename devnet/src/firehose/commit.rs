@@ -1,7 +1,7 @@
 //! One account's repo as the firehose sees it: a jacquard MST kept between commits, so each
 //! write becomes a signed sync 1.1 `#commit` (ops with `prev`, `prevData`, and a CAR slice of the
 //! changed MST nodes, the proof paths and the new records) without rebuilding the tree. Also the
-//! `#sync` slice (the signed current commit alone) and the faults [`Tamper`] injects.
+//! `#sync` slice (the signed current commit alone), and the faults a [`Tamper`] asks for.
 //!
 //! The tree is built the way exports build it (the same keys give the same root), so a commit's
 //! `data` equals the data root of the `getRepo` CAR at the same rev. Everything here is async
@@ -21,22 +21,8 @@ use jacquard_repo::{CommitData, MemoryBlockStore, Mst, MstDiff};
 use k256::ecdsa::SigningKey;
 use smol_str::SmolStr;
 
-use super::repos::{Account, BuildError, err};
-
-/// How [`Devnet::tamper_next_commit`](super::Devnet::tamper_next_commit) alters an account's
-/// next `#commit` frame (the repo itself advances normally).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tamper {
-    /// The commit block is signed with another key; the frame is otherwise valid.
-    ForgedSignature,
-    /// The frame's `rev` and the commit's rev are the account's previous rev.
-    StaleRev,
-    /// `prevData` names some other CID.
-    BrokenPrevData,
-}
-
-/// One record change: `collection/rkey` and the new record (`None` deletes it).
-pub(crate) type Change = (String, Option<(Cid, Bytes)>);
+use crate::world::events::{Change, Tamper};
+use crate::world::repos::{Account, BuildError, err};
 
 /// An account's repo between firehose commits.
 pub(crate) struct Chain {

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sluice::devnet::{Account, AccountSpec, AccountStatus, Devnet, DevnetOptions};
 use sluice::repo::{LoadedRepo, parse_public_key, read_car};
+use sluice_devnet::{Account, AccountSpec, AccountStatus, Devnet, DevnetOptions};
 
 /// Runs a test body with a time bound.
 async fn bounded<F: Future<Output = ()>>(f: F) {
@@ -169,7 +169,7 @@ async fn plc_documents_publish_the_key_as_multikey_or_legacy() {
         assert_eq!(body["message"], format!("DID not registered: {modern}"));
         let (status, _, _) = get_json(&format!("{}did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", net.plc_url())).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
-        assert_eq!(net.request_count(sluice::devnet::PLC_RESOLVE), 4);
+        assert_eq!(net.request_count(sluice_devnet::PLC_RESOLVE), 4);
     })
     .await;
 }

@@ -4,7 +4,7 @@
 use cid::multibase::{self, Base};
 use serde_json::{Value, json};
 
-use super::world::AccountState;
+use crate::world::state::AccountState;
 
 /// The DID document of `acct`, whose PDS is at `pds_url`.
 pub(crate) fn did_document(acct: &AccountState, pds_url: &str) -> Value {

@@ -1,8 +1,7 @@
 //! The devnet's firehose sequencer: every event gets the next devnet-wide `seq` (from 1), its
 //! encoded frame is kept for replay and broadcast to live subscribers. A subscription takes its
 //! replay and its live receiver under the same lock as publishing, so a subscriber sees every
-//! event after its cursor exactly once. The events are made in `firehose_feed`, served in
-//! `firehose_ws`.
+//! event after its cursor exactly once. The events are made in `feed`, served in `ws`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,8 +10,8 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::firehose_frame::Body;
-use super::world::lock;
+use super::frame::Body;
+use crate::lock::lock;
 
 /// Live events a subscriber may fall behind by before its connection is closed.
 const LIVE_CAPACITY: usize = 4096;

@@ -1,17 +1,17 @@
 //! The devnet's state: accounts, their records and revs, statuses, injected faults and request
 //! counts. Every repo write goes through [`World::apply_writes`], which queues its firehose
-//! event (see `firehose_feed`) before it lets go of the lock.
+//! event (see `events`) before it lets go of the lock.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use cid::Cid;
 
-use super::cache::RepoCache;
-use super::firehose_commit::{Change, Tamper};
-use super::firehose_feed::{Base, Emit, Feed};
+use super::cache::{self, Built, RepoCache};
+use super::events::{Base, Change, Emit, EventQueue, Pending, Tamper};
 use super::repos::{Account, rev_at};
+use crate::lock::lock;
 
 /// An account's hosting status, as `com.atproto.sync.getRepoStatus` reports it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -42,7 +42,7 @@ impl AccountStatus {
     }
 }
 
-/// What [`Devnet::create_account`](super::Devnet::create_account) creates.
+/// What [`Devnet::create_account`](crate::Devnet::create_account) creates.
 #[derive(Debug, Clone, Default)]
 pub struct AccountSpec {
     /// Seed of the deterministic key (and of the `did:plc`, or the `did:web` path).
@@ -108,14 +108,6 @@ pub(crate) struct AccountState {
     pub tamper: Option<Tamper>,
 }
 
-/// A repo as it is at one rev: what an export is built from.
-pub(crate) struct Snapshot {
-    pub account: Account,
-    pub rev: String,
-    /// `(collection/rkey, DAG-CBOR)` in key order.
-    pub entries: Vec<(String, Bytes)>,
-}
-
 /// A PDS host's address.
 pub(crate) struct Host {
     pub url: String,
@@ -150,26 +142,21 @@ pub(crate) struct World {
     pub hosts: Vec<Host>,
     state: Mutex<State>,
     counts: Mutex<HashMap<String, u64>>,
-    pub cache: RepoCache,
-    /// The firehose: events queued in write order, sequenced by its worker.
-    pub feed: Feed,
-}
-
-/// Locks a mutex, ignoring poisoning (a panicking test thread must not wedge the servers).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    cache: RepoCache,
+    /// The firehose's jobs, queued in write order.
+    events: EventQueue,
 }
 
 impl World {
-    /// A world with no accounts, for PDS hosts at `hosts`.
-    pub fn new(hosts: Vec<Host>) -> Self {
+    /// A world with no accounts, for PDS hosts at `hosts`, telling `events` of its changes.
+    pub fn new(hosts: Vec<Host>, events: EventQueue) -> Self {
         let limits = hosts.iter().map(|_| RateLimit::default()).collect();
         Self {
             hosts,
             state: Mutex::new(State { limits, ..Default::default() }),
             counts: Mutex::default(),
             cache: RepoCache::default(),
-            feed: Feed::default(),
+            events,
         }
     }
 
@@ -231,7 +218,7 @@ impl World {
         check_preconditions(&acct.records, &prepared)?;
         let rev = st.tick();
         let acct = st.accounts.get_mut(did).expect("checked above");
-        let base = if emit { Base::unless_live(acct) } else { None };
+        let base = if emit { acct.base_unless_live() } else { None };
         let changes: Vec<Change> = if emit {
             prepared.iter().map(|((c, r), v, _)| (format!("{c}/{r}"), v.clone())).collect()
         } else {
@@ -254,7 +241,7 @@ impl World {
         acct.rev = rev.clone();
         let pending = if emit {
             let emit = Emit::Commit { rev: rev.clone(), changes, tamper: acct.tamper.take() };
-            Some(self.feed.enqueue(acct, emit, base))
+            Some(self.enqueue(acct, emit, base))
         } else {
             acct.feed_live = false;
             None
@@ -262,6 +249,71 @@ impl World {
         drop(st);
         pending.into_iter().for_each(|p| p.wait());
         Ok((rev, cids))
+    }
+
+    /// Queues `emit` for `acct` (call it under the lock, which fixes the order; wait on the
+    /// result without it). With a `base`, the firehose's chain follows every write from now on.
+    fn enqueue(&self, acct: &mut AccountState, emit: Emit, base: Option<Base>) -> Pending {
+        if base.is_some() {
+            acct.feed_live = true;
+        }
+        self.events.enqueue(&acct.account.did, acct.pds, emit, base)
+    }
+
+    /// Sets `did`'s hosting status and emits its `#account`.
+    pub fn set_status(&self, did: &str, status: AccountStatus) {
+        let pending = self.update(did, |a| {
+            a.status = status;
+            let emit = Emit::Account { active: status == AccountStatus::Active, status: status.as_str() };
+            self.enqueue(a, emit, None)
+        });
+        pending.into_iter().for_each(Pending::wait);
+    }
+
+    /// Emits `did`'s `#identity` (with its handle).
+    pub fn emit_identity(&self, did: &str) {
+        let pending = self.update(did, |a| {
+            let handle = a.handle.clone();
+            self.enqueue(a, Emit::Identity(handle), None)
+        });
+        pending.into_iter().for_each(Pending::wait);
+    }
+
+    /// Gives `did` the handle `handle` (its DID document names it from now on), which
+    /// resolves back to it or not, and emits its `#identity`.
+    pub fn set_handle(&self, did: &str, handle: &str, resolves: bool) {
+        let pending = self.update(did, |a| {
+            (a.handle, a.handle_resolves) = (handle.to_string(), resolves);
+            self.enqueue(a, Emit::Identity(handle.to_string()), None)
+        });
+        pending.into_iter().for_each(Pending::wait);
+    }
+
+    /// Emits `did`'s `#sync` (its current signed commit).
+    pub fn emit_sync(&self, did: &str) {
+        let pending = self.update(did, |a| {
+            let base = a.base_unless_live();
+            self.enqueue(a, Emit::Sync, base)
+        });
+        pending.into_iter().for_each(Pending::wait);
+    }
+
+    /// Alters `did`'s next `#commit` as `tamper` says.
+    pub fn tamper_next_commit(&self, did: &str, tamper: Tamper) {
+        self.update(did, |a| a.tamper = Some(tamper));
+    }
+
+    /// The DID whose handle `handle` is and resolves back to it
+    /// (`com.atproto.identity.resolveHandle`).
+    pub fn resolve_handle(&self, handle: &str) -> Option<String> {
+        let mut found = None;
+        self.scan(None, |a| {
+            if a.handle_resolves && a.handle.eq_ignore_ascii_case(handle) {
+                found = Some(a.account.did.clone());
+            }
+            found.is_none()
+        });
+        found
     }
 
     /// Runs `f` on `did`'s account, if there is one.
@@ -332,12 +384,35 @@ impl World {
         lock(&self.counts).get(method).copied().unwrap_or(0)
     }
 
-    /// `did`'s account, current rev and records, for an export.
-    pub fn snapshot(&self, did: &str) -> Option<Snapshot> {
-        self.read(did, |a| Snapshot {
-            account: a.account.clone(),
-            rev: a.rev.clone(),
-            entries: a.records.iter().map(|((c, r), (_, b))| (format!("{c}/{r}"), b.clone())).collect(),
+    /// The export of `did`'s repo as it is now (`None` for an unknown DID), built on a blocking
+    /// thread when not cached.
+    pub async fn built(&self, did: &str) -> Option<Result<Arc<Built>, String>> {
+        let rev = self.read(did, |a| a.rev.clone())?;
+        Some(self.cache.get(did, rev, || self.build(did)).await)
+    }
+
+    /// Builds the export of `did` as it is now (a snapshot taken under the lock; the export
+    /// built without it).
+    async fn build(&self, did: &str) -> Result<Arc<Built>, String> {
+        let snapshot = self.read(did, |a| (a.account.clone(), a.rev.clone(), a.entries()));
+        let (account, rev, entries) = snapshot.ok_or_else(|| format!("no devnet account {did}"))?;
+        cache::build(account, rev, entries).await
+    }
+}
+
+impl AccountState {
+    /// `(collection/rkey, DAG-CBOR)` of every record, in key order.
+    fn entries(&self) -> Vec<(String, Bytes)> {
+        self.records.iter().map(|((c, r), (_, b))| (format!("{c}/{r}"), b.clone())).collect()
+    }
+
+    /// The repo as it is now, for the firehose to (re)build its chain from, unless its chain
+    /// already follows every write of it.
+    fn base_unless_live(&self) -> Option<Base> {
+        (!self.feed_live).then(|| Base {
+            account: self.account.clone(),
+            rev: self.rev.clone(),
+            records: self.entries(),
         })
     }
 }
@@ -359,10 +434,10 @@ fn prepare(w: Write) -> Result<Prepared, WriteError> {
         Write::Put { collection, rkey, cbor } => (collection, rkey, Some(cbor), Must::Any),
         Write::Delete { collection, rkey } => (collection, rkey, None, Must::BePresent),
     };
-    if !crate::syntax::is_nsid(&collection) {
+    if !sluice::syntax::is_nsid(&collection) {
         return Err(WriteError::InvalidCollection(collection));
     }
-    if !crate::syntax::is_rkey(&rkey) {
+    if !sluice::syntax::is_rkey(&rkey) {
         return Err(WriteError::InvalidRkey(rkey));
     }
     let value = cbor.map(|b| {

@@ -11,7 +11,7 @@ use axum::routing::get;
 use serde_json::json;
 
 use super::diddoc::did_document;
-use super::world::World;
+use crate::world::state::World;
 
 /// The request-count key of a PLC document fetch.
 pub const PLC_RESOLVE: &str = "plc.resolve";
