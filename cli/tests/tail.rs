@@ -1,18 +1,12 @@
 //! `sluice tail`, the event stream's command-line client, against a server in this process:
 //! replay from a cursor up to a limit, and one error line for a refused stream.
 
-use sluice::{Filter, Sluice};
 use sluice_testkit as testkit;
 use sluice_testkit::server::serving;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sluice_tail_prints_the_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let sluice = Sluice::builder()
-        .data_dir(dir.path().join("data"))
-        .filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap())
-        .open()
-        .unwrap();
+    let (_dir, sluice) = testkit::sluice_with("mode = \"full\"\n");
     sluice.index_car(&testkit::read_fixture("car/tiny.car"), &Default::default()).unwrap();
     let (base, _state) = serving(&sluice).await;
     let tail = |args: Vec<String>| {
