@@ -38,9 +38,9 @@ fn did(i: usize) -> String {
 fn take_and_finish(store: &Store, now: u64, rewind: bool) -> Duration {
     let started = Instant::now();
     if rewind {
-        store.rewind_queue();
+        store.queue().rewind();
     }
-    let (did, _) = store.take_due(now, 1, &HashSet::new()).unwrap().pop().expect("a repo is due");
+    let (did, _) = store.queue().take_due(now, 1, &HashSet::new()).unwrap().pop().expect("a repo is due");
     let took = started.elapsed();
     store.set_states(&[(did, RepoState { status: RepoStatus::Synced, ..Default::default() })], None).unwrap();
     took
@@ -76,7 +76,7 @@ fn run(repos: usize, rewind: bool) {
     for i in 0..repos {
         page.push(did(i));
         if page.len() == PAGE || i + 1 == repos {
-            store.enqueue_new(&page, Some(("crawler", page.last().unwrap()))).unwrap();
+            store.queue().enqueue_new(&page, Some(("crawler", page.last().unwrap()))).unwrap();
             page.clear();
         }
     }
@@ -96,7 +96,7 @@ fn run(repos: usize, rewind: bool) {
             take_and_finish(&store, now, false);
         }
         let last = window(&store);
-        assert!(store.take_due(now, 1, &HashSet::new()).unwrap().is_empty(), "every repo was taken once");
+        assert!(store.queue().take_due(now, 1, &HashSet::new()).unwrap().is_empty(), "every repo was taken once");
         ("take on from the last take".to_string(), Some(last))
     };
     row(&label, repos, queued_per_sec, first, last, peak_rss_mb());

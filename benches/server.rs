@@ -141,7 +141,7 @@ async fn get_record_under_load(sluice: &Sluice, did: &str, rkeys: &[String]) {
         Firehose::new(sluice.pipeline().clone(), backfill.resolver().clone(), &c, backfill.live_backlog().clone())
             .unwrap();
     let mut state = ServerState::new(sluice.pipeline().clone(), c);
-    (state.backfill, state.firehose) = (Some(backfill.clone()), Some(firehose.clone()));
+    (state.backfill, state.firehose) = (Some(backfill.control()), Some(firehose.clone()));
     let (addr, state, _server) = start_server(state).await;
     let stop = state.stop.clone();
     tokio::spawn(async move { firehose.run(stop).await });
@@ -236,7 +236,8 @@ fn main() {
             did = account.did.clone();
             posts = sluice
                 .store()
-                .repo_records(&did)
+                .records()
+                .of_repo(&did)
                 .unwrap()
                 .into_keys()
                 .filter(|(c, _)| c == "app.bsky.feed.post")

@@ -92,7 +92,7 @@ async fn bare(url: &str, round: usize, messages: &[(u64, String, Bytes)]) -> f64
 
 /// The sink over `store`'s whole log into a new stream; returns the seconds.
 async fn sink(url: &str, round: usize, store: &Arc<Store>) -> f64 {
-    store.save_cursor(sluice::sink::CURSOR, "0").unwrap();
+    store.cursors().save(sluice::sink::CURSOR, "0").unwrap();
     let config = NatsSinkConfig {
         url: url.into(),
         stream: format!("SINK{round}"),
@@ -144,7 +144,7 @@ fn read_and_render(data: &str) {
                 bytes += messages.iter().map(|(_, subject, payload)| subject.len() + payload.len()).sum::<usize>();
                 (messages.last().map(|m| m.0), messages.len())
             } else {
-                let events = store.events_from(from, batch).unwrap();
+                let events = store.log().from(from, batch).unwrap();
                 (events.last().map(|e| e.0), events.len())
             };
             let Some(last) = last else { break };
@@ -172,7 +172,8 @@ fn main() {
     fill(&store, n);
     // What the sink sends, with the subjects' prefix left off.
     let messages: Vec<(u64, String, Bytes)> = store
-        .events_from(0, usize::MAX)
+        .log()
+        .from(0, usize::MAX)
         .unwrap()
         .into_iter()
         .map(|(id, e)| {

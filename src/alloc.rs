@@ -44,21 +44,41 @@ pub fn tune(workload: Workload) {
 mod tests {
     use super::*;
 
+    /// Set in the child processes the test below starts: run the check itself.
+    const CHILD: &str = "SLUICE_ALLOC_TEST_CHILD";
+    const TEST: &str = "alloc::tests::a_service_sets_a_short_purge_delay_and_lazy_arena_commit_over_mimallocs_defaults";
+
+    fn options() -> (c_long, c_long) {
+        // SAFETY: reading options.
+        unsafe { (libmimalloc_sys::mi_option_get(PURGE_DELAY), libmimalloc_sys::mi_option_get(ARENA_EAGER_COMMIT)) }
+    }
+
+    /// Runs this test again in a child process with no `MIMALLOC_*` variable but `env`, so that
+    /// the outcome does not depend on the environment the tests run in.
+    fn run_child(env: &[(&str, &str)]) {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child.args(["--exact", TEST, "--nocapture", "--test-threads=1"]).env(CHILD, "1");
+        for (name, _) in std::env::vars().filter(|(k, _)| k.starts_with("MIMALLOC_")) {
+            child.env_remove(name);
+        }
+        let out = child.envs(env.iter().copied()).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains("1 passed"), "child with {env:?}: {text}");
+    }
+
     #[test]
     fn a_service_sets_a_short_purge_delay_and_lazy_arena_commit_over_mimallocs_defaults() {
-        // SAFETY: reading options.
-        let options = || unsafe {
-            (libmimalloc_sys::mi_option_get(PURGE_DELAY), libmimalloc_sys::mi_option_get(ARENA_EAGER_COMMIT))
-        };
-        let from_env = std::env::vars().any(|(k, _)| k.starts_with("MIMALLOC_"));
-        if !from_env {
-            // mimalloc v3's defaults: the numbers name the options meant.
-            assert_eq!(options(), (1000, 2));
+        if std::env::var_os(CHILD).is_none() {
+            run_child(&[]);
+            run_child(&[("MIMALLOC_PURGE_DELAY", "77"), ("MIMALLOC_ARENA_EAGER_COMMIT", "1")]);
+            return;
         }
+        let from_env = std::env::var("MIMALLOC_PURGE_DELAY").is_ok();
+        // mimalloc v3's defaults (the numbers name the options meant), or what the environment set.
+        assert_eq!(options(), if from_env { (77, 1) } else { (1000, 2) });
         before_first_allocation();
         tune(Workload::Service);
-        if !from_env {
-            assert_eq!(options(), (SERVICE_PURGE_DELAY_MS, 0));
-        }
+        // Ours over the defaults; the environment's stay.
+        assert_eq!(options(), if from_env { (77, 1) } else { (SERVICE_PURGE_DELAY_MS, 0) });
     }
 }

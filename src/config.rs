@@ -1,16 +1,93 @@
 //! Configuration: `config.toml` (every key optional, defaults below), then environment
-//! overrides (`SLUICE_DATA`, `SLUICE_FILTER`, `SLUICE_PLC_URL`, `SLUICE_FIREHOSE`,
-//! `SLUICE_FIREHOSE_URL`, `SLUICE_SERVER`, `SLUICE_LISTEN`, `SLUICE_EVENTS_RETENTION_HOURS`,
-//! and the names older appview
-//! backfill services use: `RELAY_URL`, `WORKER_ID`, `BACKFILL_DAYS`, `BACKFILL_BATCH_SIZE`,
-//! `BACKFILL_BATCH_DELAY_MS`, `BACKFILL_MAX_CONCURRENT`, `BACKFILL_MAX_MEMORY_MB`,
-//! `BACKFILL_USE_IDLE`), then CLI flags.
+//! overrides, then CLI flags. Every variable sluice reads is listed once, in [`ENVIRONMENT`]:
+//! the README's table and `sluice --help` show that list, and tests keep the three and
+//! [`Config::apply_env`] in step.
 
 use std::path::{Path, PathBuf};
 
+use EnvKind::{Process, Secret, Setting};
 use serde::Deserialize;
 
 use crate::repo::CarLimits;
+
+/// What a variable of [`ENVIRONMENT`] is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvKind {
+    /// Overrides a `config.toml` setting ([`Config::apply_env`] reads it).
+    Setting,
+    /// Holds a secret under a name the config gives (these are the default names).
+    Secret,
+    /// Read by the command line or the runtime, not by the config.
+    Process,
+}
+
+/// A variable sluice reads.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvVar {
+    /// Its name.
+    pub name: &'static str,
+    /// What it is for.
+    pub kind: EnvKind,
+    /// The setting it overrides or stands for, in `config.toml`'s terms (or the flag).
+    pub setting: &'static str,
+    /// What it does.
+    pub meaning: &'static str,
+}
+
+/// Every environment variable sluice reads, in the order the README lists them. Tests check
+/// that [`Config::apply_env`] reads exactly the [`EnvKind::Setting`] ones, and that the README
+/// and `sluice --help` name each.
+pub const ENVIRONMENT: &[EnvVar] = &[
+    env(Setting, "SLUICE_DATA", "[storage] path", "where the store lives"),
+    env(Setting, "SLUICE_FILTER", "[filter] path", "the filter file"),
+    env(Setting, "RELAY_URL", "[network] relay", "the relay: listRepos, and the firehose unless SLUICE_FIREHOSE_URL"),
+    env(Setting, "SLUICE_PLC_URL", "[network] plc", "the PLC directory (ends with /)"),
+    env(
+        Setting,
+        "SLUICE_HANDLE_RESOLVER",
+        "[network] handle_resolver",
+        "a resolveHandle service; empty: DNS and HTTPS",
+    ),
+    env(Setting, "SLUICE_FIREHOSE", "[firehose] enabled", "false: no live ingestion"),
+    env(Setting, "SLUICE_FIREHOSE_URL", "[firehose] url", "subscribeRepos from this host instead of the relay"),
+    env(Setting, "SLUICE_SERVER", "[server] enabled", "false: no HTTP server"),
+    env(Setting, "SLUICE_LISTEN", "[server] listen", "the HTTP server's address"),
+    env(Setting, "SLUICE_EVENTS_RETENTION_HOURS", "[events] retention_hours", "0: keep every event"),
+    env(Setting, "SLUICE_SHARD", "[cluster] shard", "I/N: index only the DIDs of shard I of N"),
+    env(Setting, "SLUICE_NODE", "[cluster] node", "this node's name in NATS message ids"),
+    env(Setting, "SLUICE_NATS_URL", "[sink.nats] url", "publish the event log to this NATS server"),
+    env(Setting, "BACKFILL_DAYS", "[backfill] days", "-1: whole history; 0: no backfill; N: the last N days"),
+    env(Setting, "BACKFILL_BATCH_SIZE", "[backfill] batch_size", "record changes per committed batch of a repo"),
+    env(Setting, "BACKFILL_BATCH_DELAY_MS", "[backfill] batch_delay_ms", "pause between those batches"),
+    env(Setting, "BACKFILL_MAX_CONCURRENT", "[backfill] max_concurrent", "repos in flight"),
+    env(Setting, "BACKFILL_MAX_MEMORY_MB", "[backfill] max_memory_mb", "no new repo starts above this RSS; 0: no cap"),
+    env(Setting, "BACKFILL_USE_IDLE", "[backfill] use_idle", "new repos wait while live ingestion has a backlog"),
+    env(Setting, "WORKER_ID", "[backfill] worker_id", "backfill runs only where it is unset or 0"),
+    env(Secret, "SLUICE_ADMIN_TOKEN", "[server] admin_token_env", "the admin API's bearer token; unset: no admin API"),
+    env(Secret, "SLUICE_NATS_USER", "[sink.nats] user_env", "NATS user (with SLUICE_NATS_PASSWORD)"),
+    env(Secret, "SLUICE_NATS_PASSWORD", "[sink.nats] password_env", "NATS password"),
+    env(Secret, "SLUICE_NATS_TOKEN", "[sink.nats] token_env", "NATS token"),
+    env(Secret, "SLUICE_NATS_CREDS", "[sink.nats] creds_file_env", "a NATS .creds file"),
+    env(Process, "SLUICE_LOG_FORMAT", "--log-format", "text or json (one JSON object per log line)"),
+    env(Process, "RUST_LOG", "", "what is logged (tracing's filter syntax), info by default"),
+    env(Process, "MIMALLOC_*", "", "the allocator's options; those set here win over sluice's"),
+];
+
+/// One row of [`ENVIRONMENT`].
+const fn env(kind: EnvKind, name: &'static str, setting: &'static str, meaning: &'static str) -> EnvVar {
+    EnvVar { name, kind, setting, meaning }
+}
+
+/// [`ENVIRONMENT`] as `sluice --help` shows it.
+pub fn environment_help() -> String {
+    let width = ENVIRONMENT.iter().map(|v| v.name.len()).max().unwrap_or(0);
+    let mut out = String::from("Environment (overrides config.toml; CLI flags override both):\n");
+    for v in ENVIRONMENT {
+        let setting = if v.setting.is_empty() { String::new() } else { format!(" ({})", v.setting) };
+        out.push_str(&format!("  {:width$}  {}{setting}\n", v.name, v.meaning));
+    }
+    out
+}
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -247,11 +324,15 @@ pub struct BackfillConfig {
     pub requeue_per_sec: usize,
 }
 
+/// Record changes per committed batch of a repo walk unless configured otherwise
+/// (`BACKFILL_BATCH_SIZE`).
+pub const DEFAULT_BATCH_SIZE: usize = 5_000;
+
 impl Default for BackfillConfig {
     fn default() -> Self {
         Self {
             days: -1,
-            batch_size: crate::pipeline::DEFAULT_BATCH_SIZE,
+            batch_size: DEFAULT_BATCH_SIZE,
             batch_delay_ms: 0,
             max_concurrent: 16,
             max_memory_mb: 2048,
@@ -375,12 +456,6 @@ pub enum ConfigError {
     /// An environment variable does not parse.
     #[error("environment variable {name}={value:?}: {reason}")]
     Env { name: String, value: String, reason: String },
-}
-
-/// The cores this process may use (2 when unknown): the default for shard, walk and server
-/// thread counts.
-pub fn cores() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 impl Config {
@@ -526,6 +601,34 @@ impl BackfillConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn apply_env_reads_exactly_the_listed_settings() {
+        let asked = std::sync::Mutex::new(std::collections::BTreeSet::new());
+        Config::default()
+            .apply_env(|name| {
+                asked.lock().unwrap().insert(name.to_string());
+                None
+            })
+            .unwrap();
+        let listed: std::collections::BTreeSet<String> =
+            ENVIRONMENT.iter().filter(|v| v.kind == EnvKind::Setting).map(|v| v.name.to_string()).collect();
+        assert_eq!(asked.into_inner().unwrap(), listed);
+        let defaults = Config::default();
+        let nats = NatsSinkConfig::default();
+        let secrets = [
+            &defaults.server.admin_token_env,
+            &nats.user_env,
+            &nats.password_env,
+            &nats.token_env,
+            &nats.creds_file_env,
+        ];
+        for name in secrets {
+            assert!(ENVIRONMENT.iter().any(|v| v.kind == EnvKind::Secret && v.name == name), "{name} is listed");
+        }
+        let help = environment_help();
+        assert!(ENVIRONMENT.iter().all(|v| help.contains(v.name)), "{help}");
+    }
 
     #[test]
     fn shipped_config_parses_and_env_overrides_it() {

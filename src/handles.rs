@@ -203,7 +203,7 @@ impl HandleChecker {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut after: Option<String> = None;
         while !stop.is_cancelled() {
-            let page = match self.store.handle_checks_after(after.as_deref(), 256) {
+            let page = match self.store.handles().checks_after(after.as_deref(), 256) {
                 Ok(page) => page,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the handle-check queue failed");
@@ -260,7 +260,7 @@ impl HandleChecker {
         let written = match verdict {
             Verdict::Checked { handle, ok } => {
                 tracing::debug!(did, handle = handle.as_deref().unwrap_or("-"), ok, "handle checked");
-                self.store.set_handle_verdict(did, handle, ok)
+                self.store.handles().set_verdict(did, handle, ok)
             }
             Verdict::Later(reason) => {
                 tracing::debug!(did, %reason, "handle check put off");
@@ -275,22 +275,22 @@ impl HandleChecker {
     /// Queues the handles never checked (a store from before handle checks), a page at a
     /// time, resuming where a stopped pass left off.
     async fn queue_old_handles(&self, stop: &CancellationToken) -> Result<(), crate::store::StoreError> {
-        let mut after = self.store.cursor(QUEUE_OLD_CURSOR)?;
+        let mut after = self.store.cursors().get(QUEUE_OLD_CURSOR)?;
         if after.as_deref() == Some("done") {
             return Ok(());
         }
         while !stop.is_cancelled() {
             let store = self.store.clone();
             let from = after.clone();
-            let next = tokio::task::spawn_blocking(move || store.queue_unchecked_handles(from.as_deref(), 1024))
+            let next = tokio::task::spawn_blocking(move || store.handles().queue_unchecked(from.as_deref(), 1024))
                 .await
                 .expect("queueing task")?;
             match next {
                 Some(next) => {
-                    self.store.save_cursor(QUEUE_OLD_CURSOR, &next)?;
+                    self.store.cursors().save(QUEUE_OLD_CURSOR, &next)?;
                     after = Some(next);
                 }
-                None => return self.store.save_cursor(QUEUE_OLD_CURSOR, "done"),
+                None => return self.store.cursors().save(QUEUE_OLD_CURSOR, "done"),
             }
         }
         Ok(())

@@ -7,13 +7,15 @@
 //! ([`wire`] renders it as JSON).
 //!
 //! # Layout
+//! - [`process`]: the ground floor: cores, resident memory, background threads' priorities.
 //! - [`config`]: `config.toml` and environment overrides.
 //! - [`filter`]: the filter model, TOML parsing, hot reload.
 //! - [`syntax`]: AT Protocol identifier syntax (by jacquard).
 //! - [`http`]: the HTTP client settings and helpers network code shares.
 //! - [`repo`]: CAR -> verified blocks -> commit -> MST walk (sync, no I/O).
 //! - [`pipeline`]: filter -> handlers -> diff -> batch + events.
-//! - [`store`]: fjall keyspaces, key codecs, versioned values, event log, counts.
+//! - [`store`]: fjall in parts (event log, records, repo states, queue, handles, handler keyspaces,
+//!   held commits, cursors), each change written to them in one batch; key codecs, versioned values.
 //! - [`wire`]: events as JSON.
 //! - [`identity`]: DID -> PDS endpoint + signing key, cached.
 //! - [`backfill`]: the repo queue, crawler and workers (getRepo -> pipeline).
@@ -44,6 +46,7 @@ pub mod http;
 pub mod identity;
 pub mod index_files;
 pub mod pipeline;
+pub mod process;
 pub mod repo;
 pub mod server;
 pub mod service;
@@ -128,7 +131,7 @@ impl SluiceBuilder {
             .with_context(|| format!("opening the store in {}", self.config.storage.path.display()))?;
         // Open every registered handler's keyspace now, not on a repo's first record.
         for handler in handlers::registered() {
-            store.handler_space(handler.name())?;
+            store.handlers().open(handler.name())?;
         }
         let handle = FilterHandle::new(filter);
         let watcher = match self.watch {

@@ -65,7 +65,7 @@ impl Service {
     ) -> anyhow::Result<Service> {
         let backfill = Backfill::new(sluice.pipeline().clone(), config);
         if opts.recrawl {
-            sluice.store().reset_crawl()?;
+            sluice.store().cursors().reset_crawl()?;
         }
         if !opts.dids.is_empty() {
             backfill.queue(&opts.dids)?;
@@ -115,7 +115,7 @@ impl Service {
                     _ = ticks.tick() => {}
                 }
                 let store = store.clone();
-                match tokio::task::spawn_blocking(move || store.trim_events_older_than(age)).await {
+                match tokio::task::spawn_blocking(move || store.log().trim_older_than(age)).await {
                     Ok(Ok(t)) if t.pages > 0 => tracing::info!(
                         pages = t.pages,
                         events = t.events,
@@ -183,9 +183,9 @@ impl Service {
         let listener = crate::server::bind(config).await?;
         let mut state = ServerState::new(sluice.pipeline().clone(), config.clone());
         (state.backfill, state.firehose, state.stop) =
-            (Some(self.backfill.clone()), self.firehose.clone(), self.stop.clone());
+            (Some(self.backfill.control()), self.firehose.clone(), self.stop.clone());
         state.sink = self.sink.clone();
-        self.server = Some(crate::server::serve_dedicated(listener, Arc::new(state), crate::config::cores())?);
+        self.server = Some(crate::server::serve_dedicated(listener, Arc::new(state), crate::process::cores())?);
         Ok(())
     }
 

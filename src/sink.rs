@@ -6,7 +6,8 @@
 //! saved only after JetStream acked every event up to it. After a crash the sink publishes
 //! again from the cursor, and the stream drops what it already has by message id (within its
 //! duplicate window). While NATS is down or slow, indexing goes on and the sink catches up from
-//! the log, which keeps every event the sink has not published ([`Store::hold_events_from`]).
+//! the log, which keeps every event the sink has not published
+//! ([`crate::store::EventLog::hold_from`]).
 //!
 //! A stream that is missing is created (file storage, the limits of `[sink.nats]`); one that
 //! exists is used as it is, never changed.
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::NatsSinkConfig;
+use crate::process::Priority;
 use crate::store::{Store, StoredEvent};
 
 /// The cursor of the last event published and acked.
@@ -49,8 +51,8 @@ type Failure = String;
 impl NatsSink {
     /// A sink publishing `store`'s log as node `node`, from the saved `nats` cursor on.
     pub fn new(store: Arc<Store>, config: NatsSinkConfig, node: String) -> Result<Arc<Self>, crate::store::StoreError> {
-        let published = store.cursor(CURSOR)?.and_then(|c| c.parse().ok()).unwrap_or(0);
-        store.hold_events_from(published + 1);
+        let published = store.cursors().get(CURSOR)?.and_then(|c| c.parse().ok()).unwrap_or(0);
+        store.log().hold_from(published + 1);
         Ok(Arc::new(Self {
             store,
             config,
@@ -299,30 +301,27 @@ impl NatsSink {
         if acked <= self.published() {
             return Ok(());
         }
-        self.store.save_cursor(CURSOR, &acked.to_string()).map_err(|e| format!("saving the nats cursor: {e}"))?;
+        self.store.cursors().save(CURSOR, &acked.to_string()).map_err(|e| format!("saving the nats cursor: {e}"))?;
         self.published.store(acked, Ordering::Relaxed);
-        self.store.hold_events_from(acked + 1);
+        self.store.log().hold_from(acked + 1);
         Ok(())
     }
 }
 
 /// Runs `sink` until `stop` on a thread of its own at a lower priority than the backfill's
-/// walkers (nice 15 against 10), with a runtime of its own: indexing comes first, and the sink
+/// walkers ([`Priority::Sink`]), with a runtime of its own: indexing comes first, and the sink
 /// publishes with the CPU left over (the log keeps what it has not published yet).
 pub fn spawn(sink: Arc<NatsSink>, stop: CancellationToken) -> std::io::Result<std::thread::JoinHandle<()>> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(2)
-        .on_thread_start(|| crate::backfill::set_thread_niceness(SINK_NICENESS))
+        .on_thread_start(|| Priority::Sink.apply_to_this_thread())
         .build()?;
     std::thread::Builder::new().name("nats-sink".into()).spawn(move || {
-        crate::backfill::set_thread_niceness(SINK_NICENESS);
+        Priority::Sink.apply_to_this_thread();
         runtime.block_on(sink.run(stop));
     })
 }
-
-/// The niceness of the sink's threads: below the backfill's walkers.
-const SINK_NICENESS: i32 = crate::backfill::WALKER_NICENESS + 5;
 
 /// The subject of an event under `prefix`.
 pub fn subject(prefix: &str, event: &StoredEvent) -> String {
@@ -342,7 +341,7 @@ pub fn messages_from(
     from: u64,
     limit: usize,
 ) -> Result<Vec<(u64, String, Bytes)>, crate::store::StoreError> {
-    let events = store.events_from(from, limit)?;
+    let events = store.log().from(from, limit)?;
     if let Some(&(first, _)) = events.first()
         && first > from
     {

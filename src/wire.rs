@@ -23,7 +23,7 @@ pub fn event_json(store: &Store, id: u64, event: &StoredEvent) -> Result<Value, 
                 rec.insert("cid".into(), cid.into());
                 let body = match &r.replaced {
                     Some(json) => serde_json::from_str(json).unwrap_or(Value::Null),
-                    None => match store.event_body(r)? {
+                    None => match store.log().body(r)? {
                         Some(bytes) => cbor_to_json(&bytes).unwrap_or(Value::Null),
                         None => Value::Null,
                     },
@@ -59,7 +59,7 @@ pub fn event_text(store: &Store, id: u64, event: &StoredEvent) -> Result<String,
 /// checked again for UTF-8, which serde_json writes.
 pub fn event_json_bytes(store: &Store, id: u64, event: &StoredEvent) -> Result<Vec<u8>, StoreError> {
     let StoredEvent::Record(record) = event else { return Ok(event_json(store, id, event)?.to_string().into_bytes()) };
-    let body = store.event_body(record)?;
+    let body = store.log().body(record)?;
     let body = body.as_deref();
     // Sized for the body's JSON (about twice its CBOR), so the buffer rarely grows.
     let mut out = Vec::with_capacity(320 + body.map_or(0, |b| 2 * b.len()));
@@ -152,7 +152,7 @@ mod tests {
         }))
         .unwrap();
         let cid = jacquard_repo::mst::util::compute_cid(&body).unwrap().to_bytes();
-        store.blocks.insert(&cid, &body).unwrap();
+        store.log().insert_legacy_body(&cid, &body);
         let carried = Some(bytes::Bytes::from(body.clone()));
         let event = |action,
                      cid: Vec<u8>,

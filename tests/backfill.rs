@@ -55,7 +55,7 @@ async fn run(s: &Setup, crawl: bool) {
 }
 
 fn status(s: &Setup, did: &str) -> Option<RepoStatus> {
-    s.sluice.store().repo_state(did).unwrap().map(|st| st.status)
+    s.sluice.store().repos().state(did).unwrap().map(|st| st.status)
 }
 
 /// The stored records of `did`: (collection, rkey) -> CID string.
@@ -70,7 +70,7 @@ fn held(s: &Setup, did: &str, wanted: impl Fn(&str) -> bool) -> BTreeMap<(String
 
 /// Every event: ids are 1..=n with no gap, and no record is created twice.
 fn check_event_log(s: &Setup) -> Vec<StoredEvent> {
-    let events = s.sluice.store().events_from(0, usize::MAX).unwrap();
+    let events = s.sluice.store().log().from(0, usize::MAX).unwrap();
     let ids: Vec<u64> = events.iter().map(|(id, _)| *id).collect();
     assert_eq!(ids, (1..=ids.len() as u64).collect::<Vec<_>>(), "event ids are gapless");
     let mut created = BTreeSet::new();
@@ -203,7 +203,7 @@ async fn two_hundred_repos_over_two_hosts_end_in_the_right_states() {
     let total = assert_troubled_network_states(&s, &all);
     let events = check_event_log(&s);
     assert_eq!(events.len(), total, "one create event per stored record");
-    let cursors = s.sluice.store().cursors().unwrap();
+    let cursors = s.sluice.store().cursors().all().unwrap();
     assert_eq!(cursors["crawler"].0, "done");
     assert!(all.contains(&cursors["backfill"].0), "the backfill cursor names the last repo done");
     assert!(s.net.request_count("com.atproto.sync.getRepo") <= 202 + 3 * 2 + 6, "no repo fetched needlessly");
@@ -222,7 +222,7 @@ async fn a_repo_failing_past_its_retries_stays_in_error_until_queued_again() {
     net.fail_next(&dids[0], 100);
     let s = open(net, "mode = \"full\"", |_| {});
     run(&s, true).await;
-    let state = s.sluice.store().repo_state(&dids[0]).unwrap().unwrap();
+    let state = s.sluice.store().repos().state(&dids[0]).unwrap().unwrap();
     assert_eq!((state.status, state.retries, state.next_retry_ms), (RepoStatus::Error, 4, None));
     assert!(state.error.unwrap().contains("500"), "the reason is kept");
     assert_eq!(status(&s, &dids[1]), Some(RepoStatus::Synced));
@@ -231,7 +231,7 @@ async fn a_repo_failing_past_its_retries_stays_in_error_until_queued_again() {
     s.backfill.queue(&[dids[0].clone()]).unwrap();
     run(&s, false).await;
     assert_eq!(status(&s, &dids[0]), Some(RepoStatus::Synced));
-    assert_eq!(s.sluice.store().repo_state(&dids[0]).unwrap().unwrap().retries, 0);
+    assert_eq!(s.sluice.store().repos().state(&dids[0]).unwrap().unwrap().retries, 0);
 }
 
 /// A repo with records of known and unknown age, for BACKFILL_DAYS.
@@ -344,7 +344,11 @@ async fn concurrency_batch_size_and_delay_shape_the_work() {
     let start = Instant::now();
     run(&s, true).await;
     assert_eq!(stored(&s, &dids[0]).len(), 9);
-    assert_eq!(s.sluice.store().events.len().unwrap(), 5, "9 records in batches of 2: 5 commits, one event page each");
+    assert_eq!(
+        s.sluice.store().log().page_count().unwrap(),
+        5,
+        "9 records in batches of 2: 5 commits, one event page each"
+    );
     assert!(start.elapsed() >= Duration::from_millis(4 * 150), "4 pauses between 5 batches");
 }
 
@@ -411,7 +415,7 @@ async fn exact_signals_are_crawled_by_collection_and_only_their_repos_fetched() 
         let want = signalled.contains(&did).then_some(RepoStatus::Synced);
         assert_eq!(status(&s, did), want, "{did}");
     }
-    assert_eq!(s.sluice.store().cursors().unwrap()["crawler/xyz.statusphere.status"].0, "done");
+    assert_eq!(s.sluice.store().cursors().all().unwrap()["crawler/xyz.statusphere.status"].0, "done");
 }
 
 /// `getRepo` bodies: a large one spooled to a file (gone with it once read), a small one kept in

@@ -81,8 +81,8 @@ fn refused_in_batches(car: &[u8], limits: Option<CarLimits>, batch_size: usize) 
         .unwrap();
     let err = s.index_car(car, &IndexOptions::default()).expect_err("the CAR must be refused");
     assert_eq!(s.store().next_event_id(), 1, "no event written for a refused CAR");
-    assert!(s.store().repos.is_empty().unwrap(), "no repo state written for a refused CAR");
-    assert!(s.store().records.is_empty().unwrap());
+    assert!(s.store().repos().is_empty().unwrap(), "no repo state written for a refused CAR");
+    assert!(s.store().records().is_empty().unwrap());
     let limits = limits.unwrap_or_default();
     assert!(refused_from_a_file(car, &limits, false), "the spooled-file reader refuses it too");
     assert!(refused_from_a_file(car, &limits, true), "so does the reader of a spooled file into memory");

@@ -82,7 +82,7 @@ impl Running {
     }
 
     fn status(&self, did: &str) -> Option<RepoStatus> {
-        self.sluice.store().repo_state(did).unwrap().map(|s| s.status)
+        self.sluice.store().repos().state(did).unwrap().map(|s| s.status)
     }
 
     /// Stored records of `did`: (collection, rkey) -> CID.
@@ -100,7 +100,7 @@ impl Running {
     }
 
     fn events(&self) -> Vec<(u64, StoredEvent)> {
-        self.sluice.store().events_from(0, usize::MAX).unwrap()
+        self.sluice.store().log().from(0, usize::MAX).unwrap()
     }
 
     /// Replays the record events: each create finds no record, each update and delete finds
@@ -192,7 +192,7 @@ async fn live_writes_become_events_within_a_second_in_order() {
         .json()
         .await
         .unwrap();
-    let state = s.sluice.store().repo_state(did).unwrap().unwrap();
+    let state = s.sluice.store().repos().state(did).unwrap().unwrap();
     assert_eq!(
         (state.commit.as_deref(), state.rev.as_deref()),
         (latest["cid"].as_str(), latest["rev"].as_str()),
@@ -294,23 +294,23 @@ async fn identity_and_account_frames_follow_the_rules() {
 
     // No handle checker runs here: what it would take stays queued.
     let store = s.sluice.store();
-    let queued = |did: &str| store.handle_checks_after(None, 100).unwrap().contains(&did.to_string());
+    let queued = |did: &str| store.handles().checks_after(None, 100).unwrap().contains(&did.to_string());
     assert!(queued(&did), "the handle the backfill stored waits for a check");
-    store.set_handle_verdict(&did, Some("user21.test".into()), true).unwrap();
+    store.handles().set_verdict(&did, Some("user21.test".into()), true).unwrap();
     assert!(!queued(&did));
     s.net.set_handle(&did, "renamed.test", true);
     wait("the identity event", || {
         s.events().iter().any(|(_, e)| matches!(e, StoredEvent::Identity(i) if i.did == did))
     })
     .await;
-    let state = store.repo_state(&did).unwrap().unwrap();
+    let state = store.repos().state(&did).unwrap().unwrap();
     assert_eq!(
         (state.handle.as_deref(), state.handle_ok),
         (Some("renamed.test"), None),
         "a new handle waits for its check"
     );
     assert!(queued(&did), "an #identity frame queues a handle check");
-    assert_eq!(store.did_for_handle("user21.test").unwrap(), None, "the old handle names nothing");
+    assert_eq!(store.handles().did_for("user21.test").unwrap(), None, "the old handle names nothing");
 
     s.net.set_status(&did, AccountStatus::Deactivated);
     wait("the deactivation", || s.status(&did) == Some(RepoStatus::Gone)).await;

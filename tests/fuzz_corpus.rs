@@ -33,6 +33,39 @@ fn every_seed_runs_clean() {
     }
 }
 
+/// Each malformed CAR seed (`fuzz/seeds/car/bad-*.car`, see its README) is refused by the reader
+/// the backfill uses, with a message naming its problem.
+#[test]
+fn malformed_car_seeds_are_refused_naming_their_problem() {
+    let expected = [
+        ("bad-block-bytes.car", "does not match its CID"),
+        ("bad-missing-block.car", "missing block"),
+        ("bad-no-roots.car", "empty CAR file"),
+        ("bad-truncated.car", "malformed or truncated CAR"),
+        ("bad-version-2.car", "Only CAR file version 1 is supported"),
+    ];
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/car");
+    let named: Vec<String> = expected.iter().map(|(name, _)| name.to_string()).collect();
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("bad-"))
+        .collect();
+    on_disk.sort();
+    assert_eq!(on_disk, named, "every malformed seed has its expected refusal here");
+    for (name, problem) in expected {
+        let bytes = bytes::Bytes::from(std::fs::read(dir.join(name)).unwrap());
+        let walked = sluice::repo::read_car_owned(bytes, &Default::default()).and_then(|repo| {
+            repo.check_commit(None)?;
+            repo.records().collect::<Result<Vec<_>, _>>()
+        });
+        match walked {
+            Ok(records) => panic!("{name}: accepted with {} records", records.len()),
+            Err(e) => assert!(e.to_string().contains(problem), "{name}: {e}"),
+        }
+    }
+}
+
 #[test]
 fn seeds_exercise_the_accepting_paths() {
     // A corpus that only holds garbage would fuzz nothing but the first check.
@@ -51,6 +84,16 @@ fn seeds_exercise_the_accepting_paths() {
             .iter()
             .any(|s| matches!(sluice::firehose::decode_frame(s), Ok(sluice::firehose::Frame::Error { .. })))
     );
+    // The frame body reaches a commit's ops: some seed's commit has its records taken.
+    let ops_taken = seeds("frame").iter().any(|s| match sluice::firehose::decode_frame(s) {
+        Ok(sluice::firehose::Frame::Commit(commit)) => {
+            let blocks = sluice::firehose::ops::commit_blocks(&commit, &Default::default()).unwrap();
+            let ops = sluice::firehose::ops::record_ops(&commit, &blocks).unwrap();
+            ops.iter().any(|op| matches!(op, sluice::RecordOp::Put { .. }))
+        }
+        _ => false,
+    });
+    assert!(ops_taken, "no frame seed is a commit with a record");
 }
 
 fn mutate(seed: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {

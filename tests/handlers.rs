@@ -52,10 +52,15 @@ fn a_failing_handler_costs_only_its_own_output() {
     let out =
         s.index_car(&export_car_blocking(&account, &rev_at(1), &records).unwrap(), &IndexOptions::default()).unwrap();
     assert_eq!((out.created, out.handler_errors), (3, 2));
-    assert_eq!(s.store().repo_records(&account.did).unwrap().len(), 3, "records are stored despite handler failures");
+    assert_eq!(
+        s.store().records().of_repo(&account.did).unwrap().len(),
+        3,
+        "records are stored despite handler failures"
+    );
     let handled: Vec<_> = s
         .store()
-        .events_from(0, 10)
+        .log()
+        .from(0, 10)
         .unwrap()
         .into_iter()
         .map(|(_, e)| match e {
@@ -82,12 +87,13 @@ fn a_handler_can_be_switched_off_in_the_filter() {
 fn backlinks_follow_creates_updates_and_deletes() {
     let account = Account::new(23);
     let (_dir, s) = testkit::sluice_with("mode = \"full\"");
-    let space = s.store().handler_space("backlinks").unwrap();
     let links_to = |subject: &str| -> Vec<String> {
-        space
-            .prefix(backlinks::backlink_prefix(subject, None))
-            .map(|kv| {
-                let k = kv.key().unwrap();
+        s.store()
+            .handlers()
+            .keys("backlinks", &backlinks::backlink_prefix(subject, None), None, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|k| {
                 let (_, _, did, rkey) = backlinks::parse_backlink_key(&k).unwrap();
                 format!("{did}/{rkey}")
             })
@@ -126,7 +132,7 @@ fn the_post_handler_can_drop_records_by_language() {
     let out =
         s.index_car(&export_car_blocking(&account, &rev_at(1), &records).unwrap(), &IndexOptions::default()).unwrap();
     assert_eq!(out.created, 1);
-    let (_, event) = &s.store().events_from(0, 1).unwrap()[0];
+    let (_, event) = &s.store().log().from(0, 1).unwrap()[0];
     let json = sluice::wire::event_json(s.store(), 1, event).unwrap();
     assert_eq!(json["record"]["handled"]["post"]["text"], "hello");
     assert_eq!(json["record"]["record"]["text"], "hello");

@@ -77,7 +77,8 @@ fn exports_of_one_repo_apply_in_order_while_other_repos_run_beside_them() {
         // Repo a's events are its three exports' changes, one export after the other.
         let events: Vec<(Action, String)> = s
             .store()
-            .events_from(1, 10_000)
+            .log()
+            .from(1, 10_000)
             .unwrap()
             .into_iter()
             .filter_map(|(_, e)| match e {

@@ -40,7 +40,7 @@ async fn start(net: Devnet, token: Option<&str>) -> Running {
     let firehose = sluice::service::firehose_beside(&sluice, &c, &backfill).unwrap();
     let mut state = ServerState::new(sluice.pipeline().clone(), c);
     (state.backfill, state.firehose, state.admin_token) =
-        (Some(backfill.clone()), Some(firehose.clone()), token.map(str::to_string));
+        (Some(backfill.control()), Some(firehose.clone()), token.map(str::to_string));
     let state = Arc::new(state);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -147,8 +147,8 @@ async fn track_untrack_resync_pause_and_resume() {
     let did = net.create_account(AccountSpec { seed: 77, ..Default::default() });
     post(&net, &did, "3laaaaaaaaaa1");
     let r = start(net, Some(TOKEN)).await;
-    let status = |r: &Running| r.sluice.store().repo_state(&did).unwrap().map(|s| s.status);
-    let stored = |r: &Running| r.sluice.store().repo_records(&did).unwrap().len();
+    let status = |r: &Running| r.sluice.store().repos().state(&did).unwrap().map(|s| s.status);
+    let stored = |r: &Running| r.sluice.store().records().of_repo(&did).unwrap().len();
 
     // No signal record: not indexed until tracked.
     let (code, body) =

@@ -32,7 +32,7 @@ async fn replay_is_exact_across_reconnects_and_a_restart() {
 
     let mut socket = connect(&addr, "?cursor=0").await;
     let first = next_json(&mut socket).await.unwrap();
-    let stored = sluice::wire::event_json(sluice.store(), 1, &sluice.store().events_from(1, 1).unwrap()[0].1).unwrap();
+    let stored = sluice::wire::event_json(sluice.store(), 1, &sluice.store().log().from(1, 1).unwrap()[0].1).unwrap();
     assert_eq!(first, stored, "events are sent in the log's JSON shape");
     let mut ids = vec![1];
     ids.extend(read_until(&mut socket, 1500).await);
@@ -152,7 +152,7 @@ async fn an_acked_consumer_resumes_from_its_ack_and_gets_unacked_events_again() 
     socket.send(Message::Text(json!({"ack": 40}).to_string().into())).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(socket);
-    assert_eq!(sluice.store().cursor("consumer/indexer-1").unwrap().as_deref(), Some("40"), "the ack is saved");
+    assert_eq!(sluice.store().cursors().get("consumer/indexer-1").unwrap().as_deref(), Some("40"), "the ack is saved");
 
     let mut socket = connect(&addr, "?consumer=indexer-1").await;
     assert_eq!(next_json(&mut socket).await.unwrap()["id"], 41, "it resumes after its ack");

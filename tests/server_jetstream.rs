@@ -64,14 +64,14 @@ impl Running {
     fn in_step(&self, did: &str) -> bool {
         let store = self.sluice.store();
         let stored: BTreeSet<(String, String)> =
-            store.repo_records(did).unwrap().into_keys().map(|(c, r)| (c.into(), r.into())).collect();
+            store.records().of_repo(did).unwrap().into_keys().map(|(c, r)| (c.into(), r.into())).collect();
         let on_pds: BTreeSet<(String, String)> = self.net.records(did).into_keys().collect();
-        store.repo_state(did).unwrap().is_some_and(|s| s.status == RepoStatus::Synced) && stored == on_pds
+        store.repos().state(did).unwrap().is_some_and(|s| s.status == RepoStatus::Synced) && stored == on_pds
     }
 
     /// The whole log as (id, time, event).
     fn log(&self) -> Vec<(u64, u64, StoredEvent)> {
-        self.sluice.store().events_with_time_from(0, usize::MAX).unwrap()
+        self.sluice.store().log().from_with_times(0, usize::MAX).unwrap()
     }
 
     async fn connect(&self, query: &str) -> Socket {
@@ -210,7 +210,7 @@ async fn every_kind_has_jetstream_v1_shape() {
     s.net.emit_identity(did);
     s.net.set_status(did, AccountStatus::Deactivated);
     wait("the deactivation", || {
-        s.sluice.store().repo_state(did).unwrap().is_some_and(|st| st.status == RepoStatus::Gone)
+        s.sluice.store().repos().state(did).unwrap().is_some_and(|st| st.status == RepoStatus::Gone)
     })
     .await;
     s.net.set_status(did, AccountStatus::Active);

@@ -77,7 +77,7 @@ impl Setup {
     async fn checked(&self, did: &str, handle: &str) -> bool {
         let deadline = std::time::Instant::now() + RUN_LIMIT;
         loop {
-            let state = self.sluice.store().repo_state(did).unwrap().unwrap();
+            let state = self.sluice.store().repos().state(did).unwrap().unwrap();
             if let (Some(h), Some(ok)) = (&state.handle, state.handle_ok)
                 && h == handle
             {
@@ -172,7 +172,7 @@ async fn setup() -> Setup {
     tokio::spawn(checker.run(tokio_util::sync::CancellationToken::new()));
     // Its one-time pass over older states saves a cursor; the tests compare cursors after it.
     let deadline = std::time::Instant::now() + RUN_LIMIT;
-    while sluice.store().cursor(sluice::handles::QUEUE_OLD_CURSOR).unwrap().as_deref() != Some("done") {
+    while sluice.store().cursors().get(sluice::handles::QUEUE_OLD_CURSOR).unwrap().as_deref() != Some("done") {
         assert!(std::time::Instant::now() < deadline, "the handle checker's first pass ends");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -361,12 +361,12 @@ async fn repo_listings_and_statuses_follow_what_sluice_indexes() {
         let theirs = s.pds(did, "com.atproto.sync.getRepoStatus", &[("did", did)]).await;
         assert_eq!(ours, theirs, "getRepoStatus of {did}");
     }
-    let statuses: Vec<_> = s.gone.iter().map(|(d, _)| store.repo_state(d).unwrap().map(|st| st.status)).collect();
+    let statuses: Vec<_> = s.gone.iter().map(|(d, _)| store.repos().state(d).unwrap().map(|st| st.status)).collect();
     assert_eq!(statuses, vec![Some(RepoStatus::Gone); 4]);
 
     // A synced repo taken down afterwards (as an #account event would): listed inactive.
     let did = s.dids[3].clone();
-    let state = store.repo_state(&did).unwrap().unwrap();
+    let state = store.repos().state(&did).unwrap().unwrap();
     store
         .set_states(
             &[(did.clone(), RepoState { status: RepoStatus::Gone, error: Some("takendown".into()), ..state.clone() })],
@@ -394,7 +394,7 @@ async fn repo_listings_and_statuses_follow_what_sluice_indexes() {
     // A repo indexed before sluice kept commit CIDs (a version 1 state) gives its MST root
     // until its next commit.
     let did = s.dids[4].clone();
-    let state = store.repo_state(&did).unwrap().unwrap();
+    let state = store.repos().state(&did).unwrap().unwrap();
     store.set_states(&[(did.clone(), RepoState { commit: None, ..state.clone() })], None).unwrap();
     let listed = list_all_repos(&s, None).await;
     let entry = listed.iter().find(|r| r["did"] == json!(did)).expect("listed");
@@ -428,7 +428,7 @@ async fn repo_state_and_stats_show_the_store() {
     assert_eq!(state["status"], "synced");
     assert_eq!(state["rev"].as_str(), s.net.rev(did).as_deref());
     assert_eq!(state["records"], json!(s.net.records(did).len()));
-    assert_eq!(state["data"].as_str(), store.repo_state(did).unwrap().unwrap().data.as_deref());
+    assert_eq!(state["data"].as_str(), store.repos().state(did).unwrap().unwrap().data.as_deref());
     assert!(state["updatedAt"].as_str().unwrap().ends_with('Z'));
     let (gone, st) = &s.gone[0];
     assert_eq!(*st, AccountStatus::Deactivated);
@@ -452,7 +452,7 @@ async fn repo_state_and_stats_show_the_store() {
     let last = store.next_event_id() - 1;
     assert_eq!(stats["events"], json!({"last": last, "next": last + 1}));
     assert!(last >= per_collection.values().sum::<u64>(), "an event per record at least");
-    let services: Vec<String> = store.cursors().unwrap().into_keys().collect();
+    let services: Vec<String> = store.cursors().all().unwrap().into_keys().collect();
     assert!(!services.is_empty(), "the crawl saved a cursor");
     assert_eq!(stats["cursors"].as_object().unwrap().keys().cloned().collect::<Vec<_>>(), services);
 }
@@ -716,7 +716,7 @@ async fn handles_name_repos_as_on_the_pds_once_they_resolve_back() {
 fn take_identity_frame(s: &Setup, did: &str, handle: &str) {
     s.identities.invalidate(did);
     let store = s.sluice.store();
-    let state = store.repo_state(did).unwrap().unwrap();
+    let state = store.repos().state(did).unwrap().unwrap();
     store.set_states(&[(did.to_string(), RepoState { handle: Some(handle.to_string()), ..state })], None).unwrap();
-    store.request_handle_check(did).unwrap();
+    store.handles().request_check(did).unwrap();
 }

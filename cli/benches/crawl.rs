@@ -24,7 +24,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// This process's resident memory (MB).
 fn rss_mb() -> u64 {
-    sluice::backfill::progress::resident_bytes().unwrap_or(0) >> 20
+    sluice::process::resident_bytes().unwrap_or(0) >> 20
 }
 
 /// The repos/s of each progress line `sluice backfill` logged.

@@ -57,12 +57,12 @@ pub fn index_cars(
 /// Prints the events from id `cursor` on as JSON lines; says on stderr when retention has
 /// removed the first ones asked for.
 pub fn print_events(out: &mut impl Write, store: &Store, cursor: u64, limit: usize) -> anyhow::Result<()> {
-    if let Some(oldest) = store.oldest_event_id()?
+    if let Some(oldest) = store.log().oldest_id()?
         && cursor.max(1) < oldest
     {
         eprintln!("note: events {}..{} are past the retention; printing from {oldest}", cursor.max(1), oldest - 1);
     }
-    for (id, event) in store.events_from(cursor, limit)? {
+    for (id, event) in store.log().from(cursor, limit)? {
         writeln!(out, "{}", sluice::wire::event_json(store, id, &event)?)?;
     }
     Ok(())
@@ -73,7 +73,7 @@ pub fn print_stats(out: &mut impl Write, store: &Store, json: bool) -> std::io::
     let counts = store.counts();
     let events = store.next_event_id() - 1;
     // Retention may have removed the oldest events; ids go on from where they were.
-    let oldest = store.oldest_event_id().ok().flatten();
+    let oldest = store.log().oldest_id().ok().flatten();
     if json {
         let mut repos = serde_json::Map::new();
         let mut records = serde_json::Map::new();
@@ -106,7 +106,7 @@ pub fn print_stats(out: &mut impl Write, store: &Store, json: bool) -> std::io::
 
 /// `sluice cursors`: each service's saved cursor and when it was saved.
 pub fn print_cursors(out: &mut impl Write, store: &Store) -> anyhow::Result<()> {
-    for (service, (value, ms)) in store.cursors()? {
+    for (service, (value, ms)) in store.cursors().all()? {
         writeln!(out, "{service}\t{value}\t{}", sluice::syntax::datetime_from_ms(ms))?;
     }
     Ok(())

@@ -62,18 +62,18 @@ async fn sigkill_mid_backfill_loses_and_duplicates_nothing() {
     let kills = kill_after_fetches(&net, &config, &log, &[(8, 0), (12, 13), (6, 29), (10, 7)]).await;
     {
         let store = Store::open(&dir.path().join("data")).unwrap();
-        let states = store.repo_states().unwrap();
+        let states = store.repos().all().unwrap();
         let synced = states.iter().filter(|(_, s)| s.status == RepoStatus::Synced).count();
         let partial = states
             .iter()
-            .filter(|(did, s)| s.status != RepoStatus::Synced && !store.repo_records(did).unwrap().is_empty())
+            .filter(|(did, s)| s.status != RepoStatus::Synced && !store.records().of_repo(did).unwrap().is_empty())
             .count();
         eprintln!("after {kills} kills: {synced} of {REPOS} repos synced, {partial} cut off between batches");
         assert!(synced < REPOS, "the kills left work for the last run");
     }
 
     let store = finish_and_check(&net, dir.path(), &config, &log, &dids, kills * CONCURRENCY).await;
-    assert_eq!(store.cursors().unwrap()["crawler"].0, "done");
+    assert_eq!(store.cursors().all().unwrap()["crawler"].0, "done");
 }
 
 /// Starts the backfill and kills it with SIGKILL several times, each once `fetches` more repos
@@ -146,7 +146,7 @@ async fn run_to_the_end(config: &std::path::Path, log: &std::path::Path) {
 fn assert_every_repo_as_held(net: &Devnet, store: &Store, dids: &[String]) -> usize {
     let mut total = 0;
     for did in dids {
-        let state = store.repo_state(did).unwrap().unwrap();
+        let state = store.repos().state(did).unwrap().unwrap();
         assert_eq!(state.status, RepoStatus::Synced, "{did}");
         let held: BTreeMap<(String, String), String> =
             net.records(did).into_iter().map(|(key, (cid, _))| (key, cid)).collect();
@@ -159,7 +159,7 @@ fn assert_every_repo_as_held(net: &Devnet, store: &Store, dids: &[String]) -> us
 
 /// The log holds one create event per record, `total` in all, with gapless ids.
 fn assert_one_create_event_per_record(store: &Store, total: usize) {
-    let events = store.events_from(0, usize::MAX).unwrap();
+    let events = store.log().from(0, usize::MAX).unwrap();
     let ids: Vec<u64> = events.iter().map(|(id, _)| *id).collect();
     assert_eq!(ids, (1..=total as u64).collect::<Vec<_>>(), "one event per record, ids gapless");
     let mut seen = BTreeSet::new();

@@ -67,7 +67,7 @@ fn terminate(child: &mut std::process::Child) {
 /// Whether every repo is synced and stored exactly as its PDS holds it.
 fn in_step(store: &Store, net: &Devnet, dids: &[String]) -> bool {
     dids.iter().all(|did| {
-        let synced = store.repo_state(did).unwrap().is_some_and(|s| s.status == RepoStatus::Synced);
+        let synced = store.repos().state(did).unwrap().is_some_and(|s| s.status == RepoStatus::Synced);
         let stored = testkit::stored_cids(store, did);
         synced && stored == net.records(did).into_iter().map(|(k, (cid, _))| (k, cid)).collect::<BTreeMap<_, _>>()
     })
@@ -77,7 +77,7 @@ fn in_step(store: &Store, net: &Devnet, dids: &[String]) -> bool {
 /// deletes of present ones. Returns the state they build.
 fn replay(store: &Store) -> BTreeMap<(String, String, String), String> {
     let mut state = BTreeMap::new();
-    for (i, (id, event)) in store.events_from(0, usize::MAX).unwrap().into_iter().enumerate() {
+    for (i, (id, event)) in store.log().from(0, usize::MAX).unwrap().into_iter().enumerate() {
         assert_eq!(id, i as u64 + 1, "event ids are gapless");
         let StoredEvent::Record(r) = event else { continue };
         let key = (r.did.to_string(), r.collection.to_string(), r.rkey.to_string());
@@ -123,7 +123,7 @@ async fn sigkill_during_live_ingestion_loses_and_duplicates_nothing() {
         if in_step(&store, &net, &dids) {
             caught_up = true;
             assert_events_build_what_the_pdss_hold(&store, &net, &dids);
-            let cursor: i64 = store.cursors().unwrap()["firehose"].0.parse().unwrap();
+            let cursor: i64 = store.cursors().all().unwrap()["firehose"].0.parse().unwrap();
             assert_eq!(cursor, net.firehose_seq(), "the saved cursor covers the whole stream after a graceful stop");
             break;
         }

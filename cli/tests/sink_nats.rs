@@ -58,7 +58,7 @@ async fn stream_messages(url: &str) -> Vec<Published> {
 
 /// What the stream must hold for `store`'s log, published by node `node`.
 fn expected(store: &Store, node: &str) -> Vec<Published> {
-    let events = store.events_from(0, usize::MAX).unwrap();
+    let events = store.log().from(0, usize::MAX).unwrap();
     events
         .iter()
         .map(|(id, e)| Published {
@@ -135,7 +135,7 @@ async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Whether `did` is synced in `store` with what its PDS holds.
 fn in_step(store: &Store, net: &Devnet, did: &str) -> bool {
-    let synced = store.repo_state(did).unwrap().is_some_and(|s| s.status == RepoStatus::Synced);
+    let synced = store.repos().state(did).unwrap().is_some_and(|s| s.status == RepoStatus::Synced);
     synced
         && testkit::stored_cids(store, did)
             == net.records(did).into_iter().map(|(k, (cid, _))| (k, cid)).collect::<BTreeMap<_, _>>()
@@ -231,9 +231,9 @@ async fn indexing_goes_on_while_nats_is_down_and_the_sink_catches_up_after() {
     assert!(n.sink.behind() >= 20, "the sink knows how far behind it is: {}", n.sink.behind());
     // Retention keeps what the sink has not published, however old.
     let store = n.sluice.store().clone();
-    tokio::task::spawn_blocking(move || store.trim_events_older_than(Duration::ZERO).unwrap()).await.unwrap();
+    tokio::task::spawn_blocking(move || store.log().trim_older_than(Duration::ZERO).unwrap()).await.unwrap();
     assert!(
-        n.store().oldest_event_id().unwrap().is_some_and(|oldest| oldest <= published + 1),
+        n.store().log().oldest_id().unwrap().is_some_and(|oldest| oldest <= published + 1),
         "unpublished events are kept"
     );
     wait("the sink to notice", || !n.sink.connected()).await;
@@ -331,7 +331,7 @@ async fn sigkill_while_publishing_loses_and_duplicates_nothing() {
     // the stream holds.
     {
         let store = Store::open(&dir.path().join("data")).unwrap();
-        let cursor: u64 = store.cursor("nats").unwrap().and_then(|c| c.parse().ok()).unwrap_or(0);
+        let cursor: u64 = store.cursors().get("nats").unwrap().and_then(|c| c.parse().ok()).unwrap_or(0);
         assert!(cursor > 50, "events were published before the kills ended ({cursor})");
         let held = stream_messages(&nats.url()).await;
         assert!(
@@ -344,7 +344,7 @@ async fn sigkill_while_publishing_loses_and_duplicates_nothing() {
             expected(&store, "shard-0-of-1").get(..held.len()),
             "what the stream holds is the log's start, once each"
         );
-        store.save_cursor("nats", &(cursor - 50).to_string()).unwrap();
+        store.cursors().save("nats", &(cursor - 50).to_string()).unwrap();
     }
     // The last run finishes the backfill and the publishing, then stops gracefully.
     run_until_published(&config, &log, port, (dids.len() * 30 + writes) as u64).await;
@@ -380,11 +380,11 @@ async fn two_shards_hold_the_index_between_them_and_publish_it_to_one_stream() {
 
     let other_node = if sluice::cluster::Shard::of(&dids[0], 2) == 0 { &b } else { &a };
     wait("the other shard to drop the frame", || other_node.firehose.other_shards() > 0).await;
-    assert_eq!(other_node.store().repo_state(&dids[0]).unwrap(), None, "the other shard keeps nothing of it");
+    assert_eq!(other_node.store().repos().state(&dids[0]).unwrap(), None, "the other shard keeps nothing of it");
 
     let (on_a, on_b): (BTreeSet<&String>, BTreeSet<&String>) = (
-        dids.iter().filter(|d| a.store().repo_state(d).unwrap().is_some()).collect(),
-        dids.iter().filter(|d| b.store().repo_state(d).unwrap().is_some()).collect(),
+        dids.iter().filter(|d| a.store().repos().state(d).unwrap().is_some()).collect(),
+        dids.iter().filter(|d| b.store().repos().state(d).unwrap().is_some()).collect(),
     );
     assert!(on_a.is_disjoint(&on_b), "no repo on both shards");
     assert_eq!(on_a.len() + on_b.len(), dids.len(), "every repo on one shard");

@@ -15,7 +15,7 @@ use crate::filter::{Filter, Mode};
 use crate::http::{error_chain, retry_after};
 use crate::store::{RepoState, RepoStatus, Store, values::now_ms};
 
-use super::schedule;
+use crate::store::schedule;
 
 /// The cursor value of a finished listing.
 pub const DONE: &str = "done";
@@ -118,7 +118,7 @@ impl Crawler {
     /// Pages through `listing` from its saved cursor to the end, queueing new repos.
     pub async fn crawl(&self, store: &Store, listing: &Listing) -> anyhow::Result<CrawlSummary> {
         let service = listing.service();
-        let mut cursor = store.cursors()?.remove(&service).map(|(c, _)| c).filter(|c| !c.is_empty());
+        let mut cursor = store.cursors().all()?.remove(&service).map(|(c, _)| c).filter(|c| !c.is_empty());
         let mut summary = CrawlSummary::default();
         if cursor.as_deref() == Some(DONE) {
             return Ok(summary);
@@ -189,7 +189,7 @@ fn queue_page(
             };
             (listed.did.clone(), state)
         });
-    let added = store.add_unknown_repos(candidates, cursor.map(|c| (service, c)))?;
+    let added = store.queue().add_unknown(candidates, cursor.map(|c| (service, c)))?;
     let inactive = added.iter().filter(|(_, s)| s.status == RepoStatus::Gone).count() as u64;
     Ok((added.len() as u64 - inactive, inactive))
 }

@@ -26,7 +26,6 @@ pub mod crawler;
 pub mod fetch;
 pub mod progress;
 mod requeue;
-pub mod schedule;
 mod walkers;
 mod worker;
 
@@ -42,14 +41,12 @@ use crate::config::{BackfillConfig, Config};
 use crate::identity::{Resolver, ResolverOptions};
 use crate::pipeline::Pipeline;
 use crate::store::values::now_ms;
-use crate::store::{RepoState, RepoStatus, Store};
+use crate::store::{RepoState, RepoStatus, Store, schedule};
 
 pub use crawler::{CrawlSummary, Crawler, Listing};
 pub use fetch::RepoFetcher;
 pub use progress::Progress;
 pub use requeue::{Widening, widening};
-pub use schedule::RetryPolicy;
-pub(crate) use walkers::{WALKER_NICENESS, set_thread_niceness};
 
 /// Live backlog (events waiting) above which `BACKFILL_USE_IDLE` holds new repos.
 pub const IDLE_BACKLOG: u64 = 100;
@@ -102,7 +99,7 @@ pub struct Backfill {
     live_backlog: Arc<AtomicU64>,
     memory_cap_mb: AtomicU64,
     /// Resident memory, for the cap: read at most every 50 ms.
-    resident: progress::ResidentGauge,
+    resident: crate::process::ResidentGauge,
     stop: AtomicBool,
     /// Paused by an operator: no new repo starts until resumed.
     paused: AtomicBool,
@@ -118,7 +115,7 @@ impl Backfill {
     /// A backfill writing through `pipeline`, with `config`'s network and backfill settings.
     pub fn new(pipeline: Pipeline, config: &Config) -> Arc<Self> {
         let resolver = Resolver::new(ResolverOptions { plc_url: config.network.plc.clone(), ..Default::default() });
-        let cores = crate::config::cores();
+        let cores = crate::process::cores();
         Arc::new(Self {
             pipeline,
             config: config.backfill.clone(),
@@ -131,7 +128,7 @@ impl Backfill {
             progress: Progress::default(),
             live_backlog: Arc::default(),
             memory_cap_mb: AtomicU64::new(config.backfill.max_memory_mb),
-            resident: progress::ResidentGauge::new(Duration::from_millis(50)),
+            resident: crate::process::ResidentGauge::new(Duration::from_millis(50)),
             stop: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             run_over: AtomicBool::new(false),
@@ -214,7 +211,7 @@ impl Backfill {
                     self.shard
                 );
             }
-            let state = self.store().repo_state(did)?.unwrap_or_default();
+            let state = self.store().repos().state(did)?.unwrap_or_default();
             states.push((did.clone(), schedule::requeued(&state, 0, now)));
         }
         self.store().set_states(&states, None)?;
@@ -235,9 +232,9 @@ impl Backfill {
         let fail = |e: &dyn std::fmt::Display| BackfillError(e.to_string());
         self.run_over.store(false, Ordering::Relaxed);
         let dids: Vec<String> = self.pipeline.filter().load().filter.dids.iter().cloned().collect();
-        self.store().enqueue_new(&self.owned(&dids), None).map_err(|e| fail(&e))?;
+        self.store().queue().enqueue_new(&self.owned(&dids), None).map_err(|e| fail(&e))?;
         // Nothing is in flight yet: repos an earlier run left in flight are taken again.
-        self.store().rewind_queue();
+        self.store().queue().rewind();
         self.fetcher.clear_spool().map_err(|e| BackfillError(format!("clearing the spool directory: {e}")))?;
         let crawl_done = Arc::new(AtomicBool::new(!crawl));
         let mut helpers = JoinSet::new();
@@ -304,7 +301,7 @@ impl Backfill {
     /// Takes the next due repo that is not in flight, if any.
     fn next_due_repo(&self) -> Result<Option<(String, RepoState)>, BackfillError> {
         let in_flight = self.in_flight.lock().expect("in flight");
-        Ok(self.store().take_due(now_ms(), 1, &in_flight).map_err(|e| BackfillError(e.to_string()))?.pop())
+        Ok(self.store().queue().take_due(now_ms(), 1, &in_flight).map_err(|e| BackfillError(e.to_string()))?.pop())
     }
 
     /// Backfills `did` on a task of `workers`, holding `permit` (a place among the repos in
@@ -330,7 +327,7 @@ impl Backfill {
     /// (nothing in flight, when the next queued repo not in flight is due).
     fn queue_outlook(&self) -> Result<(bool, Option<u64>), BackfillError> {
         let in_flight = self.in_flight.lock().expect("in flight");
-        let next = self.store().next_due_ms(&in_flight).map_err(|e| BackfillError(e.to_string()))?;
+        let next = self.store().queue().next_due_ms(&in_flight).map_err(|e| BackfillError(e.to_string()))?;
         Ok((in_flight.is_empty(), next))
     }
 
@@ -394,8 +391,47 @@ impl Backfill {
         done.store(true, Ordering::Relaxed);
     }
 
+    /// The handle the server holds: queue, pause and resume, progress.
+    pub fn control(self: &Arc<Self>) -> Control {
+        Control(self.clone())
+    }
+
     /// Counts of repos by status, for summaries.
     pub fn repo_counts(&self) -> Vec<(RepoStatus, i64)> {
         RepoStatus::ALL.into_iter().map(|s| (s, self.store().repo_count(s))).collect()
+    }
+}
+
+/// What the server may do with a running backfill: queue repos, pause and resume it, and read
+/// its progress. A handle of its own, so that nothing outside the backfill reaches its
+/// internals (see [`Backfill::control`]).
+#[derive(Clone)]
+pub struct Control(Arc<Backfill>);
+
+impl Control {
+    /// Queues `dids` now, whatever their state (see [`Backfill::queue`]).
+    pub fn queue(&self, dids: &[String]) -> anyhow::Result<usize> {
+        self.0.queue(dids)
+    }
+
+    /// Pauses (or resumes) the backfill: while paused no new repo starts; repos in flight
+    /// finish.
+    pub fn set_paused(&self, paused: bool) {
+        self.0.set_paused(paused)
+    }
+
+    /// Whether an operator paused the backfill.
+    pub fn is_paused(&self) -> bool {
+        self.0.is_paused()
+    }
+
+    /// Repos being backfilled now.
+    pub fn in_flight(&self) -> u64 {
+        self.0.progress.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Records walked since start.
+    pub fn records_walked(&self) -> u64 {
+        self.0.progress.records.load(Ordering::Relaxed)
     }
 }

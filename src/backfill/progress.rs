@@ -1,4 +1,4 @@
-//! Backfill progress: counters the workers bump, resident memory, and the periodic line (plus a
+//! Backfill progress: counters the workers bump, and the periodic line (plus a
 //! bar on a terminal) that reports them.
 
 use std::io::IsTerminal;
@@ -37,41 +37,6 @@ struct Sample {
     at: Instant,
     done: u64,
     records: u64,
-}
-
-/// Resident memory of this process in bytes (Linux `/proc/self/statm`), when known.
-pub fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
-}
-
-/// [`resident_bytes`] read at most every `max_age`: for the scheduler, which looks before every
-/// repo it starts (a read of `/proc` costs more than a small repo's other bookkeeping).
-#[derive(Debug)]
-pub struct ResidentGauge {
-    max_age: Duration,
-    last: std::sync::Mutex<Option<(Instant, u64)>>,
-}
-
-impl ResidentGauge {
-    /// A gauge that reads `/proc` again once its reading is older than `max_age`.
-    pub fn new(max_age: Duration) -> Self {
-        Self { max_age, last: std::sync::Mutex::new(None) }
-    }
-
-    /// Resident memory in bytes (0 when unknown), at most `max_age` old.
-    pub fn bytes(&self) -> u64 {
-        let mut last = self.last.lock().expect("resident gauge");
-        match *last {
-            Some((at, bytes)) if at.elapsed() < self.max_age => bytes,
-            _ => {
-                let bytes = resident_bytes().unwrap_or(0);
-                *last = Some((Instant::now(), bytes));
-                bytes
-            }
-        }
-    }
 }
 
 /// Writes a progress line every `every` until `stop` is cancelled, and returns as soon as it
@@ -117,9 +82,9 @@ fn queued(store: &Store) -> u64 {
 fn progress_line(p: &Progress, store: &Store, memory_cap_mb: u64, last: &Sample, now: &Sample) -> String {
     let secs = now.at.duration_since(last.at).as_secs_f64().max(1e-3);
     let repos = |s| store.repo_count(s);
-    let memory = resident_bytes().map(|b| b >> 20).unwrap_or(0);
+    let memory = crate::process::resident_bytes().map(|b| b >> 20).unwrap_or(0);
     let cap = if memory_cap_mb == 0 { "no cap".to_string() } else { format!("cap {memory_cap_mb} MB") };
-    let cursors = store.cursors().unwrap_or_default();
+    let cursors = store.cursors().all().unwrap_or_default();
     let cursors: Vec<String> = cursors
         .iter()
         .filter(|(k, _)| k.starts_with("crawler") || *k == "backfill")
@@ -162,23 +127,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bar_and_memory() {
+    fn bar() {
         assert_eq!(progress_bar(5, 10), format!("[{}{}]  50%  5/10 repos", "#".repeat(15), ".".repeat(15)));
         assert_eq!(progress_bar(0, 0), format!("[{}] 100%  0/0 repos", ".".repeat(30)));
-        assert!(resident_bytes().unwrap() > 1 << 20, "a running test uses more than 1 MB");
-        let gauge = ResidentGauge::new(Duration::from_secs(3600));
-        let first = gauge.bytes();
-        let grow = std::hint::black_box(vec![1u8; 64 << 20]);
-        assert_eq!(gauge.bytes(), first, "a fresh reading is reused");
-        assert!(ResidentGauge::new(Duration::ZERO).bytes() > first, "a stale one is read again");
-        drop(grow);
     }
 
     #[test]
     fn the_line_names_every_figure() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.enqueue_new(&["did:plc:a".into()], Some(("crawler", "c9"))).unwrap();
+        store.queue().enqueue_new(&["did:plc:a".into()], Some(("crawler", "c9"))).unwrap();
         let p = Progress::default();
         p.memory_paused.store(true, Ordering::Relaxed);
         let t = Instant::now();

@@ -9,7 +9,8 @@ use crate::filter::Filter;
 use crate::store::RepoStatus;
 use crate::store::values::now_ms;
 
-use super::{Backfill, schedule};
+use super::Backfill;
+use crate::store::schedule;
 
 /// What a filter edit opens up.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -69,7 +70,7 @@ pub(super) async fn follow_filter_edits(backfill: &Arc<Backfill>) {
 /// DID order a chunk at a time (memory stays bounded however many repos the store holds).
 async fn requeue(backfill: &Backfill, widened: &Widening) -> anyhow::Result<usize> {
     let store = backfill.store();
-    store.enqueue_new(&backfill.owned(&widened.new_dids), None)?;
+    store.queue().enqueue_new(&backfill.owned(&widened.new_dids), None)?;
     let wanted = |status: RepoStatus| {
         (status == RepoStatus::Synced && widened.synced) || (status == RepoStatus::Discarded && widened.discarded)
     };
@@ -81,7 +82,7 @@ async fn requeue(backfill: &Backfill, widened: &Widening) -> anyhow::Result<usiz
         if backfill.stopping() {
             break;
         }
-        let (chunk, next) = store.repo_state_page(after.as_deref(), per_sec, 100 * per_sec, |s| wanted(s.status))?;
+        let (chunk, next) = store.repos().page(after.as_deref(), per_sec, 100 * per_sec, |s| wanted(s.status))?;
         let full = chunk.len() >= per_sec;
         queued += requeue_now(store, chunk.into_iter().map(|(did, _)| did), wanted)?;
         match next {
@@ -105,7 +106,7 @@ fn requeue_now(
     let now = now_ms();
     let mut states = Vec::new();
     for did in dids {
-        if let Some(state) = store.repo_state(&did)?.filter(|s| wanted(s.status)) {
+        if let Some(state) = store.repos().state(&did)?.filter(|s| wanted(s.status)) {
             states.push((did, schedule::requeued(&state, 0, now)));
         }
     }

@@ -41,7 +41,7 @@ impl Walkers {
 }
 
 fn work(jobs: &Mutex<Receiver<Job>>) {
-    set_thread_niceness(WALKER_NICENESS);
+    crate::process::Priority::Walkers.apply_to_this_thread();
     loop {
         let job = match jobs.lock().expect("walk jobs").recv() {
             Ok(job) => job,
@@ -49,18 +49,5 @@ fn work(jobs: &Mutex<Receiver<Job>>) {
         };
         // A panicking job loses its result (the caller sees `None`), not the thread.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
-    }
-}
-
-/// The niceness of the walkers' threads: below queries and live ingestion.
-pub(crate) const WALKER_NICENESS: i32 = 10;
-
-/// Sets the calling thread's niceness (Linux: `setpriority` on a thread id affects that thread).
-pub(crate) fn set_thread_niceness(nice: i32) {
-    #[cfg(target_os = "linux")]
-    // SAFETY: plain syscalls on this thread's own id.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        libc::setpriority(libc::PRIO_PROCESS, tid, nice);
     }
 }

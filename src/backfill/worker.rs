@@ -13,7 +13,7 @@ use crate::store::values::now_ms;
 
 use super::Backfill;
 use super::fetch::FetchError;
-use super::schedule::{self, RetryPolicy};
+use crate::store::schedule::{self, RetryPolicy};
 
 /// How one attempt ended, other than applied.
 #[derive(Debug)]

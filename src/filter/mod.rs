@@ -272,20 +272,27 @@ mod tests {
         }
 
         /// A repo in `exclude_dids` is never indexed; one in `dids` always is, as is any in full
-        /// mode; in signal mode the rest need a signal record.
+        /// mode; in signal mode the rest need a signal record (the README's rules, as a table).
         #[test]
         fn repo_rules_follow_the_model(
             f in filters(),
             did in prop::sample::select(vec!["did:plc:aaaa", "did:web:example.com", "did:plc:zz22", "did:plc:other"]),
         ) {
-            let rule = if f.exclude_dids.contains(did) {
-                RepoRule::Excluded
-            } else if f.dids.contains(did) || f.mode == Mode::Full {
-                RepoRule::Tracked
-            } else {
-                RepoRule::NeedsSignal
-            };
-            prop_assert_eq!(f.repo_rule(did), rule);
+            use RepoRule::*;
+            // (listed in exclude_dids, listed in dids, full mode) -> rule.
+            const RULES: [((bool, bool, bool), RepoRule); 8] = [
+                ((true, true, true), Excluded),
+                ((true, true, false), Excluded),
+                ((true, false, true), Excluded),
+                ((true, false, false), Excluded),
+                ((false, true, true), Tracked),
+                ((false, true, false), Tracked),
+                ((false, false, true), Tracked),
+                ((false, false, false), NeedsSignal),
+            ];
+            let case = (f.exclude_dids.contains(did), f.dids.contains(did), f.mode == Mode::Full);
+            let want = RULES.iter().find(|(c, _)| *c == case).map(|(_, rule)| *rule).unwrap();
+            prop_assert_eq!(f.repo_rule(did), want);
         }
 
         /// Any filter written out as TOML reads back equal.

@@ -118,16 +118,6 @@ pub fn decode_frame(bytes: &[u8]) -> Result<Frame, FrameError> {
     }
 }
 
-/// The fuzz body for `frame`: any bytes decode to a frame or are refused; a commit's block slice
-/// is then read as a CAR. Never a panic.
-pub fn fuzz_frame(bytes: &[u8]) {
-    if let Ok(Frame::Commit(commit)) = decode_frame(bytes)
-        && let Ok(repo) = crate::repo::read_car(&commit.blocks, &crate::repo::CarLimits::default())
-    {
-        let _ = repo.check_commit(Some(commit.repo.as_str()));
-    }
-}
-
 /// Decodes a body as `T`, refusing trailing bytes.
 fn body_of<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, String> {
     serde_ipld_dagcbor::from_slice(body).map_err(|e| e.to_string())

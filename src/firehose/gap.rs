@@ -1,9 +1,9 @@
 //! No gap before the first frame. Until a connection has delivered a frame, sluice knows no
 //! `seq` to resume from, so a connection lost before then would resume live and miss what was
 //! sequenced while it was down. Instead, sluice remembers since when it has been without a
-//! position (`gap_since`, also saved as the `firehose-since` cursor, so a restart keeps it),
-//! and before connecting again it finds the last `seq` sequenced before that time and resumes
-//! after it.
+//! position (`StreamPosition::gap_since`, also saved as the `firehose-since` cursor, so a
+//! restart keeps it), and before connecting again it finds the last `seq` sequenced before that
+//! time and resumes after it.
 //!
 //! The search asks the server for the first frame after a cursor, one short connection per
 //! cursor, and reads that frame's `time`: first from the oldest event kept, then at cursors

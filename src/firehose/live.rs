@@ -25,11 +25,11 @@ use jacquard_api::com_atproto::sync::subscribe_repos::Commit;
 use super::chain::{self, Verdict};
 use super::frame::{Frame, decode_frame};
 use super::ops;
-use crate::backfill::schedule;
 use crate::filter::RepoRule;
 use crate::identity::{Identity, Resolver};
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::repo::{CarLimits, LoadedRepo};
+use crate::store::schedule;
 use crate::store::values::now_ms;
 use crate::store::{RepoState, RepoStatus, Store, StoreError};
 
@@ -170,7 +170,7 @@ impl Live {
 
     fn commit(&self, c: &Commit, raw: &[u8]) -> Result<Handled, LiveError> {
         let did = c.repo.as_str();
-        let state = self.store().repo_state(did)?;
+        let state = self.store().repos().state(did)?;
         match chain::check(c, state.as_ref(), now_ms() * 1000) {
             Verdict::Invalid(reason) => Ok(Handled::Refused(reason)),
             Verdict::Stale => Ok(Handled::Stale),
@@ -180,14 +180,14 @@ impl Live {
                     return Ok(Handled::Refused(refused));
                 }
                 self.desynchronize(did, state.unwrap_or_default(), reason.clone())?;
-                self.store().hold(did, c.rev.as_str(), raw)?;
+                self.store().held().hold(did, c.rev.as_str(), raw)?;
                 Ok(Handled::Desynchronized(reason))
             }
             Verdict::Untracked => match state.as_ref().map(|s| s.status) {
                 Some(
                     RepoStatus::Pending | RepoStatus::Backfilling | RepoStatus::Error | RepoStatus::Desynchronized,
                 ) => {
-                    self.store().hold(did, c.rev.as_str(), raw)?;
+                    self.store().held().hold(did, c.rev.as_str(), raw)?;
                     Ok(Handled::Held)
                 }
                 Some(RepoStatus::Gone | RepoStatus::Synced) => Ok(Handled::Dropped),
@@ -238,7 +238,7 @@ impl Live {
             return self.apply(c);
         }
         self.queue_backfill(did, state)?;
-        self.store().hold(did, c.rev.as_str(), raw)?;
+        self.store().held().hold(did, c.rev.as_str(), raw)?;
         Ok(Handled::Discovered)
     }
 
@@ -302,19 +302,19 @@ impl Live {
     /// Applies `did`'s held commits in rev order, if its backfill has committed. Returns
     /// whether none is left held.
     pub fn drain(&self, did: &str) -> Result<bool, LiveError> {
-        match self.store().repo_state(did)?.map(|s| s.status) {
+        match self.store().repos().state(did)?.map(|s| s.status) {
             Some(RepoStatus::Synced | RepoStatus::Discarded) | None => {}
             Some(RepoStatus::Gone) => {
                 // The account is gone: a reactivation backfills it whole.
-                let revs = self.store().held_commits(did)?.into_iter().map(|(rev, _)| rev).collect::<Vec<_>>();
-                self.store().release_held(did, &revs)?;
+                let revs = self.store().held().commits(did)?.into_iter().map(|(rev, _)| rev).collect::<Vec<_>>();
+                self.store().held().release(did, &revs)?;
                 return Ok(true);
             }
             Some(_) => return Ok(false),
         }
         let mut done = Vec::new();
         let mut cleared = true;
-        for (rev, raw) in self.store().held_commits(did)? {
+        for (rev, raw) in self.store().held().commits(did)? {
             let handled = match decode_frame(&raw) {
                 Ok(Frame::Commit(c)) => self.commit(&c, &raw)?,
                 _ => Handled::Refused("a held frame no longer decodes as a commit".into()),
@@ -327,7 +327,7 @@ impl Live {
             self.metrics.count(&handled);
             done.push(rev);
         }
-        self.store().release_held(did, &done)?;
+        self.store().held().release(did, &done)?;
         Ok(cleared)
     }
 }

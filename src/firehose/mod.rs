@@ -10,7 +10,9 @@
 //! - [`shards`]: per-DID ordering, parallel across DIDs; held commits drained in rev order.
 //! - [`live`] and `status`: what each frame leads to (apply, hold, queue a backfill, skip,
 //!   refuse), and the account and identity rules.
-//! - [`cursor`]: which seq is safe to save; [`gap`]: where to resume when no seq is known yet.
+//! - [`cursor`]: which seq is safe to save; `position` ([`StreamPosition`]): where the stream
+//!   stands, what is saved and where a connection resumes; `gap`: where to resume when no seq is
+//!   known yet.
 //!
 //! Checkpoint contract: the `firehose` cursor is saved every second and at shutdown, and is
 //! never ahead of a frame that is not finished (applied, held in fjall, skipped or refused):
@@ -28,14 +30,16 @@ pub mod chain;
 pub mod client;
 pub mod cursor;
 pub mod frame;
+mod fuzz;
 #[doc(hidden)]
 pub mod gap;
 pub mod live;
 pub mod ops;
+mod position;
 pub mod shards;
 mod status;
 
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,22 +47,17 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use frame::{Frame, FrameError, decode_frame, fuzz_frame};
+pub use frame::{Frame, FrameError, decode_frame};
+pub use fuzz::fuzz_frame;
 pub use live::{Handled, Live, LiveError, LiveOptions};
 
 use crate::config::Config;
 use crate::identity::Resolver;
 use crate::pipeline::Pipeline;
 use crate::store::now_us;
-use cursor::SeqTracker;
 use shards::Shards;
 
-/// The cursor's service name.
-pub const CURSOR: &str = "firehose";
-
-/// The cursor that keeps, while no `seq` is known, since when (unix µs) sluice has been
-/// without a position: how far back `gap`'s search must reach.
-pub const SINCE_CURSOR: &str = "firehose-since";
+pub use position::{CURSOR, SINCE_CURSOR, StreamPosition};
 
 /// Why live ingestion stopped.
 #[derive(Debug, thiserror::Error)]
@@ -74,16 +73,11 @@ pub enum FirehoseError {
 /// The live ingestion service.
 pub struct Firehose {
     live: Arc<Live>,
-    tracker: Arc<SeqTracker>,
+    /// Where the stream stands, and what of it is saved.
+    position: StreamPosition,
     shards: Mutex<Option<Shards>>,
     base_url: String,
-    /// The cursor stored when the service started.
-    start_cursor: Option<i64>,
     max_backoff: Duration,
-    /// The server said our cursor is in the future: resume live, without one.
-    forget_cursor: AtomicBool,
-    /// The cursor last saved.
-    saved: AtomicI64,
     /// Frames refused as undecodable.
     malformed: AtomicU64,
     /// Paused by an operator: frames wait (and the socket with them) until resumed.
@@ -97,13 +91,6 @@ pub struct Firehose {
     /// Frames of other shards' repos dropped.
     other_shards: AtomicU64,
     liveness: client::Liveness,
-    /// Without a position, since when (unix µs) events may have been missed: `gap`'s search
-    /// before the next connection looks back to it.
-    gap_since: Mutex<Option<u64>>,
-    /// Whether the `firehose-since` cursor is saved.
-    since_saved: AtomicBool,
-    /// Where a look-back said to resume (-1: nowhere), until a frame is dispatched.
-    looked_back: AtomicI64,
 }
 
 impl Firehose {
@@ -118,30 +105,21 @@ impl Firehose {
         let base_url = config.firehose.url.clone().unwrap_or_else(|| config.network.relay.clone());
         client::subscribe_url(&base_url, None).map_err(FirehoseError::Config)?;
         let storage = |e: &dyn std::fmt::Display| FirehoseError::Storage(e.to_string());
-        let saved = pipeline.store().cursor(CURSOR).map_err(|e| storage(&e))?;
-        let start_cursor = saved.as_deref().and_then(|c| c.parse::<i64>().ok());
-        let since = match start_cursor {
-            Some(_) => None,
-            None => pipeline.store().cursor(SINCE_CURSOR).map_err(|e| storage(&e))?.and_then(|c| c.parse::<u64>().ok()),
-        };
+        let position = StreamPosition::load(pipeline.store().clone()).map_err(|e| storage(&e))?;
         let opts = LiveOptions { backfill: config.backfill.enabled(), limits: config.limits.car_limits() };
         let live = Arc::new(Live::new(pipeline, resolver, tokio::runtime::Handle::current(), opts));
-        let tracker = Arc::new(SeqTracker::starting_at(start_cursor.unwrap_or(0)));
         let n = match config.firehose.shards {
-            0 => crate::config::cores(),
+            0 => crate::process::cores(),
             n => n,
         };
-        let shards =
-            Shards::start(live.clone(), tracker.clone(), n, config.firehose.queue, backlog).map_err(|e| storage(&e))?;
+        let shards = Shards::start(live.clone(), position.tracker().clone(), n, config.firehose.queue, backlog)
+            .map_err(|e| storage(&e))?;
         Ok(Arc::new(Self {
             live,
-            tracker,
+            position,
             shards: Mutex::new(Some(shards)),
             base_url,
-            start_cursor,
             max_backoff: Duration::from_secs(config.firehose.max_reconnect_secs.max(1)),
-            forget_cursor: AtomicBool::new(false),
-            saved: AtomicI64::new(start_cursor.unwrap_or(0)),
             malformed: AtomicU64::new(0),
             paused: AtomicBool::new(false),
             closing: AtomicBool::new(false),
@@ -152,9 +130,6 @@ impl Firehose {
                 ping_interval: Duration::from_millis(config.firehose.ping_interval_ms.max(1)),
                 pong_timeout: Duration::from_millis(config.firehose.pong_timeout_ms.max(1)),
             },
-            gap_since: Mutex::new(since),
-            since_saved: AtomicBool::new(since.is_some()),
-            looked_back: AtomicI64::new(-1),
         }))
     }
 
@@ -165,12 +140,12 @@ impl Firehose {
 
     /// The highest seq with every frame at or below it finished.
     pub fn safe_cursor(&self) -> i64 {
-        self.tracker.safe()
+        self.position.safe()
     }
 
     /// Frames dispatched and not yet finished.
     pub fn in_flight(&self) -> usize {
-        self.tracker.in_flight()
+        self.position.in_flight()
     }
 
     /// Frames refused as undecodable.
@@ -233,39 +208,26 @@ impl Firehose {
             }
             Frame::Error { error, message } => {
                 if error == "FutureCursor" {
-                    self.forget_cursor.store(true, Ordering::Relaxed);
+                    self.position.cursor_in_the_future();
                 }
                 return tracing::warn!(%error, ?message, "firehose error frame");
             }
             Frame::Unknown { kind } => return tracing::debug!(%kind, "firehose message of an unknown type; skipped"),
         };
         if let Some(seq) = frame.seq() {
-            self.save_first_position(seq);
+            self.position.arrived(seq);
         }
         if !self.shard.owns(&did) {
             // Another node's repo: dropped before any signature check or block read.
             self.other_shards.fetch_add(1, Ordering::Relaxed);
             if let Some(seq) = frame.seq() {
-                self.tracker.dispatched(seq);
-                self.tracker.finished(seq);
+                self.position.tracker().dispatched(seq);
+                self.position.tracker().finished(seq);
             }
             return;
         }
         if let Some(shards) = self.shards.lock().expect("shards").as_ref() {
             shards.dispatch(frame.seq(), &did, frame, raw);
-        }
-    }
-
-    /// With no cursor saved yet, saves the position just before the first frame at once: a
-    /// crash before the first periodic save then resumes from there instead of going live
-    /// and missing what came in between.
-    fn save_first_position(&self, seq: i64) {
-        if self.saved.load(Ordering::Relaxed) > 0 || seq <= 1 {
-            return;
-        }
-        self.saved.store(seq - 1, Ordering::Relaxed);
-        if let Err(e) = self.live.store().save_cursor(CURSOR, &(seq - 1).to_string()) {
-            tracing::error!(error = %e, "saving the firehose cursor failed");
         }
     }
 
@@ -298,7 +260,7 @@ impl Firehose {
                 .await
                 .map_err(|e| FirehoseError::Storage(e.to_string()))?;
         }
-        self.save_cursor()?;
+        self.position.save().map_err(|e| FirehoseError::Storage(e.to_string()))?;
         result
     }
 
@@ -308,14 +270,11 @@ impl Firehose {
             if let Some(reason) = self.fatal() {
                 return Err(FirehoseError::Storage(reason));
             }
-            if let Some(since) = self.gap_since() {
+            if let Some(since) = self.position.gap_since() {
                 self.look_back(since, stop).await;
             }
-            let cursor = self.resume_cursor();
             let opened_us = now_us();
-            if cursor.is_none() {
-                self.save_since(opened_us);
-            }
+            let cursor = self.position.connecting(opened_us);
             let url = client::subscribe_url(&self.base_url, cursor).map_err(FirehoseError::Config)?;
             self.connections.fetch_add(1, Ordering::Relaxed);
             match client::read_connection(&url, tx, stop, self.liveness).await {
@@ -324,11 +283,7 @@ impl Firehose {
                     if healthy {
                         backoff = Duration::from_secs(1);
                     }
-                    if self.resume_cursor_peek().is_none() {
-                        // Nothing was dispatched: what was sequenced from this connection's
-                        // start on must be looked back for.
-                        self.gap_since.lock().expect("gap").get_or_insert(opened_us);
-                    }
+                    self.position.dropped(opened_us);
                     tracing::warn!(%reason, retry_in_s = backoff.as_secs(), "firehose connection lost; reconnecting");
                 }
             }
@@ -344,12 +299,6 @@ impl Firehose {
         }
     }
 
-    /// Since when events may have been missed, while no position is known.
-    fn gap_since(&self) -> Option<u64> {
-        let since = *self.gap_since.lock().expect("gap");
-        since.filter(|_| self.resume_cursor_peek().is_none())
-    }
-
     /// Finds where the stream stood at `since` and resumes from there (see `gap`). When the
     /// search fails, the connection goes live and a later commit of each repo touched in the
     /// gap finds its chain broken and resyncs it.
@@ -357,9 +306,7 @@ impl Firehose {
         match gap::resume_point(&self.base_url, since, stop).await {
             Ok(from) => {
                 tracing::info!(resume_after = from, "firehose had no position yet: resuming from before the gap");
-                self.tracker.restart_at(from);
-                self.looked_back.store(from, Ordering::Relaxed);
-                *self.gap_since.lock().expect("gap") = None;
+                self.position.looked_back_to(from);
             }
             Err(reason) => {
                 tracing::warn!(
@@ -369,36 +316,6 @@ impl Firehose {
                 )
             }
         }
-    }
-
-    /// Saves, once, since when sluice has been without a position, so that a restart before
-    /// the first frame still looks back far enough.
-    fn save_since(&self, since_us: u64) {
-        if self.since_saved.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        if let Err(e) = self.live.store().save_cursor(SINCE_CURSOR, &since_us.to_string()) {
-            tracing::error!(error = %e, "saving the firehose start time failed");
-        }
-    }
-
-    /// Where a new connection starts: after the last frame dispatched (frames in flight still
-    /// finish), or where a look-back said, or the saved cursor, or live when there is none.
-    fn resume_cursor(&self) -> Option<i64> {
-        if self.forget_cursor.swap(false, Ordering::Relaxed) {
-            tracing::warn!("the server has no events after our cursor; resuming live");
-            self.tracker.restart_at(0);
-            self.looked_back.store(-1, Ordering::Relaxed);
-            return None;
-        }
-        self.resume_cursor_peek()
-    }
-
-    /// [`Firehose::resume_cursor`] without taking a `FutureCursor` into account.
-    fn resume_cursor_peek(&self) -> Option<i64> {
-        let last = self.tracker.last_dispatched();
-        let looked_back = self.looked_back.load(Ordering::Relaxed);
-        (last > 0).then_some(last).or((looked_back >= 0).then_some(looked_back)).or(self.start_cursor)
     }
 
     /// Whether the service is failing or shutting down (a paused router must not hold up
@@ -418,18 +335,9 @@ impl Firehose {
                 _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            if let Err(e) = self.save_cursor() {
+            if let Err(e) = self.position.save() {
                 tracing::error!(error = %e, "saving the firehose cursor failed");
             }
         }
-    }
-
-    /// Saves the safe cursor when it moved.
-    fn save_cursor(&self) -> Result<(), FirehoseError> {
-        let safe = self.tracker.safe();
-        if safe <= 0 || self.saved.swap(safe, Ordering::Relaxed) == safe {
-            return Ok(());
-        }
-        self.live.store().save_cursor(CURSOR, &safe.to_string()).map_err(|e| FirehoseError::Storage(e.to_string()))
     }
 }

@@ -58,7 +58,7 @@ impl Shards {
     ) -> Result<Self, LiveError> {
         let n = n.max(1);
         let mut held: Vec<HashSet<String>> = vec![HashSet::new(); n];
-        for did in live.store().held_dids()? {
+        for did in live.store().held().dids()? {
             held[shard_of(&did, n)].insert(did);
         }
         let shared = Arc::new(Shared {

@@ -11,21 +11,21 @@
 use jacquard_api::com_atproto::sync::subscribe_repos::{Account, Identity, Sync};
 
 use super::live::{Handled, Live, LiveError};
-use crate::backfill::schedule;
 use crate::filter::RepoRule;
+use crate::store::schedule;
 use crate::store::values::now_ms;
 use crate::store::{AccountEvent, IdentityEvent, RepoState, RepoStatus, StoredEvent};
 
 impl Live {
     /// A tracked repo's state: `None` for repos sluice does not index.
     fn tracked(&self, did: &str) -> Result<Option<RepoState>, LiveError> {
-        Ok(self.store().repo_state(did)?.filter(|s| s.status != RepoStatus::Discarded))
+        Ok(self.store().repos().state(did)?.filter(|s| s.status != RepoStatus::Discarded))
     }
 
     /// `#sync`: a repo's current commit. A root other than the stored one queues a backfill.
     pub(super) fn sync(&self, s: &Sync) -> Result<Handled, LiveError> {
         let did = s.did.as_str();
-        let Some(state) = self.store().repo_state(did)? else {
+        let Some(state) = self.store().repos().state(did)? else {
             let tracked =
                 self.opts.backfill && self.pipeline.filter().load().filter.repo_rule(did) == RepoRule::Tracked;
             if !tracked {
@@ -70,7 +70,7 @@ impl Live {
         let state = RepoState { handle, updated_ms: now_ms(), ..state };
         let handled = self.apply_status(did, state, event)?;
         // The handle may point elsewhere now even when it is the same: check it again.
-        self.store().request_handle_check(did)?;
+        self.store().handles().request_check(did)?;
         Ok(handled)
     }
 

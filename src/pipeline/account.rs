@@ -34,7 +34,7 @@ impl Pipeline {
         last_event: Option<StoredEvent>,
     ) -> Result<RepoOutcome, PipelineError> {
         let compiled = self.filter.load();
-        let mut stored: Vec<_> = self.store.repo_records(did)?.into_iter().collect();
+        let mut stored: Vec<_> = self.store.records().of_repo(did)?.into_iter().collect();
         stored.sort_unstable();
         let mut deletes =
             stored.into_iter().map(|((collection, rkey), previous)| Staged::Delete { collection, rkey, previous });

@@ -202,13 +202,16 @@ pub struct Pipeline {
     walks: Arc<AtomicU64>,
 }
 
-/// Record changes per committed batch unless configured otherwise.
-pub const DEFAULT_BATCH_SIZE: usize = 5_000;
-
 impl Pipeline {
     /// A pipeline writing to `store` under the filter in `filter`.
     pub fn new(store: Arc<Store>, filter: FilterHandle) -> Self {
-        Self { store, filter, metrics: Arc::default(), batch_size: DEFAULT_BATCH_SIZE, walks: Arc::default() }
+        Self {
+            store,
+            filter,
+            metrics: Arc::default(),
+            batch_size: crate::config::DEFAULT_BATCH_SIZE,
+            walks: Arc::default(),
+        }
     }
 
     /// Commits a repo walk in batches of at most `n` record changes (at least 1).
@@ -243,9 +246,9 @@ impl Pipeline {
         let compiled = self.filter.load();
         let filter = &compiled.filter;
         let did = repo.did();
-        let previous_state = self.store.repo_state(did)?;
+        let previous_state = self.store.repos().state(did)?;
         check_rev(did, repo.rev(), previous_state.as_ref())?;
-        let stored = self.store.repo_records(did)?;
+        let stored = self.store.records().of_repo(did)?;
         let _walking = WalkCount::new(&self.walks);
         std::thread::scope(|scope| {
             let (walk, keys, kept) = self.start_walk(scope, repo, filter)?;
@@ -322,7 +325,7 @@ impl Pipeline {
         cursor: Option<(String, String)>,
     ) -> Result<RepoOutcome, PipelineError> {
         let compiled = self.filter.load();
-        let previous_state = self.store.repo_state(did)?;
+        let previous_state = self.store.repos().state(did)?;
         check_rev(did, rev, previous_state.as_ref())?;
         let (mut staged, mut unchanged) = (Vec::new(), 0);
         for op in ops {
@@ -332,7 +335,7 @@ impl Pipeline {
                     if !compiled.filter.wants_collection(&collection) {
                         continue;
                     }
-                    let previous = self.store.record_cid(did, &collection, &rkey)?;
+                    let previous = self.store.records().cid(did, &collection, &rkey)?;
                     if is_unchanged(previous.as_deref(), &cid) {
                         unchanged += 1;
                     } else {
@@ -346,7 +349,7 @@ impl Pipeline {
                     }
                 }
                 RecordOp::Delete { collection, rkey } => {
-                    if let Some(previous) = self.store.record_cid(did, &collection, &rkey)? {
+                    if let Some(previous) = self.store.records().cid(did, &collection, &rkey)? {
                         staged.push(Staged::Delete { collection: collection.into(), rkey: rkey.into(), previous });
                     }
                 }
@@ -548,7 +551,7 @@ impl Pipeline {
     ) -> (String, Option<Vec<u8>>) {
         let Some(cid) = previous else { return (String::new(), None) };
         let cid_str = Cid::try_from(cid).map(|c| c.to_string()).unwrap_or_default();
-        (cid_str, self.store.record(did, collection, rkey).ok().flatten().and_then(|r| r.body))
+        (cid_str, self.store.records().get(did, collection, rkey).ok().flatten().and_then(|r| r.body))
     }
 
     /// Runs the `active` handlers of a record's collection; an error or panic is logged and

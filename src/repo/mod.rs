@@ -11,6 +11,7 @@
 
 pub mod age;
 mod car;
+mod fuzz;
 mod signature;
 mod walk;
 
@@ -58,17 +59,4 @@ pub enum RepoError {
     Mst { cid: Cid, problem: String },
 }
 
-/// The fuzz body for `car`: any bytes either load and walk completely, or are refused with an
-/// error; never a panic. Read from a slice ([`read_car`], the firehose's reader) and from bytes
-/// the repo keeps ([`read_car_owned`], index-car's and the backfill's), they give the same
-/// records or the same error.
-pub fn fuzz_car(bytes: &[u8]) {
-    let walked = |read: Result<LoadedRepo, RepoError>| -> Result<Vec<RecordEntry>, String> {
-        let repo = read.map_err(|e| e.to_string())?;
-        repo.check_commit(None).map_err(|e| e.to_string())?;
-        repo.records().collect::<Result<_, _>>().map_err(|e| e.to_string())
-    };
-    let copied = walked(read_car(bytes, &CarLimits::default()));
-    let owned = walked(read_car_owned(bytes::Bytes::copy_from_slice(bytes), &CarLimits::default()));
-    assert_eq!(copied, owned, "a CAR reads alike from a slice and from bytes it keeps");
-}
+pub use fuzz::fuzz_car;

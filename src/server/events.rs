@@ -94,7 +94,8 @@ fn start_of(
     let saved = match &consumer {
         Some(name) => state
             .store()
-            .cursor(&consumer_cursor(name))
+            .cursors()
+            .get(&consumer_cursor(name))
             .map_err(|e| XrpcError::internal(e.to_string()))?
             .and_then(|c| c.parse().ok()),
         None => None,
@@ -150,7 +151,7 @@ fn record_ack(state: &ServerState, consumer: Option<&str>, acks: &Acks, text: &s
     };
     if acks.acked.fetch_max(id, Ordering::Relaxed) < id {
         acks.progress.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = state.store().save_cursor(&consumer_cursor(name), &id.to_string()) {
+        if let Err(e) = state.store().cursors().save(&consumer_cursor(name), &id.to_string()) {
             tracing::warn!(error = %e, consumer = name, "saving a consumer's cursor failed");
         }
     }
@@ -301,7 +302,7 @@ fn spawn_read(
 ) -> tokio::task::JoinHandle<Result<Batch, crate::store::StoreError>> {
     let store = store.clone();
     tokio::task::spawn_blocking(move || {
-        let events = store.events_from(from, BATCH)?;
+        let events = store.log().from(from, BATCH)?;
         events.into_iter().map(|(id, e)| Ok((id, crate::wire::event_text(&store, id, &e)?.into()))).collect()
     })
 }

@@ -62,7 +62,7 @@ pub fn render(state: &ServerState) -> String {
         state.stream_clients.load(Ordering::Relaxed),
     );
     let name = "sluice_resident_memory_bytes";
-    let rss = crate::backfill::progress::resident_bytes().unwrap_or(0);
+    let rss = crate::process::resident_bytes().unwrap_or(0);
     Family::start(&mut out, name, "gauge", "Resident memory of the process.").sample(name, &[], rss);
     out
 }
@@ -106,7 +106,7 @@ fn events(out: &mut String, state: &ServerState) {
         state.store().next_event_id() - 1,
     );
     let name = "sluice_event_log_oldest";
-    let oldest = state.store().oldest_event_id().ok().flatten().unwrap_or(0);
+    let oldest = state.store().log().oldest_id().ok().flatten().unwrap_or(0);
     Family::start(
         out,
         name,
@@ -136,16 +136,12 @@ fn repos(out: &mut String, state: &ServerState) {
     }
     if let Some(backfill) = &state.backfill {
         let name = "sluice_backfill_in_flight";
-        Family::start(out, name, "gauge", "Repos being backfilled now.").sample(
-            name,
-            &[],
-            load(&backfill.progress().in_flight),
-        );
+        Family::start(out, name, "gauge", "Repos being backfilled now.").sample(name, &[], backfill.in_flight());
         let name = "sluice_backfill_records_total";
         Family::start(out, name, "counter", "Records walked by the backfill since start.").sample(
             name,
             &[],
-            load(&backfill.progress().records),
+            backfill.records_walked(),
         );
     }
 }

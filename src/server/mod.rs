@@ -28,7 +28,6 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::backfill::Backfill;
 use crate::config::Config;
 use crate::firehose::Firehose;
 use crate::pipeline::Pipeline;
@@ -43,8 +42,8 @@ pub struct ServerState {
     pub pipeline: Pipeline,
     /// The configuration in use.
     pub config: Config,
-    /// The backfill service, when this process runs one.
-    pub backfill: Option<Arc<Backfill>>,
+    /// The backfill's control handle, when this process runs one.
+    pub backfill: Option<crate::backfill::Control>,
     /// Live ingestion, when this process runs it.
     pub firehose: Option<Arc<Firehose>>,
     /// The NATS sink, when this process runs it.

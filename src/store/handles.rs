@@ -6,16 +6,19 @@
 //! - `handle_checks`: DID -> empty, the repos whose handle waits for a check (a new or changed
 //!   handle, or an `#identity` frame). The handle checker (`crate::handles`) takes from it.
 //!
-//! Every state write goes through [`Store::stage_handle`]: a write that changes the handle
+//! Every state write stages through [`HandleIndex::stage`]: a write that changes the handle
 //! clears the verdict and queues a check; one that keeps the handle keeps the verdict, whatever
-//! the writer's copy of the state says. Only [`Store::set_handle_verdict`] sets a verdict.
+//! the writer's copy of the state says. Only [`Handles::set_verdict`] sets a verdict. A verdict
+//! is a state write, under the writer lock, so callers reach the index through [`Handles`], a
+//! view that borrows the store ([`Store::handles`]); the keyspaces are [`HandleIndex`]'s alone.
 
 use std::collections::BTreeMap;
 use std::ops::Bound::{Excluded, Unbounded};
 
-use fjall::PersistMode;
+use fjall::Keyspace;
 
-use super::values::{RepoState, RepoStatus, Stored};
+use super::repos::Repos;
+use super::values::{RepoState, RepoStatus};
 use super::{Result, Store};
 
 /// Whether two stored handles are the same handle (handles are case-insensitive).
@@ -37,12 +40,25 @@ fn needs_check(state: &RepoState) -> bool {
     state.handle.is_some() && state.handle_ok.is_none() && state.status != RepoStatus::Discarded
 }
 
-impl Store {
+/// The handles part: owns `handles` and `handle_checks`.
+pub(super) struct HandleIndex {
+    handles: Keyspace,
+    checks: Keyspace,
+}
+
+impl HandleIndex {
+    pub(super) fn new(handles: Keyspace, checks: Keyspace) -> Self {
+        Self { handles, checks }
+    }
+
     /// Settles `new`'s handle verdict against `old` (see the module's rule, unless `verdict`
-    /// is the checker's own) and stages the index and queue changes that follow.
-    pub(super) fn stage_handle(
+    /// is the checker's own) and stages the index and queue changes that follow. A repo that
+    /// held the handle before loses it: its state (read from and staged into `repos`) says so
+    /// in the same batch. Runs under the writer lock.
+    pub(super) fn stage(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
+        repos: &Repos,
         did: &str,
         old: Option<&RepoState>,
         new: &mut RepoState,
@@ -69,61 +85,74 @@ impl Store {
                 if let Some(before) = self.handles.get(h.as_bytes())?
                     && &*before != did.as_bytes()
                 {
-                    self.stage_lost_handle(batch, &String::from_utf8_lossy(&before))?;
+                    let before = String::from_utf8_lossy(&before);
+                    if let Some(state) = repos.state(&before)? {
+                        repos.stage(batch, &before, &RepoState { handle_ok: Some(false), ..state });
+                    }
                 }
                 batch.insert(&self.handles, h.as_bytes(), did.as_bytes());
             }
         }
         if needs_check(new) && !old.is_some_and(needs_check) {
-            batch.insert(&self.handle_checks, did.as_bytes(), []);
+            batch.insert(&self.checks, did.as_bytes(), []);
         }
         Ok(())
     }
+}
 
-    /// Marks `did`'s handle as not its own (another repo's checked handle now): its index
-    /// entry moves to that repo in the same batch.
-    fn stage_lost_handle(&self, batch: &mut fjall::OwnedWriteBatch, did: &str) -> Result<()> {
-        if let Some(state) = self.repo_state(did)? {
-            batch.insert(&self.repos, did.as_bytes(), RepoState { handle_ok: Some(false), ..state }.encode());
-        }
-        Ok(())
+/// The handle index as its users reach it ([`Store::handles`]): `HandleIndex` with the
+/// repo states it follows and the state write a verdict goes through.
+#[derive(Clone, Copy)]
+pub struct Handles<'s> {
+    store: &'s Store,
+}
+
+impl<'s> Handles<'s> {
+    pub(super) fn new(store: &'s Store) -> Self {
+        Self { store }
+    }
+
+    fn index(&self) -> &'s HandleIndex {
+        &self.store.handles
     }
 
     /// The DID whose own handle `handle` is, as far as sluice has checked.
-    pub fn did_for_handle(&self, handle: &str) -> Result<Option<String>> {
-        Ok(self.handles.get(handle.to_ascii_lowercase().as_bytes())?.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    pub fn did_for(&self, handle: &str) -> Result<Option<String>> {
+        let owner = self.index().handles.get(handle.to_ascii_lowercase().as_bytes())?;
+        Ok(owner.map(|v| String::from_utf8_lossy(&v).into_owned()))
     }
 
     /// Up to `limit` repos waiting for a handle check, in DID order after `after`.
-    pub fn handle_checks_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+    pub fn checks_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
         let lo = after.map_or(Unbounded, |did| Excluded(did.as_bytes()));
         let mut out = Vec::new();
-        for kv in self.handle_checks.range::<&[u8], _>((lo, Unbounded)).take(limit) {
+        for kv in self.index().checks.range::<&[u8], _>((lo, Unbounded)).take(limit) {
             out.push(String::from_utf8_lossy(&kv.key()?).into_owned());
         }
         Ok(out)
     }
 
     /// Asks for `did`'s handle to be checked again (an `#identity` frame came).
-    pub fn request_handle_check(&self, did: &str) -> Result<()> {
-        self.handle_checks.insert(did.as_bytes(), [])?;
-        Ok(())
+    pub fn request_check(&self, did: &str) -> Result<()> {
+        self.store.db.write(|| self.index().checks.insert(did.as_bytes(), []))
     }
 
     /// Records the checker's verdict on `did`'s handle: `handle` (what its DID document names
     /// now, which may differ from what was stored) is its own or not. Takes the repo off the
     /// check queue. A repo sluice no longer has is only taken off.
-    pub fn set_handle_verdict(&self, did: &str, handle: Option<String>, ok: bool) -> Result<()> {
-        let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), 4).durability(Some(PersistMode::Buffer));
-        batch.remove(&self.handle_checks, did.as_bytes());
-        let writer = self.writer.lock().expect("writer lock");
-        if let Some(old) = self.repo_state(did)? {
+    pub fn set_verdict(&self, did: &str, handle: Option<String>, ok: bool) -> Result<()> {
+        let store = self.store;
+        let mut batch = store.db.batch(4);
+        batch.remove(&self.index().checks, did.as_bytes());
+        let writer = store.writer.lock().expect("writer lock");
+        if let Some(old) = store.repos.state(did)? {
             let handle_ok = handle.is_some().then_some(ok);
             let new = RepoState { handle, handle_ok, ..old.clone() };
+            // Only the handle changes: no counter or queue entry moves.
             let mut deltas = BTreeMap::new();
-            self.stage_state_as(&mut batch, &mut deltas, &writer, did, Some(old), new, true)?;
+            store.stage_state(&mut batch, &mut deltas, &writer, did, Some(old), new, true)?;
         }
-        batch.commit()?;
+        store.db.commit(batch)?;
         drop(writer);
         Ok(())
     }
@@ -131,10 +160,10 @@ impl Store {
     /// Queues a check for every repo whose handle was never checked (stores written before
     /// handles were checked), `limit` states at a time from `after`; returns where to go on
     /// from, `None` at the end.
-    pub fn queue_unchecked_handles(&self, after: Option<&str>, limit: usize) -> Result<Option<String>> {
-        let (page, last) = self.repo_state_page(after, limit, limit, needs_check)?;
+    pub fn queue_unchecked(&self, after: Option<&str>, limit: usize) -> Result<Option<String>> {
+        let (page, last) = self.store.repos.page(after, limit, limit, needs_check)?;
         for (did, _) in &page {
-            self.request_handle_check(did)?;
+            self.request_check(did)?;
         }
         Ok(last)
     }
@@ -185,28 +214,28 @@ mod props {
             for op in ops {
                 match op {
                     Op::Store { did, handle, claimed, discarded } => {
-                        let before = store.repo_state(DIDS[did]).unwrap();
+                        let before = store.repos().state(DIDS[did]).unwrap();
                         let status = if discarded { RepoStatus::Discarded } else { RepoStatus::Synced };
                         let handle = handle.map(|h| HANDLES[h].to_string());
                         let state =
                             RepoState { status, handle: handle.clone(), handle_ok: claimed, ..Default::default() };
                         store.set_states(&[(DIDS[did].to_string(), state)], None).unwrap();
-                        let after = store.repo_state(DIDS[did]).unwrap().unwrap();
+                        let after = store.repos().state(DIDS[did]).unwrap().unwrap();
                         let kept = before
                             .filter(|b| same_handle(b.handle.as_deref(), handle.as_deref()))
                             .and_then(|b| b.handle_ok);
                         prop_assert_eq!(after.handle_ok, kept, "a writer's verdict never stands");
                     }
                     Op::Verdict { did, handle, ok } => {
-                        store.set_handle_verdict(DIDS[did], handle.map(|h| HANDLES[h].to_string()), ok).unwrap()
+                        store.handles().set_verdict(DIDS[did], handle.map(|h| HANDLES[h].to_string()), ok).unwrap()
                     }
-                    Op::Request { did } => store.request_handle_check(DIDS[did]).unwrap(),
+                    Op::Request { did } => store.handles().request_check(DIDS[did]).unwrap(),
                 }
                 let states: Vec<(String, RepoState)> = DIDS
                     .iter()
-                    .filter_map(|d| store.repo_state(d).unwrap().map(|s| (d.to_string(), s)))
+                    .filter_map(|d| store.repos().state(d).unwrap().map(|s| (d.to_string(), s)))
                     .collect();
-                for kv in store.handles.iter() {
+                for kv in store.handles.handles.iter() {
                     let (h, d) = kv.into_inner().unwrap();
                     let (h, d) = (String::from_utf8(h.to_vec()).unwrap(), String::from_utf8(d.to_vec()).unwrap());
                     let state = &states.iter().find(|(did, _)| *did == d).expect("an indexed repo exists").1;
@@ -215,7 +244,7 @@ mod props {
                 for (did, state) in &states {
                     if let Some(h) = indexed(state) {
                         prop_assert_eq!(
-                            store.did_for_handle(&h).unwrap(),
+                            store.handles().did_for(&h).unwrap(),
                             Some(did.clone()),
                             "{}'s good handle {} is indexed",
                             did,
@@ -224,7 +253,7 @@ mod props {
                     }
                     if needs_check(state) {
                         prop_assert!(
-                            store.handle_checks_after(None, 10).unwrap().contains(did),
+                            store.handles().checks_after(None, 10).unwrap().contains(did),
                             "{}'s handle waits for a check",
                             did
                         );

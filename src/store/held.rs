@@ -1,24 +1,35 @@
-//! Live commits held while their repo is backfilled (`held`: `did \0 rev` -> [`HeldCommit`]),
-//! and cursors saved on their own.
+//! Live commits held while their repo is backfilled: `held` (`did \0 rev` -> [`HeldCommit`]).
 //!
 //! Held commits are applied in rev order once the repo's backfill commits; the firehose decides
-//! what to hold and when to release it. TIDs sort by time, so key order is rev order.
+//! what to hold and when to release it. TIDs sort by time, so key order is rev order. Holding
+//! and releasing write on their own, outside any change's batch: a held commit is a frame not
+//! indexed yet, and the change that applies it is a commit of its own.
 
-use fjall::PersistMode;
+use fjall::Keyspace;
 
-use super::values::{Cursor, HeldCommit, now_ms};
-use super::{Result, Store, Stored, keys};
+use super::failure::Db;
+use super::values::{HeldCommit, Stored};
+use super::{Result, keys};
 
-impl Store {
+/// The held commits part: owns `held`.
+pub struct Held {
+    db: Db,
+    held: Keyspace,
+}
+
+impl Held {
+    pub(super) fn new(db: Db, held: Keyspace) -> Self {
+        Self { db, held }
+    }
+
     /// Holds the `#commit` `frame` of `did` at `rev` (holding the same rev twice keeps one).
     pub fn hold(&self, did: &str, rev: &str, frame: &[u8]) -> Result<()> {
         let value = HeldCommit { frame: frame.to_vec() }.encode();
-        self.held.insert(keys::held(did, rev), value)?;
-        Ok(())
+        self.db.write(|| self.held.insert(keys::held(did, rev), value))
     }
 
     /// `did`'s held commits in rev order: (rev, frame).
-    pub fn held_commits(&self, did: &str) -> Result<Vec<(String, Vec<u8>)>> {
+    pub fn commits(&self, did: &str) -> Result<Vec<(String, Vec<u8>)>> {
         let mut out = Vec::new();
         for kv in self.held.prefix(keys::record_prefix(did)) {
             let (k, v) = kv.into_inner()?;
@@ -28,18 +39,17 @@ impl Store {
         Ok(out)
     }
 
-    /// Removes `did`'s held commits at `revs` (applied or skipped).
-    pub fn release_held(&self, did: &str, revs: &[String]) -> Result<()> {
-        let mut batch =
-            fjall::OwnedWriteBatch::with_capacity(self.db.clone(), revs.len()).durability(Some(PersistMode::Buffer));
+    /// Removes `did`'s held commits at `revs` (applied or skipped), in one batch.
+    pub fn release(&self, did: &str, revs: &[String]) -> Result<()> {
+        let mut batch = self.db.batch(revs.len());
         for rev in revs {
             batch.remove(&self.held, keys::held(did, rev));
         }
-        Ok(batch.commit()?)
+        self.db.commit(batch)
     }
 
     /// Every DID with held commits, once each, in order.
-    pub fn held_dids(&self) -> Result<Vec<String>> {
+    pub fn dids(&self) -> Result<Vec<String>> {
         let mut out: Vec<String> = Vec::new();
         for kv in self.held.iter() {
             let key = kv.key()?;
@@ -50,49 +60,26 @@ impl Store {
         }
         Ok(out)
     }
-
-    /// Saves `service`'s cursor on its own (positions that cover no single batch, like the
-    /// firehose's, which many workers advance together).
-    pub fn save_cursor(&self, service: &str, value: &str) -> Result<()> {
-        self.cursors.insert(service.as_bytes(), Cursor { value: value.to_string(), updated_ms: now_ms() }.encode())?;
-        Ok(())
-    }
-
-    /// `service`'s saved cursor, if any.
-    pub fn cursor(&self, service: &str) -> Result<Option<String>> {
-        match self.cursors.get(service.as_bytes())? {
-            Some(v) => Ok(Some(Cursor::decode(&v)?.value)),
-            None => Ok(None),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::store::Store;
 
     #[test]
     fn held_commits_come_back_in_rev_order_per_repo_and_go_when_released() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.hold("did:plc:b", "3l2", b"b2").unwrap();
-        store.hold("did:plc:a", "3l3", b"a3").unwrap();
-        store.hold("did:plc:a", "3l1", b"a1").unwrap();
-        store.hold("did:plc:ab", "3l1", b"ab1").unwrap();
-        let a = store.held_commits("did:plc:a").unwrap();
+        let held = store.held();
+        held.hold("did:plc:b", "3l2", b"b2").unwrap();
+        held.hold("did:plc:a", "3l3", b"a3").unwrap();
+        held.hold("did:plc:a", "3l1", b"a1").unwrap();
+        held.hold("did:plc:ab", "3l1", b"ab1").unwrap();
+        let a = held.commits("did:plc:a").unwrap();
         assert_eq!(a, vec![("3l1".to_string(), b"a1".to_vec()), ("3l3".to_string(), b"a3".to_vec())]);
-        assert_eq!(store.held_dids().unwrap(), vec!["did:plc:a", "did:plc:ab", "did:plc:b"]);
-        store.release_held("did:plc:a", &["3l1".to_string()]).unwrap();
-        assert_eq!(store.held_commits("did:plc:a").unwrap().len(), 1);
-        assert_eq!(store.held_commits("did:plc:ab").unwrap().len(), 1, "a prefix DID is another repo");
-    }
-
-    #[test]
-    fn cursors_saved_alone_read_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.cursor("firehose").unwrap(), None);
-        store.save_cursor("firehose", "42").unwrap();
-        assert_eq!(store.cursor("firehose").unwrap().as_deref(), Some("42"));
+        assert_eq!(held.dids().unwrap(), vec!["did:plc:a", "did:plc:ab", "did:plc:b"]);
+        held.release("did:plc:a", &["3l1".to_string()]).unwrap();
+        assert_eq!(held.commits("did:plc:a").unwrap().len(), 1);
+        assert_eq!(held.commits("did:plc:ab").unwrap().len(), 1, "a prefix DID is another repo");
     }
 }

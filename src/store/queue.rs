@@ -1,28 +1,33 @@
-//! The backfill queue's storage: repo state writes outside the pipeline, and takes from the
-//! `pending` index (repos ordered by when they are due).
+//! The backfill queue: `pending` (due ms BE + DID -> empty), an index of the repos whose
+//! [`RepoState::queue_due`] is set, ordered by when they are due; and takes from it.
 //!
-//! The index is never written directly: every state write (these and the pipeline's) moves the
-//! repo's entry to match [`RepoState::queue_due`], under the writer lock.
+//! The index is never written directly: every state write (the pipeline's commits and
+//! `Store::set_states`) moves the repo's entry to match its state ([`QueueIndex::stage`]),
+//! in the state's batch, under the writer lock.
 //!
 //! Taking costs the same whether ten or forty million repos were queued and taken before: a
 //! take scans on from where the last one stopped ([`Scan`]), never from the index's start,
 //! so the tombstones that taken repos leave behind are not walked again. That holds because
 //! no entry is ever written behind that position: before a take scans the entries due by
-//! `now`, it raises the queue's floor past `now` (under the writer lock), and a repo entering
-//! the queue later is due no earlier than the floor (`Store::stage_state`). So a repo queued
-//! for "now" is due just after those already handed out, and the queue is first in, first out
-//! among them. Behind the position stay only the entries of repos in flight, which leave the
-//! queue (or move ahead of the position) when they end. The position lives in memory: a new
-//! backfill run starts from the index's start ([`Store::rewind_queue`]), once.
+//! `now`, it raises the queue's floor past `now` (under the writer lock, which keeps the
+//! floor), and a repo entering the queue later is due no earlier than the floor. So a repo
+//! queued for "now" is due just after those already handed out, and the queue is first in,
+//! first out among them. Behind the position stay only the entries of repos in flight, which
+//! leave the queue (or move ahead of the position) when they end. The position lives in
+//! memory: a new backfill run starts from the index's start ([`Queue::rewind`]), once.
+//!
+//! Takes wait on the writer lock and check entries against the repo states, so callers reach
+//! the queue through [`Queue`], a view that borrows the store ([`Store::queue`]); the index and
+//! the position are [`QueueIndex`]'s alone.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{HashSet, VecDeque};
 use std::ops::Bound;
+use std::sync::Mutex;
 
-use fjall::PersistMode;
+use fjall::Keyspace;
 
-use super::values::{Cursor, now_ms};
-use super::{Result, Store, keys};
-use crate::store::{RepoState, Stored};
+use super::values::now_ms;
+use super::{RepoState, Result, Store, keys};
 
 /// Entries a take reads from the `pending` index at once: one range scan serves that many
 /// takes.
@@ -30,74 +35,100 @@ pub const SCAN_AHEAD: usize = 256;
 
 /// Where takes from the `pending` index stand.
 #[derive(Debug, Default)]
-pub(super) struct Scan {
+struct Scan {
     /// The last entry read: the next read starts after it (`None`: at the start).
     after: Option<Vec<u8>>,
     /// Entries read and not handed out yet, in the index's order: (due, did).
-    ready: std::collections::VecDeque<(u64, String)>,
+    ready: VecDeque<(u64, String)>,
     /// Entries read from the index so far.
     examined: u64,
 }
 
-impl Store {
-    /// Writes the states of several repos, and optionally a cursor, in one batch.
-    pub fn set_states(&self, states: &[(String, RepoState)], cursor: Option<(&str, &str)>) -> Result<()> {
-        let mut batch = fjall::OwnedWriteBatch::with_capacity(self.db.clone(), 3 * states.len() + 4)
-            .durability(Some(PersistMode::Buffer));
-        let mut deltas = BTreeMap::new();
-        let writer = self.writer.lock().expect("writer lock");
-        let mut queued = false;
-        for (did, state) in states {
-            queued |= self.stage_state(&mut batch, &mut deltas, &writer, did, state.clone())?;
+/// The queue part: owns `pending` and where takes from it stand.
+pub(super) struct QueueIndex {
+    pending: Keyspace,
+    scan: Mutex<Scan>,
+}
+
+impl QueueIndex {
+    pub(super) fn new(pending: Keyspace) -> Self {
+        Self { pending, scan: Mutex::default() }
+    }
+
+    /// Moves `did`'s entry from `old_due` to follow `new`'s due time, in `batch`. A repo
+    /// entering the queue (or moving in it) is due no earlier than `floor_ms` (the writer's),
+    /// and `new` records the due time it got. Returns whether the repo enters the queue or gets
+    /// a new due time there. Runs under the writer lock.
+    pub(super) fn stage(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        did: &str,
+        old_due: Option<u64>,
+        new: &mut RepoState,
+        floor_ms: u64,
+    ) -> bool {
+        let moves = old_due != new.queue_due();
+        if moves {
+            if let Some(due) = old_due {
+                batch.remove(&self.pending, keys::pending(due, did));
+            }
+            if let Some(due) = new.queue_due() {
+                let due = due.max(floor_ms);
+                new.next_retry_ms = Some(due);
+                batch.insert(&self.pending, keys::pending(due, did), []);
+            }
         }
-        if let Some((service, value)) = cursor {
-            batch.insert(
-                &self.cursors,
-                service.as_bytes(),
-                Cursor { value: value.to_string(), updated_ms: now_ms() }.encode(),
-            );
-        }
-        let new_counts = self.stage_counts(&mut batch, &writer, deltas);
-        batch.commit()?;
-        let mut writer = writer;
-        writer.counts.extend(new_counts);
-        if queued {
-            self.queue_changed();
-        }
-        Ok(())
+        moves && new.queue_due().is_some()
+    }
+}
+
+/// The backfill queue as its users reach it ([`Store::queue`]): `QueueIndex` with the repo
+/// states its entries are checked against and the writer lock its takes raise the floor under.
+#[derive(Clone, Copy)]
+pub struct Queue<'s> {
+    store: &'s Store,
+}
+
+impl<'s> Queue<'s> {
+    pub(super) fn new(store: &'s Store) -> Self {
+        Self { store }
+    }
+
+    fn index(&self) -> &'s QueueIndex {
+        &self.store.queue
     }
 
     /// Queues the repos among `dids` that sluice does not know yet (no state) as pending, with
     /// an optional cursor in the same batch; returns how many were new.
     pub fn enqueue_new(&self, dids: &[String], cursor: Option<(&str, &str)>) -> Result<usize> {
         let pending = dids.iter().map(|did| (did.clone(), RepoState { updated_ms: now_ms(), ..Default::default() }));
-        Ok(self.add_unknown_repos(pending, cursor)?.len())
+        Ok(self.add_unknown(pending, cursor)?.len())
     }
 
     /// Writes the states of the repos among `candidates` that sluice does not know yet (no
     /// state), and optionally a cursor, in one batch; returns the states written.
-    pub fn add_unknown_repos(
+    pub fn add_unknown(
         &self,
         candidates: impl IntoIterator<Item = (String, RepoState)>,
         cursor: Option<(&str, &str)>,
     ) -> Result<Vec<(String, RepoState)>> {
         let mut fresh = Vec::new();
         for (did, state) in candidates {
-            if self.repos.get(did.as_bytes())?.is_none() {
+            if !self.store.repos.contains(&did)? {
                 fresh.push((did, state));
             }
         }
-        self.set_states(&fresh, cursor)?;
+        self.store.set_states(&fresh, cursor)?;
         Ok(fresh)
     }
 
     /// Takes up to `limit` queued repos due at `now_ms`, earliest first, skipping those in
     /// `skip` (in flight). Each entry is handed out once: the next take goes on after it, and
     /// a repo handed out comes again only once it is queued again (a retry, a requeue), or
-    /// after [`Store::rewind_queue`]. Entries are read from the index [`SCAN_AHEAD`] at a time
+    /// after [`Queue::rewind`]. Entries are read from the index [`SCAN_AHEAD`] at a time
     /// and handed out from memory, each checked against its repo's stored state then.
     pub fn take_due(&self, now_ms: u64, limit: usize, skip: &HashSet<String>) -> Result<Vec<(String, RepoState)>> {
-        let mut scan = self.queue_scan.lock().expect("queue scan lock");
+        let mut scan = self.index().scan.lock().expect("queue scan lock");
         let mut out = Vec::new();
         while out.len() < limit {
             // Read on until something is handed out or nothing due is left: each entry is
@@ -113,7 +144,7 @@ impl Store {
             }
             // An entry read ahead may have moved (ahead of the scan, where it is found again)
             // or left the queue since.
-            match self.repo_state(&did)? {
+            match self.store.repos.state(&did)? {
                 Some(state) if state.queue_due() == Some(due) => out.push((did, state)),
                 _ => {}
             }
@@ -126,7 +157,7 @@ impl Store {
     /// reads, under the writer lock, so that no entry is written behind the position later.
     fn refill(&self, scan: &mut Scan, now_ms: u64, n: usize) -> Result<bool> {
         let upto = {
-            let mut writer = self.writer.lock().expect("writer lock");
+            let mut writer = self.store.writer.lock().expect("writer lock");
             // Never below an earlier range, even if the clock stepped back.
             let upto = now_ms.max(writer.queue_floor_ms.saturating_sub(1));
             writer.queue_floor_ms = upto.saturating_add(1);
@@ -134,7 +165,7 @@ impl Store {
         };
         let from = scan.after.clone().map_or(Bound::Unbounded, Bound::Excluded);
         let until = Bound::Excluded(keys::pending(upto.saturating_add(1), ""));
-        for kv in self.pending.range((from, until)).take(n) {
+        for kv in self.index().pending.range((from, until)).take(n) {
             let key = kv.key()?;
             scan.examined += 1;
             let (due, did) = keys::parse_pending(&key)?;
@@ -148,12 +179,12 @@ impl Store {
     /// left. Repos in `skip` (in flight) are not counted. Looks on from the last take, as it
     /// does.
     pub fn next_due_ms(&self, skip: &HashSet<String>) -> Result<Option<u64>> {
-        let mut scan = self.queue_scan.lock().expect("queue scan lock");
+        let mut scan = self.index().scan.lock().expect("queue scan lock");
         let mut i = 0;
         while let Some((due, did)) = scan.ready.get(i) {
             if skip.contains(did) {
                 i += 1;
-            } else if self.repo_state(did)?.is_some_and(|s| s.queue_due() == Some(*due)) {
+            } else if self.store.repos.state(did)?.is_some_and(|s| s.queue_due() == Some(*due)) {
                 return Ok(Some(*due));
             } else {
                 // Moved or left the queue since it was read: no take would hand it out.
@@ -161,7 +192,7 @@ impl Store {
             }
         }
         let from = scan.after.clone().map_or(Bound::Unbounded, Bound::Excluded);
-        for kv in self.pending.range::<Vec<u8>, _>((from, Bound::Unbounded)) {
+        for kv in self.index().pending.range::<Vec<u8>, _>((from, Bound::Unbounded)) {
             let key = kv.key()?;
             scan.examined += 1;
             let (due, did) = keys::parse_pending(&key)?;
@@ -175,38 +206,16 @@ impl Store {
     /// Makes the next take start from the queue's first entry: for a new backfill run, whose
     /// in-flight set starts empty, so that repos left in flight by an earlier run are taken
     /// again.
-    pub fn rewind_queue(&self) {
-        let mut scan = self.queue_scan.lock().expect("queue scan lock");
+    pub fn rewind(&self) {
+        let mut scan = self.index().scan.lock().expect("queue scan lock");
         scan.after = None;
         scan.ready.clear();
     }
 
     /// How many `pending` entries takes and `next_due_ms` have read from the index: what
     /// the queue costs, for tests and benchmarks.
-    pub fn queue_entries_examined(&self) -> u64 {
-        self.queue_scan.lock().expect("queue scan lock").examined
-    }
-
-    /// Makes the next crawl list the relay from the start (every `crawler` cursor emptied).
-    pub fn reset_crawl(&self) -> Result<()> {
-        let services: Vec<String> =
-            self.cursors()?.into_keys().filter(|k| k == "crawler" || k.starts_with("crawler/")).collect();
-        for service in services {
-            self.set_states(&[], Some((&service, "")))?;
-        }
-        Ok(())
-    }
-
-    /// Every repo state, in DID order, in memory at once: for tests and small stores
-    /// ([`Store::repo_state_page`] walks a large one).
-    pub fn repo_states(&self) -> Result<Vec<(String, RepoState)>> {
-        self.repos
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv.into_inner()?;
-                Ok((String::from_utf8_lossy(&k).into_owned(), RepoState::decode(&v)?))
-            })
-            .collect()
+    pub fn entries_examined(&self) -> u64 {
+        self.index().scan.lock().expect("queue scan lock").examined
     }
 }
 
@@ -221,6 +230,7 @@ mod tests {
 
     fn queued(store: &Store) -> Vec<(u64, String)> {
         store
+            .queue
             .pending
             .iter()
             .map(|kv| {
@@ -236,25 +246,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let dids: Vec<String> = ["did:plc:b", "did:plc:a"].map(String::from).to_vec();
-        assert_eq!(store.enqueue_new(&dids, Some(("crawler", "c1"))).unwrap(), 2);
-        assert_eq!(store.enqueue_new(&dids, None).unwrap(), 0, "known repos are not queued again");
+        assert_eq!(store.queue().enqueue_new(&dids, Some(("crawler", "c1"))).unwrap(), 2);
+        assert_eq!(store.queue().enqueue_new(&dids, None).unwrap(), 0, "known repos are not queued again");
         assert_eq!(queued(&store), vec![(0, "did:plc:a".into()), (0, "did:plc:b".into())]);
-        assert_eq!(store.cursors().unwrap()["crawler"].0, "c1");
+        assert_eq!(store.cursors().get("crawler").unwrap().unwrap(), "c1");
 
         store.set_states(&[("did:plc:a".into(), state(RepoStatus::Backfilling, None))], None).unwrap();
         assert_eq!(queued(&store).len(), 2, "a repo in flight stays queued until it commits");
         store.set_states(&[("did:plc:a".into(), state(RepoStatus::Error, Some(5_000)))], None).unwrap();
         assert_eq!(queued(&store), vec![(0, "did:plc:b".into()), (5_000, "did:plc:a".into())]);
         let skip: HashSet<String> = ["did:plc:b".to_string()].into();
-        assert_eq!(store.next_due_ms(&skip).unwrap(), Some(5_000));
+        assert_eq!(store.queue().next_due_ms(&skip).unwrap(), Some(5_000));
         let taken = |store: &Store, now| {
-            store.take_due(now, 10, &HashSet::new()).unwrap().into_iter().map(|(did, _)| did).collect::<Vec<_>>()
+            store
+                .queue()
+                .take_due(now, 10, &HashSet::new())
+                .unwrap()
+                .into_iter()
+                .map(|(did, _)| did)
+                .collect::<Vec<_>>()
         };
         assert_eq!(taken(&store, 4_999), ["did:plc:b"]);
         assert_eq!(taken(&store, 5_000), ["did:plc:a"], "each entry is handed out once");
         assert!(taken(&store, 6_000).is_empty());
-        assert_eq!(store.next_due_ms(&HashSet::new()).unwrap(), None, "nothing left that was not taken");
-        store.rewind_queue();
+        assert_eq!(store.queue().next_due_ms(&HashSet::new()).unwrap(), None, "nothing left that was not taken");
+        store.queue().rewind();
         assert_eq!(taken(&store, 6_000), ["did:plc:b", "did:plc:a"], "a new run takes what is still queued again");
 
         // The pipeline's commit of a repo's final state takes it off the queue.
@@ -275,7 +291,7 @@ mod tests {
 
         drop(store);
         let store = Store::open(dir.path()).unwrap();
-        assert_eq!(store.repo_states().unwrap().len(), 2);
+        assert_eq!(store.repos().all().unwrap().len(), 2);
         assert_eq!(store.counts()[&("repos".into(), "error".into())], 1);
     }
 
@@ -293,9 +309,9 @@ mod tests {
             std::mem::replace(&mut seen, now) != now
         };
         let a = "did:plc:a".to_string();
-        store.enqueue_new(std::slice::from_ref(&a), None).unwrap();
+        store.queue().enqueue_new(std::slice::from_ref(&a), None).unwrap();
         assert!(moved(), "a new repo is queued");
-        store.enqueue_new(std::slice::from_ref(&a), None).unwrap();
+        store.queue().enqueue_new(std::slice::from_ref(&a), None).unwrap();
         assert!(!moved(), "a known repo is not queued again");
         store.set_states(&[(a.clone(), state(RepoStatus::Backfilling, None))], None).unwrap();
         assert!(!moved(), "taking it in flight keeps its place");
@@ -319,7 +335,7 @@ mod props {
 
     use proptest::prelude::*;
 
-    use crate::backfill::schedule::{self, RetryPolicy};
+    use crate::store::schedule::{self, RetryPolicy};
     use crate::store::{RepoChange, RepoState, RepoStatus, Store};
 
     #[derive(Debug, Clone)]
@@ -354,7 +370,7 @@ mod props {
 
     /// The due time the store gave a repo (its queue position).
     fn due_of(store: &Store, did: &str) -> u64 {
-        store.repo_state(did).unwrap().and_then(|s| s.queue_due()).expect("queued")
+        store.repos().state(did).unwrap().and_then(|s| s.queue_due()).expect("queued")
     }
 
     /// The store under test beside a model of its queue.
@@ -379,14 +395,14 @@ mod props {
             let store = Store::open(dir.path()).unwrap();
             let now = 1_000_000u64;
             let old: Vec<String> = (0..tombstones).map(|i| format!("did:plc:old{i:05}")).collect();
-            store.enqueue_new(&old, None).unwrap();
-            prop_assert_eq!(store.take_due(now, tombstones, &HashSet::new()).unwrap().len(), tombstones);
+            store.queue().enqueue_new(&old, None).unwrap();
+            prop_assert_eq!(store.queue().take_due(now, tombstones, &HashSet::new()).unwrap().len(), tombstones);
             let done: Vec<(String, RepoState)> = old
                 .iter()
                 .map(|d| (d.clone(), RepoState { status: RepoStatus::Synced, ..Default::default() }))
                 .collect();
             store.set_states(&done, None).unwrap();
-            let read_by_takes = store.queue_entries_examined();
+            let read_by_takes = store.queue().entries_examined();
             Ok(Self {
                 store,
                 _dir: dir,
@@ -421,9 +437,9 @@ mod props {
         fn take(&mut self) -> Result<(), TestCaseError> {
             self.last_take = self.now;
             let skip: HashSet<String> = self.in_flight.iter().cloned().collect();
-            let before = self.store.queue_entries_examined();
-            let got = self.store.take_due(self.now, 1, &skip).unwrap();
-            self.read_by_takes += self.store.queue_entries_examined() - before;
+            let before = self.store.queue().entries_examined();
+            let got = self.store.queue().take_due(self.now, 1, &skip).unwrap();
+            self.read_by_takes += self.store.queue().entries_examined() - before;
             prop_assert!(
                 self.read_by_takes <= self.written,
                 "takes read {} entries of {} written",
@@ -446,7 +462,7 @@ mod props {
 
         fn apply(&mut self, op: Op) -> Result<(), TestCaseError> {
             match op {
-                Op::Queue(i) if self.store.repo_state(&did(i)).unwrap().is_none() => {
+                Op::Queue(i) if self.store.repos().state(&did(i)).unwrap().is_none() => {
                     self.write(&did(i), RepoState::default())?
                 }
                 Op::Take(dt) => {
@@ -465,11 +481,11 @@ mod props {
                 }
                 Op::Fail(n) if !self.in_flight.is_empty() => {
                     let d = self.in_flight.remove(n % self.in_flight.len());
-                    let state = self.store.repo_state(&d).unwrap().unwrap();
+                    let state = self.store.repos().state(&d).unwrap().unwrap();
                     self.write(&d, POLICY.failed(&state, "boom".into(), self.now, 0.0))?;
                 }
                 Op::Requeue(i) if !self.in_flight.contains(&did(i)) => {
-                    let state = self.store.repo_state(&did(i)).unwrap().unwrap_or_default();
+                    let state = self.store.repos().state(&did(i)).unwrap().unwrap_or_default();
                     self.write(&did(i), schedule::requeued(&state, 0, self.now))?;
                 }
                 _ => {}
@@ -480,9 +496,12 @@ mod props {
         /// `next_due_ms` gives the earliest repo not taken, reading at most one entry.
         fn check_next_due(&self) -> Result<(), TestCaseError> {
             let skip: HashSet<String> = self.in_flight.iter().cloned().collect();
-            let before = self.store.queue_entries_examined();
-            prop_assert_eq!(self.store.next_due_ms(&skip).unwrap(), self.queued.values().copied().min());
-            prop_assert!(self.store.queue_entries_examined() - before <= 1, "next_due_ms reads at most the next entry");
+            let before = self.store.queue().entries_examined();
+            prop_assert_eq!(self.store.queue().next_due_ms(&skip).unwrap(), self.queued.values().copied().min());
+            prop_assert!(
+                self.store.queue().entries_examined() - before <= 1,
+                "next_due_ms reads at most the next entry"
+            );
             Ok(())
         }
     }

@@ -103,7 +103,8 @@ pub fn spawn_sluice(binary: &str, config: &Path, command: &str, log: &Path) -> s
 /// The stored records of `did`: (collection, rkey) -> CID string.
 pub fn stored_cids(store: &sluice::store::Store, did: &str) -> std::collections::BTreeMap<(String, String), String> {
     store
-        .repo_records(did)
+        .records()
+        .of_repo(did)
         .unwrap()
         .into_iter()
         .map(|((c, r), cid)| ((c.into(), r.into()), cid::Cid::read_bytes(&cid[..]).unwrap().to_string()))

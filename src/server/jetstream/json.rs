@@ -109,7 +109,7 @@ fn commit<'a>(store: &Store, r: &'a RecordEvent) -> Result<Commit<'a>, StoreErro
 fn record_body(store: &Store, r: &RecordEvent) -> Result<Option<Value>, StoreError> {
     Ok(match &r.replaced {
         Some(json) => serde_json::from_str(json).ok(),
-        None => store.event_body(r)?.and_then(|bytes| cbor_to_json(&bytes).ok()),
+        None => store.log().body(r)?.and_then(|bytes| cbor_to_json(&bytes).ok()),
     })
 }
 

@@ -97,7 +97,8 @@ fn start_id(state: &ServerState, cursor: Option<u64>) -> Result<u64, XrpcError> 
         None => Ok(head),
         Some(time) => Ok(state
             .store()
-            .first_event_after_time(time)
+            .log()
+            .first_after_time(time)
             .map_err(|e| XrpcError::internal(e.to_string()))?
             .unwrap_or(head)),
     }

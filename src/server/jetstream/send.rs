@@ -105,7 +105,7 @@ async fn too_slow(store: &Arc<Store>, max_lag: u64, next: u64, resume: Option<u6
         Some(time) => time,
         None => {
             let store = store.clone();
-            let first = tokio::task::spawn_blocking(move || store.events_with_time_from(next, 1)).await;
+            let first = tokio::task::spawn_blocking(move || store.log().from_with_times(next, 1)).await;
             first.ok().and_then(Result::ok).and_then(|e| e.first().map(|(_, time, _)| *time)).unwrap_or(0)
         }
     };
@@ -124,7 +124,7 @@ async fn read_batch(store: &Arc<Store>, from: u64, filter: Arc<Filter>, compress
 
 fn render(store: &Store, from: u64, filter: &Filter, compress: bool) -> Result<Batch, StoreError> {
     let mut batch = Batch { messages: Vec::new(), next: from, last_time: 0 };
-    for (id, time, event) in store.events_with_time_from(from, BATCH)? {
+    for (id, time, event) in store.log().from_with_times(from, BATCH)? {
         (batch.next, batch.last_time) = (id + 1, time);
         if !filter.wants(&event) {
             continue;

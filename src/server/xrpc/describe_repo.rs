@@ -34,7 +34,7 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> X
 fn read(store: &Store, repo: &str) -> Result<Value, XrpcError> {
     let (did, state) = readable_repo(store, repo, Unshown::Described)?;
     let did = did.as_str();
-    let collections = store.repo_collections(did).map_err(store_error)?;
+    let collections = store.records().collections(did).map_err(store_error)?;
     let mut doc = json!({ "@context": ["https://www.w3.org/ns/did/v1"], "id": did });
     if let Some(handle) = &state.handle {
         doc["alsoKnownAs"] = json!([format!("at://{handle}")]);

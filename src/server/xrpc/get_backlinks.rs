@@ -41,7 +41,7 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> X
         let Some(subject) = by_did(store, &subject)? else { return Ok(Vec::new()) };
         let after = cursor.map(|c| cursor_key(&subject, collection.as_deref(), &c)).transpose()?;
         let prefix = backlink_prefix(&subject, collection.as_deref());
-        store.handler_keys(HANDLER, &prefix, after.as_deref(), limit + 1).map_err(store_error)
+        store.handlers().keys(HANDLER, &prefix, after.as_deref(), limit + 1).map_err(store_error)
     })
     .await?;
     let more = keys.len() > limit;

@@ -38,7 +38,7 @@ fn read(
     let did = did.as_str();
     let not_found =
         || XrpcError::record_not_found(format!("Could not locate record: {}", at_uri(did, collection, rkey)));
-    let record = store.record(did, collection, rkey).map_err(store_error)?.ok_or_else(not_found)?;
+    let record = store.records().get(did, collection, rkey).map_err(store_error)?.ok_or_else(not_found)?;
     if want.is_some_and(|w| w.to_bytes() != record.cid) {
         return Err(not_found());
     }

@@ -26,8 +26,8 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> X
 }
 
 fn read(store: &Store, did: &str) -> Result<Value, XrpcError> {
-    let state = store.repo_state(did).map_err(store_error)?.ok_or_else(|| XrpcError::repo_not_found(did))?;
-    let records = store.repo_record_count(did).map_err(store_error)?;
+    let state = store.repos().state(did).map_err(store_error)?.ok_or_else(|| XrpcError::repo_not_found(did))?;
+    let records = store.records().count(did).map_err(store_error)?;
     let mut out = json!({
         "did": did,
         "status": state.status.as_str(),

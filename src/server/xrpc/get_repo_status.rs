@@ -21,7 +21,7 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> X
     let p = Params::from_query(q)?;
     let did = p.did("did")?.to_string();
     super::repo_access::on_this_shard(&did, state.config.cluster.shard)?;
-    let stored = point_read(&state, |store| store.repo_state(&did).map_err(store_error))?;
+    let stored = point_read(&state, |store| store.repos().state(&did).map_err(store_error))?;
     let repo = shown(&did, stored)?;
     let mut out = json!({ "did": did, "active": repo.status != RepoStatus::Gone });
     match (repo.status, &repo.rev) {

@@ -36,6 +36,7 @@ fn read(store: &Store) -> Result<Value, XrpcError> {
     let next = store.next_event_id();
     let cursors: Map<String, Value> = store
         .cursors()
+        .all()
         .map_err(store_error)?
         .into_iter()
         .map(|(service, (cursor, ms))| (service, json!({ "cursor": cursor, "savedAt": datetime(ms) })))

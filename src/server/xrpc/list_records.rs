@@ -47,7 +47,8 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> X
 fn read(store: &Store, page: &Page) -> Result<Value, XrpcError> {
     let (did, _) = readable_repo(store, &page.repo, Unshown::Listed)?;
     let rows = store
-        .collection_page(&did, &page.collection, page.cursor.as_deref(), page.limit, page.ascending)
+        .records()
+        .page(&did, &page.collection, page.cursor.as_deref(), page.limit, page.ascending)
         .map_err(store_error)?;
     let records = rows
         .iter()

@@ -36,7 +36,7 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> X
     let limit = p.limit(500, 1000)?;
     let cursor = p.opt("cursor").map(str::to_string);
     let (states, next) = blocking(&state, move |store| {
-        store.repo_state_page(cursor.as_deref(), limit, MAX_SCAN, listed).map_err(store_error)
+        store.repos().page(cursor.as_deref(), limit, MAX_SCAN, listed).map_err(store_error)
     })
     .await?;
     let repos: Vec<Value> = states.iter().map(|(did, s)| entry(did, s)).collect();

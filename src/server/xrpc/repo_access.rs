@@ -82,7 +82,7 @@ pub(super) fn on_this_shard(did: &str, shard: Shard) -> Result<(), XrpcError> {
 pub(super) fn did_of(store: &Store, repo: &str) -> Result<Option<String>, XrpcError> {
     match crate::syntax::is_did(repo) {
         true => Ok(Some(repo.to_string())),
-        false => store.did_for_handle(repo).map_err(store_error),
+        false => store.handles().did_for(repo).map_err(store_error),
     }
 }
 
@@ -135,7 +135,7 @@ pub(super) fn shown(did: &str, state: Option<RepoState>) -> Result<RepoState, Xr
 /// `did`'s state if its records may be read; a gone repo gets its status's error, as a PDS
 /// answers for a deactivated, taken down or suspended account.
 pub(super) fn readable(store: &Store, did: &str) -> Result<RepoState, XrpcError> {
-    let state = shown(did, store.repo_state(did).map_err(store_error)?)?;
+    let state = shown(did, store.repos().state(did).map_err(store_error)?)?;
     if state.status != RepoStatus::Gone {
         return Ok(state);
     }

@@ -140,6 +140,15 @@ impl Openable for Database {
 }
 
 impl Database {
+    /// sluice patch: the I/O error a background worker (flush, compaction, journal rotation)
+    /// failed with when it poisoned the database, if that is what poisoned it. Writes only get
+    /// `Error::Poisoned` afterwards; this is the cause.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn poison_cause(&self) -> Option<std::io::Error> {
+        self.is_poisoned.cause()
+    }
+
     /// Opens a cross-keyspace snapshot.
     ///
     /// # Caution

@@ -104,7 +104,8 @@ impl WorkerPool {
                                 }
                                 Err(e) => {
                                     log::error!("Worker #{i} crashed: {e:?}");
-                                    poison_dart.poison();
+                                    // sluice patch: keep the error for `Database::poison_cause`.
+                                    poison_dart.poison_with(&e);
                                     return Err(e);
                                 }
                             }

@@ -7,13 +7,14 @@
 //! its oldest retained event on. Pages written before events had times (format 1) are older
 //! than every timed page and go with the first timed page that goes. Records, repos and
 //! handler indexes are untouched: retention bounds the log, not the index. Events a sink has
-//! not published yet are held ([`Store::hold_events_from`]): their pages stay, however old.
+//! not published yet are held ([`EventLog::hold_from`]): their pages stay, however old.
 
-use fjall::PersistMode;
+use std::sync::atomic::Ordering;
 
+use super::EventLog;
 use super::times::TimeEntry;
-use super::values::{EventSpan, Stored};
-use super::{Result, Store, keys};
+use crate::store::values::{EventSpan, Stored};
+use crate::store::{Result, keys};
 
 /// What one trim removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -27,7 +28,7 @@ pub struct Trimmed {
     pub oldest_left: Option<u64>,
 }
 
-/// Pages removed per batch by [`Store::trim_events_older_than`].
+/// Pages removed per batch by [`EventLog::trim_older_than`].
 const PAGES_PER_BATCH: usize = 256;
 
 /// Where the log starts since the last trim, kept in memory: the pages removed before it are
@@ -42,13 +43,13 @@ pub(super) struct LogStart {
     first_time_key: Option<fjall::Slice>,
 }
 
-impl Store {
+impl EventLog {
     /// Removes every event page whose events are all older than `age` by the store's clock
     /// (bar the newest page), in batches of [`PAGES_PER_BATCH`] pages. What a retention pass
     /// runs.
-    pub fn trim_events_older_than(&self, age: std::time::Duration) -> Result<Trimmed> {
-        let cutoff = (self.clock)().saturating_sub(age.as_micros().try_into().unwrap_or(u64::MAX));
-        self.trim_events_before(cutoff, PAGES_PER_BATCH)
+    pub fn trim_older_than(&self, age: std::time::Duration) -> Result<Trimmed> {
+        let cutoff = self.now().saturating_sub(age.as_micros().try_into().unwrap_or(u64::MAX));
+        self.trim_before(cutoff, PAGES_PER_BATCH)
     }
 
     /// Removes every event page whose events are all older than `cutoff_us` (unix µs), oldest
@@ -56,11 +57,11 @@ impl Store {
     /// long backlog is trimmed in bounded steps. Each step starts where the last one stopped:
     /// the index entries removed before it are tombstones until a compaction, and scanning
     /// them again at every step would make a long trim quadratic.
-    pub fn trim_events_before(&self, cutoff_us: u64, pages_per_batch: usize) -> Result<Trimmed> {
+    pub fn trim_before(&self, cutoff_us: u64, pages_per_batch: usize) -> Result<Trimmed> {
         let pages_per_batch = pages_per_batch.max(1);
         let mut total = Trimmed::default();
         // On from where the last trim stopped (its untimed pages, if any, went then).
-        let mut from = self.log_start.lock().expect("log start").first_time_key.clone();
+        let mut from = self.start.lock().expect("log start").first_time_key.clone();
         loop {
             let (step, next) = self.trim_step(from.as_deref(), cutoff_us, pages_per_batch)?;
             (total.pages, total.events) = (total.pages + step.pages, total.events + step.events);
@@ -70,7 +71,7 @@ impl Store {
                 from = Some(key);
             }
             if !more {
-                let mut start = self.log_start.lock().expect("log start");
+                let mut start = self.start.lock().expect("log start");
                 start.first_time_key = from;
                 start.oldest_id = total.oldest_left.or(start.oldest_id);
                 return Ok(total);
@@ -90,14 +91,13 @@ impl Store {
         let mut spans = self.event_times.range(from.unwrap_or_default().to_vec()..);
         let Some(first) = spans.next() else { return Ok((Trimmed::default(), None)) };
         let mut current = first.into_inner()?;
-        let mut batch = self.db.batch().durability(Some(PersistMode::Buffer));
+        let mut batch = self.db.batch(2 * max_pages + 2);
         let mut trimmed = Trimmed::default();
         for next in spans {
             let next = next.into_inner()?;
             let page = TimeEntry::decode(&current.0, &current.1)?;
             let span = page.span;
-            let held = span.first_id + u64::from(span.count)
-                > self.events_held_from.load(std::sync::atomic::Ordering::Relaxed);
+            let held = span.first_id + u64::from(span.count) > self.held_from.load(Ordering::Relaxed);
             if trimmed.pages as usize >= max_pages || page.last_time() >= cutoff_us || held {
                 break;
             }
@@ -113,7 +113,7 @@ impl Store {
             current = next;
         }
         if trimmed.pages > 0 {
-            batch.commit()?;
+            self.db.commit(batch)?;
         }
         Ok((trimmed, Some(current.0)))
     }
@@ -131,13 +131,13 @@ impl Store {
 
     /// Keeps every event from `id` on from retention, whatever its age (`u64::MAX`: none held):
     /// what a sink that has not published them yet asks for.
-    pub fn hold_events_from(&self, id: u64) {
-        self.events_held_from.store(id, std::sync::atomic::Ordering::Relaxed);
+    pub fn hold_from(&self, id: u64) {
+        self.held_from.store(id, Ordering::Relaxed);
     }
 
     /// The id of the oldest event in the log, `None` when it is empty.
-    pub fn oldest_event_id(&self) -> Result<Option<u64>> {
-        let from = self.log_start.lock().expect("log start").oldest_id.unwrap_or(0);
+    pub fn oldest_id(&self) -> Result<Option<u64>> {
+        let from = self.start.lock().expect("log start").oldest_id.unwrap_or(0);
         match self.events.range(keys::event(from)..).next() {
             Some(kv) => Ok(Some(keys::parse_event(&kv.key()?)?)),
             None => Ok(None),
@@ -150,8 +150,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::store::test_clock::{self, events, open};
-    use crate::store::{Action, EventPage, RepoChange};
+    use crate::store::log::test_clock::{self, events, open};
+    use crate::store::{Action, EventPage, RepoChange, Store};
 
     /// Commits `n` events at `time` (µs); returns the first id.
     fn commit_at(store: &Store, time: u64, n: usize) -> u64 {
@@ -164,7 +164,7 @@ mod tests {
     }
 
     fn ids(store: &Store) -> Vec<u64> {
-        store.events_from(0, usize::MAX).unwrap().into_iter().map(|(id, _)| id).collect()
+        store.log().from(0, usize::MAX).unwrap().into_iter().map(|(id, _)| id).collect()
     }
 
     #[test]
@@ -175,19 +175,19 @@ mod tests {
         commit_at(&store, 2_000, 2); // ids 4-5, times 2000-2001
         commit_at(&store, 3_000, 1); // id 6
         assert_eq!(
-            store.trim_events_before(1_002, 10).unwrap(),
+            store.log().trim_before(1_002, 10).unwrap(),
             Trimmed::default(),
             "the first page has an event at the cutoff"
         );
-        let t = store.trim_events_before(2_001, 10).unwrap();
+        let t = store.log().trim_before(2_001, 10).unwrap();
         assert_eq!(t, Trimmed { pages: 1, events: 3, oldest_left: Some(4) });
         assert_eq!(ids(&store), vec![4, 5, 6]);
         assert_eq!(
-            store.trim_events_before(u64::MAX, 10).unwrap(),
+            store.log().trim_before(u64::MAX, 10).unwrap(),
             Trimmed { pages: 1, events: 2, oldest_left: Some(6) },
             "the newest page stays"
         );
-        assert_eq!((store.oldest_event_id().unwrap(), store.next_event_id()), (Some(6), 7));
+        assert_eq!((store.log().oldest_id().unwrap(), store.next_event_id()), (Some(6), 7));
         drop(store);
         let store = open(dir.path());
         assert_eq!(
@@ -197,11 +197,11 @@ mod tests {
         );
         assert_eq!(commit_at(&store, 2_500, 1), 7);
         assert_eq!(
-            store.events_from(1, 10).unwrap().first().map(|e| e.0),
+            store.log().from(1, 10).unwrap().first().map(|e| e.0),
             Some(6),
             "a cursor before the log starts at its oldest event"
         );
-        assert_eq!(store.first_event_after_time(1).unwrap(), Some(6));
+        assert_eq!(store.log().first_after_time(1).unwrap(), Some(6));
     }
 
     #[test]
@@ -211,19 +211,19 @@ mod tests {
         commit_at(&store, 1_000, 3); // ids 1-3
         commit_at(&store, 2_000, 2); // ids 4-5
         commit_at(&store, 3_000, 1); // id 6
-        store.hold_events_from(3);
+        store.log().hold_from(3);
         assert_eq!(
-            store.trim_events_before(u64::MAX, 10).unwrap(),
+            store.log().trim_before(u64::MAX, 10).unwrap(),
             Trimmed::default(),
             "the page holding id 3 stays, and all after it"
         );
-        store.hold_events_from(4);
+        store.log().hold_from(4);
         assert_eq!(
-            store.trim_events_before(u64::MAX, 10).unwrap(),
+            store.log().trim_before(u64::MAX, 10).unwrap(),
             Trimmed { pages: 1, events: 3, oldest_left: Some(4) }
         );
-        store.hold_events_from(u64::MAX);
-        assert_eq!(store.trim_events_before(u64::MAX, 10).unwrap().oldest_left, Some(6));
+        store.log().hold_from(u64::MAX);
+        assert_eq!(store.log().trim_before(u64::MAX, 10).unwrap().oldest_left, Some(6));
     }
 
     #[test]
@@ -235,15 +235,15 @@ mod tests {
         commit_at(&store, 9_000_000, 1);
         test_clock::set(10_000_000);
         assert_eq!(
-            store.trim_events_older_than(std::time::Duration::from_secs(8)).unwrap(),
+            store.log().trim_older_than(std::time::Duration::from_secs(8)).unwrap(),
             Trimmed { pages: 2, events: 600, oldest_left: Some(first + 600) }
         );
         assert_eq!(
-            store.trim_events_older_than(std::time::Duration::from_secs(8)).unwrap(),
+            store.log().trim_older_than(std::time::Duration::from_secs(8)).unwrap(),
             Trimmed::default(),
             "nothing more is old enough"
         );
-        assert_eq!(store.trim_events_older_than(std::time::Duration::ZERO).unwrap().pages, 1, "the newest page stays");
+        assert_eq!(store.log().trim_older_than(std::time::Duration::ZERO).unwrap().pages, 1, "the newest page stays");
     }
 
     #[test]
@@ -256,7 +256,7 @@ mod tests {
         // Each step removes at most 2 pages and hands on where it stopped.
         let (mut from, mut steps) = (None, Vec::new());
         loop {
-            let (t, next) = store.trim_step(from.as_deref(), 4_500, 2).unwrap();
+            let (t, next) = store.log().trim_step(from.as_deref(), 4_500, 2).unwrap();
             if t.pages == 0 {
                 break;
             }
@@ -270,7 +270,7 @@ mod tests {
             "the next step would start at page 5"
         );
         // The whole trim runs those steps to the end (a batch size of 0 counts as 1).
-        assert_eq!(store.trim_events_before(10_000, 0).unwrap(), Trimmed { pages: 2, events: 2, oldest_left: Some(7) });
+        assert_eq!(store.log().trim_before(10_000, 0).unwrap(), Trimmed { pages: 2, events: 2, oldest_left: Some(7) });
         assert_eq!(ids(&store), vec![7]);
     }
 
@@ -293,13 +293,13 @@ mod tests {
             handled: vec![],
         });
         postcard::to_io(&vec![old], &mut v1).unwrap();
-        store.events.insert(keys::event(1), v1).unwrap();
+        store.log().insert_raw_page(1, v1);
         drop(store);
         let store = open(dir.path());
         commit_at(&store, 5_000, 2); // ids 2-3
         commit_at(&store, 6_000, 1); // id 4
-        assert_eq!(store.trim_events_before(5_500, 10).unwrap(), Trimmed { pages: 2, events: 3, oldest_left: Some(4) });
-        assert_eq!(store.oldest_event_id().unwrap(), Some(4));
+        assert_eq!(store.log().trim_before(5_500, 10).unwrap(), Trimmed { pages: 2, events: 3, oldest_left: Some(4) });
+        assert_eq!(store.log().oldest_id().unwrap(), Some(4));
     }
 
     proptest! {
@@ -332,18 +332,18 @@ mod tests {
                 last_time = first_time + *n as u64 - 1;
             }
             let kept = pages.iter().position(|&(_, last)| last >= cutoff).unwrap_or(pages.len() - 1);
-            let before = store.events_with_time_from(0, usize::MAX).unwrap();
+            let before = store.log().from_with_times(0, usize::MAX).unwrap();
             let next = store.next_event_id();
-            let trimmed = store.trim_events_before(cutoff, step).unwrap();
+            let trimmed = store.log().trim_before(cutoff, step).unwrap();
             prop_assert_eq!(trimmed.pages as usize, kept, "pages removed, in steps of {}", step);
             prop_assert_eq!(
-                store.trim_events_before(cutoff, step).unwrap(),
+                store.log().trim_before(cutoff, step).unwrap(),
                 Trimmed::default(),
                 "a second pass finds nothing"
             );
-            let after = store.events_with_time_from(0, usize::MAX).unwrap();
+            let after = store.log().from_with_times(0, usize::MAX).unwrap();
             prop_assert_eq!(after.first().map(|e| e.0), Some(pages[kept].0));
-            prop_assert_eq!(store.oldest_event_id().unwrap(), Some(pages[kept].0));
+            prop_assert_eq!(store.log().oldest_id().unwrap(), Some(pages[kept].0));
             prop_assert_eq!(&before[before.len() - after.len()..], &after[..], "the tail of the log is left as it was");
             prop_assert_eq!(store.next_event_id(), next);
         }

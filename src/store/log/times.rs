@@ -2,7 +2,7 @@
 //! strictly increasing with its id, and surviving restarts (the last one is read back on open).
 //! A commit's first event gets `max(now, last + 1)` and the rest consecutive values, so a
 //! commit's pages have consecutive times and each page stores only its first
-//! ([`EventPage::first_time`]).
+//! ([`EventPage::first_time`](crate::store::EventPage::first_time)).
 //!
 //! The `event_times` keyspace indexes them: page first time (u64 big-endian, the event id
 //! codec) -> [`EventSpan`] (the page's first id and length), written in the page's batch. A
@@ -11,19 +11,9 @@
 
 use std::ops::Bound::{Excluded, Unbounded};
 
-use super::values::EventSpan;
-use super::{EventPage, Result, Store, Stored, keys};
-
-/// A page encoded at prepare time, its time stamped in at commit.
-pub(super) struct EncodedPage {
-    /// Offset of its first event in the change.
-    pub offset: u64,
-    /// Number of events.
-    pub len: u64,
-    /// The stored page, time not yet set, already in fjall's value type: copying a page into
-    /// it is done where the page is encoded, not on the committing thread.
-    pub bytes: byteview::ByteView,
-}
+use super::EventLog;
+use crate::store::values::{EventSpan, Stored};
+use crate::store::{Result, keys};
 
 /// Unix time in microseconds: the store's clock.
 pub fn now_us() -> u64 {
@@ -32,7 +22,7 @@ pub fn now_us() -> u64 {
 
 /// The time of a commit's first event: `now`, or just after the last time given when the clock
 /// is behind it (many events in one microsecond, a clock stepped back, a restart).
-pub(super) fn first_time(last: u64, now: u64) -> u64 {
+pub(in crate::store) fn first_time(last: u64, now: u64) -> u64 {
     now.max(last + 1)
 }
 
@@ -53,25 +43,7 @@ impl TimeEntry {
     }
 }
 
-impl Store {
-    /// Puts `pages` (of a change whose first event gets `first_id` and `first_time`) and their
-    /// time index entries in `batch`. Runs under the writer lock.
-    pub(super) fn stage_pages(
-        &self,
-        batch: &mut fjall::OwnedWriteBatch,
-        pages: Vec<EncodedPage>,
-        first_id: u64,
-        first_time: u64,
-    ) {
-        for EncodedPage { offset, len, mut bytes } in pages {
-            let time = first_time + offset;
-            EventPage::stamp_time(&mut bytes.get_mut().expect("a page being committed is not shared"), time);
-            batch.insert(&self.events, keys::event(first_id + offset), fjall::Slice::from(bytes));
-            let span = EventSpan { first_id: first_id + offset, count: len as u32 };
-            batch.insert(&self.event_times, keys::event(time), span.encode());
-        }
-    }
-
+impl EventLog {
     /// The last event time given, read from the index on open (0 when there is none).
     pub(super) fn read_last_time(&self) -> Result<u64> {
         Ok(match self.event_times.last_key_value() {
@@ -83,17 +55,12 @@ impl Store {
         })
     }
 
-    /// The time of the last event committed (unix µs; 0 before any event with a time).
-    pub fn last_event_time(&self) -> u64 {
-        self.writer.lock().expect("writer lock").last_time
-    }
-
     /// The id of the first event whose time is at or after `time_us`, or `None` when every
     /// event is older. Events without a time (written before events had times) count as time
     /// 0, so `0` gives the first event of the log.
-    pub fn first_event_after_time(&self, time_us: u64) -> Result<Option<u64>> {
+    pub fn first_after_time(&self, time_us: u64) -> Result<Option<u64>> {
         if time_us == 0 {
-            return self.oldest_event_id();
+            return self.oldest_id();
         }
         // The page whose times may hold `time_us`: the last one starting at or before it.
         if let Some(kv) = self.event_times.range(..=keys::event(time_us)).next_back() {
@@ -116,8 +83,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::store::test_clock::{self, events, open};
-    use crate::store::{Action, RepoChange, StoredEvent};
+    use crate::store::log::test_clock::{self, events, open};
+    use crate::store::{Action, RepoChange, Store, StoredEvent};
 
     /// The first id at or after `time` by reading the whole log.
     fn by_scan(log: &[(u64, u64, StoredEvent)], time: u64) -> Option<u64> {
@@ -163,7 +130,7 @@ mod tests {
                     commits.push((first, n as u64, (clock as u64).max(before + 1)));
                 }
             }
-            let log = store.events_with_time_from(0, usize::MAX).unwrap();
+            let log = store.log().from_with_times(0, usize::MAX).unwrap();
             for pair in log.windows(2) {
                 prop_assert_eq!(pair[1].0, pair[0].0 + 1, "ids are gapless");
                 prop_assert!(pair[1].1 > pair[0].1, "times strictly increase: {} then {}", pair[0].1, pair[1].1);
@@ -181,9 +148,9 @@ mod tests {
             let edges = log.iter().flat_map(|(_, t, _)| [*t - 1, *t, *t + 1]);
             let start = log.first().map_or(1_000_000, |(_, t, _)| *t).saturating_sub(5_000);
             for time in edges.chain(probes.into_iter().map(|p| start + p)).chain([1, u64::MAX]) {
-                prop_assert_eq!(store.first_event_after_time(time).unwrap(), by_scan(&log, time), "time {}", time);
+                prop_assert_eq!(store.log().first_after_time(time).unwrap(), by_scan(&log, time), "time {}", time);
             }
-            prop_assert_eq!(store.first_event_after_time(0).unwrap(), log.first().map(|e| e.0));
+            prop_assert_eq!(store.log().first_after_time(0).unwrap(), log.first().map(|e| e.0));
         }
     }
 
@@ -192,7 +159,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fixed = |dir: &std::path::Path| {
             let mut store = Store::open(dir).unwrap();
-            store.clock = || 5_000_000;
+            store.log.clock = || 5_000_000;
             store
         };
         {
@@ -215,18 +182,18 @@ mod tests {
                 })
                 .collect();
             postcard::to_io(&legacy, &mut v1).unwrap();
-            store.events.insert(keys::event(1), v1).unwrap();
+            store.log.insert_raw_page(1, v1);
         }
         let store = fixed(dir.path());
         assert_eq!((store.next_event_id(), store.last_event_time()), (4, 0));
         store.commit(RepoChange { did: "did:plc:a".into(), events: events(2), ..Default::default() }).unwrap();
         let times: Vec<(u64, u64)> =
-            store.events_with_time_from(0, 10).unwrap().into_iter().map(|(id, t, _)| (id, t)).collect();
+            store.log().from_with_times(0, 10).unwrap().into_iter().map(|(id, t, _)| (id, t)).collect();
         assert!(times[..3].iter().all(|&(_, t)| t == 0));
         assert_eq!(times[3..].to_vec(), vec![(4, 5_000_000), (5, 5_000_001)]);
-        assert_eq!(store.first_event_after_time(0).unwrap(), Some(1));
-        assert_eq!(store.first_event_after_time(1).unwrap(), Some(4));
-        assert_eq!(store.first_event_after_time(5_000_002).unwrap(), None);
-        assert_eq!(store.events_from(2, 2).unwrap().len(), 2, "events_from still reads version 1 pages");
+        assert_eq!(store.log().first_after_time(0).unwrap(), Some(1));
+        assert_eq!(store.log().first_after_time(1).unwrap(), Some(4));
+        assert_eq!(store.log().first_after_time(5_000_002).unwrap(), None);
+        assert_eq!(store.log().from(2, 2).unwrap().len(), 2, "from still reads version 1 pages");
     }
 }

@@ -2,7 +2,7 @@
 
 use std::cell::Cell;
 
-use super::{Action, RecordEvent, Store, StoredEvent};
+use crate::store::{Action, RecordEvent, Store, StoredEvent};
 
 thread_local! {
     /// The clock of the stores [`open`] gives, per test thread, so tests running in parallel
@@ -18,7 +18,7 @@ pub fn set(time_us: u64) {
 /// Opens the store in `dir` on this thread's test clock.
 pub fn open(dir: &std::path::Path) -> Store {
     let mut store = Store::open(dir).unwrap();
-    store.clock = || CLOCK.with(Cell::get);
+    store.log.clock = || CLOCK.with(Cell::get);
     store
 }
 

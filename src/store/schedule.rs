@@ -1,7 +1,9 @@
-//! Repo state transitions of the backfill queue, and the retry backoff. Pure: the callers
-//! write the states ([`crate::store::Store::set_states`]) and the pipeline writes the final one.
+//! A repo's state transitions, beside [`RepoState`]: failed with a retry after a backoff, gone,
+//! queued again, current. Pure: the backfill, live ingestion and the crawler decide which
+//! applies and write the states ([`crate::store::Store::set_states`], or the pipeline's final
+//! commit); the queue follows from the state the store is given.
 
-use crate::store::{RepoState, RepoStatus};
+use super::{RepoState, RepoStatus};
 
 /// Exponential backoff for failed repos: `min_ms` doubled per failure up to `max_ms`, ±20%
 /// jitter so that repos failing together do not retry together; none after `max_retries`.
