@@ -32,7 +32,12 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 static TUNE_ALLOCATOR: extern "C" fn() = sluice::alloc::before_first_allocation;
 
 #[derive(Parser)]
-#[command(name = "sluice", version, about = "An AT Protocol indexer for custom appviews")]
+#[command(
+    name = "sluice",
+    version,
+    about = "An AT Protocol indexer for custom appviews",
+    after_help = sluice::config::environment_help()
+)]
 struct Cli {
     /// Configuration file (missing = defaults).
     #[arg(long, global = true, default_value = "config.toml")]

@@ -259,3 +259,13 @@ fn devnet_writes_a_config_and_filter_that_backfill_runs_on_from_any_directory() 
     assert!(!again.printed.iter().any(|l| l.starts_with("wrote")), "{:?}", again.printed);
     assert!(std::fs::read_to_string(&filter).unwrap().starts_with("mode = \"signal\""));
 }
+
+#[test]
+fn help_lists_every_environment_variable() {
+    let out = sluice(&["--help"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let help = text(&out.stdout);
+    for var in sluice::config::ENVIRONMENT {
+        assert!(help.contains(var.name), "--help does not name {}:\n{help}", var.name);
+    }
+}
