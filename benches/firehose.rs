@@ -15,8 +15,7 @@ use sluice::firehose::{Firehose, Frame, decode_frame};
 use sluice::identity::{Identity, Resolver, ResolverOptions};
 use sluice::store::{RepoState, RepoStatus};
 use sluice::{Config, Filter, Sluice};
-
-mod common;
+use sluice_testkit::bench;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -64,7 +63,7 @@ fn service(dir: &std::path::Path, identities: Vec<Identity>, synced: &[(String, 
 
 /// Feeds `frames` and waits until every one is finished; returns (commits applied, wall, CPU).
 fn feed(firehose: &Firehose, frames: &[Bytes]) -> Run {
-    let (cpu0, start) = (common::cpu_seconds(), Instant::now());
+    let (cpu0, start) = (bench::cpu_seconds(), Instant::now());
     for frame in frames {
         firehose.ingest(frame.clone());
     }
@@ -72,7 +71,7 @@ fn feed(firehose: &Firehose, frames: &[Bytes]) -> Run {
         std::thread::sleep(Duration::from_micros(200));
     }
     let applied = firehose.live().metrics().applied.load(std::sync::atomic::Ordering::Relaxed);
-    Run { commits: applied, secs: start.elapsed().as_secs_f64(), cpu: common::cpu_seconds() - cpu0 }
+    Run { commits: applied, secs: start.elapsed().as_secs_f64(), cpu: bench::cpu_seconds() - cpu0 }
 }
 
 fn unzstd(path: &std::path::Path) -> Vec<u8> {
@@ -133,7 +132,7 @@ fn main() {
     row("relay capture (148 commits, 40 fresh stores)", &total);
 
     let (accounts, n) = (1_000, 100_000);
-    let stream = sluice::devnet::synthetic_stream(accounts, n, 7);
+    let stream = sluice_devnet::synthetic_stream(accounts, n, 7);
     let identities: Vec<Identity> = stream
         .keys
         .iter()
@@ -167,7 +166,7 @@ fn signatures_alone(frames: &[Bytes], identities: &[Identity]) -> Run {
             _ => None,
         })
         .collect();
-    let (cpu0, start) = (common::cpu_seconds(), Instant::now());
+    let (cpu0, start) = (bench::cpu_seconds(), Instant::now());
     std::thread::scope(|scope| {
         for half in commits.chunks(commits.len().div_ceil(2)) {
             scope.spawn(move || {
@@ -175,5 +174,5 @@ fn signatures_alone(frames: &[Bytes], identities: &[Identity]) -> Run {
             });
         }
     });
-    Run { commits: commits.len() as u64, secs: start.elapsed().as_secs_f64(), cpu: common::cpu_seconds() - cpu0 }
+    Run { commits: commits.len() as u64, secs: start.elapsed().as_secs_f64(), cpu: bench::cpu_seconds() - cpu0 }
 }

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-mod common;
-use common::{cpu_seconds, generated_car, root};
+use sluice_testkit::bench::{self, cpu_seconds, generated_car};
+use sluice_testkit::root;
 
 use sluice::repo::{CarLimits, parse_public_key, read_car_owned};
 use sluice::{Filter, IndexOptions, Sluice};
@@ -79,7 +79,7 @@ fn run_case(case: &str, input: &str, key: Option<&str>) {
         cpu += cpu_seconds() - cpu0;
     }
     let cpu = cpu / ROUNDS as f64;
-    println!("{records} {secs} {cpu} {}", common::self_status_kb("VmHWM:"));
+    println!("{records} {secs} {cpu} {}", bench::self_status_kb("VmHWM:"));
 }
 
 fn main() {

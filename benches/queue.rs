@@ -16,8 +16,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use sluice::store::{RepoState, RepoStatus, Store};
-
-mod common;
+use sluice_testkit::bench;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -27,7 +26,7 @@ const PAGE: usize = 1_000;
 
 /// The process's peak resident memory so far (MB).
 fn peak_rss_mb() -> u64 {
-    common::self_status_kb("VmHWM:") / 1024
+    bench::self_status_kb("VmHWM:") / 1024
 }
 
 fn did(i: usize) -> String {

@@ -11,13 +11,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use sluice::backfill::{Backfill, RunMode};
-use sluice::devnet::{Devnet, DevnetOptions};
 use sluice::firehose::Firehose;
 use sluice::server::{DedicatedServer, ServerState, serve_dedicated};
 use sluice::{Config, Filter, IndexOptions, Sluice};
+use sluice_devnet::{Devnet, DevnetOptions};
+use sluice_testkit::bench;
 use tokio_tungstenite::tungstenite::Message;
-
-mod common;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -231,7 +230,7 @@ fn main() {
     let mut posts = Vec::new();
     let mut did = String::new();
     for seed in [100_000, 100_001] {
-        let (path, account) = common::generated_car(seed);
+        let (path, account) = bench::generated_car(seed);
         sluice.index_car(&std::fs::read(path).unwrap(), &IndexOptions::default()).unwrap();
         if posts.is_empty() {
             did = account.did.clone();

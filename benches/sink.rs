@@ -19,12 +19,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::json;
 use sluice::config::NatsSinkConfig;
-use sluice::devnet::NatsServer;
 use sluice::sink::NatsSink;
 use sluice::store::{Action, RecordEvent, RepoChange, Store, StoredEvent};
+use sluice_testkit::NatsServer;
+use sluice_testkit::bench;
 use tokio_util::sync::CancellationToken;
-
-mod common;
 
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -126,9 +125,9 @@ fn process_cpu(pid: u32) -> f64 {
 
 /// Runs `f`, returning its result, this process's CPU seconds and the NATS server's.
 fn measured<T>(nats: &NatsServer, f: impl FnOnce() -> T) -> (T, f64, f64) {
-    let (ours, theirs) = (common::cpu_seconds(), process_cpu(nats.pid().unwrap()));
+    let (ours, theirs) = (bench::cpu_seconds(), process_cpu(nats.pid().unwrap()));
     let out = f();
-    (out, common::cpu_seconds() - ours, process_cpu(nats.pid().unwrap()) - theirs)
+    (out, bench::cpu_seconds() - ours, process_cpu(nats.pid().unwrap()) - theirs)
 }
 
 /// Per event: reading `data`'s log in the sink's batches, then reading and rendering it as the

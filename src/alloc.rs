@@ -1,7 +1,7 @@
-//! Allocator settings. The binaries use mimalloc (see `main.rs`), whose defaults suit a batch
+//! Allocator settings. The binaries use mimalloc (see `cli/src/main.rs`), whose defaults suit a batch
 //! job: memory freed is kept for a second before it goes back to the system, and arenas are
 //! committed whole. A long-running service pays for both in resident memory: the backfill's
-//! peak was ~120 MB higher with them (BENCHMARKS.md). The environment still wins: options set
+//! peak was ~100 MB higher with them (docs/bench-log.md, *What shapes memory now*). The environment still wins: options set
 //! in `MIMALLOC_*` variables are left as they are.
 
 use std::ffi::c_long;
@@ -26,7 +26,7 @@ pub enum Workload {
 /// Commits arena memory as it is used: no cost measured, ~40 MB less at the backfill's peak,
 /// and with it the memory a purge frees leaves the resident set. mimalloc reads this option when
 /// it reserves its first arena, at the first allocation, so it must run before Rust's runtime
-/// starts: `main.rs` calls it from the executable's initializers.
+/// starts: the binary's `main.rs` calls it from the executable's initializers.
 pub extern "C" fn before_first_allocation() {
     // SAFETY: stores an option value; nothing else runs yet.
     unsafe { libmimalloc_sys::mi_option_set_default(ARENA_EAGER_COMMIT, 0) }

@@ -13,19 +13,23 @@
 //! - [`filter`]: the filter model, TOML parsing, hot reload.
 //! - [`syntax`]: AT Protocol identifier syntax (by jacquard).
 //! - [`http`]: the HTTP client settings and helpers network code shares.
+//! - [`cluster`]: which DIDs this node owns (`--shard I/N`).
 //! - [`repo`]: CAR -> verified blocks -> commit -> MST walk (sync, no I/O).
 //! - [`pipeline`]: filter -> handlers -> diff -> batch + events.
 //! - [`store`]: fjall in parts (event log, records, repo states, queue, handles, handler keyspaces,
 //!   held commits, cursors), each change written to them in one batch; key codecs, versioned values.
 //! - [`wire`]: events as JSON.
 //! - [`identity`]: DID -> PDS endpoint + signing key, cached.
+//! - [`handles`]: handles checked against their repos (DNS TXT, well-known), in the background.
 //! - [`backfill`]: the repo queue, crawler and workers (getRepo -> pipeline).
 //! - [`firehose`]: live ingestion from subscribeRepos (client, shards, chain checks, cursor).
+//! - [`sink`]: the event log published to NATS JetStream, in order, after acks.
 //! - [`service`]: backfill, live ingestion and the server run together (`sluice run`).
 //! - [`server`]: the HTTP server: event stream, XRPC queries, admin, operations.
 //! - [`tail`]: a client of the event stream (`sluice tail`).
-//! - [`xrpc`]: XRPC error answers and parameters, shared by the server and the devnet.
-//! - [`devnet`]: a fake PLC + PDS + relay on 127.0.0.1.
+//! - [`xrpc`]: XRPC error answers and parameters (the server's; crate `sluice-devnet` uses them).
+//! - [`index_files`]: `index-car` over many files, in parallel, serialized per DID.
+//! - [`alloc`]: mimalloc's options for the binary.
 //!
 //! # Embedding
 //! ```no_run
@@ -41,7 +45,6 @@ pub mod alloc;
 pub mod backfill;
 pub mod cluster;
 pub mod config;
-pub mod devnet;
 pub mod error;
 pub mod filter;
 pub mod firehose;

@@ -1,6 +1,6 @@
-//! XRPC plumbing shared by sluice's server and the devnet's: error answers in the protocol's
-//! shape (`{"error", "message"}` with the right status) and query parameters read with
-//! `InvalidRequest` errors that name the parameter.
+//! XRPC plumbing of sluice's server, which the devnet's servers (crate `sluice-devnet`) use too:
+//! error answers in the protocol's shape (`{"error", "message"}` with the right status) and query
+//! parameters read with `InvalidRequest` errors that name the parameter.
 
 use std::collections::HashMap;
 

@@ -1,18 +1,19 @@
 //! Network backfill end to end against the devnet (127.0.0.1 only): discovery, states, the
 //! stored records against what the PDS hosts hold, and the effect of each backfill control.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use sluice::backfill::fetch::{RepoFetcher, SPOOL_IN_MEMORY, Spooled, WALK_IN_MEMORY};
 use sluice::backfill::{Backfill, RunMode};
-use sluice::devnet::{AccountSpec, AccountStatus, Devnet, DevnetOptions};
+use sluice::repo::CarLimits;
 use sluice::store::{RepoStatus, StoredEvent};
 use sluice::{Config, Filter, Sluice};
+use sluice_devnet::{AccountSpec, AccountStatus, Devnet, DevnetOptions};
+use sluice_testkit as testkit;
 
 /// Every test's runs end well within this.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
@@ -59,7 +60,7 @@ fn status(s: &Setup, did: &str) -> Option<RepoStatus> {
 
 /// The stored records of `did`: (collection, rkey) -> CID string.
 fn stored(s: &Setup, did: &str) -> BTreeMap<(String, String), String> {
-    common::stored_cids(s.sluice.store(), did)
+    testkit::stored_cids(s.sluice.store(), did)
 }
 
 /// What the PDS holds for `did` in the collections `wanted` keeps.
@@ -415,4 +416,39 @@ async fn exact_signals_are_crawled_by_collection_and_only_their_repos_fetched() 
         assert_eq!(status(&s, did), want, "{did}");
     }
     assert_eq!(s.sluice.store().cursors().all().unwrap()["crawler/xyz.statusphere.status"].0, "done");
+}
+
+/// `getRepo` bodies: a large one spooled to a file (gone with it once read), a small one kept in
+/// memory, and the CAR limits applied while downloading.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_downloads_are_spooled_to_a_file_and_limits_apply_while_downloading() {
+    let net = Devnet::start(DevnetOptions { pds_hosts: 1, ..Default::default() }).await.unwrap();
+    let did = net.populate(1, 300, 9).await.remove(0);
+    let dir = tempfile::tempdir().unwrap();
+    let pds = net.pds_urls().remove(0);
+
+    let mut fetcher = RepoFetcher::new(CarLimits::default(), dir.path().join("spool"));
+    fetcher.spool_in_memory = 4096;
+    let spooled = fetcher.download(&pds, &did).await.unwrap();
+    assert!(matches!(spooled, Spooled::File(_)) && spooled.len() > 4096);
+    assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 1);
+    let repo = spooled.read(&CarLimits::default(), 0).unwrap();
+    assert_eq!(repo.records().count(), 300);
+    assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 0, "the spool file goes with it");
+    // Small enough to be walked from memory: the same records.
+    let spooled = fetcher.download(&pds, &did).await.unwrap();
+    assert!(matches!(spooled, Spooled::File(_)));
+    let in_memory = spooled.read(&CarLimits::default(), WALK_IN_MEMORY).unwrap();
+    assert_eq!(
+        in_memory.records().map(Result::unwrap).collect::<Vec<_>>(),
+        repo.records().map(Result::unwrap).collect::<Vec<_>>()
+    );
+    assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 0);
+
+    fetcher.spool_in_memory = SPOOL_IN_MEMORY;
+    assert!(matches!(fetcher.download(&pds, &did).await.unwrap(), Spooled::Memory(_)));
+
+    let tiny = RepoFetcher::new(CarLimits { max_car_bytes: 1000, ..Default::default() }, dir.path().join("spool"));
+    let e = tiny.download(&pds, &did).await.err().unwrap().to_string();
+    assert!(e.contains("1000-byte limit"), "{e}");
 }

@@ -1,12 +1,11 @@
 //! Malformed repo exports are refused with an error that names the problem, and nothing of
 //! them is written.
 
-mod common;
-
 use cid::Cid;
-use sluice::devnet::{Account, RepoContents, export_car_blocking, rev_at};
 use sluice::repo::{CarLimits, RepoError, read_car};
 use sluice::{IndexError, IndexOptions, Sluice};
+use sluice_devnet::{Account, RepoContents, export_car_blocking, rev_at};
+use sluice_testkit as testkit;
 
 /// (root, blocks in order) of a CAR.
 fn blocks_of(car: &[u8]) -> (Cid, Vec<(Cid, Vec<u8>)>) {
@@ -74,8 +73,12 @@ fn refused_in_batches(car: &[u8], limits: Option<CarLimits>, batch_size: usize) 
         config.limits.max_block_kb = l.max_block_bytes >> 10;
         config.limits.max_blocks = l.max_blocks;
     }
-    let s =
-        Sluice::builder().config(config).data_dir(dir.path()).filter(common::filter("mode = \"full\"")).open().unwrap();
+    let s = Sluice::builder()
+        .config(config)
+        .data_dir(dir.path())
+        .filter(testkit::filter("mode = \"full\""))
+        .open()
+        .unwrap();
     let err = s.index_car(car, &IndexOptions::default()).expect_err("the CAR must be refused");
     assert_eq!(s.store().next_event_id(), 1, "no event written for a refused CAR");
     assert!(s.store().repos().is_empty().unwrap(), "no repo state written for a refused CAR");
@@ -89,7 +92,7 @@ fn refused_in_batches(car: &[u8], limits: Option<CarLimits>, batch_size: usize) 
 /// Whether reading `car` from a file (as a spooled download is: indexed in place, or taken
 /// `into_memory`) and walking it fails.
 fn refused_from_a_file(car: &[u8], limits: &CarLimits, into_memory: bool) -> bool {
-    let file = common::car_file(car);
+    let file = testkit::car_file(car);
     let read = match into_memory {
         true => sluice::repo::read_car_file_into_memory(&file, limits),
         false => sluice::repo::read_car_file(file, limits),
@@ -239,7 +242,7 @@ fn cars_over_the_limits_are_refused() {
 fn errors_keep_their_kind_for_callers() {
     let (_, car) = sample_car();
     let dir = tempfile::tempdir().unwrap();
-    let s = Sluice::builder().data_dir(dir.path()).filter(common::filter("mode = \"full\"")).open().unwrap();
+    let s = Sluice::builder().data_dir(dir.path()).filter(testkit::filter("mode = \"full\"")).open().unwrap();
     assert!(matches!(s.index_car(&car[..10], &IndexOptions::default()), Err(IndexError::Repo(RepoError::Car(_)))));
     assert!(matches!(
         s.index_car(&car, &IndexOptions { signing_key: Some("did:key:zNotAKey".into()), ..Default::default() }),

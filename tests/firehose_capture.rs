@@ -2,16 +2,15 @@
 //! Every frame decodes, the counts in manifest.json come out exactly, and every commit passes
 //! sync 1.1 validation (jacquard's `validate_v1_1`) against its DID document's key.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::Read;
 
 use jacquard_api::com_atproto::sync::subscribe_repos::RepoOpAction;
 use sluice::firehose::{Frame, decode_frame};
+use sluice_testkit as testkit;
 
 fn unzstd(name: &str) -> Vec<u8> {
-    let compressed = common::read_fixture(&format!("firehose/{name}"));
+    let compressed = testkit::read_fixture(&format!("firehose/{name}"));
     let mut out = Vec::new();
     ruzstd::decoding::StreamingDecoder::new(&compressed[..]).unwrap().read_to_end(&mut out).unwrap();
     out
@@ -33,7 +32,7 @@ fn frames() -> Vec<Vec<u8>> {
 
 #[tokio::test]
 async fn every_frame_decodes_and_every_commit_validates() {
-    let manifest: serde_json::Value = serde_json::from_slice(&common::read_fixture("firehose/manifest.json")).unwrap();
+    let manifest: serde_json::Value = serde_json::from_slice(&testkit::read_fixture("firehose/manifest.json")).unwrap();
     let docs: BTreeMap<String, serde_json::Value> = serde_json::from_slice(&unzstd("did_docs.json.zst")).unwrap();
     let frames = frames();
     assert_eq!(frames.len() as u64, manifest["frames"].as_u64().unwrap());
@@ -80,7 +79,7 @@ async fn every_frame_decodes_and_every_commit_validates() {
 #[test]
 fn commit_ops_become_pipeline_ops_and_apply_in_order() {
     use sluice::firehose::ops::{commit_blocks, record_ops};
-    let (_dir, s) = common::sluice_with("mode = \"full\"");
+    let (_dir, s) = testkit::sluice_with("mode = \"full\"");
     let (mut puts, mut deletes, mut events) = (0, 0, 0);
     for bytes in frames() {
         let Ok(Frame::Commit(commit)) = decode_frame(&bytes) else { continue };

@@ -1,10 +1,8 @@
 //! Live ingestion end to end against the devnet's firehose (127.0.0.1 only): writes become live
 //! events within a second, writes made during a backfill arrive exactly once and in order,
 //! forged, stale and chain-breaking commits are refused or resynced, account and identity
-//! frames follow their rules, unknown repos are discovered, and a dropped connection resumes
-//! from its cursor.
-
-mod common;
+//! frames follow their rules, unknown repos are discovered, a dropped connection resumes from
+//! its cursor, and the look-back before a first frame finds its place in log-many probes.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,10 +11,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sluice::backfill::{Backfill, RunMode};
-use sluice::devnet::{AccountSpec, AccountStatus, Devnet, DevnetOptions, Tamper};
-use sluice::firehose::Firehose;
+use sluice::firehose::{Firehose, gap};
 use sluice::store::{Action, RepoStatus, StoredEvent};
 use sluice::{Config, Filter, Sluice};
+use sluice_devnet::{AccountSpec, AccountStatus, Devnet, DevnetOptions, Tamper};
+use sluice_testkit as testkit;
 use tokio_util::sync::CancellationToken;
 
 /// Every wait in these tests ends well within this.
@@ -88,7 +87,7 @@ impl Running {
 
     /// Stored records of `did`: (collection, rkey) -> CID.
     fn stored(&self, did: &str) -> BTreeMap<(String, String), String> {
-        common::stored_cids(self.sluice.store(), did)
+        testkit::stored_cids(self.sluice.store(), did)
     }
 
     /// What the PDS holds for `did`.
@@ -508,4 +507,29 @@ async fn a_restart_before_the_first_frame_loses_no_write_made_while_stopped() {
     );
     s.assert_replay_matches(&did);
     s.stop().await;
+}
+
+/// Against the devnet's relay: for cut points all along a stream, the search finds the
+/// last event before the cut, in a number of probes that grows with the log of the seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_search_finds_the_last_event_before_a_time_in_log_probes() {
+    let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+    let did = net.create_account(AccountSpec { seed: 7, ..Default::default() });
+    let mut cuts = vec![(sluice::store::now_us(), net.firehose_seq())];
+    for i in 0..60 {
+        let record = serde_json::json!({"$type": "app.bsky.feed.like", "createdAt": "2026-11-01T00:00:00.000Z"});
+        net.put_record(&did, "app.bsky.feed.like", &format!("3lgap{i:07}"), record).unwrap();
+        if i % 7 == 0 {
+            tokio::time::sleep(Duration::from_millis(3)).await;
+            cuts.push((sluice::store::now_us(), net.firehose_seq()));
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+    }
+    let stop = CancellationToken::new();
+    for (before, last_seq) in cuts {
+        let (found, probes) = gap::search(&net.relay_url(), before, &stop).await.unwrap();
+        assert_eq!(found, last_seq, "the last event before the cut");
+        assert!(probes <= 2 * 7 + 2, "{probes} probes for a stream of {} events", net.firehose_seq());
+    }
+    net.shutdown().await;
 }

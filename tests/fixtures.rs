@@ -1,13 +1,11 @@
 //! The real AT Protocol data in ../shared/fixtures: repo exports with known counts, the
 //! interop-tests syntax lists, data-model fixtures and MST key heights.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::{fixture, read_fixture, sluice_with, syntax_lines};
 use sluice::IndexOptions;
 use sluice::repo::{CarLimits, read_car};
+use sluice_testkit::{car_file, fixture, read_fixture, sluice_with, syntax_lines};
 
 fn walk(name: &str) -> Vec<sluice::repo::RecordEntry> {
     let repo = read_car(&read_fixture(&format!("car/{name}")), &CarLimits::default()).unwrap();
@@ -22,10 +20,10 @@ fn a_car_read_from_a_file_walks_exactly_as_from_memory() {
         let repo = sluice::repo::read_car_owned(car.clone().into(), &CarLimits::default()).unwrap();
         let owned: Vec<_> = repo.records().collect::<Result<_, _>>().unwrap();
         assert_eq!(owned, expected, "{name} read from bytes it keeps");
-        let repo = sluice::repo::read_car_file_into_memory(&common::car_file(&car), &CarLimits::default()).unwrap();
+        let repo = sluice::repo::read_car_file_into_memory(&car_file(&car), &CarLimits::default()).unwrap();
         let into_memory: Vec<_> = repo.records().collect::<Result<_, _>>().unwrap();
         assert_eq!(into_memory, expected, "{name} read from a file into memory");
-        let repo = sluice::repo::read_car_file(common::car_file(&car), &CarLimits::default()).unwrap();
+        let repo = sluice::repo::read_car_file(car_file(&car), &CarLimits::default()).unwrap();
         let from_file: Vec<_> = repo.records().collect::<Result<_, _>>().unwrap();
         assert_eq!(from_file, expected, "{name}");
     }

@@ -2,13 +2,12 @@
 //! batch; a failing or panicking handler is counted and the record is still stored; handlers
 //! registered in another crate (this test binary) run with no edit to sluice.
 
-mod common;
-
 use serde_json::json;
 use sluice::IndexOptions;
-use sluice::devnet::{Account, RepoContents, export_car_blocking, rev_at};
 use sluice::handlers::{CollectionHandler, HandlerError, HandlerOutput, HandlerSettings, RecordView, backlinks};
 use sluice::store::StoredEvent;
+use sluice_devnet::{Account, RepoContents, export_car_blocking, rev_at};
+use sluice_testkit as testkit;
 
 struct Exploding;
 impl CollectionHandler for Exploding {
@@ -49,7 +48,7 @@ fn a_failing_handler_costs_only_its_own_output() {
     for rkey in ["panic", "error", "fine"] {
         records.insert(format!("com.example.thing/{rkey}"), cbor(json!({"n": 1})));
     }
-    let (_dir, s) = common::sluice_with("mode = \"full\"");
+    let (_dir, s) = testkit::sluice_with("mode = \"full\"");
     let out =
         s.index_car(&export_car_blocking(&account, &rev_at(1), &records).unwrap(), &IndexOptions::default()).unwrap();
     assert_eq!((out.created, out.handler_errors), (3, 2));
@@ -78,7 +77,7 @@ fn a_handler_can_be_switched_off_in_the_filter() {
     let account = Account::new(22);
     let mut records = RepoContents::new();
     records.insert("com.example.thing/panic".into(), cbor(json!({"n": 1})));
-    let (_dir, s) = common::sluice_with("mode = \"full\"\n[handlers.exploding]\nenabled = false\n");
+    let (_dir, s) = testkit::sluice_with("mode = \"full\"\n[handlers.exploding]\nenabled = false\n");
     let out =
         s.index_car(&export_car_blocking(&account, &rev_at(1), &records).unwrap(), &IndexOptions::default()).unwrap();
     assert_eq!((out.created, out.handler_errors), (1, 0));
@@ -87,7 +86,7 @@ fn a_handler_can_be_switched_off_in_the_filter() {
 #[test]
 fn backlinks_follow_creates_updates_and_deletes() {
     let account = Account::new(23);
-    let (_dir, s) = common::sluice_with("mode = \"full\"");
+    let (_dir, s) = testkit::sluice_with("mode = \"full\"");
     let links_to = |subject: &str| -> Vec<String> {
         s.store()
             .handlers()
@@ -129,7 +128,7 @@ fn the_post_handler_can_drop_records_by_language() {
         "app.bsky.feed.post/3kaaaaaaaaab2".into(),
         cbor(json!({"text": "こんにちは", "langs": ["ja"], "createdAt": "2024-01-01T00:00:00Z"})),
     );
-    let (_dir, s) = common::sluice_with("mode = \"full\"\n[handlers.post]\nlangs = [\"en\"]\n");
+    let (_dir, s) = testkit::sluice_with("mode = \"full\"\n[handlers.post]\nlangs = [\"en\"]\n");
     let out =
         s.index_car(&export_car_blocking(&account, &rev_at(1), &records).unwrap(), &IndexOptions::default()).unwrap();
     assert_eq!(out.created, 1);

@@ -1,8 +1,6 @@
 //! Hot reload: edits to the filter file under a running indexer take effect within a second;
 //! an invalid save is refused with file, line and reason, and the old filter stays in force.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
 use sluice::filter::Mode;
@@ -75,7 +73,7 @@ fn saves_are_swapped_in_and_invalid_saves_are_refused() {
 
 /// A repo export holding one post and one like.
 fn a_post_and_a_like() -> Vec<u8> {
-    let mut records = sluice::devnet::RepoContents::new();
+    let mut records = sluice_devnet::RepoContents::new();
     for (key, v) in [
         ("app.bsky.feed.post/3kaaaaaaaaaa2", serde_json::json!({"text": "hi", "createdAt": "2024-01-01T00:00:00Z"})),
         (
@@ -91,7 +89,7 @@ fn a_post_and_a_like() -> Vec<u8> {
     ] {
         records.insert(key.to_string(), sluice::handlers::value::json_to_cbor(&v).unwrap());
     }
-    sluice::devnet::export_car_blocking(&sluice::devnet::Account::new(5), &sluice::devnet::rev_at(1), &records).unwrap()
+    sluice_devnet::export_car_blocking(&sluice_devnet::Account::new(5), &sluice_devnet::rev_at(1), &records).unwrap()
 }
 
 #[test]

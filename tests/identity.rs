@@ -1,10 +1,13 @@
 //! Identity resolution against the devnet's PLC directory and did:web hosts (127.0.0.1 only):
-//! keys in both forms, the PDS endpoint, the cache and its expiry, and classified errors.
+//! keys in both forms, the PDS endpoint, the cache and its expiry, and classified errors; and
+//! DID documents read on their own.
 
 use std::time::Duration;
 
-use sluice::devnet::{AccountSpec, Devnet, DevnetOptions, PLC_RESOLVE};
-use sluice::identity::{IdentityError, Resolver, ResolverOptions};
+use serde_json::json;
+use sluice::error::chain;
+use sluice::identity::{IdentityError, Resolver, ResolverOptions, identity_from_document};
+use sluice_devnet::{Account, AccountSpec, Devnet, DevnetOptions, PLC_RESOLVE};
 
 fn resolver(net: &Devnet, ttl: Duration) -> Resolver {
     Resolver::new(ResolverOptions { plc_url: net.plc_url(), ttl, timeout: Duration::from_secs(5), capacity: 10 })
@@ -63,4 +66,62 @@ async fn failures_are_classified() {
     let closed = Resolver::new(ResolverOptions { plc_url: "http://127.0.0.1:1/".into(), ..Default::default() });
     let e = closed.resolve("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa").await.unwrap_err();
     assert!(matches!(e, IdentityError::Transport { .. }) && e.to_string().contains("identity lookup failed"), "{e}");
+}
+
+/// A DID document for `did:plc:abc` with the verification method `method`.
+fn doc(method: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "id": "did:plc:abc",
+        "alsoKnownAs": ["at://alice.test"],
+        "verificationMethod": [method],
+        "service": [{
+            "id": "#atproto_pds",
+            "type": "AtprotoPersonalDataServer",
+            "serviceEndpoint": "http://127.0.0.1:9/"
+        }]
+    }))
+    .unwrap()
+}
+
+#[test]
+fn multikey_and_legacy_keys_decode_to_the_same_key() {
+    let account = Account::new(1);
+    let point = account.key.verifying_key().to_encoded_point(false);
+    let legacy = multibase::encode(multibase::Base::Base58Btc, point.as_bytes());
+    let a = identity_from_document(
+        "did:plc:abc",
+        &doc(json!({
+            "id": "did:plc:abc#atproto",
+            "type": "Multikey",
+            "publicKeyMultibase": account.public_multibase()
+        })),
+    )
+    .unwrap();
+    let b = identity_from_document(
+        "did:plc:abc",
+        &doc(json!({"id": "#atproto", "type": "EcdsaSecp256k1VerificationKey2019", "publicKeyMultibase": legacy})),
+    )
+    .unwrap();
+    assert_eq!(a.key.to_k256().unwrap(), b.key.to_k256().unwrap());
+    assert_eq!((a.pds.as_str(), a.handle.as_deref()), ("http://127.0.0.1:9", Some("alice.test")));
+}
+
+#[test]
+fn unusable_documents_are_refused_with_the_reason() {
+    let cases = [
+        (b"{".to_vec(), "not a DID document"),
+        (
+            doc(json!({"id": "#atproto", "type": "Ed25519VerificationKey2020", "publicKeyMultibase": "z1"})),
+            "unsupported key type",
+        ),
+        (doc(json!({"id": "#other", "type": "Multikey", "publicKeyMultibase": "z1"})), "no #atproto"),
+        (doc(json!({"id": "#atproto", "type": "Multikey", "publicKeyMultibase": "zzzz"})), "bad Multikey"),
+    ];
+    for (json, want) in cases {
+        let e = chain(&identity_from_document("did:plc:abc", &json).unwrap_err()).to_string();
+        assert!(e.contains(want), "{e} should say {want}");
+    }
+    let e = identity_from_document("did:plc:other", &doc(json!({"id": "#atproto", "type": "Multikey"}))).unwrap_err();
+    let e = chain(&e).to_string();
+    assert!(e.contains("document is for did:plc:abc"), "{e}");
 }

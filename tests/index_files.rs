@@ -1,16 +1,15 @@
 //! Many CAR files indexed at once (`sluice index-car A B C ...`): several repos in flight, each
 //! repo's exports applied in the order given, results reported in that order.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use serde_json::json;
 use sluice::IndexOptions;
-use sluice::devnet::{Account, RepoContents, export_car_blocking, rev_at};
 use sluice::index_files::index_files;
 use sluice::store::{Action, StoredEvent};
+use sluice_devnet::{Account, RepoContents, export_car_blocking, rev_at};
+use sluice_testkit as testkit;
 
 fn post(n: u32) -> Vec<u8> {
     sluice::handlers::value::json_to_cbor(
@@ -56,7 +55,7 @@ fn exports_of_one_repo_apply_in_order_while_other_repos_run_beside_them() {
         file(files.path(), "a3.car", &export_car_blocking(&a, &rev_at(3), &posts(1410..1520)).unwrap()),
     ];
     for workers in [2, 4] {
-        let (_dir, s) = common::sluice_batched("mode = \"full\"", 500);
+        let (_dir, s) = testkit::sluice_batched("mode = \"full\"", 500);
         let mut reported = Vec::new();
         index_files(&s, &paths, &IndexOptions::default(), workers, |i, result| {
             reported.push((i, result.map(|o| (o.created, o.deleted)).map_err(|e| e.to_string())))
@@ -73,8 +72,8 @@ fn exports_of_one_repo_apply_in_order_while_other_repos_run_beside_them() {
         assert_eq!(outcomes[4], Ok((5, 0)));
         assert_eq!(outcomes[5], Ok((0, 10)));
 
-        assert_eq!(common::stored_cids(s.store(), &a.did).len(), 110);
-        assert_eq!(common::stored_cids(s.store(), &b.did).len(), 3000);
+        assert_eq!(testkit::stored_cids(s.store(), &a.did).len(), 110);
+        assert_eq!(testkit::stored_cids(s.store(), &b.did).len(), 3000);
         // Repo a's events are its three exports' changes, one export after the other.
         let events: Vec<(Action, String)> = s
             .store()

@@ -1,15 +1,14 @@
 //! Property tests: random signed repos (built with jacquard-repo) -> CAR -> pipeline under
 //! random filters, checked against a simple model of what must be stored and emitted.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 use serde_json::json;
-use sluice::devnet::{Account, RepoContents, export_car_blocking, rev_at};
 use sluice::store::{Action, StoredEvent};
 use sluice::{IndexOptions, Sluice};
+use sluice_devnet::{Account, RepoContents, export_car_blocking, rev_at};
+use sluice_testkit as testkit;
 
 const COLLECTIONS: &[&str] =
     &["app.bsky.feed.post", "app.bsky.feed.like", "xyz.statusphere.status", "com.example.thing"];
@@ -108,7 +107,7 @@ fn pattern_matches(pattern: &str, nsid: &str) -> bool {
 }
 
 fn stored(s: &Sluice, did: &str) -> BTreeSet<(String, String)> {
-    common::stored_cids(s.store(), did).into_keys().collect()
+    testkit::stored_cids(s.store(), did).into_keys().collect()
 }
 
 fn events_after(s: &Sluice, from: u64) -> Vec<(Action, String, String)> {
@@ -147,7 +146,7 @@ proptest! {
     fn stored_set_matches_the_model_and_reindex_is_idempotent(m in model(), spec in filter_spec()) {
         let account = Account::new(7);
         let car = export_car_blocking(&account, &rev_at(1), &contents(&m)).unwrap();
-        let (_dir, s) = common::sluice_with(&spec.toml());
+        let (_dir, s) = testkit::sluice_with(&spec.toml());
         let opts = IndexOptions { expected_did: Some(account.did.clone()), signing_key: Some(account.did_key()) };
         let first = s.index_car(&car, &opts).unwrap();
         let want = spec.expected(&m);
@@ -172,7 +171,7 @@ proptest! {
     ) {
         let account = Account::new(9);
         // Small batches, so walks commit in several batches (and on two threads).
-        let (_dir, s) = common::sluice_batched(&spec.toml(), batch_size);
+        let (_dir, s) = testkit::sluice_batched(&spec.toml(), batch_size);
         let mut before = Model::new();
         for (i, m) in versions.iter().enumerate() {
             let car = export_car_blocking(&account, &rev_at(i as u64 + 1), &contents(m)).unwrap();
@@ -201,7 +200,7 @@ fn a_walk_interrupted_between_batches_is_completed_by_the_next_walk_without_dupl
         m.insert(("com.example.thing".into(), rkey.to_string()), i as u32);
     }
     let car = export_car_blocking(&account, &rev_at(1), &contents(&m)).unwrap();
-    let (_dir, s) = common::sluice_batched("mode = \"full\"", 3);
+    let (_dir, s) = testkit::sluice_batched("mode = \"full\"", 3);
     // What a crash after the first batches leaves: some records and their events, no state.
     let repo = sluice::repo::read_car(&car, &Default::default()).unwrap();
     let partial: RepoContents = contents(&m).into_iter().take(4).collect();
@@ -229,7 +228,7 @@ fn a_wrong_signing_key_is_refused_and_nothing_is_written() {
     let mut m = Model::new();
     m.insert(("app.bsky.feed.post".into(), "3kaaaaaaaaaa2".into()), 1);
     let car = export_car_blocking(&account, &rev_at(1), &contents(&m)).unwrap();
-    let (_dir, s) = common::sluice_with("mode = \"full\"");
+    let (_dir, s) = testkit::sluice_with("mode = \"full\"");
     let wrong = IndexOptions { expected_did: None, signing_key: Some(Account::new(2).did_key()) };
     let err = s.index_car(&car, &wrong).unwrap_err();
     assert!(err.to_string().contains("signature"), "{err}");
@@ -244,7 +243,7 @@ fn a_wrong_signing_key_is_refused_and_nothing_is_written() {
 #[test]
 fn an_older_export_is_refused_after_a_newer_one() {
     let account = Account::new(3);
-    let (_dir, s) = common::sluice_with("mode = \"full\"");
+    let (_dir, s) = testkit::sluice_with("mode = \"full\"");
     let new = export_car_blocking(&account, &rev_at(5), &RepoContents::new()).unwrap();
     let old = export_car_blocking(&account, &rev_at(4), &RepoContents::new()).unwrap();
     s.index_car(&new, &IndexOptions::default()).unwrap();
@@ -255,7 +254,7 @@ fn an_older_export_is_refused_after_a_newer_one() {
 #[test]
 fn a_repo_that_loses_its_signal_is_removed_with_delete_events() {
     let account = Account::new(4);
-    let (_dir, s) = common::sluice_with("mode = \"signal\"\nsignals = [\"xyz.statusphere.status\"]");
+    let (_dir, s) = testkit::sluice_with("mode = \"signal\"\nsignals = [\"xyz.statusphere.status\"]");
     let mut m = Model::new();
     m.insert(("xyz.statusphere.status".into(), "3kaaaaaaaaaa2".into()), 1);
     m.insert(("app.bsky.feed.post".into(), "3kaaaaaaaaab2".into()), 1);

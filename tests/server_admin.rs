@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sluice::backfill::{Backfill, RunMode};
-use sluice::devnet::{AccountSpec, Devnet, DevnetOptions};
 use sluice::server::{ServerState, serve};
 use sluice::store::RepoStatus;
 use sluice::{Config, Filter, Sluice};
+use sluice_devnet::{AccountSpec, Devnet, DevnetOptions};
 
 const TOKEN: &str = "s3cret-admin-token";
 const LIMIT: Duration = Duration::from_secs(30);

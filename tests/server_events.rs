@@ -2,69 +2,22 @@
 //! and a restart of sluice, no gap or duplicate at the switch from replay to live while the
 //! devnet writes, slow consumers closed with an error, acked consumers, and bad parameters.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 use sluice::backfill::{Backfill, RunMode};
-use sluice::devnet::{Devnet, DevnetOptions};
-use sluice::server::{ServerState, serve};
+use sluice::server::ServerState;
 use sluice::{Config, Filter, Sluice};
+use sluice_devnet::{Devnet, DevnetOptions};
+use sluice_testkit as testkit;
+use sluice_testkit::server::{LIMIT, Socket, indexed, next_json, read_until, start_server};
 use tokio_tungstenite::tungstenite::Message;
-
-const LIMIT: Duration = Duration::from_secs(30);
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-/// Serves `state` on an ephemeral port; returns its address.
-async fn start_server(state: ServerState) -> (String, Arc<ServerState>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let state = Arc::new(state);
-    tokio::spawn(serve(listener, state.clone()));
-    (addr, state)
-}
 
 async fn connect(addr: &str, query: &str) -> Socket {
     let url = format!("ws://{addr}/xrpc/dev.sluice.subscribeEvents{query}");
     tokio_tungstenite::connect_async(url).await.expect("connects").0
-}
-
-/// The next event (or error message) as JSON, or `None` when the stream closed.
-async fn next_json(socket: &mut Socket) -> Option<Value> {
-    loop {
-        match tokio::time::timeout(LIMIT, socket.next()).await.expect("a message in time")? {
-            Ok(Message::Text(t)) => return Some(serde_json::from_str(&t).unwrap()),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
-        }
-    }
-}
-
-/// Reads events until `last_id` is reached; returns their ids.
-async fn read_until(socket: &mut Socket, last_id: u64) -> Vec<u64> {
-    let mut ids = Vec::new();
-    while ids.last().is_none_or(|&id| id < last_id) {
-        let event = next_json(socket).await.expect("the stream stays open");
-        ids.push(event["id"].as_u64().unwrap_or_else(|| panic!("an event, not {event}")));
-    }
-    ids
-}
-
-/// An indexer over the fixture repos `cars` (calabro alone gives 4,347 events), with
-/// `tweak`ed config.
-fn indexed(dir: &std::path::Path, cars: &[&str], tweak: impl FnOnce(&mut Config)) -> Sluice {
-    let mut config = Config::default();
-    config.storage.path = dir.join("data");
-    tweak(&mut config);
-    let sluice =
-        Sluice::builder().config(config).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
-    for car in cars {
-        sluice.index_car(&common::read_fixture(car), &Default::default()).unwrap();
-    }
-    sluice
 }
 
 const BOTH: &[&str] = &["car/calabro.car", "car/little.car"];
@@ -168,7 +121,7 @@ async fn a_slow_consumer_is_told_and_closed_and_resumes() {
     // slowly.
     let mut socket = connect(&addr, "").await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    sluice.index_car(&common::read_fixture("car/calabro.car"), &Default::default()).unwrap();
+    sluice.index_car(&testkit::read_fixture("car/calabro.car"), &Default::default()).unwrap();
     let grown = sluice.store().next_event_id() - 1;
     assert!(grown - head > 50, "the log grew by more than max_lag ({} events)", grown - head);
     let mut last_id = head;
@@ -236,89 +189,4 @@ async fn bad_parameters_are_refused_before_the_upgrade() {
         assert_eq!(body["error"], error, "{query}: {body}");
         assert!(body["message"].as_str().unwrap().contains(mentions), "{query}: {body}");
     }
-}
-
-/// Starts `sluice run` on the data in `dir/data` with no network (no backfill, no firehose),
-/// serving on a free port, with `extra` TOML sections; returns the child, its address and
-/// its log file.
-fn serve_offline(dir: &std::path::Path, extra: &str) -> (std::process::Child, String, std::path::PathBuf) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let filter = dir.join("filter.toml");
-    std::fs::write(&filter, "mode = \"full\"\n").unwrap();
-    let config = dir.join("config.toml");
-    let text = format!(
-        "[storage]\npath = {:?}\n[filter]\npath = {:?}\n[network]\nrelay = \"http://127.0.0.1:9\"\n\
-         plc = \"http://127.0.0.1:9/\"\n\
-         [backfill]\ndays = 0\n[firehose]\nenabled = false\n[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}",
-        dir.join("data"),
-        filter
-    );
-    std::fs::write(&config, text).unwrap();
-    let log = dir.join("sluice.log");
-    (common::spawn_sluice(&config, "run", &log), format!("127.0.0.1:{port}"), log)
-}
-
-/// `sluice run` with `[events] retention_hours` set: its retention pass removes the old pages
-/// (all but the newest), and a client asking for them is told, then gets the events left.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_past_the_retention_are_removed_and_an_old_cursor_is_told() {
-    let dir = tempfile::tempdir().unwrap();
-    // calabro's 4,347 events fill 9 pages; little's 278 are the newest page, which stays.
-    let head = {
-        let sluice = indexed(dir.path(), BOTH, |_| {});
-        sluice.store().next_event_id() - 1
-    };
-    let (mut child, addr, log) =
-        serve_offline(dir.path(), "[events]\nretention_hours = 0.0003\nretention_check_secs = 1\n");
-    let oldest = head - 277;
-    let deadline = Instant::now() + LIMIT;
-    let mut socket = loop {
-        assert!(
-            Instant::now() < deadline,
-            "the old pages were not removed in time; log:\n{}",
-            std::fs::read_to_string(&log).unwrap_or_default()
-        );
-        if let Ok((mut socket, _)) =
-            tokio_tungstenite::connect_async(format!("ws://{addr}/xrpc/dev.sluice.subscribeEvents?cursor=0")).await
-        {
-            let first = next_json(&mut socket).await.expect("a first message");
-            if first["info"] == "OutdatedCursor"
-                && first["message"].as_str().unwrap().contains(&format!("goes on from {oldest}"))
-            {
-                break socket;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
-    let ids = read_until(&mut socket, head).await;
-    let mut tailed = Vec::new();
-    sluice::tail::tail(&format!("http://{addr}"), Some(0), Some(2), |text| {
-        tailed.push(serde_json::from_str::<Value>(text).unwrap()["id"].as_u64());
-        Ok(())
-    })
-    .await
-    .unwrap();
-    assert_eq!(tailed, vec![Some(oldest), Some(oldest + 1)], "sluice tail logs the notice and counts only events");
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert_eq!(ids, (oldest..=head).collect::<Vec<_>>(), "the newest page is left whole");
-    let log = std::fs::read_to_string(&log).unwrap();
-    assert!(log.contains("removed events past the retention"), "{log}");
-    let stats = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["stats", "--json", "--data"])
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
-    assert_eq!((stats["oldest_event"].as_u64(), stats["events"].as_u64()), (Some(oldest), Some(head)), "{stats}");
-    let events = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["events", "--cursor", "1", "--limit", "1", "--data"])
-        .arg(dir.path().join("data"))
-        .output()
-        .unwrap();
-    let first: Value = serde_json::from_slice(&events.stdout).unwrap();
-    assert_eq!(first["id"].as_u64(), Some(oldest));
-    assert!(String::from_utf8_lossy(&events.stderr).contains("past the retention"), "the CLI says so too");
-    let store = sluice::store::Store::open(&dir.path().join("data")).unwrap();
-    assert_eq!(store.next_event_id(), head + 1, "ids go on after the trim");
 }

@@ -5,8 +5,6 @@
 //! time (inclusive, as Jetstream) then live, compress=true, requireHello, options_update, slow
 //! clients, and bad parameters refused before the upgrade.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::Read as _;
 use std::time::{Duration, Instant};
@@ -14,10 +12,11 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use sluice::backfill::RunMode;
-use sluice::devnet::{AccountSpec, AccountStatus, Devnet, DevnetOptions};
 use sluice::service::{Service, ServiceOptions};
 use sluice::store::{RepoStatus, StoredEvent};
 use sluice::{Config, Filter, Sluice};
+use sluice_devnet::{AccountSpec, AccountStatus, Devnet, DevnetOptions};
+use sluice_testkit as testkit;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -425,7 +424,7 @@ async fn large_messages_are_skipped_and_slow_clients_closed_with_a_cursor_to_res
     let mut slow = s.connect("").await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = s.log().len();
-    s.sluice.index_car(&common::read_fixture("car/little.car"), &Default::default()).unwrap();
+    s.sluice.index_car(&testkit::read_fixture("car/little.car"), &Default::default()).unwrap();
     let close = loop {
         match tokio::time::timeout(LIMIT, slow.next()).await.unwrap() {
             Some(Ok(Message::Close(frame))) => break frame.expect("a close frame"),

@@ -1,20 +1,9 @@
-//! Operations endpoints and the stream's command-line client: `/`, `/health`, `/metrics` (their
-//! numbers follow what is indexed), unknown XRPC methods and `sluice tail`.
+//! Operations endpoints: `/`, `/health`, `/metrics` (their numbers follow what is indexed) and
+//! unknown XRPC methods. (`sluice tail`, the stream's command-line client: cli/tests/tail.rs.)
 
-mod common;
-
-use std::sync::Arc;
-
-use sluice::server::{ServerState, serve};
 use sluice::{Filter, Sluice};
-
-async fn serving(sluice: &Sluice) -> (String, Arc<ServerState>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let state = Arc::new(ServerState::new(sluice.pipeline().clone(), sluice.config().clone()));
-    tokio::spawn(serve(listener, state.clone()));
-    (base, state)
-}
+use sluice_testkit as testkit;
+use sluice_testkit::server::serving;
 
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
@@ -34,7 +23,7 @@ async fn health_and_metrics_follow_what_is_indexed() {
     let health: serde_json::Value = reqwest::get(format!("{base}/health")).await.unwrap().json().await.unwrap();
     assert_eq!((health["status"].as_str(), health["events"].as_u64()), (Some("ok"), Some(0)));
 
-    sluice.index_car(&common::read_fixture("car/little.car"), &Default::default()).unwrap();
+    sluice.index_car(&testkit::read_fixture("car/little.car"), &Default::default()).unwrap();
     let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     let text = response.text().await.unwrap();
@@ -77,37 +66,6 @@ async fn a_refused_filter_save_shows_in_health_and_metrics() {
     assert_eq!(metric(&text, "sluice_filter_saves_total{result=\"accepted\"}"), 1.0);
     let health: serde_json::Value = reqwest::get(format!("{base}/health")).await.unwrap().json().await.unwrap();
     assert!(health["filter"]["error"].is_null(), "{health}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sluice_tail_prints_the_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let sluice = Sluice::builder()
-        .data_dir(dir.path().join("data"))
-        .filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap())
-        .open()
-        .unwrap();
-    sluice.index_car(&common::read_fixture("car/tiny.car"), &Default::default()).unwrap();
-    let (base, _state) = serving(&sluice).await;
-    let tail = |args: Vec<String>| {
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).arg("tail").args(args).output().unwrap()
-        })
-    };
-    let output =
-        tail(vec!["--server".into(), base.clone(), "--cursor".into(), "3".into(), "--limit".into(), "4".into()])
-            .await
-            .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let ids: Vec<u64> = String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].as_u64().unwrap())
-        .collect();
-    assert_eq!(ids, vec![4, 5, 6, 7]);
-    let refused = tail(vec!["--server".into(), base, "--cursor".into(), "99".into()]).await.unwrap();
-    assert!(!refused.status.success());
-    assert!(String::from_utf8_lossy(&refused.stderr).contains("error"), "a refused stream is one error line");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice::backfill::{Backfill, RunMode};
-use sluice::devnet::{AccountSpec, AccountStatus, Devnet, DevnetOptions};
 use sluice::handlers::value::cbor_to_json;
 use sluice::handles::{HandleChecker, HandleResolver};
 use sluice::identity::Resolver;
 use sluice::server::{ServerState, serve};
 use sluice::store::{RepoState, RepoStatus};
 use sluice::{Config, Filter, Sluice};
+use sluice_devnet::{AccountSpec, AccountStatus, Devnet, DevnetOptions};
 
 /// Every backfill and request ends well within these.
 const RUN_LIMIT: Duration = Duration::from_secs(120);

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use serde::de::{self, DeserializeSeed, Deserializer as _, MapAccess, SeqAccess, Visitor};
 use serde::ser::{self, Error as _, SerializeMap, SerializeSeq, Serializer};
 
-use crate::value::{MapKeys, over_size_limit};
+use crate::rules::{FLOATS, MapKeys, NOT_A_CID_V1, map_key_problem, nested, over_size_limit};
 
 /// DAG-CBOR bytes that serialize as AT Protocol JSON (`$link` for CIDs, `$bytes` for bytes).
 /// Serializing fails on what the data model refuses (floats, non-string keys, tags other than
@@ -73,7 +73,7 @@ pub fn raw_json(bytes: &[u8]) -> Option<Box<serde_json::value::RawValue>> {
 }
 
 /// A visitor that serializes whatever it is shown, a value held in `.1` maps and arrays
-/// (which may nest [`crate::value::MAX_NESTING`] deep).
+/// (which may nest [`crate::rules::MAX_NESTING`] deep).
 struct Forward<S>(S, usize);
 
 /// One value still to be read from `D`, held in `.1` maps and arrays, serialized as it is read.
@@ -110,7 +110,7 @@ impl<'de, S: SerializeMap> DeserializeSeed<'de> for Key<'_, 'de, S> {
     fn deserialize<D: de::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
         let (out, seen) = (self.0, self.1);
         let key = <std::borrow::Cow<'de, str> as de::Deserialize>::deserialize(de)?;
-        if let Some(problem) = crate::value::map_key_problem(seen, &key) {
+        if let Some(problem) = map_key_problem(seen, &key) {
             return Err(de::Error::custom(problem));
         }
         out.serialize_key(&*key).map_err(up_de)?;
@@ -149,7 +149,7 @@ impl<'de> Visitor<'de> for CidText {
     fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Tagged, E> {
         match jacquard_common::types::cid::IpldCid::try_from(v) {
             Ok(cid) if u64::from(cid.version()) == 1 => Ok(Tagged::Link(cid.to_string())),
-            Ok(_) => Err(E::custom(crate::value::NOT_A_CID_V1)),
+            Ok(_) => Err(E::custom(NOT_A_CID_V1)),
             Err(_) => Ok(Tagged::NotACid(v.to_vec())),
         }
     }
@@ -177,7 +177,7 @@ impl<'de, S: Serializer> Visitor<'de> for Forward<S> {
         self.0.serialize_u64(v).map_err(up_de)
     }
     fn visit_f64<E: de::Error>(self, _: f64) -> Result<S::Ok, E> {
-        Err(E::custom(crate::value::FLOATS))
+        Err(E::custom(FLOATS))
     }
     fn visit_str<E: de::Error>(self, v: &str) -> Result<S::Ok, E> {
         self.0.serialize_str(v).map_err(up_de)
@@ -198,13 +198,13 @@ impl<'de, S: Serializer> Visitor<'de> for Forward<S> {
         }
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<S::Ok, A::Error> {
-        let depth = crate::value::nested(self.1)?;
+        let depth = nested(self.1)?;
         let mut out = self.0.serialize_seq(seq.size_hint()).map_err(up_de)?;
         while seq.next_element_seed(Element(&mut out, depth))?.is_some() {}
         out.end().map_err(up_de)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<S::Ok, A::Error> {
-        let depth = crate::value::nested(self.1)?;
+        let depth = nested(self.1)?;
         let mut out = self.0.serialize_map(map.size_hint()).map_err(up_de)?;
         let mut seen = MapKeys::new();
         while map.next_key_seed(Key(&mut out, &mut seen))?.is_some() {

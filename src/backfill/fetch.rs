@@ -311,40 +311,6 @@ mod tests {
         assert!(failed.contains("InvalidRequest: bad did"), "{failed}");
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn large_downloads_are_spooled_to_a_file_and_limits_apply_while_downloading() {
-        use crate::devnet::{Devnet, DevnetOptions};
-        let net = Devnet::start(DevnetOptions { pds_hosts: 1, ..Default::default() }).await.unwrap();
-        let did = net.populate(1, 300, 9).await.remove(0);
-        let dir = tempfile::tempdir().unwrap();
-        let pds = net.pds_urls().remove(0);
-
-        let mut fetcher = RepoFetcher::new(CarLimits::default(), dir.path().join("spool"));
-        fetcher.spool_in_memory = 4096;
-        let spooled = fetcher.download(&pds, &did).await.unwrap();
-        assert!(matches!(spooled, Spooled::File(_)) && spooled.len() > 4096);
-        assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 1);
-        let repo = spooled.read(&CarLimits::default(), 0).unwrap();
-        assert_eq!(repo.records().count(), 300);
-        assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 0, "the spool file goes with it");
-        // Small enough to be walked from memory: the same records.
-        let spooled = fetcher.download(&pds, &did).await.unwrap();
-        assert!(matches!(spooled, Spooled::File(_)));
-        let in_memory = spooled.read(&CarLimits::default(), WALK_IN_MEMORY).unwrap();
-        assert_eq!(
-            in_memory.records().map(Result::unwrap).collect::<Vec<_>>(),
-            repo.records().map(Result::unwrap).collect::<Vec<_>>()
-        );
-        assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 0);
-
-        fetcher.spool_in_memory = SPOOL_IN_MEMORY;
-        assert!(matches!(fetcher.download(&pds, &did).await.unwrap(), Spooled::Memory(_)));
-
-        let tiny = RepoFetcher::new(CarLimits { max_car_bytes: 1000, ..Default::default() }, dir.path().join("spool"));
-        let e = tiny.download(&pds, &did).await.err().unwrap().to_string();
-        assert!(e.contains("1000-byte limit"), "{e}");
-    }
-
     #[tokio::test]
     async fn a_blocked_host_waits_and_others_do_not() {
         let limits = HostLimits::default();

@@ -81,22 +81,44 @@ pub fn check_limits(commit: &Commit) -> Result<(), OverLimit> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jacquard_common::types::string::Tid;
+    use jacquard_api::com_atproto::sync::subscribe_repos::{RepoOp, RepoOpAction};
+    use jacquard_common::types::string::{Datetime, Did, Tid};
     use proptest::prelude::*;
 
     const ROOT_A: &str = "bafyreie5737gdxlw5i64vzichcalba3z2v5n6icifvx5xytvske7mr3hpm";
     const ROOT_B: &str = "bafyreigdmqpykrgxyaxtlafqpqhzrb7qy2rh75nldvfd4tucqmqqme5yje";
 
-    /// A real commit (from the devnet's generator) with `rev`, `prev_data` and `ops` ops.
+    /// The rev at step `n`.
+    fn rev_at(n: u64) -> Tid {
+        Tid::from_time(1_700_000_000_000_000 + n, 0)
+    }
+
+    /// A commit at `rev` with `prev_data` and `ops` ops: what [`check`] reads of one (its
+    /// blocks are not looked at, only counted).
     fn commit(rev: u64, prev_data: Option<&str>, ops: usize) -> Commit {
-        let stream = crate::devnet::synthetic_stream(1, 1, 1);
-        let Ok(crate::firehose::Frame::Commit(mut c)) = crate::firehose::decode_frame(&stream.frames[0]) else {
-            panic!("a commit")
+        let cid = |s: &str| s.parse::<cid::Cid>().unwrap().into();
+        let op = RepoOp {
+            action: RepoOpAction::Create,
+            cid: Some(cid(ROOT_B)),
+            path: "app.bsky.feed.post/3l2222222222a".into(),
+            prev: None,
+            extra_data: None,
         };
-        c.rev = Tid::from_time(1_700_000_000_000_000 + rev, 0);
-        c.prev_data = prev_data.map(|s| s.parse::<cid::Cid>().unwrap().into());
-        c.ops = vec![c.ops[0].clone(); ops];
-        *c
+        Commit {
+            blobs: Vec::new(),
+            blocks: Default::default(),
+            commit: cid(ROOT_A),
+            ops: vec![op; ops],
+            prev_data: prev_data.map(cid),
+            rebase: false,
+            repo: Did::new("did:plc:abcdefghijklmnopqrstuvwx".into()).unwrap(),
+            rev: rev_at(rev),
+            seq: 1,
+            since: None,
+            time: Datetime::now(),
+            too_big: false,
+            extra_data: None,
+        }
     }
 
     proptest! {
@@ -115,7 +137,7 @@ mod tests {
             let status = RepoStatus::ALL[s];
             let state = RepoState {
                 status,
-                rev: Some(crate::devnet::rev_at(stored)),
+                rev: Some(rev_at(stored).to_string()),
                 data: Some(ROOT_A.into()),
                 ..Default::default()
             };

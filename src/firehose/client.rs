@@ -229,7 +229,7 @@ pub(super) enum Probe {
 
 /// Why a probe found nothing.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum ProbeError {
+pub enum ProbeError {
     /// The URL is unusable.
     #[error(transparent)]
     Url(#[from] UrlError),

@@ -35,7 +35,9 @@ pub(super) async fn resume_point(base: &str, since_us: u64, stop: &CancellationT
 }
 
 /// The `seq` of the last event sequenced before `before` (unix µs), or 0; and the probes made.
-async fn search(base: &str, before: u64, stop: &CancellationToken) -> Result<(i64, usize), ProbeError> {
+/// Public only for `tests/firehose_live.rs`, which checks it against the devnet's relay.
+#[doc(hidden)]
+pub async fn search(base: &str, before: u64, stop: &CancellationToken) -> Result<(i64, usize), ProbeError> {
     // What is known: the events up to `lo` are older than `before`; the one after `hi` (when
     // there is one) is not.
     let (mut lo, mut hi) = (0i64, None::<i64>);
@@ -61,35 +63,4 @@ async fn search(base: &str, before: u64, stop: &CancellationToken) -> Result<(i6
         }
     }
     Ok((lo, MAX_PROBES))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::devnet::{AccountSpec, Devnet, DevnetOptions};
-
-    /// Against the devnet's relay: for cut points all along a stream, the search finds the
-    /// last event before the cut, in a number of probes that grows with the log of the seq.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn the_search_finds_the_last_event_before_a_time_in_log_probes() {
-        let net = Devnet::start(DevnetOptions::default()).await.unwrap();
-        let did = net.create_account(AccountSpec { seed: 7, ..Default::default() });
-        let mut cuts = vec![(crate::store::now_us(), net.firehose_seq())];
-        for i in 0..60 {
-            let record = serde_json::json!({"$type": "app.bsky.feed.like", "createdAt": "2026-11-01T00:00:00.000Z"});
-            net.put_record(&did, "app.bsky.feed.like", &format!("3lgap{i:07}"), record).unwrap();
-            if i % 7 == 0 {
-                tokio::time::sleep(Duration::from_millis(3)).await;
-                cuts.push((crate::store::now_us(), net.firehose_seq()));
-                tokio::time::sleep(Duration::from_millis(3)).await;
-            }
-        }
-        let stop = CancellationToken::new();
-        for (before, last_seq) in cuts {
-            let (found, probes) = search(&net.relay_url(), before, &stop).await.unwrap();
-            assert_eq!(found, last_seq, "the last event before the cut");
-            assert!(probes <= 2 * 7 + 2, "{probes} probes for a stream of {} events", net.firehose_seq());
-        }
-        net.shutdown().await;
-    }
 }

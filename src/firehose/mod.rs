@@ -31,7 +31,8 @@ pub mod client;
 pub mod cursor;
 pub mod frame;
 mod fuzz;
-mod gap;
+#[doc(hidden)]
+pub mod gap;
 pub mod live;
 pub mod ops;
 mod position;

@@ -71,8 +71,6 @@ use fjall::KeyspaceCreateOptions;
 pub use commit::{Committed, Prepared, RepoChange};
 pub use cursors::Cursors;
 pub use failure::DiskFailure;
-#[cfg(test)]
-pub(crate) use failure::SmallDisk;
 pub use handler_spaces::HandlerSpaces;
 pub use handles::Handles;
 pub use held::Held;
@@ -280,7 +278,7 @@ impl Store {
 /// and their memtables are most of what it holds beyond the repos it walks. `records` keeps
 /// 32 MiB: every diff reads it, and at 16 the backfill was a tenth slower; the others take
 /// 16 MiB, which costs nothing measured and brought the backfill's peak from ~330 to ~275 MB
-/// (BENCHMARKS.md).
+/// (docs/bench-log.md, *What shapes memory now*).
 fn keyspace_options(name: &str) -> KeyspaceCreateOptions {
     let mib: u64 = if name == "records" { 32 } else { 16 };
     KeyspaceCreateOptions::default().max_memtable_size(mib << 20)

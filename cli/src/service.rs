@@ -1,0 +1,43 @@
+//! `sluice run` and `sluice backfill`: the service until it is done or a signal stops it.
+
+use std::process::ExitCode;
+
+use sluice::backfill::RunMode;
+use sluice::{Config, Sluice};
+
+/// Runs the backfill (and, in `Forever` mode, everything `sluice run` runs: live ingestion
+/// and the server) until it ends or a signal stops it; prints where the repos stand.
+pub fn run_backfill(config: Config, dids: &[String], recrawl: bool, mode: RunMode) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let sluice = Sluice::builder().config(config.clone()).filter_file(config.filter.path.clone()).open()?;
+        let opts = sluice::service::ServiceOptions { dids: dids.to_vec(), recrawl };
+        let service = sluice::service::Service::start(&sluice, &config, mode, &opts).await?;
+        let (stop, backfill) = (service.stopper(), service.backfill.clone());
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            tracing::info!("stopping: repos in flight and queued live frames finish first");
+            stop();
+        });
+        let result = service.run(mode, dids.is_empty()).await;
+        let counts: Vec<String> = backfill
+            .repo_counts()
+            .into_iter()
+            .filter(|(_, n)| *n != 0)
+            .map(|(s, n)| format!("{n} {}", s.as_str()))
+            .collect();
+        let events = sluice.store().next_event_id() - 1;
+        println!("repos: {}; events: {events}", if counts.is_empty() { "none".to_string() } else { counts.join(", ") });
+        result?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}

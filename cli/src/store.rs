@@ -1,0 +1,113 @@
+//! The commands that read or fill a store directly, without the service: `index-car`, `events`,
+//! `stats` and `cursors`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use sluice::{Config, Filter, IndexOptions, Sluice, Store};
+
+/// The store in `dir`, which must exist.
+pub fn open_store(dir: &Path) -> anyhow::Result<Store> {
+    if !dir.exists() {
+        anyhow::bail!("no data in {} (index something first, or pass --data)", dir.display());
+    }
+    Store::open(dir).with_context(|| format!("opening the store in {}", dir.display()))
+}
+
+/// Indexes each CAR, `jobs` at a time (default: one per core; the exports of one repo in the
+/// order given); prints a line per CAR in the order given. A bad one is reported and skipped,
+/// and makes the exit code non-zero.
+pub fn index_cars(
+    config: Config,
+    opts: IndexOptions,
+    jobs: Option<usize>,
+    cars: &[PathBuf],
+) -> anyhow::Result<ExitCode> {
+    let sluice = Sluice::builder().config(config.clone()).filter(Filter::load(&config.filter.path)?).open()?;
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut failed = 0;
+    sluice::index_files::index_files(&sluice, cars, &opts, jobs, |i, result| match result {
+        Ok(o) => {
+            let events = match o.committed.first_event {
+                Some(first) => format!("events {first}..={}", first + o.committed.events - 1),
+                None => "no events".into(),
+            };
+            println!(
+                "{}: {}: {} created, {} updated, {} deleted, {} unchanged, {} handler error(s); {events}",
+                cars[i].display(),
+                o.status.as_str(),
+                o.created,
+                o.updated,
+                o.deleted,
+                o.unchanged,
+                o.handler_errors
+            );
+        }
+        Err(e) => {
+            failed += 1;
+            eprintln!("error: {}: {e:#}", cars[i].display());
+        }
+    });
+    sluice.store().persist()?;
+    Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Prints the events from id `cursor` on as JSON lines; says on stderr when retention has
+/// removed the first ones asked for.
+pub fn print_events(out: &mut impl Write, store: &Store, cursor: u64, limit: usize) -> anyhow::Result<()> {
+    if let Some(oldest) = store.log().oldest_id()?
+        && cursor.max(1) < oldest
+    {
+        eprintln!("note: events {}..{} are past the retention; printing from {oldest}", cursor.max(1), oldest - 1);
+    }
+    for (id, event) in store.log().from(cursor, limit)? {
+        writeln!(out, "{}", sluice::wire::event_json(store, id, &event)?)?;
+    }
+    Ok(())
+}
+
+/// `sluice stats`: repos by state, records by collection, events (text or JSON).
+pub fn print_stats(out: &mut impl Write, store: &Store, json: bool) -> std::io::Result<()> {
+    let counts = store.counts();
+    let events = store.next_event_id() - 1;
+    // Retention may have removed the oldest events; ids go on from where they were.
+    let oldest = store.log().oldest_id().ok().flatten();
+    if json {
+        let mut repos = serde_json::Map::new();
+        let mut records = serde_json::Map::new();
+        for ((kind, name), n) in &counts {
+            let map = if kind == "repos" { &mut repos } else { &mut records };
+            map.insert(name.clone(), (*n).into());
+        }
+        return writeln!(
+            out,
+            "{}",
+            serde_json::json!({ "repos": repos, "records": records, "events": events, "oldest_event": oldest })
+        );
+    }
+    writeln!(out, "repos:")?;
+    for ((_, status), n) in counts.iter().filter(|((k, _), n)| k == "repos" && **n != 0) {
+        writeln!(out, "  {status:<12} {n}")?;
+    }
+    let records: Vec<_> = counts.iter().filter(|((k, _), n)| k == "records" && **n != 0).collect();
+    writeln!(out, "records: {}", records.iter().map(|(_, n)| **n).sum::<i64>())?;
+    for ((_, collection), n) in records {
+        writeln!(out, "  {collection:<40} {n}")?;
+    }
+    match oldest {
+        Some(first) if first > 1 => {
+            writeln!(out, "events: {events} (kept from {first} on; older ones are past the retention)")
+        }
+        _ => writeln!(out, "events: {events}"),
+    }
+}
+
+/// `sluice cursors`: each service's saved cursor and when it was saved.
+pub fn print_cursors(out: &mut impl Write, store: &Store) -> anyhow::Result<()> {
+    for (service, (value, ms)) in store.cursors().all()? {
+        writeln!(out, "{service}\t{value}\t{}", sluice::syntax::datetime_from_ms(ms))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! What the tests and benches of `sluice` and `sluice-cli` share, so that each helper has one
+//! home: the project's paths and fixtures, indexers over temporary directories, config files
+//! and child `sluice` processes against a devnet (this file); a server in this process and
+//! clients of its event stream ([`server`]); what benches measure with ([`bench`]); a real NATS
+//! server for the sink's tests and benches ([`NatsServer`]). Test support only: it panics where
+//! a test should fail.
+
+pub mod bench;
+mod disk;
+mod nats;
+pub mod server;
+
+use std::path::{Path, PathBuf};
+
+use sluice::{Filter, Sluice};
+use sluice_devnet::Devnet;
+
+pub use disk::SmallDisk;
+pub use nats::NatsServer;
+
+/// The project root (the workspace's top directory).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("testkit/ sits in the project root").to_path_buf()
+}
+
+/// `../shared/fixtures/<rel>`, beside the project root.
+pub fn fixture(rel: &str) -> PathBuf {
+    root().join("../shared/fixtures").join(rel)
+}
+
+/// Reads a fixture.
+pub fn read_fixture(rel: &str) -> Vec<u8> {
+    std::fs::read(fixture(rel)).unwrap_or_else(|e| panic!("fixture {rel}: {e}"))
+}
+
+/// A filter from TOML text.
+pub fn filter(text: &str) -> Filter {
+    Filter::from_toml(text, "test-filter").expect("test filter parses")
+}
+
+/// An indexer over a fresh temporary directory with a fixed filter.
+pub fn sluice_with(filter_text: &str) -> (tempfile::TempDir, Sluice) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Sluice::builder().data_dir(dir.path().join("data")).filter(filter(filter_text)).open().unwrap();
+    (dir, s)
+}
+
+/// Like [`sluice_with`], committing repo walks in batches of `batch_size` record changes.
+pub fn sluice_batched(filter_text: &str, batch_size: usize) -> (tempfile::TempDir, Sluice) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = sluice::Config::default();
+    config.backfill.batch_size = batch_size;
+    let s =
+        Sluice::builder().config(config).data_dir(dir.path().join("data")).filter(filter(filter_text)).open().unwrap();
+    (dir, s)
+}
+
+/// Non-empty, non-comment lines of an interop-tests syntax list.
+pub fn syntax_lines(name: &str) -> Vec<String> {
+    let text = String::from_utf8(read_fixture(&format!("atproto-interop-tests/syntax/{name}"))).unwrap();
+    text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect()
+}
+
+/// `car` in an unnamed temporary file, positioned at its start, as a spooled download is.
+pub fn car_file(car: &[u8]) -> std::fs::File {
+    let mut file = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut file, car).unwrap();
+    std::io::Seek::rewind(&mut file).unwrap();
+    file
+}
+
+/// A config file in `dir` pointing a `sluice` child process at `net` (full-mode filter, data in
+/// `dir/data`), with `extra` TOML sections appended; returns its path.
+pub fn devnet_config_file(dir: &Path, net: &Devnet, extra: &str) -> PathBuf {
+    let filter = dir.join("filter.toml");
+    std::fs::write(&filter, "mode = \"full\"\n").unwrap();
+    devnet_config_with_filter(dir, net, &filter, extra)
+}
+
+/// [`devnet_config_file`] with the filter file `filter`.
+pub fn devnet_config_with_filter(dir: &Path, net: &Devnet, filter: &Path, extra: &str) -> PathBuf {
+    let config = dir.join("config.toml");
+    let text = format!(
+        "[storage]\npath = {:?}\n[filter]\npath = {filter:?}\n[network]\nrelay = {:?}\nplc = {:?}\n{extra}",
+        dir.join("data"),
+        net.relay_url(),
+        net.plc_url()
+    );
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// Starts `BINARY --config CONFIG COMMAND` (a `sluice` build: `env!("CARGO_BIN_EXE_sluice")` in
+/// the tests of its package) with its log appended to `log`.
+pub fn spawn_sluice(binary: &str, config: &Path, command: &str, log: &Path) -> std::process::Child {
+    std::process::Command::new(binary)
+        .args(["--config", config.to_str().unwrap(), command])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+/// The stored records of `did`: (collection, rkey) -> CID string.
+pub fn stored_cids(store: &sluice::store::Store, did: &str) -> std::collections::BTreeMap<(String, String), String> {
+    store
+        .records()
+        .of_repo(did)
+        .unwrap()
+        .into_iter()
+        .map(|((c, r), cid)| ((c.into(), r.into()), cid::Cid::read_bytes(&cid[..]).unwrap().to_string()))
+        .collect()
+}
