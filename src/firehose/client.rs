@@ -74,7 +74,7 @@ pub(super) enum Ended {
 
 /// Why a connection failed or closed.
 #[derive(Debug, thiserror::Error)]
-pub(super) enum Disconnect {
+pub enum Disconnect {
     /// The websocket could not be opened.
     #[error("connecting")]
     Connect(#[source] tokio_tungstenite::tungstenite::Error),

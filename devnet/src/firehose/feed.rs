@@ -15,9 +15,30 @@ use jacquard_common::types::string::{Datetime, Did, Handle};
 use smol_str::SmolStr;
 
 use super::commit::Chain;
-use super::frame::Body;
+use super::frame::{Body, EncodeError};
 use super::sequencer::Sequencer;
 use crate::world::events::{Base, Consumer, Emit, Job};
+use crate::world::repos::BuildError;
+
+/// Why an event was dropped instead of sequenced.
+#[derive(Debug, thiserror::Error)]
+enum EventError {
+    /// The account's commit chain or blocks could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// The frame could not be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The DID is not one jacquard's lexicon types take.
+    #[error("not a DID: {0}")]
+    Did(String),
+    /// An event for an account whose chain the feed never saw.
+    #[error("no firehose state for the account")]
+    NoChain,
+    /// Building it panicked.
+    #[error("panicked")]
+    Panicked,
+}
 
 /// What takes the World's jobs: the worker thread, started on the first job, publishing to
 /// `sequencer`.
@@ -40,11 +61,11 @@ fn run(jobs: Receiver<Job>, sequencer: &Sequencer) {
     for Job { did, host, emit, base, done } in jobs {
         let made = std::panic::catch_unwind(AssertUnwindSafe(|| rt.block_on(body_of(&mut chains, &did, emit, base))));
         let result = match made {
-            Ok(body) => body.and_then(|b| sequencer.publish(host, b)),
-            Err(_) => Err("panicked".to_string()),
+            Ok(body) => body.and_then(|b| Ok(sequencer.publish(host, b)?)),
+            Err(_) => Err(EventError::Panicked),
         };
         if let Err(e) = result {
-            tracing::warn!(did, error = %e, "devnet firehose event dropped");
+            tracing::warn!(did, error = %sluice::error::chain(&e), "devnet firehose event dropped");
             chains.remove(&did);
         }
         let _ = done.send(());
@@ -57,19 +78,19 @@ async fn body_of(
     did: &str,
     emit: Emit,
     base: Option<Base>,
-) -> Result<Body, String> {
+) -> Result<Body, EventError> {
     if let Some(b) = base {
-        chains.insert(did.to_string(), Chain::build(&b.account, &b.rev, &b.records).await.map_err(|e| e.to_string())?);
+        chains.insert(did.to_string(), Chain::build(&b.account, &b.rev, &b.records).await?);
     }
-    let (time, lex_did) = (Datetime::now(), Did::new(SmolStr::new(did)).map_err(|e| e.to_string())?);
-    let chain = chains.get_mut(did).ok_or("no firehose state for the account");
+    let (time, lex_did) = (Datetime::now(), Did::new(SmolStr::new(did)).map_err(|_| EventError::Did(did.to_string()))?);
+    let chain = chains.get_mut(did).ok_or(EventError::NoChain);
     Ok(match emit {
         Emit::Commit { rev, changes, tamper } => {
-            Body::Commit(Box::new(chain?.commit(&rev, &changes, tamper, time).await.map_err(|e| e.to_string())?))
+            Body::Commit(Box::new(chain?.commit(&rev, &changes, tamper, time).await?))
         }
         Emit::Sync => {
             let chain = chain?;
-            let blocks = chain.sync_blocks().await.map_err(|e| e.to_string())?;
+            let blocks = chain.sync_blocks().await?;
             Body::Sync(Box::new(lex::Sync {
                 blocks: blocks.into(),
                 did: lex_did,

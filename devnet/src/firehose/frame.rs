@@ -4,6 +4,11 @@
 use jacquard_api::com_atproto::sync::subscribe_repos::{Account, Commit, Identity, Sync};
 use serde::Serialize;
 
+/// Why a frame could not be encoded as DAG-CBOR (serde_ipld_dagcbor's error, kept).
+#[derive(Debug, thiserror::Error)]
+#[error("encoding a frame as DAG-CBOR")]
+pub(crate) struct EncodeError(#[source] Box<dyn std::error::Error + Send + std::marker::Sync>);
+
 /// An event body waiting for its `seq`.
 pub(crate) enum Body {
     /// `#commit`.
@@ -18,7 +23,7 @@ pub(crate) enum Body {
 
 impl Body {
     /// The frame of this body numbered `seq`.
-    pub fn encode(self, seq: i64) -> Result<Vec<u8>, String> {
+    pub fn encode(self, seq: i64) -> Result<Vec<u8>, EncodeError> {
         match self {
             Body::Commit(mut c) => {
                 c.seq = seq;
@@ -59,8 +64,8 @@ pub(crate) fn error_frame(error: &str, message: &str) -> Vec<u8> {
 }
 
 /// Header then body.
-fn frame<T: Serialize>(op: i64, t: Option<&str>, body: &T) -> Result<Vec<u8>, String> {
-    let mut out = serde_ipld_dagcbor::to_vec(&Header { op, t }).map_err(|e| e.to_string())?;
-    serde_ipld_dagcbor::to_writer(&mut out, body).map_err(|e| e.to_string())?;
+fn frame<T: Serialize>(op: i64, t: Option<&str>, body: &T) -> Result<Vec<u8>, EncodeError> {
+    let mut out = serde_ipld_dagcbor::to_vec(&Header { op, t }).map_err(|e| EncodeError(e.into()))?;
+    serde_ipld_dagcbor::to_writer(&mut out, body).map_err(|e| EncodeError(e.into()))?;
     Ok(out)
 }

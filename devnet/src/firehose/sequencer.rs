@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::frame::Body;
+use super::frame::{Body, EncodeError};
 use crate::lock::lock;
 
 /// Live events a subscriber may fall behind by before its connection is closed.
@@ -67,7 +67,7 @@ impl Default for Sequencer {
 
 impl Sequencer {
     /// Numbers, encodes, stores and broadcasts `body`; returns its `seq`.
-    pub fn publish(&self, host: usize, body: Body) -> Result<i64, String> {
+    pub fn publish(&self, host: usize, body: Body) -> Result<i64, EncodeError> {
         let mut log = lock(&self.log);
         let seq = log.events.len() as i64 + 1;
         let event = Arc::new(Event { seq, host, frame: Bytes::from(body.encode(seq)?) });

@@ -54,7 +54,7 @@ pub(crate) fn get_repo_status(pds: &Pds, p: &Params) -> XrpcResult {
 async fn current(pds: &Pds, did: &str) -> Result<std::sync::Arc<Built>, XrpcError> {
     match pds.world.built(did).await {
         None => Err(XrpcError::repo_not_found(did)),
-        Some(Err(e)) => Err(XrpcError::internal(e)),
+        Some(Err(e)) => Err(XrpcError::internal(sluice::error::chain(&e).to_string())),
         Some(Ok(b)) => Ok(b),
     }
 }

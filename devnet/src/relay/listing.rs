@@ -61,7 +61,7 @@ pub(crate) async fn list_repos(world: &World, host: Option<usize>, p: &Params) -
     for ((did, status), b) in listed.iter().zip(built) {
         let item = match (status, b) {
             (Some(status), Some(b)) => {
-                let b = b.map_err(XrpcError::internal)?;
+                let b = b.map_err(|e| XrpcError::internal(sluice::error::chain(&e).to_string()))?;
                 let mut item = json!({
                     "did": did,
                     "head": b.head.to_string(),

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use cid::Cid;
 use tokio::sync::OnceCell;
 
-use super::repos::{Account, export_repo};
+use super::repos::{Account, BuildError, export_repo};
 use crate::lock::lock;
 
 /// A repo export: its rev, commit CID and CAR bytes.
@@ -34,10 +34,10 @@ pub(crate) struct RepoCache {
 impl RepoCache {
     /// The export of `did` at `rev`: the cached one, or the one `build` makes (which then
     /// replaces the DID's older one).
-    pub async fn get<F, Fut>(&self, did: &str, rev: String, build: F) -> Result<Arc<Built>, String>
+    pub async fn get<F, Fut>(&self, did: &str, rev: String, build: F) -> Result<Arc<Built>, BuildError>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Arc<Built>, String>>,
+        Fut: Future<Output = Result<Arc<Built>, BuildError>>,
     {
         let slot = {
             let mut slots = lock(&self.slots);
@@ -56,11 +56,15 @@ impl RepoCache {
 
 /// Builds the export of `account`'s repo at `rev` holding `entries` (`(collection/rkey,
 /// DAG-CBOR)` in key order) on a blocking thread.
-pub(crate) async fn build(account: Account, rev: String, entries: Vec<(String, Bytes)>) -> Result<Arc<Built>, String> {
+pub(crate) async fn build(
+    account: Account,
+    rev: String,
+    entries: Vec<(String, Bytes)>,
+) -> Result<Arc<Built>, BuildError> {
     let handle = tokio::runtime::Handle::current();
     let built = tokio::task::spawn_blocking(move || {
-        let (head, car) = handle.block_on(export_repo(&account, &rev, entries)).map_err(|e| e.to_string())?;
-        Ok::<_, String>(Built { rev, head, car: Bytes::from(car) })
+        let (head, car) = handle.block_on(export_repo(&account, &rev, entries))?;
+        Ok::<_, BuildError>(Built { rev, head, car: Bytes::from(car) })
     });
-    built.await.map_err(|e| e.to_string())?.map(Arc::new)
+    built.await?.map(Arc::new)
 }

@@ -58,13 +58,23 @@ pub fn rev_at(n: u64) -> String {
     Tid::from_time(1_700_000_000_000_000 + n, 0).as_str().to_string()
 }
 
-/// Why an export could not be built.
+/// Why an export (or a firehose commit's blocks) could not be built: jacquard's error, kept
+/// as the source.
 #[derive(Debug, thiserror::Error)]
-#[error("building a repo export: {0}")]
-pub struct BuildError(String);
+pub enum BuildError {
+    /// jacquard's repo, MST or signing layer refused.
+    #[error("building a repo export")]
+    Repo(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The account is not the devnet's.
+    #[error("no devnet account {0}")]
+    NoAccount(String),
+    /// The blocking task that builds exports failed.
+    #[error("the export's build task")]
+    Task(#[from] tokio::task::JoinError),
+}
 
-pub(crate) fn err(e: impl std::fmt::Display) -> BuildError {
-    BuildError(e.to_string())
+pub(crate) fn err(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> BuildError {
+    BuildError::Repo(e.into())
 }
 
 /// Builds the signed repo of `account` holding `records` at `rev`, as CAR bytes (commit block
@@ -103,7 +113,7 @@ where
     writer.write(commit_cid, &commit_bytes).await.map_err(err)?;
     if empty {
         // jacquard writes no node for an empty tree; an export still needs its empty root node.
-        let root = storage.get(&data).await.map_err(err)?.ok_or_else(|| BuildError("empty MST root missing".into()))?;
+        let root = storage.get(&data).await.map_err(err)?.ok_or_else(|| err("empty MST root missing"))?;
         writer.write(data, &root).await.map_err(err)?;
     } else {
         mst.write_blocks_to_car(&mut writer).await.map_err(err)?;

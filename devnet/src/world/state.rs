@@ -10,7 +10,7 @@ use cid::Cid;
 
 use super::cache::{self, Built, RepoCache};
 use super::events::{Base, Change, Emit, EventQueue, Pending, Tamper};
-use super::repos::{Account, rev_at};
+use super::repos::{Account, BuildError, rev_at};
 use crate::lock::lock;
 
 /// An account's hosting status, as `com.atproto.sync.getRepoStatus` reports it.
@@ -386,16 +386,16 @@ impl World {
 
     /// The export of `did`'s repo as it is now (`None` for an unknown DID), built on a blocking
     /// thread when not cached.
-    pub async fn built(&self, did: &str) -> Option<Result<Arc<Built>, String>> {
+    pub async fn built(&self, did: &str) -> Option<Result<Arc<Built>, BuildError>> {
         let rev = self.read(did, |a| a.rev.clone())?;
         Some(self.cache.get(did, rev, || self.build(did)).await)
     }
 
     /// Builds the export of `did` as it is now (a snapshot taken under the lock; the export
     /// built without it).
-    async fn build(&self, did: &str) -> Result<Arc<Built>, String> {
+    async fn build(&self, did: &str) -> Result<Arc<Built>, BuildError> {
         let snapshot = self.read(did, |a| (a.account.clone(), a.rev.clone(), a.entries()));
-        let (account, rev, entries) = snapshot.ok_or_else(|| format!("no devnet account {did}"))?;
+        let (account, rev, entries) = snapshot.ok_or_else(|| BuildError::NoAccount(did.to_string()))?;
         cache::build(account, rev, entries).await
     }
 }
