@@ -65,12 +65,18 @@ impl HandleResolver {
             Some(url) => {
                 Ok(Self { http: http_client(timeout)?, how: How::Service(url.trim_end_matches('/').to_string()) })
             }
-            None => Self::direct(TokioResolver::builder_tokio().map_err(HandleError::DnsConfig)?, timeout),
+            None => Self::direct(
+                TokioResolver::builder_tokio().map_err(HandleError::DnsConfig)?,
+                timeout,
+                crate::http::client_builder(),
+            ),
         }
     }
 
     /// Resolves directly (DNS, then HTTPS), asking the DNS server at `nameserver` (UDP)
-    /// instead of the system's: for a resolver of one's own, and for tests.
+    /// instead of the system's, for the TXT record and for the well-known host's address alike:
+    /// for a resolver of one's own, and for tests. No proxy is used, since a proxy would look
+    /// the host up its own way.
     pub fn direct_via(nameserver: std::net::SocketAddr, timeout: Duration) -> Result<Self, HandleError> {
         use hickory_resolver::config::{NameServerConfig, ResolverConfig};
         let mut server = NameServerConfig::udp(nameserver.ip());
@@ -79,19 +85,21 @@ impl HandleResolver {
         Self::direct(
             TokioResolver::builder_with_config(ResolverConfig::from_name_servers(vec![server]), provider),
             timeout,
+            crate::http::client_builder().no_proxy(),
         )
     }
 
-    /// Direct resolution through the DNS resolver `builder` makes, each lookup within `timeout`.
+    /// Direct resolution through the DNS resolver `builder` makes, each lookup within `timeout`;
+    /// the HTTPS client (from `http`) finds hosts through that resolver too.
     fn direct(
         mut builder: hickory_resolver::ResolverBuilder<hickory_resolver::net::runtime::TokioRuntimeProvider>,
         timeout: Duration,
+        http: reqwest::ClientBuilder,
     ) -> Result<Self, HandleError> {
         builder.options_mut().timeout = timeout;
-        Ok(Self {
-            http: http_client(timeout)?,
-            how: How::Direct(Box::new(builder.build().map_err(HandleError::DnsConfig)?)),
-        })
+        let dns = builder.build().map_err(HandleError::DnsConfig)?;
+        let http = http.timeout(timeout).dns_resolver(Arc::new(HostsByDns(dns.clone())));
+        Ok(Self { http: http.build().map_err(HandleError::Client)?, how: How::Direct(Box::new(dns)) })
     }
 
     /// The DID `handle` resolves to: `Ok(None)` when it resolves to none, `Err` when the
@@ -134,6 +142,22 @@ impl HandleResolver {
 /// The HTTP client of handle lookups.
 fn http_client(timeout: Duration) -> Result<reqwest::Client, HandleError> {
     crate::http::client_builder().timeout(timeout).build().map_err(HandleError::Client)
+}
+
+/// The well-known fetch's host look-ups, through the DNS resolver the TXT look-ups use, so that
+/// one resolver (the system's, or the one `direct_via` names) answers both.
+struct HostsByDns(TokioResolver);
+
+impl reqwest::dns::Resolve for HostsByDns {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let (dns, host) = (self.0.clone(), format!("{}.", name.as_str().trim_end_matches('.')));
+        Box::pin(async move {
+            let ips = dns.lookup_ip(host).await?;
+            // Port 0: reqwest puts the URL's port (443) in.
+            let addrs: reqwest::dns::Addrs = Box::new(ips.into_iter().map(|ip| std::net::SocketAddr::new(ip, 0)));
+            Ok(addrs)
+        })
+    }
 }
 
 /// The DID of `_atproto.<handle>`'s TXT record; `Ok(None)` when there is none (or several that
@@ -329,14 +353,20 @@ impl HandleChecker {
 mod tests {
     use super::*;
     use hickory_resolver::proto::op::{Message, OpCode, ResponseCode};
-    use hickory_resolver::proto::rr::Record;
     use hickory_resolver::proto::rr::rdata::TXT;
+    use hickory_resolver::proto::rr::{Record, RecordType};
+
+    /// The questions a [`dns_server`] was asked: (name without the final dot, type).
+    type Asked = Arc<std::sync::Mutex<Vec<(String, RecordType)>>>;
 
     /// A DNS server on 127.0.0.1 that knows `_atproto` TXT records: `alice.test` has one,
-    /// `twice.test` has two that disagree; every other name does not exist.
-    async fn dns_server() -> std::net::SocketAddr {
+    /// `twice.test` has two that disagree; every other name does not exist. It keeps the
+    /// questions it was asked.
+    async fn dns_server() -> (std::net::SocketAddr, Asked) {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
+        let asked = Asked::default();
+        let log = asked.clone();
         tokio::spawn(async move {
             let mut buf = vec![0u8; 1500];
             while let Ok((n, from)) = socket.recv_from(&mut buf).await {
@@ -344,28 +374,59 @@ mod tests {
                 let mut answer = Message::response(query.metadata.id, OpCode::Query);
                 for q in &query.queries {
                     answer.add_query(q.clone());
+                    let name = q.name().to_ascii().trim_end_matches('.').to_string();
+                    log.lock().unwrap().push((name.clone(), q.query_type()));
                     let txt = |did: &str| {
                         Record::from_rdata(q.name().clone(), 60, RData::TXT(TXT::new(vec![format!("did={did}")])))
                     };
-                    match q.name().to_ascii().trim_end_matches('.') {
-                        "_atproto.alice.test" => drop(answer.add_answer(txt("did:plc:alice"))),
-                        "_atproto.twice.test" => drop(answer.add_answers([txt("did:plc:one"), txt("did:plc:two")])),
+                    match (name.as_str(), q.query_type()) {
+                        ("_atproto.alice.test", RecordType::TXT) => drop(answer.add_answer(txt("did:plc:alice"))),
+                        ("_atproto.twice.test", RecordType::TXT) => {
+                            answer.add_answers([txt("did:plc:one"), txt("did:plc:two")]);
+                        }
                         _ => answer.metadata.response_code = ResponseCode::NXDomain,
                     }
                 }
                 let _ = socket.send_to(&answer.to_vec().unwrap(), from).await;
             }
         });
-        addr
+        (addr, asked)
     }
 
     /// The direct path against a real DNS exchange: a TXT record resolves a handle; none, or
     /// two that disagree, resolve it to nothing (the HTTPS fallback finds nothing either).
     #[tokio::test]
     async fn handles_resolve_by_their_atproto_txt_record() {
-        let resolver = HandleResolver::direct_via(dns_server().await, Duration::from_secs(2)).unwrap();
+        let resolver = HandleResolver::direct_via(dns_server().await.0, Duration::from_secs(2)).unwrap();
         assert_eq!(resolver.resolve("alice.test").await.unwrap().as_deref(), Some("did:plc:alice"));
         assert_eq!(resolver.resolve("twice.test").await.unwrap(), None, "records that disagree name no DID");
         assert_eq!(resolver.resolve("nobody.test").await.unwrap(), None);
+    }
+
+    /// The HTTPS well-known fallback finds its host through the nameserver `direct_via` names,
+    /// not the system's: the fake server is asked for the host's address (A or AAAA) after the
+    /// TXT record, and for no name but the two. A system look-up would reach it with neither.
+    #[tokio::test]
+    async fn the_well_known_fallback_asks_the_given_nameserver_for_its_host() {
+        let (nameserver, asked) = dns_server().await;
+        let resolver = HandleResolver::direct_via(nameserver, Duration::from_secs(2)).unwrap();
+        assert_eq!(resolver.resolve("nobody.test").await.unwrap(), None);
+        let asked = asked.lock().unwrap().clone();
+        assert_eq!(asked.first(), Some(&("_atproto.nobody.test".to_string(), RecordType::TXT)), "{asked:?}");
+        let host: Vec<_> = asked.iter().filter(|(name, _)| name == "nobody.test").map(|(_, t)| *t).collect();
+        assert!(
+            host.iter().any(|t| matches!(t, RecordType::A | RecordType::AAAA)),
+            "the well-known host was looked up here: {asked:?}"
+        );
+        assert!(
+            asked.iter().all(|(name, _)| name == "nobody.test" || name == "_atproto.nobody.test"),
+            "no other name (no search domain) was asked: {asked:?}"
+        );
+
+        // A handle with a TXT record never gets as far as HTTPS.
+        let (nameserver, asked) = dns_server().await;
+        let resolver = HandleResolver::direct_via(nameserver, Duration::from_secs(2)).unwrap();
+        assert_eq!(resolver.resolve("alice.test").await.unwrap().as_deref(), Some("did:plc:alice"));
+        assert_eq!(*asked.lock().unwrap(), [("_atproto.alice.test".to_string(), RecordType::TXT)]);
     }
 }
