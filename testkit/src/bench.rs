@@ -132,6 +132,9 @@ pub fn run_child(binary: &str, args: &[&str], stderr: Option<&std::path::Path>) 
     let log = if stderr.is_some() { "info" } else { "warn" };
     let mut command = Command::new(binary);
     command.args(args).env("RUST_LOG", log).stdout(Stdio::null()).stderr(err);
+    for var in crate::PROXY_VARS {
+        command.env_remove(var);
+    }
     let cpu = CHILD_CPU.load(std::sync::atomic::Ordering::Relaxed);
     if cpu >= 0 {
         use std::os::unix::process::CommandExt;

@@ -11,6 +11,7 @@ mod nats;
 pub mod server;
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use sluice::{Filter, Sluice};
 use sluice_devnet::Devnet;
@@ -69,8 +70,18 @@ pub fn car_file(car: &[u8]) -> std::fs::File {
     file
 }
 
+/// Points `config`'s network at `net`: its relay and PLC directory, and its relay's
+/// `resolveHandle` for handle checks, so that nothing is asked of DNS (the system's resolver
+/// would look up `_atproto.<handle>` on the machine's nameserver).
+pub fn on_devnet(config: &mut sluice::Config, net: &Devnet) {
+    config.network.relay = net.relay_url();
+    config.network.plc = net.plc_url();
+    config.network.handle_resolver = Some(net.relay_url());
+}
+
 /// A config file in `dir` pointing a `sluice` child process at `net` (full-mode filter, data in
-/// `dir/data`), with `extra` TOML sections appended; returns its path.
+/// `dir/data`), with `extra` TOML sections appended; returns its path. Handles are checked with
+/// the devnet relay's `resolveHandle`, as [`on_devnet`] does.
 pub fn devnet_config_file(dir: &Path, net: &Devnet, extra: &str) -> PathBuf {
     let filter = dir.join("filter.toml");
     std::fs::write(&filter, "mode = \"full\"\n").unwrap();
@@ -81,19 +92,71 @@ pub fn devnet_config_file(dir: &Path, net: &Devnet, extra: &str) -> PathBuf {
 pub fn devnet_config_with_filter(dir: &Path, net: &Devnet, filter: &Path, extra: &str) -> PathBuf {
     let config = dir.join("config.toml");
     let text = format!(
-        "[storage]\npath = {:?}\n[filter]\npath = {filter:?}\n[network]\nrelay = {:?}\nplc = {:?}\n{extra}",
+        "[storage]\npath = {:?}\n[filter]\npath = {filter:?}\n[network]\nrelay = {:?}\nplc = {:?}\n\
+         handle_resolver = {:?}\n{extra}",
         dir.join("data"),
         net.relay_url(),
-        net.plc_url()
+        net.plc_url(),
+        net.relay_url()
     );
     std::fs::write(&config, text).unwrap();
     config
 }
 
+/// The proxy variables HTTP clients (reqwest, curl) read from the environment.
+pub const PROXY_VARS: [&str; 6] = ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"];
+
+/// A command running `binary` (a `sluice` build) with no proxy variables, so that the child's
+/// requests to 127.0.0.1 go there and not through a proxy.
+pub fn sluice_command(binary: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(binary);
+    for var in PROXY_VARS {
+        command.env_remove(var);
+    }
+    command
+}
+
+/// An HTTP client for the tests' own requests (all to 127.0.0.1): no proxy, whatever the
+/// environment says.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().expect("an HTTP client")
+}
+
+/// The text of `GET {base}/metrics` (`base`: `http://127.0.0.1:PORT`), `None` while nothing
+/// answers there.
+pub async fn metrics(base: &str) -> Option<String> {
+    let response = http().get(format!("{base}/metrics")).send().await.ok()?;
+    response.text().await.ok()
+}
+
+/// The value of the sample `sample` (a metric's name with its labels as the text shows them,
+/// e.g. `sluice_repos{status="synced"}`) in Prometheus text `metrics`.
+pub fn metric(metrics: &str, sample: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| line.strip_prefix(sample)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// How long [`wait_until`] waits: far longer than any wait should take, even on a loaded machine.
+pub const WAIT_LIMIT: Duration = Duration::from_secs(60);
+
+/// Polls `cond` (every 10 ms) until it holds; panics naming `what` when it has not within
+/// [`WAIT_LIMIT`]. What tests wait on instead of sleeping: a state, not a time.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    wait_until_async(what, || std::future::ready(cond())).await
+}
+
+/// [`wait_until`] for a condition that has to await (an HTTP request, a NATS query).
+pub async fn wait_until_async<F: std::future::Future<Output = bool>>(what: &str, mut cond: impl FnMut() -> F) {
+    let deadline = Instant::now() + WAIT_LIMIT;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out after {WAIT_LIMIT:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Starts `BINARY --config CONFIG COMMAND` (a `sluice` build: `env!("CARGO_BIN_EXE_sluice")` in
-/// the tests of its package) with its log appended to `log`.
+/// the tests of its package) with its log appended to `log`, and no proxy variables.
 pub fn spawn_sluice(binary: &str, config: &Path, command: &str, log: &Path) -> std::process::Child {
-    std::process::Command::new(binary)
+    sluice_command(binary)
         .args(["--config", config.to_str().unwrap(), command])
         .env_remove("RUST_LOG")
         .stdout(std::process::Stdio::null())
