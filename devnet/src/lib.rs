@@ -15,7 +15,8 @@
 //! - `firehose/`: `frame`, the wire encoding; `sequencer` (seq, history, live broadcast);
 //!   `commit`, an account's MST between commits and its signed `#commit`s; `feed`, the worker
 //!   thread that turns the World's jobs into events in rev order; `ws`, subscribeRepos on the
-//!   PDS hosts and the relay; `synth`, [`synthetic_stream`] for benchmarks.
+//!   PDS hosts and the relay; `synth`, [`synthetic_stream`] for benchmarks and
+//!   [`SyntheticRepo`], one account's events made one at a time, for model tests.
 //! - `identity/`: DID documents (`diddoc`), the PLC directory (`plc`), resolveHandle (`handle`).
 //! - `relay/`: the relay's routes (`server`) and the repo listings it shares with the PDS hosts
 //!   (`listing`).
@@ -44,7 +45,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use firehose::synth::{SyntheticStream, synthetic_stream};
+pub use firehose::synth::{SyntheticEvent, SyntheticRepo, SyntheticStream, synthetic_stream};
 pub use identity::plc::PLC_RESOLVE;
 pub use pds::server::DID_WEB_RESOLVE;
 pub use world::events::Tamper;

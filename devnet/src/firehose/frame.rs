@@ -10,6 +10,7 @@ use serde::Serialize;
 pub(crate) struct EncodeError(#[source] Box<dyn std::error::Error + Send + std::marker::Sync>);
 
 /// An event body waiting for its `seq`.
+#[derive(Clone)]
 pub(crate) enum Body {
     /// `#commit`.
     Commit(Box<Commit>),

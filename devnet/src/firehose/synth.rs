@@ -1,17 +1,20 @@
 //! A synthetic firehose for benchmarks, without servers: [`synthetic_stream`] makes valid,
 //! signed sync 1.1 `#commit` frames spread round-robin over some accounts, each continuing its
 //! account's `prevData` chain from the empty repo given in [`SyntheticStream::initial`].
-//! Deterministic for a seed; accounts are split over the available cores.
+//! Deterministic for a seed; accounts are split over the available cores. [`SyntheticRepo`]
+//! makes one account's events one at a time, of every kind, for tests that model a stream.
 
 use chrono::{DateTime, SecondsFormat};
-use jacquard_common::types::string::Datetime;
+use jacquard_api::com_atproto::sync::subscribe_repos::{self as lex, AccountStatus as LexStatus};
+use jacquard_common::types::string::{Datetime, Did, Handle};
 use jacquard_common::types::tid::Tid;
+use smol_str::SmolStr;
 
 use super::commit::Chain;
 use super::frame::Body;
-use crate::world::events::Change;
+use crate::world::events::{Change, Tamper};
 use crate::world::populate::{Rng, START_US, record, record_of};
-use crate::world::repos::{Account, rev_at};
+use crate::world::repos::{Account, BuildError, err, rev_at};
 
 /// Frames and what a consumer needs to check and apply them.
 pub struct SyntheticStream {
@@ -118,4 +121,102 @@ fn changes(rng: &mut Rng, dids: &[String], keys: &mut Vec<String>, us: u64) -> V
 fn put(key: &str, cbor: Vec<u8>) -> Change {
     let cid = jacquard_repo::mst::util::compute_cid(&cbor).expect("a sha2-256 digest always wraps");
     (key.to_string(), Some((cid, cbor.into())))
+}
+
+/// One account's repo, changed one commit at a time, and its events (`#commit`, `#sync`,
+/// `#account`, `#identity`) as [`synthetic_stream`] signs them, for tests that decide the stream
+/// themselves. Blocking: it keeps a runtime of its own for jacquard's MST.
+pub struct SyntheticRepo {
+    rt: tokio::runtime::Runtime,
+    did: Did<SmolStr>,
+    chain: Chain,
+}
+
+/// An event of a [`SyntheticRepo`] before it is numbered: the same event can be framed again
+/// under a later `seq`, as a relay replaying it would.
+#[derive(Clone)]
+pub struct SyntheticEvent(Body);
+
+impl SyntheticEvent {
+    /// The frame of this event numbered `seq`.
+    pub fn frame(&self, seq: i64) -> Vec<u8> {
+        self.0.clone().encode(seq).expect("a synthetic event encodes")
+    }
+}
+
+impl SyntheticRepo {
+    /// The empty repo of `account` at `rev`.
+    pub fn new(account: &Account, rev: &str) -> Result<Self, BuildError> {
+        let rt = tokio::runtime::Builder::new_current_thread().build().map_err(err)?;
+        let chain = rt.block_on(Chain::build(account, rev, &[]))?;
+        let did = Did::new(SmolStr::new(&account.did)).map_err(err)?;
+        Ok(Self { rt, did, chain })
+    }
+
+    /// The current rev.
+    pub fn rev(&self) -> &str {
+        self.chain.rev()
+    }
+
+    /// The current MST root.
+    pub fn data(&self) -> Result<cid::Cid, BuildError> {
+        self.rt.block_on(self.chain.data())
+    }
+
+    /// Commits `changes` (`collection/rkey` and the new DAG-CBOR record, `None` to delete) at
+    /// `rev` and returns the `#commit`, altered as `tamper` says; the repo moves on either way.
+    pub fn commit(
+        &mut self,
+        rev: &str,
+        changes: &[(String, Option<Vec<u8>>)],
+        tamper: Option<Tamper>,
+    ) -> Result<SyntheticEvent, BuildError> {
+        let changes: Vec<Change> = changes
+            .iter()
+            .map(|(key, record)| {
+                let put = record.as_ref().map(|cbor| -> Result<_, BuildError> {
+                    Ok((jacquard_repo::mst::util::compute_cid(cbor).map_err(err)?, cbor.clone().into()))
+                });
+                Ok((key.clone(), put.transpose()?))
+            })
+            .collect::<Result<_, BuildError>>()?;
+        let event = self.rt.block_on(self.chain.commit(rev, &changes, tamper, Datetime::now()))?;
+        Ok(SyntheticEvent(Body::Commit(Box::new(event))))
+    }
+
+    /// A `#sync` of the current commit.
+    pub fn sync(&self) -> Result<SyntheticEvent, BuildError> {
+        let blocks = self.rt.block_on(self.chain.sync_blocks())?;
+        Ok(SyntheticEvent(Body::Sync(Box::new(lex::Sync {
+            blocks: blocks.into(),
+            did: self.did.clone(),
+            rev: SmolStr::new(self.chain.rev()),
+            seq: 0,
+            time: Datetime::now(),
+            extra_data: None,
+        }))))
+    }
+
+    /// An `#account`: whether it is active, and its status (`takendown`, `deleted`, ...).
+    pub fn account(&self, active: bool, status: Option<&str>) -> SyntheticEvent {
+        SyntheticEvent(Body::Account(Box::new(lex::Account {
+            active,
+            did: self.did.clone(),
+            seq: 0,
+            status: status.map(|s| LexStatus::from_value(SmolStr::new(s))),
+            time: Datetime::now(),
+            extra_data: None,
+        })))
+    }
+
+    /// An `#identity` naming `handle`.
+    pub fn identity(&self, handle: &str) -> SyntheticEvent {
+        SyntheticEvent(Body::Identity(Box::new(lex::Identity {
+            did: self.did.clone(),
+            handle: Some(Handle::raw(SmolStr::new(handle))),
+            seq: 0,
+            time: Datetime::now(),
+            extra_data: None,
+        })))
+    }
 }
