@@ -151,6 +151,13 @@ impl Firehose {
         self.position.safe()
     }
 
+    /// Saves the safe cursor now, as `run` does every second: for tests that feed frames
+    /// through [`Firehose::ingest`] without a connection.
+    #[doc(hidden)]
+    pub fn save_cursor(&self) -> Result<(), StoreError> {
+        self.position.save()
+    }
+
     /// Frames dispatched and not yet finished.
     pub fn in_flight(&self) -> usize {
         self.position.in_flight()
