@@ -76,11 +76,12 @@ impl StreamPosition {
         self.tracker.in_flight()
     }
 
-    /// A frame `seq` arrived. With no cursor saved yet, saves the position just before it at
-    /// once: a crash before the first periodic save then resumes from there instead of going
-    /// live and missing what came in between.
+    /// A frame `seq` arrived. With no cursor saved yet and no frame in flight, saves the
+    /// position just before it at once: a crash before the first periodic save then resumes
+    /// from there instead of going live and missing what came in between. (With a frame in
+    /// flight, say the first of a stream that starts at seq 1, `seq - 1` may not be finished.)
     pub fn arrived(&self, seq: i64) {
-        if self.saved.load(Ordering::Relaxed) > 0 || seq <= 1 {
+        if self.saved.load(Ordering::Relaxed) > 0 || seq <= 1 || self.tracker.in_flight() > 0 {
             return;
         }
         self.saved.store(seq - 1, Ordering::Relaxed);
