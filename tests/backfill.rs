@@ -27,8 +27,7 @@ struct Setup {
 
 fn config(net: &Devnet, tweak: impl FnOnce(&mut Config)) -> Config {
     let mut c = Config::default();
-    c.network.relay = net.relay_url();
-    c.network.plc = net.plc_url();
+    testkit::on_devnet(&mut c, net);
     c.backfill.retry_min_ms = 50;
     c.backfill.retry_max_ms = 200;
     c.backfill.max_retries = 3;
@@ -304,16 +303,21 @@ async fn the_memory_cap_and_idle_mode_hold_new_repos_until_released() {
     });
     let backfill = s.backfill.clone();
     let running = tokio::spawn(async move { backfill.run(RunMode::UntilEmpty, true).await });
-    tokio::time::sleep(Duration::from_millis(1500)).await;
     let p = s.backfill.progress();
-    assert!(p.memory_paused.load(Ordering::Relaxed), "resident memory is over a 1 MB cap");
-    assert_eq!(p.done.load(Ordering::Relaxed), 0, "no repo starts over the cap");
+    // The crawl has queued all six, and the scheduler holds them: none starts over the cap.
+    testkit::wait_until("the six repos queued and the memory pause", || {
+        s.sluice.store().repo_count(RepoStatus::Pending) == 6 && p.memory_paused.load(Ordering::Relaxed)
+    })
+    .await;
+    assert_eq!(p.done.load(Ordering::Relaxed) + p.in_flight.load(Ordering::Relaxed), 0, "no repo starts over the cap");
 
     s.backfill.live_backlog().store(10_000, Ordering::Relaxed);
     s.backfill.set_memory_cap_mb(0);
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(p.idle_paused.load(Ordering::Relaxed), "idle mode yields to a live backlog");
-    assert_eq!(p.done.load(Ordering::Relaxed), 0);
+    testkit::wait_until("idle mode to yield to a live backlog", || {
+        p.idle_paused.load(Ordering::Relaxed) && !p.memory_paused.load(Ordering::Relaxed)
+    })
+    .await;
+    assert_eq!(p.done.load(Ordering::Relaxed) + p.in_flight.load(Ordering::Relaxed), 0, "none starts while idle");
 
     s.backfill.live_backlog().store(0, Ordering::Relaxed);
     tokio::time::timeout(RUN_LIMIT, running).await.unwrap().unwrap().unwrap();
@@ -374,18 +378,24 @@ async fn a_filter_edit_that_adds_a_collection_backfills_it() {
     let before = check_event_log(&s).len();
 
     let backfill = s.backfill.clone();
-    let running = tokio::spawn(async move { backfill.run(RunMode::Forever, false).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut running = Box::pin(async move { backfill.run(RunMode::Forever, false).await });
+    // Its first poll starts the run, which takes the filter in force before it first awaits:
+    // the edit below comes after, and is followed.
+    std::future::poll_fn(|cx| {
+        assert!(running.as_mut().poll(cx).is_pending(), "a run in Forever mode goes on");
+        std::task::Poll::Ready(())
+    })
+    .await;
+    let running = tokio::spawn(running);
     s.sluice.pipeline().filter().store(
         Filter::from_toml("mode = \"full\"\ncollections = [\"app.bsky.feed.post\", \"app.bsky.feed.like\"]", "t")
             .unwrap(),
     );
     let both = |c: &str| posts(c) || c == "app.bsky.feed.like";
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while dids.iter().any(|d| stored(&s, d) != held(&s, d, both)) {
-        assert!(Instant::now() < deadline, "likes were backfilled after the edit");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    testkit::wait_until("the likes backfilled after the edit", || {
+        dids.iter().all(|d| stored(&s, d) == held(&s, d, both))
+    })
+    .await;
     s.backfill.stop();
     tokio::time::timeout(RUN_LIMIT, running).await.unwrap().unwrap().unwrap();
     let events = check_event_log(&s);

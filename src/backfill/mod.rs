@@ -257,7 +257,10 @@ impl Backfill {
             return Ok(());
         }
         self.run_over.store(false, Ordering::Relaxed);
-        let dids: Vec<String> = self.pipeline.filter().load().filter.dids.iter().cloned().collect();
+        // The filter in force as the run starts (before its first await): an edit from here on
+        // is followed, however soon the follower's task first runs.
+        let in_force = self.pipeline.filter().load();
+        let dids: Vec<String> = in_force.filter.dids.iter().cloned().collect();
         self.store().queue().enqueue_new(&self.owned(&dids), None)?;
         // Nothing is in flight yet: repos an earlier run left in flight are taken again.
         self.store().queue().rewind();
@@ -271,7 +274,7 @@ impl Backfill {
             helpers.spawn(async move { me.crawl_all(&done).await });
         }
         let me = self.clone();
-        helpers.spawn(async move { requeue::follow_filter_edits(&me).await });
+        helpers.spawn(async move { requeue::follow_filter_edits(&me, in_force).await });
         let (me, reporter_stop) = (self.clone(), tokio_util::sync::CancellationToken::new());
         let stop_reporter = reporter_stop.clone();
         let every = Duration::from_secs(self.config.progress_secs.max(1));

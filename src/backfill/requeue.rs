@@ -45,10 +45,10 @@ pub fn widening(old: &Filter, new: &Filter) -> Widening {
     }
 }
 
-/// Watches the filter in force and queues repos again when an edit widens it.
-pub(super) async fn follow_filter_edits(backfill: &Arc<Backfill>) {
+/// Watches the filter in force, from `current` (the one in force when the run started) on, and
+/// queues repos again when an edit widens it.
+pub(super) async fn follow_filter_edits(backfill: &Arc<Backfill>, mut current: Arc<crate::filter::CompiledFilter>) {
     let filter = backfill.pipeline.filter().clone();
-    let mut current = filter.load();
     while !backfill.stopping() {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let new = filter.load();
