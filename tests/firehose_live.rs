@@ -38,8 +38,7 @@ async fn start(net: Devnet, filter: &str, tweak: impl FnOnce(&mut Config)) -> Ru
     let dir = tempfile::tempdir().unwrap();
     let mut c = Config::default();
     c.storage.path = dir.path().join("data");
-    c.network.relay = net.relay_url();
-    c.network.plc = net.plc_url();
+    testkit::on_devnet(&mut c, &net);
     (c.backfill.retry_min_ms, c.backfill.retry_max_ms, c.backfill.progress_secs) = (50, 200, 1);
     tweak(&mut c);
     let sluice =
@@ -52,7 +51,10 @@ async fn start(net: Devnet, filter: &str, tweak: impl FnOnce(&mut Config)) -> Ru
     let b = backfill.clone();
     let backfilling = tokio::spawn(async move { b.run(RunMode::Forever, true).await.expect("backfill runs") });
     let running = Running { net, sluice, backfill, firehose, stop, tasks: vec![live, backfilling], _dir: dir };
-    wait("the firehose to connect", || running.net.request_count("com.atproto.sync.subscribeRepos") >= 1).await;
+    testkit::wait_until("the firehose to connect", || {
+        running.net.request_count("com.atproto.sync.subscribeRepos") >= 1
+    })
+    .await;
     running
 }
 
@@ -134,14 +136,6 @@ impl Running {
     }
 }
 
-async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + LIMIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 fn post(text: &str) -> serde_json::Value {
     json!({"$type": "app.bsky.feed.post", "text": text, "createdAt": "2026-11-01T00:00:00.000Z"})
 }
@@ -167,7 +161,7 @@ async fn live_writes_become_events_within_a_second_in_order() {
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let dids = [account(&net, 1, 3), account(&net, 2, 3)];
     let s = start(net, FULL, |_| {}).await;
-    wait("the backfill", || dids.iter().all(|d| s.in_step(d))).await;
+    testkit::wait_until("the backfill", || dids.iter().all(|d| s.in_step(d))).await;
 
     let did = &dids[0];
     let mut ids = Vec::new();
@@ -178,7 +172,7 @@ async fn live_writes_become_events_within_a_second_in_order() {
             1 => s.net.put_record(did, "app.bsky.feed.post", "3lzzzzzzzzzz2", post("edited")).map(drop).unwrap(),
             _ => s.net.delete_record(did, "app.bsky.feed.post", "3lzzzzzzzzzz2").unwrap(),
         }
-        wait("the live event", || live_event(&s, did, "3lzzzzzzzzzz2", action).is_some()).await;
+        testkit::wait_until("the live event", || live_event(&s, did, "3lzzzzzzzzzz2", action).is_some()).await;
         let took = started.elapsed();
         assert!(took < Duration::from_secs(1), "{action:?} took {took:?} to become an event");
         ids.push(live_event(&s, did, "3lzzzzzzzzzz2", action).unwrap());
@@ -186,7 +180,9 @@ async fn live_writes_become_events_within_a_second_in_order() {
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "create, update, delete in order: {ids:?}");
     assert!(s.in_step(did));
     let pds = &s.net.pds_urls()[s.net.pds_of(did).unwrap()];
-    let latest: serde_json::Value = reqwest::get(format!("{pds}/xrpc/com.atproto.sync.getLatestCommit?did={did}"))
+    let latest: serde_json::Value = testkit::http()
+        .get(format!("{pds}/xrpc/com.atproto.sync.getLatestCommit?did={did}"))
+        .send()
         .await
         .unwrap()
         .json()
@@ -212,7 +208,7 @@ async fn writes_during_a_backfill_arrive_once_and_in_order() {
     // Small batches with pauses: the walk takes over a second, and writes land inside it.
     let s = start(net, FULL, |c| (c.backfill.batch_size, c.backfill.batch_delay_ms) = (50, 40)).await;
     let in_flight = || s.backfill.progress().in_flight.load(Ordering::Relaxed);
-    wait("the backfill to start", || in_flight() == 1).await;
+    testkit::wait_until("the backfill to start", || in_flight() == 1).await;
     let existing: Vec<(String, String)> = s.on_pds(&did).into_keys().take(2).collect();
     s.net.put_record(&did, "app.bsky.feed.post", "3lzzzzzzzzzz1", post("during")).unwrap();
     s.net.put_record(&did, &existing[0].0, &existing[0].1, post("updated during")).unwrap();
@@ -220,7 +216,7 @@ async fn writes_during_a_backfill_arrive_once_and_in_order() {
     s.net.put_record(&did, "app.bsky.feed.post", "3lzzzzzzzzzz1", post("during, edited")).unwrap();
     assert_eq!((s.status(&did), in_flight()), (Some(RepoStatus::Pending), 1), "the writes landed during the walk");
 
-    wait("the held commits to be applied", || s.in_step(&did)).await;
+    testkit::wait_until("the held commits to be applied", || s.in_step(&did)).await;
     let held = s.firehose.live().metrics().held.load(Ordering::Relaxed);
     assert!(held >= 4, "the commits made during the walk were held ({held})");
     s.assert_replay_matches(&did);
@@ -236,12 +232,12 @@ async fn forged_stale_and_chain_breaking_commits_are_refused_or_resynced() {
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let [forged, stale, broken] = [account(&net, 11, 2), account(&net, 12, 2), account(&net, 13, 2)];
     let s = start(net, FULL, |_| {}).await;
-    wait("the backfill", || [&forged, &stale, &broken].iter().all(|d| s.in_step(d))).await;
+    testkit::wait_until("the backfill", || [&forged, &stale, &broken].iter().all(|d| s.in_step(d))).await;
     let metrics = s.firehose.live().metrics();
 
     s.net.tamper_next_commit(&forged, Tamper::ForgedSignature);
     s.net.put_record(&forged, "app.bsky.feed.post", "3lzzzzzzzzzz3", post("forged")).unwrap();
-    wait("the forged commit to be refused", || metrics.refused.load(Ordering::Relaxed) >= 1).await;
+    testkit::wait_until("the forged commit to be refused", || metrics.refused.load(Ordering::Relaxed) >= 1).await;
     assert!(
         !s.stored(&forged).contains_key(&("app.bsky.feed.post".to_string(), "3lzzzzzzzzzz3".to_string())),
         "a forged commit writes nothing"
@@ -249,26 +245,26 @@ async fn forged_stale_and_chain_breaking_commits_are_refused_or_resynced() {
 
     s.net.tamper_next_commit(&stale, Tamper::StaleRev);
     s.net.put_record(&stale, "app.bsky.feed.post", "3lzzzzzzzzzz4", post("stale")).unwrap();
-    wait("the stale commit to be skipped", || metrics.stale.load(Ordering::Relaxed) >= 1).await;
+    testkit::wait_until("the stale commit to be skipped", || metrics.stale.load(Ordering::Relaxed) >= 1).await;
     assert_eq!(s.stored(&stale).len(), 2, "a stale commit writes nothing");
 
     s.net.tamper_next_commit(&broken, Tamper::BrokenPrevData);
     s.net.put_record(&broken, "app.bsky.feed.post", "3lzzzzzzzzzz5", post("broken chain")).unwrap();
-    wait("the broken chain to be noticed", || metrics.desynchronized.load(Ordering::Relaxed) >= 1).await;
-    wait("the resync of the broken chain", || s.in_step(&broken)).await;
+    testkit::wait_until("the broken chain to be noticed", || metrics.desynchronized.load(Ordering::Relaxed) >= 1).await;
+    testkit::wait_until("the resync of the broken chain", || s.in_step(&broken)).await;
 
     // sluice is now behind on the other two. A #sync naming the PDS's root is noticed as a
     // different root, and the next genuine commit as a broken chain; each is resynced by a
     // backfill.
     s.net.emit_sync(&forged);
     s.net.put_record(&stale, "app.bsky.feed.post", "3lzzzzzzzzzz6", post("after")).unwrap();
-    wait("the resyncs", || [&forged, &stale].iter().all(|d| s.in_step(d))).await;
+    testkit::wait_until("the resyncs", || [&forged, &stale].iter().all(|d| s.in_step(d))).await;
     assert!(metrics.desynchronized.load(Ordering::Relaxed) >= 3, "the #sync and the commit each marked their repo");
 
     // A #sync that names the stored root moves nothing.
     let events = s.events().len();
     s.net.emit_sync(&broken);
-    wait("the #sync to be applied", || s.firehose.safe_cursor() == s.net.firehose_seq()).await;
+    testkit::wait_until("the #sync to be applied", || s.firehose.safe_cursor() == s.net.firehose_seq()).await;
     assert_eq!((s.status(&broken), s.events().len()), (Some(RepoStatus::Synced), events));
     for did in [&forged, &stale, &broken] {
         s.assert_replay_matches(did);
@@ -281,7 +277,7 @@ async fn identity_and_account_frames_follow_the_rules() {
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let did = account(&net, 21, 2);
     let s = start(net, FULL, |_| {}).await;
-    wait("the backfill", || s.in_step(&did)).await;
+    testkit::wait_until("the backfill", || s.in_step(&did)).await;
     let account_events = |s: &Running| -> Vec<(bool, Option<String>)> {
         s.events()
             .into_iter()
@@ -299,7 +295,7 @@ async fn identity_and_account_frames_follow_the_rules() {
     store.handles().set_verdict(&did, Some("user21.test".into()), true).unwrap();
     assert!(!queued(&did));
     s.net.set_handle(&did, "renamed.test", true);
-    wait("the identity event", || {
+    testkit::wait_until("the identity event", || {
         s.events().iter().any(|(_, e)| matches!(e, StoredEvent::Identity(i) if i.did == did))
     })
     .await;
@@ -313,16 +309,16 @@ async fn identity_and_account_frames_follow_the_rules() {
     assert_eq!(store.handles().did_for("user21.test").unwrap(), None, "the old handle names nothing");
 
     s.net.set_status(&did, AccountStatus::Deactivated);
-    wait("the deactivation", || s.status(&did) == Some(RepoStatus::Gone)).await;
+    testkit::wait_until("the deactivation", || s.status(&did) == Some(RepoStatus::Gone)).await;
     assert_eq!(account_events(&s), vec![(false, Some("deactivated".into()))]);
     assert_eq!(s.stored(&did).len(), 2, "a deactivated account's records are kept");
 
     s.net.set_status(&did, AccountStatus::Active);
-    wait("the reactivation and its backfill", || s.in_step(&did)).await;
+    testkit::wait_until("the reactivation and its backfill", || s.in_step(&did)).await;
     assert_eq!(account_events(&s).last(), Some(&(true, None)));
 
     s.net.set_status(&did, AccountStatus::Deleted);
-    wait("the deletion", || s.status(&did) == Some(RepoStatus::Gone) && s.stored(&did).is_empty()).await;
+    testkit::wait_until("the deletion", || s.status(&did) == Some(RepoStatus::Gone) && s.stored(&did).is_empty()).await;
     assert_eq!(account_events(&s).last(), Some(&(false, Some("deleted".into()))));
     let deletes = s
         .events()
@@ -346,7 +342,7 @@ async fn unknown_repos_are_discovered_by_their_signal_commits() {
     let status = json!({"$type": "xyz.statusphere.status", "status": "🦀", "createdAt": "2026-11-01T00:00:00.000Z"});
     s.net.put_record(&signalling, "xyz.statusphere.status", "3lzzzzzzzzzz8", status).unwrap();
 
-    wait("the discovered repo's backfill", || s.in_step(&signalling)).await;
+    testkit::wait_until("the discovered repo's backfill", || s.in_step(&signalling)).await;
     assert_eq!(s.stored(&signalling).len(), 2, "the whole repo is backfilled, not only the signal commit");
     let metrics = s.firehose.live().metrics();
     assert!(metrics.discovered.load(Ordering::Relaxed) >= 1);
@@ -361,16 +357,16 @@ async fn a_dropped_connection_resumes_from_its_cursor() {
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let did = account(&net, 41, 1);
     let s = start(net, FULL, |c| c.firehose.max_reconnect_secs = 1).await;
-    wait("the backfill", || s.in_step(&did)).await;
+    testkit::wait_until("the backfill", || s.in_step(&did)).await;
     for i in 0..3 {
         s.net.put_record(&did, "app.bsky.feed.post", &format!("3lzzzzzzzzza{i}"), post("before the drop")).unwrap();
     }
-    wait("the first writes", || s.in_step(&did)).await;
+    testkit::wait_until("the first writes", || s.in_step(&did)).await;
     s.net.drop_firehose_connections();
     for i in 0..3 {
         s.net.put_record(&did, "app.bsky.feed.post", &format!("3lzzzzzzzzzb{i}"), post("while disconnected")).unwrap();
     }
-    wait("the writes made while disconnected", || s.in_step(&did)).await;
+    testkit::wait_until("the writes made while disconnected", || s.in_step(&did)).await;
     assert!(s.net.request_count("com.atproto.sync.subscribeRepos") >= 2, "the client reconnected");
     assert!(
         s.firehose.live().metrics().desynchronized.load(Ordering::Relaxed) == 0,
@@ -378,7 +374,7 @@ async fn a_dropped_connection_resumes_from_its_cursor() {
     );
     s.assert_replay_matches(&did);
     let seq = s.net.firehose_seq();
-    wait("the cursor to reach the last frame", || s.firehose.safe_cursor() == seq).await;
+    testkit::wait_until("the cursor to reach the last frame", || s.firehose.safe_cursor() == seq).await;
     s.stop().await;
 }
 
@@ -387,7 +383,7 @@ async fn error_info_unknown_and_malformed_frames_are_never_fatal() {
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let did = account(&net, 51, 1);
     let s = start(net, FULL, |_| {}).await;
-    wait("the backfill", || s.in_step(&did)).await;
+    testkit::wait_until("the backfill", || s.in_step(&did)).await;
     let frame = |header: serde_json::Value, body: serde_json::Value| {
         let mut out = serde_ipld_dagcbor::to_vec(&header).unwrap();
         out.extend(serde_ipld_dagcbor::to_vec(&body).unwrap());
@@ -404,7 +400,7 @@ async fn error_info_unknown_and_malformed_frames_are_never_fatal() {
     tokio::task::spawn_blocking(move || odd.into_iter().for_each(|f| firehose.ingest(f))).await.unwrap();
     assert_eq!(s.firehose.malformed(), 2, "the two undecodable frames are counted");
     s.net.put_record(&did, "app.bsky.feed.post", "3lzzzzzzzzzzc", post("still running")).unwrap();
-    wait("the next live write", || s.in_step(&did)).await;
+    testkit::wait_until("the next live write", || s.in_step(&did)).await;
     s.assert_replay_matches(&did);
     s.stop().await;
 }
@@ -419,28 +415,40 @@ async fn a_quiet_source_keeps_its_connection_while_pongs_come_and_is_left_when_t
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let did = account(&net, 51, 1);
     let s = start(net, FULL, quick_pings).await;
-    wait("the backfill", || s.in_step(&did)).await;
-    // Thirty ping intervals, ten pong timeouts, without a frame.
+    testkit::wait_until("the backfill", || s.in_step(&did)).await;
+    // Thirty ping intervals, ten pong timeouts, without a frame: the quiet spell is what is
+    // tested, so it is a time.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(s.firehose.connections(), 1, "a quiet connection that answers pings is kept");
     let started = Instant::now();
     s.net.put_record(&did, "app.bsky.feed.post", "3lzzzzzzzzzq0", post("after a quiet spell")).unwrap();
-    wait("the write after the quiet spell", || live_event(&s, &did, "3lzzzzzzzzzq0", Action::Create).is_some()).await;
+    testkit::wait_until("the write after the quiet spell", || {
+        live_event(&s, &did, "3lzzzzzzzzzq0", Action::Create).is_some()
+    })
+    .await;
     assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
 
-    // A server that stops answering is left and connected again; a connection that answered
-    // pings resets the backoff, so each reconnect comes a second later, not 1, 2, 4 s.
+    // A server that stops answering is left and connected again; a connection the server was
+    // heard on (pongs, as in the quiet spell above, or frames) resets the backoff, so each
+    // reconnect comes a second later, not 1, 2, 4 s. Each round's connection is heard on
+    // before it is stalled: a write comes through it.
     for round in 0..3 {
         let before = s.firehose.connections();
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        let rkey = format!("3lzzzzzzzzzp{round}");
+        s.net.put_record(&did, "app.bsky.feed.post", &rkey, post("through this connection")).unwrap();
+        testkit::wait_until("a write through the connection", || live_event(&s, &did, &rkey, Action::Create).is_some())
+            .await;
         let stalled = Instant::now();
         s.net.stall_firehose_connections();
-        wait("a new connection", || s.firehose.connections() > before).await;
+        testkit::wait_until("a new connection", || s.firehose.connections() > before).await;
         let took = stalled.elapsed();
         assert!(took < Duration::from_millis(2500), "round {round}: reconnected {took:?} after the server went silent");
     }
     s.net.put_record(&did, "app.bsky.feed.post", "3lzzzzzzzzzq1", post("after the reconnects")).unwrap();
-    wait("the write after the reconnects", || live_event(&s, &did, "3lzzzzzzzzzq1", Action::Create).is_some()).await;
+    testkit::wait_until("the write after the reconnects", || {
+        live_event(&s, &did, "3lzzzzzzzzzq1", Action::Create).is_some()
+    })
+    .await;
     s.assert_replay_matches(&did);
     s.stop().await;
 }
@@ -450,18 +458,22 @@ async fn a_connection_lost_before_its_first_frame_loses_no_write_made_while_it_w
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let did = account(&net, 61, 1);
     let s = start(net, FULL, |c| c.firehose.max_reconnect_secs = 1).await;
-    wait("the backfill", || s.in_step(&did)).await;
+    testkit::wait_until("the backfill", || s.in_step(&did)).await;
     assert_eq!(s.firehose.safe_cursor(), 0, "no frame came yet: sluice knows no seq");
 
     s.net.set_firehose_down(true);
     s.net.drop_firehose_connections();
     let attempts = s.net.request_count("com.atproto.sync.subscribeRepos");
-    wait("a refused reconnect", || s.net.request_count("com.atproto.sync.subscribeRepos") > attempts).await;
+    testkit::wait_until("a refused reconnect", || s.net.request_count("com.atproto.sync.subscribeRepos") > attempts)
+        .await;
     s.net.put_record(&did, "app.bsky.feed.post", "3lzzzzzzzzzg0", post("while the firehose was down")).unwrap();
     s.net.set_firehose_down(false);
-    wait("the write made while down, live", || live_event(&s, &did, "3lzzzzzzzzzg0", Action::Create).is_some()).await;
+    testkit::wait_until("the write made while down, live", || {
+        live_event(&s, &did, "3lzzzzzzzzzg0", Action::Create).is_some()
+    })
+    .await;
     s.net.put_record(&did, "app.bsky.feed.post", "3lzzzzzzzzzg1", post("after it came back")).unwrap();
-    wait("the write after", || live_event(&s, &did, "3lzzzzzzzzzg1", Action::Create).is_some()).await;
+    testkit::wait_until("the write after", || live_event(&s, &did, "3lzzzzzzzzzg1", Action::Create).is_some()).await;
     assert_eq!(
         s.firehose.live().metrics().desynchronized.load(Ordering::Relaxed),
         0,
@@ -470,7 +482,7 @@ async fn a_connection_lost_before_its_first_frame_loses_no_write_made_while_it_w
     assert!(s.in_step(&did));
     s.assert_replay_matches(&did);
     let seq = s.net.firehose_seq();
-    wait("the cursor to reach the last frame", || s.firehose.safe_cursor() == seq).await;
+    testkit::wait_until("the cursor to reach the last frame", || s.firehose.safe_cursor() == seq).await;
     s.stop().await;
 }
 
@@ -481,14 +493,16 @@ async fn a_restart_before_the_first_frame_loses_no_write_made_while_stopped() {
     let data = tempfile::tempdir().unwrap();
     let at = |dir: std::path::PathBuf| move |c: &mut Config| c.storage.path = dir;
     let s = start(net, FULL, at(data.path().join("data"))).await;
-    wait("the backfill", || s.in_step(&did)).await;
+    testkit::wait_until("the backfill", || s.in_step(&did)).await;
     assert_eq!(s.firehose.safe_cursor(), 0, "no frame came: no seq is saved");
     let net = s.stop().await;
 
     net.put_record(&did, "app.bsky.feed.post", "3lzzzzzzzzzr0", post("while sluice was stopped")).unwrap();
     let s = start(net, FULL, at(data.path().join("data"))).await;
-    wait("the write made while stopped, live", || live_event(&s, &did, "3lzzzzzzzzzr0", Action::Create).is_some())
-        .await;
+    testkit::wait_until("the write made while stopped, live", || {
+        live_event(&s, &did, "3lzzzzzzzzzr0", Action::Create).is_some()
+    })
+    .await;
     // How soon live commits after a restart become events (BENCHMARKS.md quotes these lines).
     for i in 1..=3 {
         let rkey = format!("3lzzzzzzzzzr{i}");

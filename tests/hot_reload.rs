@@ -43,7 +43,8 @@ fn saves_are_swapped_in_and_invalid_saves_are_refused() {
     assert!(err.origin.ends_with("filter.toml") && err.reason.contains("app.bs*"), "{err}");
     // Read once for the save, and not again while the file is left alone (reading it raises
     // notifications too, which must not count as saves: they once made every read trigger
-    // the next, logging the refusal ~30 times a second).
+    // the next, logging the refusal ~30 times a second). A rate is checked, so over a time:
+    // 600 ms spans two of the watcher's 250 ms stat polls, and would have seen ~18 reads.
     let loads = s.filter_loads();
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(s.filter_loads(), loads, "the unchanged file was read again");

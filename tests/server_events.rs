@@ -3,6 +3,7 @@
 //! devnet writes, slow consumers closed with an error, acked consumers, and bad parameters.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::SinkExt;
@@ -61,7 +62,8 @@ async fn the_switch_from_replay_to_live_loses_and_repeats_nothing() {
     let dids = net.populate(4, 300, 9).await;
     let dir = tempfile::tempdir().unwrap();
     let mut c = Config::default();
-    (c.storage.path, c.network.relay, c.network.plc) = (dir.path().join("data"), net.relay_url(), net.plc_url());
+    c.storage.path = dir.path().join("data");
+    testkit::on_devnet(&mut c, &net);
     let sluice = Sluice::builder()
         .config(c.clone())
         .filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap())
@@ -77,32 +79,41 @@ async fn the_switch_from_replay_to_live_loses_and_repeats_nothing() {
     let b = backfill.clone();
     tokio::spawn(async move { b.run(RunMode::Forever, true).await });
 
-    // Writes go on from before the client connects until well after it has caught up.
+    // Writes go on from before the client connects until well after it has caught up: the
+    // writer stops after 100 writes until the client is connected.
+    let (written, connected) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
     let writer = {
-        let (net, dids) = (net.clone(), dids.clone());
+        let (net, dids, written, connected) = (net.clone(), dids.clone(), written.clone(), connected.clone());
         std::thread::spawn(move || {
             for i in 0..300 {
+                if i == 100 {
+                    let deadline = Instant::now() + LIMIT;
+                    while !connected.load(Ordering::Relaxed) {
+                        assert!(Instant::now() < deadline, "the client connects");
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
                 let record = json!({
                     "$type": "app.bsky.feed.post",
                     "text": format!("live {i}"),
                     "createdAt": "2026-11-01T00:00:00.000Z"
                 });
                 net.put_record(&dids[i % dids.len()], "app.bsky.feed.post", &format!("3lzzz{i:08}"), record).unwrap();
+                written.fetch_add(1, Ordering::Relaxed);
                 std::thread::sleep(Duration::from_millis(3));
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    testkit::wait_until("the first 100 writes", || written.load(Ordering::Relaxed) == 100).await;
     let mut socket = connect(&addr, "?cursor=0").await;
+    connected.store(true, Ordering::Relaxed);
     tokio::task::spawn_blocking(move || writer.join().unwrap()).await.unwrap();
-    let deadline = Instant::now() + LIMIT;
-    while sluice.store().repo_count(sluice::store::RepoStatus::Synced) < 4
-        || firehose.safe_cursor() < net.firehose_seq()
-        || firehose.in_flight() > 0
-    {
-        assert!(Instant::now() < deadline, "sluice catches up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    testkit::wait_until("sluice to catch up", || {
+        sluice.store().repo_count(sluice::store::RepoStatus::Synced) == 4
+            && firehose.safe_cursor() >= net.firehose_seq()
+            && firehose.in_flight() == 0
+    })
+    .await;
     let head = sluice.store().next_event_id() - 1;
     assert!(head >= 1200 + 300, "the backfill and every live write are in the log ({head})");
     let ids = read_until(&mut socket, head).await;
@@ -115,12 +126,12 @@ async fn the_switch_from_replay_to_live_loses_and_repeats_nothing() {
 async fn a_slow_consumer_is_told_and_closed_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let sluice = indexed(dir.path(), &["car/little.car"], |c| c.server.max_lag = 50);
-    let (addr, _state) = start_server(ServerState::new(sluice.pipeline().clone(), sluice.config().clone())).await;
+    let (addr, state) = start_server(ServerState::new(sluice.pipeline().clone(), sluice.config().clone())).await;
     let head = sluice.store().next_event_id() - 1;
-    // Live from the head; then the log grows by far more than max_lag while the client reads
-    // slowly.
+    // Live from the head (fixed before the upgrade); then, with the stream running, the log
+    // grows by far more than max_lag while the client reads slowly.
     let mut socket = connect(&addr, "").await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    testkit::wait_until("the stream to run", || state.stream_clients.load(Ordering::Relaxed) == 1).await;
     sluice.index_car(&testkit::read_fixture("car/calabro.car"), &Default::default()).unwrap();
     let grown = sluice.store().next_event_id() - 1;
     assert!(grown - head > 50, "the log grew by more than max_lag ({} events)", grown - head);
@@ -150,9 +161,9 @@ async fn an_acked_consumer_resumes_from_its_ack_and_gets_unacked_events_again() 
     let ids = read_until(&mut socket, 100).await;
     assert_eq!(ids.first(), Some(&1), "a new consumer starts at the beginning");
     socket.send(Message::Text(json!({"ack": 40}).to_string().into())).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let saved = || sluice.store().cursors().get("consumer/indexer-1").unwrap();
+    testkit::wait_until("the ack to be saved", || saved().as_deref() == Some("40")).await;
     drop(socket);
-    assert_eq!(sluice.store().cursors().get("consumer/indexer-1").unwrap().as_deref(), Some("40"), "the ack is saved");
 
     let mut socket = connect(&addr, "?consumer=indexer-1").await;
     assert_eq!(next_json(&mut socket).await.unwrap()["id"], 41, "it resumes after its ack");

@@ -20,11 +20,12 @@ async fn health_and_metrics_follow_what_is_indexed() {
         .open()
         .unwrap();
     let (base, _state) = serving(&sluice).await;
-    let health: serde_json::Value = reqwest::get(format!("{base}/health")).await.unwrap().json().await.unwrap();
+    let health: serde_json::Value =
+        testkit::http().get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
     assert_eq!((health["status"].as_str(), health["events"].as_u64()), (Some("ok"), Some(0)));
 
     sluice.index_car(&testkit::read_fixture("car/little.car"), &Default::default()).unwrap();
-    let response = reqwest::get(format!("{base}/metrics")).await.unwrap();
+    let response = testkit::http().get(format!("{base}/metrics")).send().await.unwrap();
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
     let text = response.text().await.unwrap();
     assert_eq!(metric(&text, "sluice_events_total{kind=\"record\",action=\"create\"}"), 278.0);
@@ -54,17 +55,19 @@ async fn a_refused_filter_save_shows_in_health_and_metrics() {
     let (base, _state) = serving(&sluice).await;
     let refusal = Filter::from_toml("mode = \"fulll\"\n", "filters/mine.toml").unwrap_err();
     sluice.pipeline().filter().record_save(Err(refusal));
-    let health: serde_json::Value = reqwest::get(format!("{base}/health")).await.unwrap().json().await.unwrap();
+    let health: serde_json::Value =
+        testkit::http().get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
     assert!(health["filter"]["error"].as_str().unwrap().starts_with("filters/mine.toml:1: mode"), "{health}");
-    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let text = testkit::http().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     assert_eq!(metric(&text, "sluice_filter_save_refused"), 1.0);
     assert_eq!(metric(&text, "sluice_filter_saves_total{result=\"refused\"}"), 1.0);
 
     sluice.pipeline().filter().record_save(Ok(()));
-    let text = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let text = testkit::http().get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
     assert_eq!(metric(&text, "sluice_filter_save_refused"), 0.0);
     assert_eq!(metric(&text, "sluice_filter_saves_total{result=\"accepted\"}"), 1.0);
-    let health: serde_json::Value = reqwest::get(format!("{base}/health")).await.unwrap().json().await.unwrap();
+    let health: serde_json::Value =
+        testkit::http().get(format!("{base}/health")).send().await.unwrap().json().await.unwrap();
     assert!(health["filter"]["error"].is_null(), "{health}");
 }
 
@@ -77,22 +80,22 @@ async fn the_root_page_names_the_endpoints_and_unknown_methods_answer_as_xrpc() 
         .open()
         .unwrap();
     let (base, _state) = serving(&sluice).await;
-    let root = reqwest::get(format!("{base}/")).await.unwrap();
+    let root = testkit::http().get(format!("{base}/")).send().await.unwrap();
     assert_eq!(root.status(), 200);
     let text = root.text().await.unwrap();
     for endpoint in ["/health", "/metrics", "/xrpc/dev.sluice.subscribeEvents", "/subscribe", "getRecord"] {
         assert!(text.contains(endpoint), "the root page names {endpoint}:\n{text}");
     }
 
-    let unknown = reqwest::get(format!("{base}/xrpc/com.example.nothing?x=1")).await.unwrap();
+    let unknown = testkit::http().get(format!("{base}/xrpc/com.example.nothing?x=1")).send().await.unwrap();
     assert_eq!(unknown.status(), 501);
     let body: serde_json::Value = unknown.json().await.unwrap();
     assert_eq!(body["error"], "MethodNotImplemented");
     assert!(body["message"].as_str().unwrap().contains("com.example.nothing"), "{body}");
 
     // Methods with routes of their own still answer as themselves.
-    let stats = reqwest::get(format!("{base}/xrpc/dev.sluice.getStats")).await.unwrap();
+    let stats = testkit::http().get(format!("{base}/xrpc/dev.sluice.getStats")).send().await.unwrap();
     assert_eq!(stats.status(), 200);
-    let stream = reqwest::get(format!("{base}/xrpc/dev.sluice.subscribeEvents")).await.unwrap();
+    let stream = testkit::http().get(format!("{base}/xrpc/dev.sluice.subscribeEvents")).send().await.unwrap();
     assert_ne!(stream.status(), 501, "the event stream is routed (a plain GET is refused as a websocket would be)");
 }

@@ -16,6 +16,7 @@ use sluice::server::{ServerState, serve};
 use sluice::store::{RepoState, RepoStatus};
 use sluice::{Config, Filter, Sluice};
 use sluice_devnet::{AccountSpec, AccountStatus, Devnet, DevnetOptions};
+use sluice_testkit as testkit;
 
 /// Every backfill and request ends well within these.
 const RUN_LIMIT: Duration = Duration::from_secs(120);
@@ -153,7 +154,8 @@ async fn setup() -> Setup {
 
     let dir = tempfile::tempdir().unwrap();
     let mut c = Config::default();
-    (c.storage.path, c.network.relay, c.network.plc) = (dir.path().join("data"), net.relay_url(), net.plc_url());
+    c.storage.path = dir.path().join("data");
+    testkit::on_devnet(&mut c, &net);
     let sluice = Sluice::builder()
         .config(c.clone())
         .filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap())
@@ -171,17 +173,16 @@ async fn setup() -> Setup {
     let checker = Arc::new(HandleChecker::new(sluice.store().clone(), identities.clone(), handles, 1000));
     tokio::spawn(checker.run(tokio_util::sync::CancellationToken::new()));
     // Its one-time pass over older states saves a cursor; the tests compare cursors after it.
-    let deadline = std::time::Instant::now() + RUN_LIMIT;
-    while sluice.store().cursors().get(sluice::handles::QUEUE_OLD_CURSOR).unwrap().as_deref() != Some("done") {
-        assert!(std::time::Instant::now() < deadline, "the handle checker's first pass ends");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    testkit::wait_until("the handle checker's first pass to end", || {
+        sluice.store().cursors().get(sluice::handles::QUEUE_OLD_CURSOR).unwrap().as_deref() == Some("done")
+    })
+    .await;
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let state = Arc::new(ServerState::new(sluice.pipeline().clone(), c));
     tokio::spawn(serve(listener, state.clone()));
-    let http = reqwest::Client::builder().timeout(REQUEST_LIMIT).build().unwrap();
+    let http = reqwest::Client::builder().no_proxy().timeout(REQUEST_LIMIT).build().unwrap();
     Setup { net, sluice, http, base, _state: state, dids, gone, post, identities, _dir: dir }
 }
 
