@@ -49,6 +49,13 @@ impl Devnet {
         self.world.set_status(did, status);
     }
 
+    /// Has the relay alone emit an `#account` event about the account (`active`, `status`: a
+    /// relay's own, such as `throttled` or `desynchronized`), leaving its hosting as it is: its
+    /// PDS still serves it, and no PDS's firehose carries the event.
+    pub fn emit_relay_account(&self, did: &str, active: bool, status: Option<&'static str>) {
+        self.world.emit_relay_account(did, active, status);
+    }
+
     /// Emits the account's `#identity` event (with its handle).
     pub fn emit_identity(&self, did: &str) {
         self.world.emit_identity(did);

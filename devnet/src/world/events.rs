@@ -40,6 +40,9 @@ pub(crate) enum Emit {
     Sync,
 }
 
+/// The host of a job only the relay sends: no PDS's `subscribeRepos` carries it.
+pub(crate) const RELAY_ONLY: usize = usize::MAX;
+
 /// A repo as it was before a job: what the consumer (re)builds an account's chain from.
 pub(crate) struct Base {
     pub account: Account,
@@ -52,7 +55,7 @@ pub(crate) struct Base {
 /// sequenced (or dropped on error).
 pub(crate) struct Job {
     pub did: String,
-    /// The index of the account's PDS host.
+    /// The index of the account's PDS host ([`RELAY_ONLY`]: none).
     pub host: usize,
     pub emit: Emit,
     /// The repo before the change, when the consumer's chain does not follow every write.

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use cid::Cid;
 
 use super::cache::{self, Built, RepoCache};
-use super::events::{Base, Change, Emit, EventQueue, Pending, Tamper};
+use super::events::{Base, Change, Emit, EventQueue, Pending, RELAY_ONLY, Tamper};
 use super::repos::{Account, BuildError, rev_at};
 use crate::lock::lock;
 
@@ -267,6 +267,14 @@ impl World {
             let emit = Emit::Account { active: status == AccountStatus::Active, status: status.as_str() };
             self.enqueue(a, emit, None)
         });
+        pending.into_iter().for_each(Pending::wait);
+    }
+
+    /// Emits an `#account` about `did` from the relay alone, its hosting unchanged: a relay's
+    /// own word on an account its PDS still serves.
+    pub fn emit_relay_account(&self, did: &str, active: bool, status: Option<&'static str>) {
+        let pending = self
+            .update(did, |a| self.events.enqueue(&a.account.did, RELAY_ONLY, Emit::Account { active, status }, None));
         pending.into_iter().for_each(Pending::wait);
     }
 
