@@ -437,7 +437,10 @@ async fn large_messages_are_skipped_and_slow_clients_closed_with_a_cursor_to_res
     let base = format!("http://{}", s.addr);
     let clients = |n: f64| {
         let base = base.clone();
-        async move { testkit::metrics(&base).await.and_then(|m| testkit::metric(&m, "sluice_stream_clients")) == Some(n) }
+        async move {
+            let metrics = testkit::metrics(&base).await;
+            metrics.and_then(|m| testkit::metric(&m, "sluice_stream_clients")) == Some(n)
+        }
     };
     testkit::wait_until_async("the small client to be gone", || clients(0.0)).await;
     let mut slow = s.connect("").await;
