@@ -17,7 +17,7 @@ use sluice::backfill::{Backfill, RunMode};
 use sluice::config::NatsSinkConfig;
 use sluice::firehose::Firehose;
 use sluice::sink::NatsSink;
-use sluice::store::{Action, RepoStatus, Store};
+use sluice::store::{Action, RepoStatus, Store, StoredEvent};
 use sluice::{Config, Filter, Sluice};
 use sluice_devnet::{Devnet, DevnetOptions};
 use sluice_testkit as testkit;
@@ -33,6 +33,14 @@ struct Published {
     subject: String,
     id: String,
     payload: Value,
+}
+
+/// How many messages stream `SLUICE` holds (0 before the sink made it).
+async fn stream_len(js: &jetstream::Context) -> u64 {
+    match js.get_stream("SLUICE").await {
+        Ok(mut stream) => stream.info().await.map_or(0, |info| info.state.messages),
+        Err(_) => 0,
+    }
 }
 
 /// Every message of stream `SLUICE`, in stream order.
@@ -56,17 +64,145 @@ async fn stream_messages(url: &str) -> Vec<Published> {
     out
 }
 
-/// What the stream must hold for `store`'s log, published by node `node`.
+/// What the stream must hold for `store`'s log, published by node `node`. Written from the
+/// contract (DESIGN.md, "Events" and "Beyond one machine"; README, "Messages"), not with the
+/// sink's own functions, so that a wrong rendering fails here: subjects
+/// `sluice.record.<collection>.<create|update|delete>`, `sluice.identity` and `sluice.account`;
+/// `Nats-Msg-Id` `<node>:<event id>`; the payload the event's JSON, `{"id", "type", <type>: {...}}`,
+/// built from the stored event's fields. (DESIGN.md's identity example also has `is_active`
+/// and `status`, which the log does not keep: an identity event has its DID and handle.)
 fn expected(store: &Store, node: &str) -> Vec<Published> {
     let events = store.log().from(0, usize::MAX).unwrap();
     events
         .iter()
-        .map(|(id, e)| Published {
-            subject: sluice::sink::subject("sluice", e),
-            id: format!("{node}:{id}"),
-            payload: sluice::wire::event_json(store, *id, e).unwrap(),
+        .map(|(id, e)| {
+            let (subject, payload) = match e {
+                StoredEvent::Record(r) => {
+                    let action = match r.action {
+                        Action::Create => "create",
+                        Action::Update => "update",
+                        Action::Delete => "delete",
+                    };
+                    let mut record = json!({
+                        "live": r.live,
+                        "did": r.did.as_str(),
+                        "rev": r.rev.as_str(),
+                        "collection": r.collection.as_str(),
+                        "rkey": r.rkey.as_str(),
+                        "action": action,
+                    });
+                    // A new version carries its CID and its record (a handler's JSON when one
+                    // replaced it); a delete has neither.
+                    if !r.cid.is_empty() {
+                        record["cid"] = cid::Cid::try_from(&r.cid[..]).unwrap().to_string().into();
+                        record["record"] = match &r.replaced {
+                            Some(replaced) => serde_json::from_str(replaced).unwrap(),
+                            None => dag_cbor_json(r.body.as_deref().expect("the event carries its record")),
+                        };
+                    }
+                    if !r.handled.is_empty() {
+                        let handled =
+                            r.handled.iter().map(|(name, v)| (name.to_string(), serde_json::from_str(v).unwrap()));
+                        record["handled"] = handled.collect::<serde_json::Map<String, Value>>().into();
+                    }
+                    let subject = format!("sluice.record.{}.{action}", r.collection);
+                    (subject, json!({"id": id, "type": "record", "record": record}))
+                }
+                StoredEvent::Identity(i) => (
+                    "sluice.identity".to_string(),
+                    json!({"id": id, "type": "identity", "identity": {"did": i.did, "handle": i.handle}}),
+                ),
+                StoredEvent::Account(a) => {
+                    let account = json!({"did": a.did, "active": a.active, "status": a.status});
+                    ("sluice.account".to_string(), json!({"id": id, "type": "account", "account": account}))
+                }
+            };
+            Published { subject, id: format!("{node}:{id}"), payload }
         })
         .collect()
+}
+
+/// A DAG-CBOR value as AT Protocol JSON (the data model: bytes as `{"$bytes": <base64, no
+/// padding>}`, a link as `{"$link": <CID>}`), read here so that what the test expects owes
+/// nothing to sluice's codecs.
+fn dag_cbor_json(bytes: &[u8]) -> Value {
+    let mut at = 0;
+    let value = cbor_item(bytes, &mut at);
+    assert_eq!(at, bytes.len(), "one CBOR item");
+    value
+}
+
+fn cbor_item(b: &[u8], at: &mut usize) -> Value {
+    let (major, info) = (b[*at] >> 5, b[*at] & 0x1f);
+    *at += 1;
+    let arg = |at: &mut usize| -> u64 {
+        let len = match info {
+            0..=23 => return u64::from(info),
+            24 => 1,
+            25 => 2,
+            26 => 4,
+            27 => 8,
+            _ => panic!("no indefinite lengths in DAG-CBOR"),
+        };
+        let v = b[*at..*at + len].iter().fold(0u64, |v, &byte| (v << 8) | u64::from(byte));
+        *at += len;
+        v
+    };
+    let take = |at: &mut usize, len: u64| {
+        let slice = &b[*at..*at + len as usize];
+        *at += len as usize;
+        slice
+    };
+    match major {
+        0 => arg(at).into(),
+        1 => (-1 - arg(at) as i64).into(),
+        2 => {
+            let len = arg(at);
+            json!({"$bytes": base64(take(at, len))})
+        }
+        3 => {
+            let len = arg(at);
+            String::from_utf8(take(at, len).to_vec()).unwrap().into()
+        }
+        4 => (0..arg(at)).map(|_| cbor_item(b, at)).collect::<Vec<_>>().into(),
+        5 => (0..arg(at))
+            .map(|_| match cbor_item(b, at) {
+                Value::String(key) => (key, cbor_item(b, at)),
+                other => panic!("a map key that is not text: {other}"),
+            })
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+        6 => {
+            assert_eq!(arg(at), 42, "the only tag is a link's");
+            let (head, len) = (b[*at], b[*at] & 0x1f);
+            assert!(head >> 5 == 2 && len == 24, "a link is a byte string of under 256 bytes");
+            let len = u64::from(b[*at + 1]);
+            *at += 2;
+            let link = take(at, len);
+            assert_eq!(link[0], 0, "a link's bytes start with the identity multibase prefix");
+            json!({"$link": cid::Cid::try_from(&link[1..]).unwrap().to_string()})
+        }
+        7 => match info {
+            20 => false.into(),
+            21 => true.into(),
+            22 => Value::Null,
+            _ => panic!("no floats or other simple values in the data model"),
+        },
+        _ => unreachable!(),
+    }
+}
+
+/// Base64 with the standard alphabet and no padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &byte)| n | (u32::from(byte) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
 }
 
 /// sluice following a devnet (backfill, firehose) and publishing to NATS, in this process.
@@ -84,7 +220,8 @@ struct Node {
 async fn node(net: &Devnet, nats: &NatsServer, shard: &str) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let mut c = Config::default();
-    (c.storage.path, c.network.relay, c.network.plc) = (dir.path().join("data"), net.relay_url(), net.plc_url());
+    c.storage.path = dir.path().join("data");
+    testkit::on_devnet(&mut c, net);
     (c.backfill.retry_min_ms, c.backfill.retry_max_ms) = (50, 200);
     c.firehose.max_reconnect_secs = 1;
     c.sink.nats = Some(NatsSinkConfig { url: nats.url(), ..Default::default() });
@@ -125,14 +262,6 @@ impl Node {
     }
 }
 
-async fn wait(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + LIMIT;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Whether `did` is synced in `store` with what its PDS holds.
 fn in_step(store: &Store, net: &Devnet, did: &str) -> bool {
     let synced = store.repos().state(did).unwrap().is_some_and(|s| s.status == RepoStatus::Synced);
@@ -151,12 +280,17 @@ async fn every_event_reaches_the_stream_once_in_order_with_its_subject() {
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let dids = net.populate(4, 15, 5).await;
     let n = node(&net, &nats, "0/1").await;
-    wait("the backfill and its publishing", || dids.iter().all(|d| in_step(n.store(), &net, d)) && n.published_all())
-        .await;
+    testkit::wait_until("the backfill and its publishing", || {
+        dids.iter().all(|d| in_step(n.store(), &net, d)) && n.published_all()
+    })
+    .await;
     net.put_record(&dids[0], "app.bsky.feed.post", "3lzzzzzzzzzn0", post("live")).unwrap();
     net.delete_record(&dids[0], "app.bsky.feed.post", "3lzzzzzzzzzn0").unwrap();
     net.emit_identity(&dids[1]);
-    wait("the live events and their publishing", || n.store().next_event_id() > 4 * 15 + 3 && n.published_all()).await;
+    testkit::wait_until("the live events and their publishing", || {
+        n.store().next_event_id() > 4 * 15 + 3 && n.published_all()
+    })
+    .await;
 
     let published = stream_messages(&nats.url()).await;
     assert_eq!(
@@ -217,8 +351,10 @@ async fn indexing_goes_on_while_nats_is_down_and_the_sink_catches_up_after() {
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let dids = net.populate(3, 10, 9).await;
     let n = node(&net, &nats, "0/1").await;
-    wait("the backfill and its publishing", || dids.iter().all(|d| in_step(n.store(), &net, d)) && n.published_all())
-        .await;
+    testkit::wait_until("the backfill and its publishing", || {
+        dids.iter().all(|d| in_step(n.store(), &net, d)) && n.published_all()
+    })
+    .await;
 
     nats.stop();
     let published = n.sink.published();
@@ -226,7 +362,8 @@ async fn indexing_goes_on_while_nats_is_down_and_the_sink_catches_up_after() {
         net.put_record(&dids[i % 3], "app.bsky.feed.post", &format!("3lzzzzzzzzd{i:02}"), post("while NATS is down"))
             .unwrap();
     }
-    wait("the writes indexed while NATS is down", || dids.iter().all(|d| in_step(n.store(), &net, d))).await;
+    testkit::wait_until("the writes indexed while NATS is down", || dids.iter().all(|d| in_step(n.store(), &net, d)))
+        .await;
     assert_eq!(n.sink.published(), published, "nothing was published meanwhile");
     assert!(n.sink.behind() >= 20, "the sink knows how far behind it is: {}", n.sink.behind());
     // Retention keeps what the sink has not published, however old.
@@ -236,10 +373,10 @@ async fn indexing_goes_on_while_nats_is_down_and_the_sink_catches_up_after() {
         n.store().log().oldest_id().unwrap().is_some_and(|oldest| oldest <= published + 1),
         "unpublished events are kept"
     );
-    wait("the sink to notice", || !n.sink.connected()).await;
+    testkit::wait_until("the sink to notice", || !n.sink.connected()).await;
 
     nats.restart();
-    wait("the sink to catch up", || n.published_all() && n.sink.connected()).await;
+    testkit::wait_until("the sink to catch up", || n.published_all() && n.sink.connected()).await;
     let messages = stream_messages(&nats.url()).await;
     // Retention may have removed events the stream already holds: the log is its tail.
     let log = expected(n.store(), "shard-0-of-1");
@@ -258,10 +395,9 @@ async fn indexing_goes_on_while_nats_is_down_and_the_sink_catches_up_after() {
 /// or more and the sink is not behind, then stops it gracefully (SIGTERM).
 async fn run_until_published(config: &std::path::Path, log: &std::path::Path, port: u16, events: u64) {
     let mut child = testkit::spawn_sluice(env!("CARGO_BIN_EXE_sluice"), config, "run", log);
-    let deadline = Instant::now() + LIMIT;
+    let (http, deadline) = (testkit::http(), Instant::now() + LIMIT);
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let health: Option<Value> = match reqwest::get(format!("http://127.0.0.1:{port}/health")).await {
+        let health: Option<Value> = match http.get(format!("http://127.0.0.1:{port}/health")).send().await {
             Ok(res) => res.json().await.ok(),
             Err(_) => None,
         };
@@ -276,6 +412,7 @@ async fn run_until_published(config: &std::path::Path, log: &std::path::Path, po
             "the run publishes everything; log:\n{}",
             std::fs::read_to_string(log).unwrap_or_default()
         );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // SAFETY: kill(2) on our own child's pid.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -316,9 +453,21 @@ async fn sigkill_while_publishing_loses_and_duplicates_nothing() {
     );
     let config = testkit::devnet_config_file(dir.path(), &net, &extra);
     let log = dir.path().join("sluice.log");
-    for after_ms in [400u64, 250, 600, 350] {
+    // Each run is killed once the stream has taken that many more events from it: while it is
+    // publishing (64 publishes in flight), at a different point each time.
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    for more in [200u64, 100, 400, 150] {
+        let from = stream_len(&js).await;
         let mut child = testkit::spawn_sluice(env!("CARGO_BIN_EXE_sluice"), &config, "run", &log);
-        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        let deadline = Instant::now() + LIMIT;
+        while stream_len(&js).await < from + more {
+            assert!(
+                Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+                "the run publishes {more} more events; log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }
@@ -368,18 +517,18 @@ async fn two_shards_hold_the_index_between_them_and_publish_it_to_one_stream() {
     let dids = net.populate(12, 8, 23).await;
     let (a, b) = (node(&net, &nats, "0/2").await, node(&net, &nats, "1/2").await);
     let owner = |did: &str| if sluice::cluster::Shard::of(did, 2) == 0 { &a } else { &b };
-    wait("both shards' backfills and publishing", || {
+    testkit::wait_until("both shards' backfills and publishing", || {
         dids.iter().all(|d| in_step(owner(d).store(), &net, d)) && a.published_all() && b.published_all()
     })
     .await;
     net.put_record(&dids[0], "app.bsky.feed.post", "3lzzzzzzzzzs0", post("live, on its shard")).unwrap();
-    wait("the live write on its shard", || {
+    testkit::wait_until("the live write on its shard", || {
         in_step(owner(&dids[0]).store(), &net, &dids[0]) && a.published_all() && b.published_all()
     })
     .await;
 
     let other_node = if sluice::cluster::Shard::of(&dids[0], 2) == 0 { &b } else { &a };
-    wait("the other shard to drop the frame", || other_node.firehose.other_shards() > 0).await;
+    testkit::wait_until("the other shard to drop the frame", || other_node.firehose.other_shards() > 0).await;
     assert_eq!(other_node.store().repos().state(&dids[0]).unwrap(), None, "the other shard keeps nothing of it");
 
     let (on_a, on_b): (BTreeSet<&String>, BTreeSet<&String>) = (
@@ -414,10 +563,11 @@ async fn two_shards_hold_the_index_between_them_and_publish_it_to_one_stream() {
         listener,
         Arc::new(sluice::server::ServerState::new(a.sluice.pipeline().clone(), a.config.clone())),
     ));
-    let res =
-        reqwest::get(format!("{base}/xrpc/com.atproto.repo.listRecords?repo={other}&collection=app.bsky.feed.post"))
-            .await
-            .unwrap();
+    let res = testkit::http()
+        .get(format!("{base}/xrpc/com.atproto.repo.listRecords?repo={other}&collection=app.bsky.feed.post"))
+        .send()
+        .await
+        .unwrap();
     let status = res.status().as_u16();
     let body: Value = res.json().await.unwrap();
     assert_eq!((status, body["error"].as_str()), (400, Some("RepoOnOtherShard")), "{body}");
@@ -441,8 +591,10 @@ async fn a_stream_that_exists_is_used_as_it_is() {
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let dids = net.populate(2, 5, 31).await;
     let n = node(&net, &nats, "0/1").await;
-    wait("the backfill and its publishing", || dids.iter().all(|d| in_step(n.store(), &net, d)) && n.published_all())
-        .await;
+    testkit::wait_until("the backfill and its publishing", || {
+        dids.iter().all(|d| in_step(n.store(), &net, d)) && n.published_all()
+    })
+    .await;
     let config = js.get_stream("SLUICE").await.unwrap().info().await.unwrap().config.clone();
     assert_eq!(
         (config.max_messages, config.max_age, config.description.as_deref()),
@@ -460,11 +612,11 @@ async fn a_sink_started_while_nats_is_down_publishes_once_it_is_up() {
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let dids = net.populate(2, 5, 37).await;
     let n = node(&net, &nats, "0/1").await;
-    wait("the backfill, NATS down", || dids.iter().all(|d| in_step(n.store(), &net, d))).await;
-    wait("the sink to report its failure", || n.sink.last_error().is_some()).await;
+    testkit::wait_until("the backfill, NATS down", || dids.iter().all(|d| in_step(n.store(), &net, d))).await;
+    testkit::wait_until("the sink to report its failure", || n.sink.last_error().is_some()).await;
     assert!(!n.sink.connected() && n.sink.published() == 0 && n.sink.behind() > 0);
     nats.restart();
-    wait("the sink to publish everything", || n.published_all() && n.sink.connected()).await;
+    testkit::wait_until("the sink to publish everything", || n.published_all() && n.sink.connected()).await;
     assert_eq!(stream_messages(&nats.url()).await, expected(n.store(), "shard-0-of-1"));
     n.stop().await;
 }
@@ -505,14 +657,14 @@ async fn small_commits_in_quick_succession_go_out_as_one_batch() {
     let caught_up = |s: &NatsSink| s.published() + 1 == store.next_event_id();
 
     store.commit(one_event("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", "3l0000000000a")).unwrap();
-    wait("the first event", || caught_up(&sink)).await;
+    testkit::wait_until("the first event", || caught_up(&sink)).await;
     assert_eq!(sink.batches(), 1);
     // Far enough apart that a sink without the linger sends each on its own.
     for i in 0..6 {
         store.commit(one_event("did:plc:aaaaaaaaaaaaaaaaaaaaaaaa", &format!("3l000000000{i}b"))).unwrap();
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    wait("the six after it", || caught_up(&sink)).await;
+    testkit::wait_until("the six after it", || caught_up(&sink)).await;
     assert_eq!(sink.batches(), 2, "six commits 20 ms apart, within the linger, are read and sent together");
     assert_eq!(stream_messages(&nats.url()).await, expected(&store, "solo"), "all seven, once, in order");
     stop.cancel();
