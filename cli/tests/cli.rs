@@ -1,12 +1,12 @@
 //! The `sluice` binary: index-car, events, stats, cursors, filter check, handlers, devnet. Errors are one clear
 //! line and a non-zero exit, never a panic.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use sluice_testkit as testkit;
 
 fn sluice(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_sluice"))
+    testkit::sluice_command(env!("CARGO_BIN_EXE_sluice"))
         .args(args)
         .env("RUST_LOG", "warn")
         .current_dir(testkit::root())
@@ -174,7 +174,7 @@ fn backfill_refuses_to_start_with_the_reason_and_a_non_zero_exit() {
     let err = text(&out.stderr);
     assert!(err.contains("error: opening the store in") && err.contains("file/data"), "{err}");
 
-    let bad_env = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let bad_env = testkit::sluice_command(env!("CARGO_BIN_EXE_sluice"))
         .args(["backfill", "--data", dir.path().join("d").to_str().unwrap()])
         .env("BACKFILL_DAYS", "lots")
         .current_dir(testkit::root())
@@ -194,7 +194,7 @@ struct DevnetProcess {
 impl DevnetProcess {
     fn start(dir: &std::path::Path, repos: &str, records: &str) -> Self {
         use std::io::BufRead;
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        let mut child = testkit::sluice_command(env!("CARGO_BIN_EXE_sluice"))
             .args(["devnet", "--repos", repos, "--records", records, "--port", "0"])
             .env("RUST_LOG", "warn")
             .current_dir(dir)
@@ -230,7 +230,7 @@ impl Drop for DevnetProcess {
 fn devnet_writes_a_config_and_filter_that_backfill_runs_on_from_any_directory() {
     let dir = tempfile::tempdir().unwrap();
     let in_dir = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_sluice"))
+        testkit::sluice_command(env!("CARGO_BIN_EXE_sluice"))
             .args(args)
             .env("RUST_LOG", "warn")
             .current_dir(dir.path())

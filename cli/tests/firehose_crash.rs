@@ -14,11 +14,51 @@ use sluice_testkit as testkit;
 
 const REPOS: usize = 6;
 
-/// `sluice run`'s config: quick retries and reconnects, the server on a free port.
-fn write_config(dir: &std::path::Path, net: &Devnet) -> std::path::PathBuf {
-    let extra = "[backfill]\nprogress_secs = 1\nretry_min_ms = 50\nretry_max_ms = 100\n\
-                 [firehose]\nmax_reconnect_secs = 1\n[server]\nlisten = \"127.0.0.1:0\"\n";
-    testkit::devnet_config_file(dir, net, extra)
+/// `sluice run`'s config: quick retries and reconnects, the server on `port`.
+fn write_config(dir: &std::path::Path, net: &Devnet, port: u16) -> std::path::PathBuf {
+    let extra = format!(
+        "[backfill]\nprogress_secs = 1\nretry_min_ms = 50\nretry_max_ms = 100\n\
+         [firehose]\nmax_reconnect_secs = 1\n[server]\nlisten = \"127.0.0.1:{port}\"\n"
+    );
+    testkit::devnet_config_file(dir, net, &extra)
+}
+
+/// Firehose frames the run serving `base` has handled since it started, whatever became of
+/// them (its /metrics); `None` while it does not answer.
+async fn frames_handled(base: &str) -> Option<f64> {
+    let metrics = testkit::metrics(base).await?;
+    let frames = metrics.lines().filter(|l| l.starts_with("sluice_firehose_frames_total{"));
+    Some(frames.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum())
+}
+
+/// Whether the run serving `base` has every repo synced, nothing in flight, and every frame up
+/// to `seq` applied (its /metrics).
+async fn has_caught_up(base: &str, seq: i64) -> bool {
+    let Some(metrics) = testkit::metrics(base).await else { return false };
+    let m = |sample| testkit::metric(&metrics, sample);
+    m("sluice_firehose_cursor") == Some(seq as f64)
+        && m("sluice_repos{status=\"synced\"}") == Some(REPOS as f64)
+        && m("sluice_backfill_in_flight") == Some(0.0)
+        && m("sluice_firehose_in_flight") == Some(0.0)
+}
+
+/// Polls `cond` until it holds while `child` runs; panics with the log when it exits first or
+/// the wait is too long.
+async fn while_running<F: std::future::Future<Output = bool>>(
+    child: &mut std::process::Child,
+    log: &std::path::Path,
+    what: &str,
+    mut cond: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + testkit::WAIT_LIMIT;
+    while !cond().await {
+        assert!(
+            child.try_wait().unwrap().is_none() && Instant::now() < deadline,
+            "{what}; log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 fn run(config: &std::path::Path, log: &std::path::Path) -> std::process::Child {
@@ -102,22 +142,25 @@ async fn sigkill_during_live_ingestion_loses_and_duplicates_nothing() {
     let net = Arc::new(Devnet::start(DevnetOptions::default()).await.unwrap());
     let dids = net.populate(REPOS, 20, 3).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path(), &net);
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let config = write_config(dir.path(), &net, port);
     let log = dir.path().join("sluice.log");
     let stop_writes = Arc::new(AtomicBool::new(false));
     let writer = keep_writing(net.clone(), dids.clone(), stop_writes.clone());
 
-    kill_while_following(&net, &config, &log).await;
+    kill_while_following(&base, &config, &log).await;
     stop_writes.store(true, Ordering::Relaxed);
     let writes = tokio::task::spawn_blocking(move || writer.join().unwrap()).await.unwrap();
     assert!(writes > 100, "the devnet kept writing through the kills ({writes} writes)");
 
-    // The last run catches up; it is stopped gracefully and checked, and run again while it
-    // has not caught up yet (it gets at most a few tries).
+    // The last run catches up (its /metrics say so); it is stopped gracefully and checked, and
+    // run again should a held commit still have been on its way (a few tries at most).
+    let seq = net.firehose_seq();
     let mut caught_up = false;
-    for _ in 0..5 {
+    for _ in 0..3 {
         let mut child = run(&config, &log);
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        while_running(&mut child, &log, "the run catches up", || has_caught_up(&base, seq)).await;
         tokio::task::block_in_place(|| terminate(&mut child));
         let store = Store::open(&dir.path().join("data")).unwrap();
         if in_step(&store, &net, &dids) {
@@ -131,17 +174,15 @@ async fn sigkill_during_live_ingestion_loses_and_duplicates_nothing() {
     assert!(caught_up, "sluice caught up after the kills; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
 }
 
-/// Runs `sluice run` four times, each killed with SIGKILL once it has followed the stream for
-/// a while (its subscription is counted), at a different point each time.
-async fn kill_while_following(net: &Devnet, config: &std::path::Path, log: &std::path::Path) {
-    for (i, after_ms) in [700u64, 350, 900, 500].into_iter().enumerate() {
+/// Runs `sluice run` (serving `base`) four times, each killed with SIGKILL once it has handled
+/// that many firehose frames: while following the stream, at a different point each time.
+async fn kill_while_following(base: &str, config: &std::path::Path, log: &std::path::Path) {
+    for frames in [60.0, 25.0, 90.0, 40.0] {
         let mut child = run(config, log);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while net.request_count("com.atproto.sync.subscribeRepos") < i as u64 + 1 {
-            assert!(child.try_wait().unwrap().is_none() && Instant::now() < deadline, "run {i} is up and subscribed");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(after_ms)).await;
+        while_running(&mut child, log, &format!("the run handles {frames} frames"), || async {
+            frames_handled(base).await.is_some_and(|n| n >= frames)
+        })
+        .await;
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
     }

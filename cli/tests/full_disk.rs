@@ -19,7 +19,7 @@ async fn a_backfill_that_fills_the_disk_ends_saying_so_and_resumes_with_room() {
     std::fs::write(&config, text).unwrap();
 
     let backfill = || {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+        let mut child = testkit::sluice_command(env!("CARGO_BIN_EXE_sluice"));
         child.args(["--config", config.to_str().unwrap(), "backfill"]).env_remove("RUST_LOG");
         let out = child.output().unwrap();
         (out.status, String::from_utf8_lossy(&out.stderr).into_owned())

@@ -18,7 +18,7 @@ fn serve_offline(dir: &std::path::Path, extra: &str) -> (std::process::Child, St
     let config = dir.join("config.toml");
     let text = format!(
         "[storage]\npath = {:?}\n[filter]\npath = {:?}\n[network]\nrelay = \"http://127.0.0.1:9\"\n\
-         plc = \"http://127.0.0.1:9/\"\n\
+         plc = \"http://127.0.0.1:9/\"\nhandle_resolver = \"http://127.0.0.1:9\"\n\
          [backfill]\ndays = 0\n[firehose]\nenabled = false\n[server]\nlisten = \"127.0.0.1:{port}\"\n{extra}",
         dir.join("data"),
         filter
@@ -41,25 +41,25 @@ async fn events_past_the_retention_are_removed_and_an_old_cursor_is_told() {
     let (mut child, addr, log) =
         serve_offline(dir.path(), "[events]\nretention_hours = 0.0003\nretention_check_secs = 1\n");
     let oldest = head - 277;
+    // The retention pass has run once /metrics says where the log starts now.
     let deadline = Instant::now() + LIMIT;
-    let mut socket = loop {
+    while testkit::metrics(&format!("http://{addr}")).await.and_then(|m| testkit::metric(&m, "sluice_event_log_oldest"))
+        != Some(oldest as f64)
+    {
         assert!(
-            Instant::now() < deadline,
+            Instant::now() < deadline && child.try_wait().unwrap().is_none(),
             "the old pages were not removed in time; log:\n{}",
             std::fs::read_to_string(&log).unwrap_or_default()
         );
-        if let Ok((mut socket, _)) =
-            tokio_tungstenite::connect_async(format!("ws://{addr}/xrpc/dev.sluice.subscribeEvents?cursor=0")).await
-        {
-            let first = next_json(&mut socket).await.expect("a first message");
-            if first["info"] == "OutdatedCursor"
-                && first["message"].as_str().unwrap().contains(&format!("goes on from {oldest}"))
-            {
-                break socket;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (mut socket, _) =
+        tokio_tungstenite::connect_async(format!("ws://{addr}/xrpc/dev.sluice.subscribeEvents?cursor=0"))
+            .await
+            .unwrap();
+    let first = next_json(&mut socket).await.expect("a first message");
+    assert_eq!(first["info"], "OutdatedCursor", "{first}");
+    assert!(first["message"].as_str().unwrap().contains(&format!("goes on from {oldest}")), "{first}");
     let ids = read_until(&mut socket, head).await;
     let mut tailed = Vec::new();
     sluice::tail::tail(&format!("http://{addr}"), Some(0), Some(2), |text| {
@@ -74,14 +74,14 @@ async fn events_past_the_retention_are_removed_and_an_old_cursor_is_told() {
     assert_eq!(ids, (oldest..=head).collect::<Vec<_>>(), "the newest page is left whole");
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("removed events past the retention"), "{log}");
-    let stats = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let stats = testkit::sluice_command(env!("CARGO_BIN_EXE_sluice"))
         .args(["stats", "--json", "--data"])
         .arg(dir.path().join("data"))
         .output()
         .unwrap();
     let stats: Value = serde_json::from_slice(&stats.stdout).unwrap();
     assert_eq!((stats["oldest_event"].as_u64(), stats["events"].as_u64()), (Some(oldest), Some(head)), "{stats}");
-    let events = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let events = testkit::sluice_command(env!("CARGO_BIN_EXE_sluice"))
         .args(["events", "--cursor", "1", "--limit", "1", "--data"])
         .arg(dir.path().join("data"))
         .output()

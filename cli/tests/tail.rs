@@ -11,7 +11,7 @@ async fn sluice_tail_prints_the_stream() {
     let (base, _state) = serving(&sluice).await;
     let tail = |args: Vec<String>| {
         tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_sluice")).arg("tail").args(args).output().unwrap()
+            testkit::sluice_command(env!("CARGO_BIN_EXE_sluice")).arg("tail").args(args).output().unwrap()
         })
     };
     let output =
