@@ -1,0 +1,198 @@
+//! `sluice run --devnet`: a working indexer with no network. The binary starts a devnet in its
+//! own process, backfills it, serves `/health`, XRPC and the event stream on the configured
+//! address, follows the devnet's firehose live (a record written through the walkthrough's
+//! PDS becomes an event), and on SIGTERM stops within bounded time with exit 0 and a store
+//! that holds what it served.
+
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sluice::store::{RepoStatus, Store};
+use sluice_testkit as testkit;
+
+/// A run of a child ends within this.
+const RUN_LIMIT: Duration = Duration::from_secs(60);
+
+/// What `run --devnet` creates: 20 accounts of 50 records each.
+const RECORDS: u64 = 20 * 50;
+
+/// A child `sluice`, killed if the test ends before it does.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// GET `url` as JSON; `None` while nothing answers there.
+async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
+    let response = http.get(url).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.json().await.ok()
+}
+
+/// Polls `GET url` until its JSON answer satisfies `done`; returns it. Panics naming `what`,
+/// with the child's `log`, past [`RUN_LIMIT`].
+async fn poll_json(http: &reqwest::Client, url: &str, log: &Path, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + RUN_LIMIT;
+    let mut last = None;
+    loop {
+        if let Some(answer) = get_json(http, url).await {
+            if done(&answer) {
+                return answer;
+            }
+            last = Some(answer);
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("timed out waiting for {what}; {url} last said {last:?}; log:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The text after `marker` on the first line of `printed` that has it, up to `end`.
+fn after<'a>(printed: &'a str, marker: &str, end: char) -> &'a str {
+    let line = printed.lines().find(|l| l.contains(marker)).unwrap_or_else(|| panic!("no {marker:?} in {printed}"));
+    let rest = &line[line.find(marker).unwrap() + marker.len()..];
+    rest.split(end).next().unwrap()
+}
+
+/// `sluice tail --server SERVER --cursor 0 --limit N`, to its end: the events it printed.
+async fn tail(server: &str, limit: u64, dir: &Path) -> Vec<Value> {
+    let out = dir.join("tail.out");
+    let mut child = testkit::sluice_command(env!("CARGO_BIN_EXE_sluice"))
+        .args(["tail", "--server", server, "--cursor", "0", "--limit", &limit.to_string()])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(dir.join("tail.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let status = exit_within(&mut child, RUN_LIMIT).await.expect("sluice tail ends at its limit");
+    assert!(status.success(), "sluice tail: {status}; {}", std::fs::read_to_string(dir.join("tail.err")).unwrap());
+    std::fs::read_to_string(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Waits up to `limit` for `child` to exit; `None` if it has not.
+async fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_devnet_indexes_serves_follows_live_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let server = format!("http://127.0.0.1:{port}");
+    let (data, filter) = (dir.path().join("data"), dir.path().join("filter.toml"));
+    // `run --devnet` points the network, and handle checks, at its own devnet; the resolver
+    // here only keeps anything from reaching the system's DNS if it did not.
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\npath = {data:?}\n[filter]\npath = {filter:?}\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
+             [network]\nhandle_resolver = \"http://127.0.0.1:1\"\n"
+        ),
+    )
+    .unwrap();
+    let printed = dir.path().join("stdout");
+    let log = dir.path().join("sluice.log");
+    let mut sluice = Running(
+        testkit::sluice_command(env!("CARGO_BIN_EXE_sluice"))
+            .args(["--config", config.to_str().unwrap(), "run", "--devnet"])
+            .env("RUST_LOG", "info")
+            .current_dir(dir.path())
+            .stdout(std::fs::File::create(&printed).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let http = testkit::http();
+    let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // Up and healthy, with the backfill and live ingestion running.
+    let health_url = format!("{server}/health");
+    let health = poll_json(&http, &health_url, &log, "/health to answer", |_| true).await;
+    assert_eq!(health["status"], json!("ok"), "{health}");
+    assert_eq!(health["backfill"], json!(true), "{health}");
+    assert!(health["firehose"].is_object(), "live ingestion runs: {health}");
+    assert_eq!(health["filter"]["mode"], json!("full"), "the filter it wrote: {health}");
+    assert!(filter.exists(), "the default filter was written where the config says");
+
+    // The whole devnet indexed: every repo synced, every record an event.
+    let stats_url = format!("{server}/xrpc/dev.sluice.getStats");
+    let stats = poll_json(&http, &stats_url, &log, "the backfill of the devnet", |stats| {
+        stats["repos"]["synced"] == json!(20) && stats["events"]["last"] == json!(RECORDS)
+    })
+    .await;
+    assert_eq!(stats["repos"]["pending"], json!(0), "{stats}");
+
+    // The event stream serves them, in order, to `sluice tail`.
+    let events = tail(&server, RECORDS, dir.path()).await;
+    let ids: Vec<u64> = events.iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, (1..=RECORDS).collect::<Vec<_>>());
+    assert!(events.iter().all(|e| e["type"] == json!("record") && e["record"]["live"] == json!(false)));
+    let dids: std::collections::BTreeSet<&str> = events.iter().map(|e| e["record"]["did"].as_str().unwrap()).collect();
+    assert_eq!(dids.len(), 20, "every account's records");
+
+    // The walkthrough names this server, an account and its PDS; a record written there as
+    // it says comes through live.
+    let text = std::fs::read_to_string(&printed).unwrap();
+    assert!(text.contains(&format!("sluice tail --server {server} --cursor 0")), "{text}");
+    let did = after(&text, "listRecords?repo=", '&').to_string();
+    let pds = after(&text, "curl -X POST ", ' ').to_string();
+    assert!(dids.contains(did.as_str()), "the walkthrough's account {did} is indexed");
+    let record = json!({"repo": did, "collection": "app.bsky.feed.post",
+        "record": {"$type": "app.bsky.feed.post", "text": "live", "createdAt": "2026-11-01T00:00:00.000Z"}});
+    let created = http.post(&pds).json(&record).send().await.unwrap();
+    assert!(created.status().is_success(), "{pds}: {}", created.text().await.unwrap());
+    let created: Value = created.json().await.unwrap();
+    poll_json(&http, &stats_url, &log, "the live write to become an event", |s| {
+        s["events"]["last"] == json!(RECORDS + 1)
+    })
+    .await;
+    let live = tail(&server, RECORDS + 1, dir.path()).await.pop().unwrap();
+    assert_eq!(
+        (&live["record"]["live"], &live["record"]["did"], &live["record"]["action"]),
+        (&json!(true), &json!(did), &json!("create")),
+        "{live}"
+    );
+    assert_eq!(live["record"]["cid"], created["cid"], "{live}");
+
+    // SIGTERM: a clean stop, in bounded time, with where the repos stand.
+    let stopping = Instant::now();
+    assert_eq!(unsafe { libc::kill(sluice.0.id() as i32, libc::SIGTERM) }, 0);
+    let status = exit_within(&mut sluice.0, RUN_LIMIT).await;
+    let status = status.unwrap_or_else(|| panic!("still running {RUN_LIMIT:?} after SIGTERM; log:\n{}", log_text()));
+    assert!(status.success(), "exit {status} after SIGTERM; log:\n{}", log_text());
+    eprintln!("stopped {:?} after SIGTERM", stopping.elapsed());
+    let text = std::fs::read_to_string(&printed).unwrap();
+    assert_eq!(text.lines().last(), Some(format!("repos: 20 synced; events: {}", RECORDS + 1).as_str()), "{text}");
+    assert!(get_json(&http, &health_url).await.is_none(), "the server stopped with it");
+
+    // What it served is what it kept.
+    let store = Store::open(&data).unwrap();
+    assert_eq!(store.repo_count(RepoStatus::Synced), 20);
+    assert_eq!(store.next_event_id(), RECORDS + 2);
+}
