@@ -23,12 +23,10 @@ fn write_config(dir: &std::path::Path, net: &Devnet, port: u16) -> std::path::Pa
     testkit::devnet_config_file(dir, net, &extra)
 }
 
-/// Firehose frames the run serving `base` has handled since it started, whatever became of
-/// them (its /metrics); `None` while it does not answer.
-async fn frames_handled(base: &str) -> Option<f64> {
-    let metrics = testkit::metrics(base).await?;
-    let frames = metrics.lines().filter(|l| l.starts_with("sluice_firehose_frames_total{"));
-    Some(frames.filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum())
+/// The firehose seq up to which the run serving `base` has applied every frame (its
+/// /metrics); `None` while it does not answer.
+async fn cursor(base: &str) -> Option<f64> {
+    testkit::metric(&testkit::metrics(base).await?, "sluice_firehose_cursor")
 }
 
 /// Whether the run serving `base` has every repo synced, nothing in flight, and every frame up
@@ -149,7 +147,7 @@ async fn sigkill_during_live_ingestion_loses_and_duplicates_nothing() {
     let stop_writes = Arc::new(AtomicBool::new(false));
     let writer = keep_writing(net.clone(), dids.clone(), stop_writes.clone());
 
-    kill_while_following(&base, &config, &log).await;
+    kill_while_following(&net, &base, &config, &log).await;
     stop_writes.store(true, Ordering::Relaxed);
     let writes = tokio::task::spawn_blocking(move || writer.join().unwrap()).await.unwrap();
     assert!(writes > 100, "the devnet kept writing through the kills ({writes} writes)");
@@ -174,13 +172,15 @@ async fn sigkill_during_live_ingestion_loses_and_duplicates_nothing() {
     assert!(caught_up, "sluice caught up after the kills; log:\n{}", std::fs::read_to_string(&log).unwrap_or_default());
 }
 
-/// Runs `sluice run` (serving `base`) four times, each killed with SIGKILL once it has handled
-/// that many firehose frames: while following the stream, at a different point each time.
-async fn kill_while_following(base: &str, config: &std::path::Path, log: &std::path::Path) {
-    for frames in [60.0, 25.0, 90.0, 40.0] {
+/// Runs `sluice run` (serving `base`) four times, each killed with SIGKILL once it has applied
+/// that many frames written after it started: while following the stream live, at a different
+/// point each time.
+async fn kill_while_following(net: &Devnet, base: &str, config: &std::path::Path, log: &std::path::Path) {
+    for frames in [40, 15, 60, 25] {
+        let target = (net.firehose_seq() + frames) as f64;
         let mut child = run(config, log);
-        while_running(&mut child, log, &format!("the run handles {frames} frames"), || async {
-            frames_handled(base).await.is_some_and(|n| n >= frames)
+        while_running(&mut child, log, &format!("the run applies {frames} new frames"), || async {
+            cursor(base).await.is_some_and(|seq| seq >= target)
         })
         .await;
         child.kill().unwrap(); // SIGKILL
