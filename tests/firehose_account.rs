@@ -398,8 +398,6 @@ async fn each_account_status_moves_the_state_the_queries_and_the_log_once() {
 /// the log that saw `throttled` must see the account come back. And a status repeated changes
 /// nothing, so it emits nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "sluice drops `active` after a relay-side status (its state never left synced) and emits every repeated \
-            relay-side status; src/firehose/status.rs keeps no account status of its own"]
 async fn a_relay_side_status_ends_with_one_active_event() {
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let did = account(&net, 83, 1);
@@ -412,5 +410,14 @@ async fn a_relay_side_status_ends_with_one_active_event() {
     let (_, accounts) = s.step(&did, |net| net.emit_relay_account(&did, true, None), |_| true).await;
     assert_eq!(accounts, vec![active()], "the account is active again");
     assert!(s.in_step(&did));
+    let (added, _) = s.step(&did, |net| net.emit_relay_account(&did, true, None), |_| true).await;
+    assert!(added.is_empty(), "active again changes nothing: {added:?}");
+    // A host's status, then the relay's, then the host's again: three changes, three events,
+    // and the repo stays gone until the account is active.
+    for status in ["takendown", "throttled", "takendown"] {
+        let (_, accounts) = s.step(&did, |net| net.emit_relay_account(&did, false, Some(status)), |_| true).await;
+        assert_eq!(accounts, vec![inactive(status)], "{status}");
+        assert_eq!(s.status(&did), Some(RepoStatus::Gone), "after {status}");
+    }
     s.stop().await;
 }

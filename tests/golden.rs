@@ -55,6 +55,7 @@ fn version_1_values_still_decode() {
             updated_ms: 1_700_000_000_001,
             commit: None,
             handle_ok: None,
+            account_status: None,
         },
     );
     golden("v1-record-ref.bin", RecordRef { cid: vec![1, 113, 18, 32, 7, 7, 7], body: None });
@@ -75,6 +76,7 @@ fn version_1_values_still_decode() {
             updated_ms: 1_700_000_000_002,
             commit: None,
             handle_ok: None,
+            account_status: None,
         },
     );
 }
@@ -95,6 +97,7 @@ fn version_2_repo_states_still_decode() {
             updated_ms: 1_700_000_000_003,
             commit: Some("bafyreihffx5a2e7k5uwrmmgofbvzujc5cmw5h4espouwuxt3liqoflx3ee".into()),
             handle_ok: None,
+            account_status: None,
         },
     );
 }
@@ -115,6 +118,28 @@ fn version_3_repo_states_still_decode() {
             updated_ms: 1_700_000_000_004,
             commit: Some("bafyreihffx5a2e7k5uwrmmgofbvzujc5cmw5h4espouwuxt3liqoflx3ee".into()),
             handle_ok: Some(true),
+            account_status: None,
+        },
+    );
+}
+
+#[test]
+fn version_4_repo_states_still_decode() {
+    // Version 4: the status of an #account frame that left the repo indexed.
+    golden(
+        "v4-repo-state.bin",
+        RepoState {
+            status: RepoStatus::Synced,
+            rev: Some("3l3qo2vuowo2b".into()),
+            data: Some("bafyreidigqr65jj2zsmitco3fcuag6pi7std6quxa2bcp2xrpin44ikzsy".into()),
+            handle: Some("alice.test".into()),
+            error: None,
+            retries: 0,
+            next_retry_ms: None,
+            updated_ms: 1_700_000_000_005,
+            commit: Some("bafyreihffx5a2e7k5uwrmmgofbvzujc5cmw5h4espouwuxt3liqoflx3ee".into()),
+            handle_ok: Some(true),
+            account_status: Some("throttled".into()),
         },
     );
 }

@@ -5,8 +5,9 @@
 //! leaves it `gone`. `deactivated`, `takendown` and `suspended` leave it `gone` with its records
 //! kept as they were (these can be undone); reactivation (`active: true`) queues a backfill,
 //! whose diff brings the records up to date. Relay-side statuses (`throttled`,
-//! `desynchronized`, others) only emit the account event. Each change emits one account event;
-//! a frame that changes nothing emits none.
+//! `desynchronized`, others) leave the repo indexed as it is; the state keeps the status
+//! (`RepoState::account_status`) so that `active` afterwards is a change. Each change emits one
+//! account event; a frame that changes nothing (the status the repo already has) emits none.
 
 use jacquard_api::com_atproto::sync::subscribe_repos::{Account, Identity, Sync};
 
@@ -83,8 +84,12 @@ impl Live {
             StoredEvent::Account(AccountEvent { did: did.to_string(), active: a.active, status: status.clone() });
         let now = now_ms();
         let gone = state.status == RepoStatus::Gone;
+        let relay_side = state.account_status.clone();
+        // Whatever the frame says next replaces a relay-side status.
+        let state = RepoState { account_status: None, ..state };
         match status.as_deref() {
-            None if !gone => Ok(Handled::Stale),
+            None if !gone && relay_side.is_none() => Ok(Handled::Stale),
+            None if !gone => self.apply_status(did, RepoState { updated_ms: now, ..state }, event),
             None if self.opts.backfill => {
                 self.apply_status(did, RepoState { error: None, ..schedule::requeued(&state, 0, now) }, event)
             }
@@ -93,7 +98,8 @@ impl Live {
                 RepoState { status: RepoStatus::Synced, error: None, updated_ms: now, ..state },
                 event,
             ),
-            Some(s) if gone && state.error.as_deref() == Some(s) => Ok(Handled::Stale),
+            Some(s) if gone && relay_side.is_none() && state.error.as_deref() == Some(s) => Ok(Handled::Stale),
+            Some(s) if relay_side.as_deref() == Some(s) => Ok(Handled::Stale),
             Some("deleted") => {
                 let rev = state.rev.clone().unwrap_or_default();
                 let gone = schedule::gone(&state, "deleted".into(), now);
@@ -106,7 +112,10 @@ impl Live {
             Some(s @ ("deactivated" | "takendown" | "suspended")) => {
                 self.apply_status(did, schedule::gone(&state, s.to_string(), now), event)
             }
-            Some(_) => self.apply_status(did, state, event),
+            Some(s) => {
+                let state = RepoState { account_status: Some(s.to_string()), updated_ms: now, ..state };
+                self.apply_status(did, state, event)
+            }
         }
     }
 

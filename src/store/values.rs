@@ -138,6 +138,11 @@ pub struct RepoState {
     /// resolves back to the DID (`None`: not checked yet). From format 3 on. Kept in step by
     /// the store: a write that changes the handle clears it, other writes keep it.
     pub handle_ok: Option<bool>,
+    /// The status of the last `#account` frame that said the account is not active but left
+    /// the repo indexed (relay-side ones: `throttled`, `desynchronized`, statuses sluice does
+    /// not know); `None` while active. From format 4 on. Kept so that a repeat of it changes
+    /// nothing and `active` afterwards is a change, each with one account event.
+    pub account_status: Option<String>,
 }
 
 impl RepoState {
@@ -158,16 +163,17 @@ impl RepoState {
 
 impl Stored for RepoState {
     const WHAT: &'static str = "repo state";
-    const VERSION: u8 = 3;
+    const VERSION: u8 = 4;
 
     fn decode_version(version: u8, body: &[u8]) -> Result<Self, ValueError> {
         match version {
-            3 => postcard_body(Self::WHAT, body),
-            // Each later format only appended an optional field (2: `commit`, 3: `handle_ok`),
+            4 => postcard_body(Self::WHAT, body),
+            // Each later format only appended an optional field (2: `commit`, 3: `handle_ok`,
+            // 4: `account_status`),
             // so an older body reads as the current one with those fields absent: postcard
             // writes an absent `Option` as one 0 byte. A new format that adds anything else
             // needs its own case here.
-            1 | 2 => {
+            1..=3 => {
                 let mut padded = body.to_vec();
                 padded.resize(body.len() + usize::from(Self::VERSION - version), 0);
                 postcard_body(Self::WHAT, &padded)
@@ -652,6 +658,7 @@ mod tests {
                 updated_ms: 7,
                 commit: Some("bafyreia".into()),
                 handle_ok: Some(true),
+                account_status: Some("throttled".into()),
             };
             prop_assert_eq!(RepoState::decode(&st.encode()).unwrap(), st);
         }
@@ -680,7 +687,7 @@ mod tests {
         /// what is wrong, consistently with the version byte.
         #[test]
         fn whatever_decodes_reads_back_and_whatever_fails_says_why(bytes in damaged_values()) {
-            decodes_soundly::<RepoState>(&bytes, &[1, 2, 3])?;
+            decodes_soundly::<RepoState>(&bytes, &[1, 2, 3, 4])?;
             decodes_soundly::<EventPage>(&bytes, &[1, 2, 3])?;
             decodes_soundly::<RecordRef>(&bytes, &[1, 2])?;
             decodes_soundly::<EventSpan>(&bytes, &[1])?;
@@ -734,10 +741,14 @@ mod tests {
                 any::<u64>(),
                 text(),
                 proptest::option::of(any::<bool>()),
+                text(),
             ),
         )
             .prop_map(
-                |((s, rev, data, handle, error), (retries, next_retry_ms, updated_ms, commit, handle_ok))| RepoState {
+                |(
+                    (s, rev, data, handle, error),
+                    (retries, next_retry_ms, updated_ms, commit, handle_ok, account_status),
+                )| RepoState {
                     status: RepoStatus::ALL[s],
                     rev,
                     data,
@@ -748,6 +759,7 @@ mod tests {
                     updated_ms,
                     commit,
                     handle_ok,
+                    account_status,
                 },
             )
     }
