@@ -187,7 +187,7 @@ fn client_elsewhere(
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async {
-            let http = reqwest::Client::new();
+            let http = sluice_testkit::http();
             let mut latencies = Vec::new();
             while !backfilled.is_cancelled() || latencies.len() < 2000 {
                 let rkey = &rkeys[latencies.len() * 7919 % rkeys.len()];

@@ -109,7 +109,7 @@ fn compare(net: &Devnet, label: &str, repos: usize, records: usize, handlers: bo
 async fn car_bytes(net: &Devnet, did: &str) -> usize {
     let pds = &net.pds_urls()[net.pds_of(did).unwrap()];
     let url = format!("{pds}/xrpc/com.atproto.sync.getRepo");
-    reqwest::Client::new().get(url).query(&[("did", did)]).send().await.unwrap().bytes().await.unwrap().len()
+    sluice_testkit::http().get(url).query(&[("did", did)]).send().await.unwrap().bytes().await.unwrap().len()
 }
 
 fn row(label: &str, repos: usize, records: usize, u: &Usage) {
