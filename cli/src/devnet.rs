@@ -86,6 +86,15 @@ pub fn serve(opts: &DevnetArgs, write_config: &Path) -> anyhow::Result<()> {
     ensure_devnet_filter(&filter)?;
     std::fs::write(write_config, devnet_config(&net, &filter))
         .with_context(|| format!("writing {}", write_config.display()))?;
+    print_servers(opts, &net, write_config);
+    println!("Ctrl-C stops it.");
+    runtime.block_on(shutdown_signal());
+    runtime.block_on(net.shutdown());
+    Ok(())
+}
+
+/// What `sluice devnet` serves, and how to point an indexer at it and write to it.
+fn print_servers(opts: &DevnetArgs, net: &Devnet, write_config: &Path) {
     let pds = net.pds_urls();
     println!("devnet: {} accounts with {} records each on {} PDS host(s)", opts.repos, opts.records, pds.len());
     if opts.unresolvable > 0 {
@@ -109,10 +118,6 @@ pub fn serve(opts: &DevnetArgs, write_config: &Path) -> anyhow::Result<()> {
         "  -d '{{\"repo\":\"<did>\",\"collection\":\"app.bsky.feed.post\",\
          \"record\":{{\"text\":\"hi\",\"createdAt\":\"2026-01-01T00:00:00Z\"}}}}'"
     );
-    println!("Ctrl-C stops it.");
-    runtime.block_on(shutdown_signal());
-    runtime.block_on(net.shutdown());
-    Ok(())
 }
 
 /// For `sluice run --devnet`: a devnet on free ports, and `config` pointed at it; the service
