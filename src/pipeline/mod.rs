@@ -255,13 +255,16 @@ impl Pipeline {
             let status = if kept { RepoStatus::Synced } else { RepoStatus::Discarded };
             let changes = WalkChanges::new(repo, filter, opts.since_us, keys, stored, kept);
             let origin = Origin::new(did, repo.rev(), false);
+            let (handle, account_status) = previous_state.map_or((None, None), |s| (s.handle, s.account_status));
             let state = RepoState {
                 status,
                 // A discarded repo keeps its rev too, so live commits it already had are told apart.
                 rev: Some(repo.rev().to_string()),
                 data: kept.then(|| repo.data().to_string()),
                 commit: kept.then(|| repo.commit_cid().to_string()),
-                handle: opts.handle.clone().or_else(|| previous_state.and_then(|s| s.handle)),
+                handle: opts.handle.clone().or(handle),
+                // What the relay last said of the account stands: an export says nothing of it.
+                account_status,
                 updated_ms: now_ms(),
                 ..Default::default()
             };
