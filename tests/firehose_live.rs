@@ -94,11 +94,11 @@ impl Running {
 
     /// What the PDS holds for `did`.
     fn on_pds(&self, did: &str) -> BTreeMap<(String, String), String> {
-        self.net.records(did).into_iter().map(|(k, (cid, _))| (k, cid)).collect()
+        testkit::pds_cids(&self.net, did)
     }
 
     fn in_step(&self, did: &str) -> bool {
-        self.status(did) == Some(RepoStatus::Synced) && self.stored(did) == self.on_pds(did)
+        testkit::in_step(self.sluice.store(), &self.net, did)
     }
 
     fn events(&self) -> Vec<(u64, StoredEvent)> {

@@ -64,11 +64,7 @@ async fn the_switch_from_replay_to_live_loses_and_repeats_nothing() {
     let mut c = Config::default();
     c.storage.path = dir.path().join("data");
     testkit::on_devnet(&mut c, &net);
-    let sluice = Sluice::builder()
-        .config(c.clone())
-        .filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap())
-        .open()
-        .unwrap();
+    let sluice = testkit::sluice_full(&c);
     let backfill = Backfill::new(sluice.pipeline().clone(), &c);
     let firehose = sluice::service::firehose_beside(&sluice, &c, &backfill).unwrap();
     let mut state = ServerState::new(sluice.pipeline().clone(), c.clone());

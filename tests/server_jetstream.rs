@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use sluice::backfill::RunMode;
 use sluice::service::{Service, ServiceOptions};
 use sluice::store::{RepoStatus, StoredEvent};
-use sluice::{Config, Filter, Sluice};
+use sluice::{Config, Sluice};
 use sluice_devnet::{AccountSpec, AccountStatus, Devnet, DevnetOptions};
 use sluice_testkit as testkit;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -42,11 +42,7 @@ async fn start(net: Devnet, tweak: impl FnOnce(&mut Config)) -> Running {
     (c.backfill.retry_min_ms, c.backfill.retry_max_ms, c.backfill.progress_secs) = (50, 200, 1);
     c.server.listen = "127.0.0.1:0".into();
     tweak(&mut c);
-    let sluice = Sluice::builder()
-        .config(c.clone())
-        .filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap())
-        .open()
-        .unwrap();
+    let sluice = testkit::sluice_full(&c);
     let service = Service::start(&sluice, &c, RunMode::Forever, &ServiceOptions::default()).await.unwrap();
     let addr = service.server_addr().expect("the server runs").to_string();
     let stop = Box::new(service.stopper());

@@ -14,7 +14,7 @@ use sluice::handles::{HandleChecker, HandleResolver};
 use sluice::identity::Resolver;
 use sluice::server::{ServerState, serve};
 use sluice::store::{RepoState, RepoStatus};
-use sluice::{Config, Filter, Sluice};
+use sluice::{Config, Sluice};
 use sluice_devnet::{AccountSpec, AccountStatus, Devnet, DevnetOptions};
 use sluice_testkit as testkit;
 
@@ -156,11 +156,7 @@ async fn setup() -> Setup {
     let mut c = Config::default();
     c.storage.path = dir.path().join("data");
     testkit::on_devnet(&mut c, &net);
-    let sluice = Sluice::builder()
-        .config(c.clone())
-        .filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap())
-        .open()
-        .unwrap();
+    let sluice = testkit::sluice_full(&c);
     let backfill = Backfill::new(sluice.pipeline().clone(), &c);
     tokio::time::timeout(RUN_LIMIT, backfill.run(RunMode::UntilEmpty, true))
         .await

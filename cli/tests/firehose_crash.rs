@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use sluice::store::{Action, RepoStatus, Store, StoredEvent};
+use sluice::store::{Action, Store, StoredEvent};
 use sluice_devnet::{Devnet, DevnetOptions};
 use sluice_testkit as testkit;
 
@@ -104,11 +104,7 @@ fn terminate(child: &mut std::process::Child) {
 
 /// Whether every repo is synced and stored exactly as its PDS holds it.
 fn in_step(store: &Store, net: &Devnet, dids: &[String]) -> bool {
-    dids.iter().all(|did| {
-        let synced = store.repos().state(did).unwrap().is_some_and(|s| s.status == RepoStatus::Synced);
-        let stored = testkit::stored_cids(store, did);
-        synced && stored == net.records(did).into_iter().map(|(k, (cid, _))| (k, cid)).collect::<BTreeMap<_, _>>()
-    })
+    dids.iter().all(|did| testkit::in_step(store, net, did))
 }
 
 /// Replays the record events: gapless ids, creates of absent records, updates to a new CID and
@@ -197,8 +193,6 @@ fn assert_events_build_what_the_pdss_hold(store: &Store, net: &Devnet, dids: &[S
             .filter(|((d, _, _), _)| d == did)
             .map(|((_, c, r), cid)| ((c.clone(), r.clone()), cid.clone()))
             .collect();
-        let on_pds: BTreeMap<(String, String), String> =
-            net.records(did).into_iter().map(|(k, (cid, _))| (k, cid)).collect();
-        assert_eq!(from_events, on_pds, "{did}: the event log builds what the PDS holds");
+        assert_eq!(from_events, testkit::pds_cids(net, did), "{did}: the event log builds what the PDS holds");
     }
 }

@@ -17,11 +17,11 @@ use sluice::backfill::{Backfill, RunMode};
 use sluice::config::NatsSinkConfig;
 use sluice::firehose::Firehose;
 use sluice::sink::NatsSink;
-use sluice::store::{Action, RepoStatus, Store, StoredEvent};
-use sluice::{Config, Filter, Sluice};
+use sluice::store::{Action, Store, StoredEvent};
+use sluice::{Config, Sluice};
 use sluice_devnet::{Devnet, DevnetOptions};
 use sluice_testkit as testkit;
-use sluice_testkit::NatsServer;
+use sluice_testkit::{NatsServer, in_step};
 use tokio_util::sync::CancellationToken;
 
 /// Every wait here ends well within this.
@@ -226,11 +226,7 @@ async fn node(net: &Devnet, nats: &NatsServer, shard: &str) -> Node {
     c.firehose.max_reconnect_secs = 1;
     c.sink.nats = Some(NatsSinkConfig { url: nats.url(), ..Default::default() });
     c.cluster.shard = shard.parse().unwrap();
-    let sluice = Sluice::builder()
-        .config(c.clone())
-        .filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap())
-        .open()
-        .unwrap();
+    let sluice = testkit::sluice_full(&c);
     let backfill = Backfill::new(sluice.pipeline().clone(), &c);
     let firehose: Arc<Firehose> = sluice::service::firehose_beside(&sluice, &c, &backfill).unwrap();
     let sink = NatsSink::new(sluice.store().clone(), c.sink.nats.clone().unwrap(), c.cluster.node_name()).unwrap();
@@ -260,14 +256,6 @@ impl Node {
             tokio::time::timeout(LIMIT, task).await.expect("stops in time").expect("no panic");
         }
     }
-}
-
-/// Whether `did` is synced in `store` with what its PDS holds.
-fn in_step(store: &Store, net: &Devnet, did: &str) -> bool {
-    let synced = store.repos().state(did).unwrap().is_some_and(|s| s.status == RepoStatus::Synced);
-    synced
-        && testkit::stored_cids(store, did)
-            == net.records(did).into_iter().map(|(k, (cid, _))| (k, cid)).collect::<BTreeMap<_, _>>()
 }
 
 fn post(text: &str) -> Value {

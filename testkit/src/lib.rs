@@ -39,6 +39,12 @@ pub fn filter(text: &str) -> Filter {
     Filter::from_toml(text, "test-filter").expect("test filter parses")
 }
 
+/// An indexer over `config` (its data directory and settings) with a full-mode filter: every
+/// repo and collection, as the tests that run the service over a devnet want.
+pub fn sluice_full(config: &sluice::Config) -> Sluice {
+    Sluice::builder().config(config.clone()).filter(filter("mode = \"full\"")).open().unwrap()
+}
+
 /// An indexer over a fresh temporary directory with a fixed filter.
 pub fn sluice_with(filter_text: &str) -> (tempfile::TempDir, Sluice) {
     let dir = tempfile::tempdir().unwrap();
@@ -163,6 +169,17 @@ pub fn spawn_sluice(binary: &str, config: &Path, command: &str, log: &Path) -> s
         .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap())
         .spawn()
         .unwrap()
+}
+
+/// What `did`'s PDS on `net` holds: (collection, rkey) -> CID string.
+pub fn pds_cids(net: &Devnet, did: &str) -> std::collections::BTreeMap<(String, String), String> {
+    net.records(did).into_iter().map(|(k, (cid, _))| (k, cid)).collect()
+}
+
+/// Whether `did` is synced in `store` and stored exactly as its PDS on `net` holds it.
+pub fn in_step(store: &sluice::store::Store, net: &Devnet, did: &str) -> bool {
+    let synced = store.repos().state(did).unwrap().is_some_and(|s| s.status == sluice::store::RepoStatus::Synced);
+    synced && stored_cids(store, did) == pds_cids(net, did)
 }
 
 /// The stored records of `did`: (collection, rkey) -> CID string.

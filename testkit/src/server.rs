@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use serde_json::Value;
 use sluice::server::{ServerState, serve};
-use sluice::{Config, Filter, Sluice};
+use sluice::{Config, Sluice};
 use tokio_tungstenite::tungstenite::Message;
 
 /// How long a test waits for a message, or for a state it polls for.
@@ -38,8 +38,7 @@ pub fn indexed(dir: &std::path::Path, cars: &[&str], tweak: impl FnOnce(&mut Con
     let mut config = Config::default();
     config.storage.path = dir.join("data");
     tweak(&mut config);
-    let sluice =
-        Sluice::builder().config(config).filter(Filter::from_toml("mode = \"full\"\n", "t").unwrap()).open().unwrap();
+    let sluice = crate::sluice_full(&config);
     for car in cars {
         sluice.index_car(&crate::read_fixture(car), &Default::default()).unwrap();
     }
