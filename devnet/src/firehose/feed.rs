@@ -61,7 +61,7 @@ fn run(jobs: Receiver<Job>, sequencer: &Sequencer) {
     for Job { did, host, emit, base, done } in jobs {
         let made = std::panic::catch_unwind(AssertUnwindSafe(|| rt.block_on(body_of(&mut chains, &did, emit, base))));
         let result = match made {
-            Ok(body) => body.and_then(|b| Ok(sequencer.publish(host, b)?)),
+            Ok(body) => body.and_then(|b| sequencer.publish(host, b).map_err(EventError::from)),
             Err(_) => Err(EventError::Panicked),
         };
         if let Err(e) = result {
