@@ -10,10 +10,11 @@ pub mod policy;
 pub use body::{BodyError, ERROR_BODY_CAP, FOREIGN_TEXT_MAX, error_excerpt, read_capped, truncate_foreign};
 pub use policy::{AddressPolicy, AddressRefused, BadNetwork, address_refused, is_address_refused};
 
-/// A client builder with sluice's user agent and the default [`Deadlines`] (a connect
-/// timeout, an idle timeout, an overall deadline); callers with other needs apply their own.
+/// A client builder with sluice's user agent, a connect timeout and an idle timeout
+/// ([`Deadlines::STREAM`], no overall deadline: a large download keeps its own). Clients of
+/// small answers apply [`Deadlines::SMALL`].
 pub fn client_builder() -> reqwest::ClientBuilder {
-    Deadlines::default().apply(reqwest::Client::builder().user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION"))))
+    Deadlines::STREAM.apply(reqwest::Client::builder().user_agent(concat!("sluice/", env!("CARGO_PKG_VERSION"))))
 }
 
 /// How long a request may take: to connect, between two reads of its answer, and in all.
@@ -28,14 +29,20 @@ pub struct Deadlines {
     pub total: Option<Duration>,
 }
 
-impl Default for Deadlines {
-    /// For small answers (documents, listings): 10 s to connect, 30 s idle, 60 s in all.
-    fn default() -> Self {
-        Self { connect: Duration::from_secs(10), idle: Duration::from_secs(30), total: Some(Duration::from_secs(60)) }
-    }
-}
-
 impl Deadlines {
+    /// For small answers (DID documents, handle answers, listings): 10 s to connect, 30 s
+    /// idle, 60 s in all.
+    pub const SMALL: Deadlines = Deadlines {
+        connect: Duration::from_secs(10),
+        idle: Duration::from_secs(30),
+        total: Some(Duration::from_secs(60)),
+    };
+
+    /// For streamed downloads, whose caller keeps the overall deadline: 10 s to connect, 60 s
+    /// idle.
+    pub const STREAM: Deadlines =
+        Deadlines { connect: Duration::from_secs(10), idle: Duration::from_secs(60), total: None };
+
     /// The same with `total` as the overall deadline (and the idle timeout not above it).
     pub fn with_total(self, total: Duration) -> Self {
         Self { total: Some(total), idle: self.idle.min(total), ..self }
