@@ -95,7 +95,7 @@ fn digest(cid: &Cid) -> Option<[u8; 32]> {
     cid.hash().digest().try_into().ok()
 }
 
-/// Polls a future that never waits on I/O (iroh-car over an in-memory slice) to completion.
+/// Polls a future that never waits on I/O (the CAR reader over a slice or a file) to completion.
 fn run_ready<F: Future>(fut: F) -> F::Output {
     let mut fut = pin!(fut);
     let mut cx = Context::from_waker(Waker::noop());
@@ -196,14 +196,14 @@ impl CidChecks {
     /// Checks (or queues for checking) the block `data`, at `offset` in the CAR, that `cid`
     /// names with `digest`. `Err(None)` means that an earlier block failed its check:
     /// [`CidChecks::finish`] says which.
-    fn check(&mut self, cid: &Cid, digest: [u8; 32], data: Vec<u8>, offset: u64) -> Result<(), Option<RepoError>> {
+    fn check(&mut self, cid: &Cid, digest: [u8; 32], data: &[u8], offset: u64) -> Result<(), Option<RepoError>> {
         match self {
-            CidChecks::Inline => check_digest(cid, &digest, &data).map_err(Some),
+            CidChecks::Inline => check_digest(cid, &digest, data).map_err(Some),
             CidChecks::Beside { chunk, chunk_bytes, send, holds_car, failed, .. } => {
                 *chunk_bytes += data.len();
                 let block = match holds_car {
                     true => Queued::At { offset: offset as usize, len: data.len() },
-                    false => Queued::Copy(data),
+                    false => Queued::Copy(data.to_vec()),
                 };
                 chunk.push((*cid, digest, block));
                 if *chunk_bytes >= HASH_CHUNK_BYTES {
@@ -236,7 +236,10 @@ impl CidChecks {
 /// Refuses a CAR of `size` bytes when it is over the limit, before anything is read.
 fn check_car_size(size: u64, limits: &CarLimits) -> Result<(), RepoError> {
     match size > limits.max_car_bytes {
-        true => Err(RepoError::TooLarge(format!("{size} bytes is over the {}-byte limit", limits.max_car_bytes))),
+        true => Err(RepoError::TooLarge(format!(
+            "{size} bytes is over the {}-byte limit (max_car_mb)",
+            limits.max_car_bytes
+        ))),
         false => Ok(()),
     }
 }
@@ -309,6 +312,10 @@ async fn scan_car<R: AsyncRead + Unpin + Send>(
 
 /// [`scan_car`]'s reading, the blocks handed to `checks`. A failed check (`Err(None)` from
 /// `checks`) ends the scan with a placeholder error: `checks.finish()` has the real one.
+///
+/// The CAR's framing (varint-length-prefixed sections) is read here, not by a CAR library, so
+/// that sluice's own limits decide: a section longer than a block may be is refused from its
+/// length, before it is read or allocated.
 async fn scan_blocks<R: AsyncRead + Unpin + Send>(
     reader: R,
     limits: &CarLimits,
@@ -317,36 +324,215 @@ async fn scan_blocks<R: AsyncRead + Unpin + Send>(
 ) -> Result<(Cid, BlockIndex), RepoError> {
     let over = Arc::new(AtomicBool::new(false));
     let position = Arc::new(AtomicU64::new(0));
-    let capped = Capped { inner: reader, left: limits.max_car_bytes, over: over.clone(), position: position.clone() };
-    let car_error = |e: iroh_car::Error| match over.load(Ordering::Relaxed) {
-        true => RepoError::TooLarge(format!("more than the {}-byte limit", limits.max_car_bytes)),
-        false => RepoError::Car(e.to_string()),
+    let mut capped =
+        Capped { inner: reader, left: limits.max_car_bytes, over: over.clone(), position: position.clone() };
+    let refused = |e: FrameError| match over.load(Ordering::Relaxed) {
+        true => RepoError::TooLarge(format!("more than the {}-byte limit (max_car_mb)", limits.max_car_bytes)),
+        false => e.into_repo_error(limits),
     };
-    let reader = iroh_car::CarReader::new(capped).await.map_err(car_error)?;
-    let root = *reader.header().roots().first().ok_or_else(|| RepoError::Car("header names no root".into()))?;
-    let mut stream = pin!(reader.stream());
+    let mut frame = Vec::new();
+    let header = read_frame(&mut capped, MAX_HEADER_BYTES, &mut frame).await.map_err(refused)?;
+    let header = header.ok_or_else(|| RepoError::Car("empty: no CAR header".into()))?;
+    let header = iroh_car::CarHeader::decode(header).map_err(|e| RepoError::Car(e.to_string()))?;
+    let root = *header.roots().first().ok_or_else(|| RepoError::Car("header names no root".into()))?;
     let (mut index, mut count) = (BlockIndex::default(), 0);
-    while let Some(item) = n0_future::StreamExt::next(&mut stream).await {
-        let (cid, data) = item.map_err(car_error)?;
+    let max_frame = limits.max_block_bytes.saturating_add(MAX_CID_BYTES);
+    while let Some(section) = read_frame(&mut capped, max_frame, &mut frame).await.map_err(refused)? {
+        let mut cursor = std::io::Cursor::new(section);
+        let cid = Cid::read_bytes(&mut cursor).map_err(|e| RepoError::Car(format!("a block's CID: {e}")))?;
+        let data = &section[cursor.position() as usize..];
         if data.len() > limits.max_block_bytes {
-            return Err(RepoError::TooLarge(format!(
-                "block {cid} has {} bytes, over the {}-byte limit",
-                data.len(),
-                limits.max_block_bytes
-            )));
+            return Err(RepoError::TooLarge(block_over(data.len(), limits)));
         }
         count += 1;
         if count > limits.max_blocks {
-            return Err(RepoError::TooLarge(format!("more than {} blocks", limits.max_blocks)));
+            return Err(RepoError::TooLarge(blocks_over(limits)));
         }
         let key = claimed_digest(&cid)?;
-        // iroh-car reads each frame exactly (varint, then the frame), so the position is the
-        // end of this block's bytes.
-        let offset = place(&data, position.load(Ordering::Relaxed));
+        // The position is the end of this block's bytes: frames are read exactly.
+        let offset = place(data, position.load(Ordering::Relaxed));
         index.insert(key, (offset, data.len() as u32));
         checks.check(&cid, key, data, offset).map_err(|e| e.unwrap_or(RepoError::CidMismatch(cid)))?;
     }
     Ok((root, index))
+}
+
+/// The longest CAR header accepted: a header names its roots (one, in a repo export), some
+/// tens of bytes.
+const MAX_HEADER_BYTES: usize = 64 << 10;
+
+/// What a section may hold beyond its block's bytes: the block's CID (36 bytes for the
+/// sha2-256 CIDs accepted; this leaves room for any CID that is then refused by name).
+const MAX_CID_BYTES: usize = 64;
+
+/// The refusal of a block of `len` bytes.
+fn block_over(len: usize, limits: &CarLimits) -> String {
+    format!("block of {len} bytes is over the {}-byte limit (max_block_kb)", limits.max_block_bytes)
+}
+
+/// The refusal of a CAR with too many blocks.
+fn blocks_over(limits: &CarLimits) -> String {
+    format!("more than {} blocks (max_blocks)", limits.max_blocks)
+}
+
+/// Why a CAR section could not be read.
+#[derive(Debug)]
+enum FrameError {
+    /// The stream failed (or the byte cap cut it: the caller knows).
+    Io(std::io::Error),
+    /// The length prefix is not a valid varint.
+    Varint(VarintError),
+    /// The section says it is longer than `max` bytes.
+    TooLong { len: u64, max: usize },
+    /// The stream ended inside a section.
+    Truncated,
+}
+
+impl FrameError {
+    fn into_repo_error(self, limits: &CarLimits) -> RepoError {
+        match self {
+            FrameError::Io(e) => RepoError::Car(e.to_string()),
+            FrameError::Varint(e) => RepoError::Car(e.to_string()),
+            FrameError::TooLong { len, max } if max == MAX_HEADER_BYTES => {
+                RepoError::Car(format!("a header of {len} bytes (at most {MAX_HEADER_BYTES} are read)"))
+            }
+            FrameError::TooLong { len, .. } => {
+                RepoError::TooLarge(block_over((len as usize).saturating_sub(MAX_CID_BYTES), limits))
+            }
+            FrameError::Truncated => RepoError::Car("cut short inside a section".into()),
+        }
+    }
+}
+
+/// Reads one varint-length-prefixed section into `buf`: `None` at the end of the stream
+/// (before a section starts), an error when the section is over `max` bytes (before reading
+/// it) or cut short.
+async fn read_frame<'b, R: AsyncRead + Unpin>(
+    reader: &mut R,
+    max: usize,
+    buf: &'b mut Vec<u8>,
+) -> Result<Option<&'b [u8]>, FrameError> {
+    use tokio::io::AsyncReadExt;
+    let mut varint = Varint::default();
+    let len = loop {
+        let mut byte = [0u8];
+        if reader.read(&mut byte).await.map_err(FrameError::Io)? == 0 {
+            return match varint.is_empty() {
+                true => Ok(None),
+                false => Err(FrameError::Truncated),
+            };
+        }
+        if let Some(len) = varint.push(byte[0]).map_err(FrameError::Varint)? {
+            break len;
+        }
+    };
+    if len > max as u64 {
+        return Err(FrameError::TooLong { len, max });
+    }
+    let len = len as usize;
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    reader.read_exact(&mut buf[..len]).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => FrameError::Truncated,
+        _ => FrameError::Io(e),
+    })?;
+    Ok(Some(&buf[..len]))
+}
+
+/// An unsigned varint (multiformats' LEB128: at most 9 bytes, minimally encoded) read a byte
+/// at a time.
+#[derive(Debug, Default, Clone, Copy)]
+struct Varint {
+    value: u64,
+    bytes: u32,
+}
+
+/// A length prefix that is not a valid varint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum VarintError {
+    /// More than 9 bytes.
+    #[error("a section length over 9 bytes")]
+    Overflow,
+    /// A trailing zero byte.
+    #[error("a section length not minimally encoded")]
+    NotMinimal,
+}
+
+impl Varint {
+    /// Takes the next byte: the value once it is the last one.
+    fn push(&mut self, byte: u8) -> Result<Option<u64>, VarintError> {
+        self.value |= u64::from(byte & 0x7f) << (7 * self.bytes);
+        self.bytes += 1;
+        match byte & 0x80 {
+            0 if byte == 0 && self.bytes > 1 => Err(VarintError::NotMinimal),
+            0 => Ok(Some(std::mem::take(self).value)),
+            _ if self.bytes >= 9 => Err(VarintError::Overflow),
+            _ => Ok(None),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+}
+
+/// Refuses a CAR arriving in pieces (a download) as soon as its framing shows it over the
+/// block-size or block-count limits: it reads each section's length and skips the section,
+/// so it costs next to nothing beside the download. A CAR it lets through is still read and
+/// checked in full by the readers above; this only refuses early what they would refuse.
+#[derive(Debug, Clone)]
+pub struct CarScanner {
+    limits: CarLimits,
+    varint: Varint,
+    skip: u64,
+    sections: u64,
+}
+
+impl CarScanner {
+    /// A scanner for a CAR held to `limits`.
+    pub fn new(limits: CarLimits) -> Self {
+        Self { limits, varint: Varint::default(), skip: 0, sections: 0 }
+    }
+
+    /// Takes the next bytes of the CAR; an error as soon as a limit is passed.
+    pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), RepoError> {
+        while !bytes.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(bytes.len() as u64);
+                self.skip -= n;
+                bytes = &bytes[n as usize..];
+                continue;
+            }
+            let pushed = self.varint.push(bytes[0]).map_err(|e| RepoError::Car(e.to_string()))?;
+            bytes = &bytes[1..];
+            if let Some(len) = pushed {
+                self.section(len)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Blocks seen so far (sections after the header).
+    pub fn blocks(&self) -> u64 {
+        self.sections.saturating_sub(1)
+    }
+
+    fn section(&mut self, len: u64) -> Result<(), RepoError> {
+        self.sections += 1;
+        let max = match self.sections {
+            1 => MAX_HEADER_BYTES,
+            _ => self.limits.max_block_bytes.saturating_add(MAX_CID_BYTES),
+        };
+        if len > max as u64 {
+            return Err(FrameError::TooLong { len, max }.into_repo_error(&self.limits));
+        }
+        if self.blocks() > self.limits.max_blocks as u64 {
+            return Err(RepoError::TooLarge(blocks_over(&self.limits)));
+        }
+        self.skip = len;
+        Ok(())
+    }
 }
 
 /// [`read_car`] over a file (a spooled download): every block is read and checked, but only
@@ -508,4 +694,126 @@ pub struct KeyError {
     pub key: String,
     /// Why it does not decode.
     pub source: jacquard_common::types::crypto::CryptoError,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// `n` as an unsigned varint.
+    fn varint(mut n: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return out;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+
+    /// A raw block's CID.
+    fn raw_cid(data: &[u8]) -> Cid {
+        Cid::new_v1(0x55, multihash::Multihash::<64>::wrap(SHA2_256, &Sha256::digest(data)).unwrap())
+    }
+
+    /// A CAR of raw blocks of these sizes, its root the first block.
+    fn car_of_sizes(sizes: &[usize]) -> Vec<u8> {
+        let blocks: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, n)| vec![i as u8; *n]).collect();
+        let root = raw_cid(blocks.first().map_or(&[][..], |b| &b[..]));
+        let header = iroh_car::CarHeader::new_v1(vec![root]).encode().unwrap();
+        let mut car = varint(header.len() as u64);
+        car.extend_from_slice(&header);
+        for data in &blocks {
+            let cid = raw_cid(data).to_bytes();
+            car.extend(varint((cid.len() + data.len()) as u64));
+            car.extend_from_slice(&cid);
+            car.extend_from_slice(data);
+        }
+        car
+    }
+
+    /// The limit refusal a read gives, if any.
+    fn limit_refusal(read: Result<LoadedRepo, RepoError>) -> Option<String> {
+        match read {
+            Err(RepoError::TooLarge(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_block_over_four_mib_is_read_when_the_limit_allows_it_and_refused_by_name_when_not() {
+        let car = car_of_sizes(&[100, 4_608 << 10]);
+        let wide = CarLimits { max_block_bytes: 5_120 << 10, ..Default::default() };
+        // The root is not a commit: the scan got through every block.
+        assert!(matches!(read_car(&car, &wide), Err(RepoError::NotACommit(..))));
+        let e = read_car(&car, &CarLimits::default()).err().unwrap().to_string();
+        assert!(e.contains("is over the 2097152-byte limit (max_block_kb)"), "{e}");
+        let mut scanner = CarScanner::new(CarLimits::default());
+        let e = scanner.feed(&car).unwrap_err().to_string();
+        assert!(e.contains("2097152-byte limit (max_block_kb)"), "{e}");
+        assert!(CarScanner::new(wide).feed(&car).is_ok());
+    }
+
+    #[test]
+    fn malformed_framing_is_named() {
+        let e = read_car(&[0x80, 0x80], &CarLimits::default()).err().unwrap().to_string();
+        assert!(e.contains("cut short"), "{e}");
+        let e = read_car(&[0x80, 0x00], &CarLimits::default()).err().unwrap().to_string();
+        assert!(e.contains("not minimally encoded"), "{e}");
+        let e = read_car(&[0xff; 12], &CarLimits::default()).err().unwrap().to_string();
+        assert!(e.contains("over 9 bytes"), "{e}");
+        let mut car = car_of_sizes(&[10, 10]);
+        car.truncate(car.len() - 3);
+        let e = read_car(&car, &CarLimits::default()).err().unwrap().to_string();
+        assert!(e.contains("cut short inside a section"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn varints_read_back(n in 0u64..(1 << 63)) {
+            let mut v = Varint::default();
+            let bytes = varint(n);
+            let (last, head) = bytes.split_last().unwrap();
+            for b in head {
+                prop_assert_eq!(v.push(*b), Ok(None));
+            }
+            prop_assert_eq!(v.push(*last), Ok(Some(n)));
+        }
+
+        /// Fed in any pieces, the scanner refuses a CAR over the block-size or block-count
+        /// limit, as the reader does, and lets through what the reader reads.
+        #[test]
+        fn the_scanner_refuses_what_the_reader_refuses(
+            sizes in proptest::collection::vec(0usize..3000, 1..12),
+            max_block_bytes in 500usize..3000,
+            max_blocks in 1usize..12,
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+        ) {
+            let car = car_of_sizes(&sizes);
+            let limits = CarLimits { max_car_bytes: 1 << 20, max_block_bytes, max_blocks };
+            let read = limit_refusal(read_car(&car, &limits));
+            let mut points: Vec<usize> = cuts.iter().map(|i| i.index(car.len())).collect();
+            points.push(car.len());
+            points.sort();
+            let (mut scanner, mut at, mut scanned) = (CarScanner::new(limits), 0, Ok(()));
+            for p in points {
+                scanned = scanned.and_then(|()| scanner.feed(&car[at..p]));
+                at = p;
+            }
+            let over_blocks = sizes.len() > max_blocks;
+            // The reader's exact limit; the scanner's is the section's, a CID's bytes above it.
+            let over_size = |slack: usize| sizes.iter().any(|n| *n > max_block_bytes + slack);
+            prop_assert_eq!(read.is_some(), over_blocks || over_size(0), "{:?}", read);
+            if over_blocks || over_size(MAX_CID_BYTES - 36) {
+                prop_assert!(scanned.is_err());
+            }
+            if !over_blocks && !over_size(0) {
+                prop_assert!(scanned.is_ok());
+            }
+        }
+    }
 }

@@ -1,7 +1,9 @@
 //! Repo reading: CAR bytes -> verified blocks -> signed commit -> MST walk -> records.
 //!
-//! [`read_car`] parses a CAR with jacquard's CAR reader (iroh-car), refusing it when over the
-//! configured limits, and checks every block's CID against its bytes. [`LoadedRepo::check_commit`]
+//! [`read_car`] parses a CAR (its framing read here, so that sluice's limits decide; the header
+//! by iroh-car, CIDs by `cid`), refusing it when over the configured limits, and checks every
+//! block's CID against its bytes. [`CarScanner`] refuses a CAR still downloading as soon as its
+//! framing shows it over the limits. [`LoadedRepo::check_commit`]
 //! checks the root commit (version 3, DID) and [`LoadedRepo::verify_signature`] its signature
 //! ([`verify_commit`]: libsecp256k1 for secp256k1 keys, jacquard for the others).
 //! [`LoadedRepo::records`] walks the MST in key order, yielding `(collection, rkey, cid, bytes)`.
@@ -16,8 +18,8 @@ mod signature;
 mod walk;
 
 pub use car::{
-    CarLimits, KeyError, LoadedRepo, parse_public_key, read_car, read_car_file, read_car_file_into_memory,
-    read_car_from, read_car_owned,
+    CarLimits, CarScanner, KeyError, LoadedRepo, VarintError, parse_public_key, read_car, read_car_file,
+    read_car_file_into_memory, read_car_from, read_car_owned,
 };
 pub use signature::verify_commit;
 pub use walk::{RecordCid, RecordEntry, RecordKey, RecordKeys, Records};
@@ -62,6 +64,15 @@ pub enum RepoError {
     /// An MST node is malformed.
     #[error("malformed MST node {cid}: {problem}")]
     Mst { cid: Cid, problem: String },
+}
+
+impl RepoError {
+    /// Whether fetching the same repo again cannot help: everything is, as the repo's own
+    /// content is at fault (over a limit, malformed, a bad signature, another DID), except a
+    /// local read failure ([`RepoError::Read`]), which may pass.
+    pub fn is_permanent(&self) -> bool {
+        !matches!(self, RepoError::Read { .. })
+    }
 }
 
 /// The I/O error of [`RepoError::Read`]: shared, so that the error stays `Clone`, and equal to
