@@ -424,12 +424,50 @@ pub struct LimitsConfig {
     pub max_block_kb: usize,
     /// Most blocks in one CAR.
     pub max_blocks: usize,
+    /// getRepo: seconds to open a connection to a PDS.
+    pub fetch_connect_timeout_secs: u64,
+    /// getRepo: seconds with nothing arriving (also the wait for the answer) before the
+    /// download is cut.
+    pub fetch_idle_timeout_secs: u64,
+    /// getRepo: seconds before the minimum rate applies.
+    pub fetch_grace_secs: u64,
+    /// getRepo: after the grace, the body must arrive at this many KiB/s on average (a repo
+    /// of `n` KiB has `grace + n / rate` seconds); 0: no minimum. The default, 64, gives a
+    /// 500 MiB repo 2¼ hours and cuts a host sending a byte every few seconds after a minute.
+    pub fetch_min_rate_kib: u64,
+    /// MiB all spooled downloads (those over 8 MiB, written to `<data>/spool`) may hold
+    /// together: a download waits for room, and one alone over it is refused. The default,
+    /// 4096, holds four exports at the 1 GiB CAR limit at once, and is a fixed size rather
+    /// than a share of free disk so that what runs is what was configured.
+    pub spool_max_mb: u64,
+    /// Requests in flight to one PDS host at most.
+    pub host_max_concurrent: usize,
+    /// Transient failures in a row (no connection, a deadline, a 5xx) after which a PDS host
+    /// is paused; its repos wait while the other hosts go on.
+    pub host_failures_to_pause: u32,
+    /// Seconds of a host's first pause; doubled after each failed probe.
+    pub host_pause_secs: u64,
+    /// Longest pause of a host, in seconds.
+    pub host_max_pause_secs: u64,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         let d = CarLimits::default();
-        Self { max_car_mb: d.max_car_bytes >> 20, max_block_kb: d.max_block_bytes >> 10, max_blocks: d.max_blocks }
+        Self {
+            max_car_mb: d.max_car_bytes >> 20,
+            max_block_kb: d.max_block_bytes >> 10,
+            max_blocks: d.max_blocks,
+            fetch_connect_timeout_secs: 10,
+            fetch_idle_timeout_secs: 30,
+            fetch_grace_secs: 60,
+            fetch_min_rate_kib: 64,
+            spool_max_mb: 4096,
+            host_max_concurrent: 4,
+            host_failures_to_pause: 5,
+            host_pause_secs: 30,
+            host_max_pause_secs: 1800,
+        }
     }
 }
 

@@ -17,7 +17,7 @@
 
 mod output;
 mod registry;
-mod rules;
+pub mod rules;
 pub mod testing;
 pub mod transcode;
 pub mod value;

@@ -244,11 +244,14 @@ fn object_problem(o: &serde_json::Map<String, Value>) -> Option<String> {
 /// into valid data-model JSON re-encodes to DAG-CBOR that decodes to the same JSON. (Reading is
 /// lenient, writing strict: a record the network already accepted is shown as it is.)
 ///
-/// The one-pass transcoder ([`crate::transcode`]) must read every input as this module does.
+/// The one-pass transcoder ([`crate::transcode`]) must read every input as this module does,
+/// and the record rule ([`crate::rules::check_record`]) take exactly what both read.
 pub fn fuzz_cbor_json(bytes: &[u8]) {
     let transcoded = crate::transcode::raw_json(bytes)
         .map(|raw| serde_json::from_str::<Value>(raw.get()).expect("transcoded JSON parses"));
     assert_eq!(transcoded, cbor_to_json(bytes).ok(), "the transcoder and the reference read the bytes alike");
+    let checked = crate::rules::check_record(bytes);
+    assert_eq!(checked.is_ok(), transcoded.is_some(), "the record rule takes what the readers take: {checked:?}");
     if let Ok(json) = cbor_to_json(bytes)
         && let Ok(again) = json_to_cbor(&json)
     {

@@ -4,19 +4,29 @@
 //! A download is spooled: kept in memory up to [`SPOOL_IN_MEMORY`], else written to a temporary
 //! file as it arrives, so the many repos waiting on the network hold almost no memory; only the
 //! few being walked (one per core) hold their blocks, and only when they are up to
-//! [`WALK_IN_MEMORY`]: a bigger export is walked from its file. The CAR limits apply while
-//! downloading.
+//! [`WALK_IN_MEMORY`]: a bigger export is walked from its file.
+//!
+//! Everything from the host is hostile: the answer has a deadline ([`FetchOptions`]: connect,
+//! idle, and a minimum average rate after a grace period, so a large repo from a slow host
+//! arrives and a trickle is cut), an error body is read to a small cap, a `Content-Length` over
+//! the CAR limit is refused before the body is read, and the CAR's framing is scanned as it
+//! arrives ([`CarScanner`]) so that an oversized block or too many blocks stop the download.
+//! Files in the spool share a total cap ([`SpoolRoom`]). Each host has a limit on requests in
+//! flight and a circuit breaker ([`super::hosts`]).
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use tokio::sync::Semaphore;
 
-use crate::http::retry_after;
-use crate::repo::{CarLimits, LoadedRepo, RepoError, read_car_file, read_car_file_into_memory, read_car_owned};
+use super::hosts::{HostLimits, HostPaused, HostPolicy, Outcome};
+use crate::http::{BodyError, ERROR_BODY_CAP, is_address_refused, read_capped, retry_after, truncate_foreign};
+use crate::repo::{
+    CarLimits, CarScanner, LoadedRepo, RepoError, read_car_file, read_car_file_into_memory, read_car_owned,
+};
 
 /// Downloads up to this size stay in memory; bigger ones go to a file in the spool directory.
 pub const SPOOL_IN_MEMORY: usize = 8 << 20;
@@ -30,8 +40,14 @@ pub const WALK_IN_MEMORY: u64 = 32 << 20;
 pub enum Spooled {
     /// Small: the bytes.
     Memory(Vec<u8>),
-    /// Large: a temporary file, deleted when dropped.
-    File(tempfile::NamedTempFile),
+    /// Large: a temporary file, deleted when dropped, and its room in the spool's cap.
+    File(SpoolFile),
+}
+
+/// A spooled export's file and the room it holds in the spool (freed when it is dropped).
+pub struct SpoolFile {
+    file: tempfile::NamedTempFile,
+    _room: SpoolRoom,
 }
 
 impl Spooled {
@@ -44,7 +60,8 @@ impl Spooled {
             Spooled::File(file) => file,
         };
         // A new handle, at the start of the file (the writer's is at its end).
-        let reader = file.reopen().map_err(|e| RepoError::Read { what: "the spooled export", source: e.into() })?;
+        let reader =
+            file.file.reopen().map_err(|e| RepoError::Read { what: "the spooled export", source: e.into() })?;
         match reader.metadata().map(|m| m.len()) {
             Ok(len) if len <= walk_in_memory => read_car_file_into_memory(&reader, limits),
             _ => read_car_file(reader, limits),
@@ -55,7 +72,7 @@ impl Spooled {
     pub fn len(&self) -> u64 {
         match self {
             Spooled::Memory(b) => b.len() as u64,
-            Spooled::File(f) => f.as_file().metadata().map(|m| m.len()).unwrap_or(0),
+            Spooled::File(f) => f.file.as_file().metadata().map(|m| m.len()).unwrap_or(0),
         }
     }
 
@@ -65,7 +82,8 @@ impl Spooled {
     }
 }
 
-/// Why a repo could not be fetched.
+/// Why a repo could not be fetched. [`FetchError::is_permanent`] says which are not worth
+/// fetching again until something changes.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// The PDS no longer serves it: the reason is the account status.
@@ -74,10 +92,13 @@ pub enum FetchError {
     /// The PDS kept answering 429.
     #[error("rate limited by {0}")]
     RateLimited(String),
-    /// The export is invalid.
+    /// The host's circuit breaker holds it paused after repeated transient failures.
+    #[error(transparent)]
+    HostPaused(#[from] HostPaused),
+    /// The export is invalid or over a limit (also refused while downloading).
     #[error(transparent)]
     Repo(#[from] RepoError),
-    /// The request failed (connection, TLS, timeout): worth retrying.
+    /// The request failed (connection, TLS, a refused address).
     #[error("{pds}")]
     Request {
         /// The PDS asked.
@@ -85,7 +106,20 @@ pub enum FetchError {
         /// What failed.
         source: reqwest::Error,
     },
-    /// The PDS answered an error that does not say the repo is gone: worth retrying.
+    /// A deadline cut the request: which one, and how much had arrived.
+    #[error("getRepo from {pds} cut after {:.1}s with {received} bytes received: {deadline}", elapsed.as_secs_f64())]
+    Deadline {
+        /// The PDS asked.
+        pds: String,
+        /// Which deadline.
+        deadline: Deadline,
+        /// Body bytes received.
+        received: u64,
+        /// Time since the request was sent.
+        elapsed: Duration,
+    },
+    /// The PDS answered an error that does not say the repo is gone. Its texts are cut to
+    /// one short line ([`truncate_foreign`]).
     #[error("getRepo answered HTTP {status}{}", xrpc_detail(error, message))]
     Status {
         /// The HTTP status.
@@ -95,12 +129,82 @@ pub enum FetchError {
         /// Its message.
         message: String,
     },
-    /// Reading the answer's body failed: worth retrying.
+    /// Reading the answer's body failed.
     #[error("reading the repo")]
     Body(#[source] reqwest::Error),
-    /// Writing the download to a spool file failed: worth retrying.
+    /// Writing the download to a spool file failed.
     #[error("reading the repo: spooling it to a file")]
     Spool(#[source] std::io::Error),
+    /// The spool had no room for the download within the wait: others hold it.
+    #[error("the spool is full ({held} of {cap} bytes held by other downloads); this one needed {needed} bytes")]
+    SpoolFull {
+        /// Bytes the download wanted held.
+        needed: u64,
+        /// Bytes held by all downloads.
+        held: u64,
+        /// The spool's cap.
+        cap: u64,
+    },
+    /// The download alone is bigger than the spool's cap (`spool_max_mb`).
+    #[error("the export needs more than the spool's {cap}-byte cap (spool_max_mb)")]
+    OverSpoolCap {
+        /// The spool's cap.
+        cap: u64,
+    },
+}
+
+/// Which deadline cut a request ([`FetchOptions`] has their values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Deadline {
+    /// No answer (status and headers) within the idle timeout.
+    #[error("no answer within {}s (idle timeout)", .0.as_secs_f64())]
+    Answer(Duration),
+    /// Nothing arrived for the idle timeout.
+    #[error("nothing arrived for {}s (idle timeout)", .0.as_secs_f64())]
+    Idle(Duration),
+    /// Fewer bytes than the minimum rate asks after the grace period.
+    #[error("slower than {min_bytes_per_sec} bytes/s after a {}s grace (minimum rate)", grace.as_secs_f64())]
+    Rate {
+        /// The grace period.
+        grace: Duration,
+        /// The minimum rate.
+        min_bytes_per_sec: u64,
+    },
+}
+
+impl FetchError {
+    /// Whether fetching the repo again cannot help until something changes (a new commit, an
+    /// identity change, a filter edit, a requeue by hand): the repo is gone, its export is
+    /// invalid or over a limit, the address is refused by the outbound policy, or the host
+    /// answered a client error (4xx other than 408 and 429). Everything else is transient:
+    /// timeouts, connection errors, 5xx, 429, a paused host, the spool.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            FetchError::Gone(_) | FetchError::OverSpoolCap { .. } => true,
+            FetchError::Repo(e) => e.is_permanent(),
+            FetchError::Request { source, .. } => is_address_refused(source),
+            FetchError::Status { status, .. } => (400..500).contains(status) && !matches!(status, 408 | 429),
+            FetchError::RateLimited(_)
+            | FetchError::HostPaused(_)
+            | FetchError::Deadline { .. }
+            | FetchError::Body(_)
+            | FetchError::Spool(_)
+            | FetchError::SpoolFull { .. } => false,
+        }
+    }
+
+    /// What the failure says about the host, for its circuit breaker: an outage (no
+    /// connection, a deadline, a 5xx, a broken body) or an answer.
+    fn host_outcome(&self) -> Outcome {
+        match self {
+            FetchError::Request { source, .. } if !is_address_refused(source) => Outcome::Failed,
+            FetchError::Deadline { .. } | FetchError::Body(_) => Outcome::Failed,
+            FetchError::Status { status, .. } if *status >= 500 => Outcome::Failed,
+            FetchError::RateLimited(_) | FetchError::HostPaused(_) | FetchError::Spool(_) => Outcome::Neutral,
+            FetchError::SpoolFull { .. } | FetchError::OverSpoolCap { .. } => Outcome::Neutral,
+            _ => Outcome::Answered,
+        }
+    }
 }
 
 /// `: <error>: <message>` after an XRPC error status, when the answer named an error.
@@ -111,36 +215,134 @@ fn xrpc_detail(error: &str, message: &str) -> String {
     }
 }
 
-/// When each PDS host may be asked again after a 429.
-#[derive(Default)]
-pub struct HostLimits {
-    blocked_until: Mutex<HashMap<String, Instant>>,
+/// How downloads are held: deadlines, the spool, and the hosts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchOptions {
+    /// To open the connection.
+    pub connect_timeout: Duration,
+    /// With nothing arriving (also the wait for the answer's headers).
+    pub idle_timeout: Duration,
+    /// Before the minimum rate applies.
+    pub grace: Duration,
+    /// After the grace, at least this many bytes a second must have arrived on average,
+    /// counted from the end of the grace: a body of `n` bytes has `grace + n / rate` in all.
+    /// 0: no minimum.
+    pub min_bytes_per_sec: u64,
+    /// Bytes all spool files may hold together.
+    pub spool_cap_bytes: u64,
+    /// Longest wait for room in the spool once a download holds some (then it fails, and
+    /// frees its room, so that waiting downloads never hold each other up).
+    pub spool_wait: Duration,
+    /// Per-host concurrency and circuit breaker.
+    pub hosts: HostPolicy,
 }
 
-impl HostLimits {
-    /// Waits until `host` may be asked.
-    pub async fn wait(&self, host: &str) {
-        loop {
-            let until = self.blocked_until.lock().expect("host limits").get(host).copied();
-            match until {
-                Some(t) if t > Instant::now() => tokio::time::sleep_until(t.into()).await,
-                _ => return,
-            }
+impl Default for FetchOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            grace: Duration::from_secs(60),
+            min_bytes_per_sec: 64 << 10,
+            spool_cap_bytes: 4 << 30,
+            spool_wait: Duration::from_secs(30),
+            hosts: HostPolicy::default(),
+        }
+    }
+}
+
+impl FetchOptions {
+    /// The options `[limits]` sets.
+    pub fn from_config(limits: &crate::config::LimitsConfig) -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(limits.fetch_connect_timeout_secs),
+            idle_timeout: Duration::from_secs(limits.fetch_idle_timeout_secs),
+            grace: Duration::from_secs(limits.fetch_grace_secs),
+            min_bytes_per_sec: limits.fetch_min_rate_kib << 10,
+            spool_cap_bytes: limits.spool_max_mb << 20,
+            spool_wait: Duration::from_secs(limits.fetch_idle_timeout_secs),
+            hosts: HostPolicy {
+                max_concurrent: limits.host_max_concurrent,
+                failures_to_pause: limits.host_failures_to_pause,
+                first_pause: Duration::from_secs(limits.host_pause_secs),
+                max_pause: Duration::from_secs(limits.host_max_pause_secs),
+            },
         }
     }
 
-    /// Holds every request to `host` for `pause`.
-    pub fn block(&self, host: &str, pause: Duration) {
-        let until = Instant::now() + pause;
-        let mut map = self.blocked_until.lock().expect("host limits");
-        let slot = map.entry(host.to_string()).or_insert(until);
-        *slot = (*slot).max(until);
+    /// A client builder with the connect and idle timeouts (the idle timeout also kept by
+    /// [`RepoFetcher`] itself, to say which deadline cut a download).
+    pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        crate::http::client_builder().connect_timeout(self.connect_timeout).read_timeout(self.idle_timeout)
+    }
+}
+
+/// The spool's cap, in units of [`SPOOL_UNIT`] bytes: downloads hold room before writing.
+struct SpoolBudget {
+    room: Arc<Semaphore>,
+    cap_units: u32,
+}
+
+/// Room in the spool is counted in units of this many bytes.
+const SPOOL_UNIT: u64 = 64 << 10;
+
+/// Room a download holds in the spool, given back when dropped.
+pub struct SpoolRoom {
+    room: Arc<Semaphore>,
+    units: u32,
+}
+
+impl Drop for SpoolRoom {
+    fn drop(&mut self) {
+        self.room.add_permits(self.units as usize);
+    }
+}
+
+impl SpoolBudget {
+    fn new(cap_bytes: u64) -> Self {
+        let cap_units = cap_bytes.div_ceil(SPOOL_UNIT).min(u32::MAX as u64 / 2) as u32;
+        Self { room: Arc::new(Semaphore::new(cap_units as usize)), cap_units }
     }
 
-    /// Hosts held now.
-    pub fn blocked_hosts(&self) -> usize {
-        let now = Instant::now();
-        self.blocked_until.lock().expect("host limits").values().filter(|t| **t > now).count()
+    fn cap_bytes(&self) -> u64 {
+        self.cap_units as u64 * SPOOL_UNIT
+    }
+
+    fn held_bytes(&self) -> u64 {
+        (self.cap_units as u64 - self.room.available_permits() as u64) * SPOOL_UNIT
+    }
+
+    fn empty(&self) -> SpoolRoom {
+        SpoolRoom { room: self.room.clone(), units: 0 }
+    }
+
+    /// Grows `room` to cover `bytes`, waiting at most `wait` (`None`: as long as it takes),
+    /// in turn (the semaphore is fair).
+    async fn grow(&self, room: &mut SpoolRoom, bytes: u64, wait: Option<Duration>) -> Result<(), FetchError> {
+        let units = bytes.div_ceil(SPOOL_UNIT);
+        if units > self.cap_units as u64 {
+            return Err(FetchError::OverSpoolCap { cap: self.cap_bytes() });
+        }
+        let more = (units as u32).saturating_sub(room.units);
+        if more == 0 {
+            return Ok(());
+        }
+        let full = || FetchError::SpoolFull { needed: bytes, held: self.held_bytes(), cap: self.cap_bytes() };
+        let acquire = self.room.acquire_many(more);
+        let permit = match wait {
+            Some(wait) => tokio::time::timeout(wait, acquire).await.map_err(|_| full())?,
+            None => acquire.await,
+        };
+        permit.expect("the spool's semaphore is never closed").forget();
+        room.units += more;
+        Ok(())
+    }
+
+    /// Gives back what `room` holds beyond `bytes`.
+    fn shrink(room: &mut SpoolRoom, bytes: u64) {
+        let keep = bytes.div_ceil(SPOOL_UNIT).min(room.units as u64) as u32;
+        room.room.add_permits((room.units - keep) as usize);
+        room.units = keep;
     }
 }
 
@@ -148,8 +350,10 @@ impl HostLimits {
 pub struct RepoFetcher {
     http: reqwest::Client,
     limits: CarLimits,
+    options: FetchOptions,
     spool_dir: PathBuf,
-    /// Per-host 429 state, shared by all workers.
+    spool: SpoolBudget,
+    /// Per-host slots, breakers and 429 holds, shared by all workers.
     pub hosts: HostLimits,
     /// 429 answers in a row before a repo counts as failed.
     pub max_rate_limited: u32,
@@ -161,19 +365,28 @@ pub struct RepoFetcher {
 const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(5);
 
 impl RepoFetcher {
-    /// A fetcher with its own HTTP client; CARs over `limits` are refused; large downloads are
-    /// spooled in `spool_dir`.
+    /// A fetcher with its own HTTP client and the default [`FetchOptions`]; CARs over
+    /// `limits` are refused; large downloads are spooled in `spool_dir`.
     pub fn new(limits: CarLimits, spool_dir: PathBuf) -> Self {
-        let http = crate::http::client_builder()
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(60))
-            .build()
-            .expect("HTTP client");
+        Self::with_options(limits, spool_dir, FetchOptions::default())
+    }
+
+    /// A fetcher held to `options`, with its own HTTP client.
+    pub fn with_options(limits: CarLimits, spool_dir: PathBuf, options: FetchOptions) -> Self {
+        let http = options.client_builder().build().expect("HTTP client");
+        Self::with_client(limits, spool_dir, options, http)
+    }
+
+    /// A fetcher using `http` (build it from [`FetchOptions::client_builder`], for example
+    /// with an address policy installed).
+    pub fn with_client(limits: CarLimits, spool_dir: PathBuf, options: FetchOptions, http: reqwest::Client) -> Self {
         Self {
             http,
             limits,
+            options,
             spool_dir,
-            hosts: HostLimits::default(),
+            spool: SpoolBudget::new(options.spool_cap_bytes),
+            hosts: HostLimits::new(options.hosts),
             max_rate_limited: 20,
             spool_in_memory: SPOOL_IN_MEMORY,
         }
@@ -189,6 +402,16 @@ impl RepoFetcher {
         &self.limits
     }
 
+    /// The deadlines, spool cap and host policy in force.
+    pub fn options(&self) -> &FetchOptions {
+        &self.options
+    }
+
+    /// Bytes the spool files of downloads hold now (room taken, in [`SPOOL_UNIT`]s).
+    pub fn spool_held_bytes(&self) -> u64 {
+        self.spool.held_bytes()
+    }
+
     /// Removes spool files a killed process left behind (call before the first download).
     pub fn clear_spool(&self) -> std::io::Result<()> {
         match std::fs::remove_dir_all(&self.spool_dir) {
@@ -197,69 +420,239 @@ impl RepoFetcher {
         }
     }
 
-    /// Downloads the repo export of `did` from the PDS at `pds`, waiting out its rate limits.
+    /// Downloads the repo export of `did` from the PDS at `pds`, waiting out its rate limits
+    /// and its slots; refused at once while its breaker holds it paused.
     pub async fn download(&self, pds: &str, did: &str) -> Result<Spooled, FetchError> {
-        let url = format!("{pds}/xrpc/com.atproto.sync.getRepo");
         let mut limited = 0;
-        let resp = loop {
-            self.hosts.wait(pds).await;
-            let resp = self
-                .http
-                .get(&url)
-                .query(&[("did", did)])
-                .send()
-                .await
-                .map_err(|source| FetchError::Request { pds: pds.to_string(), source })?;
-            if resp.status() != reqwest::StatusCode::TOO_MANY_REQUESTS {
-                break resp;
-            }
-            limited += 1;
-            let pause = retry_after(resp.headers()).unwrap_or(DEFAULT_RETRY_AFTER);
-            tracing::debug!(pds, pause_ms = pause.as_millis() as u64, "PDS rate limit; holding its requests");
-            self.hosts.block(pds, pause);
-            if limited >= self.max_rate_limited {
-                return Err(FetchError::RateLimited(pds.to_string()));
-            }
-        };
-        if !resp.status().is_success() {
-            let status = resp.status();
-            let body = resp.bytes().await.unwrap_or_default();
-            return Err(classify_error(status.as_u16(), &body));
+        loop {
+            let permit = self.hosts.admit(pds).await?;
+            let result = self.request(pds, did).await;
+            let outcome = match &result {
+                Ok(Answer::RateLimited(_)) => Outcome::Neutral,
+                Ok(Answer::Body(..)) => Outcome::Answered,
+                Err(e) => e.host_outcome(),
+            };
+            let (resp, sent) = match result {
+                Ok(Answer::Body(resp, sent)) => (resp, sent),
+                Ok(Answer::RateLimited(pause)) => {
+                    permit.finish(outcome);
+                    tracing::debug!(pds, pause_ms = pause.as_millis() as u64, "PDS rate limit; holding its requests");
+                    self.hosts.block(pds, pause);
+                    limited += 1;
+                    match limited >= self.max_rate_limited {
+                        true => return Err(FetchError::RateLimited(pds.to_string())),
+                        false => continue,
+                    }
+                }
+                Err(e) => {
+                    permit.finish(outcome);
+                    return Err(e);
+                }
+            };
+            let spooled = self.answer(pds, resp, sent).await;
+            permit.finish(match &spooled {
+                Ok(_) => Outcome::Answered,
+                Err(e) => e.host_outcome(),
+            });
+            return spooled;
         }
-        self.spool(resp).await
     }
 
-    /// Takes a body into memory, or into a spool file once it passes [`SPOOL_IN_MEMORY`].
-    async fn spool(&self, resp: reqwest::Response) -> Result<Spooled, FetchError> {
-        let (mut memory, mut file) = (Vec::new(), None::<tempfile::NamedTempFile>);
-        let mut total = 0u64;
-        let mut body = resp.bytes_stream();
-        while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(FetchError::Body)?;
-            total += chunk.len() as u64;
-            if total > self.limits.max_car_bytes {
-                return Err(FetchError::Repo(RepoError::TooLarge(format!(
-                    "more than the {}-byte limit",
-                    self.limits.max_car_bytes
-                ))));
+    /// Sends the request and waits for the answer's head (within the idle timeout).
+    async fn request(&self, pds: &str, did: &str) -> Result<Answer, FetchError> {
+        let url = format!("{pds}/xrpc/com.atproto.sync.getRepo");
+        let sent = Instant::now();
+        let send = self.http.get(&url).query(&[("did", did)]).send();
+        let idle = self.options.idle_timeout;
+        let resp = tokio::time::timeout(idle, send)
+            .await
+            .map_err(|_| FetchError::Deadline {
+                pds: pds.to_string(),
+                deadline: Deadline::Answer(idle),
+                received: 0,
+                elapsed: sent.elapsed(),
+            })?
+            .map_err(|source| FetchError::Request { pds: pds.to_string(), source })?;
+        match resp.status() {
+            reqwest::StatusCode::TOO_MANY_REQUESTS => {
+                Ok(Answer::RateLimited(retry_after(resp.headers()).unwrap_or(DEFAULT_RETRY_AFTER)))
             }
-            match file.as_mut() {
-                // Blocking writes of one chunk into the page cache: short, and cheaper than a
-                // thread hop per chunk.
-                Some(f) => f.write_all(&chunk).map_err(FetchError::Spool)?,
-                None => memory.extend_from_slice(&chunk),
-            }
-            if file.is_none() && memory.len() > self.spool_in_memory {
-                let mut f = spool_file(&self.spool_dir).map_err(FetchError::Spool)?;
-                f.write_all(&memory).map_err(FetchError::Spool)?;
-                memory = Vec::new();
-                file = Some(f);
-            }
+            _ => Ok(Answer::Body(resp, sent)),
         }
-        Ok(match file {
-            Some(f) => Spooled::File(f),
-            None => Spooled::Memory(memory),
-        })
+    }
+
+    /// Reads an answer other than a 429: an error (its body capped) or the export.
+    async fn answer(&self, pds: &str, resp: reqwest::Response, sent: Instant) -> Result<Spooled, FetchError> {
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let read =
+                tokio::time::timeout(self.options.idle_timeout, read_capped(resp, ERROR_BODY_CAP, "error answer"));
+            return Err(match read.await {
+                Ok(Ok(body)) => classify_error(status, &body),
+                Ok(Err(e @ BodyError::TooLarge { .. })) => status_error(status, "", &e.to_string()),
+                Ok(Err(BodyError::Read(_))) | Err(_) => status_error(status, "", "(its body did not arrive)"),
+            });
+        }
+        if let Some(len) = resp.content_length().filter(|len| *len > self.limits.max_car_bytes) {
+            return Err(RepoError::TooLarge(format!(
+                "Content-Length {len} is over the {}-byte limit (max_car_mb); not read",
+                self.limits.max_car_bytes
+            ))
+            .into());
+        }
+        self.spool(pds, resp, sent).await
+    }
+
+    /// Takes a body into memory, or into a spool file once it passes `spool_in_memory`, under
+    /// the deadlines, the CAR limits (scanned as it arrives) and the spool's cap.
+    async fn spool(&self, pds: &str, resp: reqwest::Response, sent: Instant) -> Result<Spooled, FetchError> {
+        let declared = resp.content_length();
+        let mut sink = Sink { memory: Vec::new(), file: None, file_len: 0, room: self.spool.empty() };
+        let mut clock = Clock::new(sent, &self.options);
+        if let Some(len) = declared.filter(|len| *len > self.spool_in_memory as u64) {
+            // Known to go to disk: wait for its room before reading (holding none meanwhile).
+            let waited = Instant::now();
+            self.spool.grow(&mut sink.room, len, None).await?;
+            clock.pause(waited.elapsed());
+        }
+        let mut scanner = CarScanner::new(self.limits);
+        let mut body = resp.bytes_stream();
+        loop {
+            let chunk = match tokio::time::timeout_at(clock.next_deadline().into(), body.next()).await {
+                Ok(Some(chunk)) => chunk.map_err(FetchError::Body)?,
+                Ok(None) => break,
+                Err(_) => return Err(clock.cut(pds)),
+            };
+            clock.arrived(chunk.len() as u64);
+            if clock.received > self.limits.max_car_bytes {
+                return Err(RepoError::TooLarge(format!(
+                    "more than the {}-byte limit (max_car_mb)",
+                    self.limits.max_car_bytes
+                ))
+                .into());
+            }
+            scanner.feed(&chunk)?;
+            self.keep(&mut sink, &chunk, &mut clock).await?;
+        }
+        Ok(sink.finish())
+    }
+
+    /// Keeps a chunk in memory or the spool file, moving to the file past `spool_in_memory`
+    /// and taking room in the spool as the file grows.
+    async fn keep(&self, sink: &mut Sink, chunk: &[u8], clock: &mut Clock) -> Result<(), FetchError> {
+        if sink.file.is_none() && sink.memory.len() + chunk.len() <= self.spool_in_memory {
+            sink.memory.extend_from_slice(chunk);
+            return Ok(());
+        }
+        let size = sink.memory.len() as u64 + sink.file_len + chunk.len() as u64;
+        if size > sink.room.units as u64 * SPOOL_UNIT {
+            // Room in steps that double, so that a large export asks a few times, not per chunk.
+            // Past the cap only when this export alone is (then refused by name).
+            let cap = self.limits.max_car_bytes.min(self.spool.cap_bytes());
+            let want = (size * 2).max(SPOOL_IN_MEMORY as u64 * 2).min(cap).max(size);
+            // Holding no room yet, it waits its turn; holding some, it waits a while, then
+            // gives its room back, so that two downloads never wait on each other.
+            let wait = (sink.room.units > 0).then_some(self.options.spool_wait);
+            let waited = Instant::now();
+            self.spool.grow(&mut sink.room, want, wait).await?;
+            clock.pause(waited.elapsed());
+        }
+        let file = match &mut sink.file {
+            Some(f) => f,
+            None => sink.file.insert(spool_file(&self.spool_dir).map_err(FetchError::Spool)?),
+        };
+        // Blocking writes of one chunk into the page cache: short, and cheaper than a thread
+        // hop per chunk.
+        if !sink.memory.is_empty() {
+            file.write_all(&sink.memory).map_err(FetchError::Spool)?;
+            sink.file_len += std::mem::take(&mut sink.memory).len() as u64;
+        }
+        file.write_all(chunk).map_err(FetchError::Spool)?;
+        sink.file_len += chunk.len() as u64;
+        Ok(())
+    }
+}
+
+/// What a request's head said.
+enum Answer {
+    /// 429: hold the host this long.
+    RateLimited(Duration),
+    /// Anything else, with when it was sent.
+    Body(reqwest::Response, Instant),
+}
+
+/// Where a download's bytes go: memory, then a spool file and its room.
+struct Sink {
+    memory: Vec<u8>,
+    file: Option<tempfile::NamedTempFile>,
+    file_len: u64,
+    room: SpoolRoom,
+}
+
+impl Sink {
+    fn finish(mut self) -> Spooled {
+        match self.file {
+            Some(file) => {
+                SpoolBudget::shrink(&mut self.room, self.file_len);
+                Spooled::File(SpoolFile { file, _room: self.room })
+            }
+            None => Spooled::Memory(self.memory),
+        }
+    }
+}
+
+/// A download's deadlines: the idle timeout since the last bytes, and the minimum rate after
+/// the grace, counted from when the request was sent (less time spent waiting for the spool).
+struct Clock {
+    sent: Instant,
+    last: Instant,
+    received: u64,
+    idle: Duration,
+    grace: Duration,
+    min_bytes_per_sec: u64,
+}
+
+impl Clock {
+    fn new(sent: Instant, options: &FetchOptions) -> Self {
+        Self {
+            sent,
+            last: Instant::now(),
+            received: 0,
+            idle: options.idle_timeout,
+            grace: options.grace,
+            min_bytes_per_sec: options.min_bytes_per_sec,
+        }
+    }
+
+    fn arrived(&mut self, n: u64) {
+        self.received += n;
+        self.last = Instant::now();
+    }
+
+    /// Time spent waiting on sluice itself does not count against the host.
+    fn pause(&mut self, waited: Duration) {
+        self.sent += waited;
+        self.last += waited;
+    }
+
+    /// When the rate deadline passes with what has arrived: `grace + received / rate`.
+    fn rate_deadline(&self) -> Option<Instant> {
+        let rate = self.min_bytes_per_sec;
+        (rate > 0).then(|| self.sent + self.grace + Duration::from_secs_f64(self.received as f64 / rate as f64))
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let idle = self.last + self.idle;
+        self.rate_deadline().map_or(idle, |rate| rate.min(idle))
+    }
+
+    /// The error once [`Clock::next_deadline`] passed.
+    fn cut(&self, pds: &str) -> FetchError {
+        let deadline = match self.rate_deadline().is_some_and(|rate| rate < self.last + self.idle) {
+            true => Deadline::Rate { grace: self.grace, min_bytes_per_sec: self.min_bytes_per_sec },
+            false => Deadline::Idle(self.idle),
+        };
+        FetchError::Deadline { pds: pds.to_string(), deadline, received: self.received, elapsed: self.sent.elapsed() }
     }
 }
 
@@ -287,8 +680,13 @@ pub fn classify_error(status: u16, body: &[u8]) -> FetchError {
     };
     match gone {
         Some(reason) => FetchError::Gone(reason.to_string()),
-        None => FetchError::Status { status, error, message },
+        None => status_error(status, &error, &message),
     }
+}
+
+/// A [`FetchError::Status`], its foreign texts cut to a short line each.
+fn status_error(status: u16, error: &str, message: &str) -> FetchError {
+    FetchError::Status { status, error: truncate_foreign(error), message: truncate_foreign(message) }
 }
 
 #[cfg(test)]
@@ -309,18 +707,5 @@ mod tests {
         assert_eq!(failed, "getRepo answered HTTP 500");
         let failed = classify_error(400, br#"{"error":"InvalidRequest","message":"bad did"}"#).to_string();
         assert!(failed.contains("InvalidRequest: bad did"), "{failed}");
-    }
-
-    #[tokio::test]
-    async fn a_blocked_host_waits_and_others_do_not() {
-        let limits = HostLimits::default();
-        limits.block("a", Duration::from_millis(80));
-        assert_eq!(limits.blocked_hosts(), 1);
-        let start = Instant::now();
-        limits.wait("b").await;
-        assert!(start.elapsed() < Duration::from_millis(50));
-        limits.wait("a").await;
-        assert!(start.elapsed() >= Duration::from_millis(80));
-        assert_eq!(limits.blocked_hosts(), 0);
     }
 }

@@ -24,6 +24,7 @@
 
 pub mod crawler;
 pub mod fetch;
+pub mod hosts;
 pub mod progress;
 mod requeue;
 mod walkers;
@@ -149,7 +150,11 @@ impl Backfill {
             relay: config.network.relay.clone(),
             shard: config.cluster.shard,
             resolver: Arc::new(resolver),
-            fetcher: RepoFetcher::new(config.limits.car_limits(), config.storage.path.join("spool")),
+            fetcher: RepoFetcher::with_options(
+                config.limits.car_limits(),
+                config.storage.path.join("spool"),
+                fetch::FetchOptions::from_config(&config.limits),
+            ),
             walk_permits: Arc::new(Semaphore::new(cores)),
             walkers: walkers::Walkers::new(cores),
             progress: Progress::default(),

@@ -1,17 +1,26 @@
 //! Sync 1.1 checks of a `#commit` against what is stored for its repo: the rev moves forward
 //! and is not in the future, `prevData` continues the stored MST root, and the commit is
-//! within the relay limits. Pure: the caller holds the state and acts on the verdict.
+//! within the sync spec's limits on a commit (blocks, ops). Pure: the caller holds the state and acts on the verdict.
 
 use jacquard_api::com_atproto::sync::subscribe_repos::Commit;
 
 use crate::store::{RepoState, RepoStatus};
 
-/// Largest CAR slice a commit may carry.
-pub const MAX_COMMIT_BLOCKS: usize = 2 << 20;
-/// Most ops in one commit.
+// The limits of a `#commit` are the sync spec's (atproto.com/specs/sync, "Commit events have
+// the following size limits"), which the reference relay and PDS keep: its `blocks` has at
+// most 2,000,000 bytes, it has at most 200 ops, and each record block at most 1,000,000 bytes.
+// The first two belong to the commit and refuse it whole (`Verdict::Invalid`); the record
+// limit belongs to each record and is the record rule's (`sluice_handlers::rules`), which the
+// pipeline applies alike to live commits and backfill walks: an oversized record is refused
+// alone, and the rest of its commit applies.
+
+/// Largest CAR slice a commit may carry (the sync spec's 2,000,000 bytes).
+pub const MAX_COMMIT_BLOCKS: usize = 2_000_000;
+/// Most ops in one commit (the sync spec's 200).
 pub const MAX_COMMIT_OPS: usize = 200;
-/// Largest record body.
-pub const MAX_RECORD_BYTES: usize = 1 << 20;
+/// Largest record body (the sync spec's 1,000,000 bytes): the record rule's limit, checked by
+/// the pipeline per record, not here.
+pub const MAX_RECORD_BYTES: usize = sluice_handlers::rules::MAX_VALUE_BYTES;
 /// How far ahead of our clock a rev may be.
 pub const MAX_FUTURE_US: u64 = 5 * 60 * 1_000_000;
 

@@ -13,7 +13,7 @@
 use jacquard_api::com_atproto::sync::subscribe_repos::{Commit, RepoOpAction};
 use sha2::Digest;
 
-use super::chain::{self, MAX_COMMIT_BLOCKS, MAX_COMMIT_OPS, MAX_FUTURE_US, MAX_RECORD_BYTES, Verdict};
+use super::chain::{self, MAX_COMMIT_BLOCKS, MAX_COMMIT_OPS, MAX_FUTURE_US, Verdict};
 use super::frame::{Frame, decode_frame};
 use super::ops;
 use crate::pipeline::RecordOp;
@@ -78,7 +78,7 @@ fn verdicts_follow_the_rules(commit: &Commit) {
 }
 
 /// The commit's CAR slice and ops: every op taken keeps its path and action, every body taken
-/// hashes to its op's CID and is within the record limit.
+/// hashes to its op's CID and is within the commit's blocks.
 fn ops_follow_the_commit(commit: &Commit) {
     let Ok(blocks) = ops::commit_blocks(commit, &CarLimits::default()) else { return };
     let _ = blocks.check_commit(Some(commit.repo.as_str()));
@@ -92,7 +92,9 @@ fn ops_follow_the_commit(commit: &Commit) {
                 assert!(matches!(op.action, RepoOpAction::Create | RepoOpAction::Update), "{path}: a put");
                 assert_eq!(op.cid.as_ref().map(|c| c.as_str().to_string()), Some(cid.to_string()), "{path}: its CID");
                 assert_eq!(cid.hash().digest(), &sha2::Sha256::digest(bytes)[..], "{path}: its body is its CID's");
-                assert!(bytes.len() <= MAX_RECORD_BYTES, "{path}: within the record limit");
+                // The record rule is the pipeline's: a body over the record limit is taken
+                // here and refused there, alone.
+                assert!(bytes.len() <= MAX_COMMIT_BLOCKS, "{path}: within the commit's blocks");
             }
             RecordOp::Delete { collection, rkey } => {
                 assert_eq!(format!("{collection}/{rkey}"), path);

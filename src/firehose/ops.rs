@@ -1,10 +1,10 @@
 //! A `#commit`'s ops as the pipeline's [`RecordOp`]s: each create or update takes its record
-//! body from the commit's CAR slice (CID-checked when the slice is read), within the 1 MiB
-//! record limit.
+//! body from the commit's CAR slice (CID-checked when the slice is read). A body is not judged
+//! here: the pipeline applies the record rule (size, nesting, data model) to it as to a walked
+//! record, so one bad record is refused alone and the rest of its commit applies.
 
 use jacquard_api::com_atproto::sync::subscribe_repos::{Commit, RepoOpAction};
 
-use super::chain::MAX_RECORD_BYTES;
 use crate::pipeline::RecordOp;
 use crate::repo::{CarLimits, LoadedRepo, RepoError};
 
@@ -52,12 +52,6 @@ pub fn record_ops(commit: &Commit, blocks: &LoadedRepo) -> Result<Vec<RecordOp>,
                         .to_ipld()
                         .map_err(|e| bad(format!("bad CID: {e}")))?;
                     let bytes = blocks.block(&cid, "record").map_err(|e| bad(e.to_string()))?;
-                    if bytes.len() > MAX_RECORD_BYTES {
-                        return Err(bad(format!(
-                            "record of {} bytes is over the {MAX_RECORD_BYTES}-byte limit",
-                            bytes.len()
-                        )));
-                    }
                     Ok(RecordOp::Put { collection, rkey, cid, bytes })
                 }
                 RepoOpAction::Other(ref other) => Err(bad(format!("unknown action {}", other.as_str()))),

@@ -19,6 +19,17 @@
 //! Records of collections the filter no longer wants are left as they are: not updated, not
 //! deleted, no events. Callers serialize work per DID (one walk or commit of a repo at a time).
 //!
+//! The record rule ([`sluice_handlers::rules::check_record`]: size, nesting depth, DAG-CBOR of
+//! the data model) is one check in [`Pipeline::stage`], which walks and live commits share: a
+//! record that sluice's readers could not show is taken as not in the repo. It is not stored,
+//! emits no event, and handlers never see it; the rest of the repo or commit applies as usual.
+//! If an older version of it is stored, that version is deleted, with its delete event (and
+//! the handlers' `on_delete`), since the repo no longer holds a record sluice can serve. So a
+//! backfill and the live commits of the same records end in the same store and the same
+//! events. It runs on what would be stored only: after the filter, the age cut and the
+//! unchanged-CID skip. Each refusal is logged once (a warning naming the record and the rule)
+//! and counted by reason ([`PipelineMetrics::records_refused`]).
+//!
 //! Architecture invariant: the pipeline never does network I/O and never blocks on async code.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -27,6 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use cid::Cid;
+use sluice_handlers::rules::{RecordRefusal, check_record};
 use sluice_handlers::{Emit, HandlerOutput, IndexWrite, PreviousRecord, RecordKeyView, RecordView};
 use smol_str::SmolStr;
 
@@ -143,6 +155,28 @@ pub struct PipelineMetrics {
     pub identity_events: AtomicU64,
     /// Account events written.
     pub account_events: AtomicU64,
+    /// Records refused by the record rule, by reason, in the order of
+    /// [`RecordRefusal::REASONS`] (see [`PipelineMetrics::refused`]).
+    pub records_refused: [AtomicU64; RecordRefusal::REASONS.len()],
+    /// Stored records a read left out or answered with an error because they do not render
+    /// (stored before the record rule).
+    pub records_unreadable: AtomicU64,
+}
+
+impl PipelineMetrics {
+    /// Records refused for `reason` (one of [`RecordRefusal::REASONS`]) since start.
+    pub fn refused(&self, reason: &str) -> u64 {
+        RecordRefusal::REASONS
+            .iter()
+            .position(|r| *r == reason)
+            .map_or(0, |i| self.records_refused[i].load(Ordering::Relaxed))
+    }
+
+    fn count_refusal(&self, refusal: &RecordRefusal) {
+        if let Some(i) = RecordRefusal::REASONS.iter().position(|r| *r == refusal.reason()) {
+            self.records_refused[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 /// What one batch does, counted before it is encoded.
@@ -425,45 +459,70 @@ impl Pipeline {
                         (None, Some(repo)) => repo.block(&cid, "record")?,
                         (None, None) => return Err(RepoError::MissingBlock { cid, what: "record" }),
                     };
+                    if let Err(refusal) = check_record(&bytes) {
+                        self.refuse(origin, &collection, &rkey, &cid, &refusal);
+                        if let Some(previous) = previous {
+                            failures += self.stage_delete(compiled, origin, &mut change, collection, rkey, previous);
+                        }
+                        continue;
+                    }
                     failures +=
                         self.stage_upsert(compiled, origin, &mut change, collection, rkey, cid, bytes, previous);
                 }
                 Staged::Delete { collection, rkey, previous } => {
-                    let run = {
-                        let mut active = compiled.handlers_for(&collection).peekable();
-                        if active.peek().is_some() {
-                            let (prev_cid, prev_bytes) =
-                                self.previous_record(&origin.did, &collection, &rkey, Some(&previous));
-                            let view = RecordKeyView {
-                                did: &origin.did,
-                                collection: &collection,
-                                rkey: &rkey,
-                                rev: &origin.rev,
-                                live: origin.live,
-                                previous: prev_bytes.as_deref().map(|bytes| PreviousRecord { cid: &prev_cid, bytes }),
-                            };
-                            self.run_handlers(active, || view.uri(), |h, s, out| h.on_delete(&view, s, out))
-                        } else {
-                            HandlerRun::default()
-                        }
-                    };
-                    failures += run.failures;
-                    change.handler_writes.extend(run.writes);
-                    change.records.push(RecordWrite::Remove { collection: collection.clone(), rkey: rkey.clone() });
-                    change.events.push(record_event(
-                        origin,
-                        collection,
-                        rkey,
-                        Action::Delete,
-                        Vec::new(),
-                        None,
-                        run.handled,
-                        None,
-                    ));
+                    failures += self.stage_delete(compiled, origin, &mut change, collection, rkey, previous);
                 }
             }
         }
         Ok((change, failures))
+    }
+
+    /// Counts and logs (once, as a warning naming the record and the rule) a record the record
+    /// rule refuses: it is taken as not in the repo.
+    fn refuse(&self, origin: &Origin, collection: &str, rkey: &str, cid: &Cid, refusal: &RecordRefusal) {
+        self.metrics.count_refusal(refusal);
+        tracing::warn!(
+            did = %origin.did,
+            record = format_args!("{collection}/{rkey}"),
+            %cid,
+            reason = refusal.reason(),
+            live = origin.live,
+            "record refused, not stored and no event: {refusal}"
+        );
+    }
+
+    /// Stages the delete of a stored record (binary CID `previous`), running the handlers'
+    /// `on_delete`; returns the handler failures.
+    fn stage_delete(
+        &self,
+        compiled: &CompiledFilter,
+        origin: &Origin,
+        change: &mut RepoChange,
+        collection: SmolStr,
+        rkey: SmolStr,
+        previous: Vec<u8>,
+    ) -> u64 {
+        let run = {
+            let mut active = compiled.handlers_for(&collection).peekable();
+            if active.peek().is_some() {
+                let (prev_cid, prev_bytes) = self.previous_record(&origin.did, &collection, &rkey, Some(&previous));
+                let view = RecordKeyView {
+                    did: &origin.did,
+                    collection: &collection,
+                    rkey: &rkey,
+                    rev: &origin.rev,
+                    live: origin.live,
+                    previous: prev_bytes.as_deref().map(|bytes| PreviousRecord { cid: &prev_cid, bytes }),
+                };
+                self.run_handlers(active, || view.uri(), |h, s, out| h.on_delete(&view, s, out))
+            } else {
+                HandlerRun::default()
+            }
+        };
+        change.handler_writes.extend(run.writes);
+        change.records.push(RecordWrite::Remove { collection: collection.clone(), rkey: rkey.clone() });
+        change.events.push(record_event(origin, collection, rkey, Action::Delete, Vec::new(), None, run.handled, None));
+        run.failures
     }
 
     #[allow(clippy::too_many_arguments)]

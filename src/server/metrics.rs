@@ -120,6 +120,32 @@ fn events(out: &mut String, state: &ServerState) {
         &[],
         load(&m.handler_errors),
     );
+    records_refused(out, m);
+}
+
+/// Records the record rule refused (not stored, no event), by reason, and stored records that
+/// reads left out because they do not render (stored before the rule).
+fn records_refused(out: &mut String, m: &crate::pipeline::PipelineMetrics) {
+    let name = "sluice_records_refused_total";
+    let mut family = Family::start(
+        out,
+        name,
+        "counter",
+        "Records refused by the record rule since start (not stored, no event), by reason: \
+         too_large, too_deep, not_dag_cbor.",
+    );
+    for reason in sluice_handlers::rules::RecordRefusal::REASONS {
+        family.sample(name, &[("reason", reason)], m.refused(reason));
+    }
+    let name = "sluice_records_unreadable_total";
+    Family::start(
+        out,
+        name,
+        "counter",
+        "Stored records that getRecord or listRecords left out since start: they do not render \
+         (stored before the record rule).",
+    )
+    .sample(name, &[], load(&m.records_unreadable));
 }
 
 fn repos(out: &mut String, state: &ServerState) {
@@ -143,6 +169,24 @@ fn repos(out: &mut String, state: &ServerState) {
             &[],
             backfill.records_walked(),
         );
+        backfill_failures(out, backfill);
+    }
+}
+
+/// Failed backfill attempts by kind: transient ones are retried after a backoff, permanent
+/// ones wait until the repo changes.
+fn backfill_failures(out: &mut String, backfill: &crate::backfill::Control) {
+    use crate::backfill::FailureKind;
+    let name = "sluice_backfill_failures_total";
+    let mut family = Family::start(
+        out,
+        name,
+        "counter",
+        "Failed backfill attempts since start, by kind: transient (retried after a backoff) or \
+         permanent (not retried until the repo changes).",
+    );
+    for kind in [FailureKind::Transient, FailureKind::Permanent] {
+        family.sample(name, &[("kind", kind.as_str())], backfill.failed_attempts(kind));
     }
 }
 

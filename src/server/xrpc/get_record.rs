@@ -1,6 +1,7 @@
 //! `com.atproto.repo.getRecord?repo&collection&rkey&cid?` -> `{uri, cid, value}`: one stored
-//! record as AT Protocol JSON. `RecordNotFound` when sluice holds no such record, or holds
-//! another version than `cid`; `InvalidRequest` "Could not locate record" when the repo is
+//! record as AT Protocol JSON. `RecordNotFound` when sluice holds no such record, holds
+//! another version than `cid`, or holds one that does not render (stored before the record
+//! rule, which takes it as not in the repo; the message says so); `InvalidRequest` "Could not locate record" when the repo is
 //! unknown or unreadable, as the reference PDS answers (without an appview behind it).
 
 use std::sync::Arc;
@@ -10,6 +11,7 @@ use serde_json::Value;
 
 use super::Query;
 use super::repo_access::{Unshown, at_uri, point_read, readable_repo, record_json, repo_param, store_error};
+use crate::pipeline::PipelineMetrics;
 use crate::server::ServerState;
 use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
 
@@ -24,11 +26,13 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> X
         Some(s) => Some(cid::Cid::try_from(s).map_err(|_| XrpcError::invalid("cid must be a valid cid"))?),
         None => None,
     };
-    ok_json(point_read(&state, |store| read(store, &repo, &collection, &rkey, want))?)
+    let metrics = state.pipeline.metrics();
+    ok_json(point_read(&state, |store| read(store, metrics, &repo, &collection, &rkey, want))?)
 }
 
 fn read(
     store: &crate::store::Store,
+    metrics: &PipelineMetrics,
     repo: &str,
     collection: &str,
     rkey: &str,
@@ -42,5 +46,10 @@ fn read(
     if want.is_some_and(|w| w.to_bytes() != record.cid) {
         return Err(not_found());
     }
-    record_json(did, collection, rkey, &record)
+    record_json(did, collection, rkey, &record, metrics)?.ok_or_else(|| {
+        XrpcError::record_not_found(format!(
+            "Could not locate record: {} (stored, but refused by the record rule: sluice does not serve it)",
+            at_uri(did, collection, rkey)
+        ))
+    })
 }

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::Query;
 use super::repo_access::{Unshown, blocking, readable_repo, record_json, repo_param, store_error};
+use crate::pipeline::PipelineMetrics;
 use crate::server::ServerState;
 use crate::store::Store;
 use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
@@ -41,19 +42,22 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> X
         ascending: p.flag("reverse")?,
         cursor: p.opt("cursor").map(str::to_string),
     };
-    ok_json(blocking(&state, move |store| read(store, &page)).await?)
+    let pipeline = state.pipeline.clone();
+    ok_json(blocking(&state, move |store| read(store, pipeline.metrics(), &page)).await?)
 }
 
-fn read(store: &Store, page: &Page) -> Result<Value, XrpcError> {
+/// The page: a record that does not render is left out (see [`record_json`]), and the cursor
+/// still moves past it.
+fn read(store: &Store, metrics: &PipelineMetrics, page: &Page) -> Result<Value, XrpcError> {
     let (did, _) = readable_repo(store, &page.repo, Unshown::Listed)?;
     let rows = store
         .records()
         .page(&did, &page.collection, page.cursor.as_deref(), page.limit, page.ascending)
         .map_err(store_error)?;
-    let records = rows
-        .iter()
-        .map(|(rkey, record)| record_json(&did, &page.collection, rkey, record))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut records = Vec::with_capacity(rows.len());
+    for (rkey, record) in &rows {
+        records.extend(record_json(&did, &page.collection, rkey, record, metrics)?);
+    }
     let mut out = json!({ "records": records });
     if let Some((last, _)) = rows.last() {
         out["cursor"] = json!(last);

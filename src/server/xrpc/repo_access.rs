@@ -21,6 +21,7 @@ use serde_json::{Map, Value};
 
 use super::super::ServerState;
 use crate::cluster::Shard;
+use crate::pipeline::PipelineMetrics;
 use crate::store::values::RecordRef;
 use crate::store::{RepoState, RepoStatus, Store, StoreError};
 use crate::xrpc::{Params, XrpcError};
@@ -163,17 +164,40 @@ pub(super) fn cid_string(cid: &[u8]) -> Result<String, XrpcError> {
         .map_err(|e| XrpcError::internal(format!("stored CID does not decode: {e}")))
 }
 
-/// `{uri, cid, value}` of one stored record.
-pub(super) fn record_json(did: &str, collection: &str, rkey: &str, record: &RecordRef) -> Result<Value, XrpcError> {
+/// `{uri, cid, value}` of one stored record, or `None` when its body does not render.
+///
+/// Such a record was stored before the record rule (an older sluice kept what its readers
+/// could not show); the rule takes it as not in the repo, and so do the reads: `listRecords`
+/// leaves it out and `getRecord` answers `RecordNotFound` for it, each naming the rule in a
+/// warning and counting it in `metrics` (`records_unreadable`), so that one record never fails
+/// a whole listing.
+pub(super) fn record_json(
+    did: &str,
+    collection: &str,
+    rkey: &str,
+    record: &RecordRef,
+    metrics: &PipelineMetrics,
+) -> Result<Option<Value>, XrpcError> {
     let uri = at_uri(did, collection, rkey);
     let body = record.body.as_deref().ok_or_else(|| XrpcError::internal(format!("the body of {uri} is missing")))?;
-    let value = sluice_handlers::value::cbor_to_json(body)
-        .map_err(|e| XrpcError::internal(format!("stored record {uri} does not decode: {e}")))?;
+    let value = match sluice_handlers::value::cbor_to_json(body) {
+        Ok(value) => value,
+        Err(e) => {
+            metrics.records_unreadable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let rule = sluice_handlers::rules::check_record(body).err();
+            tracing::warn!(
+                %uri,
+                reason = rule.as_ref().map_or("not_dag_cbor", |r| r.reason()),
+                "a stored record does not render (stored before the record rule); read as not in the repo: {e}"
+            );
+            return Ok(None);
+        }
+    };
     let mut out = Map::new();
     out.insert("uri".into(), uri.into());
     out.insert("cid".into(), cid_string(&record.cid)?.into());
     out.insert("value".into(), value);
-    Ok(Value::Object(out))
+    Ok(Some(Value::Object(out)))
 }
 
 #[cfg(test)]
