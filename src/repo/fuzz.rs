@@ -6,8 +6,10 @@
 //! into memory ([`read_car_file_into_memory`]) or walked from the file ([`read_car_file`]) give
 //! the same records or the same error. What a walk lets through is held to the protocol's rules,
 //! checked here apart from the reader: each record's bytes hash to its CID (sha2-256), its key
-//! is a valid NSID and record key (by jacquard's validators), and keys come in strictly
-//! increasing MST order.
+//! is a valid NSID and record key (by jacquard's validators), keys come in strictly
+//! increasing MST order, and the record rule (`sluice_handlers::rules::check_record`, which
+//! the pipeline applies to every record it would store) takes a body exactly when the
+//! transcoder shows it.
 
 use std::io::{Seek, Write};
 
@@ -47,7 +49,8 @@ fn walked(read: Result<LoadedRepo, RepoError>) -> Walked {
     repo.records().collect::<Result<_, _>>().map_err(|e| e.to_string())
 }
 
-/// Each record's bytes hash to its CID, its key is valid, and keys strictly increase.
+/// Each record's bytes hash to its CID, its key is valid, keys strictly increase, and the
+/// record rule agrees with the readers.
 fn assert_records_follow_the_protocol(records: &[RecordEntry]) {
     use jacquard_common::types::string::{Nsid, Rkey};
     let mut last_key: Option<String> = None;
@@ -57,6 +60,9 @@ fn assert_records_follow_the_protocol(records: &[RecordEntry]) {
         assert_eq!(r.cid.hash().digest(), &sha2::Sha256::digest(&r.bytes)[..], "{key}: bytes match the CID");
         assert!(Nsid::new(r.collection.as_str()).is_ok(), "{key}: the collection is an NSID");
         assert!(Rkey::new(r.rkey.as_str()).is_ok(), "{key}: the record key is valid");
+        let ruled = sluice_handlers::rules::check_record(&r.bytes);
+        let shown = sluice_handlers::transcode::raw_json(&r.bytes).is_some();
+        assert_eq!(ruled.is_ok(), shown, "{key}: the record rule takes what the readers show: {ruled:?}");
         if let Some(last) = &last_key {
             assert!(last.as_bytes() < key.as_bytes(), "{key} comes after {last} in MST order");
         }
