@@ -207,11 +207,13 @@ impl FetchError {
     }
 }
 
-/// `: <error>: <message>` after an XRPC error status, when the answer named an error.
+/// `: <error>: <message>` after an XRPC error status, when the answer named an error (or
+/// `: <message>` when only sluice has something to say, such as a body over its cap).
 fn xrpc_detail(error: &str, message: &str) -> String {
-    match error.is_empty() {
-        true => String::new(),
-        false => format!(": {error}: {message}"),
+    match (error.is_empty(), message.is_empty()) {
+        (true, true) => String::new(),
+        (true, false) => format!(": {message}"),
+        (false, _) => format!(": {error}: {message}"),
     }
 }
 
@@ -270,10 +272,13 @@ impl FetchOptions {
         }
     }
 
-    /// A client builder with the connect and idle timeouts (the idle timeout also kept by
-    /// [`RepoFetcher`] itself, to say which deadline cut a download).
+    /// A client builder with the connect timeout, and the idle timeout as a backstop a second
+    /// later: [`RepoFetcher`] keeps the idle timeout itself, to say which deadline cut a
+    /// download.
     pub fn client_builder(&self) -> reqwest::ClientBuilder {
-        crate::http::client_builder().connect_timeout(self.connect_timeout).read_timeout(self.idle_timeout)
+        crate::http::client_builder()
+            .connect_timeout(self.connect_timeout)
+            .read_timeout(self.idle_timeout + Duration::from_secs(1))
     }
 }
 

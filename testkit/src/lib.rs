@@ -7,6 +7,7 @@
 
 pub mod bench;
 mod disk;
+pub mod hostile;
 mod nats;
 pub mod server;
 
