@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use EnvKind::{Process, Secret, Setting};
 use serde::Deserialize;
 
+use crate::http::{AddressPolicy, AllowedNetwork};
 use crate::repo::CarLimits;
 
 /// What a variable of [`ENVIRONMENT`] is for.
@@ -401,6 +402,29 @@ pub struct NetworkConfig {
     /// Handle checks a second at most (each a DNS query and maybe an HTTPS request); 0 = no
     /// checks (no handle is then taken as a repo's own).
     pub handle_checks_per_sec: u32,
+    /// Connect to every address the network names, private and loopback included (the
+    /// address policy off). False: only public addresses, and `allowed_networks`.
+    pub allow_private: bool,
+    /// Networks opened although special (`["10.0.0.0/8", "fd00::/8"]`): a deployment whose
+    /// PDSes sit on a private network. `sluice devnet` and `run --devnet` open 127.0.0.0/8.
+    pub allowed_networks: Vec<AllowedNetwork>,
+}
+
+impl NetworkConfig {
+    /// The address policy for hosts the network names (PDS endpoints, did:web and handle
+    /// hosts, redirects); the relay, PLC directory and handle resolver configured here are
+    /// trusted as given.
+    pub fn policy(&self) -> AddressPolicy {
+        AddressPolicy::new(self.allow_private, &self.allowed_networks)
+    }
+
+    /// Opens loopback (127.0.0.0/8) to the address policy: for a devnet on this machine.
+    pub fn allow_loopback(&mut self) {
+        let loopback: AllowedNetwork = "127.0.0.0/8".parse().expect("loopback network");
+        if !self.allowed_networks.contains(&loopback) {
+            self.allowed_networks.push(loopback);
+        }
+    }
 }
 
 impl Default for NetworkConfig {
@@ -410,6 +434,8 @@ impl Default for NetworkConfig {
             plc: "https://plc.directory/".into(),
             handle_resolver: None,
             handle_checks_per_sec: 50,
+            allow_private: false,
+            allowed_networks: Vec::new(),
         }
     }
 }

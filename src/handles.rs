@@ -6,6 +6,11 @@
 //! `com.atproto.identity.resolveHandle` answers instead (the devnet's relay, or an appview
 //! one trusts).
 //!
+//! The handle's own host is the network's: its well-known answer is fetched by a client the
+//! outbound address policy guards ([`crate::http::policy`]), and read up to
+//! [`MAX_WELL_KNOWN_BYTES`]. The configured service is trusted; its answer is read up to
+//! [`MAX_SERVICE_ANSWER_BYTES`].
+//!
 //! The [`HandleChecker`] checks each repo once when its handle is stored or changes, and again
 //! after an `#identity` frame (the store queues them, see `store/handles.rs`), at a bounded
 //! rate, so that a backfill of millions of repos does not flood DNS or anyone's web server.
@@ -22,8 +27,15 @@ use hickory_resolver::net::NetError;
 use hickory_resolver::proto::rr::RData;
 use tokio_util::sync::CancellationToken;
 
+use crate::http::{AddressPolicy, BodyError, Deadlines, read_capped};
 use crate::identity::{IdentityError, Resolver};
 use crate::store::Store;
+
+/// The most of a `/.well-known/atproto-did` answer read (a DID is under 2 KiB by its syntax).
+pub const MAX_WELL_KNOWN_BYTES: usize = 2 * 1024;
+
+/// The most of a `resolveHandle` answer read (`{"did": "..."}`).
+pub const MAX_SERVICE_ANSWER_BYTES: usize = 16 * 1024;
 
 /// Why a handle could not be resolved now (or a resolver not made).
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +55,12 @@ pub enum HandleError {
     /// The `resolveHandle` service answered an error.
     #[error("{url} answered HTTP {status}")]
     Status { url: String, status: reqwest::StatusCode },
+    /// The `resolveHandle` service's answer is too large, or did not arrive.
+    #[error("{url}: reading the answer")]
+    Body { url: String, source: BodyError },
+    /// The `resolveHandle` service's answer is not JSON.
+    #[error("{url}: the answer is not JSON")]
+    Json { url: String, source: serde_json::Error },
 }
 
 /// How a handle is resolved to a DID.
@@ -59,8 +77,9 @@ enum How {
 }
 
 impl HandleResolver {
-    /// Resolves through `service`'s `resolveHandle` when given, else directly (DNS, HTTPS).
-    pub fn new(service: Option<&str>, timeout: Duration) -> Result<Self, HandleError> {
+    /// Resolves through `service`'s `resolveHandle` when given (trusted), else directly (DNS,
+    /// HTTPS), the handle's host held to `policy`.
+    pub fn new(service: Option<&str>, timeout: Duration, policy: &AddressPolicy) -> Result<Self, HandleError> {
         match service {
             Some(url) => {
                 Ok(Self { http: http_client(timeout)?, how: How::Service(url.trim_end_matches('/').to_string()) })
@@ -69,6 +88,7 @@ impl HandleResolver {
                 TokioResolver::builder_tokio().map_err(HandleError::DnsConfig)?,
                 timeout,
                 crate::http::client_builder(),
+                policy,
             ),
         }
     }
@@ -77,7 +97,11 @@ impl HandleResolver {
     /// instead of the system's, for the TXT record and for the well-known host's address alike:
     /// for a resolver of one's own, and for tests. No proxy is used, since a proxy would look
     /// the host up its own way.
-    pub fn direct_via(nameserver: std::net::SocketAddr, timeout: Duration) -> Result<Self, HandleError> {
+    pub fn direct_via(
+        nameserver: std::net::SocketAddr,
+        timeout: Duration,
+        policy: &AddressPolicy,
+    ) -> Result<Self, HandleError> {
         use hickory_resolver::config::{NameServerConfig, ResolverConfig};
         let mut server = NameServerConfig::udp(nameserver.ip());
         server.connections.iter_mut().for_each(|c| c.port = nameserver.port());
@@ -86,19 +110,23 @@ impl HandleResolver {
             TokioResolver::builder_with_config(ResolverConfig::from_name_servers(vec![server]), provider),
             timeout,
             crate::http::client_builder().no_proxy(),
+            policy,
         )
     }
 
     /// Direct resolution through the DNS resolver `builder` makes, each lookup within `timeout`;
-    /// the HTTPS client (from `http`) finds hosts through that resolver too.
+    /// the HTTPS client (from `http`) finds hosts through that resolver too, and connects only
+    /// to the addresses `policy` allows.
     fn direct(
         mut builder: hickory_resolver::ResolverBuilder<hickory_resolver::net::runtime::TokioRuntimeProvider>,
         timeout: Duration,
         http: reqwest::ClientBuilder,
+        policy: &AddressPolicy,
     ) -> Result<Self, HandleError> {
         builder.options_mut().timeout = timeout;
         let dns = builder.build().map_err(HandleError::DnsConfig)?;
-        let http = http.timeout(timeout).dns_resolver(Arc::new(HostsByDns(dns.clone())));
+        let http =
+            policy.guarded_via(Deadlines::SMALL.with_total(timeout).apply(http), Arc::new(HostsByDns(dns.clone())));
         Ok(Self { http: http.build().map_err(HandleError::Client)?, how: How::Direct(Box::new(dns)) })
     }
 
@@ -123,25 +151,60 @@ impl HandleResolver {
         if !resp.status().is_success() {
             return Err(HandleError::Status { url, status: resp.status() });
         }
-        let body: serde_json::Value = resp.json().await?;
+        let body = read_capped(resp, MAX_SERVICE_ANSWER_BYTES, "resolveHandle answer")
+            .await
+            .map_err(|source| HandleError::Body { url: url.clone(), source })?;
+        let body: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|source| HandleError::Json { url: url.clone(), source })?;
         Ok(body["did"].as_str().filter(|d| crate::syntax::is_did(d)).map(str::to_string))
     }
 
-    /// `https://<handle>/.well-known/atproto-did`: any failure means it does not resolve there.
+    /// `https://<handle>/.well-known/atproto-did`: any failure (a refused address, an answer
+    /// over [`MAX_WELL_KNOWN_BYTES`] among them) means it does not resolve there.
     async fn by_well_known(&self, handle: &str) -> Option<String> {
-        let resp = self.http.get(format!("https://{handle}/.well-known/atproto-did")).send().await.ok()?;
-        if !resp.status().is_success() {
-            return None;
+        self.well_known_at(handle, &format!("https://{handle}/.well-known/atproto-did")).await
+    }
+
+    /// [`by_well_known`](Self::by_well_known) at `url`, logging why it found nothing.
+    async fn well_known_at(&self, handle: &str, url: &str) -> Option<String> {
+        let answer = async {
+            let resp = self.http.get(url).send().await.map_err(WellKnownError::Request)?;
+            if !resp.status().is_success() {
+                return Err(WellKnownError::Status(resp.status()));
+            }
+            read_capped(resp, MAX_WELL_KNOWN_BYTES, "well-known handle answer").await.map_err(WellKnownError::Body)
+        };
+        match answer.await {
+            Ok(body) => {
+                let did = String::from_utf8_lossy(&body);
+                let did = did.trim();
+                crate::syntax::is_did(did).then(|| did.to_string())
+            }
+            Err(e) => {
+                tracing::debug!(handle, error = %crate::error::chain(&e), "no DID at the handle's well-known URL");
+                None
+            }
         }
-        let body = resp.text().await.ok()?;
-        let did = body.trim();
-        crate::syntax::is_did(did).then(|| did.to_string())
     }
 }
 
-/// The HTTP client of handle lookups.
+/// Why a handle's well-known URL gave no DID (logged at debug level).
+#[derive(Debug, thiserror::Error)]
+enum WellKnownError {
+    /// The request failed, or its address was refused.
+    #[error("request")]
+    Request(#[source] reqwest::Error),
+    /// The host answered an error.
+    #[error("HTTP {0}")]
+    Status(reqwest::StatusCode),
+    /// The answer is too large, or did not arrive.
+    #[error(transparent)]
+    Body(BodyError),
+}
+
+/// The HTTP client of the trusted `resolveHandle` service.
 fn http_client(timeout: Duration) -> Result<reqwest::Client, HandleError> {
-    crate::http::client_builder().timeout(timeout).build().map_err(HandleError::Client)
+    Deadlines::SMALL.with_total(timeout).apply(crate::http::client_builder()).build().map_err(HandleError::Client)
 }
 
 /// The well-known fetch's host look-ups, through the DNS resolver the TXT look-ups use, so that
@@ -228,7 +291,8 @@ impl HandleChecker {
     pub async fn check(&self, did: &str) -> Verdict {
         let identity = match self.identities.resolve(did).await {
             Ok(identity) => identity,
-            Err(IdentityError::NotFound(_) | IdentityError::InvalidDocument { .. } | IdentityError::Unsupported(_)) => {
+            // A document that cannot be had (a refused host, an invalid one): no handle.
+            Err(e) if e.is_permanent() => {
                 return Verdict::Checked { handle: None, ok: false };
             }
             Err(e) => return Verdict::Later(e.into()),
@@ -360,8 +424,8 @@ mod tests {
     type Asked = Arc<std::sync::Mutex<Vec<(String, RecordType)>>>;
 
     /// A DNS server on 127.0.0.1 that knows `_atproto` TXT records: `alice.test` has one,
-    /// `twice.test` has two that disagree; every other name does not exist. It keeps the
-    /// questions it was asked.
+    /// `twice.test` has two that disagree; `loop.test` is at 127.0.0.1; every other name does
+    /// not exist. It keeps the questions it was asked.
     async fn dns_server() -> (std::net::SocketAddr, Asked) {
         let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
@@ -384,6 +448,10 @@ mod tests {
                         ("_atproto.twice.test", RecordType::TXT) => {
                             answer.add_answers([txt("did:plc:one"), txt("did:plc:two")]);
                         }
+                        ("loop.test", RecordType::A) => {
+                            let a = RData::A(hickory_resolver::proto::rr::rdata::A::new(127, 0, 0, 1));
+                            answer.add_answer(Record::from_rdata(q.name().clone(), 60, a));
+                        }
                         _ => answer.metadata.response_code = ResponseCode::NXDomain,
                     }
                 }
@@ -397,7 +465,9 @@ mod tests {
     /// two that disagree, resolve it to nothing (the HTTPS fallback finds nothing either).
     #[tokio::test]
     async fn handles_resolve_by_their_atproto_txt_record() {
-        let resolver = HandleResolver::direct_via(dns_server().await.0, Duration::from_secs(2)).unwrap();
+        let resolver =
+            HandleResolver::direct_via(dns_server().await.0, Duration::from_secs(2), &AddressPolicy::public_only())
+                .unwrap();
         assert_eq!(resolver.resolve("alice.test").await.unwrap().as_deref(), Some("did:plc:alice"));
         assert_eq!(resolver.resolve("twice.test").await.unwrap(), None, "records that disagree name no DID");
         assert_eq!(resolver.resolve("nobody.test").await.unwrap(), None);
@@ -409,7 +479,8 @@ mod tests {
     #[tokio::test]
     async fn the_well_known_fallback_asks_the_given_nameserver_for_its_host() {
         let (nameserver, asked) = dns_server().await;
-        let resolver = HandleResolver::direct_via(nameserver, Duration::from_secs(2)).unwrap();
+        let resolver =
+            HandleResolver::direct_via(nameserver, Duration::from_secs(2), &AddressPolicy::public_only()).unwrap();
         assert_eq!(resolver.resolve("nobody.test").await.unwrap(), None);
         let asked = asked.lock().unwrap().clone();
         assert_eq!(asked.first(), Some(&("_atproto.nobody.test".to_string(), RecordType::TXT)), "{asked:?}");
@@ -425,8 +496,72 @@ mod tests {
 
         // A handle with a TXT record never gets as far as HTTPS.
         let (nameserver, asked) = dns_server().await;
-        let resolver = HandleResolver::direct_via(nameserver, Duration::from_secs(2)).unwrap();
+        let resolver =
+            HandleResolver::direct_via(nameserver, Duration::from_secs(2), &AddressPolicy::public_only()).unwrap();
         assert_eq!(resolver.resolve("alice.test").await.unwrap().as_deref(), Some("did:plc:alice"));
         assert_eq!(*asked.lock().unwrap(), [("_atproto.alice.test".to_string(), RecordType::TXT)]);
+    }
+
+    /// An HTTP server on 127.0.0.1: `/.well-known/atproto-did` answers `did:plc:alice`, any
+    /// other path an endless body. Returns its port, and counts of connections and of body
+    /// bytes its clients took.
+    async fn well_known_server() -> (u16, Arc<std::sync::atomic::AtomicU64>, Arc<std::sync::atomic::AtomicU64>) {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (connections, sent) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (count, bytes) = (connections.clone(), sent.clone());
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let bytes = bytes.clone();
+                tokio::spawn(async move {
+                    let mut head = vec![0u8; 4096];
+                    let n = socket.read(&mut head).await.unwrap_or(0);
+                    let endless = !String::from_utf8_lossy(&head[..n]).starts_with("GET /.well-known/atproto-did ");
+                    if !endless {
+                        let _ = socket.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 14\r\n\r\ndid:plc:alice\n").await;
+                        return;
+                    }
+                    let _ = socket.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n").await;
+                    let chunk = vec![b'x'; 64 * 1024];
+                    while socket.write_all(&chunk).await.is_ok() {
+                        bytes.fetch_add(chunk.len() as u64, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        (port, connections, sent)
+    }
+
+    /// The handle's host is held to the address policy: `loop.test` (127.0.0.1 by the given
+    /// nameserver) is never dialled while loopback is refused, and answers once it is open.
+    #[tokio::test]
+    async fn the_well_known_host_is_held_to_the_address_policy() {
+        let (nameserver, _) = dns_server().await;
+        let (port, connections, _) = well_known_server().await;
+        let url = format!("http://loop.test:{port}/.well-known/atproto-did");
+        let refused = HandleResolver::direct_via(nameserver, Duration::from_secs(2), &AddressPolicy::public_only());
+        assert_eq!(refused.unwrap().well_known_at("loop.test", &url).await, None);
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 0, "loopback was never dialled");
+        let open = HandleResolver::direct_via(nameserver, Duration::from_secs(2), &AddressPolicy::loopback()).unwrap();
+        assert_eq!(open.well_known_at("loop.test", &url).await.as_deref(), Some("did:plc:alice"));
+        assert_eq!(connections.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    /// An endless well-known answer is given up at [`MAX_WELL_KNOWN_BYTES`]: the server sees
+    /// the client stop after little more than its socket buffers.
+    #[tokio::test]
+    async fn an_endless_well_known_answer_is_cut_at_its_cap() {
+        let (nameserver, _) = dns_server().await;
+        let (port, _, sent) = well_known_server().await;
+        let resolver =
+            HandleResolver::direct_via(nameserver, Duration::from_secs(5), &AddressPolicy::loopback()).unwrap();
+        let url = format!("http://127.0.0.1:{port}/endless");
+        assert_eq!(resolver.well_known_at("loop.test", &url).await, None);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let sent = sent.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(sent < 16 << 20, "{sent} bytes sent before the client stopped");
     }
 }

@@ -6,6 +6,13 @@
 //! / `EcdsaSecp256r1VerificationKey2019` form some PLC servers still return (the key then has no
 //! multicodec prefix and may be uncompressed). A did:web host that is `localhost` or 127.0.0.1
 //! is fetched over plain HTTP, so the devnet can serve it; every other host needs HTTPS.
+//!
+//! The PLC directory is the operator's choice and trusted as given; a did:web host and the PDS
+//! endpoint a document names are the network's, so the outbound address policy
+//! ([`crate::http::policy`]) holds for them: a did:web document is fetched by a guarded client,
+//! and a document whose PDS endpoint is a refused IP literal is refused when it is read (a host
+//! name is checked when the backfill's guarded client connects). A document is read up to
+//! [`MAX_DOCUMENT_BYTES`].
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -15,7 +22,11 @@ use std::time::{Duration, Instant};
 use jacquard_common::types::crypto::{CryptoError, KeyCodec, PublicKey};
 use jacquard_common::types::did_doc::DidDocument;
 
-use crate::http::retry_after;
+use crate::http::{AddressPolicy, AddressRefused, BodyError, Deadlines, read_capped, retry_after};
+
+/// The largest DID document read (a real one is 1-2 KiB; a PLC document's size is capped by
+/// the directory, a did:web host's is not).
+pub const MAX_DOCUMENT_BYTES: usize = 64 * 1024;
 
 /// A resolved identity.
 #[derive(Debug, Clone)]
@@ -31,6 +42,12 @@ pub struct Identity {
 }
 
 /// Why a DID did not resolve, by what a caller should do about it.
+///
+/// Permanent ([`is_permanent`](Self::is_permanent): asking again gives the same answer until
+/// the identity changes, for example an `#identity` frame): `NotFound`, `InvalidDocument`
+/// (a PDS endpoint at a refused address and a document over [`MAX_DOCUMENT_BYTES`]
+/// included), `Refused`, `Unsupported`. Transient (worth retrying with backoff):
+/// `RateLimited`, `Transport`.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
     /// The directory or host does not know the DID (tombstoned or never created).
@@ -48,6 +65,22 @@ pub enum IdentityError {
     /// Not did:plc or did:web, or not a DID.
     #[error("{0}: unsupported DID")]
     Unsupported(String),
+    /// The did:web host is at an address the outbound policy refuses.
+    #[error("{did}: DID document host refused")]
+    Refused { did: String, source: AddressRefused },
+}
+
+impl IdentityError {
+    /// Whether asking again is pointless until the identity changes (see the type's doc).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            IdentityError::NotFound(_)
+            | IdentityError::InvalidDocument { .. }
+            | IdentityError::Unsupported(_)
+            | IdentityError::Refused { .. } => true,
+            IdentityError::RateLimited { .. } | IdentityError::Transport { .. } => false,
+        }
+    }
 }
 
 /// How fetching a DID document failed.
@@ -76,6 +109,12 @@ pub enum DocumentError {
     /// The PDS endpoint is not `http(s)://`.
     #[error("PDS endpoint {0} is not an HTTP URL")]
     PdsNotHttp(String),
+    /// The PDS endpoint is at an address the outbound policy refuses.
+    #[error("PDS endpoint {endpoint} refused")]
+    PdsRefused { endpoint: String, source: AddressRefused },
+    /// The document is larger than [`MAX_DOCUMENT_BYTES`].
+    #[error(transparent)]
+    TooLarge(BodyError),
     /// No `#atproto` verification method.
     #[error("no #atproto verification method")]
     NoKey,
@@ -107,6 +146,9 @@ pub struct ResolverOptions {
     pub timeout: Duration,
     /// Most identities cached.
     pub capacity: usize,
+    /// The addresses did:web hosts and PDS endpoints may be at (public only by default;
+    /// `[network]` opens more).
+    pub policy: AddressPolicy,
 }
 
 impl Default for ResolverOptions {
@@ -116,13 +158,17 @@ impl Default for ResolverOptions {
             ttl: Duration::from_secs(3600),
             timeout: Duration::from_secs(10),
             capacity: 100_000,
+            policy: AddressPolicy::public_only(),
         }
     }
 }
 
 /// Resolves DIDs, caching results for `ttl`.
 pub struct Resolver {
-    http: reqwest::Client,
+    /// For the PLC directory (trusted).
+    plc: reqwest::Client,
+    /// For did:web hosts (guarded by the address policy).
+    web: reqwest::Client,
     opts: ResolverOptions,
     cache: Mutex<HashMap<String, (Instant, Arc<Identity>)>>,
 }
@@ -133,8 +179,10 @@ impl Resolver {
         if !opts.plc_url.ends_with('/') {
             opts.plc_url.push('/');
         }
-        let http = crate::http::client_builder().timeout(opts.timeout).build().expect("HTTP client");
-        Self { http, opts, cache: Mutex::new(HashMap::new()) }
+        let deadlines = Deadlines::SMALL.with_total(opts.timeout);
+        let plc = deadlines.apply(crate::http::client_builder()).build().expect("HTTP client");
+        let web = opts.policy.guarded(deadlines.apply(crate::http::client_builder())).build().expect("HTTP client");
+        Self { plc, web, opts, cache: Mutex::new(HashMap::new()) }
     }
 
     /// The identity of `did`, from the cache while it is fresh.
@@ -157,6 +205,10 @@ impl Resolver {
         let url = document_url(did, &self.opts.plc_url)?;
         let body = self.fetch(did, &url).await?;
         let identity = Arc::new(identity_from_document(did, &body)?);
+        if let Err(source) = self.opts.policy.check_url_str(&identity.pds) {
+            let source = DocumentError::PdsRefused { endpoint: identity.pds.clone(), source };
+            return Err(IdentityError::InvalidDocument { did: did.into(), source });
+        }
         let mut cache = self.cache.lock().expect("identity cache");
         if cache.len() >= self.opts.capacity {
             let ttl = self.opts.ttl;
@@ -180,9 +232,22 @@ impl Resolver {
         self.cache.lock().expect("identity cache").remove(did);
     }
 
-    async fn fetch(&self, did: &str, url: &str) -> Result<Vec<u8>, IdentityError> {
+    /// The document at `url`, at most [`MAX_DOCUMENT_BYTES`]; a did:web host through the
+    /// guarded client.
+    async fn fetch(&self, did: &str, url: &str) -> Result<bytes::Bytes, IdentityError> {
         let transport = |source: TransportError| IdentityError::Transport { did: did.into(), source };
-        let resp = self.http.get(url).send().await.map_err(|e| transport(e.into()))?;
+        let refused = |source: AddressRefused| IdentityError::Refused { did: did.into(), source };
+        let http = match did.starts_with("did:web:") {
+            true => {
+                self.opts.policy.check_url_str(url).map_err(refused)?;
+                &self.web
+            }
+            false => &self.plc,
+        };
+        let resp = http.get(url).send().await.map_err(|e| match crate::http::address_refused(&e) {
+            Some(refusal) => refused(refusal.clone()),
+            None => transport(e.into()),
+        })?;
         let status = resp.status();
         if status == reqwest::StatusCode::NOT_FOUND || status == reqwest::StatusCode::GONE {
             return Err(IdentityError::NotFound(did.into()));
@@ -193,7 +258,10 @@ impl Resolver {
         if !status.is_success() {
             return Err(transport(TransportError::Status { url: url.to_string(), status }));
         }
-        Ok(resp.bytes().await.map_err(|e| transport(e.into()))?.to_vec())
+        read_capped(resp, MAX_DOCUMENT_BYTES, "DID document").await.map_err(|e| match e {
+            BodyError::Read(e) => transport(e.into()),
+            too_large => IdentityError::InvalidDocument { did: did.into(), source: DocumentError::TooLarge(too_large) },
+        })
     }
 }
 

@@ -178,6 +178,7 @@ impl Service {
         let resolver = match crate::handles::HandleResolver::new(
             config.network.handle_resolver.as_deref(),
             Duration::from_secs(10),
+            &config.network.policy(),
         ) {
             Ok(resolver) => resolver,
             Err(e) => {

@@ -237,7 +237,7 @@ fn each_module_names_only_what_the_architecture_lets_it() {
     only("syntax", &[]);
     only("repo", &["syntax", "process"]);
     only("filter", &["syntax"]);
-    only("config", &["process", "cluster", "repo", "syntax"]);
+    only("config", &["process", "cluster", "repo", "syntax", "http"]);
     only("wire", &["store"]);
     // The store knows nothing of CARs, the filter or the network.
     only("store", &["process", "syntax"]);

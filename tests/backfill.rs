@@ -166,6 +166,7 @@ async fn a_stale_cached_key_is_looked_up_again_before_the_walk() {
     let s = open(net, "mode = \"full\"", |c| c.backfill.max_retries = 0);
     let resolver = sluice::identity::Resolver::new(sluice::identity::ResolverOptions {
         plc_url: s.net.plc_url(),
+        policy: sluice::http::AddressPolicy::loopback(),
         ..Default::default()
     });
     let right = (*resolver.resolve(&dids[0]).await.unwrap()).clone();

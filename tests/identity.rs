@@ -10,7 +10,13 @@ use sluice::identity::{IdentityError, Resolver, ResolverOptions, identity_from_d
 use sluice_devnet::{Account, AccountSpec, Devnet, DevnetOptions, PLC_RESOLVE};
 
 fn resolver(net: &Devnet, ttl: Duration) -> Resolver {
-    Resolver::new(ResolverOptions { plc_url: net.plc_url(), ttl, timeout: Duration::from_secs(5), capacity: 10 })
+    Resolver::new(ResolverOptions {
+        plc_url: net.plc_url(),
+        ttl,
+        timeout: Duration::from_secs(5),
+        capacity: 10,
+        policy: sluice::http::AddressPolicy::loopback(),
+    })
 }
 
 #[tokio::test]

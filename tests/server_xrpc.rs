@@ -164,7 +164,8 @@ async fn setup() -> Setup {
         .expect("backfill ran");
 
     // Handles are checked against the relay's resolveHandle, as `sluice run --devnet` does.
-    let handles = HandleResolver::new(Some(&net.relay_url()), REQUEST_LIMIT).unwrap();
+    let handles =
+        HandleResolver::new(Some(&net.relay_url()), REQUEST_LIMIT, &sluice::http::AddressPolicy::loopback()).unwrap();
     let identities = backfill.resolver().clone();
     let checker = Arc::new(HandleChecker::new(sluice.store().clone(), identities.clone(), handles, 1000));
     tokio::spawn(checker.run(tokio_util::sync::CancellationToken::new()));

@@ -56,7 +56,9 @@ fn devnet_config(net: &Devnet, filter: &Path) -> String {
         "# Written by `sluice devnet`: points `sluice run` at the local devnet.\n\
          [storage]\npath = \"data-devnet\"\n\n\
          [filter]\npath = {:?}\n\n\
-         [network]\nrelay = \"{}\"\nplc = \"{}\"\nhandle_resolver = \"{}\"\n",
+         [network]\nrelay = \"{}\"\nplc = \"{}\"\nhandle_resolver = \"{}\"\n\
+         # The devnet's PDSes are on loopback, which the address policy refuses by default.\n\
+         allowed_networks = [\"127.0.0.0/8\"]\n",
         filter.display().to_string(),
         net.relay_url(),
         net.plc_url(),
@@ -130,6 +132,8 @@ pub fn start_for_run(config: &mut Config) -> anyhow::Result<Running> {
     config.network.plc = net.plc_url();
     // Devnet handles (`*.test`) resolve through the relay's resolveHandle, not DNS.
     config.network.handle_resolver = Some(net.relay_url());
+    // The devnet's PDSes are on loopback, which the address policy refuses by default.
+    config.network.allow_loopback();
     if config.storage.path == Path::new("data") {
         config.storage.path = "data-devnet".into();
     }

@@ -6,6 +6,13 @@
 //!
 //! Cursors: `crawler` for listRepos, `crawler/<nsid>` for listReposByCollection; `done` once the
 //! listing ended (a later run skips it unless asked to crawl again).
+//!
+//! The relay is the operator's and trusted as given, but what it sends is still bounded: a page
+//! is read up to [`MAX_PAGE_BYTES`], an error's text is cut to one short line, and a relay that
+//! keeps answering 429 is asked [`MAX_RATE_LIMITED`] times in a row (each pause its
+//! `Retry-After`, at most [`MAX_RATE_LIMIT_PAUSE`]); then the crawl of that listing stops with
+//! [`CrawlError::RateLimited`], what it queued stays queued, and the next run (`sluice run` or
+//! `sluice backfill`) resumes the listing from its saved cursor.
 
 use std::time::Duration;
 
@@ -13,13 +20,26 @@ use serde::Deserialize;
 
 use crate::error::chain;
 use crate::filter::{Filter, Mode};
-use crate::http::retry_after;
+use crate::http::{BodyError, Deadlines, error_excerpt, read_capped, retry_after};
 use crate::store::{RepoState, RepoStatus, Store, StoreError, values::now_ms};
 
 use crate::store::schedule;
 
 /// The cursor value of a finished listing.
 pub const DONE: &str = "done";
+
+/// The largest page of a listing read: a page of 1,000 repos (DID, head CID, rev, status) is
+/// about 150 KiB; a relay may list up to 10,000 a page.
+pub const MAX_PAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// 429 answers in a row after which a crawl stops until the next run.
+pub const MAX_RATE_LIMITED: u32 = 10;
+
+/// The longest pause after a 429 (a longer `Retry-After` is shortened to this).
+pub const MAX_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(300);
+
+/// The pause after a 429 without `Retry-After`.
+const DEFAULT_RATE_LIMIT_PAUSE: Duration = Duration::from_secs(5);
 
 /// One listing the crawler pages through.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,7 +106,16 @@ pub enum CrawlError {
     Listing(#[source] PageError),
     /// A page of the listing did not decode.
     #[error("listing repos: a page did not decode")]
-    Page(#[source] reqwest::Error),
+    Page(#[source] serde_json::Error),
+    /// A page of the listing is over [`MAX_PAGE_BYTES`], or its body did not arrive.
+    #[error("listing repos: reading a page")]
+    PageBody(#[source] BodyError),
+    /// The relay answered 429 [`MAX_RATE_LIMITED`] times in a row.
+    #[error(
+        "listing repos: the relay answered 429 (rate limited) {0} times in a row; the next run \
+         resumes this listing from its saved cursor"
+    )]
+    RateLimited(u32),
     /// Storage failed.
     #[error(transparent)]
     Storage(#[from] StoreError),
@@ -95,9 +124,9 @@ pub enum CrawlError {
 /// One failed request for a page of a listing.
 #[derive(Debug, thiserror::Error)]
 pub enum PageError {
-    /// The relay answered an error.
-    #[error("{url} answered HTTP {status}")]
-    Status { url: String, status: reqwest::StatusCode },
+    /// The relay answered an error (`text`: the start of its body, cut to one line).
+    #[error("{url} answered HTTP {status}: {text}")]
+    Status { url: String, status: reqwest::StatusCode, text: String },
     /// The request failed (connection, TLS, timeout).
     #[error(transparent)]
     Request(#[from] reqwest::Error),
@@ -127,7 +156,7 @@ pub struct Crawler {
 impl Crawler {
     /// A crawler of the relay at `relay`.
     pub fn new(relay: &str) -> Self {
-        let http = crate::http::client_builder().timeout(Duration::from_secs(60)).build().expect("HTTP client");
+        let http = Deadlines::SMALL.apply(crate::http::client_builder()).build().expect("HTTP client");
         Self {
             http,
             relay: relay.trim_end_matches('/').to_string(),
@@ -164,7 +193,8 @@ impl Crawler {
         Ok(summary)
     }
 
-    /// One page, retrying rate limits and failures a few times.
+    /// One page, retrying failures a few times and rate limits up to [`MAX_RATE_LIMITED`]
+    /// in a row.
     async fn page(&self, listing: &Listing, cursor: Option<&str>) -> Result<Page, CrawlError> {
         let mut query = vec![("limit", self.page_size.to_string())];
         if let Listing::ByCollection(c) = listing {
@@ -174,26 +204,46 @@ impl Crawler {
             query.push(("cursor", c.to_string()));
         }
         let url = listing.url(&self.relay);
-        let mut attempt = 0u32;
+        let (mut failures, mut rate_limited) = (0u32, 0u32);
         loop {
-            attempt += 1;
             let failure = match self.http.get(&url).query(&query).send().await {
-                Ok(resp) if resp.status().is_success() => return resp.json().await.map_err(CrawlError::Page),
+                Ok(resp) if resp.status().is_success() => return read_page(resp).await,
                 Ok(resp) if resp.status() == reqwest::StatusCode::TOO_MANY_REQUESTS => {
-                    let pause = retry_after(resp.headers()).unwrap_or(Duration::from_secs(5));
+                    rate_limited += 1;
+                    if rate_limited >= MAX_RATE_LIMITED {
+                        return Err(CrawlError::RateLimited(rate_limited));
+                    }
+                    let pause = retry_after(resp.headers()).unwrap_or(DEFAULT_RATE_LIMIT_PAUSE);
+                    let pause = pause.min(MAX_RATE_LIMIT_PAUSE);
+                    tracing::info!(
+                        rate_limited,
+                        pause_secs = pause.as_secs(),
+                        "the relay rate limits listRepos; waiting"
+                    );
                     tokio::time::sleep(pause).await;
                     continue;
                 }
-                Ok(resp) => PageError::Status { url: url.clone(), status: resp.status() },
+                Ok(resp) => {
+                    let status = resp.status();
+                    PageError::Status { url: url.clone(), status, text: error_excerpt(resp).await }
+                }
                 Err(e) => PageError::Request(e),
             };
-            if attempt >= 5 {
+            rate_limited = 0;
+            failures += 1;
+            if failures >= 5 {
                 return Err(CrawlError::Listing(failure));
             }
-            tracing::warn!(failure = %chain(&failure), attempt, "listing repos failed; retrying");
-            tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+            tracing::warn!(failure = %chain(&failure), attempt = failures, "listing repos failed; retrying");
+            tokio::time::sleep(Duration::from_millis(500 << failures)).await;
         }
     }
+}
+
+/// A page's body, read up to [`MAX_PAGE_BYTES`] and decoded.
+async fn read_page(resp: reqwest::Response) -> Result<Page, CrawlError> {
+    let body = read_capped(resp, MAX_PAGE_BYTES, "listRepos page").await.map_err(CrawlError::PageBody)?;
+    serde_json::from_slice(&body).map_err(CrawlError::Page)
 }
 
 /// Queues the new DIDs of a page that `shard` owns (inactive ones recorded as gone), with the

@@ -142,7 +142,11 @@ pub struct Backfill {
 impl Backfill {
     /// A backfill writing through `pipeline`, with `config`'s network and backfill settings.
     pub fn new(pipeline: Pipeline, config: &Config) -> Arc<Self> {
-        let resolver = Resolver::new(ResolverOptions { plc_url: config.network.plc.clone(), ..Default::default() });
+        let resolver = Resolver::new(ResolverOptions {
+            plc_url: config.network.plc.clone(),
+            policy: config.network.policy(),
+            ..Default::default()
+        });
         let cores = crate::process::cores();
         Arc::new(Self {
             pipeline,

@@ -8,7 +8,7 @@ pub mod body;
 pub mod policy;
 
 pub use body::{BodyError, ERROR_BODY_CAP, FOREIGN_TEXT_MAX, error_excerpt, read_capped, truncate_foreign};
-pub use policy::{AddressPolicy, AddressRefused, BadNetwork, address_refused, is_address_refused};
+pub use policy::{AddressPolicy, AddressRefused, AllowedNetwork, BadNetwork, address_refused, is_address_refused};
 
 /// A client builder with sluice's user agent, a connect timeout and an idle timeout
 /// ([`Deadlines::STREAM`], no overall deadline: a large download keeps its own). Clients of

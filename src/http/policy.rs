@@ -53,6 +53,33 @@ pub struct AddressRefused {
 #[error("{0:?} is not a network (CIDR like 10.0.0.0/8 or fd00::/8, or one address)")]
 pub struct BadNetwork(pub String);
 
+/// One network of `[network] allowed_networks`: `a.b.c.d/n`, `x::/n`, or one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
+pub struct AllowedNetwork(IpNet);
+
+impl FromStr for AllowedNetwork {
+    type Err = BadNetwork;
+
+    fn from_str(text: &str) -> Result<Self, BadNetwork> {
+        parse_network(text).map(AllowedNetwork)
+    }
+}
+
+impl TryFrom<String> for AllowedNetwork {
+    type Error = BadNetwork;
+
+    fn try_from(text: String) -> Result<Self, BadNetwork> {
+        text.parse()
+    }
+}
+
+impl std::fmt::Display for AllowedNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 impl AddressPolicy {
     /// Public addresses only (the default).
     pub fn public_only() -> Self {
@@ -69,11 +96,16 @@ impl AddressPolicy {
         Self { allow_private: false, allowed }
     }
 
-    /// Public addresses and those in `networks` (CIDR strings, or bare addresses), or every
-    /// address when `allow_private`.
-    pub fn from_settings(allow_private: bool, networks: &[String]) -> Result<Self, BadNetwork> {
-        let allowed = networks.iter().map(|n| parse_network(n)).collect::<Result<_, _>>()?;
-        Ok(Self { allow_private, allowed })
+    /// Public addresses and those of `networks`, or every address when `allow_private`
+    /// (`[network]`'s two settings).
+    pub fn new(allow_private: bool, networks: &[AllowedNetwork]) -> Self {
+        Self { allow_private, allowed: networks.iter().map(|n| n.0).collect() }
+    }
+
+    /// The same policy opening `network` too.
+    pub fn also_allowing(mut self, network: AllowedNetwork) -> Self {
+        self.allowed.push(network.0);
+        self
     }
 
     /// Public addresses and loopback (127.0.0.0/8, ::1): the devnet's and the tests' policy.
@@ -446,7 +478,8 @@ mod tests {
 
     #[test]
     fn allowed_networks_open_only_themselves() {
-        let policy = AddressPolicy::from_settings(false, &["10.1.0.0/16".into(), "127.0.0.1".into()]).unwrap();
+        let nets: Vec<AllowedNetwork> = ["10.1.0.0/16", "127.0.0.1"].iter().map(|n| n.parse().unwrap()).collect();
+        let policy = AddressPolicy::new(false, &nets);
         assert!(policy.allows(ip("10.1.2.3")));
         assert!(!policy.allows(ip("10.2.0.1")));
         assert!(policy.allows(ip("127.0.0.1")));
@@ -457,8 +490,10 @@ mod tests {
         assert!(loopback.allows(ip("127.0.0.3")) && loopback.allows(ip("::1")));
         assert!(!loopback.allows(ip("192.168.0.1")) && !loopback.allows(ip("fe80::1")));
         assert!(AddressPolicy::allow_all().allows(ip("169.254.169.254")));
-        assert!(AddressPolicy::from_settings(false, &["10.0.0.0/33".into()]).is_err());
-        assert!(AddressPolicy::from_settings(false, &["nope".into()]).is_err());
+        assert!("10.0.0.0/33".parse::<AllowedNetwork>().is_err());
+        assert!("nope".parse::<AllowedNetwork>().is_err());
+        let more = AddressPolicy::public_only().also_allowing("192.168.0.0/16".parse().unwrap());
+        assert!(more.allows(ip("192.168.3.4")) && !more.allows(ip("10.0.0.1")));
         assert_eq!(parse_network("10.1.2.3/8").unwrap().to_string(), "10.0.0.0/8", "host bits are dropped");
     }
 

@@ -79,16 +79,19 @@ pub fn car_file(car: &[u8]) -> std::fs::File {
 
 /// Points `config`'s network at `net`: its relay and PLC directory, and its relay's
 /// `resolveHandle` for handle checks, so that nothing is asked of DNS (the system's resolver
-/// would look up `_atproto.<handle>` on the machine's nameserver).
+/// would look up `_atproto.<handle>` on the machine's nameserver); the address policy opens
+/// loopback, where the devnet's PDSes are.
 pub fn on_devnet(config: &mut sluice::Config, net: &Devnet) {
     config.network.relay = net.relay_url();
     config.network.plc = net.plc_url();
     config.network.handle_resolver = Some(net.relay_url());
+    config.network.allow_loopback();
 }
 
 /// A config file in `dir` pointing a `sluice` child process at `net` (full-mode filter, data in
 /// `dir/data`), with `extra` TOML sections appended; returns its path. Handles are checked with
-/// the devnet relay's `resolveHandle`, as [`on_devnet`] does.
+/// the devnet relay's `resolveHandle`, and loopback is open to the address policy, as
+/// [`on_devnet`] does.
 pub fn devnet_config_file(dir: &Path, net: &Devnet, extra: &str) -> PathBuf {
     let filter = dir.join("filter.toml");
     std::fs::write(&filter, "mode = \"full\"\n").unwrap();
@@ -100,7 +103,7 @@ pub fn devnet_config_with_filter(dir: &Path, net: &Devnet, filter: &Path, extra:
     let config = dir.join("config.toml");
     let text = format!(
         "[storage]\npath = {:?}\n[filter]\npath = {filter:?}\n[network]\nrelay = {:?}\nplc = {:?}\n\
-         handle_resolver = {:?}\n{extra}",
+         handle_resolver = {:?}\nallowed_networks = [\"127.0.0.0/8\"]\n{extra}",
         dir.join("data"),
         net.relay_url(),
         net.plc_url(),
