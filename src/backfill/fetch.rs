@@ -23,7 +23,10 @@ use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 
 use super::hosts::{HostLimits, HostPaused, HostPolicy, Outcome};
-use crate::http::{BodyError, ERROR_BODY_CAP, is_address_refused, read_capped, retry_after, truncate_foreign};
+use crate::http::{
+    AddressPolicy, AddressRefused, BodyError, ERROR_BODY_CAP, is_address_refused, read_capped, retry_after,
+    truncate_foreign,
+};
 use crate::repo::{
     CarLimits, CarScanner, LoadedRepo, RepoError, read_car_file, read_car_file_into_memory, read_car_owned,
 };
@@ -98,6 +101,10 @@ pub enum FetchError {
     /// The export is invalid or over a limit (also refused while downloading).
     #[error(transparent)]
     Repo(#[from] RepoError),
+    /// The PDS endpoint is an address the outbound policy refuses (checked before connecting;
+    /// a name resolving to one fails in [`FetchError::Request`], the refusal in its chain).
+    #[error("the PDS endpoint is refused by the outbound address policy")]
+    AddressRefused(#[from] AddressRefused),
     /// The request failed (connection, TLS, a refused address).
     #[error("{pds}")]
     Request {
@@ -180,7 +187,7 @@ impl FetchError {
     /// timeouts, connection errors, 5xx, 429, a paused host, the spool.
     pub fn is_permanent(&self) -> bool {
         match self {
-            FetchError::Gone(_) | FetchError::OverSpoolCap { .. } => true,
+            FetchError::Gone(_) | FetchError::OverSpoolCap { .. } | FetchError::AddressRefused(_) => true,
             FetchError::Repo(e) => e.is_permanent(),
             FetchError::Request { source, .. } => is_address_refused(source),
             FetchError::Status { status, .. } => (400..500).contains(status) && !matches!(status, 408 | 429),
@@ -202,6 +209,7 @@ impl FetchError {
             FetchError::Status { status, .. } if *status >= 500 => Outcome::Failed,
             FetchError::RateLimited(_) | FetchError::HostPaused(_) | FetchError::Spool(_) => Outcome::Neutral,
             FetchError::SpoolFull { .. } | FetchError::OverSpoolCap { .. } => Outcome::Neutral,
+            FetchError::AddressRefused(_) => Outcome::Neutral,
             _ => Outcome::Answered,
         }
     }
@@ -358,6 +366,8 @@ pub struct RepoFetcher {
     options: FetchOptions,
     spool_dir: PathBuf,
     spool: SpoolBudget,
+    /// The outbound address policy, when the client has it installed ([`RepoFetcher::with_policy`]).
+    policy: Option<AddressPolicy>,
     /// Per-host slots, breakers and 429 holds, shared by all workers.
     pub hosts: HostLimits,
     /// 429 answers in a row before a repo counts as failed.
@@ -382,13 +392,20 @@ impl RepoFetcher {
         Self::with_client(limits, spool_dir, options, http)
     }
 
-    /// A fetcher using `http` (build it from [`FetchOptions::client_builder`], for example
-    /// with an address policy installed).
+    /// A fetcher held to `options` that connects only where `policy` allows: the PDS URL is
+    /// checked before anything is sent, resolved names and redirects by the client.
+    pub fn with_policy(limits: CarLimits, spool_dir: PathBuf, options: FetchOptions, policy: AddressPolicy) -> Self {
+        let http = policy.guarded(options.client_builder()).build().expect("HTTP client");
+        Self { policy: Some(policy), ..Self::with_client(limits, spool_dir, options, http) }
+    }
+
+    /// A fetcher using `http` (build it from [`FetchOptions::client_builder`]).
     pub fn with_client(limits: CarLimits, spool_dir: PathBuf, options: FetchOptions, http: reqwest::Client) -> Self {
         Self {
             http,
             limits,
             options,
+            policy: None,
             spool_dir,
             spool: SpoolBudget::new(options.spool_cap_bytes),
             hosts: HostLimits::new(options.hosts),
@@ -428,6 +445,9 @@ impl RepoFetcher {
     /// Downloads the repo export of `did` from the PDS at `pds`, waiting out its rate limits
     /// and its slots; refused at once while its breaker holds it paused.
     pub async fn download(&self, pds: &str, did: &str) -> Result<Spooled, FetchError> {
+        if let Some(policy) = &self.policy {
+            policy.check_url_str(pds)?;
+        }
         let mut limited = 0;
         loop {
             let permit = self.hosts.admit(pds).await?;
@@ -712,5 +732,72 @@ mod tests {
         assert_eq!(failed, "getRepo answered HTTP 500");
         let failed = classify_error(400, br#"{"error":"InvalidRequest","message":"bad did"}"#).to_string();
         assert!(failed.contains("InvalidRequest: bad did"), "{failed}");
+    }
+
+    #[tokio::test]
+    async fn downloads_growing_at_once_do_not_wait_on_each_other_for_good() {
+        let budget = SpoolBudget::new(10 * SPOOL_UNIT);
+        let (mut a, mut b) = (budget.empty(), budget.empty());
+        budget.grow(&mut a, 5 * SPOOL_UNIT, None).await.unwrap();
+        budget.grow(&mut b, 5 * SPOOL_UNIT, None).await.unwrap();
+        assert_eq!(budget.held_bytes(), 10 * SPOOL_UNIT);
+        let budget = &budget;
+        // Both want more than is left: the first to give up frees its room, and the other goes on.
+        let first = async move {
+            let grown = budget.grow(&mut a, 8 * SPOOL_UNIT, Some(Duration::from_millis(50))).await;
+            drop(a);
+            grown
+        };
+        let second = async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            budget.grow(&mut b, 8 * SPOOL_UNIT, Some(Duration::from_secs(5))).await.map(|()| b)
+        };
+        let (first, second) = tokio::join!(first, second);
+        assert!(matches!(first, Err(FetchError::SpoolFull { .. })), "{first:?}");
+        let mut b = second.expect("the other download got the room");
+        assert_eq!((b.units, budget.held_bytes()), (8, 8 * SPOOL_UNIT));
+        SpoolBudget::shrink(&mut b, 3 * SPOOL_UNIT - 1);
+        assert_eq!(budget.held_bytes(), 3 * SPOOL_UNIT);
+        drop(b);
+        assert_eq!(budget.held_bytes(), 0);
+        let mut alone = budget.empty();
+        let over = budget.grow(&mut alone, 11 * SPOOL_UNIT, None).await;
+        assert!(matches!(over, Err(FetchError::OverSpoolCap { .. })), "one alone over the cap is refused, not held");
+    }
+
+    #[test]
+    fn permanence_follows_the_kind_of_failure() {
+        let status = |status: u16| FetchError::Status { status, error: String::new(), message: String::new() };
+        assert!(status(400).is_permanent() && status(404).is_permanent());
+        assert!(!status(500).is_permanent() && !status(503).is_permanent() && !status(429).is_permanent());
+        assert!(!status(408).is_permanent());
+        assert!(FetchError::Repo(RepoError::TooLarge("x".into())).is_permanent());
+        assert!(FetchError::Repo(RepoError::Signature("x".into())).is_permanent());
+        assert!(!FetchError::RateLimited("h".into()).is_permanent());
+        assert!(!FetchError::SpoolFull { needed: 1, held: 1, cap: 1 }.is_permanent());
+        assert!(FetchError::OverSpoolCap { cap: 1 }.is_permanent());
+        let deadline = FetchError::Deadline {
+            pds: "h".into(),
+            deadline: Deadline::Idle(Duration::from_secs(1)),
+            received: 0,
+            elapsed: Duration::ZERO,
+        };
+        assert!(!deadline.is_permanent() && deadline.host_outcome() == Outcome::Failed);
+        assert_eq!(status(503).host_outcome(), Outcome::Failed);
+        assert_eq!(status(404).host_outcome(), Outcome::Answered);
+    }
+
+    #[tokio::test]
+    async fn a_refused_address_is_refused_before_connecting() {
+        let dir = tempfile::tempdir().unwrap();
+        let fetcher = RepoFetcher::with_policy(
+            CarLimits::default(),
+            dir.path().join("spool"),
+            FetchOptions::default(),
+            AddressPolicy::public_only(),
+        );
+        let e = fetcher.download("http://127.0.0.1:9", "did:plc:x").await.err().unwrap();
+        assert!(matches!(e, FetchError::AddressRefused(_)) && e.is_permanent(), "{e}");
+        assert!(crate::error::chain(&e).to_string().contains("loopback"), "{e}");
     }
 }

@@ -477,4 +477,19 @@ impl Control {
     pub fn records_walked(&self) -> u64 {
         self.0.progress.records.load(Ordering::Relaxed)
     }
+
+    /// PDS hosts their circuit breaker holds paused now.
+    pub fn hosts_paused(&self) -> usize {
+        self.0.fetcher.hosts.paused_hosts()
+    }
+
+    /// getRepo requests the hosts' circuit breakers refused since start.
+    pub fn host_refusals(&self) -> u64 {
+        self.0.fetcher.hosts.refused_requests()
+    }
+
+    /// Bytes the spooled downloads hold in the spool now.
+    pub fn spool_bytes(&self) -> u64 {
+        self.0.fetcher.spool_held_bytes()
+    }
 }

@@ -52,6 +52,7 @@ pub fn render(state: &ServerState) -> String {
     let mut out = String::with_capacity(4096);
     events(&mut out, state);
     repos(&mut out, state);
+    fetch_hosts(&mut out, state);
     live(&mut out, state);
     sink(&mut out, state);
     filter(&mut out, state);
@@ -257,5 +258,26 @@ fn live(out: &mut String, state: &ServerState) {
         name,
         &[],
         load(&m.last_frame_time_us) as f64 / 1e6,
+    );
+}
+
+/// The getRepo download path: hosts paused by their circuit breaker, the requests refused
+/// meanwhile, and the spool's bytes (against `[limits] spool_max_mb`).
+fn fetch_hosts(out: &mut String, state: &ServerState) {
+    let Some(backfill) = &state.backfill else { return };
+    let name = "sluice_backfill_hosts_paused";
+    Family::start(out, name, "gauge", "PDS hosts paused by their circuit breaker after repeated transient failures.")
+        .sample(name, &[], backfill.hosts_paused());
+    let name = "sluice_backfill_host_refusals_total";
+    Family::start(out, name, "counter", "getRepo requests refused since start because their host was paused.").sample(
+        name,
+        &[],
+        backfill.host_refusals(),
+    );
+    let name = "sluice_backfill_spool_bytes";
+    Family::start(out, name, "gauge", "Bytes spooled downloads hold in the spool (capped by spool_max_mb).").sample(
+        name,
+        &[],
+        backfill.spool_bytes(),
     );
 }
