@@ -9,10 +9,20 @@
 //! no committed repo again, loses none, and emits no event twice. Crawled DIDs are queued in the
 //! same batch as the crawler cursor of their page.
 //!
-//! Failures are classified: a repo the network no longer serves is `gone`; a failed one is in
-//! `error` with a retry after an exponential backoff; a rate limit holds the PDS (or the
-//! directory), not the repo. Only storage failures are fatal: the run stops, saves what it has
-//! and returns the first one ([`BackfillError::Storage`]), which names its cause.
+//! Failures are classified: a repo the network no longer serves is `gone`; a transient failure
+//! (a timeout, a 5xx, a 429, a dropped connection) leaves it in `error` with a retry after an
+//! exponential backoff; a permanent one (a bad signature, another DID's commit, a malformed or
+//! oversized CAR, an unusable DID document) leaves it in `error` with no retry, until something
+//! changes: a new commit, `#sync` or `#identity` of the repo on the firehose, a filter edit or
+//! `sluice backfill --did` queues it again. A rate limit holds the PDS (or the directory), not
+//! the repo.
+//!
+//! Stopping ([`Backfill::stop`]) cancels the repos in flight that are still resolving,
+//! downloading or waiting for a walk thread: nothing was written for them, so they stay
+//! queued. A walk that started finishes (CPU work, no network).
+//!
+//! Only storage failures are fatal: the run stops, saves what it has and returns the first one
+//! ([`BackfillError::Storage`]), which names its cause.
 //!
 //! Memory: up to `max_concurrent` repos are in flight, but their downloads are spooled (in
 //! memory when small, else to a temporary file) and only one repo per core is read and walked
@@ -47,7 +57,7 @@ use crate::store::{RepoState, RepoStatus, Store, StoreError, schedule};
 
 pub use crawler::{CrawlError, CrawlSummary, Crawler, Listing, PageError};
 pub use fetch::RepoFetcher;
-pub use progress::Progress;
+pub use progress::{FailureGroup, FailureKind, Progress, failure_report};
 pub use requeue::{Widening, widening};
 
 /// Live backlog (events waiting) above which `BACKFILL_USE_IDLE` holds new repos.
@@ -56,8 +66,12 @@ pub const IDLE_BACKLOG: u64 = 100;
 /// How long [`Backfill::run`] goes on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunMode {
-    /// Until nothing is queued or in flight (`sluice backfill`).
+    /// Until nothing is queued or in flight, retries included: waits out every backoff.
     UntilEmpty,
+    /// Until nothing is left to do now (`sluice backfill`): nothing in flight, nothing
+    /// pending, and the only repos queued are failed ones waiting for their retry, which the
+    /// next run (or `sluice run`) takes.
+    UntilSettled,
     /// Until [`Backfill::stop`] (`sluice run`).
     Forever,
 }
@@ -128,6 +142,8 @@ pub struct Backfill {
     /// Resident memory, for the cap: read at most every 50 ms.
     resident: crate::process::ResidentGauge,
     stop: AtomicBool,
+    /// Cancelled by [`Backfill::stop`]: repos in flight abandon their fetch.
+    cancel: tokio_util::sync::CancellationToken,
     /// Paused by an operator: no new repo starts until resumed.
     paused: AtomicBool,
     /// Set when the current run's scheduler is done, to end its helpers.
@@ -154,10 +170,11 @@ impl Backfill {
             relay: config.network.relay.clone(),
             shard: config.cluster.shard,
             resolver: Arc::new(resolver),
-            fetcher: RepoFetcher::with_options(
+            fetcher: RepoFetcher::with_policy(
                 config.limits.car_limits(),
                 config.storage.path.join("spool"),
                 fetch::FetchOptions::from_config(&config.limits),
+                config.network.policy(),
             ),
             walk_permits: Arc::new(Semaphore::new(cores)),
             walkers: walkers::Walkers::new(cores),
@@ -166,6 +183,7 @@ impl Backfill {
             memory_cap_mb: AtomicU64::new(config.backfill.max_memory_mb),
             resident: crate::process::ResidentGauge::new(Duration::from_millis(50)),
             stop: AtomicBool::new(false),
+            cancel: tokio_util::sync::CancellationToken::new(),
             paused: AtomicBool::new(false),
             run_over: AtomicBool::new(false),
             fatal: Mutex::new(None),
@@ -216,9 +234,17 @@ impl Backfill {
         self.paused.load(Ordering::Relaxed)
     }
 
-    /// Asks the run to stop for good: no new repo starts; repos in flight finish.
+    /// Asks the run to stop for good: no new repo starts; repos in flight that are not walking
+    /// yet are abandoned and stay queued (a walk that started finishes).
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+        self.cancel.cancel();
+    }
+
+    /// The repos that failed in this run and have not succeeded since, by kind and reason:
+    /// what `sluice backfill` says when it ends.
+    pub fn failure_summary(&self) -> Vec<FailureGroup> {
+        self.progress.failures.summary()
     }
 
     fn stopping(&self) -> bool {
@@ -322,7 +348,7 @@ impl Backfill {
                 None => {
                     drop(permit);
                     let (idle, next_due) = self.queue_outlook()?;
-                    if mode == RunMode::UntilEmpty && idle && next_due.is_none() && crawl_done.load(Ordering::Relaxed) {
+                    if idle && crawl_done.load(Ordering::Relaxed) && self.finished(mode, next_due) {
                         break;
                     }
                     // Look again when a repo is queued or a worker ends (the run may be over),
@@ -338,6 +364,24 @@ impl Backfill {
         }
         while workers.join_next().await.is_some() {}
         Ok(())
+    }
+
+    /// Whether a run in `mode` with nothing in flight, the crawl done and the next queued repo
+    /// due at `next_due` has ended.
+    fn finished(&self, mode: RunMode, next_due: Option<u64>) -> bool {
+        match mode {
+            RunMode::Forever => false,
+            RunMode::UntilEmpty => next_due.is_none(),
+            RunMode::UntilSettled => next_due.is_none() || self.only_retries_queued(),
+        }
+    }
+
+    /// Whether every repo queued is a failed one waiting for its retry: none is pending (a
+    /// rate-limited repo waits pending) or desynchronized.
+    fn only_retries_queued(&self) -> bool {
+        [RepoStatus::Pending, RepoStatus::Backfilling, RepoStatus::Desynchronized]
+            .into_iter()
+            .all(|status| self.store().repo_count(status) <= 0)
     }
 
     /// Takes the next due repo that is not in flight, if any.
@@ -491,5 +535,14 @@ impl Control {
     /// Bytes the spooled downloads hold in the spool now.
     pub fn spool_bytes(&self) -> u64 {
         self.0.fetcher.spool_held_bytes()
+    }
+
+    /// Failed attempts since start of `kind`.
+    pub fn failed_attempts(&self, kind: FailureKind) -> u64 {
+        let permanent = self.0.progress.permanent.load(Ordering::Relaxed);
+        match kind {
+            FailureKind::Permanent => permanent,
+            FailureKind::Transient => self.0.progress.failed.load(Ordering::Relaxed).saturating_sub(permanent),
+        }
     }
 }

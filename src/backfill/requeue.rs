@@ -1,13 +1,15 @@
 //! Filter edits reach the data: when an edit widens what is indexed, repos already walked are
-//! queued again (throttled) so that the newly wanted records get backfilled. Narrowing needs
-//! nothing here: the pipeline stops emitting what the filter no longer wants.
+//! queued again (throttled) so that the newly wanted records get backfilled, and so are the
+//! repos whose backfill failed for good (refused, or out of retries): an edit is one of the
+//! changes they wait for. Narrowing needs nothing here: the pipeline stops emitting what the
+//! filter no longer wants.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::filter::Filter;
 use crate::store::values::now_ms;
-use crate::store::{RepoStatus, StoreError};
+use crate::store::{RepoState, RepoStatus, StoreError};
 
 use super::Backfill;
 use crate::store::schedule;
@@ -66,23 +68,31 @@ pub(super) async fn follow_filter_edits(backfill: &Arc<Backfill>, mut current: A
     }
 }
 
+/// Whether a widening edit queues a repo in `state` again: synced or discarded ones as the edit
+/// says, and those whose backfill failed for good whatever it widens.
+fn requeued_by(widened: &Widening, state: &RepoState) -> bool {
+    match state.status {
+        RepoStatus::Synced => widened.synced,
+        RepoStatus::Discarded => widened.discarded,
+        _ => schedule::awaits_change(state),
+    }
+}
+
 /// Queues the repos `widened` names, `requeue_per_sec` at a time, walking the repo states in
 /// DID order a chunk at a time (memory stays bounded however many repos the store holds).
 async fn requeue(backfill: &Backfill, widened: &Widening) -> Result<usize, StoreError> {
     let store = backfill.store();
     store.queue().enqueue_new(&backfill.owned(&widened.new_dids), None)?;
-    let wanted = |status: RepoStatus| {
-        (status == RepoStatus::Synced && widened.synced) || (status == RepoStatus::Discarded && widened.discarded)
-    };
+    let wanted = |state: &RepoState| requeued_by(widened, state);
     let per_sec = backfill.config.requeue_per_sec.max(1);
     // Newly listed DIDs that were discarded are walked again whatever else the edit widens.
-    let mut queued = requeue_now(store, widened.new_dids.iter().cloned(), |s| s == RepoStatus::Discarded)?;
+    let mut queued = requeue_now(store, widened.new_dids.iter().cloned(), |s| s.status == RepoStatus::Discarded)?;
     let mut after: Option<String> = None;
     loop {
         if backfill.stopping() {
             break;
         }
-        let (chunk, next) = store.repos().page(after.as_deref(), per_sec, 100 * per_sec, |s| wanted(s.status))?;
+        let (chunk, next) = store.repos().page(after.as_deref(), per_sec, 100 * per_sec, wanted)?;
         let full = chunk.len() >= per_sec;
         queued += requeue_now(store, chunk.into_iter().map(|(did, _)| did), wanted)?;
         match next {
@@ -101,12 +111,12 @@ async fn requeue(backfill: &Backfill, widened: &Widening) -> Result<usize, Store
 fn requeue_now(
     store: &crate::store::Store,
     dids: impl Iterator<Item = String>,
-    wanted: impl Fn(RepoStatus) -> bool,
+    wanted: impl Fn(&RepoState) -> bool,
 ) -> Result<usize, StoreError> {
     let now = now_ms();
     let mut states = Vec::new();
     for did in dids {
-        if let Some(state) = store.repos().state(&did)?.filter(|s| wanted(s.status)) {
+        if let Some(state) = store.repos().state(&did)?.filter(|s| wanted(s)) {
             states.push((did, schedule::requeued(&state, 0, now)));
         }
     }
@@ -138,5 +148,18 @@ mod tests {
         let w = widening(&sig, &sig2);
         assert!(w.discarded && !w.synced);
         assert_eq!(w.new_dids, vec!["did:plc:x".to_string()]);
+    }
+
+    #[test]
+    fn a_widening_edit_requeues_repos_that_failed_for_good() {
+        let only_discarded = Widening { discarded: true, ..Default::default() };
+        let at = |status, next_retry_ms| RepoState { status, next_retry_ms, ..Default::default() };
+        assert!(requeued_by(&only_discarded, &at(RepoStatus::Error, None)), "refused: waits for a change");
+        assert!(!requeued_by(&only_discarded, &at(RepoStatus::Error, Some(5))), "a retry is queued already");
+        assert!(!requeued_by(&only_discarded, &at(RepoStatus::Synced, None)));
+        assert!(requeued_by(&only_discarded, &at(RepoStatus::Discarded, None)));
+        for status in [RepoStatus::Gone, RepoStatus::Pending, RepoStatus::Desynchronized] {
+            assert!(!requeued_by(&only_discarded, &at(status, None)), "{status:?}");
+        }
     }
 }

@@ -8,6 +8,9 @@
 //!   backfill, and the commit is held;
 //! - queued or being backfilled (pending, backfilling, error, desynchronized): held in fjall
 //!   until the backfill commits, then applied in rev order ([`Live::drain`]);
+//! - failed for good (error with no retry: refused, or out of retries): the repo changed, so
+//!   it is queued for a backfill again, and the commit held (it cannot be applied on top of
+//!   nothing). A `#sync` or `#identity` of such a repo queues it too;
 //! - unknown (or discarded): discovery. Signal mode queues the repo only when an op path is in
 //!   a signal collection, judged without reading the blocks; full mode and the filter's `dids`
 //!   queue it always. With backfill off (`BACKFILL_DAYS=0`) the repo is tracked from this
@@ -185,6 +188,11 @@ impl Live {
             Frame::Account(a) => self.account(a)?,
             Frame::Info(_) | Frame::Error { .. } | Frame::Unknown { .. } => Handled::Dropped,
         };
+        // After the frame: an `#identity` has dropped the cached document the backfill would
+        // otherwise use again.
+        if let Frame::Sync(_) | Frame::Identity(_) = frame {
+            self.requeue_if_failed(frame_did(frame))?;
+        }
         if let Handled::Refused(reason) | Handled::Desynchronized(reason) = &handled {
             let what = if matches!(handled, Handled::Refused(_)) {
                 "frame refused"
@@ -217,6 +225,13 @@ impl Live {
                 Ok(Handled::Desynchronized(reason))
             }
             Verdict::Untracked => match state.as_ref().map(|s| s.status) {
+                Some(RepoStatus::Error)
+                    if self.opts.backfill && state.as_ref().is_some_and(schedule::awaits_change) =>
+                {
+                    self.queue_backfill(did, state)?;
+                    self.store().held().hold(did, c.rev.as_str(), raw)?;
+                    Ok(Handled::Held)
+                }
                 Some(
                     RepoStatus::Pending | RepoStatus::Backfilling | RepoStatus::Error | RepoStatus::Desynchronized,
                 ) => {
@@ -281,6 +296,22 @@ impl Live {
         let state = schedule::requeued(&state.unwrap_or_default(), 0, now);
         self.store().set_states(&[(did.to_string(), state)], None)?;
         Ok(())
+    }
+
+    /// Queues `did` for a backfill again when its last one failed for good (refused, or out of
+    /// retries) and backfill is on: a `#sync` or `#identity` says the repo changed. Its
+    /// stored reason stays until the next attempt's outcome replaces it.
+    fn requeue_if_failed(&self, did: &str) -> Result<(), LiveError> {
+        if !self.opts.backfill {
+            return Ok(());
+        }
+        match self.store().repos().state(did)? {
+            Some(state) if schedule::awaits_change(&state) => {
+                tracing::info!(did, "a repo whose backfill failed changed; queued again");
+                self.queue_backfill(did, Some(state))
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Marks `did` desynchronized: queued for a backfill, its stored rev and root kept.

@@ -1,5 +1,5 @@
-//! A repo's state transitions, beside [`RepoState`]: failed with a retry after a backoff, gone,
-//! queued again, current. Pure: the backfill, live ingestion and the crawler decide which
+//! A repo's state transitions, beside [`RepoState`]: failed with a retry after a backoff,
+//! refused for good (until the repo changes), gone, queued again, current. Pure: the backfill, live ingestion and the crawler decide which
 //! applies and write the states ([`crate::store::Store::set_states`], or the pipeline's final
 //! commit); the queue follows from the state the store is given.
 
@@ -40,6 +40,27 @@ impl RetryPolicy {
             ..state.clone()
         }
     }
+}
+
+/// `state` after a permanent refusal at `now_ms` (a bad signature, another DID's commit, a
+/// malformed or oversized CAR): `error` with `reason` and no retry scheduled, so the queue
+/// leaves it until something changes (see [`awaits_change`]). Counted as one failure.
+pub fn refused(state: &RepoState, reason: String, now_ms: u64) -> RepoState {
+    RepoState {
+        status: RepoStatus::Error,
+        error: Some(reason),
+        retries: state.retries.saturating_add(1),
+        next_retry_ms: None,
+        updated_ms: now_ms,
+        ..state.clone()
+    }
+}
+
+/// Whether `state` failed and waits for a change before it is tried again: refused for good,
+/// or out of retries. A new commit, `#sync` or `#identity` of the repo, a filter edit or an
+/// explicit `--did` queues it again ([`requeued`]).
+pub fn awaits_change(state: &RepoState) -> bool {
+    state.status == RepoStatus::Error && state.next_retry_ms.is_none()
 }
 
 /// `state` of a repo the network no longer serves: deactivated, taken down, suspended or
@@ -118,7 +139,29 @@ mod tests {
         assert_eq!(current(&s, 5).retries, 0);
     }
 
+    #[test]
+    fn a_refusal_waits_for_a_change_and_a_requeue_takes_it() {
+        let s = POLICY.failed(&RepoState::default(), "HTTP 500".into(), 1_000, 0.0);
+        assert!(!awaits_change(&s), "a transient failure is queued for its retry");
+        let s = refused(&s, "malformed CAR".into(), 2_000);
+        assert_eq!((s.status, s.retries, s.queue_due()), (RepoStatus::Error, 2, None));
+        assert_eq!(s.error.as_deref(), Some("malformed CAR"));
+        assert!(awaits_change(&s));
+        let again = requeued(&s, 0, 3_000);
+        assert_eq!((again.status, again.queue_due()), (RepoStatus::Pending, Some(0)));
+        assert!(!awaits_change(&again));
+    }
+
     proptest! {
+        /// Only error states with no retry scheduled wait for a change; a requeue always
+        /// queues them again.
+        #[test]
+        fn only_unscheduled_errors_await_a_change(status in 0usize..7, next in proptest::option::of(0u64..10_000)) {
+            let s = RepoState { status: RepoStatus::ALL[status], next_retry_ms: next, ..Default::default() };
+            prop_assert_eq!(awaits_change(&s), s.status == RepoStatus::Error && next.is_none());
+            prop_assert!(requeued(&s, 0, 1).queue_due().is_some());
+        }
+
         #[test]
         fn delays_stay_within_jitter_of_the_capped_doubling(n in 1u32..100, j in -1.0f64..=1.0) {
             let d = POLICY.delay_ms(n, j);
