@@ -34,9 +34,49 @@ pub(crate) fn nested<E: serde::de::Error>(depth: usize) -> Result<usize, E> {
     if depth < MAX_NESTING { Ok(depth + 1) } else { Err(E::custom(TOO_DEEP)) }
 }
 
-/// The keys a map has had so far, for [`map_key_problem`]; records' maps have a handful, kept
-/// without allocating.
-pub(crate) type MapKeys<'de> = smallvec::SmallVec<[std::borrow::Cow<'de, str>; 8]>;
+/// The keys a map has had so far, for [`map_key_problem`]. Records' maps have a handful, kept
+/// without allocating and looked through in turn; past [`FEW_KEYS`] they move to a hash set,
+/// so that a hostile map of a few hundred thousand keys (a megabyte of them) costs one hash
+/// each, not a look through all the others (a quadratic hang).
+pub(crate) enum MapKeys<'de> {
+    /// Up to [`FEW_KEYS`] keys, in a list.
+    Few(smallvec::SmallVec<[std::borrow::Cow<'de, str>; 8]>),
+    /// More, in a set (SipHash: keys chosen to collide cost no more).
+    Many(std::collections::HashSet<std::borrow::Cow<'de, str>>),
+}
+
+/// How many keys [`MapKeys`] keeps in a list before it moves them to a set.
+const FEW_KEYS: usize = 16;
+
+impl<'de> MapKeys<'de> {
+    /// No keys yet.
+    pub(crate) fn new() -> Self {
+        Self::Few(smallvec::SmallVec::new())
+    }
+
+    /// Whether the map has had `key`.
+    fn contains(&self, key: &str) -> bool {
+        match self {
+            Self::Few(keys) => keys.iter().any(|k| k == key),
+            Self::Many(keys) => keys.contains(key),
+        }
+    }
+
+    /// Adds `key` (which [`map_key_problem`] found new).
+    pub(crate) fn push(&mut self, key: std::borrow::Cow<'de, str>) {
+        match self {
+            Self::Few(keys) if keys.len() < FEW_KEYS => keys.push(key),
+            Self::Few(keys) => {
+                let mut set: std::collections::HashSet<_> = keys.drain(..).collect();
+                set.insert(key);
+                *self = Self::Many(set);
+            }
+            Self::Many(keys) => {
+                keys.insert(key);
+            }
+        }
+    }
+}
 
 /// Why a map's next `key` is refused, given the keys it had before it (`seen`), if it is:
 /// - `$link` and `$bytes`: AT Protocol JSON spells links and bytes with those keys, so such a
@@ -49,7 +89,7 @@ pub(crate) type MapKeys<'de> = smallvec::SmallVec<[std::borrow::Cow<'de, str>; 8
 pub(crate) fn map_key_problem(seen: &MapKeys<'_>, key: &str) -> Option<&'static str> {
     if key == "$link" || key == "$bytes" {
         Some("a map key reserved for links and bytes ($link, $bytes)")
-    } else if seen.iter().any(|k| k == key) {
+    } else if seen.contains(key) {
         Some("a map with the same key twice")
     } else {
         None
@@ -97,8 +137,8 @@ impl RecordRefusal {
 ///
 /// Cheap enough for every stored record: one pass of the same DAG-CBOR decoder the readers
 /// use, with a visitor that writes nothing and allocates nothing (strings and keys are borrowed
-/// from `bytes`; a map's keys are kept on the stack up to 8) except for the message of a
-/// refusal.
+/// from `bytes`; a map's keys are kept on the stack up to 8, in a set past 16) except for the
+/// message of a refusal.
 pub fn check_record(bytes: &[u8]) -> Result<(), RecordRefusal> {
     if bytes.len() > MAX_VALUE_BYTES {
         return Err(RecordRefusal::TooLarge(bytes.len()));
@@ -262,6 +302,74 @@ mod tests {
         exact.resize(MAX_VALUE_BYTES, b'x');
         assert_eq!(check_record(&exact), Ok(()));
         assert!(transcodes(&exact));
+    }
+
+    /// `{"k0": 0, "k1": 0, ...}` with `n` distinct keys, then `extra` (already counted in the
+    /// map's length when given).
+    fn wide_map(n: usize, extra: Option<&str>) -> Vec<u8> {
+        let len = u32::try_from(n + usize::from(extra.is_some())).unwrap();
+        let mut cbor = vec![0xba];
+        cbor.extend(len.to_be_bytes());
+        let mut key = |k: &str| {
+            cbor.push(0x78);
+            cbor.push(u8::try_from(k.len()).unwrap());
+            cbor.extend(k.as_bytes());
+            cbor.push(0x00);
+        };
+        (0..n).for_each(|i| key(&format!("k{i}")));
+        extra.into_iter().for_each(key);
+        cbor
+    }
+
+    #[test]
+    fn a_map_of_many_keys_is_checked_in_linear_time_and_a_repeat_still_found() {
+        // A hostile map: a megabyte of distinct keys. Looked up key by key in a list, that was
+        // tens of billions of comparisons.
+        let many = wide_map(100_000, None);
+        assert!(many.len() <= MAX_VALUE_BYTES);
+        let started = std::time::Instant::now();
+        assert_eq!(check_record(&many), Ok(()));
+        assert!(transcodes(&many));
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "{:?}", started.elapsed());
+        for repeated in ["k0", "k17", "k99999"] {
+            let twice = wide_map(100_000, Some(repeated));
+            let refusal = check_record(&twice).expect_err(repeated);
+            assert!(refusal.to_string().contains("same key twice"), "{repeated}: {refusal}");
+            assert!(!transcodes(&twice), "{repeated}");
+        }
+    }
+
+    /// A rough cost of the rule per record against the transcoder's, on a typical post with an
+    /// image embed (a blob link) and a facet: `cargo test -p sluice-handlers --lib
+    /// the_rule_costs -- --ignored --nocapture` (the test profile, opt-level 1; a benchmark in
+    /// release is the real measure).
+    #[test]
+    #[ignore = "a timing, run on demand"]
+    fn the_rule_costs_a_fraction_of_a_transcode() {
+        let post = serde_json::json!({
+            "$type": "app.bsky.feed.post",
+            "text": "a post of a typical length, with a link to https://example.com and a mention",
+            "createdAt": "2024-11-01T12:00:00.000Z",
+            "langs": ["en"],
+            "facets": [{"index": {"byteStart": 40, "byteEnd": 59},
+                        "features": [{"$type": "app.bsky.richtext.facet#link", "uri": "https://example.com"}]}],
+            "embed": {"$type": "app.bsky.embed.images", "images": [{"alt": "", "image": {
+                "$type": "blob", "mimeType": "image/jpeg", "size": 123456,
+                "ref": {"$link": "bafkreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"}}}]}
+        });
+        let cbor = crate::value::json_to_cbor(&post).unwrap();
+        let rounds = 200_000u32;
+        let time = |f: &dyn Fn() -> bool| {
+            let started = std::time::Instant::now();
+            for _ in 0..rounds {
+                assert!(std::hint::black_box(f()));
+            }
+            started.elapsed() / rounds
+        };
+        let rule = time(&|| check_record(std::hint::black_box(&cbor)).is_ok());
+        let transcode = time(&|| transcodes(std::hint::black_box(&cbor)));
+        println!("{} bytes: the rule {rule:?} a record, the transcoder {transcode:?}", cbor.len());
+        assert!(rule < transcode, "the rule writes nothing, so costs less than a transcode");
     }
 
     /// CBOR that is often DAG-CBOR: the bytes of a generated value with a few changed, cut or
