@@ -755,6 +755,30 @@ mod tests {
     }
 
     #[test]
+    fn network_policy_settings_parse_and_bad_networks_name_their_line() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let default = Config::default().network.policy();
+        assert!(!default.allows(ip("10.0.0.1")) && default.allows(ip("8.8.8.8")), "public only by default");
+        let c: Config = toml::from_str("[network]\nallowed_networks = [\"10.20.0.0/16\", \"fd00::1\"]\n").unwrap();
+        let policy = c.network.policy();
+        assert!(policy.allows(ip("10.20.3.4")) && policy.allows(ip("fd00::1")));
+        assert!(!policy.allows(ip("10.21.0.1")) && !policy.allows(ip("127.0.0.1")));
+        let open: Config = toml::from_str("[network]\nallow_private = true\n").unwrap();
+        assert!(open.network.policy().allows(ip("169.254.169.254")));
+        let mut devnet = Config::default();
+        devnet.network.allow_loopback();
+        devnet.network.allow_loopback();
+        assert_eq!(devnet.network.allowed_networks.len(), 1);
+        assert!(devnet.network.policy().allows(ip("127.0.0.2")));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[network]\nrelay = \"http://x\"\nallowed_networks = [\"10.0.0.0/40\"]\n").unwrap();
+        let e = Config::from_file(&path).unwrap_err().to_string();
+        assert!(e.contains("c.toml:3") && e.contains("10.0.0.0/40") && e.contains("not a network"), "{e}");
+    }
+
+    #[test]
     fn retention_takes_whole_or_fractional_hours() {
         for (text, secs) in [("retention_hours = 24", 86_400.0), ("retention_hours = 0.5", 1_800.0)] {
             let c: Config = toml::from_str(&format!("[events]\n{text}\n")).unwrap();

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use jacquard_common::types::crypto::{CryptoError, KeyCodec, PublicKey};
 use jacquard_common::types::did_doc::DidDocument;
 
-use crate::http::{AddressPolicy, AddressRefused, BodyError, Deadlines, read_capped, retry_after};
+use crate::http::{AddressPolicy, AddressRefused, BodyError, Deadlines, read_capped, retry_after, truncate_foreign};
 
 /// The largest DID document read (a real one is 1-2 KiB; a PLC document's size is capped by
 /// the directory, a did:web host's is not).
@@ -206,7 +206,7 @@ impl Resolver {
         let body = self.fetch(did, &url).await?;
         let identity = Arc::new(identity_from_document(did, &body)?);
         if let Err(source) = self.opts.policy.check_url_str(&identity.pds) {
-            let source = DocumentError::PdsRefused { endpoint: identity.pds.clone(), source };
+            let source = DocumentError::PdsRefused { endpoint: truncate_foreign(&identity.pds), source };
             return Err(IdentityError::InvalidDocument { did: did.into(), source });
         }
         let mut cache = self.cache.lock().expect("identity cache");
@@ -292,12 +292,12 @@ pub fn identity_from_document(did: &str, json: &[u8]) -> Result<Identity, Identi
     let invalid = |source: DocumentError| IdentityError::InvalidDocument { did: did.into(), source };
     let doc: DidDocument = serde_json::from_slice(json).map_err(|e| invalid(DocumentError::Json(e)))?;
     if doc.id.as_str() != did {
-        return Err(invalid(DocumentError::OtherDid(doc.id.as_str().to_string())));
+        return Err(invalid(DocumentError::OtherDid(truncate_foreign(doc.id.as_str()))));
     }
     let pds = doc.pds_endpoint().ok_or_else(|| invalid(DocumentError::NoPds))?;
     let pds = pds.as_str().trim_end_matches('/').to_string();
     if !(pds.starts_with("https://") || pds.starts_with("http://")) {
-        return Err(invalid(DocumentError::PdsNotHttp(pds)));
+        return Err(invalid(DocumentError::PdsNotHttp(truncate_foreign(&pds))));
     }
     let key = signing_key(&doc).map_err(invalid)?;
     let handle = doc.handles().first().map(|h| h.as_str().to_string());
@@ -313,7 +313,7 @@ fn signing_key(doc: &DidDocument) -> Result<PublicKey<'static>, DocumentError> {
         "Multikey" => None,
         "EcdsaSecp256k1VerificationKey2019" => Some(KeyCodec::Secp256k1),
         "EcdsaSecp256r1VerificationKey2019" => Some(KeyCodec::P256),
-        other => return Err(DocumentError::KeyType(other.to_string())),
+        other => return Err(DocumentError::KeyType(truncate_foreign(other))),
     };
     let key = match legacy {
         None => PublicKey::decode(multibase).map_err(DocumentError::Multikey)?,

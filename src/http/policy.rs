@@ -134,7 +134,7 @@ impl AddressPolicy {
         if self.allowed.iter().any(|net| net.contains(&ip)) {
             return Ok(());
         }
-        Err(AddressRefused { host: host.to_string(), ip, range })
+        Err(AddressRefused { host: super::truncate_foreign(host), ip, range })
     }
 
     /// `Ok` unless `url`'s host is an IP literal the policy refuses (a name is checked when
