@@ -772,6 +772,30 @@ mod tests {
         assert!(e.contains("cut short inside a section"), "{e}");
     }
 
+    /// On demand (`--ignored`): the scanner's cost beside a download's own copy of each chunk,
+    /// over a 256 MiB CAR of 4 KiB blocks fed in 64 KiB chunks.
+    #[test]
+    #[ignore]
+    fn scanner_throughput() {
+        let car = car_of_sizes(&vec![4096; 65_536]);
+        let limits = CarLimits { max_blocks: 1 << 20, ..Default::default() };
+        let start = std::time::Instant::now();
+        let mut scanner = CarScanner::new(limits);
+        for chunk in car.chunks(64 << 10) {
+            scanner.feed(chunk).unwrap();
+        }
+        let scanned = start.elapsed();
+        let start = std::time::Instant::now();
+        let mut copy = Vec::with_capacity(car.len());
+        for chunk in car.chunks(64 << 10) {
+            copy.extend_from_slice(chunk);
+        }
+        let copied = start.elapsed();
+        assert_eq!((scanner.blocks(), copy.len()), (65_536, car.len()));
+        let mib = car.len() as f64 / (1 << 20) as f64;
+        println!("scan {:.0} MiB/s, copy {:.0} MiB/s", mib / scanned.as_secs_f64(), mib / copied.as_secs_f64());
+    }
+
     proptest! {
         #[test]
         fn varints_read_back(n in 0u64..(1 << 63)) {
