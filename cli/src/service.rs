@@ -6,8 +6,14 @@ use sluice::backfill::RunMode;
 use sluice::{Config, Sluice};
 
 /// Runs the backfill (and, in `Forever` mode, everything `sluice run` runs: live ingestion
-/// and the server) until it ends or a signal stops it; prints where the repos stand.
+/// and the server) until it ends or a signal stops it; prints where the repos stand and, when
+/// some failed, how many and why. `UntilEmpty` (`sluice backfill`) ends when nothing is left
+/// to do now: repos waiting for a retry are left to the next run (see [`RunMode::UntilSettled`]).
 pub fn run_backfill(config: Config, dids: &[String], recrawl: bool, mode: RunMode) -> anyhow::Result<ExitCode> {
+    let mode = match mode {
+        RunMode::UntilEmpty => RunMode::UntilSettled,
+        other => other,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let sluice = Sluice::builder().config(config.clone()).filter_file(config.filter.path.clone()).open()?;
@@ -16,7 +22,10 @@ pub fn run_backfill(config: Config, dids: &[String], recrawl: bool, mode: RunMod
         let (stop, backfill) = (service.stopper(), service.backfill.clone());
         tokio::spawn(async move {
             shutdown_signal().await;
-            tracing::info!("stopping: repos in flight and queued live frames finish first");
+            tracing::info!(
+                "stopping: fetches in flight are cancelled (their repos stay queued); walks started and \
+                 queued live frames finish first"
+            );
             stop();
         });
         let result = service.run(mode, dids.is_empty()).await;
@@ -28,6 +37,9 @@ pub fn run_backfill(config: Config, dids: &[String], recrawl: bool, mode: RunMod
             .collect();
         let events = sluice.store().next_event_id() - 1;
         println!("repos: {}; events: {events}", if counts.is_empty() { "none".to_string() } else { counts.join(", ") });
+        for line in sluice::backfill::failure_report(&backfill.failure_summary()) {
+            println!("{line}");
+        }
         result?;
         Ok(ExitCode::SUCCESS)
     })
