@@ -145,3 +145,32 @@ async fn a_document_naming_a_pds_at_a_refused_address_is_refused() {
     assert_eq!(r.resolve(endpoints[2].0).await.unwrap().pds, endpoints[2].1);
     assert!(r.resolve(endpoints[0].0).await.is_err());
 }
+
+/// The whole backfill with loopback refused: the relay and PLC directory (configured, trusted)
+/// are asked, but the devnet's PDSes (at 127.0.0.1, named by DID documents) never are; every
+/// repo ends in error naming the refused address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_never_fetches_from_a_pds_at_a_refused_address() {
+    let net = Devnet::start(DevnetOptions { pds_hosts: 1, ..Default::default() }).await.unwrap();
+    let dids = net.populate(3, 5, 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = sluice::Config::default();
+    sluice_testkit::on_devnet(&mut c, &net);
+    c.network.allowed_networks.clear();
+    c.backfill.max_retries = 0;
+    c.storage.path = dir.path().join("data");
+    let filter = sluice::Filter::from_toml("mode = \"full\"", "test.toml").unwrap();
+    let sluice = sluice::Sluice::builder().config(c.clone()).filter(filter).open().unwrap();
+    let backfill = sluice::backfill::Backfill::new(sluice.pipeline().clone(), &c);
+    tokio::time::timeout(Duration::from_secs(60), backfill.run(sluice::backfill::RunMode::UntilEmpty, true))
+        .await
+        .expect("the backfill ends")
+        .expect("the backfill ran");
+    assert_eq!(net.request_count("com.atproto.sync.getRepo"), 0, "no PDS was asked");
+    for did in &dids {
+        let state = sluice.store().repos().state(did).unwrap().expect("queued");
+        let error = state.error.clone().unwrap_or_default();
+        assert_eq!(state.status, sluice::store::RepoStatus::Error, "{did}: {state:?}");
+        assert!(error.contains("127.0.0.1") && error.contains("loopback"), "{did}: {error}");
+    }
+}
