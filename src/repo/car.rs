@@ -396,9 +396,12 @@ impl FrameError {
             FrameError::TooLong { len, max } if max == MAX_HEADER_BYTES => {
                 RepoError::Car(format!("a header of {len} bytes (at most {MAX_HEADER_BYTES} are read)"))
             }
-            FrameError::TooLong { len, .. } => {
-                RepoError::TooLarge(block_over((len as usize).saturating_sub(MAX_CID_BYTES), limits))
-            }
+            // Refused from its length, before the CID is read: the block is at least this big.
+            FrameError::TooLong { len, .. } => RepoError::TooLarge(format!(
+                "block of at least {} bytes is over the {}-byte limit (max_block_kb)",
+                len.saturating_sub(MAX_CID_BYTES as u64),
+                limits.max_block_bytes
+            )),
             FrameError::Truncated => RepoError::Car("cut short inside a section".into()),
         }
     }
