@@ -3,6 +3,9 @@
 //! connections it accepted and the body bytes the client took, so a test can tell that a
 //! client never connected, or stopped reading early.
 
+// Each test file that includes this module uses a part of it.
+#![allow(dead_code)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
