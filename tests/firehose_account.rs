@@ -44,6 +44,7 @@ async fn start(net: Devnet) -> Running {
     c.network.relay = net.relay_url();
     c.network.plc = net.plc_url();
     c.network.handle_resolver = Some(net.relay_url());
+    c.network.allow_loopback();
     (c.backfill.retry_min_ms, c.backfill.retry_max_ms, c.backfill.progress_secs) = (50, 200, 1);
     let filter = Filter::from_toml("mode = \"full\"\n", "test.toml").unwrap();
     let sluice = Sluice::builder().config(c.clone()).filter(filter).open().unwrap();
