@@ -465,7 +465,7 @@ impl RepoFetcher {
                     self.hosts.block(pds, pause);
                     limited += 1;
                     match limited >= self.max_rate_limited {
-                        true => return Err(FetchError::RateLimited(pds.to_string())),
+                        true => return Err(FetchError::RateLimited(truncate_foreign(pds))),
                         false => continue,
                     }
                 }
@@ -492,12 +492,12 @@ impl RepoFetcher {
         let resp = tokio::time::timeout(idle, send)
             .await
             .map_err(|_| FetchError::Deadline {
-                pds: pds.to_string(),
+                pds: truncate_foreign(pds),
                 deadline: Deadline::Answer(idle),
                 received: 0,
                 elapsed: sent.elapsed(),
             })?
-            .map_err(|source| FetchError::Request { pds: pds.to_string(), source })?;
+            .map_err(|source| FetchError::Request { pds: truncate_foreign(pds), source })?;
         match resp.status() {
             reqwest::StatusCode::TOO_MANY_REQUESTS => {
                 Ok(Answer::RateLimited(retry_after(resp.headers()).unwrap_or(DEFAULT_RETRY_AFTER)))
@@ -677,7 +677,12 @@ impl Clock {
             true => Deadline::Rate { grace: self.grace, min_bytes_per_sec: self.min_bytes_per_sec },
             false => Deadline::Idle(self.idle),
         };
-        FetchError::Deadline { pds: pds.to_string(), deadline, received: self.received, elapsed: self.sent.elapsed() }
+        FetchError::Deadline {
+            pds: truncate_foreign(pds),
+            deadline,
+            received: self.received,
+            elapsed: self.sent.elapsed(),
+        }
     }
 }
 

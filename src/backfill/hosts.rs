@@ -193,12 +193,11 @@ impl HostLimits {
 
     fn with_host<T>(&self, host: &str, f: impl FnOnce(&mut Host) -> T) -> T {
         let mut map = self.hosts.lock().expect("host limits");
-        let entry = map.entry(host.to_string()).or_insert_with(|| Host {
-            slots: Arc::new(Semaphore::new(self.policy.max_concurrent.max(1))),
-            breaker: Breaker::default(),
-            blocked_until: None,
-        });
-        f(entry)
+        if !map.contains_key(host) {
+            let slots = Arc::new(Semaphore::new(self.policy.max_concurrent.max(1)));
+            map.insert(host.to_string(), Host { slots, breaker: Breaker::default(), blocked_until: None });
+        }
+        f(map.get_mut(host).expect("inserted above"))
     }
 
     /// Takes a request slot at `host`: waits out its 429 hold and for a free slot, and is
@@ -228,7 +227,7 @@ impl HostLimits {
             Admit::Probe => Ok(true),
             Admit::Paused(left) => {
                 self.refused.fetch_add(1, Ordering::Relaxed);
-                Err(HostPaused { host: host.to_string(), left })
+                Err(HostPaused { host: crate::http::truncate_foreign(host), left })
             }
         }
     }
