@@ -153,6 +153,26 @@ fn a_walk_and_live_commits_of_the_same_records_end_alike() {
     assert_eq!(refused(&live), expected, "and the same live");
 }
 
+#[test]
+fn a_refused_record_is_no_signal() {
+    let account = Account::new(32);
+    let (_dir, s) = testkit::sluice_with(&format!("mode = \"signal\"\nsignals = [\"{THING}\"]\n"));
+    let refused_only: RepoContents = [(format!("{THING}/float"), hostile()[3].1.clone())].into();
+    let car = export_car_blocking(&account, &rev_at(1), &refused_only).unwrap();
+    let repo = sluice::repo::read_car(&car, &Default::default()).unwrap();
+    let outcome = s.pipeline().apply_walk(&repo, &Default::default()).unwrap();
+    assert_eq!(outcome.status, sluice::store::RepoStatus::Discarded, "its only signal record is refused");
+    assert!(stored(&s, &account.did).is_empty());
+
+    let mut with_good = refused_only.clone();
+    with_good.insert(format!("{THING}/good"), good(1));
+    let car = export_car_blocking(&account, &rev_at(2), &with_good).unwrap();
+    let repo = sluice::repo::read_car(&car, &Default::default()).unwrap();
+    let outcome = s.pipeline().apply_walk(&repo, &Default::default()).unwrap();
+    assert_eq!(outcome.status, sluice::store::RepoStatus::Synced, "a good signal record keeps it");
+    assert_eq!(stored(&s, &account.did).into_keys().collect::<Vec<_>>(), ["good"], "and the refused one is not stored");
+}
+
 /// sluice backfilling and following a devnet, served over HTTP.
 struct Running {
     net: Devnet,

@@ -28,7 +28,9 @@
 //! backfill and the live commits of the same records end in the same store and the same
 //! events. It runs on what would be stored only: after the filter, the age cut and the
 //! unchanged-CID skip. Each refusal is logged once (a warning naming the record and the rule)
-//! and counted by reason ([`PipelineMetrics::records_refused`]).
+//! and counted by reason ([`PipelineMetrics::records_refused`]). In signal mode a refused
+//! record does not count as a signal either: a repo whose only signal records are refused is
+//! discarded.
 //!
 //! Architecture invariant: the pipeline never does network I/O and never blocks on async code.
 
@@ -335,7 +337,8 @@ impl Pipeline {
             }
             _ => {
                 let keys = repo.record_keys().collect::<Result<Vec<_>, _>>()?;
-                let kept = rule == RepoRule::Tracked || keys.iter().any(|k| filter.is_signal(&k.collection));
+                let kept = rule == RepoRule::Tracked
+                    || keys.iter().any(|k| filter.is_signal(&k.collection) && passes_rule(repo, k));
                 Ok((Walk::Checked(keys.len() as u64), Box::new(keys.into_iter()), kept))
             }
         }
@@ -679,6 +682,13 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .map(|s| s.to_string())
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Whether the walked record `key` passes the record rule, its body read from `repo`: a signal
+/// record the rule refuses is not in the repo, so it keeps no repo. A body that cannot be read
+/// passes here, and fails the walk where it is staged, as any missing block does.
+fn passes_rule(repo: &LoadedRepo, key: &crate::repo::RecordKey) -> bool {
+    repo.block(&key.cid.cid(), "record").map_or(true, |bytes| check_record(&bytes).is_ok())
 }
 
 /// Whether a record's stored CID (binary, if it is stored) is `cid`: then the new version
