@@ -151,8 +151,22 @@ pub fn check_record(bytes: &[u8]) -> Result<(), RecordRefusal> {
         Ok(()) => Ok(()),
         Err(serde_ipld_dagcbor::DecodeError::DepthLimit) => Err(RecordRefusal::TooDeep),
         Err(_) if too_deep.get() => Err(RecordRefusal::TooDeep),
-        Err(e) => Err(RecordRefusal::NotDagCbor(e.to_string())),
+        Err(e) => Err(RecordRefusal::NotDagCbor(cut(e.to_string()))),
     }
+}
+
+/// The most of a decoder's message a [`RecordRefusal`] keeps: the messages are short, but one
+/// that quotes the record (serde's "invalid type" ones can) must stay one short log line.
+const MAX_MESSAGE: usize = 200;
+
+/// `message` cut to [`MAX_MESSAGE`] bytes (on a character boundary), with `...` when cut.
+fn cut(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE {
+        let end = (0..=MAX_MESSAGE).rev().find(|&i| message.is_char_boundary(i)).unwrap_or(0);
+        message.truncate(end);
+        message.push_str("...");
+    }
+    message
 }
 
 /// One value read and checked as the transcoder's visitor reads it, writing nothing: `depth`
@@ -290,6 +304,13 @@ mod tests {
             assert!(refusal.to_string().contains(names), "{refusal} names {names}");
             assert!(!transcodes(&bytes), "the transcoder refuses it too: {refusal}");
         }
+    }
+
+    #[test]
+    fn a_long_message_is_cut_on_a_character_boundary() {
+        assert_eq!(cut("short".into()), "short");
+        let long = cut("é".repeat(MAX_MESSAGE));
+        assert!(long.len() <= MAX_MESSAGE + 3 && long.ends_with("..."), "{long}");
     }
 
     #[test]
