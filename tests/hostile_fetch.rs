@@ -229,3 +229,40 @@ async fn a_failing_host_is_paused_and_does_not_hold_up_the_others() {
     assert!(matches!(download(&f, &failing).await, Err(FetchError::HostPaused(_))));
     assert_eq!(failing.connections(), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_download_gives_back_its_host_slot_and_spool_room() {
+    let options = FetchOptions { hosts: HostPolicy { max_concurrent: 1, ..fast().hosts }, ..fast() };
+    let dir = tempfile::tempdir().unwrap();
+    let mut fetcher = RepoFetcher::with_options(CarLimits::default(), dir.path().join("spool"), options);
+    fetcher.spool_in_memory = 4096;
+    let f = Arc::new(fetcher);
+    // Half a CAR, then nothing: the download holds the host's one slot and room in the spool.
+    let car = raw_car(&[1 << 20]);
+    let half = Arc::new(car[..car.len() / 2].to_vec());
+    let pause = Duration::from_secs(60);
+    let host = HostileHost::start(Misbehaviour::Stream { body: half.clone(), piece: half.len(), every: pause }).await;
+    let (f2, url) = (f.clone(), host.url());
+    let task = tokio::spawn(async move { f2.download(&url, "did:plc:cancelled").await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(f.spool_held_bytes() > 0, "the download holds room in the spool");
+    task.abort();
+    let _ = task.await;
+    assert_eq!(f.spool_held_bytes(), 0, "cancelled, it gives its room back");
+    assert_eq!(std::fs::read_dir(dir.path().join("spool")).unwrap().count(), 0, "and its file");
+    assert_eq!(f.hosts.paused_hosts(), 0, "a cancelled request says nothing against its host");
+    // The slot is free again: the next request to the host goes (and is cut by its deadline).
+    let e = tokio::time::timeout(Duration::from_secs(5), f.download(&host.url(), "did:plc:next")).await.unwrap();
+    assert!(matches!(e, Err(FetchError::Deadline { .. })), "{:?}", e.err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limited_host_is_held_not_paused() {
+    let (f, _dir) = fetcher(CarLimits::default(), fast());
+    let mut f = Arc::into_inner(f).unwrap();
+    f.max_rate_limited = 1;
+    let host = HostileHost::start(Misbehaviour::Status { status: 429, body: String::new() }).await;
+    let e = download(&f, &host).await.err().unwrap();
+    assert!(matches!(e, FetchError::RateLimited(_)) && !e.is_permanent(), "{e}");
+    assert_eq!((f.hosts.blocked_hosts(), f.hosts.paused_hosts()), (1, 0));
+}
