@@ -279,3 +279,29 @@ async fn a_settled_run_ends_with_only_retries_left() {
     assert_eq!((summary[0].reason.as_str(), summary[0].repos), ("getRepo answered HTTP 500", 1));
     assert_eq!(s.sluice.store().queue().next_due_ms(&Default::default()).unwrap(), failed.next_retry_ms);
 }
+
+/// A filter edit that widens the index is one of the changes a refused repo waits for: it is
+/// queued again with the repos the edit itself needs walked, and with its PDS fixed it syncs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_widening_filter_edit_queues_a_refused_repo_again() {
+    let net = Devnet::start(DevnetOptions { pds_hosts: 1, ..Default::default() }).await.unwrap();
+    let dids = net.populate(2, 4, 82).await;
+    let (pds, url) = fake_pds(&net, Serving::Decoy(dids[1].clone())).await;
+    let s = open(net);
+    s.sluice.pipeline().filter().store(testkit::filter("mode = \"full\"\ncollections = [\"app.bsky.feed.post\"]"));
+    s.point_at(&dids[0], &url).await;
+    let b = s.backfill.clone();
+    let backfilling = tokio::spawn(async move { b.run(RunMode::Forever, true).await.expect("backfill runs") });
+    testkit::wait_until("the refusal", || s.status(&dids[0]) == Some(RepoStatus::Error)).await;
+    testkit::wait_until("the good repo to sync", || s.status(&dids[1]) == Some(RepoStatus::Synced)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pds.calls.load(Ordering::SeqCst), 1, "refused once, not retried");
+
+    *pds.serves.lock().unwrap() = Serving::Asked;
+    s.sluice.pipeline().filter().store(testkit::filter("mode = \"full\""));
+    testkit::wait_until("the refused repo to sync", || s.status(&dids[0]) == Some(RepoStatus::Synced)).await;
+    assert_eq!(pds.calls.load(Ordering::SeqCst), 2, "the edit queued one fetch");
+    assert_eq!(testkit::stored_cids(s.sluice.store(), &dids[0]), testkit::pds_cids(&s.net, &dids[0]));
+    s.backfill.stop();
+    tokio::time::timeout(LIMIT, backfilling).await.expect("stops in time").expect("no panic");
+}
