@@ -47,7 +47,9 @@ pub enum Spooled {
     File(SpoolFile),
 }
 
-/// A spooled export's file and the room it holds in the spool (freed when it is dropped).
+/// A spooled export's file and the room it holds in the spool, freed when it is dropped, that
+/// is once [`Spooled::read`] has read it. An export walked from its file keeps the (unlinked)
+/// file open during its walk: up to one per walk thread holds disk beyond the cap.
 pub struct SpoolFile {
     file: tempfile::NamedTempFile,
     _room: SpoolRoom,
