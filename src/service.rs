@@ -236,7 +236,8 @@ impl Service {
         self.server.as_ref().map(|s| s.local_addr())
     }
 
-    /// A handle that stops everything: repos in flight and queued live frames finish first.
+    /// A handle that stops everything: backfill fetches in flight are cancelled (their repos
+    /// stay queued); walks that started and queued live frames finish first.
     pub fn stopper(&self) -> impl Fn() + Send + Sync + 'static {
         let (backfill, stop) = (self.backfill.clone(), self.stop.clone());
         move || {
