@@ -537,12 +537,10 @@ impl Control {
         self.0.fetcher.spool_held_bytes()
     }
 
-    /// Failed attempts since start of `kind`.
-    pub fn failed_attempts(&self, kind: FailureKind) -> u64 {
+    /// Failed attempts since start, by kind.
+    pub fn failed_attempts(&self) -> [(FailureKind, u64); 2] {
         let permanent = self.0.progress.permanent.load(Ordering::Relaxed);
-        match kind {
-            FailureKind::Permanent => permanent,
-            FailureKind::Transient => self.0.progress.failed.load(Ordering::Relaxed).saturating_sub(permanent),
-        }
+        let transient = self.0.progress.failed.load(Ordering::Relaxed).saturating_sub(permanent);
+        [(FailureKind::Transient, transient), (FailureKind::Permanent, permanent)]
     }
 }

@@ -177,7 +177,6 @@ fn repos(out: &mut String, state: &ServerState) {
 /// Failed backfill attempts by kind: transient ones are retried after a backoff, permanent
 /// ones wait until the repo changes.
 fn backfill_failures(out: &mut String, backfill: &crate::backfill::Control) {
-    use crate::backfill::FailureKind;
     let name = "sluice_backfill_failures_total";
     let mut family = Family::start(
         out,
@@ -186,8 +185,8 @@ fn backfill_failures(out: &mut String, backfill: &crate::backfill::Control) {
         "Failed backfill attempts since start, by kind: transient (retried after a backoff) or \
          permanent (not retried until the repo changes).",
     );
-    for kind in [FailureKind::Transient, FailureKind::Permanent] {
-        family.sample(name, &[("kind", kind.as_str())], backfill.failed_attempts(kind));
+    for (kind, attempts) in backfill.failed_attempts() {
+        family.sample(name, &[("kind", kind.as_str())], attempts);
     }
 }
 
