@@ -4,7 +4,7 @@
 use jacquard_common::types::value::{Data, RawData};
 use serde_json::Value;
 
-use crate::rules::{FLOATS, MapKeys, NOT_A_CID_V1, TOO_DEEP, map_key_problem, nested, over_size_limit};
+use crate::rules::{FLOATS, NOT_A_CID_V1, TOO_DEEP};
 pub use crate::rules::{MAX_NESTING, MAX_VALUE_BYTES};
 
 /// Why a value could not be converted.
@@ -51,95 +51,15 @@ impl serde::Serialize for CborAsJson<'_> {
 /// Decodes DAG-CBOR into jacquard's untyped data model (strings are not sniffed for formats,
 /// which cost a regex per string), refusing what the AT Protocol data model does not allow.
 fn raw_value(bytes: &[u8]) -> Result<RawData<'_>, ValueError> {
-    if let Some(problem) = over_size_limit(bytes) {
-        return Err(ValueError::Cbor(problem));
-    }
     // jacquard's reader takes a map whose first key is `$link` or `$bytes` for JSON's link or
     // bytes form and misreads the rest of such a map, keeps only the last value of a key given
-    // twice, and can read past a float: these are looked for first.
-    // Bodies nested deeper than [`MAX_NESTING`] are refused here too.
-    let mut de = serde_ipld_dagcbor::de::Deserializer::from_slice(bytes);
-    serde::de::DeserializeSeed::deserialize(Prechecked { depth: 0 }, &mut de)
-        .and_then(|()| de.end())
-        .map_err(|e| ValueError::Cbor(e.to_string()))?;
+    // twice, and can read past a float: the record rule, which refuses these (and bodies over
+    // the size or nesting limits), is checked first.
+    crate::rules::check_record(bytes).map_err(|refusal| ValueError::Cbor(refusal.to_string()))?;
     let raw: RawData = serde_ipld_dagcbor::from_slice(bytes).map_err(|e| ValueError::Cbor(e.to_string()))?;
     match invalid_part(&raw) {
         Some(problem) => Err(ValueError::Cbor(problem.into())),
         None => Ok(raw),
-    }
-}
-
-/// A DAG-CBOR value read without keeping anything, refusing what jacquard's reader misreads
-/// (fuzz findings): maps with a reserved key or a key twice, floats, and nesting deeper than
-/// [`MAX_NESTING`]. `depth` is how many maps and arrays hold the value.
-struct Prechecked {
-    depth: usize,
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for Prechecked {
-    type Value = ();
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Prechecked {
-    type Value = ();
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a DAG-CBOR value")
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i128<E>(self, _: i128) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u128<E>(self, _: u128) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<(), E> {
-        Err(E::custom(FLOATS))
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_bytes<E>(self, _: &[u8]) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_none<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-    fn visit_newtype_struct<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        <serde::de::IgnoredAny as serde::Deserialize>::deserialize(d).map(|_| ())
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let depth = nested(self.depth)?;
-        while seq.next_element_seed(Prechecked { depth })?.is_some() {}
-        Ok(())
-    }
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let depth = nested(self.depth)?;
-        let mut seen = MapKeys::new();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if let Some(problem) = map_key_problem(&seen, &key) {
-                return Err(serde::de::Error::custom(problem));
-            }
-            map.next_value_seed(Prechecked { depth })?;
-            seen.push(key);
-        }
-        Ok(())
     }
 }
 
