@@ -237,7 +237,7 @@ impl Service {
     }
 
     /// A handle that stops everything: backfill fetches in flight are cancelled (their repos
-    /// stay queued); walks that started and queued live frames finish first.
+    /// stay queued), walks stop before their next batch, and queued live frames finish first.
     pub fn stopper(&self) -> impl Fn() + Send + Sync + 'static {
         let (backfill, stop) = (self.backfill.clone(), self.stop.clone());
         move || {

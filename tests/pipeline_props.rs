@@ -223,6 +223,48 @@ fn a_walk_interrupted_between_batches_is_completed_by_the_next_walk_without_dupl
 }
 
 #[test]
+fn a_walk_stopped_between_batches_leaves_its_state_and_the_next_walk_completes_it() {
+    use sluice::store::RepoStatus;
+    let account = Account::new(13);
+    let mut m = Model::new();
+    for (i, rkey) in RKEYS.iter().enumerate() {
+        m.insert(("app.bsky.feed.post".into(), rkey.to_string()), i as u32);
+        m.insert(("com.example.thing".into(), rkey.to_string()), i as u32);
+    }
+    let car = export_car_blocking(&account, &rev_at(1), &contents(&m)).unwrap();
+    let repo = sluice::repo::read_car(&car, &Default::default()).unwrap();
+    let (_dir, s) = testkit::sluice_batched("mode = \"full\"", 3);
+    // Batches of 3 records 300 ms apart; the stop comes once the first batch is committed.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let opts = sluice::WalkOptions {
+        batch_delay: std::time::Duration::from_millis(300),
+        stop: Some(stop.clone()),
+        ..Default::default()
+    };
+    let stopped = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while s.store().next_event_id() == 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            stop.cancel();
+        });
+        s.pipeline().apply_walk(&repo, &opts)
+    });
+    assert!(matches!(stopped, Err(sluice::PipelineError::Stopped)), "{stopped:?}");
+    let committed = events_after(&s, 0).len();
+    assert!((3..m.len()).contains(&committed), "stopped after {committed} of {} records", m.len());
+    assert!(s.store().repos().state(&account.did).unwrap().is_none(), "no state before the last batch");
+
+    let out = s.pipeline().apply_walk(&repo, &Default::default()).unwrap();
+    assert_eq!((out.created, out.unchanged), ((m.len() - committed) as u64, committed as u64));
+    let events = events_after(&s, 0);
+    let unique: BTreeSet<_> = events.iter().cloned().collect();
+    assert_eq!((events.len(), unique.len()), (m.len(), m.len()), "every record emitted once");
+    assert_eq!(s.store().repos().state(&account.did).unwrap().unwrap().status, RepoStatus::Synced);
+}
+
+#[test]
 fn a_wrong_signing_key_is_refused_and_nothing_is_written() {
     let account = Account::new(1);
     let mut m = Model::new();

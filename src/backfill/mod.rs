@@ -19,7 +19,9 @@
 //!
 //! Stopping ([`Backfill::stop`]) cancels the repos in flight that are still resolving,
 //! downloading or waiting for a walk thread: nothing was written for them, so they stay
-//! queued. A walk that started finishes (CPU work, no network).
+//! queued. A walk that started stops before its next batch: its repo's state is written only
+//! with the last one, so it stays queued too, and the batches committed are current for the
+//! next walk.
 //!
 //! Only storage failures are fatal: the run stops, saves what it has and returns the first one
 //! ([`BackfillError::Storage`]), which names its cause.
@@ -235,7 +237,7 @@ impl Backfill {
     }
 
     /// Asks the run to stop for good: no new repo starts; repos in flight that are not walking
-    /// yet are abandoned and stay queued (a walk that started finishes).
+    /// yet are abandoned and stay queued, and walks stop before their next batch.
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
         self.cancel.cancel();

@@ -263,9 +263,9 @@ impl Backfill {
 
     /// Resolves, downloads, reads, verifies and walks one repo. The usual case (the cached key
     /// verifies the commit) takes one trip to a walk thread; a signature that fails is checked
-    /// once more against a freshly resolved key before the walk. Until the walk starts, a stop
-    /// abandons the attempt ([`Failure::Cancelled`]); a walk started is finished (it is CPU
-    /// work, and writes the repo's state only with its last batch).
+    /// once more against a freshly resolved key before the walk. A stop abandons the attempt
+    /// ([`Failure::Cancelled`]): at once before the walk, and a walk started before its next
+    /// batch (it writes the repo's state only with its last batch, so the repo stays queued).
     async fn fetch_and_apply(&self, did: &str) -> Result<RepoOutcome, Failure> {
         let identity = self.unless_stopped(self.resolver.resolve(did)).await?.map_err(identity_failure)?;
         let spooled = match self.unless_stopped(self.fetcher.download(&identity.pds, did)).await? {
@@ -322,6 +322,7 @@ impl Backfill {
             since_us: self.config.since_us(now_ms() * 1000),
             batch_delay: Duration::from_millis(self.config.batch_delay_ms),
             handle,
+            stop: Some(self.cancel.clone()),
         }
     }
 }
@@ -341,6 +342,7 @@ fn walk_outcome(walked: Option<Result<RepoOutcome, PipelineError>>) -> Result<Re
         Some(Err(PipelineError::StaleRev { .. })) => Err(Failure::Current),
         Some(Err(PipelineError::Repo(e))) => Err(Attempt::Repo(e).into()),
         Some(Err(PipelineError::Store(e))) => Err(Failure::Fatal(e)),
+        Some(Err(PipelineError::Stopped)) => Err(Failure::Cancelled),
         None => Err(Attempt::WalkPanicked.into()),
     }
 }

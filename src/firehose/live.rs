@@ -260,6 +260,8 @@ impl Live {
             Err(PipelineError::StaleRev { .. }) => Ok(Handled::Stale),
             Err(PipelineError::Repo(e)) => Ok(Handled::refused(&e)),
             Err(PipelineError::Store(e)) => Err(e.into()),
+            // A commit has no stop of its own (only walks do).
+            Err(e @ PipelineError::Stopped) => Ok(Handled::refused(&e)),
         }
     }
 

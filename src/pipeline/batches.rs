@@ -23,6 +23,8 @@ pub(super) struct Batches<'a> {
     /// The repo's new state and the cursor, for the final batch.
     pub last: Option<(RepoState, Option<(String, String)>)>,
     pub delay: std::time::Duration,
+    /// Once cancelled, no further batch is cut (see [`super::WalkOptions::stop`]).
+    pub stop: Option<&'a tokio_util::sync::CancellationToken>,
 }
 
 /// Counts a walk in flight for as long as it lives.
@@ -85,6 +87,8 @@ pub(super) struct Commits<'s> {
     error: Option<PipelineError>,
     /// A worker panicked: the other stops too, and the panic goes on once both are done.
     panicked: bool,
+    /// Once cancelled, no further batch is committed (see [`super::WalkOptions::stop`]).
+    stop: Option<&'s tokio_util::sync::CancellationToken>,
 }
 
 impl Commits<'_> {
@@ -143,7 +147,7 @@ impl Pipeline {
             (outcome.unchanged, outcome.too_old) = (changes.unchanged, changes.too_old);
             return self.commit_batch(self.store.prepare(change)?, tally, outcome);
         }
-        let delay = batches.delay;
+        let (delay, stop) = (batches.delay, batches.stop);
         // What every batch is staged with, the same throughout the walk.
         let staging = (batches.compiled, batches.origin, batches.repo);
         let ahead = if self.walks.load(Ordering::Relaxed) > 1 { READY_AHEAD_SHARED } else { READY_AHEAD_ALONE };
@@ -157,6 +161,7 @@ impl Pipeline {
             outcome: *outcome,
             error: None,
             panicked: false,
+            stop,
         });
         let room = Condvar::new();
         let work = || self.batch_worker(&source, &commits, &room, delay, staging);
@@ -227,7 +232,10 @@ impl Pipeline {
             return None;
         }
         let BatchSource { batches, changes, .. } = &mut *source;
-        let cut = self.cut_batch(batches, changes);
+        let cut = match batches.stop.is_some_and(|stop| stop.is_cancelled()) {
+            true => Err(PipelineError::Stopped),
+            false => self.cut_batch(batches, changes),
+        };
         source.done = !matches!(cut, Ok(Cut { last: false, .. }));
         source.cut += 1;
         Some((source.cut - 1, cut))
@@ -253,11 +261,14 @@ impl Pipeline {
             let next = state.next;
             let Some((prepared, tally)) = state.ready.remove(&next) else { break };
             state.committing = true;
-            let (walk, mut outcome) = (state.walk.take(), state.outcome);
+            let (walk, mut outcome, stop) = (state.walk.take(), state.outcome, state.stop);
             drop(state);
             let mut result = walk.map_or(Ok(()), |walk| self.finish_walk(walk, &mut outcome));
             if next > 0 && !delay.is_zero() {
                 std::thread::sleep(delay);
+            }
+            if result.is_ok() && stop.is_some_and(|stop| stop.is_cancelled()) {
+                result = Err(PipelineError::Stopped);
             }
             if result.is_ok() {
                 result = self.commit_batch(prepared, tally, &mut outcome);

@@ -71,6 +71,10 @@ pub enum PipelineError {
     /// The repo is older than what is stored.
     #[error("rev {rev} of {did} is older than the stored rev {stored}; skipped")]
     StaleRev { did: String, rev: String, stored: String },
+    /// A walk was stopped between two batches ([`WalkOptions::stop`]): the repo's state is
+    /// unchanged.
+    #[error("the walk was stopped before its last batch (shutting down)")]
+    Stopped,
 }
 
 /// One record operation of a live commit.
@@ -95,6 +99,10 @@ pub struct WalkOptions {
     /// The repo's handle, as its DID document claims it; kept in its state (else the stored
     /// one stays).
     pub handle: Option<String>,
+    /// Cancelled when the walk is to stop (shutdown): it stops before its next batch and ends
+    /// with [`PipelineError::Stopped`]. The batches committed stay (the next walk finds their
+    /// records current); the repo's state, written only with the last batch, is unchanged.
+    pub stop: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// What applying a repo or commit did.
@@ -311,6 +319,7 @@ impl Pipeline {
                 repo,
                 last: Some((state, opts.cursor.clone())),
                 delay: opts.batch_delay,
+                stop: opts.stop.as_ref(),
             };
             self.commit_in_batches(batches, changes, walk, &mut outcome)?;
             self.count_repo(status);
