@@ -131,10 +131,43 @@ struct Host {
     blocked_until: Option<Instant>,
 }
 
+impl Host {
+    /// Whether forgetting the host loses nothing: no request holds or waits for its slots
+    /// (each holds a clone of them), its breaker is closed with no failure, and no 429 holds it.
+    fn holds_nothing(&self, now: Instant) -> bool {
+        Arc::strong_count(&self.slots) == 1
+            && self.breaker == Breaker::default()
+            && self.blocked_until.is_none_or(|until| until <= now)
+    }
+}
+
+/// The hosts with state, pruned of those that hold nothing whenever the map reaches
+/// `prune_at`, which is then set to twice what is left (at least [`PRUNE_FROM`]): DID documents
+/// may name any number of hosts, and the map stays within twice the hosts that matter, at
+/// an amortised constant cost per new host.
+struct HostMap {
+    hosts: HashMap<String, Host>,
+    prune_at: usize,
+}
+
+/// The smallest size at which [`HostMap`] is pruned.
+const PRUNE_FROM: usize = 1024;
+
+impl HostMap {
+    fn prune_if_full(&mut self) {
+        if self.hosts.len() < self.prune_at {
+            return;
+        }
+        let now = Instant::now();
+        self.hosts.retain(|_, host| !host.holds_nothing(now));
+        self.prune_at = (self.hosts.len() * 2).max(PRUNE_FROM);
+    }
+}
+
 /// Per-host limits, shared by all workers.
 pub struct HostLimits {
     policy: HostPolicy,
-    hosts: Mutex<HashMap<String, Host>>,
+    hosts: Mutex<HostMap>,
     refused: AtomicU64,
 }
 
@@ -183,7 +216,8 @@ pub struct HostPaused {
 impl HostLimits {
     /// Limits with `policy`.
     pub fn new(policy: HostPolicy) -> Self {
-        Self { policy, hosts: Mutex::new(HashMap::new()), refused: AtomicU64::new(0) }
+        let hosts = HostMap { hosts: HashMap::new(), prune_at: PRUNE_FROM };
+        Self { policy, hosts: Mutex::new(hosts), refused: AtomicU64::new(0) }
     }
 
     /// The policy in force.
@@ -193,11 +227,12 @@ impl HostLimits {
 
     fn with_host<T>(&self, host: &str, f: impl FnOnce(&mut Host) -> T) -> T {
         let mut map = self.hosts.lock().expect("host limits");
-        if !map.contains_key(host) {
+        if !map.hosts.contains_key(host) {
+            map.prune_if_full();
             let slots = Arc::new(Semaphore::new(self.policy.max_concurrent.max(1)));
-            map.insert(host.to_string(), Host { slots, breaker: Breaker::default(), blocked_until: None });
+            map.hosts.insert(host.to_string(), Host { slots, breaker: Breaker::default(), blocked_until: None });
         }
-        f(map.get_mut(host).expect("inserted above"))
+        f(map.hosts.get_mut(host).expect("inserted above"))
     }
 
     /// Takes a request slot at `host`: waits out its 429 hold and for a free slot, and is
@@ -258,13 +293,13 @@ impl HostLimits {
     pub fn blocked_hosts(&self) -> usize {
         let now = Instant::now();
         let map = self.hosts.lock().expect("host limits");
-        map.values().filter(|h| h.blocked_until.is_some_and(|t| t > now)).count()
+        map.hosts.values().filter(|h| h.blocked_until.is_some_and(|t| t > now)).count()
     }
 
     /// Hosts their breaker holds paused now.
     pub fn paused_hosts(&self) -> usize {
         let now = Instant::now();
-        self.hosts.lock().expect("host limits").values().filter(|h| h.breaker.is_paused(now)).count()
+        self.hosts.lock().expect("host limits").hosts.values().filter(|h| h.breaker.is_paused(now)).count()
     }
 
     /// Requests the breakers refused since start.
@@ -277,6 +312,25 @@ impl HostLimits {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[tokio::test]
+    async fn hosts_that_hold_nothing_are_forgotten_and_the_others_kept() {
+        let limits = HostLimits::new(HostPolicy { failures_to_pause: 1, ..Default::default() });
+        let held = limits.admit("held").await.unwrap();
+        limits.admit("failing").await.unwrap().finish(Outcome::Failed);
+        limits.block("limited", Duration::from_secs(60));
+        for n in 0..10 * PRUNE_FROM {
+            limits.admit(&format!("h{n}")).await.unwrap().finish(Outcome::Answered);
+        }
+        let map = limits.hosts.lock().unwrap();
+        assert!(map.hosts.len() <= PRUNE_FROM, "{} hosts kept", map.hosts.len());
+        for kept in ["held", "failing", "limited"] {
+            assert!(map.hosts.contains_key(kept), "{kept} holds state and is kept");
+        }
+        drop(map);
+        assert_eq!((limits.paused_hosts(), limits.blocked_hosts()), (1, 1));
+        drop(held);
+    }
 
     #[tokio::test]
     async fn a_blocked_host_waits_and_others_do_not() {
