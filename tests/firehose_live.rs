@@ -335,6 +335,10 @@ async fn unknown_repos_are_discovered_by_their_signal_commits() {
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
     let filter = "mode = \"signal\"\nsignals = [\"xyz.statusphere.status\"]\n";
     let s = start(net, filter, |_| {}).await;
+    // The crawl lists the signal collection once: asked after the accounts below exist (a slow
+    // start), it would queue the repo itself, and the firehose would find it known.
+    testkit::wait_until("the crawl's listing", || s.net.request_count("com.atproto.sync.listReposByCollection") >= 1)
+        .await;
     let quiet = s.net.create_account(AccountSpec { seed: 31, ..Default::default() });
     let signalling = s.net.create_account(AccountSpec { seed: 32, ..Default::default() });
     s.net.put_record(&quiet, "app.bsky.feed.post", "3lzzzzzzzzzz7", post("no signal")).unwrap();

@@ -61,7 +61,9 @@ impl FailureKind {
 
 /// The repos that failed in a run and have not succeeded since: each repo's latest failure,
 /// by kind and reason group (the error's kind without per-repo text, so that repos failing
-/// alike are counted together). Holds one small entry per failing repo.
+/// alike are counted together). Holds one entry of 12 bytes per failing repo (a hash of its
+/// DID and its group), so that a run over the network with a million failing repos keeps tens
+/// of MB, not the DIDs themselves.
 #[derive(Debug, Default)]
 pub struct Failures(Mutex<FailureTable>);
 
@@ -69,8 +71,17 @@ pub struct Failures(Mutex<FailureTable>);
 #[derive(Debug, Default)]
 struct FailureTable {
     groups: Vec<(FailureKind, String)>,
-    group_ids: HashMap<(FailureKind, String), usize>,
-    by_repo: HashMap<String, usize>,
+    group_ids: HashMap<(FailureKind, String), u32>,
+    /// Each failing repo's group, by [`did_key`].
+    by_repo: HashMap<u64, u32>,
+}
+
+/// The key of `did` in [`FailureTable::by_repo`]: a 64-bit hash. Two DIDs sharing one would
+/// only be counted once in a summary (odds of about one in thirty million at a million failing
+/// repos).
+fn did_key(did: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::quality::FixedState::with_seed(0x5_1ce).hash_one(did)
 }
 
 /// One line of a failure summary: how many repos failed last with this kind and reason.
@@ -92,18 +103,18 @@ impl Failures {
         let id = match table.group_ids.get(&key) {
             Some(id) => *id,
             None => {
-                let id = table.groups.len();
+                let id = table.groups.len() as u32;
                 table.groups.push(key.clone());
                 table.group_ids.insert(key, id);
                 id
             }
         };
-        table.by_repo.insert(did.to_string(), id);
+        table.by_repo.insert(did_key(did), id);
     }
 
     /// `did`'s turn ended otherwise (synced, current, gone): it no longer counts as failed.
     pub fn clear(&self, did: &str) {
-        self.0.lock().expect("failures").by_repo.remove(did);
+        self.0.lock().expect("failures").by_repo.remove(&did_key(did));
     }
 
     /// Repos failed and not recovered.
@@ -116,7 +127,7 @@ impl Failures {
         let table = self.0.lock().expect("failures");
         let mut counts = vec![0u64; table.groups.len()];
         for id in table.by_repo.values() {
-            counts[*id] += 1;
+            counts[*id as usize] += 1;
         }
         let mut groups: Vec<FailureGroup> = table
             .groups
