@@ -703,41 +703,7 @@ pub struct KeyError {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    /// `n` as an unsigned varint.
-    fn varint(mut n: u64) -> Vec<u8> {
-        let mut out = Vec::new();
-        loop {
-            let byte = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(byte);
-                return out;
-            }
-            out.push(byte | 0x80);
-        }
-    }
-
-    /// A raw block's CID.
-    fn raw_cid(data: &[u8]) -> Cid {
-        Cid::new_v1(0x55, multihash::Multihash::<64>::wrap(SHA2_256, &Sha256::digest(data)).unwrap())
-    }
-
-    /// A CAR of raw blocks of these sizes, its root the first block.
-    fn car_of_sizes(sizes: &[usize]) -> Vec<u8> {
-        let blocks: Vec<Vec<u8>> = sizes.iter().enumerate().map(|(i, n)| vec![i as u8; *n]).collect();
-        let root = raw_cid(blocks.first().map_or(&[][..], |b| &b[..]));
-        let header = iroh_car::CarHeader::new_v1(vec![root]).encode().unwrap();
-        let mut car = varint(header.len() as u64);
-        car.extend_from_slice(&header);
-        for data in &blocks {
-            let cid = raw_cid(data).to_bytes();
-            car.extend(varint((cid.len() + data.len()) as u64));
-            car.extend_from_slice(&cid);
-            car.extend_from_slice(data);
-        }
-        car
-    }
+    use sluice_testkit::hostile::{raw_car as car_of_sizes, varint};
 
     /// The limit refusal a read gives, if any.
     fn limit_refusal(read: Result<LoadedRepo, RepoError>) -> Option<String> {

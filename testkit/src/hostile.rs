@@ -191,7 +191,7 @@ fn raw_cid(data: &[u8]) -> cid::Cid {
 }
 
 /// `n` as an unsigned varint (a CAR section's length prefix).
-fn varint(mut n: u64) -> Vec<u8> {
+pub fn varint(mut n: u64) -> Vec<u8> {
     let mut out = Vec::new();
     while n >= 0x80 {
         out.push((n as u8) | 0x80);
