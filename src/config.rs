@@ -366,11 +366,14 @@ impl BackfillConfig {
 pub struct StorageConfig {
     /// The fjall directory.
     pub path: PathBuf,
+    /// Stored records read per batch when an index is built in the background: each batch
+    /// holds the writer for its length, so commits wait at most that long.
+    pub index_build_batch: usize,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { path: "data".into() }
+        Self { path: "data".into(), index_build_batch: crate::indexes::maintain::BUILD_BATCH_KEYS }
     }
 }
 

@@ -52,6 +52,7 @@ pub mod handles;
 pub mod http;
 pub mod identity;
 pub mod index_files;
+pub mod indexes;
 pub mod pipeline;
 pub mod process;
 pub mod repo;
@@ -89,6 +90,8 @@ pub struct Sluice {
     /// Held, not read: the filter file is watched for as long as this lives. What its saves
     /// came to is on the pipeline's filter handle.
     _watcher: Option<filter::watch::FilterWatcher>,
+    /// Held, not read: puts the filter's indexes in force and builds new ones while it lives.
+    _indexes: indexes::maintain::Maintainer,
 }
 
 /// Builds a [`Sluice`].
@@ -148,8 +151,12 @@ impl SluiceBuilder {
             ),
             false => None,
         };
-        let pipeline = Pipeline::new(Arc::new(store), handle).with_batch_size(self.config.backfill.batch_size);
-        Ok(Sluice { pipeline, config: self.config, _watcher: watcher })
+        let store = Arc::new(store);
+        let maintainer =
+            indexes::maintain::Maintainer::start(store.clone(), handle.clone(), self.config.storage.index_build_batch)
+                .map_err(in_store)?;
+        let pipeline = Pipeline::new(store, handle).with_batch_size(self.config.backfill.batch_size);
+        Ok(Sluice { pipeline, config: self.config, _watcher: watcher, _indexes: maintainer })
     }
 }
 

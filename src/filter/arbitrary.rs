@@ -47,6 +47,7 @@ prop_compose! {
             dids,
             exclude_dids,
             handlers: Default::default(),
+            indexes: Default::default(),
         }
     }
 }

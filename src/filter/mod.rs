@@ -72,6 +72,8 @@ pub struct Filter {
     pub exclude_dids: BTreeSet<String>,
     /// Per-handler switches and settings, by handler name.
     pub handlers: BTreeMap<String, HandlerConfig>,
+    /// Indexes over record fields (`[indexes.NAME]`), by name.
+    pub indexes: Vec<crate::indexes::IndexSpec>,
 }
 
 /// How the filter treats a repo before looking at its records.

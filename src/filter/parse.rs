@@ -8,7 +8,9 @@ use sluice_handlers::HandlerSettings;
 use toml::Spanned;
 
 use super::{Filter, HandlerConfig, Mode};
-use crate::syntax::{is_did, nsid_pattern_problem};
+use crate::indexes::spec::MAX_KEY_PARTS;
+use crate::indexes::{FieldPath, IndexSpec, PerRepo, Sort};
+use crate::syntax::{is_did, is_nsid, nsid_pattern_problem};
 
 /// A refused filter: where and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,6 +55,23 @@ struct RawFilter {
     exclude_dids: Vec<Spanned<String>>,
     #[serde(default)]
     handlers: BTreeMap<String, Spanned<toml::Table>>,
+    #[serde(default)]
+    indexes: BTreeMap<String, Spanned<RawIndex>>,
+}
+
+/// One `[indexes.NAME]` table as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIndex {
+    collection: Spanned<String>,
+    #[serde(default)]
+    key: Vec<Spanned<String>>,
+    sort: Option<Spanned<String>>,
+    sort_type: Option<Spanned<String>>,
+    #[serde(default)]
+    count: bool,
+    per_repo: Option<Spanned<String>>,
+    method: Option<Spanned<String>>,
 }
 
 struct Ctx<'a> {
@@ -105,6 +124,112 @@ impl Ctx<'_> {
     }
 }
 
+/// The most indexes a filter may declare: each costs writes on every record of its collection.
+pub const MAX_INDEXES: usize = 32;
+
+impl Ctx<'_> {
+    /// Checks one `[indexes.NAME]` table against the rest of the filter (`stored` tells
+    /// whether a collection is stored).
+    fn index(
+        &self,
+        name: &str,
+        raw: Spanned<RawIndex>,
+        stored: &dyn Fn(&str) -> bool,
+    ) -> Result<IndexSpec, FilterError> {
+        let at = Some(raw.span().start);
+        let table = format!("[indexes.{name}]");
+        if name.is_empty()
+            || name.len() > 64
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(self.err(at, format!("{table}: an index name is 1 to 64 letters, digits, `_` or `-`")));
+        }
+        let raw = raw.into_inner();
+        let collection = raw.collection.get_ref();
+        let at_collection = Some(raw.collection.span().start);
+        if !is_nsid(collection) {
+            return Err(self.err(at_collection, format!("{table}: collection `{collection}` is not one NSID")));
+        }
+        if !stored(collection) {
+            return Err(self.err(
+                at_collection,
+                format!("{table}: collection `{collection}` is not stored by this filter (see `collections`)"),
+            ));
+        }
+        if raw.key.len() > MAX_KEY_PARTS {
+            return Err(self.err(at, format!("{table}: more than {MAX_KEY_PARTS} key parts")));
+        }
+        let key = raw
+            .key
+            .iter()
+            .map(|p| {
+                FieldPath::parse(p.get_ref()).map_err(|e| self.err(Some(p.span().start), format!("{table}: key: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let sort_at = raw.sort.as_ref().map(|s| s.span().start).or(at);
+        let sort_type = raw.sort_type.as_ref().map(|t| t.get_ref().as_str());
+        let sort = Sort::parse(raw.sort.as_ref().map_or("rkey", |s| s.get_ref()), sort_type)
+            .map_err(|e| self.err(sort_at, format!("{table}: {e}")))?;
+        let per_repo = match raw.per_repo.as_ref().map(|p| (p.get_ref().as_str(), p.span().start)) {
+            None | Some(("all", _)) => PerRepo::All,
+            Some(("latest", _)) => PerRepo::Latest,
+            Some((other, at)) => {
+                return Err(
+                    self.err(Some(at), format!("{table}: per_repo: `{other}` is neither \"all\" nor \"latest\""))
+                );
+            }
+        };
+        let method = match raw.method {
+            Some(m)
+                if !is_nsid(m.get_ref())
+                    || m.get_ref().starts_with("com.atproto.")
+                    || m.get_ref().starts_with("dev.sluice.") =>
+            {
+                return Err(self.err(
+                    Some(m.span().start),
+                    format!("{table}: method `{}` is not an NSID of the app's own", m.get_ref()),
+                ));
+            }
+            m => m.map(Spanned::into_inner),
+        };
+        Ok(IndexSpec {
+            name: name.to_string(),
+            collection: collection.clone(),
+            key,
+            sort,
+            count: raw.count,
+            per_repo,
+            method,
+        })
+    }
+
+    fn indexes(
+        &self,
+        raw: BTreeMap<String, Spanned<RawIndex>>,
+        stored: &dyn Fn(&str) -> bool,
+    ) -> Result<Vec<IndexSpec>, FilterError> {
+        if raw.len() > MAX_INDEXES {
+            let at = raw.values().nth(MAX_INDEXES).map(|t| t.span().start);
+            return Err(self.err(at, format!("more than {MAX_INDEXES} indexes")));
+        }
+        let mut methods: BTreeMap<String, String> = BTreeMap::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for (name, table) in raw {
+            let at = Some(table.span().start);
+            let spec = self.index(&name, table, stored)?;
+            if let Some(method) = &spec.method
+                && let Some(other) = methods.insert(method.clone(), name.clone())
+            {
+                return Err(
+                    self.err(at, format!("[indexes.{name}]: method `{method}` is already served by [indexes.{other}]"))
+                );
+            }
+            out.push(spec);
+        }
+        Ok(out)
+    }
+}
+
 pub(super) fn parse(text: &str, origin: &str) -> Result<Filter, FilterError> {
     let ctx = Ctx { text, origin };
     let raw: RawFilter =
@@ -126,7 +251,7 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Filter, FilterError> {
         .into_iter()
         .map(|(name, table)| ctx.handler(&name, table).map(|c| (name, c)))
         .collect::<Result<_, _>>()?;
-    Ok(Filter {
+    let mut filter = Filter {
         mode,
         signals,
         collections: ctx.patterns("collections", raw.collections)?,
@@ -134,7 +259,10 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Filter, FilterError> {
         dids: ctx.dids("dids", raw.dids)?,
         exclude_dids: ctx.dids("exclude_dids", raw.exclude_dids)?,
         handlers,
-    })
+        indexes: Vec::new(),
+    };
+    filter.indexes = ctx.indexes(raw.indexes, &|c| filter.wants_collection(c))?;
+    Ok(filter)
 }
 
 pub(super) fn to_toml(filter: &Filter) -> String {
@@ -157,7 +285,34 @@ pub(super) fn to_toml(filter: &Filter) -> String {
         handlers.insert(name.clone(), toml::Value::Table(table));
     }
     doc.insert("handlers".into(), toml::Value::Table(handlers));
+    let mut indexes = toml::Table::new();
+    for spec in &filter.indexes {
+        indexes.insert(spec.name.clone(), toml::Value::Table(index_table(spec)));
+    }
+    if !indexes.is_empty() {
+        doc.insert("indexes".into(), toml::Value::Table(indexes));
+    }
     toml::to_string(&doc).expect("a TOML table always serializes")
+}
+
+/// An index's table as the filter file writes it.
+fn index_table(spec: &IndexSpec) -> toml::Table {
+    let mut t = toml::Table::new();
+    let text = |s: &str| toml::Value::String(s.to_string());
+    t.insert("collection".into(), text(&spec.collection));
+    t.insert("key".into(), toml::Value::Array(spec.key.iter().map(|p| text(p.as_str())).collect()));
+    t.insert("sort".into(), text(&spec.sort.as_text()));
+    if let Sort::Field(_, kind) = &spec.sort {
+        t.insert("sort_type".into(), text(kind.as_str()));
+    }
+    t.insert("count".into(), toml::Value::Boolean(spec.count));
+    if spec.per_repo == PerRepo::Latest {
+        t.insert("per_repo".into(), text("latest"));
+    }
+    if let Some(method) = &spec.method {
+        t.insert("method".into(), text(method));
+    }
+    t
 }
 
 /// The fuzz body for `filter_toml`: any text either parses into a filter whose written form
@@ -204,6 +359,50 @@ mod tests {
 
         let e = err("mode = [\n");
         assert_eq!(e.line, Some(1));
+    }
+
+    #[test]
+    fn bad_indexes_are_refused_by_line() {
+        let base = "mode = \"full\"\ncollections = [\"xyz.statusphere.*\"]\n";
+        let e = err(&format!("{base}[indexes.a]\ncollection = \"app.bsky.feed.like\"\n"));
+        assert_eq!(e.line, Some(4));
+        assert!(e.reason.contains("not stored"), "{e}");
+        let e = err(&format!("{base}[indexes.a]\ncollection = \"xyz.statusphere.status\"\nkey = [\"ok\", \"a..b\"]\n"));
+        assert_eq!(e.line, Some(5));
+        assert!(e.reason.contains("a..b"), "{e}");
+        let e = err(&format!("{base}[indexes.a]\ncollection = \"xyz.statusphere.*\"\n"));
+        assert!(e.reason.contains("not one NSID"), "{e}");
+        let e = err(&format!("{base}[indexes.a]\ncollection = \"xyz.statusphere.status\"\nsort = \"langs[]\"\n"));
+        assert!(e.reason.contains("fans out"), "{e}");
+        let e = err(&format!("{base}[indexes.a]\ncollection = \"xyz.statusphere.status\"\nper_repo = \"first\"\n"));
+        assert!(e.reason.contains("per_repo"), "{e}");
+        let e = err(&format!("{base}[indexes.a]\ncollection = \"xyz.statusphere.status\"\nsorted = \"x\"\n"));
+        assert!(e.reason.contains("sorted"), "{e}");
+        let e =
+            err(&format!("{base}[indexes.a]\ncollection = \"xyz.statusphere.status\"\nmethod = \"dev.sluice.x\"\n"));
+        assert!(e.reason.contains("method"), "{e}");
+        let two = format!(
+            "{base}[indexes.a]\ncollection = \"xyz.statusphere.status\"\nmethod = \"a.b.c\"\n\
+             [indexes.b]\ncollection = \"xyz.statusphere.status\"\nmethod = \"a.b.c\"\n"
+        );
+        assert!(err(&two).reason.contains("already served"), "{}", err(&two));
+        let many: String =
+            (0..=MAX_INDEXES).map(|i| format!("[indexes.i{i}]\ncollection = \"xyz.statusphere.status\"\n")).collect();
+        assert!(err(&format!("{base}{many}")).reason.contains("more than"));
+    }
+
+    #[test]
+    fn indexes_read_back() {
+        let f = parse(
+            "mode = \"full\"\n[indexes.likes]\ncollection = \"app.bsky.feed.like\"\nkey = [\"subject.uri\"]\n\
+             sort = \"createdAt\"\ncount = true\n[indexes.latest]\ncollection = \"xyz.statusphere.status\"\n\
+             sort = \"sortAt(createdAt)\"\nper_repo = \"latest\"\nmethod = \"xyz.statusphere.getLatest\"\n\
+             [indexes.n]\ncollection = \"a.b.c\"\nsort = \"n\"\nsort_type = \"integer\"\n",
+            "f",
+        )
+        .unwrap();
+        assert_eq!(f.indexes.len(), 3);
+        assert_eq!(parse(&to_toml(&f), "g").unwrap(), f);
     }
 
     #[test]

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 use sluice_handlers::IndexWrite;
 
 use super::counts;
+use super::indexes::IndexWork;
 use super::log::{self, EncodedPage};
 use super::records::RecordWrite;
 use super::values::{RepoState, StoredEvent};
@@ -44,6 +45,11 @@ pub struct RepoChange {
 /// [`Store::prepare`]).
 pub struct Prepared {
     batch: fjall::OwnedWriteBatch,
+    did: String,
+    /// The record writes, kept for the indexes: their entries are staged at commit time.
+    records: Vec<RecordWrite>,
+    /// Their entries, extracted off the lock under the indexes in force then.
+    index_work: IndexWork,
     pages: Vec<EncodedPage>,
     deltas: counts::Values,
     events: u64,
@@ -92,21 +98,24 @@ impl Store {
         let mut batch = self.db.batch(items);
         let RepoChange { did, state, records, events: _, handler_writes, cursor } = change;
         // The rows that depend on nothing stored: staged here, outside the lock. The state is
-        // staged at commit time, by `stage_state`.
+        // staged at commit time, by `stage_state`, and index rows (which read what the index
+        // holds, and follow a build's position) by `IndexParts::stage`.
         self.records.stage(&mut batch, &did, &records);
+        let index_work = self.indexes.prepare(&did, &records, log::now_us() as i64);
         self.handlers.stage(&mut batch, handler_writes)?;
         if let Some((service, value)) = cursor {
             self.cursors.stage(&mut batch, &service, value);
         }
-        let state = state.map(|s| (did, s));
-        Ok(Prepared { batch, pages, deltas, events, state })
+        let state = state.map(|s| (did.clone(), s));
+        Ok(Prepared { batch, did, records, index_work, pages, deltas, events, state })
     }
 
     /// Commits a prepared change: assigns its events the next ids and times, updates the
     /// counters and the queue index and writes the batch, under the writer lock.
     pub fn commit_prepared(&self, prepared: Prepared) -> Result<Committed> {
-        let Prepared { mut batch, pages, mut deltas, events: n, state } = prepared;
+        let Prepared { mut batch, did, records, index_work, pages, mut deltas, events: n, state } = prepared;
         let mut writer = self.writer.lock().expect("writer lock");
+        let indexed = self.indexes.stage(&mut batch, &did, index_work, &records, log::now_us() as i64)?;
         let queued = match state {
             Some((did, new)) => {
                 let old = self.repos.state(&did)?;
@@ -120,6 +129,7 @@ impl Store {
         let new_counts = self.counts.stage(&mut batch, &writer.counts, deltas);
         self.db.commit(batch)?;
         self.writeback.wrote();
+        self.indexes.committed(indexed);
         writer.next_event += n;
         if n > 0 {
             writer.last_time = first_time + n - 1;

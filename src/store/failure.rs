@@ -99,6 +99,16 @@ impl Db {
         self.db.keyspace(name, options).map_err(|e| self.failed(e))
     }
 
+    /// The names of every keyspace.
+    pub(super) fn keyspace_names(&self) -> Vec<String> {
+        self.db.list_keyspace_names().iter().map(|name| name.to_string()).collect()
+    }
+
+    /// Deletes a keyspace and everything in it.
+    pub(super) fn delete_keyspace(&self, keyspace: Keyspace) -> Result<()> {
+        self.db.delete_keyspace(keyspace).map_err(|e| self.failed(e))
+    }
+
     /// Flushes the journal to disk.
     pub(super) fn persist(&self) -> Result<()> {
         self.db.persist(PersistMode::SyncAll).map_err(|e| self.failed(e))

@@ -15,6 +15,8 @@
 //! - [`Held`] (`held.rs`, [`Store::held`]): `held`, live commits held during a backfill.
 //! - [`Cursors`] (`cursors.rs`, [`Store::cursors`]): `cursors`, saved positions.
 //! - `Counts` (`counts.rs`): `counts`, the counters the writer keeps ([`Store::counts`]).
+//! - `IndexParts` (`indexes.rs`, [`Store::index_registry`] and the `index` methods of
+//!   `index_build.rs`): `index_meta` and each declarative index's `index.<id>`.
 //! - `Blocks` (`blocks.rs`): `blocks`, bodies of stores written before bodies moved into
 //!   `records` and the event pages; read by the records and the log, never written.
 //!
@@ -53,6 +55,8 @@ mod failure;
 mod handler_spaces;
 mod handles;
 mod held;
+mod index_build;
+mod indexes;
 pub mod keys;
 mod log;
 mod queue;
@@ -74,6 +78,7 @@ pub use failure::DiskFailure;
 pub use handler_spaces::HandlerSpaces;
 pub use handles::Handles;
 pub use held::Held;
+pub use indexes::{Build, Hit, LiveIndex, PageRange, Progress, Registry, sort_len};
 pub use log::{EventLog, Trimmed, now_us};
 pub use queue::{Queue, SCAN_AHEAD};
 pub use records::{RecordMap, RecordWrite, Records};
@@ -148,6 +153,7 @@ pub struct Store {
     held: Held,
     cursors: Cursors,
     counts: counts::Counts,
+    indexes: indexes::IndexParts,
     /// The writer's state; every write of a change or a repo state holds it (see `commit.rs`).
     writer: Mutex<Writer>,
     /// The next event id, published after every commit that wrote events.
@@ -178,6 +184,7 @@ impl Store {
             handlers: HandlerSpaces::new(db.clone()),
             held: Held::new(db.clone(), ks("held")?),
             cursors: Cursors::new(db.clone(), ks("cursors")?),
+            indexes: indexes::IndexParts::open(db.clone())?,
             log,
             counts,
             writer: Mutex::new(writer),

@@ -94,6 +94,38 @@ impl Records {
         }
     }
 
+    /// Scans up to `max_keys` records past the key `after` (from the start when it is empty),
+    /// calling `each(did, rkey, body)` on those of `collection`; returns the last key scanned,
+    /// or `None` when the scan reached the end. What an index build reads, a page at a time.
+    pub(super) fn scan_collection(
+        &self,
+        after: &[u8],
+        max_keys: usize,
+        collection: &str,
+        mut each: impl FnMut(&str, &str, &[u8]) -> Result<()>,
+    ) -> Result<Option<Vec<u8>>> {
+        let lo: Bound<&[u8]> = if after.is_empty() { Bound::Unbounded } else { Excluded(after) };
+        let (mut last, mut scanned) = (None, 0);
+        for kv in self.records.range::<&[u8], _>((lo, Bound::Unbounded)).take(max_keys) {
+            let (k, v) = kv.into_inner()?;
+            scanned += 1;
+            let (did, coll, rkey) = keys::parse_record(&k)?;
+            if coll == collection {
+                let view = RecordRef::view(&v)?;
+                match view.body {
+                    Some(body) => each(did, rkey, body)?,
+                    None => {
+                        if let Some(body) = self.blocks.body(view.cid)? {
+                            each(did, rkey, &body)?
+                        }
+                    }
+                }
+            }
+            last = Some(k.to_vec());
+        }
+        Ok(if scanned < max_keys { None } else { last })
+    }
+
     /// An owned record of a stored `records` value, its body read from `blocks` when the value
     /// predates bodies in `records`.
     fn with_body(&self, view: RecordRefView<'_>) -> Result<RecordRef> {

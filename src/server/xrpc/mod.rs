@@ -7,17 +7,23 @@
 //! - `list_repos`, `get_repo_status`: `com.atproto.sync` listings of the repos sluice indexes.
 //! - `get_repo_state`, `get_stats`, `get_backlinks`: sluice's own methods, under
 //!   [`NS`](super::NS).
+//! - `query_index`, `count_index`, `describe_indexes`: the indexes declared in the filter
+//!   (`index_params`: what they share); an index's own `method` is routed to `query_index`.
 //! - `repo_access`: what they share: which repos are shown, the `repo` parameter, records as
 //!   JSON, the blocking-pool read.
 
+mod count_index;
+mod describe_indexes;
 mod describe_repo;
 mod get_backlinks;
 mod get_record;
 mod get_repo_state;
 mod get_repo_status;
 mod get_stats;
+mod index_params;
 mod list_records;
 mod list_repos;
+mod query_index;
 mod repo_access;
 
 use std::collections::HashMap;
@@ -45,12 +51,23 @@ pub(super) fn routes() -> Router<Arc<ServerState>> {
         .route(&ours(get_repo_state::NAME), get(get_repo_state::handle))
         .route(&ours(get_stats::NAME), get(get_stats::handle))
         .route(&ours(get_backlinks::NAME), get(get_backlinks::handle))
+        .route(&ours(query_index::NAME), get(query_index::handle))
+        .route(&ours(count_index::NAME), get(count_index::handle))
+        .route(&ours(describe_indexes::NAME), get(describe_indexes::handle))
         .route("/xrpc/{method}", any(unknown_method))
 }
 
-/// Any other method under `/xrpc/`: 501 `MethodNotImplemented` in the protocol's shape, as
-/// a PDS answers, not an empty 404 that XRPC clients cannot read. Routes with a fixed path
-/// (every method above, the event streams, admin) take precedence over this one.
-async fn unknown_method(axum::extract::Path(method): axum::extract::Path<String>) -> crate::xrpc::XrpcError {
-    crate::xrpc::XrpcError::not_implemented(&method)
+/// Any other method under `/xrpc/`: an index's own `method` (`xyz.statusphere.getStatuses`)
+/// is its query; any other is 501 `MethodNotImplemented` in the protocol's shape, as a PDS
+/// answers, not an empty 404 that XRPC clients cannot read. Routes with a fixed path (every
+/// method above, the event streams, admin) take precedence over this one.
+async fn unknown_method(
+    axum::extract::State(state): axum::extract::State<Arc<ServerState>>,
+    axum::extract::Path(method): axum::extract::Path<String>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> crate::xrpc::XrpcResult {
+    if state.store().index_registry().by_method(&method).is_some() {
+        return query_index::serve(state, raw, Some(method)).await;
+    }
+    Err(crate::xrpc::XrpcError::not_implemented(&method))
 }

@@ -1,0 +1,120 @@
+//! Order-preserving encodings of index values: key parts as canonical text, sort values as
+//! bytes whose order is the values' order, and datetimes normalised to UTC microseconds so that
+//! byte order is time order whatever offset a record wrote.
+
+/// The most bytes one key part may hold (its canonical text): a longer value gets no entry.
+pub const MAX_KEY_PART_BYTES: usize = 512;
+
+/// Appends `text` so that concatenations sort as tuples: `\0` is written `\0\xff`, and the end
+/// is `\0\x01`, below every escaped byte.
+pub fn push_text(out: &mut Vec<u8>, text: &[u8]) {
+    for &b in text {
+        out.push(b);
+        if b == 0 {
+            out.push(0xff);
+        }
+    }
+    out.extend_from_slice(&[0, 1]);
+}
+
+/// A tuple of key parts, as the index stores and a query looks it up.
+pub fn key_tuple<S: AsRef<[u8]>>(parts: &[S]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(parts.iter().map(|p| p.as_ref().len() + 2).sum());
+    for part in parts {
+        push_text(&mut out, part.as_ref());
+    }
+    out
+}
+
+/// A signed 64-bit value, big-endian with its sign bit flipped: byte order is numeric order.
+pub fn ordered_i64(v: i64) -> [u8; 8] {
+    ((v as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+/// A string sort value.
+pub fn ordered_text(text: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 2);
+    push_text(&mut out, text.as_bytes());
+    out
+}
+
+/// An AT Protocol datetime (`2024-11-02T10:00:00.000Z`, or with an offset) as microseconds
+/// since the epoch, UTC; `None` when it is not one.
+pub fn parse_datetime(text: &str) -> Option<i64> {
+    // RFC 3339 as the protocol writes it: a `T` between date and time, seconds present.
+    let bytes = text.as_bytes();
+    if bytes.len() < 20 || bytes.get(10) != Some(&b'T') || bytes.len() > 64 {
+        return None;
+    }
+    chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_micros())
+}
+
+/// The canonical text of a datetime given as microseconds: UTC, six fraction digits.
+pub fn datetime_text(us: i64) -> String {
+    match chrono::DateTime::from_timestamp_micros(us) {
+        Some(t) => t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+        None => us.to_string(),
+    }
+}
+
+/// The canonical text of a string key part: a datetime normalised (so that `+02:00` and `Z`
+/// forms of one instant are one key), any other string as it is.
+pub fn canonical_text(text: &str) -> std::borrow::Cow<'_, str> {
+    match parse_datetime(text) {
+        Some(us) => datetime_text(us).into(),
+        None => text.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn tuples_sort_as_tuples(a in proptest::collection::vec(any::<Vec<u8>>(), 0..4),
+                                 b in proptest::collection::vec(any::<Vec<u8>>(), 0..4)) {
+            if a.len() == b.len() {
+                prop_assert_eq!(key_tuple(&a).cmp(&key_tuple(&b)), a.cmp(&b));
+            }
+            // A tuple is never a prefix of another of the same length.
+            if a.len() == b.len() && a != b {
+                prop_assert!(!key_tuple(&b).starts_with(&key_tuple(&a)));
+            }
+        }
+
+        #[test]
+        fn integers_sort_as_integers(a: i64, b: i64) {
+            prop_assert_eq!(ordered_i64(a).cmp(&ordered_i64(b)), a.cmp(&b));
+        }
+
+        #[test]
+        fn texts_sort_as_texts(a: String, b: String) {
+            prop_assert_eq!(ordered_text(&a).cmp(&ordered_text(&b)), a.cmp(&b));
+        }
+
+        #[test]
+        fn datetimes_sort_by_instant_whatever_the_offset(secs in 0i64..4_000_000_000, micros in 0u32..1_000_000,
+                                                         offset_min in -720i32..=840) {
+            let utc = chrono::DateTime::from_timestamp(secs, micros * 1000).unwrap();
+            let offset = chrono::FixedOffset::east_opt(offset_min * 60).unwrap();
+            let written = utc.with_timezone(&offset).to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+            let us = parse_datetime(&written).unwrap();
+            prop_assert_eq!(us, utc.timestamp_micros());
+            prop_assert_eq!(parse_datetime(&datetime_text(us)), Some(us));
+            prop_assert_eq!(canonical_text(&written), datetime_text(us));
+        }
+    }
+
+    #[test]
+    fn only_protocol_datetimes_parse() {
+        assert!(parse_datetime("2024-11-02T10:00:00Z").is_some());
+        assert!(parse_datetime("2024-11-02T10:00:00.123+02:00").is_some());
+        for bad in ["2024-11-02", "2024-11-02 10:00:00Z", "yesterday", "2024-11-02T10:00Z", ""] {
+            assert_eq!(parse_datetime(bad), None, "{bad}");
+        }
+        assert_eq!(canonical_text("hello"), "hello");
+        assert_eq!(canonical_text("2024-11-02T12:00:00+02:00"), "2024-11-02T10:00:00.000000Z");
+    }
+}

@@ -1,0 +1,278 @@
+//! What one record puts in one index: its key tuples (a path with `[]` fans out, so a record
+//! may have several) and its sort value, read from the record's DAG-CBOR with jacquard's data
+//! model. A record whose key or sort field is missing, of another type or too large gets no
+//! entry, and the reason is counted.
+
+use jacquard_common::types::value::RawData;
+
+use super::encode::{self, MAX_KEY_PART_BYTES};
+use super::spec::{FieldPath, IndexSpec, Segment, Sort, SortType};
+
+/// The most entries one record may put in one index (the product of its key paths' fan-outs):
+/// a record that would put more gets none.
+pub const MAX_ENTRIES_PER_RECORD: usize = 64;
+
+/// What a record puts in an index.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecordEntries {
+    /// The encoded sort value.
+    pub sort: Vec<u8>,
+    /// The encoded key tuples, sorted and without duplicates; never empty.
+    pub keys: Vec<Vec<u8>>,
+}
+
+/// Why a record has no entry in an index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Skip {
+    /// A key or sort field is absent (or a fanned-out array is empty).
+    Missing,
+    /// A key or sort field holds a value of another type (an object, a string where a
+    /// datetime is wanted, ...).
+    WrongType,
+    /// A key value is over [`MAX_KEY_PART_BYTES`].
+    TooLarge,
+    /// The key paths fan out to more than [`MAX_ENTRIES_PER_RECORD`] entries.
+    TooMany,
+    /// The body does not decode (never for a stored record, which passed the record rule).
+    Unreadable,
+}
+
+impl Skip {
+    /// Every reason, for `/metrics`.
+    pub const ALL: [Skip; 5] = [Skip::Missing, Skip::WrongType, Skip::TooLarge, Skip::TooMany, Skip::Unreadable];
+
+    /// The reason as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Skip::Missing => "missing",
+            Skip::WrongType => "wrong_type",
+            Skip::TooLarge => "too_large",
+            Skip::TooMany => "too_many",
+            Skip::Unreadable => "unreadable",
+        }
+    }
+
+    /// Its index in [`Skip::ALL`].
+    pub fn ordinal(self) -> usize {
+        Skip::ALL.iter().position(|s| *s == self).unwrap_or(0)
+    }
+}
+
+/// The entries of the record `rkey` with DAG-CBOR `body` in the index `spec`; `now_us` is the
+/// time it is indexed (the bound of `sortAt`).
+pub fn entries(spec: &IndexSpec, rkey: &str, body: &[u8], now_us: i64) -> Result<RecordEntries, Skip> {
+    let needs_body = !spec.key.is_empty() || !matches!(spec.sort, Sort::Rkey);
+    let value = match needs_body {
+        true => Some(serde_ipld_dagcbor::from_slice::<RawData>(body).map_err(|_| Skip::Unreadable)?),
+        false => None,
+    };
+    let sort = sort_value(&spec.sort, rkey, value.as_ref(), now_us)?;
+    let mut tuples: Vec<Vec<String>> = vec![Vec::new()];
+    for path in &spec.key {
+        let parts = key_values(path, value.as_ref().expect("a key path reads the body"))?;
+        if tuples.len() * parts.len() > MAX_ENTRIES_PER_RECORD {
+            return Err(Skip::TooMany);
+        }
+        tuples = tuples
+            .iter()
+            .flat_map(|t| {
+                parts.iter().map(move |p| {
+                    let mut t = t.clone();
+                    t.push(p.clone());
+                    t
+                })
+            })
+            .collect();
+    }
+    let mut keys: Vec<Vec<u8>> = tuples.iter().map(|t| encode::key_tuple(t)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    Ok(RecordEntries { sort, keys })
+}
+
+/// The values `path` reaches in `value` (several when it fans out), as canonical texts.
+/// Elements of a fanned-out array that lack the field or hold another type are passed over
+/// (a union's members differ); the record is skipped only when no value is left.
+fn key_values(path: &FieldPath, value: &RawData<'_>) -> Result<Vec<String>, Skip> {
+    let mut found = Vec::new();
+    let mut worst = Skip::Missing;
+    walk(value, path.segments(), &mut |v| match key_text(v) {
+        Ok(text) => {
+            if !found.contains(&text) {
+                found.push(text)
+            }
+        }
+        Err(skip) => worst = worst.max(skip),
+    });
+    if found.is_empty() { Err(worst) } else { Ok(found) }
+}
+
+/// Calls `each` on every value `segments` reach from `value`; a missing step reaches nothing.
+fn walk<'v, 'd>(value: &'v RawData<'d>, segments: &[Segment], each: &mut dyn FnMut(Step<'v, 'd>)) {
+    let Some((first, rest)) = segments.split_first() else {
+        each(Step::Value(value));
+        return;
+    };
+    match (first, value) {
+        (Segment::Field(name), RawData::Object(map)) => {
+            if let Some(inner) = map.get(name.as_str()) {
+                walk(inner, rest, each)
+            }
+        }
+        (Segment::Field(name), RawData::Blob(blob)) if rest.is_empty() => match name.as_str() {
+            "$type" => each(Step::Text("blob".into())),
+            "ref" => each(Step::Text(blob.cid().to_string())),
+            "mimeType" => each(Step::Text(blob.mime_type.as_str().to_string())),
+            "size" => each(Step::Text(blob.size.to_string())),
+            _ => {}
+        },
+        (Segment::Each, RawData::Array(items)) => {
+            for item in items {
+                walk(item, rest, each);
+            }
+        }
+        // A step into a value of another kind: a wrong type, reported as one.
+        _ => each(Step::Mismatch),
+    }
+}
+
+/// What a walk reached.
+enum Step<'v, 'd> {
+    Value(&'v RawData<'d>),
+    Text(String),
+    Mismatch,
+}
+
+/// A key value's canonical text: strings (datetimes normalised), integers, booleans and CID
+/// links; anything else is of the wrong type.
+fn key_text(step: Step<'_, '_>) -> Result<String, Skip> {
+    let text = match step {
+        Step::Text(text) => text,
+        Step::Mismatch => return Err(Skip::WrongType),
+        Step::Value(value) => match value {
+            RawData::String(s) => encode::canonical_text(s.as_ref()).into_owned(),
+            RawData::SignedInt(i) => i.to_string(),
+            RawData::UnsignedInt(u) => u.to_string(),
+            RawData::Boolean(b) => b.to_string(),
+            RawData::CidLink(cid) => cid.to_string(),
+            RawData::Null => return Err(Skip::Missing),
+            _ => return Err(Skip::WrongType),
+        },
+    };
+    if text.len() > MAX_KEY_PART_BYTES { Err(Skip::TooLarge) } else { Ok(text) }
+}
+
+/// The encoded sort value of a record.
+fn sort_value(sort: &Sort, rkey: &str, value: Option<&RawData<'_>>, now_us: i64) -> Result<Vec<u8>, Skip> {
+    let field = |path: &FieldPath| -> Result<&RawData<'_>, Skip> {
+        let mut at = value.ok_or(Skip::Missing)?;
+        for segment in path.segments() {
+            let Segment::Field(name) = segment else { return Err(Skip::WrongType) };
+            at = match at {
+                RawData::Object(map) => map.get(name.as_str()).ok_or(Skip::Missing)?,
+                _ => return Err(Skip::WrongType),
+            };
+        }
+        Ok(at)
+    };
+    match sort {
+        Sort::Rkey => Ok(encode::ordered_text(rkey)),
+        Sort::SortAt(path) => Ok(encode::ordered_i64(datetime(field(path)?)?.min(now_us)).to_vec()),
+        Sort::Field(path, SortType::Datetime) => Ok(encode::ordered_i64(datetime(field(path)?)?).to_vec()),
+        Sort::Field(path, SortType::Integer) => match field(path)? {
+            RawData::SignedInt(i) => Ok(encode::ordered_i64(*i).to_vec()),
+            RawData::UnsignedInt(u) => {
+                i64::try_from(*u).map(|i| encode::ordered_i64(i).to_vec()).map_err(|_| Skip::TooLarge)
+            }
+            _ => Err(Skip::WrongType),
+        },
+        Sort::Field(path, SortType::String) => match field(path)? {
+            RawData::String(s) if s.len() <= MAX_KEY_PART_BYTES => Ok(encode::ordered_text(s.as_ref())),
+            RawData::String(_) => Err(Skip::TooLarge),
+            _ => Err(Skip::WrongType),
+        },
+    }
+}
+
+fn datetime(value: &RawData<'_>) -> Result<i64, Skip> {
+    match value {
+        RawData::String(s) => encode::parse_datetime(s.as_ref()).ok_or(Skip::WrongType),
+        _ => Err(Skip::WrongType),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::indexes::spec::PerRepo;
+
+    fn spec(key: &[&str], sort: &str) -> IndexSpec {
+        IndexSpec {
+            name: "t".into(),
+            collection: "a.b.c".into(),
+            key: key.iter().map(|k| FieldPath::parse(k).unwrap()).collect(),
+            sort: Sort::parse(sort, None).unwrap(),
+            count: false,
+            per_repo: PerRepo::All,
+            method: None,
+        }
+    }
+
+    fn cbor(v: serde_json::Value) -> Vec<u8> {
+        sluice_handlers::value::json_to_cbor(&v).unwrap()
+    }
+
+    fn keys(parts: &[&[&str]]) -> Vec<Vec<u8>> {
+        let mut out: Vec<_> = parts.iter().map(|p| encode::key_tuple(p)).collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn keys_fan_out_and_skip_union_members_without_the_field() {
+        let post = cbor(json!({
+            "text": "hi", "createdAt": "2024-01-01T00:00:00Z", "langs": ["en", "fr", "en"],
+            "facets": [{"features": [{"$type": "x#mention", "did": "did:plc:a"}, {"$type": "x#link", "uri": "u"}]},
+                       {"features": [{"$type": "x#mention", "did": "did:plc:b"}]}],
+            "embed": {"$type": "app.bsky.embed.images"}
+        }));
+        let e = entries(&spec(&["langs[]"], "createdAt"), "r", &post, 0).unwrap();
+        assert_eq!(e.keys, keys(&[&["en"], &["fr"]]));
+        assert_eq!(e.sort, encode::ordered_i64(1_704_067_200_000_000).to_vec());
+        let e = entries(&spec(&["facets[].features[].did"], "rkey"), "r", &post, 0).unwrap();
+        assert_eq!(e.keys, keys(&[&["did:plc:a"], &["did:plc:b"]]));
+        let e = entries(&spec(&["embed.$type", "langs[]"], "rkey"), "r", &post, 0).unwrap();
+        assert_eq!(e.keys, keys(&[&["app.bsky.embed.images", "en"], &["app.bsky.embed.images", "fr"]]));
+        let e = entries(&spec(&[], "rkey"), "3k", &post, 0).unwrap();
+        assert_eq!((e.keys, e.sort), (keys(&[&[]]), encode::ordered_text("3k")));
+    }
+
+    #[test]
+    fn records_without_a_usable_value_get_no_entry() {
+        let rec = cbor(json!({"s": {"x": 1}, "n": 3, "t": "not a date", "long": "x".repeat(600), "e": []}));
+        let s = |k: &[&str], sort: &str| entries(&spec(k, sort), "r", &rec, 0);
+        assert_eq!(s(&["missing"], "rkey"), Err(Skip::Missing));
+        assert_eq!(s(&["s"], "rkey"), Err(Skip::WrongType));
+        assert_eq!(s(&["n.deeper"], "rkey"), Err(Skip::WrongType));
+        assert_eq!(s(&["long"], "rkey"), Err(Skip::TooLarge));
+        assert_eq!(s(&["e[]"], "rkey"), Err(Skip::Missing));
+        assert_eq!(s(&[], "t"), Err(Skip::WrongType));
+        assert_eq!(s(&[], "nope"), Err(Skip::Missing));
+        assert_eq!(s(&["n"], "rkey").unwrap().keys, keys(&[&["3"]]));
+        assert_eq!(entries(&spec(&["n"], "rkey"), "r", b"\xff", 0), Err(Skip::Unreadable));
+        let wide = cbor(json!({"a": (0..9).collect::<Vec<_>>(), "b": (0..9).collect::<Vec<_>>()}));
+        assert_eq!(entries(&spec(&["a[]", "b[]"], "rkey"), "r", &wide, 0), Err(Skip::TooMany));
+    }
+
+    #[test]
+    fn sort_at_takes_the_earlier_of_the_record_and_the_indexing_time() {
+        let rec = cbor(json!({"createdAt": "2999-01-01T00:00:00Z"}));
+        let e = entries(&spec(&[], "sortAt(createdAt)"), "r", &rec, 1_000).unwrap();
+        assert_eq!(e.sort, encode::ordered_i64(1_000).to_vec());
+        let rec = cbor(json!({"createdAt": "1970-01-01T00:00:00.000500Z"}));
+        let e = entries(&spec(&[], "sortAt(createdAt)"), "r", &rec, 1_000).unwrap();
+        assert_eq!(e.sort, encode::ordered_i64(500).to_vec());
+    }
+}

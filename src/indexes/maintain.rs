@@ -1,0 +1,95 @@
+//! Keeps the store's indexes in step with the filter: puts the definitions of every filter put
+//! in force into the store (a new or changed index starts building, a removed one is dropped),
+//! and builds indexes from the stored records in the background, a batch at a time, while
+//! indexing goes on. A build resumes from its stored position after a restart.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::filter::FilterHandle;
+use crate::store::Store;
+
+/// Records keys read per build batch by default (`[storage] index_build_batch`): each batch
+/// holds the writer lock while it reads, so it stays short (a few milliseconds).
+pub const BUILD_BATCH_KEYS: usize = 2_048;
+/// How often the filter in force is looked at when nothing is building.
+const IDLE: Duration = Duration::from_millis(200);
+
+/// The background thread; stopped and joined on drop.
+pub struct Maintainer {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Maintainer {
+    /// Puts `filter`'s indexes in force now (so that a caller sees them at once), then starts
+    /// the thread that follows its edits and builds.
+    pub fn start(
+        store: Arc<Store>,
+        filter: FilterHandle,
+        batch: usize,
+    ) -> Result<Maintainer, crate::store::StoreError> {
+        let mut current = filter.load();
+        apply(&store, &current.filter.indexes)?;
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let stopping = stop.clone();
+        let failed = AtomicBool::new(false);
+        let thread = std::thread::Builder::new()
+            .name("sluice-indexes".into())
+            .spawn(move || {
+                while !*stopping.0.lock().expect("index maintainer lock") {
+                    let now = filter.load();
+                    if !Arc::ptr_eq(&now, &current) {
+                        current = now;
+                        if let Err(e) = apply(&store, &current.filter.indexes) {
+                            tracing::error!("putting the filter's indexes in force: {}", crate::error::chain(&e));
+                        }
+                    }
+                    let busy = match store.build_index_step(batch.max(1)) {
+                        Ok(step) => {
+                            failed.store(false, Ordering::Relaxed);
+                            step.is_some_and(|s| {
+                                !s.ready || store.index_progress().values().any(|(_, p)| p.building.is_some())
+                            })
+                        }
+                        Err(e) => {
+                            if !failed.swap(true, Ordering::Relaxed) {
+                                tracing::error!("building an index (retried): {}", crate::error::chain(&e));
+                            }
+                            false
+                        }
+                    };
+                    if !busy {
+                        let stopped = stopping.0.lock().expect("index maintainer lock");
+                        let _ = stopping.1.wait_timeout(stopped, IDLE);
+                    }
+                }
+            })
+            .expect("spawning the index thread");
+        Ok(Maintainer { stop, thread: Some(thread) })
+    }
+}
+
+/// Puts `specs` in force in `store`, logging what starts building and what is dropped.
+fn apply(store: &Store, specs: &[super::IndexSpec]) -> Result<(), crate::store::StoreError> {
+    let (started, dropped) = store.set_indexes(specs)?;
+    for name in started {
+        tracing::info!(index = %name, "index defined: building it from the stored records");
+    }
+    for name in dropped {
+        tracing::info!(index = %name, "index removed (or redefined): its entries are dropped");
+    }
+    Ok(())
+}
+
+impl Drop for Maintainer {
+    fn drop(&mut self) {
+        *self.stop.0.lock().expect("index maintainer lock") = true;
+        self.stop.1.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

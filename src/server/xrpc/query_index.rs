@@ -1,0 +1,237 @@
+//! `dev.sluice.queryIndex?index&key...&did&since&until&reverse&limit&cursor` -> `{records:
+//! [{uri, cid, value, did, handle?}], cursor?}`: the records under a key of an index, newest
+//! first by sort value (`reverse=true`: oldest first). Also served under an index's own
+//! `method`.
+//!
+//! The cursor is the last entry's position (its sort value, repo and rkey), opaque: a page
+//! holds the entries strictly past it, so paging while records arrive returns every record that
+//! stood throughout exactly once, in order. Records of repos not shown (deactivated, taken
+//! down, discarded) are passed over, as `listRecords` does; a page examines at most
+//! [`MAX_EXAMINED`] entries, and ends early with a cursor when they were all passed over.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{RawQuery, State};
+use serde_json::{Value, json};
+
+use super::index_params::{Pairs, find, key, ready};
+use super::repo_access::{blocking, readable, record_json, store_error};
+use crate::indexes::{SortType, encode};
+use crate::pipeline::PipelineMetrics;
+use crate::server::ServerState;
+use crate::store::{Hit, LiveIndex, PageRange, Store};
+use crate::syntax::is_did;
+use crate::xrpc::{XrpcError, XrpcResult, ok_json};
+
+/// The method's name under [`NS`](crate::server::NS).
+pub(super) const NAME: &str = "queryIndex";
+/// The most entries one page looks at, shown or not.
+pub const MAX_EXAMINED: usize = 1_000;
+
+pub(super) async fn handle(State(state): State<Arc<ServerState>>, RawQuery(raw): RawQuery) -> XrpcResult {
+    serve(state, raw, None).await
+}
+
+/// Answers a query of the index named by `index`, or the one served under `method`.
+pub(super) async fn serve(state: Arc<ServerState>, raw: Option<String>, method: Option<String>) -> XrpcResult {
+    let metrics = state.pipeline.clone();
+    ok_json(
+        blocking(&state, move |store| read(store, metrics.metrics(), &Pairs::parse(raw.as_deref()), method.as_deref()))
+            .await?,
+    )
+}
+
+/// A query's bounds, as encoded sort values and a position.
+struct Bounds {
+    lo: Option<Vec<u8>>,
+    hi: Option<Vec<u8>>,
+    after: Option<Vec<u8>>,
+    ascending: bool,
+}
+
+fn read(store: &Store, metrics: &PipelineMetrics, pairs: &Pairs, method: Option<&str>) -> Result<Value, XrpcError> {
+    let index = find(store, pairs, method)?;
+    ready(store, &index)?;
+    let key = key(pairs, &index)?;
+    let kind = index.spec.sort.value_type();
+    let bounds = Bounds {
+        lo: pairs.opt("since")?.map(|v| sort_param("since", v, kind)).transpose()?,
+        hi: pairs.opt("until")?.map(|v| sort_param("until", v, kind)).transpose()?,
+        after: pairs.opt("cursor")?.map(decode_cursor).transpose()?,
+        ascending: pairs.flag("reverse")?,
+    };
+    let limit = pairs.limit(50, 100)?;
+    let did = pairs.opt("did")?;
+    if let Some(did) = did
+        && !is_did(did)
+    {
+        return Err(XrpcError::invalid(format!("did: `{did}` is not a DID")));
+    }
+    let mut page = Shown::new(store, metrics, &index, limit);
+    match did {
+        Some(did) => {
+            let hits = index.repo_hits(did, &key).map_err(store_error)?;
+            let mut hits: Vec<Hit> = hits.into_iter().filter(|h| bounds.admits(&h.position)).collect();
+            if !bounds.ascending {
+                hits.reverse();
+            }
+            for hit in hits {
+                if page.take(hit)? {
+                    break;
+                }
+            }
+        }
+        None => page.scan(&key, &bounds)?,
+    }
+    Ok(page.answer())
+}
+
+impl Bounds {
+    /// Whether an entry at `position` is within the bounds and past the cursor.
+    fn admits(&self, position: &[u8]) -> bool {
+        let above_lo = self.lo.as_ref().is_none_or(|lo| position >= lo.as_slice());
+        let below_hi = self.hi.as_ref().is_none_or(|hi| position < [hi.as_slice(), &[0xff]].concat().as_slice());
+        let past = self
+            .after
+            .as_ref()
+            .is_none_or(|a| if self.ascending { position > a.as_slice() } else { position < a.as_slice() });
+        above_lo && below_hi && past
+    }
+}
+
+/// A page being filled: the records of shown repos, each repo's state read once.
+struct Shown<'a> {
+    store: &'a Store,
+    metrics: &'a PipelineMetrics,
+    index: &'a LiveIndex,
+    limit: usize,
+    /// Per repo: `None` when not shown, else its verified handle, if any.
+    repos: HashMap<String, Option<Option<String>>>,
+    records: Vec<Value>,
+    examined: usize,
+    /// The position of the last entry examined.
+    last: Option<Vec<u8>>,
+}
+
+impl<'a> Shown<'a> {
+    fn new(store: &'a Store, metrics: &'a PipelineMetrics, index: &'a LiveIndex, limit: usize) -> Self {
+        Shown { store, metrics, index, limit, repos: HashMap::new(), records: Vec::new(), examined: 0, last: None }
+    }
+
+    /// Reads the entries under `key` a chunk at a time until the page is full, the entries
+    /// end, or [`MAX_EXAMINED`] were looked at.
+    fn scan(&mut self, key: &[u8], bounds: &Bounds) -> Result<(), XrpcError> {
+        let mut after = bounds.after.clone();
+        loop {
+            let chunk = (self.limit - self.records.len()).max(16);
+            let range = PageRange {
+                lo: bounds.lo.as_deref(),
+                hi: bounds.hi.as_deref(),
+                ascending: bounds.ascending,
+                after: after.as_deref(),
+            };
+            let hits = self.index.page(key, &range, chunk).map_err(store_error)?;
+            let ended = hits.len() < chunk;
+            for hit in hits {
+                if self.take(hit)? {
+                    return Ok(());
+                }
+            }
+            if ended || self.examined >= MAX_EXAMINED {
+                if ended {
+                    self.last = None;
+                }
+                return Ok(());
+            }
+            after = self.last.clone();
+        }
+    }
+
+    /// Adds `hit` if its repo is shown and its record is there; returns whether the page is
+    /// full (or examined all it may).
+    fn take(&mut self, hit: Hit) -> Result<bool, XrpcError> {
+        self.examined += 1;
+        self.last = Some(hit.position.clone());
+        let handle = match self.repos.get(&hit.did) {
+            Some(shown) => shown.clone(),
+            None => {
+                let shown = readable(self.store, &hit.did).ok().map(|s| s.handle.filter(|_| s.handle_ok == Some(true)));
+                self.repos.insert(hit.did.clone(), shown.clone());
+                shown
+            }
+        };
+        if let Some(handle) = handle {
+            let collection = &self.index.spec.collection;
+            let record = self.store.records().get(&hit.did, collection, &hit.rkey).map_err(store_error)?;
+            if let Some(mut json) = record
+                .and_then(|r| record_json(&hit.did, collection, &hit.rkey, &r, self.metrics).transpose())
+                .transpose()?
+            {
+                json["did"] = json!(hit.did);
+                if let Some(handle) = handle {
+                    json["handle"] = json!(handle);
+                }
+                self.records.push(json);
+            }
+        }
+        Ok(self.records.len() >= self.limit || self.examined >= MAX_EXAMINED)
+    }
+
+    fn answer(self) -> Value {
+        let mut out = json!({ "records": self.records });
+        let more = self.records.len() >= self.limit || self.examined >= MAX_EXAMINED;
+        if let Some(last) = self.last.filter(|_| more) {
+            out["cursor"] = json!(encode_cursor(&last));
+        }
+        out
+    }
+}
+
+/// A `since`/`until` value as an encoded sort value of the index's type.
+fn sort_param(name: &str, value: &str, kind: SortType) -> Result<Vec<u8>, XrpcError> {
+    match kind {
+        SortType::Datetime => encode::parse_datetime(value)
+            .map(|us| encode::ordered_i64(us).to_vec())
+            .ok_or_else(|| XrpcError::invalid(format!("{name}: `{value}` is not a datetime (2024-01-01T00:00:00Z)"))),
+        SortType::Integer => value
+            .parse::<i64>()
+            .map(|i| encode::ordered_i64(i).to_vec())
+            .map_err(|_| XrpcError::invalid(format!("{name}: `{value}` is not an integer"))),
+        SortType::String => Ok(encode::ordered_text(value)),
+    }
+}
+
+/// A position as a cursor: lowercase hex, opaque to clients.
+fn encode_cursor(position: &[u8]) -> String {
+    position.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(cursor: &str) -> Result<Vec<u8>, XrpcError> {
+    let bad = || XrpcError::invalid("cursor: not a cursor this method gave");
+    if cursor.len() % 2 != 0 || cursor.len() > 4096 {
+        return Err(bad());
+    }
+    (0..cursor.len()).step_by(2).map(|i| u8::from_str_radix(&cursor[i..i + 2], 16).map_err(|_| bad())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn cursors_round_trip(position: Vec<u8>) {
+            prop_assert_eq!(decode_cursor(&encode_cursor(&position)).unwrap(), position);
+        }
+    }
+
+    #[test]
+    fn bad_cursors_and_bounds_are_refused_by_name() {
+        assert!(decode_cursor("abc").is_err());
+        assert!(decode_cursor("zz").is_err());
+        assert!(format!("{:?}", sort_param("since", "yesterday", SortType::Datetime).unwrap_err()).contains("since"));
+        assert!(sort_param("until", "x", SortType::Integer).is_err());
+    }
+}

@@ -1,0 +1,962 @@
+//! The declarative indexes' entries: per index `index.<id>` (one keyspace each, dropped whole
+//! when the index is), and `index_meta` (each index's definition, build position and totals).
+//!
+//! Rows of `index.<id>` (the first byte names the kind):
+//! - `E key sort did \0 rkey` -> empty: an entry. `key` is the encoded key tuple, `sort` the
+//!   encoded sort value (self-delimiting: 8 bytes for datetimes and integers, terminated text
+//!   for strings), so a query is one range scan of `E key`, newest first from its end.
+//! - `R did \0 rkey` -> what the record put in the index ([`RecordRow`]): entries, or why it
+//!   has none. An update or delete reads it to remove the old entries; nothing is re-extracted.
+//! - `C key` -> i64: entries under `key` (`count = true`), read in constant time.
+//! - `P did \0 sort rkey` -> empty (`per_repo = "latest"` only): every record of a repo in sort
+//!   order, so that the repo's newest is one seek, and its next newest one more when it goes.
+//!
+//! Rows of `index_meta`: `d id` -> definition (JSON, versioned), `b id` -> build position (the
+//! last `records` key built; absent once ready), `s id` -> totals (entries, records with
+//! entries, records skipped).
+//!
+//! Contract: entries are staged in the batch of the change that writes their record, under the
+//! writer lock (`Store::commit_prepared`), so an index never disagrees with the records. While
+//! an index is built, a change applies to it only for records at or before the build's position;
+//! the build reads the records past it, under the same lock, and moves the position in the
+//! batch that writes their entries. So a build that stops anywhere (`kill -9`) resumes where its
+//! last batch ended and ends exact.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound::{self, Excluded, Included, Unbounded};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use fjall::Keyspace;
+use smol_str::SmolStr;
+
+use super::failure::Db;
+use super::records::RecordWrite;
+use super::values::ValueError;
+use super::{Result, StoreError, keys, keyspace_options};
+use crate::indexes::spec::StoredSpec;
+use crate::indexes::{IndexSpec, PerRepo, RecordEntries, Skip, SortType};
+
+const ENTRY: u8 = b'E';
+const RECORD: u8 = b'R';
+const COUNT: u8 = b'C';
+const PER_REPO: u8 = b'P';
+
+/// An index in force: its id (its keyspace is `index.<id>`), definition and keyspace.
+pub struct LiveIndex {
+    /// Stable for the definition's life; a changed definition gets a new id.
+    pub id: u32,
+    /// The definition.
+    pub spec: IndexSpec,
+    space: Keyspace,
+}
+
+/// The indexes in force; replaced whole when the filter's definitions change.
+#[derive(Default)]
+pub struct Registry {
+    /// Bumped at every change of the set: a change prepared under an older set is extracted
+    /// again at commit.
+    pub generation: u64,
+    /// The indexes, by name.
+    pub indexes: BTreeMap<String, Arc<LiveIndex>>,
+}
+
+impl Registry {
+    /// The indexes over `collection`.
+    pub fn on<'a>(&'a self, collection: &'a str) -> impl Iterator<Item = &'a Arc<LiveIndex>> + 'a {
+        self.indexes.values().filter(move |ix| ix.spec.collection == collection)
+    }
+
+    /// The index served under the NSID `method`, if one is.
+    pub fn by_method(&self, method: &str) -> Option<&Arc<LiveIndex>> {
+        self.indexes.values().find(|ix| ix.spec.method.as_deref() == Some(method))
+    }
+}
+
+/// Where an index stands: its build, if under way, and its totals.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The build under way: the last `records` key built (empty before the first batch) and the
+    /// records of the collection built so far.
+    pub building: Option<Build>,
+    /// Entries (rows a query can return).
+    pub entries: i64,
+    /// Records that have entries (with `per_repo = "latest"`, each repo's older ones too,
+    /// though only its newest's entries are rows a query returns).
+    pub records: i64,
+    /// Records stored without an entry (key or sort field missing, wrong type, too large...).
+    pub skipped: i64,
+}
+
+/// A build under way.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Build {
+    /// The last `records` key built.
+    pub after: Vec<u8>,
+    /// Records of the index's collection built so far.
+    pub done: u64,
+}
+
+/// What one record puts in one index, as its `R` row keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RecordRow {
+    Entries(RecordEntries),
+    Skipped(Skip),
+}
+
+/// Index updates extracted from a change, off the writer lock ([`IndexParts::prepare`]).
+#[derive(Default)]
+pub(super) struct IndexWork {
+    generation: u64,
+    items: Vec<Item>,
+}
+
+struct Item {
+    index: Arc<LiveIndex>,
+    collection: SmolStr,
+    rkey: SmolStr,
+    /// Whether the record was stored before (its `R` row, if any, is read).
+    existed: bool,
+    /// The new version's entries; `None` for a removal.
+    new: Option<Result<RecordEntries, Skip>>,
+}
+
+/// Totals moved by a batch, installed once it committed.
+#[derive(Default)]
+pub(super) struct Moved {
+    totals: HashMap<u32, Progress>,
+    skips: Vec<(u32, Skip)>,
+    /// Count moves by index and key tuple, staged once for the whole batch (several repos of
+    /// one batch may move one key).
+    counts: BTreeMap<(u32, Vec<u8>), i64>,
+}
+
+/// The indexes part: owns `index_meta` and every `index.<id>`.
+pub(super) struct IndexParts {
+    db: Db,
+    meta: Keyspace,
+    registry: ArcSwap<Registry>,
+    /// Every index's progress, by id; changed only under the writer lock.
+    progress: Mutex<HashMap<u32, Progress>>,
+    /// Records skipped since start, by index and reason (for `/metrics`).
+    skips: Mutex<HashMap<(u32, Skip), u64>>,
+}
+
+fn meta_key(kind: u8, id: u32) -> [u8; 5] {
+    let mut k = [kind, 0, 0, 0, 0];
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+fn did_rkey(kind: u8, did: &str, rkey: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + did.len() + rkey.len());
+    k.push(kind);
+    k.extend_from_slice(did.as_bytes());
+    k.push(0);
+    k.extend_from_slice(rkey.as_bytes());
+    k
+}
+
+fn entry_key(key: &[u8], sort: &[u8], did: &str, rkey: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(3 + key.len() + sort.len() + did.len() + rkey.len());
+    k.push(ENTRY);
+    k.extend_from_slice(key);
+    k.extend_from_slice(sort);
+    k.extend_from_slice(did.as_bytes());
+    k.push(0);
+    k.extend_from_slice(rkey.as_bytes());
+    k
+}
+
+fn count_key(key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(COUNT);
+    k.extend_from_slice(key);
+    k
+}
+
+fn per_repo_prefix(did: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + did.len());
+    k.push(PER_REPO);
+    k.extend_from_slice(did.as_bytes());
+    k.push(0);
+    k
+}
+
+/// The length of the sort value at the start of `bytes`, for an index sorting by `kind`.
+pub fn sort_len(kind: SortType, bytes: &[u8]) -> Option<usize> {
+    match kind {
+        SortType::Datetime | SortType::Integer => (bytes.len() >= 8).then_some(8),
+        SortType::String => {
+            let mut i = 0;
+            while i + 1 < bytes.len() {
+                match (bytes[i], bytes[i + 1]) {
+                    (0, 1) => return Some(i + 2),
+                    (0, _) => i += 2,
+                    _ => i += 1,
+                }
+            }
+            None
+        }
+    }
+}
+
+/// The first key after every key that starts with `prefix`.
+fn past(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+fn corrupt(what: &'static str) -> StoreError {
+    StoreError::Value(ValueError::Empty(what))
+}
+
+impl RecordRow {
+    const VERSION: u8 = 1;
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = vec![Self::VERSION];
+        match self {
+            RecordRow::Skipped(skip) => out.push(1 + skip.ordinal() as u8),
+            RecordRow::Entries(e) => {
+                out.push(0);
+                let mut part = |b: &[u8]| {
+                    out.extend_from_slice(&(b.len() as u16).to_be_bytes());
+                    out.extend_from_slice(b);
+                };
+                part(&e.sort);
+                for key in &e.keys {
+                    part(key);
+                }
+            }
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<RecordRow> {
+        let bad = || corrupt("index record row");
+        let [version, kind, rest @ ..] = bytes else { return Err(bad()) };
+        if *version != Self::VERSION {
+            return Err(bad());
+        }
+        if *kind > 0 {
+            return Skip::ALL.get(*kind as usize - 1).map(|s| RecordRow::Skipped(*s)).ok_or_else(bad);
+        }
+        let mut parts = Vec::new();
+        let mut rest = rest;
+        while !rest.is_empty() {
+            let (len, tail) = rest.split_first_chunk::<2>().ok_or_else(bad)?;
+            let len = u16::from_be_bytes(*len) as usize;
+            if tail.len() < len {
+                return Err(bad());
+            }
+            parts.push(tail[..len].to_vec());
+            rest = &tail[len..];
+        }
+        let mut parts = parts.into_iter();
+        let sort = parts.next().ok_or_else(bad)?;
+        Ok(RecordRow::Entries(RecordEntries { sort, keys: parts.collect() }))
+    }
+
+    fn entries(&self) -> Option<&RecordEntries> {
+        match self {
+            RecordRow::Entries(e) => Some(e),
+            RecordRow::Skipped(_) => None,
+        }
+    }
+}
+
+impl LiveIndex {
+    fn row(&self, key: &[u8]) -> Result<Option<fjall::Slice>> {
+        Ok(self.space.get(key)?)
+    }
+
+    fn record_row(&self, did: &str, rkey: &str) -> Result<Option<RecordRow>> {
+        self.row(&did_rkey(RECORD, did, rkey))?.map(|v| RecordRow::decode(&v)).transpose()
+    }
+
+    /// The number of entries under the encoded key tuple `key` (`count = true` indexes).
+    pub fn count(&self, key: &[u8]) -> Result<i64> {
+        Ok(self.row(&count_key(key))?.map_or(0, |v| decode_i64(&v)))
+    }
+
+    /// Up to `limit` entries under the key tuple `key` as (did, rkey, position), newest first
+    /// by sort value (ascending when `ascending`), with sort values within `lo..=hi` (encoded)
+    /// and, with `after`, past that position in that order. A position is what follows the key
+    /// tuple in the entry: stable for as long as the entry stands, so it is the query cursor.
+    pub fn page(&self, key: &[u8], range: &PageRange<'_>, limit: usize) -> Result<Vec<Hit>> {
+        let mut prefix = vec![ENTRY];
+        prefix.extend_from_slice(key);
+        let with = |tail: &[u8]| [prefix.as_slice(), tail].concat();
+        let mut lo: Bound<Vec<u8>> = match range.lo {
+            Some(lo) => Included(with(lo)),
+            None => Included(prefix.clone()),
+        };
+        let mut hi: Bound<Vec<u8>> = match range.hi {
+            Some(hi) => Excluded(with(&[hi, &[0xff][..]].concat())),
+            None => past(&prefix).map_or(Unbounded, Excluded),
+        };
+        if let Some(after) = range.after {
+            match range.ascending {
+                true => lo = lo_max(lo, with(after)),
+                false => hi = hi_min(hi, with(after)),
+            }
+        }
+        let iter = self.space.range((lo, hi));
+        let iter: Box<dyn Iterator<Item = fjall::Guard>> =
+            if range.ascending { Box::new(iter) } else { Box::new(iter.rev()) };
+        let kind = self.spec.sort.value_type();
+        let mut hits = Vec::with_capacity(limit.min(128));
+        for kv in iter.take(limit) {
+            let k = kv.key()?;
+            let position = &k[prefix.len()..];
+            let sort = sort_len(kind, position).ok_or_else(|| corrupt("index entry"))?;
+            let rest = std::str::from_utf8(&position[sort..]).map_err(|_| corrupt("index entry"))?;
+            let (did, rkey) = rest.split_once('\0').ok_or_else(|| corrupt("index entry"))?;
+            hits.push(Hit { did: did.to_string(), rkey: rkey.to_string(), position: position.to_vec() });
+        }
+        Ok(hits)
+    }
+}
+
+impl LiveIndex {
+    /// The entries of `did`'s records under the key tuple `key`, ascending by position: read
+    /// from the repo's own rows (its `R` rows, or its newest `P` row for `per_repo = "latest"`),
+    /// so a query for one repo costs what that repo holds in the index, not what the key does.
+    pub fn repo_hits(&self, did: &str, key: &[u8]) -> Result<Vec<Hit>> {
+        let mut rows: Vec<(String, RecordEntries)> = Vec::new();
+        match self.spec.per_repo {
+            PerRepo::Latest => {
+                let prefix = per_repo_prefix(did);
+                if let Some(kv) = self.space.prefix(&prefix).next_back() {
+                    let k = kv.key()?;
+                    let tail = &k[prefix.len()..];
+                    let n = sort_len(self.spec.sort.value_type(), tail).ok_or_else(|| corrupt("index per-repo row"))?;
+                    let rkey = std::str::from_utf8(&tail[n..]).map_err(|_| corrupt("index per-repo row"))?;
+                    if let Some(RecordRow::Entries(e)) = self.record_row(did, rkey)? {
+                        rows.push((rkey.to_string(), e));
+                    }
+                }
+            }
+            PerRepo::All => {
+                let prefix = did_rkey(RECORD, did, "");
+                for kv in self.space.prefix(&prefix) {
+                    let (k, v) = kv.into_inner()?;
+                    let rkey = std::str::from_utf8(&k[prefix.len()..]).map_err(|_| corrupt("index record row"))?;
+                    if let RecordRow::Entries(e) = RecordRow::decode(&v)? {
+                        rows.push((rkey.to_string(), e));
+                    }
+                }
+            }
+        }
+        let mut hits: Vec<Hit> = rows
+            .into_iter()
+            .filter(|(_, e)| e.keys.iter().any(|k| k == key))
+            .map(|(rkey, e)| {
+                let position = [e.sort.as_slice(), did.as_bytes(), &[0], rkey.as_bytes()].concat();
+                Hit { did: did.to_string(), rkey, position }
+            })
+            .collect();
+        hits.sort_by(|a, b| a.position.cmp(&b.position));
+        Ok(hits)
+    }
+}
+
+fn lo_max(lo: Bound<Vec<u8>>, after: Vec<u8>) -> Bound<Vec<u8>> {
+    match lo {
+        Included(l) if l > after => Included(l),
+        Excluded(l) if l >= after => Excluded(l),
+        _ => Excluded(after),
+    }
+}
+
+fn hi_min(hi: Bound<Vec<u8>>, after: Vec<u8>) -> Bound<Vec<u8>> {
+    match hi {
+        Excluded(h) if h <= after => Excluded(h),
+        _ => Excluded(after),
+    }
+}
+
+/// The bounds of a page of entries (see [`LiveIndex::page`]).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PageRange<'a> {
+    /// The lowest sort value (encoded), inclusive.
+    pub lo: Option<&'a [u8]>,
+    /// The highest sort value (encoded), inclusive.
+    pub hi: Option<&'a [u8]>,
+    /// Oldest first.
+    pub ascending: bool,
+    /// Only entries past this position (a previous page's last), in the page's order.
+    pub after: Option<&'a [u8]>,
+}
+
+/// One entry of a page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hit {
+    /// The record's repo.
+    pub did: String,
+    /// Its key in the index's collection.
+    pub rkey: String,
+    /// Its position in the key's order: the cursor past it.
+    pub position: Vec<u8>,
+}
+
+fn decode_i64(v: &[u8]) -> i64 {
+    v.try_into().map(i64::from_be_bytes).unwrap_or(0)
+}
+
+fn encode_totals(p: &Progress) -> Vec<u8> {
+    [p.entries, p.records, p.skipped].iter().flat_map(|v| v.to_be_bytes()).collect()
+}
+
+fn decode_totals(v: &[u8], p: &mut Progress) {
+    let at = |i: usize| v.get(i * 8..i * 8 + 8).map_or(0, decode_i64);
+    (p.entries, p.records, p.skipped) = (at(0), at(1), at(2));
+}
+
+fn encode_build(b: &Build) -> Vec<u8> {
+    [&b.done.to_be_bytes()[..], &b.after].concat()
+}
+
+fn decode_build(v: &[u8]) -> Build {
+    match v.split_first_chunk::<8>() {
+        Some((done, after)) => Build { after: after.to_vec(), done: u64::from_be_bytes(*done) },
+        None => Build::default(),
+    }
+}
+
+/// The stored definition of an index, versioned.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredDef {
+    v: u8,
+    fingerprint: String,
+    spec: StoredSpec,
+}
+
+impl IndexParts {
+    /// Opens the indexes stored in `dir`'s database: their definitions, keyspaces, builds and
+    /// totals; a keyspace left by an index whose removal a crash cut short is dropped.
+    pub(super) fn open(db: Db) -> Result<IndexParts> {
+        let meta = db.keyspace("index_meta", || keyspace_options("index_meta"))?;
+        let (mut indexes, mut progress) = (BTreeMap::new(), HashMap::new());
+        for kv in meta.prefix([b'd']) {
+            let (k, v) = kv.into_inner()?;
+            let id = k.get(1..5).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
+            let def: Option<StoredDef> = serde_json::from_slice(&v).ok();
+            let (Some(id), Some(def)) = (id, def) else { return Err(corrupt("index definition")) };
+            let spec = def.spec.to_spec().map_err(|_| corrupt("index definition"))?;
+            let space = db.keyspace(&format!("index.{id}"), || keyspace_options("index"))?;
+            let mut p = Progress::default();
+            if let Some(v) = meta.get(meta_key(b's', id))? {
+                decode_totals(&v, &mut p);
+            }
+            p.building = meta.get(meta_key(b'b', id))?.map(|v| decode_build(&v));
+            progress.insert(id, p);
+            indexes.insert(spec.name.clone(), Arc::new(LiveIndex { id, spec, space }));
+        }
+        let parts = IndexParts {
+            registry: ArcSwap::from_pointee(Registry { generation: 1, indexes }),
+            progress: Mutex::new(progress),
+            skips: Mutex::default(),
+            db,
+            meta,
+        };
+        parts.drop_orphans()?;
+        Ok(parts)
+    }
+
+    fn drop_orphans(&self) -> Result<()> {
+        let known: HashSet<u32> = self.registry.load().indexes.values().map(|ix| ix.id).collect();
+        for name in self.db.keyspace_names() {
+            let id = name.strip_prefix("index.").and_then(|id| id.parse::<u32>().ok());
+            if let Some(id) = id.filter(|id| !known.contains(id)) {
+                let space = self.db.keyspace(&name, || keyspace_options("index"))?;
+                self.db.delete_keyspace(space)?;
+                tracing::info!(id, "dropped the entries of a removed index");
+            }
+        }
+        Ok(())
+    }
+
+    /// The indexes in force.
+    pub(super) fn registry(&self) -> Arc<Registry> {
+        self.registry.load_full()
+    }
+
+    /// Every index's progress, by name.
+    pub(super) fn progress(&self) -> BTreeMap<String, (Arc<LiveIndex>, Progress)> {
+        let progress = self.progress.lock().expect("index progress lock");
+        self.registry
+            .load()
+            .indexes
+            .iter()
+            .map(|(name, ix)| (name.clone(), (ix.clone(), progress.get(&ix.id).cloned().unwrap_or_default())))
+            .collect()
+    }
+
+    /// Records skipped since start, by index name and reason.
+    pub(super) fn skips(&self) -> Vec<(String, Skip, u64)> {
+        let registry = self.registry.load();
+        let names: HashMap<u32, &str> = registry.indexes.values().map(|ix| (ix.id, ix.spec.name.as_str())).collect();
+        let skips = self.skips.lock().expect("index skips lock");
+        let mut out: Vec<_> =
+            skips.iter().filter_map(|((id, s), n)| Some((names.get(id)?.to_string(), *s, *n))).collect();
+        out.sort();
+        out
+    }
+
+    /// What `did`'s record `writes` put in the indexes in force, extracted off the writer lock
+    /// (`now_us` bounds `sortAt`).
+    pub(super) fn prepare(&self, did: &str, writes: &[RecordWrite], now_us: i64) -> IndexWork {
+        let registry = self.registry.load();
+        let mut items = Vec::new();
+        if !registry.indexes.is_empty() {
+            let _ = did;
+            for write in writes {
+                let (collection, rkey, existed, body) = match write {
+                    RecordWrite::Put { collection, rkey, existed, body, .. } => {
+                        (collection, rkey, *existed, Some(body))
+                    }
+                    RecordWrite::Remove { collection, rkey } => (collection, rkey, true, None),
+                };
+                for index in registry.on(collection) {
+                    let new = body.map(|b| crate::indexes::entries(&index.spec, rkey, b, now_us));
+                    items.push(Item {
+                        index: index.clone(),
+                        collection: collection.clone(),
+                        rkey: rkey.clone(),
+                        existed,
+                        new,
+                    });
+                }
+            }
+        }
+        IndexWork { generation: registry.generation, items }
+    }
+
+    /// Stages the index rows of `did`'s change in `batch`, under the writer lock: `work` as
+    /// prepared, or extracted again from `writes` when the indexes in force changed since.
+    /// Returns the totals to install once the batch committed ([`IndexParts::committed`]).
+    pub(super) fn stage(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        did: &str,
+        work: IndexWork,
+        writes: &[RecordWrite],
+        now_us: i64,
+    ) -> Result<Moved> {
+        let registry = self.registry.load();
+        let work = if work.generation == registry.generation { work } else { self.prepare(did, writes, now_us) };
+        let mut moved = Moved::default();
+        if work.items.is_empty() {
+            return Ok(moved);
+        }
+        let progress = self.progress.lock().expect("index progress lock");
+        let mut by_index: BTreeMap<u32, (Arc<LiveIndex>, Vec<Item>)> = BTreeMap::new();
+        for item in work.items {
+            let building = progress.get(&item.index.id).and_then(|p| p.building.as_ref());
+            // Past a build's position the build will read the record as committed.
+            if building.is_some_and(|b| keys::record(did, &item.collection, &item.rkey) > b.after) {
+                continue;
+            }
+            by_index.entry(item.index.id).or_insert_with(|| (item.index.clone(), Vec::new())).1.push(item);
+        }
+        drop(progress);
+        for (_, (index, items)) in by_index {
+            let updates = items.into_iter().map(|i| (i.rkey, i.existed, i.new)).collect();
+            self.stage_index(batch, &index, did, updates, &mut moved)?;
+        }
+        self.stage_counts(batch, &mut moved)?;
+        self.stage_totals(batch, &mut moved);
+        Ok(moved)
+    }
+
+    /// Stages one index's rows for `updates` of `did`'s records: (rkey, whether it was stored,
+    /// the new version's entries or `None` for a removal).
+    fn stage_index(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        index: &LiveIndex,
+        did: &str,
+        updates: Vec<(SmolStr, bool, Option<Result<RecordEntries, Skip>>)>,
+        moved: &mut Moved,
+    ) -> Result<()> {
+        let mut counts: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+        let totals = moved.totals.entry(index.id).or_default();
+        let mut changed: Vec<(SmolStr, Option<RecordEntries>, Option<RecordEntries>)> = Vec::new();
+        let mut seen: HashMap<SmolStr, Option<RecordRow>> = HashMap::new();
+        for (rkey, existed, new) in updates {
+            let old = match seen.remove(&rkey) {
+                Some(row) => row,
+                None if existed => index.record_row(did, &rkey)?,
+                None => None,
+            };
+            let new = new.map(|n| match n {
+                Ok(entries) => RecordRow::Entries(entries),
+                Err(skip) => RecordRow::Skipped(skip),
+            });
+            let r_key = did_rkey(RECORD, did, &rkey);
+            match &new {
+                Some(row) => batch.insert(&index.space, r_key, row.encode()),
+                None if old.is_some() => batch.remove(&index.space, r_key),
+                None => {}
+            }
+            for (row, sign) in [(&old, -1), (&new, 1)] {
+                match row {
+                    Some(RecordRow::Entries(_)) => totals.records += sign,
+                    Some(RecordRow::Skipped(_)) => totals.skipped += sign,
+                    None => {}
+                }
+            }
+            if let Some(RecordRow::Skipped(skip)) = &new {
+                moved.skips.push((index.id, *skip));
+            }
+            let (old_e, new_e) = (old.as_ref().and_then(RecordRow::entries), new.as_ref().and_then(RecordRow::entries));
+            if old_e != new_e {
+                changed.push((rkey.clone(), old_e.cloned(), new_e.cloned()));
+            }
+            seen.insert(rkey, new);
+        }
+        match index.spec.per_repo {
+            PerRepo::All => {
+                for (rkey, old, new) in &changed {
+                    let entries = stage_entries(batch, index, did, rkey, old.as_ref(), new.as_ref(), &mut counts);
+                    totals.entries += entries;
+                }
+            }
+            PerRepo::Latest => totals.entries += self.stage_latest(batch, index, did, &changed, &mut counts)?,
+        }
+        if index.spec.count {
+            for (key, delta) in counts {
+                *moved.counts.entry((index.id, key)).or_default() += delta;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stages the count moves of a whole batch: each key's stored count read once and written
+    /// once (or removed at zero).
+    fn stage_counts(&self, batch: &mut fjall::OwnedWriteBatch, moved: &mut Moved) -> Result<()> {
+        let registry = self.registry.load();
+        let by_id: HashMap<u32, &Arc<LiveIndex>> = registry.indexes.values().map(|ix| (ix.id, ix)).collect();
+        for ((id, key), delta) in std::mem::take(&mut moved.counts) {
+            let Some(index) = by_id.get(&id).filter(|_| delta != 0) else { continue };
+            match index.count(&key)? + delta {
+                0 => batch.remove(&index.space, count_key(&key)),
+                value => batch.insert(&index.space, count_key(&key), value.to_be_bytes()),
+            }
+        }
+        Ok(())
+    }
+
+    /// `per_repo = "latest"`: moves `did`'s `P` rows for the `changed` records, and its visible
+    /// entries from the repo's newest record before the change to its newest after. Returns the
+    /// entries added less those removed.
+    fn stage_latest(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        index: &LiveIndex,
+        did: &str,
+        changed: &[(SmolStr, Option<RecordEntries>, Option<RecordEntries>)],
+        counts: &mut BTreeMap<Vec<u8>, i64>,
+    ) -> Result<i64> {
+        if changed.is_empty() {
+            return Ok(0);
+        }
+        let prefix = per_repo_prefix(did);
+        let kind = index.spec.sort.value_type();
+        let newest_stored = |skip: &HashSet<&str>| -> Result<Option<(Vec<u8>, String)>> {
+            for kv in index.space.prefix(&prefix).rev() {
+                let k = kv.key()?;
+                let tail = &k[prefix.len()..];
+                let n = sort_len(kind, tail).ok_or_else(|| corrupt("index per-repo row"))?;
+                let rkey = std::str::from_utf8(&tail[n..]).map_err(|_| corrupt("index per-repo row"))?;
+                if !skip.contains(rkey) {
+                    return Ok(Some((tail[..n].to_vec(), rkey.to_string())));
+                }
+            }
+            Ok(None)
+        };
+        let before = newest_stored(&HashSet::new())?;
+        let touched: HashSet<&str> = changed.iter().map(|(r, _, _)| r.as_str()).collect();
+        let mut after = newest_stored(&touched)?;
+        for (rkey, old, new) in changed {
+            if let Some(old) = old {
+                batch.remove(&index.space, [prefix.as_slice(), &old.sort, rkey.as_bytes()].concat());
+            }
+            if let Some(new) = new {
+                batch.insert(&index.space, [prefix.as_slice(), &new.sort, rkey.as_bytes()].concat(), []);
+                let candidate = (new.sort.clone(), rkey.to_string());
+                if after.as_ref().is_none_or(|a| candidate > *a) {
+                    after = Some(candidate);
+                }
+            }
+        }
+        // The entries of the newest record before and after: from the change where it changed,
+        // else from its stored `R` row.
+        let entries_of = |newest: &Option<(Vec<u8>, String)>, pick_new: bool| -> Result<Option<RecordEntries>> {
+            let Some((_, rkey)) = newest else { return Ok(None) };
+            match changed.iter().find(|(r, _, _)| r == rkey) {
+                Some((_, old, new)) => Ok(if pick_new { new.clone() } else { old.clone() }),
+                None => Ok(index.record_row(did, rkey)?.and_then(|row| row.entries().cloned())),
+            }
+        };
+        let (old, new) = (entries_of(&before, false)?, entries_of(&after, true)?);
+        let mut moved = 0;
+        if before.as_ref().map(|b| &b.1) == after.as_ref().map(|a| &a.1) {
+            if old != new {
+                let rkey = &after.as_ref().expect("same newest").1;
+                moved += stage_entries(batch, index, did, rkey, old.as_ref(), new.as_ref(), counts);
+            }
+        } else {
+            if let Some((_, rkey)) = &before {
+                moved += stage_entries(batch, index, did, rkey, old.as_ref(), None, counts);
+            }
+            if let Some((_, rkey)) = &after {
+                moved += stage_entries(batch, index, did, rkey, None, new.as_ref(), counts);
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Stages the totals `moved` leaves, against the stored ones.
+    fn stage_totals(&self, batch: &mut fjall::OwnedWriteBatch, moved: &mut Moved) {
+        let progress = self.progress.lock().expect("index progress lock");
+        for (id, delta) in moved.totals.iter_mut() {
+            let mut now = progress.get(id).cloned().unwrap_or_default();
+            now.entries += delta.entries;
+            now.records += delta.records;
+            now.skipped += delta.skipped;
+            batch.insert(&self.meta, meta_key(b's', *id), encode_totals(&now));
+            *delta = now;
+        }
+    }
+
+    /// Installs the totals of a committed batch.
+    pub(super) fn committed(&self, moved: Moved) {
+        let mut progress = self.progress.lock().expect("index progress lock");
+        for (id, now) in moved.totals {
+            if let Some(p) = progress.get_mut(&id) {
+                (p.entries, p.records, p.skipped) = (now.entries, now.records, now.skipped);
+            }
+        }
+        drop(progress);
+        if !moved.skips.is_empty() {
+            let mut skips = self.skips.lock().expect("index skips lock");
+            for key in moved.skips {
+                *skips.entry(key).or_default() += 1;
+            }
+        }
+    }
+
+    /// Puts `specs` in force, under the writer lock: an index whose definition is unchanged
+    /// stays as it is (a new `method` is written); a new or changed one starts building; one
+    /// no longer named is dropped with its entries. Returns the names of the indexes that
+    /// start building and of those dropped.
+    pub(super) fn set(&self, specs: &[IndexSpec]) -> Result<(Vec<String>, Vec<String>)> {
+        let current = self.registry.load_full();
+        let mut next = BTreeMap::new();
+        let (mut started, mut dropped_names, mut dropped) = (Vec::new(), Vec::new(), Vec::new());
+        let mut batch = self.db.batch(8);
+        let mut progress = self.progress.lock().expect("index progress lock");
+        for spec in specs {
+            match current.indexes.get(&spec.name) {
+                Some(ix) if ix.spec.fingerprint() == spec.fingerprint() => {
+                    let ix = if ix.spec == *spec {
+                        ix.clone()
+                    } else {
+                        batch.insert(&self.meta, meta_key(b'd', ix.id), def_row(spec));
+                        Arc::new(LiveIndex { id: ix.id, spec: spec.clone(), space: ix.space.clone() })
+                    };
+                    next.insert(spec.name.clone(), ix);
+                }
+                _ => {
+                    let id = self.next_id(&current, &mut batch)?;
+                    let space = self.db.keyspace(&format!("index.{id}"), || keyspace_options("index"))?;
+                    batch.insert(&self.meta, meta_key(b'd', id), def_row(spec));
+                    let build = Build::default();
+                    batch.insert(&self.meta, meta_key(b'b', id), encode_build(&build));
+                    progress.insert(id, Progress { building: Some(build), ..Default::default() });
+                    next.insert(spec.name.clone(), Arc::new(LiveIndex { id, spec: spec.clone(), space }));
+                    started.push(spec.name.clone());
+                }
+            }
+        }
+        for (name, ix) in &current.indexes {
+            if next.get(name).is_none_or(|n| n.id != ix.id) {
+                for kind in [b'd', b'b', b's'] {
+                    batch.remove(&self.meta, meta_key(kind, ix.id));
+                }
+                dropped_names.push(name.clone());
+                dropped.push(ix.clone());
+            }
+        }
+        if started.is_empty() && dropped.is_empty() && next.len() == current.indexes.len() {
+            let same = next.iter().all(|(n, ix)| Arc::ptr_eq(ix, &current.indexes[n]));
+            if same {
+                return Ok((started, dropped_names));
+            }
+        }
+        self.db.commit(batch)?;
+        self.registry.store(Arc::new(Registry { generation: current.generation + 1, indexes: next }));
+        for ix in dropped {
+            progress.remove(&ix.id);
+            self.drop_space(ix);
+        }
+        Ok((started, dropped_names))
+    }
+
+    fn next_id(&self, current: &Registry, batch: &mut fjall::OwnedWriteBatch) -> Result<u32> {
+        let stored = self.meta.get([b'n'])?.and_then(|v| v.as_ref().try_into().ok()).map(u32::from_be_bytes);
+        let in_use = current.indexes.values().map(|ix| ix.id + 1).max().unwrap_or(1);
+        let id = stored.unwrap_or(1).max(in_use);
+        // Written at once, so two indexes started by one save get two ids.
+        self.db.write(|| self.meta.insert([b'n'], (id + 1).to_be_bytes()))?;
+        let _ = batch;
+        Ok(id)
+    }
+
+    /// Drops a removed index's keyspace. Another handle (a query under way) keeps it readable
+    /// until it goes; a failure leaves it to the next open.
+    fn drop_space(&self, ix: Arc<LiveIndex>) {
+        let space = ix.space.clone();
+        drop(ix);
+        if let Err(e) = self.db.delete_keyspace(space) {
+            tracing::warn!(
+                "dropping a removed index's entries: {}; retried at the next start",
+                crate::error::chain(&e)
+            );
+        }
+    }
+
+    /// The first index still building, with its position.
+    pub(super) fn next_build(&self) -> Option<(Arc<LiveIndex>, Build)> {
+        let progress = self.progress.lock().expect("index progress lock");
+        self.registry.load().indexes.values().find_map(|ix| {
+            let build = progress.get(&ix.id)?.building.clone()?;
+            Some((ix.clone(), build))
+        })
+    }
+
+    /// Stages one build batch of `index`: the records read past `build` (grouped by repo, in
+    /// key order) put in as creates, and the new position (`None`: the build is done).
+    pub(super) fn stage_build(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        index: &Arc<LiveIndex>,
+        records: Vec<(String, SmolStr, Result<RecordEntries, Skip>)>,
+        build: Option<Build>,
+    ) -> Result<Moved> {
+        let mut moved = Moved::default();
+        let mut i = 0;
+        while i < records.len() {
+            let did = records[i].0.clone();
+            let mut updates = Vec::new();
+            while i < records.len() && records[i].0 == did {
+                let (_, rkey, new) = &records[i];
+                updates.push((rkey.clone(), false, Some(new.clone())));
+                i += 1;
+            }
+            self.stage_index(batch, index, &did, updates, &mut moved)?;
+        }
+        moved.totals.entry(index.id).or_default();
+        self.stage_counts(batch, &mut moved)?;
+        self.stage_totals(batch, &mut moved);
+        match &build {
+            Some(b) => batch.insert(&self.meta, meta_key(b'b', index.id), encode_build(b)),
+            None => batch.remove(&self.meta, meta_key(b'b', index.id)),
+        }
+        Ok(moved)
+    }
+
+    /// Moves a build to `build` once its batch committed (`None`: ready).
+    pub(super) fn built(&self, id: u32, build: Option<Build>) {
+        if let Some(p) = self.progress.lock().expect("index progress lock").get_mut(&id) {
+            p.building = build;
+        }
+    }
+}
+
+fn def_row(spec: &IndexSpec) -> Vec<u8> {
+    let def = StoredDef { v: 1, fingerprint: spec.fingerprint(), spec: spec.to_stored() };
+    serde_json::to_vec(&def).expect("a definition serializes")
+}
+
+/// Stages the move of one record's entries from `old` to `new`: `E` rows removed and put, and
+/// the per-key count moves in `counts`. Returns the entries added less those removed.
+fn stage_entries(
+    batch: &mut fjall::OwnedWriteBatch,
+    index: &LiveIndex,
+    did: &str,
+    rkey: &str,
+    old: Option<&RecordEntries>,
+    new: Option<&RecordEntries>,
+    counts: &mut BTreeMap<Vec<u8>, i64>,
+) -> i64 {
+    let mut moved = 0;
+    if let Some(old) = old {
+        for key in &old.keys {
+            if new.is_some_and(|n| n.sort == old.sort && n.keys.contains(key)) {
+                continue;
+            }
+            batch.remove(&index.space, entry_key(key, &old.sort, did, rkey));
+            *counts.entry(key.clone()).or_default() -= 1;
+            moved -= 1;
+        }
+    }
+    if let Some(new) = new {
+        for key in &new.keys {
+            if old.is_some_and(|o| o.sort == new.sort && o.keys.contains(key)) {
+                continue;
+            }
+            batch.insert(&index.space, entry_key(key, &new.sort, did, rkey), []);
+            *counts.entry(key.clone()).or_default() += 1;
+            moved += 1;
+        }
+    }
+    moved
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entries() -> impl Strategy<Value = RecordEntries> {
+        (any::<Vec<u8>>(), proptest::collection::vec(any::<Vec<u8>>(), 1..4))
+            .prop_map(|(sort, keys)| RecordEntries { sort, keys })
+    }
+
+    proptest! {
+        #[test]
+        fn record_rows_round_trip(e in entries(), skip in 0usize..5) {
+            let row = RecordRow::Entries(e);
+            prop_assert_eq!(RecordRow::decode(&row.encode()).unwrap(), row);
+            let row = RecordRow::Skipped(Skip::ALL[skip]);
+            prop_assert_eq!(RecordRow::decode(&row.encode()).unwrap(), row);
+        }
+
+        #[test]
+        fn string_sorts_delimit_themselves(s: String, tail: Vec<u8>) {
+            let enc = crate::indexes::encode::ordered_text(&s);
+            let all = [enc.as_slice(), &tail].concat();
+            prop_assert_eq!(sort_len(SortType::String, &all), Some(enc.len()));
+        }
+    }
+
+    #[test]
+    fn bad_rows_are_refused() {
+        assert!(RecordRow::decode(&[]).is_err());
+        assert!(RecordRow::decode(&[2, 0]).is_err());
+        assert!(RecordRow::decode(&[1, 9]).is_err());
+        assert!(RecordRow::decode(&[1, 0, 0, 5, 1]).is_err());
+        assert_eq!(past(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(past(&[0xff]), None);
+    }
+}

@@ -1,0 +1,466 @@
+//! The declarative indexes against a brute-force model (issue 32).
+//!
+//! Each case drives random creates, updates (key and sort changes, arrays growing and
+//! shrinking, fields missing or of the wrong type), deletes and account deletions over a few
+//! repos through the pipeline (`apply_commit`, `remove_repo`), with four indexes in the filter
+//! from the start (a key, a fanned-out key, a two-part key sorted by rkey, each repo's latest).
+//! Halfway, an index is added (built in the background while commits go on), and the store is
+//! closed and opened again while it may still be building. At the end every query, in both
+//! orders and paged by cursor three at a time, and every count and total, equals what the model
+//! computes from the records stored, with rules written from the issue, not from the code.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use cid::Cid;
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use sluice::filter::Filter;
+use sluice::indexes::encode;
+use sluice::pipeline::RecordOp;
+use sluice::store::{PageRange, RecordWrite, RepoChange, RepoState, RepoStatus, Store};
+use sluice::{Sluice, handlers::value::json_to_cbor};
+
+const COLLECTION: &str = "xyz.statusphere.status";
+const DIDS: [&str; 3] = ["did:plc:aaaa", "did:plc:bbbb", "did:plc:cccc"];
+/// Datetimes as records write them, with the instant each names (µs): offsets differ.
+const TIMES: [(&str, i64); 5] = [
+    ("2024-01-01T00:00:00Z", 1_704_067_200_000_000),
+    ("2024-01-01T02:00:00+02:00", 1_704_067_200_000_000),
+    ("2024-01-01T00:00:00.5Z", 1_704_067_200_500_000),
+    ("2023-12-31T23:00:00-05:00", 1_704_081_600_000_000),
+    ("2020-06-01T12:00:00.000Z", 1_591_012_800_000_000),
+];
+
+const BASE: &str = r#"
+mode = "full"
+collections = ["xyz.statusphere.*"]
+[indexes.by_status]
+collection = "xyz.statusphere.status"
+key = ["status"]
+sort = "createdAt"
+count = true
+[indexes.by_lang]
+collection = "xyz.statusphere.status"
+key = ["langs[]"]
+sort = "createdAt"
+count = true
+[indexes.pairs]
+collection = "xyz.statusphere.status"
+key = ["status", "langs[]"]
+sort = "rkey"
+[indexes.latest]
+collection = "xyz.statusphere.status"
+key = []
+sort = "createdAt"
+per_repo = "latest"
+count = true
+"#;
+
+const ADDED: &str = r#"
+[indexes.late]
+collection = "xyz.statusphere.status"
+key = ["status"]
+sort = "rkey"
+count = true
+"#;
+
+/// A record as generated: each field may be missing or of the wrong type.
+fn record() -> impl Strategy<Value = Value> {
+    let status = prop_oneof![
+        Just(json!("👍")),
+        Just(json!("🙂")),
+        Just(json!("x")),
+        Just(json!(5)),
+        Just(json!({"not": "a key"})),
+        Just(Value::Null)
+    ];
+    let created = prop_oneof![(0..TIMES.len()).prop_map(|i| json!(TIMES[i].0)), Just(json!(7)), Just(Value::Null)];
+    let langs = prop_oneof![
+        proptest::sample::subsequence(vec!["en", "fr", "de"], 0..=3).prop_map(|l| json!(l)),
+        Just(json!([{"x": 1}, "en"])),
+        Just(Value::Null)
+    ];
+    (status, created, langs).prop_map(|(status, created, langs)| {
+        let mut r = json!({"$type": COLLECTION});
+        for (name, v) in [("status", status), ("createdAt", created), ("langs", langs)] {
+            if !v.is_null() {
+                r[name] = v;
+            }
+        }
+        r
+    })
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Create or update (repo, rkey).
+    Put(usize, usize, Value),
+    Delete(usize, usize),
+    /// The account is deleted: every record goes.
+    DeleteAccount(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0..DIDS.len(), 0..5usize, record()).prop_map(|(d, r, v)| Op::Put(d, r, v)),
+        2 => (0..DIDS.len(), 0..5usize).prop_map(|(d, r)| Op::Delete(d, r)),
+        1 => (0..DIDS.len()).prop_map(Op::DeleteAccount),
+    ]
+}
+
+fn cid_of(bytes: &[u8]) -> Cid {
+    use sha2::Digest;
+    let hash = cid::multihash::Multihash::<64>::wrap(0x12, &sha2::Sha256::digest(bytes)).unwrap();
+    Cid::new_v1(0x71, hash)
+}
+
+/// Builds read two records keys a batch, so that a build takes many batches and commits and
+/// the reopening fall between them.
+fn config() -> sluice::Config {
+    let mut config = sluice::Config::default();
+    config.storage.index_build_batch = 2;
+    config
+}
+
+/// The harness: a sluice over a data dir, the model and a rev counter.
+struct Run {
+    dir: tempfile::TempDir,
+    sluice: Option<Sluice>,
+    model: BTreeMap<(String, String), Value>,
+    rev: u64,
+}
+
+impl Run {
+    fn open(dir: tempfile::TempDir, filter: &str) -> Run {
+        let filter = Filter::from_toml(filter, "test").unwrap();
+        let sluice = Sluice::builder().config(config()).data_dir(dir.path()).filter(filter).open().unwrap();
+        Run { dir, sluice: Some(sluice), model: BTreeMap::new(), rev: 0 }
+    }
+
+    fn sluice(&self) -> &Sluice {
+        self.sluice.as_ref().unwrap()
+    }
+
+    /// Closes the store and opens it again (a build under way resumes from its position).
+    fn reopen(&mut self, filter: &str) {
+        drop(self.sluice.take());
+        let filter = Filter::from_toml(filter, "test").unwrap();
+        self.sluice = Some(Sluice::builder().config(config()).data_dir(self.dir.path()).filter(filter).open().unwrap());
+    }
+
+    fn next_rev(&mut self) -> String {
+        self.rev += 1;
+        format!("3l{:011}", self.rev)
+    }
+
+    fn apply(&mut self, op: &Op) {
+        let rev = self.next_rev();
+        let (commit, data) = (cid_of(rev.as_bytes()), cid_of(b"data"));
+        let pipeline = self.sluice.as_ref().unwrap().pipeline();
+        match op {
+            Op::Put(d, r, value) => {
+                let bytes = json_to_cbor(value).unwrap();
+                let put = RecordOp::Put {
+                    collection: COLLECTION.into(),
+                    rkey: format!("r{r}"),
+                    cid: cid_of(&bytes),
+                    bytes: bytes.into(),
+                };
+                pipeline.apply_commit(DIDS[*d], commit, &rev, data, vec![put], None).unwrap();
+                self.model.insert((DIDS[*d].into(), format!("r{r}")), value.clone());
+            }
+            Op::Delete(d, r) => {
+                let delete = RecordOp::Delete { collection: COLLECTION.into(), rkey: format!("r{r}") };
+                pipeline.apply_commit(DIDS[*d], commit, &rev, data, vec![delete], None).unwrap();
+                self.model.remove(&(DIDS[*d].into(), format!("r{r}")));
+            }
+            Op::DeleteAccount(d) => {
+                let state = RepoState { status: RepoStatus::Gone, error: Some("deleted".into()), ..Default::default() };
+                pipeline.remove_repo(DIDS[*d], &rev, state, None).unwrap();
+                self.model.retain(|(did, _), _| did != DIDS[*d]);
+            }
+        }
+    }
+
+    /// Waits until the indexes in force meet `what` (the filter's edits are put in force by
+    /// a thread of their own).
+    fn wait_for(&self, what: impl Fn(&sluice::store::Registry) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !what(&self.sluice().store().index_registry()) {
+            assert!(Instant::now() < deadline, "the filter's indexes were not put in force");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until no index is building.
+    fn settle(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.sluice().store().index_progress().values().any(|(_, p)| p.building.is_some()) {
+            assert!(Instant::now() < deadline, "an index build did not end");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// What the model says an index holds: key tuple -> entries as (sort, did, rkey), and the
+/// number of records skipped.
+struct Expected {
+    entries: BTreeMap<Vec<u8>, BTreeSet<(Vec<u8>, String, String)>>,
+    records: i64,
+    skipped: i64,
+}
+
+/// A key value's text, as the issue says values are kept: strings (datetimes normalised),
+/// integers; objects and nulls are not values.
+fn key_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(TIMES.iter().find(|(t, _)| t == s).map_or(s.clone(), |(_, us)| {
+            chrono::DateTime::from_timestamp_micros(*us).unwrap().format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+        })),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// The values a key path reaches (`langs[]` fans out; elements that are not values are passed
+/// over).
+fn key_values(record: &Value, path: &str) -> Vec<String> {
+    let mut out: Vec<String> = match path.strip_suffix("[]") {
+        Some(array) => record[array].as_array().map_or(vec![], |a| a.iter().filter_map(key_text).collect()),
+        None => key_text(&record[path]).into_iter().collect(),
+    };
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A record's entries in an index with `key` paths and `sort` ("createdAt" or "rkey"):
+/// `None` when it is skipped.
+fn record_entries(record: &Value, rkey: &str, key: &[&str], sort: &str) -> Option<(Vec<u8>, Vec<Vec<u8>>)> {
+    let sort = match sort {
+        "rkey" => encode::ordered_text(rkey),
+        _ => {
+            let text = record["createdAt"].as_str()?;
+            encode::ordered_i64(TIMES.iter().find(|(t, _)| *t == text)?.1).to_vec()
+        }
+    };
+    let mut tuples: Vec<Vec<String>> = vec![vec![]];
+    for path in key {
+        let values = key_values(record, path);
+        if values.is_empty() {
+            return None;
+        }
+        tuples =
+            tuples.iter().flat_map(|t| values.iter().map(move |v| [t.clone(), vec![v.clone()]].concat())).collect();
+    }
+    Some((sort, tuples.iter().map(|t| encode::key_tuple(t)).collect()))
+}
+
+fn expected(model: &BTreeMap<(String, String), Value>, key: &[&str], sort: &str, latest: bool) -> Expected {
+    let mut out = Expected { entries: BTreeMap::new(), records: 0, skipped: 0 };
+    let mut newest: BTreeMap<&str, (Vec<u8>, String, Vec<Vec<u8>>)> = BTreeMap::new();
+    for ((did, rkey), record) in model {
+        let Some((sort, keys)) = record_entries(record, rkey, key, sort) else {
+            out.skipped += 1;
+            continue;
+        };
+        out.records += 1;
+        if latest {
+            let candidate = (sort, rkey.clone(), keys);
+            match newest.get(did.as_str()) {
+                Some(n) if (&n.0, &n.1) >= (&candidate.0, &candidate.1) => {}
+                _ => {
+                    newest.insert(did, candidate);
+                }
+            }
+        } else {
+            for k in keys {
+                out.entries.entry(k).or_default().insert((sort.clone(), did.clone(), rkey.clone()));
+            }
+        }
+    }
+    for (did, (sort, rkey, keys)) in newest {
+        for k in keys {
+            out.entries.entry(k).or_default().insert((sort.clone(), did.to_string(), rkey.clone()));
+        }
+    }
+    out
+}
+
+/// Checks one index against the model: every key's entries in both orders, paged three at a
+/// time by cursor; counts; totals.
+fn check(run: &Run, name: &str, key: &[&str], sort: &str, latest: bool, counted: bool) {
+    check_store(run.sluice().store(), &run.model, name, key, sort, latest, counted)
+}
+
+fn check_store(
+    store: &Store,
+    model: &BTreeMap<(String, String), Value>,
+    name: &str,
+    key: &[&str],
+    sort: &str,
+    latest: bool,
+    counted: bool,
+) {
+    let want = expected(model, key, sort, latest);
+    let index = store.index_registry().indexes.get(name).cloned().unwrap_or_else(|| panic!("index {name} in force"));
+    let (_, progress) = store.index_progress().remove(name).unwrap();
+    assert_eq!(progress.building, None, "{name} is ready");
+    let total: usize = want.entries.values().map(BTreeSet::len).sum();
+    assert_eq!(progress.entries, total as i64, "{name}: entries");
+    assert_eq!((progress.records, progress.skipped), (want.records, want.skipped), "{name}: records, skipped");
+    let mut keys: Vec<Vec<u8>> = want.entries.keys().cloned().collect();
+    keys.push(encode::key_tuple(&vec!["absent"; key.len()]));
+    for k in keys {
+        let expect: Vec<(String, String)> =
+            want.entries.get(&k).map_or(vec![], |e| e.iter().map(|(_, d, r)| (d.clone(), r.clone())).collect());
+        for ascending in [true, false] {
+            let mut got = Vec::new();
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let range = PageRange { ascending, after: after.as_deref(), ..Default::default() };
+                let page = index.page(&k, &range, 3).unwrap();
+                got.extend(page.iter().map(|h| (h.did.clone(), h.rkey.clone())));
+                match page.last() {
+                    Some(last) if page.len() == 3 => after = Some(last.position.clone()),
+                    _ => break,
+                }
+            }
+            let mut expect = expect.clone();
+            if !ascending {
+                expect.reverse();
+            }
+            assert_eq!(got, expect, "{name}: key {k:?}, ascending {ascending}");
+        }
+        if counted {
+            assert_eq!(index.count(&k).unwrap(), expect.len() as i64, "{name}: count of {k:?}");
+        }
+        for did in DIDS {
+            let hits: Vec<_> = index.repo_hits(did, &k).unwrap().into_iter().map(|h| (h.did, h.rkey)).collect();
+            let mine: Vec<_> = expect.iter().filter(|(d, _)| d == did).cloned().collect();
+            assert_eq!(hits, mine, "{name}: {did}'s entries under {k:?}");
+        }
+    }
+}
+
+fn check_all(run: &Run, with_late: bool) {
+    check(run, "by_status", &["status"], "createdAt", false, true);
+    check(run, "by_lang", &["langs[]"], "createdAt", false, true);
+    check(run, "pairs", &["status", "langs[]"], "rkey", false, false);
+    check(run, "latest", &[], "createdAt", true, true);
+    if with_late {
+        check(run, "late", &["status"], "rkey", false, true);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn queries_and_counts_equal_the_model(first in proptest::collection::vec(op(), 1..40),
+                                          second in proptest::collection::vec(op(), 0..40),
+                                          reopen_at in 0usize..40) {
+        let mut run = Run::open(tempfile::tempdir().unwrap(), BASE);
+        for op in &first {
+            run.apply(op);
+        }
+        run.settle();
+        check_all(&run, false);
+
+        // An index added by a save: built in the background while commits go on, and the store
+        // closed and opened again on the way (the build resumes where it stood).
+        let with_late = format!("{BASE}{ADDED}");
+        run.sluice().pipeline().filter().store(Filter::from_toml(&with_late, "test").unwrap());
+        run.wait_for(|r| r.indexes.contains_key("late"));
+        for (i, op) in second.iter().enumerate() {
+            if i == reopen_at {
+                run.reopen(&with_late);
+            }
+            run.apply(op);
+        }
+        run.settle();
+        check_all(&run, true);
+    }
+}
+
+/// A changed definition rebuilds under the same name; a removed index leaves nothing, and a
+/// store opened again does not bring it back.
+#[test]
+fn changed_and_removed_indexes() {
+    let mut run = Run::open(tempfile::tempdir().unwrap(), &format!("{BASE}{ADDED}"));
+    for (i, r) in ["👍", "🙂", "👍"].iter().enumerate() {
+        run.apply(&Op::Put(i % 3, i, json!({"$type": COLLECTION, "status": r, "createdAt": TIMES[i].0})));
+    }
+    run.settle();
+    let before = run.sluice().store().index_registry().indexes["late"].id;
+    check(&run, "late", &["status"], "rkey", false, true);
+
+    let changed = format!("{BASE}{}", ADDED.replace("sort = \"rkey\"", "sort = \"createdAt\""));
+    run.sluice().pipeline().filter().store(Filter::from_toml(&changed, "test").unwrap());
+    run.wait_for(|r| r.indexes["late"].id != before);
+    run.settle();
+    check(&run, "late", &["status"], "createdAt", false, true);
+
+    let late = run.sluice().store().index_registry().indexes["late"].id;
+    run.sluice().pipeline().filter().store(Filter::from_toml(BASE, "test").unwrap());
+    run.wait_for(|r| !r.indexes.contains_key("late"));
+    run.reopen(BASE);
+    assert!(!run.sluice().store().index_registry().indexes.contains_key("late"));
+    assert!(!run.sluice().store().index_keyspaces().contains(&late), "the removed index's keyspace is gone");
+    check_all(&run, false);
+}
+
+/// A build stopped after any number of batches (the store closed with it half done, as a
+/// `kill -9` leaves it: nothing but committed batches) resumes from its position when the store
+/// is opened again, keeps the same index, and ends exact, with commits landing before and past
+/// its position on the way.
+#[test]
+fn a_build_stopped_anywhere_resumes_and_ends_exact() {
+    let spec = Filter::from_toml(&format!("{BASE}{ADDED}"), "t").unwrap().indexes;
+    let late: Vec<_> = spec.iter().filter(|s| s.name == "late").cloned().collect();
+    let put = |store: &Store, model: &mut BTreeMap<(String, String), Value>, did: &str, rkey: String, status: &str| {
+        let value = json!({"$type": COLLECTION, "status": status, "createdAt": TIMES[0].0});
+        let body = json_to_cbor(&value).unwrap();
+        let existed = model.insert((did.to_string(), rkey.clone()), value).is_some();
+        let write = RecordWrite::Put {
+            collection: COLLECTION.into(),
+            rkey: rkey.into(),
+            cid: cid_of(&body).to_bytes(),
+            body: body.into(),
+            existed,
+        };
+        store.commit(RepoChange { did: did.into(), records: vec![write], ..Default::default() }).unwrap();
+    };
+    for stop_after in [0, 1, 4, 9] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = BTreeMap::new();
+        let store = Store::open(dir.path()).unwrap();
+        for (i, did) in DIDS.iter().enumerate() {
+            for r in 0..8 {
+                put(&store, &mut model, did, format!("r{r}"), ["👍", "🙂"][(i + r) % 2]);
+            }
+        }
+        store.set_indexes(&late).unwrap();
+        let id = store.index_registry().indexes["late"].id;
+        for step in 0..stop_after {
+            let done = store.build_index_step(2).unwrap().unwrap();
+            assert!(!done.ready, "the build is still under way at step {step}");
+            // A commit behind the build's position and one past it.
+            put(&store, &mut model, DIDS[0], format!("r{step}"), "x");
+            put(&store, &mut model, DIDS[2], format!("r{step}"), "x");
+        }
+        let building = store.index_progress()["late"].1.building.clone();
+        assert!(building.is_some(), "stopped while building");
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.index_progress()["late"].1.building, building, "the position survives");
+        store.set_indexes(&late).unwrap();
+        assert_eq!(store.index_registry().indexes["late"].id, id, "the same definition keeps its index");
+        put(&store, &mut model, DIDS[1], "new".into(), "👍");
+        while !store.build_index_step(2).unwrap().unwrap().ready {}
+        assert_eq!(store.build_index_step(2).unwrap(), None, "nothing left to build");
+        check_store(&store, &model, "late", &["status"], "rkey", false, true);
+    }
+}
