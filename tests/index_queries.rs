@@ -204,6 +204,17 @@ async fn queries_answer_in_order_within_bounds_and_hide_what_is_not_shown() {
     assert_eq!(likes["state"], "ready");
     assert_eq!((likes["entries"].as_i64(), likes["skipped"].as_i64()), (Some(3), Some(0)));
     assert_eq!((likes["key"].clone(), likes["count"].clone()), (json!(["subject.uri"]), json!(true)));
+
+    // /health and /metrics say the same.
+    let health: Value = s.http.get(format!("{}/health", s.base)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(health["indexes"]["likes_by_subject"], json!({"state": "ready", "entries": 3}));
+    s.status(ALICE, "bad", "👍", "not a date");
+    let metrics = testkit::metrics(&s.base).await.unwrap();
+    assert_eq!(testkit::metric(&metrics, "sluice_index_entries{index=\"likes_by_subject\"}"), Some(3.0));
+    assert_eq!(testkit::metric(&metrics, "sluice_index_building{index=\"likes_by_subject\"}"), Some(0.0));
+    let skipped = "sluice_index_skips_total{index=\"statuses_by_status\",reason=\"wrong_type\"}";
+    assert_eq!(testkit::metric(&metrics, skipped), Some(1.0), "{metrics}");
+    assert_eq!(testkit::metric(&metrics, "sluice_index_skipped_records{index=\"latest_status\"}"), Some(1.0));
 }
 
 #[tokio::test]

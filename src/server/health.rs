@@ -25,6 +25,27 @@ fn filter_status(state: &ServerState) -> serde_json::Value {
     })
 }
 
+/// Each index's state: `ready`, or `building` with the records read of about how many.
+fn index_status(state: &ServerState) -> serde_json::Value {
+    let store = state.store();
+    let indexes: serde_json::Map<String, serde_json::Value> = store
+        .index_progress()
+        .into_iter()
+        .map(|(name, (index, p))| {
+            let value = match p.building {
+                None => json!({"state": "ready", "entries": p.entries}),
+                Some(b) => json!({
+                    "state": "building",
+                    "done": b.done,
+                    "total": store.records_in(&index.spec.collection).max(b.done as i64),
+                }),
+            };
+            (name, value)
+        })
+        .collect();
+    serde_json::Value::Object(indexes)
+}
+
 /// Names the service and its endpoints, as a PDS's root page does.
 async fn index() -> String {
     let ns = super::NS;
@@ -35,7 +56,8 @@ async fn index() -> String {
          GET /xrpc/{ns}.subscribeEvents?cursor=N   the event log (websocket)\n\
          GET /subscribe                               the same, as Jetstream v1 (websocket)\n\
          GET /xrpc/com.atproto.repo.getRecord, listRecords, describeRepo; com.atproto.sync.listRepos, getRepoStatus\n\
-         GET /xrpc/{ns}.getRepoState, getStats, getBacklinks\n",
+         GET /xrpc/{ns}.getRepoState, getStats, getBacklinks\n\
+         GET /xrpc/{ns}.queryIndex, countIndex, describeIndexes   the filter's [indexes]\n",
         env!("CARGO_PKG_VERSION")
     )
 }
@@ -49,6 +71,7 @@ async fn health(axum::extract::State(state): axum::extract::State<Arc<ServerStat
         "backfill": state.backfill.is_some(),
         "firehose": state.firehose.as_ref().map(|f| json!({"cursor": f.safe_cursor(), "in_flight": f.in_flight()})),
         "filter": filter_status(&state),
+        "indexes": index_status(&state),
         "shard": state.config.cluster.shard.to_string(),
         "nats": state.sink.as_ref().map(|s| json!({
             "published": s.published(),

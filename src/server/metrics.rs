@@ -47,6 +47,45 @@ fn load(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
 
+/// The declarative indexes: entries, records skipped, build progress, and records given no
+/// entry since start by reason (a key or sort field missing, of another type, too large...).
+fn indexes(out: &mut String, state: &ServerState) {
+    let store = state.store();
+    let progress = store.index_progress();
+    let name = "sluice_index_entries";
+    let mut family = Family::start(out, name, "gauge", "Entries of each index (rows a query can return).");
+    for (index, (_, p)) in &progress {
+        family.sample(name, &[("index", index)], p.entries);
+    }
+    let name = "sluice_index_skipped_records";
+    let mut family =
+        Family::start(out, name, "gauge", "Stored records of each index's collection that have no entry in it.");
+    for (index, (_, p)) in &progress {
+        family.sample(name, &[("index", index)], p.skipped);
+    }
+    let name = "sluice_index_building";
+    let mut family = Family::start(out, name, "gauge", "1 while an index is built from the stored records.");
+    for (index, (_, p)) in &progress {
+        family.sample(name, &[("index", index)], u8::from(p.building.is_some()));
+    }
+    let name = "sluice_index_build_records";
+    let mut family = Family::start(out, name, "gauge", "Records an index under construction has read so far.");
+    for (index, (_, p)) in &progress {
+        family.sample(name, &[("index", index)], p.building.as_ref().map_or(0, |b| b.done));
+    }
+    let name = "sluice_index_skips_total";
+    let mut family = Family::start(
+        out,
+        name,
+        "counter",
+        "Records given no entry in an index since start, by index and reason \
+         (missing, wrong_type, too_large, too_many, unreadable).",
+    );
+    for (index, reason, n) in store.index_skips() {
+        family.sample(name, &[("index", &index), ("reason", reason.as_str())], n);
+    }
+}
+
 /// Every metric, as Prometheus text.
 pub fn render(state: &ServerState) -> String {
     let mut out = String::with_capacity(4096);
@@ -56,6 +95,7 @@ pub fn render(state: &ServerState) -> String {
     live(&mut out, state);
     sink(&mut out, state);
     filter(&mut out, state);
+    indexes(&mut out, state);
     let name = "sluice_stream_clients";
     Family::start(&mut out, name, "gauge", "Event stream clients connected (subscribeEvents and /subscribe).").sample(
         name,
