@@ -53,6 +53,7 @@ pub mod http;
 pub mod identity;
 pub mod index_files;
 pub mod indexes;
+pub mod lexicon;
 pub mod pipeline;
 pub mod process;
 pub mod repo;

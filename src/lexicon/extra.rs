@@ -1,0 +1,369 @@
+//! What jacquard 0.12's validator does not check, run after it on records it passed:
+//!
+//! - string `format`s (by [`crate::syntax`]'s checks, jacquard's own parsers where they are
+//!   strict enough), `enum` and `const` of strings and integers;
+//! - blob `accept` and `maxSize`, bytes `minLength`/`maxLength`;
+//! - inside union members, every constraint: jacquard's constraint pass does not enter unions
+//!   (so `embed.images` over 4 images would pass it), and its structural pass skips defs that
+//!   are not objects or records (a ref to a `string` def).
+//!
+//! Types and required fields are checked here too wherever this walk goes (a match per value):
+//! jacquard has already checked them outside the places above, so on records it passed these
+//! checks fire only where it did not look.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+
+use jacquard_common::deps::smol_str::SmolStr;
+use jacquard_common::types::value::Data;
+use jacquard_lexicon::lexicon::{
+    LexArray, LexArrayItem, LexBlob, LexBytes, LexInteger, LexObject, LexObjectProperty, LexRecordRecord, LexRefUnion,
+    LexString, LexStringFormat, LexUserType, LexiconDoc,
+};
+use jacquard_lexicon::ref_utils::RefPath;
+use unicode_segmentation::UnicodeSegmentation;
+
+use super::{Rejection, type_name};
+
+/// As jacquard's: refs and union members followed at most this deep.
+const MAX_DEPTH: usize = 32;
+
+type Docs = HashMap<SmolStr, LexiconDoc<'static>>;
+type Checked = Result<(), Rejection>;
+
+pub(super) fn check(docs: &Docs, collection: &str, data: &Data) -> Checked {
+    let mut walk = Walk { docs, path: Vec::new(), depth: 0 };
+    let Some(main) = docs.get(collection).and_then(|d| d.defs.get("main")) else {
+        return Err(Rejection::new("", "ref", format!("no lexicon def {collection}")));
+    };
+    // The record's own properties went through jacquard's constraint pass.
+    walk.def(collection, main, data, false)
+}
+
+enum Seg<'a> {
+    Field(&'a str),
+    Index(usize),
+}
+
+struct Walk<'a> {
+    docs: &'a Docs,
+    path: Vec<Seg<'a>>,
+    depth: usize,
+}
+
+impl<'a> Walk<'a> {
+    fn path(&self) -> String {
+        let mut out = String::new();
+        for seg in &self.path {
+            match seg {
+                Seg::Field(name) => {
+                    if !out.is_empty() {
+                        out.push('.');
+                    }
+                    out.push_str(name);
+                }
+                Seg::Index(i) => {
+                    let _ = write!(out, "[{i}]");
+                }
+            }
+        }
+        out
+    }
+
+    fn reject(&self, rule: impl Into<String>, message: impl Into<String>) -> Checked {
+        Err(Rejection::new(self.path(), rule, message))
+    }
+
+    fn wrong_type(&self, expected: &str, data: &Data) -> Checked {
+        self.reject("type", format!("expected {expected}, got {}", type_name(&data.data_type())))
+    }
+
+    /// The def `reference` names, seen from document `nsid`.
+    fn resolve(&self, reference: &str, nsid: &'a str) -> Result<(&'a str, &'a LexUserType<'static>), Rejection> {
+        let target = RefPath::parse(reference, Some(nsid));
+        let found = self
+            .docs
+            .get_key_value(target.nsid())
+            .and_then(|(id, doc)| Some((id.as_str(), doc.defs.get(target.def())?)));
+        found.ok_or_else(|| Rejection::new(self.path(), "ref", format!("no lexicon def {}", target.full_ref())))
+    }
+
+    fn deeper(&mut self) -> Checked {
+        self.depth += 1;
+        match self.depth > MAX_DEPTH {
+            true => self.reject("depth", format!("refs nested deeper than {MAX_DEPTH}")),
+            false => Ok(()),
+        }
+    }
+
+    /// `data` against a def; `full`: check constraints too (jacquard's constraint pass did not come here).
+    fn def(&mut self, nsid: &'a str, def: &'a LexUserType<'static>, data: &Data, full: bool) -> Checked {
+        match def {
+            LexUserType::Record(r) => {
+                let LexRecordRecord::Object(o) = &r.record;
+                self.object(nsid, o, data, full)
+            }
+            LexUserType::Object(o) => self.object(nsid, o, data, full),
+            // jacquard checks nothing of these defs, not even the type.
+            LexUserType::String(s) => self.string(s, data, true),
+            LexUserType::Integer(i) => self.integer(i, data, true),
+            LexUserType::Boolean(_) => self.expect(data, matches!(data, Data::Boolean(_)), "boolean"),
+            LexUserType::Array(a) => self.array(nsid, a, data, true),
+            LexUserType::Blob(b) => self.blob(b, data),
+            LexUserType::Bytes(b) => self.bytes(b, data),
+            LexUserType::CidLink(_) => self.expect(data, matches!(data, Data::CidLink(_)), "cid-link"),
+            LexUserType::Union(u) => self.union(nsid, u, data),
+            _ => Ok(()),
+        }
+    }
+
+    fn expect(&self, data: &Data, ok: bool, expected: &str) -> Checked {
+        match ok {
+            true => Ok(()),
+            false => self.wrong_type(expected, data),
+        }
+    }
+
+    fn object(&mut self, nsid: &'a str, o: &'a LexObject<'static>, data: &Data, full: bool) -> Checked {
+        let Data::Object(map) = data else { return self.wrong_type("object", data) };
+        for field in o.required.iter().flatten() {
+            if map.get(field).is_none() {
+                self.path.push(Seg::Field(field));
+                let rejected = self.reject("required", format!("required field {field} is missing"));
+                self.path.pop();
+                return rejected;
+            }
+        }
+        for (name, prop) in &o.properties {
+            let Some(value) = map.get(name) else { continue };
+            if value.is_null() && o.nullable.iter().flatten().any(|n| n == name) {
+                continue;
+            }
+            self.path.push(Seg::Field(name));
+            self.property(nsid, prop, value, full)?;
+            self.path.pop();
+        }
+        Ok(())
+    }
+
+    fn property(&mut self, nsid: &'a str, prop: &'a LexObjectProperty<'static>, data: &Data, full: bool) -> Checked {
+        match prop {
+            LexObjectProperty::Ref(r) => self.reference(&r.r#ref, nsid, data, full),
+            LexObjectProperty::Union(u) => self.union(nsid, u, data),
+            LexObjectProperty::Bytes(b) => self.bytes(b, data),
+            LexObjectProperty::CidLink(_) => self.expect(data, matches!(data, Data::CidLink(_)), "cid-link"),
+            LexObjectProperty::Array(a) => self.array(nsid, a, data, full),
+            LexObjectProperty::Blob(b) => self.blob(b, data),
+            LexObjectProperty::Object(o) => self.object(nsid, o, data, full),
+            LexObjectProperty::Boolean(_) => self.expect(data, matches!(data, Data::Boolean(_)), "boolean"),
+            LexObjectProperty::Integer(i) => self.integer(i, data, full),
+            LexObjectProperty::String(s) => self.string(s, data, full),
+            LexObjectProperty::Unknown(_) => Ok(()),
+        }
+    }
+
+    fn item(&mut self, nsid: &'a str, item: &'a LexArrayItem<'static>, data: &Data, full: bool) -> Checked {
+        match item {
+            LexArrayItem::Ref(r) => self.reference(&r.r#ref, nsid, data, full),
+            LexArrayItem::Union(u) => self.union(nsid, u, data),
+            LexArrayItem::Bytes(b) => self.bytes(b, data),
+            LexArrayItem::CidLink(_) => self.expect(data, matches!(data, Data::CidLink(_)), "cid-link"),
+            LexArrayItem::Blob(b) => self.blob(b, data),
+            LexArrayItem::Object(o) => self.object(nsid, o, data, full),
+            LexArrayItem::Boolean(_) => self.expect(data, matches!(data, Data::Boolean(_)), "boolean"),
+            LexArrayItem::Integer(i) => self.integer(i, data, full),
+            LexArrayItem::String(s) => self.string(s, data, full),
+            LexArrayItem::Unknown(_) => Ok(()),
+        }
+    }
+
+    fn reference(&mut self, reference: &str, nsid: &'a str, data: &Data, full: bool) -> Checked {
+        self.deeper()?;
+        let (target, def) = self.resolve(reference, nsid)?;
+        self.def(target, def, data, full)?;
+        self.depth -= 1;
+        Ok(())
+    }
+
+    /// A union member: matched by `$type` as jacquard does; an unlisted `$type` passes an open union.
+    fn union(&mut self, nsid: &'a str, u: &'a LexRefUnion<'static>, data: &Data) -> Checked {
+        let Data::Object(map) = data else { return self.wrong_type("object", data) };
+        let Some(kind) = map.get("$type").and_then(|t| t.as_str()).filter(|t| !t.is_empty()) else {
+            return self.reject("$type", "a union member without $type");
+        };
+        for member in &u.refs {
+            let target = RefPath::parse(member, Some(nsid));
+            if kind == target.full_ref() || kind == target.nsid() {
+                self.deeper()?;
+                let (target, def) = self.resolve(member, nsid)?;
+                // jacquard's constraint pass stops at unions: everything below is checked here.
+                self.def(target, def, data, true)?;
+                self.depth -= 1;
+                return Ok(());
+            }
+        }
+        match u.closed.unwrap_or(false) {
+            true => {
+                let listed: Vec<&str> = u.refs.iter().map(|r| r.as_ref()).collect();
+                self.reject("closed union", format!("$type {kind} is not one of {}", listed.join(", ")))
+            }
+            false => Ok(()),
+        }
+    }
+
+    fn array(&mut self, nsid: &'a str, a: &'a LexArray<'static>, data: &Data, full: bool) -> Checked {
+        let Data::Array(items) = data else { return self.wrong_type("array", data) };
+        if full {
+            self.lengths(items.len(), a.min_length, a.max_length, "items")?;
+        }
+        for (i, value) in items.iter().enumerate() {
+            self.path.push(Seg::Index(i));
+            self.item(nsid, &a.items, value, full)?;
+            self.path.pop();
+        }
+        Ok(())
+    }
+
+    fn lengths(&self, len: usize, min: Option<usize>, max: Option<usize>, unit: &str) -> Checked {
+        if let Some(max) = max.filter(|&m| len > m) {
+            return self.reject("maxLength", format!("{len} {unit}, over {max}"));
+        }
+        if let Some(min) = min.filter(|&m| len < m) {
+            return self.reject("minLength", format!("{len} {unit}, under {min}"));
+        }
+        Ok(())
+    }
+
+    fn string(&self, s: &LexString<'static>, data: &Data, full: bool) -> Checked {
+        let Data::String(value) = data else { return self.wrong_type("string", data) };
+        let value = value.as_str();
+        if full {
+            self.lengths(value.len(), s.min_length, s.max_length, "bytes")?;
+            if s.min_graphemes.is_some() || s.max_graphemes.is_some() {
+                let graphemes = value.graphemes(true).count();
+                if let Some(max) = s.max_graphemes.filter(|&m| graphemes > m) {
+                    return self.reject("maxGraphemes", format!("{graphemes} graphemes, over {max}"));
+                }
+                if let Some(min) = s.min_graphemes.filter(|&m| graphemes < m) {
+                    return self.reject("minGraphemes", format!("{graphemes} graphemes, under {min}"));
+                }
+            }
+        }
+        if let Some(format) = s.format
+            && !format_ok(format, value)
+        {
+            let name = format_name(format);
+            return self.reject(format!("format {name}"), format!("{value:?} is not a valid {name}"));
+        }
+        if let Some(allowed) = &s.r#enum
+            && !allowed.iter().any(|a| a.as_ref() == value)
+        {
+            return self.reject("enum", format!("{value:?} is not one of the allowed values"));
+        }
+        if let Some(c) = &s.r#const
+            && c.as_ref() != value
+        {
+            return self.reject("const", format!("{value:?} is not {:?}", c.as_ref()));
+        }
+        Ok(())
+    }
+
+    fn integer(&self, i: &LexInteger<'static>, data: &Data, full: bool) -> Checked {
+        let Data::Integer(value) = data else { return self.wrong_type("integer", data) };
+        let value = *value;
+        if full {
+            if let Some(max) = i.maximum.filter(|&m| value > m) {
+                return self.reject("maximum", format!("{value} is over {max}"));
+            }
+            if let Some(min) = i.minimum.filter(|&m| value < m) {
+                return self.reject("minimum", format!("{value} is under {min}"));
+            }
+        }
+        if let Some(allowed) = &i.r#enum
+            && !allowed.contains(&value)
+        {
+            return self.reject("enum", format!("{value} is not one of the allowed values"));
+        }
+        if let Some(c) = i.r#const
+            && c != value
+        {
+            return self.reject("const", format!("{value} is not {c}"));
+        }
+        Ok(())
+    }
+
+    fn blob(&self, b: &LexBlob<'static>, data: &Data) -> Checked {
+        let Data::Blob(blob) = data else { return self.wrong_type("blob", data) };
+        if let Some(max) = b.max_size.filter(|&m| blob.size > m) {
+            return self.reject("maxSize", format!("blob of {} bytes, over {max}", blob.size));
+        }
+        let mime = blob.mime_type.as_str();
+        if let Some(accept) = &b.accept
+            && !accept.iter().any(|pattern| mime_matches(pattern.as_str(), mime))
+        {
+            let listed: Vec<&str> = accept.iter().map(|a| a.as_str()).collect();
+            return self.reject("accept", format!("blob type {mime} is not one of {}", listed.join(", ")));
+        }
+        Ok(())
+    }
+
+    fn bytes(&self, b: &LexBytes<'static>, data: &Data) -> Checked {
+        let Data::Bytes(bytes) = data else { return self.wrong_type("bytes", data) };
+        self.lengths(bytes.len(), b.min_length, b.max_length, "bytes")
+    }
+}
+
+/// Whether a blob's MIME type matches an `accept` entry (`image/png`, `image/*`, `*/*`).
+fn mime_matches(pattern: &str, mime: &str) -> bool {
+    match pattern.strip_suffix("/*") {
+        Some("*") => true,
+        Some(kind) => mime.split_once('/').is_some_and(|(k, _)| k.eq_ignore_ascii_case(kind)),
+        None => pattern.eq_ignore_ascii_case(mime),
+    }
+}
+
+fn format_name(format: LexStringFormat) -> &'static str {
+    match format {
+        LexStringFormat::Datetime => "datetime",
+        LexStringFormat::Uri => "uri",
+        LexStringFormat::AtUri => "at-uri",
+        LexStringFormat::Did => "did",
+        LexStringFormat::Handle => "handle",
+        LexStringFormat::AtIdentifier => "at-identifier",
+        LexStringFormat::Nsid => "nsid",
+        LexStringFormat::Cid => "cid",
+        LexStringFormat::Language => "language",
+        LexStringFormat::Tid => "tid",
+        LexStringFormat::RecordKey => "record-key",
+    }
+}
+
+/// Whether `value` has the lexicon string format.
+pub(super) fn format_ok(format: LexStringFormat, value: &str) -> bool {
+    use crate::syntax;
+    match format {
+        LexStringFormat::Datetime => syntax::is_datetime(value),
+        LexStringFormat::Uri => is_uri(value),
+        LexStringFormat::AtUri => syntax::is_at_uri(value),
+        LexStringFormat::Did => syntax::is_did(value),
+        LexStringFormat::Handle => syntax::is_handle(value),
+        LexStringFormat::AtIdentifier => syntax::is_at_identifier(value),
+        LexStringFormat::Nsid => syntax::is_nsid(value),
+        LexStringFormat::Cid => syntax::is_cid(value) && cid::Cid::try_from(value).is_ok(),
+        LexStringFormat::Language => syntax::is_language(value),
+        LexStringFormat::Tid => syntax::is_tid(value),
+        LexStringFormat::RecordKey => syntax::is_rkey(value),
+    }
+}
+
+/// The lexicon `uri` format as the reference implementations take it: a scheme, `:`, and then
+/// no whitespace, 8 KB at most. (An RFC 3986 parser such as fluent-uri refuses
+/// `at://did:plc:.../...`, whose DID reads as a host with a bad port, and records use those.)
+fn is_uri(value: &str) -> bool {
+    let Some((scheme, rest)) = value.split_once(':') else { return false };
+    value.len() <= 8192
+        && scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        && !rest.is_empty()
+        && !rest.contains(char::is_whitespace)
+}

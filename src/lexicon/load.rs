@@ -1,0 +1,319 @@
+//! Reading a lexicon directory: every file's `id` (and main def's type) in one cheap pass,
+//! whole documents only for the collections asked for and what their record defs reach.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+
+use jacquard_common::IntoStatic;
+use jacquard_common::deps::smol_str::SmolStr;
+use jacquard_lexicon::lexicon::{LexArrayItem, LexObject, LexObjectProperty, LexRecordRecord, LexUserType, LexiconDoc};
+use jacquard_lexicon::ref_utils::RefPath;
+use jacquard_lexicon::schema::SchemaRegistry;
+use jacquard_lexicon::validation::SchemaValidator;
+use sluice_handlers::nsid_matches;
+
+use super::{LexiconError, Lexicons, Validators};
+
+/// What the first pass reads of a file: its id and whether its main def is a record.
+#[derive(serde::Deserialize)]
+struct Head {
+    id: String,
+    #[serde(default)]
+    defs: HeadDefs,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct HeadDefs {
+    main: Option<HeadDef>,
+}
+
+#[derive(serde::Deserialize)]
+struct HeadDef {
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// A file of the directory, read but (until needed) not parsed.
+struct File {
+    path: PathBuf,
+    text: Vec<u8>,
+    is_record: bool,
+}
+
+pub(super) fn load(dir: &Path, collections: &[String]) -> Result<Lexicons, LexiconError> {
+    let mut paths = Vec::new();
+    json_files(dir, &mut paths)?;
+    paths.sort();
+    let mut files: BTreeMap<String, File> = BTreeMap::new();
+    for path in paths {
+        let text = std::fs::read(&path).map_err(|e| LexiconError::new(&path, format!("cannot read: {e}")))?;
+        let head: Head = serde_json::from_slice(&text).map_err(|e| LexiconError::new(&path, json_problem(&e)))?;
+        if let Some(other) = files.get(&head.id) {
+            let reason = format!("id {} is also the id of {}", head.id, other.path.display());
+            return Err(LexiconError::new(&path, reason));
+        }
+        let is_record = head.defs.main.is_some_and(|m| m.kind == "record");
+        files.insert(head.id, File { path, text, is_record });
+    }
+
+    let wanted = |id: &str| collections.is_empty() || collections.iter().any(|p| nsid_matches(p, id));
+    let records: Vec<String> =
+        files.iter().filter(|(id, f)| f.is_record && wanted(id)).map(|(id, _)| id.clone()).collect();
+
+    let mut docs: HashMap<SmolStr, LexiconDoc<'static>> = HashMap::new();
+    let mut validators = HashMap::new();
+    for collection in records {
+        let reached = reach(&files, &mut docs, &collection)?;
+        let registry = SchemaRegistry::new();
+        for (nsid, defs) in reached {
+            let doc = &docs[nsid.as_str()];
+            let mut pruned = LexiconDoc { lexicon: doc.lexicon, id: doc.id.clone(), ..Default::default() };
+            for def in defs {
+                pruned.defs.insert(def.clone(), doc.defs[&def].clone());
+            }
+            registry.insert(nsid, pruned);
+        }
+        let constraints = constraint_registry(&docs, &collection);
+        let pair = Validators {
+            structure: SchemaValidator::from_registry(registry),
+            constraints: SchemaValidator::from_registry(constraints),
+        };
+        validators.insert(SmolStr::new(&collection), pair);
+    }
+    Ok(Lexicons { validators, docs })
+}
+
+/// Every `*.json` file under `dir`, recursively.
+fn json_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), LexiconError> {
+    let entries = std::fs::read_dir(dir).map_err(|e| LexiconError::new(dir, format!("cannot list: {e}")))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| LexiconError::new(dir, format!("cannot list: {e}")))?;
+        let path = entry.path();
+        let kind = entry.file_type().map_err(|e| LexiconError::new(&path, format!("cannot stat: {e}")))?;
+        if kind.is_dir() {
+            json_files(&path, out)?;
+        } else if path.extension().is_some_and(|x| x == "json") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// A JSON error as a reason: broken JSON, or JSON that is not a lexicon document.
+fn json_problem(e: &serde_json::Error) -> String {
+    match e.classify() {
+        serde_json::error::Category::Data => format!("not a lexicon document: {e}"),
+        _ => format!("bad JSON: {e}"),
+    }
+}
+
+/// Parses `id`'s document into `docs` (once).
+fn parse<'d>(
+    files: &BTreeMap<String, File>,
+    docs: &'d mut HashMap<SmolStr, LexiconDoc<'static>>,
+    id: &str,
+) -> Result<Option<&'d LexiconDoc<'static>>, LexiconError> {
+    if !docs.contains_key(id) {
+        let Some(file) = files.get(id) else { return Ok(None) };
+        let problem = |e: serde_json::Error| LexiconError::new(&file.path, json_problem(&e));
+        // Parsed as written first, so that errors give the file's own lines and columns.
+        serde_json::from_slice::<LexiconDoc<'_>>(&file.text).map_err(problem)?;
+        let mut value: serde_json::Value = serde_json::from_slice(&file.text).map_err(problem)?;
+        strip(&mut value);
+        let text = value.to_string();
+        let doc: LexiconDoc<'_> = serde_json::from_str(&text).map_err(problem)?;
+        docs.insert(SmolStr::new(id), doc.into_static());
+    }
+    Ok(docs.get(id))
+}
+
+/// Removes what no check reads, descriptions and `knownValues`: jacquard clones the defs it
+/// looks up on every record, and these were most of their strings (a post's check took a
+/// third less time without them).
+fn strip(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            // Only string descriptions: a property may be named `description`.
+            map.retain(|k, v| !((k == "description" && v.is_string()) || (k == "knownValues" && v.is_array())));
+            map.values_mut().for_each(strip);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip),
+        _ => {}
+    }
+}
+
+/// The defs `collection`'s record def reaches, by document: itself, and every ref and union
+/// member, transitively. A ref to a def the directory lacks is an error of the file holding it.
+fn reach(
+    files: &BTreeMap<String, File>,
+    docs: &mut HashMap<SmolStr, LexiconDoc<'static>>,
+    collection: &str,
+) -> Result<BTreeMap<SmolStr, BTreeSet<SmolStr>>, LexiconError> {
+    let mut reached: BTreeMap<SmolStr, BTreeSet<SmolStr>> = BTreeMap::new();
+    let mut todo = vec![(SmolStr::new(collection), SmolStr::new_static("main"), None::<(SmolStr, String)>)];
+    while let Some((nsid, def, from)) = todo.pop() {
+        if reached.get(&nsid).is_some_and(|defs| defs.contains(&def)) {
+            continue;
+        }
+        let missing = |what: String| match &from {
+            Some((holder, r)) => {
+                let path = files.get(holder.as_str()).map(|f| f.path.clone()).unwrap_or_default();
+                LexiconError::new(&path, format!("ref {r} ({what}) is not in the directory"))
+            }
+            None => LexiconError::new(Path::new(collection), what),
+        };
+        let Some(doc) = parse(files, docs, &nsid)? else { return Err(missing(format!("no document {nsid}"))) };
+        let Some(body) = doc.defs.get(def.as_str()) else { return Err(missing(format!("no def {def} in {nsid}"))) };
+        let mut refs = Vec::new();
+        def_refs(body, &mut refs);
+        for r in refs {
+            let target = RefPath::parse(&r, Some(nsid.as_str()));
+            let (t_nsid, t_def) = (SmolStr::new(target.nsid()), SmolStr::new(target.def()));
+            todo.push((t_nsid, t_def, Some((nsid.clone(), r))));
+        }
+        reached.entry(nsid).or_default().insert(def);
+    }
+    Ok(reached)
+}
+
+/// The refs (and union members) a def names, as written.
+pub(super) fn def_refs(def: &LexUserType<'_>, out: &mut Vec<String>) {
+    match def {
+        LexUserType::Record(r) => {
+            let LexRecordRecord::Object(o) = &r.record;
+            object_refs(o, out);
+        }
+        LexUserType::Object(o) => object_refs(o, out),
+        LexUserType::Array(a) => item_refs(&a.items, out),
+        LexUserType::Union(u) => out.extend(u.refs.iter().map(|r| r.to_string())),
+        _ => {}
+    }
+}
+
+fn object_refs(o: &LexObject<'_>, out: &mut Vec<String>) {
+    for prop in o.properties.values() {
+        match prop {
+            LexObjectProperty::Ref(r) => out.push(r.r#ref.to_string()),
+            LexObjectProperty::Union(u) => out.extend(u.refs.iter().map(|r| r.to_string())),
+            LexObjectProperty::Array(a) => item_refs(&a.items, out),
+            LexObjectProperty::Object(o) => object_refs(o, out),
+            _ => {}
+        }
+    }
+}
+
+fn item_refs(item: &LexArrayItem<'_>, out: &mut Vec<String>) {
+    match item {
+        LexArrayItem::Ref(r) => out.push(r.r#ref.to_string()),
+        LexArrayItem::Union(u) => out.extend(u.refs.iter().map(|r| r.to_string())),
+        LexArrayItem::Object(o) => object_refs(o, out),
+        _ => {}
+    }
+}
+
+/// The registry jacquard's constraint pass needs for `collection`, and no more: that pass
+/// follows refs (not union members, which [`super::extra`] checks) into object defs, and reads
+/// string lengths and graphemes, integer ranges and array lengths. Each def reached so is kept
+/// with only the properties that hold such a constraint or lead to one, without `required`
+/// (the structural pass has checked those): `validate_by_nsid` clones its registry on every
+/// call and re-runs the structural pass over it, so what is not kept costs nothing per record.
+fn constraint_registry(docs: &HashMap<SmolStr, LexiconDoc<'static>>, collection: &str) -> SchemaRegistry {
+    let mut kept: BTreeMap<SmolStr, BTreeMap<SmolStr, LexUserType<'static>>> = BTreeMap::new();
+    let mut todo = vec![(SmolStr::new(collection), SmolStr::new_static("main"))];
+    while let Some((nsid, def)) = todo.pop() {
+        if kept.get(&nsid).is_some_and(|defs| defs.contains_key(&def)) {
+            continue;
+        }
+        let Some(body) = docs.get(&nsid).and_then(|d| d.defs.get(&def)) else { continue };
+        let mut refs = Vec::new();
+        let trimmed = match body {
+            LexUserType::Record(r) => {
+                let LexRecordRecord::Object(o) = &r.record;
+                let mut r = r.clone();
+                r.record = LexRecordRecord::Object(trim_object(o, docs, &nsid, &mut refs));
+                LexUserType::Record(r)
+            }
+            LexUserType::Object(o) => LexUserType::Object(trim_object(o, docs, &nsid, &mut refs)),
+            // The constraint pass reads nothing else.
+            _ => continue,
+        };
+        kept.entry(nsid.clone()).or_default().insert(def, trimmed);
+        for r in refs {
+            let target = RefPath::parse(&r, Some(nsid.as_str()));
+            todo.push((SmolStr::new(target.nsid()), SmolStr::new(target.def())));
+        }
+    }
+    let registry = SchemaRegistry::new();
+    for (nsid, defs) in kept {
+        let doc = &docs[nsid.as_str()];
+        registry.insert(nsid, LexiconDoc { lexicon: doc.lexicon, id: doc.id.clone(), defs, ..Default::default() });
+    }
+    registry
+}
+
+/// `o` with only the properties jacquard's constraint pass would find a constraint under;
+/// the refs kept go to `refs`.
+fn trim_object(
+    o: &LexObject<'static>,
+    docs: &HashMap<SmolStr, LexiconDoc<'static>>,
+    nsid: &str,
+    refs: &mut Vec<String>,
+) -> LexObject<'static> {
+    let mut out = LexObject::default();
+    for (name, prop) in &o.properties {
+        let kept = match prop {
+            LexObjectProperty::String(s) => string_constrained(s).then(|| prop.clone()),
+            LexObjectProperty::Integer(i) => (i.minimum.is_some() || i.maximum.is_some()).then(|| prop.clone()),
+            LexObjectProperty::Object(inner) => {
+                let inner = trim_object(inner, docs, nsid, refs);
+                (!inner.properties.is_empty()).then_some(LexObjectProperty::Object(inner))
+            }
+            LexObjectProperty::Ref(r) if leads_to_object(&r.r#ref, docs, nsid) => {
+                refs.push(r.r#ref.to_string());
+                Some(prop.clone())
+            }
+            LexObjectProperty::Array(a) => {
+                // Items that hold no constraint become `unknown`: a union of items kept as it
+                // is would send the structural re-run to members this registry does not hold.
+                let items = match &a.items {
+                    LexArrayItem::Object(inner) => {
+                        let inner = trim_object(inner, docs, nsid, refs);
+                        (!inner.properties.is_empty()).then_some(LexArrayItem::Object(inner))
+                    }
+                    LexArrayItem::Ref(r) if leads_to_object(&r.r#ref, docs, nsid) => {
+                        refs.push(r.r#ref.to_string());
+                        Some(a.items.clone())
+                    }
+                    LexArrayItem::String(s) => string_constrained(s).then(|| a.items.clone()),
+                    LexArrayItem::Integer(i) => (i.minimum.is_some() || i.maximum.is_some()).then(|| a.items.clone()),
+                    _ => None,
+                };
+                match (items, a.min_length.is_some() || a.max_length.is_some()) {
+                    (None, false) => None,
+                    (items, _) => {
+                        let mut a = a.clone();
+                        a.items = items.unwrap_or_default();
+                        Some(LexObjectProperty::Array(a))
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Some(kept) = kept {
+            out.properties.insert(name.clone(), kept);
+        }
+    }
+    out
+}
+
+fn string_constrained(s: &jacquard_lexicon::lexicon::LexString<'_>) -> bool {
+    s.min_length.is_some() || s.max_length.is_some() || s.min_graphemes.is_some() || s.max_graphemes.is_some()
+}
+
+/// Whether `reference` names an object or record def (the only defs the constraint pass enters).
+fn leads_to_object(reference: &str, docs: &HashMap<SmolStr, LexiconDoc<'static>>, nsid: &str) -> bool {
+    let target = RefPath::parse(reference, Some(nsid));
+    docs.get(target.nsid())
+        .and_then(|d| d.defs.get(target.def()))
+        .is_some_and(|d| matches!(d, LexUserType::Object(_) | LexUserType::Record(_)))
+}

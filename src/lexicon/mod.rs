@@ -1,0 +1,377 @@
+//! Records checked against lexicons (the filter's `[lexicons]` table), by jacquard's runtime
+//! validation (`jacquard-lexicon`).
+//!
+//! [`Lexicons::load`] reads a directory of lexicon JSON files and keeps, for each record
+//! collection the filter stores, one `SchemaValidator` whose registry holds only the defs that
+//! collection's record def reaches (its refs and union members, transitively): jacquard's
+//! `validate_by_nsid` clones its registry on every call, so a registry of the whole directory
+//! would cost a copy of some 400 documents per record, and one of a single collection's defs
+//! costs a few. [`Lexicons::check`] decodes the record's DAG-CBOR with jacquard's data model
+//! (`Data`), runs jacquard's structural and constraint validation, then what jacquard 0.12 does
+//! not check (see [`extra`]): string formats, `enum` and `const`, blob `accept` and `maxSize`,
+//! and the constraints of union members and of defs that are not objects. Open unions accept
+//! `$type`s they do not list; closed ones do not.
+//!
+//! What the directory must hold: every `.json` file under it (recursively) is a JSON object
+//! with a string `id`, no two with the same `id`; the documents of the collections asked for
+//! parse as lexicon documents, and every ref their record defs reach resolves to a def in the
+//! directory. A dangling ref is refused at load (naming the file that holds it), rather than
+//! found when the first record that uses it arrives.
+
+mod extra;
+mod load;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use jacquard_common::deps::smol_str::SmolStr;
+use jacquard_common::types::value::Data;
+use jacquard_lexicon::lexicon::LexiconDoc;
+use jacquard_lexicon::validation::{
+    ConstraintError, PathSegment, SchemaValidator, StructuralError, ValidationError, ValidationPath,
+};
+
+/// The lexicons of the collections a filter stores, each with a validator built once.
+pub struct Lexicons {
+    /// Per record collection: jacquard's validators, built once.
+    validators: HashMap<SmolStr, Validators>,
+    /// The documents those defs come from (whole), for the checks jacquard does not make.
+    docs: HashMap<SmolStr, LexiconDoc<'static>>,
+}
+
+impl fmt::Debug for Lexicons {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut names: Vec<&str> = self.collections().collect();
+        names.sort_unstable();
+        f.debug_struct("Lexicons").field("collections", &names).field("documents", &self.docs.len()).finish()
+    }
+}
+
+/// jacquard's validators for one collection. `validate_by_nsid` runs the structural pass, then
+/// the constraint pass over a clone of its whole registry; so the structural pass runs here
+/// over every def the record reaches (by `validate_by_nsid_structural`, which clones nothing),
+/// and the constraint pass over a registry cut down to what it reads (see `load::constraint_registry`).
+struct Validators {
+    /// The defs the record def reaches: refs and union members, transitively.
+    structure: SchemaValidator,
+    /// The object defs reached by refs alone, each with only its constrained properties.
+    constraints: SchemaValidator,
+}
+
+/// Why a lexicon directory was not loaded: the file (or directory) and the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {reason}", file.display())]
+pub struct LexiconError {
+    /// The file at fault (the directory itself when it cannot be read).
+    pub file: PathBuf,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl LexiconError {
+    fn new(file: &Path, reason: impl Into<String>) -> Self {
+        LexiconError { file: file.to_path_buf(), reason: reason.into() }
+    }
+}
+
+/// What [`Lexicons::check`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The record conforms to its collection's lexicon.
+    Valid,
+    /// No lexicon was loaded for the collection.
+    Unknown,
+    /// The record does not conform: the first rule it breaks.
+    Invalid(Rejection),
+}
+
+/// The first rule a record breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Where in the record, dotted with indexes (`subject.uri`, `langs[2]`, `embed.images[0].alt`);
+    /// empty for the record itself.
+    pub path: String,
+    /// The rule, in the lexicon's words: `type`, `required`, `maxLength`, `maxGraphemes`,
+    /// `minimum`, `format datetime`, `enum`, `closed union`, ...; its first word is [`Rejection::reason`].
+    pub rule: String,
+    /// A sentence for the log.
+    pub message: String,
+}
+
+impl Rejection {
+    fn new(path: impl Into<String>, rule: impl Into<String>, message: impl Into<String>) -> Self {
+        Rejection { path: path.into(), rule: rule.into(), message: message.into() }
+    }
+
+    /// A short stable label for metrics: the rule's first word (`type`, `required`,
+    /// `maxGraphemes`, `format`, `closed`, `decode`, ...).
+    pub fn reason(&self) -> &str {
+        self.rule.split(' ').next().unwrap_or("")
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.path.is_empty() {
+            true => write!(f, "(record): {} ({})", self.message, self.rule),
+            false => write!(f, "{}: {} ({})", self.path, self.message, self.rule),
+        }
+    }
+}
+
+impl Lexicons {
+    /// Reads the lexicon files under `dir` and builds a validator for every record collection
+    /// that `collections` matches (NSIDs or patterns as the filter holds them: `a.b.c`,
+    /// `a.b.*`, `*`; none means every record collection in `dir`).
+    pub fn load(dir: &Path, collections: &[String]) -> Result<Lexicons, LexiconError> {
+        load::load(dir, collections)
+    }
+
+    /// The collections a lexicon was loaded for.
+    pub fn collections(&self) -> impl Iterator<Item = &str> {
+        self.validators.keys().map(|k| k.as_str())
+    }
+
+    /// Whether a lexicon was loaded for `collection`.
+    pub fn knows(&self, collection: &str) -> bool {
+        self.validators.contains_key(collection)
+    }
+
+    /// jacquard's validators for `collection`, to measure or debug with: the one
+    /// [`Lexicons::check`] runs the structural pass with (every def the record reaches), and
+    /// the one it runs the constraint pass with (the constrained parts of the object defs its
+    /// refs reach).
+    pub fn jacquard_validators(&self, collection: &str) -> Option<(&SchemaValidator, &SchemaValidator)> {
+        self.validators.get(collection).map(|v| (&v.structure, &v.constraints))
+    }
+
+    /// Checks a record (its DAG-CBOR bytes, as stored) against its collection's lexicon.
+    ///
+    /// The bytes are expected to have passed the record rule already (as every record the
+    /// pipeline takes has); bytes jacquard cannot decode are [`Verdict::Invalid`] with rule `decode`.
+    pub fn check(&self, collection: &str, record: &[u8]) -> Verdict {
+        let Some(validator) = self.validators.get(collection) else { return Verdict::Unknown };
+        let data: Data = match serde_ipld_dagcbor::from_slice(record) {
+            Ok(data) => data,
+            Err(e) => return Verdict::Invalid(Rejection::new("", "decode", format!("not DAG-CBOR: {e}"))),
+        };
+        self.check_data(validator, collection, &data)
+    }
+
+    /// [`Lexicons::check`] over a value already decoded into jacquard's data model.
+    pub fn check_value(&self, collection: &str, data: &Data) -> Verdict {
+        match self.validators.get(collection) {
+            Some(validator) => self.check_data(validator, collection, data),
+            None => Verdict::Unknown,
+        }
+    }
+
+    fn check_data(&self, validators: &Validators, collection: &str, data: &Data) -> Verdict {
+        let structure = validators.structure.validate_by_nsid_structural(collection, data);
+        if let Some(first) = structure.all_errors().next() {
+            return Verdict::Invalid(rejection(&first));
+        }
+        let constraints = validators.constraints.validate_by_nsid(collection, data);
+        if let Some(first) = constraints.all_errors().next() {
+            return Verdict::Invalid(rejection(&first));
+        }
+        match extra::check(&self.docs, collection, data) {
+            Ok(()) => Verdict::Valid,
+            Err(rejection) => Verdict::Invalid(rejection),
+        }
+    }
+}
+
+/// A path as sluice writes field paths: `a.b[2].c` (union variants are not named).
+fn path_string(path: &ValidationPath) -> String {
+    let mut out = String::new();
+    for segment in path.segments() {
+        match segment {
+            PathSegment::Field(name) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(name);
+            }
+            PathSegment::Index(i) => {
+                use fmt::Write;
+                let _ = write!(out, "[{i}]");
+            }
+            PathSegment::UnionVariant(_) => {}
+        }
+    }
+    out
+}
+
+fn joined(parent: &ValidationPath, field: &str) -> String {
+    let parent = path_string(parent);
+    match parent.is_empty() {
+        true => field.to_string(),
+        false => format!("{parent}.{field}"),
+    }
+}
+
+/// A data model type as a lexicon names it (every string is a `string`).
+fn type_name(t: &jacquard_common::types::DataModelType) -> String {
+    use jacquard_common::types::DataModelType;
+    match t {
+        DataModelType::String(_) => "string".into(),
+        other => other.to_string(),
+    }
+}
+
+/// jacquard's first error as a [`Rejection`].
+fn rejection(error: &ValidationError) -> Rejection {
+    match error {
+        ValidationError::Structural(e) => match e {
+            StructuralError::TypeMismatch { path, expected, actual } => Rejection::new(
+                path_string(path),
+                "type",
+                format!("expected {}, got {}", type_name(expected), type_name(actual)),
+            ),
+            StructuralError::MissingRequiredField { path, field } => {
+                Rejection::new(joined(path, field), "required", format!("required field {field} is missing"))
+            }
+            StructuralError::MissingUnionDiscriminator { path } => {
+                Rejection::new(path_string(path), "$type", "a union member without $type")
+            }
+            StructuralError::UnionNoMatch { path, actual_type, expected_refs } => Rejection::new(
+                path_string(path),
+                "closed union",
+                format!("$type {actual_type} is not one of {expected_refs}"),
+            ),
+            StructuralError::UnresolvedRef { path, ref_nsid } => {
+                Rejection::new(path_string(path), "ref", format!("no lexicon def {ref_nsid}"))
+            }
+            StructuralError::RefCycle { path, ref_nsid, .. } => {
+                Rejection::new(path_string(path), "ref", format!("a cycle of refs through {ref_nsid}"))
+            }
+            StructuralError::MaxDepthExceeded { path, max } => {
+                Rejection::new(path_string(path), "depth", format!("nested deeper than {max}"))
+            }
+            other => Rejection::new("", "structure", other.to_string()),
+        },
+        ValidationError::Constraint(e) => match e {
+            ConstraintError::MaxLength { path, max, actual } => {
+                Rejection::new(path_string(path), "maxLength", format!("length {actual} is over {max}"))
+            }
+            ConstraintError::MinLength { path, min, actual } => {
+                Rejection::new(path_string(path), "minLength", format!("length {actual} is under {min}"))
+            }
+            ConstraintError::MaxGraphemes { path, max, actual } => {
+                Rejection::new(path_string(path), "maxGraphemes", format!("{actual} graphemes, over {max}"))
+            }
+            ConstraintError::MinGraphemes { path, min, actual } => {
+                Rejection::new(path_string(path), "minGraphemes", format!("{actual} graphemes, under {min}"))
+            }
+            ConstraintError::Maximum { path, max, actual } => {
+                Rejection::new(path_string(path), "maximum", format!("{actual} is over {max}"))
+            }
+            ConstraintError::Minimum { path, min, actual } => {
+                Rejection::new(path_string(path), "minimum", format!("{actual} is under {min}"))
+            }
+            ConstraintError::BlobTooLarge { path, max, actual } => {
+                Rejection::new(path_string(path), "maxSize", format!("blob of {actual} bytes, over {max}"))
+            }
+            ConstraintError::BlobMimeTypeNotAccepted { path, accepted, actual } => Rejection::new(
+                path_string(path),
+                "accept",
+                format!("blob type {actual} is not one of {}", accepted.join(", ")),
+            ),
+            other => Rejection::new("", "constraint", other.to_string()),
+        },
+        other => Rejection::new("", "invalid", other.to_string()),
+    }
+}
+
+/// What happens to a record that fails its lexicon (`[lexicons] validate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ValidateMode {
+    /// Records are not checked.
+    #[default]
+    Off,
+    /// Checked; a failing record is stored all the same, counted and logged.
+    Log,
+    /// Checked; a failing record is not stored (no event, no index entry), counted and logged.
+    Drop,
+}
+
+impl ValidateMode {
+    /// Parses `"off"`, `"log"` or `"drop"`; the error says what is allowed.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(ValidateMode::Off),
+            "log" => Ok(ValidateMode::Log),
+            "drop" => Ok(ValidateMode::Drop),
+            other => Err(format!("validate must be \"off\", \"log\" or \"drop\", not {other:?}")),
+        }
+    }
+
+    /// The mode as the filter file writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ValidateMode::Off => "off",
+            ValidateMode::Log => "log",
+            ValidateMode::Drop => "drop",
+        }
+    }
+}
+
+impl std::str::FromStr for ValidateMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for ValidateMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What happens to a record of a collection with no lexicon (`[lexicons] unknown`), when
+/// records are checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UnknownMode {
+    /// Stored as if it were valid.
+    #[default]
+    Pass,
+    /// Treated as invalid (as `validate` says: logged, or not stored).
+    Drop,
+}
+
+impl UnknownMode {
+    /// Parses `"pass"` or `"drop"`; the error says what is allowed.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "pass" => Ok(UnknownMode::Pass),
+            "drop" => Ok(UnknownMode::Drop),
+            other => Err(format!("unknown must be \"pass\" or \"drop\", not {other:?}")),
+        }
+    }
+
+    /// The mode as the filter file writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UnknownMode::Pass => "pass",
+            UnknownMode::Drop => "drop",
+        }
+    }
+}
+
+impl std::str::FromStr for UnknownMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for UnknownMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
