@@ -13,7 +13,8 @@
 //! and over a registry of the whole directory, as a validator built without pruning would run.
 //!
 //! `cargo bench --bench lexicon` prints a Markdown table for BENCHMARKS.md.
-//! `SLUICE_BENCH_SECONDS` (default 1) sets the time spent on each measurement.
+//! `SLUICE_BENCH_SECONDS` (default 1) sets the time spent on each measurement;
+//! `SLUICE_BENCH_COLLECTION` measures only that collection.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -130,7 +131,8 @@ fn main() {
          **check** (all of it) | jacquard full, one registry of the defs reached | jacquard full, whole-directory registry |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for collection in COLLECTIONS {
+    let only = std::env::var("SLUICE_BENCH_COLLECTION").ok();
+    for collection in COLLECTIONS.into_iter().filter(|c| only.as_deref().is_none_or(|o| o == *c)) {
         let records: Vec<&[u8]> = match collection {
             "xyz.statusphere.status" => statuses.iter().map(|s| s.as_slice()).collect(),
             _ => entries.iter().filter(|e| e.collection == collection).map(|e| e.bytes.as_ref()).collect(),
