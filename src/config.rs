@@ -373,7 +373,7 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { path: "data".into(), index_build_batch: crate::indexes::maintain::BUILD_BATCH_KEYS }
+        Self { path: "data".into(), index_build_batch: 2048 }
     }
 }
 

@@ -92,7 +92,7 @@ pub struct Sluice {
     /// came to is on the pipeline's filter handle.
     _watcher: Option<filter::watch::FilterWatcher>,
     /// Held, not read: puts the filter's indexes in force and builds new ones while it lives.
-    _indexes: indexes::maintain::Maintainer,
+    _indexes: pipeline::index_builds::Maintainer,
 }
 
 /// Builds a [`Sluice`].
@@ -153,9 +153,12 @@ impl SluiceBuilder {
             false => None,
         };
         let store = Arc::new(store);
-        let maintainer =
-            indexes::maintain::Maintainer::start(store.clone(), handle.clone(), self.config.storage.index_build_batch)
-                .map_err(in_store)?;
+        let maintainer = pipeline::index_builds::Maintainer::start(
+            store.clone(),
+            handle.clone(),
+            self.config.storage.index_build_batch,
+        )
+        .map_err(in_store)?;
         let pipeline = Pipeline::new(store, handle).with_batch_size(self.config.backfill.batch_size);
         Ok(Sluice { pipeline, config: self.config, _watcher: watcher, _indexes: maintainer })
     }

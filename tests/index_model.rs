@@ -355,7 +355,7 @@ fn check_all(run: &Run, with_late: bool) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 16, ..ProptestConfig::default() })]
 
     #[test]
     fn queries_and_counts_equal_the_model(first in proptest::collection::vec(op(), 1..40),

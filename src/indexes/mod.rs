@@ -3,15 +3,14 @@
 //! ([`encode`]).
 //!
 //! The store keeps the entries (`store/indexes.rs`), written in the batch of the change that
-//! writes the record; [`maintain`] puts the filter's definitions in force in the store and
-//! builds a new index from the stored records in the background.
+//! writes the record; `pipeline::index_builds` puts the filter's definitions in force in the
+//! store and builds a new index from the stored records in the background.
 //!
 //! Architecture invariant: this module knows no storage and no network; extraction is a pure
 //! function of a definition and a record.
 
 pub mod encode;
 pub mod extract;
-pub mod maintain;
 pub mod spec;
 
 pub use extract::{RecordEntries, Skip, entries};

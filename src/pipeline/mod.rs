@@ -46,6 +46,7 @@ use smol_str::SmolStr;
 
 mod account;
 mod batches;
+pub mod index_builds;
 mod walk_diff;
 mod walk_stream;
 

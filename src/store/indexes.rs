@@ -828,10 +828,7 @@ impl IndexParts {
         let space = ix.space.clone();
         drop(ix);
         if let Err(e) = self.db.delete_keyspace(space) {
-            tracing::warn!(
-                "dropping a removed index's entries: {}; retried at the next start",
-                crate::error::chain(&e)
-            );
+            tracing::warn!(error = %e, "dropping a removed index's entries failed; retried at the next start");
         }
     }
 

@@ -11,9 +11,6 @@ use std::time::Duration;
 use crate::filter::FilterHandle;
 use crate::store::Store;
 
-/// Records keys read per build batch by default (`[storage] index_build_batch`): each batch
-/// holds the writer lock while it reads, so it stays short (a few milliseconds).
-pub const BUILD_BATCH_KEYS: usize = 2_048;
 /// How often the filter in force is looked at when nothing is building.
 const IDLE: Duration = Duration::from_millis(200);
 
@@ -25,7 +22,9 @@ pub struct Maintainer {
 
 impl Maintainer {
     /// Puts `filter`'s indexes in force now (so that a caller sees them at once), then starts
-    /// the thread that follows its edits and builds.
+    /// the thread that follows its edits and builds, reading `batch` records keys a build batch
+    /// (`[storage] index_build_batch`: each batch holds the writer lock while it reads, so it
+    /// stays short).
     pub fn start(
         store: Arc<Store>,
         filter: FilterHandle,
@@ -73,7 +72,7 @@ impl Maintainer {
 }
 
 /// Puts `specs` in force in `store`, logging what starts building and what is dropped.
-fn apply(store: &Store, specs: &[super::IndexSpec]) -> Result<(), crate::store::StoreError> {
+fn apply(store: &Store, specs: &[crate::indexes::IndexSpec]) -> Result<(), crate::store::StoreError> {
     let (started, dropped) = store.set_indexes(specs)?;
     for name in started {
         tracing::info!(index = %name, "index defined: building it from the stored records");
