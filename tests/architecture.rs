@@ -237,7 +237,8 @@ fn each_module_names_only_what_the_architecture_lets_it() {
     only("syntax", &[]);
     only("repo", &["syntax", "process"]);
     only("indexes", &[]);
-    only("filter", &["syntax", "indexes"]);
+    only("lexicon", &[]);
+    only("filter", &["syntax", "indexes", "lexicon"]);
     only("config", &["process", "cluster", "repo", "syntax", "http"]);
     only("wire", &["store"]);
     // The store knows nothing of CARs, the filter or the network; it keeps index entries, whose

@@ -48,6 +48,7 @@ prop_compose! {
             exclude_dids,
             handlers: Default::default(),
             indexes: Default::default(),
+            lexicons: None,
         }
     }
 }

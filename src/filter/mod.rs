@@ -74,6 +74,41 @@ pub struct Filter {
     pub handlers: BTreeMap<String, HandlerConfig>,
     /// Indexes over record fields (`[indexes.NAME]`), by name.
     pub indexes: Vec<crate::indexes::IndexSpec>,
+    /// Records checked against lexicons (`[lexicons]`).
+    pub lexicons: Option<LexiconSettings>,
+}
+
+/// The `[lexicons]` table: where the lexicons are and what becomes of a record that fails.
+#[derive(Debug, Clone)]
+pub struct LexiconSettings {
+    /// `dir` as written (relative to the filter file).
+    pub dir: String,
+    /// `dir` resolved.
+    pub path: std::path::PathBuf,
+    /// What happens to a record that fails its lexicon.
+    pub validate: crate::lexicon::ValidateMode,
+    /// What happens to a record of a collection with no lexicon in `dir`.
+    pub unknown: crate::lexicon::UnknownMode,
+    /// The lexicons of the collections stored, loaded when `validate` is not `off`.
+    pub loaded: Option<Arc<crate::lexicon::Lexicons>>,
+}
+
+/// Two settings are equal when they say the same (a reload of the same files is no change).
+impl PartialEq for LexiconSettings {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.dir, self.validate, self.unknown) == (&other.dir, other.validate, other.unknown)
+    }
+}
+
+/// What the lexicon check says of a record (see [`CompiledFilter::check_lexicon`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LexiconVerdict {
+    /// Store it (valid, not checked, or an unknown collection let through).
+    Pass,
+    /// Store it, and count and log why it fails (`validate = "log"`).
+    Log(crate::lexicon::Rejection),
+    /// Do not store it; count and log why (`validate = "drop"`).
+    Drop(crate::lexicon::Rejection),
 }
 
 /// How the filter treats a repo before looking at its records.
@@ -184,6 +219,32 @@ impl CompiledFilter {
     pub fn new(filter: Filter) -> Self {
         let handlers = filter.active_handlers();
         Self { filter, handlers }
+    }
+
+    /// What the `[lexicons]` check says of a record of `collection` with DAG-CBOR `body`.
+    pub fn check_lexicon(&self, collection: &str, body: &[u8]) -> LexiconVerdict {
+        use crate::lexicon::{Rejection, UnknownMode, ValidateMode, Verdict};
+        let Some(settings) = &self.filter.lexicons else { return LexiconVerdict::Pass };
+        let Some(lexicons) = settings.loaded.as_ref().filter(|_| settings.validate != ValidateMode::Off) else {
+            return LexiconVerdict::Pass;
+        };
+        let rejection = match lexicons.check(collection, body) {
+            Verdict::Valid => return LexiconVerdict::Pass,
+            Verdict::Unknown if settings.unknown == UnknownMode::Pass => return LexiconVerdict::Pass,
+            // `unknown = "drop"` drops, whether failing records are dropped or only logged.
+            Verdict::Unknown => {
+                return LexiconVerdict::Drop(Rejection {
+                    path: String::new(),
+                    rule: "unknown lexicon".into(),
+                    message: format!("no lexicon for {collection} in {}", settings.dir),
+                });
+            }
+            Verdict::Invalid(rejection) => rejection,
+        };
+        match settings.validate {
+            ValidateMode::Drop => LexiconVerdict::Drop(rejection),
+            _ => LexiconVerdict::Log(rejection),
+        }
     }
 
     /// The handlers that run on `collection`.

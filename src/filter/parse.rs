@@ -7,9 +7,10 @@ use serde::Deserialize;
 use sluice_handlers::HandlerSettings;
 use toml::Spanned;
 
-use super::{Filter, HandlerConfig, Mode};
+use super::{Filter, HandlerConfig, LexiconSettings, Mode};
 use crate::indexes::spec::MAX_KEY_PARTS;
 use crate::indexes::{FieldPath, IndexSpec, PerRepo, Sort};
+use crate::lexicon::{Lexicons, UnknownMode, ValidateMode};
 use crate::syntax::{is_did, is_nsid, nsid_pattern_problem};
 
 /// A refused filter: where and why.
@@ -57,6 +58,16 @@ struct RawFilter {
     handlers: BTreeMap<String, Spanned<toml::Table>>,
     #[serde(default)]
     indexes: BTreeMap<String, Spanned<RawIndex>>,
+    lexicons: Option<Spanned<RawLexicons>>,
+}
+
+/// The `[lexicons]` table as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLexicons {
+    dir: Spanned<String>,
+    validate: Option<Spanned<String>>,
+    unknown: Option<Spanned<String>>,
 }
 
 /// One `[indexes.NAME]` table as written.
@@ -230,6 +241,34 @@ impl Ctx<'_> {
     }
 }
 
+impl Ctx<'_> {
+    /// Checks the `[lexicons]` table and, unless `validate = "off"`, loads the lexicons of the
+    /// `collections` stored from `dir` (relative to the filter file).
+    fn lexicons(&self, raw: Spanned<RawLexicons>, collections: &[String]) -> Result<LexiconSettings, FilterError> {
+        let raw = raw.into_inner();
+        let mode = |v: &Option<Spanned<String>>| v.as_ref().map(|v| (v.get_ref().clone(), v.span().start));
+        let validate = match mode(&raw.validate) {
+            None => ValidateMode::Off,
+            Some((v, at)) => ValidateMode::parse(&v).map_err(|e| self.err(Some(at), format!("[lexicons]: {e}")))?,
+        };
+        let unknown = match mode(&raw.unknown) {
+            None => UnknownMode::Pass,
+            Some((v, at)) => UnknownMode::parse(&v).map_err(|e| self.err(Some(at), format!("[lexicons]: {e}")))?,
+        };
+        let dir = raw.dir.get_ref().clone();
+        let base = std::path::Path::new(self.origin).parent().unwrap_or(std::path::Path::new(""));
+        let path = base.join(&dir);
+        let loaded = match validate {
+            ValidateMode::Off => None,
+            _ => Some(std::sync::Arc::new(
+                Lexicons::load(&path, collections)
+                    .map_err(|e| self.err(Some(raw.dir.span().start), format!("[lexicons] dir: {e}")))?,
+            )),
+        };
+        Ok(LexiconSettings { dir, path, validate, unknown, loaded })
+    }
+}
+
 pub(super) fn parse(text: &str, origin: &str) -> Result<Filter, FilterError> {
     let ctx = Ctx { text, origin };
     let raw: RawFilter =
@@ -260,8 +299,12 @@ pub(super) fn parse(text: &str, origin: &str) -> Result<Filter, FilterError> {
         exclude_dids: ctx.dids("exclude_dids", raw.exclude_dids)?,
         handlers,
         indexes: Vec::new(),
+        lexicons: None,
     };
     filter.indexes = ctx.indexes(raw.indexes, &|c| filter.wants_collection(c))?;
+    if let Some(lexicons) = raw.lexicons {
+        filter.lexicons = Some(ctx.lexicons(lexicons, &filter.collections)?);
+    }
     Ok(filter)
 }
 
@@ -291,6 +334,13 @@ pub(super) fn to_toml(filter: &Filter) -> String {
     }
     if !indexes.is_empty() {
         doc.insert("indexes".into(), toml::Value::Table(indexes));
+    }
+    if let Some(l) = &filter.lexicons {
+        let mut t = toml::Table::new();
+        t.insert("dir".into(), toml::Value::String(l.dir.clone()));
+        t.insert("validate".into(), toml::Value::String(l.validate.as_str().into()));
+        t.insert("unknown".into(), toml::Value::String(l.unknown.as_str().into()));
+        doc.insert("lexicons".into(), toml::Value::Table(t));
     }
     toml::to_string(&doc).expect("a TOML table always serializes")
 }

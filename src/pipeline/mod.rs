@@ -50,7 +50,7 @@ pub mod index_builds;
 mod walk_diff;
 mod walk_stream;
 
-use crate::filter::{ActiveHandler, CompiledFilter, FilterHandle, RepoRule};
+use crate::filter::{ActiveHandler, CompiledFilter, FilterHandle, LexiconVerdict, RepoRule};
 use crate::repo::{LoadedRepo, RepoError};
 use crate::store::{
     Action, Committed, Prepared, RecordEvent, RecordWrite, RepoChange, RepoState, RepoStatus, Store, StoreError,
@@ -172,7 +172,14 @@ pub struct PipelineMetrics {
     /// Stored records a read left out or answered with an error because they do not render
     /// (stored before the record rule).
     pub records_unreadable: AtomicU64,
+    /// Records that failed their lexicon (`[lexicons]`), by (collection, reason); at most
+    /// [`MAX_REJECTION_SERIES`] pairs, the rest counted under collection `other`.
+    pub records_rejected: std::sync::Mutex<std::collections::BTreeMap<(String, String), u64>>,
 }
+
+/// The most (collection, reason) pairs `/metrics` counts lexicon rejections under: a full-mode
+/// filter stores any collection the network makes up, and each would be a series.
+pub const MAX_REJECTION_SERIES: usize = 512;
 
 impl PipelineMetrics {
     /// Records refused for `reason` (one of [`RecordRefusal::REASONS`]) since start.
@@ -181,6 +188,15 @@ impl PipelineMetrics {
             .iter()
             .position(|r| *r == reason)
             .map_or(0, |i| self.records_refused[i].load(Ordering::Relaxed))
+    }
+
+    fn count_rejection(&self, collection: &str, reason: &str) {
+        let mut rejected = self.records_rejected.lock().expect("rejection counts lock");
+        let mut key = (collection.to_string(), reason.to_string());
+        if !rejected.contains_key(&key) && rejected.len() >= MAX_REJECTION_SERIES {
+            key.0 = "other".into();
+        }
+        *rejected.entry(key).or_default() += 1;
     }
 
     fn count_refusal(&self, refusal: &RecordRefusal) {
@@ -472,8 +488,14 @@ impl Pipeline {
                         (None, Some(repo)) => repo.block(&cid, "record")?,
                         (None, None) => return Err(RepoError::MissingBlock { cid, what: "record" }),
                     };
-                    if let Err(refusal) = check_record(&bytes) {
-                        self.refuse(origin, &collection, &rkey, &cid, &refusal);
+                    let refused = match check_record(&bytes) {
+                        Err(refusal) => {
+                            self.refuse(origin, &collection, &rkey, &cid, &refusal);
+                            true
+                        }
+                        Ok(()) => self.lexicon_drops(compiled, origin, &collection, &rkey, &bytes),
+                    };
+                    if refused {
                         if let Some(previous) = previous {
                             failures += self.stage_delete(compiled, origin, &mut change, collection, rkey, previous);
                         }
@@ -502,6 +524,36 @@ impl Pipeline {
             live = origin.live,
             "record refused, not stored and no event: {refusal}"
         );
+    }
+
+    /// Runs the `[lexicons]` check on a record about to be stored; returns whether it is
+    /// dropped (`validate = "drop"`: taken as not in the repo, as a refused record is). A
+    /// failing record is counted and logged once, naming the path and the rule, either way.
+    fn lexicon_drops(
+        &self,
+        compiled: &CompiledFilter,
+        origin: &Origin,
+        collection: &str,
+        rkey: &str,
+        bytes: &[u8],
+    ) -> bool {
+        let (rejection, dropped) = match compiled.check_lexicon(collection, bytes) {
+            LexiconVerdict::Pass => return false,
+            LexiconVerdict::Log(rejection) => (rejection, false),
+            LexiconVerdict::Drop(rejection) => (rejection, true),
+        };
+        self.metrics.count_rejection(collection, rejection.reason());
+        tracing::warn!(
+            did = %origin.did,
+            record = format_args!("{collection}/{rkey}"),
+            path = %rejection.path,
+            rule = %rejection.rule,
+            live = origin.live,
+            dropped,
+            "record fails its lexicon{}: {rejection}",
+            if dropped { ", not stored" } else { ", stored all the same" }
+        );
+        dropped
     }
 
     /// Stages the delete of a stored record (binary CID `previous`), running the handlers'

@@ -86,6 +86,22 @@ fn indexes(out: &mut String, state: &ServerState) {
     }
 }
 
+/// Records that failed their lexicon (`[lexicons]`), by collection and reason (the rule's
+/// first word: `type`, `required`, `maxGraphemes`, `format`, `unknown`...).
+fn records_rejected(out: &mut String, m: &crate::pipeline::PipelineMetrics) {
+    let name = "sluice_records_rejected_total";
+    let mut family = Family::start(
+        out,
+        name,
+        "counter",
+        "Records that failed their lexicon since start, by collection and reason \
+         (with validate = \"drop\" not stored; with \"log\" stored all the same).",
+    );
+    for ((collection, reason), n) in m.records_rejected.lock().expect("rejection counts lock").iter() {
+        family.sample(name, &[("collection", collection), ("reason", reason)], n);
+    }
+}
+
 /// Every metric, as Prometheus text.
 pub fn render(state: &ServerState) -> String {
     let mut out = String::with_capacity(4096);
@@ -96,6 +112,7 @@ pub fn render(state: &ServerState) -> String {
     sink(&mut out, state);
     filter(&mut out, state);
     indexes(&mut out, state);
+    records_rejected(&mut out, state.pipeline.metrics());
     let name = "sluice_stream_clients";
     Family::start(&mut out, name, "gauge", "Event stream clients connected (subscribeEvents and /subscribe).").sample(
         name,

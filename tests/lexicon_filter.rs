@@ -1,0 +1,175 @@
+//! The filter's `[lexicons]` table through the pipeline (issue 32): with `validate = "drop"` a
+//! record that fails its lexicon is not stored, gets no event and no index entry, and a stored
+//! version it replaces is deleted; with `"log"` it is stored and counted; `unknown = "drop"`
+//! drops collections with no lexicon (in both modes); a repo with one invalid record keeps its valid ones; a
+//! bad table is refused by line. Uses the real lexicons in `../shared/fixtures/lexicons/`.
+
+use cid::Cid;
+use serde_json::{Value, json};
+use sluice::filter::Filter;
+use sluice::handlers::value::json_to_cbor;
+use sluice::pipeline::RecordOp;
+use sluice::store::StoredEvent;
+use sluice::{Config, Sluice};
+use sluice_testkit as testkit;
+
+const DID: &str = "did:plc:alice";
+const STATUS: &str = "xyz.statusphere.status";
+
+fn filter_text(validate: &str, unknown: &str) -> String {
+    let dir = testkit::fixture("lexicons");
+    format!(
+        "mode = \"full\"\n\
+         [indexes.by_status]\ncollection = \"{STATUS}\"\nkey = [\"status\"]\nsort = \"createdAt\"\ncount = true\n\
+         [lexicons]\ndir = {:?}\nvalidate = \"{validate}\"\nunknown = \"{unknown}\"\n",
+        dir.display().to_string()
+    )
+}
+
+fn cid_of(bytes: &[u8]) -> Cid {
+    use sha2::Digest;
+    let hash = cid::multihash::Multihash::<64>::wrap(0x12, &sha2::Sha256::digest(bytes)).unwrap();
+    Cid::new_v1(0x71, hash)
+}
+
+struct Run {
+    sluice: Sluice,
+    rev: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn new(validate: &str, unknown: &str) -> Run {
+        let dir = tempfile::tempdir().unwrap();
+        let filter = Filter::from_toml(&filter_text(validate, unknown), "test").unwrap();
+        let sluice = Sluice::builder().config(Config::default()).data_dir(dir.path()).filter(filter).open().unwrap();
+        // The index starts building (over nothing) in the background; the checks want it ready.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while sluice.store().index_progress().values().any(|(_, p)| p.building.is_some()) {
+            assert!(std::time::Instant::now() < deadline, "the build ended");
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        Run { sluice, rev: 0, _dir: dir }
+    }
+
+    /// Commits `puts` of (collection, rkey, record) as one live commit.
+    fn commit(&mut self, puts: &[(&str, &str, Value)]) {
+        self.rev += 1;
+        let rev = format!("3l{:011}", self.rev);
+        let ops = puts
+            .iter()
+            .map(|(collection, rkey, value)| {
+                let bytes = json_to_cbor(value).unwrap();
+                RecordOp::Put {
+                    collection: collection.to_string(),
+                    rkey: rkey.to_string(),
+                    cid: cid_of(&bytes),
+                    bytes: bytes.into(),
+                }
+            })
+            .collect();
+        self.sluice.pipeline().apply_commit(DID, cid_of(rev.as_bytes()), &rev, cid_of(b"d"), ops, None).unwrap();
+    }
+
+    fn stored(&self) -> Vec<(String, String)> {
+        let mut out: Vec<_> = self
+            .sluice
+            .store()
+            .records()
+            .of_repo(DID)
+            .unwrap()
+            .into_keys()
+            .map(|(c, r)| (c.to_string(), r.to_string()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn events(&self) -> Vec<(String, String)> {
+        let log = self.sluice.store().log().from(0, 100).unwrap();
+        log.into_iter()
+            .filter_map(|(_, e)| match e {
+                StoredEvent::Record(r) => Some((format!("{:?}", r.action), r.rkey.to_string())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn rejected(&self) -> Vec<((String, String), u64)> {
+        self.sluice.pipeline().metrics().records_rejected.lock().unwrap().clone().into_iter().collect()
+    }
+}
+
+fn status(s: &str, at: &str) -> Value {
+    json!({"$type": STATUS, "status": s, "createdAt": at})
+}
+
+#[test]
+fn drop_keeps_invalid_records_out_and_the_valid_ones_in() {
+    let mut run = Run::new("drop", "pass");
+    run.commit(&[
+        (STATUS, "good", status("👍", "2024-01-01T00:00:00Z")),
+        (STATUS, "long", status("👍👍", "2024-01-01T00:00:00Z")),
+        (STATUS, "date", status("🙂", "yesterday")),
+        (STATUS, "none", json!({"$type": STATUS, "status": "🙂"})),
+        (STATUS, "type", json!({"$type": STATUS, "status": 5, "createdAt": "2024-01-01T00:00:00Z"})),
+        ("com.example.nolexicon", "x", json!({"anything": true})),
+    ]);
+    let stored = run.stored();
+    assert_eq!(
+        stored,
+        [("com.example.nolexicon".to_string(), "x".to_string()), (STATUS.to_string(), "good".to_string())],
+        "only the valid status, and the collection with no lexicon (unknown = pass)"
+    );
+    assert_eq!(run.events(), [("Create".to_string(), "good".to_string()), ("Create".to_string(), "x".to_string())]);
+    let reasons: Vec<String> = run.rejected().into_iter().map(|((c, r), n)| format!("{c}:{r}:{n}")).collect();
+    assert_eq!(reasons.len(), 4, "{reasons:?}");
+    assert!(reasons.iter().all(|r| r.starts_with(STATUS)), "{reasons:?}");
+    let index = run.sluice.store().index_registry().indexes["by_status"].clone();
+    assert_eq!(index.count(&sluice::indexes::encode::key_tuple(&["👍"])).unwrap(), 1, "no entry for a dropped record");
+
+    // A stored version replaced by an invalid one is deleted, with its event.
+    run.commit(&[(STATUS, "good", status("way too long", "2024-01-01T00:00:00Z"))]);
+    assert_eq!(run.stored(), [("com.example.nolexicon".to_string(), "x".to_string())]);
+    assert_eq!(run.events().last().unwrap(), &("Delete".to_string(), "good".to_string()));
+    assert_eq!(index.count(&sluice::indexes::encode::key_tuple(&["👍"])).unwrap(), 0);
+}
+
+#[test]
+fn log_stores_and_counts_and_unknown_drop_drops() {
+    let mut run = Run::new("log", "drop");
+    run.commit(&[
+        (STATUS, "long", status("👍👍", "2024-01-01T00:00:00Z")),
+        ("com.example.nolexicon", "x", json!({"a": 1})),
+    ]);
+    assert_eq!(
+        run.stored(),
+        [(STATUS.to_string(), "long".to_string())],
+        "log stores the failing status; unknown = drop drops"
+    );
+    let rejected = run.rejected();
+    assert!(rejected.iter().any(|((c, r), n)| c == STATUS && r == "maxGraphemes" && *n == 1), "{rejected:?}");
+    assert!(rejected.iter().any(|((c, r), _)| c == "com.example.nolexicon" && r == "unknown"), "{rejected:?}");
+
+    let mut run = Run::new("drop", "drop");
+    run.commit(&[
+        ("com.example.nolexicon", "x", json!({"a": 1})),
+        (STATUS, "ok", status("👍", "2024-01-01T00:00:00Z")),
+    ]);
+    assert_eq!(run.stored(), [(STATUS.to_string(), "ok".to_string())]);
+}
+
+#[test]
+fn bad_lexicon_tables_are_refused_by_line() {
+    let bad = |text: &str| Filter::from_toml(text, "f.toml").unwrap_err();
+    let e = bad("mode = \"full\"\n[lexicons]\ndir = \"x\"\nvalidate = \"strict\"\n");
+    assert_eq!(e.line, Some(4));
+    assert!(e.reason.contains("strict"), "{e}");
+    let e = bad("mode = \"full\"\n[lexicons]\ndir = \"/nonexistent/lexicons\"\nvalidate = \"drop\"\n");
+    assert_eq!(e.line, Some(3));
+    assert!(e.reason.contains("nonexistent"), "{e}");
+    let e = bad("mode = \"full\"\n[lexicons]\ndir = \"x\"\nunknown = \"maybe\"\n");
+    assert!(e.reason.contains("maybe"), "{e}");
+    // Off: the directory is not read.
+    assert!(Filter::from_toml("mode = \"full\"\n[lexicons]\ndir = \"/nonexistent\"\n", "f.toml").is_ok());
+}
