@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 use jacquard_common::deps::smol_str::SmolStr;
+use jacquard_common::types::string::{AtprotoStr, UriValue};
 use jacquard_common::types::value::Data;
 use jacquard_lexicon::lexicon::{
     LexArray, LexArrayItem, LexBlob, LexBytes, LexInteger, LexObject, LexObjectProperty, LexRecordRecord, LexRefUnion,
@@ -235,8 +236,8 @@ impl<'a> Walk<'a> {
     }
 
     fn string(&self, s: &LexString<'static>, data: &Data, full: bool) -> Checked {
-        let Data::String(value) = data else { return self.wrong_type("string", data) };
-        let value = value.as_str();
+        let Data::String(string) = data else { return self.wrong_type("string", data) };
+        let value = string.as_str();
         if full {
             self.lengths(value.len(), s.min_length, s.max_length, "bytes")?;
             if s.min_graphemes.is_some() || s.max_graphemes.is_some() {
@@ -250,6 +251,7 @@ impl<'a> Walk<'a> {
             }
         }
         if let Some(format) = s.format
+            && !proven(format, string)
             && !format_ok(format, value)
         {
             let name = format_name(format);
@@ -335,6 +337,22 @@ fn format_name(format: LexStringFormat) -> &'static str {
         LexStringFormat::Language => "language",
         LexStringFormat::Tid => "tid",
         LexStringFormat::RecordKey => "record-key",
+    }
+}
+
+/// Whether decoding has already proven `value` of the format: jacquard's `Data` reader types
+/// some strings (by field name and shape) with the same parsers [`format_ok`] uses, and a
+/// string it typed need not be parsed again.
+pub(super) fn proven(format: LexStringFormat, value: &AtprotoStr) -> bool {
+    use chrono::Datelike;
+    match (format, value) {
+        (LexStringFormat::AtUri, AtprotoStr::AtUri(_) | AtprotoStr::Uri(UriValue::At(_))) => true,
+        (LexStringFormat::Did, AtprotoStr::Did(_) | AtprotoStr::Uri(UriValue::Did(_))) => true,
+        // As `syntax::is_datetime`: the parse, and year 0 or later in UTC.
+        (LexStringFormat::Datetime, AtprotoStr::Datetime(d)) => {
+            AsRef::<chrono::DateTime<chrono::FixedOffset>>::as_ref(d).naive_utc().year() >= 0
+        }
+        _ => false,
     }
 }
 
