@@ -173,3 +173,31 @@ fn bad_lexicon_tables_are_refused_by_line() {
     // Off: the directory is not read.
     assert!(Filter::from_toml("mode = \"full\"\n[lexicons]\ndir = \"/nonexistent\"\n", "f.toml").is_ok());
 }
+
+/// In signal mode, a repo whose only signal record fails its lexicon (dropped) holds no signal
+/// record: the walk discards it; one valid signal record keeps it.
+#[test]
+fn a_dropped_signal_record_keeps_no_repo() {
+    use sluice::store::RepoStatus;
+    use sluice_devnet::{Account, RepoContents, export_car_blocking, rev_at};
+    let text = filter_text("drop", "pass")
+        .replace("mode = \"full\"", "mode = \"signal\"\nsignals = [\"xyz.statusphere.status\"]");
+    for (status, kept) in [("👍👍", RepoStatus::Discarded), ("👍", RepoStatus::Synced)] {
+        let dir = tempfile::tempdir().unwrap();
+        let filter = Filter::from_toml(&text, "test").unwrap();
+        let sluice = Sluice::builder().data_dir(dir.path()).filter(filter).open().unwrap();
+        let account = Account::new(77);
+        let contents: RepoContents = [
+            (format!("{STATUS}/3kaaaaaaaaa22"), json_to_cbor(&self::status(status, "2024-01-01T00:00:00Z")).unwrap()),
+            (
+                "app.bsky.feed.like/3kbbbbbbbbb22".to_string(),
+                json_to_cbor(&json!({"$type": "app.bsky.feed.like"})).unwrap(),
+            ),
+        ]
+        .into();
+        let car = export_car_blocking(&account, &rev_at(1), &contents).unwrap();
+        let repo = sluice::repo::read_car(&car, &Default::default()).unwrap();
+        let outcome = sluice.pipeline().apply_walk(&repo, &Default::default()).unwrap();
+        assert_eq!(outcome.status, kept, "status {status:?}");
+    }
+}

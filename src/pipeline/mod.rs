@@ -312,7 +312,7 @@ impl Pipeline {
         let stored = self.store.records().of_repo(did)?;
         let _walking = WalkCount::new(&self.walks);
         std::thread::scope(|scope| {
-            let (walk, keys, kept) = self.start_walk(scope, repo, filter)?;
+            let (walk, keys, kept) = self.start_walk(scope, repo, &compiled)?;
             let status = if kept { RepoStatus::Synced } else { RepoStatus::Discarded };
             let changes = WalkChanges::new(repo, filter, opts.since_us, keys, stored, kept);
             let origin = Origin::new(did, repo.rev(), false);
@@ -352,8 +352,9 @@ impl Pipeline {
         &self,
         scope: &'s std::thread::Scope<'s, '_>,
         repo: &'a LoadedRepo,
-        filter: &crate::filter::Filter,
+        compiled: &CompiledFilter,
     ) -> Result<(Walk<'s>, WalkKeys<'a>, bool), PipelineError> {
+        let filter = &compiled.filter;
         let rule = filter.repo_rule(repo.did());
         match rule {
             RepoRule::Excluded => Ok((Walk::Checked(0), Box::new(std::iter::empty()), false)),
@@ -364,7 +365,7 @@ impl Pipeline {
             _ => {
                 let keys = repo.record_keys().collect::<Result<Vec<_>, _>>()?;
                 let kept = rule == RepoRule::Tracked
-                    || keys.iter().any(|k| filter.is_signal(&k.collection) && passes_rule(repo, k));
+                    || keys.iter().any(|k| filter.is_signal(&k.collection) && passes_rule(repo, k, compiled));
                 Ok((Walk::Checked(keys.len() as u64), Box::new(keys.into_iter()), kept))
             }
         }
@@ -746,11 +747,15 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// Whether the walked record `key` passes the record rule, its body read from `repo`: a signal
-/// record the rule refuses is not in the repo, so it keeps no repo. A body that cannot be read
-/// passes here, and fails the walk where it is staged, as any missing block does.
-fn passes_rule(repo: &LoadedRepo, key: &crate::repo::RecordKey) -> bool {
-    repo.block(&key.cid.cid(), "record").map_or(true, |bytes| check_record(&bytes).is_ok())
+/// Whether the walked record `key` passes the record rule and is not dropped by the lexicon
+/// check, its body read from `repo`: a signal record either refuses is not in the repo, so it
+/// keeps no repo. A body that cannot be read passes here, and fails the walk where it is
+/// staged, as any missing block does.
+fn passes_rule(repo: &LoadedRepo, key: &crate::repo::RecordKey, compiled: &CompiledFilter) -> bool {
+    repo.block(&key.cid.cid(), "record").map_or(true, |bytes| {
+        check_record(&bytes).is_ok()
+            && !matches!(compiled.check_lexicon(&key.collection, &bytes), LexiconVerdict::Drop(_))
+    })
 }
 
 /// Whether a record's stored CID (binary, if it is stored) is `cid`: then the new version
