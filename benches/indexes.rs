@@ -1,0 +1,648 @@
+//! Declarative indexes (issue 32): building an index from the stored records, and
+//! `queryIndex`/`countIndex` latency while live commits land in the same index, each at 1x and
+//! 10x the records, with the 10x/1x ratio of every per-item figure (which should stay flat).
+//!
+//! The store holds like records (`app.bsky.feed.like`, over many repos, most of a few records,
+//! a tenth of the likes on 100 hot posts) and a tenth as many statuses
+//! (`xyz.statusphere.status`, 20 distinct emoji), written with `Store::commit`. The indexes are
+//! the issue's `likes_by_subject` (key `subject.uri`, sort `createdAt`, counted) and
+//! `statuses_by_status` (key `status`, sort `createdAt`).
+//!
+//! 1. Build: `Store::set_indexes` with both, then `build_index_step(2048)` until ready (what
+//!    the index thread does), timed per index: records of the index's collection per second,
+//!    stored records scanned per second (a build reads every stored record), memory (RSS before,
+//!    peak during: VmHWM is reset through `/proc/self/clear_refs`), and bytes per entry: the
+//!    index keyspace's disk size after the store is closed and its memtable flushed and
+//!    compacted (major compaction through fjall directly, the store does not expose it).
+//! 2. Reads: a sluice opened on the same data with the indexes in its filter, the server on
+//!    loopback, and a thread applying live commits (one like each) at 2,000/s through
+//!    `Pipeline::apply_commit`, once fjall's background work from the loading has ended.
+//!    Measured: `LiveIndex::page` (limit 50) alone and plus reading each record's body; all
+//!    of `queryIndex`'s work without HTTP (repo states, bodies to JSON, the answer
+//!    serialized); `LiveIndex::count`; and the real
+//!    `dev.sluice.queryIndex` (limit 50) and `dev.sluice.countIndex` over HTTP, for hot keys
+//!    (a full page of 50) and typical ones (a few likes), and a status key (~1,000 entries at
+//!    1x).
+//!
+//! `SLUICE_INDEX_BENCH_SCALE` picks the scales (default `1,10`); `SLUICE_INDEX_BENCH_BASE` the
+//! like count at 1x (default 200,000); `SLUICE_INDEX_BENCH_SECS` the read phase's length per
+//! scale (default 8). The data lives in a temporary directory under `SLUICE_BENCH_DIR` (default
+//! the system's).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cid::Cid;
+use serde_json::json;
+use sluice::filter::Filter;
+use sluice::handlers::value::json_to_cbor;
+use sluice::indexes::encode;
+use sluice::pipeline::RecordOp;
+use sluice::server::{ServerState, serve_dedicated};
+use sluice::store::{PageRange, RecordWrite, RepoChange, RepoState, RepoStatus, Store};
+use sluice::{Config, Sluice};
+use sluice_testkit::bench::{cpu_seconds, self_status_kb};
+
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const LIKE: &str = "app.bsky.feed.like";
+const STATUS: &str = "xyz.statusphere.status";
+const HOT_POSTS: u64 = 100;
+const EMOJI: [&str; 20] = [
+    "👍", "🙂", "😎", "🦋", "🔥", "🎉", "😂", "🤔", "🙃", "😴", "🥳", "💀", "🌈", "☕", "🍕", "🎧", "📚", "🚀", "🐈",
+    "🌙",
+];
+/// Live commits per second during the read phase.
+const LIVE_RATE: u64 = 2_000;
+
+const FILTER: &str = r#"
+mode = "full"
+collections = ["app.bsky.feed.like", "xyz.statusphere.status"]
+
+[indexes.likes_by_subject]
+collection = "app.bsky.feed.like"
+key = ["subject.uri"]
+sort = "createdAt"
+count = true
+
+[indexes.statuses_by_status]
+collection = "xyz.statusphere.status"
+key = ["status"]
+sort = "createdAt"
+"#;
+
+/// A small deterministic generator (splitmix64).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// `did:plc:` and 24 base32 characters naming `i`.
+fn did(i: u64) -> String {
+    const B32: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let mut x = i.wrapping_mul(0x2545_f491_4f6c_dd1d) ^ 0x5bd1_e995;
+    let mut s = String::from("did:plc:");
+    for k in 0..24 {
+        if k == 12 {
+            x = i ^ 0x1234_5678_9abc_def0;
+        }
+        s.push(B32[(x & 31) as usize] as char);
+        x >>= 5;
+    }
+    s
+}
+
+/// A TID-like record key (sortable, 13 characters) for `n`.
+fn tid(n: u64) -> String {
+    format!("3l{n:011}")
+}
+
+/// The post a like points at: one of the hot ones, or one of `posts` others.
+fn subject(rng: &mut Rng, posts: u64) -> String {
+    let post = if rng.below(10) == 0 { rng.below(HOT_POSTS) } else { HOT_POSTS + rng.below(posts) };
+    post_uri(post)
+}
+
+fn post_uri(post: u64) -> String {
+    format!("at://{}/app.bsky.feed.post/{}", did(1_000_000_000 + post % 5_000), tid(post))
+}
+
+fn created_at(n: u64) -> String {
+    let t = chrono::DateTime::from_timestamp(1_704_067_200 + (n / 10) as i64, (n % 10) as u32 * 100_000_000).unwrap();
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+fn like(subject: &str, n: u64) -> Vec<u8> {
+    json_to_cbor(&json!({
+        "$type": LIKE,
+        "subject": {"uri": subject, "cid": "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq"},
+        "createdAt": created_at(n),
+    }))
+    .unwrap()
+}
+
+fn status(emoji: &str, n: u64) -> Vec<u8> {
+    json_to_cbor(&json!({"$type": STATUS, "status": emoji, "createdAt": created_at(n)})).unwrap()
+}
+
+fn cid_of(bytes: &[u8]) -> Cid {
+    use sha2::Digest;
+    let hash = cid::multihash::Multihash::<64>::wrap(0x12, &sha2::Sha256::digest(bytes)).unwrap();
+    Cid::new_v1(0x71, hash)
+}
+
+fn put(collection: &str, rkey: String, body: Vec<u8>) -> RecordWrite {
+    RecordWrite::Put {
+        collection: collection.into(),
+        rkey: rkey.into(),
+        cid: cid_of(&body).to_bytes(),
+        body: body.into(),
+        existed: false,
+    }
+}
+
+/// What was stored: the repos (for live commits), and counts.
+struct Stored {
+    repos: u64,
+    likes: u64,
+    statuses: u64,
+    /// Other posts (not hot) the likes point at.
+    posts: u64,
+    /// The next record number (creation times and rkeys go on from it).
+    next: u64,
+}
+
+/// Stores `likes` likes and a tenth as many statuses over many repos: nine in ten repos hold
+/// 1..=8 records, one in ten 20..=200.
+fn populate(store: &Store, likes: u64) -> Stored {
+    let mut rng = Rng(42);
+    let posts = (likes / 4).max(1);
+    let (mut n, mut repo, mut stored_likes, mut statuses) = (0u64, 0u64, 0u64, 0u64);
+    while stored_likes < likes {
+        let size = if rng.below(10) == 0 { 20 + rng.below(181) } else { 1 + rng.below(8) };
+        let mut records = Vec::with_capacity(size as usize);
+        for _ in 0..size {
+            n += 1;
+            if rng.below(11) == 0 {
+                let emoji = EMOJI[rng.below(EMOJI.len() as u64) as usize];
+                records.push(put(STATUS, tid(n), status(emoji, n)));
+                statuses += 1;
+            } else {
+                records.push(put(LIKE, tid(n), like(&subject(&mut rng, posts), n)));
+                stored_likes += 1;
+            }
+        }
+        let state = RepoState { status: RepoStatus::Synced, rev: Some(tid(n)), ..Default::default() };
+        store.commit(RepoChange { did: did(repo), state: Some(state), records, ..Default::default() }).unwrap();
+        repo += 1;
+    }
+    store.persist().unwrap();
+    Stored { repos: repo, likes: stored_likes, statuses, posts, next: n + 1 }
+}
+
+fn kb(field: &str) -> u64 {
+    self_status_kb(field)
+}
+
+/// Resets VmHWM to the current RSS (Linux: `5` to `clear_refs`).
+fn reset_peak() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            let meta = e.metadata().unwrap();
+            total += if meta.is_dir() { dir_size(&e.path()) } else { meta.len() };
+        }
+    }
+    total
+}
+
+#[derive(Default, Clone)]
+struct BuildFigures {
+    records: u64,
+    secs: f64,
+    cpu: f64,
+    /// RSS when it started and peak RSS while it ran, MB.
+    rss_before_mb: f64,
+    peak_mb: f64,
+    /// Its records' entries extracted alone (`sluice::indexes::entries`, no store), records/s.
+    extract_per_sec: f64,
+}
+
+#[derive(Default)]
+struct Figures {
+    likes: u64,
+    statuses: u64,
+    repos: u64,
+    load_secs: f64,
+    build: BTreeMap<String, BuildFigures>,
+    rss_before_mb: f64,
+    peak_mb: f64,
+    rss_after_mb: f64,
+    peak_reset: bool,
+    /// Per index: (entries, bytes once its memtable is flushed, bytes after a major compaction).
+    disk: BTreeMap<String, (i64, u64, u64)>,
+    /// Per measured read: sorted latencies in µs.
+    reads: BTreeMap<String, Vec<f64>>,
+    live_done: u64,
+    live_secs: f64,
+    live_p99_us: f64,
+    /// Seconds waited for fjall's background work to end before the reads.
+    settle_secs: f64,
+    /// Tables of `records` and of the likes index when the builds ended: (L0, all).
+    tables: BTreeMap<String, (usize, usize)>,
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+fn specs() -> Vec<sluice::indexes::IndexSpec> {
+    Filter::from_toml(FILTER, "bench").unwrap().indexes
+}
+
+/// Phase 1: stores the records, then builds both indexes a batch at a time.
+fn build_phase(dir: &Path, likes: u64, figures: &mut Figures) -> Stored {
+    let store = Store::open(dir).unwrap();
+    let started = Instant::now();
+    let stored = populate(&store, likes);
+    figures.load_secs = started.elapsed().as_secs_f64();
+    (figures.likes, figures.statuses, figures.repos) = (stored.likes, stored.statuses, stored.repos);
+
+    figures.peak_reset = reset_peak();
+    figures.rss_before_mb = mb(kb("VmRSS:"));
+    store.set_indexes(&specs()).unwrap();
+    let mut last = (Instant::now(), cpu_seconds());
+    let mut rss_at_start = figures.rss_before_mb;
+    loop {
+        let Some(step) = store.build_index_step(2048).unwrap() else { break };
+        let b = figures.build.entry(step.name.clone()).or_default();
+        b.records += step.records;
+        if step.ready {
+            let now = (Instant::now(), cpu_seconds());
+            b.secs = (now.0 - last.0).as_secs_f64();
+            b.cpu = now.1 - last.1;
+            b.rss_before_mb = rss_at_start;
+            b.peak_mb = mb(kb("VmHWM:"));
+            figures.peak_mb = figures.peak_mb.max(b.peak_mb);
+            reset_peak();
+            rss_at_start = mb(kb("VmRSS:"));
+            last = (Instant::now(), cpu_seconds());
+        }
+    }
+    figures.rss_after_mb = mb(kb("VmRSS:"));
+    extract_alone(&store, figures);
+    let mut ids = BTreeMap::new();
+    for (name, (index, progress)) in store.index_progress() {
+        assert!(progress.building.is_none(), "{name} is built");
+        ids.insert(name, (index.id, progress.entries));
+    }
+    drop(store);
+
+    // Disk size per entry: the index keyspaces flushed and compacted, through fjall directly.
+    let db = fjall::Database::builder(dir).journal_compression(fjall::CompressionType::None).open().unwrap();
+    let mut paths = Vec::new();
+    let records =
+        db.keyspace("records", || fjall::KeyspaceCreateOptions::default().max_memtable_size(32 << 20)).unwrap();
+    figures.tables.insert("records".into(), (records.l0_table_count(), records.table_count()));
+    drop(records);
+    for (name, (id, entries)) in ids {
+        let space = db
+            .keyspace(&format!("index.{id}"), || fjall::KeyspaceCreateOptions::default().max_memtable_size(16 << 20))
+            .unwrap();
+        let path = space.path().to_path_buf();
+        space.rotate_memtable_and_wait().unwrap();
+        figures.tables.insert(name.clone(), (space.l0_table_count(), space.table_count()));
+        let flushed = dir_size(&path);
+        space.major_compact().unwrap();
+        figures.disk.insert(name.clone(), (entries, flushed, 0));
+        paths.push((name, path));
+    }
+    db.persist(fjall::PersistMode::SyncAll).unwrap();
+    drop(db);
+    // Measured once the database is closed: the tables a compaction replaced are gone then.
+    for (name, path) in paths {
+        figures.disk.get_mut(&name).unwrap().2 = dir_size(&path);
+    }
+    stored
+}
+
+/// Extraction alone: each index's entries from its records' bodies (read first, untimed).
+fn extract_alone(store: &Store, figures: &mut Figures) {
+    let now = sluice::store::now_us() as i64;
+    for spec in specs() {
+        let mut bodies = Vec::new();
+        let limit = 20_000;
+        for r in 0..figures.repos {
+            for (rkey, record) in store.records().page(&did(r), &spec.collection, None, 1_000, true).unwrap() {
+                bodies.push((rkey, record.body.unwrap()));
+            }
+            if bodies.len() >= limit {
+                break;
+            }
+        }
+        let started = Instant::now();
+        let mut entries = 0usize;
+        for (rkey, body) in &bodies {
+            if let Ok(e) = sluice::indexes::entries(&spec, rkey, body, now) {
+                entries += e.keys.len();
+            }
+        }
+        assert!(entries > 0);
+        let per_sec = bodies.len() as f64 / started.elapsed().as_secs_f64();
+        figures.build.entry(spec.name.clone()).or_default().extract_per_sec = per_sec;
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+/// Phase 2: reads while live commits land.
+fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
+    let filter = Filter::from_toml(FILTER, "bench").unwrap();
+    let sluice = Arc::new(Sluice::builder().config(Config::default()).data_dir(dir).filter(filter).open().unwrap());
+    let store = sluice.store().clone();
+    assert!(store.index_progress().values().all(|(_, p)| p.building.is_none()), "the indexes stay built");
+    // Let the flushes and compactions the loading left (fjall's workers) end first: reads are
+    // measured on a settled store, with only the live commits' own work going on.
+    let settle = Instant::now();
+    let mut cpu = cpu_seconds();
+    while settle.elapsed() < Duration::from_secs(90) {
+        std::thread::sleep(Duration::from_secs(1));
+        let now = cpu_seconds();
+        if now - cpu < 0.05 {
+            break;
+        }
+        cpu = now;
+    }
+    figures.settle_secs = settle.elapsed().as_secs_f64();
+
+    // The server, as `sluice run` starts it, on runtime threads of its own.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (base, _state, _server) = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let state = Arc::new(ServerState::new(sluice.pipeline().clone(), sluice.config().clone()));
+        let server = serve_dedicated(listener, state.clone(), 2).unwrap();
+        (base, state, server)
+    });
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    // Live commits at LIVE_RATE: a like each, by a stored repo, half on hot posts.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (sluice, stop, done) = (sluice.clone(), stop.clone(), done.clone());
+        let (repos, posts, first) = (stored.repos, stored.posts, stored.next);
+        std::thread::spawn(move || {
+            let mut rng = Rng(7);
+            let mut latencies = Vec::new();
+            let started = Instant::now();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let due = started + Duration::from_micros(i * 1_000_000 / LIVE_RATE);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                let n = first + i;
+                let uri = if rng.below(2) == 0 { post_uri(rng.below(HOT_POSTS)) } else { subject(&mut rng, posts) };
+                let body = like(&uri, n);
+                let op =
+                    RecordOp::Put { collection: LIKE.into(), rkey: tid(n), cid: cid_of(&body), bytes: body.into() };
+                let rev = format!("3m{n:011}");
+                let t = Instant::now();
+                sluice
+                    .pipeline()
+                    .apply_commit(&did(rng.below(repos)), cid_of(rev.as_bytes()), &rev, cid_of(b"data"), vec![op], None)
+                    .unwrap();
+                latencies.push(t.elapsed().as_secs_f64() * 1e6);
+                i += 1;
+                done.store(i, Ordering::Relaxed);
+            }
+            latencies.sort_by(f64::total_cmp);
+            (started.elapsed().as_secs_f64(), percentile(&latencies, 0.99))
+        })
+    };
+
+    let registry = store.index_registry();
+    let likes = registry.indexes["likes_by_subject"].clone();
+    let statuses = registry.indexes["statuses_by_status"].clone();
+    let mut rng = Rng(99);
+    let mut reads: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut time = |name: &str, f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        f();
+        reads.entry(name.to_string()).or_default().push(t.elapsed().as_secs_f64() * 1e6);
+    };
+    let page_and_bodies = |index: &sluice::store::LiveIndex, key: &[u8], collection: &str| {
+        let hits = index.page(key, &PageRange::default(), 50).unwrap();
+        let mut bytes = 0;
+        for h in &hits {
+            bytes += store.records().get(&h.did, collection, &h.rkey).unwrap().unwrap().body.unwrap().len();
+        }
+        (hits.len(), bytes)
+    };
+    // What queryIndex does past the page, without HTTP: each repo's state read once, each
+    // body read and turned into JSON, the answer serialized.
+    let query_work = |index: &sluice::store::LiveIndex, key: &[u8], collection: &str| {
+        let hits = index.page(key, &PageRange::default(), 50).unwrap();
+        let mut states = std::collections::HashMap::new();
+        let mut records = Vec::with_capacity(hits.len());
+        for h in &hits {
+            if !states.contains_key(&h.did) {
+                states.insert(h.did.clone(), store.repos().state(&h.did).unwrap().unwrap());
+            }
+            let record = store.records().get(&h.did, collection, &h.rkey).unwrap().unwrap();
+            let value = sluice::handlers::value::cbor_to_json(record.body.as_deref().unwrap()).unwrap();
+            let cid = Cid::try_from(record.cid.as_slice()).unwrap().to_string();
+            let uri = format!("at://{}/{collection}/{}", h.did, h.rkey);
+            records.push(json!({"uri": uri, "cid": cid, "value": value, "did": h.did}));
+        }
+        serde_json::to_vec(&json!({"records": records, "cursor": "00"})).unwrap().len()
+    };
+    let get = |url: String| {
+        runtime.block_on(async {
+            let response = http.get(&url).send().await.unwrap();
+            assert_eq!(response.status(), 200, "{url}");
+            response.bytes().await.unwrap().len()
+        })
+    };
+    let enc = |s: &str| s.replace(':', "%3A").replace('/', "%2F");
+    // Warm up the connection and the caches a little.
+    for _ in 0..50 {
+        get(format!("{base}/xrpc/dev.sluice.countIndex?index=likes_by_subject&key={}", enc(&post_uri(0))));
+    }
+    let started = Instant::now();
+    let mut round = 0u64;
+    while started.elapsed().as_secs_f64() < secs {
+        round += 1;
+        let hot = post_uri(rng.below(HOT_POSTS));
+        let typical = post_uri(HOT_POSTS + rng.below(stored.posts));
+        let emoji = EMOJI[rng.below(EMOJI.len() as u64) as usize];
+        let (hot_key, typical_key, emoji_key) =
+            (encode::key_tuple(&[&hot]), encode::key_tuple(&[&typical]), encode::key_tuple(&[emoji]));
+        let mut n = 0;
+        time("store: page 50 + bodies, hot like key", &mut || n = page_and_bodies(&likes, &hot_key, LIKE).0);
+        assert_eq!(n, 50, "a hot post has a full page");
+        time("store: page 50 + bodies, typical like key", &mut || {
+            page_and_bodies(&likes, &typical_key, LIKE);
+        });
+        time("store: page 50 + bodies, status key", &mut || n = page_and_bodies(&statuses, &emoji_key, STATUS).0);
+        assert_eq!(n, 50);
+        time("store: queryIndex's work without HTTP, hot like key", &mut || {
+            query_work(&likes, &hot_key, LIKE);
+        });
+        time("store: page 50 only, hot like key", &mut || {
+            likes.page(&hot_key, &PageRange::default(), 50).unwrap();
+        });
+        time("store: page 50 only, status key", &mut || {
+            statuses.page(&emoji_key, &PageRange::default(), 50).unwrap();
+        });
+        time("store: count, hot like key", &mut || n = likes.count(&hot_key).unwrap() as usize);
+        time("store: count, typical like key", &mut || {
+            likes.count(&typical_key).unwrap();
+        });
+        let q = |index: &str, key: &str| {
+            format!("{base}/xrpc/dev.sluice.queryIndex?index={index}&key={}&limit=50", enc(key))
+        };
+        let c = |key: &str| format!("{base}/xrpc/dev.sluice.countIndex?index=likes_by_subject&key={}", enc(key));
+        time("xrpc: queryIndex limit 50, hot like key", &mut || {
+            get(q("likes_by_subject", &hot));
+        });
+        time("xrpc: queryIndex limit 50, typical like key", &mut || {
+            get(q("likes_by_subject", &typical));
+        });
+        time("xrpc: queryIndex limit 50, status key", &mut || {
+            get(q("statuses_by_status", emoji));
+        });
+        time("xrpc: countIndex, hot like key", &mut || {
+            get(c(&hot));
+        });
+        time("xrpc: countIndex, typical like key", &mut || {
+            get(c(&typical));
+        });
+    }
+    let _ = round;
+    stop.store(true, Ordering::Relaxed);
+    let (live_secs, live_p99) = writer.join().unwrap();
+    figures.live_done = done.load(Ordering::Relaxed);
+    figures.live_secs = live_secs;
+    figures.live_p99_us = live_p99;
+    for v in reads.values_mut() {
+        v.sort_by(f64::total_cmp);
+    }
+    figures.reads = reads;
+    drop(_server);
+    drop(runtime);
+}
+
+fn run(likes: u64, secs: f64) -> Figures {
+    let root = std::env::var_os("SLUICE_BENCH_DIR").map_or_else(std::env::temp_dir, Into::into);
+    let dir = tempfile::tempdir_in(root).unwrap();
+    let mut figures = Figures::default();
+    let stored = build_phase(dir.path(), likes, &mut figures);
+    read_phase(dir.path(), &stored, secs, &mut figures);
+    figures
+}
+
+fn main() {
+    let scales: Vec<u64> = std::env::var("SLUICE_INDEX_BENCH_SCALE")
+        .unwrap_or_else(|_| "1,10".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("SLUICE_INDEX_BENCH_SCALE: comma-separated integers"))
+        .collect();
+    let base: u64 = std::env::var("SLUICE_INDEX_BENCH_BASE").map_or(200_000, |s| s.parse().unwrap());
+    let secs: f64 = std::env::var("SLUICE_INDEX_BENCH_SECS").map_or(8.0, |s| s.parse().unwrap());
+    let mut all = Vec::new();
+    for &scale in &scales {
+        let started = Instant::now();
+        let f = run(base * scale, secs);
+        eprintln!("scale {scale}x done in {:.1} s", started.elapsed().as_secs_f64());
+        all.push((scale, f));
+    }
+
+    let cols: Vec<String> = all.iter().map(|(s, _)| format!("{s}x")).collect();
+    let ratio_col = all.len() >= 2;
+    let header = |first: &str| {
+        let mut h = format!("| {first} | {} |", cols.join(" | "));
+        if ratio_col {
+            h.push_str(&format!(" {}/{} |", cols[cols.len() - 1], cols[0]));
+        }
+        let n = cols.len() + 1 + ratio_col as usize;
+        println!("{h}\n|{}", "---|".repeat(n));
+    };
+    let row = |name: &str, vals: Vec<f64>, fmt: &dyn Fn(f64) -> String| {
+        let mut r = format!("| {name} | {} |", vals.iter().map(|v| fmt(*v)).collect::<Vec<_>>().join(" | "));
+        if ratio_col {
+            r.push_str(&format!(" {:.2} |", vals[vals.len() - 1] / vals[0]));
+        }
+        println!("{r}");
+    };
+    let int = |v: f64| format!("{v:.0}");
+    let one = |v: f64| format!("{v:.1}");
+    let two = |v: f64| format!("{v:.2}");
+    let get = |f: &dyn Fn(&Figures) -> f64| all.iter().map(|(_, x)| f(x)).collect::<Vec<f64>>();
+
+    println!("\n### Building an index from the stored records\n");
+    header("");
+    row("likes stored", get(&|f| f.likes as f64), &int);
+    row("statuses stored", get(&|f| f.statuses as f64), &int);
+    row("repos", get(&|f| f.repos as f64), &int);
+    row("loading (Store::commit per repo), records/s", get(&|f| (f.likes + f.statuses) as f64 / f.load_secs), &int);
+    for name in ["likes_by_subject", "statuses_by_status"] {
+        row(&format!("{name}: records of its collection"), get(&|f| f.build[name].records as f64), &int);
+        row(&format!("{name}: build s"), get(&|f| f.build[name].secs), &two);
+        row(
+            &format!("{name}: build, its records/s"),
+            get(&|f| f.build[name].records as f64 / f.build[name].secs),
+            &int,
+        );
+        row(
+            &format!("{name}: build, stored records scanned/s"),
+            get(&|f| (f.likes + f.statuses) as f64 / f.build[name].secs),
+            &int,
+        );
+        row(&format!("{name}: build CPU s / wall s"), get(&|f| f.build[name].cpu / f.build[name].secs), &two);
+        row(&format!("{name}: extraction alone, records/s"), get(&|f| f.build[name].extract_per_sec), &int);
+        row(&format!("{name}: RSS at its start, MB"), get(&|f| f.build[name].rss_before_mb), &one);
+        row(
+            &format!("{name}: memory growth (peak - start), MB"),
+            get(&|f| f.build[name].peak_mb - f.build[name].rss_before_mb),
+            &one,
+        );
+        row(&format!("{name}: entries"), get(&|f| f.disk[name].0 as f64), &int);
+        row(&format!("{name}: bytes/entry, flushed"), get(&|f| f.disk[name].1 as f64 / f.disk[name].0 as f64), &one);
+        row(
+            &format!("{name}: bytes/entry, after major compaction"),
+            get(&|f| f.disk[name].2 as f64 / f.disk[name].0 as f64),
+            &one,
+        );
+    }
+    for name in ["records", "likes_by_subject", "statuses_by_status"] {
+        row(&format!("{name}: L0 tables when the builds ended"), get(&|f| f.tables[name].0 as f64), &int);
+        row(&format!("{name}: tables when the builds ended"), get(&|f| f.tables[name].1 as f64), &int);
+    }
+    row("RSS before the builds, MB", get(&|f| f.rss_before_mb), &one);
+    row("peak RSS during the builds (VmHWM), MB", get(&|f| f.peak_mb), &one);
+    row("memory growth, both builds (peak - before), MB", get(&|f| f.peak_mb - f.rss_before_mb), &one);
+    row("RSS after the builds, MB", get(&|f| f.rss_after_mb), &one);
+    if all.iter().any(|(_, f)| !f.peak_reset) {
+        println!("\n(VmHWM could not be reset: the peak includes the loading)");
+    }
+
+    println!("\n### Reads while live commits land (µs)\n");
+    header("");
+    row("waited for fjall's background work before reading, s", get(&|f| f.settle_secs), &one);
+    row("live commits applied/s", get(&|f| f.live_done as f64 / f.live_secs), &int);
+    row("live commit p99 µs", get(&|f| f.live_p99_us), &int);
+    let names: Vec<String> = all[0].1.reads.keys().cloned().collect();
+    for name in &names {
+        row(&format!("{name}: reads"), get(&|f| f.reads[name].len() as f64), &int);
+        row(&format!("{name}: p50"), get(&|f| percentile(&f.reads[name], 0.50)), &one);
+        row(&format!("{name}: p99"), get(&|f| percentile(&f.reads[name], 0.99)), &one);
+        row(&format!("{name}: max"), get(&|f| *f.reads[name].last().unwrap()), &one);
+    }
+}
