@@ -237,7 +237,7 @@ fn each_module_names_only_what_the_architecture_lets_it() {
     only("syntax", &[]);
     only("repo", &["syntax", "process"]);
     only("indexes", &[]);
-    only("lexicon", &[]);
+    only("lexicon", &["syntax"]);
     only("filter", &["syntax", "indexes", "lexicon"]);
     only("config", &["process", "cluster", "repo", "syntax", "http"]);
     only("wire", &["store"]);
