@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use cid::Cid;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use sluice::filter::Filter;
@@ -20,6 +19,7 @@ use sluice::indexes::encode;
 use sluice::pipeline::RecordOp;
 use sluice::store::{PageRange, RecordWrite, RepoChange, RepoState, RepoStatus, Store};
 use sluice::{Sluice, handlers::value::json_to_cbor};
+use sluice_testkit as testkit;
 
 const COLLECTION: &str = "xyz.statusphere.status";
 const DIDS: [&str; 3] = ["did:plc:aaaa", "did:plc:bbbb", "did:plc:cccc"];
@@ -109,12 +109,6 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn cid_of(bytes: &[u8]) -> Cid {
-    use sha2::Digest;
-    let hash = cid::multihash::Multihash::<64>::wrap(0x12, &sha2::Sha256::digest(bytes)).unwrap();
-    Cid::new_v1(0x71, hash)
-}
-
 /// Builds read two records keys a batch, so that a build takes many batches and commits and
 /// the reopening fall between them.
 fn config() -> sluice::Config {
@@ -156,7 +150,7 @@ impl Run {
 
     fn apply(&mut self, op: &Op) {
         let rev = self.next_rev();
-        let (commit, data) = (cid_of(rev.as_bytes()), cid_of(b"data"));
+        let (commit, data) = (testkit::cid_of(rev.as_bytes()), testkit::cid_of(b"data"));
         let pipeline = self.sluice.as_ref().unwrap().pipeline();
         match op {
             Op::Put(d, r, value) => {
@@ -164,7 +158,7 @@ impl Run {
                 let put = RecordOp::Put {
                     collection: COLLECTION.into(),
                     rkey: format!("r{r}"),
-                    cid: cid_of(&bytes),
+                    cid: testkit::cid_of(&bytes),
                     bytes: bytes.into(),
                 };
                 pipeline.apply_commit(DIDS[*d], commit, &rev, data, vec![put], None).unwrap();
@@ -426,7 +420,7 @@ fn a_build_stopped_anywhere_resumes_and_ends_exact() {
         let write = RecordWrite::Put {
             collection: COLLECTION.into(),
             rkey: rkey.into(),
-            cid: cid_of(&body).to_bytes(),
+            cid: testkit::cid_of(&body).to_bytes(),
             body: body.into(),
             existed,
         };

@@ -7,7 +7,6 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use cid::Cid;
 use serde_json::{Value, json};
 use sluice::filter::Filter;
 use sluice::handlers::value::json_to_cbor;
@@ -44,12 +43,6 @@ const BOB: &str = "did:plc:bob";
 const CAROL: &str = "did:plc:carol";
 const POST: &str = "at://did:plc:alice/app.bsky.feed.post/3kpost";
 
-fn cid_of(bytes: &[u8]) -> Cid {
-    use sha2::Digest;
-    let hash = cid::multihash::Multihash::<64>::wrap(0x12, &sha2::Sha256::digest(bytes)).unwrap();
-    Cid::new_v1(0x71, hash)
-}
-
 struct Setup {
     sluice: Sluice,
     base: String,
@@ -77,11 +70,13 @@ impl Setup {
         let op = RecordOp::Put {
             collection: collection.into(),
             rkey: rkey.into(),
-            cid: cid_of(&bytes),
+            cid: testkit::cid_of(&bytes),
             bytes: bytes.into(),
         };
         let pipeline = self.sluice.pipeline();
-        pipeline.apply_commit(did, cid_of(rev.as_bytes()), &rev, cid_of(b"d"), vec![op], None).unwrap();
+        pipeline
+            .apply_commit(did, testkit::cid_of(rev.as_bytes()), &rev, testkit::cid_of(b"d"), vec![op], None)
+            .unwrap();
     }
 
     fn status(&mut self, did: &str, rkey: &str, status: &str, at: &str) {
@@ -94,7 +89,7 @@ impl Setup {
     }
 
     fn like(&mut self, did: &str, rkey: &str, at: &str) {
-        let value = json!({"$type": "app.bsky.feed.like", "subject": {"uri": POST, "cid": cid_of(b"post").to_string()}, "createdAt": at});
+        let value = json!({"$type": "app.bsky.feed.like", "subject": {"uri": POST, "cid": testkit::cid_of(b"post").to_string()}, "createdAt": at});
         self.put(did, "app.bsky.feed.like", rkey, value);
     }
 

@@ -4,7 +4,6 @@
 //! drops collections with no lexicon (in both modes); a repo with one invalid record keeps its valid ones; a
 //! bad table is refused by line. Uses the real lexicons in `../shared/fixtures/lexicons/`.
 
-use cid::Cid;
 use serde_json::{Value, json};
 use sluice::filter::Filter;
 use sluice::handlers::value::json_to_cbor;
@@ -24,12 +23,6 @@ fn filter_text(validate: &str, unknown: &str) -> String {
          [lexicons]\ndir = {:?}\nvalidate = \"{validate}\"\nunknown = \"{unknown}\"\n",
         dir.display().to_string()
     )
-}
-
-fn cid_of(bytes: &[u8]) -> Cid {
-    use sha2::Digest;
-    let hash = cid::multihash::Multihash::<64>::wrap(0x12, &sha2::Sha256::digest(bytes)).unwrap();
-    Cid::new_v1(0x71, hash)
 }
 
 struct Run {
@@ -63,12 +56,15 @@ impl Run {
                 RecordOp::Put {
                     collection: collection.to_string(),
                     rkey: rkey.to_string(),
-                    cid: cid_of(&bytes),
+                    cid: testkit::cid_of(&bytes),
                     bytes: bytes.into(),
                 }
             })
             .collect();
-        self.sluice.pipeline().apply_commit(DID, cid_of(rev.as_bytes()), &rev, cid_of(b"d"), ops, None).unwrap();
+        self.sluice
+            .pipeline()
+            .apply_commit(DID, testkit::cid_of(rev.as_bytes()), &rev, testkit::cid_of(b"d"), ops, None)
+            .unwrap();
     }
 
     fn stored(&self) -> Vec<(String, String)> {

@@ -85,11 +85,6 @@ fn stored(s: &Sluice, did: &str) -> BTreeMap<String, String> {
 }
 
 /// The CID of `bytes` as a record block.
-fn cid_of(bytes: &[u8]) -> Cid {
-    use sha2::Digest;
-    let hash = cid::multihash::Multihash::<64>::wrap(0x12, &sha2::Sha256::digest(bytes)).unwrap();
-    Cid::new_v1(0x71, hash)
-}
 
 /// The two repo versions of the pipeline test: the first holds `keep` and `turns` (good); the
 /// second keeps `keep`, turns `turns` into a float record, and adds every hostile record.
@@ -112,7 +107,7 @@ fn puts(before: &RepoContents, after: &RepoContents) -> Vec<RecordOp> {
             RecordOp::Put {
                 collection: collection.into(),
                 rkey: rkey.into(),
-                cid: cid_of(bytes),
+                cid: testkit::cid_of(bytes),
                 bytes: bytes.clone().into(),
             }
         })
@@ -131,12 +126,12 @@ fn a_walk_and_live_commits_of_the_same_records_end_alike() {
         let car = export_car_blocking(&account, &rev, contents).unwrap();
         let repo = sluice::repo::read_car(&car, &Default::default()).unwrap();
         walked.pipeline().apply_walk(&repo, &Default::default()).unwrap();
-        let (commit, data) = (cid_of(rev.as_bytes()), cid_of(&car));
+        let (commit, data) = (testkit::cid_of(rev.as_bytes()), testkit::cid_of(&car));
         live.pipeline().apply_commit(&account.did, commit, &rev, data, puts(&before, contents), None).unwrap();
         before = contents.clone();
     }
 
-    let only_good: BTreeMap<String, String> = [("keep".to_string(), cid_of(&good(1)).to_string())].into();
+    let only_good: BTreeMap<String, String> = [("keep".to_string(), testkit::cid_of(&good(1)).to_string())].into();
     assert_eq!(stored(&walked, &account.did), only_good, "the walk stores the good record alone");
     assert_eq!(stored(&live, &account.did), only_good, "live commits store the same");
     let events = events_of(&walked, &account.did);
@@ -324,7 +319,7 @@ async fn a_stored_record_that_does_not_render_fails_no_read() {
     let put = RecordWrite::Put {
         collection: THING.into(),
         rkey: "b".into(),
-        cid: cid_of(&deep).to_bytes(),
+        cid: testkit::cid_of(&deep).to_bytes(),
         body: deep.into(),
         existed: false,
     };

@@ -126,6 +126,14 @@ pub fn sluice_command(binary: &str) -> std::process::Command {
     command
 }
 
+/// The CID of a DAG-CBOR record body (CIDv1, dag-cbor, sha2-256), as a PDS computes it: what
+/// tests that commit records through the pipeline give as each record's CID.
+pub fn cid_of(bytes: &[u8]) -> cid::Cid {
+    use sha2::Digest;
+    let hash = cid::multihash::Multihash::<64>::wrap(0x12, &sha2::Sha256::digest(bytes)).expect("a 32-byte digest");
+    cid::Cid::new_v1(0x71, hash)
+}
+
 /// An HTTP client for the tests' own requests (all to 127.0.0.1): no proxy, whatever the
 /// environment says.
 pub fn http() -> reqwest::Client {
