@@ -344,7 +344,7 @@ pub enum UnknownMode {
     /// Stored as if it were valid.
     #[default]
     Pass,
-    /// Treated as invalid (as `validate` says: logged, or not stored).
+    /// Not stored (whether failing records are dropped or only logged), counted and logged.
     Drop,
 }
 
