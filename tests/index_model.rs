@@ -426,7 +426,7 @@ fn a_build_stopped_anywhere_resumes_and_ends_exact() {
         };
         store.commit(RepoChange { did: did.into(), records: vec![write], ..Default::default() }).unwrap();
     };
-    for stop_after in [0, 1, 4, 9] {
+    for stop_after in [0, 1, 4, 9, 14] {
         let dir = tempfile::tempdir().unwrap();
         let mut model = BTreeMap::new();
         let store = Store::open(dir.path()).unwrap();
@@ -434,6 +434,20 @@ fn a_build_stopped_anywhere_resumes_and_ends_exact() {
             for r in 0..8 {
                 put(&store, &mut model, did, format!("r{r}"), ["👍", "🙂"][(i + r) % 2]);
             }
+            // Records of collections ordered before and after the index's, which the build
+            // seeks past.
+            let others = ["app.bsky.feed.like", "zzz.other.thing"].map(|collection| {
+                let body = json_to_cbor(&json!({"$type": collection})).unwrap();
+                (0..5).map(move |r| RecordWrite::Put {
+                    collection: collection.into(),
+                    rkey: format!("o{r}").into(),
+                    cid: testkit::cid_of(&body).to_bytes(),
+                    body: body.clone().into(),
+                    existed: false,
+                })
+            });
+            let records = others.into_iter().flatten().collect();
+            store.commit(RepoChange { did: did.to_string(), records, ..Default::default() }).unwrap();
         }
         store.set_indexes(&late).unwrap();
         let id = store.index_registry().indexes["late"].id;

@@ -94,9 +94,11 @@ impl Records {
         }
     }
 
-    /// Scans up to `max_keys` records past the key `after` (from the start when it is empty),
-    /// calling `each(did, rkey, body)` on those of `collection`; returns the last key scanned,
-    /// or `None` when the scan reached the end. What an index build reads, a page at a time.
+    /// Reads up to `max_keys` records keys past the key `after` (from the start when it is
+    /// empty), calling `each(did, rkey, body)` on those of `collection`; returns the last key
+    /// read, or `None` when the scan reached the end. What an index build reads, a batch at a
+    /// time. Within a repo it seeks past other collections instead of reading their records: to
+    /// `collection` when it meets one ordered before it, to the next repo when after it.
     pub(super) fn scan_collection(
         &self,
         after: &[u8],
@@ -104,26 +106,40 @@ impl Records {
         collection: &str,
         mut each: impl FnMut(&str, &str, &[u8]) -> Result<()>,
     ) -> Result<Option<Vec<u8>>> {
-        let lo: Bound<&[u8]> = if after.is_empty() { Bound::Unbounded } else { Excluded(after) };
-        let (mut last, mut scanned) = (None, 0);
-        for kv in self.records.range::<&[u8], _>((lo, Bound::Unbounded)).take(max_keys) {
-            let (k, v) = kv.into_inner()?;
-            scanned += 1;
-            let (did, coll, rkey) = keys::parse_record(&k)?;
-            if coll == collection {
-                let view = RecordRef::view(&v)?;
-                match view.body {
-                    Some(body) => each(did, rkey, body)?,
-                    None => {
-                        if let Some(body) = self.blocks.body(view.cid)? {
-                            each(did, rkey, &body)?
+        let mut from: Bound<Vec<u8>> = if after.is_empty() { Bound::Unbounded } else { Excluded(after.to_vec()) };
+        let (mut last, mut read) = (None, 0);
+        'seek: loop {
+            for kv in self.records.range((from.clone(), Bound::Unbounded)) {
+                if read == max_keys {
+                    return Ok(last);
+                }
+                let (k, v) = kv.into_inner()?;
+                read += 1;
+                let (did, coll, rkey) = keys::parse_record(&k)?;
+                let seek = match coll.cmp(collection) {
+                    std::cmp::Ordering::Equal => {
+                        let view = RecordRef::view(&v)?;
+                        match view.body {
+                            Some(body) => each(did, rkey, body)?,
+                            None => {
+                                if let Some(body) = self.blocks.body(view.cid)? {
+                                    each(did, rkey, &body)?
+                                }
+                            }
                         }
+                        None
                     }
+                    std::cmp::Ordering::Less => Some(keys::record_collection_prefix(did, collection)),
+                    std::cmp::Ordering::Greater => Some(past_prefix(keys::record_prefix(did))),
+                };
+                last = Some(k.to_vec());
+                if let Some(to) = seek {
+                    from = Included(to);
+                    continue 'seek;
                 }
             }
-            last = Some(k.to_vec());
+            return Ok(None);
         }
-        Ok(if scanned < max_keys { None } else { last })
     }
 
     /// An owned record of a stored `records` value, its body read from `blocks` when the value
