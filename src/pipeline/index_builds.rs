@@ -3,7 +3,6 @@
 //! and builds indexes from the stored records in the background, a batch at a time, while
 //! indexing goes on. A build resumes from its stored position after a restart.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -34,10 +33,11 @@ impl Maintainer {
         apply(&store, &current.filter.indexes)?;
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let stopping = stop.clone();
-        let failed = AtomicBool::new(false);
         let thread = std::thread::Builder::new()
             .name("sluice-indexes".into())
             .spawn(move || {
+                // Whether the last build batch failed: a failure is logged once, not every retry.
+                let mut failed = false;
                 while !*stopping.0.lock().expect("index maintainer lock") {
                     let now = filter.load();
                     if !Arc::ptr_eq(&now, &current) {
@@ -46,15 +46,14 @@ impl Maintainer {
                             tracing::error!("putting the filter's indexes in force: {}", crate::error::chain(&e));
                         }
                     }
+                    // Busy while a batch was built: the next look finds the next one, or none.
                     let busy = match store.build_index_step(batch.max(1)) {
                         Ok(step) => {
-                            failed.store(false, Ordering::Relaxed);
-                            step.is_some_and(|s| {
-                                !s.ready || store.index_progress().values().any(|(_, p)| p.building.is_some())
-                            })
+                            failed = false;
+                            step.is_some()
                         }
                         Err(e) => {
-                            if !failed.swap(true, Ordering::Relaxed) {
+                            if !std::mem::replace(&mut failed, true) {
                                 tracing::error!("building an index (retried): {}", crate::error::chain(&e));
                             }
                             false

@@ -34,11 +34,10 @@ fn index_status(state: &ServerState) -> serde_json::Value {
         .map(|(name, (index, p))| {
             let value = match p.building {
                 None => json!({"state": "ready", "entries": p.entries}),
-                Some(b) => json!({
-                    "state": "building",
-                    "done": b.done,
-                    "total": store.records_in(&index.spec.collection).max(b.done as i64),
-                }),
+                Some(build) => {
+                    let (done, total) = store.build_progress(&index, &build);
+                    json!({"state": "building", "done": done, "total": total})
+                }
             };
             (name, value)
         })

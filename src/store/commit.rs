@@ -101,7 +101,7 @@ impl Store {
         // staged at commit time, by `stage_state`, and index rows (which read what the index
         // holds, and follow a build's position) by `IndexParts::stage`.
         self.records.stage(&mut batch, &did, &records);
-        let index_work = self.indexes.prepare(&did, &records, log::now_us() as i64);
+        let index_work = self.indexes.prepare(&records, log::now_us() as i64);
         self.handlers.stage(&mut batch, handler_writes)?;
         if let Some((service, value)) = cursor {
             self.cursors.stage(&mut batch, &service, value);

@@ -33,6 +33,18 @@ impl Store {
         self.indexes.progress()
     }
 
+    /// The progress of one index in force.
+    pub fn index_progress_of(&self, index: &LiveIndex) -> Progress {
+        self.indexes.progress_of(index.id)
+    }
+
+    /// How far a build is: (records of the index's collection read, about how many there are:
+    /// the stored count of the collection, or what was read if more).
+    pub fn build_progress(&self, index: &LiveIndex, build: &Build) -> (u64, u64) {
+        let total = self.records_in(&index.spec.collection).max(0) as u64;
+        (build.done, total.max(build.done))
+    }
+
     /// Records given no entry since start, by index name and reason.
     pub fn index_skips(&self) -> Vec<(String, Skip, u64)> {
         self.indexes.skips()
@@ -84,7 +96,7 @@ impl Store {
     }
 
     /// The number of stored records of `collection` (what a build of an index over it reads).
-    pub fn records_in(&self, collection: &str) -> i64 {
+    fn records_in(&self, collection: &str) -> i64 {
         let writer = self.writer.lock().expect("writer lock");
         writer.counts.get(&keys::count_records(collection)).copied().unwrap_or(0)
     }

@@ -214,7 +214,7 @@ fn past(prefix: &[u8]) -> Option<Vec<u8>> {
 }
 
 fn corrupt(what: &'static str) -> StoreError {
-    StoreError::Value(ValueError::Empty(what))
+    StoreError::Value(ValueError::Malformed(what))
 }
 
 impl RecordRow {
@@ -326,6 +326,22 @@ impl LiveIndex {
 }
 
 impl LiveIndex {
+    /// `did`'s newest record by sort value among its `P` rows (`per_repo = "latest"`), passing
+    /// over the rkeys in `skip`: (encoded sort value, rkey).
+    fn newest(&self, did: &str, skip: &HashSet<&str>) -> Result<Option<(Vec<u8>, String)>> {
+        let prefix = per_repo_prefix(did);
+        for kv in self.space.prefix(&prefix).rev() {
+            let k = kv.key()?;
+            let tail = &k[prefix.len()..];
+            let n = sort_len(self.spec.sort.value_type(), tail).ok_or_else(|| corrupt("index per-repo row"))?;
+            let rkey = std::str::from_utf8(&tail[n..]).map_err(|_| corrupt("index per-repo row"))?;
+            if !skip.contains(rkey) {
+                return Ok(Some((tail[..n].to_vec(), rkey.to_string())));
+            }
+        }
+        Ok(None)
+    }
+
     /// The entries of `did`'s records under the key tuple `key`, ascending by position: read
     /// from the repo's own rows (its `R` rows, or its newest `P` row for `per_repo = "latest"`),
     /// so a query for one repo costs what that repo holds in the index, not what the key does.
@@ -333,15 +349,10 @@ impl LiveIndex {
         let mut rows: Vec<(String, RecordEntries)> = Vec::new();
         match self.spec.per_repo {
             PerRepo::Latest => {
-                let prefix = per_repo_prefix(did);
-                if let Some(kv) = self.space.prefix(&prefix).next_back() {
-                    let k = kv.key()?;
-                    let tail = &k[prefix.len()..];
-                    let n = sort_len(self.spec.sort.value_type(), tail).ok_or_else(|| corrupt("index per-repo row"))?;
-                    let rkey = std::str::from_utf8(&tail[n..]).map_err(|_| corrupt("index per-repo row"))?;
-                    if let Some(RecordRow::Entries(e)) = self.record_row(did, rkey)? {
-                        rows.push((rkey.to_string(), e));
-                    }
+                if let Some((_, rkey)) = self.newest(did, &HashSet::new())?
+                    && let Some(RecordRow::Entries(e)) = self.record_row(did, &rkey)?
+                {
+                    rows.push((rkey, e));
                 }
             }
             PerRepo::All => {
@@ -500,6 +511,11 @@ impl IndexParts {
             .collect()
     }
 
+    /// The progress of the index with id `id`.
+    pub(super) fn progress_of(&self, id: u32) -> Progress {
+        self.progress.lock().expect("index progress lock").get(&id).cloned().unwrap_or_default()
+    }
+
     /// Records skipped since start, by index name and reason.
     pub(super) fn skips(&self) -> Vec<(String, Skip, u64)> {
         let registry = self.registry.load();
@@ -511,13 +527,12 @@ impl IndexParts {
         out
     }
 
-    /// What `did`'s record `writes` put in the indexes in force, extracted off the writer lock
+    /// What a change's record `writes` put in the indexes in force, extracted off the writer lock
     /// (`now_us` bounds `sortAt`).
-    pub(super) fn prepare(&self, did: &str, writes: &[RecordWrite], now_us: i64) -> IndexWork {
+    pub(super) fn prepare(&self, writes: &[RecordWrite], now_us: i64) -> IndexWork {
         let registry = self.registry.load();
         let mut items = Vec::new();
         if !registry.indexes.is_empty() {
-            let _ = did;
             for write in writes {
                 let (collection, rkey, existed, body) = match write {
                     RecordWrite::Put { collection, rkey, existed, body, .. } => {
@@ -552,7 +567,7 @@ impl IndexParts {
         now_us: i64,
     ) -> Result<Moved> {
         let registry = self.registry.load();
-        let work = if work.generation == registry.generation { work } else { self.prepare(did, writes, now_us) };
+        let work = if work.generation == registry.generation { work } else { self.prepare(writes, now_us) };
         let mut moved = Moved::default();
         if work.items.is_empty() {
             return Ok(moved);
@@ -670,22 +685,9 @@ impl IndexParts {
             return Ok(0);
         }
         let prefix = per_repo_prefix(did);
-        let kind = index.spec.sort.value_type();
-        let newest_stored = |skip: &HashSet<&str>| -> Result<Option<(Vec<u8>, String)>> {
-            for kv in index.space.prefix(&prefix).rev() {
-                let k = kv.key()?;
-                let tail = &k[prefix.len()..];
-                let n = sort_len(kind, tail).ok_or_else(|| corrupt("index per-repo row"))?;
-                let rkey = std::str::from_utf8(&tail[n..]).map_err(|_| corrupt("index per-repo row"))?;
-                if !skip.contains(rkey) {
-                    return Ok(Some((tail[..n].to_vec(), rkey.to_string())));
-                }
-            }
-            Ok(None)
-        };
-        let before = newest_stored(&HashSet::new())?;
+        let before = index.newest(did, &HashSet::new())?;
         let touched: HashSet<&str> = changed.iter().map(|(r, _, _)| r.as_str()).collect();
-        let mut after = newest_stored(&touched)?;
+        let mut after = index.newest(did, &touched)?;
         for (rkey, old, new) in changed {
             if let Some(old) = old {
                 batch.remove(&index.space, [prefix.as_slice(), &old.sort, rkey.as_bytes()].concat());
@@ -777,7 +779,7 @@ impl IndexParts {
                     next.insert(spec.name.clone(), ix);
                 }
                 _ => {
-                    let id = self.next_id(&current, &mut batch)?;
+                    let id = self.next_id(&current)?;
                     let space = self.db.keyspace(&format!("index.{id}"), || keyspace_options("index"))?;
                     batch.insert(&self.meta, meta_key(b'd', id), def_row(spec));
                     let build = Build::default();
@@ -812,13 +814,12 @@ impl IndexParts {
         Ok((started, dropped_names))
     }
 
-    fn next_id(&self, current: &Registry, batch: &mut fjall::OwnedWriteBatch) -> Result<u32> {
+    fn next_id(&self, current: &Registry) -> Result<u32> {
         let stored = self.meta.get([b'n'])?.and_then(|v| v.as_ref().try_into().ok()).map(u32::from_be_bytes);
         let in_use = current.indexes.values().map(|ix| ix.id + 1).max().unwrap_or(1);
         let id = stored.unwrap_or(1).max(in_use);
         // Written at once, so two indexes started by one save get two ids.
         self.db.write(|| self.meta.insert([b'n'], (id + 1).to_be_bytes()))?;
-        let _ = batch;
         Ok(id)
     }
 

@@ -20,6 +20,9 @@ pub enum ValueError {
     /// The bytes do not decode.
     #[error("stored {what} value is corrupt")]
     Corrupt { what: &'static str, source: postcard::Error },
+    /// A row of a hand-laid format (index rows) does not have the layout it must have.
+    #[error("stored {0} is malformed")]
+    Malformed(&'static str),
 }
 
 /// A value with a stored form.

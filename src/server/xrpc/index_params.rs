@@ -63,30 +63,28 @@ impl Pairs {
 /// The index a query names: by `index`, or the one served under `method`.
 pub(super) fn find(store: &Store, pairs: &Pairs, method: Option<&str>) -> Result<Arc<LiveIndex>, XrpcError> {
     let registry = store.index_registry();
-    let found = match method {
-        Some(method) => registry.by_method(method).cloned(),
+    let (name, found) = match method {
+        Some(method) => (method, registry.by_method(method)),
         None => {
             let name = pairs.req("index")?;
-            registry.indexes.get(name).cloned()
+            (name, registry.indexes.get(name))
         }
     };
-    found.ok_or_else(|| {
-        let name = method.map_or_else(|| pairs.req("index").unwrap_or_default().to_string(), str::to_string);
+    found.cloned().ok_or_else(|| {
         XrpcError::new(StatusCode::BAD_REQUEST, "IndexNotFound", format!("no index `{name}` in the filter"))
     })
 }
 
 /// `index` once it is ready; while it builds, `IndexNotReady` with its progress.
 pub(super) fn ready(store: &Store, index: &LiveIndex) -> Result<(), XrpcError> {
-    let progress = store.index_progress().remove(&index.spec.name).map(|(_, p)| p).unwrap_or_default();
-    match progress.building {
+    match store.index_progress_of(index).building {
         None => Ok(()),
         Some(build) => {
-            let total = store.records_in(&index.spec.collection).max(build.done as i64);
+            let (done, total) = store.build_progress(index, &build);
             Err(XrpcError::new(
                 StatusCode::BAD_REQUEST,
                 "IndexNotReady",
-                format!("index `{}` is building: {} of about {} records read", index.spec.name, build.done, total),
+                format!("index `{}` is building: {done} of about {total} records read", index.spec.name),
             ))
         }
     }
@@ -118,8 +116,8 @@ pub(super) fn progress_json(store: &Store, index: &LiveIndex, p: &Progress) -> s
         "skipped": p.skipped,
     });
     if let Some(build) = &p.building {
-        let total = store.records_in(&index.spec.collection).max(build.done as i64);
-        out["progress"] = serde_json::json!({ "done": build.done, "total": total });
+        let (done, total) = store.build_progress(index, build);
+        out["progress"] = serde_json::json!({ "done": done, "total": total });
     }
     out
 }
