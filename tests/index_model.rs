@@ -189,11 +189,7 @@ impl Run {
 
     /// Waits until no index is building.
     fn settle(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.sluice().store().index_progress().values().any(|(_, p)| p.building.is_some()) {
-            assert!(Instant::now() < deadline, "an index build did not end");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        testkit::wait_for_index_builds(self.sluice().store(), Duration::from_secs(30));
     }
 }
 

@@ -5,7 +5,7 @@
 //! status and name.
 
 use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice::filter::Filter;
@@ -105,11 +105,7 @@ impl Setup {
     }
 
     fn settle(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.sluice.store().index_progress().values().any(|(_, p)| p.building.is_some()) {
-            assert!(Instant::now() < deadline, "a build did not end");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        testkit::wait_for_index_builds(self.sluice.store(), Duration::from_secs(30));
     }
 }
 

@@ -37,11 +37,7 @@ impl Run {
         let filter = Filter::from_toml(&filter_text(validate, unknown), "test").unwrap();
         let sluice = Sluice::builder().config(Config::default()).data_dir(dir.path()).filter(filter).open().unwrap();
         // The index starts building (over nothing) in the background; the checks want it ready.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while sluice.store().index_progress().values().any(|(_, p)| p.building.is_some()) {
-            assert!(std::time::Instant::now() < deadline, "the build ended");
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
+        testkit::wait_for_index_builds(sluice.store(), std::time::Duration::from_secs(10));
         Run { sluice, rev: 0, _dir: dir }
     }
 

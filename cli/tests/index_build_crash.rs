@@ -55,20 +55,15 @@ fn testkit_cid(bytes: &[u8]) -> Vec<u8> {
     cid::Cid::new_v1(0x71, cid::multihash::Multihash::<64>::wrap(0x12, &digest).unwrap()).to_bytes()
 }
 
+/// The devnet config with the server on `port` and builds one record a batch (so that the
+/// kills land during the build).
 fn write_config(dir: &Path, net: &Devnet, port: u16) -> std::path::PathBuf {
     let filter = dir.join("filter.toml");
     std::fs::write(&filter, format!("mode = \"full\"\n{}", index_table("late"))).unwrap();
-    let config = dir.join("config.toml");
-    let text = format!(
-        "[storage]\npath = {:?}\nindex_build_batch = 1\n[filter]\npath = {filter:?}\n\
-         [network]\nrelay = {:?}\nplc = {:?}\nhandle_resolver = {:?}\nallowed_networks = [\"127.0.0.0/8\"]\n\
-         [server]\nlisten = \"127.0.0.1:{port}\"\n",
-        dir.join("data"),
-        net.relay_url(),
-        net.plc_url(),
-        net.relay_url()
-    );
-    std::fs::write(&config, text).unwrap();
+    let server = format!("[server]\nlisten = \"127.0.0.1:{port}\"\n");
+    let config = testkit::devnet_config_with_filter(dir, net, &filter, &server);
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replacen("[storage]\n", "[storage]\nindex_build_batch = 1\n", 1)).unwrap();
     config
 }
 

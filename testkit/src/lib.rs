@@ -126,6 +126,16 @@ pub fn sluice_command(binary: &str) -> std::process::Command {
     command
 }
 
+/// Waits (polling every few ms) until no index of `store` is building; panics when one still is
+/// after `limit`.
+pub fn wait_for_index_builds(store: &sluice::store::Store, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while store.index_progress().values().any(|(_, p)| p.building.is_some()) {
+        assert!(Instant::now() < deadline, "an index build did not end within {limit:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
 /// The CID of a DAG-CBOR record body (CIDv1, dag-cbor, sha2-256), as a PDS computes it: what
 /// tests that commit records through the pipeline give as each record's CID.
 pub fn cid_of(bytes: &[u8]) -> cid::Cid {
