@@ -312,6 +312,13 @@ fn check_store(
                 let range = PageRange { ascending, after: after.as_deref(), ..Default::default() };
                 let page = index.page(&k, &range, 3).unwrap();
                 got.extend(page.iter().map(|h| (h.did.clone(), h.rkey.clone())));
+                for hit in &page {
+                    // An entry of an index that keeps every record carries the record as stored
+                    // now (these records are all short enough), rewritten by every update.
+                    let stored = store.records().get(&hit.did, COLLECTION, &hit.rkey).unwrap();
+                    let want = if latest { None } else { stored };
+                    assert_eq!(hit.record, want, "{name}: the record {}/{} an entry carries", hit.did, hit.rkey);
+                }
                 match page.last() {
                     Some(last) if page.len() == 3 => after = Some(last.position.clone()),
                     _ => break,
@@ -372,6 +379,33 @@ proptest! {
         run.settle();
         check_all(&run, true);
     }
+}
+
+/// An entry carries its record: an update that moves no entry (same key, same sort) still
+/// rewrites it, and a record grown past the length entries carry is read from `records`.
+#[test]
+fn entries_carry_the_current_record() {
+    let mut run = Run::open(tempfile::tempdir().unwrap(), BASE);
+    let status = |langs: Value| json!({"$type": COLLECTION, "status": "👍", "createdAt": TIMES[0].0, "langs": langs});
+    run.apply(&Op::Put(0, 0, status(json!(["en"]))));
+    run.settle();
+    check_all(&run, false);
+    run.apply(&Op::Put(0, 0, status(json!(["fr"]))));
+    run.settle();
+    check_all(&run, false);
+    let index = run.sluice().store().index_registry().indexes["by_status"].clone();
+    let page = index.page(&encode::key_tuple(&["👍"]), &PageRange::default(), 10).unwrap();
+    let carried = page[0].record.as_ref().expect("a short record is carried").body.clone().unwrap();
+    assert!(String::from_utf8_lossy(&carried).contains("fr"), "the entry carries the update");
+    // Longer than an entry carries: the entry stands (same key and sort) without the record.
+    let long: Vec<String> = (0..90).map(|i| format!("x-long-language-tag-{i:03}")).collect();
+    run.apply(&Op::Put(0, 0, status(json!(long))));
+    run.settle();
+    let page = index.page(&encode::key_tuple(&["👍"]), &PageRange::default(), 10).unwrap();
+    assert_eq!((page.len(), page[0].record.as_ref()), (1, None));
+    run.apply(&Op::Put(0, 0, status(json!(["de"]))));
+    run.settle();
+    check_all(&run, false);
 }
 
 /// A changed definition rebuilds under the same name; a removed index leaves nothing, and a

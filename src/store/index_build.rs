@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use smol_str::SmolStr;
 
-use super::indexes::{Build, LiveIndex, Progress, Registry};
+use super::indexes::{Build, LiveIndex, Progress, Registry, Update, inline_value};
 use super::{Result, Store, keys, log};
 use crate::indexes::{IndexSpec, Skip};
 
@@ -65,14 +65,16 @@ impl Store {
         let _writer = self.writer.lock().expect("writer lock");
         let Some((index, build)) = self.indexes.next_build() else { return Ok(None) };
         let now = log::now_us() as i64;
-        let mut found: Vec<(String, SmolStr, _)> = Vec::new();
+        let mut found: Vec<(String, Update)> = Vec::new();
         let last =
-            self.records.scan_collection(&build.after, max_keys, &index.spec.collection, |did, rkey, body| {
-                found.push((
-                    did.to_string(),
-                    SmolStr::new(rkey),
-                    crate::indexes::entries(&index.spec, rkey, body, now),
-                ));
+            self.records.scan_collection(&build.after, max_keys, &index.spec.collection, |did, rkey, cid, body| {
+                let update = Update {
+                    rkey: SmolStr::new(rkey),
+                    existed: false,
+                    new: Some(crate::indexes::entries(&index.spec, rkey, body, now)),
+                    value: index.inlines().then(|| inline_value(cid, body)).flatten(),
+                };
+                found.push((did.to_string(), update));
                 Ok(())
             })?;
         let records = found.len() as u64;

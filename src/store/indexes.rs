@@ -2,9 +2,12 @@
 //! when the index is), and `index_meta` (each index's definition, build position and totals).
 //!
 //! Rows of `index.<id>` (the first byte names the kind):
-//! - `E key sort did \0 rkey` -> empty: an entry. `key` is the encoded key tuple, `sort` the
-//!   encoded sort value (self-delimiting: 8 bytes for datetimes and integers, terminated text
-//!   for strings), so a query is one range scan of `E key`, newest first from its end.
+//! - `E key sort did \0 rkey` -> the record (its `records` value: CID and body) when at most
+//!   [`INLINE_MAX`] bytes and the index keeps every record (`per_repo = "all"`), else empty: an
+//!   entry. `key` is the encoded key tuple, `sort` the encoded sort value (self-delimiting: 8
+//!   bytes for datetimes and integers, terminated text for strings), so a query is one range
+//!   scan of `E key`, newest first from its end, and reads no record elsewhere: a page of 50
+//!   random `records` reads cost milliseconds once `records` outgrows the block cache.
 //! - `R did \0 rkey` -> what the record put in the index ([`RecordRow`]): entries, or why it
 //!   has none. An update or delete reads it to remove the old entries; nothing is re-extracted.
 //! - `C key` -> i64: entries under `key` (`count = true`), read in constant time.
@@ -32,7 +35,7 @@ use smol_str::SmolStr;
 
 use super::failure::Db;
 use super::records::RecordWrite;
-use super::values::ValueError;
+use super::values::{RecordRef, ValueError};
 use super::{Result, StoreError, keys, keyspace_options};
 use crate::indexes::spec::StoredSpec;
 use crate::indexes::{IndexSpec, PerRepo, RecordEntries, Skip, SortType};
@@ -42,6 +45,9 @@ const RECORD: u8 = b'R';
 const COUNT: u8 = b'C';
 const PER_REPO: u8 = b'P';
 
+/// The longest `records` value an entry carries; a longer record is read from `records`.
+pub const INLINE_MAX: usize = 2048;
+
 /// An index in force: its id (its keyspace is `index.<id>`), definition and keyspace.
 pub struct LiveIndex {
     /// Stable for the definition's life; a changed definition gets a new id.
@@ -49,6 +55,15 @@ pub struct LiveIndex {
     /// The definition.
     pub spec: IndexSpec,
     space: Keyspace,
+}
+
+impl LiveIndex {
+    /// Whether this index's entries carry their records: every record's entries stand for as
+    /// long as the record does, so each is rewritten with it. A `per_repo = "latest"` index moves
+    /// its entries to an older record when the newest goes, which the change does not carry.
+    pub(super) fn inlines(&self) -> bool {
+        self.spec.per_repo == PerRepo::All
+    }
 }
 
 /// The indexes in force; replaced whole when the filter's definitions change.
@@ -114,11 +129,24 @@ pub(super) struct IndexWork {
 struct Item {
     index: Arc<LiveIndex>,
     collection: SmolStr,
-    rkey: SmolStr,
+    update: Update,
+}
+
+/// A change of one record as an index sees it.
+pub(super) struct Update {
+    pub(super) rkey: SmolStr,
     /// Whether the record was stored before (its `R` row, if any, is read).
-    existed: bool,
+    pub(super) existed: bool,
     /// The new version's entries; `None` for a removal.
-    new: Option<Result<RecordEntries, Skip>>,
+    pub(super) new: Option<Result<RecordEntries, Skip>>,
+    /// The new version's `records` value, when short enough for its entries to carry it
+    /// ([`INLINE_MAX`]).
+    pub(super) value: Option<bytes::Bytes>,
+}
+
+/// A record's `records` value for its entries to carry, if at most [`INLINE_MAX`] bytes.
+pub(super) fn inline_value(cid: &[u8], body: &[u8]) -> Option<bytes::Bytes> {
+    (cid.len() + body.len() + 8 <= INLINE_MAX).then(|| RecordRef::encode_parts(cid, body).into())
 }
 
 /// Totals moved by a batch, installed once it committed.
@@ -314,12 +342,16 @@ impl LiveIndex {
         let kind = self.spec.sort.value_type();
         let mut hits = Vec::with_capacity(limit.min(128));
         for kv in iter.take(limit) {
-            let k = kv.key()?;
+            let (k, v) = kv.into_inner()?;
             let position = &k[prefix.len()..];
             let sort = sort_len(kind, position).ok_or_else(|| corrupt("index entry"))?;
             let rest = std::str::from_utf8(&position[sort..]).map_err(|_| corrupt("index entry"))?;
             let (did, rkey) = rest.split_once('\0').ok_or_else(|| corrupt("index entry"))?;
-            hits.push(Hit { did: did.to_string(), rkey: rkey.to_string(), position: position.to_vec() });
+            let record = match v.is_empty() {
+                true => None,
+                false => Some(RecordRef::view(&v).map_err(|_| corrupt("index entry's record"))?.into()),
+            };
+            hits.push(Hit { did: did.to_string(), rkey: rkey.to_string(), position: position.to_vec(), record });
         }
         Ok(hits)
     }
@@ -371,7 +403,7 @@ impl LiveIndex {
             .filter(|(_, e)| e.keys.iter().any(|k| k == key))
             .map(|(rkey, e)| {
                 let position = [e.sort.as_slice(), did.as_bytes(), &[0], rkey.as_bytes()].concat();
-                Hit { did: did.to_string(), rkey, position }
+                Hit { did: did.to_string(), rkey, position, record: None }
             })
             .collect();
         hits.sort_by(|a, b| a.position.cmp(&b.position));
@@ -416,6 +448,8 @@ pub struct Hit {
     pub rkey: String,
     /// Its position in the key's order: the cursor past it.
     pub position: Vec<u8>,
+    /// The record, when the entry carries it; else it is read from `records`.
+    pub record: Option<RecordRef>,
 }
 
 fn decode_i64(v: &[u8]) -> i64 {
@@ -534,21 +568,21 @@ impl IndexParts {
         let mut items = Vec::new();
         if !registry.indexes.is_empty() {
             for write in writes {
-                let (collection, rkey, existed, body) = match write {
-                    RecordWrite::Put { collection, rkey, existed, body, .. } => {
-                        (collection, rkey, *existed, Some(body))
+                let (collection, rkey, existed, put) = match write {
+                    RecordWrite::Put { collection, rkey, existed, cid, body } => {
+                        (collection, rkey, *existed, Some((cid, body)))
                     }
                     RecordWrite::Remove { collection, rkey } => (collection, rkey, true, None),
                 };
+                let mut value = None;
                 for index in registry.on(collection) {
-                    let new = body.map(|b| crate::indexes::entries(&index.spec, rkey, b, now_us));
-                    items.push(Item {
-                        index: index.clone(),
-                        collection: collection.clone(),
-                        rkey: rkey.clone(),
-                        existed,
-                        new,
-                    });
+                    let new = put.map(|(_, body)| crate::indexes::entries(&index.spec, rkey, body, now_us));
+                    if index.inlines() && value.is_none() {
+                        value = put.and_then(|(cid, body)| inline_value(cid, body));
+                    }
+                    let update =
+                        Update { rkey: rkey.clone(), existed, new, value: value.clone().filter(|_| index.inlines()) };
+                    items.push(Item { index: index.clone(), collection: collection.clone(), update });
                 }
             }
         }
@@ -577,14 +611,14 @@ impl IndexParts {
         for item in work.items {
             let building = progress.get(&item.index.id).and_then(|p| p.building.as_ref());
             // Past a build's position the build will read the record as committed.
-            if building.is_some_and(|b| keys::record(did, &item.collection, &item.rkey) > b.after) {
+            if building.is_some_and(|b| keys::record(did, &item.collection, &item.update.rkey) > b.after) {
                 continue;
             }
             by_index.entry(item.index.id).or_insert_with(|| (item.index.clone(), Vec::new())).1.push(item);
         }
         drop(progress);
         for (_, (index, items)) in by_index {
-            let updates = items.into_iter().map(|i| (i.rkey, i.existed, i.new)).collect();
+            let updates = items.into_iter().map(|i| i.update).collect();
             self.stage_index(batch, &index, did, updates, &mut moved)?;
         }
         self.stage_counts(batch, &mut moved)?;
@@ -592,21 +626,20 @@ impl IndexParts {
         Ok(moved)
     }
 
-    /// Stages one index's rows for `updates` of `did`'s records: (rkey, whether it was stored,
-    /// the new version's entries or `None` for a removal).
+    /// Stages one index's rows for `updates` of `did`'s records.
     fn stage_index(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
         index: &LiveIndex,
         did: &str,
-        updates: Vec<(SmolStr, bool, Option<Result<RecordEntries, Skip>>)>,
+        updates: Vec<Update>,
         moved: &mut Moved,
     ) -> Result<()> {
         let mut counts: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
         let totals = moved.totals.entry(index.id).or_default();
-        let mut changed: Vec<(SmolStr, Option<RecordEntries>, Option<RecordEntries>)> = Vec::new();
+        let mut changed: Vec<Changed> = Vec::new();
         let mut seen: HashMap<SmolStr, Option<RecordRow>> = HashMap::new();
-        for (rkey, existed, new) in updates {
+        for Update { rkey, existed, new, value } in updates {
             let old = match seen.remove(&rkey) {
                 Some(row) => row,
                 None if existed => index.record_row(did, &rkey)?,
@@ -633,16 +666,18 @@ impl IndexParts {
                 moved.skips.push((index.id, *skip));
             }
             let (old_e, new_e) = (old.as_ref().and_then(RecordRow::entries), new.as_ref().and_then(RecordRow::entries));
-            if old_e != new_e {
-                changed.push((rkey.clone(), old_e.cloned(), new_e.cloned()));
+            // Entries that carry their record are rewritten with every new version.
+            if old_e != new_e || (index.inlines() && new_e.is_some()) {
+                changed.push(Changed { rkey: rkey.clone(), old: old_e.cloned(), new: new_e.cloned(), value });
             }
             seen.insert(rkey, new);
         }
         match index.spec.per_repo {
             PerRepo::All => {
-                for (rkey, old, new) in &changed {
-                    let entries = stage_entries(batch, index, did, rkey, old.as_ref(), new.as_ref(), &mut counts);
-                    totals.entries += entries;
+                for c in &changed {
+                    let value = c.value.as_deref().unwrap_or_default();
+                    let moves = Moves { rkey: &c.rkey, old: c.old.as_ref(), new: c.new.as_ref(), value };
+                    totals.entries += stage_entries(batch, index, did, moves, &mut counts);
                 }
             }
             PerRepo::Latest => totals.entries += self.stage_latest(batch, index, did, &changed, &mut counts)?,
@@ -678,7 +713,7 @@ impl IndexParts {
         batch: &mut fjall::OwnedWriteBatch,
         index: &LiveIndex,
         did: &str,
-        changed: &[(SmolStr, Option<RecordEntries>, Option<RecordEntries>)],
+        changed: &[Changed],
         counts: &mut BTreeMap<Vec<u8>, i64>,
     ) -> Result<i64> {
         if changed.is_empty() {
@@ -686,9 +721,9 @@ impl IndexParts {
         }
         let prefix = per_repo_prefix(did);
         let before = index.newest(did, &HashSet::new())?;
-        let touched: HashSet<&str> = changed.iter().map(|(r, _, _)| r.as_str()).collect();
+        let touched: HashSet<&str> = changed.iter().map(|c| c.rkey.as_str()).collect();
         let mut after = index.newest(did, &touched)?;
-        for (rkey, old, new) in changed {
+        for Changed { rkey, old, new, .. } in changed {
             if let Some(old) = old {
                 batch.remove(&index.space, [prefix.as_slice(), &old.sort, rkey.as_bytes()].concat());
             }
@@ -704,24 +739,25 @@ impl IndexParts {
         // else from its stored `R` row.
         let entries_of = |newest: &Option<(Vec<u8>, String)>, pick_new: bool| -> Result<Option<RecordEntries>> {
             let Some((_, rkey)) = newest else { return Ok(None) };
-            match changed.iter().find(|(r, _, _)| r == rkey) {
-                Some((_, old, new)) => Ok(if pick_new { new.clone() } else { old.clone() }),
+            match changed.iter().find(|c| c.rkey == rkey) {
+                Some(c) => Ok(if pick_new { c.new.clone() } else { c.old.clone() }),
                 None => Ok(index.record_row(did, rkey)?.and_then(|row| row.entries().cloned())),
             }
         };
         let (old, new) = (entries_of(&before, false)?, entries_of(&after, true)?);
         let mut moved = 0;
+        let moves = |rkey, old, new| Moves { rkey, old, new, value: &[] };
         if before.as_ref().map(|b| &b.1) == after.as_ref().map(|a| &a.1) {
             if old != new {
                 let rkey = &after.as_ref().expect("same newest").1;
-                moved += stage_entries(batch, index, did, rkey, old.as_ref(), new.as_ref(), counts);
+                moved += stage_entries(batch, index, did, moves(rkey, old.as_ref(), new.as_ref()), counts);
             }
         } else {
             if let Some((_, rkey)) = &before {
-                moved += stage_entries(batch, index, did, rkey, old.as_ref(), None, counts);
+                moved += stage_entries(batch, index, did, moves(rkey, old.as_ref(), None), counts);
             }
             if let Some((_, rkey)) = &after {
-                moved += stage_entries(batch, index, did, rkey, None, new.as_ref(), counts);
+                moved += stage_entries(batch, index, did, moves(rkey, None, new.as_ref()), counts);
             }
         }
         Ok(moved)
@@ -848,18 +884,15 @@ impl IndexParts {
         &self,
         batch: &mut fjall::OwnedWriteBatch,
         index: &Arc<LiveIndex>,
-        records: Vec<(String, SmolStr, Result<RecordEntries, Skip>)>,
+        records: Vec<(String, Update)>,
         build: Option<Build>,
     ) -> Result<Moved> {
         let mut moved = Moved::default();
-        let mut i = 0;
-        while i < records.len() {
-            let did = records[i].0.clone();
-            let mut updates = Vec::new();
-            while i < records.len() && records[i].0 == did {
-                let (_, rkey, new) = &records[i];
-                updates.push((rkey.clone(), false, Some(new.clone())));
-                i += 1;
+        let mut records = records.into_iter().peekable();
+        while let Some((did, first)) = records.next() {
+            let mut updates = vec![first];
+            while let Some((_, update)) = records.next_if(|(d, _)| *d == did) {
+                updates.push(update);
             }
             self.stage_index(batch, index, &did, updates, &mut moved)?;
         }
@@ -886,15 +919,31 @@ fn def_row(spec: &IndexSpec) -> Vec<u8> {
     serde_json::to_vec(&def).expect("a definition serializes")
 }
 
-/// Stages the move of one record's entries from `old` to `new`: `E` rows removed and put, and
-/// the per-key count moves in `counts`. Returns the entries added less those removed.
+/// A record whose entries a change moves: from `old` to `new`, carrying `value` (see
+/// [`Update::value`]).
+struct Changed {
+    rkey: SmolStr,
+    old: Option<RecordEntries>,
+    new: Option<RecordEntries>,
+    value: Option<bytes::Bytes>,
+}
+
+/// One record's entries moved from `old` to `new`, the new ones carrying `value` (empty: none).
+struct Moves<'a> {
+    rkey: &'a str,
+    old: Option<&'a RecordEntries>,
+    new: Option<&'a RecordEntries>,
+    value: &'a [u8],
+}
+
+/// Stages the move of one record's entries: `E` rows removed and put (an entry in both put
+/// again when it carries the record, for the new version's), and the per-key count moves in
+/// `counts`. Returns the entries added less those removed.
 fn stage_entries(
     batch: &mut fjall::OwnedWriteBatch,
     index: &LiveIndex,
     did: &str,
-    rkey: &str,
-    old: Option<&RecordEntries>,
-    new: Option<&RecordEntries>,
+    Moves { rkey, old, new, value }: Moves<'_>,
     counts: &mut BTreeMap<Vec<u8>, i64>,
 ) -> i64 {
     let mut moved = 0;
@@ -910,12 +959,15 @@ fn stage_entries(
     }
     if let Some(new) = new {
         for key in &new.keys {
-            if old.is_some_and(|o| o.sort == new.sort && o.keys.contains(key)) {
+            let stood = old.is_some_and(|o| o.sort == new.sort && o.keys.contains(key));
+            if stood && !index.inlines() {
                 continue;
             }
-            batch.insert(&index.space, entry_key(key, &new.sort, did, rkey), []);
-            *counts.entry(key.clone()).or_default() += 1;
-            moved += 1;
+            batch.insert(&index.space, entry_key(key, &new.sort, did, rkey), value);
+            if !stood {
+                *counts.entry(key.clone()).or_default() += 1;
+                moved += 1;
+            }
         }
     }
     moved

@@ -95,7 +95,7 @@ impl Records {
     }
 
     /// Reads up to `max_keys` records keys past the key `after` (from the start when it is
-    /// empty), calling `each(did, rkey, body)` on those of `collection`; returns the last key
+    /// empty), calling `each(did, rkey, cid, body)` on those of `collection`; returns the last key
     /// read, or `None` when the scan reached the end. What an index build reads, a batch at a
     /// time. Within a repo it seeks past other collections instead of reading their records: to
     /// `collection` when it meets one ordered before it, to the next repo when after it.
@@ -104,7 +104,7 @@ impl Records {
         after: &[u8],
         max_keys: usize,
         collection: &str,
-        mut each: impl FnMut(&str, &str, &[u8]) -> Result<()>,
+        mut each: impl FnMut(&str, &str, &[u8], &[u8]) -> Result<()>,
     ) -> Result<Option<Vec<u8>>> {
         let mut from: Bound<Vec<u8>> = if after.is_empty() { Bound::Unbounded } else { Excluded(after.to_vec()) };
         let (mut last, mut read) = (None, 0);
@@ -120,10 +120,10 @@ impl Records {
                     std::cmp::Ordering::Equal => {
                         let view = RecordRef::view(&v)?;
                         match view.body {
-                            Some(body) => each(did, rkey, body)?,
+                            Some(body) => each(did, rkey, view.cid, body)?,
                             None => {
                                 if let Some(body) = self.blocks.body(view.cid)? {
-                                    each(did, rkey, &body)?
+                                    each(did, rkey, view.cid, &body)?
                                 }
                             }
                         }

@@ -214,8 +214,13 @@ impl Stored for RecordRef {
     const VERSION: u8 = 2;
 
     fn decode_version(version: u8, body: &[u8]) -> Result<Self, ValueError> {
-        let view = RecordRef::view_version(version, body)?;
-        Ok(RecordRef { cid: view.cid.to_vec(), body: view.body.map(<[u8]>::to_vec) })
+        Ok(RecordRef::view_version(version, body)?.into())
+    }
+}
+
+impl From<RecordRefView<'_>> for RecordRef {
+    fn from(view: RecordRefView<'_>) -> Self {
+        RecordRef { cid: view.cid.to_vec(), body: view.body.map(<[u8]>::to_vec) }
     }
 }
 

@@ -163,7 +163,10 @@ impl<'a> Shown<'a> {
         };
         if let Some(handle) = handle {
             let collection = &self.index.spec.collection;
-            let record = self.store.records().get(&hit.did, collection, &hit.rkey).map_err(store_error)?;
+            let record = match hit.record {
+                Some(record) => Some(record),
+                None => self.store.records().get(&hit.did, collection, &hit.rkey).map_err(store_error)?,
+            };
             if let Some(mut json) = record
                 .and_then(|r| record_json(&hit.did, collection, &hit.rkey, &r, self.metrics).transpose())
                 .transpose()?
