@@ -9,9 +9,10 @@
 //!
 //! `SLUICE_BENCH_CASES` picks cases (comma-separated): `large` (16 x 50k), `huge` (the same
 //! plus the ~100 MB repo), `many` (the small repos); `small` is the old name of `large` alone.
-//! Three more run only when named: `sink` (the NATS sink on against off, against a local
+//! Four more run only when named: `sink` (the NATS sink on against off, against a local
 //! `nats-server -js`), `sink-split` (the same with sluice on a core of its own) and `shards`
-//! (two shards at once against one node); see [`sink_and_shards`].
+//! (two shards at once against one node), see [`sink_and_shards`]; and `filters` (the cost of
+//! declarative indexes and of lexicon validation), see [`filter_variants`].
 //! `SLUICE_MANY_REPOS=n[,n...]` sets the sizes of `many` (default 2500,20000,100000).
 //!
 //! To compare builds on the same devnet data (this machine's speed drifts within the hour, so
@@ -253,6 +254,228 @@ fn sink_on_off(net: &Devnet, binary: &str, label: &str, (repos, records): (usize
     }
 }
 
+/// The filter variants `filters` compares: (label, what is added to `filters/everything.toml`).
+/// The devnet's records are ~60% posts, 30% likes and 10% follows, and no statuses.
+fn filter_variants_list() -> Vec<(&'static str, String)> {
+    const LIKES: &str = "[indexes.likes_by_subject]\ncollection = \"app.bsky.feed.like\"\n\
+                         key = [\"subject.uri\"]\nsort = \"createdAt\"\ncount = true\n";
+    let lexicons = sluice_testkit::fixture("lexicons");
+    let lexicons = lexicons.canonicalize().unwrap_or(lexicons);
+    let validate = |mode: &str| {
+        format!("[lexicons]\ndir = {:?}\nvalidate = \"{mode}\"\nunknown = \"pass\"\n", lexicons.to_str().unwrap())
+    };
+    vec![
+        ("base", String::new()),
+        (
+            "issue's three indexes (likes by subject + 2 on statuses: only the likes one has records)",
+            format!(
+                "{LIKES}[indexes.statuses_by_status]\ncollection = \"xyz.statusphere.status\"\nkey = [\"status\"]\n\
+                 sort = \"createdAt\"\n[indexes.latest_status]\ncollection = \"xyz.statusphere.status\"\nkey = []\n\
+                 sort = \"sortAt(createdAt)\"\nper_repo = \"latest\"\n"
+            ),
+        ),
+        (
+            "an index on every record (likes by subject, posts by time, follows by subject)",
+            format!(
+                "{LIKES}[indexes.posts_by_time]\ncollection = \"app.bsky.feed.post\"\nkey = []\nsort = \"createdAt\"\n\
+                 [indexes.follows_by_subject]\ncollection = \"app.bsky.graph.follow\"\nkey = [\"subject\"]\n\
+                 sort = \"createdAt\"\ncount = true\n"
+            ),
+        ),
+        ("validate = \"drop\"", validate("drop")),
+        ("validate = \"log\"", validate("log")),
+    ]
+}
+
+/// What a `filters` run left: records stored by collection, events, each index's state, the
+/// records the log says were refused or failed their lexicon, and when each index was built.
+#[derive(Default)]
+struct FilterRunCheck {
+    records: std::collections::BTreeMap<String, i64>,
+    events: u64,
+    /// (name, ready, entries, records with entries, records skipped).
+    indexes: Vec<(String, bool, i64, i64, i64)>,
+    /// Log lines by (what, rule, path): "lexicon" for a lexicon failure, "refused" for the
+    /// record rule.
+    rejected: std::collections::BTreeMap<(String, String, String), u64>,
+    /// (index, seconds from the run's first log line to its "index built" line).
+    built: Vec<(String, f64)>,
+    /// Seconds from the run's first log line to its last.
+    first_line_to_end: f64,
+}
+
+/// Drops the ANSI colour codes of a log line.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The value of `field=` in a (colourless) log line: up to the next space, or quoted.
+fn log_field(line: &str, field: &str) -> String {
+    let Some(at) = line.find(&format!(" {field}=")) else { return String::new() };
+    let rest = &line[at + field.len() + 2..];
+    match rest.strip_prefix('"') {
+        Some(quoted) => quoted.split('"').next().unwrap_or("").to_string(),
+        None => rest.split_whitespace().next().unwrap_or("").to_string(),
+    }
+}
+
+/// One backfill of `net` (handlers on, 16 in flight) with `filter` (TOML) written into the
+/// run's temp dir; then, untimed, what it stored (the store opened in this process) and what
+/// its log says.
+fn filter_run(net: &Devnet, binary: &str, filter: &str) -> (Usage, FilterRunCheck) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("filter.toml");
+    std::fs::write(&path, filter).unwrap();
+    let config = sluice_testkit::devnet_config_with_filter(
+        dir.path(),
+        net,
+        &path,
+        "[backfill]\nmax_concurrent = 16\nmax_memory_mb = 0\n",
+    );
+    let log = dir.path().join("run.log");
+    let usage = bench::run_child(binary, &["--config", config.to_str().unwrap(), "backfill"], Some(&log));
+
+    let mut check = FilterRunCheck::default();
+    let store = sluice::Store::open(&dir.path().join("data")).unwrap();
+    for ((kind, name), n) in store.counts() {
+        if kind == "records" && n != 0 {
+            check.records.insert(name, n);
+        }
+    }
+    check.events = store.next_event_id() - 1;
+    for (name, (_, p)) in store.index_progress() {
+        check.indexes.push((name, p.building.is_none(), p.entries, p.records, p.skipped));
+    }
+    drop(store);
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let time = |line: &str| {
+        let token = line.split_whitespace().next()?;
+        let end = token.find('Z')? + 1;
+        let start = token[..end].find('T')?.checked_sub(10)?;
+        chrono::DateTime::parse_from_rfc3339(token.get(start..end)?).ok()
+    };
+    let mut first = None;
+    let mut last = None;
+    for line in text.lines().map(strip_ansi) {
+        let Some(t) = time(&line) else { continue };
+        let first = *first.get_or_insert(t);
+        last = Some(t);
+        let secs = |t: chrono::DateTime<_>| (t - first).num_microseconds().unwrap_or(0) as f64 / 1e6;
+        if line.contains("record fails its lexicon") {
+            let key = ("lexicon".to_string(), log_field(&line, "rule"), log_field(&line, "path"));
+            *check.rejected.entry(key).or_default() += 1;
+        } else if line.contains("record refused") {
+            let key = ("refused".to_string(), log_field(&line, "reason"), log_field(&line, "record"));
+            *check.rejected.entry(key).or_default() += 1;
+        } else if line.contains("index built") {
+            check.built.push((log_field(&line, "index"), secs(t)));
+        }
+    }
+    check.first_line_to_end =
+        first.zip(last).map_or(0.0, |(a, b)| (b - a).num_microseconds().unwrap_or(0) as f64 / 1e6);
+    (usage, check)
+}
+
+/// `filters`: the backfill's cost of declarative indexes and of lexicon validation. On a
+/// devnet of 16 repos of 50k records (seed 42, as `large`) and on one of `SLUICE_MANY_REPOS`
+/// (its first size, default 20,000) repos of 20 records, handlers on, backfills with the
+/// variants of [`filter_variants_list`] added to `filters/everything.toml`, interleaved: each
+/// of `SLUICE_BENCH_ROUNDS` rounds (default 1) runs every variant once, the order rotated by
+/// one each round. After each shape, a row per variant with its median records/s as a
+/// percentage of base's. Each run's store is checked afterwards (untimed): the same records
+/// by collection as base, every index ready, and no record rejected in the log (what differs
+/// is printed as a row, not asserted, so that the numbers still come out).
+async fn filter_variants() {
+    let rounds: usize = std::env::var("SLUICE_BENCH_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(1);
+    let many: usize = std::env::var("SLUICE_MANY_REPOS")
+        .ok()
+        .and_then(|s| s.split(',').next()?.trim().parse().ok())
+        .unwrap_or(20_000);
+    let base = std::fs::read_to_string(sluice_testkit::root().join("filters/everything.toml")).unwrap();
+    let variants: Vec<(&str, String)> =
+        filter_variants_list().into_iter().map(|(label, extra)| (label, format!("{base}\n{extra}"))).collect();
+    let binary = sluice_binaries().remove(0);
+    for (repos, records, seed) in [(16, 50_000, 42), (many, 20, 11)] {
+        let net = Devnet::start(DevnetOptions::default()).await.unwrap();
+        let started = Instant::now();
+        net.populate(repos, records, seed).await;
+        eprintln!("devnet: {repos} repos of {records} records built in {:.1} s", started.elapsed().as_secs_f64());
+        let shape = format!("{repos} x {records} records, handlers on");
+        let total = repos * records;
+        let mut rates: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+        let mut checks: Vec<Vec<FilterRunCheck>> = (0..variants.len()).map(|_| Vec::new()).collect();
+        for round in 0..rounds {
+            for k in 0..variants.len() {
+                let v = (round + k) % variants.len();
+                let (label, filter) = &variants[v];
+                let (usage, check) = filter_run(&net, &binary, filter);
+                row(&format!("{shape}, {label} (round {})", round + 1), repos, total, &usage);
+                eprintln!(
+                    "check: {shape}, {label}: {} events, records {:?}, indexes (name, ready, entries, records, \
+                     skipped) {:?}, built at (s after the first log line) {:?}, log spans {:.2} s, rejected {:?}",
+                    check.events, check.records, check.indexes, check.built, check.first_line_to_end, check.rejected
+                );
+                rates[v].push(total as f64 / usage.secs);
+                checks[v].push(check);
+            }
+        }
+        let median = |r: &[f64]| {
+            let mut r = r.to_vec();
+            r.sort_by(f64::total_cmp);
+            match r.len() {
+                0 => 0.0,
+                n if n % 2 == 1 => r[n / 2],
+                n => (r[n / 2 - 1] + r[n / 2]) / 2.0,
+            }
+        };
+        let base_median = median(&rates[0]);
+        for (v, (label, _)) in variants.iter().enumerate() {
+            let m = median(&rates[v]);
+            println!(
+                "| {shape}, {label}: median of {rounds} | {repos} | {total} | | {m:.0} ({:.1}% of base) | | | | |",
+                100.0 * m / base_median
+            );
+        }
+        // The checks: every variant stores what base stores, builds its indexes and rejects
+        // nothing.
+        let expected = &checks[0][0].records;
+        for (v, (label, _)) in variants.iter().enumerate() {
+            for check in &checks[v] {
+                if &check.records != expected || check.events != checks[0][0].events {
+                    println!(
+                        "| CHECK FAILED: {shape}, {label} stored {:?} ({} events), base {expected:?} ({} events) \
+                         | | | | | | | | |",
+                        check.records, check.events, checks[0][0].events
+                    );
+                }
+                if let Some(ix) = check.indexes.iter().find(|ix| !ix.1) {
+                    println!("| CHECK FAILED: {shape}, {label}: index {} not ready at exit | | | | | | | | |", ix.0);
+                }
+                if !check.rejected.is_empty() {
+                    println!(
+                        "| CHECK FAILED: {shape}, {label}: rejected (what, rule, path) {:?} | | | | | | | | |",
+                        check.rejected
+                    );
+                }
+            }
+        }
+        net.shutdown().await;
+    }
+}
+
 /// ` [file name]` of `binary` when several builds are compared, else nothing.
 fn build_name(binary: &str, binaries: &[String]) -> String {
     if binaries.len() > 1 { format!(" [{}]", binary.rsplit('/').next().unwrap_or(binary)) } else { String::new() }
@@ -271,6 +494,9 @@ async fn main() {
     }
     if std::env::var("SLUICE_BENCH_CASES").is_ok_and(|c| c.contains("sink") || c.contains("shards")) {
         sink_and_shards().await;
+    }
+    if std::env::var("SLUICE_BENCH_CASES").is_ok_and(|c| c.split(',').any(|c| c.trim() == "filters")) {
+        filter_variants().await;
     }
     if !wants("large") && !wants("huge") {
         return;
