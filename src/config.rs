@@ -369,11 +369,14 @@ pub struct StorageConfig {
     /// Stored records read per batch when an index is built in the background: each batch
     /// holds the writer for its length, so commits wait at most that long.
     pub index_build_batch: usize,
+    /// fjall's block cache, in MiB: the decompressed blocks reads find in memory. Reads past it
+    /// (a `getRecord` of a cold repo, an index page of records over 2 KiB) go to the disk.
+    pub cache_mb: u64,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { path: "data".into(), index_build_batch: 2048 }
+        Self { path: "data".into(), index_build_batch: 2048, cache_mb: crate::store::DEFAULT_CACHE_MB }
     }
 }
 

@@ -139,7 +139,7 @@ impl SluiceBuilder {
         };
         let path = &self.config.storage.path;
         let in_store = |source| OpenError::Store { path: path.clone(), source };
-        let store = Store::open(path).map_err(in_store)?;
+        let store = Store::open_with(path, self.config.storage.cache_mb).map_err(in_store)?;
         // Open every registered handler's keyspace now, not on a repo's first record.
         for handler in handlers::registered() {
             store.handlers().open(handler.name()).map_err(in_store)?;

@@ -67,11 +67,13 @@ struct State {
 }
 
 impl Db {
-    /// Opens (or creates) the database in `dir` (journal uncompressed: see `Store::open`).
-    pub(super) fn open(dir: &Path) -> Result<Self> {
+    /// Opens (or creates) the database in `dir` with a block cache of `cache_bytes` (journal
+    /// uncompressed: see `Store::open_with`).
+    pub(super) fn open(dir: &Path, cache_bytes: u64) -> Result<Self> {
         let path = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         let state = Arc::new(State { path, first: OnceLock::new() });
-        let opened = Database::builder(dir).journal_compression(fjall::CompressionType::None).open();
+        let opened =
+            Database::builder(dir).journal_compression(fjall::CompressionType::None).cache_size(cache_bytes).open();
         match opened {
             Ok(db) => Ok(Self { db, state }),
             Err(e) => Err(state.failed(e, None)),
@@ -251,7 +253,7 @@ mod tests {
     fn a_disk_filled_by_a_background_flush_is_named_by_the_next_write() {
         let disk = SmallDisk::mount("4m");
         let data = disk.mount.join("data");
-        let db = Db::open(&data).unwrap();
+        let db = Db::open(&data, 1 << 20).unwrap();
         let ks = db.keyspace("k", KeyspaceCreateOptions::default).unwrap();
         for i in 0..16 {
             db.write(|| ks.insert(format!("k{i}"), noise(i, 32 << 10))).unwrap();
@@ -277,7 +279,7 @@ mod tests {
         drop((ks, db));
 
         disk.grow("64m");
-        let db = Db::open(&data).unwrap();
+        let db = Db::open(&data, 1 << 20).unwrap();
         let ks = db.keyspace("k", KeyspaceCreateOptions::default).unwrap();
         for i in 0..16 {
             assert_eq!(ks.get(format!("k{i}")).unwrap().as_deref(), Some(noise(i, 32 << 10).as_bytes()));

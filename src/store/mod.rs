@@ -163,13 +163,21 @@ pub struct Store {
     writeback: writeback::JournalWriteback,
 }
 
+/// The block cache's size when the config does not say (`[storage] cache_mb`), fjall's own.
+pub const DEFAULT_CACHE_MB: u64 = 32;
+
 impl Store {
-    /// Opens (or creates) the store in `dir`: each part opens its keyspaces, and the writer
-    /// starts from the log's tail and the stored counters.
+    /// Opens (or creates) the store in `dir` with the default block cache ([`DEFAULT_CACHE_MB`]).
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_with(dir, DEFAULT_CACHE_MB)
+    }
+
+    /// Opens (or creates) the store in `dir` with a block cache of `cache_mb` MiB: each part
+    /// opens its keyspaces, and the writer starts from the log's tail and the stored counters.
+    pub fn open_with(dir: &Path, cache_mb: u64) -> Result<Self> {
         // Journal entries are not compressed (`Db::open`): compressing event pages there cost the
         // committing thread about a fifth of its time, for a journal that is dropped once flushed.
-        let db = Db::open(dir)?;
+        let db = Db::open(dir, cache_mb.max(1) << 20)?;
         let ks = |name: &str| db.keyspace(name, || keyspace_options(name));
         let blocks = blocks::Blocks::new(ks("blocks")?);
         let log = EventLog::new(db.clone(), ks("events")?, ks("event_times")?, blocks.clone());
