@@ -186,8 +186,12 @@ async fn queries_answer_in_order_within_bounds_and_hide_what_is_not_shown() {
     let gone = RepoState { status: RepoStatus::Gone, error: Some("deactivated".into()), ..state.clone() };
     s.sluice.store().set_states(&[(CAROL.to_string(), gone)], None).unwrap();
     assert_eq!(uris(&s.ok("dev.sluice.queryIndex", &q).await), [st(BOB, "b1"), st(ALICE, "a1")]);
+    let likes = [("index", "likes_by_subject"), ("key", POST)];
+    assert_eq!(s.ok("dev.sluice.countIndex", &likes).await, json!({"count": 2}), "nor counted");
+    assert_eq!(s.ok("dev.sluice.queryIndex", &likes).await["records"].as_array().unwrap().len(), 2);
     s.sluice.store().set_states(&[(CAROL.to_string(), state)], None).unwrap();
     assert_eq!(uris(&s.ok("dev.sluice.queryIndex", &q).await).len(), 3);
+    assert_eq!(s.ok("dev.sluice.countIndex", &likes).await, json!({"count": 3}));
 
     // describeIndexes: definitions, state and totals.
     let described = s.ok("dev.sluice.describeIndexes", &[]).await;

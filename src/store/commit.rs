@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use sluice_handlers::IndexWrite;
 
 use super::counts;
-use super::indexes::IndexWork;
+use super::indexes::{IndexWork, Shown};
 use super::log::{self, EncodedPage};
 use super::records::RecordWrite;
 use super::values::{RepoState, StoredEvent};
@@ -115,12 +115,18 @@ impl Store {
     pub fn commit_prepared(&self, prepared: Prepared) -> Result<Committed> {
         let Prepared { mut batch, did, records, index_work, pages, mut deltas, events: n, state } = prepared;
         let mut writer = self.writer.lock().expect("writer lock");
-        let indexed = self.indexes.stage(&mut batch, &did, index_work, &records, log::now_us() as i64)?;
+        // The stored state, read when the change writes a new one, or when counts need to know
+        // whether the repo is answered.
+        let old = match &state {
+            Some((did, _)) => self.repos.state(did)?,
+            None if self.indexes.counts_any() => self.repos.state(&did)?,
+            None => None,
+        };
+        let before = old.as_ref().is_some_and(RepoState::answered);
+        let shown = Shown { before, after: state.as_ref().map_or(before, |(_, new)| new.answered()) };
+        let indexed = self.indexes.stage(&mut batch, &did, index_work, &records, log::now_us() as i64, shown)?;
         let queued = match state {
-            Some((did, new)) => {
-                let old = self.repos.state(&did)?;
-                self.stage_state(&mut batch, &mut deltas, &writer, &did, old, new, false)?
-            }
+            Some((did, new)) => self.stage_state(&mut batch, &mut deltas, &writer, &did, old, new, false)?,
             None => false,
         };
         let first = writer.next_event;
@@ -150,16 +156,22 @@ impl Store {
         let mut batch = self.db.batch(3 * states.len() + 4);
         let mut deltas = BTreeMap::new();
         let mut writer = self.writer.lock().expect("writer lock");
-        let mut queued = false;
+        let (mut queued, mut shown) = (false, Vec::new());
         for (did, state) in states {
             let old = self.repos.state(did)?;
+            let before = old.as_ref().is_some_and(RepoState::answered);
+            if before != state.answered() {
+                shown.push((did.as_str(), Shown { before, after: state.answered() }));
+            }
             queued |= self.stage_state(&mut batch, &mut deltas, &writer, did, old, state.clone(), false)?;
         }
         if let Some((service, value)) = cursor {
             self.cursors.stage(&mut batch, service, value.to_string());
         }
+        let indexed = self.indexes.stage_shown(&mut batch, &shown)?;
         let new_counts = self.counts.stage(&mut batch, &writer.counts, deltas);
         self.db.commit(batch)?;
+        self.indexes.committed(indexed);
         writer.counts.extend(new_counts);
         if queued {
             self.queue_changed();

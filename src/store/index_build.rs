@@ -80,7 +80,8 @@ impl Store {
         let records = found.len() as u64;
         let next = last.map(|after| Build { after, done: build.done + records });
         let mut batch = self.db.batch(4 * found.len() + 4);
-        let moved = self.indexes.stage_build(&mut batch, &index, found, next.clone())?;
+        let answered = |did: &str| Ok(self.repos.state(did)?.is_some_and(|s| s.answered()));
+        let moved = self.indexes.stage_build(&mut batch, &index, found, next.clone(), answered)?;
         self.db.commit(batch)?;
         self.indexes.committed(moved);
         let ready = next.is_none();

@@ -10,7 +10,9 @@
 //!   random `records` reads cost milliseconds once `records` outgrows the block cache.
 //! - `R did \0 rkey` -> what the record put in the index ([`RecordRow`]): entries, or why it
 //!   has none. An update or delete reads it to remove the old entries; nothing is re-extracted.
-//! - `C key` -> i64: entries under `key` (`count = true`), read in constant time.
+//! - `C key` -> i64: entries under `key` of repos whose records are answered (not gone or
+//!   discarded: what a query shows), `count = true` only, read in constant time. A repo that
+//!   starts or stops being answered moves its entries' counts in the batch of that change.
 //! - `P did \0 sort rkey` -> empty (`per_repo = "latest"` only): every record of a repo in sort
 //!   order, so that the repo's newest is one seek, and its next newest one more when it goes.
 //!
@@ -147,6 +149,16 @@ pub(super) struct Update {
 /// A record's `records` value for its entries to carry, if at most [`INLINE_MAX`] bytes.
 pub(super) fn inline_value(cid: &[u8], body: &[u8]) -> Option<bytes::Bytes> {
     (cid.len() + body.len() + 8 <= INLINE_MAX).then(|| RecordRef::encode_parts(cid, body).into())
+}
+
+/// Whether a repo's records are answered ([`RepoState::answered`](super::RepoState::answered))
+/// before and after a change: counts hold only the entries of answered repos, so a change
+/// moves them only when the repo is answered after it, and a repo that starts or stops being
+/// answered moves its every entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Shown {
+    pub(super) before: bool,
+    pub(super) after: bool,
 }
 
 /// Totals moved by a batch, installed once it committed.
@@ -374,10 +386,15 @@ impl LiveIndex {
         Ok(None)
     }
 
-    /// The entries of `did`'s records under the key tuple `key`, ascending by position: read
-    /// from the repo's own rows (its `R` rows, or its newest `P` row for `per_repo = "latest"`),
-    /// so a query for one repo costs what that repo holds in the index, not what the key does.
-    pub fn repo_hits(&self, did: &str, key: &[u8]) -> Result<Vec<Hit>> {
+    /// The key tuple of each of `did`'s entries (a key as often as the repo has entries under
+    /// it), from the repo's own rows.
+    fn repo_keys(&self, did: &str) -> Result<Vec<Vec<u8>>> {
+        Ok(self.repo_entries(did)?.into_iter().flat_map(|(_, e)| e.keys).collect())
+    }
+
+    /// The entries of `did`'s records that stand in the index, by rkey: its `R` rows, or its
+    /// newest record's for `per_repo = "latest"`.
+    fn repo_entries(&self, did: &str) -> Result<Vec<(String, RecordEntries)>> {
         let mut rows: Vec<(String, RecordEntries)> = Vec::new();
         match self.spec.per_repo {
             PerRepo::Latest => {
@@ -398,7 +415,15 @@ impl LiveIndex {
                 }
             }
         }
-        let mut hits: Vec<Hit> = rows
+        Ok(rows)
+    }
+
+    /// The entries of `did`'s records under the key tuple `key`, ascending by position: read
+    /// from the repo's own rows (its `R` rows, or its newest `P` row for `per_repo = "latest"`),
+    /// so a query for one repo costs what that repo holds in the index, not what the key does.
+    pub fn repo_hits(&self, did: &str, key: &[u8]) -> Result<Vec<Hit>> {
+        let mut hits: Vec<Hit> = self
+            .repo_entries(did)?
             .into_iter()
             .filter(|(_, e)| e.keys.iter().any(|k| k == key))
             .map(|(rkey, e)| {
@@ -599,11 +624,13 @@ impl IndexParts {
         work: IndexWork,
         writes: &[RecordWrite],
         now_us: i64,
+        shown: Shown,
     ) -> Result<Moved> {
         let registry = self.registry.load();
         let work = if work.generation == registry.generation { work } else { self.prepare(writes, now_us) };
         let mut moved = Moved::default();
-        if work.items.is_empty() {
+        self.move_shown(&registry, did, shown, &mut moved)?;
+        if work.items.is_empty() && moved.counts.is_empty() {
             return Ok(moved);
         }
         let progress = self.progress.lock().expect("index progress lock");
@@ -619,20 +646,22 @@ impl IndexParts {
         drop(progress);
         for (_, (index, items)) in by_index {
             let updates = items.into_iter().map(|i| i.update).collect();
-            self.stage_index(batch, &index, did, updates, &mut moved)?;
+            self.stage_index(batch, &index, did, updates, shown.after, &mut moved)?;
         }
         self.stage_counts(batch, &mut moved)?;
         self.stage_totals(batch, &mut moved);
         Ok(moved)
     }
 
-    /// Stages one index's rows for `updates` of `did`'s records.
+    /// Stages one index's rows for `updates` of `did`'s records, moving the counts when
+    /// `counted` (the repo is answered).
     fn stage_index(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
         index: &LiveIndex,
         did: &str,
         updates: Vec<Update>,
+        counted: bool,
         moved: &mut Moved,
     ) -> Result<()> {
         let mut counts: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
@@ -682,12 +711,45 @@ impl IndexParts {
             }
             PerRepo::Latest => totals.entries += self.stage_latest(batch, index, did, &changed, &mut counts)?,
         }
-        if index.spec.count {
+        if index.spec.count && counted {
             for (key, delta) in counts {
                 *moved.counts.entry((index.id, key)).or_default() += delta;
             }
         }
         Ok(())
+    }
+
+    /// Whether any index in force keeps counts (and so needs to know who is answered).
+    pub(super) fn counts_any(&self) -> bool {
+        self.registry.load().indexes.values().any(|ix| ix.spec.count)
+    }
+
+    /// Adds to `moved` the count moves of `did` starting (or stopping) being answered: each of
+    /// its stored entries in a counted index, added (or taken away).
+    fn move_shown(&self, registry: &Registry, did: &str, shown: Shown, moved: &mut Moved) -> Result<()> {
+        if shown.before == shown.after {
+            return Ok(());
+        }
+        let sign = if shown.after { 1 } else { -1 };
+        for index in registry.indexes.values().filter(|ix| ix.spec.count) {
+            for key in index.repo_keys(did)? {
+                *moved.counts.entry((index.id, key)).or_default() += sign;
+            }
+        }
+        Ok(())
+    }
+
+    /// Stages the count moves of repos that start or stop being answered without a change of
+    /// their records (account events), all in one batch. Returns what to install once it
+    /// committed.
+    pub(super) fn stage_shown(&self, batch: &mut fjall::OwnedWriteBatch, repos: &[(&str, Shown)]) -> Result<Moved> {
+        let registry = self.registry.load();
+        let mut moved = Moved::default();
+        for (did, shown) in repos {
+            self.move_shown(&registry, did, *shown, &mut moved)?;
+        }
+        self.stage_counts(batch, &mut moved)?;
+        Ok(moved)
     }
 
     /// Stages the count moves of a whole batch: each key's stored count read once and written
@@ -886,6 +948,7 @@ impl IndexParts {
         index: &Arc<LiveIndex>,
         records: Vec<(String, Update)>,
         build: Option<Build>,
+        answered: impl Fn(&str) -> Result<bool>,
     ) -> Result<Moved> {
         let mut moved = Moved::default();
         let mut records = records.into_iter().peekable();
@@ -894,7 +957,8 @@ impl IndexParts {
             while let Some((_, update)) = records.next_if(|(d, _)| *d == did) {
                 updates.push(update);
             }
-            self.stage_index(batch, index, &did, updates, &mut moved)?;
+            let counted = index.spec.count && answered(&did)?;
+            self.stage_index(batch, index, &did, updates, counted, &mut moved)?;
         }
         moved.totals.entry(index.id).or_default();
         self.stage_counts(batch, &mut moved)?;

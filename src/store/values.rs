@@ -149,6 +149,13 @@ pub struct RepoState {
 }
 
 impl RepoState {
+    /// Whether the repo's records are answered: read by `getRecord`, `listRecords` and index
+    /// queries, and counted by `countIndex`. Not those of a gone (deactivated, taken down,
+    /// deleted) or discarded repo.
+    pub fn answered(&self) -> bool {
+        !matches!(self.status, RepoStatus::Gone | RepoStatus::Discarded)
+    }
+
     /// When the backfill queue should take this repo (unix ms), or `None` when it is not
     /// queued. Pending and backfilling repos are queued (a crash mid-backfill leaves the repo
     /// queued), and so is a desynchronized one; a failed one is queued until its retries run
