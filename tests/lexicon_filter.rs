@@ -5,7 +5,7 @@
 //! bad table is refused by line. Uses the real lexicons in `../shared/fixtures/lexicons/`.
 
 use serde_json::{Value, json};
-use sluice::filter::Filter;
+use sluice::filter::{Filter, LexiconVerdict};
 use sluice::handlers::value::json_to_cbor;
 use sluice::pipeline::RecordOp;
 use sluice::store::StoredEvent;
@@ -192,4 +192,49 @@ fn a_dropped_signal_record_keeps_no_repo() {
         let outcome = sluice.pipeline().apply_walk(&repo, &Default::default()).unwrap();
         assert_eq!(outcome.status, kept, "status {status:?}");
     }
+}
+
+/// The lexicon files are saves too: an edited lexicon is in force within a second (here a
+/// status of "🙂" refused once the lexicon allows only "👍"), and a broken file is refused
+/// naming it, the lexicons in force staying.
+#[test]
+fn an_edited_lexicon_file_is_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let lexicons = dir.path().join("lexicons");
+    std::fs::create_dir(&lexicons).unwrap();
+    let original = std::fs::read_to_string(testkit::fixture("lexicons/xyz/statusphere/status.json")).unwrap();
+    let file = lexicons.join("status.json");
+    std::fs::write(&file, &original).unwrap();
+    let filter = dir.path().join("filter.toml");
+    std::fs::write(&filter, "mode = \"full\"\n[lexicons]\ndir = \"lexicons\"\nvalidate = \"drop\"\n").unwrap();
+    let sluice = Sluice::builder().data_dir(dir.path().join("data")).filter_file(&filter).open().unwrap();
+    let verdict = |s: &str| {
+        sluice
+            .pipeline()
+            .filter()
+            .load()
+            .check_lexicon(STATUS, &json_to_cbor(&status(s, "2024-01-01T00:00:00Z")).unwrap())
+    };
+    assert_eq!(verdict("🙂"), LexiconVerdict::Pass);
+
+    let only_thumbs = original.replace("\"maxGraphemes\": 1", "\"maxGraphemes\": 1,\n\"enum\": [\"👍\"]");
+    assert_ne!(only_thumbs, original, "the fixture has the field the edit keys on");
+    std::fs::write(&file, &only_thumbs).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while verdict("🙂") == LexiconVerdict::Pass {
+        assert!(std::time::Instant::now() < deadline, "the edited lexicon was not put in force");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(matches!(verdict("🙂"), LexiconVerdict::Drop(_)), "{:?}", verdict("🙂"));
+    assert_eq!(verdict("👍"), LexiconVerdict::Pass);
+
+    std::fs::write(&file, "{ not json").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    while sluice.filter_error().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the broken lexicon was not refused");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let error = sluice.filter_error().unwrap().to_string();
+    assert!(error.contains("status.json"), "the refusal names the file: {error}");
+    assert!(matches!(verdict("🙂"), LexiconVerdict::Drop(_)), "the lexicons in force stay");
 }

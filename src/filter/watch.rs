@@ -8,7 +8,12 @@
 //! Only changes to the file count: reading it raises access notifications too, and taking
 //! those as saves made every reload trigger the next (a refused save was logged ~30 times a
 //! second until the file was fixed).
+//!
+//! The lexicon files of the filter's `[lexicons] dir` are saves too: their lengths and mtimes
+//! are polled with the file's, and a change reloads the filter with them (a broken lexicon
+//! file is refused like a bad filter, naming the file, and the lexicons in force stay).
 
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, SystemTime};
@@ -71,7 +76,7 @@ pub fn watch(path: &Path, handle: FilterHandle) -> std::io::Result<FilterWatcher
             None
         }
     };
-    let state = ReloadLoop { path, handle, stamp: None };
+    let state = ReloadLoop { path, handle, stamp: Stamp::default() };
     let thread = std::thread::Builder::new().name("filter-watch".into()).spawn(move || state.run(rx))?;
     Ok(FilterWatcher { wake: tx, thread: Some(thread), _watcher: watcher })
 }
@@ -79,7 +84,40 @@ pub fn watch(path: &Path, handle: FilterHandle) -> std::io::Result<FilterWatcher
 struct ReloadLoop {
     path: PathBuf,
     handle: FilterHandle,
-    stamp: Option<(u64, SystemTime)>,
+    stamp: Stamp,
+}
+
+/// What a save changes: the filter file's length and mtime, and a digest of the paths, lengths
+/// and mtimes of the lexicon files under the filter's `[lexicons] dir` (if it names one).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Stamp {
+    file: Option<(u64, SystemTime)>,
+    lexicons: Option<u64>,
+}
+
+/// The most lexicon files the poll looks at, so a `dir` pointed at a large tree costs a bounded
+/// walk every poll.
+const MAX_LEXICON_FILES: usize = 20_000;
+
+/// A digest of the `.json` files under `dir`: each one's path, length and mtime.
+fn lexicon_digest(dir: &Path) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    let (mut dirs, mut seen) = (vec![dir.to_path_buf()], 0);
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let (path, Ok(meta)) = (entry.path(), entry.metadata()) else { continue };
+            if meta.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|x| x == "json") && seen < MAX_LEXICON_FILES {
+                seen += 1;
+                (path, meta.len(), meta.modified().ok()).hash(&mut hasher);
+            }
+        }
+    }
+    hasher.finish()
 }
 
 impl ReloadLoop {
@@ -99,22 +137,38 @@ impl ReloadLoop {
                         return;
                     }
                 }
+                let before = std::mem::take(&mut self.stamp);
                 self.stamp = self.read_stamp();
-                self.reload();
+                let dir = self.lexicon_dir();
+                self.reload(before.lexicons != self.stamp.lexicons);
+                // A save that moved `dir`: the files read are the new dir's.
+                if self.lexicon_dir() != dir {
+                    self.stamp.lexicons = self.lexicon_dir().map(|d| lexicon_digest(&d));
+                }
             }
         }
     }
 
-    fn read_stamp(&self) -> Option<(u64, SystemTime)> {
-        let meta = std::fs::metadata(&self.path).ok()?;
-        Some((meta.len(), meta.modified().ok()?))
+    fn read_stamp(&self) -> Stamp {
+        let meta = std::fs::metadata(&self.path).ok();
+        let file = meta.and_then(|m| Some((m.len(), m.modified().ok()?)));
+        Stamp { file, lexicons: self.lexicon_dir().map(|d| lexicon_digest(&d)) }
     }
 
-    fn reload(&self) {
+    /// The lexicon directory of the filter in force, if it names one.
+    fn lexicon_dir(&self) -> Option<PathBuf> {
+        self.handle.load().filter.lexicons.as_ref().map(|l| l.path.clone())
+    }
+
+    /// Loads the file and puts it in force if it says something new, or if `lexicons_changed`
+    /// (the same settings over edited lexicon files).
+    fn reload(&self, lexicons_changed: bool) {
         match Filter::load(&self.path) {
             Ok(filter) => {
-                if self.handle.load().filter != filter {
-                    tracing::info!(file = %self.path.display(), mode = filter.mode.as_str(), "filter reloaded");
+                let changed = self.handle.load().filter != filter;
+                if changed || (lexicons_changed && filter.lexicons.is_some()) {
+                    let what = if changed { "filter reloaded" } else { "lexicons reloaded" };
+                    tracing::info!(file = %self.path.display(), mode = filter.mode.as_str(), "{what}");
                     self.handle.store(filter);
                 }
                 self.handle.record_save(Ok(()));
