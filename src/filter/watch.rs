@@ -76,7 +76,10 @@ pub fn watch(path: &Path, handle: FilterHandle) -> std::io::Result<FilterWatcher
             None
         }
     };
-    let state = ReloadLoop { path, handle, stamp: Stamp::default() };
+    let mut state = ReloadLoop { path, handle, stamp: Stamp::default() };
+    // Taken now, not when the thread gets going: a save made right after this returns is a
+    // change to it.
+    state.stamp = state.read_stamp();
     let thread = std::thread::Builder::new().name("filter-watch".into()).spawn(move || state.run(rx))?;
     Ok(FilterWatcher { wake: tx, thread: Some(thread), _watcher: watcher })
 }
@@ -122,7 +125,6 @@ fn lexicon_digest(dir: &Path) -> u64 {
 
 impl ReloadLoop {
     fn run(mut self, events: mpsc::Receiver<Wake>) {
-        self.stamp = self.read_stamp();
         loop {
             let notified = match events.recv_timeout(POLL) {
                 Ok(Wake::Changed) => true,
