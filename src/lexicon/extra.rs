@@ -3,6 +3,9 @@
 //! - string `format`s (by [`crate::syntax`]'s checks, jacquard's own parsers where they are
 //!   strict enough), `enum` and `const` of strings and integers;
 //! - blob `accept` and `maxSize`, bytes `minLength`/`maxLength`;
+//! - string `minGraphemes`/`maxGraphemes` everywhere (taken out of jacquard's constraint pass,
+//!   which counts a string's graphemes whenever it has a bound: here a string whose byte
+//!   length is within `maxGraphemes` is not counted, a grapheme being at least a byte);
 //! - inside union members, every constraint: jacquard's constraint pass does not enter unions
 //!   (so `embed.images` over 4 images would pass it), and its structural pass skips defs that
 //!   are not objects or records (a ref to a `string` def).
@@ -240,14 +243,18 @@ impl<'a> Walk<'a> {
         let value = string.as_str();
         if full {
             self.lengths(value.len(), s.min_length, s.max_length, "bytes")?;
-            if s.min_graphemes.is_some() || s.max_graphemes.is_some() {
-                let graphemes = value.graphemes(true).count();
-                if let Some(max) = s.max_graphemes.filter(|&m| graphemes > m) {
-                    return self.reject("maxGraphemes", format!("{graphemes} graphemes, over {max}"));
-                }
-                if let Some(min) = s.min_graphemes.filter(|&m| graphemes < m) {
-                    return self.reject("minGraphemes", format!("{graphemes} graphemes, under {min}"));
-                }
+        }
+        // At least one byte a grapheme: a short string is within `maxGraphemes`, and a non-empty
+        // one has at least one.
+        let max_in_doubt = s.max_graphemes.is_some_and(|m| value.len() > m);
+        let min_in_doubt = s.min_graphemes.is_some_and(|m| m > 1 || (m == 1 && value.is_empty()));
+        if max_in_doubt || min_in_doubt {
+            let graphemes = value.graphemes(true).count();
+            if let Some(max) = s.max_graphemes.filter(|&m| graphemes > m) {
+                return self.reject("maxGraphemes", format!("{graphemes} graphemes, over {max}"));
+            }
+            if let Some(min) = s.min_graphemes.filter(|&m| graphemes < m) {
+                return self.reject("minGraphemes", format!("{graphemes} graphemes, under {min}"));
             }
         }
         if let Some(format) = s.format

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use jacquard_common::IntoStatic;
 use jacquard_common::deps::smol_str::SmolStr;
-use jacquard_lexicon::lexicon::{LexArrayItem, LexObject, LexObjectProperty, LexRecordRecord, LexUserType, LexiconDoc};
+use jacquard_lexicon::lexicon::{
+    LexArrayItem, LexObject, LexObjectProperty, LexRecordRecord, LexString, LexUserType, LexiconDoc,
+};
 use jacquard_lexicon::ref_utils::RefPath;
 use jacquard_lexicon::schema::SchemaRegistry;
 use jacquard_lexicon::validation::SchemaValidator;
@@ -213,7 +215,8 @@ fn item_refs(item: &LexArrayItem<'_>, out: &mut Vec<String>) {
 
 /// The registry jacquard's constraint pass needs for `collection`, and no more: that pass
 /// follows refs (not union members, which [`super::extra`] checks) into object defs, and reads
-/// string lengths and graphemes, integer ranges and array lengths. Each def reached so is kept
+/// string lengths, integer ranges and array lengths (graphemes are [`super::extra`]'s, which
+/// counts them only when the byte length leaves the bound in doubt). Each def reached so is kept
 /// with only the properties that hold such a constraint or lead to one, without `required`
 /// (the structural pass has checked those): `validate_by_nsid` clones its registry on every
 /// call and re-runs the structural pass over it, so what is not kept costs nothing per record.
@@ -262,7 +265,7 @@ fn trim_object(
     let mut out = LexObject::default();
     for (name, prop) in &o.properties {
         let kept = match prop {
-            LexObjectProperty::String(s) => string_constrained(s).then(|| prop.clone()),
+            LexObjectProperty::String(s) => string_constrained(s).then(|| LexObjectProperty::String(lengths_only(s))),
             LexObjectProperty::Integer(i) => (i.minimum.is_some() || i.maximum.is_some()).then(|| prop.clone()),
             LexObjectProperty::Object(inner) => {
                 let inner = trim_object(inner, docs, nsid, refs);
@@ -284,7 +287,7 @@ fn trim_object(
                         refs.push(r.r#ref.to_string());
                         Some(a.items.clone())
                     }
-                    LexArrayItem::String(s) => string_constrained(s).then(|| a.items.clone()),
+                    LexArrayItem::String(s) => string_constrained(s).then(|| LexArrayItem::String(lengths_only(s))),
                     LexArrayItem::Integer(i) => (i.minimum.is_some() || i.maximum.is_some()).then(|| a.items.clone()),
                     _ => None,
                 };
@@ -306,8 +309,15 @@ fn trim_object(
     out
 }
 
-fn string_constrained(s: &jacquard_lexicon::lexicon::LexString<'_>) -> bool {
-    s.min_length.is_some() || s.max_length.is_some() || s.min_graphemes.is_some() || s.max_graphemes.is_some()
+/// Whether jacquard's constraint pass has something to check in `s`: its byte lengths.
+fn string_constrained(s: &LexString<'_>) -> bool {
+    s.min_length.is_some() || s.max_length.is_some()
+}
+
+/// `s` without its grapheme bounds: jacquard counts a string's graphemes whenever it has one (a
+/// post's text on every post, ~6% of a validated backfill's CPU); [`super::extra`] checks them.
+fn lengths_only(s: &LexString<'static>) -> LexString<'static> {
+    LexString { min_graphemes: None, max_graphemes: None, ..s.clone() }
 }
 
 /// Whether `reference` names an object or record def (the only defs the constraint pass enters).
