@@ -499,7 +499,8 @@ fn a_build_stopped_anywhere_resumes_and_ends_exact() {
             // seeks past.
             let others = ["app.bsky.feed.like", "zzz.other.thing"].map(|collection| {
                 let body = json_to_cbor(&json!({"$type": collection})).unwrap();
-                (0..5).map(move |r| RecordWrite::Put {
+                // More than the build reads in a row before it seeks past them.
+                (0..70).map(move |r| RecordWrite::Put {
                     collection: collection.into(),
                     rkey: format!("o{r}").into(),
                     cid: testkit::cid_of(&body).to_bytes(),

@@ -294,7 +294,16 @@ impl Store {
 /// 32 MiB: every diff reads it, and at 16 the backfill was a tenth slower; the others take
 /// 16 MiB, which costs nothing measured and brought the backfill's peak from ~330 to ~275 MB
 /// (docs/bench-log.md, *What shapes memory now*).
+/// Every keyspace's options. Index and filter blocks are partitioned at every level (fjall
+/// does so from L3 on): a point read in an unpinned L2 table loaded the table's whole index
+/// block (~2 MB for a 64 MB table of 4 KiB blocks) and checksummed it, so once a keyspace's
+/// index blocks outgrew the block cache every `get` cost hundreds of microseconds (an index
+/// build's count reads ran 10x slower, `getRecord` at scale 90-240 us).
 fn keyspace_options(name: &str) -> KeyspaceCreateOptions {
+    use fjall::config::PartitioningPolicy;
     let mib: u64 = if name == "records" { 32 } else { 16 };
-    KeyspaceCreateOptions::default().max_memtable_size(mib << 20)
+    KeyspaceCreateOptions::default()
+        .max_memtable_size(mib << 20)
+        .index_block_partitioning_policy(PartitioningPolicy::all(true))
+        .filter_block_partitioning_policy(PartitioningPolicy::all(true))
 }

@@ -42,6 +42,9 @@ fn past_prefix(mut prefix: Vec<u8>) -> Vec<u8> {
     prefix
 }
 
+/// Records of other collections [`Records::scan_collection`] reads in a row before it seeks.
+const SEEK_AFTER: usize = 64;
+
 /// The records part: owns `records`, reads legacy bodies from `blocks`.
 pub struct Records {
     records: Keyspace,
@@ -97,8 +100,10 @@ impl Records {
     /// Reads up to `max_keys` records keys past the key `after` (from the start when it is
     /// empty), calling `each(did, rkey, cid, body)` on those of `collection`; returns the last key
     /// read, or `None` when the scan reached the end. What an index build reads, a batch at a
-    /// time. Within a repo it seeks past other collections instead of reading their records: to
-    /// `collection` when it meets one ordered before it, to the next repo when after it.
+    /// time. Past [`SEEK_AFTER`] records of other collections in a row it seeks instead of reading
+    /// on: to `collection` when the last one read is ordered before it, to the next repo when
+    /// after it. (A seek opens a new range over every table: seeking at every repo made a
+    /// build over many small repos ten times slower than reading them all.)
     pub(super) fn scan_collection(
         &self,
         after: &[u8],
@@ -107,34 +112,38 @@ impl Records {
         mut each: impl FnMut(&str, &str, &[u8], &[u8]) -> Result<()>,
     ) -> Result<Option<Vec<u8>>> {
         let mut from: Bound<Vec<u8>> = if after.is_empty() { Bound::Unbounded } else { Excluded(after.to_vec()) };
-        let (mut last, mut read) = (None, 0);
+        let (mut last, mut read, mut passed) = (None, 0, 0);
         'seek: loop {
             for kv in self.records.range((from.clone(), Bound::Unbounded)) {
                 if read == max_keys {
-                    return Ok(last);
+                    return Ok(last.map(|k: fjall::Slice| k.to_vec()));
                 }
                 let (k, v) = kv.into_inner()?;
                 read += 1;
                 let (did, coll, rkey) = keys::parse_record(&k)?;
-                let seek = match coll.cmp(collection) {
-                    std::cmp::Ordering::Equal => {
-                        let view = RecordRef::view(&v)?;
-                        match view.body {
-                            Some(body) => each(did, rkey, view.cid, body)?,
-                            None => {
-                                if let Some(body) = self.blocks.body(view.cid)? {
-                                    each(did, rkey, view.cid, &body)?
-                                }
+                let order = coll.cmp(collection);
+                if order == std::cmp::Ordering::Equal {
+                    let view = RecordRef::view(&v)?;
+                    match view.body {
+                        Some(body) => each(did, rkey, view.cid, body)?,
+                        None => {
+                            if let Some(body) = self.blocks.body(view.cid)? {
+                                each(did, rkey, view.cid, &body)?
                             }
                         }
-                        None
                     }
-                    std::cmp::Ordering::Less => Some(keys::record_collection_prefix(did, collection)),
-                    std::cmp::Ordering::Greater => Some(past_prefix(keys::record_prefix(did))),
-                };
-                last = Some(k.to_vec());
-                if let Some(to) = seek {
+                    passed = 0;
+                } else {
+                    passed += 1;
+                }
+                let seek_from = (passed >= SEEK_AFTER).then(|| match order {
+                    std::cmp::Ordering::Less => keys::record_collection_prefix(did, collection),
+                    _ => past_prefix(keys::record_prefix(did)),
+                });
+                last = Some(k);
+                if let Some(to) = seek_from {
                     from = Included(to);
+                    passed = 0;
                     continue 'seek;
                 }
             }
