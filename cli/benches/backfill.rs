@@ -68,22 +68,23 @@ fn backfill_logged(
     let log = dir.path().join("run.log");
     let usage = bench::run_child(binary, &["--config", config.to_str().unwrap(), "backfill"], Some(&log));
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    // A log line starts with its time (wrapped in colour codes): `...2026-12-05T00:43:36.1Z...`.
-    let time = |line: &str| {
-        let token = line.split_whitespace().next()?;
-        let end = token.find('Z')? + 1;
-        let start = token[..end].find('T')?.checked_sub(10)?;
-        chrono::DateTime::parse_from_rfc3339(token.get(start..end)?).ok()
-    };
     // The sink's own lines (a failure, a republish, its batches at exit): its troubles cost
     // CPU the table would hide.
     for line in text.lines().filter(|l| l.contains("sluice::sink")) {
         eprintln!("sink: {line}");
     }
-    let first = text.lines().find_map(time);
-    let done = text.lines().filter(|l| l.contains("the NATS sink publishes what is left")).find_map(time);
+    let first = text.lines().find_map(log_time);
+    let done = text.lines().filter(|l| l.contains("the NATS sink publishes what is left")).find_map(log_time);
     let backfill_secs = first.zip(done).map(|(a, b)| (b - a).num_microseconds().unwrap_or(0) as f64 / 1e6);
     (usage, backfill_secs)
+}
+
+/// The time a log line starts with (wrapped in colour codes): `...2026-12-05T00:43:36.1Z...`.
+fn log_time(line: &str) -> Option<chrono::DateTime<chrono::FixedOffset>> {
+    let token = line.split_whitespace().next()?;
+    let end = token.find('Z')? + 1;
+    let start = token[..end].find('T')?.checked_sub(10)?;
+    chrono::DateTime::parse_from_rfc3339(token.get(start..end)?).ok()
 }
 
 /// The builds under test: `SLUICE_BIN` (comma-separated) when set, else this build's `sluice`.
@@ -361,16 +362,10 @@ fn filter_run(net: &Devnet, binary: &str, filter: &str) -> (Usage, FilterRunChec
     }
     drop(store);
     let text = std::fs::read_to_string(&log).unwrap_or_default();
-    let time = |line: &str| {
-        let token = line.split_whitespace().next()?;
-        let end = token.find('Z')? + 1;
-        let start = token[..end].find('T')?.checked_sub(10)?;
-        chrono::DateTime::parse_from_rfc3339(token.get(start..end)?).ok()
-    };
     let mut first = None;
     let mut last = None;
     for line in text.lines().map(strip_ansi) {
-        let Some(t) = time(&line) else { continue };
+        let Some(t) = log_time(&line) else { continue };
         let first = *first.get_or_insert(t);
         last = Some(t);
         let secs = |t: chrono::DateTime<_>| (t - first).num_microseconds().unwrap_or(0) as f64 / 1e6;
