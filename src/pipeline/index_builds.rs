@@ -36,14 +36,22 @@ impl Maintainer {
         let thread = std::thread::Builder::new()
             .name("sluice-indexes".into())
             .spawn(move || {
-                // Whether the last build batch failed: a failure is logged once, not every retry.
-                let mut failed = false;
+                // Whether the last build batch, or the last try to put a save's indexes in force,
+                // failed: a failure is logged once, not at every retry.
+                let (mut failed, mut apply_failed) = (false, false);
                 while !*stopping.0.lock().expect("index maintainer lock") {
                     let now = filter.load();
+                    // A save whose indexes could not be put in force (a failed write) is tried
+                    // again at every turn until they are, not left until the next save.
                     if !Arc::ptr_eq(&now, &current) {
-                        current = now;
-                        if let Err(e) = apply(&store, &current.filter.indexes) {
-                            tracing::error!("putting the filter's indexes in force: {}", crate::error::chain(&e));
+                        match apply(&store, &now.filter.indexes) {
+                            Ok(()) => (current, apply_failed) = (now, false),
+                            Err(e) => {
+                                if !std::mem::replace(&mut apply_failed, true) {
+                                    let e = crate::error::chain(&e);
+                                    tracing::error!("putting the filter's indexes in force (retried): {e}");
+                                }
+                            }
                         }
                     }
                     // Busy while a batch was built: the next look finds the next one, or none.
