@@ -376,7 +376,8 @@ pub struct StorageConfig {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        Self { path: "data".into(), index_build_batch: 2048, cache_mb: crate::store::DEFAULT_CACHE_MB }
+        // fjall's own default, as `Store::open` uses.
+        Self { path: "data".into(), index_build_batch: 2048, cache_mb: 32 }
     }
 }
 
