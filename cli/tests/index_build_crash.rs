@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use sluice::filter::Filter;
 use sluice::handlers::value::json_to_cbor;
 use sluice::indexes::encode;
-use sluice::store::{PageRange, RecordWrite, RepoChange, Store};
+use sluice::store::{PageRange, RecordWrite, RepoChange, RepoState, RepoStatus, Store};
 use sluice_devnet::{Devnet, DevnetOptions};
 use sluice_testkit as testkit;
 
@@ -41,7 +41,9 @@ fn fill(data: &Path) {
                 }
             })
             .collect();
-        store.commit(RepoChange { did, records, ..Default::default() }).unwrap();
+        // Synced: counts count the records of repos whose records are answered.
+        let state = Some(RepoState { status: RepoStatus::Synced, ..Default::default() });
+        store.commit(RepoChange { did, records, state, ..Default::default() }).unwrap();
     }
     store.persist().unwrap();
 }
