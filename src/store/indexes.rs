@@ -599,14 +599,13 @@ impl IndexParts {
                     }
                     RecordWrite::Remove { collection, rkey } => (collection, rkey, true, None),
                 };
-                let mut value = None;
+                // Encoded once for every index over the collection whose entries carry it.
+                let inlined = registry.on(collection).any(|ix| ix.inlines());
+                let value = put.filter(|_| inlined).and_then(|(cid, body)| inline_value(cid, body));
                 for index in registry.on(collection) {
                     let new = put.map(|(_, body)| crate::indexes::entries(&index.spec, rkey, body, now_us));
-                    if index.inlines() && value.is_none() {
-                        value = put.and_then(|(cid, body)| inline_value(cid, body));
-                    }
-                    let update =
-                        Update { rkey: rkey.clone(), existed, new, value: value.clone().filter(|_| index.inlines()) };
+                    let value = value.clone().filter(|_| index.inlines());
+                    let update = Update { rkey: rkey.clone(), existed, new, value };
                     items.push(Item { index: index.clone(), collection: collection.clone(), update });
                 }
             }
