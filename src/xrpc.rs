@@ -92,6 +92,11 @@ pub fn ok_json(v: serde_json::Value) -> XrpcResult {
     Ok(Json(v).into_response())
 }
 
+/// A 200 answer of JSON text written by the method itself.
+pub fn ok_json_text(body: Vec<u8>) -> XrpcResult {
+    Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
+}
+
 /// Query parameters of one XRPC call.
 pub struct Params(HashMap<String, String>);
 

@@ -9,15 +9,13 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
-use serde_json::{Value, json};
-
 use super::Query;
-use super::repo_access::{Unshown, blocking, readable_repo, record_json, repo_param, store_error};
+use super::repo_access::{RecordList, Unshown, blocking, readable_repo, repo_param, store_error};
 use crate::pipeline::PipelineMetrics;
 use crate::server::ServerState;
 use crate::store::Store;
-use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
+use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json_text};
+use axum::extract::State;
 
 /// The XRPC method's name.
 pub(super) const METHOD: &str = "com.atproto.repo.listRecords";
@@ -43,24 +41,20 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> X
         cursor: p.opt("cursor").map(str::to_string),
     };
     let pipeline = state.pipeline.clone();
-    ok_json(blocking(&state, move |store| read(store, pipeline.metrics(), &page)).await?)
+    ok_json_text(blocking(&state, move |store| read(store, pipeline.metrics(), &page)).await?)
 }
 
-/// The page: a record that does not render is left out (see [`record_json`]), and the cursor
-/// still moves past it.
-fn read(store: &Store, metrics: &PipelineMetrics, page: &Page) -> Result<Value, XrpcError> {
+/// The page as JSON text: a record that does not render is left out (see
+/// [`RecordList::push`]), and the cursor still moves past it.
+fn read(store: &Store, metrics: &PipelineMetrics, page: &Page) -> Result<Vec<u8>, XrpcError> {
     let (did, _) = readable_repo(store, &page.repo, Unshown::Listed)?;
     let rows = store
         .records()
         .page(&did, &page.collection, page.cursor.as_deref(), page.limit, page.ascending)
         .map_err(store_error)?;
-    let mut records = Vec::with_capacity(rows.len());
+    let mut records = RecordList::new(metrics);
     for (rkey, record) in &rows {
-        records.extend(record_json(&did, &page.collection, rkey, record, metrics)?);
+        records.push(&did, &page.collection, rkey, record, &[])?;
     }
-    let mut out = json!({ "records": records });
-    if let Some((last, _)) = rows.last() {
-        out["cursor"] = json!(last);
-    }
-    Ok(out)
+    Ok(records.finish(rows.last().map(|(last, _)| last.as_str())))
 }

@@ -13,16 +13,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{RawQuery, State};
-use serde_json::{Value, json};
+use axum::http::StatusCode;
 
 use super::index_params::{Pairs, find, key, ready};
-use super::repo_access::{blocking, readable, record_json, store_error};
+use super::repo_access::{RecordList, blocking, readable, store_error};
 use crate::indexes::{SortType, encode};
 use crate::pipeline::PipelineMetrics;
 use crate::server::ServerState;
 use crate::store::{Hit, LiveIndex, PageRange, Store};
 use crate::syntax::is_did;
-use crate::xrpc::{XrpcError, XrpcResult, ok_json};
+use crate::xrpc::{XrpcError, XrpcResult, ok_json_text};
 
 /// The method's name under [`NS`](crate::server::NS).
 pub(super) const NAME: &str = "queryIndex";
@@ -36,7 +36,7 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, RawQuery(raw):
 /// Answers a query of the index named by `index`, or the one served under `method`.
 pub(super) async fn serve(state: Arc<ServerState>, raw: Option<String>, method: Option<String>) -> XrpcResult {
     let metrics = state.pipeline.clone();
-    ok_json(
+    ok_json_text(
         blocking(&state, move |store| read(store, metrics.metrics(), &Pairs::parse(raw.as_deref()), method.as_deref()))
             .await?,
     )
@@ -50,7 +50,7 @@ struct Bounds {
     ascending: bool,
 }
 
-fn read(store: &Store, metrics: &PipelineMetrics, pairs: &Pairs, method: Option<&str>) -> Result<Value, XrpcError> {
+fn read(store: &Store, metrics: &PipelineMetrics, pairs: &Pairs, method: Option<&str>) -> Result<Vec<u8>, XrpcError> {
     let index = find(store, pairs, method)?;
     ready(store, &index)?;
     let key = key(pairs, &index)?;
@@ -103,12 +103,11 @@ impl Bounds {
 /// A page being filled: the records of shown repos, each repo's state read once.
 struct Shown<'a> {
     store: &'a Store,
-    metrics: &'a PipelineMetrics,
     index: &'a LiveIndex,
     limit: usize,
     /// Per repo: `None` when not shown, else its verified handle, if any.
     repos: HashMap<String, Option<Option<String>>>,
-    records: Vec<Value>,
+    records: RecordList<'a>,
     examined: usize,
     /// The position of the last entry examined.
     last: Option<Vec<u8>>,
@@ -116,7 +115,8 @@ struct Shown<'a> {
 
 impl<'a> Shown<'a> {
     fn new(store: &'a Store, metrics: &'a PipelineMetrics, index: &'a LiveIndex, limit: usize) -> Self {
-        Shown { store, metrics, index, limit, repos: HashMap::new(), records: Vec::new(), examined: 0, last: None }
+        let records = RecordList::new(metrics);
+        Shown { store, index, limit, repos: HashMap::new(), records, examined: 0, last: None }
     }
 
     /// Reads the entries under `key` a chunk at a time until the page is full, the entries
@@ -156,7 +156,11 @@ impl<'a> Shown<'a> {
         let handle = match self.repos.get(&hit.did) {
             Some(shown) => shown.clone(),
             None => {
-                let shown = readable(self.store, &hit.did).ok().map(|s| s.handle.filter(|_| s.handle_ok == Some(true)));
+                let shown = match readable(self.store, &hit.did) {
+                    Ok(state) => Some(state.handle.filter(|_| state.handle_ok == Some(true))),
+                    Err(e) if e.status() == StatusCode::INTERNAL_SERVER_ERROR => return Err(e),
+                    Err(_) => None,
+                };
                 self.repos.insert(hit.did.clone(), shown.clone());
                 shown
             }
@@ -167,27 +171,30 @@ impl<'a> Shown<'a> {
                 Some(record) => Some(record),
                 None => self.store.records().get(&hit.did, collection, &hit.rkey).map_err(store_error)?,
             };
-            if let Some(mut json) = record
-                .and_then(|r| record_json(&hit.did, collection, &hit.rkey, &r, self.metrics).transpose())
-                .transpose()?
-            {
-                json["did"] = json!(hit.did);
-                if let Some(handle) = handle {
-                    json["handle"] = json!(handle);
-                }
-                self.records.push(json);
+            if let Some(record) = record {
+                let did = [("did", hit.did.as_str())];
+                let with_handle;
+                let extra: &[(&str, &str)] = match &handle {
+                    Some(handle) => {
+                        with_handle = [did[0], ("handle", handle.as_str())];
+                        &with_handle
+                    }
+                    None => &did,
+                };
+                self.records.push(&hit.did, collection, &hit.rkey, &record, extra)?;
             }
         }
-        Ok(self.records.len() >= self.limit || self.examined >= MAX_EXAMINED)
+        Ok(self.full())
     }
 
-    fn answer(self) -> Value {
-        let mut out = json!({ "records": self.records });
-        let more = self.records.len() >= self.limit || self.examined >= MAX_EXAMINED;
-        if let Some(last) = self.last.filter(|_| more) {
-            out["cursor"] = json!(encode_cursor(&last));
-        }
-        out
+    /// Whether the page holds `limit` records or examined all it may.
+    fn full(&self) -> bool {
+        self.records.len() >= self.limit || self.examined >= MAX_EXAMINED
+    }
+
+    fn answer(self) -> Vec<u8> {
+        let cursor = self.last.as_deref().filter(|_| self.full()).map(encode_cursor);
+        self.records.finish(cursor.as_deref())
     }
 }
 

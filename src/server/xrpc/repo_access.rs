@@ -179,17 +179,11 @@ pub(super) fn record_json(
     metrics: &PipelineMetrics,
 ) -> Result<Option<Value>, XrpcError> {
     let uri = at_uri(did, collection, rkey);
-    let body = record.body.as_deref().ok_or_else(|| XrpcError::internal(format!("the body of {uri} is missing")))?;
+    let body = body_of(&uri, record)?;
     let value = match sluice_handlers::value::cbor_to_json(body) {
         Ok(value) => value,
         Err(e) => {
-            metrics.records_unreadable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let rule = sluice_handlers::rules::check_record(body).err();
-            tracing::warn!(
-                %uri,
-                reason = rule.as_ref().map_or("not_dag_cbor", |r| r.reason()),
-                "a stored record does not render (stored before the record rule); read as not in the repo: {e}"
-            );
+            unreadable(&uri, body, e, metrics);
             return Ok(None);
         }
     };
@@ -198,6 +192,96 @@ pub(super) fn record_json(
     out.insert("cid".into(), cid_string(&record.cid)?.into());
     out.insert("value".into(), value);
     Ok(Some(Value::Object(out)))
+}
+
+fn body_of<'r>(uri: &str, record: &'r RecordRef) -> Result<&'r [u8], XrpcError> {
+    record.body.as_deref().ok_or_else(|| XrpcError::internal(format!("the body of {uri} is missing")))
+}
+
+/// Counts and logs a stored record that does not render (see [`record_json`]).
+fn unreadable(uri: &str, body: &[u8], e: impl std::fmt::Display, metrics: &PipelineMetrics) {
+    metrics.records_unreadable.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let rule = sluice_handlers::rules::check_record(body).err();
+    tracing::warn!(
+        %uri,
+        reason = rule.as_ref().map_or("not_dag_cbor", |r| r.reason()),
+        "a stored record does not render (stored before the record rule); read as not in the repo: {e}"
+    );
+}
+
+/// An answer `{"records": [{uri, cid, value, ...}], "cursor"?}` written as JSON text as the
+/// records are read: each body goes from DAG-CBOR straight into the answer, with no value
+/// tree (`listRecords` and `queryIndex` pages, where that was most of a page's time).
+pub(super) struct RecordList<'m> {
+    out: Vec<u8>,
+    len: usize,
+    metrics: &'m PipelineMetrics,
+}
+
+impl<'m> RecordList<'m> {
+    pub(super) fn new(metrics: &'m PipelineMetrics) -> Self {
+        let mut out = Vec::with_capacity(16 * 1024);
+        out.extend_from_slice(b"{\"records\":[");
+        RecordList { out, len: 0, metrics }
+    }
+
+    /// How many records the list holds.
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Adds `{uri, cid, value}` and the string fields of `extra`; a record whose body does not
+    /// render is left out as [`record_json`] does. Returns whether it was added.
+    pub(super) fn push(
+        &mut self,
+        did: &str,
+        collection: &str,
+        rkey: &str,
+        record: &RecordRef,
+        extra: &[(&str, &str)],
+    ) -> Result<bool, XrpcError> {
+        let uri = at_uri(did, collection, rkey);
+        let body = body_of(&uri, record)?;
+        let cid = cid_string(&record.cid)?;
+        let start = self.out.len();
+        if self.len > 0 {
+            self.out.push(b',');
+        }
+        self.out.extend_from_slice(b"{\"uri\":");
+        json_string(&mut self.out, &uri);
+        self.out.extend_from_slice(b",\"cid\":");
+        json_string(&mut self.out, &cid);
+        self.out.extend_from_slice(b",\"value\":");
+        if let Err(e) = sluice_handlers::value::write_cbor_json(body, &mut self.out) {
+            self.out.truncate(start);
+            unreadable(&uri, body, e, self.metrics);
+            return Ok(false);
+        }
+        for (name, value) in extra {
+            self.out.push(b',');
+            json_string(&mut self.out, name);
+            self.out.push(b':');
+            json_string(&mut self.out, value);
+        }
+        self.out.push(b'}');
+        self.len += 1;
+        Ok(true)
+    }
+
+    /// The answer, with `cursor` when given.
+    pub(super) fn finish(mut self, cursor: Option<&str>) -> Vec<u8> {
+        self.out.push(b']');
+        if let Some(cursor) = cursor {
+            self.out.extend_from_slice(b",\"cursor\":");
+            json_string(&mut self.out, cursor);
+        }
+        self.out.push(b'}');
+        self.out
+    }
+}
+
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(out, s).expect("a string serializes into memory");
 }
 
 #[cfg(test)]
@@ -221,5 +305,33 @@ mod tests {
         let discarded = RepoState { status: RepoStatus::Discarded, ..Default::default() };
         assert_eq!(shown("did:x:a", Some(discarded)).unwrap_err().error(), "RepoNotFound");
         assert_eq!(shown("did:x:a", None).unwrap_err().error(), "RepoNotFound");
+    }
+
+    fn stored(value: &serde_json::Value) -> RecordRef {
+        let cid = cid::Cid::new_v1(0x71, multihash::Multihash::wrap(0x12, &[7; 32]).unwrap());
+        RecordRef { cid: cid.to_bytes(), body: Some(serde_ipld_dagcbor::to_vec(value).unwrap()) }
+    }
+
+    #[test]
+    fn a_record_list_is_the_json_of_its_records_without_the_unreadable_ones() {
+        let metrics = PipelineMetrics::default();
+        let (a, b) = (serde_json::json!({"text": "a \"quoted\" é"}), serde_json::json!({"n": 2, "l": [true]}));
+        // A float: DAG-CBOR the record rule refuses, so it does not render.
+        let unreadable = RecordRef { body: Some(serde_ipld_dagcbor::to_vec(&1.5f64).unwrap()), ..stored(&a) };
+        let mut list = RecordList::new(&metrics);
+        assert!(list.push("did:plc:a", "x.y.z", "1", &stored(&a), &[("did", "did:plc:a")]).unwrap());
+        assert!(!list.push("did:plc:a", "x.y.z", "2", &unreadable, &[]).unwrap());
+        assert!(list.push("did:plc:a", "x.y.z", "3", &stored(&b), &[("handle", "h.test")]).unwrap());
+        assert_eq!(list.len(), 2);
+        let text = list.finish(Some("3"));
+        let answer: serde_json::Value = serde_json::from_slice(&text).unwrap();
+        let mut first = record_json("did:plc:a", "x.y.z", "1", &stored(&a), &metrics).unwrap().unwrap();
+        first["did"] = "did:plc:a".into();
+        let mut second = record_json("did:plc:a", "x.y.z", "3", &stored(&b), &metrics).unwrap().unwrap();
+        second["handle"] = "h.test".into();
+        assert_eq!(answer, serde_json::json!({"records": [first, second], "cursor": "3"}));
+        assert_eq!(metrics.records_unreadable.load(std::sync::atomic::Ordering::Relaxed), 1);
+        let empty = RecordList::new(&metrics).finish(None);
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&empty).unwrap(), serde_json::json!({"records": []}));
     }
 }
