@@ -2,11 +2,9 @@
 //! error answers in the protocol's shape (`{"error", "message"}` with the right status) and query
 //! parameters read with `InvalidRequest` errors that name the parameter.
 
-use std::collections::HashMap;
-
 use axum::Json;
-use axum::extract::Query;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -97,45 +95,52 @@ pub fn ok_json_text(body: Vec<u8>) -> XrpcResult {
     Ok(([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response())
 }
 
-/// Query parameters of one XRPC call.
-pub struct Params(HashMap<String, String>);
+/// Query parameters of one XRPC call, in order, each as often as it was given (an index's
+/// `key` may be given once per key part). A parameter read as one value and given twice is
+/// refused, naming it. Taken from the request as an extractor, which never fails.
+pub struct Params(Vec<(String, String)>);
 
 impl Params {
-    /// Reads the query, a malformed one being an `InvalidRequest`.
-    pub fn from_query(q: Result<Query<HashMap<String, String>>, QueryRejection>) -> Result<Self, XrpcError> {
-        q.map(|Query(m)| Self(m)).map_err(|e| XrpcError::invalid(e.body_text()))
+    /// Reads a raw query string (`None`: no query).
+    pub fn parse(raw: Option<&str>) -> Self {
+        Self(form_urlencoded::parse(raw.unwrap_or("").as_bytes()).into_owned().collect())
     }
 
-    /// Parameters from a map (tests, and handlers that read the query themselves).
-    pub fn from_map(map: HashMap<String, String>) -> Self {
-        Self(map)
+    /// Every value of `name`, in order.
+    pub fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.0.iter().filter(move |(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 
-    /// An optional parameter.
-    pub fn opt(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str)
+    /// An optional parameter; given more than once, an `InvalidRequest` naming it.
+    pub fn opt(&self, name: &str) -> Result<Option<&str>, XrpcError> {
+        let mut values = self.0.iter().filter(|(n, _)| n == name).map(|(_, v)| v.as_str());
+        let first = values.next();
+        match values.next() {
+            Some(_) => Err(XrpcError::invalid(format!("{name}: given more than once"))),
+            None => Ok(first),
+        }
     }
 
     /// A required parameter.
     pub fn req(&self, name: &str) -> Result<&str, XrpcError> {
-        self.opt(name).ok_or_else(|| XrpcError::invalid(format!("Params must have the property \"{name}\"")))
+        self.opt(name)?.ok_or_else(|| XrpcError::invalid(format!("Params must have the property \"{name}\"")))
     }
 
     /// `limit`, `default` when absent, refused outside `1..=max`.
     pub fn limit(&self, default: usize, max: usize) -> Result<usize, XrpcError> {
-        let Some(s) = self.opt("limit") else { return Ok(default) };
+        let Some(s) = self.opt("limit")? else { return Ok(default) };
         match s.parse::<usize>() {
             Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(XrpcError::invalid(format!("limit must be an integer from 1 to {max}"))),
+            _ => Err(XrpcError::invalid(format!("limit must be an integer from 1 to {max}, not `{s}`"))),
         }
     }
 
     /// A boolean flag (`true`/`false`), false when absent.
     pub fn flag(&self, name: &str) -> Result<bool, XrpcError> {
-        match self.opt(name) {
+        match self.opt(name)? {
             None | Some("false") => Ok(false),
             Some("true") => Ok(true),
-            Some(_) => Err(XrpcError::invalid(format!("{name} must be a boolean"))),
+            Some(other) => Err(XrpcError::invalid(format!("{name} must be a boolean (true or false), not `{other}`"))),
         }
     }
 
@@ -157,5 +162,13 @@ impl Params {
         crate::syntax::is_rkey(v)
             .then_some(v)
             .ok_or_else(|| XrpcError::invalid(format!("{name} must be a valid record key")))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Params::parse(parts.uri.query()))
     }
 }

@@ -583,6 +583,8 @@ fn bad_parameter_cases<'a>(did: &'a str, like_cursor: &'a str) -> Vec<Case<'a>> 
         (list, vec![("repo", did), ("collection", POST), ("limit", "-1")], "limit"),
         (list, vec![("repo", did), ("collection", POST), ("reverse", "yes")], "reverse"),
         (list, vec![("repo", did), ("collection", POST), ("reverse", "1")], "reverse"),
+        (list, vec![("repo", did), ("collection", POST), ("limit", "1"), ("limit", "2")], "limit"),
+        (list, vec![("repo", did), ("repo", did), ("collection", POST)], "repo"),
         (describe, vec![], "repo"),
         (describe, vec![("repo", "at://x")], "repo"),
         ("com.atproto.sync.listRepos", vec![("limit", "0")], "limit"),

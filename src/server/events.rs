@@ -16,15 +16,14 @@
 //! without a cursor, and sends again from the last ack when no ack came for `ack_timeout_secs`
 //! (at least once).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
+use axum::extract::State;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::stream::SplitSink;
@@ -52,24 +51,16 @@ struct Start {
     consumer: Option<String>,
 }
 
-async fn subscribe(
-    State(state): State<Arc<ServerState>>,
-    ws: WebSocketUpgrade,
-    q: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Response {
-    match start_of(&state, q) {
+async fn subscribe(State(state): State<Arc<ServerState>>, ws: WebSocketUpgrade, params: Params) -> Response {
+    match start_of(&state, &params) {
         Ok(start) => ws.on_upgrade(move |socket| stream(socket, state, start)),
         Err(e) => e.into_response(),
     }
 }
 
-fn start_of(
-    state: &ServerState,
-    q: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Result<Start, XrpcError> {
-    let params = Params::from_query(q)?;
+fn start_of(state: &ServerState, params: &Params) -> Result<Start, XrpcError> {
     let cursor =
-        match params.opt("cursor") {
+        match params.opt("cursor")? {
             Some(c) => Some(c.parse::<u64>().map_err(|_| {
                 XrpcError::invalid("cursor must be a non-negative integer (the last event id you have)")
             })?),
@@ -83,7 +74,7 @@ fn start_of(
             format!("cursor is after the last event ({head})"),
         ));
     }
-    let consumer = params.opt("consumer").map(str::to_string);
+    let consumer = params.opt("consumer")?.map(str::to_string);
     if let Some(name) = &consumer
         && (name.is_empty()
             || name.len() > 64

@@ -4,10 +4,6 @@
 //! error frame; a subscriber that falls too far behind, or is dropped by the test API, is
 //! closed (a client reconnects with its cursor).
 
-use std::collections::HashMap;
-
-use axum::extract::Query;
-use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::{IntoResponse, Response};
 
@@ -25,11 +21,11 @@ pub(crate) fn subscribe(
     world: &World,
     sequencer: &Sequencer,
     host: Option<usize>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    query: Params,
     ws: WebSocketUpgrade,
 ) -> Response {
     world.count(SUBSCRIBE_REPOS);
-    let cursor = match Params::from_query(query).and_then(|p| cursor(&p)) {
+    let cursor = match cursor(&query) {
         Ok(c) => c,
         Err(e) => return e.into_response(),
     };
@@ -45,7 +41,7 @@ pub(crate) fn subscribe(
 
 /// The `cursor` parameter, when given.
 fn cursor(p: &Params) -> Result<Option<i64>, XrpcError> {
-    p.opt("cursor").map(|c| c.parse::<i64>().map_err(|_| XrpcError::invalid("cursor must be an integer"))).transpose()
+    p.opt("cursor")?.map(|c| c.parse::<i64>().map_err(|_| XrpcError::invalid("cursor must be an integer"))).transpose()
 }
 
 /// Sends the replay, then live events, until the client goes, lags or is dropped.

@@ -45,8 +45,8 @@ pub(crate) fn list_records(pds: &Pds, p: &Params) -> XrpcResult {
     let collection = p.req("collection")?;
     let limit = p.limit(50, 100)?;
     let ascending = p.flag("reverse")?;
-    let (page, more) =
-        pds.with_repo(&did, |a| page_records(&a.records, collection, p.opt("cursor"), limit, ascending))?;
+    let cursor = p.opt("cursor")?;
+    let (page, more) = pds.with_repo(&did, |a| page_records(&a.records, collection, cursor, limit, ascending))?;
     let mut records = Vec::with_capacity(page.len());
     for (rkey, cid, bytes) in &page {
         records.push(json!({"uri": at_uri(&did, collection, rkey), "cid": cid.to_string(), "value": value(bytes)?}));

@@ -3,14 +3,12 @@
 //! `repo`, `write`, `relay::listing` (listRepos), `identity::handle` (resolveHandle) and
 //! `firehose::ws` (subscribeRepos); this file routes, counts and rate-limits.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use sluice::xrpc::{Params, XrpcError, XrpcResult};
@@ -38,31 +36,19 @@ pub(crate) fn router(world: Arc<World>, sequencer: Arc<Sequencer>, index: usize)
 }
 
 /// `GET /xrpc/com.atproto.sync.subscribeRepos`: this host's accounts' events (a websocket).
-async fn subscribe_repos(
-    State(pds): State<Pds>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
-    upgrade: WebSocketUpgrade,
-) -> Response {
+async fn subscribe_repos(State(pds): State<Pds>, query: Params, upgrade: WebSocketUpgrade) -> Response {
     ws::subscribe(&pds.world, &pds.sequencer, Some(pds.index), query, upgrade)
 }
 
 /// `GET /xrpc/{nsid}`: the queries.
-async fn xrpc_get(
-    State(pds): State<Pds>,
-    Path(nsid): Path<String>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Response {
+async fn xrpc_get(State(pds): State<Pds>, Path(nsid): Path<String>, query: Params) -> Response {
     pds.world.count(&nsid);
     if nsid.starts_with("com.atproto.sync.")
         && let Some(secs) = pds.world.take_rate_limit(pds.index)
     {
         return XrpcError::rate_limited(secs).into_response();
     }
-    let result = match Params::from_query(query) {
-        Ok(p) => query_method(&pds, &nsid, &p).await,
-        Err(e) => Err(e),
-    };
-    result.unwrap_or_else(IntoResponse::into_response)
+    query_method(&pds, &nsid, &query).await.unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn query_method(pds: &Pds, nsid: &str, p: &Params) -> XrpcResult {

@@ -36,12 +36,12 @@ fn page<T>(
 /// lists the DIDs that have no account ([`World::list_only`]), merged in DID order.
 pub(crate) async fn list_repos(world: &World, host: Option<usize>, p: &Params) -> XrpcResult {
     let limit = p.limit(500, 1000)?;
-    let (accounts, mut more) = page(world, p.opt("cursor"), limit, |a| {
+    let (accounts, mut more) = page(world, p.opt("cursor")?, limit, |a| {
         host.is_none_or(|h| h == a.pds).then(|| (a.account.did.clone(), Some(a.status)))
     });
     let mut listed = accounts;
     if host.is_none() {
-        listed.extend(world.listed_only_after(p.opt("cursor"), limit + 1).into_iter().map(|did| (did, None)));
+        listed.extend(world.listed_only_after(p.opt("cursor")?, limit + 1).into_iter().map(|did| (did, None)));
         listed.sort_by(|a, b| a.0.cmp(&b.0));
         more |= listed.len() > limit;
         listed.truncate(limit);
@@ -90,7 +90,7 @@ const LISTED_ONLY_HEAD: &str = "bafyreigbtj4x7ip5legnfznufuopl4sg4knzc2cof6duas4
 pub(crate) fn list_repos_by_collection(world: &World, p: &Params) -> XrpcResult {
     let collection = p.req("collection")?;
     let limit = p.limit(500, 2000)?;
-    let (dids, more) = page(world, p.opt("cursor"), limit, |a| {
+    let (dids, more) = page(world, p.opt("cursor")?, limit, |a| {
         (a.status != AccountStatus::Deleted && holds_collection(a, collection)).then(|| a.account.did.clone())
     });
     let repos: Vec<Value> = dids.iter().map(|d| json!({"did": d})).collect();

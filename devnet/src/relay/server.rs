@@ -2,13 +2,11 @@
 //! `com.atproto.sync.listReposByCollection`, `com.atproto.identity.resolveHandle`, and
 //! `com.atproto.sync.subscribeRepos` with every host's events (`firehose::ws`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
@@ -36,25 +34,14 @@ pub(crate) fn router(world: Arc<World>, sequencer: Arc<Sequencer>) -> Router {
 }
 
 /// `GET /xrpc/com.atproto.sync.subscribeRepos`: every host's events (a websocket).
-async fn subscribe_repos(
-    State(relay): State<Relay>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
-    upgrade: WebSocketUpgrade,
-) -> Response {
+async fn subscribe_repos(State(relay): State<Relay>, query: Params, upgrade: WebSocketUpgrade) -> Response {
     ws::subscribe(&relay.world, &relay.sequencer, None, query, upgrade)
 }
 
 /// `GET /xrpc/{nsid}`.
-async fn xrpc_get(
-    State(Relay { world, .. }): State<Relay>,
-    Path(nsid): Path<String>,
-    query: Result<Query<HashMap<String, String>>, QueryRejection>,
-) -> Response {
+async fn xrpc_get(State(Relay { world, .. }): State<Relay>, Path(nsid): Path<String>, query: Params) -> Response {
     world.count(&nsid);
-    let params = match Params::from_query(query) {
-        Ok(p) => p,
-        Err(e) => return e.into_response(),
-    };
+    let params = query;
     let result = match nsid.as_str() {
         "com.atproto.sync.listRepos" => listing::list_repos(&world, None, &params).await,
         "com.atproto.sync.listReposByCollection" => listing::list_repos_by_collection(&world, &params),

@@ -16,7 +16,6 @@ use std::sync::Arc;
 use axum::extract::State;
 use serde_json::{Value, json};
 
-use super::Query;
 use super::repo_access::{Unshown, blocking, readable_repo, repo_param, store_error};
 use crate::server::ServerState;
 use crate::store::Store;
@@ -25,8 +24,7 @@ use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
 /// The XRPC method's name.
 pub(super) const METHOD: &str = "com.atproto.repo.describeRepo";
 
-pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
-    let p = Params::from_query(q)?;
+pub(super) async fn handle(State(state): State<Arc<ServerState>>, p: Params) -> XrpcResult {
     let repo = repo_param(&p, state.config.cluster.shard)?;
     ok_json(blocking(&state, move |store| read(store, &repo)).await?)
 }

@@ -14,7 +14,6 @@ use axum::extract::State;
 use serde_json::{Value, json};
 use sluice_handlers::backlinks::{backlink_key, backlink_prefix, parse_backlink_key};
 
-use super::Query;
 use super::repo_access::{at_uri, blocking, did_of, store_error};
 use crate::server::ServerState;
 use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
@@ -33,8 +32,8 @@ struct Request {
     limit: usize,
 }
 
-pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
-    let req = request(&Params::from_query(q)?)?;
+pub(super) async fn handle(State(state): State<Arc<ServerState>>, p: Params) -> XrpcResult {
+    let req = request(&p)?;
     let (subject, collection, cursor, limit) =
         (req.subject.clone(), req.collection.clone(), req.cursor.clone(), req.limit);
     let mut keys = blocking(&state, move |store| {
@@ -63,12 +62,12 @@ fn request(p: &Params) -> Result<Request, XrpcError> {
     if !crate::syntax::is_at_identifier(subject) && !crate::syntax::is_at_uri(subject) {
         return Err(XrpcError::invalid("subject must be an at-uri, a did or a handle"));
     }
-    let collection = match p.opt("collection") {
+    let collection = match p.opt("collection")? {
         Some(_) => Some(p.nsid("collection")?.to_string()),
         None => None,
     };
     let limit = p.limit(50, 100)?;
-    let cursor = p.opt("cursor").map(str::to_string);
+    let cursor = p.opt("cursor")?.map(str::to_string);
     if let Some(c) = &cursor {
         cursor_key(subject, collection.as_deref(), c)?;
     }

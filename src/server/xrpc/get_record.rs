@@ -9,7 +9,6 @@ use std::sync::Arc;
 use axum::extract::State;
 use serde_json::Value;
 
-use super::Query;
 use super::repo_access::{Unshown, at_uri, point_read, readable_repo, record_json, repo_param, store_error};
 use crate::pipeline::PipelineMetrics;
 use crate::server::ServerState;
@@ -18,11 +17,10 @@ use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
 /// The XRPC method's name.
 pub(super) const METHOD: &str = "com.atproto.repo.getRecord";
 
-pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
-    let p = Params::from_query(q)?;
+pub(super) async fn handle(State(state): State<Arc<ServerState>>, p: Params) -> XrpcResult {
     let repo = repo_param(&p, state.config.cluster.shard)?;
     let (collection, rkey) = (p.nsid("collection")?.to_string(), p.rkey("rkey")?.to_string());
-    let want = match p.opt("cid") {
+    let want = match p.opt("cid")? {
         Some(s) => Some(cid::Cid::try_from(s).map_err(|_| XrpcError::invalid("cid must be a valid cid"))?),
         None => None,
     };

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use axum::extract::State;
 use serde_json::{Value, json};
 
-use super::Query;
 use super::repo_access::{point_read, store_error};
 use crate::server::ServerState;
 use crate::store::Store;
@@ -18,8 +17,7 @@ use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
 /// The method's name under the project's namespace.
 pub(super) const NAME: &str = "getRepoState";
 
-pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
-    let p = Params::from_query(q)?;
+pub(super) async fn handle(State(state): State<Arc<ServerState>>, p: Params) -> XrpcResult {
     let did = p.did("did")?.to_string();
     super::repo_access::on_this_shard(&did, state.config.cluster.shard)?;
     ok_json(point_read(&state, |store| read(store, &did))?)

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use axum::extract::State;
 use serde_json::json;
 
-use super::Query;
 use super::repo_access::{gone_status, point_read, shown, store_error};
 use crate::server::ServerState;
 use crate::store::RepoStatus;
@@ -17,8 +16,7 @@ use crate::xrpc::{Params, XrpcResult, ok_json};
 /// The XRPC method's name.
 pub(super) const METHOD: &str = "com.atproto.sync.getRepoStatus";
 
-pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
-    let p = Params::from_query(q)?;
+pub(super) async fn handle(State(state): State<Arc<ServerState>>, p: Params) -> XrpcResult {
     let did = p.did("did")?.to_string();
     super::repo_access::on_this_shard(&did, state.config.cluster.shard)?;
     let stored = point_read(&state, |store| store.repos().state(&did).map_err(store_error))?;

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use axum::extract::State;
 use serde_json::{Map, Value, json};
 
-use super::Query;
 use super::repo_access::{blocking, store_error};
 use crate::server::ServerState;
 use crate::store::{RepoStatus, Store};
@@ -18,8 +17,7 @@ use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
 /// The method's name under the project's namespace.
 pub(super) const NAME: &str = "getStats";
 
-pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
-    Params::from_query(q)?;
+pub(super) async fn handle(State(state): State<Arc<ServerState>>, _: Params) -> XrpcResult {
     ok_json(blocking(&state, read).await?)
 }
 

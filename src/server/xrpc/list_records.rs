@@ -9,7 +9,6 @@
 
 use std::sync::Arc;
 
-use super::Query;
 use super::repo_access::{RecordList, Unshown, blocking, readable_repo, repo_param, store_error};
 use crate::pipeline::PipelineMetrics;
 use crate::server::ServerState;
@@ -29,8 +28,7 @@ struct Page {
     ascending: bool,
 }
 
-pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
-    let p = Params::from_query(q)?;
+pub(super) async fn handle(State(state): State<Arc<ServerState>>, p: Params) -> XrpcResult {
     let repo = repo_param(&p, state.config.cluster.shard)?;
     let collection = p.nsid("collection")?.to_string();
     let page = Page {
@@ -38,7 +36,7 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> X
         collection,
         limit: p.limit(50, 100)?,
         ascending: p.flag("reverse")?,
-        cursor: p.opt("cursor").map(str::to_string),
+        cursor: p.opt("cursor")?.map(str::to_string),
     };
     let pipeline = state.pipeline.clone();
     ok_json_text(blocking(&state, move |store| read(store, pipeline.metrics(), &page)).await?)

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use axum::extract::State;
 use serde_json::{Value, json};
 
-use super::Query;
 use super::repo_access::{blocking, gone_status, store_error};
 use crate::server::ServerState;
 use crate::store::{RepoState, RepoStatus};
@@ -31,10 +30,9 @@ pub(super) const METHOD: &str = "com.atproto.sync.listRepos";
 /// Most repo states one page reads.
 const MAX_SCAN: usize = 20_000;
 
-pub(super) async fn handle(State(state): State<Arc<ServerState>>, q: Query) -> XrpcResult {
-    let p = Params::from_query(q)?;
+pub(super) async fn handle(State(state): State<Arc<ServerState>>, p: Params) -> XrpcResult {
     let limit = p.limit(500, 1000)?;
-    let cursor = p.opt("cursor").map(str::to_string);
+    let cursor = p.opt("cursor")?.map(str::to_string);
     let (states, next) = blocking(&state, move |store| {
         store.repos().page(cursor.as_deref(), limit, MAX_SCAN, listed).map_err(store_error)
     })

@@ -26,17 +26,12 @@ mod list_repos;
 mod query_index;
 mod repo_access;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::rejection::QueryRejection;
 use axum::routing::{any, get};
 
 use super::{NS, ServerState};
-
-/// A method's raw query, checked by [`crate::xrpc::Params::from_query`].
-type Query = Result<axum::extract::Query<HashMap<String, String>>, QueryRejection>;
 
 /// The routes of every XRPC query.
 pub(super) fn routes() -> Router<Arc<ServerState>> {
@@ -64,10 +59,10 @@ pub(super) fn routes() -> Router<Arc<ServerState>> {
 async fn unknown_method(
     axum::extract::State(state): axum::extract::State<Arc<ServerState>>,
     axum::extract::Path(method): axum::extract::Path<String>,
-    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+    params: crate::xrpc::Params,
 ) -> crate::xrpc::XrpcResult {
     if state.store().index_registry().by_method(&method).is_some() {
-        return query_index::serve(state, raw, Some(method)).await;
+        return query_index::serve(state, params, Some(method)).await;
     }
     Err(crate::xrpc::XrpcError::not_implemented(&method))
 }

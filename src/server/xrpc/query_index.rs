@@ -12,34 +12,31 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 
-use super::index_params::{Pairs, find, key, ready};
+use super::index_params::{find, key, ready};
 use super::repo_access::{RecordList, blocking, readable, store_error};
 use crate::indexes::{SortType, encode};
 use crate::pipeline::PipelineMetrics;
 use crate::server::ServerState;
 use crate::store::{Hit, LiveIndex, PageRange, Store};
 use crate::syntax::is_did;
-use crate::xrpc::{XrpcError, XrpcResult, ok_json_text};
+use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json_text};
 
 /// The method's name under [`NS`](crate::server::NS).
 pub(super) const NAME: &str = "queryIndex";
 /// The most entries one page looks at, shown or not.
 pub const MAX_EXAMINED: usize = 1_000;
 
-pub(super) async fn handle(State(state): State<Arc<ServerState>>, RawQuery(raw): RawQuery) -> XrpcResult {
-    serve(state, raw, None).await
+pub(super) async fn handle(State(state): State<Arc<ServerState>>, params: Params) -> XrpcResult {
+    serve(state, params, None).await
 }
 
 /// Answers a query of the index named by `index`, or the one served under `method`.
-pub(super) async fn serve(state: Arc<ServerState>, raw: Option<String>, method: Option<String>) -> XrpcResult {
+pub(super) async fn serve(state: Arc<ServerState>, params: Params, method: Option<String>) -> XrpcResult {
     let metrics = state.pipeline.clone();
-    ok_json_text(
-        blocking(&state, move |store| read(store, metrics.metrics(), &Pairs::parse(raw.as_deref()), method.as_deref()))
-            .await?,
-    )
+    ok_json_text(blocking(&state, move |store| read(store, metrics.metrics(), &params, method.as_deref())).await?)
 }
 
 /// A query's bounds, as encoded sort values and a position.
@@ -50,19 +47,19 @@ struct Bounds {
     ascending: bool,
 }
 
-fn read(store: &Store, metrics: &PipelineMetrics, pairs: &Pairs, method: Option<&str>) -> Result<Vec<u8>, XrpcError> {
-    let index = find(store, pairs, method)?;
+fn read(store: &Store, metrics: &PipelineMetrics, params: &Params, method: Option<&str>) -> Result<Vec<u8>, XrpcError> {
+    let index = find(store, params, method)?;
     ready(store, &index)?;
-    let key = key(pairs, &index)?;
+    let key = key(params, &index)?;
     let kind = index.spec.sort.value_type();
     let bounds = Bounds {
-        lo: pairs.opt("since")?.map(|v| sort_param("since", v, kind)).transpose()?,
-        hi: pairs.opt("until")?.map(|v| sort_param("until", v, kind)).transpose()?,
-        after: pairs.opt("cursor")?.map(decode_cursor).transpose()?,
-        ascending: pairs.flag("reverse")?,
+        lo: params.opt("since")?.map(|v| sort_param("since", v, kind)).transpose()?,
+        hi: params.opt("until")?.map(|v| sort_param("until", v, kind)).transpose()?,
+        after: params.opt("cursor")?.map(decode_cursor).transpose()?,
+        ascending: params.flag("reverse")?,
     };
-    let limit = pairs.limit(50, 100)?;
-    let did = pairs.opt("did")?;
+    let limit = params.limit(50, 100)?;
+    let did = params.opt("did")?;
     if let Some(did) = did
         && !is_did(did)
     {
