@@ -18,11 +18,11 @@
 //!    loopback, and a thread applying live commits (one like each) at 2,000/s through
 //!    `Pipeline::apply_commit`, once fjall's background work from the loading has ended.
 //!    Measured: `LiveIndex::page` (limit 50) alone and plus reading each record's body; all
-//!    of `queryIndex`'s work without HTTP (repo states, bodies to JSON, the answer
-//!    serialized); `LiveIndex::count`; and the real
+//!    of `queryIndex`'s work without HTTP (repo states, bodies transcoded into the answer's
+//!    JSON text); `LiveIndex::count`; and the real
 //!    `dev.sluice.queryIndex` (limit 50) and `dev.sluice.countIndex` over HTTP, for hot keys
 //!    (a full page of 50) and typical ones (a few likes), and a status key (~1,000 entries at
-//!    1x).
+//!    1x); and the HTTP floor, `GET /` (a static text), on the same server and client.
 //!
 //! `SLUICE_INDEX_BENCH_SCALE` picks the scales (default `1,10`); `SLUICE_INDEX_BENCH_BASE` the
 //! like count at 1x (default 200,000); `SLUICE_INDEX_BENCH_SECS` the read phase's length per
@@ -446,22 +446,27 @@ fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
         (hits.len(), bytes)
     };
     // What queryIndex does past the page, without HTTP: each repo's state read once, each
-    // body read and turned into JSON, the answer serialized.
+    // entry's record (carried by the entry, else read) transcoded into the answer's JSON text.
     let query_work = |index: &sluice::store::LiveIndex, key: &[u8], collection: &str| {
         let hits = index.page(key, &PageRange::default(), 50).unwrap();
         let mut states = std::collections::HashMap::new();
-        let mut records = Vec::with_capacity(hits.len());
+        let mut out = Vec::with_capacity(16 * 1024);
+        out.extend_from_slice(b"{\"records\":[");
         for h in &hits {
             if !states.contains_key(&h.did) {
                 states.insert(h.did.clone(), store.repos().state(&h.did).unwrap().unwrap());
             }
-            let record = store.records().get(&h.did, collection, &h.rkey).unwrap().unwrap();
-            let value = sluice::handlers::value::cbor_to_json(record.body.as_deref().unwrap()).unwrap();
+            let record = match &h.record {
+                Some(record) => record.clone(),
+                None => store.records().get(&h.did, collection, &h.rkey).unwrap().unwrap(),
+            };
             let cid = Cid::try_from(record.cid.as_slice()).unwrap().to_string();
             let uri = format!("at://{}/{collection}/{}", h.did, h.rkey);
-            records.push(json!({"uri": uri, "cid": cid, "value": value, "did": h.did}));
+            serde_json::to_writer(&mut out, &json!({"uri": uri, "cid": cid, "did": h.did})).unwrap();
+            sluice::handlers::value::write_cbor_json(record.body.as_deref().unwrap(), &mut out).unwrap();
         }
-        serde_json::to_vec(&json!({"records": records, "cursor": "00"})).unwrap().len()
+        out.extend_from_slice(b"]}");
+        out.len()
     };
     let get = |url: String| {
         runtime.block_on(async {
@@ -517,6 +522,9 @@ fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
         });
         time("xrpc: queryIndex limit 50, status key", &mut || {
             get(q("statuses_by_status", emoji));
+        });
+        time("http floor: GET / (static text)", &mut || {
+            get(format!("{base}/"));
         });
         time("xrpc: countIndex, hot like key", &mut || {
             get(c(&hot));

@@ -1,5 +1,6 @@
 //! The docs say what the code does: the README's environment table is the list sluice reads
-//! (`sluice::config::ENVIRONMENT`), no more and no less.
+//! (`sluice::config::ENVIRONMENT`), no more and no less; the indexes it shows are the ones
+//! `filters/indexes.toml` ships, and they load.
 
 use sluice::config::ENVIRONMENT;
 
@@ -26,4 +27,16 @@ fn the_readme_names_no_variable_sluice_does_not_read() {
         });
         assert!(listed, "the README names {word}, which is not in sluice::config::ENVIRONMENT");
     }
+}
+
+#[test]
+fn the_readme_shows_the_shipped_indexes_and_they_load() {
+    let shipped = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/filters/indexes.toml")).unwrap();
+    let tables = &shipped[shipped.find("[indexes.").unwrap()..];
+    assert!(readme().contains(tables), "the README's index tables differ from filters/indexes.toml");
+    let everything = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/filters/everything.toml")).unwrap();
+    let filter = sluice::filter::Filter::from_toml(&format!("{everything}\n{shipped}"), "everything+indexes").unwrap();
+    let mut names: Vec<_> = filter.indexes.iter().map(|i| i.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, ["latest_status", "likes_by_subject", "statuses_by_status"]);
 }

@@ -15,28 +15,12 @@ use sluice::store::{RepoState, RepoStatus};
 use sluice::{Config, Sluice};
 use sluice_testkit as testkit;
 
-const FILTER: &str = r#"
-mode = "full"
-collections = ["xyz.statusphere.*", "app.bsky.feed.like"]
-
-[indexes.likes_by_subject]
-collection = "app.bsky.feed.like"
-key = ["subject.uri"]
-sort = "createdAt"
-count = true
-
-[indexes.statuses_by_status]
-collection = "xyz.statusphere.status"
-key = ["status"]
-sort = "createdAt"
-method = "xyz.statusphere.getStatuses"
-
-[indexes.latest_status]
-collection = "xyz.statusphere.status"
-key = []
-sort = "sortAt(createdAt)"
-per_repo = "latest"
-"#;
+/// The README's three indexes (`filters/indexes.toml`) over a filter that stores their
+/// collections.
+const FILTER: &str = concat!(
+    "mode = \"full\"\ncollections = [\"xyz.statusphere.*\", \"app.bsky.feed.like\"]\n",
+    include_str!("../filters/indexes.toml")
+);
 
 const ALICE: &str = "did:plc:alice";
 const BOB: &str = "did:plc:bob";

@@ -258,6 +258,7 @@ fn sink_on_off(net: &Devnet, binary: &str, label: &str, (repos, records): (usize
 /// The filter variants `filters` compares: (label, what is added to `filters/everything.toml`).
 /// The devnet's records are ~60% posts, 30% likes and 10% follows, and no statuses.
 fn filter_variants_list() -> Vec<(&'static str, String)> {
+    const THREE: &str = include_str!("../../filters/indexes.toml");
     const LIKES: &str = "[indexes.likes_by_subject]\ncollection = \"app.bsky.feed.like\"\n\
                          key = [\"subject.uri\"]\nsort = \"createdAt\"\ncount = true\n";
     let lexicons = sluice_testkit::fixture("lexicons");
@@ -267,14 +268,7 @@ fn filter_variants_list() -> Vec<(&'static str, String)> {
     };
     vec![
         ("base", String::new()),
-        (
-            "issue's three indexes (likes by subject + 2 on statuses: only the likes one has records)",
-            format!(
-                "{LIKES}[indexes.statuses_by_status]\ncollection = \"xyz.statusphere.status\"\nkey = [\"status\"]\n\
-                 sort = \"createdAt\"\n[indexes.latest_status]\ncollection = \"xyz.statusphere.status\"\nkey = []\n\
-                 sort = \"sortAt(createdAt)\"\nper_repo = \"latest\"\n"
-            ),
-        ),
+        ("issue's three indexes (likes by subject + 2 on statuses: only the likes one has records)", THREE.to_string()),
         (
             "an index on every record (likes by subject, posts by time, follows by subject)",
             format!(
