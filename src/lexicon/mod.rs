@@ -291,91 +291,76 @@ fn rejection(error: &ValidationError) -> Rejection {
     }
 }
 
-/// What happens to a record that fails its lexicon (`[lexicons] validate`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ValidateMode {
+/// A filter setting written as one of a few words: `parse` (whose error names the setting and
+/// the words allowed), `as_str`, `FromStr` and `Display`.
+macro_rules! word_setting {
+    ($(#[$doc:meta])* $name:ident, $setting:literal, default $default:ident,
+     $($(#[$vdoc:meta])* $variant:ident = $word:literal),+ $(,)?) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant,)+
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name::$default
+            }
+        }
+
+        impl $name {
+            /// Parses the setting's word; the error says what is allowed.
+            pub fn parse(s: &str) -> Result<Self, String> {
+                match s {
+                    $($word => Ok($name::$variant),)+
+                    other => {
+                        let words = [$(concat!("\"", $word, "\"")),+];
+                        let (last, rest) = words.split_last().expect("a setting has words");
+                        Err(format!("{} must be {} or {last}, not {other:?}", $setting, rest.join(", ")))
+                    }
+                }
+            }
+
+            /// The setting as the filter file writes it.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $word,)+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                Self::parse(s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+word_setting!(
+    /// What happens to a record that fails its lexicon (`[lexicons] validate`).
+    ValidateMode, "validate", default Off,
     /// Records are not checked.
-    #[default]
-    Off,
+    Off = "off",
     /// Checked; a failing record is stored all the same, counted and logged.
-    Log,
+    Log = "log",
     /// Checked; a failing record is not stored (no event, no index entry), counted and logged.
-    Drop,
-}
+    Drop = "drop",
+);
 
-impl ValidateMode {
-    /// Parses `"off"`, `"log"` or `"drop"`; the error says what is allowed.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "off" => Ok(ValidateMode::Off),
-            "log" => Ok(ValidateMode::Log),
-            "drop" => Ok(ValidateMode::Drop),
-            other => Err(format!("validate must be \"off\", \"log\" or \"drop\", not {other:?}")),
-        }
-    }
-
-    /// The mode as the filter file writes it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ValidateMode::Off => "off",
-            ValidateMode::Log => "log",
-            ValidateMode::Drop => "drop",
-        }
-    }
-}
-
-impl std::str::FromStr for ValidateMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::parse(s)
-    }
-}
-
-impl fmt::Display for ValidateMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What happens to a record of a collection with no lexicon (`[lexicons] unknown`), when
-/// records are checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum UnknownMode {
+word_setting!(
+    /// What happens to a record of a collection with no lexicon (`[lexicons] unknown`), when
+    /// records are checked.
+    UnknownMode, "unknown", default Pass,
     /// Stored as if it were valid.
-    #[default]
-    Pass,
+    Pass = "pass",
     /// Not stored (whether failing records are dropped or only logged), counted and logged.
-    Drop,
-}
-
-impl UnknownMode {
-    /// Parses `"pass"` or `"drop"`; the error says what is allowed.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        match s {
-            "pass" => Ok(UnknownMode::Pass),
-            "drop" => Ok(UnknownMode::Drop),
-            other => Err(format!("unknown must be \"pass\" or \"drop\", not {other:?}")),
-        }
-    }
-
-    /// The mode as the filter file writes it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UnknownMode::Pass => "pass",
-            UnknownMode::Drop => "drop",
-        }
-    }
-}
-
-impl std::str::FromStr for UnknownMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::parse(s)
-    }
-}
-
-impl fmt::Display for UnknownMode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+    Drop = "drop",
+);
