@@ -301,12 +301,18 @@ impl<'a> Walk<'a> {
         Ok(())
     }
 
+    /// A blob, or one in the legacy form `{cid, mimeType}` (no size: `maxSize` cannot apply).
     fn blob(&self, b: &LexBlob<'static>, data: &Data) -> Checked {
-        let Data::Blob(blob) = data else { return self.wrong_type("blob", data) };
-        if let Some(max) = b.max_size.filter(|&m| blob.size > m) {
-            return self.reject("maxSize", format!("blob of {} bytes, over {max}", blob.size));
+        let (mime, size) = match data {
+            Data::Blob(blob) => (blob.mime_type.as_str(), Some(blob.size)),
+            _ => match legacy_blob(data) {
+                Some(mime) => (mime, None),
+                None => return self.wrong_type("blob", data),
+            },
+        };
+        if let Some((size, max)) = size.zip(b.max_size).filter(|&(size, max)| size > max) {
+            return self.reject("maxSize", format!("blob of {size} bytes, over {max}"));
         }
-        let mime = blob.mime_type.as_str();
         if let Some(accept) = &b.accept
             && !accept.iter().any(|pattern| mime_matches(pattern.as_str(), mime))
         {
@@ -320,6 +326,15 @@ impl<'a> Walk<'a> {
         let Data::Bytes(bytes) = data else { return self.wrong_type("bytes", data) };
         self.lengths(bytes.len(), b.min_length, b.max_length, "bytes")
     }
+}
+
+/// The MIME type of a blob in the legacy form: an object of exactly a CID string `cid` and a
+/// string `mimeType` (what early records hold; the data model asks readers to accept it).
+fn legacy_blob<'d>(data: &'d Data) -> Option<&'d str> {
+    let Data::Object(map) = data else { return None };
+    let cid = map.get("cid").and_then(|c| c.as_str())?;
+    let mime = map.get("mimeType").and_then(|m| m.as_str())?;
+    (map.len() == 2 && cid::Cid::try_from(cid).is_ok()).then_some(mime)
 }
 
 /// Whether a blob's MIME type matches an `accept` entry (`image/png`, `image/*`, `*/*`).

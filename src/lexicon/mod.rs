@@ -10,11 +10,13 @@
 //! a second registry holding only the object defs its refs reach, each cut down to its
 //! constrained properties; descriptions and `knownValues` are dropped from both.
 //!
-//! [`Lexicons::check`] decodes the record's DAG-CBOR with jacquard's data model (`Data`), runs
-//! those two passes, then what jacquard 0.12 does not check (see `extra`): string formats,
-//! `enum` and `const`, blob `accept` and `maxSize`, bytes lengths, and the constraints inside
-//! union members and of defs that are not objects. Open unions accept `$type`s they do not
-//! list; closed ones do not.
+//! [`Lexicons::check`] decodes the record's DAG-CBOR with jacquard's data model (`Data`),
+//! requires its `$type` to be its collection, runs those two passes, then what jacquard 0.12
+//! does not check (see `extra`): string formats, `enum` and `const`, blob `accept` and
+//! `maxSize`, bytes lengths, and the constraints inside union members and of defs that are not
+//! objects. Two of jacquard's type errors are left to `extra`, which has the schema at hand:
+//! `null` (allowed in `nullable` fields) and an object where a blob goes (allowed in the legacy
+//! `{cid, mimeType}` form). Open unions accept `$type`s they do not list; closed ones do not.
 //!
 //! What the directory must hold: every `.json` file under it (recursively) is a JSON object
 //! with a string `id`, no two with the same `id`; the documents of the collections asked for
@@ -174,18 +176,51 @@ impl Lexicons {
     }
 
     fn check_data(&self, validators: &Validators, collection: &str, data: &Data) -> Verdict {
+        if let Err(rejection) = own_type(collection, data) {
+            return Verdict::Invalid(rejection);
+        }
         let structure = validators.structure.validate_by_nsid_structural(collection, data);
-        if let Some(first) = structure.all_errors().next() {
+        if let Some(first) = structure.all_errors().find(|e| !left_to_extra(e)) {
             return Verdict::Invalid(rejection(&first));
         }
         let constraints = validators.constraints.validate_by_nsid(collection, data);
-        if let Some(first) = constraints.all_errors().next() {
+        if let Some(first) = constraints.all_errors().find(|e| !left_to_extra(e)) {
             return Verdict::Invalid(rejection(&first));
         }
         match extra::check(&self.docs, collection, data) {
             Ok(()) => Verdict::Valid,
             Err(rejection) => Verdict::Invalid(rejection),
         }
+    }
+}
+
+/// A record's `$type` must name its collection: a record stored under one collection but
+/// typed as another would be read by an appview as what its collection says.
+fn own_type(collection: &str, data: &Data) -> Result<(), Rejection> {
+    let Data::Object(map) = data else {
+        return Err(Rejection::new("", "type", format!("expected object, got {}", type_name(&data.data_type()))));
+    };
+    match map.get("$type").and_then(|t| t.as_str()) {
+        Some(t) if t == collection => Ok(()),
+        Some(t) => {
+            Err(Rejection::new("$type", "$type", format!("the record's $type is {t}, not its collection {collection}")))
+        }
+        None => Err(Rejection::new("$type", "$type", "a record without $type")),
+    }
+}
+
+/// jacquard 0.12's type errors that are not errors: `null` in a field its object lists as
+/// `nullable`, and a blob in the legacy form (`{cid, mimeType}`, which readers must accept).
+/// jacquard reports both as a type mismatch; `extra`'s walk, which checks types wherever it
+/// goes, decides them with the schema at hand (and rejects a `null` that is not nullable).
+fn left_to_extra(error: &ValidationError) -> bool {
+    use jacquard_common::types::DataModelType;
+    match error {
+        ValidationError::Structural(StructuralError::TypeMismatch { expected, actual, .. }) => {
+            matches!(actual, DataModelType::Null)
+                || matches!((expected, actual), (DataModelType::Blob, DataModelType::Object))
+        }
+        _ => false,
     }
 }
 

@@ -24,6 +24,12 @@ fn check(collection: &str, v: &Value) -> Verdict {
     LEX.check(collection, &cbor(v))
 }
 
+/// `record` with `$type` set to `nsid`, as a record of that collection holds it.
+fn typed(nsid: &str, mut record: Value) -> Value {
+    record["$type"] = nsid.into();
+    record
+}
+
 fn rejected(collection: &str, v: &Value) -> Rejection {
     match check(collection, v) {
         Verdict::Invalid(r) => r,
@@ -214,13 +220,13 @@ fn load_errors_name_the_file_and_the_reason() {
     assert_eq!(lex.check_value("com.example.thing", &Data::Null), lex.check_value("com.example.thing", &Data::Null));
     assert_eq!(LEX.check("x", &[]), Verdict::Unknown);
     // A ref to a string def: checked here, as jacquard does not.
-    let r = match lex.check("com.example.thing", &cbor(&json!({"n": 1, "at": "soon"}))) {
+    let r = match lex.check("com.example.thing", &cbor(&json!({"$type": "com.example.thing", "n": 1, "at": "soon"}))) {
         Verdict::Invalid(r) => r,
         other => panic!("{other:?}"),
     };
     assert_eq!((r.path.as_str(), r.rule.as_str()), ("at", "format datetime"));
     assert_eq!(
-        lex.check("com.example.thing", &cbor(&json!({"n": 4}))),
+        lex.check("com.example.thing", &cbor(&json!({"$type": "com.example.thing", "n": 4}))),
         Verdict::Invalid(Rejection::new("n", "maximum", "4 is over 3"))
     );
 
@@ -379,7 +385,7 @@ const BOX: &str = r##"{"lexicon": 1, "id": "com.example.box", "defs": {
 fn closed_unions_refuse_unlisted_members_and_members_are_checked_in_full() {
     let dir = dir_with(&[("box.json", BOX)]);
     let lex = Lexicons::load(dir.path(), &["com.example.box".to_string()]).unwrap();
-    let verdict = |v: Value| lex.check("com.example.box", &cbor(&v));
+    let verdict = |v: Value| lex.check("com.example.box", &cbor(&typed("com.example.box", v)));
     let invalid = |v: Value| match verdict(v.clone()) {
         Verdict::Invalid(r) => (r.path, r.rule),
         other => panic!("{v}: {other:?}"),
@@ -457,5 +463,71 @@ proptest! {
                 prop_assert!(extra::format_ok(format, &s), "{s:?} proven {format:?} by decoding, refused by the check");
             }
         }
+    }
+}
+
+#[test]
+fn a_record_must_be_typed_as_its_collection() {
+    let mut like = json!({"$type": "app.bsky.feed.post", "subject": {"uri": POST_URI, "cid": CID}, "createdAt": "2024-05-01T12:00:00Z"});
+    let wrong = rejected("app.bsky.feed.like", &like);
+    assert_eq!((wrong.path.as_str(), wrong.rule.as_str()), ("$type", "$type"));
+    assert!(wrong.message.contains("app.bsky.feed.post") && wrong.message.contains("app.bsky.feed.like"), "{wrong:?}");
+    like.as_object_mut().unwrap().remove("$type");
+    assert_eq!(rejected("app.bsky.feed.like", &like).message, "a record without $type");
+    assert_eq!(
+        LEX.check_value("app.bsky.feed.like", &Data::Null),
+        Verdict::Invalid(Rejection::new("", "type", "expected object, got null"))
+    );
+}
+
+#[test]
+fn legacy_blobs_are_read_with_their_accept_checked() {
+    let legacy = |mime: &str| json!({"cid": CID, "mimeType": mime});
+    let profile = |avatar: Value| json!({"$type": "app.bsky.actor.profile", "avatar": avatar});
+    assert_eq!(check("app.bsky.actor.profile", &profile(legacy("image/jpeg"))), Verdict::Valid);
+    let wrong = rejected("app.bsky.actor.profile", &profile(legacy("text/html")));
+    assert_eq!((wrong.path.as_str(), wrong.rule.as_str()), ("avatar", "accept"));
+    // Only the legacy shape: a CID string and a MIME type, nothing else.
+    for bad in [
+        json!({"cid": "not-a-cid", "mimeType": "image/jpeg"}),
+        json!({"cid": CID}),
+        json!({"cid": CID, "mimeType": "image/jpeg", "size": 3}),
+    ] {
+        assert_eq!(rejected("app.bsky.actor.profile", &profile(bad.clone())).rule, "type", "{bad}");
+    }
+    // Inside a union member (an image embed), where jacquard's own passes do not go.
+    let mut post = json!({"$type": "app.bsky.feed.post", "text": "hi", "createdAt": "2024-05-01T12:00:00Z"});
+    post["embed"] = json!({"$type": "app.bsky.embed.images", "images": [{"image": legacy("image/png"), "alt": ""}]});
+    assert_eq!(check("app.bsky.feed.post", &post), Verdict::Valid);
+    post["embed"]["images"][0]["image"] = legacy("video/mp4");
+    assert_eq!(rejected("app.bsky.feed.post", &post).path, "embed.images[0].image");
+}
+
+#[test]
+fn null_passes_only_where_the_lexicon_says_nullable() {
+    // The fixture lexicons use `nullable` only outside records: this one is the test's own.
+    let dir = tempfile::tempdir().unwrap();
+    let doc = json!({"lexicon": 1, "id": "com.example.nullable", "defs": {"main": {"type": "record", "key": "tid",
+        "record": {"type": "object", "required": ["a", "c"], "nullable": ["a", "b"], "properties": {
+            "a": {"type": "string", "maxLength": 3}, "b": {"type": "integer", "maximum": 3},
+            "c": {"type": "string"}, "d": {"type": "ref", "ref": "#inner"}}}},
+        "inner": {"type": "object", "nullable": ["x"], "properties": {"x": {"type": "string"}, "y": {"type": "string"}}}}});
+    std::fs::write(dir.path().join("nullable.json"), doc.to_string()).unwrap();
+    let lex = Lexicons::load(dir.path(), &["com.example.nullable".to_string()]).unwrap();
+    let check = |v: Value| lex.check("com.example.nullable", &cbor(&typed("com.example.nullable", v)));
+    assert_eq!(check(json!({"a": null, "c": "x"})), Verdict::Valid, "required and nullable");
+    assert_eq!(check(json!({"a": "x", "b": null, "c": "x"})), Verdict::Valid);
+    assert_eq!(check(json!({"a": "x", "c": "x", "d": {"x": null, "y": "y"}})), Verdict::Valid, "nullable in a ref");
+    for (record, path) in [(json!({"a": "x", "c": null}), "c"), (json!({"a": "x", "c": "x", "d": {"y": null}}), "d.y")]
+    {
+        match check(record.clone()) {
+            Verdict::Invalid(r) => assert_eq!((r.path.as_str(), r.rule.as_str()), (path, "type"), "{record}"),
+            other => panic!("{record} was {other:?}"),
+        }
+    }
+    // A nullable field that holds a value still has its constraints checked.
+    match check(json!({"a": "xxxxx", "c": "x"})) {
+        Verdict::Invalid(r) => assert_eq!((r.path.as_str(), r.rule.as_str()), ("a", "maxLength")),
+        other => panic!("{other:?}"),
     }
 }
