@@ -1,5 +1,6 @@
 //! Stored formats last: every value version ever written to fjall has golden files here that
-//! must still decode to the same value. Regenerate only for a *new* version, with
+//! must still decode to the same value, and the rows the declarative indexes write are held
+//! byte for byte (`v1-index-rows.txt`). Regenerate only for a *new* version, with
 //! `SLUICE_WRITE_GOLDEN=1 cargo test --test golden` (existing files must never change).
 
 use std::path::PathBuf;
@@ -172,4 +173,95 @@ fn version_3_event_pages_and_version_2_record_refs_still_decode() {
         "v2-record-ref.bin",
         RecordRef { cid: vec![1, 113, 18, 32, 7, 7, 8], body: Some(vec![0xa1, 0x61, 0x61, 0x02]) },
     );
+}
+
+/// The rows an index writes (`index_meta` and each `index.<id>`: definitions, totals, `E`,
+/// `R`, `C` and `P` rows) for a fixed set of records, one `keyspace key value` line each in
+/// hex: the layout `src/store/indexes.rs` describes, held byte for byte. A change here is a
+/// new format, which needs a new definition version so that stores rebuild their indexes.
+#[test]
+fn index_rows_are_written_as_they_always_were() {
+    use serde_json::json;
+    use sluice::pipeline::RecordOp;
+    use sluice_testkit as testkit;
+
+    let dir = tempfile::tempdir().unwrap();
+    let filter = concat!(
+        "mode = \"full\"\ncollections = [\"xyz.statusphere.*\", \"app.bsky.feed.*\"]\n",
+        include_str!("../filters/indexes.toml"),
+        "[indexes.posts_by_lang]\ncollection = \"app.bsky.feed.post\"\nkey = [\"langs[]\", \"reply.root.cid\"]\n\
+         sort = \"rkey\"\n[indexes.posts_by_length]\ncollection = \"app.bsky.feed.post\"\nkey = []\nsort = \"n\"\nsort_type = \"integer\"\n",
+    );
+    let sluice = sluice::Sluice::builder()
+        .config(sluice::Config::default())
+        .data_dir(dir.path())
+        .filter(sluice::filter::Filter::from_toml(filter, "golden.toml").unwrap())
+        .open()
+        .unwrap();
+    testkit::wait_for_index_builds(sluice.store(), std::time::Duration::from_secs(30));
+    let post = "at://did:plc:alice/app.bsky.feed.post/3kpost";
+    let records = [
+        (
+            "did:plc:alice",
+            "xyz.statusphere.status",
+            "3ka",
+            json!({"status": "👍", "createdAt": "2024-01-01T10:00:00+02:00"}),
+        ),
+        (
+            "did:plc:alice",
+            "xyz.statusphere.status",
+            "3kb",
+            json!({"status": "🙂", "createdAt": "2024-01-02T10:00:00Z"}),
+        ),
+        ("did:plc:bob", "xyz.statusphere.status", "3kc", json!({"status": 7, "createdAt": "2024-01-03T10:00:00Z"})),
+        (
+            "did:plc:bob",
+            "app.bsky.feed.like",
+            "3kd",
+            json!({"subject": {"uri": post, "cid": testkit::cid_of(b"p").to_string()}, "createdAt": "2024-01-04T00:00:00Z"}),
+        ),
+        (
+            "did:plc:carol",
+            "app.bsky.feed.post",
+            "3ke",
+            json!({"text": "x", "langs": ["en", "de"], "n": -3, "createdAt": "2024-01-05T00:00:00Z",
+            "reply": {"root": {"uri": post, "cid": testkit::cid_of(b"p").to_string()}, "parent": {"uri": post, "cid": testkit::cid_of(b"p").to_string()}}}),
+        ),
+        (
+            "did:plc:carol",
+            "app.bsky.feed.post",
+            "3kf",
+            json!({"text": "y", "n": true, "createdAt": "2024-01-06T00:00:00Z"}),
+        ),
+    ];
+    for (i, (did, collection, rkey, mut value)) in records.into_iter().enumerate() {
+        value["$type"] = collection.into();
+        let bytes = sluice::handlers::value::json_to_cbor(&value).unwrap();
+        let cid = testkit::cid_of(&bytes);
+        let op = RecordOp::Put { collection: collection.into(), rkey: rkey.into(), cid, bytes: bytes.into() };
+        let rev = format!("3l{i:011}");
+        let (commit, data) = (testkit::cid_of(rev.as_bytes()), testkit::cid_of(b"d"));
+        sluice.pipeline().apply_commit(did, commit, &rev, data, vec![op], None).unwrap();
+    }
+    drop(sluice);
+
+    let db = fjall::Database::builder(dir.path()).open().unwrap();
+    let mut names: Vec<String> =
+        db.list_keyspace_names().iter().map(|n| n.to_string()).filter(|n| n.starts_with("index")).collect();
+    names.sort();
+    let hex = |b: &[u8]| b.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut dump = String::new();
+    for name in names {
+        let space = db.keyspace(&name, fjall::KeyspaceCreateOptions::default).unwrap();
+        for kv in space.iter() {
+            let (k, v) = kv.into_inner().unwrap();
+            dump.push_str(&format!("{name} {} {}\n", hex(&k), hex(&v)));
+        }
+    }
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1-index-rows.txt");
+    if std::env::var_os("SLUICE_WRITE_GOLDEN").is_some() && !path.exists() {
+        std::fs::write(&path, &dump).unwrap();
+    }
+    let golden = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(dump, golden, "the index rows differ from {}", path.display());
 }
