@@ -243,6 +243,12 @@ pub struct ServerConfig {
     pub send_timeout_secs: u64,
     /// Acked streams: seconds without an ack before events are sent again from the last ack.
     pub ack_timeout_secs: u64,
+    /// Event stream clients (`subscribeEvents` and `/subscribe`) connected at once, at most;
+    /// 0: no cap.
+    pub max_stream_clients: u64,
+    /// Event stream clients from one address, at most; 0: no cap (behind a reverse proxy,
+    /// where every client has the proxy's address).
+    pub max_stream_clients_per_ip: u64,
 }
 
 impl Default for ServerConfig {
@@ -254,6 +260,8 @@ impl Default for ServerConfig {
             max_lag: 100_000,
             send_timeout_secs: 30,
             ack_timeout_secs: 30,
+            max_stream_clients: 512,
+            max_stream_clients_per_ip: 32,
         }
     }
 }

@@ -127,7 +127,7 @@ async fn a_slow_consumer_is_told_and_closed_and_resumes() {
     // Live from the head (fixed before the upgrade); then, with the stream running, the log
     // grows by far more than max_lag while the client reads slowly.
     let mut socket = connect(&addr, "").await;
-    testkit::wait_until("the stream to run", || state.stream_clients.load(Ordering::Relaxed) == 1).await;
+    testkit::wait_until("the stream to run", || state.clients.connected() == 1).await;
     sluice.index_car(&testkit::read_fixture("car/calabro.car"), &Default::default()).unwrap();
     let grown = sluice.store().next_event_id() - 1;
     assert!(grown - head > 50, "the log grew by more than max_lag ({} events)", grown - head);

@@ -30,7 +30,7 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 
-use super::ServerState;
+use super::{ClientGuard, PeerAddr, ServerState};
 use crate::xrpc::{Params, XrpcError};
 
 /// Events read from the log per step.
@@ -51,9 +51,15 @@ struct Start {
     consumer: Option<String>,
 }
 
-async fn subscribe(State(state): State<Arc<ServerState>>, ws: WebSocketUpgrade, params: Params) -> Response {
-    match start_of(&state, &params) {
-        Ok(start) => ws.on_upgrade(move |socket| stream(socket, state, start)),
+async fn subscribe(
+    State(state): State<Arc<ServerState>>,
+    ws: WebSocketUpgrade,
+    PeerAddr(addr): PeerAddr,
+    params: Params,
+) -> Response {
+    let admitted = start_of(&state, &params).and_then(|start| Ok((start, ClientGuard::admit(&state, addr)?)));
+    match admitted {
+        Ok((start, client)) => ws.on_upgrade(move |socket| stream(socket, state, start, client)),
         Err(e) => e.into_response(),
     }
 }
@@ -107,8 +113,7 @@ struct Acks {
     progress: AtomicU64,
 }
 
-async fn stream(socket: WebSocket, state: Arc<ServerState>, start: Start) {
-    let _client = super::ClientGuard::new(&state);
+async fn stream(socket: WebSocket, state: Arc<ServerState>, start: Start, _client: ClientGuard) {
     let (mut sink, mut incoming) = socket.split();
     let acks = Arc::new(Acks { acked: AtomicU64::new(start.after), progress: AtomicU64::new(0) });
     let closed = tokio_util::sync::CancellationToken::new();

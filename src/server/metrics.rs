@@ -113,16 +113,26 @@ pub fn render(state: &ServerState) -> String {
     filter(&mut out, state);
     indexes(&mut out, state);
     records_rejected(&mut out, state.pipeline.metrics());
-    let name = "sluice_stream_clients";
-    Family::start(&mut out, name, "gauge", "Event stream clients connected (subscribeEvents and /subscribe).").sample(
-        name,
-        &[],
-        state.stream_clients.load(Ordering::Relaxed),
-    );
+    stream_clients(&mut out, state);
     let name = "sluice_resident_memory_bytes";
     let rss = crate::process::resident_bytes().unwrap_or(0);
     Family::start(&mut out, name, "gauge", "Resident memory of the process.").sample(name, &[], rss);
     out
+}
+
+/// Event stream clients connected, and those refused by a cap ([`super::clients`]).
+fn stream_clients(out: &mut String, state: &ServerState) {
+    let clients = &state.clients;
+    let name = "sluice_stream_clients";
+    Family::start(out, name, "gauge", "Event stream clients connected (subscribeEvents and /subscribe).").sample(
+        name,
+        &[],
+        clients.connected(),
+    );
+    let name = "sluice_stream_clients_refused_total";
+    Family::start(out, name, "counter", "Event stream clients refused, by the cap they were over.")
+        .sample(name, &[("cap", "max_stream_clients")], clients.refused_total.load(Ordering::Relaxed))
+        .sample(name, &[("cap", "max_stream_clients_per_ip")], clients.refused_per_ip.load(Ordering::Relaxed));
 }
 
 /// The filter file's saves: a refused one leaves the old filter in force, which only the log

@@ -6,6 +6,7 @@
 //! - `admin`: `/admin/*`, behind the bearer token.
 //! - `health`: `/health`; `metrics`: `/metrics` (Prometheus).
 //! - `events`: `dev.sluice.subscribeEvents`, the cursor-backed event stream (websocket).
+//! - `clients`: the caps on event stream clients (in all, and per address).
 //! - `jetstream/`: `/subscribe`, the event stream in Jetstream v1's format (websocket).
 //! - `xrpc/`: the XRPC queries, one method per file.
 //!
@@ -13,6 +14,7 @@
 //! requests; it reads the store and asks the services, and never writes records itself.
 
 mod admin;
+mod clients;
 mod events;
 mod health;
 mod jetstream;
@@ -21,12 +23,13 @@ mod xrpc;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+pub use clients::{ClientGuard, PeerAddr, StreamClients};
 
 use crate::config::Config;
 use crate::firehose::Firehose;
@@ -52,29 +55,12 @@ pub struct ServerState {
     pub started: Instant,
     /// Cancelled at shutdown: long-lived streams end.
     pub stop: CancellationToken,
-    /// Event stream clients connected now.
-    pub stream_clients: AtomicI64,
+    /// Event stream clients connected now, and those refused.
+    pub clients: StreamClients,
     /// The admin bearer token; admin routes are off without one.
     pub admin_token: Option<String>,
     /// Serializes filter edits through the admin API.
     pub filter_edits: std::sync::Mutex<()>,
-}
-
-/// Counts a stream client while it lives.
-pub struct ClientGuard(Arc<ServerState>);
-
-impl ClientGuard {
-    /// Counts one more client of `state`.
-    pub fn new(state: &Arc<ServerState>) -> Self {
-        state.stream_clients.fetch_add(1, Ordering::Relaxed);
-        Self(state.clone())
-    }
-}
-
-impl Drop for ClientGuard {
-    fn drop(&mut self) {
-        self.0.stream_clients.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl ServerState {
@@ -90,7 +76,7 @@ impl ServerState {
             sink: None,
             started: Instant::now(),
             stop: CancellationToken::new(),
-            stream_clients: AtomicI64::new(0),
+            clients: StreamClients::default(),
             admin_token,
             filter_edits: std::sync::Mutex::new(()),
         }
@@ -136,7 +122,9 @@ pub async fn bind(config: &Config) -> Result<TcpListener, BindError> {
 pub async fn serve(listener: TcpListener, state: Arc<ServerState>) -> std::io::Result<()> {
     let stop = state.stop.clone();
     tracing::info!(addr = %listener.local_addr()?, "serving");
-    axum::serve(listener, router(state)).with_graceful_shutdown(stop.cancelled_owned()).await
+    // Each request knows its peer's address: stream clients are capped per address.
+    let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await
 }
 
 /// A server on a tokio runtime of its own (threads named `server`): queries never wait

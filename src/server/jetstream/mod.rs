@@ -51,7 +51,7 @@ use futures_util::stream::SplitStream;
 use futures_util::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::{ClientGuard, ServerState};
+use super::{ClientGuard, PeerAddr, ServerState};
 use crate::xrpc::XrpcError;
 
 /// Largest message a client may send (an `options_update` with 10,000 DIDs fits).
@@ -77,14 +77,17 @@ async fn subscribe(
     State(state): State<Arc<ServerState>>,
     ws: WebSocketUpgrade,
     headers: HeaderMap,
+    PeerAddr(addr): PeerAddr,
     q: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
-    let start =
-        params::Options::parse(q, &headers).and_then(|options| Ok((start_id(&state, options.cursor)?, options)));
+    let start = params::Options::parse(q, &headers).and_then(|options| {
+        let from = start_id(&state, options.cursor)?;
+        Ok((from, options, ClientGuard::admit(&state, addr)?))
+    });
     match start {
-        Ok((from, options)) => {
-            ws.max_message_size(MAX_CLIENT_MESSAGE).on_upgrade(move |socket| stream(socket, state, from, options))
-        }
+        Ok((from, options, client)) => ws
+            .max_message_size(MAX_CLIENT_MESSAGE)
+            .on_upgrade(move |socket| stream(socket, state, from, options, client)),
         Err(e) => e.into_response(),
     }
 }
@@ -104,8 +107,7 @@ fn start_id(state: &ServerState, cursor: Option<u64>) -> Result<u64, XrpcError> 
     }
 }
 
-async fn stream(socket: WebSocket, state: Arc<ServerState>, from: u64, options: params::Options) {
-    let _client = ClientGuard::new(&state);
+async fn stream(socket: WebSocket, state: Arc<ServerState>, from: u64, options: params::Options, _client: ClientGuard) {
     let (mut sink, incoming) = socket.split();
     let session = Arc::new(Session {
         filter: ArcSwap::from_pointee(options.filter),
