@@ -8,15 +8,15 @@
 //! (`{"error": "ConsumerTooSlow", ...}`) and closed, and resumes with its last id. A cursor
 //! older than the log's oldest event (`[events] retention_hours` removed the ones after it)
 //! gets `{"info": "OutdatedCursor", ...}`, then the events from the oldest left. During a
-//! replay the next [`READ_AHEAD`] batches are read and rendered on the blocking pool while one
-//! is sent.
+//! replay the next batch is read and rendered on the blocking pool while one is sent, and no
+//! more: a subscriber holds two batches of at most [`BATCH_BYTES`] each, however far behind it
+//! is. A send that takes over `send_timeout_secs` closes the stream, in replay as live.
 //!
 //! Acked mode (`consumer=NAME`): the client sends `{"ack": ID}` (everything up to ID is done);
 //! the server saves it as the cursor `consumer/NAME`, starts there when the client reconnects
 //! without a cursor, and sends again from the last ack when no ack came for `ack_timeout_secs`
 //! (at least once).
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -33,11 +33,13 @@ use serde_json::json;
 use super::{ClientGuard, PeerAddr, ServerState};
 use crate::xrpc::{Params, XrpcError};
 
-/// Events read from the log per step.
-const BATCH: usize = 1024;
+/// Events read from the log per step, at most.
+const BATCH: usize = 256;
 
-/// Batches read and rendered ahead of the one being sent, during a replay: one per core.
-const READ_AHEAD: usize = 2;
+/// Rendered bytes per step, at most (past it the step ends early, at an event boundary): with
+/// one step being sent and one read ahead, a subscriber holds about twice this, however far
+/// behind it is and however large the log.
+const BATCH_BYTES: usize = 256 << 10;
 
 pub(super) fn routes() -> Router<Arc<ServerState>> {
     Router::new().route(&format!("/xrpc/{}.subscribeEvents", super::NS), get(subscribe))
@@ -187,7 +189,7 @@ async fn send_loop(
     let ack_timeout = Duration::from_secs(limits.ack_timeout_secs.max(1));
     let (mut next, mut caught_up) = (start.after + 1, false);
     let mut resend = Resend { seen_progress: 0, waiting_since: Instant::now(), timeout: ack_timeout };
-    let mut reader = LogReader { store: store.clone(), ahead: VecDeque::new() };
+    let mut reader = LogReader { store: store.clone(), ahead: None };
     loop {
         if start.consumer.is_some() {
             next = resend.next_to_send(acks, next);
@@ -276,11 +278,13 @@ async fn tell_if_past_retention(
     }
 }
 
-/// Reads a stream's batches from the log, the next [`READ_AHEAD`] of them ahead.
+/// Reads a stream's batches from the log, the next one ahead: read and rendered on the blocking
+/// pool while the one before is sent, and no further, so that a replay reads the log only as
+/// fast as the client takes it.
 struct LogReader {
     store: Arc<crate::store::Store>,
-    /// Batches being read, in id order.
-    ahead: VecDeque<ReadAhead>,
+    /// The batch being read ahead.
+    ahead: Option<ReadAhead>,
 }
 
 /// A batch being read ahead, starting at id `from`.
@@ -291,38 +295,41 @@ struct ReadAhead {
 
 impl LogReader {
     /// The batch starting at id `next` (the log ends before `head`); then starts reading the
-    /// batches after it, whose first ids are known as ids are gapless. A `next` other than
-    /// the one expected (an acked consumer sent back) drops what was read ahead.
+    /// one after it (ids are gapless). A `next` other than the one expected (an acked consumer
+    /// sent back) drops what was read ahead.
     async fn batch(&mut self, next: u64, head: u64) -> Result<Batch, StreamError> {
-        let read = match self.ahead.pop_front() {
+        let read = match self.ahead.take() {
             Some(read) if read.from == next => read.batch,
-            _ => {
-                self.ahead.clear();
-                spawn_read(&self.store, next)
-            }
+            _ => spawn_read(&self.store, next),
         };
         let batch = read.await??;
-        let last = batch.last().map_or(next - 1, |(id, _)| *id);
-        while self.ahead.len() < READ_AHEAD {
-            let from = self.ahead.back().map_or(last + 1, |read| read.from + BATCH as u64);
-            if from >= head {
-                break;
-            }
-            self.ahead.push_back(ReadAhead { from, batch: spawn_read(&self.store, from) });
+        let from = batch.last().map_or(next, |(id, _)| id + 1);
+        if from < head {
+            self.ahead = Some(ReadAhead { from, batch: spawn_read(&self.store, from) });
         }
         Ok(batch)
     }
 }
 
-/// Starts reading the batch from `from` (at most [`BATCH`] events, as JSON text) on the
-/// blocking pool.
+/// Starts reading the batch from `from` on the blocking pool: at most [`BATCH`] events, as
+/// JSON text, ending after the first event that takes it to [`BATCH_BYTES`] (so a batch holds
+/// at least one event, however large).
 fn spawn_read(
     store: &Arc<crate::store::Store>,
     from: u64,
 ) -> tokio::task::JoinHandle<Result<Batch, crate::store::StoreError>> {
     let store = store.clone();
     tokio::task::spawn_blocking(move || {
-        let events = store.log().from(from, BATCH)?;
-        events.into_iter().map(|(id, e)| Ok((id, crate::wire::event_text(&store, id, &e)?.into()))).collect()
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        for (id, event) in store.log().from(from, BATCH)? {
+            let text = crate::wire::event_text(&store, id, &event)?;
+            bytes += text.len();
+            batch.push((id, text.into()));
+            if bytes >= BATCH_BYTES {
+                break;
+            }
+        }
+        Ok(batch)
     })
 }
