@@ -189,7 +189,7 @@ async fn send_loop(
     let ack_timeout = Duration::from_secs(limits.ack_timeout_secs.max(1));
     let (mut next, mut caught_up) = (start.after + 1, false);
     let mut resend = Resend { seen_progress: 0, waiting_since: Instant::now(), timeout: ack_timeout };
-    let mut reader = LogReader { store: store.clone(), ahead: None };
+    let mut reader = LogReader { state: state.clone(), ahead: None };
     loop {
         if start.consumer.is_some() {
             next = resend.next_to_send(acks, next);
@@ -282,7 +282,7 @@ async fn tell_if_past_retention(
 /// pool while the one before is sent, and no further, so that a replay reads the log only as
 /// fast as the client takes it.
 struct LogReader {
-    store: Arc<crate::store::Store>,
+    state: Arc<ServerState>,
     /// The batch being read ahead.
     ahead: Option<ReadAhead>,
 }
@@ -290,7 +290,7 @@ struct LogReader {
 /// A batch being read ahead, starting at id `from`.
 struct ReadAhead {
     from: u64,
-    batch: tokio::task::JoinHandle<Result<Batch, crate::store::StoreError>>,
+    batch: tokio::task::JoinHandle<Result<Batch, StreamError>>,
 }
 
 impl LogReader {
@@ -300,36 +300,37 @@ impl LogReader {
     async fn batch(&mut self, next: u64, head: u64) -> Result<Batch, StreamError> {
         let read = match self.ahead.take() {
             Some(read) if read.from == next => read.batch,
-            _ => spawn_read(&self.store, next),
+            _ => spawn_read(&self.state, next),
         };
         let batch = read.await??;
         let from = batch.last().map_or(next, |(id, _)| id + 1);
         if from < head {
-            self.ahead = Some(ReadAhead { from, batch: spawn_read(&self.store, from) });
+            self.ahead = Some(ReadAhead { from, batch: spawn_read(&self.state, from) });
         }
         Ok(batch)
     }
 }
 
-/// Starts reading the batch from `from` on the blocking pool: at most [`BATCH`] events, as
-/// JSON text, ending after the first event that takes it to [`BATCH_BYTES`] (so a batch holds
-/// at least one event, however large).
-fn spawn_read(
-    store: &Arc<crate::store::Store>,
-    from: u64,
-) -> tokio::task::JoinHandle<Result<Batch, crate::store::StoreError>> {
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut batch = Vec::new();
-        let mut bytes = 0;
-        for (id, event) in store.log().from(from, BATCH)? {
-            let text = crate::wire::event_text(&store, id, &event)?;
-            bytes += text.len();
-            batch.push((id, text.into()));
-            if bytes >= BATCH_BYTES {
-                break;
+/// Starts reading the batch from `from` ([`ServerState::stream_read`]): at most [`BATCH`]
+/// events, as JSON text, ending after the first event that takes it to [`BATCH_BYTES`] (so a
+/// batch holds at least one event, however large).
+fn spawn_read(state: &Arc<ServerState>, from: u64) -> tokio::task::JoinHandle<Result<Batch, StreamError>> {
+    let state = state.clone();
+    tokio::spawn(async move {
+        let store = state.store().clone();
+        let read = state.stream_read(move || {
+            let mut batch = Vec::new();
+            let mut bytes = 0;
+            for (id, event) in store.log().from(from, BATCH)? {
+                let text = crate::wire::event_text(&store, id, &event)?;
+                bytes += text.len();
+                batch.push((id, text.into()));
+                if bytes >= BATCH_BYTES {
+                    break;
+                }
             }
-        }
-        Ok(batch)
+            Ok::<_, crate::store::StoreError>(batch)
+        });
+        Ok(read.await??)
     })
 }

@@ -57,6 +57,8 @@ pub struct ServerState {
     pub stop: CancellationToken,
     /// Event stream clients connected now, and those refused.
     pub clients: StreamClients,
+    /// Slots for the event streams' reads of the log (see [`ServerState::stream_read`]).
+    pub stream_reads: tokio::sync::Semaphore,
     /// The admin bearer token; admin routes are off without one.
     pub admin_token: Option<String>,
     /// Serializes filter edits through the admin API.
@@ -77,6 +79,7 @@ impl ServerState {
             started: Instant::now(),
             stop: CancellationToken::new(),
             clients: StreamClients::default(),
+            stream_reads: tokio::sync::Semaphore::new(stream_read_slots()),
             admin_token,
             filter_edits: std::sync::Mutex::new(()),
         }
@@ -86,6 +89,24 @@ impl ServerState {
     pub fn store(&self) -> &Arc<Store> {
         self.pipeline.store()
     }
+
+    /// Runs `read`, an event stream's read of the log (rendered), on the blocking pool once a
+    /// read slot is free. The slots (two per core) bound the threads that reads occupy,
+    /// however many clients replay at once: with a thread per client (tokio's pool grows to
+    /// 512), each thread's allocator kept the pages of the batches it had rendered, and 100
+    /// replaying clients cost ~25 MB each.
+    pub async fn stream_read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, tokio::task::JoinError> {
+        let _slot = self.stream_reads.acquire().await.expect("the read slots are never closed");
+        tokio::task::spawn_blocking(read).await
+    }
+}
+
+/// Read slots for event streams: two per core.
+fn stream_read_slots() -> usize {
+    2 * std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// Every route.

@@ -57,7 +57,7 @@ pub(super) async fn send_loop(
             if caught_up && head - next > limits.max_lag {
                 return Err(too_slow(&store, limits.max_lag, next, resume).await);
             }
-            let batch = read_batch(&store, next, session.filter.load_full(), compress).await.map_err(internal)?;
+            let batch = read_batch(state, next, session.filter.load_full(), compress).await.map_err(internal)?;
             // Queued without a flush each, then flushed once: one write for the batch.
             let send = async {
                 for message in batch.messages {
@@ -127,10 +127,9 @@ enum ReadError {
 }
 
 /// Events from `from` on (at most [`BATCH`]), the wanted ones rendered, on the blocking pool.
-async fn read_batch(store: &Arc<Store>, from: u64, filter: Arc<Filter>, compress: bool) -> Result<Batch, ReadError> {
-    let store = store.clone();
-    let read = tokio::task::spawn_blocking(move || render(&store, from, &filter, compress));
-    Ok(read.await??)
+async fn read_batch(state: &ServerState, from: u64, filter: Arc<Filter>, compress: bool) -> Result<Batch, ReadError> {
+    let store = state.store().clone();
+    Ok(state.stream_read(move || render(&store, from, &filter, compress)).await??)
 }
 
 fn render(store: &Store, from: u64, filter: &Filter, compress: bool) -> Result<Batch, StoreError> {
