@@ -250,15 +250,16 @@ async fn send_batch(
     timeout: Duration,
 ) -> Result<(), StreamError> {
     let send = async {
-        for (_, text) in batch {
-            sink.feed(Message::Text(text)).await?;
+        for (_, text) in batch.iter() {
+            sink.feed(Message::Text(text.clone())).await?;
         }
         sink.flush().await
     };
     Ok(tokio::time::timeout(timeout, send).await.map_err(|_| StreamError::Timeout)??)
 }
 
-type Batch = Vec<(u64, Utf8Bytes)>;
+/// A batch of events as JSON text, shared with the [`ReplayCache`].
+type Batch = Arc<Vec<(u64, Utf8Bytes)>>;
 
 /// When `batch`, read from id `next` on, starts after it, retention has removed the events
 /// from `next` on: tells the client so before it gets the rest.
@@ -313,24 +314,98 @@ impl LogReader {
 
 /// Starts reading the batch from `from` ([`ServerState::stream_read`]): at most [`BATCH`]
 /// events, as JSON text, ending after the first event that takes it to [`BATCH_BYTES`] (so a
-/// batch holds at least one event, however large).
+/// batch holds at least one event, however large). A batch another stream read lately comes
+/// from the [`ReplayCache`].
 fn spawn_read(state: &Arc<ServerState>, from: u64) -> tokio::task::JoinHandle<Result<Batch, StreamError>> {
     let state = state.clone();
     tokio::spawn(async move {
-        let store = state.store().clone();
+        if let Some(batch) = state.replay_cache.get(from) {
+            return Ok(batch);
+        }
+        let shared = state.clone();
         let read = state.stream_read(move || {
-            let mut batch = Vec::new();
-            let mut bytes = 0;
-            for (id, event) in store.log().from(from, BATCH)? {
-                let text = crate::wire::event_text(&store, id, &event)?;
+            // Another stream may have read it while this one waited for a slot.
+            if let Some(batch) = shared.replay_cache.get(from) {
+                return Ok(batch);
+            }
+            let store = shared.store();
+            let events = store.log().from(from, BATCH)?;
+            let read = events.len();
+            let (mut batch, mut bytes) = (Vec::with_capacity(read), 0);
+            for (id, event) in events {
+                let text = crate::wire::event_text(store, id, &event)?;
                 bytes += text.len();
                 batch.push((id, text.into()));
                 if bytes >= BATCH_BYTES {
                     break;
                 }
             }
+            let batch = Arc::new(batch);
+            // Only a whole batch: one that stopped at the log's end grows as events come.
+            if read == BATCH || bytes >= BATCH_BYTES {
+                shared.replay_cache.put(from, &batch, bytes);
+            }
             Ok::<_, crate::store::StoreError>(batch)
         });
         Ok(read.await??)
     })
+}
+
+/// Replay batches read lately, shared by the streams that replay the same part of the log:
+/// clients that start at one cursor (a consumer's saved place, `cursor=0`) read the same
+/// batches, each rendered once. At most [`ReplayCache::BYTES`] of text, oldest out first.
+#[derive(Default)]
+pub(crate) struct ReplayCache(std::sync::Mutex<CachedBatches>);
+
+#[derive(Default)]
+struct CachedBatches {
+    by_start: std::collections::HashMap<u64, (Batch, usize)>,
+    order: std::collections::VecDeque<u64>,
+    bytes: usize,
+}
+
+impl ReplayCache {
+    /// The most text the cache holds.
+    const BYTES: usize = 16 << 20;
+
+    fn get(&self, from: u64) -> Option<Batch> {
+        self.0.lock().expect("replay cache lock").by_start.get(&from).map(|(batch, _)| batch.clone())
+    }
+
+    fn put(&self, from: u64, batch: &Batch, bytes: usize) {
+        let mut cache = self.0.lock().expect("replay cache lock");
+        if cache.by_start.insert(from, (batch.clone(), bytes)).is_some() {
+            return;
+        }
+        cache.order.push_back(from);
+        cache.bytes += bytes;
+        while cache.bytes > Self::BYTES {
+            let Some(oldest) = cache.order.pop_front() else { break };
+            if let Some((_, size)) = cache.by_start.remove(&oldest) {
+                cache.bytes -= size;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replay_cache_keeps_its_byte_bound_dropping_the_oldest() {
+        let cache = ReplayCache::default();
+        let batch = |id: u64| -> Batch { Arc::new(vec![(id, Utf8Bytes::from("{}"))]) };
+        let half = ReplayCache::BYTES / 2;
+        for from in [1, 2, 3] {
+            cache.put(from, &batch(from), half);
+        }
+        assert!(cache.get(1).is_none(), "the oldest left");
+        assert_eq!(cache.get(2).unwrap()[0].0, 2);
+        assert_eq!(cache.get(3).unwrap()[0].0, 3);
+        // Putting a batch again changes nothing.
+        cache.put(3, &batch(3), half);
+        assert!(cache.get(2).is_some());
+        assert!(cache.0.lock().unwrap().bytes <= ReplayCache::BYTES);
+    }
 }

@@ -59,6 +59,8 @@ pub struct ServerState {
     pub clients: StreamClients,
     /// Slots for the event streams' reads of the log (see [`ServerState::stream_read`]).
     pub stream_reads: tokio::sync::Semaphore,
+    /// Replay batches read lately, shared between streams.
+    pub(crate) replay_cache: events::ReplayCache,
     /// The admin bearer token; admin routes are off without one.
     pub admin_token: Option<String>,
     /// Serializes filter edits through the admin API.
@@ -80,6 +82,7 @@ impl ServerState {
             stop: CancellationToken::new(),
             clients: StreamClients::default(),
             stream_reads: tokio::sync::Semaphore::new(stream_read_slots()),
+            replay_cache: Default::default(),
             admin_token,
             filter_edits: std::sync::Mutex::new(()),
         }
