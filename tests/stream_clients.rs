@@ -76,3 +76,62 @@ async fn connections_over_a_cap_are_refused_and_the_others_go_on() {
     let mut again = connect_from(1, &server, events).await.unwrap();
     assert_eq!(next_json(&mut again).await.unwrap()["id"], 1);
 }
+
+/// Commits `n` records of ~`kb` KiB each to the log, as live commits of one repo.
+fn write_big_records(sluice: &sluice::Sluice, first: u64, n: u64, kb: usize) {
+    use sluice::pipeline::RecordOp;
+    for i in first..first + n {
+        let value = serde_json::json!({"$type": "app.bsky.feed.post", "text": "x".repeat(kb << 10), "createdAt": "2024-01-01T00:00:00Z"});
+        let bytes = sluice::handlers::value::json_to_cbor(&value).unwrap();
+        let op = RecordOp::Put {
+            collection: "app.bsky.feed.post".into(),
+            rkey: format!("3k{i:011}"),
+            cid: testkit::cid_of(&bytes),
+            bytes: bytes.into(),
+        };
+        let rev = format!("3l{i:011}");
+        let (commit, data) = (testkit::cid_of(rev.as_bytes()), testkit::cid_of(b"d"));
+        sluice.pipeline().apply_commit("did:plc:big", commit, &rev, data, vec![op], None).unwrap();
+    }
+}
+
+/// A websocket to `path` whose socket takes in almost nothing: the client never reads.
+async fn stalled_client(server: &str, path: &str) -> Socket {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.parse().unwrap()).await.unwrap();
+    let url = format!("ws://{server}{path}");
+    let (socket, _) =
+        tokio_tungstenite::client_async(url, tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.unwrap();
+    socket
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = indexed(dir.path(), &[], |c| c.server.send_timeout_secs = 1);
+    // ~24 MB of events: more than the kernel's socket buffers hold.
+    write_big_records(&sluice, 0, 400, 60);
+    let (server, state) = start_server(ServerState::new(sluice.pipeline().clone(), sluice.config().clone())).await;
+
+    // In replay, on both endpoints.
+    let replaying = [
+        stalled_client(&server, "/xrpc/dev.sluice.subscribeEvents?cursor=0").await,
+        stalled_client(&server, "/subscribe?cursor=0").await,
+    ];
+    testkit::wait_until("both streams to run", || state.clients.connected() == 2).await;
+    let started = std::time::Instant::now();
+    testkit::wait_until("the stalled replays to be closed", || state.clients.connected() == 0).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "closed in {:?}", started.elapsed());
+
+    // Live: the client stalls while events keep coming.
+    let live = stalled_client(&server, "/xrpc/dev.sluice.subscribeEvents").await;
+    testkit::wait_until("the live stream to run", || state.clients.connected() == 1).await;
+    write_big_records(&sluice, 400, 400, 60);
+    testkit::wait_until("the stalled live stream to be closed", || state.clients.connected() == 0).await;
+
+    // A client that reads is served all the same, from the start.
+    let mut reader = connect_from(1, &server, "/xrpc/dev.sluice.subscribeEvents?cursor=0").await.unwrap();
+    assert_eq!(next_json(&mut reader).await.unwrap()["id"], 1);
+    drop((replaying, live));
+}

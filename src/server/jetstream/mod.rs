@@ -130,12 +130,17 @@ async fn stream(socket: WebSocket, state: Arc<ServerState>, from: u64, options: 
         (Err(stop), None) if !stop.reason.is_empty() => Some((stop.code, stop.reason)),
         _ => None,
     };
-    if let Some((code, reason)) = close {
-        tracing::debug!(code, %reason, "closing a /subscribe stream");
-        let frame = CloseFrame { code, reason: truncate(reason, 123).into() };
-        let _ = sink.send(Message::Close(Some(frame))).await;
-    }
-    let _ = sink.close().await;
+    // A client that stopped reading takes nothing more: the close gets a short deadline, and
+    // the connection goes when it passes.
+    let parting = async {
+        if let Some((code, reason)) = close {
+            tracing::debug!(code, %reason, "closing a /subscribe stream");
+            let frame = CloseFrame { code, reason: truncate(reason, 123).into() };
+            let _ = sink.send(Message::Close(Some(frame))).await;
+        }
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), parting).await;
     reader.abort();
 }
 
