@@ -65,6 +65,7 @@ async fn connections_over_a_cap_are_refused_and_the_others_go_on() {
     let metrics = testkit::http().get(format!("http://{server}/metrics")).send().await.unwrap();
     let metrics = metrics.text().await.unwrap();
     assert_eq!(testkit::metric(&metrics, "sluice_stream_clients"), Some(3.0));
+    assert!(testkit::metric(&metrics, "sluice_stream_sending_bytes").is_some(), "{metrics}");
     for cap in ["max_stream_clients", "max_stream_clients_per_ip"] {
         let sample = format!("sluice_stream_clients_refused_total{{cap=\"{cap}\"}}");
         assert_eq!(testkit::metric(&metrics, &sample), Some(1.0), "{sample} in {metrics}");
@@ -129,6 +130,8 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
     testkit::wait_until("the live stream to run", || state.clients.connected() == 1).await;
     write_big_records(&sluice, 400, 400, 60);
     testkit::wait_until("the stalled live stream to be closed", || state.clients.connected() == 0).await;
+    // Nothing is held for the clients that went.
+    assert_eq!(state.clients.sending_bytes.load(std::sync::atomic::Ordering::Relaxed), 0);
 
     // A client that reads is served all the same, from the start.
     let mut reader = connect_from(1, &server, "/xrpc/dev.sluice.subscribeEvents?cursor=0").await.unwrap();

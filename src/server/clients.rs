@@ -28,12 +28,31 @@ pub struct StreamClients {
     pub refused_total: AtomicU64,
     /// Refused over `max_stream_clients_per_ip`.
     pub refused_per_ip: AtomicU64,
+    /// Bytes of events being sent to clients now (each stream's batch in flight).
+    pub sending_bytes: AtomicU64,
 }
 
 impl StreamClients {
     /// Clients connected now.
     pub fn connected(&self) -> u64 {
         self.open.lock().expect("stream clients lock").values().map(|&n| u64::from(n)).sum()
+    }
+}
+
+impl StreamClients {
+    /// Counts `bytes` as being sent until the guard drops.
+    pub fn sending(&self, bytes: u64) -> Sending<'_> {
+        self.sending_bytes.fetch_add(bytes, Ordering::Relaxed);
+        Sending(self, bytes)
+    }
+}
+
+/// Bytes counted in [`StreamClients::sending_bytes`] while it lives.
+pub struct Sending<'a>(&'a StreamClients, u64);
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0.sending_bytes.fetch_sub(self.1, Ordering::Relaxed);
     }
 }
 

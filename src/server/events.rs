@@ -220,6 +220,7 @@ async fn send_loop(
             let batch = reader.batch(next, head).await?;
             tell_if_past_retention(sink, next, &batch).await?;
             let last = batch.last().map_or(next - 1, |(id, _)| *id);
+            let _sending = state.clients.sending(batch.iter().map(|(_, text)| text.len() as u64).sum());
             send_batch(sink, batch, Duration::from_secs(limits.send_timeout_secs.max(1))).await?;
             next = last + 1;
             continue;

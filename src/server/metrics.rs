@@ -129,6 +129,9 @@ fn stream_clients(out: &mut String, state: &ServerState) {
         &[],
         clients.connected(),
     );
+    let name = "sluice_stream_sending_bytes";
+    Family::start(out, name, "gauge", "Bytes of events being sent to stream clients (each stream's batch in flight).")
+        .sample(name, &[], clients.sending_bytes.load(Ordering::Relaxed));
     let name = "sluice_stream_clients_refused_total";
     Family::start(out, name, "counter", "Event stream clients refused, by the cap they were over.")
         .sample(name, &[("cap", "max_stream_clients")], clients.refused_total.load(Ordering::Relaxed))

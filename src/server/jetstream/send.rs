@@ -58,6 +58,8 @@ pub(super) async fn send_loop(
                 return Err(too_slow(&store, limits.max_lag, next, resume).await);
             }
             let batch = read_batch(state, next, session.filter.load_full(), compress).await.map_err(internal)?;
+            let bytes = batch.messages.iter().map(|m| m.clone().into_data().len() as u64).sum();
+            let _sending = state.clients.sending(bytes);
             // Queued without a flush each, then flushed once: one write for the batch.
             let send = async {
                 for message in batch.messages {
