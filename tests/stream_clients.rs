@@ -138,3 +138,72 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
     assert_eq!(next_json(&mut reader).await.unwrap()["id"], 1);
     drop((replaying, live));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_replay_while_live_events_arrive_and_each_gets_every_event_once() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Arc::new(indexed(dir.path(), &["car/calabro.car"], |_| {}));
+    let (server, _state) = start_server(ServerState::new(sluice.pipeline().clone(), sluice.config().clone())).await;
+    // The last id, once the writer is done (0 until then).
+    let head = Arc::new(AtomicU64::new(0));
+    let events_clients: Vec<_> = (0..20)
+        .map(|_| {
+            let (server, head) = (server.clone(), head.clone());
+            tokio::spawn(async move {
+                let mut socket = connect_from(1, &server, "/xrpc/dev.sluice.subscribeEvents?cursor=0").await.unwrap();
+                let mut ids = Vec::new();
+                while ids.last().is_none_or(|&id| id != head.load(Ordering::Relaxed)) {
+                    if let Some(event) = next_or_recheck(&mut socket).await {
+                        ids.push(event["id"].as_u64().unwrap());
+                    }
+                }
+                ids
+            })
+        })
+        .collect();
+    let jetstream_clients: Vec<_> = (0..6)
+        .map(|_| {
+            let (server, head) = (server.clone(), head.clone());
+            tokio::spawn(async move {
+                let mut socket = connect_from(2, &server, "/subscribe?cursor=0").await.unwrap();
+                let mut seen = std::collections::HashSet::new();
+                let mut messages = 0u64;
+                while messages == 0 || messages != head.load(Ordering::Relaxed) {
+                    let Some(event) = next_or_recheck(&mut socket).await else { continue };
+                    let commit = &event["commit"];
+                    let key = format!("{} {} {}", event["did"], commit["collection"], commit["rkey"]);
+                    assert!(seen.insert(key.clone()), "{key} came twice");
+                    messages += 1;
+                }
+                messages
+            })
+        })
+        .collect();
+    // Live commits while the clients replay.
+    let writer = {
+        let sluice = sluice.clone();
+        tokio::task::spawn_blocking(move || write_big_records(&sluice, 0, 300, 1))
+    };
+    writer.await.unwrap();
+    head.store(sluice.store().next_event_id() - 1, Ordering::Relaxed);
+    let last = head.load(Ordering::Relaxed);
+    assert!(last > 4_347, "the live events are in the log");
+    for client in events_clients {
+        let ids = tokio::time::timeout(testkit::server::LIMIT, client).await.expect("in time").unwrap();
+        assert_eq!(ids, (1..=last).collect::<Vec<_>>(), "every event once, in order");
+    }
+    for client in jetstream_clients {
+        assert_eq!(tokio::time::timeout(testkit::server::LIMIT, client).await.expect("in time").unwrap(), last);
+    }
+}
+
+/// The next message, or `None` when none came within a moment (the caller checks again
+/// whether it has all it waits for: the last id is known only once the writer is done).
+async fn next_or_recheck(socket: &mut Socket) -> Option<Value> {
+    match tokio::time::timeout(std::time::Duration::from_millis(200), next_json(socket)).await {
+        Ok(event) => Some(event.expect("the stream stays open")),
+        Err(_) => None,
+    }
+}
