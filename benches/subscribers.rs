@@ -4,9 +4,11 @@
 //! the ids come in order with no gap.
 //!
 //! The log: the 100,000 events of one generated repo (posts, likes and follows, built once and
-//! cached in `target/bench-cache/`). Two shapes: `same`, every client replays the same last
-//! `SLUICE_SUBSCRIBERS_EVENTS` events (default 20,000), and `spread`, client `i` replays as
-//! many from its own place in the log (cursors spread evenly over it).
+//! cached in `target/bench-cache/`). Three shapes: `same`, every client replays the same last
+//! `SLUICE_SUBSCRIBERS_EVENTS` events (default 20,000), `spread`, client `i` replays as many
+//! from its own place in the log (cursors spread evenly over it), and `/subscribe`, every
+//! client reads as many from the log's start in Jetstream's format (a time cursor cannot
+//! pick a place among events indexed within the same second).
 //!
 //! `cargo bench --bench subscribers` prints a Markdown table for BENCHMARKS.md: per client
 //! count (`SLUICE_SUBSCRIBERS`, default `10,100,1000`) and shape, the wall time, messages/s in
@@ -26,7 +28,8 @@ use tokio_tungstenite::tungstenite::Message;
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Set in the child: the server's address; its arguments are `clients first_cursor step events`.
+/// Set in the child: the server's address; its arguments are `clients first_cursor step events
+/// jetstream` (`jetstream` 1: `/subscribe?cursor=0`, the cursors unused).
 const CLIENT_ENV: &str = "SLUICE_SUBSCRIBERS_CLIENT";
 
 fn main() {
@@ -40,7 +43,9 @@ fn main() {
 /// `first + i * step`; prints `messages seconds` when all are done.
 fn clients(addr: &str) {
     let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
-    let [clients, first, step, events] = args[..] else { panic!("child arguments: clients first step events") };
+    let [clients, first, step, events, jetstream] = args[..] else {
+        panic!("child arguments: clients first step events jetstream")
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let started = Instant::now();
     let total: u64 = runtime.block_on(async {
@@ -66,6 +71,27 @@ async fn replay(addr: String, cursor: u64, events: u64) -> u64 {
                 let event: serde_json::Value = serde_json::from_str(&text).expect("JSON");
                 assert_eq!(event["id"].as_u64(), Some(cursor + n + 1), "ids in order with no gap: {text:.200}");
                 n += 1;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("the stream ended after {n} of {events} events: {other:?}"),
+        }
+    }
+    n
+}
+
+/// Reads `events` messages of `/subscribe` from the log's start, each parsed and checked to
+/// come no earlier than the one before.
+async fn replay_jetstream(addr: String, events: u64) -> u64 {
+    let url = format!("ws://{addr}/subscribe?cursor=0");
+    let (mut socket, _) = tokio_tungstenite::connect_async(url).await.expect("the server admits the client");
+    let (mut n, mut time) = (0, 0);
+    while n < events {
+        match socket.next().await {
+            Some(Ok(Message::Text(text))) => {
+                let event: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+                let at = event["time_us"].as_u64().expect("time_us");
+                assert!(at >= time, "events in time order: {text:.200}");
+                (n, time) = (n + 1, at);
             }
             Some(Ok(_)) => {}
             other => panic!("the stream ended after {n} of {events} events: {other:?}"),
@@ -113,17 +139,18 @@ fn server() {
     );
     println!("|---:|---|---:|---:|---:|---:|---:|");
     for &n in &counts {
-        for shape in ["same", "spread"] {
-            let (first, step) = match shape {
-                "same" => (head - events, 0),
-                _ => (0, (head - events) / n.max(1)),
+        for shape in ["same", "spread", "/subscribe"] {
+            let (first, step, jetstream) = match shape {
+                "same" => (head - events, 0, 0),
+                "spread" => (0, (head - events) / n.max(1), 0),
+                _ => (0, 0, 1),
             };
             std::thread::sleep(Duration::from_secs(1));
             let before_kb = bench::self_status_kb("VmRSS:");
             // Peak RSS from here on.
             std::fs::write("/proc/self/clear_refs", "5").unwrap();
             let child = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([n, first, step, events].map(|a| a.to_string()))
+                .args([n, first, step, events, jetstream].map(|a| a.to_string()))
                 .env(CLIENT_ENV, &addr)
                 .stdout(std::process::Stdio::piped())
                 .spawn()
