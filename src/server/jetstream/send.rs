@@ -55,7 +55,8 @@ pub(super) async fn send_loop(
         let head = store.next_event_id();
         if next < head {
             if caught_up && head - next > limits.max_lag {
-                return Err(too_slow(&store, limits.max_lag, next, resume).await);
+                let why = format!("over {} events behind", limits.max_lag);
+                return Err(too_slow(&store, &why, next, resume).await);
             }
             let batch = read_batch(state, next, session.filter.load_full(), compress).await.map_err(internal)?;
             let bytes = batch.messages.iter().map(|m| m.clone().into_data().len() as u64).sum();
@@ -67,8 +68,11 @@ pub(super) async fn send_loop(
                 }
                 sink.flush().await
             };
-            let sent = tokio::time::timeout(send_timeout, send).await;
-            sent.map_err(|_| Stop { code: 1008, reason: "send timed out".into() })?.map_err(|_| gone())?;
+            let Ok(sent) = tokio::time::timeout(send_timeout, send).await else {
+                let why = format!("a send took over {} s", send_timeout.as_secs());
+                return Err(too_slow(&store, &why, next, resume).await);
+            };
+            sent.map_err(|_| gone())?;
             if batch.next > next {
                 (next, resume) = (batch.next, Some(batch.last_time + 1));
                 continue;
@@ -99,10 +103,12 @@ fn internal(e: ReadError) -> Stop {
     Stop { code: 1011, reason: "internal error reading the event log".into() }
 }
 
-/// The close for a client more than `max_lag` events behind: the cursor to resume with is
-/// just after the last event it was sent or skipped (times increase with ids, so it loses and
-/// repeats nothing), or the time of event `next` when none was.
-async fn too_slow(store: &Arc<Store>, max_lag: u64, next: u64, resume: Option<u64>) -> Stop {
+/// The close for a client too slow (`why`: more than `max_lag` events behind, or a send that
+/// outlasted `send_timeout_secs`): the cursor to resume with is just after the last event of
+/// the last batch it was sent whole or skipped (times increase with ids, so it loses nothing;
+/// after a timed-out send it may get again what it had of that batch), or the time of event
+/// `next` when there was none.
+async fn too_slow(store: &Arc<Store>, why: &str, next: u64, resume: Option<u64>) -> Stop {
     let cursor = match resume {
         Some(time) => time,
         None => {
@@ -111,10 +117,7 @@ async fn too_slow(store: &Arc<Store>, max_lag: u64, next: u64, resume: Option<u6
             first.ok().and_then(Result::ok).and_then(|e| e.first().map(|(_, time, _)| *time)).unwrap_or(0)
         }
     };
-    Stop {
-        code: 1008,
-        reason: format!("ConsumerTooSlow: over {max_lag} events behind; reconnect with cursor={cursor}"),
-    }
+    Stop { code: 1008, reason: format!("ConsumerTooSlow: {why}; reconnect with cursor={cursor}") }
 }
 
 /// Why a batch could not be read.
