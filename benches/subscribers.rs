@@ -11,7 +11,9 @@
 //! pick a place among events indexed within the same second).
 //!
 //! `cargo bench --bench subscribers` prints a Markdown table for BENCHMARKS.md: per client
-//! count (`SLUICE_SUBSCRIBERS`, default `10,100,1000`) and shape, the wall time, messages/s in
+//! count (`SLUICE_SUBSCRIBERS`, default `10,100,1000`) and shape (`SLUICE_SUBSCRIBERS_SHAPES`,
+//! default `same,spread,/subscribe`; memory a shape's clients leave with the allocator is
+//! not counted again as the next one's growth), the wall time, messages/s in
 //! all, and the growth of sluice's peak RSS over its RSS before the clients came (`VmHWM`,
 //! reset through `/proc/self/clear_refs`), in all and per subscriber.
 
@@ -125,6 +127,7 @@ fn server() {
         .split(',')
         .filter_map(|n| n.trim().parse().ok())
         .collect();
+    let shapes = std::env::var("SLUICE_SUBSCRIBERS_SHAPES").unwrap_or_else(|_| "same,spread,/subscribe".into());
     let (addr, _state, _server) = runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
@@ -139,7 +142,7 @@ fn server() {
     );
     println!("|---:|---|---:|---:|---:|---:|---:|");
     for &n in &counts {
-        for shape in ["same", "spread", "/subscribe"] {
+        for shape in shapes.split(',') {
             let (first, step, jetstream) = match shape {
                 "same" => (head - events, 0, 0),
                 "spread" => (0, (head - events) / n.max(1), 0),
