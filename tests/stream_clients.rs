@@ -122,6 +122,14 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
     ];
     testkit::wait_until("both streams to run", || state.clients.connected() == 2).await;
     let started = std::time::Instant::now();
+    // While they stall, each holds one batch in flight: at most 256 KiB and the event that
+    // crossed it, however much of the log is left.
+    let mut most = 0;
+    while state.clients.connected() == 2 && started.elapsed() < std::time::Duration::from_millis(800) {
+        most = most.max(state.clients.sending_bytes.load(std::sync::atomic::Ordering::Relaxed));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(most <= 2 * (256 + 80) << 10, "{most} bytes in flight to two stalled clients (events of ~68 KB)");
     testkit::wait_until("the stalled replays to be closed", || state.clients.connected() == 0).await;
     assert!(started.elapsed() < std::time::Duration::from_secs(15), "closed in {:?}", started.elapsed());
 

@@ -15,8 +15,10 @@ use super::json::event_json;
 use crate::server::ServerState;
 use crate::store::{Store, StoreError};
 
-/// Events read from the log per step.
+/// Events read from the log per step, at most.
 const BATCH: usize = 256;
+/// Rendered bytes per step, at most (past it the step ends early, at an event boundary).
+const BATCH_BYTES: usize = 256 << 10;
 /// A ping this often on an idle stream keeps it open through proxies.
 const PING_EVERY: Duration = Duration::from_secs(30);
 
@@ -137,9 +139,16 @@ async fn read_batch(state: &ServerState, from: u64, filter: Arc<Filter>, compres
     Ok(state.stream_read(move || render(&store, from, &filter, compress)).await??)
 }
 
+/// Reads and renders the batch from `from`: at most [`BATCH`] events, ending after the first
+/// message that takes it to [`BATCH_BYTES`] (so that a subscriber holds a bounded batch however
+/// large its events).
 fn render(store: &Store, from: u64, filter: &Filter, compress: bool) -> Result<Batch, StoreError> {
     let mut batch = Batch { messages: Vec::new(), next: from, last_time: 0 };
+    let mut bytes = 0;
     for (id, time, event) in store.log().from_with_times(from, BATCH)? {
+        if bytes >= BATCH_BYTES {
+            break;
+        }
         (batch.next, batch.last_time) = (id + 1, time);
         if !filter.wants(&event) {
             continue;
@@ -148,6 +157,7 @@ fn render(store: &Store, from: u64, filter: &Filter, compress: bool) -> Result<B
         if filter.max_size > 0 && json.len() > filter.max_size {
             continue;
         }
+        bytes += json.len();
         batch.messages.push(match compress {
             true => Message::Binary(
                 ruzstd::encoding::compress_to_vec(json.as_bytes(), ruzstd::encoding::CompressionLevel::Fastest).into(),
