@@ -57,12 +57,7 @@ impl HostileHost {
             while let Ok((socket, _)) = listener.accept().await {
                 counts.connections.fetch_add(1, Ordering::SeqCst);
                 let (counts, how) = (counts.clone(), how.clone());
-                tokio::spawn(async move {
-                    let now = counts.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                    counts.peak_in_flight.fetch_max(now, Ordering::SeqCst);
-                    serve(socket, &how, &counts.body_bytes).await;
-                    counts.in_flight.fetch_sub(1, Ordering::SeqCst);
-                });
+                tokio::spawn(async move { serve(socket, &how, &counts).await });
             }
         });
         HostileHost { addr, stats, task }
@@ -96,7 +91,11 @@ impl Drop for HostileHost {
 }
 
 /// Reads a request's head, then answers as `how` says, until done or the client leaves.
-async fn serve(mut socket: tokio::net::TcpStream, how: &Misbehaviour, bytes: &AtomicU64) {
+/// Reads a request's head and answers it. The request counts as in flight from its head on
+/// until its answer is written, the last write of a served body excepted: the client may
+/// have read it whole (and started its next request) before this task is scheduled again, so
+/// counting past it would see requests overlap that the client never overlapped.
+async fn serve(mut socket: tokio::net::TcpStream, how: &Misbehaviour, counts: &Stats) {
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -105,12 +104,32 @@ async fn serve(mut socket: tokio::net::TcpStream, how: &Misbehaviour, bytes: &At
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
-    let _ = answer(&mut socket, how, bytes).await;
+    let now = counts.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    counts.peak_in_flight.fetch_max(now, Ordering::SeqCst);
+    let in_flight = InFlight(&counts.in_flight, std::sync::atomic::AtomicBool::new(true));
+    let _ = answer(&mut socket, how, &counts.body_bytes, &in_flight).await;
+    in_flight.end();
     let _ = socket.shutdown().await;
 }
 
+/// A request counted in flight until [`InFlight::end`] (once).
+struct InFlight<'a>(&'a AtomicU64, std::sync::atomic::AtomicBool);
+
+impl InFlight<'_> {
+    fn end(&self) {
+        if self.1.swap(false, Ordering::SeqCst) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// Writes `how`'s answer; an error once the client went away.
-async fn answer(socket: &mut tokio::net::TcpStream, how: &Misbehaviour, bytes: &AtomicU64) -> std::io::Result<()> {
+async fn answer(
+    socket: &mut tokio::net::TcpStream,
+    how: &Misbehaviour,
+    bytes: &AtomicU64,
+    in_flight: &InFlight<'_>,
+) -> std::io::Result<()> {
     let head = |status: u16, length: Option<u64>| {
         let length = length.map(|n| format!("Content-Length: {n}\r\n")).unwrap_or_default();
         format!("HTTP/1.1 {status} X\r\nConnection: close\r\n{length}\r\n")
@@ -119,6 +138,7 @@ async fn answer(socket: &mut tokio::net::TcpStream, how: &Misbehaviour, bytes: &
         Misbehaviour::Serve { body, delay } => {
             tokio::time::sleep(*delay).await;
             socket.write_all(head(200, Some(body.len() as u64)).as_bytes()).await?;
+            in_flight.end();
             write_counted(socket, body, bytes).await
         }
         Misbehaviour::Stream { body, piece, every } => {
