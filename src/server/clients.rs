@@ -12,9 +12,12 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use axum::extract::ws::{Message, WebSocket};
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use futures_util::SinkExt;
+use futures_util::stream::SplitSink;
 
 use super::ServerState;
 use crate::xrpc::XrpcError;
@@ -37,9 +40,7 @@ impl StreamClients {
     pub fn connected(&self) -> u64 {
         self.open.lock().expect("stream clients lock").values().map(|&n| u64::from(n)).sum()
     }
-}
 
-impl StreamClients {
     /// Counts `bytes` as being sent until the guard drops.
     pub fn sending(&self, bytes: u64) -> Sending<'_> {
         self.sending_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -123,4 +124,20 @@ impl Drop for ClientGuard {
             }
         }
     }
+}
+
+/// How long the last words to a leaving stream client (a last message, the close) may take.
+const PARTING_DEADLINE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Sends `last` (a reason, a close frame), if any, and closes the socket, within
+/// [`PARTING_DEADLINE`]: a client that stopped reading takes nothing more, and waiting on its
+/// socket would keep its slot for as long as it likes. Both stream endpoints end this way.
+pub(super) async fn part(sink: &mut SplitSink<WebSocket, Message>, last: Option<Message>) {
+    let parting = async {
+        if let Some(message) = last {
+            let _ = sink.send(message).await;
+        }
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(PARTING_DEADLINE, parting).await;
 }

@@ -136,23 +136,14 @@ async fn stream(socket: WebSocket, state: Arc<ServerState>, start: Start, _clien
     if let Err(reason) = &ended {
         tracing::debug!(reason = %crate::error::chain(reason), "event stream closed");
     }
-    // A client that stopped reading takes nothing more: what is sent now (the reason, the
-    // close) gets a short deadline, and the connection goes when it passes.
-    let parting = async {
-        if let Err(StreamError::Timeout) = ended {
-            let secs = state.config.server.send_timeout_secs;
-            let message = format!("a send took over {secs} s; reconnect with the last id you have as the cursor");
-            let error = json!({"error": "ConsumerTooSlow", "message": message});
-            let _ = sink.send(Message::Text(error.to_string().into())).await;
-        }
-        let _ = sink.close().await;
-    };
-    let _ = tokio::time::timeout(CLOSE_DEADLINE, parting).await;
+    let last = matches!(ended, Err(StreamError::Timeout)).then(|| {
+        let secs = state.config.server.send_timeout_secs;
+        let message = format!("a send took over {secs} s; reconnect with the last id you have as the cursor");
+        Message::Text(json!({"error": "ConsumerTooSlow", "message": message}).to_string().into())
+    });
+    super::clients::part(&mut sink, last).await;
     reader.abort();
 }
-
-/// How long the last words to a client (an error, the close) may take.
-const CLOSE_DEADLINE: Duration = Duration::from_secs(2);
 
 /// Takes `{"ack": ID}` from an acked consumer and saves it as its cursor.
 fn record_ack(state: &ServerState, consumer: Option<&str>, acks: &Acks, text: &str) {

@@ -47,8 +47,8 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::StreamExt;
 use futures_util::stream::SplitStream;
-use futures_util::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::{ClientGuard, PeerAddr, ServerState};
@@ -130,17 +130,11 @@ async fn stream(socket: WebSocket, state: Arc<ServerState>, from: u64, options: 
         (Err(stop), None) if !stop.reason.is_empty() => Some((stop.code, stop.reason)),
         _ => None,
     };
-    // A client that stopped reading takes nothing more: the close gets a short deadline, and
-    // the connection goes when it passes.
-    let parting = async {
-        if let Some((code, reason)) = close {
-            tracing::debug!(code, %reason, "closing a /subscribe stream");
-            let frame = CloseFrame { code, reason: truncate(reason, 123).into() };
-            let _ = sink.send(Message::Close(Some(frame))).await;
-        }
-        let _ = sink.close().await;
-    };
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), parting).await;
+    let last = close.map(|(code, reason)| {
+        tracing::debug!(code, %reason, "closing a /subscribe stream");
+        Message::Close(Some(CloseFrame { code, reason: truncate(reason, 123).into() }))
+    });
+    super::clients::part(&mut sink, last).await;
     reader.abort();
 }
 
