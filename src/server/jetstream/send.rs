@@ -33,6 +33,8 @@ pub(super) struct Stop {
 /// What one step read: the messages to send and where the next step starts.
 struct Batch {
     messages: Vec<Message>,
+    /// The bytes of `messages`, as sent.
+    bytes: u64,
     /// The id after the last event read.
     next: u64,
     /// The time of the last event read.
@@ -61,8 +63,7 @@ pub(super) async fn send_loop(
                 return Err(too_slow(&store, &why, next, resume).await);
             }
             let batch = read_batch(state, next, session.filter.load_full(), compress).await.map_err(internal)?;
-            let bytes = batch.messages.iter().map(|m| m.clone().into_data().len() as u64).sum();
-            let _sending = state.clients.sending(bytes);
+            let _sending = state.clients.sending(batch.bytes);
             // Queued without a flush each, then flushed once: one write for the batch.
             let send = async {
                 for message in batch.messages {
@@ -143,7 +144,7 @@ async fn read_batch(state: &ServerState, from: u64, filter: Arc<Filter>, compres
 /// message that takes it to [`BATCH_BYTES`] (so that a subscriber holds a bounded batch however
 /// large its events).
 fn render(store: &Store, from: u64, filter: &Filter, compress: bool) -> Result<Batch, StoreError> {
-    let mut batch = Batch { messages: Vec::new(), next: from, last_time: 0 };
+    let mut batch = Batch { messages: Vec::new(), bytes: 0, next: from, last_time: 0 };
     let mut bytes = 0;
     for (id, time, event) in store.log().from_with_times(from, BATCH)? {
         if bytes >= BATCH_BYTES {
@@ -158,12 +159,20 @@ fn render(store: &Store, from: u64, filter: &Filter, compress: bool) -> Result<B
             continue;
         }
         bytes += json.len();
-        batch.messages.push(match compress {
-            true => Message::Binary(
-                ruzstd::encoding::compress_to_vec(json.as_bytes(), ruzstd::encoding::CompressionLevel::Fastest).into(),
-            ),
-            false => Message::Text(json.into()),
-        });
+        let (message, size) = match compress {
+            true => {
+                let frame =
+                    ruzstd::encoding::compress_to_vec(json.as_bytes(), ruzstd::encoding::CompressionLevel::Fastest);
+                let size = frame.len();
+                (Message::Binary(frame.into()), size)
+            }
+            false => {
+                let size = json.len();
+                (Message::Text(json.into()), size)
+            }
+        };
+        batch.bytes += size as u64;
+        batch.messages.push(message);
     }
     Ok(batch)
 }
