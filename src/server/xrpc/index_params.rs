@@ -1,5 +1,6 @@
-//! What the index queries share: the index named by `index` (or by the method it is served under), its
-//! state, and the key tuple the `key` parameters make.
+//! What the index queries share: the index named by `index` (or by the method it is served
+//! under), its state, and the key tuple the `key` parameters make (one per key part:
+//! `key=a&key=b`).
 
 use std::sync::Arc;
 

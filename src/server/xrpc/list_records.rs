@@ -9,12 +9,13 @@
 
 use std::sync::Arc;
 
+use axum::extract::State;
+
 use super::repo_access::{RecordList, Unshown, blocking, readable_repo, repo_param, store_error};
 use crate::pipeline::PipelineMetrics;
 use crate::server::ServerState;
 use crate::store::Store;
 use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json_text};
-use axum::extract::State;
 
 /// The XRPC method's name.
 pub(super) const METHOD: &str = "com.atproto.repo.listRecords";
