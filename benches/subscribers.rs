@@ -51,8 +51,12 @@ fn clients(addr: &str) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let started = Instant::now();
     let total: u64 = runtime.block_on(async {
-        let tasks: Vec<_> =
-            (0..clients).map(|i| tokio::spawn(replay(addr.to_string(), first + i * step, events))).collect();
+        let tasks: Vec<_> = (0..clients)
+            .map(|i| match jetstream {
+                1 => tokio::spawn(replay_jetstream(addr.to_string(), events)),
+                _ => tokio::spawn(replay(addr.to_string(), first + i * step, events)),
+            })
+            .collect();
         let mut total = 0;
         for task in tasks {
             total += task.await.unwrap();
