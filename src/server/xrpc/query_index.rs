@@ -169,15 +169,9 @@ impl<'a> Shown<'a> {
                 None => self.store.records().get(&hit.did, collection, &hit.rkey).map_err(store_error)?,
             };
             if let Some(record) = record {
-                let did = [("did", hit.did.as_str())];
-                let with_handle;
-                let extra: &[(&str, &str)] = match &handle {
-                    Some(handle) => {
-                        with_handle = [did[0], ("handle", handle.as_str())];
-                        &with_handle
-                    }
-                    None => &did,
-                };
+                // `handle` only when there is one.
+                let fields = [("did", hit.did.as_str()), ("handle", handle.as_deref().unwrap_or_default())];
+                let extra = &fields[..if handle.is_some() { 2 } else { 1 }];
                 self.records.push(&hit.did, collection, &hit.rkey, &record, extra)?;
             }
         }
