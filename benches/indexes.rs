@@ -22,7 +22,7 @@
 //!    JSON text); `LiveIndex::count`; and the real
 //!    `dev.sluice.queryIndex` (limit 50) and `dev.sluice.countIndex` over HTTP, for hot keys
 //!    (a full page of 50) and typical ones (a few likes), and a status key (~1,000 entries at
-//!    1x); and the HTTP floor, `GET /` (a static text), on the same server and client.
+//!    1x); and the HTTP floor, `GET /status.css` (a static text), on the same server and client.
 //!
 //! `SLUICE_INDEX_BENCH_SCALE` picks the scales (default `1,10`); `SLUICE_INDEX_BENCH_BASE` the
 //! like count at 1x (default 200,000); `SLUICE_INDEX_BENCH_SECS` the read phase's length per
@@ -523,8 +523,8 @@ fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
         time("xrpc: queryIndex limit 50, status key", &mut || {
             get(q("statuses_by_status", emoji));
         });
-        time("http floor: GET / (static text)", &mut || {
-            get(format!("{base}/"));
+        time("http floor: GET /status.css (static text)", &mut || {
+            get(format!("{base}/status.css"));
         });
         time("xrpc: countIndex, hot like key", &mut || {
             get(c(&hot));

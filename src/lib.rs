@@ -63,6 +63,7 @@ pub mod sink;
 pub mod store;
 pub mod syntax;
 pub mod tail;
+pub mod units;
 pub mod wire;
 pub mod xrpc;
 

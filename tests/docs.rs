@@ -40,3 +40,16 @@ fn the_readme_shows_the_shipped_indexes_and_they_load() {
     names.sort();
     assert_eq!(names, ["latest_status", "likes_by_subject", "statuses_by_status"]);
 }
+
+#[test]
+fn every_picture_the_readme_shows_is_in_the_tree() {
+    let readme = readme();
+    let pictures: Vec<&str> =
+        readme.split("](").skip(1).filter_map(|rest| rest.split(')').next()).filter(|p| p.ends_with(".png")).collect();
+    assert!(pictures.contains(&"docs/status-page.png"), "the README shows the status page: {pictures:?}");
+    for picture in pictures {
+        let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/").to_string() + picture)
+            .unwrap_or_else(|e| panic!("the README shows {picture}, which cannot be read: {e}"));
+        assert!(bytes.starts_with(b"\x89PNG"), "{picture} is not a PNG");
+    }
+}

@@ -154,6 +154,7 @@ fn print_walkthrough(net: &Devnet, config: &Config) {
     let (pds, server) =
         (net.pds_urls().remove(net.pds_of(&did).unwrap_or(0)), format!("http://{}", config.server.listen));
     println!("sluice is indexing a local devnet ({} accounts); try, in another terminal:", net.accounts().len());
+    println!("  watch it work:  open {server}/ in a browser, or: sluice status --server {server}");
     println!("  watch events:   sluice tail --server {server} --cursor 0");
     println!(
         "  query a record: curl '{server}/xrpc/com.atproto.repo.listRecords?\

@@ -2,10 +2,13 @@
 //!
 //! This file holds the commands and their small bodies; `service` runs `sluice run` and
 //! `sluice backfill`, `store` the commands over a store (`index-car`, `events`, `stats`,
-//! `cursors`), `devnet` `sluice devnet` and `run --devnet`.
+//! `cursors`), `devnet` `sluice devnet` and `run --devnet`, `status` `sluice status`, and
+//! `progress` the bars drawn on a terminal.
 
 mod devnet;
+mod progress;
 mod service;
+mod status;
 mod store;
 
 use std::io::Write;
@@ -137,6 +140,16 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Print a running sluice's status: the backfill, live ingestion, the NATS sink, the event
+    /// log, the filter and what was refused (what its status page at `/` shows).
+    Status {
+        /// The server (`[server] listen` of the running sluice).
+        #[arg(long, default_value = "http://127.0.0.1:2480")]
+        server: String,
+        /// Print the JSON (`/status.json`) instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Saved cursors and when they were saved.
     Cursors {
         /// Data directory.
@@ -209,7 +222,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,fjall=warn,lsm_tree=warn".into()),
         )
-        .with_writer(std::io::stderr);
+        .with_ansi(progress::on_terminal())
+        .with_writer(|| progress::LogWriter);
     match cli.log_format.as_str() {
         "json" => logs.json().init(),
         _ => logs.init(),
@@ -262,6 +276,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Tail { server, cursor, limit } => tail(&server, cursor, limit),
+        Command::Status { server, json } => status::print(&mut std::io::stdout().lock(), &server, json),
         Command::Cursors { data } => {
             print_cursors(&mut std::io::stdout().lock(), &open_store(&data_dir(&config, data))?)?;
             Ok(ExitCode::SUCCESS)

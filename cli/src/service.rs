@@ -10,6 +10,8 @@ use sluice::{Config, Sluice};
 /// some failed, how many and why. `UntilEmpty` (`sluice backfill`) ends when nothing is left
 /// to do now: repos waiting for a retry are left to the next run (see [`RunMode::UntilSettled`]).
 pub fn run_backfill(config: Config, dids: &[String], recrawl: bool, mode: RunMode) -> anyhow::Result<ExitCode> {
+    // A bar on a terminal for a backfill that ends; `sluice run` goes on forever and logs.
+    let bar = mode != RunMode::Forever;
     let mode = match mode {
         RunMode::UntilEmpty => RunMode::UntilSettled,
         other => other,
@@ -28,15 +30,13 @@ pub fn run_backfill(config: Config, dids: &[String], recrawl: bool, mode: RunMod
             );
             stop();
         });
+        let bar = if bar { crate::progress::BackfillBar::start(backfill.clone()) } else { None };
         let result = service.run(mode, dids.is_empty()).await;
-        let counts: Vec<String> = backfill
-            .repo_counts()
-            .into_iter()
-            .filter(|(_, n)| *n != 0)
-            .map(|(s, n)| format!("{n} {}", s.as_str()))
-            .collect();
+        if let Some(bar) = bar {
+            bar.finish().await;
+        }
         let events = sluice.store().next_event_id() - 1;
-        println!("repos: {}; events: {events}", if counts.is_empty() { "none".to_string() } else { counts.join(", ") });
+        println!("repos: {}; events: {events}", sluice::backfill::repos_by_status(sluice.store()));
         for line in sluice::backfill::failure_report(&backfill.failure_summary()) {
             println!("{line}");
         }

@@ -5,8 +5,13 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use std::time::Instant;
+
 use anyhow::Context;
+use sluice::units::{count, duration, per_sec, rate};
 use sluice::{Config, Filter, IndexOptions, Sluice, Store};
+
+use crate::progress::Bar;
 
 /// The store in `dir`, which must exist.
 pub fn open_store(dir: &Path) -> anyhow::Result<Store> {
@@ -27,30 +32,70 @@ pub fn index_cars(
 ) -> anyhow::Result<ExitCode> {
     let sluice = Sluice::builder().config(config.clone()).filter(Filter::load(&config.filter.path)?).open()?;
     let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let mut failed = 0;
-    sluice::index_files::index_files(&sluice, cars, &opts, jobs, |i, result| match result {
-        Ok(o) => {
-            let events = match o.committed.first_event {
-                Some(first) => format!("events {first}..={}", first + o.committed.events - 1),
-                None => "no events".into(),
-            };
-            println!(
-                "{}: {}: {} created, {} updated, {} deleted, {} unchanged, {} handler error(s); {events}",
-                cars[i].display(),
-                o.status.as_str(),
-                o.created,
-                o.updated,
-                o.deleted,
-                o.unchanged,
-                o.handler_errors
-            );
+    let (mut failed, mut records) = (0u64, 0u64);
+    let started = Instant::now();
+    // On a terminal, a bar over the files (lines printed above it); else the lines alone.
+    let bar = match cars.len() {
+        0 | 1 => None,
+        n => Bar::start(n as u64, "{spinner} {elapsed_precise} [{bar:30}] {pos}/{len} files, ETA {eta} {msg}"),
+    };
+    let above = |line: String, to_stderr: bool| {
+        let write = || if to_stderr { eprintln!("{line}") } else { println!("{line}") };
+        match &bar {
+            Some(bar) => bar.bar().suspend(write),
+            None => write(),
         }
-        Err(e) => {
-            failed += 1;
-            eprintln!("error: {}: {e:#}", cars[i].display());
+    };
+    sluice::index_files::index_files(&sluice, cars, &opts, jobs, |i, result| {
+        match result {
+            Ok(o) => {
+                records += o.walked;
+                let events = match o.committed.first_event {
+                    Some(first) => format!("events {first}..={}", first + o.committed.events - 1),
+                    None => "no events".into(),
+                };
+                above(
+                    format!(
+                        "{}: {}: {} created, {} updated, {} deleted, {} unchanged, {} handler error(s); {events}",
+                        cars[i].display(),
+                        o.status.as_str(),
+                        o.created,
+                        o.updated,
+                        o.deleted,
+                        o.unchanged,
+                        o.handler_errors
+                    ),
+                    false,
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                above(format!("error: {}: {e:#}", cars[i].display()), true);
+            }
+        }
+        if let Some(bar) = &bar {
+            bar.bar().inc(1);
+            let elapsed = started.elapsed();
+            bar.bar().set_message(format!(
+                "{} records, {}/s, {failed} failed",
+                count(records),
+                rate(per_sec(records, elapsed))
+            ));
         }
     });
+    if let Some(bar) = bar {
+        bar.finish();
+    }
     sluice.store().persist()?;
+    let elapsed = started.elapsed();
+    eprintln!(
+        "index-car summary: {} files ({} indexed, {failed} failed), {} records in {} ({} records/s on average)",
+        cars.len(),
+        cars.len() as u64 - failed,
+        count(records),
+        duration(elapsed),
+        rate(per_sec(records, elapsed))
+    );
     Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 

@@ -7,14 +7,13 @@
 //! document names the server itself as the PDS, and its getRepo answers as the test says.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sluice::store::{RepoStatus, Store};
 use sluice_devnet::{Account, Devnet, DevnetOptions};
-use sluice_testkit as testkit;
+use sluice_testkit::{self as testkit, Running, exit_within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -114,30 +113,6 @@ async fn answer(mut socket: TcpStream, document: &str, get_repo: GetRepo, calls:
             }
         }
     }
-}
-
-/// A child `sluice`, killed if the test ends before it does.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// Waits up to `limit` for `child` to exit.
-async fn exit_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    None
 }
 
 /// A config for a child on `net` whose filter (full mode) also lists `dids`, with `extra`

@@ -42,6 +42,9 @@ fn index_car_then_events_and_stats() {
     assert!(stdout.contains("calabro.car: synced: 4347 created"), "{stdout}");
     assert!(stdout.contains("events 1..=4347"), "{stdout}");
     assert!(stdout.contains("tiny.car: synced: 8 created") && stdout.contains("events 4348..=4355"), "{stdout}");
+    let log = text(&out.stderr);
+    assert!(log.contains("index-car summary: 2 files (2 indexed, 0 failed), 4,355 records in "), "{log}");
+    assert!(!log.contains('\x1b'), "no bar and no escape codes when stderr is not a terminal: {log:?}");
 
     let again =
         sluice(&["index-car", "--filter", "filters/everything.toml", "--data", data, calabro.to_str().unwrap()]);

@@ -5,12 +5,11 @@
 //! that holds what it served.
 
 use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sluice::store::{RepoStatus, Store};
-use sluice_testkit as testkit;
+use sluice_testkit::{self as testkit, Running, exit_within, free_port, get_json};
 
 /// A run of a child ends within this.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -18,50 +17,9 @@ const RUN_LIMIT: Duration = Duration::from_secs(60);
 /// What `run --devnet` creates: 20 accounts of 50 records each.
 const RECORDS: u64 = 20 * 50;
 
-/// A child `sluice`, killed if the test ends before it does.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
-
-/// A port nothing listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// GET `url` as JSON; `None` while nothing answers there.
-async fn get_json(http: &reqwest::Client, url: &str) -> Option<Value> {
-    let response = http.get(url).send().await.ok()?;
-    if !response.status().is_success() {
-        return None;
-    }
-    response.json().await.ok()
-}
-
-/// Polls `GET url` until its JSON answer satisfies `done`; returns it. Panics naming `what`,
-/// with the child's `log`, past [`RUN_LIMIT`].
+/// Polls `GET url` until its JSON answer satisfies `done` (see [`testkit::poll_json`]).
 async fn poll_json(http: &reqwest::Client, url: &str, log: &Path, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + RUN_LIMIT;
-    let mut last = None;
-    loop {
-        if let Some(answer) = get_json(http, url).await {
-            if done(&answer) {
-                return answer;
-            }
-            last = Some(answer);
-        }
-        if Instant::now() > deadline {
-            let log = std::fs::read_to_string(log).unwrap_or_default();
-            panic!("timed out waiting for {what}; {url} last said {last:?}; log:\n{log}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    testkit::poll_json(http, url, log, what, RUN_LIMIT, done).await
 }
 
 /// The text after `marker` on the first line of `printed` that has it, up to `end`.
@@ -83,20 +41,6 @@ async fn tail(server: &str, limit: u64, dir: &Path) -> Vec<Value> {
     let status = exit_within(&mut child, RUN_LIMIT).await.expect("sluice tail ends at its limit");
     assert!(status.success(), "sluice tail: {status}; {}", std::fs::read_to_string(dir.join("tail.err")).unwrap());
     std::fs::read_to_string(out).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
-}
-
-/// Waits up to `limit` for `child` to exit; `None` if it has not.
-async fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -472,15 +472,15 @@ impl RepoFetcher {
                     }
                 }
                 Err(e) => {
-                    permit.finish(outcome);
+                    permit.finish_because(outcome, Some(e.to_string()));
                     return Err(e);
                 }
             };
             let spooled = self.answer(pds, resp, sent).await;
-            permit.finish(match &spooled {
-                Ok(_) => Outcome::Answered,
-                Err(e) => e.host_outcome(),
-            });
+            match &spooled {
+                Ok(_) => permit.finish(Outcome::Answered),
+                Err(e) => permit.finish_because(e.host_outcome(), Some(e.to_string())),
+            }
             return spooled;
         }
     }

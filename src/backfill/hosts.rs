@@ -124,11 +124,33 @@ fn pause(trips: u32, policy: &HostPolicy) -> Duration {
     policy.first_pause.saturating_mul(1u32 << trips.min(20)).min(policy.max_pause)
 }
 
-/// A host's state: its request slots, its breaker, and its 429 hold.
+/// A host's state: its request slots, its breaker, its 429 hold, and its failures since it
+/// last answered.
 struct Host {
     slots: Arc<Semaphore>,
     breaker: Breaker,
     blocked_until: Option<Instant>,
+    failing: Option<Failing>,
+}
+
+/// A host's transient failures since it last answered, and why the latest one failed.
+#[derive(Debug, Clone, Default)]
+struct Failing {
+    failures: u64,
+    last_reason: String,
+}
+
+/// A host that fails now, as the status page lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailingHost {
+    /// The host (its base URL).
+    pub host: String,
+    /// Transient failures since it last answered.
+    pub failures: u64,
+    /// Why the latest failed.
+    pub last_reason: String,
+    /// Whether its breaker holds it paused now.
+    pub paused: bool,
 }
 
 impl Host {
@@ -137,6 +159,7 @@ impl Host {
     fn holds_nothing(&self, now: Instant) -> bool {
         Arc::strong_count(&self.slots) == 1
             && self.breaker == Breaker::default()
+            && self.failing.is_none()
             && self.blocked_until.is_none_or(|until| until <= now)
     }
 }
@@ -189,16 +212,22 @@ pub struct HostPermit<'a> {
 
 impl HostPermit<'_> {
     /// Records how the request ended and frees the slot.
-    pub fn finish(mut self, outcome: Outcome) {
+    pub fn finish(self, outcome: Outcome) {
+        self.finish_because(outcome, None);
+    }
+
+    /// [`HostPermit::finish`], with why a failed request failed (what the status page shows of
+    /// a failing host).
+    pub fn finish_because(mut self, outcome: Outcome, reason: Option<String>) {
         self.finished = true;
-        self.limits.record(&self.host, outcome, self.probe);
+        self.limits.record(&self.host, outcome, self.probe, reason);
     }
 }
 
 impl Drop for HostPermit<'_> {
     fn drop(&mut self) {
         if !self.finished {
-            self.limits.record(&self.host, Outcome::Neutral, self.probe);
+            self.limits.record(&self.host, Outcome::Neutral, self.probe, None);
         }
     }
 }
@@ -230,7 +259,10 @@ impl HostLimits {
         if !map.hosts.contains_key(host) {
             map.prune_if_full();
             let slots = Arc::new(Semaphore::new(self.policy.max_concurrent.max(1)));
-            map.hosts.insert(host.to_string(), Host { slots, breaker: Breaker::default(), blocked_until: None });
+            map.hosts.insert(
+                host.to_string(),
+                Host { slots, breaker: Breaker::default(), blocked_until: None, failing: None },
+            );
         }
         f(map.hosts.get_mut(host).expect("inserted above"))
     }
@@ -267,10 +299,44 @@ impl HostLimits {
         }
     }
 
-    fn record(&self, host: &str, outcome: Outcome, probe: bool) {
+    fn record(&self, host: &str, outcome: Outcome, probe: bool, reason: Option<String>) {
         let now = Instant::now();
         let policy = self.policy;
-        self.with_host(host, |h| h.breaker.record(outcome, probe, now, &policy));
+        self.with_host(host, |h| {
+            h.breaker.record(outcome, probe, now, &policy);
+            match outcome {
+                Outcome::Answered => h.failing = None,
+                Outcome::Failed => {
+                    let failing = h.failing.get_or_insert_default();
+                    failing.failures += 1;
+                    failing.last_reason = reason.unwrap_or_else(|| "failed".into());
+                }
+                Outcome::Neutral => {}
+            }
+        });
+    }
+
+    /// The `n` hosts with the most failures since they last answered, most first.
+    pub fn failing(&self, n: usize) -> Vec<FailingHost> {
+        let now = Instant::now();
+        let map = self.hosts.lock().expect("host limits");
+        let mut failing: Vec<FailingHost> = map
+            .hosts
+            .iter()
+            .filter_map(|(host, h)| {
+                let f = h.failing.as_ref()?;
+                Some(FailingHost {
+                    host: host.clone(),
+                    failures: f.failures,
+                    last_reason: f.last_reason.clone(),
+                    paused: h.breaker.is_paused(now),
+                })
+            })
+            .collect();
+        drop(map);
+        failing.sort_by(|a, b| b.failures.cmp(&a.failures).then_with(|| a.host.cmp(&b.host)));
+        failing.truncate(n);
+        failing
     }
 
     /// Waits until `host`'s 429 hold is over.
@@ -312,6 +378,27 @@ impl HostLimits {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[tokio::test]
+    async fn failing_hosts_are_listed_most_failures_first_until_they_answer() {
+        let limits = HostLimits::new(HostPolicy { failures_to_pause: 2, ..Default::default() });
+        let fail = |host: &'static str, reason: &'static str| {
+            let limits = &limits;
+            async move { limits.admit(host).await.unwrap().finish_because(Outcome::Failed, Some(reason.into())) }
+        };
+        fail("a", "timed out").await;
+        fail("b", "HTTP 502").await;
+        fail("b", "HTTP 503").await;
+        fail("c", "refused").await;
+        limits.admit("d").await.unwrap().finish(Outcome::Answered);
+        let failing = limits.failing(10);
+        let summary: Vec<_> =
+            failing.iter().map(|h| (h.host.as_str(), h.failures, h.last_reason.as_str(), h.paused)).collect();
+        assert_eq!(summary, [("b", 2, "HTTP 503", true), ("a", 1, "timed out", false), ("c", 1, "refused", false)]);
+        assert_eq!(limits.failing(1).len(), 1, "at most n");
+        limits.admit("a").await.unwrap().finish(Outcome::Answered);
+        assert!(limits.failing(10).iter().all(|h| h.host != "a"), "a host that answers is not failing");
+    }
 
     #[tokio::test]
     async fn hosts_that_hold_nothing_are_forgotten_and_the_others_kept() {

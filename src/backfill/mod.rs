@@ -59,7 +59,8 @@ use crate::store::{RepoState, RepoStatus, Store, StoreError, schedule};
 
 pub use crawler::{CrawlError, CrawlSummary, Crawler, Listing, PageError};
 pub use fetch::RepoFetcher;
-pub use progress::{FailureGroup, FailureKind, Progress, failure_report};
+pub use hosts::FailingHost;
+pub use progress::{FailureGroup, FailureKind, Listed, Progress, Snapshot, failure_report, listed, repos_by_status};
 pub use requeue::{Widening, widening};
 
 /// Live backlog (events waiting) above which `BACKFILL_USE_IDLE` holds new repos.
@@ -304,11 +305,11 @@ impl Backfill {
         self.fetcher
             .clear_spool()
             .map_err(|source| BackfillError::Spool { path: self.fetcher.spool_dir().to_path_buf(), source })?;
-        let crawl_done = Arc::new(AtomicBool::new(!crawl));
+        self.progress.listed.store(!crawl, Ordering::Relaxed);
         let mut helpers = JoinSet::new();
         if crawl {
-            let (me, done) = (self.clone(), crawl_done.clone());
-            helpers.spawn(async move { me.crawl_all(&done).await });
+            let me = self.clone();
+            helpers.spawn(async move { me.crawl_all(&me.progress.listed).await });
         }
         let me = self.clone();
         helpers.spawn(async move { requeue::follow_filter_edits(&me, in_force).await });
@@ -319,7 +320,7 @@ impl Backfill {
             progress::report(&me.progress, me.store(), &me.memory_cap_mb, every, &stop_reporter).await
         });
 
-        let result = self.schedule(mode, &crawl_done).await;
+        let result = self.schedule(mode).await;
         self.run_over.store(true, Ordering::Relaxed);
         helpers.shutdown().await;
         reporter_stop.cancel();
@@ -334,7 +335,7 @@ impl Backfill {
     }
 
     /// Takes due repos off the queue while there is room, until the run ends.
-    async fn schedule(self: &Arc<Self>, mode: RunMode, crawl_done: &AtomicBool) -> Result<(), BackfillError> {
+    async fn schedule(self: &Arc<Self>, mode: RunMode) -> Result<(), BackfillError> {
         let permits = Arc::new(Semaphore::new(self.config.max_concurrent.max(1)));
         let mut workers = JoinSet::new();
         let mut queued = self.store().watch_queue();
@@ -350,7 +351,7 @@ impl Backfill {
                 None => {
                     drop(permit);
                     let (idle, next_due) = self.queue_outlook()?;
-                    if idle && crawl_done.load(Ordering::Relaxed) && self.finished(mode, next_due) {
+                    if idle && self.progress.listed.load(Ordering::Relaxed) && self.finished(mode, next_due) {
                         break;
                     }
                     // Look again when a repo is queued or a worker ends (the run may be over),
@@ -484,11 +485,6 @@ impl Backfill {
     pub fn control(self: &Arc<Self>) -> Control {
         Control(self.clone())
     }
-
-    /// Counts of repos by status, for summaries.
-    pub fn repo_counts(&self) -> Vec<(RepoStatus, i64)> {
-        RepoStatus::ALL.into_iter().map(|s| (s, self.store().repo_count(s))).collect()
-    }
 }
 
 /// What the server may do with a running backfill: queue repos, pause and resume it, and read
@@ -537,6 +533,26 @@ impl Control {
     /// Bytes the spooled downloads hold in the spool now.
     pub fn spool_bytes(&self) -> u64 {
         self.0.fetcher.spool_held_bytes()
+    }
+
+    /// The progress counters.
+    pub fn progress(&self) -> &Progress {
+        &self.0.progress
+    }
+
+    /// Repos done of those listed.
+    pub fn listed(&self) -> Listed {
+        listed(self.0.store())
+    }
+
+    /// The repos that failed in this run and have not recovered, by kind and reason.
+    pub fn failure_summary(&self) -> Vec<FailureGroup> {
+        self.0.failure_summary()
+    }
+
+    /// The `n` PDS hosts that failed most since they last answered.
+    pub fn failing_hosts(&self, n: usize) -> Vec<FailingHost> {
+        self.0.fetcher.hosts.failing(n)
     }
 
     /// Failed attempts since start, by kind.

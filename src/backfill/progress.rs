@@ -2,7 +2,6 @@
 //! periodic line (plus a bar on a terminal) that reports them.
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -10,6 +9,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{RepoStatus, Store};
+use crate::units::per_sec;
 
 /// Counters shared by the backfill's workers.
 #[derive(Debug, Default)]
@@ -36,6 +36,138 @@ pub struct Progress {
     pub memory_paused: AtomicBool,
     /// True while backfill yields to live ingestion.
     pub idle_paused: AtomicBool,
+    /// True once the crawl has listed every repo of the relay (or when there is no crawl):
+    /// from then on the repos known are all there is to do, and an end can be foreseen.
+    pub listed: AtomicBool,
+    /// True while a terminal shows a progress bar instead of the periodic line.
+    pub bar_shown: AtomicBool,
+    /// When repos started and ended: rates are over the work's own span.
+    pub work: WorkSpan,
+}
+
+/// The first and the latest moment of work (a repo started or ended), so that rates are taken
+/// over the time work happened: 1,000 records walked in 0.1 s are 10,000/s, not 1,000 over
+/// however long the reporting interval or the idle time after them was.
+#[derive(Debug, Default)]
+pub struct WorkSpan {
+    /// Microseconds since [`epoch`] plus one; 0 before any work.
+    first_us: AtomicU64,
+    /// See `first_us`.
+    last_us: AtomicU64,
+}
+
+/// The origin of [`WorkSpan`]'s times.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+impl WorkSpan {
+    /// Work happens now.
+    pub fn touch(&self) {
+        self.touch_at(Instant::now());
+    }
+
+    fn touch_at(&self, at: Instant) {
+        let us = at.saturating_duration_since(epoch()).as_micros() as u64 + 1;
+        let _ = self
+            .first_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |first| (first == 0 || us < first).then_some(us));
+        self.last_us.fetch_max(us, Ordering::Relaxed);
+    }
+
+    /// The first and the latest moment of work, once there was any.
+    pub fn bounds(&self) -> Option<(Instant, Instant)> {
+        let at = |us: u64| epoch() + Duration::from_micros(us - 1);
+        match (self.first_us.load(Ordering::Relaxed), self.last_us.load(Ordering::Relaxed)) {
+            (0, _) | (_, 0) => None,
+            (first, last) => Some((at(first), at(last.max(first)))),
+        }
+    }
+}
+
+/// The counters at one moment: two of them give the rates between them.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    /// When it was taken.
+    pub at: Instant,
+    /// See [`Progress::done`].
+    pub done: u64,
+    /// See [`Progress::records`].
+    pub records: u64,
+    /// See [`Progress::in_flight`].
+    pub in_flight: u64,
+    /// See [`Progress::failed`].
+    pub failed: u64,
+    /// The work's span so far ([`WorkSpan::bounds`]).
+    pub work: Option<(Instant, Instant)>,
+}
+
+impl Progress {
+    /// The counters now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            at: Instant::now(),
+            done: self.done.load(Ordering::Relaxed),
+            records: self.records.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            work: self.work.bounds(),
+        }
+    }
+}
+
+impl Snapshot {
+    /// The time work went on up to this snapshot: to now while repos are in flight, else to
+    /// the latest moment of work.
+    fn work_end(&self) -> Option<Instant> {
+        let (_, last) = self.work?;
+        Some(if self.in_flight > 0 { self.at } else { last.min(self.at) })
+    }
+
+    /// How long work went on between `earlier` and this snapshot.
+    pub fn worked_since(&self, earlier: &Snapshot) -> Duration {
+        match (self.work, self.work_end()) {
+            (Some((first, _)), Some(end)) => end.saturating_duration_since(earlier.at.max(first)),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// How long work went on in all: from its first moment to its latest (or now).
+    pub fn work_time(&self) -> Duration {
+        match (self.work, self.work_end()) {
+            (Some((first, _)), Some(end)) => end.saturating_duration_since(first),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Whether anything happened between `earlier` and this snapshot (or is happening now).
+    pub fn busy_since(&self, earlier: &Snapshot) -> bool {
+        self.in_flight > 0
+            || self.done != earlier.done
+            || self.records != earlier.records
+            || self.failed != earlier.failed
+    }
+
+    /// Records walked per second of work between `earlier` and now.
+    pub fn records_per_sec_since(&self, earlier: &Snapshot) -> f64 {
+        per_sec(self.records.saturating_sub(earlier.records), self.worked_since(earlier))
+    }
+
+    /// Repos done per second of work between `earlier` and now.
+    pub fn repos_per_sec_since(&self, earlier: &Snapshot) -> f64 {
+        per_sec(self.done.saturating_sub(earlier.done), self.worked_since(earlier))
+    }
+
+    /// Records walked per second over the whole work.
+    pub fn average_records_per_sec(&self) -> f64 {
+        per_sec(self.records, self.work_time())
+    }
+
+    /// Repos done per second over the whole work.
+    pub fn average_repos_per_sec(&self) -> f64 {
+        per_sec(self.done, self.work_time())
+    }
 }
 
 /// Whether a failure is worth retrying as it stands.
@@ -170,17 +302,10 @@ pub fn failure_report(groups: &[FailureGroup]) -> Vec<String> {
     lines
 }
 
-/// A snapshot for one report.
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    at: Instant,
-    done: u64,
-    records: u64,
-}
-
-/// Writes a progress line every `every` until `stop` is cancelled, and returns as soon as it
-/// is (a run's end waits for it); the memory cap is read at each line, as it may change while
-/// running.
+/// Writes a progress line every `every` while work happens (unless a terminal shows a bar
+/// instead), and a summary line when `stop` is cancelled, if any work happened; returns as soon
+/// as it is (a run's end waits for it). The memory cap is read at each line, as it may change
+/// while running.
 pub async fn report(
     progress: &Progress,
     store: &Store,
@@ -188,38 +313,74 @@ pub async fn report(
     every: Duration,
     stop: &CancellationToken,
 ) {
-    let mut last = Sample { at: Instant::now(), done: 0, records: 0 };
-    let bar = std::io::stderr().is_terminal();
+    let mut last = progress.snapshot();
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until((last.at + every).into()) => {}
-            _ = stop.cancelled() => return,
+            _ = stop.cancelled() => break,
         }
-        let now = Sample {
-            at: Instant::now(),
-            done: progress.done.load(Ordering::Relaxed),
-            records: progress.records.load(Ordering::Relaxed),
-        };
-        let line = progress_line(progress, store, memory_cap_mb.load(Ordering::Relaxed), &last, &now);
-        if bar {
-            let pending = queued(store);
-            eprint!("\r\x1b[K{}", progress_bar(now.done, now.done + pending));
+        let now = progress.snapshot();
+        let paused = progress.memory_paused.load(Ordering::Relaxed) || progress.idle_paused.load(Ordering::Relaxed);
+        if (now.busy_since(&last) || paused) && !progress.bar_shown.load(Ordering::Relaxed) {
+            let line = progress_line(progress, store, memory_cap_mb.load(Ordering::Relaxed), &last, &now);
+            tracing::info!(target: "sluice::backfill", "{line}");
         }
-        tracing::info!(target: "sluice::backfill", "{line}");
         last = now;
+    }
+    let now = progress.snapshot();
+    if now.work.is_some() {
+        tracing::info!(target: "sluice::backfill", "{}", summary_line(&now, store));
     }
 }
 
-fn queued(store: &Store) -> u64 {
-    [RepoStatus::Pending, RepoStatus::Backfilling, RepoStatus::Error]
-        .into_iter()
-        .map(|s| store.repo_count(s).max(0) as u64)
-        .sum()
+/// Repos done of those listed: what a progress bar shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listed {
+    /// Repos whose turn is over (in any state but queued or in flight).
+    pub done: u64,
+    /// Repos known: listed by the crawl, named by the filter or queued by hand.
+    pub total: u64,
 }
 
-/// The line: repos done/pending/failed, records, rates, memory against its cap, cursors.
-fn progress_line(p: &Progress, store: &Store, memory_cap_mb: u64, last: &Sample, now: &Sample) -> String {
-    let secs = now.at.duration_since(last.at).as_secs_f64().max(1e-3);
+/// Repos done of those listed, from the store's counters.
+pub fn listed(store: &Store) -> Listed {
+    let total: u64 = RepoStatus::ALL.into_iter().map(|s| store.repo_count(s).max(0) as u64).sum();
+    let queued: u64 = [RepoStatus::Pending, RepoStatus::Backfilling, RepoStatus::Desynchronized]
+        .into_iter()
+        .map(|s| store.repo_count(s).max(0) as u64)
+        .sum();
+    Listed { done: total.saturating_sub(queued), total }
+}
+
+/// The repos by status, as `18 synced, 2 discarded` (statuses with none left out).
+pub fn repos_by_status(store: &Store) -> String {
+    let parts: Vec<String> = RepoStatus::ALL
+        .into_iter()
+        .map(|s| (s, store.repo_count(s)))
+        .filter(|(_, n)| *n != 0)
+        .map(|(s, n)| format!("{n} {}", s.as_str()))
+        .collect();
+    if parts.is_empty() { "none".to_string() } else { parts.join(", ") }
+}
+
+/// The line a run ends with: repos by status, records, the time work took and the average
+/// rate over it.
+pub fn summary_line(now: &Snapshot, store: &Store) -> String {
+    format!(
+        "backfill summary: {} repos done in this run, repos {}; {} records in {} ({} records/s on average); \
+         {} failed attempts",
+        crate::units::count(now.done),
+        repos_by_status(store),
+        crate::units::count(now.records),
+        crate::units::duration(now.work_time()),
+        crate::units::rate(now.average_records_per_sec()),
+        now.failed,
+    )
+}
+
+/// The line: repos done/pending/failed, records, rates (now and on average, over the time work
+/// happened), memory against its cap, cursors.
+fn progress_line(p: &Progress, store: &Store, memory_cap_mb: u64, last: &Snapshot, now: &Snapshot) -> String {
     let repos = |s| store.repo_count(s);
     let memory = crate::process::resident_bytes().map(|b| b >> 20).unwrap_or(0);
     let cap = if memory_cap_mb == 0 { "no cap".to_string() } else { format!("cap {memory_cap_mb} MB") };
@@ -236,30 +397,23 @@ fn progress_line(p: &Progress, store: &Store, memory_cap_mb: u64, last: &Sample,
     };
     format!(
         "backfill: repos {} done ({} synced, {} discarded, {} gone), {} pending, {} in flight, \
-         {} failed attempts ({} permanent; {} repos in error); records {} ({:.0}/s), repos {:.1}/s; \
-         memory {memory} MB ({cap}); cursors {}{paused}",
+         {} failed attempts ({} permanent; {} repos in error); records {} ({:.0}/s now, {:.0}/s on average), \
+         repos {:.1}/s; memory {memory} MB ({cap}); cursors {}{paused}",
         now.done,
         repos(RepoStatus::Synced),
         repos(RepoStatus::Discarded),
         repos(RepoStatus::Gone),
         repos(RepoStatus::Pending) + repos(RepoStatus::Backfilling) + repos(RepoStatus::Desynchronized),
-        p.in_flight.load(Ordering::Relaxed),
-        p.failed.load(Ordering::Relaxed),
+        now.in_flight,
+        now.failed,
         p.permanent.load(Ordering::Relaxed),
         repos(RepoStatus::Error),
         now.records,
-        (now.records - last.records) as f64 / secs,
-        (now.done - last.done) as f64 / secs,
+        now.records_per_sec_since(last),
+        now.average_records_per_sec(),
+        now.repos_per_sec_since(last),
         if cursors.is_empty() { "none".to_string() } else { cursors.join(" ") },
     )
-}
-
-/// `[#####.....]  50%  5/10 repos`
-pub fn progress_bar(done: u64, total: u64) -> String {
-    const WIDTH: u64 = 30;
-    let filled = (done * WIDTH).checked_div(total).unwrap_or(0).min(WIDTH) as usize;
-    let percent = (done * 100).checked_div(total).unwrap_or(100);
-    format!("[{}{}] {percent:>3}%  {done}/{total} repos", "#".repeat(filled), ".".repeat(WIDTH as usize - filled))
 }
 
 #[cfg(test)]
@@ -267,9 +421,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bar() {
-        assert_eq!(progress_bar(5, 10), format!("[{}{}]  50%  5/10 repos", "#".repeat(15), ".".repeat(15)));
-        assert_eq!(progress_bar(0, 0), format!("[{}] 100%  0/0 repos", ".".repeat(30)));
+    fn rates_are_over_the_time_work_happened_not_the_interval() {
+        let t = Instant::now();
+        let secs = |s: f64| Duration::from_secs_f64(s);
+        let work = Some((t + secs(1.0), t + secs(1.1)));
+        let before = Snapshot { at: t, done: 0, records: 0, in_flight: 0, failed: 0, work: None };
+        let after = Snapshot { at: t + secs(5.0), done: 10, records: 1000, in_flight: 0, failed: 0, work };
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-6 * b.max(1.0);
+        assert!(close(after.records_per_sec_since(&before), 10_000.0), "{}", after.records_per_sec_since(&before));
+        assert!(close(after.average_records_per_sec(), 10_000.0));
+        assert!(close(after.repos_per_sec_since(&before), 100.0));
+        assert_eq!(after.work_time(), secs(0.1));
+        // While a repo is in flight, work goes on up to now.
+        let busy = Snapshot { in_flight: 1, ..after };
+        assert!(close(busy.records_per_sec_since(&before), 250.0), "{}", busy.records_per_sec_since(&before));
+        // After the work: no rate, and nothing to report.
+        let later = Snapshot { at: t + secs(10.0), ..after };
+        assert_eq!(later.records_per_sec_since(&after), 0.0);
+        assert!(!later.busy_since(&after) && after.busy_since(&before) && busy.busy_since(&busy));
+        assert_eq!(before.average_records_per_sec(), 0.0, "no work, no rate");
+    }
+
+    #[test]
+    fn a_work_span_holds_the_first_and_the_latest_moment() {
+        let span = WorkSpan::default();
+        assert!(span.bounds().is_none());
+        let t = epoch() + Duration::from_secs(1);
+        span.touch_at(t + Duration::from_millis(300));
+        span.touch_at(t);
+        span.touch_at(t + Duration::from_millis(200));
+        let (first, last) = span.bounds().unwrap();
+        assert_eq!(
+            last - first,
+            Duration::from_millis(300),
+            "the earliest and the latest, in whatever order they came"
+        );
     }
 
     #[test]
@@ -352,17 +538,19 @@ mod tests {
         let p = Progress::default();
         p.memory_paused.store(true, Ordering::Relaxed);
         let t = Instant::now();
-        let line = progress_line(
-            &p,
-            &store,
-            300,
-            &Sample { at: t, done: 0, records: 0 },
-            &Sample { at: t + Duration::from_secs(2), done: 4, records: 1000 },
-        );
+        let snapshot = |at, done, records| Snapshot {
+            at,
+            done,
+            records,
+            in_flight: 0,
+            failed: 0,
+            work: Some((t, t + Duration::from_secs(2))),
+        };
+        let line = progress_line(&p, &store, 300, &snapshot(t, 0, 0), &snapshot(t + Duration::from_secs(5), 4, 1000));
         for want in [
             "repos 4 done",
             "1 pending",
-            "records 1000 (500/s)",
+            "records 1000 (500/s now, 500/s on average)",
             "repos 2.0/s",
             "cap 300 MB",
             "crawler=c9",

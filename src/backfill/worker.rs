@@ -156,9 +156,11 @@ impl Backfill {
     /// it starts: the repo stays queued, as it was, until its outcome is committed (a crash
     /// or a stop meanwhile leaves it to be taken again), and `Progress::in_flight` counts it.
     pub(super) async fn backfill_repo(self: &Arc<Self>, did: &str, state: RepoState) {
+        self.progress.work.touch();
         let in_flight = self.progress.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         self.progress.peak_in_flight.fetch_max(in_flight, Ordering::Relaxed);
         let result = self.fetch_and_apply(did).await;
+        self.progress.work.touch();
         self.progress.in_flight.fetch_sub(1, Ordering::Relaxed);
         let next = match result {
             Ok(outcome) => {

@@ -204,6 +204,10 @@ pub struct SaveStatus {
     pub refused: u64,
     /// Why the last save was refused, while it stands: cleared by the next good one.
     pub error: Option<FilterError>,
+    /// When the latest save was put in force (unix ms; none since start).
+    pub accepted_at_ms: Option<u64>,
+    /// When the latest save was refused (unix ms; none since start).
+    pub refused_at_ms: Option<u64>,
 }
 
 /// A filter with its active handlers resolved, as the pipeline uses it.
@@ -268,8 +272,8 @@ impl FilterHandle {
     pub fn record_save(&self, outcome: Result<(), FilterError>) {
         let mut saves = self.saves.lock().expect("filter save status lock");
         match outcome {
-            Ok(()) => (saves.accepted, saves.error) = (saves.accepted + 1, None),
-            Err(e) => (saves.refused, saves.error) = (saves.refused + 1, Some(e)),
+            Ok(()) => (saves.accepted, saves.error, saves.accepted_at_ms) = (saves.accepted + 1, None, Some(unix_ms())),
+            Err(e) => (saves.refused, saves.error, saves.refused_at_ms) = (saves.refused + 1, Some(e), Some(unix_ms())),
         }
     }
 
@@ -282,6 +286,11 @@ impl FilterHandle {
     pub fn store(&self, filter: Filter) {
         self.current.store(Arc::new(CompiledFilter::new(filter)));
     }
+}
+
+/// Now, in unix milliseconds.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! after [`Liveness::ping_interval`] without a message, and dropped only when nothing answers
 //! within [`Liveness::pong_timeout`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -159,17 +160,35 @@ impl Pulse {
 }
 
 /// Reads one connection to `url` until it ends, sending binary messages to `frames`.
+/// Holds `connected` true while a connection is open.
+struct Connected<'a>(&'a AtomicBool);
+
+impl<'a> Connected<'a> {
+    fn now(flag: &'a AtomicBool) -> Self {
+        flag.store(true, Ordering::Relaxed);
+        Self(flag)
+    }
+}
+
+impl Drop for Connected<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Relaxed);
+    }
+}
+
 pub(super) async fn read_connection(
     url: &str,
     frames: &mpsc::Sender<Bytes>,
     stop: &CancellationToken,
     liveness: Liveness,
+    connected: &AtomicBool,
 ) -> Ended {
     let mut socket = match connect(url, stop).await {
         Ok(socket) => socket,
         Err(ended) => return ended,
     };
     tracing::info!(url, "firehose connected");
+    let _connected = Connected::now(connected);
     let mut pulse = Pulse::new(liveness);
     loop {
         let next = tokio::select! {

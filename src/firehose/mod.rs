@@ -96,6 +96,10 @@ pub struct Firehose {
     closing: AtomicBool,
     /// Connections made.
     connections: AtomicU64,
+    /// True while a connection is open.
+    connected: AtomicBool,
+    /// Why the latest connection ended (none before the first ended).
+    last_drop: Mutex<Option<String>>,
     /// The repos this node indexes; other repos' frames are dropped on arrival.
     shard: crate::cluster::Shard,
     /// Frames of other shards' repos dropped.
@@ -132,6 +136,8 @@ impl Firehose {
             paused: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             connections: AtomicU64::new(0),
+            connected: AtomicBool::new(false),
+            last_drop: Mutex::new(None),
             shard: config.cluster.shard,
             other_shards: AtomicU64::new(0),
             liveness: client::Liveness {
@@ -176,6 +182,16 @@ impl Firehose {
     /// Connections made so far.
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Whether a connection to the relay is open now.
+    pub fn connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Why the latest connection ended, once one has.
+    pub fn last_drop(&self) -> Option<String> {
+        self.last_drop.lock().expect("last drop").clone()
     }
 
     /// Pauses (or resumes) ingestion: while paused no frame is applied, reading the socket
@@ -299,13 +315,14 @@ impl Firehose {
             let cursor = self.position.connecting(opened_us);
             let url = client::subscribe_url(&self.base_url, cursor)?;
             self.connections.fetch_add(1, Ordering::Relaxed);
-            match client::read_connection(&url, tx, stop, self.liveness).await {
+            match client::read_connection(&url, tx, stop, self.liveness, &self.connected).await {
                 client::Ended::Stopped => break,
                 client::Ended::Dropped { reason, healthy } => {
                     if healthy {
                         backoff = Duration::from_secs(1);
                     }
                     self.position.dropped(opened_us);
+                    *self.last_drop.lock().expect("last drop") = Some(chain(&reason).to_string());
                     tracing::warn!(
                         reason = %chain(&reason),
                         retry_in_s = backoff.as_secs(),

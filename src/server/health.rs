@@ -1,5 +1,5 @@
-//! `GET /health`: 200 with what is running, for load balancers and humans; `GET /`: a few
-//! lines saying what answers here, for whoever opens the address in a browser.
+//! `GET /health`: 200 with what is running, for load balancers and humans (the status page at
+//! `/`, in `status/`, is for people).
 
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use serde_json::json;
 use super::ServerState;
 
 pub(super) fn routes() -> Router<Arc<ServerState>> {
-    Router::new().route("/health", get(health)).route("/", get(index))
+    Router::new().route("/health", get(health))
 }
 
 /// The filter in force and what became of the file's saves: `error` names the file, line and
@@ -43,22 +43,6 @@ fn index_status(state: &ServerState) -> serde_json::Value {
         })
         .collect();
     serde_json::Value::Object(indexes)
-}
-
-/// Names the service and its endpoints, as a PDS's root page does.
-async fn index() -> String {
-    let ns = super::NS;
-    format!(
-        "sluice {}: an AT Protocol indexer\n\n\
-         GET /health                                  what is running\n\
-         GET /metrics                                 Prometheus metrics\n\
-         GET /xrpc/{ns}.subscribeEvents?cursor=N   the event log (websocket)\n\
-         GET /subscribe                               the same, as Jetstream v1 (websocket)\n\
-         GET /xrpc/com.atproto.repo.getRecord, listRecords, describeRepo; com.atproto.sync.listRepos, getRepoStatus\n\
-         GET /xrpc/{ns}.getRepoState, getStats, getBacklinks\n\
-         GET /xrpc/{ns}.queryIndex, countIndex, describeIndexes   the filter's [indexes]\n",
-        env!("CARGO_PKG_VERSION")
-    )
 }
 
 async fn health(axum::extract::State(state): axum::extract::State<Arc<ServerState>>) -> Json<serde_json::Value> {

@@ -5,6 +5,7 @@
 //! Layout:
 //! - `admin`: `/admin/*`, behind the bearer token.
 //! - `health`: `/health`; `metrics`: `/metrics` (Prometheus).
+//! - `status/`: the status page at `/`, and `/status.json` behind it and `sluice status`.
 //! - `events`: `dev.sluice.subscribeEvents`, the cursor-backed event stream (websocket).
 //! - `clients`: the caps on event stream clients (in all, and per address).
 //! - `jetstream/`: `/subscribe`, the event stream in Jetstream v1's format (websocket).
@@ -19,6 +20,7 @@ mod events;
 mod health;
 mod jetstream;
 pub mod metrics;
+pub mod status;
 mod xrpc;
 
 use std::net::SocketAddr;
@@ -65,6 +67,8 @@ pub struct ServerState {
     pub admin_token: Option<String>,
     /// Serializes filter edits through the admin API.
     pub filter_edits: std::sync::Mutex<()>,
+    /// The counters sampled for the status page's rates and charts.
+    pub status_samples: status::history::Samples,
 }
 
 impl ServerState {
@@ -85,6 +89,7 @@ impl ServerState {
             replay_cache: Default::default(),
             admin_token,
             filter_edits: std::sync::Mutex::new(()),
+            status_samples: Default::default(),
         }
     }
 
@@ -117,6 +122,7 @@ pub fn router(state: Arc<ServerState>) -> Router {
     Router::new()
         .merge(admin::routes(&state))
         .merge(health::routes())
+        .merge(status::routes())
         .merge(metrics::routes())
         .merge(events::routes())
         .merge(jetstream::routes())
@@ -146,6 +152,7 @@ pub async fn bind(config: &Config) -> Result<TcpListener, BindError> {
 pub async fn serve(listener: TcpListener, state: Arc<ServerState>) -> std::io::Result<()> {
     let stop = state.stop.clone();
     tracing::info!(addr = %listener.local_addr()?, "serving");
+    tokio::spawn(status::history::sample_every(state.clone()));
     // Each request knows its peer's address: stream clients are capped per address.
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await

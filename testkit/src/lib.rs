@@ -2,10 +2,13 @@
 //! home: the project's paths and fixtures, indexers over temporary directories, config files
 //! and child `sluice` processes against a devnet (this file); a server in this process and
 //! clients of its event stream ([`server`]); what benches measure with ([`bench`]); a real NATS
-//! server for the sink's tests and benches ([`NatsServer`]). Test support only: it panics where
-//! a test should fail.
+//! server for the sink's tests and benches ([`NatsServer`]); child processes and pseudo-terminals
+//! ([`Running`], [`run_on_pty`]); headless Chromium for the pages sluice serves ([`Chromium`]).
+//! Test support only: it panics where a test should fail.
 
 pub mod bench;
+mod browser;
+mod child;
 mod disk;
 pub mod hostile;
 mod nats;
@@ -17,6 +20,8 @@ use std::time::{Duration, Instant};
 use sluice::{Filter, Sluice};
 use sluice_devnet::Devnet;
 
+pub use browser::{Chromium, Rendered};
+pub use child::{Running, exit_within, free_port, get_json, poll_json, run_on_pty};
 pub use disk::SmallDisk;
 pub use nats::NatsServer;
 

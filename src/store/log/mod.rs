@@ -172,6 +172,12 @@ impl EventLog {
         })
     }
 
+    /// The bytes the log's pages take on disk (their tables; what is still in memory not
+    /// counted).
+    pub fn disk_bytes(&self) -> u64 {
+        self.events.disk_space()
+    }
+
     /// How many pages the log holds: for integration tests of how a change's events are paged.
     #[doc(hidden)]
     pub fn page_count(&self) -> Result<usize> {
