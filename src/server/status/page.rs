@@ -230,7 +230,7 @@ impl Page<'_> {
         self.field("Oldest kept", "events.oldest", "count");
         self.field("Written at", "events.oldest_at", "text");
         self.field("Events kept", "events.kept", "count");
-        self.field("On disk", "events.disk_bytes", "bytes");
+        self.field("On disk (flushed)", "events.disk_bytes", "bytes");
         self.field("Events/s", "events.events_per_sec", "rate");
         self.w("</dl></section>");
         self.part("section", "nats", "card", |p| {

@@ -90,7 +90,7 @@ fn live(out: &mut String, l: &LiveStatus) {
 fn events(out: &mut String, e: &EventLogStatus) {
     let _ = writeln!(
         out,
-        "events: last {}, {} kept ({}){}, {}/s",
+        "events: last {}, {} kept ({} flushed to disk){}, {}/s",
         e.last,
         count(e.kept),
         crate::units::bytes(e.disk_bytes),
