@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use sluice::store::{RepoStatus, Store};
-use sluice_testkit::{self as testkit, Running, exit_within, free_port, get_json};
+use sluice_testkit::{self as testkit, exit_within, free_port, get_json};
 
 /// A run of a child ends within this.
 const RUN_LIMIT: Duration = Duration::from_secs(60);
@@ -49,29 +49,8 @@ async fn run_devnet_indexes_serves_follows_live_and_stops_cleanly_on_sigterm() {
     let port = free_port();
     let server = format!("http://127.0.0.1:{port}");
     let (data, filter) = (dir.path().join("data"), dir.path().join("filter.toml"));
-    // `run --devnet` points the network, and handle checks, at its own devnet; the resolver
-    // here only keeps anything from reaching the system's DNS if it did not.
-    let config = dir.path().join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\npath = {data:?}\n[filter]\npath = {filter:?}\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
-             [network]\nhandle_resolver = \"http://127.0.0.1:1\"\n"
-        ),
-    )
-    .unwrap();
     let printed = dir.path().join("stdout");
-    let log = dir.path().join("sluice.log");
-    let mut sluice = Running(
-        testkit::sluice_command(env!("CARGO_BIN_EXE_sluice"))
-            .args(["--config", config.to_str().unwrap(), "run", "--devnet"])
-            .env("RUST_LOG", "info")
-            .current_dir(dir.path())
-            .stdout(std::fs::File::create(&printed).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let (mut sluice, log) = testkit::run_devnet(env!("CARGO_BIN_EXE_sluice"), dir.path(), port);
     let http = testkit::http();
     let log_text = || std::fs::read_to_string(&log).unwrap_or_default();
 

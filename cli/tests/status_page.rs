@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use sluice::units::count;
-use sluice_testkit::{self as testkit, Chromium, Running, free_port};
+use sluice_testkit::{self as testkit, Chromium, free_port};
 
 /// A run of a child ends within this.
 const RUN_LIMIT: Duration = Duration::from_secs(90);
@@ -44,36 +44,13 @@ fn assert_counts_match(dom: &str, stats: &Value, how: &str) {
     assert_eq!(shown(dom, "records_total"), count(total), "{how}");
 }
 
-fn start(dir: &Path, port: u16) -> (Running, std::path::PathBuf) {
-    let (data, filter) = (dir.join("data"), dir.join("filter.toml"));
-    let config = dir.join("config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[storage]\npath = {data:?}\n[filter]\npath = {filter:?}\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
-             [network]\nhandle_resolver = \"http://127.0.0.1:1\"\n"
-        ),
-    )
-    .unwrap();
-    let log = dir.join("sluice.log");
-    let child = testkit::sluice_command(env!("CARGO_BIN_EXE_sluice"))
-        .args(["--config", config.to_str().unwrap(), "run", "--devnet"])
-        .env("RUST_LOG", "info")
-        .current_dir(dir)
-        .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    (Running(child), log)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_shows_what_get_stats_says_and_a_refused_filter_in_a_browser() {
     let chromium = Chromium::find();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let server = format!("http://127.0.0.1:{port}");
-    let (_sluice, log) = start(dir.path(), port);
+    let (_sluice, log) = testkit::run_devnet(env!("CARGO_BIN_EXE_sluice"), dir.path(), port);
     let http = testkit::http();
 
     // The devnet indexed and quiet: the counts hold still while the browser reads them.

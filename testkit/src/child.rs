@@ -3,7 +3,7 @@
 
 use std::io::Read;
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,33 @@ impl Drop for Running {
 /// A loopback port nothing listens on now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts `BINARY --config DIR/config.toml run --devnet` (a `sluice` build) in `dir`, serving on
+/// 127.0.0.1:`port`, with its data and filter in `dir`, its stdout in `dir/stdout` and its log
+/// (at `info`) in the returned path. `run --devnet` points the network, and handle checks, at
+/// its own devnet; the config's resolver only keeps anything from reaching the system's DNS if
+/// it did not.
+pub fn run_devnet(binary: &str, dir: &Path, port: u16) -> (Running, PathBuf) {
+    let (data, filter, config) = (dir.join("data"), dir.join("filter.toml"), dir.join("config.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "[storage]\npath = {data:?}\n[filter]\npath = {filter:?}\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
+             [network]\nhandle_resolver = \"http://127.0.0.1:1\"\n"
+        ),
+    )
+    .unwrap();
+    let log = dir.join("sluice.log");
+    let child = crate::sluice_command(binary)
+        .args(["--config", config.to_str().unwrap(), "run", "--devnet"])
+        .env("RUST_LOG", "info")
+        .current_dir(dir)
+        .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    (Running(child), log)
 }
 
 /// Waits up to `limit` for `child` to exit; `None` if it has not.

@@ -21,7 +21,7 @@ use sluice::{Filter, Sluice};
 use sluice_devnet::Devnet;
 
 pub use browser::{Chromium, Rendered};
-pub use child::{Running, exit_within, free_port, get_json, poll_json, run_on_pty};
+pub use child::{Running, exit_within, free_port, get_json, poll_json, run_devnet, run_on_pty};
 pub use disk::SmallDisk;
 pub use nats::NatsServer;
 
