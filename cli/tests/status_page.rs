@@ -60,6 +60,12 @@ async fn the_status_page_shows_what_get_stats_says_and_a_refused_filter_in_a_bro
     })
     .await;
 
+    let status_url = format!("{server}/status.json");
+    testkit::poll_json(&http, &status_url, &log, "the firehose to connect", RUN_LIMIT, |s| {
+        s["live"]["connected"] == json!(true)
+    })
+    .await;
+
     let page = format!("{server}/");
     let rendered = tokio::task::spawn_blocking({
         let (chromium, page) = (Chromium::find(), page.clone());
