@@ -139,6 +139,7 @@ impl Page<'_> {
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>sluice status</title>
 <link rel="stylesheet" href="/status.css">
+<link rel="icon" href="data:,">
 <noscript><meta http-equiv="refresh" content="10"></noscript>
 </head><body>
 <header><h1>sluice</h1><p>"#);
