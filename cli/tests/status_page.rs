@@ -66,6 +66,9 @@ async fn the_status_page_shows_what_get_stats_says_and_a_refused_filter_in_a_bro
     })
     .await;
 
+    let metrics = testkit::metrics(&server).await.unwrap();
+    assert_eq!(testkit::metric(&metrics, "sluice_firehose_connected"), Some(1.0), "/metrics says so too");
+
     let page = format!("{server}/");
     let rendered = tokio::task::spawn_blocking({
         let (chromium, page) = (Chromium::find(), page.clone());

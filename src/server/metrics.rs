@@ -308,6 +308,12 @@ fn live(out: &mut String, state: &ServerState) {
         .sample(name, &[("outcome", "refused")], load(&m.refused))
         .sample(name, &[("outcome", "malformed")], firehose.malformed())
         .sample(name, &[("outcome", "other_shard")], firehose.other_shards());
+    let name = "sluice_firehose_connected";
+    Family::start(out, name, "gauge", "1 while a connection to the relay is open.").sample(
+        name,
+        &[],
+        u8::from(firehose.connected()),
+    );
     let name = "sluice_firehose_cursor";
     Family::start(out, name, "gauge", "The firehose seq everything up to which is applied.").sample(
         name,
