@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use sluice::http::{Deadlines, read_capped};
 use sluice::server::status::{model::Status, text};
 
 /// The most a status answer may hold.
@@ -15,25 +16,22 @@ pub fn print(out: &mut impl Write, server: &str, json: bool) -> anyhow::Result<E
     let url = format!("{}/status.json", server.trim_end_matches('/'));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let body = runtime.block_on(fetch(&url)).with_context(|| format!("reading {url} (is sluice running there?)"))?;
+    let body = body.as_ref();
     if json {
-        out.write_all(&body)?;
+        out.write_all(body)?;
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let status: Status = serde_json::from_slice(&body).with_context(|| format!("{url} did not answer a status"))?;
+    let status: Status = serde_json::from_slice(body).with_context(|| format!("{url} did not answer a status"))?;
     out.write_all(text::render(&status).as_bytes())?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// GET `url` within 10 s, refusing a non-2xx answer or one over [`MAX_BYTES`].
-async fn fetch(url: &str) -> anyhow::Result<Vec<u8>> {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).no_proxy().build()?;
-    let mut answer = client.get(url).send().await?;
+async fn fetch(url: &str) -> anyhow::Result<impl AsRef<[u8]>> {
+    let deadlines = Deadlines::SMALL.with_total(Duration::from_secs(10));
+    let client = deadlines.apply(sluice::http::client_builder()).no_proxy().build()?;
+    let answer = client.get(url).send().await?;
     anyhow::ensure!(answer.status().is_success(), "answered HTTP {}", answer.status());
-    let mut body = Vec::new();
-    while let Some(chunk) = answer.chunk().await? {
-        anyhow::ensure!(body.len() + chunk.len() <= MAX_BYTES, "the answer is over {MAX_BYTES} bytes");
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
+    Ok(read_capped(answer, MAX_BYTES, "the status answer").await?)
 }

@@ -382,9 +382,7 @@ impl Backfill {
     /// Whether every repo queued is a failed one waiting for its retry: none is pending (a
     /// rate-limited repo waits pending) or desynchronized.
     fn only_retries_queued(&self) -> bool {
-        [RepoStatus::Pending, RepoStatus::Backfilling, RepoStatus::Desynchronized]
-            .into_iter()
-            .all(|status| self.store().repo_count(status) <= 0)
+        RepoStatus::QUEUED.into_iter().all(|status| self.store().repo_count(status) <= 0)
     }
 
     /// Takes the next due repo that is not in flight, if any.

@@ -125,20 +125,23 @@ impl Snapshot {
         Some(if self.in_flight > 0 { self.at } else { last.min(self.at) })
     }
 
-    /// How long work went on between `earlier` and this snapshot.
-    pub fn worked_since(&self, earlier: &Snapshot) -> Duration {
+    /// How long work went on from `from` (or from its first moment, if later) to this
+    /// snapshot.
+    fn worked_from(&self, from: Instant) -> Duration {
         match (self.work, self.work_end()) {
-            (Some((first, _)), Some(end)) => end.saturating_duration_since(earlier.at.max(first)),
+            (Some((first, _)), Some(end)) => end.saturating_duration_since(from.max(first)),
             _ => Duration::ZERO,
         }
     }
 
+    /// How long work went on between `earlier` and this snapshot.
+    pub fn worked_since(&self, earlier: &Snapshot) -> Duration {
+        self.worked_from(earlier.at)
+    }
+
     /// How long work went on in all: from its first moment to its latest (or now).
     pub fn work_time(&self) -> Duration {
-        match (self.work, self.work_end()) {
-            (Some((first, _)), Some(end)) => end.saturating_duration_since(first),
-            _ => Duration::ZERO,
-        }
+        self.work.map_or(Duration::ZERO, |(first, _)| self.worked_from(first))
     }
 
     /// Whether anything happened between `earlier` and this snapshot (or is happening now).
@@ -345,11 +348,12 @@ pub struct Listed {
 /// Repos done of those listed, from the store's counters.
 pub fn listed(store: &Store) -> Listed {
     let total: u64 = RepoStatus::ALL.into_iter().map(|s| store.repo_count(s).max(0) as u64).sum();
-    let queued: u64 = [RepoStatus::Pending, RepoStatus::Backfilling, RepoStatus::Desynchronized]
-        .into_iter()
-        .map(|s| store.repo_count(s).max(0) as u64)
-        .sum();
-    Listed { done: total.saturating_sub(queued), total }
+    Listed { done: total.saturating_sub(queued(store)), total }
+}
+
+/// Repos still to be done now ([`RepoStatus::QUEUED`]).
+fn queued(store: &Store) -> u64 {
+    RepoStatus::QUEUED.into_iter().map(|s| store.repo_count(s).max(0) as u64).sum()
 }
 
 /// The repos by status, as `18 synced, 2 discarded` (statuses with none left out).
@@ -403,7 +407,7 @@ fn progress_line(p: &Progress, store: &Store, memory_cap_mb: u64, last: &Snapsho
         repos(RepoStatus::Synced),
         repos(RepoStatus::Discarded),
         repos(RepoStatus::Gone),
-        repos(RepoStatus::Pending) + repos(RepoStatus::Backfilling) + repos(RepoStatus::Desynchronized),
+        queued(store),
         now.in_flight,
         now.failed,
         p.permanent.load(Ordering::Relaxed),

@@ -277,6 +277,21 @@ impl Store {
             .collect()
     }
 
+    /// Repos by status (every status, those with none included) and records by collection
+    /// (those with any): what `getStats` and the status page show.
+    pub fn repos_and_records(&self) -> (BTreeMap<String, i64>, BTreeMap<String, i64>) {
+        let mut repos: BTreeMap<String, i64> = RepoStatus::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();
+        let mut records = BTreeMap::new();
+        for ((kind, name), n) in self.counts() {
+            match kind.as_str() {
+                "repos" => repos.insert(name, n),
+                "records" if n != 0 => records.insert(name, n),
+                _ => None,
+            };
+        }
+        (repos, records)
+    }
+
     /// How many repos are in `status`.
     pub fn repo_count(&self, status: RepoStatus) -> i64 {
         let writer = self.writer.lock().expect("writer lock");

@@ -100,6 +100,10 @@ impl RepoStatus {
         RepoStatus::Desynchronized,
     ];
 
+    /// The statuses of repos still to be done now: queued, in flight, or queued again after
+    /// their chain broke (a failed repo waiting for its retry is `Error`, not here).
+    pub const QUEUED: [RepoStatus; 3] = [RepoStatus::Pending, RepoStatus::Backfilling, RepoStatus::Desynchronized];
+
     /// The lowercase name used in stats and APIs.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::model::History;
@@ -21,11 +22,12 @@ const KEEP: usize = 720;
 pub struct Sample {
     /// When it was taken.
     pub at: Instant,
-    backfill: Option<Snapshot>,
+    /// The backfill's counters, when this process runs one.
+    pub backfill: Option<Snapshot>,
     /// Live frames applied.
-    applied: u64,
+    pub applied: u64,
     /// The id of the last event.
-    events: u64,
+    pub events: u64,
 }
 
 impl Sample {
@@ -34,7 +36,7 @@ impl Sample {
         Self {
             at: Instant::now(),
             backfill: state.backfill.as_ref().map(|b| b.progress().snapshot()),
-            applied: state.firehose.as_ref().map_or(0, |f| load(&f.live().metrics().applied)),
+            applied: state.firehose.as_ref().map_or(0, |f| f.live().metrics().applied.load(Ordering::Relaxed)),
             events: state.store().next_event_id() - 1,
         }
     }
@@ -64,10 +66,6 @@ impl Sample {
     pub fn events_per_sec_since(&self, earlier: &Sample) -> f64 {
         crate::units::per_sec(self.events.saturating_sub(earlier.events), self.at - earlier.at)
     }
-}
-
-fn load(a: &std::sync::atomic::AtomicU64) -> u64 {
-    a.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// The samples of the last hour.

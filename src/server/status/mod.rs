@@ -22,7 +22,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 use super::ServerState;
-use crate::store::RepoStatus;
 use crate::syntax::datetime_from_ms;
 use history::Sample;
 use model::*;
@@ -67,26 +66,12 @@ async fn snapshot(state: Arc<ServerState>) -> Result<Status, Response> {
 pub fn gather(state: &ServerState) -> Status {
     let now = Sample::take(state);
     let since = state.status_samples.before(now.at).unwrap_or(now);
-    let store = state.store();
-    let mut repos: std::collections::BTreeMap<String, i64> =
-        RepoStatus::ALL.iter().map(|s| (s.as_str().to_string(), 0)).collect();
-    let mut records = std::collections::BTreeMap::new();
-    for ((kind, name), n) in store.counts() {
-        match kind.as_str() {
-            "repos" => {
-                repos.insert(name, n);
-            }
-            "records" if n > 0 => {
-                records.insert(name, n as u64);
-            }
-            _ => {}
-        }
-    }
+    let (repos, records) = state.store().repos_and_records();
     Status {
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_secs: state.started.elapsed().as_secs(),
         at: datetime_from_ms(crate::store::values::now_ms()),
-        records_total: records.values().sum(),
+        records_total: records.values().sum::<i64>().max(0) as u64,
         repos,
         records,
         backfill: backfill(state, &now, &since),
@@ -105,9 +90,8 @@ pub fn gather(state: &ServerState) -> Status {
 }
 
 fn backfill(state: &ServerState, now: &Sample, since: &Sample) -> Option<BackfillStatus> {
-    let control = state.backfill.as_ref()?;
+    let (control, snapshot) = (state.backfill.as_ref()?, now.backfill?);
     let progress = control.progress();
-    let snapshot = progress.snapshot();
     let listed = control.listed();
     let listed_all = progress.listed.load(Ordering::Relaxed);
     let repos_per_sec = now.repos_per_sec_since(since);
@@ -164,14 +148,13 @@ fn live(state: &ServerState, now: &Sample, since: &Sample) -> Option<LiveStatus>
         behind_secs: (last_frame_us > 0).then(|| m.lag_us.load(Ordering::Relaxed) as f64 / 1e6),
         last_frame_at: (last_frame_us > 0).then(|| datetime_from_ms(last_frame_us / 1000)),
         commits_per_sec: now.commits_per_sec_since(since),
-        applied: m.applied.load(Ordering::Relaxed),
+        applied: now.applied,
         last_drop: firehose.last_drop(),
     })
 }
 
 fn event_log(state: &ServerState, now: &Sample, since: &Sample) -> EventLogStatus {
-    let store = state.store();
-    let last = store.next_event_id() - 1;
+    let (store, last) = (state.store(), now.events);
     let oldest = store.log().oldest_id().ok().flatten();
     let oldest_at = oldest
         .and_then(|id| store.log().from_with_times(id, 1).ok())

@@ -18,7 +18,7 @@ pub struct Status {
     /// Repos by status, every status listed (what `getStats` says).
     pub repos: BTreeMap<String, i64>,
     /// Records stored by collection, non-zero ones (what `getStats` says).
-    pub records: BTreeMap<String, u64>,
+    pub records: BTreeMap<String, i64>,
     /// The sum of `records`.
     pub records_total: u64,
     /// The backfill, when this process runs one.

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 
 use super::repo_access::{blocking, store_error};
 use crate::server::ServerState;
-use crate::store::{RepoStatus, Store};
+use crate::store::Store;
 use crate::syntax::datetime_from_ms as datetime;
 use crate::xrpc::{Params, XrpcError, XrpcResult, ok_json};
 
@@ -22,15 +22,7 @@ pub(super) async fn handle(State(state): State<Arc<ServerState>>, _: Params) -> 
 }
 
 fn read(store: &Store) -> Result<Value, XrpcError> {
-    let mut repos: Map<String, Value> = RepoStatus::ALL.iter().map(|s| (s.as_str().to_string(), json!(0))).collect();
-    let mut records = Map::new();
-    for ((kind, name), n) in store.counts() {
-        match kind.as_str() {
-            "repos" => repos.insert(name, json!(n)),
-            "records" if n != 0 => records.insert(name, json!(n)),
-            _ => None,
-        };
-    }
+    let (repos, records) = store.repos_and_records();
     let next = store.next_event_id();
     let cursors: Map<String, Value> = store
         .cursors()
