@@ -22,7 +22,9 @@
 //!    JSON text); `LiveIndex::count`; and the real
 //!    `dev.sluice.queryIndex` (limit 50) and `dev.sluice.countIndex` over HTTP, for hot keys
 //!    (a full page of 50) and typical ones (a few likes), and a status key (~1,000 entries at
-//!    1x); and the HTTP floor, `GET /status.css` (a static text), on the same server and client.
+//!    1x); one big repo's records with `did=` (it holds a twentieth of the likes: 10,000 at
+//!    1x, 100,000 at 10x, and a tenth as many statuses); and the HTTP floor, `GET /status.css`
+//!    (a static text), on the same server and client.
 //!
 //! `SLUICE_INDEX_BENCH_SCALE` picks the scales (default `1,10`); `SLUICE_INDEX_BENCH_BASE` the
 //! like count at 1x (default 200,000); `SLUICE_INDEX_BENCH_SECS` the read phase's length per
@@ -165,6 +167,9 @@ struct Stored {
     posts: u64,
     /// The next record number (creation times and rkeys go on from it).
     next: u64,
+    /// The big repo, and a post it liked.
+    big: String,
+    big_liked: String,
 }
 
 /// Stores `likes` likes and a tenth as many statuses over many repos: nine in ten repos hold
@@ -191,8 +196,28 @@ fn populate(store: &Store, likes: u64) -> Stored {
         store.commit(RepoChange { did: did(repo), state: Some(state), records, ..Default::default() }).unwrap();
         repo += 1;
     }
+    // One big repo: a twentieth of the likes again, and a tenth as many statuses.
+    let big = did(repo);
+    let big_liked = subject(&mut rng, posts);
+    let mut records = Vec::new();
+    for i in 0..(likes / 20).max(1) {
+        n += 1;
+        if i % 10 == 0 {
+            records.push(put(STATUS, tid(n), status(EMOJI[(i / 10) as usize % EMOJI.len()], n)));
+            statuses += 1;
+        }
+        let liked = if i % 100 == 0 { big_liked.clone() } else { subject(&mut rng, posts) };
+        records.push(put(LIKE, tid(n), like(&liked, n)));
+        stored_likes += 1;
+        if records.len() >= 5_000 {
+            let records = std::mem::take(&mut records);
+            store.commit(RepoChange { did: big.clone(), records, ..Default::default() }).unwrap();
+        }
+    }
+    let state = RepoState { status: RepoStatus::Synced, rev: Some(tid(n)), ..Default::default() };
+    store.commit(RepoChange { did: big.clone(), state: Some(state), records, ..Default::default() }).unwrap();
     store.persist().unwrap();
-    Stored { repos: repo, likes: stored_likes, statuses, posts, next: n + 1 }
+    Stored { repos: repo, likes: stored_likes, statuses, posts, next: n + 1, big, big_liked }
 }
 
 fn kb(field: &str) -> u64 {
@@ -525,6 +550,16 @@ fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
         });
         time("http floor: GET /status.css (static text)", &mut || {
             get(format!("{base}/status.css"));
+        });
+        let big = &stored.big;
+        time("xrpc: queryIndex limit 50, big repo (did=), the post it liked often", &mut || {
+            get(format!("{}&did={}", q("likes_by_subject", &stored.big_liked), enc(big)));
+        });
+        time("xrpc: queryIndex limit 50, big repo (did=), a hot like key", &mut || {
+            get(format!("{}&did={}", q("likes_by_subject", &hot), enc(big)));
+        });
+        time("xrpc: queryIndex limit 50, big repo (did=), status key", &mut || {
+            get(format!("{}&did={}", q("statuses_by_status", emoji), enc(big)));
         });
         time("xrpc: countIndex, hot like key", &mut || {
             get(c(&hot));

@@ -8,6 +8,9 @@
 //!   bytes for datetimes and integers, terminated text for strings), so a query is one range
 //!   scan of `E key`, newest first from its end, and reads no record elsewhere: a page of 50
 //!   random `records` reads cost milliseconds once `records` outgrows the block cache.
+//! - `D did \0 key sort rkey` -> empty (`per_repo = "all"` only): each entry again, by repo
+//!   first, so that one repo's entries under a key are one range scan, whatever the key or the
+//!   repo holds besides (a query with `did=`).
 //! - `R did \0 rkey` -> what the record put in the index ([`RecordRow`]): entries, or why it
 //!   has none. An update or delete reads it to remove the old entries; nothing is re-extracted.
 //! - `C key` -> i64: entries under `key` of repos whose records are answered (not gone or
@@ -46,6 +49,11 @@ const ENTRY: u8 = b'E';
 const RECORD: u8 = b'R';
 const COUNT: u8 = b'C';
 const PER_REPO: u8 = b'P';
+const BY_REPO: u8 = b'D';
+
+/// The version of the rows above, kept in each index's definition: an index stored under an
+/// older one is built again from the records at open.
+const ROWS_VERSION: u8 = 2;
 
 /// The longest `records` value an entry carries; a longer record is read from `records`.
 pub const INLINE_MAX: usize = 2048;
@@ -64,6 +72,12 @@ impl LiveIndex {
     /// long as the record does, so each is rewritten with it. A `per_repo = "latest"` index moves
     /// its entries to an older record when the newest goes, which the change does not carry.
     pub(super) fn inlines(&self) -> bool {
+        self.spec.per_repo == PerRepo::All
+    }
+
+    /// Whether this index keeps its entries by repo too (`D` rows). A `per_repo = "latest"`
+    /// index finds a repo's one standing record through its `P` rows instead.
+    fn by_repo(&self) -> bool {
         self.spec.per_repo == PerRepo::All
     }
 }
@@ -208,6 +222,20 @@ fn entry_key(key: &[u8], sort: &[u8], did: &str, rkey: &str) -> Vec<u8> {
     k
 }
 
+/// The prefix of `did`'s `D` rows under the key tuple `key`.
+fn by_repo_prefix(did: &str, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(2 + did.len() + key.len());
+    k.push(BY_REPO);
+    k.extend_from_slice(did.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key);
+    k
+}
+
+fn by_repo_key(did: &str, key: &[u8], sort: &[u8], rkey: &str) -> Vec<u8> {
+    [by_repo_prefix(did, key).as_slice(), sort, rkey.as_bytes()].concat()
+}
+
 fn count_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + key.len());
     k.push(COUNT);
@@ -327,45 +355,93 @@ impl LiveIndex {
     }
 
     /// Up to `limit` entries under the key tuple `key` as (did, rkey, position), newest first
-    /// by sort value (ascending when `ascending`), with sort values within `lo..=hi` (encoded)
-    /// and, with `after`, past that position in that order. A position is what follows the key
-    /// tuple in the entry: stable for as long as the entry stands, so it is the query cursor.
+    /// by sort value (ascending when `ascending`), with sort values within `lo..=hi` (encoded),
+    /// only `repo`'s when given, and, with `after`, past that position in that order. A position
+    /// is what follows the key tuple in the entry: stable for as long as the entry stands, so it
+    /// is the query cursor. Each page costs what it returns, with or without `repo`.
     pub fn page(&self, key: &[u8], range: &PageRange<'_>, limit: usize) -> Result<Vec<Hit>> {
-        let mut prefix = vec![ENTRY];
-        prefix.extend_from_slice(key);
-        let with = |tail: &[u8]| [prefix.as_slice(), tail].concat();
+        match range.repo {
+            None => self.scan(&[&[ENTRY], key].concat(), range, range.after.map(<[u8]>::to_vec), limit, |tail| {
+                let sort = sort_len(self.spec.sort.value_type(), tail).ok_or_else(|| corrupt("index entry"))?;
+                let rest = std::str::from_utf8(&tail[sort..]).map_err(|_| corrupt("index entry"))?;
+                let (did, rkey) = rest.split_once('\0').ok_or_else(|| corrupt("index entry"))?;
+                Ok((did.to_string(), rkey.to_string(), tail.to_vec()))
+            }),
+            Some(did) if self.spec.per_repo == PerRepo::Latest => self.newest_hit(did, key, range),
+            Some(did) => {
+                // A position is `sort did \0 rkey`; under `D did \0 key` the tail is `sort rkey`.
+                let after = range.after.map(|p| self.repo_tail(p));
+                self.scan(&by_repo_prefix(did, key), range, after, limit, |tail| {
+                    let sort = sort_len(self.spec.sort.value_type(), tail).ok_or_else(|| corrupt("index repo row"))?;
+                    let rkey = std::str::from_utf8(&tail[sort..]).map_err(|_| corrupt("index repo row"))?;
+                    let position = [&tail[..sort], did.as_bytes(), &[0], rkey.as_bytes()].concat();
+                    Ok((did.to_string(), rkey.to_string(), position))
+                })
+            }
+        }
+    }
+
+    /// Up to `limit` rows under `prefix` whose tails (a sort value first) are within `range`'s
+    /// sort values and past `after` (a tail), each read by `hit` into (did, rkey, position); the
+    /// row's value is the record, when it carries one.
+    fn scan(
+        &self,
+        prefix: &[u8],
+        range: &PageRange<'_>,
+        after: Option<Vec<u8>>,
+        limit: usize,
+        hit: impl Fn(&[u8]) -> Result<(String, String, Vec<u8>)>,
+    ) -> Result<Vec<Hit>> {
+        let with = |tail: &[u8]| [prefix, tail].concat();
         let mut lo: Bound<Vec<u8>> = match range.lo {
             Some(lo) => Included(with(lo)),
-            None => Included(prefix.clone()),
+            None => Included(prefix.to_vec()),
         };
         let mut hi: Bound<Vec<u8>> = match range.hi {
             Some(hi) => Excluded(with(&[hi, &[0xff][..]].concat())),
-            None => past(&prefix).map_or(Unbounded, Excluded),
+            None => past(prefix).map_or(Unbounded, Excluded),
         };
-        if let Some(after) = range.after {
+        if let Some(after) = after {
             match range.ascending {
-                true => lo = lo_max(lo, with(after)),
-                false => hi = hi_min(hi, with(after)),
+                true => lo = lo_max(lo, with(&after)),
+                false => hi = hi_min(hi, with(&after)),
             }
         }
         let iter = self.space.range((lo, hi));
         let iter: Box<dyn Iterator<Item = fjall::Guard>> =
             if range.ascending { Box::new(iter) } else { Box::new(iter.rev()) };
-        let kind = self.spec.sort.value_type();
         let mut hits = Vec::with_capacity(limit.min(128));
         for kv in iter.take(limit) {
             let (k, v) = kv.into_inner()?;
-            let position = &k[prefix.len()..];
-            let sort = sort_len(kind, position).ok_or_else(|| corrupt("index entry"))?;
-            let rest = std::str::from_utf8(&position[sort..]).map_err(|_| corrupt("index entry"))?;
-            let (did, rkey) = rest.split_once('\0').ok_or_else(|| corrupt("index entry"))?;
+            let (did, rkey, position) = hit(&k[prefix.len()..])?;
             let record = match v.is_empty() {
                 true => None,
                 false => Some(RecordRef::view(&v).map_err(|_| corrupt("index entry's record"))?.into()),
             };
-            hits.push(Hit { did: did.to_string(), rkey: rkey.to_string(), position: position.to_vec(), record });
+            hits.push(Hit { did, rkey, position, record });
         }
         Ok(hits)
+    }
+
+    /// A position (`sort did \0 rkey`) as the tail of a `D` row (`sort rkey`); a position this
+    /// index did not give is left as it is (it still bounds the page, as any bytes do).
+    fn repo_tail(&self, position: &[u8]) -> Vec<u8> {
+        let split = sort_len(self.spec.sort.value_type(), position)
+            .and_then(|sort| Some((sort, position[sort..].iter().position(|b| *b == 0)?)));
+        match split {
+            Some((sort, nul)) => [&position[..sort], &position[sort + nul + 1..]].concat(),
+            None => position.to_vec(),
+        }
+    }
+
+    /// `per_repo = "latest"`: `did`'s newest record, when it has an entry under `key` within
+    /// `range`.
+    fn newest_hit(&self, did: &str, key: &[u8], range: &PageRange<'_>) -> Result<Vec<Hit>> {
+        let Some((sort, rkey)) = self.newest(did, &HashSet::new())? else { return Ok(vec![]) };
+        let Some(RecordRow::Entries(e)) = self.record_row(did, &rkey)? else { return Ok(vec![]) };
+        let position = [sort.as_slice(), did.as_bytes(), &[0], rkey.as_bytes()].concat();
+        let hit = Hit { did: did.to_string(), rkey, position, record: None };
+        Ok(if e.keys.iter().any(|k| k == key) && range.admits(&hit.position) { vec![hit] } else { vec![] })
     }
 }
 
@@ -417,23 +493,6 @@ impl LiveIndex {
         }
         Ok(rows)
     }
-
-    /// The entries of `did`'s records under the key tuple `key`, ascending by position: read
-    /// from the repo's own rows (its `R` rows, or its newest `P` row for `per_repo = "latest"`),
-    /// so a query for one repo costs what that repo holds in the index, not what the key does.
-    pub fn repo_hits(&self, did: &str, key: &[u8]) -> Result<Vec<Hit>> {
-        let mut hits: Vec<Hit> = self
-            .repo_entries(did)?
-            .into_iter()
-            .filter(|(_, e)| e.keys.iter().any(|k| k == key))
-            .map(|(rkey, e)| {
-                let position = [e.sort.as_slice(), did.as_bytes(), &[0], rkey.as_bytes()].concat();
-                Hit { did: did.to_string(), rkey, position, record: None }
-            })
-            .collect();
-        hits.sort_by(|a, b| a.position.cmp(&b.position));
-        Ok(hits)
-    }
 }
 
 fn lo_max(lo: Bound<Vec<u8>>, after: Vec<u8>) -> Bound<Vec<u8>> {
@@ -462,6 +521,18 @@ pub struct PageRange<'a> {
     pub ascending: bool,
     /// Only entries past this position (a previous page's last), in the page's order.
     pub after: Option<&'a [u8]>,
+    /// Only this repo's entries.
+    pub repo: Option<&'a str>,
+}
+
+impl PageRange<'_> {
+    /// Whether an entry at `position` is within the sort bounds and past `after`.
+    pub fn admits(&self, position: &[u8]) -> bool {
+        let above_lo = self.lo.is_none_or(|lo| position >= lo);
+        let below_hi = self.hi.is_none_or(|hi| position < [hi, &[0xff]].concat().as_slice());
+        let past = self.after.is_none_or(|a| if self.ascending { position > a } else { position < a });
+        above_lo && below_hi && past
+    }
 }
 
 /// One entry of a page.
@@ -511,15 +582,24 @@ struct StoredDef {
 
 impl IndexParts {
     /// Opens the indexes stored in `dir`'s database: their definitions, keyspaces, builds and
-    /// totals; a keyspace left by an index whose removal a crash cut short is dropped.
+    /// totals. A keyspace left by an index whose removal a crash cut short is dropped, and so is
+    /// an index whose rows are of another version: the filter's definitions build it again.
     pub(super) fn open(db: Db) -> Result<IndexParts> {
         let meta = db.keyspace("index_meta", || keyspace_options("index_meta"))?;
         let (mut indexes, mut progress) = (BTreeMap::new(), HashMap::new());
+        let mut outdated = db.batch(8);
         for kv in meta.prefix([b'd']) {
             let (k, v) = kv.into_inner()?;
             let id = k.get(1..5).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes);
             let def: Option<StoredDef> = serde_json::from_slice(&v).ok();
             let (Some(id), Some(def)) = (id, def) else { return Err(corrupt("index definition")) };
+            if def.v != ROWS_VERSION {
+                tracing::info!(index = %def.spec.name, "index stored in an older layout: built again");
+                for kind in [b'd', b'b', b's'] {
+                    outdated.remove(&meta, meta_key(kind, id));
+                }
+                continue;
+            }
             let spec = def.spec.to_spec().map_err(|_| corrupt("index definition"))?;
             let space = db.keyspace(&format!("index.{id}"), || keyspace_options("index"))?;
             let mut p = Progress::default();
@@ -530,6 +610,7 @@ impl IndexParts {
             progress.insert(id, p);
             indexes.insert(spec.name.clone(), Arc::new(LiveIndex { id, spec, space }));
         }
+        db.commit(outdated)?;
         let parts = IndexParts {
             registry: ArcSwap::from_pointee(Registry { generation: 1, indexes }),
             progress: Mutex::new(progress),
@@ -978,7 +1059,7 @@ impl IndexParts {
 }
 
 fn def_row(spec: &IndexSpec) -> Vec<u8> {
-    let def = StoredDef { v: 1, fingerprint: spec.fingerprint(), spec: spec.to_stored() };
+    let def = StoredDef { v: ROWS_VERSION, fingerprint: spec.fingerprint(), spec: spec.to_stored() };
     serde_json::to_vec(&def).expect("a definition serializes")
 }
 
@@ -999,9 +1080,9 @@ struct Moves<'a> {
     value: &'a [u8],
 }
 
-/// Stages the move of one record's entries: `E` rows removed and put (an entry in both put
-/// again when it carries the record, for the new version's), and the per-key count moves in
-/// `counts`. Returns the entries added less those removed.
+/// Stages the move of one record's entries: `E` rows (and their `D` rows) removed and put (an
+/// entry in both put again when it carries the record, for the new version's), and the per-key
+/// count moves in `counts`. Returns the entries added less those removed.
 fn stage_entries(
     batch: &mut fjall::OwnedWriteBatch,
     index: &LiveIndex,
@@ -1016,6 +1097,9 @@ fn stage_entries(
                 continue;
             }
             batch.remove(&index.space, entry_key(key, &old.sort, did, rkey));
+            if index.by_repo() {
+                batch.remove(&index.space, by_repo_key(did, key, &old.sort, rkey));
+            }
             *counts.entry(key.clone()).or_default() -= 1;
             moved -= 1;
         }
@@ -1028,6 +1112,9 @@ fn stage_entries(
             }
             batch.insert(&index.space, entry_key(key, &new.sort, did, rkey), value);
             if !stood {
+                if index.by_repo() {
+                    batch.insert(&index.space, by_repo_key(did, key, &new.sort, rkey), []);
+                }
                 *counts.entry(key.clone()).or_default() += 1;
                 moved += 1;
             }
@@ -1061,6 +1148,56 @@ mod tests {
             let all = [enc.as_slice(), &tail].concat();
             prop_assert_eq!(sort_len(SortType::String, &all), Some(enc.len()));
         }
+    }
+
+    /// An index stored under an older row layout (here: without `D` rows) is dropped at open
+    /// and built again from the records when the filter names it, so every query it answers
+    /// has the rows it reads.
+    #[test]
+    fn an_index_of_an_older_layout_is_built_again() {
+        use crate::indexes::{FieldPath, Sort};
+        use crate::store::{RepoChange, Store};
+        let spec = IndexSpec {
+            name: "by_rkey".into(),
+            collection: "a.b.c".into(),
+            key: Vec::<FieldPath>::new(),
+            sort: Sort::parse("rkey", None).unwrap(),
+            count: false,
+            per_repo: PerRepo::All,
+            method: None,
+        };
+        let build = |store: &Store| while store.build_index_step(100).unwrap().is_some_and(|s| !s.ready) {};
+        let mine = |store: &Store| {
+            let index = store.index_registry().indexes["by_rkey"].clone();
+            let range = PageRange { repo: Some("did:plc:a"), ..Default::default() };
+            index.page(&[], &range, 10).unwrap().into_iter().map(|h| h.rkey).collect::<Vec<_>>()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.set_indexes(std::slice::from_ref(&spec)).unwrap();
+        let put = |rkey: &str| RecordWrite::Put {
+            collection: "a.b.c".into(),
+            rkey: rkey.into(),
+            cid: vec![1],
+            body: bytes::Bytes::from_static(&[0xa0]),
+            existed: false,
+        };
+        let records = vec![put("1"), put("2"), put("3")];
+        store.commit(RepoChange { did: "did:plc:a".into(), records, ..Default::default() }).unwrap();
+        build(&store);
+        assert_eq!(mine(&store), ["3", "2", "1"]);
+
+        let id = store.index_registry().indexes["by_rkey"].id;
+        let old = StoredDef { v: 1, fingerprint: spec.fingerprint(), spec: spec.to_stored() };
+        store.indexes.meta.insert(meta_key(b'd', id), serde_json::to_vec(&old).unwrap()).unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.index_registry().indexes.is_empty(), "the old layout's index is not served");
+        assert!(!store.index_keyspaces().contains(&id), "nor are its rows kept");
+        let (started, _) = store.set_indexes(std::slice::from_ref(&spec)).unwrap();
+        assert_eq!(started, ["by_rkey"]);
+        build(&store);
+        assert_eq!(mine(&store), ["3", "2", "1"]);
     }
 
     #[test]

@@ -66,35 +66,8 @@ fn read(store: &Store, metrics: &PipelineMetrics, params: &Params, method: Optio
         return Err(XrpcError::invalid(format!("did: `{did}` is not a DID")));
     }
     let mut page = Shown::new(store, metrics, &index, limit);
-    match did {
-        Some(did) => {
-            let hits = index.repo_hits(did, &key).map_err(store_error)?;
-            let mut hits: Vec<Hit> = hits.into_iter().filter(|h| bounds.admits(&h.position)).collect();
-            if !bounds.ascending {
-                hits.reverse();
-            }
-            for hit in hits {
-                if page.take(hit)? {
-                    break;
-                }
-            }
-        }
-        None => page.scan(&key, &bounds)?,
-    }
+    page.scan(&key, &bounds, did)?;
     Ok(page.answer())
-}
-
-impl Bounds {
-    /// Whether an entry at `position` is within the bounds and past the cursor.
-    fn admits(&self, position: &[u8]) -> bool {
-        let above_lo = self.lo.as_ref().is_none_or(|lo| position >= lo.as_slice());
-        let below_hi = self.hi.as_ref().is_none_or(|hi| position < [hi.as_slice(), &[0xff]].concat().as_slice());
-        let past = self
-            .after
-            .as_ref()
-            .is_none_or(|a| if self.ascending { position > a.as_slice() } else { position < a.as_slice() });
-        above_lo && below_hi && past
-    }
 }
 
 /// A page being filled: the records of shown repos, each repo's state read once.
@@ -116,9 +89,9 @@ impl<'a> Shown<'a> {
         Shown { store, index, limit, repos: HashMap::new(), records, examined: 0, last: None }
     }
 
-    /// Reads the entries under `key` a chunk at a time until the page is full, the entries
-    /// end, or [`MAX_EXAMINED`] were looked at.
-    fn scan(&mut self, key: &[u8], bounds: &Bounds) -> Result<(), XrpcError> {
+    /// Reads the entries under `key` (only `repo`'s, when given) a chunk at a time until the
+    /// page is full, the entries end, or [`MAX_EXAMINED`] were looked at.
+    fn scan(&mut self, key: &[u8], bounds: &Bounds, repo: Option<&str>) -> Result<(), XrpcError> {
         let mut after = bounds.after.clone();
         loop {
             let chunk = (self.limit - self.records.len()).max(16);
@@ -127,6 +100,7 @@ impl<'a> Shown<'a> {
                 hi: bounds.hi.as_deref(),
                 ascending: bounds.ascending,
                 after: after.as_deref(),
+                repo,
             };
             let hits = self.index.page(key, &range, chunk).map_err(store_error)?;
             let ended = hits.len() < chunk;
