@@ -384,14 +384,10 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-/// Phase 2: reads while live commits land.
-fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
-    let filter = Filter::from_toml(FILTER, "bench").unwrap();
-    let sluice = Arc::new(Sluice::builder().config(Config::default()).data_dir(dir).filter(filter).open().unwrap());
-    let store = sluice.store().clone();
-    assert!(store.index_progress().values().all(|(_, p)| p.building.is_none()), "the indexes stay built");
-    // Let the flushes and compactions the loading left (fjall's workers) end first: reads are
-    // measured on a settled store, with only the live commits' own work going on.
+/// Waits until fjall's workers end the flushes and compactions the loading left (at most 90 s):
+/// reads are measured on a settled store, with only the live commits' own work going on.
+/// Returns the seconds waited.
+fn wait_for_quiet() -> f64 {
     let settle = Instant::now();
     let mut cpu = cpu_seconds();
     while settle.elapsed() < Duration::from_secs(90) {
@@ -402,7 +398,55 @@ fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
         }
         cpu = now;
     }
-    figures.settle_secs = settle.elapsed().as_secs_f64();
+    settle.elapsed().as_secs_f64()
+}
+
+/// Live commits at [`LIVE_RATE`] until `stop`: a like each, by a stored repo, half on hot
+/// posts, `done` counting them. The thread returns its seconds and the commits' p99 in µs.
+fn live_writer(
+    sluice: Arc<Sluice>,
+    stored: &Stored,
+    stop: Arc<AtomicBool>,
+    done: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<(f64, f64)> {
+    let (repos, posts, first) = (stored.repos, stored.posts, stored.next);
+    std::thread::spawn(move || {
+        let mut rng = Rng(7);
+        let mut latencies = Vec::new();
+        let started = Instant::now();
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let due = started + Duration::from_micros(i * 1_000_000 / LIVE_RATE);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            let n = first + i;
+            let uri = if rng.below(2) == 0 { post_uri(rng.below(HOT_POSTS)) } else { subject(&mut rng, posts) };
+            let body = like(&uri, n);
+            let op = RecordOp::Put { collection: LIKE.into(), rkey: tid(n), cid: cid_of(&body), bytes: body.into() };
+            let rev = format!("3m{n:011}");
+            let t = Instant::now();
+            sluice
+                .pipeline()
+                .apply_commit(&did(rng.below(repos)), cid_of(rev.as_bytes()), &rev, cid_of(b"data"), vec![op], None)
+                .unwrap();
+            latencies.push(t.elapsed().as_secs_f64() * 1e6);
+            i += 1;
+            done.store(i, Ordering::Relaxed);
+        }
+        latencies.sort_by(f64::total_cmp);
+        (started.elapsed().as_secs_f64(), percentile(&latencies, 0.99))
+    })
+}
+
+/// Phase 2: reads while live commits land.
+fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
+    let filter = Filter::from_toml(FILTER, "bench").unwrap();
+    let sluice = Arc::new(Sluice::builder().config(Config::default()).data_dir(dir).filter(filter).open().unwrap());
+    let store = sluice.store().clone();
+    assert!(store.index_progress().values().all(|(_, p)| p.building.is_none()), "the indexes stay built");
+    figures.settle_secs = wait_for_quiet();
 
     // The server, as `sluice run` starts it, on runtime threads of its own.
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
@@ -414,43 +458,9 @@ fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
         (base, state, server)
     });
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-
-    // Live commits at LIVE_RATE: a like each, by a stored repo, half on hot posts.
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (sluice, stop, done) = (sluice.clone(), stop.clone(), done.clone());
-        let (repos, posts, first) = (stored.repos, stored.posts, stored.next);
-        std::thread::spawn(move || {
-            let mut rng = Rng(7);
-            let mut latencies = Vec::new();
-            let started = Instant::now();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let due = started + Duration::from_micros(i * 1_000_000 / LIVE_RATE);
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
-                }
-                let n = first + i;
-                let uri = if rng.below(2) == 0 { post_uri(rng.below(HOT_POSTS)) } else { subject(&mut rng, posts) };
-                let body = like(&uri, n);
-                let op =
-                    RecordOp::Put { collection: LIKE.into(), rkey: tid(n), cid: cid_of(&body), bytes: body.into() };
-                let rev = format!("3m{n:011}");
-                let t = Instant::now();
-                sluice
-                    .pipeline()
-                    .apply_commit(&did(rng.below(repos)), cid_of(rev.as_bytes()), &rev, cid_of(b"data"), vec![op], None)
-                    .unwrap();
-                latencies.push(t.elapsed().as_secs_f64() * 1e6);
-                i += 1;
-                done.store(i, Ordering::Relaxed);
-            }
-            latencies.sort_by(f64::total_cmp);
-            (started.elapsed().as_secs_f64(), percentile(&latencies, 0.99))
-        })
-    };
+    let writer = live_writer(sluice.clone(), stored, stop.clone(), done.clone());
 
     let registry = store.index_registry();
     let likes = registry.indexes["likes_by_subject"].clone();

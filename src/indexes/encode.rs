@@ -1,6 +1,7 @@
-//! Order-preserving encodings of index values: key parts as canonical text, sort values as
-//! bytes whose order is the values' order, and datetimes normalised to UTC microseconds so that
-//! byte order is time order whatever offset a record wrote.
+//! Encodings of index values: key tuples as canonical text (hashed when long: a key is only
+//! compared for equality), sort values as bytes whose order is the values' order, and
+//! datetimes normalised to UTC microseconds so that byte order is time order whatever offset a
+//! record wrote.
 
 /// The most bytes one key part may hold (its canonical text): a longer value gets no entry.
 pub const MAX_KEY_PART_BYTES: usize = 512;
@@ -17,13 +18,30 @@ pub fn push_text(out: &mut Vec<u8>, text: &[u8]) {
     out.extend_from_slice(&[0, 1]);
 }
 
-/// A tuple of key parts, as the index stores and a query looks it up.
+/// The longest key tuple (as text) an index stores as it is; a longer one is stored hashed.
+pub const KEY_TEXT_MAX: usize = 16;
+
+/// A tuple of key parts, as the index stores and a query looks it up: `0` and the tuple's text
+/// when at most [`KEY_TEXT_MAX`] bytes, else `1` and the first 16 bytes of the text's SHA-256.
+/// A key is only ever compared for equality, and a like's (a post's URI, ~70 bytes) is written
+/// in three rows of each entry and compared in every memtable insert: hashed, it is 17 bytes
+/// that differ from the first. Distinct tuples get distinct keys (but for a SHA-256 collision
+/// in 128 bits), and no key is a prefix of another of a tuple of as many parts.
 pub fn key_tuple<S: AsRef<[u8]>>(parts: &[S]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(parts.iter().map(|p| p.as_ref().len() + 2).sum());
+    use sha2::Digest;
+    let mut text = Vec::with_capacity(1 + parts.iter().map(|p| p.as_ref().len() + 2).sum::<usize>());
+    text.push(0);
     for part in parts {
-        push_text(&mut out, part.as_ref());
+        push_text(&mut text, part.as_ref());
     }
-    out
+    if text.len() - 1 <= KEY_TEXT_MAX {
+        return text;
+    }
+    let hash = sha2::Sha256::digest(&text[1..]);
+    let mut key = Vec::with_capacity(17);
+    key.push(1);
+    key.extend_from_slice(&hash[..16]);
+    key
 }
 
 /// A signed 64-bit value, big-endian with its sign bit flipped: byte order is numeric order.
@@ -71,16 +89,26 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Key parts short enough for a tuple to be stored as text, and long ones (hashed), with
+    /// the bytes that need escaping.
+    fn short_or_long() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            proptest::collection::vec(prop_oneof![Just(0u8), Just(1), Just(0xff), any::<u8>()], 0..6),
+            proptest::collection::vec(any::<u8>(), 10..80),
+        ]
+    }
+
     proptest! {
         #[test]
-        fn tuples_sort_as_tuples(a in proptest::collection::vec(any::<Vec<u8>>(), 0..4),
-                                 b in proptest::collection::vec(any::<Vec<u8>>(), 0..4)) {
-            if a.len() == b.len() {
-                prop_assert_eq!(key_tuple(&a).cmp(&key_tuple(&b)), a.cmp(&b));
-            }
-            // A tuple is never a prefix of another of the same length.
+        fn tuples_are_keyed_apart(a in proptest::collection::vec(short_or_long(), 0..4),
+                                  b in proptest::collection::vec(short_or_long(), 0..4)) {
+            let (ka, kb) = (key_tuple(&a), key_tuple(&b));
+            prop_assert_eq!(ka == kb, a == b);
+            prop_assert!(ka.len() <= 1 + KEY_TEXT_MAX);
+            // A key is never a prefix of another of a tuple of as many parts (each row's key
+            // is followed by its sort value).
             if a.len() == b.len() && a != b {
-                prop_assert!(!key_tuple(&b).starts_with(&key_tuple(&a)));
+                prop_assert!(!kb.starts_with(&ka));
             }
         }
 
