@@ -176,9 +176,11 @@ fn version_3_event_pages_and_version_2_record_refs_still_decode() {
 }
 
 /// The rows an index writes (`index_meta` and each `index.<id>`: definitions, totals, `E`,
-/// `R`, `C` and `P` rows) for a fixed set of records, one `keyspace key value` line each in
-/// hex: the layout `src/store/indexes.rs` describes, held byte for byte. A change here is a
-/// new format, which needs a new definition version so that stores rebuild their indexes.
+/// `D`, `R`, `C` and `P` rows) for a fixed set of records, one `keyspace key value` line each
+/// in hex: the layout `src/store/indexes.rs` describes, held byte for byte. A change here is a
+/// new layout, which needs a new layout version (`ROWS_VERSION`, written in each definition)
+/// so that stores build their indexes again, and a new file. Version 1 had no `D` rows and
+/// kept long key tuples as text.
 #[test]
 fn index_rows_are_written_as_they_always_were() {
     use sluice_testkit as testkit;
@@ -200,7 +202,7 @@ fn index_rows_are_written_as_they_always_were() {
     commit_golden_records(&sluice);
     drop(sluice);
     let dump = index_rows_dump(dir.path());
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v1-index-rows.txt");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v2-index-rows.txt");
     if std::env::var_os("SLUICE_WRITE_GOLDEN").is_some() && !path.exists() {
         std::fs::write(&path, &dump).unwrap();
     }

@@ -173,7 +173,11 @@ async fn queries_answer_in_order_within_bounds_and_hide_what_is_not_shown() {
     let likes = [("index", "likes_by_subject"), ("key", POST)];
     assert_eq!(s.ok("dev.sluice.countIndex", &likes).await, json!({"count": 2}), "nor counted");
     assert_eq!(s.ok("dev.sluice.queryIndex", &likes).await["records"].as_array().unwrap().len(), 2);
+    let carols = s.ok("dev.sluice.queryIndex", &[likes[0], likes[1], ("did", CAROL)]).await;
+    assert_eq!(carols, json!({"records": []}), "a hidden repo's own page is empty, with no cursor");
     s.sluice.store().set_states(&[(CAROL.to_string(), state)], None).unwrap();
+    let carols = s.ok("dev.sluice.queryIndex", &[likes[0], likes[1], ("did", CAROL)]).await;
+    assert_eq!(carols["records"].as_array().unwrap().len(), 1, "and shown again once active");
     assert_eq!(uris(&s.ok("dev.sluice.queryIndex", &q).await).len(), 3);
     assert_eq!(s.ok("dev.sluice.countIndex", &likes).await, json!({"count": 3}));
 

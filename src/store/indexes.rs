@@ -4,8 +4,9 @@
 //! Rows of `index.<id>` (the first byte names the kind):
 //! - `E key sort did \0 rkey` -> the record (its `records` value: CID and body) when at most
 //!   [`INLINE_MAX`] bytes and the index keeps every record (`per_repo = "all"`), else empty: an
-//!   entry. `key` is the encoded key tuple, `sort` the encoded sort value (self-delimiting: 8
-//!   bytes for datetimes and integers, terminated text for strings), so a query is one range
+//!   entry. `key` is the encoded key tuple (`indexes::encode::key_tuple`: its text, or 16 bytes
+//!   of its hash when long), `sort` the encoded sort value (self-delimiting: 8 bytes for
+//!   datetimes and integers, terminated text for strings), so a query is one range
 //!   scan of `E key`, newest first from its end, and reads no record elsewhere: a page of 50
 //!   random `records` reads cost milliseconds once `records` outgrows the block cache.
 //! - `D did \0 key sort rkey` -> empty (`per_repo = "all"` only): each entry again, by repo

@@ -92,6 +92,12 @@ impl<'a> Shown<'a> {
     /// Reads the entries under `key` (only `repo`'s, when given) a chunk at a time until the
     /// page is full, the entries end, or [`MAX_EXAMINED`] were looked at.
     fn scan(&mut self, key: &[u8], bounds: &Bounds, repo: Option<&str>) -> Result<(), XrpcError> {
+        // A repo not shown has nothing to show: its entries are not read at all.
+        if let Some(did) = repo
+            && self.shown(did)?.is_none()
+        {
+            return Ok(());
+        }
         let mut after = bounds.after.clone();
         loop {
             let chunk = (self.limit - self.records.len()).max(16);
@@ -124,19 +130,7 @@ impl<'a> Shown<'a> {
     fn take(&mut self, hit: Hit) -> Result<bool, XrpcError> {
         self.examined += 1;
         self.last = Some(hit.position.clone());
-        let handle = match self.repos.get(&hit.did) {
-            Some(shown) => shown.clone(),
-            None => {
-                let shown = match readable(self.store, &hit.did) {
-                    Ok(state) => Some(state.handle.filter(|_| state.handle_ok == Some(true))),
-                    Err(e) if e.status() == StatusCode::INTERNAL_SERVER_ERROR => return Err(e),
-                    Err(_) => None,
-                };
-                self.repos.insert(hit.did.clone(), shown.clone());
-                shown
-            }
-        };
-        if let Some(handle) = handle {
+        if let Some(handle) = self.shown(&hit.did)? {
             let collection = &self.index.spec.collection;
             let record = match hit.record {
                 Some(record) => Some(record),
@@ -150,6 +144,20 @@ impl<'a> Shown<'a> {
             }
         }
         Ok(self.full())
+    }
+
+    /// `None` when `did`'s repo is not shown, else its verified handle, if any; read once a page.
+    fn shown(&mut self, did: &str) -> Result<Option<Option<String>>, XrpcError> {
+        if let Some(shown) = self.repos.get(did) {
+            return Ok(shown.clone());
+        }
+        let shown = match readable(self.store, did) {
+            Ok(state) => Some(state.handle.filter(|_| state.handle_ok == Some(true))),
+            Err(e) if e.status() == StatusCode::INTERNAL_SERVER_ERROR => return Err(e),
+            Err(_) => None,
+        };
+        self.repos.insert(did.to_string(), shown.clone());
+        Ok(shown)
     }
 
     /// Whether the page holds `limit` records or examined all it may.
