@@ -44,7 +44,7 @@ use sluice::handlers::value::json_to_cbor;
 use sluice::indexes::encode;
 use sluice::pipeline::RecordOp;
 use sluice::server::{ServerState, serve_dedicated};
-use sluice::store::{PageRange, RecordWrite, RepoChange, RepoState, RepoStatus, Store};
+use sluice::store::{LiveIndex, PageRange, RecordWrite, RepoChange, RepoState, RepoStatus, Store};
 use sluice::{Config, Sluice};
 use sluice_testkit::bench::{cpu_seconds, self_status_kb};
 
@@ -440,6 +440,107 @@ fn live_writer(
     })
 }
 
+/// Latencies by read, in µs.
+#[derive(Default)]
+struct Timer(BTreeMap<String, Vec<f64>>);
+
+impl Timer {
+    /// Runs `f`, adding its time to `name`'s; returns what it returned.
+    fn time<T>(&mut self, name: &str, f: impl FnOnce() -> T) -> T {
+        let t = Instant::now();
+        let out = f();
+        self.0.entry(name.to_string()).or_default().push(t.elapsed().as_secs_f64() * 1e6);
+        out
+    }
+}
+
+/// The keys one round of reads asks for.
+struct Keys {
+    hot: String,
+    typical: String,
+    emoji: &'static str,
+}
+
+/// A key as a query parameter.
+fn enc(s: &str) -> String {
+    s.replace(':', "%3A").replace('/', "%2F")
+}
+
+/// A page of 50 under `key`, each record's body read from `records`: (records, body bytes).
+fn page_and_bodies(store: &Store, index: &LiveIndex, key: &[u8], collection: &str) -> (usize, usize) {
+    let hits = index.page(key, &PageRange::default(), 50).unwrap();
+    let mut bytes = 0;
+    for h in &hits {
+        bytes += store.records().get(&h.did, collection, &h.rkey).unwrap().unwrap().body.unwrap().len();
+    }
+    (hits.len(), bytes)
+}
+
+/// What queryIndex does past the page, without HTTP: each repo's state read once, each entry's
+/// record (carried by the entry, else read) transcoded into the answer's JSON text.
+fn query_work(store: &Store, index: &LiveIndex, key: &[u8], collection: &str) -> usize {
+    let hits = index.page(key, &PageRange::default(), 50).unwrap();
+    let mut states = std::collections::HashMap::new();
+    let mut out = Vec::with_capacity(16 * 1024);
+    out.extend_from_slice(b"{\"records\":[");
+    for h in &hits {
+        if !states.contains_key(&h.did) {
+            states.insert(h.did.clone(), store.repos().state(&h.did).unwrap().unwrap());
+        }
+        let record = match &h.record {
+            Some(record) => record.clone(),
+            None => store.records().get(&h.did, collection, &h.rkey).unwrap().unwrap(),
+        };
+        let cid = Cid::try_from(record.cid.as_slice()).unwrap().to_string();
+        let uri = format!("at://{}/{collection}/{}", h.did, h.rkey);
+        serde_json::to_writer(&mut out, &json!({"uri": uri, "cid": cid, "did": h.did})).unwrap();
+        sluice::handlers::value::write_cbor_json(record.body.as_deref().unwrap(), &mut out).unwrap();
+    }
+    out.extend_from_slice(b"]}");
+    out.len()
+}
+
+/// One round of the store's own reads: pages, pages with their bodies, queryIndex's work and
+/// counts.
+fn store_reads(t: &mut Timer, store: &Store, likes: &LiveIndex, statuses: &LiveIndex, k: &Keys) {
+    let (hot, typical, emoji) =
+        (encode::key_tuple(&[&k.hot]), encode::key_tuple(&[&k.typical]), encode::key_tuple(&[k.emoji]));
+    let n = t.time("store: page 50 + bodies, hot like key", || page_and_bodies(store, likes, &hot, LIKE).0);
+    assert_eq!(n, 50, "a hot post has a full page");
+    t.time("store: page 50 + bodies, typical like key", || page_and_bodies(store, likes, &typical, LIKE));
+    let n = t.time("store: page 50 + bodies, status key", || page_and_bodies(store, statuses, &emoji, STATUS).0);
+    assert_eq!(n, 50);
+    t.time("store: queryIndex's work without HTTP, hot like key", || query_work(store, likes, &hot, LIKE));
+    t.time("store: page 50 only, hot like key", || likes.page(&hot, &PageRange::default(), 50).unwrap());
+    t.time("store: page 50 only, status key", || statuses.page(&emoji, &PageRange::default(), 50).unwrap());
+    t.time("store: count, hot like key", || likes.count(&hot).unwrap());
+    t.time("store: count, typical like key", || likes.count(&typical).unwrap());
+}
+
+/// One round of requests to the server: queryIndex, countIndex, `did=` queries of the big repo,
+/// and the floor of one request.
+fn http_reads(t: &mut Timer, get: &dyn Fn(String) -> usize, base: &str, stored: &Stored, k: &Keys) {
+    let q =
+        |index: &str, key: &str| format!("{base}/xrpc/dev.sluice.queryIndex?index={index}&key={}&limit=50", enc(key));
+    let c = |key: &str| format!("{base}/xrpc/dev.sluice.countIndex?index=likes_by_subject&key={}", enc(key));
+    t.time("xrpc: queryIndex limit 50, hot like key", || get(q("likes_by_subject", &k.hot)));
+    t.time("xrpc: queryIndex limit 50, typical like key", || get(q("likes_by_subject", &k.typical)));
+    t.time("xrpc: queryIndex limit 50, status key", || get(q("statuses_by_status", k.emoji)));
+    t.time("http floor: GET /status.css (static text)", || get(format!("{base}/status.css")));
+    let big = enc(&stored.big);
+    t.time("xrpc: queryIndex limit 50, big repo (did=), the post it liked often", || {
+        get(format!("{}&did={big}", q("likes_by_subject", &stored.big_liked)))
+    });
+    t.time("xrpc: queryIndex limit 50, big repo (did=), a hot like key", || {
+        get(format!("{}&did={big}", q("likes_by_subject", &k.hot)))
+    });
+    t.time("xrpc: queryIndex limit 50, big repo (did=), status key", || {
+        get(format!("{}&did={big}", q("statuses_by_status", k.emoji)))
+    });
+    t.time("xrpc: countIndex, hot like key", || get(c(&k.hot)));
+    t.time("xrpc: countIndex, typical like key", || get(c(&k.typical)));
+}
+
 /// Phase 2: reads while live commits land.
 fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
     let filter = Filter::from_toml(FILTER, "bench").unwrap();
@@ -463,46 +564,7 @@ fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
     let writer = live_writer(sluice.clone(), stored, stop.clone(), done.clone());
 
     let registry = store.index_registry();
-    let likes = registry.indexes["likes_by_subject"].clone();
-    let statuses = registry.indexes["statuses_by_status"].clone();
-    let mut rng = Rng(99);
-    let mut reads: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    let mut time = |name: &str, f: &mut dyn FnMut()| {
-        let t = Instant::now();
-        f();
-        reads.entry(name.to_string()).or_default().push(t.elapsed().as_secs_f64() * 1e6);
-    };
-    let page_and_bodies = |index: &sluice::store::LiveIndex, key: &[u8], collection: &str| {
-        let hits = index.page(key, &PageRange::default(), 50).unwrap();
-        let mut bytes = 0;
-        for h in &hits {
-            bytes += store.records().get(&h.did, collection, &h.rkey).unwrap().unwrap().body.unwrap().len();
-        }
-        (hits.len(), bytes)
-    };
-    // What queryIndex does past the page, without HTTP: each repo's state read once, each
-    // entry's record (carried by the entry, else read) transcoded into the answer's JSON text.
-    let query_work = |index: &sluice::store::LiveIndex, key: &[u8], collection: &str| {
-        let hits = index.page(key, &PageRange::default(), 50).unwrap();
-        let mut states = std::collections::HashMap::new();
-        let mut out = Vec::with_capacity(16 * 1024);
-        out.extend_from_slice(b"{\"records\":[");
-        for h in &hits {
-            if !states.contains_key(&h.did) {
-                states.insert(h.did.clone(), store.repos().state(&h.did).unwrap().unwrap());
-            }
-            let record = match &h.record {
-                Some(record) => record.clone(),
-                None => store.records().get(&h.did, collection, &h.rkey).unwrap().unwrap(),
-            };
-            let cid = Cid::try_from(record.cid.as_slice()).unwrap().to_string();
-            let uri = format!("at://{}/{collection}/{}", h.did, h.rkey);
-            serde_json::to_writer(&mut out, &json!({"uri": uri, "cid": cid, "did": h.did})).unwrap();
-            sluice::handlers::value::write_cbor_json(record.body.as_deref().unwrap(), &mut out).unwrap();
-        }
-        out.extend_from_slice(b"]}");
-        out.len()
-    };
+    let (likes, statuses) = (&registry.indexes["likes_by_subject"], &registry.indexes["statuses_by_status"]);
     let get = |url: String| {
         runtime.block_on(async {
             let response = http.get(&url).send().await.unwrap();
@@ -510,84 +572,31 @@ fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
             response.bytes().await.unwrap().len()
         })
     };
-    let enc = |s: &str| s.replace(':', "%3A").replace('/', "%2F");
     // Warm up the connection and the caches a little.
     for _ in 0..50 {
         get(format!("{base}/xrpc/dev.sluice.countIndex?index=likes_by_subject&key={}", enc(&post_uri(0))));
     }
+    let mut rng = Rng(99);
+    let mut timer = Timer::default();
     let started = Instant::now();
-    let mut round = 0u64;
     while started.elapsed().as_secs_f64() < secs {
-        round += 1;
-        let hot = post_uri(rng.below(HOT_POSTS));
-        let typical = post_uri(HOT_POSTS + rng.below(stored.posts));
-        let emoji = EMOJI[rng.below(EMOJI.len() as u64) as usize];
-        let (hot_key, typical_key, emoji_key) =
-            (encode::key_tuple(&[&hot]), encode::key_tuple(&[&typical]), encode::key_tuple(&[emoji]));
-        let mut n = 0;
-        time("store: page 50 + bodies, hot like key", &mut || n = page_and_bodies(&likes, &hot_key, LIKE).0);
-        assert_eq!(n, 50, "a hot post has a full page");
-        time("store: page 50 + bodies, typical like key", &mut || {
-            page_and_bodies(&likes, &typical_key, LIKE);
-        });
-        time("store: page 50 + bodies, status key", &mut || n = page_and_bodies(&statuses, &emoji_key, STATUS).0);
-        assert_eq!(n, 50);
-        time("store: queryIndex's work without HTTP, hot like key", &mut || {
-            query_work(&likes, &hot_key, LIKE);
-        });
-        time("store: page 50 only, hot like key", &mut || {
-            likes.page(&hot_key, &PageRange::default(), 50).unwrap();
-        });
-        time("store: page 50 only, status key", &mut || {
-            statuses.page(&emoji_key, &PageRange::default(), 50).unwrap();
-        });
-        time("store: count, hot like key", &mut || n = likes.count(&hot_key).unwrap() as usize);
-        time("store: count, typical like key", &mut || {
-            likes.count(&typical_key).unwrap();
-        });
-        let q = |index: &str, key: &str| {
-            format!("{base}/xrpc/dev.sluice.queryIndex?index={index}&key={}&limit=50", enc(key))
+        let keys = Keys {
+            hot: post_uri(rng.below(HOT_POSTS)),
+            typical: post_uri(HOT_POSTS + rng.below(stored.posts)),
+            emoji: EMOJI[rng.below(EMOJI.len() as u64) as usize],
         };
-        let c = |key: &str| format!("{base}/xrpc/dev.sluice.countIndex?index=likes_by_subject&key={}", enc(key));
-        time("xrpc: queryIndex limit 50, hot like key", &mut || {
-            get(q("likes_by_subject", &hot));
-        });
-        time("xrpc: queryIndex limit 50, typical like key", &mut || {
-            get(q("likes_by_subject", &typical));
-        });
-        time("xrpc: queryIndex limit 50, status key", &mut || {
-            get(q("statuses_by_status", emoji));
-        });
-        time("http floor: GET /status.css (static text)", &mut || {
-            get(format!("{base}/status.css"));
-        });
-        let big = &stored.big;
-        time("xrpc: queryIndex limit 50, big repo (did=), the post it liked often", &mut || {
-            get(format!("{}&did={}", q("likes_by_subject", &stored.big_liked), enc(big)));
-        });
-        time("xrpc: queryIndex limit 50, big repo (did=), a hot like key", &mut || {
-            get(format!("{}&did={}", q("likes_by_subject", &hot), enc(big)));
-        });
-        time("xrpc: queryIndex limit 50, big repo (did=), status key", &mut || {
-            get(format!("{}&did={}", q("statuses_by_status", emoji), enc(big)));
-        });
-        time("xrpc: countIndex, hot like key", &mut || {
-            get(c(&hot));
-        });
-        time("xrpc: countIndex, typical like key", &mut || {
-            get(c(&typical));
-        });
+        store_reads(&mut timer, &store, likes, statuses, &keys);
+        http_reads(&mut timer, &get, &base, stored, &keys);
     }
-    let _ = round;
     stop.store(true, Ordering::Relaxed);
     let (live_secs, live_p99) = writer.join().unwrap();
     figures.live_done = done.load(Ordering::Relaxed);
     figures.live_secs = live_secs;
     figures.live_p99_us = live_p99;
-    for v in reads.values_mut() {
+    for v in timer.0.values_mut() {
         v.sort_by(f64::total_cmp);
     }
-    figures.reads = reads;
+    figures.reads = timer.0;
     drop(_server);
     drop(runtime);
 }
