@@ -12,7 +12,8 @@
 //! Four more run only when named: `sink` (the NATS sink on against off, against a local
 //! `nats-server -js`), `sink-split` (the same with sluice on a core of its own) and `shards`
 //! (two shards at once against one node), see [`sink_and_shards`]; and `filters` (the cost of
-//! declarative indexes and of lexicon validation), see [`filter_variants`].
+//! declarative indexes and of lexicon validation; `SLUICE_FILTER_VARIANTS` picks which, and
+//! several `SLUICE_BIN` builds run interleaved), see [`filter_variants`].
 //! `SLUICE_MANY_REPOS=n[,n...]` sets the sizes of `many` (default 2500,20000,100000).
 //!
 //! To compare builds on the same devnet data (this machine's speed drifts within the hour, so
@@ -255,9 +256,10 @@ fn sink_on_off(net: &Devnet, binary: &str, label: &str, (repos, records): (usize
     }
 }
 
-/// The filter variants `filters` compares: (label, what is added to `filters/everything.toml`).
-/// The devnet's records are ~60% posts, 30% likes and 10% follows, and no statuses.
-fn filter_variants_list() -> Vec<(&'static str, String)> {
+/// The filter variants `filters` compares: (short name, label, what is added to
+/// `filters/everything.toml`). The devnet's records are ~60% posts, 30% likes and 10% follows,
+/// and no statuses.
+fn filter_variants_list() -> Vec<(&'static str, &'static str, String)> {
     const THREE: &str = include_str!("../../filters/indexes.toml");
     const LIKES: &str = "[indexes.likes_by_subject]\ncollection = \"app.bsky.feed.like\"\n\
                          key = [\"subject.uri\"]\nsort = \"createdAt\"\ncount = true\n";
@@ -267,9 +269,14 @@ fn filter_variants_list() -> Vec<(&'static str, String)> {
         format!("[lexicons]\ndir = {:?}\nvalidate = \"{mode}\"\nunknown = \"pass\"\n", lexicons.to_str().unwrap())
     };
     vec![
-        ("base", String::new()),
-        ("issue's three indexes (likes by subject + 2 on statuses: only the likes one has records)", THREE.to_string()),
+        ("base", "base", String::new()),
         (
+            "three",
+            "issue's three indexes (likes by subject + 2 on statuses: only the likes one has records)",
+            THREE.to_string(),
+        ),
+        (
+            "every",
             "an index on every record (likes by subject, posts by time, follows by subject)",
             format!(
                 "{LIKES}[indexes.posts_by_time]\ncollection = \"app.bsky.feed.post\"\nkey = []\nsort = \"createdAt\"\n\
@@ -277,8 +284,8 @@ fn filter_variants_list() -> Vec<(&'static str, String)> {
                  sort = \"createdAt\"\ncount = true\n"
             ),
         ),
-        ("validate = \"drop\"", validate("drop")),
-        ("validate = \"log\"", validate("log")),
+        ("drop", "validate = \"drop\"", validate("drop")),
+        ("log", "validate = \"log\"", validate("log")),
     ]
 }
 
@@ -384,7 +391,10 @@ fn filter_run(net: &Devnet, binary: &str, filter: &str) -> (Usage, FilterRunChec
 /// variants of [`filter_variants_list`] added to `filters/everything.toml`, interleaved: each
 /// of `SLUICE_BENCH_ROUNDS` rounds (default 1) runs every variant once, the order rotated by
 /// one each round. After each shape, a row per variant with its median records/s as a
-/// percentage of base's. Each run's store is checked afterwards (untimed): the same records
+/// percentage of base's. `SLUICE_FILTER_VARIANTS` picks variants by short name (`base`,
+/// `three`, `every`, `drop`, `log`; base is always run). With several builds in `SLUICE_BIN`,
+/// every build runs every variant in the same rotation (so builds compare interleaved, as
+/// ablations need), each against its own base. Each run's store is checked afterwards (untimed): the same records
 /// by collection as base, every index ready, and no record rejected in the log (what differs
 /// is printed as a row, not asserted, so that the numbers still come out).
 async fn filter_variants() {
@@ -394,9 +404,23 @@ async fn filter_variants() {
         .and_then(|s| s.split(',').next()?.trim().parse().ok())
         .unwrap_or(20_000);
     let base = std::fs::read_to_string(sluice_testkit::root().join("filters/everything.toml")).unwrap();
-    let variants: Vec<(&str, String)> =
-        filter_variants_list().into_iter().map(|(label, extra)| (label, format!("{base}\n{extra}"))).collect();
-    let binary = sluice_binaries().remove(0);
+    let picked = std::env::var("SLUICE_FILTER_VARIANTS").ok();
+    let picked =
+        |name: &str| name == "base" || picked.as_deref().is_none_or(|p| p.split(',').any(|v| v.trim() == name));
+    let binaries = sluice_binaries();
+    let build_label = |binary: &str| match binaries.len() {
+        1 => String::new(),
+        _ => format!("{}: ", std::path::Path::new(binary).file_name().unwrap().to_string_lossy()),
+    };
+    // (label, binary, filter, the index of its build's base).
+    let mut variants: Vec<(String, String, String, usize)> = Vec::new();
+    for binary in &binaries {
+        let base_at = variants.len();
+        for (_, label, extra) in filter_variants_list().into_iter().filter(|(name, ..)| picked(name)) {
+            let label = format!("{}{label}", build_label(binary));
+            variants.push((label, binary.clone(), format!("{base}\n{extra}"), base_at));
+        }
+    }
     for (repos, records, seed) in [(16, 50_000, 42), (many, 20, 11)] {
         let net = Devnet::start(DevnetOptions::default()).await.unwrap();
         let started = Instant::now();
@@ -409,8 +433,8 @@ async fn filter_variants() {
         for round in 0..rounds {
             for k in 0..variants.len() {
                 let v = (round + k) % variants.len();
-                let (label, filter) = &variants[v];
-                let (usage, check) = filter_run(&net, &binary, filter);
+                let (label, binary, filter, _) = &variants[v];
+                let (usage, check) = filter_run(&net, binary, filter);
                 row(&format!("{shape}, {label} (round {})", round + 1), repos, total, &usage);
                 eprintln!(
                     "check: {shape}, {label}: {} events, records {:?}, indexes (name, ready, entries, records, \
@@ -430,9 +454,8 @@ async fn filter_variants() {
                 n => (r[n / 2 - 1] + r[n / 2]) / 2.0,
             }
         };
-        let base_median = median(&rates[0]);
-        for (v, (label, _)) in variants.iter().enumerate() {
-            let m = median(&rates[v]);
+        for (v, (label, _, _, base_at)) in variants.iter().enumerate() {
+            let (m, base_median) = (median(&rates[v]), median(&rates[*base_at]));
             println!(
                 "| {shape}, {label}: median of {rounds} | {repos} | {total} | | {m:.0} ({:.1}% of base) | | | | |",
                 100.0 * m / base_median
@@ -441,7 +464,7 @@ async fn filter_variants() {
         // The checks: every variant stores what base stores, builds its indexes and rejects
         // nothing.
         let expected = &checks[0][0].records;
-        for (v, (label, _)) in variants.iter().enumerate() {
+        for (v, (label, ..)) in variants.iter().enumerate() {
             for check in &checks[v] {
                 if &check.records != expected || check.events != checks[0][0].events {
                     println!(
