@@ -237,6 +237,11 @@ fn by_repo_key(did: &str, key: &[u8], sort: &[u8], rkey: &str) -> Vec<u8> {
     [by_repo_prefix(did, key).as_slice(), sort, rkey.as_bytes()].concat()
 }
 
+/// An entry's position (what follows the key tuple in its `E` row): `sort did \0 rkey`.
+fn position(sort: &[u8], did: &str, rkey: &str) -> Vec<u8> {
+    [sort, did.as_bytes(), &[0], rkey.as_bytes()].concat()
+}
+
 fn count_key(key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + key.len());
     k.push(COUNT);
@@ -368,15 +373,14 @@ impl LiveIndex {
                 let (did, rkey) = rest.split_once('\0').ok_or_else(|| corrupt("index entry"))?;
                 Ok((did.to_string(), rkey.to_string(), tail.to_vec()))
             }),
-            Some(did) if self.spec.per_repo == PerRepo::Latest => self.newest_hit(did, key, range),
+            Some(did) if !self.by_repo() => self.newest_hit(did, key, range),
             Some(did) => {
                 // A position is `sort did \0 rkey`; under `D did \0 key` the tail is `sort rkey`.
                 let after = range.after.map(|p| self.repo_tail(p));
                 self.scan(&by_repo_prefix(did, key), range, after, limit, |tail| {
                     let sort = sort_len(self.spec.sort.value_type(), tail).ok_or_else(|| corrupt("index repo row"))?;
                     let rkey = std::str::from_utf8(&tail[sort..]).map_err(|_| corrupt("index repo row"))?;
-                    let position = [&tail[..sort], did.as_bytes(), &[0], rkey.as_bytes()].concat();
-                    Ok((did.to_string(), rkey.to_string(), position))
+                    Ok((did.to_string(), rkey.to_string(), position(&tail[..sort], did, rkey)))
                 })
             }
         }
@@ -440,8 +444,7 @@ impl LiveIndex {
     fn newest_hit(&self, did: &str, key: &[u8], range: &PageRange<'_>) -> Result<Vec<Hit>> {
         let Some((sort, rkey)) = self.newest(did, &HashSet::new())? else { return Ok(vec![]) };
         let Some(RecordRow::Entries(e)) = self.record_row(did, &rkey)? else { return Ok(vec![]) };
-        let position = [sort.as_slice(), did.as_bytes(), &[0], rkey.as_bytes()].concat();
-        let hit = Hit { did: did.to_string(), rkey, position, record: None };
+        let hit = Hit { did: did.to_string(), position: position(&sort, did, &rkey), rkey, record: None };
         Ok(if e.keys.iter().any(|k| k == key) && range.admits(&hit.position) { vec![hit] } else { vec![] })
     }
 }
@@ -528,7 +531,7 @@ pub struct PageRange<'a> {
 
 impl PageRange<'_> {
     /// Whether an entry at `position` is within the sort bounds and past `after`.
-    pub fn admits(&self, position: &[u8]) -> bool {
+    fn admits(&self, position: &[u8]) -> bool {
         let above_lo = self.lo.is_none_or(|lo| position >= lo);
         let below_hi = self.hi.is_none_or(|hi| position < [hi, &[0xff]].concat().as_slice());
         let past = self.after.is_none_or(|a| if self.ascending { position > a } else { position < a });
