@@ -44,6 +44,35 @@ pub fn key_tuple<S: AsRef<[u8]>>(parts: &[S]) -> Vec<u8> {
     key
 }
 
+/// The length of the key tuple of `parts` parts at the start of `bytes` (as [`key_tuple`]
+/// writes it), or `None` when `bytes` does not start with one.
+pub fn key_tuple_len(bytes: &[u8], parts: usize) -> Option<usize> {
+    match bytes.first()? {
+        1 => (bytes.len() >= 17).then_some(17),
+        0 => {
+            let mut at = 1;
+            for _ in 0..parts {
+                at += text_len(&bytes[at..])?;
+            }
+            Some(at)
+        }
+        _ => None,
+    }
+}
+
+/// The length of the text [`push_text`] wrote at the start of `bytes`, its end included.
+fn text_len(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        let nul = at + bytes[at..].iter().position(|b| *b == 0)?;
+        match bytes.get(nul + 1)? {
+            1 => return Some(nul + 2),
+            0xff => at = nul + 2,
+            _ => return None,
+        }
+    }
+}
+
 /// A signed 64-bit value, big-endian with its sign bit flipped: byte order is numeric order.
 pub fn ordered_i64(v: i64) -> [u8; 8] {
     ((v as u64) ^ (1 << 63)).to_be_bytes()
@@ -110,6 +139,15 @@ mod tests {
             if a.len() == b.len() && a != b {
                 prop_assert!(!kb.starts_with(&ka));
             }
+        }
+
+        #[test]
+        fn a_tuple_read_back_ends_where_it_was_written(a in proptest::collection::vec(short_or_long(), 0..4),
+                                                       tail: Vec<u8>) {
+            let key = key_tuple(&a);
+            let row = [key.as_slice(), &tail].concat();
+            prop_assert_eq!(key_tuple_len(&row, a.len()), Some(key.len()));
+            prop_assert_eq!(key_tuple_len(&key[..key.len() - 1], a.len()), None);
         }
 
         #[test]

@@ -124,7 +124,9 @@ impl Store {
         };
         let before = old.as_ref().is_some_and(RepoState::answered);
         let shown = Shown { before, after: state.as_ref().map_or(before, |(_, new)| new.answered()) };
-        let indexed = self.indexes.stage(&mut batch, &did, index_work, &records, log::now_us() as i64, shown)?;
+        let stored = |collection: &str, rkey: &str| Ok(self.records.get(&did, collection, rkey)?.and_then(|r| r.body));
+        let now = log::now_us() as i64;
+        let indexed = self.indexes.stage(&mut batch, &did, index_work, &records, now, shown, &stored)?;
         let queued = match state {
             Some((did, new)) => self.stage_state(&mut batch, &mut deltas, &writer, &did, old, new, false)?,
             None => false,

@@ -13,7 +13,11 @@
 //!   first, so that one repo's entries under a key are one range scan, whatever the key or the
 //!   repo holds besides (a query with `did=`).
 //! - `R did \0 rkey` -> what the record put in the index ([`RecordRow`]): entries, or why it
-//!   has none. An update or delete reads it to remove the old entries; nothing is re-extracted.
+//!   has none; only where a record's entries cannot be extracted again from its stored version
+//!   (a `sortAt` sort, which depends on when it was indexed) or are read without it
+//!   (`per_repo = "latest"`). An update or delete reads it to remove the old entries; in other
+//!   indexes it extracts them again from the stored record it replaces, so that a like costs
+//!   three rows rather than four.
 //! - `C key` -> i64: entries under `key` of repos whose records are answered (not gone or
 //!   discarded: what a query shows), `count = true` only, read in constant time. A repo that
 //!   starts or stops being answered moves its entries' counts in the batch of that change.
@@ -43,6 +47,7 @@ use super::failure::Db;
 use super::records::RecordWrite;
 use super::values::{RecordRef, ValueError};
 use super::{Result, StoreError, keys, keyspace_options};
+use crate::indexes::encode::key_tuple_len;
 use crate::indexes::spec::StoredSpec;
 use crate::indexes::{IndexSpec, PerRepo, RecordEntries, Skip, SortType};
 
@@ -54,7 +59,7 @@ const BY_REPO: u8 = b'D';
 
 /// The version of the rows above, kept in each index's definition: an index stored under an
 /// older one is built again from the records at open.
-const ROWS_VERSION: u8 = 2;
+const ROWS_VERSION: u8 = 3;
 
 /// The longest `records` value an entry carries; a longer record is read from `records`.
 pub const INLINE_MAX: usize = 2048;
@@ -81,7 +86,20 @@ impl LiveIndex {
     fn by_repo(&self) -> bool {
         self.spec.per_repo == PerRepo::All
     }
+
+    /// Whether this index keeps what each record put in it (`R` rows). Elsewhere a record's
+    /// entries are extracted again from its stored version when it changes or goes: they
+    /// depend on nothing but its body. A `sortAt` sort depends on when the record was indexed
+    /// too, and a `per_repo = "latest"` index reads its repo's newest record's entries when the
+    /// newest changes.
+    fn keeps_record_rows(&self) -> bool {
+        self.spec.per_repo == PerRepo::Latest || matches!(self.spec.sort, crate::indexes::Sort::SortAt(_))
+    }
 }
+
+/// A record's stored body, by rkey, in the collection of the index asking: what an update or
+/// removal extracts its old entries from where the index keeps no `R` rows.
+pub(super) type StoredBody<'a> = &'a dyn Fn(&str, &str) -> Result<Option<Vec<u8>>>;
 
 /// The indexes in force; replaced whole when the filter's definitions change.
 #[derive(Default)]
@@ -152,7 +170,8 @@ struct Item {
 /// A change of one record as an index sees it.
 pub(super) struct Update {
     pub(super) rkey: SmolStr,
-    /// Whether the record was stored before (its `R` row, if any, is read).
+    /// Whether the record was stored before: its old entries are then read (its `R` row, or
+    /// extracted again from the stored version).
     pub(super) existed: bool,
     /// The new version's entries; `None` for a removal.
     pub(super) new: Option<Result<RecordEntries, Skip>>,
@@ -289,6 +308,15 @@ fn past(prefix: &[u8]) -> Option<Vec<u8>> {
 
 fn corrupt(what: &'static str) -> StoreError {
     StoreError::Value(ValueError::Malformed(what))
+}
+
+impl From<std::result::Result<RecordEntries, Skip>> for RecordRow {
+    fn from(extracted: std::result::Result<RecordEntries, Skip>) -> RecordRow {
+        match extracted {
+            Ok(entries) => RecordRow::Entries(entries),
+            Err(skip) => RecordRow::Skipped(skip),
+        }
+    }
 }
 
 impl RecordRow {
@@ -467,35 +495,26 @@ impl LiveIndex {
     }
 
     /// The key tuple of each of `did`'s entries (a key as often as the repo has entries under
-    /// it), from the repo's own rows.
+    /// it), from the repo's own rows: its `D` rows, or its newest record's `R` row for
+    /// `per_repo = "latest"`.
     fn repo_keys(&self, did: &str) -> Result<Vec<Vec<u8>>> {
-        Ok(self.repo_entries(did)?.into_iter().flat_map(|(_, e)| e.keys).collect())
-    }
-
-    /// The entries of `did`'s records that stand in the index, by rkey: its `R` rows, or its
-    /// newest record's for `per_repo = "latest"`.
-    fn repo_entries(&self, did: &str) -> Result<Vec<(String, RecordEntries)>> {
-        let mut rows: Vec<(String, RecordEntries)> = Vec::new();
-        match self.spec.per_repo {
-            PerRepo::Latest => {
-                if let Some((_, rkey)) = self.newest(did, &HashSet::new())?
-                    && let Some(RecordRow::Entries(e)) = self.record_row(did, &rkey)?
-                {
-                    rows.push((rkey, e));
-                }
-            }
-            PerRepo::All => {
-                let prefix = did_rkey(RECORD, did, "");
-                for kv in self.space.prefix(&prefix) {
-                    let (k, v) = kv.into_inner()?;
-                    let rkey = std::str::from_utf8(&k[prefix.len()..]).map_err(|_| corrupt("index record row"))?;
-                    if let RecordRow::Entries(e) = RecordRow::decode(&v)? {
-                        rows.push((rkey.to_string(), e));
-                    }
-                }
-            }
+        if !self.by_repo() {
+            let newest = self.newest(did, &HashSet::new())?;
+            let row = match newest {
+                Some((_, rkey)) => self.record_row(did, &rkey)?,
+                None => None,
+            };
+            return Ok(row.and_then(|row| row.entries().cloned()).map(|e| e.keys).unwrap_or_default());
         }
-        Ok(rows)
+        let prefix = did_rkey(BY_REPO, did, "");
+        let mut keys = Vec::new();
+        for kv in self.space.prefix(&prefix) {
+            let k = kv.key()?;
+            let tail = &k[prefix.len()..];
+            let n = key_tuple_len(tail, self.spec.key.len()).ok_or_else(|| corrupt("index repo row"))?;
+            keys.push(tail[..n].to_vec());
+        }
+        Ok(keys)
     }
 }
 
@@ -700,7 +719,9 @@ impl IndexParts {
 
     /// Stages the index rows of `did`'s change in `batch`, under the writer lock: `work` as
     /// prepared, or extracted again from `writes` when the indexes in force changed since.
-    /// Returns the totals to install once the batch committed ([`IndexParts::committed`]).
+    /// `stored` reads the repo's stored records (the versions the change replaces). Returns the
+    /// totals to install once the batch committed ([`IndexParts::committed`]).
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn stage(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
@@ -709,6 +730,7 @@ impl IndexParts {
         writes: &[RecordWrite],
         now_us: i64,
         shown: Shown,
+        stored: StoredBody<'_>,
     ) -> Result<Moved> {
         let registry = self.registry.load();
         let work = if work.generation == registry.generation { work } else { self.prepare(writes, now_us) };
@@ -730,24 +752,24 @@ impl IndexParts {
         drop(progress);
         for (_, (index, items)) in by_index {
             let updates = items.into_iter().map(|i| i.update).collect();
-            self.stage_index(batch, &index, did, updates, shown.after, &mut moved)?;
+            let repo = RepoWrite { did, counted: shown.after, stored, now_us };
+            self.stage_index(batch, &index, &repo, updates, &mut moved)?;
         }
         self.stage_counts(batch, &mut moved)?;
         self.stage_totals(batch, &mut moved);
         Ok(moved)
     }
 
-    /// Stages one index's rows for `updates` of `did`'s records, moving the counts when
-    /// `counted` (the repo is answered).
+    /// Stages one index's rows for `updates` of `repo`'s records.
     fn stage_index(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
         index: &LiveIndex,
-        did: &str,
+        repo: &RepoWrite<'_>,
         updates: Vec<Update>,
-        counted: bool,
         moved: &mut Moved,
     ) -> Result<()> {
+        let did = repo.did;
         let mut counts: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
         let totals = moved.totals.entry(index.id).or_default();
         let mut changed: Vec<Changed> = Vec::new();
@@ -755,18 +777,17 @@ impl IndexParts {
         for Update { rkey, existed, new, value } in updates {
             let old = match seen.remove(&rkey) {
                 Some(row) => row,
-                None if existed => index.record_row(did, &rkey)?,
+                None if existed => repo.old_row(index, &rkey)?,
                 None => None,
             };
-            let new = new.map(|n| match n {
-                Ok(entries) => RecordRow::Entries(entries),
-                Err(skip) => RecordRow::Skipped(skip),
-            });
-            let r_key = did_rkey(RECORD, did, &rkey);
-            match &new {
-                Some(row) => batch.insert(&index.space, r_key, row.encode()),
-                None if old.is_some() => batch.remove(&index.space, r_key),
-                None => {}
+            let new = new.map(RecordRow::from);
+            if index.keeps_record_rows() {
+                let r_key = did_rkey(RECORD, did, &rkey);
+                match &new {
+                    Some(row) => batch.insert(&index.space, r_key, row.encode()),
+                    None if old.is_some() => batch.remove(&index.space, r_key),
+                    None => {}
+                }
             }
             for (row, sign) in [(&old, -1), (&new, 1)] {
                 match row {
@@ -795,7 +816,7 @@ impl IndexParts {
             }
             PerRepo::Latest => totals.entries += self.stage_latest(batch, index, did, &changed, &mut counts)?,
         }
-        if index.spec.count && counted {
+        if index.spec.count && repo.counted {
             for (key, delta) in counts {
                 *moved.counts.entry((index.id, key)).or_default() += delta;
             }
@@ -1042,7 +1063,9 @@ impl IndexParts {
                 updates.push(update);
             }
             let counted = index.spec.count && answered(&did)?;
-            self.stage_index(batch, index, &did, updates, counted, &mut moved)?;
+            // A build puts in records the index does not hold yet: no stored version is read.
+            let repo = RepoWrite { did: &did, counted, stored: &|_, _| Ok(None), now_us: 0 };
+            self.stage_index(batch, index, &repo, updates, &mut moved)?;
         }
         moved.totals.entry(index.id).or_default();
         self.stage_counts(batch, &mut moved)?;
@@ -1082,6 +1105,29 @@ struct Moves<'a> {
     old: Option<&'a RecordEntries>,
     new: Option<&'a RecordEntries>,
     value: &'a [u8],
+}
+
+/// The repo a change writes, as its index rows are staged.
+struct RepoWrite<'a> {
+    did: &'a str,
+    /// Whether its records are answered after the change, so that counts move.
+    counted: bool,
+    /// Its stored records' bodies (see [`StoredBody`]).
+    stored: StoredBody<'a>,
+    /// The time the change is indexed (what `sortAt` bounds by).
+    now_us: i64,
+}
+
+impl RepoWrite<'_> {
+    /// What the stored version of the record `rkey` put in `index`: its `R` row where the index
+    /// keeps them, else extracted again from the stored record.
+    fn old_row(&self, index: &LiveIndex, rkey: &str) -> Result<Option<RecordRow>> {
+        if index.keeps_record_rows() {
+            return index.record_row(self.did, rkey);
+        }
+        let body = (self.stored)(&index.spec.collection, rkey)?;
+        Ok(body.map(|body| crate::indexes::entries(&index.spec, rkey, &body, self.now_us).into()))
+    }
 }
 
 /// Stages the move of one record's entries: `E` rows (and their `D` rows) removed and put (an
