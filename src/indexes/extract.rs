@@ -61,15 +61,29 @@ impl Skip {
 /// The entries of the record `rkey` with DAG-CBOR `body` in the index `spec`; `now_us` is the
 /// time it is indexed (the bound of `sortAt`).
 pub fn entries(spec: &IndexSpec, rkey: &str, body: &[u8], now_us: i64) -> Result<RecordEntries, Skip> {
-    let needs_body = !spec.key.is_empty() || !matches!(spec.sort, Sort::Rkey);
-    let value = match needs_body {
-        true => Some(serde_ipld_dagcbor::from_slice::<RawData>(body).map_err(|_| Skip::Unreadable)?),
-        false => None,
+    let paths = read_paths(spec);
+    let value = match paths.is_empty() {
+        false => Some(super::pruned::decode(body, &paths).ok_or(Skip::Unreadable)?),
+        true => None,
     };
-    let sort = sort_value(&spec.sort, rkey, value.as_ref(), now_us)?;
+    entries_of(spec, rkey, value.as_ref(), now_us)
+}
+
+/// The paths of the record `spec` reads: its key paths and its sort field's.
+fn read_paths(spec: &IndexSpec) -> Vec<&[Segment]> {
+    let mut paths: Vec<&[Segment]> = spec.key.iter().map(FieldPath::segments).collect();
+    if let Sort::Field(path, _) | Sort::SortAt(path) = &spec.sort {
+        paths.push(path.segments());
+    }
+    paths
+}
+
+/// The entries of the record `rkey` whose body decoded to `value` (`None`: not needed).
+fn entries_of(spec: &IndexSpec, rkey: &str, value: Option<&RawData<'_>>, now_us: i64) -> Result<RecordEntries, Skip> {
+    let sort = sort_value(&spec.sort, rkey, value, now_us)?;
     let mut tuples: Vec<Vec<String>> = vec![Vec::new()];
     for path in &spec.key {
-        let parts = key_values(path, value.as_ref().expect("a key path reads the body"))?;
+        let parts = key_values(path, value.expect("a key path reads the body"))?;
         if tuples.len() * parts.len() > MAX_ENTRIES_PER_RECORD {
             return Err(Skip::TooMany);
         }
@@ -205,6 +219,8 @@ fn datetime(value: &RawData<'_>) -> Result<i64, Skip> {
 mod tests {
     use serde_json::json;
 
+    use proptest::prelude::*;
+
     use super::*;
     use crate::indexes::spec::PerRepo;
 
@@ -217,6 +233,106 @@ mod tests {
             count: false,
             per_repo: PerRepo::All,
             method: None,
+        }
+    }
+
+    const CID: &str = "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq";
+    /// Field names that paths and records share: mostly plain, sometimes jacquard's special keys
+    /// (`$link` in paths only: a record holds it alone, from `leaf`).
+    fn name(with_link: bool) -> impl Strategy<Value = &'static str> {
+        let special: &[&str] = if with_link {
+            &["$type", "ref", "mimeType", "size", "$link"]
+        } else {
+            &["$type", "ref", "mimeType", "size"]
+        };
+        prop_oneof![4 => proptest::sample::select(vec!["a", "b"]), 1 => proptest::sample::select(special.to_vec())]
+    }
+
+    fn leaf() -> impl Strategy<Value = serde_json::Value> {
+        let texts = vec!["blob", "x", "2024-01-01T00:00:00Z", "2024-01-01T02:00:00+02:00", CID, ""];
+        prop_oneof![
+            Just(json!(null)),
+            any::<bool>().prop_map(|b| json!(b)),
+            any::<i64>().prop_map(|i| json!(i)),
+            proptest::sample::select(texts).prop_map(|s| json!(s)),
+            Just(json!({"$link": CID})),
+            Just(json!({"$bytes": "aGVsbG8"})),
+            (0u64..5000)
+                .prop_map(|n| json!({"$type": "blob", "ref": {"$link": CID}, "mimeType": "image/png", "size": n})),
+        ]
+    }
+
+    /// An object of the data model: a `$type` is a string (`blob` only in the blobs of
+    /// `leaf`), and `$link` only ever stands alone (from `leaf`).
+    fn object(inner: impl Strategy<Value = serde_json::Value>) -> impl Strategy<Value = serde_json::Value> {
+        let name = name(false).prop_map(String::from);
+        let type_name = proptest::sample::select(vec!["app.bsky.feed.like", "x"]);
+        proptest::collection::btree_map(name, (inner, type_name), 1..5).prop_map(|m| {
+            let typed = m.into_iter().map(|(k, (v, t))| if k == "$type" { (k, json!(t)) } else { (k, v) });
+            serde_json::Value::Object(typed.collect())
+        })
+    }
+
+    fn record() -> impl Strategy<Value = serde_json::Value> {
+        let value = leaf().prop_recursive(4, 48, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                object(inner)
+            ]
+        });
+        object(value)
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        let segment = (name(true), proptest::bool::weighted(0.3));
+        proptest::collection::vec(segment, 1..4).prop_map(|segments| {
+            let names: Vec<String> =
+                segments.iter().map(|(n, each)| if *each { format!("{n}[]") } else { n.to_string() }).collect();
+            names.join(".")
+        })
+    }
+
+    fn any_spec() -> impl Strategy<Value = IndexSpec> {
+        let sort = prop_oneof![
+            Just(("rkey".to_string(), None)),
+            path().prop_map(|p| (format!("sortAt({p})"), None)),
+            (path(), proptest::sample::select(vec!["datetime", "integer", "string"])).prop_map(|(p, t)| (p, Some(t))),
+        ];
+        (proptest::collection::vec(path(), 0..3), sort).prop_filter_map(
+            "paths the filter refuses",
+            |(key, (sort, kind))| {
+                Some(IndexSpec {
+                    key: key.iter().map(|k| FieldPath::parse(k).ok()).collect::<Option<_>>()?,
+                    sort: Sort::parse(&sort, kind).ok()?,
+                    ..spec(&[], "rkey")
+                })
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+        #[test]
+        fn reading_only_the_paths_gives_what_the_whole_record_gives(value in record(), spec in any_spec()) {
+            let body = cbor(value);
+            let now = 1_704_067_200_000_000;
+            // Each path alone (a failing sort would hide the keys from `entries`).
+            let pruned = crate::indexes::pruned::decode(&body, &read_paths(&spec));
+            let whole = serde_ipld_dagcbor::from_slice::<RawData>(&body).ok();
+            prop_assert_eq!(pruned.is_some(), whole.is_some());
+            if let (Some(pruned), Some(whole)) = (&pruned, &whole) {
+                for path in &spec.key {
+                    prop_assert_eq!(key_values(path, pruned), key_values(path, whole), "key {}", path.as_str());
+                }
+                let sorts = [pruned, whole].map(|v| sort_value(&spec.sort, "3kx", Some(v), now));
+                prop_assert_eq!(&sorts[0], &sorts[1]);
+            }
+            let whole = serde_ipld_dagcbor::from_slice::<RawData>(&body).ok();
+            let expected = match &whole {
+                Some(whole) => entries_of(&spec, "3kx", Some(whole), now),
+                None => Err(Skip::Unreadable),
+            };
+            prop_assert_eq!(entries(&spec, "3kx", &body, now), expected);
         }
     }
 

@@ -1,6 +1,6 @@
 //! Indexes declared in the filter file (`[indexes.NAME]`): their definitions ([`spec`]), what a
-//! record puts in one ([`extract`]) and the byte encodings that keep entries in order
-//! ([`encode`]).
+//! record puts in one ([`extract`], reading only the fields its paths go through: [`pruned`])
+//! and the byte encodings that keep entries in order ([`encode`]).
 //!
 //! The store keeps the entries (`store/indexes.rs`), written in the batch of the change that
 //! writes the record; `pipeline::index_builds` puts the filter's definitions in force in the
@@ -11,6 +11,7 @@
 
 pub mod encode;
 pub mod extract;
+pub mod pruned;
 pub mod spec;
 
 pub use extract::{RecordEntries, Skip, entries};
