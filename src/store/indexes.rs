@@ -21,6 +21,8 @@
 //! - `C key` -> i64: entries under `key` of repos whose records are answered (not gone or
 //!   discarded: what a query shows), `count = true` only, read in constant time. A repo that
 //!   starts or stops being answered moves its entries' counts in the batch of that change.
+//!   Moving a count reads it, but for a key the index's counted keys (`counted_keys.rs`)
+//!   know to have no row.
 //! - `P did \0 sort rkey` -> empty (`per_repo = "latest"` only): every record of a repo in sort
 //!   order, so that the repo's newest is one seek, and its next newest one more when it goes.
 //!
@@ -43,6 +45,7 @@ use arc_swap::ArcSwap;
 use fjall::Keyspace;
 use smol_str::SmolStr;
 
+use super::counted_keys::CountedKeys;
 use super::failure::Db;
 use super::records::RecordWrite;
 use super::values::{RecordRef, ValueError};
@@ -71,9 +74,19 @@ pub struct LiveIndex {
     /// The definition.
     pub spec: IndexSpec,
     space: Keyspace,
+    /// The keys that may have a count row, where known: a counted index that held no entry
+    /// when it was created or the store opened (see `counted_keys.rs`).
+    counted: Option<Arc<CountedKeys>>,
 }
 
 impl LiveIndex {
+    /// An index over `space`; `empty` when it holds no entry, so that its counted keys are
+    /// known from the start.
+    fn new(id: u32, spec: IndexSpec, space: Keyspace, empty: bool) -> LiveIndex {
+        let counted = (spec.count && empty).then(|| Arc::new(CountedKeys::empty()));
+        LiveIndex { id, spec, space, counted }
+    }
+
     /// Whether this index's entries carry their records: every record's entries stand for as
     /// long as the record does, so each is rewritten with it. A `per_repo = "latest"` index moves
     /// its entries to an older record when the newest goes, which the change does not carry.
@@ -630,8 +643,9 @@ impl IndexParts {
                 decode_totals(&v, &mut p);
             }
             p.building = meta.get(meta_key(b'b', id))?.map(|v| decode_build(&v));
+            let empty = p.entries == 0;
             progress.insert(id, p);
-            indexes.insert(spec.name.clone(), Arc::new(LiveIndex { id, spec, space }));
+            indexes.insert(spec.name.clone(), Arc::new(LiveIndex::new(id, spec, space, empty)));
         }
         db.commit(outdated)?;
         let parts = IndexParts {
@@ -864,9 +878,19 @@ impl IndexParts {
         let by_id: HashMap<u32, &Arc<LiveIndex>> = registry.indexes.values().map(|ix| (ix.id, ix)).collect();
         for ((id, key), delta) in std::mem::take(&mut moved.counts) {
             let Some(index) = by_id.get(&id).filter(|_| delta != 0) else { continue };
-            match index.count(&key)? + delta {
+            // A key the index has never counted has no row to read.
+            let stored = match &index.counted {
+                Some(counted) if !counted.may_hold(&key) => 0,
+                _ => index.count(&key)?,
+            };
+            match stored + delta {
                 0 => batch.remove(&index.space, count_key(&key)),
-                value => batch.insert(&index.space, count_key(&key), value.to_be_bytes()),
+                value => {
+                    if let Some(counted) = &index.counted {
+                        counted.add(&key);
+                    }
+                    batch.insert(&index.space, count_key(&key), value.to_be_bytes())
+                }
             }
         }
         Ok(())
@@ -977,7 +1001,8 @@ impl IndexParts {
                         ix.clone()
                     } else {
                         batch.insert(&self.meta, meta_key(b'd', ix.id), def_row(spec));
-                        Arc::new(LiveIndex { id: ix.id, spec: spec.clone(), space: ix.space.clone() })
+                        let counted = ix.counted.clone();
+                        Arc::new(LiveIndex { id: ix.id, spec: spec.clone(), space: ix.space.clone(), counted })
                     };
                     next.insert(spec.name.clone(), ix);
                 }
@@ -988,7 +1013,7 @@ impl IndexParts {
                     let build = Build::default();
                     batch.insert(&self.meta, meta_key(b'b', id), encode_build(&build));
                     progress.insert(id, Progress { building: Some(build), ..Default::default() });
-                    next.insert(spec.name.clone(), Arc::new(LiveIndex { id, spec: spec.clone(), space }));
+                    next.insert(spec.name.clone(), Arc::new(LiveIndex::new(id, spec.clone(), space, true)));
                     started.push(spec.name.clone());
                 }
             }

@@ -49,6 +49,7 @@
 
 mod blocks;
 mod commit;
+mod counted_keys;
 mod counts;
 mod cursors;
 mod failure;
