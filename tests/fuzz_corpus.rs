@@ -17,11 +17,12 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
 /// A fuzz target: its name (the folder of its seeds) and its body.
 type Target = (&'static str, fn(&[u8]));
 
-const TARGETS: [Target; 4] = [
+const TARGETS: [Target; 5] = [
     ("car", sluice::fuzz::car),
     ("filter_toml", sluice::fuzz::filter_toml),
     ("cbor_json", sluice::fuzz::cbor_json),
     ("frame", sluice::fuzz::frame),
+    ("index_entries", sluice::fuzz::index_entries),
 ];
 
 #[test]
@@ -94,6 +95,17 @@ fn seeds_exercise_the_accepting_paths() {
         _ => false,
     });
     assert!(ops_taken, "no frame seed is a commit with a record");
+    // Some index entry seed reaches an entry through a blob (`post-media-blob`).
+    let spec = sluice::indexes::IndexSpec {
+        name: "seeds".into(),
+        collection: "app.bsky.feed.post".into(),
+        key: vec![sluice::indexes::FieldPath::parse("embed.media.image.mimeType").unwrap()],
+        sort: sluice::indexes::Sort::parse("n", Some("integer")).unwrap(),
+        count: false,
+        per_repo: sluice::indexes::PerRepo::All,
+        method: None,
+    };
+    assert!(seeds("index_entries").iter().any(|s| sluice::indexes::entries(&spec, "3kx", s, 0).is_ok()));
 }
 
 fn mutate(seed: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {

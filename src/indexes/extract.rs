@@ -215,6 +215,44 @@ fn datetime(value: &RawData<'_>) -> Result<i64, Skip> {
     }
 }
 
+/// The fuzz body for `index_entries`: any bytes, taken as a record's body, are extracted
+/// without a panic; and a body the record rule admits (what a store holds: DAG-CBOR of the data
+/// model) gives the same entries, or the same reason for none, in each of a few indexes whether
+/// it is decoded whole or only along the index's paths ([`super::pruned`], which skips the
+/// fields off them unchecked). Panics only on a real bug.
+pub fn fuzz_entries(body: &[u8]) {
+    const INDEXES: [(&[&str], &str, Option<&str>); 5] = [
+        (&["subject.uri"], "createdAt", Some("datetime")),
+        (&["langs[]", "reply.root.cid"], "rkey", None),
+        (&["embed.$type"], "sortAt(createdAt)", None),
+        (&["facets[].features[].did", "embed.images[].image.mimeType"], "embed.images", Some("string")),
+        (&["embed.media.image.ref", "embed.media.image.size"], "n", Some("integer")),
+    ];
+    let admitted = sluice_handlers::rules::check_record(body).is_ok();
+    let whole = serde_ipld_dagcbor::from_slice::<RawData>(body).ok();
+    for (key, sort, sort_type) in INDEXES {
+        let spec = IndexSpec {
+            name: "fuzz".into(),
+            collection: "app.bsky.feed.post".into(),
+            key: key.iter().map(|k| FieldPath::parse(k).expect("a fuzz index path")).collect(),
+            sort: Sort::parse(sort, sort_type).expect("a fuzz index sort"),
+            count: false,
+            per_repo: super::PerRepo::All,
+            method: None,
+        };
+        let now = 1_704_067_200_000_000;
+        let got = entries(&spec, "3kx", body, now);
+        if !admitted {
+            continue;
+        }
+        let expected = match &whole {
+            Some(whole) => entries_of(&spec, "3kx", Some(whole), now),
+            None => Err(Skip::Unreadable),
+        };
+        assert_eq!(got, expected, "index {key:?} by {sort}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -14,5 +14,5 @@ pub mod extract;
 pub mod pruned;
 pub mod spec;
 
-pub use extract::{RecordEntries, Skip, entries};
+pub use extract::{RecordEntries, Skip, entries, fuzz_entries};
 pub use spec::{FieldPath, IndexSpec, PerRepo, Sort, SortType};
