@@ -308,8 +308,7 @@ fn build_phase(dir: &Path, likes: u64, figures: &mut Figures) -> Stored {
     store.set_indexes(&specs()).unwrap();
     let mut last = (Instant::now(), cpu_seconds());
     let mut rss_at_start = figures.rss_before_mb;
-    loop {
-        let Some(step) = store.build_index_step(2048).unwrap() else { break };
+    while let Some(step) = store.build_index_step(2048).unwrap() {
         let b = figures.build.entry(step.name.clone()).or_default();
         b.records += step.records;
         if step.ready {

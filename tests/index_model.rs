@@ -218,10 +218,12 @@ impl Run {
     }
 }
 
-/// What the model says an index holds: key tuple -> entries as (sort, did, rkey), and the
-/// number of records skipped.
+/// An entry as the model has it: (sort, did, rkey).
+type ModelEntry = (Vec<u8>, String, String);
+
+/// What the model says an index holds: key tuple -> entries, and the number of records skipped.
 struct Expected {
-    entries: BTreeMap<Vec<u8>, BTreeSet<(Vec<u8>, String, String)>>,
+    entries: BTreeMap<Vec<u8>, BTreeSet<ModelEntry>>,
     records: i64,
     skipped: i64,
 }
@@ -274,7 +276,9 @@ fn record_entries(record: &Value, rkey: &str, key: &[&str], sort: &str) -> Optio
 
 fn expected(model: &BTreeMap<(String, String), Value>, key: &[&str], sort: &str, latest: bool) -> Expected {
     let mut out = Expected { entries: BTreeMap::new(), records: 0, skipped: 0 };
-    let mut newest: BTreeMap<&str, (Vec<u8>, String, Vec<Vec<u8>>)> = BTreeMap::new();
+    // Per repo: its newest record's (sort, rkey, key tuples).
+    type Newest = (Vec<u8>, String, Vec<Vec<u8>>);
+    let mut newest: BTreeMap<&str, Newest> = BTreeMap::new();
     for ((did, rkey), record) in model {
         let Some((sort, keys)) = record_entries(record, rkey, key, sort) else {
             out.skipped += 1;

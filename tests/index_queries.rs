@@ -205,7 +205,9 @@ async fn errors_by_status_and_name() {
     let mut s = Setup::new(FILTER, 2048).await;
     s.status(ALICE, "a1", "👍", "2024-01-01T10:00:00Z");
     s.settle();
-    let cases: [(&str, Vec<(&str, &str)>, &str, &str); 9] = [
+    // (method, parameters, error name, what its message names)
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str, &'a str);
+    let cases: [Case; 9] = [
         ("dev.sluice.queryIndex", vec![("index", "nope")], "IndexNotFound", "nope"),
         ("dev.sluice.countIndex", vec![("index", "nope")], "IndexNotFound", "nope"),
         ("dev.sluice.queryIndex", vec![], "InvalidRequest", "index"),

@@ -84,8 +84,6 @@ fn stored(s: &Sluice, did: &str) -> BTreeMap<String, String> {
     testkit::stored_cids(s.store(), did).into_iter().map(|((_, r), cid)| (r, cid)).collect()
 }
 
-/// The CID of `bytes` as a record block.
-
 /// The two repo versions of the pipeline test: the first holds `keep` and `turns` (good); the
 /// second keeps `keep`, turns `turns` into a float record, and adds every hostile record.
 fn versions() -> [RepoContents; 2] {

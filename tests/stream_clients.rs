@@ -129,7 +129,7 @@ async fn a_client_that_stops_reading_is_closed_after_the_send_timeout() {
         most = most.max(state.clients.sending_bytes.load(std::sync::atomic::Ordering::Relaxed));
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    assert!(most <= 2 * (256 + 80) << 10, "{most} bytes in flight to two stalled clients (events of ~68 KB)");
+    assert!(most <= (2 * (256 + 80)) << 10, "{most} bytes in flight to two stalled clients (events of ~68 KB)");
     testkit::wait_until("the stalled replays to be closed", || state.clients.connected() == 0).await;
     assert!(started.elapsed() < std::time::Duration::from_secs(15), "closed in {:?}", started.elapsed());
 

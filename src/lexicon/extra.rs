@@ -330,7 +330,7 @@ impl<'a> Walk<'a> {
 
 /// The MIME type of a blob in the legacy form: an object of exactly a CID string `cid` and a
 /// string `mimeType` (what early records hold; the data model asks readers to accept it).
-fn legacy_blob<'d>(data: &'d Data) -> Option<&'d str> {
+fn legacy_blob(data: &Data) -> Option<&str> {
     let Data::Object(map) = data else { return None };
     let cid = map.get("cid").and_then(|c| c.as_str())?;
     let mime = map.get("mimeType").and_then(|m| m.as_str())?;

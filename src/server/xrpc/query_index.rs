@@ -192,7 +192,7 @@ fn encode_cursor(position: &[u8]) -> String {
 
 fn decode_cursor(cursor: &str) -> Result<Vec<u8>, XrpcError> {
     let bad = || XrpcError::invalid("cursor: not a cursor this method gave");
-    if cursor.len() % 2 != 0 || cursor.len() > 4096 {
+    if !cursor.len().is_multiple_of(2) || cursor.len() > 4096 {
         return Err(bad());
     }
     (0..cursor.len()).step_by(2).map(|i| u8::from_str_radix(&cursor[i..i + 2], 16).map_err(|_| bad())).collect()
