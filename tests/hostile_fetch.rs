@@ -214,10 +214,13 @@ async fn a_failing_host_is_paused_and_does_not_hold_up_the_others() {
     assert!(good_took < Duration::from_millis(400), "the good host's repos did not wait: {good_took:?}");
     let paused = dead_results.iter().filter(|r| matches!(r, Err(FetchError::HostPaused(_)))).count();
     let cut = dead_results.iter().filter(|r| matches!(r, Err(FetchError::Deadline { .. }))).count();
-    assert_eq!((cut, paused), (2, 6), "two failures pause the host; the rest are refused at once");
+    // Two failures pause the host. The two first requests time out together; when one of them
+    // gives back its slot, a waiting request may take it before the other's failure is counted,
+    // and is cut in turn: at most one more, never a wait.
+    assert!((2..=3).contains(&cut) && cut + paused == 8, "cut {cut}, paused {paused}: the rest are refused at once");
     assert!(start.elapsed() < Duration::from_secs(2), "the dead host held its workers {:?}", start.elapsed());
-    assert_eq!(dead.connections(), 2, "refused requests never connect");
-    assert_eq!((f.hosts.paused_hosts(), f.hosts.refused_requests()), (1, 6));
+    assert_eq!(dead.connections(), cut as u64, "refused requests never connect");
+    assert_eq!((f.hosts.paused_hosts(), f.hosts.refused_requests()), (1, paused as u64));
     let e = download(&f, &dead).await.err().unwrap();
     assert!(matches!(e, FetchError::HostPaused(_)) && !e.is_permanent(), "{e}");
     assert!(download(&f, &good).await.is_ok(), "the other host goes on");
