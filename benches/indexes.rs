@@ -308,7 +308,8 @@ fn build_phase(dir: &Path, likes: u64, figures: &mut Figures) -> Stored {
     store.set_indexes(&specs()).unwrap();
     let mut last = (Instant::now(), cpu_seconds());
     let mut rss_at_start = figures.rss_before_mb;
-    while let Some(step) = store.build_index_step(2048).unwrap() {
+    let batch = std::env::var("SLUICE_INDEX_BENCH_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(2048);
+    while let Some(step) = store.build_index_step(batch).unwrap() {
         let b = figures.build.entry(step.name.clone()).or_default();
         b.records += step.records;
         if step.ready {

@@ -464,6 +464,57 @@ fn changed_and_removed_indexes() {
     check_all(&run, false);
 }
 
+/// Puts a status record in `did`, in the store and the model.
+fn put_status(store: &Store, model: &mut BTreeMap<(String, String), Value>, did: &str, rkey: String, status: &str) {
+    let value = json!({"$type": COLLECTION, "status": status, "createdAt": TIMES[0].0});
+    let body = json_to_cbor(&value).unwrap();
+    let existed = model.insert((did.to_string(), rkey.clone()), value).is_some();
+    let write = RecordWrite::Put {
+        collection: COLLECTION.into(),
+        rkey: rkey.into(),
+        cid: testkit::cid_of(&body).to_bytes(),
+        body: body.into(),
+        existed,
+    };
+    store.commit(RepoChange { did: did.into(), records: vec![write], ..Default::default() }).unwrap();
+}
+
+/// Removes a status record of `did`, if there is one, from the store and the model.
+fn remove_status(store: &Store, model: &mut BTreeMap<(String, String), Value>, did: &str, rkey: String) {
+    if model.remove(&(did.to_string(), rkey.clone())).is_some() {
+        let write = RecordWrite::Remove { collection: COLLECTION.into(), rkey: rkey.into() };
+        store.commit(RepoChange { did: did.into(), records: vec![write], ..Default::default() }).unwrap();
+    }
+}
+
+/// Eight statuses in each of `DIDS` (answered repos), and records of collections ordered
+/// before and after theirs.
+fn store_statuses_and_others(store: &Store, model: &mut BTreeMap<(String, String), Value>) {
+    // Counts count the records of repos answered, which these are.
+    let synced = RepoState { status: RepoStatus::Synced, ..Default::default() };
+    store.set_states(&DIDS.map(|d| (d.to_string(), synced.clone())), None).unwrap();
+    for (i, did) in DIDS.iter().enumerate() {
+        for r in 0..8 {
+            put_status(store, model, did, format!("r{r}"), ["👍", "🙂"][(i + r) % 2]);
+        }
+        // Records of collections ordered before and after the index's, which the build
+        // seeks past.
+        let others = ["app.bsky.feed.like", "zzz.other.thing"].map(|collection| {
+            let body = json_to_cbor(&json!({"$type": collection})).unwrap();
+            // More than the build reads in a row before it seeks past them.
+            (0..70).map(move |r| RecordWrite::Put {
+                collection: collection.into(),
+                rkey: format!("o{r}").into(),
+                cid: testkit::cid_of(&body).to_bytes(),
+                body: body.clone().into(),
+                existed: false,
+            })
+        });
+        let records = others.into_iter().flatten().collect();
+        store.commit(RepoChange { did: did.to_string(), records, ..Default::default() }).unwrap();
+    }
+}
+
 /// A build stopped after any number of batches (the store closed with it half done, as a
 /// `kill -9` leaves it: nothing but committed batches) resumes from its position when the store
 /// is opened again, keeps the same index, and ends exact, with commits landing before and past
@@ -472,54 +523,19 @@ fn changed_and_removed_indexes() {
 fn a_build_stopped_anywhere_resumes_and_ends_exact() {
     let spec = Filter::from_toml(&format!("{BASE}{ADDED}"), "t").unwrap().indexes;
     let late: Vec<_> = spec.iter().filter(|s| s.name == "late").cloned().collect();
-    let put = |store: &Store, model: &mut BTreeMap<(String, String), Value>, did: &str, rkey: String, status: &str| {
-        let value = json!({"$type": COLLECTION, "status": status, "createdAt": TIMES[0].0});
-        let body = json_to_cbor(&value).unwrap();
-        let existed = model.insert((did.to_string(), rkey.clone()), value).is_some();
-        let write = RecordWrite::Put {
-            collection: COLLECTION.into(),
-            rkey: rkey.into(),
-            cid: testkit::cid_of(&body).to_bytes(),
-            body: body.into(),
-            existed,
-        };
-        store.commit(RepoChange { did: did.into(), records: vec![write], ..Default::default() }).unwrap();
-    };
     for stop_after in [0, 1, 4, 9, 14] {
         let dir = tempfile::tempdir().unwrap();
         let mut model = BTreeMap::new();
         let store = Store::open(dir.path()).unwrap();
-        // Counts count the records of repos answered, which these are.
-        let synced = RepoState { status: RepoStatus::Synced, ..Default::default() };
-        store.set_states(&DIDS.map(|d| (d.to_string(), synced.clone())), None).unwrap();
-        for (i, did) in DIDS.iter().enumerate() {
-            for r in 0..8 {
-                put(&store, &mut model, did, format!("r{r}"), ["👍", "🙂"][(i + r) % 2]);
-            }
-            // Records of collections ordered before and after the index's, which the build
-            // seeks past.
-            let others = ["app.bsky.feed.like", "zzz.other.thing"].map(|collection| {
-                let body = json_to_cbor(&json!({"$type": collection})).unwrap();
-                // More than the build reads in a row before it seeks past them.
-                (0..70).map(move |r| RecordWrite::Put {
-                    collection: collection.into(),
-                    rkey: format!("o{r}").into(),
-                    cid: testkit::cid_of(&body).to_bytes(),
-                    body: body.clone().into(),
-                    existed: false,
-                })
-            });
-            let records = others.into_iter().flatten().collect();
-            store.commit(RepoChange { did: did.to_string(), records, ..Default::default() }).unwrap();
-        }
+        store_statuses_and_others(&store, &mut model);
         store.set_indexes(&late).unwrap();
         let id = store.index_registry().indexes["late"].id;
         for step in 0..stop_after {
             let done = store.build_index_step(2).unwrap().unwrap();
             assert!(!done.ready, "the build is still under way at step {step}");
             // A commit behind the build's position and one past it.
-            put(&store, &mut model, DIDS[0], format!("r{step}"), "x");
-            put(&store, &mut model, DIDS[2], format!("r{step}"), "x");
+            put_status(&store, &mut model, DIDS[0], format!("r{step}"), "x");
+            put_status(&store, &mut model, DIDS[2], format!("r{step}"), "x");
         }
         let building = store.index_progress()["late"].1.building.clone();
         assert!(building.is_some(), "stopped while building");
@@ -529,9 +545,42 @@ fn a_build_stopped_anywhere_resumes_and_ends_exact() {
         assert_eq!(store.index_progress()["late"].1.building, building, "the position survives");
         store.set_indexes(&late).unwrap();
         assert_eq!(store.index_registry().indexes["late"].id, id, "the same definition keeps its index");
-        put(&store, &mut model, DIDS[1], "new".into(), "👍");
+        put_status(&store, &mut model, DIDS[1], "new".into(), "👍");
         while !store.build_index_step(2).unwrap().unwrap().ready {}
         assert_eq!(store.build_index_step(2).unwrap(), None, "nothing left to build");
+        check_store(&store, &model, &BTreeSet::new(), "late", &["status"], "rkey", false, true);
+    }
+}
+
+/// Changes committed while a build step scans the records off the writer lock (updates,
+/// creates and removals, in the records it read, before them and past them) are read again
+/// under the lock: with a step over everything, and with steps that end among the changes.
+#[test]
+fn changes_during_a_build_scan_are_read_again() {
+    let spec = Filter::from_toml(&format!("{BASE}{ADDED}"), "t").unwrap().indexes;
+    let late: Vec<_> = spec.iter().filter(|s| s.name == "late").cloned().collect();
+    // Each repo holds 148 records keys: a step of 100 ends inside one, of 10,000 reads all.
+    for max_keys in [10_000, 100, 37] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = BTreeMap::new();
+        let store = Store::open(dir.path()).unwrap();
+        store_statuses_and_others(&store, &mut model);
+        store.set_indexes(&late).unwrap();
+        let mut step = 0;
+        loop {
+            let during_scan = || {
+                for (i, did) in DIDS.iter().enumerate() {
+                    put_status(&store, &mut model, did, format!("r{}", (step + i) % 8), "🔥");
+                    put_status(&store, &mut model, did, format!("n{step}"), "🙂");
+                    remove_status(&store, &mut model, did, format!("r{}", (step + i + 3) % 8));
+                }
+            };
+            let done = store.build_index_step_during_scan(max_keys, during_scan).unwrap().unwrap();
+            step += 1;
+            if done.ready {
+                break;
+            }
+        }
         check_store(&store, &model, &BTreeSet::new(), "late", &["status"], "rkey", false, true);
     }
 }

@@ -21,8 +21,8 @@ pub struct Maintainer {
 
 impl Maintainer {
     /// Puts `filter`'s indexes in force now (so that a caller sees them at once), then starts
-    /// the thread that follows its edits and builds, reading `batch` records keys a build batch
-    /// (`[storage] index_build_batch`: each batch holds the writer lock while it reads, so it
+    /// the thread that follows its edits and builds, reading `batch` records keys a build step
+    /// (`[storage] index_build_batch`: each step holds the writer lock while it writes, so it
     /// stays short).
     pub fn start(
         store: Arc<Store>,

@@ -1,12 +1,13 @@
 //! The store's side of the declarative indexes: putting the filter's definitions in force,
-//! building a new index from the stored records a batch at a time, and what the queries and
+//! building a new index from the stored records a step at a time, and what the queries and
 //! `/metrics` read. The rows themselves are `indexes.rs`'s.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 use smol_str::SmolStr;
 
+use super::index_rows::SortedRun;
 use super::indexes::{Build, LiveIndex, Progress, Registry, Update, inline_value};
 use super::{Result, Store, keys, log};
 use crate::indexes::{IndexSpec, Skip};
@@ -58,31 +59,44 @@ impl Store {
         self.indexes.set(specs)
     }
 
-    /// Builds one batch of the first index still building: reads up to `max_keys` stored
-    /// records past its position, under the writer lock, and commits their entries with the new
-    /// position. `None` when no index is building.
+    /// Builds one step of the first index still building: reads up to `max_keys` stored
+    /// records past its position off the writer lock, then, under it, reads again the records
+    /// changed since the scan began, and ingests their entries with the new position (see
+    /// `index_rows.rs`). `None` when no index is building.
     pub fn build_index_step(&self, max_keys: usize) -> Result<Option<BuildStep>> {
-        let _writer = self.writer.lock().expect("writer lock");
-        let Some((index, build)) = self.indexes.next_build() else { return Ok(None) };
+        self.build_index_step_during_scan(max_keys, || {})
+    }
+
+    /// [`Store::build_index_step`], calling `during_scan` once its scan is done and before it
+    /// takes the writer lock: where a change committed by another thread lands (for tests).
+    #[doc(hidden)]
+    pub fn build_index_step_during_scan(
+        &self,
+        max_keys: usize,
+        during_scan: impl FnOnce(),
+    ) -> Result<Option<BuildStep>> {
+        let begun = {
+            let _writer = self.writer.lock().expect("writer lock");
+            self.indexes.begin_scan()
+        };
+        let Some((index, build)) = begun else { return Ok(None) };
         let now = log::now_us() as i64;
-        let mut found: Vec<(String, Update)> = Vec::new();
-        let last =
-            self.records.scan_collection(&build.after, max_keys, &index.spec.collection, |did, rkey, cid, body| {
-                let update = Update {
-                    rkey: SmolStr::new(rkey),
-                    existed: false,
-                    new: Some(crate::indexes::entries(&index.spec, rkey, body, now)),
-                    value: index.inlines().then(|| inline_value(cid, body)).flatten(),
-                };
-                found.push((did.to_string(), update));
-                Ok(())
-            })?;
+        let scanned = self.scan_for_build(&index, &build, max_keys, now);
+        during_scan();
+        let _writer = self.writer.lock().expect("writer lock");
+        let changed = self.indexes.end_scan().map(|s| s.changed).unwrap_or_default();
+        let (mut found, last) = scanned?;
+        if !self.indexes.building_at(&index, &build) {
+            // Redefined, dropped or moved while the scan ran: its work is not this index's.
+            return Ok(Some(BuildStep { name: index.spec.name.clone(), records: 0, ready: false }));
+        }
+        self.read_changed_again(&index, &mut found, &changed, last.as_deref(), now)?;
         let records = found.len() as u64;
         let next = last.map(|after| Build { after, done: build.done + records });
-        let mut batch = self.db.batch(4 * found.len() + 4);
+        let mut run = SortedRun::new(index.space(), 3 * found.len() + 4);
         let answered = |did: &str| Ok(self.repos.state(did)?.is_some_and(|s| s.answered()));
-        let moved = self.indexes.stage_build(&mut batch, &index, found, next.clone(), answered)?;
-        self.db.commit(batch)?;
+        let moved = self.indexes.stage_build(&mut run, &index, found, next.clone(), answered)?;
+        run.ingest(&self.db)?;
         self.indexes.committed(moved);
         let ready = next.is_none();
         self.indexes.built(index.id, next);
@@ -90,6 +104,55 @@ impl Store {
             tracing::info!(index = %index.spec.name, "index built");
         }
         Ok(Some(BuildStep { name: index.spec.name.clone(), records, ready }))
+    }
+
+    /// The records of `index`'s collection past `build`'s position, up to `max_keys` records
+    /// keys read, as creates in key order; and the last key read (`None`: the end).
+    fn scan_for_build(
+        &self,
+        index: &LiveIndex,
+        build: &Build,
+        max_keys: usize,
+        now: i64,
+    ) -> Result<(Vec<Found>, Option<Vec<u8>>)> {
+        let mut found = Vec::new();
+        let collection = &index.spec.collection;
+        let last = self.records.scan_collection(&build.after, max_keys, collection, |did, rkey, cid, body| {
+            found.push((did.to_string(), build_update(index, rkey, cid, body, now)));
+            Ok(())
+        })?;
+        Ok((found, last))
+    }
+
+    /// Brings `found`, scanned off the lock, up to date under it: each record of `changed` the
+    /// step covers (up to `last`, or all past the position when the scan reached the end) is
+    /// taken out and read again from `records`, as it stands now.
+    fn read_changed_again(
+        &self,
+        index: &LiveIndex,
+        found: &mut Vec<Found>,
+        changed: &BTreeSet<Vec<u8>>,
+        last: Option<&[u8]>,
+        now: i64,
+    ) -> Result<()> {
+        let covered = changed.iter().filter(|k| last.is_none_or(|last| k.as_slice() <= last));
+        let mut again: HashSet<(&str, &str)> = HashSet::new();
+        for key in covered {
+            let (did, _, rkey) = keys::parse_record(key)?;
+            again.insert((did, rkey));
+        }
+        if again.is_empty() {
+            return Ok(());
+        }
+        found.retain(|(did, u)| !again.contains(&(did.as_str(), u.rkey.as_str())));
+        for (did, rkey) in again {
+            let stored = self.records.get(did, &index.spec.collection, rkey)?;
+            if let Some(super::values::RecordRef { cid, body: Some(body) }) = stored {
+                found.push((did.to_string(), build_update(index, rkey, &cid, &body, now)));
+            }
+        }
+        found.sort_by(|(a, x), (b, y)| (a, &x.rkey).cmp(&(b, &y.rkey)));
+        Ok(())
     }
 
     /// The ids of the index keyspaces the database holds (`index.<id>`): each index in force
@@ -102,5 +165,18 @@ impl Store {
     fn records_in(&self, collection: &str) -> i64 {
         let writer = self.writer.lock().expect("writer lock");
         writer.counts.get(&keys::count_records(collection)).copied().unwrap_or(0)
+    }
+}
+
+/// A record a build step puts in its index: its repo and the create.
+type Found = (String, Update);
+
+/// A stored record put in `index` as a create, by a build.
+fn build_update(index: &LiveIndex, rkey: &str, cid: &[u8], body: &[u8], now: i64) -> Update {
+    Update {
+        rkey: SmolStr::new(rkey),
+        existed: false,
+        new: Some(crate::indexes::entries(&index.spec, rkey, body, now)),
+        value: index.inlines().then(|| inline_value(cid, body)).flatten(),
     }
 }

@@ -25,19 +25,22 @@
 //!   know to have no row.
 //! - `P did \0 sort rkey` -> empty (`per_repo = "latest"` only): every record of a repo in sort
 //!   order, so that the repo's newest is one seek, and its next newest one more when it goes.
+//! - `B` -> the build position (the last `records` key built and the records built so far;
+//!   absent once ready), and `S` -> totals (entries, records with entries, records skipped):
+//!   kept beside the entries so that a build step's ingested run (`index_rows.rs`) moves them
+//!   together.
 //!
-//! Rows of `index_meta`: `d id` -> definition (JSON, versioned), `b id` -> build position (the
-//! last `records` key built; absent once ready), `s id` -> totals (entries, records with
-//! entries, records skipped).
+//! Rows of `index_meta`: `d id` -> definition (JSON, versioned); `n` -> the next id.
 //!
 //! Contract: entries are staged in the batch of the change that writes their record, under the
 //! writer lock (`Store::commit_prepared`), so an index never disagrees with the records. While
-//! an index is built, a change applies to it only for records at or before the build's position;
-//! the build reads the records past it, under the same lock, and moves the position in the
-//! batch that writes their entries. So a build that stops anywhere (`kill -9`) resumes where its
-//! last batch ended and ends exact.
+//! an index is built, a change applies to it only for records at or before the build's position.
+//! A build step scans the records past it off the lock ([`Scanning`]: the changes committed
+//! meanwhile past the position are noted), then, under the lock, reads those again and moves the
+//! position in the run that writes their entries (ingested at once, see `index_rows.rs`). So a
+//! build that stops anywhere (`kill -9`) resumes where its last step ended and ends exact.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound::{self, Excluded, Included, Unbounded};
 use std::sync::{Arc, Mutex};
 
@@ -47,6 +50,7 @@ use smol_str::SmolStr;
 
 use super::counted_keys::CountedKeys;
 use super::failure::Db;
+use super::index_rows::Rows;
 use super::records::RecordWrite;
 use super::values::{RecordRef, ValueError};
 use super::{Result, StoreError, keys, keyspace_options};
@@ -59,10 +63,12 @@ const RECORD: u8 = b'R';
 const COUNT: u8 = b'C';
 const PER_REPO: u8 = b'P';
 const BY_REPO: u8 = b'D';
+const BUILD: u8 = b'B';
+const TOTALS: u8 = b'S';
 
 /// The version of the rows above, kept in each index's definition: an index stored under an
 /// older one is built again from the records at open.
-const ROWS_VERSION: u8 = 3;
+const ROWS_VERSION: u8 = 4;
 
 /// The longest `records` value an entry carries; a longer record is read from `records`.
 pub const INLINE_MAX: usize = 2048;
@@ -85,6 +91,11 @@ impl LiveIndex {
     fn new(id: u32, spec: IndexSpec, space: Keyspace, empty: bool) -> LiveIndex {
         let counted = (spec.count && empty).then(|| Arc::new(CountedKeys::empty()));
         LiveIndex { id, spec, space, counted }
+    }
+
+    /// Its keyspace, `index.<id>`.
+    pub(super) fn space(&self) -> &Keyspace {
+        &self.space
     }
 
     /// Whether this index's entries carry their records: every record's entries stand for as
@@ -227,6 +238,18 @@ pub(super) struct IndexParts {
     progress: Mutex<HashMap<u32, Progress>>,
     /// Records skipped since start, by index and reason (for `/metrics`).
     skips: Mutex<HashMap<(u32, Skip), u64>>,
+    /// A build step's scan under way off the writer lock, if one is.
+    scanning: Mutex<Option<Scanning>>,
+}
+
+/// A build step's scan of the stored records, under way off the writer lock: the index it
+/// builds and the `records` keys of the changes committed since it began that the index left
+/// to the build (past its position). The scan may have read those records before or after
+/// the change, so the step reads them again under the lock.
+pub(super) struct Scanning {
+    id: u32,
+    /// The `records` keys changed, in key order.
+    pub(super) changed: BTreeSet<Vec<u8>>,
 }
 
 fn meta_key(kind: u8, id: u32) -> [u8; 5] {
@@ -639,10 +662,10 @@ impl IndexParts {
             let spec = def.spec.to_spec().map_err(|_| corrupt("index definition"))?;
             let space = db.keyspace(&format!("index.{id}"), || keyspace_options("index"))?;
             let mut p = Progress::default();
-            if let Some(v) = meta.get(meta_key(b's', id))? {
+            if let Some(v) = space.get([TOTALS])? {
                 decode_totals(&v, &mut p);
             }
-            p.building = meta.get(meta_key(b'b', id))?.map(|v| decode_build(&v));
+            p.building = space.get([BUILD])?.map(|v| decode_build(&v));
             let empty = p.entries == 0;
             progress.insert(id, p);
             indexes.insert(spec.name.clone(), Arc::new(LiveIndex::new(id, spec, space, empty)));
@@ -652,6 +675,7 @@ impl IndexParts {
             registry: ArcSwap::from_pointee(Registry { generation: 1, indexes }),
             progress: Mutex::new(progress),
             skips: Mutex::default(),
+            scanning: Mutex::default(),
             db,
             meta,
         };
@@ -738,7 +762,7 @@ impl IndexParts {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn stage(
         &self,
-        batch: &mut fjall::OwnedWriteBatch,
+        batch: &mut impl Rows,
         did: &str,
         work: IndexWork,
         writes: &[RecordWrite],
@@ -757,9 +781,14 @@ impl IndexParts {
         let mut by_index: BTreeMap<u32, (Arc<LiveIndex>, Vec<Item>)> = BTreeMap::new();
         for item in work.items {
             let building = progress.get(&item.index.id).and_then(|p| p.building.as_ref());
-            // Past a build's position the build will read the record as committed.
-            if building.is_some_and(|b| keys::record(did, &item.collection, &item.update.rkey) > b.after) {
-                continue;
+            // Past a build's position the build will read the record as committed (and a scan
+            // under way reads it again).
+            if let Some(build) = building {
+                let record = keys::record(did, &item.collection, &item.update.rkey);
+                if record > build.after {
+                    self.passed(item.index.id, record);
+                    continue;
+                }
             }
             by_index.entry(item.index.id).or_insert_with(|| (item.index.clone(), Vec::new())).1.push(item);
         }
@@ -777,7 +806,7 @@ impl IndexParts {
     /// Stages one index's rows for `updates` of `repo`'s records.
     fn stage_index(
         &self,
-        batch: &mut fjall::OwnedWriteBatch,
+        batch: &mut impl Rows,
         index: &LiveIndex,
         repo: &RepoWrite<'_>,
         updates: Vec<Update>,
@@ -798,8 +827,8 @@ impl IndexParts {
             if index.keeps_record_rows() {
                 let r_key = did_rkey(RECORD, did, &rkey);
                 match &new {
-                    Some(row) => batch.insert(&index.space, r_key, row.encode()),
-                    None if old.is_some() => batch.remove(&index.space, r_key),
+                    Some(row) => batch.put(&index.space, r_key, row.encode()),
+                    None if old.is_some() => batch.delete(&index.space, r_key),
                     None => {}
                 }
             }
@@ -861,7 +890,7 @@ impl IndexParts {
     /// Stages the count moves of repos that start or stop being answered without a change of
     /// their records (account events), all in one batch. Returns what to install once it
     /// committed.
-    pub(super) fn stage_shown(&self, batch: &mut fjall::OwnedWriteBatch, repos: &[(&str, Shown)]) -> Result<Moved> {
+    pub(super) fn stage_shown(&self, batch: &mut impl Rows, repos: &[(&str, Shown)]) -> Result<Moved> {
         let registry = self.registry.load();
         let mut moved = Moved::default();
         for (did, shown) in repos {
@@ -873,7 +902,7 @@ impl IndexParts {
 
     /// Stages the count moves of a whole batch: each key's stored count read once and written
     /// once (or removed at zero).
-    fn stage_counts(&self, batch: &mut fjall::OwnedWriteBatch, moved: &mut Moved) -> Result<()> {
+    fn stage_counts(&self, batch: &mut impl Rows, moved: &mut Moved) -> Result<()> {
         let registry = self.registry.load();
         let by_id: HashMap<u32, &Arc<LiveIndex>> = registry.indexes.values().map(|ix| (ix.id, ix)).collect();
         for ((id, key), delta) in std::mem::take(&mut moved.counts) {
@@ -884,12 +913,12 @@ impl IndexParts {
                 _ => index.count(&key)?,
             };
             match stored + delta {
-                0 => batch.remove(&index.space, count_key(&key)),
+                0 => batch.delete(&index.space, count_key(&key)),
                 value => {
                     if let Some(counted) = &index.counted {
                         counted.add(&key);
                     }
-                    batch.insert(&index.space, count_key(&key), value.to_be_bytes())
+                    batch.put(&index.space, count_key(&key), value.to_be_bytes())
                 }
             }
         }
@@ -901,7 +930,7 @@ impl IndexParts {
     /// entries added less those removed.
     fn stage_latest(
         &self,
-        batch: &mut fjall::OwnedWriteBatch,
+        batch: &mut impl Rows,
         index: &LiveIndex,
         did: &str,
         changed: &[Changed],
@@ -916,10 +945,10 @@ impl IndexParts {
         let mut after = index.newest(did, &touched)?;
         for Changed { rkey, old, new, .. } in changed {
             if let Some(old) = old {
-                batch.remove(&index.space, [prefix.as_slice(), &old.sort, rkey.as_bytes()].concat());
+                batch.delete(&index.space, [prefix.as_slice(), &old.sort, rkey.as_bytes()].concat());
             }
             if let Some(new) = new {
-                batch.insert(&index.space, [prefix.as_slice(), &new.sort, rkey.as_bytes()].concat(), []);
+                batch.put(&index.space, [prefix.as_slice(), &new.sort, rkey.as_bytes()].concat(), []);
                 let candidate = (new.sort.clone(), rkey.to_string());
                 if after.as_ref().is_none_or(|a| candidate > *a) {
                     after = Some(candidate);
@@ -955,14 +984,17 @@ impl IndexParts {
     }
 
     /// Stages the totals `moved` leaves, against the stored ones.
-    fn stage_totals(&self, batch: &mut fjall::OwnedWriteBatch, moved: &mut Moved) {
+    fn stage_totals(&self, batch: &mut impl Rows, moved: &mut Moved) {
+        let registry = self.registry.load();
         let progress = self.progress.lock().expect("index progress lock");
         for (id, delta) in moved.totals.iter_mut() {
             let mut now = progress.get(id).cloned().unwrap_or_default();
             now.entries += delta.entries;
             now.records += delta.records;
             now.skipped += delta.skipped;
-            batch.insert(&self.meta, meta_key(b's', *id), encode_totals(&now));
+            if let Some(index) = registry.indexes.values().find(|ix| ix.id == *id) {
+                batch.put(&index.space, [TOTALS], encode_totals(&now));
+            }
             *delta = now;
         }
     }
@@ -1011,7 +1043,7 @@ impl IndexParts {
                     let space = self.db.keyspace(&format!("index.{id}"), || keyspace_options("index"))?;
                     batch.insert(&self.meta, meta_key(b'd', id), def_row(spec));
                     let build = Build::default();
-                    batch.insert(&self.meta, meta_key(b'b', id), encode_build(&build));
+                    batch.insert(&space, [BUILD], encode_build(&build));
                     progress.insert(id, Progress { building: Some(build), ..Default::default() });
                     next.insert(spec.name.clone(), Arc::new(LiveIndex::new(id, spec.clone(), space, true)));
                     started.push(spec.name.clone());
@@ -1020,9 +1052,7 @@ impl IndexParts {
         }
         for (name, ix) in &current.indexes {
             if next.get(name).is_none_or(|n| n.id != ix.id) {
-                for kind in [b'd', b'b', b's'] {
-                    batch.remove(&self.meta, meta_key(kind, ix.id));
-                }
+                batch.remove(&self.meta, meta_key(b'd', ix.id));
                 dropped_names.push(name.clone());
                 dropped.push(ix.clone());
             }
@@ -1061,20 +1091,44 @@ impl IndexParts {
         }
     }
 
-    /// The first index still building, with its position.
-    pub(super) fn next_build(&self) -> Option<(Arc<LiveIndex>, Build)> {
+    /// The first index still building, with its position, its scan for the next step marked
+    /// under way. Under the writer lock, so that every change committed after it is noted.
+    pub(super) fn begin_scan(&self) -> Option<(Arc<LiveIndex>, Build)> {
         let progress = self.progress.lock().expect("index progress lock");
-        self.registry.load().indexes.values().find_map(|ix| {
+        let next = self.registry.load().indexes.values().find_map(|ix| {
             let build = progress.get(&ix.id)?.building.clone()?;
             Some((ix.clone(), build))
-        })
+        });
+        *self.scanning.lock().expect("index scan lock") =
+            next.as_ref().map(|(ix, _)| Scanning { id: ix.id, changed: BTreeSet::new() });
+        next
+    }
+
+    /// Ends the scan under way (under the writer lock): the changes noted since it began.
+    pub(super) fn end_scan(&self) -> Option<Scanning> {
+        self.scanning.lock().expect("index scan lock").take()
+    }
+
+    /// Notes that a change of `record` passed index `id` by, past its build's position.
+    fn passed(&self, id: u32, record: Vec<u8>) {
+        if let Some(scan) = self.scanning.lock().expect("index scan lock").as_mut().filter(|s| s.id == id) {
+            scan.changed.insert(record);
+        }
+    }
+
+    /// Whether `index` is still in force and its build still at `build` (a step that finds it
+    /// otherwise, after its scan, leaves its work).
+    pub(super) fn building_at(&self, index: &Arc<LiveIndex>, build: &Build) -> bool {
+        let in_force = self.registry.load().indexes.get(&index.spec.name).is_some_and(|ix| Arc::ptr_eq(ix, index));
+        let progress = self.progress.lock().expect("index progress lock");
+        in_force && progress.get(&index.id).and_then(|p| p.building.as_ref()) == Some(build)
     }
 
     /// Stages one build batch of `index`: the records read past `build` (grouped by repo, in
     /// key order) put in as creates, and the new position (`None`: the build is done).
     pub(super) fn stage_build(
         &self,
-        batch: &mut fjall::OwnedWriteBatch,
+        batch: &mut impl Rows,
         index: &Arc<LiveIndex>,
         records: Vec<(String, Update)>,
         build: Option<Build>,
@@ -1096,8 +1150,8 @@ impl IndexParts {
         self.stage_counts(batch, &mut moved)?;
         self.stage_totals(batch, &mut moved);
         match &build {
-            Some(b) => batch.insert(&self.meta, meta_key(b'b', index.id), encode_build(b)),
-            None => batch.remove(&self.meta, meta_key(b'b', index.id)),
+            Some(b) => batch.put(&index.space, [BUILD], encode_build(b)),
+            None => batch.delete(&index.space, [BUILD]),
         }
         Ok(moved)
     }
@@ -1159,7 +1213,7 @@ impl RepoWrite<'_> {
 /// entry in both put again when it carries the record, for the new version's), and the per-key
 /// count moves in `counts`. Returns the entries added less those removed.
 fn stage_entries(
-    batch: &mut fjall::OwnedWriteBatch,
+    batch: &mut impl Rows,
     index: &LiveIndex,
     did: &str,
     Moves { rkey, old, new, value }: Moves<'_>,
@@ -1171,9 +1225,9 @@ fn stage_entries(
             if new.is_some_and(|n| n.sort == old.sort && n.keys.contains(key)) {
                 continue;
             }
-            batch.remove(&index.space, entry_key(key, &old.sort, did, rkey));
+            batch.delete(&index.space, entry_key(key, &old.sort, did, rkey));
             if index.by_repo() {
-                batch.remove(&index.space, by_repo_key(did, key, &old.sort, rkey));
+                batch.delete(&index.space, by_repo_key(did, key, &old.sort, rkey));
             }
             *counts.entry(key.clone()).or_default() -= 1;
             moved -= 1;
@@ -1185,10 +1239,10 @@ fn stage_entries(
             if stood && !index.inlines() {
                 continue;
             }
-            batch.insert(&index.space, entry_key(key, &new.sort, did, rkey), value);
+            batch.put(&index.space, entry_key(key, &new.sort, did, rkey), value);
             if !stood {
                 if index.by_repo() {
-                    batch.insert(&index.space, by_repo_key(did, key, &new.sort, rkey), []);
+                    batch.put(&index.space, by_repo_key(did, key, &new.sort, rkey), []);
                 }
                 *counts.entry(key.clone()).or_default() += 1;
                 moved += 1;

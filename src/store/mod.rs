@@ -57,6 +57,7 @@ mod handler_spaces;
 mod handles;
 mod held;
 mod index_build;
+mod index_rows;
 mod indexes;
 pub mod keys;
 mod log;
