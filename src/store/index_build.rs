@@ -8,7 +8,7 @@ use std::sync::Arc;
 use smol_str::SmolStr;
 
 use super::index_rows::SortedRun;
-use super::indexes::{Build, LiveIndex, Progress, Registry, Update, inline_value};
+use super::indexes::{Build, Found, LiveIndex, Progress, Registry, ScannedStep, Update, inline_value};
 use super::{Result, Store, keys, log};
 use crate::indexes::{IndexSpec, Skip};
 
@@ -60,9 +60,10 @@ impl Store {
     }
 
     /// Builds one step of the first index still building: reads up to `max_keys` stored
-    /// records past its position off the writer lock, then, under it, reads again the records
-    /// changed since the scan began, and ingests their entries with the new position (see
-    /// `index_rows.rs`). `None` when no index is building.
+    /// records keys past its position off the writer lock, then, under it, reads again the
+    /// records changed since the scan began, and ingests their entries with the new position
+    /// (see `index_rows.rs`). While it writes, another thread reads the next step's records,
+    /// which the next call takes up. `None` when no index is building.
     pub fn build_index_step(&self, max_keys: usize) -> Result<Option<BuildStep>> {
         self.build_index_step_during_scan(max_keys, || {})
     }
@@ -75,53 +76,95 @@ impl Store {
         max_keys: usize,
         during_scan: impl FnOnce(),
     ) -> Result<Option<BuildStep>> {
-        let begun = {
-            let _writer = self.writer.lock().expect("writer lock");
-            self.indexes.begin_scan()
+        let step = match self.indexes.take_prefetched() {
+            Some(step) => step,
+            None => {
+                let begun = {
+                    let _writer = self.writer.lock().expect("writer lock");
+                    self.indexes.next_build().map(|(index, build)| {
+                        let ticket = self.indexes.begin_scan(index.id, build.after.clone());
+                        (index, build.after, ticket)
+                    })
+                };
+                let Some((index, from, ticket)) = begun else { return Ok(None) };
+                self.scan_for_build(index, from, ticket, max_keys)
+            }
         };
-        let Some((index, build)) = begun else { return Ok(None) };
-        let now = log::now_us() as i64;
-        let scanned = self.scan_for_build(&index, &build, max_keys, now);
         during_scan();
-        let _writer = self.writer.lock().expect("writer lock");
-        let changed = self.indexes.end_scan().map(|s| s.changed).unwrap_or_default();
+        let writer = self.writer.lock().expect("writer lock");
+        let changed = self.indexes.end_scan(step.ticket);
+        let ScannedStep { index, from, now, scanned, .. } = step;
         let (mut found, last) = scanned?;
-        if !self.indexes.building_at(&index, &build) {
+        let Some(build) = self.indexes.building_from(&index, &from) else {
             // Redefined, dropped or moved while the scan ran: its work is not this index's.
             return Ok(Some(BuildStep { name: index.spec.name.clone(), records: 0, ready: false }));
-        }
+        };
         self.read_changed_again(&index, &mut found, &changed, last.as_deref(), now)?;
         let records = found.len() as u64;
         let next = last.map(|after| Build { after, done: build.done + records });
-        let mut run = SortedRun::new(index.space(), 3 * found.len() + 4);
-        let answered = |did: &str| Ok(self.repos.state(did)?.is_some_and(|s| s.answered()));
-        let moved = self.indexes.stage_build(&mut run, &index, found, next.clone(), answered)?;
-        run.ingest(&self.db)?;
-        self.indexes.committed(moved);
+        std::thread::scope(|scope| {
+            // The next step's scan, from where this one ends, while this one writes.
+            let ahead = next.as_ref().map(|next| {
+                let ticket = self.indexes.begin_scan(index.id, next.after.clone());
+                let (index, from) = (index.clone(), next.after.clone());
+                std::thread::Builder::new()
+                    .name("sluice-index-scan".into())
+                    .spawn_scoped(scope, move || self.scan_for_build(index, from, ticket, max_keys))
+                    .map_err(|e| (e, ticket))
+            });
+            let written = self.write_build_step(&index, found, next.clone());
+            drop(writer);
+            match ahead {
+                Some(Ok(thread)) => match thread.join() {
+                    Ok(step) if written.is_ok() => self.indexes.prefetch(step),
+                    Ok(step) => drop(self.end_scan_locked(step.ticket)),
+                    Err(panic) => std::panic::resume_unwind(panic),
+                },
+                Some(Err((e, ticket))) => {
+                    tracing::warn!(error = %e, "no thread to read the next index build step ahead");
+                    drop(self.end_scan_locked(ticket));
+                }
+                None => {}
+            }
+            written
+        })?;
         let ready = next.is_none();
-        self.indexes.built(index.id, next);
         if ready {
             tracing::info!(index = %index.spec.name, "index built");
         }
         Ok(Some(BuildStep { name: index.spec.name.clone(), records, ready }))
     }
 
-    /// The records of `index`'s collection past `build`'s position, up to `max_keys` records
-    /// keys read, as creates in key order; and the last key read (`None`: the end).
-    fn scan_for_build(
-        &self,
-        index: &LiveIndex,
-        build: &Build,
-        max_keys: usize,
-        now: i64,
-    ) -> Result<(Vec<Found>, Option<Vec<u8>>)> {
+    /// Writes a build step: `found`'s entries and the build's `next` position, as one ingested
+    /// run, and moves the build there. Under the writer lock: a change committed after it sees
+    /// the new position.
+    fn write_build_step(&self, index: &Arc<LiveIndex>, found: Vec<Found>, next: Option<Build>) -> Result<()> {
+        let mut run = SortedRun::new(index.space(), 3 * found.len() + 4);
+        let answered = |did: &str| Ok(self.repos.state(did)?.is_some_and(|s| s.answered()));
+        let moved = self.indexes.stage_build(&mut run, index, found, next.clone(), answered)?;
+        run.ingest(&self.db)?;
+        self.indexes.committed(moved);
+        self.indexes.built(index.id, next);
+        Ok(())
+    }
+
+    /// Ends a scan whose step will not be built.
+    fn end_scan_locked(&self, ticket: u64) -> BTreeSet<Vec<u8>> {
+        let _writer = self.writer.lock().expect("writer lock");
+        self.indexes.end_scan(ticket)
+    }
+
+    /// Reads the records of `index`'s collection past `from`, up to `max_keys` records keys, as
+    /// creates in key order (the scan `ticket`, begun under the writer lock).
+    fn scan_for_build(&self, index: Arc<LiveIndex>, from: Vec<u8>, ticket: u64, max_keys: usize) -> ScannedStep {
+        let now = log::now_us() as i64;
         let mut found = Vec::new();
         let collection = &index.spec.collection;
-        let last = self.records.scan_collection(&build.after, max_keys, collection, |did, rkey, cid, body| {
-            found.push((did.to_string(), build_update(index, rkey, cid, body, now)));
+        let last = self.records.scan_collection(&from, max_keys, collection, |did, rkey, cid, body| {
+            found.push((did.to_string(), build_update(&index, rkey, cid, body, now)));
             Ok(())
-        })?;
-        Ok((found, last))
+        });
+        ScannedStep { ticket, now, scanned: last.map(|last| (found, last)), index, from }
     }
 
     /// Brings `found`, scanned off the lock, up to date under it: each record of `changed` the
@@ -167,9 +210,6 @@ impl Store {
         writer.counts.get(&keys::count_records(collection)).copied().unwrap_or(0)
     }
 }
-
-/// A record a build step puts in its index: its repo and the create.
-type Found = (String, Update);
 
 /// A stored record put in `index` as a create, by a build.
 fn build_update(index: &LiveIndex, rkey: &str, cid: &[u8], body: &[u8], now: i64) -> Update {

@@ -238,19 +238,48 @@ pub(super) struct IndexParts {
     progress: Mutex<HashMap<u32, Progress>>,
     /// Records skipped since start, by index and reason (for `/metrics`).
     skips: Mutex<HashMap<(u32, Skip), u64>>,
-    /// A build step's scan under way off the writer lock, if one is.
-    scanning: Mutex<Option<Scanning>>,
+    /// Build scans under way off the writer lock: a step's, and the next step's, read while
+    /// the step writes.
+    scans: Mutex<Scans>,
+    /// The next build step's scan, done while the step before it wrote.
+    prefetched: Mutex<Option<ScannedStep>>,
 }
 
-/// A build step's scan of the stored records, under way off the writer lock: the index it
-/// builds and the `records` keys of the changes committed since it began that the index left
-/// to the build (past its position). The scan may have read those records before or after
-/// the change, so the step reads them again under the lock.
-pub(super) struct Scanning {
-    id: u32,
-    /// The `records` keys changed, in key order.
-    pub(super) changed: BTreeSet<Vec<u8>>,
+/// Build scans of the stored records under way off the writer lock, by ticket.
+#[derive(Default)]
+struct Scans {
+    next_ticket: u64,
+    under_way: Vec<Scanning>,
 }
+
+/// A build scan under way: the index it builds, the position it reads from, and the `records`
+/// keys past it of the changes committed since it began, which the index left to the build.
+/// The scan may have read those records before or after the change, so the step reads them
+/// again under the lock.
+struct Scanning {
+    ticket: u64,
+    id: u32,
+    from: Vec<u8>,
+    /// The `records` keys changed, in key order.
+    changed: BTreeSet<Vec<u8>>,
+}
+
+/// A build step's scan, done off the writer lock.
+pub(super) struct ScannedStep {
+    /// Its entry in the scans under way.
+    pub(super) ticket: u64,
+    pub(super) index: Arc<LiveIndex>,
+    /// The build position it read from.
+    pub(super) from: Vec<u8>,
+    /// When it read (what `sortAt` bounds by).
+    pub(super) now: i64,
+    /// The records it found (repo, create) in key order, and the last key read (`None`: the
+    /// end of the records).
+    pub(super) scanned: Result<(Vec<Found>, Option<Vec<u8>>)>,
+}
+
+/// A record a build step puts in its index: its repo and the create.
+pub(super) type Found = (String, Update);
 
 fn meta_key(kind: u8, id: u32) -> [u8; 5] {
     let mut k = [kind, 0, 0, 0, 0];
@@ -675,7 +704,8 @@ impl IndexParts {
             registry: ArcSwap::from_pointee(Registry { generation: 1, indexes }),
             progress: Mutex::new(progress),
             skips: Mutex::default(),
-            scanning: Mutex::default(),
+            scans: Mutex::default(),
+            prefetched: Mutex::default(),
             db,
             meta,
         };
@@ -1091,37 +1121,59 @@ impl IndexParts {
         }
     }
 
-    /// The first index still building, with its position, its scan for the next step marked
-    /// under way. Under the writer lock, so that every change committed after it is noted.
-    pub(super) fn begin_scan(&self) -> Option<(Arc<LiveIndex>, Build)> {
+    /// The first index still building, with its position.
+    pub(super) fn next_build(&self) -> Option<(Arc<LiveIndex>, Build)> {
         let progress = self.progress.lock().expect("index progress lock");
-        let next = self.registry.load().indexes.values().find_map(|ix| {
+        self.registry.load().indexes.values().find_map(|ix| {
             let build = progress.get(&ix.id)?.building.clone()?;
             Some((ix.clone(), build))
-        });
-        *self.scanning.lock().expect("index scan lock") =
-            next.as_ref().map(|(ix, _)| Scanning { id: ix.id, changed: BTreeSet::new() });
-        next
+        })
     }
 
-    /// Ends the scan under way (under the writer lock): the changes noted since it began.
-    pub(super) fn end_scan(&self) -> Option<Scanning> {
-        self.scanning.lock().expect("index scan lock").take()
+    /// Marks a scan of index `id`'s records past `from` under way; returns its ticket. Under
+    /// the writer lock, so that every change committed after it is noted.
+    pub(super) fn begin_scan(&self, id: u32, from: Vec<u8>) -> u64 {
+        let mut scans = self.scans.lock().expect("index scan lock");
+        let ticket = scans.next_ticket;
+        scans.next_ticket += 1;
+        scans.under_way.push(Scanning { ticket, id, from, changed: BTreeSet::new() });
+        ticket
+    }
+
+    /// Ends the scan `ticket` (under the writer lock): the changes noted since it began.
+    pub(super) fn end_scan(&self, ticket: u64) -> BTreeSet<Vec<u8>> {
+        let mut scans = self.scans.lock().expect("index scan lock");
+        match scans.under_way.iter().position(|s| s.ticket == ticket) {
+            Some(at) => scans.under_way.swap_remove(at).changed,
+            None => BTreeSet::new(),
+        }
     }
 
     /// Notes that a change of `record` passed index `id` by, past its build's position.
     fn passed(&self, id: u32, record: Vec<u8>) {
-        if let Some(scan) = self.scanning.lock().expect("index scan lock").as_mut().filter(|s| s.id == id) {
-            scan.changed.insert(record);
+        let mut scans = self.scans.lock().expect("index scan lock");
+        for scan in scans.under_way.iter_mut().filter(|s| s.id == id && record > s.from) {
+            scan.changed.insert(record.clone());
         }
     }
 
-    /// Whether `index` is still in force and its build still at `build` (a step that finds it
-    /// otherwise, after its scan, leaves its work).
-    pub(super) fn building_at(&self, index: &Arc<LiveIndex>, build: &Build) -> bool {
+    /// The next step's scan, if one was read ahead.
+    pub(super) fn take_prefetched(&self) -> Option<ScannedStep> {
+        self.prefetched.lock().expect("index prefetch lock").take()
+    }
+
+    /// Keeps `step`, read ahead, for the next step.
+    pub(super) fn prefetch(&self, step: ScannedStep) {
+        *self.prefetched.lock().expect("index prefetch lock") = Some(step);
+    }
+
+    /// `index`'s build, if `index` is still in force and its build still at `from` (a step that
+    /// finds it otherwise, after its scan, leaves its work).
+    pub(super) fn building_from(&self, index: &Arc<LiveIndex>, from: &[u8]) -> Option<Build> {
         let in_force = self.registry.load().indexes.get(&index.spec.name).is_some_and(|ix| Arc::ptr_eq(ix, index));
         let progress = self.progress.lock().expect("index progress lock");
-        in_force && progress.get(&index.id).and_then(|p| p.building.as_ref()) == Some(build)
+        let build = progress.get(&index.id).and_then(|p| p.building.clone())?;
+        (in_force && build.after == from).then_some(build)
     }
 
     /// Stages one build batch of `index`: the records read past `build` (grouped by repo, in
