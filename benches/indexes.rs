@@ -8,8 +8,9 @@
 //! the issue's `likes_by_subject` (key `subject.uri`, sort `createdAt`, counted) and
 //! `statuses_by_status` (key `status`, sort `createdAt`).
 //!
-//! 1. Build: `Store::set_indexes` with both, then `build_index_step(2048)` until ready (what
-//!    the index thread does), timed per index: records of the index's collection per second,
+//! 1. Build: `Store::set_indexes` with both, then `build_index_step` until ready (what the
+//!    index thread does; records keys a step: `[storage] index_build_batch`, or
+//!    `SLUICE_INDEX_BENCH_BATCH`), timed per index: records of the index's collection per second,
 //!    stored records scanned per second (a build reads every stored record), memory (RSS before,
 //!    peak during: VmHWM is reset through `/proc/self/clear_refs`), and bytes per entry: the
 //!    index keyspace's disk size after the store is closed and its memtable flushed and
@@ -308,7 +309,8 @@ fn build_phase(dir: &Path, likes: u64, figures: &mut Figures) -> Stored {
     store.set_indexes(&specs()).unwrap();
     let mut last = (Instant::now(), cpu_seconds());
     let mut rss_at_start = figures.rss_before_mb;
-    let batch = std::env::var("SLUICE_INDEX_BENCH_BATCH").ok().and_then(|v| v.parse().ok()).unwrap_or(2048);
+    let batch = std::env::var("SLUICE_INDEX_BENCH_BATCH").ok().and_then(|v| v.parse().ok());
+    let batch = batch.unwrap_or(sluice::config::StorageConfig::default().index_build_batch);
     while let Some(step) = store.build_index_step(batch).unwrap() {
         let b = figures.build.entry(step.name.clone()).or_default();
         b.records += step.records;

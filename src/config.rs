@@ -375,9 +375,9 @@ pub struct StorageConfig {
     /// The fjall directory.
     pub path: PathBuf,
     /// Stored records keys read per step when an index is built in the background. A step
-    /// scans them off the writer lock, then holds it while it writes their entries (as a run of
-    /// tables of their own: larger steps write fewer, larger tables), so commits wait at most
-    /// that long (~60-120 ms at 16,384 on 2 cores).
+    /// scans them off the writer lock, then holds it while it writes their entries as tables of
+    /// their own (larger steps write fewer, larger tables, faster), so commits wait that long:
+    /// at 8,192 on 2 cores, 35-60 ms a step, 70-140 ms for one in ten (BENCHMARKS.md).
     pub index_build_batch: usize,
     /// fjall's block cache, in MiB: the decompressed blocks reads find in memory. Reads past it
     /// (a `getRecord` of a cold repo, an index page of records over 2 KiB) go to the disk.
@@ -387,7 +387,7 @@ pub struct StorageConfig {
 impl Default for StorageConfig {
     fn default() -> Self {
         // fjall's own default, as `Store::open` uses.
-        Self { path: "data".into(), index_build_batch: 16_384, cache_mb: 32 }
+        Self { path: "data".into(), index_build_batch: 8192, cache_mb: 32 }
     }
 }
 
