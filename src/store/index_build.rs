@@ -3,13 +3,13 @@
 //! `/metrics` read. The rows themselves are `indexes.rs`'s.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, MutexGuard};
 
 use smol_str::SmolStr;
 
 use super::index_rows::SortedRun;
 use super::indexes::{Build, Found, LiveIndex, Progress, Registry, ScannedStep, Update, inline_value};
-use super::{Result, Store, keys, log};
+use super::{Result, Store, Writer, keys, log};
 use crate::indexes::{IndexSpec, Skip};
 
 /// What one build batch did.
@@ -76,20 +76,7 @@ impl Store {
         max_keys: usize,
         during_scan: impl FnOnce(),
     ) -> Result<Option<BuildStep>> {
-        let step = match self.indexes.take_prefetched() {
-            Some(step) => step,
-            None => {
-                let begun = {
-                    let _writer = self.writer.lock().expect("writer lock");
-                    self.indexes.next_build().map(|(index, build)| {
-                        let ticket = self.indexes.begin_scan(index.id, build.after.clone());
-                        (index, build.after, ticket)
-                    })
-                };
-                let Some((index, from, ticket)) = begun else { return Ok(None) };
-                self.scan_for_build(index, from, ticket, max_keys)
-            }
-        };
+        let Some(step) = self.this_step_scan(max_keys) else { return Ok(None) };
         during_scan();
         let writer = self.writer.lock().expect("writer lock");
         let changed = self.indexes.end_scan(step.ticket);
@@ -102,8 +89,40 @@ impl Store {
         self.read_changed_again(&index, &mut found, &changed, last.as_deref(), now)?;
         let records = found.len() as u64;
         let next = last.map(|after| Build { after, done: build.done + records });
+        self.write_reading_ahead(writer, &index, found, next.clone(), max_keys)?;
+        let ready = next.is_none();
+        if ready {
+            tracing::info!(index = %index.spec.name, "index built");
+        }
+        Ok(Some(BuildStep { name: index.spec.name.clone(), records, ready }))
+    }
+
+    /// This step's scan: the one read ahead by the step before, else one read now, of the
+    /// first index still building (`None`: none is).
+    fn this_step_scan(&self, max_keys: usize) -> Option<ScannedStep> {
+        if let Some(step) = self.indexes.take_prefetched() {
+            return Some(step);
+        }
+        let (index, from, ticket) = {
+            let _writer = self.writer.lock().expect("writer lock");
+            let (index, build) = self.indexes.next_build()?;
+            let ticket = self.indexes.begin_scan(index.id, build.after.clone());
+            (index, build.after, ticket)
+        };
+        Some(self.scan_for_build(index, from, ticket, max_keys))
+    }
+
+    /// Writes a build step (`write_build_step`) under `writer`, the writer lock,
+    /// while another thread scans the next step's records from `next`, kept for the next call.
+    fn write_reading_ahead(
+        &self,
+        writer: MutexGuard<'_, Writer>,
+        index: &Arc<LiveIndex>,
+        found: Vec<Found>,
+        next: Option<Build>,
+        max_keys: usize,
+    ) -> Result<()> {
         std::thread::scope(|scope| {
-            // The next step's scan, from where this one ends, while this one writes.
             let ahead = next.as_ref().map(|next| {
                 let ticket = self.indexes.begin_scan(index.id, next.after.clone());
                 let (index, from) = (index.clone(), next.after.clone());
@@ -112,7 +131,7 @@ impl Store {
                     .spawn_scoped(scope, move || self.scan_for_build(index, from, ticket, max_keys))
                     .map_err(|e| (e, ticket))
             });
-            let written = self.write_build_step(&index, found, next.clone());
+            let written = self.write_build_step(index, found, next.clone());
             drop(writer);
             match ahead {
                 Some(Ok(thread)) => match thread.join() {
@@ -127,12 +146,7 @@ impl Store {
                 None => {}
             }
             written
-        })?;
-        let ready = next.is_none();
-        if ready {
-            tracing::info!(index = %index.spec.name, "index built");
-        }
-        Ok(Some(BuildStep { name: index.spec.name.clone(), records, ready }))
+        })
     }
 
     /// Writes a build step: `found`'s entries and the build's `next` position, as one ingested
