@@ -31,7 +31,8 @@
 //! service builds its indexes: memory measured under mimalloc's defaults (freed memory kept for
 //! a second, arenas committed whole) was 20-30 MB higher.
 //!
-//! `SLUICE_INDEX_BENCH_SCALE` picks the scales (default `1,10`); `SLUICE_INDEX_BENCH_BASE` the
+//! `SLUICE_INDEX_BENCH_CACHE_MB` sizes the block cache of the build phase (default: the
+//! configuration's, 32). `SLUICE_INDEX_BENCH_SCALE` picks the scales (default `1,10`); `SLUICE_INDEX_BENCH_BASE` the
 //! like count at 1x (default 200,000); `SLUICE_INDEX_BENCH_SECS` the read phase's length per
 //! scale (default 8). The data lives in a temporary directory under `SLUICE_BENCH_DIR` (default
 //! the system's).
@@ -298,7 +299,9 @@ fn specs() -> Vec<sluice::indexes::IndexSpec> {
 
 /// Phase 1: stores the records, then builds both indexes a batch at a time.
 fn build_phase(dir: &Path, likes: u64, figures: &mut Figures) -> Stored {
-    let store = Store::open(dir).unwrap();
+    let cache_mb = std::env::var("SLUICE_INDEX_BENCH_CACHE_MB").ok().and_then(|v| v.parse().ok());
+    let cache_mb = cache_mb.unwrap_or(sluice::config::StorageConfig::default().cache_mb);
+    let store = Store::open_with(dir, cache_mb).unwrap();
     let started = Instant::now();
     let stored = populate(&store, likes);
     figures.load_secs = started.elapsed().as_secs_f64();
