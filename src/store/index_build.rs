@@ -8,7 +8,9 @@ use std::sync::{Arc, MutexGuard};
 use smol_str::SmolStr;
 
 use super::index_rows::SortedRun;
-use super::indexes::{Build, Found, LiveIndex, Progress, Registry, ScannedStep, Update, inline_value};
+use super::indexes::{
+    Build, Found, KnownCounts, LiveIndex, Noted, Progress, Registry, ScannedStep, Update, inline_value,
+};
 use super::{Result, Store, Writer, keys, log};
 use crate::indexes::{IndexSpec, Skip};
 
@@ -79,17 +81,19 @@ impl Store {
         let Some(step) = self.this_step_scan(max_keys) else { return Ok(None) };
         during_scan();
         let writer = self.writer.lock().expect("writer lock");
-        let changed = self.indexes.end_scan(step.ticket);
-        let ScannedStep { index, from, now, scanned, .. } = step;
+        let noted = self.indexes.end_scan(step.ticket);
+        let ScannedStep { index, from, now, scanned, mut counts, .. } = step;
+        // Counts read before a count row was staged are read again.
+        counts.retain(|key, _| !noted.counts_written.contains(key));
         let (mut found, last) = scanned?;
         let Some(build) = self.indexes.building_from(&index, &from) else {
             // Redefined, dropped or moved while the scan ran: its work is not this index's.
             return Ok(Some(BuildStep { name: index.spec.name.clone(), records: 0, ready: false }));
         };
-        self.read_changed_again(&index, &mut found, &changed, last.as_deref(), now)?;
+        self.read_changed_again(&index, &mut found, &noted.changed, last.as_deref(), now)?;
         let records = found.len() as u64;
         let next = last.map(|after| Build { after, done: build.done + records });
-        self.write_reading_ahead(writer, &index, found, next.clone(), max_keys)?;
+        self.write_reading_ahead(writer, &index, (found, &counts), next.clone(), max_keys)?;
         let ready = next.is_none();
         if ready {
             tracing::info!(index = %index.spec.name, "index built");
@@ -118,7 +122,7 @@ impl Store {
         &self,
         writer: MutexGuard<'_, Writer>,
         index: &Arc<LiveIndex>,
-        found: Vec<Found>,
+        (found, counts): (Vec<Found>, &KnownCounts),
         next: Option<Build>,
         max_keys: usize,
     ) -> Result<()> {
@@ -131,7 +135,7 @@ impl Store {
                     .spawn_scoped(scope, move || self.scan_for_build(index, from, ticket, max_keys))
                     .map_err(|e| (e, ticket))
             });
-            let written = self.write_build_step(index, found, next.clone());
+            let written = self.write_build_step(index, found, counts, next.clone());
             drop(writer);
             match ahead {
                 Some(Ok(thread)) => match thread.join() {
@@ -152,10 +156,16 @@ impl Store {
     /// Writes a build step: `found`'s entries and the build's `next` position, as one ingested
     /// run, and moves the build there. Under the writer lock: a change committed after it sees
     /// the new position.
-    fn write_build_step(&self, index: &Arc<LiveIndex>, found: Vec<Found>, next: Option<Build>) -> Result<()> {
+    fn write_build_step(
+        &self,
+        index: &Arc<LiveIndex>,
+        found: Vec<Found>,
+        counts: &KnownCounts,
+        next: Option<Build>,
+    ) -> Result<()> {
         let mut run = SortedRun::new(index.space(), 3 * found.len() + 4);
         let answered = |did: &str| Ok(self.repos.state(did)?.is_some_and(|s| s.answered()));
-        let moved = self.indexes.stage_build(&mut run, index, found, next.clone(), answered)?;
+        let moved = self.indexes.stage_build(&mut run, index, found, next.clone(), answered, counts)?;
         run.ingest(&self.db)?;
         self.indexes.committed(moved);
         self.indexes.built(index.id, next);
@@ -163,7 +173,7 @@ impl Store {
     }
 
     /// Ends a scan whose step will not be built.
-    fn end_scan_locked(&self, ticket: u64) -> BTreeSet<Vec<u8>> {
+    fn end_scan_locked(&self, ticket: u64) -> Noted {
         let _writer = self.writer.lock().expect("writer lock");
         self.indexes.end_scan(ticket)
     }
@@ -178,7 +188,11 @@ impl Store {
             found.push((did.to_string(), build_update(&index, rkey, cid, body, now)));
             Ok(())
         });
-        ScannedStep { ticket, now, scanned: last.map(|last| (found, last)), index, from }
+        let counts = match &last {
+            Ok(_) if index.spec.count => known_counts(&index, &found),
+            _ => KnownCounts::new(),
+        };
+        ScannedStep { ticket, now, scanned: last.map(|last| (found, last)), counts, index, from }
     }
 
     /// Brings `found`, scanned off the lock, up to date under it: each record of `changed` the
@@ -223,6 +237,21 @@ impl Store {
         let writer = self.writer.lock().expect("writer lock");
         writer.counts.get(&keys::count_records(collection)).copied().unwrap_or(0)
     }
+}
+
+/// The stored counts of the key tuples `found` has entries under, read off the writer lock (a
+/// count that cannot be read is left to the step, which reads it under the lock).
+fn known_counts(index: &LiveIndex, found: &[Found]) -> KnownCounts {
+    let mut counts = KnownCounts::new();
+    let entries = found.iter().filter_map(|(_, update)| update.new.as_ref()?.as_ref().ok());
+    for key in entries.flat_map(|entries| &entries.keys) {
+        if !counts.contains_key(key)
+            && let Ok(count) = index.stored_count(key)
+        {
+            counts.insert(key.clone(), count);
+        }
+    }
+    counts
 }
 
 /// A stored record put in `index` as a create, by a build.

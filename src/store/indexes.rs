@@ -262,7 +262,23 @@ struct Scanning {
     from: Vec<u8>,
     /// The `records` keys changed, in key order.
     changed: BTreeSet<Vec<u8>>,
+    /// The key tuples whose count rows were staged since it began: the counts it read may be
+    /// older than what the step finds under the lock.
+    counts_written: HashSet<Vec<u8>>,
 }
+
+/// What changed while a build scan was under way (see [`Scanning`]).
+#[derive(Default)]
+pub(super) struct Noted {
+    /// The `records` keys changed past its position, in key order.
+    pub(super) changed: BTreeSet<Vec<u8>>,
+    /// The key tuples whose count rows were staged.
+    pub(super) counts_written: HashSet<Vec<u8>>,
+}
+
+/// The stored counts of an index's key tuples, read off the writer lock by a build scan and
+/// still current (no count row staged since): a build step moves them without reading again.
+pub(super) type KnownCounts = HashMap<Vec<u8>, i64>;
 
 /// A build step's scan, done off the writer lock.
 pub(super) struct ScannedStep {
@@ -276,6 +292,8 @@ pub(super) struct ScannedStep {
     /// The records it found (repo, create) in key order, and the last key read (`None`: the
     /// end of the records).
     pub(super) scanned: Result<(Vec<Found>, Option<Vec<u8>>)>,
+    /// The stored counts of the key tuples its records have, in a counted index.
+    pub(super) counts: KnownCounts,
 }
 
 /// A record a build step puts in its index: its repo and the create.
@@ -451,6 +469,15 @@ impl LiveIndex {
     /// The number of entries under the encoded key tuple `key` (`count = true` indexes).
     pub fn count(&self, key: &[u8]) -> Result<i64> {
         Ok(self.row(&count_key(key))?.map_or(0, |v| decode_i64(&v)))
+    }
+
+    /// [`LiveIndex::count`], without a read for a key the index has never counted (it has no
+    /// row): what a count move starts from.
+    pub(super) fn stored_count(&self, key: &[u8]) -> Result<i64> {
+        match &self.counted {
+            Some(counted) if !counted.may_hold(key) => Ok(0),
+            _ => self.count(key),
+        }
     }
 
     /// Up to `limit` entries under the key tuple `key` as (did, rkey, position), newest first
@@ -828,7 +855,7 @@ impl IndexParts {
             let repo = RepoWrite { did, counted: shown.after, stored, now_us };
             self.stage_index(batch, &index, &repo, updates, &mut moved)?;
         }
-        self.stage_counts(batch, &mut moved)?;
+        self.stage_counts(batch, &mut moved, None)?;
         self.stage_totals(batch, &mut moved);
         Ok(moved)
     }
@@ -926,22 +953,23 @@ impl IndexParts {
         for (did, shown) in repos {
             self.move_shown(&registry, did, *shown, &mut moved)?;
         }
-        self.stage_counts(batch, &mut moved)?;
+        self.stage_counts(batch, &mut moved, None)?;
         Ok(moved)
     }
 
     /// Stages the count moves of a whole batch: each key's stored count read once and written
     /// once (or removed at zero).
-    fn stage_counts(&self, batch: &mut impl Rows, moved: &mut Moved) -> Result<()> {
+    fn stage_counts(&self, batch: &mut impl Rows, moved: &mut Moved, known: Option<(u32, &KnownCounts)>) -> Result<()> {
         let registry = self.registry.load();
         let by_id: HashMap<u32, &Arc<LiveIndex>> = registry.indexes.values().map(|ix| (ix.id, ix)).collect();
         for ((id, key), delta) in std::mem::take(&mut moved.counts) {
             let Some(index) = by_id.get(&id).filter(|_| delta != 0) else { continue };
-            // A key the index has never counted has no row to read.
-            let stored = match &index.counted {
-                Some(counted) if !counted.may_hold(&key) => 0,
-                _ => index.count(&key)?,
+            let known = known.filter(|(of, _)| *of == id).and_then(|(_, counts)| counts.get(&key));
+            let stored = match known {
+                Some(count) => *count,
+                None => index.stored_count(&key)?,
             };
+            self.count_written(id, &key);
             match stored + delta {
                 0 => batch.delete(&index.space, count_key(&key)),
                 value => {
@@ -1136,16 +1164,27 @@ impl IndexParts {
         let mut scans = self.scans.lock().expect("index scan lock");
         let ticket = scans.next_ticket;
         scans.next_ticket += 1;
-        scans.under_way.push(Scanning { ticket, id, from, changed: BTreeSet::new() });
+        scans.under_way.push(Scanning { ticket, id, from, changed: BTreeSet::new(), counts_written: HashSet::new() });
         ticket
     }
 
     /// Ends the scan `ticket` (under the writer lock): the changes noted since it began.
-    pub(super) fn end_scan(&self, ticket: u64) -> BTreeSet<Vec<u8>> {
+    pub(super) fn end_scan(&self, ticket: u64) -> Noted {
         let mut scans = self.scans.lock().expect("index scan lock");
         match scans.under_way.iter().position(|s| s.ticket == ticket) {
-            Some(at) => scans.under_way.swap_remove(at).changed,
-            None => BTreeSet::new(),
+            Some(at) => {
+                let Scanning { changed, counts_written, .. } = scans.under_way.swap_remove(at);
+                Noted { changed, counts_written }
+            }
+            None => Noted::default(),
+        }
+    }
+
+    /// Notes that the count row of `key` in index `id` was staged, for the scans under way.
+    fn count_written(&self, id: u32, key: &[u8]) {
+        let mut scans = self.scans.lock().expect("index scan lock");
+        for scan in scans.under_way.iter_mut().filter(|s| s.id == id) {
+            scan.counts_written.insert(key.to_vec());
         }
     }
 
@@ -1185,6 +1224,7 @@ impl IndexParts {
         records: Vec<(String, Update)>,
         build: Option<Build>,
         answered: impl Fn(&str) -> Result<bool>,
+        known: &KnownCounts,
     ) -> Result<Moved> {
         let mut moved = Moved::default();
         let mut records = records.into_iter().peekable();
@@ -1199,7 +1239,7 @@ impl IndexParts {
             self.stage_index(batch, index, &repo, updates, &mut moved)?;
         }
         moved.totals.entry(index.id).or_default();
-        self.stage_counts(batch, &mut moved)?;
+        self.stage_counts(batch, &mut moved, Some((index.id, known)))?;
         self.stage_totals(batch, &mut moved);
         match &build {
             Some(b) => batch.put(&index.space, [BUILD], encode_build(b)),
