@@ -260,11 +260,7 @@ struct Scanning {
     ticket: u64,
     id: u32,
     from: Vec<u8>,
-    /// The `records` keys changed, in key order.
-    changed: BTreeSet<Vec<u8>>,
-    /// The key tuples whose count rows were staged since it began: the counts it read may be
-    /// older than what the step finds under the lock.
-    counts_written: HashSet<Vec<u8>>,
+    noted: Noted,
 }
 
 /// What changed while a build scan was under way (see [`Scanning`]).
@@ -272,7 +268,8 @@ struct Scanning {
 pub(super) struct Noted {
     /// The `records` keys changed past its position, in key order.
     pub(super) changed: BTreeSet<Vec<u8>>,
-    /// The key tuples whose count rows were staged.
+    /// The key tuples whose count rows were staged: the counts the scan read may be older than
+    /// what the step finds under the lock.
     pub(super) counts_written: HashSet<Vec<u8>>,
 }
 
@@ -962,6 +959,8 @@ impl IndexParts {
     fn stage_counts(&self, batch: &mut impl Rows, moved: &mut Moved, known: Option<(u32, &KnownCounts)>) -> Result<()> {
         let registry = self.registry.load();
         let by_id: HashMap<u32, &Arc<LiveIndex>> = registry.indexes.values().map(|ix| (ix.id, ix)).collect();
+        // Looked at once: a live change's counts take no lock of the scans when none builds.
+        let scanning = self.scanning();
         for ((id, key), delta) in std::mem::take(&mut moved.counts) {
             let Some(index) = by_id.get(&id).filter(|_| delta != 0) else { continue };
             let known = known.filter(|(of, _)| *of == id).and_then(|(_, counts)| counts.get(&key));
@@ -969,7 +968,9 @@ impl IndexParts {
                 Some(count) => *count,
                 None => index.stored_count(&key)?,
             };
-            self.count_written(id, &key);
+            if scanning {
+                self.count_written(id, &key);
+            }
             match stored + delta {
                 0 => batch.delete(&index.space, count_key(&key)),
                 value => {
@@ -1164,7 +1165,7 @@ impl IndexParts {
         let mut scans = self.scans.lock().expect("index scan lock");
         let ticket = scans.next_ticket;
         scans.next_ticket += 1;
-        scans.under_way.push(Scanning { ticket, id, from, changed: BTreeSet::new(), counts_written: HashSet::new() });
+        scans.under_way.push(Scanning { ticket, id, from, noted: Noted::default() });
         ticket
     }
 
@@ -1172,19 +1173,21 @@ impl IndexParts {
     pub(super) fn end_scan(&self, ticket: u64) -> Noted {
         let mut scans = self.scans.lock().expect("index scan lock");
         match scans.under_way.iter().position(|s| s.ticket == ticket) {
-            Some(at) => {
-                let Scanning { changed, counts_written, .. } = scans.under_way.swap_remove(at);
-                Noted { changed, counts_written }
-            }
+            Some(at) => scans.under_way.swap_remove(at).noted,
             None => Noted::default(),
         }
+    }
+
+    /// Whether a build scan is under way (under the writer lock, under which one begins).
+    fn scanning(&self) -> bool {
+        !self.scans.lock().expect("index scan lock").under_way.is_empty()
     }
 
     /// Notes that the count row of `key` in index `id` was staged, for the scans under way.
     fn count_written(&self, id: u32, key: &[u8]) {
         let mut scans = self.scans.lock().expect("index scan lock");
         for scan in scans.under_way.iter_mut().filter(|s| s.id == id) {
-            scan.counts_written.insert(key.to_vec());
+            scan.noted.counts_written.insert(key.to_vec());
         }
     }
 
@@ -1192,7 +1195,7 @@ impl IndexParts {
     fn passed(&self, id: u32, record: Vec<u8>) {
         let mut scans = self.scans.lock().expect("index scan lock");
         for scan in scans.under_way.iter_mut().filter(|s| s.id == id && record > s.from) {
-            scan.changed.insert(record.clone());
+            scan.noted.changed.insert(record.clone());
         }
     }
 
