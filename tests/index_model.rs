@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use sluice::filter::Filter;
 use sluice::indexes::encode;
 use sluice::pipeline::RecordOp;
-use sluice::store::{PageRange, RecordWrite, RepoChange, RepoState, RepoStatus, Store};
+use sluice::store::{PageRange, Phase, RecordWrite, RepoChange, RepoState, RepoStatus, Store};
 use sluice::{Sluice, handlers::value::json_to_cbor};
 use sluice_testkit as testkit;
 
@@ -549,6 +549,67 @@ fn a_build_stopped_anywhere_resumes_and_ends_exact() {
         while !store.build_index_step(2).unwrap().unwrap().ready {}
         assert_eq!(store.build_index_step(2).unwrap(), None, "nothing left to build");
         check_store(&store, &model, &BTreeSet::new(), "late", &["status"], "rkey", false, true);
+    }
+}
+
+/// Hides (`off`) or shows again a repo, as an account event does: its records are kept, and
+/// counts leave them out while it is hidden.
+fn set_hidden(store: &Store, hidden: &mut BTreeSet<String>, did: &str, off: bool) {
+    let (status, error) = if off { (RepoStatus::Gone, Some("deactivated".into())) } else { (RepoStatus::Synced, None) };
+    let state = RepoState { status, error, ..Default::default() };
+    store.set_states(&[(did.to_string(), state)], None).unwrap();
+    match off {
+        true => hidden.insert(did.to_string()),
+        false => hidden.remove(did),
+    };
+}
+
+/// A counted index's build ends by summing the step rows its entry steps left, a few keys at a
+/// time. Changes under keys already summed and keys not yet summed, a repo hidden and shown
+/// again between those steps, and the store closed after any of them (a `kill -9` leaves only
+/// committed steps), still end in exact counts.
+#[test]
+fn a_count_phase_stopped_anywhere_ends_exact() {
+    let spec = Filter::from_toml(&format!("{BASE}{ADDED}"), "t").unwrap().indexes;
+    let late: Vec<_> = spec.iter().filter(|s| s.name == "late").cloned().collect();
+    for stop_after in [0, 1, 2, 5, 9] {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut model, mut hidden) = (BTreeMap::new(), BTreeSet::new());
+        let store = Store::open(dir.path()).unwrap();
+        store_statuses_and_others(&store, &mut model);
+        // Keys with one entry, and keys with many (each entry step leaves a row for them).
+        for (i, did) in DIDS.iter().enumerate() {
+            for r in 0..12 {
+                put_status(&store, &mut model, did, format!("k{r}"), &format!("s{}", (i * 12 + r) % 17));
+            }
+        }
+        set_hidden(&store, &mut hidden, DIDS[2], true);
+        store.set_indexes(&late).unwrap();
+        let phase = |store: &Store| store.index_progress()["late"].1.building.as_ref().map(|b| b.phase);
+        while phase(&store) == Some(Phase::Entries) {
+            store.build_index_step(5).unwrap();
+        }
+        assert_eq!(phase(&store), Some(Phase::Counts), "a counted index sums its counts last");
+        for step in 0..stop_after {
+            let done = store.build_index_step(2).unwrap().unwrap();
+            assert!(!done.ready, "the counts are still being summed at step {step}");
+            // Under a key summed early ("s0"), one summed late ("🙂"), and new ones.
+            put_status(&store, &mut model, DIDS[step % 3], format!("k{step}"), ["s0", "🙂", "zz"][step % 3]);
+            remove_status(&store, &mut model, DIDS[(step + 1) % 3], format!("r{step}"));
+            set_hidden(&store, &mut hidden, DIDS[step % 2], step % 4 < 2);
+        }
+        let building = store.index_progress()["late"].1.building.clone();
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.index_progress()["late"].1.building, building, "the position survives");
+        store.set_indexes(&late).unwrap();
+        set_hidden(&store, &mut hidden, DIDS[2], false);
+        put_status(&store, &mut model, DIDS[1], "new".into(), "s3");
+        while !store.build_index_step(2).unwrap().unwrap().ready {}
+        assert_eq!(store.build_index_step(2).unwrap(), None, "nothing left to build");
+        check_store(&store, &model, &hidden, "late", &["status"], "rkey", false, true);
+        assert_eq!(store.index_registry().indexes["late"].count_rows().unwrap().1, 0, "no step row is left");
     }
 }
 

@@ -25,7 +25,8 @@ fn filter_status(state: &ServerState) -> serde_json::Value {
     })
 }
 
-/// Each index's state: `ready`, or `building` with the records read of about how many.
+/// Each index's state: `ready`, or `building` with its phase and the records read of about how
+/// many.
 fn index_status(state: &ServerState) -> serde_json::Value {
     let store = state.store();
     let indexes: serde_json::Map<String, serde_json::Value> = store
@@ -36,7 +37,7 @@ fn index_status(state: &ServerState) -> serde_json::Value {
                 None => json!({"state": "ready", "entries": p.entries}),
                 Some(build) => {
                     let (done, total) = store.build_progress(&index, &build);
-                    json!({"state": "building", "done": done, "total": total})
+                    json!({"state": "building", "phase": build.phase.as_str(), "done": done, "total": total})
                 }
             };
             (name, value)

@@ -8,9 +8,7 @@ use std::sync::{Arc, MutexGuard};
 use smol_str::SmolStr;
 
 use super::index_rows::SortedRun;
-use super::indexes::{
-    Build, Found, KnownCounts, LiveIndex, Noted, Progress, Registry, ScannedStep, Update, inline_value,
-};
+use super::indexes::{Build, Found, LiveIndex, Noted, Phase, Progress, Registry, ScannedStep, Update, inline_value};
 use super::{Result, Store, Writer, keys, log};
 use crate::indexes::{IndexSpec, Skip};
 
@@ -65,7 +63,8 @@ impl Store {
     /// records keys past its position off the writer lock, then, under it, reads again the
     /// records changed since the scan began, and ingests their entries with the new position
     /// (see `index_rows.rs`). While it writes, another thread reads the next step's records,
-    /// which the next call takes up. `None` when no index is building.
+    /// which the next call takes up. Once every entry is in, a counted index's steps sum its
+    /// counts ([`Phase::Counts`]). `None` when no index is building.
     pub fn build_index_step(&self, max_keys: usize) -> Result<Option<BuildStep>> {
         self.build_index_step_during_scan(max_keys, || {})
     }
@@ -78,13 +77,15 @@ impl Store {
         max_keys: usize,
         during_scan: impl FnOnce(),
     ) -> Result<Option<BuildStep>> {
-        let Some(step) = self.this_step_scan(max_keys) else { return Ok(None) };
+        let step = match self.this_step_scan(max_keys)? {
+            NextStep::Scanned(step) => step,
+            NextStep::Counted(step) => return Ok(Some(step)),
+            NextStep::None => return Ok(None),
+        };
         during_scan();
         let writer = self.writer.lock().expect("writer lock");
         let noted = self.indexes.end_scan(step.ticket);
-        let ScannedStep { index, from, now, scanned, mut counts, .. } = step;
-        // Counts read before a count row was staged are read again.
-        counts.retain(|key, _| !noted.counts_written.contains(key));
+        let ScannedStep { index, from, now, scanned, .. } = step;
         let (mut found, last) = scanned?;
         let Some(build) = self.indexes.building_from(&index, &from) else {
             // Redefined, dropped or moved while the scan ran: its work is not this index's.
@@ -92,8 +93,13 @@ impl Store {
         };
         self.read_changed_again(&index, &mut found, &noted.changed, last.as_deref(), now)?;
         let records = found.len() as u64;
-        let next = last.map(|after| Build { after, done: build.done + records });
-        self.write_reading_ahead(writer, &index, (found, &counts), next.clone(), max_keys)?;
+        let done = build.done + records;
+        let next = match last {
+            Some(after) => Some(Build { after, done, phase: Phase::Entries }),
+            None if index.spec.count => Some(Build { after: Vec::new(), done, phase: Phase::Counts }),
+            None => None,
+        };
+        self.write_reading_ahead(writer, &index, (found, build.done), next.clone(), max_keys)?;
         let ready = next.is_none();
         if ready {
             tracing::info!(index = %index.spec.name, "index built");
@@ -101,33 +107,59 @@ impl Store {
         Ok(Some(BuildStep { name: index.spec.name.clone(), records, ready }))
     }
 
-    /// This step's scan: the one read ahead by the step before, else one read now, of the
-    /// first index still building (`None`: none is).
-    fn this_step_scan(&self, max_keys: usize) -> Option<ScannedStep> {
+    /// This step: the scan read ahead by the step before, else a scan read now of the first
+    /// index still building, or that index's counts summed when its entries are all in.
+    fn this_step_scan(&self, max_keys: usize) -> Result<NextStep> {
         if let Some(step) = self.indexes.take_prefetched() {
-            return Some(step);
+            return Ok(NextStep::Scanned(step));
         }
         let (index, from, ticket) = {
-            let _writer = self.writer.lock().expect("writer lock");
-            let (index, build) = self.indexes.next_build()?;
+            let writer = self.writer.lock().expect("writer lock");
+            let Some((index, build)) = self.indexes.next_build() else { return Ok(NextStep::None) };
+            if build.phase == Phase::Counts {
+                return self.sum_counts(writer, &index, &build, max_keys).map(NextStep::Counted);
+            }
             let ticket = self.indexes.begin_scan(index.id, build.after.clone());
             (index, build.after, ticket)
         };
-        Some(self.scan_for_build(index, from, ticket, max_keys))
+        Ok(NextStep::Scanned(self.scan_for_build(index, from, ticket, max_keys)))
     }
 
-    /// Writes a build step (`write_build_step`) under `writer`, the writer lock,
-    /// while another thread scans the next step's records from `next`, kept for the next call.
+    /// A step of the count phase under `writer`, the writer lock: whole keys' step rows, at
+    /// least `max_keys` rows, summed into their counts and removed, with the new position, as
+    /// one ingested run.
+    fn sum_counts(
+        &self,
+        writer: MutexGuard<'_, Writer>,
+        index: &Arc<LiveIndex>,
+        build: &Build,
+        max_keys: usize,
+    ) -> Result<BuildStep> {
+        let mut run = SortedRun::new(index.space(), 2 * max_keys + 1);
+        let next = self.indexes.stage_count_sums(&mut run, index, build, max_keys)?;
+        run.ingest(&self.db)?;
+        let ready = next.is_none();
+        self.indexes.built(index.id, next);
+        drop(writer);
+        if ready {
+            tracing::info!(index = %index.spec.name, "index built and counted");
+        }
+        Ok(BuildStep { name: index.spec.name.clone(), records: 0, ready })
+    }
+
+    /// Writes a build step (`write_build_step`) under `writer`, the writer lock, while another
+    /// thread scans the next step's records from `next`, kept for the next call. `step` is the
+    /// records built before this one.
     fn write_reading_ahead(
         &self,
         writer: MutexGuard<'_, Writer>,
         index: &Arc<LiveIndex>,
-        (found, counts): (Vec<Found>, &KnownCounts),
+        (found, step): (Vec<Found>, u64),
         next: Option<Build>,
         max_keys: usize,
     ) -> Result<()> {
         std::thread::scope(|scope| {
-            let ahead = next.as_ref().map(|next| {
+            let ahead = next.as_ref().filter(|next| next.phase == Phase::Entries).map(|next| {
                 let ticket = self.indexes.begin_scan(index.id, next.after.clone());
                 let (index, from) = (index.clone(), next.after.clone());
                 std::thread::Builder::new()
@@ -135,7 +167,7 @@ impl Store {
                     .spawn_scoped(scope, move || self.scan_for_build(index, from, ticket, max_keys))
                     .map_err(|e| (e, ticket))
             });
-            let written = self.write_build_step(index, found, counts, next.clone());
+            let written = self.write_build_step(index, found, step, next.clone());
             drop(writer);
             match ahead {
                 Some(Ok(thread)) => match thread.join() {
@@ -153,19 +185,19 @@ impl Store {
         })
     }
 
-    /// Writes a build step: `found`'s entries and the build's `next` position, as one ingested
-    /// run, and moves the build there. Under the writer lock: a change committed after it sees
-    /// the new position.
+    /// Writes a build step: `found`'s entries, their count moves as step rows of `step`, and
+    /// the build's `next` position, as one ingested run, and moves the build there. Under the
+    /// writer lock: a change committed after it sees the new position.
     fn write_build_step(
         &self,
         index: &Arc<LiveIndex>,
         found: Vec<Found>,
-        counts: &KnownCounts,
+        step: u64,
         next: Option<Build>,
     ) -> Result<()> {
-        let mut run = SortedRun::new(index.space(), 3 * found.len() + 4);
+        let mut run = SortedRun::new(index.space(), 4 * found.len() + 4);
         let answered = |did: &str| Ok(self.repos.state(did)?.is_some_and(|s| s.answered()));
-        let moved = self.indexes.stage_build(&mut run, index, found, next.clone(), answered, counts)?;
+        let moved = self.indexes.stage_build(&mut run, index, found, (step, next.clone()), answered)?;
         run.ingest(&self.db)?;
         self.indexes.committed(moved);
         self.indexes.built(index.id, next);
@@ -188,11 +220,7 @@ impl Store {
             found.push((did.to_string(), build_update(&index, rkey, cid, body, now)));
             Ok(())
         });
-        let counts = match &last {
-            Ok(_) if index.spec.count => known_counts(&index, &found),
-            _ => KnownCounts::new(),
-        };
-        ScannedStep { ticket, now, scanned: last.map(|last| (found, last)), counts, index, from }
+        ScannedStep { ticket, now, scanned: last.map(|last| (found, last)), index, from }
     }
 
     /// Brings `found`, scanned off the lock, up to date under it: each record of `changed` the
@@ -239,19 +267,14 @@ impl Store {
     }
 }
 
-/// The stored counts of the key tuples `found` has entries under, read off the writer lock (a
-/// count that cannot be read is left to the step, which reads it under the lock).
-fn known_counts(index: &LiveIndex, found: &[Found]) -> KnownCounts {
-    let mut counts = KnownCounts::new();
-    let entries = found.iter().filter_map(|(_, update)| update.new.as_ref()?.as_ref().ok());
-    for key in entries.flat_map(|entries| &entries.keys) {
-        if !counts.contains_key(key)
-            && let Ok(count) = index.stored_count(key)
-        {
-            counts.insert(key.clone(), count);
-        }
-    }
-    counts
+/// What a build step does next.
+enum NextStep {
+    /// Writes the entries of the records it read.
+    Scanned(ScannedStep),
+    /// Nothing more: it summed counts.
+    Counted(BuildStep),
+    /// Nothing: no index is building.
+    None,
 }
 
 /// A stored record put in `index` as a create, by a build.

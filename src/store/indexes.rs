@@ -23,10 +23,14 @@
 //!   starts or stops being answered moves its entries' counts in the batch of that change.
 //!   Moving a count reads it, but for a key the index's counted keys (`counted_keys.rs`)
 //!   know to have no row.
+//! - `C key step` -> i64 (while a counted index builds): what build step `step` (8 bytes: the
+//!   records built before it) moved `key`'s count by, written without reading the count. The
+//!   build's last phase ([`Phase::Counts`]) sums them into `C key` and removes them. A key tuple
+//!   delimits itself, so one key's rows lie together, its count row first.
 //! - `P did \0 sort rkey` -> empty (`per_repo = "latest"` only): every record of a repo in sort
 //!   order, so that the repo's newest is one seek, and its next newest one more when it goes.
-//! - `B` -> the build position (the last `records` key built and the records built so far;
-//!   absent once ready), and `S` -> totals (entries, records with entries, records skipped):
+//! - `B` -> the build position (its phase, where it stands in it and the records built so
+//!   far; absent once ready), and `S` -> totals (entries, records with entries, records skipped):
 //!   kept beside the entries so that a build step's ingested run (`index_rows.rs`) moves them
 //!   together.
 //!
@@ -68,7 +72,7 @@ const TOTALS: u8 = b'S';
 
 /// The version of the rows above, kept in each index's definition: an index stored under an
 /// older one is built again from the records at open.
-const ROWS_VERSION: u8 = 4;
+const ROWS_VERSION: u8 = 5;
 
 /// The longest `records` value an entry carries; a longer record is read from `records`.
 pub const INLINE_MAX: usize = 2048;
@@ -165,10 +169,37 @@ pub struct Progress {
 /// A build under way.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Build {
-    /// The last `records` key built.
+    /// Where the build stands in its phase: the last `records` key built, or the last count row
+    /// summed.
     pub after: Vec<u8>,
     /// Records of the index's collection built so far.
     pub done: u64,
+    /// What the build is doing.
+    pub phase: Phase,
+}
+
+/// The phases of a build.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Phase {
+    /// Putting in the entries of the stored records, in `records` key order. A counted index's
+    /// steps write what each moved a count by as a step row (`C key step`), without reading
+    /// the count.
+    #[default]
+    Entries,
+    /// Every entry is in; summing the step rows into each key's count, in key order (`count =
+    /// true` only). Changes move the counts as they do once ready: a count is its `C key` row
+    /// plus its step rows not summed yet, whichever is written first.
+    Counts,
+}
+
+impl Phase {
+    /// Its name in `describeIndexes` and `/health`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Entries => "entries",
+            Phase::Counts => "counts",
+        }
+    }
 }
 
 /// What one record puts in one index, as its `R` row keeps it.
@@ -268,14 +299,7 @@ struct Scanning {
 pub(super) struct Noted {
     /// The `records` keys changed past its position, in key order.
     pub(super) changed: BTreeSet<Vec<u8>>,
-    /// The key tuples whose count rows were staged: the counts the scan read may be older than
-    /// what the step finds under the lock.
-    pub(super) counts_written: HashSet<Vec<u8>>,
 }
-
-/// The stored counts of an index's key tuples, read off the writer lock by a build scan and
-/// still current (no count row staged since): a build step moves them without reading again.
-pub(super) type KnownCounts = HashMap<Vec<u8>, i64>;
 
 /// A build step's scan, done off the writer lock.
 pub(super) struct ScannedStep {
@@ -289,8 +313,6 @@ pub(super) struct ScannedStep {
     /// The records it found (repo, create) in key order, and the last key read (`None`: the
     /// end of the records).
     pub(super) scanned: Result<(Vec<Found>, Option<Vec<u8>>)>,
-    /// The stored counts of the key tuples its records have, in a counted index.
-    pub(super) counts: KnownCounts,
 }
 
 /// A record a build step puts in its index: its repo and the create.
@@ -466,6 +488,30 @@ impl LiveIndex {
     /// The number of entries under the encoded key tuple `key` (`count = true` indexes).
     pub fn count(&self, key: &[u8]) -> Result<i64> {
         Ok(self.row(&count_key(key))?.map_or(0, |v| decode_i64(&v)))
+    }
+
+    /// Its count rows: (count rows, step rows not summed yet), for tests.
+    #[doc(hidden)]
+    pub fn count_rows(&self) -> Result<(usize, usize)> {
+        let mut rows = (0, 0);
+        for kv in self.space.prefix([COUNT]) {
+            match split_count_row(&kv.key()?, self.spec.key.len())? {
+                (_, None) => rows.0 += 1,
+                (_, Some(_)) => rows.1 += 1,
+            }
+        }
+        Ok(rows)
+    }
+
+    /// Stages `key`'s count as `value`: its row written, or removed at zero.
+    fn stage_count(&self, batch: &mut impl Rows, key: &[u8], value: i64) {
+        if value == 0 {
+            return batch.delete(&self.space, count_key(key));
+        }
+        if let Some(counted) = &self.counted {
+            counted.add(key);
+        }
+        batch.put(&self.space, count_key(key), value.to_be_bytes())
     }
 
     /// [`LiveIndex::count`], without a read for a key the index has never counted (it has no
@@ -674,14 +720,22 @@ fn decode_totals(v: &[u8], p: &mut Progress) {
 }
 
 fn encode_build(b: &Build) -> Vec<u8> {
-    [&b.done.to_be_bytes()[..], &b.after].concat()
+    [&b.done.to_be_bytes()[..], &[u8::from(b.phase == Phase::Counts)], &b.after].concat()
 }
 
-fn decode_build(v: &[u8]) -> Build {
-    match v.split_first_chunk::<8>() {
-        Some((done, after)) => Build { after: after.to_vec(), done: u64::from_be_bytes(*done) },
-        None => Build::default(),
-    }
+fn decode_build(v: &[u8]) -> Result<Build> {
+    let (done, rest) = v.split_first_chunk::<8>().ok_or_else(|| corrupt("index build position"))?;
+    let phase = match rest.first() {
+        Some(0) => Phase::Entries,
+        Some(1) => Phase::Counts,
+        _ => return Err(corrupt("index build position")),
+    };
+    Ok(Build { after: rest[1..].to_vec(), done: u64::from_be_bytes(*done), phase })
+}
+
+/// A counted index's step row: what the build step `step` moved `key`'s count by.
+fn step_count_key(key: &[u8], step: u64) -> Vec<u8> {
+    [count_key(key).as_slice(), &step.to_be_bytes()].concat()
 }
 
 /// The stored definition of an index, versioned.
@@ -718,7 +772,7 @@ impl IndexParts {
             if let Some(v) = space.get([TOTALS])? {
                 decode_totals(&v, &mut p);
             }
-            p.building = space.get([BUILD])?.map(|v| decode_build(&v));
+            p.building = space.get([BUILD])?.map(|v| decode_build(&v)).transpose()?;
             let empty = p.entries == 0;
             progress.insert(id, p);
             indexes.insert(spec.name.clone(), Arc::new(LiveIndex::new(id, spec, space, empty)));
@@ -835,6 +889,7 @@ impl IndexParts {
         let mut by_index: BTreeMap<u32, (Arc<LiveIndex>, Vec<Item>)> = BTreeMap::new();
         for item in work.items {
             let building = progress.get(&item.index.id).and_then(|p| p.building.as_ref());
+            let building = building.filter(|b| b.phase == Phase::Entries);
             // Past a build's position the build will read the record as committed (and a scan
             // under way reads it again).
             if let Some(build) = building {
@@ -852,7 +907,7 @@ impl IndexParts {
             let repo = RepoWrite { did, counted: shown.after, stored, now_us };
             self.stage_index(batch, &index, &repo, updates, &mut moved)?;
         }
-        self.stage_counts(batch, &mut moved, None)?;
+        self.stage_counts(batch, &mut moved)?;
         self.stage_totals(batch, &mut moved);
         Ok(moved)
     }
@@ -950,36 +1005,19 @@ impl IndexParts {
         for (did, shown) in repos {
             self.move_shown(&registry, did, *shown, &mut moved)?;
         }
-        self.stage_counts(batch, &mut moved, None)?;
+        self.stage_counts(batch, &mut moved)?;
         Ok(moved)
     }
 
     /// Stages the count moves of a whole batch: each key's stored count read once and written
     /// once (or removed at zero).
-    fn stage_counts(&self, batch: &mut impl Rows, moved: &mut Moved, known: Option<(u32, &KnownCounts)>) -> Result<()> {
+    fn stage_counts(&self, batch: &mut impl Rows, moved: &mut Moved) -> Result<()> {
         let registry = self.registry.load();
         let by_id: HashMap<u32, &Arc<LiveIndex>> = registry.indexes.values().map(|ix| (ix.id, ix)).collect();
-        // Looked at once: a live change's counts take no lock of the scans when none builds.
-        let scanning = self.scanning();
         for ((id, key), delta) in std::mem::take(&mut moved.counts) {
             let Some(index) = by_id.get(&id).filter(|_| delta != 0) else { continue };
-            let known = known.filter(|(of, _)| *of == id).and_then(|(_, counts)| counts.get(&key));
-            let stored = match known {
-                Some(count) => *count,
-                None => index.stored_count(&key)?,
-            };
-            if scanning {
-                self.count_written(id, &key);
-            }
-            match stored + delta {
-                0 => batch.delete(&index.space, count_key(&key)),
-                value => {
-                    if let Some(counted) = &index.counted {
-                        counted.add(&key);
-                    }
-                    batch.put(&index.space, count_key(&key), value.to_be_bytes())
-                }
-            }
+            let stored = index.stored_count(&key)?;
+            index.stage_count(batch, &key, stored + delta);
         }
         Ok(())
     }
@@ -1178,19 +1216,6 @@ impl IndexParts {
         }
     }
 
-    /// Whether a build scan is under way (under the writer lock, under which one begins).
-    fn scanning(&self) -> bool {
-        !self.scans.lock().expect("index scan lock").under_way.is_empty()
-    }
-
-    /// Notes that the count row of `key` in index `id` was staged, for the scans under way.
-    fn count_written(&self, id: u32, key: &[u8]) {
-        let mut scans = self.scans.lock().expect("index scan lock");
-        for scan in scans.under_way.iter_mut().filter(|s| s.id == id) {
-            scan.noted.counts_written.insert(key.to_vec());
-        }
-    }
-
     /// Notes that a change of `record` passed index `id` by, past its build's position.
     fn passed(&self, id: u32, record: Vec<u8>) {
         let mut scans = self.scans.lock().expect("index scan lock");
@@ -1218,16 +1243,16 @@ impl IndexParts {
         (in_force && build.after == from).then_some(build)
     }
 
-    /// Stages one build batch of `index`: the records read past `build` (grouped by repo, in
-    /// key order) put in as creates, and the new position (`None`: the build is done).
+    /// Stages one build step of `index`: the records read past `build` (grouped by repo, in
+    /// key order) put in as creates, their count moves as step rows of `step` (the records
+    /// built before it), and the new position (`None`: the build is done).
     pub(super) fn stage_build(
         &self,
         batch: &mut impl Rows,
         index: &Arc<LiveIndex>,
         records: Vec<(String, Update)>,
-        build: Option<Build>,
+        (step, build): (u64, Option<Build>),
         answered: impl Fn(&str) -> Result<bool>,
-        known: &KnownCounts,
     ) -> Result<Moved> {
         let mut moved = Moved::default();
         let mut records = records.into_iter().peekable();
@@ -1242,7 +1267,11 @@ impl IndexParts {
             self.stage_index(batch, index, &repo, updates, &mut moved)?;
         }
         moved.totals.entry(index.id).or_default();
-        self.stage_counts(batch, &mut moved, Some((index.id, known)))?;
+        for ((_, key), delta) in std::mem::take(&mut moved.counts) {
+            if delta != 0 {
+                batch.put(&index.space, step_count_key(&key, step), delta.to_be_bytes());
+            }
+        }
         self.stage_totals(batch, &mut moved);
         match &build {
             Some(b) => batch.put(&index.space, [BUILD], encode_build(b)),
@@ -1251,11 +1280,97 @@ impl IndexParts {
         Ok(moved)
     }
 
+    /// Stages one step of `index`'s count phase from `build`: the count rows past its position,
+    /// in key order, whole keys until at least `max_rows` were read, each key's step rows summed
+    /// into its count row and removed. Returns the new position (`None`: the counts are summed
+    /// and the index is ready), staged with them.
+    pub(super) fn stage_count_sums(
+        &self,
+        batch: &mut impl Rows,
+        index: &LiveIndex,
+        build: &Build,
+        max_rows: usize,
+    ) -> Result<Option<Build>> {
+        let start = if build.after.is_empty() { Included(vec![COUNT]) } else { Excluded(build.after.clone()) };
+        let end = past(&[COUNT]).map_or(Unbounded, Excluded);
+        let mut rows = index.space.range::<Vec<u8>, _>((start, end)).map(|kv| kv.into_inner());
+        let (mut read, mut key) = (0, KeySum::default());
+        let next = loop {
+            let row = rows.next().transpose()?;
+            let parsed = row.as_ref().map(|(k, _)| split_count_row(k, index.spec.key.len())).transpose()?;
+            if parsed.is_none_or(|(tuple, _)| tuple != key.tuple.as_slice()) && !key.last.is_empty() {
+                let last = key.stage(batch, index);
+                if read >= max_rows || row.is_none() {
+                    break row.map(|_| last);
+                }
+            }
+            let (Some((k, v)), Some((tuple, step))) = (&row, parsed) else { break None };
+            read += 1;
+            key.add(tuple, step.map(|_| k.clone()), decode_i64(v));
+        };
+        let next = next.map(|after| Build { after, phase: Phase::Counts, ..build.clone() });
+        match &next {
+            Some(b) => batch.put(&index.space, [BUILD], encode_build(b)),
+            None => batch.delete(&index.space, [BUILD]),
+        }
+        Ok(next)
+    }
+
     /// Moves a build to `build` once its batch committed (`None`: ready).
     pub(super) fn built(&self, id: u32, build: Option<Build>) {
         if let Some(p) = self.progress.lock().expect("index progress lock").get_mut(&id) {
             p.building = build;
         }
+    }
+}
+
+/// A count row split: its key tuple, and its step for a step row (`None`: the count row).
+fn split_count_row(row: &[u8], parts: usize) -> Result<(&[u8], Option<u64>)> {
+    let tuple = row.get(1..).ok_or_else(|| corrupt("index count row"))?;
+    let n = key_tuple_len(tuple, parts).ok_or_else(|| corrupt("index count row"))?;
+    match tuple[n..].try_into() {
+        Ok(step) => Ok((&tuple[..n], Some(u64::from_be_bytes(step)))),
+        Err(_) if n == tuple.len() => Ok((tuple, None)),
+        Err(_) => Err(corrupt("index count row")),
+    }
+}
+
+/// One key's count rows as the count phase reads them: its count, its step rows to remove,
+/// and the last row read.
+#[derive(Default)]
+struct KeySum {
+    tuple: Vec<u8>,
+    count: i64,
+    steps: Vec<fjall::Slice>,
+    last: Vec<u8>,
+}
+
+impl KeySum {
+    /// Adds a row of `tuple` (a step row's key, `None` for the count row) holding `value`.
+    fn add(&mut self, tuple: &[u8], step: Option<fjall::Slice>, value: i64) {
+        if self.tuple != tuple {
+            self.tuple = tuple.to_vec();
+            self.count = 0;
+        }
+        self.count += value;
+        self.last = count_key(tuple);
+        if let Some(step) = step {
+            self.last = step.to_vec();
+            self.steps.push(step);
+        }
+    }
+
+    /// Stages the key's count with its step rows summed in, and their removal. Returns the last
+    /// row read and starts the next key.
+    fn stage(&mut self, batch: &mut impl Rows, index: &LiveIndex) -> Vec<u8> {
+        let KeySum { tuple, count, steps, last } = std::mem::take(self);
+        if !steps.is_empty() {
+            index.stage_count(batch, &tuple, count);
+            for step in steps {
+                batch.delete(&index.space, step);
+            }
+        }
+        last
     }
 }
 

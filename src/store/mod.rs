@@ -80,7 +80,7 @@ pub use failure::DiskFailure;
 pub use handler_spaces::HandlerSpaces;
 pub use handles::Handles;
 pub use held::Held;
-pub use indexes::{Build, Hit, LiveIndex, PageRange, Progress, Registry, sort_len};
+pub use indexes::{Build, Hit, LiveIndex, PageRange, Phase, Progress, Registry, sort_len};
 pub use log::{EventLog, Trimmed, now_us};
 pub use queue::{Queue, SCAN_AHEAD};
 pub use records::{RecordMap, RecordWrite, Records};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 
 use crate::indexes::encode;
-use crate::store::{LiveIndex, Progress, Store};
+use crate::store::{LiveIndex, Phase, Progress, Store};
 use crate::xrpc::{Params, XrpcError};
 
 /// The index a query names: by `index`, or the one served under `method`.
@@ -34,7 +34,15 @@ pub(super) fn ready(store: &Store, index: &LiveIndex) -> Result<(), XrpcError> {
             Err(XrpcError::new(
                 StatusCode::BAD_REQUEST,
                 "IndexNotReady",
-                format!("index `{}` is building: {done} of about {total} records read", index.spec.name),
+                match build.phase {
+                    Phase::Entries => {
+                        format!("index `{}` is building: {done} of about {total} records read", index.spec.name)
+                    }
+                    Phase::Counts => format!(
+                        "index `{}` is building: its {done} records read, its counts being summed",
+                        index.spec.name
+                    ),
+                },
             ))
         }
     }
@@ -67,7 +75,7 @@ pub(super) fn progress_json(store: &Store, index: &LiveIndex, p: &Progress) -> s
     });
     if let Some(build) = &p.building {
         let (done, total) = store.build_progress(index, build);
-        out["progress"] = serde_json::json!({ "done": done, "total": total });
+        out["progress"] = serde_json::json!({ "phase": build.phase.as_str(), "done": done, "total": total });
     }
     out
 }
