@@ -377,7 +377,7 @@ pub struct StorageConfig {
     /// Stored records keys read per step when an index is built in the background. A step
     /// scans them off the writer lock, then holds it while it writes their entries as tables of
     /// their own (larger steps write fewer, larger tables, faster), so commits wait that long:
-    /// at 8,192 on 2 cores, 35-70 ms a step, 70-145 ms for one in ten (BENCHMARKS.md). A
+    /// at 8,192 on 2 cores, 26-31 ms a step, 40-70 ms for one in ten (BENCHMARKS.md). A
     /// counted index's build ends summing its counts, as many count rows a step (~12 ms).
     pub index_build_batch: usize,
     /// fjall's block cache, in MiB: the decompressed blocks reads find in memory. Reads past it
