@@ -1482,6 +1482,25 @@ mod tests {
         }
 
         #[test]
+        fn build_positions_round_trip(after: Vec<u8>, done: u64, counting: bool) {
+            let phase = if counting { Phase::Counts } else { Phase::Entries };
+            let build = Build { after, done, phase };
+            prop_assert_eq!(decode_build(&encode_build(&build)).unwrap(), build);
+        }
+
+        /// A count row and the step rows of its key tuple split back into the tuple (and
+        /// step), whatever the tuple's parts: one key's rows are told apart from another's.
+        #[test]
+        fn count_rows_split_back(parts in proptest::collection::vec(".{0,40}", 0..3), step: u64) {
+            let tuple = crate::indexes::encode::key_tuple(&parts);
+            let count = count_key(&tuple);
+            prop_assert_eq!(split_count_row(&count, parts.len()).unwrap(), (tuple.as_slice(), None));
+            let stepped = step_count_key(&tuple, step);
+            prop_assert_eq!(split_count_row(&stepped, parts.len()).unwrap(), (tuple.as_slice(), Some(step)));
+            prop_assert!(split_count_row(&[count.as_slice(), &[0, 1, 2]].concat(), parts.len()).is_err());
+        }
+
+        #[test]
         fn string_sorts_delimit_themselves(s: String, tail: Vec<u8>) {
             let enc = crate::indexes::encode::ordered_text(&s);
             let all = [enc.as_slice(), &tail].concat();
