@@ -275,6 +275,11 @@ struct Figures {
     rss_before_mb: f64,
     peak_mb: f64,
     rss_after_mb: f64,
+    /// The block cache in use before the builds and after them, MB: what of the growth is the
+    /// cache filling (bounded by `[storage] cache_mb`, and full in any sluice that has run a
+    /// while), rather than the build's own.
+    cache_before_mb: f64,
+    cache_after_mb: f64,
     peak_reset: bool,
     /// Per index: (entries, bytes once its memtable is flushed, bytes after a major compaction).
     disk: BTreeMap<String, (i64, u64, u64)>,
@@ -309,6 +314,7 @@ fn build_phase(dir: &Path, likes: u64, figures: &mut Figures) -> Stored {
 
     figures.peak_reset = reset_peak();
     figures.rss_before_mb = mb(kb("VmRSS:"));
+    figures.cache_before_mb = store.block_cache_bytes() as f64 / (1 << 20) as f64;
     store.set_indexes(&specs()).unwrap();
     let mut last = (Instant::now(), cpu_seconds());
     let mut rss_at_start = figures.rss_before_mb;
@@ -330,6 +336,7 @@ fn build_phase(dir: &Path, likes: u64, figures: &mut Figures) -> Stored {
         }
     }
     figures.rss_after_mb = mb(kb("VmRSS:"));
+    figures.cache_after_mb = store.block_cache_bytes() as f64 / (1 << 20) as f64;
     extract_alone(&store, figures);
     let mut ids = BTreeMap::new();
     for (name, (index, progress)) in store.index_progress() {
@@ -708,6 +715,13 @@ fn main() {
     row("peak RSS during the builds (VmHWM), MB", get(&|f| f.peak_mb), &one);
     row("memory growth, both builds (peak - before), MB", get(&|f| f.peak_mb - f.rss_before_mb), &one);
     row("RSS after the builds, MB", get(&|f| f.rss_after_mb), &one);
+    row("block cache in use before the builds, MB", get(&|f| f.cache_before_mb), &one);
+    row("block cache in use after the builds, MB", get(&|f| f.cache_after_mb), &one);
+    row(
+        "memory growth less the block cache's, both builds, MB",
+        get(&|f| f.peak_mb - f.rss_before_mb - (f.cache_after_mb - f.cache_before_mb)),
+        &one,
+    );
     if all.iter().any(|(_, f)| !f.peak_reset) {
         println!("\n(VmHWM could not be reset: the peak includes the loading)");
     }

@@ -34,6 +34,8 @@ async fn health_and_metrics_follow_what_is_indexed() {
     assert_eq!(metric(&text, "sluice_repos{status=\"synced\"}"), 1.0);
     assert_eq!(metric(&text, "sluice_stream_clients"), 0.0);
     assert!(metric(&text, "sluice_resident_memory_bytes") > 0.0);
+    let cached = metric(&text, "sluice_block_cache_bytes");
+    assert!((0.0..=(sluice::config::StorageConfig::default().cache_mb << 20) as f64).contains(&cached), "{cached}");
     for family in ["sluice_events_total", "sluice_repos", "sluice_stream_clients", "sluice_filter_saves_total"] {
         assert!(text.contains(&format!("# TYPE {family} ")), "{family} has its TYPE line");
     }

@@ -117,6 +117,15 @@ pub fn render(state: &ServerState) -> String {
     let name = "sluice_resident_memory_bytes";
     let rss = crate::process::resident_bytes().unwrap_or(0);
     Family::start(&mut out, name, "gauge", "Resident memory of the process.").sample(name, &[], rss);
+    let name = "sluice_block_cache_bytes";
+    let cached = state.store().block_cache_bytes();
+    Family::start(
+        &mut out,
+        name,
+        "gauge",
+        "Decompressed blocks the store's block cache holds (up to [storage] cache_mb).",
+    )
+    .sample(name, &[], cached);
     out
 }
 

@@ -101,6 +101,11 @@ impl Db {
         self.db.keyspace(name, options).map_err(|e| self.failed(e))
     }
 
+    /// The bytes of decompressed blocks the block cache holds now.
+    pub(super) fn cache_bytes(&self) -> u64 {
+        self.db.cache_size()
+    }
+
     /// The names of every keyspace.
     pub(super) fn keyspace_names(&self) -> Vec<String> {
         self.db.list_keyspace_names().iter().map(|name| name.to_string()).collect()

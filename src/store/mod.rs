@@ -300,6 +300,12 @@ impl Store {
         writer.counts.get(&keys::count_repos(status.as_str())).copied().unwrap_or(0)
     }
 
+    /// The bytes the block cache holds now (up to `[storage] cache_mb`): memory that fills with
+    /// the reads of any running sluice, whatever it does.
+    pub fn block_cache_bytes(&self) -> u64 {
+        self.db.cache_bytes()
+    }
+
     /// Flushes the journal to disk.
     pub fn persist(&self) -> Result<()> {
         self.db.persist()
