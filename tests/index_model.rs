@@ -565,9 +565,10 @@ fn set_hidden(store: &Store, hidden: &mut BTreeSet<String>, did: &str, off: bool
 }
 
 /// A counted index's build ends by summing the step rows its entry steps left, a few keys at a
-/// time. Changes under keys already summed and keys not yet summed, a repo hidden and shown
-/// again between those steps, and the store closed after any of them (a `kill -9` leaves only
-/// committed steps), still end in exact counts.
+/// time, and a key with many step rows ("👍", "🙂") over several steps. Changes under keys
+/// already summed and keys not yet summed, a repo hidden and shown again between those steps,
+/// and the store closed after any of them (a `kill -9` leaves only committed steps), still end
+/// in exact counts.
 #[test]
 fn a_count_phase_stopped_anywhere_ends_exact() {
     let spec = Filter::from_toml(&format!("{BASE}{ADDED}"), "t").unwrap().indexes;

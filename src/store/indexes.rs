@@ -1282,8 +1282,10 @@ impl IndexParts {
 
     /// Stages one step of `index`'s count phase from `build`: the count rows past its position,
     /// in key order, whole keys until at least `max_rows` were read, each key's step rows summed
-    /// into its count row and removed. Returns the new position (`None`: the counts are summed
-    /// and the index is ready), staged with them.
+    /// into its count row and removed. A key with more step rows than twice that (one liked in
+    /// every step of a long build) is summed over several steps, its count row holding what
+    /// was summed so far. Returns the new position (`None`: the counts are summed and the
+    /// index is ready), staged with them.
     pub(super) fn stage_count_sums(
         &self,
         batch: &mut impl Rows,
@@ -1294,11 +1296,18 @@ impl IndexParts {
         let start = if build.after.is_empty() { Included(vec![COUNT]) } else { Excluded(build.after.clone()) };
         let end = past(&[COUNT]).map_or(Unbounded, Excluded);
         let mut rows = index.space.range::<Vec<u8>, _>((start, end)).map(|kv| kv.into_inner());
-        let (mut read, mut key) = (0, KeySum::default());
+        let parts = index.spec.key.len();
+        // A step that ended among a key's step rows left its count row holding what it summed.
+        let mut key = match split_count_row(&build.after, parts) {
+            Ok((tuple, Some(_))) => KeySum::resumed(tuple, index.count(tuple)?, &build.after),
+            _ => KeySum::default(),
+        };
+        let mut read = 0;
         let next = loop {
             let row = rows.next().transpose()?;
-            let parsed = row.as_ref().map(|(k, _)| split_count_row(k, index.spec.key.len())).transpose()?;
-            if parsed.is_none_or(|(tuple, _)| tuple != key.tuple.as_slice()) && !key.last.is_empty() {
+            let parsed = row.as_ref().map(|(k, _)| split_count_row(k, parts)).transpose()?;
+            let same_key = parsed.is_some_and(|(tuple, _)| tuple == key.tuple.as_slice());
+            if (!same_key || read >= 2 * max_rows) && !key.last.is_empty() {
                 let last = key.stage(batch, index);
                 if read >= max_rows || row.is_none() {
                     break row.map(|_| last);
@@ -1346,6 +1355,11 @@ struct KeySum {
 }
 
 impl KeySum {
+    /// A key whose step rows were summed up to `after`, into its count row now holding `count`.
+    fn resumed(tuple: &[u8], count: i64, after: &[u8]) -> KeySum {
+        KeySum { tuple: tuple.to_vec(), count, steps: Vec::new(), last: after.to_vec() }
+    }
+
     /// Adds a row of `tuple` (a step row's key, `None` for the count row) holding `value`.
     fn add(&mut self, tuple: &[u8], step: Option<fjall::Slice>, value: i64) {
         if self.tuple != tuple {
