@@ -1,6 +1,7 @@
-//! `kill -9` while an index is built in the background (issue 32): the restarted `sluice run`
-//! resumes the build from its stored position, and the index it ends with holds exactly what
-//! an index of the same definition built in one go holds, count and entries.
+//! `kill -9` while an index is built in the background (issue 32), twice while it puts in
+//! the entries and once while it sums the counts: the restarted `sluice run` resumes the build
+//! from its stored position, and the index it ends with holds exactly what an index of the same
+//! definition built in one go holds, count and entries.
 
 use std::path::Path;
 use std::time::Duration;
@@ -69,6 +70,12 @@ fn write_config(dir: &Path, net: &Devnet, port: u16) -> std::path::PathBuf {
     config
 }
 
+/// The phase `late`'s build stands in, as the store a killed run left holds it.
+fn late_after_kill(data: &Path) -> Option<sluice::store::Phase> {
+    let store = Store::open(data).unwrap();
+    store.index_progress().get("late").and_then(|(_, p)| p.building.as_ref().map(|b| b.phase))
+}
+
 /// `late`'s state in `/health`, once the server answers.
 async fn late(base: &str) -> Option<Value> {
     let health: Value = testkit::http().get(format!("{base}/health")).send().await.ok()?.json().await.ok()?;
@@ -104,6 +111,18 @@ async fn sigkill_during_an_index_build_resumes_and_ends_exact() {
         assert!(done > last_done, "the build moved on from where it stood ({last_done} -> {done})");
         last_done = done;
     }
+    // A third time once every entry is in, while the counts are summed (one step row a step
+    // of one record, so there are thousands).
+    let mut child = testkit::spawn_sluice(binary, &config, "run", &log);
+    testkit::wait_until_async("the count phase", || {
+        let base = base.clone();
+        async move { late(&base).await.is_some_and(|s| s["phase"] == "counts" || s["state"] == "ready") }
+    })
+    .await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let seen = late_after_kill(&dir.path().join("data"));
+    assert_eq!(seen, Some(sluice::store::Phase::Counts), "the third kill lands during the count phase");
 
     let mut child = testkit::spawn_sluice(binary, &config, "run", &log);
     testkit::wait_until_async("the build to end", || {
