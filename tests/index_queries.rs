@@ -195,6 +195,7 @@ async fn queries_answer_in_order_within_bounds_and_hide_what_is_not_shown() {
     let metrics = testkit::metrics(&s.base).await.unwrap();
     assert_eq!(testkit::metric(&metrics, "sluice_index_entries{index=\"likes_by_subject\"}"), Some(3.0));
     assert_eq!(testkit::metric(&metrics, "sluice_index_building{index=\"likes_by_subject\"}"), Some(0.0));
+    assert_eq!(testkit::metric(&metrics, "sluice_index_build_counting{index=\"likes_by_subject\"}"), Some(0.0));
     let skipped = "sluice_index_skips_total{index=\"statuses_by_status\",reason=\"wrong_type\"}";
     assert_eq!(testkit::metric(&metrics, skipped), Some(1.0), "{metrics}");
     assert_eq!(testkit::metric(&metrics, "sluice_index_skipped_records{index=\"latest_status\"}"), Some(1.0));

@@ -119,8 +119,11 @@ async fn sigkill_during_an_index_build_resumes_and_ends_exact() {
         async move { late(&base).await.is_some_and(|s| s["phase"] == "counts" || s["state"] == "ready") }
     })
     .await;
+    let metrics = testkit::metrics(&base).await.unwrap();
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
+    let counting = testkit::metric(&metrics, "sluice_index_build_counting{index=\"late\"}");
+    assert_eq!(counting, Some(1.0), "/metrics says the counts are being summed");
     let seen = late_after_kill(&dir.path().join("data"));
     assert_eq!(seen, Some(sluice::store::Phase::Counts), "the third kill lands during the count phase");
 

@@ -68,6 +68,13 @@ fn indexes(out: &mut String, state: &ServerState) {
     for (index, (_, p)) in &progress {
         family.sample(name, &[("index", index)], u8::from(p.building.is_some()));
     }
+    let name = "sluice_index_build_counting";
+    let mut family =
+        Family::start(out, name, "gauge", "1 while a counted index's build sums its counts (its last phase).");
+    for (index, (_, p)) in &progress {
+        let counting = p.building.as_ref().is_some_and(|b| b.phase == crate::store::Phase::Counts);
+        family.sample(name, &[("index", index)], u8::from(counting));
+    }
     let name = "sluice_index_build_records";
     let mut family = Family::start(out, name, "gauge", "Records an index under construction has read so far.");
     for (index, (_, p)) in &progress {
