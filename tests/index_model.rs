@@ -464,6 +464,12 @@ fn changed_and_removed_indexes() {
     check_all(&run, false);
 }
 
+/// The definition of the index `ADDED` declares, as a save puts it in force.
+fn late_spec() -> Vec<sluice::indexes::IndexSpec> {
+    let spec = Filter::from_toml(&format!("{BASE}{ADDED}"), "t").unwrap().indexes;
+    spec.into_iter().filter(|s| s.name == "late").collect()
+}
+
 /// Puts a status record in `did`, in the store and the model.
 fn put_status(store: &Store, model: &mut BTreeMap<(String, String), Value>, did: &str, rkey: String, status: &str) {
     let value = json!({"$type": COLLECTION, "status": status, "createdAt": TIMES[0].0});
@@ -521,8 +527,7 @@ fn store_statuses_and_others(store: &Store, model: &mut BTreeMap<(String, String
 /// its position on the way.
 #[test]
 fn a_build_stopped_anywhere_resumes_and_ends_exact() {
-    let spec = Filter::from_toml(&format!("{BASE}{ADDED}"), "t").unwrap().indexes;
-    let late: Vec<_> = spec.iter().filter(|s| s.name == "late").cloned().collect();
+    let late = late_spec();
     for stop_after in [0, 1, 4, 9, 14] {
         let dir = tempfile::tempdir().unwrap();
         let mut model = BTreeMap::new();
@@ -571,8 +576,7 @@ fn set_hidden(store: &Store, hidden: &mut BTreeSet<String>, did: &str, off: bool
 /// in exact counts.
 #[test]
 fn a_count_phase_stopped_anywhere_ends_exact() {
-    let spec = Filter::from_toml(&format!("{BASE}{ADDED}"), "t").unwrap().indexes;
-    let late: Vec<_> = spec.iter().filter(|s| s.name == "late").cloned().collect();
+    let late = late_spec();
     for stop_after in [0, 1, 2, 5, 9] {
         let dir = tempfile::tempdir().unwrap();
         let (mut model, mut hidden) = (BTreeMap::new(), BTreeSet::new());
@@ -619,8 +623,7 @@ fn a_count_phase_stopped_anywhere_ends_exact() {
 /// under the lock: with a step over everything, and with steps that end among the changes.
 #[test]
 fn changes_during_a_build_scan_are_read_again() {
-    let spec = Filter::from_toml(&format!("{BASE}{ADDED}"), "t").unwrap().indexes;
-    let late: Vec<_> = spec.iter().filter(|s| s.name == "late").cloned().collect();
+    let late = late_spec();
     // Each repo holds 148 records keys: a step of 100 ends inside one, of 10,000 reads all.
     for max_keys in [10_000, 100, 37] {
         let dir = tempfile::tempdir().unwrap();
