@@ -1,5 +1,5 @@
 //! The declarative indexes' entries: per index `index.<id>` (one keyspace each, dropped whole
-//! when the index is), and `index_meta` (each index's definition, build position and totals).
+//! when the index is), and `index_meta` (each index's definition, and the next id).
 //!
 //! Rows of `index.<id>` (the first byte names the kind):
 //! - `E key sort did \0 rkey` -> the record (its `records` value: CID and body) when at most
@@ -38,11 +38,13 @@
 //!
 //! Contract: entries are staged in the batch of the change that writes their record, under the
 //! writer lock (`Store::commit_prepared`), so an index never disagrees with the records. While
-//! an index is built, a change applies to it only for records at or before the build's position.
-//! A build step scans the records past it off the lock ([`Scanning`]: the changes committed
-//! meanwhile past the position are noted), then, under the lock, reads those again and moves the
-//! position in the run that writes their entries (ingested at once, see `index_rows.rs`). So a
-//! build that stops anywhere (`kill -9`) resumes where its last step ended and ends exact.
+//! an index puts in its entries, a change applies to it only for records at or before the
+//! build's position. A build step scans the records past it off the lock ([`Scanning`]: the
+//! changes committed meanwhile past the position are noted), then, under the lock, reads those
+//! again and moves the position in the run that writes their entries (ingested at once, see
+//! `index_rows.rs`). The count phase's steps move their own position in the run that sums the
+//! counts. So a build that stops anywhere (`kill -9`) resumes where its last step ended and
+//! ends exact.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound::{self, Excluded, Included, Unbounded};
