@@ -12,7 +12,8 @@
 //!    index thread does; records keys a step: `[storage] index_build_batch`, or
 //!    `SLUICE_INDEX_BENCH_BATCH`), timed per index: records of the index's collection per second,
 //!    stored records scanned per second (a build reads every stored record), memory (RSS before,
-//!    peak during: VmHWM is reset through `/proc/self/clear_refs`), and bytes per entry: the
+//!    peak during: VmHWM is reset through `/proc/self/clear_refs`; and the block cache in use
+//!    before and after, to tell the cache filling from the build's own), and bytes per entry: the
 //!    index keyspace's disk size after the store is closed and its memtable flushed and
 //!    compacted (major compaction through fjall directly, the store does not expose it).
 //! 2. Reads: a sluice opened on the same data with the indexes in its filter, the server on
