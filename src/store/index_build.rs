@@ -8,7 +8,7 @@ use std::sync::{Arc, MutexGuard};
 use smol_str::SmolStr;
 
 use super::index_rows::SortedRun;
-use super::indexes::{Build, Found, LiveIndex, Noted, Phase, Progress, Registry, ScannedStep, Update, inline_value};
+use super::indexes::{Build, Found, LiveIndex, Phase, Progress, Registry, ScannedStep, Update, inline_value};
 use super::{Result, Store, Writer, keys, log};
 use crate::indexes::{IndexSpec, Skip};
 
@@ -77,21 +77,21 @@ impl Store {
         max_keys: usize,
         during_scan: impl FnOnce(),
     ) -> Result<Option<BuildStep>> {
-        let step = match self.this_step_scan(max_keys)? {
+        let step = match self.next_step(max_keys)? {
             NextStep::Scanned(step) => step,
             NextStep::Counted(step) => return Ok(Some(step)),
             NextStep::None => return Ok(None),
         };
         during_scan();
         let writer = self.writer.lock().expect("writer lock");
-        let noted = self.indexes.end_scan(step.ticket);
+        let changed = self.indexes.end_scan(step.ticket);
         let ScannedStep { index, from, now, scanned, .. } = step;
         let (mut found, last) = scanned?;
         let Some(build) = self.indexes.building_from(&index, &from) else {
             // Redefined, dropped or moved while the scan ran: its work is not this index's.
             return Ok(Some(BuildStep { name: index.spec.name.clone(), records: 0, ready: false }));
         };
-        self.read_changed_again(&index, &mut found, &noted.changed, last.as_deref(), now)?;
+        self.read_changed_again(&index, &mut found, &changed, last.as_deref(), now)?;
         let records = found.len() as u64;
         let done = build.done + records;
         let next = match last {
@@ -109,7 +109,7 @@ impl Store {
 
     /// This step: the scan read ahead by the step before, else a scan read now of the first
     /// index still building, or that index's counts summed when its entries are all in.
-    fn this_step_scan(&self, max_keys: usize) -> Result<NextStep> {
+    fn next_step(&self, max_keys: usize) -> Result<NextStep> {
         if let Some(step) = self.indexes.take_prefetched() {
             return Ok(NextStep::Scanned(step));
         }
@@ -205,7 +205,7 @@ impl Store {
     }
 
     /// Ends a scan whose step will not be built.
-    fn end_scan_locked(&self, ticket: u64) -> Noted {
+    fn end_scan_locked(&self, ticket: u64) -> BTreeSet<Vec<u8>> {
         let _writer = self.writer.lock().expect("writer lock");
         self.indexes.end_scan(ticket)
     }

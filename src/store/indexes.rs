@@ -293,14 +293,8 @@ struct Scanning {
     ticket: u64,
     id: u32,
     from: Vec<u8>,
-    noted: Noted,
-}
-
-/// What changed while a build scan was under way (see [`Scanning`]).
-#[derive(Default)]
-pub(super) struct Noted {
-    /// The `records` keys changed past its position, in key order.
-    pub(super) changed: BTreeSet<Vec<u8>>,
+    /// The `records` keys changed past `from`, in key order.
+    changed: BTreeSet<Vec<u8>>,
 }
 
 /// A build step's scan, done off the writer lock.
@@ -1205,16 +1199,17 @@ impl IndexParts {
         let mut scans = self.scans.lock().expect("index scan lock");
         let ticket = scans.next_ticket;
         scans.next_ticket += 1;
-        scans.under_way.push(Scanning { ticket, id, from, noted: Noted::default() });
+        scans.under_way.push(Scanning { ticket, id, from, changed: BTreeSet::new() });
         ticket
     }
 
-    /// Ends the scan `ticket` (under the writer lock): the changes noted since it began.
-    pub(super) fn end_scan(&self, ticket: u64) -> Noted {
+    /// Ends the scan `ticket` (under the writer lock): the `records` keys of the changes noted
+    /// since it began.
+    pub(super) fn end_scan(&self, ticket: u64) -> BTreeSet<Vec<u8>> {
         let mut scans = self.scans.lock().expect("index scan lock");
         match scans.under_way.iter().position(|s| s.ticket == ticket) {
-            Some(at) => scans.under_way.swap_remove(at).noted,
-            None => Noted::default(),
+            Some(at) => scans.under_way.swap_remove(at).changed,
+            None => BTreeSet::new(),
         }
     }
 
@@ -1222,7 +1217,7 @@ impl IndexParts {
     fn passed(&self, id: u32, record: Vec<u8>) {
         let mut scans = self.scans.lock().expect("index scan lock");
         for scan in scans.under_way.iter_mut().filter(|s| s.id == id && record > s.from) {
-            scan.noted.changed.insert(record.clone());
+            scan.changed.insert(record.clone());
         }
     }
 
