@@ -1357,11 +1357,11 @@ impl KeySum {
         KeySum { tuple: tuple.to_vec(), count, steps: Vec::new(), last: after.to_vec() }
     }
 
-    /// Adds a row of `tuple` (a step row's key, `None` for the count row) holding `value`.
+    /// Adds a row of `tuple` (a step row's key, `None` for the count row) holding `value`; the
+    /// first row of a key starts it (a key tuple is never empty).
     fn add(&mut self, tuple: &[u8], step: Option<fjall::Slice>, value: i64) {
-        if self.tuple != tuple {
+        if self.tuple.is_empty() {
             self.tuple = tuple.to_vec();
-            self.count = 0;
         }
         self.count += value;
         self.last = count_key(tuple);
