@@ -8,7 +8,8 @@
 //! the issue's `likes_by_subject` (key `subject.uri`, sort `createdAt`, counted) and
 //! `statuses_by_status` (key `status`, sort `createdAt`).
 //!
-//! 1. Build: `Store::set_indexes` with both, then `build_index_step` until ready (what the
+//! 1. Build: once fjall's background work from the loading has ended, `Store::set_indexes`
+//!    with both, then `build_index_step` until ready (what the
 //!    index thread does; records keys a step: `[storage] index_build_batch`, or
 //!    `SLUICE_INDEX_BENCH_BATCH`), timed per index: records of the index's collection per second,
 //!    stored records scanned per second (a build reads every stored record), memory (RSS before,
@@ -289,6 +290,8 @@ struct Figures {
     live_done: u64,
     live_secs: f64,
     live_p99_us: f64,
+    /// Seconds waited for fjall's background work from the loading to end before the builds.
+    build_settle_secs: f64,
     /// Seconds waited for fjall's background work to end before the reads.
     settle_secs: f64,
     /// Tables of `records` and of the likes index when the builds ended: (L0, all).
@@ -312,6 +315,8 @@ fn build_phase(dir: &Path, likes: u64, figures: &mut Figures) -> Stored {
     let stored = populate(&store, likes);
     figures.load_secs = started.elapsed().as_secs_f64();
     (figures.likes, figures.statuses, figures.repos) = (stored.likes, stored.statuses, stored.repos);
+    // The loading's flushes and compactions would otherwise run on the build's cores.
+    figures.build_settle_secs = wait_for_quiet();
 
     figures.peak_reset = reset_peak();
     figures.rss_before_mb = mb(kb("VmRSS:"));
@@ -650,93 +655,118 @@ fn main() {
         eprintln!("scale {scale}x done in {:.1} s", started.elapsed().as_secs_f64());
         all.push((scale, f));
     }
+    let report = Report { all: &all };
+    report.builds();
+    report.reads();
+}
 
-    let cols: Vec<String> = all.iter().map(|(s, _)| format!("{s}x")).collect();
-    let ratio_col = all.len() >= 2;
-    let header = |first: &str| {
-        let mut h = format!("| {first} | {} |", cols.join(" | "));
-        if ratio_col {
+/// The figures of every scale as Markdown tables: a column per scale and, with two scales or
+/// more, the last one's figure over the first's.
+struct Report<'a> {
+    all: &'a [(u64, Figures)],
+}
+
+fn int(v: f64) -> String {
+    format!("{v:.0}")
+}
+fn one(v: f64) -> String {
+    format!("{v:.1}")
+}
+fn two(v: f64) -> String {
+    format!("{v:.2}")
+}
+
+impl Report<'_> {
+    fn ratio_col(&self) -> bool {
+        self.all.len() >= 2
+    }
+
+    fn header(&self, title: &str) {
+        println!("\n### {title}\n");
+        let cols: Vec<String> = self.all.iter().map(|(s, _)| format!("{s}x")).collect();
+        let mut h = format!("|  | {} |", cols.join(" | "));
+        if self.ratio_col() {
             h.push_str(&format!(" {}/{} |", cols[cols.len() - 1], cols[0]));
         }
-        let n = cols.len() + 1 + ratio_col as usize;
+        let n = cols.len() + 1 + self.ratio_col() as usize;
         println!("{h}\n|{}", "---|".repeat(n));
-    };
-    let row = |name: &str, vals: Vec<f64>, fmt: &dyn Fn(f64) -> String| {
+    }
+
+    fn row(&self, name: &str, get: impl Fn(&Figures) -> f64, fmt: fn(f64) -> String) {
+        let vals: Vec<f64> = self.all.iter().map(|(_, f)| get(f)).collect();
         let mut r = format!("| {name} | {} |", vals.iter().map(|v| fmt(*v)).collect::<Vec<_>>().join(" | "));
-        if ratio_col {
+        if self.ratio_col() {
             r.push_str(&format!(" {:.2} |", vals[vals.len() - 1] / vals[0]));
         }
         println!("{r}");
-    };
-    let int = |v: f64| format!("{v:.0}");
-    let one = |v: f64| format!("{v:.1}");
-    let two = |v: f64| format!("{v:.2}");
-    let get = |f: &dyn Fn(&Figures) -> f64| all.iter().map(|(_, x)| f(x)).collect::<Vec<f64>>();
+    }
 
-    println!("\n### Building an index from the stored records\n");
-    header("");
-    row("likes stored", get(&|f| f.likes as f64), &int);
-    row("statuses stored", get(&|f| f.statuses as f64), &int);
-    row("repos", get(&|f| f.repos as f64), &int);
-    row("loading (Store::commit per repo), records/s", get(&|f| (f.likes + f.statuses) as f64 / f.load_secs), &int);
-    for name in ["likes_by_subject", "statuses_by_status"] {
-        row(&format!("{name}: records of its collection"), get(&|f| f.build[name].records as f64), &int);
-        row(&format!("{name}: build s"), get(&|f| f.build[name].secs), &two);
-        row(
-            &format!("{name}: build, its records/s"),
-            get(&|f| f.build[name].records as f64 / f.build[name].secs),
-            &int,
+    fn builds(&self) {
+        self.header("Building an index from the stored records");
+        self.row("likes stored", |f| f.likes as f64, int);
+        self.row("statuses stored", |f| f.statuses as f64, int);
+        self.row("repos", |f| f.repos as f64, int);
+        self.row("loading (Store::commit per repo), records/s", |f| (f.likes + f.statuses) as f64 / f.load_secs, int);
+        self.row("waited for fjall's background work before the builds, s", |f| f.build_settle_secs, one);
+        for name in ["likes_by_subject", "statuses_by_status"] {
+            self.one_build(name);
+        }
+        for name in ["records", "likes_by_subject", "statuses_by_status"] {
+            self.row(&format!("{name}: L0 tables when the builds ended"), |f| f.tables[name].0 as f64, int);
+            self.row(&format!("{name}: tables when the builds ended"), |f| f.tables[name].1 as f64, int);
+        }
+        self.row("RSS before the builds, MB", |f| f.rss_before_mb, one);
+        self.row("peak RSS during the builds (VmHWM), MB", |f| f.peak_mb, one);
+        self.row("memory growth, both builds (peak - before), MB", |f| f.peak_mb - f.rss_before_mb, one);
+        self.row("RSS after the builds, MB", |f| f.rss_after_mb, one);
+        self.row("block cache in use before the builds, MB", |f| f.cache_before_mb, one);
+        self.row("block cache in use after the builds, MB", |f| f.cache_after_mb, one);
+        self.row(
+            "memory growth less the block cache's, both builds, MB",
+            |f| f.peak_mb - f.rss_before_mb - (f.cache_after_mb - f.cache_before_mb),
+            one,
         );
-        row(
+        if self.all.iter().any(|(_, f)| !f.peak_reset) {
+            println!("\n(VmHWM could not be reset: the peak includes the loading)");
+        }
+    }
+
+    fn one_build(&self, name: &str) {
+        self.row(&format!("{name}: records of its collection"), |f| f.build[name].records as f64, int);
+        self.row(&format!("{name}: build s"), |f| f.build[name].secs, two);
+        self.row(&format!("{name}: build, its records/s"), |f| f.build[name].records as f64 / f.build[name].secs, int);
+        self.row(
             &format!("{name}: build, stored records scanned/s"),
-            get(&|f| (f.likes + f.statuses) as f64 / f.build[name].secs),
-            &int,
+            |f| (f.likes + f.statuses) as f64 / f.build[name].secs,
+            int,
         );
-        row(&format!("{name}: build CPU s / wall s"), get(&|f| f.build[name].cpu / f.build[name].secs), &two);
-        row(&format!("{name}: extraction alone, records/s"), get(&|f| f.build[name].extract_per_sec), &int);
-        row(&format!("{name}: RSS at its start, MB"), get(&|f| f.build[name].rss_before_mb), &one);
-        row(
+        self.row(&format!("{name}: build CPU s / wall s"), |f| f.build[name].cpu / f.build[name].secs, two);
+        self.row(&format!("{name}: extraction alone, records/s"), |f| f.build[name].extract_per_sec, int);
+        self.row(&format!("{name}: RSS at its start, MB"), |f| f.build[name].rss_before_mb, one);
+        self.row(
             &format!("{name}: memory growth (peak - start), MB"),
-            get(&|f| f.build[name].peak_mb - f.build[name].rss_before_mb),
-            &one,
+            |f| f.build[name].peak_mb - f.build[name].rss_before_mb,
+            one,
         );
-        row(&format!("{name}: entries"), get(&|f| f.disk[name].0 as f64), &int);
-        row(&format!("{name}: bytes/entry, flushed"), get(&|f| f.disk[name].1 as f64 / f.disk[name].0 as f64), &one);
-        row(
+        self.row(&format!("{name}: entries"), |f| f.disk[name].0 as f64, int);
+        self.row(&format!("{name}: bytes/entry, flushed"), |f| f.disk[name].1 as f64 / f.disk[name].0 as f64, one);
+        self.row(
             &format!("{name}: bytes/entry, after major compaction"),
-            get(&|f| f.disk[name].2 as f64 / f.disk[name].0 as f64),
-            &one,
+            |f| f.disk[name].2 as f64 / f.disk[name].0 as f64,
+            one,
         );
-    }
-    for name in ["records", "likes_by_subject", "statuses_by_status"] {
-        row(&format!("{name}: L0 tables when the builds ended"), get(&|f| f.tables[name].0 as f64), &int);
-        row(&format!("{name}: tables when the builds ended"), get(&|f| f.tables[name].1 as f64), &int);
-    }
-    row("RSS before the builds, MB", get(&|f| f.rss_before_mb), &one);
-    row("peak RSS during the builds (VmHWM), MB", get(&|f| f.peak_mb), &one);
-    row("memory growth, both builds (peak - before), MB", get(&|f| f.peak_mb - f.rss_before_mb), &one);
-    row("RSS after the builds, MB", get(&|f| f.rss_after_mb), &one);
-    row("block cache in use before the builds, MB", get(&|f| f.cache_before_mb), &one);
-    row("block cache in use after the builds, MB", get(&|f| f.cache_after_mb), &one);
-    row(
-        "memory growth less the block cache's, both builds, MB",
-        get(&|f| f.peak_mb - f.rss_before_mb - (f.cache_after_mb - f.cache_before_mb)),
-        &one,
-    );
-    if all.iter().any(|(_, f)| !f.peak_reset) {
-        println!("\n(VmHWM could not be reset: the peak includes the loading)");
     }
 
-    println!("\n### Reads while live commits land (µs)\n");
-    header("");
-    row("waited for fjall's background work before reading, s", get(&|f| f.settle_secs), &one);
-    row("live commits applied/s", get(&|f| f.live_done as f64 / f.live_secs), &int);
-    row("live commit p99 µs", get(&|f| f.live_p99_us), &int);
-    let names: Vec<String> = all[0].1.reads.keys().cloned().collect();
-    for name in &names {
-        row(&format!("{name}: reads"), get(&|f| f.reads[name].len() as f64), &int);
-        row(&format!("{name}: p50"), get(&|f| percentile(&f.reads[name], 0.50)), &one);
-        row(&format!("{name}: p99"), get(&|f| percentile(&f.reads[name], 0.99)), &one);
-        row(&format!("{name}: max"), get(&|f| *f.reads[name].last().unwrap()), &one);
+    fn reads(&self) {
+        self.header("Reads while live commits land (µs)");
+        self.row("waited for fjall's background work before reading, s", |f| f.settle_secs, one);
+        self.row("live commits applied/s", |f| f.live_done as f64 / f.live_secs, int);
+        self.row("live commit p99 µs", |f| f.live_p99_us, int);
+        for name in self.all[0].1.reads.keys() {
+            self.row(&format!("{name}: reads"), |f| f.reads[name].len() as f64, int);
+            self.row(&format!("{name}: p50"), |f| percentile(&f.reads[name], 0.50), one);
+            self.row(&format!("{name}: p99"), |f| percentile(&f.reads[name], 0.99), one);
+            self.row(&format!("{name}: max"), |f| *f.reads[name].last().unwrap(), one);
+        }
     }
 }
