@@ -27,7 +27,10 @@
 //!    (a full page of 50) and typical ones (a few likes), and a status key (~1,000 entries at
 //!    1x); one big repo's records with `did=` (it holds a twentieth of the likes: 10,000 at
 //!    1x, 100,000 at 10x, and a tenth as many statuses); and the HTTP floor, `GET /status.css`
-//!    (a static text), on the same server and client.
+//!    (a static text), on the same server and client. Each request is timed twice: from
+//!    reqwest on a tokio runtime, and from a lean blocking HTTP/1.1 client on one kept-alive
+//!    connection (`lean client:`), which measures what the server adds to a request as a load
+//!    generator such as `wrk` does, without the hand-offs between the client's own threads.
 //!
 //! The process runs with `sluice run`'s allocator settings (`sluice::alloc`), under which the
 //! service builds its indexes: memory measured under mimalloc's defaults (freed memory kept for
@@ -40,6 +43,8 @@
 //! the system's).
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -548,7 +553,9 @@ fn store_reads(t: &mut Timer, store: &Store, likes: &LiveIndex, statuses: &LiveI
 
 /// One round of requests to the server: queryIndex, countIndex, `did=` queries of the big repo,
 /// and the floor of one request.
-fn http_reads(t: &mut Timer, get: &dyn Fn(String) -> usize, base: &str, stored: &Stored, k: &Keys) {
+/// `client` prefixes the names of the figures (empty for reqwest's, kept as they were).
+fn http_reads(t: &mut Timer, (client, get): Client<'_>, base: &str, stored: &Stored, k: &Keys) {
+    let mut t = Labelled { t, client };
     let q =
         |index: &str, key: &str| format!("{base}/xrpc/dev.sluice.queryIndex?index={index}&key={}&limit=50", enc(key));
     let c = |key: &str| format!("{base}/xrpc/dev.sluice.countIndex?index=likes_by_subject&key={}", enc(key));
@@ -568,6 +575,84 @@ fn http_reads(t: &mut Timer, get: &dyn Fn(String) -> usize, base: &str, stored: 
     });
     t.time("xrpc: countIndex, hot like key", || get(c(&k.hot)));
     t.time("xrpc: countIndex, typical like key", || get(c(&k.typical)));
+}
+
+/// A client for [`http_reads`]: the prefix of its figures' names, and its GET (returning the
+/// body's length).
+type Client<'a> = (&'a str, &'a dyn Fn(String) -> usize);
+
+/// A [`Timer`] whose names carry a client's prefix.
+struct Labelled<'a> {
+    t: &'a mut Timer,
+    client: &'a str,
+}
+
+impl Labelled<'_> {
+    fn time<T>(&mut self, name: &str, f: impl FnOnce() -> T) -> T {
+        self.t.time(&format!("{}{name}", self.client), f)
+    }
+}
+
+/// A lean HTTP/1.1 client on one kept-alive connection, blocking on the calling thread, as a
+/// load generator such as `wrk` measures: what the server adds to a request, without the
+/// hand-offs between reqwest's tasks and the runtime's threads.
+struct LeanClient {
+    stream: BufReader<TcpStream>,
+    host: String,
+}
+
+impl LeanClient {
+    fn connect(base: &str) -> LeanClient {
+        let host = base.strip_prefix("http://").expect("an http:// base").to_string();
+        let stream = TcpStream::connect(&host).unwrap();
+        stream.set_nodelay(true).unwrap();
+        LeanClient { stream: BufReader::new(stream), host }
+    }
+
+    /// GETs `url`, which must be on the host it connected to; returns the body's length.
+    fn get(&mut self, url: &str) -> usize {
+        let path = &url[url.find(&self.host).expect("the client's host") + self.host.len()..];
+        write!(self.stream.get_mut(), "GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host).unwrap();
+        let status = self.line();
+        assert!(status.starts_with("HTTP/1.1 200"), "{url}: {status}");
+        let (mut length, mut chunked) = (None, false);
+        loop {
+            let header = self.line();
+            if header.is_empty() {
+                break;
+            }
+            let (name, value) = header.split_once(':').expect("a header");
+            if name.eq_ignore_ascii_case("content-length") {
+                length = Some(value.trim().parse().unwrap());
+            }
+            chunked |= name.eq_ignore_ascii_case("transfer-encoding") && value.trim() == "chunked";
+        }
+        if !chunked {
+            let n = length.expect("a content-length or chunks");
+            self.skip(n);
+            return n;
+        }
+        let mut total = 0;
+        loop {
+            let size = usize::from_str_radix(self.line().split(';').next().unwrap(), 16).unwrap();
+            self.skip(size + 2); // the chunk and its CRLF; the last chunk's is the body's end
+            if size == 0 {
+                return total;
+            }
+            total += size;
+        }
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = String::new();
+        self.stream.read_line(&mut line).unwrap();
+        line.trim_end().to_string()
+    }
+
+    fn skip(&mut self, n: usize) {
+        let mut buf = vec![0; n];
+        self.stream.read_exact(&mut buf).unwrap();
+    }
 }
 
 /// Phase 2: reads while live commits land.
@@ -601,9 +686,12 @@ fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
             response.bytes().await.unwrap().len()
         })
     };
-    // Warm up the connection and the caches a little.
+    let lean = std::cell::RefCell::new(LeanClient::connect(&base));
+    let lean_get = |url: String| lean.borrow_mut().get(&url);
+    // Warm up the connections and the caches a little.
     for _ in 0..50 {
         get(format!("{base}/xrpc/dev.sluice.countIndex?index=likes_by_subject&key={}", enc(&post_uri(0))));
+        lean_get(format!("{base}/xrpc/dev.sluice.countIndex?index=likes_by_subject&key={}", enc(&post_uri(0))));
     }
     let mut rng = Rng(99);
     let mut timer = Timer::default();
@@ -615,7 +703,8 @@ fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
             emoji: EMOJI[rng.below(EMOJI.len() as u64) as usize],
         };
         store_reads(&mut timer, &store, likes, statuses, &keys);
-        http_reads(&mut timer, &get, &base, stored, &keys);
+        http_reads(&mut timer, ("", &get), &base, stored, &keys);
+        http_reads(&mut timer, ("lean client: ", &lean_get), &base, stored, &keys);
     }
     stop.store(true, Ordering::Relaxed);
     let (live_secs, live_p99) = writer.join().unwrap();
