@@ -3,7 +3,7 @@
 //! Each case drives random creates, updates (key and sort changes, arrays growing and
 //! shrinking, fields missing or of the wrong type), deletes, account deletions and
 //! deactivations over a few repos through the pipeline (`apply_commit`, `remove_repo`) and
-//! account events (`set_states`), with four indexes in the filter
+//! account events (`set_states`), commits of one op or of several, with four indexes in the filter
 //! from the start (a key, a fanned-out key, a two-part key sorted by rkey, each repo's latest).
 //! Halfway, an index is added (built in the background while commits go on), and the store is
 //! closed and opened again while it may still be building. At the end every query, in both
@@ -99,6 +99,8 @@ enum Op {
     /// Create or update (repo, rkey).
     Put(usize, usize, Value),
     Delete(usize, usize),
+    /// One commit of puts (`Some`) and deletes (`None`) of several of a repo's records.
+    Several(usize, BTreeMap<usize, Option<Value>>),
     /// The account is deleted: every record goes.
     DeleteAccount(usize),
     /// The account is deactivated (records kept, not answered) or active again.
@@ -109,6 +111,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (0..DIDS.len(), 0..5usize, record()).prop_map(|(d, r, v)| Op::Put(d, r, v)),
         2 => (0..DIDS.len(), 0..5usize).prop_map(|(d, r)| Op::Delete(d, r)),
+        2 => (0..DIDS.len(), proptest::collection::btree_map(0..5usize, proptest::option::of(record()), 2..4))
+            .prop_map(|(d, ops)| Op::Several(d, ops)),
         1 => (0..DIDS.len()).prop_map(Op::DeleteAccount),
         1 => (0..DIDS.len(), any::<bool>()).prop_map(|(d, off)| Op::Deactivate(d, off)),
     ]
@@ -178,6 +182,26 @@ impl Run {
                 let delete = RecordOp::Delete { collection: COLLECTION.into(), rkey: format!("r{r}") };
                 pipeline.apply_commit(DIDS[*d], commit, &rev, data, vec![delete], None).unwrap();
                 self.model.remove(&(DIDS[*d].into(), format!("r{r}")));
+                self.hidden.remove(DIDS[*d]);
+            }
+            Op::Several(d, several) => {
+                let mut ops = Vec::new();
+                for (r, value) in several {
+                    let (rkey, key) = (format!("r{r}"), (DIDS[*d].to_string(), format!("r{r}")));
+                    match value {
+                        Some(value) => {
+                            let bytes = json_to_cbor(value).unwrap();
+                            let cid = testkit::cid_of(&bytes);
+                            ops.push(RecordOp::Put { collection: COLLECTION.into(), rkey, cid, bytes: bytes.into() });
+                            self.model.insert(key, value.clone());
+                        }
+                        None => {
+                            ops.push(RecordOp::Delete { collection: COLLECTION.into(), rkey });
+                            self.model.remove(&key);
+                        }
+                    }
+                }
+                pipeline.apply_commit(DIDS[*d], commit, &rev, data, ops, None).unwrap();
                 self.hidden.remove(DIDS[*d]);
             }
             Op::DeleteAccount(d) => {
@@ -648,4 +672,34 @@ fn changes_during_a_build_scan_are_read_again() {
         }
         check_store(&store, &model, &BTreeSet::new(), "late", &["status"], "rkey", false, true);
     }
+}
+
+/// A commit whose ops change one record twice is no diff of two trees: it is refused whole,
+/// naming the record, and leaves the records, the events and every index as they were.
+#[test]
+fn a_commit_changing_a_record_twice_is_refused_whole() {
+    let mut run = Run::open(tempfile::tempdir().unwrap(), BASE);
+    let status = |s: &str| json!({"$type": COLLECTION, "status": s, "createdAt": TIMES[0].0});
+    run.apply(&Op::Put(0, 1, status("🙂")));
+    run.settle();
+    let events = |run: &Run| run.sluice().store().log().from(0, 100).unwrap().len();
+    let before = events(&run);
+    let put = |rkey: &str, value: &Value| {
+        let bytes = json_to_cbor(value).unwrap();
+        let cid = testkit::cid_of(&bytes);
+        RecordOp::Put { collection: COLLECTION.into(), rkey: rkey.into(), cid, bytes: bytes.into() }
+    };
+    let ops = vec![
+        put("r2", &status("👍")),
+        put("r1", &status("👍")),
+        RecordOp::Delete { collection: COLLECTION.into(), rkey: "r1".into() },
+    ];
+    let rev = run.next_rev();
+    let (commit, data) = (testkit::cid_of(rev.as_bytes()), testkit::cid_of(b"data"));
+    let refused = run.sluice().pipeline().apply_commit(DIDS[0], commit, &rev, data, ops, None).unwrap_err();
+    let text = refused.to_string();
+    assert!(text.contains(&format!("{COLLECTION}/r1")) && text.contains("more than once"), "{text}");
+    assert_eq!(events(&run), before, "no event");
+    assert!(run.sluice().store().records().get(DIDS[0], COLLECTION, "r2").unwrap().is_none(), "nothing stored");
+    check_all(&run, false);
 }

@@ -381,7 +381,9 @@ impl Pipeline {
 
     /// Applies the ops of one live commit of `did` (CID `commit`) at `rev` (MST root `data`), with an optional
     /// cursor saved in the same batch. Ops on unwanted collections are ignored; a put whose CID
-    /// is already stored is skipped.
+    /// is already stored is skipped. A commit whose ops change a record twice is refused whole
+    /// ([`RepoError::RepeatedOp`]): each op is applied against the stored records, and no diff
+    /// of two trees names a path twice.
     pub fn apply_commit(
         &self,
         did: &str,
@@ -391,6 +393,9 @@ impl Pipeline {
         ops: Vec<RecordOp>,
         cursor: Option<(String, String)>,
     ) -> Result<RepoOutcome, PipelineError> {
+        if let Some(path) = repeated_path(&ops) {
+            return Err(RepoError::RepeatedOp { path }.into());
+        }
         let compiled = self.filter.load();
         let previous_state = self.store.repos().state(did)?;
         check_rev(did, rev, previous_state.as_ref())?;
@@ -805,4 +810,15 @@ fn record_event(
         handled,
         body,
     })
+}
+
+/// The first `collection/rkey` that `ops` change more than once.
+fn repeated_path(ops: &[RecordOp]) -> Option<String> {
+    let mut seen = std::collections::HashSet::new();
+    ops.iter()
+        .map(|op| match op {
+            RecordOp::Put { collection, rkey, .. } | RecordOp::Delete { collection, rkey } => (collection, rkey),
+        })
+        .find(|path| !seen.insert(*path))
+        .map(|(collection, rkey)| format!("{collection}/{rkey}"))
 }

@@ -64,6 +64,9 @@ pub enum RepoError {
     /// An MST node is malformed.
     #[error("malformed MST node {cid}: {problem}")]
     Mst { cid: Cid, problem: String },
+    /// A commit's ops change one record more than once: no diff of two trees does.
+    #[error("the commit's ops change {path} more than once (a commit changes each record once)")]
+    RepeatedOp { path: String },
 }
 
 impl RepoError {
