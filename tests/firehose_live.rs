@@ -230,9 +230,11 @@ async fn writes_during_a_backfill_arrive_once_and_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_stale_and_chain_breaking_commits_are_refused_or_resynced() {
     let net = Devnet::start(DevnetOptions::default()).await.unwrap();
-    let [forged, stale, broken] = [account(&net, 11, 2), account(&net, 12, 2), account(&net, 13, 2)];
+    let [forged, stale, broken, repeated] =
+        [account(&net, 11, 2), account(&net, 12, 2), account(&net, 13, 2), account(&net, 14, 2)];
     let s = start(net, FULL, |_| {}).await;
-    testkit::wait_until("the backfill", || [&forged, &stale, &broken].iter().all(|d| s.in_step(d))).await;
+    let all = [&forged, &stale, &broken, &repeated];
+    testkit::wait_until("the backfill", || all.iter().all(|d| s.in_step(d))).await;
     let metrics = s.firehose.live().metrics();
 
     s.net.tamper_next_commit(&forged, Tamper::ForgedSignature);
@@ -242,6 +244,14 @@ async fn forged_stale_and_chain_breaking_commits_are_refused_or_resynced() {
         !s.stored(&forged).contains_key(&("app.bsky.feed.post".to_string(), "3lzzzzzzzzzz3".to_string())),
         "a forged commit writes nothing"
     );
+
+    s.net.tamper_next_commit(&repeated, Tamper::RepeatedOp);
+    s.net.put_record(&repeated, "app.bsky.feed.post", "3lzzzzzzzzzz7", post("twice")).unwrap();
+    testkit::wait_until("the commit naming a path twice to be refused", || {
+        metrics.refused.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    assert_eq!(s.stored(&repeated).len(), 2, "a commit naming a path twice writes nothing");
 
     s.net.tamper_next_commit(&stale, Tamper::StaleRev);
     s.net.put_record(&stale, "app.bsky.feed.post", "3lzzzzzzzzzz4", post("stale")).unwrap();
@@ -257,16 +267,17 @@ async fn forged_stale_and_chain_breaking_commits_are_refused_or_resynced() {
     // different root, and the next genuine commit as a broken chain; each is resynced by a
     // backfill.
     s.net.emit_sync(&forged);
+    s.net.emit_sync(&repeated);
     s.net.put_record(&stale, "app.bsky.feed.post", "3lzzzzzzzzzz6", post("after")).unwrap();
-    testkit::wait_until("the resyncs", || [&forged, &stale].iter().all(|d| s.in_step(d))).await;
-    assert!(metrics.desynchronized.load(Ordering::Relaxed) >= 3, "the #sync and the commit each marked their repo");
+    testkit::wait_until("the resyncs", || [&forged, &stale, &repeated].iter().all(|d| s.in_step(d))).await;
+    assert!(metrics.desynchronized.load(Ordering::Relaxed) >= 4, "the #syncs and the commit each marked their repo");
 
     // A #sync that names the stored root moves nothing.
     let events = s.events().len();
     s.net.emit_sync(&broken);
     testkit::wait_until("the #sync to be applied", || s.firehose.safe_cursor() == s.net.firehose_seq()).await;
     assert_eq!((s.status(&broken), s.events().len()), (Some(RepoStatus::Synced), events));
-    for did in [&forged, &stale, &broken] {
+    for did in all {
         s.assert_replay_matches(did);
     }
     s.stop().await;

@@ -73,7 +73,10 @@ impl Chain {
         let signed_rev = if tamper == Some(Tamper::StaleRev) { self.rev.clone() } else { rev.to_string() };
         let key = if tamper == Some(Tamper::ForgedSignature) { Account::new(u64::MAX).key } else { self.key.clone() };
         let (cid, block) = sign(&self.did, data, &signed_rev, &key)?;
-        let ops: Vec<RepoOp> = diff.to_repo_ops();
+        let mut ops: Vec<RepoOp> = diff.to_repo_ops();
+        if let Some(first) = ops.first().filter(|_| tamper == Some(Tamper::RepeatedOp)) {
+            ops.push(first.clone());
+        }
         let mut blocks = diff.new_mst_blocks;
         blocks.extend(leaves);
         blocks.insert(cid, block);

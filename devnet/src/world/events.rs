@@ -23,6 +23,8 @@ pub enum Tamper {
     StaleRev,
     /// `prevData` names some other CID.
     BrokenPrevData,
+    /// The ops list names its first op's path twice: no diff of two trees does.
+    RepeatedOp,
 }
 
 /// One record change: `collection/rkey` and the new record (`None` deletes it).
