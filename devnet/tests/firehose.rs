@@ -228,7 +228,8 @@ async fn tampered_commits_are_altered_and_the_repo_moves_on() {
         net.put_record(&did, POSTS, "3kaaaaaaaaa12", post("x")).unwrap();
         let mut ws = connect(&net.firehose_url(None)).await;
         let mut data = get_repo(&net, &did).await.data().to_string();
-        for (i, tamper) in [Tamper::ForgedSignature, Tamper::StaleRev, Tamper::BrokenPrevData].into_iter().enumerate() {
+        let tampers = [Tamper::ForgedSignature, Tamper::StaleRev, Tamper::BrokenPrevData, Tamper::RepeatedOp];
+        for (i, tamper) in tampers.into_iter().enumerate() {
             let rev_before = net.rev(&did).unwrap();
             net.tamper_next_commit(&did, tamper);
             net.put_record(&did, POSTS, &format!("3kaaaaaaaab{i}2"), post("x")).unwrap();
@@ -249,6 +250,11 @@ async fn tampered_commits_are_altered_and_the_repo_moves_on() {
                     assert_ne!(prev_data(&c), data);
                     let e = validate_v1_1(&*c, &key).await.unwrap_err().to_string();
                     assert!(e.contains(&prev_data(&c)), "the ops do not invert to prevData: {e}");
+                }
+                Tamper::RepeatedOp => {
+                    let paths: Vec<&str> = c.ops.iter().map(|op| op.path.as_str()).collect();
+                    assert_eq!(paths, [paths[0]; 2], "the one op and its copy");
+                    assert_eq!(prev_data(&c), data);
                 }
             }
             data = commit.data().to_string();
