@@ -830,6 +830,12 @@ impl Report<'_> {
             int,
         );
         self.row(&format!("{name}: build CPU s / wall s"), |f| f.build[name].cpu / f.build[name].secs, two);
+        // Less swayed than records/s by what else runs on the cores: compare builds by this.
+        self.row(
+            &format!("{name}: build CPU µs per record"),
+            |f| f.build[name].cpu * 1e6 / f.build[name].records as f64,
+            two,
+        );
         self.row(&format!("{name}: extraction alone, records/s"), |f| f.build[name].extract_per_sec, int);
         self.row(&format!("{name}: RSS at its start, MB"), |f| f.build[name].rss_before_mb, one);
         self.row(
