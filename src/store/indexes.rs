@@ -499,6 +499,14 @@ impl LiveIndex {
         Ok(rows)
     }
 
+    /// Stages the build position `build` (`None`: the build is done, its row removed).
+    fn stage_position(&self, batch: &mut impl Rows, build: Option<&Build>) {
+        match build {
+            Some(b) => batch.put(&self.space, [BUILD], encode_build(b)),
+            None => batch.delete(&self.space, [BUILD]),
+        }
+    }
+
     /// Stages `key`'s count as `value`: its row written, or removed at zero.
     fn stage_count(&self, batch: &mut impl Rows, key: &[u8], value: i64) {
         if value == 0 {
@@ -1270,10 +1278,7 @@ impl IndexParts {
             }
         }
         self.stage_totals(batch, &mut moved);
-        match &build {
-            Some(b) => batch.put(&index.space, [BUILD], encode_build(b)),
-            None => batch.delete(&index.space, [BUILD]),
-        }
+        index.stage_position(batch, build.as_ref());
         Ok(moved)
     }
 
@@ -1315,10 +1320,7 @@ impl IndexParts {
             key.add(tuple, step.map(|_| k.clone()), decode_i64(v));
         };
         let next = next.map(|after| Build { after, phase: Phase::Counts, ..build.clone() });
-        match &next {
-            Some(b) => batch.put(&index.space, [BUILD], encode_build(b)),
-            None => batch.delete(&index.space, [BUILD]),
-        }
+        index.stage_position(batch, next.as_ref());
         Ok(next)
     }
 
@@ -1364,10 +1366,12 @@ impl KeySum {
             self.tuple = tuple.to_vec();
         }
         self.count += value;
-        self.last = count_key(tuple);
-        if let Some(step) = step {
-            self.last = step.to_vec();
-            self.steps.push(step);
+        match step {
+            Some(step) => {
+                self.last = step.to_vec();
+                self.steps.push(step);
+            }
+            None => self.last = count_key(tuple),
         }
     }
 
