@@ -94,6 +94,12 @@ fn record() -> impl Strategy<Value = Value> {
     })
 }
 
+/// A live commit's op putting `value` at `rkey` of the test collection.
+fn put_op(rkey: String, value: &Value) -> RecordOp {
+    let bytes = json_to_cbor(value).unwrap();
+    RecordOp::Put { collection: COLLECTION.into(), rkey, cid: testkit::cid_of(&bytes), bytes: bytes.into() }
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     /// Create or update (repo, rkey).
@@ -166,14 +172,9 @@ impl Run {
         let pipeline = self.sluice.as_ref().unwrap().pipeline();
         match op {
             Op::Put(d, r, value) => {
-                let bytes = json_to_cbor(value).unwrap();
-                let put = RecordOp::Put {
-                    collection: COLLECTION.into(),
-                    rkey: format!("r{r}"),
-                    cid: testkit::cid_of(&bytes),
-                    bytes: bytes.into(),
-                };
-                pipeline.apply_commit(DIDS[*d], commit, &rev, data, vec![put], None).unwrap();
+                pipeline
+                    .apply_commit(DIDS[*d], commit, &rev, data, vec![put_op(format!("r{r}"), value)], None)
+                    .unwrap();
                 self.model.insert((DIDS[*d].into(), format!("r{r}")), value.clone());
                 // A commit leaves its repo synced.
                 self.hidden.remove(DIDS[*d]);
@@ -190,9 +191,7 @@ impl Run {
                     let (rkey, key) = (format!("r{r}"), (DIDS[*d].to_string(), format!("r{r}")));
                     match value {
                         Some(value) => {
-                            let bytes = json_to_cbor(value).unwrap();
-                            let cid = testkit::cid_of(&bytes);
-                            ops.push(RecordOp::Put { collection: COLLECTION.into(), rkey, cid, bytes: bytes.into() });
+                            ops.push(put_op(rkey, value));
                             self.model.insert(key, value.clone());
                         }
                         None => {
@@ -684,14 +683,9 @@ fn a_commit_changing_a_record_twice_is_refused_whole() {
     run.settle();
     let events = |run: &Run| run.sluice().store().log().from(0, 100).unwrap().len();
     let before = events(&run);
-    let put = |rkey: &str, value: &Value| {
-        let bytes = json_to_cbor(value).unwrap();
-        let cid = testkit::cid_of(&bytes);
-        RecordOp::Put { collection: COLLECTION.into(), rkey: rkey.into(), cid, bytes: bytes.into() }
-    };
     let ops = vec![
-        put("r2", &status("👍")),
-        put("r1", &status("👍")),
+        put_op("r2".into(), &status("👍")),
+        put_op("r1".into(), &status("👍")),
         RecordOp::Delete { collection: COLLECTION.into(), rkey: "r1".into() },
     ];
     let rev = run.next_rev();
