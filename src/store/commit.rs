@@ -89,8 +89,12 @@ impl Store {
     }
 
     /// Encodes `change` into a batch, ready for [`Store::commit_prepared`]: the CPU work of a
-    /// commit, which may run on another thread than the commit itself.
+    /// commit, which may run on another thread than the commit itself. A change that writes
+    /// one record twice is refused ([`super::StoreError::RepeatedRecord`]).
     pub fn prepare(&self, mut change: RepoChange) -> Result<Prepared> {
+        if let Some(path) = super::records::repeated(&change.records) {
+            return Err(super::StoreError::RepeatedRecord { did: change.did, path });
+        }
         let deltas = counts::record_deltas(&change.records);
         let events = change.events.len() as u64;
         let pages = log::encode_pages(std::mem::take(&mut change.events));
@@ -218,6 +222,7 @@ mod tests {
     use sluice_handlers::IndexWrite;
 
     use super::*;
+    use crate::store::StoreError;
     use crate::store::values::RecordRef;
     use crate::store::{Action, RecordEvent, RepoStatus};
 
@@ -310,6 +315,29 @@ mod tests {
         let c = store.commit(RepoChange { did: "did:plc:c".into(), events: vec![created("x")], ..Default::default() });
         assert_eq!(c.unwrap().first_event, Some(2));
         assert_eq!(store.records().of_repo("did:plc:b").unwrap().len(), 0);
+    }
+
+    /// A change naming one record twice (which the pipeline never sends) is refused whole,
+    /// naming the record: each write is judged against what is stored, so it would be
+    /// miscounted.
+    #[test]
+    fn a_change_writing_a_record_twice_is_refused_before_anything_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let before = (store.counts(), store.next_event_id());
+        let mut change = full_change("did:plc:a");
+        change.records = vec![
+            put("k", false),
+            put("j", false),
+            RecordWrite::Remove { collection: "a.b.c".into(), rkey: "k".into() },
+        ];
+        let refused = store.commit(change).unwrap_err();
+        assert!(matches!(&refused, StoreError::RepeatedRecord { path, .. } if path == "a.b.c/k"), "{refused:?}");
+        assert_eq!(refused.to_string(), "a change to did:plc:a writes a.b.c/k twice; nothing of it was written");
+        assert!(store.records().of_repo("did:plc:a").unwrap().is_empty());
+        assert!(store.repos().state("did:plc:a").unwrap().is_none());
+        assert_eq!(store.log().from(0, 10).unwrap().len(), 0);
+        assert_eq!((store.counts(), store.next_event_id()), before);
     }
 
     #[test]

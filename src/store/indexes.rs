@@ -929,13 +929,8 @@ impl IndexParts {
         let mut counts: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
         let totals = moved.totals.entry(index.id).or_default();
         let mut changed: Vec<Changed> = Vec::new();
-        let mut seen: HashMap<SmolStr, Option<RecordRow>> = HashMap::new();
         for Update { rkey, existed, new, value } in updates {
-            let old = match seen.remove(&rkey) {
-                Some(row) => row,
-                None if existed => repo.old_row(index, &rkey)?,
-                None => None,
-            };
+            let old = if existed { repo.old_row(index, &rkey)? } else { None };
             let new = new.map(RecordRow::from);
             if index.keeps_record_rows() {
                 let r_key = did_rkey(RECORD, did, &rkey);
@@ -958,9 +953,8 @@ impl IndexParts {
             let (old_e, new_e) = (old.as_ref().and_then(RecordRow::entries), new.as_ref().and_then(RecordRow::entries));
             // Entries that carry their record are rewritten with every new version.
             if old_e != new_e || (index.inlines() && new_e.is_some()) {
-                changed.push(Changed { rkey: rkey.clone(), old: old_e.cloned(), new: new_e.cloned(), value });
+                changed.push(Changed { rkey, old: old_e.cloned(), new: new_e.cloned(), value });
             }
-            seen.insert(rkey, new);
         }
         match index.spec.per_repo {
             PerRepo::All => {

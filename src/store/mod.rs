@@ -118,6 +118,10 @@ pub enum StoreError {
     /// A stored value did not decode.
     #[error(transparent)]
     Value(#[from] values::ValueError),
+    /// A change named one record twice: a caller's bug (the pipeline refuses commits that do),
+    /// refused before anything is written.
+    #[error("a change to {did} writes {path} twice; nothing of it was written")]
+    RepeatedRecord { did: String, path: String },
 }
 
 impl StoreError {

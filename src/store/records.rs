@@ -32,6 +32,29 @@ pub enum RecordWrite {
     Remove { collection: SmolStr, rkey: SmolStr },
 }
 
+impl RecordWrite {
+    /// The record written: its collection and rkey.
+    pub fn path(&self) -> (&str, &str) {
+        match self {
+            RecordWrite::Put { collection, rkey, .. } | RecordWrite::Remove { collection, rkey } => (collection, rkey),
+        }
+    }
+}
+
+/// The first record that `writes` name more than once, as `collection/rkey`. Each write is
+/// judged against what is stored (`existed`, the per-collection counts, the index rows), so a
+/// change naming a record twice would be miscounted: [`crate::store::Store::prepare`] refuses
+/// it. Writes in path order (a walk's, a diff's) are checked in one pass without a set.
+pub(super) fn repeated(writes: &[RecordWrite]) -> Option<String> {
+    let in_order = writes.windows(2).all(|w| w[0].path() < w[1].path());
+    if in_order {
+        return None;
+    }
+    let mut seen = std::collections::HashSet::with_capacity(writes.len());
+    let (collection, rkey) = writes.iter().map(RecordWrite::path).find(|path| !seen.insert(*path))?;
+    Some(format!("{collection}/{rkey}"))
+}
+
 /// The first key after every key starting with `prefix`, when `prefix` ends with the `\0`
 /// separator: the same bytes with that last `\0` raised to `\x01`.
 fn past_prefix(mut prefix: Vec<u8>) -> Vec<u8> {
@@ -240,6 +263,36 @@ impl Records {
 mod tests {
     use super::*;
     use crate::store::{RepoChange, Store};
+
+    proptest::proptest! {
+        /// `repeated` finds a repeat in writes in any order, and only a repeat; the path it
+        /// names is one that is written twice.
+        #[test]
+        fn repeated_names_a_record_written_twice(
+            paths in proptest::collection::vec((0u8..3, 0u8..6), 0..12),
+            sorted in proptest::bool::ANY,
+        ) {
+            let collections = ["a.b", "a.b.c", "a.bc"];
+            let mut writes: Vec<RecordWrite> = paths
+                .iter()
+                .map(|(c, r)| RecordWrite::Remove { collection: collections[*c as usize].into(), rkey: r.to_string().into() })
+                .collect();
+            if sorted {
+                writes.sort_by(|a, b| a.path().cmp(&b.path()));
+            }
+            let mut counted = std::collections::HashMap::new();
+            for w in &writes {
+                *counted.entry(w.path()).or_insert(0) += 1;
+            }
+            match repeated(&writes) {
+                Some(path) => {
+                    let twice = counted.iter().filter(|(_, n)| **n > 1).map(|((c, r), _)| format!("{c}/{r}"));
+                    proptest::prop_assert!(twice.collect::<Vec<_>>().contains(&path), "{path} is not repeated");
+                }
+                None => proptest::prop_assert!(counted.values().all(|n| *n == 1)),
+            }
+        }
+    }
 
     fn put_in(collection: &str, rkey: &str, cid: Vec<u8>) -> RecordWrite {
         RecordWrite::Put {
