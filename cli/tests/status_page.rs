@@ -1,8 +1,8 @@
 //! The status page in a real browser (Debian's headless Chromium): `sluice run --devnet` is
 //! started, and the page at `/`, once its script has run, shows the same repo and record counts
 //! as `getStats`, with no script error; the page as served (what a browser without scripts
-//! shows) says the same. A
-//! refused save of the filter file shows on the page with its reason. `sluice status` prints the
+//! shows) says the same. Indexes added by a save show with their state and entries, as
+//! `describeIndexes` says. A refused save of the filter file shows on the page with its reason. `sluice status` prints the
 //! same figures in the terminal. A screenshot of the page is saved under the test's output
 //! (`target/tmp/status-page.png`).
 
@@ -89,8 +89,36 @@ async fn the_status_page_shows_what_get_stats_says_and_a_refused_filter_in_a_bro
     assert!(!served.contains("data-refreshed="));
     assert_counts_match(&served, &stats, "as served, before any script runs");
 
-    // A bad save of the filter: refused with its line, the old filter in force, on the page.
+    // Indexes declared by a save: once built, the page lists each with its state and entries,
+    // as `describeIndexes` gives them.
     let filter = dir.path().join("filter.toml");
+    let indexes = std::fs::read_to_string(testkit::root().join("filters/indexes.toml")).unwrap();
+    std::fs::write(&filter, format!("mode = \"full\"\n{indexes}")).unwrap();
+    let describe_url = format!("{server}/xrpc/dev.sluice.describeIndexes");
+    let described = testkit::poll_json(&http, &describe_url, &log, "the saved indexes to be built", RUN_LIMIT, |d| {
+        d["indexes"].as_array().is_some_and(|ix| ix.len() == 3 && ix.iter().all(|i| i["state"] == json!("ready")))
+    })
+    .await;
+    let rendered = tokio::task::spawn_blocking({
+        let (chromium, page) = (Chromium::find(), page.clone());
+        move || chromium.render(&page, SCRIPT_MS)
+    })
+    .await
+    .unwrap();
+    for ix in described["indexes"].as_array().unwrap() {
+        let row = format!(
+            "<td>{}</td><td>{}</td><td>ready</td><td>{}</td><td>{}</td>",
+            ix["name"].as_str().unwrap(),
+            ix["collection"].as_str().unwrap(),
+            count(ix["entries"].as_u64().unwrap()),
+            count(ix["skipped"].as_u64().unwrap())
+        );
+        assert!(rendered.dom.contains(&row), "the page lacks {row}:\n{}", rendered.dom);
+    }
+    let likes = &described["indexes"].as_array().unwrap().iter().find(|i| i["name"] == json!("likes_by_subject"));
+    assert!(likes.is_some_and(|l| l["entries"].as_u64() > Some(0)), "the devnet's likes are indexed: {described}");
+
+    // A bad save of the filter: refused with its line, the old filter in force, on the page.
     std::fs::write(&filter, "mode = \"full\"\ncollections = [\"not an nsid\"]\n").unwrap();
     let health_url = format!("{server}/health");
     let health = testkit::poll_json(&http, &health_url, &log, "the bad save to be refused", RUN_LIMIT, |h| {
@@ -116,7 +144,10 @@ async fn the_status_page_shows_what_get_stats_says_and_a_refused_filter_in_a_bro
         testkit::sluice_command(env!("CARGO_BIN_EXE_sluice")).args(["status", "--server", &server]).output().unwrap();
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
-    for want in ["repos: 20 synced; records: 1,000", "backfill: 20 of 20 repos done", "live: connected", &reason] {
+    let likes_line = "index likes_by_subject (app.bsky.feed.like): ready, ";
+    for want in
+        ["repos: 20 synced; records: 1,000", "backfill: 20 of 20 repos done", "live: connected", likes_line, &reason]
+    {
         assert!(text.contains(want), "{want} missing from sluice status:\n{text}");
     }
     let unreachable = testkit::sluice_command(env!("CARGO_BIN_EXE_sluice"))

@@ -84,6 +84,7 @@ pub fn gather(state: &ServerState) -> Status {
         }),
         events: event_log(state, &now, &since),
         filter: filter(state),
+        indexes: indexes(state),
         refused: refused(state),
         history: state.status_samples.history(),
     }
@@ -191,6 +192,40 @@ fn filter(state: &ServerState) -> FilterStatus {
     }
 }
 
+/// Each declared index's state and totals, by name.
+fn indexes(state: &ServerState) -> Vec<IndexStatus> {
+    let store = state.store();
+    let progress = store.index_progress();
+    progress
+        .into_values()
+        .map(|(index, p)| {
+            let build = p.building.map(|build| {
+                let (done, total) = store.build_progress(&index, &build);
+                IndexBuildStatus { phase: build.phase.as_str().into(), done, total }
+            });
+            IndexStatus {
+                name: index.spec.name.clone(),
+                collection: index.spec.collection.clone(),
+                state: index_state(build.as_ref()),
+                build,
+                entries: p.entries,
+                skipped: p.skipped,
+            }
+        })
+        .collect()
+}
+
+/// An index's state as text: `ready`, or `building (phase): done of total records`.
+fn index_state(build: Option<&IndexBuildStatus>) -> String {
+    match build {
+        None => "ready".into(),
+        Some(b) => {
+            let (done, total) = (crate::units::count(b.done), crate::units::count(b.total));
+            format!("building ({}): {done} of {total} records", b.phase)
+        }
+    }
+}
+
 /// Everything refused since start, by what refused it and why, non-zero counts only.
 fn refused(state: &ServerState) -> Vec<Refused> {
     let m = state.pipeline.metrics();
@@ -212,4 +247,16 @@ fn refused(state: &ServerState) -> Vec<Refused> {
     rows.retain(|r| r.count > 0);
     rows.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| (&a.by, &a.reason).cmp(&(&b.by, &b.reason))));
     rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_state_says_ready_or_how_far_its_build_is() {
+        assert_eq!(index_state(None), "ready");
+        let build = IndexBuildStatus { phase: "counts".into(), done: 12_345, total: 20_000 };
+        assert_eq!(index_state(Some(&build)), "building (counts): 12,345 of 20,000 records");
+    }
 }

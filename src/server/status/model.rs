@@ -31,6 +31,9 @@ pub struct Status {
     pub events: EventLogStatus,
     /// The filter in force and what became of its file's saves.
     pub filter: FilterStatus,
+    /// The declared indexes: each one's state and totals (what `describeIndexes` says).
+    #[serde(default)]
+    pub indexes: Vec<IndexStatus>,
     /// Records and frames refused since start, by what refused them and why (non-zero only).
     pub refused: Vec<Refused>,
     /// Rates over the last hour, for the charts.
@@ -165,6 +168,35 @@ pub struct FilterStatus {
     pub last_reload: Option<String>,
     /// The refusal that stands (the file's last save), with when it was refused.
     pub refusal: Option<FilterRefusal>,
+}
+
+/// A declared index.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexStatus {
+    /// Its name in the filter.
+    pub name: String,
+    /// The collection it indexes.
+    pub collection: String,
+    /// `ready`, or `building` with its phase and how far it is, as text:
+    /// `building (entries): 1,234 of 5,000 records`.
+    pub state: String,
+    /// The build under way, if any.
+    pub build: Option<IndexBuildStatus>,
+    /// Entries (rows a query can return).
+    pub entries: i64,
+    /// Records stored without an entry.
+    pub skipped: i64,
+}
+
+/// How far an index's build is (as in `describeIndexes`' `progress`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexBuildStatus {
+    /// `entries` (the stored records put in), then `counts` (each key's count summed).
+    pub phase: String,
+    /// Records of the collection read so far.
+    pub done: u64,
+    /// About how many there are.
+    pub total: u64,
 }
 
 /// A refused save of the filter file.

@@ -155,6 +155,7 @@ impl Page<'_> {
         self.live();
         self.events_and_sink();
         self.filter();
+        self.indexes();
         self.refused();
         self.charts();
         self.w("</main>");
@@ -265,6 +266,22 @@ impl Page<'_> {
         self.w("</dl></section>");
     }
 
+    fn indexes(&mut self) {
+        self.part("section", "indexes", "card wide", |p| {
+            p.w("<h2>Indexes</h2>");
+            p.table(
+                "indexes",
+                &[
+                    "name:text:Index",
+                    "collection:text:Collection",
+                    "state:text:State",
+                    "entries:count:Entries",
+                    "skipped:count:Skipped",
+                ],
+            );
+        });
+    }
+
     fn refused(&mut self) {
         self.w("<section class=\"card wide\"><h2>Refused since start</h2>");
         self.table("refused", &["by:text:Refused by", "reason:text:Reason", "count:count:Count"]);
@@ -325,6 +342,13 @@ mod tests {
             repos: [("synced".to_string(), 1234), ("pending".to_string(), 0)].into(),
             records: [("app.bsky.feed.post".to_string(), 5678)].into(),
             records_total: 5678,
+            indexes: vec![IndexStatus {
+                name: "likes_by_subject".into(),
+                collection: "app.bsky.feed.like".into(),
+                state: "building (entries): 1,234 of 5,000 records".into(),
+                entries: 1234,
+                ..Default::default()
+            }],
             filter: FilterStatus {
                 mode: "full".into(),
                 collections: vec!["app.bsky.*".into()],
@@ -346,6 +370,8 @@ mod tests {
             "f.toml:3: &lt;bad&gt; &amp; worse",
             r#"<polyline points="0.0,58.0 180.0,2.0 360.0,30.0"/>"#,
             "peak 10/s",
+            "<td>likes_by_subject</td><td>app.bsky.feed.like</td><td>building (entries): 1,234 of 5,000 records</td>\
+             <td>1,234</td><td>0</td>",
         ] {
             assert!(html.contains(want), "{want} missing from the page");
         }

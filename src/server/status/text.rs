@@ -37,6 +37,17 @@ pub fn render(status: &Status) -> String {
     }
     events(&mut out, &status.events);
     filter(&mut out, &status.filter);
+    for ix in &status.indexes {
+        let _ = writeln!(
+            out,
+            "index {} ({}): {}, {} entries, {} skipped",
+            ix.name,
+            ix.collection,
+            ix.state,
+            count(ix.entries.max(0) as u64),
+            count(ix.skipped.max(0) as u64)
+        );
+    }
     for r in &status.refused {
         let _ = writeln!(out, "refused by {}: {} {}", r.by, count(r.count), r.reason);
     }
@@ -154,6 +165,14 @@ mod tests {
                 refusal: Some(FilterRefusal { reason: "f.toml:2: bad".into(), at: None }),
                 ..Default::default()
             },
+            indexes: vec![IndexStatus {
+                name: "latest_status".into(),
+                collection: "xyz.statusphere.status".into(),
+                state: "ready".into(),
+                entries: 12,
+                skipped: 1,
+                ..Default::default()
+            }],
             refused: vec![Refused { by: "record rule".into(), reason: "too_large".into(), count: 2 }],
             ..Default::default()
         };
@@ -166,6 +185,7 @@ mod tests {
             "filter: signal mode, collections none, signals xyz.statusphere.status",
             "refused (the filter above stays in force): f.toml:2: bad",
             "refused by record rule: 2 too_large",
+            "index latest_status (xyz.statusphere.status): ready, 12 entries, 1 skipped",
         ] {
             assert!(text.contains(want), "{want} missing from:\n{text}");
         }
