@@ -528,6 +528,12 @@ async fn the_http_write_api_creates_accounts_and_records() {
         assert_eq!(status, StatusCode::OK);
         let keys: Vec<_> = net.records(&did).into_keys().collect();
         assert_eq!(keys, [("app.bsky.actor.profile".to_string(), "self".to_string())]);
+        // The profile was put without `$type`: it got its collection's, as from a real PDS.
+        let (_, _, got) = get_json(&format!(
+            "{pds}/xrpc/com.atproto.repo.getRecord?repo={did}&collection=app.bsky.actor.profile&rkey=self"
+        ))
+        .await;
+        assert_eq!(got["value"], json!({"$type": "app.bsky.actor.profile", "displayName": "Dave"}), "{got}");
         let (status, body) =
             post_json(&xrpc_url("putRecord"), json!({"repo": did, "collection": "app.bsky.feed.post"})).await;
         assert_eq!((status, body["error"].as_str()), (StatusCode::BAD_REQUEST, Some("InvalidRequest")));

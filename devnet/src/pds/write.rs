@@ -28,10 +28,16 @@ fn target(pds: &Pds, input: &Value) -> Result<String, XrpcError> {
     Ok(did)
 }
 
-/// The `record` field as DAG-CBOR.
-fn record_cbor(input: &Value) -> Result<Vec<u8>, XrpcError> {
-    let record = input.get("record").ok_or_else(|| XrpcError::invalid("Input must have the property \"record\""))?;
-    json_to_cbor(record).map_err(|e| XrpcError::invalid(format!("Invalid record: {e}")))
+/// The `record` field as DAG-CBOR. A record object without `$type` gets `collection` as its
+/// `$type`, as the reference PDS gives it (a `$type` naming another collection is kept: the
+/// devnet writes what it is asked to, as a PDS that does not validate does).
+fn record_cbor(input: &Value, collection: &str) -> Result<Vec<u8>, XrpcError> {
+    let mut record =
+        input.get("record").cloned().ok_or_else(|| XrpcError::invalid("Input must have the property \"record\""))?;
+    if let Value::Object(fields) = &mut record {
+        fields.entry("$type").or_insert_with(|| json!(collection));
+    }
+    json_to_cbor(&record).map_err(|e| XrpcError::invalid(format!("Invalid record: {e}")))
 }
 
 /// Applies one write, answering `{uri, cid}` (or `{}` for a delete).
@@ -60,14 +66,16 @@ pub(crate) fn create_record(pds: &Pds, input: &Value) -> XrpcResult {
         Some(r) => r.to_string(),
         None => pds.world.next_tid(),
     };
-    apply(pds, &did, Write::Create { collection, rkey, cbor: record_cbor(input)? })
+    let cbor = record_cbor(input, &collection)?;
+    apply(pds, &did, Write::Create { collection, rkey, cbor })
 }
 
 /// `com.atproto.repo.putRecord {repo, collection, rkey, record}`: create or replace.
 pub(crate) fn put_record(pds: &Pds, input: &Value) -> XrpcResult {
     let did = target(pds, input)?;
     let (collection, rkey) = (field(input, "collection")?.to_string(), field(input, "rkey")?.to_string());
-    apply(pds, &did, Write::Put { collection, rkey, cbor: record_cbor(input)? })
+    let cbor = record_cbor(input, &collection)?;
+    apply(pds, &did, Write::Put { collection, rkey, cbor })
 }
 
 /// `com.atproto.repo.deleteRecord {repo, collection, rkey}`: `{}`, also when nothing was there.
