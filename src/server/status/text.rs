@@ -40,11 +40,12 @@ pub fn render(status: &Status) -> String {
     for ix in &status.indexes {
         let _ = writeln!(
             out,
-            "index {} ({}): {}, {} entries, {} skipped",
+            "index {} ({}): {}, {} {}, {} skipped",
             ix.name,
             ix.collection,
             ix.state,
             count(ix.entries.max(0) as u64),
+            if ix.entries == 1 { "entry" } else { "entries" },
             count(ix.skipped.max(0) as u64)
         );
     }
@@ -169,7 +170,7 @@ mod tests {
                 name: "latest_status".into(),
                 collection: "xyz.statusphere.status".into(),
                 state: "ready".into(),
-                entries: 12,
+                entries: 1,
                 skipped: 1,
                 ..Default::default()
             }],
@@ -185,7 +186,7 @@ mod tests {
             "filter: signal mode, collections none, signals xyz.statusphere.status",
             "refused (the filter above stays in force): f.toml:2: bad",
             "refused by record rule: 2 too_large",
-            "index latest_status (xyz.statusphere.status): ready, 12 entries, 1 skipped",
+            "index latest_status (xyz.statusphere.status): ready, 1 entry, 1 skipped",
         ] {
             assert!(text.contains(want), "{want} missing from:\n{text}");
         }
