@@ -156,17 +156,7 @@ impl Ctx<'_> {
             return Err(self.err(at, format!("{table}: an index name is 1 to 64 letters, digits, `_` or `-`")));
         }
         let raw = raw.into_inner();
-        let collection = raw.collection.get_ref();
-        let at_collection = Some(raw.collection.span().start);
-        if !is_nsid(collection) {
-            return Err(self.err(at_collection, format!("{table}: collection `{collection}` is not one NSID")));
-        }
-        if !stored(collection) {
-            return Err(self.err(
-                at_collection,
-                format!("{table}: collection `{collection}` is not stored by this filter (see `collections`)"),
-            ));
-        }
+        self.index_collection(&table, &raw.collection, stored)?;
         if raw.key.len() > MAX_KEY_PARTS {
             return Err(self.err(at, format!("{table}: more than {MAX_KEY_PARTS} key parts")));
         }
@@ -181,37 +171,59 @@ impl Ctx<'_> {
         let sort_type = raw.sort_type.as_ref().map(|t| t.get_ref().as_str());
         let sort = Sort::parse(raw.sort.as_ref().map_or("rkey", |s| s.get_ref()), sort_type)
             .map_err(|e| self.err(sort_at, format!("{table}: {e}")))?;
-        let per_repo = match raw.per_repo.as_ref().map(|p| (p.get_ref().as_str(), p.span().start)) {
-            None | Some(("all", _)) => PerRepo::All,
-            Some(("latest", _)) => PerRepo::Latest,
+        Ok(IndexSpec {
+            name: name.to_string(),
+            collection: raw.collection.into_inner(),
+            key,
+            sort,
+            count: raw.count,
+            per_repo: self.index_per_repo(&table, raw.per_repo.as_ref())?,
+            method: self.index_method(&table, raw.method)?,
+        })
+    }
+
+    /// An index's `collection`: one NSID the filter stores.
+    fn index_collection(
+        &self,
+        table: &str,
+        collection: &Spanned<String>,
+        stored: &dyn Fn(&str) -> bool,
+    ) -> Result<(), FilterError> {
+        let (at, nsid) = (Some(collection.span().start), collection.get_ref());
+        if !is_nsid(nsid) {
+            return Err(self.err(at, format!("{table}: collection `{nsid}` is not one NSID")));
+        }
+        if !stored(nsid) {
+            let reason = format!("{table}: collection `{nsid}` is not stored by this filter (see `collections`)");
+            return Err(self.err(at, reason));
+        }
+        Ok(())
+    }
+
+    /// An index's `per_repo`: `all` (the default) or `latest`.
+    fn index_per_repo(&self, table: &str, per_repo: Option<&Spanned<String>>) -> Result<PerRepo, FilterError> {
+        match per_repo.map(|p| (p.get_ref().as_str(), p.span().start)) {
+            None | Some(("all", _)) => Ok(PerRepo::All),
+            Some(("latest", _)) => Ok(PerRepo::Latest),
             Some((other, at)) => {
-                return Err(
-                    self.err(Some(at), format!("{table}: per_repo: `{other}` is neither \"all\" nor \"latest\""))
-                );
+                Err(self.err(Some(at), format!("{table}: per_repo: `{other}` is neither \"all\" nor \"latest\"")))
             }
-        };
-        let method = match raw.method {
+        }
+    }
+
+    /// An index's `method`: an NSID of the app's own, outside `com.atproto.*` and sluice's.
+    fn index_method(&self, table: &str, method: Option<Spanned<String>>) -> Result<Option<String>, FilterError> {
+        match method {
             Some(m)
                 if !is_nsid(m.get_ref())
                     || m.get_ref().starts_with("com.atproto.")
                     || m.get_ref().starts_with("dev.sluice.") =>
             {
-                return Err(self.err(
-                    Some(m.span().start),
-                    format!("{table}: method `{}` is not an NSID of the app's own", m.get_ref()),
-                ));
+                let reason = format!("{table}: method `{}` is not an NSID of the app's own", m.get_ref());
+                Err(self.err(Some(m.span().start), reason))
             }
-            m => m.map(Spanned::into_inner),
-        };
-        Ok(IndexSpec {
-            name: name.to_string(),
-            collection: collection.clone(),
-            key,
-            sort,
-            count: raw.count,
-            per_repo,
-            method,
-        })
+            m => Ok(m.map(Spanned::into_inner)),
+        }
     }
 
     fn indexes(
