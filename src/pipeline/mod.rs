@@ -591,8 +591,7 @@ impl Pipeline {
             }
         };
         change.handler_writes.extend(run.writes);
-        change.records.push(RecordWrite::Remove { collection: collection.clone(), rkey: rkey.clone() });
-        change.events.push(record_event(origin, collection, rkey, Action::Delete, Vec::new(), None, run.handled, None));
+        stage_removal(change, origin, collection, rkey, run.handled);
         run.failures
     }
 
@@ -630,19 +629,10 @@ impl Pipeline {
         change.handler_writes.extend(run.writes);
         let failures = run.failures;
         let replaced = match run.emit {
+            // Dropped by a handler: taken as not in the repo, so a stored version goes.
             Emit::Drop => {
                 if previous.is_some() {
-                    change.records.push(RecordWrite::Remove { collection: collection.clone(), rkey: rkey.clone() });
-                    change.events.push(record_event(
-                        origin,
-                        collection,
-                        rkey,
-                        Action::Delete,
-                        Vec::new(),
-                        None,
-                        run.handled,
-                        None,
-                    ));
+                    stage_removal(change, origin, collection, rkey, run.handled);
                 }
                 return failures;
             }
@@ -788,6 +778,19 @@ fn check_rev(did: &str, rev: &str, state: Option<&RepoState>) -> Result<(), Pipe
 }
 
 #[allow(clippy::too_many_arguments)]
+/// Stages the removal of a stored record and its delete event (`handled`: what the handlers
+/// made of it).
+fn stage_removal(
+    change: &mut RepoChange,
+    origin: &Origin,
+    collection: SmolStr,
+    rkey: SmolStr,
+    handled: Vec<(SmolStr, String)>,
+) {
+    change.records.push(RecordWrite::Remove { collection: collection.clone(), rkey: rkey.clone() });
+    change.events.push(record_event(origin, collection, rkey, Action::Delete, Vec::new(), None, handled, None));
+}
+
 fn record_event(
     origin: &Origin,
     collection: SmolStr,
