@@ -106,19 +106,30 @@ fn entries_of(spec: &IndexSpec, rkey: &str, value: Option<&RawData<'_>>, now_us:
 
 /// The values `path` reaches in `value` (several when it fans out), as canonical texts.
 /// Elements of a fanned-out array that lack the field or hold another type are passed over
-/// (a union's members differ); the record is skipped only when no value is left.
+/// (a union's members differ); the record is skipped only when no value is left. More than
+/// [`MAX_ENTRIES_PER_RECORD`] distinct values are [`Skip::TooMany`] at once: the values are
+/// not collected past that, so a hostile array of a million strings costs one pass over it,
+/// not a comparison of each with all the others.
 fn key_values(path: &FieldPath, value: &RawData<'_>) -> Result<Vec<String>, Skip> {
-    let mut found = Vec::new();
+    let mut found: Vec<String> = Vec::new();
     let mut worst = Skip::Missing;
-    walk(value, path.segments(), &mut |v| match key_text(v) {
-        Ok(text) => {
-            if !found.contains(&text) {
-                found.push(text)
-            }
+    let mut too_many = false;
+    walk(value, path.segments(), &mut |v| {
+        if too_many {
+            return;
         }
-        Err(skip) => worst = worst.max(skip),
+        match key_text(v) {
+            Ok(text) if found.contains(&text) => {}
+            Ok(_) if found.len() == MAX_ENTRIES_PER_RECORD => too_many = true,
+            Ok(text) => found.push(text),
+            Err(skip) => worst = worst.max(skip),
+        }
     });
-    if found.is_empty() { Err(worst) } else { Ok(found) }
+    match (too_many, found.is_empty()) {
+        (true, _) => Err(Skip::TooMany),
+        (false, true) => Err(worst),
+        (false, false) => Ok(found),
+    }
 }
 
 /// Calls `each` on every value `segments` reach from `value`; a missing step reaches nothing.
@@ -419,6 +430,24 @@ mod tests {
         assert_eq!(entries(&spec(&["n"], "rkey"), "r", b"\xff", 0), Err(Skip::Unreadable));
         let wide = cbor(json!({"a": (0..9).collect::<Vec<_>>(), "b": (0..9).collect::<Vec<_>>()}));
         assert_eq!(entries(&spec(&["a[]", "b[]"], "rkey"), "r", &wide, 0), Err(Skip::TooMany));
+    }
+
+    /// A record built to make extraction slow: one array of 120,000 distinct strings under a
+    /// fanned-out key. It gets no entry (too many), and each extraction reads the array once
+    /// (comparing each value with every other one took minutes).
+    #[test]
+    fn a_huge_fanned_out_array_is_too_many_at_once() {
+        let values: Vec<String> = (0..120_000).map(|i| format!("{i:x}")).collect();
+        let rec = cbor(json!({ "tags": values, "dup": vec!["x"; 20_000] }));
+        assert!(rec.len() < sluice_handlers::rules::MAX_VALUE_BYTES, "a record the record rule admits");
+        assert_eq!(entries(&spec(&["tags[]"], "rkey"), "r", &rec, 0), Err(Skip::TooMany));
+        // 64 distinct values are fine, and repeats of one value are one entry.
+        let e = entries(&spec(&["dup[]"], "rkey"), "r", &rec, 0).unwrap();
+        assert_eq!(e.keys, keys(&[&["x"]]));
+        let sixty_four = cbor(json!({ "tags": (0..64).collect::<Vec<_>>() }));
+        assert_eq!(entries(&spec(&["tags[]"], "rkey"), "r", &sixty_four, 0).unwrap().keys.len(), 64);
+        let sixty_five = cbor(json!({ "tags": (0..65).collect::<Vec<_>>() }));
+        assert_eq!(entries(&spec(&["tags[]"], "rkey"), "r", &sixty_five, 0), Err(Skip::TooMany));
     }
 
     #[test]
