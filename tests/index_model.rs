@@ -641,6 +641,38 @@ fn a_count_phase_stopped_anywhere_ends_exact() {
     }
 }
 
+/// A counted index that holds no entry can still hold count rows while it builds: a step row
+/// of +1 and, once that entry was removed, a count row of -1. A store opened then knows it
+/// has count rows, so the next entry under that key reads the -1 (taking it for a key never
+/// counted, and so at 0, ended the build with a count of 2 for 1 entry).
+#[test]
+fn an_index_building_with_no_entry_but_count_rows_counts_on_after_a_reopen() {
+    let late = late_spec();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut model, hidden) = (BTreeMap::new(), BTreeSet::new());
+    let store = Store::open(dir.path()).unwrap();
+    let synced = RepoState { status: RepoStatus::Synced, ..Default::default() };
+    store.set_states(&[(DIDS[0].to_string(), synced)], None).unwrap();
+    put_status(&store, &mut model, DIDS[0], "r0".into(), "🙂");
+    store.set_indexes(&late).unwrap();
+    let phase = |store: &Store| store.index_progress()["late"].1.building.as_ref().map(|b| b.phase);
+    while phase(&store) == Some(Phase::Entries) {
+        store.build_index_step(5).unwrap();
+    }
+    assert_eq!(phase(&store), Some(Phase::Counts));
+    // The entry's +1 waits in a step row; its removal leaves the count row at -1.
+    remove_status(&store, &mut model, DIDS[0], "r0".into());
+    assert_eq!(store.index_progress()["late"].1.entries, 0);
+    assert_eq!(store.index_registry().indexes["late"].count_rows().unwrap(), (1, 1));
+    drop(store);
+
+    let store = Store::open(dir.path()).unwrap();
+    store.set_indexes(&late).unwrap();
+    put_status(&store, &mut model, DIDS[0], "r1".into(), "🙂");
+    while !store.build_index_step(2).unwrap().unwrap().ready {}
+    check_store(&store, &model, &hidden, "late", &["status"], "rkey", false, true);
+}
+
 /// Changes committed while a build step scans the records off the writer lock (updates,
 /// creates and removals, in the records it read, before them and past them) are read again
 /// under the lock: with a step over everything, and with steps that end among the changes.

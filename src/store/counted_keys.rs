@@ -7,7 +7,8 @@
 //! not (a read, as without it), never "no" for a key added. It fills as keys are added; full, it
 //! answers "maybe" more often, and costs a read where it would have saved one, never a wrong
 //! count. It lives as long as the process: a store opened again keeps one only for indexes that
-//! hold no entry, since it cannot know the keys of those that do.
+//! hold no entry and no count row, since it cannot know the keys of those that do (a building
+//! index may hold count rows with no entry: a removed entry's -1 against a step row's +1).
 
 use std::hash::BuildHasher;
 use std::sync::Mutex;

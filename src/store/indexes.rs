@@ -87,13 +87,13 @@ pub struct LiveIndex {
     pub spec: IndexSpec,
     space: Keyspace,
     /// The keys that may have a count row, where known: a counted index that held no entry
-    /// when it was created or the store opened (see `counted_keys.rs`).
+    /// and no count row when it was created or the store opened (see `counted_keys.rs`).
     counted: Option<Arc<CountedKeys>>,
 }
 
 impl LiveIndex {
-    /// An index over `space`; `empty` when it holds no entry, so that its counted keys are
-    /// known from the start.
+    /// An index over `space`; `empty` when it holds no entry and no count row, so that its
+    /// counted keys are known from the start.
     fn new(id: u32, spec: IndexSpec, space: Keyspace, empty: bool) -> LiveIndex {
         let counted = (spec.count && empty).then(|| Arc::new(CountedKeys::empty()));
         LiveIndex { id, spec, space, counted }
@@ -777,7 +777,9 @@ impl IndexParts {
                 decode_totals(&v, &mut p);
             }
             p.building = space.get([BUILD])?.map(|v| decode_build(&v)).transpose()?;
-            let empty = p.entries == 0;
+            // No entry is not enough: while it builds, an index with no entry can hold count
+            // rows (a removed entry's -1 against its build step's +1).
+            let empty = p.entries == 0 && space.prefix([COUNT]).next().is_none();
             progress.insert(id, p);
             indexes.insert(spec.name.clone(), Arc::new(LiveIndex::new(id, spec, space, empty)));
         }
