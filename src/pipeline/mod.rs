@@ -777,7 +777,6 @@ fn check_rev(did: &str, rev: &str, state: Option<&RepoState>) -> Result<(), Pipe
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 /// Stages the removal of a stored record and its delete event (`handled`: what the handlers
 /// made of it).
 fn stage_removal(
@@ -791,6 +790,7 @@ fn stage_removal(
     change.events.push(record_event(origin, collection, rkey, Action::Delete, Vec::new(), None, handled, None));
 }
 
+#[allow(clippy::too_many_arguments)]
 fn record_event(
     origin: &Origin,
     collection: SmolStr,
