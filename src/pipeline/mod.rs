@@ -817,11 +817,9 @@ fn record_event(
 
 /// The first `collection/rkey` that `ops` change more than once.
 fn repeated_path(ops: &[RecordOp]) -> Option<String> {
-    let mut seen = std::collections::HashSet::new();
-    ops.iter()
-        .map(|op| match op {
-            RecordOp::Put { collection, rkey, .. } | RecordOp::Delete { collection, rkey } => (collection, rkey),
-        })
-        .find(|path| !seen.insert(*path))
-        .map(|(collection, rkey)| format!("{collection}/{rkey}"))
+    crate::store::first_repeated_path(ops.iter().map(|op| match op {
+        RecordOp::Put { collection, rkey, .. } | RecordOp::Delete { collection, rkey } => {
+            (collection.as_str(), rkey.as_str())
+        }
+    }))
 }

@@ -92,7 +92,7 @@ impl Store {
     /// commit, which may run on another thread than the commit itself. A change that writes
     /// one record twice is refused ([`super::StoreError::RepeatedRecord`]).
     pub fn prepare(&self, mut change: RepoChange) -> Result<Prepared> {
-        if let Some(path) = super::records::repeated(&change.records) {
+        if let Some(path) = super::records::first_repeated_path(change.records.iter().map(RecordWrite::path)) {
             return Err(super::StoreError::RepeatedRecord { did: change.did, path });
         }
         let deltas = counts::record_deltas(&change.records);

@@ -83,6 +83,7 @@ pub use held::Held;
 pub use indexes::{Build, Hit, LiveIndex, PageRange, Phase, Progress, Registry, sort_len};
 pub use log::{EventLog, Trimmed, now_us};
 pub use queue::{Queue, SCAN_AHEAD};
+pub(crate) use records::first_repeated_path;
 pub use records::{RecordMap, RecordWrite, Records};
 pub use repos::{Repos, StatePage};
 pub use values::{

@@ -41,17 +41,18 @@ impl RecordWrite {
     }
 }
 
-/// The first record that `writes` name more than once, as `collection/rkey`. Each write is
-/// judged against what is stored (`existed`, the per-collection counts, the index rows), so a
-/// change naming a record twice would be miscounted: [`crate::store::Store::prepare`] refuses
-/// it. Writes in path order (a walk's, a diff's) are checked in one pass without a set.
-pub(super) fn repeated(writes: &[RecordWrite]) -> Option<String> {
-    let in_order = writes.windows(2).all(|w| w[0].path() < w[1].path());
-    if in_order {
+/// The first record that `paths` (collection, rkey) name more than once, as
+/// `collection/rkey`. Each write is judged against what is stored (`existed`, the
+/// per-collection counts, the index rows), so a change naming a record twice would be
+/// miscounted: [`crate::store::Store::prepare`] refuses it, and the pipeline refuses a commit
+/// whose ops do. Paths in order (a walk's, a diff's) are checked in one pass without a set.
+pub(crate) fn first_repeated_path<'a>(paths: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<String> {
+    let paths: Vec<(&str, &str)> = paths.into_iter().collect();
+    if paths.windows(2).all(|w| w[0] < w[1]) {
         return None;
     }
-    let mut seen = std::collections::HashSet::with_capacity(writes.len());
-    let (collection, rkey) = writes.iter().map(RecordWrite::path).find(|path| !seen.insert(*path))?;
+    let mut seen = std::collections::HashSet::with_capacity(paths.len());
+    let (collection, rkey) = paths.into_iter().find(|path| !seen.insert(*path))?;
     Some(format!("{collection}/{rkey}"))
 }
 
@@ -265,8 +266,8 @@ mod tests {
     use crate::store::{RepoChange, Store};
 
     proptest::proptest! {
-        /// `repeated` finds a repeat in writes in any order, and only a repeat; the path it
-        /// names is one that is written twice.
+        /// `first_repeated_path` finds a repeat in writes in any order, and only a repeat; the
+        /// path it names is one that is written twice.
         #[test]
         fn repeated_names_a_record_written_twice(
             paths in proptest::collection::vec((0u8..3, 0u8..6), 0..12),
@@ -284,7 +285,7 @@ mod tests {
             for w in &writes {
                 *counted.entry(w.path()).or_insert(0) += 1;
             }
-            match repeated(&writes) {
+            match first_repeated_path(writes.iter().map(RecordWrite::path)) {
                 Some(path) => {
                     let twice = counted.iter().filter(|(_, n)| **n > 1).map(|((c, r), _)| format!("{c}/{r}"));
                     proptest::prop_assert!(twice.collect::<Vec<_>>().contains(&path), "{path} is not repeated");
