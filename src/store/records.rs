@@ -46,12 +46,16 @@ impl RecordWrite {
 /// per-collection counts, the index rows), so a change naming a record twice would be
 /// miscounted: [`crate::store::Store::prepare`] refuses it, and the pipeline refuses a commit
 /// whose ops do. Paths in order (a walk's, a diff's) are checked in one pass without a set.
-pub(crate) fn first_repeated_path<'a>(paths: impl IntoIterator<Item = (&'a str, &'a str)>) -> Option<String> {
-    let paths: Vec<(&str, &str)> = paths.into_iter().collect();
-    if paths.windows(2).all(|w| w[0] < w[1]) {
+pub(crate) fn first_repeated_path<'a, I>(paths: I) -> Option<String>
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+    I::IntoIter: Clone,
+{
+    let paths = paths.into_iter();
+    if paths.clone().zip(paths.clone().skip(1)).all(|(a, b)| a < b) {
         return None;
     }
-    let mut seen = std::collections::HashSet::with_capacity(paths.len());
+    let mut seen = std::collections::HashSet::new();
     let (collection, rkey) = paths.into_iter().find(|path| !seen.insert(*path))?;
     Some(format!("{collection}/{rkey}"))
 }
