@@ -604,6 +604,8 @@ fn a_count_phase_stopped_anywhere_ends_exact() {
         let dir = tempfile::tempdir().unwrap();
         let (mut model, mut hidden) = (BTreeMap::new(), BTreeSet::new());
         let store = Store::open(dir.path()).unwrap();
+        // A hidden or shown repo's counts move in steps (none taken until the end).
+        store.set_index_move_rows(4);
         store_statuses_and_others(&store, &mut model);
         // Keys with one entry, and keys with many (each entry step leaves a row for them).
         for (i, did) in DIDS.iter().enumerate() {
@@ -632,13 +634,98 @@ fn a_count_phase_stopped_anywhere_ends_exact() {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.index_progress()["late"].1.building, building, "the position survives");
         store.set_indexes(&late).unwrap();
+        store.set_index_move_rows(4);
         set_hidden(&store, &mut hidden, DIDS[2], false);
         put_status(&store, &mut model, DIDS[1], "new".into(), "s3");
         while !store.build_index_step(2).unwrap().unwrap().ready {}
         assert_eq!(store.build_index_step(2).unwrap(), None, "nothing left to build");
         check_store(&store, &model, &hidden, "late", &["status"], "rkey", false, true);
         assert_eq!(store.index_registry().indexes["late"].count_rows().unwrap().1, 0, "no step row is left");
+        while store.move_index_counts_step().unwrap() {}
+        assert_eq!(store.index_registry().indexes["late"].moving_repos(), 0);
+        check_store(&store, &model, &hidden, "late", &["status"], "rkey", false, true);
     }
+}
+
+/// A repo with more entries than a move step (here 3) that is hidden or shown moves its counts
+/// a step at a time, each step a batch of its own, and every count is exact at every point on
+/// the way: right after the account event, between steps, with commits landing on either side
+/// of the step's bound, when the repo is shown again halfway (the move turns back), and after
+/// the store is closed halfway and opened again. A repo with fewer entries moves at once.
+#[test]
+fn a_big_repo_hidden_or_shown_moves_its_counts_in_steps_exactly() {
+    let late = late_spec();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut model, mut hidden) = (BTreeMap::new(), BTreeSet::new());
+    let open = |dir: &std::path::Path| {
+        let store = Store::open(dir).unwrap();
+        store.set_indexes(&late).unwrap();
+        store.set_index_move_rows(3);
+        store
+    };
+    let mut store = open(dir.path());
+    store_statuses_and_others(&store, &mut model);
+    for r in 0..9 {
+        put_status(&store, &mut model, DIDS[0], format!("b{r}"), ["👍", "🙂", "🔥"][r % 3]);
+    }
+    while !store.build_index_step(100).unwrap().unwrap().ready {}
+    let check = |store: &Store, model: &_, hidden: &_, when: &str| {
+        eprintln!("checking {when}");
+        check_store(store, model, hidden, "late", &["status"], "rkey", false, true);
+    };
+    let moving = |store: &Store| store.index_registry().indexes["late"].moving_repos();
+    let step = |store: &Store| store.move_index_counts_step().unwrap();
+
+    // 17 entries: a mark, and nothing moved yet.
+    set_hidden(&store, &mut hidden, DIDS[0], true);
+    assert_eq!(moving(&store), 1, "the big repo's counts move in steps");
+    check(&store, &model, &hidden, "hidden, before any step");
+    assert!(step(&store));
+    check(&store, &model, &hidden, "after one step");
+    // Before the bound (moved: counted as hidden) and past it (not yet: counted as shown).
+    put_status(&store, &mut model, DIDS[0], "a0".into(), "🔥");
+    put_status(&store, &mut model, DIDS[0], "zz".into(), "👍");
+    remove_status(&store, &mut model, DIDS[0], "b1".into());
+    check(&store, &model, &hidden, "after commits on both sides of the bound");
+    assert!(step(&store) && step(&store));
+    check(&store, &model, &hidden, "after three steps");
+
+    // Shown again halfway: the steps go back over what they moved.
+    set_hidden(&store, &mut hidden, DIDS[0], false);
+    assert_eq!(moving(&store), 1, "the same move, turned");
+    check(&store, &model, &hidden, "shown again halfway");
+    assert!(step(&store));
+    check(&store, &model, &hidden, "a step back");
+
+    // Closed halfway: the mark is read again at open.
+    drop(store);
+    store = open(dir.path());
+    assert_eq!(moving(&store), 1, "the move survives a restart");
+    check(&store, &model, &hidden, "after a reopen");
+    set_hidden(&store, &mut hidden, DIDS[0], true);
+    put_status(&store, &mut model, DIDS[0], "b4".into(), "😴");
+
+    // A repo with fewer entries than a step moves at once.
+    for r in 0..8 {
+        remove_status(&store, &mut model, DIDS[1], format!("r{r}"));
+    }
+    put_status(&store, &mut model, DIDS[1], "one".into(), "🙂");
+    set_hidden(&store, &mut hidden, DIDS[1], true);
+    assert_eq!(moving(&store), 1, "a repo of one entry moves in its account event's batch");
+    check(&store, &model, &hidden, "a small repo hidden");
+
+    let mut steps = 0;
+    while step(&store) {
+        steps += 1;
+        check(&store, &model, &hidden, &format!("step {steps}"));
+    }
+    assert!(steps <= 8, "each step moves up to 3 of the repo's ~18 entries: {steps} steps");
+    assert_eq!(moving(&store), 0, "every move is done");
+    // Done: the count rows alone are the counts.
+    set_hidden(&store, &mut hidden, DIDS[0], false);
+    assert_eq!(moving(&store), 1);
+    while step(&store) {}
+    check(&store, &model, &hidden, "shown again, moved");
 }
 
 /// A counted index that holds no entry can still hold count rows while it builds: a step row

@@ -31,6 +31,7 @@ impl Maintainer {
     ) -> Result<Maintainer, crate::store::StoreError> {
         let mut current = filter.load();
         apply(&store, &current.filter.indexes)?;
+        store.set_index_move_rows(batch);
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let stopping = stop.clone();
         let thread = std::thread::Builder::new()
@@ -67,7 +68,17 @@ impl Maintainer {
                             false
                         }
                     };
-                    if !busy {
+                    // A repo whose counts move in steps, a step between build steps.
+                    let moving = match store.move_index_counts_step() {
+                        Ok(moving) => moving,
+                        Err(e) => {
+                            if !std::mem::replace(&mut failed, true) {
+                                tracing::error!("moving an index's counts (retried): {}", crate::error::chain(&e));
+                            }
+                            false
+                        }
+                    };
+                    if !busy && !moving {
                         let stopped = stopping.0.lock().expect("index maintainer lock");
                         let _ = stopping.1.wait_timeout(stopped, IDLE);
                     }

@@ -86,6 +86,11 @@ impl Db {
         OwnedWriteBatch::with_capacity(self.db.clone(), n).durability(Some(PersistMode::Buffer))
     }
 
+    /// A snapshot of every keyspace as it stands.
+    pub(super) fn snapshot(&self) -> fjall::Snapshot {
+        self.db.snapshot()
+    }
+
     /// Commits `batch`.
     pub(super) fn commit(&self, batch: OwnedWriteBatch) -> Result<()> {
         batch.commit().map_err(|e| self.failed(e))

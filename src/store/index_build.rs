@@ -59,6 +59,24 @@ impl Store {
         self.indexes.set(specs)
     }
 
+    /// Moves one step of the counts of a repo that started or stopped being answered with more
+    /// entries than a step (see `indexes/moves.rs`), in a batch of its own under the writer
+    /// lock. Returns whether there was one to move.
+    pub fn move_index_counts_step(&self) -> Result<bool> {
+        let _writer = self.writer.lock().expect("writer lock");
+        let mut batch = self.db.batch(self.indexes.move_rows() + 4);
+        let Some(moved) = self.indexes.stage_move_step(&mut batch)? else { return Ok(false) };
+        self.db.commit(batch)?;
+        self.indexes.committed(moved);
+        Ok(true)
+    }
+
+    /// Sets how many entries a count move step reads, and so the most a repo moves in the batch
+    /// of its account event before its counts move in steps (`[storage] index_build_batch`).
+    pub fn set_index_move_rows(&self, rows: usize) {
+        self.indexes.set_move_rows(rows);
+    }
+
     /// Builds one step of the first index still building: reads up to `max_keys` stored
     /// records keys past its position off the writer lock, then, under it, reads again the
     /// records changed since the scan began, and ingests their entries with the new position

@@ -20,7 +20,8 @@
 //!   three rows rather than four.
 //! - `C key` -> i64: entries under `key` of repos whose records are answered (not gone or
 //!   discarded: what a query shows), `count = true` only, read in constant time. A repo that
-//!   starts or stops being answered moves its entries' counts in the batch of that change.
+//!   starts or stops being answered moves its entries' counts in the batch of that change, or,
+//!   with more entries than a step, in steps of their own (its `V` row).
 //!   Moving a count reads it, but for a key the index's counted keys (`counted_keys.rs`)
 //!   know to have no row.
 //! - `C key step` -> i64 (while a counted index builds): what build step `step` (8 bytes: the
@@ -29,6 +30,8 @@
 //!   delimits itself, so one key's rows lie together, its count row first.
 //! - `P did \0 sort rkey` -> empty (`per_repo = "latest"` only): every record of a repo in sort
 //!   order, so that the repo's newest is one seek, and its next newest one more when it goes.
+//! - `V did` -> a mark (`moves.rs`): `did`'s counts move in steps, and how far they have
+//!   moved (`count = true`, `per_repo = "all"` only).
 //! - `B` -> the build position (its phase, where it stands in it and the records built so
 //!   far; absent once ready), and `S` -> totals (entries, records with entries, records skipped):
 //!   kept beside the entries so that a build step's ingested run (`index_rows.rs`) moves them
@@ -48,12 +51,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound::{self, Excluded, Included, Unbounded};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use fjall::Keyspace;
 use smol_str::SmolStr;
 
+use self::moves::{MOVING, Moving, mark_key};
 use super::counted_keys::CountedKeys;
 use super::failure::Db;
 use super::index_rows::Rows;
@@ -72,12 +77,18 @@ const BY_REPO: u8 = b'D';
 const BUILD: u8 = b'B';
 const TOTALS: u8 = b'S';
 
+mod moves;
+
 /// The version of the rows above, kept in each index's definition: an index stored under an
 /// older one is built again from the records at open.
 const ROWS_VERSION: u8 = 5;
 
 /// The longest `records` value an entry carries; a longer record is read from `records`.
 pub const INLINE_MAX: usize = 2048;
+
+/// The rows a count move step reads, and the most entries a repo moves in the batch of its
+/// account event, unless set (`[storage] index_build_batch`): ~3 µs each under the writer lock.
+const DEFAULT_MOVE_ROWS: usize = 8192;
 
 /// An index in force: its id (its keyspace is `index.<id>`), definition and keyspace.
 pub struct LiveIndex {
@@ -89,14 +100,25 @@ pub struct LiveIndex {
     /// The keys that may have a count row, where known: a counted index that held no entry
     /// and no count row when it was created or the store opened (see `counted_keys.rs`).
     counted: Option<Arc<CountedKeys>>,
+    /// The repos whose counts move in steps, by DID, as committed (changed under the writer
+    /// lock; see `moves.rs`). Shared with the index a `method`-only change replaces it by.
+    moving: Arc<Mutex<BTreeMap<String, Moving>>>,
+    /// The database, for the snapshot a count reads from.
+    db: Db,
 }
 
 impl LiveIndex {
-    /// An index over `space`; `empty` when it holds no entry and no count row, so that its
-    /// counted keys are known from the start.
-    fn new(id: u32, spec: IndexSpec, space: Keyspace, empty: bool) -> LiveIndex {
+    /// An index over `space` in `db`; `empty` when it holds no entry and no count row, so that
+    /// its counted keys are known from the start. Reads the marks of repos whose counts move.
+    fn new(id: u32, spec: IndexSpec, space: Keyspace, empty: bool, db: Db) -> Result<LiveIndex> {
         let counted = (spec.count && empty).then(|| Arc::new(CountedKeys::empty()));
-        LiveIndex { id, spec, space, counted }
+        let mut moving = BTreeMap::new();
+        for kv in space.prefix([MOVING]) {
+            let (k, v) = kv.into_inner()?;
+            let did = std::str::from_utf8(&k[1..]).map_err(|_| corrupt("index count move"))?;
+            moving.insert(did.to_string(), Moving::decode(&v)?);
+        }
+        Ok(LiveIndex { id, spec, space, counted, moving: Arc::new(Mutex::new(moving)), db })
     }
 
     /// Its keyspace, `index.<id>`.
@@ -260,6 +282,9 @@ pub(super) struct Moved {
     /// Count moves by index and key tuple, staged once for the whole batch (several repos of
     /// one batch may move one key).
     counts: BTreeMap<(u32, Vec<u8>), i64>,
+    /// Marks of repos whose counts move in steps, staged in order: (index, repo, mark; `None`
+    /// once its move is done).
+    marks: Vec<(Arc<LiveIndex>, String, Option<Moving>)>,
 }
 
 /// The indexes part: owns `index_meta` and every `index.<id>`.
@@ -276,6 +301,8 @@ pub(super) struct IndexParts {
     scans: Mutex<Scans>,
     /// The next build step's scan, done while the step before it wrote.
     prefetched: Mutex<Option<ScannedStep>>,
+    /// The rows a count move step reads (see `moves.rs`).
+    move_rows: AtomicUsize,
 }
 
 /// Build scans of the stored records under way off the writer lock, by ticket.
@@ -481,8 +508,8 @@ impl LiveIndex {
         self.row(&did_rkey(RECORD, did, rkey))?.map(|v| RecordRow::decode(&v)).transpose()
     }
 
-    /// The number of entries under the encoded key tuple `key` (`count = true` indexes).
-    pub fn count(&self, key: &[u8]) -> Result<i64> {
+    /// `key`'s count row as stored (see [`LiveIndex::count`] for the count of answered repos).
+    fn count_row(&self, key: &[u8]) -> Result<i64> {
         Ok(self.row(&count_key(key))?.map_or(0, |v| decode_i64(&v)))
     }
 
@@ -523,7 +550,7 @@ impl LiveIndex {
     pub(super) fn stored_count(&self, key: &[u8]) -> Result<i64> {
         match &self.counted {
             Some(counted) if !counted.may_hold(key) => Ok(0),
-            _ => self.count(key),
+            _ => self.count_row(key),
         }
     }
 
@@ -633,27 +660,15 @@ impl LiveIndex {
         Ok(None)
     }
 
-    /// The key tuple of each of `did`'s entries (a key as often as the repo has entries under
-    /// it), from the repo's own rows: its `D` rows, or its newest record's `R` row for
-    /// `per_repo = "latest"`.
-    fn repo_keys(&self, did: &str) -> Result<Vec<Vec<u8>>> {
-        if !self.by_repo() {
-            let newest = self.newest(did, &HashSet::new())?;
-            let row = match newest {
-                Some((_, rkey)) => self.record_row(did, &rkey)?,
-                None => None,
-            };
-            return Ok(row.and_then(|row| row.entries().cloned()).map(|e| e.keys).unwrap_or_default());
-        }
-        let prefix = did_rkey(BY_REPO, did, "");
-        let mut keys = Vec::new();
-        for kv in self.space.prefix(&prefix) {
-            let k = kv.key()?;
-            let tail = &k[prefix.len()..];
-            let n = key_tuple_len(tail, self.spec.key.len()).ok_or_else(|| corrupt("index repo row"))?;
-            keys.push(tail[..n].to_vec());
-        }
-        Ok(keys)
+    /// `per_repo = "latest"`: the key tuples of `did`'s entries, its newest record's (from its
+    /// `R` row).
+    fn latest_keys(&self, did: &str) -> Result<Vec<Vec<u8>>> {
+        let newest = self.newest(did, &HashSet::new())?;
+        let row = match newest {
+            Some((_, rkey)) => self.record_row(did, &rkey)?,
+            None => None,
+        };
+        Ok(row.and_then(|row| row.entries().cloned()).map(|e| e.keys).unwrap_or_default())
     }
 }
 
@@ -781,7 +796,7 @@ impl IndexParts {
             // rows (a removed entry's -1 against its build step's +1).
             let empty = p.entries == 0 && space.prefix([COUNT]).next().is_none();
             progress.insert(id, p);
-            indexes.insert(spec.name.clone(), Arc::new(LiveIndex::new(id, spec, space, empty)));
+            indexes.insert(spec.name.clone(), Arc::new(LiveIndex::new(id, spec, space, empty, db.clone())?));
         }
         db.commit(outdated)?;
         let parts = IndexParts {
@@ -790,6 +805,7 @@ impl IndexParts {
             skips: Mutex::default(),
             scans: Mutex::default(),
             prefetched: Mutex::default(),
+            move_rows: AtomicUsize::new(DEFAULT_MOVE_ROWS),
             db,
             meta,
         };
@@ -888,7 +904,7 @@ impl IndexParts {
         let work = if work.generation == registry.generation { work } else { self.prepare(writes, now_us) };
         let mut moved = Moved::default();
         self.move_shown(&registry, did, shown, &mut moved)?;
-        if work.items.is_empty() && moved.counts.is_empty() {
+        if work.items.is_empty() && moved.counts.is_empty() && moved.marks.is_empty() {
             return Ok(moved);
         }
         let progress = self.progress.lock().expect("index progress lock");
@@ -910,7 +926,7 @@ impl IndexParts {
         drop(progress);
         for (_, (index, items)) in by_index {
             let updates = items.into_iter().map(|i| i.update).collect();
-            let repo = RepoWrite { did, counted: shown.after, stored, now_us };
+            let repo = RepoWrite { did, answered: shown.after, stored, now_us };
             self.stage_index(batch, &index, &repo, updates, &mut moved)?;
         }
         self.stage_counts(batch, &mut moved)?;
@@ -928,7 +944,8 @@ impl IndexParts {
         moved: &mut Moved,
     ) -> Result<()> {
         let did = repo.did;
-        let mut counts: BTreeMap<Vec<u8>, i64> = BTreeMap::new();
+        let mark = if index.spec.count && index.by_repo() { moved.mark_of(index, did) } else { None };
+        let mut counts = KeyMoves { counts: BTreeMap::new(), answered: repo.answered, mark };
         let totals = moved.totals.entry(index.id).or_default();
         let mut changed: Vec<Changed> = Vec::new();
         for Update { rkey, existed, new, value } in updates {
@@ -966,10 +983,12 @@ impl IndexParts {
                     totals.entries += stage_entries(batch, index, did, moves, &mut counts);
                 }
             }
-            PerRepo::Latest => totals.entries += self.stage_latest(batch, index, did, &changed, &mut counts)?,
+            PerRepo::Latest => {
+                totals.entries += self.stage_latest(batch, index, did, &changed, &mut counts)?;
+            }
         }
-        if index.spec.count && repo.counted {
-            for (key, delta) in counts {
+        if index.spec.count {
+            for (key, delta) in counts.counts {
                 *moved.counts.entry((index.id, key)).or_default() += delta;
             }
         }
@@ -982,14 +1001,33 @@ impl IndexParts {
     }
 
     /// Adds to `moved` the count moves of `did` starting (or stopping) being answered: each of
-    /// its stored entries in a counted index, added (or taken away).
+    /// its stored entries in a counted index, added (or taken away); or, where it has more than
+    /// a move step's entries, or its counts move already, a mark for its counts to move in steps
+    /// (see `moves.rs`).
     fn move_shown(&self, registry: &Registry, did: &str, shown: Shown, moved: &mut Moved) -> Result<()> {
         if shown.before == shown.after {
             return Ok(());
         }
         let sign = if shown.after { 1 } else { -1 };
         for index in registry.indexes.values().filter(|ix| ix.spec.count) {
-            for key in index.repo_keys(did)? {
+            if !index.by_repo() {
+                // `per_repo = "latest"`: only the newest record's entries count, a few at most.
+                for key in index.latest_keys(did)? {
+                    *moved.counts.entry((index.id, key)).or_default() += sign;
+                }
+                continue;
+            }
+            if let Some(mark) = moved.mark_of(index, did) {
+                moved.marks.push((index.clone(), did.to_string(), Some(mark.turned())));
+                continue;
+            }
+            let max = self.move_rows();
+            let keys = index.repo_keys_up_to(did, max + 1)?;
+            if keys.len() > max {
+                moved.marks.push((index.clone(), did.to_string(), Some(Moving::start(shown.after))));
+                continue;
+            }
+            for key in keys {
                 *moved.counts.entry((index.id, key)).or_default() += sign;
             }
         }
@@ -1019,6 +1057,12 @@ impl IndexParts {
             let stored = index.stored_count(&key)?;
             index.stage_count(batch, &key, stored + delta);
         }
+        for (index, did, mark) in &moved.marks {
+            match mark {
+                Some(mark) => batch.put(&index.space, mark_key(did), mark.encode()),
+                None => batch.delete(&index.space, mark_key(did)),
+            }
+        }
         Ok(())
     }
 
@@ -1031,7 +1075,7 @@ impl IndexParts {
         index: &LiveIndex,
         did: &str,
         changed: &[Changed],
-        counts: &mut BTreeMap<Vec<u8>, i64>,
+        counts: &mut KeyMoves,
     ) -> Result<i64> {
         if changed.is_empty() {
             return Ok(0);
@@ -1096,8 +1140,11 @@ impl IndexParts {
         }
     }
 
-    /// Installs the totals of a committed batch.
+    /// Installs the totals and marks of a committed batch.
     pub(super) fn committed(&self, moved: Moved) {
+        for (index, did, mark) in moved.marks {
+            index.set_moving(&did, mark);
+        }
         let mut progress = self.progress.lock().expect("index progress lock");
         for (id, now) in moved.totals {
             if let Some(p) = progress.get_mut(&id) {
@@ -1130,8 +1177,9 @@ impl IndexParts {
                         ix.clone()
                     } else {
                         batch.insert(&self.meta, meta_key(b'd', ix.id), def_row(spec));
-                        let counted = ix.counted.clone();
-                        Arc::new(LiveIndex { id: ix.id, spec: spec.clone(), space: ix.space.clone(), counted })
+                        let (counted, moving, db) = (ix.counted.clone(), ix.moving.clone(), ix.db.clone());
+                        let space = ix.space.clone();
+                        Arc::new(LiveIndex { id: ix.id, spec: spec.clone(), space, counted, moving, db })
                     };
                     next.insert(spec.name.clone(), ix);
                 }
@@ -1142,7 +1190,8 @@ impl IndexParts {
                     let build = Build::default();
                     batch.insert(&space, [BUILD], encode_build(&build));
                     progress.insert(id, Progress { building: Some(build), ..Default::default() });
-                    next.insert(spec.name.clone(), Arc::new(LiveIndex::new(id, spec.clone(), space, true)));
+                    let index = LiveIndex::new(id, spec.clone(), space, true, self.db.clone())?;
+                    next.insert(spec.name.clone(), Arc::new(index));
                     started.push(spec.name.clone());
                 }
             }
@@ -1262,9 +1311,9 @@ impl IndexParts {
             while let Some((_, update)) = records.next_if(|(d, _)| *d == did) {
                 updates.push(update);
             }
-            let counted = index.spec.count && answered(&did)?;
+            let answered = index.spec.count && answered(&did)?;
             // A build puts in records the index does not hold yet: no stored version is read.
-            let repo = RepoWrite { did: &did, counted, stored: &|_, _| Ok(None), now_us: 0 };
+            let repo = RepoWrite { did: &did, answered, stored: &|_, _| Ok(None), now_us: 0 };
             self.stage_index(batch, index, &repo, updates, &mut moved)?;
         }
         moved.totals.entry(index.id).or_default();
@@ -1297,7 +1346,7 @@ impl IndexParts {
         let parts = index.spec.key.len();
         // A step that ended among a key's step rows left its count row holding what it summed.
         let mut key = match split_count_row(&build.after, parts) {
-            Ok((tuple, Some(_))) => KeySum::resumed(tuple, index.count(tuple)?, &build.after),
+            Ok((tuple, Some(_))) => KeySum::resumed(tuple, index.count_row(tuple)?, &build.after),
             _ => KeySum::default(),
         };
         let mut read = 0;
@@ -1399,6 +1448,29 @@ struct Changed {
     value: Option<bytes::Bytes>,
 }
 
+/// The count moves of one repo's change in one index, by key tuple.
+struct KeyMoves {
+    counts: BTreeMap<Vec<u8>, i64>,
+    /// Whether the repo is answered after the change: whether its entries count...
+    answered: bool,
+    /// ...but where its counts move in steps: then its mark says (see `moves.rs`).
+    mark: Option<Moving>,
+}
+
+impl KeyMoves {
+    /// Moves `key`'s count by `delta` for an entry (sort value `sort`, record `rkey`) put in or
+    /// taken out, if it is in the counts.
+    fn add(&mut self, key: &[u8], sort: &[u8], rkey: &str, delta: i64) {
+        let counted = match &self.mark {
+            Some(mark) => mark.counts(&[key, sort, rkey.as_bytes()].concat()),
+            None => self.answered,
+        };
+        if counted {
+            *self.counts.entry(key.to_vec()).or_default() += delta;
+        }
+    }
+}
+
 /// One record's entries moved from `old` to `new`, the new ones carrying `value` (empty: none).
 struct Moves<'a> {
     rkey: &'a str,
@@ -1410,8 +1482,9 @@ struct Moves<'a> {
 /// The repo a change writes, as its index rows are staged.
 struct RepoWrite<'a> {
     did: &'a str,
-    /// Whether its records are answered after the change, so that counts move.
-    counted: bool,
+    /// Whether its records are answered after the change, so that counts move (but where its
+    /// counts move in steps: see `moves.rs`).
+    answered: bool,
     /// Its stored records' bodies (see [`StoredBody`]).
     stored: StoredBody<'a>,
     /// The time the change is indexed (what `sortAt` bounds by).
@@ -1438,7 +1511,7 @@ fn stage_entries(
     index: &LiveIndex,
     did: &str,
     Moves { rkey, old, new, value }: Moves<'_>,
-    counts: &mut BTreeMap<Vec<u8>, i64>,
+    counts: &mut KeyMoves,
 ) -> i64 {
     let mut moved = 0;
     if let Some(old) = old {
@@ -1450,7 +1523,7 @@ fn stage_entries(
             if index.by_repo() {
                 batch.delete(&index.space, by_repo_key(did, key, &old.sort, rkey));
             }
-            *counts.entry(key.clone()).or_default() -= 1;
+            counts.add(key, &old.sort, rkey, -1);
             moved -= 1;
         }
     }
@@ -1465,7 +1538,7 @@ fn stage_entries(
                 if index.by_repo() {
                     batch.put(&index.space, by_repo_key(did, key, &new.sort, rkey), []);
                 }
-                *counts.entry(key.clone()).or_default() += 1;
+                counts.add(key, &new.sort, rkey, 1);
                 moved += 1;
             }
         }

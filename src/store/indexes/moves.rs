@@ -1,0 +1,242 @@
+//! Counts that move in steps. A repo that starts or stops being answered (an account
+//! deactivated, taken down, active again) moves the count of each of its entries in every
+//! counted index. A repo with few entries in an index moves them in the batch of that change;
+//! one with more than a step's rows (a repo of a million likes) would hold the writer lock for
+//! seconds at each account event a host sends, so it gets a mark instead (`V did` ->
+//! [`Moving`]), and the index maintainer moves its entries a step at a time
+//! ([`IndexParts::stage_move_step`]), each step a batch of its own.
+//!
+//! Contract: a mark splits the repo's entries in that index at its bound, in the order of the
+//! repo's `D` rows (`key sort rkey`). Entries on the moved side count as the repo is answered
+//! now, the others as it was before. Every change of the repo's entries (a commit, a build step,
+//! a move step) counts each entry by that rule, and a count query adds, for each mark, the
+//! repo's entries under its key not moved yet, read from one snapshot with the count row and the
+//! marks ([`LiveIndex::count`]): a count is exact while a repo's counts move. Another change of
+//! the repo's visibility during a move turns the mark around: the side moved is the side to
+//! move back, and no count moves at the turn.
+
+use fjall::Readable;
+
+use super::{BY_REPO, IndexParts, LiveIndex, Moved, Result, corrupt, decode_i64, did_rkey, past};
+use crate::indexes::encode::key_tuple_len;
+
+/// The first byte of a mark's row: `V did` -> [`Moving::encode`].
+pub(super) const MOVING: u8 = b'V';
+
+/// A repo whose entries' counts move in steps (see the module's contract).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Moving {
+    /// Whether the repo is answered now: what its moved entries count as.
+    answered: bool,
+    /// Whether the steps go up the repo's `D` rows (the moved side lies before `bound`) or down
+    /// (the moved side starts at `bound`).
+    upward: bool,
+    /// A `D` row tail (`key sort rkey`, past the `D did \0` prefix) where the sides meet.
+    bound: Vec<u8>,
+}
+
+impl Moving {
+    /// A move that has moved nothing yet, to `answered`.
+    pub(super) fn start(answered: bool) -> Moving {
+        Moving { answered, upward: true, bound: Vec::new() }
+    }
+
+    /// Whether the entry whose `D` row tail is `tail` has been moved.
+    fn moved(&self, tail: &[u8]) -> bool {
+        match self.upward {
+            true => tail < self.bound.as_slice(),
+            false => tail >= self.bound.as_slice(),
+        }
+    }
+
+    /// Whether the entry whose `D` row tail is `tail` is in the counts.
+    pub(super) fn counts(&self, tail: &[u8]) -> bool {
+        self.moved(tail) == self.answered
+    }
+
+    /// The mark after the repo's visibility changes again: what each entry counts as stays,
+    /// and the steps go back over what they moved.
+    pub(super) fn turned(&self) -> Moving {
+        Moving { answered: !self.answered, upward: !self.upward, bound: self.bound.clone() }
+    }
+
+    /// What a move step adds to the count of each entry it moves.
+    fn sign(&self) -> i64 {
+        if self.answered { 1 } else { -1 }
+    }
+
+    pub(super) fn encode(&self) -> Vec<u8> {
+        [&[u8::from(self.answered), u8::from(self.upward)][..], &self.bound].concat()
+    }
+
+    pub(super) fn decode(v: &[u8]) -> Result<Moving> {
+        match v {
+            [answered @ 0..=1, upward @ 0..=1, bound @ ..] => {
+                Ok(Moving { answered: *answered == 1, upward: *upward == 1, bound: bound.to_vec() })
+            }
+            _ => Err(corrupt("index count move")),
+        }
+    }
+}
+
+/// The key of `did`'s mark.
+pub(super) fn mark_key(did: &str) -> Vec<u8> {
+    [&[MOVING][..], did.as_bytes()].concat()
+}
+
+impl LiveIndex {
+    /// The number of entries under the encoded key tuple `key` (`count = true` indexes) of the
+    /// repos answered now: its count row, and the entries of repos whose counts move that are not
+    /// moved yet, all read from one snapshot.
+    pub fn count(&self, key: &[u8]) -> Result<i64> {
+        let snapshot = self.db.snapshot();
+        let row = snapshot.get(&self.space, super::count_key(key))?;
+        let mut count = row.map_or(0, |v| decode_i64(&v));
+        for kv in snapshot.prefix(&self.space, [MOVING]) {
+            let (k, v) = kv.into_inner()?;
+            let did = std::str::from_utf8(&k[1..]).map_err(|_| corrupt("index count move"))?;
+            let mark = Moving::decode(&v)?;
+            let tails = did_rkey(BY_REPO, did, "").len();
+            for kv in snapshot.prefix(&self.space, super::by_repo_prefix(did, key)) {
+                if !mark.moved(&kv.key()?[tails..]) {
+                    count += mark.sign();
+                }
+            }
+        }
+        Ok(count)
+    }
+
+    /// `did`'s mark, as committed.
+    pub(super) fn moving(&self, did: &str) -> Option<Moving> {
+        self.moving.lock().expect("index moves lock").get(did).cloned()
+    }
+
+    /// The number of repos whose counts move in this index.
+    pub fn moving_repos(&self) -> usize {
+        self.moving.lock().expect("index moves lock").len()
+    }
+
+    /// Installs `did`'s mark once its batch committed (`None`: its move is done).
+    pub(super) fn set_moving(&self, did: &str, mark: Option<Moving>) {
+        let mut moving = self.moving.lock().expect("index moves lock");
+        match mark {
+            Some(mark) => moving.insert(did.to_string(), mark),
+            None => moving.remove(did),
+        };
+    }
+
+    /// Up to `max` key tuples of `did`'s entries, from its `D` rows, a key as often as the repo
+    /// has entries under it.
+    pub(super) fn repo_keys_up_to(&self, did: &str, max: usize) -> Result<Vec<Vec<u8>>> {
+        let prefix = did_rkey(BY_REPO, did, "");
+        let mut keys = Vec::new();
+        for kv in self.space.prefix(&prefix).take(max) {
+            let k = kv.key()?;
+            let tail = &k[prefix.len()..];
+            let n = key_tuple_len(tail, self.spec.key.len()).ok_or_else(|| corrupt("index repo row"))?;
+            keys.push(tail[..n].to_vec());
+        }
+        Ok(keys)
+    }
+}
+
+impl Moved {
+    /// `did`'s mark in `index` as this batch leaves it: staged in it, else as committed.
+    pub(super) fn mark_of(&self, index: &LiveIndex, did: &str) -> Option<Moving> {
+        let staged = self.marks.iter().rev().find(|(ix, d, _)| ix.id == index.id && d == did);
+        match staged {
+            Some((_, _, mark)) => mark.clone(),
+            None => index.moving(did),
+        }
+    }
+}
+
+impl IndexParts {
+    /// The rows a move step reads, and the most a repo moves in the batch of its account event.
+    pub(in crate::store) fn move_rows(&self) -> usize {
+        self.move_rows.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets [`IndexParts::move_rows`].
+    pub(in crate::store) fn set_move_rows(&self, rows: usize) {
+        self.move_rows.store(rows.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Stages one step of a repo's count move, under the writer lock: the next
+    /// [`IndexParts::move_rows`] of its entries not moved yet, each key's count moved once, and
+    /// its mark moved past them (removed once none is left). `None` when no repo's counts move.
+    pub(in crate::store) fn stage_move_step(&self, batch: &mut fjall::OwnedWriteBatch) -> Result<Option<Moved>> {
+        let registry = self.registry.load();
+        let first = registry.indexes.values().find_map(|ix| {
+            let moving = ix.moving.lock().expect("index moves lock");
+            moving.iter().next().map(|(did, mark)| (ix.clone(), did.clone(), mark.clone()))
+        });
+        let Some((index, did, mark)) = first else { return Ok(None) };
+        let prefix = did_rkey(BY_REPO, &did, "");
+        let bound = [prefix.as_slice(), &mark.bound].concat();
+        let rows: Box<dyn Iterator<Item = fjall::Guard>> = match mark.upward {
+            true => Box::new(index.space.range(bound..past(&prefix).expect("a D prefix ends in 0"))),
+            false => Box::new(index.space.range(prefix.clone()..bound).rev()),
+        };
+        let max = self.move_rows();
+        let (mut moved, mut read, mut last) = (Moved::default(), 0, Vec::new());
+        for kv in rows.take(max) {
+            let k = kv.key()?;
+            let tail = &k[prefix.len()..];
+            let n = key_tuple_len(tail, index.spec.key.len()).ok_or_else(|| corrupt("index repo row"))?;
+            *moved.counts.entry((index.id, tail[..n].to_vec())).or_default() += mark.sign();
+            (read, last) = (read + 1, tail.to_vec());
+        }
+        let next = (read == max).then(|| {
+            if mark.upward {
+                last.push(0);
+            }
+            Moving { bound: last, ..mark }
+        });
+        moved.marks.push((index, did, next));
+        self.stage_counts(batch, &mut moved)?;
+        Ok(Some(moved))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn mark() -> impl Strategy<Value = Moving> {
+        (any::<bool>(), any::<bool>(), proptest::collection::vec(any::<u8>(), 0..8))
+            .prop_map(|(answered, upward, bound)| Moving { answered, upward, bound })
+    }
+
+    proptest! {
+        #[test]
+        fn marks_round_trip(m in mark()) {
+            prop_assert_eq!(Moving::decode(&m.encode()).unwrap(), m);
+        }
+
+        /// A turn moves no count: every entry counts as it did.
+        #[test]
+        fn a_turn_keeps_what_each_entry_counts_as(m in mark(), tail in proptest::collection::vec(any::<u8>(), 0..8)) {
+            prop_assert_eq!(m.turned().counts(&tail), m.counts(&tail));
+            prop_assert_eq!(m.turned().turned(), m);
+        }
+
+        /// Before a step an entry counts as the repo was; once moved, as it is.
+        #[test]
+        fn a_fresh_mark_counts_entries_as_before(answered: bool, tail in proptest::collection::vec(any::<u8>(), 1..8)) {
+            let m = Moving::start(answered);
+            prop_assert_eq!(m.counts(&tail), !answered);
+            let past = Moving { bound: [tail.as_slice(), &[0]].concat(), ..m };
+            prop_assert_eq!(past.counts(&tail), answered);
+        }
+    }
+
+    #[test]
+    fn bad_marks_are_refused() {
+        for bad in [&[][..], &[1], &[2, 0], &[0, 7, 1]] {
+            assert!(Moving::decode(bad).is_err(), "{bad:?}");
+        }
+    }
+}
