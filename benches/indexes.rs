@@ -31,6 +31,12 @@
 //!    reqwest on a tokio runtime, and from a lean blocking HTTP/1.1 client on one kept-alive
 //!    connection (`lean client:`), which measures what the server adds to a request as a load
 //!    generator such as `wrk` does, without the hand-offs between the client's own threads.
+//! 3. An account event on the big repo, with the live commits still landing: the repo hidden
+//!    and shown again three times each, its counts moved at once in the event's batch (move
+//!    rows unbounded: what sluice did before its counts moved in steps) and in steps of
+//!    `[storage] index_build_batch` entries by the index thread (as it runs). Measured: the
+//!    account event's time (`Store::set_states`, all of it under the writer lock), the time until
+//!    the counts are all moved, and the longest live commit meanwhile.
 //!
 //! The process runs with `sluice run`'s allocator settings (`sluice::alloc`), under which the
 //! service builds its indexes: memory measured under mimalloc's defaults (freed memory kept for
@@ -301,6 +307,19 @@ struct Figures {
     settle_secs: f64,
     /// Tables of `records` and of the likes index when the builds ended: (L0, all).
     tables: BTreeMap<String, (usize, usize)>,
+    /// Phase 3, by how the counts moved.
+    moves: BTreeMap<&'static str, MoveFigures>,
+}
+
+/// The big repo's account events (phase 3).
+#[derive(Default)]
+struct MoveFigures {
+    /// Each account event's time, ms (under the writer lock throughout).
+    event_ms: Vec<f64>,
+    /// From each event until its counts were all moved, ms.
+    moved_ms: Vec<f64>,
+    /// The longest live commit while they ran, ms.
+    worst_commit_ms: f64,
 }
 
 fn mb(kb: u64) -> f64 {
@@ -441,7 +460,7 @@ fn live_writer(
     sluice: Arc<Sluice>,
     stored: &Stored,
     stop: Arc<AtomicBool>,
-    done: Arc<AtomicU64>,
+    (done, worst_us): (Arc<AtomicU64>, Arc<AtomicU64>),
 ) -> std::thread::JoinHandle<(f64, f64)> {
     let (repos, posts, first) = (stored.repos, stored.posts, stored.next);
     std::thread::spawn(move || {
@@ -466,6 +485,7 @@ fn live_writer(
                 .apply_commit(&did(rng.below(repos)), cid_of(rev.as_bytes()), &rev, cid_of(b"data"), vec![op], None)
                 .unwrap();
             latencies.push(t.elapsed().as_secs_f64() * 1e6);
+            worst_us.fetch_max(t.elapsed().as_micros() as u64, Ordering::Relaxed);
             i += 1;
             done.store(i, Ordering::Relaxed);
         }
@@ -674,8 +694,8 @@ fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
     });
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let writer = live_writer(sluice.clone(), stored, stop.clone(), done.clone());
+    let (done, worst_us) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let writer = live_writer(sluice.clone(), stored, stop.clone(), (done.clone(), worst_us.clone()));
 
     let registry = store.index_registry();
     let (likes, statuses) = (&registry.indexes["likes_by_subject"], &registry.indexes["statuses_by_status"]);
@@ -707,6 +727,13 @@ fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
         http_reads(&mut timer, ("", &get), &base, stored, &keys);
         http_reads(&mut timer, ("lean client: ", &lean_get), &base, stored, &keys);
     }
+    let count_before = likes.count(&encode::key_tuple(&[stored.big_liked.as_str()])).unwrap();
+    for (mode, rows) in [("at once", 1 << 40), ("in steps", Config::default().storage.index_build_batch)] {
+        store.set_index_move_rows(rows);
+        figures.moves.insert(mode, account_events(&store, likes, &stored.big, &worst_us));
+    }
+    let count_after = likes.count(&encode::key_tuple(&[stored.big_liked.as_str()])).unwrap();
+    assert_eq!(count_after, count_before, "the big repo's likes count again once shown");
     stop.store(true, Ordering::Relaxed);
     let (live_secs, live_p99) = writer.join().unwrap();
     figures.live_done = done.load(Ordering::Relaxed);
@@ -718,6 +745,28 @@ fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
     figures.reads = timer.0;
     drop(_server);
     drop(runtime);
+}
+
+/// Phase 3: `repo` hidden and shown again three times each, as account events do: the
+/// events' times and the moves' (until `index` moves no repo's counts), and the longest live
+/// commit meanwhile (`worst_us`, which the live writer raises).
+fn account_events(store: &Store, index: &LiveIndex, repo: &str, worst_us: &AtomicU64) -> MoveFigures {
+    let shown = store.repos().state(repo).unwrap().unwrap();
+    let hidden = RepoState { status: RepoStatus::Gone, error: Some("deactivated".into()), ..shown.clone() };
+    let mut figures = MoveFigures::default();
+    worst_us.store(0, Ordering::Relaxed);
+    for state in [&hidden, &shown].repeat(3) {
+        let t = Instant::now();
+        store.set_states(&[(repo.to_string(), state.clone())], None).unwrap();
+        let event_ms = t.elapsed().as_secs_f64() * 1e3;
+        while index.moving_repos() > 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        figures.event_ms.push(event_ms);
+        figures.moved_ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    figures.worst_commit_ms = worst_us.load(Ordering::Relaxed) as f64 / 1e3;
+    figures
 }
 
 fn run(likes: u64, secs: f64) -> Figures {
@@ -748,6 +797,7 @@ fn main() {
     let report = Report { all: &all };
     report.builds();
     report.reads();
+    report.moves();
 }
 
 /// The figures of every scale as Markdown tables: a column per scale and, with two scales or
@@ -851,6 +901,17 @@ impl Report<'_> {
             |f| f.disk[name].2 as f64 / f.disk[name].0 as f64,
             one,
         );
+    }
+
+    fn moves(&self) {
+        self.header("The big repo hidden and shown again, three times each (ms)");
+        self.row("its likes (entries in likes_by_subject)", |f| (f.likes / 20).max(1) as f64, int);
+        let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+        for mode in self.all[0].1.moves.keys() {
+            self.row(&format!("{mode}: account event, max"), |f| max(&f.moves[mode].event_ms), two);
+            self.row(&format!("{mode}: until its counts are moved, max"), |f| max(&f.moves[mode].moved_ms), one);
+            self.row(&format!("{mode}: longest live commit meanwhile"), |f| f.moves[mode].worst_commit_ms, one);
+        }
     }
 
     fn reads(&self) {

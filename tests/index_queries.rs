@@ -299,3 +299,41 @@ async fn paging_while_records_arrive_returns_each_once_in_order() {
     assert_eq!(seen_present, present, "each record present throughout, once and in order");
     assert_eq!(seen.iter().collect::<BTreeSet<_>>().len(), seen.len(), "no record twice");
 }
+
+/// An account with more likes than a step (here 4) that is deactivated, then active again:
+/// `countIndex` answers the exact count at once, while the index thread moves the account's
+/// counts in steps in the background, and `/metrics` shows the move until it is done.
+#[tokio::test]
+async fn a_big_account_hidden_and_shown_is_counted_exactly_while_its_counts_move() {
+    let mut s = Setup::new(FILTER, 4).await;
+    for i in 0..30 {
+        s.like(ALICE, &format!("l{i:02}"), "2024-01-05T00:00:00Z");
+    }
+    s.like(BOB, "l0", "2024-01-05T00:00:00Z");
+    s.settle();
+    let likes = [("index", "likes_by_subject"), ("key", POST)];
+    assert_eq!(s.ok("dev.sluice.countIndex", &likes).await, json!({"count": 31}));
+    let index = s.sluice.store().index_registry().indexes["likes_by_subject"].clone();
+    let moved = || async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while index.moving_repos() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the counts were not moved");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let metrics = testkit::metrics(&s.base).await.unwrap();
+        let moving = testkit::metric(&metrics, "sluice_index_moving_repos{index=\"likes_by_subject\"}");
+        assert_eq!(moving, Some(0.0), "{metrics}");
+    };
+
+    let state = s.sluice.store().repos().state(ALICE).unwrap().unwrap();
+    let gone = RepoState { status: RepoStatus::Gone, error: Some("deactivated".into()), ..state.clone() };
+    s.sluice.store().set_states(&[(ALICE.to_string(), gone)], None).unwrap();
+    assert_eq!(s.ok("dev.sluice.countIndex", &likes).await, json!({"count": 1}), "exact at once");
+    moved().await;
+    assert_eq!(s.ok("dev.sluice.countIndex", &likes).await, json!({"count": 1}), "and once moved");
+
+    s.sluice.store().set_states(&[(ALICE.to_string(), state)], None).unwrap();
+    assert_eq!(s.ok("dev.sluice.countIndex", &likes).await, json!({"count": 31}));
+    moved().await;
+    assert_eq!(s.ok("dev.sluice.countIndex", &likes).await, json!({"count": 31}));
+}

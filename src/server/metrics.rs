@@ -47,8 +47,8 @@ fn load(a: &AtomicU64) -> u64 {
     a.load(Ordering::Relaxed)
 }
 
-/// The declarative indexes: entries, records skipped, build progress, and records given no
-/// entry since start by reason (a key or sort field missing, of another type, too large...).
+/// The declarative indexes: entries, records skipped, build progress, repos whose counts move,
+/// and records given no entry since start by reason (a key or sort field missing, of another type, too large...).
 fn indexes(out: &mut String, state: &ServerState) {
     let store = state.store();
     let progress = store.index_progress();
@@ -79,6 +79,17 @@ fn indexes(out: &mut String, state: &ServerState) {
     let mut family = Family::start(out, name, "gauge", "Records an index under construction has read so far.");
     for (index, (_, p)) in &progress {
         family.sample(name, &[("index", index)], p.building.as_ref().map_or(0, |b| b.done));
+    }
+    let name = "sluice_index_moving_repos";
+    let mut family = Family::start(
+        out,
+        name,
+        "gauge",
+        "Repos hidden or shown again whose entries' counts an index still moves, a step at a time \
+         (counts stay exact meanwhile).",
+    );
+    for (index, (ix, _)) in &progress {
+        family.sample(name, &[("index", index)], ix.moving_repos());
     }
     let name = "sluice_index_skips_total";
     let mut family = Family::start(
