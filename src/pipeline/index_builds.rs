@@ -13,6 +13,10 @@ use crate::store::Store;
 /// How often the filter in force is looked at when nothing is building.
 const IDLE: Duration = Duration::from_millis(200);
 
+/// The pause after a step of a repo's count move: the writer lock is not fair, so without it
+/// the next step could take it again before the commits waiting for it.
+const MOVE_PAUSE: Duration = Duration::from_millis(1);
+
 /// The background thread; stopped and joined on drop.
 pub struct Maintainer {
     stop: Arc<(Mutex<bool>, Condvar)>,
@@ -31,7 +35,7 @@ impl Maintainer {
     ) -> Result<Maintainer, crate::store::StoreError> {
         let mut current = filter.load();
         apply(&store, &current.filter.indexes)?;
-        store.set_index_move_rows(batch);
+        store.set_index_move_rows(batch.min(crate::store::MOVE_ROWS));
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let stopping = stop.clone();
         let thread = std::thread::Builder::new()
@@ -78,6 +82,9 @@ impl Maintainer {
                             false
                         }
                     };
+                    if moving {
+                        std::thread::sleep(MOVE_PAUSE);
+                    }
                     if !busy && !moving {
                         let stopped = stopping.0.lock().expect("index maintainer lock");
                         let _ = stopping.1.wait_timeout(stopped, IDLE);

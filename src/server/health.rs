@@ -33,12 +33,9 @@ fn index_status(state: &ServerState) -> serde_json::Value {
         .index_progress()
         .into_iter()
         .map(|(name, (index, p))| {
-            let value = match p.building {
+            let value = match store.build_state(&index, &p) {
                 None => json!({"state": "ready", "entries": p.entries}),
-                Some(build) => {
-                    let (done, total) = store.build_progress(&index, &build);
-                    json!({"state": "building", "phase": build.phase.as_str(), "done": done, "total": total})
-                }
+                Some(b) => json!({"state": "building", "phase": b.phase.as_str(), "done": b.done, "total": b.total}),
             };
             (name, value)
         })

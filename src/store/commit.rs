@@ -139,6 +139,7 @@ impl Store {
         let first_time = log::first_time(writer.last_time, self.log.now());
         self.log.stage(&mut batch, pages, first, first_time);
         let new_counts = self.counts.stage(&mut batch, &writer.counts, deltas);
+        self.indexes.committing(&indexed);
         self.db.commit(batch)?;
         self.writeback.wrote();
         self.indexes.committed(indexed);
@@ -176,6 +177,7 @@ impl Store {
         }
         let indexed = self.indexes.stage_shown(&mut batch, &shown)?;
         let new_counts = self.counts.stage(&mut batch, &writer.counts, deltas);
+        self.indexes.committing(&indexed);
         self.db.commit(batch)?;
         self.indexes.committed(indexed);
         writer.counts.extend(new_counts);

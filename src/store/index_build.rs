@@ -12,6 +12,17 @@ use super::indexes::{Build, Found, LiveIndex, Phase, Progress, Registry, Scanned
 use super::{Result, Store, Writer, keys, log};
 use crate::indexes::{IndexSpec, Skip};
 
+/// A build under way, as it is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuildState {
+    /// What the build is doing.
+    pub phase: Phase,
+    /// Records of the index's collection read so far.
+    pub done: u64,
+    /// About how many there are: the stored count of the collection, or `done` if more.
+    pub total: u64,
+}
+
 /// What one build batch did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildStep {
@@ -39,11 +50,13 @@ impl Store {
         self.indexes.progress_of(index.id)
     }
 
-    /// How far a build is: (records of the index's collection read, about how many there are:
-    /// the stored count of the collection, or what was read if more).
-    pub fn build_progress(&self, index: &LiveIndex, build: &Build) -> (u64, u64) {
+    /// Where `index`'s build stands, given its `progress`; `None` once it is ready. What every
+    /// surface that shows an index's state (`describeIndexes`, `IndexNotReady`, `/health`, the
+    /// status page) renders.
+    pub fn build_state(&self, index: &LiveIndex, progress: &Progress) -> Option<BuildState> {
+        let build = progress.building.as_ref()?;
         let total = self.records_in(&index.spec.collection).max(0) as u64;
-        (build.done, total.max(build.done))
+        Some(BuildState { phase: build.phase, done: build.done, total: total.max(build.done) })
     }
 
     /// Records given no entry since start, by index name and reason.
@@ -66,13 +79,15 @@ impl Store {
         let _writer = self.writer.lock().expect("writer lock");
         let mut batch = self.db.batch(self.indexes.move_rows() + 4);
         let Some(moved) = self.indexes.stage_move_step(&mut batch)? else { return Ok(false) };
+        self.indexes.committing(&moved);
         self.db.commit(batch)?;
         self.indexes.committed(moved);
         Ok(true)
     }
 
     /// Sets how many entries a count move step reads, and so the most a repo moves in the batch
-    /// of its account event before its counts move in steps (`[storage] index_build_batch`).
+    /// of its account event before its counts move in steps ([`super::MOVE_ROWS`], or
+    /// `[storage] index_build_batch` when lower).
     pub fn set_index_move_rows(&self, rows: usize) {
         self.indexes.set_move_rows(rows);
     }

@@ -51,7 +51,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound::{self, Excluded, Included, Unbounded};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -87,8 +87,9 @@ const ROWS_VERSION: u8 = 5;
 pub const INLINE_MAX: usize = 2048;
 
 /// The rows a count move step reads, and the most entries a repo moves in the batch of its
-/// account event, unless set (`[storage] index_build_batch`): ~3 µs each under the writer lock.
-const DEFAULT_MOVE_ROWS: usize = 8192;
+/// account event, unless set lower (`[storage] index_build_batch`): ~3 µs each under the writer
+/// lock, so that neither holds it for more than a few milliseconds.
+pub const MOVE_ROWS: usize = 1024;
 
 /// An index in force: its id (its keyspace is `index.<id>`), definition and keyspace.
 pub struct LiveIndex {
@@ -103,6 +104,9 @@ pub struct LiveIndex {
     /// The repos whose counts move in steps, by DID, as committed (changed under the writer
     /// lock; see `moves.rs`). Shared with the index a `method`-only change replaces it by.
     moving: Arc<Mutex<BTreeMap<String, Moving>>>,
+    /// Odd while a batch that writes marks commits and installs them, bumped before and after:
+    /// a count that saw no mark and no bump reads its count row alone (see `moves.rs`).
+    marks_epoch: Arc<AtomicU64>,
     /// The database, for the snapshot a count reads from.
     db: Db,
 }
@@ -118,7 +122,8 @@ impl LiveIndex {
             let did = std::str::from_utf8(&k[1..]).map_err(|_| corrupt("index count move"))?;
             moving.insert(did.to_string(), Moving::decode(&v)?);
         }
-        Ok(LiveIndex { id, spec, space, counted, moving: Arc::new(Mutex::new(moving)), db })
+        let (moving, marks_epoch) = (Arc::new(Mutex::new(moving)), Arc::default());
+        Ok(LiveIndex { id, spec, space, counted, moving, marks_epoch, db })
     }
 
     /// Its keyspace, `index.<id>`.
@@ -805,7 +810,7 @@ impl IndexParts {
             skips: Mutex::default(),
             scans: Mutex::default(),
             prefetched: Mutex::default(),
-            move_rows: AtomicUsize::new(DEFAULT_MOVE_ROWS),
+            move_rows: AtomicUsize::new(MOVE_ROWS),
             db,
             meta,
         };
@@ -1142,9 +1147,10 @@ impl IndexParts {
 
     /// Installs the totals and marks of a committed batch.
     pub(super) fn committed(&self, moved: Moved) {
-        for (index, did, mark) in moved.marks {
-            index.set_moving(&did, mark);
+        for (index, did, mark) in &moved.marks {
+            index.set_moving(did, mark.clone());
         }
+        moved.bump_marks_epochs();
         let mut progress = self.progress.lock().expect("index progress lock");
         for (id, now) in moved.totals {
             if let Some(p) = progress.get_mut(&id) {
@@ -1178,8 +1184,8 @@ impl IndexParts {
                     } else {
                         batch.insert(&self.meta, meta_key(b'd', ix.id), def_row(spec));
                         let (counted, moving, db) = (ix.counted.clone(), ix.moving.clone(), ix.db.clone());
-                        let space = ix.space.clone();
-                        Arc::new(LiveIndex { id: ix.id, spec: spec.clone(), space, counted, moving, db })
+                        let (space, marks_epoch) = (ix.space.clone(), ix.marks_epoch.clone());
+                        Arc::new(LiveIndex { id: ix.id, spec: spec.clone(), space, counted, moving, marks_epoch, db })
                     };
                     next.insert(spec.name.clone(), ix);
                 }

@@ -199,9 +199,10 @@ fn indexes(state: &ServerState) -> Vec<IndexStatus> {
     progress
         .into_values()
         .map(|(index, p)| {
-            let build = p.building.map(|build| {
-                let (done, total) = store.build_progress(&index, &build);
-                IndexBuildStatus { phase: build.phase.as_str().into(), done, total }
+            let build = store.build_state(&index, &p).map(|b| IndexBuildStatus {
+                phase: b.phase.as_str().into(),
+                done: b.done,
+                total: b.total,
             });
             IndexStatus {
                 name: index.spec.name.clone(),

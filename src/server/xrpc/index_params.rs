@@ -7,7 +7,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 
 use crate::indexes::encode;
-use crate::store::{LiveIndex, Phase, Progress, Store};
+use crate::store::{BuildState, LiveIndex, Phase, Progress, Store};
 use crate::xrpc::{Params, XrpcError};
 
 /// The index a query names: by `index`, or the one served under `method`.
@@ -27,24 +27,20 @@ pub(super) fn find(store: &Store, params: &Params, method: Option<&str>) -> Resu
 
 /// `index` once it is ready; while it builds, `IndexNotReady` with its progress.
 pub(super) fn ready(store: &Store, index: &LiveIndex) -> Result<(), XrpcError> {
-    match store.index_progress_of(index).building {
+    match store.build_state(index, &store.index_progress_of(index)) {
         None => Ok(()),
-        Some(build) => {
-            let (done, total) = store.build_progress(index, &build);
-            Err(XrpcError::new(
-                StatusCode::BAD_REQUEST,
-                "IndexNotReady",
-                match build.phase {
-                    Phase::Entries => {
-                        format!("index `{}` is building: {done} of about {total} records read", index.spec.name)
-                    }
-                    Phase::Counts => format!(
-                        "index `{}` is building: its {done} records read, its counts being summed",
-                        index.spec.name
-                    ),
-                },
-            ))
-        }
+        Some(BuildState { phase, done, total }) => Err(XrpcError::new(
+            StatusCode::BAD_REQUEST,
+            "IndexNotReady",
+            match phase {
+                Phase::Entries => {
+                    format!("index `{}` is building: {done} of about {total} records read", index.spec.name)
+                }
+                Phase::Counts => {
+                    format!("index `{}` is building: its {done} records read, its counts being summed", index.spec.name)
+                }
+            },
+        )),
     }
 }
 
@@ -73,9 +69,8 @@ pub(super) fn progress_json(store: &Store, index: &LiveIndex, p: &Progress) -> s
         "records": p.records,
         "skipped": p.skipped,
     });
-    if let Some(build) = &p.building {
-        let (done, total) = store.build_progress(index, build);
-        out["progress"] = serde_json::json!({ "phase": build.phase.as_str(), "done": done, "total": total });
+    if let Some(b) = store.build_state(index, p) {
+        out["progress"] = serde_json::json!({ "phase": b.phase.as_str(), "done": b.done, "total": b.total });
     }
     out
 }

@@ -15,6 +15,8 @@
 //! the repo's visibility during a move turns the mark around: the side moved is the side to
 //! move back, and no count moves at the turn.
 
+use std::sync::atomic::Ordering;
+
 use fjall::Readable;
 
 use super::{BY_REPO, IndexParts, LiveIndex, Moved, Result, corrupt, decode_i64, did_rkey, past};
@@ -86,9 +88,23 @@ pub(super) fn mark_key(did: &str) -> Vec<u8> {
 
 impl LiveIndex {
     /// The number of entries under the encoded key tuple `key` (`count = true` indexes) of the
-    /// repos answered now: its count row, and the entries of repos whose counts move that are not
-    /// moved yet, all read from one snapshot.
+    /// repos answered now: its count row, when no repo's counts move (no mark, and no batch
+    /// writing marks before or after the read); else [`LiveIndex::count_with_moves`].
     pub fn count(&self, key: &[u8]) -> Result<i64> {
+        let epoch = self.marks_epoch.load(Ordering::SeqCst);
+        if epoch.is_multiple_of(2) && self.moving.lock().expect("index moves lock").is_empty() {
+            let count = self.count_row(key)?;
+            if self.marks_epoch.load(Ordering::SeqCst) == epoch {
+                return Ok(count);
+            }
+        }
+        self.count_with_moves(key)
+    }
+
+    /// [`LiveIndex::count`] with the repos whose counts move: the count row, and the entries of
+    /// those repos not moved yet, read with their marks from one snapshot.
+    #[doc(hidden)]
+    pub fn count_with_moves(&self, key: &[u8]) -> Result<i64> {
         let snapshot = self.db.snapshot();
         let row = snapshot.get(&self.space, super::count_key(key))?;
         let mut count = row.map_or(0, |v| decode_i64(&v));
@@ -141,6 +157,18 @@ impl LiveIndex {
 }
 
 impl Moved {
+    /// Bumps the marks epoch of each index whose marks this batch writes: once before it
+    /// commits, and again once they are installed.
+    pub(super) fn bump_marks_epochs(&self) {
+        let mut bumped: Vec<u32> = Vec::new();
+        for (index, _, _) in &self.marks {
+            if !bumped.contains(&index.id) {
+                bumped.push(index.id);
+                index.marks_epoch.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
     /// `did`'s mark in `index` as this batch leaves it: staged in it, else as committed.
     pub(super) fn mark_of(&self, index: &LiveIndex, did: &str) -> Option<Moving> {
         let staged = self.marks.iter().rev().find(|(ix, d, _)| ix.id == index.id && d == did);
@@ -152,6 +180,12 @@ impl Moved {
 }
 
 impl IndexParts {
+    /// Marks the start of the commit of a batch staged into `moved` (see
+    /// [`Moved::bump_marks_epochs`]); [`IndexParts::committed`] marks its end.
+    pub(in crate::store) fn committing(&self, moved: &Moved) {
+        moved.bump_marks_epochs();
+    }
+
     /// The rows a move step reads, and the most a repo moves in the batch of its account event.
     pub(in crate::store) fn move_rows(&self) -> usize {
         self.move_rows.load(std::sync::atomic::Ordering::Relaxed)
