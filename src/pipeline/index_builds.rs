@@ -13,8 +13,8 @@ use crate::store::Store;
 /// How often the filter in force is looked at when nothing is building.
 const IDLE: Duration = Duration::from_millis(200);
 
-/// The pause after a step of a repo's count move: the writer lock is not fair, so without it
-/// the next step could take it again before the commits waiting for it.
+/// The shortest pause after a step of a repo's count move: the writer lock is not fair, so
+/// without it the next step could take it again before the commits waiting for it.
 const MOVE_PAUSE: Duration = Duration::from_millis(1);
 
 /// The background thread; stopped and joined on drop.
@@ -72,7 +72,10 @@ impl Maintainer {
                             false
                         }
                     };
-                    // A repo whose counts move in steps, a step between build steps.
+                    // A repo whose counts move in steps, a step between build steps, then a pause as
+                    // long as the step (at least `MOVE_PAUSE`): a move takes half a core at most,
+                    // and the live commits keep the rest.
+                    let step = std::time::Instant::now();
                     let moving = match store.move_index_counts_step() {
                         Ok(moving) => moving,
                         Err(e) => {
@@ -83,7 +86,7 @@ impl Maintainer {
                         }
                     };
                     if moving {
-                        std::thread::sleep(MOVE_PAUSE);
+                        std::thread::sleep(step.elapsed().max(MOVE_PAUSE));
                     }
                     if !busy && !moving {
                         let stopped = stopping.0.lock().expect("index maintainer lock");

@@ -15,6 +15,8 @@
 //! the repo's visibility during a move turns the mark around: the side moved is the side to
 //! move back, and no count moves at the turn.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use fjall::Readable;
@@ -196,41 +198,60 @@ impl IndexParts {
         self.move_rows.store(rows.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// The first repo whose counts move: its index and its mark.
+    fn next_move(&self) -> Option<(Arc<LiveIndex>, String, Moving)> {
+        self.registry.load().indexes.values().find_map(|ix| {
+            let moving = ix.moving.lock().expect("index moves lock");
+            moving.iter().next().map(|(did, mark)| (ix.clone(), did.clone(), mark.clone()))
+        })
+    }
+
     /// Stages one step of a repo's count move, under the writer lock: the next
     /// [`IndexParts::move_rows`] of its entries not moved yet, each key's count moved once, and
     /// its mark moved past them (removed once none is left). `None` when no repo's counts move.
     pub(in crate::store) fn stage_move_step(&self, batch: &mut fjall::OwnedWriteBatch) -> Result<Option<Moved>> {
-        let registry = self.registry.load();
-        let first = registry.indexes.values().find_map(|ix| {
-            let moving = ix.moving.lock().expect("index moves lock");
-            moving.iter().next().map(|(did, mark)| (ix.clone(), did.clone(), mark.clone()))
-        });
-        let Some((index, did, mark)) = first else { return Ok(None) };
-        let prefix = did_rkey(BY_REPO, &did, "");
-        let bound = [prefix.as_slice(), &mark.bound].concat();
-        let rows: Box<dyn Iterator<Item = fjall::Guard>> = match mark.upward {
-            true => Box::new(index.space.range(bound..past(&prefix).expect("a D prefix ends in 0"))),
-            false => Box::new(index.space.range(prefix.clone()..bound).rev()),
-        };
-        let max = self.move_rows();
-        let (mut moved, mut read, mut last) = (Moved::default(), 0, Vec::new());
-        for kv in rows.take(max) {
-            let k = kv.key()?;
-            let tail = &k[prefix.len()..];
-            let n = key_tuple_len(tail, index.spec.key.len()).ok_or_else(|| corrupt("index repo row"))?;
-            *moved.counts.entry((index.id, tail[..n].to_vec())).or_default() += mark.sign();
-            (read, last) = (read + 1, tail.to_vec());
+        let Some((index, did, mark)) = self.next_move() else { return Ok(None) };
+        let Step { keys, next } = step_keys(&index, &did, &mark, self.move_rows())?;
+        let mut moved = Moved::default();
+        for (key, entries) in keys {
+            *moved.counts.entry((index.id, key)).or_default() += entries * mark.sign();
         }
-        let next = (read == max).then(|| {
-            if mark.upward {
-                last.push(0);
-            }
-            Moving { bound: last, ..mark }
-        });
         moved.marks.push((index, did, next));
         self.stage_counts(batch, &mut moved)?;
         Ok(Some(moved))
     }
+}
+
+/// One move step: the keys it moves, with how many of the repo's entries each holds, and the
+/// mark once they are moved (`None`: none is left).
+struct Step {
+    keys: BTreeMap<Vec<u8>, i64>,
+    next: Option<Moving>,
+}
+
+/// The step over `did`'s next `max` entries not moved yet by `mark` in `index`.
+fn step_keys(index: &LiveIndex, did: &str, mark: &Moving, max: usize) -> Result<Step> {
+    let prefix = did_rkey(BY_REPO, did, "");
+    let bound = [prefix.as_slice(), &mark.bound].concat();
+    let rows: Box<dyn Iterator<Item = fjall::Guard>> = match mark.upward {
+        true => Box::new(index.space.range(bound..past(&prefix).expect("a D prefix ends in 0"))),
+        false => Box::new(index.space.range(prefix.clone()..bound).rev()),
+    };
+    let (mut keys, mut read, mut last) = (BTreeMap::new(), 0, Vec::new());
+    for kv in rows.take(max) {
+        let k = kv.key()?;
+        let tail = &k[prefix.len()..];
+        let n = key_tuple_len(tail, index.spec.key.len()).ok_or_else(|| corrupt("index repo row"))?;
+        *keys.entry(tail[..n].to_vec()).or_default() += 1;
+        (read, last) = (read + 1, tail.to_vec());
+    }
+    let next = (read == max).then(|| {
+        if mark.upward {
+            last.push(0);
+        }
+        Moving { bound: last, ..mark.clone() }
+    });
+    Ok(Step { keys, next })
 }
 
 #[cfg(test)]
