@@ -190,12 +190,12 @@ impl IndexParts {
 
     /// The rows a move step reads, and the most a repo moves in the batch of its account event.
     pub(in crate::store) fn move_rows(&self) -> usize {
-        self.move_rows.load(std::sync::atomic::Ordering::Relaxed)
+        self.move_rows.load(Ordering::Relaxed)
     }
 
     /// Sets [`IndexParts::move_rows`].
     pub(in crate::store) fn set_move_rows(&self, rows: usize) {
-        self.move_rows.store(rows.max(1), std::sync::atomic::Ordering::Relaxed);
+        self.move_rows.store(rows.max(1), Ordering::Relaxed);
     }
 
     /// The first repo whose counts move: its index and its mark.
