@@ -207,23 +207,30 @@ fn indexes(state: &ServerState) -> Vec<IndexStatus> {
             IndexStatus {
                 name: index.spec.name.clone(),
                 collection: index.spec.collection.clone(),
-                state: index_state(build.as_ref()),
+                state: index_state(build.as_ref(), index.moving_repos() as u64),
                 build,
                 entries: p.entries,
                 skipped: p.skipped,
+                moving: index.moving_repos() as u64,
             }
         })
         .collect()
 }
 
-/// An index's state as text: `ready`, or `building (phase): done of total records`.
-fn index_state(build: Option<&IndexBuildStatus>) -> String {
-    match build {
+/// An index's state as text: `ready`, or `building (phase): done of total records`, and, while
+/// `moving` repos' counts move, `; counts of N repos moving`.
+fn index_state(build: Option<&IndexBuildStatus>, moving: u64) -> String {
+    let state = match build {
         None => "ready".into(),
         Some(b) => {
             let (done, total) = (crate::units::count(b.done), crate::units::count(b.total));
             format!("building ({}): {done} of {total} records", b.phase)
         }
+    };
+    match moving {
+        0 => state,
+        1 => format!("{state}; counts of 1 repo moving"),
+        n => format!("{state}; counts of {} repos moving", crate::units::count(n)),
     }
 }
 
@@ -256,8 +263,13 @@ mod tests {
 
     #[test]
     fn an_index_state_says_ready_or_how_far_its_build_is() {
-        assert_eq!(index_state(None), "ready");
+        assert_eq!(index_state(None, 0), "ready");
         let build = IndexBuildStatus { phase: "counts".into(), done: 12_345, total: 20_000 };
-        assert_eq!(index_state(Some(&build)), "building (counts): 12,345 of 20,000 records");
+        assert_eq!(index_state(Some(&build), 0), "building (counts): 12,345 of 20,000 records");
+        assert_eq!(index_state(None, 1), "ready; counts of 1 repo moving");
+        assert_eq!(
+            index_state(Some(&build), 2),
+            "building (counts): 12,345 of 20,000 records; counts of 2 repos moving"
+        );
     }
 }

@@ -178,7 +178,7 @@ pub struct IndexStatus {
     /// The collection it indexes.
     pub collection: String,
     /// `ready`, or `building` with its phase and how far it is, as text:
-    /// `building (entries): 1,234 of 5,000 records`.
+    /// `building (entries): 1,234 of 5,000 records`; and the repos whose counts move, if any.
     pub state: String,
     /// The build under way, if any.
     pub build: Option<IndexBuildStatus>,
@@ -186,6 +186,9 @@ pub struct IndexStatus {
     pub entries: i64,
     /// Records stored without an entry.
     pub skipped: i64,
+    /// Repos hidden or shown again whose counts it still moves, a step at a time.
+    #[serde(default)]
+    pub moving: u64,
 }
 
 /// How far an index's build is (as in `describeIndexes`' `progress`).
