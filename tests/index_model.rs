@@ -816,3 +816,86 @@ fn a_commit_changing_a_record_twice_is_refused_whole() {
     assert!(run.sluice().store().records().get(DIDS[0], COLLECTION, "r2").unwrap().is_none(), "nothing stored");
     check_all(&run, false);
 }
+
+/// What the deterministic move test does to the store.
+#[derive(Debug, Clone)]
+enum MoveOp {
+    /// Create or update (repo, rkey) with a status.
+    Put(usize, usize, usize),
+    Remove(usize, usize),
+    /// Hide (`true`) or show again a repo, as an account event does.
+    Hide(usize, bool),
+    /// Up to this many steps of the counts under way.
+    Steps(usize),
+    /// Close the store and open it again.
+    Reopen,
+}
+
+const MOVE_STATUSES: [&str; 3] = ["👍", "🙂", "🔥"];
+
+fn move_op() -> impl Strategy<Value = MoveOp> {
+    prop_oneof![
+        6 => (0..DIDS.len(), 0..12usize, 0..MOVE_STATUSES.len()).prop_map(|(d, r, s)| MoveOp::Put(d, r, s)),
+        2 => (0..DIDS.len(), 0..12usize).prop_map(|(d, r)| MoveOp::Remove(d, r)),
+        3 => (0..DIDS.len(), any::<bool>()).prop_map(|(d, off)| MoveOp::Hide(d, off)),
+        3 => (1..4usize).prop_map(MoveOp::Steps),
+        1 => Just(MoveOp::Reopen),
+    ]
+}
+
+/// Every count against the model: the entries under each status of the repos not hidden.
+fn check_counts(store: &Store, model: &BTreeMap<(String, String), Value>, hidden: &BTreeSet<String>, when: &str) {
+    let index = store.index_registry().indexes["late"].clone();
+    for status in MOVE_STATUSES.iter().chain(&["absent"]) {
+        let want =
+            model.iter().filter(|((did, _), value)| value["status"] == *status && !hidden.contains(did)).count() as i64;
+        let got = index.count(&encode::key_tuple(&[*status])).unwrap();
+        assert_eq!(got, want, "count of {status} {when} (hidden: {hidden:?})");
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Repos hidden and shown again with more entries than a move step (2 here), in any order
+    /// with commits, move steps and reopenings: every count equals the model after every op,
+    /// and once every move is done the count rows alone do.
+    #[test]
+    fn counts_equal_the_model_while_repos_move(ops in proptest::collection::vec(move_op(), 1..60)) {
+        let late = late_spec();
+        let dir = tempfile::tempdir().unwrap();
+        let (mut model, mut hidden) = (BTreeMap::new(), BTreeSet::new());
+        let open = |dir: &std::path::Path| {
+            let store = Store::open(dir).unwrap();
+            store.set_indexes(&late).unwrap();
+            store.set_index_move_rows(2);
+            store
+        };
+        let mut store = open(dir.path());
+        for did in DIDS {
+            set_hidden(&store, &mut hidden, did, false);
+        }
+        while !store.build_index_step(100).unwrap().unwrap().ready {}
+        for (i, op) in ops.iter().enumerate() {
+            match op {
+                MoveOp::Put(d, r, s) => put_status(&store, &mut model, DIDS[*d], format!("r{r}"), MOVE_STATUSES[*s]),
+                MoveOp::Remove(d, r) => remove_status(&store, &mut model, DIDS[*d], format!("r{r}")),
+                MoveOp::Hide(d, off) => set_hidden(&store, &mut hidden, DIDS[*d], *off),
+                MoveOp::Steps(n) => {
+                    for _ in 0..*n {
+                        store.move_index_counts_step().unwrap();
+                    }
+                }
+                MoveOp::Reopen => {
+                    drop(store);
+                    store = open(dir.path());
+                }
+            }
+            check_counts(&store, &model, &hidden, &format!("after op {i}: {op:?}"));
+        }
+        while store.move_index_counts_step().unwrap() {}
+        prop_assert_eq!(store.index_registry().indexes["late"].moving_repos(), 0);
+        check_counts(&store, &model, &hidden, "once every move is done");
+        check_store(&store, &model, &hidden, "late", &["status"], "rkey", false, true);
+    }
+}
