@@ -163,6 +163,34 @@ proptest! {
         prop_assert_eq!(again.unchanged as usize, want.len());
     }
 
+    /// A deleted account's records go a page of the batch size at a time: each with one
+    /// delete event, in key order, the state written once at the end, another repo untouched,
+    /// whether the batch size divides the record count or not.
+    #[test]
+    fn a_deleted_account_goes_a_page_at_a_time(m in model(), other in model(), batch_size in 1..6usize) {
+        let (a, b) = (Account::new(11), Account::new(12));
+        let (_dir, s) = testkit::sluice_batched("mode = \"full\"\ncollections = [\"*\"]", batch_size);
+        let opts = |acc: &Account| IndexOptions { expected_did: Some(acc.did.clone()), signing_key: Some(acc.did_key()) };
+        for (acc, m) in [(&a, &m), (&b, &other)] {
+            s.index_car(&export_car_blocking(acc, &rev_at(1), &contents(m)).unwrap(), &opts(acc)).unwrap();
+        }
+        let (mine, theirs) = (stored(&s, &a.did), stored(&s, &b.did));
+        let from = s.store().next_event_id();
+        let gone = sluice::store::RepoState {
+            status: sluice::store::RepoStatus::Gone,
+            error: Some("deleted".into()),
+            ..Default::default()
+        };
+        let outcome = s.pipeline().remove_repo(&a.did, &rev_at(2), gone, None).unwrap();
+        prop_assert_eq!(outcome.deleted as usize, mine.len());
+        prop_assert!(stored(&s, &a.did).is_empty());
+        prop_assert_eq!(stored(&s, &b.did), theirs);
+        let deletes: Vec<_> = mine.into_iter().map(|(c, r)| (Action::Delete, c, r)).collect();
+        prop_assert_eq!(events_after(&s, from), deletes);
+        let state = s.store().repos().state(&a.did).unwrap().unwrap();
+        prop_assert_eq!(state.status, sluice::store::RepoStatus::Gone);
+    }
+
     #[test]
     fn edit_sequences_emit_exactly_the_diff(
         versions in proptest::collection::vec(model(), 1..5),

@@ -34,19 +34,22 @@ impl Pipeline {
         last_event: Option<StoredEvent>,
     ) -> Result<RepoOutcome, PipelineError> {
         let compiled = self.filter.load();
-        let mut stored: Vec<_> = self.store.records().of_repo(did)?.into_iter().collect();
-        stored.sort_unstable();
-        let mut deletes =
-            stored.into_iter().map(|((collection, rkey), previous)| Staged::Delete { collection, rkey, previous });
         let origin = Origin::new(did, rev, true);
         let mut outcome = RepoOutcome::new(state.status, 0);
         let mut last = Some((state, last_event));
+        // A page of the stored records a batch, each read past the last (an account of a million
+        // records is never held whole).
+        let mut after: Option<Vec<u8>> = None;
         while last.is_some() {
-            let batch: Vec<Staged> = deletes.by_ref().take(self.batch_size).collect();
+            let page = self.store.records().repo_page(did, after.as_deref(), self.batch_size)?;
+            let done = page.len() < self.batch_size;
+            after = page.last().map(|((collection, rkey), _)| crate::store::keys::record(did, collection, rkey));
+            let batch = page
+                .into_iter()
+                .map(|((collection, rkey), previous)| Staged::Delete { collection, rkey, previous })
+                .collect();
             let (mut change, handler_errors) = self.stage(&compiled, &origin, batch, None)?;
-            if deletes.len() == 0
-                && let Some((state, event)) = last.take()
-            {
+            if done && let Some((state, event)) = last.take() {
                 if let Some(event) = &event {
                     self.count_status_event(event);
                 }

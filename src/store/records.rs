@@ -21,6 +21,9 @@ use super::{Result, keys};
 /// every walked record here, so it uses foldhash.
 pub type RecordMap = std::collections::HashMap<(SmolStr, SmolStr), Vec<u8>, foldhash::fast::RandomState>;
 
+/// A stored record as a page of a repo's gives it: (collection, rkey) and its binary CID.
+pub type StoredRecord = ((SmolStr, SmolStr), Vec<u8>);
+
 /// A record put or removal. The writer states whether the record existed (the pipeline
 /// knows from its diff), so commits keep counts without reading every key back.
 #[derive(Debug, Clone)]
@@ -96,6 +99,26 @@ impl Records {
                 }
             }
         }
+    }
+
+    /// Up to `limit` stored records of `did` past the `records` key `after` (from its first
+    /// without), in key order (collection, then rkey): ((collection, rkey), binary CID). Reads
+    /// what it returns: paging on from the last key skips what the pages before removed.
+    pub fn repo_page(&self, did: &str, after: Option<&[u8]>, limit: usize) -> Result<Vec<StoredRecord>> {
+        let prefix = keys::record_prefix(did);
+        let start = match after {
+            Some(after) => std::ops::Bound::Excluded(after.to_vec()),
+            None => std::ops::Bound::Included(prefix.clone()),
+        };
+        // Past every key of `did \0 ...`.
+        let end = [did.as_bytes(), &[1]].concat();
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for kv in self.records.range((start, std::ops::Bound::Excluded(end))).take(limit) {
+            let (k, v) = kv.into_inner()?;
+            let (_, collection, rkey) = keys::parse_record(&k)?;
+            out.push(((collection.into(), rkey.into()), RecordRef::view(&v)?.cid.to_vec()));
+        }
+        Ok(out)
     }
 
     /// Every stored record of `did`: (collection, rkey) -> binary CID.
@@ -349,6 +372,33 @@ mod tests {
         assert_eq!(records.collections("did:a").unwrap(), ["a.b", "a.b.c", "a.b.cd"]);
         assert_eq!(records.collections("did:none").unwrap(), Vec::<String>::new());
         assert_eq!(records.count("did:a").unwrap(), 5);
+    }
+
+    /// A repo's pages, each past the last key of the one before, give its records once each,
+    /// in (collection, rkey) order, and none of a repo whose DID it prefixes.
+    #[test]
+    fn repo_pages_give_a_repos_records_once_in_key_order() {
+        let recs = [
+            ("did:a", "a.b.c", "1"),
+            ("did:a", "a.b.c", "2"),
+            ("did:a", "a.b.cd", "0"),
+            ("did:a", "a.b", "9"),
+            ("did:ab", "a.b.c", "5"),
+        ];
+        let (_dir, store) = store_with(&recs);
+        let records = store.records();
+        let (mut all, mut after) = (Vec::new(), None);
+        loop {
+            let page = records.repo_page("did:a", after.as_deref(), 2).unwrap();
+            assert!(page.len() <= 2);
+            let Some(((c, r), _)) = page.last() else { break };
+            after = Some(keys::record("did:a", c, r));
+            all.extend(page.into_iter().map(|((c, r), cid)| (c.to_string(), r.to_string(), cid)));
+        }
+        let want = [("a.b", "9"), ("a.b.c", "1"), ("a.b.c", "2"), ("a.b.cd", "0")]
+            .map(|(c, r)| (c.to_string(), r.to_string(), r.as_bytes().to_vec()));
+        assert_eq!(all, want);
+        assert!(records.repo_page("did:none", None, 10).unwrap().is_empty());
     }
 
     #[test]
