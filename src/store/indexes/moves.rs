@@ -114,9 +114,18 @@ impl LiveIndex {
             let (k, v) = kv.into_inner()?;
             let did = std::str::from_utf8(&k[1..]).map_err(|_| corrupt("index count move"))?;
             let mark = Moving::decode(&v)?;
-            let tails = did_rkey(BY_REPO, did, "").len();
-            for kv in snapshot.prefix(&self.space, super::by_repo_prefix(did, key)) {
-                if !mark.moved(&kv.key()?[tails..]) {
+            // The repo's rows under `key` on the side not moved yet: one range, which a
+            // count reads without the rows already moved.
+            let under = super::by_repo_prefix(did, key);
+            let end = past(&under).expect("a D row prefix starts with D");
+            let bound = [did_rkey(BY_REPO, did, "").as_slice(), &mark.bound].concat();
+            let (lo, hi) = match mark.upward {
+                true => (under.max(bound), end),
+                false => (under, end.min(bound)),
+            };
+            if lo < hi {
+                for kv in snapshot.range(&self.space, lo..hi) {
+                    kv.key()?;
                     count += mark.sign();
                 }
             }
