@@ -647,6 +647,15 @@ fn a_count_phase_stopped_anywhere_ends_exact() {
     }
 }
 
+/// The store in `dir` with the `late` index in force, whose repos with more than `rows`
+/// entries move their counts in steps of `rows`.
+fn open_moving(dir: &std::path::Path, rows: usize) -> Store {
+    let store = Store::open(dir).unwrap();
+    store.set_indexes(&late_spec()).unwrap();
+    store.set_index_move_rows(rows);
+    store
+}
+
 /// A repo with more entries than a move step (here 3) that is hidden or shown moves its counts
 /// a step at a time, each step a batch of its own, and every count is exact at every point on
 /// the way: right after the account event, between steps, with commits landing on either side
@@ -654,15 +663,9 @@ fn a_count_phase_stopped_anywhere_ends_exact() {
 /// the store is closed halfway and opened again. A repo with fewer entries moves at once.
 #[test]
 fn a_big_repo_hidden_or_shown_moves_its_counts_in_steps_exactly() {
-    let late = late_spec();
     let dir = tempfile::tempdir().unwrap();
     let (mut model, mut hidden) = (BTreeMap::new(), BTreeSet::new());
-    let open = |dir: &std::path::Path| {
-        let store = Store::open(dir).unwrap();
-        store.set_indexes(&late).unwrap();
-        store.set_index_move_rows(3);
-        store
-    };
+    let open = |dir: &std::path::Path| open_moving(dir, 3);
     let mut store = open(dir.path());
     store_statuses_and_others(&store, &mut model);
     for r in 0..9 {
@@ -862,15 +865,9 @@ proptest! {
     /// and once every move is done the count rows alone do.
     #[test]
     fn counts_equal_the_model_while_repos_move(ops in proptest::collection::vec(move_op(), 1..60)) {
-        let late = late_spec();
         let dir = tempfile::tempdir().unwrap();
         let (mut model, mut hidden) = (BTreeMap::new(), BTreeSet::new());
-        let open = |dir: &std::path::Path| {
-            let store = Store::open(dir).unwrap();
-            store.set_indexes(&late).unwrap();
-            store.set_index_move_rows(2);
-            store
-        };
+        let open = |dir: &std::path::Path| open_moving(dir, 2);
         let mut store = open(dir.path());
         for did in DIDS {
             set_hidden(&store, &mut hidden, did, false);

@@ -41,9 +41,9 @@ impl Maintainer {
         let thread = std::thread::Builder::new()
             .name("sluice-indexes".into())
             .spawn(move || {
-                // Whether the last build batch, or the last try to put a save's indexes in force,
-                // failed: a failure is logged once, not at every retry.
-                let (mut failed, mut apply_failed) = (false, false);
+                // Whether the last build batch, the last count move step, or the last try to put
+                // a save's indexes in force, failed: a failure is logged once, not at every retry.
+                let (mut failed, mut move_failed, mut apply_failed) = (false, false, false);
                 while !*stopping.0.lock().expect("index maintainer lock") {
                     let now = filter.load();
                     // A save whose indexes could not be put in force (a failed write) is tried
@@ -77,9 +77,12 @@ impl Maintainer {
                     // and the live commits keep the rest.
                     let step = std::time::Instant::now();
                     let moving = match store.move_index_counts_step() {
-                        Ok(moving) => moving,
+                        Ok(moving) => {
+                            move_failed = false;
+                            moving
+                        }
                         Err(e) => {
-                            if !std::mem::replace(&mut failed, true) {
+                            if !std::mem::replace(&mut move_failed, true) {
                                 tracing::error!("moving an index's counts (retried): {}", crate::error::chain(&e));
                             }
                             false

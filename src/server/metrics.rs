@@ -48,7 +48,8 @@ fn load(a: &AtomicU64) -> u64 {
 }
 
 /// The declarative indexes: entries, records skipped, build progress, repos whose counts move,
-/// and records given no entry since start by reason (a key or sort field missing, of another type, too large...).
+/// and records given no entry since start by reason (a key or sort field missing, of another
+/// type, too large...).
 fn indexes(out: &mut String, state: &ServerState) {
     let store = state.store();
     let progress = store.index_progress();

@@ -119,8 +119,8 @@ impl LiveIndex {
         let mut moving = BTreeMap::new();
         for kv in space.prefix([MOVING]) {
             let (k, v) = kv.into_inner()?;
-            let did = std::str::from_utf8(&k[1..]).map_err(|_| corrupt("index count move"))?;
-            moving.insert(did.to_string(), Moving::decode(&v)?);
+            let (did, mark) = moves::decode_mark(&k, &v)?;
+            moving.insert(did.to_string(), mark);
         }
         let (moving, marks_epoch) = (Arc::new(Mutex::new(moving)), Arc::default());
         Ok(LiveIndex { id, spec, space, counted, moving, marks_epoch, db })
@@ -1022,19 +1022,7 @@ impl IndexParts {
                 }
                 continue;
             }
-            if let Some(mark) = moved.mark_of(index, did) {
-                moved.marks.push((index.clone(), did.to_string(), Some(mark.turned())));
-                continue;
-            }
-            let max = self.move_rows();
-            let keys = index.repo_keys_up_to(did, max + 1)?;
-            if keys.len() > max {
-                moved.marks.push((index.clone(), did.to_string(), Some(Moving::start(shown.after))));
-                continue;
-            }
-            for key in keys {
-                *moved.counts.entry((index.id, key)).or_default() += sign;
-            }
+            self.move_repo(index, did, shown.after, moved)?;
         }
         Ok(())
     }

@@ -204,14 +204,15 @@ fn indexes(state: &ServerState) -> Vec<IndexStatus> {
                 done: b.done,
                 total: b.total,
             });
+            let moving = index.moving_repos() as u64;
             IndexStatus {
                 name: index.spec.name.clone(),
                 collection: index.spec.collection.clone(),
-                state: index_state(build.as_ref(), index.moving_repos() as u64),
+                state: index_state(build.as_ref(), moving),
                 build,
                 entries: p.entries,
                 skipped: p.skipped,
-                moving: index.moving_repos() as u64,
+                moving,
             }
         })
         .collect()

@@ -88,6 +88,12 @@ pub(super) fn mark_key(did: &str) -> Vec<u8> {
     [&[MOVING][..], did.as_bytes()].concat()
 }
 
+/// A mark's row (`key` -> `value`) read back: its repo and the mark.
+pub(super) fn decode_mark<'k>(key: &'k [u8], value: &[u8]) -> Result<(&'k str, Moving)> {
+    let did = key.get(1..).and_then(|d| std::str::from_utf8(d).ok()).ok_or_else(|| corrupt("index count move"))?;
+    Ok((did, Moving::decode(value)?))
+}
+
 impl LiveIndex {
     /// The number of entries under the encoded key tuple `key` (`count = true` indexes) of the
     /// repos answered now: its count row, when no repo's counts move (no mark, and no batch
@@ -112,8 +118,7 @@ impl LiveIndex {
         let mut count = row.map_or(0, |v| decode_i64(&v));
         for kv in snapshot.prefix(&self.space, [MOVING]) {
             let (k, v) = kv.into_inner()?;
-            let did = std::str::from_utf8(&k[1..]).map_err(|_| corrupt("index count move"))?;
-            let mark = Moving::decode(&v)?;
+            let (did, mark) = decode_mark(&k, &v)?;
             // The repo's rows under `key` on the side not moved yet: one range, which a
             // count reads without the rows already moved.
             let under = super::by_repo_prefix(did, key);
@@ -150,20 +155,6 @@ impl LiveIndex {
             Some(mark) => moving.insert(did.to_string(), mark),
             None => moving.remove(did),
         };
-    }
-
-    /// Up to `max` key tuples of `did`'s entries, from its `D` rows, a key as often as the repo
-    /// has entries under it.
-    pub(super) fn repo_keys_up_to(&self, did: &str, max: usize) -> Result<Vec<Vec<u8>>> {
-        let prefix = did_rkey(BY_REPO, did, "");
-        let mut keys = Vec::new();
-        for kv in self.space.prefix(&prefix).take(max) {
-            let k = kv.key()?;
-            let tail = &k[prefix.len()..];
-            let n = key_tuple_len(tail, self.spec.key.len()).ok_or_else(|| corrupt("index repo row"))?;
-            keys.push(tail[..n].to_vec());
-        }
-        Ok(keys)
     }
 }
 
@@ -220,14 +211,40 @@ impl IndexParts {
     /// its mark moved past them (removed once none is left). `None` when no repo's counts move.
     pub(in crate::store) fn stage_move_step(&self, batch: &mut fjall::OwnedWriteBatch) -> Result<Option<Moved>> {
         let Some((index, did, mark)) = self.next_move() else { return Ok(None) };
-        let Step { keys, next } = step_keys(&index, &did, &mark, self.move_rows())?;
+        let step = step_keys(&index, &did, &mark, self.move_rows())?;
         let mut moved = Moved::default();
-        for (key, entries) in keys {
-            *moved.counts.entry((index.id, key)).or_default() += entries * mark.sign();
-        }
-        moved.marks.push((index, did, next));
+        moved.add_step(&index, &mark, step.keys);
+        moved.marks.push((index, did, step.next));
         self.stage_counts(batch, &mut moved)?;
         Ok(Some(moved))
+    }
+
+    /// Adds to `moved` what `did` starting (`answered`) or stopping being answered moves in the
+    /// counted `per_repo = "all"` `index`: each of its entries' counts, when it has at most
+    /// [`IndexParts::move_rows`] of them; else a mark, its counts to move in steps; and where
+    /// they move already, its mark turned around.
+    pub(super) fn move_repo(&self, index: &Arc<LiveIndex>, did: &str, answered: bool, moved: &mut Moved) -> Result<()> {
+        if let Some(mark) = moved.mark_of(index, did) {
+            moved.marks.push((index.clone(), did.to_string(), Some(mark.turned())));
+            return Ok(());
+        }
+        // The first step of a move, one entry longer: if it would leave any, the repo is too big.
+        let mark = Moving::start(answered);
+        let step = step_keys(index, did, &mark, self.move_rows() + 1)?;
+        match step.next {
+            Some(_) => moved.marks.push((index.clone(), did.to_string(), Some(mark))),
+            None => moved.add_step(index, &mark, step.keys),
+        }
+        Ok(())
+    }
+}
+
+impl Moved {
+    /// Moves the count of each of `keys` by its entries, as `mark` moves them.
+    fn add_step(&mut self, index: &LiveIndex, mark: &Moving, keys: BTreeMap<Vec<u8>, i64>) {
+        for (key, entries) in keys {
+            *self.counts.entry((index.id, key)).or_default() += entries * mark.sign();
+        }
     }
 }
 
