@@ -8,7 +8,8 @@
 //! pass runs by `validate_by_nsid_structural` (no clone) over the defs the record def reaches
 //! (refs and union members, transitively), and the constraint pass by `validate_by_nsid` over
 //! a second registry holding only the object defs its refs reach, each cut down to its
-//! constrained properties; descriptions and `knownValues` are dropped from both.
+//! constrained properties (no registry, and no pass, for a record with none: a like, a
+//! follow); descriptions and `knownValues` are dropped from both.
 //!
 //! [`Lexicons::check`] decodes the record's DAG-CBOR with jacquard's data model (`Data`),
 //! requires its `$type` to be its collection, runs those two passes, then what jacquard 0.12
@@ -63,8 +64,9 @@ impl fmt::Debug for Lexicons {
 struct Validators {
     /// The defs the record def reaches: refs and union members, transitively.
     structure: SchemaValidator,
-    /// The object defs reached by refs alone, each with only its constrained properties.
-    constraints: SchemaValidator,
+    /// The object defs reached by refs alone, each with only its constrained properties;
+    /// `None` when the record holds no constraint that jacquard's constraint pass checks.
+    constraints: Option<SchemaValidator>,
 }
 
 /// Why a lexicon directory was not loaded: the file (or directory) and the reason.
@@ -149,9 +151,9 @@ impl Lexicons {
     /// jacquard's validators for `collection`, to measure or debug with: the one
     /// [`Lexicons::check`] runs the structural pass with (every def the record reaches), and
     /// the one it runs the constraint pass with (the constrained parts of the object defs its
-    /// refs reach).
-    pub fn jacquard_validators(&self, collection: &str) -> Option<(&SchemaValidator, &SchemaValidator)> {
-        self.validators.get(collection).map(|v| (&v.structure, &v.constraints))
+    /// refs reach; none when nothing there is constrained, and the pass is not run).
+    pub fn jacquard_validators(&self, collection: &str) -> Option<(&SchemaValidator, Option<&SchemaValidator>)> {
+        self.validators.get(collection).map(|v| (&v.structure, v.constraints.as_ref()))
     }
 
     /// Checks a record (its DAG-CBOR bytes, as stored) against its collection's lexicon.
@@ -183,9 +185,11 @@ impl Lexicons {
         if let Some(first) = structure.all_errors().find(|e| !left_to_extra(e)) {
             return Verdict::Invalid(rejection(&first));
         }
-        let constraints = validators.constraints.validate_by_nsid(collection, data);
-        if let Some(first) = constraints.all_errors().find(|e| !left_to_extra(e)) {
-            return Verdict::Invalid(rejection(&first));
+        if let Some(constraints) = &validators.constraints {
+            let constraints = constraints.validate_by_nsid(collection, data);
+            if let Some(first) = constraints.all_errors().find(|e| !left_to_extra(e)) {
+                return Verdict::Invalid(rejection(&first));
+            }
         }
         match extra::check(&self.docs, collection, data) {
             Ok(()) => Verdict::Valid,

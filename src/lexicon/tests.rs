@@ -196,6 +196,54 @@ fn load_keeps_only_what_the_collections_reach() {
     assert!(all.knows("xyz.statusphere.status") && all.knows("chat.bsky.actor.declaration"));
 }
 
+#[test]
+fn the_constraint_pass_runs_only_where_a_constraint_is() {
+    let constraints = |c: &str| LEX.jacquard_validators(c).unwrap().1.map(|v| v.registry().clone());
+    // A like's and a follow's fields hold no length or range; `strongRef` neither.
+    assert!(constraints("app.bsky.feed.like").is_none());
+    assert!(constraints("app.bsky.graph.follow").is_none());
+    assert!(constraints("xyz.statusphere.status").is_some());
+    let post = constraints("app.bsky.feed.post").expect("a post's text has a maxLength");
+    assert!(post.get_def("app.bsky.richtext.facet", "byteSlice").is_some(), "facets' byteStart has a minimum");
+    assert!(post.get_def("com.atproto.repo.strongRef", "main").is_none(), "a reply's refs hold no constraint");
+    // Still checked in full where there is no pass.
+    assert_eq!(
+        rejected(
+            "app.bsky.feed.like",
+            &typed(
+                "app.bsky.feed.like",
+                json!({"subject": {"uri": 1, "cid": "x"}, "createdAt": "2024-01-01T00:00:00Z"})
+            )
+        )
+        .path,
+        "subject.uri"
+    );
+
+    // Refs in a cycle: kept when a constraint sits anywhere in it, dropped with it when none does.
+    let tree = |label: &str| {
+        format!(
+            r##"{{"lexicon": 1, "id": "com.example.tree", "defs": {{"main": {{"type": "record", "key": "tid",
+            "record": {{"type": "object", "properties": {{"root": {{"type": "ref", "ref": "#node"}}}}}}}},
+            "node": {{"type": "object", "properties": {{"child": {{"type": "ref", "ref": "#leaf"}}, "label": {label}}}}},
+            "leaf": {{"type": "object", "properties": {{"up": {{"type": "ref", "ref": "#node"}}}}}}}}}}"##
+        )
+    };
+    let tree_id = vec!["com.example.tree".to_string()];
+    let dir = dir_with(&[("tree.json", &tree(r#"{"type": "string"}"#))]);
+    let lex = Lexicons::load(dir.path(), &tree_id).unwrap();
+    assert!(lex.jacquard_validators("com.example.tree").unwrap().1.is_none());
+    let dir = dir_with(&[("tree.json", &tree(r#"{"type": "string", "maxLength": 3}"#))]);
+    let lex = Lexicons::load(dir.path(), &tree_id).unwrap();
+    assert!(lex.jacquard_validators("com.example.tree").unwrap().1.is_some());
+    // (jacquard refuses data that enters a def twice down one path, so one level is all a record holds.)
+    let deep = |label: &str| typed("com.example.tree", json!({"root": {"child": {}, "label": label}}));
+    assert_eq!(lex.check("com.example.tree", &cbor(&deep("abc"))), Verdict::Valid);
+    match lex.check("com.example.tree", &cbor(&deep("abcd"))) {
+        Verdict::Invalid(r) => assert_eq!((r.path.as_str(), r.rule.as_str()), ("root.label", "maxLength")),
+        other => panic!("{other:?}"),
+    }
+}
+
 fn dir_with(files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in files {
