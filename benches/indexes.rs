@@ -36,7 +36,9 @@
 //!    rows unbounded: what sluice did before its counts moved in steps) and in steps of
 //!    `MOVE_ROWS` (1,024) entries by the index thread (as it runs). Measured: the
 //!    account event's time (`Store::set_states`, all of it under the writer lock), the time until
-//!    the counts are all moved, and the longest live commit meanwhile.
+//!    the counts are all moved, the longest live commit meanwhile, and the time of a count of
+//!    the key under which the big repo holds most entries (a post it liked one like in a
+//!    hundred), which reads its entries not moved yet.
 //!
 //! The process runs with `sluice run`'s allocator settings (`sluice::alloc`), under which the
 //! service builds its indexes: memory measured under mimalloc's defaults (freed memory kept for
@@ -322,6 +324,11 @@ struct MoveFigures {
     worst_commit_ms: f64,
     /// The live commits' p99 while they ran, ms.
     p99_commit_ms: f64,
+    /// `LiveIndex::count` of the post the big repo liked one like in a hundred (100 of its
+    /// entries at 1x, 1,000 at 10x), µs, sorted: timed back to back while the counts move
+    /// (and for as long with no event), as a count reads the entries of a moving repo under
+    /// its key that are not moved yet.
+    count_us: Vec<f64>,
 }
 
 fn mb(kb: u64) -> f64 {
@@ -738,7 +745,9 @@ fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
     let modes = [("no account event", None), ("in steps", Some(sluice::store::MOVE_ROWS)), ("at once", Some(1 << 40))];
     for (mode, rows) in modes {
         store.set_index_move_rows(rows.unwrap_or(sluice::store::MOVE_ROWS));
-        figures.moves.insert(mode, account_events(&store, likes, (&stored.big, rows.is_some()), &window));
+        let repo = (stored.big.as_str(), rows.is_some());
+        let liked = encode::key_tuple(&[stored.big_liked.as_str()]);
+        figures.moves.insert(mode, account_events(&store, (likes, &liked), repo, &window));
     }
     let count_after = likes.count(&encode::key_tuple(&[stored.big_liked.as_str()])).unwrap();
     assert_eq!(count_after, count_before, "the big repo's likes count again once shown");
@@ -759,7 +768,12 @@ fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
 /// `events`; else six pauses of 600 ms, for what the live commits take on their own): the
 /// events' times and the moves' (until `index` moves no repo's counts), and the live commits'
 /// p99 and longest meanwhile (from `window`, where the live writer puts each commit's time).
-fn account_events(store: &Store, index: &LiveIndex, (repo, events): (&str, bool), window: &Window) -> MoveFigures {
+fn account_events(
+    store: &Store,
+    (index, key): (&LiveIndex, &[u8]),
+    (repo, events): (&str, bool),
+    window: &Window,
+) -> MoveFigures {
     let shown = store.repos().state(repo).unwrap().unwrap();
     let hidden = RepoState { status: RepoStatus::Gone, error: Some("deactivated".into()), ..shown.clone() };
     let mut figures = MoveFigures::default();
@@ -768,14 +782,16 @@ fn account_events(store: &Store, index: &LiveIndex, (repo, events): (&str, bool)
     window.lock().unwrap().clear();
     for state in [&hidden, &shown].repeat(3) {
         let t = Instant::now();
-        match events {
-            true => store.set_states(&[(repo.to_string(), state.clone())], None).unwrap(),
-            // As long as a move in steps takes at 10x.
-            false => std::thread::sleep(Duration::from_millis(600)),
+        if events {
+            store.set_states(&[(repo.to_string(), state.clone())], None).unwrap();
         }
         let event_ms = t.elapsed().as_secs_f64() * 1e3;
-        while index.moving_repos() > 0 {
-            std::thread::sleep(Duration::from_millis(1));
+        // As long as a move in steps takes at 10x, with no event.
+        while index.moving_repos() > 0 || (!events && t.elapsed() < Duration::from_millis(600)) {
+            let counted = Instant::now();
+            std::hint::black_box(index.count(key).unwrap());
+            figures.count_us.push(counted.elapsed().as_secs_f64() * 1e6);
+            std::thread::sleep(Duration::from_micros(200));
         }
         figures.event_ms.push(event_ms);
         figures.moved_ms.push(t.elapsed().as_secs_f64() * 1e3);
@@ -787,6 +803,7 @@ fn account_events(store: &Store, index: &LiveIndex, (repo, events): (&str, bool)
     commits.sort_by(f64::total_cmp);
     figures.worst_commit_ms = commits.last().copied().unwrap_or_default();
     figures.p99_commit_ms = percentile(&commits, 0.99);
+    figures.count_us.sort_by(f64::total_cmp);
     figures
 }
 
@@ -933,6 +950,20 @@ impl Report<'_> {
             self.row(&format!("{mode}: until its counts are moved, max"), |f| max(&f.moves[mode].moved_ms), one);
             self.row(&format!("{mode}: live commits meanwhile, p99"), |f| f.moves[mode].p99_commit_ms, one);
             self.row(&format!("{mode}: live commits meanwhile, max"), |f| f.moves[mode].worst_commit_ms, one);
+            fn counts<'f>(f: &'f Figures, mode: &str) -> &'f [f64] {
+                &f.moves[mode].count_us
+            }
+            self.row(
+                &format!("{mode}: counts of a post it liked 1 in 100 times, n"),
+                |f| counts(f, mode).len() as f64,
+                int,
+            );
+            self.row(&format!("{mode}: that count meanwhile, p50 µs"), |f| percentile(counts(f, mode), 0.5), one);
+            self.row(
+                &format!("{mode}: that count meanwhile, max µs"),
+                |f| counts(f, mode).last().copied().unwrap_or_default(),
+                one,
+            );
         }
     }
 
