@@ -959,6 +959,7 @@ impl Report<'_> {
                 int,
             );
             self.row(&format!("{mode}: that count meanwhile, p50 µs"), |f| percentile(counts(f, mode), 0.5), one);
+            self.row(&format!("{mode}: that count meanwhile, p99 µs"), |f| percentile(counts(f, mode), 0.99), one);
             self.row(
                 &format!("{mode}: that count meanwhile, max µs"),
                 |f| counts(f, mode).last().copied().unwrap_or_default(),

@@ -231,6 +231,7 @@ impl Store {
         let mut run = SortedRun::new(index.space(), 4 * found.len() + 4);
         let answered = |did: &str| Ok(self.repos.state(did)?.is_some_and(|s| s.answered()));
         let moved = self.indexes.stage_build(&mut run, index, found, (step, next.clone()), answered)?;
+        self.indexes.committing(&moved);
         run.ingest(&self.db)?;
         self.indexes.committed(moved);
         self.indexes.built(index.id, next);

@@ -58,7 +58,7 @@ use arc_swap::ArcSwap;
 use fjall::Keyspace;
 use smol_str::SmolStr;
 
-use self::moves::{MOVING, Moving, mark_key};
+use self::moves::{MOVING, Moving, PendingRows, mark_key};
 use super::counted_keys::CountedKeys;
 use super::failure::Db;
 use super::index_rows::Rows;
@@ -107,6 +107,9 @@ pub struct LiveIndex {
     /// Odd while a batch that writes marks commits and installs them, bumped before and after:
     /// a count that saw no mark and no bump reads its count row alone (see `moves.rs`).
     marks_epoch: Arc<AtomicU64>,
+    /// How many of a moving repo's entries under a key are not moved yet, where a count read
+    /// it: kept exact by the batches that change it (see `moves.rs`). Shared as `moving` is.
+    pending: Arc<Mutex<PendingRows>>,
     /// The database, for the snapshot a count reads from.
     db: Db,
 }
@@ -122,8 +125,8 @@ impl LiveIndex {
             let (did, mark) = moves::decode_mark(&k, &v)?;
             moving.insert(did.to_string(), mark);
         }
-        let (moving, marks_epoch) = (Arc::new(Mutex::new(moving)), Arc::default());
-        Ok(LiveIndex { id, spec, space, counted, moving, marks_epoch, db })
+        let (moving, marks_epoch, pending) = (Arc::new(Mutex::new(moving)), Arc::default(), Arc::default());
+        Ok(LiveIndex { id, spec, space, counted, moving, marks_epoch, pending, db })
     }
 
     /// Its keyspace, `index.<id>`.
@@ -290,6 +293,9 @@ pub(super) struct Moved {
     /// Marks of repos whose counts move in steps, staged in order: (index, repo, mark; `None`
     /// once its move is done).
     marks: Vec<(Arc<LiveIndex>, String, Option<Moving>)>,
+    /// How the entries not moved yet of repos whose counts move change, by key: (index, repo,
+    /// key -> rows added (removed: negative)).
+    pending: Vec<(Arc<LiveIndex>, String, BTreeMap<Vec<u8>, i64>)>,
 }
 
 /// The indexes part: owns `index_meta` and every `index.<id>`.
@@ -943,14 +949,14 @@ impl IndexParts {
     fn stage_index(
         &self,
         batch: &mut impl Rows,
-        index: &LiveIndex,
+        index: &Arc<LiveIndex>,
         repo: &RepoWrite<'_>,
         updates: Vec<Update>,
         moved: &mut Moved,
     ) -> Result<()> {
         let did = repo.did;
         let mark = if index.spec.count && index.by_repo() { moved.mark_of(index, did) } else { None };
-        let mut counts = KeyMoves { counts: BTreeMap::new(), answered: repo.answered, mark };
+        let mut counts = KeyMoves { counts: BTreeMap::new(), pending: BTreeMap::new(), answered: repo.answered, mark };
         let totals = moved.totals.entry(index.id).or_default();
         let mut changed: Vec<Changed> = Vec::new();
         for Update { rkey, existed, new, value } in updates {
@@ -996,6 +1002,9 @@ impl IndexParts {
             for (key, delta) in counts.counts {
                 *moved.counts.entry((index.id, key)).or_default() += delta;
             }
+        }
+        if !counts.pending.is_empty() {
+            moved.pending.push((index.clone(), did.to_string(), counts.pending));
         }
         Ok(())
     }
@@ -1138,6 +1147,9 @@ impl IndexParts {
         for (index, did, mark) in &moved.marks {
             index.set_moving(did, mark.clone());
         }
+        for (index, did, keys) in &moved.pending {
+            index.pending_moved(did, keys);
+        }
         moved.bump_marks_epochs();
         let mut progress = self.progress.lock().expect("index progress lock");
         for (id, now) in moved.totals {
@@ -1172,8 +1184,10 @@ impl IndexParts {
                     } else {
                         batch.insert(&self.meta, meta_key(b'd', ix.id), def_row(spec));
                         let (counted, moving, db) = (ix.counted.clone(), ix.moving.clone(), ix.db.clone());
-                        let (space, marks_epoch) = (ix.space.clone(), ix.marks_epoch.clone());
-                        Arc::new(LiveIndex { id: ix.id, spec: spec.clone(), space, counted, moving, marks_epoch, db })
+                        let (space, marks_epoch, pending) =
+                            (ix.space.clone(), ix.marks_epoch.clone(), ix.pending.clone());
+                        let spec = spec.clone();
+                        Arc::new(LiveIndex { id: ix.id, spec, space, counted, moving, marks_epoch, pending, db })
                     };
                     next.insert(spec.name.clone(), ix);
                 }
@@ -1445,6 +1459,8 @@ struct Changed {
 /// The count moves of one repo's change in one index, by key tuple.
 struct KeyMoves {
     counts: BTreeMap<Vec<u8>, i64>,
+    /// Where the repo's counts move in steps: its entries not moved yet, added or removed.
+    pending: BTreeMap<Vec<u8>, i64>,
     /// Whether the repo is answered after the change: whether its entries count...
     answered: bool,
     /// ...but where its counts move in steps: then its mark says (see `moves.rs`).
@@ -1456,7 +1472,13 @@ impl KeyMoves {
     /// taken out, if it is in the counts.
     fn add(&mut self, key: &[u8], sort: &[u8], rkey: &str, delta: i64) {
         let counted = match &self.mark {
-            Some(mark) => mark.counts(&[key, sort, rkey.as_bytes()].concat()),
+            Some(mark) => {
+                let tail = [key, sort, rkey.as_bytes()].concat();
+                if !mark.moved(&tail) {
+                    *self.pending.entry(key.to_vec()).or_default() += delta;
+                }
+                mark.counts(&tail)
+            }
             None => self.answered,
         };
         if counted {

@@ -14,8 +14,16 @@
 //! marks ([`LiveIndex::count`]): a count is exact while a repo's counts move. Another change of
 //! the repo's visibility during a move turns the mark around: the side moved is the side to
 //! move back, and no count moves at the turn.
+//!
+//! A count reads a moving repo's entries under its key not moved yet, which may be many (a
+//! repo of 100,000 statuses of one emoji). The number it read is kept ([`PendingRows`]) and
+//! moved by every batch that moves those entries (commits and build steps of the repo, its
+//! move steps), so the next count of that key reads a figure, not the entries. A figure is
+//! used only against a snapshot of the state it stands for: batches that change one bump the
+//! marks epoch before they commit and after the figures are moved, and a count takes its
+//! figures only where no bump fell between its snapshot and its reading of them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -46,7 +54,7 @@ impl Moving {
     }
 
     /// Whether the entry whose `D` row tail is `tail` has been moved.
-    fn moved(&self, tail: &[u8]) -> bool {
+    pub(super) fn moved(&self, tail: &[u8]) -> bool {
         match self.upward {
             true => tail < self.bound.as_slice(),
             false => tail >= self.bound.as_slice(),
@@ -83,6 +91,50 @@ impl Moving {
     }
 }
 
+/// The most figures an index keeps; past it they start over (each costs the read of its entries
+/// once more, after as many counts as there are figures).
+const PENDING_FIGURES: usize = 1024;
+
+/// Per moving repo and key: how many of its entries under the key are not moved yet, where a
+/// count read them (see the module's doc).
+#[derive(Debug, Default)]
+pub(super) struct PendingRows {
+    by_repo: HashMap<String, HashMap<Vec<u8>, i64>>,
+    figures: usize,
+}
+
+impl PendingRows {
+    fn get(&self, did: &str, key: &[u8]) -> Option<i64> {
+        self.by_repo.get(did)?.get(key).copied()
+    }
+
+    fn insert(&mut self, did: &str, key: &[u8], rows: i64) {
+        if self.figures >= PENDING_FIGURES {
+            *self = PendingRows::default();
+        }
+        if self.by_repo.entry(did.to_string()).or_default().insert(key.to_vec(), rows).is_none() {
+            self.figures += 1;
+        }
+    }
+
+    /// Drops `did`'s figures: its mark turned around or went.
+    fn forget(&mut self, did: &str) {
+        if let Some(keys) = self.by_repo.remove(did) {
+            self.figures -= keys.len();
+        }
+    }
+
+    /// Moves `did`'s figures by what a batch added to its entries not moved yet, per key.
+    fn moved(&mut self, did: &str, keys: &BTreeMap<Vec<u8>, i64>) {
+        let Some(figures) = self.by_repo.get_mut(did) else { return };
+        for (key, delta) in keys {
+            if let Some(rows) = figures.get_mut(key) {
+                *rows += delta;
+            }
+        }
+    }
+}
+
 /// The key of `did`'s mark.
 pub(super) fn mark_key(did: &str) -> Vec<u8> {
     [&[MOVING][..], did.as_bytes()].concat()
@@ -110,32 +162,65 @@ impl LiveIndex {
     }
 
     /// [`LiveIndex::count`] with the repos whose counts move: the count row, and the entries of
-    /// those repos not moved yet, read with their marks from one snapshot.
+    /// those repos not moved yet, read with their marks from one snapshot (or their figures,
+    /// where kept for the state of that snapshot).
     #[doc(hidden)]
     pub fn count_with_moves(&self, key: &[u8]) -> Result<i64> {
+        let epoch = self.marks_epoch.load(Ordering::SeqCst);
         let snapshot = self.db.snapshot();
+        // No batch moving marks or figures committed around the snapshot: it is the state
+        // the figures kept at `epoch` stand for.
+        let steady = epoch.is_multiple_of(2) && self.marks_epoch.load(Ordering::SeqCst) == epoch;
         let row = snapshot.get(&self.space, super::count_key(key))?;
         let mut count = row.map_or(0, |v| decode_i64(&v));
+        let mut marks = Vec::new();
         for kv in snapshot.prefix(&self.space, [MOVING]) {
             let (k, v) = kv.into_inner()?;
             let (did, mark) = decode_mark(&k, &v)?;
-            // The repo's rows under `key` on the side not moved yet: one range, which a
-            // count reads without the rows already moved.
-            let under = super::by_repo_prefix(did, key);
-            let end = past(&under).expect("a D row prefix starts with D");
-            let bound = [did_rkey(BY_REPO, did, "").as_slice(), &mark.bound].concat();
-            let (lo, hi) = match mark.upward {
-                true => (under.max(bound), end),
-                false => (under, end.min(bound)),
-            };
-            if lo < hi {
-                for kv in snapshot.range(&self.space, lo..hi) {
-                    kv.key()?;
-                    count += mark.sign();
+            marks.push((did.to_string(), mark));
+        }
+        let figures = match steady {
+            true => self.pending_figures(epoch, key, &marks),
+            false => vec![None; marks.len()],
+        };
+        for ((did, mark), figure) in marks.iter().zip(figures) {
+            let rows = match figure {
+                Some(rows) => rows,
+                None => {
+                    let rows = pending_rows(&snapshot, self, did, mark, key)?;
+                    if steady && rows > 0 {
+                        self.keep_pending(epoch, did, key, rows);
+                    }
+                    rows
                 }
-            }
+            };
+            count += rows * mark.sign();
         }
         Ok(count)
+    }
+
+    /// The figures kept for `marks`' repos under `key`, if they still stand for the state of
+    /// marks epoch `epoch`.
+    fn pending_figures(&self, epoch: u64, key: &[u8], marks: &[(String, Moving)]) -> Vec<Option<i64>> {
+        let pending = self.pending.lock().expect("index pending lock");
+        match self.marks_epoch.load(Ordering::SeqCst) == epoch {
+            true => marks.iter().map(|(did, _)| pending.get(did, key)).collect(),
+            false => vec![None; marks.len()],
+        }
+    }
+
+    /// Keeps a figure read from a snapshot of marks epoch `epoch`, if no batch has moved the
+    /// figures since: one that has would not move this one.
+    fn keep_pending(&self, epoch: u64, did: &str, key: &[u8], rows: i64) {
+        let mut pending = self.pending.lock().expect("index pending lock");
+        if self.marks_epoch.load(Ordering::SeqCst) == epoch {
+            pending.insert(did, key, rows);
+        }
+    }
+
+    /// Moves `did`'s figures by what a committed batch did to its entries not moved yet.
+    pub(super) fn pending_moved(&self, did: &str, keys: &BTreeMap<Vec<u8>, i64>) {
+        self.pending.lock().expect("index pending lock").moved(did, keys);
     }
 
     /// `did`'s mark, as committed.
@@ -148,22 +233,28 @@ impl LiveIndex {
         self.moving.lock().expect("index moves lock").len()
     }
 
-    /// Installs `did`'s mark once its batch committed (`None`: its move is done).
+    /// Installs `did`'s mark once its batch committed (`None`: its move is done). Its figures
+    /// stay only through a step (the same move, further on), which moves them itself.
     pub(super) fn set_moving(&self, did: &str, mark: Option<Moving>) {
         let mut moving = self.moving.lock().expect("index moves lock");
-        match mark {
-            Some(mark) => moving.insert(did.to_string(), mark),
+        let same_move = |old: &Moving, new: &Moving| (old.answered, old.upward) == (new.answered, new.upward);
+        let before = match &mark {
+            Some(mark) => moving.insert(did.to_string(), mark.clone()),
             None => moving.remove(did),
         };
+        if !matches!((&before, &mark), (Some(old), Some(new)) if same_move(old, new)) {
+            self.pending.lock().expect("index pending lock").forget(did);
+        }
     }
 }
 
 impl Moved {
-    /// Bumps the marks epoch of each index whose marks this batch writes: once before it
-    /// commits, and again once they are installed.
+    /// Bumps the marks epoch of each index whose marks or figures this batch moves: once
+    /// before it commits, and again once they are installed.
     pub(super) fn bump_marks_epochs(&self) {
         let mut bumped: Vec<u32> = Vec::new();
-        for (index, _, _) in &self.marks {
+        let indexes = self.marks.iter().map(|(index, ..)| index).chain(self.pending.iter().map(|(index, ..)| index));
+        for index in indexes {
             if !bumped.contains(&index.id) {
                 bumped.push(index.id);
                 index.marks_epoch.fetch_add(1, Ordering::SeqCst);
@@ -213,7 +304,9 @@ impl IndexParts {
         let Some((index, did, mark)) = self.next_move() else { return Ok(None) };
         let step = step_keys(&index, &did, &mark, self.move_rows())?;
         let mut moved = Moved::default();
+        let left: BTreeMap<Vec<u8>, i64> = step.keys.iter().map(|(key, rows)| (key.clone(), -rows)).collect();
         moved.add_step(&index, &mark, step.keys);
+        moved.pending.push((index.clone(), did.clone(), left));
         moved.marks.push((index, did, step.next));
         self.stage_counts(batch, &mut moved)?;
         Ok(Some(moved))
@@ -246,6 +339,26 @@ impl Moved {
             *self.counts.entry((index.id, key)).or_default() += entries * mark.sign();
         }
     }
+}
+
+/// How many of `did`'s entries under `key` `mark` has not moved yet, in `snapshot`: one range,
+/// which reads none of the entries already moved.
+fn pending_rows(snapshot: &fjall::Snapshot, index: &LiveIndex, did: &str, mark: &Moving, key: &[u8]) -> Result<i64> {
+    let under = super::by_repo_prefix(did, key);
+    let end = past(&under).expect("a D row prefix starts with D");
+    let bound = [did_rkey(BY_REPO, did, "").as_slice(), &mark.bound].concat();
+    let (lo, hi) = match mark.upward {
+        true => (under.max(bound), end),
+        false => (under, end.min(bound)),
+    };
+    let mut rows = 0;
+    if lo < hi {
+        for kv in snapshot.range(&index.space, lo..hi) {
+            kv.key()?;
+            rows += 1;
+        }
+    }
+    Ok(rows)
 }
 
 /// One move step: the keys it moves, with how many of the repo's entries each holds, and the
@@ -312,6 +425,24 @@ mod tests {
             let past = Moving { bound: [tail.as_slice(), &[0]].concat(), ..m };
             prop_assert_eq!(past.counts(&tail), answered);
         }
+    }
+
+    #[test]
+    fn figures_move_with_deltas_go_with_their_repo_and_start_over_when_full() {
+        let mut p = PendingRows::default();
+        p.insert("did:a", b"k", 10);
+        p.insert("did:a", b"j", 3);
+        p.insert("did:b", b"k", 7);
+        p.moved("did:a", &BTreeMap::from([(b"k".to_vec(), -4), (b"x".to_vec(), 2)]));
+        assert_eq!((p.get("did:a", b"k"), p.get("did:a", b"j"), p.get("did:a", b"x")), (Some(6), Some(3), None));
+        p.forget("did:a");
+        assert_eq!((p.get("did:a", b"k"), p.get("did:b", b"k"), p.figures), (None, Some(7), 1));
+        for i in 1..PENDING_FIGURES {
+            p.insert("did:c", &i.to_be_bytes(), 1);
+        }
+        assert_eq!((p.get("did:b", b"k"), p.figures), (Some(7), PENDING_FIGURES));
+        p.insert("did:d", b"k", 2);
+        assert_eq!((p.get("did:b", b"k"), p.get("did:d", b"k"), p.figures), (None, Some(2), 1));
     }
 
     #[test]
