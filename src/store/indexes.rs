@@ -295,8 +295,11 @@ pub(super) struct Moved {
     marks: Vec<(Arc<LiveIndex>, String, Option<Moving>)>,
     /// How the entries not moved yet of repos whose counts move change, by key: (index, repo,
     /// key -> rows added (removed: negative)).
-    pending: Vec<(Arc<LiveIndex>, String, BTreeMap<Vec<u8>, i64>)>,
+    pending: Vec<(Arc<LiveIndex>, String, PendingMoves)>,
 }
+
+/// Rows added to (removed from: negative) a moving repo's entries not moved yet, by key.
+type PendingMoves = BTreeMap<Vec<u8>, i64>;
 
 /// The indexes part: owns `index_meta` and every `index.<id>`.
 pub(super) struct IndexParts {
@@ -1460,7 +1463,7 @@ struct Changed {
 struct KeyMoves {
     counts: BTreeMap<Vec<u8>, i64>,
     /// Where the repo's counts move in steps: its entries not moved yet, added or removed.
-    pending: BTreeMap<Vec<u8>, i64>,
+    pending: PendingMoves,
     /// Whether the repo is answered after the change: whether its entries count...
     answered: bool,
     /// ...but where its counts move in steps: then its mark says (see `moves.rs`).
