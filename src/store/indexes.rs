@@ -104,8 +104,9 @@ pub struct LiveIndex {
     /// The repos whose counts move in steps, by DID, as committed (changed under the writer
     /// lock; see `moves.rs`). Shared with the index a `method`-only change replaces it by.
     moving: Arc<Mutex<BTreeMap<String, Moving>>>,
-    /// Odd while a batch that writes marks commits and installs them, bumped before and after:
-    /// a count that saw no mark and no bump reads its count row alone (see `moves.rs`).
+    /// Odd while a batch that writes marks (or moves `pending`'s figures) commits and installs
+    /// them, bumped before and after: a count that saw no mark and no bump reads its count row
+    /// alone, and one that saw no bump may use the figures (see `moves.rs`).
     marks_epoch: Arc<AtomicU64>,
     /// How many of a moving repo's entries under a key are not moved yet, where a count read
     /// it: kept exact by the batches that change it (see `moves.rs`). Shared as `moving` is.
