@@ -5,11 +5,12 @@
 //! The store holds like records (`app.bsky.feed.like`, over many repos, most of a few records,
 //! a tenth of the likes on 100 hot posts) and a tenth as many statuses
 //! (`xyz.statusphere.status`, 20 distinct emoji), written with `Store::commit`. The indexes are
-//! the issue's `likes_by_subject` (key `subject.uri`, sort `createdAt`, counted) and
-//! `statuses_by_status` (key `status`, sort `createdAt`).
+//! the issue's three: `likes_by_subject` (key `subject.uri`, sort `createdAt`, counted),
+//! `statuses_by_status` (key `status`, sort `createdAt`) and `latest_status` (no key, sort
+//! `sortAt(createdAt)`, each repo's newest status only).
 //!
 //! 1. Build: once fjall's background work from the loading has ended, `Store::set_indexes`
-//!    with both, then `build_index_step` until ready (what the
+//!    with all three, then `build_index_step` until ready (what the
 //!    index thread does; records keys a step: `[storage] index_build_batch`, or
 //!    `SLUICE_INDEX_BENCH_BATCH`), timed per index: records of the index's collection per second,
 //!    stored records scanned per second (a build reads every stored record), memory (RSS before,
@@ -24,8 +25,8 @@
 //!    of `queryIndex`'s work without HTTP (repo states, bodies transcoded into the answer's
 //!    JSON text); `LiveIndex::count`; and the real
 //!    `dev.sluice.queryIndex` (limit 50) and `dev.sluice.countIndex` over HTTP, for hot keys
-//!    (a full page of 50) and typical ones (a few likes), and a status key (~1,000 entries at
-//!    1x); one big repo's records with `did=` (it holds a twentieth of the likes: 10,000 at
+//!    (a full page of 50) and typical ones (a few likes), a status key (~1,000 entries at
+//!    1x), and the newest status of each repo (`latest_status`, no key); one big repo's records with `did=` (it holds a twentieth of the likes: 10,000 at
 //!    1x, 100,000 at 10x, and a tenth as many statuses); and the HTTP floor, `GET /status.css`
 //!    (a static text), on the same server and client. Each request is timed twice: from
 //!    reqwest on a tokio runtime, and from a lean blocking HTTP/1.1 client on one kept-alive
@@ -103,7 +104,16 @@ count = true
 collection = "xyz.statusphere.status"
 key = ["status"]
 sort = "createdAt"
+
+[indexes.latest_status]
+collection = "xyz.statusphere.status"
+key = []
+sort = "sortAt(createdAt)"
+per_repo = "latest"
 "#;
+
+/// The indexes of [`FILTER`].
+const INDEXES: [&str; 3] = ["likes_by_subject", "statuses_by_status", "latest_status"];
 
 /// A small deterministic generator (splitmix64).
 struct Rng(u64);
@@ -339,7 +349,7 @@ fn specs() -> Vec<sluice::indexes::IndexSpec> {
     Filter::from_toml(FILTER, "bench").unwrap().indexes
 }
 
-/// Phase 1: stores the records, then builds both indexes a batch at a time.
+/// Phase 1: stores the records, then builds the indexes a batch at a time.
 fn build_phase(dir: &Path, likes: u64, figures: &mut Figures) -> Stored {
     let cache_mb = std::env::var("SLUICE_INDEX_BENCH_CACHE_MB").ok().and_then(|v| v.parse().ok());
     let cache_mb = cache_mb.unwrap_or(sluice::config::StorageConfig::default().cache_mb);
@@ -568,9 +578,10 @@ fn query_work(store: &Store, index: &LiveIndex, key: &[u8], collection: &str) ->
 
 /// One round of the store's own reads: pages, pages with their bodies, queryIndex's work and
 /// counts.
-fn store_reads(t: &mut Timer, store: &Store, likes: &LiveIndex, statuses: &LiveIndex, k: &Keys) {
+fn store_reads(t: &mut Timer, store: &Store, [likes, statuses, latest]: [&LiveIndex; 3], k: &Keys) {
     let (hot, typical, emoji) =
         (encode::key_tuple(&[&k.hot]), encode::key_tuple(&[&k.typical]), encode::key_tuple(&[k.emoji]));
+    let no_key = encode::key_tuple::<&str>(&[]);
     let n = t.time("store: page 50 + bodies, hot like key", || page_and_bodies(store, likes, &hot, LIKE).0);
     assert_eq!(n, 50, "a hot post has a full page");
     t.time("store: page 50 + bodies, typical like key", || page_and_bodies(store, likes, &typical, LIKE));
@@ -579,6 +590,13 @@ fn store_reads(t: &mut Timer, store: &Store, likes: &LiveIndex, statuses: &LiveI
     t.time("store: queryIndex's work without HTTP, hot like key", || query_work(store, likes, &hot, LIKE));
     t.time("store: page 50 only, hot like key", || likes.page(&hot, &PageRange::default(), 50).unwrap());
     t.time("store: page 50 only, status key", || statuses.page(&emoji, &PageRange::default(), 50).unwrap());
+    let n = t.time("store: page 50 only, latest status of each repo", || {
+        latest.page(&no_key, &PageRange::default(), 50).unwrap().len()
+    });
+    assert_eq!(n, 50);
+    t.time("store: queryIndex's work without HTTP, latest status of each repo", || {
+        query_work(store, latest, &no_key, STATUS)
+    });
     t.time("store: count, hot like key", || likes.count(&hot).unwrap());
     t.time("store: count, typical like key", || likes.count(&typical).unwrap());
     // What a count costs while some repo's counts move (a snapshot, the marks, its entries).
@@ -596,6 +614,8 @@ fn http_reads(t: &mut Timer, (client, get): Client<'_>, base: &str, stored: &Sto
     t.time("xrpc: queryIndex limit 50, hot like key", || get(q("likes_by_subject", &k.hot)));
     t.time("xrpc: queryIndex limit 50, typical like key", || get(q("likes_by_subject", &k.typical)));
     t.time("xrpc: queryIndex limit 50, status key", || get(q("statuses_by_status", k.emoji)));
+    let latest = format!("{base}/xrpc/dev.sluice.queryIndex?index=latest_status&limit=50");
+    t.time("xrpc: queryIndex limit 50, latest status of each repo (no key)", || get(latest.clone()));
     t.time("http floor: GET /status.css (static text)", || get(format!("{base}/status.css")));
     let big = enc(&stored.big);
     t.time("xrpc: queryIndex limit 50, big repo (did=), the post it liked often", || {
@@ -607,6 +627,7 @@ fn http_reads(t: &mut Timer, (client, get): Client<'_>, base: &str, stored: &Sto
     t.time("xrpc: queryIndex limit 50, big repo (did=), status key", || {
         get(format!("{}&did={big}", q("statuses_by_status", k.emoji)))
     });
+    t.time("xrpc: queryIndex, big repo (did=), its latest status", || get(format!("{latest}&did={big}")));
     t.time("xrpc: countIndex, hot like key", || get(c(&k.hot)));
     t.time("xrpc: countIndex, typical like key", || get(c(&k.typical)));
 }
@@ -712,7 +733,8 @@ fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
     let writer = live_writer(sluice.clone(), stored, stop.clone(), (done.clone(), window.clone()));
 
     let registry = store.index_registry();
-    let (likes, statuses) = (&registry.indexes["likes_by_subject"], &registry.indexes["statuses_by_status"]);
+    let indexes = INDEXES.map(|name| registry.indexes[name].as_ref());
+    let likes = indexes[0];
     let get = |url: String| {
         runtime.block_on(async {
             let response = http.get(&url).send().await.unwrap();
@@ -737,7 +759,7 @@ fn read_phase(dir: &Path, stored: &Stored, secs: f64, figures: &mut Figures) {
             typical: post_uri(HOT_POSTS + rng.below(stored.posts)),
             emoji: EMOJI[rng.below(EMOJI.len() as u64) as usize],
         };
-        store_reads(&mut timer, &store, likes, statuses, &keys);
+        store_reads(&mut timer, &store, indexes, &keys);
         http_reads(&mut timer, ("", &get), &base, stored, &keys);
         http_reads(&mut timer, ("lean client: ", &lean_get), &base, stored, &keys);
     }
@@ -886,21 +908,21 @@ impl Report<'_> {
         self.row("repos", |f| f.repos as f64, int);
         self.row("loading (Store::commit per repo), records/s", |f| (f.likes + f.statuses) as f64 / f.load_secs, int);
         self.row("waited for fjall's background work before the builds, s", |f| f.build_settle_secs, one);
-        for name in ["likes_by_subject", "statuses_by_status"] {
+        for name in INDEXES {
             self.one_build(name);
         }
-        for name in ["records", "likes_by_subject", "statuses_by_status"] {
+        for name in std::iter::once("records").chain(INDEXES) {
             self.row(&format!("{name}: L0 tables when the builds ended"), |f| f.tables[name].0 as f64, int);
             self.row(&format!("{name}: tables when the builds ended"), |f| f.tables[name].1 as f64, int);
         }
         self.row("RSS before the builds, MB", |f| f.rss_before_mb, one);
         self.row("peak RSS during the builds (VmHWM), MB", |f| f.peak_mb, one);
-        self.row("memory growth, both builds (peak - before), MB", |f| f.peak_mb - f.rss_before_mb, one);
+        self.row("memory growth, all builds (peak - before), MB", |f| f.peak_mb - f.rss_before_mb, one);
         self.row("RSS after the builds, MB", |f| f.rss_after_mb, one);
         self.row("block cache in use before the builds, MB", |f| f.cache_before_mb, one);
         self.row("block cache in use after the builds, MB", |f| f.cache_after_mb, one);
         self.row(
-            "memory growth less the block cache's, both builds, MB",
+            "memory growth less the block cache's, all builds, MB",
             |f| f.peak_mb - f.rss_before_mb - (f.cache_after_mb - f.cache_before_mb),
             one,
         );
