@@ -317,6 +317,6 @@ fn build_update(index: &LiveIndex, rkey: &str, cid: &[u8], body: &[u8], now: i64
         rkey: SmolStr::new(rkey),
         existed: false,
         new: Some(crate::indexes::entries(&index.spec, rkey, body, now)),
-        value: index.inlines().then(|| inline_value(cid, body)).flatten(),
+        value: inline_value(cid, body),
     }
 }

@@ -135,13 +135,6 @@ impl LiveIndex {
         &self.space
     }
 
-    /// Whether this index's entries carry their records: every record's entries stand for as
-    /// long as the record does, so each is rewritten with it. A `per_repo = "latest"` index moves
-    /// its entries to an older record when the newest goes, which the change does not carry.
-    pub(super) fn inlines(&self) -> bool {
-        self.spec.per_repo == PerRepo::All
-    }
-
     /// Whether this index keeps its entries by repo too (`D` rows). A `per_repo = "latest"`
     /// index finds a repo's one standing record through its `P` rows instead.
     fn by_repo(&self) -> bool {
@@ -886,12 +879,11 @@ impl IndexParts {
                     }
                     RecordWrite::Remove { collection, rkey } => (collection, rkey, true, None),
                 };
-                // Encoded once for every index over the collection whose entries carry it.
-                let inlined = registry.on(collection).any(|ix| ix.inlines());
-                let value = put.filter(|_| inlined).and_then(|(cid, body)| inline_value(cid, body));
+                // Encoded once for every index over the collection, whose entries carry it.
+                let value = put.and_then(|(cid, body)| inline_value(cid, body));
                 for index in registry.on(collection) {
                     let new = put.map(|(_, body)| crate::indexes::entries(&index.spec, rkey, body, now_us));
-                    let value = value.clone().filter(|_| index.inlines());
+                    let value = value.clone();
                     let update = Update { rkey: rkey.clone(), existed, new, value };
                     items.push(Item { index: index.clone(), collection: collection.clone(), update });
                 }
@@ -986,7 +978,7 @@ impl IndexParts {
             }
             let (old_e, new_e) = (old.as_ref().and_then(RecordRow::entries), new.as_ref().and_then(RecordRow::entries));
             // Entries that carry their record are rewritten with every new version.
-            if old_e != new_e || (index.inlines() && new_e.is_some()) {
+            if old_e != new_e || new_e.is_some() {
                 changed.push(Changed { rkey, old: old_e.cloned(), new: new_e.cloned(), value });
             }
         }
@@ -1112,19 +1104,24 @@ impl IndexParts {
             }
         };
         let (old, new) = (entries_of(&before, false)?, entries_of(&after, true)?);
+        // The newest record after, where this change writes it: its entries carry it. Entries
+        // moved to an older record the change does not hold carry none (a query reads it).
+        let written = after.as_ref().and_then(|(_, rkey)| changed.iter().find(|c| c.rkey == rkey));
+        let value = written.and_then(|c| c.value.as_deref()).unwrap_or_default();
         let mut moved = 0;
-        let moves = |rkey, old, new| Moves { rkey, old, new, value: &[] };
         if before.as_ref().map(|b| &b.1) == after.as_ref().map(|a| &a.1) {
-            if old != new {
+            if old != new || written.is_some() {
                 let rkey = &after.as_ref().expect("same newest").1;
-                moved += stage_entries(batch, index, did, moves(rkey, old.as_ref(), new.as_ref()), counts);
+                let moves = Moves { rkey, old: old.as_ref(), new: new.as_ref(), value };
+                moved += stage_entries(batch, index, did, moves, counts);
             }
         } else {
             if let Some((_, rkey)) = &before {
-                moved += stage_entries(batch, index, did, moves(rkey, old.as_ref(), None), counts);
+                let moves = Moves { rkey, old: old.as_ref(), new: None, value: &[] };
+                moved += stage_entries(batch, index, did, moves, counts);
             }
             if let Some((_, rkey)) = &after {
-                moved += stage_entries(batch, index, did, moves(rkey, None, new.as_ref()), counts);
+                moved += stage_entries(batch, index, did, Moves { rkey, old: None, new: new.as_ref(), value }, counts);
             }
         }
         Ok(moved)
@@ -1550,9 +1547,6 @@ fn stage_entries(
     if let Some(new) = new {
         for key in &new.keys {
             let stood = old.is_some_and(|o| o.sort == new.sort && o.keys.contains(key));
-            if stood && !index.inlines() {
-                continue;
-            }
             batch.put(&index.space, entry_key(key, &new.sort, did, rkey), value);
             if !stood {
                 if index.by_repo() {
