@@ -977,8 +977,8 @@ impl IndexParts {
                 moved.skips.push((index.id, *skip));
             }
             let (old_e, new_e) = (old.as_ref().and_then(RecordRow::entries), new.as_ref().and_then(RecordRow::entries));
-            // Entries that carry their record are rewritten with every new version.
-            if old_e != new_e || new_e.is_some() {
+            // Entries carry their record, so every new version rewrites them.
+            if old_e.is_some() || new_e.is_some() {
                 changed.push(Changed { rkey, old: old_e.cloned(), new: new_e.cloned(), value });
             }
         }
