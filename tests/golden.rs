@@ -182,7 +182,7 @@ fn version_3_event_pages_and_version_2_record_refs_still_decode() {
 /// so that stores build their indexes again, and a new file. Version 1 had no `D` rows and
 /// kept long key tuples as text; version 2 wrote `R` rows for every index; version 3 kept build
 /// positions and totals in `index_meta`; version 4 had no build phase in its `B` rows and no
-/// step rows (`C key step`).
+/// step rows (`C key step`); version 5 carried no record in `per_repo = "latest"` entries.
 #[test]
 fn index_rows_are_written_as_they_always_were() {
     use sluice_testkit as testkit;
@@ -204,7 +204,7 @@ fn index_rows_are_written_as_they_always_were() {
     commit_golden_records(&sluice);
     drop(sluice);
     let dump = index_rows_dump(dir.path());
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v5-index-rows.txt");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/v6-index-rows.txt");
     if std::env::var_os("SLUICE_WRITE_GOLDEN").is_some() && !path.exists() {
         std::fs::write(&path, &dump).unwrap();
     }

@@ -80,8 +80,9 @@ const TOTALS: u8 = b'S';
 mod moves;
 
 /// The version of the rows above, kept in each index's definition: an index stored under an
-/// older one is built again from the records at open.
-const ROWS_VERSION: u8 = 5;
+/// older one is built again from the records at open. Version 6: `per_repo = "latest"`
+/// entries carry their records.
+const ROWS_VERSION: u8 = 6;
 
 /// The longest `records` value an entry carries; a longer record is read from `records`.
 pub const INLINE_MAX: usize = 2048;
