@@ -934,7 +934,7 @@ impl IndexParts {
         drop(progress);
         for (_, (index, items)) in by_index {
             let updates = items.into_iter().map(|i| i.update).collect();
-            let repo = RepoWrite { did, answered: shown.after, stored, now_us };
+            let repo = RepoWrite { did, answered: shown.after, stored, now_us, unseen: false };
             self.stage_index(batch, &index, &repo, updates, &mut moved)?;
         }
         self.stage_counts(batch, &mut moved)?;
@@ -992,7 +992,7 @@ impl IndexParts {
                 }
             }
             PerRepo::Latest => {
-                totals.entries += self.stage_latest(batch, index, did, &changed, &mut counts)?;
+                totals.entries += self.stage_latest(batch, index, repo, &changed, &mut counts)?;
             }
         }
         if index.spec.count {
@@ -1072,17 +1072,20 @@ impl IndexParts {
         &self,
         batch: &mut impl Rows,
         index: &LiveIndex,
-        did: &str,
+        repo: &RepoWrite<'_>,
         changed: &[Changed],
         counts: &mut KeyMoves,
     ) -> Result<i64> {
         if changed.is_empty() {
             return Ok(0);
         }
+        let did = repo.did;
         let prefix = per_repo_prefix(did);
-        let before = index.newest(did, &HashSet::new())?;
         let touched: HashSet<&str> = changed.iter().map(|c| c.rkey.as_str()).collect();
-        let mut after = index.newest(did, &touched)?;
+        let (before, mut after) = match repo.unseen {
+            true => (None, None),
+            false => (index.newest(did, &HashSet::new())?, index.newest(did, &touched)?),
+        };
         for Changed { rkey, old, new, .. } in changed {
             if let Some(old) = old {
                 batch.delete(&index.space, [prefix.as_slice(), &old.sort, rkey.as_bytes()].concat());
@@ -1316,6 +1319,8 @@ impl IndexParts {
     ) -> Result<Moved> {
         let mut moved = Moved::default();
         let mut records = records.into_iter().peekable();
+        // The step's first repo may have records the step before built; the others, none.
+        let mut unseen = false;
         while let Some((did, first)) = records.next() {
             let mut updates = vec![first];
             while let Some((_, update)) = records.next_if(|(d, _)| *d == did) {
@@ -1323,8 +1328,9 @@ impl IndexParts {
             }
             let answered = index.spec.count && answered(&did)?;
             // A build puts in records the index does not hold yet: no stored version is read.
-            let repo = RepoWrite { did: &did, answered, stored: &|_, _| Ok(None), now_us: 0 };
+            let repo = RepoWrite { did: &did, answered, stored: &|_, _| Ok(None), now_us: 0, unseen };
             self.stage_index(batch, index, &repo, updates, &mut moved)?;
+            unseen = true;
         }
         moved.totals.entry(index.id).or_default();
         for ((_, key), delta) in std::mem::take(&mut moved.counts) {
@@ -1507,6 +1513,9 @@ struct RepoWrite<'a> {
     stored: StoredBody<'a>,
     /// The time the change is indexed (what `sortAt` bounds by).
     now_us: i64,
+    /// Whether the index holds no row of the repo yet, so that none is read: a repo a build
+    /// step meets first (live changes land only in what the build has passed).
+    unseen: bool,
 }
 
 impl RepoWrite<'_> {
