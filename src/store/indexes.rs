@@ -884,8 +884,7 @@ impl IndexParts {
                 let value = put.and_then(|(cid, body)| inline_value(cid, body));
                 for index in registry.on(collection) {
                     let new = put.map(|(_, body)| crate::indexes::entries(&index.spec, rkey, body, now_us));
-                    let value = value.clone();
-                    let update = Update { rkey: rkey.clone(), existed, new, value };
+                    let update = Update { rkey: rkey.clone(), existed, new, value: value.clone() };
                     items.push(Item { index: index.clone(), collection: collection.clone(), update });
                 }
             }

@@ -110,8 +110,7 @@ impl Records {
             Some(after) => std::ops::Bound::Excluded(after.to_vec()),
             None => std::ops::Bound::Included(prefix.clone()),
         };
-        // Past every key of `did \0 ...`.
-        let end = [did.as_bytes(), &[1]].concat();
+        let end = past_prefix(prefix);
         let mut out = Vec::with_capacity(limit.min(1024));
         for kv in self.records.range((start, std::ops::Bound::Excluded(end))).take(limit) {
             let (k, v) = kv.into_inner()?;
