@@ -5,7 +5,8 @@
 //! The records are the real ones of `../shared/fixtures/car/calabro.car` (610 posts, 2,312
 //! likes, 663 follows) and, as the fixtures hold no statusphere record, 1,000 generated
 //! statuses. Each row also gives the parts of a check: decoding (DAG-CBOR into jacquard's
-//! `Data`), jacquard's structural pass (`validate_by_nsid_structural` over the defs the record
+//! `Data`, every string kept a string: `decode_plain`; jacquard's own reader, which guesses a
+//! type for each string, beside it for comparison), jacquard's structural pass (`validate_by_nsid_structural` over the defs the record
 //! reaches) and its constraint pass (`validate_by_nsid` over the registry cut down for it) on
 //! decoded values; what `check` adds to these is sluice's own checks (formats, unions'
 //! constraints). For comparison, the last two columns are jacquard's `validate_by_nsid` alone
@@ -24,7 +25,7 @@ use jacquard_common::types::value::Data;
 use jacquard_lexicon::lexicon::LexiconDoc;
 use jacquard_lexicon::schema::SchemaRegistry;
 use jacquard_lexicon::validation::SchemaValidator;
-use sluice::lexicon::{Lexicons, Verdict};
+use sluice::lexicon::{Lexicons, Verdict, decode_plain};
 use sluice::repo::{CarLimits, read_car};
 use sluice_testkit::{fixture, read_fixture};
 
@@ -127,10 +128,10 @@ fn main() {
         budget()
     );
     println!(
-        "| collection | records | bytes/record | decode to `Data` | jacquard structural | jacquard constraints | \
-         **check** (all of it) | jacquard full, one registry of the defs reached | jacquard full, whole-directory registry |"
+        "| collection | records | bytes/record | decode to `Data` | jacquard's `Data` reader | jacquard structural | jacquard constraints | \
+         all checks on decoded `Data` | **check** (all of it) | jacquard full, one registry of the defs reached | jacquard full, whole-directory registry |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let only = std::env::var("SLUICE_BENCH_COLLECTION").ok();
     for collection in COLLECTIONS.into_iter().filter(|c| only.as_deref().is_none_or(|o| o == *c)) {
         let records: Vec<&[u8]> = match collection {
@@ -142,10 +143,13 @@ fn main() {
         }
         let bytes = records.iter().map(|r| r.len()).sum::<usize>() / records.len();
         let decode = per_item(&records, |r| {
+            std::hint::black_box(decode_plain(r).unwrap());
+        });
+        let jacquard_decode = per_item(&records, |r| {
             let d: Data = serde_ipld_dagcbor::from_slice(r).unwrap();
             std::hint::black_box(d);
         });
-        let decoded: Vec<Data> = records.iter().map(|r| serde_ipld_dagcbor::from_slice(r).unwrap()).collect();
+        let decoded: Vec<Data> = records.iter().map(|r| decode_plain(r).unwrap()).collect();
         let (structure, constraints) = lexicons.jacquard_validators(collection).unwrap();
         let structural = per_item(&decoded, |d| {
             std::hint::black_box(structure.validate_by_nsid_structural(collection, d));
@@ -159,6 +163,9 @@ fn main() {
         let one_registry = per_item(&decoded, |d| {
             std::hint::black_box(structure.validate_by_nsid(collection, d));
         });
+        let on_decoded = per_item(&decoded, |d| {
+            std::hint::black_box(lexicons.check_value(collection, d));
+        });
         let check = per_item(&records, |r| {
             std::hint::black_box(lexicons.check(collection, r));
         });
@@ -167,7 +174,7 @@ fn main() {
             std::hint::black_box(whole.validate_by_nsid(collection, &d));
         });
         println!(
-            "| {collection} | {} | {bytes} | {decode:.2} | {structural:.2} | {constrained:.2} | {check:.2} | {one_registry:.2} | {unpruned:.0} |",
+            "| {collection} | {} | {bytes} | {decode:.2} | {jacquard_decode:.2} | {structural:.2} | {constrained:.2} | {on_decoded:.2} | {check:.2} | {one_registry:.2} | {unpruned:.0} |",
             records.len()
         );
     }

@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::fmt::Write;
 
 use jacquard_common::deps::smol_str::SmolStr;
-use jacquard_common::types::string::{AtprotoStr, UriValue};
 use jacquard_common::types::value::Data;
 use jacquard_lexicon::lexicon::{
     LexArray, LexArrayItem, LexBlob, LexBytes, LexInteger, LexObject, LexObjectProperty, LexRecordRecord, LexRefUnion,
@@ -258,7 +257,6 @@ impl<'a> Walk<'a> {
             }
         }
         if let Some(format) = s.format
-            && !proven(format, string)
             && !format_ok(format, value)
         {
             let name = format_name(format);
@@ -359,22 +357,6 @@ fn format_name(format: LexStringFormat) -> &'static str {
         LexStringFormat::Language => "language",
         LexStringFormat::Tid => "tid",
         LexStringFormat::RecordKey => "record-key",
-    }
-}
-
-/// Whether decoding has already proven `value` of the format: jacquard's `Data` reader types
-/// some strings (by field name and shape) with the same parsers [`format_ok`] uses, and a
-/// string it typed need not be parsed again.
-pub(super) fn proven(format: LexStringFormat, value: &AtprotoStr) -> bool {
-    use chrono::Datelike;
-    match (format, value) {
-        (LexStringFormat::AtUri, AtprotoStr::AtUri(_) | AtprotoStr::Uri(UriValue::At(_))) => true,
-        (LexStringFormat::Did, AtprotoStr::Did(_) | AtprotoStr::Uri(UriValue::Did(_))) => true,
-        // As `syntax::is_datetime`: the parse, and year 0 or later in UTC.
-        (LexStringFormat::Datetime, AtprotoStr::Datetime(d)) => {
-            AsRef::<chrono::DateTime<chrono::FixedOffset>>::as_ref(d).naive_utc().year() >= 0
-        }
-        _ => false,
     }
 }
 

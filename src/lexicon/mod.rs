@@ -25,6 +25,7 @@
 //! directory. A dangling ref is refused at load (naming the file that holds it), rather than
 //! found when the first record that uses it arrives.
 
+mod decode;
 mod extra;
 mod load;
 #[cfg(test)]
@@ -36,6 +37,8 @@ use std::path::{Path, PathBuf};
 
 use jacquard_common::deps::smol_str::SmolStr;
 use jacquard_common::types::value::Data;
+
+pub use decode::decode_plain;
 use jacquard_lexicon::lexicon::LexiconDoc;
 use jacquard_lexicon::validation::{
     ConstraintError, PathSegment, SchemaValidator, StructuralError, ValidationError, ValidationPath,
@@ -162,7 +165,7 @@ impl Lexicons {
     /// pipeline takes has); bytes jacquard cannot decode are [`Verdict::Invalid`] with rule `decode`.
     pub fn check(&self, collection: &str, record: &[u8]) -> Verdict {
         let Some(validator) = self.validators.get(collection) else { return Verdict::Unknown };
-        let data: Data = match serde_ipld_dagcbor::from_slice(record) {
+        let data = match decode_plain(record) {
             Ok(data) => data,
             Err(e) => return Verdict::Invalid(Rejection::new("", "decode", format!("not DAG-CBOR: {e}"))),
         };
