@@ -6,12 +6,13 @@
 //! likes, 663 follows) and, as the fixtures hold no statusphere record, 1,000 generated
 //! statuses. Each row also gives the parts of a check: decoding (DAG-CBOR into jacquard's
 //! `Data`, every string kept a string: `decode_plain`; jacquard's own reader, which guesses a
-//! type for each string, beside it for comparison), jacquard's structural pass (`validate_by_nsid_structural` over the defs the record
-//! reaches) and its constraint pass (`validate_by_nsid` over the registry cut down for it) on
-//! decoded values; what `check` adds to these is sluice's own checks (formats, unions'
-//! constraints). For comparison, the last two columns are jacquard's `validate_by_nsid` alone
-//! (it clones its registry on every call) over one registry of every def the record reaches,
-//! and over a registry of the whole directory, as a validator built without pruning would run.
+//! type for each string, beside it for comparison), jacquard's structural pass
+//! (`validate_by_nsid_structural` over the defs the record reaches), and all checks on a
+//! decoded value (that pass, then sluice's constraints and formats). For comparison, the last
+//! two columns are jacquard's `validate_by_nsid` (structure, then its constraint pass over a
+//! clone of its registry, made on every call), over one registry of every def the record
+//! reaches and over a registry of the whole directory, as a validator built without pruning
+//! would run.
 //!
 //! `cargo bench --bench lexicon` prints a Markdown table for BENCHMARKS.md.
 //! `SLUICE_BENCH_SECONDS` (default 1) sets the time spent on each measurement;
@@ -128,10 +129,10 @@ fn main() {
         budget()
     );
     println!(
-        "| collection | records | bytes/record | decode to `Data` | jacquard's `Data` reader | jacquard structural | jacquard constraints | \
+        "| collection | records | bytes/record | decode to `Data` | jacquard's `Data` reader | jacquard structural | \
          all checks on decoded `Data` | **check** (all of it) | jacquard full, one registry of the defs reached | jacquard full, whole-directory registry |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let only = std::env::var("SLUICE_BENCH_COLLECTION").ok();
     for collection in COLLECTIONS.into_iter().filter(|c| only.as_deref().is_none_or(|o| o == *c)) {
         let records: Vec<&[u8]> = match collection {
@@ -150,15 +151,9 @@ fn main() {
             std::hint::black_box(d);
         });
         let decoded: Vec<Data> = records.iter().map(|r| decode_plain(r).unwrap()).collect();
-        let (structure, constraints) = lexicons.jacquard_validators(collection).unwrap();
+        let structure = lexicons.jacquard_validator(collection).unwrap();
         let structural = per_item(&decoded, |d| {
             std::hint::black_box(structure.validate_by_nsid_structural(collection, d));
-        });
-        // No constraint pass at all for a record that holds nothing it checks.
-        let constrained = constraints.map_or(0.0, |constraints| {
-            per_item(&decoded, |d| {
-                std::hint::black_box(constraints.validate_by_nsid(collection, d));
-            })
         });
         let one_registry = per_item(&decoded, |d| {
             std::hint::black_box(structure.validate_by_nsid(collection, d));
@@ -174,7 +169,7 @@ fn main() {
             std::hint::black_box(whole.validate_by_nsid(collection, &d));
         });
         println!(
-            "| {collection} | {} | {bytes} | {decode:.2} | {jacquard_decode:.2} | {structural:.2} | {constrained:.2} | {on_decoded:.2} | {check:.2} | {one_registry:.2} | {unpruned:.0} |",
+            "| {collection} | {} | {bytes} | {decode:.2} | {jacquard_decode:.2} | {structural:.2} | {on_decoded:.2} | {check:.2} | {one_registry:.2} | {unpruned:.0} |",
             records.len()
         );
     }

@@ -1,18 +1,16 @@
-//! What jacquard 0.12's validator does not check, run after it on records it passed:
+//! Each value's constraints and formats, run after jacquard's structural pass on records it
+//! passed, at every level of the record (union members included):
 //!
-//! - string `format`s (by [`crate::syntax`]'s checks, jacquard's own parsers where they are
-//!   strict enough), `enum` and `const` of strings and integers;
-//! - blob `accept` and `maxSize`, bytes `minLength`/`maxLength`;
-//! - string `minGraphemes`/`maxGraphemes` everywhere (taken out of jacquard's constraint pass,
-//!   which counts a string's graphemes whenever it has a bound: here a string whose byte
-//!   length is within `maxGraphemes` is not counted, a grapheme being at least a byte);
-//! - inside union members, every constraint: jacquard's constraint pass does not enter unions
-//!   (so `embed.images` over 4 images would pass it), and its structural pass skips defs that
-//!   are not objects or records (a ref to a `string` def).
+//! - string `minLength`/`maxLength` (bytes), `minGraphemes`/`maxGraphemes` (graphemes counted
+//!   only when the byte length leaves the bound in doubt, a grapheme being at least a byte),
+//!   `format` (by [`crate::syntax`]'s checks), `enum` and `const`;
+//! - integer `minimum`/`maximum`, `enum` and `const`; array `minLength`/`maxLength`;
+//! - blob `accept` and `maxSize` (and the legacy `{cid, mimeType}` form), bytes lengths.
 //!
-//! Types and required fields are checked here too wherever this walk goes (a match per value):
-//! jacquard has already checked them outside the places above, so on records it passed these
-//! checks fire only where it did not look.
+//! jacquard's constraint pass is not run (see the module above for why). Types and required
+//! fields are checked here too wherever this walk goes (a match per value): jacquard's
+//! structural pass has checked them except in defs it skips (a ref to a `string` def), so on
+//! records it passed these checks fire only where it did not look.
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -39,8 +37,7 @@ pub(super) fn check(docs: &Docs, collection: &str, data: &Data) -> Checked {
     let Some(main) = docs.get(collection).and_then(|d| d.defs.get("main")) else {
         return Err(Rejection::new("", "ref", format!("no lexicon def {collection}")));
     };
-    // The record's own properties went through jacquard's constraint pass.
-    walk.def(collection, main, data, false)
+    walk.def(collection, main, data)
 }
 
 enum Seg<'a> {
@@ -99,19 +96,19 @@ impl<'a> Walk<'a> {
         }
     }
 
-    /// `data` against a def; `full`: check constraints too (jacquard's constraint pass did not come here).
-    fn def(&mut self, nsid: &'a str, def: &'a LexUserType<'static>, data: &Data, full: bool) -> Checked {
+    /// `data` against a def, its constraints and formats included.
+    fn def(&mut self, nsid: &'a str, def: &'a LexUserType<'static>, data: &Data) -> Checked {
         match def {
             LexUserType::Record(r) => {
                 let LexRecordRecord::Object(o) = &r.record;
-                self.object(nsid, o, data, full)
+                self.object(nsid, o, data)
             }
-            LexUserType::Object(o) => self.object(nsid, o, data, full),
+            LexUserType::Object(o) => self.object(nsid, o, data),
             // jacquard checks nothing of these defs, not even the type.
-            LexUserType::String(s) => self.string(s, data, true),
-            LexUserType::Integer(i) => self.integer(i, data, true),
+            LexUserType::String(s) => self.string(s, data),
+            LexUserType::Integer(i) => self.integer(i, data),
             LexUserType::Boolean(_) => self.expect(data, matches!(data, Data::Boolean(_)), "boolean"),
-            LexUserType::Array(a) => self.array(nsid, a, data, true),
+            LexUserType::Array(a) => self.array(nsid, a, data),
             LexUserType::Blob(b) => self.blob(b, data),
             LexUserType::Bytes(b) => self.bytes(b, data),
             LexUserType::CidLink(_) => self.expect(data, matches!(data, Data::CidLink(_)), "cid-link"),
@@ -127,7 +124,7 @@ impl<'a> Walk<'a> {
         }
     }
 
-    fn object(&mut self, nsid: &'a str, o: &'a LexObject<'static>, data: &Data, full: bool) -> Checked {
+    fn object(&mut self, nsid: &'a str, o: &'a LexObject<'static>, data: &Data) -> Checked {
         let Data::Object(map) = data else { return self.wrong_type("object", data) };
         for field in o.required.iter().flatten() {
             if map.get(field).is_none() {
@@ -143,47 +140,47 @@ impl<'a> Walk<'a> {
                 continue;
             }
             self.path.push(Seg::Field(name));
-            self.property(nsid, prop, value, full)?;
+            self.property(nsid, prop, value)?;
             self.path.pop();
         }
         Ok(())
     }
 
-    fn property(&mut self, nsid: &'a str, prop: &'a LexObjectProperty<'static>, data: &Data, full: bool) -> Checked {
+    fn property(&mut self, nsid: &'a str, prop: &'a LexObjectProperty<'static>, data: &Data) -> Checked {
         match prop {
-            LexObjectProperty::Ref(r) => self.reference(&r.r#ref, nsid, data, full),
+            LexObjectProperty::Ref(r) => self.reference(&r.r#ref, nsid, data),
             LexObjectProperty::Union(u) => self.union(nsid, u, data),
             LexObjectProperty::Bytes(b) => self.bytes(b, data),
             LexObjectProperty::CidLink(_) => self.expect(data, matches!(data, Data::CidLink(_)), "cid-link"),
-            LexObjectProperty::Array(a) => self.array(nsid, a, data, full),
+            LexObjectProperty::Array(a) => self.array(nsid, a, data),
             LexObjectProperty::Blob(b) => self.blob(b, data),
-            LexObjectProperty::Object(o) => self.object(nsid, o, data, full),
+            LexObjectProperty::Object(o) => self.object(nsid, o, data),
             LexObjectProperty::Boolean(_) => self.expect(data, matches!(data, Data::Boolean(_)), "boolean"),
-            LexObjectProperty::Integer(i) => self.integer(i, data, full),
-            LexObjectProperty::String(s) => self.string(s, data, full),
+            LexObjectProperty::Integer(i) => self.integer(i, data),
+            LexObjectProperty::String(s) => self.string(s, data),
             LexObjectProperty::Unknown(_) => Ok(()),
         }
     }
 
-    fn item(&mut self, nsid: &'a str, item: &'a LexArrayItem<'static>, data: &Data, full: bool) -> Checked {
+    fn item(&mut self, nsid: &'a str, item: &'a LexArrayItem<'static>, data: &Data) -> Checked {
         match item {
-            LexArrayItem::Ref(r) => self.reference(&r.r#ref, nsid, data, full),
+            LexArrayItem::Ref(r) => self.reference(&r.r#ref, nsid, data),
             LexArrayItem::Union(u) => self.union(nsid, u, data),
             LexArrayItem::Bytes(b) => self.bytes(b, data),
             LexArrayItem::CidLink(_) => self.expect(data, matches!(data, Data::CidLink(_)), "cid-link"),
             LexArrayItem::Blob(b) => self.blob(b, data),
-            LexArrayItem::Object(o) => self.object(nsid, o, data, full),
+            LexArrayItem::Object(o) => self.object(nsid, o, data),
             LexArrayItem::Boolean(_) => self.expect(data, matches!(data, Data::Boolean(_)), "boolean"),
-            LexArrayItem::Integer(i) => self.integer(i, data, full),
-            LexArrayItem::String(s) => self.string(s, data, full),
+            LexArrayItem::Integer(i) => self.integer(i, data),
+            LexArrayItem::String(s) => self.string(s, data),
             LexArrayItem::Unknown(_) => Ok(()),
         }
     }
 
-    fn reference(&mut self, reference: &str, nsid: &'a str, data: &Data, full: bool) -> Checked {
+    fn reference(&mut self, reference: &str, nsid: &'a str, data: &Data) -> Checked {
         self.deeper()?;
         let (target, def) = self.resolve(reference, nsid)?;
-        self.def(target, def, data, full)?;
+        self.def(target, def, data)?;
         self.depth -= 1;
         Ok(())
     }
@@ -199,8 +196,7 @@ impl<'a> Walk<'a> {
             if kind == target.full_ref() || kind == target.nsid() {
                 self.deeper()?;
                 let (target, def) = self.resolve(member, nsid)?;
-                // jacquard's constraint pass stops at unions: everything below is checked here.
-                self.def(target, def, data, true)?;
+                self.def(target, def, data)?;
                 self.depth -= 1;
                 return Ok(());
             }
@@ -214,14 +210,12 @@ impl<'a> Walk<'a> {
         }
     }
 
-    fn array(&mut self, nsid: &'a str, a: &'a LexArray<'static>, data: &Data, full: bool) -> Checked {
+    fn array(&mut self, nsid: &'a str, a: &'a LexArray<'static>, data: &Data) -> Checked {
         let Data::Array(items) = data else { return self.wrong_type("array", data) };
-        if full {
-            self.lengths(items.len(), a.min_length, a.max_length, "items")?;
-        }
+        self.lengths(items.len(), a.min_length, a.max_length, "items")?;
         for (i, value) in items.iter().enumerate() {
             self.path.push(Seg::Index(i));
-            self.item(nsid, &a.items, value, full)?;
+            self.item(nsid, &a.items, value)?;
             self.path.pop();
         }
         Ok(())
@@ -237,12 +231,10 @@ impl<'a> Walk<'a> {
         Ok(())
     }
 
-    fn string(&self, s: &LexString<'static>, data: &Data, full: bool) -> Checked {
+    fn string(&self, s: &LexString<'static>, data: &Data) -> Checked {
         let Data::String(string) = data else { return self.wrong_type("string", data) };
         let value = string.as_str();
-        if full {
-            self.lengths(value.len(), s.min_length, s.max_length, "bytes")?;
-        }
+        self.lengths(value.len(), s.min_length, s.max_length, "bytes")?;
         // At least one byte a grapheme: a short string is within `maxGraphemes`, and a non-empty
         // one has at least one.
         let max_in_doubt = s.max_graphemes.is_some_and(|m| value.len() > m);
@@ -275,16 +267,14 @@ impl<'a> Walk<'a> {
         Ok(())
     }
 
-    fn integer(&self, i: &LexInteger<'static>, data: &Data, full: bool) -> Checked {
+    fn integer(&self, i: &LexInteger<'static>, data: &Data) -> Checked {
         let Data::Integer(value) = data else { return self.wrong_type("integer", data) };
         let value = *value;
-        if full {
-            if let Some(max) = i.maximum.filter(|&m| value > m) {
-                return self.reject("maximum", format!("{value} is over {max}"));
-            }
-            if let Some(min) = i.minimum.filter(|&m| value < m) {
-                return self.reject("minimum", format!("{value} is under {min}"));
-            }
+        if let Some(max) = i.maximum.filter(|&m| value > m) {
+            return self.reject("maximum", format!("{value} is over {max}"));
+        }
+        if let Some(min) = i.minimum.filter(|&m| value < m) {
+            return self.reject("minimum", format!("{value} is under {min}"));
         }
         if let Some(allowed) = &i.r#enum
             && !allowed.contains(&value)

@@ -6,15 +6,13 @@ use std::path::{Path, PathBuf};
 
 use jacquard_common::IntoStatic;
 use jacquard_common::deps::smol_str::SmolStr;
-use jacquard_lexicon::lexicon::{
-    LexArrayItem, LexObject, LexObjectProperty, LexRecordRecord, LexString, LexUserType, LexiconDoc,
-};
+use jacquard_lexicon::lexicon::{LexArrayItem, LexObject, LexObjectProperty, LexRecordRecord, LexUserType, LexiconDoc};
 use jacquard_lexicon::ref_utils::RefPath;
 use jacquard_lexicon::schema::SchemaRegistry;
 use jacquard_lexicon::validation::SchemaValidator;
 use sluice_handlers::nsid_matches;
 
-use super::{LexiconError, Lexicons, Validators};
+use super::{LexiconError, Lexicons};
 
 /// What the first pass reads of a file: its id and whether its main def is a record.
 #[derive(serde::Deserialize)]
@@ -75,12 +73,7 @@ pub(super) fn load(dir: &Path, collections: &[String]) -> Result<Lexicons, Lexic
             }
             registry.insert(nsid, pruned);
         }
-        let constraints = constraint_registry(&docs, &collection);
-        let pair = Validators {
-            structure: SchemaValidator::from_registry(registry),
-            constraints: constraints.map(SchemaValidator::from_registry),
-        };
-        validators.insert(SmolStr::new(&collection), pair);
+        validators.insert(SmolStr::new(&collection), SchemaValidator::from_registry(registry));
     }
     Ok(Lexicons { validators, docs })
 }
@@ -211,190 +204,4 @@ fn item_refs(item: &LexArrayItem<'_>, out: &mut Vec<String>) {
         LexArrayItem::Object(o) => object_refs(o, out),
         _ => {}
     }
-}
-
-/// A def by document and name.
-type DefId = (SmolStr, SmolStr);
-
-/// The registry jacquard's constraint pass needs for `collection`, and no more; `None` when
-/// its record holds no constraint that pass would check (a like, a follow), so the pass is
-/// not run at all. That pass follows refs (not union members, which [`super::extra`] checks)
-/// into object defs, and reads string lengths, integer ranges and array lengths (graphemes are
-/// [`super::extra`]'s, which counts them only when the byte length leaves the bound in doubt).
-/// Each def is kept with only the properties that hold such a constraint or lead by refs to a
-/// def that does (a like's `subject` leads to `strongRef`, which holds none, so it goes),
-/// without `required` (the structural pass has checked those): `validate_by_nsid` clones its
-/// registry on every call and re-runs the structural pass over it, so what is not kept costs
-/// nothing per record.
-fn constraint_registry(docs: &HashMap<SmolStr, LexiconDoc<'static>>, collection: &str) -> Option<SchemaRegistry> {
-    let root: DefId = (SmolStr::new(collection), SmolStr::new_static("main"));
-    let reachable = trimmed_defs(docs, &root, None);
-    // The defs that hold a constraint, themselves or through refs: the least fixpoint, grown
-    // from the defs with a constraint of their own, so that refs in a cycle with no
-    // constraint anywhere in it are not kept.
-    let mut constrained = BTreeSet::new();
-    loop {
-        let next: BTreeSet<DefId> = reachable
-            .keys()
-            .filter(|id| trim_def(docs, id, Some(&constrained), &mut Vec::new()).is_some_and(|d| has_properties(&d)))
-            .cloned()
-            .collect();
-        if next == constrained {
-            break;
-        }
-        constrained = next;
-    }
-    if !constrained.contains(&root) {
-        return None;
-    }
-    let registry = SchemaRegistry::new();
-    let mut by_doc: BTreeMap<SmolStr, BTreeMap<SmolStr, LexUserType<'static>>> = BTreeMap::new();
-    for ((nsid, def), body) in trimmed_defs(docs, &root, Some(&constrained)) {
-        by_doc.entry(nsid).or_default().insert(def, body);
-    }
-    for (nsid, defs) in by_doc {
-        let doc = &docs[nsid.as_str()];
-        registry.insert(nsid, LexiconDoc { lexicon: doc.lexicon, id: doc.id.clone(), defs, ..Default::default() });
-    }
-    Some(registry)
-}
-
-/// The object and record defs reached from `root` by refs, each trimmed to its constrained
-/// properties, keeping refs to the defs in `keep` (to every object def when `None`).
-fn trimmed_defs(
-    docs: &HashMap<SmolStr, LexiconDoc<'static>>,
-    root: &DefId,
-    keep: Option<&BTreeSet<DefId>>,
-) -> BTreeMap<DefId, LexUserType<'static>> {
-    let mut kept = BTreeMap::new();
-    let mut todo = vec![root.clone()];
-    while let Some(id) = todo.pop() {
-        if kept.contains_key(&id) {
-            continue;
-        }
-        let mut refs = Vec::new();
-        // The constraint pass reads nothing but object and record defs.
-        let Some(trimmed) = trim_def(docs, &id, keep, &mut refs) else { continue };
-        for r in refs {
-            let target = RefPath::parse(&r, Some(id.0.as_str()));
-            todo.push((SmolStr::new(target.nsid()), SmolStr::new(target.def())));
-        }
-        kept.insert(id, trimmed);
-    }
-    kept
-}
-
-/// `id`'s def trimmed by [`trim_object`], if it is an object or a record.
-fn trim_def(
-    docs: &HashMap<SmolStr, LexiconDoc<'static>>,
-    (nsid, def): &DefId,
-    keep: Option<&BTreeSet<DefId>>,
-    refs: &mut Vec<String>,
-) -> Option<LexUserType<'static>> {
-    match docs.get(nsid)?.defs.get(def)? {
-        LexUserType::Record(r) => {
-            let LexRecordRecord::Object(o) = &r.record;
-            let mut r = r.clone();
-            r.record = LexRecordRecord::Object(trim_object(o, docs, nsid, keep, refs));
-            Some(LexUserType::Record(r))
-        }
-        LexUserType::Object(o) => Some(LexUserType::Object(trim_object(o, docs, nsid, keep, refs))),
-        _ => None,
-    }
-}
-
-/// Whether a trimmed def kept any property.
-fn has_properties(def: &LexUserType<'_>) -> bool {
-    match def {
-        LexUserType::Record(r) => {
-            let LexRecordRecord::Object(o) = &r.record;
-            !o.properties.is_empty()
-        }
-        LexUserType::Object(o) => !o.properties.is_empty(),
-        _ => false,
-    }
-}
-
-/// `o` with only the properties jacquard's constraint pass would find a constraint under,
-/// refs among them when they lead to a def in `keep` (to any object def when `None`); the
-/// refs kept go to `refs`.
-fn trim_object(
-    o: &LexObject<'static>,
-    docs: &HashMap<SmolStr, LexiconDoc<'static>>,
-    nsid: &str,
-    keep: Option<&BTreeSet<DefId>>,
-    refs: &mut Vec<String>,
-) -> LexObject<'static> {
-    let mut out = LexObject::default();
-    for (name, prop) in &o.properties {
-        let kept = match prop {
-            LexObjectProperty::String(s) => string_constrained(s).then(|| LexObjectProperty::String(lengths_only(s))),
-            LexObjectProperty::Integer(i) => (i.minimum.is_some() || i.maximum.is_some()).then(|| prop.clone()),
-            LexObjectProperty::Object(inner) => {
-                let inner = trim_object(inner, docs, nsid, keep, refs);
-                (!inner.properties.is_empty()).then_some(LexObjectProperty::Object(inner))
-            }
-            LexObjectProperty::Ref(r) if leads_to_kept(&r.r#ref, docs, nsid, keep) => {
-                refs.push(r.r#ref.to_string());
-                Some(prop.clone())
-            }
-            LexObjectProperty::Array(a) => {
-                // Items that hold no constraint become `unknown`: a union of items kept as it
-                // is would send the structural re-run to members this registry does not hold.
-                let items = match &a.items {
-                    LexArrayItem::Object(inner) => {
-                        let inner = trim_object(inner, docs, nsid, keep, refs);
-                        (!inner.properties.is_empty()).then_some(LexArrayItem::Object(inner))
-                    }
-                    LexArrayItem::Ref(r) if leads_to_kept(&r.r#ref, docs, nsid, keep) => {
-                        refs.push(r.r#ref.to_string());
-                        Some(a.items.clone())
-                    }
-                    LexArrayItem::String(s) => string_constrained(s).then(|| LexArrayItem::String(lengths_only(s))),
-                    LexArrayItem::Integer(i) => (i.minimum.is_some() || i.maximum.is_some()).then(|| a.items.clone()),
-                    _ => None,
-                };
-                match (items, a.min_length.is_some() || a.max_length.is_some()) {
-                    (None, false) => None,
-                    (items, _) => {
-                        let mut a = a.clone();
-                        a.items = items.unwrap_or_default();
-                        Some(LexObjectProperty::Array(a))
-                    }
-                }
-            }
-            _ => None,
-        };
-        if let Some(kept) = kept {
-            out.properties.insert(name.clone(), kept);
-        }
-    }
-    out
-}
-
-/// Whether jacquard's constraint pass has something to check in `s`: its byte lengths.
-fn string_constrained(s: &LexString<'_>) -> bool {
-    s.min_length.is_some() || s.max_length.is_some()
-}
-
-/// `s` without its grapheme bounds: jacquard counts a string's graphemes whenever it has one (a
-/// post's text on every post, ~6% of a validated backfill's CPU); [`super::extra`] checks them.
-fn lengths_only(s: &LexString<'static>) -> LexString<'static> {
-    LexString { min_graphemes: None, max_graphemes: None, ..s.clone() }
-}
-
-/// Whether `reference` names an object or record def (the only defs the constraint pass
-/// enters) in `keep` (any, when `None`).
-fn leads_to_kept(
-    reference: &str,
-    docs: &HashMap<SmolStr, LexiconDoc<'static>>,
-    nsid: &str,
-    keep: Option<&BTreeSet<DefId>>,
-) -> bool {
-    let target = RefPath::parse(reference, Some(nsid));
-    let object = docs
-        .get(target.nsid())
-        .and_then(|d| d.defs.get(target.def()))
-        .is_some_and(|d| matches!(d, LexUserType::Object(_) | LexUserType::Record(_)));
-    object && keep.is_none_or(|k| k.contains(&(SmolStr::new(target.nsid()), SmolStr::new(target.def()))))
 }

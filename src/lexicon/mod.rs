@@ -2,21 +2,22 @@
 //! validation (`jacquard-lexicon`).
 //!
 //! [`Lexicons::load`] reads a directory of lexicon JSON files and builds, once, for each record
-//! collection the filter stores, jacquard `SchemaValidator`s over only what that collection
-//! needs. jacquard's `validate_by_nsid` clones its whole registry on every call (about 1 ms a
-//! record over a registry of the ~400 documents of atproto's directory), so the structural
-//! pass runs by `validate_by_nsid_structural` (no clone) over the defs the record def reaches
-//! (refs and union members, transitively), and the constraint pass by `validate_by_nsid` over
-//! a second registry holding only the object defs its refs reach, each cut down to its
-//! constrained properties (no registry, and no pass, for a record with none: a like, a
-//! follow); descriptions and `knownValues` are dropped from both.
+//! collection the filter stores, a jacquard `SchemaValidator` over only the defs that
+//! collection's record def reaches (refs and union members, transitively), descriptions and
+//! `knownValues` dropped.
 //!
-//! [`Lexicons::check`] decodes the record's DAG-CBOR with jacquard's data model (`Data`),
-//! requires its `$type` to be its collection, runs those two passes, then what jacquard 0.12
-//! does not check (see `extra`): string formats, `enum` and `const`, blob `accept` and
-//! `maxSize`, bytes lengths, and the constraints inside union members and of defs that are not
-//! objects. Two of jacquard's type errors are left to `extra`, which has the schema at hand:
-//! `null` (allowed in `nullable` fields) and an object where a blob goes (allowed in the legacy
+//! [`Lexicons::check`] decodes the record's DAG-CBOR into jacquard's data model (`Data`, every
+//! string kept a string: see `decode`), requires its `$type` to be its collection, runs
+//! jacquard's structural pass (`validate_by_nsid_structural`: types, required fields, union
+//! members by `$type`), then checks every value's constraints and formats (see `extra`):
+//! lengths, graphemes, ranges, string formats, `enum` and `const`, blobs and bytes, at every
+//! level, union members included. jacquard's constraint pass is not run: `validate_by_nsid`
+//! re-runs the structural pass and clones its registry on every call (about 1 ms a record
+//! over the ~400 documents of atproto's directory, still a third of a post's check over a
+//! registry cut to the post), it does not enter union members nor defs that are not objects,
+//! and it checks neither formats nor `enum`; `extra` had to walk the record for those anyway.
+//! Two of jacquard's type errors are left to `extra`, which has the schema at hand: `null`
+//! (allowed in `nullable` fields) and an object where a blob goes (allowed in the legacy
 //! `{cid, mimeType}` form). Open unions accept `$type`s they do not list; closed ones do not.
 //!
 //! What the directory must hold: every `.json` file under it (recursively) is a JSON object
@@ -40,14 +41,13 @@ use jacquard_common::types::value::Data;
 
 pub use decode::decode_plain;
 use jacquard_lexicon::lexicon::LexiconDoc;
-use jacquard_lexicon::validation::{
-    ConstraintError, PathSegment, SchemaValidator, StructuralError, ValidationError, ValidationPath,
-};
+use jacquard_lexicon::validation::{PathSegment, SchemaValidator, StructuralError, ValidationError, ValidationPath};
 
 /// The lexicons of the collections a filter stores, each with a validator built once.
 pub struct Lexicons {
-    /// Per record collection: jacquard's validators, built once.
-    validators: HashMap<SmolStr, Validators>,
+    /// Per record collection: jacquard's structural validator over the defs its record
+    /// reaches, built once.
+    validators: HashMap<SmolStr, SchemaValidator>,
     /// The documents those defs come from (whole), for the checks jacquard does not make.
     docs: HashMap<SmolStr, LexiconDoc<'static>>,
 }
@@ -58,18 +58,6 @@ impl fmt::Debug for Lexicons {
         names.sort_unstable();
         f.debug_struct("Lexicons").field("collections", &names).field("documents", &self.docs.len()).finish()
     }
-}
-
-/// jacquard's validators for one collection. `validate_by_nsid` runs the structural pass, then
-/// the constraint pass over a clone of its whole registry; so the structural pass runs here
-/// over every def the record reaches (by `validate_by_nsid_structural`, which clones nothing),
-/// and the constraint pass over a registry cut down to what it reads (see `load::constraint_registry`).
-struct Validators {
-    /// The defs the record def reaches: refs and union members, transitively.
-    structure: SchemaValidator,
-    /// The object defs reached by refs alone, each with only its constrained properties;
-    /// `None` when the record holds no constraint that jacquard's constraint pass checks.
-    constraints: Option<SchemaValidator>,
 }
 
 /// Why a lexicon directory was not loaded: the file (or directory) and the reason.
@@ -151,12 +139,10 @@ impl Lexicons {
         self.validators.contains_key(collection)
     }
 
-    /// jacquard's validators for `collection`, to measure or debug with: the one
-    /// [`Lexicons::check`] runs the structural pass with (every def the record reaches), and
-    /// the one it runs the constraint pass with (the constrained parts of the object defs its
-    /// refs reach; none when nothing there is constrained, and the pass is not run).
-    pub fn jacquard_validators(&self, collection: &str) -> Option<(&SchemaValidator, Option<&SchemaValidator>)> {
-        self.validators.get(collection).map(|v| (&v.structure, v.constraints.as_ref()))
+    /// jacquard's validator for `collection`, to measure or debug with: the one
+    /// [`Lexicons::check`] runs the structural pass with (every def the record reaches).
+    pub fn jacquard_validator(&self, collection: &str) -> Option<&SchemaValidator> {
+        self.validators.get(collection)
     }
 
     /// Checks a record (its DAG-CBOR bytes, as stored) against its collection's lexicon.
@@ -180,19 +166,13 @@ impl Lexicons {
         }
     }
 
-    fn check_data(&self, validators: &Validators, collection: &str, data: &Data) -> Verdict {
+    fn check_data(&self, validator: &SchemaValidator, collection: &str, data: &Data) -> Verdict {
         if let Err(rejection) = own_type(collection, data) {
             return Verdict::Invalid(rejection);
         }
-        let structure = validators.structure.validate_by_nsid_structural(collection, data);
+        let structure = validator.validate_by_nsid_structural(collection, data);
         if let Some(first) = structure.all_errors().find(|e| !left_to_extra(e)) {
             return Verdict::Invalid(rejection(&first));
-        }
-        if let Some(constraints) = &validators.constraints {
-            let constraints = constraints.validate_by_nsid(collection, data);
-            if let Some(first) = constraints.all_errors().find(|e| !left_to_extra(e)) {
-                return Verdict::Invalid(rejection(&first));
-            }
         }
         match extra::check(&self.docs, collection, data) {
             Ok(()) => Verdict::Valid,
@@ -299,35 +279,6 @@ fn rejection(error: &ValidationError) -> Rejection {
                 Rejection::new(path_string(path), "depth", format!("nested deeper than {max}"))
             }
             other => Rejection::new("", "structure", other.to_string()),
-        },
-        ValidationError::Constraint(e) => match e {
-            ConstraintError::MaxLength { path, max, actual } => {
-                Rejection::new(path_string(path), "maxLength", format!("length {actual} is over {max}"))
-            }
-            ConstraintError::MinLength { path, min, actual } => {
-                Rejection::new(path_string(path), "minLength", format!("length {actual} is under {min}"))
-            }
-            ConstraintError::MaxGraphemes { path, max, actual } => {
-                Rejection::new(path_string(path), "maxGraphemes", format!("{actual} graphemes, over {max}"))
-            }
-            ConstraintError::MinGraphemes { path, min, actual } => {
-                Rejection::new(path_string(path), "minGraphemes", format!("{actual} graphemes, under {min}"))
-            }
-            ConstraintError::Maximum { path, max, actual } => {
-                Rejection::new(path_string(path), "maximum", format!("{actual} is over {max}"))
-            }
-            ConstraintError::Minimum { path, min, actual } => {
-                Rejection::new(path_string(path), "minimum", format!("{actual} is under {min}"))
-            }
-            ConstraintError::BlobTooLarge { path, max, actual } => {
-                Rejection::new(path_string(path), "maxSize", format!("blob of {actual} bytes, over {max}"))
-            }
-            ConstraintError::BlobMimeTypeNotAccepted { path, accepted, actual } => Rejection::new(
-                path_string(path),
-                "accept",
-                format!("blob type {actual} is not one of {}", accepted.join(", ")),
-            ),
-            other => Rejection::new("", "constraint", other.to_string()),
         },
         other => Rejection::new("", "invalid", other.to_string()),
     }

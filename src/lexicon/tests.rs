@@ -197,16 +197,8 @@ fn load_keeps_only_what_the_collections_reach() {
 }
 
 #[test]
-fn the_constraint_pass_runs_only_where_a_constraint_is() {
-    let constraints = |c: &str| LEX.jacquard_validators(c).unwrap().1.map(|v| v.registry().clone());
-    // A like's and a follow's fields hold no length or range; `strongRef` neither.
-    assert!(constraints("app.bsky.feed.like").is_none());
-    assert!(constraints("app.bsky.graph.follow").is_none());
-    assert!(constraints("xyz.statusphere.status").is_some());
-    let post = constraints("app.bsky.feed.post").expect("a post's text has a maxLength");
-    assert!(post.get_def("app.bsky.richtext.facet", "byteSlice").is_some(), "facets' byteStart has a minimum");
-    assert!(post.get_def("com.atproto.repo.strongRef", "main").is_none(), "a reply's refs hold no constraint");
-    // Still checked in full where there is no pass.
+fn constraints_are_checked_through_refs_without_jacquards_constraint_pass() {
+    // A like holds no constraint; its types are still checked through its ref to `strongRef`.
     assert_eq!(
         rejected(
             "app.bsky.feed.like",
@@ -218,8 +210,13 @@ fn the_constraint_pass_runs_only_where_a_constraint_is() {
         .path,
         "subject.uri"
     );
+    // A reply's refs: the format of a `strongRef`'s uri, two refs down.
+    let mut reply = post();
+    reply["reply"]["parent"]["uri"] = json!("at://did:plc:abc/app.bsky.feed.post/");
+    let wrong = rejected("app.bsky.feed.post", &reply);
+    assert_eq!((wrong.path.as_str(), wrong.rule.as_str()), ("reply.parent.uri", "format at-uri"));
 
-    // Refs in a cycle: kept when a constraint sits anywhere in it, dropped with it when none does.
+    // A constraint reached through refs in a cycle.
     let tree = |label: &str| {
         format!(
             r##"{{"lexicon": 1, "id": "com.example.tree", "defs": {{"main": {{"type": "record", "key": "tid",
@@ -229,12 +226,8 @@ fn the_constraint_pass_runs_only_where_a_constraint_is() {
         )
     };
     let tree_id = vec!["com.example.tree".to_string()];
-    let dir = dir_with(&[("tree.json", &tree(r#"{"type": "string"}"#))]);
-    let lex = Lexicons::load(dir.path(), &tree_id).unwrap();
-    assert!(lex.jacquard_validators("com.example.tree").unwrap().1.is_none());
     let dir = dir_with(&[("tree.json", &tree(r#"{"type": "string", "maxLength": 3}"#))]);
     let lex = Lexicons::load(dir.path(), &tree_id).unwrap();
-    assert!(lex.jacquard_validators("com.example.tree").unwrap().1.is_some());
     // (jacquard refuses data that enters a def twice down one path, so one level is all a record holds.)
     let deep = |label: &str| typed("com.example.tree", json!({"root": {"child": {}, "label": label}}));
     assert_eq!(lex.check("com.example.tree", &cbor(&deep("abc"))), Verdict::Valid);
