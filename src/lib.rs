@@ -285,6 +285,8 @@ pub mod fuzz {
     pub use crate::filter::fuzz_filter_toml as filter_toml;
     pub use crate::firehose::fuzz_frame as frame;
     pub use crate::indexes::fuzz_entries as index_entries;
+    /// `lexicon_check`'s body, returning its verdict (the target drops it).
+    pub use crate::lexicon::fuzz_check as lexicon_check;
     pub use crate::repo::fuzz_car as car;
     pub use sluice_handlers::value::fuzz_cbor_json as cbor_json;
 }

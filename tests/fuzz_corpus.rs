@@ -17,12 +17,15 @@ fn seeds(target: &str) -> Vec<Vec<u8>> {
 /// A fuzz target: its name (the folder of its seeds) and its body.
 type Target = (&'static str, fn(&[u8]));
 
-const TARGETS: [Target; 5] = [
+const TARGETS: [Target; 6] = [
     ("car", sluice::fuzz::car),
     ("filter_toml", sluice::fuzz::filter_toml),
     ("cbor_json", sluice::fuzz::cbor_json),
     ("frame", sluice::fuzz::frame),
     ("index_entries", sluice::fuzz::index_entries),
+    ("lexicon_check", |body| {
+        sluice::fuzz::lexicon_check(body);
+    }),
 ];
 
 #[test]
@@ -106,6 +109,90 @@ fn seeds_exercise_the_accepting_paths() {
         method: None,
     };
     assert!(seeds("index_entries").iter().any(|s| sluice::indexes::entries(&spec, "3kx", s, 0).is_ok()));
+}
+
+/// The records `fuzz/seeds/lexicon_check/` holds, by file name, and the rule each breaks (`None`:
+/// valid). `SLUICE_WRITE_SEEDS=1` writes them; otherwise the files must be these records.
+fn lexicon_seeds() -> Vec<(&'static str, serde_json::Value, Option<&'static str>)> {
+    use serde_json::json;
+    const CID: &str = "bafyreiclp443lavogvhj3d2ob2cxbfuscni2k5jk7bebjzg7khl3esabwq";
+    let thing = |fields: serde_json::Value| {
+        let mut v =
+            json!({"$type": sluice::lexicon::FUZZ_COLLECTION, "text": "hi", "createdAt": "2024-05-01T12:00:00Z"});
+        v.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+        v
+    };
+    let image = |mime: &str, size: u64| json!({"image": {"$type": "blob", "ref": {"$link": CID}, "mimeType": mime, "size": size}, "alt": "a"});
+    vec![
+        ("minimal.cbor", thing(json!({})), None),
+        (
+            "everything.cbor",
+            thing(json!({
+                "note": null, "langs": ["en", "pt-BR"], "n": -5, "kind": "b", "one": 1, "flag": true,
+                "subject": {"uri": "at://did:plc:abc/app.bsky.feed.post/3kabc", "cid": CID},
+                "handle": "alice.test",
+                "embed": {"$type": "com.example.fuzz.thing#images", "images": [image("image/png", 1000)]},
+                "closed": {"$type": "com.example.fuzz.thing#images", "images": []},
+                "raw": {"$bytes": "aGVsbG8"}, "link": {"$link": CID},
+                "tags": [{"$type": "com.example.fuzz.thing#tag", "did": "did:web:x.test", "uri": "https://x.test/a",
+                          "nsid": "app.bsky.feed.post", "tid": "3kabc2defgh22", "rkey": "self", "who": "x.test"}],
+                "any": {"deep": [1, {"x": "y"}]}
+            })),
+            None,
+        ),
+        ("open-union-unknown-member.cbor", thing(json!({"embed": {"$type": "com.example.other#x", "z": 1}})), None),
+        (
+            "legacy-blob.cbor",
+            thing(
+                json!({"embed": {"$type": "com.example.fuzz.thing#images", "images": [{"image": {"cid": CID, "mimeType": "image/gif"}}]}}),
+            ),
+            None,
+        ),
+        ("too-many-graphemes.cbor", thing(json!({"text": "👍👍👍👍👍👍👍👍👍"})), Some("maxGraphemes")),
+        ("bad-datetime.cbor", thing(json!({"createdAt": "2024-05-01 12:00"})), Some("format datetime")),
+        ("integer-over.cbor", thing(json!({"n": 6})), Some("maximum")),
+        (
+            "images-over.cbor",
+            thing(
+                json!({"embed": {"$type": "com.example.fuzz.thing#images", "images": [image("image/png", 1), image("image/png", 1), image("image/png", 1)]}}),
+            ),
+            Some("maxLength"),
+        ),
+        (
+            "blob-not-accepted.cbor",
+            thing(json!({"embed": {"$type": "com.example.fuzz.thing#images", "images": [image("video/mp4", 1)]}})),
+            Some("accept"),
+        ),
+        (
+            "closed-union-unlisted.cbor",
+            thing(json!({"closed": {"$type": "com.example.fuzz.thing#tag"}})),
+            Some("closed union"),
+        ),
+        ("ref-to-string-def.cbor", thing(json!({"handle": "not a handle"})), Some("format handle")),
+        ("wrong-type.cbor", thing(json!({"subject": {"uri": 1, "cid": CID}})), Some("type")),
+        ("missing-required.cbor", json!({"$type": sluice::lexicon::FUZZ_COLLECTION, "text": "hi"}), Some("required")),
+    ]
+}
+
+#[test]
+fn lexicon_seeds_are_the_records_they_say_with_their_verdicts() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/lexicon_check");
+    let seeds = lexicon_seeds();
+    for (name, record, rule) in &seeds {
+        let bytes = sluice::handlers::value::json_to_cbor(record).unwrap();
+        if std::env::var_os("SLUICE_WRITE_SEEDS").is_some() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(name), &bytes).unwrap();
+        }
+        assert_eq!(std::fs::read(dir.join(name)).unwrap(), bytes, "{name}: write it with SLUICE_WRITE_SEEDS=1");
+        match (sluice::fuzz::lexicon_check(&bytes), rule) {
+            (sluice::lexicon::Verdict::Valid, None) => {}
+            (sluice::lexicon::Verdict::Invalid(r), Some(rule)) => assert_eq!(r.rule, *rule, "{name}: {r:?}"),
+            (other, rule) => panic!("{name}: {other:?}, expected {rule:?}"),
+        }
+    }
+    let on_disk = std::fs::read_dir(&dir).unwrap().count();
+    assert_eq!(on_disk, seeds.len(), "every seed in {} is listed here", dir.display());
 }
 
 fn mutate(seed: &[u8], edits: &[(usize, u8, u8)]) -> Vec<u8> {

@@ -20,33 +20,53 @@ use jacquard_common::types::blob::{Blob, MimeType};
 use jacquard_common::types::cid::{Cid, CidLink, IpldCid};
 use jacquard_common::types::string::AtprotoStr;
 use jacquard_common::types::value::{Array, Data, Object};
-use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use sluice_handlers::rules::MAX_NESTING;
 
 /// Decodes a record's DAG-CBOR into [`Data`] with no string read as anything but a string.
 ///
 /// A typed blob (`$type: "blob"` with a link `ref`, a string `mimeType` and a size, and no other
 /// field, as the data model defines it) becomes [`Data::Blob`]; any other map stays an object,
 /// for the validators to judge against the schema. Floats become [`Data::InvalidNumber`] (the
-/// validators name their path); integers outside `i64` and links that are not CIDs are errors.
+/// validators name their path); integers outside `i64`, links that are not CIDs and maps and
+/// arrays nested deeper than [`MAX_NESTING`] (as the record rule refuses them) are errors, so
+/// that a hostile record cannot take the stack.
 pub fn decode_plain(bytes: &[u8]) -> Result<Data, serde_ipld_dagcbor::DecodeError<std::convert::Infallible>> {
-    serde_ipld_dagcbor::from_slice::<Plain>(bytes).map(|p| p.0)
+    let mut deserializer = serde_ipld_dagcbor::de::Deserializer::from_slice(bytes);
+    let data = Plain { depth: 0 }.deserialize(&mut deserializer)?;
+    deserializer.end()?;
+    Ok(data)
 }
 
-struct Plain(Data);
+/// A value inside `depth` maps and arrays.
+#[derive(Clone, Copy)]
+struct Plain {
+    depth: usize,
+}
 
-impl<'de> de::Deserialize<'de> for Plain {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        deserializer.deserialize_any(PlainVisitor).map(Plain)
+impl Plain {
+    /// The seed of the values inside a map or an array at this depth.
+    fn inside<E: de::Error>(self) -> Result<Plain, E> {
+        match self.depth < MAX_NESTING {
+            true => Ok(Plain { depth: self.depth + 1 }),
+            false => Err(E::custom(format!("maps and arrays nested more than {MAX_NESTING} levels deep"))),
+        }
     }
 }
 
-struct PlainVisitor;
+impl<'de> DeserializeSeed<'de> for Plain {
+    type Value = Data;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Data, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
 
 fn string(v: &str) -> Data {
     Data::String(AtprotoStr::String(SmolStr::new(v)))
 }
 
-impl<'de> Visitor<'de> for PlainVisitor {
+impl<'de> Visitor<'de> for Plain {
     type Value = Data;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -113,17 +133,19 @@ impl<'de> Visitor<'de> for PlainVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Data, A::Error> {
+        let inside = self.inside()?;
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
-        while let Some(Plain(item)) = seq.next_element()? {
+        while let Some(item) = seq.next_element_seed(inside)? {
             items.push(item);
         }
         Ok(Data::Array(Array(items)))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Data, A::Error> {
+        let inside = self.inside()?;
         let mut fields = BTreeMap::new();
         while let Some(key) = map.next_key::<SmolStr>()? {
-            let Plain(value) = map.next_value()?;
+            let value = map.next_value_seed(inside)?;
             fields.insert(key, value);
         }
         Ok(typed_blob(fields))
@@ -257,6 +279,25 @@ mod tests {
         assert!(err.contains("18446744073709551615") && err.contains("64-bit"), "{err}");
         let err = decode_plain(&[0xa1, 0x61]).unwrap_err().to_string();
         assert!(!err.is_empty());
+    }
+
+    #[test]
+    fn nesting_past_the_limit_is_refused_not_followed() {
+        let nested = |levels: usize| {
+            let mut v = json!(1);
+            for _ in 0..levels {
+                v = json!([v]);
+            }
+            serde_ipld_dagcbor::to_vec(&json!({ "a": v })).unwrap()
+        };
+        // The record's own map is one level.
+        assert!(decode_plain(&nested(MAX_NESTING - 1)).is_ok());
+        let err = decode_plain(&nested(MAX_NESTING)).unwrap_err().to_string();
+        assert!(err.contains("nested more than 64 levels"), "{err}");
+        // Far past it: refused at the limit, the stack untouched by the rest.
+        let mut deep = vec![0x81u8; 1_000_000];
+        deep.push(0x01);
+        assert!(decode_plain(&deep).unwrap_err().to_string().contains("nested more than"));
     }
 
     /// JSON-like values without links, bytes or floats.

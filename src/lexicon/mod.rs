@@ -28,6 +28,7 @@
 
 mod decode;
 mod extra;
+mod fuzz;
 mod load;
 #[cfg(test)]
 mod tests;
@@ -40,6 +41,7 @@ use jacquard_common::deps::smol_str::SmolStr;
 use jacquard_common::types::value::Data;
 
 pub use decode::decode_plain;
+pub use fuzz::{FUZZ_COLLECTION, fuzz_check};
 use jacquard_lexicon::lexicon::LexiconDoc;
 use jacquard_lexicon::validation::{PathSegment, SchemaValidator, StructuralError, ValidationError, ValidationPath};
 
