@@ -120,12 +120,52 @@ pub fn is_cid(s: &str) -> bool {
         && !s.starts_with("Qmb")
 }
 
-/// Whether `s` is a valid AT Protocol datetime: jacquard's RFC 3339 parse, and a time that
-/// falls in year 0 or later once taken to UTC.
+/// Whether `s` is a valid AT Protocol datetime: jacquard's rule (the ISO 8601 shape its
+/// regex requires, then chrono's RFC 3339 parse), and a time that falls in year 0 or later
+/// once taken to UTC.
+///
+/// Every record's `createdAt` is checked when lexicons are, so the shape is a byte check
+/// rather than jacquard's regex (whose cache pool the walk threads contend for) and the parse
+/// is chrono's without jacquard's copy of the string; a property test keeps it to
+/// `Datetime::from_str`.
 pub fn is_datetime(s: &str) -> bool {
     use chrono::Datelike;
-    s.parse::<jacquard_common::types::datetime::Datetime>()
-        .is_ok_and(|d| AsRef::<chrono::DateTime<chrono::FixedOffset>>::as_ref(&d).naive_utc().year() >= 0)
+    iso8601_shape(s.as_bytes()) && chrono::DateTime::parse_from_rfc3339(s).is_ok_and(|d| d.naive_utc().year() >= 0)
+}
+
+/// jacquard's `ISO8601_REGEX`: `YYYY-MM-DDTHH:MM:SS`, an optional fraction of one or more
+/// digits, then `Z`, `+HH:MM` or `-HH:MM` (where jacquard refuses a second hour digit of 0).
+fn iso8601_shape(s: &[u8]) -> bool {
+    let digits = |range: std::ops::Range<usize>| s.get(range).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    let at = |i: usize, b: u8| s.get(i) == Some(&b);
+    let head = digits(0..4)
+        && at(4, b'-')
+        && digits(5..7)
+        && at(7, b'-')
+        && digits(8..10)
+        && at(10, b'T')
+        && digits(11..13)
+        && at(13, b':')
+        && digits(14..16)
+        && at(16, b':')
+        && digits(17..19);
+    if !head {
+        return false;
+    }
+    let mut rest = &s[19..];
+    if let Some(fraction) = rest.strip_prefix(b".") {
+        let n = fraction.iter().take_while(|b| b.is_ascii_digit()).count();
+        if n == 0 {
+            return false;
+        }
+        rest = &fraction[n..];
+    }
+    match rest {
+        [b'Z'] => true,
+        [b'+', h1, h2, b':', m1, m2] => [h1, h2, m1, m2].iter().all(|b| b.is_ascii_digit()),
+        [b'-', h1, h2, b':', m1, m2] => [h1, m1, m2].iter().all(|b| b.is_ascii_digit()) && (b'1'..=b'9').contains(h2),
+        _ => false,
+    }
 }
 
 /// Unix ms as an AT Protocol datetime: RFC 3339, UTC, milliseconds.
@@ -216,6 +256,24 @@ mod tests {
         (scheme, authority, collection, rkey, fragment).prop_map(|(s, a, c, r, f)| format!("{s}{a}{c}{r}{f}"))
     }
 
+    /// Strings built as datetimes, each part most often valid.
+    pub(super) fn datetime_like() -> impl Strategy<Value = String> {
+        let year = prop_oneof![8 => "(19|20)[0-9]{2}", 1 => "-?[0-9]{3,5}"];
+        let month = prop_oneof![8 => "(0[1-9]|1[0-2])", 1 => "[0-9]{1,2}"];
+        let day = prop_oneof![8 => "(0[1-9]|1[0-9]|2[0-8])", 1 => "(3[0-9]|[0-9])"];
+        let sep = prop_oneof![8 => Just("T".to_string()), 1 => "[t ]"];
+        let time = prop_oneof![8 => "([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]", 1 => "[0-9]{2}:[0-9]{2}:[0-9]{1,2}"];
+        let fraction = prop_oneof![Just(String::new()), "\\.[0-9]{1,9}", "\\.|,5"];
+        let zone = prop_oneof![
+            4 => Just("Z".to_string()),
+            4 => "[+-](0[0-9]|1[0-4]):(00|30)",
+            1 => "z|[+-][0-9]{2}:?[0-9]{2}|[+-][0-9]{2}|",
+        ];
+        let tail = prop_oneof![8 => Just(String::new()), 1 => "x| "];
+        ((year, month, day), sep, time, fraction, zone, tail)
+            .prop_map(|((y, mo, d), t, hms, f, z, x)| format!("{y}-{mo}-{d}{t}{hms}{f}{z}{x}"))
+    }
+
     proptest! {
         #[test]
         fn fast_did_check_agrees_with_jacquard(s in "(did:)?[a-zA-Z0-9._:%/ -]{0,16}") {
@@ -234,6 +292,16 @@ mod tests {
         #[test]
         fn fast_at_uri_check_agrees_with_jacquard(s in at_uri_like()) {
             prop_assert_eq!(is_at_uri(&s), AtUri::new(s.as_str()).is_ok());
+        }
+
+        /// Near-datetimes: every part right, missing or off by a character.
+        #[test]
+        fn fast_datetime_check_agrees_with_jacquard(s in datetime_like()) {
+            let jacquard = s.parse::<jacquard_common::types::datetime::Datetime>().is_ok_and(|d| {
+                use chrono::Datelike;
+                AsRef::<chrono::DateTime<chrono::FixedOffset>>::as_ref(&d).naive_utc().year() >= 0
+            });
+            prop_assert_eq!(is_datetime(&s), jacquard);
         }
 
         #[test]
