@@ -29,8 +29,9 @@ pub(crate) const TOO_DEEP: &str = "maps and arrays nested more than 64 levels de
 const _: () = assert!(MAX_NESTING == 64, "TOO_DEEP names the limit");
 
 /// The nesting level of a container inside one at `depth` (0 for the top), or the
-/// error when it is deeper than [`MAX_NESTING`].
-pub(crate) fn nested<E: serde::de::Error>(depth: usize) -> Result<usize, E> {
+/// error when it is deeper than [`MAX_NESTING`]. Every reader of record bodies bounds its
+/// recursion with this.
+pub fn nested<E: serde::de::Error>(depth: usize) -> Result<usize, E> {
     if depth < MAX_NESTING { Ok(depth + 1) } else { Err(E::custom(TOO_DEEP)) }
 }
 

@@ -21,7 +21,7 @@ use jacquard_common::types::cid::{Cid, CidLink, IpldCid};
 use jacquard_common::types::string::AtprotoStr;
 use jacquard_common::types::value::{Array, Data, Object};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use sluice_handlers::rules::MAX_NESTING;
+use sluice_handlers::rules;
 
 /// Decodes a record's DAG-CBOR into [`Data`] with no string read as anything but a string.
 ///
@@ -29,7 +29,7 @@ use sluice_handlers::rules::MAX_NESTING;
 /// field, as the data model defines it) becomes [`Data::Blob`]; any other map stays an object,
 /// for the validators to judge against the schema. Floats become [`Data::InvalidNumber`] (the
 /// validators name their path); integers outside `i64`, links that are not CIDs and maps and
-/// arrays nested deeper than [`MAX_NESTING`] (as the record rule refuses them) are errors, so
+/// arrays nested deeper than [`rules::MAX_NESTING`] (as the record rule refuses them) are errors, so
 /// that a hostile record cannot take the stack.
 pub fn decode_plain(bytes: &[u8]) -> Result<Data, serde_ipld_dagcbor::DecodeError<std::convert::Infallible>> {
     let mut deserializer = serde_ipld_dagcbor::de::Deserializer::from_slice(bytes);
@@ -47,10 +47,7 @@ struct Plain {
 impl Plain {
     /// The seed of the values inside a map or an array at this depth.
     fn inside<E: de::Error>(self) -> Result<Plain, E> {
-        match self.depth < MAX_NESTING {
-            true => Ok(Plain { depth: self.depth + 1 }),
-            false => Err(E::custom(format!("maps and arrays nested more than {MAX_NESTING} levels deep"))),
-        }
+        rules::nested(self.depth).map(|depth| Plain { depth })
     }
 }
 
@@ -60,10 +57,6 @@ impl<'de> DeserializeSeed<'de> for Plain {
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Data, D::Error> {
         deserializer.deserialize_any(self)
     }
-}
-
-fn string(v: &str) -> Data {
-    Data::String(AtprotoStr::String(SmolStr::new(v)))
 }
 
 impl<'de> Visitor<'de> for Plain {
@@ -116,7 +109,7 @@ impl<'de> Visitor<'de> for Plain {
     }
 
     fn visit_str<E>(self, v: &str) -> Result<Data, E> {
-        Ok(string(v))
+        Ok(Data::String(AtprotoStr::String(SmolStr::new(v))))
     }
 
     fn visit_bytes<E>(self, v: &[u8]) -> Result<Data, E> {
@@ -193,6 +186,7 @@ mod tests {
 
     use proptest::prelude::*;
     use serde_json::{Value, json};
+    use sluice_handlers::rules::MAX_NESTING;
 
     use super::*;
 

@@ -39,11 +39,11 @@ use std::path::{Path, PathBuf};
 
 use jacquard_common::deps::smol_str::SmolStr;
 use jacquard_common::types::value::Data;
+use jacquard_lexicon::lexicon::LexiconDoc;
+use jacquard_lexicon::validation::{PathSegment, SchemaValidator, StructuralError, ValidationError, ValidationPath};
 
 pub use decode::decode_plain;
 pub use fuzz::{FUZZ_COLLECTION, fuzz_check};
-use jacquard_lexicon::lexicon::LexiconDoc;
-use jacquard_lexicon::validation::{PathSegment, SchemaValidator, StructuralError, ValidationError, ValidationPath};
 
 /// The lexicons of the collections a filter stores, each with a validator built once.
 pub struct Lexicons {
@@ -150,12 +150,14 @@ impl Lexicons {
     /// Checks a record (its DAG-CBOR bytes, as stored) against its collection's lexicon.
     ///
     /// The bytes are expected to have passed the record rule already (as every record the
-    /// pipeline takes has); bytes jacquard cannot decode are [`Verdict::Invalid`] with rule `decode`.
+    /// pipeline takes has); bytes [`decode_plain`] refuses are [`Verdict::Invalid`] with rule `decode`.
     pub fn check(&self, collection: &str, record: &[u8]) -> Verdict {
         let Some(validator) = self.validators.get(collection) else { return Verdict::Unknown };
         let data = match decode_plain(record) {
             Ok(data) => data,
-            Err(e) => return Verdict::Invalid(Rejection::new("", "decode", format!("not DAG-CBOR: {e}"))),
+            Err(e) => {
+                return Verdict::Invalid(Rejection::new("", "decode", format!("not a record of the data model: {e}")));
+            }
         };
         self.check_data(validator, collection, &data)
     }
